@@ -1,0 +1,54 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Name } from './events/fields'
+
+/**
+ * Live channels. A channel's version rises by exactly one for every committed change, and every
+ * change is published as a ChangeNotice on `<prefix>.changes.<kind>.<name>`.
+ */
+export const channelKinds = ['leaderboard', 'chat'] as const
+export type ChannelKind = (typeof channelKinds)[number]
+
+export const Channel = Type.String({ pattern: '^(leaderboard|chat):[A-Za-z0-9_-]{1,64}$', maxLength: 80 })
+export type Channel = Static<typeof Channel>
+
+export const channelOf = {
+  leaderboard: (board: string) => `leaderboard:${board}`,
+  chat: (room: string) => `chat:${room}`,
+}
+
+export function parseChannel(channel: string): { kind: ChannelKind; name: string } | undefined {
+  const m = /^(leaderboard|chat):([A-Za-z0-9_-]{1,64})$/.exec(channel)
+  return m ? { kind: m[1] as ChannelKind, name: m[2] } : undefined
+}
+
+/** What changed in a leaderboard: one player's new standing. */
+export const LeaderboardChange = Type.Object({
+  player: Type.String(),
+  score: Type.Number(),
+  previous: Type.Union([Type.Number(), Type.Null()]),
+})
+export type LeaderboardChange = Static<typeof LeaderboardChange>
+
+export const ChatMessage = Type.Object({
+  id: Type.String(),
+  room: Name,
+  user: Type.String(),
+  text: Type.String(),
+  postedAt: Type.String({ description: 'ISO 8601' }),
+})
+export type ChatMessage = Static<typeof ChatMessage>
+
+/** What changed in a chat room. */
+export type ChatChange = { kind: 'posted'; message: ChatMessage } | { kind: 'deleted'; messageId: string }
+
+/** One committed change of one channel, as published on NATS and pushed to subscribers. */
+export type ChangeNotice = {
+  channel: string
+  version: number
+  data: LeaderboardChange | ChatChange
+  /** Commit time, ISO 8601. */
+  at: string
+}
+
+/** De-duplication id of a notice: a re-published notice is stored once. */
+export const noticeId = (n: Pick<ChangeNotice, 'channel' | 'version'>) => `${n.channel}@${n.version}`

@@ -1,0 +1,74 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+
+/**
+ * The whole environment Fanfare reads, as one TypeBox schema. Parsed once in `main`; nothing else
+ * reads `process.env`. Unset optional values take the defaults below.
+ */
+export const Env = Type.Object({
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
+  HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
+  /** Postgres URL. Unset: embedded PGlite under FANFARE_DATA_DIR (all-in-one mode only). */
+  DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
+  /** NATS URL. Unset: a local nats-server with JetStream is started (all-in-one mode only). */
+  NATS_URL: Type.Optional(Type.String({ pattern: '^(nats|tls)://' })),
+  /** Bearer token for publishing events over REST and for scores over WebSocket. */
+  FANFARE_INGEST_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
+  /** Bearer token for /admin. */
+  FANFARE_ADMIN_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
+  FANFARE_DATA_DIR: Type.String({ minLength: 1, default: './.data' }),
+  /** JetStream stream holding events; tests give each run its own. */
+  FANFARE_STREAM: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', default: 'FANFARE' }),
+  /** Prefix of every NATS subject Fanfare uses. */
+  FANFARE_SUBJECT_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', default: 'fanfare' }),
+  /** Number of partitions keys are hashed into. Fixed for the life of a stream. */
+  FANFARE_PARTITIONS: Type.Integer({ minimum: 1, maximum: 1024, default: 8 }),
+  /** JetStream de-duplication window: a resent event id inside it is reported duplicate. */
+  FANFARE_DEDUP_WINDOW_MS: Type.Integer({ minimum: 1000, maximum: 7 * 24 * 3600_000, default: 120_000 }),
+  /** How long the event stream keeps events (0 = forever). Bounds what a rebuild can replay. */
+  FANFARE_EVENT_RETENTION_MS: Type.Integer({ minimum: 0, default: 0 }),
+  /** Change notices kept per channel, and for how long. */
+  FANFARE_HISTORY_SIZE: Type.Integer({ minimum: 1, maximum: 100_000, default: 1000 }),
+  FANFARE_HISTORY_TTL_MS: Type.Integer({ minimum: 1000, default: 24 * 3600_000 }),
+  /** Largest accepted HTTP body or WebSocket frame. */
+  FANFARE_MAX_BODY_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
+  /** Partition lease time-to-live: how soon a dead worker's partitions move to a live one. */
+  FANFARE_LEASE_TTL_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 10_000 }),
+  /** Most events a worker applies in one transaction. */
+  FANFARE_BATCH_SIZE: Type.Integer({ minimum: 1, maximum: 5000, default: 500 }),
+  /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
+  FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
+  LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+    { default: 'info' },
+  ),
+})
+export type Env = Static<typeof Env>
+
+/** Config: the parsed environment. Tokens are always set once `main` has resolved defaults. */
+export type Config = Env
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`)
+    this.name = 'ConfigError'
+  }
+}
+
+/**
+ * Parses an environment (process.env by default) into a Config. Empty strings count as unset.
+ * Throws ConfigError listing every bad variable by name.
+ */
+export function loadConfig(source: Record<string, string | undefined> = process.env): Config {
+  const raw: Record<string, unknown> = {}
+  for (const key of Object.keys(Env.properties)) {
+    const value = source[key]
+    if (value !== undefined && value !== '') raw[key] = value
+  }
+  const converted = Value.Convert(Env, Value.Default(Env, raw))
+  const problems = [...Value.Errors(Env, converted)].map(
+    (e) => `${e.path.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(Value.Pointer.Get(converted, e.path))})`,
+  )
+  if (problems.length > 0) throw new ConfigError(problems)
+  return converted as Config
+}

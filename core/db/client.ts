@@ -1,0 +1,94 @@
+import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
+import * as schema from './schema'
+
+/** The drizzle database, whichever driver is behind it (postgres.js or embedded PGlite). */
+export type Db = PgDatabase<PgQueryResultHKT, typeof schema>
+/** A transaction handle: the same query API as Db. */
+export type Tx = Parameters<Parameters<Db['transaction']>[0]>[0]
+
+export type Database = {
+  db: Db
+  /** 'postgres' for a server, 'pglite' for the embedded engine (one connection, one process). */
+  kind: 'postgres' | 'pglite'
+  close: () => Promise<void>
+}
+
+export const migrationsFolder = resolve(import.meta.dir, '../../migrations')
+
+/** Connects to a Postgres server through postgres.js. No connection is made until first query. */
+export async function connectPostgres(url: string, options: { max?: number } = {}): Promise<Database> {
+  const { default: postgres } = await import('postgres')
+  const { drizzle } = await import('drizzle-orm/postgres-js')
+  const client = postgres(url, { max: options.max ?? 10, onnotice: () => {} })
+  return {
+    db: drizzle(client, { schema }) as unknown as Db,
+    kind: 'postgres',
+    close: () => client.end({ timeout: 5 }),
+  }
+}
+
+/**
+ * Opens the embedded PGlite database under `dataDir`. PGlite has no lock against a second
+ * process opening the same directory, so a pid lock file guards it.
+ */
+export async function openEmbedded(dataDir: string): Promise<Database> {
+  const { PGlite } = await import('@electric-sql/pglite')
+  const { drizzle } = await import('drizzle-orm/pglite')
+  const dir = resolve(dataDir, 'pglite')
+  mkdirSync(dir, { recursive: true })
+  const releaseLock = acquireDirLock(join(resolve(dataDir), 'pglite.lock'))
+  const client = await PGlite.create(dir)
+  return {
+    db: drizzle(client, { schema }) as unknown as Db,
+    kind: 'pglite',
+    close: async () => {
+      await client.close()
+      releaseLock()
+    },
+  }
+}
+
+/** Applies the committed drizzle-kit migrations. Idempotent. */
+export async function migrate(database: Database): Promise<void> {
+  if (database.kind === 'pglite') {
+    const { migrate } = await import('drizzle-orm/pglite/migrator')
+    await migrate(database.db as never, { migrationsFolder })
+  } else {
+    const { migrate } = await import('drizzle-orm/postgres-js/migrator')
+    await migrate(database.db as never, { migrationsFolder })
+  }
+}
+
+function acquireDirLock(path: string): () => void {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(path, 'wx')
+      writeSync(fd, String(process.pid))
+      closeSync(fd)
+      return () => {
+        try {
+          unlinkSync(path)
+        } catch {}
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      const holder = Number(readFileSync(path, 'utf8'))
+      if (holder && isAlive(holder)) {
+        throw new Error(`the embedded database at ${path} is in use by process ${holder}; stop it first`)
+      }
+      unlinkSync(path) // stale lock of a dead process
+    }
+  }
+  throw new Error(`could not lock ${path}`)
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}

@@ -1,0 +1,3 @@
+export * from './chat'
+export * from './leaderboards'
+export * from './projections'

@@ -1,0 +1,31 @@
+import { bigint, doublePrecision, index, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
+
+export type SortOrder = 'desc' | 'asc'
+export type ScoreOperator = 'best' | 'latest' | 'sum'
+
+/** A board's settings. A board with no row here is desc/best. */
+export const leaderboards = pgTable('leaderboards', {
+  board: text('board').primaryKey(),
+  sortOrder: text('sort_order').$type<SortOrder>().notNull().default('desc'),
+  operator: text('operator').$type<ScoreOperator>().notNull().default('best'),
+  updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+})
+
+/**
+ * One player's standing on a board. `reachedSeq` is the stream sequence of the event that set the
+ * current score: ties rank the earlier holder first, deterministically across rebuilds.
+ */
+export const leaderboardEntries = pgTable(
+  'leaderboard_entries',
+  {
+    board: text('board').notNull(),
+    player: text('player').notNull(),
+    score: doublePrecision('score').notNull(),
+    reachedSeq: bigint('reached_seq', { mode: 'number' }).notNull(),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.board, t.player] }),
+    index('leaderboard_entries_rank').on(t.board, t.score, t.reachedSeq),
+  ],
+)

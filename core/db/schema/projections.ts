@@ -1,0 +1,57 @@
+import { bigint, bigserial, index, integer, jsonb, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
+
+/**
+ * Where each projection is in each partition: the last applied stream sequence, written in the
+ * same transaction as the read-model change. `fence` is the lease revision of the worker that
+ * wrote it; a worker holding an older lease may no longer write.
+ */
+export const projectionCheckpoints = pgTable(
+  'projection_checkpoints',
+  {
+    projection: text('projection').notNull(),
+    partition: integer('partition').notNull(),
+    seq: bigint('seq', { mode: 'number' }).notNull().default(0),
+    fence: bigint('fence', { mode: 'number' }).notNull().default(0),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.projection, t.partition] })],
+)
+
+/** Messages that can never apply (schema-invalid, unknown type), kept for admins. */
+export const deadLetters = pgTable(
+  'dead_letters',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    projection: text('projection').notNull(),
+    partition: integer('partition').notNull(),
+    streamSeq: bigint('stream_seq', { mode: 'number' }).notNull(),
+    subject: text('subject').notNull(),
+    eventId: text('event_id'),
+    reason: text('reason').notNull(),
+    payload: text('payload').notNull(),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [index('dead_letters_created').on(t.createdAt)],
+)
+
+/** Each channel's version: rises by exactly one per committed change of the channel. */
+export const channelVersions = pgTable('channel_versions', {
+  channel: text('channel').primaryKey(),
+  version: bigint('version', { mode: 'number' }).notNull(),
+})
+
+/**
+ * Change notices committed with the change and published to NATS after commit (transactional
+ * outbox): a crash between commit and publish delays a notice, never loses it.
+ */
+export const changeOutbox = pgTable(
+  'change_outbox',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    channel: text('channel').notNull(),
+    version: bigint('version', { mode: 'number' }).notNull(),
+    payload: jsonb('payload').notNull(),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [index('change_outbox_created').on(t.createdAt)],
+)

@@ -1,0 +1,139 @@
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { TypeCompiler } from '@sinclair/typebox/compiler'
+import { ChatMessageDeleted, ChatMessagePosted } from './chat'
+import { EventId } from './fields'
+import { ScoreSubmitted } from './scores'
+
+export { ChatMessageDeleted, ChatMessagePosted } from './chat'
+export { ScoreSubmitted } from './scores'
+export * from './fields'
+
+/** Who may publish an event type: anyone (anonymous WebSocket), the ingest token, or admins. */
+export type Publisher = 'anonymous' | 'ingest' | 'admin'
+
+type Contract<T extends TSchema> = {
+  /** Schema version written into every stored event of this type. */
+  version: number
+  schema: T
+  /** The ordering key: events with the same key are applied in publish order. */
+  key: (data: Static<T>) => string
+  /** Least privilege needed to publish it. */
+  publisher: Publisher
+}
+
+const contract = <T extends TSchema>(c: Contract<T>) => c
+
+/**
+ * Every event type Fanfare accepts. The part of the type before the first dot names the
+ * projection area that consumes it (`score.*` → leaderboards, `chat.*` → chat).
+ */
+export const contracts = {
+  'score.submitted': contract({
+    version: 1,
+    schema: ScoreSubmitted,
+    key: (d) => `${d.board}/${d.player}`,
+    publisher: 'ingest',
+  }),
+  'chat.message.posted': contract({
+    version: 1,
+    schema: ChatMessagePosted,
+    key: (d) => d.room,
+    publisher: 'anonymous',
+  }),
+  'chat.message.deleted': contract({
+    version: 1,
+    schema: ChatMessageDeleted,
+    key: (d) => d.room,
+    publisher: 'admin',
+  }),
+}
+
+export type EventType = keyof typeof contracts
+export const eventTypes = Object.keys(contracts) as EventType[]
+
+/** The data of each event type, by type. */
+export type EventData = { [K in EventType]: Static<(typeof contracts)[K]['schema']> }
+
+/** An event as clients send it. */
+export const EventInput = Type.Object(
+  {
+    id: Type.Optional(EventId),
+    type: Type.String({ minLength: 1, maxLength: 64 }),
+    data: Type.Record(Type.String(), Type.Unknown()),
+  },
+  { additionalProperties: false },
+)
+export type EventInput = Static<typeof EventInput>
+
+/** An event as stored in JetStream (the message body). */
+export type StoredEvent = {
+  [K in EventType]: { id: string; type: K; v: number; data: EventData[K]; at: string }
+}[EventType]
+
+const checkers = Object.fromEntries(
+  eventTypes.map((t) => [t, TypeCompiler.Compile(contracts[t].schema)]),
+) as Record<EventType, ReturnType<typeof TypeCompiler.Compile>>
+
+export const isEventType = (type: string): type is EventType => Object.hasOwn(contracts, type)
+
+/** One problem with an event's data: where, and what is wrong. */
+export type DataProblem = { path: string; message: string }
+
+/** Checks an event's data against its type's schema; returns the problems (empty when valid). */
+export function checkData(type: EventType, data: unknown): DataProblem[] {
+  const checker = checkers[type]
+  if (checker.Check(data)) return []
+  return [...checker.Errors(data)].slice(0, 10).map((e) => ({ path: `/data${e.path}`, message: e.message }))
+}
+
+/** The ordering key of a valid event. */
+export function keyOf(event: Pick<StoredEvent, 'type' | 'data'>): string {
+  return (contracts[event.type].key as (d: unknown) => string)(event.data)
+}
+
+/** Stable 32-bit FNV-1a hash of a key's UTF-8 bytes. Never change it: partitions depend on it. */
+export function hashKey(key: string): number {
+  let h = 0x811c9dc5
+  for (const byte of new TextEncoder().encode(key)) {
+    h ^= byte
+    h = Math.imul(h, 0x01000193)
+  }
+  return h >>> 0
+}
+
+export const partitionOf = (key: string, partitions: number) => hashKey(key) % partitions
+
+/** Subject names: the one place that knows how Fanfare lays out NATS subjects. */
+export const subjects = {
+  /** `<prefix>.ev.<partition>.<type>` e.g. `fanfare.ev.3.score.submitted` */
+  event: (prefix: string, partition: number, type: string) => `${prefix}.ev.${partition}.${type}`,
+  allEvents: (prefix: string) => `${prefix}.ev.>`,
+  /** What one projection consumes of one partition, e.g. `fanfare.ev.3.score.>` */
+  projectionFilter: (prefix: string, partition: number, area: string) => `${prefix}.ev.${partition}.${area}.>`,
+  /** `<prefix>.changes.<kind>.<name>` for channel `<kind>:<name>` */
+  change: (prefix: string, channel: string) => `${prefix}.changes.${channel.replace(':', '.')}`,
+  allChanges: (prefix: string) => `${prefix}.changes.>`,
+  /** Stream sequence → partition parse helper for admin views. */
+  partitionOfSubject: (subject: string) => Number(subject.split('.')[2]),
+}
+
+/** Result of decoding a stored message: the event, or why it can never apply. */
+export type Decoded = { ok: true; event: StoredEvent } | { ok: false; reason: string }
+
+/** Decodes and validates a message body from the event stream. Never throws. */
+export function decodeEvent(body: Uint8Array | string): Decoded {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(typeof body === 'string' ? body : new TextDecoder().decode(body))
+  } catch {
+    return { ok: false, reason: 'body is not JSON' }
+  }
+  if (typeof parsed !== 'object' || parsed === null) return { ok: false, reason: 'body is not an object' }
+  const e = parsed as Record<string, unknown>
+  if (typeof e.id !== 'string' || e.id.length === 0) return { ok: false, reason: 'missing id' }
+  if (typeof e.type !== 'string' || !isEventType(e.type)) return { ok: false, reason: `unknown event type ${JSON.stringify(e.type)}` }
+  if (e.v !== contracts[e.type].version) return { ok: false, reason: `unsupported version ${JSON.stringify(e.v)} of ${e.type}` }
+  const problems = checkData(e.type, e.data)
+  if (problems.length > 0) return { ok: false, reason: `invalid data: ${problems.map((p) => `${p.path} ${p.message}`).join('; ')}` }
+  return { ok: true, event: { id: e.id, type: e.type, v: e.v, data: e.data, at: typeof e.at === 'string' ? e.at : '' } as StoredEvent }
+}

@@ -1,0 +1,61 @@
+import postgres from 'postgres'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect } from '@nats-io/transport-node'
+import { loadConfig, type Config } from '../config'
+import { connectPostgres, migrate } from '../db/client'
+import { topology } from '../nats'
+
+/** Real services the tests use; CI starts them when they are not running. */
+export const TEST_PG_URL = process.env.FANFARE_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+export const TEST_NATS_URL = process.env.FANFARE_TEST_NATS_URL ?? 'nats://127.0.0.1:4222'
+
+export type TestEnv = {
+  config: Config
+  /** Environment variables that make a child process use this test's database and streams. */
+  vars: Record<string, string>
+  cleanup: () => Promise<void>
+}
+
+/**
+ * A fresh, migrated Postgres database and a unique stream name and subject prefix, so tests
+ * never see each other's data. `overrides` are extra environment variables.
+ */
+export async function createTestEnv(overrides: Record<string, string> = {}): Promise<TestEnv> {
+  const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`
+  const dbName = `fanfare_t_${id}`
+  const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} })
+  await admin.unsafe(`CREATE DATABASE ${dbName}`)
+  await admin.end()
+  const url = new URL(TEST_PG_URL)
+  url.pathname = `/${dbName}`
+  const vars: Record<string, string> = {
+    DATABASE_URL: url.toString(),
+    NATS_URL: TEST_NATS_URL,
+    FANFARE_STREAM: `T_${id}`,
+    FANFARE_SUBJECT_PREFIX: `t_${id}`,
+    FANFARE_INGEST_TOKEN: `ingest-token-${id}`,
+    FANFARE_ADMIN_TOKEN: `admin-token-${id}`,
+    LOG_LEVEL: 'warn',
+    ...overrides,
+  }
+  const config = loadConfig(vars)
+  const database = await connectPostgres(vars.DATABASE_URL, { max: 1 })
+  await migrate(database)
+  await database.close()
+  return {
+    config,
+    vars,
+    cleanup: async () => {
+      const nc = await connect({ servers: TEST_NATS_URL })
+      const jsm = await jetstreamManager(nc)
+      const t = topology(config)
+      for (const stream of [t.eventStream, t.changeStream, `KV_${t.leaseBucket}`]) {
+        await jsm.streams.delete(stream).catch(() => {})
+      }
+      await nc.close()
+      const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} })
+      await admin.unsafe(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`)
+      await admin.end()
+    },
+  }
+}
