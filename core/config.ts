@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Value } from '@sinclair/typebox/value'
+import { Value, ValuePointer } from '@sinclair/typebox/value'
 
 /**
  * The whole environment Fanfare reads, as one TypeBox schema. Parsed once in `main`; nothing else
@@ -67,7 +67,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   }
   const converted = Value.Convert(Env, Value.Default(Env, raw))
   const problems = [...Value.Errors(Env, converted)].map(
-    (e) => `${e.path.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(Value.Pointer.Get(converted, e.path))})`,
+    (e) => `${e.path.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(ValuePointer.Get(converted, e.path))})`,
   )
   if (problems.length > 0) throw new ConfigError(problems)
   return converted as Config

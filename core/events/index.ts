@@ -72,7 +72,7 @@ export type StoredEvent = {
 
 const checkers = Object.fromEntries(
   eventTypes.map((t) => [t, TypeCompiler.Compile(contracts[t].schema)]),
-) as Record<EventType, ReturnType<typeof TypeCompiler.Compile>>
+) as unknown as Record<EventType, ReturnType<typeof TypeCompiler.Compile>>
 
 export const isEventType = (type: string): type is EventType => Object.hasOwn(contracts, type)
 

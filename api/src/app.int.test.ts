@@ -1,0 +1,98 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { connect } from '@nats-io/transport-node'
+import { TEST_NATS_URL } from '../../core/testing/env'
+import { createApp } from './app'
+import { startApi } from './server'
+import { createHarness, type ApiHarness } from './test-support'
+
+describe('app', () => {
+  let h: ApiHarness
+  beforeAll(async () => {
+    h = await createHarness({ FANFARE_MAX_BODY_BYTES: '4096' })
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+
+  test('healthz and readyz', async () => {
+    expect(await h.call('GET', '/healthz')).toEqual({ status: 200, json: { status: 'ok' } })
+    const ready = await h.call('GET', '/readyz')
+    expect(ready).toEqual({ status: 200, json: { status: 'ready', postgres: true, nats: true } })
+  })
+
+  test('readyz is 503 not_ready when the NATS connection is closed', async () => {
+    const nc = await connect({ servers: TEST_NATS_URL })
+    await nc.close()
+    const app = createApp({ ...h.deps, nc })
+    const res = await app.handle(new Request('http://localhost/readyz'))
+    expect(res.status).toBe(503)
+    expect(await res.json()).toEqual({
+      error: { code: 'not_ready', message: expect.any(String), details: { postgres: true, nats: false } },
+    })
+  })
+
+  test('unknown routes are 404 not_found in the error shape', async () => {
+    const r = await h.call('GET', '/v2/nothing')
+    expect(r.status).toBe(404)
+    expect(r.json).toEqual({ error: { code: 'not_found', message: expect.any(String) } })
+  })
+
+  test('/docs/json is an OpenAPI document listing every route', async () => {
+    const r = await h.call('GET', '/docs/json')
+    expect(r.status).toBe(200)
+    expect(String(r.json.openapi)).toStartWith('3.')
+    const paths = Object.keys(r.json.paths)
+    for (const p of [
+      '/healthz',
+      '/readyz',
+      '/v1/events',
+      '/v1/leaderboards/{board}',
+      '/v1/leaderboards/{board}/players/{player}',
+      '/v1/rooms/{room}/messages',
+      '/admin/leaderboards/{board}',
+      '/admin/rooms/{room}/messages/{id}',
+      '/admin/projections',
+      '/admin/dead-letters',
+    ]) {
+      expect(paths).toContain(p)
+    }
+    expect(r.json.paths['/v1/events'].post.requestBody).toBeDefined()
+    expect(r.json.paths['/v1/events'].post.responses['202']).toBeDefined()
+    const docs = await h.app.handle(new Request('http://localhost/docs'))
+    expect(docs.status).toBe(200)
+  })
+
+  test('a real server: oversize body is a JSON 413, port 0 binds, stop closes', async () => {
+    const api = await startApi({ ...h.deps, config: { ...h.env.config, HOST: '127.0.0.1', PORT: 0 } })
+    try {
+      expect(api.port).toBeGreaterThan(0)
+      const base = `http://127.0.0.1:${api.port}`
+      const ok = await fetch(`${base}/healthz`)
+      expect(ok.status).toBe(200)
+      const big = JSON.stringify({ type: 'chat.message.posted', data: { room: 'r', user: 'u', text: 'x'.repeat(5000) } })
+      const res = await fetch(`${base}/v1/events`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json' },
+        body: big,
+      })
+      expect(res.status).toBe(413)
+      expect(((await res.json()) as any).error.code).toBe('payload_too_large')
+      // Chunked upload without Content-Length: limited while reading.
+      const chunks = new ReadableStream({
+        start(c) {
+          for (let i = 0; i < 10; i++) c.enqueue(new TextEncoder().encode('x'.repeat(1000)))
+          c.close()
+        },
+      })
+      const chunked = await fetch(`${base}/v1/events`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json' },
+        body: chunks,
+      })
+      expect(chunked.status).toBe(413)
+      expect(((await chunked.json()) as any).error.code).toBe('payload_too_large')
+    } finally {
+      await api.stop()
+    }
+  })
+})

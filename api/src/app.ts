@@ -1,0 +1,59 @@
+import { Elysia } from 'elysia'
+import { openapi } from '@elysiajs/openapi'
+import { topology } from '../../core/nats'
+import { jsonBody } from './body'
+import type { ApiDeps } from './deps'
+import { errorHandler } from './errors'
+import { adminModule } from './modules/admin'
+import { eventsModule } from './modules/events'
+import { createIngest } from './modules/events/service'
+import { healthModule } from './modules/health'
+import { leaderboardsModule } from './modules/leaderboards'
+import { roomsModule } from './modules/rooms'
+
+/**
+ * Builds the API: every route, error mapping, body limit and OpenAPI document (/docs, JSON at
+ * /docs/json). Does not listen; see `startApi`. When `deps.realtime` is given it is mounted too.
+ */
+export function createApp(deps: ApiDeps) {
+  const { config, db, nc, logger } = deps
+  const ingest = deps.ingest ?? createIngest({ config, nc, logger })
+  const { eventStream } = topology(config)
+  const app = new Elysia({
+    // WebSocket limits are server-wide in Bun: per-route options are ignored.
+    websocket: {
+      backpressureLimit: config.FANFARE_WS_BACKPRESSURE_BYTES,
+      // Past the limit Bun would silently drop messages; closing makes the client resync.
+      closeOnBackpressureLimit: true,
+      maxPayloadLength: config.FANFARE_MAX_BODY_BYTES,
+    },
+    serve: {
+      // A second server on the same port must fail, not silently share traffic.
+      reusePort: false,
+      // Backstop only: our own limit answers first with a JSON 413 (Bun's own reply is not JSON).
+      maxRequestBodySize: config.FANFARE_MAX_BODY_BYTES * 2 + 64 * 1024,
+    },
+  })
+    .use(errorHandler(logger.child({ component: 'http' })))
+    .use(jsonBody(config.FANFARE_MAX_BODY_BYTES))
+    .use(
+      openapi({
+        path: '/docs',
+        specPath: '/docs/json',
+        documentation: {
+          info: { title: 'Fanfare API', version: '0.1.0', description: 'Events in, leaderboards and chat out.' },
+          components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+        },
+      }),
+    )
+    .use(healthModule(db, nc, eventStream))
+    .use(eventsModule(config, ingest))
+    .use(leaderboardsModule(db))
+    .use(roomsModule(db))
+    .use(adminModule({ config, db, nc, ingest, projections: deps.projections }))
+  if (!deps.realtime) return app
+  const realtime = typeof deps.realtime === 'function' ? deps.realtime({ ingest }) : deps.realtime
+  return app.use(realtime)
+}
+
+export type App = ReturnType<typeof createApp>

@@ -1,0 +1,47 @@
+import { Elysia } from 'elysia'
+import { Invalid, PayloadTooLarge } from './errors'
+
+/**
+ * Reads a request body as text, failing with 413 as soon as it passes `limit` bytes, so a
+ * chunked upload without Content-Length cannot make us buffer more than the limit.
+ */
+export async function readLimited(request: Request, limit: number): Promise<string> {
+  if (!request.body) return ''
+  const reader = request.body.getReader()
+  const chunks: Uint8Array[] = []
+  let size = 0
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) break
+    size += value.byteLength
+    if (size > limit) {
+      await reader.cancel().catch(() => {})
+      throw new PayloadTooLarge(limit)
+    }
+    chunks.push(value)
+  }
+  return new TextDecoder().decode(Buffer.concat(chunks))
+}
+
+/**
+ * Body handling for the whole app: the API speaks JSON only. A declared Content-Length over
+ * `limit` is refused before anything is read; any body is read with the limit enforced and
+ * parsed as JSON whatever its content type (malformed: 400 `bad_json`; empty: no body).
+ */
+export function jsonBody(limit: number) {
+  return new Elysia({ name: 'json-body', seed: limit })
+    .onRequest(({ request }) => {
+      const declared = Number(request.headers.get('content-length') ?? 0)
+      if (declared > limit) throw new PayloadTooLarge(limit)
+    })
+    .onParse({ as: 'global' }, async ({ request }) => {
+      const text = await readLimited(request, limit)
+      // No body (e.g. DELETE): leave it undefined; routes that need one fail validation.
+      if (text.trim() === '') return undefined
+      try {
+        return JSON.parse(text)
+      } catch {
+        throw new Invalid('bad_json', 'request body is not valid JSON', undefined, 400)
+      }
+    })
+}

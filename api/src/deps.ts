@@ -1,0 +1,26 @@
+import type { AnyElysia } from 'elysia'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { Config } from '../../core/config'
+import type { Db } from '../../core/db/client'
+import type { Logger } from '../../core/logger'
+import type { Ingest } from './modules/events/service'
+
+/** What the API needs from the process that runs it. Nothing connects at import time. */
+export type ApiDeps = {
+  config: Config
+  db: Db
+  nc: NatsConnection
+  logger: Logger
+  /** An ingest service to share with other layers; created from config/nc/logger when absent. */
+  ingest?: Ingest
+  /**
+   * Projection status from the workers package, served by GET /admin/projections. When absent the
+   * API computes it from checkpoints and stream info.
+   */
+  projections?: () => Promise<unknown>
+  /**
+   * The WebSocket layer (api/src/realtime/): an Elysia plugin, or a factory given the app's
+   * ingest service so REST and WebSocket publish through the same instance.
+   */
+  realtime?: AnyElysia | ((ctx: { ingest: Ingest }) => AnyElysia)
+}

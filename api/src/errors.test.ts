@@ -1,0 +1,26 @@
+import { describe, expect, test } from 'bun:test'
+import { Type } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import { Conflict, errorResponse, Invalid, NotFound, PayloadTooLarge, Unavailable, validationProblems } from './errors'
+
+describe('errors', () => {
+  test('each AppError carries its status and code', () => {
+    expect(new Invalid('x', 'm')).toMatchObject({ status: 422, code: 'x', message: 'm' })
+    expect(new Invalid('bad_json', 'm', undefined, 400).status).toBe(400)
+    expect(new NotFound('player_not_ranked', 'm').status).toBe(404)
+    expect(new Conflict('board_has_scores', 'm').status).toBe(409)
+    expect(new PayloadTooLarge(10)).toMatchObject({ status: 413, code: 'payload_too_large' })
+    expect(new Unavailable()).toMatchObject({ status: 503, code: 'unavailable' })
+  })
+
+  test('errorResponse writes the one error shape, details only when given', async () => {
+    expect(await errorResponse(404, 'not_found', 'nope').json()).toEqual({ error: { code: 'not_found', message: 'nope' } })
+    expect(await errorResponse(422, 'x', 'y', [1]).json()).toEqual({ error: { code: 'x', message: 'y', details: [1] } })
+  })
+
+  test('validationProblems descends into the closest union variant', () => {
+    const schema = Type.Union([Type.Object({ events: Type.Array(Type.String()) }), Type.Object({ type: Type.String(), data: Type.Object({}) })])
+    const problems = validationProblems(Value.Errors(schema, { type: 'x', data: 5 }))
+    expect(problems).toEqual([{ path: '/data', message: expect.any(String) }])
+  })
+})

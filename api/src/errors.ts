@@ -1,0 +1,156 @@
+import { Elysia, ValidationError } from 'elysia'
+import type { ValueError } from '@sinclair/typebox/errors'
+import type { Logger } from '../../core/logger'
+
+/** The one error body every 4xx/5xx of the API carries. */
+export type ErrorBody = { error: { code: string; message: string; details?: unknown } }
+
+/**
+ * An expected failure: a string `code` clients can branch on, the HTTP `status`, and optional
+ * `details`. Services throw these; the error plugin turns them into an ErrorBody.
+ */
+export abstract class AppError extends Error {
+  abstract readonly status: number
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly details?: unknown,
+  ) {
+    super(message)
+    this.name = new.target.name
+  }
+}
+
+/** Bad input: 422 by default (well-formed but unacceptable), 400 for malformed requests. */
+export class Invalid extends AppError {
+  readonly status: 400 | 422
+  constructor(code: string, message: string, details?: unknown, status: 400 | 422 = 422) {
+    super(code, message, details)
+    this.status = status
+  }
+}
+export class Unauthorized extends AppError {
+  readonly status = 401
+  constructor(message = 'missing or unknown bearer token') {
+    super('unauthorized', message)
+  }
+}
+export class Forbidden extends AppError {
+  readonly status = 403
+  constructor(message = 'this token may not do that', details?: unknown) {
+    super('forbidden', message, details)
+  }
+}
+export class NotFound extends AppError {
+  readonly status = 404
+}
+export class Conflict extends AppError {
+  readonly status = 409
+}
+export class PayloadTooLarge extends AppError {
+  readonly status = 413
+  constructor(limit: number) {
+    super('payload_too_large', `request body exceeds ${limit} bytes`, { limit })
+  }
+}
+/** A dependency (NATS, JetStream, Postgres) cannot serve the request now; retrying later may work. */
+export class Unavailable extends AppError {
+  readonly status = 503
+  constructor(message = 'service temporarily unavailable', code = 'unavailable', details?: unknown) {
+    super(code, message, details)
+  }
+}
+
+/** Builds an ErrorBody response. */
+export function errorResponse(status: number, code: string, message: string, details?: unknown): Response {
+  const body: ErrorBody = { error: details === undefined ? { code, message } : { code, message, details } }
+  return Response.json(body, { status })
+}
+
+/** One validation problem as reported to clients. */
+export type ValidationProblem = { path: string; message: string }
+
+/**
+ * Flattens TypeBox errors for clients. A union error alone says only "Expected union value", so
+ * we descend into the variant that came closest (fewest errors) to say what is actually wrong.
+ */
+export function validationProblems(errors: Iterable<ValueError>, limit = 20): ValidationProblem[] {
+  const out: ValidationProblem[] = []
+  for (const e of errors) {
+    const variants = (e as ValueError & { errors?: Iterable<ValueError>[] }).errors
+    if (variants && variants.length > 0) {
+      const best = variants.map((it) => [...it]).sort((a, b) => a.length - b.length)[0]
+      if (best.length > 0) {
+        out.push(...validationProblems(best, limit - out.length))
+        if (out.length >= limit) break
+        continue
+      }
+    }
+    out.push({ path: e.path || '/', message: e.message })
+    if (out.length >= limit) break
+  }
+  return out
+}
+
+/**
+ * The error plugin: maps AppErrors and Elysia's own errors to ErrorBody responses. Registered
+ * globally so every route of the app, whichever plugin declares it, answers errors the same way.
+ * Unexpected errors are logged here, once, and reported as 500 `internal` without internals.
+ */
+export function errorHandler(logger: Logger) {
+  return new Elysia({ name: 'errors' }).onError({ as: 'global' }, ({ code, error, request, path }) => {
+    // Elysia wraps whatever a parse hook throws (our 413 and 400 included) in a ParseError.
+    const cause = (error as { cause?: unknown }).cause
+    if (code === 'PARSE' && cause instanceof AppError) return errorResponse(cause.status, cause.code, cause.message, cause.details)
+    if (error instanceof AppError) return errorResponse(error.status, error.code, error.message, error.details)
+    switch (code) {
+      case 'VALIDATION': {
+        const v = error as ValidationError
+        const { where, problems } = describeValidation(v, request)
+        const message = typeof v.customError === 'string' ? v.customError : `invalid ${where}`
+        return errorResponse(422, 'invalid_request', message, problems)
+      }
+      case 'PARSE':
+        return errorResponse(400, 'bad_json', 'request body is not valid JSON')
+      case 'NOT_FOUND':
+        return errorResponse(404, 'not_found', `no route ${request.method} ${path}`)
+      case 'INVALID_COOKIE_SIGNATURE':
+      case 'INVALID_FILE_TYPE':
+        return errorResponse(400, 'bad_request', (error as Error).message)
+      default: {
+        // Bun rejects a body over maxRequestBodySize with this error before we can parse it.
+        if (isBodyTooLarge(error)) return errorResponse(413, 'payload_too_large', 'request body is too large')
+        logger.error({ err: error, method: request.method, path, code }, 'unhandled error')
+        return errorResponse(500, 'internal', 'internal error')
+      }
+    }
+  })
+}
+
+/**
+ * Where a validation failed and what is wrong. Elysia checks coerced query/params numbers one
+ * property at a time ('property' errors) without naming it, so we find the name by its raw value.
+ */
+function describeValidation(v: ValidationError, request: Request): { where: string; problems: (ValidationProblem & { in: string })[] } {
+  const problems = validationProblems(safeAll(v))
+  if (v.type !== 'property') return { where: v.type, problems: problems.map((p) => ({ ...p, in: v.type })) }
+  const found = String(v.value)
+  const name = [...new URL(request.url).searchParams].find(([, value]) => value === found)?.[0]
+  return {
+    where: name ? `query parameter ${name}` : 'parameter',
+    problems: problems.map((p) => ({ path: name ? `/${name}` : p.path, message: p.message, in: name ? 'query' : 'params' })),
+  }
+}
+
+function safeAll(v: ValidationError): ValueError[] {
+  try {
+    return v.all as ValueError[]
+  } catch {
+    return []
+  }
+}
+
+function isBodyTooLarge(error: unknown): boolean {
+  const e = error as { code?: string; message?: string } | undefined
+  return e?.code === 'ERR_BODY_TOO_LARGE' || /body.*too large|exceeds.*max.*body/i.test(String(e?.message ?? ''))
+}

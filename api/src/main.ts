@@ -1,0 +1,49 @@
+import { ConfigError, loadConfig, type Config } from '../../core/config'
+import { connectPostgres } from '../../core/db/client'
+import { createLogger } from '../../core/logger'
+import { connectNats, ensureStreams } from '../../core/nats'
+import { startApi } from './server'
+
+/** `bun api/src/main.ts`: the API process against an external Postgres and NATS. */
+function configOrExit(): Config {
+  try {
+    const config = loadConfig()
+    const missing = (['DATABASE_URL', 'NATS_URL', 'FANFARE_INGEST_TOKEN', 'FANFARE_ADMIN_TOKEN'] as const).filter((k) => !config[k])
+    if (missing.length > 0) {
+      console.error(`the API needs ${missing.join(', ')} to be set (npm start runs everything embedded without them)`)
+      process.exit(2)
+    }
+    return config
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(err.message)
+      process.exit(2)
+    }
+    throw err
+  }
+}
+
+const config = configOrExit()
+const logger = createLogger(config.LOG_LEVEL, { service: 'fanfare-api' })
+const database = await connectPostgres(config.DATABASE_URL!)
+const nc = await connectNats(config.NATS_URL!, 'fanfare-api')
+await ensureStreams(nc, config)
+const api = await startApi({ config, db: database.db, nc, logger })
+
+let shuttingDown = false
+async function shutdown(signal: string) {
+  if (shuttingDown) return
+  shuttingDown = true
+  logger.info({ signal }, 'shutting down')
+  try {
+    await api.stop()
+    await nc.drain()
+    await database.close()
+    process.exit(0)
+  } catch (err) {
+    logger.error({ err }, 'error during shutdown')
+    process.exit(1)
+  }
+}
+process.on('SIGTERM', () => void shutdown('SIGTERM'))
+process.on('SIGINT', () => void shutdown('SIGINT'))

@@ -1,0 +1,132 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { createLogger } from '../../../../core/logger'
+import { deadLetters, leaderboardEntries, projectionCheckpoints } from '../../../../core/db/schema'
+import { topology } from '../../../../core/nats'
+import { createApp } from '../../app'
+import { createHarness, type ApiHarness } from '../../test-support'
+
+describe('/admin', () => {
+  let h: ApiHarness
+  beforeAll(async () => {
+    h = await createHarness()
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+
+  test('every admin route is 401 without a token and 403 with the ingest token', async () => {
+    const routes: [string, string, unknown?][] = [
+      ['GET', '/admin/leaderboards/b'],
+      ['PUT', '/admin/leaderboards/b', { order: 'asc' }],
+      ['DELETE', '/admin/rooms/lobby/messages/m1'],
+      ['GET', '/admin/projections'],
+      ['GET', '/admin/dead-letters'],
+    ]
+    for (const [method, path, body] of routes) {
+      const none = await h.call(method, path, { body })
+      expect([method, path, none.status, none.json.error?.code]).toEqual([method, path, 401, 'unauthorized'])
+      const ingest = await h.call(method, path, { body, token: h.ingestToken })
+      expect([method, path, ingest.status, ingest.json.error?.code]).toEqual([method, path, 403, 'forbidden'])
+    }
+  })
+
+  test('board config: defaults, upsert, partial update', async () => {
+    const t = h.adminToken
+    const initial = await h.call('GET', '/admin/leaderboards/speedrun', { token: t })
+    expect(initial.json).toEqual({ board: 'speedrun', order: 'desc', operator: 'best', configured: false })
+    const put = await h.call('PUT', '/admin/leaderboards/speedrun', { token: t, body: { order: 'asc', operator: 'latest' } })
+    expect(put.status).toBe(200)
+    expect(put.json).toEqual({ board: 'speedrun', order: 'asc', operator: 'latest', configured: true })
+    const partial = await h.call('PUT', '/admin/leaderboards/speedrun', { token: t, body: { operator: 'sum' } })
+    expect(partial.json).toEqual({ board: 'speedrun', order: 'asc', operator: 'sum', configured: true })
+    const read = await h.call('GET', '/admin/leaderboards/speedrun', { token: t })
+    expect(read.json).toEqual(partial.json)
+    // The public read follows the config.
+    const pub = await h.call('GET', '/v1/leaderboards/speedrun')
+    expect(pub.json.order).toBe('asc')
+    const bad = await h.call('PUT', '/admin/leaderboards/speedrun', { token: t, body: { order: 'sideways' } })
+    expect(bad.status).toBe(422)
+    expect(bad.json.error.code).toBe('invalid_request')
+  })
+
+  test('changing the rules of a board with scores is 409; re-stating them is fine', async () => {
+    const t = h.adminToken
+    await h.call('PUT', '/admin/leaderboards/ranked', { token: t, body: { order: 'desc', operator: 'best' } })
+    await h.database.db.insert(leaderboardEntries).values({ board: 'ranked', player: 'p', score: 1, reachedSeq: 1 })
+    const change = await h.call('PUT', '/admin/leaderboards/ranked', { token: t, body: { operator: 'sum' } })
+    expect(change.status).toBe(409)
+    expect(change.json.error.code).toBe('board_has_scores')
+    const same = await h.call('PUT', '/admin/leaderboards/ranked', { token: t, body: { order: 'desc' } })
+    expect(same.status).toBe(200)
+    // A board with scores but no stored config has the defaults: changing them is also refused.
+    await h.database.db.insert(leaderboardEntries).values({ board: 'unconfigured', player: 'p', score: 1, reachedSeq: 2 })
+    const implicit = await h.call('PUT', '/admin/leaderboards/unconfigured', { token: t, body: { order: 'asc' } })
+    expect(implicit.status).toBe(409)
+    const read = await h.call('GET', '/admin/leaderboards/ranked', { token: t })
+    expect(read.json.operator).toBe('best')
+  })
+
+  test('deleting a message publishes chat.message.deleted to the stream', async () => {
+    const r = await h.call('DELETE', '/admin/rooms/lobby/messages/msg-123', { token: h.adminToken })
+    expect(r.status).toBe(202)
+    expect(r.json.results).toHaveLength(1)
+    const stored = await h.jsm.streams.getMessage(topology(h.env.config).eventStream, { seq: r.json.results[0].seq })
+    expect(stored!.subject).toEndWith('.chat.message.deleted')
+    expect(stored!.json<any>()).toMatchObject({ id: r.json.results[0].id, type: 'chat.message.deleted', v: 1, data: { room: 'lobby', messageId: 'msg-123' } })
+    const bad = await h.call('DELETE', '/admin/rooms/bad%20room/messages/x', { token: h.adminToken })
+    expect(bad.status).toBe(422)
+  })
+
+  test('projections: checkpoints grouped per projection with lag against the stream', async () => {
+    await h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
+    const lastSeq = (await h.jsm.streams.info(topology(h.env.config).eventStream)).state.last_seq
+    await h.database.db.insert(projectionCheckpoints).values([
+      { projection: 'leaderboards', partition: 0, seq: 1 },
+      { projection: 'leaderboards', partition: 3, seq: lastSeq },
+      { projection: 'chat', partition: 1, seq: 1 },
+    ])
+    const r = await h.call('GET', '/admin/projections', { token: h.adminToken })
+    expect(r.status).toBe(200)
+    expect(r.json.source).toBe('checkpoints')
+    expect(r.json.stream).toMatchObject({ name: topology(h.env.config).eventStream, lastSeq })
+    const byName = Object.fromEntries(r.json.projections.map((p: any) => [p.projection, p]))
+    expect(byName.leaderboards).toMatchObject({ appliedSeq: lastSeq, lag: 0 })
+    expect(byName.leaderboards.partitions.map((p: any) => [p.partition, p.seq])).toEqual([
+      [0, 1],
+      [3, lastSeq],
+    ])
+    expect(byName.chat).toMatchObject({ appliedSeq: 1, lag: lastSeq - 1 })
+  })
+
+  test('projections: served from the workers when wired', async () => {
+    const app = createApp({ ...h.deps, logger: createLogger('silent'), projections: async () => [{ projection: 'x', lag: 0 }] })
+    const res = await app.handle(new Request('http://localhost/admin/projections', { headers: { authorization: `Bearer ${h.adminToken}` } }))
+    expect(res.status).toBe(200)
+    expect(await res.json()).toEqual({ source: 'workers', projections: [{ projection: 'x', lag: 0 }] })
+  })
+
+  test('dead letters newest first, paged by id', async () => {
+    const rows = await h.database.db
+      .insert(deadLetters)
+      .values(
+        [1, 2, 3].map((i) => ({
+          projection: 'chat',
+          partition: 0,
+          streamSeq: i,
+          subject: 'x.ev.0.chat.message.posted',
+          eventId: i === 2 ? null : `e${i}`,
+          reason: 'invalid data',
+          payload: '{}',
+        })),
+      )
+      .returning({ id: deadLetters.id })
+    const ids = rows.map((r) => r.id)
+    const all = await h.call('GET', '/admin/dead-letters', { token: h.adminToken })
+    expect(all.status).toBe(200)
+    expect(all.json.deadLetters.map((d: any) => d.id)).toEqual([...ids].reverse())
+    expect(all.json.deadLetters[1]).toMatchObject({ eventId: null, streamSeq: 2, reason: 'invalid data', projection: 'chat' })
+    expect(typeof all.json.deadLetters[0].createdAt).toBe('string')
+    const page = await h.call('GET', `/admin/dead-letters?limit=1&before=${ids[2]}`, { token: h.adminToken })
+    expect(page.json.deadLetters.map((d: any) => d.id)).toEqual([ids[1]])
+  })
+})

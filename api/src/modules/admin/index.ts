@@ -1,0 +1,67 @@
+import { Elysia } from 'elysia'
+import type { Config } from '../../../../core/config'
+import type { Db } from '../../../../core/db/client'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { topology } from '../../../../core/nats'
+import { authPlugin } from '../../auth'
+import { ErrorResponse } from '../../error-model'
+import { PublishResponse } from '../events/model'
+import type { Ingest } from '../events/service'
+import { boardConfig } from '../leaderboards/service'
+import { BoardConfig, BoardConfigBody, BoardParams, DeadLetters, DeadLettersQuery, MessageParams, ProjectionsReport } from './model'
+import { listDeadLetters, projectionStatus, putBoardConfig } from './service'
+
+export type AdminDeps = {
+  config: Config
+  db: Db
+  nc: NatsConnection
+  ingest: Ingest
+  projections?: () => Promise<unknown>
+}
+
+const denied = { 401: ErrorResponse, 403: ErrorResponse }
+
+/** /admin: board rules, moderation, projection status and dead letters. Admin token only. */
+export function adminModule({ config, db, nc, ingest, projections }: AdminDeps) {
+  const { eventStream } = topology(config)
+  return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
+    .use(authPlugin(config))
+    .guard({ auth: 'admin' }, (app) =>
+      app
+        .get('/leaderboards/:board', ({ params }) => boardConfig(db, params.board), {
+          params: BoardParams,
+          response: { 200: BoardConfig, ...denied },
+          detail: { summary: "A board's rules (defaults when not configured)" },
+        })
+        .put('/leaderboards/:board', ({ params, body }) => putBoardConfig(db, params.board, body), {
+          params: BoardParams,
+          body: BoardConfigBody,
+          response: { 200: BoardConfig, 409: ErrorResponse, 422: ErrorResponse, ...denied },
+          detail: {
+            summary: "Set a board's rules",
+            description: '409 board_has_scores when the board has entries and the rules would change.',
+          },
+        })
+        .delete(
+          '/rooms/:room/messages/:id',
+          async ({ params, publisher, status }) =>
+            status(202, {
+              results: await ingest.publish([{ type: 'chat.message.deleted', data: { room: params.room, messageId: params.id } }], publisher),
+            }),
+          {
+            params: MessageParams,
+            response: { 202: PublishResponse, 503: ErrorResponse, ...denied },
+            detail: { summary: 'Delete a chat message', description: 'Publishes chat.message.deleted; the deletion applies through the stream.' },
+          },
+        )
+        .get('/projections', async () => (projections ? { source: 'workers' as const, projections: await projections() } : projectionStatus(db, nc, eventStream)), {
+          response: { 200: ProjectionsReport, 503: ErrorResponse, ...denied },
+          detail: { summary: 'Projection progress and lag' },
+        })
+        .get('/dead-letters', async ({ query }) => ({ deadLetters: await listDeadLetters(db, query) }), {
+          query: DeadLettersQuery,
+          response: { 200: DeadLetters, ...denied },
+          detail: { summary: 'Messages that could not be applied, newest first' },
+        }),
+    )
+}

@@ -1,0 +1,59 @@
+import { t } from 'elysia'
+import { EventId, Name } from '../../../../core/events'
+import { ScoreOperator, SortOrder } from '../leaderboards/model'
+
+export const BoardParams = t.Object({ board: Name })
+export const BoardConfigBody = t.Object(
+  { order: t.Optional(SortOrder), operator: t.Optional(ScoreOperator) },
+  { additionalProperties: false },
+)
+export type BoardConfigBody = typeof BoardConfigBody.static
+
+export const BoardConfig = t.Object({
+  board: t.String(),
+  order: SortOrder,
+  operator: ScoreOperator,
+  configured: t.Boolean({ description: 'false: no stored config, these are the defaults' }),
+})
+
+export const MessageParams = t.Object({ room: Name, id: EventId })
+
+export const PartitionCheckpoint = t.Object({ partition: t.Integer(), seq: t.Integer(), updatedAt: t.String() })
+export const ProjectionStatus = t.Object({
+  projection: t.String(),
+  appliedSeq: t.Integer({ description: 'highest stream sequence applied in any partition' }),
+  lag: t.Integer({
+    description:
+      'stream last sequence minus appliedSeq: an upper bound, since the stream also holds events other projections consume',
+  }),
+  partitions: t.Array(PartitionCheckpoint),
+})
+export type ProjectionStatus = typeof ProjectionStatus.static
+
+export const ProjectionsReport = t.Union([
+  t.Object({
+    source: t.Literal('checkpoints'),
+    stream: t.Object({ name: t.String(), lastSeq: t.Integer(), messages: t.Integer() }),
+    projections: t.Array(ProjectionStatus),
+  }),
+  t.Object({ source: t.Literal('workers'), projections: t.Unknown() }),
+])
+export type ProjectionsReport = typeof ProjectionsReport.static
+
+export const DeadLettersQuery = t.Object({
+  limit: t.Integer({ minimum: 1, maximum: 100, default: 50 }),
+  before: t.Optional(t.Integer({ minimum: 1, description: 'dead letter id: only older ones' })),
+})
+export const DeadLetter = t.Object({
+  id: t.Integer(),
+  projection: t.String(),
+  partition: t.Integer(),
+  streamSeq: t.Integer(),
+  subject: t.String(),
+  eventId: t.Union([t.String(), t.Null()]),
+  reason: t.String(),
+  payload: t.String(),
+  createdAt: t.String(),
+})
+export type DeadLetter = typeof DeadLetter.static
+export const DeadLetters = t.Object({ deadLetters: t.Array(DeadLetter, { description: 'newest first' }) })

@@ -1,0 +1,76 @@
+import { jetstreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { asc, desc, eq, lt } from 'drizzle-orm'
+import type { Db } from '../../../../core/db/client'
+import { deadLetters, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../../../core/db/schema'
+import { Conflict, Unavailable } from '../../errors'
+import { boardConfig, type BoardConfig } from '../leaderboards/service'
+import type { BoardConfigBody, DeadLetter, ProjectionsReport, ProjectionStatus } from './model'
+
+/**
+ * Upserts a board's rules. Changing the order or operator of a board that already has entries is
+ * 409 `board_has_scores`: existing scores were computed under the old rules.
+ */
+export async function putBoardConfig(db: Db, board: string, body: BoardConfigBody): Promise<BoardConfig> {
+  return db.transaction(async (tx) => {
+    const q = tx as unknown as Db
+    // Serialise concurrent admin writes to one board's config.
+    await q.select().from(leaderboards).where(eq(leaderboards.board, board)).for('update')
+    const current = await boardConfig(q, board)
+    const next = { order: body.order ?? current.order, operator: body.operator ?? current.operator }
+    const changes = next.order !== current.order || next.operator !== current.operator
+    if (changes) {
+      const [entry] = await q.select({ player: leaderboardEntries.player }).from(leaderboardEntries).where(eq(leaderboardEntries.board, board)).limit(1)
+      if (entry) {
+        throw new Conflict('board_has_scores', `board ${board} already has scores; its order and operator can no longer change`, {
+          current: { order: current.order, operator: current.operator },
+        })
+      }
+    }
+    await q
+      .insert(leaderboards)
+      .values({ board, sortOrder: next.order, operator: next.operator })
+      .onConflictDoUpdate({ target: leaderboards.board, set: { sortOrder: next.order, operator: next.operator, updatedAt: new Date() } })
+    return { board, ...next, configured: true }
+  })
+}
+
+/** Dead letters, newest first; `before` pages by id. */
+export async function listDeadLetters(db: Db, opts: { limit: number; before?: number }): Promise<DeadLetter[]> {
+  const rows = await db
+    .select()
+    .from(deadLetters)
+    .where(opts.before !== undefined ? lt(deadLetters.id, opts.before) : undefined)
+    .orderBy(desc(deadLetters.id))
+    .limit(opts.limit)
+  return rows.map((r) => ({ ...r, createdAt: r.createdAt.toISOString() }))
+}
+
+/**
+ * Projection progress from the checkpoints table and the event stream's last sequence. Lag is an
+ * upper bound: the stream also holds events of other projections, which this one never applies.
+ */
+export async function projectionStatus(db: Db, nc: NatsConnection, eventStream: string): Promise<ProjectionsReport> {
+  let info
+  try {
+    const jsm = await jetstreamManager(nc)
+    info = await jsm.streams.info(eventStream)
+  } catch (err) {
+    throw new Unavailable(`cannot read stream ${eventStream}: ${(err as Error).message}`)
+  }
+  const lastSeq = info.state.last_seq
+  const rows = await db
+    .select()
+    .from(projectionCheckpoints)
+    .orderBy(asc(projectionCheckpoints.projection), asc(projectionCheckpoints.partition))
+  const byProjection = new Map<string, ProjectionStatus>()
+  for (const r of rows) {
+    let p = byProjection.get(r.projection)
+    if (!p) byProjection.set(r.projection, (p = { projection: r.projection, appliedSeq: 0, lag: 0, partitions: [] }))
+    p.appliedSeq = Math.max(p.appliedSeq, r.seq)
+    p.partitions.push({ partition: r.partition, seq: r.seq, updatedAt: r.updatedAt.toISOString() })
+  }
+  const projections = [...byProjection.values()].map((p) => ({ ...p, lag: Math.max(0, lastSeq - p.appliedSeq) }))
+  return { source: 'checkpoints', stream: { name: eventStream, lastSeq, messages: info.state.messages }, projections }
+}
+

@@ -1,0 +1,200 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { connect } from '@nats-io/transport-node'
+import { createLogger } from '../../../../core/logger'
+import { topology } from '../../../../core/nats'
+import { TEST_NATS_URL } from '../../../../core/testing/env'
+import { createApp } from '../../app'
+import { createHarness, type ApiHarness } from '../../test-support'
+import { createIngest } from './service'
+
+const score = (player: string, value = 1, id?: string) => ({
+  ...(id ? { id } : {}),
+  type: 'score.submitted',
+  data: { board: 'main', player, score: value },
+})
+const expectErrorShape = (json: any, code: string) => {
+  expect(typeof json.error.message).toBe('string')
+  expect(json.error.code).toBe(code)
+}
+
+describe('POST /v1/events', () => {
+  let h: ApiHarness
+  beforeAll(async () => {
+    h = await createHarness({ FANFARE_MAX_BODY_BYTES: '65536' })
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+
+  test('stores one event and answers 202 with its sequence', async () => {
+    const before = await h.streamCount()
+    const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: score('alice', 10, 'evt-1') })
+    expect(r.status).toBe(202)
+    expect(r.json.results).toHaveLength(1)
+    expect(r.json.results[0]).toMatchObject({ id: 'evt-1', duplicate: false })
+    expect(r.json.results[0].seq).toBeGreaterThan(0)
+    expect(await h.streamCount()).toBe(before + 1)
+    const stored = await h.jsm.streams.getMessage(topology(h.env.config).eventStream, { seq: r.json.results[0].seq })
+    const body = stored!.json<any>()
+    expect(body).toMatchObject({ id: 'evt-1', type: 'score.submitted', v: 1, data: { board: 'main', player: 'alice', score: 10 } })
+    expect(Number.isNaN(Date.parse(body.at))).toBe(false)
+  })
+
+  test('a resent id is reported duplicate with the same sequence and stored once', async () => {
+    const first = await h.call('POST', '/v1/events', { token: h.ingestToken, body: score('bob', 5, 'evt-dup') })
+    const count = await h.streamCount()
+    const again = await h.call('POST', '/v1/events', { token: h.ingestToken, body: score('bob', 5, 'evt-dup') })
+    expect(again.status).toBe(202)
+    expect(again.json.results[0]).toEqual({ id: 'evt-dup', seq: first.json.results[0].seq, duplicate: true })
+    expect(await h.streamCount()).toBe(count)
+  })
+
+  test('a batch of 3 answers results in input order; missing ids become UUIDv7', async () => {
+    const r = await h.call('POST', '/v1/events', {
+      token: h.ingestToken,
+      body: { events: [score('a', 1, 'b-1'), score('b', 2), { type: 'chat.message.posted', data: { room: 'lobby', user: 'u', text: 'hi' } }] },
+    })
+    expect(r.status).toBe(202)
+    const results = r.json.results
+    expect(results).toHaveLength(3)
+    expect(results[0].id).toBe('b-1')
+    expect(results[1].id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/)
+    expect(results[2].id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7/)
+    // Published from one connection in input order, so stored in input order.
+    expect(results[0].seq).toBeLessThan(results[1].seq)
+    expect(results[1].seq).toBeLessThan(results[2].seq)
+  })
+
+  test('401 without a token or with an unknown one, 403 for admin-only events with the ingest token', async () => {
+    const before = await h.streamCount()
+    const none = await h.call('POST', '/v1/events', { body: score('x') })
+    expect(none.status).toBe(401)
+    expectErrorShape(none.json, 'unauthorized')
+    const wrong = await h.call('POST', '/v1/events', { token: 'not-a-real-token-at-all', body: score('x') })
+    expect(wrong.status).toBe(401)
+    expectErrorShape(wrong.json, 'unauthorized')
+    const del = { type: 'chat.message.deleted', data: { room: 'lobby', messageId: 'm1' } }
+    const forbidden = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [score('ok'), del] } })
+    expect(forbidden.status).toBe(403)
+    expectErrorShape(forbidden.json, 'forbidden')
+    expect(await h.streamCount()).toBe(before)
+    // The admin token is accepted wherever the ingest token is, and may publish admin events.
+    const admin = await h.call('POST', '/v1/events', { token: h.adminToken, body: del })
+    expect(admin.status).toBe(202)
+  })
+
+  test('an unknown type rejects the whole batch and publishes nothing', async () => {
+    const before = await h.streamCount()
+    const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [score('fine'), { type: 'nope.happened', data: {} }] } })
+    expect(r.status).toBe(422)
+    expectErrorShape(r.json, 'unknown_event_type')
+    expect(r.json.error.details).toEqual([{ index: 1, type: 'nope.happened' }])
+    expect(await h.streamCount()).toBe(before)
+  })
+
+  test('invalid data is 422 invalid_event with index/path details and publishes nothing', async () => {
+    const before = await h.streamCount()
+    const r = await h.call('POST', '/v1/events', {
+      token: h.ingestToken,
+      body: { events: [score('fine'), { type: 'score.submitted', data: { board: 'bad board!', player: 'p', score: 'high' } }] },
+    })
+    expect(r.status).toBe(422)
+    expectErrorShape(r.json, 'invalid_event')
+    const paths = r.json.error.details.map((d: any) => `${d.index}${d.path}`)
+    expect(paths).toContain('1/data/board')
+    expect(paths).toContain('1/data/score')
+    for (const d of r.json.error.details) expect(typeof d.message).toBe('string')
+    expect(await h.streamCount()).toBe(before)
+  })
+
+  test('duplicate ids in one batch are rejected', async () => {
+    const before = await h.streamCount()
+    const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [score('a', 1, 'same'), score('b', 1, 'same')] } })
+    expect(r.status).toBe(422)
+    expectErrorShape(r.json, 'duplicate_id_in_batch')
+    expect(await h.streamCount()).toBe(before)
+  })
+
+  test('malformed bodies: bad JSON 400, wrong shape 422, empty batch 422', async () => {
+    const bad = await h.call('POST', '/v1/events', { token: h.ingestToken, body: '{"type": ' })
+    expect(bad.status).toBe(400)
+    expectErrorShape(bad.json, 'bad_json')
+    const shape = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted' } })
+    expect(shape.status).toBe(422)
+    expectErrorShape(shape.json, 'invalid_request')
+    expect(Array.isArray(shape.json.error.details)).toBe(true)
+    const empty = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [] } })
+    expect(empty.status).toBe(422)
+    expect(empty.json.error.code).toBeString()
+  })
+
+  test('more than 500 events is 422 too_many_events and publishes nothing', async () => {
+    const before = await h.streamCount()
+    const events = Array.from({ length: 501 }, (_, i) => score(`p${i}`))
+    const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events } })
+    expect(r.status).toBe(422)
+    expectErrorShape(r.json, 'too_many_events')
+    expect(await h.streamCount()).toBe(before)
+  })
+
+  test('a body over FANFARE_MAX_BODY_BYTES is 413, declared or streamed', async () => {
+    const before = await h.streamCount()
+    const text = 'x'.repeat(1500)
+    const big = JSON.stringify({ events: Array.from({ length: 60 }, () => ({ type: 'chat.message.posted', data: { room: 'r', user: 'u', text } })) })
+    expect(big.length).toBeGreaterThan(h.env.config.FANFARE_MAX_BODY_BYTES)
+    // No Content-Length (streamed): the limit applies while reading.
+    const streamed = await h.call('POST', '/v1/events', { token: h.ingestToken, body: big })
+    expect(streamed.status).toBe(413)
+    expectErrorShape(streamed.json, 'payload_too_large')
+    // Declared Content-Length: refused before reading.
+    const declared = await h.app.handle(
+      new Request('http://localhost/v1/events', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json', 'content-length': String(big.length) },
+        body: big,
+      }),
+    )
+    expect(declared.status).toBe(413)
+    expect(((await declared.json()) as any).error.code).toBe('payload_too_large')
+    expect(await h.streamCount()).toBe(before)
+  })
+})
+
+describe('JetStream unavailable', () => {
+  let h: ApiHarness
+  beforeAll(async () => {
+    h = await createHarness()
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+
+  test('publishing to a stream that does not exist is 503, never 202', async () => {
+    const config = { ...h.env.config, FANFARE_STREAM: `${h.env.config.FANFARE_STREAM}_MISSING`, FANFARE_SUBJECT_PREFIX: `${h.env.config.FANFARE_SUBJECT_PREFIX}_missing` }
+    const app = createApp({ ...h.deps, config, ingest: createIngest({ config, nc: h.nc, logger: createLogger('silent'), publishTimeoutMs: 2000 }) })
+    const res = await app.handle(
+      new Request('http://localhost/v1/events', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify(score('z')),
+      }),
+    )
+    expect(res.status).toBe(503)
+    expect(((await res.json()) as any).error.code).toBe('unavailable')
+  })
+
+  test('a closed NATS connection is 503 unavailable', async () => {
+    const nc = await connect({ servers: TEST_NATS_URL })
+    await nc.close()
+    const app = createApp({ ...h.deps, nc })
+    const res = await app.handle(
+      new Request('http://localhost/v1/events', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify(score('z')),
+      }),
+    )
+    expect(res.status).toBe(503)
+    expect(((await res.json()) as any).error.code).toBe('unavailable')
+  })
+})

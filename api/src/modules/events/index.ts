@@ -1,0 +1,31 @@
+import { Elysia } from 'elysia'
+import type { Config } from '../../../../core/config'
+import { authPlugin } from '../../auth'
+import { ErrorResponse } from '../../error-model'
+import { PublishBody, PublishResponse } from './model'
+import type { Ingest } from './service'
+
+/** POST /v1/events: publish one event or a batch with the ingest (or admin) token. */
+export function eventsModule(config: Config, ingest: Ingest) {
+  return new Elysia({ prefix: '/v1' })
+    .use(authPlugin(config))
+    .post(
+      '/events',
+      async ({ body, publisher, status }) => {
+        const inputs = 'events' in body ? body.events : [body]
+        return status(202, { results: await ingest.publish(inputs, publisher) })
+      },
+      {
+        auth: 'ingest',
+        body: PublishBody,
+        response: { 202: PublishResponse, 401: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse, 503: ErrorResponse },
+        detail: {
+          tags: ['events'],
+          summary: 'Publish events',
+          description:
+            'One event or `{ events: [...] }` (1..500). Answers 202 only once JetStream stored every event. ' +
+            'Events without `id` get a UUIDv7. A resent id within the dedup window reports `duplicate: true`.',
+        },
+      },
+    )
+}

@@ -1,0 +1,123 @@
+import { jetstream, type JetStreamClient } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { TypeCompiler } from '@sinclair/typebox/compiler'
+import type { Config } from '../../../../core/config'
+import {
+  checkData,
+  contracts,
+  EventInput,
+  isEventType,
+  keyOf,
+  partitionOf,
+  subjects,
+  type EventType,
+  type Publisher,
+  type StoredEvent,
+} from '../../../../core/events'
+import type { Logger } from '../../../../core/logger'
+import { topology } from '../../../../core/nats'
+import { Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
+import { MAX_BATCH, type PublishResult } from './model'
+
+/** Publishes client events to JetStream. Shared by REST and the WebSocket layer. */
+export type Ingest = {
+  /**
+   * Validates every event, then stores them all in JetStream; resolves only once JetStream has
+   * acknowledged every one, with results in input order. If any event is invalid nothing is
+   * published (422 `unknown_event_type` / `invalid_event` / `duplicate_id_in_batch` /
+   * `too_many_events`, 403 `forbidden`). A JetStream failure is 503 `unavailable`: some events
+   * of the batch may then be stored; resending the same ids is safe (they are de-duplicated).
+   */
+  publish(inputs: EventInput[], publisher: Publisher): Promise<PublishResult[]>
+}
+
+export type IngestOptions = {
+  config: Config
+  nc: NatsConnection
+  logger: Logger
+  /** How long to wait for JetStream's acknowledgement of one event. */
+  publishTimeoutMs?: number
+  /** The clock, for `at`. */
+  now?: () => Date
+}
+
+const rank: Record<Publisher, number> = { anonymous: 0, ingest: 1, admin: 2 }
+const inputChecker = TypeCompiler.Compile(EventInput)
+
+/** A new event id: a UUIDv7, so ids sort by creation time. */
+export const newEventId = (): string => Bun.randomUUIDv7()
+
+/** Creates the ingest service. Makes no connection: it uses `nc` when publishing. */
+export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now = () => new Date() }: IngestOptions): Ingest {
+  const t = topology(config)
+  const log = logger.child({ component: 'ingest' })
+  let js: JetStreamClient | undefined
+
+  return {
+    async publish(inputs, publisher) {
+      const events = validate(inputs, publisher)
+      if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
+      js ??= jetstream(nc)
+      const client = js
+      const at = now().toISOString()
+      try {
+        // All in flight at once: one connection writes them in call order and the server stores
+        // them in that order, so events of one key keep their request order.
+        const results = await Promise.all(
+          events.map(async (e): Promise<PublishResult> => {
+            const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
+            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), {
+              msgID: e.id,
+              timeout: publishTimeoutMs,
+              expect: { streamName: t.eventStream },
+            })
+            return { id: e.id, seq: ack.seq, duplicate: ack.duplicate }
+          }),
+        )
+        return results
+      } catch (err) {
+        log.warn({ err, count: events.length }, 'publish to JetStream failed')
+        throw new Unavailable('the event stream is unavailable; retry with the same event ids')
+      }
+    },
+  }
+}
+
+/** Checks a whole request; throws on the first kind of problem found, listing every instance. */
+function validate(inputs: unknown[], publisher: Publisher): Omit<StoredEvent, 'at'>[] {
+  if (inputs.length === 0) throw new Invalid('empty_batch', 'no events to publish')
+  if (inputs.length > MAX_BATCH) {
+    throw new Invalid('too_many_events', `at most ${MAX_BATCH} events per request`, { max: MAX_BATCH, got: inputs.length })
+  }
+  // The WebSocket layer hands us raw frames, so the envelope is checked here too.
+  const shape = inputs.flatMap((e, index) =>
+    inputChecker.Check(e) ? [] : validationProblems(inputChecker.Errors(e), 5).map((p) => ({ index, ...p })),
+  )
+  if (shape.length > 0) throw new Invalid('invalid_event', 'malformed event', shape)
+  const typed = inputs as EventInput[]
+
+  const unknown = typed.flatMap((e, index) => (isEventType(e.type) ? [] : [{ index, type: e.type }]))
+  if (unknown.length > 0) {
+    throw new Invalid('unknown_event_type', `unknown event type ${JSON.stringify(unknown[0].type)}`, unknown)
+  }
+  const denied = typed.flatMap((e, index) => {
+    const needed = contracts[e.type as EventType].publisher
+    return rank[publisher] >= rank[needed] ? [] : [{ index, type: e.type, needs: needed }]
+  })
+  if (denied.length > 0) throw new Forbidden(`not allowed to publish ${denied[0].type}`, denied)
+
+  const invalid = typed.flatMap((e, index) => checkData(e.type as EventType, e.data).map((p) => ({ index, ...p })))
+  if (invalid.length > 0) throw new Invalid('invalid_event', 'event data does not match its type', invalid)
+
+  const seen = new Set<string>()
+  const dupes: { index: number; id: string }[] = []
+  const events = typed.map((e, index) => {
+    const id = e.id ?? newEventId()
+    if (seen.has(id)) dupes.push({ index, id })
+    seen.add(id)
+    const type = e.type as EventType
+    return { id, type, v: contracts[type].version, data: e.data } as Omit<StoredEvent, 'at'>
+  })
+  if (dupes.length > 0) throw new Invalid('duplicate_id_in_batch', 'an event id appears twice in one request', dupes)
+  return events
+}

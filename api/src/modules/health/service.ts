@@ -1,0 +1,34 @@
+import { jetstreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { sql } from 'drizzle-orm'
+import type { Db } from '../../../../core/db/client'
+
+export type Readiness = { postgres: boolean; nats: boolean }
+
+/** Resolves false when `p` rejects or takes longer than `ms`. */
+async function within(ms: number, p: () => Promise<unknown>): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)))
+  try {
+    return await Promise.race([p().then(() => true, () => false), timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/**
+ * Whether this node can serve: Postgres answers `select 1`, and NATS answers a round trip and
+ * knows the event stream, each within `timeoutMs`.
+ */
+export async function checkReadiness(db: Db, nc: NatsConnection, eventStream: string, timeoutMs = 2000): Promise<Readiness> {
+  const [postgres, nats] = await Promise.all([
+    within(timeoutMs, () => db.execute(sql`select 1`)),
+    within(timeoutMs, async () => {
+      if (nc.isClosed()) throw new Error('closed')
+      await nc.rtt()
+      const jsm = await jetstreamManager(nc, { timeout: timeoutMs })
+      await jsm.streams.info(eventStream)
+    }),
+  ])
+  return { postgres, nats }
+}

@@ -1,0 +1,35 @@
+import { Elysia } from 'elysia'
+import type { Db } from '../../../../core/db/client'
+import { ErrorResponse } from '../../error-model'
+import { NotFound } from '../../errors'
+import { BoardPage, BoardParams, NeighboursQuery, PageQuery, PlayerParams, PlayerStanding } from './model'
+import { leaderboardPage, playerStanding } from './service'
+
+/** Public leaderboard reads. */
+export function leaderboardsModule(db: Db) {
+  return new Elysia({ prefix: '/v1/leaderboards' })
+    .get('/:board', ({ params, query }) => leaderboardPage(db, params.board, query), {
+      params: BoardParams,
+      query: PageQuery,
+      response: { 200: BoardPage, 422: ErrorResponse },
+      detail: {
+        tags: ['leaderboards'],
+        summary: 'A page of a leaderboard',
+        description: 'Ranked by score (per board order), then earliest to reach it, then player id. Unknown boards are empty.',
+      },
+    })
+    .get(
+      '/:board/players/:player',
+      async ({ params, query }) => {
+        const standing = await playerStanding(db, params.board, params.player, query.neighbours)
+        if (!standing) throw new NotFound('player_not_ranked', `${params.player} has no score on ${params.board}`)
+        return standing
+      },
+      {
+        params: PlayerParams,
+        query: NeighboursQuery,
+        response: { 200: PlayerStanding, 404: ErrorResponse, 422: ErrorResponse },
+        detail: { tags: ['leaderboards'], summary: "A player's rank with neighbours" },
+      },
+    )
+}

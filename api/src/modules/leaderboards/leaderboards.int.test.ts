@@ -1,0 +1,113 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { channelVersions, leaderboardEntries, leaderboards } from '../../../../core/db/schema'
+import { createHarness, type ApiHarness } from '../../test-support'
+import { leaderboardSnapshot } from './service'
+
+describe('leaderboard reads', () => {
+  let h: ApiHarness
+  beforeAll(async () => {
+    h = await createHarness()
+    const db = h.database.db
+    // Read models are the workers' job; here we write rows directly.
+    await db.insert(leaderboardEntries).values([
+      { board: 'hi', player: 'carol', score: 50, reachedSeq: 3 },
+      { board: 'hi', player: 'alice', score: 100, reachedSeq: 7 },
+      { board: 'hi', player: 'bob', score: 100, reachedSeq: 2 }, // same score, reached earlier: ranks first
+      { board: 'hi', player: 'dave', score: 50, reachedSeq: 3 }, // same score and seq as carol: by player id
+      { board: 'hi', player: 'erin', score: 10, reachedSeq: 1 },
+      { board: 'golf', player: 'x', score: 72, reachedSeq: 1 },
+      { board: 'golf', player: 'y', score: 68, reachedSeq: 2 },
+      { board: 'golf', player: 'z', score: 80, reachedSeq: 3 },
+    ])
+    await db.insert(leaderboards).values({ board: 'golf', sortOrder: 'asc', operator: 'latest' })
+    await db.insert(channelVersions).values({ channel: 'leaderboard:hi', version: 42 })
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+
+  test('desc board ranks by score, then reachedSeq, then player', async () => {
+    const r = await h.call('GET', '/v1/leaderboards/hi')
+    expect(r.status).toBe(200)
+    expect(r.json).toEqual({
+      board: 'hi',
+      order: 'desc',
+      operator: 'best',
+      entries: [
+        { rank: 1, player: 'bob', score: 100 },
+        { rank: 2, player: 'alice', score: 100 },
+        { rank: 3, player: 'carol', score: 50 },
+        { rank: 4, player: 'dave', score: 50 },
+        { rank: 5, player: 'erin', score: 10 },
+      ],
+    })
+  })
+
+  test('asc board ranks lowest first and reports its config', async () => {
+    const r = await h.call('GET', '/v1/leaderboards/golf')
+    expect(r.json.order).toBe('asc')
+    expect(r.json.operator).toBe('latest')
+    expect(r.json.entries.map((e: any) => e.player)).toEqual(['y', 'x', 'z'])
+  })
+
+  test('limit and offset page with absolute ranks', async () => {
+    const r = await h.call('GET', '/v1/leaderboards/hi?limit=2&offset=2')
+    expect(r.json.entries).toEqual([
+      { rank: 3, player: 'carol', score: 50 },
+      { rank: 4, player: 'dave', score: 50 },
+    ])
+  })
+
+  test('unknown board is empty, bad query is 422', async () => {
+    const r = await h.call('GET', '/v1/leaderboards/nobody-plays')
+    expect(r.status).toBe(200)
+    expect(r.json.entries).toEqual([])
+    for (const q of ['limit=0', 'limit=101', 'offset=-1', 'limit=abc']) {
+      const bad = await h.call('GET', `/v1/leaderboards/hi?${q}`)
+      expect(bad.status).toBe(422)
+      expect(bad.json.error.code).toBe('invalid_request')
+    }
+    const badName = await h.call('GET', '/v1/leaderboards/bad%20name')
+    expect(badName.status).toBe(422)
+  })
+
+  test("a player's rank with neighbours", async () => {
+    const r = await h.call('GET', '/v1/leaderboards/hi/players/carol?neighbours=1')
+    expect(r.status).toBe(200)
+    expect(r.json).toEqual({
+      board: 'hi',
+      player: 'carol',
+      rank: 3,
+      score: 50,
+      above: [{ rank: 2, player: 'alice', score: 100 }],
+      below: [{ rank: 4, player: 'dave', score: 50 }],
+    })
+    const def = await h.call('GET', '/v1/leaderboards/hi/players/alice')
+    expect(def.json.rank).toBe(2)
+    expect(def.json.above.map((e: any) => e.rank)).toEqual([1])
+    expect(def.json.below.map((e: any) => [e.rank, e.player])).toEqual([
+      [3, 'carol'],
+      [4, 'dave'],
+    ])
+    const golf = await h.call('GET', '/v1/leaderboards/golf/players/z?neighbours=5')
+    expect(golf.json.rank).toBe(3)
+    expect(golf.json.above.map((e: any) => e.player)).toEqual(['y', 'x'])
+    expect(golf.json.below).toEqual([])
+  })
+
+  test('an unranked player is 404 player_not_ranked', async () => {
+    const r = await h.call('GET', '/v1/leaderboards/hi/players/nobody')
+    expect(r.status).toBe(404)
+    expect(r.json.error.code).toBe('player_not_ranked')
+  })
+
+  test('snapshot carries the channel version (0 when none)', async () => {
+    const snap = await leaderboardSnapshot(h.database.db, 'hi')
+    expect(snap.version).toBe(42)
+    expect(snap.data.entries).toHaveLength(5)
+    expect(snap.data.entries[0]).toEqual({ rank: 1, player: 'bob', score: 100 })
+    const none = await leaderboardSnapshot(h.database.db, 'golf')
+    expect(none.version).toBe(0)
+    expect(none.data.order).toBe('asc')
+  })
+})

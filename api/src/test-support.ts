@@ -1,0 +1,75 @@
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
+import { connect, type NatsConnection } from '@nats-io/transport-node'
+import { connectPostgres, type Database } from '../../core/db/client'
+import { createLogger } from '../../core/logger'
+import { ensureStreams, topology } from '../../core/nats'
+import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
+import { createApp, type App } from './app'
+import type { ApiDeps } from './deps'
+
+/** An app over a fresh test database and stream, with helpers for requests. Test-only. */
+export type ApiHarness = {
+  env: TestEnv
+  database: Database
+  nc: NatsConnection
+  jsm: JetStreamManager
+  app: App
+  deps: ApiDeps
+  ingestToken: string
+  adminToken: string
+  /** Sends a request in-process; `body` objects are sent as JSON. */
+  call: (method: string, path: string, opts?: { token?: string; body?: unknown; headers?: Record<string, string> }) => Promise<{ status: number; json: any }>
+  /** Messages currently in the event stream. */
+  streamCount: () => Promise<number>
+  close: () => Promise<void>
+}
+
+export async function createHarness(overrides: Record<string, string> = {}, extra: Partial<ApiDeps> = {}): Promise<ApiHarness> {
+  const env = await createTestEnv(overrides)
+  const database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
+  const nc = await connect({ servers: TEST_NATS_URL })
+  const jsm = await ensureStreams(nc, env.config)
+  const deps: ApiDeps = { config: env.config, db: database.db, nc, logger: createLogger('silent'), ...extra }
+  const app = createApp(deps)
+  const call: ApiHarness['call'] = async (method, path, opts = {}) => {
+    const headers: Record<string, string> = { ...opts.headers }
+    if (opts.token) headers.authorization = `Bearer ${opts.token}`
+    let body: string | undefined
+    if (opts.body !== undefined) {
+      body = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body)
+      headers['content-type'] ??= 'application/json'
+    }
+    const res = await app.handle(new Request(`http://localhost${path}`, { method, headers, body }))
+    const text = await res.text()
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch {
+      json = text
+    }
+    return { status: res.status, json }
+  }
+  return {
+    env,
+    database,
+    nc,
+    jsm,
+    app,
+    deps,
+    ingestToken: env.vars.FANFARE_INGEST_TOKEN,
+    adminToken: env.vars.FANFARE_ADMIN_TOKEN,
+    call,
+    streamCount: async () => (await jsm.streams.info(topology(env.config).eventStream)).state.messages,
+    close: async () => {
+      await nc.close().catch(() => {})
+      await database.close()
+      await env.cleanup()
+    },
+  }
+}
+
+/** A JetStream manager on a fresh connection, for reading what the API published. */
+export async function freshJsm(): Promise<{ nc: NatsConnection; jsm: JetStreamManager }> {
+  const nc = await connect({ servers: TEST_NATS_URL })
+  return { nc, jsm: await jetstreamManager(nc) }
+}
