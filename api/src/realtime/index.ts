@@ -1,0 +1,119 @@
+import { Elysia, t } from 'elysia'
+import { timingSafeEqual } from 'node:crypto'
+import type { Config } from '../../../core/config'
+import type { EventInput, Publisher } from '../../../core/events'
+import type { Logger } from '../../../core/logger'
+import type { ChannelHub, Sink } from './channel-hub'
+import { errorBody, parseFrame } from './protocol'
+
+/** What the WebSocket route needs: the hub for channels and the ingest path for publishing. */
+export type RealtimeDeps = {
+  config: Pick<Config, 'FANFARE_INGEST_TOKEN' | 'FANFARE_ADMIN_TOKEN'>
+  hub: ChannelHub
+  publish: (events: EventInput[], publisher: Publisher) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
+  logger: Logger
+  /** Most channels one connection may watch. */
+  maxSubscriptions?: number
+}
+
+/** Close code for a client that fell too far behind: it must reconnect and re-sync. */
+export const CLOSE_SLOW_CONSUMER = 4008
+
+type Connection = { publisher: Publisher; channels: Set<string>; sink: Sink }
+
+const sameToken = (given: string, expected: string | undefined) =>
+  expected !== undefined &&
+  given.length === expected.length &&
+  timingSafeEqual(Buffer.from(given), Buffer.from(expected))
+
+/** Who a WebSocket client is, from `?token=`: anonymous, ingest or admin; null if the token is wrong. */
+function publisherFor(token: string | undefined, config: RealtimeDeps['config']): Publisher | null {
+  if (token === undefined || token === '') return 'anonymous'
+  if (sameToken(token, config.FANFARE_ADMIN_TOKEN)) return 'admin'
+  if (sameToken(token, config.FANFARE_INGEST_TOKEN)) return 'ingest'
+  return null
+}
+
+/**
+ * `GET /v1/ws`: JSON text frames. `publish` appends an event (anonymous clients: chat only),
+ * `subscribe` sends a snapshot and then every update of a channel in version order,
+ * `unsubscribe` stops it. A bad frame gets an `error` frame; the connection stays usable.
+ */
+export function realtimeRoutes(deps: RealtimeDeps) {
+  const connections = new Map<string, Connection>()
+  const maxSubscriptions = deps.maxSubscriptions ?? 100
+  const log = deps.logger.child({ component: 'realtime' })
+
+  return new Elysia({ name: 'realtime' }).ws('/v1/ws', {
+    query: t.Object({ token: t.Optional(t.String({ maxLength: 256 })) }),
+    detail: { summary: 'WebSocket: publish events and subscribe to channels', tags: ['realtime'] },
+    beforeHandle({ query, set }) {
+      if (publisherFor(query.token, deps.config) === null) {
+        set.status = 401
+        return { error: { code: 'unauthorized', message: 'the token is not valid' } }
+      }
+    },
+    open(ws) {
+      const raw = ws.raw
+      const conn: Connection = {
+        publisher: publisherFor(ws.data.query.token, deps.config)!,
+        channels: new Set(),
+        sink: {
+          id: ws.id,
+          send: (text) => raw.send(text),
+          subscribe: (topic) => raw.subscribe(topic),
+          unsubscribe: (topic) => raw.unsubscribe(topic),
+          overflow: () => raw.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and subscribe again'),
+        },
+      }
+      connections.set(ws.id, conn)
+    },
+    async message(ws, message) {
+      const conn = connections.get(ws.id)
+      if (!conn) return
+      const reply = (frame: object) => ws.raw.send(JSON.stringify(frame))
+      const parsed = parseFrame(message)
+      if (!parsed.ok) return void reply({ op: 'error', ref: parsed.ref, error: parsed.error })
+      const frame = parsed.frame
+      try {
+        switch (frame.op) {
+          case 'publish': {
+            const [result] = await deps.publish([frame.event], conn.publisher)
+            return void reply({ op: 'ack', ref: frame.ref, ...result })
+          }
+          case 'subscribe': {
+            if (conn.channels.has(frame.channel)) {
+              return void reply({ op: 'error', ref: frame.ref, error: { code: 'already_subscribed', message: `already subscribed to ${frame.channel}` } })
+            }
+            if (conn.channels.size >= maxSubscriptions) {
+              return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
+            }
+            conn.channels.add(frame.channel)
+            await deps.hub.subscribe(conn.sink, frame.channel)
+            return
+          }
+          case 'unsubscribe': {
+            conn.channels.delete(frame.channel)
+            const was = deps.hub.unsubscribe(conn.sink, frame.channel)
+            return void reply({ op: 'unsubscribed', ref: frame.ref, channel: frame.channel, ...(was ? {} : { wasSubscribed: false }) })
+          }
+          default: {
+            const unreachable: never = frame
+            return unreachable
+          }
+        }
+      } catch (err) {
+        if (frame.op === 'subscribe') conn.channels.delete(frame.channel)
+        const body = errorBody(err)
+        if (body.code === 'internal') log.error({ err, op: frame.op }, 'websocket frame failed')
+        reply({ op: 'error', ref: frame.ref, error: body })
+      }
+    },
+    close(ws) {
+      const conn = connections.get(ws.id)
+      if (!conn) return
+      connections.delete(ws.id)
+      deps.hub.removeSink(conn.sink, conn.channels)
+    },
+  })
+}

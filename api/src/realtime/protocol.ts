@@ -1,0 +1,55 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { TypeCompiler } from '@sinclair/typebox/compiler'
+import { Channel } from '../../../core/channels'
+import { EventInput } from '../../../core/events'
+import { AppError } from '../errors'
+
+/** Client → server frames of the WebSocket protocol (JSON text frames). */
+const Ref = Type.Optional(Type.String({ maxLength: 64 }))
+
+export const PublishFrame = Type.Object({ op: Type.Literal('publish'), ref: Ref, event: EventInput })
+export const SubscribeFrame = Type.Object({ op: Type.Literal('subscribe'), ref: Ref, channel: Channel })
+export const UnsubscribeFrame = Type.Object({ op: Type.Literal('unsubscribe'), ref: Ref, channel: Channel })
+export const ClientFrame = Type.Union([PublishFrame, SubscribeFrame, UnsubscribeFrame])
+export type ClientFrame = Static<typeof ClientFrame>
+
+const frameChecks = {
+  publish: TypeCompiler.Compile(PublishFrame),
+  subscribe: TypeCompiler.Compile(SubscribeFrame),
+  unsubscribe: TypeCompiler.Compile(UnsubscribeFrame),
+}
+
+export type ErrorBody = { code: string; message: string; details?: unknown }
+
+/** Parses one incoming frame (Elysia may already have parsed JSON text). Never throws. */
+export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { ok: false; ref?: string; error: ErrorBody } {
+  let value = raw
+  if (typeof raw === 'string') {
+    try {
+      value = JSON.parse(raw)
+    } catch {
+      return { ok: false, error: { code: 'bad_frame', message: 'frames must be JSON objects' } }
+    }
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return { ok: false, error: { code: 'bad_frame', message: 'frames must be JSON objects' } }
+  }
+  const v = value as Record<string, unknown>
+  const ref = typeof v.ref === 'string' ? v.ref.slice(0, 64) : undefined
+  const op = v.op
+  if (typeof op !== 'string' || !Object.hasOwn(frameChecks, op)) {
+    return { ok: false, ref, error: { code: 'unknown_op', message: `unknown op ${JSON.stringify(op)}; expected publish, subscribe or unsubscribe` } }
+  }
+  const check = frameChecks[op as keyof typeof frameChecks]
+  if (!check.Check(v)) {
+    const details = [...check.Errors(v)].slice(0, 10).map((e) => ({ path: e.path, message: e.message }))
+    return { ok: false, ref, error: { code: 'invalid_frame', message: `malformed ${op} frame`, details } }
+  }
+  return { ok: true, frame: v as ClientFrame }
+}
+
+/** Turns any thrown error into the protocol's error body (AppErrors keep their code). */
+export function errorBody(err: unknown): ErrorBody {
+  if (err instanceof AppError) return { code: err.code, message: err.message, ...(err.details === undefined ? {} : { details: err.details }) }
+  return { code: 'internal', message: 'internal error' }
+}

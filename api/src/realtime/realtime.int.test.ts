@@ -1,0 +1,98 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { jetstream } from '@nats-io/jetstream'
+import { channelOf, noticeId, type ChangeNotice } from '../../../core/channels'
+import { connectPostgres, type Database } from '../../../core/db/client'
+import { createLogger } from '../../../core/logger'
+import { connectNats, ensureStreams } from '../../../core/nats'
+import { subjects } from '../../../core/events'
+import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import { until, WsClient } from '../../../test/e2e/harness'
+import { startApi, type RunningApi } from '../server'
+
+/** The WebSocket route of a real API node against the real Postgres and NATS. */
+describe('realtime over a real server', () => {
+  let env: TestEnv
+  let database: Database
+  let nc: Awaited<ReturnType<typeof connectNats>>
+  let api: RunningApi
+  let url: string
+
+  beforeAll(async () => {
+    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1' })
+    database = await connectPostgres(env.vars.DATABASE_URL)
+    nc = await connectNats(env.vars.NATS_URL, 'realtime-test')
+    await ensureStreams(nc, env.config)
+    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+    url = `ws://127.0.0.1:${api.port}/v1/ws`
+  })
+  afterAll(async () => {
+    await api?.stop()
+    await nc?.close()
+    await database?.close()
+    await env?.cleanup()
+  })
+
+  const notice = (channel: string, version: number): ChangeNotice => ({
+    channel,
+    version,
+    data: { kind: 'deleted', messageId: `m${version}` },
+    at: new Date().toISOString(),
+  })
+  async function publishNotice(n: ChangeNotice) {
+    await jetstream(nc).publish(subjects.change(env.config.FANFARE_SUBJECT_PREFIX, n.channel), JSON.stringify(n), { msgID: noticeId(n) })
+  }
+
+  test('subscribe gets a snapshot, then change notices from NATS in version order', async () => {
+    const channel = channelOf.chat('lobby')
+    const c = await WsClient.open(url)
+    c.send({ op: 'subscribe', ref: 's', channel })
+    await until('snapshot', () => c.of(channel).length === 1)
+    expect(c.of(channel)[0]).toMatchObject({ op: 'snapshot', version: 0, data: { room: 'lobby', messages: [] } })
+    await publishNotice(notice(channel, 2)) // arrives early: held until 1 is there
+    await publishNotice(notice(channel, 1))
+    await publishNotice(notice(channel, 1)) // re-published duplicate
+    await until('updates', () => c.of(channel).length === 3)
+    expect(c.of(channel).map((f) => `${f.op}:${f.version}`)).toEqual(['snapshot:0', 'update:1', 'update:2'])
+    c.close()
+  })
+
+  test('publishing: anonymous clients may post chat but not scores; acks carry seq', async () => {
+    const anon = await WsClient.open(url)
+    anon.send({ op: 'publish', ref: 'c', event: { type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'hi' } } })
+    expect(await anon.reply('c')).toMatchObject({ op: 'ack', duplicate: false, seq: expect.any(Number), id: expect.any(String) })
+    anon.send({ op: 'publish', ref: 's', event: { type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
+    expect((await anon.reply('s')).error.code).toBe('forbidden')
+    anon.send({ op: 'publish', ref: 'bad', event: { type: 'chat.message.posted', data: { room: 'no spaces allowed', user: 'x', text: 'y' } } })
+    expect((await anon.reply('bad')).error.code).toBe('invalid_event')
+    const trusted = await WsClient.open(`${url}?token=${env.vars.FANFARE_INGEST_TOKEN}`)
+    trusted.send({ op: 'publish', ref: 's', event: { id: 'score-1', type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
+    expect(await trusted.reply('s')).toMatchObject({ op: 'ack', id: 'score-1', duplicate: false })
+    trusted.send({ op: 'publish', ref: 's2', event: { id: 'score-1', type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
+    expect(await trusted.reply('s2')).toMatchObject({ op: 'ack', id: 'score-1', duplicate: true })
+    anon.close()
+    trusted.close()
+  })
+
+  test('bad frames get error frames and the connection stays usable', async () => {
+    const c = await WsClient.open(url)
+    c.send('{not json')
+    c.send({ op: 'subscribe', ref: 'x', channel: 'nope' })
+    c.send({ op: 'fly', ref: 'y' })
+    c.send([1, 2])
+    await until('errors', () => c.frames.filter((f) => f.op === 'error').length === 4)
+    expect(c.frames.map((f) => f.error?.code)).toEqual(['bad_frame', 'invalid_frame', 'unknown_op', 'bad_frame'])
+    c.send({ op: 'subscribe', ref: 'ok', channel: 'leaderboard:fine' })
+    await until('snapshot after errors', () => c.of('leaderboard:fine').length === 1)
+    c.send({ op: 'subscribe', ref: 'again', channel: 'leaderboard:fine' })
+    expect((await c.reply('again')).error.code).toBe('already_subscribed')
+    c.close()
+  })
+
+  test('a wrong token is refused before the upgrade', async () => {
+    const res = await fetch(`http://127.0.0.1:${api.port}/v1/ws?token=wrong-token-123456`, {
+      headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },
+    })
+    expect(res.status).toBe(401)
+    expect((await res.json()).error.code).toBe('unauthorized')
+  })
+})

@@ -1,0 +1,23 @@
+import { parseChannel } from '../../../core/channels'
+import type { Db } from '../../../core/db/client'
+import { leaderboardSnapshot } from '../modules/leaderboards/service'
+import { roomSnapshot } from '../modules/rooms/service'
+import type { Snapshot } from './channel-hub'
+
+/** Reads any channel's snapshot from its read model (version and data in one transaction). */
+export function snapshotReader(db: Db): (channel: string) => Promise<Snapshot> {
+  return async (channel) => {
+    const parsed = parseChannel(channel)
+    if (!parsed) throw new Error(`not a channel: ${channel}`)
+    switch (parsed.kind) {
+      case 'leaderboard':
+        return leaderboardSnapshot(db, parsed.name)
+      case 'chat':
+        return roomSnapshot(db, parsed.name)
+      default: {
+        const unreachable: never = parsed.kind
+        throw new Error(`unknown channel kind ${unreachable}`)
+      }
+    }
+  }
+}
