@@ -1,0 +1,167 @@
+import { randomBytes } from 'node:crypto'
+import { resolve } from 'node:path'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { ConfigError, loadConfig, type Config } from '../core/config'
+import { connectPostgres, migrate, openEmbedded, type Database } from '../core/db/client'
+import { createLogger, type Logger } from '../core/logger'
+import { connectNats, ensureStreams } from '../core/nats'
+import { startApi } from '../api/src/server'
+import { startWorkers } from '../stream-workers/src/workers'
+import { startEmbeddedNats, NatsServerMissing } from './embedded-nats'
+
+/** A running all-in-one Fanfare: API, stream workers and (when not configured) embedded services. */
+export type AllInOne = {
+  /** Base URL of the HTTP API, e.g. http://127.0.0.1:3000 */
+  url: string
+  config: Config
+  /** True for each token that was generated because its variable was unset. */
+  generated: { ingest: boolean; admin: boolean }
+  /** Stops API, workers, database and the embedded NATS, in that order. Safe to call twice. */
+  stop: () => Promise<void>
+}
+
+/**
+ * Starts the whole of Fanfare in this process (the `npm start` target): embedded PGlite when
+ * DATABASE_URL is unset, a private nats-server when NATS_URL is unset, then workers and API.
+ * Everything started is stopped again if a later step fails.
+ */
+export async function startAllInOne(
+  env: Record<string, string | undefined> = process.env,
+  logger?: Logger,
+  options: {
+    /**
+     * A worker hit an error retrying cannot fix. Default: stop everything cleanly (the embedded
+     * nats-server and the PGlite lock included) and exit 1.
+     */
+    onFatal?: (err: unknown) => void
+  } = {},
+): Promise<AllInOne> {
+  const parsed = loadConfig(env)
+  const generated = { ingest: !parsed.FANFARE_INGEST_TOKEN, admin: !parsed.FANFARE_ADMIN_TOKEN }
+  const config: Config = {
+    ...parsed,
+    FANFARE_INGEST_TOKEN: parsed.FANFARE_INGEST_TOKEN ?? newToken(),
+    FANFARE_ADMIN_TOKEN: parsed.FANFARE_ADMIN_TOKEN ?? newToken(),
+  }
+  const log = logger ?? createLogger(config.LOG_LEVEL, { service: 'fanfare', mode: 'all-in-one' })
+  const dataDir = resolve(config.FANFARE_DATA_DIR)
+
+  // Undo list, run in reverse when a step fails or on stop.
+  const stops: { name: string; run: () => Promise<void> }[] = []
+  let stopping: Promise<void> | undefined
+  const stop = () =>
+    (stopping ??= (async () => {
+      for (const step of stops.reverse()) {
+        try {
+          await step.run()
+        } catch (err) {
+          log.error({ err, step: step.name }, 'error while stopping')
+        }
+      }
+    })())
+
+  try {
+    // The database first: a second all-in-one on the same data directory fails here, on the
+    // PGlite lock, before it starts anything else.
+    let database: Database
+    if (config.DATABASE_URL) {
+      database = await connectPostgres(config.DATABASE_URL)
+      log.info({ database: 'postgres' }, 'using Postgres from DATABASE_URL')
+    } else {
+      log.info({ dataDir }, 'DATABASE_URL unset: opening embedded PGlite')
+      database = await openEmbedded(dataDir)
+    }
+    stops.push({ name: 'database', run: () => database.close() })
+    await migrate(database)
+    log.info('migrations applied')
+
+    let natsUrl = config.NATS_URL
+    if (!natsUrl) {
+      log.info({ dataDir }, 'NATS_URL unset: starting a local nats-server with JetStream')
+      const nats = await startEmbeddedNats({ dataDir, logger: log })
+      stops.push({ name: 'embedded nats', run: nats.stop })
+      natsUrl = nats.url
+    }
+    const runConfig: Config = { ...config, NATS_URL: natsUrl }
+
+    const nc: NatsConnection = await connectNats(natsUrl, 'fanfare-all-in-one')
+    stops.push({ name: 'nats connection', run: () => nc.drain().catch(() => nc.close()) })
+    await ensureStreams(nc, runConfig)
+
+    const onFatal =
+      options.onFatal ??
+      ((err: unknown) => {
+        log.fatal({ err }, 'stream workers hit a fatal error; stopping')
+        void stop().finally(() => process.exit(1))
+      })
+    const workers = await startWorkers({
+      config: runConfig,
+      db: database.db,
+      nc,
+      logger: log.child({ component: 'workers' }),
+      onFatal,
+    })
+    stops.push({ name: 'workers', run: () => workers.stop() })
+
+    const api = await startApi({ config: runConfig, db: database.db, nc, logger: log.child({ component: 'api' }) })
+    stops.push({ name: 'api', run: () => api.stop() })
+
+    const host = runConfig.HOST === '0.0.0.0' || runConfig.HOST === '::' ? '127.0.0.1' : runConfig.HOST
+    const url = `http://${host.includes(':') ? `[${host}]` : host}:${api.port}`
+    log.info({ url, workerId: workers.workerId }, 'fanfare all-in-one ready')
+    return { url, config: runConfig, generated, stop }
+  } catch (err) {
+    await stop()
+    throw err
+  }
+}
+
+/** 32 random bytes, base64url: well over the 16-character minimum of the config schema. */
+function newToken(): string {
+  return randomBytes(32).toString('base64url')
+}
+
+/** The human-readable start banner (stderr), next to the JSON log on stdout. */
+export function banner(app: AllInOne): string {
+  const mark = (generatedNow: boolean) => (generatedNow ? '  (generated for this run; set the variable to keep it)' : '')
+  return [
+    '',
+    '  Fanfare is running (all-in-one)',
+    `    API          ${app.url}`,
+    `    Health       ${app.url}/healthz`,
+    `    API docs     ${app.url}/docs`,
+    `    WebSocket    ${app.url.replace(/^http/, 'ws')}/v1/ws`,
+    `    Ingest token ${app.config.FANFARE_INGEST_TOKEN}${mark(app.generated.ingest)}`,
+    `    Admin token  ${app.config.FANFARE_ADMIN_TOKEN}${mark(app.generated.admin)}`,
+    `    Database     ${app.config.DATABASE_URL ? 'Postgres (DATABASE_URL)' : `embedded PGlite in ${resolve(app.config.FANFARE_DATA_DIR)}`}`,
+    `    NATS         ${app.config.NATS_URL}`,
+    '  Press Ctrl-C to stop.',
+    '',
+  ].join('\n')
+}
+
+if (import.meta.main) {
+  let exiting = false
+  const starting = startAllInOne()
+  const shutdown = async (signal: string) => {
+    if (exiting) return
+    exiting = true
+    process.stderr.write(`\n  ${signal}: stopping Fanfare...\n`)
+    // A signal during start-up waits for the start to finish (or fail) so every child is stopped.
+    const app = await starting.catch(() => undefined)
+    await app?.stop()
+    process.exit(0)
+  }
+  process.on('SIGINT', () => void shutdown('SIGINT'))
+  process.on('SIGTERM', () => void shutdown('SIGTERM'))
+  try {
+    const app = await starting
+    if (!exiting) process.stderr.write(banner(app) + '\n')
+  } catch (err) {
+    const expected =
+      err instanceof ConfigError || err instanceof NatsServerMissing || /in use by process/.test(String(err))
+    const text = expected ? (err as Error).message : ((err as Error)?.stack ?? String(err))
+    process.stderr.write(`\nfanfare: failed to start: ${text}\n`)
+    process.exit(1)
+  }
+}

@@ -1,0 +1,153 @@
+#!/usr/bin/env node
+// `npm start` and `npm test` on a machine that has only Node and npm.
+//
+//   node scripts/bootstrap.mjs start [args]   -> bun scripts/all-in-one.ts [args]
+//   node scripts/bootstrap.mjs test  [args]   -> bun test [args], then one line "N passed, N failed"
+//
+// Plain Node ESM with no dependencies: it runs before node_modules exists. Bun comes from the npm
+// registry (the `bun` package ships the binary through an optional platform package and a
+// postinstall script), so "installed" means `node_modules/.bin/bun --version` really runs: npm can
+// skip install scripts and leave a placeholder behind.
+
+import { spawn, spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { constants } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = dirname(dirname(fileURLToPath(import.meta.url)))
+const isWindows = process.platform === 'win32'
+const bunPath = join(root, 'node_modules', '.bin', isWindows ? 'bun.exe' : 'bun')
+
+const [mode, ...rest] = process.argv.slice(2)
+if (mode !== 'start' && mode !== 'test') {
+  console.error('usage: node scripts/bootstrap.mjs start|test [args...]')
+  process.exit(2)
+}
+
+ensureBun()
+if (mode === 'start') {
+  run([join('scripts', 'all-in-one.ts'), ...rest], { summarize: false })
+} else {
+  run(['test', ...rest], { summarize: true })
+}
+
+/** The bun version if node_modules/.bin/bun runs, else null. */
+function bunVersion() {
+  if (!existsSync(bunPath)) return null
+  const r = spawnSync(bunPath, ['--version'], { encoding: 'utf8', timeout: 30_000 })
+  const out = (r.stdout ?? '').trim()
+  return r.status === 0 && /^\d+\.\d+\.\d+/.test(out) ? out : null
+}
+
+/** Installs dependencies when bun is missing or does not run; exits with a message if that fails. */
+function ensureBun() {
+  if (bunVersion()) return
+  const lock = existsSync(join(root, 'package-lock.json'))
+  const args = [lock ? 'ci' : 'install', '--no-audit', '--no-fund']
+  log(`bun is not installed or does not run: npm ${args.join(' ')}`)
+  // Progress goes to stderr so that stdout keeps only the program's (or the tests') output.
+  const npm = npmCommand()
+  const r = spawnSync(npm.cmd, [...npm.args, ...args], { cwd: root, stdio: ['ignore', 2, 2], shell: npm.shell })
+  if (r.status !== 0) fail(`npm ${args[0]} failed (exit ${r.status ?? r.signal})`)
+  if (bunVersion()) return
+  // Install scripts skipped (ignore-scripts): run bun's own postinstall, which puts the binary of
+  // the platform package in place.
+  const installer = join(root, 'node_modules', 'bun', 'install.js')
+  if (existsSync(installer)) {
+    log('bun still does not run (install scripts skipped?): running node_modules/bun/install.js')
+    spawnSync(process.execPath, [installer], { cwd: join(root, 'node_modules', 'bun'), stdio: ['ignore', 2, 2] })
+  }
+  const version = bunVersion()
+  if (!version) {
+    fail(
+      'bun does not run after installing dependencies. Check that npm can reach the registry and that\n' +
+        'install scripts are allowed (npm config get ignore-scripts), or install Bun from https://bun.sh',
+    )
+  }
+  log(`bun ${version} ready`)
+}
+
+/** npm itself: the one running us when started through `npm start/test`, else npm on PATH. */
+function npmCommand() {
+  const execPath = process.env.npm_execpath
+  if (execPath && /npm-cli\.js$/.test(execPath)) return { cmd: process.execPath, args: [execPath], shell: false }
+  return { cmd: isWindows ? 'npm.cmd' : 'npm', args: [], shell: isWindows }
+}
+
+/**
+ * Runs bun with signals forwarded and its exit status passed on. With `summarize`, bun's stderr
+ * is copied through while its summary (" N pass", " N fail") is read, and the last line printed is
+ * "N passed, N failed"; the exit status is non-zero on any failure or when no test ran.
+ */
+function run(args, { summarize }) {
+  const child = spawn(bunPath, args, {
+    cwd: root,
+    stdio: ['inherit', 'inherit', summarize ? 'pipe' : 'inherit'],
+  })
+  const forward = (signal) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal)
+  }
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => forward(signal))
+  // `npm start` runs us through `sh -c`; a SIGTERM sent to npm (a process manager, `kill <npm>`)
+  // ends npm and that shell without reaching us. Losing our parent is that signal: pass it on.
+  const parent = process.ppid
+  const watch = setInterval(() => {
+    if (process.ppid !== parent) {
+      clearInterval(watch)
+      forward('SIGTERM')
+    }
+  }, 500)
+  watch.unref()
+
+  const counts = { pass: null, fail: null, errors: 0 }
+  if (summarize) {
+    let buffer = ''
+    child.stderr.on('data', (chunk) => {
+      process.stderr.write(chunk)
+      buffer += chunk.toString('utf8')
+      let nl
+      while ((nl = buffer.indexOf('\n')) >= 0) {
+        readSummaryLine(buffer.slice(0, nl), counts)
+        buffer = buffer.slice(nl + 1)
+      }
+    })
+    child.stderr.on('end', () => readSummaryLine(buffer, counts))
+  }
+
+  child.on('error', (err) => fail(`could not run ${bunPath}: ${err.message}`))
+  child.on('close', (code, signal) => {
+    const status = code ?? 128 + (constants.signals[signal] ?? 1)
+    if (!summarize) process.exit(status)
+    const passed = counts.pass ?? 0
+    // bun counts a file that fails to load as a failed test; an error thrown outside any test is
+    // counted under " N error" and often also fails the test that was running: count it only
+    // when no test failed, so the line never says 0 failed for a failing run.
+    let failed = counts.fail ?? 0
+    if (failed === 0) failed = counts.errors
+    if (counts.pass === null && counts.fail === null) {
+      process.stderr.write(`[bootstrap] bun test printed no summary (exit status ${status}): no tests ran\n`)
+    }
+    const ok = status === 0 && failed === 0 && passed > 0
+    process.stdout.write(`${passed} passed, ${failed} failed\n`)
+    process.exit(ok ? 0 : status || 1)
+  })
+}
+
+function readSummaryLine(raw, counts) {
+  // eslint-disable-next-line no-control-regex
+  const line = raw.replace(/\x1b\[[0-9;]*m/g, '').trim()
+  let m
+  if ((m = /^(\d+) pass$/.exec(line))) counts.pass = Number(m[1])
+  else if ((m = /^(\d+) fail$/.exec(line))) counts.fail = Number(m[1])
+  else if ((m = /^(\d+) errors?$/.exec(line))) counts.errors = Number(m[1])
+}
+
+function log(message) {
+  process.stderr.write(`[bootstrap] ${message}\n`)
+}
+
+function fail(message) {
+  process.stderr.write(`[bootstrap] ${message}\n`)
+  process.exit(1)
+}

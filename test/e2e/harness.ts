@@ -1,0 +1,105 @@
+import { resolve } from 'node:path'
+import type { Subprocess } from 'bun'
+
+export const ROOT = resolve(import.meta.dir, '../..')
+const BUN = process.execPath
+
+/** A free TCP port on loopback (bound once, then released). */
+export function freePort(): number {
+  const server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: () => new Response() })
+  const port = server.port!
+  server.stop(true)
+  return port
+}
+
+export type Proc = { name: string; proc: Subprocess; output: () => string; stop: (signal?: NodeJS.Signals) => Promise<number> }
+
+/** Starts a real Fanfare process (`api/src/main.ts`, ...) with the given environment. */
+export function spawnProc(name: string, entry: string, env: Record<string, string | undefined>): Proc {
+  let output = ''
+  const cleanEnv: Record<string, string> = {}
+  for (const [k, v] of Object.entries({ ...process.env, ...env })) if (v !== undefined) cleanEnv[k] = v
+  for (const k of Object.keys(env)) if (env[k] === undefined) delete cleanEnv[k]
+  const proc = Bun.spawn([BUN, entry], { cwd: ROOT, env: cleanEnv, stdout: 'pipe', stderr: 'pipe' })
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    const decoder = new TextDecoder()
+    for await (const chunk of stream) output += decoder.decode(chunk)
+  }
+  void collect(proc.stdout as ReadableStream<Uint8Array>)
+  void collect(proc.stderr as ReadableStream<Uint8Array>)
+  return {
+    name,
+    proc,
+    output: () => output,
+    stop: async (signal = 'SIGTERM') => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal)
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000)
+      const code = await proc.exited
+      clearTimeout(timer)
+      return code
+    },
+  }
+}
+
+/** Polls `check` until it returns a truthy value or the deadline passes. */
+export async function until<T>(what: string, check: () => T | Promise<T>, timeoutMs = 20_000, everyMs = 50): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs
+  let last: unknown
+  for (;;) {
+    try {
+      const value = await check()
+      if (value) return value as NonNullable<T>
+    } catch (err) {
+      last = err
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last}` : ''}`)
+    await Bun.sleep(everyMs)
+  }
+}
+
+export async function waitReady(baseUrl: string, procs: Proc[], timeoutMs = 30_000) {
+  await until(
+    `${baseUrl}/readyz`,
+    async () => {
+      for (const p of procs) {
+        if (p.proc.exitCode !== null) throw new Error(`${p.name} exited ${p.proc.exitCode}:\n${p.output().slice(-3000)}`)
+      }
+      const res = await fetch(`${baseUrl}/readyz`).catch(() => undefined)
+      return res?.status === 200
+    },
+    timeoutMs,
+    100,
+  )
+}
+
+/** A WebSocket test client that records every frame it receives. */
+export class WsClient {
+  frames: any[] = []
+  closed: { code: number; reason: string } | undefined
+  private ws: WebSocket
+  private constructor(ws: WebSocket) {
+    this.ws = ws
+    ws.onmessage = (e) => this.frames.push(JSON.parse(String(e.data)))
+    ws.onclose = (e) => (this.closed = { code: e.code, reason: e.reason })
+  }
+  static async open(url: string): Promise<WsClient> {
+    const ws = new WebSocket(url)
+    await new Promise<void>((ok, fail) => {
+      ws.onopen = () => ok()
+      ws.onerror = () => fail(new Error(`could not open ${url}`))
+    })
+    return new WsClient(ws)
+  }
+  send(frame: unknown) {
+    this.ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
+  }
+  async reply(ref: string, timeoutMs = 10_000) {
+    return until(`reply to ${ref}`, () => this.frames.find((f) => f.ref === ref), timeoutMs)
+  }
+  of(channel: string) {
+    return this.frames.filter((f) => f.channel === channel && (f.op === 'snapshot' || f.op === 'update'))
+  }
+  close() {
+    this.ws.close()
+  }
+}
