@@ -30,6 +30,23 @@ export async function connectPostgres(url: string, options: { max?: number } = {
 }
 
 /**
+ * Connects to a Postgres server through Bun's built-in SQL client. Use it in processes that must
+ * survive killed backends: postgres.js 3.4.9 throws an uncatchable TypeError (`socket.write` on
+ * null, porsager/postgres#1208) and leaves the open transaction's promise pending forever when the
+ * backend of a reserved connection dies; Bun's client rejects the query instead.
+ */
+export async function connectBunSql(url: string, options: { max?: number } = {}): Promise<Database> {
+  const { SQL } = await import('bun')
+  const { drizzle } = await import('drizzle-orm/bun-sql')
+  const client = new SQL({ url, max: options.max ?? 10 })
+  return {
+    db: drizzle({ client, schema }) as unknown as Db,
+    kind: 'postgres',
+    close: () => client.close({ timeout: 5 }),
+  }
+}
+
+/**
  * Opens the embedded PGlite database under `dataDir`. PGlite has no lock against a second
  * process opening the same directory, so a pid lock file guards it.
  */

@@ -1,0 +1,58 @@
+import { inArray, sql } from 'drizzle-orm'
+import { channelOf } from '../../../../core/channels'
+import type { Tx } from '../../../../core/db/client'
+import { chatMessages } from '../../../../core/db/schema'
+import { chunkForInsert, type Change, type Projection, type SequencedEvent } from '../types'
+import { evolveMessage, type ChatEvent, type MessageState } from './projection'
+
+/**
+ * Applies a batch of `chat.*` events: loads every message the batch refers to in one query,
+ * evolves them in memory in event order, and writes the changed ones with one batched upsert.
+ */
+export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Change[]> {
+  const chat: { ref: string; ev: ChatEvent }[] = []
+  for (const { event, seq, storedAt } of events) {
+    switch (event.type) {
+      case 'chat.message.posted': {
+        const postedAt = event.at && !Number.isNaN(Date.parse(event.at)) ? new Date(event.at) : storedAt
+        chat.push({ ref: event.id, ev: { type: event.type, id: event.id, data: event.data, seq, postedAt } })
+        break
+      }
+      case 'chat.message.deleted':
+        chat.push({ ref: event.data.messageId, ev: { type: event.type, data: event.data } })
+        break
+      case 'score.submitted':
+        throw new Error(`chat projection got ${event.type}`)
+      default: {
+        const never: never = event
+        throw new Error(`unknown event ${JSON.stringify(never)}`)
+      }
+    }
+  }
+  if (chat.length === 0) return []
+
+  const ids = [...new Set(chat.map((c) => c.ref))]
+  const messages = new Map<string, MessageState>()
+  for (const r of await tx.select().from(chatMessages).where(inArray(chatMessages.id, ids))) messages.set(r.id, r)
+
+  const changes: Change[] = []
+  const dirty = new Map<string, MessageState>()
+  for (const { ref, ev } of chat) {
+    const r = evolveMessage(messages.get(ref), ev)
+    if (!r) continue
+    messages.set(ref, r.next)
+    dirty.set(ref, r.next)
+    changes.push({ channel: channelOf.chat(r.next.room), data: r.change })
+  }
+
+  for (const chunk of chunkForInsert([...dirty.values()], 7)) {
+    await tx
+      .insert(chatMessages)
+      .values(chunk)
+      .onConflictDoUpdate({ target: chatMessages.id, set: { deleted: sql`excluded.deleted` } })
+  }
+  return changes
+}
+
+/** The chat read model: `chat.*` events into chat_messages. */
+export const chatProjection: Projection = { name: 'chat', area: 'chat', apply: applyChat }

@@ -1,0 +1,8 @@
+import { chatProjection } from './chat/apply'
+import { leaderboardsProjection } from './leaderboards/apply'
+import type { Projection } from './types'
+
+export type { Projection, ProjectionName } from './types'
+
+/** Every projection the workers run; each partition gets one runner per projection. */
+export const projections: readonly Projection[] = [leaderboardsProjection, chatProjection]

@@ -1,0 +1,77 @@
+import { inArray, sql } from 'drizzle-orm'
+import { channelOf } from '../../../../core/channels'
+import type { Tx } from '../../../../core/db/client'
+import { leaderboardEntries, leaderboards } from '../../../../core/db/schema'
+import type { StoredEvent } from '../../../../core/events'
+import { chunkForInsert, type Change, type Projection, type SequencedEvent } from '../types'
+import { defaultRules, nextScore, type BoardRules, type Standing } from './projection'
+
+type ScoreEvent = Extract<StoredEvent, { type: 'score.submitted' }>
+
+const entryKey = (board: string, player: string) => `${board}\u0000${player}`
+
+/**
+ * Applies a batch of `score.*` events: loads the boards' rules and the touched standings in two
+ * queries, evolves them in memory in event order, and writes every changed standing with one
+ * batched upsert.
+ */
+export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<Change[]> {
+  const scores: SequencedEvent<ScoreEvent>[] = []
+  for (const e of events) {
+    switch (e.event.type) {
+      case 'score.submitted':
+        scores.push(e as SequencedEvent<ScoreEvent>)
+        break
+      case 'chat.message.posted':
+      case 'chat.message.deleted':
+        throw new Error(`leaderboards projection got ${e.event.type}`)
+      default: {
+        const never: never = e.event
+        throw new Error(`unknown event ${JSON.stringify(never)}`)
+      }
+    }
+  }
+  if (scores.length === 0) return []
+
+  const boards = [...new Set(scores.map((e) => e.event.data.board))]
+  const players = [...new Set(scores.map((e) => e.event.data.player))]
+  const rules = new Map<string, BoardRules>()
+  for (const r of await tx.select().from(leaderboards).where(inArray(leaderboards.board, boards))) {
+    rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator })
+  }
+  // board IN (...) AND player IN (...) may fetch a few unrelated rows; it keeps this to one query.
+  const standings = new Map<string, Standing>()
+  const rows = await tx
+    .select({ board: leaderboardEntries.board, player: leaderboardEntries.player, score: leaderboardEntries.score, reachedSeq: leaderboardEntries.reachedSeq })
+    .from(leaderboardEntries)
+    .where(sql`${inArray(leaderboardEntries.board, boards)} and ${inArray(leaderboardEntries.player, players)}`)
+  for (const r of rows) standings.set(entryKey(r.board, r.player), { score: r.score, reachedSeq: r.reachedSeq })
+
+  const changes: Change[] = []
+  const dirty = new Map<string, { board: string; player: string } & Standing>()
+  for (const { event, seq } of scores) {
+    const { board, player, score } = event.data
+    const key = entryKey(board, player)
+    const current = standings.get(key)
+    const next = nextScore(current, { score, seq }, rules.get(board) ?? defaultRules)
+    if (!next) continue
+    standings.set(key, next)
+    dirty.set(key, { board, player, ...next })
+    changes.push({ channel: channelOf.leaderboard(board), data: { player, score: next.score, previous: current?.score ?? null } })
+  }
+
+  const now = new Date()
+  for (const chunk of chunkForInsert([...dirty.values()], 5)) {
+    await tx
+      .insert(leaderboardEntries)
+      .values(chunk.map((d) => ({ ...d, updatedAt: now })))
+      .onConflictDoUpdate({
+        target: [leaderboardEntries.board, leaderboardEntries.player],
+        set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
+      })
+  }
+  return changes
+}
+
+/** The leaderboards read model: `score.*` events into leaderboard_entries. */
+export const leaderboardsProjection: Projection = { name: 'leaderboards', area: 'score', apply: applyScores }

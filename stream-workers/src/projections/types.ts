@@ -1,0 +1,38 @@
+import type { ChatChange, LeaderboardChange } from '../../../core/channels'
+import type { Tx } from '../../../core/db/client'
+import type { StoredEvent } from '../../../core/events'
+
+/** Names of the read models the workers maintain; also the checkpoint's `projection` column. */
+export type ProjectionName = 'leaderboards' | 'chat'
+
+/** A decoded, valid event with its place in the stream. */
+export type SequencedEvent<E extends StoredEvent = StoredEvent> = {
+  event: E
+  /** Stream sequence: the event's position in the event stream. */
+  seq: number
+  /** When JetStream stored it; the fallback for an event without `at`. */
+  storedAt: Date
+}
+
+/** One change a projection made to one channel, before it gets its version. */
+export type Change = { channel: string; data: LeaderboardChange | ChatChange }
+
+/**
+ * A read model fed from one area of events (`score`, `chat`). `apply` runs inside the batch's
+ * transaction, must use only `tx`, and returns the changes in event order: one per event that
+ * changed something, none for the others.
+ */
+export type Projection = {
+  name: ProjectionName
+  /** The event-type prefix this projection consumes: `score` for `score.*`. */
+  area: string
+  apply: (tx: Tx, events: SequencedEvent[]) => Promise<Change[]>
+}
+
+/** Splits rows into chunks that stay under Postgres' 65,535 bind parameters per statement. */
+export function chunkForInsert<T>(rows: T[], columns: number, maxParams = 60_000): T[][] {
+  const size = Math.max(1, Math.floor(maxParams / columns))
+  const out: T[][] = []
+  for (let i = 0; i < rows.length; i += size) out.push(rows.slice(i, i + size))
+  return out
+}

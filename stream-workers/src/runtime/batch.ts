@@ -1,0 +1,99 @@
+import { and, eq, sql } from 'drizzle-orm'
+import type { Db } from '../../../core/db/client'
+import { projectionCheckpoints } from '../../../core/db/schema'
+import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
+import type { Projection, SequencedEvent } from '../projections/types'
+import { guessEventId, recordDeadLetters, type DeadLetter } from './dead-letters'
+import { FencedError } from './errors'
+import { recordChanges, type OutboxNotice } from './outbox'
+
+/** What the batch needs of a stream message. */
+export type BatchMessage = { subject: string; seq: number; body: Uint8Array; storedAt: Date }
+
+/** Who applies the batch: one projection of one partition, under one lease token. */
+export type BatchOwner = {
+  projection: Projection
+  partition: number
+  /** Fencing token: the lease revision of the current ownership. */
+  token: number
+  /** Partition count of the deployment, to check that an event's key belongs here. */
+  partitions: number
+}
+
+export type BatchResult = {
+  applied: number
+  /** Already applied by an earlier delivery (seq <= checkpoint). */
+  skipped: number
+  deadLettered: number
+  /** Notices committed with the batch, in version order per channel, to publish after commit. */
+  notices: OutboxNotice[]
+}
+
+/**
+ * Applies a batch of messages, in the order given, in one transaction together with the
+ * checkpoint. Locks the checkpoint row first: two owners of one partition serialise on it, a
+ * message at or below the checkpoint is a redelivery and is skipped, and a checkpoint fenced by a
+ * newer lease than `owner.token` throws FencedError (nothing is written). Messages that can never
+ * apply become dead letters in the same transaction.
+ */
+export async function applyBatch(db: Db, owner: BatchOwner, messages: BatchMessage[], now: Date): Promise<BatchResult> {
+  const { projection, partition, token } = owner
+  return db.transaction(async (tx) => {
+    // Insert-or-touch returns the row locked like SELECT ... FOR UPDATE, in one round trip.
+    const [checkpoint] = await tx
+      .insert(projectionCheckpoints)
+      .values({ projection: projection.name, partition, seq: 0, fence: 0 })
+      .onConflictDoUpdate({
+        target: [projectionCheckpoints.projection, projectionCheckpoints.partition],
+        set: { projection: sql`excluded.projection` },
+      })
+      .returning({ seq: projectionCheckpoints.seq, fence: projectionCheckpoints.fence })
+    const fence = Number(checkpoint.fence)
+    if (fence > token) throw new FencedError(fence, token)
+    const applied = Number(checkpoint.seq)
+
+    const fresh = messages.filter((m) => m.seq > applied)
+    const events: SequencedEvent[] = []
+    const letters: DeadLetter[] = []
+    for (const m of fresh) {
+      const problem = checkMessage(owner, m)
+      if ('reason' in problem) {
+        const payload = new TextDecoder().decode(m.body)
+        letters.push({ projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: problem.eventId ?? guessEventId(payload), reason: problem.reason, payload })
+      } else {
+        events.push(problem)
+      }
+    }
+    const changes = await projection.apply(tx, events)
+    const notices = await recordChanges(tx, changes, now)
+    await recordDeadLetters(tx, letters)
+    if (fresh.length > 0 || fence !== token) {
+      await tx
+        .update(projectionCheckpoints)
+        .set({ seq: Math.max(applied, ...fresh.map((m) => m.seq)), fence: token, updatedAt: now })
+        .where(and(eq(projectionCheckpoints.projection, projection.name), eq(projectionCheckpoints.partition, partition)))
+    }
+    return { applied: events.length, skipped: messages.length - fresh.length, deadLettered: letters.length, notices }
+  })
+}
+
+/** Decodes a message and checks it belongs to this projection and partition. */
+function checkMessage(owner: BatchOwner, m: BatchMessage): SequencedEvent | { reason: string; eventId?: string } {
+  const decoded = decodeEvent(m.body)
+  if (!decoded.ok) return { reason: decoded.reason }
+  const event = decoded.event
+  // `<prefix>.ev.<partition>.<type>`: the prefix has no dots (config pattern).
+  const subjectType = m.subject.split('.').slice(3).join('.')
+  if (subjectType !== event.type) {
+    return { reason: `subject type ${JSON.stringify(subjectType)} does not match event type ${JSON.stringify(event.type)}`, eventId: event.id }
+  }
+  if (event.type.split('.')[0] !== owner.projection.area) {
+    return { reason: `event type ${event.type} does not belong to projection ${owner.projection.name}`, eventId: event.id }
+  }
+  // An event in the wrong partition would escape the per-key ordering; refuse it loudly.
+  const expected = partitionOf(keyOf(event), owner.partitions)
+  if (expected !== owner.partition) {
+    return { reason: `key ${JSON.stringify(keyOf(event))} belongs to partition ${expected}, not ${owner.partition}`, eventId: event.id }
+  }
+  return { event, seq: m.seq, storedAt: m.storedAt }
+}

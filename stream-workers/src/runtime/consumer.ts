@@ -1,0 +1,49 @@
+import { AckPolicy, DeliverPolicy, type JetStreamManager } from '@nats-io/jetstream'
+import { nanos } from '@nats-io/transport-node'
+
+/** `<projection>_p<partition>_r<token>`: one durable consumer per ownership of a partition. */
+export const consumerName = (projection: string, partition: number, token: number) => `${projection}_p${partition}_r${token}`
+
+/** Parses a consumer name made by consumerName; undefined for any other consumer. */
+export function parseConsumerName(name: string): { projection: string; partition: number; token: number } | undefined {
+  const m = /^([a-z]+)_p(\d+)_r(\d+)$/.exec(name)
+  return m ? { projection: m[1], partition: Number(m[2]), token: Number(m[3]) } : undefined
+}
+
+/** How long the server waits for an ack before redelivering; runners extend it while retrying. */
+export const ACK_WAIT_MS = 30_000
+
+/**
+ * Creates the durable pull consumer of one ownership, starting right after `checkpoint`, after
+ * deleting the consumers of older ownerships of the same projection and partition (and an earlier
+ * one of this ownership, so the new one starts clean at delivery sequence 1). A stale owner can
+ * therefore never pull from the new consumer, and a newer owner's consumer is never touched.
+ */
+export async function createOwnershipConsumer(
+  jsm: JetStreamManager,
+  opts: { stream: string; projection: string; partition: number; token: number; filter: string; checkpoint: number; batchSize: number },
+): Promise<string> {
+  const name = consumerName(opts.projection, opts.partition, opts.token)
+  for await (const info of jsm.consumers.list(opts.stream)) {
+    const other = parseConsumerName(info.name)
+    if (other && other.projection === opts.projection && other.partition === opts.partition && other.token <= opts.token) {
+      await jsm.consumers.delete(opts.stream, info.name).catch((err) => {
+        if (!/not found/i.test(String(err))) throw err
+      })
+    }
+  }
+  await jsm.consumers.add(opts.stream, {
+    durable_name: name,
+    filter_subject: opts.filter,
+    ...(opts.checkpoint > 0
+      ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: opts.checkpoint + 1 }
+      : { deliver_policy: DeliverPolicy.All }),
+    ack_policy: AckPolicy.Explicit,
+    ack_wait: nanos(ACK_WAIT_MS),
+    max_deliver: -1,
+    max_ack_pending: Math.max(1000, opts.batchSize * 2),
+    // A consumer whose owner vanished without a successor is removed eventually.
+    inactive_threshold: nanos(3600_000),
+  })
+  return name
+}

@@ -1,0 +1,63 @@
+/**
+ * Error classification for the consume loop. In a worker every failure is one of three: a bad
+ * message (dead-lettered inside the batch, never reaches here), a transient fault (retried in
+ * place), or a fatal one (a bug: the process exits and is restarted).
+ */
+
+/** Node/postgres.js error codes of a broken or unreachable connection. */
+const transientCodes = new Set([
+  'CONNECTION_CLOSED',
+  'CONNECTION_ENDED',
+  'CONNECTION_DESTROYED',
+  'CONNECT_TIMEOUT',
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+])
+
+/**
+ * SQLSTATE classes worth retrying: 08 connection exception, 40 transaction rollback
+ * (serialization failure, deadlock), 53 insufficient resources, 57 operator intervention
+ * (admin_shutdown from pg_terminate_backend, cannot_connect_now during restart), 58 system error.
+ */
+const transientSqlStateClasses = new Set(['08', '40', '53', '57', '58'])
+
+const isTransientSqlState = (code: string) => /^[0-9A-Z]{5}$/.test(code) && transientSqlStateClasses.has(code.slice(0, 2))
+
+/**
+ * True when retrying the same work later may succeed (Postgres down, connection cut, deadlock).
+ * Understands postgres.js (`code` = SQLSTATE or a connection code) and Bun's SQL client (`code` =
+ * `ERR_POSTGRES_*`, `errno` = SQLSTATE), also when wrapped by drizzle in `cause`.
+ */
+export function isTransientDbError(err: unknown): boolean {
+  type E = { code?: unknown; errno?: unknown; cause?: unknown }
+  for (let e = err as E | undefined, depth = 0; e && depth < 5; e = e.cause as E | undefined, depth++) {
+    const code = typeof e.code === 'string' ? e.code : undefined
+    const errno = typeof e.errno === 'string' ? e.errno : undefined
+    if (code && (transientCodes.has(code) || isTransientSqlState(code))) return true
+    if (errno && isTransientSqlState(errno)) return true
+    // Raised by Bun's client itself: connection closed or refused, timeouts.
+    if (code && /^ERR_POSTGRES_(CONNECTION_|.*TIMEOUT|.*CLOSED|.*REFUSED)/.test(code)) return true
+  }
+  return false
+}
+
+/** True for errors that only a code change fixes (TypeError and friends): never retried. */
+export function isProgrammingError(err: unknown): boolean {
+  return err instanceof TypeError || err instanceof ReferenceError || err instanceof SyntaxError || err instanceof RangeError
+}
+
+/** Thrown inside a batch transaction when a newer lease owner has written the checkpoint. */
+export class FencedError extends Error {
+  constructor(
+    readonly fence: number,
+    readonly token: number,
+  ) {
+    super(`checkpoint fence ${fence} is newer than this runner's lease token ${token}`)
+    this.name = 'FencedError'
+  }
+}

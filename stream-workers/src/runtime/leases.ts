@@ -1,0 +1,167 @@
+import { Kvm, type KV } from '@nats-io/kv'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { Config } from '../../../core/config'
+import type { Logger } from '../../../core/logger'
+import { topology } from '../../../core/nats'
+import { sleep } from './backoff'
+
+/** What a worker announces under `w.<workerId>` every ttl/3. */
+export type WorkerInfo = { id: string; partitions: number[]; since: string; heartbeatAt: string }
+
+const partitionKey = (p: number) => `p.${p}`
+const workerKey = (id: string) => `w.${id}`
+
+/**
+ * Opens (creating when missing) the lease bucket: keys expire ttl after their last write, and only
+ * the latest value of a key is kept. Safe to call from every process.
+ */
+export function openLeaseBucket(nc: NatsConnection, config: Config): Promise<KV> {
+  return new Kvm(nc).create(topology(config).leaseBucket, { ttl: config.FANFARE_LEASE_TTL_MS, history: 1 })
+}
+
+/** Live workers (those whose heartbeat has not expired), by id. For GET /admin/workers. */
+export async function listWorkers(kv: KV): Promise<WorkerInfo[]> {
+  const out: WorkerInfo[] = []
+  for (const key of await collectKeys(kv, 'w.>')) {
+    const e = await kv.get(key)
+    if (!e || e.operation !== 'PUT') continue
+    try {
+      out.push(e.json<WorkerInfo>())
+    } catch {
+      // an unreadable heartbeat is skipped, not fatal for the listing
+    }
+  }
+  return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+}
+
+async function collectKeys(kv: KV, filter = '>'): Promise<string[]> {
+  const keys: string[] = []
+  for await (const k of await kv.keys(filter)) keys.push(k)
+  return keys
+}
+
+export type LeaseDeps = {
+  kv: KV
+  workerId: string
+  partitions: number
+  ttlMs: number
+  logger: Logger
+  /** A partition is ours under `token` (the revision of its creation): start its runners. */
+  onAcquired: (partition: number, token: number) => void
+  /** The lease is gone (renew failed or expired): stop the runners at once, do not wait. */
+  onLost: (partition: number) => void
+  /** We give the partition up: stop its runners and resolve when they are idle. */
+  onRelease: (partition: number) => Promise<void>
+}
+
+export type Leases = {
+  /** Partitions held now. */
+  held: () => number[]
+  /** Forgets a partition whose runners found a newer owner; its runners already stopped. */
+  drop: (partition: number) => void
+  /** Stops scanning, releases every held partition (after its runners stop), removes the heartbeat. */
+  stop: () => Promise<void>
+}
+
+type Held = { token: number; revision: number; renewedAt: number }
+
+/**
+ * Partition leases in a KV bucket. Every ttl/3: heartbeat `w.<id>`, renew each held key with a
+ * compare-and-set on its last revision (a failed renew means the lease is lost), give up the
+ * surplus above the fair share ceil(partitions / live workers), and create free keys up to it.
+ */
+export function startLeases(deps: LeaseDeps): Leases {
+  const { kv, workerId, logger } = deps
+  const held = new Map<number, Held>()
+  const abort = new AbortController()
+  const since = new Date().toISOString()
+  const period = Math.max(100, Math.floor(deps.ttlMs / 3))
+  // Start scanning at a worker-specific partition so workers do not all race for p.0 first.
+  const offset = Math.floor(Math.random() * deps.partitions)
+
+  const lose = (p: number, reason: string, err?: unknown) => {
+    const h = held.get(p)
+    if (!h) return
+    held.delete(p)
+    logger.warn({ partition: p, token: h.token, reason, err }, 'partition lease lost')
+    deps.onLost(p)
+    // If the key is still ours (a renew that only timed out), free it for others right away.
+    kv.delete(partitionKey(p), { previousSeq: h.revision }).catch(() => {})
+  }
+
+  const release = async (p: number) => {
+    const h = held.get(p)
+    if (!h) return
+    held.delete(p)
+    await deps.onRelease(p)
+    await kv.delete(partitionKey(p), { previousSeq: h.revision }).catch((err) => logger.warn({ err, partition: p }, 'lease release failed; it will expire'))
+    logger.info({ partition: p, token: h.token }, 'partition released')
+  }
+
+  const heartbeat = () =>
+    kv.put(
+      workerKey(workerId),
+      JSON.stringify({ id: workerId, partitions: [...held.keys()].sort((a, b) => a - b), since, heartbeatAt: new Date().toISOString() } satisfies WorkerInfo),
+    )
+
+  const tick = async () => {
+    for (const [p, h] of [...held]) {
+      if (abort.signal.aborted) return
+      // Our own clock says the key may already have expired: someone else may own it.
+      if (Date.now() - h.renewedAt > deps.ttlMs * 0.9) {
+        lose(p, 'not renewed in time')
+        continue
+      }
+      try {
+        h.revision = await kv.update(partitionKey(p), workerId, h.revision)
+        h.renewedAt = Date.now()
+      } catch (err) {
+        lose(p, 'renew failed', err)
+      }
+    }
+    await heartbeat()
+    const keys = await collectKeys(kv)
+    const taken = new Set(keys.filter((k) => k.startsWith('p.')).map((k) => Number(k.slice(2))))
+    const live = Math.max(1, keys.filter((k) => k.startsWith('w.')).length)
+    const share = Math.ceil(deps.partitions / live)
+    while (held.size > share && !abort.signal.aborted) {
+      const surplus = [...held.keys()].sort((a, b) => b - a)[0]
+      await release(surplus)
+    }
+    for (let i = 0; i < deps.partitions && held.size < share && !abort.signal.aborted; i++) {
+      const p = (offset + i) % deps.partitions
+      if (taken.has(p) || held.has(p)) continue
+      try {
+        const token = await kv.create(partitionKey(p), workerId)
+        held.set(p, { token, revision: token, renewedAt: Date.now() })
+        logger.info({ partition: p, token }, 'partition acquired')
+        deps.onAcquired(p, token)
+      } catch {
+        // someone else created it first
+      }
+    }
+  }
+
+  const loop = (async () => {
+    while (!abort.signal.aborted) {
+      const started = Date.now()
+      try {
+        await tick()
+      } catch (err) {
+        logger.warn({ err }, 'lease round failed')
+      }
+      await sleep(Math.max(0, period - (Date.now() - started)), abort.signal)
+    }
+  })()
+
+  return {
+    held: () => [...held.keys()].sort((a, b) => a - b),
+    drop: (p) => lose(p, 'fenced by a newer owner'),
+    stop: async () => {
+      abort.abort()
+      await loop
+      await Promise.all([...held.keys()].map((p) => release(p)))
+      await kv.delete(workerKey(workerId)).catch(() => {})
+    },
+  }
+}

@@ -1,0 +1,231 @@
+import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
+import { millis } from '@nats-io/transport-node'
+import { and, eq } from 'drizzle-orm'
+import type { Db } from '../../../core/db/client'
+import { projectionCheckpoints } from '../../../core/db/schema'
+import { subjects } from '../../../core/events'
+import type { Logger } from '../../../core/logger'
+import type { Projection } from '../projections/types'
+import { backoffMs, sleep } from './backoff'
+import { applyBatch, type BatchResult } from './batch'
+import { ACK_WAIT_MS, consumerName, createOwnershipConsumer } from './consumer'
+import { FencedError, isProgrammingError, isTransientDbError } from './errors'
+import { publishNotices } from './outbox'
+
+/** Test seams. Production passes none. */
+export type RunnerHooks = {
+  /** Called after a batch committed and before it is acked; a throw simulates a crash there. */
+  onBeforeAck?: (info: { projection: string; partition: number; seqs: number[] }) => void | Promise<void>
+}
+
+export type RunnerDeps = {
+  db: Db
+  js: JetStreamClient
+  jsm: JetStreamManager
+  logger: Logger
+  stream: string
+  prefix: string
+  partitions: number
+  batchSize: number
+  projection: Projection
+  partition: number
+  /** Fencing token of this ownership (the lease's creation revision). */
+  token: number
+  now?: () => Date
+  hooks?: RunnerHooks
+  /** A newer owner wrote the checkpoint: this runner has stopped; the lease is not ours. */
+  onFenced: () => void
+  /** A bug: the runner has stopped; the process should exit non-zero. */
+  onFatal: (err: unknown) => void
+}
+
+export type Runner = {
+  /**
+   * Stops taking new messages, lets an in-flight transaction finish (and then acks it and
+   * publishes its notices), abandons a batch that is still retrying, and, when `deleteConsumer`,
+   * removes this ownership's consumer. Resolves when the runner is idle.
+   */
+  stop: (opts?: { deleteConsumer?: boolean }) => Promise<void>
+}
+
+/** Why the consume loop needs a new consumer. */
+class ResetConsumer extends Error {}
+
+/** A batch failed with an error that retrying cannot fix. */
+class FatalBatchError extends Error {
+  constructor(
+    readonly cause: unknown,
+    readonly first: { subject: string; seq: number; deliveryCount: number },
+  ) {
+    super(`batch failed: ${(cause as Error)?.message ?? String(cause)}`)
+  }
+}
+
+/** Extends the ack wait of a batch under work well before it runs out. */
+const WORKING_EVERY_MS = Math.floor(ACK_WAIT_MS / 3)
+/** How long an idle pull waits at the server for a first message. */
+const IDLE_PULL_MS = 5_000
+
+/**
+ * Runs one projection on one owned partition: creates this ownership's consumer from the
+ * checkpoint, then pulls batches and applies each in one transaction (see applyBatch), acks it,
+ * and publishes its notices. Transient database faults retry the same batch in place; NATS
+ * trouble or a missing delivery recreates the consumer from the checkpoint, so messages are
+ * always applied in stream order without gaps.
+ */
+export function startRunner(deps: RunnerDeps): Runner {
+  const log = deps.logger.child({ projection: deps.projection.name, partition: deps.partition, token: deps.token })
+  const name = consumerName(deps.projection.name, deps.partition, deps.token)
+  const now = deps.now ?? (() => new Date())
+  const abort = new AbortController()
+  let pulling: ConsumerMessages | undefined
+
+  const fetchSome = async (consumer: Consumer, max: number, expires: number): Promise<JsMsg[]> => {
+    const iter = await consumer.fetch({ max_messages: max, expires })
+    pulling = iter
+    const out: JsMsg[] = []
+    try {
+      for await (const m of iter) out.push(m)
+    } finally {
+      pulling = undefined
+    }
+    return out
+  }
+
+  /** Up to batchSize messages that are already there: wait for one, then take what is pending. */
+  const pullBatch = async (consumer: Consumer): Promise<JsMsg[]> => {
+    const first = await fetchSome(consumer, 1, IDLE_PULL_MS)
+    if (first.length === 0 || abort.signal.aborted) return first
+    const more = Math.min(first[0].info.pending, deps.batchSize - 1)
+    return more > 0 ? first.concat(await fetchSome(consumer, more, 2_000)) : first
+  }
+
+  const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
+    const owner = { projection: deps.projection, partition: deps.partition, token: deps.token, partitions: deps.partitions }
+    const messages = batch.map((m) => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) }))
+    const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
+    try {
+      for (let attempt = 0; ; attempt++) {
+        if (abort.signal.aborted) return undefined
+        try {
+          return await applyBatch(deps.db, owner, messages, now())
+        } catch (err) {
+          if (err instanceof FencedError || !isTransientDbError(err)) throw err
+          const first = batch[0]
+          const last = batch[batch.length - 1]
+          log.warn(
+            {
+              err,
+              attempt,
+              size: batch.length,
+              subject: first.subject,
+              seq: first.seq,
+              deliveryCount: first.info.deliveryCount,
+              lastSubject: last.subject,
+              lastSeq: last.seq,
+              lastDeliveryCount: last.info.deliveryCount,
+            },
+            'batch failed with a transient error; retrying the same batch',
+          )
+          batch.forEach((m) => m.working())
+          await sleep(backoffMs(attempt), abort.signal)
+        }
+      }
+    } finally {
+      clearInterval(keepAlive)
+    }
+  }
+
+  const consumeFrom = async (consumer: Consumer) => {
+    // A fresh consumer numbers its deliveries 1, 2, 3...; a jump means a delivery never reached
+    // us (a pull cut off mid-way) and applying past it would reorder the stream.
+    let expectedDelivery = 1
+    while (!abort.signal.aborted) {
+      const batch = await pullBatch(consumer)
+      if (batch.length === 0) continue
+      for (const m of batch) {
+        if (m.info.deliverySequence !== expectedDelivery) {
+          throw new ResetConsumer(`delivery ${expectedDelivery} missing (got ${m.info.deliverySequence} for seq ${m.seq})`)
+        }
+        expectedDelivery++
+      }
+      const result = await applyWithRetry(batch).catch((err) => {
+        const m = batch[0]
+        throw err instanceof FencedError ? err : new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
+      })
+      if (!result) return // stopped while retrying: unacked messages go to the next owner
+      await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
+      for (const m of batch) m.ack()
+      log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, notices: result.notices.length }, 'batch applied')
+      if (result.notices.length > 0) {
+        await publishNotices({ db: deps.db, js: deps.js, prefix: deps.prefix }, result.notices).catch((err) =>
+          log.warn({ err, notices: result.notices.length }, 'publishing notices failed; the outbox sweeper will retry'),
+        )
+      }
+    }
+  }
+
+  const openConsumer = async (): Promise<Consumer> => {
+    const [row] = await deps.db
+      .select({ seq: projectionCheckpoints.seq })
+      .from(projectionCheckpoints)
+      .where(and(eq(projectionCheckpoints.projection, deps.projection.name), eq(projectionCheckpoints.partition, deps.partition)))
+    await createOwnershipConsumer(deps.jsm, {
+      stream: deps.stream,
+      projection: deps.projection.name,
+      partition: deps.partition,
+      token: deps.token,
+      filter: subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area),
+      checkpoint: Number(row?.seq ?? 0),
+      batchSize: deps.batchSize,
+    })
+    return deps.js.consumers.get(deps.stream, name)
+  }
+
+  const run = async () => {
+    for (let attempt = 0; !abort.signal.aborted; ) {
+      try {
+        const consumer = await openConsumer()
+        attempt = 0
+        await consumeFrom(consumer)
+      } catch (err) {
+        if (abort.signal.aborted) break
+        if (err instanceof FencedError) {
+          log.warn({ err: err.message }, 'a newer owner holds this partition; stopping')
+          abort.abort()
+          deps.onFenced()
+          break
+        }
+        if (err instanceof FatalBatchError || isProgrammingError(err) || (isDbError(err) && !isTransientDbError(err))) {
+          const cause = err instanceof FatalBatchError ? err.cause : err
+          log.fatal({ err: cause, ...(err instanceof FatalBatchError ? err.first : {}) }, 'runner failed with an error retrying cannot fix')
+          abort.abort()
+          deps.onFatal(cause)
+          break
+        }
+        // NATS trouble, a deleted consumer, a missed delivery, or Postgres down while reading the
+        // checkpoint: start over from the checkpoint with a fresh consumer.
+        log.warn({ err: err instanceof ResetConsumer ? err.message : err, attempt }, 'consumer reset')
+        await sleep(backoffMs(attempt++), abort.signal)
+      }
+    }
+  }
+
+  const done = run()
+  return {
+    stop: async (opts = {}) => {
+      abort.abort()
+      pulling?.stop()
+      await done
+      if (opts.deleteConsumer) await deps.jsm.consumers.delete(deps.stream, name).catch(() => {})
+    },
+  }
+}
+
+/** Errors raised by Postgres or its driver carry a string code (SQLSTATE or connection code). */
+function isDbError(err: unknown): boolean {
+  for (let e = err as { code?: unknown; cause?: unknown; name?: unknown } | undefined, d = 0; e && d < 5; e = e.cause as typeof e, d++) {
+    if (e.name === 'PostgresError' || e.name === 'DrizzleQueryError' || e.name === 'SQLError') return true
+  }
+  return false
+}

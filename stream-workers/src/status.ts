@@ -1,0 +1,79 @@
+import { jetstreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { Config } from '../../core/config'
+import type { Db } from '../../core/db/client'
+import { projectionCheckpoints } from '../../core/db/schema'
+import { topology } from '../../core/nats'
+import { projections } from './projections'
+import { parseConsumerName } from './runtime/consumer'
+
+export type PartitionStatus = {
+  partition: number
+  /** Last applied stream sequence (0: nothing yet). */
+  seq: number
+  /** Lease token of the worker that last wrote the checkpoint. */
+  fence: number
+  updatedAt: string | null
+  /** Consumer of the current ownership, null when no worker holds the partition. */
+  consumer: string | null
+  /** Events of this projection and partition not yet applied and acked; null without a consumer. */
+  lag: number | null
+}
+
+export type ProjectionsStatus = {
+  stream: { name: string; lastSeq: number; messages: number }
+  projections: {
+    projection: string
+    /** Highest applied stream sequence over the partitions. */
+    appliedSeq: number
+    /** Sum of the partitions' lag; null when some partition has no worker (lag unknown). */
+    lag: number | null
+    partitions: PartitionStatus[]
+  }[]
+}
+
+/**
+ * Where each projection is, per partition. Lag is exact and per projection: the consumer of the
+ * current ownership counts the events on its subjects that are not delivered yet (num_pending)
+ * plus those delivered and not yet acked (num_ack_pending, i.e. being applied). A partition that no
+ * worker holds has no consumer, so its lag is null.
+ */
+export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsConnection }): Promise<ProjectionsStatus> {
+  const t = topology(deps.config)
+  const jsm = await jetstreamManager(deps.nc)
+  const info = await jsm.streams.info(t.eventStream)
+  const newest = new Map<string, { name: string; token: number; lag: number }>()
+  for await (const c of jsm.consumers.list(t.eventStream)) {
+    const parsed = parseConsumerName(c.name)
+    if (!parsed) continue
+    const key = `${parsed.projection}/${parsed.partition}`
+    if ((newest.get(key)?.token ?? -1) < parsed.token) newest.set(key, { name: c.name, token: parsed.token, lag: c.num_pending + c.num_ack_pending })
+  }
+  const rows = await deps.db.select().from(projectionCheckpoints)
+  const checkpoints = new Map(rows.map((r) => [`${r.projection}/${r.partition}`, r]))
+  return {
+    stream: { name: t.eventStream, lastSeq: info.state.last_seq, messages: info.state.messages },
+    projections: projections.map((p) => {
+      const partitions: PartitionStatus[] = []
+      for (let n = 0; n < t.partitions; n++) {
+        const cp = checkpoints.get(`${p.name}/${n}`)
+        const c = newest.get(`${p.name}/${n}`)
+        partitions.push({
+          partition: n,
+          seq: Number(cp?.seq ?? 0),
+          fence: Number(cp?.fence ?? 0),
+          updatedAt: cp?.updatedAt.toISOString() ?? null,
+          consumer: c?.name ?? null,
+          lag: c ? c.lag : null,
+        })
+      }
+      const lags = partitions.map((x) => x.lag)
+      return {
+        projection: p.name,
+        appliedSeq: Math.max(0, ...partitions.map((x) => x.seq)),
+        lag: lags.every((l) => l !== null) ? lags.reduce((a, b) => a! + b!, 0) : null,
+        partitions,
+      }
+    }),
+  }
+}

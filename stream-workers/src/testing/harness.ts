@@ -1,0 +1,118 @@
+import { jetstream, jetstreamManager, type JetStreamClient, type PubAck } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { ChangeNotice } from '../../../core/channels'
+import type { Config } from '../../../core/config'
+import { connectBunSql, type Database } from '../../../core/db/client'
+import { contracts, keyOf, partitionOf, subjects, type EventData, type EventType, type StoredEvent } from '../../../core/events'
+import { createLogger } from '../../../core/logger'
+import { connectNats, ensureStreams, topology } from '../../../core/nats'
+import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import { startWorkers, type Workers, type WorkersDeps } from '../workers'
+
+/** One integration test's world: a fresh database and streams, and what it opened, to close. */
+export type World = {
+  env: TestEnv
+  config: Config
+  nc: NatsConnection
+  js: JetStreamClient
+  database: Database
+  /** Starts a worker with its own database client and NATS connection, like a separate process. */
+  startWorker: (extra?: Partial<WorkersDeps>) => Promise<Workers>
+  close: () => Promise<void>
+}
+
+export async function createWorld(overrides: Record<string, string> = {}): Promise<World> {
+  const env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500', ...overrides })
+  const config = env.config
+  const nc = await connectNats(env.vars.NATS_URL, 'sw-test')
+  await ensureStreams(nc, config)
+  const database = await connectBunSql(env.vars.DATABASE_URL, { max: 2 })
+  const opened: (() => Promise<void>)[] = []
+  const fatal: unknown[] = []
+  return {
+    env,
+    config,
+    nc,
+    js: jetstream(nc),
+    database,
+    startWorker: async (extra = {}) => {
+      // The driver main uses (see connectBunSql).
+      const db = await connectBunSql(env.vars.DATABASE_URL, { max: 4 })
+      const wnc = await connectNats(env.vars.NATS_URL, 'sw-test-worker')
+      const workers = await startWorkers({
+        config,
+        db: db.db,
+        nc: wnc,
+        logger: createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'),
+        onFatal: (err) => fatal.push(err),
+        ...extra,
+      })
+      const stop = workers.stop
+      let closed: Promise<void> | undefined
+      workers.stop = () =>
+        (closed ??= (async () => {
+          await stop()
+          await wnc.close()
+          await db.close()
+          if (fatal.length > 0) throw new Error(`a runner failed fatally: ${String(fatal[0])}`)
+        })())
+      opened.push(() => workers.stop())
+      return workers
+    },
+    close: async () => {
+      for (const close of opened) await close().catch(() => {})
+      await database.close()
+      await nc.close()
+      await env.cleanup()
+    },
+  }
+}
+
+let counter = 0
+
+/** A stored event as the API would write it. */
+export function storedEvent<T extends EventType>(type: T, data: EventData[T], id?: string): StoredEvent {
+  return { id: id ?? `ev-${Date.now().toString(36)}-${counter++}`, type, v: contracts[type].version, data, at: new Date().toISOString() } as StoredEvent
+}
+
+/** Publishes like the API: on its partition's subject, with the event id as msgID. */
+export function publishEvent(w: World, event: StoredEvent): Promise<PubAck> {
+  const p = partitionOf(keyOf(event), w.config.FANFARE_PARTITIONS)
+  return w.js.publish(subjects.event(w.config.FANFARE_SUBJECT_PREFIX, p, event.type), JSON.stringify(event), { msgID: event.id })
+}
+
+/** Polls `check` until it returns a truthy value or `timeoutMs` passes (then throws). */
+export async function waitFor<T>(what: string, check: () => Promise<T> | T, timeoutMs = 15_000, everyMs = 50): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs
+  let last: unknown
+  for (;;) {
+    try {
+      const v = await check()
+      if (v) return v as NonNullable<T>
+    } catch (err) {
+      last = err
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`)
+    await Bun.sleep(everyMs)
+  }
+}
+
+/** Every notice on the change stream, in stream order. */
+export async function readNotices(w: World): Promise<ChangeNotice[]> {
+  const stream = topology(w.config).changeStream
+  const jsm = await jetstreamManager(w.nc)
+  const n = (await jsm.streams.info(stream)).state.messages
+  if (n === 0) return []
+  const consumer = await w.js.consumers.get(stream)
+  const out: ChangeNotice[] = []
+  for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) out.push(m.json<ChangeNotice>())
+  return out
+}
+
+/** Notices grouped by channel, each in version order. */
+export function byChannel(notices: ChangeNotice[]): Map<string, ChangeNotice[]> {
+  const out = new Map<string, ChangeNotice[]>()
+  for (const n of notices) out.set(n.channel, [...(out.get(n.channel) ?? []), n])
+  for (const list of out.values()) list.sort((a, b) => a.version - b.version)
+  return out
+}

@@ -1,0 +1,169 @@
+import { afterEach, describe, expect, test } from 'bun:test'
+import { and, asc, eq } from 'drizzle-orm'
+import { changeOutbox, chatMessages, channelVersions, deadLetters, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../core/db/schema'
+import { keyOf, partitionOf, subjects } from '../../core/events'
+import { byChannel, createWorld, publishEvent, readNotices, storedEvent, waitFor, type World } from './testing/harness'
+import { projectionStatus } from './workers'
+
+let world: World | undefined
+afterEach(async () => {
+  await world?.close()
+  world = undefined
+})
+
+const versions = async (w: World) =>
+  Object.fromEntries((await w.database.db.select().from(channelVersions)).map((r) => [r.channel, Number(r.version)]))
+
+const entries = async (w: World, board: string) =>
+  Object.fromEntries(
+    (await w.database.db.select().from(leaderboardEntries).where(eq(leaderboardEntries.board, board))).map((r) => [r.player, r.score]),
+  )
+
+/** Resolves once every projection checkpoint has caught up with the stream (lag 0 everywhere). */
+const caughtUp = (w: World, timeoutMs = 20_000) =>
+  waitFor(
+    'projections to catch up',
+    async () => {
+      const s = await projectionStatus({ config: w.config, db: w.database.db, nc: w.nc })
+      return s.projections.every((p) => p.lag === 0) ? s : undefined
+    },
+    timeoutMs,
+  )
+
+describe('stream workers', () => {
+  test('apply leaderboard and chat events, bump versions once per change, publish consecutive notices', async () => {
+    const w = (world = await createWorld())
+    await w.database.db.insert(leaderboards).values({ board: 'golf', sortOrder: 'asc', operator: 'best' })
+    const workers = await w.startWorker()
+    const send = (e: Parameters<typeof publishEvent>[1]) => publishEvent(w, e)
+    await send(storedEvent('score.submitted', { board: 'arena', player: 'alice', score: 10 }))
+    await send(storedEvent('score.submitted', { board: 'arena', player: 'bob', score: 20 }))
+    await send(storedEvent('score.submitted', { board: 'arena', player: 'alice', score: 5 })) // worse: no change
+    await send(storedEvent('score.submitted', { board: 'arena', player: 'alice', score: 30 }))
+    await send(storedEvent('score.submitted', { board: 'golf', player: 'carl', score: 70 }))
+    await send(storedEvent('score.submitted', { board: 'golf', player: 'carl', score: 72 })) // worse on asc
+    await send(storedEvent('score.submitted', { board: 'golf', player: 'carl', score: 68 }))
+    await send(storedEvent('chat.message.posted', { room: 'lobby', user: 'ann', text: 'hello' }, 'm1'))
+    await send(storedEvent('chat.message.posted', { room: 'lobby', user: 'ben', text: 'hi ann' }, 'm2'))
+    await send(storedEvent('chat.message.deleted', { room: 'lobby', messageId: 'm1' }))
+    await send(storedEvent('chat.message.deleted', { room: 'lobby', messageId: 'm1' })) // already deleted
+    await send(storedEvent('chat.message.deleted', { room: 'lobby', messageId: 'nope' })) // unknown
+
+    await caughtUp(w)
+    expect(await entries(w, 'arena')).toEqual({ alice: 30, bob: 20 })
+    expect(await entries(w, 'golf')).toEqual({ carl: 68 })
+    const msgs = await w.database.db.select().from(chatMessages).orderBy(asc(chatMessages.seq))
+    expect(msgs.map((m) => [m.id, m.user, m.text, m.deleted])).toEqual([
+      ['m1', 'ann', 'hello', true],
+      ['m2', 'ben', 'hi ann', false],
+    ])
+    expect(await versions(w)).toEqual({ 'leaderboard:arena': 3, 'leaderboard:golf': 2, 'chat:lobby': 3 })
+
+    const notices = byChannel(await waitFor('8 notices', async () => ((await readNotices(w)).length === 8 ? readNotices(w) : undefined)))
+    for (const [, list] of notices) expect(list.map((n) => n.version)).toEqual(list.map((_, i) => i + 1))
+    // alice and bob may hash to different partitions: only each player's own order is defined.
+    const arena = notices.get('leaderboard:arena')!.map((n) => n.data)
+    expect(arena.filter((d) => 'player' in d && d.player === 'alice')).toEqual([
+      { player: 'alice', score: 10, previous: null },
+      { player: 'alice', score: 30, previous: 10 },
+    ])
+    expect(arena.filter((d) => 'player' in d && d.player === 'bob')).toEqual([{ player: 'bob', score: 20, previous: null }])
+    expect(notices.get('leaderboard:golf')!.map((n) => n.data)).toEqual([
+      { player: 'carl', score: 70, previous: null },
+      { player: 'carl', score: 68, previous: 70 },
+    ])
+    const chat = notices.get('chat:lobby')!.map((n) => n.data)
+    expect(chat[0]).toMatchObject({ kind: 'posted', message: { id: 'm1', room: 'lobby', user: 'ann', text: 'hello' } })
+    expect(chat[1]).toMatchObject({ kind: 'posted', message: { id: 'm2' } })
+    expect(chat[2]).toEqual({ kind: 'deleted', messageId: 'm1' })
+    // The outbox is drained once notices are out.
+    await waitFor('outbox empty', async () => (await w.database.db.select().from(changeOutbox)).length === 0)
+    await workers.stop()
+  })
+
+  test('a crash after commit and before ack, and a full replay, apply nothing twice', async () => {
+    const w = (world = await createWorld())
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum' })
+    let crashes = 0
+    const workers = await w.startWorker({
+      hooks: {
+        onBeforeAck: ({ projection }) => {
+          // The first two leaderboard batches "crash" after their commit: they are redelivered.
+          if (projection === 'leaderboards' && crashes < 2) {
+            crashes++
+            throw new Error('simulated crash before ack')
+          }
+        },
+      },
+    })
+    for (let i = 1; i <= 20; i++) await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: `p${i % 3}`, score: i }))
+    await caughtUp(w)
+    expect(crashes).toBe(2)
+    const expected = { p0: 3 + 6 + 9 + 12 + 15 + 18, p1: 1 + 4 + 7 + 10 + 13 + 16 + 19, p2: 2 + 5 + 8 + 11 + 14 + 17 + 20 }
+    expect(await entries(w, 'tot')).toEqual(expected)
+    expect(await versions(w)).toEqual({ 'leaderboard:tot': 20 })
+    await workers.stop()
+
+    // Replay the whole stream under a newer ownership: every message is at or below its checkpoint.
+    const { applyBatch } = await import('./runtime/batch')
+    const { leaderboardsProjection } = await import('./projections/leaderboards/apply')
+    const consumer = await w.js.consumers.get(w.config.FANFARE_STREAM)
+    const all = []
+    for await (const m of await consumer.fetch({ max_messages: 20, expires: 5_000 })) all.push(m)
+    expect(all.length).toBe(20)
+    for (let p = 0; p < w.config.FANFARE_PARTITIONS; p++) {
+      const mine = all.filter((m) => subjects.partitionOfSubject(m.subject) === p)
+      const r = await applyBatch(
+        w.database.db,
+        { projection: leaderboardsProjection, partition: p, token: 1_000_000, partitions: w.config.FANFARE_PARTITIONS },
+        mine.map((m) => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date() })),
+        new Date(),
+      )
+      expect(r).toMatchObject({ applied: 0, skipped: mine.length, deadLettered: 0, notices: [] })
+    }
+    expect(await entries(w, 'tot')).toEqual(expected)
+    expect(await versions(w)).toEqual({ 'leaderboard:tot': 20 })
+  })
+
+  test('poison messages go to dead letters; later events of the same partition still apply', async () => {
+    const w = (world = await createWorld())
+    const workers = await w.startWorker()
+    const good = storedEvent('score.submitted', { board: 'arena', player: 'zed', score: 7 })
+    const p = partitionOf(keyOf(good), w.config.FANFARE_PARTITIONS)
+    const subject = subjects.event(w.config.FANFARE_SUBJECT_PREFIX, p, 'score.submitted')
+    await w.js.publish(subject, '{not json', { msgID: 'bad-1' })
+    await w.js.publish(subjects.event(w.config.FANFARE_SUBJECT_PREFIX, p, 'score.bogus'), JSON.stringify({ id: 'bad-2', type: 'score.bogus', v: 1, data: {}, at: '' }), { msgID: 'bad-2' })
+    await w.js.publish(subject, JSON.stringify({ ...storedEvent('score.submitted', { board: 'arena', player: 'zed', score: 1 }, 'bad-3'), data: { board: 'arena', player: 'zed', score: 'high' } }), { msgID: 'bad-3' })
+    await publishEvent(w, good)
+    await caughtUp(w)
+    expect(await entries(w, 'arena')).toEqual({ zed: 7 })
+    const dead = await w.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
+    expect(dead.map((d) => [d.projection, d.partition, d.eventId])).toEqual([
+      ['leaderboards', p, null],
+      ['leaderboards', p, 'bad-2'],
+      ['leaderboards', p, 'bad-3'],
+    ])
+    expect(dead[0].reason).toContain('not JSON')
+    expect(dead[0].payload).toBe('{not json')
+    expect(dead[1].reason).toContain('unknown event type')
+    expect(dead[2].reason).toContain('invalid data')
+    expect(dead[2].subject).toBe(subject)
+    const [cp] = await w.database.db.select().from(projectionCheckpoints).where(and(eq(projectionCheckpoints.partition, p), eq(projectionCheckpoints.projection, 'leaderboards')))
+    expect(cp.seq).toBe(4)
+    await workers.stop()
+  })
+
+  test('a resent event id is reported duplicate by JetStream and applied once', async () => {
+    const w = (world = await createWorld())
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum' })
+    const workers = await w.startWorker()
+    const e = storedEvent('score.submitted', { board: 'tot', player: 'amy', score: 5 }, 'same-id')
+    expect((await publishEvent(w, e)).duplicate).toBe(false)
+    expect((await publishEvent(w, e)).duplicate).toBe(true)
+    await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'amy', score: 1 }))
+    await caughtUp(w)
+    expect(await entries(w, 'tot')).toEqual({ amy: 6 })
+    expect(await versions(w)).toEqual({ 'leaderboard:tot': 2 })
+    await workers.stop()
+  })
+})

@@ -1,0 +1,123 @@
+import { randomBytes } from 'node:crypto'
+import { hostname } from 'node:os'
+import { jetstream } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { Config } from '../../core/config'
+import type { Db } from '../../core/db/client'
+import type { Logger } from '../../core/logger'
+import { ensureStreams, topology } from '../../core/nats'
+import { projections as allProjections, type Projection } from './projections'
+import { openLeaseBucket, startLeases } from './runtime/leases'
+import { startOutboxSweeper } from './runtime/outbox'
+import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
+
+export { listWorkers, openLeaseBucket, type WorkerInfo } from './runtime/leases'
+export { projectionStatus, type ProjectionsStatus } from './status'
+
+export type WorkersDeps = {
+  config: Config
+  db: Db
+  nc: NatsConnection
+  logger: Logger
+  /**
+   * Called once when a runner hits an error retrying cannot fix (a bug). The workers keep the
+   * other runners going; `main` exits non-zero. Default: log and exit the process with 1.
+   */
+  onFatal?: (err: unknown) => void
+  /** Test seams; production passes none. */
+  hooks?: RunnerHooks
+  /** Projections to run; default all. */
+  projections?: readonly Projection[]
+  now?: () => Date
+}
+
+export type Workers = {
+  workerId: string
+  /** Partitions this worker holds now. */
+  partitions: () => number[]
+  /**
+   * Stops taking new work, lets in-flight batches commit, ack and publish, then releases the
+   * leases and stops the outbox sweeper. Safe to call twice.
+   */
+  stop: () => Promise<void>
+}
+
+/**
+ * Starts the stream workers of this process: ensures the streams, joins the partition leases,
+ * runs one runner per projection on each owned partition, and sweeps the outbox.
+ */
+export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
+  const { config, db, nc } = deps
+  const t = topology(config)
+  const workerId = `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`
+  const logger = deps.logger.child({ workerId })
+  const jsm = await ensureStreams(nc, config)
+  const js = jetstream(nc)
+  const kv = await openLeaseBucket(nc, config)
+  const projections = deps.projections ?? allProjections
+  let fatalReported = false
+  const onFatal = (err: unknown) => {
+    if (fatalReported) return
+    fatalReported = true
+    if (deps.onFatal) return deps.onFatal(err)
+    logger.fatal({ err }, 'stream worker failed; exiting')
+    process.exit(1)
+  }
+
+  const runners = new Map<number, Runner[]>()
+  const stopRunners = async (partition: number, deleteConsumer: boolean) => {
+    const rs = runners.get(partition)
+    runners.delete(partition)
+    await Promise.all((rs ?? []).map((r) => r.stop({ deleteConsumer })))
+  }
+
+  const leases = startLeases({
+    kv,
+    workerId,
+    partitions: t.partitions,
+    ttlMs: config.FANFARE_LEASE_TTL_MS,
+    logger: logger.child({ component: 'leases' }),
+    onAcquired: (partition, token) => {
+      runners.set(
+        partition,
+        projections.map((projection) =>
+          startRunner({
+            db,
+            js,
+            jsm,
+            logger,
+            stream: t.eventStream,
+            prefix: t.prefix,
+            partitions: t.partitions,
+            batchSize: config.FANFARE_BATCH_SIZE,
+            projection,
+            partition,
+            token,
+            now: deps.now,
+            hooks: deps.hooks,
+            onFenced: () => leases.drop(partition),
+            onFatal,
+          }),
+        ),
+      )
+    },
+    // The new owner deletes our consumer; stopping must not wait for anything.
+    onLost: (partition) => void stopRunners(partition, false),
+    onRelease: (partition) => stopRunners(partition, true),
+  })
+  const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, logger: logger.child({ component: 'outbox' }) })
+  logger.info({ partitions: t.partitions, projections: projections.map((p) => p.name) }, 'stream workers started')
+
+  let stopping: Promise<void> | undefined
+  return {
+    workerId,
+    partitions: () => leases.held(),
+    stop: () =>
+      (stopping ??= (async () => {
+        await leases.stop()
+        await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))
+        await sweeper.stop()
+        logger.info('stream workers stopped')
+      })()),
+  }
+}
