@@ -1,44 +1,10 @@
-import { Kvm, type KV } from '@nats-io/kv'
-import type { NatsConnection } from '@nats-io/transport-node'
-import type { Config } from '../../../core/config'
+import type { KV } from '@nats-io/kv'
+import { collectKeys, partitionKey, workerKey, type WorkerInfo } from '../../../core/leases'
 import type { Logger } from '../../../core/logger'
-import { topology } from '../../../core/nats'
 import { sleep } from './backoff'
 
-/** What a worker announces under `w.<workerId>` every ttl/3. */
-export type WorkerInfo = { id: string; partitions: number[]; since: string; heartbeatAt: string }
-
-const partitionKey = (p: number) => `p.${p}`
-const workerKey = (id: string) => `w.${id}`
-
-/**
- * Opens (creating when missing) the lease bucket: keys expire ttl after their last write, and only
- * the latest value of a key is kept. Safe to call from every process.
- */
-export function openLeaseBucket(nc: NatsConnection, config: Config): Promise<KV> {
-  return new Kvm(nc).create(topology(config).leaseBucket, { ttl: config.FANFARE_LEASE_TTL_MS, history: 1 })
-}
-
-/** Live workers (those whose heartbeat has not expired), by id. For GET /admin/workers. */
-export async function listWorkers(kv: KV): Promise<WorkerInfo[]> {
-  const out: WorkerInfo[] = []
-  for (const key of await collectKeys(kv, 'w.>')) {
-    const e = await kv.get(key)
-    if (!e || e.operation !== 'PUT') continue
-    try {
-      out.push(e.json<WorkerInfo>())
-    } catch {
-      // an unreadable heartbeat is skipped, not fatal for the listing
-    }
-  }
-  return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-}
-
-async function collectKeys(kv: KV, filter = '>'): Promise<string[]> {
-  const keys: string[] = []
-  for await (const k of await kv.keys(filter)) keys.push(k)
-  return keys
-}
+// The bucket layout is shared with the API (GET /admin/workers): it lives in core/leases.ts.
+export { listWorkers, openLeaseBucket, type WorkerInfo } from '../../../core/leases'
 
 export type LeaseDeps = {
   kv: KV

@@ -8,8 +8,8 @@ import { ErrorResponse } from '../../error-model'
 import { PublishResponse } from '../events/model'
 import type { Ingest } from '../events/service'
 import { boardConfig } from '../leaderboards/service'
-import { BoardConfig, BoardConfigBody, BoardParams, DeadLetters, DeadLettersQuery, MessageParams, ProjectionsReport } from './model'
-import { listDeadLetters, projectionStatus, putBoardConfig } from './service'
+import { BoardConfig, BoardConfigBody, BoardParams, DeadLetters, DeadLettersQuery, MessageParams, ProjectionsReport, WorkersReport } from './model'
+import { createWorkersReader, listDeadLetters, projectionStatus, putBoardConfig } from './service'
 
 export type AdminDeps = {
   config: Config
@@ -21,9 +21,10 @@ export type AdminDeps = {
 
 const denied = { 401: ErrorResponse, 403: ErrorResponse }
 
-/** /admin: board rules, moderation, projection status and dead letters. Admin token only. */
+/** /admin: board rules, moderation, projection status, workers and dead letters. Admin token only. */
 export function adminModule({ config, db, nc, ingest, projections }: AdminDeps) {
   const { eventStream } = topology(config)
+  const workers = createWorkersReader(config, nc)
   return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
     .use(authPlugin(config))
     .guard({ auth: 'admin' }, (app) =>
@@ -57,6 +58,13 @@ export function adminModule({ config, db, nc, ingest, projections }: AdminDeps) 
         .get('/projections', async () => (projections ? { source: 'workers' as const, projections: await projections() } : projectionStatus(db, nc, eventStream)), {
           response: { 200: ProjectionsReport, 503: ErrorResponse, ...denied },
           detail: { summary: 'Projection progress and lag' },
+        })
+        .get('/workers', () => workers(), {
+          response: { 200: WorkersReport, 503: ErrorResponse, ...denied },
+          detail: {
+            summary: 'Live stream workers and the partitions each holds',
+            description: 'From the lease bucket: a worker is listed until its heartbeat expires (FANFARE_LEASE_TTL_MS). Empty before any worker started.',
+          },
         })
         .get('/dead-letters', async ({ query }) => ({ deadLetters: await listDeadLetters(db, query) }), {
           query: DeadLettersQuery,

@@ -57,3 +57,15 @@ export const DeadLetter = t.Object({
 })
 export type DeadLetter = typeof DeadLetter.static
 export const DeadLetters = t.Object({ deadLetters: t.Array(DeadLetter, { description: 'newest first' }) })
+
+export const WorkerEntry = t.Object({
+  id: t.String({ description: 'worker id: host-pid-random' }),
+  partitions: t.Array(t.Integer(), { description: 'partitions whose lease this worker holds now, ascending' }),
+  since: t.String({ description: 'when the worker started (ISO 8601)' }),
+  heartbeatAt: t.String({ description: 'last heartbeat (ISO 8601); a worker is listed until its heartbeat expires' }),
+})
+export const WorkersReport = t.Object({
+  workers: t.Array(WorkerEntry, { description: 'live workers, by id' }),
+  partitions: t.Integer({ description: 'partition count of the deployment' }),
+})
+export type WorkersReport = typeof WorkersReport.static

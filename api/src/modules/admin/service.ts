@@ -1,11 +1,14 @@
 import { jetstreamManager } from '@nats-io/jetstream'
+import type { KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { asc, desc, eq, lt } from 'drizzle-orm'
+import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
+import { openLeaseBucketIfExists, workersView } from '../../../../core/leases'
 import { deadLetters, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../../../core/db/schema'
 import { Conflict, Unavailable } from '../../errors'
 import { boardConfig, type BoardConfig } from '../leaderboards/service'
-import type { BoardConfigBody, DeadLetter, ProjectionsReport, ProjectionStatus } from './model'
+import type { BoardConfigBody, DeadLetter, ProjectionsReport, ProjectionStatus, WorkersReport } from './model'
 
 /**
  * Upserts a board's rules. Changing the order or operator of a board that already has entries is
@@ -74,3 +77,22 @@ export async function projectionStatus(db: Db, nc: NatsConnection, eventStream: 
   return { source: 'checkpoints', stream: { name: eventStream, lastSeq, messages: info.state.messages }, projections }
 }
 
+
+/**
+ * Reads live workers from the lease bucket. The bucket is opened on first use, not at start: the
+ * API may come up before any worker created it, and then the answer is an empty list (the bucket
+ * is looked up again on the next call). NATS trouble is 503 `unavailable`.
+ */
+export function createWorkersReader(config: Config, nc: NatsConnection): () => Promise<WorkersReport> {
+  let kv: KV | undefined
+  return async () => {
+    try {
+      kv ??= await openLeaseBucketIfExists(nc, config)
+      return { workers: kv ? await workersView(kv) : [], partitions: config.FANFARE_PARTITIONS }
+    } catch (err) {
+      // The bucket may have been deleted under us: look it up afresh next time.
+      kv = undefined
+      throw new Unavailable(`cannot read the lease bucket: ${(err as Error).message}`)
+    }
+  }
+}
