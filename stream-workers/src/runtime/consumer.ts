@@ -25,6 +25,8 @@ export async function createOwnershipConsumer(
 ): Promise<string> {
   const name = consumerName(opts.projection, opts.partition, opts.token)
   for await (const info of jsm.consumers.list(opts.stream)) {
+    // nats-server lists a consumer deleted during the listing (another owner's cleanup) as null.
+    if (!info) continue
     const other = parseConsumerName(info.name)
     if (other && other.projection === opts.projection && other.partition === opts.partition && other.token <= opts.token) {
       await jsm.consumers.delete(opts.stream, info.name).catch((err) => {

@@ -1,0 +1,130 @@
+import { afterAll, describe, expect, test } from 'bun:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { privateNats, type PrivateNats } from './private-nats'
+import { configureBoard, postEvents, readModel, scoreEvent, untilBoardEquals, type Api, type ScoreEvent } from './support'
+
+const PLAYERS = 40
+
+/**
+ * A NATS restart while events flow: requests during the outage get 503 `unavailable` (never a
+ * 202, never a hang), and every event acknowledged with 202 (after the restart, resends of the
+ * refused batches with the same ids) is applied exactly once.
+ */
+describe('NATS restart during ingest', () => {
+  let env: TestEnv | undefined
+  let nats: PrivateNats | undefined
+  const procs: Proc[] = []
+  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-restart-'))
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await nats?.stop()
+    await env?.cleanup()
+    rmSync(storeDir, { recursive: true, force: true })
+  })
+
+  test('503 during the outage, every acknowledged event applied once after it', async () => {
+    nats = privateNats({ port: freePort(), storeDir })
+    await nats.start()
+    // The test database on the machine's Postgres; NATS is the private server (cleanup's stream
+    // deletion on the machine's NATS then finds nothing, which it ignores).
+    env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000' })
+    const port = freePort()
+    const vars: Record<string, string> = { ...env.vars, NATS_URL: nats.url, PORT: String(port), HOST: '127.0.0.1' }
+    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const apiProc = spawnProc('api', 'api/src/main.ts', vars)
+    const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
+    procs.push(apiProc, workerProc)
+    await waitReady(api.baseUrl, procs)
+    const run = Math.random().toString(36).slice(2, 8)
+    const board = `sum_${run}`
+    await configureBoard(api, board, 'sum')
+
+    type Outcome = { batch: ScoreEvent[]; status: number; code?: string; startedAt: number; endedAt: number }
+    const outcomes: Outcome[] = []
+    let n = 0
+    let sending = true
+    const makeBatch = () =>
+      Array.from({ length: PLAYERS }, (_, p) => {
+        const i = n++
+        return scoreEvent(`${run}-${i}`, board, `p${p}`, 1 + (i % 7))
+      })
+    const send = async () => {
+      const batch = makeBatch()
+      const startedAt = Date.now()
+      // The API gives up on JetStream after 5 s (publishTimeoutMs); 10 s without an answer is a hang.
+      const res = await postEvents(api, batch, 10_000)
+      outcomes.push({ batch, status: res.status, code: res.body?.error?.code, startedAt, endedAt: Date.now() })
+      return res.status
+    }
+    const lane = async () => {
+      while (sending) if ((await send()) !== 202) await Bun.sleep(50)
+    }
+    const lanes = Promise.all([lane(), lane()])
+
+    await until('some events acknowledged', () => outcomes.filter((o) => o.status === 202).length >= 20, 20_000)
+    await nats.stop()
+    const downAt = Date.now()
+    // New requests keep coming during the outage, not only the lanes' stuck ones. The outage is
+    // longer than the API's publish timeout, so some requests are answered while it lasts.
+    const probes: Promise<number>[] = []
+    while (Date.now() - downAt < 7000) {
+      probes.push(send())
+      await Bun.sleep(500)
+    }
+    const upAt = Date.now()
+    await nats.start()
+    await until('acknowledgements after the restart', () => outcomes.some((o) => o.status === 202 && o.startedAt > upAt), 30_000, 100)
+    await Bun.sleep(2000)
+    sending = false
+    await Promise.all([lanes, ...probes])
+
+    const statuses: Record<string, number> = {}
+    for (const o of outcomes) {
+      const label = o.status === 202 ? '202' : `${o.status} ${o.code}`
+      statuses[label] = (statuses[label] ?? 0) + 1
+    }
+    // Only 202 and 503 `unavailable`: no timeout, no other error.
+    for (const o of outcomes) {
+      if (o.status !== 202) expect(`${o.status} ${o.code}`).toBe('503 unavailable')
+    }
+    // Nothing can be acknowledged while the server is down: every request answered before it was
+    // back is a 503 (requests made during the outage may get a 202 only once it is back).
+    const answeredDuring = outcomes.filter((o) => o.endedAt >= downAt && o.endedAt < upAt)
+    expect(answeredDuring.length).toBeGreaterThan(0)
+    expect(answeredDuring.filter((o) => o.status !== 503)).toEqual([])
+    expect(statuses['503 unavailable']).toBeGreaterThan(0)
+
+    // The refused batches, resent with the same ids, are acknowledged now; events of them that
+    // JetStream had stored already are reported duplicate and must not be applied again.
+    let storedDespite503 = 0
+    for (const o of outcomes.filter((o) => o.status !== 202)) {
+      const res = await until('resend acknowledged', async () => {
+        const r = await postEvents(api, o.batch, 10_000)
+        return r.status === 202 ? r : undefined
+      }, 20_000, 200)
+      expect(res.body.results).toHaveLength(o.batch.length)
+      storedDespite503 += res.body.results.filter((r: { duplicate: boolean }) => r.duplicate).length
+    }
+
+    const oracle = new Map<string, number>()
+    for (const o of outcomes) for (const e of o.batch) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const total = outcomes.reduce((s, o) => s + o.batch.length, 0)
+    const rm = readModel(env.vars.DATABASE_URL)
+    try {
+      await untilBoardEquals(rm, board, oracle, 45_000)
+      expect(await rm.version(`leaderboard:${board}`)).toBe(total)
+      expect(await rm.deadLetters()).toBe(0)
+    } finally {
+      await rm.close()
+    }
+    for (const p of procs) {
+      const code = await p.stop('SIGTERM')
+      if (code !== 0) throw new Error(`${p.name} exited ${code} on SIGTERM:\n${p.output().slice(-3000)}`)
+    }
+    console.log(`nats restart: ${outcomes.length} requests, ${total} events, outcomes ${JSON.stringify(statuses)}, ${storedDespite503} events of refused requests had been stored (resends de-duplicated)`)
+  }, 120_000)
+})

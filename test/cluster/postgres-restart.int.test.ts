@@ -1,0 +1,96 @@
+import { afterAll, describe, expect, test } from 'bun:test'
+import postgres from 'postgres'
+import { connectPostgres, migrate } from '../../core/db/client'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from './private-postgres'
+import { configureBoard, postEvents, readModel, scoreEvent, untilBoardEquals, type Api, type ScoreEvent } from './support'
+
+const PLAYERS = 40
+const unavailable = privatePostgresUnavailable()
+if (unavailable) console.warn(`postgres restart test skipped: ${unavailable}`)
+
+/**
+ * A real Postgres restart (its own throwaway cluster) while a worker projects: the worker retries
+ * through the outage, and afterwards nothing is lost and nothing applied twice.
+ */
+describe.skipIf(Boolean(unavailable))('Postgres restart during projection', () => {
+  let env: TestEnv | undefined
+  let pg: PrivatePostgres | undefined
+  const procs: Proc[] = []
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await pg?.destroy()
+    await env?.cleanup()
+  })
+
+  test('the worker survives; every event applied exactly once', async () => {
+    pg = await createPrivatePostgres(freePort())
+    await pg.start()
+    const admin = postgres(pg.url, { max: 1, onnotice: () => {} })
+    await admin.unsafe('CREATE DATABASE fanfare')
+    await admin.end()
+    const databaseUrl = pg.url.replace(/\/postgres$/, '/fanfare')
+    const database = await connectPostgres(databaseUrl, { max: 1 })
+    await migrate(database)
+    await database.close()
+
+    // Unique streams on the machine's NATS; the database is the private cluster's.
+    env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', FANFARE_BATCH_SIZE: '50' })
+    const port = freePort()
+    const vars: Record<string, string> = { ...env.vars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
+    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
+    await waitReady(api.baseUrl, procs)
+    const run = Math.random().toString(36).slice(2, 8)
+    const board = `sum_${run}`
+    await configureBoard(api, board, 'sum')
+
+    const rm = readModel(databaseUrl)
+    const sent: ScoreEvent[] = []
+    let n = 0
+    let sending = true
+    // Ingest needs only NATS: it goes on through the Postgres outage.
+    const lane = async () => {
+      while (sending) {
+        const batch = Array.from({ length: PLAYERS }, (_, p) => {
+          const i = n++
+          return scoreEvent(`${run}-${i}`, board, `p${p}`, 1 + (i % 5))
+        })
+        const res = await postEvents(api, batch, 10_000)
+        if (res.status !== 202) throw new Error(`POST /v1/events: ${res.status} ${JSON.stringify(res.body)}`)
+        sent.push(...batch)
+        await Bun.sleep(100)
+      }
+    }
+    const lanes = Promise.all([lane(), lane()])
+    try {
+      await until('projection under way', async () => (await rm.version(`leaderboard:${board}`)) > 200, 30_000, 100)
+      await pg.stop()
+      await Bun.sleep(3000)
+      await pg.start()
+      const before = await until('Postgres back', () => rm.version(`leaderboard:${board}`), 10_000, 100)
+      await until('projection resumed', async () => (await rm.version(`leaderboard:${board}`)) > before, 30_000, 200)
+      await Bun.sleep(2000)
+    } finally {
+      sending = false
+      await lanes
+    }
+
+    const oracle = new Map<string, number>()
+    for (const e of sent) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    try {
+      await untilBoardEquals(rm, board, oracle, 45_000)
+      expect(await rm.version(`leaderboard:${board}`)).toBe(sent.length)
+      expect(await rm.deadLetters()).toBe(0)
+    } finally {
+      await rm.close()
+    }
+    for (const p of procs) {
+      const code = await p.stop('SIGTERM')
+      if (code !== 0) throw new Error(`${p.name} exited ${code} on SIGTERM:\n${p.output().slice(-3000)}`)
+    }
+    const retried = procs[1].output().split('\n').filter((l) => /retry|reset|transient/i.test(l)).length
+    console.log(`postgres restart: ${sent.length} events applied once; worker logged ${retried} retries`)
+  }, 120_000)
+})
