@@ -52,11 +52,20 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   const t = topology(config)
   const log = logger.child({ component: 'ingest' })
   let js: JetStreamClient | undefined
+  // While NATS is down the client would hold publishes until the timeout: answer 503 at once.
+  let disconnected = false
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect') disconnected = true
+      else if (s.type === 'reconnect') disconnected = false
+    }
+  })()
 
   return {
     async publish(inputs, publisher) {
       const events = validate(inputs, publisher)
       if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
+      if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
       js ??= jetstream(nc)
       const client = js
       const at = now().toISOString()
