@@ -45,6 +45,8 @@ export type ChatChange = { kind: 'posted'; message: ChatMessage } | { kind: 'del
 export type ChangeNotice = {
   channel: string
   version: number
+  /** The channel's epoch (see channel_versions): versions are only comparable within one epoch. */
+  epoch: string
   data: LeaderboardChange | ChatChange
   /** Commit time, ISO 8601. */
   at: string

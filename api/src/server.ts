@@ -29,6 +29,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime'>): Promise<Running
     port,
     stop: () =>
       (stopping ??= (async () => {
+        await realtime.goAway()
         await app.stop(true)
         await realtime.stop()
       })()),

@@ -25,9 +25,10 @@ function topics() {
 }
 type FakeSink = Sink & { frames: any[]; overflowed: boolean }
 
-const notice = (version: number, channel = 'chat:lobby'): ChangeNotice => ({
+const notice = (version: number, channel = 'chat:lobby', epoch = 'e1'): ChangeNotice => ({
   channel,
   version,
+  epoch,
   data: { kind: 'deleted', messageId: `m${version}` },
   at: '',
 })
@@ -37,9 +38,9 @@ function manualSnapshots() {
   const waiting: ((s: Snapshot) => void)[] = []
   return {
     read: () => new Promise<Snapshot>((resolve) => waiting.push(resolve)),
-    resolveNext: async (version: number) => {
+    resolveNext: async (version: number, epoch = 'e1') => {
       for (let i = 0; i < 50 && waiting.length === 0; i++) await Bun.sleep(1)
-      waiting.shift()!({ version, data: { v: version } })
+      waiting.shift()!({ version, epoch, data: { v: version } })
       await Bun.sleep(1)
     },
     pending: () => waiting.length,
@@ -51,7 +52,7 @@ const versionsSeen = (s: FakeSink) => s.frames.map((f) => `${f.op}:${f.version}$
 describe('channel hub', () => {
   test('snapshot, then each update once, in order', async () => {
     const t = topics()
-    const hub = createChannelHub({ snapshot: async () => ({ version: 3, data: {} }), publish: t.publish, gapTimeoutMs: 1000 })
+    const hub = createChannelHub({ snapshot: async () => ({ version: 3, epoch: 'e1', data: {} }), publish: t.publish, gapTimeoutMs: 1000 })
     const a = t.sink('a')
     await hub.subscribe(a, 'chat:lobby')
     for (const v of [4, 5, 5, 3, 6]) hub.onNotice(notice(v))
@@ -99,7 +100,7 @@ describe('channel hub', () => {
 
   test('out-of-order notices are released in version order', async () => {
     const t = topics()
-    const hub = createChannelHub({ snapshot: async () => ({ version: 0, data: {} }), publish: t.publish, gapTimeoutMs: 1000 })
+    const hub = createChannelHub({ snapshot: async () => ({ version: 0, epoch: 'e1', data: {} }), publish: t.publish, gapTimeoutMs: 1000 })
     const a = t.sink('a')
     await hub.subscribe(a, 'chat:lobby')
     for (const v of [2, 4, 1, 3]) hub.onNotice(notice(v))
@@ -110,7 +111,7 @@ describe('channel hub', () => {
   test('a version that never arrives re-syncs subscribers with a marked snapshot', async () => {
     const t = topics()
     let version = 1
-    const hub = createChannelHub({ snapshot: async () => ({ version, data: {} }), publish: t.publish, gapTimeoutMs: 20 })
+    const hub = createChannelHub({ snapshot: async () => ({ version, epoch: 'e1', data: {} }), publish: t.publish, gapTimeoutMs: 20 })
     const a = t.sink('a')
     await hub.subscribe(a, 'chat:lobby')
     version = 3
@@ -144,7 +145,7 @@ describe('channel hub', () => {
 
   test('unsubscribe stops updates; the channel is forgotten when empty', async () => {
     const t = topics()
-    const hub = createChannelHub({ snapshot: async () => ({ version: 0, data: {} }), publish: t.publish, gapTimeoutMs: 1000 })
+    const hub = createChannelHub({ snapshot: async () => ({ version: 0, epoch: 'e1', data: {} }), publish: t.publish, gapTimeoutMs: 1000 })
     const a = t.sink('a')
     await hub.subscribe(a, 'chat:lobby')
     hub.onNotice(notice(1))
@@ -166,6 +167,135 @@ describe('channel hub', () => {
     await snaps.resolveNext(1)
     await p
     expect(a.overflowed).toBe(true)
+    hub.stop()
+  })
+
+  test('frames carry the epoch; an empty channel takes the epoch of its first notice', async () => {
+    const t = topics()
+    const hub = createChannelHub({ snapshot: async () => ({ version: 0, epoch: '', data: {} }), publish: t.publish, gapTimeoutMs: 1000 })
+    const a = t.sink('a')
+    await hub.subscribe(a, 'chat:lobby')
+    hub.onNotice(notice(1, 'chat:lobby', 'x1'))
+    hub.onNotice(notice(2, 'chat:lobby', 'x1'))
+    expect(a.frames.map((f) => `${f.op}:${f.version}:${f.epoch}`)).toEqual(['snapshot:0:', 'update:1:x1', 'update:2:x1'])
+    hub.stop()
+  })
+
+  test('a notice of another epoch re-syncs subscribers; late notices of the old epoch are dropped', async () => {
+    const t = topics()
+    let snap: Snapshot = { version: 5, epoch: 'e1', data: {} }
+    const hub = createChannelHub({ snapshot: async () => snap, publish: t.publish, gapTimeoutMs: 1000 })
+    const a = t.sink('a')
+    await hub.subscribe(a, 'chat:lobby')
+    snap = { version: 2, epoch: 'e2', data: {} } // rebuilt: a new history, shorter
+    hub.onNotice(notice(2, 'chat:lobby', 'e2'))
+    await Bun.sleep(5)
+    hub.onNotice(notice(6, 'chat:lobby', 'e1')) // late notice of the retired epoch
+    hub.onNotice(notice(3, 'chat:lobby', 'e2'))
+    expect(a.frames.map((f) => `${f.op}:${f.version}:${f.epoch}${f.resync ? ':resync' : ''}`)).toEqual([
+      'snapshot:5:e1',
+      'snapshot:2:e2:resync',
+      'update:3:e2',
+    ])
+    hub.stop()
+  })
+
+  /** A hub with a fixed history and head, for resume tests. */
+  function resumable(head: number, kept: number[], epoch = 'e1') {
+    const t = topics()
+    const hub = createChannelHub({
+      snapshot: async () => ({ version: head, epoch, data: { head } }),
+      history: async (_c, after) => kept.filter((v) => v > after).reverse().map((v) => notice(v, 'chat:lobby', epoch)),
+      publish: t.publish,
+      gapTimeoutMs: 1000,
+      maxReplay: 5,
+    })
+    return { t, hub }
+  }
+
+  test('resume with since and epoch replays exactly the missed updates, then live ones', async () => {
+    const { t, hub } = resumable(6, [1, 2, 3, 4, 5, 6])
+    const a = t.sink('a')
+    await hub.subscribe(a, 'chat:lobby', { since: 3, epoch: 'e1' })
+    hub.onNotice(notice(6)) // already replayed
+    hub.onNotice(notice(7))
+    expect(a.frames[0]).toEqual({ op: 'subscribed', channel: 'chat:lobby', version: 3, epoch: 'e1', recovered: true })
+    expect(versionsSeen(a)).toEqual(['subscribed:3', 'update:4', 'update:5', 'update:6', 'update:7'])
+    hub.stop()
+  })
+
+  test('resume at the current version gets no replay, only live updates', async () => {
+    const { t, hub } = resumable(6, [1, 2, 3, 4, 5, 6])
+    const a = t.sink('a')
+    await hub.subscribe(a, 'chat:lobby', { since: 6, epoch: 'e1' })
+    hub.onNotice(notice(7))
+    expect(versionsSeen(a)).toEqual(['subscribed:6', 'update:7'])
+    hub.stop()
+  })
+
+  test('resume falls back to a resync snapshot: other epoch, trimmed history, too far behind', async () => {
+    for (const [from, kept] of [
+      [{ since: 3, epoch: 'old' }, [1, 2, 3, 4, 5, 6]],
+      [{ since: 2, epoch: 'e1' }, [4, 5, 6]],
+      [{ since: 0, epoch: 'e1' }, [1, 2, 3, 4, 5, 6]], // 6 updates behind, replay cap is 5
+    ] as const) {
+      const { t, hub } = resumable(6, [...kept])
+      const a = t.sink('a')
+      await hub.subscribe(a, 'chat:lobby', from)
+      hub.onNotice(notice(7))
+      expect(versionsSeen(a)).toEqual(['snapshot:6:resync', 'update:7'])
+      hub.stop()
+    }
+  })
+
+  test('updates arriving while history is read are merged without duplicates', async () => {
+    const t = topics()
+    let release!: () => void
+    const gate = new Promise<void>((r) => (release = r))
+    const hub = createChannelHub({
+      snapshot: async () => ({ version: 4, epoch: 'e1', data: {} }),
+      history: async (_c, after) => {
+        await gate
+        return [5, 4, 3, 2, 1].filter((v) => v > after).map((v) => notice(v))
+      },
+      publish: t.publish,
+      gapTimeoutMs: 1000,
+    })
+    const a = t.sink('a')
+    await hub.subscribe(a, 'chat:lobby') // sets the topic at 4
+    const b = t.sink('b')
+    const resuming = hub.subscribe(b, 'chat:lobby', { since: 2, epoch: 'e1' })
+    await Bun.sleep(2)
+    hub.onNotice(notice(5)) // in the history read too
+    hub.onNotice(notice(6)) // only live
+    release()
+    await resuming
+    hub.onNotice(notice(7))
+    expect(versionsSeen(b)).toEqual(['subscribed:2', 'update:3', 'update:4', 'update:5', 'update:6', 'update:7'])
+    expect(versionsSeen(a)).toEqual(['snapshot:4', 'update:5', 'update:6', 'update:7'])
+    hub.stop()
+  })
+
+  test('a client claiming a version the channel never had gets a resync snapshot', async () => {
+    const { t, hub } = resumable(8, [1, 2, 3, 4, 5, 6, 7, 8])
+    const a = t.sink('a')
+    await hub.subscribe(a, 'chat:lobby') // topic at 8 (snapshot)
+    const b = t.sink('b')
+    // b saw 9 elsewhere; this node has not yet: the snapshot says 8, so 9 is refused
+    await hub.subscribe(b, 'chat:lobby', { since: 9, epoch: 'e1' })
+    expect(versionsSeen(b)).toEqual(['snapshot:8:resync'])
+    hub.stop()
+  })
+
+  test('a resume while the node waits for a missing version replays up to the hole, the rest comes live', async () => {
+    const { t, hub } = resumable(3, [1, 2, 3, 5]) // 4 not yet stored when history is read
+    const a = t.sink('a')
+    await hub.subscribe(a, 'chat:lobby') // topic at 3
+    hub.onNotice(notice(5)) // held: 4 is missing
+    const b = t.sink('b')
+    await hub.subscribe(b, 'chat:lobby', { since: 1, epoch: 'e1' })
+    hub.onNotice(notice(4))
+    expect(versionsSeen(b)).toEqual(['subscribed:1', 'update:2', 'update:3', 'update:4', 'update:5'])
     hub.stop()
   })
 })

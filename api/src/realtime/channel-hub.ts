@@ -1,7 +1,10 @@
 import type { ChangeNotice } from '../../../core/channels'
 
-/** A channel's state as read from the read model: its version and the data to show. */
-export type Snapshot = { version: number; data: unknown }
+/** A channel's state as read from the read model: its version, epoch and the data to show. */
+export type Snapshot = { version: number; epoch: string; data: unknown }
+
+/** Where a resuming client is: the last version it has, and that version's epoch. */
+export type ResumePoint = { since: number; epoch: string }
 
 /** One WebSocket as the hub sees it. `send` returns Bun's status: > 0 sent, -1 queued, 0 dropped. */
 export type Sink = {
@@ -14,19 +17,23 @@ export type Sink = {
 }
 
 export type HubDeps = {
-  /** Reads a channel's current snapshot (version and data read consistently). */
+  /** Reads a channel's current snapshot (version, epoch and data read consistently). */
   snapshot: (channel: string) => Promise<Snapshot>
+  /** Reads the channel's notices newer than `after` still kept in the shared history (any order). */
+  history?: (channel: string, after: number) => Promise<ChangeNotice[]>
   /** Sends a frame to every socket subscribed to a topic (Bun's server.publish). */
   publish: (topic: string, text: string) => void
   /** How long an out-of-order notice waits for the missing one before subscribers are re-synced. */
   gapTimeoutMs: number
+  /** Most updates a resume replays; further behind gets a snapshot. Default 1000. */
+  maxReplay?: number
   onError?: (err: unknown, channel: string) => void
 }
 
-/** A subscriber that is not yet on the channel's topic: reading its snapshot, or catching up. */
+/** A subscriber that is not yet on the channel's topic: reading its snapshot or history, or catching up. */
 type Joiner = {
   sink: Sink
-  /** Notices delivered while the snapshot was read; null once the snapshot was sent. */
+  /** Notices delivered while the snapshot or history was read; null once the first frame was sent. */
   buffer: ChangeNotice[] | null
   /** Last version this subscriber has been sent. */
   version: number
@@ -36,18 +43,25 @@ type Joiner = {
 type ChannelState = {
   /** Last version published to the topic, in order. Undefined until the first snapshot. */
   last: number | undefined
-  /** Notices that arrived ahead of a missing version. */
+  /** Epoch of `last`; '' while the channel has had no change at all (version 0 is in every epoch). */
+  epoch: string | undefined
+  /** Epochs this node has moved away from: their late notices are dropped, not a reason to resync. */
+  retired: Set<string>
+  /** Notices that arrived ahead of a missing version (or before the first snapshot). */
   held: Map<number, ChangeNotice>
   joiners: Set<Joiner>
   members: Set<string>
   gapTimer: ReturnType<typeof setTimeout> | undefined
-  resyncing: boolean
+  /** The running resync, if any; `again` asks for one more once it ends (a notice came during it). */
+  resyncing: Promise<void> | undefined
+  again: boolean
 }
 
 export const frames = {
   snapshot: (channel: string, s: Snapshot, resync = false) =>
-    JSON.stringify(resync ? { op: 'snapshot', channel, version: s.version, data: s.data, resync: true } : { op: 'snapshot', channel, version: s.version, data: s.data }),
-  update: (n: ChangeNotice) => JSON.stringify({ op: 'update', channel: n.channel, version: n.version, data: n.data }),
+    JSON.stringify({ op: 'snapshot', channel, version: s.version, epoch: s.epoch, data: s.data, ...(resync ? { resync: true } : {}) }),
+  update: (n: ChangeNotice) => JSON.stringify({ op: 'update', channel: n.channel, version: n.version, epoch: n.epoch, data: n.data }),
+  recovered: (channel: string, version: number, epoch: string) => JSON.stringify({ op: 'subscribed', channel, version, epoch, recovered: true }),
 }
 
 /**
@@ -57,25 +71,41 @@ export const frames = {
  * publish in the other order) or late (a crash between commit and publish delays one until the
  * outbox sweep). The hub therefore publishes to a channel's topic strictly in version order,
  * holding notices that arrive early. If a missing version does not arrive within `gapTimeoutMs`,
- * every subscriber gets a fresh snapshot marked `resync: true`: never a silent gap.
+ * every subscriber gets a fresh snapshot marked `resync: true`: never a silent gap. A notice of
+ * another epoch than the node's (the channel's history was restarted) is a resync too.
  *
- * A new subscriber is buffered from the moment it asks, then gets the snapshot, then the buffered
- * notices newer than the snapshot, and joins the shared topic only once it has everything the topic
- * has had: no loss and no repeat between snapshot and live updates.
+ * A new subscriber is buffered from the moment it asks, then gets the snapshot (or, resuming, the
+ * history after its version), then the buffered notices newer than that, and joins the shared topic
+ * only once it has everything the topic has had: no loss and no repeat between the first frame and
+ * live updates.
  */
 export function createChannelHub(deps: HubDeps) {
   const channels = new Map<string, ChannelState>()
+  const maxReplay = deps.maxReplay ?? 1000
 
   function stateOf(channel: string): ChannelState {
     let st = channels.get(channel)
     if (!st) {
-      st = { last: undefined, held: new Map(), joiners: new Set(), members: new Set(), gapTimer: undefined, resyncing: false }
+      st = {
+        last: undefined,
+        epoch: undefined,
+        retired: new Set(),
+        held: new Map(),
+        joiners: new Set(),
+        members: new Set(),
+        gapTimer: undefined,
+        resyncing: undefined,
+        again: false,
+      }
       channels.set(channel, st)
     }
     return st
   }
 
+  const gone = (channel: string, st: ChannelState, j: Joiner) => j.cancelled || channels.get(channel) !== st
+
   function sendTo(joiner: Joiner, text: string): boolean {
+    if (joiner.cancelled) return false
     if (joiner.sink.send(text) === 0) {
       joiner.cancelled = true
       joiner.sink.overflow()
@@ -107,9 +137,30 @@ export function createChannelHub(deps: HubDeps) {
     }
   }
 
+  /** Sets where this node's topic starts, from the first snapshot read for the channel. */
+  function init(channel: string, st: ChannelState, snap: Snapshot) {
+    if (st.last !== undefined) return
+    st.last = snap.version
+    st.epoch = snap.epoch
+    drain(channel, st)
+  }
+
   function drain(channel: string, st: ChannelState) {
     if (st.last === undefined) return
-    for (const v of st.held.keys()) if (v <= st.last) st.held.delete(v)
+    if (st.epoch === '') {
+      // Nothing had happened when the topic started: the first notice's epoch is the channel's.
+      const first = [...st.held.values()].sort((a, b) => a.version - b.version)[0]
+      if (first) st.epoch = first.epoch
+    }
+    let foreign = false
+    for (const [v, n] of st.held) {
+      if (n.epoch !== st.epoch) {
+        // Held before the first snapshot, from an epoch the snapshot predates: move to it.
+        if (!st.retired.has(n.epoch)) foreign = true
+        st.held.delete(v)
+      } else if (v <= st.last) st.held.delete(v)
+    }
+    if (foreign) void resync(channel)
     let next = st.held.get(st.last + 1)
     while (next) {
       st.held.delete(next.version)
@@ -124,29 +175,52 @@ export function createChannelHub(deps: HubDeps) {
     }
   }
 
-  /** A version never arrived: re-read the channel and restart every subscriber from it. */
-  async function resync(channel: string) {
+  /**
+   * Re-reads the channel and restarts every subscriber from it: a version never arrived, or the
+   * channel moved to another epoch. Resolves when done; a call during a running resync asks for
+   * one more afterwards (its reason may postdate the running read).
+   */
+  function resync(channel: string): Promise<void> {
     const st = channels.get(channel)
-    if (!st || st.resyncing) return
-    st.gapTimer = undefined
-    st.resyncing = true
-    try {
-      const snap = await deps.snapshot(channel)
-      if (channels.get(channel) !== st) return
-      const text = frames.snapshot(channel, snap, true)
-      deps.publish(channel, text)
-      for (const j of st.joiners) {
-        if (j.buffer === null && sendTo(j, text)) j.version = snap.version
-      }
-      st.last = Math.max(st.last ?? 0, snap.version)
-      for (const j of [...st.joiners]) promoteIfCaughtUp(channel, st, j)
-      drain(channel, st)
-    } catch (err) {
-      deps.onError?.(err, channel)
-      st.gapTimer = setTimeout(() => void resync(channel), deps.gapTimeoutMs)
-    } finally {
-      st.resyncing = false
+    if (!st) return Promise.resolve()
+    if (st.resyncing) {
+      st.again = true
+      return st.resyncing
     }
+    clearTimeout(st.gapTimer)
+    st.gapTimer = undefined
+    st.resyncing = (async () => {
+      try {
+        const snap = await deps.snapshot(channel)
+        if (channels.get(channel) !== st) return
+        if (snap.epoch !== st.epoch && snap.version > 0 && !st.retired.has(snap.epoch)) {
+          // A new history: versions of the old epoch mean nothing any more.
+          if (st.epoch) st.retired.add(st.epoch)
+          st.epoch = snap.epoch
+          st.last = snap.version
+          st.held.clear()
+        } else {
+          st.last = Math.max(st.last ?? 0, snap.version)
+        }
+        const text = frames.snapshot(channel, { ...snap, epoch: st.epoch ?? snap.epoch }, true)
+        deps.publish(channel, text)
+        for (const j of st.joiners) {
+          if (j.buffer === null && sendTo(j, text)) j.version = snap.version
+        }
+        for (const j of [...st.joiners]) promoteIfCaughtUp(channel, st, j)
+        drain(channel, st)
+      } catch (err) {
+        deps.onError?.(err, channel)
+        if (channels.get(channel) === st) st.gapTimer = setTimeout(() => void resync(channel), deps.gapTimeoutMs)
+      } finally {
+        st.resyncing = undefined
+        if (st.again && channels.get(channel) === st) {
+          st.again = false
+          void resync(channel)
+        }
+      }
+    })()
+    return st.resyncing
   }
 
   function cleanup(channel: string) {
@@ -157,50 +231,137 @@ export function createChannelHub(deps: HubDeps) {
     }
   }
 
+  /** Sorted, de-duplicated notices of the current epoch newer than `after`. */
+  function merged(st: ChangeNotice[][], epoch: string | undefined, after: number): ChangeNotice[] {
+    const byVersion = new Map<number, ChangeNotice>()
+    for (const list of st) for (const n of list) if (n.epoch === epoch && n.version > after) byVersion.set(n.version, n)
+    return [...byVersion.values()].sort((a, b) => a.version - b.version)
+  }
+
+  /** True if `list` (sorted) continues `from` without a hole and reaches at least `to`. */
+  const joins = (list: ChangeNotice[], from: number, to: number) =>
+    list.every((n, i) => n.version === from + i + 1) && (list.at(-1)?.version ?? from) >= to
+
+  /**
+   * Tries to continue a client from its resume point with the kept history. Returns true if the
+   * client was served (or went away meanwhile), false if it needs a snapshot instead.
+   */
+  async function resume(channel: string, st: ChannelState, j: Joiner, from: ResumePoint): Promise<boolean> {
+    if (!deps.history) return false
+    if (st.last === undefined) {
+      const snap = await deps.snapshot(channel)
+      if (gone(channel, st, j)) return true
+      init(channel, st, snap)
+    }
+    // Version 0 is the empty channel, the same in every epoch.
+    const sameEpoch = () => st.epoch !== undefined && (from.since === 0 || from.epoch === st.epoch)
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      if (!sameEpoch() || st.last! - from.since > maxReplay) return false
+      let replay: ChangeNotice[]
+      if (from.since < st.last!) {
+        const kept = await deps.history(channel, from.since)
+        if (gone(channel, st, j)) return true
+        if (!sameEpoch()) return false
+        replay = merged([kept, j.buffer!], st.epoch, from.since)
+        // History starting after since+1 was trimmed by retention: a replay cannot be whole.
+        if (replay.length > 0 && replay[0].version !== from.since + 1) return false
+        // The history may hold versions past a hole this node is still waiting for (held
+        // notices): replay the contiguous run only; the rest comes live, in order.
+        const hole = replay.findIndex((n, i) => n.version !== from.since + i + 1)
+        if (hole >= 0) replay = replay.slice(0, hole)
+      } else {
+        if (from.since > st.last!) {
+          // The client saw versions this node has not yet: fine if they really exist.
+          const snap = await deps.snapshot(channel)
+          if (gone(channel, st, j)) return true
+          if (snap.epoch !== st.epoch || snap.version < from.since) return false
+        }
+        replay = merged([j.buffer!], st.epoch, from.since)
+      }
+      if (!joins(replay, from.since, st.last!)) continue // notices still on their way: read again
+      j.buffer = null
+      if (!sendTo(j, frames.recovered(channel, from.since, st.epoch!))) return true
+      j.version = from.since
+      for (const n of replay) {
+        if (!sendTo(j, frames.update(n))) return true
+        j.version = n.version
+      }
+      promoteIfCaughtUp(channel, st, j)
+      return true
+    }
+    return false
+  }
+
+  /** Sends a snapshot and joins the live updates (marked `resync` when a resume was refused). */
+  async function join(channel: string, st: ChannelState, j: Joiner, resyncFlag: boolean) {
+    for (let attempt = 1; ; attempt++) {
+      if (attempt > 20) throw new Error(`could not read a snapshot of ${channel} that joins its live updates`)
+      const snap = await deps.snapshot(channel)
+      if (gone(channel, st, j)) return
+      init(channel, st, snap)
+      if (st.epoch === '' && snap.epoch !== '') st.epoch = snap.epoch
+      let epoch = snap.epoch
+      if (epoch !== st.epoch) {
+        if (snap.version === 0) epoch = st.epoch!
+        else if (st.retired.has(epoch)) continue // read before the epoch change this node already saw
+        else {
+          await resync(channel) // the node has not seen the new epoch yet: move to it first
+          continue
+        }
+      }
+      // The snapshot plus the buffer must reach what the topic has already had, without a hole.
+      const buffered = merged([j.buffer!], st.epoch, snap.version)
+      if (!joins(buffered, snap.version, st.last!)) continue // read before notices this node already published: read again
+      j.buffer = null
+      if (!sendTo(j, frames.snapshot(channel, { ...snap, epoch }, resyncFlag))) return
+      j.version = snap.version
+      for (const n of buffered) {
+        if (!sendTo(j, frames.update(n))) return
+        j.version = n.version
+      }
+      promoteIfCaughtUp(channel, st, j)
+      return
+    }
+  }
+
   return {
     /** Feeds one change notice from NATS. Notices for channels nobody here watches are ignored. */
     onNotice(notice: ChangeNotice) {
       const st = channels.get(notice.channel)
       if (!st) return
+      if (st.last !== undefined && st.epoch !== '' && notice.epoch !== st.epoch) {
+        if (!st.retired.has(notice.epoch)) void resync(notice.channel)
+        return
+      }
       if (st.last !== undefined && notice.version <= st.last) return // duplicate or already in a snapshot
       st.held.set(notice.version, notice)
       drain(notice.channel, st)
     },
 
     /**
-     * Subscribes a socket: sends the snapshot, then every later update exactly once, in order.
-     * Resolves once the snapshot was sent (or the subscription was cancelled meanwhile).
+     * Subscribes a socket. Without `from`: sends the snapshot, then every later update exactly
+     * once, in order. With `from` (a reconnecting client): sends `subscribed` with `recovered:
+     * true` and every update after `from.since`, if the epoch matches and the kept history has them
+     * all; otherwise a snapshot with `resync: true`. Resolves once the first frames were sent (or
+     * the subscription was cancelled meanwhile).
      */
-    async subscribe(sink: Sink, channel: string): Promise<void> {
+    async subscribe(sink: Sink, channel: string, from?: ResumePoint): Promise<void> {
       const st = stateOf(channel)
       if (st.members.has(sink.id)) return
       st.members.add(sink.id)
       const joiner: Joiner = { sink, buffer: [], version: 0, cancelled: false }
       st.joiners.add(joiner)
       try {
-        for (let attempt = 1; ; attempt++) {
-          if (attempt > 20) throw new Error(`could not read a snapshot of ${channel} that joins its live updates`)
-          const snap = await deps.snapshot(channel)
-          if (joiner.cancelled || channels.get(channel) !== st) return
-          if (st.last === undefined) {
-            st.last = snap.version // the first snapshot sets where this node's topic starts
-            drain(channel, st)
+        if (from) {
+          let served = false
+          try {
+            served = await resume(channel, st, joiner, from)
+          } catch (err) {
+            deps.onError?.(err, channel) // history unreadable: a snapshot is always a correct answer
           }
-          // The snapshot plus the buffer must reach what the topic has already had, without a hole.
-          const buffered = joiner.buffer!.filter((n) => n.version > snap.version).sort((a, b) => a.version - b.version)
-          const contiguous = buffered.every((n, i) => n.version === snap.version + i + 1)
-          const reaches = (buffered.at(-1)?.version ?? snap.version) >= st.last!
-          if (!contiguous || !reaches) continue // read before notices this node already published: read again
-          joiner.buffer = null
-          if (!sendTo(joiner, frames.snapshot(channel, snap))) return
-          joiner.version = snap.version
-          for (const n of buffered) {
-            if (!sendTo(joiner, frames.update(n))) return
-            joiner.version = n.version
-          }
-          promoteIfCaughtUp(channel, st, joiner)
-          return
+          if (served || gone(channel, st, joiner)) return
         }
+        await join(channel, st, joiner, from !== undefined)
       } catch (err) {
         joiner.cancelled = true
         st.joiners.delete(joiner)
@@ -233,7 +394,7 @@ export function createChannelHub(deps: HubDeps) {
 
     /** Channels watched on this node, with their subscriber counts (for metrics and tests). */
     stats() {
-      return [...channels].map(([channel, st]) => ({ channel, subscribers: st.members.size, version: st.last ?? null, held: st.held.size }))
+      return [...channels].map(([channel, st]) => ({ channel, subscribers: st.members.size, version: st.last ?? null, epoch: st.epoch ?? null, held: st.held.size }))
     },
 
     stop() {

@@ -14,7 +14,19 @@ export type RealtimeDeps = {
   logger: Logger
   /** Most channels one connection may watch. */
   maxSubscriptions?: number
+  /** Open sockets of this node, kept so shutdown can close them with "going away". */
+  sockets?: SocketRegistry
 }
+
+/** The open WebSockets of one node. */
+export type SocketRegistry = {
+  open: Map<string, { close: (code: number, reason: string) => void }>
+  /** Set once the node is shutting down: new sockets are closed at once. */
+  closing: boolean
+}
+
+/** Close code of a server going down (RFC 6455 "going away"): reconnect, to another node if needed. */
+export const CLOSE_GOING_AWAY = 1001
 
 /** Close code for a client that fell too far behind: it must reconnect and re-sync. */
 export const CLOSE_SLOW_CONSUMER = 4008
@@ -55,6 +67,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     },
     open(ws) {
       const raw = ws.raw
+      if (deps.sockets?.closing) return void raw.close(CLOSE_GOING_AWAY, 'server shutting down')
+      deps.sockets?.open.set(ws.id, raw)
       const conn: Connection = {
         publisher: publisherFor(ws.data.query.token, deps.config)!,
         channels: new Set(),
@@ -89,7 +103,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
               return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
             }
             conn.channels.add(frame.channel)
-            await deps.hub.subscribe(conn.sink, frame.channel)
+            const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
+            await deps.hub.subscribe(conn.sink, frame.channel, from)
             return
           }
           case 'unsubscribe': {
@@ -110,6 +125,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       }
     },
     close(ws) {
+      deps.sockets?.open.delete(ws.id)
       const conn = connections.get(ws.id)
       if (!conn) return
       connections.delete(ws.id)

@@ -8,7 +8,15 @@ import { AppError } from '../errors'
 const Ref = Type.Optional(Type.String({ maxLength: 64 }))
 
 export const PublishFrame = Type.Object({ op: Type.Literal('publish'), ref: Ref, event: EventInput })
-export const SubscribeFrame = Type.Object({ op: Type.Literal('subscribe'), ref: Ref, channel: Channel })
+export const SubscribeFrame = Type.Object({
+  op: Type.Literal('subscribe'),
+  ref: Ref,
+  channel: Channel,
+  /** Resume after this version (the last one the client has) instead of starting from a snapshot. */
+  since: Type.Optional(Type.Integer({ minimum: 0 })),
+  /** The epoch of `since`, from the frame that carried it. */
+  epoch: Type.Optional(Type.String({ maxLength: 64 })),
+})
 export const UnsubscribeFrame = Type.Object({ op: Type.Literal('unsubscribe'), ref: Ref, channel: Channel })
 export const ClientFrame = Type.Union([PublishFrame, SubscribeFrame, UnsubscribeFrame])
 export type ClientFrame = Static<typeof ClientFrame>

@@ -35,6 +35,7 @@ describe('realtime over a real server', () => {
   const notice = (channel: string, version: number): ChangeNotice => ({
     channel,
     version,
+    epoch: 'e1',
     data: { kind: 'deleted', messageId: `m${version}` },
     at: new Date().toISOString(),
   })
@@ -54,6 +55,23 @@ describe('realtime over a real server', () => {
     await until('updates', () => c.of(channel).length === 3)
     expect(c.of(channel).map((f) => `${f.op}:${f.version}`)).toEqual(['snapshot:0', 'update:1', 'update:2'])
     c.close()
+  })
+
+  test('resume with since and epoch replays from the JetStream history, then live updates', async () => {
+    const channel = channelOf.chat('resume')
+    const watcher = await WsClient.open(url)
+    watcher.send({ op: 'subscribe', channel })
+    await until('watcher snapshot', () => watcher.of(channel).length === 1)
+    for (const v of [1, 2, 3, 4]) await publishNotice(notice(channel, v))
+    await until('watcher updates', () => watcher.of(channel).length === 5)
+    const c = await WsClient.open(url)
+    c.send({ op: 'subscribe', ref: 'r', channel, since: 1, epoch: 'e1' })
+    await until('replay', () => c.frames.filter((f) => f.op === 'update').length === 3)
+    await publishNotice(notice(channel, 5))
+    await until('live', () => c.frames.filter((f) => f.op === 'update').length === 4)
+    expect(c.frames.map((f) => `${f.op}:${f.version}:${f.epoch}`)).toEqual(['subscribed:1:e1', 'update:2:e1', 'update:3:e1', 'update:4:e1', 'update:5:e1'])
+    expect(c.frames[0].recovered).toBe(true)
+    for (const w of [watcher, c]) w.close()
   })
 
   test('publishing: anonymous clients may post chat but not scores; acks carry seq', async () => {

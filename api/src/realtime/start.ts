@@ -6,13 +6,19 @@ import { topology } from '../../../core/nats'
 import type { Ingest } from '../modules/events/service'
 import { startChangeFeed } from './change-feed'
 import { createChannelHub, type Snapshot } from './channel-hub'
-import { realtimeRoutes } from './index'
+import { historyReader } from './history'
+import { CLOSE_GOING_AWAY, realtimeRoutes, type SocketRegistry } from './index'
 
 export type Realtime = {
   /** The `/v1/ws` route, given the app's ingest service (plug into createApp's `realtime`). */
   routes: (ctx: { ingest: Ingest }) => ReturnType<typeof realtimeRoutes>
   /** Gives the hub the listening server, whose `publish` reaches every socket of a topic. */
   bind: (server: Server<unknown>) => void
+  /**
+   * Closes every WebSocket with 1001 "going away" (and any that opens from now on), then waits
+   * up to `timeoutMs` for the clients to acknowledge, so the close frames leave before the server stops.
+   */
+  goAway: (timeoutMs?: number) => Promise<void>
   stop: () => Promise<void>
 }
 
@@ -29,21 +35,30 @@ export async function startRealtime(deps: {
 }): Promise<Realtime> {
   const logger = deps.logger.child({ component: 'realtime' })
   let server: Server<unknown> | undefined
+  const t = topology(deps.config)
+  const sockets: SocketRegistry = { open: new Map(), closing: false }
   const hub = createChannelHub({
     snapshot: deps.snapshot,
+    history: historyReader({ nc: deps.nc, stream: t.changeStream, prefix: t.prefix }),
     publish: (topic, text) => void server?.publish(topic, text),
     gapTimeoutMs: deps.gapTimeoutMs ?? 5000,
     onError: (err, channel) => logger.error({ err, channel }, 'resync failed; retrying'),
   })
   const feed = await startChangeFeed({
     nc: deps.nc,
-    stream: topology(deps.config).changeStream,
+    stream: t.changeStream,
     logger,
     onNotice: (n) => hub.onNotice(n),
   })
   return {
-    routes: ({ ingest }) => realtimeRoutes({ config: deps.config, hub, publish: ingest.publish, logger }),
+    routes: ({ ingest }) => realtimeRoutes({ config: deps.config, hub, publish: ingest.publish, logger, sockets }),
     bind: (s) => void (server = s),
+    goAway: async (timeoutMs = 2_000) => {
+      sockets.closing = true
+      for (const ws of sockets.open.values()) ws.close(CLOSE_GOING_AWAY, 'server shutting down')
+      const deadline = Date.now() + timeoutMs
+      while (sockets.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    },
     stop: async () => {
       await feed.stop()
       hub.stop()

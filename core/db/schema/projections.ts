@@ -1,3 +1,4 @@
+import { sql } from 'drizzle-orm'
 import { bigint, bigserial, index, integer, jsonb, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
 
 /**
@@ -34,10 +35,17 @@ export const deadLetters = pgTable(
   (t) => [index('dead_letters_created').on(t.createdAt)],
 )
 
-/** Each channel's version: rises by exactly one per committed change of the channel. */
+/**
+ * Each channel's version: rises by exactly one per committed change of the channel. `epoch` names
+ * the history those versions belong to: random when the row is created, replaced whenever the
+ * history can no longer continue (a rebuild); versions are only comparable within one epoch.
+ */
 export const channelVersions = pgTable('channel_versions', {
   channel: text('channel').primaryKey(),
   version: bigint('version', { mode: 'number' }).notNull(),
+  epoch: text('epoch')
+    .notNull()
+    .default(sql`substr(md5(random()::text || clock_timestamp()::text), 1, 8)`),
 })
 
 /**

@@ -24,20 +24,24 @@ export async function recordChanges(tx: Tx, changes: Change[], now: Date): Promi
   for (const c of changes) counts.set(c.channel, (counts.get(c.channel) ?? 0) + 1)
   const rows = [...counts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([channel, version]) => ({ channel, version }))
   const next = new Map<string, number>()
+  const epochs = new Map<string, string>()
   for (const chunk of chunkForInsert(rows, 2)) {
     const updated = await tx
       .insert(channelVersions)
       .values(chunk)
       .onConflictDoUpdate({ target: channelVersions.channel, set: { version: sql`${channelVersions.version} + excluded.version` } })
-      .returning({ channel: channelVersions.channel, version: channelVersions.version })
+      .returning({ channel: channelVersions.channel, version: channelVersions.version, epoch: channelVersions.epoch })
     // The returned version is the last of this batch's run for that channel.
-    for (const u of updated) next.set(u.channel, Number(u.version) - counts.get(u.channel)! + 1)
+    for (const u of updated) {
+      next.set(u.channel, Number(u.version) - counts.get(u.channel)! + 1)
+      epochs.set(u.channel, u.epoch)
+    }
   }
   const at = now.toISOString()
   const notices: ChangeNotice[] = changes.map((c) => {
     const version = next.get(c.channel)!
     next.set(c.channel, version + 1)
-    return { channel: c.channel, version, data: c.data, at }
+    return { channel: c.channel, version, epoch: epochs.get(c.channel)!, data: c.data, at }
   })
   const out: OutboxNotice[] = []
   for (const chunk of chunkForInsert(notices, 3)) {

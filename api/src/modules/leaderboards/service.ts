@@ -103,16 +103,17 @@ export const SNAPSHOT_SIZE = 100
  * The top of a board together with its channel version, read in one repeatable-read transaction
  * so the version describes exactly this data: a subscriber applies notices with higher versions.
  */
-export async function leaderboardSnapshot(db: Db, board: string): Promise<{ version: number; data: BoardPage }> {
+export async function leaderboardSnapshot(db: Db, board: string): Promise<{ version: number; epoch: string; data: BoardPage }> {
   return db.transaction(
     async (tx) => {
       const q = tx as unknown as Db
       const [v] = await q
-        .select({ version: channelVersions.version })
+        .select({ version: channelVersions.version, epoch: channelVersions.epoch })
         .from(channelVersions)
         .where(eq(channelVersions.channel, channelOf.leaderboard(board)))
       const data = await leaderboardPage(q, board, { limit: SNAPSHOT_SIZE, offset: 0 })
-      return { version: Number(v?.version ?? 0), data }
+      // A channel without a row has had no change: version 0 and no epoch yet ('').
+      return { version: Number(v?.version ?? 0), epoch: v?.epoch ?? '', data }
     },
     { isolationLevel: 'repeatable read', accessMode: 'read only' },
   )

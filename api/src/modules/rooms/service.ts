@@ -35,16 +35,17 @@ export const SNAPSHOT_SIZE = 50
  * The latest messages of a room with its channel version, read in one repeatable-read
  * transaction so the version describes exactly this data.
  */
-export async function roomSnapshot(db: Db, room: string): Promise<{ version: number; data: RoomMessages }> {
+export async function roomSnapshot(db: Db, room: string): Promise<{ version: number; epoch: string; data: RoomMessages }> {
   return db.transaction(
     async (tx) => {
       const q = tx as unknown as Db
       const [v] = await q
-        .select({ version: channelVersions.version })
+        .select({ version: channelVersions.version, epoch: channelVersions.epoch })
         .from(channelVersions)
         .where(eq(channelVersions.channel, channelOf.chat(room)))
       const data = await roomMessages(q, room, { limit: SNAPSHOT_SIZE })
-      return { version: Number(v?.version ?? 0), data }
+      // A channel without a row has had no change: version 0 and no epoch yet ('').
+      return { version: Number(v?.version ?? 0), epoch: v?.epoch ?? '', data }
     },
     { isolationLevel: 'repeatable read', accessMode: 'read only' },
   )

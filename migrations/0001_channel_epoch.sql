@@ -1,0 +1,1 @@
+ALTER TABLE "channel_versions" ADD COLUMN "epoch" text DEFAULT substr(md5(random()::text || clock_timestamp()::text), 1, 8) NOT NULL;

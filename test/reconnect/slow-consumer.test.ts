@@ -1,0 +1,115 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { jetstream } from '@nats-io/jetstream'
+import { connect as tcpConnect, type Socket } from 'node:net'
+import { channelOf, noticeId, type ChangeNotice } from '../../core/channels'
+import { connectPostgres, type Database } from '../../core/db/client'
+import { subjects } from '../../core/events'
+import { createLogger } from '../../core/logger'
+import { connectNats, ensureStreams } from '../../core/nats'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { startApi, type RunningApi } from '../../api/src/server'
+import { until, WsClient } from '../e2e/harness'
+
+/**
+ * A raw WebSocket client that completes the handshake, subscribes, then stops reading: its kernel
+ * buffers fill, then the server's queue for it grows past FANFARE_WS_BACKPRESSURE_BYTES.
+ */
+async function stalledClient(port: number, channel: string) {
+  const socket: Socket = tcpConnect({ host: '127.0.0.1', port })
+  await new Promise<void>((ok, fail) => socket.once('connect', () => ok()).once('error', fail))
+  const chunks: Buffer[] = []
+  let ended = false
+  socket.on('data', (c: Buffer) => chunks.push(c))
+  socket.on('close', () => (ended = true))
+  socket.on('error', () => (ended = true))
+  socket.write(
+    `GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+  )
+  await until('handshake', () => Buffer.concat(chunks).includes('\r\n\r\n'), 5_000)
+  // A client frame must be masked (RFC 6455 5.3).
+  const payload = Buffer.from(JSON.stringify({ op: 'subscribe', channel }))
+  const mask = Buffer.from([1, 2, 3, 4])
+  const header = Buffer.from([0x81, 0x80 | payload.length])
+  socket.write(Buffer.concat([header, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]))
+  await until('snapshot to the stalled client', () => Buffer.concat(chunks).includes('"snapshot"'), 5_000)
+  socket.pause() // stop reading: the kernel and then the server buffer what is sent
+  return {
+    resume: () => socket.resume(),
+    ended: () => ended,
+    received: () => Buffer.concat(chunks),
+    destroy: () => socket.destroy(),
+  }
+}
+
+/** Finds a close frame (opcode 8) among the server's frames; returns its code, or undefined. */
+function closeCodeIn(bytes: Buffer): number | undefined {
+  let i = bytes.indexOf('\r\n\r\n') + 4
+  while (i + 2 <= bytes.length) {
+    const opcode = bytes[i] & 0x0f
+    let len = bytes[i + 1] & 0x7f
+    let off = i + 2
+    if (len === 126) (len = bytes.readUInt16BE(off)), (off += 2)
+    else if (len === 127) (len = Number(bytes.readBigUInt64BE(off))), (off += 8)
+    if (off + len > bytes.length) return undefined
+    if (opcode === 8) return len >= 2 ? bytes.readUInt16BE(off) : 1005
+    i = off + len
+  }
+  return undefined
+}
+
+describe('slow consumers', () => {
+  let env: TestEnv
+  let database: Database
+  let nc: Awaited<ReturnType<typeof connectNats>>
+  let api: RunningApi
+
+  beforeAll(async () => {
+    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_WS_BACKPRESSURE_BYTES: String(256 * 1024) })
+    database = await connectPostgres(env.vars.DATABASE_URL)
+    nc = await connectNats(env.vars.NATS_URL, 'slow-consumer-test')
+    await ensureStreams(nc, env.config)
+    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+  })
+  afterAll(async () => {
+    await api?.stop()
+    await nc?.close()
+    await database?.close()
+    await env?.cleanup()
+  })
+
+  test('a client that stops reading is cut off; a normal client gets every update', async () => {
+    const channel = channelOf.chat('flood')
+    const normal = await WsClient.open(`ws://127.0.0.1:${api.port}/v1/ws`)
+    normal.send({ op: 'subscribe', channel })
+    await until('normal snapshot', () => normal.of(channel).length === 1)
+    const slow = await stalledClient(api.port, channel)
+    const js = jetstream(nc)
+    const text = 'x'.repeat(60_000)
+    const total = 300 // about 18 MB: far past the kernel's socket buffers and the 256 KiB limit
+    const rssBefore = process.memoryUsage().rss
+    for (let v = 1; v <= total; v++) {
+      const n: ChangeNotice = {
+        channel,
+        version: v,
+        epoch: 'e1',
+        data: { kind: 'posted', message: { id: `m${v}`, room: 'flood', user: 'u', text, postedAt: new Date().toISOString() } },
+        at: new Date().toISOString(),
+      }
+      await js.publish(subjects.change(env.config.FANFARE_SUBJECT_PREFIX, channel), JSON.stringify(n), { msgID: noticeId(n) })
+    }
+    await until('normal client got every update', () => normal.of(channel).length === total + 1, 30_000)
+    const versions = normal.of(channel).map((f) => f.version)
+    expect(versions).toEqual(Array.from({ length: total + 1 }, (_, i) => i))
+    // The server bounded what it keeps for the stalled client instead of queueing 18 MB.
+    expect(process.memoryUsage().rss - rssBefore).toBeLessThan(200 * 1024 * 1024)
+    slow.resume()
+    await until('stalled client disconnected', () => slow.ended(), 10_000)
+    const got = slow.received().length
+    expect(got).toBeLessThan(total * text.length) // it never got the whole flood
+    // What a stalled client sees: Bun drops it without a close frame, so a browser reports 1006.
+    console.log(`stalled client: ${got} bytes before the cut, close frame code: ${closeCodeIn(slow.received()) ?? 'none (1006)'}`)
+    normal.close()
+    slow.destroy()
+  }, 60_000)
+})
