@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, test } from 'bun:test'
+import { until } from '../core/testing/wait'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -30,13 +31,6 @@ const alive = (pid: number) => {
 }
 const natsPidOf = (dataDir: string) => Number(readFileSync(join(dataDir, 'nats', 'nats-server.pid'), 'utf8'))
 
-async function waitFor(what: string, check: () => boolean, ms = 10_000) {
-  const deadline = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await Bun.sleep(50)
-  }
-}
 
 describe('startEmbeddedNats', () => {
   test('starts a JetStream server on a free port and stops it', async () => {
@@ -88,7 +82,7 @@ describe('startEmbeddedNats', () => {
       expect(alive(pid)).toBe(true)
       parent.kill('SIGKILL')
       await parent.exited
-      await waitFor('nats-server to exit after its parent died', () => !alive(pid))
+      await until('nats-server to exit after its parent died', () => !alive(pid))
     } finally {
       parent.kill('SIGKILL')
     }

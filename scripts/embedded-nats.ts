@@ -1,8 +1,8 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { resolve } from 'node:path'
 import { connect } from '@nats-io/transport-node'
 import type { Logger } from '../core/logger'
+import { freePort, isAlive } from '../core/process'
 
 /** A nats-server child process with JetStream, owned by this process. */
 export type EmbeddedNats = {
@@ -46,7 +46,7 @@ export async function startEmbeddedNats(opts: {
   const storeDir = resolve(opts.dataDir, 'nats')
   mkdirSync(storeDir, { recursive: true })
   // Always a port picked by the kernel: 4222 may belong to a system NATS we must not share.
-  const port = await freePort()
+  const port = freePort()
   const url = `nats://127.0.0.1:${port}`
   const pidFile = resolve(storeDir, 'nats-server.pid')
   // Two servers on one JetStream store directory corrupt it: the pid file doubles as a lock.
@@ -113,14 +113,6 @@ function readPid(path: string): number | null {
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 function isNatsServer(pid: number): boolean {
   try {
@@ -183,18 +175,6 @@ function findNatsServer(): string | null {
   return null
 }
 
-/** A TCP port that was free a moment ago (bound on :0 and released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      const port = typeof addr === 'object' && addr ? addr.port : 0
-      srv.close(() => resolvePort(port))
-    })
-  })
-}
 
 async function waitUntilReady(url: string, proc: { exitCode: number | null }, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs

@@ -1,6 +1,7 @@
 import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
+import { isAlive } from '../process'
 import * as schema from './schema'
 
 /** The drizzle database, whichever driver is behind it (postgres.js or embedded PGlite). */
@@ -101,11 +102,3 @@ function acquireDirLock(path: string): () => void {
   throw new Error(`could not lock ${path}`)
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}

@@ -2,10 +2,10 @@ import { afterEach, describe, expect, test } from 'bun:test'
 import postgres from 'postgres'
 import { eq } from 'drizzle-orm'
 import type { LeaderboardChange } from '../../core/channels'
-import { channelVersions, chatMessages, leaderboardEntries, leaderboards } from '../../core/db/schema'
+import { channelVersions, chatMessages, leaderboards } from '../../core/db/schema'
 import { TEST_PG_URL } from '../../core/testing/env'
-import { byChannel, createWorld, publishEvent, readNotices, storedEvent, waitFor, type World } from './testing/harness'
-import { projectionStatus } from './workers'
+import { byChannel, createWorld, publishEvent, readNotices, storedEvent, caughtUp, boardScores, type World } from './testing/harness'
+import { until } from '../../core/testing/wait'
 
 let world: World | undefined
 afterEach(async () => {
@@ -13,21 +13,7 @@ afterEach(async () => {
   world = undefined
 })
 
-const caughtUp = (w: World, timeoutMs = 30_000) =>
-  waitFor(
-    'projections to catch up',
-    async () => {
-      const s = await projectionStatus({ config: w.config, db: w.database.db, nc: w.nc })
-      return s.projections.every((p) => p.lag === 0) ? s : undefined
-    },
-    timeoutMs,
-    100,
-  )
 
-const scores = async (w: World, board: string) =>
-  Object.fromEntries(
-    (await w.database.db.select().from(leaderboardEntries).where(eq(leaderboardEntries.board, board))).map((r) => [r.player, r.score]),
-  )
 
 describe('stream workers under faults', () => {
   test('Postgres connections killed mid-stream: nothing lost, nothing doubled', async () => {
@@ -62,11 +48,11 @@ describe('stream workers under faults', () => {
     }
     expect(kills).toBeGreaterThan(3)
     await caughtUp(w)
-    expect(await scores(w, 'tot')).toEqual(expected)
+    expect(await boardScores(w, 'tot')).toEqual(expected)
     expect((await w.database.db.select().from(chatMessages)).length).toBe(100)
     const versions = Object.fromEntries((await w.database.db.select().from(channelVersions)).map((r) => [r.channel, Number(r.version)]))
     expect(versions).toEqual({ 'leaderboard:tot': 300, 'chat:r0': 25, 'chat:r1': 25, 'chat:r2': 25, 'chat:r3': 25 })
-    const notices = byChannel(await waitFor('all notices', async () => {
+    const notices = byChannel(await until('all notices', async () => {
       const n = await readNotices(w)
       return n.length === 400 ? n : undefined
     }))
@@ -79,7 +65,7 @@ describe('stream workers under faults', () => {
     await w.database.db.insert(leaderboards).values({ board: 'live', sortOrder: 'desc', operator: 'latest' })
     const a = await w.startWorker()
     const b = await w.startWorker()
-    await waitFor('both workers to hold partitions', () => a.partitions().length === 2 && b.partitions().length === 2, 15_000)
+    await until('both workers to hold partitions', () => a.partitions().length === 2 && b.partitions().length === 2, 15_000)
 
     const players = Array.from({ length: 12 }, (_, i) => `k${i}`)
     const rounds = 25
@@ -87,12 +73,12 @@ describe('stream workers under faults', () => {
       await Promise.all(players.map((player) => publishEvent(w, storedEvent('score.submitted', { board: 'live', player, score: r }))))
     }
     await caughtUp(w)
-    expect(await scores(w, 'live')).toEqual(Object.fromEntries(players.map((p) => [p, rounds])))
+    expect(await boardScores(w, 'live')).toEqual(Object.fromEntries(players.map((p) => [p, rounds])))
     const [v] = await w.database.db.select().from(channelVersions).where(eq(channelVersions.channel, 'leaderboard:live'))
     expect(Number(v.version)).toBe(players.length * rounds)
 
     // Every change of a player, in version order, is that player's next score: applied in order, once.
-    const notices = await waitFor('all notices', async () => {
+    const notices = await until('all notices', async () => {
       const n = await readNotices(w)
       return n.length === players.length * rounds ? n : undefined
     })
@@ -105,10 +91,10 @@ describe('stream workers under faults', () => {
 
     // One worker stops: the other takes its partitions over within a few lease periods.
     await a.stop()
-    await waitFor('b to hold every partition', () => b.partitions().length === 4, 4 * 1500)
+    await until('b to hold every partition', () => b.partitions().length === 4, 4 * 1500)
     for (const player of players) await publishEvent(w, storedEvent('score.submitted', { board: 'live', player, score: 100 }))
     await caughtUp(w)
-    expect(await scores(w, 'live')).toEqual(Object.fromEntries(players.map((p) => [p, 100])))
+    expect(await boardScores(w, 'live')).toEqual(Object.fromEntries(players.map((p) => [p, 100])))
     await b.stop()
   }, 90_000)
 })

@@ -1,9 +1,9 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { and, asc, eq } from 'drizzle-orm'
-import { changeOutbox, chatMessages, channelVersions, deadLetters, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../core/db/schema'
+import { changeOutbox, chatMessages, channelVersions, deadLetters, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { keyOf, partitionOf, subjects } from '../../core/events'
-import { byChannel, createWorld, publishEvent, readNotices, storedEvent, waitFor, type World } from './testing/harness'
-import { projectionStatus } from './workers'
+import { byChannel, createWorld, publishEvent, readNotices, storedEvent, caughtUp, boardScores, type World } from './testing/harness'
+import { until } from '../../core/testing/wait'
 
 let world: World | undefined
 afterEach(async () => {
@@ -14,21 +14,7 @@ afterEach(async () => {
 const versions = async (w: World) =>
   Object.fromEntries((await w.database.db.select().from(channelVersions)).map((r) => [r.channel, Number(r.version)]))
 
-const entries = async (w: World, board: string) =>
-  Object.fromEntries(
-    (await w.database.db.select().from(leaderboardEntries).where(eq(leaderboardEntries.board, board))).map((r) => [r.player, r.score]),
-  )
 
-/** Resolves once every projection checkpoint has caught up with the stream (lag 0 everywhere). */
-const caughtUp = (w: World, timeoutMs = 20_000) =>
-  waitFor(
-    'projections to catch up',
-    async () => {
-      const s = await projectionStatus({ config: w.config, db: w.database.db, nc: w.nc })
-      return s.projections.every((p) => p.lag === 0) ? s : undefined
-    },
-    timeoutMs,
-  )
 
 describe('stream workers', () => {
   test('apply leaderboard and chat events, bump versions once per change, publish consecutive notices', async () => {
@@ -50,8 +36,8 @@ describe('stream workers', () => {
     await send(storedEvent('chat.message.deleted', { room: 'lobby', messageId: 'nope' })) // unknown
 
     await caughtUp(w)
-    expect(await entries(w, 'arena')).toEqual({ alice: 30, bob: 20 })
-    expect(await entries(w, 'golf')).toEqual({ carl: 68 })
+    expect(await boardScores(w, 'arena')).toEqual({ alice: 30, bob: 20 })
+    expect(await boardScores(w, 'golf')).toEqual({ carl: 68 })
     const msgs = await w.database.db.select().from(chatMessages).orderBy(asc(chatMessages.seq))
     expect(msgs.map((m) => [m.id, m.user, m.text, m.deleted])).toEqual([
       ['m1', 'ann', 'hello', true],
@@ -59,7 +45,7 @@ describe('stream workers', () => {
     ])
     expect(await versions(w)).toEqual({ 'leaderboard:arena': 3, 'leaderboard:golf': 2, 'chat:lobby': 3 })
 
-    const notices = byChannel(await waitFor('8 notices', async () => ((await readNotices(w)).length === 8 ? readNotices(w) : undefined)))
+    const notices = byChannel(await until('8 notices', async () => ((await readNotices(w)).length === 8 ? readNotices(w) : undefined)))
     for (const [, list] of notices) expect(list.map((n) => n.version)).toEqual(list.map((_, i) => i + 1))
     // alice and bob may hash to different partitions: only each player's own order is defined.
     const arena = notices.get('leaderboard:arena')!.map((n) => n.data)
@@ -77,7 +63,7 @@ describe('stream workers', () => {
     expect(chat[1]).toMatchObject({ kind: 'posted', message: { id: 'm2' } })
     expect(chat[2]).toEqual({ kind: 'deleted', messageId: 'm1' })
     // The outbox is drained once notices are out.
-    await waitFor('outbox empty', async () => (await w.database.db.select().from(changeOutbox)).length === 0)
+    await until('outbox empty', async () => (await w.database.db.select().from(changeOutbox)).length === 0)
     await workers.stop()
   })
 
@@ -100,7 +86,7 @@ describe('stream workers', () => {
     await caughtUp(w)
     expect(crashes).toBe(2)
     const expected = { p0: 3 + 6 + 9 + 12 + 15 + 18, p1: 1 + 4 + 7 + 10 + 13 + 16 + 19, p2: 2 + 5 + 8 + 11 + 14 + 17 + 20 }
-    expect(await entries(w, 'tot')).toEqual(expected)
+    expect(await boardScores(w, 'tot')).toEqual(expected)
     expect(await versions(w)).toEqual({ 'leaderboard:tot': 20 })
     await workers.stop()
 
@@ -121,7 +107,7 @@ describe('stream workers', () => {
       )
       expect(r).toMatchObject({ applied: 0, skipped: mine.length, deadLettered: 0, notices: [] })
     }
-    expect(await entries(w, 'tot')).toEqual(expected)
+    expect(await boardScores(w, 'tot')).toEqual(expected)
     expect(await versions(w)).toEqual({ 'leaderboard:tot': 20 })
   })
 
@@ -136,7 +122,7 @@ describe('stream workers', () => {
     await w.js.publish(subject, JSON.stringify({ ...storedEvent('score.submitted', { board: 'arena', player: 'zed', score: 1 }, 'bad-3'), data: { board: 'arena', player: 'zed', score: 'high' } }), { msgID: 'bad-3' })
     await publishEvent(w, good)
     await caughtUp(w)
-    expect(await entries(w, 'arena')).toEqual({ zed: 7 })
+    expect(await boardScores(w, 'arena')).toEqual({ zed: 7 })
     const dead = await w.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
     expect(dead.map((d) => [d.projection, d.partition, d.eventId])).toEqual([
       ['leaderboards', p, null],
@@ -162,7 +148,7 @@ describe('stream workers', () => {
     expect((await publishEvent(w, e)).duplicate).toBe(true)
     await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'amy', score: 1 }))
     await caughtUp(w)
-    expect(await entries(w, 'tot')).toEqual({ amy: 6 })
+    expect(await boardScores(w, 'tot')).toEqual({ amy: 6 })
     expect(await versions(w)).toEqual({ 'leaderboard:tot': 2 })
     await workers.stop()
   })

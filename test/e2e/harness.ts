@@ -1,16 +1,13 @@
 import { resolve } from 'node:path'
 import type { Subprocess } from 'bun'
+import { freePort } from '../../core/process'
+import { until } from '../../core/testing/wait'
+
+export { freePort, until }
 
 export const ROOT = resolve(import.meta.dir, '../..')
 const BUN = process.execPath
 
-/** A free TCP port on loopback (bound once, then released). */
-export function freePort(): number {
-  const server = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: () => new Response() })
-  const port = server.port!
-  server.stop(true)
-  return port
-}
 
 export type Proc = { name: string; proc: Subprocess; output: () => string; stop: (signal?: NodeJS.Signals) => Promise<number> }
 
@@ -38,22 +35,6 @@ export function spawnProc(name: string, entry: string, env: Record<string, strin
       clearTimeout(timer)
       return code
     },
-  }
-}
-
-/** Polls `check` until it returns a truthy value or the deadline passes. */
-export async function until<T>(what: string, check: () => T | Promise<T>, timeoutMs = 20_000, everyMs = 50): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try {
-      const value = await check()
-      if (value) return value as NonNullable<T>
-    } catch (err) {
-      last = err
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last}` : ''}`)
-    await Bun.sleep(everyMs)
   }
 }
 

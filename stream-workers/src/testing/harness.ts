@@ -7,6 +7,10 @@ import { contracts, keyOf, partitionOf, subjects, type EventData, type EventType
 import { createLogger } from '../../../core/logger'
 import { connectNats, ensureStreams, topology } from '../../../core/nats'
 import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import { eq } from 'drizzle-orm'
+import { leaderboardEntries } from '../../../core/db/schema'
+import { until } from '../../../core/testing/wait'
+import { projectionStatus } from '../status'
 import { startWorkers, type Workers, type WorkersDeps } from '../workers'
 
 /** One integration test's world: a fresh database and streams, and what it opened, to close. */
@@ -81,21 +85,6 @@ export function publishEvent(w: World, event: StoredEvent): Promise<PubAck> {
   return w.js.publish(subjects.event(w.config.FANFARE_SUBJECT_PREFIX, p, event.type), JSON.stringify(event), { msgID: event.id })
 }
 
-/** Polls `check` until it returns a truthy value or `timeoutMs` passes (then throws). */
-export async function waitFor<T>(what: string, check: () => Promise<T> | T, timeoutMs = 15_000, everyMs = 50): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs
-  let last: unknown
-  for (;;) {
-    try {
-      const v = await check()
-      if (v) return v as NonNullable<T>
-    } catch (err) {
-      last = err
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`)
-    await Bun.sleep(everyMs)
-  }
-}
 
 /** Every notice on the change stream, in stream order. */
 export async function readNotices(w: World): Promise<ChangeNotice[]> {
@@ -116,3 +105,21 @@ export function byChannel(notices: ChangeNotice[]): Map<string, ChangeNotice[]> 
   for (const list of out.values()) list.sort((a, b) => a.version - b.version)
   return out
 }
+
+/** Resolves once every projection checkpoint has caught up with the stream (lag 0 everywhere). */
+export const caughtUp = (w: World, timeoutMs = 30_000) =>
+  until(
+    'projections to catch up',
+    async () => {
+      const s = await projectionStatus({ config: w.config, db: w.database.db, nc: w.nc })
+      return s.projections.every((p) => p.lag === 0) ? s : undefined
+    },
+    timeoutMs,
+    100,
+  )
+
+/** A board's scores by player, read from the read model. */
+export const boardScores = async (w: World, board: string) =>
+  Object.fromEntries(
+    (await w.database.db.select().from(leaderboardEntries).where(eq(leaderboardEntries.board, board))).map((r) => [r.player, r.score]),
+  )

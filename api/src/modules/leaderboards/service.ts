@@ -1,7 +1,8 @@
 import { and, asc, count, desc, eq, gt, lt, or, type SQL } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
-import { channelVersions, leaderboardEntries, leaderboards, type ScoreOperator, type SortOrder } from '../../../../core/db/schema'
+import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
+import { leaderboardEntries, leaderboards, type ScoreOperator, type SortOrder } from '../../../../core/db/schema'
 import type { BoardPage, Entry, PlayerStanding } from './model'
 
 /** A board's rules; a board without a config row is desc/best. */
@@ -26,21 +27,13 @@ function reverseRanking(order: SortOrder) {
   return [order === 'asc' ? desc(e.score) : asc(e.score), desc(e.reachedSeq), desc(e.player)]
 }
 
-/** Rows ranked strictly better than (score, reachedSeq, player) under `order`. */
-function betterThan(order: SortOrder, s: { score: number; reachedSeq: number; player: string }): SQL {
-  const scoreBetter = order === 'asc' ? lt(e.score, s.score) : gt(e.score, s.score)
+/** Rows ranked strictly before or after (score, reachedSeq, player) under `order`. */
+function rankedOn(side: 'before' | 'after', order: SortOrder, s: { score: number; reachedSeq: number; player: string }): SQL {
+  const [less, more] = side === 'before' ? [lt, gt] : [gt, lt]
   return or(
-    scoreBetter,
-    and(eq(e.score, s.score), lt(e.reachedSeq, s.reachedSeq)),
-    and(eq(e.score, s.score), eq(e.reachedSeq, s.reachedSeq), lt(e.player, s.player)),
-  )!
-}
-function worseThan(order: SortOrder, s: { score: number; reachedSeq: number; player: string }): SQL {
-  const scoreWorse = order === 'asc' ? gt(e.score, s.score) : lt(e.score, s.score)
-  return or(
-    scoreWorse,
-    and(eq(e.score, s.score), gt(e.reachedSeq, s.reachedSeq)),
-    and(eq(e.score, s.score), eq(e.reachedSeq, s.reachedSeq), gt(e.player, s.player)),
+    order === 'asc' ? less(e.score, s.score) : more(e.score, s.score),
+    and(eq(e.score, s.score), less(e.reachedSeq, s.reachedSeq)),
+    and(eq(e.score, s.score), eq(e.reachedSeq, s.reachedSeq), less(e.player, s.player)),
   )!
 }
 
@@ -73,7 +66,7 @@ export async function playerStanding(db: Db, board: string, player: string, neig
     .from(e)
     .where(and(eq(e.board, board), eq(e.player, player)))
   if (!me) return undefined
-  const [{ n }] = await db.select({ n: count() }).from(e).where(and(eq(e.board, board), betterThan(cfg.order, me)))
+  const [{ n }] = await db.select({ n: count() }).from(e).where(and(eq(e.board, board), rankedOn('before', cfg.order, me)))
   const rank = Number(n) + 1
   let above: Entry[] = []
   let below: Entry[] = []
@@ -81,14 +74,14 @@ export async function playerStanding(db: Db, board: string, player: string, neig
     const up = await db
       .select({ player: e.player, score: e.score })
       .from(e)
-      .where(and(eq(e.board, board), betterThan(cfg.order, me)))
+      .where(and(eq(e.board, board), rankedOn('before', cfg.order, me)))
       .orderBy(...reverseRanking(cfg.order))
       .limit(neighbours)
     above = up.map((r, i) => ({ rank: rank - i - 1, player: r.player, score: r.score })).reverse()
     const down = await db
       .select({ player: e.player, score: e.score })
       .from(e)
-      .where(and(eq(e.board, board), worseThan(cfg.order, me)))
+      .where(and(eq(e.board, board), rankedOn('after', cfg.order, me)))
       .orderBy(...ranking(cfg.order))
       .limit(neighbours)
     below = down.map((r, i) => ({ rank: rank + i + 1, player: r.player, score: r.score }))
@@ -99,22 +92,7 @@ export async function playerStanding(db: Db, board: string, player: string, neig
 /** Entries in a leaderboard snapshot. */
 export const SNAPSHOT_SIZE = 100
 
-/**
- * The top of a board together with its channel version, read in one repeatable-read transaction
- * so the version describes exactly this data: a subscriber applies notices with higher versions.
- */
-export async function leaderboardSnapshot(db: Db, board: string): Promise<{ version: number; epoch: string; data: BoardPage }> {
-  return db.transaction(
-    async (tx) => {
-      const q = tx as unknown as Db
-      const [v] = await q
-        .select({ version: channelVersions.version, epoch: channelVersions.epoch })
-        .from(channelVersions)
-        .where(eq(channelVersions.channel, channelOf.leaderboard(board)))
-      const data = await leaderboardPage(q, board, { limit: SNAPSHOT_SIZE, offset: 0 })
-      // A channel without a row has had no change: version 0 and no epoch yet ('').
-      return { version: Number(v?.version ?? 0), epoch: v?.epoch ?? '', data }
-    },
-    { isolationLevel: 'repeatable read', accessMode: 'read only' },
-  )
+/** The first page of the channel `leaderboard:<board>` with its version and epoch (see readChannelSnapshot). */
+export function leaderboardSnapshot(db: Db, board: string): Promise<ChannelSnapshot<BoardPage>> {
+  return readChannelSnapshot(db, channelOf.leaderboard(board), (q) => leaderboardPage(q, board, { limit: SNAPSHOT_SIZE, offset: 0 }))
 }

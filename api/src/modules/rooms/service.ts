@@ -1,7 +1,8 @@
 import { and, desc, eq, lt } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
-import { channelVersions, chatMessages } from '../../../../core/db/schema'
+import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
+import { chatMessages } from '../../../../core/db/schema'
 import { NotFound } from '../../errors'
 import type { RoomMessages } from './model'
 
@@ -31,22 +32,7 @@ export async function roomMessages(db: Db, room: string, opts: { before?: string
 /** Messages in a room snapshot. */
 export const SNAPSHOT_SIZE = 50
 
-/**
- * The latest messages of a room with its channel version, read in one repeatable-read
- * transaction so the version describes exactly this data.
- */
-export async function roomSnapshot(db: Db, room: string): Promise<{ version: number; epoch: string; data: RoomMessages }> {
-  return db.transaction(
-    async (tx) => {
-      const q = tx as unknown as Db
-      const [v] = await q
-        .select({ version: channelVersions.version, epoch: channelVersions.epoch })
-        .from(channelVersions)
-        .where(eq(channelVersions.channel, channelOf.chat(room)))
-      const data = await roomMessages(q, room, { limit: SNAPSHOT_SIZE })
-      // A channel without a row has had no change: version 0 and no epoch yet ('').
-      return { version: Number(v?.version ?? 0), epoch: v?.epoch ?? '', data }
-    },
-    { isolationLevel: 'repeatable read', accessMode: 'read only' },
-  )
+/** The first page of the channel `chat:<room>` with its version and epoch (see readChannelSnapshot). */
+export function roomSnapshot(db: Db, room: string): Promise<ChannelSnapshot<RoomMessages>> {
+  return readChannelSnapshot(db, channelOf.chat(room), (q) => roomMessages(q, room, { limit: SNAPSHOT_SIZE }))
 }
