@@ -91,10 +91,12 @@ export function keyOf(event: Pick<StoredEvent, 'type' | 'data'>): string {
   return (contracts[event.type].key as (d: unknown) => string)(event.data)
 }
 
+const utf8 = new TextEncoder()
+
 /** Stable 32-bit FNV-1a hash of a key's UTF-8 bytes. Never change it: partitions depend on it. */
 export function hashKey(key: string): number {
   let h = 0x811c9dc5
-  for (const byte of new TextEncoder().encode(key)) {
+  for (const byte of utf8.encode(key)) {
     h ^= byte
     h = Math.imul(h, 0x01000193)
   }

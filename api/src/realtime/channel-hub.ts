@@ -231,6 +231,15 @@ export function createChannelHub(deps: HubDeps) {
     }
   }
 
+  /** Takes a socket off a channel (and out of any join in progress). False if it was not on it. */
+  function leave(channel: string, sink: Sink): boolean {
+    const st = channels.get(channel)
+    if (!st || !st.members.delete(sink.id)) return false
+    for (const j of st.joiners) if (j.sink.id === sink.id) (j.cancelled = true), st.joiners.delete(j)
+    cleanup(channel)
+    return true
+  }
+
   /** Sorted, de-duplicated notices of the current epoch newer than `after`. */
   function merged(st: ChangeNotice[][], epoch: string | undefined, after: number): ChangeNotice[] {
     const byVersion = new Map<number, ChangeNotice>()
@@ -373,23 +382,14 @@ export function createChannelHub(deps: HubDeps) {
 
     /** Removes a socket from a channel. Returns false if it was not subscribed. */
     unsubscribe(sink: Sink, channel: string): boolean {
-      const st = channels.get(channel)
-      if (!st || !st.members.delete(sink.id)) return false
-      for (const j of st.joiners) if (j.sink.id === sink.id) (j.cancelled = true), st.joiners.delete(j)
+      if (!leave(channel, sink)) return false
       sink.unsubscribe(channel)
-      cleanup(channel)
       return true
     },
 
     /** Forgets a closed socket on every channel it had. */
     removeSink(sink: Sink, subscribed: Iterable<string>) {
-      for (const channel of subscribed) {
-        const st = channels.get(channel)
-        if (!st) continue
-        st.members.delete(sink.id)
-        for (const j of st.joiners) if (j.sink.id === sink.id) (j.cancelled = true), st.joiners.delete(j)
-        cleanup(channel)
-      }
+      for (const channel of subscribed) leave(channel, sink)
     },
 
     /** Channels watched on this node, with their subscriber counts (for metrics and tests). */
