@@ -14,11 +14,7 @@ const PLAYERS = 40
  * 202, never a hang), and every event acknowledged with 202 (after the restart, resends of the
  * refused batches with the same ids) is applied exactly once.
  */
-// SKIPPED, open bug (issue #3): in one fresh-clone CI run of three, the worker stopped applying after
-// the NATS restart (a sum board stuck at ~40% of its oracle for 45 s) although the API's answers were
-// right. Suspects: lease renewal failing during the outage and the re-acquire path, or a pull left
-// hanging across the reconnect. Un-skip once that is found and fixed.
-describe.skip('NATS restart during ingest', () => {
+describe('NATS restart during ingest', () => {
   let env: TestEnv | undefined
   let nats: PrivateNats | undefined
   const procs: Proc[] = []
@@ -120,7 +116,9 @@ describe.skip('NATS restart during ingest', () => {
     const total = outcomes.reduce((s, o) => s + o.batch.length, 0)
     const rm = readModel(env.vars.DATABASE_URL)
     try {
-      await untilBoardEquals(rm, board, oracle, 45_000)
+      await untilBoardEquals(rm, board, oracle, 45_000).catch((err) => {
+        throw new Error(`${(err as Error).message}\nworker log tail:\n${workerProc.output().slice(-4000)}`)
+      })
       expect(await rm.version(`leaderboard:${board}`)).toBe(total)
       expect(await rm.deadLetters()).toBe(0)
     } finally {

@@ -1,5 +1,5 @@
 import type { KV } from '@nats-io/kv'
-import { collectKeys, partitionKey, workerKey, type WorkerInfo } from '../../../core/leases'
+import { partitionKey, workerKey, type WorkerInfo } from '../../../core/leases'
 import type { Logger } from '../../../core/logger'
 import { sleep } from './backoff'
 
@@ -86,7 +86,7 @@ export function startLeases(deps: LeaseDeps): Leases {
       }
     }
     await heartbeat()
-    const keys = await collectKeys(kv)
+    const keys = await listKeys(kv, Math.max(1000, deps.ttlMs))
     const taken = new Set(keys.filter((k) => k.startsWith('p.')).map((k) => Number(k.slice(2))))
     const live = Math.max(1, keys.filter((k) => k.startsWith('w.')).length)
     const share = Math.ceil(deps.partitions / live)
@@ -130,4 +130,27 @@ export function startLeases(deps: LeaseDeps): Leases {
       await kv.delete(workerKey(workerId)).catch(() => {})
     },
   }
+}
+
+/**
+ * Every key of the bucket, or an error after `ms`. kv.keys() ends on a heartbeat of its ordered
+ * consumer; when NATS restarts during a listing that consumer is gone, and the client only
+ * recreates it after missed heartbeats and then waits for a 30 s one: the lease round (renewals,
+ * re-acquiring after an outage) must not wait with it.
+ */
+async function listKeys(kv: KV, ms: number): Promise<string[]> {
+  const iter = await kv.keys()
+  const keys: string[] = []
+  let timedOut = false
+  const timer = setTimeout(() => {
+    timedOut = true
+    iter.stop()
+  }, ms)
+  try {
+    for await (const k of iter) keys.push(k)
+  } finally {
+    clearTimeout(timer)
+  }
+  if (timedOut) throw new Error(`listing the lease keys took more than ${ms} ms`)
+  return keys
 }

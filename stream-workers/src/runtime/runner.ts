@@ -65,6 +65,12 @@ class FatalBatchError extends Error {
 const WORKING_EVERY_MS = Math.floor(ACK_WAIT_MS / 3)
 /** How long an idle pull waits at the server for a first message. */
 const IDLE_PULL_MS = 5_000
+/**
+ * How long the server may take to deliver the rest of a batch it reported pending. Generous: the
+ * pull ends as soon as they have all arrived, and a loaded server can take seconds for a few
+ * hundred (with 2 s, pulls expired part-way, over and over, after a NATS restart in CI).
+ */
+const REST_PULL_MS = 10_000
 
 /**
  * Runs one projection on one owned partition: creates this ownership's consumer from the
@@ -80,24 +86,43 @@ export function startRunner(deps: RunnerDeps): Runner {
   const abort = new AbortController()
   let pulling: ConsumerMessages | undefined
 
-  const fetchSome = async (consumer: Consumer, max: number, expires: number): Promise<JsMsg[]> => {
+  /**
+   * One pull of up to `max` messages. A pull that ends with an error after delivering messages
+   * still returns them with the error: they are the consumer's next deliveries in order (the
+   * caller checks the delivery sequence), and throwing them away would make a slow server
+   * (a pull that outlives its expiry, then "heartbeats missed") restart the same batch forever.
+   */
+  const fetchSome = async (consumer: Consumer, max: number, expires: number): Promise<{ msgs: JsMsg[]; err?: unknown }> => {
     const iter = await consumer.fetch({ max_messages: max, expires })
     pulling = iter
-    const out: JsMsg[] = []
+    const msgs: JsMsg[] = []
     try {
-      for await (const m of iter) out.push(m)
+      for await (const m of iter) msgs.push(m)
+      return { msgs }
+    } catch (err) {
+      return { msgs, err }
     } finally {
       pulling = undefined
     }
-    return out
   }
 
-  /** Up to batchSize messages that are already there: wait for one, then take what is pending. */
+  /**
+   * Up to batchSize messages that are already there: wait for one, then take what is pending. A
+   * pull that fails before delivering anything throws (the consumer is recreated); one that fails
+   * part-way yields what it delivered, and the next pull, starting with nothing held, shows
+   * whether the consumer is healthy (a delivery it cut off shows up as a gap there).
+   */
   const pullBatch = async (consumer: Consumer): Promise<JsMsg[]> => {
     const first = await fetchSome(consumer, 1, IDLE_PULL_MS)
-    if (first.length === 0 || abort.signal.aborted) return first
-    const more = Math.min(first[0].info.pending, deps.batchSize - 1)
-    return more > 0 ? first.concat(await fetchSome(consumer, more, 2_000)) : first
+    if (first.msgs.length === 0) {
+      if (first.err && !abort.signal.aborted) throw first.err
+      return first.msgs
+    }
+    const more = abort.signal.aborted ? 0 : Math.min(first.msgs[0].info.pending, deps.batchSize - 1)
+    if (more <= 0) return first.msgs
+    const rest = await fetchSome(consumer, more, REST_PULL_MS)
+    if (rest.err) log.debug({ err: rest.err, wanted: more, got: rest.msgs.length }, 'pull ended early; applying what it delivered')
+    return first.msgs.concat(rest.msgs)
   }
 
   const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
