@@ -16,6 +16,8 @@ export type Topology = {
   changeStream: string
   /** KV bucket of worker partition leases. */
   leaseBucket: string
+  /** KV bucket of admin jobs (projection rebuilds), see core/rebuild-jobs.ts. */
+  jobBucket: string
   prefix: string
   partitions: number
 }
@@ -25,6 +27,7 @@ export function topology(config: Config): Topology {
     eventStream: config.FANFARE_STREAM,
     changeStream: `${config.FANFARE_STREAM}_CHANGES`,
     leaseBucket: `${config.FANFARE_STREAM}_leases`,
+    jobBucket: `${config.FANFARE_STREAM}_jobs`,
     prefix: config.FANFARE_SUBJECT_PREFIX,
     partitions: config.FANFARE_PARTITIONS,
   }

@@ -7,6 +7,7 @@ import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
 import { ensureStreams, topology } from '../../core/nats'
 import { projections as allProjections, type Projection } from './projections'
+import { startRebuildJobs } from './rebuild/jobs'
 import { openLeaseBucket, startLeases } from './runtime/leases'
 import { startOutboxSweeper } from './runtime/outbox'
 import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
@@ -37,7 +38,8 @@ export type Workers = {
   partitions: () => number[]
   /**
    * Stops taking new work, lets in-flight batches commit, ack and publish, then releases the
-   * leases and stops the outbox sweeper. Safe to call twice.
+   * leases and stops the outbox sweeper; a rebuild in progress is handed back (state requested).
+   * Safe to call twice.
    */
   stop: () => Promise<void>
 }
@@ -106,6 +108,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     onRelease: (partition) => stopRunners(partition, true),
   })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, logger: logger.child({ component: 'outbox' }) })
+  // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
+  const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now })
   logger.info({ partitions: t.partitions, projections: projections.map((p) => p.name) }, 'stream workers started')
 
   let stopping: Promise<void> | undefined
@@ -114,6 +118,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     partitions: () => leases.held(),
     stop: () =>
       (stopping ??= (async () => {
+        await rebuilds.stop()
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))
         await sweeper.stop()

@@ -1,5 +1,5 @@
 import { and, eq, sql } from 'drizzle-orm'
-import type { Db } from '../../../core/db/client'
+import type { Db, Tx } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
 import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
 import type { Projection, SequencedEvent } from '../projections/types'
@@ -36,45 +36,51 @@ export type BatchResult = {
  * newer lease than `owner.token` throws FencedError (nothing is written). Messages that can never
  * apply become dead letters in the same transaction.
  */
-export async function applyBatch(db: Db, owner: BatchOwner, messages: BatchMessage[], now: Date): Promise<BatchResult> {
-  const { projection, partition, token } = owner
-  return db.transaction(async (tx) => {
-    // Insert-or-touch returns the row locked like SELECT ... FOR UPDATE, in one round trip.
-    const [checkpoint] = await tx
-      .insert(projectionCheckpoints)
-      .values({ projection: projection.name, partition, seq: 0, fence: 0 })
-      .onConflictDoUpdate({
-        target: [projectionCheckpoints.projection, projectionCheckpoints.partition],
-        set: { projection: sql`excluded.projection` },
-      })
-      .returning({ seq: projectionCheckpoints.seq, fence: projectionCheckpoints.fence })
-    const fence = Number(checkpoint.fence)
-    if (fence > token) throw new FencedError(fence, token)
-    const applied = Number(checkpoint.seq)
+export function applyBatch(db: Db, owner: BatchOwner, messages: BatchMessage[], now: Date): Promise<BatchResult> {
+  return db.transaction((tx) => applyBatchIn(tx, owner, messages, now))
+}
 
-    const fresh = messages.filter((m) => m.seq > applied)
-    const events: SequencedEvent[] = []
-    const letters: DeadLetter[] = []
-    for (const m of fresh) {
-      const problem = checkMessage(owner, m)
-      if ('reason' in problem) {
-        const payload = new TextDecoder().decode(m.body)
-        letters.push({ projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: problem.eventId ?? guessEventId(payload), reason: problem.reason, payload })
-      } else {
-        events.push(problem)
-      }
+/**
+ * applyBatch inside the caller's transaction (the rebuild applies into a shadow schema selected
+ * by the transaction's search_path). Same contract as applyBatch; the caller commits.
+ */
+export async function applyBatchIn(tx: Tx, owner: BatchOwner, messages: BatchMessage[], now: Date): Promise<BatchResult> {
+  const { projection, partition, token } = owner
+  // Insert-or-touch returns the row locked like SELECT ... FOR UPDATE, in one round trip.
+  const [checkpoint] = await tx
+    .insert(projectionCheckpoints)
+    .values({ projection: projection.name, partition, seq: 0, fence: 0 })
+    .onConflictDoUpdate({
+      target: [projectionCheckpoints.projection, projectionCheckpoints.partition],
+      set: { projection: sql`excluded.projection` },
+    })
+    .returning({ seq: projectionCheckpoints.seq, fence: projectionCheckpoints.fence })
+  const fence = Number(checkpoint.fence)
+  if (fence > token) throw new FencedError(fence, token)
+  const applied = Number(checkpoint.seq)
+
+  const fresh = messages.filter((m) => m.seq > applied)
+  const events: SequencedEvent[] = []
+  const letters: DeadLetter[] = []
+  for (const m of fresh) {
+    const problem = checkMessage(owner, m)
+    if ('reason' in problem) {
+      const payload = new TextDecoder().decode(m.body)
+      letters.push({ projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: problem.eventId ?? guessEventId(payload), reason: problem.reason, payload })
+    } else {
+      events.push(problem)
     }
-    const changes = await projection.apply(tx, events)
-    const notices = await recordChanges(tx, changes, now)
-    await recordDeadLetters(tx, letters)
-    if (fresh.length > 0 || fence !== token) {
-      await tx
-        .update(projectionCheckpoints)
-        .set({ seq: Math.max(applied, ...fresh.map((m) => m.seq)), fence: token, updatedAt: now })
-        .where(and(eq(projectionCheckpoints.projection, projection.name), eq(projectionCheckpoints.partition, partition)))
-    }
-    return { applied: events.length, skipped: messages.length - fresh.length, deadLettered: letters.length, notices }
-  })
+  }
+  const changes = await projection.apply(tx, events)
+  const notices = await recordChanges(tx, changes, now)
+  await recordDeadLetters(tx, letters)
+  if (fresh.length > 0 || fence !== token) {
+    await tx
+      .update(projectionCheckpoints)
+      .set({ seq: Math.max(applied, ...fresh.map((m) => m.seq)), fence: token, updatedAt: now })
+      .where(and(eq(projectionCheckpoints.projection, projection.name), eq(projectionCheckpoints.partition, partition)))
+  }
+  return { applied: events.length, skipped: messages.length - fresh.length, deadLettered: letters.length, notices }
 }
 
 /** Decodes a message and checks it belongs to this projection and partition. */

@@ -8,7 +8,8 @@ import { ErrorResponse } from '../../error-model'
 import { PublishResponse } from '../events/model'
 import type { Ingest } from '../events/service'
 import { boardConfig } from '../leaderboards/service'
-import { BoardConfig, BoardConfigBody, BoardParams, DeadLetters, DeadLettersQuery, MessageParams, ProjectionsReport, WorkersReport } from './model'
+import { BoardConfig, BoardConfigBody, BoardParams, DeadLetters, DeadLettersQuery, MessageParams, ProjectionsReport, RebuildJob, RebuildParams, RebuildQuery, WorkersReport } from './model'
+import { createRebuilds } from './rebuild'
 import { createWorkersReader, listDeadLetters, projectionStatus, putBoardConfig } from './service'
 
 export type AdminDeps = {
@@ -25,6 +26,7 @@ const denied = { 401: ErrorResponse, 403: ErrorResponse }
 export function adminModule({ config, db, nc, ingest, projections }: AdminDeps) {
   const { eventStream } = topology(config)
   const workers = createWorkersReader(config, nc)
+  const rebuilds = createRebuilds(config, nc)
   return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
     .use(authPlugin(config))
     .guard({ auth: 'admin' }, (app) =>
@@ -58,6 +60,21 @@ export function adminModule({ config, db, nc, ingest, projections }: AdminDeps) 
         .get('/projections', async () => (projections ? { source: 'workers' as const, projections: await projections() } : projectionStatus(db, nc, eventStream)), {
           response: { 200: ProjectionsReport, 503: ErrorResponse, ...denied },
           detail: { summary: 'Projection progress and lag' },
+        })
+        .post('/projections/:name/rebuild', async ({ params, query, status }) => status(202, await rebuilds.request(params.name, { force: query.force })), {
+          params: RebuildParams,
+          query: RebuildQuery,
+          response: { 202: RebuildJob, 404: ErrorResponse, 409: ErrorResponse, 503: ErrorResponse, ...denied },
+          detail: {
+            summary: 'Rebuild a read model from the start of the event stream',
+            description:
+              'A stream worker replays the stream into a shadow copy while live traffic continues, then swaps it in; rebuilt channels get a new epoch (subscribers re-sync). 404 unknown projection; 409 rebuild_in_progress; 409 history_incomplete when retention removed the first events (unless force=true).',
+          },
+        })
+        .get('/projections/:name/rebuild', ({ params }) => rebuilds.get(params.name), {
+          params: RebuildParams,
+          response: { 200: RebuildJob, 404: ErrorResponse, 503: ErrorResponse, ...denied },
+          detail: { summary: "A projection's latest rebuild job and its progress" },
         })
         .get('/workers', () => workers(), {
           response: { 200: WorkersReport, 503: ErrorResponse, ...denied },

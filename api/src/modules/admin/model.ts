@@ -69,3 +69,23 @@ export const WorkersReport = t.Object({
   partitions: t.Integer({ description: 'partition count of the deployment' }),
 })
 export type WorkersReport = typeof WorkersReport.static
+
+export const RebuildParams = t.Object({ name: t.String({ maxLength: 64, description: 'leaderboards or chat' }) })
+export const RebuildQuery = t.Object({
+  force: t.Boolean({ default: false, description: 'rebuild even if the stream no longer starts at sequence 1 (partial result)' }),
+})
+export const RebuildJob = t.Object({
+  id: t.String(),
+  projection: t.String(),
+  state: t.Union([t.Literal('requested'), t.Literal('running'), t.Literal('switching'), t.Literal('done'), t.Literal('failed')]),
+  requestedAt: t.String(),
+  force: t.Boolean(),
+  owner: t.Optional(t.String({ description: 'worker running it' })),
+  heartbeatAt: t.Optional(t.String()),
+  attempts: t.Integer({ description: 'claims so far; a takeover of a dead worker restarts from scratch' }),
+  appliedSeq: t.Integer({ description: 'last stream sequence the shadow copy applied' }),
+  pending: t.Integer({ description: 'events of the projection still to read at the last report' }),
+  switchedAtSeq: t.Optional(t.Integer({ description: 'stream position where the rebuilt model took over' })),
+  finishedAt: t.Optional(t.String()),
+  error: t.Optional(t.String()),
+})

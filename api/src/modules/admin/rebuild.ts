@@ -1,0 +1,89 @@
+import { randomBytes } from 'node:crypto'
+import { jetstreamManager } from '@nats-io/jetstream'
+import type { KV } from '@nats-io/kv'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { Config } from '../../../../core/config'
+import { topology } from '../../../../core/nats'
+import { isActive, isRebuildable, openJobBucket, readRebuildJob, rebuildableProjections, rebuildKey, type RebuildJob } from '../../../../core/rebuild-jobs'
+import { AppError, Conflict, NotFound, Unavailable } from '../../errors'
+
+/** Requests and reads projection rebuilds (run by the stream workers, see stream-workers/src/rebuild). */
+export type Rebuilds = {
+  /**
+   * Writes a `requested` job for the projection. 404 unknown projection; 409 `rebuild_in_progress`
+   * while one is requested or running; 409 `history_incomplete` when the event stream no longer
+   * starts at sequence 1 (retention removed events) unless `force`.
+   */
+  request: (projection: string, opts: { force: boolean }) => Promise<RebuildJob>
+  /** The projection's latest job; 404 when none was ever requested. */
+  get: (projection: string) => Promise<RebuildJob>
+}
+
+export function createRebuilds(config: Config, nc: NatsConnection, now: () => Date = () => new Date()): Rebuilds {
+  let kv: KV | undefined
+  const { eventStream } = topology(config)
+  const checkName = (projection: string) => {
+    if (!isRebuildable(projection)) {
+      throw new NotFound('unknown_projection', `no projection ${JSON.stringify(projection)}`, { projections: rebuildableProjections })
+    }
+    return projection
+  }
+  // NATS trouble is 503; our own errors pass through.
+  const guard = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
+    try {
+      return await f()
+    } catch (err) {
+      if (err instanceof AppError) throw err
+      kv = undefined
+      throw new Unavailable(`cannot ${what}: ${(err as Error).message}`)
+    }
+  }
+  const bucket = async () => (kv ??= await openJobBucket(nc, config))
+
+  return {
+    request: (name, { force }) =>
+      guard('request the rebuild', async () => {
+        const projection = checkName(name)
+        const jsm = await jetstreamManager(nc)
+        const { state } = await jsm.streams.info(eventStream)
+        if (state.first_seq > 1 && !force) {
+          throw new Conflict(
+            'history_incomplete',
+            `the event stream starts at sequence ${state.first_seq}: older events are gone (FANFARE_EVENT_RETENTION_MS), so a rebuild would be partial; add ?force=true to rebuild from what is left`,
+            { firstSeq: state.first_seq },
+          )
+        }
+        const kv = await bucket()
+        const current = await readRebuildJob(kv, projection)
+        const inProgress = (job: RebuildJob) =>
+          new Conflict('rebuild_in_progress', `a rebuild of ${projection} is already ${job.state}`, { id: job.id, state: job.state })
+        if (current && isActive(current.job.state)) throw inProgress(current.job)
+        const job: RebuildJob = {
+          id: randomBytes(6).toString('hex'),
+          projection,
+          state: 'requested',
+          requestedAt: now().toISOString(),
+          force,
+          attempts: 0,
+          appliedSeq: 0,
+          pending: 0,
+        }
+        try {
+          // Compare-and-set: of two concurrent requests, one wins and the other is 409.
+          if (current) await kv.update(rebuildKey(projection), JSON.stringify(job), current.revision)
+          else await kv.create(rebuildKey(projection), JSON.stringify(job))
+        } catch {
+          const winner = await readRebuildJob(kv, projection)
+          throw inProgress(winner?.job ?? { ...job, state: 'requested' })
+        }
+        return job
+      }),
+    get: (name) =>
+      guard('read the rebuild job', async () => {
+        const projection = checkName(name)
+        const current = await readRebuildJob(await bucket(), projection)
+        if (!current) throw new NotFound('no_rebuild', `no rebuild of ${projection} was requested`)
+        return current.job
+      }),
+  }
+}

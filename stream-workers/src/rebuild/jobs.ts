@@ -1,0 +1,143 @@
+import type { JetStreamClient } from '@nats-io/jetstream'
+import type { KV } from '@nats-io/kv'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { Config } from '../../../core/config'
+import type { Db } from '../../../core/db/client'
+import type { Logger } from '../../../core/logger'
+import { topology } from '../../../core/nats'
+import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
+import type { Projection } from '../projections'
+import { sleep } from '../runtime/backoff'
+import { runRebuild } from './rebuild'
+
+export type RebuildJobsDeps = {
+  config: Config
+  db: Db
+  nc: NatsConnection
+  js: JetStreamClient
+  logger: Logger
+  workerId: string
+  projections: readonly Projection[]
+  /** How often the job keys are read; default 1 s. */
+  pollMs?: number
+  now?: () => Date
+}
+
+/** The job was taken over by another worker (our compare-and-set lost): stop without writing. */
+class JobLost extends Error {}
+
+/**
+ * Runs requested projection rebuilds. Every `pollMs` reads the job key of each projection; a job
+ * that is `requested`, or `running`/`switching` with a heartbeat older than 3 lease TTLs (at
+ * least 5 s: its worker died), is claimed with a compare-and-set on the key's revision: one worker wins. The
+ * winner heartbeats every TTL/3 with its progress, each write again a compare-and-set, so a worker
+ * that was taken over notices and stops. Polling rather than a KV watch: a dead owner shows up
+ * only as time passing, which needs a timer anyway, and two keys a second cost nothing.
+ */
+export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<void> } {
+  const ttl = deps.config.FANFARE_LEASE_TTL_MS
+  // A takeover restarts the rebuild from scratch: wait a few missed heartbeats before calling it dead.
+  const staleMs = Math.max(3 * ttl, 5_000)
+  const now = deps.now ?? (() => new Date())
+  const log = deps.logger.child({ component: 'rebuild' })
+  const abort = new AbortController()
+  const running = new Map<string, Promise<void>>()
+  let kv: KV | undefined
+
+  const run = async (kv: KV, claimed: RebuildJob, revision: number) => {
+    let job = claimed
+    let rev = revision
+    let lost = false
+    // Writes go one at a time (heartbeat timer and progress both write), each a CAS on our revision.
+    let chain: Promise<void> = Promise.resolve()
+    const save = (patch: Partial<RebuildJob>) =>
+      (chain = chain.then(async () => {
+        if (lost) throw new JobLost()
+        const next = { ...job, ...patch, heartbeatAt: now().toISOString() }
+        try {
+          rev = await kv.update(rebuildKey(job.projection), JSON.stringify(next), rev)
+        } catch (err) {
+          lost = true
+          log.warn({ err, rebuild: job.id }, 'rebuild job taken over by another worker; stopping')
+          throw new JobLost()
+        }
+        job = next
+      }))
+    const beat = setInterval(() => void save({}).catch(() => {}), Math.max(100, Math.floor(ttl / 3)))
+    const t = topology(deps.config)
+    const projection = deps.projections.find((p) => p.name === job.projection)!
+    try {
+      const { switchedAtSeq } = await runRebuild(
+        {
+          db: deps.db,
+          js: deps.js,
+          logger: log,
+          stream: t.eventStream,
+          prefix: t.prefix,
+          partitions: t.partitions,
+          batchSize: deps.config.FANFARE_BATCH_SIZE,
+          projection,
+          now: deps.now,
+          signal: abort.signal,
+          progress: (p) => save({ appliedSeq: p.appliedSeq, pending: p.pending, ...(p.state ? { state: p.state } : {}) }),
+        },
+        { id: job.id, attempt: job.attempts },
+      )
+      clearInterval(beat)
+      await save({ state: 'done', switchedAtSeq, pending: 0, finishedAt: now().toISOString() })
+      log.info({ rebuild: job.id, switchedAtSeq }, 'rebuild done')
+    } catch (err) {
+      clearInterval(beat)
+      if (lost || err instanceof JobLost) return
+      if (abort.signal.aborted) {
+        // Shutting down: hand the job back at once instead of letting it look dead for a TTL.
+        await save({ state: 'requested', owner: undefined }).catch(() => {})
+        return
+      }
+      log.error({ err, rebuild: job.id }, 'rebuild failed')
+      await save({ state: 'failed', error: String((err as Error)?.message ?? err), finishedAt: now().toISOString() }).catch(() => {})
+    }
+  }
+
+  const scan = async () => {
+    kv ??= await openJobBucket(deps.nc, deps.config)
+    for (const projection of deps.projections) {
+      if (running.has(projection.name) || abort.signal.aborted) continue
+      const current = await readRebuildJob(kv, projection.name)
+      if (!current) continue
+      const { job, revision } = current
+      const beat = job.heartbeatAt ? Date.parse(job.heartbeatAt) : 0
+      const orphaned = (job.state === 'running' || job.state === 'switching') && now().getTime() - beat > staleMs
+      if (job.state !== 'requested' && !orphaned) continue
+      const claimed: RebuildJob = { ...job, state: 'running', owner: deps.workerId, heartbeatAt: now().toISOString(), attempts: job.attempts + 1, error: undefined }
+      let rev: number
+      try {
+        rev = await kv.update(rebuildKey(projection.name), JSON.stringify(claimed), revision)
+      } catch {
+        continue // another worker claimed it first
+      }
+      log.info({ rebuild: job.id, projection: projection.name, attempt: claimed.attempts, takeover: orphaned }, 'rebuild claimed')
+      const done = run(kv, claimed, rev).finally(() => running.delete(projection.name))
+      running.set(projection.name, done)
+    }
+  }
+
+  const loop = (async () => {
+    while (!abort.signal.aborted) {
+      try {
+        await scan()
+      } catch (err) {
+        log.warn({ err }, 'reading rebuild jobs failed; retrying')
+      }
+      await sleep(deps.pollMs ?? 1_000, abort.signal)
+    }
+  })()
+
+  return {
+    stop: async () => {
+      abort.abort()
+      await loop
+      await Promise.all(running.values())
+    },
+  }
+}

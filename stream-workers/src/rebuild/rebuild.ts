@@ -1,0 +1,136 @@
+import { DeliverPolicy, type Consumer, type JetStreamClient, type JsMsg } from '@nats-io/jetstream'
+import { millis } from '@nats-io/transport-node'
+import { sql } from 'drizzle-orm'
+import type { Db, Tx } from '../../../core/db/client'
+import { subjects } from '../../../core/events'
+import type { Logger } from '../../../core/logger'
+import type { Projection } from '../projections'
+import { applyBatchIn, type BatchMessage } from '../runtime/batch'
+import { createShadow, dropSchemas, leftoverSchemas, rowsOf, shadowSchemaName, swapIn, useShadow } from './shadow'
+
+export type RebuildDeps = {
+  db: Db
+  js: JetStreamClient
+  logger: Logger
+  stream: string
+  prefix: string
+  partitions: number
+  batchSize: number
+  projection: Projection
+  now?: () => Date
+  /**
+   * Called after each shadow batch, and once with state 'switching' just before the switch;
+   * throwing stops the rebuild (the job was taken over by another worker).
+   */
+  progress: (p: { appliedSeq: number; pending: number; state?: 'switching' }) => Promise<void>
+  signal: AbortSignal
+}
+
+/** The switch waits at most this long for the shadow to reach the live checkpoints (locks held). */
+const TAIL_DEADLINE_MS = 30_000
+
+/**
+ * Rebuilds one projection from the first event of the stream into a shadow schema while the live
+ * runners go on, then switches in one transaction: lock every live checkpoint of the projection
+ * (live runners block on it), apply the shadow up to at least the highest live checkpoint, swap
+ * the shadow tables into public, give the projection's channels their shadow versions under a new
+ * epoch, and move every live checkpoint to the shadow's position, so live runners skip exactly
+ * what the shadow applied. Returns that position. Cleans up its schemas whatever happens.
+ */
+export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: number }): Promise<{ switchedAtSeq: number }> {
+  const { db, projection } = deps
+  const now = deps.now ?? (() => new Date())
+  const log = deps.logger.child({ projection: projection.name, rebuild: job.id, attempt: job.attempt })
+  const shadow = shadowSchemaName(job.id, job.attempt)
+  const retired = `retired_${job.id}_${job.attempt}`
+  // A takeover restarts from scratch; earlier attempts' schemas are garbage.
+  await dropSchemas(db, await leftoverSchemas(db, job.id, shadow))
+  await createShadow(db, shadow, projection.name)
+  let position = 0
+  try {
+    // Ordered consumer: no server state to clean up, in order, resets itself on gaps. One
+    // filter subject across partitions (nats-server 2.9).
+    const consumer = await deps.js.consumers.get(deps.stream, {
+      filter_subjects: `${deps.prefix}.ev.*.${projection.area}.>`,
+      deliver_policy: DeliverPolicy.All,
+    })
+    const applyShadow = async (tx: Tx, batch: JsMsg[]) => {
+      const byPartition = new Map<number, BatchMessage[]>()
+      for (const m of batch) {
+        const p = subjects.partitionOfSubject(m.subject)
+        // Live runners only consume numbered partitions of this deployment: neither do we.
+        if (!Number.isInteger(p) || p < 0 || p >= deps.partitions) continue
+        const list = byPartition.get(p) ?? []
+        list.push({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) })
+        byPartition.set(p, list)
+      }
+      const at = now()
+      // Same code as the live runners (decode, dead letters, checkpoint), token 0: never fenced.
+      for (const [partition, messages] of [...byPartition].sort(([a], [b]) => a - b)) {
+        await applyBatchIn(tx, { projection, partition, token: 0, partitions: deps.partitions }, messages, at)
+      }
+    }
+    const fetch = async (max: number, expires: number) => {
+      const out: JsMsg[] = []
+      for await (const m of await consumer.fetch({ max_messages: max, expires })) out.push(m)
+      return out
+    }
+
+    // Catch up while live traffic continues, until what is left fits in about one live batch.
+    // Bigger batches than the live runners': the per-statement cost dominates, and the shadow
+    // must outrun live traffic to ever reach the switch.
+    const catchUpBatch = Math.min(5_000, Math.max(deps.batchSize, 1_000))
+    for (;;) {
+      if (deps.signal.aborted) throw new Error('rebuild stopped')
+      const batch = await fetch(catchUpBatch, 1_000)
+      if (batch.length > 0) {
+        await db.transaction(async (tx) => {
+          await useShadow(tx, shadow)
+          await applyShadow(tx, batch)
+        })
+        position = batch[batch.length - 1].seq
+      }
+      const pending = batch.length > 0 ? batch[batch.length - 1].info.pending : 0
+      await deps.progress({ appliedSeq: position, pending })
+      if (pending < deps.batchSize) break
+    }
+
+    await deps.progress({ appliedSeq: position, pending: 0, state: 'switching' })
+    if (deps.signal.aborted) throw new Error('rebuild stopped')
+    let switchedAt = 0
+    await db.transaction(async (tx) => {
+      const name = projection.name
+      // Rows for every partition, so a partition no runner has written yet is also moved past
+      // what the shadow applied (its first runner would otherwise start from 0 and apply twice).
+      await tx.execute(sql`
+        insert into public.projection_checkpoints (projection, partition, seq, fence)
+        select ${name}, g, 0, 0 from generate_series(0, ${deps.partitions - 1}::int) as g
+        on conflict do nothing`)
+      const rows = await rowsOf<{ seq: string | number }>(
+        tx,
+        sql`select seq from public.projection_checkpoints where projection = ${name} order by partition for update`,
+      )
+      const live = Math.max(0, ...rows.map((r) => Number(r.seq)))
+      await useShadow(tx, shadow)
+      const deadline = Date.now() + TAIL_DEADLINE_MS
+      while (position < live) {
+        if (Date.now() > deadline) throw new Error(`shadow did not reach the live checkpoint ${live} (at ${position}) in time`)
+        const batch = await fetch(deps.batchSize, 1_000)
+        if (batch.length > 0) {
+          await applyShadow(tx, batch)
+          position = batch[batch.length - 1].seq
+        } else if ((await consumer.info(false)).num_pending === 0) {
+          // Nothing of this projection is stored between us and `live` (removed messages).
+          break
+        }
+      }
+      switchedAt = Math.max(position, live)
+      await swapIn(tx, { shadow, retired, projection: name })
+      await tx.execute(sql`update public.projection_checkpoints set seq = ${switchedAt}, updated_at = now() where projection = ${name}`)
+      log.info({ live, switchedAt }, 'rebuilt model switched in')
+    })
+    return { switchedAtSeq: switchedAt }
+  } finally {
+    await dropSchemas(db, [shadow, retired]).catch((err) => log.warn({ err }, 'could not drop rebuild schemas'))
+  }
+}

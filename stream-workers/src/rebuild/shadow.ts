@@ -1,0 +1,112 @@
+import { getTableName, sql, type SQL } from 'drizzle-orm'
+import type { Db, Tx } from '../../../core/db/client'
+import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, projectionCheckpoints } from '../../../core/db/schema'
+import type { ProjectionName } from '../projections'
+
+/**
+ * The Postgres side of a rebuild: a shadow schema holding empty copies of a projection's read
+ * tables (plus the bookkeeping tables the batch code writes), and the swap that puts them in place
+ * of the live ones. Drizzle tables are unqualified, so a transaction that runs
+ * `SET LOCAL search_path TO <shadow>, public` makes the unchanged projection code write into the
+ * shadow, while config tables (leaderboards) still resolve to public.
+ */
+
+/** What a rebuild replaces, per projection: its read tables and its channels. */
+export const rebuildTargets: Record<ProjectionName, { tables: string[]; channelPrefix: string }> = {
+  leaderboards: { tables: [getTableName(leaderboardEntries)], channelPrefix: 'leaderboard:' },
+  chat: { tables: [getTableName(chatMessages)], channelPrefix: 'chat:' },
+}
+
+/**
+ * Tables the batch code writes besides the read model. In the shadow they only absorb writes:
+ * checkpoints track the shadow's own progress, versions are copied to public with a new epoch at
+ * the switch, and the shadow's outbox and dead letters are dropped (live already has the dead
+ * letters; the shadow's notices must never be published).
+ */
+const bookkeepingTables = [projectionCheckpoints, channelVersions, changeOutbox, deadLetters].map((t) => getTableName(t))
+
+/** Rows of a raw query, whichever driver (postgres.js and Bun return arrays, PGlite `{ rows }`). */
+export async function rowsOf<T>(q: Db | Tx, query: SQL): Promise<T[]> {
+  const r = (await q.execute(query)) as unknown
+  return (Array.isArray(r) ? r : ((r as { rows?: T[] }).rows ?? [])) as T[]
+}
+
+const ident = (name: string) => {
+  // Every identifier here is ours (fixed table names, generated schema names); check anyway.
+  if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`unsafe identifier ${JSON.stringify(name)}`)
+  return name
+}
+
+/** `rebuild_<job id>_<attempt>`: each attempt builds in its own schema, so a stale one cannot touch it. */
+export const shadowSchemaName = (jobId: string, attempt: number) => ident(`rebuild_${jobId}_${attempt}`)
+
+/**
+ * Creates `schema` with empty copies of the projection's read tables and the bookkeeping tables.
+ * Constraints and indexes keep their public names (names are per schema), so the swapped-in
+ * tables look exactly like the ones the migrations made.
+ */
+export async function createShadow(db: Db, schema: string, projection: ProjectionName): Promise<void> {
+  await db.transaction(async (tx) => {
+    await tx.execute(sql.raw(`DROP SCHEMA IF EXISTS ${ident(schema)} CASCADE`))
+    await tx.execute(sql.raw(`CREATE SCHEMA ${ident(schema)}`))
+    for (const table of [...rebuildTargets[projection].tables, ...bookkeepingTables]) await copyTable(tx, schema, table)
+  })
+}
+
+async function copyTable(tx: Tx, schema: string, table: string): Promise<void> {
+  const target = `${ident(schema)}.${ident(table)}`
+  // NOT NULL always comes along; defaults keep pointing at public's sequences, which is harmless.
+  await tx.execute(sql.raw(`CREATE TABLE ${target} (LIKE public.${ident(table)} INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY INCLUDING STORAGE)`))
+  const constraints = await rowsOf<{ name: string; def: string }>(
+    tx,
+    sql`select conname as name, pg_get_constraintdef(oid) as def from pg_constraint
+        where conrelid = ${`public.${table}`}::regclass and contype in ('p', 'u', 'c', 'x') order by conname`,
+  )
+  for (const c of constraints) await tx.execute(sql.raw(`ALTER TABLE ${target} ADD CONSTRAINT "${c.name.replaceAll('"', '""')}" ${c.def}`))
+  const indexes = await rowsOf<{ def: string }>(
+    tx,
+    sql`select pg_get_indexdef(i.indexrelid) as def from pg_index i
+        where i.indrelid = ${`public.${table}`}::regclass
+          and not exists (select 1 from pg_constraint c where c.conindid = i.indexrelid)`,
+  )
+  for (const { def } of indexes) {
+    const moved = def.replace(new RegExp(` ON (ONLY )?(public\\.)?"?${table}"? `), ` ON $1${target} `)
+    if (moved === def) throw new Error(`cannot re-target index definition: ${def}`)
+    await tx.execute(sql.raw(moved))
+  }
+}
+
+/** Inside a transaction: the projection code reads and writes the shadow schema from now on. */
+export async function useShadow(tx: Tx, schema: string): Promise<void> {
+  await tx.execute(sql.raw(`SET LOCAL search_path TO ${ident(schema)}, public`))
+}
+
+/**
+ * Inside the switch transaction, after the shadow caught up: moves the live read tables to
+ * `retired` and the shadow's into public, and replaces the projection's channel versions with the
+ * shadow's under a new epoch each (the column default draws a fresh random one), so subscribers
+ * re-sync instead of comparing versions of two histories. Every name is schema-qualified: the
+ * transaction's search_path points at the shadow.
+ */
+export async function swapIn(tx: Tx, opts: { shadow: string; retired: string; projection: ProjectionName }): Promise<void> {
+  const { tables, channelPrefix } = rebuildTargets[opts.projection]
+  await tx.execute(sql.raw(`CREATE SCHEMA ${ident(opts.retired)}`))
+  for (const table of tables) {
+    await tx.execute(sql.raw(`ALTER TABLE public.${ident(table)} SET SCHEMA ${ident(opts.retired)}`))
+    await tx.execute(sql.raw(`ALTER TABLE ${ident(opts.shadow)}.${ident(table)} SET SCHEMA public`))
+  }
+  const pattern = `${channelPrefix}%`
+  await tx.execute(sql`delete from public.channel_versions where channel like ${pattern}`)
+  await tx.execute(sql.raw(`INSERT INTO public.channel_versions (channel, version) SELECT channel, version FROM ${ident(opts.shadow)}.channel_versions`))
+}
+
+/** Drops schemas left by a rebuild (after the switch committed, or after a failed attempt). */
+export async function dropSchemas(db: Db, schemas: string[]): Promise<void> {
+  for (const s of schemas) await db.execute(sql.raw(`DROP SCHEMA IF EXISTS ${ident(s)} CASCADE`))
+}
+
+/** Shadow and retired schemas of every attempt of a job except `keep`: what dead attempts left. */
+export async function leftoverSchemas(db: Db, jobId: string, keep?: string): Promise<string[]> {
+  const rows = await rowsOf<{ name: string }>(db, sql`select nspname as name from pg_namespace where nspname like ${`rebuild\\_${jobId}\\_%`} or nspname like ${`retired\\_${jobId}\\_%`}`)
+  return rows.map((r) => r.name).filter((n) => n !== keep)
+}

@@ -1,0 +1,291 @@
+import { afterEach, describe, expect, test } from 'bun:test'
+import { Kvm } from '@nats-io/kv'
+import { asc, sql } from 'drizzle-orm'
+import { createHarness, type ApiHarness } from '../../api/src/test-support'
+import { connectBunSql } from '../../core/db/client'
+import { channelVersions, chatMessages, leaderboardEntries } from '../../core/db/schema'
+import { createLogger } from '../../core/logger'
+import { connectNats, topology } from '../../core/nats'
+import { rebuildKey, type RebuildJob } from '../../core/rebuild-jobs'
+import { until } from '../../core/testing/wait'
+import { projectionStatus } from '../../stream-workers/src/status'
+import { startWorkers, type Workers } from '../../stream-workers/src/workers'
+
+let h: ApiHarness | undefined
+let closers: (() => Promise<void>)[] = []
+afterEach(async () => {
+  for (const close of closers) await close().catch(() => {})
+  closers = []
+  await h?.close()
+  h = undefined
+})
+
+/** A worker with its own connections, like a separate process. */
+async function startWorker(h: ApiHarness): Promise<Workers> {
+  const database = await connectBunSql(h.env.vars.DATABASE_URL, { max: 3 })
+  const nc = await connectNats(h.env.vars.NATS_URL, 'rebuild-test')
+  const fatal: unknown[] = []
+  const w = await startWorkers({ config: h.env.config, db: database.db, nc, logger: createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'), onFatal: (e) => fatal.push(e) })
+  closers.push(async () => {
+    await w.stop()
+    await nc.close()
+    await database.close()
+    if (fatal.length > 0) throw new Error(`worker failed: ${String(fatal[0])}`)
+  })
+  return w
+}
+
+const caughtUp = (h: ApiHarness) =>
+  until(
+    'projections to catch up',
+    async () => {
+      const s = await projectionStatus({ config: h.env.config, db: h.database.db, nc: h.nc })
+      return s.projections.every((p) => p.lag === 0) ? s : undefined
+    },
+    30_000,
+    100,
+  )
+
+type Sent = { id: string; type: string; data: any; seq: number }
+
+/** The read models an oracle computes from the acknowledged events, in stream order. */
+function oracle(events: Sent[], operators: Record<string, 'best' | 'latest' | 'sum'>) {
+  const entries = new Map<string, { board: string; player: string; score: number; reachedSeq: number }>()
+  const messages = new Map<string, { id: string; room: string; user: string; text: string; seq: number; deleted: boolean }>()
+  const versions = new Map<string, number>()
+  const bump = (channel: string) => versions.set(channel, (versions.get(channel) ?? 0) + 1)
+  for (const e of [...events].sort((a, b) => a.seq - b.seq)) {
+    if (e.type === 'score.submitted') {
+      const { board, player, score } = e.data
+      const key = `${board}/${player}`
+      const cur = entries.get(key)
+      const op = operators[board] ?? 'best'
+      let next = cur
+      if (!cur) next = { board, player, score, reachedSeq: e.seq }
+      else if (op === 'sum' && score !== 0) next = { ...cur, score: cur.score + score, reachedSeq: e.seq }
+      else if (op === 'latest') next = { ...cur, score, reachedSeq: e.seq }
+      else if (op === 'best' && score > cur.score) next = { ...cur, score, reachedSeq: e.seq }
+      if (next !== cur) {
+        entries.set(key, next!)
+        bump(`leaderboard:${board}`)
+      }
+    } else if (e.type === 'chat.message.posted') {
+      if (messages.has(e.id)) continue
+      messages.set(e.id, { id: e.id, room: e.data.room, user: e.data.user, text: e.data.text, seq: e.seq, deleted: false })
+      bump(`chat:${e.data.room}`)
+    } else if (e.type === 'chat.message.deleted') {
+      const m = messages.get(e.data.messageId)
+      if (!m || m.deleted || m.room !== e.data.room) continue
+      m.deleted = true
+      bump(`chat:${e.data.room}`)
+    }
+  }
+  const byKey = <T>(rows: T[], key: (r: T) => string) => rows.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0))
+  return {
+    entries: byKey([...entries.values()], (r) => `${r.board}/${r.player}`),
+    messages: byKey([...messages.values()], (r) => r.id),
+    versions: Object.fromEntries([...versions].sort()),
+  }
+}
+
+async function readModels(h: ApiHarness) {
+  const db = h.database.db
+  const entries = (await db.select().from(leaderboardEntries)).map((r) => ({ board: r.board, player: r.player, score: r.score, reachedSeq: Number(r.reachedSeq) }))
+  entries.sort((a, b) => (`${a.board}/${a.player}` < `${b.board}/${b.player}` ? -1 : 1))
+  const messages = (await db.select().from(chatMessages).orderBy(asc(chatMessages.id))).map((r) => ({
+    id: r.id,
+    room: r.room,
+    user: r.user,
+    text: r.text,
+    seq: Number(r.seq),
+    deleted: r.deleted,
+    postedAt: r.postedAt.toISOString(),
+  }))
+  const versionRows = await db.select().from(channelVersions).orderBy(asc(channelVersions.channel))
+  return {
+    entries,
+    messages,
+    versions: Object.fromEntries(versionRows.map((r) => [r.channel, Number(r.version)])),
+    epochs: Object.fromEntries(versionRows.map((r) => [r.channel, r.epoch])),
+  }
+}
+
+const boards = { tot: 'sum', last: 'latest', hi: 'best' } as const
+const rooms = ['lobby', 'arena', 'help']
+let counter = 0
+
+/** Sends a batch of random scores and chat posts through the API; returns them with their stream sequences. */
+async function sendBatch(h: ApiHarness, n: number): Promise<Sent[]> {
+  const events = Array.from({ length: n }, () => {
+    const i = counter++
+    if (i % 5 === 4) {
+      return { id: `m${i}`, type: 'chat.message.posted', data: { room: rooms[i % 3], user: `u${i % 7}`, text: `hello ${i}` } }
+    }
+    const board = Object.keys(boards)[i % 3]
+    return { id: `s${i}`, type: 'score.submitted', data: { board, player: `p${(i * 7) % 40}`, score: 1 + ((i * 31) % 97) } }
+  })
+  const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events } })
+  expect(r.status).toBe(202)
+  return events.map((e, k) => ({ ...e, seq: r.json.results[k].seq }))
+}
+
+async function deleteMessage(h: ApiHarness, room: string, id: string): Promise<Sent> {
+  const r = await h.call('DELETE', `/admin/rooms/${room}/messages/${id}`, { token: h.adminToken })
+  expect(r.status).toBe(202)
+  return { id: r.json.results[0].id, type: 'chat.message.deleted', data: { room, messageId: id }, seq: r.json.results[0].seq }
+}
+
+const waitJob = (h: ApiHarness, name: string, state: RebuildJob['state'], timeoutMs = 40_000) =>
+  until(
+    `rebuild of ${name} to be ${state}`,
+    async () => {
+      const r = await h.call('GET', `/admin/projections/${name}/rebuild`, { token: h.adminToken })
+      if (r.json?.state === 'failed' && state !== 'failed') throw new Error(`rebuild failed: ${r.json.error}`)
+      return r.json?.state === state ? (r.json as RebuildJob) : undefined
+    },
+    timeoutMs,
+    100,
+  )
+
+describe('POST /admin/projections/:name/rebuild', () => {
+  test('a rebuild while events keep flowing ends equal to the model computed from the events, with new epochs', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '1500', FANFARE_BATCH_SIZE: '100' })
+    const hh = h
+    for (const [board, operator] of Object.entries(boards)) {
+      expect((await hh.call('PUT', `/admin/leaderboards/${board}`, { token: hh.adminToken, body: { operator } })).status).toBe(200)
+    }
+    await startWorker(hh)
+    await startWorker(hh)
+    const sent: Sent[] = []
+    for (let i = 0; i < 4; i++) sent.push(...(await sendBatch(hh, 500)))
+    const posted = sent.filter((e) => e.type === 'chat.message.posted')
+    for (const m of posted.slice(0, 20)) sent.push(await deleteMessage(hh, m.data.room, m.id))
+    await caughtUp(hh)
+    const before = await readModels(hh)
+    const control = oracle(sent, boards)
+    expect(before.entries).toEqual(control.entries)
+    expect(before.messages.map(({ postedAt, ...m }) => m)).toEqual(control.messages)
+    expect(before.versions).toEqual(control.versions)
+
+    // Traffic keeps flowing during the whole rebuild, deletions of older messages included.
+    let flowing = true
+    const traffic = (async () => {
+      let k = 20
+      while (flowing) {
+        sent.push(...(await sendBatch(hh, 100)))
+        if (k < posted.length) sent.push(await deleteMessage(hh, posted[k].data.room, posted[k++].id))
+        await Bun.sleep(50)
+      }
+    })()
+
+    // A failing test must not leave the sender running into the next one.
+    closers.unshift(async () => {
+      flowing = false
+      await traffic.catch(() => {})
+    })
+
+    const lb = await hh.call('POST', '/admin/projections/leaderboards/rebuild', { token: hh.adminToken })
+    expect(lb.status).toBe(202)
+    expect(lb.json).toMatchObject({ projection: 'leaderboards', state: 'requested' })
+    const again = await hh.call('POST', '/admin/projections/leaderboards/rebuild', { token: hh.adminToken })
+    expect(again.status).toBe(409)
+    expect(again.json.error).toMatchObject({ code: 'rebuild_in_progress', details: { id: lb.json.id } })
+    const chat = await hh.call('POST', '/admin/projections/chat/rebuild', { token: hh.adminToken })
+    expect(chat.status).toBe(202)
+
+    const lbDone = await waitJob(hh, 'leaderboards', 'done')
+    const chatDone = await waitJob(hh, 'chat', 'done')
+    expect(lbDone).toMatchObject({ id: lb.json.id })
+    expect(lbDone.switchedAtSeq).toBeGreaterThan(0)
+    expect(chatDone.switchedAtSeq).toBeGreaterThan(0)
+    // Some traffic after the switch too.
+    sent.push(...(await sendBatch(hh, 100)))
+    flowing = false
+    await traffic
+    sent.push(...(await sendBatch(hh, 100)))
+
+    await caughtUp(hh)
+    const after = await readModels(hh)
+    const expected = oracle(sent, boards)
+    expect(after.entries).toEqual(expected.entries)
+    expect(after.messages.map(({ postedAt, ...m }) => m)).toEqual(expected.messages)
+    // Versions count every change exactly once: nothing was applied twice or skipped at the switch.
+    expect(after.versions).toEqual(expected.versions)
+    // Rows that existed before keep their content (postedAt included).
+    const afterById = new Map(after.messages.map((m) => [m.id, m]))
+    for (const m of before.messages) expect(afterById.get(m.id)?.postedAt).toBe(m.postedAt)
+    // Every rebuilt channel continues under a new epoch.
+    for (const channel of Object.keys(before.epochs)) expect([channel, after.epochs[channel]]).not.toEqual([channel, before.epochs[channel]])
+
+    // Nothing of the shadow is left behind.
+    const schemas = await h.database.db.execute(sql`select nspname from pg_namespace where nspname like 'rebuild\\_%' or nspname like 'retired\\_%'`)
+    expect([...(schemas as unknown as unknown[])]).toEqual([])
+  }, 60_000)
+
+  test('auth, unknown projection, no job yet, in progress, and history_incomplete unless forced', async () => {
+    h = await createHarness()
+    const hh = h
+    const path = '/admin/projections/leaderboards/rebuild'
+    for (const method of ['POST', 'GET']) {
+      expect((await hh.call(method, path)).status).toBe(401)
+      const ingest = await hh.call(method, path, { token: hh.ingestToken })
+      expect([ingest.status, ingest.json.error.code]).toEqual([403, 'forbidden'])
+      const unknown = await hh.call(method, '/admin/projections/nope/rebuild', { token: hh.adminToken })
+      expect([unknown.status, unknown.json.error.code]).toEqual([404, 'unknown_projection'])
+    }
+    const none = await hh.call('GET', path, { token: hh.adminToken })
+    expect([none.status, none.json.error.code]).toEqual([404, 'no_rebuild'])
+
+    // Retention removed the first events: a rebuild could only be partial.
+    await sendBatch(hh, 3)
+    await hh.jsm.streams.purge(topology(hh.env.config).eventStream)
+    const partial = await hh.call('POST', path, { token: hh.adminToken })
+    expect([partial.status, partial.json.error.code]).toEqual([409, 'history_incomplete'])
+    expect(partial.json.error.details.firstSeq).toBe(4)
+    const forced = await hh.call('POST', `${path}?force=true`, { token: hh.adminToken })
+    expect(forced.status).toBe(202)
+    expect(forced.json).toMatchObject({ state: 'requested', force: true })
+    // No worker runs: the job stays requested and blocks a second one.
+    const second = await hh.call('POST', `${path}?force=true`, { token: hh.adminToken })
+    expect([second.status, second.json.error.code]).toEqual([409, 'rebuild_in_progress'])
+    const read = await hh.call('GET', path, { token: hh.adminToken })
+    expect(read.json).toMatchObject({ id: forced.json.id, state: 'requested', appliedSeq: 0 })
+  })
+
+  test("a job whose worker died is taken over and restarted; a finished job can be requested again", async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    const sent = await sendBatch(hh, 200)
+    // A job some worker claimed and then stopped heartbeating (it died mid-rebuild).
+    const kv = await new Kvm(hh.nc).create(topology(hh.env.config).jobBucket, { history: 1 })
+    const orphan: RebuildJob = {
+      id: 'deadbeef0001',
+      projection: 'leaderboards',
+      state: 'running',
+      requestedAt: new Date(Date.now() - 60_000).toISOString(),
+      force: false,
+      owner: 'gone-worker',
+      heartbeatAt: new Date(Date.now() - 30_000).toISOString(),
+      attempts: 1,
+      appliedSeq: 10,
+      pending: 100,
+    }
+    await kv.put(rebuildKey('leaderboards'), JSON.stringify(orphan))
+    // ...and left its shadow schema behind.
+    await hh.database.db.execute(sql.raw('CREATE SCHEMA rebuild_deadbeef0001_1'))
+    await startWorker(hh)
+    const done = await waitJob(hh, 'leaderboards', 'done')
+    expect(done).toMatchObject({ id: orphan.id, attempts: 2 })
+    expect(done.owner).not.toBe('gone-worker')
+    await caughtUp(hh)
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
+    const left = await hh.database.db.execute(sql`select nspname from pg_namespace where nspname like 'rebuild\\_%'`)
+    expect([...(left as unknown as unknown[])]).toEqual([])
+
+    const again = await hh.call('POST', '/admin/projections/leaderboards/rebuild', { token: hh.adminToken })
+    expect(again.status).toBe(202)
+    expect(again.json.id).not.toBe(orphan.id)
+    await waitJob(hh, 'leaderboards', 'done')
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
+  }, 40_000)
+})
