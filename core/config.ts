@@ -27,9 +27,14 @@ export const Env = Type.Object({
   FANFARE_DEDUP_WINDOW_MS: Type.Integer({ minimum: 1000, maximum: 7 * 24 * 3600_000, default: 120_000 }),
   /** How long the event stream keeps events (0 = forever). Bounds what a rebuild can replay. */
   FANFARE_EVENT_RETENTION_MS: Type.Integer({ minimum: 0, default: 0 }),
-  /** Change notices kept per channel, and for how long. */
+  /** Change notices kept per channel, and for how long (defaults for every channel kind). */
   FANFARE_HISTORY_SIZE: Type.Integer({ minimum: 1, maximum: 100_000, default: 1000 }),
   FANFARE_HISTORY_TTL_MS: Type.Integer({ minimum: 1000, default: 24 * 3600_000 }),
+  /** Per channel kind overrides of the two above (unset: the defaults). */
+  FANFARE_HISTORY_SIZE_LEADERBOARD: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
+  FANFARE_HISTORY_TTL_MS_LEADERBOARD: Type.Optional(Type.Integer({ minimum: 1000 })),
+  FANFARE_HISTORY_SIZE_CHAT: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
+  FANFARE_HISTORY_TTL_MS_CHAT: Type.Optional(Type.Integer({ minimum: 1000 })),
   /** Largest accepted HTTP body or WebSocket frame. */
   FANFARE_MAX_BODY_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
   /** Partition lease time-to-live: how soon a dead worker's partitions move to a live one. */

@@ -1,5 +1,6 @@
 import { jetstreamManager, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream'
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node'
+import { channelKinds, type ChannelKind } from './channels'
 import type { Config } from './config'
 import { subjects } from './events'
 
@@ -12,8 +13,11 @@ export function connectNats(url: string, name: string): Promise<NatsConnection> 
 export type Topology = {
   /** Events, subjects `<prefix>.ev.<partition>.<type>`. */
   eventStream: string
-  /** Change notices (channel history), subjects `<prefix>.changes.<kind>.<name>`. */
-  changeStream: string
+  /**
+   * Change notices (channel history), one stream per channel kind so each kind has its own
+   * retention; subjects `<prefix>.changes.<kind>.<name>`.
+   */
+  changeStreams: Record<ChannelKind, string>
   /** KV bucket of worker partition leases. */
   leaseBucket: string
   /** KV bucket of admin jobs (projection rebuilds), see core/rebuild-jobs.ts. */
@@ -25,12 +29,24 @@ export type Topology = {
 export function topology(config: Config): Topology {
   return {
     eventStream: config.FANFARE_STREAM,
-    changeStream: `${config.FANFARE_STREAM}_CHANGES`,
+    changeStreams: {
+      leaderboard: `${config.FANFARE_STREAM}_CHANGES_LEADERBOARD`,
+      chat: `${config.FANFARE_STREAM}_CHANGES_CHAT`,
+    },
     leaseBucket: `${config.FANFARE_STREAM}_leases`,
     jobBucket: `${config.FANFARE_STREAM}_jobs`,
     prefix: config.FANFARE_SUBJECT_PREFIX,
     partitions: config.FANFARE_PARTITIONS,
   }
+}
+
+/** How many change notices a channel of this kind keeps, and for how long. */
+export function historyRetention(config: Config, kind: ChannelKind): { size: number; ttlMs: number } {
+  const [size, ttlMs] =
+    kind === 'leaderboard'
+      ? [config.FANFARE_HISTORY_SIZE_LEADERBOARD, config.FANFARE_HISTORY_TTL_MS_LEADERBOARD]
+      : [config.FANFARE_HISTORY_SIZE_CHAT, config.FANFARE_HISTORY_TTL_MS_CHAT]
+  return { size: size ?? config.FANFARE_HISTORY_SIZE, ttlMs: ttlMs ?? config.FANFARE_HISTORY_TTL_MS }
 }
 
 /**
@@ -46,13 +62,21 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
     duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
     max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
   })
-  await upsertStream(jsm, {
-    name: t.changeStream,
-    subjects: [subjects.allChanges(t.prefix)],
-    max_msgs_per_subject: config.FANFARE_HISTORY_SIZE,
-    max_age: nanos(config.FANFARE_HISTORY_TTL_MS),
-    duplicate_window: nanos(Math.min(120_000, config.FANFARE_HISTORY_TTL_MS)),
+  // Before per-kind retention all notices shared one stream whose subjects overlap the new ones:
+  // remove it (its history is lost; resuming clients get a resync snapshot, as for any lost history).
+  await jsm.streams.delete(`${config.FANFARE_STREAM}_CHANGES`).catch((err) => {
+    if (!isNotFound(err)) throw err
   })
+  for (const kind of channelKinds) {
+    const { size, ttlMs } = historyRetention(config, kind)
+    await upsertStream(jsm, {
+      name: t.changeStreams[kind],
+      subjects: [subjects.changesOfKind(t.prefix, kind)],
+      max_msgs_per_subject: size,
+      max_age: nanos(ttlMs),
+      duplicate_window: nanos(Math.min(120_000, ttlMs)),
+    })
+  }
   return jsm
 }
 

@@ -114,7 +114,8 @@ export const subjects = {
   projectionFilter: (prefix: string, partition: number, area: string) => `${prefix}.ev.${partition}.${area}.>`,
   /** `<prefix>.changes.<kind>.<name>` for channel `<kind>:<name>` */
   change: (prefix: string, channel: string) => `${prefix}.changes.${channel.replace(':', '.')}`,
-  allChanges: (prefix: string) => `${prefix}.changes.>`,
+  /** Every channel of one kind, e.g. `fanfare.changes.chat.>` */
+  changesOfKind: (prefix: string, kind: string) => `${prefix}.changes.${kind}.>`,
   /** Stream sequence → partition parse helper for admin views. */
   partitionOfSubject: (subject: string) => Number(subject.split('.')[2]),
 }

@@ -49,7 +49,7 @@ export async function createTestEnv(overrides: Record<string, string> = {}): Pro
       const nc = await connect({ servers: TEST_NATS_URL })
       const jsm = await jetstreamManager(nc)
       const t = topology(config)
-      for (const stream of [t.eventStream, t.changeStream, `KV_${t.leaseBucket}`, `KV_${t.jobBucket}`]) {
+      for (const stream of [t.eventStream, ...Object.values(t.changeStreams), `KV_${t.leaseBucket}`, `KV_${t.jobBucket}`]) {
         await jsm.streams.delete(stream).catch(() => {})
       }
       await nc.close()

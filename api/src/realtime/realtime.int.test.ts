@@ -3,7 +3,9 @@ import { jetstream } from '@nats-io/jetstream'
 import { channelOf, noticeId, type ChangeNotice } from '../../../core/channels'
 import { connectPostgres, type Database } from '../../../core/db/client'
 import { createLogger } from '../../../core/logger'
-import { connectNats, ensureStreams } from '../../../core/nats'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { channelVersions } from '../../../core/db/schema'
+import { connectNats, ensureStreams, topology } from '../../../core/nats'
 import { subjects } from '../../../core/events'
 import { createTestEnv, type TestEnv } from '../../../core/testing/env'
 import { until, WsClient } from '../../../test/e2e/harness'
@@ -18,7 +20,8 @@ describe('realtime over a real server', () => {
   let url: string
 
   beforeAll(async () => {
-    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1' })
+    // Leaderboards keep a short history here; chat keeps the default.
+    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_HISTORY_SIZE_LEADERBOARD: '2' })
     database = await connectPostgres(env.vars.DATABASE_URL)
     nc = await connectNats(env.vars.NATS_URL, 'realtime-test')
     await ensureStreams(nc, env.config)
@@ -71,6 +74,28 @@ describe('realtime over a real server', () => {
     await until('live', () => c.frames.filter((f) => f.op === 'update').length === 4)
     expect(c.frames.map((f) => `${f.op}:${f.version}:${f.epoch}`)).toEqual(['subscribed:1:e1', 'update:2:e1', 'update:3:e1', 'update:4:e1', 'update:5:e1'])
     expect(c.frames[0].recovered).toBe(true)
+    for (const w of [watcher, c]) w.close()
+  })
+
+  test('history retention is per channel kind: a resume past what the kind keeps gets a resync snapshot', async () => {
+    const jsm = await jetstreamManager(nc)
+    const streams = topology(env.config).changeStreams
+    expect((await jsm.streams.info(streams.leaderboard)).config.max_msgs_per_subject).toBe(2)
+    expect((await jsm.streams.info(streams.chat)).config.max_msgs_per_subject).toBe(env.config.FANFARE_HISTORY_SIZE)
+
+    const channel = channelOf.leaderboard('short')
+    const watcher = await WsClient.open(url)
+    watcher.send({ op: 'subscribe', channel })
+    await until('watcher snapshot', () => watcher.of(channel).length === 1)
+    for (const v of [1, 2, 3, 4]) await publishNotice(notice(channel, v))
+    await until('watcher updates', () => watcher.of(channel).length === 5)
+    // The read model is at version 4 of epoch e1 (as the workers would have left it).
+    await database.db.insert(channelVersions).values({ channel, version: 4, epoch: 'e1' })
+    const c = await WsClient.open(url)
+    c.send({ op: 'subscribe', ref: 'r', channel, since: 1, epoch: 'e1' }) // needs 2..4; only 3 and 4 are kept
+    await until('answer', () => c.of(channel).length === 1)
+    expect(c.of(channel)[0]).toMatchObject({ op: 'snapshot', version: 4, epoch: 'e1', resync: true })
+    expect(c.frames.filter((f) => f.op === 'update' || f.op === 'subscribed')).toEqual([])
     for (const w of [watcher, c]) w.close()
   })
 

@@ -1,5 +1,6 @@
 import type { Server } from 'bun'
 import type { NatsConnection } from '@nats-io/transport-node'
+import { channelKinds } from '../../../core/channels'
 import type { Config } from '../../../core/config'
 import type { Logger } from '../../../core/logger'
 import { topology } from '../../../core/nats'
@@ -39,17 +40,16 @@ export async function startRealtime(deps: {
   const sockets: SocketRegistry = { open: new Map(), closing: false }
   const hub = createChannelHub({
     snapshot: deps.snapshot,
-    history: historyReader({ nc: deps.nc, stream: t.changeStream, prefix: t.prefix }),
+    history: historyReader({ nc: deps.nc, streams: t.changeStreams, prefix: t.prefix }),
     publish: (topic, text) => void server?.publish(topic, text),
     gapTimeoutMs: deps.gapTimeoutMs ?? 5000,
     onError: (err, channel) => logger.error({ err, channel }, 'resync failed; retrying'),
   })
-  const feed = await startChangeFeed({
-    nc: deps.nc,
-    stream: t.changeStream,
-    logger,
-    onNotice: (n) => hub.onNotice(n),
-  })
+  const feeds = await Promise.all(
+    channelKinds.map((kind) =>
+      startChangeFeed({ nc: deps.nc, stream: t.changeStreams[kind], logger, onNotice: (n) => hub.onNotice(n) }),
+    ),
+  )
   return {
     routes: ({ ingest }) => realtimeRoutes({ config: deps.config, hub, publish: ingest.publish, logger, sockets }),
     bind: (s) => void (server = s),
@@ -60,7 +60,7 @@ export async function startRealtime(deps: {
       while (sockets.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     },
     stop: async () => {
-      await feed.stop()
+      await Promise.all(feeds.map((f) => f.stop()))
       hub.stop()
     },
   }

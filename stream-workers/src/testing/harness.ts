@@ -86,15 +86,16 @@ export function publishEvent(w: World, event: StoredEvent): Promise<PubAck> {
 }
 
 
-/** Every notice on the change stream, in stream order. */
+/** Every notice on the change streams, in stream order within each channel kind. */
 export async function readNotices(w: World): Promise<ChangeNotice[]> {
-  const stream = topology(w.config).changeStream
   const jsm = await jetstreamManager(w.nc)
-  const n = (await jsm.streams.info(stream)).state.messages
-  if (n === 0) return []
-  const consumer = await w.js.consumers.get(stream)
   const out: ChangeNotice[] = []
-  for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) out.push(m.json<ChangeNotice>())
+  for (const stream of Object.values(topology(w.config).changeStreams)) {
+    const n = (await jsm.streams.info(stream)).state.messages
+    if (n === 0) continue
+    const consumer = await w.js.consumers.get(stream)
+    for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) out.push(m.json<ChangeNotice>())
+  }
   return out
 }
 
