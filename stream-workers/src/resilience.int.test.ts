@@ -2,7 +2,9 @@ import { afterEach, describe, expect, test } from 'bun:test'
 import postgres from 'postgres'
 import { eq } from 'drizzle-orm'
 import type { LeaderboardChange } from '../../core/channels'
-import { channelVersions, chatMessages, leaderboards } from '../../core/db/schema'
+import { channelVersions, chatMessages, leaderboards, projectionCheckpoints } from '../../core/db/schema'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { topology } from '../../core/nats'
 import { TEST_PG_URL } from '../../core/testing/env'
 import { byChannel, createWorld, publishEvent, readNotices, storedEvent, caughtUp, boardScores, type World } from './testing/harness'
 import { until } from '../../core/testing/wait'
@@ -96,5 +98,30 @@ describe('stream workers under faults', () => {
     await caughtUp(w)
     expect(await boardScores(w, 'live')).toEqual(Object.fromEntries(players.map((p) => [p, 100])))
     await b.stop()
+  }, 90_000)
+
+  test('a recreated lease bucket (revisions back at 1) does not stall the partitions', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '4' }))
+    await w.database.db.insert(leaderboards).values({ board: 'again', sortOrder: 'desc', operator: 'sum' })
+    const send = (n: number) =>
+      Promise.all(Array.from({ length: n }, (_, i) => publishEvent(w, storedEvent('score.submitted', { board: 'again', player: `k${i % 4}`, score: 1 }))))
+    const first = await w.startWorker()
+    await send(8)
+    await caughtUp(w)
+    await first.stop()
+    // A fleet that ran for weeks has lease revisions in the millions; a recreated bucket starts at 1.
+    await w.database.db.update(projectionCheckpoints).set({ fence: 1_000_000 })
+    const jsm = await jetstreamManager(w.nc)
+    await jsm.streams.delete(`KV_${topology(w.config).leaseBucket}`)
+
+    const fresh = await w.startWorker()
+    await until('the new worker holds every partition', () => fresh.partitions().length === 4, 15_000)
+    await send(8)
+    await until('events after the bucket was recreated apply', async () => {
+      const scores = await boardScores(w, 'again')
+      return Object.values(scores).reduce((a, b) => a + b, 0) === 16
+    }, 20_000)
+    expect(await boardScores(w, 'again')).toEqual({ k0: 4, k1: 4, k2: 4, k3: 4 })
+    await fresh.stop()
   }, 90_000)
 })

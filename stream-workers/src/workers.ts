@@ -79,7 +79,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     partitions: t.partitions,
     ttlMs: config.FANFARE_LEASE_TTL_MS,
     logger: logger.child({ component: 'leases' }),
-    onAcquired: (partition, token) => {
+    onAcquired: (partition) => {
       runners.set(
         partition,
         projections.map((projection) =>
@@ -94,7 +94,6 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
             batchSize: config.FANFARE_BATCH_SIZE,
             projection,
             partition,
-            token,
             now: deps.now,
             hooks: deps.hooks,
             onFenced: () => leases.drop(partition),

@@ -14,7 +14,7 @@ export type BatchMessage = { subject: string; seq: number; body: Uint8Array; sto
 export type BatchOwner = {
   projection: Projection
   partition: number
-  /** Fencing token: the lease revision of the current ownership. */
+  /** Fencing token of the current ownership (see claimFence). */
   token: number
   /** Partition count of the deployment, to check that an event's key belongs here. */
   partitions: number
@@ -38,6 +38,24 @@ export type BatchResult = {
  */
 export function applyBatch(db: Db, owner: BatchOwner, messages: BatchMessage[], now: Date): Promise<BatchResult> {
   return db.transaction((tx) => applyBatchIn(tx, owner, messages, now))
+}
+
+/**
+ * Claims a new fencing token for one projection of one partition: the checkpoint row's fence plus
+ * one, in Postgres. Every ownership claims one when it starts, so a newer owner always holds a
+ * larger token than any older one and the older is fenced at its next batch, whatever happened to
+ * the lease bucket in NATS (its revisions restart at 1 if it is recreated).
+ */
+export async function claimFence(db: Db, projection: string, partition: number): Promise<number> {
+  const [row] = await db
+    .insert(projectionCheckpoints)
+    .values({ projection, partition, seq: 0, fence: 1 })
+    .onConflictDoUpdate({
+      target: [projectionCheckpoints.projection, projectionCheckpoints.partition],
+      set: { fence: sql`${projectionCheckpoints.fence} + 1` },
+    })
+    .returning({ fence: projectionCheckpoints.fence })
+  return Number(row.fence)
 }
 
 /**

@@ -12,7 +12,7 @@ export type LeaseDeps = {
   partitions: number
   ttlMs: number
   logger: Logger
-  /** A partition is ours under `token` (the revision of its creation): start its runners. */
+  /** A partition is ours (its lease was created at revision `token`): start its runners. */
   onAcquired: (partition: number, token: number) => void
   /** The lease is gone (renew failed or expired): stop the runners at once, do not wait. */
   onLost: (partition: number) => void

@@ -7,7 +7,7 @@ import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections/types'
 import { backoffMs, sleep } from './backoff'
-import { applyBatch, type BatchResult } from './batch'
+import { applyBatch, claimFence, type BatchResult } from './batch'
 import { ACK_WAIT_MS, consumerName, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isTransientDbError } from './errors'
 import { publishNotices } from './outbox'
@@ -29,8 +29,6 @@ export type RunnerDeps = {
   batchSize: number
   projection: Projection
   partition: number
-  /** Fencing token of this ownership (the lease's creation revision). */
-  token: number
   now?: () => Date
   hooks?: RunnerHooks
   /** A newer owner wrote the checkpoint: this runner has stopped; the lease is not ours. */
@@ -80,8 +78,10 @@ const REST_PULL_MS = 10_000
  * always applied in stream order without gaps.
  */
 export function startRunner(deps: RunnerDeps): Runner {
-  const log = deps.logger.child({ projection: deps.projection.name, partition: deps.partition, token: deps.token })
-  const name = consumerName(deps.projection.name, deps.partition, deps.token)
+  let log = deps.logger.child({ projection: deps.projection.name, partition: deps.partition })
+  // Claimed from Postgres when the runner starts (claimFence), kept through consumer resets.
+  let token = 0
+  let name: string | undefined
   const now = deps.now ?? (() => new Date())
   const abort = new AbortController()
   let pulling: ConsumerMessages | undefined
@@ -126,7 +126,7 @@ export function startRunner(deps: RunnerDeps): Runner {
   }
 
   const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
-    const owner = { projection: deps.projection, partition: deps.partition, token: deps.token, partitions: deps.partitions }
+    const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions }
     const messages = batch.map((m) => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) }))
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
     try {
@@ -199,17 +199,22 @@ export function startRunner(deps: RunnerDeps): Runner {
       stream: deps.stream,
       projection: deps.projection.name,
       partition: deps.partition,
-      token: deps.token,
+      token,
       filter: subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area),
       checkpoint: Number(row?.seq ?? 0),
       batchSize: deps.batchSize,
     })
-    return deps.js.consumers.get(deps.stream, name)
+    return deps.js.consumers.get(deps.stream, name!)
   }
 
   const run = async () => {
     for (let attempt = 0; !abort.signal.aborted; ) {
       try {
+        if (!name) {
+          token = await claimFence(deps.db, deps.projection.name, deps.partition)
+          name = consumerName(deps.projection.name, deps.partition, token)
+          log = log.child({ token })
+        }
         const consumer = await openConsumer()
         attempt = 0
         await consumeFrom(consumer)
@@ -242,7 +247,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       abort.abort()
       pulling?.stop()
       await done
-      if (opts.deleteConsumer) await deps.jsm.consumers.delete(deps.stream, name).catch(() => {})
+      if (opts.deleteConsumer && name) await deps.jsm.consumers.delete(deps.stream, name).catch(() => {})
     },
   }
 }
