@@ -22,8 +22,10 @@ export function createApp(deps: ApiDeps) {
   const app = new Elysia({
     // WebSocket limits are server-wide in Bun: per-route options are ignored.
     websocket: {
-      backpressureLimit: config.FANFARE_WS_BACKPRESSURE_BYTES,
-      // Past the limit Bun would silently drop messages; closing makes the client resync.
+      // The realtime layer closes a socket queued past FANFARE_WS_BACKPRESSURE_BYTES with 4008
+      // (startRealtime). Bun's own limit is a backstop at twice that: past it Bun would silently
+      // drop messages, so it must close instead (without a close frame: the client sees 1006).
+      backpressureLimit: config.FANFARE_WS_BACKPRESSURE_BYTES * 2,
       closeOnBackpressureLimit: true,
       maxPayloadLength: config.FANFARE_MAX_BODY_BYTES,
     },

@@ -393,6 +393,11 @@ export function createChannelHub(deps: HubDeps) {
     },
 
     /** Channels watched on this node, with their subscriber counts (for metrics and tests). */
+    /** Ids of the sockets subscribed to a channel on this node. */
+    members(channel: string): ReadonlySet<string> {
+      return channels.get(channel)?.members ?? new Set()
+    },
+
     stats() {
       return [...channels].map(([channel, st]) => ({ channel, subscribers: st.members.size, version: st.last ?? null, epoch: st.epoch ?? null, held: st.held.size }))
     },

@@ -18,9 +18,12 @@ export type RealtimeDeps = {
   sockets?: SocketRegistry
 }
 
+/** What the node needs of an open socket: Bun's ServerWebSocket (Elysia's `ws.raw`). */
+export type OpenSocket = { close: (code: number, reason: string) => void; getBufferedAmount: () => number; readyState: number }
+
 /** The open WebSockets of one node. */
 export type SocketRegistry = {
-  open: Map<string, { close: (code: number, reason: string) => void }>
+  open: Map<string, OpenSocket>
   /** Set once the node is shutting down: new sockets are closed at once. */
   closing: boolean
 }
@@ -68,7 +71,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     open(ws) {
       const raw = ws.raw
       if (deps.sockets?.closing) return void raw.close(CLOSE_GOING_AWAY, 'server shutting down')
-      deps.sockets?.open.set(ws.id, raw)
+      // Elysia types `raw` with an older ServerWebSocket that lacks getBufferedAmount (Bun has it).
+      deps.sockets?.open.set(ws.id, raw as unknown as OpenSocket)
       const conn: Connection = {
         publisher: publisherFor(ws.data.query.token, deps.config)!,
         channels: new Set(),

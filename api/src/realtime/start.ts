@@ -8,7 +8,7 @@ import type { Ingest } from '../modules/events/service'
 import { startChangeFeed } from './change-feed'
 import { createChannelHub, type Snapshot } from './channel-hub'
 import { historyReader } from './history'
-import { CLOSE_GOING_AWAY, realtimeRoutes, type SocketRegistry } from './index'
+import { CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, realtimeRoutes, type OpenSocket, type SocketRegistry } from './index'
 
 export type Realtime = {
   /** The `/v1/ws` route, given the app's ingest service (plug into createApp's `realtime`). */
@@ -41,7 +41,11 @@ export async function startRealtime(deps: {
   const hub = createChannelHub({
     snapshot: deps.snapshot,
     history: historyReader({ nc: deps.nc, streams: t.changeStreams, prefix: t.prefix }),
-    publish: (topic, text) => void server?.publish(topic, text),
+    publish: (topic, text) => {
+      // -1: Bun queued the message for some subscriber; look at that channel's sockets now rather
+      // than at the next sweep, so a burst is cut with 4008 before Bun's own hard limit.
+      if (server?.publish(topic, text) === -1) closeSlowOf(topic)
+    },
     gapTimeoutMs: deps.gapTimeoutMs ?? 5000,
     onError: (err, channel) => logger.error({ err, channel }, 'resync failed; retrying'),
   })
@@ -50,6 +54,25 @@ export async function startRealtime(deps: {
       startChangeFeed({ nc: deps.nc, stream: t.changeStreams[kind], logger, onNotice: (n) => hub.onNotice(n) }),
     ),
   )
+  // Slow consumers: a socket whose unsent queue passed the limit is closed with 4008 and a reason
+  // (the close frame follows what is queued), before Bun's backstop at twice the limit would cut it
+  // without one. Checked when a publish reports backpressure (at most every 2 ms per channel) and by
+  // a sweep every 25 ms; no check per send, so fan-out stays on Bun's native publish.
+  const limit = deps.config.FANFARE_WS_BACKPRESSURE_BYTES
+  const closeIfSlow = (ws: OpenSocket | undefined) => {
+    if (ws && ws.readyState === 1 && ws.getBufferedAmount() > limit) ws.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and resume')
+  }
+  const lastCheck = new Map<string, number>()
+  function closeSlowOf(channel: string) {
+    const now = performance.now()
+    if (now - (lastCheck.get(channel) ?? -Infinity) < 2) return
+    lastCheck.set(channel, now)
+    for (const id of hub.members(channel)) closeIfSlow(sockets.open.get(id))
+  }
+  const slowSweep = setInterval(() => {
+    lastCheck.clear()
+    for (const ws of sockets.open.values()) closeIfSlow(ws)
+  }, 25)
   return {
     routes: ({ ingest }) => realtimeRoutes({ config: deps.config, hub, publish: ingest.publish, logger, sockets }),
     bind: (s) => void (server = s),
@@ -60,6 +83,7 @@ export async function startRealtime(deps: {
       while (sockets.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     },
     stop: async () => {
+      clearInterval(slowSweep)
       await Promise.all(feeds.map((f) => f.stop()))
       hub.stop()
     },
