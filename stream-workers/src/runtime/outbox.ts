@@ -55,23 +55,23 @@ export async function recordChanges(tx: Tx, changes: Change[], now: Date): Promi
 }
 
 /**
- * Publishes notices on their channels' subjects in the order given (version order per channel)
- * and deletes the published rows. A notice's msgID is `channel@version`, so a notice published
- * twice (runner and sweeper, or a retry) is stored once. Stops at the first failure; what is left
- * stays in the outbox for the sweeper. Returns how many were published.
+ * Publishes notices on their channels' subjects and deletes the published rows. All are in flight
+ * at once: one connection writes them in call order (version order per channel) and JetStream
+ * stores them in that order, so a batch costs one round trip, not one per notice. A notice's msgID
+ * is `channel@version`, so a notice published twice (runner and sweeper, or a retry) is stored
+ * once. Notices whose publish failed stay in the outbox for the sweeper (API nodes hold later
+ * versions until they arrive). Returns how many were published.
  */
 export async function publishNotices(deps: { db: Db; js: JetStreamClient; prefix: string }, notices: OutboxNotice[]): Promise<number> {
-  const done: number[] = []
-  try {
-    for (const { id, notice } of notices) {
-      await deps.js.publish(subjects.change(deps.prefix, notice.channel), JSON.stringify(notice), { msgID: noticeId(notice) })
-      done.push(id)
-    }
-  } finally {
-    for (const chunk of chunkForInsert(done, 1)) {
-      if (chunk.length > 0) await deps.db.delete(changeOutbox).where(inArray(changeOutbox.id, chunk))
-    }
+  const results = await Promise.allSettled(
+    notices.map(({ notice }) => deps.js.publish(subjects.change(deps.prefix, notice.channel), JSON.stringify(notice), { msgID: noticeId(notice) })),
+  )
+  const done = notices.filter((_, i) => results[i].status === 'fulfilled').map((n) => n.id)
+  for (const chunk of chunkForInsert(done, 1)) {
+    if (chunk.length > 0) await deps.db.delete(changeOutbox).where(inArray(changeOutbox.id, chunk))
   }
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+  if (failed) throw failed.reason
   return done.length
 }
 
