@@ -1,0 +1,186 @@
+/**
+ * (1) Fan-out: N WebSocket clients (in their own process) subscribed to one channel, then spread
+ * over 100 channels; a publisher drives updates. Fanfare's path: ChangeNotices with consecutive
+ * versions published to the change stream (JetStream) → the API node's change feed → channel hub
+ * → Bun pub/sub. Baselines: bare Bun.serve pub/sub and Socket.IO rooms on Node.js, fed by a
+ * publisher connection. The publisher stamps the send time into data.score; clients record
+ * receive time minus that stamp.
+ */
+import { io } from 'socket.io-client'
+import { subjects } from '../core/events'
+import { noticeId, type ChangeNotice } from '../core/channels'
+import { freePort } from '../core/process'
+import { startChild, type Child } from './lib/child'
+import { BUN, pick, sleepUntil, type BenchContext } from './lib/context'
+import { deploy, type Deployment } from './lib/fanfare'
+import type { Figure } from './lib/report'
+import { nowMs } from './lib/stats'
+import type { ClientsConfig } from './clients/ws-clients'
+
+type Kind = 'fanfare' | 'bun' | 'socketio'
+type Result = { rate: number; p50: number; p99: number; delivered: number; expected: number }
+
+/** Sends one frame per channel for a round; `flush` waits for whatever the transport buffers. */
+type Publisher = { round: (channels: string[], version: number) => void; flush: () => Promise<void>; close: () => void }
+
+const frameOf = (channel: string, version: number) =>
+  JSON.stringify({ op: 'update', channel, version, epoch: 'bench', data: { player: 'p', score: nowMs(), previous: null } })
+
+async function fanfarePublisher(d: Deployment): Promise<Publisher> {
+  const prefix = d.env.config.FANFARE_SUBJECT_PREFIX
+  let pending: Promise<unknown>[] = []
+  return {
+    round: (channels, version) => {
+      for (const channel of channels) {
+        const notice: ChangeNotice = {
+          channel,
+          version,
+          epoch: 'bench',
+          data: { player: 'p', score: nowMs(), previous: null },
+          at: new Date().toISOString(),
+        }
+        pending.push(d.js.publish(subjects.change(prefix, channel), JSON.stringify(notice), { msgID: noticeId(notice) }))
+      }
+    },
+    flush: async () => {
+      const p = pending
+      pending = []
+      await Promise.all(p)
+    },
+    close: () => {},
+  }
+}
+
+async function bunPublisher(port: number): Promise<Publisher> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/`)
+  await new Promise<void>((ok, fail) => ((ws.onopen = () => ok()), (ws.onerror = () => fail(new Error('publisher could not connect')))))
+  return {
+    round: (channels, version) => {
+      for (const c of channels) ws.send(`${c}\n${frameOf(c, version)}`)
+    },
+    flush: async () => {
+      while (ws.bufferedAmount > 0) await Bun.sleep(1)
+    },
+    close: () => ws.close(),
+  }
+}
+
+async function socketIoPublisher(port: number): Promise<Publisher> {
+  const s = io(`http://127.0.0.1:${port}`, { transports: ['websocket'], forceNew: true })
+  await new Promise<void>((ok, fail) => (s.on('connect', () => ok()), s.on('connect_error', fail)))
+  return {
+    round: (channels, version) => {
+      for (const c of channels) s.emit('pub', c, frameOf(c, version))
+    },
+    flush: async () => {},
+    close: () => s.close(),
+  }
+}
+
+/** Waits until the clients have `expected` updates or nothing new arrived for `quietMs`. */
+async function collect(clients: Child, expected: number, quietMs: number) {
+  let last = -1
+  let lastChange = Date.now()
+  for (;;) {
+    const r = await clients.ask({ cmd: 'report' })
+    if (r.count >= expected) return r
+    if (r.count !== last) (last = r.count), (lastChange = Date.now())
+    else if (Date.now() - lastChange > quietMs) return r
+    await Bun.sleep(20)
+  }
+}
+
+async function scenario(
+  ctx: BenchContext,
+  kind: Kind,
+  url: string,
+  publisher: Publisher,
+  n: number,
+  channels: string[],
+  sizes: { pacedRounds: number; pacedPerSec: number; burstRounds: number },
+): Promise<Result> {
+  const cfg: ClientsConfig = { kind, url, n, channels }
+  const clients = startChild([BUN, 'bench/clients/ws-clients.ts'], cfg)
+  try {
+    const ready = await clients.next(120_000)
+    ctx.log(`  ${kind}: ${ready.count} clients subscribed in ${ready.openMs.toFixed(0)} ms`)
+    let version = 0
+    // Paced: latency at a load every system carries.
+    const t0 = performance.now()
+    for (let r = 0; r < sizes.pacedRounds; r++) {
+      await sleepUntil(t0 + (r * 1000) / sizes.pacedPerSec)
+      publisher.round(channels, ++version)
+    }
+    await publisher.flush()
+    const paced = await collect(clients, n * sizes.pacedRounds, 3000)
+    await clients.ask({ cmd: 'reset' })
+    // Burst: deliveries per second, the publisher sending as fast as it can.
+    const start = nowMs()
+    for (let r = 0; r < sizes.burstRounds; r++) {
+      publisher.round(channels, ++version)
+      if (r % 20 === 19) await publisher.flush()
+    }
+    await publisher.flush()
+    const burst = await collect(clients, n * sizes.burstRounds, 3000)
+    const expected = n * (sizes.pacedRounds + sizes.burstRounds)
+    const delivered = paced.count + burst.count
+    if (delivered < expected) ctx.notes.push(`fan-out ${kind} ${n} clients / ${new Set(channels).size} channels: ${expected - delivered} of ${expected} updates not delivered`)
+    await clients.ask({ cmd: 'close' }).catch(() => {})
+    return { rate: burst.count / ((burst.last - start) / 1000), p50: paced.p50, p99: paced.p99, delivered, expected }
+  } finally {
+    await clients.stop()
+  }
+}
+
+export async function fanout(ctx: BenchContext): Promise<Figure[]> {
+  const sizes = pick(ctx, [50], [1000, 5000])
+  const spread = pick(ctx, 10, 100)
+  const d = await deploy()
+  const bun = startChild([BUN, 'bench/servers/bare-bun.ts'], { port: freePort() })
+  const sio = startChild(['node', 'bench/servers/socketio.mjs'], { port: freePort() })
+  const figures: Figure[] = []
+  try {
+    const api = await d.startApi()
+    const bunPort = (await bun.next(30_000)).port
+    const sioPort = (await sio.next(30_000)).port
+    const publishers = {
+      fanfare: await fanfarePublisher(d),
+      bun: await bunPublisher(bunPort),
+      socketio: await socketIoPublisher(sioPort),
+    }
+    const urls = { fanfare: `ws://127.0.0.1:${api.port}/v1/ws`, bun: `ws://127.0.0.1:${bunPort}/`, socketio: `http://127.0.0.1:${sioPort}` }
+    let s = 0
+    for (const n of sizes) {
+      for (const layout of [1, spread]) {
+        const label = `${n} clients, ${layout === 1 ? '1 channel' : `${layout} channels`}`
+        ctx.log(`fan-out: ${label}`)
+        const res = {} as Record<Kind, Result>
+        for (const kind of ['fanfare', 'bun', 'socketio'] as Kind[]) {
+          // Fresh channel names per scenario: the hub starts each channel from its snapshot.
+          const channels = Array.from({ length: layout }, (_, i) => `leaderboard:f${s}c${i}`)
+          s++
+          const perRound = n // every round reaches every client once
+          res[kind] = await scenario(ctx, kind, urls[kind], publishers[kind], n, channels, {
+            // About 20k deliveries/s offered: a load all three carry on a 2-core machine.
+            pacedPerSec: Math.max(2, Math.round(20_000 / n)),
+            pacedRounds: Math.max(10, Math.round(pick(ctx, 0.5, 2) * Math.max(2, Math.round(20_000 / n)))),
+            burstRounds: Math.max(10, Math.round(pick(ctx, 500, 300_000) / perRound)),
+          })
+          ctx.log(`  ${kind}: ${Math.round(res[kind].rate)} deliveries/s, p50 ${res[kind].p50.toFixed(2)} ms, p99 ${res[kind].p99.toFixed(2)} ms`)
+        }
+        const f = res.fanfare
+        figures.push(
+          { group: 'fan-out', name: `deliveries/s, ${label}`, unit: '/s', value: f.rate, baselineName: 'bare Bun.serve pub/sub', baseline: res.bun.rate, target: { op: '>=', ratio: 0.8 } },
+          { group: 'fan-out', name: `deliveries/s, ${label}`, unit: '/s', value: f.rate, baselineName: 'Socket.IO rooms (Node)', baseline: res.socketio.rate, target: { op: '>=', ratio: 3 } },
+          { group: 'fan-out', name: `p50 latency at ${Math.max(2, Math.round(20_000 / n))} updates/s/channel, ${label}`, unit: 'ms', value: f.p50, baselineName: 'bare Bun.serve pub/sub', baseline: res.bun.p50 },
+          { group: 'fan-out', name: `p99 latency at ${Math.max(2, Math.round(20_000 / n))} updates/s/channel, ${label}`, unit: 'ms', value: f.p99, baselineName: 'Socket.IO rooms (Node)', baseline: res.socketio.p99, target: { op: '<=', ratio: 1 } },
+        )
+      }
+    }
+    for (const p of Object.values(publishers)) p.close()
+  } finally {
+    await Promise.all([bun.stop(), sio.stop()])
+    await d.close()
+  }
+  return figures
+}

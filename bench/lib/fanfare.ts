@@ -1,0 +1,96 @@
+import { jetstream, type JetStreamClient } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { ensureStreams, connectNats } from '../../core/nats'
+import { freePort } from '../../core/process'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { spawnProc, waitReady, type Proc } from '../../test/e2e/harness'
+
+/** A fresh Fanfare deployment for one benchmark: its own database and streams, real processes. */
+export type Deployment = {
+  env: TestEnv
+  nc: NatsConnection
+  js: JetStreamClient
+  api?: { proc: Proc; url: string; port: number }
+  workers: Proc[]
+  startApi: (extraEnv?: Record<string, string>) => Promise<{ proc: Proc; url: string; port: number }>
+  startWorker: () => Proc
+  close: () => Promise<void>
+}
+
+/**
+ * With FANFARE_BENCH_PROFILE=<dir>, Fanfare's processes write CPU profiles there (bun --cpu-prof
+ * through BUN_OPTIONS) when they stop; read them with bench/profile-summary.ts.
+ */
+const profiling = (): Record<string, string> =>
+  process.env.FANFARE_BENCH_PROFILE ? { BUN_OPTIONS: `--cpu-prof --cpu-prof-dir=${process.env.FANFARE_BENCH_PROFILE}` } : {}
+
+/** Creates the env (fresh db + stream names), the streams, and a NATS connection for the bench. */
+export async function deploy(overrides: Record<string, string> = {}): Promise<Deployment> {
+  const env = await createTestEnv({ LOG_LEVEL: 'warn', ...overrides })
+  const nc = await connectNats(env.vars.NATS_URL, 'fanfare-bench')
+  await ensureStreams(nc, env.config)
+  const procs: Proc[] = []
+  const d: Deployment = {
+    env,
+    nc,
+    js: jetstream(nc),
+    workers: [],
+    startApi: async (extraEnv = {}) => {
+      const port = freePort()
+      const proc = spawnProc('api', 'api/src/main.ts', { ...env.vars, PORT: String(port), HOST: '127.0.0.1', ...profiling(), ...extraEnv })
+      procs.push(proc)
+      const url = `http://127.0.0.1:${port}`
+      await waitReady(url, [proc])
+      d.api = { proc, url, port }
+      return d.api
+    },
+    startWorker: () => {
+      const proc = spawnProc(`worker-${d.workers.length + 1}`, 'stream-workers/src/main.ts', { ...env.vars, ...profiling() })
+      procs.push(proc)
+      d.workers.push(proc)
+      return proc
+    },
+    close: async () => {
+      await Promise.all(procs.map((p) => p.stop()))
+      await nc.close()
+      await env.cleanup()
+    },
+  }
+  return d
+}
+
+/** Publishes with a bounded number of acks outstanding; resolves when all are acknowledged. */
+export async function publishAll(js: JetStreamClient, messages: Iterable<{ subject: string; body: string; id: string }>, inFlight = 1000) {
+  let pending: Promise<unknown>[] = []
+  for (const m of messages) {
+    pending.push(js.publish(m.subject, m.body, { msgID: m.id }))
+    if (pending.length >= inFlight) {
+      await Promise.all(pending)
+      pending = []
+    }
+  }
+  await Promise.all(pending)
+}
+
+/**
+ * Waits until `count` workers are live and the partitions are spread over them (each holds at
+ * least partitions/count, rounded down), so a measurement does not include lease hand-overs.
+ */
+export async function waitForWorkers(d: Deployment, count: number, timeoutMs = 60_000) {
+  const { openLeaseBucketIfExists, workersView } = await import('../../core/leases')
+  const { until } = await import('../../core/testing/wait')
+  const partitions = d.env.config.FANFARE_PARTITIONS
+  await until(
+    `${count} workers holding all ${partitions} partitions`,
+    async () => {
+      for (const w of d.workers) if (w.proc.exitCode !== null) throw new Error(`${w.name} exited: ${w.output().slice(-2000)}`)
+      const kv = await openLeaseBucketIfExists(d.nc, d.env.config)
+      if (!kv) return false
+      const view = (await workersView(kv)).filter((w) => w.partitions.length > 0)
+      const held = view.reduce((s, w) => s + w.partitions.length, 0)
+      return view.length === count && held === partitions && view.every((w) => w.partitions.length >= Math.floor(partitions / count))
+    },
+    timeoutMs,
+    100,
+  )
+}

@@ -1,0 +1,77 @@
+/**
+ * (3) Projection throughput: events/s the stream workers apply exactly once into Postgres (read
+ * model + checkpoint + channel version + outbox in one transaction per batch), with 1 and 2 worker
+ * processes. Events are stored in JetStream first (raw publish), then counted into the read model.
+ * Baseline: a naive consumer applying one event per transaction (upsert + checkpoint), same events.
+ */
+import { AckPolicy, jetstreamManager } from '@nats-io/jetstream'
+import postgres from 'postgres'
+import { pick, type BenchContext } from './lib/context'
+import { storedScore } from './lib/events'
+import { deploy, publishAll, waitForWorkers } from './lib/fanfare'
+import type { Figure } from './lib/report'
+
+async function workersRate(ctx: BenchContext, workers: number, events: number): Promise<{ rate: number; naive?: number }> {
+  const d = await deploy()
+  const sql = postgres(d.env.vars.DATABASE_URL, { max: 2, onnotice: () => {} })
+  try {
+    for (let i = 0; i < workers; i++) d.startWorker()
+    await waitForWorkers(d, workers)
+    const { FANFARE_SUBJECT_PREFIX: prefix, FANFARE_PARTITIONS: partitions } = d.env.config
+    const start = performance.now()
+    await publishAll(d.js, (function* () {
+      for (let i = 0; i < events; i++) yield storedScore(prefix, partitions, 'proj', i)
+    })())
+    const deadline = Date.now() + 120_000
+    let n = 0
+    while ((n = (await sql`select count(*)::int as n from leaderboard_entries`)[0].n) < events && Date.now() < deadline) await Bun.sleep(20)
+    const rate = n / ((performance.now() - start) / 1000)
+    if (n < events) ctx.notes.push(`projection with ${workers} worker(s): only ${n} of ${events} applied within 120 s`)
+    ctx.log(`  ${workers} worker(s): ${Math.round(rate)} events/s`)
+    if (workers !== 1) return { rate }
+    return { rate, naive: await naive(ctx, d.nc, d.env.config.FANFARE_STREAM, sql, pick(ctx, 100, 2000)) }
+  } finally {
+    await sql.end()
+    await d.close()
+  }
+}
+
+/** One event per transaction: the way a first version of a projector often looks. */
+async function naive(ctx: BenchContext, nc: Parameters<typeof jetstreamManager>[0], stream: string, sql: postgres.Sql, count: number) {
+  await sql`create table naive_entries (board text, player text, score float8, reached_seq bigint, primary key (board, player))`
+  await sql`create table naive_checkpoint (id int primary key, seq bigint)`
+  await sql`insert into naive_checkpoint values (1, 0)`
+  const jsm = await jetstreamManager(nc)
+  await jsm.consumers.add(stream, { durable_name: 'naive', ack_policy: AckPolicy.Explicit })
+  const { jetstream } = await import('@nats-io/jetstream')
+  const consumer = await jetstream(nc).consumers.get(stream, 'naive')
+  const messages = await consumer.consume({ max_messages: 500 })
+  const start = performance.now()
+  let n = 0
+  for await (const m of messages) {
+    const e = m.json<{ data: { board: string; player: string; score: number } }>().data
+    await sql.begin(async (tx) => {
+      await tx`insert into naive_entries values (${e.board}, ${e.player}, ${e.score}, ${m.seq})
+        on conflict (board, player) do update set score = greatest(naive_entries.score, excluded.score), reached_seq = excluded.reached_seq`
+      await tx`update naive_checkpoint set seq = ${m.seq} where id = 1`
+    })
+    m.ack()
+    if (++n >= count) break
+  }
+  const rate = n / ((performance.now() - start) / 1000)
+  await messages.close()
+  ctx.log(`  naive one event per transaction: ${Math.round(rate)} events/s`)
+  return rate
+}
+
+export async function projection(ctx: BenchContext): Promise<Figure[]> {
+  const events = pick(ctx, 300, 30_000)
+  ctx.log(`projection: ${events} events`)
+  const one = await workersRate(ctx, 1, events)
+  const two = await workersRate(ctx, 2, events)
+  const base = { group: 'projection', unit: '/s', baselineName: 'one event per transaction', baseline: one.naive!, target: { op: '>=' as const, ratio: 20 } }
+  return [
+    { ...base, name: 'events/s applied exactly once, 1 worker process', value: one.rate },
+    { ...base, name: 'events/s applied exactly once, 2 worker processes', value: two.rate },
+  ]
+}
