@@ -52,7 +52,7 @@ export function createApp(deps: ApiDeps) {
     .use(eventsModule(config, ingest))
     .use(leaderboardsModule(db))
     .use(roomsModule(db))
-    .use(adminModule({ config, db, nc, ingest, projections: deps.projections }))
+    .use(adminModule({ config, db, nc, ingest }))
   if (!deps.realtime) return app
   const realtime = typeof deps.realtime === 'function' ? deps.realtime({ ingest }) : deps.realtime
   return app.use(realtime)

@@ -14,11 +14,6 @@ export type ApiDeps = {
   /** An ingest service to share with other layers; created from config/nc/logger when absent. */
   ingest?: Ingest
   /**
-   * Projection status from the workers package, served by GET /admin/projections. When absent the
-   * API computes it from checkpoints and stream info.
-   */
-  projections?: () => Promise<unknown>
-  /**
    * The WebSocket layer (api/src/realtime/): an Elysia plugin, or a factory given the app's
    * ingest service so REST and WebSocket publish through the same instance.
    */

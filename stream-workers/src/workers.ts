@@ -13,7 +13,7 @@ import { startOutboxSweeper } from './runtime/outbox'
 import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
 
 export { listWorkers, openLeaseBucket, type WorkerInfo } from './runtime/leases'
-export { projectionStatus, type ProjectionsStatus } from './status'
+export { projectionStatus, type ProjectionsStatus } from '../../core/projections'
 
 export type WorkersDeps = {
   config: Config

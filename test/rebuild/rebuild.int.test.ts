@@ -8,7 +8,7 @@ import { createLogger } from '../../core/logger'
 import { connectNats, topology } from '../../core/nats'
 import { rebuildKey, type RebuildJob } from '../../core/rebuild-jobs'
 import { until } from '../../core/testing/wait'
-import { projectionStatus } from '../../stream-workers/src/status'
+import { projectionStatus } from '../../core/projections'
 import { startWorkers, type Workers } from '../../stream-workers/src/workers'
 
 let h: ApiHarness | undefined

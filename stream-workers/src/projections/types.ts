@@ -1,9 +1,9 @@
 import type { ChatChange, LeaderboardChange } from '../../../core/channels'
 import type { Tx } from '../../../core/db/client'
 import type { StoredEvent } from '../../../core/events'
+import type { ProjectionName } from '../../../core/projections'
 
-/** Names of the read models the workers maintain; also the checkpoint's `projection` column. */
-export type ProjectionName = 'leaderboards' | 'chat'
+export type { ProjectionName } from '../../../core/projections'
 
 /** A decoded, valid event with its place in the stream. */
 export type SequencedEvent<E extends StoredEvent = StoredEvent> = {

@@ -1,14 +1,8 @@
 import { AckPolicy, DeliverPolicy, type JetStreamManager } from '@nats-io/jetstream'
 import { nanos } from '@nats-io/transport-node'
+import { consumerName, parseConsumerName } from '../../../core/projections'
 
-/** `<projection>_p<partition>_r<token>`: one durable consumer per ownership of a partition. */
-export const consumerName = (projection: string, partition: number, token: number) => `${projection}_p${partition}_r${token}`
-
-/** Parses a consumer name made by consumerName; undefined for any other consumer. */
-export function parseConsumerName(name: string): { projection: string; partition: number; token: number } | undefined {
-  const m = /^([a-z]+)_p(\d+)_r(\d+)$/.exec(name)
-  return m ? { projection: m[1], partition: Number(m[2]), token: Number(m[3]) } : undefined
-}
+export { consumerName, parseConsumerName }
 
 /** How long the server waits for an ack before redelivering; runners extend it while retrying. */
 export const ACK_WAIT_MS = 30_000

@@ -10,7 +10,7 @@ import { createTestEnv, type TestEnv } from '../../../core/testing/env'
 import { eq } from 'drizzle-orm'
 import { leaderboardEntries } from '../../../core/db/schema'
 import { until } from '../../../core/testing/wait'
-import { projectionStatus } from '../status'
+import { projectionStatus } from '../../../core/projections'
 import { startWorkers, type Workers, type WorkersDeps } from '../workers'
 
 /** One integration test's world: a fresh database and streams, and what it opened, to close. */

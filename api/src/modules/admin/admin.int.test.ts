@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { createLogger } from '../../../../core/logger'
 import { deadLetters, leaderboardEntries, projectionCheckpoints } from '../../../../core/db/schema'
+import { AckPolicy } from '@nats-io/jetstream'
+import { subjects } from '../../../../core/events'
 import { topology } from '../../../../core/nats'
-import { createApp } from '../../app'
+import { consumerName } from '../../../../core/projections'
 import { createHarness, type ApiHarness } from '../../test-support'
 
 describe('/admin', () => {
@@ -77,32 +78,33 @@ describe('/admin', () => {
     expect(bad.status).toBe(422)
   })
 
-  test('projections: checkpoints grouped per projection with lag against the stream', async () => {
-    await h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
-    const lastSeq = (await h.jsm.streams.info(topology(h.env.config).eventStream)).state.last_seq
-    await h.database.db.insert(projectionCheckpoints).values([
-      { projection: 'leaderboards', partition: 0, seq: 1 },
-      { projection: 'leaderboards', partition: 3, seq: lastSeq },
-      { projection: 'chat', partition: 1, seq: 1 },
-    ])
+  test('projections: per partition, lag counted exactly per projection by the owner\'s consumer', async () => {
+    const posted = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
+    const seq = posted.json.results[0].seq
+    const t = topology(h.env.config)
+    const info = await h.jsm.streams.info(t.eventStream)
+    const stored = await h.jsm.streams.getMessage(t.eventStream, { seq })
+    const p = subjects.partitionOfSubject(stored!.subject)
+    await h.database.db.insert(projectionCheckpoints).values([{ projection: 'chat', partition: p, seq: 0, fence: 1 }])
+    // What the owners of partition p would have: one consumer per projection, none applied yet.
+    for (const [name, area] of [['leaderboards', 'score'], ['chat', 'chat']] as const) {
+      await h.jsm.consumers.add(t.eventStream, {
+        durable_name: consumerName(name, p, 1),
+        filter_subject: subjects.projectionFilter(t.prefix, p, area),
+        ack_policy: AckPolicy.Explicit,
+      })
+    }
     const r = await h.call('GET', '/admin/projections', { token: h.adminToken })
     expect(r.status).toBe(200)
-    expect(r.json.source).toBe('checkpoints')
-    expect(r.json.stream).toMatchObject({ name: topology(h.env.config).eventStream, lastSeq })
-    const byName = Object.fromEntries(r.json.projections.map((p: any) => [p.projection, p]))
-    expect(byName.leaderboards).toMatchObject({ appliedSeq: lastSeq, lag: 0 })
-    expect(byName.leaderboards.partitions.map((p: any) => [p.partition, p.seq])).toEqual([
-      [0, 1],
-      [3, lastSeq],
-    ])
-    expect(byName.chat).toMatchObject({ appliedSeq: 1, lag: lastSeq - 1 })
-  })
-
-  test('projections: served from the workers when wired', async () => {
-    const app = createApp({ ...h.deps, logger: createLogger('silent'), projections: async () => [{ projection: 'x', lag: 0 }] })
-    const res = await app.handle(new Request('http://localhost/admin/projections', { headers: { authorization: `Bearer ${h.adminToken}` } }))
-    expect(res.status).toBe(200)
-    expect(await res.json()).toEqual({ source: 'workers', projections: [{ projection: 'x', lag: 0 }] })
+    expect(r.json.stream).toMatchObject({ name: t.eventStream, lastSeq: info.state.last_seq })
+    const byName = Object.fromEntries(r.json.projections.map((x: any) => [x.projection, x]))
+    const part = (name: string) => byName[name].partitions.find((x: any) => x.partition === p)
+    // The score event is leaderboards' backlog only: chat is not behind because of it.
+    expect(part('leaderboards')).toMatchObject({ seq: 0, consumer: consumerName('leaderboards', p, 1), lag: 1 })
+    expect(part('chat')).toMatchObject({ seq: 0, fence: 1, consumer: consumerName('chat', p, 1), lag: 0 })
+    // Partitions no worker holds have no consumer: their lag, and the projection's, is unknown.
+    expect(byName.leaderboards.partitions.filter((x: any) => x.partition !== p).every((x: any) => x.lag === null)).toBe(true)
+    expect(byName.leaderboards.lag).toBeNull()
   })
 
   test('dead letters newest first, paged by id', async () => {

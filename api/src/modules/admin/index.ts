@@ -2,7 +2,6 @@ import { Elysia } from 'elysia'
 import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { topology } from '../../../../core/nats'
 import { authPlugin } from '../../auth'
 import { ErrorResponse } from '../../error-model'
 import { PublishResponse } from '../events/model'
@@ -10,21 +9,19 @@ import type { Ingest } from '../events/service'
 import { boardConfig } from '../leaderboards/service'
 import { BoardConfig, BoardConfigBody, BoardParams, DeadLetters, DeadLettersQuery, MessageParams, ProjectionsReport, RebuildJob, RebuildParams, RebuildQuery, WorkersReport } from './model'
 import { createRebuilds } from './rebuild'
-import { createWorkersReader, listDeadLetters, projectionStatus, putBoardConfig } from './service'
+import { createWorkersReader, listDeadLetters, putBoardConfig, readProjections } from './service'
 
 export type AdminDeps = {
   config: Config
   db: Db
   nc: NatsConnection
   ingest: Ingest
-  projections?: () => Promise<unknown>
 }
 
 const denied = { 401: ErrorResponse, 403: ErrorResponse }
 
 /** /admin: board rules, moderation, projection status, workers and dead letters. Admin token only. */
-export function adminModule({ config, db, nc, ingest, projections }: AdminDeps) {
-  const { eventStream } = topology(config)
+export function adminModule({ config, db, nc, ingest }: AdminDeps) {
   const workers = createWorkersReader(config, nc)
   const rebuilds = createRebuilds(config, nc)
   return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
@@ -57,7 +54,7 @@ export function adminModule({ config, db, nc, ingest, projections }: AdminDeps) 
             detail: { summary: 'Delete a chat message', description: 'Publishes chat.message.deleted; the deletion applies through the stream.' },
           },
         )
-        .get('/projections', async () => (projections ? { source: 'workers' as const, projections: await projections() } : projectionStatus(db, nc, eventStream)), {
+        .get('/projections', () => readProjections({ config, db, nc }), {
           response: { 200: ProjectionsReport, 503: ErrorResponse, ...denied },
           detail: { summary: 'Projection progress and lag' },
         })

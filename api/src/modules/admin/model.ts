@@ -18,26 +18,26 @@ export const BoardConfig = t.Object({
 
 export const MessageParams = t.Object({ room: Name, id: EventId })
 
-export const PartitionCheckpoint = t.Object({ partition: t.Integer(), seq: t.Integer(), updatedAt: t.String() })
-export const ProjectionStatus = t.Object({
-  projection: t.String(),
-  appliedSeq: t.Integer({ description: 'highest stream sequence applied in any partition' }),
-  lag: t.Integer({
-    description:
-      'stream last sequence minus appliedSeq: an upper bound, since the stream also holds events other projections consume',
-  }),
-  partitions: t.Array(PartitionCheckpoint),
+const Lag = t.Union([t.Integer(), t.Null()])
+export const PartitionStatus = t.Object({
+  partition: t.Integer(),
+  seq: t.Integer({ description: 'last applied stream sequence (0: nothing yet)' }),
+  fence: t.Integer({ description: 'fencing token of the ownership that last claimed the partition' }),
+  updatedAt: t.Union([t.String(), t.Null()]),
+  consumer: t.Union([t.String(), t.Null()], { description: 'durable consumer of the current owner; null: no worker holds it' }),
+  lag: t.Union([t.Integer(), t.Null()], { description: "events of this projection and partition not yet applied; null: no owner" }),
 })
-export type ProjectionStatus = typeof ProjectionStatus.static
-
-export const ProjectionsReport = t.Union([
-  t.Object({
-    source: t.Literal('checkpoints'),
-    stream: t.Object({ name: t.String(), lastSeq: t.Integer(), messages: t.Integer() }),
-    projections: t.Array(ProjectionStatus),
-  }),
-  t.Object({ source: t.Literal('workers'), projections: t.Unknown() }),
-])
+export const ProjectionsReport = t.Object({
+  stream: t.Object({ name: t.String(), lastSeq: t.Integer(), messages: t.Integer() }),
+  projections: t.Array(
+    t.Object({
+      projection: t.String(),
+      appliedSeq: t.Integer({ description: 'highest stream sequence applied in any partition' }),
+      lag: t.Union([Lag], { description: "events of this projection not yet applied (sum over partitions); null while a partition has no owner" }),
+      partitions: t.Array(PartitionStatus),
+    }),
+  ),
+})
 export type ProjectionsReport = typeof ProjectionsReport.static
 
 export const DeadLettersQuery = t.Object({

@@ -1,14 +1,14 @@
-import { jetstreamManager } from '@nats-io/jetstream'
 import type { KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { asc, desc, eq, lt } from 'drizzle-orm'
 import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
 import { openLeaseBucketIfExists, workersView } from '../../../../core/leases'
-import { deadLetters, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../../../core/db/schema'
+import { deadLetters, leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import { Conflict, Unavailable } from '../../errors'
 import { boardConfig, type BoardConfig } from '../leaderboards/service'
-import type { BoardConfigBody, DeadLetter, ProjectionsReport, ProjectionStatus, WorkersReport } from './model'
+import type { BoardConfigBody, DeadLetter, ProjectionsReport, WorkersReport } from './model'
+import { projectionStatus } from '../../../../core/projections'
 
 /**
  * Upserts a board's rules. Changing the order or operator of a board that already has entries is
@@ -49,32 +49,13 @@ export async function listDeadLetters(db: Db, opts: { limit: number; before?: nu
   return rows.map((r) => ({ ...r, createdAt: r.createdAt.toISOString() }))
 }
 
-/**
- * Projection progress from the checkpoints table and the event stream's last sequence. Lag is an
- * upper bound: the stream also holds events of other projections, which this one never applies.
- */
-export async function projectionStatus(db: Db, nc: NatsConnection, eventStream: string): Promise<ProjectionsReport> {
-  let info
+/** Projection progress with exact lag (see core/projections.ts); NATS trouble is 503. */
+export async function readProjections(deps: { config: Config; db: Db; nc: NatsConnection }): Promise<ProjectionsReport> {
   try {
-    const jsm = await jetstreamManager(nc)
-    info = await jsm.streams.info(eventStream)
+    return await projectionStatus(deps)
   } catch (err) {
-    throw new Unavailable(`cannot read stream ${eventStream}: ${(err as Error).message}`)
+    throw new Unavailable(`cannot read projection status: ${(err as Error).message}`)
   }
-  const lastSeq = info.state.last_seq
-  const rows = await db
-    .select()
-    .from(projectionCheckpoints)
-    .orderBy(asc(projectionCheckpoints.projection), asc(projectionCheckpoints.partition))
-  const byProjection = new Map<string, ProjectionStatus>()
-  for (const r of rows) {
-    let p = byProjection.get(r.projection)
-    if (!p) byProjection.set(r.projection, (p = { projection: r.projection, appliedSeq: 0, lag: 0, partitions: [] }))
-    p.appliedSeq = Math.max(p.appliedSeq, r.seq)
-    p.partitions.push({ partition: r.partition, seq: r.seq, updatedAt: r.updatedAt.toISOString() })
-  }
-  const projections = [...byProjection.values()].map((p) => ({ ...p, lag: Math.max(0, lastSeq - p.appliedSeq) }))
-  return { source: 'checkpoints', stream: { name: eventStream, lastSeq, messages: info.state.messages }, projections }
 }
 
 

@@ -1,17 +1,28 @@
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import type { Config } from '../../core/config'
-import type { Db } from '../../core/db/client'
-import { projectionCheckpoints } from '../../core/db/schema'
-import { topology } from '../../core/nats'
-import { projections } from './projections'
-import { parseConsumerName } from './runtime/consumer'
+import type { Config } from './config'
+import type { Db } from './db/client'
+import { projectionCheckpoints } from './db/schema'
+import { topology } from './nats'
+
+/** Names of the read models the workers maintain; also the checkpoint's `projection` column. */
+export const projectionNames = ['leaderboards', 'chat'] as const
+export type ProjectionName = (typeof projectionNames)[number]
+
+/** `<projection>_p<partition>_r<token>`: one durable consumer per ownership of a partition. */
+export const consumerName = (projection: string, partition: number, token: number) => `${projection}_p${partition}_r${token}`
+
+/** Parses a consumer name made by consumerName; undefined for any other consumer. */
+export function parseConsumerName(name: string): { projection: string; partition: number; token: number } | undefined {
+  const m = /^([a-z]+)_p(\d+)_r(\d+)$/.exec(name)
+  return m ? { projection: m[1], partition: Number(m[2]), token: Number(m[3]) } : undefined
+}
 
 export type PartitionStatus = {
   partition: number
   /** Last applied stream sequence (0: nothing yet). */
   seq: number
-  /** Lease token of the worker that last wrote the checkpoint. */
+  /** Fencing token of the ownership that last claimed or wrote the checkpoint. */
   fence: number
   updatedAt: string | null
   /** Consumer of the current ownership, null when no worker holds the partition. */
@@ -23,7 +34,7 @@ export type PartitionStatus = {
 export type ProjectionsStatus = {
   stream: { name: string; lastSeq: number; messages: number }
   projections: {
-    projection: string
+    projection: ProjectionName
     /** Highest applied stream sequence over the partitions. */
     appliedSeq: number
     /** Sum of the partitions' lag; null when some partition has no worker (lag unknown). */
@@ -44,7 +55,8 @@ export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsC
   const info = await jsm.streams.info(t.eventStream)
   const newest = new Map<string, { name: string; token: number; lag: number }>()
   for await (const c of jsm.consumers.list(t.eventStream)) {
-    const parsed = parseConsumerName(c.name)
+    // nats-server lists a consumer deleted during the listing as null.
+    const parsed = c && parseConsumerName(c.name)
     if (!parsed) continue
     const key = `${parsed.projection}/${parsed.partition}`
     if ((newest.get(key)?.token ?? -1) < parsed.token) newest.set(key, { name: c.name, token: parsed.token, lag: c.num_pending + c.num_ack_pending })
@@ -53,11 +65,11 @@ export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsC
   const checkpoints = new Map(rows.map((r) => [`${r.projection}/${r.partition}`, r]))
   return {
     stream: { name: t.eventStream, lastSeq: info.state.last_seq, messages: info.state.messages },
-    projections: projections.map((p) => {
+    projections: projectionNames.map((projection) => {
       const partitions: PartitionStatus[] = []
       for (let n = 0; n < t.partitions; n++) {
-        const cp = checkpoints.get(`${p.name}/${n}`)
-        const c = newest.get(`${p.name}/${n}`)
+        const cp = checkpoints.get(`${projection}/${n}`)
+        const c = newest.get(`${projection}/${n}`)
         partitions.push({
           partition: n,
           seq: Number(cp?.seq ?? 0),
@@ -69,7 +81,7 @@ export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsC
       }
       const lags = partitions.map((x) => x.lag)
       return {
-        projection: p.name,
+        projection,
         appliedSeq: Math.max(0, ...partitions.map((x) => x.seq)),
         lag: lags.every((l) => l !== null) ? lags.reduce((a, b) => a! + b!, 0) : null,
         partitions,
