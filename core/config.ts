@@ -37,6 +37,11 @@ export const Env = Type.Object({
   FANFARE_HISTORY_TTL_MS_CHAT: Type.Optional(Type.Integer({ minimum: 1000 })),
   /** Largest accepted HTTP body or WebSocket frame. */
   FANFARE_MAX_BODY_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
+  /**
+   * Events one API node may have waiting for JetStream's acknowledgement at once. Past it a
+   * request gets 503 `overloaded` at once instead of joining a queue that would time out.
+   */
+  FANFARE_INGEST_MAX_IN_FLIGHT: Type.Integer({ minimum: 500, maximum: 1_000_000, default: 20_000 }),
   /** Partition lease time-to-live: how soon a dead worker's partitions move to a live one. */
   FANFARE_LEASE_TTL_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 10_000 }),
   /** Most events a worker applies in one transaction. */

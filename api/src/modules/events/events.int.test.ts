@@ -197,4 +197,19 @@ describe('JetStream unavailable', () => {
     expect(res.status).toBe(503)
     expect(((await res.json()) as any).error.code).toBe('unavailable')
   })
+
+  test('past FANFARE_INGEST_MAX_IN_FLIGHT a request is 503 overloaded at once and publishes nothing', async () => {
+    const config = { ...h.env.config, FANFARE_INGEST_MAX_IN_FLIGHT: 500 }
+    const ingest = createIngest({ config, nc: h.nc, logger: createLogger('silent') })
+    const batch = (tag: string) => Array.from({ length: 300 }, (_, i) => ({ id: `${tag}-${i}`, ...score(`p${i}`) }))
+    const before = await h.streamCount()
+    // The first request's 300 events are in flight when the second arrives: 600 > 500.
+    const first = ingest.publish(batch('first'), 'ingest')
+    const second = ingest.publish(batch('second'), 'ingest').catch((err) => err)
+    expect((await first).length).toBe(300)
+    expect(await second).toMatchObject({ status: 503, code: 'overloaded' })
+    expect(await h.streamCount()).toBe(before + 300)
+    // Once the first is acknowledged there is room again.
+    expect((await ingest.publish(batch('third'), 'ingest')).length).toBe(300)
+  })
 })

@@ -52,6 +52,8 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   const t = topology(config)
   const log = logger.child({ component: 'ingest' })
   let js: JetStreamClient | undefined
+  // Events published and not yet acknowledged by JetStream, over all requests of this node.
+  let inFlight = 0
   // While NATS is down the client would hold publishes until the timeout: answer 503 at once.
   let disconnected = false
   void (async () => {
@@ -66,9 +68,16 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       const events = validate(inputs, publisher)
       if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
       if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
+      if (inFlight + events.length > config.FANFARE_INGEST_MAX_IN_FLIGHT) {
+        throw new Unavailable('too many events waiting for the event stream; retry shortly with the same event ids', 'overloaded', {
+          inFlight,
+          max: config.FANFARE_INGEST_MAX_IN_FLIGHT,
+        })
+      }
       js ??= jetstream(nc)
       const client = js
       const at = now().toISOString()
+      inFlight += events.length
       try {
         // All in flight at once: one connection writes them in call order and the server stores
         // them in that order, so events of one key keep their request order.
@@ -87,6 +96,8 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       } catch (err) {
         log.warn({ err, count: events.length }, 'publish to JetStream failed')
         throw new Unavailable('the event stream is unavailable; retry with the same event ids')
+      } finally {
+        inFlight -= events.length
       }
     },
   }
