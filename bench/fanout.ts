@@ -1,6 +1,7 @@
 /**
  * (1) Fan-out: N WebSocket clients (in their own process) subscribed to one channel, then spread
- * over 100 channels; a publisher drives updates. Fanfare's path: ChangeNotices with consecutive
+ * over 100 channels; a publisher drives updates. Fanfare's path: change runs of one update each
+ * (the worst case: a worker's batch puts all of a channel's changes in one run) with consecutive
  * versions published to the change stream (JetStream) → the API node's change feed → channel hub
  * → Bun pub/sub. Baselines: bare Bun.serve pub/sub and Socket.IO rooms on Node.js, fed by a
  * publisher connection. The publisher stamps the send time into data.score; clients record
@@ -8,7 +9,7 @@
  */
 import { io } from 'socket.io-client'
 import { subjects } from '../core/events'
-import { noticeId, type ChangeNotice } from '../core/channels'
+import { runId, type ChangeRun } from '../core/channels'
 import { freePort } from '../core/process'
 import { startChild, type Child } from './lib/child'
 import { BUN, pick, sleepUntil, type BenchContext } from './lib/context'
@@ -32,14 +33,14 @@ async function fanfarePublisher(d: Deployment): Promise<Publisher> {
   return {
     round: (channels, version) => {
       for (const channel of channels) {
-        const notice: ChangeNotice = {
+        const run: ChangeRun = {
           channel,
           version,
           epoch: 'bench',
-          data: { player: 'p', score: nowMs(), previous: null },
+          changes: [{ player: 'p', score: nowMs(), previous: null }],
           at: new Date().toISOString(),
         }
-        pending.push(d.js.publish(subjects.change(prefix, channel), JSON.stringify(notice), { msgID: noticeId(notice) }))
+        pending.push(d.js.publish(subjects.change(prefix, channel), JSON.stringify(run), { msgID: runId(run) }))
       }
     },
     flush: async () => {

@@ -3,7 +3,8 @@ import { Name } from './events/fields'
 
 /**
  * Live channels. A channel's version rises by exactly one for every committed change, and every
- * change is published as a ChangeNotice on `<prefix>.changes.<kind>.<name>`.
+ * change reaches subscribers as a ChangeNotice; workers publish them in runs (ChangeRun) on
+ * `<prefix>.changes.<kind>.<name>`.
  */
 export const channelKinds = ['leaderboard', 'chat'] as const
 export type ChannelKind = (typeof channelKinds)[number]
@@ -41,7 +42,7 @@ export type ChatMessage = Static<typeof ChatMessage>
 /** What changed in a chat room. */
 export type ChatChange = { kind: 'posted'; message: ChatMessage } | { kind: 'deleted'; messageId: string }
 
-/** One committed change of one channel, as published on NATS and pushed to subscribers. */
+/** One committed change of one channel, as the API's channel hub handles and pushes it. */
 export type ChangeNotice = {
   channel: string
   version: number
@@ -52,5 +53,31 @@ export type ChangeNotice = {
   at: string
 }
 
-/** De-duplication id of a notice: a re-published notice is stored once. */
-export const noticeId = (n: Pick<ChangeNotice, 'channel' | 'version'>) => `${n.channel}@${n.version}`
+/**
+ * What the workers publish on a channel's subject: consecutive changes of one channel committed
+ * together, as one NATS message. `changes[i]` is version `version + i`. A batch that changes a
+ * board 60 times publishes one run, not 60 messages.
+ */
+export type ChangeRun = {
+  channel: string
+  /** Version of the first change. */
+  version: number
+  epoch: string
+  changes: ChangeNotice['data'][]
+  /** Commit time, ISO 8601. */
+  at: string
+}
+
+/**
+ * De-duplication id of a published run: a re-published run (runner and outbox sweeper) is stored
+ * once. The epoch is part of it: after a rebuild, versions of the new epoch repeat the old ones.
+ */
+export const runId = (r: Pick<ChangeRun, 'channel' | 'epoch' | 'version'>) => `${r.channel}@${r.epoch}@${r.version}`
+
+/** The notices of a run, in version order. */
+export function noticesOf(run: ChangeRun): ChangeNotice[] {
+  return run.changes.map((data, i) => ({ channel: run.channel, version: run.version + i, epoch: run.epoch, data, at: run.at }))
+}
+
+/** A run of one change: what tests and benchmarks publish to stand in for a worker. */
+export const runOf = (n: ChangeNotice): ChangeRun => ({ channel: n.channel, version: n.version, epoch: n.epoch, changes: [n.data], at: n.at })

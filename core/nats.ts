@@ -40,7 +40,7 @@ export function topology(config: Config): Topology {
   }
 }
 
-/** How many change notices a channel of this kind keeps, and for how long. */
+/** How many change runs (messages of one or more changes) a channel of this kind keeps, and for how long. */
 export function historyRetention(config: Config, kind: ChannelKind): { size: number; ttlMs: number } {
   const [size, ttlMs] =
     kind === 'leaderboard'

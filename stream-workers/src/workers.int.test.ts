@@ -2,7 +2,7 @@ import { afterEach, describe, expect, test } from 'bun:test'
 import { and, asc, eq } from 'drizzle-orm'
 import { changeOutbox, chatMessages, channelVersions, deadLetters, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { keyOf, partitionOf, subjects } from '../../core/events'
-import { byChannel, createWorld, publishEvent, readNotices, storedEvent, caughtUp, boardScores, type World } from './testing/harness'
+import { byChannel, createWorld, publishEvent, readNotices, readRuns, storedEvent, caughtUp, boardScores, type World } from './testing/harness'
 import { until } from '../../core/testing/wait'
 
 let world: World | undefined
@@ -67,6 +67,32 @@ describe('stream workers', () => {
     await workers.stop()
   })
 
+  test('a batch publishes its changes of a channel as one run; a run too big for one message is split', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    // Published before the worker starts, so they are applied in one batch.
+    for (let i = 0; i < 40; i++) await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: `p${i}`, score: i }))
+    // Control characters serialise to 6 characters each: 12,000 per message, 720,000 in all, more
+    // than one NATS message may carry.
+    const text = '\u0001'.repeat(2000)
+    for (let i = 0; i < 60; i++) await publishEvent(w, storedEvent('chat.message.posted', { room: 'lobby', user: 'ann', text }, `big-${i}`))
+    const workers = await w.startWorker()
+    await caughtUp(w)
+    const runs = await until('100 changes published', async () => {
+      const r = await readRuns(w)
+      return r.reduce((n, run) => n + run.changes.length, 0) === 100 ? r : undefined
+    })
+    const arena = runs.filter((r) => r.channel === 'leaderboard:arena')
+    expect(arena.map((r) => [r.version, r.changes.length])).toEqual([[1, 40]])
+    const lobby = runs.filter((r) => r.channel === 'chat:lobby')
+    expect(lobby.length).toBeGreaterThan(1)
+    for (const r of lobby) expect(r.bytes).toBeLessThan(1024 * 1024)
+    // Consecutive, gap-free versions across the split runs, in message order.
+    expect(lobby.flatMap((r) => r.changes.map((_, i) => r.version + i))).toEqual(Array.from({ length: 60 }, (_, i) => i + 1))
+    const ids = byChannel(await readNotices(w)).get('chat:lobby')!.map((n) => (n.data as { message: { id: string } }).message.id)
+    expect(ids).toEqual(Array.from({ length: 60 }, (_, i) => `big-${i}`))
+    await workers.stop()
+  })
+
   test('a crash after commit and before ack, and a full replay, apply nothing twice', async () => {
     const w = (world = await createWorld())
     await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum' })
@@ -105,7 +131,7 @@ describe('stream workers', () => {
         mine.map((m) => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date() })),
         new Date(),
       )
-      expect(r).toMatchObject({ applied: 0, skipped: mine.length, deadLettered: 0, notices: [] })
+      expect(r).toMatchObject({ applied: 0, skipped: mine.length, deadLettered: 0, runs: [] })
     }
     expect(await boardScores(w, 'tot')).toEqual(expected)
     expect(await versions(w)).toEqual({ 'leaderboard:tot': 20 })

@@ -1,13 +1,14 @@
 import { DeliverPolicy, jetstream } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import type { ChangeNotice } from '../../../core/channels'
+import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Logger } from '../../../core/logger'
 
 export type ChangeFeed = { stop: () => Promise<void> }
 
 /**
  * Follows the change stream with an ordered consumer (it re-creates itself after a NATS restart
- * from the last sequence it saw, so it never skips) and hands every notice to `onNotice`.
+ * from the last sequence it saw, so it never skips) and hands every notice of every change run to
+ * `onNotice`, in order.
  *
  * It starts a few seconds in the past rather than at "new": a subscriber's snapshot can only be
  * joined with notices this node receives, and starting back in time closes the window between this
@@ -29,14 +30,14 @@ export async function startChangeFeed(deps: {
   const messages = await consumer.consume()
   const done = (async () => {
     for await (const m of messages) {
-      let notice: ChangeNotice
+      let notices: ChangeNotice[]
       try {
-        notice = m.json<ChangeNotice>()
+        notices = noticesOf(m.json<ChangeRun>())
       } catch (err) {
-        deps.logger.error({ err, subject: m.subject, seq: m.seq }, 'unreadable change notice')
+        deps.logger.error({ err, subject: m.subject, seq: m.seq }, 'unreadable change run')
         continue
       }
-      deps.onNotice(notice)
+      for (const n of notices) deps.onNotice(n)
     }
   })()
   return {

@@ -1,6 +1,6 @@
 import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { parseChannel, type ChangeNotice, type ChannelKind } from '../../../core/channels'
+import { noticesOf, parseChannel, type ChangeNotice, type ChangeRun, type ChannelKind } from '../../../core/channels'
 import { subjects } from '../../../core/events'
 
 /** Reads the change notices of one channel still kept in the change stream, newer than `after`. */
@@ -9,7 +9,8 @@ export type HistoryReader = (channel: string, after: number) => Promise<ChangeNo
 /**
  * Reads a channel's history from its kind's change stream (one subject per channel, so one ordered
  * consumer with a single filter subject: fine on nats-server 2.9). The stream keeps the last
- * notices per channel as configured for its kind (see historyRetention), shared by every API node.
+ * change runs per channel as configured for its kind (see historyRetention), shared by every API
+ * node.
  *
  * Returns notices in stream order (not necessarily version order: two workers may publish one
  * channel's versions in either order); the caller sorts and checks contiguity.
@@ -34,8 +35,7 @@ export function historyReader(deps: { nc: NatsConnection; streams: Record<Channe
       let reached = false
       const batch = await consumer.fetch({ max_messages: 1000, expires: Math.max(1_000, deadline - Date.now()) })
       for await (const m of batch) {
-        const n = m.json<ChangeNotice>()
-        if (n.version > after) out.push(n)
+        for (const n of noticesOf(m.json<ChangeRun>())) if (n.version > after) out.push(n)
         if (m.seq >= last.seq) {
           reached = true
           break

@@ -49,16 +49,19 @@ export const channelVersions = pgTable('channel_versions', {
 })
 
 /**
- * Change notices committed with the change and published to NATS after commit (transactional
- * outbox): a crash between commit and publish delays a notice, never loses it.
+ * Change runs (see ChangeRun) committed with the changes and published to NATS after commit
+ * (transactional outbox): a crash between commit and publish delays a run, never loses it.
+ * `payload` is the run's JSON, published as is.
  */
 export const changeOutbox = pgTable(
   'change_outbox',
   {
     id: bigserial('id', { mode: 'number' }).primaryKey(),
     channel: text('channel').notNull(),
+    /** Version of the run's first change. */
     version: bigint('version', { mode: 'number' }).notNull(),
-    payload: jsonb('payload').notNull(),
+    epoch: text('epoch').notNull(),
+    payload: text('payload').notNull(),
     createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [index('change_outbox_created').on(t.createdAt)],

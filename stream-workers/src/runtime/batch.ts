@@ -5,7 +5,7 @@ import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
 import type { Projection, SequencedEvent } from '../projections/types'
 import { guessEventId, recordDeadLetters, type DeadLetter } from './dead-letters'
 import { FencedError } from './errors'
-import { recordChanges, type OutboxNotice } from './outbox'
+import { recordChanges, type OutboxRun } from './outbox'
 
 /** What the batch needs of a stream message. */
 export type BatchMessage = { subject: string; seq: number; body: Uint8Array; storedAt: Date }
@@ -25,8 +25,8 @@ export type BatchResult = {
   /** Already applied by an earlier delivery (seq <= checkpoint). */
   skipped: number
   deadLettered: number
-  /** Notices committed with the batch, in version order per channel, to publish after commit. */
-  notices: OutboxNotice[]
+  /** Change runs committed with the batch, in version order per channel, to publish after commit. */
+  runs: OutboxRun[]
 }
 
 /**
@@ -90,7 +90,7 @@ export async function applyBatchIn(tx: Tx, owner: BatchOwner, messages: BatchMes
     }
   }
   const changes = await projection.apply(tx, events)
-  const notices = await recordChanges(tx, changes, now)
+  const runs = await recordChanges(tx, changes, now)
   await recordDeadLetters(tx, letters)
   if (fresh.length > 0 || fence !== token) {
     await tx
@@ -98,7 +98,7 @@ export async function applyBatchIn(tx: Tx, owner: BatchOwner, messages: BatchMes
       .set({ seq: Math.max(applied, ...fresh.map((m) => m.seq)), fence: token, updatedAt: now })
       .where(and(eq(projectionCheckpoints.projection, projection.name), eq(projectionCheckpoints.partition, partition)))
   }
-  return { applied: events.length, skipped: messages.length - fresh.length, deadLettered: letters.length, notices }
+  return { applied: events.length, skipped: messages.length - fresh.length, deadLettered: letters.length, runs }
 }
 
 /** Decodes a message and checks it belongs to this projection and partition. */

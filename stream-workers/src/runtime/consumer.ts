@@ -34,7 +34,8 @@ export async function createOwnershipConsumer(
     ...(opts.checkpoint > 0
       ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: opts.checkpoint + 1 }
       : { deliver_policy: DeliverPolicy.All }),
-    ack_policy: AckPolicy.Explicit,
+    // The runner applies deliveries strictly in order, so one ack per batch (its last) is enough.
+    ack_policy: AckPolicy.All,
     ack_wait: nanos(ACK_WAIT_MS),
     max_deliver: -1,
     max_ack_pending: Math.max(1000, opts.batchSize * 2),

@@ -10,7 +10,7 @@ import { backoffMs, sleep } from './backoff'
 import { applyBatch, claimFence, type BatchResult } from './batch'
 import { ACK_WAIT_MS, consumerName, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isTransientDbError } from './errors'
-import { publishNotices } from './outbox'
+import { publishRuns } from './outbox'
 
 /** Test seams. Production passes none. */
 export type RunnerHooks = {
@@ -40,7 +40,7 @@ export type RunnerDeps = {
 export type Runner = {
   /**
    * Stops taking new messages, lets an in-flight transaction finish (and then acks it and
-   * publishes its notices), abandons a batch that is still retrying, and, when `deleteConsumer`,
+   * publishes its change runs), abandons a batch that is still retrying, and, when `deleteConsumer`,
    * removes this ownership's consumer. Resolves when the runner is idle.
    */
   stop: (opts?: { deleteConsumer?: boolean }) => Promise<void>
@@ -73,7 +73,7 @@ const REST_PULL_MS = 10_000
 /**
  * Runs one projection on one owned partition: creates this ownership's consumer from the
  * checkpoint, then pulls batches and applies each in one transaction (see applyBatch), acks it,
- * and publishes its notices. Transient database faults retry the same batch in place; NATS
+ * and publishes its change runs. Transient database faults retry the same batch in place; NATS
  * trouble or a missing delivery recreates the consumer from the checkpoint, so messages are
  * always applied in stream order without gaps.
  */
@@ -180,11 +180,12 @@ export function startRunner(deps: RunnerDeps): Runner {
       })
       if (!result) return // stopped while retrying: unacked messages go to the next owner
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
-      for (const m of batch) m.ack()
-      log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, notices: result.notices.length }, 'batch applied')
-      if (result.notices.length > 0) {
-        await publishNotices({ db: deps.db, js: deps.js, prefix: deps.prefix }, result.notices).catch((err) =>
-          log.warn({ err, notices: result.notices.length }, 'publishing notices failed; the outbox sweeper will retry'),
+      // The consumer acks all: acking the batch's last message acks every earlier delivery.
+      batch[batch.length - 1].ack()
+      log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length }, 'batch applied')
+      if (result.runs.length > 0) {
+        await publishRuns({ db: deps.db, js: deps.js, prefix: deps.prefix }, result.runs).catch((err) =>
+          log.warn({ err, runs: result.runs.length }, 'publishing change runs failed; the outbox sweeper will retry'),
         )
       }
     }

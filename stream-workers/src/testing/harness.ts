@@ -1,6 +1,6 @@
 import { jetstream, jetstreamManager, type JetStreamClient, type PubAck } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import type { ChangeNotice } from '../../../core/channels'
+import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Config } from '../../../core/config'
 import { connectBunSql, type Database } from '../../../core/db/client'
 import { contracts, keyOf, partitionOf, subjects, type EventData, type EventType, type StoredEvent } from '../../../core/events'
@@ -86,17 +86,22 @@ export function publishEvent(w: World, event: StoredEvent): Promise<PubAck> {
 }
 
 
-/** Every notice on the change streams, in stream order within each channel kind. */
-export async function readNotices(w: World): Promise<ChangeNotice[]> {
+/** Every change run on the change streams as published (with its size in bytes), in stream order within each channel kind. */
+export async function readRuns(w: World): Promise<(ChangeRun & { bytes: number })[]> {
   const jsm = await jetstreamManager(w.nc)
-  const out: ChangeNotice[] = []
+  const out: (ChangeRun & { bytes: number })[] = []
   for (const stream of Object.values(topology(w.config).changeStreams)) {
     const n = (await jsm.streams.info(stream)).state.messages
     if (n === 0) continue
     const consumer = await w.js.consumers.get(stream)
-    for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) out.push(m.json<ChangeNotice>())
+    for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) out.push({ ...m.json<ChangeRun>(), bytes: m.data.length })
   }
   return out
+}
+
+/** Every notice of every change run on the change streams, in stream order within each channel kind. */
+export async function readNotices(w: World): Promise<ChangeNotice[]> {
+  return (await readRuns(w)).flatMap(({ bytes: _, ...run }) => noticesOf(run))
 }
 
 /** Notices grouped by channel, each in version order. */
