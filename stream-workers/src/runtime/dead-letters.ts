@@ -18,10 +18,24 @@ export type DeadLetter = {
  * past them) and never block the messages after them.
  */
 export async function recordDeadLetters(tx: Tx, letters: DeadLetter[]): Promise<void> {
-  for (const chunk of chunkForInsert(letters, 7)) {
+  const rows = letters.map((l) => ({
+    ...l,
+    subject: storable(l.subject),
+    eventId: l.eventId === null ? null : storable(l.eventId),
+    reason: storable(l.reason),
+    payload: storable(l.payload),
+  }))
+  for (const chunk of chunkForInsert(rows, 7)) {
     if (chunk.length > 0) await tx.insert(deadLetters).values(chunk)
   }
 }
+
+/**
+ * Text Postgres can store: a NUL character (a poison message may hold any bytes) becomes U+FFFD,
+ * as invalid UTF-8 already has when the body was decoded. Failing to store a dead letter would
+ * stop the partition, the very thing dead letters exist to prevent.
+ */
+const storable = (s: string) => s.replaceAll('\u0000', '\uFFFD')
 
 /** The event id of an undecodable body, when it still has one: helps admins find the sender. */
 export function guessEventId(body: string): string | null {

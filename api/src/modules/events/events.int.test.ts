@@ -107,6 +107,23 @@ describe('POST /v1/events', () => {
     expect(await h.streamCount()).toBe(before)
   })
 
+  test('a NUL character in a player or chat text is 422 invalid_event (Postgres text cannot hold it)', async () => {
+    const before = await h.streamCount()
+    const r = await h.call('POST', '/v1/events', {
+      token: h.ingestToken,
+      body: {
+        events: [
+          { type: 'score.submitted', data: { board: 'main', player: 'a\u0000b', score: 1 } },
+          { type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'hi\u0000' } },
+        ],
+      },
+    })
+    expect(r.status).toBe(422)
+    expectErrorShape(r.json, 'invalid_event')
+    expect(r.json.error.details.map((d: any) => `${d.index}${d.path}`)).toEqual(['0/data/player', '1/data/text'])
+    expect(await h.streamCount()).toBe(before)
+  })
+
   test('duplicate ids in one batch are rejected', async () => {
     const before = await h.streamCount()
     const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [score('a', 1, 'same'), score('b', 1, 'same')] } })

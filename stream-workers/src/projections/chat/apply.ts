@@ -1,13 +1,15 @@
 import { inArray, sql } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import type { Tx } from '../../../../core/db/client'
+import { recordset } from '../../../../core/db/recordset'
 import { chatMessages } from '../../../../core/db/schema'
-import { chunkForInsert, type Change, type Projection, type SequencedEvent } from '../types'
+import { type Change, type Projection, type SequencedEvent } from '../types'
 import { evolveMessage, type ChatEvent, type MessageState } from './projection'
 
 /**
  * Applies a batch of `chat.*` events: loads every message the batch refers to in one query,
- * evolves them in memory in event order, and writes the changed ones with one batched upsert.
+ * evolves them in memory in event order, and writes the changed ones with one upsert (rows bound
+ * as one JSON parameter, see recordset).
  */
 export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Change[]> {
   const chat: { ref: string; ev: ChatEvent }[] = []
@@ -45,12 +47,13 @@ export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Chang
     changes.push({ channel: channelOf.chat(r.next.room), data: r.change })
   }
 
-  for (const chunk of chunkForInsert([...dirty.values()], 7)) {
-    await tx
-      .insert(chatMessages)
-      .values(chunk)
-      .onConflictDoUpdate({ target: chatMessages.id, set: { deleted: sql`excluded.deleted` } })
-  }
+  if (dirty.size === 0) return changes
+  const written = [...dirty.values()].map((m) => ({ ...m, postedAt: m.postedAt.toISOString() }))
+  const columns = { id: 'text', room: 'text', user: 'text', text: 'text', seq: 'bigint', postedAt: 'timestamptz', deleted: 'boolean' }
+  await tx
+    .insert(chatMessages)
+    .select(sql`select id, room, "user", text, seq, "postedAt", deleted from ${recordset('m', columns, written)}`)
+    .onConflictDoUpdate({ target: chatMessages.id, set: { deleted: sql`excluded.deleted` } })
   return changes
 }
 

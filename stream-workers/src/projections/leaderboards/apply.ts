@@ -1,9 +1,10 @@
 import { inArray, sql } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import type { Tx } from '../../../../core/db/client'
+import { recordset } from '../../../../core/db/recordset'
 import { leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
-import { chunkForInsert, type Change, type Projection, type SequencedEvent } from '../types'
+import { type Change, type Projection, type SequencedEvent } from '../types'
 import { defaultRules, nextScore, type BoardRules, type Standing } from './projection'
 
 type ScoreEvent = Extract<StoredEvent, { type: 'score.submitted' }>
@@ -13,7 +14,7 @@ const entryKey = (board: string, player: string) => `${board}\u0000${player}`
 /**
  * Applies a batch of `score.*` events: loads the boards' rules and the touched standings in two
  * queries, evolves them in memory in event order, and writes every changed standing with one
- * batched upsert.
+ * upsert (rows bound as one JSON parameter, see recordset).
  */
 export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<Change[]> {
   const scores: SequencedEvent<ScoreEvent>[] = []
@@ -34,17 +35,18 @@ export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<Cha
   if (scores.length === 0) return []
 
   const boards = [...new Set(scores.map((e) => e.event.data.board))]
-  const players = [...new Set(scores.map((e) => e.event.data.player))]
   const rules = new Map<string, BoardRules>()
   for (const r of await tx.select().from(leaderboards).where(inArray(leaderboards.board, boards))) {
     rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator })
   }
-  // board IN (...) AND player IN (...) may fetch a few unrelated rows; it keeps this to one query.
   const standings = new Map<string, Standing>()
+  const keys = new Map(scores.map(({ event: { data } }) => [entryKey(data.board, data.player), { board: data.board, player: data.player }]))
   const rows = await tx
     .select({ board: leaderboardEntries.board, player: leaderboardEntries.player, score: leaderboardEntries.score, reachedSeq: leaderboardEntries.reachedSeq })
     .from(leaderboardEntries)
-    .where(sql`${inArray(leaderboardEntries.board, boards)} and ${inArray(leaderboardEntries.player, players)}`)
+    .where(
+      sql`(${leaderboardEntries.board}, ${leaderboardEntries.player}) in (select board, player from ${recordset('k', { board: 'text', player: 'text' }, [...keys.values()])})`,
+    )
   for (const r of rows) standings.set(entryKey(r.board, r.player), { score: r.score, reachedSeq: r.reachedSeq })
 
   const changes: Change[] = []
@@ -60,16 +62,17 @@ export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<Cha
     changes.push({ channel: channelOf.leaderboard(board), data: { player, score: next.score, previous: current?.score ?? null } })
   }
 
-  const now = new Date()
-  for (const chunk of chunkForInsert([...dirty.values()], 5)) {
-    await tx
-      .insert(leaderboardEntries)
-      .values(chunk.map((d) => ({ ...d, updatedAt: now })))
-      .onConflictDoUpdate({
-        target: [leaderboardEntries.board, leaderboardEntries.player],
-        set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
-      })
-  }
+  if (dirty.size === 0) return changes
+  const written = [...dirty.values()].map((d) => ({ board: d.board, player: d.player, score: d.score, reached_seq: d.reachedSeq }))
+  await tx
+    .insert(leaderboardEntries)
+    .select(
+      sql`select board, player, score, reached_seq, now() from ${recordset('d', { board: 'text', player: 'text', score: 'float8', reached_seq: 'bigint' }, written)}`,
+    )
+    .onConflictDoUpdate({
+      target: [leaderboardEntries.board, leaderboardEntries.player],
+      set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
+    })
   return changes
 }
 
