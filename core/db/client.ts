@@ -1,5 +1,6 @@
 import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import type { SQL } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import { isAlive } from '../process'
 import * as schema from './schema'
@@ -14,6 +15,12 @@ export type Database = {
   /** 'postgres' for a server, 'pglite' for the embedded engine (one connection, one process). */
   kind: 'postgres' | 'pglite'
   close: () => Promise<void>
+}
+
+/** Rows of a raw query, whichever driver (postgres.js and Bun return arrays, PGlite `{ rows }`). */
+export async function rowsOf<T>(q: Db | Tx, query: SQL): Promise<T[]> {
+  const r = (await q.execute(query)) as unknown
+  return (Array.isArray(r) ? r : ((r as { rows?: T[] }).rows ?? [])) as T[]
 }
 
 export const migrationsFolder = resolve(import.meta.dir, '../../migrations')

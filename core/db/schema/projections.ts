@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm'
-import { bigint, bigserial, index, integer, jsonb, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
+import { bigint, bigserial, index, integer, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
 
 /**
  * Where each projection is in each partition: the last applied stream sequence, written in the
@@ -50,19 +50,18 @@ export const channelVersions = pgTable('channel_versions', {
 
 /**
  * Change runs (see ChangeRun) committed with the changes and published to NATS after commit
- * (transactional outbox): a crash between commit and publish delays a run, never loses it.
- * `payload` is the run's JSON, published as is.
+ * (transactional outbox): a crash between commit and publish delays a run, never loses it. A row
+ * is keyed like the run's msgID (runId); `payload` is the run's JSON, published as is.
  */
 export const changeOutbox = pgTable(
   'change_outbox',
   {
-    id: bigserial('id', { mode: 'number' }).primaryKey(),
     channel: text('channel').notNull(),
+    epoch: text('epoch').notNull(),
     /** Version of the run's first change. */
     version: bigint('version', { mode: 'number' }).notNull(),
-    epoch: text('epoch').notNull(),
     payload: text('payload').notNull(),
     createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
   },
-  (t) => [index('change_outbox_created').on(t.createdAt)],
+  (t) => [primaryKey({ columns: [t.channel, t.epoch, t.version] }), index('change_outbox_created').on(t.createdAt)],
 )

@@ -17,16 +17,28 @@ export type SequencedEvent<E extends StoredEvent = StoredEvent> = {
 /** One change a projection made to one channel, before it gets its version. */
 export type Change = { channel: string; data: LeaderboardChange | ChatChange }
 
+/** What a projection made of a batch: its changes, and the statement that writes them. */
+export type Applied = {
+  /** In event order: one per event that changed something, none for the others. */
+  changes: Change[]
+  /**
+   * Writes the read model. The batch runs it together with its own writes (versions, outbox,
+   * checkpoint), all sent at once on the transaction's connection, so a batch costs one round of
+   * reads and one round of writes. Absent when nothing changed.
+   */
+  write?: () => Promise<unknown>
+}
+
 /**
  * A read model fed from one area of events (`score`, `chat`). `apply` runs inside the batch's
- * transaction, must use only `tx`, and returns the changes in event order: one per event that
- * changed something, none for the others.
+ * transaction and must use only `tx`: it reads what the events need, evolves it in event order,
+ * and returns the changes with the write that stores them (see Applied).
  */
 export type Projection = {
   name: ProjectionName
   /** The event-type prefix this projection consumes: `score` for `score.*`. */
   area: string
-  apply: (tx: Tx, events: SequencedEvent[]) => Promise<Change[]>
+  apply: (tx: Tx, events: SequencedEvent[]) => Promise<Applied>
 }
 
 /** Splits rows into chunks that stay under Postgres' 65,535 bind parameters per statement. */

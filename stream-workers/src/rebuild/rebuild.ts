@@ -1,12 +1,12 @@
 import { DeliverPolicy, type Consumer, type JetStreamClient, type JsMsg } from '@nats-io/jetstream'
 import { millis } from '@nats-io/transport-node'
 import { sql } from 'drizzle-orm'
-import type { Db, Tx } from '../../../core/db/client'
+import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections'
 import { applyBatchIn, type BatchMessage } from '../runtime/batch'
-import { createShadow, dropSchemas, leftoverSchemas, rowsOf, shadowSchemaName, swapIn, useShadow } from './shadow'
+import { createShadow, dropSchemas, leftoverSchemas, shadowSchemaName, swapIn, useShadow } from './shadow'
 
 export type RebuildDeps = {
   db: Db

@@ -1,5 +1,5 @@
 import { getTableName, sql, type SQL } from 'drizzle-orm'
-import type { Db, Tx } from '../../../core/db/client'
+import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, projectionCheckpoints } from '../../../core/db/schema'
 import type { ProjectionName } from '../projections'
 
@@ -24,12 +24,6 @@ export const rebuildTargets: Record<ProjectionName, { tables: string[]; channelP
  * letters; the shadow's notices must never be published).
  */
 const bookkeepingTables = [projectionCheckpoints, channelVersions, changeOutbox, deadLetters].map((t) => getTableName(t))
-
-/** Rows of a raw query, whichever driver (postgres.js and Bun return arrays, PGlite `{ rows }`). */
-export async function rowsOf<T>(q: Db | Tx, query: SQL): Promise<T[]> {
-  const r = (await q.execute(query)) as unknown
-  return (Array.isArray(r) ? r : ((r as { rows?: T[] }).rows ?? [])) as T[]
-}
 
 const ident = (name: string) => {
   // Every identifier here is ours (fixed table names, generated schema names); check anyway.

@@ -89,15 +89,22 @@ export async function applyBatchIn(tx: Tx, owner: BatchOwner, messages: BatchMes
       events.push(problem)
     }
   }
-  const changes = await projection.apply(tx, events)
-  const runs = await recordChanges(tx, changes, now)
-  await recordDeadLetters(tx, letters)
-  if (fresh.length > 0 || fence !== token) {
-    await tx
-      .update(projectionCheckpoints)
-      .set({ seq: Math.max(applied, ...fresh.map((m) => m.seq)), fence: token, updatedAt: now })
-      .where(and(eq(projectionCheckpoints.projection, projection.name), eq(projectionCheckpoints.partition, partition)))
-  }
+  const { changes, write } = await projection.apply(tx, events)
+  // Every write of the batch at once: they touch different rows, and sent together they cost one
+  // round trip (the driver pipelines them on the transaction's connection). The channel versions
+  // go last: their rows are the ones other partitions wait for, locked from here to commit.
+  const checkpointMoves = fresh.length > 0 || fence !== token
+  const [, , , runs] = await Promise.all([
+    write?.(),
+    recordDeadLetters(tx, letters),
+    checkpointMoves
+      ? tx
+          .update(projectionCheckpoints)
+          .set({ seq: fresh.reduce((max, m) => Math.max(max, m.seq), applied), fence: token, updatedAt: now })
+          .where(and(eq(projectionCheckpoints.projection, projection.name), eq(projectionCheckpoints.partition, partition)))
+      : undefined,
+    recordChanges(tx, changes, now),
+  ])
   return { applied: events.length, skipped: messages.length - fresh.length, deadLettered: letters.length, runs }
 }
 

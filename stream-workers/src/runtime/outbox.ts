@@ -1,15 +1,16 @@
 import type { JetStreamClient } from '@nats-io/jetstream'
-import { asc, inArray, lt, sql } from 'drizzle-orm'
+import { asc, lt, sql } from 'drizzle-orm'
 import { runId } from '../../../core/channels'
-import type { Db, Tx } from '../../../core/db/client'
+import { rowsOf, type Db, type Tx } from '../../../core/db/client'
+import { recordset } from '../../../core/db/recordset'
 import { changeOutbox, channelVersions } from '../../../core/db/schema'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
-import { chunkForInsert, type Change } from '../projections/types'
+import type { Change } from '../projections/types'
 import { sleep } from './backoff'
 
-/** A change run waiting in the outbox; `id` is its outbox row, `body` the JSON that is published. */
-export type OutboxRun = { id: number; channel: string; epoch: string; version: number; body: string }
+/** A change run waiting in the outbox; `body` is the JSON that is published. */
+export type OutboxRun = { channel: string; epoch: string; version: number; body: string }
 
 /**
  * Most UTF-16 units of changes in one run. A unit is at most 3 bytes of UTF-8, so a run stays well
@@ -20,10 +21,12 @@ const MAX_RUN_CHARS = 256 * 1024
 /**
  * Gives each change the next version of its channel (+1 per change, in the given order) and
  * writes the changes to the outbox as runs (one row per channel, more if a run gets large), inside
- * the caller's transaction. One upsert increments every touched channel by its count and locks
- * those rows until commit, so concurrent batches touching the same channel (one board spans
- * partitions) get disjoint, consecutive versions. Channels are locked in sorted order to avoid
- * deadlocks between such batches. Returns the runs in version order per channel.
+ * the caller's transaction and in one statement. The statement increments every touched channel's
+ * version by its count and locks those rows until commit, so concurrent batches touching the same
+ * channel (one board spans partitions) get disjoint, consecutive versions; being one statement
+ * (not a version upsert, then an outbox insert) it keeps those hot rows locked one round trip
+ * less. Channels are locked in sorted order to avoid deadlocks between such batches. Returns the
+ * runs in version order per channel.
  */
 export async function recordChanges(tx: Tx, changes: Change[], now: Date): Promise<OutboxRun[]> {
   if (changes.length === 0) return []
@@ -33,33 +36,21 @@ export async function recordChanges(tx: Tx, changes: Change[], now: Date): Promi
     if (list) list.push(c.data)
     else byChannel.set(c.channel, [c.data])
   }
-  const rows = [...byChannel].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([channel, list]) => ({ channel, version: list.length }))
-  const first = new Map<string, { version: number; epoch: string }>()
-  for (const chunk of chunkForInsert(rows, 2)) {
-    const updated = await tx
-      .insert(channelVersions)
-      .values(chunk)
-      .onConflictDoUpdate({ target: channelVersions.channel, set: { version: sql`${channelVersions.version} + excluded.version` } })
-      .returning({ channel: channelVersions.channel, version: channelVersions.version, epoch: channelVersions.epoch })
-    // The returned version is the last of this batch's run for that channel.
-    for (const u of updated) first.set(u.channel, { version: Number(u.version) - byChannel.get(u.channel)!.length + 1, epoch: u.epoch })
-  }
-  const at = now.toISOString()
-  const runs: Omit<OutboxRun, 'id'>[] = []
-  for (const { channel } of rows) {
-    const { version, epoch } = first.get(channel)!
-    let next = version
+  // Each run: its channel, its channel's total in this batch, its offset from the channel's first
+  // new version, and its changes as a JSON array (each change serialised once, here).
+  const runs: { channel: string; total: number; offset: number; changes: string }[] = []
+  for (const channel of [...byChannel.keys()].sort()) {
+    const list = byChannel.get(channel)!
+    let offset = 0
     let parts: string[] = []
     let chars = 0
     const close = () => {
-      // Built from JSON.stringify'd parts: each change is serialised once, for the row and the publish.
-      const body = `{"channel":${JSON.stringify(channel)},"version":${next},"epoch":${JSON.stringify(epoch)},"at":"${at}","changes":[${parts.join(',')}]}`
-      runs.push({ channel, epoch, version: next, body })
-      next += parts.length
+      runs.push({ channel, total: list.length, offset, changes: `[${parts.join(',')}]` })
+      offset += parts.length
       parts = []
       chars = 0
     }
-    for (const data of byChannel.get(channel)!) {
+    for (const data of list) {
       const json = JSON.stringify(data)
       if (parts.length > 0 && chars + json.length > MAX_RUN_CHARS) close()
       parts.push(json)
@@ -67,15 +58,31 @@ export async function recordChanges(tx: Tx, changes: Change[], now: Date): Promi
     }
     close()
   }
-  const out: OutboxRun[] = []
-  for (const chunk of chunkForInsert(runs, 4)) {
-    const ids = await tx
-      .insert(changeOutbox)
-      .values(chunk.map((r) => ({ channel: r.channel, version: r.version, epoch: r.epoch, payload: r.body })))
-      .returning({ id: changeOutbox.id })
-    ids.forEach((r, i) => out.push({ id: Number(r.id), ...chunk[i] }))
-  }
-  return out
+  const at = JSON.stringify(now.toISOString())
+  const rows = await rowsOf<{ channel: string; epoch: string; version: string | number; payload: string }>(
+    tx,
+    sql`with r as (
+          select * from ${recordset('r', { channel: 'text', total: 'bigint', offset: 'bigint', changes: 'text' }, runs)}
+        ), v as (
+          insert into ${channelVersions} (channel, version)
+          select distinct channel, total from r order by channel
+          on conflict (channel) do update set version = ${channelVersions}.version + excluded.version
+          returning channel, version, epoch
+        ), w as (
+          select r.channel, v.epoch, v.version - r.total + 1 + r.offset as version, r.changes, r.offset
+          from r join v on v.channel = r.channel
+        )
+        insert into ${changeOutbox} (channel, epoch, version, payload, created_at)
+        select channel, epoch, version,
+          '{"channel":' || to_json(channel)::text || ',"version":' || version::text || ',"epoch":' || to_json(epoch)::text
+            || ',"at":' || ${at} || ',"changes":' || changes || '}',
+          ${now.toISOString()}::timestamptz
+        from w order by channel, "offset"
+        returning channel, epoch, version, payload`,
+  )
+  return rows
+    .map((r) => ({ channel: r.channel, epoch: r.epoch, version: Number(r.version), body: r.payload }))
+    .sort((a, b) => (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : a.version - b.version))
 }
 
 /**
@@ -90,9 +97,13 @@ export async function publishRuns(deps: { db: Db; js: JetStreamClient; prefix: s
   const results = await Promise.allSettled(
     runs.map((r) => deps.js.publish(subjects.change(deps.prefix, r.channel), r.body, { msgID: runId(r) })),
   )
-  const done = runs.filter((_, i) => results[i].status === 'fulfilled').map((r) => r.id)
-  for (const chunk of chunkForInsert(done, 1)) {
-    if (chunk.length > 0) await deps.db.delete(changeOutbox).where(inArray(changeOutbox.id, chunk))
+  const done = runs.filter((_, i) => results[i].status === 'fulfilled').map(({ channel, epoch, version }) => ({ channel, epoch, version }))
+  if (done.length > 0) {
+    await deps.db
+      .delete(changeOutbox)
+      .where(
+        sql`(${changeOutbox.channel}, ${changeOutbox.epoch}, ${changeOutbox.version}) in (select channel, epoch, version from ${recordset('d', { channel: 'text', epoch: 'text', version: 'bigint' }, done)})`,
+      )
   }
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
@@ -128,7 +139,7 @@ export function startOutboxSweeper(deps: {
             .orderBy(asc(changeOutbox.channel), asc(changeOutbox.version))
             .limit(500)
           if (rows.length === 0) break
-          const published = await publishRuns(deps, rows.map((r) => ({ id: Number(r.id), channel: r.channel, epoch: r.epoch, version: Number(r.version), body: r.payload })))
+          const published = await publishRuns(deps, rows.map((r) => ({ channel: r.channel, epoch: r.epoch, version: Number(r.version), body: r.payload })))
           deps.logger.info({ published }, 'outbox sweeper published left-over change runs')
           if (rows.length < 500 || abort.signal.aborted) break
         }

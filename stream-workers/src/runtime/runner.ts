@@ -10,7 +10,7 @@ import { backoffMs, sleep } from './backoff'
 import { applyBatch, claimFence, type BatchResult } from './batch'
 import { ACK_WAIT_MS, consumerName, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isTransientDbError } from './errors'
-import { publishRuns } from './outbox'
+import { publishRuns, type OutboxRun } from './outbox'
 
 /** Test seams. Production passes none. */
 export type RunnerHooks = {
@@ -73,7 +73,7 @@ const REST_PULL_MS = 10_000
 /**
  * Runs one projection on one owned partition: creates this ownership's consumer from the
  * checkpoint, then pulls batches and applies each in one transaction (see applyBatch), acks it,
- * and publishes its change runs. Transient database faults retry the same batch in place; NATS
+ * and publishes its change runs while it pulls and applies the next. Transient database faults retry the same batch in place; NATS
  * trouble or a missing delivery recreates the consumer from the checkpoint, so messages are
  * always applied in stream order without gaps.
  */
@@ -183,12 +183,23 @@ export function startRunner(deps: RunnerDeps): Runner {
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
       log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length }, 'batch applied')
-      if (result.runs.length > 0) {
-        await publishRuns({ db: deps.db, js: deps.js, prefix: deps.prefix }, result.runs).catch((err) =>
-          log.warn({ err, runs: result.runs.length }, 'publishing change runs failed; the outbox sweeper will retry'),
-        )
-      }
+      if (result.runs.length > 0) await publishAfter(result.runs)
     }
+  }
+
+  /**
+   * Publishes a committed batch's runs while the runner goes on with the next batch. At most one
+   * batch's runs are in flight: the next waits for them, so a channel's runs leave in commit order
+   * and a slow NATS slows the runner down instead of piling up. A failure leaves the runs to the
+   * outbox sweeper.
+   */
+  let publishing: Promise<void> = Promise.resolve()
+  const publishAfter = async (runs: OutboxRun[]) => {
+    await publishing
+    publishing = publishRuns({ db: deps.db, js: deps.js, prefix: deps.prefix }, runs).then(
+      () => {},
+      (err) => log.warn({ err, runs: runs.length }, 'publishing change runs failed; the outbox sweeper will retry'),
+    )
   }
 
   const openConsumer = async (): Promise<Consumer> => {
@@ -248,6 +259,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       abort.abort()
       pulling?.stop()
       await done
+      await publishing
       if (opts.deleteConsumer && name) await deps.jsm.consumers.delete(deps.stream, name).catch(() => {})
     },
   }

@@ -1,17 +1,17 @@
-import { inArray, sql } from 'drizzle-orm'
+import { sql } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import type { Tx } from '../../../../core/db/client'
 import { recordset } from '../../../../core/db/recordset'
 import { chatMessages } from '../../../../core/db/schema'
-import { type Change, type Projection, type SequencedEvent } from '../types'
+import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { evolveMessage, type ChatEvent, type MessageState } from './projection'
 
 /**
  * Applies a batch of `chat.*` events: loads every message the batch refers to in one query,
- * evolves them in memory in event order, and writes the changed ones with one upsert (rows bound
- * as one JSON parameter, see recordset).
+ * evolves them in memory in event order, and returns the one upsert that writes the changed ones
+ * (rows bound as one JSON parameter, see recordset).
  */
-export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Change[]> {
+export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Applied> {
   const chat: { ref: string; ev: ChatEvent }[] = []
   for (const { event, seq, storedAt } of events) {
     switch (event.type) {
@@ -31,11 +31,15 @@ export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Chang
       }
     }
   }
-  if (chat.length === 0) return []
+  if (chat.length === 0) return { changes: [] }
 
   const ids = [...new Set(chat.map((c) => c.ref))]
   const messages = new Map<string, MessageState>()
-  for (const r of await tx.select().from(chatMessages).where(inArray(chatMessages.id, ids))) messages.set(r.id, r)
+  const rows = await tx
+    .select()
+    .from(chatMessages)
+    .where(sql`${chatMessages.id} in (select id from ${recordset('k', { id: 'text' }, ids.map((id) => ({ id })))})`)
+  for (const r of rows) messages.set(r.id, r)
 
   const changes: Change[] = []
   const dirty = new Map<string, MessageState>()
@@ -47,14 +51,15 @@ export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Chang
     changes.push({ channel: channelOf.chat(r.next.room), data: r.change })
   }
 
-  if (dirty.size === 0) return changes
+  if (dirty.size === 0) return { changes }
   const written = [...dirty.values()].map((m) => ({ ...m, postedAt: m.postedAt.toISOString() }))
   const columns = { id: 'text', room: 'text', user: 'text', text: 'text', seq: 'bigint', postedAt: 'timestamptz', deleted: 'boolean' }
-  await tx
-    .insert(chatMessages)
-    .select(sql`select id, room, "user", text, seq, "postedAt", deleted from ${recordset('m', columns, written)}`)
-    .onConflictDoUpdate({ target: chatMessages.id, set: { deleted: sql`excluded.deleted` } })
-  return changes
+  const write = () =>
+    tx
+      .insert(chatMessages)
+      .select(sql`select id, room, "user", text, seq, "postedAt", deleted from ${recordset('m', columns, written)}`)
+      .onConflictDoUpdate({ target: chatMessages.id, set: { deleted: sql`excluded.deleted` } })
+  return { changes, write }
 }
 
 /** The chat read model: `chat.*` events into chat_messages. */

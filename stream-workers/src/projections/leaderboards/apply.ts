@@ -4,7 +4,7 @@ import type { Tx } from '../../../../core/db/client'
 import { recordset } from '../../../../core/db/recordset'
 import { leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
-import { type Change, type Projection, type SequencedEvent } from '../types'
+import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { defaultRules, nextScore, type BoardRules, type Standing } from './projection'
 
 type ScoreEvent = Extract<StoredEvent, { type: 'score.submitted' }>
@@ -12,11 +12,11 @@ type ScoreEvent = Extract<StoredEvent, { type: 'score.submitted' }>
 const entryKey = (board: string, player: string) => `${board}\u0000${player}`
 
 /**
- * Applies a batch of `score.*` events: loads the boards' rules and the touched standings in two
- * queries, evolves them in memory in event order, and writes every changed standing with one
- * upsert (rows bound as one JSON parameter, see recordset).
+ * Applies a batch of `score.*` events: loads the boards' rules and the touched standings (two
+ * queries, one round trip), evolves them in memory in event order, and returns the one upsert that
+ * writes every changed standing (rows bound as one JSON parameter, see recordset).
  */
-export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<Change[]> {
+export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<Applied> {
   const scores: SequencedEvent<ScoreEvent>[] = []
   for (const e of events) {
     switch (e.event.type) {
@@ -32,21 +32,23 @@ export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<Cha
       }
     }
   }
-  if (scores.length === 0) return []
+  if (scores.length === 0) return { changes: [] }
 
   const boards = [...new Set(scores.map((e) => e.event.data.board))]
-  const rules = new Map<string, BoardRules>()
-  for (const r of await tx.select().from(leaderboards).where(inArray(leaderboards.board, boards))) {
-    rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator })
-  }
-  const standings = new Map<string, Standing>()
   const keys = new Map(scores.map(({ event: { data } }) => [entryKey(data.board, data.player), { board: data.board, player: data.player }]))
-  const rows = await tx
-    .select({ board: leaderboardEntries.board, player: leaderboardEntries.player, score: leaderboardEntries.score, reachedSeq: leaderboardEntries.reachedSeq })
-    .from(leaderboardEntries)
-    .where(
-      sql`(${leaderboardEntries.board}, ${leaderboardEntries.player}) in (select board, player from ${recordset('k', { board: 'text', player: 'text' }, [...keys.values()])})`,
-    )
+  // Both reads in one round trip.
+  const [boardRows, rows] = await Promise.all([
+    tx.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
+    tx
+      .select({ board: leaderboardEntries.board, player: leaderboardEntries.player, score: leaderboardEntries.score, reachedSeq: leaderboardEntries.reachedSeq })
+      .from(leaderboardEntries)
+      .where(
+        sql`(${leaderboardEntries.board}, ${leaderboardEntries.player}) in (select board, player from ${recordset('k', { board: 'text', player: 'text' }, [...keys.values()])})`,
+      ),
+  ])
+  const rules = new Map<string, BoardRules>()
+  for (const r of boardRows) rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator })
+  const standings = new Map<string, Standing>()
   for (const r of rows) standings.set(entryKey(r.board, r.player), { score: r.score, reachedSeq: r.reachedSeq })
 
   const changes: Change[] = []
@@ -62,18 +64,19 @@ export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<Cha
     changes.push({ channel: channelOf.leaderboard(board), data: { player, score: next.score, previous: current?.score ?? null } })
   }
 
-  if (dirty.size === 0) return changes
+  if (dirty.size === 0) return { changes }
   const written = [...dirty.values()].map((d) => ({ board: d.board, player: d.player, score: d.score, reached_seq: d.reachedSeq }))
-  await tx
-    .insert(leaderboardEntries)
-    .select(
-      sql`select board, player, score, reached_seq, now() from ${recordset('d', { board: 'text', player: 'text', score: 'float8', reached_seq: 'bigint' }, written)}`,
-    )
-    .onConflictDoUpdate({
-      target: [leaderboardEntries.board, leaderboardEntries.player],
-      set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
-    })
-  return changes
+  const write = () =>
+    tx
+      .insert(leaderboardEntries)
+      .select(
+        sql`select board, player, score, reached_seq, now() from ${recordset('d', { board: 'text', player: 'text', score: 'float8', reached_seq: 'bigint' }, written)}`,
+      )
+      .onConflictDoUpdate({
+        target: [leaderboardEntries.board, leaderboardEntries.player],
+        set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
+      })
+  return { changes, write }
 }
 
 /** The leaderboards read model: `score.*` events into leaderboard_entries. */
