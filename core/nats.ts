@@ -6,7 +6,10 @@ import { subjects } from './events'
 
 /** Connects to NATS, reconnecting forever: a NATS restart is an outage, not a crash. */
 export function connectNats(url: string, name: string): Promise<NatsConnection> {
-  return connect({ servers: url, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000 })
+  // noAsyncTraces: otherwise every request (each JetStream publish and ack wait) builds an Error
+  // up front for its stack trace, ~6% of an API node's CPU at full ingest. Errors still say what
+  // failed; they lose the caller's frames.
+  return connect({ servers: url, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000, noAsyncTraces: true })
 }
 
 /** Names of the streams and buckets one Fanfare deployment uses, derived from its config. */

@@ -63,6 +63,21 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     }
   })()
 
+  // nats.js writes what was published on a microtask, so a publish per WebSocket frame (each frame
+  // its own event-loop turn) would cost a socket write each: most of an API node's CPU under WS
+  // ingest. Publishes wait for the end of the turn instead and leave together, in call order.
+  let waiting: (() => void)[] = []
+  const endOfTurn = () =>
+    new Promise<void>((resume) => {
+      if (waiting.push(resume) === 1) {
+        setImmediate(() => {
+          const ready = waiting
+          waiting = []
+          for (const r of ready) r()
+        })
+      }
+    })
+
   return {
     async publish(inputs, publisher) {
       const events = validate(inputs, publisher)
@@ -76,9 +91,10 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       }
       js ??= jetstream(nc)
       const client = js
-      const at = now().toISOString()
       inFlight += events.length
       try {
+        await endOfTurn()
+        const at = now().toISOString()
         // All in flight at once: one connection writes them in call order and the server stores
         // them in that order, so events of one key keep their request order.
         const results = await Promise.all(
