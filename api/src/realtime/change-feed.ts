@@ -27,7 +27,9 @@ export async function startChangeFeed(deps: {
     deliver_policy: DeliverPolicy.StartTime,
     opt_start_time: new Date(Date.now() - (deps.lookBackMs ?? 10_000)).toISOString(),
   })
-  const messages = await consumer.consume()
+  // A wide pull window: the default (100) sends a pull request every ~50 runs, a socket write each,
+  // a large share of an API node's CPU when many channels each change often.
+  const messages = await consumer.consume({ max_messages: 1000 })
   const done = (async () => {
     for await (const m of messages) {
       let notices: ChangeNotice[]

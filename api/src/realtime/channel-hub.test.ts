@@ -123,6 +123,21 @@ describe('channel hub', () => {
     hub.stop()
   })
 
+  test('a resync snapshot drops the held notices it covers and releases the ones after it', async () => {
+    const t = topics()
+    let version = 1
+    const hub = createChannelHub({ snapshot: async () => ({ version, epoch: 'e1', data: {} }), publish: t.publish, gapTimeoutMs: 20 })
+    const a = t.sink('a')
+    await hub.subscribe(a, 'chat:lobby')
+    version = 4
+    for (const v of [3, 4, 5, 6]) hub.onNotice(notice(v)) // 2 is lost; 3..6 are held
+    await Bun.sleep(60)
+    hub.onNotice(notice(7))
+    expect(versionsSeen(a)).toEqual(['snapshot:1', 'snapshot:4:resync', 'update:5', 'update:6', 'update:7'])
+    expect(hub.stats()[0].held).toBe(0)
+    hub.stop()
+  })
+
   test('two first subscribers with different snapshots both stay gap-free', async () => {
     const t = topics()
     const snaps = manualSnapshots()

@@ -142,25 +142,35 @@ export function createChannelHub(deps: HubDeps) {
     if (st.last !== undefined) return
     st.last = snap.version
     st.epoch = snap.epoch
+    prune(channel, st)
     drain(channel, st)
   }
 
-  function drain(channel: string, st: ChannelState) {
-    if (st.last === undefined) return
-    if (st.epoch === '') {
-      // Nothing had happened when the topic started: the first notice's epoch is the channel's.
-      const first = [...st.held.values()].sort((a, b) => a.version - b.version)[0]
-      if (first) st.epoch = first.epoch
-    }
+  /**
+   * Drops held notices the topic no longer needs: at or below `last`, or of another epoch (held
+   * before the first snapshot, from an epoch the snapshot predates: a resync moves to it). Only
+   * needed when `last` or the epoch moved other than by delivering (first snapshot, resync,
+   * the first epoch seen); a notice arriving in the current epoch never needs it.
+   */
+  function prune(channel: string, st: ChannelState) {
     let foreign = false
     for (const [v, n] of st.held) {
       if (n.epoch !== st.epoch) {
-        // Held before the first snapshot, from an epoch the snapshot predates: move to it.
         if (!st.retired.has(n.epoch)) foreign = true
         st.held.delete(v)
-      } else if (v <= st.last) st.held.delete(v)
+      } else if (v <= st.last!) st.held.delete(v)
     }
     if (foreign) void resync(channel)
+  }
+
+  /** Publishes the held notices that continue `last`, in order; O(1) per notice delivered. */
+  function drain(channel: string, st: ChannelState) {
+    if (st.last === undefined) return
+    if (st.epoch === '' && st.held.size > 0) {
+      // Nothing had happened when the topic started: the first notice's epoch is the channel's.
+      st.epoch = [...st.held.values()].sort((a, b) => a.version - b.version)[0].epoch
+      prune(channel, st)
+    }
     let next = st.held.get(st.last + 1)
     while (next) {
       st.held.delete(next.version)
@@ -208,6 +218,7 @@ export function createChannelHub(deps: HubDeps) {
           if (j.buffer === null && sendTo(j, text)) j.version = snap.version
         }
         for (const j of [...st.joiners]) promoteIfCaughtUp(channel, st, j)
+        prune(channel, st)
         drain(channel, st)
       } catch (err) {
         deps.onError?.(err, channel)
