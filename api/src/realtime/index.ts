@@ -21,6 +21,9 @@ export type RealtimeDeps = {
 /** What the node needs of an open socket: Bun's ServerWebSocket (Elysia's `ws.raw`). */
 export type OpenSocket = { close: (code: number, reason: string) => void; getBufferedAmount: () => number; readyState: number }
 
+/** What acks need of a socket (Bun's ServerWebSocket; Elysia's older type lacks `cork`). */
+type AckSocket = { readyState: number; send: (text: string) => number; cork: (cb: () => void) => unknown }
+
 /** The open WebSockets of one node. */
 export type SocketRegistry = {
   open: Map<string, OpenSocket>
@@ -34,7 +37,13 @@ export const CLOSE_GOING_AWAY = 1001
 /** Close code for a client that fell too far behind: it must reconnect and re-sync. */
 export const CLOSE_SLOW_CONSUMER = 4008
 
-type Connection = { publisher: Publisher; channels: Set<string>; sink: Sink }
+type Connection = {
+  publisher: Publisher
+  channels: Set<string>
+  sink: Sink
+  /** Publish acks waiting for the end of the event-loop turn (see ackLater). */
+  acks: string[]
+}
 
 const sameToken = (given: string, expected: string | undefined) =>
   expected !== undefined &&
@@ -59,6 +68,24 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   const maxSubscriptions = deps.maxSubscriptions ?? 100
   const log = deps.logger.child({ component: 'realtime' })
 
+  // Acks complete together (one JetStream reply read acknowledges many publishes), outside Bun's
+  // own corking of the message handler: each send would be a socket write. They are queued per
+  // socket and sent at the end of the turn in one corked write.
+  const acking = new Map<AckSocket, Connection>()
+  const flushAcks = () => {
+    for (const [raw, conn] of acking) {
+      const frames = conn.acks
+      conn.acks = []
+      if (raw.readyState === 1) raw.cork(() => frames.forEach((f) => raw.send(f)))
+    }
+    acking.clear()
+  }
+  const ackLater = (raw: AckSocket, conn: Connection, frame: object) => {
+    conn.acks.push(JSON.stringify(frame))
+    if (acking.size === 0) setImmediate(flushAcks)
+    acking.set(raw, conn)
+  }
+
   return new Elysia({ name: 'realtime' }).ws('/v1/ws', {
     query: t.Object({ token: t.Optional(t.String({ maxLength: 256 })) }),
     detail: { summary: 'WebSocket: publish events and subscribe to channels', tags: ['realtime'] },
@@ -76,6 +103,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       const conn: Connection = {
         publisher: publisherFor(ws.data.query.token, deps.config)!,
         channels: new Set(),
+        acks: [],
         sink: {
           id: ws.id,
           send: (text) => raw.send(text),
@@ -97,7 +125,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         switch (frame.op) {
           case 'publish': {
             const [result] = await deps.publish([frame.event], conn.publisher)
-            return void reply({ op: 'ack', ref: frame.ref, ...result })
+            return void ackLater(ws.raw as unknown as AckSocket, conn, { op: 'ack', ref: frame.ref, ...result })
           }
           case 'subscribe': {
             if (conn.channels.has(frame.channel)) {
