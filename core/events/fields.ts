@@ -2,11 +2,22 @@ import { Type } from '@sinclair/typebox'
 
 /**
  * Field types shared by event contracts. Every string is bounded; names that end up in NATS
- * subjects or channel names (boards, rooms) are restricted to a subject-safe alphabet. No string
- * may hold a NUL character: Postgres text cannot store one, so such an event could never apply.
+ * subjects or channel names (boards, rooms) are restricted to a subject-safe alphabet. Free text
+ * must be storable: no NUL character (Postgres text cannot hold one) and no lone UTF-16 surrogate
+ * (not valid Unicode; Postgres refuses it in JSON). Such an event could never apply.
  */
 export const Name = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: 'letters, digits, _ or -, 1-64 chars' })
-export const ActorId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\s\\u0000]+$', description: '1-128 chars, no spaces or NUL' })
+export const ActorId = Type.String({
+  minLength: 1,
+  maxLength: 128,
+  pattern: '^(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
+  description: '1-128 chars, no spaces, NUL or lone surrogates',
+})
 export const EventId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_.:@-]+$', description: '1-128 chars of A-Z a-z 0-9 _ . : @ -' })
-export const ChatText = Type.String({ minLength: 1, maxLength: 2000, pattern: '^[^\\u0000]*$', description: '1-2000 chars, no NUL' })
+export const ChatText = Type.String({
+  minLength: 1,
+  maxLength: 2000,
+  pattern: '^(?:[^\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$',
+  description: '1-2000 chars, no NUL or lone surrogates',
+})
 export const FiniteNumber = Type.Number({ minimum: -1e15, maximum: 1e15, description: 'finite, |x| <= 1e15' })

@@ -165,7 +165,7 @@ describe('stream workers', () => {
     await workers.stop()
   })
 
-  test('messages Postgres cannot store as text (NUL characters, invalid UTF-8) are dead letters, not a crash', async () => {
+  test('messages Postgres cannot store (NUL characters, lone surrogates, invalid UTF-8) are dead letters, not a crash', async () => {
     const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
     const workers = await w.startWorker()
     const prefix = w.config.FANFARE_SUBJECT_PREFIX
@@ -174,21 +174,24 @@ describe('stream workers', () => {
     // A valid envelope whose strings hold NUL (JSON escapes it; Postgres text and jsonb refuse it).
     await w.js.publish(scoreSubject, JSON.stringify(storedEvent('score.submitted', { board: 'arena', player: 'nul\u0000player', score: 1 }, 'nul-1')), { msgID: 'nul-1' })
     await w.js.publish(chatSubject, JSON.stringify(storedEvent('chat.message.posted', { room: 'lobby', user: 'ann', text: 'a\u0000b' }, 'nul-2')), { msgID: 'nul-2' })
+    // A lone surrogate: JSON.stringify escapes it, Postgres refuses it in JSON and text.
+    await w.js.publish(chatSubject, JSON.stringify(storedEvent('chat.message.posted', { room: 'lobby', user: 'ann', text: 'x\ud800' }, 'sur-1')), { msgID: 'sur-1' })
     // Raw bytes: a NUL and invalid UTF-8 in a body that is not JSON at all.
     await w.js.publish(scoreSubject, new Uint8Array([0x7b, 0x00, 0xff, 0xfe, 0x7d]), { msgID: 'nul-3' })
     await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: 'zed', score: 7 }))
-    await publishEvent(w, storedEvent('chat.message.posted', { room: 'lobby', user: 'ann', text: 'fine' }, 'ok-1'))
+    await publishEvent(w, storedEvent('chat.message.posted', { room: 'lobby', user: 'ann', text: 'fine 🎉' }, 'ok-1'))
     await caughtUp(w)
     expect(await boardScores(w, 'arena')).toEqual({ zed: 7 })
-    expect((await w.database.db.select().from(chatMessages)).map((m) => m.id)).toEqual(['ok-1'])
+    expect((await w.database.db.select().from(chatMessages)).map((m) => [m.id, m.text])).toEqual([['ok-1', 'fine 🎉']])
     const dead = await w.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
     expect(dead.map((d) => [d.projection, d.eventId])).toEqual([
       ['leaderboards', 'nul-1'],
       ['chat', 'nul-2'],
+      ['chat', 'sur-1'],
       ['leaderboards', null],
     ])
-    for (const d of dead.slice(0, 2)) expect(d.reason).toContain('invalid data')
-    expect(dead[2].reason).toContain('not JSON')
+    for (const d of dead.slice(0, 3)) expect(d.reason).toContain('invalid data')
+    expect(dead[3].reason).toContain('not JSON')
     // The stored payload shows where the NUL was.
     expect(dead[0].payload).toContain('nul\\u0000player')
     await workers.stop()

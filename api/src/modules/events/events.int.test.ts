@@ -107,7 +107,7 @@ describe('POST /v1/events', () => {
     expect(await h.streamCount()).toBe(before)
   })
 
-  test('a NUL character in a player or chat text is 422 invalid_event (Postgres text cannot hold it)', async () => {
+  test('NUL characters and lone surrogates in a player or chat text are 422 invalid_event; emoji are fine', async () => {
     const before = await h.streamCount()
     const r = await h.call('POST', '/v1/events', {
       token: h.ingestToken,
@@ -115,13 +115,21 @@ describe('POST /v1/events', () => {
         events: [
           { type: 'score.submitted', data: { board: 'main', player: 'a\u0000b', score: 1 } },
           { type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'hi\u0000' } },
+          { type: 'score.submitted', data: { board: 'main', player: 'x\ud800', score: 1 } },
+          { type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: '\udc00 lone low' } },
+          { type: 'chat.message.posted', data: { room: 'lobby', user: 'ann🎮', text: 'gg 🎉' } },
         ],
       },
     })
     expect(r.status).toBe(422)
     expectErrorShape(r.json, 'invalid_event')
-    expect(r.json.error.details.map((d: any) => `${d.index}${d.path}`)).toEqual(['0/data/player', '1/data/text'])
+    expect(r.json.error.details.map((d: any) => `${d.index}${d.path}`)).toEqual(['0/data/player', '1/data/text', '2/data/player', '3/data/text'])
     expect(await h.streamCount()).toBe(before)
+    const ok = await h.call('POST', '/v1/events', {
+      token: h.ingestToken,
+      body: { type: 'chat.message.posted', data: { room: 'lobby', user: 'ann🎮', text: 'gg 🎉' } },
+    })
+    expect(ok.status).toBe(202)
   })
 
   test('duplicate ids in one batch are rejected', async () => {
