@@ -138,23 +138,27 @@ describe('channel hub', () => {
     hub.stop()
   })
 
-  test('two first subscribers with different snapshots both stay gap-free', async () => {
+  test('subscribers joining together share one snapshot read; a snapshot older than the topic is read again', async () => {
     const t = topics()
     const snaps = manualSnapshots()
-    const hub = createChannelHub({ snapshot: snaps.read, publish: t.publish, gapTimeoutMs: 1000 })
-    const a = t.sink('a')
-    const b = t.sink('b')
+    let reads = 0
+    const hub = createChannelHub({ snapshot: () => (reads++, snaps.read()), publish: t.publish, gapTimeoutMs: 1000 })
+    const [a, b, c] = ['a', 'b', 'c'].map((id) => t.sink(id))
     const pa = hub.subscribe(a, 'chat:lobby')
     const pb = hub.subscribe(b, 'chat:lobby')
-    await snaps.resolveNext(8) // a's read: sets where the topic starts
-    await pa
+    await snaps.resolveNext(8) // one read for both: sets where the topic starts
+    await Promise.all([pa, pb])
+    expect(reads).toBe(1)
     hub.onNotice(notice(9))
-    await snaps.resolveNext(5) // b's read started earlier and is older than what the topic had: read again
+    const pc = hub.subscribe(c, 'chat:lobby')
+    await snaps.resolveNext(5) // older than what the topic had (9): read again
     await snaps.resolveNext(9)
-    await pb
+    await pc
     hub.onNotice(notice(10))
+    expect(reads).toBe(3)
     expect(versionsSeen(a)).toEqual(['snapshot:8', 'update:9', 'update:10'])
-    expect(versionsSeen(b)).toEqual(['snapshot:9', 'update:10'])
+    expect(versionsSeen(b)).toEqual(['snapshot:8', 'update:9', 'update:10'])
+    expect(versionsSeen(c)).toEqual(['snapshot:9', 'update:10'])
     hub.stop()
   })
 

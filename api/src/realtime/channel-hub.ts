@@ -312,11 +312,29 @@ export function createChannelHub(deps: HubDeps) {
     return false
   }
 
+  /**
+   * Snapshot reads shared by the subscribers joining a channel at the same time: a burst of
+   * subscribes (a stream going live, a node's clients reconnecting) costs one read per channel, not
+   * one per subscriber. Only `join` shares them: a read that started before a joiner began buffering
+   * may miss notices it needs, which `join` detects (the buffer does not continue the snapshot) and
+   * answers with a fresh read. Resyncs never take a shared read: theirs must postdate the gap.
+   */
+  const sharedReads = new Map<string, Promise<Snapshot>>()
+  function sharedSnapshot(channel: string): Promise<Snapshot> {
+    let read = sharedReads.get(channel)
+    if (!read) {
+      read = deps.snapshot(channel).finally(() => sharedReads.delete(channel))
+      sharedReads.set(channel, read)
+    }
+    return read
+  }
+
   /** Sends a snapshot and joins the live updates (marked `resync` when a resume was refused). */
   async function join(channel: string, st: ChannelState, j: Joiner, resyncFlag: boolean) {
     for (let attempt = 1; ; attempt++) {
       if (attempt > 20) throw new Error(`could not read a snapshot of ${channel} that joins its live updates`)
-      const snap = await deps.snapshot(channel)
+      // A retry reads afresh: the shared read it would join may be the one that did not fit.
+      const snap = attempt === 1 ? await sharedSnapshot(channel) : await deps.snapshot(channel)
       if (gone(channel, st, j)) return
       init(channel, st, snap)
       if (st.epoch === '' && snap.epoch !== '') st.epoch = snap.epoch
