@@ -53,6 +53,15 @@ export function historyRetention(config: Config, kind: ChannelKind): { size: num
 }
 
 /**
+ * Which incarnation of a stream this is: `<name>@<created>`. A stream deleted and created again
+ * (NATS lost its data, an operator removed it) has a new one, and its sequences restart at 1.
+ */
+export async function streamIdentity(jsm: JetStreamManager, stream: string): Promise<string> {
+  const info = await jsm.streams.info(stream)
+  return `${stream}@${info.created}`
+}
+
+/**
  * Creates or updates the event and change streams so they match the config. Safe to call from
  * every process at start, concurrently.
  */

@@ -4,6 +4,8 @@ import { changeOutbox, chatMessages, channelVersions, deadLetters, leaderboards,
 import { keyOf, partitionOf, subjects } from '../../core/events'
 import { byChannel, createWorld, publishEvent, readNotices, readRuns, storedEvent, caughtUp, boardScores, type World } from './testing/harness'
 import { until } from '../../core/testing/wait'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { ensureStreams, streamIdentity } from '../../core/nats'
 
 let world: World | undefined
 afterEach(async () => {
@@ -123,11 +125,12 @@ describe('stream workers', () => {
     const all = []
     for await (const m of await consumer.fetch({ max_messages: 20, expires: 5_000 })) all.push(m)
     expect(all.length).toBe(20)
+    const stream = await streamIdentity(await jetstreamManager(w.nc), w.config.FANFARE_STREAM)
     for (let p = 0; p < w.config.FANFARE_PARTITIONS; p++) {
       const mine = all.filter((m) => subjects.partitionOfSubject(m.subject) === p)
       const r = await applyBatch(
         w.database.db,
-        { projection: leaderboardsProjection, partition: p, token: 1_000_000, partitions: w.config.FANFARE_PARTITIONS },
+        { projection: leaderboardsProjection, partition: p, token: 1_000_000, partitions: w.config.FANFARE_PARTITIONS, stream },
         mine.map((m) => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date() })),
         new Date(),
       )
@@ -135,6 +138,27 @@ describe('stream workers', () => {
     }
     expect(await boardScores(w, 'tot')).toEqual(expected)
     expect(await versions(w)).toEqual({ 'leaderboard:tot': 20 })
+  })
+
+  test('an event stream recreated after NATS lost its data is applied from its start, not skipped as already seen', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    const workers = await w.startWorker()
+    for (let i = 0; i < 10; i++) await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: `old${i}`, score: i }))
+    await caughtUp(w)
+    const jsm = await jetstreamManager(w.nc)
+    const before = await streamIdentity(jsm, w.config.FANFARE_STREAM)
+    // NATS loses its data: the event stream comes back empty and numbers from 1 again, below
+    // every checkpoint.
+    await jsm.streams.delete(w.config.FANFARE_STREAM)
+    await ensureStreams(w.nc, w.config)
+    const after = await streamIdentity(jsm, w.config.FANFARE_STREAM)
+    expect(after).not.toBe(before)
+    for (let i = 0; i < 3; i++) await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: `new${i}`, score: 100 + i }))
+    await until('events of the new stream applied', async () => ((await boardScores(w, 'arena')).new2 === 102 ? true : undefined), 30_000)
+    expect(await boardScores(w, 'arena')).toMatchObject({ old0: 0, old9: 9, new0: 100, new1: 101, new2: 102 })
+    const [cp] = await w.database.db.select().from(projectionCheckpoints).where(eq(projectionCheckpoints.projection, 'leaderboards'))
+    expect([cp.stream, cp.seq]).toEqual([after, 3])
+    await workers.stop()
   })
 
   test('poison messages go to dead letters; later events of the same partition still apply', async () => {

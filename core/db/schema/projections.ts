@@ -13,6 +13,12 @@ export const projectionCheckpoints = pgTable(
     partition: integer('partition').notNull(),
     seq: bigint('seq', { mode: 'number' }).notNull().default(0),
     fence: bigint('fence', { mode: 'number' }).notNull().default(0),
+    /**
+     * The event stream `seq` is a position in, as `<name>@<created>`. A stream recreated after NATS
+     * lost its data numbers from 1 again: a checkpoint of the old stream must not skip those.
+     * '' until a runner first records it.
+     */
+    stream: text('stream').notNull().default(''),
     updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [primaryKey({ columns: [t.projection, t.partition] })],

@@ -6,6 +6,7 @@ import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections'
 import { applyBatchIn, type BatchMessage } from '../runtime/batch'
+import { streamIdentity } from '../../../core/nats'
 import { createShadow, dropSchemas, leftoverSchemas, shadowSchemaName, swapIn, useShadow } from './shadow'
 
 export type RebuildDeps = {
@@ -50,6 +51,8 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
   try {
     // Ordered consumer: no server state to clean up, in order, resets itself on gaps. One
     // filter subject across partitions (nats-server 2.9).
+    // The shadow's checkpoints count in this incarnation of the event stream, like live ones.
+    const stream = await streamIdentity(await deps.js.jetstreamManager(), deps.stream)
     const consumer = await deps.js.consumers.get(deps.stream, {
       filter_subjects: `${deps.prefix}.ev.*.${projection.area}.>`,
       deliver_policy: DeliverPolicy.All,
@@ -67,7 +70,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       const at = now()
       // Same code as the live runners (decode, dead letters, checkpoint), token 0: never fenced.
       for (const [partition, messages] of [...byPartition].sort(([a], [b]) => a - b)) {
-        await applyBatchIn(tx, { projection, partition, token: 0, partitions: deps.partitions }, messages, at)
+        await applyBatchIn(tx, { projection, partition, token: 0, partitions: deps.partitions, stream }, messages, at)
       }
     }
     const fetch = async (max: number, expires: number) => {

@@ -4,7 +4,7 @@ import { projectionCheckpoints } from '../../../core/db/schema'
 import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
 import type { Projection, SequencedEvent } from '../projections/types'
 import { guessEventId, recordDeadLetters, type DeadLetter } from './dead-letters'
-import { FencedError } from './errors'
+import { FencedError, StreamChangedError } from './errors'
 import { recordChanges, type OutboxRun } from './outbox'
 
 /** What the batch needs of a stream message. */
@@ -18,6 +18,8 @@ export type BatchOwner = {
   token: number
   /** Partition count of the deployment, to check that an event's key belongs here. */
   partitions: number
+  /** Identity of the event stream the messages come from (see streamIdentity). */
+  stream: string
 }
 
 export type BatchResult = {
@@ -33,8 +35,9 @@ export type BatchResult = {
  * Applies a batch of messages, in the order given, in one transaction together with the
  * checkpoint. Locks the checkpoint row first: two owners of one partition serialise on it, a
  * message at or below the checkpoint is a redelivery and is skipped, and a checkpoint fenced by a
- * newer lease than `owner.token` throws FencedError (nothing is written). Messages that can never
- * apply become dead letters in the same transaction.
+ * newer lease than `owner.token` throws FencedError, and one of another event stream than
+ * `owner.stream` StreamChangedError (nothing is written). Messages that can never apply become dead
+ * letters in the same transaction.
  */
 export function applyBatch(db: Db, owner: BatchOwner, messages: BatchMessage[], now: Date): Promise<BatchResult> {
   return db.transaction((tx) => applyBatchIn(tx, owner, messages, now))
@@ -67,14 +70,16 @@ export async function applyBatchIn(tx: Tx, owner: BatchOwner, messages: BatchMes
   // Insert-or-touch returns the row locked like SELECT ... FOR UPDATE, in one round trip.
   const [checkpoint] = await tx
     .insert(projectionCheckpoints)
-    .values({ projection: projection.name, partition, seq: 0, fence: 0 })
+    .values({ projection: projection.name, partition, seq: 0, fence: 0, stream: owner.stream })
     .onConflictDoUpdate({
       target: [projectionCheckpoints.projection, projectionCheckpoints.partition],
       set: { projection: sql`excluded.projection` },
     })
-    .returning({ seq: projectionCheckpoints.seq, fence: projectionCheckpoints.fence })
+    .returning({ seq: projectionCheckpoints.seq, fence: projectionCheckpoints.fence, stream: projectionCheckpoints.stream })
   const fence = Number(checkpoint.fence)
   if (fence > token) throw new FencedError(fence, token)
+  // Sequences of another stream than the checkpoint's are not comparable with it.
+  if (checkpoint.stream !== owner.stream) throw new StreamChangedError(checkpoint.stream, owner.stream)
   const applied = Number(checkpoint.seq)
 
   const fresh = messages.filter((m) => m.seq > applied)

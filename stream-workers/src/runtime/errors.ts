@@ -61,3 +61,18 @@ export class FencedError extends Error {
     this.name = 'FencedError'
   }
 }
+
+/**
+ * The checkpoint refers to another event stream than the batch came from: the stream was
+ * recreated (NATS lost its data) while this runner held messages of the old one. Nothing was
+ * written; the runner starts over from the checkpoint with a new consumer.
+ */
+export class StreamChangedError extends Error {
+  constructor(
+    readonly checkpointStream: string,
+    readonly batchStream: string,
+  ) {
+    super(`checkpoint is for event stream ${checkpointStream || '(not recorded)'}, the batch came from ${batchStream}`)
+    this.name = 'StreamChangedError'
+  }
+}

@@ -1,15 +1,16 @@
 import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
 import { millis } from '@nats-io/transport-node'
-import { and, eq } from 'drizzle-orm'
-import type { Db } from '../../../core/db/client'
+import { sql } from 'drizzle-orm'
+import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
+import { streamIdentity } from '../../../core/nats'
 import type { Projection } from '../projections/types'
 import { backoffMs, sleep } from './backoff'
 import { applyBatch, claimFence, type BatchResult } from './batch'
 import { ACK_WAIT_MS, consumerName, createOwnershipConsumer } from './consumer'
-import { FencedError, isProgrammingError, isTransientDbError } from './errors'
+import { FencedError, isProgrammingError, isTransientDbError, StreamChangedError } from './errors'
 import { publishRuns, type OutboxRun } from './outbox'
 
 /** Test seams. Production passes none. */
@@ -126,7 +127,7 @@ export function startRunner(deps: RunnerDeps): Runner {
   }
 
   const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
-    const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions }
+    const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
     const messages = batch.map((m) => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) }))
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
     try {
@@ -135,7 +136,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         try {
           return await applyBatch(deps.db, owner, messages, now())
         } catch (err) {
-          if (err instanceof FencedError || !isTransientDbError(err)) throw err
+          if (err instanceof FencedError || err instanceof StreamChangedError || !isTransientDbError(err)) throw err
           const first = batch[0]
           const last = batch[batch.length - 1]
           log.warn(
@@ -176,7 +177,8 @@ export function startRunner(deps: RunnerDeps): Runner {
       }
       const result = await applyWithRetry(batch).catch((err) => {
         const m = batch[0]
-        throw err instanceof FencedError ? err : new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
+        if (err instanceof FencedError || err instanceof StreamChangedError) throw err
+        throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
       })
       if (!result) return // stopped while retrying: unacked messages go to the next owner
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
@@ -202,11 +204,34 @@ export function startRunner(deps: RunnerDeps): Runner {
     )
   }
 
+  // The event stream the current consumer reads, as `<name>@<created>` (see streamIdentity).
+  let stream = ''
+
+  /**
+   * Creates this ownership's consumer right after the checkpoint. First records which event
+   * stream the checkpoint counts in: if the stream was recreated since (its sequences restarted at
+   * 1), the checkpoint is reset to 0 so that the new stream's events are applied, not skipped as
+   * already seen. (The old stream's events are gone with NATS' data; the read models keep them.)
+   */
   const openConsumer = async (): Promise<Consumer> => {
-    const [row] = await deps.db
-      .select({ seq: projectionCheckpoints.seq })
-      .from(projectionCheckpoints)
-      .where(and(eq(projectionCheckpoints.projection, deps.projection.name), eq(projectionCheckpoints.partition, deps.partition)))
+    stream = await streamIdentity(deps.jsm, deps.stream)
+    const [row] = await rowsOf<{ seq: string | number; previous: string; previous_seq: string | number }>(
+      deps.db,
+      sql`with old as (
+            select stream, seq from ${projectionCheckpoints}
+            where projection = ${deps.projection.name} and partition = ${deps.partition} for update
+          )
+          update ${projectionCheckpoints} c
+          set stream = ${stream}, seq = case when old.stream in ('', ${stream}) then c.seq else 0 end
+          from old where c.projection = ${deps.projection.name} and c.partition = ${deps.partition}
+          returning c.seq, old.stream as previous, old.seq as previous_seq`,
+    )
+    if (row && row.previous !== '' && row.previous !== stream) {
+      log.error(
+        { previousStream: row.previous, previousSeq: Number(row.previous_seq), stream },
+        'the event stream was recreated (NATS lost its data?): applying the new stream from its start',
+      )
+    }
     await createOwnershipConsumer(deps.jsm, {
       stream: deps.stream,
       projection: deps.projection.name,
@@ -245,8 +270,8 @@ export function startRunner(deps: RunnerDeps): Runner {
           deps.onFatal(cause)
           break
         }
-        // NATS trouble, a deleted consumer, a missed delivery, or Postgres down while reading the
-        // checkpoint: start over from the checkpoint with a fresh consumer.
+        // NATS trouble, a deleted consumer, a missed delivery, a recreated event stream, or Postgres
+        // down while reading the checkpoint: start over from the checkpoint with a fresh consumer.
         log.warn({ err: err instanceof ResetConsumer ? err.message : err, attempt }, 'consumer reset')
         await sleep(backoffMs(attempt++), abort.signal)
       }
