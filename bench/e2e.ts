@@ -153,7 +153,7 @@ function rawSender(d: Deployment): Send {
 export async function e2e(ctx: BenchContext): Promise<Figure[]> {
   const rates = pick(ctx, [200, 1000], [1000, 5000, 20_000])
   const seconds = pick(ctx, 1, 3)
-  const max = pick(ctx, { concurrency: 4, batch: 100, total: 1000 }, { concurrency: 8, batch: 250, total: 20_000 })
+  const max = pick(ctx, { concurrency: 4, batch: 100, total: 1000 }, { concurrency: 8, batch: 250, total: 60_000 })
   const fan = await deploy()
   const bare = await deploy()
   const pipeline = startChild([BUN, 'bench/servers/bare-pipeline.ts'], {

@@ -208,6 +208,21 @@ describe('JetStream unavailable', () => {
     expect(((await res.json()) as any).error.code).toBe('unavailable')
   })
 
+  test('events stored by another stream than the configured one are 503, never 202', async () => {
+    // Same subjects, another stream name: the deployment's real stream captures them.
+    const config = { ...h.env.config, FANFARE_STREAM: `${h.env.config.FANFARE_STREAM}_OTHER` }
+    const app = createApp({ ...h.deps, config, ingest: createIngest({ config, nc: h.nc, logger: createLogger('silent'), publishTimeoutMs: 2000 }) })
+    const res = await app.handle(
+      new Request('http://localhost/v1/events', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify(score('other')),
+      }),
+    )
+    expect(res.status).toBe(503)
+    expect(((await res.json()) as any).error.code).toBe('unavailable')
+  })
+
   test('a closed NATS connection is 503 unavailable', async () => {
     const nc = await connect({ servers: TEST_NATS_URL })
     await nc.close()

@@ -100,11 +100,11 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
         const results = await Promise.all(
           events.map(async (e): Promise<PublishResult> => {
             const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
-            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), {
-              msgID: e.id,
-              timeout: publishTimeoutMs,
-              expect: { streamName: t.eventStream },
-            })
+            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: e.id, timeout: publishTimeoutMs })
+            // Checked on the ack rather than sent as an Nats-Expected-Stream header (a header per
+            // event costs the API and the server): another stream capturing our subjects is a
+            // misconfiguration to report, never a 202 for events the workers will not see.
+            if (ack.stream !== t.eventStream) throw new Error(`event stored in stream ${ack.stream}, expected ${t.eventStream}`)
             return { id: e.id, seq: ack.seq, duplicate: ack.duplicate }
           }),
         )
