@@ -427,6 +427,15 @@ export function createChannelHub(deps: HubDeps) {
       return channels.get(channel)?.members ?? new Set()
     },
 
+    /**
+     * Re-syncs every channel this node serves (each subscriber gets a `resync` snapshot): the
+     * change feed may have lost notices (its stream was recreated), and a lost notice that no later
+     * one reveals as a gap would otherwise go unnoticed.
+     */
+    resyncAll(): Promise<void> {
+      return Promise.all([...channels.keys()].map((channel) => resync(channel))).then(() => {})
+    },
+
     stats() {
       return [...channels].map(([channel, st]) => ({ channel, subscribers: st.members.size, version: st.last ?? null, epoch: st.epoch ?? null, held: st.held.size }))
     },

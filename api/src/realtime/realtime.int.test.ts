@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { jetstream } from '@nats-io/jetstream'
+import { eq } from 'drizzle-orm'
 import { channelOf, runId, runOf, type ChangeNotice } from '../../../core/channels'
 import { connectPostgres, type Database } from '../../../core/db/client'
 import { createLogger } from '../../../core/logger'
@@ -98,6 +99,31 @@ describe('realtime over a real server', () => {
     expect(c.frames.filter((f) => f.op === 'update' || f.op === 'subscribed')).toEqual([])
     for (const w of [watcher, c]) w.close()
   })
+
+  test('a change stream recreated (NATS lost its data) re-syncs subscribers and follows the new stream from its start', async () => {
+    const channel = channelOf.chat('lost')
+    await database.db.insert(channelVersions).values({ channel, version: 5, epoch: 'e1' })
+    const c = await WsClient.open(url)
+    c.send({ op: 'subscribe', ref: 's', channel })
+    await until('snapshot', () => c.of(channel).length === 1)
+    for (const v of [6, 7]) await publishNotice(notice(channel, v))
+    await until('2 updates', () => c.of(channel).length === 3)
+    // The stream comes back empty, numbering from 1: an ordered consumer resuming after its last
+    // sequence would wait past every new notice.
+    const jsm = await jetstreamManager(nc)
+    await jsm.streams.delete(topology(env.config).changeStreams.chat)
+    await ensureStreams(nc, env.config)
+    await database.db.update(channelVersions).set({ version: 9 }).where(eq(channelVersions.channel, channel))
+    for (const v of [8, 9]) await publishNotice(notice(channel, v))
+    await until('the client to reach version 9', () => c.of(channel).at(-1)?.version === 9, 15_000)
+    const frames = c.of(channel).map((f) => `${f.op}:${f.version}${f.resync ? ':resync' : ''}`)
+    expect(frames.slice(0, 3)).toEqual(['snapshot:5', 'update:6', 'update:7'])
+    // Told plainly: a resync snapshot (notices of the lost stream may be gone), never a silent skip.
+    expect(frames.some((f) => f.startsWith('snapshot:') && f.endsWith(':resync'))).toBe(true)
+    await publishNotice(notice(channel, 10))
+    await until('live updates on the new stream', () => c.of(channel).at(-1)?.version === 10)
+    c.close()
+  }, 30_000)
 
   test('publishing: anonymous clients may post chat but not scores; acks carry seq', async () => {
     const anon = await WsClient.open(url)

@@ -51,7 +51,13 @@ export async function startRealtime(deps: {
   })
   const feeds = await Promise.all(
     channelKinds.map((kind) =>
-      startChangeFeed({ nc: deps.nc, stream: t.changeStreams[kind], logger, onNotice: (n) => hub.onNotice(n) }),
+      startChangeFeed({
+        nc: deps.nc,
+        stream: t.changeStreams[kind],
+        logger,
+        onNotice: (n) => hub.onNotice(n),
+        onRestart: () => void hub.resyncAll(),
+      }),
     ),
   )
   // Slow consumers: a socket whose unsent queue passed the limit is closed with 4008 and a reason
