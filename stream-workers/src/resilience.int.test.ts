@@ -100,6 +100,24 @@ describe('stream workers under faults', () => {
     await b.stop()
   }, 90_000)
 
+  test('NATS loses all its data while a worker runs: streams and buckets come back, new events apply', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '2' }))
+    const workers = await w.startWorker()
+    for (let i = 0; i < 6; i++) await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: `old${i}`, score: i }))
+    await caughtUp(w)
+    // A NATS restarted without its data volume: every stream and bucket of the deployment is gone.
+    const jsm = await jetstreamManager(w.nc)
+    const t = topology(w.config)
+    for (const stream of [t.eventStream, ...Object.values(t.changeStreams), `KV_${t.leaseBucket}`, `KV_${t.jobBucket}`]) await jsm.streams.delete(stream)
+    // The worker creates them again; events accepted from then on are applied, in the new stream.
+    await until('the event stream to exist again', () => jsm.streams.info(t.eventStream).then(() => true, () => false), 20_000)
+    for (let i = 0; i < 4; i++) await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: `new${i}`, score: 100 + i }))
+    await until('events of the new stream to apply', async () => ((await boardScores(w, 'arena')).new3 === 103 ? true : undefined), 30_000)
+    expect(await boardScores(w, 'arena')).toMatchObject({ old0: 0, old5: 5, new0: 100, new3: 103 })
+    await until('the worker to hold its partitions again', () => workers.partitions().length === 2, 20_000)
+    await workers.stop()
+  }, 90_000)
+
   test('a recreated lease bucket (revisions back at 1) does not stall the partitions', async () => {
     const w = (world = await createWorld({ FANFARE_PARTITIONS: '4' }))
     await w.database.db.insert(leaderboards).values({ board: 'again', sortOrder: 'desc', operator: 'sum' })

@@ -11,6 +11,7 @@ import { startRebuildJobs } from './rebuild/jobs'
 import { openLeaseBucket, startLeases } from './runtime/leases'
 import { startOutboxSweeper } from './runtime/outbox'
 import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
+import { startTopologyKeeper } from './runtime/topology-keeper'
 
 export { listWorkers, openLeaseBucket, type WorkerInfo } from './runtime/leases'
 export { projectionStatus, type ProjectionsStatus } from '../../core/projections'
@@ -45,8 +46,9 @@ export type Workers = {
 }
 
 /**
- * Starts the stream workers of this process: ensures the streams, joins the partition leases,
- * runs one runner per projection on each owned partition, and sweeps the outbox.
+ * Starts the stream workers of this process: ensures the streams (and keeps them: see
+ * startTopologyKeeper), joins the partition leases, runs one runner per projection on each owned
+ * partition, and sweeps the outbox.
  */
 export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const { config, db, nc } = deps
@@ -107,6 +109,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     onRelease: (partition) => stopRunners(partition, true),
   })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, logger: logger.child({ component: 'outbox' }) })
+  const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
   const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now })
   logger.info({ partitions: t.partitions, projections: projections.map((p) => p.name) }, 'stream workers started')
@@ -121,6 +124,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))
         await sweeper.stop()
+        await keeper.stop()
         logger.info('stream workers stopped')
       })()),
   }
