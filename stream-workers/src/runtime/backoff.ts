@@ -20,3 +20,24 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     signal?.addEventListener('abort', done, { once: true })
   })
 }
+
+/**
+ * Runs `task` every `intervalMs` (after waiting first) until stopped; a round that throws is
+ * passed to `onError` and the next round runs as usual. `stop` waits for a running round.
+ */
+export function every(intervalMs: number, task: (signal: AbortSignal) => Promise<void>, onError: (err: unknown) => void): { stop: () => Promise<void> } {
+  const abort = new AbortController()
+  const loop = (async () => {
+    while (!abort.signal.aborted) {
+      await sleep(intervalMs, abort.signal)
+      if (abort.signal.aborted) break
+      await task(abort.signal).catch(onError)
+    }
+  })()
+  return {
+    stop: async () => {
+      abort.abort()
+      await loop
+    },
+  }
+}

@@ -7,7 +7,7 @@ import { changeOutbox, channelVersions } from '../../../core/db/schema'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Change } from '../projections/types'
-import { sleep } from './backoff'
+import { every } from './backoff'
 
 /** A change run waiting in the outbox; `body` is the JSON that is published. */
 export type OutboxRun = { channel: string; epoch: string; version: number; body: string }
@@ -123,35 +123,23 @@ export function startOutboxSweeper(deps: {
   intervalMs?: number
   minAgeMs?: number
 }): { stop: () => Promise<void> } {
-  const interval = deps.intervalMs ?? 2_000
   const minAge = deps.minAgeMs ?? 2_000
-  const abort = new AbortController()
-  const loop = (async () => {
-    while (!abort.signal.aborted) {
-      await sleep(interval, abort.signal)
-      if (abort.signal.aborted) break
-      try {
-        for (;;) {
-          const rows = await deps.db
-            .select()
-            .from(changeOutbox)
-            .where(lt(changeOutbox.createdAt, new Date(Date.now() - minAge)))
-            .orderBy(asc(changeOutbox.channel), asc(changeOutbox.version))
-            .limit(500)
-          if (rows.length === 0) break
-          const published = await publishRuns(deps, rows.map((r) => ({ channel: r.channel, epoch: r.epoch, version: Number(r.version), body: r.payload })))
-          deps.logger.info({ published }, 'outbox sweeper published left-over change runs')
-          if (rows.length < 500 || abort.signal.aborted) break
-        }
-      } catch (err) {
-        deps.logger.warn({ err }, 'outbox sweep failed; retrying next round')
+  return every(
+    deps.intervalMs ?? 2_000,
+    async (signal) => {
+      for (;;) {
+        const rows = await deps.db
+          .select()
+          .from(changeOutbox)
+          .where(lt(changeOutbox.createdAt, new Date(Date.now() - minAge)))
+          .orderBy(asc(changeOutbox.channel), asc(changeOutbox.version))
+          .limit(500)
+        if (rows.length === 0) break
+        const published = await publishRuns(deps, rows.map((r) => ({ channel: r.channel, epoch: r.epoch, version: Number(r.version), body: r.payload })))
+        deps.logger.info({ published }, 'outbox sweeper published left-over change runs')
+        if (rows.length < 500 || signal.aborted) break
       }
-    }
-  })()
-  return {
-    stop: async () => {
-      abort.abort()
-      await loop
     },
-  }
+    (err) => deps.logger.warn({ err }, 'outbox sweep failed; retrying next round'),
+  )
 }

@@ -5,7 +5,7 @@ import { openLeaseBucket } from '../../../core/leases'
 import type { Logger } from '../../../core/logger'
 import { ensureStreams, topology } from '../../../core/nats'
 import { openJobBucket } from '../../../core/rebuild-jobs'
-import { sleep } from './backoff'
+import { every } from './backoff'
 
 /**
  * Puts back the streams and buckets of the deployment when NATS has lost them (a NATS restarted
@@ -18,31 +18,20 @@ import { sleep } from './backoff'
 export function startTopologyKeeper(deps: { nc: NatsConnection; config: Config; logger: Logger; intervalMs?: number }): { stop: () => Promise<void> } {
   const t = topology(deps.config)
   const expected = [t.eventStream, ...Object.values(t.changeStreams), `KV_${t.leaseBucket}`, `KV_${t.jobBucket}`]
-  const abort = new AbortController()
-  const loop = (async () => {
-    while (!abort.signal.aborted) {
-      await sleep(deps.intervalMs ?? 2_000, abort.signal)
-      if (abort.signal.aborted) break
-      try {
-        const jsm = await jetstreamManager(deps.nc, { checkAPI: false })
-        const names = new Set<string>()
-        for await (const name of jsm.streams.names()) names.add(name)
-        const missing = expected.filter((n) => !names.has(n))
-        if (missing.length === 0) continue
-        deps.logger.error({ missing }, 'NATS lost streams of this deployment (restarted without its data?): creating them again')
-        await ensureStreams(deps.nc, deps.config)
-        await openLeaseBucket(deps.nc, deps.config)
-        await openJobBucket(deps.nc, deps.config)
-      } catch (err) {
-        // NATS down or busy: the next round looks again.
-        deps.logger.debug({ err }, 'topology check failed')
-      }
-    }
-  })()
-  return {
-    stop: async () => {
-      abort.abort()
-      await loop
+  return every(
+    deps.intervalMs ?? 2_000,
+    async () => {
+      const jsm = await jetstreamManager(deps.nc, { checkAPI: false })
+      const names = new Set<string>()
+      for await (const name of jsm.streams.names()) names.add(name)
+      const missing = expected.filter((n) => !names.has(n))
+      if (missing.length === 0) return
+      deps.logger.error({ missing }, 'NATS lost streams of this deployment (restarted without its data?): creating them again')
+      await ensureStreams(deps.nc, deps.config)
+      await openLeaseBucket(deps.nc, deps.config)
+      await openJobBucket(deps.nc, deps.config)
     },
-  }
+    // NATS down or busy: the next round looks again.
+    (err) => deps.logger.debug({ err }, 'topology check failed'),
+  )
 }

@@ -194,8 +194,9 @@ describe('JetStream unavailable', () => {
     await h.close()
   })
 
-  test('publishing to a stream that does not exist is 503, never 202', async () => {
-    const config = { ...h.env.config, FANFARE_STREAM: `${h.env.config.FANFARE_STREAM}_MISSING`, FANFARE_SUBJECT_PREFIX: `${h.env.config.FANFARE_SUBJECT_PREFIX}_missing` }
+  /** POSTs one event through an app whose ingest uses `overrides` on top of this test's config. */
+  async function postWith(overrides: Partial<typeof h.env.config>) {
+    const config = { ...h.env.config, ...overrides }
     const app = createApp({ ...h.deps, config, ingest: createIngest({ config, nc: h.nc, logger: createLogger('silent'), publishTimeoutMs: 2000 }) })
     const res = await app.handle(
       new Request('http://localhost/v1/events', {
@@ -204,23 +205,20 @@ describe('JetStream unavailable', () => {
         body: JSON.stringify(score('z')),
       }),
     )
-    expect(res.status).toBe(503)
-    expect(((await res.json()) as any).error.code).toBe('unavailable')
+    return { status: res.status, json: (await res.json()) as any }
+  }
+
+  test('publishing to a stream that does not exist is 503, never 202', async () => {
+    const r = await postWith({ FANFARE_STREAM: `${h.env.config.FANFARE_STREAM}_MISSING`, FANFARE_SUBJECT_PREFIX: `${h.env.config.FANFARE_SUBJECT_PREFIX}_missing` })
+    expect(r.status).toBe(503)
+    expect(r.json.error.code).toBe('unavailable')
   })
 
   test('events stored by another stream than the configured one are 503, never 202', async () => {
     // Same subjects, another stream name: the deployment's real stream captures them.
-    const config = { ...h.env.config, FANFARE_STREAM: `${h.env.config.FANFARE_STREAM}_OTHER` }
-    const app = createApp({ ...h.deps, config, ingest: createIngest({ config, nc: h.nc, logger: createLogger('silent'), publishTimeoutMs: 2000 }) })
-    const res = await app.handle(
-      new Request('http://localhost/v1/events', {
-        method: 'POST',
-        headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json' },
-        body: JSON.stringify(score('other')),
-      }),
-    )
-    expect(res.status).toBe(503)
-    expect(((await res.json()) as any).error.code).toBe('unavailable')
+    const r = await postWith({ FANFARE_STREAM: `${h.env.config.FANFARE_STREAM}_OTHER` })
+    expect(r.status).toBe(503)
+    expect(r.json.error.code).toBe('unavailable')
   })
 
   test('a closed NATS connection is 503 unavailable', async () => {
