@@ -128,13 +128,14 @@ describe('stream workers', () => {
     const stream = await streamIdentity(await jetstreamManager(w.nc), w.config.FANFARE_STREAM)
     for (let p = 0; p < w.config.FANFARE_PARTITIONS; p++) {
       const mine = all.filter((m) => subjects.partitionOfSubject(m.subject) === p)
-      const r = await applyBatch(
-        w.database.db,
-        { projection: leaderboardsProjection, partition: p, token: 1_000_000, partitions: w.config.FANFARE_PARTITIONS, stream },
-        mine.map((m) => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date() })),
-        new Date(),
-      )
+      const owner = { projection: leaderboardsProjection, partition: p, token: 1_000_000, partitions: w.config.FANFARE_PARTITIONS, stream }
+      const replay = mine.map((m) => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date() }))
+      // A new owner starts from the stored checkpoint: everything is a redelivery.
+      const [cp] = await w.database.db.select().from(projectionCheckpoints).where(and(eq(projectionCheckpoints.projection, 'leaderboards'), eq(projectionCheckpoints.partition, p)))
+      const r = await applyBatch(w.database.db, owner, cp.seq, replay, new Date())
       expect(r).toMatchObject({ applied: 0, skipped: mine.length, deadLettered: 0, runs: [] })
+      // An owner that believes an older checkpoint writes nothing: the guard refuses the batch.
+      await expect(applyBatch(w.database.db, owner, 0, replay, new Date())).rejects.toThrow(/checkpoint is at/)
     }
     expect(await boardScores(w, 'tot')).toEqual(expected)
     expect(await versions(w)).toEqual({ 'leaderboard:tot': 20 })

@@ -1,5 +1,6 @@
 import type { ChatChange, LeaderboardChange } from '../../../core/channels'
-import type { Tx } from '../../../core/db/client'
+import type { SQL, SQLWrapper } from 'drizzle-orm'
+import type { Db } from '../../../core/db/client'
 import type { StoredEvent } from '../../../core/events'
 import type { ProjectionName } from '../../../core/projections'
 
@@ -22,23 +23,23 @@ export type Applied = {
   /** In event order: one per event that changed something, none for the others. */
   changes: Change[]
   /**
-   * Writes the read model. The batch runs it together with its own writes (versions, outbox,
-   * checkpoint), all sent at once on the transaction's connection, so a batch costs one round of
-   * reads and one round of writes. Absent when nothing changed.
+   * The read-model write, not run: the batch runs it as part of its one statement (with the
+   * checkpoint, versions and outbox), and only `when` that statement's checkpoint guard holds, so
+   * the projection must put `when` in its write's WHERE. Absent when nothing changed.
    */
-  write?: () => Promise<unknown>
+  write?: (when: SQL) => SQLWrapper
 }
 
 /**
- * A read model fed from one area of events (`score`, `chat`). `apply` runs inside the batch's
- * transaction and must use only `tx`: it reads what the events need, evolves it in event order,
- * and returns the changes with the write that stores them (see Applied).
+ * A read model fed from one area of events (`score`, `chat`). `apply` reads what the events need
+ * through `db` (no transaction: see applyBatch for why that is safe), evolves it in event order,
+ * and returns the changes with the write that stores them (see Applied). It must not write.
  */
 export type Projection = {
   name: ProjectionName
   /** The event-type prefix this projection consumes: `score` for `score.*`. */
   area: string
-  apply: (tx: Tx, events: SequencedEvent[]) => Promise<Applied>
+  apply: (db: Db, events: SequencedEvent[]) => Promise<Applied>
 }
 
 /** Splits rows into chunks that stay under Postgres' 65,535 bind parameters per statement. */

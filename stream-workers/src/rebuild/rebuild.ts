@@ -5,7 +5,7 @@ import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections'
-import { applyBatchIn, type BatchMessage } from '../runtime/batch'
+import { applyBatch, type BatchMessage } from '../runtime/batch'
 import { streamIdentity } from '../../../core/nats'
 import { createShadow, dropSchemas, leftoverSchemas, shadowSchemaName, swapIn, useShadow } from './shadow'
 
@@ -57,6 +57,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       filter_subjects: `${deps.prefix}.ev.*.${projection.area}.>`,
       deliver_policy: DeliverPolicy.All,
     })
+    const shadowCheckpoints = new Map<number, number>()
     const applyShadow = async (tx: Tx, batch: JsMsg[]) => {
       const byPartition = new Map<number, BatchMessage[]>()
       for (const m of batch) {
@@ -69,8 +70,10 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       }
       const at = now()
       // Same code as the live runners (decode, dead letters, checkpoint), token 0: never fenced.
+      // The shadow's checkpoints start at 0 and only this rebuild writes them.
       for (const [partition, messages] of [...byPartition].sort(([a], [b]) => a - b)) {
-        await applyBatchIn(tx, { projection, partition, token: 0, partitions: deps.partitions, stream }, messages, at)
+        const r = await applyBatch(tx, { projection, partition, token: 0, partitions: deps.partitions, stream }, shadowCheckpoints.get(partition) ?? 0, messages, at)
+        shadowCheckpoints.set(partition, r.checkpoint)
       }
     }
     const fetch = async (max: number, expires: number) => {

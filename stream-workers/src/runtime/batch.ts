@@ -1,11 +1,11 @@
-import { and, eq, sql } from 'drizzle-orm'
-import type { Db, Tx } from '../../../core/db/client'
+import { and, eq, sql, type SQL } from 'drizzle-orm'
+import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
 import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
 import type { Projection, SequencedEvent } from '../projections/types'
-import { guessEventId, recordDeadLetters, type DeadLetter } from './dead-letters'
-import { FencedError, StreamChangedError } from './errors'
-import { recordChanges, type OutboxRun } from './outbox'
+import { deadLetterWrite, guessEventId, type DeadLetter } from './dead-letters'
+import { CheckpointMovedError, FencedError, StreamChangedError } from './errors'
+import { outboxWrite, type OutboxRun } from './outbox'
 
 /** What the batch needs of a stream message. */
 export type BatchMessage = { subject: string; seq: number; body: Uint8Array; storedAt: Date }
@@ -29,18 +29,8 @@ export type BatchResult = {
   deadLettered: number
   /** Change runs committed with the batch, in version order per channel, to publish after commit. */
   runs: OutboxRun[]
-}
-
-/**
- * Applies a batch of messages, in the order given, in one transaction together with the
- * checkpoint. Locks the checkpoint row first: two owners of one partition serialise on it, a
- * message at or below the checkpoint is a redelivery and is skipped, and a checkpoint fenced by a
- * newer lease than `owner.token` throws FencedError, and one of another event stream than
- * `owner.stream` StreamChangedError (nothing is written). Messages that can never apply become dead
- * letters in the same transaction.
- */
-export function applyBatch(db: Db, owner: BatchOwner, messages: BatchMessage[], now: Date): Promise<BatchResult> {
-  return db.transaction((tx) => applyBatchIn(tx, owner, messages, now))
+  /** The checkpoint after the batch: what the next batch expects. */
+  checkpoint: number
 }
 
 /**
@@ -62,27 +52,28 @@ export async function claimFence(db: Db, projection: string, partition: number):
 }
 
 /**
- * applyBatch inside the caller's transaction (the rebuild applies into a shadow schema selected
- * by the transaction's search_path). Same contract as applyBatch; the caller commits.
+ * Applies a batch of messages, in the order given, exactly once: reads what the projection needs,
+ * then writes everything (read model, dead letters, channel versions and outbox, checkpoint) in
+ * ONE statement, which commits on its own (or with the caller's transaction: the rebuild).
+ *
+ * `expected` is the checkpoint the owner last saw (read when it opened its consumer, then what its
+ * own batches wrote): messages at or below it are redeliveries and are skipped. The statement
+ * writes only if the checkpoint still is `expected`, fenced by no newer lease than `owner.token`,
+ * and counts in `owner.stream`; otherwise it writes nothing and this throws FencedError,
+ * StreamChangedError or CheckpointMovedError (the caller re-reads the checkpoint).
+ *
+ * Why the reads need no lock: a key's events only ever apply in its partition, so the rows they
+ * read are written only by an owner of this partition, and every such write moves the checkpoint.
+ * If another owner wrote after our reads, the checkpoint is no longer `expected` and nothing is
+ * written. Why one statement: the channel version rows are shared by every partition (one board
+ * spans them); locked by a statement that commits by itself, they are held for that statement
+ * alone, not through client round trips to a COMMIT.
  */
-export async function applyBatchIn(tx: Tx, owner: BatchOwner, messages: BatchMessage[], now: Date): Promise<BatchResult> {
+export async function applyBatch(db: Db, owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date): Promise<BatchResult> {
   const { projection, partition, token } = owner
-  // Insert-or-touch returns the row locked like SELECT ... FOR UPDATE, in one round trip.
-  const [checkpoint] = await tx
-    .insert(projectionCheckpoints)
-    .values({ projection: projection.name, partition, seq: 0, fence: 0, stream: owner.stream })
-    .onConflictDoUpdate({
-      target: [projectionCheckpoints.projection, projectionCheckpoints.partition],
-      set: { projection: sql`excluded.projection` },
-    })
-    .returning({ seq: projectionCheckpoints.seq, fence: projectionCheckpoints.fence, stream: projectionCheckpoints.stream })
-  const fence = Number(checkpoint.fence)
-  if (fence > token) throw new FencedError(fence, token)
-  // Sequences of another stream than the checkpoint's are not comparable with it.
-  if (checkpoint.stream !== owner.stream) throw new StreamChangedError(checkpoint.stream, owner.stream)
-  const applied = Number(checkpoint.seq)
-
-  const fresh = messages.filter((m) => m.seq > applied)
+  const fresh = messages.filter((m) => m.seq > expected)
+  const skipped = messages.length - fresh.length
+  if (fresh.length === 0) return { applied: 0, skipped, deadLettered: 0, runs: [], checkpoint: expected }
   const events: SequencedEvent[] = []
   const letters: DeadLetter[] = []
   for (const m of fresh) {
@@ -94,23 +85,47 @@ export async function applyBatchIn(tx: Tx, owner: BatchOwner, messages: BatchMes
       events.push(problem)
     }
   }
-  const { changes, write } = await projection.apply(tx, events)
-  // Every write of the batch at once: they touch different rows, and sent together they cost one
-  // round trip (the driver pipelines them on the transaction's connection). The channel versions
-  // go last: their rows are the ones other partitions wait for, locked from here to commit.
-  const checkpointMoves = fresh.length > 0 || fence !== token
-  const [, , , runs] = await Promise.all([
-    write?.(),
-    recordDeadLetters(tx, letters),
-    checkpointMoves
-      ? tx
-          .update(projectionCheckpoints)
-          .set({ seq: fresh.reduce((max, m) => Math.max(max, m.seq), applied), fence: token, updatedAt: now })
-          .where(and(eq(projectionCheckpoints.projection, projection.name), eq(projectionCheckpoints.partition, partition)))
-      : undefined,
-    recordChanges(tx, changes, now),
-  ])
-  return { applied: events.length, skipped: messages.length - fresh.length, deadLettered: letters.length, runs }
+  const { changes, write } = await projection.apply(db, events)
+  const checkpoint = fresh.reduce((max, m) => Math.max(max, m.seq), expected)
+
+  // `guard` moves the checkpoint (or creates it, for a shadow's first batch) only from `expected`;
+  // every other write of the statement happens only if it did.
+  const when = sql`exists (select 1 from guard)`
+  const members: SQL[] = [
+    sql`guard as (
+      insert into ${projectionCheckpoints} (projection, partition, seq, fence, stream, updated_at)
+      values (${projection.name}, ${partition}, ${checkpoint}, ${token}, ${owner.stream}, ${now.toISOString()}::timestamptz)
+      on conflict (projection, partition) do update set seq = excluded.seq, fence = excluded.fence, updated_at = excluded.updated_at
+      where ${projectionCheckpoints}.seq = ${expected} and ${projectionCheckpoints}.fence <= ${token} and ${projectionCheckpoints}.stream = ${owner.stream}
+      returning 1
+    )`,
+  ]
+  if (write) members.push(sql`model as (${write(when).getSQL()})`)
+  if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
+  const outbox = outboxWrite(changes, now, when)
+  if (outbox) members.push(outbox)
+  const [row] = await rowsOf<{ ok: number; runs: string }>(
+    db,
+    sql`with ${sql.join(members, sql`, `)}
+        select (select count(*) from guard)::int as ok,
+          ${outbox ? sql`coalesce((select json_agg(json_build_object('channel', channel, 'epoch', epoch, 'version', version, 'payload', payload)) from outbox), '[]')::text` : sql`'[]'`} as runs`,
+  )
+  if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected)
+  const runs = (JSON.parse(row.runs) as { channel: string; epoch: string; version: number; payload: string }[])
+    .map((r) => ({ channel: r.channel, epoch: r.epoch, version: Number(r.version), body: r.payload }))
+    .sort((a, b) => (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : a.version - b.version))
+  return { applied: events.length, skipped, deadLettered: letters.length, runs, checkpoint }
+}
+
+/** After a guard refused a batch: the error that says why. */
+async function whyNotWritten(db: Db, owner: BatchOwner, expected: number): Promise<Error> {
+  const [cp] = await db
+    .select({ seq: projectionCheckpoints.seq, fence: projectionCheckpoints.fence, stream: projectionCheckpoints.stream })
+    .from(projectionCheckpoints)
+    .where(and(eq(projectionCheckpoints.projection, owner.projection.name), eq(projectionCheckpoints.partition, owner.partition)))
+  if (cp && Number(cp.fence) > owner.token) return new FencedError(Number(cp.fence), owner.token)
+  if (cp && cp.stream !== owner.stream) return new StreamChangedError(cp.stream, owner.stream)
+  return new CheckpointMovedError(expected, cp ? Number(cp.seq) : undefined)
 }
 
 /** Decodes a message and checks it belongs to this projection and partition. */

@@ -1,6 +1,6 @@
-import type { Tx } from '../../../core/db/client'
+import { sql, type SQL } from 'drizzle-orm'
+import { recordset } from '../../../core/db/recordset'
 import { deadLetters } from '../../../core/db/schema'
-import { chunkForInsert } from '../projections/types'
 
 /** A stream message that can never apply, with why. */
 export type DeadLetter = {
@@ -14,28 +14,30 @@ export type DeadLetter = {
 }
 
 /**
- * Stores dead letters inside the batch's transaction: they count as applied (the checkpoint moves
- * past them) and never block the messages after them.
+ * The insert of a batch's dead letters, for the batch statement (runs only `when` its guard held):
+ * they count as applied (the checkpoint moves past them) and never block the messages after them.
  */
-export async function recordDeadLetters(tx: Tx, letters: DeadLetter[]): Promise<void> {
+export function deadLetterWrite(letters: DeadLetter[], when: SQL): SQL {
   const rows = letters.map((l) => ({
-    ...l,
+    projection: l.projection,
+    partition: l.partition,
+    stream_seq: l.streamSeq,
     subject: storable(l.subject),
-    eventId: l.eventId === null ? null : storable(l.eventId),
+    event_id: l.eventId === null ? null : storable(l.eventId),
     reason: storable(l.reason),
     payload: storable(l.payload),
   }))
-  for (const chunk of chunkForInsert(rows, 7)) {
-    if (chunk.length > 0) await tx.insert(deadLetters).values(chunk)
-  }
+  const columns = { projection: 'text', partition: 'integer', stream_seq: 'bigint', subject: 'text', event_id: 'text', reason: 'text', payload: 'text' }
+  return sql`insert into ${deadLetters} (projection, partition, stream_seq, subject, event_id, reason, payload)
+    select projection, partition, stream_seq, subject, event_id, reason, payload from ${recordset('l', columns, rows)} where ${when}`
 }
 
 /**
- * Text Postgres can store: a NUL character (a poison message may hold any bytes) becomes U+FFFD,
- * as invalid UTF-8 already has when the body was decoded. Failing to store a dead letter would
- * stop the partition, the very thing dead letters exist to prevent.
+ * Text Postgres can store: a NUL character or a lone surrogate (a poison message may hold anything)
+ * becomes U+FFFD, as invalid UTF-8 already has when the body was decoded. Failing to store a dead
+ * letter would stop the partition, the very thing dead letters exist to prevent.
  */
-const storable = (s: string) => s.replaceAll('\u0000', '\uFFFD')
+const storable = (s: string) => s.replace(/\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD')
 
 /** The event id of an undecodable body, when it still has one: helps admins find the sender. */
 export function guessEventId(body: string): string | null {

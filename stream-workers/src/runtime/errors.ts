@@ -76,3 +76,18 @@ export class StreamChangedError extends Error {
     this.name = 'StreamChangedError'
   }
 }
+
+/**
+ * The checkpoint is not where the runner last saw it (a rebuild moved it, or a write whose answer
+ * was lost did commit). Nothing was written; the runner re-reads the checkpoint and goes on from
+ * there with a new consumer.
+ */
+export class CheckpointMovedError extends Error {
+  constructor(
+    readonly expected: number,
+    readonly actual: number | undefined,
+  ) {
+    super(`checkpoint is at ${actual ?? '(none)'}, not at ${expected} as this runner last saw it`)
+    this.name = 'CheckpointMovedError'
+  }
+}

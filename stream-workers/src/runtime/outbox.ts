@@ -1,7 +1,7 @@
 import type { JetStreamClient } from '@nats-io/jetstream'
-import { asc, lt, sql } from 'drizzle-orm'
+import { asc, lt, sql, type SQL } from 'drizzle-orm'
 import { runId } from '../../../core/channels'
-import { rowsOf, type Db, type Tx } from '../../../core/db/client'
+import type { Db } from '../../../core/db/client'
 import { recordset } from '../../../core/db/recordset'
 import { changeOutbox, channelVersions } from '../../../core/db/schema'
 import { subjects } from '../../../core/events'
@@ -19,17 +19,16 @@ export type OutboxRun = { channel: string; epoch: string; version: number; body:
 const MAX_RUN_CHARS = 256 * 1024
 
 /**
- * Gives each change the next version of its channel (+1 per change, in the given order) and
- * writes the changes to the outbox as runs (one row per channel, more if a run gets large), inside
- * the caller's transaction and in one statement. The statement increments every touched channel's
- * version by its count and locks those rows until commit, so concurrent batches touching the same
- * channel (one board spans partitions) get disjoint, consecutive versions; being one statement
- * (not a version upsert, then an outbox insert) it keeps those hot rows locked one round trip
- * less. Channels are locked in sorted order to avoid deadlocks between such batches. Returns the
- * runs in version order per channel.
+ * The members of the batch statement (see applyBatch) that give each change the next version of
+ * its channel (+1 per change, in the given order) and write the changes to the outbox as runs (one
+ * row per channel, more if a run gets large), ending with `outbox`, the inserted rows. They run
+ * only `when` the batch's guard held. The version upsert increments every touched channel by its
+ * count and locks those rows until the statement commits, so concurrent batches touching the same
+ * channel (one board spans partitions) get disjoint, consecutive versions; channels are locked in
+ * sorted order to avoid deadlocks between such batches. Undefined when there are no changes.
  */
-export async function recordChanges(tx: Tx, changes: Change[], now: Date): Promise<OutboxRun[]> {
-  if (changes.length === 0) return []
+export function outboxWrite(changes: Change[], now: Date, when: SQL): SQL | undefined {
+  if (changes.length === 0) return undefined
   const byChannel = new Map<string, Change['data'][]>()
   for (const c of changes) {
     const list = byChannel.get(c.channel)
@@ -59,30 +58,25 @@ export async function recordChanges(tx: Tx, changes: Change[], now: Date): Promi
     close()
   }
   const at = JSON.stringify(now.toISOString())
-  const rows = await rowsOf<{ channel: string; epoch: string; version: string | number; payload: string }>(
-    tx,
-    sql`with r as (
-          select * from ${recordset('r', { channel: 'text', total: 'bigint', offset: 'bigint', changes: 'text' }, runs)}
-        ), v as (
-          insert into ${channelVersions} (channel, version)
-          select distinct channel, total from r order by channel
-          on conflict (channel) do update set version = ${channelVersions}.version + excluded.version
-          returning channel, version, epoch
-        ), w as (
-          select r.channel, v.epoch, v.version - r.total + 1 + r.offset as version, r.changes, r.offset
-          from r join v on v.channel = r.channel
-        )
-        insert into ${changeOutbox} (channel, epoch, version, payload, created_at)
-        select channel, epoch, version,
-          '{"channel":' || to_json(channel)::text || ',"version":' || version::text || ',"epoch":' || to_json(epoch)::text
-            || ',"at":' || ${at} || ',"changes":' || changes || '}',
-          ${now.toISOString()}::timestamptz
-        from w order by channel, "offset"
-        returning channel, epoch, version, payload`,
-  )
-  return rows
-    .map((r) => ({ channel: r.channel, epoch: r.epoch, version: Number(r.version), body: r.payload }))
-    .sort((a, b) => (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : a.version - b.version))
+  return sql`pending as (
+      select * from ${recordset('r', { channel: 'text', total: 'bigint', offset: 'bigint', changes: 'text' }, runs)} where ${when}
+    ), versions as (
+      insert into ${channelVersions} (channel, version)
+      select distinct channel, total from pending order by channel
+      on conflict (channel) do update set version = ${channelVersions}.version + excluded.version
+      returning channel, version, epoch
+    ), numbered as (
+      select p.channel, v.epoch, v.version - p.total + 1 + p.offset as version, p.changes, p.offset
+      from pending p join versions v on v.channel = p.channel
+    ), outbox as (
+      insert into ${changeOutbox} (channel, epoch, version, payload, created_at)
+      select channel, epoch, version,
+        '{"channel":' || to_json(channel)::text || ',"version":' || version::text || ',"epoch":' || to_json(epoch)::text
+          || ',"at":' || ${at} || ',"changes":' || changes || '}',
+        ${now.toISOString()}::timestamptz
+      from numbered order by channel, "offset"
+      returning channel, epoch, version, payload
+    )`
 }
 
 /**

@@ -10,7 +10,7 @@ import type { Projection } from '../projections/types'
 import { backoffMs, sleep } from './backoff'
 import { applyBatch, claimFence, type BatchResult } from './batch'
 import { ACK_WAIT_MS, consumerName, createOwnershipConsumer } from './consumer'
-import { FencedError, isProgrammingError, isTransientDbError, StreamChangedError } from './errors'
+import { CheckpointMovedError, FencedError, isProgrammingError, isTransientDbError, StreamChangedError } from './errors'
 import { publishRuns, type OutboxRun } from './outbox'
 
 /** Test seams. Production passes none. */
@@ -73,7 +73,7 @@ const REST_PULL_MS = 10_000
 
 /**
  * Runs one projection on one owned partition: creates this ownership's consumer from the
- * checkpoint, then pulls batches and applies each in one transaction (see applyBatch), acks it,
+ * checkpoint, then pulls batches and applies each in one statement (see applyBatch), acks it,
  * and publishes its change runs while it pulls and applies the next. Transient database faults retry the same batch in place; NATS
  * trouble or a missing delivery recreates the consumer from the checkpoint, so messages are
  * always applied in stream order without gaps.
@@ -134,9 +134,9 @@ export function startRunner(deps: RunnerDeps): Runner {
       for (let attempt = 0; ; attempt++) {
         if (abort.signal.aborted) return undefined
         try {
-          return await applyBatch(deps.db, owner, messages, now())
+          return await applyBatch(deps.db, owner, checkpoint, messages, now())
         } catch (err) {
-          if (err instanceof FencedError || err instanceof StreamChangedError || !isTransientDbError(err)) throw err
+          if (err instanceof FencedError || err instanceof StreamChangedError || err instanceof CheckpointMovedError || !isTransientDbError(err)) throw err
           const first = batch[0]
           const last = batch[batch.length - 1]
           log.warn(
@@ -177,10 +177,11 @@ export function startRunner(deps: RunnerDeps): Runner {
       }
       const result = await applyWithRetry(batch).catch((err) => {
         const m = batch[0]
-        if (err instanceof FencedError || err instanceof StreamChangedError) throw err
+        if (err instanceof FencedError || err instanceof StreamChangedError || err instanceof CheckpointMovedError) throw err
         throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
       })
       if (!result) return // stopped while retrying: unacked messages go to the next owner
+      checkpoint = result.checkpoint
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
@@ -204,8 +205,11 @@ export function startRunner(deps: RunnerDeps): Runner {
     )
   }
 
-  // The event stream the current consumer reads, as `<name>@<created>` (see streamIdentity).
+  // The event stream the current consumer reads, as `<name>@<created>` (see streamIdentity), and
+  // the checkpoint as this runner last saw it: read when the consumer opened, then what its own
+  // batches wrote (see applyBatch).
   let stream = ''
+  let checkpoint = 0
 
   /**
    * Creates this ownership's consumer right after the checkpoint. First records which event
@@ -232,13 +236,14 @@ export function startRunner(deps: RunnerDeps): Runner {
         'the event stream was recreated (NATS lost its data?): applying the new stream from its start',
       )
     }
+    checkpoint = Number(row?.seq ?? 0)
     await createOwnershipConsumer(deps.jsm, {
       stream: deps.stream,
       projection: deps.projection.name,
       partition: deps.partition,
       token,
       filter: subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area),
-      checkpoint: Number(row?.seq ?? 0),
+      checkpoint,
       batchSize: deps.batchSize,
     })
     return deps.js.consumers.get(deps.stream, name!)
@@ -270,8 +275,9 @@ export function startRunner(deps: RunnerDeps): Runner {
           deps.onFatal(cause)
           break
         }
-        // NATS trouble, a deleted consumer, a missed delivery, a recreated event stream, or Postgres
-        // down while reading the checkpoint: start over from the checkpoint with a fresh consumer.
+        // NATS trouble, a deleted consumer, a missed delivery, a recreated event stream, a checkpoint
+        // moved by someone else, or Postgres down while reading the checkpoint: start over from the
+        // checkpoint with a fresh consumer.
         log.warn({ err: err instanceof ResetConsumer ? err.message : err, attempt }, 'consumer reset')
         await sleep(backoffMs(attempt++), abort.signal)
       }

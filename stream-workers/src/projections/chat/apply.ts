@@ -1,6 +1,6 @@
-import { sql } from 'drizzle-orm'
+import { sql, type SQL } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
-import type { Tx } from '../../../../core/db/client'
+import type { Db } from '../../../../core/db/client'
 import { recordset } from '../../../../core/db/recordset'
 import { chatMessages } from '../../../../core/db/schema'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
@@ -9,9 +9,9 @@ import { evolveMessage, type ChatEvent, type MessageState } from './projection'
 /**
  * Applies a batch of `chat.*` events: loads every message the batch refers to in one query,
  * evolves them in memory in event order, and returns the one upsert that writes the changed ones
- * (rows bound as one JSON parameter, see recordset).
+ * (rows bound as one JSON parameter, see recordset) for the batch to run.
  */
-export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Applied> {
+export async function applyChat(db: Db, events: SequencedEvent[]): Promise<Applied> {
   const chat: { ref: string; ev: ChatEvent }[] = []
   for (const { event, seq, storedAt } of events) {
     switch (event.type) {
@@ -35,7 +35,7 @@ export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Appli
 
   const ids = [...new Set(chat.map((c) => c.ref))]
   const messages = new Map<string, MessageState>()
-  const rows = await tx
+  const rows = await db
     .select()
     .from(chatMessages)
     .where(sql`${chatMessages.id} in (select id from ${recordset('k', { id: 'text' }, ids.map((id) => ({ id })))})`)
@@ -54,10 +54,10 @@ export async function applyChat(tx: Tx, events: SequencedEvent[]): Promise<Appli
   if (dirty.size === 0) return { changes }
   const written = [...dirty.values()].map((m) => ({ ...m, postedAt: m.postedAt.toISOString() }))
   const columns = { id: 'text', room: 'text', user: 'text', text: 'text', seq: 'bigint', postedAt: 'timestamptz', deleted: 'boolean' }
-  const write = () =>
-    tx
+  const write = (when: SQL) =>
+    db
       .insert(chatMessages)
-      .select(sql`select id, room, "user", text, seq, "postedAt", deleted from ${recordset('m', columns, written)}`)
+      .select(sql`select id, room, "user", text, seq, "postedAt", deleted from ${recordset('m', columns, written)} where ${when}`)
       .onConflictDoUpdate({ target: chatMessages.id, set: { deleted: sql`excluded.deleted` } })
   return { changes, write }
 }

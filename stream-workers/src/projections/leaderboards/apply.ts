@@ -1,6 +1,6 @@
-import { inArray, sql } from 'drizzle-orm'
+import { inArray, sql, type SQL } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
-import type { Tx } from '../../../../core/db/client'
+import type { Db } from '../../../../core/db/client'
 import { recordset } from '../../../../core/db/recordset'
 import { leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
@@ -14,9 +14,10 @@ const entryKey = (board: string, player: string) => `${board}\u0000${player}`
 /**
  * Applies a batch of `score.*` events: loads the boards' rules and the touched standings (two
  * queries, one round trip), evolves them in memory in event order, and returns the one upsert that
- * writes every changed standing (rows bound as one JSON parameter, see recordset).
+ * writes every changed standing (rows bound as one JSON parameter, see recordset) for the batch to
+ * run.
  */
-export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<Applied> {
+export async function applyScores(db: Db, events: SequencedEvent[]): Promise<Applied> {
   const scores: SequencedEvent<ScoreEvent>[] = []
   for (const e of events) {
     switch (e.event.type) {
@@ -38,8 +39,8 @@ export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<App
   const keys = new Map(scores.map(({ event: { data } }) => [entryKey(data.board, data.player), { board: data.board, player: data.player }]))
   // Both reads in one round trip.
   const [boardRows, rows] = await Promise.all([
-    tx.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
-    tx
+    db.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
+    db
       .select({ board: leaderboardEntries.board, player: leaderboardEntries.player, score: leaderboardEntries.score, reachedSeq: leaderboardEntries.reachedSeq })
       .from(leaderboardEntries)
       .where(
@@ -66,11 +67,11 @@ export async function applyScores(tx: Tx, events: SequencedEvent[]): Promise<App
 
   if (dirty.size === 0) return { changes }
   const written = [...dirty.values()].map((d) => ({ board: d.board, player: d.player, score: d.score, reached_seq: d.reachedSeq }))
-  const write = () =>
-    tx
+  const write = (when: SQL) =>
+    db
       .insert(leaderboardEntries)
       .select(
-        sql`select board, player, score, reached_seq, now() from ${recordset('d', { board: 'text', player: 'text', score: 'float8', reached_seq: 'bigint' }, written)}`,
+        sql`select board, player, score, reached_seq, now() from ${recordset('d', { board: 'text', player: 'text', score: 'float8', reached_seq: 'bigint' }, written)} where ${when}`,
       )
       .onConflictDoUpdate({
         target: [leaderboardEntries.board, leaderboardEntries.player],
