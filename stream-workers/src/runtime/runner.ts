@@ -183,27 +183,31 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (!result) return // stopped while retrying: unacked messages go to the next owner
       checkpoint = result.checkpoint
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
+      // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
+      // commit order, and a slow NATS slows the runner down instead of piling up).
+      if (publishing) await publishing
+      // From here to the next pull request nothing awaits: the runs, the ack and the pull are
+      // issued in one turn, which nats.js flushes together.
+      if (result.runs.length > 0) publishing = publishInBackground(result.runs)
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
       log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length }, 'batch applied')
-      if (result.runs.length > 0) await publishAfter(result.runs)
     }
   }
 
   /**
-   * Publishes a committed batch's runs while the runner goes on with the next batch. At most one
-   * batch's runs are in flight: the next waits for them, so a channel's runs leave in commit order
-   * and a slow NATS slows the runner down instead of piling up. A failure leaves the runs to the
-   * outbox sweeper.
+   * Publishes a committed batch's runs while the runner goes on with the next batch; `publishing`
+   * is set while they are in flight. A failure leaves the runs to the outbox sweeper.
    */
-  let publishing: Promise<void> = Promise.resolve()
-  const publishAfter = async (runs: OutboxRun[]) => {
-    await publishing
-    publishing = publishRuns({ db: deps.db, js: deps.js, prefix: deps.prefix }, runs).then(
-      () => {},
-      (err) => log.warn({ err, runs: runs.length }, 'publishing change runs failed; the outbox sweeper will retry'),
+  let publishing: Promise<void> | undefined
+  const publishInBackground = (runs: OutboxRun[]): Promise<void> =>
+    publishRuns({ db: deps.db, js: deps.js, prefix: deps.prefix }, runs).then(
+      () => void (publishing = undefined),
+      (err) => {
+        publishing = undefined
+        log.warn({ err, runs: runs.length }, 'publishing change runs failed; the outbox sweeper will retry')
+      },
     )
-  }
 
   // The event stream the current consumer reads, as `<name>@<created>` (see streamIdentity), and
   // the checkpoint as this runner last saw it: read when the consumer opened, then what its own
