@@ -7,7 +7,7 @@ import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections'
 import { applyBatch, type BatchMessage } from '../runtime/batch'
 import { streamIdentity } from '../../../core/nats'
-import { createShadow, dropSchemas, leftoverSchemas, shadowSchemaName, swapIn, useShadow } from './shadow'
+import { createShadow, dropSchemas, leftoverSchemas, lockLiveTables, shadowSchemaName, swapIn, useShadow } from './shadow'
 
 export type RebuildDeps = {
   db: Db
@@ -106,6 +106,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     let switchedAt = 0
     await db.transaction(async (tx) => {
       const name = projection.name
+      await lockLiveTables(tx, name)
       // Rows for every partition, so a partition no runner has written yet is also moved past
       // what the shadow applied (its first runner would otherwise start from 0 and apply twice).
       await tx.execute(sql`

@@ -70,6 +70,17 @@ async function copyTable(tx: Tx, schema: string, table: string): Promise<void> {
   }
 }
 
+/**
+ * Inside the switch transaction, before it locks any checkpoint row: takes the projection's live
+ * read tables exclusively. A live batch statement locks the tables it writes before it reaches the
+ * checkpoint row it waits on; taking the tables first keeps one lock order for both (the switch
+ * would otherwise hold the checkpoint rows and wait for the tables: a deadlock). Live readers
+ * wait until the switch commits, then read the rebuilt tables.
+ */
+export async function lockLiveTables(tx: Tx, projection: ProjectionName): Promise<void> {
+  for (const table of rebuildTargets[projection].tables) await tx.execute(sql.raw(`LOCK TABLE public.${ident(table)} IN ACCESS EXCLUSIVE MODE`))
+}
+
 /** Inside a transaction: the projection code reads and writes the shadow schema from now on. */
 export async function useShadow(tx: Tx, schema: string): Promise<void> {
   await tx.execute(sql.raw(`SET LOCAL search_path TO ${ident(schema)}, public`))
