@@ -41,11 +41,3 @@ export type Projection = {
   area: string
   apply: (db: Db, events: SequencedEvent[]) => Promise<Applied>
 }
-
-/** Splits rows into chunks that stay under Postgres' 65,535 bind parameters per statement. */
-export function chunkForInsert<T>(rows: T[], columns: number, maxParams = 60_000): T[][] {
-  const size = Math.max(1, Math.floor(maxParams / columns))
-  const out: T[][] = []
-  for (let i = 0; i < rows.length; i += size) out.push(rows.slice(i, i + size))
-  return out
-}

@@ -1,4 +1,4 @@
-import { DeliverPolicy, type Consumer, type JetStreamClient, type JsMsg } from '@nats-io/jetstream'
+import { DeliverPolicy, type JetStreamClient, type JsMsg } from '@nats-io/jetstream'
 import { millis } from '@nats-io/transport-node'
 import { sql } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'

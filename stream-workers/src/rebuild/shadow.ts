@@ -1,4 +1,4 @@
-import { getTableName, sql, type SQL } from 'drizzle-orm'
+import { getTableName, sql } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, projectionCheckpoints } from '../../../core/db/schema'
 import type { ProjectionName } from '../projections'

@@ -1,6 +1,6 @@
 import type { KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { asc, desc, eq, lt } from 'drizzle-orm'
+import { desc, eq, lt } from 'drizzle-orm'
 import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
 import { openLeaseBucketIfExists, workersView } from '../../../../core/leases'
