@@ -1,4 +1,5 @@
-import { sql, type SQL } from 'drizzle-orm'
+import { getTableName, sql, type SQL } from 'drizzle-orm'
+import type { PgTable } from 'drizzle-orm/pg-core'
 
 /**
  * Rows as a table expression bound as one parameter:
@@ -15,4 +16,19 @@ export function recordset(alias: string, columns: Record<string, string>, rows: 
     .join(', ')
   // Bound as text, then cast: drivers that see a jsonb parameter would encode the string again.
   return sql`jsonb_to_recordset(${JSON.stringify(rows)}::text::jsonb) as ${sql.raw(`"${alias}"(${definition})`)}`
+}
+
+/**
+ * `select * from <table>` for the given keys (the table's primary key columns), one index lookup
+ * per key whatever the planner believes about the table. A plain `(k) in (select .. from
+ * recordset)` was planned as a hash join over a sequential scan when the statistics predated a
+ * burst of inserts (autovacuum analyzes about once a minute): every batch then read the whole
+ * table, and Postgres' CPU grew with the table. LATERAL .. LIMIT 1 cannot be flattened into a
+ * join, so each key is an index probe. Columns come back with their SQL names.
+ */
+export function lookupByKey(table: PgTable, key: string[], keys: readonly Record<string, string>[]): SQL {
+  const columns = Object.fromEntries(key.map((k) => [k, 'text']))
+  const match = key.map((k) => `t."${k}" = k."${k}"`).join(' and ')
+  return sql`select t.* from ${recordset('k', columns, keys)}
+    cross join lateral (select * from ${sql.raw(`"${getTableName(table)}"`)} t where ${sql.raw(match)} limit 1) t`
 }

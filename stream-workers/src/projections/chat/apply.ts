@@ -1,7 +1,7 @@
 import { sql, type SQL } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
-import type { Db } from '../../../../core/db/client'
-import { recordset } from '../../../../core/db/recordset'
+import { rowsOf, type Db } from '../../../../core/db/client'
+import { lookupByKey, recordset } from '../../../../core/db/recordset'
 import { chatMessages } from '../../../../core/db/schema'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { evolveMessage, type ChatEvent, type MessageState } from './projection'
@@ -35,11 +35,13 @@ export async function applyChat(db: Db, events: SequencedEvent[]): Promise<Appli
 
   const ids = [...new Set(chat.map((c) => c.ref))]
   const messages = new Map<string, MessageState>()
-  const rows = await db
-    .select()
-    .from(chatMessages)
-    .where(sql`${chatMessages.id} in (select id from ${recordset('k', { id: 'text' }, ids.map((id) => ({ id })))})`)
-  for (const r of rows) messages.set(r.id, r)
+  const rows = await rowsOf<{ id: string; room: string; user_id: string; text: string; seq: string | number; posted_at: string | Date; deleted: boolean }>(
+    db,
+    lookupByKey(chatMessages, ['id'], ids.map((id) => ({ id }))),
+  )
+  for (const r of rows) {
+    messages.set(r.id, { id: r.id, room: r.room, user: r.user_id, text: r.text, seq: Number(r.seq), postedAt: new Date(r.posted_at), deleted: r.deleted })
+  }
 
   const changes: Change[] = []
   const dirty = new Map<string, MessageState>()

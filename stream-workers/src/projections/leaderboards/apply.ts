@@ -1,7 +1,7 @@
 import { inArray, sql, type SQL } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
-import type { Db } from '../../../../core/db/client'
-import { recordset } from '../../../../core/db/recordset'
+import { rowsOf, type Db } from '../../../../core/db/client'
+import { lookupByKey, recordset } from '../../../../core/db/recordset'
 import { leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
@@ -40,17 +40,12 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
   // Both reads in one round trip.
   const [boardRows, rows] = await Promise.all([
     db.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
-    db
-      .select({ board: leaderboardEntries.board, player: leaderboardEntries.player, score: leaderboardEntries.score, reachedSeq: leaderboardEntries.reachedSeq })
-      .from(leaderboardEntries)
-      .where(
-        sql`(${leaderboardEntries.board}, ${leaderboardEntries.player}) in (select board, player from ${recordset('k', { board: 'text', player: 'text' }, [...keys.values()])})`,
-      ),
+    rowsOf<{ board: string; player: string; score: number; reached_seq: string | number }>(db, sql`${lookupByKey(leaderboardEntries, ['board', 'player'], [...keys.values()])}`),
   ])
   const rules = new Map<string, BoardRules>()
   for (const r of boardRows) rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator })
   const standings = new Map<string, Standing>()
-  for (const r of rows) standings.set(entryKey(r.board, r.player), { score: r.score, reachedSeq: r.reachedSeq })
+  for (const r of rows) standings.set(entryKey(r.board, r.player), { score: Number(r.score), reachedSeq: Number(r.reached_seq) })
 
   const changes: Change[] = []
   const dirty = new Map<string, { board: string; player: string } & Standing>()
