@@ -9,7 +9,7 @@
  */
 import { io } from 'socket.io-client'
 import { subjects } from '../core/events'
-import { runId, type ChangeRun } from '../core/channels'
+import type { ChangeRun } from '../core/channels'
 import { freePort } from '../core/process'
 import { startChild, type Child } from './lib/child'
 import { BUN, pick, sleepUntil, type BenchContext } from './lib/context'
@@ -40,7 +40,7 @@ async function fanfarePublisher(d: Deployment): Promise<Publisher> {
           changes: [{ player: 'p', score: nowMs(), previous: null }],
           at: new Date().toISOString(),
         }
-        pending.push(d.js.publish(subjects.change(prefix, channel), JSON.stringify(run), { msgID: runId(run) }))
+        pending.push(d.js.publish(subjects.change(prefix, channel), JSON.stringify(run)))
       }
     },
     flush: async () => {

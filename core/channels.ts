@@ -68,12 +68,6 @@ export type ChangeRun = {
   at: string
 }
 
-/**
- * De-duplication id of a published run: a re-published run (runner and outbox sweeper) is stored
- * once. The epoch is part of it: after a rebuild, versions of the new epoch repeat the old ones.
- */
-export const runId = (r: Pick<ChangeRun, 'channel' | 'epoch' | 'version'>) => `${r.channel}@${r.epoch}@${r.version}`
-
 /** The notices of a run, in version order. */
 export function noticesOf(run: ChangeRun): ChangeNotice[] {
   return run.changes.map((data, i) => ({ channel: run.channel, version: run.version + i, epoch: run.epoch, data, at: run.at }))

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { jetstream } from '@nats-io/jetstream'
 import { connect as tcpConnect, type Socket } from 'node:net'
-import { channelOf, runId, runOf, type ChangeNotice } from '../../core/channels'
+import { channelOf, runOf, type ChangeNotice } from '../../core/channels'
 import { connectPostgres, type Database } from '../../core/db/client'
 import { subjects } from '../../core/events'
 import { createLogger } from '../../core/logger'
@@ -96,7 +96,7 @@ describe('slow consumers', () => {
         data: { kind: 'posted', message: { id: `m${v}`, room: 'flood', user: 'u', text, postedAt: new Date().toISOString() } },
         at: new Date().toISOString(),
       }
-      await js.publish(subjects.change(env.config.FANFARE_SUBJECT_PREFIX, channel), JSON.stringify(runOf(n)), { msgID: runId(n) })
+      await js.publish(subjects.change(env.config.FANFARE_SUBJECT_PREFIX, channel), JSON.stringify(runOf(n)))
     }
     await until('normal client got every update', () => normal.of(channel).length === total + 1, 30_000)
     const versions = normal.of(channel).map((f) => f.version)

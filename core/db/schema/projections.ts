@@ -57,7 +57,7 @@ export const channelVersions = pgTable('channel_versions', {
 /**
  * Change runs (see ChangeRun) committed with the changes and published to NATS after commit
  * (transactional outbox): a crash between commit and publish delays a run, never loses it. A row
- * is keyed like the run's msgID (runId); `payload` is the run's JSON, published as is.
+ * is keyed by channel, epoch and first version; `payload` is the run's JSON, published as is.
  */
 export const changeOutbox = pgTable(
   'change_outbox',

@@ -1,6 +1,5 @@
 import type { JetStreamClient } from '@nats-io/jetstream'
 import { asc, lt, sql, type SQL } from 'drizzle-orm'
-import { runId } from '../../../core/channels'
 import type { Db } from '../../../core/db/client'
 import { recordset } from '../../../core/db/recordset'
 import { changeOutbox, channelVersions } from '../../../core/db/schema'
@@ -82,14 +81,16 @@ export function outboxWrite(changes: Change[], now: Date, when: SQL): SQL | unde
 /**
  * Publishes runs on their channels' subjects and deletes the published rows. All are in flight at
  * once: one connection writes them in call order (version order per channel) and JetStream stores
- * them in that order, so a batch costs one round trip, not one per run. A run's msgID is its
- * runId, so a run published twice (runner and sweeper, or a retry) is stored once. Runs whose
- * publish failed stay in the outbox for the sweeper (API nodes hold later versions until they
- * arrive). Returns how many were published.
+ * them in that order, so a batch costs one round trip, not one per run. No msgID: a run published
+ * twice (runner and sweeper, or a retry) is stored twice and read once, since API nodes drop
+ * versions they already have and resumes merge by version. A msgID per run would cost a header per
+ * message and a de-duplication entry per run in nats-server (millions at full fan-out) for nothing.
+ * Runs whose publish failed stay in the outbox for the sweeper (API nodes hold later versions until
+ * they arrive). Returns how many were published.
  */
 export async function publishRuns(deps: { db: Db; js: JetStreamClient; prefix: string }, runs: OutboxRun[]): Promise<number> {
   const results = await Promise.allSettled(
-    runs.map((r) => deps.js.publish(subjects.change(deps.prefix, r.channel), r.body, { msgID: runId(r) })),
+    runs.map((r) => deps.js.publish(subjects.change(deps.prefix, r.channel), r.body)),
   )
   const done = runs.filter((_, i) => results[i].status === 'fulfilled').map(({ channel, epoch, version }) => ({ channel, epoch, version }))
   if (done.length > 0) {
