@@ -166,7 +166,8 @@ async function findOrInstallNatsServer(log: Logger, allowInstall: boolean): Prom
   return installed
 }
 
-function findNatsServer(): string | null {
+/** Path of the nats-server binary (PATH, then the usual install places), or null. */
+export function findNatsServer(): string | null {
   const onPath = Bun.which('nats-server')
   if (onPath) return onPath
   for (const p of ['/usr/sbin/nats-server', '/usr/local/bin/nats-server', '/usr/bin/nats-server']) {
@@ -176,7 +177,8 @@ function findNatsServer(): string | null {
 }
 
 
-async function waitUntilReady(url: string, proc: { exitCode: number | null }, timeoutMs: number): Promise<void> {
+/** Resolves once a NATS server at `url` accepts connections; throws if `proc` exits first or on timeout. */
+export async function waitUntilReady(url: string, proc: { exitCode: number | null }, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs
   let lastError: unknown
   while (Date.now() < deadline) {

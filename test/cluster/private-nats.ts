@@ -1,12 +1,6 @@
-import { existsSync, mkdirSync } from 'node:fs'
+import { mkdirSync } from 'node:fs'
 import type { Subprocess } from 'bun'
-import { connect } from '@nats-io/transport-node'
-import { until } from '../e2e/harness'
-
-/** Path of the nats-server binary, or undefined when it is not installed. */
-export function natsServerBinary(): string | undefined {
-  return Bun.which('nats-server') ?? ['/usr/sbin/nats-server', '/usr/local/bin/nats-server'].find((p) => existsSync(p))
-}
+import { findNatsServer, waitUntilReady } from '../../scripts/embedded-nats'
 
 /**
  * A nats-server with JetStream that a test can stop and start again on the same port and store
@@ -21,7 +15,7 @@ export type PrivateNats = {
 }
 
 export function privateNats(opts: { port: number; storeDir: string }): PrivateNats {
-  const binary = natsServerBinary()
+  const binary = findNatsServer()
   if (!binary) throw new Error('nats-server is not installed')
   mkdirSync(opts.storeDir, { recursive: true })
   const url = `nats://127.0.0.1:${opts.port}`
@@ -30,18 +24,7 @@ export function privateNats(opts: { port: number; storeDir: string }): PrivateNa
     url,
     start: async () => {
       proc = Bun.spawn([binary, '-a', '127.0.0.1', '-p', String(opts.port), '-js', '-sd', opts.storeDir], { stdout: 'ignore', stderr: 'pipe' })
-      const started = proc
-      await until(
-        `nats-server on ${url}`,
-        async () => {
-          if (started.exitCode !== null) throw new Error(`nats-server exited ${started.exitCode}`)
-          const nc = await connect({ servers: url, timeout: 500, reconnect: false })
-          await nc.close()
-          return true
-        },
-        15_000,
-        100,
-      )
+      await waitUntilReady(url, proc, 15_000)
     },
     stop: async () => {
       const p = proc
