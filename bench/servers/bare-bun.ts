@@ -5,28 +5,13 @@
  * {"ready":true,"port"} and exits on SIGTERM.
  */
 import { childConfig, reply } from '../lib/child'
+import { serveTopics } from './topics'
 
 const cfg = childConfig<{ port: number }>()
-const server = Bun.serve({
-  hostname: '127.0.0.1',
-  port: cfg.port,
-  fetch(req, srv) {
-    if (srv.upgrade(req)) return
-    return new Response('websocket only', { status: 400 })
-  },
-  websocket: {
-    idleTimeout: 120,
-    message(ws, message) {
-      const text = String(message)
-      const nl = text.indexOf('\n')
-      if (nl > 0 && !text.startsWith('{')) return void server.publish(text.slice(0, nl), text.slice(nl + 1))
-      const f = JSON.parse(text)
-      if (f.op === 'subscribe') {
-        ws.subscribe(f.channel)
-        ws.send('{"op":"subscribed"}')
-      }
-    },
-  },
+const server = serveTopics(cfg.port, (srv, text) => {
+  // "<channel>\n<frame>" from the publisher connection
+  const nl = text.indexOf('\n')
+  if (nl > 0) srv.publish(text.slice(0, nl), text.slice(nl + 1))
 })
 reply({ ready: true, port: server.port })
 process.on('SIGTERM', () => {

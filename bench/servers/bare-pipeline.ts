@@ -8,6 +8,7 @@ import { AckPolicy, jetstream, jetstreamManager, type JsMsg } from '@nats-io/jet
 import { connect } from '@nats-io/transport-node'
 import postgres from 'postgres'
 import { childConfig, reply } from '../lib/child'
+import { serveTopics } from './topics'
 
 const cfg = childConfig<{ port: number; natsUrl: string; stream: string; pgUrl: string }>()
 const sql = postgres(cfg.pgUrl, { max: 2, onnotice: () => {} })
@@ -17,23 +18,7 @@ const jsm = await jetstreamManager(nc)
 await jsm.consumers.add(cfg.stream, { durable_name: 'bare', ack_policy: AckPolicy.Explicit, max_ack_pending: 20_000 })
 const consumer = await jetstream(nc).consumers.get(cfg.stream, 'bare')
 
-const server = Bun.serve({
-  hostname: '127.0.0.1',
-  port: cfg.port,
-  fetch(req, srv) {
-    if (srv.upgrade(req)) return
-    return new Response('websocket only', { status: 400 })
-  },
-  websocket: {
-    message(ws, message) {
-      const f = JSON.parse(String(message))
-      if (f.op === 'subscribe') {
-        ws.subscribe(f.channel)
-        ws.send('{"op":"subscribed"}')
-      }
-    },
-  },
-})
+const server = serveTopics(cfg.port)
 
 async function flush(batch: JsMsg[]) {
   const events = batch.map((m) => m.json<{ data: { board: string; player: string; score: number } }>().data)
