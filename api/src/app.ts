@@ -54,8 +54,7 @@ export function createApp(deps: ApiDeps) {
     .use(roomsModule(db))
     .use(adminModule({ config, db, nc, ingest }))
   if (!deps.realtime) return app
-  const realtime = typeof deps.realtime === 'function' ? deps.realtime({ ingest }) : deps.realtime
-  return app.use(realtime)
+  return app.use(deps.realtime({ ingest }))
 }
 
 export type App = ReturnType<typeof createApp>

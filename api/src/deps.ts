@@ -14,8 +14,8 @@ export type ApiDeps = {
   /** An ingest service to share with other layers; created from config/nc/logger when absent. */
   ingest?: Ingest
   /**
-   * The WebSocket layer (api/src/realtime/): an Elysia plugin, or a factory given the app's
-   * ingest service so REST and WebSocket publish through the same instance.
+   * The WebSocket layer (api/src/realtime/), built from the app's ingest service so REST and
+   * WebSocket publish through the same instance.
    */
-  realtime?: AnyElysia | ((ctx: { ingest: Ingest }) => AnyElysia)
+  realtime?: (ctx: { ingest: Ingest }) => AnyElysia
 }
