@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from './private-nats'
-import { configureBoard, postEvents, readModel, scoreEvent, untilBoardEquals, type Api, type ScoreEvent } from './support'
+import { configureBoard, postEvents, readModel, scoreEvent, untilBoardEquals, type Api, type ScoreEvent, stopCleanly } from './support'
 
 const PLAYERS = 40
 
@@ -124,10 +124,7 @@ describe('NATS restart during ingest', () => {
     } finally {
       await rm.close()
     }
-    for (const p of procs) {
-      const code = await p.stop('SIGTERM')
-      if (code !== 0) throw new Error(`${p.name} exited ${code} on SIGTERM:\n${p.output().slice(-3000)}`)
-    }
+    await stopCleanly(...procs)
     console.log(`nats restart: ${outcomes.length} requests, ${total} events, outcomes ${JSON.stringify(statuses)}, ${storedDespite503} events of refused requests had been stored (resends de-duplicated)`)
   }, 120_000)
 })

@@ -4,7 +4,7 @@ import { connectPostgres, migrate } from '../../core/db/client'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from './private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, untilBoardEquals, type Api, type ScoreEvent } from './support'
+import { configureBoard, postEvents, readModel, scoreEvent, untilBoardEquals, type Api, type ScoreEvent, stopCleanly } from './support'
 
 const PLAYERS = 40
 const unavailable = privatePostgresUnavailable()
@@ -86,10 +86,7 @@ describe.skipIf(Boolean(unavailable))('Postgres restart during projection', () =
     } finally {
       await rm.close()
     }
-    for (const p of procs) {
-      const code = await p.stop('SIGTERM')
-      if (code !== 0) throw new Error(`${p.name} exited ${code} on SIGTERM:\n${p.output().slice(-3000)}`)
-    }
+    await stopCleanly(...procs)
     const retried = procs[1].output().split('\n').filter((l) => /retry|reset|transient/i.test(l)).length
     console.log(`postgres restart: ${sent.length} events applied once; worker logged ${retried} retries`)
   }, 120_000)

@@ -1,5 +1,5 @@
 import postgres from 'postgres'
-import { until } from '../e2e/harness'
+import { until, type Proc } from '../e2e/harness'
 
 /** An ingest client for one deployment: posts batches, reports status and body. */
 export type Api = { baseUrl: string; ingestToken: string; adminToken: string }
@@ -93,5 +93,13 @@ export async function untilBoardEquals(rm: ReadModel, board: string, oracle: Map
     )
   } catch (err) {
     throw new Error(`${(err as Error).message}; first differences: ${last.join('; ')}`)
+  }
+}
+
+/** Stops each process with SIGTERM, one after another; a non-zero exit fails with its log tail. */
+export async function stopCleanly(...procs: Proc[]) {
+  for (const p of procs) {
+    const code = await p.stop('SIGTERM')
+    if (code !== 0) throw new Error(`${p.name} exited ${code} on SIGTERM:\n${p.output().slice(-3000)}`)
   }
 }
