@@ -91,3 +91,8 @@ export class CheckpointMovedError extends Error {
     this.name = 'CheckpointMovedError'
   }
 }
+
+/** The batch statement's guard refused the batch: nothing was written, and retrying it cannot help. */
+export function isRefusedBatch(err: unknown): err is FencedError | StreamChangedError | CheckpointMovedError {
+  return err instanceof FencedError || err instanceof StreamChangedError || err instanceof CheckpointMovedError
+}

@@ -10,7 +10,7 @@ import type { Projection } from '../projections/types'
 import { backoffMs, sleep } from './backoff'
 import { applyBatch, claimFence, type BatchResult } from './batch'
 import { ACK_WAIT_MS, consumerName, createOwnershipConsumer } from './consumer'
-import { CheckpointMovedError, FencedError, isProgrammingError, isTransientDbError, StreamChangedError } from './errors'
+import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError } from './errors'
 import { publishRuns, type OutboxRun } from './outbox'
 
 /** Test seams. Production passes none. */
@@ -40,8 +40,8 @@ export type RunnerDeps = {
 
 export type Runner = {
   /**
-   * Stops taking new messages, lets an in-flight transaction finish (and then acks it and
-   * publishes its change runs), abandons a batch that is still retrying, and, when `deleteConsumer`,
+   * Stops taking new messages, lets an in-flight batch finish (and then acks it and publishes its
+   * change runs), abandons a batch that is still retrying, and, when `deleteConsumer`,
    * removes this ownership's consumer. Resolves when the runner is idle.
    */
   stop: (opts?: { deleteConsumer?: boolean }) => Promise<void>
@@ -136,7 +136,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         try {
           return await applyBatch(deps.db, owner, checkpoint, messages, now())
         } catch (err) {
-          if (err instanceof FencedError || err instanceof StreamChangedError || err instanceof CheckpointMovedError || !isTransientDbError(err)) throw err
+          if (isRefusedBatch(err) || !isTransientDbError(err)) throw err
           const first = batch[0]
           const last = batch[batch.length - 1]
           log.warn(
@@ -177,7 +177,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       }
       const result = await applyWithRetry(batch).catch((err) => {
         const m = batch[0]
-        if (err instanceof FencedError || err instanceof StreamChangedError || err instanceof CheckpointMovedError) throw err
+        if (isRefusedBatch(err)) throw err
         throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
       })
       if (!result) return // stopped while retrying: unacked messages go to the next owner
