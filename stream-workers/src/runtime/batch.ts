@@ -5,7 +5,7 @@ import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
 import type { Projection, SequencedEvent } from '../projections/types'
 import { deadLetterWrite, guessEventId, type DeadLetter } from './dead-letters'
 import { CheckpointMovedError, FencedError, StreamChangedError } from './errors'
-import { outboxWrite, type OutboxRun } from './outbox'
+import { insertedRuns, outboxWrite, parseInsertedRuns, type OutboxRun } from './outbox'
 
 /** What the batch needs of a stream message. */
 export type BatchMessage = { subject: string; seq: number; body: Uint8Array; storedAt: Date }
@@ -108,13 +108,10 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
     db,
     sql`with ${sql.join(members, sql`, `)}
         select (select count(*) from guard)::int as ok,
-          ${outbox ? sql`coalesce((select json_agg(json_build_object('channel', channel, 'epoch', epoch, 'version', version, 'payload', payload)) from outbox), '[]')::text` : sql`'[]'`} as runs`,
+          ${outbox ? insertedRuns : sql`'[]'`} as runs`,
   )
   if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected)
-  const runs = (JSON.parse(row.runs) as { channel: string; epoch: string; version: number; payload: string }[])
-    .map((r) => ({ channel: r.channel, epoch: r.epoch, version: Number(r.version), body: r.payload }))
-    .sort((a, b) => (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : a.version - b.version))
-  return { applied: events.length, skipped, deadLettered: letters.length, runs, checkpoint }
+  return { applied: events.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), checkpoint }
 }
 
 /** After a guard refused a batch: the error that says why. */

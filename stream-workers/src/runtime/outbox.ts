@@ -78,6 +78,24 @@ export function outboxWrite(changes: Change[], now: Date, when: SQL): SQL | unde
     )`
 }
 
+/** The runs the `outbox` member inserted, as one JSON text column of the batch statement's result. */
+export const insertedRuns = sql`coalesce((select json_agg(json_build_object('channel', channel, 'epoch', epoch, 'version', version, 'payload', payload)) from outbox), '[]')::text`
+
+/** An outbox row (or its JSON) as a run to publish. */
+const runOfRow = (r: { channel: string; epoch: string; version: string | number; payload: string }): OutboxRun => ({
+  channel: r.channel,
+  epoch: r.epoch,
+  version: Number(r.version),
+  body: r.payload,
+})
+
+/** Parses `insertedRuns`: the runs in version order per channel. */
+export function parseInsertedRuns(json: string): OutboxRun[] {
+  return (JSON.parse(json) as Parameters<typeof runOfRow>[0][])
+    .map(runOfRow)
+    .sort((a, b) => (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : a.version - b.version))
+}
+
 /**
  * Publishes runs on their channels' subjects and deletes the published rows. All are in flight at
  * once: one connection writes them in call order (version order per channel) and JetStream stores
@@ -130,7 +148,7 @@ export function startOutboxSweeper(deps: {
           .orderBy(asc(changeOutbox.channel), asc(changeOutbox.version))
           .limit(500)
         if (rows.length === 0) break
-        const published = await publishRuns(deps, rows.map((r) => ({ channel: r.channel, epoch: r.epoch, version: Number(r.version), body: r.payload })))
+        const published = await publishRuns(deps, rows.map(runOfRow))
         deps.logger.info({ published }, 'outbox sweeper published left-over change runs')
         if (rows.length < 500 || signal.aborted) break
       }
