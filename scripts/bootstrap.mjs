@@ -19,6 +19,8 @@ const root = dirname(dirname(fileURLToPath(import.meta.url)))
 const isWindows = process.platform === 'win32'
 const bunPath = join(root, 'node_modules', '.bin', isWindows ? 'bun.exe' : 'bun')
 
+const DEFAULT_TEST_TIMEOUT_MS = 60_000
+
 const [mode, ...rest] = process.argv.slice(2)
 if (mode !== 'start' && mode !== 'test') {
   console.error('usage: node scripts/bootstrap.mjs start|test [args...]')
@@ -29,7 +31,10 @@ ensureBun()
 if (mode === 'start') {
   run([join('scripts', 'all-in-one.ts'), ...rest], { summarize: false })
 } else {
-  run(['test', ...rest], { summarize: true })
+  // bun test's own default is 5 s per test, too short for the integration tests under load, and
+  // bunfig.toml cannot change it (bun reads a timeout only from --timeout or setDefaultTimeout).
+  const timeout = rest.some((arg) => arg.startsWith('--timeout')) ? [] : [`--timeout=${DEFAULT_TEST_TIMEOUT_MS}`]
+  run(['test', ...timeout, ...rest], { summarize: true })
 }
 
 /** The bun version if node_modules/.bin/bun runs, else null. */
