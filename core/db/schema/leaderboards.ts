@@ -1,13 +1,22 @@
-import { bigint, doublePrecision, index, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
+import { bigint, boolean, doublePrecision, index, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
 
 export type SortOrder = 'desc' | 'asc'
 export type ScoreOperator = 'best' | 'latest' | 'sum'
 
-/** A board's settings. A board with no row here is desc/best. */
+/**
+ * A board's rules. A board with no row here is desc/best. Workers add a row (`configured` false,
+ * the rules they used) when they write a board's first scores, and set `hasScores` in the same
+ * statement as its entries: the row that the admin API and the workers both write, so that a rules
+ * change and a board's first scores cannot pass each other (see the leaderboards projection).
+ */
 export const leaderboards = pgTable('leaderboards', {
   board: text('board').primaryKey(),
   sortOrder: text('sort_order').$type<SortOrder>().notNull().default('desc'),
   operator: text('operator').$type<ScoreOperator>().notNull().default('best'),
+  /** Entries were written under these rules: they can no longer change. */
+  hasScores: boolean('has_scores').notNull().default(false),
+  /** Set by an admin (false: a worker's row holding the defaults). */
+  configured: boolean('configured').notNull().default(true),
   updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
 })
 

@@ -28,11 +28,19 @@ export type Applied = {
    * the projection must put `when` in its write's WHERE. Absent when nothing changed.
    */
   write?: (when: SQL) => SQLWrapper
+  /**
+   * For reads of rows that others than this partition's owner write (a board's rules: the admin
+   * API): a statement that the batch runs first, which locks those rows, checks that they still are
+   * as read and returns one row for each that is. The batch writes only if it returns `rows` rows;
+   * otherwise nothing is written and applyBatch throws StaleReadError (the runner applies the batch
+   * again from fresh reads).
+   */
+  recheck?: { statement: SQLWrapper; rows: number }
 }
 
 /**
  * A read model fed from one area of events (`score`, `chat`). `apply` reads what the events need
- * through `db` (no transaction: see applyBatch for why that is safe), evolves it in event order,
+ * through `db` (no transaction: see applyBatch for why that is safe, and Applied.recheck), evolves it in event order,
  * and returns the changes with the write that stores them (see Applied). It must not write.
  */
 export type Projection = {

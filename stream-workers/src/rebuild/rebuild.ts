@@ -6,6 +6,7 @@ import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections'
 import { applyBatch, type BatchMessage } from '../runtime/batch'
+import { StaleReadError } from '../runtime/errors'
 import { streamIdentity } from '../../../core/nats'
 import { createShadow, dropSchemas, leftoverSchemas, lockLiveTables, shadowSchemaName, swapIn, useShadow } from './shadow'
 
@@ -90,10 +91,24 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       if (deps.signal.aborted) throw new Error('rebuild stopped')
       const batch = await fetch(catchUpBatch, 1_000)
       if (batch.length > 0) {
-        await db.transaction(async (tx) => {
-          await useShadow(tx, shadow)
-          await applyShadow(tx, batch)
-        })
+        for (;;) {
+          const before = new Map(shadowCheckpoints)
+          try {
+            await db.transaction(async (tx) => {
+              await useShadow(tx, shadow)
+              await applyShadow(tx, batch)
+            })
+            break
+          } catch (err) {
+            // A board's rules changed under a batch that scores it first (see Applied.recheck):
+            // the transaction wrote nothing; apply the batch again from the same checkpoints. (The
+            // same in the switch's few batches fails the rebuild: visible, and it can be requested
+            // again.)
+            if (!(err instanceof StaleReadError)) throw err
+            shadowCheckpoints.clear()
+            for (const [partition, seq] of before) shadowCheckpoints.set(partition, seq)
+          }
+        }
         position = batch[batch.length - 1].seq
       }
       const pending = batch.length > 0 ? batch[batch.length - 1].info.pending : 0

@@ -4,7 +4,7 @@ import { projectionCheckpoints } from '../../../core/db/schema'
 import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
 import type { Projection, SequencedEvent } from '../projections/types'
 import { deadLetterWrite, guessEventId, type DeadLetter } from './dead-letters'
-import { CheckpointMovedError, FencedError, StreamChangedError } from './errors'
+import { CheckpointMovedError, FencedError, StaleReadError, StreamChangedError } from './errors'
 import { insertedRuns, outboxWrite, parseInsertedRuns, type OutboxRun } from './outbox'
 
 /** What the batch needs of a stream message. */
@@ -60,12 +60,14 @@ export async function claimFence(db: Db, projection: string, partition: number):
  * own batches wrote): messages at or below it are redeliveries and are skipped. The statement
  * writes only if the checkpoint still is `expected`, fenced by no newer lease than `owner.token`,
  * and counts in `owner.stream`; otherwise it writes nothing and this throws FencedError,
- * StreamChangedError or CheckpointMovedError (the caller re-reads the checkpoint).
+ * StreamChangedError or CheckpointMovedError (the caller re-reads the checkpoint). It also writes
+ * nothing if the projection's recheck (see Applied) finds rows it read changed: StaleReadError.
  *
  * Why the reads need no lock: a key's events only ever apply in its partition, so the rows they
  * read are written only by an owner of this partition, and every such write moves the checkpoint.
  * If another owner wrote after our reads, the checkpoint is no longer `expected` and nothing is
- * written. Why one statement: the channel version rows are shared by every partition (one board
+ * written. Rows that others write too (a board's rules) are rechecked under a lock by the
+ * statement itself (Applied.recheck). Why one statement: the channel version rows are shared by every partition (one board
  * spans them); locked by a statement that commits by itself, they are held for that statement
  * alone, not through client round trips to a COMMIT.
  */
@@ -85,37 +87,43 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
       events.push(problem)
     }
   }
-  const { changes, write } = await projection.apply(db, events)
+  const { changes, write, recheck } = await projection.apply(db, events)
   const checkpoint = fresh.reduce((max, m) => Math.max(max, m.seq), expected)
 
-  // `guard` moves the checkpoint (or creates it, for a shadow's first batch) only from `expected`;
-  // every other write of the statement happens only if it did.
+  // `guard` moves the checkpoint (or creates it, for a shadow's first batch) only from `expected`,
+  // and only if the projection's recheck found its reads unchanged; every other write of the
+  // statement happens only if it did.
   const when = sql`exists (select 1 from guard)`
-  const members: SQL[] = [
+  const members: SQL[] = []
+  if (recheck) members.push(sql`recheck as (${recheck.statement.getSQL()})`)
+  members.push(
     sql`guard as (
       insert into ${projectionCheckpoints} (projection, partition, seq, fence, stream, updated_at)
-      values (${projection.name}, ${partition}, ${checkpoint}, ${token}, ${owner.stream}, ${now.toISOString()}::timestamptz)
+      select ${projection.name}, ${partition}, ${checkpoint}, ${token}, ${owner.stream}, ${now.toISOString()}::timestamptz
+      where ${recheck ? sql`(select count(*) from recheck) = ${recheck.rows}` : sql`true`}
       on conflict (projection, partition) do update set seq = excluded.seq, fence = excluded.fence, updated_at = excluded.updated_at
       where ${projectionCheckpoints}.seq = ${expected} and ${projectionCheckpoints}.fence <= ${token} and ${projectionCheckpoints}.stream = ${owner.stream}
       returning 1
     )`,
-  ]
+  )
   if (write) members.push(sql`model as (${write(when).getSQL()})`)
   if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
   const outbox = outboxWrite(changes, now, when)
   if (outbox) members.push(outbox)
-  const [row] = await rowsOf<{ ok: number; runs: string }>(
+  const [row] = await rowsOf<{ ok: number; rechecked: boolean; runs: string }>(
     db,
     sql`with ${sql.join(members, sql`, `)}
         select (select count(*) from guard)::int as ok,
+          ${recheck ? sql`(select count(*) = ${recheck.rows} from recheck)` : sql`true`} as rechecked,
           ${outbox ? insertedRuns : sql`'[]'`} as runs`,
   )
-  if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected)
+  if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
   return { applied: events.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), checkpoint }
 }
 
 /** After a guard refused a batch: the error that says why. */
-async function whyNotWritten(db: Db, owner: BatchOwner, expected: number): Promise<Error> {
+async function whyNotWritten(db: Db, owner: BatchOwner, expected: number, rechecked: boolean): Promise<Error> {
+  if (!rechecked) return new StaleReadError(owner.projection.name)
   const [cp] = await db
     .select({ seq: projectionCheckpoints.seq, fence: projectionCheckpoints.fence, stream: projectionCheckpoints.stream })
     .from(projectionCheckpoints)

@@ -92,7 +92,21 @@ export class CheckpointMovedError extends Error {
   }
 }
 
-/** The batch statement's guard refused the batch: nothing was written, and retrying it cannot help. */
+/**
+ * Rows the projection read and others may write (a board's rules) changed before the batch's
+ * statement: nothing was written; the runner applies the same batch again from fresh reads.
+ */
+export class StaleReadError extends Error {
+  constructor(readonly projection: string) {
+    super(`rows the ${projection} batch read changed before it was written`)
+    this.name = 'StaleReadError'
+  }
+}
+
+/**
+ * The batch statement's guard refused the batch because of the checkpoint: nothing was written,
+ * and retrying the same batch cannot help.
+ */
 export function isRefusedBatch(err: unknown): err is FencedError | StreamChangedError | CheckpointMovedError {
   return err instanceof FencedError || err instanceof StreamChangedError || err instanceof CheckpointMovedError
 }

@@ -10,7 +10,7 @@ import type { Projection } from '../projections/types'
 import { backoffMs, sleep } from './backoff'
 import { applyBatch, claimFence, type BatchResult } from './batch'
 import { ACK_WAIT_MS, consumerName, createOwnershipConsumer } from './consumer'
-import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError } from './errors'
+import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import { publishRuns, type OutboxRun } from './outbox'
 
 /** Test seams. Production passes none. */
@@ -136,6 +136,11 @@ export function startRunner(deps: RunnerDeps): Runner {
         try {
           return await applyBatch(deps.db, owner, checkpoint, messages, now())
         } catch (err) {
+          if (err instanceof StaleReadError) {
+            // A board's rules changed between the batch's reads and its write: read again.
+            log.info({ seq: batch[0].seq, size: batch.length }, 'rows the batch read changed before its write; applying it again')
+            continue
+          }
           if (isRefusedBatch(err) || !isTransientDbError(err)) throw err
           const first = batch[0]
           const last = batch[batch.length - 1]

@@ -13,7 +13,7 @@ export const BoardConfig = t.Object({
   board: t.String(),
   order: SortOrder,
   operator: ScoreOperator,
-  configured: t.Boolean({ description: 'false: no stored config, these are the defaults' }),
+  configured: t.Boolean({ description: 'false: no admin set these rules (the defaults)' }),
 })
 
 export const MessageParams = t.Object({ room: Name, id: EventId })

@@ -1,40 +1,39 @@
 import type { KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { desc, eq, lt } from 'drizzle-orm'
+import { and, desc, eq, lt, not, or, sql } from 'drizzle-orm'
 import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
 import { openLeaseBucketIfExists, workersView } from '../../../../core/leases'
-import { deadLetters, leaderboardEntries, leaderboards } from '../../../../core/db/schema'
+import { deadLetters, leaderboards } from '../../../../core/db/schema'
 import { Conflict, Unavailable } from '../../errors'
 import { boardConfig, type BoardConfig } from '../leaderboards/service'
 import type { BoardConfigBody, DeadLetter, ProjectionsReport, WorkersReport } from './model'
 import { projectionStatus } from '../../../../core/projections'
 
 /**
- * Upserts a board's rules. Changing the order or operator of a board that already has entries is
- * 409 `board_has_scores`: existing scores were computed under the old rules.
+ * Upserts a board's rules (fields left out keep their value). Changing the order or operator of a
+ * board that already has scores is 409 `board_has_scores`: existing scores were computed under the
+ * old rules. One statement: the workers mark a board scored in the same row, in the statement that
+ * writes its first entries (see the leaderboards projection), so the two cannot pass each other; an
+ * upsert that meets a worker's row not yet committed waits for it, then sees it scored.
  */
 export async function putBoardConfig(db: Db, board: string, body: BoardConfigBody): Promise<BoardConfig> {
-  return db.transaction(async (tx) => {
-    const q = tx as unknown as Db
-    // Serialise concurrent admin writes to one board's config.
-    await q.select().from(leaderboards).where(eq(leaderboards.board, board)).for('update')
-    const current = await boardConfig(q, board)
-    const next = { order: body.order ?? current.order, operator: body.operator ?? current.operator }
-    const changes = next.order !== current.order || next.operator !== current.operator
-    if (changes) {
-      const [entry] = await q.select({ player: leaderboardEntries.player }).from(leaderboardEntries).where(eq(leaderboardEntries.board, board)).limit(1)
-      if (entry) {
-        throw new Conflict('board_has_scores', `board ${board} already has scores; its order and operator can no longer change`, {
-          current: { order: current.order, operator: current.operator },
-        })
-      }
-    }
-    await q
-      .insert(leaderboards)
-      .values({ board, sortOrder: next.order, operator: next.operator })
-      .onConflictDoUpdate({ target: leaderboards.board, set: { sortOrder: next.order, operator: next.operator, updatedAt: new Date() } })
-    return { board, ...next, configured: true }
+  const l = leaderboards
+  const order = body.order === undefined ? l.sortOrder : sql`${body.order}`
+  const operator = body.operator === undefined ? l.operator : sql`${body.operator}`
+  const [row] = await db
+    .insert(l)
+    .values({ board, sortOrder: body.order, operator: body.operator, configured: true })
+    .onConflictDoUpdate({
+      target: l.board,
+      set: { sortOrder: order, operator, configured: true, updatedAt: new Date() },
+      setWhere: or(not(l.hasScores), and(eq(l.sortOrder, order), eq(l.operator, operator))),
+    })
+    .returning()
+  if (row) return { board, order: row.sortOrder, operator: row.operator, configured: true }
+  const current = await boardConfig(db, board)
+  throw new Conflict('board_has_scores', `board ${board} already has scores; its order and operator can no longer change`, {
+    current: { order: current.order, operator: current.operator },
   })
 }
 

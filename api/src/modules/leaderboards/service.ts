@@ -10,11 +10,11 @@ export type BoardConfig = { board: string; order: SortOrder; operator: ScoreOper
 
 const e = leaderboardEntries
 
-/** Reads a board's config, or the defaults when none is stored. */
+/** Reads a board's rules: the defaults when no admin stored any (see `leaderboards.configured`). */
 export async function boardConfig(db: Db, board: string): Promise<BoardConfig> {
   const [row] = await db.select().from(leaderboards).where(eq(leaderboards.board, board))
   return row
-    ? { board, order: row.sortOrder, operator: row.operator, configured: true }
+    ? { board, order: row.sortOrder, operator: row.operator, configured: row.configured }
     : { board, order: 'desc', operator: 'best', configured: false }
 }
 

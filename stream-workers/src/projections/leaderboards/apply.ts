@@ -15,7 +15,7 @@ const entryKey = (board: string, player: string) => `${board}\u0000${player}`
  * Applies a batch of `score.*` events: loads the boards' rules and the touched standings (two
  * queries, one round trip), evolves them in memory in event order, and returns the one upsert that
  * writes every changed standing (rows bound as one JSON parameter, see recordset) for the batch to
- * run.
+ * run, with the recheck of the rules it used.
  */
 export async function applyScores(db: Db, events: SequencedEvent[]): Promise<Applied> {
   const scores: SequencedEvent<ScoreEvent>[] = []
@@ -43,7 +43,11 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
     rowsOf<{ board: string; player: string; score: number; reached_seq: string | number }>(db, sql`${lookupByKey(leaderboardEntries, ['board', 'player'], [...keys.values()])}`),
   ])
   const rules = new Map<string, BoardRules>()
-  for (const r of boardRows) rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator })
+  const scored = new Set<string>()
+  for (const r of boardRows) {
+    rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator })
+    if (r.hasScores) scored.add(r.board)
+  }
   const standings = new Map<string, Standing>()
   for (const r of rows) standings.set(entryKey(r.board, r.player), { score: Number(r.score), reachedSeq: Number(r.reached_seq) })
 
@@ -72,7 +76,32 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
         target: [leaderboardEntries.board, leaderboardEntries.player],
         set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
       })
-  return { changes, write }
+  return { changes, write, recheck: firstScoresRecheck(written.map((w) => w.board), scored, rules) }
+}
+
+/**
+ * The rules were read without a lock, and the admin API may change a board's rules until the board
+ * has scores. For the boards this batch scores first, the recheck locks the rules row (creating it
+ * for a board without one), marks it scored, and counts it only if its rules still are those the
+ * batch used: an admin change that committed first fails the recheck (the batch is applied again
+ * under the new rules); one that comes after finds the board scored (409 board_has_scores). Boards
+ * read as scored need nothing: their rules can no longer change. Sorted: one lock order for all.
+ */
+function firstScoresRecheck(boards: string[], scored: Set<string>, rules: Map<string, BoardRules>): Applied['recheck'] {
+  const first = [...new Set(boards)].filter((board) => !scored.has(board)).sort()
+  if (first.length === 0) return undefined
+  const used = first.map((board) => {
+    const r = rules.get(board) ?? defaultRules
+    return { board, sort_order: r.sortOrder, operator: r.operator }
+  })
+  return {
+    rows: used.length,
+    statement: sql`insert into ${leaderboards} (board, sort_order, operator, has_scores, configured)
+      select board, sort_order, operator, true, false from ${recordset('r', { board: 'text', sort_order: 'text', operator: 'text' }, used)}
+      on conflict (board) do update set has_scores = true
+      where ${leaderboards}.sort_order = excluded.sort_order and ${leaderboards}.operator = excluded.operator
+      returning 1`,
+  }
 }
 
 /** The leaderboards read model: `score.*` events into leaderboard_entries. */
