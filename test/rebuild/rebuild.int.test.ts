@@ -1,15 +1,18 @@
 import { afterEach, describe, expect, test } from 'bun:test'
+import { jetstream } from '@nats-io/jetstream'
 import { Kvm } from '@nats-io/kv'
 import { asc, sql } from 'drizzle-orm'
 import { createHarness, type ApiHarness } from '../../api/src/test-support'
 import { connectBunSql } from '../../core/db/client'
 import { channelVersions, chatMessages, leaderboardEntries } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
-import { connectNats, topology } from '../../core/nats'
+import { connectNats, ensureStreams, topology } from '../../core/nats'
 import { rebuildKey, type RebuildJob } from '../../core/rebuild-jobs'
 import { until } from '../../core/testing/wait'
 import { projectionStatus } from '../../core/projections'
 import { startWorkers, type Workers } from '../../stream-workers/src/workers'
+import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
+import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
 
 let h: ApiHarness | undefined
 let closers: (() => Promise<void>)[] = []
@@ -288,4 +291,57 @@ describe('POST /admin/projections/:name/rebuild', () => {
     await waitJob(hh, 'leaderboards', 'done')
     expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
   }, 40_000)
+
+  test('an event stream recreated during a rebuild (NATS lost its data) stops it before the switch; the live model keeps every event', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const sent = await sendBatch(hh, 20)
+    await caughtUp(hh)
+    const config = hh.env.config
+    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
+    const nc = await connectNats(hh.env.vars.NATS_URL, 'rebuild-recreated')
+    closers.push(async () => {
+      await nc.close()
+      await db.close()
+    })
+    let recreated = false
+    const rebuilding = runRebuild(
+      {
+        db: db.db,
+        js: jetstream(nc),
+        logger: createLogger('silent'),
+        stream: config.FANFARE_STREAM,
+        prefix: config.FANFARE_SUBJECT_PREFIX,
+        partitions: config.FANFARE_PARTITIONS,
+        batchSize: config.FANFARE_BATCH_SIZE,
+        projection: leaderboardsProjection,
+        // After the shadow's catch-up: NATS loses its data, new events arrive and the live
+        // runners apply them from the new stream's start.
+        progress: async () => {
+          if (recreated) return
+          recreated = true
+          await hh.jsm.streams.delete(config.FANFARE_STREAM)
+          await ensureStreams(hh.nc, config)
+          sent.push(...(await sendBatch(hh, 5)))
+          await caughtUp(hh)
+        },
+        signal: new AbortController().signal,
+      },
+      { id: 'recreated', attempt: 1 },
+    )
+    await expect(rebuilding).rejects.toThrow(/event stream was recreated during the rebuild/)
+    expect(recreated).toBe(true)
+    // Nothing switched, no checkpoint moved: the live model holds every event, old stream and new,
+    // and later events still apply. (Both streams number from 1: the oracle goes by sending order,
+    // and the comparison leaves out stream sequences.)
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    const expected = oracle(sent.map((e, i) => ({ ...e, seq: i + 1 })), {})
+    const after = await readModels(hh)
+    const withoutSeq = <T extends object>(rows: T[]) => rows.map(({ reachedSeq, seq, postedAt, ...rest }: any) => rest)
+    expect(withoutSeq(after.entries)).toEqual(withoutSeq(expected.entries))
+    expect(withoutSeq(after.messages)).toEqual(withoutSeq(expected.messages))
+    expect(after.versions).toEqual(expected.versions)
+  })
 })

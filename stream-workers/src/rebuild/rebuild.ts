@@ -53,7 +53,8 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     // Ordered consumer: no server state to clean up, in order, resets itself on gaps. One
     // filter subject across partitions (nats-server 2.9).
     // The shadow's checkpoints count in this incarnation of the event stream, like live ones.
-    const stream = await streamIdentity(await deps.js.jetstreamManager(), deps.stream)
+    const jsm = await deps.js.jetstreamManager()
+    const stream = await streamIdentity(jsm, deps.stream)
     const consumer = await deps.js.consumers.get(deps.stream, {
       filter_subjects: `${deps.prefix}.ev.*.${projection.area}.>`,
       deliver_policy: DeliverPolicy.All,
@@ -128,10 +129,20 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         insert into public.projection_checkpoints (projection, partition, seq, fence)
         select ${name}, g, 0, 0 from generate_series(0, ${deps.partitions - 1}::int) as g
         on conflict do nothing`)
-      const rows = await rowsOf<{ seq: string | number }>(
+      const rows = await rowsOf<{ seq: string | number; stream: string }>(
         tx,
-        sql`select seq from public.projection_checkpoints where projection = ${name} order by partition for update`,
+        sql`select seq, stream from public.projection_checkpoints where projection = ${name} order by partition for update`,
       )
+      // The stream recreated since the rebuild started (NATS lost its data): the shadow holds the
+      // old stream's events, the live model also the new one's, and the checkpoints count in
+      // different numberings. Switching would lose the new events; stop, and say so.
+      const current = await streamIdentity(jsm, deps.stream)
+      const elsewhere = rows.find((r) => r.stream !== '' && r.stream !== stream)?.stream
+      if (current !== stream || elsewhere) {
+        throw new Error(
+          `the event stream was recreated during the rebuild (NATS lost its data?): it read ${stream}, the stream now is ${current}${elsewhere ? ` and live checkpoints count in ${elsewhere}` : ''}; nothing was switched`,
+        )
+      }
       const live = Math.max(0, ...rows.map((r) => Number(r.seq)))
       await useShadow(tx, shadow)
       const deadline = Date.now() + TAIL_DEADLINE_MS
