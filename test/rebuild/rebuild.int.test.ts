@@ -6,7 +6,7 @@ import { createHarness, type ApiHarness } from '../../api/src/test-support'
 import { connectBunSql } from '../../core/db/client'
 import { channelVersions, chatMessages, leaderboardEntries } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
-import { connectNats, ensureStreams, topology } from '../../core/nats'
+import { connectNats, ensureStreams, streamIdentity, topology } from '../../core/nats'
 import { rebuildKey, type RebuildJob } from '../../core/rebuild-jobs'
 import { until } from '../../core/testing/wait'
 import { projectionStatus } from '../../core/projections'
@@ -254,6 +254,38 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const read = await hh.call('GET', path, { token: hh.adminToken })
     expect(read.json).toMatchObject({ id: forced.json.id, state: 'requested', appliedSeq: 0 })
   })
+
+  test('after NATS lost the event stream, a rebuild is history_incomplete unless forced; a forced one switches in the new stream alone and clears that', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const path = '/admin/projections/leaderboards/rebuild'
+    const old = await sendBatch(hh, 10)
+    await caughtUp(hh)
+    const lostStream = await streamIdentity(hh.jsm, hh.env.config.FANFARE_STREAM)
+    await hh.jsm.streams.delete(hh.env.config.FANFARE_STREAM)
+    await ensureStreams(hh.nc, hh.env.config)
+    // The new stream starts at 1, so retention did not remove anything from it; but the model
+    // holds the lost stream's scores, which a rebuild would drop.
+    const fresh = await sendBatch(hh, 10)
+    await caughtUp(hh)
+    const refused = await hh.call('POST', path, { token: hh.adminToken })
+    expect([refused.status, refused.json.error.code, refused.json.error.details]).toEqual([409, 'history_incomplete', { lostStream }])
+    // Every batch of 10 holds chat posts: the chat model lost events too.
+    expect(old.filter((e) => e.type === 'chat.message.posted').length).toBeGreaterThan(0)
+    const chat = await hh.call('POST', '/admin/projections/chat/rebuild', { token: hh.adminToken })
+    expect([chat.status, chat.json.error.code]).toEqual([409, 'history_incomplete'])
+
+    const forced = await hh.call('POST', `${path}?force=true`, { token: hh.adminToken })
+    expect(forced.status).toBe(202)
+    await waitJob(hh, 'leaderboards', 'done')
+    // What is left is the new stream's events: the model is theirs alone now.
+    const expected = oracle(fresh, {})
+    expect((await readModels(hh)).entries).toEqual(expected.entries)
+    const again = await hh.call('POST', path, { token: hh.adminToken })
+    expect(again.status).toBe(202)
+    await waitJob(hh, 'leaderboards', 'done')
+  }, 40_000)
 
   test("a job whose worker died is taken over and restarted; a finished job can be requested again", async () => {
     h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })

@@ -19,6 +19,13 @@ export const projectionCheckpoints = pgTable(
      * '' until a runner first records it.
      */
     stream: text('stream').notNull().default(''),
+    /**
+     * An earlier incarnation of the event stream (`<name>@<created>`) whose events this partition's
+     * read model holds but the current stream does not: a rebuild would lose them. Set when a runner
+     * moves the checkpoint to a recreated stream; cleared when a rebuild switches in a model of the
+     * current stream alone. '' when the model comes only from the current stream.
+     */
+    lostStream: text('lost_stream').notNull().default(''),
     updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [primaryKey({ columns: [t.projection, t.partition] })],

@@ -159,7 +159,8 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       }
       switchedAt = Math.max(position, live)
       await swapIn(tx, { shadow, retired, projection: name })
-      await tx.execute(sql`update public.projection_checkpoints set seq = ${switchedAt}, updated_at = now() where projection = ${name}`)
+      // The model now comes from the current stream alone: nothing lost to a rebuild any more.
+      await tx.execute(sql`update public.projection_checkpoints set seq = ${switchedAt}, lost_stream = '', updated_at = now() where projection = ${name}`)
       log.info({ live, switchedAt }, 'rebuilt model switched in')
     })
     return { switchedAtSeq: switchedAt }

@@ -224,7 +224,8 @@ export function startRunner(deps: RunnerDeps): Runner {
    * Creates this ownership's consumer right after the checkpoint. First records which event
    * stream the checkpoint counts in: if the stream was recreated since (its sequences restarted at
    * 1), the checkpoint is reset to 0 so that the new stream's events are applied, not skipped as
-   * already seen. (The old stream's events are gone with NATS' data; the read models keep them.)
+   * already seen. (The old stream's events are gone with NATS' data; the read models keep them,
+   * and `lost_stream` says so: a rebuild from the new stream alone would drop them.)
    */
   const openConsumer = async (): Promise<Consumer> => {
     stream = await streamIdentity(deps.jsm, deps.stream)
@@ -235,7 +236,8 @@ export function startRunner(deps: RunnerDeps): Runner {
             where projection = ${deps.projection.name} and partition = ${deps.partition} for update
           )
           update ${projectionCheckpoints} c
-          set stream = ${stream}, seq = case when old.stream in ('', ${stream}) then c.seq else 0 end
+          set stream = ${stream}, seq = case when old.stream in ('', ${stream}) then c.seq else 0 end,
+            lost_stream = case when old.stream in ('', ${stream}) or old.seq = 0 then c.lost_stream else old.stream end
           from old where c.projection = ${deps.projection.name} and c.partition = ${deps.partition}
           returning c.seq, old.stream as previous, old.seq as previous_seq`,
     )

@@ -23,7 +23,7 @@ const denied = { 401: ErrorResponse, 403: ErrorResponse }
 /** /admin: board rules, moderation, projection status, workers and dead letters. Admin token only. */
 export function adminModule({ config, db, nc, ingest }: AdminDeps) {
   const workers = createWorkersReader(config, nc)
-  const rebuilds = createRebuilds(config, nc)
+  const rebuilds = createRebuilds({ config, nc, db })
   return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
     .use(authPlugin(config))
     .guard({ auth: 'admin' }, (app) =>
@@ -65,7 +65,7 @@ export function adminModule({ config, db, nc, ingest }: AdminDeps) {
           detail: {
             summary: 'Rebuild a read model from the start of the event stream',
             description:
-              'A stream worker replays the stream into a shadow copy while live traffic continues, then swaps it in; rebuilt channels get a new epoch (subscribers re-sync). 404 unknown projection; 409 rebuild_in_progress; 409 history_incomplete when retention removed the first events (unless force=true).',
+              'A stream worker replays the stream into a shadow copy while live traffic continues, then swaps it in; rebuilt channels get a new epoch (subscribers re-sync). 404 unknown projection; 409 rebuild_in_progress; 409 history_incomplete when retention removed the first events, or NATS lost an earlier stream whose events the model holds (unless force=true).',
           },
         })
         .get('/projections/:name/rebuild', ({ params }) => rebuilds.get(params.name), {

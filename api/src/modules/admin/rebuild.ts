@@ -3,6 +3,9 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import type { KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../../../core/config'
+import { and, eq, ne } from 'drizzle-orm'
+import type { Db } from '../../../../core/db/client'
+import { projectionCheckpoints } from '../../../../core/db/schema'
 import { topology } from '../../../../core/nats'
 import { isActive, isRebuildable, openJobBucket, readRebuildJob, rebuildableProjections, rebuildKey, type RebuildJob } from '../../../../core/rebuild-jobs'
 import { AppError, Conflict, NotFound, Unavailable } from '../../errors'
@@ -11,15 +14,18 @@ import { AppError, Conflict, NotFound, Unavailable } from '../../errors'
 export type Rebuilds = {
   /**
    * Writes a `requested` job for the projection. 404 unknown projection; 409 `rebuild_in_progress`
-   * while one is requested or running; 409 `history_incomplete` when the event stream no longer
-   * starts at sequence 1 (retention removed events) unless `force`.
+   * while one is requested or running; 409 `history_incomplete` unless `force` when the event
+   * stream no longer starts at sequence 1 (retention removed events), or when the read model holds
+   * events of an earlier incarnation of the stream (NATS lost its data; see `lost_stream`).
    */
   request: (projection: string, opts: { force: boolean }) => Promise<RebuildJob>
   /** The projection's latest job; 404 when none was ever requested. */
   get: (projection: string) => Promise<RebuildJob>
 }
 
-export function createRebuilds(config: Config, nc: NatsConnection, now: () => Date = () => new Date()): Rebuilds {
+export function createRebuilds(deps: { config: Config; nc: NatsConnection; db: Db; now?: () => Date }): Rebuilds {
+  const { config, nc, db } = deps
+  const now = deps.now ?? (() => new Date())
   let kv: KV | undefined
   const { eventStream } = topology(config)
   const checkName = (projection: string) => {
@@ -51,6 +57,18 @@ export function createRebuilds(config: Config, nc: NatsConnection, now: () => Da
             'history_incomplete',
             `the event stream starts at sequence ${state.first_seq}: older events are gone (FANFARE_EVENT_RETENTION_MS), so a rebuild would be partial; add ?force=true to rebuild from what is left`,
             { firstSeq: state.first_seq },
+          )
+        }
+        const [lost] = await db
+          .select({ stream: projectionCheckpoints.lostStream })
+          .from(projectionCheckpoints)
+          .where(and(eq(projectionCheckpoints.projection, projection), ne(projectionCheckpoints.lostStream, '')))
+          .limit(1)
+        if (lost && !force) {
+          throw new Conflict(
+            'history_incomplete',
+            `the read model holds events of ${lost.stream}, an earlier event stream that NATS lost: a rebuild from the current stream would drop them; add ?force=true to rebuild from what is left`,
+            { lostStream: lost.stream },
           )
         }
         const kv = await bucket()

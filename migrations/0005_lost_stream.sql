@@ -1,0 +1,1 @@
+ALTER TABLE "projection_checkpoints" ADD COLUMN "lost_stream" text DEFAULT '' NOT NULL;
