@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { jetstream } from '@nats-io/jetstream'
 import { eq } from 'drizzle-orm'
 import { putBoardConfig } from '../../api/src/modules/admin/service'
 import { Conflict } from '../../api/src/errors'
@@ -12,6 +13,7 @@ import { until } from '../../core/testing/wait'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { applyBatch, claimFence, type BatchMessage, type BatchOwner } from '../../stream-workers/src/runtime/batch'
 import { StaleReadError } from '../../stream-workers/src/runtime/errors'
+import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
 import { startWorkers } from '../../stream-workers/src/workers'
 
 // A board's rules may change until it has scores. The admin API and the workers decide that on
@@ -141,5 +143,51 @@ describe('board rules and first scores', () => {
     expect(await scores('race-c')).toEqual({})
     await applyBatch(worker.db, owner, expected, messages, new Date())
     expect(await scores('race-c')).toEqual({ p: 4 })
+  })
+
+  test("a rebuild's shadow batch that loses the race to a rules change is applied again under the new rules", async () => {
+    const sent = await h.call('POST', '/v1/events', {
+      token: h.ingestToken,
+      body: { events: [10, 3, 7].map((value) => ({ type: 'score.submitted', data: { board: 'race-d', player: 'p', score: value } })) },
+    })
+    expect(sent.status).toBe(202)
+    // No live worker runs: the shadow is the first to score race-d, and the rules change lands
+    // between its first batch's reads and write.
+    let raced = false
+    const racing = {
+      ...leaderboardsProjection,
+      apply: async (db: Db, events: Parameters<typeof leaderboardsProjection.apply>[1]) => {
+        const applied = await leaderboardsProjection.apply(db, events)
+        if (!raced && events.some((e) => e.event.type === 'score.submitted' && e.event.data.board === 'race-d')) {
+          raced = true
+          await putBoardConfig(h.database.db, 'race-d', { order: 'asc' })
+        }
+        return applied
+      },
+    }
+    const nc = await connectNats(h.env.vars.NATS_URL, 'board-rules-rebuild')
+    try {
+      const config = h.env.config
+      await runRebuild(
+        {
+          db: worker.db,
+          js: jetstream(nc),
+          logger: createLogger('silent'),
+          stream: config.FANFARE_STREAM,
+          prefix: config.FANFARE_SUBJECT_PREFIX,
+          partitions: config.FANFARE_PARTITIONS,
+          batchSize: config.FANFARE_BATCH_SIZE,
+          projection: racing,
+          progress: async () => {},
+          signal: new AbortController().signal,
+        },
+        { id: 'raced', attempt: 1 },
+      )
+    } finally {
+      await nc.close()
+    }
+    expect(raced).toBe(true)
+    expect(await scores('race-d')).toEqual({ p: 3 })
+    await expect(putBoardConfig(h.database.db, 'race-d', { order: 'desc' })).rejects.toBeInstanceOf(Conflict)
   })
 })

@@ -6,7 +6,8 @@ import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections'
 import { applyBatch, type BatchMessage } from '../runtime/batch'
-import { StaleReadError } from '../runtime/errors'
+import { backoffMs, sleep } from '../runtime/backoff'
+import { isTransientDbError, StaleReadError } from '../runtime/errors'
 import { streamIdentity } from '../../../core/nats'
 import { createShadow, dropSchemas, leftoverSchemas, lockLiveTables, shadowSchemaName, swapIn, useShadow } from './shadow'
 
@@ -92,7 +93,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       if (deps.signal.aborted) throw new Error('rebuild stopped')
       const batch = await fetch(catchUpBatch, 1_000)
       if (batch.length > 0) {
-        for (;;) {
+        for (let attempt = 0; ; ) {
           const before = new Map(shadowCheckpoints)
           try {
             await db.transaction(async (tx) => {
@@ -101,13 +102,16 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
             })
             break
           } catch (err) {
-            // A board's rules changed under a batch that scores it first (see Applied.recheck):
-            // the transaction wrote nothing; apply the batch again from the same checkpoints. (The
-            // same in the switch's few batches fails the rebuild: visible, and it can be requested
-            // again.)
-            if (!(err instanceof StaleReadError)) throw err
+            // A board's rules changed under a batch that scores it first (see Applied.recheck), or
+            // a deadlock or lost connection: the transaction wrote nothing; apply the batch again
+            // from the same checkpoints. (The same in the switch's few batches fails the rebuild:
+            // visible, and it can be requested again.)
+            if (!(err instanceof StaleReadError) && !isTransientDbError(err)) throw err
+            log.warn({ err }, 'shadow batch not written; applying it again')
             shadowCheckpoints.clear()
             for (const [partition, seq] of before) shadowCheckpoints.set(partition, seq)
+            await sleep(backoffMs(attempt++), deps.signal)
+            if (deps.signal.aborted) throw new Error('rebuild stopped')
           }
         }
         position = batch[batch.length - 1].seq
