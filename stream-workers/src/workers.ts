@@ -9,7 +9,7 @@ import { ensureStreams, topology } from '../../core/nats'
 import { projections as allProjections, type Projection } from './projections'
 import { startRebuildJobs } from './rebuild/jobs'
 import { openLeaseBucket, startLeases } from './runtime/leases'
-import { startOutboxSweeper } from './runtime/outbox'
+import { startOutboxCleaner, startOutboxSweeper } from './runtime/outbox'
 import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
 import { startTopologyKeeper } from './runtime/topology-keeper'
 
@@ -39,7 +39,7 @@ export type Workers = {
   partitions: () => number[]
   /**
    * Stops taking new work, lets in-flight batches commit, ack and publish, then releases the
-   * leases and stops the outbox sweeper; a rebuild in progress is handed back (state requested).
+   * leases and stops the outbox sweeper and cleaner; a rebuild in progress is handed back (state requested).
    * Safe to call twice.
    */
   stop: () => Promise<void>
@@ -75,6 +75,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     await Promise.all((rs ?? []).map((r) => r.stop({ deleteConsumer })))
   }
 
+  const cleaner = startOutboxCleaner({ db, logger: logger.child({ component: 'outbox' }) })
   const leases = startLeases({
     kv,
     workerId,
@@ -96,6 +97,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
             batchSize: config.FANFARE_BATCH_SIZE,
             projection,
             partition,
+            cleaner,
             now: deps.now,
             hooks: deps.hooks,
             onFenced: () => leases.drop(partition),
@@ -108,7 +110,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     onLost: (partition) => void stopRunners(partition, false),
     onRelease: (partition) => stopRunners(partition, true),
   })
-  const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, logger: logger.child({ component: 'outbox' }) })
+  const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, cleaner, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
   const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now })
@@ -124,6 +126,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))
         await sweeper.stop()
+        await cleaner.stop()
         await keeper.stop()
         logger.info('stream workers stopped')
       })()),

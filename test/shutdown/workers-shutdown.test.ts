@@ -3,7 +3,7 @@ import { jetstream, type JetStreamClient } from '@nats-io/jetstream'
 import type { KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { connectPostgres, type Database } from '../../core/db/client'
-import { deadLetters, leaderboardEntries, leaderboards } from '../../core/db/schema'
+import { changeOutbox, deadLetters, leaderboardEntries, leaderboards } from '../../core/db/schema'
 import { contracts, keyOf, partitionOf, subjects, type StoredEvent } from '../../core/events'
 import { collectKeys, openLeaseBucketIfExists, workersView } from '../../core/leases'
 import { connectNats, ensureStreams } from '../../core/nats'
@@ -100,6 +100,8 @@ describe('stream-workers graceful shutdown', () => {
     expect(tookMs).toBeLessThan(10_000)
     await rest
     const appliedAtExit = await appliedTotal()
+    // Every run it committed was published and its outbox row deleted before it exited.
+    expect(await database.db.select().from(changeOutbox)).toEqual([])
 
     // Released, not left to expire: no lease key and no heartbeat remain.
     const kv = (await openLeaseBucketIfExists(nc, env.config)) as KV
@@ -129,5 +131,6 @@ describe('stream-workers graceful shutdown', () => {
 
     expect(await second.stop('SIGTERM')).toBe(0)
     expect(await collectKeys(kv)).toEqual([])
+    expect(await database.db.select().from(changeOutbox)).toEqual([])
   }, 90_000)
 })

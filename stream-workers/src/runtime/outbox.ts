@@ -97,41 +97,82 @@ export function parseInsertedRuns(json: string): OutboxRun[] {
 }
 
 /**
- * Publishes runs on their channels' subjects and deletes the published rows. All are in flight at
- * once: one connection writes them in call order (version order per channel) and JetStream stores
- * them in that order, so a batch costs one round trip, not one per run. No msgID: a run published
- * twice (runner and sweeper, or a retry) is stored twice and read once, since API nodes drop
- * versions they already have and resumes merge by version. A msgID per run would cost a header per
- * message and a de-duplication entry per run in nats-server (millions at full fan-out) for nothing.
- * Runs whose publish failed stay in the outbox for the sweeper (API nodes hold later versions until
- * they arrive). Returns how many were published.
+ * Publishes runs on their channels' subjects and hands the published ones to the cleaner, which
+ * deletes their rows. All are in flight at once: one connection writes them in call order (version
+ * order per channel) and JetStream stores them in that order, so a batch costs one round trip, not
+ * one per run. No msgID: a run published twice (runner and sweeper, or a retry) is stored twice and
+ * read once, since API nodes drop versions they already have and resumes merge by version. A msgID
+ * per run would cost a header per message and a de-duplication entry per run in nats-server
+ * (millions at full fan-out) for nothing. Runs whose publish failed stay in the outbox for the
+ * sweeper (API nodes hold later versions until they arrive). Returns how many were published.
  */
-export async function publishRuns(deps: { db: Db; js: JetStreamClient; prefix: string }, runs: OutboxRun[]): Promise<number> {
+export async function publishRuns(deps: { js: JetStreamClient; prefix: string; cleaner: OutboxCleaner }, runs: OutboxRun[]): Promise<number> {
   const results = await Promise.allSettled(
     runs.map((r) => deps.js.publish(subjects.change(deps.prefix, r.channel), r.body)),
   )
   const done = runs.filter((_, i) => results[i].status === 'fulfilled').map(({ channel, epoch, version }) => ({ channel, epoch, version }))
-  if (done.length > 0) {
-    await deps.db
-      .delete(changeOutbox)
-      .where(
-        sql`(${changeOutbox.channel}, ${changeOutbox.epoch}, ${changeOutbox.version}) in (select channel, epoch, version from ${recordset('d', { channel: 'text', epoch: 'text', version: 'bigint' }, done)})`,
-      )
-  }
+  deps.cleaner.published(done)
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
   return done.length
 }
 
+type RunKey = { channel: string; epoch: string; version: number }
+
+/** Deletes the outbox rows of published runs (see startOutboxCleaner). */
+export type OutboxCleaner = {
+  published: (runs: RunKey[]) => void
+  /** Deletes what is left to delete, then stops. */
+  stop: () => Promise<void>
+}
+
+/**
+ * Deletes the rows of published runs every `intervalMs`, in one statement for every runner of the
+ * process, instead of one statement per batch. A row deleted late is harmless: the sweeper only
+ * takes rows older than its minimum age (far above the interval), and a run it publishes again is
+ * dropped by the API nodes. Rows a failed delete leaves are tried again at the next round; rows a
+ * crash leaves are the sweeper's.
+ */
+export function startOutboxCleaner(deps: { db: Db; logger: Logger; intervalMs?: number }): OutboxCleaner {
+  let pending: RunKey[] = []
+  const flush = async () => {
+    if (pending.length === 0) return
+    const keys = pending
+    pending = []
+    try {
+      await deps.db
+        .delete(changeOutbox)
+        .where(
+          sql`(${changeOutbox.channel}, ${changeOutbox.epoch}, ${changeOutbox.version}) in (select channel, epoch, version from ${recordset('d', { channel: 'text', epoch: 'text', version: 'bigint' }, keys)})`,
+        )
+    } catch (err) {
+      pending = keys.concat(pending)
+      throw err
+    }
+  }
+  const onError = (err: unknown) => deps.logger.warn({ err, rows: pending.length }, 'deleting published outbox rows failed; retrying next round')
+  const loop = every(deps.intervalMs ?? 50, flush, onError)
+  return {
+    published: (runs) => {
+      for (const r of runs) pending.push(r)
+    },
+    stop: async () => {
+      await loop.stop()
+      await flush().catch(onError)
+    },
+  }
+}
+
 /**
  * Every `intervalMs`, publishes outbox rows older than `minAgeMs`: runs committed by a worker
- * that died (or lost NATS) between commit and publish. Runs in every worker process; duplicates are
- * absorbed by msgID. Returns a stop function.
+ * that died (or lost NATS) between commit and publish. Runs in every worker process; a run
+ * published twice is dropped by the API nodes (see publishRuns). Returns a stop function.
  */
 export function startOutboxSweeper(deps: {
   db: Db
   js: JetStreamClient
   prefix: string
+  cleaner: OutboxCleaner
   logger: Logger
   intervalMs?: number
   minAgeMs?: number

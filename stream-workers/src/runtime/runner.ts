@@ -11,7 +11,7 @@ import { backoffMs, sleep } from './backoff'
 import { applyBatch, claimFence, type BatchResult } from './batch'
 import { ACK_WAIT_MS, consumerName, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
-import { publishRuns, type OutboxRun } from './outbox'
+import { publishRuns, type OutboxCleaner, type OutboxRun } from './outbox'
 
 /** Test seams. Production passes none. */
 export type RunnerHooks = {
@@ -30,6 +30,8 @@ export type RunnerDeps = {
   batchSize: number
   projection: Projection
   partition: number
+  /** Deletes the outbox rows of the runs this runner published (one per process). */
+  cleaner: OutboxCleaner
   now?: () => Date
   hooks?: RunnerHooks
   /** A newer owner wrote the checkpoint: this runner has stopped; the lease is not ours. */
@@ -206,7 +208,7 @@ export function startRunner(deps: RunnerDeps): Runner {
    */
   let publishing: Promise<void> | undefined
   const publishInBackground = (runs: OutboxRun[]): Promise<void> =>
-    publishRuns({ db: deps.db, js: deps.js, prefix: deps.prefix }, runs).then(
+    publishRuns({ js: deps.js, prefix: deps.prefix, cleaner: deps.cleaner }, runs).then(
       () => void (publishing = undefined),
       (err) => {
         publishing = undefined
