@@ -141,6 +141,64 @@ describe('stream workers', () => {
     expect(await versions(w)).toEqual({ 'leaderboard:tot': 20 })
   })
 
+  test("a batch writes its read model before it locks the channel version rows every partition shares", async () => {
+    // The version rows of a board are shared by every partition and held until the batch commits:
+    // the read-model write (hundreds of rows in a full batch) must not run while they are held, or
+    // every partition's batches queue behind it. Observed from outside: while the batch waits for
+    // a version row another session holds, the batch's new standing is already written
+    // (uncommitted), so inserting the same key has to wait for it.
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    const { applyBatch, claimFence } = await import('./runtime/batch')
+    const { leaderboardsProjection } = await import('./projections/leaderboards/apply')
+    const token = await claimFence(w.database.db, 'leaderboards', 0)
+    const owner = { projection: leaderboardsProjection, partition: 0, token, partitions: 1, stream: '' }
+    const message = (seq: number, player: string) => ({
+      subject: subjects.event(w.config.FANFARE_SUBJECT_PREFIX, 0, 'score.submitted'),
+      seq,
+      body: new TextEncoder().encode(JSON.stringify(storedEvent('score.submitted', { board: 'arena', player, score: seq }))),
+      storedAt: new Date(),
+    })
+    await applyBatch(w.database.db, owner, 0, [message(1, 'first')], new Date())
+    const { default: postgres } = await import('postgres')
+    const holder = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+    const prober = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+    let release!: () => void
+    const released = new Promise<void>((resolve) => (release = resolve))
+    try {
+      let locked!: () => void
+      const isLocked = new Promise<void>((resolve) => (locked = resolve))
+      const holding = holder.begin(async (tx) => {
+        await tx`select version from channel_versions where channel = 'leaderboard:arena' for update`
+        locked()
+        await released
+      })
+      await isLocked
+      const batch = applyBatch(w.database.db, owner, 1, [message(2, 'second')], new Date())
+      await until('the batch to wait for the version row', async () => {
+        const [r] = await prober`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`
+        return r.n > 0 || undefined
+      })
+      const probe = await prober
+        .begin(async (tx) => {
+          await tx`set local lock_timeout = '300ms'`
+          await tx`insert into leaderboard_entries (board, player, score, reached_seq) values ('arena', 'second', 0, 0) on conflict do nothing`
+          throw new Error('rollback')
+        })
+        .catch((err: { code?: string; message: string }) => err.code ?? err.message)
+      // 55P03 lock_not_available: the batch's write of `second` came before its wait.
+      expect(probe).toBe('55P03')
+      release()
+      await holding
+      const r = await batch
+      expect(r.applied).toBe(1)
+      expect(await boardScores(w, 'arena')).toEqual({ first: 1, second: 2 })
+    } finally {
+      release()
+      await holder.end()
+      await prober.end()
+    }
+  })
+
   test('an event stream recreated after NATS lost its data is applied from its start, not skipped as already seen', async () => {
     const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
     const workers = await w.startWorker()

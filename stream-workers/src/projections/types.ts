@@ -25,7 +25,8 @@ export type Applied = {
   /**
    * The read-model write, not run: the batch runs it as part of its one statement (with the
    * checkpoint, versions and outbox), and only `when` that statement's checkpoint guard holds, so
-   * the projection must put `when` in its write's WHERE. Absent when nothing changed.
+   * the projection must put `when` in its write's WHERE. An INSERT, UPDATE or DELETE without a
+   * RETURNING clause (the batch adds one to order its statement). Absent when nothing changed.
    */
   write?: (when: SQL) => SQLWrapper
   /**
