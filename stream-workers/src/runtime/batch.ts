@@ -67,9 +67,10 @@ export async function claimFence(db: Db, projection: string, partition: number):
  * read are written only by an owner of this partition, and every such write moves the checkpoint.
  * If another owner wrote after our reads, the checkpoint is no longer `expected` and nothing is
  * written. Rows that others write too (a board's rules) are rechecked under a lock by the
- * statement itself (Applied.recheck). Why one statement: the channel version rows are shared by every partition (one board
- * spans them); locked by a statement that commits by itself, they are held for that statement
- * alone, not through client round trips to a COMMIT.
+ * statement itself (Applied.recheck). Why one statement: the channel version rows are shared by
+ * every partition (one board spans them); locked by a statement that commits by itself, they are
+ * held for that statement alone, not through client round trips to a COMMIT (and within it they
+ * are locked last, see below).
  */
 export async function applyBatch(db: Db, owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date): Promise<BatchResult> {
   const { projection, partition, token } = owner
