@@ -167,16 +167,12 @@ describe('board rules and first scores', () => {
     }
     const nc = await connectNats(h.env.vars.NATS_URL, 'board-rules-rebuild')
     try {
-      const config = h.env.config
       await runRebuild(
         {
+          config: h.env.config,
           db: worker.db,
           js: jetstream(nc),
           logger: createLogger('silent'),
-          stream: config.FANFARE_STREAM,
-          prefix: config.FANFARE_SUBJECT_PREFIX,
-          partitions: config.FANFARE_PARTITIONS,
-          batchSize: config.FANFARE_BATCH_SIZE,
           projection: racing,
           progress: async () => {},
           signal: new AbortController().signal,

@@ -340,13 +340,10 @@ describe('POST /admin/projections/:name/rebuild', () => {
     let recreated = false
     const rebuilding = runRebuild(
       {
+        config,
         db: db.db,
         js: jetstream(nc),
         logger: createLogger('silent'),
-        stream: config.FANFARE_STREAM,
-        prefix: config.FANFARE_SUBJECT_PREFIX,
-        partitions: config.FANFARE_PARTITIONS,
-        batchSize: config.FANFARE_BATCH_SIZE,
         projection: leaderboardsProjection,
         // After the shadow's catch-up: NATS loses its data, new events arrive and the live
         // runners apply them from the new stream's start.

@@ -4,7 +4,6 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../../core/config'
 import type { Db } from '../../../core/db/client'
 import type { Logger } from '../../../core/logger'
-import { topology } from '../../../core/nats'
 import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
 import type { Projection } from '../projections'
 import { sleep } from '../runtime/backoff'
@@ -64,18 +63,14 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
         job = next
       }))
     const beat = setInterval(() => void save({}).catch(() => {}), Math.max(100, Math.floor(ttl / 3)))
-    const t = topology(deps.config)
     const projection = deps.projections.find((p) => p.name === job.projection)!
     try {
       const { switchedAtSeq } = await runRebuild(
         {
+          config: deps.config,
           db: deps.db,
           js: deps.js,
           logger: log,
-          stream: t.eventStream,
-          prefix: t.prefix,
-          partitions: t.partitions,
-          batchSize: deps.config.FANFARE_BATCH_SIZE,
           projection,
           now: deps.now,
           signal: abort.signal,

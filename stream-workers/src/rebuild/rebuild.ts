@@ -1,6 +1,7 @@
 import { DeliverPolicy, type JetStreamClient, type JsMsg } from '@nats-io/jetstream'
 import { millis } from '@nats-io/transport-node'
 import { sql } from 'drizzle-orm'
+import type { Config } from '../../../core/config'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
@@ -8,17 +9,15 @@ import type { Projection } from '../projections'
 import { applyBatch, type BatchMessage } from '../runtime/batch'
 import { backoffMs, sleep } from '../runtime/backoff'
 import { isTransientDbError, StaleReadError } from '../runtime/errors'
-import { streamIdentity } from '../../../core/nats'
+import { streamIdentity, topology } from '../../../core/nats'
 import { createShadow, dropSchemas, leftoverSchemas, lockLiveTables, shadowSchemaName, swapIn, useShadow } from './shadow'
 
 export type RebuildDeps = {
+  /** The event stream, subject prefix, partitions and batch size come from here (see topology). */
+  config: Config
   db: Db
   js: JetStreamClient
   logger: Logger
-  stream: string
-  prefix: string
-  partitions: number
-  batchSize: number
   projection: Projection
   now?: () => Date
   /**
@@ -42,6 +41,8 @@ const TAIL_DEADLINE_MS = 30_000
  */
 export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: number }): Promise<{ switchedAtSeq: number }> {
   const { db, projection } = deps
+  const { eventStream, prefix, partitions } = topology(deps.config)
+  const batchSize = deps.config.FANFARE_BATCH_SIZE
   const now = deps.now ?? (() => new Date())
   const log = deps.logger.child({ projection: projection.name, rebuild: job.id, attempt: job.attempt })
   const shadow = shadowSchemaName(job.id, job.attempt)
@@ -55,9 +56,9 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     // filter subject across partitions (nats-server 2.9).
     // The shadow's checkpoints count in this incarnation of the event stream, like live ones.
     const jsm = await deps.js.jetstreamManager()
-    const stream = await streamIdentity(jsm, deps.stream)
-    const consumer = await deps.js.consumers.get(deps.stream, {
-      filter_subjects: `${deps.prefix}.ev.*.${projection.area}.>`,
+    const stream = await streamIdentity(jsm, eventStream)
+    const consumer = await deps.js.consumers.get(eventStream, {
+      filter_subjects: `${prefix}.ev.*.${projection.area}.>`,
       deliver_policy: DeliverPolicy.All,
     })
     const shadowCheckpoints = new Map<number, number>()
@@ -66,7 +67,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       for (const m of batch) {
         const p = subjects.partitionOfSubject(m.subject)
         // Live runners only consume numbered partitions of this deployment: neither do we.
-        if (!Number.isInteger(p) || p < 0 || p >= deps.partitions) continue
+        if (!Number.isInteger(p) || p < 0 || p >= partitions) continue
         const list = byPartition.get(p) ?? []
         list.push({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) })
         byPartition.set(p, list)
@@ -75,7 +76,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       // Same code as the live runners (decode, dead letters, checkpoint), token 0: never fenced.
       // The shadow's checkpoints start at 0 and only this rebuild writes them.
       for (const [partition, messages] of [...byPartition].sort(([a], [b]) => a - b)) {
-        const r = await applyBatch(tx, { projection, partition, token: 0, partitions: deps.partitions, stream }, shadowCheckpoints.get(partition) ?? 0, messages, at)
+        const r = await applyBatch(tx, { projection, partition, token: 0, partitions: partitions, stream }, shadowCheckpoints.get(partition) ?? 0, messages, at)
         shadowCheckpoints.set(partition, r.checkpoint)
       }
     }
@@ -88,7 +89,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     // Catch up while live traffic continues, until what is left fits in about one live batch.
     // Bigger batches than the live runners': the per-statement cost dominates, and the shadow
     // must outrun live traffic to ever reach the switch.
-    const catchUpBatch = Math.min(5_000, Math.max(deps.batchSize, 1_000))
+    const catchUpBatch = Math.min(5_000, Math.max(batchSize, 1_000))
     for (;;) {
       if (deps.signal.aborted) throw new Error('rebuild stopped')
       const batch = await fetch(catchUpBatch, 1_000)
@@ -118,7 +119,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       }
       const pending = batch.length > 0 ? batch[batch.length - 1].info.pending : 0
       await deps.progress({ appliedSeq: position, pending })
-      if (pending < deps.batchSize) break
+      if (pending < batchSize) break
     }
 
     await deps.progress({ appliedSeq: position, pending: 0, state: 'switching' })
@@ -131,7 +132,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       // what the shadow applied (its first runner would otherwise start from 0 and apply twice).
       await tx.execute(sql`
         insert into public.projection_checkpoints (projection, partition, seq, fence)
-        select ${name}, g, 0, 0 from generate_series(0, ${deps.partitions - 1}::int) as g
+        select ${name}, g, 0, 0 from generate_series(0, ${partitions - 1}::int) as g
         on conflict do nothing`)
       const rows = await rowsOf<{ seq: string | number; stream: string }>(
         tx,
@@ -140,7 +141,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       // The stream recreated since the rebuild started (NATS lost its data): the shadow holds the
       // old stream's events, the live model also the new one's, and the checkpoints count in
       // different numberings. Switching would lose the new events; stop, and say so.
-      const current = await streamIdentity(jsm, deps.stream)
+      const current = await streamIdentity(jsm, eventStream)
       const elsewhere = rows.find((r) => r.stream !== '' && r.stream !== stream)?.stream
       if (current !== stream || elsewhere) {
         throw new Error(
@@ -152,7 +153,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       const deadline = Date.now() + TAIL_DEADLINE_MS
       while (position < live) {
         if (Date.now() > deadline) throw new Error(`shadow did not reach the live checkpoint ${live} (at ${position}) in time`)
-        const batch = await fetch(deps.batchSize, 1_000)
+        const batch = await fetch(batchSize, 1_000)
         if (batch.length > 0) {
           await applyShadow(tx, batch)
           position = batch[batch.length - 1].seq
