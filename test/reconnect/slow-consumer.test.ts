@@ -14,7 +14,7 @@ import { until, WsClient } from '../e2e/harness'
  * A raw WebSocket client that completes the handshake, subscribes, then stops reading: its kernel
  * buffers fill, then the server's queue for it grows past FANFARE_WS_BACKPRESSURE_BYTES.
  */
-async function stalledClient(port: number, channel: string) {
+async function stalledClient(port: number, channel?: string) {
   const socket: Socket = tcpConnect({ host: '127.0.0.1', port })
   await new Promise<void>((ok, fail) => socket.once('connect', () => ok()).once('error', fail))
   const chunks: Buffer[] = []
@@ -27,19 +27,27 @@ async function stalledClient(port: number, channel: string) {
       `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
   )
   await until('handshake', () => Buffer.concat(chunks).includes('\r\n\r\n'), 5_000)
-  // A client frame must be masked (RFC 6455 5.3).
-  const payload = Buffer.from(JSON.stringify({ op: 'subscribe', channel }))
-  const mask = Buffer.from([1, 2, 3, 4])
-  const header = Buffer.from([0x81, 0x80 | payload.length])
-  socket.write(Buffer.concat([header, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]))
-  await until('snapshot to the stalled client', () => Buffer.concat(chunks).includes('"snapshot"'), 5_000)
+  if (channel) {
+    socket.write(maskedFrame({ op: 'subscribe', channel }))
+    await until('snapshot to the stalled client', () => Buffer.concat(chunks).includes('"snapshot"'), 5_000)
+  }
   socket.pause() // stop reading: the kernel and then the server buffer what is sent
   return {
+    send: (frames: Buffer) => socket.write(frames),
     resume: () => socket.resume(),
     ended: () => ended,
     received: () => Buffer.concat(chunks),
     destroy: () => socket.destroy(),
   }
+}
+
+/** A client text frame (masked, as RFC 6455 5.3 requires of clients). */
+function maskedFrame(frame: object): Buffer {
+  const payload = Buffer.from(JSON.stringify(frame))
+  const mask = Buffer.from([1, 2, 3, 4])
+  const length =
+    payload.length < 126 ? Buffer.from([0x80 | payload.length]) : Buffer.from([0x80 | 126, payload.length >> 8, payload.length & 0xff])
+  return Buffer.concat([Buffer.from([0x81]), length, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))])
 }
 
 /** Finds a close frame (opcode 8) among the server's frames; returns its code, or undefined. */
@@ -111,6 +119,20 @@ describe('slow consumers', () => {
     expect(closeCodeIn(slow.received())).toBe(4008)
     console.log(`stalled client: ${got} bytes before the cut, then close 4008`)
     normal.close()
+    slow.destroy()
+  }, 60_000)
+
+  test("a client that stops reading its own replies is cut off the same way", async () => {
+    // Nothing published: only the server's answers to this client's frames (error frames here)
+    // fill its queue. They are direct sends, checked when Bun reports backpressure.
+    const slow = await stalledClient(api.port)
+    const frame = maskedFrame({ op: 'x'.repeat(1000), ref: 'r' })
+    slow.send(Buffer.concat(Array.from({ length: 12_000 }, () => frame))) // ~12 MB of ~1 KB answers
+    await Bun.sleep(500)
+    slow.resume()
+    await until('stalled client disconnected', () => slow.ended(), 20_000)
+    expect(closeCodeIn(slow.received())).toBe(4008)
+    expect(slow.received().length).toBeLessThan(12_000 * 1000)
     slow.destroy()
   }, 60_000)
 })

@@ -29,6 +29,8 @@ export type SocketRegistry = {
   open: Map<string, OpenSocket>
   /** Set once the node is shutting down: new sockets are closed at once. */
   closing: boolean
+  /** Told the result of every direct send to a socket (-1: queued under backpressure, 0: dropped). */
+  sent: (ws: OpenSocket, result: number) => void
 }
 
 /** Close code of a server going down (RFC 6455 "going away"): reconnect, to another node if needed. */
@@ -71,12 +73,16 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   // Acks complete together (one JetStream reply read acknowledges many publishes), outside Bun's
   // own corking of the message handler: each send would be a socket write. They are queued per
   // socket and sent at the end of the turn in one corked write.
+  const sent = (raw: unknown, result: number) => {
+    deps.sockets?.sent(raw as OpenSocket, result)
+    return result
+  }
   const acking = new Map<AckSocket, Connection>()
   const flushAcks = () => {
     for (const [raw, conn] of acking) {
       const frames = conn.acks
       conn.acks = []
-      if (raw.readyState === 1) raw.cork(() => frames.forEach((f) => raw.send(f)))
+      if (raw.readyState === 1) raw.cork(() => frames.forEach((f) => sent(raw, raw.send(f))))
     }
     acking.clear()
   }
@@ -106,7 +112,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         acks: [],
         sink: {
           id: ws.id,
-          send: (text) => raw.send(text),
+          send: (text) => sent(raw, raw.send(text)),
           subscribe: (topic) => raw.subscribe(topic),
           unsubscribe: (topic) => raw.unsubscribe(topic),
           overflow: () => raw.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and subscribe again'),
@@ -117,7 +123,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     async message(ws, message) {
       const conn = connections.get(ws.id)
       if (!conn) return
-      const reply = (frame: object) => ws.raw.send(JSON.stringify(frame))
+      const reply = (frame: object) => sent(ws.raw, ws.raw.send(JSON.stringify(frame)))
       const parsed = parseFrame(message)
       if (!parsed.ok) return void reply({ op: 'error', ref: parsed.ref, error: parsed.error })
       const frame = parsed.frame

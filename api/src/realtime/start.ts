@@ -37,14 +37,33 @@ export async function startRealtime(deps: {
   const logger = deps.logger.child({ component: 'realtime' })
   let server: Server<unknown> | undefined
   const t = topology(deps.config)
-  const sockets: SocketRegistry = { open: new Map(), closing: false }
+  // Slow consumers: a socket whose unsent queue passed the limit is closed with 4008 and a reason
+  // (the close frame follows what is queued), before Bun's backstop at twice the limit would cut it
+  // without one. Checked only where a queue can grow: a direct send that reports backpressure or
+  // a drop (-1 or 0) checks its socket at once (SocketRegistry.sent); a publish that does checks
+  // its channel's sockets (see closeSlowOf). No per-send check on the fan-out path (it stays on
+  // Bun's native publish) and no sweep of idle sockets (a sweep of every socket every 25 ms cost
+  // ~5% of a core per 10,000 idle ones).
+  const limit = deps.config.FANFARE_WS_BACKPRESSURE_BYTES
+  const closeIfSlow = (ws: OpenSocket | undefined) => {
+    if (ws && ws.readyState === 1 && ws.getBufferedAmount() > limit) ws.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and resume')
+  }
+  const sockets: SocketRegistry = {
+    open: new Map(),
+    closing: false,
+    // At once: a burst of answers to one client's frames is sent in one turn, and would pass
+    // Bun's backstop before a timer could run.
+    sent: (ws, result) => {
+      if (result <= 0) closeIfSlow(ws)
+    },
+  }
   const hub = createChannelHub({
     snapshot: deps.snapshot,
     history: historyReader({ nc: deps.nc, streams: t.changeStreams, prefix: t.prefix }),
     publish: (topic, text) => {
-      // -1: Bun queued the message for some subscriber; look at that channel's sockets now rather
-      // than at the next sweep, so a burst is cut with 4008 before Bun's own hard limit.
-      if (server?.publish(topic, text) === -1) closeSlowOf(topic)
+      // -1: Bun queued the message for some subscriber; 0: dropped it for some (past Bun's own
+      // limit) or there was none: look at that channel's sockets.
+      if ((server?.publish(topic, text) ?? 1) <= 0) closeSlowOf(topic)
     },
     gapTimeoutMs: deps.gapTimeoutMs ?? 5000,
     onError: (err, channel) => logger.error({ err, channel }, 'resync failed; retrying'),
@@ -60,25 +79,26 @@ export async function startRealtime(deps: {
       }),
     ),
   )
-  // Slow consumers: a socket whose unsent queue passed the limit is closed with 4008 and a reason
-  // (the close frame follows what is queued), before Bun's backstop at twice the limit would cut it
-  // without one. Checked when a publish reports backpressure (at most every 2 ms per channel) and by
-  // a sweep every 25 ms; no check per send, so fan-out stays on Bun's native publish.
-  const limit = deps.config.FANFARE_WS_BACKPRESSURE_BYTES
-  const closeIfSlow = (ws: OpenSocket | undefined) => {
-    if (ws && ws.readyState === 1 && ws.getBufferedAmount() > limit) ws.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and resume')
-  }
-  const lastCheck = new Map<string, number>()
-  function closeSlowOf(channel: string) {
-    const now = performance.now()
-    if (now - (lastCheck.get(channel) ?? -Infinity) < 2) return
-    lastCheck.set(channel, now)
+  // A channel's sockets are checked at the first report, again every 2 ms while a burst of
+  // publishes (one turn can carry hundreds) keeps reporting, and once more 2 ms after the first:
+  // the last publishes of a burst are seen too. `checkedAt` holds a channel only meanwhile.
+  const checkedAt = new Map<string, number>()
+  const checkChannel = (channel: string) => {
     for (const id of hub.members(channel)) closeIfSlow(sockets.open.get(id))
   }
-  const slowSweep = setInterval(() => {
-    lastCheck.clear()
-    for (const ws of sockets.open.values()) closeIfSlow(ws)
-  }, 25)
+  function closeSlowOf(channel: string) {
+    const now = performance.now()
+    const last = checkedAt.get(channel)
+    if (last !== undefined && now - last < 2) return
+    checkedAt.set(channel, now)
+    checkChannel(channel)
+    if (last === undefined) {
+      setTimeout(() => {
+        checkedAt.delete(channel)
+        checkChannel(channel)
+      }, 2)
+    }
+  }
   return {
     routes: ({ ingest }) => realtimeRoutes({ config: deps.config, hub, publish: ingest.publish, logger, sockets }),
     bind: (s) => void (server = s),
@@ -89,7 +109,6 @@ export async function startRealtime(deps: {
       while (sockets.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     },
     stop: async () => {
-      clearInterval(slowSweep)
       await Promise.all(feeds.map((f) => f.stop()))
       hub.stop()
     },
