@@ -70,13 +70,14 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   const maxSubscriptions = deps.maxSubscriptions ?? 100
   const log = deps.logger.child({ component: 'realtime' })
 
-  // Acks complete together (one JetStream reply read acknowledges many publishes), outside Bun's
-  // own corking of the message handler: each send would be a socket write. They are queued per
-  // socket and sent at the end of the turn in one corked write.
+  // Every direct send reports its result, so that a socket falling behind is seen (SocketRegistry).
   const sent = (raw: unknown, result: number) => {
     deps.sockets?.sent(raw as OpenSocket, result)
     return result
   }
+  // Acks complete together (one JetStream reply read acknowledges many publishes), outside Bun's
+  // own corking of the message handler: each send would be a socket write. They are queued per
+  // socket and sent at the end of the turn in one corked write.
   const acking = new Map<AckSocket, Connection>()
   const flushAcks = () => {
     for (const [raw, conn] of acking) {
