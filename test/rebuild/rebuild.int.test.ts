@@ -4,7 +4,7 @@ import { Kvm } from '@nats-io/kv'
 import { asc, sql } from 'drizzle-orm'
 import { createHarness, type ApiHarness } from '../../api/src/test-support'
 import { connectBunSql } from '../../core/db/client'
-import { channelVersions, chatMessages, leaderboardEntries } from '../../core/db/schema'
+import { channelVersions, chatMessages, leaderboardEntries, projectionCheckpoints } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
 import { connectNats, ensureStreams, streamIdentity, topology } from '../../core/nats'
 import { rebuildKey, type RebuildJob } from '../../core/rebuild-jobs'
@@ -269,6 +269,12 @@ describe('POST /admin/projections/:name/rebuild', () => {
     // holds the lost stream's scores, which a rebuild would drop.
     const fresh = await sendBatch(hh, 10)
     await caughtUp(hh)
+    // Every runner has moved to the new stream (a partition without new events too).
+    const current = await streamIdentity(hh.jsm, hh.env.config.FANFARE_STREAM)
+    await until('every checkpoint on the new stream', async () => {
+      const rows = await hh.database.db.select().from(projectionCheckpoints)
+      return rows.length === 4 && rows.every((r) => r.stream === current)
+    })
     const refused = await hh.call('POST', path, { token: hh.adminToken })
     expect([refused.status, refused.json.error.code, refused.json.error.details]).toEqual([409, 'history_incomplete', { lostStream }])
     // Every batch of 10 holds chat posts: the chat model lost events too.
