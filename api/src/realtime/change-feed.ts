@@ -2,6 +2,7 @@ import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } fro
 import type { NatsConnection } from '@nats-io/transport-node'
 import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Logger } from '../../../core/logger'
+import { backoffMs, sleep } from '../../../core/backoff'
 import { streamIdentity } from '../../../core/nats'
 
 export type ChangeFeed = { stop: () => Promise<void> }
@@ -34,6 +35,7 @@ export async function startChangeFeed(deps: {
   const jsm = await jetstreamManager(deps.nc)
   const log = deps.logger.child({ stream: deps.stream })
   let stopped = false
+  const stopping = new AbortController()
   let messages: ConsumerMessages | undefined
 
   const follow = async (from: { startTime: Date } | { afterSeq: number }) => {
@@ -93,7 +95,8 @@ export async function startChangeFeed(deps: {
       // Not stopped by us: the stream was recreated, or the consumer gave up. Go on after the last
       // notice seen (a new stream: from its start) and let the hub re-sync whatever may have been
       // missed meanwhile.
-      await new Promise((r) => setTimeout(r, Math.min(5_000, 100 * 2 ** attempt++)))
+      await sleep(backoffMs(attempt++), stopping.signal)
+      if (stopped) break
       try {
         const now = await streamIdentity(jsm, deps.stream)
         if (now !== identity) {
@@ -102,6 +105,11 @@ export async function startChangeFeed(deps: {
         }
         identity = now
         messages = await follow({ afterSeq: lastSeq })
+        // Stopped while the consumer was being created: stop() closed the previous one.
+        if (stopped) {
+          await messages.close()
+          break
+        }
         deps.onRestart()
       } catch (err) {
         log.warn({ err }, 'change feed could not restart; retrying')
@@ -112,6 +120,7 @@ export async function startChangeFeed(deps: {
   return {
     stop: async () => {
       stopped = true
+      stopping.abort()
       await messages?.close()
       await done
     },

@@ -6,7 +6,7 @@ import type { Db } from '../../../core/db/client'
 import type { Logger } from '../../../core/logger'
 import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
 import type { Projection } from '../projections'
-import { sleep } from '../runtime/backoff'
+import { sleep } from '../../../core/backoff'
 import { runRebuild } from './rebuild'
 
 export type RebuildJobsDeps = {

@@ -1,7 +1,7 @@
 import type { KV } from '@nats-io/kv'
 import { partitionKey, workerKey, type WorkerInfo } from '../../../core/leases'
 import type { Logger } from '../../../core/logger'
-import { sleep } from './backoff'
+import { sleep } from '../../../core/backoff'
 
 // The bucket layout is shared with the API (GET /admin/workers): it lives in core/leases.ts.
 export { listWorkers, openLeaseBucket, type WorkerInfo } from '../../../core/leases'

@@ -6,7 +6,7 @@ import { changeOutbox, channelVersions } from '../../../core/db/schema'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Change } from '../projections/types'
-import { every } from './backoff'
+import { every } from '../../../core/backoff'
 
 /** A change run waiting in the outbox; `body` is the JSON that is published. */
 export type OutboxRun = { channel: string; epoch: string; version: number; body: string }

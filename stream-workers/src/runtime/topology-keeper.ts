@@ -5,7 +5,7 @@ import { openLeaseBucket } from '../../../core/leases'
 import type { Logger } from '../../../core/logger'
 import { ensureStreams, topology } from '../../../core/nats'
 import { openJobBucket } from '../../../core/rebuild-jobs'
-import { every } from './backoff'
+import { every } from '../../../core/backoff'
 
 /**
  * Puts back the streams and buckets of the deployment when NATS has lost them (a NATS restarted
