@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { jetstream } from '@nats-io/jetstream'
-import { eq } from 'drizzle-orm'
+import { and, eq } from 'drizzle-orm'
 import { putBoardConfig } from '../../api/src/modules/admin/service'
 import { Conflict } from '../../api/src/errors'
 import { createHarness, type ApiHarness } from '../../api/src/test-support'
@@ -44,7 +44,7 @@ describe('board rules and first scores', () => {
     const partitions = h.env.config.FANFARE_PARTITIONS
     const partition = partitionOf(keyOf(events[0]), partitions)
     const token = await claimFence(worker.db, 'leaderboards', partition)
-    const [cp] = await worker.db.select().from(projectionCheckpoints).where(eq(projectionCheckpoints.partition, partition))
+    const [cp] = await worker.db.select().from(projectionCheckpoints).where(and(eq(projectionCheckpoints.projection, 'leaderboards'), eq(projectionCheckpoints.partition, partition)))
     const seq = Number(cp.seq)
     const messages = events.map((event, i) => ({
       subject: subjects.event(h.env.config.FANFARE_SUBJECT_PREFIX, partition, event.type),
@@ -103,7 +103,7 @@ describe('board rules and first scores', () => {
     const expected = messages[0].seq - 1
     await expect(applyBatch(worker.db, { ...owner, projection: racing }, expected, messages, new Date())).rejects.toBeInstanceOf(StaleReadError)
     expect(await scores('race-a')).toEqual({})
-    const [cp] = await worker.db.select().from(projectionCheckpoints).where(eq(projectionCheckpoints.partition, owner.partition))
+    const [cp] = await worker.db.select().from(projectionCheckpoints).where(and(eq(projectionCheckpoints.projection, 'leaderboards'), eq(projectionCheckpoints.partition, owner.partition)))
     expect(Number(cp.seq)).toBe(expected)
 
     // Applied again, as the runner does: under the new rules the lower score is the best.

@@ -260,7 +260,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const hh = h
     await startWorker(hh)
     const path = '/admin/projections/leaderboards/rebuild'
-    const old = await sendBatch(hh, 10)
+    await sendBatch(hh, 10)
     await caughtUp(hh)
     const lostStream = await streamIdentity(hh.jsm, hh.env.config.FANFARE_STREAM)
     await hh.jsm.streams.delete(hh.env.config.FANFARE_STREAM)
@@ -277,8 +277,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
     })
     const refused = await hh.call('POST', path, { token: hh.adminToken })
     expect([refused.status, refused.json.error.code, refused.json.error.details]).toEqual([409, 'history_incomplete', { lostStream }])
-    // Every batch of 10 holds chat posts: the chat model lost events too.
-    expect(old.filter((e) => e.type === 'chat.message.posted').length).toBeGreaterThan(0)
+    // The chat model lost events too (sendBatch makes every fifth event a chat post).
     const chat = await hh.call('POST', '/admin/projections/chat/rebuild', { token: hh.adminToken })
     expect([chat.status, chat.json.error.code]).toEqual([409, 'history_incomplete'])
 
