@@ -2,6 +2,7 @@ import { Kvm, type KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from './config'
 import { topology } from './nats'
+import { projectionNames, type ProjectionName } from './projections'
 
 /**
  * Projection rebuild jobs, shared by the API (which requests them and shows them) and the stream
@@ -10,11 +11,8 @@ import { topology } from './nats'
  * revision, so exactly one writer wins each step (request, claim, heartbeat, finish).
  */
 
-/** Projections that can be rebuilt (the checkpoint's `projection` names). */
-export const rebuildableProjections = ['leaderboards', 'chat'] as const
-export type RebuildableProjection = (typeof rebuildableProjections)[number]
-
-export const isRebuildable = (name: string): name is RebuildableProjection => (rebuildableProjections as readonly string[]).includes(name)
+/** Every projection can be rebuilt (see projectionNames). */
+export const isRebuildable = (name: string): name is ProjectionName => (projectionNames as readonly string[]).includes(name)
 
 /**
  * requested: waiting for a worker; running: building the shadow copy; switching: swapping it in;
@@ -28,7 +26,7 @@ export const isActive = (state: RebuildState) => state === 'requested' || state 
 /** A rebuild job as stored under `rebuild.<projection>`. */
 export type RebuildJob = {
   id: string
-  projection: RebuildableProjection
+  projection: ProjectionName
   state: RebuildState
   requestedAt: string
   /** Rebuild even though the stream no longer starts at sequence 1 (the result is partial). */

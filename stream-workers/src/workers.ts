@@ -13,8 +13,6 @@ import { startOutboxCleaner, startOutboxSweeper } from './runtime/outbox'
 import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
 import { startTopologyKeeper } from './runtime/topology-keeper'
 
-export { listWorkers, openLeaseBucket, type WorkerInfo } from './runtime/leases'
-export { projectionStatus, type ProjectionsStatus } from '../../core/projections'
 
 export type WorkersDeps = {
   config: Config

@@ -2,8 +2,6 @@ import { AckPolicy, DeliverPolicy, type JetStreamManager } from '@nats-io/jetstr
 import { nanos } from '@nats-io/transport-node'
 import { consumerName, parseConsumerName } from '../../../core/projections'
 
-export { consumerName, parseConsumerName }
-
 /** How long the server waits for an ack before redelivering; runners extend it while retrying. */
 export const ACK_WAIT_MS = 30_000
 

@@ -7,7 +7,8 @@ import { and, eq, ne } from 'drizzle-orm'
 import type { Db } from '../../../../core/db/client'
 import { projectionCheckpoints } from '../../../../core/db/schema'
 import { topology } from '../../../../core/nats'
-import { isActive, isRebuildable, openJobBucket, readRebuildJob, rebuildableProjections, rebuildKey, type RebuildJob } from '../../../../core/rebuild-jobs'
+import { projectionNames } from '../../../../core/projections'
+import { isActive, isRebuildable, openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../../core/rebuild-jobs'
 import { AppError, Conflict, NotFound, Unavailable } from '../../errors'
 
 /** Requests and reads projection rebuilds (run by the stream workers, see stream-workers/src/rebuild). */
@@ -23,14 +24,12 @@ export type Rebuilds = {
   get: (projection: string) => Promise<RebuildJob>
 }
 
-export function createRebuilds(deps: { config: Config; nc: NatsConnection; db: Db; now?: () => Date }): Rebuilds {
-  const { config, nc, db } = deps
-  const now = deps.now ?? (() => new Date())
+export function createRebuilds({ config, nc, db }: { config: Config; nc: NatsConnection; db: Db }): Rebuilds {
   let kv: KV | undefined
   const { eventStream } = topology(config)
   const checkName = (projection: string) => {
     if (!isRebuildable(projection)) {
-      throw new NotFound('unknown_projection', `no projection ${JSON.stringify(projection)}`, { projections: rebuildableProjections })
+      throw new NotFound('unknown_projection', `no projection ${JSON.stringify(projection)}`, { projections: projectionNames })
     }
     return projection
   }
@@ -80,7 +79,7 @@ export function createRebuilds(deps: { config: Config; nc: NatsConnection; db: D
           id: randomBytes(6).toString('hex'),
           projection,
           state: 'requested',
-          requestedAt: now().toISOString(),
+          requestedAt: new Date().toISOString(),
           force,
           attempts: 0,
           appliedSeq: 0,
