@@ -43,6 +43,11 @@ export function topology(config: Config): Topology {
   }
 }
 
+/** Every JetStream stream of a deployment: the event stream, the change streams, and the buckets' streams. */
+export function deploymentStreams(t: Topology): string[] {
+  return [t.eventStream, ...Object.values(t.changeStreams), `KV_${t.leaseBucket}`, `KV_${t.jobBucket}`]
+}
+
 /** How many change runs (messages of one or more changes) a channel of this kind keeps, and for how long. */
 export function historyRetention(config: Config, kind: ChannelKind): { size: number; ttlMs: number } {
   const [size, ttlMs] =

@@ -3,7 +3,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { loadConfig, type Config } from '../config'
 import { connectPostgres, migrate } from '../db/client'
-import { topology } from '../nats'
+import { deploymentStreams, topology } from '../nats'
 
 /** Real services the tests use; CI starts them when they are not running. */
 export const TEST_PG_URL = process.env.FANFARE_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -48,10 +48,7 @@ export async function createTestEnv(overrides: Record<string, string> = {}): Pro
     cleanup: async () => {
       const nc = await connect({ servers: TEST_NATS_URL })
       const jsm = await jetstreamManager(nc)
-      const t = topology(config)
-      for (const stream of [t.eventStream, ...Object.values(t.changeStreams), `KV_${t.leaseBucket}`, `KV_${t.jobBucket}`]) {
-        await jsm.streams.delete(stream).catch(() => {})
-      }
+      for (const stream of deploymentStreams(topology(config))) await jsm.streams.delete(stream).catch(() => {})
       await nc.close()
       const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} })
       await admin.unsafe(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`)

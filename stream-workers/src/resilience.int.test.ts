@@ -4,7 +4,7 @@ import { eq } from 'drizzle-orm'
 import type { LeaderboardChange } from '../../core/channels'
 import { channelVersions, chatMessages, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { jetstreamManager } from '@nats-io/jetstream'
-import { topology } from '../../core/nats'
+import { deploymentStreams, topology } from '../../core/nats'
 import { TEST_PG_URL } from '../../core/testing/env'
 import { byChannel, createWorld, publishEvent, readNotices, storedEvent, caughtUp, boardScores, type World } from './testing/harness'
 import { until } from '../../core/testing/wait'
@@ -108,7 +108,7 @@ describe('stream workers under faults', () => {
     // A NATS restarted without its data volume: every stream and bucket of the deployment is gone.
     const jsm = await jetstreamManager(w.nc)
     const t = topology(w.config)
-    for (const stream of [t.eventStream, ...Object.values(t.changeStreams), `KV_${t.leaseBucket}`, `KV_${t.jobBucket}`]) await jsm.streams.delete(stream)
+    for (const stream of deploymentStreams(t)) await jsm.streams.delete(stream)
     // The worker creates them again; events accepted from then on are applied, in the new stream.
     await until('the event stream to exist again', () => jsm.streams.info(t.eventStream).then(() => true, () => false), 20_000)
     for (let i = 0; i < 4; i++) await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: `new${i}`, score: 100 + i }))

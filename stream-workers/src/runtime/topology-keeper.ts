@@ -1,9 +1,9 @@
-import { jetstreamManager } from '@nats-io/jetstream'
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../../core/config'
 import { openLeaseBucket } from '../../../core/leases'
 import type { Logger } from '../../../core/logger'
-import { ensureStreams, topology } from '../../../core/nats'
+import { deploymentStreams, ensureStreams, topology } from '../../../core/nats'
 import { openJobBucket } from '../../../core/rebuild-jobs'
 import { every } from '../../../core/backoff'
 
@@ -16,12 +16,12 @@ import { every } from '../../../core/backoff'
  * follow the new change streams. Returns a stop function.
  */
 export function startTopologyKeeper(deps: { nc: NatsConnection; config: Config; logger: Logger; intervalMs?: number }): { stop: () => Promise<void> } {
-  const t = topology(deps.config)
-  const expected = [t.eventStream, ...Object.values(t.changeStreams), `KV_${t.leaseBucket}`, `KV_${t.jobBucket}`]
+  const expected = deploymentStreams(topology(deps.config))
+  let jsm: JetStreamManager | undefined
   return every(
     deps.intervalMs ?? 2_000,
     async () => {
-      const jsm = await jetstreamManager(deps.nc, { checkAPI: false })
+      jsm ??= await jetstreamManager(deps.nc, { checkAPI: false })
       const names = new Set<string>()
       for await (const name of jsm.streams.names()) names.add(name)
       const missing = expected.filter((n) => !names.has(n))
