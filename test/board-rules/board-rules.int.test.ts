@@ -8,13 +8,12 @@ import { connectBunSql, type Database, type Db } from '../../core/db/client'
 import { leaderboardEntries, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { keyOf, partitionOf, subjects, type StoredEvent } from '../../core/events'
 import { createLogger } from '../../core/logger'
-import { connectNats } from '../../core/nats'
 import { until } from '../../core/testing/wait'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { applyBatch, claimFence, type BatchMessage, type BatchOwner } from '../../stream-workers/src/runtime/batch'
 import { StaleReadError } from '../../stream-workers/src/runtime/errors'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
-import { startWorkers } from '../../stream-workers/src/workers'
+import { startTestWorker } from '../../stream-workers/src/testing/harness'
 
 // A board's rules may change until it has scores. The admin API and the workers decide that on
 // the same row (leaderboards.has_scores), so a rules change and a board's first scores cannot pass
@@ -59,9 +58,7 @@ describe('board rules and first scores', () => {
   const settled = (p: Promise<unknown>) => Promise.race([p.then(() => true, () => true), Bun.sleep(300).then(() => false)])
 
   test('over HTTP: a board scored by the workers keeps its rules (409 board_has_scores); re-stating them is fine', async () => {
-    const nc = await connectNats(h.env.vars.NATS_URL, 'board-rules-worker')
-    const db = await connectBunSql(h.env.vars.DATABASE_URL, { max: 2 })
-    const workers = await startWorkers({ config: h.env.config, db: db.db, nc, logger: createLogger('silent'), onFatal: () => {} })
+    const workers = await startTestWorker(h.env)
     try {
       const t = h.adminToken
       expect((await h.call('PUT', '/admin/leaderboards/ranked', { token: t, body: { order: 'desc', operator: 'best' } })).status).toBe(200)
@@ -84,8 +81,6 @@ describe('board rules and first scores', () => {
       expect([restated.status, restated.json.configured]).toEqual([200, true])
     } finally {
       await workers.stop()
-      await nc.close()
-      await db.close()
     }
   })
 
@@ -165,23 +160,18 @@ describe('board rules and first scores', () => {
         return applied
       },
     }
-    const nc = await connectNats(h.env.vars.NATS_URL, 'board-rules-rebuild')
-    try {
-      await runRebuild(
-        {
-          config: h.env.config,
-          db: worker.db,
-          js: jetstream(nc),
-          logger: createLogger('silent'),
-          projection: racing,
-          progress: async () => {},
-          signal: new AbortController().signal,
-        },
-        { id: 'raced', attempt: 1 },
-      )
-    } finally {
-      await nc.close()
-    }
+    await runRebuild(
+      {
+        config: h.env.config,
+        db: worker.db,
+        js: jetstream(h.nc),
+        logger: createLogger('silent'),
+        projection: racing,
+        progress: async () => {},
+        signal: new AbortController().signal,
+      },
+      { id: 'raced', attempt: 1 },
+    )
     expect(raced).toBe(true)
     expect(await scores('race-d')).toEqual({ p: 3 })
     await expect(putBoardConfig(h.database.db, 'race-d', { order: 'desc' })).rejects.toBeInstanceOf(Conflict)

@@ -6,11 +6,11 @@ import { createHarness, type ApiHarness } from '../../api/src/test-support'
 import { connectBunSql } from '../../core/db/client'
 import { channelVersions, chatMessages, leaderboardEntries, projectionCheckpoints } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
-import { connectNats, ensureStreams, streamIdentity, topology } from '../../core/nats'
+import { ensureStreams, streamIdentity, topology } from '../../core/nats'
 import { rebuildKey, type RebuildJob } from '../../core/rebuild-jobs'
 import { until } from '../../core/testing/wait'
-import { projectionStatus } from '../../core/projections'
-import { startWorkers, type Workers } from '../../stream-workers/src/workers'
+import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing/harness'
+import type { Workers } from '../../stream-workers/src/workers'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
 
@@ -23,31 +23,14 @@ afterEach(async () => {
   h = undefined
 })
 
-/** A worker with its own connections, like a separate process. */
+/** A worker with its own connections, like a separate process, stopped after the test. */
 async function startWorker(h: ApiHarness): Promise<Workers> {
-  const database = await connectBunSql(h.env.vars.DATABASE_URL, { max: 3 })
-  const nc = await connectNats(h.env.vars.NATS_URL, 'rebuild-test')
-  const fatal: unknown[] = []
-  const w = await startWorkers({ config: h.env.config, db: database.db, nc, logger: createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'), onFatal: (e) => fatal.push(e) })
-  closers.push(async () => {
-    await w.stop()
-    await nc.close()
-    await database.close()
-    if (fatal.length > 0) throw new Error(`worker failed: ${String(fatal[0])}`)
-  })
+  const w = await startTestWorker(h.env)
+  closers.push(() => w.stop())
   return w
 }
 
-const caughtUp = (h: ApiHarness) =>
-  until(
-    'projections to catch up',
-    async () => {
-      const s = await projectionStatus({ config: h.env.config, db: h.database.db, nc: h.nc })
-      return s.projections.every((p) => p.lag === 0) ? s : undefined
-    },
-    30_000,
-    100,
-  )
+const caughtUp = (h: ApiHarness) => untilCaughtUp({ config: h.env.config, db: h.database.db, nc: h.nc })
 
 type Sent = { id: string; type: string; data: any; seq: number }
 
@@ -337,17 +320,13 @@ describe('POST /admin/projections/:name/rebuild', () => {
     await caughtUp(hh)
     const config = hh.env.config
     const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
-    const nc = await connectNats(hh.env.vars.NATS_URL, 'rebuild-recreated')
-    closers.push(async () => {
-      await nc.close()
-      await db.close()
-    })
+    closers.push(() => db.close())
     let recreated = false
     const rebuilding = runRebuild(
       {
         config,
         db: db.db,
-        js: jetstream(nc),
+        js: jetstream(hh.nc),
         logger: createLogger('silent'),
         projection: leaderboardsProjection,
         // After the shadow's catch-up: NATS loses its data, new events arrive and the live

@@ -2,7 +2,7 @@ import { jetstream, jetstreamManager, type JetStreamClient, type PubAck } from '
 import type { NatsConnection } from '@nats-io/transport-node'
 import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Config } from '../../../core/config'
-import { connectBunSql, type Database } from '../../../core/db/client'
+import { connectBunSql, type Database, type Db } from '../../../core/db/client'
 import { contracts, keyOf, partitionOf, subjects, type EventData, type EventType, type StoredEvent } from '../../../core/events'
 import { createLogger } from '../../../core/logger'
 import { connectNats, ensureStreams, topology } from '../../../core/nats'
@@ -32,7 +32,6 @@ export async function createWorld(overrides: Record<string, string> = {}): Promi
   await ensureStreams(nc, config)
   const database = await connectBunSql(env.vars.DATABASE_URL, { max: 2 })
   const opened: (() => Promise<void>)[] = []
-  const fatal: unknown[] = []
   return {
     env,
     config,
@@ -40,26 +39,7 @@ export async function createWorld(overrides: Record<string, string> = {}): Promi
     js: jetstream(nc),
     database,
     startWorker: async (extra = {}) => {
-      // The driver main uses (see connectBunSql).
-      const db = await connectBunSql(env.vars.DATABASE_URL, { max: 4 })
-      const wnc = await connectNats(env.vars.NATS_URL, 'sw-test-worker')
-      const workers = await startWorkers({
-        config,
-        db: db.db,
-        nc: wnc,
-        logger: createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'),
-        onFatal: (err) => fatal.push(err),
-        ...extra,
-      })
-      const stop = workers.stop
-      let closed: Promise<void> | undefined
-      workers.stop = () =>
-        (closed ??= (async () => {
-          await stop()
-          await wnc.close()
-          await db.close()
-          if (fatal.length > 0) throw new Error(`a runner failed fatally: ${String(fatal[0])}`)
-        })())
+      const workers = await startTestWorker(env, extra)
       opened.push(() => workers.stop())
       return workers
     },
@@ -70,6 +50,35 @@ export async function createWorld(overrides: Record<string, string> = {}): Promi
       await env.cleanup()
     },
   }
+}
+
+/**
+ * A worker with its own database client and NATS connection, like a separate process. Its stop()
+ * closes them and fails if a runner failed fatally meanwhile; calling it again returns the same.
+ */
+export async function startTestWorker(env: TestEnv, extra: Partial<WorkersDeps> = {}): Promise<Workers> {
+  // The driver main uses (see connectBunSql).
+  const db = await connectBunSql(env.vars.DATABASE_URL, { max: 4 })
+  const nc = await connectNats(env.vars.NATS_URL, 'sw-test-worker')
+  const fatal: unknown[] = []
+  const workers = await startWorkers({
+    config: env.config,
+    db: db.db,
+    nc,
+    logger: createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'),
+    onFatal: (err) => fatal.push(err),
+    ...extra,
+  })
+  const stop = workers.stop
+  let stopped: Promise<void> | undefined
+  workers.stop = () =>
+    (stopped ??= (async () => {
+      await stop()
+      await nc.close()
+      await db.close()
+      if (fatal.length > 0) throw new Error(`a runner failed fatally: ${String(fatal[0])}`)
+    })())
+  return workers
 }
 
 let counter = 0
@@ -113,16 +122,19 @@ export function byChannel(notices: ChangeNotice[]): Map<string, ChangeNotice[]> 
 }
 
 /** Resolves once every projection checkpoint has caught up with the stream (lag 0 everywhere). */
-export const caughtUp = (w: World, timeoutMs = 30_000) =>
+export const untilCaughtUp = (deps: { config: Config; db: Db; nc: NatsConnection }, timeoutMs = 30_000) =>
   until(
     'projections to catch up',
     async () => {
-      const s = await projectionStatus({ config: w.config, db: w.database.db, nc: w.nc })
+      const s = await projectionStatus(deps)
       return s.projections.every((p) => p.lag === 0) ? s : undefined
     },
     timeoutMs,
     100,
   )
+
+/** untilCaughtUp for a World. */
+export const caughtUp = (w: World, timeoutMs?: number) => untilCaughtUp({ config: w.config, db: w.database.db, nc: w.nc }, timeoutMs)
 
 /** A board's scores by player, read from the read model. */
 export const boardScores = async (w: World, board: string) =>
