@@ -1,12 +1,11 @@
 import { DeliverPolicy, type JetStreamClient, type JsMsg } from '@nats-io/jetstream'
-import { millis } from '@nats-io/transport-node'
 import { sql } from 'drizzle-orm'
 import type { Config } from '../../../core/config'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections'
-import { applyBatch, type BatchMessage } from '../runtime/batch'
+import { applyBatch, batchMessageOf, type BatchMessage } from '../runtime/batch'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { isTransientDbError, StaleReadError } from '../runtime/errors'
 import { streamIdentity, topology } from '../../../core/nats'
@@ -69,7 +68,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         // Live runners only consume numbered partitions of this deployment: neither do we.
         if (!Number.isInteger(p) || p < 0 || p >= partitions) continue
         const list = byPartition.get(p) ?? []
-        list.push({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) })
+        list.push(batchMessageOf(m))
         byPartition.set(p, list)
       }
       const at = now()

@@ -1,3 +1,5 @@
+import type { JsMsg } from '@nats-io/jetstream'
+import { millis } from '@nats-io/transport-node'
 import { and, eq, sql, type SQL } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
@@ -9,6 +11,9 @@ import { insertedRuns, outboxWrite, parseInsertedRuns, type OutboxRun } from './
 
 /** What the batch needs of a stream message. */
 export type BatchMessage = { subject: string; seq: number; body: Uint8Array; storedAt: Date }
+
+/** A delivered JetStream message as the batch needs it. */
+export const batchMessageOf = (m: JsMsg): BatchMessage => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) })
 
 /** Who applies the batch: one projection of one partition, under one lease token. */
 export type BatchOwner = {

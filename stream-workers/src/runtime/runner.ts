@@ -1,5 +1,4 @@
 import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
-import { millis } from '@nats-io/transport-node'
 import { sql } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
@@ -8,7 +7,7 @@ import type { Logger } from '../../../core/logger'
 import { streamIdentity } from '../../../core/nats'
 import type { Projection } from '../projections/types'
 import { backoffMs, sleep } from '../../../core/backoff'
-import { applyBatch, claimFence, type BatchResult } from './batch'
+import { applyBatch, batchMessageOf, claimFence, type BatchResult } from './batch'
 import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
@@ -131,7 +130,7 @@ export function startRunner(deps: RunnerDeps): Runner {
 
   const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
-    const messages = batch.map((m) => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) }))
+    const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
     try {
       for (let attempt = 0; ; attempt++) {
