@@ -5,7 +5,7 @@
  * rows are counted from the moment they hold their share of the partitions.
  * Baseline: a naive consumer applying one event per transaction (upsert + checkpoint), same events.
  */
-import { AckPolicy, jetstreamManager } from '@nats-io/jetstream'
+import { AckPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream'
 import postgres from 'postgres'
 import { pick, type BenchContext } from './lib/context'
 import { storedScore } from './lib/events'
@@ -61,7 +61,6 @@ async function naive(ctx: BenchContext, nc: Parameters<typeof jetstreamManager>[
   await sql`insert into naive_checkpoint values (1, 0)`
   const jsm = await jetstreamManager(nc)
   await jsm.consumers.add(stream, { durable_name: 'naive', ack_policy: AckPolicy.Explicit })
-  const { jetstream } = await import('@nats-io/jetstream')
   const consumer = await jetstream(nc).consumers.get(stream, 'naive')
   const messages = await consumer.consume({ max_messages: 500 })
   const start = performance.now()

@@ -1,6 +1,8 @@
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
+import { openLeaseBucketIfExists, workersView } from '../../core/leases'
 import { ensureStreams, connectNats } from '../../core/nats'
+import { until } from '../../core/testing/wait'
 import { freePort } from '../../core/process'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { spawnProc, waitReady, type Proc } from '../../test/e2e/harness'
@@ -77,8 +79,6 @@ export async function publishAll(js: JetStreamClient, messages: Iterable<{ subje
  * least partitions/count, rounded down), so a measurement does not include lease hand-overs.
  */
 export async function waitForWorkers(d: Deployment, count: number, timeoutMs = 60_000) {
-  const { openLeaseBucketIfExists, workersView } = await import('../../core/leases')
-  const { until } = await import('../../core/testing/wait')
   const partitions = d.env.config.FANFARE_PARTITIONS
   await until(
     `${count} workers holding all ${partitions} partitions`,

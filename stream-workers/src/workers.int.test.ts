@@ -6,6 +6,9 @@ import { byChannel, createWorld, publishEvent, readNotices, readRuns, storedEven
 import { until } from '../../core/testing/wait'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { ensureStreams, streamIdentity } from '../../core/nats'
+import postgres from 'postgres'
+import { leaderboardsProjection } from './projections/leaderboards/apply'
+import { applyBatch, claimFence } from './runtime/batch'
 
 let world: World | undefined
 afterEach(async () => {
@@ -119,8 +122,6 @@ describe('stream workers', () => {
     await workers.stop()
 
     // Replay the whole stream under a newer ownership: every message is at or below its checkpoint.
-    const { applyBatch } = await import('./runtime/batch')
-    const { leaderboardsProjection } = await import('./projections/leaderboards/apply')
     const consumer = await w.js.consumers.get(w.config.FANFARE_STREAM)
     const all = []
     for await (const m of await consumer.fetch({ max_messages: 20, expires: 5_000 })) all.push(m)
@@ -148,8 +149,6 @@ describe('stream workers', () => {
     // a version row another session holds, the batch's new standing is already written
     // (uncommitted), so inserting the same key has to wait for it.
     const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
-    const { applyBatch, claimFence } = await import('./runtime/batch')
-    const { leaderboardsProjection } = await import('./projections/leaderboards/apply')
     const token = await claimFence(w.database.db, 'leaderboards', 0)
     const owner = { projection: leaderboardsProjection, partition: 0, token, partitions: 1, stream: '' }
     const message = (seq: number, player: string) => ({
@@ -159,7 +158,6 @@ describe('stream workers', () => {
       storedAt: new Date(),
     })
     await applyBatch(w.database.db, owner, 0, [message(1, 'first')], new Date())
-    const { default: postgres } = await import('postgres')
     const holder = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
     const prober = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
     let release!: () => void
