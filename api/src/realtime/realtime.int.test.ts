@@ -61,13 +61,19 @@ describe('realtime over a real server', () => {
     c.close()
   })
 
-  test('resume with since and epoch replays from the JetStream history, then live updates', async () => {
-    const channel = channelOf.chat('resume')
+  /** A subscriber that has seen versions 1-4 of `channel` published (so the history holds them). */
+  async function watchFourVersions(channel: string) {
     const watcher = await WsClient.open(url)
     watcher.send({ op: 'subscribe', channel })
     await until('watcher snapshot', () => watcher.of(channel).length === 1)
     for (const v of [1, 2, 3, 4]) await publishNotice(notice(channel, v))
     await until('watcher updates', () => watcher.of(channel).length === 5)
+    return watcher
+  }
+
+  test('resume with since and epoch replays from the JetStream history, then live updates', async () => {
+    const channel = channelOf.chat('resume')
+    const watcher = await watchFourVersions(channel)
     const c = await WsClient.open(url)
     c.send({ op: 'subscribe', ref: 'r', channel, since: 1, epoch: 'e1' })
     await until('replay', () => c.frames.filter((f) => f.op === 'update').length === 3)
@@ -85,11 +91,7 @@ describe('realtime over a real server', () => {
     expect((await jsm.streams.info(streams.chat)).config.max_msgs_per_subject).toBe(env.config.FANFARE_HISTORY_SIZE)
 
     const channel = channelOf.leaderboard('short')
-    const watcher = await WsClient.open(url)
-    watcher.send({ op: 'subscribe', channel })
-    await until('watcher snapshot', () => watcher.of(channel).length === 1)
-    for (const v of [1, 2, 3, 4]) await publishNotice(notice(channel, v))
-    await until('watcher updates', () => watcher.of(channel).length === 5)
+    const watcher = await watchFourVersions(channel)
     // The read model is at version 4 of epoch e1 (as the workers would have left it).
     await database.db.insert(channelVersions).values({ channel, version: 4, epoch: 'e1' })
     const c = await WsClient.open(url)
