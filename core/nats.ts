@@ -1,4 +1,4 @@
-import { jetstreamManager, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream'
+import { jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo } from '@nats-io/jetstream'
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
 import type { Config } from './config'
@@ -62,9 +62,11 @@ export function historyRetention(config: Config, kind: ChannelKind): { size: num
  * (NATS lost its data, an operator removed it) has a new one, and its sequences restart at 1.
  */
 export async function streamIdentity(jsm: JetStreamManager, stream: string): Promise<string> {
-  const info = await jsm.streams.info(stream)
-  return `${stream}@${info.created}`
+  return identityOf(await jsm.streams.info(stream))
 }
+
+/** The identity (see streamIdentity) of a stream whose info was read. */
+export const identityOf = (info: StreamInfo): string => `${info.config.name}@${info.created}`
 
 /**
  * Creates or updates the event and change streams so they match the config. Safe to call from

@@ -48,13 +48,13 @@ export function createApp(deps: ApiDeps) {
         },
       }),
     )
-    .use(healthModule(db, nc, eventStream))
+    .use(healthModule({ db, nc, eventStream, feeds: deps.realtime?.feeds }))
     .use(eventsModule(config, ingest))
     .use(leaderboardsModule(db))
     .use(roomsModule(db))
     .use(adminModule({ config, db, nc, ingest }))
   if (!deps.realtime) return app
-  return app.use(deps.realtime({ ingest }))
+  return app.use(deps.realtime.routes({ ingest }))
 }
 
 export type App = ReturnType<typeof createApp>

@@ -4,6 +4,7 @@ import type { Config } from '../../core/config'
 import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
 import type { Ingest } from './modules/events/service'
+import type { FeedStatus } from './realtime/change-feed'
 
 /** What the API needs from the process that runs it. Nothing connects at import time. */
 export type ApiDeps = {
@@ -13,9 +14,11 @@ export type ApiDeps = {
   logger: Logger
   /** An ingest service to share with other layers; created from config/nc/logger when absent. */
   ingest?: Ingest
-  /**
-   * The WebSocket layer (api/src/realtime/), built from the app's ingest service so REST and
-   * WebSocket publish through the same instance.
-   */
-  realtime?: (ctx: { ingest: Ingest }) => AnyElysia
+  /** The WebSocket layer (api/src/realtime/), when this app serves it. */
+  realtime?: {
+    /** Its routes, built from the app's ingest service so REST and WebSocket publish through the same instance. */
+    routes: (ctx: { ingest: Ingest }) => AnyElysia
+    /** Its change feeds' state, part of readiness. */
+    feeds: () => FeedStatus[]
+  }
 }

@@ -17,7 +17,7 @@ export type RunningApi = {
  */
 export async function startApi(deps: Omit<ApiDeps, 'realtime'>): Promise<RunningApi> {
   const realtime = await startRealtime({ ...deps, snapshot: snapshotReader(deps.db) })
-  const app = createApp({ ...deps, realtime: realtime.routes })
+  const app = createApp({ ...deps, realtime })
   app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
   const server = app.server
   if (!server) throw new Error('the API server did not start')

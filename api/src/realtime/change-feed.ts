@@ -3,40 +3,90 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Logger } from '../../../core/logger'
 import { backoffMs, sleep } from '../../../core/backoff'
-import { streamIdentity } from '../../../core/nats'
+import { identityOf } from '../../../core/nats'
 
-export type ChangeFeed = { stop: () => Promise<void> }
+/** Whether a change feed is following its stream now, for readiness checks and logs. */
+export type FeedStatus = {
+  stream: string
+  /** True while a consumer is delivering this node the stream's notices as they are stored. */
+  following: boolean
+  /** Why it is not following (absent while it is). */
+  reason?: string
+  /** Stream sequence of the last change run delivered. */
+  lastSeq: number
+}
+
+export type ChangeFeed = {
+  stop: () => Promise<void>
+  status: () => FeedStatus
+}
 
 /**
- * Follows the change stream with an ordered consumer (it re-creates itself after a NATS restart
- * from the last sequence it saw, so it never skips) and hands every notice of every change run to
- * `onNotice`, in order.
+ * Follows one change stream and hands every notice of every change run to `onNotice`, in stream
+ * order, and says when notices may have been missed (`onResync`: the hub re-syncs the channels
+ * this stream feeds).
  *
  * It starts a few seconds in the past rather than at "new": a subscriber's snapshot can only be
  * joined with notices this node receives, and starting back in time closes the window between this
  * node starting and its consumer existing. Older notices are dropped by the hub (their channels
  * have no subscribers yet).
  *
- * If the stream itself is recreated (NATS lost its data), its sequences restart at 1 and the
- * ordered consumer would wait past every new notice: the feed notices the stream's new identity
- * when its consumer is re-created, starts over on the new stream, and calls `onRestart` (notices
- * may have been lost in between: the hub re-syncs its subscribers). The same if the consumer gives
- * up for any other reason.
+ * The feed owns its recovery instead of trusting the client's ordered-consumer reset, which in
+ * @nats-io/jetstream 3.4 never delivers again after a server restart (it re-creates a consumer
+ * that started by time with a start sequence too, which the server refuses, forever; and when it
+ * does re-create one, its first pull asks for 0 messages). Whatever interrupts the consumer (a
+ * reconnect, a consumer lost with the server's memory, missed heartbeats, any reset status, or a
+ * watchdog that sees the stream grow while nothing arrives) stops it; the feed then checks which
+ * incarnation of the stream exists and follows again right after the last sequence it delivered.
+ * Nothing is missed that way, so no resync is needed, unless:
+ * - the stream was recreated (NATS lost its data; sequences restart at 1): it follows the new
+ *   stream from its start and calls `onResync`;
+ * - the first sequence delivered after a restart is not the next one (retention removed runs
+ *   meanwhile): `onResync`.
+ * An identity it cannot read is never taken for "the same": the feed retries and stays not
+ * following meanwhile. While it is not following, `status()` says so (readiness is false) and
+ * the transitions are logged.
  */
 export async function startChangeFeed(deps: {
   nc: NatsConnection
   stream: string
   logger: Logger
   onNotice: (notice: ChangeNotice) => void
-  onRestart: () => void
+  onResync: () => void
   lookBackMs?: number
+  /** How often the watchdog compares the stream's last sequence with what was delivered. */
+  checkEveryMs?: number
 }): Promise<ChangeFeed> {
   const js = jetstream(deps.nc)
   const jsm = await jetstreamManager(deps.nc)
   const log = deps.logger.child({ stream: deps.stream })
-  let stopped = false
   const stopping = new AbortController()
+  const stopped = () => stopping.signal.aborted
+
   let messages: ConsumerMessages | undefined
+  // The stream incarnation being read, and the last sequence delivered from it (or, until the
+  // look-back has been delivered, the stream's last sequence when the feed started: what a
+  // restart must resume after, and what the watchdog must not take for a stall).
+  let identity: string | undefined
+  let lastSeq = 0
+  let following = false
+  let reason: string | undefined = 'starting'
+
+  const setFollowing = () => {
+    if (!following && reason !== 'starting') log.info({ lastSeq }, 'change feed following again')
+    following = true
+    reason = undefined
+  }
+  /** Stops the current consumer; the loop follows again from `lastSeq`. */
+  let interrupted = 0
+  const interrupt = (why: string) => {
+    if (stopped()) return
+    interrupted++
+    if (following) log.warn({ reason: why, lastSeq }, 'change feed interrupted; following again from its last sequence')
+    following = false
+    reason = why
+    messages?.stop()
+  }
 
   const follow = async (from: { startTime: Date } | { afterSeq: number }) => {
     const consumer = await js.consumers.get(
@@ -50,35 +100,103 @@ export async function startChangeFeed(deps: {
     return consumer.consume({ max_messages: 1000 })
   }
 
-  // The stream incarnation the current consumer reads, and the last sequence it delivered.
-  let identity = await streamIdentity(jsm, deps.stream)
-  let lastSeq = 0
-  messages = await follow({ startTime: new Date(Date.now() - (deps.lookBackMs ?? 10_000)) })
-
-  /**
-   * Stops the current consumer when its stream may have gone: its consumer was deleted (it goes
-   * with its stream), or it re-created itself on a stream with another identity. The loop below
-   * then starts over on the stream as it is now.
-   */
+  /** Any status that means the consumer may no longer deliver: take over (see above). */
   const watch = async (current: ConsumerMessages) => {
     for await (const s of current.status()) {
-      if (s.type === 'consumer_deleted' || s.type === 'stream_not_found') {
-        log.warn({ status: s.type }, 'change feed consumer lost; starting over')
-        current.stop()
-      } else if (s.type === 'ordered_consumer_recreated' && (await streamIdentity(jsm, deps.stream).catch(() => identity)) !== identity) {
-        current.stop()
+      switch (s.type) {
+        case 'consumer_deleted':
+        case 'consumer_not_found':
+        case 'stream_not_found':
+        case 'heartbeats_missed':
+        case 'reset':
+        case 'ordered_consumer_recreated':
+          if (messages === current) interrupt(s.type)
+          break
+        default:
       }
     }
   }
 
-  const done = (async () => {
-    for (let attempt = 0; !stopped; ) {
-      const current = messages!
-      void watch(current).catch(() => {})
+  // The connection: a disconnect means nothing is followed; after a reconnect, follow afresh
+  // (the server may have restarted and lost the consumer with its memory).
+  void (async () => {
+    for await (const s of deps.nc.status()) {
+      if (stopped()) break
+      if (s.type === 'disconnect') interrupt('nats disconnected')
+      else if (s.type === 'reconnect') interrupt('nats reconnected')
+    }
+  })().catch(() => {})
+
+  // The watchdog: the stream grew past what was delivered, twice in a row with no progress, or
+  // it is another incarnation now. Costs one stream info per check.
+  const watchdog = (async () => {
+    let stalledAt: number | undefined
+    while (!stopped()) {
+      await sleep(deps.checkEveryMs ?? 5_000, stopping.signal)
+      if (stopped() || !following) {
+        stalledAt = undefined
+        continue
+      }
       try {
+        const info = await jsm.streams.info(deps.stream)
+        if (!following) continue
+        if (identityOf(info) !== identity) {
+          interrupt('stream recreated')
+        } else if (info.state.last_seq > lastSeq) {
+          if (stalledAt === lastSeq) interrupt('stalled: the stream grew, nothing was delivered')
+          stalledAt = lastSeq
+        } else {
+          stalledAt = undefined
+        }
+      } catch (err) {
+        if (following) log.debug({ err }, 'change feed check failed')
+      }
+    }
+  })()
+
+  const done = (async () => {
+    let first = true
+    for (let attempt = 0; !stopped(); ) {
+      try {
+        const interruptions = interrupted
+        const info = await jsm.streams.info(deps.stream)
+        const now = identityOf(info)
+        let lost = false
+        if (identity !== undefined && now !== identity) {
+          log.error({ was: identity, now }, 'the change stream was recreated (NATS lost its data?): following the new one, re-syncing subscribers')
+          lastSeq = 0
+          lost = true
+        }
+        identity = now
+        if (first) lastSeq = info.state.last_seq
+        const current = first
+          ? await follow({ startTime: new Date(Date.now() - (deps.lookBackMs ?? 10_000)) })
+          : await follow({ afterSeq: lastSeq })
+        messages = current
+        if (stopped()) {
+          await current.close()
+          break
+        }
+        if (interrupted !== interruptions) {
+          // Interrupted while the consumer was being created (a reconnect): it may predate it.
+          current.stop()
+          continue
+        }
+        // After a restart on the same stream the next run must be lastSeq + 1 (none of its
+        // sequences are filtered out); anything else was removed meanwhile.
+        let expect = first || lost ? undefined : lastSeq + 1
+        first = false
+        attempt = 0
+        setFollowing()
+        if (lost) deps.onResync()
+        void watch(current).catch(() => {})
         for await (const m of current) {
-          attempt = 0
-          lastSeq = m.seq
+          if (expect !== undefined && m.seq !== expect) {
+            log.warn({ expected: expect, got: m.seq }, 'change runs were removed while the feed was away; re-syncing subscribers')
+            deps.onResync()
+          }
+          expect = undefined
+          lastSeq = Math.max(lastSeq, m.seq)
           let notices: ChangeNotice[]
           try {
             notices = noticesOf(m.json<ChangeRun>())
@@ -88,41 +206,27 @@ export async function startChangeFeed(deps: {
           }
           for (const n of notices) deps.onNotice(n)
         }
+        if (!stopped() && following) interrupt('consumer ended')
       } catch (err) {
-        if (!stopped) log.warn({ err }, 'change feed consumer failed')
+        if (stopped()) break
+        if (following || attempt === 0) log.warn({ err, lastSeq }, 'change feed cannot follow its stream; retrying')
+        following = false
+        reason = `cannot follow: ${(err as Error)?.message ?? String(err)}`
       }
-      if (stopped) break
-      // Not stopped by us: the stream was recreated, or the consumer gave up. Go on after the last
-      // notice seen (a new stream: from its start) and let the hub re-sync whatever may have been
-      // missed meanwhile.
+      if (stopped()) break
       await sleep(backoffMs(attempt++), stopping.signal)
-      if (stopped) break
-      try {
-        const now = await streamIdentity(jsm, deps.stream)
-        if (now !== identity) {
-          log.error({ was: identity, now }, 'the change stream was recreated (NATS lost its data?): following the new one, re-syncing subscribers')
-          lastSeq = 0
-        }
-        identity = now
-        messages = await follow({ afterSeq: lastSeq })
-        // Stopped while the consumer was being created: stop() closed the previous one.
-        if (stopped) {
-          await messages.close()
-          break
-        }
-        deps.onRestart()
-      } catch (err) {
-        log.warn({ err }, 'change feed could not restart; retrying')
-      }
     }
   })()
 
   return {
     stop: async () => {
-      stopped = true
       stopping.abort()
+      following = false
+      reason = 'stopped'
       await messages?.close()
       await done
+      await watchdog
     },
+    status: () => ({ stream: deps.stream, following, lastSeq, ...(reason ? { reason } : {}) }),
   }
 }

@@ -1,4 +1,4 @@
-import type { ChangeNotice } from '../../../core/channels'
+import { parseChannel, type ChangeNotice, type ChannelKind } from '../../../core/channels'
 
 /** A channel's state as read from the read model: its version, epoch and the data to show. */
 export type Snapshot = { version: number; epoch: string; data: unknown }
@@ -428,12 +428,13 @@ export function createChannelHub(deps: HubDeps) {
     },
 
     /**
-     * Re-syncs every channel this node serves (each subscriber gets a `resync` snapshot): the
-     * change feed may have lost notices (its stream was recreated), and a lost notice that no later
-     * one reveals as a gap would otherwise go unnoticed.
+     * Re-syncs every channel this node serves, or those of one kind (each subscriber gets a
+     * `resync` snapshot): the change feed of that kind may have lost notices (its stream was
+     * recreated), and a lost notice that no later one reveals as a gap would otherwise go unnoticed.
      */
-    resyncAll(): Promise<void> {
-      return Promise.all([...channels.keys()].map((channel) => resync(channel))).then(() => {})
+    resyncAll(kind?: ChannelKind): Promise<void> {
+      const all = [...channels.keys()].filter((channel) => kind === undefined || parseChannel(channel)?.kind === kind)
+      return Promise.all(all.map((channel) => resync(channel))).then(() => {})
     },
 
     stats() {

@@ -5,7 +5,7 @@ import type { Config } from '../../../core/config'
 import type { Logger } from '../../../core/logger'
 import { topology } from '../../../core/nats'
 import type { Ingest } from '../modules/events/service'
-import { startChangeFeed } from './change-feed'
+import { startChangeFeed, type FeedStatus } from './change-feed'
 import { createChannelHub, type Snapshot } from './channel-hub'
 import { historyReader } from './history'
 import { CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, realtimeRoutes, type OpenSocket, type SocketRegistry } from './index'
@@ -20,6 +20,8 @@ export type Realtime = {
    * up to `timeoutMs` for the clients to acknowledge, so the close frames leave before the server stops.
    */
   goAway: (timeoutMs?: number) => Promise<void>
+  /** Each change feed's state: a node whose feeds do not all follow their streams is not ready. */
+  feeds: () => FeedStatus[]
   stop: () => Promise<void>
 }
 
@@ -75,7 +77,7 @@ export async function startRealtime(deps: {
         stream: t.changeStreams[kind],
         logger,
         onNotice: (n) => hub.onNotice(n),
-        onRestart: () => void hub.resyncAll(),
+        onResync: () => void hub.resyncAll(kind),
       }),
     ),
   )
@@ -102,6 +104,7 @@ export async function startRealtime(deps: {
   return {
     routes: ({ ingest }) => realtimeRoutes({ config: deps.config, hub, publish: ingest.publish, logger, sockets }),
     bind: (s) => void (server = s),
+    feeds: () => feeds.map((f) => f.status()),
     goAway: async (timeoutMs = 2_000) => {
       sockets.closing = true
       for (const ws of sockets.open.values()) ws.close(CLOSE_GOING_AWAY, 'server shutting down')

@@ -3,10 +3,15 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import type { Db } from '../../../../core/db/client'
 import { ErrorResponse } from '../../error-model'
 import { Unavailable } from '../../errors'
+import type { FeedStatus } from '../../realtime/change-feed'
 import { checkReadiness } from './service'
 
-/** Liveness (/healthz: the process answers) and readiness (/readyz: its dependencies answer). */
-export function healthModule(db: Db, nc: NatsConnection, eventStream: string) {
+/**
+ * Liveness (/healthz: the process answers) and readiness (/readyz: its dependencies answer and,
+ * on a node serving WebSockets, every change feed follows its stream: a node whose subscribers
+ * would get no updates must not take traffic).
+ */
+export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: string; feeds?: () => FeedStatus[] }) {
   return new Elysia({ detail: { tags: ['health'] } })
     .get('/healthz', () => ({ status: 'ok' as const }), {
       response: { 200: t.Object({ status: t.Literal('ok') }) },
@@ -15,13 +20,25 @@ export function healthModule(db: Db, nc: NatsConnection, eventStream: string) {
     .get(
       '/readyz',
       async () => {
-        const r = await checkReadiness(db, nc, eventStream)
-        if (!r.postgres || !r.nats) throw new Unavailable('a dependency is not reachable', 'not_ready', r)
-        return { status: 'ready' as const, ...r }
+        const r = await checkReadiness(deps.db, deps.nc, deps.eventStream)
+        const feeds = deps.feeds?.() ?? []
+        const changeFeeds = feeds.every((f) => f.following)
+        if (!r.postgres || !r.nats || !changeFeeds) {
+          const lagging = feeds.filter((f) => !f.following).map(({ stream, reason }) => ({ stream, reason }))
+          throw new Unavailable('a dependency is not reachable or a change feed is not following', 'not_ready', {
+            ...r,
+            changeFeeds,
+            ...(lagging.length > 0 ? { notFollowing: lagging } : {}),
+          })
+        }
+        return { status: 'ready' as const, ...r, changeFeeds }
       },
       {
-        response: { 200: t.Object({ status: t.Literal('ready'), postgres: t.Boolean(), nats: t.Boolean() }), 503: ErrorResponse },
-        detail: { summary: 'Readiness: Postgres and NATS/JetStream answer within 2 s' },
+        response: {
+          200: t.Object({ status: t.Literal('ready'), postgres: t.Boolean(), nats: t.Boolean(), changeFeeds: t.Boolean() }),
+          503: ErrorResponse,
+        },
+        detail: { summary: 'Readiness: Postgres and NATS/JetStream answer within 2 s, and every change feed follows its stream' },
       },
     )
 }

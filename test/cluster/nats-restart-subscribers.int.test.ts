@@ -1,0 +1,133 @@
+import { afterAll, describe, expect, test } from 'bun:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
+import { privateNats, type PrivateNats } from './private-nats'
+import { configureBoard, diff, postEvents, readModel, scoreEvent, stopCleanly, type Api } from './support'
+
+const CLIENTS = 5
+const PLAYERS = 20
+
+/** A subscriber's view of a board, built only from its frames; throws on a gap or a repeat. */
+class BoardView {
+  board = new Map<string, number>()
+  version = -1
+  resyncs = 0
+  private seen = 0
+  constructor(readonly client: WsClient) {}
+  /** Applies the frames received since the last call. */
+  catchUp(channel: string) {
+    const frames = this.client.of(channel)
+    for (; this.seen < frames.length; this.seen++) {
+      const f = frames[this.seen]
+      if (f.op === 'snapshot') {
+        if (this.seen > 0 && !f.resync) throw new Error('a second snapshot not marked resync')
+        if (f.resync) this.resyncs++
+        this.board = new Map(f.data.entries.map((e: { player: string; score: number }) => [e.player, e.score]))
+        this.version = f.version
+      } else {
+        if (f.version !== this.version + 1) throw new Error(`update ${f.version} after ${this.version}: a gap or a repeat`)
+        this.board.set(f.data.player, f.data.score)
+        this.version = f.version
+      }
+    }
+    return this
+  }
+}
+
+/**
+ * A routine NATS restart while scores flow: the API node's change feed must follow again after
+ * the restart, and say it is not ready while it does not. Every subscriber ends with exactly the
+ * read model's board and version, in order, with no silent gap (a resync snapshot is allowed).
+ */
+describe('NATS restart with subscribers', () => {
+  let env: TestEnv | undefined
+  let nats: PrivateNats | undefined
+  const procs: Proc[] = []
+  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-restart-subs-'))
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await nats?.stop()
+    await env?.cleanup()
+    rmSync(storeDir, { recursive: true, force: true })
+  })
+
+  test('every subscriber follows the board again after NATS restarts', async () => {
+    nats = privateNats({ port: freePort(), storeDir })
+    await nats.start()
+    env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', LOG_LEVEL: 'info' })
+    const port = freePort()
+    const vars: Record<string, string> = { ...env.vars, NATS_URL: nats.url, PORT: String(port), HOST: '127.0.0.1' }
+    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const apiProc = spawnProc('api', 'api/src/main.ts', vars)
+    const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
+    procs.push(apiProc, workerProc)
+    await waitReady(api.baseUrl, procs)
+    const run = Math.random().toString(36).slice(2, 8)
+    const board = `nr_${run}`
+    const channel = `leaderboard:${board}`
+    await configureBoard(api, board, 'latest')
+
+    const views: BoardView[] = []
+    for (let i = 0; i < CLIENTS; i++) {
+      const client = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
+      client.send({ op: 'subscribe', ref: 's', channel })
+      views.push(new BoardView(client))
+    }
+    await until('every client has its snapshot', () => views.every((v) => v.client.of(channel).length > 0))
+
+    // Scores every ~60 ms, 20 per request; requests refused during the outage are not resent
+    // (the read model is the truth the subscribers are compared with).
+    let n = 0
+    let sending = true
+    const sender = (async () => {
+      while (sending) {
+        const batch = Array.from({ length: PLAYERS }, (_, p) => scoreEvent(`${run}-${n}-${p}`, board, `p${p}`, n * 100 + p))
+        n++
+        await postEvents(api, batch, 10_000)
+        await Bun.sleep(60)
+      }
+    })()
+
+    await until('updates flowing', () => views.every((v) => v.catchUp(channel).version >= 100), 20_000)
+    await nats.stop()
+    const readyDuringOutage = (await fetch(`${api.baseUrl}/readyz`)).status
+    await Bun.sleep(2000)
+    await nats.start()
+    await Bun.sleep(6000)
+    sending = false
+    await sender
+
+    const rm = readModel(env.vars.DATABASE_URL)
+    try {
+      // The read model settles (the worker applies what was stored), then every subscriber must
+      // hold exactly it: same version, same board.
+      let version = -1
+      await until('the read model to settle', async () => {
+        const v = await rm.version(channel)
+        const settled = v === version && v > 0
+        version = v
+        return settled
+      }, 30_000, 1000)
+      const truth = await rm.scores(board)
+      await until(
+        `every subscriber at version ${version}`,
+        () => views.every((v) => v.catchUp(channel).version === version),
+        20_000,
+      ).catch((err) => {
+        const at = views.map((v) => `${v.version} (closed: ${JSON.stringify(v.client.closed)})`).join(', ')
+        throw new Error(`${(err as Error).message}; subscribers at ${at}\napi log tail:\n${apiProc.output().slice(-3000)}`)
+      })
+      for (const v of views) expect(diff(v.board, truth)).toEqual([])
+      expect(readyDuringOutage).toBe(503)
+      const ready = await fetch(`${api.baseUrl}/readyz`)
+      expect(ready.status).toBe(200)
+    } finally {
+      await rm.close()
+    }
+    for (const v of views) v.client.close()
+    await stopCleanly(...procs)
+  }, 120_000)
+})
