@@ -317,4 +317,89 @@ describe('channel hub', () => {
     expect(versionsSeen(b)).toEqual(['subscribed:1', 'update:2', 'update:3', 'update:4', 'update:5'])
     hub.stop()
   })
+
+  test('a resync snapshot is never older than updates the topic already delivered', async () => {
+    const t = topics()
+    const snaps = manualSnapshots()
+    const timers: (() => void)[] = []
+    const hub = createChannelHub({
+      snapshot: snaps.read,
+      publish: t.publish,
+      gapTimeoutMs: 1000,
+      timers: { set: (fn) => timers.push(fn), clear: () => {} },
+    })
+    const a = t.sink('a')
+    const p = hub.subscribe(a, 'chat:lobby')
+    await snaps.resolveNext(5)
+    await p
+    hub.onNotice(notice(7)) // 6 is late: 7 waits
+    timers.shift()!() // the gap timeout: a resync starts reading (6 and 7 are committed)
+    hub.onNotice(notice(6)) // the late one arrives while the resync reads
+    hub.onNotice(notice(8)) // committed after the read began
+    await snaps.resolveNext(7)
+    hub.onNotice(notice(9))
+    // Before: snapshot:5, update:6, update:7, update:8, then the older snapshot:7 (8 lost to
+    // whoever replaced their state with it).
+    expect(versionsSeen(a)).toEqual(['snapshot:5', 'snapshot:7:resync', 'update:8', 'update:9'])
+    hub.stop()
+  })
+
+  test('a snapshot read begun for a channel state that is gone is never used by a new state', async () => {
+    const t = topics()
+    const snaps = manualSnapshots()
+    const hub = createChannelHub({ snapshot: snaps.read, publish: t.publish, gapTimeoutMs: 1000 })
+    const a = t.sink('a')
+    const pa = hub.subscribe(a, 'chat:lobby') // reads (at version 5)
+    hub.unsubscribe(a, 'chat:lobby') // the last member left: the state is gone, the read goes on
+    hub.onNotice(notice(6)) // nobody here watches the channel: dropped
+    const b = t.sink('b')
+    const pb = hub.subscribe(b, 'chat:lobby')
+    await snaps.resolveNext(5) // a's read, from before 6
+    await snaps.resolveNext(6) // b's own read
+    await Promise.all([pa, pb])
+    hub.onNotice(notice(7))
+    // Before: b was initialised from a's read (5) and waited for 6, which had come and gone.
+    expect(versionsSeen(b)).toEqual(['snapshot:6', 'update:7'])
+    expect(versionsSeen(a)).toEqual([])
+    hub.stop()
+  })
+
+  test('resumes of one channel in the same turn share one history read and one snapshot read', async () => {
+    const t = topics()
+    let historyReads = 0
+    let snapshotReads = 0
+    const hub = createChannelHub({
+      snapshot: async () => (snapshotReads++, { version: 10, epoch: 'e1', data: {} }),
+      history: async (_c, after) => (historyReads++, [10, 9, 8, 7, 6, 5, 4, 3, 2, 1].filter((v) => v > after).map((v) => notice(v))),
+      publish: t.publish,
+      gapTimeoutMs: 1000,
+    })
+    const sinks = Array.from({ length: 50 }, (_, i) => t.sink(`s${i}`))
+    await Promise.all(sinks.map((s, i) => hub.subscribe(s, 'chat:lobby', { since: 1 + (i % 9), epoch: 'e1' })))
+    expect(snapshotReads).toBe(1)
+    expect(historyReads).toBe(1)
+    sinks.forEach((s, i) => {
+      const since = 1 + (i % 9)
+      expect(versionsSeen(s)).toEqual([`subscribed:${since}`, ...Array.from({ length: 10 - since }, (_, k) => `update:${since + k + 1}`)])
+    })
+    hub.stop()
+  })
+
+  test('a refused resume never gets a snapshot older than the version the client already had', async () => {
+    const t = topics()
+    const snaps = manualSnapshots()
+    // No shared history on this node: every resume is refused.
+    const hub = createChannelHub({ snapshot: snaps.read, publish: t.publish, gapTimeoutMs: 1000 })
+    const a = t.sink('a')
+    const pa = hub.subscribe(a, 'chat:lobby') // the shared read starts (the channel is at 5)
+    const b = t.sink('b')
+    // b had 9 from another node (committed after a's read began): its resync snapshot must not be
+    // the shared read at 5.
+    const pb = hub.subscribe(b, 'chat:lobby', { since: 9, epoch: 'e1' })
+    await snaps.resolveNext(5)
+    await snaps.resolveNext(9)
+    await Promise.all([pa, pb])
+    expect(versionsSeen(b)[0]).toBe('snapshot:9:resync')
+    hub.stop()
+  })
 })

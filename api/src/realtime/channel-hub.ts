@@ -28,7 +28,13 @@ export type HubDeps = {
   /** Most updates a resume replays; further behind gets a snapshot. Default 1000. */
   maxReplay?: number
   onError?: (err: unknown, channel: string) => void
+  /** The timers of gap timeouts (tests pass their own clock). Default: setTimeout / clearTimeout. */
+  timers?: Timers
 }
+
+/** Timers as the hub uses them. */
+export type Timers = { set: (fn: () => void, ms: number) => unknown; clear: (handle: unknown) => void }
+const realTimers: Timers = { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) }
 
 /** A subscriber that is not yet on the channel's topic: reading its snapshot or history, or catching up. */
 type Joiner = {
@@ -51,11 +57,28 @@ type ChannelState = {
   held: Map<number, ChangeNotice>
   joiners: Set<Joiner>
   members: Set<string>
-  gapTimer: ReturnType<typeof setTimeout> | undefined
-  /** The running resync, if any; `again` asks for one more once it ends (a notice came during it). */
+  gapTimer: unknown
+  /**
+   * The running resync, if any; `again` asks for one more once it ends (a notice came during it).
+   * While it runs nothing is delivered to the topic (notices are held): its snapshot, read after
+   * the last delivery, is then never older than what the topic has had.
+   */
   resyncing: Promise<void> | undefined
   again: boolean
+  /**
+   * How many times `epoch` changed. A read that began before a change and shows another epoch
+   * than the current one is stale (see isStale): epochs have no order, so only this tells a read
+   * of a history the node already left from a new history.
+   */
+  epochMoves: number
+  /** The snapshot read that joiners of this state share (see sharedSnapshot). */
+  read: Promise<Read> | undefined
+  /** History reads waiting to start together (see sharedHistory). */
+  historyBatch: { after: number; result: Promise<ChangeNotice[]> } | undefined
 }
+
+/** A snapshot read, with the state's `epochMoves` when it began. */
+type Read = { snap: Snapshot; moves: number }
 
 export const frames = {
   snapshot: (channel: string, s: Snapshot, resync = false) =>
@@ -82,6 +105,7 @@ export const frames = {
 export function createChannelHub(deps: HubDeps) {
   const channels = new Map<string, ChannelState>()
   const maxReplay = deps.maxReplay ?? 1000
+  const timers = deps.timers ?? realTimers
 
   function stateOf(channel: string): ChannelState {
     let st = channels.get(channel)
@@ -96,6 +120,9 @@ export function createChannelHub(deps: HubDeps) {
         gapTimer: undefined,
         resyncing: undefined,
         again: false,
+        epochMoves: 0,
+        read: undefined,
+        historyBatch: undefined,
       }
       channels.set(channel, st)
     }
@@ -103,6 +130,21 @@ export function createChannelHub(deps: HubDeps) {
   }
 
   const gone = (channel: string, st: ChannelState, j: Joiner) => j.cancelled || channels.get(channel) !== st
+
+  function setEpoch(st: ChannelState, epoch: string) {
+    if (st.epoch === epoch) return
+    st.epoch = epoch
+    st.epochMoves++
+  }
+
+  /** Reads a snapshot, noting where the state's epoch was when the read began. */
+  async function readSnapshot(channel: string, st: ChannelState): Promise<Read> {
+    const moves = st.epochMoves
+    return { snap: await deps.snapshot(channel), moves }
+  }
+
+  /** A read that began before the state's epoch last changed and shows another epoch: read again. */
+  const isStale = (st: ChannelState, read: Read) => read.moves !== st.epochMoves && read.snap.epoch !== st.epoch
 
   function sendTo(joiner: Joiner, text: string): boolean {
     if (joiner.cancelled) return false
@@ -112,6 +154,11 @@ export function createChannelHub(deps: HubDeps) {
       return false
     }
     return true
+  }
+
+  function stopGapTimer(st: ChannelState) {
+    if (st.gapTimer !== undefined) timers.clear(st.gapTimer)
+    st.gapTimer = undefined
   }
 
   /** Publishes one in-order notice to the topic and to joiners that are catching up. */
@@ -141,9 +188,13 @@ export function createChannelHub(deps: HubDeps) {
   function init(channel: string, st: ChannelState, snap: Snapshot) {
     if (st.last !== undefined) return
     st.last = snap.version
-    st.epoch = snap.epoch
+    setEpoch(st, snap.epoch)
     prune(channel, st)
     drain(channel, st)
+    if (st.again && !st.resyncing) {
+      st.again = false
+      void resync(channel)
+    }
   }
 
   /**
@@ -163,13 +214,17 @@ export function createChannelHub(deps: HubDeps) {
     if (foreign) void resync(channel)
   }
 
-  /** Publishes the held notices that continue `last`, in order; O(1) per notice delivered. */
+  /**
+   * Publishes the held notices that continue `last`, in order; O(1) per notice delivered. Not while
+   * a resync reads its snapshot: they are delivered after it (see ChannelState.resyncing).
+   */
   function drain(channel: string, st: ChannelState) {
-    if (st.last === undefined) return
+    if (st.last === undefined || st.resyncing) return
     if (st.epoch === '' && st.held.size > 0) {
       // Nothing had happened when the topic started: the first notice's epoch is the channel's.
-      st.epoch = [...st.held.values()].sort((a, b) => a.version - b.version)[0].epoch
+      setEpoch(st, [...st.held.values()].sort((a, b) => a.version - b.version)[0].epoch)
       prune(channel, st)
+      if (st.resyncing) return
     }
     let next = st.held.get(st.last + 1)
     while (next) {
@@ -177,57 +232,89 @@ export function createChannelHub(deps: HubDeps) {
       deliver(channel, st, next)
       next = st.held.get(st.last + 1)
     }
-    if (st.held.size === 0) {
-      clearTimeout(st.gapTimer)
-      st.gapTimer = undefined
-    } else if (!st.gapTimer) {
-      st.gapTimer = setTimeout(() => void resync(channel), deps.gapTimeoutMs)
-    }
+    if (st.held.size === 0) stopGapTimer(st)
+    else if (st.gapTimer === undefined) st.gapTimer = timers.set(() => void resync(channel), deps.gapTimeoutMs)
   }
 
   /**
+   * Whether a snapshot belongs to another history than the topic's: another epoch with versions,
+   * or an empty channel (version 0, no epoch) while the topic is in an epoch: a rebuild left the
+   * channel without changes, and whatever the node holds of that epoch will never continue.
+   */
+  const isNewHistory = (st: ChannelState, snap: Snapshot) => snap.epoch !== st.epoch && (snap.version > 0 || snap.epoch === '')
+
+  /** How many times a resync reads again a snapshot older than the topic before it gives up for a while. */
+  const STALE_READS = 3
+
+  /**
    * Re-reads the channel and restarts every subscriber from it: a version never arrived, or the
-   * channel moved to another epoch. Resolves when done; a call during a running resync asks for
-   * one more afterwards (its reason may postdate the running read).
+   * channel moved to another epoch. Nothing is delivered to the topic while the snapshot is read,
+   * so the snapshot (read after the last delivery) is never older than what subscribers have; a
+   * read that is older anyway (a lagging replica) is read again. Resolves when done; a call during
+   * a running resync asks for one more afterwards (its reason may postdate the running read).
    */
   function resync(channel: string): Promise<void> {
     const st = channels.get(channel)
     if (!st) return Promise.resolve()
-    if (st.resyncing) {
+    if (st.resyncing || st.last === undefined) {
+      // Running: one more afterwards. Not started yet (no first snapshot): once it has one, since
+      // the reads in flight may predate what this resync is for (see init).
       st.again = true
-      return st.resyncing
+      return st.resyncing ?? Promise.resolve()
     }
-    clearTimeout(st.gapTimer)
-    st.gapTimer = undefined
+    stopGapTimer(st)
+    let failed = false
     st.resyncing = (async () => {
       try {
-        const snap = await deps.snapshot(channel)
-        if (channels.get(channel) !== st) return
-        if (snap.epoch !== st.epoch && snap.version > 0 && !st.retired.has(snap.epoch)) {
-          // A new history: versions of the old epoch mean nothing any more.
-          if (st.epoch) st.retired.add(st.epoch)
-          st.epoch = snap.epoch
-          st.last = snap.version
-          st.held.clear()
-        } else {
-          st.last = Math.max(st.last ?? 0, snap.version)
+        for (let attempt = 1; ; attempt++) {
+          if (attempt > 20) throw new Error(`could not read a current snapshot of ${channel}`)
+          const read = await readSnapshot(channel, st)
+          if (channels.get(channel) !== st) return
+          if (isStale(st, read)) continue
+          const snap = read.snap
+          const newHistory = isNewHistory(st, snap)
+          if (newHistory) {
+            // Read before an epoch change this node already moved past: read again.
+            if (st.retired.has(snap.epoch)) continue
+            // A new history (or the channel emptied by a rebuild): versions of the old epoch mean
+            // nothing any more.
+            if (st.epoch) st.retired.add(st.epoch)
+            setEpoch(st, snap.epoch)
+            st.last = snap.version
+            st.held.clear()
+          } else if (st.last !== undefined && snap.version < st.last) {
+            if (attempt < STALE_READS) continue
+            throw new Error(`snapshot of ${channel} at version ${snap.version} is older than the topic (${st.last})`)
+          } else {
+            st.last = snap.version
+          }
+          const text = frames.snapshot(channel, { ...snap, epoch: st.epoch ?? snap.epoch }, true)
+          deps.publish(channel, text)
+          // Joiners catching up get it too, unless they are ahead of it in its epoch (a resume
+          // served from versions this node has not delivered yet): they wait for the topic.
+          for (const j of st.joiners) {
+            if (j.buffer === null && (newHistory || j.version <= snap.version) && sendTo(j, text)) j.version = snap.version
+          }
+          for (const j of [...st.joiners]) promoteIfCaughtUp(channel, st, j)
+          return
         }
-        const text = frames.snapshot(channel, { ...snap, epoch: st.epoch ?? snap.epoch }, true)
-        deps.publish(channel, text)
-        for (const j of st.joiners) {
-          if (j.buffer === null && sendTo(j, text)) j.version = snap.version
-        }
-        for (const j of [...st.joiners]) promoteIfCaughtUp(channel, st, j)
-        prune(channel, st)
-        drain(channel, st)
       } catch (err) {
         deps.onError?.(err, channel)
-        if (channels.get(channel) === st) st.gapTimer = setTimeout(() => void resync(channel), deps.gapTimeoutMs)
+        failed = true
       } finally {
         st.resyncing = undefined
-        if (st.again && channels.get(channel) === st) {
-          st.again = false
-          void resync(channel)
+        if (channels.get(channel) === st) {
+          prune(channel, st)
+          drain(channel, st)
+          if (failed) {
+            st.again = false
+            // Try again after the gap timeout, not at once: the database may be down.
+            stopGapTimer(st)
+            st.gapTimer = timers.set(() => void resync(channel), deps.gapTimeoutMs)
+          } else if (st.again && !st.resyncing) {
+            st.again = false
+            void resync(channel)
+          }
         }
       }
     })()
@@ -237,7 +324,7 @@ export function createChannelHub(deps: HubDeps) {
   function cleanup(channel: string) {
     const st = channels.get(channel)
     if (st && st.members.size === 0) {
-      clearTimeout(st.gapTimer)
+      stopGapTimer(st)
       channels.delete(channel)
     }
   }
@@ -263,13 +350,53 @@ export function createChannelHub(deps: HubDeps) {
     list.every((n, i) => n.version === from + i + 1) && (list.at(-1)?.version ?? from) >= to
 
   /**
+   * The snapshot read shared by the subscribers joining one channel state at the same time: a
+   * burst of subscribes or resumes (a stream going live, a node's clients reconnecting) costs one
+   * read per channel, not one per subscriber. Tied to the state: a state made after the read began
+   * (its last member left and a new one came) never takes it, since notices that arrived while no
+   * state existed were dropped and may postdate the read. A joiner whose buffer does not continue a
+   * shared read (it started before the joiner began buffering) reads afresh (see `join`).
+   */
+  function sharedSnapshot(channel: string, st: ChannelState): Promise<Read> {
+    if (!st.read) {
+      const read = readSnapshot(channel, st).finally(() => {
+        if (st.read === read) st.read = undefined
+      })
+      st.read = read
+    }
+    return st.read
+  }
+
+  /**
+   * History reads shared by the resumes of one channel state: resumes asking in the same turn of
+   * the event loop (a reconnect storm) wait for the end of it and share one read, from the oldest
+   * version any of them needs. A read is only shared by joiners that were buffering before it
+   * began, so it and their buffers together hold every notice after their resume points that has
+   * reached the shared history.
+   */
+  function sharedHistory(channel: string, st: ChannelState, after: number): Promise<ChangeNotice[]> {
+    const pending = st.historyBatch
+    if (pending) {
+      pending.after = Math.min(pending.after, after)
+      return pending.result
+    }
+    const batch = { after, result: undefined as unknown as Promise<ChangeNotice[]> }
+    batch.result = new Promise<void>((start) => setImmediate(start)).then(() => {
+      if (st.historyBatch === batch) st.historyBatch = undefined
+      return deps.history!(channel, batch.after)
+    })
+    st.historyBatch = batch
+    return batch.result
+  }
+
+  /**
    * Tries to continue a client from its resume point with the kept history. Returns true if the
    * client was served (or went away meanwhile), false if it needs a snapshot instead.
    */
   async function resume(channel: string, st: ChannelState, j: Joiner, from: ResumePoint): Promise<boolean> {
     if (!deps.history) return false
     if (st.last === undefined) {
-      const snap = await deps.snapshot(channel)
+      const { snap } = await sharedSnapshot(channel, st)
       if (gone(channel, st, j)) return true
       init(channel, st, snap)
     }
@@ -279,7 +406,7 @@ export function createChannelHub(deps: HubDeps) {
       if (!sameEpoch() || st.last! - from.since > maxReplay) return false
       let replay: ChangeNotice[]
       if (from.since < st.last!) {
-        const kept = await deps.history(channel, from.since)
+        const kept = await sharedHistory(channel, st, from.since)
         if (gone(channel, st, j)) return true
         if (!sameEpoch()) return false
         replay = merged([kept, j.buffer!], st.epoch, from.since)
@@ -292,9 +419,10 @@ export function createChannelHub(deps: HubDeps) {
       } else {
         if (from.since > st.last!) {
           // The client saw versions this node has not yet: fine if they really exist.
-          const snap = await deps.snapshot(channel)
+          const read = await sharedSnapshot(channel, st)
           if (gone(channel, st, j)) return true
-          if (snap.epoch !== st.epoch || snap.version < from.since) return false
+          const snap = read.snap
+          if (isStale(st, read) || !sameEpoch() || snap.epoch !== st.epoch || snap.version < from.since) return false
         }
         replay = merged([j.buffer!], st.epoch, from.since)
       }
@@ -313,45 +441,43 @@ export function createChannelHub(deps: HubDeps) {
   }
 
   /**
-   * Snapshot reads shared by the subscribers joining a channel at the same time: a burst of
-   * subscribes (a stream going live, a node's clients reconnecting) costs one read per channel, not
-   * one per subscriber. Only `join` shares them: a read that started before a joiner began buffering
-   * may miss notices it needs, which `join` detects (the buffer does not continue the snapshot) and
-   * answers with a fresh read. Resyncs never take a shared read: theirs must postdate the gap.
+   * Sends a snapshot and joins the live updates. `refused`: the resume point of a client whose
+   * resume could not be served; its snapshot is marked `resync` and, in the same epoch, is never
+   * older than that point when the point is real (a read that began before this join may be: the
+   * join reads afresh once).
    */
-  const sharedReads = new Map<string, Promise<Snapshot>>()
-  function sharedSnapshot(channel: string): Promise<Snapshot> {
-    let read = sharedReads.get(channel)
-    if (!read) {
-      read = deps.snapshot(channel).finally(() => sharedReads.delete(channel))
-      sharedReads.set(channel, read)
-    }
-    return read
-  }
-
-  /** Sends a snapshot and joins the live updates (marked `resync` when a resume was refused). */
-  async function join(channel: string, st: ChannelState, j: Joiner, resyncFlag: boolean) {
+  async function join(channel: string, st: ChannelState, j: Joiner, refused: ResumePoint | undefined) {
     for (let attempt = 1; ; attempt++) {
       if (attempt > 20) throw new Error(`could not read a snapshot of ${channel} that joins its live updates`)
       // A retry reads afresh: the shared read it would join may be the one that did not fit.
-      const snap = attempt === 1 ? await sharedSnapshot(channel) : await deps.snapshot(channel)
+      const read = attempt === 1 ? await sharedSnapshot(channel, st) : await readSnapshot(channel, st)
       if (gone(channel, st, j)) return
+      const snap = read.snap
       init(channel, st, snap)
-      if (st.epoch === '' && snap.epoch !== '') st.epoch = snap.epoch
+      // Read before an epoch change this node already saw.
+      if (st.retired.has(snap.epoch) || isStale(st, read)) continue
+      // The empty state is in every epoch: a topic that started empty takes the epoch of the first
+      // history it sees.
+      if (st.epoch === '' && snap.epoch !== '') setEpoch(st, snap.epoch)
       let epoch = snap.epoch
       if (epoch !== st.epoch) {
-        if (snap.version === 0) epoch = st.epoch!
-        else if (st.retired.has(epoch)) continue // read before the epoch change this node already saw
+        if (!isNewHistory(st, snap)) epoch = st.epoch! // version 0: the empty state of every epoch
         else {
           await resync(channel) // the node has not seen the new epoch yet: move to it first
           continue
         }
       }
+      if (attempt === 1 && refused && refused.epoch === epoch && snap.version < refused.since) continue
+      // While a resync reads, the topic waits for it: join after it, from the topic's new start.
+      if (st.resyncing) {
+        await st.resyncing
+        continue
+      }
       // The snapshot plus the buffer must reach what the topic has already had, without a hole.
       const buffered = merged([j.buffer!], st.epoch, snap.version)
       if (!joins(buffered, snap.version, st.last!)) continue // read before notices this node already published: read again
       j.buffer = null
-      if (!sendTo(j, frames.snapshot(channel, { ...snap, epoch }, resyncFlag))) return
+      if (!sendTo(j, frames.snapshot(channel, { ...snap, epoch }, refused !== undefined))) return
       j.version = snap.version
       for (const n of buffered) {
         if (!sendTo(j, frames.update(n))) return
@@ -366,9 +492,9 @@ export function createChannelHub(deps: HubDeps) {
     /** Feeds one change notice from NATS. Notices for channels nobody here watches are ignored. */
     onNotice(notice: ChangeNotice) {
       const st = channels.get(notice.channel)
-      if (!st) return
+      if (!st || st.retired.has(notice.epoch)) return // a late notice of a history this node left
       if (st.last !== undefined && st.epoch !== '' && notice.epoch !== st.epoch) {
-        if (!st.retired.has(notice.epoch)) void resync(notice.channel)
+        void resync(notice.channel)
         return
       }
       if (st.last !== undefined && notice.version <= st.last) return // duplicate or already in a snapshot
@@ -399,7 +525,7 @@ export function createChannelHub(deps: HubDeps) {
           }
           if (served || gone(channel, st, joiner)) return
         }
-        await join(channel, st, joiner, from !== undefined)
+        await join(channel, st, joiner, from)
       } catch (err) {
         joiner.cancelled = true
         st.joiners.delete(joiner)
@@ -421,7 +547,6 @@ export function createChannelHub(deps: HubDeps) {
       for (const channel of subscribed) leave(channel, sink)
     },
 
-    /** Channels watched on this node, with their subscriber counts (for metrics and tests). */
     /** Ids of the sockets subscribed to a channel on this node. */
     members(channel: string): ReadonlySet<string> {
       return channels.get(channel)?.members ?? new Set()
@@ -437,12 +562,13 @@ export function createChannelHub(deps: HubDeps) {
       return Promise.all(all.map((channel) => resync(channel))).then(() => {})
     },
 
+    /** Channels watched on this node, with their subscriber counts (for metrics and tests). */
     stats() {
       return [...channels].map(([channel, st]) => ({ channel, subscribers: st.members.size, version: st.last ?? null, epoch: st.epoch ?? null, held: st.held.size }))
     },
 
     stop() {
-      for (const st of channels.values()) clearTimeout(st.gapTimer)
+      for (const st of channels.values()) stopGapTimer(st)
       channels.clear()
     },
   }
