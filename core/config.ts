@@ -46,6 +46,11 @@ export const Env = Type.Object({
   FANFARE_LEASE_TTL_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 10_000 }),
   /** Most events a worker applies in one transaction. */
   FANFARE_BATCH_SIZE: Type.Integer({ minimum: 1, maximum: 5000, default: 500 }),
+  /**
+   * Subscribes (resumes included) one WebSocket connection may make per second, after a burst of
+   * as many as it may hold (100): each costs the node a snapshot or history read.
+   */
+  FANFARE_WS_SUBSCRIBES_PER_SECOND: Type.Integer({ minimum: 1, maximum: 10_000, default: 20 }),
   /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
   FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   LOG_LEVEL: Type.Union(

@@ -28,22 +28,27 @@ export function historyReader(deps: { nc: NatsConnection; streams: Record<Channe
     const last = await (await jsm).streams.getMessage(stream, { last_by_subj: subject })
     if (!last) return []
     const consumer = await js.consumers.get(stream, { filter_subjects: subject, deliver_policy: DeliverPolicy.All })
-    const out: ChangeNotice[] = []
-    const deadline = Date.now() + timeoutMs
-    for (;;) {
-      if (Date.now() > deadline) throw new Error(`reading the history of ${channel} timed out`)
-      let reached = false
-      const batch = await consumer.fetch({ max_messages: 1000, expires: Math.max(1_000, deadline - Date.now()) })
-      for await (const m of batch) {
-        for (const n of noticesOf(m.json<ChangeRun>())) if (n.version > after) out.push(n)
-        if (m.seq >= last.seq) {
-          reached = true
-          break
+    // Deleted however the read ends (a timeout included): an ephemeral consumer left behind costs
+    // the server until its inactivity threshold, and a reconnect storm would leave thousands.
+    try {
+      const out: ChangeNotice[] = []
+      const deadline = Date.now() + timeoutMs
+      for (;;) {
+        if (Date.now() > deadline) throw new Error(`reading the history of ${channel} timed out`)
+        let reached = false
+        const batch = await consumer.fetch({ max_messages: 1000, expires: Math.max(1_000, deadline - Date.now()) })
+        for await (const m of batch) {
+          for (const n of noticesOf(m.json<ChangeRun>())) if (n.version > after) out.push(n)
+          if (m.seq >= last.seq) {
+            reached = true
+            break
+          }
         }
+        if (reached) break
       }
-      if (reached) break
+      return out
+    } finally {
+      await consumer.delete().catch(() => {})
     }
-    await consumer.delete().catch(() => {})
-    return out
   }
 }

@@ -5,10 +5,11 @@ import type { EventInput, Publisher } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { ChannelHub, Sink } from './channel-hub'
 import { errorBody, parseFrame } from './protocol'
+import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
 
 /** What the WebSocket route needs: the hub for channels and the ingest path for publishing. */
 export type RealtimeDeps = {
-  config: Pick<Config, 'FANFARE_INGEST_TOKEN' | 'FANFARE_ADMIN_TOKEN'>
+  config: Pick<Config, 'FANFARE_INGEST_TOKEN' | 'FANFARE_ADMIN_TOKEN' | 'FANFARE_WS_SUBSCRIBES_PER_SECOND'>
   hub: ChannelHub
   publish: (events: EventInput[], publisher: Publisher) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
   logger: Logger
@@ -45,6 +46,8 @@ type Connection = {
   sink: Sink
   /** Publish acks waiting for the end of the event-loop turn (see ackLater). */
   acks: string[]
+  /** Subscribes this connection may still make now (see FANFARE_WS_SUBSCRIBES_PER_SECOND). */
+  subscribes: TokenBucket
 }
 
 const sameToken = (given: string, expected: string | undefined) =>
@@ -111,6 +114,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         publisher: publisherFor(ws.data.query.token, deps.config)!,
         channels: new Set(),
         acks: [],
+        subscribes: tokenBucket({ capacity: maxSubscriptions, perSecond: deps.config.FANFARE_WS_SUBSCRIBES_PER_SECOND }),
         sink: {
           id: ws.id,
           send: (text) => sent(raw, raw.send(text)),
@@ -140,6 +144,14 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             }
             if (conn.channels.size >= maxSubscriptions) {
               return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
+            }
+            const wait = conn.subscribes.take()
+            if (wait > 0) {
+              return void reply({
+                op: 'error',
+                ref: frame.ref,
+                error: { code: 'rate_limited', message: `at most ${deps.config.FANFARE_WS_SUBSCRIBES_PER_SECOND} subscribes per second per connection`, details: { retryAfterMs: wait } },
+              })
             }
             conn.channels.add(frame.channel)
             const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }

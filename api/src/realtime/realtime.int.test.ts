@@ -166,4 +166,20 @@ describe('realtime over a real server', () => {
     expect(res.status).toBe(401)
     expect((await res.json()).error.code).toBe('unauthorized')
   })
+
+  test('subscribes past the burst and the rate of one connection are refused with the wait, not served', async () => {
+    const c = await WsClient.open(url)
+    const channel = channelOf.leaderboard('busy')
+    // 100 at once are fine (a reconnecting client resubscribing to everything); 150 in a burst are not.
+    for (let i = 0; i < 150; i++) {
+      c.send({ op: 'subscribe', ref: `s${i}`, channel })
+      c.send({ op: 'unsubscribe', ref: `u${i}`, channel })
+    }
+    await until('every subscribe answered', () => c.frames.filter((f) => f.op === 'unsubscribed').length === 150, 20_000)
+    const limited = c.frames.filter((f) => f.op === 'error' && f.error.code === 'rate_limited')
+    expect(limited.length).toBeGreaterThan(20)
+    expect(limited.length).toBeLessThan(150 - 99)
+    expect(limited[0].error.details.retryAfterMs).toBeGreaterThan(0)
+    c.close()
+  })
 })

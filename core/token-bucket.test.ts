@@ -1,0 +1,15 @@
+import { expect, test } from 'bun:test'
+import { tokenBucket } from './token-bucket'
+
+test('a burst up to the capacity, then one per refill interval, with the wait until the next', () => {
+  let t = 0
+  const bucket = tokenBucket({ capacity: 3, perSecond: 10, now: () => t })
+  expect([bucket.take(), bucket.take(), bucket.take()]).toEqual([0, 0, 0])
+  expect(bucket.take()).toBe(100)
+  t += 50
+  expect(bucket.take()).toBe(50)
+  t += 50
+  expect(bucket.take()).toBe(0)
+  t += 10_000 // refills to the capacity, no further
+  expect([bucket.take(), bucket.take(), bucket.take(), bucket.take()]).toEqual([0, 0, 0, 100])
+})
