@@ -79,6 +79,16 @@ describe('change feed', () => {
     expect(f.feed.status().following).toBe(true)
   })
 
+  test('stops at once, also right after it started', async () => {
+    const f = await setup(TEST_NATS_URL)
+    const started = Date.now()
+    await f.feed.stop()
+    expect(Date.now() - started).toBeLessThan(2000)
+    expect(f.feed.status()).toMatchObject({ following: false, reason: 'stopped' })
+    await f.jsm.streams.delete(f.stream)
+    await f.nc.close()
+  })
+
   describe('on a private nats-server', () => {
     let nats: PrivateNats | undefined
     const dirs: string[] = []

@@ -154,6 +154,10 @@ export async function startChangeFeed(deps: {
     }
   })()
 
+  // Resolved once the first attempt to follow has been made (followed or not): the node starts
+  // serving with its feeds in place, and readiness says whether they follow.
+  let started!: () => void
+  const firstAttempt = new Promise<void>((resolve) => (started = resolve))
   const done = (async () => {
     let first = true
     for (let attempt = 0; !stopped(); ) {
@@ -174,7 +178,9 @@ export async function startChangeFeed(deps: {
           : await follow({ afterSeq: lastSeq })
         messages = current
         if (stopped()) {
-          await current.close()
+          // stop() ran while the consumer was being created: it had none to close. (close() would
+          // wait for an iteration that never comes.)
+          current.stop()
           break
         }
         if (interrupted !== interruptions) {
@@ -188,6 +194,7 @@ export async function startChangeFeed(deps: {
         first = false
         attempt = 0
         setFollowing()
+        started()
         if (lost) deps.onResync()
         void watch(current).catch(() => {})
         for await (const m of current) {
@@ -212,11 +219,14 @@ export async function startChangeFeed(deps: {
         if (following || attempt === 0) log.warn({ err, lastSeq }, 'change feed cannot follow its stream; retrying')
         following = false
         reason = `cannot follow: ${(err as Error)?.message ?? String(err)}`
+        started()
       }
       if (stopped()) break
       await sleep(backoffMs(attempt++), stopping.signal)
     }
+    started()
   })()
+  await firstAttempt
 
   return {
     stop: async () => {
