@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { connect } from '@nats-io/transport-node'
+import { callerOf } from '../../../../core/events'
 import { createLogger } from '../../../../core/logger'
 import { topology } from '../../../../core/nats'
 import { TEST_NATS_URL } from '../../../../core/testing/env'
@@ -242,12 +243,12 @@ describe('JetStream unavailable', () => {
     const batch = (tag: string) => Array.from({ length: 300 }, (_, i) => ({ id: `${tag}-${i}`, ...score(`p${i}`) }))
     const before = await h.streamCount()
     // The first request's 300 events are in flight when the second arrives: 600 > 500.
-    const first = ingest.publish(batch('first'), 'ingest')
-    const second = ingest.publish(batch('second'), 'ingest').catch((err) => err)
+    const first = ingest.publish(batch('first'), callerOf('ingest'))
+    const second = ingest.publish(batch('second'), callerOf('ingest')).catch((err) => err)
     expect((await first).length).toBe(300)
     expect(await second).toMatchObject({ status: 503, code: 'overloaded' })
     expect(await h.streamCount()).toBe(before + 300)
     // Once the first is acknowledged there is room again.
-    expect((await ingest.publish(batch('third'), 'ingest')).length).toBe(300)
+    expect((await ingest.publish(batch('third'), callerOf('ingest'))).length).toBe(300)
   })
 })

@@ -5,11 +5,14 @@ import type { Config } from '../../../../core/config'
 import {
   checkData,
   contracts,
+  dedupIdOf,
   EventInput,
   isEventType,
   keyOf,
   partitionOf,
+  PrincipalId,
   subjects,
+  type Caller,
   type EventType,
   type Publisher,
   type StoredEvent,
@@ -27,8 +30,10 @@ export type Ingest = {
    * published (422 `unknown_event_type` / `invalid_event` / `duplicate_id_in_batch` /
    * `too_many_events`, 403 `forbidden`). A JetStream failure is 503 `unavailable`: some events
    * of the batch may then be stored; resending the same ids is safe (they are de-duplicated).
+   * Events are stored with `caller.principal` as `by`, and ids are de-duplicated per principal:
+   * the same id from another principal is another event.
    */
-  publish(inputs: EventInput[], publisher: Publisher): Promise<PublishResult[]>
+  publish(inputs: EventInput[], caller: Caller): Promise<PublishResult[]>
 }
 
 export type IngestOptions = {
@@ -43,6 +48,7 @@ export type IngestOptions = {
 
 const rank: Record<Publisher, number> = { anonymous: 0, ingest: 1, admin: 2 }
 const inputChecker = TypeCompiler.Compile(EventInput)
+const principalChecker = TypeCompiler.Compile(PrincipalId)
 
 /** A new event id: a UUIDv7, so ids sort by creation time. */
 export const newEventId = (): string => Bun.randomUUIDv7()
@@ -79,8 +85,10 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     })
 
   return {
-    async publish(inputs, publisher) {
-      const events = validate(inputs, publisher)
+    async publish(inputs, caller) {
+      // A principal comes from our own auth code, never from the request: a bad one is a bug.
+      if (!principalChecker.Check(caller.principal)) throw new Error(`invalid principal ${JSON.stringify(caller.principal)}`)
+      const events = validate(inputs, caller)
       if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
       if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
       if (inFlight + events.length > config.FANFARE_INGEST_MAX_IN_FLIGHT) {
@@ -100,7 +108,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
         const results = await Promise.all(
           events.map(async (e): Promise<PublishResult> => {
             const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
-            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: e.id, timeout: publishTimeoutMs })
+            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: dedupIdOf(e), timeout: publishTimeoutMs })
             // Checked on the ack rather than sent as an Nats-Expected-Stream header (a header per
             // event costs the API and the server): another stream capturing our subjects is a
             // misconfiguration to report, never a 202 for events the workers will not see.
@@ -120,7 +128,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
 }
 
 /** Checks a whole request; throws on the first kind of problem found, listing every instance. */
-function validate(inputs: unknown[], publisher: Publisher): Omit<StoredEvent, 'at'>[] {
+function validate(inputs: unknown[], { role, principal }: Caller): Omit<StoredEvent, 'at'>[] {
   if (inputs.length === 0) throw new Invalid('empty_batch', 'no events to publish')
   if (inputs.length > MAX_BATCH) {
     throw new Invalid('too_many_events', `at most ${MAX_BATCH} events per request`, { max: MAX_BATCH, got: inputs.length })
@@ -138,7 +146,7 @@ function validate(inputs: unknown[], publisher: Publisher): Omit<StoredEvent, 'a
   }
   const denied = typed.flatMap((e, index) => {
     const needed = contracts[e.type as EventType].publisher
-    return rank[publisher] >= rank[needed] ? [] : [{ index, type: e.type, needs: needed }]
+    return rank[role] >= rank[needed] ? [] : [{ index, type: e.type, needs: needed }]
   })
   if (denied.length > 0) throw new Forbidden(`not allowed to publish ${denied[0].type}`, denied)
 
@@ -152,7 +160,7 @@ function validate(inputs: unknown[], publisher: Publisher): Omit<StoredEvent, 'a
     if (seen.has(id)) dupes.push({ index, id })
     seen.add(id)
     const type = e.type as EventType
-    return { id, type, v: contracts[type].version, data: e.data } as Omit<StoredEvent, 'at'>
+    return { id, by: principal, type, v: contracts[type].version, data: e.data } as Omit<StoredEvent, 'at'>
   })
   if (dupes.length > 0) throw new Invalid('duplicate_id_in_batch', 'an event id appears twice in one request', dupes)
   return events
