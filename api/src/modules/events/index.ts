@@ -26,7 +26,12 @@ export function eventsModule(config: Config, ingest: Ingest) {
           description:
             'One event or `{ events: [...] }` (1..500). Answers 202 only once JetStream stored every event. ' +
             'Events without `id` get a UUIDv7. Ids are de-duplicated per publisher (token): the same publisher ' +
-            'resending an id within the dedup window gets `duplicate: true`; the same id from another publisher is another event.',
+            'resending an id within the dedup window gets `duplicate: true`; the same id from another publisher is another event. ' +
+            '503 `unavailable` when JetStream failed to store some events: answered once every publish settled, with ' +
+            '`error.details.results` listing every event in input order, generated ids included: ' +
+            '`{ id, stored: true, seq, duplicate }` or `{ id, stored: false }` (not confirmed: it may still be stored). ' +
+            'Resend the events with exactly those ids: stored ones come back `duplicate: true`, so nothing is stored twice. ' +
+            '503 `overloaded` (too many events in flight on this node) publishes nothing.',
         },
       },
     )

@@ -20,7 +20,7 @@ import {
 import type { Logger } from '../../../../core/logger'
 import { topology } from '../../../../core/nats'
 import { Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
-import { MAX_BATCH, type PublishResult } from './model'
+import { MAX_BATCH, type PublishOutcome, type PublishResult } from './model'
 
 /** Publishes client events to JetStream. Shared by REST and the WebSocket layer. */
 export type Ingest = {
@@ -28,8 +28,11 @@ export type Ingest = {
    * Validates every event, then stores them all in JetStream; resolves only once JetStream has
    * acknowledged every one, with results in input order. If any event is invalid nothing is
    * published (422 `unknown_event_type` / `invalid_event` / `duplicate_id_in_batch` /
-   * `too_many_events`, 403 `forbidden`). A JetStream failure is 503 `unavailable`: some events
-   * of the batch may then be stored; resending the same ids is safe (they are de-duplicated).
+   * `too_many_events`, 403 `forbidden`). NATS down or too many events in flight: 503 at once,
+   * nothing published. A JetStream failure of some publishes is 503 `unavailable` once every
+   * publish of the request settled, with `details.results`: each event's id (generated ones
+   * included) and whether JetStream confirmed storing it (PublishOutcome). Resending the events
+   * with those ids is safe: stored ones are de-duplicated.
    * Events are stored with `caller.principal` as `by`, and ids are de-duplicated per principal:
    * the same id from another principal is another event.
    */
@@ -100,12 +103,15 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       js ??= jetstream(nc)
       const client = js
       inFlight += events.length
+      let settled: PromiseSettledResult<PublishResult>[]
       try {
         await endOfTurn()
         const at = now().toISOString()
         // All in flight at once: one connection writes them in call order and the server stores
-        // them in that order, so events of one key keep their request order.
-        const results = await Promise.all(
+        // them in that order, so events of one key keep their request order. Every publish is
+        // waited for, failed or not: the in-flight count must hold the request's events until
+        // none of them is pending any more, and the answer must say which were stored.
+        settled = await Promise.allSettled(
           events.map(async (e): Promise<PublishResult> => {
             const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
             const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: dedupIdOf(e), timeout: publishTimeoutMs })
@@ -116,13 +122,16 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
             return { id: e.id, seq: ack.seq, duplicate: ack.duplicate }
           }),
         )
-        return results
-      } catch (err) {
-        log.warn({ err, count: events.length }, 'publish to JetStream failed')
-        throw new Unavailable('the event stream is unavailable; retry with the same event ids')
       } finally {
         inFlight -= events.length
       }
+      const failed = settled.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
+      if (failed.length === 0) return settled.map((r) => (r as PromiseFulfilledResult<PublishResult>).value)
+      log.warn({ err: failed[0].reason, count: events.length, failed: failed.length }, 'publish to JetStream failed')
+      // Every id, the generated ones included: a client resending without them would store the
+      // stored events again under new ids.
+      const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
+      throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
     },
   }
 }
