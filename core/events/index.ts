@@ -3,6 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
+import { MAX_PROBLEMS, takeFirst } from '../validation'
 
 export { ChatMessageDeleted, ChatMessagePosted } from './chat'
 export { ScoreSubmitted } from './scores'
@@ -102,11 +103,11 @@ export const isEventType = (type: string): type is EventType => Object.hasOwn(co
 /** One problem with an event's data: where, and what is wrong. */
 export type DataProblem = { path: string; message: string }
 
-/** Checks an event's data against its type's schema; returns the problems (empty when valid). */
+/** Checks an event's data against its type's schema; returns the first problems (empty when valid). */
 export function checkData(type: EventType, data: unknown): DataProblem[] {
   const checker = checkers[type]
   if (checker.Check(data)) return []
-  return [...checker.Errors(data)].slice(0, 10).map((e) => ({ path: `/data${e.path}`, message: e.message }))
+  return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: e.message }))
 }
 
 /** The ordering key of a valid event. */

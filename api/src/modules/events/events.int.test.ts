@@ -5,6 +5,7 @@ import { callerOf, partitionOf } from '../../../../core/events'
 import { createLogger } from '../../../../core/logger'
 import { topology } from '../../../../core/nats'
 import { TEST_NATS_URL } from '../../../../core/testing/env'
+import { countErrorPulls, unknownKeys } from '../../../../core/testing/error-pulls'
 import { until } from '../../../../core/testing/wait'
 import { createApp } from '../../app'
 import { createHarness, type ApiHarness } from '../../test-support'
@@ -325,5 +326,33 @@ describe('a JetStream failure part-way through a request', () => {
     // Once settled, the count is back down: the same 7 are tried (and fail: no stream).
     expect(await ingest.publish(seven, callerOf('ingest')).catch((err) => err)).toMatchObject({ status: 503, code: 'unavailable' })
     sub.unsubscribe()
+  })
+})
+
+describe('validation of huge bodies is bounded', () => {
+  let h: ApiHarness
+  beforeAll(async () => {
+    h = await createHarness()
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+
+  test('100k unknown keys in an event or in its data: 422 with at most 10 problems, errors not drained', async () => {
+    const keys = unknownKeys(100_000)
+    const envelope = await countErrorPulls(() => h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted', data: {}, ...keys } }))
+    expect(envelope.value.status).toBe(422)
+    expect(envelope.value.json.error.code).toBe('invalid_request')
+    expect(envelope.value.json.error.details.length).toBeGreaterThan(0)
+    expect(envelope.value.json.error.details.length).toBeLessThanOrEqual(10)
+    expect(envelope.pulled).toBeLessThan(1_000)
+
+    const data = await countErrorPulls(() =>
+      h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted', data: { board: 'b', player: 'p', score: 1, ...keys } } }),
+    )
+    expect(data.value.status).toBe(422)
+    expect(data.value.json.error.code).toBe('invalid_event')
+    expect(data.value.json.error.details).toHaveLength(10)
+    expect(data.pulled).toBeLessThan(1_000)
   })
 })
