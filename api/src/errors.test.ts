@@ -1,6 +1,7 @@
 import { describe, expect, test } from 'bun:test'
 import { Type } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import { countErrorPulls, unknownKeys } from '../../core/testing/error-pulls'
 import { Conflict, errorResponse, Invalid, NotFound, PayloadTooLarge, Unavailable, validationProblems } from './errors'
 
 describe('errors', () => {
@@ -23,4 +24,14 @@ describe('errors', () => {
     const problems = validationProblems(Value.Errors(schema, { type: 'x', data: 5 }))
     expect(problems).toEqual([{ path: '/data', message: expect.any(String) }])
   })
+})
+
+test('validationProblems takes at most `limit` errors, from the union variants too (100k unknown keys)', async () => {
+  const strict = { additionalProperties: false }
+  const schema = Type.Union([Type.Object({ events: Type.Array(Type.String()) }, strict), Type.Object({ type: Type.String() }, strict)])
+  const value = { type: 'x', ...unknownKeys(100_000) }
+  const { value: problems, pulled } = await countErrorPulls(() => validationProblems(Value.Errors(schema, value), 10))
+  expect(problems).toHaveLength(10)
+  // Each variant is read only as far as it takes to rank it, not to its end.
+  expect(pulled).toBeLessThanOrEqual(50)
 })

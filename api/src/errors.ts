@@ -1,6 +1,7 @@
 import { Elysia, ValidationError } from 'elysia'
 import type { ValueError } from '@sinclair/typebox/errors'
 import type { Logger } from '../../core/logger'
+import { MAX_PROBLEMS, takeFirst } from '../../core/validation'
 
 /** The one error body every 4xx/5xx of the API carries. */
 export type ErrorBody = { error: { code: string; message: string; details?: unknown } }
@@ -71,15 +72,18 @@ export function errorResponse(status: number, code: string, message: string, det
 export type ValidationProblem = { path: string; message: string }
 
 /**
- * Flattens TypeBox errors for clients. A union error alone says only "Expected union value", so
- * we descend into the variant that came closest (fewest errors) to say what is actually wrong.
+ * Flattens the first `limit` TypeBox errors for clients, pulling no more than needed from the
+ * iterators (see takeFirst). A union error alone says only "Expected union value", so we descend
+ * into the variant that came closest (fewest errors, counted up to `limit`; the first on a tie) to
+ * say what is actually wrong.
  */
-export function validationProblems(errors: Iterable<ValueError>, limit = 20): ValidationProblem[] {
+export function validationProblems(errors: Iterable<ValueError>, limit = MAX_PROBLEMS): ValidationProblem[] {
   const out: ValidationProblem[] = []
+  if (limit <= 0) return out
   for (const e of errors) {
     const variants = (e as ValueError & { errors?: Iterable<ValueError>[] }).errors
     if (variants && variants.length > 0) {
-      const best = variants.map((it) => [...it]).sort((a, b) => a.length - b.length)[0]
+      const best = variants.map((it) => takeFirst(it, limit - out.length)).sort((a, b) => a.length - b.length)[0]
       if (best.length > 0) {
         out.push(...validationProblems(best, limit - out.length))
         if (out.length >= limit) break

@@ -1,4 +1,4 @@
-import { partitionOf, subjects } from '../../core/events'
+import { dedupIdOf, partitionOf, subjects } from '../../core/events'
 import { nowMs } from './stats'
 
 /**
@@ -9,11 +9,14 @@ export function scoreEvent(run: string, i: number, boards = 8) {
   return { id: `${run}-${i}`, type: 'score.submitted' as const, data: { board: `b${i % boards}`, player: `${run}-${i}`, score: nowMs() } }
 }
 
-/** The same event as Fanfare stores it, with its subject, for raw JetStream publishes. */
+/**
+ * The same event as Fanfare stores it (published with the ingest token), with its subject, for raw
+ * JetStream publishes; `id` is its de-duplication id (the msgID).
+ */
 export function storedScore(prefix: string, partitions: number, run: string, i: number) {
-  const e = scoreEvent(run, i)
+  const e = { ...scoreEvent(run, i), by: 'ingest' }
   const subject = subjects.event(prefix, partitionOf(`${e.data.board}/${e.data.player}`, partitions), e.type)
-  return { subject, id: e.id, body: JSON.stringify({ ...e, v: 1, at: new Date().toISOString() }) }
+  return { subject, id: dedupIdOf(e), body: JSON.stringify({ ...e, v: 1, at: new Date().toISOString() }) }
 }
 
 export const BOARDS = Array.from({ length: 8 }, (_, i) => `leaderboard:b${i}`)

@@ -56,3 +56,17 @@ test('0004_board_guard fixes the rules of boards that already have scores, confi
       { board: 'unset-scored', sort_order: 'desc', operator: 'best', has_scores: true, configured: false },
     ])
   }))
+
+test('0006_chat_per_room keeps the messages and lets two rooms hold the same id', () =>
+  withDatabase(async (sql) => {
+    for (const tag of ['0000_init', '0001_channel_epoch', '0002_change_runs', '0003_checkpoint_stream', '0004_board_guard', '0005_lost_stream']) await apply(sql, tag)
+    await sql`insert into chat_messages (id, room, user_id, text, seq, posted_at) values ('m1', 'red', 'ann', 'hi', 1, now())`
+    await apply(sql, '0006_chat_per_room')
+    await sql`insert into chat_messages (id, room, user_id, text, seq, posted_at, posted_by) values ('m1', 'blue', 'bob', 'yo', 2, now(), 'ingest')`
+    const rows = await sql`select room, id, posted_by from chat_messages order by room`
+    expect(rows.map((r) => ({ ...r }))).toEqual([
+      { room: 'blue', id: 'm1', posted_by: 'ingest' },
+      { room: 'red', id: 'm1', posted_by: '' },
+    ])
+    await expect(sql`insert into chat_messages (id, room, user_id, text, seq, posted_at) values ('m1', 'red', 'x', 'again', 3, now())`).rejects.toThrow(/duplicate key/)
+  }))

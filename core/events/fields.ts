@@ -14,6 +14,12 @@ export const ActorId = Type.String({
   description: '1-128 chars, no spaces, NUL or lone surrogates',
 })
 export const EventId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_.:@-]+$', description: '1-128 chars of A-Z a-z 0-9 _ . : @ -' })
+/**
+ * Who published an event (see Caller): today 'anonymous', 'ingest' or 'admin'; later a user or an
+ * API key id. The event id's alphabet, so never a '/': JetStream de-duplicates on
+ * `<principal>/<event id>` (see dedupIdOf), which must not be ambiguous.
+ */
+export const PrincipalId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_.:@-]+$' })
 export const ChatText = Type.String({
   minLength: 1,
   maxLength: 2000,

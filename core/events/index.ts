@@ -3,6 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
+import { MAX_PROBLEMS, takeFirst } from '../validation'
 
 export { ChatMessageDeleted, ChatMessagePosted } from './chat'
 export { ScoreSubmitted } from './scores'
@@ -10,6 +11,19 @@ export * from './fields'
 
 /** Who may publish an event type: anyone (anonymous WebSocket), the ingest token, or admins. */
 export type Publisher = 'anonymous' | 'ingest' | 'admin'
+
+/**
+ * Who publishes a request's events. `role` decides which event types it may publish (a contract's
+ * `publisher`); `principal` (a PrincipalId) names it: it is stored with each of its events as
+ * `by`, and it scopes the de-duplication of its event ids, so that one publisher's id can neither
+ * hide another's event nor reveal which ids another used. Today each role is one principal (every
+ * anonymous client is 'anonymous'); a user or an API key will be a principal of its own under the
+ * role it is granted, with nothing else to change.
+ */
+export type Caller = { role: Publisher; principal: string }
+
+/** The caller a token role stands for, while principals are no finer than roles. */
+export const callerOf = (role: Publisher): Caller => ({ role, principal: role })
 
 type Contract<T extends TSchema> = {
   /** Schema version written into every stored event of this type. */
@@ -65,10 +79,20 @@ export const EventInput = Type.Object(
 )
 export type EventInput = Static<typeof EventInput>
 
-/** An event as stored in JetStream (the message body). */
+/**
+ * An event as stored in JetStream (the message body). `id` is the id the client gave (or the
+ * UUIDv7 the API made); `by` is its publisher's principal (see Caller), '' in events stored before
+ * principals were recorded.
+ */
 export type StoredEvent = {
-  [K in EventType]: { id: string; type: K; v: number; data: EventData[K]; at: string }
+  [K in EventType]: { id: string; by: string; type: K; v: number; data: EventData[K]; at: string }
 }[EventType]
+
+/**
+ * The JetStream de-duplication id (`Nats-Msg-Id`) of an event: `<by>/<id>`. Ids are de-duplicated
+ * per publisher; '/' occurs in neither part, so two different pairs never give the same string.
+ */
+export const dedupIdOf = (event: Pick<StoredEvent, 'by' | 'id'>): string => `${event.by}/${event.id}`
 
 const checkers = Object.fromEntries(
   eventTypes.map((t) => [t, TypeCompiler.Compile(contracts[t].schema)]),
@@ -79,11 +103,11 @@ export const isEventType = (type: string): type is EventType => Object.hasOwn(co
 /** One problem with an event's data: where, and what is wrong. */
 export type DataProblem = { path: string; message: string }
 
-/** Checks an event's data against its type's schema; returns the problems (empty when valid). */
+/** Checks an event's data against its type's schema; returns the first problems (empty when valid). */
 export function checkData(type: EventType, data: unknown): DataProblem[] {
   const checker = checkers[type]
   if (checker.Check(data)) return []
-  return [...checker.Errors(data)].slice(0, 10).map((e) => ({ path: `/data${e.path}`, message: e.message }))
+  return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: e.message }))
 }
 
 /** The ordering key of a valid event. */
@@ -138,5 +162,6 @@ export function decodeEvent(body: Uint8Array | string): Decoded {
   if (e.v !== contracts[e.type].version) return { ok: false, reason: `unsupported version ${JSON.stringify(e.v)} of ${e.type}` }
   const problems = checkData(e.type, e.data)
   if (problems.length > 0) return { ok: false, reason: `invalid data: ${problems.map((p) => `${p.path} ${p.message}`).join('; ')}` }
-  return { ok: true, event: { id: e.id, type: e.type, v: e.v, data: e.data, at: typeof e.at === 'string' ? e.at : '' } as StoredEvent }
+  const by = typeof e.by === 'string' ? e.by : ''
+  return { ok: true, event: { id: e.id, by, type: e.type, v: e.v, data: e.data, at: typeof e.at === 'string' ? e.at : '' } as StoredEvent }
 }

@@ -33,6 +33,7 @@ describe('board rules and first scores', () => {
   let n = 0
   const score = (board: string, player: string, value: number): StoredEvent => ({
     id: `s-${board}-${n++}`,
+    by: 'ingest',
     type: 'score.submitted',
     v: 1,
     data: { board, player, score: value },

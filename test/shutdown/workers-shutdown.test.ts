@@ -4,7 +4,7 @@ import type { KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { connectPostgres, type Database } from '../../core/db/client'
 import { changeOutbox, deadLetters, leaderboardEntries, leaderboards } from '../../core/db/schema'
-import { contracts, keyOf, partitionOf, subjects, type StoredEvent } from '../../core/events'
+import { contracts, dedupIdOf, keyOf, partitionOf, subjects, type StoredEvent } from '../../core/events'
 import { collectKeys, openLeaseBucketIfExists, workersView } from '../../core/leases'
 import { connectNats, ensureStreams } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
@@ -40,13 +40,14 @@ describe('stream-workers graceful shutdown', () => {
       const score = 1 + ((i * 7919) % 100)
       const event = {
         id: `shutdown-${i}`,
+        by: 'ingest',
         type: 'score.submitted',
         v: contracts['score.submitted'].version,
         data: { board: BOARD, player, score },
         at: new Date().toISOString(),
       } as StoredEvent
       const subject = subjects.event(env.config.FANFARE_SUBJECT_PREFIX, partitionOf(keyOf(event), PARTITIONS), event.type)
-      batch.push(js.publish(subject, JSON.stringify(event), { msgID: event.id }))
+      batch.push(js.publish(subject, JSON.stringify(event), { msgID: dedupIdOf(event) }))
       oracle.set(player, (oracle.get(player) ?? 0) + score)
     }
     await Promise.all(batch)

@@ -1,7 +1,7 @@
 import { Elysia, t } from 'elysia'
 import { timingSafeEqual } from 'node:crypto'
 import type { Config } from '../../../core/config'
-import type { EventInput, Publisher } from '../../../core/events'
+import { callerOf, type Caller, type EventInput, type Publisher } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { ChannelHub, Sink } from './channel-hub'
 import { errorBody, parseFrame } from './protocol'
@@ -11,7 +11,7 @@ import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
 export type RealtimeDeps = {
   config: Pick<Config, 'FANFARE_INGEST_TOKEN' | 'FANFARE_ADMIN_TOKEN' | 'FANFARE_WS_SUBSCRIBES_PER_SECOND'>
   hub: ChannelHub
-  publish: (events: EventInput[], publisher: Publisher) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
+  publish: (events: EventInput[], caller: Caller) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
   logger: Logger
   /** Most channels one connection may watch. */
   maxSubscriptions?: number
@@ -135,7 +135,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       try {
         switch (frame.op) {
           case 'publish': {
-            const [result] = await deps.publish([frame.event], conn.publisher)
+            const [result] = await deps.publish([frame.event], callerOf(conn.publisher))
             return void ackLater(ws.raw as unknown as AckSocket, conn, { op: 'ack', ref: frame.ref, ...result })
           }
           case 'subscribe': {

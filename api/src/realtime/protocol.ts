@@ -2,6 +2,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Channel } from '../../../core/channels'
 import { EventInput } from '../../../core/events'
+import { MAX_PROBLEMS, takeFirst } from '../../../core/validation'
 import { AppError } from '../errors'
 
 /** Client → server frames of the WebSocket protocol (JSON text frames). */
@@ -50,7 +51,7 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
   }
   const check = frameChecks[op as keyof typeof frameChecks]
   if (!check.Check(v)) {
-    const details = [...check.Errors(v)].slice(0, 10).map((e) => ({ path: e.path, message: e.message }))
+    const details = takeFirst(check.Errors(v), MAX_PROBLEMS).map((e) => ({ path: e.path, message: e.message }))
     return { ok: false, ref, error: { code: 'invalid_frame', message: `malformed ${op} frame`, details } }
   }
   return { ok: true, frame: v as ClientFrame }

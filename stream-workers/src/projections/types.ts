@@ -37,6 +37,12 @@ export type Applied = {
    * again from fresh reads).
    */
   recheck?: { statement: SQLWrapper; rows: number }
+  /**
+   * Events of the batch that can never apply, by stream sequence, with why (a chat message whose
+   * id another publisher already uses in its room). The batch writes them as dead letters in its
+   * statement; they change nothing else.
+   */
+  refused?: { seq: number; reason: string }[]
 }
 
 /**

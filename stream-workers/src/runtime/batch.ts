@@ -93,7 +93,13 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
       events.push(problem)
     }
   }
-  const { changes, write, recheck } = await projection.apply(db, events)
+  const { changes, write, recheck, refused = [] } = await projection.apply(db, events)
+  for (const r of refused) {
+    const m = fresh.find((f) => f.seq === r.seq)
+    const event = events.find((e) => e.seq === r.seq)
+    if (!m || !event) throw new Error(`projection ${projection.name} refused seq ${r.seq}, which is not in the batch`)
+    letters.push({ projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: event.event.id, reason: r.reason, payload: new TextDecoder().decode(m.body) })
+  }
   const checkpoint = fresh.reduce((max, m) => Math.max(max, m.seq), expected)
 
   // `guard` moves the checkpoint (or creates it, for a shadow's first batch) only from `expected`,
@@ -132,7 +138,7 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
           ${outbox ? insertedRuns : sql`'[]'`} as runs`,
   )
   if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
-  return { applied: events.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), checkpoint }
+  return { applied: events.length - refused.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), checkpoint }
 }
 
 /** After a guard refused a batch: the error that says why. */

@@ -1,6 +1,6 @@
 import type { JetStreamClient } from '@nats-io/jetstream'
 import { asc, lt, sql, type SQL } from 'drizzle-orm'
-import type { Db } from '../../../core/db/client'
+import type { Db, Tx } from '../../../core/db/client'
 import { recordset } from '../../../core/db/recordset'
 import { changeOutbox, channelVersions } from '../../../core/db/schema'
 import { subjects } from '../../../core/events'
@@ -100,11 +100,13 @@ export function parseInsertedRuns(json: string): OutboxRun[] {
  * Publishes runs on their channels' subjects and hands the published ones to the cleaner, which
  * deletes their rows. All are in flight at once: one connection writes them in call order (version
  * order per channel) and JetStream stores them in that order, so a batch costs one round trip, not
- * one per run. No msgID: a run published twice (runner and sweeper, or a retry) is stored twice and
- * read once, since API nodes drop versions they already have and resumes merge by version. A msgID
- * per run would cost a header per message and a de-duplication entry per run in nats-server
- * (millions at full fan-out) for nothing. Runs whose publish failed stay in the outbox for the
- * sweeper (API nodes hold later versions until they arrive). Returns how many were published.
+ * one per run. No msgID: a run published twice (a crash after publishing and before the row was
+ * deleted, then the sweeper) is stored twice and read once, since API nodes drop versions they
+ * already have and resumes merge by version. Such copies are rare (startOutboxSweeper publishes
+ * each left-over row once); a msgID per run would cost a header per message and a de-duplication
+ * entry per run in nats-server (millions at full fan-out). Runs whose publish failed stay in the
+ * outbox for the sweeper (API nodes hold later versions until they arrive). Returns how many were
+ * published.
  */
 export async function publishRuns(deps: { js: JetStreamClient; prefix: string; cleaner: OutboxCleaner }, runs: OutboxRun[]): Promise<number> {
   const results = await Promise.allSettled(
@@ -119,6 +121,14 @@ export async function publishRuns(deps: { js: JetStreamClient; prefix: string; c
 
 type RunKey = { channel: string; epoch: string; version: number }
 
+/** Deletes the outbox rows of the given runs. */
+const deleteRuns = (q: Db | Tx, keys: RunKey[]) =>
+  q
+    .delete(changeOutbox)
+    .where(
+      sql`(${changeOutbox.channel}, ${changeOutbox.epoch}, ${changeOutbox.version}) in (select channel, epoch, version from ${recordset('d', { channel: 'text', epoch: 'text', version: 'bigint' }, keys)})`,
+    )
+
 /** Deletes the outbox rows of published runs (see startOutboxCleaner). */
 export type OutboxCleaner = {
   published: (runs: RunKey[]) => void
@@ -129,9 +139,9 @@ export type OutboxCleaner = {
 /**
  * Deletes the rows of published runs every `intervalMs`, in one statement for every runner of the
  * process, instead of one statement per batch. A row deleted late is harmless: the sweeper only
- * takes rows older than its minimum age (far above the interval), and a run it publishes again is
- * dropped by the API nodes. Rows a failed delete leaves are tried again at the next round; rows a
- * crash leaves are the sweeper's.
+ * takes rows older than its minimum age (far above the interval). Rows a failed delete leaves are
+ * tried again at the next round; rows a crash leaves are the sweeper's (their runs are then
+ * published again: API nodes drop the copy).
  */
 export function startOutboxCleaner(deps: { db: Db; logger: Logger; intervalMs?: number }): OutboxCleaner {
   let pending: RunKey[] = []
@@ -140,11 +150,7 @@ export function startOutboxCleaner(deps: { db: Db; logger: Logger; intervalMs?: 
     const keys = pending
     pending = []
     try {
-      await deps.db
-        .delete(changeOutbox)
-        .where(
-          sql`(${changeOutbox.channel}, ${changeOutbox.epoch}, ${changeOutbox.version}) in (select channel, epoch, version from ${recordset('d', { channel: 'text', epoch: 'text', version: 'bigint' }, keys)})`,
-        )
+      await deleteRuns(deps.db, keys)
     } catch (err) {
       pending = keys.concat(pending)
       throw err
@@ -163,37 +169,74 @@ export function startOutboxCleaner(deps: { db: Db; logger: Logger; intervalMs?: 
   }
 }
 
-/**
- * Every `intervalMs`, publishes outbox rows older than `minAgeMs`: runs committed by a worker
- * that died (or lost NATS) between commit and publish. Runs in every worker process; a run
- * published twice is dropped by the API nodes (see publishRuns). Returns a stop function.
- */
-export function startOutboxSweeper(deps: {
+export type OutboxSweeperDeps = {
   db: Db
   js: JetStreamClient
   prefix: string
-  cleaner: OutboxCleaner
   logger: Logger
+  /** Pause between rounds. Default 2 s. */
   intervalMs?: number
+  /** Rows younger than this are their runner's to publish. Default 2 s. */
   minAgeMs?: number
-}): { stop: () => Promise<void> } {
+  /** Rows claimed, published and deleted per transaction. Default 500. */
+  pageSize?: number
+  /** How long a publish may wait for JetStream; bounds how long a page's transaction stays open. Default 2 s. */
+  publishTimeoutMs?: number
+}
+
+/**
+ * Every `intervalMs`, publishes outbox rows older than `minAgeMs`: runs committed by a worker that
+ * died (or lost NATS) between commit and publish. Runs in every worker process, and still publishes
+ * each left-over run once: a page is claimed, published and deleted in one transaction. Its rows
+ * are selected `FOR UPDATE SKIP LOCKED`, so another sweeper (another process) skips them and takes
+ * the next rows instead of publishing the same ones; they are deleted before commit, so the next
+ * page (and the next round) starts after them. A run whose publish failed keeps its row (the
+ * published ones of the page are deleted) and the round ends, to try again at the next. Each copy
+ * of a run would take a history slot of its channel on the change stream (`max_msgs_per_subject`)
+ * and push real history out, so that resumes fall back to snapshots. On PGlite (one connection)
+ * the transaction holds the connection while it publishes: pages are bounded, and so is the
+ * publish wait (`publishTimeoutMs`). Returns a stop function.
+ */
+export function startOutboxSweeper(deps: OutboxSweeperDeps): { stop: () => Promise<void> } {
   const minAge = deps.minAgeMs ?? 2_000
+  const pageSize = deps.pageSize ?? 500
   return every(
     deps.intervalMs ?? 2_000,
     async (signal) => {
       for (;;) {
-        const rows = await deps.db
-          .select()
-          .from(changeOutbox)
-          .where(lt(changeOutbox.createdAt, new Date(Date.now() - minAge)))
-          .orderBy(asc(changeOutbox.channel), asc(changeOutbox.version))
-          .limit(500)
-        if (rows.length === 0) break
-        const published = await publishRuns(deps, rows.map(runOfRow))
-        deps.logger.info({ published }, 'outbox sweeper published left-over change runs')
-        if (rows.length < 500 || signal.aborted) break
+        const claimed = await sweepPage(deps, new Date(Date.now() - minAge), pageSize)
+        if (claimed > 0) deps.logger.info({ published: claimed }, 'outbox sweeper published left-over change runs')
+        if (claimed < pageSize || signal.aborted) break
       }
     },
     (err) => deps.logger.warn({ err }, 'outbox sweep failed; retrying next round'),
   )
+}
+
+/**
+ * One page: claims up to `pageSize` rows older than `olderThan` that no other transaction holds, in
+ * version order per channel, publishes their runs and deletes the published ones, then commits.
+ * Returns how many rows it claimed; throws (after committing the deletes) if a publish failed.
+ */
+async function sweepPage(deps: OutboxSweeperDeps, olderThan: Date, pageSize: number): Promise<number> {
+  const { claimed, failed } = await deps.db.transaction(async (tx) => {
+    const rows = await tx
+      .select()
+      .from(changeOutbox)
+      .where(lt(changeOutbox.createdAt, olderThan))
+      .orderBy(asc(changeOutbox.channel), asc(changeOutbox.version))
+      .limit(pageSize)
+      .for('update', { skipLocked: true })
+    if (rows.length === 0) return { claimed: 0, failed: undefined }
+    const runs = rows.map(runOfRow)
+    // All in flight at once, in version order per channel: JetStream stores them in that order.
+    const results = await Promise.allSettled(
+      runs.map((r) => deps.js.publish(subjects.change(deps.prefix, r.channel), r.body, { timeout: deps.publishTimeoutMs ?? 2_000 })),
+    )
+    const published = runs.filter((_, i) => results[i].status === 'fulfilled').map(({ channel, epoch, version }) => ({ channel, epoch, version }))
+    if (published.length > 0) await deleteRuns(tx, published)
+    return { claimed: rows.length, failed: results.find((r): r is PromiseRejectedResult => r.status === 'rejected') }
+  })
+  if (failed) throw failed.reason
+  return claimed
 }

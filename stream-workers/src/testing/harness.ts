@@ -3,7 +3,7 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Config } from '../../../core/config'
 import { connectBunSql, type Database, type Db } from '../../../core/db/client'
-import { contracts, keyOf, partitionOf, subjects, type EventData, type EventType, type StoredEvent } from '../../../core/events'
+import { contracts, dedupIdOf, keyOf, partitionOf, subjects, type EventData, type EventType, type StoredEvent } from '../../../core/events'
 import { createLogger } from '../../../core/logger'
 import { connectNats, ensureStreams, topology } from '../../../core/nats'
 import { createTestEnv, type TestEnv } from '../../../core/testing/env'
@@ -83,15 +83,15 @@ export async function startTestWorker(env: TestEnv, extra: Partial<WorkersDeps> 
 
 let counter = 0
 
-/** A stored event as the API would write it. */
-export function storedEvent<T extends EventType>(type: T, data: EventData[T], id?: string): StoredEvent {
-  return { id: id ?? `ev-${Date.now().toString(36)}-${counter++}`, type, v: contracts[type].version, data, at: new Date().toISOString() } as StoredEvent
+/** A stored event as the API would write it, published by `by` (default: the ingest token). */
+export function storedEvent<T extends EventType>(type: T, data: EventData[T], id?: string, by = 'ingest'): StoredEvent {
+  return { id: id ?? `ev-${Date.now().toString(36)}-${counter++}`, by, type, v: contracts[type].version, data, at: new Date().toISOString() } as StoredEvent
 }
 
-/** Publishes like the API: on its partition's subject, with the event id as msgID. */
+/** Publishes like the API: on its partition's subject, with `<by>/<id>` as msgID. */
 export function publishEvent(w: World, event: StoredEvent): Promise<PubAck> {
   const p = partitionOf(keyOf(event), w.config.FANFARE_PARTITIONS)
-  return w.js.publish(subjects.event(w.config.FANFARE_SUBJECT_PREFIX, p, event.type), JSON.stringify(event), { msgID: event.id })
+  return w.js.publish(subjects.event(w.config.FANFARE_SUBJECT_PREFIX, p, event.type), JSON.stringify(event), { msgID: dedupIdOf(event) })
 }
 
 

@@ -1,5 +1,6 @@
 import { Elysia } from 'elysia'
 import type { Config } from '../../../../core/config'
+import { callerOf } from '../../../../core/events'
 import type { Db } from '../../../../core/db/client'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { authPlugin } from '../../auth'
@@ -46,7 +47,7 @@ export function adminModule({ config, db, nc, ingest }: AdminDeps) {
           '/rooms/:room/messages/:id',
           async ({ params, publisher, status }) =>
             status(202, {
-              results: await ingest.publish([{ type: 'chat.message.deleted', data: { room: params.room, messageId: params.id } }], publisher),
+              results: await ingest.publish([{ type: 'chat.message.deleted', data: { room: params.room, messageId: params.id } }], callerOf(publisher)),
             }),
           {
             params: MessageParams,

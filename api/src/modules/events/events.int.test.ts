@@ -1,8 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { DiscardPolicy } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
+import { callerOf, partitionOf } from '../../../../core/events'
 import { createLogger } from '../../../../core/logger'
 import { topology } from '../../../../core/nats'
 import { TEST_NATS_URL } from '../../../../core/testing/env'
+import { countErrorPulls, unknownKeys } from '../../../../core/testing/error-pulls'
+import { until } from '../../../../core/testing/wait'
 import { createApp } from '../../app'
 import { createHarness, type ApiHarness } from '../../test-support'
 import { createIngest } from './service'
@@ -242,12 +246,113 @@ describe('JetStream unavailable', () => {
     const batch = (tag: string) => Array.from({ length: 300 }, (_, i) => ({ id: `${tag}-${i}`, ...score(`p${i}`) }))
     const before = await h.streamCount()
     // The first request's 300 events are in flight when the second arrives: 600 > 500.
-    const first = ingest.publish(batch('first'), 'ingest')
-    const second = ingest.publish(batch('second'), 'ingest').catch((err) => err)
+    const first = ingest.publish(batch('first'), callerOf('ingest'))
+    const second = ingest.publish(batch('second'), callerOf('ingest')).catch((err) => err)
     expect((await first).length).toBe(300)
     expect(await second).toMatchObject({ status: 503, code: 'overloaded' })
     expect(await h.streamCount()).toBe(before + 300)
     // Once the first is acknowledged there is room again.
-    expect((await ingest.publish(batch('third'), 'ingest')).length).toBe(300)
+    expect((await ingest.publish(batch('third'), callerOf('ingest'))).length).toBe(300)
+  })
+})
+
+describe('a JetStream failure part-way through a request', () => {
+  let h: ApiHarness
+  beforeAll(async () => {
+    h = await createHarness()
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+
+  test('the 503 lists every event id (generated ones too) with whether it was stored; resending exactly those stores each event once', async () => {
+    const stream = topology(h.env.config).eventStream
+    const before = await h.streamCount()
+    // The stream takes 3 more events and refuses the rest of the batch (discard new).
+    const info = await h.jsm.streams.info(stream)
+    await h.jsm.streams.update(stream, { ...info.config, max_msgs: before + 3, discard: DiscardPolicy.New })
+    const events = [score('p1', 1), score('p2', 2, 'given-2'), score('p3', 3), score('p4', 4), score('p5', 5, 'given-5')]
+    const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events } })
+    expect(r.status).toBe(503)
+    expect(r.json.error.code).toBe('unavailable')
+    const results = r.json.error.details.results
+    expect(results.map((x: any) => x.stored)).toEqual([true, true, true, false, false])
+    expect(results[1].id).toBe('given-2')
+    expect(results[4].id).toBe('given-5')
+    for (const i of [0, 2, 3]) expect(results[i].id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7/)
+    for (const x of results.slice(0, 3)) expect(x).toEqual({ id: x.id, stored: true, seq: expect.any(Number), duplicate: false })
+    for (const x of results.slice(3)) expect(x).toEqual({ id: x.id, stored: false })
+    expect(await h.streamCount()).toBe(before + 3)
+
+    // The advised retry: the same events with the ids the 503 gave.
+    await h.jsm.streams.update(stream, { ...info.config })
+    const again = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: events.map((e, i) => ({ ...e, id: results[i].id })) } })
+    expect(again.status).toBe(202)
+    expect(again.json.results.map((x: any) => x.id)).toEqual(results.map((x: any) => x.id))
+    expect(again.json.results.map((x: any) => x.duplicate)).toEqual([true, true, true, false, false])
+    expect(again.json.results.slice(0, 3).map((x: any) => x.seq)).toEqual(results.slice(0, 3).map((x: any) => x.seq))
+    expect(await h.streamCount()).toBe(before + 5)
+  })
+
+  test('the in-flight count keeps a failed request’s events until every one of its publishes settled', async () => {
+    const prefix = `${h.env.config.FANFARE_SUBJECT_PREFIX}_slow`
+    const config = { ...h.env.config, FANFARE_SUBJECT_PREFIX: prefix, FANFARE_INGEST_MAX_IN_FLIGHT: 10 }
+    const partitions = config.FANFARE_PARTITIONS
+    // No stream captures these subjects. Partition 0's have a listener that never answers (as a
+    // JetStream that does not answer in time: the publish waits for its timeout); the others have
+    // none (the publish fails at once: no responders).
+    const held: unknown[] = []
+    const sub = h.nc.subscribe(`${prefix}.ev.0.>`, { callback: (_err, m) => void held.push(m) })
+    await h.nc.flush()
+    const players = (inZero: boolean, n: number) =>
+      Array.from({ length: 200 }, (_, i) => `player-${i}`)
+        .filter((p) => (partitionOf(`main/${p}`, partitions) === 0) === inZero)
+        .slice(0, n)
+    const ingest = createIngest({ config, nc: h.nc, logger: createLogger('silent'), publishTimeoutMs: 1500 })
+    const batch = [...players(true, 2), ...players(false, 2)].map((p) => score(p))
+    let settled = false
+    const first = ingest.publish(batch, callerOf('ingest')).catch((err) => err)
+    void first.then(() => (settled = true))
+    await until('the held publishes to arrive', () => held.length === 2)
+    // The no-responders failures are back by now; the held publishes still wait.
+    await Bun.sleep(300)
+    expect(settled).toBe(false)
+    // 4 events still count: 7 more exceed the limit of 10.
+    const seven = players(false, 7).map((p) => score(p))
+    expect(await ingest.publish(seven, callerOf('ingest')).catch((err) => err)).toMatchObject({ status: 503, code: 'overloaded' })
+    const failed = await first
+    expect(failed).toMatchObject({ status: 503, code: 'unavailable' })
+    expect(failed.details.results.map((x: any) => x.stored)).toEqual([false, false, false, false])
+    // Once settled, the count is back down: the same 7 are tried (and fail: no stream).
+    expect(await ingest.publish(seven, callerOf('ingest')).catch((err) => err)).toMatchObject({ status: 503, code: 'unavailable' })
+    sub.unsubscribe()
+  })
+})
+
+describe('validation of huge bodies is bounded', () => {
+  let h: ApiHarness
+  beforeAll(async () => {
+    h = await createHarness()
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+
+  test('100k unknown keys in an event or in its data: 422 with at most 10 problems, errors not drained', async () => {
+    const keys = unknownKeys(100_000)
+    const envelope = await countErrorPulls(() => h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted', data: {}, ...keys } }))
+    expect(envelope.value.status).toBe(422)
+    expect(envelope.value.json.error.code).toBe('invalid_request')
+    expect(envelope.value.json.error.details.length).toBeGreaterThan(0)
+    expect(envelope.value.json.error.details.length).toBeLessThanOrEqual(10)
+    expect(envelope.pulled).toBeLessThan(1_000)
+
+    const data = await countErrorPulls(() =>
+      h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted', data: { board: 'b', player: 'p', score: 1, ...keys } } }),
+    )
+    expect(data.value.status).toBe(422)
+    expect(data.value.json.error.code).toBe('invalid_event')
+    expect(data.value.json.error.details).toHaveLength(10)
+    expect(data.pulled).toBeLessThan(1_000)
   })
 })

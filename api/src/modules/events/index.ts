@@ -1,5 +1,6 @@
 import { Elysia } from 'elysia'
 import type { Config } from '../../../../core/config'
+import { callerOf } from '../../../../core/events'
 import { authPlugin } from '../../auth'
 import { ErrorResponse } from '../../error-model'
 import { PublishBody, PublishResponse } from './model'
@@ -13,7 +14,7 @@ export function eventsModule(config: Config, ingest: Ingest) {
       '/events',
       async ({ body, publisher, status }) => {
         const inputs = 'events' in body ? body.events : [body]
-        return status(202, { results: await ingest.publish(inputs, publisher) })
+        return status(202, { results: await ingest.publish(inputs, callerOf(publisher)) })
       },
       {
         auth: 'ingest',
@@ -24,7 +25,13 @@ export function eventsModule(config: Config, ingest: Ingest) {
           summary: 'Publish events',
           description:
             'One event or `{ events: [...] }` (1..500). Answers 202 only once JetStream stored every event. ' +
-            'Events without `id` get a UUIDv7. A resent id within the dedup window reports `duplicate: true`.',
+            'Events without `id` get a UUIDv7. Ids are de-duplicated per publisher (token): the same publisher ' +
+            'resending an id within the dedup window gets `duplicate: true`; the same id from another publisher is another event. ' +
+            '503 `unavailable` when JetStream failed to store some events: answered once every publish settled, with ' +
+            '`error.details.results` listing every event in input order, generated ids included: ' +
+            '`{ id, stored: true, seq, duplicate }` or `{ id, stored: false }` (not confirmed: it may still be stored). ' +
+            'Resend the events with exactly those ids: stored ones come back `duplicate: true`, so nothing is stored twice. ' +
+            '503 `overloaded` (too many events in flight on this node) publishes nothing.',
         },
       },
     )

@@ -26,4 +26,10 @@ export const PublishResult = t.Object({
 export type PublishResult = typeof PublishResult.static
 
 export const PublishResponse = t.Object({ results: t.Array(PublishResult) })
-export type PublishResponse = typeof PublishResponse.static
+
+/**
+ * One event of a request that failed part-way (503 `unavailable`, in `error.details.results`):
+ * stored (a PublishResult), or not confirmed stored (it may still have been, if only the answer was
+ * lost). Resending every event with its id is safe: stored ones come back `duplicate: true`.
+ */
+export type PublishOutcome = (PublishResult & { stored: true }) | { id: string; stored: false }

@@ -5,11 +5,14 @@ import type { Config } from '../../../../core/config'
 import {
   checkData,
   contracts,
+  dedupIdOf,
   EventInput,
   isEventType,
   keyOf,
   partitionOf,
+  PrincipalId,
   subjects,
+  type Caller,
   type EventType,
   type Publisher,
   type StoredEvent,
@@ -17,7 +20,7 @@ import {
 import type { Logger } from '../../../../core/logger'
 import { topology } from '../../../../core/nats'
 import { Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
-import { MAX_BATCH, type PublishResult } from './model'
+import { MAX_BATCH, type PublishOutcome, type PublishResult } from './model'
 
 /** Publishes client events to JetStream. Shared by REST and the WebSocket layer. */
 export type Ingest = {
@@ -25,10 +28,15 @@ export type Ingest = {
    * Validates every event, then stores them all in JetStream; resolves only once JetStream has
    * acknowledged every one, with results in input order. If any event is invalid nothing is
    * published (422 `unknown_event_type` / `invalid_event` / `duplicate_id_in_batch` /
-   * `too_many_events`, 403 `forbidden`). A JetStream failure is 503 `unavailable`: some events
-   * of the batch may then be stored; resending the same ids is safe (they are de-duplicated).
+   * `too_many_events`, 403 `forbidden`). NATS down or too many events in flight: 503 at once,
+   * nothing published. A JetStream failure of some publishes is 503 `unavailable` once every
+   * publish of the request settled, with `details.results`: each event's id (generated ones
+   * included) and whether JetStream confirmed storing it (PublishOutcome). Resending the events
+   * with those ids is safe: stored ones are de-duplicated.
+   * Events are stored with `caller.principal` as `by`, and ids are de-duplicated per principal:
+   * the same id from another principal is another event.
    */
-  publish(inputs: EventInput[], publisher: Publisher): Promise<PublishResult[]>
+  publish(inputs: EventInput[], caller: Caller): Promise<PublishResult[]>
 }
 
 export type IngestOptions = {
@@ -43,6 +51,7 @@ export type IngestOptions = {
 
 const rank: Record<Publisher, number> = { anonymous: 0, ingest: 1, admin: 2 }
 const inputChecker = TypeCompiler.Compile(EventInput)
+const principalChecker = TypeCompiler.Compile(PrincipalId)
 
 /** A new event id: a UUIDv7, so ids sort by creation time. */
 export const newEventId = (): string => Bun.randomUUIDv7()
@@ -79,8 +88,10 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     })
 
   return {
-    async publish(inputs, publisher) {
-      const events = validate(inputs, publisher)
+    async publish(inputs, caller) {
+      // A principal comes from our own auth code, never from the request: a bad one is a bug.
+      if (!principalChecker.Check(caller.principal)) throw new Error(`invalid principal ${JSON.stringify(caller.principal)}`)
+      const events = validate(inputs, caller)
       if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
       if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
       if (inFlight + events.length > config.FANFARE_INGEST_MAX_IN_FLIGHT) {
@@ -92,15 +103,18 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       js ??= jetstream(nc)
       const client = js
       inFlight += events.length
+      let settled: PromiseSettledResult<PublishResult>[]
       try {
         await endOfTurn()
         const at = now().toISOString()
         // All in flight at once: one connection writes them in call order and the server stores
-        // them in that order, so events of one key keep their request order.
-        const results = await Promise.all(
+        // them in that order, so events of one key keep their request order. Every publish is
+        // waited for, failed or not: the in-flight count must hold the request's events until
+        // none of them is pending any more, and the answer must say which were stored.
+        settled = await Promise.allSettled(
           events.map(async (e): Promise<PublishResult> => {
             const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
-            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: e.id, timeout: publishTimeoutMs })
+            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: dedupIdOf(e), timeout: publishTimeoutMs })
             // Checked on the ack rather than sent as an Nats-Expected-Stream header (a header per
             // event costs the API and the server): another stream capturing our subjects is a
             // misconfiguration to report, never a 202 for events the workers will not see.
@@ -108,19 +122,22 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
             return { id: e.id, seq: ack.seq, duplicate: ack.duplicate }
           }),
         )
-        return results
-      } catch (err) {
-        log.warn({ err, count: events.length }, 'publish to JetStream failed')
-        throw new Unavailable('the event stream is unavailable; retry with the same event ids')
       } finally {
         inFlight -= events.length
       }
+      const failed = settled.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
+      if (failed.length === 0) return settled.map((r) => (r as PromiseFulfilledResult<PublishResult>).value)
+      log.warn({ err: failed[0].reason, count: events.length, failed: failed.length }, 'publish to JetStream failed')
+      // Every id, the generated ones included: a client resending without them would store the
+      // stored events again under new ids.
+      const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
+      throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
     },
   }
 }
 
 /** Checks a whole request; throws on the first kind of problem found, listing every instance. */
-function validate(inputs: unknown[], publisher: Publisher): Omit<StoredEvent, 'at'>[] {
+function validate(inputs: unknown[], { role, principal }: Caller): Omit<StoredEvent, 'at'>[] {
   if (inputs.length === 0) throw new Invalid('empty_batch', 'no events to publish')
   if (inputs.length > MAX_BATCH) {
     throw new Invalid('too_many_events', `at most ${MAX_BATCH} events per request`, { max: MAX_BATCH, got: inputs.length })
@@ -138,7 +155,7 @@ function validate(inputs: unknown[], publisher: Publisher): Omit<StoredEvent, 'a
   }
   const denied = typed.flatMap((e, index) => {
     const needed = contracts[e.type as EventType].publisher
-    return rank[publisher] >= rank[needed] ? [] : [{ index, type: e.type, needs: needed }]
+    return rank[role] >= rank[needed] ? [] : [{ index, type: e.type, needs: needed }]
   })
   if (denied.length > 0) throw new Forbidden(`not allowed to publish ${denied[0].type}`, denied)
 
@@ -152,7 +169,7 @@ function validate(inputs: unknown[], publisher: Publisher): Omit<StoredEvent, 'a
     if (seen.has(id)) dupes.push({ index, id })
     seen.add(id)
     const type = e.type as EventType
-    return { id, type, v: contracts[type].version, data: e.data } as Omit<StoredEvent, 'at'>
+    return { id, by: principal, type, v: contracts[type].version, data: e.data } as Omit<StoredEvent, 'at'>
   })
   if (dupes.length > 0) throw new Invalid('duplicate_id_in_batch', 'an event id appears twice in one request', dupes)
   return events
