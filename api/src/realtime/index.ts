@@ -139,12 +139,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             return void ackLater(ws.raw as unknown as AckSocket, conn, { op: 'ack', ref: frame.ref, ...result })
           }
           case 'subscribe': {
-            if (conn.channels.has(frame.channel)) {
-              return void reply({ op: 'error', ref: frame.ref, error: { code: 'already_subscribed', message: `already subscribed to ${frame.channel}` } })
-            }
-            if (conn.channels.size >= maxSubscriptions) {
-              return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
-            }
+            // Charged first: every subscribe command counts, refused or not.
             const wait = conn.subscribes.take()
             if (wait > 0) {
               return void reply({
@@ -152,6 +147,12 @@ export function realtimeRoutes(deps: RealtimeDeps) {
                 ref: frame.ref,
                 error: { code: 'rate_limited', message: `at most ${deps.config.FANFARE_WS_SUBSCRIBES_PER_SECOND} subscribes per second per connection`, details: { retryAfterMs: wait } },
               })
+            }
+            if (conn.channels.has(frame.channel)) {
+              return void reply({ op: 'error', ref: frame.ref, error: { code: 'already_subscribed', message: `already subscribed to ${frame.channel}` } })
+            }
+            if (conn.channels.size >= maxSubscriptions) {
+              return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
             }
             conn.channels.add(frame.channel)
             const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
