@@ -44,11 +44,11 @@ export async function openLeaseBucketIfExists(nc: NatsConnection, config: Config
   return new Kvm(nc).open(bucket)
 }
 
-/** Every key of the bucket matching `filter`. */
+/** Every key of the bucket matching `filter`, each once (a key written during the listing comes twice). */
 export async function collectKeys(kv: KV, filter = '>'): Promise<string[]> {
-  const keys: string[] = []
-  for await (const k of await kv.keys(filter)) keys.push(k)
-  return keys
+  const keys = new Set<string>()
+  for await (const k of await kv.keys(filter)) keys.add(k)
+  return [...keys]
 }
 
 /** Live workers (those whose heartbeat has not expired), sorted by id. */

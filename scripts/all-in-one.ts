@@ -34,6 +34,11 @@ export async function startAllInOne(
      * nats-server and the PGlite lock included) and exit 1.
      */
     onFatal?: (err: unknown) => void
+    /**
+     * Told of each child process started (the embedded nats-server), with a function that kills it
+     * at once: for a forced exit, which cannot wait for `stop`.
+     */
+    onChild?: (kill: () => void) => void
   } = {},
 ): Promise<AllInOne> {
   const parsed = loadConfig(env)
@@ -80,6 +85,7 @@ export async function startAllInOne(
       log.info({ dataDir }, 'NATS_URL unset: starting a local nats-server with JetStream')
       const nats = await startEmbeddedNats({ dataDir, logger: log })
       stops.push({ name: 'embedded nats', run: nats.stop })
+      options.onChild?.(nats.kill)
       natsUrl = nats.url
     }
     const runConfig: Config = { ...config, NATS_URL: natsUrl }
@@ -140,20 +146,54 @@ export function banner(app: AllInOne): string {
   ].join('\n')
 }
 
+/** Signals closer together than this are one Ctrl-C (a terminal's and a forwarding parent's). */
+const REPEAT_MS = 500
+/** Command-line flag: stop when the parent process exits (scripts/bootstrap.mjs passes it). */
+export const EXIT_WITH_PARENT = '--exit-with-parent'
+/** A graceful stop that takes longer than this is cut short (as a second Ctrl-C would). */
+const STOP_DEADLINE_MS = 30_000
+
 if (import.meta.main) {
   let exiting = false
-  const starting = startAllInOne()
-  const shutdown = async (signal: string) => {
+  let lastSignalAt = -Infinity
+  const kills: (() => void)[] = []
+  const starting = startAllInOne(process.env, undefined, { onChild: (kill) => kills.push(kill) })
+  /** Exits now: kills what we started (nats-server), skips every graceful step. */
+  const force = (why: string) => {
+    process.stderr.write(`\n  ${why}: exiting now\n`)
+    for (const kill of kills) kill()
+    process.exit(130)
+  }
+  const shutdown = async (why: string) => {
     if (exiting) return
     exiting = true
-    process.stderr.write(`\n  ${signal}: stopping Fanfare...\n`)
+    process.stderr.write(`\n  ${why}: stopping Fanfare (Ctrl-C again to exit at once)...\n`)
+    setTimeout(() => force(`still stopping after ${STOP_DEADLINE_MS / 1000} s`), STOP_DEADLINE_MS).unref()
     // A signal during start-up waits for the start to finish (or fail) so every child is stopped.
     const app = await starting.catch(() => undefined)
     await app?.stop()
     process.exit(0)
   }
-  process.on('SIGINT', () => void shutdown('SIGINT'))
-  process.on('SIGTERM', () => void shutdown('SIGTERM'))
+  const onSignal = (signal: string) => {
+    const now = Date.now()
+    if (now - lastSignalAt < REPEAT_MS) return
+    lastSignalAt = now
+    if (exiting) force(`${signal} again`)
+    else void shutdown(signal)
+  }
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => onSignal(signal))
+  // Under `npm start` our parent is scripts/bootstrap.mjs, which may die without telling us (even
+  // by SIGKILL): then we are re-parented, and stop as if told to, so that nothing is left running.
+  // Only when asked: started by hand in the background (nohup, &), outliving the shell is wanted.
+  if (process.argv.includes(EXIT_WITH_PARENT)) {
+    const parent = process.ppid
+    const orphaned = setInterval(() => {
+      if (process.ppid === parent) return
+      clearInterval(orphaned)
+      void shutdown('parent process exited')
+    }, 500)
+    orphaned.unref()
+  }
   try {
     const app = await starting
     if (!exiting) process.stderr.write(banner(app) + '\n')

@@ -20,6 +20,8 @@ const isWindows = process.platform === 'win32'
 const bunPath = join(root, 'node_modules', '.bin', isWindows ? 'bun.exe' : 'bun')
 
 const DEFAULT_TEST_TIMEOUT_MS = 60_000
+/** Signals closer together than this are one Ctrl-C (see run). */
+const REPEAT_MS = 500
 
 const [mode, ...rest] = process.argv.slice(2)
 if (mode !== 'start' && mode !== 'test') {
@@ -29,7 +31,8 @@ if (mode !== 'start' && mode !== 'test') {
 
 ensureBun()
 if (mode === 'start') {
-  run([join('scripts', 'all-in-one.ts'), ...rest], { summarize: false })
+  // --exit-with-parent: all-in-one stops if we die, even by SIGKILL (it watches its parent pid).
+  run([join('scripts', 'all-in-one.ts'), '--exit-with-parent', ...rest], { summarize: false, group: !isWindows })
 } else {
   // bun test's own default is 5 s per test, too short for the integration tests under load, and
   // bunfig.toml cannot change it (bun reads a timeout only from --timeout or setDefaultTimeout).
@@ -84,16 +87,45 @@ function npmCommand() {
  * Runs bun with signals forwarded and its exit status passed on. With `summarize`, bun's stderr
  * is copied through while its summary (" N pass", " N fail") is read, and the last line printed is
  * "N passed, N failed"; the exit status is non-zero on any failure or when no test ran.
+ *
+ * With `group` (npm start), bun runs in a process group of its own, which holds everything it
+ * starts (the embedded nats-server): a Ctrl-C reaches bun only through us, once per press; the
+ * first press asks bun to stop gracefully, a second one kills the whole group at once; and when bun
+ * exits, whatever is left of its group is killed. Should we be killed ourselves (even SIGKILL),
+ * bun notices that it lost its parent and stops (see all-in-one.ts).
  */
-function run(args, { summarize }) {
+function run(args, { summarize, group = false }) {
   const child = spawn(bunPath, args, {
     cwd: root,
     stdio: ['inherit', 'inherit', summarize ? 'pipe' : 'inherit'],
+    detached: group,
   })
+  const running = () => child.exitCode === null && child.signalCode === null
   const forward = (signal) => {
-    if (child.exitCode === null && child.signalCode === null) child.kill(signal)
+    if (running()) child.kill(signal)
   }
-  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => forward(signal))
+  const killGroup = () => {
+    try {
+      process.kill(-child.pid, 'SIGKILL')
+    } catch {
+      // nothing left in the group
+    }
+  }
+  let presses = 0
+  let lastSignalAt = -Infinity
+  const onSignal = (signal) => {
+    if (!group) return forward(signal)
+    // One Ctrl-C in a terminal reaches us twice: from the terminal and forwarded by npm. Signals
+    // this close together are one press.
+    const now = Date.now()
+    if (now - lastSignalAt < REPEAT_MS) return
+    lastSignalAt = now
+    presses++
+    if (presses === 1) return forward(signal)
+    log(`${signal} again: killing Fanfare and everything it started now`)
+    killGroup()
+  }
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => onSignal(signal))
   // `npm start` runs us through `sh -c`; a SIGTERM sent to npm (a process manager, `kill <npm>`)
   // ends npm and that shell without reaching us. Losing our parent is that signal: pass it on.
   const parent = process.ppid
@@ -122,6 +154,8 @@ function run(args, { summarize }) {
 
   child.on('error', (err) => fail(`could not run ${bunPath}: ${err.message}`))
   child.on('close', (code, signal) => {
+    // bun is gone: so must be anything it left in its group (a nats-server it could not stop).
+    if (group) killGroup()
     const status = code ?? 128 + (constants.signals[signal] ?? 1)
     if (!summarize) process.exit(status)
     const passed = counts.pass ?? 0

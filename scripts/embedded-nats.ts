@@ -10,6 +10,11 @@ export type EmbeddedNats = {
   url: string
   /** Stops the server (SIGTERM, then SIGKILL after a deadline). Safe to call twice. */
   stop: () => Promise<void>
+  /**
+   * Kills the server and its wrapper at once (SIGKILL), for a forced exit: no waiting, no clean
+   * JetStream shutdown (its store recovers on the next start).
+   */
+  kill: () => void
 }
 
 /** Thrown when no nats-server binary is available and none could be installed. */
@@ -101,7 +106,14 @@ export async function startEmbeddedNats(opts: {
   }
   natsPid = readPid(pidFile)
   log.info({ url, natsPid }, 'embedded nats-server ready')
-  return { url, stop }
+  const kill = () => {
+    for (const pid of [natsPid, proc.pid]) {
+      try {
+        if (pid) process.kill(pid, 'SIGKILL')
+      } catch {}
+    }
+  }
+  return { url, stop, kill }
 }
 
 function readPid(path: string): number | null {

@@ -62,6 +62,33 @@ describe('app', () => {
     expect(docs.status).toBe(200)
   })
 
+  test('every numeric query and path parameter has a range; past it is 422 invalid_request naming the parameter', async () => {
+    const doc = (await h.call('GET', '/docs/json')).json
+    const numeric = (s: any): boolean => s?.type === 'integer' || s?.type === 'number' || (s?.anyOf ?? []).some(numeric)
+    const checked: string[] = []
+    for (const [path, ops] of Object.entries<any>(doc.paths)) {
+      for (const [method, op] of Object.entries<any>(ops)) {
+        const params: any[] = op.parameters ?? []
+        for (const param of params.filter((p) => numeric(p.schema))) {
+          const where = `${method.toUpperCase()} ${path} ${param.in} ${param.name}`
+          checked.push(where)
+          expect([where, Number.isFinite(param.schema.minimum), Number.isFinite(param.schema.maximum)]).toEqual([where, true, true])
+          for (const value of [String(param.schema.maximum + 1), String(param.schema.minimum - 1), '100000000000000000000', '1' + '0'.repeat(30)]) {
+            // Other path parameters get a plain valid name; the one under test gets the value.
+            let url = path.replace(/\{(\w+)\}/g, (_, name) => (param.in === 'path' && name === param.name ? value : 'x'))
+            if (param.in === 'query') url += `?${param.name}=${value}`
+            const r = await h.call(method.toUpperCase(), url, { token: h.adminToken })
+            expect([where, value, r.status, r.json.error?.code]).toEqual([where, value, 422, 'invalid_request'])
+            expect(r.json.error.message).toContain(param.name)
+          }
+        }
+      }
+    }
+    // The sweep must have found the parameters it is about.
+    expect(checked).toContain('GET /v1/leaderboards/{board} query offset')
+    expect(checked).toContain('GET /admin/dead-letters query before')
+  })
+
   test('a real server: oversize body is a JSON 413, port 0 binds, stop closes', async () => {
     const api = await startApi({ ...h.deps, config: { ...h.env.config, HOST: '127.0.0.1', PORT: 0 } })
     try {

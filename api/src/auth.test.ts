@@ -1,18 +1,11 @@
 import { describe, expect, test } from 'bun:test'
 import { loadConfig } from '../../core/config'
-import { authorize, identify, safeEqual } from './auth'
+import { authorize, identify } from './auth'
 import { Forbidden, Unauthorized } from './errors'
 
 const config = loadConfig({ FANFARE_INGEST_TOKEN: 'ingest-token-0123456789', FANFARE_ADMIN_TOKEN: 'admin-token-0123456789' })
 
 describe('auth', () => {
-  test('safeEqual compares whole strings of any length', () => {
-    expect(safeEqual('abc', 'abc')).toBe(true)
-    expect(safeEqual('abc', 'abd')).toBe(false)
-    expect(safeEqual('abc', 'abcd')).toBe(false)
-    expect(safeEqual('', '')).toBe(true)
-  })
-
   test('identify maps tokens to privileges; unset tokens never match', () => {
     expect(identify(config, 'admin-token-0123456789')).toBe('admin')
     expect(identify(config, 'ingest-token-0123456789')).toBe('ingest')

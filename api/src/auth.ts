@@ -1,22 +1,15 @@
-import { createHash, timingSafeEqual } from 'node:crypto'
 import { Elysia } from 'elysia'
 import type { Config } from '../../core/config'
 import type { Publisher } from '../../core/events'
+import { safeEqual } from '../../core/secrets'
 import { Forbidden, Unauthorized } from './errors'
 
 /** What a route requires of the bearer token. */
 export type Privilege = 'ingest' | 'admin'
 
-/** Compares two secrets in time independent of where they differ (and of their lengths). */
-export function safeEqual(a: string, b: string): boolean {
-  const da = createHash('sha256').update(a).digest()
-  const db = createHash('sha256').update(b).digest()
-  return timingSafeEqual(da, db)
-}
-
 /**
- * Who a bearer token is: 'admin', 'ingest', or undefined when it matches neither. An unset token
- * in the config never matches.
+ * Who a token is: 'admin', 'ingest', or undefined when it matches neither. An unset token in the
+ * config never matches. Used by REST (bearer header) and WebSocket (`?token=`) alike.
  */
 export function identify(config: Pick<Config, 'FANFARE_INGEST_TOKEN' | 'FANFARE_ADMIN_TOKEN'>, token: string): Publisher | undefined {
   // Compare against both so the time taken does not tell which one matched.

@@ -2,6 +2,7 @@ import { Elysia, ValidationError } from 'elysia'
 import type { ValueError } from '@sinclair/typebox/errors'
 import type { Logger } from '../../core/logger'
 import { MAX_PROBLEMS, takeFirst } from '../../core/validation'
+import { PARAM_NAME } from './params'
 
 /** The one error body every 4xx/5xx of the API carries. */
 export type ErrorBody = { error: { code: string; message: string; details?: unknown } }
@@ -133,16 +134,20 @@ export function errorHandler(logger: Logger) {
 
 /**
  * Where a validation failed and what is wrong. Elysia checks coerced query/params numbers one
- * property at a time ('property' errors) without naming it, so we find the name by its raw value.
+ * property at a time ('property' errors) without naming it: the schema names it (integerParam),
+ * else we find it by its raw value.
  */
 function describeValidation(v: ValidationError, request: Request): { where: string; problems: (ValidationProblem & { in: string })[] } {
   const problems = validationProblems(safeAll(v))
   if (v.type !== 'property') return { where: v.type, problems: problems.map((p) => ({ ...p, in: v.type })) }
+  const query = new URL(request.url).searchParams
+  const named = (v.validator as Record<string, unknown> | undefined)?.[PARAM_NAME]
   const found = String(v.value)
-  const name = [...new URL(request.url).searchParams].find(([, value]) => value === found)?.[0]
+  const name = typeof named === 'string' ? named : [...query].find(([, value]) => value === found)?.[0]
+  const where = name === undefined ? 'params' : query.has(name) ? 'query' : 'params'
   return {
-    where: name ? `query parameter ${name}` : 'parameter',
-    problems: problems.map((p) => ({ path: name ? `/${name}` : p.path, message: p.message, in: name ? 'query' : 'params' })),
+    where: name ? `${where === 'query' ? 'query' : 'path'} parameter ${name}` : 'parameter',
+    problems: problems.map((p) => ({ path: name ? `/${name}` : p.path, message: p.message, in: where })),
   }
 }
 

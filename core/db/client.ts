@@ -1,8 +1,8 @@
-import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs'
+import { mkdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import type { SQL } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
-import { isAlive } from '../process'
+import { acquireDirLock } from './dir-lock'
 import * as schema from './schema'
 
 /** The drizzle database, whichever driver is behind it (postgres.js or embedded PGlite). */
@@ -56,7 +56,7 @@ export async function connectBunSql(url: string, options: { max?: number } = {})
 
 /**
  * Opens the embedded PGlite database under `dataDir`. PGlite has no lock against a second
- * process opening the same directory, so a pid lock file guards it.
+ * process opening the same directory, so an OS lock on `pglite.lock` guards it (see dir-lock.ts).
  */
 export async function openEmbedded(dataDir: string): Promise<Database> {
   const { PGlite } = await import('@electric-sql/pglite')
@@ -64,7 +64,13 @@ export async function openEmbedded(dataDir: string): Promise<Database> {
   const dir = resolve(dataDir, 'pglite')
   mkdirSync(dir, { recursive: true })
   const releaseLock = acquireDirLock(join(resolve(dataDir), 'pglite.lock'))
-  const client = await PGlite.create(dir)
+  let client: InstanceType<typeof PGlite>
+  try {
+    client = await PGlite.create(dir)
+  } catch (err) {
+    releaseLock()
+    throw err
+  }
   return {
     db: drizzle(client, { schema }) as unknown as Db,
     kind: 'pglite',
@@ -85,27 +91,3 @@ export async function migrate(database: Database): Promise<void> {
     await migrate(database.db as never, { migrationsFolder })
   }
 }
-
-function acquireDirLock(path: string): () => void {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fd = openSync(path, 'wx')
-      writeSync(fd, String(process.pid))
-      closeSync(fd)
-      return () => {
-        try {
-          unlinkSync(path)
-        } catch {}
-      }
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-      const holder = Number(readFileSync(path, 'utf8'))
-      if (holder && isAlive(holder)) {
-        throw new Error(`the embedded database at ${path} is in use by process ${holder}; stop it first`)
-      }
-      unlinkSync(path) // stale lock of a dead process
-    }
-  }
-  throw new Error(`could not lock ${path}`)
-}
-

@@ -1,8 +1,8 @@
 import { Elysia, t } from 'elysia'
-import { timingSafeEqual } from 'node:crypto'
 import type { Config } from '../../../core/config'
 import { callerOf, type Caller, type EventInput, type Publisher } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
+import { identify } from '../auth'
 import type { ChannelHub, Sink } from './channel-hub'
 import { errorBody, parseFrame } from './protocol'
 import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
@@ -50,17 +50,10 @@ type Connection = {
   subscribes: TokenBucket
 }
 
-const sameToken = (given: string, expected: string | undefined) =>
-  expected !== undefined &&
-  given.length === expected.length &&
-  timingSafeEqual(Buffer.from(given), Buffer.from(expected))
-
 /** Who a WebSocket client is, from `?token=`: anonymous, ingest or admin; null if the token is wrong. */
 function publisherFor(token: string | undefined, config: RealtimeDeps['config']): Publisher | null {
   if (token === undefined || token === '') return 'anonymous'
-  if (sameToken(token, config.FANFARE_ADMIN_TOKEN)) return 'admin'
-  if (sameToken(token, config.FANFARE_INGEST_TOKEN)) return 'ingest'
-  return null
+  return identify(config, token) ?? null
 }
 
 /**

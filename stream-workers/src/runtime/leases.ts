@@ -18,6 +18,8 @@ export type LeaseDeps = {
   onLost: (partition: number) => void
   /** We give the partition up: stop its runners and resolve when they are idle. */
   onRelease: (partition: number) => Promise<void>
+  /** The clock (ms); default Date.now. */
+  now?: () => number
 }
 
 export type Leases = {
@@ -29,39 +31,94 @@ export type Leases = {
   stop: () => Promise<void>
 }
 
-type Held = { token: number; revision: number; renewedAt: number }
+type Held = {
+  token: number
+  /** Revision of our last write of the key: the next renew is a compare-and-set on it. */
+  revision: number
+  /**
+   * When the last successful renew was SENT. NATS wrote the key after that moment, so the key
+   * lives at least ttl from it; from the answer's arrival it could already have expired.
+   */
+  renewedAt: number
+  /** The renew in flight, if any (at most one per partition: they compare-and-set in turn). */
+  renewal?: Promise<void>
+}
 
 /**
- * Partition leases in a KV bucket. Every ttl/3: heartbeat `w.<id>`, renew each held key with a
- * compare-and-set on its last revision (a failed renew means the lease is lost), give up the
- * surplus above the fair share ceil(partitions / live workers), and create free keys up to it.
+ * Partition leases in a KV bucket. Two loops, every ttl/3 each:
+ * - renewals: heartbeat `w.<id>` and renew every held key with a compare-and-set on its last
+ *   revision, all partitions at once and without waiting for any answer, so that one slow answer
+ *   (or a slow release) never delays the others. A failed renew means the lease is lost; so does
+ *   a lease whose last successful renew was sent more than 0.9 ttl ago (its key may have expired,
+ *   and someone else may own it).
+ * - the scan: give up the surplus above the fair share ceil(partitions / live workers), in the
+ *   background (runners stop, then the key is deleted; the partition is not taken back meanwhile),
+ *   and create free keys up to the share.
  */
 export function startLeases(deps: LeaseDeps): Leases {
   const { kv, workerId, logger } = deps
+  const now = deps.now ?? Date.now
   const held = new Map<number, Held>()
+  /** Partitions being given up: no longer renewed, not to be acquired again until released. */
+  const releasing = new Map<number, Promise<void>>()
   const abort = new AbortController()
   const since = new Date().toISOString()
   const period = Math.max(100, Math.floor(deps.ttlMs / 3))
+  const deadline = deps.ttlMs * 0.9
   // Start scanning at a worker-specific partition so workers do not all race for p.0 first.
   const offset = Math.floor(Math.random() * deps.partitions)
 
-  const lose = (p: number, reason: string, err?: unknown) => {
+  /** Deletes the key if it is still ours, once no renew is in flight (its answer has the revision). */
+  const deleteKey = async (p: number, h: Held) => {
+    await h.renewal
+    await kv.delete(partitionKey(p), { previousSeq: h.revision })
+  }
+
+  /** Forgets a lost lease; `which` guards against a late answer about an earlier lease of `p`. */
+  const lose = (p: number, reason: string, err?: unknown, which?: Held) => {
     const h = held.get(p)
-    if (!h) return
+    if (!h || (which && which !== h)) return
     held.delete(p)
     logger.warn({ partition: p, token: h.token, reason, err }, 'partition lease lost')
     deps.onLost(p)
     // If the key is still ours (a renew that only timed out), free it for others right away.
-    kv.delete(partitionKey(p), { previousSeq: h.revision }).catch(() => {})
+    deleteKey(p, h).catch(() => {})
   }
 
-  const release = async (p: number) => {
+  /** Gives a partition up in the background: stop its runners, then delete its key. */
+  const release = (p: number): Promise<void> => {
     const h = held.get(p)
-    if (!h) return
+    if (!h) return releasing.get(p) ?? Promise.resolve()
     held.delete(p)
-    await deps.onRelease(p)
-    await kv.delete(partitionKey(p), { previousSeq: h.revision }).catch((err) => logger.warn({ err, partition: p }, 'lease release failed; it will expire'))
-    logger.info({ partition: p, token: h.token }, 'partition released')
+    const done = (async () => {
+      try {
+        await deps.onRelease(p)
+        await deleteKey(p, h).catch((err) => logger.warn({ err, partition: p }, 'lease release failed; it will expire'))
+        logger.info({ partition: p, token: h.token }, 'partition released')
+      } catch (err) {
+        logger.warn({ err, partition: p }, 'stopping the runners of a released partition failed; its lease will expire')
+      } finally {
+        releasing.delete(p)
+      }
+    })()
+    releasing.set(p, done)
+    return done
+  }
+
+  const renew = (p: number, h: Held) => {
+    const sentAt = now()
+    h.renewal = kv
+      .update(partitionKey(p), workerId, h.revision)
+      .then(
+        (revision) => {
+          h.revision = revision
+          h.renewedAt = sentAt
+        },
+        (err) => lose(p, 'renew failed', err, h),
+      )
+      .finally(() => {
+        h.renewal = undefined
+      })
   }
 
   const heartbeat = () =>
@@ -70,36 +127,28 @@ export function startLeases(deps: LeaseDeps): Leases {
       JSON.stringify({ id: workerId, partitions: [...held.keys()].sort((a, b) => a - b), since, heartbeatAt: new Date().toISOString() } satisfies WorkerInfo),
     )
 
-  const tick = async () => {
-    for (const [p, h] of [...held]) {
-      if (abort.signal.aborted) return
-      // Our own clock says the key may already have expired: someone else may own it.
-      if (Date.now() - h.renewedAt > deps.ttlMs * 0.9) {
-        lose(p, 'not renewed in time')
-        continue
-      }
-      try {
-        h.revision = await kv.update(partitionKey(p), workerId, h.revision)
-        h.renewedAt = Date.now()
-      } catch (err) {
-        lose(p, 'renew failed', err)
-      }
+  const renewAll = () => {
+    for (const [p, h] of held) {
+      if (now() - h.renewedAt > deadline) lose(p, 'not renewed in time')
+      else if (!h.renewal) renew(p, h)
     }
-    await heartbeat()
+    heartbeat().catch((err) => logger.warn({ err }, 'heartbeat failed'))
+  }
+
+  const scan = async () => {
     const keys = await listKeys(kv, Math.max(1000, deps.ttlMs))
     const taken = new Set(keys.filter((k) => k.startsWith('p.')).map((k) => Number(k.slice(2))))
     const live = Math.max(1, keys.filter((k) => k.startsWith('w.')).length)
     const share = Math.ceil(deps.partitions / live)
-    while (held.size > share && !abort.signal.aborted) {
-      const surplus = [...held.keys()].sort((a, b) => b - a)[0]
-      await release(surplus)
-    }
+    const surplus = [...held.keys()].sort((a, b) => b - a).slice(0, Math.max(0, held.size - share))
+    for (const p of surplus) void release(p)
     for (let i = 0; i < deps.partitions && held.size < share && !abort.signal.aborted; i++) {
       const p = (offset + i) % deps.partitions
-      if (taken.has(p) || held.has(p)) continue
+      if (taken.has(p) || held.has(p) || releasing.has(p)) continue
+      const sentAt = now()
       try {
         const token = await kv.create(partitionKey(p), workerId)
-        held.set(p, { token, revision: token, renewedAt: Date.now() })
+        held.set(p, { token, revision: token, renewedAt: sentAt })
         logger.info({ partition: p, token }, 'partition acquired')
         deps.onAcquired(p, token)
       } catch {
@@ -108,35 +157,41 @@ export function startLeases(deps: LeaseDeps): Leases {
     }
   }
 
-  const loop = (async () => {
-    while (!abort.signal.aborted) {
-      const started = Date.now()
-      try {
-        await tick()
-      } catch (err) {
-        logger.warn({ err }, 'lease round failed')
+  /** Runs `round` every period until stopped; a failed round is logged and the next one comes. */
+  const every = (name: string, round: () => unknown) =>
+    (async () => {
+      while (!abort.signal.aborted) {
+        const started = now()
+        try {
+          await round()
+        } catch (err) {
+          logger.warn({ err }, `lease ${name} failed`)
+        }
+        await sleep(Math.max(0, period - (now() - started)), abort.signal)
       }
-      await sleep(Math.max(0, period - (Date.now() - started)), abort.signal)
-    }
-  })()
+    })()
+
+  const loops = [every('renewal', renewAll), every('scan', scan)]
 
   return {
     held: () => [...held.keys()].sort((a, b) => a - b),
     drop: (p) => lose(p, 'fenced by a newer owner'),
     stop: async () => {
       abort.abort()
-      await loop
-      await Promise.all([...held.keys()].map((p) => release(p)))
+      await Promise.all(loops)
+      await Promise.all([...held.keys()].map((p) => release(p)).concat([...releasing.values()]))
       await kv.delete(workerKey(workerId)).catch(() => {})
     },
   }
 }
 
 /**
- * Every key of the bucket, or an error after `ms`. kv.keys() ends on a heartbeat of its ordered
- * consumer; when NATS restarts during a listing that consumer is gone, and the client only
- * recreates it after missed heartbeats and then waits for a 30 s one: the lease round (renewals,
- * re-acquiring after an outage) must not wait with it.
+ * Every key of the bucket (each once), or an error after `ms`. kv.keys() ends on a heartbeat of
+ * its ordered consumer; when NATS restarts during a listing that consumer is gone, and the client
+ * only recreates it after missed heartbeats and then waits for a 30 s one: the scan (re-acquiring
+ * after an outage) must not wait with it. A key written during the listing is delivered again
+ * (the consumer follows new writes until nothing is pending): counted twice, a heartbeat would
+ * make one worker look like two and shrink the fair share.
  */
 async function listKeys(kv: KV, ms: number): Promise<string[]> {
   const iter = await kv.keys()
@@ -152,5 +207,5 @@ async function listKeys(kv: KV, ms: number): Promise<string[]> {
     clearTimeout(timer)
   }
   if (timedOut) throw new Error(`listing the lease keys took more than ${ms} ms`)
-  return keys
+  return [...new Set(keys)]
 }

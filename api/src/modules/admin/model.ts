@@ -1,6 +1,7 @@
 import { t } from 'elysia'
 import { EventId, Name } from '../../../../core/events'
 import { ScoreOperator, SortOrder } from '../leaderboards/model'
+import { integerParam, MAX_ID } from '../../params'
 
 export const BoardParams = t.Object({ board: Name })
 export const BoardConfigBody = t.Object(
@@ -41,8 +42,8 @@ export const ProjectionsReport = t.Object({
 export type ProjectionsReport = typeof ProjectionsReport.static
 
 export const DeadLettersQuery = t.Object({
-  limit: t.Integer({ minimum: 1, maximum: 100, default: 50 }),
-  before: t.Optional(t.Integer({ minimum: 1, description: 'dead letter id: only older ones' })),
+  limit: integerParam('limit', { minimum: 1, maximum: 100, default: 50 }),
+  before: t.Optional(integerParam('before', { minimum: 1, maximum: MAX_ID, description: 'dead letter id: only older ones' })),
 })
 export const DeadLetter = t.Object({
   id: t.Integer(),

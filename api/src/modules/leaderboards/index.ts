@@ -2,7 +2,7 @@ import { Elysia } from 'elysia'
 import type { Db } from '../../../../core/db/client'
 import { ErrorResponse } from '../../error-model'
 import { NotFound } from '../../errors'
-import { BoardPage, BoardParams, NeighboursQuery, PageQuery, PlayerParams, PlayerStanding } from './model'
+import { BoardParams, MAX_OFFSET, NeighboursQuery, PageQuery, PlayerParams, PlayerStanding, RankedPage } from './model'
 import { leaderboardPage, playerStanding } from './service'
 
 /** Public leaderboard reads. */
@@ -11,11 +11,13 @@ export function leaderboardsModule(db: Db) {
     .get('/:board', ({ params, query }) => leaderboardPage(db, params.board, query), {
       params: BoardParams,
       query: PageQuery,
-      response: { 200: BoardPage, 422: ErrorResponse },
+      response: { 200: RankedPage, 422: ErrorResponse },
       detail: {
         tags: ['leaderboards'],
         summary: 'A page of a leaderboard',
-        description: 'Ranked by score (per board order), then earliest to reach it, then player id. Unknown boards are empty.',
+        description:
+          'Ranked by score (per board order), then earliest to reach it, then player id. Unknown boards are empty. ' +
+          `\`offset\` goes at most ${MAX_OFFSET} deep; beyond, follow \`next\` with \`after\` (keyset: any depth at the same cost).`,
       },
     })
     .get(

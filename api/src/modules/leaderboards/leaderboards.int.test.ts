@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { channelVersions, leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import { createHarness, type ApiHarness } from '../../test-support'
+import { MAX_OFFSET } from './model'
 import { leaderboardSnapshot } from './service'
 
 describe('leaderboard reads', () => {
@@ -40,6 +41,7 @@ describe('leaderboard reads', () => {
         { rank: 4, player: 'dave', score: 50 },
         { rank: 5, player: 'erin', score: 10 },
       ],
+      next: null,
     })
   })
 
@@ -69,6 +71,52 @@ describe('leaderboard reads', () => {
     }
     const badName = await h.call('GET', '/v1/leaderboards/bad%20name')
     expect(badName.status).toBe(422)
+  })
+
+  test('offset is capped at MAX_OFFSET: past it is 422 naming offset, never a 500', async () => {
+    expect((await h.call('GET', `/v1/leaderboards/hi?offset=${MAX_OFFSET}`)).status).toBe(200)
+    for (const q of [`offset=${MAX_OFFSET + 1}`, 'offset=100000000000000000000']) {
+      const r = await h.call('GET', `/v1/leaderboards/hi?${q}`)
+      expect([q, r.status, r.json.error?.code]).toEqual([q, 422, 'invalid_request'])
+      expect(r.json.error.message).toContain('offset')
+    }
+  })
+
+  test('`after` pages by key from the `next` of the previous page, with absolute ranks, for both orders', async () => {
+    for (const [board, expected] of [
+      ['hi', ['bob', 'alice', 'carol', 'dave', 'erin']],
+      ['golf', ['y', 'x', 'z']],
+    ] as const) {
+      const seen: { rank: number; player: string }[] = []
+      let next: string | null = null
+      let pages = 0
+      do {
+        const r: { status: number; json: any } = await h.call('GET', `/v1/leaderboards/${board}?limit=2${next ? `&after=${next}` : ''}`)
+        expect(r.status).toBe(200)
+        seen.push(...r.json.entries.map((e: any) => ({ rank: e.rank, player: e.player })))
+        next = r.json.next
+        pages++
+      } while (next !== null && pages < 10)
+      expect(seen).toEqual(expected.map((player, i) => ({ rank: i + 1, player })))
+      // A page that ends the board says so: no cursor to an empty page.
+      expect(pages).toBe(Math.ceil(expected.length / 2))
+    }
+    // The last page is not full and has no next; a full page that ends the board neither.
+    expect((await h.call('GET', '/v1/leaderboards/hi?limit=5')).json.next).toBeNull()
+    expect((await h.call('GET', '/v1/leaderboards/hi?limit=4')).json.next).toEqual(expect.any(String))
+  })
+
+  test('a bad, foreign or combined cursor is 422 naming after', async () => {
+    const first = await h.call('GET', '/v1/leaderboards/hi?limit=2')
+    const cursor = first.json.next as string
+    for (const q of ['after=nonsense', `after=${cursor.slice(0, -2)}`, 'after=' + Buffer.from('[1,2]').toString('base64url'), `after=${cursor}&offset=2`]) {
+      const r = await h.call('GET', `/v1/leaderboards/hi?${q}`)
+      expect([q, r.status, r.json.error?.code]).toEqual([q, 422, 'invalid_request'])
+      expect(r.json.error.message).toContain('after')
+    }
+    // A cursor of another board would give wrong ranks: refused.
+    const foreign = await h.call('GET', `/v1/leaderboards/golf?after=${cursor}`)
+    expect([foreign.status, foreign.json.error?.code]).toEqual([422, 'invalid_request'])
   })
 
   test("a player's rank with neighbours", async () => {

@@ -1,5 +1,6 @@
 import { t } from 'elysia'
 import { ActorId, Name } from '../../../../core/events'
+import { integerParam } from '../../params'
 
 export const SortOrder = t.Union([t.Literal('desc'), t.Literal('asc')])
 export const ScoreOperator = t.Union([t.Literal('best'), t.Literal('latest'), t.Literal('sum')])
@@ -7,11 +8,25 @@ export const ScoreOperator = t.Union([t.Literal('best'), t.Literal('latest'), t.
 export const BoardParams = t.Object({ board: Name })
 export const PlayerParams = t.Object({ board: Name, player: ActorId })
 
+/**
+ * Deepest `offset` a page may start at: Postgres walks every skipped row, so an offset costs time
+ * in proportion to it. Deeper pages are reached with `after` (keyset), whose cost does not grow.
+ */
+export const MAX_OFFSET = 10_000
+
 export const PageQuery = t.Object({
-  limit: t.Integer({ minimum: 1, maximum: 100, default: 10 }),
-  offset: t.Integer({ minimum: 0, default: 0 }),
+  limit: integerParam('limit', { minimum: 1, maximum: 100, default: 10 }),
+  offset: t.Optional(integerParam('offset', { minimum: 0, maximum: MAX_OFFSET, description: 'entries to skip (default 0); not with after' })),
+  after: t.Optional(
+    t.String({
+      maxLength: 512,
+      error: 'after must be the `next` cursor of a previous page',
+      description: 'the `next` of the previous page: the page starts after its last entry (any depth, same cost)',
+    }),
+  ),
 })
-export const NeighboursQuery = t.Object({ neighbours: t.Integer({ minimum: 0, maximum: 25, default: 2 }) })
+export type PageQuery = typeof PageQuery.static
+export const NeighboursQuery = t.Object({ neighbours: integerParam('neighbours', { minimum: 0, maximum: 25, default: 2 }) })
 
 export const Entry = t.Object({ rank: t.Integer({ minimum: 1 }), player: t.String(), score: t.Number() })
 export type Entry = typeof Entry.static
@@ -23,6 +38,15 @@ export const BoardPage = t.Object({
   entries: t.Array(Entry),
 })
 export type BoardPage = typeof BoardPage.static
+
+/** A page of GET /v1/leaderboards/:board: the entries and the cursor to the following page. */
+export const RankedPage = t.Composite([
+  BoardPage,
+  t.Object({
+    next: t.Union([t.String(), t.Null()], { description: 'pass as `after` for the following page; null: this page ends the board' }),
+  }),
+])
+export type RankedPage = typeof RankedPage.static
 
 export const PlayerStanding = t.Object({
   board: t.String(),

@@ -1,9 +1,11 @@
-import { and, asc, count, desc, eq, gt, lt, or, type SQL } from 'drizzle-orm'
+import { and, asc, count, desc, eq, gt, gte, lt, or, type SQL } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
 import { leaderboardEntries, leaderboards, type ScoreOperator, type SortOrder } from '../../../../core/db/schema'
-import type { BoardPage, Entry, PlayerStanding } from './model'
+import { Invalid } from '../../errors'
+import { decodeCursor, encodeCursor } from './cursor'
+import type { BoardPage, Entry, PlayerStanding, RankedPage } from './model'
 
 /** A board's rules; a board without a config row is desc/best. */
 export type BoardConfig = { board: string; order: SortOrder; operator: ScoreOperator; configured: boolean }
@@ -37,21 +39,62 @@ function rankedOn(side: 'before' | 'after', order: SortOrder, s: { score: number
   )!
 }
 
-/** One page of a board. An unknown board is an empty page. Ranks are 1-based positions. */
-export async function leaderboardPage(db: Db, board: string, page: { limit: number; offset: number }): Promise<BoardPage> {
+/**
+ * One page of a board, from `offset` (at most MAX_OFFSET, see the model) or `after` a cursor (any
+ * depth: index ranges that start at the cursor, not a walk over the skipped rows). An unknown board is an empty page.
+ * Ranks are 1-based positions; on a cursor page they continue from the cursor's rank, so they are
+ * exact when nothing moved above since the previous page. `next` is null on the page that ends
+ * the board.
+ */
+export async function leaderboardPage(db: Db, board: string, page: { limit: number; offset?: number; after?: string }): Promise<RankedPage> {
+  if (page.offset !== undefined && page.after !== undefined) {
+    const message = 'offset and after cannot be combined: after already says where the page starts'
+    throw new Invalid('invalid_request', message, [{ path: '/after', message, in: 'query' }])
+  }
+  const from = page.after === undefined ? undefined : decodeCursor(page.after, board)
   const cfg = await boardConfig(db, board)
-  const rows = await db
-    .select({ player: e.player, score: e.score })
-    .from(e)
-    .where(eq(e.board, board))
-    .orderBy(...ranking(cfg.order))
-    .limit(page.limit)
-    .offset(page.offset)
+  // One row more than asked says whether a following page exists.
+  const want = page.limit + 1
+  const select = () => db.select({ player: e.player, score: e.score, reachedSeq: e.reachedSeq }).from(e)
+  let rows: { player: string; score: number; reachedSeq: number }[]
+  if (!from) {
+    rows = await select()
+      .where(eq(e.board, board))
+      .orderBy(...ranking(cfg.order))
+      .limit(want)
+      .offset(page.offset ?? 0)
+  } else {
+    // Two index ranges instead of one OR: first the rest of the cursor's own score (players tied
+    // on a score can be most of a board, and the index orders them by reachedSeq whatever the
+    // board's order), then the scores beyond it.
+    rows = await select()
+      .where(
+        and(
+          eq(e.board, board),
+          eq(e.score, from.score),
+          gte(e.reachedSeq, from.reachedSeq),
+          or(gt(e.reachedSeq, from.reachedSeq), gt(e.player, from.player)),
+        ),
+      )
+      .orderBy(asc(e.reachedSeq), asc(e.player))
+      .limit(want)
+    if (rows.length < want) {
+      const beyond = await select()
+        .where(and(eq(e.board, board), cfg.order === 'asc' ? gt(e.score, from.score) : lt(e.score, from.score)))
+        .orderBy(...ranking(cfg.order))
+        .limit(want - rows.length)
+      rows = rows.concat(beyond)
+    }
+  }
+  const first = from ? from.rank + 1 : (page.offset ?? 0) + 1
+  const shown = rows.slice(0, page.limit)
+  const last = shown.at(-1)
   return {
     board,
     order: cfg.order,
     operator: cfg.operator,
-    entries: rows.map((r, i) => ({ rank: page.offset + i + 1, player: r.player, score: r.score })),
+    entries: shown.map((r, i) => ({ rank: first + i, player: r.player, score: r.score })),
+    next: rows.length > page.limit && last ? encodeCursor({ board, ...last, rank: first + shown.length - 1 }) : null,
   }
 }
 
@@ -94,5 +137,9 @@ export const SNAPSHOT_SIZE = 100
 
 /** The first page of the channel `leaderboard:<board>` with its version and epoch (see readChannelSnapshot). */
 export function leaderboardSnapshot(db: Db, board: string): Promise<ChannelSnapshot<BoardPage>> {
-  return readChannelSnapshot(db, channelOf.leaderboard(board), (q) => leaderboardPage(q, board, { limit: SNAPSHOT_SIZE, offset: 0 }))
+  return readChannelSnapshot(db, channelOf.leaderboard(board), async (q) => {
+    // A cursor would go stale as updates apply to the snapshot: subscribers get none.
+    const { next: _, ...page } = await leaderboardPage(q, board, { limit: SNAPSHOT_SIZE })
+    return page
+  })
 }

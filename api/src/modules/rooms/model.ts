@@ -1,10 +1,11 @@
 import { t } from 'elysia'
 import { EventId, Name } from '../../../../core/events'
+import { integerParam } from '../../params'
 
 export const RoomParams = t.Object({ room: Name })
 export const MessagesQuery = t.Object({
   before: t.Optional(EventId),
-  limit: t.Integer({ minimum: 1, maximum: 100, default: 50 }),
+  limit: integerParam('limit', { minimum: 1, maximum: 100, default: 50 }),
 })
 
 export const Message = t.Object({

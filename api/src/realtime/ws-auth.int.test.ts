@@ -1,0 +1,55 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { connectPostgres, type Database } from '../../../core/db/client'
+import { createLogger } from '../../../core/logger'
+import { connectNats, ensureStreams } from '../../../core/nats'
+import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import { WsClient } from '../../../test/e2e/harness'
+import { startApi, type RunningApi } from '../server'
+
+/** The token check of the WebSocket upgrade, on a real server. */
+describe('WebSocket token', () => {
+  let env: TestEnv
+  let database: Database
+  let nc: Awaited<ReturnType<typeof connectNats>>
+  let api: RunningApi
+
+  beforeAll(async () => {
+    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1' })
+    database = await connectPostgres(env.vars.DATABASE_URL)
+    nc = await connectNats(env.vars.NATS_URL, 'ws-auth-test')
+    await ensureStreams(nc, env.config)
+    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+  })
+  afterAll(async () => {
+    await api?.stop()
+    await nc?.close()
+    await database?.close()
+    await env?.cleanup()
+  })
+
+  const upgrade = (token: string) =>
+    fetch(`http://127.0.0.1:${api.port}/v1/ws?token=${encodeURIComponent(token)}`, {
+      headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },
+    })
+
+  test('a token as long as a real one but with non-ASCII characters is 401, not 500', async () => {
+    for (const real of [env.vars.FANFARE_ADMIN_TOKEN, env.vars.FANFARE_INGEST_TOKEN]) {
+      // Same length in UTF-16 code units, longer in UTF-8 bytes.
+      for (const token of [real.slice(0, -1) + 'é', 'é'.repeat(real.length), real.slice(0, -2) + '😀']) {
+        const res = await upgrade(token)
+        expect([token, res.status]).toEqual([token, 401])
+        expect(((await res.json()) as any).error.code).toBe('unauthorized')
+      }
+    }
+  })
+
+  test('a wrong token of the right length is 401; the real ones open', async () => {
+    const admin = env.vars.FANFARE_ADMIN_TOKEN
+    const res = await upgrade(admin.slice(0, -1) + (admin.endsWith('x') ? 'y' : 'x'))
+    expect(res.status).toBe(401)
+    for (const token of [admin, env.vars.FANFARE_INGEST_TOKEN]) {
+      const c = await WsClient.open(`ws://127.0.0.1:${api.port}/v1/ws?token=${token}`)
+      c.close()
+    }
+  })
+})

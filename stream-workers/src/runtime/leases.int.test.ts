@@ -1,0 +1,142 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import type { KV } from '@nats-io/kv'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { partitionKey } from '../../../core/leases'
+import { createLogger } from '../../../core/logger'
+import { connectNats } from '../../../core/nats'
+import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import { until } from '../../../core/testing/wait'
+import { openLeaseBucket, startLeases, type LeaseDeps, type Leases } from './leases'
+
+const logger = createLogger(process.env.TEST_LOG_LEVEL ?? 'silent')
+
+/**
+ * The real lease bucket, with the answers of chosen updates held back: `delayFor(key, call)`
+ * says how long the answer to a key's n-th update (from 0) waits after the server has it
+ * (Infinity: until `settle`). The update itself reaches NATS at once, as a slow network's would.
+ */
+function slowAnswers(kv: KV, delayFor: (key: string, call: number) => number) {
+  const calls = new Map<string, number>()
+  const held: (() => void)[] = []
+  const sentAt = new Map<string, number[]>()
+  const wrapped = new Proxy(kv, {
+    get(target, prop, receiver) {
+      if (prop !== 'update') return Reflect.get(target, prop, receiver)
+      return (key: string, value: string, revision: number) => {
+        const n = calls.get(key) ?? 0
+        calls.set(key, n + 1)
+        sentAt.set(key, [...(sentAt.get(key) ?? []), Date.now()])
+        const answer = target.update(key, value, revision)
+        const delay = delayFor(key, n)
+        if (delay === 0) return answer
+        const release = new Promise<void>((resolve) => {
+          held.push(resolve)
+          if (Number.isFinite(delay)) setTimeout(resolve, delay)
+        })
+        return answer.then(
+          async (r) => (await release, r),
+          async (err) => {
+            await release
+            throw err
+          },
+        )
+      }
+    },
+  })
+  return { kv: wrapped, sentAt: (key: string) => sentAt.get(key) ?? [], settle: () => held.forEach((r) => r()) }
+}
+
+describe('partition leases against NATS KV', () => {
+  let env: TestEnv
+  let nc: NatsConnection
+  const started: Leases[] = []
+  const settles: (() => void)[] = []
+
+  beforeAll(async () => {
+    env = await createTestEnv()
+    nc = await connectNats(env.vars.NATS_URL, 'leases-test')
+  })
+  afterAll(async () => {
+    for (const settle of settles) settle()
+    for (const l of started) await l.stop().catch(() => {})
+    await nc.close()
+    await env.cleanup()
+  })
+
+  /** A bucket of its own per test (the TTL is the bucket's). */
+  const bucket = async (name: string, ttlMs: number) => openLeaseBucket(nc, { ...env.config, FANFARE_STREAM: `${env.config.FANFARE_STREAM}_${name}`, FANFARE_LEASE_TTL_MS: ttlMs })
+
+  const lease = (deps: Partial<LeaseDeps> & Pick<LeaseDeps, 'kv' | 'workerId' | 'partitions' | 'ttlMs'>) => {
+    const l = startLeases({ logger, onAcquired: () => {}, onLost: () => {}, onRelease: async () => {}, ...deps })
+    started.push(l)
+    return l
+  }
+
+  test('a slow release of one partition (3x TTL) does not cost the worker its other partitions', async () => {
+    const ttlMs = 1500
+    const kv = await bucket('slowrel', ttlMs)
+    const lost: string[] = []
+    const releases: number[] = []
+    const a = lease({
+      kv,
+      workerId: 'a',
+      partitions: 4,
+      ttlMs,
+      onLost: (p) => void lost.push(`a:${p}`),
+      onRelease: async (p) => {
+        releases.push(p)
+        await Bun.sleep(3 * ttlMs)
+      },
+    })
+    await until('a to hold all 4 partitions', () => a.held().length === 4)
+    const b = lease({ kv, workerId: 'b', partitions: 4, ttlMs, onLost: (p) => void lost.push(`b:${p}`) })
+    // a gives up two partitions (slowly); b takes them once they are free.
+    await until('a to start releasing its surplus', () => releases.length === 2)
+    await until('b to hold the released partitions', () => b.held().length === 2, 4 * ttlMs + 5000)
+    expect(a.held()).toHaveLength(2)
+    expect([...a.held(), ...b.held()].sort()).toEqual([0, 1, 2, 3])
+    // No partition was lost on the way: a kept renewing the two it keeps while it released.
+    expect(lost).toEqual([])
+    // And a did not take the partitions it was releasing back in the meantime.
+    expect(releases.every((p) => !a.held().includes(p))).toBe(true)
+  }, 30_000)
+
+  test('a lease counts from when its renew was sent: an answer that arrives late does not extend it', async () => {
+    const ttlMs = 3000
+    const period = ttlMs / 3
+    const kv0 = await bucket('late', ttlMs)
+    const key = partitionKey(0)
+    let slowFrom = Infinity
+    // The late answer comes 1.2 s after its send: after the next renew round (1 s), before the
+    // lease of the previous renew (sent a round earlier) would run out (0.9 ttl = 2.7 s).
+    const slow = slowAnswers(kv0, (k, n) => (k !== key || n < slowFrom ? 0 : n === slowFrom ? 1200 : Infinity))
+    settles.push(slow.settle)
+    let lostAt = 0
+    const lost: number[] = []
+    const l = lease({
+      kv: slow.kv,
+      workerId: 'w',
+      partitions: 2,
+      ttlMs,
+      onLost: (p) => {
+        lost.push(p)
+        if (p === 0) lostAt = Date.now()
+      },
+    })
+    await until('both partitions held', () => l.held().length === 2)
+    // From the next renew of partition 0: answered 1.2 s late, and every later one never.
+    slowFrom = slow.sentAt(key).length
+    await until('partition 0 to be lost', () => lostAt > 0, 15_000)
+    const lateSentAt = slow.sentAt(key)[slowFrom]
+    expect(lateSentAt).toBeDefined()
+    // The late renew succeeded, but its lease ran from its send: lost at the first renew round
+    // past 0.9 ttl after it (rounds are a period apart, starting with that send: at +3 s).
+    // Counted from the late answer (+1.2 s), it would be a round later (+4 s).
+    const after = lostAt - lateSentAt
+    expect(after).toBeGreaterThanOrEqual(0.9 * ttlMs - 50)
+    expect(after).toBeLessThan(0.9 * ttlMs + period / 2 + 300)
+    // Partition 1 renewed on its own meanwhile.
+    expect(lost).toEqual([0])
+    expect(l.held()).toEqual([1])
+  }, 30_000)
+})
