@@ -6,20 +6,36 @@ import { Name } from './events/fields'
  * change reaches subscribers as a ChangeNotice; workers publish them in runs (ChangeRun) on
  * `<prefix>.changes.<kind>.<name>`.
  */
-export const channelKinds = ['leaderboard', 'chat'] as const
+export const channelKinds = ['leaderboard', 'chat', 'user'] as const
 export type ChannelKind = (typeof channelKinds)[number]
 
-export const Channel = Type.String({ pattern: '^(leaderboard|chat):[A-Za-z0-9_-]{1,64}$', maxLength: 80 })
+/**
+ * `leaderboard:<board>`, `chat:<room>` (names of letters, digits, `_` and `-`), or `user:<user id>`
+ * (a user's private channel: the id is a token's `sub`, 1-128 characters without spaces).
+ */
+const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
+export const Channel = Type.String({ pattern: CHANNEL_PATTERN, maxLength: 261 })
 export type Channel = Static<typeof Channel>
 
 export const channelOf = {
   leaderboard: (board: string) => `leaderboard:${board}`,
   chat: (room: string) => `chat:${room}`,
+  user: (id: string) => `user:${id}`,
 }
 
+const channelRe = new RegExp(CHANNEL_PATTERN)
 export function parseChannel(channel: string): { kind: ChannelKind; name: string } | undefined {
-  const m = /^(leaderboard|chat):([A-Za-z0-9_-]{1,64})$/.exec(channel)
-  return m ? { kind: m[1] as ChannelKind, name: m[2] } : undefined
+  if (channel.length > 261 || !channelRe.test(channel)) return undefined
+  const colon = channel.indexOf(':')
+  return { kind: channel.slice(0, colon) as ChannelKind, name: channel.slice(colon + 1) }
+}
+
+/**
+ * The subject token of a channel's name: the name itself for boards and rooms (subject-safe by
+ * their pattern), base64url of its UTF-8 for users (a user id may hold `.`, `*` or `>`).
+ */
+export function subjectName(kind: ChannelKind, name: string): string {
+  return kind === 'user' ? `u${Buffer.from(name, 'utf8').toString('base64url')}` : name
 }
 
 /** What changed in a leaderboard: one player's new standing. */
@@ -34,6 +50,7 @@ export const ChatMessage = Type.Object({
   id: Type.String(),
   room: Name,
   user: Type.String(),
+  name: Type.Optional(Type.String()),
   text: Type.String(),
   postedAt: Type.String({ description: 'ISO 8601' }),
 })

@@ -16,6 +16,21 @@ export const Env = Type.Object({
   FANFARE_INGEST_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
   /** Bearer token for /admin. */
   FANFARE_ADMIN_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
+  /**
+   * Players' and viewers' tokens: HS256 JWTs signed with this secret (at least 32 bytes), and/or
+   * tokens whose keys FANFARE_JWKS_URL serves (RS256, ES256, EdDSA). Neither set: no user tokens.
+   */
+  FANFARE_JWT_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  FANFARE_JWKS_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
+  /** When set, a user token's `iss` / `aud` must be this. */
+  FANFARE_JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
+  FANFARE_JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
+  /** `subscribe`: clients without a token may watch public channels (never publish); `off`: refused. */
+  FANFARE_ANONYMOUS: Type.Union([Type.Literal('subscribe'), Type.Literal('off')], { default: 'subscribe' }),
+  /** How long before a user token expires its WebSocket is told `token_expiring`. */
+  FANFARE_TOKEN_WARNING_MS: Type.Integer({ minimum: 1000, maximum: 3600_000, default: 30_000 }),
+  /** How long a WebSocket opened without a token may wait before its `auth` frame (when anonymous is off). */
+  FANFARE_AUTH_TIMEOUT_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 10_000 }),
   FANFARE_DATA_DIR: Type.String({ minLength: 1, default: './.data' }),
   /** JetStream stream holding events; tests give each run its own. */
   FANFARE_STREAM: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', default: 'FANFARE' }),

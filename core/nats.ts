@@ -35,6 +35,7 @@ export function topology(config: Config): Topology {
     changeStreams: {
       leaderboard: `${config.FANFARE_STREAM}_CHANGES_LEADERBOARD`,
       chat: `${config.FANFARE_STREAM}_CHANGES_CHAT`,
+      user: `${config.FANFARE_STREAM}_CHANGES_USER`,
     },
     leaseBucket: `${config.FANFARE_STREAM}_leases`,
     jobBucket: `${config.FANFARE_STREAM}_jobs`,
@@ -53,7 +54,9 @@ export function historyRetention(config: Config, kind: ChannelKind): { size: num
   const [size, ttlMs] =
     kind === 'leaderboard'
       ? [config.FANFARE_HISTORY_SIZE_LEADERBOARD, config.FANFARE_HISTORY_TTL_MS_LEADERBOARD]
-      : [config.FANFARE_HISTORY_SIZE_CHAT, config.FANFARE_HISTORY_TTL_MS_CHAT]
+      : kind === 'chat'
+        ? [config.FANFARE_HISTORY_SIZE_CHAT, config.FANFARE_HISTORY_TTL_MS_CHAT]
+        : [undefined, undefined]
   return { size: size ?? config.FANFARE_HISTORY_SIZE, ttlMs: ttlMs ?? config.FANFARE_HISTORY_TTL_MS }
 }
 

@@ -8,6 +8,7 @@ import { adminModule } from './modules/admin'
 import { eventsModule } from './modules/events'
 import { createIngest } from './modules/events/service'
 import { healthModule } from './modules/health'
+import { authPlugin } from './auth/plugin'
 import { leaderboardsModule } from './modules/leaderboards'
 import { roomsModule } from './modules/rooms'
 
@@ -19,6 +20,8 @@ export function createApp(deps: ApiDeps) {
   const { config, db, nc, logger } = deps
   const ingest = deps.ingest ?? createIngest({ config, nc, logger })
   const { eventStream } = topology(config)
+  // One instance for every module: Elysia de-duplicates it by name and seed.
+  const auth = authPlugin({ authenticator: deps.security.authenticator, config })
   const app = new Elysia({
     // WebSocket limits are server-wide in Bun: per-route options are ignored.
     websocket: {
@@ -49,10 +52,10 @@ export function createApp(deps: ApiDeps) {
       }),
     )
     .use(healthModule({ db, nc, eventStream, feeds: deps.realtime?.feeds }))
-    .use(eventsModule(config, ingest))
-    .use(leaderboardsModule(db))
-    .use(roomsModule(db))
-    .use(adminModule({ config, db, nc, ingest }))
+    .use(eventsModule(auth, ingest))
+    .use(leaderboardsModule({ db, auth }))
+    .use(roomsModule({ db, auth, rooms: deps.security.rooms }))
+    .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms }))
   if (!deps.realtime) return app
   return app.use(deps.realtime.routes({ ingest }))
 }

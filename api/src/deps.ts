@@ -4,6 +4,7 @@ import type { Config } from '../../core/config'
 import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
 import type { Ingest } from './modules/events/service'
+import type { Security } from './auth/security'
 import type { FeedStatus } from './realtime/change-feed'
 
 /** What the API needs from the process that runs it. Nothing connects at import time. */
@@ -12,6 +13,8 @@ export type ApiDeps = {
   db: Db
   nc: NatsConnection
   logger: Logger
+  /** Who is calling and what they may do (see startSecurity). */
+  security: Security
   /** An ingest service to share with other layers; created from config/nc/logger when absent. */
   ingest?: Ingest
   /** The WebSocket layer (api/src/realtime/), when this app serves it. */

@@ -31,10 +31,33 @@ export class Invalid extends AppError {
     this.status = status
   }
 }
+/** No credential, or one that is not valid (`invalid_token`): 401. */
 export class Unauthorized extends AppError {
   readonly status = 401
-  constructor(message = 'missing or unknown bearer token') {
-    super('unauthorized', message)
+  constructor(message = 'missing or unknown bearer token', code = 'unauthorized') {
+    super(code, message)
+  }
+}
+/** A user token past its `exp`: 401 `token_expired` (get a fresh token; on a WebSocket, close 4001). */
+export class TokenExpired extends Unauthorized {
+  constructor(message = 'the token has expired') {
+    super(message, 'token_expired')
+  }
+}
+/** A credential an admin revoked (a key, a user, a token): 401 `revoked` (on a WebSocket, close 4003). */
+export class Revoked extends Unauthorized {
+  constructor(message = 'this credential was revoked') {
+    super(message, 'revoked')
+  }
+}
+/** Over a rate limit: 429 `rate_limited` with `retryAfterMs`; nothing was done. */
+export class RateLimited extends AppError {
+  readonly status = 429
+  constructor(
+    readonly retryAfterMs: number,
+    message = 'too many requests',
+  ) {
+    super('rate_limited', message, { retryAfterMs })
   }
 }
 export class Forbidden extends AppError {
@@ -107,6 +130,11 @@ export function errorHandler(logger: Logger) {
     // Elysia wraps whatever a parse hook throws (our 413 and 400 included) in a ParseError.
     const cause = (error as { cause?: unknown }).cause
     if (code === 'PARSE' && cause instanceof AppError) return errorResponse(cause.status, cause.code, cause.message, cause.details)
+    if (error instanceof RateLimited) {
+      const res = errorResponse(error.status, error.code, error.message, error.details)
+      res.headers.set('retry-after', String(Math.max(1, Math.ceil(error.retryAfterMs / 1000))))
+      return res
+    }
     if (error instanceof AppError) return errorResponse(error.status, error.code, error.message, error.details)
     switch (code) {
       case 'VALIDATION': {

@@ -2,6 +2,7 @@ import { createApp } from './app'
 import type { ApiDeps } from './deps'
 import { startRealtime } from './realtime/start'
 import { snapshotReader } from './realtime/snapshots'
+import { startSecurity } from './auth/security'
 
 /** A listening API node. */
 export type RunningApi = {
@@ -15,9 +16,10 @@ export type RunningApi = {
  * Starts an API node: follows the change stream for live updates, builds the app with REST and
  * WebSocket routes, and listens on config.HOST:config.PORT.
  */
-export async function startApi(deps: Omit<ApiDeps, 'realtime'>): Promise<RunningApi> {
-  const realtime = await startRealtime({ ...deps, snapshot: snapshotReader(deps.db) })
-  const app = createApp({ ...deps, realtime })
+export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Promise<RunningApi> {
+  const security = await startSecurity(deps)
+  const realtime = await startRealtime({ ...deps, security, snapshot: snapshotReader(deps.db) })
+  const app = createApp({ ...deps, security, realtime })
   app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
   const server = app.server
   if (!server) throw new Error('the API server did not start')
@@ -32,6 +34,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime'>): Promise<Running
         await realtime.goAway()
         await app.stop(true)
         await realtime.stop()
+        await security.stop()
       })()),
   }
 }

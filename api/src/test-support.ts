@@ -6,6 +6,7 @@ import { ensureStreams, topology } from '../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
 import { createApp, type App } from './app'
 import type { ApiDeps } from './deps'
+import { startSecurity } from './auth/security'
 
 /** An app over a fresh test database and stream, with helpers for requests. Test-only. */
 export type ApiHarness = {
@@ -29,7 +30,9 @@ export async function createHarness(overrides: Record<string, string> = {}, extr
   const database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
   const nc = await connect({ servers: TEST_NATS_URL })
   const jsm = await ensureStreams(nc, env.config)
-  const deps: ApiDeps = { config: env.config, db: database.db, nc, logger: createLogger('silent'), ...extra }
+  const logger = createLogger('silent')
+  const security = extra.security ?? (await startSecurity({ config: env.config, db: database.db, nc, logger }))
+  const deps: ApiDeps = { config: env.config, db: database.db, nc, logger, ...extra, security }
   const app = createApp(deps)
   const call: ApiHarness['call'] = async (method, path, opts = {}) => {
     const headers: Record<string, string> = { ...opts.headers }
@@ -61,6 +64,7 @@ export async function createHarness(overrides: Record<string, string> = {}, extr
     call,
     streamCount: async () => (await jsm.streams.info(topology(env.config).eventStream)).state.messages,
     close: async () => {
+      await security.stop()
       await nc.close().catch(() => {})
       await database.close()
       await env.cleanup()

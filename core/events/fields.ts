@@ -15,11 +15,19 @@ export const ActorId = Type.String({
 })
 export const EventId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_.:@-]+$', description: '1-128 chars of A-Z a-z 0-9 _ . : @ -' })
 /**
- * Who published an event (see Caller): today 'anonymous', 'ingest' or 'admin'; later a user or an
- * API key id. The event id's alphabet, so never a '/': JetStream de-duplicates on
- * `<principal>/<event id>` (see dedupIdOf), which must not be ambiguous.
+ * Who published an event, as recorded with it (`by`): `u:<user id>`, `k:<key id>`, `ingest`,
+ * `admin` (see the API's principalId). No whitespace or NUL (it goes into a NATS header). Event ids
+ * are de-duplicated on `<by>/<event id>` (see dedupIdOf): an event id has no '/', so the last '/'
+ * always splits the two, whatever `by` holds.
  */
-export const PrincipalId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_.:@-]+$' })
+export const PrincipalId = Type.String({ minLength: 1, maxLength: 140, pattern: '^[^\\s\\u0000]+$' })
+/** A display name: 1-64 characters, no control characters. */
+export const DisplayName = Type.String({
+  minLength: 1,
+  maxLength: 64,
+  pattern: '^(?:[^\\u0000-\\u001f\\u007f\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
+  description: '1-64 chars, no control characters or lone surrogates',
+})
 export const ChatText = Type.String({
   minLength: 1,
   maxLength: 2000,

@@ -4,26 +4,11 @@ import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
 import { MAX_PROBLEMS, takeFirst } from '../validation'
+import { parseChannel, subjectName } from '../channels'
 
 export { ChatMessageDeleted, ChatMessagePosted } from './chat'
 export { ScoreSubmitted } from './scores'
 export * from './fields'
-
-/** Who may publish an event type: anyone (anonymous WebSocket), the ingest token, or admins. */
-export type Publisher = 'anonymous' | 'ingest' | 'admin'
-
-/**
- * Who publishes a request's events. `role` decides which event types it may publish (a contract's
- * `publisher`); `principal` (a PrincipalId) names it: it is stored with each of its events as
- * `by`, and it scopes the de-duplication of its event ids, so that one publisher's id can neither
- * hide another's event nor reveal which ids another used. Today each role is one principal (every
- * anonymous client is 'anonymous'); a user or an API key will be a principal of its own under the
- * role it is granted, with nothing else to change.
- */
-export type Caller = { role: Publisher; principal: string }
-
-/** The caller a token role stands for, while principals are no finer than roles. */
-export const callerOf = (role: Publisher): Caller => ({ role, principal: role })
 
 type Contract<T extends TSchema> = {
   /** Schema version written into every stored event of this type. */
@@ -31,34 +16,30 @@ type Contract<T extends TSchema> = {
   schema: T
   /** The ordering key: events with the same key are applied in publish order. */
   key: (data: Static<T>) => string
-  /** Least privilege needed to publish it. */
-  publisher: Publisher
 }
 
 const contract = <T extends TSchema>(c: Contract<T>) => c
 
 /**
  * Every event type Fanfare accepts. The part of the type before the first dot names the
- * projection area that consumes it (`score.*` → leaderboards, `chat.*` → chat).
+ * projection area that consumes it (`score.*` → leaderboards, `chat.*` → chat). Who may publish
+ * each is the API's table (api/src/auth/permissions.ts).
  */
 export const contracts = {
   'score.submitted': contract({
     version: 1,
     schema: ScoreSubmitted,
     key: (d) => `${d.board}/${d.player}`,
-    publisher: 'ingest',
   }),
   'chat.message.posted': contract({
     version: 1,
     schema: ChatMessagePosted,
     key: (d) => d.room,
-    publisher: 'anonymous',
   }),
   'chat.message.deleted': contract({
     version: 1,
     schema: ChatMessageDeleted,
     key: (d) => d.room,
-    publisher: 'admin',
   }),
 }
 
@@ -90,7 +71,8 @@ export type StoredEvent = {
 
 /**
  * The JetStream de-duplication id (`Nats-Msg-Id`) of an event: `<by>/<id>`. Ids are de-duplicated
- * per publisher; '/' occurs in neither part, so two different pairs never give the same string.
+ * per publisher; an event id has no '/', so the last '/' splits the pair: two different pairs
+ * never give the same string.
  */
 export const dedupIdOf = (event: Pick<StoredEvent, 'by' | 'id'>): string => `${event.by}/${event.id}`
 
@@ -137,7 +119,11 @@ export const subjects = {
   /** What one projection consumes of one partition, e.g. `fanfare.ev.3.score.>` */
   projectionFilter: (prefix: string, partition: number, area: string) => `${prefix}.ev.${partition}.${area}.>`,
   /** `<prefix>.changes.<kind>.<name>` for channel `<kind>:<name>` */
-  change: (prefix: string, channel: string) => `${prefix}.changes.${channel.replace(':', '.')}`,
+  change: (prefix: string, channel: string) => {
+    const parsed = parseChannel(channel)
+    if (!parsed) throw new Error(`not a channel: ${channel}`)
+    return `${prefix}.changes.${parsed.kind}.${subjectName(parsed.kind, parsed.name)}`
+  },
   /** Every channel of one kind, e.g. `fanfare.changes.chat.>` */
   changesOfKind: (prefix: string, kind: string) => `${prefix}.changes.${kind}.>`,
   /** Stream sequence → partition parse helper for admin views. */

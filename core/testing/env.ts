@@ -35,6 +35,7 @@ export async function createTestEnv(overrides: Record<string, string> = {}): Pro
     FANFARE_SUBJECT_PREFIX: `t_${id}`,
     FANFARE_INGEST_TOKEN: `ingest-token-${id}`,
     FANFARE_ADMIN_TOKEN: `admin-token-${id}`,
+    FANFARE_JWT_SECRET: `jwt-secret-${id}-0123456789abcdef`,
     LOG_LEVEL: 'warn',
     ...overrides,
   }

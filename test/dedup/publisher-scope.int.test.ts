@@ -8,6 +8,7 @@ import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { startApi, type RunningApi } from '../../api/src/server'
 import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing/harness'
 import type { Workers } from '../../stream-workers/src/workers'
+import { mintUserToken } from '../../api/src/auth/mint'
 import { WsClient } from '../e2e/harness'
 
 /**
@@ -50,10 +51,14 @@ describe('event ids are scoped to their publisher', () => {
   const get = async (path: string) => (await fetch(`${base}${path}`)).json() as Promise<any>
   const caughtUp = () => untilCaughtUp({ config: env.config, db: database.db, nc })
 
-  test("an anonymous chat message cannot hide the game server's score with the same id; each publisher's resend is still a duplicate", async () => {
+  /** A player's WebSocket, signed in with a token of the game's auth (the test's secret). */
+  const player = async (sub: string) =>
+    WsClient.open(`${base.replace('http', 'ws')}/v1/ws?token=${await mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub })}`)
+
+  test("a player's chat message cannot hide the game server's score with the same id; each publisher's resend is still a duplicate", async () => {
     const id = 'match-42-final-score'
-    const anon = await WsClient.open(`${base.replace('http', 'ws')}/v1/ws`)
-    anon.send({ op: 'publish', ref: 'c1', event: { id, type: 'chat.message.posted', data: { room: 'lobby', user: 'troll', text: 'gg' } } })
+    const anon = await player('troll')
+    anon.send({ op: 'publish', ref: 'c1', event: { id, type: 'chat.message.posted', data: { room: 'lobby', text: 'gg' } } })
     expect(await anon.reply('c1')).toMatchObject({ op: 'ack', id, duplicate: false })
 
     const score = { id, type: 'score.submitted', data: { board: 'finals', player: 'team-a', score: 42 } }
@@ -64,7 +69,7 @@ describe('event ids are scoped to their publisher', () => {
     // The same publisher resending its own id is de-duplicated, as before.
     const again = await post(env.vars.FANFARE_INGEST_TOKEN, score)
     expect(again.json.results).toEqual([{ id, seq: first.json.results[0].seq, duplicate: true }])
-    anon.send({ op: 'publish', ref: 'c2', event: { id, type: 'chat.message.posted', data: { room: 'lobby', user: 'troll', text: 'gg' } } })
+    anon.send({ op: 'publish', ref: 'c2', event: { id, type: 'chat.message.posted', data: { room: 'lobby', text: 'gg' } } })
     expect(await anon.reply('c2')).toMatchObject({ op: 'ack', id, duplicate: true })
     anon.close()
 
@@ -76,8 +81,8 @@ describe('event ids are scoped to their publisher', () => {
   test('the same message id in two rooms is two messages; a deletion removes only its room’s', async () => {
     const id = 'hello-1'
     const admin = env.vars.FANFARE_ADMIN_TOKEN
-    const anon = await WsClient.open(`${base.replace('http', 'ws')}/v1/ws`)
-    anon.send({ op: 'publish', ref: 'a', event: { id, type: 'chat.message.posted', data: { room: 'red', user: 'ann', text: 'in red' } } })
+    const anon = await player('ann')
+    anon.send({ op: 'publish', ref: 'a', event: { id, type: 'chat.message.posted', data: { room: 'red', text: 'in red' } } })
     expect(await anon.reply('a')).toMatchObject({ op: 'ack', id, duplicate: false })
     anon.close()
     const blue = await post(env.vars.FANFARE_INGEST_TOKEN, { id, type: 'chat.message.posted', data: { room: 'blue', user: 'bob', text: 'in blue' } })

@@ -24,7 +24,13 @@ describe('end to end: separate api and stream-worker processes, real Postgres an
     procs.push(spawnProc('worker-2', 'stream-workers/src/main.ts', vars))
     const baseUrl = `http://127.0.0.1:${port}`
     await waitReady(baseUrl, procs)
-    await runScenario({ baseUrl, wsUrl: `ws://127.0.0.1:${port}/v1/ws`, ingestToken: env.vars.FANFARE_INGEST_TOKEN, adminToken: env.vars.FANFARE_ADMIN_TOKEN })
+    await runScenario({
+      baseUrl,
+      wsUrl: `ws://127.0.0.1:${port}/v1/ws`,
+      ingestToken: env.vars.FANFARE_INGEST_TOKEN,
+      adminToken: env.vars.FANFARE_ADMIN_TOKEN,
+      jwtSecret: env.vars.FANFARE_JWT_SECRET,
+    })
     for (const p of procs) expect0(await p.stop(), p)
   }, 120_000)
 })
@@ -42,6 +48,7 @@ describe('end to end: all-in-one mode with embedded PGlite and a spawned nats-se
     const port = freePort()
     const ingestToken = `ingest-${crypto.randomUUID()}`
     const adminToken = `admin-${crypto.randomUUID()}`
+    const jwtSecret = `jwt-${crypto.randomUUID()}`
     proc = spawnProc('all-in-one', 'scripts/all-in-one.ts', {
       DATABASE_URL: undefined,
       NATS_URL: undefined,
@@ -50,11 +57,12 @@ describe('end to end: all-in-one mode with embedded PGlite and a spawned nats-se
       HOST: '127.0.0.1',
       FANFARE_INGEST_TOKEN: ingestToken,
       FANFARE_ADMIN_TOKEN: adminToken,
+      FANFARE_JWT_SECRET: jwtSecret,
       LOG_LEVEL: 'warn',
     })
     const baseUrl = `http://127.0.0.1:${port}`
     await waitReady(baseUrl, [proc], 60_000)
-    await runScenario({ baseUrl, wsUrl: `ws://127.0.0.1:${port}/v1/ws`, ingestToken, adminToken })
+    await runScenario({ baseUrl, wsUrl: `ws://127.0.0.1:${port}/v1/ws`, ingestToken, adminToken, jwtSecret })
     expect0(await proc.stop(), proc)
   }, 180_000)
 })

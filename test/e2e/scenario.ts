@@ -1,7 +1,8 @@
 import { expect } from 'bun:test'
+import { mintUserToken } from '../../api/src/auth/mint'
 import { until, WsClient } from './harness'
 
-export type Target = { baseUrl: string; wsUrl: string; ingestToken: string; adminToken: string }
+export type Target = { baseUrl: string; wsUrl: string; ingestToken: string; adminToken: string; jwtSecret: string }
 
 const json = (token: string | undefined, body: unknown, method = 'POST') => ({
   method,
@@ -96,18 +97,22 @@ export async function runScenario(t: Target) {
   expect(resendBody.results.map((r: any) => r.duplicate)).toEqual([true, true, true, true, true])
   expect(resendBody.results.map((r: any) => r.seq)).toEqual(firstBody.results.slice(0, 5).map((r: any) => r.seq))
 
-  // Scores over WebSocket need the ingest token; anonymous clients may publish chat only.
+  // Scores over WebSocket need a key with the scope (here the ingest token); players post chat
+  // (as themselves), never scores; anonymous viewers publish nothing.
   const anon = await WsClient.open(t.wsUrl)
   anon.send({ op: 'publish', ref: 'a1', event: events[30] })
   expect((await anon.reply('a1')).error.code).toBe('forbidden')
+  const ann = await WsClient.open(`${t.wsUrl}?token=${await mintUserToken(t.jwtSecret, { sub: 'ann', name: 'Ann' })}`)
+  ann.send({ op: 'publish', ref: 'a2', event: events[30] })
+  expect((await ann.reply('a2')).error.code).toBe('forbidden')
   const publisher = await WsClient.open(`${t.wsUrl}?token=${t.ingestToken}`)
   for (const [i, e] of events.slice(30).entries()) publisher.send({ op: 'publish', ref: `w${i}`, event: e })
   for (let i = 0; i < 30; i++) expect(await publisher.reply(`w${i}`)).toMatchObject({ op: 'ack', duplicate: false })
 
   const chatIds: string[] = []
   for (let i = 0; i < 5; i++) {
-    anon.send({ op: 'publish', ref: `c${i}`, event: { type: 'chat.message.posted', data: { room, user: `u${i}`, text: `hello ${i}` } } })
-    const ack = await anon.reply(`c${i}`)
+    ann.send({ op: 'publish', ref: `c${i}`, event: { type: 'chat.message.posted', data: { room, text: `hello ${i}` } } })
+    const ack = await ann.reply(`c${i}`)
     expect(ack.op).toBe('ack')
     chatIds.push(ack.id)
   }
@@ -143,6 +148,8 @@ export async function runScenario(t: Target) {
   })
   const history = await (await fetch(`${t.baseUrl}/v1/rooms/${room}/messages`)).json()
   expect(history.messages.map((m: any) => m.id)).toEqual([...chatIds].reverse())
+  // The server stamped who posted: the token's sub and display name, whatever the frame said.
+  expect(history.messages.every((m: any) => m.user === 'ann' && m.name === 'Ann')).toBe(true)
   const del = await fetch(`${t.baseUrl}/admin/rooms/${room}/messages/${chatIds[2]}`, {
     method: 'DELETE',
     headers: { authorization: `Bearer ${t.adminToken}` },
@@ -158,5 +165,5 @@ export async function runScenario(t: Target) {
   early.send({ op: 'unsubscribe', ref: 'u1', channel: chat })
   expect((await early.reply('u1')).op).toBe('unsubscribed')
 
-  for (const c of [early, late, anon, publisher]) c.close()
+  for (const c of [early, late, anon, ann, publisher]) c.close()
 }

@@ -1,22 +1,33 @@
 import { Elysia, t } from 'elysia'
+import { channelOf, parseChannel } from '../../../core/channels'
 import type { Config } from '../../../core/config'
-import { callerOf, type Caller, type EventInput, type Publisher } from '../../../core/events'
+import type { EventInput } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
-import { identify } from '../auth'
-import type { ChannelHub, Sink } from './channel-hub'
-import { errorBody, parseFrame } from './protocol'
 import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
+import type { Authenticator } from '../auth/authenticate'
+import { maySubscribe } from '../auth/permissions'
+import { ANONYMOUS, principalId, type Principal } from '../auth/principal'
+import type { Revocations } from '../auth/revocations'
+import type { RoomAccess } from '../auth/rooms'
+import { AppError, Forbidden, Revoked, TokenExpired, Unauthorized } from '../errors'
+import type { ChannelHub, Sink } from './channel-hub'
+import { CLOSE } from './close-codes'
+import { errorBody, parseFrame } from './protocol'
 
-/** What the WebSocket route needs: the hub for channels and the ingest path for publishing. */
+/** What the WebSocket route needs: the hub for channels, the ingest path, and who is calling. */
 export type RealtimeDeps = {
-  config: Pick<Config, 'FANFARE_INGEST_TOKEN' | 'FANFARE_ADMIN_TOKEN' | 'FANFARE_WS_SUBSCRIBES_PER_SECOND'>
+  config: Pick<Config, 'FANFARE_WS_SUBSCRIBES_PER_SECOND' | 'FANFARE_ANONYMOUS' | 'FANFARE_TOKEN_WARNING_MS' | 'FANFARE_AUTH_TIMEOUT_MS'>
   hub: ChannelHub
-  publish: (events: EventInput[], caller: Caller) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
+  publish: (events: EventInput[], principal: Principal) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
+  authenticator: Authenticator
+  revocations: Pick<Revocations, 'onChange'>
+  rooms: RoomAccess
   logger: Logger
   /** Most channels one connection may watch. */
   maxSubscriptions?: number
   /** Open sockets of this node, kept so shutdown can close them with "going away". */
   sockets?: SocketRegistry
+  now?: () => number
 }
 
 /** What the node needs of an open socket: Bun's ServerWebSocket (Elysia's `ws.raw`). */
@@ -34,43 +45,45 @@ export type SocketRegistry = {
   sent: (ws: OpenSocket, result: number) => void
 }
 
-/** Close code of a server going down (RFC 6455 "going away"): reconnect, to another node if needed. */
-export const CLOSE_GOING_AWAY = 1001
-
-/** Close code for a client that fell too far behind: it must reconnect and re-sync. */
-export const CLOSE_SLOW_CONSUMER = 4008
-
 type Connection = {
-  publisher: Publisher
+  principal: Principal
+  /** Opened without a token while anonymous clients are refused: only `auth` is accepted. */
+  awaitingAuth: boolean
   channels: Set<string>
   sink: Sink
+  socket: OpenSocket
   /** Publish acks waiting for the end of the event-loop turn (see ackLater). */
   acks: string[]
   /** Subscribes this connection may still make now (see FANFARE_WS_SUBSCRIBES_PER_SECOND). */
   subscribes: TokenBucket
+  /** The `token_expiring` warning, the expiry close, or the deadline for a first `auth` frame. */
+  timers: ReturnType<typeof setTimeout>[]
 }
 
-/** Who a WebSocket client is, from `?token=`: anonymous, ingest or admin; null if the token is wrong. */
-function publisherFor(token: string | undefined, config: RealtimeDeps['config']): Publisher | null {
-  if (token === undefined || token === '') return 'anonymous'
-  return identify(config, token) ?? null
-}
+/** The close code for a credential that can no longer be used. */
+const closeCodeOf = (err: Unauthorized) => (err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN)
 
 /**
- * `GET /v1/ws`: JSON text frames. `publish` appends an event (anonymous clients: chat only),
- * `subscribe` sends a snapshot and then every update of a channel in version order,
- * `unsubscribe` stops it. A bad frame gets an `error` frame; the connection stays usable.
+ * `GET /v1/ws`: JSON text frames. `auth` gives (or refreshes) a user token, `publish` appends an
+ * event (what the principal may publish), `subscribe` sends a snapshot and then every update of a
+ * channel it may see, in version order, `unsubscribe` stops it. A bad frame gets an `error` frame;
+ * the connection stays usable. A credential that stops being valid (expired, revoked) closes the
+ * socket with 4001 or 4003; a room made private drops who may no longer see it, with an error frame.
  */
 export function realtimeRoutes(deps: RealtimeDeps) {
   const connections = new Map<string, Connection>()
   const maxSubscriptions = deps.maxSubscriptions ?? 100
+  const now = deps.now ?? Date.now
   const log = deps.logger.child({ component: 'realtime' })
+  // The principal of an upgrade, from its `?token=`, checked before the upgrade (401 if bad).
+  const upgraded = new WeakMap<Request, Principal>()
 
   // Every direct send reports its result, so that a socket falling behind is seen (SocketRegistry).
   const sent = (raw: unknown, result: number) => {
     deps.sockets?.sent(raw as OpenSocket, result)
     return result
   }
+  const send = (conn: Connection, frame: object) => conn.sink.send(JSON.stringify(frame))
   // Acks complete together (one JetStream reply read acknowledges many publishes), outside Bun's
   // own corking of the message handler: each send would be a socket write. They are queued per
   // socket and sent at the end of the turn in one corked write.
@@ -89,46 +102,158 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     acking.set(raw, conn)
   }
 
+  const close = (conn: Connection, code: number, reason: string) => {
+    for (const timer of conn.timers) clearTimeout(timer)
+    conn.timers = []
+    conn.socket.close(code, reason)
+  }
+
+  /** Warns before a user token expires and closes at expiry; a key with an expiry closes then. */
+  const scheduleExpiry = (conn: Connection) => {
+    for (const timer of conn.timers) clearTimeout(timer)
+    conn.timers = []
+    const p = conn.principal
+    if (p.kind === 'anonymous' || p.expiresAt === undefined) return
+    const left = p.expiresAt - now()
+    if (p.kind === 'user') {
+      const warnIn = Math.max(0, left - deps.config.FANFARE_TOKEN_WARNING_MS)
+      conn.timers.push(setTimeout(() => send(conn, { op: 'token_expiring', expiresAt: new Date(p.expiresAt).toISOString() }), warnIn))
+    }
+    // setTimeout holds at most ~24.8 days; a longer-lived credential is checked again then.
+    const expireIn = Math.min(Math.max(0, left), 2 ** 31 - 1)
+    conn.timers.push(
+      setTimeout(() => {
+        const problem = deps.authenticator.check(conn.principal)
+        if (problem) close(conn, closeCodeOf(problem), p.kind === 'user' ? 'token_expired' : 'key_expired')
+        else scheduleExpiry(conn)
+      }, expireIn),
+    )
+  }
+
+  /** Re-checks every open connection's credential (a revocation arrived). */
+  const recheckAll = () => {
+    for (const conn of connections.values()) {
+      const problem = deps.authenticator.check(conn.principal)
+      if (problem) {
+        send(conn, { op: 'error', error: { code: problem.code, message: problem.message } })
+        close(conn, closeCodeOf(problem), problem instanceof Revoked ? 'revoked' : problem.code)
+      }
+    }
+  }
+
+  /** A room's visibility changed: drop its subscribers on this node who may no longer see it. */
+  const recheckRoom = async (room: string) => {
+    const channel = channelOf.chat(room)
+    const visibility = await deps.rooms.visibility(room)
+    for (const id of deps.hub.members(channel)) {
+      const conn = connections.get(id)
+      if (!conn) continue
+      const access = maySubscribe(conn.principal, channel, visibility)
+      if (access.ok) continue
+      conn.channels.delete(channel)
+      deps.hub.unsubscribe(conn.sink, channel)
+      send(conn, { op: 'error', channel, error: { code: 'forbidden', message: access.reason } })
+      send(conn, { op: 'unsubscribed', channel, reason: 'forbidden' })
+    }
+  }
+
+  /** Whether `p` may subscribe to `channel` now; throws Forbidden (with the channel) if not. */
+  const checkAccess = async (p: Principal, channel: string) => {
+    const parsed = parseChannel(channel)
+    const visibility = parsed?.kind === 'chat' ? await deps.rooms.visibility(parsed.name) : 'public'
+    const access = maySubscribe(p, channel, visibility)
+    if (!access.ok) throw new Forbidden(access.reason, { channel })
+  }
+
+  deps.revocations.onChange(recheckAll)
+  deps.rooms.onChange((room) => void recheckRoom(room).catch((err) => log.warn({ err, room }, 're-checking a room after a visibility change failed')))
+
+  /** Takes a credential from an `auth` frame: a first identity, or a fresh token of the same one. */
+  const authenticate = async (conn: Connection, token: string): Promise<Principal> => {
+    const p = await deps.authenticator.authenticate(token)
+    const was = conn.principal
+    if (p.kind === 'anonymous') throw new Unauthorized('an auth frame needs a token')
+    if (was.kind !== 'anonymous' && principalId(was) !== principalId(p)) {
+      throw new Forbidden(`this connection is ${principalId(was)}; a token for ${principalId(p)} needs a connection of its own`)
+    }
+    return p
+  }
+
   return new Elysia({ name: 'realtime' }).ws('/v1/ws', {
-    query: t.Object({ token: t.Optional(t.String({ maxLength: 256 })) }),
+    query: t.Object({ token: t.Optional(t.String({ maxLength: 8192 })) }),
     detail: { summary: 'WebSocket: publish events and subscribe to channels', tags: ['realtime'] },
-    beforeHandle({ query, set }) {
-      if (publisherFor(query.token, deps.config) === null) {
-        set.status = 401
-        return { error: { code: 'unauthorized', message: 'the token is not valid' } }
+    async beforeHandle({ query, request, set }) {
+      try {
+        upgraded.set(request, query.token ? await deps.authenticator.authenticate(query.token) : ANONYMOUS)
+      } catch (err) {
+        if (!(err instanceof AppError)) throw err
+        set.status = err.status
+        return { error: { code: err.code, message: err.message } }
       }
     },
     open(ws) {
       const raw = ws.raw
-      if (deps.sockets?.closing) return void raw.close(CLOSE_GOING_AWAY, 'server shutting down')
+      if (deps.sockets?.closing) return void raw.close(CLOSE.GOING_AWAY, 'server shutting down')
       // Elysia types `raw` with an older ServerWebSocket that lacks getBufferedAmount (Bun has it).
-      deps.sockets?.open.set(ws.id, raw as unknown as OpenSocket)
+      const socket = raw as unknown as OpenSocket
+      deps.sockets?.open.set(ws.id, socket)
+      const principal = upgraded.get(ws.data.request) ?? ANONYMOUS
       const conn: Connection = {
-        publisher: publisherFor(ws.data.query.token, deps.config)!,
+        principal,
+        awaitingAuth: principal.kind === 'anonymous' && deps.config.FANFARE_ANONYMOUS === 'off',
         channels: new Set(),
+        socket,
         acks: [],
         subscribes: tokenBucket({ capacity: maxSubscriptions, perSecond: deps.config.FANFARE_WS_SUBSCRIBES_PER_SECOND }),
+        timers: [],
         sink: {
           id: ws.id,
           send: (text) => sent(raw, raw.send(text)),
           subscribe: (topic) => raw.subscribe(topic),
           unsubscribe: (topic) => raw.unsubscribe(topic),
-          overflow: () => raw.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and subscribe again'),
+          overflow: () => raw.close(CLOSE.SLOW_CONSUMER, 'slow consumer: reconnect and subscribe again'),
         },
       }
       connections.set(ws.id, conn)
+      if (conn.awaitingAuth) {
+        conn.timers.push(setTimeout(() => close(conn, CLOSE.TOKEN_EXPIRED, 'authentication required: send { op: "auth", token } first'), deps.config.FANFARE_AUTH_TIMEOUT_MS))
+      } else {
+        scheduleExpiry(conn)
+      }
     },
     async message(ws, message) {
       const conn = connections.get(ws.id)
       if (!conn) return
-      const reply = (frame: object) => sent(ws.raw, ws.raw.send(JSON.stringify(frame)))
+      const reply = (frame: object) => send(conn, frame)
       const parsed = parseFrame(message)
       if (!parsed.ok) return void reply({ op: 'error', ref: parsed.ref, error: parsed.error })
       const frame = parsed.frame
+      if (conn.awaitingAuth && frame.op !== 'auth') {
+        return void reply({ op: 'error', ref: frame.ref, error: { code: 'unauthorized', message: 'this server needs a token: send { "op": "auth", "token" } first' } })
+      }
       try {
         switch (frame.op) {
+          case 'auth': {
+            let p: Principal
+            try {
+              p = await authenticate(conn, frame.token)
+            } catch (err) {
+              const body = errorBody(err)
+              reply({ op: 'error', ref: frame.ref, error: body })
+              return void close(conn, err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN, body.code)
+            }
+            conn.principal = p
+            conn.awaitingAuth = false
+            scheduleExpiry(conn)
+            return void reply({
+              op: 'authed',
+              ref: frame.ref,
+              principal: principalId(p),
+              ...(p.kind !== 'anonymous' && p.expiresAt !== undefined ? { expiresAt: new Date(p.expiresAt).toISOString() } : {}),
+            })
+          }
           case 'publish': {
-            const [result] = await deps.publish([frame.event], callerOf(conn.publisher))
+            const [result] = await deps.publish([frame.event], conn.principal)
             return void ackLater(ws.raw as unknown as AckSocket, conn, { op: 'ack', ref: frame.ref, ...result })
           }
           case 'subscribe': {
@@ -148,6 +273,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
               return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
             }
             conn.channels.add(frame.channel)
+            await checkAccess(conn.principal, frame.channel)
             const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
             await deps.hub.subscribe(conn.sink, frame.channel, from)
             return
@@ -166,13 +292,14 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         if (frame.op === 'subscribe') conn.channels.delete(frame.channel)
         const body = errorBody(err)
         if (body.code === 'internal') log.error({ err, op: frame.op }, 'websocket frame failed')
-        reply({ op: 'error', ref: frame.ref, error: body })
+        reply({ op: 'error', ref: frame.ref, ...(frame.op === 'subscribe' ? { channel: frame.channel } : {}), error: body })
       }
     },
     close(ws) {
       deps.sockets?.open.delete(ws.id)
       const conn = connections.get(ws.id)
       if (!conn) return
+      for (const timer of conn.timers) clearTimeout(timer)
       connections.delete(ws.id)
       deps.hub.removeSink(conn.sink, conn.channels)
     },

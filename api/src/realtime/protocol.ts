@@ -19,13 +19,16 @@ export const SubscribeFrame = Type.Object({
   epoch: Type.Optional(Type.String({ maxLength: 64 })),
 })
 export const UnsubscribeFrame = Type.Object({ op: Type.Literal('unsubscribe'), ref: Ref, channel: Channel })
-export const ClientFrame = Type.Union([PublishFrame, SubscribeFrame, UnsubscribeFrame])
+/** A user token (the first frame of a browser, which cannot set headers; or a refreshed token). */
+export const AuthFrame = Type.Object({ op: Type.Literal('auth'), ref: Ref, token: Type.String({ minLength: 1, maxLength: 8192 }) })
+export const ClientFrame = Type.Union([PublishFrame, SubscribeFrame, UnsubscribeFrame, AuthFrame])
 export type ClientFrame = Static<typeof ClientFrame>
 
 const frameChecks = {
   publish: TypeCompiler.Compile(PublishFrame),
   subscribe: TypeCompiler.Compile(SubscribeFrame),
   unsubscribe: TypeCompiler.Compile(UnsubscribeFrame),
+  auth: TypeCompiler.Compile(AuthFrame),
 }
 
 export type ErrorBody = { code: string; message: string; details?: unknown }
@@ -47,7 +50,7 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
   const ref = typeof v.ref === 'string' ? v.ref.slice(0, 64) : undefined
   const op = v.op
   if (typeof op !== 'string' || !Object.hasOwn(frameChecks, op)) {
-    return { ok: false, ref, error: { code: 'unknown_op', message: `unknown op ${JSON.stringify(op)}; expected publish, subscribe or unsubscribe` } }
+    return { ok: false, ref, error: { code: 'unknown_op', message: `unknown op ${JSON.stringify(op)}; expected auth, publish, subscribe or unsubscribe` } }
   }
   const check = frameChecks[op as keyof typeof frameChecks]
   if (!check.Check(v)) {

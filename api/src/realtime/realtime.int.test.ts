@@ -11,6 +11,7 @@ import { subjects } from '../../../core/events'
 import { createTestEnv, type TestEnv } from '../../../core/testing/env'
 import { until, WsClient } from '../../../test/e2e/harness'
 import { startApi, type RunningApi } from '../server'
+import { mintUserToken } from '../auth/mint'
 
 /** The WebSocket route of a real API node against the real Postgres and NATS. */
 describe('realtime over a real server', () => {
@@ -127,20 +128,24 @@ describe('realtime over a real server', () => {
     c.close()
   }, 30_000)
 
-  test('publishing: anonymous clients may post chat but not scores; acks carry seq', async () => {
+  test('publishing: players post chat but not scores, anonymous clients nothing; acks carry seq', async () => {
     const anon = await WsClient.open(url)
     anon.send({ op: 'publish', ref: 'c', event: { type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'hi' } } })
-    expect(await anon.reply('c')).toMatchObject({ op: 'ack', duplicate: false, seq: expect.any(Number), id: expect.any(String) })
-    anon.send({ op: 'publish', ref: 's', event: { type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
-    expect((await anon.reply('s')).error.code).toBe('forbidden')
-    anon.send({ op: 'publish', ref: 'bad', event: { type: 'chat.message.posted', data: { room: 'no spaces allowed', user: 'x', text: 'y' } } })
-    expect((await anon.reply('bad')).error.code).toBe('invalid_event')
+    expect((await anon.reply('c')).error.code).toBe('forbidden')
+    anon.close()
+    const ann = await WsClient.open(`${url}?token=${await mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub: 'ann' })}`)
+    ann.send({ op: 'publish', ref: 'c', event: { type: 'chat.message.posted', data: { room: 'lobby', text: 'hi' } } })
+    expect(await ann.reply('c')).toMatchObject({ op: 'ack', duplicate: false, seq: expect.any(Number), id: expect.any(String) })
+    ann.send({ op: 'publish', ref: 's', event: { type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
+    expect((await ann.reply('s')).error.code).toBe('forbidden')
+    ann.send({ op: 'publish', ref: 'bad', event: { type: 'chat.message.posted', data: { room: 'no spaces allowed', text: 'y' } } })
+    expect((await ann.reply('bad')).error.code).toBe('invalid_event')
     const trusted = await WsClient.open(`${url}?token=${env.vars.FANFARE_INGEST_TOKEN}`)
     trusted.send({ op: 'publish', ref: 's', event: { id: 'score-1', type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
     expect(await trusted.reply('s')).toMatchObject({ op: 'ack', id: 'score-1', duplicate: false })
     trusted.send({ op: 'publish', ref: 's2', event: { id: 'score-1', type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } } })
     expect(await trusted.reply('s2')).toMatchObject({ op: 'ack', id: 'score-1', duplicate: true })
-    anon.close()
+    ann.close()
     trusted.close()
   })
 
@@ -164,7 +169,7 @@ describe('realtime over a real server', () => {
       headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },
     })
     expect(res.status).toBe(401)
-    expect((await res.json()).error.code).toBe('unauthorized')
+    expect((await res.json()).error.code).toBe('invalid_token')
   })
 
   test('subscribes past the burst and the rate of one connection are refused with the wait, not served', async () => {

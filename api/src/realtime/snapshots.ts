@@ -2,6 +2,7 @@ import { parseChannel } from '../../../core/channels'
 import type { Db } from '../../../core/db/client'
 import { leaderboardSnapshot } from '../modules/leaderboards/service'
 import { roomSnapshot } from '../modules/rooms/service'
+import { readChannelSnapshot } from '../modules/channel-snapshot'
 import type { Snapshot } from './channel-hub'
 
 /** Reads any channel's snapshot from its read model (version and data in one transaction). */
@@ -14,6 +15,9 @@ export function snapshotReader(db: Db): (channel: string) => Promise<Snapshot> {
         return leaderboardSnapshot(db, parsed.name)
       case 'chat':
         return roomSnapshot(db, parsed.name)
+      case 'user':
+        // A user's private channel: notices for that user (later features write them).
+        return readChannelSnapshot(db, channel, async () => ({ user: parsed.name }))
       default: {
         const unreachable: never = parsed.kind
         throw new Error(`unknown channel kind ${unreachable}`)

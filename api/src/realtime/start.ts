@@ -8,7 +8,9 @@ import type { Ingest } from '../modules/events/service'
 import { startChangeFeed, type FeedStatus } from './change-feed'
 import { createChannelHub, type Snapshot } from './channel-hub'
 import { historyReader } from './history'
-import { CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, realtimeRoutes, type OpenSocket, type SocketRegistry } from './index'
+import type { Security } from '../auth/security'
+import { CLOSE } from './close-codes'
+import { realtimeRoutes, type OpenSocket, type SocketRegistry } from './index'
 
 export type Realtime = {
   /** The `/v1/ws` route, given the app's ingest service (plug into createApp's `realtime`). */
@@ -33,6 +35,7 @@ export async function startRealtime(deps: {
   config: Config
   nc: NatsConnection
   logger: Logger
+  security: Security
   snapshot: (channel: string) => Promise<Snapshot>
   gapTimeoutMs?: number
 }): Promise<Realtime> {
@@ -48,7 +51,7 @@ export async function startRealtime(deps: {
   // ~5% of a core per 10,000 idle ones).
   const limit = deps.config.FANFARE_WS_BACKPRESSURE_BYTES
   const closeIfSlow = (ws: OpenSocket | undefined) => {
-    if (ws && ws.readyState === 1 && ws.getBufferedAmount() > limit) ws.close(CLOSE_SLOW_CONSUMER, 'slow consumer: reconnect and resume')
+    if (ws && ws.readyState === 1 && ws.getBufferedAmount() > limit) ws.close(CLOSE.SLOW_CONSUMER, 'slow consumer: reconnect and resume')
   }
   const sockets: SocketRegistry = {
     open: new Map(),
@@ -102,12 +105,22 @@ export async function startRealtime(deps: {
     }
   }
   return {
-    routes: ({ ingest }) => realtimeRoutes({ config: deps.config, hub, publish: ingest.publish, logger, sockets }),
+    routes: ({ ingest }) =>
+      realtimeRoutes({
+        config: deps.config,
+        hub,
+        publish: ingest.publish,
+        authenticator: deps.security.authenticator,
+        revocations: deps.security.revocations,
+        rooms: deps.security.rooms,
+        logger,
+        sockets,
+      }),
     bind: (s) => void (server = s),
     feeds: () => feeds.map((f) => f.status()),
     goAway: async (timeoutMs = 2_000) => {
       sockets.closing = true
-      for (const ws of sockets.open.values()) ws.close(CLOSE_GOING_AWAY, 'server shutting down')
+      for (const ws of sockets.open.values()) ws.close(CLOSE.GOING_AWAY, 'server shutting down')
       const deadline = Date.now() + timeoutMs
       while (sockets.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     },

@@ -38,7 +38,7 @@ describe('WebSocket token', () => {
       for (const token of [real.slice(0, -1) + 'é', 'é'.repeat(real.length), real.slice(0, -2) + '😀']) {
         const res = await upgrade(token)
         expect([token, res.status]).toEqual([token, 401])
-        expect(((await res.json()) as any).error.code).toBe('unauthorized')
+        expect(((await res.json()) as any).error.code).toBe('invalid_token')
       }
     }
   })

@@ -14,6 +14,8 @@ export const chatMessages = pgTable(
     room: text('room').notNull(),
     by: text('posted_by').notNull().default(''),
     user: text('user_id').notNull(),
+    /** The poster's display name when it was posted (a user token's `name`), or null. */
+    name: text('user_name'),
     text: text('text').notNull(),
     seq: bigint('seq', { mode: 'number' }).notNull(),
     postedAt: timestamp('posted_at', { withTimezone: true }).notNull(),
@@ -21,3 +23,10 @@ export const chatMessages = pgTable(
   },
   (t) => [primaryKey({ columns: [t.room, t.id] }), index('chat_messages_room_seq').on(t.room, t.seq)],
 )
+
+/** Rooms that are not public. A room without a row is public. */
+export const roomSettings = pgTable('room_settings', {
+  room: text('room').primaryKey(),
+  visibility: text('visibility').$type<'public' | 'private'>().notNull(),
+  updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+})

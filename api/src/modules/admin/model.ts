@@ -18,6 +18,10 @@ export const BoardConfig = t.Object({
 })
 
 export const MessageParams = t.Object({ room: Name, id: EventId })
+export const RoomParams = t.Object({ room: Name })
+export const Visibility = t.Union([t.Literal('public'), t.Literal('private')])
+export const RoomSettingsBody = t.Object({ visibility: Visibility }, { additionalProperties: false })
+export const RoomSettings = t.Object({ room: t.String(), visibility: Visibility })
 
 const Lag = t.Union([t.Integer(), t.Null()])
 export const PartitionStatus = t.Object({

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { DiscardPolicy } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
-import { callerOf, partitionOf } from '../../../../core/events'
+import { partitionOf } from '../../../../core/events'
+import { rootKey } from '../../auth/principal'
 import { createLogger } from '../../../../core/logger'
 import { topology } from '../../../../core/nats'
 import { TEST_NATS_URL } from '../../../../core/testing/env'
@@ -76,7 +77,7 @@ describe('POST /v1/events', () => {
     expectErrorShape(none.json, 'unauthorized')
     const wrong = await h.call('POST', '/v1/events', { token: 'not-a-real-token-at-all', body: score('x') })
     expect(wrong.status).toBe(401)
-    expectErrorShape(wrong.json, 'unauthorized')
+    expectErrorShape(wrong.json, 'invalid_token')
     const del = { type: 'chat.message.deleted', data: { room: 'lobby', messageId: 'm1' } }
     const forbidden = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [score('ok'), del] } })
     expect(forbidden.status).toBe(403)
@@ -246,13 +247,13 @@ describe('JetStream unavailable', () => {
     const batch = (tag: string) => Array.from({ length: 300 }, (_, i) => ({ id: `${tag}-${i}`, ...score(`p${i}`) }))
     const before = await h.streamCount()
     // The first request's 300 events are in flight when the second arrives: 600 > 500.
-    const first = ingest.publish(batch('first'), callerOf('ingest'))
-    const second = ingest.publish(batch('second'), callerOf('ingest')).catch((err) => err)
+    const first = ingest.publish(batch('first'), rootKey('ingest'))
+    const second = ingest.publish(batch('second'), rootKey('ingest')).catch((err) => err)
     expect((await first).length).toBe(300)
     expect(await second).toMatchObject({ status: 503, code: 'overloaded' })
     expect(await h.streamCount()).toBe(before + 300)
     // Once the first is acknowledged there is room again.
-    expect((await ingest.publish(batch('third'), callerOf('ingest'))).length).toBe(300)
+    expect((await ingest.publish(batch('third'), rootKey('ingest'))).length).toBe(300)
   })
 })
 
@@ -311,7 +312,7 @@ describe('a JetStream failure part-way through a request', () => {
     const ingest = createIngest({ config, nc: h.nc, logger: createLogger('silent'), publishTimeoutMs: 1500 })
     const batch = [...players(true, 2), ...players(false, 2)].map((p) => score(p))
     let settled = false
-    const first = ingest.publish(batch, callerOf('ingest')).catch((err) => err)
+    const first = ingest.publish(batch, rootKey('ingest')).catch((err) => err)
     void first.then(() => (settled = true))
     await until('the held publishes to arrive', () => held.length === 2)
     // The no-responders failures are back by now; the held publishes still wait.
@@ -319,12 +320,12 @@ describe('a JetStream failure part-way through a request', () => {
     expect(settled).toBe(false)
     // 4 events still count: 7 more exceed the limit of 10.
     const seven = players(false, 7).map((p) => score(p))
-    expect(await ingest.publish(seven, callerOf('ingest')).catch((err) => err)).toMatchObject({ status: 503, code: 'overloaded' })
+    expect(await ingest.publish(seven, rootKey('ingest')).catch((err) => err)).toMatchObject({ status: 503, code: 'overloaded' })
     const failed = await first
     expect(failed).toMatchObject({ status: 503, code: 'unavailable' })
     expect(failed.details.results.map((x: any) => x.stored)).toEqual([false, false, false, false])
     // Once settled, the count is back down: the same 7 are tried (and fail: no stream).
-    expect(await ingest.publish(seven, callerOf('ingest')).catch((err) => err)).toMatchObject({ status: 503, code: 'unavailable' })
+    expect(await ingest.publish(seven, rootKey('ingest')).catch((err) => err)).toMatchObject({ status: 503, code: 'unavailable' })
     sub.unsubscribe()
   })
 })

@@ -1,23 +1,21 @@
 import { Elysia } from 'elysia'
-import type { Config } from '../../../../core/config'
-import { callerOf } from '../../../../core/events'
-import { authPlugin } from '../../auth'
+import type { AuthPlugin } from '../../auth/plugin'
 import { ErrorResponse } from '../../error-model'
 import { PublishBody, PublishResponse } from './model'
 import type { Ingest } from './service'
 
-/** POST /v1/events: publish one event or a batch with the ingest (or admin) token. */
-export function eventsModule(config: Config, ingest: Ingest) {
+/** POST /v1/events: publish one event or a batch, as a user or a key (the permissions table decides). */
+export function eventsModule(auth: AuthPlugin, ingest: Ingest) {
   return new Elysia({ prefix: '/v1' })
-    .use(authPlugin(config))
+    .use(auth)
     .post(
       '/events',
-      async ({ body, publisher, status }) => {
+      async ({ body, principal, status }) => {
         const inputs = 'events' in body ? body.events : [body]
-        return status(202, { results: await ingest.publish(inputs, callerOf(publisher)) })
+        return status(202, { results: await ingest.publish(inputs, principal) })
       },
       {
-        auth: 'ingest',
+        auth: 'principal',
         body: PublishBody,
         response: { 202: PublishResponse, 401: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse, 503: ErrorResponse },
         detail: {
@@ -25,7 +23,9 @@ export function eventsModule(config: Config, ingest: Ingest) {
           summary: 'Publish events',
           description:
             'One event or `{ events: [...] }` (1..500). Answers 202 only once JetStream stored every event. ' +
-            'Events without `id` get a UUIDv7. Ids are de-duplicated per publisher (token): the same publisher ' +
+            'Who may publish which type: see the README (scores: keys with the scope; chat: users, as themselves, and keys; ' +
+            'deletions: admins, keys with admin:write, moderators). ' +
+            'Events without `id` get a UUIDv7. Ids are de-duplicated per publisher (user or key): the same publisher ' +
             'resending an id within the dedup window gets `duplicate: true`; the same id from another publisher is another event. ' +
             '503 `unavailable` when JetStream failed to store some events: answered once every publish settled, with ' +
             '`error.details.results` listing every event in input order, generated ids included: ' +

@@ -12,13 +12,13 @@ import {
   partitionOf,
   PrincipalId,
   subjects,
-  type Caller,
   type EventType,
-  type Publisher,
   type StoredEvent,
 } from '../../../../core/events'
 import type { Logger } from '../../../../core/logger'
 import { topology } from '../../../../core/nats'
+import { mayPublish } from '../../auth/permissions'
+import { principalId, type Principal } from '../../auth/principal'
 import { Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
 import { MAX_BATCH, type PublishOutcome, type PublishResult } from './model'
 
@@ -33,10 +33,12 @@ export type Ingest = {
    * publish of the request settled, with `details.results`: each event's id (generated ones
    * included) and whether JetStream confirmed storing it (PublishOutcome). Resending the events
    * with those ids is safe: stored ones are de-duplicated.
-   * Events are stored with `caller.principal` as `by`, and ids are de-duplicated per principal:
-   * the same id from another principal is another event.
+   * Who may publish which type is the permissions table (403 `forbidden`, nothing published).
+   * Events are stored with the principal's id as `by`, and ids are de-duplicated per principal:
+   * the same id from another principal is another event. A user's chat messages are stamped with
+   * their `sub` and display name: naming another user is 403.
    */
-  publish(inputs: EventInput[], caller: Caller): Promise<PublishResult[]>
+  publish(inputs: EventInput[], principal: Principal): Promise<PublishResult[]>
 }
 
 export type IngestOptions = {
@@ -49,7 +51,6 @@ export type IngestOptions = {
   now?: () => Date
 }
 
-const rank: Record<Publisher, number> = { anonymous: 0, ingest: 1, admin: 2 }
 const inputChecker = TypeCompiler.Compile(EventInput)
 const principalChecker = TypeCompiler.Compile(PrincipalId)
 
@@ -88,10 +89,11 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     })
 
   return {
-    async publish(inputs, caller) {
+    async publish(inputs, principal) {
+      const by = principalId(principal)
       // A principal comes from our own auth code, never from the request: a bad one is a bug.
-      if (!principalChecker.Check(caller.principal)) throw new Error(`invalid principal ${JSON.stringify(caller.principal)}`)
-      const events = validate(inputs, caller)
+      if (!principalChecker.Check(by)) throw new Error(`invalid principal ${JSON.stringify(by)}`)
+      const events = validate(inputs, principal, by)
       if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
       if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
       if (inFlight + events.length > config.FANFARE_INGEST_MAX_IN_FLIGHT) {
@@ -137,7 +139,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
 }
 
 /** Checks a whole request; throws on the first kind of problem found, listing every instance. */
-function validate(inputs: unknown[], { role, principal }: Caller): Omit<StoredEvent, 'at'>[] {
+function validate(inputs: unknown[], principal: Principal, by: string): Omit<StoredEvent, 'at'>[] {
   if (inputs.length === 0) throw new Invalid('empty_batch', 'no events to publish')
   if (inputs.length > MAX_BATCH) {
     throw new Invalid('too_many_events', `at most ${MAX_BATCH} events per request`, { max: MAX_BATCH, got: inputs.length })
@@ -153,11 +155,20 @@ function validate(inputs: unknown[], { role, principal }: Caller): Omit<StoredEv
   if (unknown.length > 0) {
     throw new Invalid('unknown_event_type', `unknown event type ${JSON.stringify(unknown[0].type)}`, unknown)
   }
-  const denied = typed.flatMap((e, index) => {
-    const needed = contracts[e.type as EventType].publisher
-    return rank[role] >= rank[needed] ? [] : [{ index, type: e.type, needs: needed }]
-  })
-  if (denied.length > 0) throw new Forbidden(`not allowed to publish ${denied[0].type}`, denied)
+  if (principal.kind === 'anonymous') throw new Forbidden('anonymous clients may not publish: connect with a token')
+  const denied = typed.flatMap((e, index) => (mayPublish(principal, e.type as EventType) ? [] : [{ index, type: e.type }]))
+  if (denied.length > 0) throw new Forbidden(`this ${principal.kind} may not publish ${denied[0].type}`, denied)
+  if (principal.kind === 'user') {
+    // Users post as themselves: `user` is their sub (filled in when left out), `name` their token's.
+    const impersonating: { index: number; user: unknown }[] = []
+    for (const [index, e] of typed.entries()) {
+      if (e.type !== 'chat.message.posted') continue
+      const { user, name: _ignored, ...rest } = e.data
+      if (user !== undefined && user !== principal.id) impersonating.push({ index, user })
+      e.data = { ...rest, user: principal.id, ...(principal.name ? { name: principal.name } : {}) }
+    }
+    if (impersonating.length > 0) throw new Forbidden(`a user posts chat as themselves (${principal.id}), not as another user`, impersonating)
+  }
 
   const invalid = typed.flatMap((e, index) => checkData(e.type as EventType, e.data).map((p) => ({ index, ...p })))
   if (invalid.length > 0) throw new Invalid('invalid_event', 'event data does not match its type', invalid)
@@ -169,7 +180,7 @@ function validate(inputs: unknown[], { role, principal }: Caller): Omit<StoredEv
     if (seen.has(id)) dupes.push({ index, id })
     seen.add(id)
     const type = e.type as EventType
-    return { id, by: principal, type, v: contracts[type].version, data: e.data } as Omit<StoredEvent, 'at'>
+    return { id, by, type, v: contracts[type].version, data: e.data } as Omit<StoredEvent, 'at'>
   })
   if (dupes.length > 0) throw new Invalid('duplicate_id_in_batch', 'an event id appears twice in one request', dupes)
   return events

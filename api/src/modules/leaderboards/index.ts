@@ -1,17 +1,20 @@
 import { Elysia } from 'elysia'
 import type { Db } from '../../../../core/db/client'
+import type { AuthPlugin } from '../../auth/plugin'
 import { ErrorResponse } from '../../error-model'
 import { NotFound } from '../../errors'
 import { BoardParams, MAX_OFFSET, NeighboursQuery, PageQuery, PlayerParams, PlayerStanding, RankedPage } from './model'
 import { leaderboardPage, playerStanding } from './service'
 
-/** Public leaderboard reads. */
-export function leaderboardsModule(db: Db) {
+/** Public leaderboard reads (anyone allowed to connect). */
+export function leaderboardsModule({ db, auth }: { db: Db; auth: AuthPlugin }) {
   return new Elysia({ prefix: '/v1/leaderboards' })
+    .use(auth)
     .get('/:board', ({ params, query }) => leaderboardPage(db, params.board, query), {
+      auth: 'viewer',
       params: BoardParams,
       query: PageQuery,
-      response: { 200: RankedPage, 422: ErrorResponse },
+      response: { 200: RankedPage, 401: ErrorResponse, 422: ErrorResponse },
       detail: {
         tags: ['leaderboards'],
         summary: 'A page of a leaderboard',
@@ -28,6 +31,7 @@ export function leaderboardsModule(db: Db) {
         return standing
       },
       {
+        auth: 'viewer',
         params: PlayerParams,
         query: NeighboursQuery,
         response: { 200: PlayerStanding, 404: ErrorResponse, 422: ErrorResponse },

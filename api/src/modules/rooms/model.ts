@@ -11,6 +11,7 @@ export const MessagesQuery = t.Object({
 export const Message = t.Object({
   id: t.String(),
   user: t.String(),
+  name: t.Optional(t.String({ description: "the poster's display name, from their token" })),
   text: t.String(),
   postedAt: t.String({ description: 'ISO 8601' }),
 })

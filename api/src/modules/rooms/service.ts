@@ -21,12 +21,12 @@ export async function roomMessages(db: Db, room: string, opts: { before?: string
     where.push(lt(m.seq, anchor.seq))
   }
   const rows = await db
-    .select({ id: m.id, user: m.user, text: m.text, postedAt: m.postedAt })
+    .select({ id: m.id, user: m.user, name: m.name, text: m.text, postedAt: m.postedAt })
     .from(m)
     .where(and(...where))
     .orderBy(desc(m.seq))
     .limit(opts.limit)
-  return { room, messages: rows.map((r) => ({ ...r, postedAt: r.postedAt.toISOString() })) }
+  return { room, messages: rows.map(({ name, ...r }) => ({ ...r, ...(name ? { name } : {}), postedAt: r.postedAt.toISOString() })) }
 }
 
 /** Messages in a room snapshot. */

@@ -40,12 +40,22 @@ export async function applyChat(db: Db, events: SequencedEvent[]): Promise<Appli
   const refOf = (m: { room: string; id: string }) => `${m.room}/${m.id}`
   const keys = new Map(chat.map((c) => [refOf(c), { room: c.room, id: c.id }]))
   const messages = new Map<string, MessageState>()
-  const rows = await rowsOf<{ id: string; room: string; posted_by: string; user_id: string; text: string; seq: string | number; posted_at: string | Date; deleted: boolean }>(
+  const rows = await rowsOf<{ id: string; room: string; posted_by: string; user_id: string; user_name: string | null; text: string; seq: string | number; posted_at: string | Date; deleted: boolean }>(
     db,
     lookupByKey(chatMessages, ['room', 'id'], [...keys.values()]),
   )
   for (const r of rows) {
-    const m: MessageState = { id: r.id, room: r.room, by: r.posted_by, user: r.user_id, text: r.text, seq: Number(r.seq), postedAt: new Date(r.posted_at), deleted: r.deleted }
+    const m: MessageState = {
+      id: r.id,
+      room: r.room,
+      by: r.posted_by,
+      user: r.user_id,
+      ...(r.user_name ? { name: r.user_name } : {}),
+      text: r.text,
+      seq: Number(r.seq),
+      postedAt: new Date(r.posted_at),
+      deleted: r.deleted,
+    }
     messages.set(refOf(m), m)
   }
 
@@ -66,12 +76,12 @@ export async function applyChat(db: Db, events: SequencedEvent[]): Promise<Appli
   }
 
   if (dirty.size === 0) return { changes, refused }
-  const written = [...dirty.values()].map((m) => ({ ...m, postedAt: m.postedAt.toISOString() }))
-  const columns = { id: 'text', room: 'text', by: 'text', user: 'text', text: 'text', seq: 'bigint', postedAt: 'timestamptz', deleted: 'boolean' }
+  const written = [...dirty.values()].map((m) => ({ ...m, name: m.name ?? null, postedAt: m.postedAt.toISOString() }))
+  const columns = { id: 'text', room: 'text', by: 'text', user: 'text', name: 'text', text: 'text', seq: 'bigint', postedAt: 'timestamptz', deleted: 'boolean' }
   const write = (when: SQL) =>
     db
       .insert(chatMessages)
-      .select(sql`select id, room, "by", "user", text, seq, "postedAt", deleted from ${recordset('m', columns, written)} where ${when}`)
+      .select(sql`select id, room, "by", "user", name, text, seq, "postedAt", deleted from ${recordset('m', columns, written)} where ${when}`)
       .onConflictDoUpdate({ target: [chatMessages.room, chatMessages.id], set: { deleted: sql`excluded.deleted` } })
   return { changes, write, refused }
 }

@@ -7,6 +7,8 @@ export type MessageState = {
   room: string
   by: string
   user: string
+  /** The poster's display name, when the event carried one. */
+  name?: string
   text: string
   seq: number
   postedAt: Date
@@ -47,6 +49,7 @@ export function evolveMessage(current: MessageState | undefined, event: ChatEven
         room: event.data.room,
         by: event.by,
         user: event.data.user,
+        ...(event.data.name ? { name: event.data.name } : {}),
         text: event.data.text,
         seq: event.seq,
         postedAt: event.postedAt,
@@ -54,7 +57,10 @@ export function evolveMessage(current: MessageState | undefined, event: ChatEven
       }
       return {
         next,
-        change: { kind: 'posted', message: { id: next.id, room: next.room, user: next.user, text: next.text, postedAt: next.postedAt.toISOString() } },
+        change: {
+          kind: 'posted',
+          message: { id: next.id, room: next.room, user: next.user, ...(next.name ? { name: next.name } : {}), text: next.text, postedAt: next.postedAt.toISOString() },
+        },
       }
     }
     case 'chat.message.deleted': {

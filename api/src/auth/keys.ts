@@ -1,0 +1,116 @@
+import { createHash, randomBytes } from 'node:crypto'
+import { and, desc, eq, inArray, isNull, sql } from 'drizzle-orm'
+import type { Db } from '../../../core/db/client'
+import { apiKeys } from '../../../core/db/schema'
+import type { KeyPrincipal, Scope } from './principal'
+
+/** Every key starts with this, so a key is told from a JWT at a glance (and by secret scanners). */
+export const KEY_PREFIX = 'ffk_'
+
+/** An API key as admins see it: never the secret. */
+export type KeyInfo = {
+  id: string
+  name: string
+  scopes: Scope[]
+  createdAt: string
+  createdBy: string
+  expiresAt: string | null
+  revokedAt: string | null
+  lastUsedAt: string | null
+}
+
+export type KeyStore = {
+  /** Creates a key; the only time its secret (`key`) exists outside the caller's hands. */
+  create(input: { name: string; scopes: Scope[]; expiresAt?: Date; createdBy: string }): Promise<KeyInfo & { key: string }>
+  list(): Promise<KeyInfo[]>
+  /** Marks a key revoked; false if there is no such live key. */
+  revoke(id: string): Promise<boolean>
+  /** The live key a secret belongs to, or undefined (unknown, revoked or expired). Cached briefly. */
+  lookup(secret: string): Promise<KeyPrincipal | undefined>
+  /** Drops a key from the lookup cache (it was revoked, here or on another node). */
+  forget(id: string): void
+  /** Writes pending `lastUsedAt` updates (also done every minute). */
+  flushUsage(): Promise<void>
+  stop(): Promise<void>
+}
+
+const digestOf = (secret: string) => createHash('sha256').update(secret).digest('hex')
+
+/** How long a looked-up key is trusted without asking Postgres again (revocation evicts at once). */
+const CACHE_MS = 30_000
+
+export function createKeyStore(deps: { db: Db; now?: () => number }): KeyStore {
+  const now = deps.now ?? Date.now
+  const cache = new Map<string, { key: KeyPrincipal | undefined; at: number }>()
+  const used = new Set<string>()
+  const info = (r: typeof apiKeys.$inferSelect): KeyInfo => ({
+    id: r.id,
+    name: r.name,
+    scopes: r.scopes as Scope[],
+    createdAt: r.createdAt.toISOString(),
+    createdBy: r.createdBy,
+    expiresAt: r.expiresAt?.toISOString() ?? null,
+    revokedAt: r.revokedAt?.toISOString() ?? null,
+    lastUsedAt: r.lastUsedAt?.toISOString() ?? null,
+  })
+  const flushUsage = async () => {
+    if (used.size === 0) return
+    const ids = [...used]
+    used.clear()
+    await deps.db.update(apiKeys).set({ lastUsedAt: new Date(now()) }).where(inArray(apiKeys.id, ids))
+  }
+  const timer = setInterval(() => void flushUsage().catch(() => {}), 60_000)
+  timer.unref?.()
+
+  return {
+    async create({ name, scopes, expiresAt, createdBy }) {
+      const id = `key_${randomBytes(8).toString('hex')}`
+      const key = `${KEY_PREFIX}${randomBytes(24).toString('base64url')}`
+      const [row] = await deps.db
+        .insert(apiKeys)
+        .values({ id, name, scopes: [...new Set(scopes)], digest: digestOf(key), createdBy, expiresAt: expiresAt ?? null })
+        .returning()
+      return { ...info(row), key }
+    },
+    async list() {
+      const rows = await deps.db.select().from(apiKeys).orderBy(desc(apiKeys.createdAt), apiKeys.id)
+      return rows.map(info)
+    },
+    async revoke(id) {
+      const rows = await deps.db
+        .update(apiKeys)
+        .set({ revokedAt: sql`now()` })
+        .where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt)))
+        .returning({ id: apiKeys.id })
+      this.forget(id)
+      return rows.length > 0
+    },
+    async lookup(secret) {
+      if (!secret.startsWith(KEY_PREFIX) || secret.length > 128) return undefined
+      const digest = digestOf(secret)
+      const hit = cache.get(digest)
+      let key: KeyPrincipal | undefined
+      if (hit && now() - hit.at < CACHE_MS) key = hit.key
+      else {
+        const [row] = await deps.db.select().from(apiKeys).where(eq(apiKeys.digest, digest))
+        key =
+          row && !row.revokedAt
+            ? { kind: 'key', id: row.id, name: row.name, scopes: row.scopes as Scope[], ...(row.expiresAt ? { expiresAt: row.expiresAt.getTime() } : {}) }
+            : undefined
+        if (cache.size > 10_000) cache.clear()
+        cache.set(digest, { key, at: now() })
+      }
+      if (!key || (key.expiresAt !== undefined && key.expiresAt <= now())) return undefined
+      used.add(key.id)
+      return key
+    },
+    forget(id) {
+      for (const [digest, entry] of cache) if (entry.key?.id === id) cache.delete(digest)
+    },
+    flushUsage,
+    async stop() {
+      clearInterval(timer)
+      await flushUsage().catch(() => {})
+    },
+  }
+}

@@ -1,0 +1,74 @@
+import { parseChannel } from '../../../core/channels'
+import type { EventType } from '../../../core/events'
+import { hasScope, isAdminReader, type Principal, type Scope } from './principal'
+
+/**
+ * Who may publish each event type: the one table (the README's "Who may publish" mirrors it).
+ * - `users`: false, true (any user), or a role the user must hold.
+ * - `keys`: the scopes of which a key needs one.
+ * Anonymous clients never publish.
+ */
+export const publishers: Record<EventType, { users: boolean | { role: string }; keys: Scope[] }> = {
+  // Scores come from game servers, never from players' own clients.
+  'score.submitted': { users: false, keys: ['publish:score.submitted'] },
+  // Users post as themselves (the server stamps `user`); keys may post on behalf of a user.
+  'chat.message.posted': { users: true, keys: ['publish:chat.message.posted'] },
+  'chat.message.deleted': { users: { role: 'moderator' }, keys: ['admin:write'] },
+}
+
+/** Whether `p` may publish events of `type`. */
+export function mayPublish(p: Principal, type: EventType): boolean {
+  const rule = publishers[type]
+  switch (p.kind) {
+    case 'anonymous':
+      return false
+    case 'user':
+      return rule.users === true || (typeof rule.users === 'object' && p.roles.includes(rule.users.role))
+    case 'key':
+      return rule.keys.some((scope) => hasScope(p, scope))
+    default: {
+      const never: never = p
+      throw new Error(`unknown principal ${JSON.stringify(never)}`)
+    }
+  }
+}
+
+/** A room's visibility: a room without settings is public. */
+export type Visibility = 'public' | 'private'
+
+/**
+ * Whether `p` may subscribe to (and read) `channel`. Boards and public rooms: anyone allowed to
+ * connect. A private room: admin readers, and users whose `channels` claim matches it.
+ * `user:<id>`: that user and admin readers. Returns the reason when not.
+ */
+export function maySubscribe(p: Principal, channel: string, visibility: Visibility): { ok: true } | { ok: false; reason: string } {
+  const parsed = parseChannel(channel)
+  if (!parsed) return { ok: false, reason: `not a channel: ${channel}` }
+  switch (parsed.kind) {
+    case 'leaderboard':
+      return { ok: true }
+    case 'chat':
+      if (visibility === 'public' || isAdminReader(p)) return { ok: true }
+      if (p.kind === 'user' && p.channels.some((pattern) => matches(pattern, channel))) return { ok: true }
+      return { ok: false, reason: `${channel} is a private room: it needs a token whose channels claim matches it` }
+    case 'user':
+      if (isAdminReader(p) || (p.kind === 'user' && p.id === parsed.name)) return { ok: true }
+      return { ok: false, reason: `${channel} is the private channel of user ${parsed.name}` }
+    default: {
+      const never: never = parsed.kind
+      throw new Error(`unknown channel kind ${never}`)
+    }
+  }
+}
+
+const patterns = new Map<string, RegExp>()
+/** `*` matches any run of characters; everything else literally. */
+export function matches(pattern: string, channel: string): boolean {
+  let re = patterns.get(pattern)
+  if (!re) {
+    re = new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`)
+    if (patterns.size > 10_000) patterns.clear()
+    patterns.set(pattern, re)
+  }
+  return re.test(channel)
+}

@@ -1,0 +1,136 @@
+import type { NatsConnection, Subscription } from '@nats-io/transport-node'
+import { gt, isNotNull, sql } from 'drizzle-orm'
+import type { Db } from '../../../core/db/client'
+import { apiKeys, tokenRevocations, userRevocations } from '../../../core/db/schema'
+import type { Logger } from '../../../core/logger'
+import type { Principal } from './principal'
+
+/** One revocation, as broadcast to every API node. */
+export type Revocation = { kind: 'user'; user: string; before: number } | { kind: 'token'; jti: string; exp: number } | { kind: 'key'; id: string }
+
+export type Revocations = {
+  /** Whether a principal's credential was revoked (keys: the key; users: the user or the token's jti). */
+  isRevoked(p: Principal): boolean
+  /** Refuses every token of `user` issued up to now. */
+  revokeUser(user: string, by: string): Promise<Revocation>
+  /** Refuses one token (by `jti`) until its expiry. */
+  revokeToken(jti: string, expiresAt: Date, by: string): Promise<Revocation>
+  /** Tells every node that a key was revoked (the caller marked it in Postgres). */
+  announceKey(id: string): Promise<void>
+  /** Called after any change of what is revoked (a broadcast, a reload): re-check open connections. */
+  onChange(listener: () => void): void
+  stop(): Promise<void>
+}
+
+/**
+ * What is revoked, kept in Postgres (a restarted node still refuses it) and mirrored in every API
+ * node's memory, so checking a principal costs a map lookup. A revocation is written to Postgres,
+ * then broadcast on `<prefix>.control.revocations` (core NATS): every node applies it and re-checks
+ * its open sockets at once. A node that missed broadcasts (it was cut off from NATS) reloads from
+ * Postgres when it reconnects, and every `reloadEveryMs` anyway.
+ */
+export async function startRevocations(deps: {
+  db: Db
+  nc: NatsConnection
+  prefix: string
+  logger: Logger
+  /** Drops revoked keys from the key lookup cache. */
+  forgetKey?: (id: string) => void
+  reloadEveryMs?: number
+  now?: () => number
+}): Promise<Revocations> {
+  const now = deps.now ?? Date.now
+  const subject = `${deps.prefix}.control.revocations`
+  const log = deps.logger.child({ component: 'revocations' })
+  let users = new Map<string, number>()
+  let tokens = new Map<string, number>()
+  let keys = new Set<string>()
+  const listeners: (() => void)[] = []
+  const changed = () => listeners.forEach((l) => l())
+
+  const apply = (r: Revocation) => {
+    if (r.kind === 'user') users.set(r.user, Math.max(users.get(r.user) ?? 0, r.before))
+    else if (r.kind === 'token') tokens.set(r.jti, r.exp)
+    else {
+      keys.add(r.id)
+      deps.forgetKey?.(r.id)
+    }
+  }
+
+  const reload = async () => {
+    const [u, t, k] = await Promise.all([
+      deps.db.select().from(userRevocations),
+      deps.db.select().from(tokenRevocations).where(gt(tokenRevocations.expiresAt, new Date(now()))),
+      deps.db.select({ id: apiKeys.id }).from(apiKeys).where(isNotNull(apiKeys.revokedAt)),
+    ])
+    users = new Map(u.map((r) => [r.userId, r.revokedBefore.getTime()]))
+    tokens = new Map(t.map((r) => [r.jti, r.expiresAt.getTime()]))
+    keys = new Set(k.map((r) => r.id))
+    for (const id of keys) deps.forgetKey?.(id)
+    changed()
+  }
+  await reload()
+
+  const sub: Subscription = deps.nc.subscribe(subject, {
+    callback: (err, msg) => {
+      if (err) return
+      try {
+        apply(msg.json<Revocation>())
+        changed()
+      } catch (e) {
+        log.warn({ err: e }, 'unreadable revocation broadcast')
+      }
+    },
+  })
+  const safeReload = () => reload().catch((err) => log.warn({ err }, 'reloading revocations failed; retrying at the next round'))
+  void (async () => {
+    for await (const s of deps.nc.status()) if (s.type === 'reconnect') void safeReload()
+  })().catch(() => {})
+  const timer = setInterval(() => {
+    for (const [jti, exp] of tokens) if (exp <= now()) tokens.delete(jti)
+    void safeReload()
+  }, deps.reloadEveryMs ?? 30_000)
+
+  const announce = async (r: Revocation) => {
+    apply(r)
+    changed()
+    deps.nc.publish(subject, JSON.stringify(r))
+    await deps.nc.flush().catch(() => {})
+  }
+
+  return {
+    isRevoked(p) {
+      if (p.kind === 'key') return keys.has(p.id)
+      if (p.kind !== 'user') return false
+      const before = users.get(p.id)
+      // A token without `iat` cannot show it was issued after the revocation.
+      if (before !== undefined && (p.issuedAt === undefined || p.issuedAt <= before)) return true
+      return p.jti !== undefined && tokens.has(p.jti)
+    },
+    async revokeUser(user, by) {
+      const before = now()
+      await deps.db
+        .insert(userRevocations)
+        .values({ userId: user, revokedBefore: new Date(before), revokedBy: by })
+        .onConflictDoUpdate({ target: userRevocations.userId, set: { revokedBefore: sql`greatest(${userRevocations.revokedBefore}, excluded.revoked_before)`, revokedBy: by } })
+      const r: Revocation = { kind: 'user', user, before }
+      await announce(r)
+      return r
+    },
+    async revokeToken(jti, expiresAt, by) {
+      await deps.db
+        .insert(tokenRevocations)
+        .values({ jti, expiresAt, revokedBy: by })
+        .onConflictDoUpdate({ target: tokenRevocations.jti, set: { expiresAt, revokedBy: by } })
+      const r: Revocation = { kind: 'token', jti, exp: expiresAt.getTime() }
+      await announce(r)
+      return r
+    },
+    announceKey: (id) => announce({ kind: 'key', id }),
+    onChange: (l) => void listeners.push(l),
+    async stop() {
+      clearInterval(timer)
+      sub.unsubscribe()
+    },
+  }
+}

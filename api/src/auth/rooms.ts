@@ -1,0 +1,61 @@
+import type { NatsConnection, Subscription } from '@nats-io/transport-node'
+import { eq } from 'drizzle-orm'
+import type { Db } from '../../../core/db/client'
+import { roomSettings } from '../../../core/db/schema'
+import type { Visibility } from './permissions'
+
+export type RoomAccess = {
+  /** A room's visibility (public unless an admin made it private). Cached; changes reach every node at once. */
+  visibility(room: string): Promise<Visibility>
+  /** Sets a room's visibility and tells every node. */
+  setVisibility(room: string, visibility: Visibility): Promise<void>
+  /** Called with a room whose visibility changed (here or on another node): re-check its subscribers. */
+  onChange(listener: (room: string) => void): void
+  stop(): void
+}
+
+/**
+ * Room visibility, stored in Postgres (`room_settings`) and cached per API node. A change is
+ * written, then broadcast on `<prefix>.control.rooms`: every node drops its cached value and
+ * re-checks the room's subscribers (a room made private drops those who may not see it, with a
+ * `forbidden` error frame). Cached values also expire after `ttlMs`, bounding what a node that
+ * missed a broadcast can serve.
+ */
+export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: string; ttlMs?: number; now?: () => number }): RoomAccess {
+  const now = deps.now ?? Date.now
+  const ttl = deps.ttlMs ?? 30_000
+  const cache = new Map<string, { visibility: Visibility; at: number }>()
+  const listeners: ((room: string) => void)[] = []
+  const subject = `${deps.prefix}.control.rooms`
+  const changed = (room: string) => {
+    cache.delete(room)
+    for (const l of listeners) l(room)
+  }
+  const sub: Subscription = deps.nc.subscribe(subject, {
+    callback: (err, msg) => {
+      if (!err) changed(msg.string())
+    },
+  })
+  return {
+    async visibility(room) {
+      const hit = cache.get(room)
+      if (hit && now() - hit.at < ttl) return hit.visibility
+      const [row] = await deps.db.select({ visibility: roomSettings.visibility }).from(roomSettings).where(eq(roomSettings.room, room))
+      const visibility: Visibility = row?.visibility ?? 'public'
+      if (cache.size > 100_000) cache.clear()
+      cache.set(room, { visibility, at: now() })
+      return visibility
+    },
+    async setVisibility(room, visibility) {
+      await deps.db
+        .insert(roomSettings)
+        .values({ room, visibility })
+        .onConflictDoUpdate({ target: roomSettings.room, set: { visibility, updatedAt: new Date(now()) } })
+      changed(room)
+      deps.nc.publish(subject, room)
+      await deps.nc.flush().catch(() => {})
+    },
+    onChange: (l) => void listeners.push(l),
+    stop: () => sub.unsubscribe(),
+  }
+}

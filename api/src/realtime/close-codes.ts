@@ -1,0 +1,16 @@
+/**
+ * WebSocket close codes Fanfare uses, and what a client should do on each. Terminal codes must not
+ * be retried with the same credential; retryable ones reconnect (to any node) and resume.
+ */
+export const CLOSE = {
+  /** RFC 6455 "going away": the node is shutting down. Reconnect at once, elsewhere; resume. */
+  GOING_AWAY: 1001,
+  /** The user token expired (or authentication never came). Get a fresh token, reconnect, resume. */
+  TOKEN_EXPIRED: 4001,
+  /** The credential is invalid or was revoked, or it tried what it may not. Terminal: do not retry with it. */
+  FORBIDDEN: 4003,
+  /** The client fell too far behind. Reconnect and resume. */
+  SLOW_CONSUMER: 4008,
+  /** Sustained abuse of the rate limits. Reconnect after the delay the reason gives. */
+  RATE_LIMITED: 4029,
+} as const
