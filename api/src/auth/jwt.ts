@@ -34,10 +34,10 @@ export type JwtVerifier = (token: string) => Promise<UserPrincipal>
  */
 export function createJwtVerifier(
   config: Pick<Config, 'FANFARE_JWT_SECRET' | 'FANFARE_JWKS_URL' | 'FANFARE_JWT_ISSUER' | 'FANFARE_JWT_AUDIENCE'>,
-  opts: { now?: () => number } = {},
+  opts: { now?: () => number; /** At most one JWKS fetch per this long (an unknown kid fetches again after it). */ jwksCooldownMs?: number } = {},
 ): JwtVerifier | undefined {
   const secret = config.FANFARE_JWT_SECRET ? new TextEncoder().encode(config.FANFARE_JWT_SECRET) : undefined
-  const jwks = config.FANFARE_JWKS_URL ? createRemoteJWKSet(new URL(config.FANFARE_JWKS_URL), { cooldownDuration: 30_000, cacheMaxAge: 10 * 60_000 }) : undefined
+  const jwks = config.FANFARE_JWKS_URL ? createRemoteJWKSet(new URL(config.FANFARE_JWKS_URL), { cooldownDuration: opts.jwksCooldownMs ?? 30_000, cacheMaxAge: 10 * 60_000 }) : undefined
   if (!secret && !jwks) return undefined
   const algorithms = [...(secret ? SECRET_ALGORITHMS : []), ...(jwks ? JWKS_ALGORITHMS : [])]
   const key: JWTVerifyGetKey = async (header, token) => {
