@@ -27,7 +27,7 @@ type Publisher = { round: (channels: string[], version: number) => void; flush: 
 const frameOf = (channel: string, version: number) =>
   JSON.stringify({ op: 'update', channel, version, epoch: 'bench', data: { player: 'p', score: nowMs(), previous: null } })
 
-async function fanfarePublisher(d: Deployment): Promise<Publisher> {
+export async function fanfarePublisher(d: Deployment): Promise<Publisher> {
   const prefix = d.env.config.FANFARE_SUBJECT_PREFIX
   let pending: Promise<unknown>[] = []
   return {
@@ -91,7 +91,7 @@ async function collect(clients: Child, expected: number, quietMs: number) {
   }
 }
 
-async function scenario(
+export async function scenario(
   ctx: BenchContext,
   kind: Kind,
   url: string,
@@ -99,8 +99,9 @@ async function scenario(
   n: number,
   channels: string[],
   sizes: { pacedRounds: number; pacedPerSec: number; burstRounds: number },
+  clientOptions: Pick<ClientsConfig, 'jwtSecret'> = {},
 ): Promise<Result> {
-  const cfg: ClientsConfig = { kind, url, n, channels }
+  const cfg: ClientsConfig = { kind, url, n, channels, ...clientOptions }
   const clients = startChild([BUN, 'bench/clients/ws-clients.ts'], cfg)
   try {
     const ready = await clients.next(120_000)

@@ -11,6 +11,7 @@ import { ROOT } from './lib/child'
 import type { BenchContext } from './lib/context'
 import { describeMachine, type Machine } from './lib/machine'
 import { markdownTable, targetMet, textTable, type Figure } from './lib/report'
+import { auth } from './auth'
 import { connections } from './connections'
 import { e2e } from './e2e'
 import { fanout } from './fanout'
@@ -26,6 +27,7 @@ export const benchmarks: Record<string, (ctx: BenchContext) => Promise<Figure[]>
   projection,
   connections,
   ingest,
+  auth,
 }
 
 export async function runBenchmarks(mode: 'smoke' | 'full', options: { only?: string[]; log?: (m: string) => void } = {}): Promise<BenchRun> {

@@ -10,6 +10,7 @@
 import { io, type Socket } from 'socket.io-client'
 import { childConfig, reply, serveCommands } from '../lib/child'
 import { nowMs, summarize } from '../lib/stats'
+import { mintUserToken } from '../../api/src/auth/mint'
 
 export type ClientsConfig = {
   kind: 'fanfare' | 'bun' | 'socketio'
@@ -19,6 +20,11 @@ export type ClientsConfig = {
   channels: string[]
   /** Connections opened at once. */
   wave?: number
+  /**
+   * Signs in every Fanfare connection with a user token of its own (`?token=`, sub `bench-<i>`),
+   * minted with this secret before any connection opens (not timed).
+   */
+  jwtSecret?: string
 }
 
 const cfg = childConfig<ClientsConfig>()
@@ -37,9 +43,12 @@ function onUpdate(text: string) {
 
 type Conn = { close: () => void }
 
+const tokens: string[] = []
+if (cfg.jwtSecret) for (let i = 0; i < cfg.n; i++) tokens.push(await mintUserToken(cfg.jwtSecret, { sub: `bench-${i}`, ttlSeconds: 3600 }))
+
 function openWs(i: number): Promise<Conn> {
   return new Promise((ok, fail) => {
-    const ws = new WebSocket(cfg.url)
+    const ws = new WebSocket(tokens.length ? `${cfg.url}?token=${tokens[i]}` : cfg.url)
     const channel = cfg.channels.length ? cfg.channels[i % cfg.channels.length] : undefined
     const timer = setTimeout(() => fail(new Error(`connection ${i} not ready in 60 s`)), 60_000)
     const done = () => (clearTimeout(timer), ok({ close: () => ws.close() }))

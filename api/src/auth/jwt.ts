@@ -36,7 +36,10 @@ export function createJwtVerifier(
   config: Pick<Config, 'FANFARE_JWT_SECRET' | 'FANFARE_JWKS_URL' | 'FANFARE_JWT_ISSUER' | 'FANFARE_JWT_AUDIENCE'>,
   opts: { now?: () => number; /** At most one JWKS fetch per this long (an unknown kid fetches again after it). */ jwksCooldownMs?: number } = {},
 ): JwtVerifier | undefined {
-  const secret = config.FANFARE_JWT_SECRET ? new TextEncoder().encode(config.FANFARE_JWT_SECRET) : undefined
+  // Imported once: given raw bytes, jose would import the HMAC key again for every token.
+  const secret = config.FANFARE_JWT_SECRET
+    ? crypto.subtle.importKey('raw', new TextEncoder().encode(config.FANFARE_JWT_SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify'])
+    : undefined
   const jwks = config.FANFARE_JWKS_URL ? createRemoteJWKSet(new URL(config.FANFARE_JWKS_URL), { cooldownDuration: opts.jwksCooldownMs ?? 30_000, cacheMaxAge: 10 * 60_000 }) : undefined
   if (!secret && !jwks) return undefined
   const algorithms = [...(secret ? SECRET_ALGORITHMS : []), ...(jwks ? JWKS_ALGORITHMS : [])]
