@@ -5,6 +5,8 @@ import { jsonBody } from './body'
 import type { ApiDeps } from './deps'
 import { errorHandler } from './errors'
 import { adminModule } from './modules/admin'
+import { auditModule } from './modules/audit'
+import { createAudit } from './modules/audit/service'
 import { eventsModule } from './modules/events'
 import { createIngest } from './modules/events/service'
 import { healthModule } from './modules/health'
@@ -22,6 +24,7 @@ export function createApp(deps: ApiDeps) {
   const { eventStream } = topology(config)
   // One instance for every module: Elysia de-duplicates it by name and seed.
   const auth = authPlugin({ authenticator: deps.security.authenticator, config })
+  const audit = createAudit({ db, logger })
   const app = new Elysia({
     // WebSocket limits are server-wide in Bun: per-route options are ignored.
     websocket: {
@@ -55,7 +58,8 @@ export function createApp(deps: ApiDeps) {
     .use(eventsModule(auth, ingest))
     .use(leaderboardsModule({ db, auth }))
     .use(roomsModule({ db, auth, rooms: deps.security.rooms }))
-    .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms }))
+    .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
+    .use(auditModule({ auth, audit }))
   if (!deps.realtime) return app
   return app.use(deps.realtime.routes({ ingest }))
 }

@@ -7,6 +7,7 @@ import type { RoomAccess } from '../../auth/rooms'
 import { ErrorResponse } from '../../error-model'
 import { PublishResponse } from '../events/model'
 import type { Ingest } from '../events/service'
+import type { Audit } from '../audit/service'
 import { boardConfig } from '../leaderboards/service'
 import {
   BoardConfig,
@@ -34,6 +35,8 @@ export type AdminDeps = {
   ingest: Ingest
   auth: AuthPlugin
   rooms: RoomAccess
+  /** Records each change an admin makes, after it succeeded. */
+  audit: Audit
 }
 
 const denied = { 401: ErrorResponse, 403: ErrorResponse }
@@ -43,7 +46,7 @@ const denied = { 401: ErrorResponse, 403: ErrorResponse }
  * need a key with `admin:read`, changes one with `admin:write` (the admin token has both).
  * Deleting a chat message is also open to users with the `moderator` role.
  */
-export function adminModule({ config, db, nc, ingest, auth, rooms }: AdminDeps) {
+export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: AdminDeps) {
   const workers = createWorkersReader(config, nc)
   const rebuilds = createRebuilds({ config, nc, db })
   return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
@@ -54,7 +57,14 @@ export function adminModule({ config, db, nc, ingest, auth, rooms }: AdminDeps) 
       response: { 200: BoardConfig, ...denied },
       detail: { summary: "A board's rules (defaults when not configured)" },
     })
-    .put('/leaderboards/:board', ({ params, body }) => putBoardConfig(db, params.board, body), {
+    .put(
+      '/leaderboards/:board',
+      async ({ params, body, principal }) => {
+        const rules = await putBoardConfig(db, params.board, body)
+        await audit.record(principal, 'board.configured', `board:${params.board}`, { set: body, order: rules.order, operator: rules.operator })
+        return rules
+      },
+      {
       auth: 'admin:write',
       params: BoardParams,
       body: BoardConfigBody,
@@ -63,7 +73,8 @@ export function adminModule({ config, db, nc, ingest, auth, rooms }: AdminDeps) 
         summary: "Set a board's rules",
         description: '409 board_has_scores when the board has entries and the rules would change.',
       },
-    })
+    },
+    )
     .get('/rooms/:room', async ({ params }) => ({ room: params.room, visibility: await rooms.visibility(params.room) }), {
       auth: 'admin:read',
       params: RoomParams,
@@ -72,8 +83,9 @@ export function adminModule({ config, db, nc, ingest, auth, rooms }: AdminDeps) 
     })
     .put(
       '/rooms/:room',
-      async ({ params, body }) => {
+      async ({ params, body, principal }) => {
         await rooms.setVisibility(params.room, body.visibility)
+        await audit.record(principal, 'room.visibility_set', `room:${params.room}`, { visibility: body.visibility })
         return { room: params.room, visibility: body.visibility }
       },
       {
@@ -91,10 +103,11 @@ export function adminModule({ config, db, nc, ingest, auth, rooms }: AdminDeps) 
     )
     .delete(
       '/rooms/:room/messages/:id',
-      async ({ params, principal, status }) =>
-        status(202, {
-          results: await ingest.publish([{ type: 'chat.message.deleted', data: { room: params.room, messageId: params.id } }], principal),
-        }),
+      async ({ params, principal, status }) => {
+        const results = await ingest.publish([{ type: 'chat.message.deleted', data: { room: params.room, messageId: params.id } }], principal)
+        await audit.record(principal, 'message.deleted', `message:${params.room}/${params.id}`, { eventId: results[0].id, seq: results[0].seq })
+        return status(202, { results })
+      },
       {
         auth: 'principal',
         params: MessageParams,
@@ -110,7 +123,14 @@ export function adminModule({ config, db, nc, ingest, auth, rooms }: AdminDeps) 
       response: { 200: ProjectionsReport, 503: ErrorResponse, ...denied },
       detail: { summary: 'Projection progress and lag' },
     })
-    .post('/projections/:name/rebuild', async ({ params, query, status }) => status(202, await rebuilds.request(params.name, { force: query.force })), {
+    .post(
+      '/projections/:name/rebuild',
+      async ({ params, query, principal, status }) => {
+        const job = await rebuilds.request(params.name, { force: query.force })
+        await audit.record(principal, 'rebuild.requested', `projection:${params.name}`, { job: job.id, force: query.force })
+        return status(202, job)
+      },
+      {
       auth: 'admin:write',
       params: RebuildParams,
       query: RebuildQuery,
@@ -120,7 +140,8 @@ export function adminModule({ config, db, nc, ingest, auth, rooms }: AdminDeps) 
         description:
           'A stream worker replays the stream into a shadow copy while live traffic continues, then swaps it in; rebuilt channels get a new epoch (subscribers re-sync). 404 unknown projection; 409 rebuild_in_progress; 409 history_incomplete when retention removed the first events, or NATS lost an earlier stream whose events the model holds (unless force=true).',
       },
-    })
+    },
+    )
     .get('/projections/:name/rebuild', ({ params }) => rebuilds.get(params.name), {
       auth: 'admin:read',
       params: RebuildParams,

@@ -1,0 +1,55 @@
+import { desc, lt } from 'drizzle-orm'
+import type { Db } from '../../../../core/db/client'
+import { auditLog } from '../../../../core/db/schema'
+import type { Logger } from '../../../../core/logger'
+import { principalId, type Principal } from '../../auth/principal'
+import { Unavailable } from '../../errors'
+import type { AuditEntry, AuditQuery } from './model'
+
+/** What admins do, named in the past tense like events. */
+export type AuditAction =
+  | 'key.created'
+  | 'key.revoked'
+  | 'user.revoked'
+  | 'token.revoked'
+  | 'board.configured'
+  | 'room.visibility_set'
+  | 'message.deleted'
+  | 'rebuild.requested'
+
+export type Audit = {
+  /**
+   * Records an admin action that succeeded: call it after the action, never before (the log says
+   * what was done, not what was tried). If the record cannot be written the action still stands:
+   * the entry is logged as an error (so it is not lost) and the caller gets 503 `audit_failed`,
+   * saying so; every audited action is safe to repeat, and a repeat records it.
+   */
+  record(actor: Principal, action: AuditAction, target: string, details?: Record<string, unknown>): Promise<void>
+  /** Newest first; `before` pages by id. */
+  list(query: AuditQuery): Promise<AuditEntry[]>
+}
+
+/** The audit trail of admin actions, in Postgres (`audit_log`). */
+export function createAudit(deps: { db: Db; logger: Logger }): Audit {
+  const log = deps.logger.child({ component: 'audit' })
+  return {
+    async record(actor, action, target, details) {
+      const entry = { actor: principalId(actor), action, target, details: details ?? null }
+      try {
+        await deps.db.insert(auditLog).values(entry)
+      } catch (err) {
+        log.error({ err, audit: entry }, 'an admin action was done but could not be written to the audit log')
+        throw new Unavailable(`${action} on ${target} was done, but could not be recorded in the audit log; repeating the request records it`, 'audit_failed')
+      }
+    },
+    async list({ limit, before }) {
+      const rows = await deps.db
+        .select()
+        .from(auditLog)
+        .where(before !== undefined ? lt(auditLog.id, before) : undefined)
+        .orderBy(desc(auditLog.id))
+        .limit(limit)
+      return rows.map((r) => ({ ...r, at: r.at.toISOString() }))
+    },
+  }
+}
