@@ -10,6 +10,7 @@ import { createAudit } from './modules/audit/service'
 import { eventsModule } from './modules/events'
 import { createIngest } from './modules/events/service'
 import { healthModule } from './modules/health'
+import { keysModule } from './modules/keys'
 import { authPlugin } from './auth/plugin'
 import { leaderboardsModule } from './modules/leaderboards'
 import { roomsModule } from './modules/rooms'
@@ -25,6 +26,7 @@ export function createApp(deps: ApiDeps) {
   // One instance for every module: Elysia de-duplicates it by name and seed.
   const auth = authPlugin({ authenticator: deps.security.authenticator, config })
   const audit = createAudit({ db, logger })
+  const { keys, revocations } = deps.security
   const app = new Elysia({
     // WebSocket limits are server-wide in Bun: per-route options are ignored.
     websocket: {
@@ -59,6 +61,7 @@ export function createApp(deps: ApiDeps) {
     .use(leaderboardsModule({ db, auth }))
     .use(roomsModule({ db, auth, rooms: deps.security.rooms }))
     .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
+    .use(keysModule({ auth, keys, revocations, audit }))
     .use(auditModule({ auth, audit }))
   if (!deps.realtime) return app
   return app.use(deps.realtime.routes({ ingest }))
