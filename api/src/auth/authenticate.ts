@@ -40,7 +40,7 @@ export function createAuthenticator(deps: {
       let p: Principal
       if (token.startsWith(KEY_PREFIX)) {
         const key = await deps.keys.lookup(token)
-        if (!key) throw new Unauthorized('unknown, expired or revoked API key', 'invalid_token')
+        if (!key) throw new Unauthorized('unknown or expired API key', 'invalid_token')
         p = key
       } else if (deps.jwt) {
         p = await deps.jwt(token)

@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { and, desc, eq, inArray, isNull, sql } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import { apiKeys } from '../../../core/db/schema'
+import { Revoked } from '../errors'
 import type { KeyPrincipal, Scope } from './principal'
 
 /** Every key starts with this, so a key is told from a JWT at a glance (and by secret scanners). */
@@ -25,7 +26,10 @@ export type KeyStore = {
   list(): Promise<KeyInfo[]>
   /** Marks a key revoked; false if there is no such live key. */
   revoke(id: string): Promise<boolean>
-  /** The live key a secret belongs to, or undefined (unknown, revoked or expired). Cached briefly. */
+  /**
+   * The live key a secret belongs to, or undefined (unknown or expired). Cached briefly. A revoked
+   * key throws Revoked (401 `revoked`), so its holder learns it will never work again.
+   */
   lookup(secret: string): Promise<KeyPrincipal | undefined>
   /** Drops a key from the lookup cache (it was revoked, here or on another node). */
   forget(id: string): void
@@ -41,7 +45,7 @@ const CACHE_MS = 30_000
 
 export function createKeyStore(deps: { db: Db; now?: () => number }): KeyStore {
   const now = deps.now ?? Date.now
-  const cache = new Map<string, { key: KeyPrincipal | undefined; at: number }>()
+  const cache = new Map<string, { key: KeyPrincipal | undefined; revoked: boolean; at: number }>()
   const used = new Set<string>()
   const info = (r: typeof apiKeys.$inferSelect): KeyInfo => ({
     id: r.id,
@@ -89,17 +93,18 @@ export function createKeyStore(deps: { db: Db; now?: () => number }): KeyStore {
       if (!secret.startsWith(KEY_PREFIX) || secret.length > 128) return undefined
       const digest = digestOf(secret)
       const hit = cache.get(digest)
-      let key: KeyPrincipal | undefined
-      if (hit && now() - hit.at < CACHE_MS) key = hit.key
-      else {
+      let entry = hit && now() - hit.at < CACHE_MS ? hit : undefined
+      if (!entry) {
         const [row] = await deps.db.select().from(apiKeys).where(eq(apiKeys.digest, digest))
-        key =
-          row && !row.revokedAt
-            ? { kind: 'key', id: row.id, name: row.name, scopes: row.scopes as Scope[], ...(row.expiresAt ? { expiresAt: row.expiresAt.getTime() } : {}) }
-            : undefined
+        const key: KeyPrincipal | undefined = row
+          ? { kind: 'key', id: row.id, name: row.name, scopes: row.scopes as Scope[], ...(row.expiresAt ? { expiresAt: row.expiresAt.getTime() } : {}) }
+          : undefined
         if (cache.size > 10_000) cache.clear()
-        cache.set(digest, { key, at: now() })
+        entry = { key, revoked: Boolean(row?.revokedAt), at: now() }
+        cache.set(digest, entry)
       }
+      if (entry.revoked) throw new Revoked('this API key was revoked')
+      const key = entry.key
       if (!key || (key.expiresAt !== undefined && key.expiresAt <= now())) return undefined
       used.add(key.id)
       return key
