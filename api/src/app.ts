@@ -11,6 +11,7 @@ import { eventsModule } from './modules/events'
 import { createIngest } from './modules/events/service'
 import { healthModule } from './modules/health'
 import { keysModule } from './modules/keys'
+import { revocationsModule } from './modules/revocations'
 import { authPlugin } from './auth/plugin'
 import { leaderboardsModule } from './modules/leaderboards'
 import { roomsModule } from './modules/rooms'
@@ -62,6 +63,7 @@ export function createApp(deps: ApiDeps) {
     .use(roomsModule({ db, auth, rooms: deps.security.rooms }))
     .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
     .use(keysModule({ auth, keys, revocations, audit }))
+    .use(revocationsModule({ auth, revocations, audit }))
     .use(auditModule({ auth, audit }))
   if (!deps.realtime) return app
   return app.use(deps.realtime.routes({ ingest }))

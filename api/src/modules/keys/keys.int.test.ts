@@ -88,6 +88,8 @@ describe('/admin/keys', () => {
       ['POST', '/admin/keys', { name: 'n', scopes: ['publish:*'] }],
       ['DELETE', `/admin/keys/${reader.id}`],
       ['GET', '/admin/audit'],
+      ['POST', '/admin/users/bob/revoke'],
+      ['POST', '/admin/tokens/revoke', { jti: 'j', exp: 2_000_000_000 }],
       ['GET', '/admin/projections'],
       ['PUT', '/admin/leaderboards/b', { order: 'asc' }],
     ]

@@ -1,0 +1,58 @@
+import { Elysia } from 'elysia'
+import type { AuthPlugin } from '../../auth/plugin'
+import { principalId } from '../../auth/principal'
+import type { Revocations } from '../../auth/revocations'
+import { ErrorResponse } from '../../error-model'
+import type { Audit } from '../audit/service'
+import { TokenRevokeBody, TokenRevoked, UserParams, UserRevoked } from './model'
+
+const denied = { 401: ErrorResponse, 403: ErrorResponse }
+
+/**
+ * Revoking users' tokens (admin:write): all of a user's tokens issued up to now, or one token by
+ * its `jti`. Kept in Postgres (a restarted node still refuses them) and broadcast over NATS, so
+ * every node refuses them at once and closes the sockets using them with 4003.
+ */
+export function revocationsModule(deps: { auth: AuthPlugin; revocations: Pick<Revocations, 'revokeUser' | 'revokeToken'>; audit: Audit }) {
+  return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
+    .use(deps.auth)
+    .post(
+      '/users/:user/revoke',
+      async ({ params, principal }) => {
+        const r = await deps.revocations.revokeUser(params.user, principalId(principal))
+        if (r.kind !== 'user') throw new Error(`revokeUser answered a ${r.kind} revocation`)
+        const revokedBefore = new Date(r.before).toISOString()
+        await deps.audit.record(principal, 'user.revoked', `user:${params.user}`, { revokedBefore })
+        return { user: params.user, revokedBefore }
+      },
+      {
+        auth: 'admin:write',
+        params: UserParams,
+        response: { 200: UserRevoked, 422: ErrorResponse, ...denied },
+        detail: {
+          summary: "Revoke every token of a user issued up to now",
+          description:
+            'Tokens whose `iat` is at or before this moment (and tokens without `iat`) are refused from now on: 401 `revoked`, and open WebSockets using them close with 4003 on every node within a second. `iat` counts whole seconds, so a token issued in the same second as the revocation is refused too: issue the fresh token a second later.',
+        },
+      },
+    )
+    .post(
+      '/tokens/revoke',
+      async ({ body, principal }) => {
+        const expiresAt = new Date(body.exp * 1000)
+        await deps.revocations.revokeToken(body.jti, expiresAt, principalId(principal))
+        await deps.audit.record(principal, 'token.revoked', `token:${body.jti}`, { expiresAt: expiresAt.toISOString() })
+        return { jti: body.jti, expiresAt: expiresAt.toISOString() }
+      },
+      {
+        auth: 'admin:write',
+        body: TokenRevokeBody,
+        response: { 200: TokenRevoked, 422: ErrorResponse, ...denied },
+        detail: {
+          summary: 'Revoke one token by its jti',
+          description:
+            "`{ jti, exp }`: the token's own `jti` and `exp` claims (`exp` in seconds since the epoch, as in the token). The token is refused (401 `revoked`; open WebSockets close with 4003 on every node within a second) until `exp`, when it would expire anyway.",
+        },
+      },
+    )
+}

@@ -1,0 +1,27 @@
+import { t } from 'elysia'
+import { ActorId } from '../../../../core/events'
+
+export const UserParams = t.Object({ user: ActorId })
+export const UserRevoked = t.Object({
+  user: t.String(),
+  revokedBefore: t.String({ description: 'tokens of this user issued (iat) at or before this instant are refused (ISO 8601)' }),
+})
+
+/** The latest `exp` accepted: the end of year 9999, as JWT NumericDate (seconds). */
+const MAX_EXP = 253_402_300_799
+
+export const TokenRevokeBody = t.Object(
+  {
+    jti: t.String({ minLength: 1, maxLength: 128, description: "the token's jti claim" }),
+    exp: t.Integer({
+      minimum: 1,
+      maximum: MAX_EXP,
+      description: "the token's exp claim, copied as is: seconds since the epoch (JWT NumericDate). The revocation is kept until then.",
+    }),
+  },
+  { additionalProperties: false },
+)
+export const TokenRevoked = t.Object({
+  jti: t.String(),
+  expiresAt: t.String({ description: 'the revocation is kept until the token expires anyway (ISO 8601)' }),
+})

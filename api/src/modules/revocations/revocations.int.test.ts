@@ -1,0 +1,75 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { tokenRevocations, userRevocations } from '../../../../core/db/schema'
+import { mintUserToken } from '../../auth/mint'
+import { createHarness, type ApiHarness } from '../../test-support'
+
+const chat = (user: string) => ({ type: 'chat.message.posted', data: { room: 'lobby', user, text: 'hi' } })
+const secondsAgo = (s: number) => Math.floor(Date.now() / 1000) - s
+
+/** The revocation routes in-process, over REST (sockets on two nodes: test/revocation). */
+describe('POST /admin/users/:user/revoke and /admin/tokens/revoke', () => {
+  let h: ApiHarness
+  let mint: (sub: string, opts?: { issuedAt?: number; jti?: string; ttlSeconds?: number }) => Promise<string>
+  beforeAll(async () => {
+    h = await createHarness()
+    mint = (sub, opts = {}) => mintUserToken(h.env.vars.FANFARE_JWT_SECRET, { sub, issuedAt: secondsAgo(10), ...opts })
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+  const post = (token: string, user: string) => h.call('POST', '/v1/events', { token, body: chat(user) })
+
+  test("revoking a user refuses every token issued up to now, and only that user's", async () => {
+    const alice = await mint('alice')
+    const bob = await mint('bob')
+    expect((await post(alice, 'alice')).status).toBe(202)
+    const r = await h.call('POST', '/admin/users/alice/revoke', { token: h.adminToken })
+    expect(r.status).toBe(200)
+    expect(r.json.user).toBe('alice')
+    const before = Date.parse(r.json.revokedBefore)
+    expect(Math.abs(before - Date.now())).toBeLessThan(5_000)
+    const refused = await post(alice, 'alice')
+    expect([refused.status, refused.json.error.code]).toEqual([401, 'revoked'])
+    // Issued in the revocation's second: iat counts whole seconds, so it is refused too.
+    expect((await post(await mint('alice', { issuedAt: Math.floor(before / 1000) }), 'alice')).status).toBe(401)
+    expect((await post(await mint('alice', { issuedAt: Math.floor(before / 1000) + 1 }), 'alice')).status).toBe(202)
+    expect((await post(bob, 'bob')).status).toBe(202)
+    const rows = await h.database.db.select().from(userRevocations)
+    expect(rows.map((row) => [row.userId, row.revokedBefore.toISOString(), row.revokedBy])).toEqual([['alice', r.json.revokedBefore, 'admin']])
+  })
+
+  test('revoking a token by jti refuses that token only, until its exp', async () => {
+    const exp = secondsAgo(-3600)
+    const revoked = await mintUserToken(h.env.vars.FANFARE_JWT_SECRET, { sub: 'carol', jti: 'carol-phone', issuedAt: exp - 3600, ttlSeconds: 3600 })
+    const other = await mint('carol', { jti: 'carol-laptop' })
+    expect((await post(revoked, 'carol')).status).toBe(202)
+    const r = await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body: { jti: 'carol-phone', exp } })
+    expect([r.status, r.json]).toEqual([200, { jti: 'carol-phone', expiresAt: new Date(exp * 1000).toISOString() }])
+    const refused = await post(revoked, 'carol')
+    expect([refused.status, refused.json.error.code]).toEqual([401, 'revoked'])
+    expect((await post(other, 'carol')).status).toBe(202)
+    const [row] = await h.database.db.select().from(tokenRevocations)
+    expect([row.jti, row.expiresAt.getTime(), row.revokedBy]).toEqual(['carol-phone', exp * 1000, 'admin'])
+  })
+
+  test('bad input is 422 and revokes nothing', async () => {
+    const bodies: unknown[] = [
+      {},
+      { jti: 'x' },
+      { exp: 2_000_000_000 },
+      { jti: '', exp: 2_000_000_000 },
+      { jti: 'x', exp: new Date(2_000_000_000_000).toISOString() },
+      { jti: 'x', exp: 2_000_000_000.5 },
+      { jti: 'x', exp: -1 },
+      { jti: 'x'.repeat(129), exp: 2_000_000_000 },
+    ]
+    for (const body of bodies) {
+      const r = await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body })
+      expect([body, r.status, r.json.error?.code]).toEqual([body, 422, 'invalid_request'])
+    }
+    const user = await h.call('POST', `/admin/users/${encodeURIComponent('two words')}/revoke`, { token: h.adminToken })
+    expect([user.status, user.json.error?.code]).toEqual([422, 'invalid_request'])
+    const tokens = await h.database.db.select().from(tokenRevocations)
+    expect(tokens.map((t) => t.jti)).not.toContain('x')
+  })
+})
