@@ -57,11 +57,16 @@ export async function waitReady(baseUrl: string, procs: Proc[], timeoutMs = 30_0
 export class WsClient {
   frames: any[] = []
   closed: { code: number; reason: string } | undefined
+  /** When the close arrived (Date.now()). */
+  closedAt: number | undefined
   private ws: WebSocket
   private constructor(ws: WebSocket) {
     this.ws = ws
     ws.onmessage = (e) => this.frames.push(JSON.parse(String(e.data)))
-    ws.onclose = (e) => (this.closed = { code: e.code, reason: e.reason })
+    ws.onclose = (e) => {
+      this.closed = { code: e.code, reason: e.reason }
+      this.closedAt = Date.now()
+    }
   }
   static async open(url: string): Promise<WsClient> {
     const ws = new WebSocket(url)
