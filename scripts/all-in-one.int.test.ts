@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger } from '../core/logger'
 import { createTestEnv, type TestEnv } from '../core/testing/env'
+import { createJwtVerifier } from '../api/src/auth/jwt'
 import { banner, startAllInOne, type AllInOne } from './all-in-one'
 
 const logger = createLogger('silent')
@@ -11,6 +12,13 @@ const cleanups: (() => Promise<void> | void)[] = []
 afterAll(async () => {
   for (const fn of cleanups.reverse()) await fn()
 })
+
+/** The demo user's token as the banner shows it (what a person would copy). */
+function bannerToken(app: AllInOne): string {
+  const m = /User token\s+(\S+)/.exec(banner(app))
+  if (!m) throw new Error(`no demo token in the banner:\n${banner(app)}`)
+  return m[1]
+}
 
 async function healthz(app: AllInOne): Promise<number> {
   const res = await fetch(`${app.url}/healthz`)
@@ -23,9 +31,43 @@ describe('all-in-one', () => {
     cleanups.push(env.cleanup)
     const app = await startAllInOne(env.vars, logger)
     cleanups.push(app.stop)
-    expect(app.generated).toEqual({ ingest: false, admin: false })
+    expect(app.generated).toEqual({ ingest: false, admin: false, jwt: false })
     expect(app.config.FANFARE_INGEST_TOKEN).toBe(env.vars.FANFARE_INGEST_TOKEN)
     expect(await healthz(app)).toBe(200)
+    // The demo token is signed with the configured secret.
+    const demo = await createJwtVerifier({ FANFARE_JWT_SECRET: env.vars.FANFARE_JWT_SECRET })!(bannerToken(app))
+    expect(demo).toMatchObject({ kind: 'user', id: 'demo', name: 'Demo' })
+    expect(Math.abs(demo.expiresAt - (Date.now() + 24 * 3600_000))).toBeLessThan(60_000)
+    await app.stop()
+  }, 60_000)
+
+  test('generates a JWT secret when unset and prints a demo token the running API accepts', async () => {
+    const env: TestEnv = await createTestEnv({ PORT: '0', HOST: '127.0.0.1' })
+    cleanups.push(env.cleanup)
+    const app = await startAllInOne({ ...env.vars, FANFARE_JWT_SECRET: undefined }, logger)
+    cleanups.push(app.stop)
+    expect(app.generated).toEqual({ ingest: false, admin: false, jwt: true })
+    const secret = app.config.FANFARE_JWT_SECRET!
+    expect(secret).toMatch(/^[A-Za-z0-9_-]{43}$/)
+    expect(banner(app)).toContain(`JWT secret   ${secret}  (generated`)
+    const token = bannerToken(app)
+    expect(await createJwtVerifier({ FANFARE_JWT_SECRET: secret })!(token)).toMatchObject({ id: 'demo', name: 'Demo' })
+    const res = await fetch(`${app.url}/v1/events`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'chat.message.posted', data: { room: 'lobby', user: 'demo', text: 'hello' } }),
+    })
+    expect(res.status).toBe(202)
+    await app.stop()
+  }, 60_000)
+
+  test('with only FANFARE_JWKS_URL, no secret is generated and the banner says who mints tokens', async () => {
+    const env: TestEnv = await createTestEnv({ PORT: '0', HOST: '127.0.0.1' })
+    cleanups.push(env.cleanup)
+    const app = await startAllInOne({ ...env.vars, FANFARE_JWT_SECRET: undefined, FANFARE_JWKS_URL: 'http://127.0.0.1:9/jwks.json' }, logger)
+    cleanups.push(app.stop)
+    expect([app.generated.jwt, app.config.FANFARE_JWT_SECRET, app.demoToken]).toEqual([false, undefined, undefined])
+    expect(banner(app)).toContain('User tokens  verified with FANFARE_JWKS_URL')
     await app.stop()
   }, 60_000)
 
@@ -36,10 +78,11 @@ describe('all-in-one', () => {
     const vars = { PORT: '0', HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir, LOG_LEVEL: 'silent' }
     const app = await startAllInOne(vars, logger)
     cleanups.push(app.stop)
-    expect(app.generated).toEqual({ ingest: true, admin: true })
+    expect(app.generated).toEqual({ ingest: true, admin: true, jwt: true })
     expect(app.config.FANFARE_INGEST_TOKEN).toMatch(/^[A-Za-z0-9_-]{43}$/)
     expect(app.config.NATS_URL).toMatch(/^nats:\/\/127\.0\.0\.1:\d+$/)
     expect(banner(app)).toContain(app.config.FANFARE_ADMIN_TOKEN!)
+    expect(await createJwtVerifier(app.config)!(bannerToken(app))).toMatchObject({ id: 'demo' })
     expect(await healthz(app)).toBe(200)
 
     await expect(startAllInOne(vars, logger)).rejects.toThrow(/in use by process/)

@@ -6,6 +6,7 @@ import { connectPostgres, migrate, openEmbedded, type Database } from '../core/d
 import { createLogger, type Logger } from '../core/logger'
 import { connectNats, ensureStreams } from '../core/nats'
 import { startApi } from '../api/src/server'
+import { mintUserToken } from '../api/src/auth/mint'
 import { startWorkers } from '../stream-workers/src/workers'
 import { startEmbeddedNats, NatsServerMissing } from './embedded-nats'
 
@@ -14,8 +15,13 @@ export type AllInOne = {
   /** Base URL of the HTTP API, e.g. http://127.0.0.1:3000 */
   url: string
   config: Config
-  /** True for each token that was generated because its variable was unset. */
-  generated: { ingest: boolean; admin: boolean }
+  /** True for each token (and the JWT secret) that was generated because its variable was unset. */
+  generated: { ingest: boolean; admin: boolean; jwt: boolean }
+  /**
+   * A user token for the demo user (`sub` demo, name Demo, valid 24 h), signed with
+   * FANFARE_JWT_SECRET; undefined when only FANFARE_JWKS_URL verifies user tokens (we cannot sign those).
+   */
+  demoToken: string | undefined
   /** Stops API, workers, database and the embedded NATS, in that order. Safe to call twice. */
   stop: () => Promise<void>
 }
@@ -42,11 +48,14 @@ export async function startAllInOne(
   } = {},
 ): Promise<AllInOne> {
   const parsed = loadConfig(env)
-  const generated = { ingest: !parsed.FANFARE_INGEST_TOKEN, admin: !parsed.FANFARE_ADMIN_TOKEN }
+  // A JWKS deployment verifies its own issuer's tokens: a generated secret would add a second,
+  // unasked-for way in.
+  const generated = { ingest: !parsed.FANFARE_INGEST_TOKEN, admin: !parsed.FANFARE_ADMIN_TOKEN, jwt: !parsed.FANFARE_JWT_SECRET && !parsed.FANFARE_JWKS_URL }
   const config: Config = {
     ...parsed,
     FANFARE_INGEST_TOKEN: parsed.FANFARE_INGEST_TOKEN ?? newToken(),
     FANFARE_ADMIN_TOKEN: parsed.FANFARE_ADMIN_TOKEN ?? newToken(),
+    FANFARE_JWT_SECRET: generated.jwt ? newToken() : parsed.FANFARE_JWT_SECRET,
   }
   const log = logger ?? createLogger(config.LOG_LEVEL, { service: 'fanfare', mode: 'all-in-one' })
   const dataDir = resolve(config.FANFARE_DATA_DIR)
@@ -115,14 +124,26 @@ export async function startAllInOne(
     const host = runConfig.HOST === '0.0.0.0' || runConfig.HOST === '::' ? '127.0.0.1' : runConfig.HOST
     const url = `http://${host.includes(':') ? `[${host}]` : host}:${api.port}`
     log.info({ url, workerId: workers.workerId }, 'fanfare all-in-one ready')
-    return { url, config: runConfig, generated, stop }
+    const demoToken = runConfig.FANFARE_JWT_SECRET
+      ? await mintUserToken(runConfig.FANFARE_JWT_SECRET, {
+          sub: DEMO_USER.sub,
+          name: DEMO_USER.name,
+          ttlSeconds: DEMO_USER.ttlSeconds,
+          issuer: runConfig.FANFARE_JWT_ISSUER,
+          audience: runConfig.FANFARE_JWT_AUDIENCE,
+        })
+      : undefined
+    return { url, config: runConfig, generated, demoToken, stop }
   } catch (err) {
     await stop()
     throw err
   }
 }
 
-/** 32 random bytes, base64url: well over the 16-character minimum of the config schema. */
+/** Who the demo token printed at start is for. */
+export const DEMO_USER = { sub: 'demo', name: 'Demo', ttlSeconds: 24 * 3600 }
+
+/** 32 random bytes, base64url (43 characters): over the config's minimums (16; 32 for the JWT secret). */
 function newToken(): string {
   return randomBytes(32).toString('base64url')
 }
@@ -139,6 +160,10 @@ export function banner(app: AllInOne): string {
     `    WebSocket    ${app.url.replace(/^http/, 'ws')}/v1/ws`,
     `    Ingest token ${app.config.FANFARE_INGEST_TOKEN}${mark(app.generated.ingest)}`,
     `    Admin token  ${app.config.FANFARE_ADMIN_TOKEN}${mark(app.generated.admin)}`,
+    ...(app.config.FANFARE_JWT_SECRET ? [`    JWT secret   ${app.config.FANFARE_JWT_SECRET}${mark(app.generated.jwt)}`] : []),
+    app.demoToken
+      ? `    User token   ${app.demoToken}  (user "${DEMO_USER.sub}", 24 h; more: npm run token -- --user <id>)`
+      : '    User tokens  verified with FANFARE_JWKS_URL (minted by your own auth service)',
     `    Database     ${app.config.DATABASE_URL ? 'Postgres (DATABASE_URL)' : `embedded PGlite in ${resolve(app.config.FANFARE_DATA_DIR)}`}`,
     `    NATS         ${app.config.NATS_URL}`,
     '  Press Ctrl-C to stop.',
