@@ -11,6 +11,8 @@ import { healthModule } from './modules/health'
 import { authPlugin } from './auth/plugin'
 import { leaderboardsModule } from './modules/leaderboards'
 import { roomsModule } from './modules/rooms'
+import { createLimits } from './limits'
+import { originsPlugin } from './limits/origins'
 
 /**
  * Builds the API: every route, error mapping, body limit and OpenAPI document (/docs, JSON at
@@ -20,8 +22,9 @@ export function createApp(deps: ApiDeps) {
   const { config, db, nc, logger } = deps
   const ingest = deps.ingest ?? createIngest({ config, nc, logger })
   const { eventStream } = topology(config)
+  const limits = deps.limits ?? createLimits({ config })
   // One instance for every module: Elysia de-duplicates it by name and seed.
-  const auth = authPlugin({ authenticator: deps.security.authenticator, config })
+  const auth = authPlugin({ authenticator: deps.security.authenticator, config, rates: limits.rates })
   const app = new Elysia({
     // WebSocket limits are server-wide in Bun: per-route options are ignored.
     websocket: {
@@ -40,6 +43,8 @@ export function createApp(deps: ApiDeps) {
     },
   })
     .use(errorHandler(logger.child({ component: 'http' })))
+    // First: a request from an origin that is not allowed gets 403 before anything runs.
+    .use(originsPlugin(limits.origins))
     .use(jsonBody(config.FANFARE_MAX_BODY_BYTES))
     .use(
       openapi({
@@ -57,7 +62,7 @@ export function createApp(deps: ApiDeps) {
     .use(roomsModule({ db, auth, rooms: deps.security.rooms }))
     .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms }))
   if (!deps.realtime) return app
-  return app.use(deps.realtime.routes({ ingest }))
+  return app.use(deps.realtime.routes({ ingest, limits }))
 }
 
 export type App = ReturnType<typeof createApp>

@@ -1,6 +1,6 @@
 import type { Config } from '../../../core/config'
 import type { Principal } from '../auth/principal'
-import { Invalid, RateLimited } from '../errors'
+import { Invalid, RateLimited, retryAfterSeconds } from '../errors'
 import { clientAddress, type ClientAddress } from './client-ip'
 import { createConnectionLimits, type ConnectionLimits } from './connections'
 import { originPolicy, type OriginPolicy } from './origins'
@@ -64,3 +64,16 @@ export function chargeRequest(rates: RateLimits, p: Principal, body: unknown): v
   const refused = rates.charge(p, cost)
   if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
 }
+
+/**
+ * Refuses a WebSocket upgrade over a limit, before the upgrade: 429 with `Retry-After` and the
+ * one error body of the API (`details.retryAfterMs`). For Elysia's `beforeHandle`: return its value.
+ */
+export function refuseUpgrade(set: { status?: number | string; headers: Record<string, string | number> }, r: { code: string; message: string; retryAfterMs: number }) {
+  set.status = 429
+  set.headers['retry-after'] = retryAfterSeconds(r.retryAfterMs)
+  return { error: { code: r.code, message: r.message, details: { retryAfterMs: r.retryAfterMs } } }
+}
+
+/** The reason of a 4029 close: the code and the delay to wait before reconnecting, e.g. `rate_limited: reconnect after 5000 ms`. */
+export const closeReasonOf = (r: { code: string; retryAfterMs: number }) => `${r.code}: reconnect after ${Math.ceil(r.retryAfterMs)} ms`
