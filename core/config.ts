@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value, ValuePointer } from '@sinclair/typebox/value'
+import { parseCidrs, parseOrigins } from './net'
 
 /**
  * The whole environment Fanfare reads, as one TypeBox schema. Parsed once in `main`; nothing else
@@ -66,6 +67,43 @@ export const Env = Type.Object({
    * as many as it may hold (100): each costs the node a snapshot or history read.
    */
   FANFARE_WS_SUBSCRIBES_PER_SECOND: Type.Integer({ minimum: 1, maximum: 10_000, default: 20 }),
+  /**
+   * Events one user's WebSocket may publish per second, after a burst of FANFARE_WS_PUBLISH_BURST.
+   * (A key's sockets share the key's budget instead: see FANFARE_KEY_OPS_PER_SECOND.)
+   */
+  FANFARE_WS_PUBLISHES_PER_SECOND: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
+  FANFARE_WS_PUBLISH_BURST: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 50 }),
+  /**
+   * One budget per user on a node, over all their WebSockets and REST calls: each event published,
+   * each subscribe and each other REST request costs one.
+   */
+  FANFARE_USER_OPS_PER_SECOND: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 50 }),
+  FANFARE_USER_OPS_BURST: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 200 }),
+  /** The same budget per API key (the bootstrap tokens included): game servers publish far more. */
+  FANFARE_KEY_OPS_PER_SECOND: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 10_000 }),
+  FANFARE_KEY_OPS_BURST: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 20_000 }),
+  /**
+   * Sustained abuse: a WebSocket whose refused commands, within FANFARE_WS_ABUSE_WINDOW_MS, exceed
+   * FANFARE_WS_ABUSE_FACTOR times what its limits allow in that time is closed with 4029.
+   */
+  FANFARE_WS_ABUSE_FACTOR: Type.Number({ minimum: 1, maximum: 1000, default: 3 }),
+  FANFARE_WS_ABUSE_WINDOW_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 5000 }),
+  /** WebSockets open at once on one node, per client address and per user. */
+  FANFARE_MAX_CONNECTIONS_PER_IP: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 500 }),
+  FANFARE_MAX_CONNECTIONS_PER_USER: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10 }),
+  /** WebSocket upgrades one client address may attempt per second on one node, after a burst. */
+  FANFARE_IP_CONNECTS_PER_SECOND: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
+  FANFARE_IP_CONNECT_BURST: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 100 }),
+  /**
+   * Comma-separated CIDRs of the proxies whose `X-Forwarded-For` is believed. Unset: none; the
+   * client address is the peer's.
+   */
+  FANFARE_TRUSTED_PROXIES: Type.Optional(Type.String()),
+  /**
+   * Comma-separated origins (`https://game.example`) browsers may call from: a WebSocket upgrade
+   * or REST request with another `Origin` is refused with 403. Unset: any origin.
+   */
+  FANFARE_ALLOWED_ORIGINS: Type.Optional(Type.String()),
   /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
   FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   LOG_LEVEL: Type.Union(
@@ -99,6 +137,10 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   const problems = [...Value.Errors(Env, converted)].map(
     (e) => `${e.path.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(ValuePointer.Get(converted, e.path))})`,
   )
+  // Lists a schema cannot check: each entry must parse (core/net.ts).
+  const lists = converted as Partial<Env>
+  for (const p of parseCidrs(lists.FANFARE_TRUSTED_PROXIES).problems) problems.push(`FANFARE_TRUSTED_PROXIES: ${p}`)
+  for (const p of parseOrigins(lists.FANFARE_ALLOWED_ORIGINS).problems) problems.push(`FANFARE_ALLOWED_ORIGINS: ${p}`)
   if (problems.length > 0) throw new ConfigError(problems)
   return converted as Config
 }

@@ -15,6 +15,8 @@ import { revocationsModule } from './modules/revocations'
 import { authPlugin } from './auth/plugin'
 import { leaderboardsModule } from './modules/leaderboards'
 import { roomsModule } from './modules/rooms'
+import { createLimits } from './limits'
+import { originsPlugin } from './limits/origins'
 
 /**
  * Builds the API: every route, error mapping, body limit and OpenAPI document (/docs, JSON at
@@ -24,8 +26,9 @@ export function createApp(deps: ApiDeps) {
   const { config, db, nc, logger } = deps
   const ingest = deps.ingest ?? createIngest({ config, nc, logger })
   const { eventStream } = topology(config)
+  const limits = deps.limits ?? createLimits({ config })
   // One instance for every module: Elysia de-duplicates it by name and seed.
-  const auth = authPlugin({ authenticator: deps.security.authenticator, config })
+  const auth = authPlugin({ authenticator: deps.security.authenticator, config, rates: limits.rates })
   const audit = createAudit({ db, logger })
   const { keys, revocations } = deps.security
   const app = new Elysia({
@@ -46,6 +49,8 @@ export function createApp(deps: ApiDeps) {
     },
   })
     .use(errorHandler(logger.child({ component: 'http' })))
+    // First: a request from an origin that is not allowed gets 403 before anything runs.
+    .use(originsPlugin(limits.origins))
     .use(jsonBody(config.FANFARE_MAX_BODY_BYTES))
     .use(
       openapi({
@@ -66,7 +71,7 @@ export function createApp(deps: ApiDeps) {
     .use(revocationsModule({ auth, revocations, audit }))
     .use(auditModule({ auth, audit }))
   if (!deps.realtime) return app
-  return app.use(deps.realtime.routes({ ingest }))
+  return app.use(deps.realtime.routes({ ingest, limits }))
 }
 
 export type App = ReturnType<typeof createApp>

@@ -6,6 +6,7 @@ import type { Logger } from '../../core/logger'
 import type { Ingest } from './modules/events/service'
 import type { Security } from './auth/security'
 import type { FeedStatus } from './realtime/change-feed'
+import type { Limits } from './limits'
 
 /** What the API needs from the process that runs it. Nothing connects at import time. */
 export type ApiDeps = {
@@ -17,10 +18,12 @@ export type ApiDeps = {
   security: Security
   /** An ingest service to share with other layers; created from config/nc/logger when absent. */
   ingest?: Ingest
+  /** Rate, connection and origin limits, shared by REST and WebSocket; created from config when absent. */
+  limits?: Limits
   /** The WebSocket layer (api/src/realtime/), when this app serves it. */
   realtime?: {
-    /** Its routes, built from the app's ingest service so REST and WebSocket publish through the same instance. */
-    routes: (ctx: { ingest: Ingest }) => AnyElysia
+    /** Its routes, built from the app's ingest service and limits so REST and WebSocket share them (one budget per user or key). */
+    routes: (ctx: { ingest: Ingest; limits: Limits }) => AnyElysia
     /** Its change feeds' state, part of readiness. */
     feeds: () => FeedStatus[]
   }

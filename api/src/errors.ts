@@ -50,6 +50,9 @@ export class Revoked extends Unauthorized {
     super(message, 'revoked')
   }
 }
+/** Whole seconds for a `Retry-After` header: at least 1, rounded up (never earlier than `retryAfterMs`). */
+export const retryAfterSeconds = (retryAfterMs: number) => String(Math.max(1, Math.ceil(retryAfterMs / 1000)))
+
 /** Over a rate limit: 429 `rate_limited` with `retryAfterMs`; nothing was done. */
 export class RateLimited extends AppError {
   readonly status = 429
@@ -132,7 +135,7 @@ export function errorHandler(logger: Logger) {
     if (code === 'PARSE' && cause instanceof AppError) return errorResponse(cause.status, cause.code, cause.message, cause.details)
     if (error instanceof RateLimited) {
       const res = errorResponse(error.status, error.code, error.message, error.details)
-      res.headers.set('retry-after', String(Math.max(1, Math.ceil(error.retryAfterMs / 1000))))
+      res.headers.set('retry-after', retryAfterSeconds(error.retryAfterMs))
       return res
     }
     if (error instanceof AppError) return errorResponse(error.status, error.code, error.message, error.details)

@@ -3,6 +3,7 @@ import type { ApiDeps } from './deps'
 import { startRealtime } from './realtime/start'
 import { snapshotReader } from './realtime/snapshots'
 import { startSecurity } from './auth/security'
+import { createLimits } from './limits'
 
 /** A listening API node. */
 export type RunningApi = {
@@ -19,7 +20,8 @@ export type RunningApi = {
 export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Promise<RunningApi> {
   const security = await startSecurity(deps)
   const realtime = await startRealtime({ ...deps, security, snapshot: snapshotReader(deps.db) })
-  const app = createApp({ ...deps, security, realtime })
+  const limits = createLimits({ config: deps.config })
+  const app = createApp({ ...deps, security, realtime, limits })
   app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
   const server = app.server
   if (!server) throw new Error('the API server did not start')
@@ -35,6 +37,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
         await app.stop(true)
         await realtime.stop()
         await security.stop()
+        limits.stop()
       })()),
   }
 }

@@ -7,6 +7,7 @@ import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/e
 import { createApp, type App } from './app'
 import type { ApiDeps } from './deps'
 import { startSecurity } from './auth/security'
+import { startApi, type RunningApi } from './server'
 
 /** An app over a fresh test database and stream, with helpers for requests. Test-only. */
 export type ApiHarness = {
@@ -77,3 +78,44 @@ export async function freshJsm(): Promise<{ nc: NatsConnection; jsm: JetStreamMa
   const nc = await connect({ servers: TEST_NATS_URL })
   return { nc, jsm: await jetstreamManager(nc) }
 }
+
+/** A real API node (startApi, listening on 127.0.0.1) over a fresh test env. Test-only. */
+export type TestNode = {
+  env: TestEnv
+  database: Database
+  nc: NatsConnection
+  api: RunningApi
+  /** http://127.0.0.1:<port> */
+  base: string
+  /** ws://127.0.0.1:<port>/v1/ws */
+  wsUrl: string
+  /** Messages currently in the event stream. */
+  streamCount: () => Promise<number>
+  close: () => Promise<void>
+}
+
+export async function startTestNode(overrides: Record<string, string> = {}): Promise<TestNode> {
+  const env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', ...overrides })
+  const database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
+  const nc = await connect({ servers: TEST_NATS_URL })
+  const jsm = await ensureStreams(nc, env.config)
+  const api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+  return {
+    env,
+    database,
+    nc,
+    api,
+    base: `http://127.0.0.1:${api.port}`,
+    wsUrl: `ws://127.0.0.1:${api.port}/v1/ws`,
+    streamCount: async () => (await jsm.streams.info(topology(env.config).eventStream)).state.messages,
+    close: async () => {
+      await api.stop()
+      await nc.close().catch(() => {})
+      await database.close()
+      await env.cleanup()
+    },
+  }
+}
+
+/** The request headers of a WebSocket upgrade, for `fetch`: a refused upgrade answers with a plain HTTP response. */
+export const UPGRADE_HEADERS = { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' }

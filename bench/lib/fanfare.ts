@@ -26,9 +26,26 @@ export type Deployment = {
 const profiling = (): Record<string, string> =>
   process.env.FANFARE_BENCH_PROFILE ? { BUN_OPTIONS: `--cpu-prof --cpu-prof-dir=${process.env.FANFARE_BENCH_PROFILE}` } : {}
 
+/**
+ * The benchmarks measure throughput, not the limits: thousands of sockets and tens of thousands of
+ * events per second from one address and one key would be refused by the defaults (README, Limits).
+ */
+export const BENCH_LIMITS: Record<string, string> = {
+  FANFARE_WS_PUBLISHES_PER_SECOND: '1000000',
+  FANFARE_WS_PUBLISH_BURST: '1000000',
+  FANFARE_USER_OPS_PER_SECOND: '1000000',
+  FANFARE_USER_OPS_BURST: '1000000',
+  FANFARE_KEY_OPS_PER_SECOND: '10000000',
+  FANFARE_KEY_OPS_BURST: '10000000',
+  FANFARE_MAX_CONNECTIONS_PER_IP: '10000000',
+  FANFARE_MAX_CONNECTIONS_PER_USER: '1000000',
+  FANFARE_IP_CONNECTS_PER_SECOND: '1000000',
+  FANFARE_IP_CONNECT_BURST: '1000000',
+}
+
 /** Creates the env (fresh db + stream names), the streams, and a NATS connection for the bench. */
 export async function deploy(overrides: Record<string, string> = {}): Promise<Deployment> {
-  const env = await createTestEnv({ LOG_LEVEL: 'warn', ...overrides })
+  const env = await createTestEnv({ LOG_LEVEL: 'warn', ...BENCH_LIMITS, ...overrides })
   const nc = await connectNats(env.vars.NATS_URL, 'fanfare-bench')
   await ensureStreams(nc, env.config)
   const procs: Proc[] = []

@@ -68,8 +68,10 @@ export class WsClient {
       this.closedAt = Date.now()
     }
   }
-  static async open(url: string): Promise<WsClient> {
-    const ws = new WebSocket(url)
+  /** Opens a socket; `headers` (Bun's extension) let a test pose as a browser page (Origin) or a proxy's client (X-Forwarded-For). */
+  static async open(url: string, headers?: Record<string, string>): Promise<WsClient> {
+    // The DOM typings (which win over bun-types here) lack Bun's options form of the constructor.
+    const ws = headers ? new WebSocket(url, { headers } satisfies Bun.WebSocketOptions as unknown as string[]) : new WebSocket(url)
     await new Promise<void>((ok, fail) => {
       ws.onopen = () => ok()
       ws.onerror = () => fail(new Error(`could not open ${url}`))

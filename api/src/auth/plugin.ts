@@ -1,6 +1,7 @@
 import { Elysia } from 'elysia'
 import type { Config } from '../../../core/config'
 import { Forbidden, Unauthorized } from '../errors'
+import { chargeRequest, type RateLimits } from '../limits'
 import type { Authenticator } from './authenticate'
 import { ANONYMOUS, isAdminReader, hasScope, type Principal } from './principal'
 
@@ -53,7 +54,7 @@ let plugins = 0
  */
 export type AuthPlugin = ReturnType<typeof authPlugin>
 
-export function authPlugin(deps: { authenticator: Authenticator; config: Pick<Config, 'FANFARE_ANONYMOUS'> }) {
+export function authPlugin(deps: { authenticator: Authenticator; config: Pick<Config, 'FANFARE_ANONYMOUS'>; rates?: RateLimits }) {
   const resolved = new WeakMap<Request, Principal>()
   const identify = async (request: Request): Promise<Principal> => {
     const known = resolved.get(request)
@@ -72,7 +73,11 @@ export function authPlugin(deps: { authenticator: Authenticator; config: Pick<Co
   return new Elysia({ name: 'auth', seed: ++plugins }).macro({
     auth: (need: Need) => ({
       detail: need === 'viewer' ? {} : { security: [{ bearer: [] }] },
-      transform: async ({ request }) => void demand(await identify(request), need),
+      transform: async ({ request, body }) => {
+        const p = demand(await identify(request), need)
+        // Charged once known, before the body is validated: a bad request costs its caller too (429 with Retry-After).
+        if (deps.rates) chargeRequest(deps.rates, p, body)
+      },
       resolve: async ({ request }) => ({ principal: demand(await identify(request), need) }),
     }),
   })

@@ -11,6 +11,6 @@ export const CLOSE = {
   FORBIDDEN: 4003,
   /** The client fell too far behind. Reconnect and resume. */
   SLOW_CONSUMER: 4008,
-  /** Sustained abuse of the rate limits. Reconnect after the delay the reason gives. */
+  /** Sustained abuse of the rate limits, or past a connection limit (too many sockets of a user). Reconnect after the delay the reason gives. */
   RATE_LIMITED: 4029,
 } as const

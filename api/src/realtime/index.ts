@@ -3,28 +3,29 @@ import { channelOf, parseChannel } from '../../../core/channels'
 import type { Config } from '../../../core/config'
 import type { EventInput } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
-import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
 import type { Authenticator } from '../auth/authenticate'
 import { maySubscribe } from '../auth/permissions'
 import { ANONYMOUS, principalId, type Principal } from '../auth/principal'
 import type { Revocations } from '../auth/revocations'
 import type { RoomAccess } from '../auth/rooms'
 import { AppError, Forbidden, Revoked, TokenExpired, Unauthorized } from '../errors'
+import { closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
+import { UNKNOWN_ADDRESS } from '../limits/client-ip'
 import type { ChannelHub, Sink } from './channel-hub'
 import { CLOSE } from './close-codes'
 import { errorBody, parseFrame } from './protocol'
 
 /** What the WebSocket route needs: the hub for channels, the ingest path, and who is calling. */
 export type RealtimeDeps = {
-  config: Pick<Config, 'FANFARE_WS_SUBSCRIBES_PER_SECOND' | 'FANFARE_ANONYMOUS' | 'FANFARE_TOKEN_WARNING_MS' | 'FANFARE_AUTH_TIMEOUT_MS'>
+  config: Pick<Config, 'FANFARE_ANONYMOUS' | 'FANFARE_TOKEN_WARNING_MS' | 'FANFARE_AUTH_TIMEOUT_MS' | 'FANFARE_WS_ABUSE_WINDOW_MS'>
   hub: ChannelHub
   publish: (events: EventInput[], principal: Principal) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
   authenticator: Authenticator
   revocations: Pick<Revocations, 'onChange'>
   rooms: RoomAccess
   logger: Logger
-  /** Most channels one connection may watch. */
-  maxSubscriptions?: number
+  /** Rate and connection limits (and most channels one connection may watch). */
+  limits: Limits
   /** Open sockets of this node, kept so shutdown can close them with "going away". */
   sockets?: SocketRegistry
   now?: () => number
@@ -54,8 +55,15 @@ type Connection = {
   socket: OpenSocket
   /** Publish acks waiting for the end of the event-loop turn (see ackLater). */
   acks: string[]
-  /** Subscribes this connection may still make now (see FANFARE_WS_SUBSCRIBES_PER_SECOND). */
-  subscribes: TokenBucket
+  /** This socket's rate limits (publishes, subscribes, abuse). */
+  rates: ConnectionRates
+  /** Its place in the connection counts of its address and user. */
+  slot: Slot
+  address: string
+  /** Publishes sent to JetStream and not yet answered: a close for abuse waits for their acks. */
+  inFlight: number
+  /** Set once the socket is to be closed for abuse: further frames are ignored. */
+  closing?: { code: number; reason: string }
   /** The `token_expiring` warning, the expiry close, or the deadline for a first `auth` frame. */
   timers: ReturnType<typeof setTimeout>[]
 }
@@ -72,11 +80,12 @@ const closeCodeOf = (err: Unauthorized) => (err instanceof TokenExpired ? CLOSE.
  */
 export function realtimeRoutes(deps: RealtimeDeps) {
   const connections = new Map<string, Connection>()
-  const maxSubscriptions = deps.maxSubscriptions ?? 100
+  const maxSubscriptions = deps.limits.maxSubscriptions
   const now = deps.now ?? Date.now
   const log = deps.logger.child({ component: 'realtime' })
-  // The principal of an upgrade, from its `?token=`, checked before the upgrade (401 if bad).
-  const upgraded = new WeakMap<Request, Principal>()
+  // The principal of an upgrade, from its `?token=`, checked before the upgrade (401 if bad), and
+  // the client's address.
+  const upgraded = new WeakMap<Request, { principal: Principal; address: string }>()
 
   // Every direct send reports its result, so that a socket falling behind is seen (SocketRegistry).
   const sent = (raw: unknown, result: number) => {
@@ -106,6 +115,30 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     for (const timer of conn.timers) clearTimeout(timer)
     conn.timers = []
     conn.socket.close(code, reason)
+  }
+
+  /**
+   * Answers a command refused by a rate limit (nothing was done: send it again after the wait).
+   * A socket that keeps going well past its limits is closed with 4029 once the acks of what it
+   * had published are sent (none of its accepted events goes unacknowledged), and its principal
+   * (or, anonymous, its address) is held off for the delay the close reason gives.
+   */
+  const rateLimited = (conn: Connection, ref: string | undefined, r: RateRefusal) => {
+    send(conn, { op: 'error', ref, error: { code: r.code, message: r.message, retryAfterMs: r.retryAfterMs, details: { retryAfterMs: r.retryAfterMs } } })
+    if (!conn.rates.abusive(r)) return
+    const delay = Math.max(deps.config.FANFARE_WS_ABUSE_WINDOW_MS, r.retryAfterMs)
+    deps.limits.connections.holdOff(conn.address, conn.principal, delay)
+    conn.closing = { code: CLOSE.RATE_LIMITED, reason: closeReasonOf({ code: 'rate_limited', retryAfterMs: delay }) }
+    closeWhenAcked(conn)
+  }
+  const closeWhenAcked = (conn: Connection) => {
+    // After the acks queued for the end of this turn (ackLater), which were queued first.
+    if (conn.closing && conn.inFlight === 0) setImmediate(() => close(conn, conn.closing!.code, conn.closing!.reason))
+  }
+  /** A socket past a connection limit: the reason, then 4029 (retry after the delay). */
+  const refuseSocket = (conn: Connection, ref: string | undefined, r: ConnectionRefusal) => {
+    send(conn, { op: 'error', ref, error: { code: r.code, message: r.message, retryAfterMs: r.retryAfterMs, details: { retryAfterMs: r.retryAfterMs } } })
+    close(conn, CLOSE.RATE_LIMITED, closeReasonOf(r))
   }
 
   /** Warns before a user token expires and closes at expiry; a key with an expiry closes then. */
@@ -182,29 +215,47 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   return new Elysia({ name: 'realtime' }).ws('/v1/ws', {
     query: t.Object({ token: t.Optional(t.String({ maxLength: 8192 })) }),
     detail: { summary: 'WebSocket: publish events and subscribe to channels', tags: ['realtime'] },
-    async beforeHandle({ query, request, set }) {
+    async beforeHandle({ query, request, set, server }) {
+      // Elysia 1.4 runs a ws route's beforeHandle twice: as a route hook (whose answer refuses the
+      // upgrade) and again just before upgrading (whose answer it ignores). Once is enough: a
+      // second run would charge the connect twice and verify the token twice.
+      if (upgraded.has(request)) return
+      // The address is checked first (connect rate, open sockets), so a flood costs no token checks.
+      const address = deps.limits.clientAddress(server?.requestIP(request)?.address, request.headers.get('x-forwarded-for'))
+      const refusedAddress = deps.limits.connections.admitAddress(address)
+      if (refusedAddress) return refuseUpgrade(set, refusedAddress)
+      let principal: Principal
       try {
-        upgraded.set(request, query.token ? await deps.authenticator.authenticate(query.token) : ANONYMOUS)
+        principal = query.token ? await deps.authenticator.authenticate(query.token) : ANONYMOUS
       } catch (err) {
         if (!(err instanceof AppError)) throw err
         set.status = err.status
         return { error: { code: err.code, message: err.message } }
       }
+      const refusedPrincipal = deps.limits.connections.admitPrincipal(principal)
+      if (refusedPrincipal) return refuseUpgrade(set, refusedPrincipal)
+      upgraded.set(request, { principal, address })
     },
     open(ws) {
       const raw = ws.raw
       if (deps.sockets?.closing) return void raw.close(CLOSE.GOING_AWAY, 'server shutting down')
+      const { principal, address } = upgraded.get(ws.data.request) ?? { principal: ANONYMOUS, address: UNKNOWN_ADDRESS }
+      // Upgrades racing past beforeHandle's check are counted (and refused) here.
+      const held = deps.limits.connections.open(address, principal)
+      if ('refusal' in held) return void raw.close(CLOSE.RATE_LIMITED, closeReasonOf(held.refusal))
       // Elysia types `raw` with an older ServerWebSocket that lacks getBufferedAmount (Bun has it).
       const socket = raw as unknown as OpenSocket
       deps.sockets?.open.set(ws.id, socket)
-      const principal = upgraded.get(ws.data.request) ?? ANONYMOUS
       const conn: Connection = {
         principal,
         awaitingAuth: principal.kind === 'anonymous' && deps.config.FANFARE_ANONYMOUS === 'off',
         channels: new Set(),
         socket,
         acks: [],
-        subscribes: tokenBucket({ capacity: maxSubscriptions, perSecond: deps.config.FANFARE_WS_SUBSCRIBES_PER_SECOND }),
+        rates: deps.limits.rates.connection(),
+        slot: held.slot,
+        address,
+        inFlight: 0,
         timers: [],
         sink: {
           id: ws.id,
@@ -223,7 +274,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     },
     async message(ws, message) {
       const conn = connections.get(ws.id)
-      if (!conn) return
+      if (!conn || conn.closing) return
       const reply = (frame: object) => send(conn, frame)
       const parsed = parseFrame(message)
       if (!parsed.ok) return void reply({ op: 'error', ref: parsed.ref, error: parsed.error })
@@ -242,6 +293,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
               reply({ op: 'error', ref: frame.ref, error: body })
               return void close(conn, err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN, body.code)
             }
+            const refused = conn.slot.identify(p)
+            if (refused) return void refuseSocket(conn, frame.ref, refused)
             conn.principal = p
             conn.awaitingAuth = false
             scheduleExpiry(conn)
@@ -253,19 +306,21 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             })
           }
           case 'publish': {
-            const [result] = await deps.publish([frame.event], conn.principal)
-            return void ackLater(ws.raw as unknown as AckSocket, conn, { op: 'ack', ref: frame.ref, ...result })
+            const refused = conn.rates.publish(conn.principal)
+            if (refused) return void rateLimited(conn, frame.ref, refused)
+            conn.inFlight++
+            try {
+              const [result] = await deps.publish([frame.event], conn.principal)
+              return void ackLater(ws.raw as unknown as AckSocket, conn, { op: 'ack', ref: frame.ref, ...result })
+            } finally {
+              conn.inFlight--
+              closeWhenAcked(conn)
+            }
           }
           case 'subscribe': {
             // Charged first: every subscribe command counts, refused or not.
-            const wait = conn.subscribes.take()
-            if (wait > 0) {
-              return void reply({
-                op: 'error',
-                ref: frame.ref,
-                error: { code: 'rate_limited', message: `at most ${deps.config.FANFARE_WS_SUBSCRIBES_PER_SECOND} subscribes per second per connection`, details: { retryAfterMs: wait } },
-              })
-            }
+            const refused = conn.rates.subscribe(conn.principal)
+            if (refused) return void rateLimited(conn, frame.ref, refused)
             if (conn.channels.has(frame.channel)) {
               return void reply({ op: 'error', ref: frame.ref, error: { code: 'already_subscribed', message: `already subscribed to ${frame.channel}` } })
             }
@@ -301,6 +356,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       if (!conn) return
       for (const timer of conn.timers) clearTimeout(timer)
       connections.delete(ws.id)
+      conn.slot.release()
       deps.hub.removeSink(conn.sink, conn.channels)
     },
   })

@@ -11,10 +11,11 @@ import { historyReader } from './history'
 import type { Security } from '../auth/security'
 import { CLOSE } from './close-codes'
 import { realtimeRoutes, type OpenSocket, type SocketRegistry } from './index'
+import type { Limits } from '../limits'
 
 export type Realtime = {
-  /** The `/v1/ws` route, given the app's ingest service (plug into createApp's `realtime`). */
-  routes: (ctx: { ingest: Ingest }) => ReturnType<typeof realtimeRoutes>
+  /** The `/v1/ws` route, given the app's ingest service and limits (plug into createApp's `realtime`). */
+  routes: (ctx: { ingest: Ingest; limits: Limits }) => ReturnType<typeof realtimeRoutes>
   /** Gives the hub the listening server, whose `publish` reaches every socket of a topic. */
   bind: (server: Server<unknown>) => void
   /**
@@ -105,8 +106,9 @@ export async function startRealtime(deps: {
     }
   }
   return {
-    routes: ({ ingest }) =>
+    routes: ({ ingest, limits }) =>
       realtimeRoutes({
+        limits,
         config: deps.config,
         hub,
         publish: ingest.publish,

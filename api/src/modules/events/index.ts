@@ -17,7 +17,7 @@ export function eventsModule(auth: AuthPlugin, ingest: Ingest) {
       {
         auth: 'principal',
         body: PublishBody,
-        response: { 202: PublishResponse, 401: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse, 503: ErrorResponse },
+        response: { 202: PublishResponse, 401: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse, 429: ErrorResponse, 503: ErrorResponse },
         detail: {
           tags: ['events'],
           summary: 'Publish events',
@@ -31,7 +31,9 @@ export function eventsModule(auth: AuthPlugin, ingest: Ingest) {
             '`error.details.results` listing every event in input order, generated ids included: ' +
             '`{ id, stored: true, seq, duplicate }` or `{ id, stored: false }` (not confirmed: it may still be stored). ' +
             'Resend the events with exactly those ids: stored ones come back `duplicate: true`, so nothing is stored twice. ' +
-            '503 `overloaded` (too many events in flight on this node) publishes nothing.',
+            '503 `overloaded` (too many events in flight on this node) publishes nothing. ' +
+            '429 `rate_limited` (with `Retry-After` and `details.retryAfterMs`) publishes nothing: each event costs one ' +
+            "of the caller's budget (README, Limits); resend the same events after the wait.",
         },
       },
     )

@@ -1,0 +1,79 @@
+import { expect, test } from 'bun:test'
+import { loadConfig } from '../../../core/config'
+import type { Principal } from '../auth/principal'
+import { ANONYMOUS } from '../auth/principal'
+import { createConnectionLimits } from './connections'
+
+const user = (id: string): Principal => ({ kind: 'user', id, roles: [], channels: [], expiresAt: Date.now() + 3600_000 })
+const config = loadConfig({ FANFARE_MAX_CONNECTIONS_PER_IP: '3', FANFARE_MAX_CONNECTIONS_PER_USER: '2', FANFARE_IP_CONNECTS_PER_SECOND: '2', FANFARE_IP_CONNECT_BURST: '4' })
+
+test('connects per second per address: a burst, then the rate, with the wait; every attempt counts', () => {
+  let t = 0
+  const limits = createConnectionLimits({ config, now: () => t })
+  for (let i = 0; i < 4; i++) expect(limits.admitAddress('1.1.1.1')).toBeUndefined()
+  expect(limits.admitAddress('1.1.1.1')).toMatchObject({ code: 'rate_limited', retryAfterMs: 500 })
+  expect(limits.admitAddress('2.2.2.2')).toBeUndefined() // another address has its own
+  t += 500
+  expect(limits.admitAddress('1.1.1.1')).toBeUndefined()
+  limits.stop()
+})
+
+test('open sockets per address and per user; a released slot frees its place', () => {
+  const limits = createConnectionLimits({ config })
+  const a = limits.open('1.1.1.1', user('ann'))
+  const b = limits.open('1.1.1.1', user('ann'))
+  if (!('slot' in a) || !('slot' in b)) throw new Error('refused')
+  expect(limits.admitPrincipal(user('ann'))).toMatchObject({ code: 'too_many_connections' })
+  expect(limits.open('9.9.9.9', user('ann'))).toMatchObject({ refusal: { code: 'too_many_connections' } })
+  const c = limits.open('1.1.1.1', ANONYMOUS)
+  if (!('slot' in c)) throw new Error('refused')
+  expect(limits.count('ip:1.1.1.1')).toBe(3)
+  expect(limits.admitAddress('1.1.1.1')).toMatchObject({ code: 'too_many_connections' })
+  expect(limits.open('1.1.1.1', ANONYMOUS)).toMatchObject({ refusal: { code: 'too_many_connections' } })
+  a.slot.release()
+  a.slot.release() // twice is once
+  expect(limits.count('ip:1.1.1.1')).toBe(2)
+  expect(limits.count('u:ann')).toBe(1)
+  expect(limits.admitPrincipal(user('ann'))).toBeUndefined()
+  // An anonymous socket that authenticates counts against its user from then on.
+  expect(c.slot.identify(user('ann'))).toBeUndefined()
+  expect(limits.count('u:ann')).toBe(2)
+  const d = limits.open('2.2.2.2', ANONYMOUS)
+  if (!('slot' in d)) throw new Error('refused')
+  expect(d.slot.identify(user('ann'))).toMatchObject({ code: 'too_many_connections' })
+  expect(limits.count('u:ann')).toBe(2)
+  for (const s of [b, c, d]) s.slot.release()
+  expect([limits.count('ip:1.1.1.1'), limits.count('ip:2.2.2.2'), limits.count('u:ann')]).toEqual([0, 0, 0])
+  limits.stop()
+})
+
+test('a hold-off refuses the user (or, for anonymous sockets, the address) until it ends', () => {
+  let t = 0
+  const limits = createConnectionLimits({ config, now: () => t })
+  limits.holdOff('1.1.1.1', user('ann'), 5000)
+  limits.holdOff('3.3.3.3', ANONYMOUS, 5000)
+  expect(limits.admitPrincipal(user('ann'))).toMatchObject({ code: 'rate_limited', retryAfterMs: 5000 })
+  expect(limits.admitAddress('1.1.1.1')).toBeUndefined() // others behind the same address are not punished
+  expect(limits.admitAddress('3.3.3.3')).toMatchObject({ code: 'rate_limited', retryAfterMs: 5000 })
+  t += 4000
+  expect(limits.admitPrincipal(user('ann'))?.retryAfterMs).toBe(1000)
+  t += 1000
+  expect(limits.admitPrincipal(user('ann'))).toBeUndefined()
+  expect(limits.admitAddress('3.3.3.3')).toBeUndefined()
+  limits.stop()
+})
+
+test('prune forgets connect buckets that refilled', () => {
+  let t = 0
+  const limits = createConnectionLimits({ config, now: () => t })
+  limits.admitAddress('1.1.1.1')
+  limits.admitAddress('1.1.1.1')
+  limits.prune()
+  expect(limits.admitAddress('1.1.1.1')).toBeUndefined()
+  expect(limits.admitAddress('1.1.1.1')).toBeUndefined()
+  expect(limits.admitAddress('1.1.1.1')?.code).toBe('rate_limited') // still the same bucket: not full, kept
+  t += 10_000
+  limits.prune()
+  for (let i = 0; i < 4; i++) expect(limits.admitAddress('1.1.1.1')).toBeUndefined()
+  limits.stop()
+})

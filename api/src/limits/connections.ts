@@ -1,0 +1,137 @@
+import type { Config } from '../../../core/config'
+import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
+import { principalId, type Principal } from '../auth/principal'
+
+/** A WebSocket refused or closed by a connection limit; retrying after `retryAfterMs` may succeed. */
+export type ConnectionRefusal = {
+  /** `rate_limited`: too many connects per second, or held off after abuse; `too_many_connections`: too many open. */
+  code: 'rate_limited' | 'too_many_connections'
+  message: string
+  retryAfterMs: number
+}
+
+/** A socket's place in the counts, held from open to close. */
+export type Slot = {
+  /** The socket authenticated as `p` (an `auth` frame): counts it against that user too. */
+  identify(p: Principal): ConnectionRefusal | undefined
+  release(): void
+}
+
+export type ConnectionConfig = Pick<
+  Config,
+  'FANFARE_MAX_CONNECTIONS_PER_IP' | 'FANFARE_MAX_CONNECTIONS_PER_USER' | 'FANFARE_IP_CONNECTS_PER_SECOND' | 'FANFARE_IP_CONNECT_BURST'
+>
+
+/**
+ * WebSocket connection limits of one node (counts are per node: a client may hold as many on each
+ * node). An upgrade is checked twice: its address before the credential is verified (so a flood
+ * of connects costs no token checks), its user after; a socket is counted when it opens, and one
+ * that passes a limit then (upgrades racing past the first check) is refused there.
+ */
+export type ConnectionLimits = {
+  /** At an upgrade: charges one connect to the address, checks its open sockets and any hold-off. */
+  admitAddress(ip: string): ConnectionRefusal | undefined
+  /** At an upgrade with a credential: checks that user's open sockets and any hold-off. */
+  admitPrincipal(p: Principal): ConnectionRefusal | undefined
+  /** A socket opened: counts it, or refuses it (nothing counted) if that passes a limit. */
+  open(ip: string, p: Principal): { slot: Slot } | { refusal: ConnectionRefusal }
+  /** Refuses upgrades of this principal (users and keys; else of this address) for `ms` (after an abuse close). */
+  holdOff(ip: string, p: Principal, ms: number): void
+  /** Forgets connect buckets that are full again and hold-offs that ended. Runs every minute. */
+  prune(): void
+  /** Open sockets of an address or a principal id (for tests). */
+  count(key: string): number
+  stop(): void
+}
+
+/** What a client over a concurrency limit is told to wait: sockets close at no predictable time. */
+export const BUSY_RETRY_MS = 5000
+
+export function createConnectionLimits(deps: { config: ConnectionConfig; now?: () => number }): ConnectionLimits {
+  const c = deps.config
+  const now = deps.now ?? (() => performance.now())
+  const connects = new Map<string, TokenBucket>()
+  const open = new Map<string, number>()
+  const heldUntil = new Map<string, number>()
+
+  const ipKey = (ip: string) => `ip:${ip}`
+  const userKey = (p: Principal) => (p.kind === 'user' ? principalId(p) : undefined)
+  const held = (key: string): ConnectionRefusal | undefined => {
+    const until = heldUntil.get(key)
+    if (until === undefined) return undefined
+    const left = Math.ceil(until - now())
+    if (left <= 0) return void heldUntil.delete(key)
+    return { code: 'rate_limited', message: `closed for abusing the rate limits: reconnect after ${left} ms`, retryAfterMs: left }
+  }
+  const tooMany = (key: string, max: number, who: string): ConnectionRefusal | undefined =>
+    (open.get(key) ?? 0) >= max
+      ? { code: 'too_many_connections', message: `at most ${max} WebSockets per ${who} on this node`, retryAfterMs: BUSY_RETRY_MS }
+      : undefined
+  const userLimit = (p: Principal) => {
+    const key = userKey(p)
+    return key === undefined ? undefined : tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_USER, 'user')
+  }
+  const add = (key: string, n: number) => {
+    const v = (open.get(key) ?? 0) + n
+    if (v <= 0) open.delete(key)
+    else open.set(key, v)
+  }
+
+  const pruning = setInterval(() => limits.prune(), 60_000)
+  pruning.unref?.()
+
+  const limits: ConnectionLimits = {
+    admitAddress(ip) {
+      const key = ipKey(ip)
+      let bucket = connects.get(key)
+      if (!bucket) connects.set(key, (bucket = tokenBucket({ capacity: c.FANFARE_IP_CONNECT_BURST, perSecond: c.FANFARE_IP_CONNECTS_PER_SECOND, now })))
+      // Charged first: every attempt counts, whatever becomes of it.
+      const wait = bucket.take()
+      if (wait > 0) {
+        return { code: 'rate_limited', message: `at most ${c.FANFARE_IP_CONNECTS_PER_SECOND} connects per second per address (burst ${c.FANFARE_IP_CONNECT_BURST})`, retryAfterMs: wait }
+      }
+      return held(key) ?? tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address')
+    },
+    admitPrincipal(p) {
+      if (p.kind === 'anonymous') return undefined
+      return held(principalId(p)) ?? userLimit(p)
+    },
+    open(ip, p) {
+      const refusal = tooMany(ipKey(ip), c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address') ?? userLimit(p)
+      if (refusal) return { refusal }
+      const keys = [ipKey(ip)]
+      const user = userKey(p)
+      if (user) keys.push(user)
+      for (const k of keys) add(k, 1)
+      let released = false
+      return {
+        slot: {
+          identify(q) {
+            const key = userKey(q)
+            if (released || key === undefined || keys.includes(key)) return undefined
+            const refused = held(key) ?? userLimit(q)
+            if (refused) return refused
+            keys.push(key)
+            add(key, 1)
+            return undefined
+          },
+          release() {
+            if (released) return
+            released = true
+            for (const k of keys) add(k, -1)
+          },
+        },
+      }
+    },
+    holdOff(ip, p, ms) {
+      heldUntil.set(p.kind === 'anonymous' ? ipKey(ip) : principalId(p), now() + ms)
+    },
+    prune() {
+      for (const [k, b] of connects) if (b.full()) connects.delete(k)
+      for (const [k, until] of heldUntil) if (until <= now()) heldUntil.delete(k)
+    },
+    count: (key) => open.get(key) ?? 0,
+    stop: () => clearInterval(pruning),
+  }
+  return limits
+}

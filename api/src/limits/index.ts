@@ -1,0 +1,79 @@
+import type { Config } from '../../../core/config'
+import type { Principal } from '../auth/principal'
+import { Invalid, RateLimited, retryAfterSeconds } from '../errors'
+import { clientAddress, type ClientAddress } from './client-ip'
+import { createConnectionLimits, type ConnectionLimits } from './connections'
+import { originPolicy, type OriginPolicy } from './origins'
+import { createRateLimits, type RateLimits } from './rates'
+
+export type { ConnectionLimits, Slot, ConnectionRefusal } from './connections'
+export type { RateLimits, ConnectionRates, RateRefusal } from './rates'
+
+/** Every limit of one API node, built from its config (see README "Limits"). */
+export type Limits = {
+  rates: RateLimits
+  connections: ConnectionLimits
+  /** The client's address of a request (see FANFARE_TRUSTED_PROXIES). */
+  clientAddress: ClientAddress
+  origins: OriginPolicy
+  /** Most channels one WebSocket may watch (also the burst of its subscribes). */
+  maxSubscriptions: number
+  stop(): void
+}
+
+/** Most channels one WebSocket may watch. */
+export const MAX_SUBSCRIPTIONS = 100
+
+export function createLimits(deps: { config: Config; now?: () => number; maxSubscriptions?: number }): Limits {
+  const maxSubscriptions = deps.maxSubscriptions ?? MAX_SUBSCRIPTIONS
+  const rates = createRateLimits({ config: deps.config, maxSubscriptions, now: deps.now })
+  const connections = createConnectionLimits({ config: deps.config, now: deps.now })
+  return {
+    rates,
+    connections,
+    clientAddress: clientAddress(deps.config.FANFARE_TRUSTED_PROXIES),
+    origins: originPolicy(deps.config.FANFARE_ALLOWED_ORIGINS),
+    maxSubscriptions,
+    stop() {
+      rates.stop()
+      connections.stop()
+    },
+  }
+}
+
+/**
+ * What a REST request costs its caller's budget: one per event it carries (a batch of 100 costs
+ * what 100 single publishes cost, so batching buys fewer round trips, not more events), else one.
+ */
+export function requestCost(body: unknown): number {
+  const events = (body as { events?: unknown } | null | undefined)?.events
+  return Array.isArray(events) ? Math.max(1, events.length) : 1
+}
+
+/**
+ * Charges a REST request to its caller (users and keys; anonymous calls have no budget). Throws
+ * RateLimited (429 with Retry-After; nothing was done), or Invalid 422 `too_many_events` when the
+ * request carries more events than the caller's budget can ever hold.
+ */
+export function chargeRequest(rates: RateLimits, p: Principal, body: unknown): void {
+  const cost = requestCost(body)
+  const capacity = rates.capacityOf(p)
+  if (capacity !== undefined && cost > capacity) {
+    throw new Invalid('too_many_events', `this caller may publish at most ${capacity} events per request (its burst)`, { max: capacity, got: cost })
+  }
+  const refused = rates.charge(p, cost)
+  if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
+}
+
+/**
+ * Refuses a WebSocket upgrade over a limit, before the upgrade: 429 with `Retry-After` and the
+ * one error body of the API (`details.retryAfterMs`). For Elysia's `beforeHandle`: return its value.
+ */
+export function refuseUpgrade(set: { status?: number | string; headers: Record<string, string | number> }, r: { code: string; message: string; retryAfterMs: number }) {
+  set.status = 429
+  set.headers['retry-after'] = retryAfterSeconds(r.retryAfterMs)
+  return { error: { code: r.code, message: r.message, details: { retryAfterMs: r.retryAfterMs } } }
+}
+
+/** The reason of a 4029 close: the code and the delay to wait before reconnecting, e.g. `rate_limited: reconnect after 5000 ms`. */
+export const closeReasonOf = (r: { code: string; retryAfterMs: number }) => `${r.code}: reconnect after ${Math.ceil(r.retryAfterMs)} ms`

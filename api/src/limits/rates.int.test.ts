@@ -1,0 +1,156 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { channelOf } from '../../../core/channels'
+import { WsClient, until } from '../../../test/e2e/harness'
+import { createKeyStore } from '../auth/keys'
+import { mintUserToken } from '../auth/mint'
+import { startTestNode, UPGRADE_HEADERS, type TestNode } from '../test-support'
+
+/** Rate limits on a real API node: WebSocket commands, REST calls, and the close for sustained abuse. */
+describe('rate limits', () => {
+  let node: TestNode
+  beforeAll(async () => {
+    node = await startTestNode({
+      FANFARE_WS_PUBLISHES_PER_SECOND: '5',
+      FANFARE_WS_PUBLISH_BURST: '5',
+      // Slow refills, so that the counts below do not depend on how fast the machine is.
+      FANFARE_USER_OPS_PER_SECOND: '1',
+      FANFARE_USER_OPS_BURST: '8',
+      FANFARE_KEY_OPS_PER_SECOND: '4',
+      FANFARE_KEY_OPS_BURST: '20',
+      FANFARE_WS_ABUSE_WINDOW_MS: '1000',
+      FANFARE_WS_ABUSE_FACTOR: '3',
+    })
+  })
+  afterAll(async () => {
+    await node?.close()
+  })
+
+  const userSocket = async (sub: string) => WsClient.open(`${node.wsUrl}?token=${await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub })}`)
+  const chat = (id: string) => ({ id, type: 'chat.message.posted', data: { room: 'rates', text: id } })
+  const score = (id: string) => ({ id, type: 'score.submitted', data: { board: 'rates', player: id, score: 1 } })
+  const post = (token: string, body: unknown) =>
+    fetch(`${node.base}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
+
+  test('a publish over the limit is refused and not stored; resent with its id after the wait, it is stored exactly once', async () => {
+    const c = await userSocket('r1')
+    const before = await node.streamCount()
+    for (let i = 1; i <= 6; i++) c.send({ op: 'publish', ref: `p${i}`, event: chat(`r1-${i}`) })
+    const replies = await Promise.all([1, 2, 3, 4, 5, 6].map((i) => c.reply(`p${i}`)))
+    expect(replies.slice(0, 5).map((r) => r.op)).toEqual(['ack', 'ack', 'ack', 'ack', 'ack'])
+    const refused = replies[5]
+    // Read before toMatchObject: Bun 1.4.5's toMatchObject writes its asymmetric matchers into the received object.
+    const wait = refused.error.retryAfterMs
+    expect(refused).toMatchObject({ op: 'error', ref: 'p6', error: { code: 'rate_limited', retryAfterMs: wait, details: { retryAfterMs: wait } } })
+    expect(refused.error.message).toContain('per connection')
+    expect(wait).toBeGreaterThan(0)
+    expect(wait).toBeLessThanOrEqual(200) // one token at 5/s
+    expect(await node.streamCount()).toBe(before + 5)
+
+    await Bun.sleep(wait)
+    c.send({ op: 'publish', ref: 'again', event: chat('r1-6') })
+    expect(await c.reply('again')).toMatchObject({ op: 'ack', id: 'r1-6', duplicate: false })
+    await Bun.sleep(250)
+    c.send({ op: 'publish', ref: 'third', event: chat('r1-6') })
+    expect(await c.reply('third')).toMatchObject({ op: 'ack', id: 'r1-6', duplicate: true })
+    expect(await node.streamCount()).toBe(before + 6)
+    c.close()
+  })
+
+  test('one budget per user across all their sockets and REST calls', async () => {
+    const a = await userSocket('r2')
+    const b = await userSocket('r2')
+    const before = await node.streamCount()
+    for (let i = 0; i < 5; i++) a.send({ op: 'publish', ref: `a${i}`, event: chat(`r2-a${i}`) })
+    const fromA = await Promise.all([0, 1, 2, 3, 4].map((i) => a.reply(`a${i}`)))
+    expect(fromA.every((r) => r.op === 'ack')).toBe(true)
+    // b's own burst (5) is untouched, but the user's (8) has 3 left.
+    for (let i = 0; i < 5; i++) b.send({ op: 'publish', ref: `b${i}`, event: chat(`r2-b${i}`) })
+    const fromB = await Promise.all([0, 1, 2, 3, 4].map((i) => b.reply(`b${i}`)))
+    expect(fromB.map((r) => (r.op === 'ack' ? 'ack' : r.error.code))).toEqual(['ack', 'ack', 'ack', 'rate_limited', 'rate_limited'])
+    expect(fromB[3].error.message).toContain('per user')
+    // The same user over REST draws on the same budget.
+    const res = await post(await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r2' }), chat('r2-rest'))
+    expect(res.status).toBe(429)
+    expect(Number(res.headers.get('retry-after'))).toBeGreaterThanOrEqual(1)
+    expect(((await res.json()) as any).error).toMatchObject({ code: 'rate_limited', details: { retryAfterMs: expect.any(Number) } })
+    expect(await node.streamCount()).toBe(before + 8)
+    // Subscribes count too.
+    b.send({ op: 'subscribe', ref: 's', channel: channelOf.chat('rates') })
+    expect((await b.reply('s')).error.code).toBe('rate_limited')
+    a.close()
+    b.close()
+  })
+
+  test('REST, per key: a batch costs one per event; over the budget 429 with Retry-After, nothing stored; resent later, stored once', async () => {
+    const keys = createKeyStore({ db: node.database.db })
+    const { key } = await keys.create({ name: 'game-server', scopes: ['publish:*'], createdBy: 'test' })
+    await keys.stop()
+    const before = await node.streamCount()
+    const first = await post(key, { events: Array.from({ length: 15 }, (_, i) => score(`k-${i}`)) })
+    expect(first.status).toBe(202)
+    const batch = { events: Array.from({ length: 10 }, (_, i) => score(`k-late-${i}`)) }
+    const refused = await post(key, batch)
+    expect(refused.status).toBe(429)
+    const error = ((await refused.json()) as any).error
+    const wait = error.details.retryAfterMs
+    expect([error.code, error.message]).toEqual(['rate_limited', expect.stringContaining('per API key')])
+    // 5 events missing at 4/s: about 1.25 s; Retry-After is whole seconds, rounded up.
+    expect(wait).toBeGreaterThan(1000)
+    expect(wait).toBeLessThanOrEqual(1250)
+    expect(refused.headers.get('retry-after')).toBe('2')
+    expect(await node.streamCount()).toBe(before + 15)
+    // More events than the budget can ever hold is no reason to wait: 422.
+    const huge = await post(key, { events: Array.from({ length: 21 }, (_, i) => score(`k-huge-${i}`)) })
+    expect(huge.status).toBe(422)
+    expect(((await huge.json()) as any).error.code).toBe('too_many_events')
+
+    await Bun.sleep(wait)
+    const resent = await post(key, batch)
+    expect(resent.status).toBe(202)
+    expect(((await resent.json()) as any).results.map((r: any) => r.duplicate)).toEqual(Array(10).fill(false))
+    expect(await node.streamCount()).toBe(before + 25)
+    // Other REST calls by the key count too: the budget is about empty again (a slow machine may
+    // have refilled a token or two meanwhile).
+    const statuses: number[] = []
+    for (let i = 0; i < 4 && statuses.at(-1) !== 429; i++) {
+      statuses.push((await fetch(`${node.base}/v1/leaderboards/rates`, { headers: { authorization: `Bearer ${key}` } })).status)
+    }
+    expect(statuses.at(-1)).toBe(429)
+  })
+
+  test('sustained abuse closes the socket with 4029 and the delay; accepted events are acknowledged and stored first', async () => {
+    const c = await userSocket('r3')
+    const before = await node.streamCount()
+    // 5 pass (the socket's burst); then every refusal weighs 1/5 s, and past 3x the window (3 s of
+    // the budget, 15 refusals) within 1 s the socket is closed.
+    for (let i = 0; i < 40; i++) c.send({ op: 'publish', ref: `x${i}`, event: chat(`r3-${i}`) })
+    await until('the close', () => c.closed, 10_000)
+    expect(c.closed!.code).toBe(4029)
+    const delay = Number(/reconnect after (\d+) ms/.exec(c.closed!.reason)?.[1])
+    expect(delay).toBeGreaterThanOrEqual(1000)
+    const acks = c.frames.filter((f) => f.op === 'ack')
+    const refused = c.frames.filter((f) => f.op === 'error' && f.error.code === 'rate_limited')
+    expect(acks.map((f) => f.id)).toEqual(['r3-0', 'r3-1', 'r3-2', 'r3-3', 'r3-4'])
+    expect(refused.length).toBe(16)
+    expect(await node.streamCount()).toBe(before + 5)
+    // Held off until the delay has passed: the same user is refused before the upgrade.
+    const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r3' })
+    const again = await fetch(`${node.wsUrl.replace('ws:', 'http:')}?token=${token}`, { headers: UPGRADE_HEADERS })
+    expect(again.status).toBe(429)
+    expect(((await again.json()) as any).error).toMatchObject({ code: 'rate_limited', details: { retryAfterMs: expect.any(Number) } })
+    // Another user from the same address is not.
+    const other = await userSocket('r3-neighbour')
+    other.close()
+  })
+
+  test('limits are per command: malformed frames are answered but charge nothing', async () => {
+    const c = await userSocket('r4')
+    for (let i = 0; i < 60; i++) c.send({ op: 'publish', ref: `bad${i}`, event: { type: 'chat.message.posted' } })
+    await until('every error', () => c.frames.length === 60)
+    expect(new Set(c.frames.map((f) => f.error.code))).toEqual(new Set(['invalid_frame']))
+    c.send({ op: 'publish', ref: 'good', event: chat('r4-good') })
+    expect(await c.reply('good')).toMatchObject({ op: 'ack' })
+    expect(c.closed).toBeUndefined()
+    c.close()
+  })
+})

@@ -1,0 +1,82 @@
+import { expect, test } from 'bun:test'
+import { loadConfig } from '../../../core/config'
+import { ANONYMOUS, rootKey, type Principal } from '../auth/principal'
+import { chargeRequest, requestCost } from './index'
+import { createRateLimits } from './rates'
+import { Invalid, RateLimited } from '../errors'
+
+const user = (id: string): Principal => ({ kind: 'user', id, roles: [], channels: [], expiresAt: Date.now() + 3600_000 })
+const config = loadConfig({
+  FANFARE_WS_PUBLISHES_PER_SECOND: '2',
+  FANFARE_WS_PUBLISH_BURST: '3',
+  FANFARE_WS_SUBSCRIBES_PER_SECOND: '5',
+  FANFARE_USER_OPS_PER_SECOND: '4',
+  FANFARE_USER_OPS_BURST: '5',
+  FANFARE_KEY_OPS_PER_SECOND: '100',
+  FANFARE_KEY_OPS_BURST: '200',
+})
+
+test('one budget per user across all their sockets; each socket also has its own', () => {
+  let t = 0
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => t })
+  const ann = user('ann')
+  const one = rates.connection()
+  const two = rates.connection()
+  expect([one.publish(ann), one.publish(ann), one.publish(ann)]).toEqual([undefined, undefined, undefined])
+  // The socket's own burst (3) is spent; the user's budget (5) is not.
+  expect(one.publish(ann)).toMatchObject({ code: 'rate_limited', retryAfterMs: 500, perSecond: 2, message: expect.stringContaining('per connection') })
+  expect([two.publish(ann), two.subscribe(ann)]).toEqual([undefined, undefined])
+  // Now the user's budget is spent (3 + 2), whichever socket asks, and for any command.
+  expect(two.publish(ann)).toMatchObject({ code: 'rate_limited', retryAfterMs: 250, perSecond: 4, message: expect.stringContaining('per user') })
+  expect(rates.connection().subscribe(ann)?.code).toBe('rate_limited')
+  expect(rates.charge(ann)?.code).toBe('rate_limited')
+  // Another user is untouched; refusals spent nothing: 250 ms later exactly one more passes.
+  expect(rates.connection().publish(user('bob'))).toBeUndefined()
+  t += 250
+  expect(two.publish(ann)).toBeUndefined()
+  expect(two.publish(ann)?.code).toBe('rate_limited')
+  rates.stop()
+})
+
+test('keys: no per-socket publish limit, one budget per key; anonymous sockets only their subscribe bucket', () => {
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => 0 })
+  const key = rootKey('ingest')
+  const conn = rates.connection()
+  for (let i = 0; i < 200; i++) expect(conn.publish(key)).toBeUndefined()
+  expect(rates.connection().publish(key)).toMatchObject({ perSecond: 100, message: expect.stringContaining('per API key') })
+  const anon = rates.connection()
+  for (let i = 0; i < 10; i++) expect(anon.subscribe(ANONYMOUS)).toBeUndefined()
+  expect(anon.subscribe(ANONYMOUS)).toMatchObject({ perSecond: 5, message: expect.stringContaining('subscribes per second per connection') })
+  expect(rates.charge(ANONYMOUS, 1000)).toBeUndefined()
+  rates.stop()
+})
+
+test('REST: a request costs one per event it carries; more than the budget can hold is 422', () => {
+  expect([requestCost(undefined), requestCost({ type: 'x' }), requestCost({ events: [1, 2, 3] }), requestCost({ events: [] })]).toEqual([1, 1, 3, 1])
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => 0 })
+  const ann = user('ann')
+  expect(() => chargeRequest(rates, ann, { events: [1, 2, 3, 4, 5, 6] })).toThrow(Invalid)
+  chargeRequest(rates, ann, { events: [1, 2, 3, 4] })
+  chargeRequest(rates, ann, undefined)
+  try {
+    chargeRequest(rates, ann, undefined)
+    throw new Error('not refused')
+  } catch (err) {
+    expect(err).toBeInstanceOf(RateLimited)
+    expect((err as RateLimited).retryAfterMs).toBe(250)
+  }
+  rates.stop()
+})
+
+test('prune forgets budgets that refilled, and only those', () => {
+  let t = 0
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => t })
+  rates.charge(user('ann'))
+  rates.charge(user('bob'))
+  t += 100
+  rates.charge(user('bob'))
+  t += 200 // ann is full again (1 token at 4/s = 250 ms), bob is not
+  rates.prune()
+  expect(rates.size()).toBe(1)
+  rates.stop()
+})

@@ -1,0 +1,82 @@
+import ipaddr from 'ipaddr.js'
+
+/** An address range: an address and how many leading bits must match. */
+export type Cidr = [ipaddr.IPv4 | ipaddr.IPv6, number]
+
+/**
+ * Parses an address as clients and peers give it (IPv4, IPv6, IPv4-mapped IPv6 such as
+ * `::ffff:127.0.0.1`, which becomes the IPv4 address). Undefined when it is not an address.
+ */
+export function parseAddress(text: string): ipaddr.IPv4 | ipaddr.IPv6 | undefined {
+  const trimmed = text.trim()
+  if (!ipaddr.isValid(trimmed)) return undefined
+  return ipaddr.process(trimmed)
+}
+
+/**
+ * Parses a comma-separated list of CIDRs (`10.0.0.0/8, 127.0.0.1/32, fd00::/8`); a bare address
+ * is its own /32 or /128. An IPv4-mapped IPv6 range becomes the IPv4 range, so it matches what
+ * parseAddress gives for the same peers. Returns the ranges and a problem per bad entry.
+ */
+export function parseCidrs(text: string | undefined): { ranges: Cidr[]; problems: string[] } {
+  const ranges: Cidr[] = []
+  const problems: string[] = []
+  for (const entry of splitList(text)) {
+    try {
+      const [addr, bits] = entry.includes('/') ? ipaddr.parseCIDR(entry) : bare(entry)
+      if (addr.kind() === 'ipv6' && (addr as ipaddr.IPv6).isIPv4MappedAddress() && bits >= 96) {
+        ranges.push([(addr as ipaddr.IPv6).toIPv4Address(), bits - 96])
+      } else {
+        ranges.push([addr, bits])
+      }
+    } catch {
+      problems.push(`${JSON.stringify(entry)} is not an address or CIDR range`)
+    }
+  }
+  return { ranges, problems }
+}
+
+function bare(entry: string): Cidr {
+  const addr = ipaddr.parse(entry)
+  return [addr, addr.kind() === 'ipv4' ? 32 : 128]
+}
+
+/** Whether `addr` lies in one of `ranges` (an IPv4 address never matches an IPv6 range, nor the reverse). */
+export function inRanges(addr: ipaddr.IPv4 | ipaddr.IPv6, ranges: readonly Cidr[]): boolean {
+  return ranges.some(([base, bits]) => base.kind() === addr.kind() && addr.match(base, bits))
+}
+
+/**
+ * Parses a comma-separated list of web origins (`https://game.example, http://localhost:5173`)
+ * into their canonical form (`new URL(o).origin`: lower-case scheme and host, default port
+ * dropped). An entry with a path, query, credentials or another scheme than http(s) is a problem.
+ */
+export function parseOrigins(text: string | undefined): { origins: string[]; problems: string[] } {
+  const origins: string[] = []
+  const problems: string[] = []
+  for (const entry of splitList(text)) {
+    const origin = canonicalOrigin(entry)
+    if (origin === undefined || !/^https?:\/\/[^/?#]+\/?$/i.test(entry)) problems.push(`${JSON.stringify(entry)} is not an origin like https://game.example`)
+    else origins.push(origin)
+  }
+  return { origins, problems }
+}
+
+/** The canonical form of an http(s) origin, or undefined when `text` is not one. */
+export function canonicalOrigin(text: string): string | undefined {
+  try {
+    const url = new URL(text)
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return undefined
+    if (url.username || url.password) return undefined
+    return url.origin
+  } catch {
+    return undefined
+  }
+}
+
+function splitList(text: string | undefined): string[] {
+  return (text ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+}
