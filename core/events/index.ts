@@ -3,11 +3,13 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
+import { isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
 import { MAX_PROBLEMS, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
 export { ChatMessageDeleted, ChatMessagePosted } from './chat'
 export { ScoreSubmitted } from './scores'
+export * from './live'
 export * from './fields'
 
 type Contract<T extends TSchema> = {
@@ -16,6 +18,8 @@ type Contract<T extends TSchema> = {
   schema: T
   /** The ordering key: events with the same key are applied in publish order. */
   key: (data: Static<T>) => string
+  /** What the schema cannot say (one emoji, at least one field): a problem, or undefined. */
+  check?: (data: Static<T>) => DataProblem | undefined
 }
 
 const contract = <T extends TSchema>(c: Contract<T>) => c
@@ -41,6 +45,30 @@ export const contracts = {
     schema: ChatMessageDeleted,
     key: (d) => d.room,
   }),
+  'stream.started': contract({ version: 1, schema: StreamStarted, key: (d) => d.stream }),
+  'stream.updated': contract({
+    version: 1,
+    schema: StreamUpdated,
+    key: (d) => d.stream,
+    check: (d) => (d.title === undefined && d.category === undefined ? { path: '/data', message: 'give a title or a category' } : undefined),
+  }),
+  'stream.ended': contract({ version: 1, schema: StreamEnded, key: (d) => d.stream }),
+  'stream.viewers.sampled': contract({ version: 1, schema: StreamViewersSampled, key: (d) => d.stream }),
+  'reaction.sent': contract({
+    version: 1,
+    schema: ReactionSent,
+    key: (d) => d.stream,
+    check: (d) => (isOneEmoji(d.emoji) ? undefined : { path: '/data/emoji', message: 'must be one emoji' }),
+  }),
+  'poll.opened': contract({
+    version: 1,
+    schema: PollOpened,
+    key: (d) => d.poll,
+    check: (d) =>
+      d.closesAt !== undefined && Number.isNaN(Date.parse(d.closesAt)) ? { path: '/data/closesAt', message: 'must be an ISO 8601 date-time' } : undefined,
+  }),
+  'poll.voted': contract({ version: 1, schema: PollVoted, key: (d) => d.poll }),
+  'poll.closed': contract({ version: 1, schema: PollClosed, key: (d) => d.poll }),
 }
 
 export type EventType = keyof typeof contracts
@@ -88,8 +116,9 @@ export type DataProblem = { path: string; message: string }
 /** Checks an event's data against its type's schema; returns the first problems (empty when valid). */
 export function checkData(type: EventType, data: unknown): DataProblem[] {
   const checker = checkers[type]
-  if (checker.Check(data)) return []
-  return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: e.message }))
+  if (!checker.Check(data)) return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: e.message }))
+  const problem = (contracts[type] as { check?: (d: unknown) => DataProblem | undefined }).check?.(data)
+  return problem ? [problem] : []
 }
 
 /** The ordering key of a valid event. */

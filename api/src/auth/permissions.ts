@@ -14,6 +14,17 @@ export const publishers: Record<EventType, { users: boolean | { role: string }; 
   // Users post as themselves (the server stamps `user`); keys may post on behalf of a user.
   'chat.message.posted': { users: true, keys: ['publish:chat.message.posted'] },
   'chat.message.deleted': { users: { role: 'moderator' }, keys: ['admin:write'] },
+  // A broadcast's state comes from the streaming service's servers (and admins).
+  'stream.started': { users: false, keys: ['publish:stream.started'] },
+  'stream.updated': { users: false, keys: ['publish:stream.updated'] },
+  'stream.ended': { users: false, keys: ['publish:stream.ended'] },
+  // Written by API nodes from what presence sees; nobody else.
+  'stream.viewers.sampled': { users: false, keys: ['system:presence'] },
+  'reaction.sent': { users: true, keys: ['publish:reaction.sent'] },
+  'poll.opened': { users: { role: 'moderator' }, keys: ['publish:poll.opened'] },
+  'poll.closed': { users: { role: 'moderator' }, keys: ['publish:poll.closed'] },
+  // A vote is a user's own: the voter is the event's principal.
+  'poll.voted': { users: true, keys: [] },
 }
 
 /** Whether `p` may publish events of `type`. */

@@ -32,21 +32,26 @@ export type KeyPrincipal = {
   scopes: Scope[]
   /** ms since the epoch; undefined: never. */
   expiresAt?: number
-  root?: 'ingest' | 'admin'
+  root?: 'ingest' | 'admin' | 'system'
 }
 
 export type AnonymousPrincipal = { kind: 'anonymous' }
 
 /** What a key may do. `publish:*` publishes any type a key may publish; see permissions.ts. */
-export type Scope = `publish:${string}` | 'admin:read' | 'admin:write'
+export type Scope = `publish:${string}` | 'admin:read' | 'admin:write' | 'system:presence'
 
 export const ANONYMOUS: AnonymousPrincipal = { kind: 'anonymous' }
 
-/** The bootstrap tokens as keys: ingest publishes, admin does everything. */
-export const rootKey = (which: 'ingest' | 'admin'): KeyPrincipal =>
+/**
+ * The bootstrap tokens as keys: ingest publishes, admin does everything. `system` is the API
+ * nodes themselves (presence samples): it has no credential, nothing outside the process can be it.
+ */
+export const rootKey = (which: 'ingest' | 'admin' | 'system'): KeyPrincipal =>
   which === 'admin'
     ? { kind: 'key', id: 'admin', name: 'FANFARE_ADMIN_TOKEN', scopes: ['publish:*', 'admin:read', 'admin:write'], root: 'admin' }
-    : { kind: 'key', id: 'ingest', name: 'FANFARE_INGEST_TOKEN', scopes: ['publish:*'], root: 'ingest' }
+    : which === 'ingest'
+      ? { kind: 'key', id: 'ingest', name: 'FANFARE_INGEST_TOKEN', scopes: ['publish:*'], root: 'ingest' }
+      : { kind: 'key', id: 'system', name: 'API nodes', scopes: ['system:presence'], root: 'system' }
 
 /**
  * The principal's id as recorded with what it does (an event's `by`, the audit log's actor):

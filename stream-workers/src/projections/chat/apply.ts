@@ -26,12 +26,9 @@ export async function applyChat(db: Db, events: SequencedEvent[]): Promise<Appli
       case 'chat.message.deleted':
         chat.push({ room: event.data.room, id: event.data.messageId, seq, ev: { type: event.type, data: event.data } })
         break
-      case 'score.submitted':
+      default:
+        // The batch dead-letters events of other areas before they get here.
         throw new Error(`chat projection got ${event.type}`)
-      default: {
-        const never: never = event
-        throw new Error(`unknown event ${JSON.stringify(never)}`)
-      }
     }
   }
   if (chat.length === 0) return { changes: [] }

@@ -1,0 +1,86 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { ActorId, Name } from './fields'
+
+/** Free text shown to viewers: a stream title, a poll question or option. No control characters or lone surrogates. */
+const text = (max: number, description: string) =>
+  Type.String({
+    minLength: 1,
+    maxLength: max,
+    pattern: '^(?:[^\\u0000-\\u001f\\u007f\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
+    description,
+  })
+export const StreamTitle = text(140, '1-140 chars, no control characters')
+export const StreamCategory = text(64, '1-64 chars, no control characters')
+
+/** A broadcast goes live. Key: stream. Keys with the scope, admins. */
+export const StreamStarted = Type.Object(
+  { stream: Name, title: StreamTitle, category: Type.Optional(StreamCategory) },
+  { additionalProperties: false, $id: 'stream.started@1' },
+)
+export type StreamStarted = Static<typeof StreamStarted>
+
+/** A live (or offline) stream's title or category changes. Key: stream. At least one of them. */
+export const StreamUpdated = Type.Object(
+  { stream: Name, title: Type.Optional(StreamTitle), category: Type.Optional(StreamCategory) },
+  { additionalProperties: false, $id: 'stream.updated@1' },
+)
+export type StreamUpdated = Static<typeof StreamUpdated>
+
+/** A broadcast ends. Key: stream. */
+export const StreamEnded = Type.Object({ stream: Name }, { additionalProperties: false, $id: 'stream.ended@1' })
+export type StreamEnded = Static<typeof StreamEnded>
+
+/**
+ * What presence saw of a stream's viewers, written through the stream so that the peak and the
+ * unique viewers are exact and rebuildable. Published by API nodes (the system principal) at most
+ * once a second per live stream: `viewers` is the cluster-wide count of connections watching
+ * `stream:<id>` then; `users` the users seen watching since the previous sample (a set: repeats
+ * are harmless). Key: stream.
+ */
+export const StreamViewersSampled = Type.Object(
+  { stream: Name, viewers: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }), users: Type.Array(ActorId, { maxItems: 5000 }) },
+  { additionalProperties: false, $id: 'stream.viewers.sampled@1' },
+)
+export type StreamViewersSampled = Static<typeof StreamViewersSampled>
+
+/** One emoji grapheme (a flag, a keycap, a skin-toned or ZWJ sequence count as one). */
+export const Emoji = Type.String({ minLength: 1, maxLength: 32, description: 'one emoji grapheme' })
+
+/** A viewer's reaction. Key: stream. */
+export const ReactionSent = Type.Object({ stream: Name, emoji: Emoji }, { additionalProperties: false, $id: 'reaction.sent@1' })
+export type ReactionSent = Static<typeof ReactionSent>
+
+/** A poll opens on a stream. Key: poll. Keys with the scope, admins, moderators. */
+export const PollOpened = Type.Object(
+  {
+    stream: Name,
+    poll: Name,
+    question: text(280, '1-280 chars'),
+    options: Type.Array(text(80, '1-80 chars'), { minItems: 2, maxItems: 5 }),
+    /** When the poll closes by itself (event time, so a rebuild closes it at the same vote). */
+    closesAt: Type.Optional(Type.String({ format: 'date-time', description: 'ISO 8601' })),
+  },
+  { additionalProperties: false, $id: 'poll.opened@1' },
+)
+export type PollOpened = Static<typeof PollOpened>
+
+/** A user's vote: the 0-based option index. The voter is the event's principal (`by`). Key: poll. */
+export const PollVoted = Type.Object(
+  { poll: Name, option: Type.Integer({ minimum: 0, maximum: 4 }) },
+  { additionalProperties: false, $id: 'poll.voted@1' },
+)
+export type PollVoted = Static<typeof PollVoted>
+
+/** A poll closes. Key: poll. */
+export const PollClosed = Type.Object({ poll: Name }, { additionalProperties: false, $id: 'poll.closed@1' })
+export type PollClosed = Static<typeof PollClosed>
+
+const graphemes = new Intl.Segmenter(undefined, { granularity: 'grapheme' })
+const emojiStart = /^(?:\p{Extended_Pictographic}|\p{Regional_Indicator}{2}|[#*0-9]\uFE0F?\u20E3)/u
+
+/** Whether a string is exactly one emoji grapheme. */
+export function isOneEmoji(s: string): boolean {
+  let n = 0
+  for (const _ of graphemes.segment(s)) if (++n > 1) return false
+  return n === 1 && emojiStart.test(s)
+}
