@@ -1,9 +1,10 @@
-import { Elysia } from 'elysia'
+import { Elysia, type AnyElysia } from 'elysia'
 import { openapi } from '@elysiajs/openapi'
 import { topology } from '../../core/nats'
 import { jsonBody } from './body'
 import type { ApiDeps } from './deps'
 import { errorHandler } from './errors'
+import { routeContracts } from './route-contracts'
 import { adminModule } from './modules/admin'
 import { eventsModule } from './modules/events'
 import { createIngest } from './modules/events/service'
@@ -23,6 +24,11 @@ export function createApp(deps: ApiDeps) {
   // One instance for every module: Elysia de-duplicates it by name and seed.
   const auth = authPlugin({ authenticator: deps.security.authenticator, config })
   const app = new Elysia({
+    // Unknown fields are refused (422 naming them), not dropped: Elysia's default normalisation
+    // strips them silently, so `PUT /admin/leaderboards/x { "reset": "daily" }` would answer 200
+    // and set nothing. Bodies and queries are then checked as declared (additionalProperties:
+    // false). Responses are narrowed to their schemas by routeContracts, as normalisation did.
+    normalize: false,
     // WebSocket limits are server-wide in Bun: per-route options are ignored.
     websocket: {
       // The realtime layer closes a socket queued past FANFARE_WS_BACKPRESSURE_BYTES with 4008
@@ -40,6 +46,8 @@ export function createApp(deps: ApiDeps) {
     },
   })
     .use(errorHandler(logger.child({ component: 'http' })))
+    // Routes without a query schema take no query; answers keep to their response schemas.
+    .use(routeContracts((): AnyElysia => app))
     .use(jsonBody(config.FANFARE_MAX_BODY_BYTES))
     .use(
       openapi({

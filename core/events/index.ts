@@ -3,7 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
-import { MAX_PROBLEMS, takeFirst } from '../validation'
+import { MAX_PROBLEMS, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
 export { ChatMessageDeleted, ChatMessagePosted } from './chat'
@@ -89,7 +89,7 @@ export type DataProblem = { path: string; message: string }
 export function checkData(type: EventType, data: unknown): DataProblem[] {
   const checker = checkers[type]
   if (checker.Check(data)) return []
-  return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: e.message }))
+  return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: problemMessage(e) }))
 }
 
 /** The ordering key of a valid event. */

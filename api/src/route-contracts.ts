@@ -1,0 +1,69 @@
+import { Elysia, type AnyElysia } from 'elysia'
+import { Kind, type TSchema } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import { UNKNOWN_FIELD } from '../../core/validation'
+import { Invalid } from './errors'
+
+/** What one route declares, as far as these checks need it. */
+type Contract = { query: boolean; responses: Record<number, TSchema> }
+
+/** A handler's `status(code, value)` answer, as Elysia hands it to afterHandle hooks. */
+type StatusAnswer = { code: number; response: unknown }
+const isStatusAnswer = (r: unknown): r is StatusAnswer =>
+  typeof r === 'object' && r !== null && r.constructor?.name === 'ElysiaCustomStatusResponse' && 'code' in r && 'response' in r
+
+/** Plain JSON-ish values only: a Response, a stream or a generator is sent as it is. */
+const isPlainData = (r: unknown): r is object =>
+  typeof r === 'object' && r !== null && !(r instanceof Response) && !(r instanceof ReadableStream) && typeof (r as { next?: unknown }).next !== 'function'
+
+/**
+ * Holds every route to what it declares, on the two sides Elysia leaves open once its
+ * normalisation is off (createApp turns it off so that unknown body and query fields are refused
+ * rather than dropped):
+ *
+ * - A route that declares no query parameters takes none: `?anything` is 422 `invalid_request`
+ *   naming it, like an unknown field (a route with a query schema has Elysia check it). Checked
+ *   before the handler and after authentication, so 401/403 still come first.
+ * - Answers are narrowed to the route's response schema: a field the schema does not name is
+ *   dropped, at any depth, as Elysia's normalisation did. Without this a row with a new column or
+ *   a record a newer worker wrote would leak undeclared fields (Elysia checks only the top level
+ *   of a response against extras) or fail its own response check.
+ *
+ * `app` is read on the first request, once every route is registered. Register this plugin before
+ * the routes: Elysia applies a hook only to routes added after it.
+ */
+export function routeContracts(app: () => AnyElysia) {
+  let table: Map<string, Contract> | undefined
+  const contractOf = (method: string, route: string) => {
+    table ??= new Map(
+      app().routes.map((r) => {
+        const hooks = (r.hooks ?? {}) as { query?: unknown; response?: unknown }
+        const response = hooks.response
+        // `response: schema` means 200; `response: { 200: ..., 404: ... }` one per status.
+        const responses = !response || typeof response !== 'object' ? {} : Kind in response ? { 200: response } : response
+        return [`${r.method} ${r.path}`, { query: hooks.query !== undefined, responses: responses as Record<number, TSchema> }]
+      }),
+    )
+    return table.get(`${method} ${route}`)
+  }
+  return new Elysia({ name: 'route-contracts' })
+    .onBeforeHandle({ as: 'global' }, ({ request, route }) => {
+      if (!request.url.includes('?')) return
+      const contract = contractOf(request.method, route)
+      if (!contract || contract.query) return
+      const [name] = new URL(request.url).searchParams.keys()
+      if (name === undefined) return
+      throw new Invalid('invalid_request', `unknown query parameter ${name}`, [{ path: `/${name}`, message: UNKNOWN_FIELD, in: 'query' }])
+    })
+    .onAfterHandle({ as: 'global' }, ({ request, route, response, set }) => {
+      const answer = isStatusAnswer(response) ? response : undefined
+      const value = answer ? answer.response : response
+      if (!isPlainData(value)) return
+      const status = answer?.code ?? (typeof set.status === 'number' ? set.status : 200)
+      const schema = contractOf(request.method, route)?.responses[status]
+      if (!schema) return
+      const narrowed = Value.Clean(schema, Value.Clone(value))
+      if (answer) answer.response = narrowed
+      else return narrowed
+    })
+}
