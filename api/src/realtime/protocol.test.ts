@@ -11,3 +11,21 @@ test('a frame with 100k unknown keys gets invalid_frame with at most 10 problems
   expect(details.length).toBeLessThanOrEqual(10)
   expect(pulled).toBeLessThanOrEqual(10)
 })
+
+test('an unknown field in a frame, or in its event, is invalid_frame naming the field', () => {
+  // A typo such as `sincee` would otherwise start from a snapshot while the client believes it resumed.
+  expect(parseFrame(JSON.stringify({ op: 'subscribe', ref: 's1', channel: 'leaderboard:b', sincee: 4 }))).toEqual({
+    ok: false,
+    ref: 's1',
+    error: { code: 'invalid_frame', message: 'unknown field /sincee in the subscribe frame', details: [{ path: '/sincee', message: 'unknown field' }] },
+  })
+  for (const op of ['unsubscribe', 'auth', 'publish'] as const) {
+    const valid = { unsubscribe: { channel: 'chat:r' }, auth: { token: 't' }, publish: { event: { type: 'x', data: {} } } }[op]
+    expect(parseFrame({ op, ...valid })).toMatchObject({ ok: true })
+    expect(parseFrame({ op, ...valid, extra: true })).toMatchObject({ ok: false, error: { code: 'invalid_frame', details: [{ path: '/extra', message: 'unknown field' }] } })
+  }
+  expect(parseFrame({ op: 'publish', event: { type: 'x', data: {}, extra: 1 } })).toMatchObject({
+    ok: false,
+    error: { code: 'invalid_frame', message: 'unknown field /event/extra in the publish frame', details: [{ path: '/event/extra', message: 'unknown field' }] },
+  })
+})

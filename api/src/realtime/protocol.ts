@@ -2,25 +2,33 @@ import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Channel } from '../../../core/channels'
 import { EventInput } from '../../../core/events'
-import { MAX_PROBLEMS, takeFirst } from '../../../core/validation'
+import { firstUnknownField, MAX_PROBLEMS, problemMessage, takeFirst } from '../../../core/validation'
 import { AppError } from '../errors'
 
-/** Client → server frames of the WebSocket protocol (JSON text frames). */
+/**
+ * Client → server frames of the WebSocket protocol (JSON text frames). A field a frame does not
+ * declare is refused (invalid_frame naming it), as on REST: a misspelt `since` must not quietly
+ * turn a resume into a fresh snapshot.
+ */
 const Ref = Type.Optional(Type.String({ maxLength: 64 }))
+const strict = { additionalProperties: false } as const
 
-export const PublishFrame = Type.Object({ op: Type.Literal('publish'), ref: Ref, event: EventInput })
-export const SubscribeFrame = Type.Object({
-  op: Type.Literal('subscribe'),
-  ref: Ref,
-  channel: Channel,
-  /** Resume after this version (the last one the client has) instead of starting from a snapshot. */
-  since: Type.Optional(Type.Integer({ minimum: 0 })),
-  /** The epoch of `since`, from the frame that carried it. */
-  epoch: Type.Optional(Type.String({ maxLength: 64 })),
-})
-export const UnsubscribeFrame = Type.Object({ op: Type.Literal('unsubscribe'), ref: Ref, channel: Channel })
+export const PublishFrame = Type.Object({ op: Type.Literal('publish'), ref: Ref, event: EventInput }, strict)
+export const SubscribeFrame = Type.Object(
+  {
+    op: Type.Literal('subscribe'),
+    ref: Ref,
+    channel: Channel,
+    /** Resume after this version (the last one the client has) instead of starting from a snapshot. */
+    since: Type.Optional(Type.Integer({ minimum: 0 })),
+    /** The epoch of `since`, from the frame that carried it. */
+    epoch: Type.Optional(Type.String({ maxLength: 64 })),
+  },
+  strict,
+)
+export const UnsubscribeFrame = Type.Object({ op: Type.Literal('unsubscribe'), ref: Ref, channel: Channel }, strict)
 /** A user token (the first frame of a browser, which cannot set headers; or a refreshed token). */
-export const AuthFrame = Type.Object({ op: Type.Literal('auth'), ref: Ref, token: Type.String({ minLength: 1, maxLength: 8192 }) })
+export const AuthFrame = Type.Object({ op: Type.Literal('auth'), ref: Ref, token: Type.String({ minLength: 1, maxLength: 8192 }) }, strict)
 export const ClientFrame = Type.Union([PublishFrame, SubscribeFrame, UnsubscribeFrame, AuthFrame])
 export type ClientFrame = Static<typeof ClientFrame>
 
@@ -54,8 +62,10 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
   }
   const check = frameChecks[op as keyof typeof frameChecks]
   if (!check.Check(v)) {
-    const details = takeFirst(check.Errors(v), MAX_PROBLEMS).map((e) => ({ path: e.path, message: e.message }))
-    return { ok: false, ref, error: { code: 'invalid_frame', message: `malformed ${op} frame`, details } }
+    const details = takeFirst(check.Errors(v), MAX_PROBLEMS).map((e) => ({ path: e.path, message: problemMessage(e) }))
+    const unknown = firstUnknownField(details)
+    const message = unknown === undefined ? `malformed ${op} frame` : `unknown field ${unknown} in the ${op} frame`
+    return { ok: false, ref, error: { code: 'invalid_frame', message, details } }
   }
   return { ok: true, frame: v as ClientFrame }
 }
