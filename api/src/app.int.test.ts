@@ -89,6 +89,33 @@ describe('app', () => {
     expect(checked).toContain('GET /admin/dead-letters query before')
   })
 
+  test('a body nested deeper than the limit is 400 too_deep on every route with a body, never a 500', async () => {
+    // 100k levels: JSON.parse copes, but Elysia's validation error stringifies the value it
+    // rejects (recursively) and overflowed the stack: a 500 on every route without a custom error.
+    const deep = (n: number) => '['.repeat(n) + ']'.repeat(n)
+    const doc = (await h.call('GET', '/docs/json')).json
+    const big = await createHarness()
+    try {
+      for (const [path, ops] of Object.entries<any>(doc.paths)) {
+        for (const [method, op] of Object.entries<any>(ops)) {
+          if (!op.requestBody) continue
+          const url = path.replace(/\{\w+\}/g, 'x')
+          const token = path.startsWith('/admin') ? big.adminToken : big.ingestToken
+          for (const body of [`{"zz":${deep(100_000)}}`, `{"order":${deep(100_000)},"visibility":${deep(100_000)},"type":"x","data":{}}`, deep(65), `{"a":${deep(64)}}`]) {
+            const r = await big.call(method.toUpperCase(), url, { token, body })
+            expect([method, path, body.length, r.status, r.json.error?.code]).toEqual([method, path, body.length, 400, 'too_deep'])
+          }
+          // At the limit it is parsed and validated as usual.
+          const r = await big.call(method.toUpperCase(), url, { token, body: deep(64) })
+          expect([method, path, r.status, r.json.error?.code]).toEqual([method, path, 422, 'invalid_request'])
+        }
+      }
+      expect(await big.streamCount()).toBe(0)
+    } finally {
+      await big.close()
+    }
+  })
+
   test('a real server: oversize body is a JSON 413, port 0 binds, stop closes', async () => {
     const api = await startApi({ ...h.deps, config: { ...h.env.config, HOST: '127.0.0.1', PORT: 0 } })
     try {
