@@ -2,7 +2,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Channel } from '../../../core/channels'
 import { EventInput } from '../../../core/events'
-import { firstUnknownField, MAX_PROBLEMS, problemMessage, takeFirst } from '../../../core/validation'
+import { firstUnknownField, MAX_JSON_DEPTH, MAX_PROBLEMS, nestedDeeperThan, problemMessage, takeFirst } from '../../../core/validation'
 import { AppError } from '../errors'
 
 /**
@@ -41,8 +41,22 @@ const frameChecks = {
 
 export type ErrorBody = { code: string; message: string; details?: unknown }
 
-/** Parses one incoming frame (Elysia may already have parsed JSON text). Never throws. */
+/** How an unknown op is named back to the client: short strings as they are, other values by kind. */
+function describeOp(op: unknown): string {
+  if (typeof op === 'string') return JSON.stringify(op.length > 32 ? `${op.slice(0, 32)}…` : op)
+  if (op === undefined) return '(none)'
+  if (op === null) return 'null'
+  return Array.isArray(op) ? '(an array)' : `(a ${typeof op})`
+}
+
+/**
+ * Parses one incoming frame (Elysia may already have parsed JSON text). Never throws: a frame
+ * nested past MAX_JSON_DEPTH is refused before anything walks it recursively.
+ */
 export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { ok: false; ref?: string; error: ErrorBody } {
+  if (raw instanceof ArrayBuffer || ArrayBuffer.isView(raw)) {
+    return { ok: false, error: { code: 'bad_frame', message: 'frames must be JSON text frames, not binary' } }
+  }
   let value = raw
   if (typeof raw === 'string') {
     try {
@@ -56,9 +70,12 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
   }
   const v = value as Record<string, unknown>
   const ref = typeof v.ref === 'string' ? v.ref.slice(0, 64) : undefined
+  if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
+    return { ok: false, ref, error: { code: 'bad_frame', message: `frames may nest at most ${MAX_JSON_DEPTH} levels` } }
+  }
   const op = v.op
   if (typeof op !== 'string' || !Object.hasOwn(frameChecks, op)) {
-    return { ok: false, ref, error: { code: 'unknown_op', message: `unknown op ${JSON.stringify(op)}; expected auth, publish, subscribe or unsubscribe` } }
+    return { ok: false, ref, error: { code: 'unknown_op', message: `unknown op ${describeOp(op)}; expected auth, publish, subscribe or unsubscribe` } }
   }
   const check = frameChecks[op as keyof typeof frameChecks]
   if (!check.Check(v)) {
