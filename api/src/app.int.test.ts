@@ -131,6 +131,16 @@ describe('app', () => {
       })
       expect(res.status).toBe(413)
       expect(((await res.json()) as any).error.code).toBe('payload_too_large')
+      // Far past the limit too: Bun's own limit used to answer these first, with a bare 413.
+      for (const size of [4096 * 3 + 64 * 1024, 20 * 1024 * 1024]) {
+        const huge = await fetch(`${base}/v1/events`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json' },
+          body: new Uint8Array(size),
+        })
+        expect([size, huge.status, huge.headers.get('content-type')]).toEqual([size, 413, expect.stringContaining('application/json')])
+        expect(((await huge.json()) as any).error.code).toBe('payload_too_large')
+      }
       // Chunked upload without Content-Length: limited while reading.
       const chunks = new ReadableStream({
         start(c) {

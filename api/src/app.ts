@@ -41,8 +41,11 @@ export function createApp(deps: ApiDeps) {
     serve: {
       // A second server on the same port must fail, not silently share traffic.
       reusePort: false,
-      // Backstop only: our own limit answers first with a JSON 413 (Bun's own reply is not JSON).
-      maxRequestBodySize: config.FANFARE_MAX_BODY_BYTES * 2 + 64 * 1024,
+      // Bun's own limit is off: it answers a declared length past it with a bare 413 (no JSON
+      // body) before any of our code runs. Ours does the job: jsonBody answers a JSON 413 to a
+      // declared Content-Length over the limit before reading anything, and stops reading a
+      // streamed body as soon as it passes the limit; a body no route reads is never buffered.
+      maxRequestBodySize: Number.MAX_SAFE_INTEGER,
     },
   })
     .use(errorHandler(logger.child({ component: 'http' })))
