@@ -1,6 +1,7 @@
 import { describe, expect, test } from 'bun:test'
 import { Elysia, t, type AnyElysia } from 'elysia'
 import { createLogger } from '../../core/logger'
+import { jsonBody } from './body'
 import { errorHandler } from './errors'
 import { routeContracts } from './route-contracts'
 
@@ -55,6 +56,24 @@ describe('routeContracts', () => {
     expect(await call('/some?a=1&y=2')).toEqual({
       status: 422,
       json: { error: { code: 'invalid_request', message: 'unknown query parameter y', details: [{ path: '/y', message: 'unknown field', in: 'query' }] } },
+    })
+  })
+
+  test('a route without a body schema refuses a body; an empty one is no body', async () => {
+    const app: AnyElysia = new Elysia({ normalize: false })
+      .use(errorHandler(createLogger('silent')))
+      .use(jsonBody(1024))
+      .use(routeContracts((): AnyElysia => app))
+      .delete('/thing/:id', () => ({ ok: true }))
+    const del = async (body?: string) => {
+      const res = await app.handle(new Request('http://localhost/thing/1', { method: 'DELETE', body }))
+      return { status: res.status, json: await res.json() }
+    }
+    expect(await del()).toEqual({ status: 200, json: { ok: true } })
+    expect(await del('')).toEqual({ status: 200, json: { ok: true } })
+    expect(await del('{"reason":"spam"}')).toEqual({
+      status: 422,
+      json: { error: { code: 'invalid_request', message: 'DELETE /thing/:id takes no body', details: [{ path: '/', message: 'unexpected body', in: 'body' }] } },
     })
   })
 })

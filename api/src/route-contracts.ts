@@ -5,7 +5,7 @@ import { UNKNOWN_FIELD } from '../../core/validation'
 import { Invalid } from './errors'
 
 /** What one route declares, as far as these checks need it. */
-type Contract = { query: boolean; responses: Record<number, TSchema> }
+type Contract = { query: boolean; body: boolean; responses: Record<number, TSchema> }
 
 /** A handler's `status(code, value)` answer, as Elysia hands it to afterHandle hooks. */
 type StatusAnswer = { code: number; response: unknown }
@@ -22,8 +22,10 @@ const isPlainData = (r: unknown): r is object =>
  * rather than dropped):
  *
  * - A route that declares no query parameters takes none: `?anything` is 422 `invalid_request`
- *   naming it, like an unknown field (a route with a query schema has Elysia check it). Checked
- *   before the handler and after authentication, so 401/403 still come first.
+ *   naming it, like an unknown field (a route with a query schema has Elysia check it). A route
+ *   that declares no body takes none either: `DELETE ... { "reason": "spam" }` must not answer
+ *   202 as if the reason were kept. Checked before the handler and after authentication, so
+ *   401/403 still come first.
  * - Answers are narrowed to the route's response schema: a field the schema does not name is
  *   dropped, at any depth, as Elysia's normalisation did. Without this a row with a new column or
  *   a record a newer worker wrote would leak undeclared fields (Elysia checks only the top level
@@ -37,20 +39,23 @@ export function routeContracts(app: () => AnyElysia) {
   const contractOf = (method: string, route: string) => {
     table ??= new Map(
       app().routes.map((r) => {
-        const hooks = (r.hooks ?? {}) as { query?: unknown; response?: unknown }
+        const hooks = (r.hooks ?? {}) as { query?: unknown; body?: unknown; response?: unknown }
         const response = hooks.response
         // `response: schema` means 200; `response: { 200: ..., 404: ... }` one per status.
         const responses = !response || typeof response !== 'object' ? {} : Kind in response ? { 200: response } : response
-        return [`${r.method} ${r.path}`, { query: hooks.query !== undefined, responses: responses as Record<number, TSchema> }]
+        return [`${r.method} ${r.path}`, { query: hooks.query !== undefined, body: hooks.body !== undefined, responses: responses as Record<number, TSchema> }]
       }),
     )
     return table.get(`${method} ${route}`)
   }
   return new Elysia({ name: 'route-contracts' })
-    .onBeforeHandle({ as: 'global' }, ({ request, route }) => {
-      if (!request.url.includes('?')) return
+    .onBeforeHandle({ as: 'global' }, ({ request, route, body }) => {
       const contract = contractOf(request.method, route)
-      if (!contract || contract.query) return
+      if (!contract) return
+      if (!contract.body && body !== undefined) {
+        throw new Invalid('invalid_request', `${request.method} ${route} takes no body`, [{ path: '/', message: 'unexpected body', in: 'body' }])
+      }
+      if (contract.query || !request.url.includes('?')) return
       const [name] = new URL(request.url).searchParams.keys()
       if (name === undefined) return
       throw new Invalid('invalid_request', `unknown query parameter ${name}`, [{ path: `/${name}`, message: UNKNOWN_FIELD, in: 'query' }])

@@ -138,6 +138,30 @@ describe('unknown fields are refused, named, and change nothing', () => {
     await expectNothingChanged()
   })
 
+  test('a route that takes no body refuses one, naming the route, and does nothing', async () => {
+    const swept: string[] = []
+    for (const [path, ops] of Object.entries<any>(doc.paths)) {
+      for (const [method, op] of Object.entries<any>(ops)) {
+        // GET cannot carry a body (fetch refuses to send one).
+        if (op.requestBody || method === 'get') continue
+        const route = `${method.toUpperCase()} ${path}`
+        swept.push(route)
+        for (const body of [{}, { force: true }, []]) {
+          const r = await h.call(method.toUpperCase(), path.replace(/\{\w+\}/g, 'x'), { token: tokenFor(h, path), body })
+          expect([route, body, r.status, r.json]).toEqual([
+            route,
+            body,
+            422,
+            { error: { code: 'invalid_request', message: `${method.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')} takes no body`, details: [{ path: '/', message: 'unexpected body', in: 'body' }] } },
+          ])
+        }
+      }
+    }
+    expect(swept).toContain('DELETE /admin/rooms/{room}/messages/{id}')
+    expect(swept).toContain('POST /admin/projections/{name}/rebuild')
+    await expectNothingChanged()
+  })
+
   test('known query parameters still work, alone and together', async () => {
     expect((await h.call('GET', '/v1/leaderboards/x?limit=5&offset=0')).status).toBe(200)
     expect((await h.call('GET', '/healthz')).status).toBe(200)
