@@ -141,6 +141,11 @@ describe('app', () => {
         expect([size, huge.status, huge.headers.get('content-type')]).toEqual([size, 413, expect.stringContaining('application/json')])
         expect(((await huge.json()) as any).error.code).toBe('payload_too_large')
       }
+      // A WebSocket upgrade the server cannot complete (no Sec-WebSocket-Key): Elysia answered a
+      // text/plain 400; it is a JSON error like every other.
+      const upgrade = await fetch(`${base}/v1/ws`, { headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-version': '13' } })
+      expect([upgrade.status, upgrade.headers.get('content-type')]).toEqual([400, expect.stringContaining('application/json')])
+      expect(await upgrade.json()).toEqual({ error: { code: 'bad_request', message: 'Expected a websocket connection' } })
       // Chunked upload without Content-Length: limited while reading.
       const chunks = new ReadableStream({
         start(c) {

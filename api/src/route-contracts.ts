@@ -2,7 +2,7 @@ import { Elysia, type AnyElysia } from 'elysia'
 import { Kind, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { UNKNOWN_FIELD } from '../../core/validation'
-import { Invalid } from './errors'
+import { errorResponse, Invalid } from './errors'
 
 /** What one route declares, as far as these checks need it. */
 type Contract = { query: boolean; body: boolean; responses: Record<number, TSchema> }
@@ -11,6 +11,9 @@ type Contract = { query: boolean; body: boolean; responses: Record<number, TSche
 type StatusAnswer = { code: number; response: unknown }
 const isStatusAnswer = (r: unknown): r is StatusAnswer =>
   typeof r === 'object' && r !== null && r.constructor?.name === 'ElysiaCustomStatusResponse' && 'code' in r && 'response' in r
+
+/** Codes for the statuses a library may answer with plain text. */
+const TEXT_ERROR_CODES: Record<number, string> = { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 405: 'method_not_allowed' }
 
 /** Plain JSON-ish values only: a Response, a stream or a generator is sent as it is. */
 const isPlainData = (r: unknown): r is object =>
@@ -26,6 +29,7 @@ const isPlainData = (r: unknown): r is object =>
  *   that declares no body takes none either: `DELETE ... { "reason": "spam" }` must not answer
  *   202 as if the reason were kept. Checked before the handler and after authentication, so
  *   401/403 still come first.
+ * - An error a library answers as plain text is given the one error shape (see ErrorBody).
  * - Answers are narrowed to the route's response schema: a field the schema does not name is
  *   dropped, at any depth, as Elysia's normalisation did. Without this a row with a new column or
  *   a record a newer worker wrote would leak undeclared fields (Elysia checks only the top level
@@ -62,6 +66,11 @@ export function routeContracts(app: () => AnyElysia) {
     })
     .onAfterHandle({ as: 'global' }, ({ request, route, response, set }) => {
       const answer = isStatusAnswer(response) ? response : undefined
+      // An error answered as plain text (Elysia's WebSocket route does so for an upgrade it cannot
+      // complete) gets the one error shape too.
+      if (answer && answer.code >= 400 && typeof answer.response === 'string') {
+        return errorResponse(answer.code, TEXT_ERROR_CODES[answer.code] ?? 'error', answer.response)
+      }
       const value = answer ? answer.response : response
       if (!isPlainData(value)) return
       const status = answer?.code ?? (typeof set.status === 'number' ? set.status : 200)
