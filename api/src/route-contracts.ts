@@ -1,4 +1,4 @@
-import { Elysia, type AnyElysia } from 'elysia'
+import { Elysia, ElysiaCustomStatusResponse, type AnyElysia } from 'elysia'
 import { Kind, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { UNKNOWN_FIELD } from '../../core/validation'
@@ -9,8 +9,7 @@ type Contract = { query: boolean; body: boolean; responses: Record<number, TSche
 
 /** A handler's `status(code, value)` answer, as Elysia hands it to afterHandle hooks. */
 type StatusAnswer = { code: number; response: unknown }
-const isStatusAnswer = (r: unknown): r is StatusAnswer =>
-  typeof r === 'object' && r !== null && r.constructor?.name === 'ElysiaCustomStatusResponse' && 'code' in r && 'response' in r
+const isStatusAnswer = (r: unknown): r is StatusAnswer => r instanceof ElysiaCustomStatusResponse
 
 /** Codes for the statuses a library may answer with plain text. */
 const TEXT_ERROR_CODES: Record<number, string> = { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 405: 'method_not_allowed' }
@@ -20,9 +19,8 @@ const isPlainData = (r: unknown): r is object =>
   typeof r === 'object' && r !== null && !(r instanceof Response) && !(r instanceof ReadableStream) && typeof (r as { next?: unknown }).next !== 'function'
 
 /**
- * Holds every route to what it declares, on the two sides Elysia leaves open once its
- * normalisation is off (createApp turns it off so that unknown body and query fields are refused
- * rather than dropped):
+ * Holds every route to what it declares, where Elysia does not once its normalisation is off
+ * (createApp turns it off so that unknown body and query fields are refused rather than dropped):
  *
  * - A route that declares no query parameters takes none: `?anything` is 422 `invalid_request`
  *   naming it, like an unknown field (a route with a query schema has Elysia check it). A route
