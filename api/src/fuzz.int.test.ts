@@ -33,7 +33,7 @@ import { startApi, type RunningApi } from './server'
  * FANFARE_FUZZ_SEED).
  */
 
-const runs = Number(process.env.FANFARE_FUZZ_RUNS ?? 200)
+const runs = Number(process.env.FANFARE_FUZZ_RUNS ?? 500)
 const seed = Number(process.env.FANFARE_FUZZ_SEED ?? 20261204)
 /** Replays one failing case: the `path` fast-check printed with it (with the same seed). */
 const replayPath = process.env.FANFARE_FUZZ_PATH
