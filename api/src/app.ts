@@ -1,9 +1,10 @@
-import { Elysia } from 'elysia'
+import { Elysia, type AnyElysia } from 'elysia'
 import { openapi } from '@elysiajs/openapi'
 import { topology } from '../../core/nats'
 import { jsonBody } from './body'
 import type { ApiDeps } from './deps'
 import { errorHandler } from './errors'
+import { routeContracts } from './route-contracts'
 import { adminModule } from './modules/admin'
 import { auditModule } from './modules/audit'
 import { createAudit } from './modules/audit/service'
@@ -32,6 +33,11 @@ export function createApp(deps: ApiDeps) {
   const audit = createAudit({ db, logger })
   const { keys, revocations } = deps.security
   const app = new Elysia({
+    // Unknown fields are refused (422 naming them), not dropped: Elysia's default normalisation
+    // strips them silently, so `PUT /admin/leaderboards/x { "reset": "daily" }` would answer 200
+    // and set nothing. Bodies and queries are then checked as declared (additionalProperties:
+    // false). Responses are narrowed to their schemas by routeContracts, as normalisation did.
+    normalize: false,
     // WebSocket limits are server-wide in Bun: per-route options are ignored.
     websocket: {
       // The realtime layer closes a socket queued past FANFARE_WS_BACKPRESSURE_BYTES with 4008
@@ -44,13 +50,18 @@ export function createApp(deps: ApiDeps) {
     serve: {
       // A second server on the same port must fail, not silently share traffic.
       reusePort: false,
-      // Backstop only: our own limit answers first with a JSON 413 (Bun's own reply is not JSON).
-      maxRequestBodySize: config.FANFARE_MAX_BODY_BYTES * 2 + 64 * 1024,
+      // Bun's own limit is off: it answers a declared length past it with a bare 413 (no JSON
+      // body) before any of our code runs. Ours does the job: jsonBody answers a JSON 413 to a
+      // declared Content-Length over the limit before reading anything, and stops reading a
+      // streamed body as soon as it passes the limit; a body no route reads is never buffered.
+      maxRequestBodySize: Number.MAX_SAFE_INTEGER,
     },
   })
     .use(errorHandler(logger.child({ component: 'http' })))
     // First: a request from an origin that is not allowed gets 403 before anything runs.
     .use(originsPlugin(limits.origins))
+    // Routes without a query schema take no query; answers keep to their response schemas.
+    .use(routeContracts((): AnyElysia => app))
     .use(jsonBody(config.FANFARE_MAX_BODY_BYTES))
     .use(
       openapi({

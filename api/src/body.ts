@@ -1,4 +1,5 @@
 import { Elysia } from 'elysia'
+import { MAX_JSON_DEPTH, nestedDeeperThan } from '../../core/validation'
 import { Invalid, PayloadTooLarge } from './errors'
 
 /**
@@ -26,7 +27,8 @@ export async function readLimited(request: Request, limit: number): Promise<stri
 /**
  * Body handling for the whole app: the API speaks JSON only. A declared Content-Length over
  * `limit` is refused before anything is read; any body is read with the limit enforced and
- * parsed as JSON whatever its content type (malformed: 400 `bad_json`; empty: no body).
+ * parsed as JSON whatever its content type (malformed: 400 `bad_json`; nested past MAX_JSON_DEPTH:
+ * 400 `too_deep`; empty: no body).
  */
 export function jsonBody(limit: number) {
   return new Elysia({ name: 'json-body', seed: limit })
@@ -38,10 +40,15 @@ export function jsonBody(limit: number) {
       const text = await readLimited(request, limit)
       // No body (e.g. DELETE): leave it undefined; routes that need one fail validation.
       if (text.trim() === '') return undefined
+      let value: unknown
       try {
-        return JSON.parse(text)
+        value = JSON.parse(text)
       } catch {
         throw new Invalid('bad_json', 'request body is not valid JSON', undefined, 400)
       }
+      if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
+        throw new Invalid('too_deep', `request body may nest at most ${MAX_JSON_DEPTH} levels`, { limit: MAX_JSON_DEPTH }, 400)
+      }
+      return value
     })
 }

@@ -1,7 +1,7 @@
 import { Elysia, ValidationError } from 'elysia'
 import type { ValueError } from '@sinclair/typebox/errors'
 import type { Logger } from '../../core/logger'
-import { MAX_PROBLEMS, takeFirst } from '../../core/validation'
+import { firstUnknownField, MAX_PROBLEMS, problemMessage, takeFirst, type Problem } from '../../core/validation'
 import { PARAM_NAME } from './params'
 
 /** The one error body every 4xx/5xx of the API carries. */
@@ -96,7 +96,7 @@ export function errorResponse(status: number, code: string, message: string, det
 }
 
 /** One validation problem as reported to clients. */
-export type ValidationProblem = { path: string; message: string }
+export type ValidationProblem = Problem
 
 /**
  * Flattens the first `limit` TypeBox errors for clients, pulling no more than needed from the
@@ -117,7 +117,7 @@ export function validationProblems(errors: Iterable<ValueError>, limit = MAX_PRO
         continue
       }
     }
-    out.push({ path: e.path || '/', message: e.message })
+    out.push({ path: e.path || '/', message: problemMessage(e) })
     if (out.length >= limit) break
   }
   return out
@@ -142,9 +142,13 @@ export function errorHandler(logger: Logger) {
     switch (code) {
       case 'VALIDATION': {
         const v = error as ValidationError
+        // A response that does not match its own schema is our bug, not the client's.
+        if (v.type === 'response') {
+          logger.error({ err: error, method: request.method, path, problems: validationProblems(safeAll(v)) }, 'response does not match its schema')
+          return errorResponse(500, 'internal', 'internal error')
+        }
         const { where, problems } = describeValidation(v, request)
-        const message = typeof v.customError === 'string' ? v.customError : `invalid ${where}`
-        return errorResponse(422, 'invalid_request', message, problems)
+        return errorResponse(422, 'invalid_request', validationMessage(v, where, problems), problems)
       }
       case 'PARSE':
         return errorResponse(400, 'bad_json', 'request body is not valid JSON')
@@ -161,6 +165,22 @@ export function errorHandler(logger: Logger) {
       }
     }
   })
+}
+
+/**
+ * The one-line message of a 422. An unknown field is named first: it is the likeliest cause (a
+ * typo, an option this version lacks) and the one a generic message would hide, since the request
+ * otherwise looks fine. Otherwise the schema's own message, else where the problem is.
+ */
+function validationMessage(v: ValidationError, where: string, problems: ValidationProblem[]): string {
+  const unknown = firstUnknownField(problems)
+  if (unknown !== undefined) return v.type === 'query' ? `unknown query parameter ${pointerKey(unknown)}` : `unknown field ${unknown} in the ${where}`
+  return typeof v.customError === 'string' ? v.customError : `invalid ${where}`
+}
+
+/** The last key of a JSON pointer, unescaped (`/a~1b` is the key `a/b`). */
+function pointerKey(pointer: string): string {
+  return (pointer.split('/').at(-1) ?? '').replace(/~1/g, '/').replace(/~0/g, '~')
 }
 
 /**

@@ -4,7 +4,7 @@ import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
 import { isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
-import { MAX_PROBLEMS, takeFirst } from '../validation'
+import { MAX_PROBLEMS, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
 export { ChatMessageDeleted, ChatMessagePosted } from './chat'
@@ -116,7 +116,7 @@ export type DataProblem = { path: string; message: string }
 /** Checks an event's data against its type's schema; returns the first problems (empty when valid). */
 export function checkData(type: EventType, data: unknown): DataProblem[] {
   const checker = checkers[type]
-  if (!checker.Check(data)) return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: e.message }))
+  if (!checker.Check(data)) return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: problemMessage(e) }))
   const problem = (contracts[type] as { check?: (d: unknown) => DataProblem | undefined }).check?.(data)
   return problem ? [problem] : []
 }

@@ -124,9 +124,10 @@ describe('slow consumers', () => {
 
   test("a client that stops reading its own replies is cut off the same way", async () => {
     // Nothing published: only the server's answers to this client's frames (error frames here)
-    // fill its queue. They are direct sends, checked when Bun reports backpressure.
+    // fill its queue. They are direct sends, checked when Bun reports backpressure. Each frame
+    // has a 1000-character unknown field, which its invalid_frame answer names (twice).
     const slow = await stalledClient(api.port)
-    const frame = maskedFrame({ op: 'x'.repeat(1000), ref: 'r' })
+    const frame = maskedFrame({ op: 'unsubscribe', ref: 'r', channel: 'leaderboard:b', ['x'.repeat(1000)]: 0 })
     slow.send(Buffer.concat(Array.from({ length: 12_000 }, () => frame))) // ~12 MB of ~1 KB answers
     await Bun.sleep(500)
     slow.resume()

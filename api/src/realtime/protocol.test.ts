@@ -11,3 +11,38 @@ test('a frame with 100k unknown keys gets invalid_frame with at most 10 problems
   expect(details.length).toBeLessThanOrEqual(10)
   expect(pulled).toBeLessThanOrEqual(10)
 })
+
+test('an unknown field in a frame, or in its event, is invalid_frame naming the field', () => {
+  // A typo such as `sincee` would otherwise start from a snapshot while the client believes it resumed.
+  expect(parseFrame(JSON.stringify({ op: 'subscribe', ref: 's1', channel: 'leaderboard:b', sincee: 4 }))).toEqual({
+    ok: false,
+    ref: 's1',
+    error: { code: 'invalid_frame', message: 'unknown field /sincee in the subscribe frame', details: [{ path: '/sincee', message: 'unknown field' }] },
+  })
+  for (const op of ['unsubscribe', 'auth', 'publish'] as const) {
+    const valid = { unsubscribe: { channel: 'chat:r' }, auth: { token: 't' }, publish: { event: { type: 'x', data: {} } } }[op]
+    expect(parseFrame({ op, ...valid })).toMatchObject({ ok: true })
+    expect(parseFrame({ op, ...valid, extra: true })).toMatchObject({ ok: false, error: { code: 'invalid_frame', details: [{ path: '/extra', message: 'unknown field' }] } })
+  }
+  expect(parseFrame({ op: 'publish', event: { type: 'x', data: {}, extra: 1 } })).toMatchObject({
+    ok: false,
+    error: { code: 'invalid_frame', message: 'unknown field /event/extra in the publish frame', details: [{ path: '/event/extra', message: 'unknown field' }] },
+  })
+})
+
+test('parseFrame never throws: values nested past the limit, binary frames and huge ops get a bad_frame or unknown_op', () => {
+  const deep = (n: number) => '['.repeat(n) + ']'.repeat(n)
+  // 100k levels: echoing such an op (JSON.stringify) overflowed the stack and the frame got no answer.
+  for (const text of [`{"op":${deep(100_000)}}`, `{"op":"publish","event":{"type":"x","data":{"a":${deep(100_000)}}}}`, `{"op":"subscribe","channel":"leaderboard:b","x":${deep(64)}}`]) {
+    const parsed = parseFrame(JSON.parse(text))
+    expect([text.slice(0, 30), parsed]).toEqual([text.slice(0, 30), { ok: false, error: { code: 'bad_frame', message: 'frames may nest at most 64 levels' } }])
+  }
+  expect(parseFrame({ op: 'subscribe', ref: 'r1', x: JSON.parse(deep(100_000)) })).toMatchObject({ ok: false, ref: 'r1', error: { code: 'bad_frame' } })
+  expect(parseFrame(`{"op":${deep(63)}}`)).toMatchObject({ ok: false, error: { code: 'unknown_op', message: 'unknown op (an array); expected auth, publish, subscribe or unsubscribe' } })
+  const long = parseFrame({ op: 'x'.repeat(100_000) })
+  expect(long).toMatchObject({ ok: false, error: { code: 'unknown_op' } })
+  expect((long as { error: { message: string } }).error.message.length).toBeLessThan(200)
+  for (const binary of [new Uint8Array([0xff, 0x00]), Buffer.from('{"op":"unsubscribe","channel":"leaderboard:b"}'), new ArrayBuffer(4)]) {
+    expect(parseFrame(binary)).toEqual({ ok: false, error: { code: 'bad_frame', message: 'frames must be JSON text frames, not binary' } })
+  }
+})

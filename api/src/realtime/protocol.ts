@@ -2,25 +2,33 @@ import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Channel } from '../../../core/channels'
 import { EventInput } from '../../../core/events'
-import { MAX_PROBLEMS, takeFirst } from '../../../core/validation'
+import { firstUnknownField, MAX_JSON_DEPTH, MAX_PROBLEMS, nestedDeeperThan, problemMessage, takeFirst } from '../../../core/validation'
 import { AppError } from '../errors'
 
-/** Client → server frames of the WebSocket protocol (JSON text frames). */
+/**
+ * Client → server frames of the WebSocket protocol (JSON text frames). A field a frame does not
+ * declare is refused (invalid_frame naming it), as on REST: a misspelt `since` must not quietly
+ * turn a resume into a fresh snapshot.
+ */
 const Ref = Type.Optional(Type.String({ maxLength: 64 }))
+const strict = { additionalProperties: false } as const
 
-export const PublishFrame = Type.Object({ op: Type.Literal('publish'), ref: Ref, event: EventInput })
-export const SubscribeFrame = Type.Object({
-  op: Type.Literal('subscribe'),
-  ref: Ref,
-  channel: Channel,
-  /** Resume after this version (the last one the client has) instead of starting from a snapshot. */
-  since: Type.Optional(Type.Integer({ minimum: 0 })),
-  /** The epoch of `since`, from the frame that carried it. */
-  epoch: Type.Optional(Type.String({ maxLength: 64 })),
-})
-export const UnsubscribeFrame = Type.Object({ op: Type.Literal('unsubscribe'), ref: Ref, channel: Channel })
+export const PublishFrame = Type.Object({ op: Type.Literal('publish'), ref: Ref, event: EventInput }, strict)
+export const SubscribeFrame = Type.Object(
+  {
+    op: Type.Literal('subscribe'),
+    ref: Ref,
+    channel: Channel,
+    /** Resume after this version (the last one the client has) instead of starting from a snapshot. */
+    since: Type.Optional(Type.Integer({ minimum: 0 })),
+    /** The epoch of `since`, from the frame that carried it. */
+    epoch: Type.Optional(Type.String({ maxLength: 64 })),
+  },
+  strict,
+)
+export const UnsubscribeFrame = Type.Object({ op: Type.Literal('unsubscribe'), ref: Ref, channel: Channel }, strict)
 /** A user token (the first frame of a browser, which cannot set headers; or a refreshed token). */
-export const AuthFrame = Type.Object({ op: Type.Literal('auth'), ref: Ref, token: Type.String({ minLength: 1, maxLength: 8192 }) })
+export const AuthFrame = Type.Object({ op: Type.Literal('auth'), ref: Ref, token: Type.String({ minLength: 1, maxLength: 8192 }) }, strict)
 export const ClientFrame = Type.Union([PublishFrame, SubscribeFrame, UnsubscribeFrame, AuthFrame])
 export type ClientFrame = Static<typeof ClientFrame>
 
@@ -33,8 +41,22 @@ const frameChecks = {
 
 export type ErrorBody = { code: string; message: string; details?: unknown }
 
-/** Parses one incoming frame (Elysia may already have parsed JSON text). Never throws. */
+/** How an unknown op is named back to the client: short strings as they are, other values by kind. */
+function describeOp(op: unknown): string {
+  if (typeof op === 'string') return JSON.stringify(op.length > 32 ? `${op.slice(0, 32)}…` : op)
+  if (op === undefined) return '(none)'
+  if (op === null) return 'null'
+  return Array.isArray(op) ? '(an array)' : `(a ${typeof op})`
+}
+
+/**
+ * Parses one incoming frame (Elysia may already have parsed JSON text). Never throws: a frame
+ * nested past MAX_JSON_DEPTH is refused before anything walks it recursively.
+ */
 export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { ok: false; ref?: string; error: ErrorBody } {
+  if (raw instanceof ArrayBuffer || ArrayBuffer.isView(raw)) {
+    return { ok: false, error: { code: 'bad_frame', message: 'frames must be JSON text frames, not binary' } }
+  }
   let value = raw
   if (typeof raw === 'string') {
     try {
@@ -48,14 +70,19 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
   }
   const v = value as Record<string, unknown>
   const ref = typeof v.ref === 'string' ? v.ref.slice(0, 64) : undefined
+  if (nestedDeeperThan(value, MAX_JSON_DEPTH)) {
+    return { ok: false, ref, error: { code: 'bad_frame', message: `frames may nest at most ${MAX_JSON_DEPTH} levels` } }
+  }
   const op = v.op
   if (typeof op !== 'string' || !Object.hasOwn(frameChecks, op)) {
-    return { ok: false, ref, error: { code: 'unknown_op', message: `unknown op ${JSON.stringify(op)}; expected auth, publish, subscribe or unsubscribe` } }
+    return { ok: false, ref, error: { code: 'unknown_op', message: `unknown op ${describeOp(op)}; expected auth, publish, subscribe or unsubscribe` } }
   }
   const check = frameChecks[op as keyof typeof frameChecks]
   if (!check.Check(v)) {
-    const details = takeFirst(check.Errors(v), MAX_PROBLEMS).map((e) => ({ path: e.path, message: e.message }))
-    return { ok: false, ref, error: { code: 'invalid_frame', message: `malformed ${op} frame`, details } }
+    const details = takeFirst(check.Errors(v), MAX_PROBLEMS).map((e) => ({ path: e.path, message: problemMessage(e) }))
+    const unknown = firstUnknownField(details)
+    const message = unknown === undefined ? `malformed ${op} frame` : `unknown field ${unknown} in the ${op} frame`
+    return { ok: false, ref, error: { code: 'invalid_frame', message, details } }
   }
   return { ok: true, frame: v as ClientFrame }
 }

@@ -17,6 +17,7 @@ import {
 } from '../../../../core/events'
 import type { Logger } from '../../../../core/logger'
 import { topology } from '../../../../core/nats'
+import { UNKNOWN_FIELD, type Problem } from '../../../../core/validation'
 import { mayPublish } from '../../auth/permissions'
 import { principalId, type Principal } from '../../auth/principal'
 import { Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
@@ -138,6 +139,12 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   }
 }
 
+/** The message of an invalid_event: the first unknown field when there is one (see validationMessage), else `generic`. */
+function eventMessage(generic: string, problems: (Problem & { index: number })[]): string {
+  const unknown = problems.find((p) => p.message === UNKNOWN_FIELD)
+  return unknown ? `unknown field ${unknown.path} in event ${unknown.index}` : generic
+}
+
 /** Checks a whole request; throws on the first kind of problem found, listing every instance. */
 function validate(inputs: unknown[], principal: Principal, by: string): Omit<StoredEvent, 'at'>[] {
   if (inputs.length === 0) throw new Invalid('empty_batch', 'no events to publish')
@@ -148,7 +155,7 @@ function validate(inputs: unknown[], principal: Principal, by: string): Omit<Sto
   const shape = inputs.flatMap((e, index) =>
     inputChecker.Check(e) ? [] : validationProblems(inputChecker.Errors(e), 5).map((p) => ({ index, ...p })),
   )
-  if (shape.length > 0) throw new Invalid('invalid_event', 'malformed event', shape)
+  if (shape.length > 0) throw new Invalid('invalid_event', eventMessage('malformed event', shape), shape)
   const typed = inputs as EventInput[]
 
   const unknown = typed.flatMap((e, index) => (isEventType(e.type) ? [] : [{ index, type: e.type }]))
@@ -171,7 +178,7 @@ function validate(inputs: unknown[], principal: Principal, by: string): Omit<Sto
   }
 
   const invalid = typed.flatMap((e, index) => checkData(e.type as EventType, e.data).map((p) => ({ index, ...p })))
-  if (invalid.length > 0) throw new Invalid('invalid_event', 'event data does not match its type', invalid)
+  if (invalid.length > 0) throw new Invalid('invalid_event', eventMessage('event data does not match its type', invalid), invalid)
 
   const seen = new Set<string>()
   const dupes: { index: number; id: string }[] = []
