@@ -124,6 +124,10 @@ describe('principals over a real API node', () => {
     expect(asBob.status).toBe(403)
     expect(asBob.json.error.code).toBe('forbidden')
     expect((await call('POST', '/v1/events', { token: t, body: { type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'hi' } } })).status).toBe(202)
+    // The display name comes from the token too: another one is refused, not silently replaced.
+    const renamed = await call('POST', '/v1/events', { token: t, body: { type: 'chat.message.posted', data: { room: 'lobby', name: 'Admin', text: 'hi' } } })
+    expect([renamed.status, renamed.json.error.code]).toEqual([403, 'forbidden'])
+    expect((await call('POST', '/v1/events', { token: t, body: { type: 'chat.message.posted', data: { room: 'lobby', name: 'Ann', text: 'hi' } } })).status).toBe(202)
     expect((await call('POST', '/v1/events', { token: t, body: { type: 'score.submitted', data: { board: 'b', player: 'ann', score: 1e6 } } })).status).toBe(403)
     expect((await call('POST', '/v1/events', { body: { type: 'chat.message.posted', data: { room: 'lobby', text: 'hi' } } })).status).toBe(401)
   })

@@ -166,15 +166,19 @@ function validate(inputs: unknown[], principal: Principal, by: string): Omit<Sto
   const denied = typed.flatMap((e, index) => (mayPublish(principal, e.type as EventType) ? [] : [{ index, type: e.type }]))
   if (denied.length > 0) throw new Forbidden(`this ${principal.kind} may not publish ${denied[0].type}`, denied)
   if (principal.kind === 'user') {
-    // Users post as themselves: `user` is their sub (filled in when left out), `name` their token's.
-    const impersonating: { index: number; user: unknown }[] = []
+    // Users post as themselves: `user` is their sub and `name` their token's (filled in when left
+    // out; anything else is refused, never silently replaced).
+    const impersonating: { index: number; user?: unknown; name?: unknown }[] = []
     for (const [index, e] of typed.entries()) {
       if (e.type !== 'chat.message.posted') continue
-      const { user, name: _ignored, ...rest } = e.data
+      const { user, name, ...rest } = e.data
       if (user !== undefined && user !== principal.id) impersonating.push({ index, user })
+      else if (name !== undefined && name !== principal.name) impersonating.push({ index, name })
       e.data = { ...rest, user: principal.id, ...(principal.name ? { name: principal.name } : {}) }
     }
-    if (impersonating.length > 0) throw new Forbidden(`a user posts chat as themselves (${principal.id}), not as another user`, impersonating)
+    if (impersonating.length > 0) {
+      throw new Forbidden(`a user posts chat as themselves (${principal.id}${principal.name ? `, ${principal.name}` : ''}): the user and display name come from the token`, impersonating)
+    }
   }
 
   const invalid = typed.flatMap((e, index) => checkData(e.type as EventType, e.data).map((p) => ({ index, ...p })))

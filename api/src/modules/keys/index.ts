@@ -39,10 +39,10 @@ function checkExpiry(expiresAt: string | undefined, now: number): Date | undefin
  */
 export function keysModule(deps: { auth: AuthPlugin; keys: KeyStore; revocations: Pick<Revocations, 'announceKey'>; audit: Audit; now?: () => number }) {
   const now = deps.now ?? Date.now
-  return new Elysia({ prefix: '/admin/keys', detail: { tags: ['admin'] } })
+  return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
     .use(deps.auth)
     .post(
-      '/',
+      '/keys',
       async ({ body, principal, status }) => {
         const scopes = checkScopes(body.scopes)
         const expiresAt = checkExpiry(body.expiresAt, now())
@@ -61,13 +61,13 @@ export function keysModule(deps: { auth: AuthPlugin; keys: KeyStore; revocations
         },
       },
     )
-    .get('/', async () => ({ keys: await deps.keys.list() }), {
+    .get('/keys', async () => ({ keys: await deps.keys.list() }), {
       auth: 'admin:read',
       response: { 200: KeyList, ...denied },
       detail: { summary: 'List API keys (never their secrets)' },
     })
     .delete(
-      '/:id',
+      '/keys/:id',
       async ({ params, principal }) => {
         const revokedNow = await deps.keys.revoke(params.id)
         const key = (await deps.keys.list()).find((k) => k.id === params.id)
