@@ -14,7 +14,10 @@ export type ChannelKind = (typeof channelKinds)[number]
  * (a user's private channel: the id is a token's `sub`, 1-128 characters without spaces).
  */
 const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
-export const Channel = Type.String({ pattern: CHANNEL_PATTERN, maxLength: 261 })
+/** `presence:<channel>`: who is in a tracked channel (a room, a stream, a match). */
+const PRESENCE_PATTERN = '^presence:(?:chat|stream|match):[A-Za-z0-9_-]{1,64}$'
+/** A channel a client may subscribe to: one of the read models' channels, or a presence channel. */
+export const Channel = Type.String({ pattern: `${CHANNEL_PATTERN}|${PRESENCE_PATTERN}`, maxLength: 261 })
 export type Channel = Static<typeof Channel>
 
 export const channelOf = {
@@ -24,6 +27,12 @@ export const channelOf = {
 }
 
 const channelRe = new RegExp(CHANNEL_PATTERN)
+const presenceRe = new RegExp(PRESENCE_PATTERN)
+
+/** The channel a `presence:<channel>` names; undefined for any other channel. */
+export function presenceTarget(channel: string): string | undefined {
+  return presenceRe.test(channel) ? channel.slice('presence:'.length) : undefined
+}
 export function parseChannel(channel: string): { kind: ChannelKind; name: string } | undefined {
   if (channel.length > 261 || !channelRe.test(channel)) return undefined
   const colon = channel.indexOf(':')

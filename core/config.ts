@@ -104,6 +104,14 @@ export const Env = Type.Object({
    * or REST request with another `Origin` is refused with 403. Unset: any origin.
    */
   FANFARE_ALLOWED_ORIGINS: Type.Optional(Type.String()),
+  /** Presence: channels of at most this many users list their members (bigger ones: counts only). */
+  FANFARE_PRESENCE_MAX_MEMBERS: Type.Integer({ minimum: 0, maximum: 10_000, default: 100 }),
+  /** Presence: at most one count update per this many ms for a channel's presence subscribers. */
+  FANFARE_PRESENCE_INTERVAL_MS: Type.Integer({ minimum: 100, maximum: 60_000, default: 1000 }),
+  /** Presence: an API node not heard from for this long is lost; its users leave (`node_lost`). */
+  FANFARE_PRESENCE_TTL_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 10_000 }),
+  /** Presence: how long a user whose last connection closed stays present (a page reload is no leave). */
+  FANFARE_PRESENCE_GRACE_MS: Type.Integer({ minimum: 0, maximum: 600_000, default: 5000 }),
   /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
   FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   LOG_LEVEL: Type.Union(

@@ -11,6 +11,7 @@ import { createAudit } from './modules/audit/service'
 import { eventsModule } from './modules/events'
 import { createIngest } from './modules/events/service'
 import { healthModule } from './modules/health'
+import { presenceModule } from './modules/presence'
 import { keysModule } from './modules/keys'
 import { revocationsModule } from './modules/revocations'
 import { authPlugin } from './auth/plugin'
@@ -82,7 +83,7 @@ export function createApp(deps: ApiDeps) {
     .use(revocationsModule({ auth, revocations, audit }))
     .use(auditModule({ auth, audit }))
   if (!deps.realtime) return app
-  return app.use(deps.realtime.routes({ ingest, limits }))
+  return app.use(presenceModule({ auth, presence: deps.realtime.presence, rooms: deps.security.rooms })).use(deps.realtime.routes({ ingest, limits }))
 }
 
 export type App = ReturnType<typeof createApp>

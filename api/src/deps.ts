@@ -6,6 +6,7 @@ import type { Logger } from '../../core/logger'
 import type { Ingest } from './modules/events/service'
 import type { Security } from './auth/security'
 import type { FeedStatus } from './realtime/change-feed'
+import type { Presence } from './presence'
 import type { Limits } from './limits'
 
 /** What the API needs from the process that runs it. Nothing connects at import time. */
@@ -26,5 +27,7 @@ export type ApiDeps = {
     routes: (ctx: { ingest: Ingest; limits: Limits }) => AnyElysia
     /** Its change feeds' state, part of readiness. */
     feeds: () => FeedStatus[]
+    /** Who is in tracked channels (GET /v1/presence). */
+    presence: Presence
   }
 }

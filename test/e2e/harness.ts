@@ -56,13 +56,18 @@ export async function waitReady(baseUrl: string, procs: Proc[], timeoutMs = 30_0
 /** A WebSocket test client that records every frame it receives. */
 export class WsClient {
   frames: any[] = []
+  /** When each frame arrived (Date.now()), by the frame's index. */
+  times: number[] = []
   closed: { code: number; reason: string } | undefined
   /** When the close arrived (Date.now()). */
   closedAt: number | undefined
   private ws: WebSocket
   private constructor(ws: WebSocket) {
     this.ws = ws
-    ws.onmessage = (e) => this.frames.push(JSON.parse(String(e.data)))
+    ws.onmessage = (e) => {
+      this.frames.push(JSON.parse(String(e.data)))
+      this.times.push(Date.now())
+    }
     ws.onclose = (e) => {
       this.closed = { code: e.code, reason: e.reason }
       this.closedAt = Date.now()

@@ -1,5 +1,5 @@
 import { Elysia, t } from 'elysia'
-import { channelOf, parseChannel } from '../../../core/channels'
+import { channelOf, parseChannel, presenceTarget } from '../../../core/channels'
 import type { Config } from '../../../core/config'
 import type { EventInput } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
@@ -11,6 +11,8 @@ import type { RoomAccess } from '../auth/rooms'
 import { AppError, Forbidden, Revoked, TokenExpired, Unauthorized } from '../errors'
 import { closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
 import { UNKNOWN_ADDRESS } from '../limits/client-ip'
+import type { Presence } from '../presence'
+import { isTracked, presenceChannelOf } from '../presence/feed'
 import type { ChannelHub, Sink } from './channel-hub'
 import { CLOSE } from './close-codes'
 import { errorBody, parseFrame } from './protocol'
@@ -19,6 +21,8 @@ import { errorBody, parseFrame } from './protocol'
 export type RealtimeDeps = {
   config: Pick<Config, 'FANFARE_ANONYMOUS' | 'FANFARE_TOKEN_WARNING_MS' | 'FANFARE_AUTH_TIMEOUT_MS' | 'FANFARE_WS_ABUSE_WINDOW_MS'>
   hub: ChannelHub
+  /** Who is in tracked channels, and the `presence:<channel>` subscriptions. */
+  presence: Presence
   publish: (events: EventInput[], principal: Principal) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
   authenticator: Authenticator
   revocations: Pick<Revocations, 'onChange'>
@@ -183,11 +187,33 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       if (!conn) continue
       const access = maySubscribe(conn.principal, channel, visibility)
       if (access.ok) continue
-      conn.channels.delete(channel)
-      deps.hub.unsubscribe(conn.sink, channel)
+      leaveChannel(conn, channel, 'left')
       send(conn, { op: 'error', channel, error: { code: 'forbidden', message: access.reason } })
       send(conn, { op: 'unsubscribed', channel, reason: 'forbidden' })
     }
+    const presence = presenceChannelOf(channel)
+    for (const id of [...deps.presence.watchers(channel)]) {
+      const conn = connections.get(id)
+      if (!conn || maySubscribe(conn.principal, channel, visibility).ok) continue
+      leaveChannel(conn, presence, 'left')
+      send(conn, { op: 'error', channel: presence, error: { code: 'forbidden', message: `${channel} is private now` } })
+      send(conn, { op: 'unsubscribed', channel: presence, reason: 'forbidden' })
+    }
+  }
+
+  /**
+   * Takes a connection off one of its channels (a read model's, or a presence channel), and out
+   * of the channel's presence: at once when it `left`, after the grace when it `disconnected`.
+   * False when it was not subscribed.
+   */
+  const leaveChannel = (conn: Connection, channel: string, reason: 'left' | 'disconnected'): boolean => {
+    conn.channels.delete(channel)
+    const target = presenceTarget(channel)
+    if (target !== undefined) return deps.presence.unsubscribe(conn.sink, target)
+    // A closed socket has no topics left to leave: the hub only forgets it.
+    const was = reason === 'disconnected' ? (deps.hub.removeSink(conn.sink, [channel]), true) : deps.hub.unsubscribe(conn.sink, channel)
+    if (isTracked(channel)) deps.presence.untrack(channel, conn.sink.id, conn.principal, reason)
+    return was
   }
 
   /** Whether `p` may subscribe to `channel` now; throws Forbidden (with the channel) if not. */
@@ -261,7 +287,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           id: ws.id,
           send: (text) => sent(raw, raw.send(text)),
           subscribe: (topic) => raw.subscribe(topic),
-          unsubscribe: (topic) => raw.unsubscribe(topic),
+          unsubscribe: (topic) => void (raw.readyState === 1 && raw.unsubscribe(topic)),
           overflow: () => raw.close(CLOSE.SLOW_CONSUMER, 'slow consumer: reconnect and subscribe again'),
         },
       }
@@ -328,14 +354,25 @@ export function realtimeRoutes(deps: RealtimeDeps) {
               return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
             }
             conn.channels.add(frame.channel)
+            const target = presenceTarget(frame.channel)
+            if (target !== undefined) {
+              // Whoever may see the channel may see who is in it. Presence is state, not history:
+              // a resume always gets a fresh snapshot.
+              await checkAccess(conn.principal, target)
+              if (!conn.channels.has(frame.channel)) return // unsubscribed meanwhile
+              return void deps.presence.subscribe(conn.sink, target, frame.since !== undefined)
+            }
             await checkAccess(conn.principal, frame.channel)
             const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
             await deps.hub.subscribe(conn.sink, frame.channel, from)
+            // Present once its first frames are out (and if it did not leave or close meanwhile).
+            if (isTracked(frame.channel) && conn.channels.has(frame.channel) && connections.get(conn.sink.id) === conn) {
+              deps.presence.track(frame.channel, conn.sink.id, conn.principal)
+            }
             return
           }
           case 'unsubscribe': {
-            conn.channels.delete(frame.channel)
-            const was = deps.hub.unsubscribe(conn.sink, frame.channel)
+            const was = leaveChannel(conn, frame.channel, 'left')
             return void reply({ op: 'unsubscribed', ref: frame.ref, channel: frame.channel, ...(was ? {} : { wasSubscribed: false }) })
           }
           default: {
@@ -357,7 +394,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       for (const timer of conn.timers) clearTimeout(timer)
       connections.delete(ws.id)
       conn.slot.release()
-      deps.hub.removeSink(conn.sink, conn.channels)
+      for (const channel of [...conn.channels]) leaveChannel(conn, channel, 'disconnected')
     },
   })
 }

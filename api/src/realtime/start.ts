@@ -10,6 +10,7 @@ import { createChannelHub, type Snapshot } from './channel-hub'
 import { historyReader } from './history'
 import type { Security } from '../auth/security'
 import { CLOSE } from './close-codes'
+import { startPresence, type Presence } from '../presence'
 import { realtimeRoutes, type OpenSocket, type SocketRegistry } from './index'
 import type { Limits } from '../limits'
 
@@ -25,6 +26,8 @@ export type Realtime = {
   goAway: (timeoutMs?: number) => Promise<void>
   /** Each change feed's state: a node whose feeds do not all follow their streams is not ready. */
   feeds: () => FeedStatus[]
+  /** Who is where, cluster-wide (GET /v1/presence, the stream viewer sampler). */
+  presence: Presence
   stop: () => Promise<void>
 }
 
@@ -74,6 +77,8 @@ export async function startRealtime(deps: {
     gapTimeoutMs: deps.gapTimeoutMs ?? 5000,
     onError: (err, channel) => logger.error({ err, channel }, 'resync failed; retrying'),
   })
+  // Presence frames go to `presence:<channel>` topics like any other channel's.
+  const presence = startPresence({ config: deps.config, nc: deps.nc, logger, publish: (topic, text) => void server?.publish(topic, text) })
   const feeds = await Promise.all(
     channelKinds.map((kind) =>
       startChangeFeed({
@@ -111,6 +116,7 @@ export async function startRealtime(deps: {
         limits,
         config: deps.config,
         hub,
+        presence,
         publish: ingest.publish,
         authenticator: deps.security.authenticator,
         revocations: deps.security.revocations,
@@ -126,7 +132,9 @@ export async function startRealtime(deps: {
       const deadline = Date.now() + timeoutMs
       while (sockets.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     },
+    presence,
     stop: async () => {
+      await presence.stop()
       await Promise.all(feeds.map((f) => f.stop()))
       hub.stop()
     },

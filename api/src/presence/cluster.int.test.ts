@@ -1,0 +1,109 @@
+import { afterEach, describe, expect, test } from 'bun:test'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { createLogger } from '../../../core/logger'
+import { connectNats } from '../../../core/nats'
+import { TEST_NATS_URL } from '../../../core/testing/env'
+import { until } from '../../../core/testing/wait'
+import { startPresenceCluster } from './cluster'
+import { createLocalPresence } from './local'
+import { createPresenceView, type PresenceChange } from './view'
+
+const logger = createLogger('silent')
+
+/** A node's presence over a real NATS: its local part, its cluster transport and its view. */
+async function node(name: string, prefix: string, opts: { dropDeltas?: () => boolean } = {}) {
+  const nc = await connectNats(TEST_NATS_URL, `presence-${name}`)
+  // A lossy connection for one test: the same real connection, with some of this node's deltas
+  // never sent (as if lost while it was cut off).
+  const transport = opts.dropDeltas
+    ? (new Proxy(nc, {
+        get(target, key) {
+          if (key === 'publish') {
+            return (subject: string, data: string) => {
+              if (String(data).includes('"type":"delta"') && opts.dropDeltas!()) return
+              return target.publish(subject, data)
+            }
+          }
+          const value = Reflect.get(target, key)
+          return typeof value === 'function' ? value.bind(target) : value
+        },
+      }) as NatsConnection)
+    : nc
+  const changes: PresenceChange[] = []
+  const resyncs: string[][] = []
+  const view = createPresenceView((c) => changes.push(c))
+  let cluster: ReturnType<typeof startPresenceCluster> | undefined
+  const local = createLocalPresence({ graceMs: 500, onDelta: (d) => cluster?.local(d) })
+  cluster = startPresenceCluster({
+    nc: transport,
+    prefix,
+    node: name,
+    inc: crypto.randomUUID().slice(0, 8),
+    view,
+    localState: () => local.state(),
+    ttlMs: 2000,
+    graceMs: 500,
+    heartbeatMs: 200,
+    onResync: (channels) => resyncs.push([...channels]),
+    logger,
+  })
+  return {
+    local,
+    view,
+    changes,
+    resyncs,
+    cluster,
+    stop: async () => {
+      await cluster!.stop()
+      await nc.close()
+    },
+  }
+}
+
+const running: { stop: () => Promise<void> }[] = []
+afterEach(async () => {
+  for (const n of running.splice(0)) await n.stop()
+})
+
+describe('presence between nodes over NATS', () => {
+  test('a newcomer learns every node’s presence at once (hello, full states)', async () => {
+    const prefix = `pt_${crypto.randomUUID().slice(0, 8)}`
+    const a = await node('a', prefix)
+    running.push(a)
+    a.local.track('chat:x', 'c1', { user: 'ann' })
+    a.local.track('chat:x', 'c2', {})
+    const b = await node('b', prefix)
+    running.push(b)
+    await until('b sees a', () => b.view.of('chat:x').connections === 2 && b.view.of('chat:x').users.has('ann'), 3000)
+  })
+
+  test('a missed update is noticed from the next numbers, and repaired with a full state and a resync: never a silent divergence', async () => {
+    const prefix = `pt_${crypto.randomUUID().slice(0, 8)}`
+    let drop = false
+    const a = await node('a', prefix, { dropDeltas: () => drop })
+    const b = await node('b', prefix)
+    running.push(a, b)
+    a.local.track('chat:x', 'c1', { user: 'ann' })
+    await until('b sees ann', () => b.view.of('chat:x').users.has('ann'), 3000)
+    drop = true
+    a.local.track('chat:x', 'c2', { user: 'bob' })
+    await Bun.sleep(150) // the delta with bob is flushed, and lost
+    drop = false
+    expect(b.view.of('chat:x').users.has('bob')).toBe(false)
+    // A's next heartbeat shows B a number it never got: B asks for A's full state.
+    await until('b repaired', () => b.view.of('chat:x').users.has('bob'), 3000)
+    expect(b.resyncs.flat()).toContain('chat:x')
+  })
+
+  test('a node that stops says goodbye: its users leave as disconnected after the grace, not as lost', async () => {
+    const prefix = `pt_${crypto.randomUUID().slice(0, 8)}`
+    const a = await node('a', prefix)
+    const b = await node('b', prefix)
+    running.push(b)
+    a.local.track('chat:x', 'c1', { user: 'ann' })
+    await until('b sees ann', () => b.view.of('chat:x').users.has('ann'), 3000)
+    await a.stop()
+    await until('ann leaves', () => !b.view.of('chat:x').users.has('ann'), 3000)
+    expect(b.changes.filter((c) => c.kind === 'leave')).toEqual([{ kind: 'leave', channel: 'chat:x', user: 'ann', reason: 'disconnected' }])
+  })
+})

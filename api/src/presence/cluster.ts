@@ -1,0 +1,256 @@
+import type { NatsConnection, Subscription } from '@nats-io/transport-node'
+import type { Logger } from '../../../core/logger'
+import type { ChannelDelta, LeaveReason, NodePart, PresenceView } from './view'
+
+/** What nodes say to each other on `<prefix>.presence.node` (core NATS). */
+type Message =
+  | { type: 'hello'; node: string; inc: string }
+  | { type: 'hb'; node: string; inc: string; seq: number }
+  | { type: 'delta'; node: string; inc: string; seq: number; deltas: ChannelDelta[] }
+  | { type: 'full'; node: string; inc: string; seq: number; part: number; parts: number; channels: [string, number, [string, string | undefined][]][] }
+  | { type: 'bye'; node: string; inc: string }
+
+type Replica = { inc: string; seq: number; lastHeard: number; ready: boolean; asked: number; full?: { seq: number; parts: Message[] }; leaving?: unknown }
+
+/** Most user entries in one message: keeps every message far below NATS' 1 MB payload limit. */
+const MAX_ENTRIES = 2000
+
+/**
+ * Shares presence between API nodes over core NATS, without any central store. Each node
+ * broadcasts what changed in its own part every `flushMs` (numbered: a receiver that sees a gap
+ * asks for the node's full state instead of guessing) and a heartbeat every `heartbeatMs`
+ * carrying its latest number. A node not heard from for `ttlMs` is lost: its users leave with
+ * `node_lost`. A node stopping cleanly says goodbye: its users leave as `disconnected` after the
+ * grace, so clients reconnecting elsewhere meanwhile never leave. A new node says hello and every
+ * node answers with its full state.
+ */
+export function startPresenceCluster(deps: {
+  nc: NatsConnection
+  prefix: string
+  /** This node's id, and an id for this run of it (a restarted node is a new incarnation). */
+  node: string
+  inc: string
+  view: PresenceView
+  /** This node's full state now (see LocalPresence.state). */
+  localState: () => Map<string, NodePart>
+  ttlMs: number
+  graceMs: number
+  heartbeatMs?: number
+  flushMs?: number
+  /** Channels whose totals changed by a full-state replacement: their subscribers get a fresh snapshot. */
+  onResync: (channels: Set<string>) => void
+  logger: Logger
+  now?: () => number
+}) {
+  const now = deps.now ?? Date.now
+  const subject = `${deps.prefix}.presence.node`
+  const wantSubject = `${deps.prefix}.presence.want`
+  const log = deps.logger.child({ component: 'presence' })
+  const heartbeatMs = deps.heartbeatMs ?? Math.min(1000, Math.floor(deps.ttlMs / 5))
+  const replicas = new Map<string, Replica>()
+  let seq = 0
+  let pending: ChannelDelta[] = []
+  let stopped = false
+
+  const send = (m: Message) => {
+    if (deps.nc.isClosed()) return
+    try {
+      deps.nc.publish(subject, JSON.stringify(m))
+    } catch (err) {
+      log.debug({ err }, 'presence message not sent')
+    }
+  }
+
+  /** A local change: counted at once here, told to the others at the next flush. */
+  const local = (delta: ChannelDelta) => {
+    deps.view.apply(deps.node, [delta])
+    pending.push(delta)
+  }
+
+  const flush = () => {
+    if (pending.length === 0) return
+    const deltas = pending
+    pending = []
+    // Split so that no message carries more than MAX_ENTRIES users; each part is a numbered delta.
+    let chunk: ChannelDelta[] = []
+    let entries = 0
+    const out = () => {
+      if (chunk.length === 0) return
+      send({ type: 'delta', node: deps.node, inc: deps.inc, seq: ++seq, deltas: chunk })
+      chunk = []
+      entries = 0
+    }
+    for (const d of deltas) {
+      const size = (d.add?.length ?? 0) + (d.remove?.length ?? 0) + 1
+      if (entries + size > MAX_ENTRIES) out()
+      chunk.push(d)
+      entries += size
+    }
+    out()
+  }
+
+  const sendFull = () => {
+    const state = deps.localState()
+    const entries: [string, number, [string, string | undefined][]][] = []
+    for (const [channel, part] of state) {
+      const users = [...part.users]
+      // A channel larger than one message is split; the receiver merges the parts.
+      for (let i = 0; i === 0 || i < users.length; i += MAX_ENTRIES) entries.push([channel, part.connections, users.slice(i, i + MAX_ENTRIES)])
+    }
+    const parts: (typeof entries)[] = [[]]
+    let size = 0
+    for (const e of entries) {
+      if (size + e[2].length + 1 > MAX_ENTRIES && parts.at(-1)!.length > 0) {
+        parts.push([])
+        size = 0
+      }
+      parts.at(-1)!.push(e)
+      size += e[2].length + 1
+    }
+    flush()
+    parts.forEach((channels, part) => send({ type: 'full', node: deps.node, inc: deps.inc, seq, part, parts: parts.length, channels }))
+  }
+
+  const ask = (node: string, r: Replica) => {
+    // One request per heartbeat period at most: an answer is on its way.
+    if (now() - r.asked < heartbeatMs) return
+    r.asked = now()
+    try {
+      deps.nc.publish(wantSubject, node)
+    } catch {
+      // asked again at the next heartbeat
+    }
+  }
+
+  const replicaOf = (m: { node: string; inc: string }): Replica => {
+    let r = replicas.get(m.node)
+    if (!r || r.inc !== m.inc) {
+      if (r) {
+        // The node restarted: what its last run reported is gone with it.
+        deps.onResync(deps.view.drop(m.node, 'disconnected'))
+      }
+      r = { inc: m.inc, seq: 0, lastHeard: now(), ready: false, asked: 0 }
+      replicas.set(m.node, r)
+    }
+    return r
+  }
+
+  const receive = (m: Message) => {
+    if (m.node === deps.node) return
+    if (m.type === 'hello') {
+      sendFull()
+      return
+    }
+    const r = replicaOf(m)
+    r.lastHeard = now()
+    if (r.leaving !== undefined) {
+      clearTimeout(r.leaving as ReturnType<typeof setTimeout>)
+      r.leaving = undefined
+    }
+    switch (m.type) {
+      case 'hb':
+        if (!r.ready || m.seq !== r.seq) ask(m.node, r)
+        return
+      case 'delta':
+        if (r.ready && m.seq === r.seq + 1) {
+          r.seq = m.seq
+          deps.view.apply(m.node, m.deltas)
+        } else if (!r.ready || m.seq > r.seq) {
+          r.ready = false
+          ask(m.node, r)
+        }
+        return
+      case 'full': {
+        if (!r.full || r.full.seq !== m.seq || m.part === 0) r.full = { seq: m.seq, parts: [] }
+        r.full.parts[m.part] = m
+        if (r.full.parts.filter(Boolean).length < m.parts) return
+        const state = new Map<string, NodePart>()
+        for (const p of r.full.parts as Extract<Message, { type: 'full' }>[]) {
+          for (const [channel, connections, users] of p.channels) {
+            const part = state.get(channel) ?? { connections, users: new Map() }
+            for (const [user, name] of users) part.users.set(user, name)
+            state.set(channel, part)
+          }
+        }
+        r.full = undefined
+        r.seq = m.seq
+        r.ready = true
+        const touched = deps.view.replace(m.node, state)
+        if (touched.size > 0) deps.onResync(touched)
+        return
+      }
+      case 'bye': {
+        // Its clients are reconnecting elsewhere: they leave only if they have not come back
+        // within the grace.
+        r.leaving = setTimeout(() => {
+          replicas.delete(m.node)
+          deps.onResync(deps.view.drop(m.node, 'disconnected'))
+        }, deps.graceMs)
+        return
+      }
+      default: {
+        const never: never = m
+        log.warn({ message: never }, 'unknown presence message')
+      }
+    }
+  }
+
+  const sub: Subscription = deps.nc.subscribe(subject, {
+    callback: (err, msg) => {
+      if (err || stopped) return
+      try {
+        receive(msg.json<Message>())
+      } catch (e) {
+        log.warn({ err: e }, 'unreadable presence message')
+      }
+    },
+  })
+  const wants: Subscription = deps.nc.subscribe(wantSubject, {
+    callback: (err, msg) => {
+      if (!err && !stopped && msg.string() === deps.node) sendFull()
+    },
+  })
+
+  const flusher = setInterval(flush, deps.flushMs ?? 100)
+  const beats = setInterval(() => {
+    flush()
+    send({ type: 'hb', node: deps.node, inc: deps.inc, seq })
+    for (const [node, r] of replicas) {
+      if (r.leaving === undefined && now() - r.lastHeard > deps.ttlMs) {
+        log.warn({ node, silentMs: now() - r.lastHeard }, 'presence: a node went silent; its users leave')
+        replicas.delete(node)
+        deps.onResync(deps.view.drop(node, 'node_lost' satisfies LeaveReason))
+      }
+    }
+  }, heartbeatMs)
+
+  // After a reconnect some messages in either direction may be lost: say hello again, so every
+  // node sends its full state, and the heartbeats show others where they missed ours.
+  void (async () => {
+    for await (const s of deps.nc.status()) if (s.type === 'reconnect' && !stopped) send({ type: 'hello', node: deps.node, inc: deps.inc })
+  })().catch(() => {})
+
+  send({ type: 'hello', node: deps.node, inc: deps.inc })
+
+  return {
+    /** Where the node's local presence reports its changes. */
+    local,
+    /** Nodes this one hears from (itself not included). */
+    peers: () => [...replicas.keys()],
+    /** Says goodbye (the others keep this node's users for the grace) and stops. */
+    stop: async () => {
+      if (stopped) return
+      flush()
+      send({ type: 'bye', node: deps.node, inc: deps.inc })
+      stopped = true
+      clearInterval(flusher)
+      clearInterval(beats)
+      for (const r of replicas.values()) if (r.leaving !== undefined) clearTimeout(r.leaving as ReturnType<typeof setTimeout>)
+      sub.unsubscribe()
+      wants.unsubscribe()
+      await deps.nc.flush().catch(() => {})
+    },
+  }
+}
+
+export type PresenceCluster = ReturnType<typeof startPresenceCluster>

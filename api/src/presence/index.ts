@@ -1,0 +1,98 @@
+import { hostname } from 'node:os'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { Config } from '../../../core/config'
+import type { Logger } from '../../../core/logger'
+import type { Principal } from '../auth/principal'
+import type { Sink } from '../realtime/channel-hub'
+import { startPresenceCluster } from './cluster'
+import { createPresenceFeed, presenceSnapshot, type PresenceSnapshot } from './feed'
+import { createLocalPresence, type Who } from './local'
+import { createPresenceView } from './view'
+
+export type Presence = {
+  /** A connection subscribed to a tracked channel (chat, stream, match). */
+  track(channel: string, conn: string, principal: Principal): void
+  /** It left the channel: unsubscribed (`left`) or closed (`disconnected`, after the grace). */
+  untrack(channel: string, conn: string, principal: Principal, reason: 'left' | 'disconnected'): void
+  /** A socket watches `presence:<channel>`: snapshot now, updates after. */
+  subscribe(sink: Sink, channel: string, resync?: boolean): void
+  unsubscribe(sink: Sink, channel: string): boolean
+  /** Ids of this node's sockets watching `presence:<channel>`. */
+  watchers(channel: string): Iterable<string>
+  /** What `GET /v1/presence/:channel` and a snapshot hold. */
+  snapshot(channel: string): PresenceSnapshot
+  /** Cluster-wide totals of a channel (for the stream viewer sampler and metrics). */
+  totals(channel: string): { connections: number; users: string[] }
+  /** Channels with anyone present, cluster-wide. */
+  channels(): string[]
+  /** This node's id and the peers it hears from. */
+  node: string
+  peers(): string[]
+  stop(): Promise<void>
+}
+
+/** Who a principal counts as: users as users (and connections), everyone else as a connection. */
+export const whoOf = (p: Principal): Who => (p.kind === 'user' ? { user: p.id, ...(p.name ? { name: p.name } : {}) } : {})
+
+/**
+ * Starts this API node's presence: its own part (local), the cluster's view of every node's part
+ * (view, fed over NATS by the cluster), and the frames for `presence:<channel>` subscribers (feed).
+ */
+export function startPresence(deps: {
+  config: Pick<Config, 'FANFARE_SUBJECT_PREFIX' | 'FANFARE_PRESENCE_MAX_MEMBERS' | 'FANFARE_PRESENCE_INTERVAL_MS' | 'FANFARE_PRESENCE_TTL_MS' | 'FANFARE_PRESENCE_GRACE_MS'>
+  nc: NatsConnection
+  logger: Logger
+  /** Sends a frame to every socket of a topic (Bun's server.publish). */
+  publish: (topic: string, text: string) => void
+}): Presence {
+  const node = `${hostname()}-${process.pid}`
+  const inc = crypto.randomUUID().slice(0, 8)
+  let feed: ReturnType<typeof createPresenceFeed> | undefined
+  const view = createPresenceView((change) => feed?.onChange(change))
+  feed = createPresenceFeed({ view, publish: deps.publish, maxMembers: deps.config.FANFARE_PRESENCE_MAX_MEMBERS, intervalMs: deps.config.FANFARE_PRESENCE_INTERVAL_MS, inc })
+  let cluster: ReturnType<typeof startPresenceCluster> | undefined
+  const local = createLocalPresence({ graceMs: deps.config.FANFARE_PRESENCE_GRACE_MS, onDelta: (d) => cluster?.local(d) })
+  cluster = startPresenceCluster({
+    nc: deps.nc,
+    prefix: deps.config.FANFARE_SUBJECT_PREFIX,
+    node,
+    inc,
+    view,
+    localState: () => local.state(),
+    ttlMs: deps.config.FANFARE_PRESENCE_TTL_MS,
+    graceMs: deps.config.FANFARE_PRESENCE_GRACE_MS,
+    onResync: (channels) => feed?.resync(channels),
+    logger: deps.logger,
+  })
+  const watchers = new Map<string, Set<string>>()
+  return {
+    node,
+    track: (channel, conn, p) => local.track(channel, conn, whoOf(p)),
+    untrack: (channel, conn, p, reason) => local.untrack(channel, conn, whoOf(p), reason),
+    subscribe(sink, channel, resync) {
+      feed!.subscribe(sink, channel, resync)
+      let w = watchers.get(channel)
+      if (!w) watchers.set(channel, (w = new Set()))
+      w.add(sink.id)
+    },
+    unsubscribe(sink, channel) {
+      const w = watchers.get(channel)
+      w?.delete(sink.id)
+      if (w?.size === 0) watchers.delete(channel)
+      return feed!.unsubscribe(sink, channel)
+    },
+    watchers: (channel) => watchers.get(channel) ?? [],
+    snapshot: (channel) => presenceSnapshot(view, channel, deps.config.FANFARE_PRESENCE_MAX_MEMBERS),
+    totals: (channel) => {
+      const t = view.of(channel)
+      return { connections: t.connections, users: [...t.users.keys()] }
+    },
+    channels: () => view.channels(),
+    peers: () => cluster!.peers(),
+    async stop() {
+      await cluster!.stop()
+      local.stop()
+      feed!.stop()
+    },
+  }
+}

@@ -1,0 +1,86 @@
+import { describe, expect, test } from 'bun:test'
+import { createLocalPresence } from './local'
+import { createPresenceView, type PresenceChange } from './view'
+
+function recorder() {
+  const changes: PresenceChange[] = []
+  const view = createPresenceView((c) => changes.push(c))
+  const joins = () => changes.filter((c) => c.kind !== 'count').map((c) => (c.kind === 'join' ? `+${c.user}` : c.kind === 'leave' ? `-${c.user}:${c.reason}` : ''))
+  return { view, changes, joins }
+}
+
+describe('presence view (the cluster as one node sees it)', () => {
+  test('a user on two nodes is one user; connections add up; they leave only when no node has them', () => {
+    const { view, joins } = recorder()
+    view.apply('a', [{ channel: 'chat:x', connections: 2, add: [['ann', 'Ann']] }])
+    view.apply('b', [{ channel: 'chat:x', connections: 3, add: [['ann', 'Ann'], ['bob', undefined]] }])
+    expect(view.of('chat:x').connections).toBe(5)
+    expect([...view.of('chat:x').users.keys()].sort()).toEqual(['ann', 'bob'])
+    view.apply('a', [{ channel: 'chat:x', connections: 0, remove: [['ann', 'left']] }])
+    expect(view.of('chat:x').users.has('ann')).toBe(true)
+    view.apply('b', [{ channel: 'chat:x', connections: 1, remove: [['ann', 'disconnected']] }])
+    expect(joins()).toEqual(['+ann', '+bob', '-ann:disconnected'])
+    expect(view.of('chat:x').connections).toBe(1)
+  })
+
+  test('a lost node takes its users with it (node_lost), not those another node still has', () => {
+    const { view, joins } = recorder()
+    view.apply('a', [{ channel: 'chat:x', connections: 1, add: [['ann', undefined]] }, { channel: 'chat:y', connections: 4, add: [['cy', undefined]] }])
+    view.apply('b', [{ channel: 'chat:x', connections: 1, add: [['ann', undefined], ['bob', undefined]] }])
+    expect([...view.drop('b')].sort()).toEqual(['chat:x'])
+    expect(joins()).toEqual(['+ann', '+cy', '+bob', '-bob:node_lost'])
+    expect(view.of('chat:x')).toMatchObject({ connections: 1 })
+    expect(view.nodes()).toEqual(['a'])
+  })
+
+  test("a full state replaces a node's part: the differences become joins and leaves, and the channels touched are named", () => {
+    const { view, joins } = recorder()
+    view.apply('a', [{ channel: 'chat:x', connections: 2, add: [['ann', undefined], ['bob', undefined]] }, { channel: 'chat:y', connections: 1 }])
+    const touched = view.replace('a', new Map([['chat:x', { connections: 2, users: new Map([['bob', 'Bob'], ['cat', undefined]]) }], ['chat:z', { connections: 1, users: new Map() }]]))
+    expect([...touched].sort()).toEqual(['chat:x', 'chat:y', 'chat:z'])
+    expect(joins()).toEqual(['+ann', '+bob', '+cat', '-ann:disconnected'])
+    expect(view.of('chat:x').users.get('bob')?.name).toBe('Bob')
+    expect(view.of('chat:y')).toMatchObject({ connections: 0 })
+    expect(view.of('chat:z')).toMatchObject({ connections: 1 })
+  })
+})
+
+describe("a node's own presence", () => {
+  function local(graceMs = 1000) {
+    const due: (() => void)[] = []
+    const { view, joins } = recorder()
+    const presence = createLocalPresence({
+      graceMs,
+      onDelta: (d) => view.apply('me', [d]),
+      timers: { set: (fn) => due.push(fn), clear: (h) => void (due[(h as number) - 1] = () => {}) },
+    })
+    // timers.set returns the push count: the 1-based index of the timer
+    return { presence, view, joins, fire: () => due.splice(0).forEach((f) => f()) }
+  }
+
+  test('connections and users: a user with two tabs is one user and two connections; anonymous viewers are connections', () => {
+    const { presence, view } = local()
+    presence.track('chat:x', 'c1', { user: 'ann', name: 'Ann' })
+    presence.track('chat:x', 'c2', { user: 'ann', name: 'Ann' })
+    presence.track('chat:x', 'c3', {})
+    expect(view.of('chat:x').connections).toBe(3)
+    expect([...view.of('chat:x').users.keys()]).toEqual(['ann'])
+    expect(presence.state().get('chat:x')).toEqual({ connections: 3, users: new Map([['ann', 'Ann']]) })
+  })
+
+  test('an explicit unsubscribe leaves at once; a closed connection lingers for the grace, and coming back in time is no leave', () => {
+    const { presence, joins, fire } = local()
+    presence.track('chat:x', 'c1', { user: 'ann' })
+    presence.track('chat:x', 'c2', { user: 'bob' })
+    presence.untrack('chat:x', 'c1', { user: 'ann' }, 'left')
+    presence.untrack('chat:x', 'c2', { user: 'bob' }, 'disconnected')
+    expect(joins()).toEqual(['+ann', '+bob', '-ann:left'])
+    presence.track('chat:x', 'c3', { user: 'bob' }) // the page reloaded
+    fire()
+    expect(joins()).toEqual(['+ann', '+bob', '-ann:left'])
+    presence.untrack('chat:x', 'c3', { user: 'bob' }, 'disconnected')
+    fire()
+    expect(joins()).toEqual(['+ann', '+bob', '-ann:left', '-bob:disconnected'])
+    expect(presence.state().size).toBe(0)
+  })
+})
