@@ -187,10 +187,14 @@ class Client {
         if (first || !this.held) this.fail('an update before the first frame')
         const h = this.held
         if (f.epoch !== h.epoch && h.version !== 0) this.fail(`update of epoch ${f.epoch} while in ${h.epoch}`)
-        if (f.version !== h.version + 1) this.fail(`update ${f.version} after ${h.version}: a gap or a repeat`)
-        const data = this.world.epochs.get(f.epoch)?.[f.version - 1]
-        if (data === undefined || f.data.player !== data) this.fail(`update ${f.epoch}/${f.version} carries ${f.data.player}, the history has ${data}`)
-        this.held = { epoch: f.epoch, version: f.version, items: [...h.items, data] }
+        // A windowed channel's frame carries versions from..version, merged.
+        const from = f.from ?? f.version
+        if (from !== h.version + 1 || f.version < from) this.fail(`update ${from}..${f.version} after ${h.version}: a gap or a repeat`)
+        const data = this.world.epochs.get(f.epoch)?.slice(from - 1, f.version)
+        if (data === undefined || data.length !== f.version - from + 1 || f.data.player !== data.join('|')) {
+          this.fail(`update ${f.epoch}/${from}..${f.version} carries ${f.data.player}, the history has ${data?.join('|')}`)
+        }
+        this.held = { epoch: f.epoch, version: f.version, items: [...h.items, ...data] }
         return
       }
       default:
@@ -233,7 +237,7 @@ async function flush() {
   for (let i = 0; i < 4; i++) await new Promise((r) => setImmediate(r))
 }
 
-async function runScenario(ops: Op[], historyKept: number) {
+async function runScenario(ops: Op[], historyKept: number, windowed = false) {
   const world = new World()
   const log: string[] = []
   const timers = fakeTimers()
@@ -249,6 +253,8 @@ async function runScenario(ops: Op[], historyKept: number) {
     gapTimeoutMs: 1,
     maxReplay: 8,
     timers: timers.timers,
+    // A windowed channel folds a window's updates into one frame (the model's data concatenates).
+    windowOf: windowed ? () => ({ ms: 1, merge: (a, b) => ({ ...(b as object), player: `${(a as { player: string }).player}|${(b as { player: string }).player}` }) }) : undefined,
   })
   const clients = Array.from({ length: CLIENTS }, (_, i) => new Client(i, world, log))
   const subscribe = (c: Client, from?: ResumePoint) => {
@@ -382,8 +388,8 @@ describe('channel hub (model-based)', () => {
   // A failing case printed by fast-check, replayed alone: FANFARE_FUZZ_REPLAY='[[ops...], kept]'.
   if (process.env.FANFARE_FUZZ_REPLAY) {
     test('replay', async () => {
-      const [ops, kept] = JSON.parse(process.env.FANFARE_FUZZ_REPLAY!) as [Op[], number]
-      await runScenario(ops, kept)
+      const [ops, kept, windowed] = JSON.parse(process.env.FANFARE_FUZZ_REPLAY!) as [Op[], number, boolean?]
+      await runScenario(ops, kept, windowed)
     })
     return
   }
@@ -392,7 +398,9 @@ describe('channel hub (model-based)', () => {
     'every frame continues the channel history or is a marked resync; every subscriber ends in sync',
     async () => {
       await fc.assert(
-        fc.asyncProperty(fc.array(op, { minLength: 5, maxLength: 120, size: 'max' }), fc.integer({ min: 1, max: 12 }), (ops, kept) => runScenario(ops, kept)),
+        fc.asyncProperty(fc.array(op, { minLength: 5, maxLength: 120, size: 'max' }), fc.integer({ min: 1, max: 12 }), fc.boolean(), (ops, kept, windowed) =>
+          runScenario(ops, kept, windowed),
+        ),
         { numRuns: runs, seed, endOnFailure: process.env.FANFARE_FUZZ_SHRINK ? false : true },
       )
     },

@@ -30,7 +30,16 @@ export type HubDeps = {
   onError?: (err: unknown, channel: string) => void
   /** The timers of gap timeouts (tests pass their own clock). Default: setTimeout / clearTimeout. */
   timers?: Timers
+  /**
+   * Channels whose updates are coalesced: at most one frame per `ms` reaches the topic, carrying
+   * every update of the window merged (`merge` folds one update's data into the window's). Such a
+   * frame has `from` (its first version) and `version` (its last). Undefined: one frame per update.
+   */
+  windowOf?: (channel: string) => Window | undefined
 }
+
+/** How a windowed channel coalesces its updates (see HubDeps.windowOf). */
+export type Window = { ms: number; merge: (into: unknown, next: unknown) => unknown }
 
 /** Timers as the hub uses them. */
 export type Timers = { set: (fn: () => void, ms: number) => unknown; clear: (handle: unknown) => void }
@@ -75,6 +84,10 @@ type ChannelState = {
   read: Promise<Read> | undefined
   /** History reads waiting to start together (see sharedHistory). */
   historyBatch: { after: number; result: Promise<ChangeNotice[]> } | undefined
+  /** A windowed channel's coalescing, and the updates delivered in the current window (not yet on the topic). */
+  window: Window | undefined
+  pending: { from: ChangeNotice; to: ChangeNotice; data: unknown } | undefined
+  windowTimer: unknown
 }
 
 /** A snapshot read, with the state's `epochMoves` when it began. */
@@ -84,6 +97,11 @@ export const frames = {
   snapshot: (channel: string, s: Snapshot, resync = false) =>
     JSON.stringify({ op: 'snapshot', channel, version: s.version, epoch: s.epoch, data: s.data, ...(resync ? { resync: true } : {}) }),
   update: (n: ChangeNotice) => JSON.stringify({ op: 'update', channel: n.channel, version: n.version, epoch: n.epoch, data: n.data }),
+  /** Updates `from`..`to` of a windowed channel as one frame. */
+  merged: (from: ChangeNotice, to: ChangeNotice, data: unknown) =>
+    from.version === to.version
+      ? JSON.stringify({ op: 'update', channel: to.channel, version: to.version, epoch: to.epoch, data })
+      : JSON.stringify({ op: 'update', channel: to.channel, from: from.version, version: to.version, epoch: to.epoch, data }),
   recovered: (channel: string, version: number, epoch: string) => JSON.stringify({ op: 'subscribed', channel, version, epoch, recovered: true }),
 }
 
@@ -123,6 +141,9 @@ export function createChannelHub(deps: HubDeps) {
         epochMoves: 0,
         read: undefined,
         historyBatch: undefined,
+        window: deps.windowOf?.(channel),
+        pending: undefined,
+        windowTimer: undefined,
       }
       channels.set(channel, st)
     }
@@ -161,11 +182,19 @@ export function createChannelHub(deps: HubDeps) {
     st.gapTimer = undefined
   }
 
-  /** Publishes one in-order notice to the topic and to joiners that are catching up. */
+  /**
+   * Publishes one in-order notice to the topic (a windowed channel: into the window's frame) and
+   * to joiners that are catching up.
+   */
   function deliver(channel: string, st: ChannelState, notice: ChangeNotice) {
     st.last = notice.version
     const text = frames.update(notice)
-    deps.publish(channel, text)
+    if (st.window) {
+      st.pending = st.pending ? { from: st.pending.from, to: notice, data: st.window.merge(st.pending.data, notice.data) } : { from: notice, to: notice, data: notice.data }
+      if (st.windowTimer === undefined) st.windowTimer = timers.set(() => flushWindow(channel, st), st.window.ms)
+    } else {
+      deps.publish(channel, text)
+    }
     for (const j of st.joiners) {
       if (j.buffer) j.buffer.push(notice)
       else if (notice.version === j.version + 1 && sendTo(j, text)) j.version = notice.version
@@ -179,9 +208,21 @@ export function createChannelHub(deps: HubDeps) {
       return
     }
     if (j.buffer === null && st.last !== undefined && j.version === st.last) {
+      // The window's frame holds versions this joiner already has: out with it before it joins.
+      flushWindow(channel, st)
       j.sink.subscribe(channel)
       st.joiners.delete(j)
     }
+  }
+
+  /** Publishes a windowed channel's pending updates as one frame (`from`..`version`). */
+  function flushWindow(channel: string, st: ChannelState) {
+    if (st.windowTimer !== undefined) timers.clear(st.windowTimer)
+    st.windowTimer = undefined
+    const p = st.pending
+    if (!p) return
+    st.pending = undefined
+    deps.publish(channel, frames.merged(p.from, p.to, p.data))
   }
 
   /** Sets where this node's topic starts, from the first snapshot read for the channel. */
@@ -263,6 +304,8 @@ export function createChannelHub(deps: HubDeps) {
       return st.resyncing ?? Promise.resolve()
     }
     stopGapTimer(st)
+    // What the window holds was delivered: it goes out before the resync, in order.
+    flushWindow(channel, st)
     let failed = false
     st.resyncing = (async () => {
       try {
@@ -325,6 +368,7 @@ export function createChannelHub(deps: HubDeps) {
     const st = channels.get(channel)
     if (st && st.members.size === 0) {
       stopGapTimer(st)
+      if (st.windowTimer !== undefined) timers.clear(st.windowTimer)
       channels.delete(channel)
     }
   }
@@ -568,7 +612,10 @@ export function createChannelHub(deps: HubDeps) {
     },
 
     stop() {
-      for (const st of channels.values()) stopGapTimer(st)
+      for (const st of channels.values()) {
+        stopGapTimer(st)
+        if (st.windowTimer !== undefined) timers.clear(st.windowTimer)
+      }
       channels.clear()
     },
   }
