@@ -12,6 +12,7 @@ import type { BenchContext } from './lib/context'
 import { describeMachine, type Machine } from './lib/machine'
 import { markdownTable, targetMet, textTable, type Figure } from './lib/report'
 import { auth } from './auth'
+import { presence } from './presence'
 import { connections } from './connections'
 import { e2e } from './e2e'
 import { fanout } from './fanout'
@@ -28,6 +29,7 @@ export const benchmarks: Record<string, (ctx: BenchContext) => Promise<Figure[]>
   connections,
   ingest,
   auth,
+  presence,
 }
 
 export async function runBenchmarks(mode: 'smoke' | 'full', options: { only?: string[]; log?: (m: string) => void } = {}): Promise<BenchRun> {

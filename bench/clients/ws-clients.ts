@@ -25,6 +25,8 @@ export type ClientsConfig = {
    * minted with this secret before any connection opens (not timed).
    */
   jwtSecret?: string
+  /** The first user number (`bench-<n>`), so several client processes sign in as different users. */
+  firstUser?: number
 }
 
 const cfg = childConfig<ClientsConfig>()
@@ -44,7 +46,7 @@ function onUpdate(text: string) {
 type Conn = { close: () => void }
 
 const tokens: string[] = []
-if (cfg.jwtSecret) for (let i = 0; i < cfg.n; i++) tokens.push(await mintUserToken(cfg.jwtSecret, { sub: `bench-${i}`, ttlSeconds: 3600 }))
+if (cfg.jwtSecret) for (let i = 0; i < cfg.n; i++) tokens.push(await mintUserToken(cfg.jwtSecret, { sub: `bench-${(cfg.firstUser ?? 0) + i}`, ttlSeconds: 3600 }))
 
 function openWs(i: number): Promise<Conn> {
   return new Promise((ok, fail) => {

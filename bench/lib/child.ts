@@ -125,3 +125,14 @@ export function rssOf(pid: number): number {
     return Number.NaN
   }
 }
+
+/** CPU time a process used so far, in seconds (user + system; Linux /proc), NaN when unreadable. */
+export function cpuOf(pid: number): number {
+  try {
+    // Fields after the command name (which may hold spaces, so split after its closing paren).
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return Number.NaN
+  }
+}
