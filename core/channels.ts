@@ -6,14 +6,15 @@ import { Name } from './events/fields'
  * change reaches subscribers as a ChangeNotice; workers publish them in runs (ChangeRun) on
  * `<prefix>.changes.<kind>.<name>`.
  */
-export const channelKinds = ['leaderboard', 'chat', 'user'] as const
+export const channelKinds = ['leaderboard', 'chat', 'user', 'stream', 'poll'] as const
 export type ChannelKind = (typeof channelKinds)[number]
 
 /**
- * `leaderboard:<board>`, `chat:<room>` (names of letters, digits, `_` and `-`), or `user:<user id>`
- * (a user's private channel: the id is a token's `sub`, 1-128 characters without spaces).
+ * `leaderboard:<board>`, `chat:<room>`, `stream:<stream>`, `poll:<poll>` (names of letters, digits,
+ * `_` and `-`), or `user:<user id>` (a user's private channel: the id is a token's `sub`, 1-128
+ * characters without spaces).
  */
-const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
+const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat|stream|poll):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
 /** `presence:<channel>`: who is in a tracked channel (a room, a stream, a match). */
 const PRESENCE_PATTERN = '^presence:(?:chat|stream|match):[A-Za-z0-9_-]{1,64}$'
 /** A channel a client may subscribe to: one of the read models' channels, or a presence channel. */
@@ -24,6 +25,8 @@ export const channelOf = {
   leaderboard: (board: string) => `leaderboard:${board}`,
   chat: (room: string) => `chat:${room}`,
   user: (id: string) => `user:${id}`,
+  stream: (stream: string) => `stream:${stream}`,
+  poll: (poll: string) => `poll:${poll}`,
 }
 
 const channelRe = new RegExp(CHANNEL_PATTERN)
@@ -68,13 +71,54 @@ export type ChatMessage = Static<typeof ChatMessage>
 /** What changed in a chat room. */
 export type ChatChange = { kind: 'posted'; message: ChatMessage } | { kind: 'deleted'; messageId: string }
 
+/**
+ * A stream's state as `GET /v1/streams/:stream` and the `stream:<id>` channel show it (the open
+ * poll aside). Times are ISO 8601; peak and unique viewers are those of the current broadcast, or
+ * of the last one while offline.
+ */
+export type StreamState = {
+  stream: string
+  status: 'live' | 'offline'
+  title: string | null
+  category: string | null
+  startedAt: string | null
+  endedAt: string | null
+  /** Connections watching `stream:<id>` at the last viewer sample (0 once the broadcast ended). */
+  viewers: number
+  peakViewers: number
+  uniqueViewers: number
+}
+
+/** A poll as `GET /v1/polls/:poll` and the `poll:<id>` channel show it. */
+export type PollView = {
+  poll: string
+  stream: string
+  question: string
+  status: 'open' | 'closed'
+  options: { text: string; votes: number }[]
+  /** Votes that did not count: repeats, votes after close, past the options, before the poll opened. */
+  ignoredVotes: number
+  openedAt: string
+  closesAt?: string
+  closedAt?: string
+}
+
+/**
+ * What changed on `stream:<id>`: its state (every change carries the whole state: replace yours),
+ * or one of its polls opened or closed (`poll.status` says which).
+ */
+export type StreamChange = { kind: 'state'; state: StreamState } | { kind: 'poll'; poll: PollView }
+
+/** What changed on `poll:<id>`: the whole poll after the batch (tallies coalesced, one per batch). */
+export type PollChange = { kind: 'poll'; poll: PollView }
+
 /** One committed change of one channel, as the API's channel hub handles and pushes it. */
 export type ChangeNotice = {
   channel: string
   version: number
   /** The channel's epoch (see channel_versions): versions are only comparable within one epoch. */
   epoch: string
-  data: LeaderboardChange | ChatChange
+  data: LeaderboardChange | ChatChange | StreamChange | PollChange
   /** Commit time, ISO 8601. */
   at: string
 }

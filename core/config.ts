@@ -51,6 +51,11 @@ export const Env = Type.Object({
   FANFARE_HISTORY_TTL_MS_LEADERBOARD: Type.Optional(Type.Integer({ minimum: 1000 })),
   FANFARE_HISTORY_SIZE_CHAT: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
   FANFARE_HISTORY_TTL_MS_CHAT: Type.Optional(Type.Integer({ minimum: 1000 })),
+  /** Streams and polls have their own defaults (300 runs, 1 hour: see historyRetention). */
+  FANFARE_HISTORY_SIZE_STREAM: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
+  FANFARE_HISTORY_TTL_MS_STREAM: Type.Optional(Type.Integer({ minimum: 1000 })),
+  FANFARE_HISTORY_SIZE_POLL: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
+  FANFARE_HISTORY_TTL_MS_POLL: Type.Optional(Type.Integer({ minimum: 1000 })),
   /** Largest accepted HTTP body or WebSocket frame. */
   FANFARE_MAX_BODY_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
   /**

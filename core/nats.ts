@@ -36,6 +36,8 @@ export function topology(config: Config): Topology {
       leaderboard: `${config.FANFARE_STREAM}_CHANGES_LEADERBOARD`,
       chat: `${config.FANFARE_STREAM}_CHANGES_CHAT`,
       user: `${config.FANFARE_STREAM}_CHANGES_USER`,
+      stream: `${config.FANFARE_STREAM}_CHANGES_STREAM`,
+      poll: `${config.FANFARE_STREAM}_CHANGES_POLL`,
     },
     leaseBucket: `${config.FANFARE_STREAM}_leases`,
     jobBucket: `${config.FANFARE_STREAM}_jobs`,
@@ -49,15 +51,32 @@ export function deploymentStreams(t: Topology): string[] {
   return [t.eventStream, ...Object.values(t.changeStreams), `KV_${t.leaseBucket}`, `KV_${t.jobBucket}`]
 }
 
-/** How many change runs (messages of one or more changes) a channel of this kind keeps, and for how long. */
+/**
+ * Built-in retention of kinds whose channels change often and whose snapshot is one small row: a
+ * stream's channel changes up to once a second (viewer samples), a poll's once per batch while
+ * votes come in. 300 runs still cover five minutes of a stream's changes (a reconnect resumes from
+ * history); older gaps cost one cheap resync snapshot, not a day of per-second history per channel.
+ */
+const kindDefaults: Partial<Record<ChannelKind, { size: number; ttlMs: number }>> = {
+  stream: { size: 300, ttlMs: 3600_000 },
+  poll: { size: 300, ttlMs: 3600_000 },
+}
+
+/**
+ * How many change runs (messages of one or more changes) a channel of this kind keeps, and for how
+ * long: the kind's own variable (`FANFARE_HISTORY_SIZE_<KIND>`, `FANFARE_HISTORY_TTL_MS_<KIND>`),
+ * else the kind's built-in default (see kindDefaults), else FANFARE_HISTORY_SIZE / _TTL_MS.
+ */
 export function historyRetention(config: Config, kind: ChannelKind): { size: number; ttlMs: number } {
-  const [size, ttlMs] =
-    kind === 'leaderboard'
-      ? [config.FANFARE_HISTORY_SIZE_LEADERBOARD, config.FANFARE_HISTORY_TTL_MS_LEADERBOARD]
-      : kind === 'chat'
-        ? [config.FANFARE_HISTORY_SIZE_CHAT, config.FANFARE_HISTORY_TTL_MS_CHAT]
-        : [undefined, undefined]
-  return { size: size ?? config.FANFARE_HISTORY_SIZE, ttlMs: ttlMs ?? config.FANFARE_HISTORY_TTL_MS }
+  const own: Record<ChannelKind, [number | undefined, number | undefined]> = {
+    leaderboard: [config.FANFARE_HISTORY_SIZE_LEADERBOARD, config.FANFARE_HISTORY_TTL_MS_LEADERBOARD],
+    chat: [config.FANFARE_HISTORY_SIZE_CHAT, config.FANFARE_HISTORY_TTL_MS_CHAT],
+    user: [undefined, undefined],
+    stream: [config.FANFARE_HISTORY_SIZE_STREAM, config.FANFARE_HISTORY_TTL_MS_STREAM],
+    poll: [config.FANFARE_HISTORY_SIZE_POLL, config.FANFARE_HISTORY_TTL_MS_POLL],
+  }
+  const [size, ttlMs] = own[kind]
+  return { size: size ?? kindDefaults[kind]?.size ?? config.FANFARE_HISTORY_SIZE, ttlMs: ttlMs ?? kindDefaults[kind]?.ttlMs ?? config.FANFARE_HISTORY_TTL_MS }
 }
 
 /**

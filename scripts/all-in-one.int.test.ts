@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger } from '../core/logger'
+import { until } from '../core/testing/wait'
 import { createTestEnv, type TestEnv } from '../core/testing/env'
 import { createJwtVerifier } from '../api/src/auth/jwt'
 import { banner, startAllInOne, type AllInOne } from './all-in-one'
@@ -84,6 +85,24 @@ describe('all-in-one', () => {
     expect(banner(app)).toContain(app.config.FANFARE_ADMIN_TOKEN!)
     expect(await createJwtVerifier(app.config)!(bannerToken(app))).toMatchObject({ id: 'demo' })
     expect(await healthz(app)).toBe(200)
+
+    // The live read models on PGlite: a stream, a poll (jsonb tallies, event times) and a vote.
+    const post = async (token: string, events: unknown[]) => {
+      const res = await fetch(`${app.url}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ events }) })
+      expect(res.status).toBe(202)
+    }
+    await post(app.config.FANFARE_INGEST_TOKEN!, [
+      { type: 'stream.started', data: { stream: 'tv', title: 'Demo' } },
+      { type: 'poll.opened', data: { stream: 'tv', poll: 'p1', question: 'Yes?', options: ['yes', 'no'], closesAt: new Date(Date.now() + 3600_000).toISOString() } },
+    ])
+    await post(bannerToken(app), [{ type: 'poll.voted', data: { poll: 'p1', option: 1 } }])
+    const stream = await until('the stream with its poll voted on', async () => {
+      const res = await fetch(`${app.url}/v1/streams/tv`)
+      const body = res.status === 200 ? ((await res.json()) as any) : undefined
+      return body?.poll?.options?.[1]?.votes === 1 ? body : undefined
+    }, 20_000, 100)
+    expect(stream).toMatchObject({ status: 'live', title: 'Demo', poll: { poll: 'p1', status: 'open', options: [{ text: 'yes', votes: 0 }, { text: 'no', votes: 1 }] } })
+    expect(((await (await fetch(`${app.url}/v1/streams?status=live`)).json()) as any).streams.map((s: any) => s.stream)).toEqual(['tv'])
 
     await expect(startAllInOne(vars, logger)).rejects.toThrow(/in use by process/)
     await app.stop()

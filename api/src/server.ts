@@ -4,6 +4,9 @@ import { startRealtime } from './realtime/start'
 import { snapshotReader } from './realtime/snapshots'
 import { startSecurity } from './auth/security'
 import { createLimits } from './limits'
+import { createIngest } from './modules/events/service'
+import { startViewerSampler } from './modules/streams/sampler'
+import { liveStreamsToSample } from './modules/streams/service'
 
 /** A listening API node. */
 export type RunningApi = {
@@ -21,18 +24,22 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
   const security = await startSecurity(deps)
   const realtime = await startRealtime({ ...deps, security, snapshot: snapshotReader(deps.db) })
   const limits = createLimits({ config: deps.config })
-  const app = createApp({ ...deps, security, realtime, limits })
+  // One ingest service for REST, WebSocket and the viewer sampler: one in-flight budget per node.
+  const ingest = deps.ingest ?? createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger })
+  const app = createApp({ ...deps, security, realtime, limits, ingest })
   app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
   const server = app.server
   if (!server) throw new Error('the API server did not start')
   realtime.bind(server)
   const port = server.port ?? deps.config.PORT
   deps.logger.info({ host: deps.config.HOST, port }, 'api listening')
+  const sampler = startViewerSampler({ presence: realtime.presence, ingest, liveStreams: () => liveStreamsToSample(deps.db), logger: deps.logger })
   let stopping: Promise<void> | undefined
   return {
     port,
     stop: () =>
       (stopping ??= (async () => {
+        await sampler.stop()
         await realtime.goAway()
         await app.stop(true)
         await realtime.stop()

@@ -57,8 +57,14 @@ export const PollOpened = Type.Object(
     poll: Name,
     question: text(280, '1-280 chars'),
     options: Type.Array(text(80, '1-80 chars'), { minItems: 2, maxItems: 5 }),
-    /** When the poll closes by itself (event time, so a rebuild closes it at the same vote). */
-    closesAt: Type.Optional(Type.String({ format: 'date-time', description: 'ISO 8601' })),
+    /**
+     * When the poll closes by itself (event time, so a rebuild closes it at the same vote). A
+     * pattern, not `format: 'date-time'`: formats live in a registry that only Elysia fills, so
+     * the workers (which never load Elysia) would refuse every such event.
+     */
+    closesAt: Type.Optional(
+      Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(?:\\.\\d{1,9})?(?:Z|[+-]\\d{2}:\\d{2})$', maxLength: 40, description: 'ISO 8601 date-time with a time zone, e.g. 2030-01-02T03:04:05Z' }),
+    ),
   },
   { additionalProperties: false, $id: 'poll.opened@1' },
 )

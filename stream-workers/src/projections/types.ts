@@ -1,4 +1,4 @@
-import type { ChatChange, LeaderboardChange } from '../../../core/channels'
+import type { ChangeNotice } from '../../../core/channels'
 import type { SQL, SQLWrapper } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import type { StoredEvent } from '../../../core/events'
@@ -16,7 +16,7 @@ export type SequencedEvent<E extends StoredEvent = StoredEvent> = {
 }
 
 /** One change a projection made to one channel, before it gets its version. */
-export type Change = { channel: string; data: LeaderboardChange | ChatChange }
+export type Change = { channel: string; data: ChangeNotice['data'] }
 
 /** What a projection made of a batch: its changes, and the statement that writes them. */
 export type Applied = {
@@ -26,9 +26,12 @@ export type Applied = {
    * The read-model write, not run: the batch runs it as part of its one statement (with the
    * checkpoint, versions and outbox), and only `when` that statement's checkpoint guard holds, so
    * the projection must put `when` in its write's WHERE. An INSERT, UPDATE or DELETE without a
-   * RETURNING clause (the batch adds one to order its statement). Absent when nothing changed.
+   * RETURNING clause (the batch adds one to order its statement), or several for a model of more
+   * than one table (each its own member of the statement: Postgres allows data-modifying WITH
+   * members only at the top level). They all see the statement's one snapshot, so no two may write
+   * the same row. Absent when nothing changed.
    */
-  write?: (when: SQL) => SQLWrapper
+  write?: (when: SQL) => SQLWrapper | SQLWrapper[]
   /**
    * For reads of rows that others than this partition's owner write (a board's rules: the admin
    * API): a statement that the batch runs first, which locks those rows, checks that they still are

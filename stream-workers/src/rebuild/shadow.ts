@@ -1,6 +1,6 @@
 import { getTableName, sql } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
-import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, projectionCheckpoints } from '../../../core/db/schema'
+import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, polls, pollVotes, projectionCheckpoints, streams, streamViewers } from '../../../core/db/schema'
 import type { ProjectionName } from '../projections'
 
 /**
@@ -11,10 +11,17 @@ import type { ProjectionName } from '../projections'
  * shadow, while config tables (leaderboards) still resolve to public.
  */
 
-/** What a rebuild replaces, per projection: its read tables and its channels. */
-export const rebuildTargets: Record<ProjectionName, { tables: string[]; channelPrefix: string }> = {
-  leaderboards: { tables: [getTableName(leaderboardEntries)], channelPrefix: 'leaderboard:' },
-  chat: { tables: [getTableName(chatMessages)], channelPrefix: 'chat:' },
+/**
+ * What a rebuild replaces, per projection: its read tables and the channels it changes. A channel
+ * kind may be changed by two projections (`stream:<id>`: its state by streams, its polls opening
+ * and closing by polls); a rebuild of either gives all channels of the kind a new history (see
+ * swapIn).
+ */
+export const rebuildTargets: Record<ProjectionName, { tables: string[]; channelPrefixes: string[] }> = {
+  leaderboards: { tables: [getTableName(leaderboardEntries)], channelPrefixes: ['leaderboard:'] },
+  chat: { tables: [getTableName(chatMessages)], channelPrefixes: ['chat:'] },
+  streams: { tables: [getTableName(streams), getTableName(streamViewers)], channelPrefixes: ['stream:'] },
+  polls: { tables: [getTableName(polls), getTableName(pollVotes)], channelPrefixes: ['poll:', 'stream:'] },
 }
 
 /**
@@ -88,20 +95,30 @@ export async function useShadow(tx: Tx, schema: string): Promise<void> {
 
 /**
  * Inside the switch transaction, after the shadow caught up: moves the live read tables to
- * `retired` and the shadow's into public, and replaces the projection's channel versions with the
- * shadow's under a new epoch each (the column default draws a fresh random one), so subscribers
- * re-sync instead of comparing versions of two histories. Every name is schema-qualified: the
- * transaction's search_path points at the shadow.
+ * `retired` and the shadow's into public, and replaces the versions of the projection's channels
+ * with the shadow's under a new epoch each (the column default draws a fresh random one), so
+ * subscribers re-sync instead of comparing versions of two histories. Every name is
+ * schema-qualified: the transaction's search_path points at the shadow.
+ *
+ * A kind that another projection changes too (`stream:`) loses its rows as well: a channel the
+ * shadow never changed starts a new history at its next change (a missing row is created with a
+ * new epoch), which only costs its subscribers a resync. That other projection's runners are not
+ * stopped by the switch and lock version rows in channel order (see outboxWrite): the rows are
+ * locked here in the same order first, so neither can hold one the other waits for (a deadlock).
  */
 export async function swapIn(tx: Tx, opts: { shadow: string; retired: string; projection: ProjectionName }): Promise<void> {
-  const { tables, channelPrefix } = rebuildTargets[opts.projection]
+  const { tables, channelPrefixes } = rebuildTargets[opts.projection]
   await tx.execute(sql.raw(`CREATE SCHEMA ${ident(opts.retired)}`))
   for (const table of tables) {
     await tx.execute(sql.raw(`ALTER TABLE public.${ident(table)} SET SCHEMA ${ident(opts.retired)}`))
     await tx.execute(sql.raw(`ALTER TABLE ${ident(opts.shadow)}.${ident(table)} SET SCHEMA public`))
   }
-  const pattern = `${channelPrefix}%`
-  await tx.execute(sql`delete from public.channel_versions where channel like ${pattern}`)
+  const mine = sql.join(
+    channelPrefixes.map((prefix) => sql`channel like ${`${prefix}%`}`),
+    sql` or `,
+  )
+  await tx.execute(sql`select channel from public.channel_versions where ${mine} order by channel for update`)
+  await tx.execute(sql`delete from public.channel_versions where ${mine}`)
   await tx.execute(sql.raw(`INSERT INTO public.channel_versions (channel, version) SELECT channel, version FROM ${ident(opts.shadow)}.channel_versions`))
 }
 

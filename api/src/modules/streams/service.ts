@@ -1,0 +1,107 @@
+import { and, asc, desc, eq, gt, lt, or } from 'drizzle-orm'
+import { channelOf, type PollView, type StreamState } from '../../../../core/channels'
+import type { Db } from '../../../../core/db/client'
+import { streams } from '../../../../core/db/schema'
+import { Invalid } from '../../errors'
+import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
+import { openPollsOf } from '../polls/service'
+import type { LivePage, StreamAnswer } from './model'
+import type { LiveStream } from './sampler'
+
+type StreamRow = typeof streams.$inferSelect
+
+const stateOf = (r: StreamRow): StreamState => ({
+  stream: r.stream,
+  status: r.status,
+  title: r.title,
+  category: r.category,
+  startedAt: r.startedAt?.toISOString() ?? null,
+  endedAt: r.endedAt?.toISOString() ?? null,
+  viewers: r.viewers,
+  peakViewers: r.peakViewers,
+  uniqueViewers: r.uniqueViewers,
+})
+
+/** A stream not known yet: what its channel shows until its first event. */
+const unknownState = (stream: string): StreamState => ({
+  stream,
+  status: 'offline',
+  title: null,
+  category: null,
+  startedAt: null,
+  endedAt: null,
+  viewers: 0,
+  peakViewers: 0,
+  uniqueViewers: 0,
+})
+
+/** A stream with its open poll (the latest opened), as `GET /v1/streams/:stream` answers; undefined when unknown. */
+export async function readStream(db: Db, stream: string): Promise<StreamAnswer | undefined> {
+  const [[row], open] = await Promise.all([db.select().from(streams).where(eq(streams.stream, stream)), openPollsOf(db, stream)])
+  if (!row) return undefined
+  return { ...stateOf(row), ...(open[0] ? { poll: open[0] } : {}) }
+}
+
+/**
+ * What `stream:<id>` snapshots: the stream's state (offline and empty for a stream not known yet),
+ * its open poll as `poll`, and every open poll as `polls` (normally one; a poll opened while
+ * another is open adds one). Updates then carry the whole state (`kind: "state"`) or one poll
+ * opening or closing (`kind: "poll"`): keep `polls` by id and show the latest opened.
+ */
+export type StreamSnapshot = StreamState & { poll?: PollView; polls: PollView[] }
+
+/** The channel `stream:<id>` with its version and epoch (see readChannelSnapshot). */
+export function streamSnapshot(db: Db, stream: string): Promise<ChannelSnapshot<StreamSnapshot>> {
+  return readChannelSnapshot(db, channelOf.stream(stream), async (q) => {
+    const [row] = await q.select().from(streams).where(eq(streams.stream, stream))
+    const open = await openPollsOf(q, stream)
+    return { ...(row ? stateOf(row) : unknownState(stream)), ...(open[0] ? { poll: open[0] } : {}), polls: open }
+  })
+}
+
+/** `next`/`after` of the live list: base64url of JSON [viewers, stream], the last entry's sort key. */
+const encodeCursor = (viewers: number, stream: string) => Buffer.from(JSON.stringify([viewers, stream])).toString('base64url')
+
+function decodeCursor(cursor: string): { viewers: number; stream: string } {
+  const message = 'after must be the `next` cursor of a previous page of live streams'
+  const bad = () => new Invalid('invalid_request', message, [{ path: '/after', message, in: 'query' }])
+  let value: unknown
+  try {
+    value = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'))
+  } catch {
+    throw bad()
+  }
+  if (!Array.isArray(value) || value.length !== 2) throw bad()
+  const [viewers, stream] = value as unknown[]
+  if (!Number.isSafeInteger(viewers) || (viewers as number) < 0 || typeof stream !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(stream)) throw bad()
+  return { viewers: viewers as number, stream }
+}
+
+/**
+ * A page of live streams, most viewers first (ties by stream id), from the partial index of live
+ * streams. Keyset paging: the page after a cursor starts below its (viewers, stream). Viewer counts
+ * move every second, so a stream whose count changed between two pages may show on both or on
+ * neither, as in any live ranking.
+ */
+export async function liveStreams(db: Db, page: { limit: number; after?: string }): Promise<LivePage> {
+  const from = page.after === undefined ? undefined : decodeCursor(page.after)
+  const live = eq(streams.status, 'live')
+  const rows = await db
+    .select()
+    .from(streams)
+    .where(from ? and(live, or(lt(streams.viewers, from.viewers), and(eq(streams.viewers, from.viewers), gt(streams.stream, from.stream)))) : live)
+    .orderBy(desc(streams.viewers), asc(streams.stream))
+    .limit(page.limit + 1)
+  const shown = rows.slice(0, page.limit)
+  const last = shown.at(-1)
+  return { streams: shown.map(stateOf), next: rows.length > page.limit && last ? encodeCursor(last.viewers, last.stream) : null }
+}
+
+/** Streams that are live now, with what the viewer sampler needs of them. */
+export async function liveStreamsToSample(db: Db): Promise<Map<string, LiveStream>> {
+  const rows = await db
+    .select({ stream: streams.stream, startedAt: streams.startedAt, viewers: streams.viewers })
+    .from(streams)
+    .where(eq(streams.status, 'live'))
+  return new Map(rows.map((r) => [r.stream, { startedAt: r.startedAt?.toISOString() ?? null, viewers: r.viewers }]))
+}
