@@ -235,8 +235,8 @@ export function startPresenceCluster(deps: {
   return {
     /** Where the node's local presence reports its changes. */
     local,
-    /** Nodes this one hears from (itself not included). */
-    peers: () => [...replicas.keys()],
+    /** Nodes this one hears from (itself not included; not those that said goodbye). */
+    peers: () => [...replicas].filter(([, r]) => r.leaving === undefined).map(([node]) => node),
     /** Says goodbye (the others keep this node's users for the grace) and stops. */
     stop: async () => {
       if (stopped) return
