@@ -55,6 +55,8 @@ export const LeaderboardChange = Type.Object({
   player: Type.String(),
   score: Type.Number(),
   previous: Type.Union([Type.Number(), Type.Null()]),
+  /** The period the score counts in (boards with a reset); absent on boards without periods. */
+  period: Type.Optional(Type.String()),
 })
 export type LeaderboardChange = Static<typeof LeaderboardChange>
 

@@ -37,7 +37,7 @@ export function createApp(deps: ApiDeps) {
   const { keys, revocations } = deps.security
   const app = new Elysia({
     // Unknown fields are refused (422 naming them), not dropped: Elysia's default normalisation
-    // strips them silently, so `PUT /admin/leaderboards/x { "reset": "daily" }` would answer 200
+    // strips them silently, so `PUT /admin/leaderboards/x { "resets": "daily" }` (a misspelt rule) would answer 200
     // and set nothing. Bodies and queries are then checked as declared (additionalProperties:
     // false). Responses are narrowed to their schemas by routeContracts, as normalisation did.
     normalize: false,

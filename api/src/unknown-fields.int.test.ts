@@ -16,7 +16,7 @@ const validBodies: Record<string, unknown[]> = {
     { id: 'e-1', type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } },
     { events: [{ type: 'chat.message.posted', data: { room: 'r', user: 'u', text: 'hi' } }] },
   ],
-  'PUT /admin/leaderboards/{board}': [{ order: 'asc', operator: 'sum' }],
+  'PUT /admin/leaderboards/{board}': [{ order: 'asc', operator: 'sum', reset: 'weekly' }],
   'PUT /admin/rooms/{room}': [{ visibility: 'private' }],
   'POST /admin/keys': [{ name: 'game server', scopes: ['publish:score.submitted'], expiresAt: '2099-01-01T00:00:00.000Z' }],
   'POST /admin/tokens/revoke': [{ jti: 'j-1', exp: 4_000_000_000 }],
@@ -71,12 +71,12 @@ describe('unknown fields are refused, named, and change nothing', () => {
     expect((await h.call('GET', '/admin/rooms/x', { token: h.adminToken })).json.visibility).toBe('public')
   }
 
-  test('PUT /admin/leaderboards/x { "reset": "daily" } is 422 naming reset, and sets no rule', async () => {
-    for (const body of [{ reset: 'daily' }, { order: 'asc', reset: 'daily' }]) {
+  test('PUT /admin/leaderboards/x { "resets": "daily" } (a misspelt rule) is 422 naming it, and sets no rule', async () => {
+    for (const body of [{ resets: 'daily' }, { order: 'asc', resets: 'daily' }]) {
       const r = await h.call('PUT', '/admin/leaderboards/x', { token: h.adminToken, body })
       expect(r.status).toBe(422)
       expect(r.json).toEqual({
-        error: { code: 'invalid_request', message: 'unknown field /reset in the body', details: [{ path: '/reset', message: 'unknown field', in: 'body' }] },
+        error: { code: 'invalid_request', message: 'unknown field /resets in the body', details: [{ path: '/resets', message: 'unknown field', in: 'body' }] },
       })
     }
     await expectNothingChanged()

@@ -23,14 +23,14 @@ test('lookupByKey probes the primary key per key, even when the statistics preda
     select 'b' || (i % 8), 'p' || i, i, i from generate_series(1, 20000) i`)
   // 100 keys that exist (player p<n> is on board b<n % 8>) and 10 that do not.
   const keys = [
-    ...Array.from({ length: 100 }, (_, i) => ({ board: `b${((i + 1) * 7) % 8}`, player: `p${(i + 1) * 7}` })),
-    ...Array.from({ length: 10 }, (_, i) => ({ board: 'b0', player: `missing${i}` })),
+    ...Array.from({ length: 100 }, (_, i) => ({ board: `b${((i + 1) * 7) % 8}`, period: '', player: `p${(i + 1) * 7}` })),
+    ...Array.from({ length: 10 }, (_, i) => ({ board: 'b0', period: '', player: `missing${i}` })),
   ]
-  const lookup = lookupByKey(leaderboardEntries, ['board', 'player'], keys)
+  const lookup = lookupByKey(leaderboardEntries, ['board', 'player', 'period'], keys)
   const [plan] = await rowsOf<{ 'QUERY PLAN': unknown }>(database.db, sql`explain (format json) ${lookup}`)
   const text = JSON.stringify(plan['QUERY PLAN'])
   expect(text).not.toContain('Seq Scan')
-  expect(text).toContain('"Index Name":"leaderboard_entries_board_player_pk"')
+  expect(text).toContain('"Index Name":"leaderboard_entries_board_player_period_pk"')
   // And it finds exactly the rows that exist.
   const rows = await rowsOf<{ board: string; player: string }>(database.db, lookup)
   expect(rows.length).toBe(100)

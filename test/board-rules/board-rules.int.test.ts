@@ -71,12 +71,12 @@ describe('board rules and first scores', () => {
       await until('both boards scored', async () => ((await scores('ranked')).p === 1 && (await scores('unconfigured')).q === 2) || undefined)
 
       const change = await h.call('PUT', '/admin/leaderboards/ranked', { token: t, body: { operator: 'sum' } })
-      expect([change.status, change.json.error.code, change.json.error.details]).toEqual([409, 'board_has_scores', { current: { order: 'desc', operator: 'best' } }])
+      expect([change.status, change.json.error.code, change.json.error.details]).toEqual([409, 'board_has_scores', { current: { order: 'desc', operator: 'best', reset: 'none' } }])
       expect((await h.call('PUT', '/admin/leaderboards/ranked', { token: t, body: { order: 'desc' } })).status).toBe(200)
-      expect((await h.call('GET', '/admin/leaderboards/ranked', { token: t })).json).toEqual({ board: 'ranked', order: 'desc', operator: 'best', configured: true })
+      expect((await h.call('GET', '/admin/leaderboards/ranked', { token: t })).json).toEqual({ board: 'ranked', order: 'desc', operator: 'best', reset: 'none', configured: true })
 
       // Scored without an admin's rules: the defaults, not configured, and just as fixed.
-      expect((await h.call('GET', '/admin/leaderboards/unconfigured', { token: t })).json).toEqual({ board: 'unconfigured', order: 'desc', operator: 'best', configured: false })
+      expect((await h.call('GET', '/admin/leaderboards/unconfigured', { token: t })).json).toEqual({ board: 'unconfigured', order: 'desc', operator: 'best', reset: 'none', configured: false })
       expect((await h.call('PUT', '/admin/leaderboards/unconfigured', { token: t, body: { order: 'asc' } })).status).toBe(409)
       const restated = await h.call('PUT', '/admin/leaderboards/unconfigured', { token: t, body: { order: 'desc', operator: 'best' } })
       expect([restated.status, restated.json.configured]).toEqual([200, true])

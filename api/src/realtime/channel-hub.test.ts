@@ -402,4 +402,26 @@ describe('channel hub', () => {
     expect(versionsSeen(b)[0]).toBe('snapshot:9:resync')
     hub.stop()
   })
+
+  test('a snapshot current only until a time (a period ends) is followed then by a fresh one, marked resync', async () => {
+    const t = topics()
+    let period = 'p1'
+    const hub = createChannelHub({
+      // The first period ends 40 ms from now; the next one lasts.
+      snapshot: async () => ({ version: 3, epoch: 'e1', data: { period }, ...(period === 'p1' ? { until: Date.now() + 40 } : {}) }),
+      publish: t.publish,
+      gapTimeoutMs: 1000,
+    })
+    const a = t.sink('a')
+    await hub.subscribe(a, 'leaderboard:daily')
+    period = 'p2'
+    await Bun.sleep(150)
+    hub.onNotice(notice(4, 'leaderboard:daily'))
+    expect(a.frames.map((f) => `${f.op}:${f.version}${f.data.period ? `:${f.data.period}` : ''}${f.resync ? ':resync' : ''}`)).toEqual([
+      'snapshot:3:p1',
+      'snapshot:3:p2:resync',
+      'update:4',
+    ])
+    hub.stop()
+  })
 })

@@ -1,7 +1,11 @@
 import { parseChannel, type ChangeNotice, type ChannelKind } from '../../../core/channels'
 
-/** A channel's state as read from the read model: its version, epoch and the data to show. */
-export type Snapshot = { version: number; epoch: string; data: unknown }
+/**
+ * A channel's state as read from the read model: its version, epoch and the data to show, and
+ * `until` (ms since the epoch) when what it shows stops being current by the clock alone (a
+ * leaderboard period ends): the hub then re-syncs the channel's subscribers with a fresh snapshot.
+ */
+export type Snapshot = { version: number; epoch: string; data: unknown; until?: number }
 
 /** Where a resuming client is: the last version it has, and that version's epoch. */
 export type ResumePoint = { since: number; epoch: string }
@@ -88,6 +92,8 @@ type ChannelState = {
   window: Window | undefined
   pending: { from: ChangeNotice; to: ChangeNotice; data: unknown } | undefined
   windowTimer: unknown
+  /** The re-sync due when the current snapshot stops being current (Snapshot.until). */
+  rollover: { at: number; timer: unknown } | undefined
 }
 
 /** A snapshot read, with the state's `epochMoves` when it began. */
@@ -144,6 +150,7 @@ export function createChannelHub(deps: HubDeps) {
         window: deps.windowOf?.(channel),
         pending: undefined,
         windowTimer: undefined,
+        rollover: undefined,
       }
       channels.set(channel, st)
     }
@@ -225,8 +232,26 @@ export function createChannelHub(deps: HubDeps) {
     deps.publish(channel, frames.merged(p.from, p.to, p.data))
   }
 
+  /**
+   * A snapshot that is current only until a time (a period ends): re-sync the channel then, so its
+   * subscribers are told the new state explicitly. A little after, so the read sees the new period.
+   */
+  function scheduleRollover(channel: string, st: ChannelState, snap: Snapshot) {
+    if (snap.until === undefined || !Number.isFinite(snap.until) || st.rollover?.at === snap.until) return
+    if (st.rollover) timers.clear(st.rollover.timer)
+    const at = snap.until
+    st.rollover = {
+      at,
+      timer: timers.set(() => {
+        if (st.rollover?.at === at) st.rollover = undefined
+        void resync(channel)
+      }, Math.max(0, at - Date.now()) + 50),
+    }
+  }
+
   /** Sets where this node's topic starts, from the first snapshot read for the channel. */
   function init(channel: string, st: ChannelState, snap: Snapshot) {
+    scheduleRollover(channel, st, snap)
     if (st.last !== undefined) return
     st.last = snap.version
     setEpoch(st, snap.epoch)
@@ -331,6 +356,7 @@ export function createChannelHub(deps: HubDeps) {
           } else {
             st.last = snap.version
           }
+          scheduleRollover(channel, st, snap)
           const text = frames.snapshot(channel, { ...snap, epoch: st.epoch ?? snap.epoch }, true)
           deps.publish(channel, text)
           // Joiners catching up get it too, unless they are ahead of it in its epoch (a resume
@@ -369,6 +395,7 @@ export function createChannelHub(deps: HubDeps) {
     if (st && st.members.size === 0) {
       stopGapTimer(st)
       if (st.windowTimer !== undefined) timers.clear(st.windowTimer)
+      if (st.rollover) timers.clear(st.rollover.timer)
       channels.delete(channel)
     }
   }
@@ -615,6 +642,7 @@ export function createChannelHub(deps: HubDeps) {
       for (const st of channels.values()) {
         stopGapTimer(st)
         if (st.windowTimer !== undefined) timers.clear(st.windowTimer)
+        if (st.rollover) timers.clear(st.rollover.timer)
       }
       channels.clear()
     },

@@ -1,7 +1,9 @@
+import type { Reset } from '../../periods'
 import { bigint, boolean, doublePrecision, index, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
 
 export type SortOrder = 'desc' | 'asc'
 export type ScoreOperator = 'best' | 'latest' | 'sum'
+export type { Reset } from '../../periods'
 
 /**
  * A board's rules. A board with no row here is desc/best. Workers add a row (`configured` false,
@@ -13,6 +15,8 @@ export const leaderboards = pgTable('leaderboards', {
   board: text('board').primaryKey(),
   sortOrder: text('sort_order').$type<SortOrder>().notNull().default('desc'),
   operator: text('operator').$type<ScoreOperator>().notNull().default('best'),
+  /** Periods: scores count per day, ISO week or month of their event time (see core/periods.ts). */
+  reset: text('reset').$type<Reset>().notNull().default('none'),
   /** Entries were written under these rules: they can no longer change. */
   hasScores: boolean('has_scores').notNull().default(false),
   /** Set by an admin (false: a worker's row holding the defaults). */
@@ -21,20 +25,22 @@ export const leaderboards = pgTable('leaderboards', {
 })
 
 /**
- * One player's standing on a board. `reachedSeq` is the stream sequence of the event that set the
- * current score: ties rank the earlier holder first, deterministically across rebuilds.
+ * One player's standing on a board in one period ('' for a board without periods). `reachedSeq` is
+ * the stream sequence of the event that set the current score: ties rank the earlier holder first,
+ * deterministically across rebuilds.
  */
 export const leaderboardEntries = pgTable(
   'leaderboard_entries',
   {
     board: text('board').notNull(),
+    period: text('period').notNull().default(''),
     player: text('player').notNull(),
     score: doublePrecision('score').notNull(),
     reachedSeq: bigint('reached_seq', { mode: 'number' }).notNull(),
     updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [
-    primaryKey({ columns: [t.board, t.player] }),
-    index('leaderboard_entries_rank').on(t.board, t.score, t.reachedSeq),
+    primaryKey({ columns: [t.board, t.player, t.period] }),
+    index('leaderboard_entries_rank').on(t.board, t.period, t.score, t.reachedSeq),
   ],
 )

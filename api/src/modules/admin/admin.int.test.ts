@@ -34,12 +34,12 @@ describe('/admin', () => {
   test('board config: defaults, upsert, partial update', async () => {
     const t = h.adminToken
     const initial = await h.call('GET', '/admin/leaderboards/speedrun', { token: t })
-    expect(initial.json).toEqual({ board: 'speedrun', order: 'desc', operator: 'best', configured: false })
+    expect(initial.json).toEqual({ board: 'speedrun', order: 'desc', operator: 'best', reset: 'none', configured: false })
     const put = await h.call('PUT', '/admin/leaderboards/speedrun', { token: t, body: { order: 'asc', operator: 'latest' } })
     expect(put.status).toBe(200)
-    expect(put.json).toEqual({ board: 'speedrun', order: 'asc', operator: 'latest', configured: true })
+    expect(put.json).toEqual({ board: 'speedrun', order: 'asc', operator: 'latest', reset: 'none', configured: true })
     const partial = await h.call('PUT', '/admin/leaderboards/speedrun', { token: t, body: { operator: 'sum' } })
-    expect(partial.json).toEqual({ board: 'speedrun', order: 'asc', operator: 'sum', configured: true })
+    expect(partial.json).toEqual({ board: 'speedrun', order: 'asc', operator: 'sum', reset: 'none', configured: true })
     const read = await h.call('GET', '/admin/leaderboards/speedrun', { token: t })
     expect(read.json).toEqual(partial.json)
     // The public read follows the config.

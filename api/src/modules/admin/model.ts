@@ -1,11 +1,11 @@
 import { t } from 'elysia'
 import { EventId, Name } from '../../../../core/events'
-import { ScoreOperator, SortOrder } from '../leaderboards/model'
+import { Reset, ScoreOperator, SortOrder } from '../leaderboards/model'
 import { integerParam, MAX_ID } from '../../params'
 
 export const BoardParams = t.Object({ board: Name })
 export const BoardConfigBody = t.Object(
-  { order: t.Optional(SortOrder), operator: t.Optional(ScoreOperator) },
+  { order: t.Optional(SortOrder), operator: t.Optional(ScoreOperator), reset: t.Optional(Reset) },
   { additionalProperties: false },
 )
 export type BoardConfigBody = typeof BoardConfigBody.static
@@ -14,6 +14,7 @@ export const BoardConfig = t.Object({
   board: t.String(),
   order: SortOrder,
   operator: ScoreOperator,
+  reset: Reset,
   configured: t.Boolean({ description: 'false: no admin set these rules (the defaults)' }),
 })
 

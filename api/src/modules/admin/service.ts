@@ -21,19 +21,20 @@ export async function putBoardConfig(db: Db, board: string, body: BoardConfigBod
   const l = leaderboards
   const order = body.order === undefined ? l.sortOrder : sql`${body.order}`
   const operator = body.operator === undefined ? l.operator : sql`${body.operator}`
+  const reset = body.reset === undefined ? l.reset : sql`${body.reset}`
   const [row] = await db
     .insert(l)
-    .values({ board, sortOrder: body.order, operator: body.operator, configured: true })
+    .values({ board, sortOrder: body.order, operator: body.operator, reset: body.reset, configured: true })
     .onConflictDoUpdate({
       target: l.board,
-      set: { sortOrder: order, operator, configured: true, updatedAt: new Date() },
-      setWhere: or(not(l.hasScores), and(eq(l.sortOrder, order), eq(l.operator, operator))),
+      set: { sortOrder: order, operator, reset, configured: true, updatedAt: new Date() },
+      setWhere: or(not(l.hasScores), and(eq(l.sortOrder, order), eq(l.operator, operator), eq(l.reset, reset))),
     })
     .returning()
-  if (row) return { board, order: row.sortOrder, operator: row.operator, configured: true }
+  if (row) return { board, order: row.sortOrder, operator: row.operator, reset: row.reset, configured: true }
   const current = await boardConfig(db, board)
-  throw new Conflict('board_has_scores', `board ${board} already has scores; its order and operator can no longer change`, {
-    current: { order: current.order, operator: current.operator },
+  throw new Conflict('board_has_scores', `board ${board} already has scores; its order, operator and reset can no longer change`, {
+    current: { order: current.order, operator: current.operator, reset: current.reset },
   })
 }
 

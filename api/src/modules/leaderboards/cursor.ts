@@ -1,7 +1,7 @@
 import { Invalid } from '../../errors'
 
 /** Where a page ended: the ranking key of its last entry and that entry's rank. */
-export type PagePosition = { board: string; score: number; reachedSeq: number; player: string; rank: number }
+export type PagePosition = { board: string; period: string; score: number; reachedSeq: number; player: string; rank: number }
 
 /**
  * The opaque `next`/`after` cursor of leaderboard pages: base64url of the JSON array
@@ -10,7 +10,7 @@ export type PagePosition = { board: string; score: number; reachedSeq: number; p
  * number its entries without counting every row above it.
  */
 export function encodeCursor(p: PagePosition): string {
-  return Buffer.from(JSON.stringify([p.board, p.score, p.reachedSeq, p.player, p.rank])).toString('base64url')
+  return Buffer.from(JSON.stringify([p.board, p.score, p.reachedSeq, p.player, p.rank, p.period])).toString('base64url')
 }
 
 /** Reads a cursor of `board`; anything else (garbled, forged shape, another board's) is 422 naming `after`. */
@@ -23,8 +23,8 @@ export function decodeCursor(cursor: string, board: string): PagePosition {
   } catch {
     throw bad()
   }
-  if (!Array.isArray(value) || value.length !== 5) throw bad()
-  const [b, score, reachedSeq, player, rank] = value as unknown[]
+  if (!Array.isArray(value) || value.length !== 6) throw bad()
+  const [b, score, reachedSeq, player, rank, period] = value as unknown[]
   const ok =
     b === board &&
     typeof score === 'number' &&
@@ -35,7 +35,9 @@ export function decodeCursor(cursor: string, board: string): PagePosition {
     player.length > 0 &&
     player.length <= 128 &&
     Number.isSafeInteger(rank) &&
-    (rank as number) >= 1
+    (rank as number) >= 1 &&
+    typeof period === 'string' &&
+    period.length <= 16
   if (!ok) throw bad()
-  return { board, score: score as number, reachedSeq: reachedSeq as number, player: player as string, rank: rank as number }
+  return { board, period: period as string, score: score as number, reachedSeq: reachedSeq as number, player: player as string, rank: rank as number }
 }

@@ -26,7 +26,7 @@ export function leaderboardsModule({ db, auth }: { db: Db; auth: AuthPlugin }) {
     .get(
       '/:board/players/:player',
       async ({ params, query }) => {
-        const standing = await playerStanding(db, params.board, params.player, query.neighbours)
+        const standing = await playerStanding(db, params.board, params.player, query)
         if (!standing) throw new NotFound('player_not_ranked', `${params.player} has no score on ${params.board}`)
         return standing
       },

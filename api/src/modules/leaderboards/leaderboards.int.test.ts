@@ -34,6 +34,8 @@ describe('leaderboard reads', () => {
       board: 'hi',
       order: 'desc',
       operator: 'best',
+      reset: 'none',
+      period: null,
       entries: [
         { rank: 1, player: 'bob', score: 100 },
         { rank: 2, player: 'alice', score: 100 },
@@ -125,6 +127,7 @@ describe('leaderboard reads', () => {
     expect(r.json).toEqual({
       board: 'hi',
       player: 'carol',
+      period: null,
       rank: 3,
       score: 50,
       above: [{ rank: 2, player: 'alice', score: 100 }],

@@ -4,6 +4,13 @@ import { integerParam } from '../../params'
 
 export const SortOrder = t.Union([t.Literal('desc'), t.Literal('asc')])
 export const ScoreOperator = t.Union([t.Literal('best'), t.Literal('latest'), t.Literal('sum')])
+export const Reset = t.Union([t.Literal('none'), t.Literal('daily'), t.Literal('weekly'), t.Literal('monthly')])
+const PeriodParam = t.Optional(
+  t.String({
+    maxLength: 16,
+    description: 'current (default), previous, or a period key of the board: YYYY-MM-DD (daily), YYYY-Www (weekly, ISO), YYYY-MM (monthly); UTC',
+  }),
+)
 
 export const BoardParams = t.Object({ board: Name })
 export const PlayerParams = t.Object({ board: Name, player: ActorId })
@@ -17,6 +24,7 @@ export const MAX_OFFSET = 10_000
 export const PageQuery = t.Object({
   limit: integerParam('limit', { minimum: 1, maximum: 100, default: 10 }),
   offset: t.Optional(integerParam('offset', { minimum: 0, maximum: MAX_OFFSET, description: 'entries to skip (default 0); not with after' })),
+  period: PeriodParam,
   after: t.Optional(
     t.String({
       maxLength: 512,
@@ -26,7 +34,7 @@ export const PageQuery = t.Object({
   ),
 })
 export type PageQuery = typeof PageQuery.static
-export const NeighboursQuery = t.Object({ neighbours: integerParam('neighbours', { minimum: 0, maximum: 25, default: 2 }) })
+export const NeighboursQuery = t.Object({ neighbours: integerParam('neighbours', { minimum: 0, maximum: 25, default: 2 }), period: PeriodParam })
 
 export const Entry = t.Object({ rank: t.Integer({ minimum: 1 }), player: t.String(), score: t.Number() })
 export type Entry = typeof Entry.static
@@ -35,6 +43,8 @@ export const BoardPage = t.Object({
   board: t.String(),
   order: SortOrder,
   operator: ScoreOperator,
+  reset: Reset,
+  period: t.Union([t.String(), t.Null()], { description: 'the period these standings are of (null: a board without periods)' }),
   entries: t.Array(Entry),
 })
 export type BoardPage = typeof BoardPage.static
@@ -51,6 +61,7 @@ export type RankedPage = typeof RankedPage.static
 export const PlayerStanding = t.Object({
   board: t.String(),
   player: t.String(),
+  period: t.Union([t.String(), t.Null()]),
   rank: t.Integer({ minimum: 1 }),
   score: t.Number(),
   above: t.Array(Entry, { description: 'better-ranked neighbours, best first' }),

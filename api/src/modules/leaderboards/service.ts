@@ -4,11 +4,12 @@ import type { Db } from '../../../../core/db/client'
 import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
 import { leaderboardEntries, leaderboards, type ScoreOperator, type SortOrder } from '../../../../core/db/schema'
 import { Invalid } from '../../errors'
+import { isPeriodKey, periodBounds, periodKey, previousKey, type Reset } from '../../../../core/periods'
 import { decodeCursor, encodeCursor } from './cursor'
 import type { BoardPage, Entry, PlayerStanding, RankedPage } from './model'
 
-/** A board's rules; a board without a config row is desc/best. */
-export type BoardConfig = { board: string; order: SortOrder; operator: ScoreOperator; configured: boolean }
+/** A board's rules; a board without a config row is desc/best without periods. */
+export type BoardConfig = { board: string; order: SortOrder; operator: ScoreOperator; reset: Reset; configured: boolean }
 
 const e = leaderboardEntries
 
@@ -16,9 +17,28 @@ const e = leaderboardEntries
 export async function boardConfig(db: Db, board: string): Promise<BoardConfig> {
   const [row] = await db.select().from(leaderboards).where(eq(leaderboards.board, board))
   return row
-    ? { board, order: row.sortOrder, operator: row.operator, configured: row.configured }
-    : { board, order: 'desc', operator: 'best', configured: false }
+    ? { board, order: row.sortOrder, operator: row.operator, reset: row.reset, configured: row.configured }
+    : { board, order: 'desc', operator: 'best', reset: 'none', configured: false }
 }
+
+/**
+ * The period a read asks for: `current` (the default) or `previous` (by the server's clock now), or a
+ * period key of the board's reset. A board without periods has one, `current` (''); anything else
+ * is 422 naming `period`.
+ */
+export function resolvePeriod(cfg: Pick<BoardConfig, 'board' | 'reset'>, asked: string | undefined, now = Date.now()): string {
+  const refuse = (message: string) => new Invalid('invalid_request', message, [{ path: '/period', message, in: 'query' }])
+  if (asked === undefined || asked === 'current') return periodKey(cfg.reset, now)
+  if (cfg.reset === 'none') throw refuse(`board ${cfg.board} has no periods (reset: none): period can only be current`)
+  if (asked === 'previous') return previousKey(cfg.reset, now)
+  if (!isPeriodKey(cfg.reset, asked)) {
+    throw refuse(`period must be current, previous or a ${cfg.reset} period key (${cfg.reset === 'daily' ? 'YYYY-MM-DD' : cfg.reset === 'weekly' ? 'YYYY-Www' : 'YYYY-MM'}), got ${JSON.stringify(asked)}`)
+  }
+  return asked
+}
+
+/** The period as answers name it: null on a board without periods. */
+const named = (period: string) => (period === '' ? null : period)
 
 /** Ranking order: score (per board), then who reached it first (reachedSeq), then player id. */
 function ranking(order: SortOrder) {
@@ -46,20 +66,27 @@ function rankedOn(side: 'before' | 'after', order: SortOrder, s: { score: number
  * exact when nothing moved above since the previous page. `next` is null on the page that ends
  * the board.
  */
-export async function leaderboardPage(db: Db, board: string, page: { limit: number; offset?: number; after?: string }): Promise<RankedPage> {
+export async function leaderboardPage(db: Db, board: string, page: { limit: number; offset?: number; after?: string; period?: string }, now = Date.now()): Promise<RankedPage> {
   if (page.offset !== undefined && page.after !== undefined) {
     const message = 'offset and after cannot be combined: after already says where the page starts'
     throw new Invalid('invalid_request', message, [{ path: '/after', message, in: 'query' }])
   }
-  const from = page.after === undefined ? undefined : decodeCursor(page.after, board)
   const cfg = await boardConfig(db, board)
+  const from = page.after === undefined ? undefined : decodeCursor(page.after, board)
+  // A cursor names its period: it continues that one, whatever the clock says now.
+  const period = from ? from.period : resolvePeriod(cfg, page.period, now)
+  if (from && page.period !== undefined && resolvePeriod(cfg, page.period, now) !== from.period) {
+    const message = 'after continues the period of the page it came from: leave period out, or give that one'
+    throw new Invalid('invalid_request', message, [{ path: '/after', message, in: 'query' }])
+  }
+  const inBoard = and(eq(e.board, board), eq(e.period, period))!
   // One row more than asked says whether a following page exists.
   const want = page.limit + 1
   const select = () => db.select({ player: e.player, score: e.score, reachedSeq: e.reachedSeq }).from(e)
   let rows: { player: string; score: number; reachedSeq: number }[]
   if (!from) {
     rows = await select()
-      .where(eq(e.board, board))
+      .where(inBoard)
       .orderBy(...ranking(cfg.order))
       .limit(want)
       .offset(page.offset ?? 0)
@@ -70,7 +97,7 @@ export async function leaderboardPage(db: Db, board: string, page: { limit: numb
     rows = await select()
       .where(
         and(
-          eq(e.board, board),
+          inBoard,
           eq(e.score, from.score),
           gte(e.reachedSeq, from.reachedSeq),
           or(gt(e.reachedSeq, from.reachedSeq), gt(e.player, from.player)),
@@ -80,7 +107,7 @@ export async function leaderboardPage(db: Db, board: string, page: { limit: numb
       .limit(want)
     if (rows.length < want) {
       const beyond = await select()
-        .where(and(eq(e.board, board), cfg.order === 'asc' ? gt(e.score, from.score) : lt(e.score, from.score)))
+        .where(and(inBoard, cfg.order === 'asc' ? gt(e.score, from.score) : lt(e.score, from.score)))
         .orderBy(...ranking(cfg.order))
         .limit(want - rows.length)
       rows = rows.concat(beyond)
@@ -93,8 +120,10 @@ export async function leaderboardPage(db: Db, board: string, page: { limit: numb
     board,
     order: cfg.order,
     operator: cfg.operator,
+    reset: cfg.reset,
+    period: named(period),
     entries: shown.map((r, i) => ({ rank: first + i, player: r.player, score: r.score })),
-    next: rows.length > page.limit && last ? encodeCursor({ board, ...last, rank: first + shown.length - 1 }) : null,
+    next: rows.length > page.limit && last ? encodeCursor({ board, period, ...last, rank: first + shown.length - 1 }) : null,
   }
 }
 
@@ -102,14 +131,17 @@ export async function leaderboardPage(db: Db, board: string, page: { limit: numb
  * A player's rank and neighbours, or undefined when the player has no score on the board. The
  * rank is one plus a count of better entries (index-backed), not a scan of the board.
  */
-export async function playerStanding(db: Db, board: string, player: string, neighbours: number): Promise<PlayerStanding | undefined> {
+export async function playerStanding(db: Db, board: string, player: string, opts: { neighbours: number; period?: string }, now = Date.now()): Promise<PlayerStanding | undefined> {
+  const { neighbours } = opts
   const cfg = await boardConfig(db, board)
+  const period = resolvePeriod(cfg, opts.period, now)
+  const inBoard = and(eq(e.board, board), eq(e.period, period))!
   const [me] = await db
     .select({ player: e.player, score: e.score, reachedSeq: e.reachedSeq })
     .from(e)
-    .where(and(eq(e.board, board), eq(e.player, player)))
+    .where(and(inBoard, eq(e.player, player)))
   if (!me) return undefined
-  const [{ n }] = await db.select({ n: count() }).from(e).where(and(eq(e.board, board), rankedOn('before', cfg.order, me)))
+  const [{ n }] = await db.select({ n: count() }).from(e).where(and(inBoard, rankedOn('before', cfg.order, me)))
   const rank = Number(n) + 1
   let above: Entry[] = []
   let below: Entry[] = []
@@ -117,29 +149,34 @@ export async function playerStanding(db: Db, board: string, player: string, neig
     const up = await db
       .select({ player: e.player, score: e.score })
       .from(e)
-      .where(and(eq(e.board, board), rankedOn('before', cfg.order, me)))
+      .where(and(inBoard, rankedOn('before', cfg.order, me)))
       .orderBy(...reverseRanking(cfg.order))
       .limit(neighbours)
     above = up.map((r, i) => ({ rank: rank - i - 1, player: r.player, score: r.score })).reverse()
     const down = await db
       .select({ player: e.player, score: e.score })
       .from(e)
-      .where(and(eq(e.board, board), rankedOn('after', cfg.order, me)))
+      .where(and(inBoard, rankedOn('after', cfg.order, me)))
       .orderBy(...ranking(cfg.order))
       .limit(neighbours)
     below = down.map((r, i) => ({ rank: rank + i + 1, player: r.player, score: r.score }))
   }
-  return { board, player, rank, score: me.score, above, below }
+  return { board, player, period: named(period), rank, score: me.score, above, below }
 }
 
 /** Entries in a leaderboard snapshot. */
 export const SNAPSHOT_SIZE = 100
 
 /** The first page of the channel `leaderboard:<board>` with its version and epoch (see readChannelSnapshot). */
-export function leaderboardSnapshot(db: Db, board: string): Promise<ChannelSnapshot<BoardPage>> {
-  return readChannelSnapshot(db, channelOf.leaderboard(board), async (q) => {
+export async function leaderboardSnapshot(db: Db, board: string, now = Date.now()): Promise<ChannelSnapshot<BoardPage> & { until?: number }> {
+  let until: number | undefined
+  const snap = await readChannelSnapshot(db, channelOf.leaderboard(board), async (q) => {
     // A cursor would go stale as updates apply to the snapshot: subscribers get none.
-    const { next: _, ...page } = await leaderboardPage(q, board, { limit: SNAPSHOT_SIZE })
+    const { next: _, ...page } = await leaderboardPage(q, board, { limit: SNAPSHOT_SIZE }, now)
+    // The current period's snapshot is good until the period ends: then the hub re-syncs its
+    // subscribers with the next period's (explicitly, a snapshot marked resync).
+    if (page.reset !== 'none') until = periodBounds(page.reset, now).end
     return page
   })
+  return until === undefined ? snap : { ...snap, until }
 }

@@ -6,10 +6,11 @@ import { leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { defaultRules, nextScore, type BoardRules, type Standing } from './projection'
+import { periodKey, resets } from '../../../../core/periods'
 
 type ScoreEvent = Extract<StoredEvent, { type: 'score.submitted' }>
 
-const entryKey = (board: string, player: string) => `${board}\u0000${player}`
+const entryKey = (board: string, period: string, player: string) => `${board}\u0000${period}\u0000${player}`
 
 /**
  * Applies a batch of `score.*` events: loads the boards' rules and the touched standings (two
@@ -32,44 +33,62 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
   if (scores.length === 0) return { changes: [] }
 
   const boards = [...new Set(scores.map((e) => e.event.data.board))]
-  const keys = new Map(scores.map(({ event: { data } }) => [entryKey(data.board, data.player), { board: data.board, player: data.player }]))
-  // Both reads in one round trip.
+  // A score counts in the period of its event time under its board's reset, which the rules read
+  // tells; to keep both reads in one round trip, the standings are read under every reset's
+  // period of the event (four small index lookups each) and the right one is picked after.
+  const keys = new Map<string, { board: string; period: string; player: string }>()
+  for (const { event, storedAt } of scores) {
+    const { board, player } = event.data
+    for (const reset of resets) {
+      const period = periodKey(reset, storedAt)
+      keys.set(entryKey(board, period, player), { board, period, player })
+    }
+  }
   const [boardRows, rows] = await Promise.all([
     db.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
-    rowsOf<{ board: string; player: string; score: number; reached_seq: string | number }>(db, sql`${lookupByKey(leaderboardEntries, ['board', 'player'], [...keys.values()])}`),
+    rowsOf<{ board: string; period: string; player: string; score: number; reached_seq: string | number }>(
+      db,
+      sql`${lookupByKey(leaderboardEntries, ['board', 'player', 'period'], [...keys.values()])}`,
+    ),
   ])
   const rules = new Map<string, BoardRules>()
   const scored = new Set<string>()
   for (const r of boardRows) {
-    rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator })
+    rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator, reset: r.reset })
     if (r.hasScores) scored.add(r.board)
   }
   const standings = new Map<string, Standing>()
-  for (const r of rows) standings.set(entryKey(r.board, r.player), { score: Number(r.score), reachedSeq: Number(r.reached_seq) })
+  for (const r of rows) standings.set(entryKey(r.board, r.period, r.player), { score: Number(r.score), reachedSeq: Number(r.reached_seq) })
 
   const changes: Change[] = []
-  const dirty = new Map<string, { board: string; player: string } & Standing>()
-  for (const { event, seq } of scores) {
+  const dirty = new Map<string, { board: string; period: string; player: string } & Standing>()
+  for (const { event, seq, storedAt } of scores) {
     const { board, player, score } = event.data
-    const key = entryKey(board, player)
+    const boardRules = rules.get(board) ?? defaultRules
+    // JetStream's stored time: never a worker's clock, so a rebuild puts it in the same period.
+    const period = periodKey(boardRules.reset, storedAt)
+    const key = entryKey(board, period, player)
     const current = standings.get(key)
-    const next = nextScore(current, { score, seq }, rules.get(board) ?? defaultRules)
+    const next = nextScore(current, { score, seq }, boardRules)
     if (!next) continue
     standings.set(key, next)
-    dirty.set(key, { board, player, ...next })
-    changes.push({ channel: channelOf.leaderboard(board), data: { player, score: next.score, previous: current?.score ?? null } })
+    dirty.set(key, { board, period, player, ...next })
+    changes.push({
+      channel: channelOf.leaderboard(board),
+      data: { player, score: next.score, previous: current?.score ?? null, ...(period !== '' ? { period } : {}) },
+    })
   }
 
   if (dirty.size === 0) return { changes }
-  const written = [...dirty.values()].map((d) => ({ board: d.board, player: d.player, score: d.score, reached_seq: d.reachedSeq }))
+  const written = [...dirty.values()].map((d) => ({ board: d.board, period: d.period, player: d.player, score: d.score, reached_seq: d.reachedSeq }))
   const write = (when: SQL) =>
     db
       .insert(leaderboardEntries)
       .select(
-        sql`select board, player, score, reached_seq, now() from ${recordset('d', { board: 'text', player: 'text', score: 'float8', reached_seq: 'bigint' }, written)} where ${when}`,
+        sql`select board, period, player, score, reached_seq, now() from ${recordset('d', { board: 'text', period: 'text', player: 'text', score: 'float8', reached_seq: 'bigint' }, written)} where ${when}`,
       )
       .onConflictDoUpdate({
-        target: [leaderboardEntries.board, leaderboardEntries.player],
+        target: [leaderboardEntries.board, leaderboardEntries.period, leaderboardEntries.player],
         set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
       })
   return { changes, write, recheck: firstScoresRecheck(written.map((w) => w.board), scored, rules) }
@@ -88,14 +107,14 @@ function firstScoresRecheck(boards: string[], scored: Set<string>, rules: Map<st
   if (first.length === 0) return undefined
   const used = first.map((board) => {
     const r = rules.get(board) ?? defaultRules
-    return { board, sort_order: r.sortOrder, operator: r.operator }
+    return { board, sort_order: r.sortOrder, operator: r.operator, reset: r.reset }
   })
   return {
     rows: used.length,
-    statement: sql`insert into ${leaderboards} (board, sort_order, operator, has_scores, configured)
-      select board, sort_order, operator, true, false from ${recordset('r', { board: 'text', sort_order: 'text', operator: 'text' }, used)}
+    statement: sql`insert into ${leaderboards} (board, sort_order, operator, reset, has_scores, configured)
+      select board, sort_order, operator, reset, true, false from ${recordset('r', { board: 'text', sort_order: 'text', operator: 'text', reset: 'text' }, used)}
       on conflict (board) do update set has_scores = true
-      where ${leaderboards}.sort_order = excluded.sort_order and ${leaderboards}.operator = excluded.operator
+      where ${leaderboards}.sort_order = excluded.sort_order and ${leaderboards}.operator = excluded.operator and ${leaderboards}.reset = excluded.reset
       returning 1`,
   }
 }

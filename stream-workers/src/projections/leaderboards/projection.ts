@@ -1,13 +1,14 @@
 import type { ScoreOperator, SortOrder } from '../../../../core/db/schema'
+import type { Reset } from '../../../../core/periods'
 
 /** A player's current standing: the score and the stream sequence that set it (tie-breaker). */
 export type Standing = { score: number; reachedSeq: number }
 
-/** How a board ranks and combines scores. */
-export type BoardRules = { sortOrder: SortOrder; operator: ScoreOperator }
+/** How a board ranks and combines scores, and the periods it keeps standings for. */
+export type BoardRules = { sortOrder: SortOrder; operator: ScoreOperator; reset: Reset }
 
-/** A board without a config row ranks high scores first and keeps each player's best. */
-export const defaultRules: BoardRules = { sortOrder: 'desc', operator: 'best' }
+/** A board without a config row ranks high scores first, keeps each player's best, forever. */
+export const defaultRules: BoardRules = { sortOrder: 'desc', operator: 'best', reset: 'none' }
 
 /**
  * The standing after a submitted score, or null when the submission changes nothing.
@@ -17,7 +18,7 @@ export const defaultRules: BoardRules = { sortOrder: 'desc', operator: 'best' }
  * - sum: adds; adding 0 to an existing standing is no change.
  * A player's first submission always creates a standing.
  */
-export function nextScore(current: Standing | undefined, incoming: { score: number; seq: number }, rules: BoardRules): Standing | null {
+export function nextScore(current: Standing | undefined, incoming: { score: number; seq: number }, rules: Pick<BoardRules, 'sortOrder' | 'operator'>): Standing | null {
   if (!current) return { score: incoming.score, reachedSeq: incoming.seq }
   switch (rules.operator) {
     case 'best': {
