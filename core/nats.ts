@@ -36,6 +36,7 @@ export function topology(config: Config): Topology {
       leaderboard: `${config.FANFARE_STREAM}_CHANGES_LEADERBOARD`,
       chat: `${config.FANFARE_STREAM}_CHANGES_CHAT`,
       user: `${config.FANFARE_STREAM}_CHANGES_USER`,
+      reactions: `${config.FANFARE_STREAM}_CHANGES_REACTIONS`,
     },
     leaseBucket: `${config.FANFARE_STREAM}_leases`,
     jobBucket: `${config.FANFARE_STREAM}_jobs`,
@@ -56,7 +57,9 @@ export function historyRetention(config: Config, kind: ChannelKind): { size: num
       ? [config.FANFARE_HISTORY_SIZE_LEADERBOARD, config.FANFARE_HISTORY_TTL_MS_LEADERBOARD]
       : kind === 'chat'
         ? [config.FANFARE_HISTORY_SIZE_CHAT, config.FANFARE_HISTORY_TTL_MS_CHAT]
-        : [undefined, undefined]
+        : kind === 'reactions'
+          ? [config.FANFARE_HISTORY_SIZE_REACTIONS, config.FANFARE_HISTORY_TTL_MS_REACTIONS]
+          : [undefined, undefined]
   return { size: size ?? config.FANFARE_HISTORY_SIZE, ttlMs: ttlMs ?? config.FANFARE_HISTORY_TTL_MS }
 }
 

@@ -1,8 +1,9 @@
 import { chatProjection } from './chat/apply'
 import { leaderboardsProjection } from './leaderboards/apply'
+import { reactionsProjection } from './reactions/apply'
 import type { Projection } from './types'
 
 export type { Projection, ProjectionName } from './types'
 
 /** Every projection the workers run; each partition gets one runner per projection. */
-export const projections: readonly Projection[] = [leaderboardsProjection, chatProjection]
+export const projections: readonly Projection[] = [leaderboardsProjection, chatProjection, reactionsProjection]

@@ -1,4 +1,4 @@
-import type { ChatChange, LeaderboardChange } from '../../../core/channels'
+import type { ChatChange, LeaderboardChange, ReactionsChange } from '../../../core/channels'
 import type { SQL, SQLWrapper } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import type { StoredEvent } from '../../../core/events'
@@ -16,7 +16,7 @@ export type SequencedEvent<E extends StoredEvent = StoredEvent> = {
 }
 
 /** One change a projection made to one channel, before it gets its version. */
-export type Change = { channel: string; data: LeaderboardChange | ChatChange }
+export type Change = { channel: string; data: LeaderboardChange | ChatChange | ReactionsChange }
 
 /** What a projection made of a batch: its changes, and the statement that writes them. */
 export type Applied = {
