@@ -17,6 +17,7 @@ import { revocationsModule } from './modules/revocations'
 import { authPlugin } from './auth/plugin'
 import { leaderboardsModule } from './modules/leaderboards'
 import { roomsModule } from './modules/rooms'
+import { reactionsModule } from './modules/reactions'
 import { createLimits } from './limits'
 import { originsPlugin } from './limits/origins'
 
@@ -78,6 +79,7 @@ export function createApp(deps: ApiDeps) {
     .use(eventsModule(auth, ingest))
     .use(leaderboardsModule({ db, auth }))
     .use(roomsModule({ db, auth, rooms: deps.security.rooms }))
+    .use(reactionsModule({ db, auth }))
     .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
     .use(keysModule({ auth, keys, revocations, audit }))
     .use(revocationsModule({ auth, revocations, audit }))

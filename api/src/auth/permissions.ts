@@ -48,8 +48,8 @@ export function mayPublish(p: Principal, type: EventType): boolean {
 export type Visibility = 'public' | 'private'
 
 /**
- * Whether `p` may subscribe to (and read) `channel`. Boards and public rooms: anyone allowed to
- * connect. A private room: admin readers, and users whose `channels` claim matches it.
+ * Whether `p` may subscribe to (and read) `channel`. Boards, streams' reactions and public rooms:
+ * anyone allowed to connect. A private room: admin readers, and users whose `channels` claim matches it.
  * `user:<id>`: that user and admin readers. Returns the reason when not.
  */
 export function maySubscribe(p: Principal, channel: string, visibility: Visibility): { ok: true } | { ok: false; reason: string } {
@@ -57,6 +57,7 @@ export function maySubscribe(p: Principal, channel: string, visibility: Visibili
   if (!parsed) return { ok: false, reason: `not a channel: ${channel}` }
   switch (parsed.kind) {
     case 'leaderboard':
+    case 'reactions':
       return { ok: true }
     case 'chat':
       if (visibility === 'public' || isAdminReader(p)) return { ok: true }

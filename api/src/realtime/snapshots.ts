@@ -2,6 +2,7 @@ import { parseChannel } from '../../../core/channels'
 import type { Db } from '../../../core/db/client'
 import { leaderboardSnapshot } from '../modules/leaderboards/service'
 import { roomSnapshot } from '../modules/rooms/service'
+import { reactionsSnapshot } from '../modules/reactions/service'
 import { readChannelSnapshot } from '../modules/channel-snapshot'
 import type { Snapshot } from './channel-hub'
 
@@ -15,6 +16,8 @@ export function snapshotReader(db: Db): (channel: string) => Promise<Snapshot> {
         return leaderboardSnapshot(db, parsed.name)
       case 'chat':
         return roomSnapshot(db, parsed.name)
+      case 'reactions':
+        return reactionsSnapshot(db, parsed.name)
       case 'user':
         // A user's private channel: notices for that user (later features write them).
         return readChannelSnapshot(db, channel, async () => ({ user: parsed.name }))
