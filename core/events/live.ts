@@ -78,8 +78,27 @@ export type PollClosed = Static<typeof PollClosed>
 const graphemes = new Intl.Segmenter(undefined, { granularity: 'grapheme' })
 const emojiStart = /^(?:\p{Extended_Pictographic}|\p{Regional_Indicator}{2}|[#*0-9]\uFE0F?\u20E3)/u
 
+/**
+ * Answers of isOneEmoji for strings seen lately. Reactions repeat a few dozen emojis thousands of
+ * times a second, and segmenting each (in the API and again in the worker) was ~8% of an API
+ * node's CPU under reaction load. Bounded: past the limit it starts over, so a stream of distinct
+ * strings costs what it did without the memo.
+ */
+const oneEmoji = new Map<string, boolean>()
+const ONE_EMOJI_MEMO = 4096
+
 /** Whether a string is exactly one emoji grapheme. */
 export function isOneEmoji(s: string): boolean {
+  let answer = oneEmoji.get(s)
+  if (answer === undefined) {
+    answer = segmentsAsOneEmoji(s)
+    if (oneEmoji.size >= ONE_EMOJI_MEMO) oneEmoji.clear()
+    oneEmoji.set(s, answer)
+  }
+  return answer
+}
+
+function segmentsAsOneEmoji(s: string): boolean {
   let n = 0
   for (const _ of graphemes.segment(s)) if (++n > 1) return false
   return n === 1 && emojiStart.test(s)
