@@ -26,9 +26,11 @@ export type Applied = {
    * The read-model write, not run: the batch runs it as part of its one statement (with the
    * checkpoint, versions and outbox), and only `when` that statement's checkpoint guard holds, so
    * the projection must put `when` in its write's WHERE. An INSERT, UPDATE or DELETE without a
-   * RETURNING clause (the batch adds one to order its statement). Absent when nothing changed.
+   * RETURNING clause (the batch adds one to order its statement), or several, for a read model of
+   * more than one table (each is a member of the batch's statement, run in the order given).
+   * Absent when nothing changed.
    */
-  write?: (when: SQL) => SQLWrapper
+  write?: (when: SQL) => SQLWrapper | SQLWrapper[]
   /**
    * For reads of rows that others than this partition's owner write (a board's rules: the admin
    * API): a statement that the batch runs first, which locks those rows, checks that they still are

@@ -118,12 +118,13 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
       returning 1
     )`,
   )
-  // `returning 1` lets the select below run the model write before the outbox (see there).
-  if (write) members.push(sql`model as (${write(when).getSQL()} returning 1)`)
+  // `returning 1` lets the select below run the model writes before the outbox (see there).
+  const writes = write ? [write(when)].flat() : []
+  writes.forEach((w, i) => members.push(sql`${sql.raw(`model_${i}`)} as (${w.getSQL()} returning 1)`))
   if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
   const outbox = outboxWrite(changes, now, when)
   if (outbox) members.push(outbox)
-  // The select list runs the members in this order: guard (and its recheck), the read-model write,
+  // The select list runs the members in this order: guard (and its recheck), the read-model writes,
   // then the outbox, whose version upsert locks the channel version rows that every partition
   // shares until the statement commits. Last, so that they are held for the version upsert and the
   // commit only, not for the read-model write too (hundreds of rows in a full batch): with the
@@ -134,7 +135,7 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
     sql`with ${sql.join(members, sql`, `)}
         select (select count(*) from guard)::int as ok,
           ${recheck ? sql`(select count(*) = ${recheck.rows} from recheck)` : sql`true`} as rechecked,
-          ${write ? sql`(select count(*) from model)` : sql`0`} as written,
+          ${writes.length ? sql.join(writes.map((_, i) => sql.raw(`(select count(*) from model_${i})`)), sql` + `) : sql`0`} as written,
           ${outbox ? insertedRuns : sql`'[]'`} as runs`,
   )
   if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
