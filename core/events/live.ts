@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { ActorId, Name } from './fields'
+import { ActorId, EventId, Name, PrincipalId } from './fields'
 
 /** Free text shown to viewers: a stream title, a poll question or option. No control characters or lone surrogates. */
 const text = (max: number, description: string) =>
@@ -49,6 +49,24 @@ export const Emoji = Type.String({ minLength: 1, maxLength: 32, description: 'on
 /** A viewer's reaction. Key: stream. */
 export const ReactionSent = Type.Object({ stream: Name, emoji: Emoji }, { additionalProperties: false, $id: 'reaction.sent@1' })
 export type ReactionSent = Static<typeof ReactionSent>
+
+/**
+ * Reactions to one stream that an API node accepted together, stored as ONE message: at thousands
+ * a second, a JetStream message per reaction cost more CPU than the machine had (see
+ * bench/findings.md). Only API nodes publish it (clients send `reaction.sent`); each reaction keeps
+ * its own id and publisher (`by`). JetStream de-duplicates the message, not the reactions in it, so
+ * the reactions projection does that: a reaction counts unless the same (stream, by, id) was counted
+ * at most `dedupWindowMs` (the node's FANFARE_DEDUP_WINDOW_MS) before, by stored time. Key: stream.
+ */
+export const ReactionsBatched = Type.Object(
+  {
+    stream: Name,
+    dedupWindowMs: Type.Integer({ minimum: 0, maximum: 7 * 24 * 3600_000 }),
+    reactions: Type.Array(Type.Object({ id: EventId, by: PrincipalId, emoji: Emoji }, { additionalProperties: false }), { minItems: 1, maxItems: 1000 }),
+  },
+  { additionalProperties: false, $id: 'reaction.batched@1' },
+)
+export type ReactionsBatched = Static<typeof ReactionsBatched>
 
 /** A poll opens on a stream. Key: poll. Keys with the scope, admins, moderators. */
 export const PollOpened = Type.Object(

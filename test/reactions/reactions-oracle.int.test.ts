@@ -50,8 +50,8 @@ function follow(frames: any[]) {
 /**
  * The reactions promise with real processes: an API node and two workers on the real Postgres and
  * NATS; 150 users send 40 reactions each over WebSocket (default rate limits: a refused reaction is
- * sent again after the wait, an unanswered one again with its id); one worker is SIGKILLed mid-way
- * and another started. The totals must equal the reactions acknowledged (none lost, none twice), and
+ * sent again after the wait, an unanswered one again with its id, and every 8th again after its
+ * ack, as after a lost ack); one worker is SIGKILLed mid-way and another started. The totals must equal the reactions acknowledged (none lost, none twice), and
  * each subscriber of reactions:<stream> must get gap-free frames, at most one per window, whose
  * totals end equal to the read model.
  */
@@ -112,6 +112,7 @@ describe('reactions oracle: many users over WebSocket, a worker SIGKILLed', () =
     const acked = new Map<string, { stream: string; emoji: string }>()
     let refusedForRate = 0
     let resent = 0
+    const resends = new Set<string>()
     const started = Date.now()
     const user = async (u: number) => {
       const token = await mintUserToken(vars.FANFARE_JWT_SECRET, { sub: `viewer-${u}` })
@@ -125,6 +126,12 @@ describe('reactions oracle: many users over WebSocket, a worker SIGKILLed', () =
           const answer = await c.reply(r, 15_000).catch(() => undefined)
           if (answer?.op === 'ack') {
             acked.set(answer.id, event.data)
+            // Every 8th reaction is sent again as a client would after a lost ack: the same id,
+            // stored again in another batch; the projection must count it once.
+            if (j % 8 === 0 && !resends.has(event.id)) {
+              resends.add(event.id)
+              continue
+            }
             break
           }
           if (answer?.error?.code === 'rate_limited') {
@@ -198,7 +205,7 @@ describe('reactions oracle: many users over WebSocket, a worker SIGKILLed', () =
         expect(seen.updates).toBeLessThanOrEqual(Math.floor(span / (WINDOW_MS - 150)) + 1)
         c.close()
       }
-      console.log(`reactions oracle: ${acked.size} reactions from ${USERS} users acknowledged in ${sentMs} ms (worker-1 SIGKILLed at ${killedAt}); ${refusedForRate} refused for rate and sent again, ${resent} resent`)
+      console.log(`reactions oracle: ${acked.size} reactions from ${USERS} users acknowledged in ${sentMs} ms (worker-1 SIGKILLed at ${killedAt}); ${resends.size} sent twice on purpose, ${refusedForRate} refused for rate and sent again, ${resent} resent unanswered`)
     } finally {
       await sql.end()
     }

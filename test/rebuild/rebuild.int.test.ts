@@ -7,6 +7,7 @@ import { connectBunSql } from '../../core/db/client'
 import { channelVersions, chatMessages, leaderboardEntries, projectionCheckpoints } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
 import { ensureStreams, streamIdentity, topology } from '../../core/nats'
+import { projectionNames } from '../../core/projections'
 import { rebuildKey, type RebuildJob } from '../../core/rebuild-jobs'
 import { until } from '../../core/testing/wait'
 import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing/harness'
@@ -271,7 +272,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const current = await streamIdentity(hh.jsm, hh.env.config.FANFARE_STREAM)
     await until('every checkpoint on the new stream', async () => {
       const rows = await hh.database.db.select().from(projectionCheckpoints)
-      return rows.length === 4 && rows.every((r) => r.stream === current)
+      return rows.length === 2 * projectionNames.length && rows.every((r) => r.stream === current)
     })
     const refused = await hh.call('POST', path, { token: hh.adminToken })
     expect([refused.status, refused.json.error.code, refused.json.error.details]).toEqual([409, 'history_incomplete', { lostStream }])

@@ -21,6 +21,8 @@ export const publishers: Record<EventType, { users: boolean | { role: string }; 
   // Written by API nodes from what presence sees; nobody else.
   'stream.viewers.sampled': { users: false, keys: ['system:presence'] },
   'reaction.sent': { users: true, keys: ['publish:reaction.sent'] },
+  // API nodes store accepted reactions in batches themselves; nobody publishes one.
+  'reaction.batched': { users: false, keys: [] },
   'poll.opened': { users: { role: 'moderator' }, keys: ['publish:poll.opened'] },
   'poll.closed': { users: { role: 'moderator' }, keys: ['publish:poll.closed'] },
   // A vote is a user's own: the voter is the event's principal.

@@ -1,6 +1,6 @@
 import { getTableName, sql } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
-import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, projectionCheckpoints, reactionTotals } from '../../../core/db/schema'
+import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, projectionCheckpoints, reactionDedup, reactionTotals } from '../../../core/db/schema'
 import type { ProjectionName } from '../projections'
 
 /**
@@ -15,7 +15,7 @@ import type { ProjectionName } from '../projections'
 export const rebuildTargets: Record<ProjectionName, { tables: string[]; channelPrefix: string }> = {
   leaderboards: { tables: [getTableName(leaderboardEntries)], channelPrefix: 'leaderboard:' },
   chat: { tables: [getTableName(chatMessages)], channelPrefix: 'chat:' },
-  reactions: { tables: [getTableName(reactionTotals)], channelPrefix: 'reactions:' },
+  reactions: { tables: [getTableName(reactionTotals), getTableName(reactionDedup)], channelPrefix: 'reactions:' },
 }
 
 /**

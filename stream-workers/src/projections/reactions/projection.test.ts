@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test'
-import { emptyTally, evolveTally, type StreamTally } from './projection'
+import { emptyTally, evolveTally, isResend, type StreamTally } from './projection'
 
 const fold = (emojis: string[], before: Record<string, number> = {}): StreamTally =>
   emojis.reduce((tally, emoji) => evolveTally(tally, emoji, before[emoji] ?? 0), emptyTally())
@@ -25,5 +25,19 @@ describe('evolveTally', () => {
     evolveTally(tally, '👏', 0)
     evolveTally(tally, '🔥', 0)
     expect(tally).toEqual(copy)
+  })
+})
+
+describe('isResend', () => {
+  const r = { stream: 's', emoji: '👏', by: 'u:ann', id: 'r1', storedAt: 100_000, dedupWindowMs: 60_000 }
+  test('the same (stream, by, id) counted within the window before is a resend; past it, a new reaction', () => {
+    expect(isResend(r, undefined)).toBe(false)
+    expect(isResend(r, 100_000)).toBe(true)
+    expect(isResend(r, 40_000)).toBe(true)
+    expect(isResend(r, 39_999)).toBe(false)
+  })
+
+  test('a reaction stored as its own message is never a resend here: JetStream de-duplicated it by msgID', () => {
+    expect(isResend({ ...r, dedupWindowMs: undefined }, 100_000)).toBe(false)
   })
 })

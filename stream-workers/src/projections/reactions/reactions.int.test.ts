@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from 'bun:test'
-import { changeOutbox, deadLetters, reactionTotals } from '../../../../core/db/schema'
+import { changeOutbox, deadLetters, reactionDedup, reactionTotals } from '../../../../core/db/schema'
 import { keyOf, partitionOf, subjects, type StoredEvent } from '../../../../core/events'
 import { until } from '../../../../core/testing/wait'
 import { claimFence, applyBatch, type BatchMessage } from '../../runtime/batch'
@@ -20,14 +20,18 @@ const totals = async (w: World) => {
   return out
 }
 
-/** Messages as the runner hands them to applyBatch, numbered from `first`. */
-const messagesOf = (w: World, events: StoredEvent[], first: number): BatchMessage[] =>
+/** Messages as the runner hands them to applyBatch, numbered from `first`, stored at `storedAt`. */
+const messagesOf = (w: World, events: StoredEvent[], first: number, storedAt = new Date()): BatchMessage[] =>
   events.map((e, i) => ({
     subject: subjects.event(w.config.FANFARE_SUBJECT_PREFIX, 0, e.type),
     seq: first + i,
     body: new TextEncoder().encode(JSON.stringify(e)),
-    storedAt: new Date(),
+    storedAt,
   }))
+
+/** A `reaction.batched` as an API node stores it: reactions [by, id, emoji] of one stream. */
+const batched = (stream: string, reactions: [string, string, string][], dedupWindowMs = 60_000) =>
+  storedEvent('reaction.batched', { stream, dedupWindowMs, reactions: reactions.map(([by, id, emoji]) => ({ by, id, emoji })) }, undefined, 'system')
 
 describe('reactions projection', () => {
   test('a batch writes each touched total once and announces ONE change per stream: its counts and the totals after it', async () => {
@@ -55,6 +59,39 @@ describe('reactions projection', () => {
     // Redelivered to the owner that applied it: skipped.
     expect(await applyBatch(w.database.db, owner, 7, messagesOf(w, [...first, ...second], 1), new Date())).toMatchObject({ applied: 0, skipped: 7, runs: [] })
     expect(await totals(w)).toEqual({ main: { '👏': 3, '❤️': 2, '🔥': 1 }, side: { '👏': 1 } })
+  })
+
+  test('batched reactions count once per (stream, by, id) within the window, by stored time: in one message, across messages, and against a reaction stored alone', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    const token = await claimFence(w.database.db, 'reactions', 0)
+    const owner = { projection: reactionsProjection, partition: 0, token, partitions: 1, stream: '' }
+    const t0 = Date.parse('2026-01-01T00:00:00Z')
+    const at = (s: number) => new Date(t0 + s * 1000)
+    const changesOf = (r: { runs: { body: string }[] }) => r.runs.map((run) => JSON.parse(run.body).changes)
+
+    // ann's r1 twice in one message (a resend that caught up with the first on the same node);
+    // bob's r1 is another publisher's id: another reaction. cy's r9 was stored as its own message.
+    const r1 = await applyBatch(w.database.db, owner, 0, [
+      ...messagesOf(w, [storedEvent('reaction.sent', { stream: 'main', emoji: '🔥' }, 'r9', 'u:cy')], 1, at(0)),
+      ...messagesOf(w, [batched('main', [['u:ann', 'r1', '👏'], ['u:bob', 'r1', '👏'], ['u:ann', 'r1', '👏']])], 2, at(1)),
+    ], at(1))
+    expect(changesOf(r1)).toEqual([[{ counts: { '🔥': 1, '👏': 2 }, totals: { '🔥': 1, '👏': 2 } }]])
+    // 10 s later, inside the 60 s window: ann's r1 and cy's r9 again are resends; ann's r2 is new.
+    const r2 = await applyBatch(w.database.db, owner, 2, messagesOf(w, [batched('main', [['u:ann', 'r1', '👏'], ['u:cy', 'r9', '🔥'], ['u:ann', 'r2', '❤️']])], 3, at(11)), at(11))
+    expect(changesOf(r2)).toEqual([[{ counts: { '❤️': 1 }, totals: { '❤️': 1 } }]])
+    // A batch of resends only changes nothing: no change announced.
+    const r3 = await applyBatch(w.database.db, owner, 3, messagesOf(w, [batched('main', [['u:bob', 'r1', '👏']])], 4, at(30)), at(30))
+    expect(r3.runs).toEqual([])
+    expect(await totals(w)).toEqual({ main: { '🔥': 1, '👏': 2, '❤️': 1 } })
+
+    // Past the window (120 s after it was counted), ann's r1 is a new reaction, as for JetStream.
+    const r4 = await applyBatch(w.database.db, owner, 4, messagesOf(w, [batched('main', [['u:ann', 'r1', '👏'], ['u:dee', 'r5', '👏']])], 5, at(121)), at(121))
+    expect(changesOf(r4)).toEqual([[{ counts: { '👏': 2 }, totals: { '👏': 4 } }]])
+    expect(await totals(w)).toEqual({ main: { '🔥': 1, '👏': 4, '❤️': 1 } })
+    // What no later reaction can repeat (counted before 121 s - 60 s) is forgotten; ann's r1 is
+    // remembered from its new count.
+    const remembered = (await w.database.db.select().from(reactionDedup)).map((r) => `${r.by}/${r.id}@${(r.storedAt.getTime() - t0) / 1000}`).sort()
+    expect(remembered).toEqual(['u:ann/r1@121', 'u:dee/r5@121'])
   })
 
   test('through a worker: batches redelivered after their commit, and a resent event id, count once; an invalid emoji in the stream is a dead letter', async () => {
