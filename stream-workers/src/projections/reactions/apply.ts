@@ -54,8 +54,8 @@ export async function applyReactions(db: Db, events: SequencedEvent[]): Promise<
 
   const tallies = new Map<string, StreamTally>()
   const counted = new Map<string, Reaction>()
-  // Per stream, the oldest stored time and the widest window of the batch: rows of the stream
-  // counted before (oldest - window) can never make a later reaction a resend.
+  // Per stream, the earliest (stored time - window) of the batch's reactions: a row of the stream
+  // counted before it can never make this batch's or a later reaction a resend.
   const horizon = new Map<string, number>()
   for (const r of reactions) {
     const key = reactionKey(r)
