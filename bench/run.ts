@@ -18,6 +18,7 @@ import { e2e } from './e2e'
 import { fanout } from './fanout'
 import { ingest } from './ingest'
 import { projection } from './projection'
+import { reactions } from './reactions'
 
 export type BenchRun = { machine: Machine; figures: Figure[]; notes: string[]; seconds: number }
 
@@ -30,6 +31,7 @@ export const benchmarks: Record<string, (ctx: BenchContext) => Promise<Figure[]>
   ingest,
   auth,
   presence,
+  reactions,
 }
 
 export async function runBenchmarks(mode: 'smoke' | 'full', options: { only?: string[]; log?: (m: string) => void } = {}): Promise<BenchRun> {

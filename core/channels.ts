@@ -6,15 +6,15 @@ import { Name } from './events/fields'
  * change reaches subscribers as a ChangeNotice; workers publish them in runs (ChangeRun) on
  * `<prefix>.changes.<kind>.<name>`.
  */
-export const channelKinds = ['leaderboard', 'chat', 'user', 'stream', 'poll'] as const
+export const channelKinds = ['leaderboard', 'chat', 'user', 'stream', 'poll', 'reactions'] as const
 export type ChannelKind = (typeof channelKinds)[number]
 
 /**
- * `leaderboard:<board>`, `chat:<room>`, `stream:<stream>`, `poll:<poll>` (names of letters, digits,
- * `_` and `-`), or `user:<user id>` (a user's private channel: the id is a token's `sub`, 1-128
- * characters without spaces).
+ * `leaderboard:<board>`, `chat:<room>`, `stream:<stream>`, `poll:<poll>`, `reactions:<stream>`
+ * (names of letters, digits, `_` and `-`), or `user:<user id>` (a user's private channel: the id is
+ * a token's `sub`, 1-128 characters without spaces).
  */
-const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat|stream|poll):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
+const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat|stream|poll|reactions):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
 /** `presence:<channel>`: who is in a tracked channel (a room, a stream, a match). */
 const PRESENCE_PATTERN = '^presence:(?:chat|stream|match):[A-Za-z0-9_-]{1,64}$'
 /** A channel a client may subscribe to: one of the read models' channels, or a presence channel. */
@@ -27,6 +27,7 @@ export const channelOf = {
   user: (id: string) => `user:${id}`,
   stream: (stream: string) => `stream:${stream}`,
   poll: (poll: string) => `poll:${poll}`,
+  reactions: (stream: string) => `reactions:${stream}`,
 }
 
 const channelRe = new RegExp(CHANNEL_PATTERN)
@@ -114,13 +115,20 @@ export type StreamChange = { kind: 'state'; state: StreamState } | { kind: 'poll
 /** What changed on `poll:<id>`: the whole poll after the batch (tallies coalesced, one per batch). */
 export type PollChange = { kind: 'poll'; poll: PollView }
 
+/**
+ * What reactions did to a stream: `counts`, the reactions per emoji that the change (a worker
+ * batch, or a window of them merged by the API) added; `totals`, the stream's running total of
+ * each of those emojis after it. Emojis the change did not touch are in neither.
+ */
+export type ReactionsChange = { counts: Record<string, number>; totals: Record<string, number> }
+
 /** One committed change of one channel, as the API's channel hub handles and pushes it. */
 export type ChangeNotice = {
   channel: string
   version: number
   /** The channel's epoch (see channel_versions): versions are only comparable within one epoch. */
   epoch: string
-  data: LeaderboardChange | ChatChange | StreamChange | PollChange
+  data: LeaderboardChange | ChatChange | StreamChange | PollChange | ReactionsChange
   /** Commit time, ISO 8601. */
   at: string
 }

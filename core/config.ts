@@ -56,6 +56,13 @@ export const Env = Type.Object({
   FANFARE_HISTORY_TTL_MS_STREAM: Type.Optional(Type.Integer({ minimum: 1000 })),
   FANFARE_HISTORY_SIZE_POLL: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
   FANFARE_HISTORY_TTL_MS_POLL: Type.Optional(Type.Integer({ minimum: 1000 })),
+  FANFARE_HISTORY_SIZE_REACTIONS: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
+  FANFARE_HISTORY_TTL_MS_REACTIONS: Type.Optional(Type.Integer({ minimum: 1000 })),
+  /**
+   * `reactions:<stream>` subscribers get at most one update per this many ms, carrying the
+   * window's counts per emoji and the running totals (however many reactions arrived).
+   */
+  FANFARE_REACTION_WINDOW_MS: Type.Integer({ minimum: 50, maximum: 60_000, default: 1000 }),
   /** Largest accepted HTTP body or WebSocket frame. */
   FANFARE_MAX_BODY_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
   /**

@@ -19,6 +19,7 @@ import { leaderboardsModule } from './modules/leaderboards'
 import { roomsModule } from './modules/rooms'
 import { pollsModule } from './modules/polls'
 import { streamsModule } from './modules/streams'
+import { reactionsModule } from './modules/reactions'
 import { createLimits } from './limits'
 import { originsPlugin } from './limits/origins'
 
@@ -82,6 +83,7 @@ export function createApp(deps: ApiDeps) {
     .use(roomsModule({ db, auth, rooms: deps.security.rooms }))
     .use(streamsModule({ db, auth }))
     .use(pollsModule({ db, auth }))
+    .use(reactionsModule({ db, auth }))
     .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
     .use(keysModule({ auth, keys, revocations, audit }))
     .use(revocationsModule({ auth, revocations, audit }))

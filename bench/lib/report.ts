@@ -1,7 +1,10 @@
 /** Figures the benchmarks produce and how they are printed. */
 
-/** A target on the ratio figure / baseline. */
-export type Target = { op: '>=' | '<='; ratio: number }
+/**
+ * A target on the ratio figure / baseline, or on the figure itself (`value`, in the figure's unit:
+ * "at least 20,000 reactions/s", whatever the baseline does).
+ */
+export type Target = { op: '>=' | '<='; ratio: number } | { op: '>=' | '<='; value: number }
 
 /** One measured figure of Fanfare next to a baseline measured in the same run. */
 export type Figure = {
@@ -22,8 +25,8 @@ export const ratioOf = (f: Figure) => f.value / f.baseline
 /** True/false when the figure has a target, undefined when it has none. */
 export function targetMet(f: Figure): boolean | undefined {
   if (!f.target) return undefined
-  const r = ratioOf(f)
-  return f.target.op === '>=' ? r >= f.target.ratio : r <= f.target.ratio
+  const [x, limit] = 'value' in f.target ? [f.value, f.target.value] : [ratioOf(f), f.target.ratio]
+  return f.target.op === '>=' ? x >= limit : x <= limit
 }
 
 /** A figure a benchmark could not produce is NaN, which the smoke test catches. */
@@ -49,7 +52,7 @@ function rows(figures: Figure[]): string[][] {
       f.baselineName,
       `${fmt(f.baseline)} ${f.unit}`,
       `${ratioOf(f).toFixed(2)}x`,
-      f.target ? `${f.target.op} ${f.target.ratio}x` : '',
+      !f.target ? '' : 'value' in f.target ? `${f.target.op} ${fmt(f.target.value)} ${f.unit}` : `${f.target.op} ${f.target.ratio}x`,
       met === undefined ? '' : met ? 'yes' : 'NO',
     ]
   })

@@ -3,7 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
-import { isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
+import { isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
 import { MAX_PROBLEMS, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
@@ -59,6 +59,15 @@ export const contracts = {
     schema: ReactionSent,
     key: (d) => d.stream,
     check: (d) => (isOneEmoji(d.emoji) ? undefined : { path: '/data/emoji', message: 'must be one emoji' }),
+  }),
+  'reaction.batched': contract({
+    version: 1,
+    schema: ReactionsBatched,
+    key: (d) => d.stream,
+    check: (d) => {
+      const i = d.reactions.findIndex((r) => !isOneEmoji(r.emoji))
+      return i < 0 ? undefined : { path: `/data/reactions/${i}/emoji`, message: 'must be one emoji' }
+    },
   }),
   'poll.opened': contract({
     version: 1,

@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { ActorId, Name } from './fields'
+import { ActorId, EventId, Name, PrincipalId } from './fields'
 
 /** Free text shown to viewers: a stream title, a poll question or option. No control characters or lone surrogates. */
 const text = (max: number, description: string) =>
@@ -50,6 +50,24 @@ export const Emoji = Type.String({ minLength: 1, maxLength: 32, description: 'on
 export const ReactionSent = Type.Object({ stream: Name, emoji: Emoji }, { additionalProperties: false, $id: 'reaction.sent@1' })
 export type ReactionSent = Static<typeof ReactionSent>
 
+/**
+ * Reactions to one stream that an API node accepted together, stored as ONE message: at thousands
+ * a second, a JetStream message per reaction cost more CPU than the machine had (see
+ * bench/findings.md). Only API nodes publish it (clients send `reaction.sent`); each reaction keeps
+ * its own id and publisher (`by`). JetStream de-duplicates the message, not the reactions in it, so
+ * the reactions projection does that: a reaction counts unless the same (stream, by, id) was counted
+ * at most `dedupWindowMs` (the node's FANFARE_DEDUP_WINDOW_MS) before, by stored time. Key: stream.
+ */
+export const ReactionsBatched = Type.Object(
+  {
+    stream: Name,
+    dedupWindowMs: Type.Integer({ minimum: 0, maximum: 7 * 24 * 3600_000 }),
+    reactions: Type.Array(Type.Object({ id: EventId, by: PrincipalId, emoji: Emoji }, { additionalProperties: false }), { minItems: 1, maxItems: 1000 }),
+  },
+  { additionalProperties: false, $id: 'reaction.batched@1' },
+)
+export type ReactionsBatched = Static<typeof ReactionsBatched>
+
 /** A poll opens on a stream. Key: poll. Keys with the scope, admins, moderators. */
 export const PollOpened = Type.Object(
   {
@@ -84,8 +102,27 @@ export type PollClosed = Static<typeof PollClosed>
 const graphemes = new Intl.Segmenter(undefined, { granularity: 'grapheme' })
 const emojiStart = /^(?:\p{Extended_Pictographic}|\p{Regional_Indicator}{2}|[#*0-9]\uFE0F?\u20E3)/u
 
+/**
+ * Answers of isOneEmoji for strings seen lately. Reactions repeat a few dozen emojis thousands of
+ * times a second, and segmenting each (in the API and again in the worker) was ~8% of an API
+ * node's CPU under reaction load. Bounded: past the limit it starts over, so a stream of distinct
+ * strings costs what it did without the memo.
+ */
+const oneEmoji = new Map<string, boolean>()
+const ONE_EMOJI_MEMO = 4096
+
 /** Whether a string is exactly one emoji grapheme. */
 export function isOneEmoji(s: string): boolean {
+  let answer = oneEmoji.get(s)
+  if (answer === undefined) {
+    answer = segmentsAsOneEmoji(s)
+    if (oneEmoji.size >= ONE_EMOJI_MEMO) oneEmoji.clear()
+    oneEmoji.set(s, answer)
+  }
+  return answer
+}
+
+function segmentsAsOneEmoji(s: string): boolean {
   let n = 0
   for (const _ of graphemes.segment(s)) if (++n > 1) return false
   return n === 1 && emojiStart.test(s)

@@ -112,7 +112,11 @@ describe('stream workers under faults', () => {
     // The worker creates them again; events accepted from then on are applied, in the new stream.
     await until('the event stream to exist again', () => jsm.streams.info(t.eventStream).then(() => true, () => false), 20_000)
     for (let i = 0; i < 4; i++) await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: `new${i}`, score: 100 + i }))
-    await until('events of the new stream to apply', async () => ((await boardScores(w, 'arena')).new3 === 103 ? true : undefined), 30_000)
+    // new0..new3 hash to both partitions, which apply independently: wait for all four.
+    await until('events of the new stream to apply', async () => {
+      const scores = await boardScores(w, 'arena')
+      return [0, 1, 2, 3].every((i) => scores[`new${i}`] === 100 + i) ? true : undefined
+    }, 30_000)
     expect(await boardScores(w, 'arena')).toMatchObject({ old0: 0, old5: 5, new0: 100, new3: 103 })
     await until('the worker to hold its partitions again', () => workers.partitions().length === 2, 20_000)
     await workers.stop()

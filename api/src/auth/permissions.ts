@@ -21,6 +21,8 @@ export const publishers: Record<EventType, { users: boolean | { role: string }; 
   // Written by API nodes from what presence sees; nobody else.
   'stream.viewers.sampled': { users: false, keys: ['system:presence'] },
   'reaction.sent': { users: true, keys: ['publish:reaction.sent'] },
+  // API nodes store accepted reactions in batches themselves; nobody publishes one.
+  'reaction.batched': { users: false, keys: [] },
   'poll.opened': { users: { role: 'moderator' }, keys: ['publish:poll.opened'] },
   'poll.closed': { users: { role: 'moderator' }, keys: ['publish:poll.closed'] },
   // A vote is a user's own: the voter is the event's principal.
@@ -48,7 +50,7 @@ export function mayPublish(p: Principal, type: EventType): boolean {
 export type Visibility = 'public' | 'private'
 
 /**
- * Whether `p` may subscribe to (and read) `channel`. Boards, streams, polls and public rooms:
+ * Whether `p` may subscribe to (and read) `channel`. Boards, streams, polls, streams' reactions and public rooms:
  * anyone allowed to connect. A private room: admin readers, and users whose `channels` claim matches it.
  * `user:<id>`: that user and admin readers. Returns the reason when not.
  */
@@ -59,6 +61,7 @@ export function maySubscribe(p: Principal, channel: string, visibility: Visibili
     case 'leaderboard':
     case 'stream':
     case 'poll':
+    case 'reactions':
       return { ok: true }
     case 'chat':
       if (visibility === 'public' || isAdminReader(p)) return { ok: true }

@@ -4,6 +4,7 @@ import { leaderboardSnapshot } from '../modules/leaderboards/service'
 import { roomSnapshot } from '../modules/rooms/service'
 import { pollSnapshot } from '../modules/polls/service'
 import { streamSnapshot } from '../modules/streams/service'
+import { reactionsSnapshot } from '../modules/reactions/service'
 import { readChannelSnapshot } from '../modules/channel-snapshot'
 import type { Snapshot } from './channel-hub'
 
@@ -21,6 +22,8 @@ export function snapshotReader(db: Db): (channel: string) => Promise<Snapshot> {
         return streamSnapshot(db, parsed.name)
       case 'poll':
         return pollSnapshot(db, parsed.name)
+      case 'reactions':
+        return reactionsSnapshot(db, parsed.name)
       case 'user':
         // A user's private channel: notices for that user (later features write them).
         return readChannelSnapshot(db, channel, async () => ({ user: parsed.name }))

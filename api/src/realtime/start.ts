@@ -8,6 +8,7 @@ import type { Ingest } from '../modules/events/service'
 import { startChangeFeed, type FeedStatus } from './change-feed'
 import { createChannelHub, type Snapshot } from './channel-hub'
 import { historyReader } from './history'
+import { windowsOf } from './windows'
 import type { Security } from '../auth/security'
 import { CLOSE } from './close-codes'
 import { startPresence, type Presence } from '../presence'
@@ -75,6 +76,8 @@ export async function startRealtime(deps: {
       if ((server?.publish(topic, text) ?? 1) <= 0) closeSlowOf(topic)
     },
     gapTimeoutMs: deps.gapTimeoutMs ?? 5000,
+    // Reactions come by the thousand a second: their subscribers get one frame per window.
+    windowOf: windowsOf(deps.config),
     onError: (err, channel) => logger.error({ err, channel }, 'resync failed; retrying'),
   })
   // Presence frames go to `presence:<channel>` topics like any other channel's.

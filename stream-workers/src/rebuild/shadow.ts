@@ -1,6 +1,6 @@
 import { getTableName, sql } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
-import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, polls, pollVotes, projectionCheckpoints, streams, streamViewers } from '../../../core/db/schema'
+import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, polls, pollVotes, projectionCheckpoints, reactionDedup, reactionTotals, streams, streamViewers } from '../../../core/db/schema'
 import type { ProjectionName } from '../projections'
 
 /**
@@ -22,6 +22,7 @@ export const rebuildTargets: Record<ProjectionName, { tables: string[]; channelP
   chat: { tables: [getTableName(chatMessages)], channelPrefixes: ['chat:'] },
   streams: { tables: [getTableName(streams), getTableName(streamViewers)], channelPrefixes: ['stream:'] },
   polls: { tables: [getTableName(polls), getTableName(pollVotes)], channelPrefixes: ['poll:', 'stream:'] },
+  reactions: { tables: [getTableName(reactionTotals), getTableName(reactionDedup)], channelPrefixes: ['reactions:'] },
 }
 
 /**

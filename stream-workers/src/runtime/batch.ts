@@ -124,7 +124,7 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
   if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
   const outbox = outboxWrite(changes, now, when)
   if (outbox) members.push(outbox)
-  // The select list runs the members in this order: guard (and its recheck), the read-model write,
+  // The select list runs the members in this order: guard (and its recheck), the read-model writes,
   // then the outbox, whose version upsert locks the channel version rows that every partition
   // shares until the statement commits. Last, so that they are held for the version upsert and the
   // commit only, not for the read-model write too (hundreds of rows in a full batch): with the

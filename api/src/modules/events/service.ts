@@ -22,6 +22,7 @@ import { mayPublish } from '../../auth/permissions'
 import { principalId, type Principal } from '../../auth/principal'
 import { Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
 import { MAX_BATCH, type PublishOutcome, type PublishResult } from './model'
+import { createReactionBatcher, type AcceptedReaction } from './reaction-batches'
 
 /** Publishes client events to JetStream. Shared by REST and the WebSocket layer. */
 export type Ingest = {
@@ -38,6 +39,9 @@ export type Ingest = {
    * Events are stored with the principal's id as `by`, and ids are de-duplicated per principal:
    * the same id from another principal is another event. A user's chat messages are stamped with
    * their `sub` and display name: naming another user is 403.
+   * `reaction.sent` events are stored in batches (see ReactionBatcher): acknowledged once the batch
+   * holding them is stored, with that message's `seq`, and `duplicate` always false (the reactions
+   * projection counts a resent reaction once).
    */
   publish(inputs: EventInput[], principal: Principal): Promise<PublishResult[]>
 }
@@ -73,6 +77,18 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       else if (s.type === 'reconnect') disconnected = false
     }
   })()
+
+  // Reactions come by the thousand a second: they are stored in batches (see ReactionBatcher).
+  const reactions = createReactionBatcher({
+    js: () => (js ??= jetstream(nc)),
+    prefix: t.prefix,
+    partitions: t.partitions,
+    eventStream: t.eventStream,
+    dedupWindowMs: config.FANFARE_DEDUP_WINDOW_MS,
+    publishTimeoutMs,
+    now,
+    newId: newEventId,
+  })
 
   // nats.js writes what was published on a microtask, so a publish per WebSocket frame (each frame
   // its own event-loop turn) would cost a socket write each: most of an API node's CPU under WS
@@ -116,6 +132,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
         // none of them is pending any more, and the answer must say which were stored.
         settled = await Promise.allSettled(
           events.map(async (e): Promise<PublishResult> => {
+            if (e.type === 'reaction.sent') return reactions.add(e as AcceptedReaction)
             const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
             const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: dedupIdOf(e), timeout: publishTimeoutMs })
             // Checked on the ack rather than sent as an Nats-Expected-Stream header (a header per

@@ -1,0 +1,144 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { channelOf, runOf, type ReactionsChange } from '../../../../core/channels'
+import { connectPostgres, type Database } from '../../../../core/db/client'
+import { reactionTotals } from '../../../../core/db/schema'
+import { subjects } from '../../../../core/events'
+import { createLogger } from '../../../../core/logger'
+import { connectNats, ensureStreams, topology } from '../../../../core/nats'
+import { createTestEnv, type TestEnv } from '../../../../core/testing/env'
+import { until, WsClient } from '../../../../test/e2e/harness'
+import { mintUserToken } from '../../auth/mint'
+import { startApi, type RunningApi } from '../../server'
+
+const WINDOW_MS = 400
+
+/** Reactions on a real API node (real Postgres and NATS; no worker: the tests write what a worker would). */
+describe('reactions: REST, validation, and the windowed channel', () => {
+  let env: TestEnv
+  let database: Database
+  let nc: Awaited<ReturnType<typeof connectNats>>
+  let api: RunningApi
+  let base: string
+  let ws: string
+
+  beforeAll(async () => {
+    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_REACTION_WINDOW_MS: String(WINDOW_MS) })
+    database = await connectPostgres(env.vars.DATABASE_URL)
+    nc = await connectNats(env.vars.NATS_URL, 'reactions-test')
+    await ensureStreams(nc, env.config)
+    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+    base = `http://127.0.0.1:${api.port}`
+    ws = `ws://127.0.0.1:${api.port}/v1/ws`
+  })
+  afterAll(async () => {
+    await api?.stop()
+    await nc?.close()
+    await database?.close()
+    await env?.cleanup()
+  })
+
+  const storedEvents = async () => (await (await jetstreamManager(nc)).streams.info(topology(env.config).eventStream)).state.messages
+  const post = (body: unknown) =>
+    fetch(`${base}/v1/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${env.vars.FANFARE_INGEST_TOKEN}` },
+      body: JSON.stringify(body),
+    })
+
+  test('an emoji that is not exactly one emoji is 422 invalid_event over REST and WebSocket, and nothing is stored', async () => {
+    const before = await storedEvents()
+    // Two emojis, text, a flag and a letter, a letter alone, an emoji and text, empty.
+    const bad = ['👏👏', 'hi', '🇫🇷a', 'a', '🔥 fire', '']
+    for (const emoji of bad) {
+      const res = await post({ type: 'reaction.sent', data: { stream: 'main', emoji } })
+      expect(res.status).toBe(422)
+      const body = (await res.json()) as any
+      expect(body.error.code).toBe('invalid_event')
+      expect(body.error.details[0]).toMatchObject({ index: 0, path: '/data/emoji' })
+    }
+    // One bad reaction refuses its whole request: the good one beside it is not stored either.
+    const mixed = await post({ events: [{ type: 'reaction.sent', data: { stream: 'main', emoji: '👏' } }, { type: 'reaction.sent', data: { stream: 'main', emoji: '👏👏' } }] })
+    expect(mixed.status).toBe(422)
+    expect(((await mixed.json()) as any).error.details).toEqual([expect.objectContaining({ index: 1, path: '/data/emoji' })])
+
+    const viewer = await WsClient.open(`${ws}?token=${await mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub: 'viewer' })}`)
+    for (const [i, emoji] of bad.entries()) {
+      viewer.send({ op: 'publish', ref: `r${i}`, event: { type: 'reaction.sent', data: { stream: 'main', emoji } } })
+      expect((await viewer.reply(`r${i}`)).error).toMatchObject({ code: 'invalid_event' })
+    }
+    viewer.close()
+    expect(await storedEvents()).toBe(before)
+    expect((await (await fetch(`${base}/v1/streams/main/reactions`)).json()) as any).toEqual({ stream: 'main', totals: {} })
+  })
+
+  test('one emoji grapheme of any kind is accepted, from a user over WebSocket and a key over REST', async () => {
+    const before = await storedEvents()
+    const good = ['👏', '❤️', '🇫🇷', '1️⃣', '👍🏽', '👩‍👩‍👧', '🏳️‍🌈']
+    const viewer = await WsClient.open(`${ws}?token=${await mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub: 'viewer' })}`)
+    for (const [i, emoji] of good.entries()) {
+      viewer.send({ op: 'publish', ref: `g${i}`, event: { type: 'reaction.sent', data: { stream: 'main', emoji } } })
+      expect(await viewer.reply(`g${i}`)).toMatchObject({ op: 'ack', duplicate: false })
+    }
+    viewer.close()
+    expect((await post({ type: 'reaction.sent', data: { stream: 'main', emoji: '👏' } })).status).toBe(202)
+    expect(await storedEvents()).toBe(before + good.length + 1)
+  })
+
+  test('GET /v1/streams/:stream/reactions reads the totals; an unknown stream has none; a bad name is 422', async () => {
+    await database.db.insert(reactionTotals).values([
+      { stream: 'show', emoji: '👏', count: 1520 },
+      { stream: 'show', emoji: '❤️', count: 233 },
+      { stream: 'other', emoji: '👏', count: 1 },
+    ])
+    const res = await fetch(`${base}/v1/streams/show/reactions`)
+    expect(res.status).toBe(200)
+    expect(await res.json()).toEqual({ stream: 'show', totals: { '👏': 1520, '❤️': 233 } })
+    expect(await (await fetch(`${base}/v1/streams/nobody/reactions`)).json()).toEqual({ stream: 'nobody', totals: {} })
+    const bad = await fetch(`${base}/v1/streams/no%20spaces/reactions`)
+    expect(bad.status).toBe(422)
+    expect(((await bad.json()) as any).error.code).toBe('invalid_request')
+  })
+
+  test('reactions:<stream>: snapshot { stream, totals }, then one frame per window merging its changes (from..version)', async () => {
+    const channel = channelOf.reactions('live')
+    await database.db.insert(reactionTotals).values([{ stream: 'live', emoji: '👏', count: 5 }])
+    const c = await WsClient.open(ws)
+    c.send({ op: 'subscribe', ref: 's', channel })
+    await until('snapshot', () => c.of(channel).length === 1)
+    expect(c.of(channel)[0]).toMatchObject({ op: 'snapshot', version: 0, epoch: '', data: { stream: 'live', totals: { '👏': 5 } } })
+
+    // Ten batches' changes within a fraction of the window, as workers would publish them.
+    const js = jetstream(nc)
+    const subject = subjects.change(env.config.FANFARE_SUBJECT_PREFIX, channel)
+    const started = Date.now()
+    let clap = 5
+    for (let v = 1; v <= 10; v++) {
+      clap += v
+      const data: ReactionsChange = v % 2 ? { counts: { '👏': v }, totals: { '👏': clap } } : { counts: { '👏': v, '🔥': 1 }, totals: { '👏': clap, '🔥': v / 2 } }
+      await js.publish(subject, JSON.stringify(runOf({ channel, version: v, epoch: 'e1', data, at: new Date().toISOString() })))
+    }
+    const sentIn = Date.now() - started
+    await until('the window to flush', () => c.of(channel).length >= 2, 5_000)
+    await Bun.sleep(WINDOW_MS * 2)
+    const updates = c.of(channel).slice(1)
+    // All ten were sent well within one window: one frame, not ten.
+    if (sentIn < WINDOW_MS / 2) expect(updates.length).toBe(1)
+    expect(updates[0]).toMatchObject({ op: 'update', channel, from: 1, epoch: 'e1' })
+    const last = updates.at(-1)
+    expect(last.version).toBe(10)
+    // Frames continue each other: from = previous version + 1.
+    let version = 0
+    const counts: Record<string, number> = {}
+    const totals: Record<string, number> = { '👏': 5 }
+    for (const f of updates) {
+      expect(f.from ?? f.version).toBe(version + 1)
+      version = f.version
+      for (const [e, n] of Object.entries(f.data.counts as Record<string, number>)) counts[e] = (counts[e] ?? 0) + n
+      Object.assign(totals, f.data.totals)
+    }
+    expect(counts).toEqual({ '👏': 55, '🔥': 5 })
+    expect(totals).toEqual({ '👏': 60, '🔥': 5 })
+    c.close()
+  })
+})
