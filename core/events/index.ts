@@ -3,6 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
+import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart } from './games'
 import { isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
 import { MAX_PROBLEMS, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
@@ -10,6 +11,7 @@ import { parseChannel, subjectName } from '../channels'
 export { ChatMessageDeleted, ChatMessagePosted } from './chat'
 export { ScoreSubmitted } from './scores'
 export * from './live'
+export * from './games'
 export * from './fields'
 
 type Contract<T extends TSchema> = {
@@ -78,6 +80,19 @@ export const contracts = {
   }),
   'poll.voted': contract({ version: 1, schema: PollVoted, key: (d) => d.poll }),
   'poll.closed': contract({ version: 1, schema: PollClosed, key: (d) => d.poll }),
+  'match.created': contract({ version: 1, schema: MatchCreated, key: (d) => d.match }),
+  'match.join': contract({ version: 1, schema: MatchJoin, key: (d) => d.match }),
+  'match.leave': contract({ version: 1, schema: MatchLeave, key: (d) => d.match }),
+  'match.ready': contract({ version: 1, schema: MatchReady, key: (d) => d.match }),
+  'match.start': contract({ version: 1, schema: MatchStart, key: (d) => d.match }),
+  'match.finish': contract({
+    version: 1,
+    schema: MatchFinish,
+    key: (d) => d.match,
+    check: (d) => (new Set(d.results.map((r) => r.player)).size === d.results.length ? undefined : { path: '/data/results', message: 'each player once' }),
+  }),
+  'match.abort': contract({ version: 1, schema: MatchAbort, key: (d) => d.match }),
+  'match.player.connection': contract({ version: 1, schema: MatchPlayerConnection, key: (d) => d.match }),
 }
 
 export type EventType = keyof typeof contracts

@@ -27,6 +27,17 @@ export const publishers: Record<EventType, { users: boolean | { role: string }; 
   'poll.closed': { users: { role: 'moderator' }, keys: ['publish:poll.closed'] },
   // A vote is a user's own: the voter is the event's principal.
   'poll.voted': { users: true, keys: [] },
+  // Matches: game servers create, start, finish and abort them; players join, leave and ready up
+  // as themselves (the player is the event's principal); API nodes report players' connections
+  // and make a player who stayed disconnected past the grace leave.
+  'match.created': { users: false, keys: ['publish:match.created'] },
+  'match.join': { users: true, keys: [] },
+  'match.leave': { users: true, keys: ['system:presence'] },
+  'match.ready': { users: true, keys: [] },
+  'match.start': { users: false, keys: ['publish:match.start'] },
+  'match.finish': { users: false, keys: ['publish:match.finish'] },
+  'match.abort': { users: false, keys: ['publish:match.abort'] },
+  'match.player.connection': { users: false, keys: ['system:presence'] },
 }
 
 /** Whether `p` may publish events of `type`. */

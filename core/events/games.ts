@@ -1,0 +1,59 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { ActorId, FiniteNumber, Name } from './fields'
+
+/** Free-form match settings a game attaches: up to 20 names with short scalar values. */
+export const MatchProperties = Type.Record(
+  Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }),
+  Type.Union([Type.String({ maxLength: 200 }), Type.Number({ minimum: -1e15, maximum: 1e15 }), Type.Boolean()]),
+  { maxProperties: 20 },
+)
+
+/** A match (or lobby) opens for players. Key: match. Game servers (keys with the scope). */
+export const MatchCreated = Type.Object(
+  { match: Name, mode: Name, maxPlayers: Type.Integer({ minimum: 2, maximum: 100 }), properties: Type.Optional(MatchProperties) },
+  { additionalProperties: false, $id: 'match.created@1' },
+)
+export type MatchCreated = Static<typeof MatchCreated>
+
+/** A player asks for a seat. The player is the event's principal (a user's `sub`). Key: match. */
+export const MatchJoin = Type.Object({ match: Name }, { additionalProperties: false, $id: 'match.join@1' })
+export type MatchJoin = Static<typeof MatchJoin>
+
+/**
+ * A player gives up their seat: a user leaving (the player is their `sub`), or the API nodes for a
+ * player who stayed disconnected past the grace (`player` and `reason: "disconnected"`). Key: match.
+ */
+export const MatchLeave = Type.Object(
+  { match: Name, player: Type.Optional(ActorId), reason: Type.Optional(Type.Union([Type.Literal('left'), Type.Literal('disconnected')])) },
+  { additionalProperties: false, $id: 'match.leave@1' },
+)
+export type MatchLeave = Static<typeof MatchLeave>
+
+/** A seated player is ready. Key: match. */
+export const MatchReady = Type.Object({ match: Name }, { additionalProperties: false, $id: 'match.ready@1' })
+export type MatchReady = Static<typeof MatchReady>
+
+/** The game server starts the match. Key: match. */
+export const MatchStart = Type.Object({ match: Name }, { additionalProperties: false, $id: 'match.start@1' })
+export type MatchStart = Static<typeof MatchStart>
+
+/** The game server reports the results; they become scores on the mode's board, once. Key: match. */
+export const MatchFinish = Type.Object(
+  { match: Name, results: Type.Array(Type.Object({ player: ActorId, score: FiniteNumber }, { additionalProperties: false }), { minItems: 1, maxItems: 100 }) },
+  { additionalProperties: false, $id: 'match.finish@1' },
+)
+export type MatchFinish = Static<typeof MatchFinish>
+
+/** The game server calls the match off. Key: match. */
+export const MatchAbort = Type.Object({ match: Name }, { additionalProperties: false, $id: 'match.abort@1' })
+export type MatchAbort = Static<typeof MatchAbort>
+
+/**
+ * The API nodes saw a seated player's connections to `match:<id>` all close (`connected: false`),
+ * or come back (`connected: true`). Key: match.
+ */
+export const MatchPlayerConnection = Type.Object(
+  { match: Name, player: ActorId, connected: Type.Boolean() },
+  { additionalProperties: false, $id: 'match.player.connection@1' },
+)
+export type MatchPlayerConnection = Static<typeof MatchPlayerConnection>
