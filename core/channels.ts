@@ -58,6 +58,12 @@ export const LeaderboardChange = Type.Object({
   previous: Type.Union([Type.Number(), Type.Null()]),
   /** The period the score counts in (boards with a reset); absent on boards without periods. */
   period: Type.Optional(Type.String()),
+  /**
+   * The stream sequence of the event that reached this score: equal scores rank by it (who got
+   * there first), so a client can place the player among ties exactly. Absent in changes stored
+   * before it was added.
+   */
+  reachedSeq: Type.Optional(Type.Number()),
 })
 export type LeaderboardChange = Static<typeof LeaderboardChange>
 

@@ -55,14 +55,17 @@ describe('stream workers', () => {
     // alice and bob may hash to different partitions: only each player's own order is defined.
     const arena = notices.get('leaderboard:arena')!.map((n) => n.data)
     expect(arena.filter((d) => 'player' in d && d.player === 'alice')).toEqual([
-      { player: 'alice', score: 10, previous: null },
-      { player: 'alice', score: 30, previous: 10 },
+      { player: 'alice', score: 10, previous: null, reachedSeq: expect.any(Number) },
+      { player: 'alice', score: 30, previous: 10, reachedSeq: expect.any(Number) },
     ])
-    expect(arena.filter((d) => 'player' in d && d.player === 'bob')).toEqual([{ player: 'bob', score: 20, previous: null }])
+    expect(arena.filter((d) => 'player' in d && d.player === 'bob')).toEqual([{ player: 'bob', score: 20, previous: null, reachedSeq: expect.any(Number) }])
     expect(notices.get('leaderboard:golf')!.map((n) => n.data)).toEqual([
-      { player: 'carl', score: 70, previous: null },
-      { player: 'carl', score: 68, previous: 70 },
+      { player: 'carl', score: 70, previous: null, reachedSeq: expect.any(Number) },
+      { player: 'carl', score: 68, previous: 70, reachedSeq: expect.any(Number) },
     ])
+    // Each change carries the sequence its score was reached at: the tie order of the board.
+    const seqs = arena.filter((d) => 'player' in d && d.player === 'alice').map((d) => ('reachedSeq' in d ? d.reachedSeq! : 0))
+    expect(seqs[1]).toBeGreaterThan(seqs[0])
     const chat = notices.get('chat:lobby')!.map((n) => n.data)
     expect(chat[0]).toMatchObject({ kind: 'posted', message: { id: 'm1', room: 'lobby', user: 'ann', text: 'hello' } })
     expect(chat[1]).toMatchObject({ kind: 'posted', message: { id: 'm2' } })

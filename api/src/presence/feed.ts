@@ -1,5 +1,5 @@
 import type { Sink } from '../realtime/channel-hub'
-import type { PresenceChange, PresenceView } from './view'
+import type { LeaveReason, PresenceChange, PresenceView } from './view'
 
 /** The presence channel of a channel: `presence:<channel>`. */
 export const presenceChannelOf = (channel: string) => `presence:${channel}`
@@ -29,6 +29,18 @@ export function presenceSnapshot(view: PresenceView, channel: string, maxMembers
     asOf: new Date(now).toISOString(),
   }
 }
+
+/** The counts every presence update carries. */
+type Counts = { connections: number; users: number }
+
+/**
+ * An update of `presence:<channel>`: a user joined or left (channels with members), or only the
+ * counts changed.
+ */
+export type PresenceUpdate =
+  | ({ kind: 'join'; user: string; name?: string } & Counts)
+  | ({ kind: 'leave'; user: string; reason: LeaveReason } & Counts)
+  | ({ kind: 'count' } & Counts)
 
 type Watched = {
   version: number
@@ -64,7 +76,7 @@ export function createPresenceFeed(deps: {
   const watched = new Map<string, Watched>()
   let generation = 0
 
-  const frame = (w: Watched, channel: string, data: object) => {
+  const frame = (w: Watched, channel: string, data: PresenceUpdate) => {
     w.version++
     deps.publish(presenceChannelOf(channel), JSON.stringify({ op: 'update', channel: presenceChannelOf(channel), version: w.version, epoch: w.epoch, data }))
   }
@@ -74,7 +86,7 @@ export function createPresenceFeed(deps: {
     w.dirty = false
     return JSON.stringify({ op: 'snapshot', channel: presenceChannelOf(channel), version: w.version, epoch: w.epoch, data, ...(resync ? { resync: true } : {}) })
   }
-  const counts = (channel: string) => {
+  const counts = (channel: string): Counts => {
     const t = deps.view.of(channel)
     return { connections: t.connections, users: t.users.size }
   }

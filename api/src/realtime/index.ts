@@ -15,11 +15,11 @@ import type { Presence } from '../presence'
 import { isTracked, presenceChannelOf } from '../presence/feed'
 import type { ChannelHub, Sink } from './channel-hub'
 import { CLOSE } from './close-codes'
-import { errorBody, parseFrame } from './protocol'
+import { errorBody, parseFrame, type ServerFrame } from './protocol'
 
 /** What the WebSocket route needs: the hub for channels, the ingest path, and who is calling. */
 export type RealtimeDeps = {
-  config: Pick<Config, 'FANFARE_ANONYMOUS' | 'FANFARE_TOKEN_WARNING_MS' | 'FANFARE_AUTH_TIMEOUT_MS' | 'FANFARE_WS_ABUSE_WINDOW_MS'>
+  config: Pick<Config, 'FANFARE_ANONYMOUS' | 'FANFARE_TOKEN_WARNING_MS' | 'FANFARE_AUTH_TIMEOUT_MS' | 'FANFARE_WS_ABUSE_WINDOW_MS' | 'FANFARE_DEDUP_WINDOW_MS'>
   hub: ChannelHub
   /** Who is in tracked channels, and the `presence:<channel>` subscriptions. */
   presence: Presence
@@ -96,7 +96,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     deps.sockets?.sent(raw as OpenSocket, result)
     return result
   }
-  const send = (conn: Connection, frame: object) => conn.sink.send(JSON.stringify(frame))
+  const send = (conn: Connection, frame: ServerFrame) => conn.sink.send(JSON.stringify(frame))
   // Acks complete together (one JetStream reply read acknowledges many publishes), outside Bun's
   // own corking of the message handler: each send would be a socket write. They are queued per
   // socket and sent at the end of the turn in one corked write.
@@ -109,7 +109,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     }
     acking.clear()
   }
-  const ackLater = (raw: AckSocket, conn: Connection, frame: object) => {
+  const ackLater = (raw: AckSocket, conn: Connection, frame: ServerFrame) => {
     conn.acks.push(JSON.stringify(frame))
     if (acking.size === 0) setImmediate(flushAcks)
     acking.set(raw, conn)
@@ -301,11 +301,11 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     async message(ws, message) {
       const conn = connections.get(ws.id)
       if (!conn || conn.closing) return
-      const reply = (frame: object) => send(conn, frame)
+      const reply = (frame: ServerFrame) => send(conn, frame)
       const parsed = parseFrame(message)
       if (!parsed.ok) return void reply({ op: 'error', ref: parsed.ref, error: parsed.error })
       const frame = parsed.frame
-      if (conn.awaitingAuth && frame.op !== 'auth') {
+      if (conn.awaitingAuth && frame.op !== 'auth' && frame.op !== 'ping') {
         return void reply({ op: 'error', ref: frame.ref, error: { code: 'unauthorized', message: 'this server needs a token: send { "op": "auth", "token" } first' } })
       }
       try {
@@ -329,6 +329,9 @@ export function realtimeRoutes(deps: RealtimeDeps) {
               ref: frame.ref,
               principal: principalId(p),
               ...(p.kind !== 'anonymous' && p.expiresAt !== undefined ? { expiresAt: new Date(p.expiresAt).toISOString() } : {}),
+              // How long a resent event id is still recognised: a client resends an unacknowledged
+              // event only within it (after that, a resend could be stored twice).
+              dedupWindowMs: deps.config.FANFARE_DEDUP_WINDOW_MS,
             })
           }
           case 'publish': {
@@ -371,6 +374,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             }
             return
           }
+          case 'ping':
+            return void reply({ op: 'pong', ...(frame.ref === undefined ? {} : { ref: frame.ref }) })
           case 'unsubscribe': {
             const was = leaveChannel(conn, frame.channel, 'left')
             return void reply({ op: 'unsubscribed', ref: frame.ref, channel: frame.channel, ...(was ? {} : { wasSubscribed: false }) })

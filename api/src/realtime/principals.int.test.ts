@@ -75,7 +75,7 @@ describe('principals over a real API node', () => {
     expect((await c.reply('early')).error.code).toBe('forbidden') // anonymous until it authenticates
     c.send({ op: 'auth', ref: 'a', token: await token('ann', { ttlSeconds: 600 }) })
     const authed = await c.reply('a')
-    expect(authed).toMatchObject({ op: 'authed', principal: 'u:ann' })
+    expect(authed).toMatchObject({ op: 'authed', principal: 'u:ann', dedupWindowMs: env.config.FANFARE_DEDUP_WINDOW_MS })
     expect(Date.parse(authed.expiresAt) - Date.now()).toBeGreaterThan(590_000)
     c.send({ op: 'publish', ref: 'p', event: { type: 'chat.message.posted', data: { room: 'lobby', text: 'hi' } } })
     expect(await c.reply('p')).toMatchObject({ op: 'ack', duplicate: false })

@@ -38,7 +38,7 @@ test('parseFrame never throws: values nested past the limit, binary frames and h
     expect([text.slice(0, 30), parsed]).toEqual([text.slice(0, 30), { ok: false, error: { code: 'bad_frame', message: 'frames may nest at most 64 levels' } }])
   }
   expect(parseFrame({ op: 'subscribe', ref: 'r1', x: JSON.parse(deep(100_000)) })).toMatchObject({ ok: false, ref: 'r1', error: { code: 'bad_frame' } })
-  expect(parseFrame(`{"op":${deep(63)}}`)).toMatchObject({ ok: false, error: { code: 'unknown_op', message: 'unknown op (an array); expected auth, publish, subscribe or unsubscribe' } })
+  expect(parseFrame(`{"op":${deep(63)}}`)).toMatchObject({ ok: false, error: { code: 'unknown_op', message: 'unknown op (an array); expected auth, publish, subscribe, unsubscribe or ping' } })
   const long = parseFrame({ op: 'x'.repeat(100_000) })
   expect(long).toMatchObject({ ok: false, error: { code: 'unknown_op' } })
   expect((long as { error: { message: string } }).error.message.length).toBeLessThan(200)

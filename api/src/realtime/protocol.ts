@@ -4,6 +4,12 @@ import { Channel } from '../../../core/channels'
 import { EventInput } from '../../../core/events'
 import { firstUnknownField, MAX_JSON_DEPTH, MAX_PROBLEMS, nestedDeeperThan, problemMessage, takeFirst } from '../../../core/validation'
 import { AppError } from '../errors'
+import type { ChatChange, LeaderboardChange, PollChange, PollView, ReactionsChange, StreamChange } from '../../../core/channels'
+import type { BoardSnapshot } from '../modules/leaderboards/model'
+import type { RoomSnapshot } from '../modules/rooms/service'
+import type { StreamSnapshot } from '../modules/streams/service'
+import type { ReactionTotals } from '../modules/reactions/model'
+import type { PresenceSnapshot, PresenceUpdate } from '../presence/feed'
 
 /**
  * Client → server frames of the WebSocket protocol (JSON text frames). A field a frame does not
@@ -29,7 +35,13 @@ export const SubscribeFrame = Type.Object(
 export const UnsubscribeFrame = Type.Object({ op: Type.Literal('unsubscribe'), ref: Ref, channel: Channel }, strict)
 /** A user token (the first frame of a browser, which cannot set headers; or a refreshed token). */
 export const AuthFrame = Type.Object({ op: Type.Literal('auth'), ref: Ref, token: Type.String({ minLength: 1, maxLength: 8192 }) }, strict)
-export const ClientFrame = Type.Union([PublishFrame, SubscribeFrame, UnsubscribeFrame, AuthFrame])
+/**
+ * A liveness probe: the server answers `pong` with the same ref. Browsers cannot see WebSocket
+ * pings, so a client that slept (a laptop lid, a phone in a pocket) asks this way whether its
+ * socket still reaches the server before trusting it.
+ */
+export const PingFrame = Type.Object({ op: Type.Literal('ping'), ref: Ref }, strict)
+export const ClientFrame = Type.Union([PublishFrame, SubscribeFrame, UnsubscribeFrame, AuthFrame, PingFrame])
 export type ClientFrame = Static<typeof ClientFrame>
 
 const frameChecks = {
@@ -37,6 +49,7 @@ const frameChecks = {
   subscribe: TypeCompiler.Compile(SubscribeFrame),
   unsubscribe: TypeCompiler.Compile(UnsubscribeFrame),
   auth: TypeCompiler.Compile(AuthFrame),
+  ping: TypeCompiler.Compile(PingFrame),
 }
 
 export type ErrorBody = { code: string; message: string; details?: unknown }
@@ -75,7 +88,7 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
   }
   const op = v.op
   if (typeof op !== 'string' || !Object.hasOwn(frameChecks, op)) {
-    return { ok: false, ref, error: { code: 'unknown_op', message: `unknown op ${describeOp(op)}; expected auth, publish, subscribe or unsubscribe` } }
+    return { ok: false, ref, error: { code: 'unknown_op', message: `unknown op ${describeOp(op)}; expected auth, publish, subscribe, unsubscribe or ping` } }
   }
   const check = frameChecks[op as keyof typeof frameChecks]
   if (!check.Check(v)) {
@@ -91,4 +104,49 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
 export function errorBody(err: unknown): ErrorBody {
   if (err instanceof AppError) return { code: err.code, message: err.message, ...(err.details === undefined ? {} : { details: err.details }) }
   return { code: 'internal', message: 'internal error' }
+}
+
+/**
+ * Server → client frames. Every frame the server sends is one of these; clients (client/) type
+ * themselves from this union, so a change here shows up in the SDK's type check.
+ */
+export type ServerFrame =
+  /** A token was accepted (first identity, or a refresh of the same one). */
+  | { op: 'authed'; ref?: string; principal: string; expiresAt?: string; dedupWindowMs: number }
+  /** A published event is stored (or was already: `duplicate`). */
+  | { op: 'ack'; ref?: string; id: string; seq: number; duplicate: boolean }
+  /** A command failed (`ref`), or a subscription ended (`channel`); `retryAfterMs` on rate_limited. */
+  | { op: 'error'; ref?: string; channel?: string; error: ErrorBody & { retryAfterMs?: number } }
+  /** A channel's whole state at `version`: replace yours (`resync`: it replaces what you had). */
+  | { op: 'snapshot'; channel: string; version: number; epoch: string; data: unknown; resync?: true }
+  /** A resume was accepted: the missed updates follow. */
+  | { op: 'subscribed'; channel: string; version: number; epoch: string; recovered: true }
+  /** Versions `from` (default: `version`) to `version` of a channel, merged into one frame. */
+  | { op: 'update'; channel: string; from?: number; version: number; epoch: string; data: unknown }
+  | { op: 'unsubscribed'; ref?: string; channel: string; wasSubscribed?: false; reason?: 'forbidden' }
+  /** The user token expires soon: send a fresh one in an `auth` frame. */
+  | { op: 'token_expiring'; expiresAt: string }
+  | { op: 'pong'; ref?: string }
+
+/** What a snapshot's `data` holds, per channel kind. */
+export type ChannelSnapshots = {
+  leaderboard: BoardSnapshot
+  chat: RoomSnapshot
+  user: { user: string }
+  stream: StreamSnapshot
+  /** null: the poll never opened. */
+  poll: PollView | null
+  reactions: ReactionTotals
+  presence: PresenceSnapshot
+}
+
+/** What an update's `data` holds, per channel kind (user channels: personal notices). */
+export type ChannelUpdates = {
+  leaderboard: LeaderboardChange
+  chat: ChatChange
+  user: unknown
+  stream: StreamChange
+  poll: PollChange
+  reactions: ReactionsChange
+  presence: PresenceUpdate
 }

@@ -164,6 +164,15 @@ describe('realtime over a real server', () => {
     c.close()
   })
 
+  test('ping gets pong with its ref, before any other frame as well', async () => {
+    const c = await WsClient.open(url)
+    c.send({ op: 'ping', ref: 'p1' })
+    expect(await c.reply('p1')).toEqual({ op: 'pong', ref: 'p1' })
+    c.send({ op: 'ping', ref: 'p2', extra: 1 })
+    expect((await c.reply('p2')).error.code).toBe('invalid_frame')
+    c.close()
+  })
+
   test('a wrong token is refused before the upgrade', async () => {
     const res = await fetch(`http://127.0.0.1:${api.port}/v1/ws?token=wrong-token-123456`, {
       headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },

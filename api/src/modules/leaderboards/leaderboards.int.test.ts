@@ -156,7 +156,10 @@ describe('leaderboard reads', () => {
     const snap = await leaderboardSnapshot(h.database.db, 'hi')
     expect(snap.version).toBe(42)
     expect(snap.data.entries).toHaveLength(5)
-    expect(snap.data.entries[0]).toEqual({ rank: 1, player: 'bob', score: 100 })
+    // Snapshot entries carry their tie order; REST pages do not.
+    expect(snap.data.entries[0]).toEqual({ rank: 1, player: 'bob', score: 100, reachedSeq: expect.any(Number) })
+    expect([snap.data.limit, snap.data.more]).toEqual([100, false])
+    expect((await h.call('GET', '/v1/leaderboards/hi?limit=1')).json.entries).toEqual([{ rank: 1, player: 'bob', score: 100 }])
     const none = await leaderboardSnapshot(h.database.db, 'golf')
     expect(none.version).toBe(0)
     expect(none.data.order).toBe('asc')

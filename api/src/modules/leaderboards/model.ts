@@ -49,6 +49,14 @@ export const BoardPage = t.Object({
 })
 export type BoardPage = typeof BoardPage.static
 
+/**
+ * What a `leaderboard:<board>` snapshot holds: the top `limit` entries, each with the sequence its
+ * score was reached at (equal scores rank by it), and whether the board has more players than
+ * shown. With both, a client applies updates to exactly what a new snapshot would hold, or knows
+ * when it cannot (a shown player fell below the last shown entry of a board with more).
+ */
+export type BoardSnapshot = Omit<BoardPage, 'entries'> & { entries: (Entry & { reachedSeq: number })[]; limit: number; more: boolean }
+
 /** A page of GET /v1/leaderboards/:board: the entries and the cursor to the following page. */
 export const RankedPage = t.Composite([
   BoardPage,

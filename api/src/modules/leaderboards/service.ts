@@ -6,7 +6,7 @@ import { leaderboardEntries, leaderboards, type ScoreOperator, type SortOrder } 
 import { Invalid } from '../../errors'
 import { isPeriodKey, periodBounds, periodKey, previousKey, type Reset } from '../../../../core/periods'
 import { decodeCursor, encodeCursor } from './cursor'
-import type { BoardPage, Entry, PlayerStanding, RankedPage } from './model'
+import type { BoardSnapshot, Entry, PlayerStanding, RankedPage } from './model'
 
 /** A board's rules; a board without a config row is desc/best without periods. */
 export type BoardConfig = { board: string; order: SortOrder; operator: ScoreOperator; reset: Reset; configured: boolean }
@@ -67,6 +67,12 @@ function rankedOn(side: 'before' | 'after', order: SortOrder, s: { score: number
  * the board.
  */
 export async function leaderboardPage(db: Db, board: string, page: { limit: number; offset?: number; after?: string; period?: string }, now = Date.now()): Promise<RankedPage> {
+  const { entries, ...rest } = await rankedRows(db, board, page, now)
+  return { ...rest, entries: entries.map(({ reachedSeq: _, ...entry }) => entry) }
+}
+
+/** leaderboardPage with each entry's reachedSeq (the tie order), which snapshots carry. */
+async function rankedRows(db: Db, board: string, page: { limit: number; offset?: number; after?: string; period?: string }, now: number) {
   if (page.offset !== undefined && page.after !== undefined) {
     const message = 'offset and after cannot be combined: after already says where the page starts'
     throw new Invalid('invalid_request', message, [{ path: '/after', message, in: 'query' }])
@@ -122,7 +128,7 @@ export async function leaderboardPage(db: Db, board: string, page: { limit: numb
     operator: cfg.operator,
     reset: cfg.reset,
     period: named(period),
-    entries: shown.map((r, i) => ({ rank: first + i, player: r.player, score: r.score })),
+    entries: shown.map((r, i) => ({ rank: first + i, player: r.player, score: r.score, reachedSeq: Number(r.reachedSeq) })),
     next: rows.length > page.limit && last ? encodeCursor({ board, period, ...last, rank: first + shown.length - 1 }) : null,
   }
 }
@@ -168,15 +174,15 @@ export async function playerStanding(db: Db, board: string, player: string, opts
 export const SNAPSHOT_SIZE = 100
 
 /** The first page of the channel `leaderboard:<board>` with its version and epoch (see readChannelSnapshot). */
-export async function leaderboardSnapshot(db: Db, board: string, now = Date.now()): Promise<ChannelSnapshot<BoardPage> & { until?: number }> {
+export async function leaderboardSnapshot(db: Db, board: string, now = Date.now()): Promise<ChannelSnapshot<BoardSnapshot> & { until?: number }> {
   let until: number | undefined
   const snap = await readChannelSnapshot(db, channelOf.leaderboard(board), async (q) => {
     // A cursor would go stale as updates apply to the snapshot: subscribers get none.
-    const { next: _, ...page } = await leaderboardPage(q, board, { limit: SNAPSHOT_SIZE }, now)
+    const { next, ...page } = await rankedRows(q, board, { limit: SNAPSHOT_SIZE }, now)
     // The current period's snapshot is good until the period ends: then the hub re-syncs its
     // subscribers with the next period's (explicitly, a snapshot marked resync).
     if (page.reset !== 'none') until = periodBounds(page.reset, now).end
-    return page
+    return { ...page, limit: SNAPSHOT_SIZE, more: next !== null }
   })
   return until === undefined ? snap : { ...snap, until }
 }

@@ -29,10 +29,16 @@ export async function roomMessages(db: Db, room: string, opts: { before?: string
   return { room, messages: rows.map(({ name, ...r }) => ({ ...r, ...(name ? { name } : {}), postedAt: r.postedAt.toISOString() })) }
 }
 
+/**
+ * What a `chat:<room>` snapshot holds: the latest `limit` messages, newest first. A client that
+ * deletes one of them from a full list cannot know the message that moves up: it re-syncs.
+ */
+export type RoomSnapshot = RoomMessages & { limit: number }
+
 /** Messages in a room snapshot. */
 export const SNAPSHOT_SIZE = 50
 
 /** The first page of the channel `chat:<room>` with its version and epoch (see readChannelSnapshot). */
-export function roomSnapshot(db: Db, room: string): Promise<ChannelSnapshot<RoomMessages>> {
-  return readChannelSnapshot(db, channelOf.chat(room), (q) => roomMessages(q, room, { limit: SNAPSHOT_SIZE }))
+export function roomSnapshot(db: Db, room: string): Promise<ChannelSnapshot<RoomSnapshot>> {
+  return readChannelSnapshot(db, channelOf.chat(room), async (q) => ({ ...(await roomMessages(q, room, { limit: SNAPSHOT_SIZE })), limit: SNAPSHOT_SIZE }))
 }

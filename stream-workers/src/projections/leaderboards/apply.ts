@@ -75,7 +75,7 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
     dirty.set(key, { board, period, player, ...next })
     changes.push({
       channel: channelOf.leaderboard(board),
-      data: { player, score: next.score, previous: current?.score ?? null, ...(period !== '' ? { period } : {}) },
+      data: { player, score: next.score, previous: current?.score ?? null, ...(period !== '' ? { period } : {}), reachedSeq: next.reachedSeq },
     })
   }
 
