@@ -101,6 +101,12 @@ export const eventTypes = Object.keys(contracts) as EventType[]
 /** The data of each event type, by type. */
 export type EventData = { [K in EventType]: Static<(typeof contracts)[K]['schema']> }
 
+/**
+ * An event as a client publishes it, typed by its contract (clients such as the SDK type their
+ * `publish` with it). `id` is optional: without one the API makes one, and a resend is a new event.
+ */
+export type PublishedEvent = { [K in EventType]: { id?: string; type: K; data: EventData[K] } }[EventType]
+
 /** An event as clients send it. */
 export const EventInput = Type.Object(
   {
