@@ -1,0 +1,302 @@
+import { FanfareError } from './errors'
+import type { ChannelSnapshots, ChannelUpdates, Kind, KindOf, ServerFrame } from './protocol'
+import { helpers, kindOf, RESYNC, type StateHelper } from './state'
+
+/** What a channel's state is, by channel name: `leaderboard:arena` holds a board. */
+export type StateOf<C extends string> = ChannelSnapshots[KindOf<C>]
+/** What a channel's updates carry, by channel name. */
+export type UpdateOf<C extends string> = ChannelUpdates[KindOf<C>]
+
+export type SubscribeOptions<C extends string> = {
+  /**
+   * The state changed: a snapshot (the first, or a `resync` that replaced what you had), an
+   * update applied, or time passing (a poll's `closesAt`). `state` is always what the server would
+   * snapshot now.
+   */
+  onState?: (state: StateOf<C>, info: { version: number; epoch: string; resync: boolean }) => void
+  /** One update as the server sent it (versions `from`..`version`), after it was applied to the state. */
+  onUpdate?: (data: UpdateOf<C>, info: { version: number; from: number; epoch: string }) => void
+  /** The state was replaced by a fresh snapshot: what happened between was not seen update by update. */
+  onResync?: (state: StateOf<C>) => void
+  /** The subscription failed for good (forbidden, too many subscriptions), or a gap was seen and repaired. */
+  onError?: (err: FanfareError) => void
+}
+
+export type SubscriptionStatus = 'pending' | 'live' | 'resyncing' | 'failed' | 'closed'
+
+/** One `subscribe` call's handle. Several subscriptions to one channel share one server subscription. */
+export type Subscription<C extends string = string> = {
+  readonly channel: C
+  /** The state as of now; undefined until the first snapshot. */
+  readonly state: StateOf<C> | undefined
+  readonly version: number
+  readonly epoch: string
+  readonly status: SubscriptionStatus
+  /** Stops this subscription (the server subscription ends with the channel's last one). */
+  unsubscribe(): void
+}
+
+/** A subscription's callbacks, as the registry calls them (whatever the channel's kind). */
+type Listener = {
+  onState?: (state: unknown, info: { version: number; epoch: string; resync: boolean }) => void
+  onUpdate?: (data: unknown, info: { version: number; from: number; epoch: string }) => void
+  onResync?: (state: unknown) => void
+  onError?: (err: FanfareError) => void
+}
+
+/**
+ * A channel this client follows: its state, version and epoch (kept across connections, so that
+ * a reconnect resumes with since + epoch), and the listeners of its subscriptions.
+ */
+type Followed = {
+  channel: string
+  helper: StateHelper<unknown, unknown>
+  state: unknown
+  hasState: boolean
+  version: number
+  epoch: string
+  /**
+   * - subscribing: a subscribe is out, its snapshot or `subscribed` not yet in;
+   * - live: updates apply;
+   * - resyncing: the client asked for a fresh snapshot (unsubscribe, then subscribe); updates wait;
+   * - waiting: a refused subscribe waits to be sent again (rate limit, server fault);
+   * - failed: refused for good.
+   */
+  phase: 'subscribing' | 'live' | 'resyncing' | 'waiting' | 'failed'
+  listeners: Set<Listener>
+  /** The state held cannot be continued: the next subscribe asks for a snapshot, not a resume. */
+  fresh: boolean
+  /** The ref of the last subscribe or unsubscribe sent for it. */
+  ref?: string
+  timer?: ReturnType<typeof setTimeout>
+  retries: number
+}
+
+/** Refusals of a subscribe that end it: asking again would get the same answer. */
+const FATAL = new Set(['forbidden', 'unauthorized', 'invalid_frame', 'too_many_subscriptions', 'not_found'])
+
+export type Channels = ReturnType<typeof createChannels>
+
+/**
+ * The channels a client follows, and how their frames become state. The rules of the protocol
+ * are checked here, whatever the server does: an update that does not follow the version held
+ * (a gap, or another epoch) re-syncs the channel instead of being applied.
+ */
+export function createChannels(deps: {
+  send: (frame: object) => boolean
+  now: () => number
+  backoff: (attempt: number) => number
+  /** A problem that is not one subscription's: reported on the client. */
+  report: (err: FanfareError) => void
+}) {
+  const followed = new Map<string, Followed>()
+  let refs = 0
+  let online = false
+
+  const view = (f: Followed) => (f.helper.at && f.hasState ? f.helper.at(f.state, deps.now()) : f.state)
+
+  const each = (f: Followed, call: (l: Listener) => void) => {
+    for (const l of [...f.listeners]) {
+      try {
+        call(l)
+      } catch (err) {
+        // A listener's own bug must not stop the others, nor the channel.
+        deps.report(new FanfareError('listener_error', `a listener of ${f.channel} threw: ${(err as Error)?.message ?? err}`))
+      }
+    }
+  }
+
+  /** Re-arms the timer of a state that changes with time alone (a poll closing at `closesAt`). */
+  const arm = (f: Followed) => {
+    if (f.timer !== undefined) clearTimeout(f.timer)
+    f.timer = undefined
+    const at = f.hasState && f.phase === 'live' ? f.helper.changesAt?.(view(f)) : undefined
+    if (at === undefined) return
+    f.timer = setTimeout(() => {
+      f.timer = undefined
+      const state = view(f)
+      each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: false }))
+      arm(f)
+    }, Math.max(0, at - deps.now()) + 1)
+  }
+
+  const subscribe = (f: Followed) => {
+    if (!online) return
+    f.phase = 'subscribing'
+    f.ref = `s${++refs}`
+    // Presence is state, not history: the server answers a resume with a snapshot anyway.
+    const resume = f.hasState && !f.fresh ? { since: f.version, epoch: f.epoch } : {}
+    deps.send({ op: 'subscribe', ref: f.ref, channel: f.channel, ...resume })
+  }
+
+  /**
+   * Asks for a fresh snapshot: the state held cannot be continued exactly. It stays readable (it
+   * is exact as of its version) until the snapshot replaces it.
+   */
+  const resync = (f: Followed) => {
+    f.phase = 'resyncing'
+    f.fresh = true
+    if (!online) return
+    f.ref = `u${++refs}`
+    deps.send({ op: 'unsubscribe', ref: f.ref, channel: f.channel })
+  }
+
+  const fail = (f: Followed, err: FanfareError) => {
+    if (f.phase === 'failed') return
+    f.phase = 'failed'
+    if (f.timer !== undefined) clearTimeout(f.timer)
+    // Subscribing again later starts over (permissions may have changed by then).
+    if (followed.get(f.channel) === f) followed.delete(f.channel)
+    each(f, (l) => l.onError?.(err))
+  }
+
+  const onSnapshot = (f: Followed, frame: Extract<ServerFrame, { op: 'snapshot' }>) => {
+    const replaced = f.hasState || f.fresh || frame.resync === true
+    f.fresh = false
+    f.state = frame.data
+    f.hasState = true
+    f.version = frame.version
+    f.epoch = frame.epoch
+    f.phase = 'live'
+    f.retries = 0
+    const state = view(f)
+    each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: replaced }))
+    if (replaced) each(f, (l) => l.onResync?.(state))
+    arm(f)
+  }
+
+  const onUpdate = (f: Followed, frame: Extract<ServerFrame, { op: 'update' }>) => {
+    if (f.phase !== 'live') return
+    const from = frame.from ?? frame.version
+    // Version 0 is the empty state of every epoch: the first update names the channel's epoch.
+    const sameEpoch = frame.epoch === f.epoch || f.version === 0
+    if (sameEpoch && frame.version <= f.version) return
+    if (!sameEpoch || from !== f.version + 1) {
+      deps.report(new FanfareError('gap', `${f.channel}: update ${frame.epoch}/${from}..${frame.version} does not follow ${f.epoch}/${f.version}; re-syncing`))
+      return resync(f)
+    }
+    const next = f.helper.apply(f.state, frame.data, deps.now())
+    if (next === RESYNC) return resync(f)
+    f.state = next
+    f.version = frame.version
+    f.epoch = frame.epoch
+    const state = view(f)
+    each(f, (l) => l.onUpdate?.(frame.data, { version: frame.version, from, epoch: frame.epoch }))
+    each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: false }))
+    arm(f)
+  }
+
+  return {
+    /** Starts following a channel (or adds a listener to one followed). */
+    add<C extends string>(channel: C, listener: SubscribeOptions<C>): Subscription<C> {
+      const kind = kindOf(channel)
+      if (kind === undefined) throw new FanfareError('invalid_channel', `${channel} is not a channel (leaderboard:, chat:, user:, stream:, poll:, reactions: or presence:)`)
+      let f = followed.get(channel)
+      if (!f) {
+        f = { channel, helper: helpers[kind as Kind] as StateHelper<unknown, unknown>, state: undefined, hasState: false, version: 0, epoch: '', phase: 'subscribing', listeners: new Set(), fresh: false, retries: 0 }
+        followed.set(channel, f)
+        subscribe(f)
+      } else if (f.hasState && f.phase === 'live') {
+        // A late subscriber of a followed channel gets its state at once.
+        const state = view(f)
+        const { version, epoch } = f
+        queueMicrotask(() => (listener as unknown as Listener).onState?.(state, { version, epoch, resync: false }))
+      }
+      const l = listener as unknown as Listener
+      f.listeners.add(l)
+      const owner = f
+      let closed = false
+      return {
+        channel,
+        get state() {
+          return owner.hasState && !closed ? (view(owner) as StateOf<C>) : undefined
+        },
+        get version() {
+          return owner.version
+        },
+        get epoch() {
+          return owner.epoch
+        },
+        get status(): SubscriptionStatus {
+          if (closed) return 'closed'
+          return owner.phase === 'live' ? 'live' : owner.phase === 'failed' ? 'failed' : owner.phase === 'resyncing' ? 'resyncing' : 'pending'
+        },
+        unsubscribe() {
+          if (closed) return
+          closed = true
+          owner.listeners.delete(l)
+          if (owner.listeners.size > 0 || followed.get(channel) !== owner) return
+          followed.delete(channel)
+          if (owner.timer !== undefined) clearTimeout(owner.timer)
+          if (online && owner.phase !== 'failed') deps.send({ op: 'unsubscribe', ref: `x${++refs}`, channel })
+        },
+      }
+    },
+
+    /** A connection is ready: every followed channel subscribes again, resuming where it was. */
+    online() {
+      online = true
+      for (const f of followed.values()) if (f.phase !== 'failed') subscribe(f)
+    },
+
+    offline() {
+      online = false
+      for (const f of followed.values()) {
+        if (f.phase === 'failed') continue
+        if (f.timer !== undefined && f.phase === 'waiting') clearTimeout(f.timer)
+        f.phase = 'subscribing'
+      }
+    },
+
+    /** Handles a frame about channels (errors: those answering its refs or naming a channel); false when it is not one. */
+    handle(frame: ServerFrame): boolean {
+      switch (frame.op) {
+        case 'snapshot':
+        case 'subscribed':
+        case 'update': {
+          const f = followed.get(frame.channel)
+          if (!f || f.phase === 'failed') return true
+          if (frame.op === 'snapshot') onSnapshot(f, frame)
+          else if (frame.op === 'update') onUpdate(f, frame)
+          else if (f.phase === 'subscribing') {
+            // Resumed: the missed updates follow.
+            f.phase = 'live'
+            f.retries = 0
+            if (f.version === 0) f.epoch = frame.epoch
+          }
+          return true
+        }
+        case 'unsubscribed': {
+          const f = followed.get(frame.channel)
+          if (!f) return true
+          if (frame.reason === 'forbidden') fail(f, new FanfareError('forbidden', `${frame.channel} may no longer be seen by this client`))
+          else if (f.phase === 'resyncing' && frame.ref === f.ref) subscribe(f)
+          return true
+        }
+        case 'error': {
+          const f = [...followed.values()].find((x) => (frame.ref !== undefined ? x.ref === frame.ref : x.channel === frame.channel))
+          if (!f) return frame.channel !== undefined
+          const { code, message, details } = frame.error
+          if (code === 'already_subscribed') return true
+          if (FATAL.has(code) || frame.ref === undefined) return fail(f, new FanfareError(code, message, details)), true
+          // Refused for now (rate limit, server fault): ask again after the wait.
+          f.phase = 'waiting'
+          const wait = frame.error.retryAfterMs ?? deps.backoff(++f.retries)
+          f.timer = setTimeout(() => {
+            f.timer = undefined
+            if (f.phase === 'waiting' && followed.get(f.channel) === f) subscribe(f)
+          }, wait)
+          return true
+        }
+        default:
+          return false
+      }
+    },
+
+    close() {
+      online = false
+      for (const f of followed.values()) if (f.timer !== undefined) clearTimeout(f.timer)
+      followed.clear()
+    },
+  }
+}

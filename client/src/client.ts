@@ -1,0 +1,398 @@
+import { fullJitter, waitFromReason } from './backoff'
+import { createChannels, type SubscribeOptions, type Subscription } from './channels'
+import { FanfareError } from './errors'
+import { eventIds } from './ids'
+import { createOutbox, type Ack } from './outbox'
+import type { PublishedEvent, ServerFrame } from './protocol'
+
+/** Where a client is. `closed` is final: a new client is needed (after `close()`, a revoked credential, a sign-out). */
+export type Status =
+  | { state: 'connecting'; url: string; attempt: number }
+  | { state: 'connected'; url: string; principal?: string }
+  | { state: 'reconnecting'; attempt: number; delayMs: number; reason: CloseReason }
+  | { state: 'closed'; reason: CloseReason }
+
+/** Why a connection ended: the WebSocket close code and reason, or the SDK's own (code 0). */
+export type CloseReason = { code: number; message: string }
+
+/**
+ * A user token (JWT from the game's own auth) or an API key. A function is called whenever a
+ * token is needed (connecting, `token_expiring`, a 4001 close); one call at a time. Return
+ * null/undefined when the user signed out: the client closes instead of retrying forever. A
+ * function that throws is retried with backoff (the token service may be down for a moment).
+ */
+export type TokenSource = string | (() => Promise<string | null | undefined>)
+
+export type ClientOptions = {
+  /** Servers to connect to, in any order: `ws(s)://host/v1/ws`, or `http(s)://host` (the SDK adds `/v1/ws`). */
+  urls: string[]
+  /** Without one the client is an anonymous viewer (read-only, where the server allows it). */
+  token?: TokenSource
+  /** The WebSocket class (default: the global one: browsers, Bun, Node 22). */
+  WebSocket?: typeof WebSocket
+  /** Reconnect waits: full jitter between 0 and min(maxMs, minMs * 2^attempt). Default 250 ms .. 30 s. */
+  backoff?: { minMs?: number; maxMs?: number }
+  /** A connection silent this long is asked for a pong (default 25 s)... */
+  pingIntervalMs?: number
+  /** ...and dropped when none comes this long after (default 10 s). */
+  pongTimeoutMs?: number
+  /** A connection not open and authenticated this long after it started is given up (default 10 s). */
+  connectTimeoutMs?: number
+  /** Publishes waiting at most (default 1000), and in flight at most (default 32). */
+  outbox?: { max?: number; window?: number }
+  /** The clock (tests). */
+  now?: () => number
+}
+
+type Listeners = { status: Set<(s: Status) => void>; error: Set<(e: FanfareError) => void> }
+
+/** A connection that lived this long counts as healthy: the next reconnect starts the backoff over. */
+const HEALTHY_MS = 10_000
+/** A token this close to its expiry is refreshed before connecting with it. */
+const EXPIRY_SKEW_MS = 5_000
+/** The server's default de-duplication window, until `authed` tells this server's. */
+const DEFAULT_DEDUP_WINDOW_MS = 120_000
+
+/**
+ * A Fanfare client: one WebSocket to one of `urls` at a time, replaced whenever it drops. Channels
+ * resume where they were (since + epoch) on whichever node the next connection reaches, and
+ * publishes wait in an outbox until acknowledged, each with the id it got once.
+ *
+ * Close codes: 4001 (token expired) fetches a token and reconnects; 4003 (forbidden, revoked) and
+ * a sign-out close the client for good; 4029 waits as the server says; 1001 (a node shutting
+ * down) and 4008 (slow consumer) reconnect at once, elsewhere; anything else backs off.
+ */
+export function createClient(options: ClientOptions) {
+  if (options.urls.length === 0) throw new FanfareError('invalid_options', 'createClient needs at least one URL')
+  const urls = options.urls.map(wsUrl)
+  const Socket = options.WebSocket ?? globalThis.WebSocket
+  if (!Socket) throw new FanfareError('invalid_options', 'no WebSocket class: pass options.WebSocket (Node before 22 has none)')
+  const now = options.now ?? Date.now
+  const backoff = { minMs: options.backoff?.minMs ?? 250, maxMs: options.backoff?.maxMs ?? 30_000 }
+  const pingIntervalMs = options.pingIntervalMs ?? 25_000
+  const pongTimeoutMs = options.pongTimeoutMs ?? 10_000
+  const connectTimeoutMs = options.connectTimeoutMs ?? 10_000
+  const listeners: Listeners = { status: new Set(), error: new Set() }
+  const nextId = eventIds()
+
+  let status: Status = { state: 'connecting', url: urls[0], attempt: 0 }
+  let socket: WebSocket | undefined
+  let urlIndex = Math.floor(Math.random() * urls.length)
+  let attempt = 0
+  let connectedAt = 0
+  let lastFrameAt = 0
+  let pingSentAt: number | undefined
+  let closed = false
+  let reconnectTimer: ReturnType<typeof setTimeout> | undefined
+  let pingTimer: ReturnType<typeof setInterval> | undefined
+  let connectTimer: ReturnType<typeof setTimeout> | undefined
+  let dedupWindowMs = DEFAULT_DEDUP_WINDOW_MS
+  // The token in use and when the server said it expires; a refresh in flight is shared.
+  let token: string | undefined = typeof options.token === 'string' ? options.token : undefined
+  let tokenExpiresAt: number | undefined
+  let refreshing: Promise<string | undefined> | undefined
+
+  const setStatus = (s: Status) => {
+    status = s
+    for (const fn of [...listeners.status]) fn(s)
+  }
+  const report = (err: FanfareError) => {
+    for (const fn of [...listeners.error]) fn(err)
+  }
+  const send = (frame: object) => {
+    if (!socket || socket.readyState !== 1) return false
+    socket.send(JSON.stringify(frame))
+    return true
+  }
+  const retryWait = (n: number) => fullJitter(n, backoff)
+
+  const channels = createChannels({ send, now, backoff: retryWait, report })
+  const outbox = createOutbox({
+    max: options.outbox?.max ?? 1000,
+    window: options.outbox?.window ?? 32,
+    send,
+    now,
+    dedupWindowMs: () => dedupWindowMs,
+    backoff: retryWait,
+  })
+
+  /**
+   * A fresh token from the token function (one call at a time: a second caller shares it);
+   * undefined when the user signed out. Throws what the function threw.
+   */
+  const refreshToken = (): Promise<string | undefined> => {
+    if (typeof options.token !== 'function') return Promise.resolve(token)
+    const fn = options.token
+    refreshing ??= (async () => {
+      try {
+        const fresh = await fn()
+        token = fresh ?? undefined
+        tokenExpiresAt = undefined
+        return token
+      } finally {
+        refreshing = undefined
+      }
+    })()
+    return refreshing
+  }
+
+  /** Ends the client for good. */
+  const finish = (reason: CloseReason) => {
+    if (closed) return
+    closed = true
+    clearTimers()
+    events.removeEventListener?.('online', wake)
+    events.removeEventListener?.('visibilitychange', onVisible)
+    const s = socket
+    socket = undefined
+    if (s) detach(s)
+    if (s && s.readyState <= 1) s.close(1000, 'client closed')
+    const err = new FanfareError('closed', `the client is closed: ${reason.message}`)
+    outbox.close(err)
+    channels.close()
+    setStatus({ state: 'closed', reason })
+  }
+
+  const clearTimers = () => {
+    if (reconnectTimer !== undefined) clearTimeout(reconnectTimer)
+    if (pingTimer !== undefined) clearInterval(pingTimer)
+    if (connectTimer !== undefined) clearTimeout(connectTimer)
+    reconnectTimer = pingTimer = connectTimer = undefined
+  }
+  const detach = (s: WebSocket) => {
+    s.onopen = s.onmessage = s.onclose = s.onerror = null
+  }
+
+  /** The connection is gone (closed, or found dead): decide between waiting, reconnecting and finishing. */
+  const lost = (reason: CloseReason) => {
+    if (closed) return
+    const s = socket
+    socket = undefined
+    if (s) {
+      detach(s)
+      // A socket found dead may never finish its closing handshake: do not wait for it.
+      if (s.readyState <= 1) s.close(4000, 'client reconnecting')
+    }
+    clearTimers()
+    channels.offline()
+    outbox.offline()
+    if (connectedAt > 0 && now() - connectedAt >= HEALTHY_MS) attempt = 0
+    connectedAt = 0
+    let delay: number
+    switch (reason.code) {
+      case 4003:
+        return finish(reason)
+      case 4001:
+        if (typeof options.token !== 'function') return finish(reason)
+        token = undefined
+        // A token function handing out expired tokens must not make a tight loop: back off after the first.
+        delay = attempt === 0 ? 0 : retryWait(attempt)
+        break
+      case 4029:
+        delay = (waitFromReason(reason.message) ?? retryWait(attempt)) + fullJitter(0, { minMs: 1000, maxMs: 1000 })
+        break
+      case 1001:
+      case 4008:
+        delay = attempt === 0 ? 0 : retryWait(attempt)
+        break
+      default:
+        delay = retryWait(attempt)
+    }
+    attempt++
+    urlIndex = (urlIndex + 1) % urls.length
+    setStatus({ state: 'reconnecting', attempt, delayMs: delay, reason })
+    reconnectTimer = setTimeout(() => void connect(), delay)
+  }
+
+  const connect = async () => {
+    reconnectTimer = undefined
+    if (closed) return
+    const url = urls[urlIndex]
+    setStatus({ state: 'connecting', url, attempt })
+    let credential: string | undefined
+    if (options.token !== undefined) {
+      try {
+        const stale = token === undefined || (tokenExpiresAt !== undefined && tokenExpiresAt - EXPIRY_SKEW_MS <= now())
+        credential = stale ? await refreshToken() : token
+      } catch (err) {
+        return lost({ code: 0, message: `the token function failed: ${(err as Error)?.message ?? err}` })
+      }
+      if (closed) return
+      if (credential === undefined) return finish({ code: 0, message: 'signed out: the token function returned no token' })
+    }
+    const s = new Socket(url)
+    socket = s
+    // A server that never answers (a black-holed address) would leave the socket opening for minutes.
+    connectTimer = setTimeout(() => lost({ code: 0, message: `not connected within ${connectTimeoutMs} ms` }), connectTimeoutMs)
+    s.onopen = () => {
+      lastFrameAt = now()
+      startPings()
+      // The token goes in the first frame, never in the URL (URLs end up in logs).
+      if (credential !== undefined) send({ op: 'auth', ref: 'auth', token: credential })
+      else ready(url, undefined)
+    }
+    s.onmessage = (ev) => onFrame(url, ev.data)
+    s.onclose = (ev) => lost({ code: ev.code, message: ev.reason })
+    // An error is followed by a close: that is where it is handled.
+    s.onerror = () => {}
+  }
+
+  /** Authenticated (or anonymous): channels resume and publishes go out. */
+  const ready = (url: string, principal: string | undefined) => {
+    if (connectTimer !== undefined) clearTimeout(connectTimer)
+    connectTimer = undefined
+    connectedAt = now()
+    setStatus({ state: 'connected', url, ...(principal !== undefined ? { principal } : {}) })
+    channels.online()
+    outbox.online()
+  }
+
+  const onFrame = (url: string, raw: unknown) => {
+    lastFrameAt = now()
+    pingSentAt = undefined
+    let frame: ServerFrame
+    try {
+      frame = JSON.parse(String(raw)) as ServerFrame
+    } catch {
+      return report(new FanfareError('bad_frame', 'the server sent a frame that is not JSON'))
+    }
+    switch (frame.op) {
+      case 'authed':
+        dedupWindowMs = frame.dedupWindowMs ?? dedupWindowMs
+        tokenExpiresAt = frame.expiresAt === undefined ? undefined : Date.parse(frame.expiresAt)
+        if (status.state !== 'connected') ready(url, frame.principal)
+        return
+      case 'token_expiring':
+        return void renew()
+      case 'pong':
+        return
+      case 'ack':
+        if (!outbox.answer(frame)) report(new FanfareError('unexpected_frame', `an ack for ${frame.ref ?? 'no ref'} that nothing waits for`))
+        return
+      case 'error':
+        if (frame.ref === 'auth' || frame.ref === 'renew') {
+          // The server closes after a refused token (4001/4003): the close decides what follows.
+          return report(new FanfareError(frame.error.code, frame.error.message, frame.error.details))
+        }
+        if (frame.ref?.startsWith('p') && outbox.answer(frame)) return
+        if (channels.handle(frame)) return
+        return report(new FanfareError(frame.error.code, frame.error.message, frame.error.details))
+      default:
+        if (!channels.handle(frame)) report(new FanfareError('unexpected_frame', `unknown frame op ${(frame as { op?: unknown }).op}`))
+    }
+  }
+
+  /** `token_expiring`: a fresh token on the same connection, before the server closes it. */
+  const renew = async () => {
+    let fresh: string | undefined
+    try {
+      fresh = await refreshToken()
+    } catch (err) {
+      // The server closes with 4001 at expiry; reconnecting fetches a token again then.
+      return report(new FanfareError('token_refresh_failed', `the token function failed: ${(err as Error)?.message ?? err}`))
+    }
+    if (fresh === undefined) return finish({ code: 0, message: 'signed out: the token function returned no token' })
+    send({ op: 'auth', ref: 'renew', token: fresh })
+  }
+
+  /**
+   * Liveness: a socket silent for pingIntervalMs is pinged, and dropped when nothing comes back
+   * within pongTimeoutMs. A timer that fires far too late means the machine slept: ping at once.
+   */
+  const startPings = () => {
+    if (pingTimer !== undefined) clearInterval(pingTimer)
+    const tick = Math.max(100, Math.min(pingIntervalMs, pongTimeoutMs) / 2)
+    let lastTick = now()
+    pingTimer = setInterval(() => {
+      const t = now()
+      const slept = t - lastTick > tick * 3
+      lastTick = t
+      if (pingSentAt !== undefined) {
+        if (t - pingSentAt >= pongTimeoutMs) lost({ code: 0, message: `no answer to a ping within ${pongTimeoutMs} ms` })
+        return
+      }
+      if (slept || t - lastFrameAt >= pingIntervalMs) {
+        pingSentAt = t
+        send({ op: 'ping', ref: 'ping' })
+      }
+    }, tick)
+  }
+
+  // Browsers say when the network is back, or the page is looked at again (after a sleep): check
+  // the connection at once instead of at the next ping or backoff.
+  const wake = () => {
+    if (closed) return
+    if (status.state === 'reconnecting' && reconnectTimer !== undefined) {
+      clearTimeout(reconnectTimer)
+      void connect()
+    } else if (status.state === 'connected' && pingSentAt === undefined) {
+      pingSentAt = now()
+      send({ op: 'ping', ref: 'ping' })
+    }
+  }
+  const onVisible = () => {
+    if ((globalThis as { document?: { visibilityState?: string } }).document?.visibilityState === 'visible') wake()
+  }
+  const events = globalThis as unknown as { addEventListener?: (t: string, f: () => void) => void; removeEventListener?: (t: string, f: () => void) => void }
+  events.addEventListener?.('online', wake)
+  events.addEventListener?.('visibilitychange', onVisible)
+
+  void connect()
+
+  return {
+    /** Where the client is now (see the `status` event). */
+    get status(): Status {
+      return status
+    },
+
+    /**
+     * Follows a channel: `onState` gets its state now and after every change, which equals what
+     * the server would snapshot at that moment. Across reconnects the channel resumes where it
+     * was; if it cannot, the state is replaced by a snapshot and `onResync` says so.
+     */
+    subscribe<C extends string>(channel: C, opts: SubscribeOptions<C> = {}): Subscription<C> {
+      if (closed) throw new FanfareError('closed', 'the client is closed')
+      return channels.add(channel, opts)
+    },
+
+    /**
+     * Publishes an event, resolving once the server stored it. The event gets an id now (unless it
+     * has one) and keeps it through every resend, so it is stored once however often the
+     * connection drops. Rejects with `outbox_full`, `unconfirmed`, `closed`, or the server's
+     * refusal (`invalid_event`, `forbidden`, ...). Events are sent in the order published.
+     */
+    publish(event: PublishedEvent): Promise<Ack> {
+      if (closed) return Promise.reject(new FanfareError('closed', 'the client is closed'))
+      return outbox.publish({ ...event, id: event.id ?? nextId() } as PublishedEvent & { id: string })
+    },
+
+    /** Publishes waiting for their ack. */
+    get pending(): number {
+      return outbox.size
+    },
+
+    /** Status changes, and problems that are no single call's (a gap repaired, a listener that threw). */
+    on<E extends keyof Listeners>(event: E, fn: Listeners[E] extends Set<infer F> ? F : never): () => void {
+      const set = listeners[event] as Set<unknown>
+      set.add(fn)
+      return () => void set.delete(fn)
+    },
+
+    /** Closes the connection for good; publishes still waiting fail with `closed`. */
+    close() {
+      finish({ code: 1000, message: 'closed by the client' })
+    },
+  }
+}
+
+export type Client = ReturnType<typeof createClient>
+
+/** `http(s)://host` becomes `ws(s)://host/v1/ws`; WebSocket URLs are kept. */
+function wsUrl(url: string): string {
+  const u = new URL(url)
+  if (u.protocol === 'http:' || u.protocol === 'https:') {
+    u.protocol = u.protocol === 'http:' ? 'ws:' : 'wss:'
+    if (u.pathname === '/' || u.pathname === '') u.pathname = '/v1/ws'
+  }
+  return u.toString()
+}

@@ -1,0 +1,20 @@
+/**
+ * Every failure the SDK reports. `code` is the server's machine-readable code where the server
+ * refused something (`forbidden`, `invalid_event`, `rate_limited`, ...), or one of the SDK's own:
+ * - `outbox_full`: too many publishes wait to be sent (`outbox.max`); nothing was queued.
+ * - `unconfirmed`: the event was sent, no answer came within the server's de-duplication window,
+ *   and sending it again could store it twice: it may or may not be stored.
+ * - `closed`: the client was closed (by `close()`, or for good by the server) before an answer.
+ * - `gap`: a channel's frames did not follow each other (the SDK re-synced it; reported so that
+ *   such a server bug is seen).
+ */
+export class FanfareError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly details?: unknown,
+  ) {
+    super(message)
+    this.name = 'FanfareError'
+  }
+}

@@ -1,0 +1,179 @@
+import { FanfareError } from './errors'
+import type { PublishedEvent, ServerFrame } from './protocol'
+
+/** The server's answer to a stored event: its id, the stream sequence, and whether it was a resend. */
+export type Ack = { id: string; seq: number; duplicate: boolean }
+
+type Entry = {
+  /** Publish order: sends and resends go lowest first. */
+  n: number
+  event: PublishedEvent & { id: string }
+  resolve: (ack: Ack) => void
+  reject: (err: FanfareError) => void
+  /** When a send whose outcome is unknown (no answer before the connection dropped, a 503) went out. */
+  maybeStoredAt?: number
+  /** Internal errors answered for this event: it is given up after a few. */
+  internalErrors: number
+  sentAt: number
+}
+
+/** Errors after which the event is certainly not stored and may be sent again. */
+const RETRY_AFTER_WAIT = new Set(['rate_limited'])
+/** Errors after which the event may or may not be stored: sent again (same id) after a backoff. */
+const RETRY_UNKNOWN = new Set(['unavailable', 'overloaded', 'internal'])
+const MAX_INTERNAL_ERRORS = 5
+
+export type Outbox = ReturnType<typeof createOutbox>
+
+/**
+ * Publishes waiting for their acks. Each event keeps the id it was given once, so sending it again
+ * (after a lost connection, a 503, a rate limit) is de-duplicated by the server. Order is kept:
+ * events go out lowest first, and after a refusal everything waits and then goes one at a time
+ * (the window grows back by one per ack), so a refused event is never overtaken by a later one
+ * the server would accept. An event whose outcome is unknown is resent only within the server's
+ * de-duplication window; past it, its promise fails with `unconfirmed` rather than risk a double.
+ */
+export function createOutbox(deps: {
+  /** Most events waiting (queued and in flight); a publish past it fails with `outbox_full`. */
+  max: number
+  /** Most events in flight at once when nothing was refused. */
+  window: number
+  send: (frame: { op: 'publish'; ref: string; event: PublishedEvent }) => void
+  now: () => number
+  /** How long the server recognises a resent id (from `authed`, or the default). */
+  dedupWindowMs: () => number
+  /** The wait before resending after the `failures`-th failure in a row. */
+  backoff: (failures: number) => number
+}) {
+  const queued: Entry[] = []
+  const inFlight = new Map<string, Entry>()
+  let window = deps.window
+  let pausedUntil = 0
+  let failures = 0
+  let online = false
+  let timer: ReturnType<typeof setTimeout> | undefined
+  let published = 0
+  let refs = 0
+
+  const requeue = (e: Entry) => {
+    const at = queued.findIndex((q) => q.n > e.n)
+    queued.splice(at < 0 ? queued.length : at, 0, e)
+  }
+  const schedule = (ms: number) => {
+    if (timer !== undefined) clearTimeout(timer)
+    timer = setTimeout(() => {
+      timer = undefined
+      pump()
+    }, ms)
+  }
+  /** A resend is safe while the server still remembers the id, with a margin for clocks and transit. */
+  const stillSafe = (e: Entry, now: number) => {
+    if (e.maybeStoredAt === undefined) return true
+    const windowMs = deps.dedupWindowMs()
+    return now - e.maybeStoredAt < windowMs - Math.min(10_000, windowMs / 10)
+  }
+  const unconfirmed = (e: Entry) =>
+    e.reject(
+      new FanfareError(
+        'unconfirmed',
+        `event ${e.event.id} was sent but not acknowledged within the server's de-duplication window: it may or may not be stored, and sending it again could store it twice`,
+      ),
+    )
+
+  function pump() {
+    if (!online) return
+    const now = deps.now()
+    if (now < pausedUntil) return schedule(pausedUntil - now)
+    while (inFlight.size < window && queued.length > 0) {
+      const e = queued.shift()!
+      if (!stillSafe(e, now)) {
+        unconfirmed(e)
+        continue
+      }
+      const ref = `p${++refs}`
+      e.sentAt = now
+      inFlight.set(ref, e)
+      deps.send({ op: 'publish', ref, event: e.event })
+    }
+  }
+
+  return {
+    /** Queues an event (its `id` set), resolving with the ack; rejects at once when the outbox is full. */
+    publish(event: PublishedEvent & { id: string }): Promise<Ack> {
+      if (queued.length + inFlight.size >= deps.max) {
+        return Promise.reject(new FanfareError('outbox_full', `${deps.max} events already wait to be sent; wait for some acks (or raise outbox.max)`))
+      }
+      return new Promise<Ack>((resolve, reject) => {
+        queued.push({ n: ++published, event, resolve, reject, internalErrors: 0, sentAt: 0 })
+        pump()
+      })
+    },
+
+    /** The connection is ready (authenticated): sends what waits. */
+    online() {
+      online = true
+      pump()
+    },
+
+    /**
+     * The connection is gone: what was in flight may or may not be stored, and waits to be sent
+     * again on the next connection (same ids).
+     */
+    offline() {
+      online = false
+      if (timer !== undefined) clearTimeout(timer)
+      timer = undefined
+      for (const e of inFlight.values()) {
+        e.maybeStoredAt ??= e.sentAt
+        requeue(e)
+      }
+      inFlight.clear()
+      // A clean start on the next connection: its limits are fresh.
+      window = Math.max(1, Math.min(window, deps.window))
+    },
+
+    /** Handles an `ack` or `error` frame; false when its ref is not a publish of this outbox. */
+    answer(frame: Extract<ServerFrame, { op: 'ack' } | { op: 'error' }>): boolean {
+      const e = frame.ref === undefined ? undefined : inFlight.get(frame.ref)
+      if (!e) return false
+      inFlight.delete(frame.ref!)
+      if (frame.op === 'ack') {
+        failures = 0
+        window = Math.min(deps.window, window + 1)
+        e.resolve({ id: frame.id, seq: frame.seq, duplicate: frame.duplicate })
+        pump()
+        return true
+      }
+      const { code, message, details } = frame.error
+      if (RETRY_AFTER_WAIT.has(code)) {
+        const wait = frame.error.retryAfterMs ?? (details as { retryAfterMs?: number } | undefined)?.retryAfterMs ?? deps.backoff(++failures)
+        requeue(e)
+        window = 1
+        pausedUntil = Math.max(pausedUntil, deps.now() + wait)
+      } else if (RETRY_UNKNOWN.has(code) && (code !== 'internal' || ++e.internalErrors < MAX_INTERNAL_ERRORS)) {
+        e.maybeStoredAt ??= e.sentAt
+        requeue(e)
+        window = 1
+        pausedUntil = Math.max(pausedUntil, deps.now() + deps.backoff(++failures))
+      } else {
+        e.reject(new FanfareError(code, message, details))
+      }
+      pump()
+      return true
+    },
+
+    /** Fails every waiting publish (the client closed). */
+    close(err: FanfareError) {
+      online = false
+      if (timer !== undefined) clearTimeout(timer)
+      for (const e of [...inFlight.values(), ...queued]) e.reject(err)
+      inFlight.clear()
+      queued.length = 0
+    },
+
+    /** Events waiting: queued and in flight. */
+    get size() {
+      return queued.length + inFlight.size
+    },
+  }
+}
