@@ -32,6 +32,12 @@ export const Env = Type.Object({
   FANFARE_TOKEN_WARNING_MS: Type.Integer({ minimum: 1000, maximum: 3600_000, default: 30_000 }),
   /** How long a WebSocket opened without a token may wait before its `auth` frame (when anonymous is off). */
   FANFARE_AUTH_TIMEOUT_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 10_000 }),
+  /**
+   * `on`: the demo page at /demo, and its sign-in (POST /demo/session), which mints a user token
+   * for any name it is given. For trying Fanfare out on your own machine, never on a public server.
+   * Unset: on in `npm start`'s all-in-one mode, off otherwise.
+   */
+  FANFARE_DEMO: Type.Optional(Type.Union([Type.Literal('on'), Type.Literal('off')])),
   FANFARE_DATA_DIR: Type.String({ minLength: 1, default: './.data' }),
   /** JetStream stream holding events; tests give each run its own. */
   FANFARE_STREAM: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', default: 'FANFARE' }),

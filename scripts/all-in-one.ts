@@ -56,6 +56,8 @@ export async function startAllInOne(
     FANFARE_INGEST_TOKEN: parsed.FANFARE_INGEST_TOKEN ?? newToken(),
     FANFARE_ADMIN_TOKEN: parsed.FANFARE_ADMIN_TOKEN ?? newToken(),
     FANFARE_JWT_SECRET: generated.jwt ? newToken() : parsed.FANFARE_JWT_SECRET,
+    // The demo page is part of trying Fanfare out on one machine, which is what this mode is for.
+    FANFARE_DEMO: parsed.FANFARE_DEMO ?? 'on',
   }
   const log = logger ?? createLogger(config.LOG_LEVEL, { service: 'fanfare', mode: 'all-in-one' })
   const dataDir = resolve(config.FANFARE_DATA_DIR)
@@ -157,6 +159,7 @@ export function banner(app: AllInOne): string {
     `    API          ${app.url}`,
     `    Health       ${app.url}/healthz`,
     `    API docs     ${app.url}/docs`,
+    ...(app.config.FANFARE_DEMO === 'on' && app.config.FANFARE_JWT_SECRET ? [`    Demo         ${app.url}/demo`] : []),
     `    WebSocket    ${app.url.replace(/^http/, 'ws')}/v1/ws`,
     `    Ingest token ${app.config.FANFARE_INGEST_TOKEN}${mark(app.generated.ingest)}`,
     `    Admin token  ${app.config.FANFARE_ADMIN_TOKEN}${mark(app.generated.admin)}`,

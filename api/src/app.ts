@@ -20,6 +20,7 @@ import { roomsModule } from './modules/rooms'
 import { pollsModule } from './modules/polls'
 import { streamsModule } from './modules/streams'
 import { reactionsModule } from './modules/reactions'
+import { demoModule } from './modules/demo'
 import { createLimits } from './limits'
 import { originsPlugin } from './limits/origins'
 
@@ -88,6 +89,7 @@ export function createApp(deps: ApiDeps) {
     .use(keysModule({ auth, keys, revocations, audit }))
     .use(revocationsModule({ auth, revocations, audit }))
     .use(auditModule({ auth, audit }))
+    .use(demoModule({ config }))
   if (!deps.realtime) return app
   return app.use(presenceModule({ auth, presence: deps.realtime.presence, rooms: deps.security.rooms })).use(deps.realtime.routes({ ingest, limits }))
 }
