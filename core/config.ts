@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value, ValuePointer } from '@sinclair/typebox/value'
-import { parseCidrs, parseOrigins } from './net'
+import { parseCidrs, parseNatsServers, parseOrigins } from './net'
 
 /**
  * The whole environment Fanfare reads, as one TypeBox schema. Parsed once in `main`; nothing else
@@ -11,8 +11,18 @@ export const Env = Type.Object({
   HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
   /** Postgres URL. Unset: embedded PGlite under FANFARE_DATA_DIR (all-in-one mode only). */
   DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
-  /** NATS URL. Unset: a local nats-server with JetStream is started (all-in-one mode only). */
+  /**
+   * NATS server URL, or several comma-separated (the servers of a cluster: the client tries them
+   * in turn and learns the others from the cluster). Unset: a local nats-server with JetStream is
+   * started (all-in-one mode only).
+   */
   NATS_URL: Type.Optional(Type.String({ pattern: '^(nats|tls)://' })),
+  /**
+   * Replicas of every stream and KV bucket Fanfare creates: 1 on a single nats-server, 3 (or 5) on
+   * a cluster, where a stream then survives the loss of a minority of its servers. Applied when a
+   * stream is created or updated (ensureStreams at start, `npm run migrate` for the buckets).
+   */
+  FANFARE_REPLICAS: Type.Integer({ minimum: 1, maximum: 5, default: 1 }),
   /** Bearer token for publishing events over REST and for scores over WebSocket. */
   FANFARE_INGEST_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
   /** Bearer token for /admin. */
@@ -167,6 +177,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   const lists = converted as Partial<Env>
   for (const p of parseCidrs(lists.FANFARE_TRUSTED_PROXIES).problems) problems.push(`FANFARE_TRUSTED_PROXIES: ${p}`)
   for (const p of parseOrigins(lists.FANFARE_ALLOWED_ORIGINS).problems) problems.push(`FANFARE_ALLOWED_ORIGINS: ${p}`)
+  for (const p of parseNatsServers(lists.NATS_URL).problems) problems.push(`NATS_URL: ${p}`)
   if (problems.length > 0) throw new ConfigError(problems)
   return converted as Config
 }
