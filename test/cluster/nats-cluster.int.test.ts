@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
+import { loadConfig } from '../../core/config'
 import { connectNats, deploymentStreams, topology } from '../../core/nats'
+import { upgradeNats } from '../../core/upgrade'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
 import { privateNatsCluster, type PrivateNatsCluster } from './private-nats'
@@ -174,4 +176,42 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
     for (const c of clients) c.close()
     await stopCleanly(...apiProcs, ...workers)
   }, 150_000)
+})
+
+/**
+ * Moving a deployment from one replica to three (the operator sets FANFARE_REPLICAS=3 and runs the
+ * upgrade command): every stream and bucket ends on three servers, the buckets included (a node
+ * opening an existing bucket does not change it).
+ */
+describe('NATS cluster: the upgrade command changes the replica count', () => {
+  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-replicas-'))
+  let cluster: PrivateNatsCluster | undefined
+  let nc: NatsConnection | undefined
+  afterAll(async () => {
+    await nc?.close()
+    await cluster?.stop()
+    rmSync(storeDir, { recursive: true, force: true })
+  })
+
+  test('from 1 to 3 replicas', async () => {
+    cluster = privateNatsCluster({ size: 3, storeDir })
+    await cluster.start()
+    nc = await connectNats(cluster.url, 'replicas-test')
+    const id = Math.random().toString(36).slice(2, 8)
+    const one = loadConfig({ FANFARE_STREAM: `R_${id}`, FANFARE_SUBJECT_PREFIX: `r_${id}` })
+    expect(one.FANFARE_REPLICAS).toBe(1)
+    await upgradeNats(nc, one)
+    const jsm = await jetstreamManager(nc)
+    const replicas = async () => Promise.all(deploymentStreams(topology(one)).map(async (name) => (await jsm.streams.info(name)).config.num_replicas))
+    expect(new Set(await replicas())).toEqual(new Set([1]))
+
+    const done = await upgradeNats(nc, { ...one, FANFARE_REPLICAS: 3 })
+    expect(done).toEqual([`bucket R_${id}_leases: 1 -> 3 replicas`, `bucket R_${id}_jobs: 1 -> 3 replicas`])
+    expect(new Set(await replicas())).toEqual(new Set([3]))
+    // And the servers hold them: a leader and two followers each.
+    for (const name of deploymentStreams(topology(one))) {
+      await until(`${name} on three servers`, async () => (await jsm.streams.info(name)).cluster?.replicas?.length === 2, 15_000, 200)
+    }
+    expect(await upgradeNats(nc, { ...one, FANFARE_REPLICAS: 3 })).toEqual([])
+  }, 60_000)
 })
