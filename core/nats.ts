@@ -1,7 +1,7 @@
-import { jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo } from '@nats-io/jetstream'
+import { jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
-import type { Config } from './config'
+import { parseDomains, type Config } from './config'
 import { subjects } from './events'
 
 /** Connects to NATS, reconnecting forever: a NATS restart is an outage, not a crash. */
@@ -93,17 +93,39 @@ export async function streamIdentity(jsm: JetStreamManager, stream: string): Pro
 export const identityOf = (info: StreamInfo): string => `${info.config.name}@${info.created}`
 
 /**
+ * Where a node runs (see README "Running at the edge"): at the hub, whose event stream sources the
+ * event streams of `edges` (JetStream domains), or at an edge site, in JetStream domain `domain`,
+ * linked to the hub's domain `hubDomain` by a leaf nats-server.
+ */
+export type Site = { kind: 'hub'; edges?: string[] } | { kind: 'edge'; domain: string; hubDomain: string }
+
+export function siteOf(config: Config): Site {
+  if (config.FANFARE_EDGE_DOMAIN) return { kind: 'edge', domain: config.FANFARE_EDGE_DOMAIN, hubDomain: config.FANFARE_HUB_DOMAIN }
+  // Unset: leave the stream's sources alone (a hub process started without the list removes none).
+  return { kind: 'hub', ...(config.FANFARE_EDGE_DOMAINS ? { edges: parseDomains(config.FANFARE_EDGE_DOMAINS).domains } : {}) }
+}
+
+/** Stream `name` of JetStream domain `domain`, reached across a leaf link, as a source or mirror. */
+const inDomain = (name: string, domain: string): StreamSource => ({ name, external: { api: `$JS.${domain}.API`, deliver: '' } })
+
+/**
  * Creates or updates the event and change streams so they match the config. Safe to call from
  * every process at start, concurrently.
+ *
+ * At an edge site (see Site) the same names live in the edge's own JetStream domain: an event
+ * stream on the same subjects (what the edge's API nodes store into, the hub's event stream sources
+ * it), and mirrors of the hub's change streams (what the edge's change feeds and history read).
  */
 export async function ensureStreams(nc: NatsConnection, config: Config): Promise<JetStreamManager> {
   const jsm = await jetstreamManager(nc)
   const t = topology(config)
+  const site = siteOf(config)
   await upsertStream(jsm, {
     name: t.eventStream,
     subjects: [subjects.allEvents(t.prefix)],
     duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
     max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
+    ...(site.kind === 'hub' && site.edges ? { sources: site.edges.map((d) => inDomain(t.eventStream, d)) } : {}),
   })
   // Before per-kind retention all notices shared one stream whose subjects overlap the new ones:
   // remove it (its history is lost; resuming clients get a resync snapshot, as for any lost history).
@@ -112,6 +134,10 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
   })
   for (const kind of channelKinds) {
     const { size, ttlMs } = historyRetention(config, kind)
+    if (site.kind === 'edge') {
+      await upsertStream(jsm, { name: t.changeStreams[kind], mirror: inDomain(t.changeStreams[kind], site.hubDomain), max_msgs_per_subject: size, max_age: nanos(ttlMs) })
+      continue
+    }
     await upsertStream(jsm, {
       name: t.changeStreams[kind],
       subjects: [subjects.changesOfKind(t.prefix, kind)],
