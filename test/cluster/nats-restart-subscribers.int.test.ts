@@ -5,37 +5,10 @@ import { join } from 'node:path'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from './private-nats'
-import { configureBoard, diff, postEvents, readModel, scoreEvent, stopCleanly, type Api } from './support'
+import { BoardView, configureBoard, diff, postEvents, readModel, scoreEvent, stopCleanly, type Api } from './support'
 
 const CLIENTS = 5
 const PLAYERS = 20
-
-/** A subscriber's view of a board, built only from its frames; throws on a gap or a repeat. */
-class BoardView {
-  board = new Map<string, number>()
-  version = -1
-  resyncs = 0
-  private seen = 0
-  constructor(readonly client: WsClient) {}
-  /** Applies the frames received since the last call. */
-  catchUp(channel: string) {
-    const frames = this.client.of(channel)
-    for (; this.seen < frames.length; this.seen++) {
-      const f = frames[this.seen]
-      if (f.op === 'snapshot') {
-        if (this.seen > 0 && !f.resync) throw new Error('a second snapshot not marked resync')
-        if (f.resync) this.resyncs++
-        this.board = new Map(f.data.entries.map((e: { player: string; score: number }) => [e.player, e.score]))
-        this.version = f.version
-      } else {
-        if (f.version !== this.version + 1) throw new Error(`update ${f.version} after ${this.version}: a gap or a repeat`)
-        this.board.set(f.data.player, f.data.score)
-        this.version = f.version
-      }
-    }
-    return this
-  }
-}
 
 /**
  * A routine NATS restart while scores flow: the API node's change feed must follow again after

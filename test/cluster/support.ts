@@ -1,5 +1,5 @@
 import postgres from 'postgres'
-import { until, type Proc } from '../e2e/harness'
+import { until, type Proc, type WsClient } from '../e2e/harness'
 
 /** An ingest client for one deployment: posts batches, reports status and body. */
 export type Api = { baseUrl: string; ingestToken: string; adminToken: string }
@@ -101,5 +101,43 @@ export async function stopCleanly(...procs: Proc[]) {
   for (const p of procs) {
     const code = await p.stop('SIGTERM')
     if (code !== 0) throw new Error(`${p.name} exited ${code} on SIGTERM:\n${p.output().slice(-3000)}`)
+  }
+}
+
+/**
+ * A subscriber's view of a board, built only from its frames; throws on a gap or a repeat, and
+ * (with `increasing`) on a player's score going down between two updates, which, when every
+ * player's scores are sent rising, is an event applied out of its key's order.
+ */
+export class BoardView {
+  board = new Map<string, number>()
+  version = -1
+  resyncs = 0
+  private seen = 0
+  constructor(
+    readonly client: WsClient,
+    readonly opts: { increasing?: boolean } = {},
+  ) {}
+  /** Applies the frames received since the last call. */
+  catchUp(channel: string) {
+    const frames = this.client.of(channel)
+    for (; this.seen < frames.length; this.seen++) {
+      const f = frames[this.seen]
+      if (f.op === 'snapshot') {
+        if (this.seen > 0 && !f.resync) throw new Error('a second snapshot not marked resync')
+        if (f.resync) this.resyncs++
+        this.board = new Map(f.data.entries.map((e: { player: string; score: number }) => [e.player, e.score]))
+        this.version = f.version
+      } else {
+        if (f.version !== this.version + 1) throw new Error(`update ${f.version} after ${this.version}: a gap or a repeat`)
+        const before = this.board.get(f.data.player)
+        if (this.opts.increasing && before !== undefined && f.data.score <= before) {
+          throw new Error(`${f.data.player}: score ${f.data.score} after ${before} (version ${f.version}): out of order`)
+        }
+        this.board.set(f.data.player, f.data.score)
+        this.version = f.version
+      }
+    }
+    return this
   }
 }

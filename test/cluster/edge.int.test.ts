@@ -1,0 +1,153 @@
+import { afterAll, describe, expect, test } from 'bun:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect } from '@nats-io/transport-node'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
+import { privateNats, type PrivateNats } from './private-nats'
+import { BoardView, configureBoard, diff, postEvents, readModel, scoreEvent, stopCleanly, type Api, type ScoreEvent } from './support'
+import { tcpProxy, type TcpProxy } from './tcp-proxy'
+
+const CLIENTS = 3
+const PLAYERS = 20
+const EDGE = 'edge-t'
+
+/**
+ * An edge site cut off from its hub under load. The hub: a nats-server (JetStream domain `hub`)
+ * and a worker. The edge: a leaf nats-server (domain `edge-t`) linked to the hub through a TCP
+ * proxy the test cuts, and an API node where clients publish and subscribe. While cut, the edge
+ * keeps answering 202 (stored at the edge) and de-duplicates a resent batch; once the link is back
+ * every acknowledged event is applied exactly once, each player's scores in the order sent, and
+ * every edge subscriber holds the read model's board, having seen every version in order (or a
+ * resync snapshot), never a silent gap.
+ */
+describe('edge site (NATS leaf node)', () => {
+  let env: TestEnv | undefined
+  let hub: PrivateNats | undefined
+  let edge: PrivateNats | undefined
+  let proxy: TcpProxy | undefined
+  const procs: Proc[] = []
+  const dir = mkdtempSync(join(tmpdir(), 'fanfare-edge-'))
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await edge?.stop()
+    await hub?.stop()
+    proxy?.close()
+    await env?.cleanup()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  test('a cut link loses, repeats and reorders nothing; edge subscribers see every change', async () => {
+    env = await createTestEnv({ FANFARE_PARTITIONS: '4', LOG_LEVEL: 'info' })
+    const prefix = env.config.FANFARE_SUBJECT_PREFIX
+    const leafPort = freePort()
+    const proxyPort = freePort()
+    proxy = tcpProxy({ port: proxyPort, target: { host: '127.0.0.1', port: leafPort } })
+    hub = privateNats({ port: freePort(), storeDir: join(dir, 'hub'), domain: 'hub', leafPort, leafAdvertise: `127.0.0.1:${proxyPort}` })
+    // The link must not carry event subjects either way: each side's event stream would store the
+    // other's events too (README "Running at the edge").
+    edge = privateNats({ port: freePort(), storeDir: join(dir, 'edge'), domain: EDGE, remote: { url: `nats-leaf://127.0.0.1:${proxyPort}`, deny: [`${prefix}.ev.>`] } })
+    await hub.start()
+    await edge.start()
+
+    const worker = spawnProc('worker', 'stream-workers/src/main.ts', { ...env.vars, NATS_URL: hub.url, FANFARE_EDGE_DOMAINS: EDGE })
+    procs.push(worker)
+    // The edge's change-stream mirrors read from the hub's streams: the worker creates them.
+    const hubNc = await connect({ servers: hub.url })
+    const hubJsm = await jetstreamManager(hubNc)
+    await until('the hub streams', async () => {
+      if (worker.proc.exitCode !== null) throw new Error(`worker exited:\n${worker.output().slice(-3000)}`)
+      return (await hubJsm.streams.info(env!.config.FANFARE_STREAM).catch(() => undefined))?.config.sources?.length === 1
+    }, 20_000, 200)
+    await hubNc.close()
+
+    const port = freePort()
+    const edgeVars = { ...env.vars, NATS_URL: edge.url, FANFARE_EDGE_DOMAIN: EDGE, FANFARE_HUB_DOMAIN: 'hub', PORT: String(port), HOST: '127.0.0.1' }
+    const apiProc = spawnProc('edge-api', 'api/src/main.ts', edgeVars)
+    procs.push(apiProc)
+    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: edgeVars.FANFARE_INGEST_TOKEN, adminToken: edgeVars.FANFARE_ADMIN_TOKEN }
+    await waitReady(api.baseUrl, procs)
+    const run = Math.random().toString(36).slice(2, 8)
+    const board = `edge_${run}`
+    const channel = `leaderboard:${board}`
+    await configureBoard(api, board, 'latest')
+
+    const views: BoardView[] = []
+    for (let i = 0; i < CLIENTS; i++) {
+      const client = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
+      client.send({ op: 'subscribe', ref: 's', channel })
+      views.push(new BoardView(client, { increasing: true }))
+    }
+    await until('every client has its snapshot', () => views.every((v) => v.client.of(channel).length > 0))
+
+    // Every player's score rises with each batch: `latest` makes every event a change (the
+    // channel's version counts applications) and a lower score after a higher one is disorder.
+    const sent: ScoreEvent[][] = []
+    const refused: { status: number; body: unknown }[] = []
+    let sending = true
+    const sender = (async () => {
+      for (let n = 0; sending; n++) {
+        const batch = Array.from({ length: PLAYERS }, (_, p) => scoreEvent(`${run}-${n}-${p}`, board, `p${p}`, n * 100 + p))
+        const res = await postEvents(api, batch, 10_000)
+        if (res.status === 202) sent.push(batch)
+        else refused.push(res)
+        await Bun.sleep(40)
+      }
+    })()
+
+    const catchUpAll = () => views.every((v) => v.catchUp(channel))
+    await until('updates flowing through the hub to the edge', () => catchUpAll() && views.every((v) => v.version >= 100), 20_000)
+
+    proxy.cut()
+    const cutAt = sent.length
+    // What was in flight across the link settles; from then on nothing reaches the hub.
+    await Bun.sleep(1000)
+    catchUpAll()
+    const versionAfterCut = views[0].version
+    await Bun.sleep(3000)
+    catchUpAll()
+    const versionEndOfCut = views[0].version
+    // A client resending a stored batch (its answer was lost) to the cut-off edge: de-duplicated there.
+    const resent = await postEvents(api, sent[cutAt + 1])
+    const readyWhileCut = (await fetch(`${api.baseUrl}/readyz`)).status
+    const sentWhileCut = sent.length - cutAt
+    proxy.restore()
+    await Bun.sleep(3000)
+    sending = false
+    await sender
+
+    expect(refused).toEqual([])
+    expect(sentWhileCut).toBeGreaterThan(20)
+    expect(resent.status).toBe(202)
+    expect(resent.body.results.every((r: { duplicate: boolean }) => r.duplicate)).toBe(true)
+    expect(readyWhileCut).toBe(200)
+    // The cut was real: events stored at the edge meanwhile waited for the link.
+    expect(versionEndOfCut).toBe(versionAfterCut)
+
+    const acknowledged = sent.length * PLAYERS
+    const oracle = new Map(sent[sent.length - 1].map((e) => [e.data.player, e.data.score]))
+    const rm = readModel(env.vars.DATABASE_URL)
+    try {
+      // Exactly once: one version per acknowledged event (each one a change), no more, no fewer.
+      await until(`the read model at version ${acknowledged}`, async () => (await rm.version(channel)) >= acknowledged, 40_000, 500).catch(async (err) => {
+        throw new Error(`${(err as Error).message}: at ${await rm.version(channel)}\nworker:\n${worker.output().slice(-2000)}\nhub:\n${hub!.log().slice(-2000)}`)
+      })
+      await Bun.sleep(1000)
+      expect(await rm.version(channel)).toBe(acknowledged)
+      expect(diff(await rm.scores(board), oracle)).toEqual([])
+      expect(await rm.deadLetters()).toBe(0)
+      await until(`every edge subscriber at version ${acknowledged}`, () => catchUpAll() && views.every((v) => v.version === acknowledged), 20_000).catch((err) => {
+        const at = views.map((v) => `${v.version} (closed: ${JSON.stringify(v.client.closed)})`).join(', ')
+        throw new Error(`${(err as Error).message}; subscribers at ${at}\nedge api:\n${apiProc.output().slice(-3000)}`)
+      })
+      for (const v of views) expect(diff(v.board, oracle)).toEqual([])
+      console.log(`edge: ${acknowledged} events acknowledged (${sentWhileCut * PLAYERS} while cut), subscribers resynced ${views.map((v) => v.resyncs).join('/')} times`)
+    } finally {
+      await rm.close()
+    }
+    for (const v of views) v.client.close()
+    await stopCleanly(apiProc, worker)
+  }, 120_000)
+})
