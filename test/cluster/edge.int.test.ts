@@ -40,7 +40,9 @@ describe('edge site (NATS leaf node)', () => {
   })
 
   test('a cut link loses, repeats and reorders nothing; edge subscribers see every change', async () => {
-    env = await createTestEnv({ FANFARE_PARTITIONS: '4', LOG_LEVEL: 'info' })
+    // Ten change runs kept per channel: a board that changes at the hub while the edge is cut off
+    // has lost most of them by the time the link returns (its subscribers must get a resync).
+    env = await createTestEnv({ FANFARE_PARTITIONS: '4', LOG_LEVEL: 'info', FANFARE_HISTORY_SIZE_LEADERBOARD: '10' })
     const prefix = env.config.FANFARE_SUBJECT_PREFIX
     const leafPort = freePort()
     const proxyPort = freePort()
@@ -52,8 +54,12 @@ describe('edge site (NATS leaf node)', () => {
     await hub.start()
     await edge.start()
 
-    const worker = spawnProc('worker', 'stream-workers/src/main.ts', { ...env.vars, NATS_URL: hub.url, FANFARE_EDGE_DOMAINS: EDGE })
-    procs.push(worker)
+    const hubVars: Record<string, string> = { ...env.vars, NATS_URL: hub.url, FANFARE_EDGE_DOMAINS: EDGE }
+    const worker = spawnProc('worker', 'stream-workers/src/main.ts', hubVars)
+    const hubPort = freePort()
+    const hubApiProc = spawnProc('hub-api', 'api/src/main.ts', { ...hubVars, PORT: String(hubPort), HOST: '127.0.0.1' })
+    procs.push(worker, hubApiProc)
+    const hubApi: Api = { baseUrl: `http://127.0.0.1:${hubPort}`, ingestToken: hubVars.FANFARE_INGEST_TOKEN, adminToken: hubVars.FANFARE_ADMIN_TOKEN }
     // The edge's change-stream mirrors read from the hub's streams: the worker creates them.
     const hubNc = await connect({ servers: hub.url })
     const hubJsm = await jetstreamManager(hubNc)
@@ -64,23 +70,42 @@ describe('edge site (NATS leaf node)', () => {
     await hubNc.close()
 
     const port = freePort()
-    const edgeVars = { ...env.vars, NATS_URL: edge.url, FANFARE_EDGE_DOMAIN: EDGE, FANFARE_HUB_DOMAIN: 'hub', PORT: String(port), HOST: '127.0.0.1' }
+    // Snapshots and REST reads through DATABASE_READ_URL: the same database here, under another name.
+    const readUrl = new URL(env.vars.DATABASE_URL)
+    readUrl.searchParams.set('application_name', 'fanfare-edge-reads')
+    const edgeVars: Record<string, string> = {
+      ...env.vars,
+      NATS_URL: edge.url,
+      DATABASE_READ_URL: readUrl.toString(),
+      FANFARE_EDGE_DOMAIN: EDGE,
+      FANFARE_HUB_DOMAIN: 'hub',
+      PORT: String(port),
+      HOST: '127.0.0.1',
+    }
     const apiProc = spawnProc('edge-api', 'api/src/main.ts', edgeVars)
     procs.push(apiProc)
     const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: edgeVars.FANFARE_INGEST_TOKEN, adminToken: edgeVars.FANFARE_ADMIN_TOKEN }
     await waitReady(api.baseUrl, procs)
+    await waitReady(hubApi.baseUrl, procs)
     const run = Math.random().toString(36).slice(2, 8)
     const board = `edge_${run}`
     const channel = `leaderboard:${board}`
     await configureBoard(api, board, 'latest')
+    // A board scored at the hub, watched at the edge.
+    const hubBoard = `hub_${run}`
+    const hubChannel = `leaderboard:${hubBoard}`
+    await configureBoard(hubApi, hubBoard, 'latest')
 
     const views: BoardView[] = []
+    const hubViews: BoardView[] = []
     for (let i = 0; i < CLIENTS; i++) {
       const client = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
       client.send({ op: 'subscribe', ref: 's', channel })
+      client.send({ op: 'subscribe', ref: 'h', channel: hubChannel })
       views.push(new BoardView(client, { increasing: true }))
+      hubViews.push(new BoardView(client, { increasing: true }))
     }
-    await until('every client has its snapshot', () => views.every((v) => v.client.of(channel).length > 0))
+    await until('every client has its snapshots', () => views.every((v) => v.client.of(channel).length > 0 && v.client.of(hubChannel).length > 0))
 
     // Every player's score rises with each batch: `latest` makes every event a change (the
     // channel's version counts applications) and a lower score after a higher one is disorder.
@@ -97,7 +122,7 @@ describe('edge site (NATS leaf node)', () => {
       }
     })()
 
-    const catchUpAll = () => views.every((v) => v.catchUp(channel))
+    const catchUpAll = () => views.every((v) => v.catchUp(channel)) && hubViews.every((v) => v.catchUp(hubChannel))
     await until('updates flowing through the hub to the edge', () => catchUpAll() && views.every((v) => v.version >= 100), 20_000)
 
     proxy.cut()
@@ -109,6 +134,15 @@ describe('edge site (NATS leaf node)', () => {
     await Bun.sleep(3000)
     catchUpAll()
     const versionEndOfCut = views[0].version
+    // Meanwhile at the hub: 30 changes to its board (3 per batch), more than its history keeps.
+    const hubSent: ScoreEvent[][] = []
+    for (let n = 0; n < 10; n++) {
+      const batch = Array.from({ length: 3 }, (_, p) => scoreEvent(`${run}-h${n}-${p}`, hubBoard, `p${p}`, n * 100 + p))
+      const res = await postEvents(hubApi, batch)
+      if (res.status !== 202) throw new Error(`hub ingest: ${res.status} ${JSON.stringify(res.body)}`)
+      hubSent.push(batch)
+      await Bun.sleep(20)
+    }
     // A client resending a stored batch (its answer was lost) to the cut-off edge: de-duplicated there.
     const resent = await postEvents(api, sent[cutAt + 1])
     const readyWhileCut = (await fetch(`${api.baseUrl}/readyz`)).status
@@ -143,11 +177,21 @@ describe('edge site (NATS leaf node)', () => {
         throw new Error(`${(err as Error).message}; subscribers at ${at}\nedge api:\n${apiProc.output().slice(-3000)}`)
       })
       for (const v of views) expect(diff(v.board, oracle)).toEqual([])
-      console.log(`edge: ${acknowledged} events acknowledged (${sentWhileCut * PLAYERS} while cut), subscribers resynced ${views.map((v) => v.resyncs).join('/')} times`)
+      // The hub's board: its changes from the cut were mostly gone from history when the link
+      // returned; every edge subscriber got a resync to the read model, never a silent gap.
+      const hubVersion = hubSent.length * 3
+      const hubOracle = new Map(hubSent[hubSent.length - 1].map((e) => [e.data.player, e.data.score]))
+      expect(await rm.version(hubChannel)).toBe(hubVersion)
+      await until(`every edge subscriber of the hub board at version ${hubVersion}`, () => catchUpAll() && hubViews.every((v) => v.version === hubVersion), 20_000)
+      for (const v of hubViews) {
+        expect(diff(v.board, hubOracle)).toEqual([])
+        expect(v.resyncs).toBeGreaterThan(0)
+      }
+      console.log(`edge: ${acknowledged} events acknowledged (${sentWhileCut * PLAYERS} while cut), subscribers resynced ${views.map((v) => v.resyncs).join('/')} times (hub board: ${hubViews.map((v) => v.resyncs).join('/')})`)
     } finally {
       await rm.close()
     }
     for (const v of views) v.client.close()
-    await stopCleanly(apiProc, worker)
+    await stopCleanly(apiProc, hubApiProc, worker)
   }, 120_000)
 })
