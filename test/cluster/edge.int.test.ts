@@ -4,6 +4,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
+import { loadConfig } from '../../core/config'
+import { ensureStreams } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from './private-nats'
@@ -87,6 +89,10 @@ describe('edge site (NATS leaf node)', () => {
     const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: edgeVars.FANFARE_INGEST_TOKEN, adminToken: edgeVars.FANFARE_ADMIN_TOKEN }
     await waitReady(api.baseUrl, procs)
     await waitReady(hubApi.baseUrl, procs)
+    // What another edge node starting (or this one restarting) does: the mirrors as they are.
+    const edgeNc = await connect({ servers: edge.url })
+    await ensureStreams(edgeNc, loadConfig(edgeVars))
+    await edgeNc.close()
     const run = Math.random().toString(36).slice(2, 8)
     const board = `edge_${run}`
     const channel = `leaderboard:${board}`
