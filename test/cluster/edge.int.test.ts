@@ -97,6 +97,10 @@ describe('edge site (NATS leaf node)', () => {
     const board = `edge_${run}`
     const channel = `leaderboard:${board}`
     await configureBoard(api, board, 'latest')
+    // Admin routes on the hub's JetStream (rebuild jobs, worker leases) say where to go.
+    const workersAtEdge = await fetch(`${api.baseUrl}/admin/workers`, { headers: { authorization: `Bearer ${api.adminToken}` } })
+    expect(workersAtEdge.status).toBe(409)
+    expect((await workersAtEdge.json()).error.code).toBe('hub_only')
     // A board scored at the hub, watched at the edge.
     const hubBoard = `hub_${run}`
     const hubChannel = `leaderboard:${hubBoard}`
