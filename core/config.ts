@@ -2,6 +2,9 @@ import { Type, type Static } from '@sinclair/typebox'
 import { Value, ValuePointer } from '@sinclair/typebox/value'
 import { parseCidrs, parseNatsServers, parseOrigins } from './net'
 
+/** A JetStream domain name (it becomes a subject token: `$JS.<domain>.API`). */
+const DOMAIN = '^[A-Za-z0-9_-]{1,64}$'
+
 /**
  * The whole environment Fanfare reads, as one TypeBox schema. Parsed once in `main`; nothing else
  * reads `process.env`. Unset optional values take the defaults below.
@@ -11,6 +14,12 @@ export const Env = Type.Object({
   HOST: Type.String({ minLength: 1, default: '0.0.0.0' }),
   /** Postgres URL. Unset: embedded PGlite under FANFARE_DATA_DIR (all-in-one mode only). */
   DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
+  /**
+   * A Postgres URL for reads only (a read replica), used for channel snapshots and REST reads;
+   * everything else uses DATABASE_URL. Unset: DATABASE_URL. A replica's lag is handled by the
+   * realtime layer (a snapshot older than what subscribers have is read again).
+   */
+  DATABASE_READ_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
   /**
    * NATS server URL, or several comma-separated (the servers of a cluster: the client tries them
    * in turn and learns the others from the cluster). Unset: a local nats-server with JetStream is
@@ -142,6 +151,20 @@ export const Env = Type.Object({
   FANFARE_PRESENCE_GRACE_MS: Type.Integer({ minimum: 0, maximum: 600_000, default: 5000 }),
   /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
   FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
+  /**
+   * Edge site (on an API node at the edge): the JetStream domain of the leaf nats-server NATS_URL
+   * points at. The node stores events in that domain (202 = stored at the edge) and reads change
+   * runs from mirrors there of the hub's change streams. See README "Running at the edge".
+   */
+  FANFARE_EDGE_DOMAIN: Type.Optional(Type.String({ pattern: DOMAIN })),
+  /** Edge site: the hub's JetStream domain, where the edge's change-stream mirrors read from. */
+  FANFARE_HUB_DOMAIN: Type.String({ pattern: DOMAIN, default: 'hub' }),
+  /**
+   * Hub (on every hub process: workers and API nodes): comma-separated JetStream domains of the
+   * edge sites whose events the hub's event stream sources. Unset: the stream's sources are left
+   * as they are.
+   */
+  FANFARE_EDGE_DOMAINS: Type.Optional(Type.String()),
   LOG_LEVEL: Type.Union(
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
     { default: 'info' },
@@ -178,6 +201,21 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   for (const p of parseCidrs(lists.FANFARE_TRUSTED_PROXIES).problems) problems.push(`FANFARE_TRUSTED_PROXIES: ${p}`)
   for (const p of parseOrigins(lists.FANFARE_ALLOWED_ORIGINS).problems) problems.push(`FANFARE_ALLOWED_ORIGINS: ${p}`)
   for (const p of parseNatsServers(lists.NATS_URL).problems) problems.push(`NATS_URL: ${p}`)
+  for (const p of parseDomains(lists.FANFARE_EDGE_DOMAINS).problems) problems.push(`FANFARE_EDGE_DOMAINS: ${p}`)
+  if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAINS) {
+    problems.push('FANFARE_EDGE_DOMAIN and FANFARE_EDGE_DOMAINS: a node is either at an edge site or at the hub, not both')
+  }
+  if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAIN === lists.FANFARE_HUB_DOMAIN) {
+    problems.push(`FANFARE_EDGE_DOMAIN: the edge needs a JetStream domain of its own, not the hub's (${lists.FANFARE_HUB_DOMAIN})`)
+  }
   if (problems.length > 0) throw new ConfigError(problems)
   return converted as Config
+}
+
+/** The edge domains of FANFARE_EDGE_DOMAINS (comma-separated), and what is wrong with the list. */
+export function parseDomains(list: string | undefined): { domains: string[]; problems: string[] } {
+  const domains = (list ?? '').split(',').map((d) => d.trim()).filter(Boolean)
+  const problems = domains.filter((d) => !new RegExp(DOMAIN).test(d)).map((d) => `${JSON.stringify(d)} is not a JetStream domain (letters, digits, _ and -)`)
+  if (new Set(domains).size !== domains.length) problems.push('a domain is listed twice')
+  return { domains, problems }
 }

@@ -1,7 +1,7 @@
-import { jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo } from '@nats-io/jetstream'
+import { jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
 import { connect, nanos, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
-import type { Config } from './config'
+import { parseDomains, type Config } from './config'
 import { subjects } from './events'
 import { parseNatsServers } from './net'
 
@@ -118,24 +118,50 @@ export class UpgradeRequired extends Error {
 }
 
 /**
+ * Where a node runs (see README "Running at the edge"): at the hub, whose event stream sources the
+ * event streams of `edges` (JetStream domains), or at an edge site, in JetStream domain `domain`,
+ * linked to the hub's domain `hubDomain` by a leaf nats-server.
+ */
+export type Site = { kind: 'hub'; edges?: string[] } | { kind: 'edge'; domain: string; hubDomain: string }
+
+export function siteOf(config: Config): Site {
+  if (config.FANFARE_EDGE_DOMAIN) return { kind: 'edge', domain: config.FANFARE_EDGE_DOMAIN, hubDomain: config.FANFARE_HUB_DOMAIN }
+  // Unset: leave the stream's sources alone (a hub process started without the list removes none).
+  return { kind: 'hub', ...(config.FANFARE_EDGE_DOMAINS ? { edges: parseDomains(config.FANFARE_EDGE_DOMAINS).domains } : {}) }
+}
+
+/** Stream `name` of JetStream domain `domain`, reached across a leaf link, as a source or mirror. */
+const inDomain = (name: string, domain: string): StreamSource => ({ name, external: { api: `$JS.${domain}.API`, deliver: '' } })
+
+/**
  * Creates or updates the event and change streams so they match the config (retention, dedup
  * window, FANFARE_REPLICAS). Safe to call from every process at start, concurrently. Never
  * deletes anything: one-off upgrade steps belong to `npm run migrate` (core/upgrade.ts). A stream
  * of an older version that blocks this one is an UpgradeRequired error.
+ *
+ * At an edge site (see Site) the same names live in the edge's own JetStream domain: an event
+ * stream on the same subjects (what the edge's API nodes store into, the hub's event stream sources
+ * it), and mirrors of the hub's change streams (what the edge's change feeds and history read).
  */
 export async function ensureStreams(nc: NatsConnection, config: Config): Promise<JetStreamManager> {
   const jsm = await jetstreamManager(nc)
   const t = topology(config)
   const num_replicas = config.FANFARE_REPLICAS
+  const site = siteOf(config)
   await upsertStream(jsm, {
     name: t.eventStream,
     subjects: [subjects.allEvents(t.prefix)],
     duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
     max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
     num_replicas,
+    ...(site.kind === 'hub' && site.edges ? { sources: site.edges.map((d) => inDomain(t.eventStream, d)) } : {}),
   })
   for (const kind of channelKinds) {
     const { size, ttlMs } = historyRetention(config, kind)
+    if (site.kind === 'edge') {
+      await upsertStream(jsm, { name: t.changeStreams[kind], mirror: inDomain(t.changeStreams[kind], site.hubDomain), max_msgs_per_subject: size, max_age: nanos(ttlMs), num_replicas })
+      continue
+    }
     await upsertStream(jsm, {
       name: t.changeStreams[kind],
       subjects: [subjects.changesOfKind(t.prefix, kind)],

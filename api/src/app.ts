@@ -30,6 +30,7 @@ import { originsPlugin } from './limits/origins'
  */
 export function createApp(deps: ApiDeps) {
   const { config, db, nc, logger } = deps
+  const readDb = deps.readDb ?? db
   const ingest = deps.ingest ?? createIngest({ config, nc, logger })
   const { eventStream } = topology(config)
   const limits = deps.limits ?? createLimits({ config })
@@ -80,11 +81,11 @@ export function createApp(deps: ApiDeps) {
     )
     .use(healthModule({ db, nc, eventStream, feeds: deps.realtime?.feeds }))
     .use(eventsModule(auth, ingest))
-    .use(leaderboardsModule({ db, auth }))
-    .use(roomsModule({ db, auth, rooms: deps.security.rooms }))
-    .use(streamsModule({ db, auth }))
-    .use(pollsModule({ db, auth }))
-    .use(reactionsModule({ db, auth }))
+    .use(leaderboardsModule({ db: readDb, auth }))
+    .use(roomsModule({ db: readDb, auth, rooms: deps.security.rooms }))
+    .use(streamsModule({ db: readDb, auth }))
+    .use(pollsModule({ db: readDb, auth }))
+    .use(reactionsModule({ db: readDb, auth }))
     .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
     .use(keysModule({ auth, keys, revocations, audit }))
     .use(revocationsModule({ auth, revocations, audit }))

@@ -13,6 +13,11 @@ import type { Limits } from './limits'
 export type ApiDeps = {
   config: Config
   db: Db
+  /**
+   * Where channel snapshots and REST reads come from (DATABASE_READ_URL: a read replica, or at an
+   * edge site one near it). Absent: `db`.
+   */
+  readDb?: Db
   nc: NatsConnection
   logger: Logger
   /** Who is calling and what they may do (see startSecurity). */

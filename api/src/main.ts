@@ -26,9 +26,11 @@ function configOrExit(): Config {
 const config = configOrExit()
 const logger = createLogger(config.LOG_LEVEL, { service: 'fanfare-api' })
 const database = await connectPostgres(config.DATABASE_URL!)
+// Snapshots and REST reads only (a replica); the existing snapshot-older-than-live check covers its lag.
+const readDatabase = config.DATABASE_READ_URL ? await connectPostgres(config.DATABASE_READ_URL) : undefined
 const nc = await connectNats(config.NATS_URL!, 'fanfare-api')
 await ensureStreams(nc, config)
-const api = await startApi({ config, db: database.db, nc, logger })
+const api = await startApi({ config, db: database.db, readDb: readDatabase?.db, nc, logger })
 
 let shuttingDown = false
 async function shutdown(signal: string) {
@@ -39,6 +41,7 @@ async function shutdown(signal: string) {
     await api.stop()
     await nc.drain()
     await database.close()
+    await readDatabase?.close()
     process.exit(0)
   } catch (err) {
     logger.error({ err }, 'error during shutdown')

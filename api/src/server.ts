@@ -22,7 +22,7 @@ export type RunningApi = {
  */
 export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Promise<RunningApi> {
   const security = await startSecurity(deps)
-  const realtime = await startRealtime({ ...deps, security, snapshot: snapshotReader(deps.db) })
+  const realtime = await startRealtime({ ...deps, security, snapshot: snapshotReader(deps.readDb ?? deps.db) })
   const limits = createLimits({ config: deps.config })
   // One ingest service for REST, WebSocket and the viewer sampler: one in-flight budget per node.
   const ingest = deps.ingest ?? createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger })

@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Subprocess } from 'bun'
 import { jetstreamManager } from '@nats-io/jetstream'
@@ -19,6 +19,33 @@ export type PrivateNats = {
   stop: () => Promise<void>
   /** SIGKILL: the server dies as in a crash (its store recovers on the next start). */
   kill: () => Promise<void>
+  /** What the server wrote on stderr (its log), for a failing test's message. */
+  log: () => string
+}
+
+/** Where a leaf server connects to its hub, and which subjects the link does not carry. */
+export type LeafRemote = {
+  /** The hub's leafnode listener, `nats-leaf://host:port`. */
+  url: string
+  /** Subjects the hub may not send to this leaf, and this leaf may not send to the hub. */
+  deny?: string[]
+}
+
+export type PrivateNatsOptions = {
+  port: number
+  storeDir: string
+  /** JetStream domain (a hub and each leaf with JetStream need their own). */
+  domain?: string
+  /** Accept leaf servers on this port (a hub). */
+  leafPort?: number
+  /** The `host:port` a hub tells its leaves to reconnect to (a proxy in front of leafPort). */
+  leafAdvertise?: string
+  /** Connect to a hub as a leaf server. */
+  remote?: LeafRemote
+  /** The server's name (JetStream clustering needs one). */
+  name?: string
+  /** Join a cluster: its name, this server's route port, and every server's route URL. */
+  cluster?: { name: string; port: number; routes: string[] }
 }
 
 /** A cluster of nats-servers on 127.0.0.1, each with its own client port, route port and store. */
@@ -32,19 +59,20 @@ export type PrivateNatsCluster = {
 }
 
 /**
- * `size` nats-servers with JetStream forming one cluster (`-cluster_name`, full mesh of routes),
- * each node named `n<i>` (JetStream clustering needs server names) storing under
- * `<storeDir>/n<i>`. A node can be killed and started again on the same ports and store.
+ * `size` nats-servers with JetStream forming one cluster (full mesh of routes), each node named
+ * `n<i>` (JetStream clustering needs server names) storing under `<storeDir>/n<i>`. A node can be
+ * killed and started again on the same ports and store.
  */
 export function privateNatsCluster(opts: { size: number; storeDir: string; name?: string }): PrivateNatsCluster {
   const clientPorts = Array.from({ length: opts.size }, () => freePort())
   const routePorts = Array.from({ length: opts.size }, () => freePort())
-  const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`).join(',')
+  const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`)
   const nodes = clientPorts.map((port, i) =>
     privateNats({
       port,
       storeDir: join(opts.storeDir, `n${i + 1}`),
-      args: ['-n', `n${i + 1}`, '--cluster_name', opts.name ?? 'fanfare-test', '--cluster', `nats://127.0.0.1:${routePorts[i]}`, '--routes', routes],
+      name: `n${i + 1}`,
+      cluster: { name: opts.name ?? 'fanfare-test', port: routePorts[i], routes },
     }),
   )
   return {
@@ -68,25 +96,26 @@ export function privateNatsCluster(opts: { size: number; storeDir: string; name?
   }
 }
 
-export function privateNats(opts: { port: number; storeDir: string; args?: string[] }): PrivateNats {
+export function privateNats(opts: PrivateNatsOptions): PrivateNats {
   const binary = findNatsServer()
   if (!binary) throw new Error('nats-server is not installed')
   mkdirSync(opts.storeDir, { recursive: true })
   const url = `nats://127.0.0.1:${opts.port}`
+  const confFile = join(opts.storeDir, 'nats.conf')
+  writeFileSync(confFile, natsConf(opts))
   let proc: Subprocess | undefined
+  let log = ''
   return {
     url,
+    log: () => log,
     start: async () => {
-      const args = ['-a', '127.0.0.1', '-p', String(opts.port), '-js', '-sd', opts.storeDir, ...(opts.args ?? [])]
-      proc = Bun.spawn([binary, ...args], { stdout: 'ignore', stderr: 'pipe' })
-      await waitUntilReady(url, proc, 15_000)
-    },
-    kill: async () => {
-      const p = proc
-      proc = undefined
-      if (!p || p.exitCode !== null) return
-      p.kill('SIGKILL')
-      await p.exited
+      const p = Bun.spawn([binary, '-c', confFile], { stdout: 'ignore', stderr: 'pipe' })
+      proc = p
+      void (async () => {
+        const decoder = new TextDecoder()
+        for await (const chunk of p.stderr as ReadableStream<Uint8Array>) log = (log + decoder.decode(chunk)).slice(-20_000)
+      })()
+      await waitUntilReady(url, p, 15_000)
     },
     stop: async () => {
       const p = proc
@@ -97,5 +126,38 @@ export function privateNats(opts: { port: number; storeDir: string; args?: strin
       await p.exited
       clearTimeout(timer)
     },
+    kill: async () => {
+      const p = proc
+      proc = undefined
+      if (!p || p.exitCode !== null) return
+      p.kill('SIGKILL')
+      await p.exited
+    },
   }
+}
+
+/** The server's config file: the command line cannot set a domain, leafnodes or their permissions. */
+function natsConf(opts: PrivateNatsOptions): string {
+  const q = JSON.stringify
+  const lines = [
+    `host: 127.0.0.1`,
+    `port: ${opts.port}`,
+    `jetstream { store_dir: ${q(opts.storeDir)}${opts.domain ? `, domain: ${q(opts.domain)}` : ''} }`,
+  ]
+  if (opts.name) lines.push(`server_name: ${q(opts.name)}`)
+  if (opts.cluster) {
+    lines.push(`cluster { name: ${q(opts.cluster.name)}, listen: "127.0.0.1:${opts.cluster.port}", routes: ${q(opts.cluster.routes)} }`)
+  }
+  if (opts.leafPort !== undefined || opts.remote) {
+    const remote = opts.remote
+      ? `remotes: [ { url: ${q(opts.remote.url)}${opts.remote.deny?.length ? `, deny_imports: ${q(opts.remote.deny)}, deny_exports: ${q(opts.remote.deny)}` : ''} } ]`
+      : ''
+    // A hub tells its leaves where to reconnect: the advertised address (a test proxy in between
+    // must stay their only way to it), else its own.
+    const listen =
+      opts.leafPort !== undefined ? `host: 127.0.0.1, port: ${opts.leafPort}${opts.leafAdvertise ? `, advertise: ${q(opts.leafAdvertise)}` : ''}` : ''
+    // reconnect: seconds between a leaf's attempts to reach its hub again (the default is 1 s).
+    lines.push(`leafnodes { ${[listen, remote, opts.remote ? 'reconnect: 1' : ''].filter(Boolean).join(', ')} }`)
+  }
+  return `${lines.join('\n')}\n`
 }

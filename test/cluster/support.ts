@@ -225,13 +225,20 @@ export async function expectReadModelsMatch(rm: ReadModel, o: Oracle, timeoutMs:
   if (dead !== 0) throw new Error(`${dead} dead letters`)
 }
 
-/** A subscriber's view of a board, built only from its frames; throws on a gap or a repeat. */
+/**
+ * A subscriber's view of a board, built only from its frames; throws on a gap or a repeat, and
+ * (with `increasing`) on a player's score going down between two updates, which, when every
+ * player's scores are sent rising, is an event applied out of its key's order.
+ */
 export class BoardView {
   board = new Map<string, number>()
   version = -1
   resyncs = 0
   private seen = 0
-  constructor(readonly client: WsClient) {}
+  constructor(
+    readonly client: WsClient,
+    readonly opts: { increasing?: boolean } = {},
+  ) {}
   /** Applies the frames received since the last call. */
   catchUp(channel: string) {
     const frames = this.client.of(channel)
@@ -244,6 +251,10 @@ export class BoardView {
         this.version = f.version
       } else {
         if (f.version !== this.version + 1) throw new Error(`update ${f.version} after ${this.version}: a gap or a repeat`)
+        const before = this.board.get(f.data.player)
+        if (this.opts.increasing && before !== undefined && f.data.score <= before) {
+          throw new Error(`${f.data.player}: score ${f.data.score} after ${before} (version ${f.version}): out of order`)
+        }
         this.board.set(f.data.player, f.data.score)
         this.version = f.version
       }

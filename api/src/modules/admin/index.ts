@@ -1,6 +1,8 @@
 import { Elysia } from 'elysia'
 import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
+import { siteOf } from '../../../../core/nats'
+import { Conflict } from '../../errors'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { AuthPlugin } from '../../auth/plugin'
 import type { RoomAccess } from '../../auth/rooms'
@@ -49,6 +51,12 @@ const denied = { 401: ErrorResponse, 403: ErrorResponse }
 export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: AdminDeps) {
   const workers = createWorkersReader(config, nc)
   const rebuilds = createRebuilds({ config, nc, db })
+  // Rebuild jobs, worker leases and the event stream's progress live in the hub's JetStream; an
+  // edge node's connection reaches its own domain (README "Running at the edge").
+  const atEdge = siteOf(config).kind === 'edge'
+  const hubOnly = () => {
+    if (atEdge) throw new Conflict('hub_only', 'this admin route reads the hub\'s JetStream: call it on an API node at the hub, not at an edge site')
+  }
   return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
     .use(auth)
     .get('/leaderboards/:board', ({ params }) => boardConfig(db, params.board), {
@@ -118,14 +126,15 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
         },
       },
     )
-    .get('/projections', () => readProjections({ config, db, nc }), {
+    .get('/projections', () => (hubOnly(), readProjections({ config, db, nc })), {
       auth: 'admin:read',
-      response: { 200: ProjectionsReport, 503: ErrorResponse, ...denied },
+      response: { 200: ProjectionsReport, 409: ErrorResponse, 503: ErrorResponse, ...denied },
       detail: { summary: 'Projection progress and lag' },
     })
     .post(
       '/projections/:name/rebuild',
       async ({ params, query, principal, status }) => {
+        hubOnly()
         const job = await rebuilds.request(params.name, { force: query.force })
         await audit.record(principal, 'rebuild.requested', `projection:${params.name}`, { job: job.id, force: query.force })
         return status(202, job)
@@ -142,15 +151,15 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
       },
     },
     )
-    .get('/projections/:name/rebuild', ({ params }) => rebuilds.get(params.name), {
+    .get('/projections/:name/rebuild', ({ params }) => (hubOnly(), rebuilds.get(params.name)), {
       auth: 'admin:read',
       params: RebuildParams,
-      response: { 200: RebuildJob, 404: ErrorResponse, 503: ErrorResponse, ...denied },
+      response: { 200: RebuildJob, 404: ErrorResponse, 409: ErrorResponse, 503: ErrorResponse, ...denied },
       detail: { summary: "A projection's latest rebuild job and its progress" },
     })
-    .get('/workers', () => workers(), {
+    .get('/workers', () => (hubOnly(), workers()), {
       auth: 'admin:read',
-      response: { 200: WorkersReport, 503: ErrorResponse, ...denied },
+      response: { 200: WorkersReport, 409: ErrorResponse, 503: ErrorResponse, ...denied },
       detail: {
         summary: 'Live stream workers and the partitions each holds',
         description: 'From the lease bucket: a worker is listed until its heartbeat expires (FANFARE_LEASE_TTL_MS). Empty before any worker started.',

@@ -16,7 +16,7 @@ import {
   type StoredEvent,
 } from '../../../../core/events'
 import type { Logger } from '../../../../core/logger'
-import { topology } from '../../../../core/nats'
+import { siteOf, topology } from '../../../../core/nats'
 import { UNKNOWN_FIELD, type Problem } from '../../../../core/validation'
 import { mayPublish } from '../../auth/permissions'
 import { principalId, type Principal } from '../../auth/principal'
@@ -65,6 +65,12 @@ export const newEventId = (): string => Bun.randomUUIDv7()
 /** Creates the ingest service. Makes no connection: it uses `nc` when publishing. */
 export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now = () => new Date() }: IngestOptions): Ingest {
   const t = topology(config)
+  const site = siteOf(config)
+  // At an edge the de-duplication id names the site: the hub's event stream sources every edge's
+  // stream, and on nats-server 2.9 a sourced message the hub takes for a duplicate stalls that
+  // source for the whole de-duplication window and is then stored anyway (nats-server#4459). Ids
+  // of one site never meet another's there; a resend to the same site is de-duplicated by it.
+  const msgIdOf = site.kind === 'edge' ? (e: Pick<StoredEvent, 'by' | 'id'>) => `${dedupIdOf(e)}@${site.domain}` : dedupIdOf
   const log = logger.child({ component: 'ingest' })
   let js: JetStreamClient | undefined
   // Events published and not yet acknowledged by JetStream, over all requests of this node.
@@ -134,11 +140,17 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
           events.map(async (e): Promise<PublishResult> => {
             if (e.type === 'reaction.sent') return reactions.add(e as AcceptedReaction)
             const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
-            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: dedupIdOf(e), timeout: publishTimeoutMs })
+            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: msgIdOf(e), timeout: publishTimeoutMs })
             // Checked on the ack rather than sent as an Nats-Expected-Stream header (a header per
             // event costs the API and the server): another stream capturing our subjects is a
             // misconfiguration to report, never a 202 for events the workers will not see.
             if (ack.stream !== t.eventStream) throw new Error(`event stored in stream ${ack.stream}, expected ${t.eventStream}`)
+            // An ack from another domain: the leaf link carries event subjects to the hub (its
+            // deny rules are missing), so events are stored twice. Never a 202 for that.
+            if (site.kind === 'edge' && ack.domain !== site.domain) {
+              log.error({ domain: ack.domain }, 'event stored outside the edge domain: the leaf link must deny the event subjects (README "Running at the edge")')
+              throw new Error(`event stored in JetStream domain ${ack.domain}, expected ${site.domain}`)
+            }
             return { id: e.id, seq: ack.seq, duplicate: ack.duplicate }
           }),
         )

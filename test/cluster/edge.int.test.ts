@@ -1,0 +1,207 @@
+import { afterAll, describe, expect, test } from 'bun:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect } from '@nats-io/transport-node'
+import { loadConfig } from '../../core/config'
+import { ensureStreams } from '../../core/nats'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
+import { privateNats, type PrivateNats } from './private-nats'
+import { BoardView, configureBoard, diff, postEvents, readModel, scoreEvent, stopCleanly, type Api, type ScoreEvent } from './support'
+import { tcpProxy, type TcpProxy } from './tcp-proxy'
+
+const CLIENTS = 3
+const PLAYERS = 20
+const EDGE = 'edge-t'
+
+/**
+ * An edge site cut off from its hub under load. The hub: a nats-server (JetStream domain `hub`)
+ * and a worker. The edge: a leaf nats-server (domain `edge-t`) linked to the hub through a TCP
+ * proxy the test cuts, and an API node where clients publish and subscribe. While cut, the edge
+ * keeps answering 202 (stored at the edge) and de-duplicates a resent batch; once the link is back
+ * every acknowledged event is applied exactly once, each player's scores in the order sent, and
+ * every edge subscriber holds the read model's board, having seen every version in order (or a
+ * resync snapshot), never a silent gap.
+ */
+describe('edge site (NATS leaf node)', () => {
+  let env: TestEnv | undefined
+  let hub: PrivateNats | undefined
+  let edge: PrivateNats | undefined
+  let proxy: TcpProxy | undefined
+  const procs: Proc[] = []
+  const dir = mkdtempSync(join(tmpdir(), 'fanfare-edge-'))
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await edge?.stop()
+    await hub?.stop()
+    proxy?.close()
+    await env?.cleanup()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  test('a cut link loses, repeats and reorders nothing; edge subscribers see every change', async () => {
+    // Ten change runs kept per channel: a board that changes at the hub while the edge is cut off
+    // has lost most of them by the time the link returns (its subscribers must get a resync).
+    env = await createTestEnv({ FANFARE_PARTITIONS: '4', LOG_LEVEL: 'info', FANFARE_HISTORY_SIZE_LEADERBOARD: '10' })
+    const prefix = env.config.FANFARE_SUBJECT_PREFIX
+    const leafPort = freePort()
+    const proxyPort = freePort()
+    proxy = tcpProxy({ port: proxyPort, target: { host: '127.0.0.1', port: leafPort } })
+    hub = privateNats({ port: freePort(), storeDir: join(dir, 'hub'), domain: 'hub', leafPort, leafAdvertise: `127.0.0.1:${proxyPort}` })
+    // The link must not carry event subjects either way: each side's event stream would store the
+    // other's events too (README "Running at the edge").
+    edge = privateNats({ port: freePort(), storeDir: join(dir, 'edge'), domain: EDGE, remote: { url: `nats-leaf://127.0.0.1:${proxyPort}`, deny: [`${prefix}.ev.>`] } })
+    await hub.start()
+    await edge.start()
+
+    const hubVars: Record<string, string> = { ...env.vars, NATS_URL: hub.url, FANFARE_EDGE_DOMAINS: EDGE }
+    const worker = spawnProc('worker', 'stream-workers/src/main.ts', hubVars)
+    const hubPort = freePort()
+    const hubApiProc = spawnProc('hub-api', 'api/src/main.ts', { ...hubVars, PORT: String(hubPort), HOST: '127.0.0.1' })
+    procs.push(worker, hubApiProc)
+    const hubApi: Api = { baseUrl: `http://127.0.0.1:${hubPort}`, ingestToken: hubVars.FANFARE_INGEST_TOKEN, adminToken: hubVars.FANFARE_ADMIN_TOKEN }
+    // The edge's change-stream mirrors read from the hub's streams: the worker creates them.
+    const hubNc = await connect({ servers: hub.url })
+    const hubJsm = await jetstreamManager(hubNc)
+    await until('the hub streams', async () => {
+      if (worker.proc.exitCode !== null) throw new Error(`worker exited:\n${worker.output().slice(-3000)}`)
+      return (await hubJsm.streams.info(env!.config.FANFARE_STREAM).catch(() => undefined))?.config.sources?.length === 1
+    }, 20_000, 200)
+    await hubNc.close()
+
+    const port = freePort()
+    // Snapshots and REST reads through DATABASE_READ_URL: the same database here, under another name.
+    const readUrl = new URL(env.vars.DATABASE_URL)
+    readUrl.searchParams.set('application_name', 'fanfare-edge-reads')
+    const edgeVars: Record<string, string> = {
+      ...env.vars,
+      NATS_URL: edge.url,
+      DATABASE_READ_URL: readUrl.toString(),
+      FANFARE_EDGE_DOMAIN: EDGE,
+      FANFARE_HUB_DOMAIN: 'hub',
+      PORT: String(port),
+      HOST: '127.0.0.1',
+    }
+    const apiProc = spawnProc('edge-api', 'api/src/main.ts', edgeVars)
+    procs.push(apiProc)
+    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: edgeVars.FANFARE_INGEST_TOKEN, adminToken: edgeVars.FANFARE_ADMIN_TOKEN }
+    await waitReady(api.baseUrl, procs)
+    await waitReady(hubApi.baseUrl, procs)
+    // What another edge node starting (or this one restarting) does: the mirrors as they are.
+    const edgeNc = await connect({ servers: edge.url })
+    await ensureStreams(edgeNc, loadConfig(edgeVars))
+    await edgeNc.close()
+    const run = Math.random().toString(36).slice(2, 8)
+    const board = `edge_${run}`
+    const channel = `leaderboard:${board}`
+    await configureBoard(api, board, 'latest')
+    // Admin routes on the hub's JetStream (rebuild jobs, worker leases) say where to go.
+    const workersAtEdge = await fetch(`${api.baseUrl}/admin/workers`, { headers: { authorization: `Bearer ${api.adminToken}` } })
+    expect(workersAtEdge.status).toBe(409)
+    expect((await workersAtEdge.json()).error.code).toBe('hub_only')
+    // A board scored at the hub, watched at the edge.
+    const hubBoard = `hub_${run}`
+    const hubChannel = `leaderboard:${hubBoard}`
+    await configureBoard(hubApi, hubBoard, 'latest')
+
+    const views: BoardView[] = []
+    const hubViews: BoardView[] = []
+    for (let i = 0; i < CLIENTS; i++) {
+      const client = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
+      client.send({ op: 'subscribe', ref: 's', channel })
+      client.send({ op: 'subscribe', ref: 'h', channel: hubChannel })
+      views.push(new BoardView(client, { increasing: true }))
+      hubViews.push(new BoardView(client, { increasing: true }))
+    }
+    await until('every client has its snapshots', () => views.every((v) => v.client.of(channel).length > 0 && v.client.of(hubChannel).length > 0))
+
+    // Every player's score rises with each batch: `latest` makes every event a change (the
+    // channel's version counts applications) and a lower score after a higher one is disorder.
+    const sent: ScoreEvent[][] = []
+    const refused: { status: number; body: unknown }[] = []
+    let sending = true
+    const sender = (async () => {
+      for (let n = 0; sending; n++) {
+        const batch = Array.from({ length: PLAYERS }, (_, p) => scoreEvent(`${run}-${n}-${p}`, board, `p${p}`, n * 100 + p))
+        const res = await postEvents(api, batch, 10_000)
+        if (res.status === 202) sent.push(batch)
+        else refused.push(res)
+        await Bun.sleep(40)
+      }
+    })()
+
+    const catchUpAll = () => views.every((v) => v.catchUp(channel)) && hubViews.every((v) => v.catchUp(hubChannel))
+    await until('updates flowing through the hub to the edge', () => catchUpAll() && views.every((v) => v.version >= 100), 20_000)
+
+    proxy.cut()
+    const cutAt = sent.length
+    // What was in flight across the link settles; from then on nothing reaches the hub.
+    await Bun.sleep(1000)
+    catchUpAll()
+    const versionAfterCut = views[0].version
+    await Bun.sleep(3000)
+    catchUpAll()
+    const versionEndOfCut = views[0].version
+    // Meanwhile at the hub: 30 changes to its board (3 per batch), more than its history keeps.
+    const hubSent: ScoreEvent[][] = []
+    for (let n = 0; n < 10; n++) {
+      const batch = Array.from({ length: 3 }, (_, p) => scoreEvent(`${run}-h${n}-${p}`, hubBoard, `p${p}`, n * 100 + p))
+      const res = await postEvents(hubApi, batch)
+      if (res.status !== 202) throw new Error(`hub ingest: ${res.status} ${JSON.stringify(res.body)}`)
+      hubSent.push(batch)
+      await Bun.sleep(20)
+    }
+    // A client resending a stored batch (its answer was lost) to the cut-off edge: de-duplicated there.
+    const resent = await postEvents(api, sent[cutAt + 1])
+    const readyWhileCut = (await fetch(`${api.baseUrl}/readyz`)).status
+    const sentWhileCut = sent.length - cutAt
+    proxy.restore()
+    await Bun.sleep(3000)
+    sending = false
+    await sender
+
+    expect(refused).toEqual([])
+    expect(sentWhileCut).toBeGreaterThan(20)
+    expect(resent.status).toBe(202)
+    expect(resent.body.results.every((r: { duplicate: boolean }) => r.duplicate)).toBe(true)
+    expect(readyWhileCut).toBe(200)
+    // The cut was real: events stored at the edge meanwhile waited for the link.
+    expect(versionEndOfCut).toBe(versionAfterCut)
+
+    const acknowledged = sent.length * PLAYERS
+    const oracle = new Map(sent[sent.length - 1].map((e) => [e.data.player, e.data.score]))
+    const rm = readModel(env.vars.DATABASE_URL)
+    try {
+      // Exactly once: one version per acknowledged event (each one a change), no more, no fewer.
+      await until(`the read model at version ${acknowledged}`, async () => (await rm.version(channel)) >= acknowledged, 40_000, 500).catch(async (err) => {
+        throw new Error(`${(err as Error).message}: at ${await rm.version(channel)}\nworker:\n${worker.output().slice(-2000)}\nhub:\n${hub!.log().slice(-2000)}`)
+      })
+      await Bun.sleep(1000)
+      expect(await rm.version(channel)).toBe(acknowledged)
+      expect(diff(await rm.scores(board), oracle)).toEqual([])
+      expect(await rm.deadLetters()).toBe(0)
+      await until(`every edge subscriber at version ${acknowledged}`, () => catchUpAll() && views.every((v) => v.version === acknowledged), 20_000).catch((err) => {
+        const at = views.map((v) => `${v.version} (closed: ${JSON.stringify(v.client.closed)})`).join(', ')
+        throw new Error(`${(err as Error).message}; subscribers at ${at}\nedge api:\n${apiProc.output().slice(-3000)}`)
+      })
+      for (const v of views) expect(diff(v.board, oracle)).toEqual([])
+      // The hub's board: its changes from the cut were mostly gone from history when the link
+      // returned; every edge subscriber got a resync to the read model, never a silent gap.
+      const hubVersion = hubSent.length * 3
+      const hubOracle = new Map(hubSent[hubSent.length - 1].map((e) => [e.data.player, e.data.score]))
+      expect(await rm.version(hubChannel)).toBe(hubVersion)
+      await until(`every edge subscriber of the hub board at version ${hubVersion}`, () => catchUpAll() && hubViews.every((v) => v.version === hubVersion), 20_000)
+      for (const v of hubViews) {
+        expect(diff(v.board, hubOracle)).toEqual([])
+        expect(v.resyncs).toBeGreaterThan(0)
+      }
+      console.log(`edge: ${acknowledged} events acknowledged (${sentWhileCut * PLAYERS} while cut), subscribers resynced ${views.map((v) => v.resyncs).join('/')} times (hub board: ${hubViews.map((v) => v.resyncs).join('/')})`)
+    } finally {
+      await rm.close()
+    }
+    for (const v of views) v.client.close()
+    await stopCleanly(apiProc, hubApiProc, worker)
+  }, 120_000)
+})
