@@ -84,6 +84,17 @@ export type Evolved = {
   refused?: string
 }
 
+/**
+ * The principal (`by`) of the scores the matches projection derives from a finished match. No
+ * client can publish as it (principal ids are `u:<sub>`, `k:<key id>` or a root's name), so the
+ * leaderboards projection may trust the time it carries: such a score counts in the period of its
+ * `at`, the finish event's stored time, not its own (later) one.
+ */
+export const MATCH_RESULTS_BY = 'matches'
+
+/** The event id of the i-th result of a match's finish: deterministic, so a resend is de-duplicated. */
+export const resultEventId = (match: string, i: number) => `result.${match}.${i}`
+
 /** The default FANFARE_MATCH_GRACE_MS. */
 export const DEFAULT_MATCH_GRACE_MS = 30_000
 

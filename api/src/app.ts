@@ -19,6 +19,7 @@ import { leaderboardsModule } from './modules/leaderboards'
 import { roomsModule } from './modules/rooms'
 import { pollsModule } from './modules/polls'
 import { streamsModule } from './modules/streams'
+import { matchesModule } from './modules/matches'
 import { reactionsModule } from './modules/reactions'
 import { demoModule } from './modules/demo'
 import { createLimits } from './limits'
@@ -84,6 +85,7 @@ export function createApp(deps: ApiDeps) {
     .use(roomsModule({ db, auth, rooms: deps.security.rooms }))
     .use(streamsModule({ db, auth }))
     .use(pollsModule({ db, auth }))
+    .use(matchesModule({ db, auth }))
     .use(reactionsModule({ db, auth }))
     .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
     .use(keysModule({ auth, keys, revocations, audit }))
