@@ -149,6 +149,11 @@ export const Env = Type.Object({
   FANFARE_PRESENCE_TTL_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 10_000 }),
   /** Presence: how long a user whose last connection closed stays present (a page reload is no leave). */
   FANFARE_PRESENCE_GRACE_MS: Type.Integer({ minimum: 0, maximum: 600_000, default: 5000 }),
+  /**
+   * Matches: how long a seated player whose connections to `match:<id>` all closed (on every node)
+   * keeps their seat before leaving. Measured in event time (carried in the disconnect event).
+   */
+  FANFARE_MATCH_GRACE_MS: Type.Integer({ minimum: 0, maximum: 86_400_000, default: 30_000 }),
   /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
   FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   /**

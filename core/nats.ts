@@ -45,6 +45,7 @@ export function topology(config: Config): Topology {
       stream: `${config.FANFARE_STREAM}_CHANGES_STREAM`,
       poll: `${config.FANFARE_STREAM}_CHANGES_POLL`,
       reactions: `${config.FANFARE_STREAM}_CHANGES_REACTIONS`,
+      match: `${config.FANFARE_STREAM}_CHANGES_MATCH`,
     },
     leaseBucket: `${config.FANFARE_STREAM}_leases`,
     jobBucket: `${config.FANFARE_STREAM}_jobs`,
@@ -82,6 +83,7 @@ export function historyRetention(config: Config, kind: ChannelKind): { size: num
     stream: [config.FANFARE_HISTORY_SIZE_STREAM, config.FANFARE_HISTORY_TTL_MS_STREAM],
     poll: [config.FANFARE_HISTORY_SIZE_POLL, config.FANFARE_HISTORY_TTL_MS_POLL],
     reactions: [config.FANFARE_HISTORY_SIZE_REACTIONS, config.FANFARE_HISTORY_TTL_MS_REACTIONS],
+    match: [undefined, undefined],
   }
   const [size, ttlMs] = own[kind]
   return { size: size ?? kindDefaults[kind]?.size ?? config.FANFARE_HISTORY_SIZE, ttlMs: ttlMs ?? kindDefaults[kind]?.ttlMs ?? config.FANFARE_HISTORY_TTL_MS }
