@@ -174,9 +174,9 @@ export type MatchChange =
   | { kind: 'left'; player: string; reason: 'left' | 'disconnected'; status: MatchStatus }
   | { kind: 'ready'; player: string; status: MatchStatus }
   | { kind: 'connection'; player: string; connected: boolean; graceUntil?: string; status: MatchStatus }
-  | { kind: 'started'; status: MatchStatus }
-  | { kind: 'finished'; results: MatchStanding[]; status: MatchStatus }
-  | { kind: 'aborted'; status: MatchStatus }
+  | { kind: 'started'; status: MatchStatus; /** startedAt (event time, ISO 8601). */ at: string }
+  | { kind: 'finished'; results: MatchStanding[]; status: MatchStatus; /** endedAt (event time, ISO 8601). */ at: string }
+  | { kind: 'aborted'; status: MatchStatus; /** endedAt (event time, ISO 8601). */ at: string }
 
 /** What changed on a user's private `user:<sub>` channel: the decision on one of their joins. */
 export type UserChange = { kind: 'match.join'; match: string; accepted: true } | { kind: 'match.join'; match: string; accepted: false; reason: MatchJoinRejection }

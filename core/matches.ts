@@ -247,7 +247,7 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
       if (state.status !== 'open' && state.status !== 'full') return { ...same(), refused: `match ${JSON.stringify(e.match)} is ${state.status}: it cannot start` }
       if (state.players.length === 0) return { ...same(), refused: `match ${JSON.stringify(e.match)} has no players: it cannot start` }
       const next: MatchState = { ...state, status: 'started', startedAt: e.at }
-      outputs.push({ channel: 'match', data: { kind: 'started', status: 'started' } })
+      outputs.push({ channel: 'match', data: { kind: 'started', status: 'started', at: iso(e.at) } })
       return same(next)
     }
     case 'match.finish': {
@@ -256,14 +256,14 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
       if (state.status !== 'started') return { ...same(), refused: `match ${JSON.stringify(e.match)} is ${state.status}: only a started match finishes` }
       const results = standingsOf(e.results)
       const next: MatchState = { ...state, status: 'finished', results, endedAt: e.at, players: state.players.map((p) => ({ ...p, graceUntil: null })) }
-      outputs.push({ channel: 'match', data: { kind: 'finished', results, status: 'finished' } })
+      outputs.push({ channel: 'match', data: { kind: 'finished', results, status: 'finished', at: iso(e.at) } })
       return { state: next, outputs, finished: results }
     }
     case 'match.abort': {
       if (!state) return { ...same(), refused: `no match ${JSON.stringify(e.match)}` }
       if (!live(state.status)) return same()
       const next: MatchState = { ...state, status: 'aborted', endedAt: e.at, players: state.players.map((p) => ({ ...p, graceUntil: null })) }
-      outputs.push({ channel: 'match', data: { kind: 'aborted', status: 'aborted' } })
+      outputs.push({ channel: 'match', data: { kind: 'aborted', status: 'aborted', at: iso(e.at) } })
       return same(next)
     }
     default: {

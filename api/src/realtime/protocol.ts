@@ -4,7 +4,7 @@ import { Channel } from '../../../core/channels'
 import { EventInput } from '../../../core/events'
 import { firstUnknownField, MAX_JSON_DEPTH, MAX_PROBLEMS, nestedDeeperThan, problemMessage, takeFirst } from '../../../core/validation'
 import { AppError } from '../errors'
-import type { ChatChange, LeaderboardChange, PollChange, PollView, ReactionsChange, StreamChange } from '../../../core/channels'
+import type { ChatChange, LeaderboardChange, MatchChange, MatchView, PollChange, PollView, ReactionsChange, StreamChange, UserChange } from '../../../core/channels'
 import type { BoardSnapshot } from '../modules/leaderboards/model'
 import type { RoomSnapshot } from '../modules/rooms/service'
 import type { StreamSnapshot } from '../modules/streams/service'
@@ -137,6 +137,8 @@ export type ChannelSnapshots = {
   /** null: the poll never opened. */
   poll: PollView | null
   reactions: ReactionTotals
+  /** null: no such match (yet): its `created` update brings it. */
+  match: MatchView | null
   presence: PresenceSnapshot
 }
 
@@ -144,9 +146,10 @@ export type ChannelSnapshots = {
 export type ChannelUpdates = {
   leaderboard: LeaderboardChange
   chat: ChatChange
-  user: unknown
+  user: UserChange
   stream: StreamChange
   poll: PollChange
   reactions: ReactionsChange
+  match: MatchChange
   presence: PresenceUpdate
 }

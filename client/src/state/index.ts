@@ -1,6 +1,7 @@
 import type { ChannelSnapshots, ChannelUpdates, Kind } from '../protocol'
 import type { StateHelper } from './helper'
 import { leaderboard } from './leaderboard'
+import { match } from './match'
 import { poll } from './poll'
 import { presence } from './presence'
 import { reactions } from './reactions'
@@ -18,6 +19,7 @@ export const helpers: { [K in Kind]: StateHelper<ChannelSnapshots[K], ChannelUpd
   stream,
   poll,
   reactions,
+  match,
   presence,
 }
 

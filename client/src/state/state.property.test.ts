@@ -2,6 +2,7 @@ import { describe, expect, test } from 'bun:test'
 import fc from 'fast-check'
 import { nextScore, type Standing } from '../../../stream-workers/src/projections/leaderboards/projection'
 import { mergeReactions } from '../../../api/src/realtime/windows'
+import { evolveMatch, matchView, type MatchEvent, type MatchState } from '../../../core/matches'
 import type { ChannelSnapshots, ChannelUpdates, Kind } from '../protocol'
 import { helpers, RESYNC } from './index'
 
@@ -12,7 +13,7 @@ import { helpers, RESYNC } from './index'
  * RESYNC; the client then gets a fresh snapshot (as the SDK does by subscribing again).
  *
  * The models use the server's own rules where they are code (the workers' nextScore, the API's
- * reaction merge) and restate its queries where they are SQL (the ranking of a board, the latest
+ * reaction merge, the matches state machine) and restate its queries where they are SQL (the ranking of a board, the latest
  * messages of a room, the open polls of a stream).
  *
  * `npm test` runs a fixed-seed slice; FANFARE_FUZZ_RUNS and FANFARE_FUZZ_SEED run more.
@@ -70,14 +71,15 @@ function play<K extends Kind, Op>(kind: K, model: Model<K, Op>, steps: Step<Op>[
   return { resyncsAsked }
 }
 
-const steps = <Op>(op: fc.Arbitrary<Op>, wait = fc.integer({ min: 0, max: 0 })) =>
+/** `size`: how long the sequences tend to be (fast-check's default is short ones). */
+const steps = <Op>(op: fc.Arbitrary<Op>, wait = fc.integer({ min: 0, max: 0 }), size: fc.SizeForArbitrary = 'small') =>
   fc.array(
     fc.oneof(
       { weight: 20, arbitrary: op.map((o) => ({ op: o })) },
       { weight: 2, arbitrary: wait.map((w) => ({ wait: w })) },
       { weight: 1, arbitrary: fc.constant({ resync: true as const }) },
     ),
-    { maxLength: 80 },
+    { maxLength: 80, size },
   )
 
 const check = (p: fc.IPropertyWithHooks<any> | fc.IProperty<any>) => fc.assert(p, { numRuns: runs, seed, endOnFailure: true })
@@ -341,6 +343,59 @@ describe('state helpers equal the server snapshot after any updates', () => {
           resynced: () => void (window = undefined),
         }
         play('reactions', model, [...list, { op: { flush: true } }])
+      }),
+    )
+  })
+
+  test('matches: joins racing for seats, leaves, ready, disconnects and graces, start, finish, abort', () => {
+    type Op =
+      | { type: 'match.created'; maxPlayers: number }
+      | { type: 'match.join' | 'match.leave' | 'match.ready'; player: number }
+      | { type: 'match.player.connection'; player: number; connected: boolean; graceMs: number }
+      | { type: 'match.start' | 'match.abort' }
+      | { type: 'match.finish'; scores: number[] }
+    const player = fc.integer({ min: 0, max: 3 })
+    const op: fc.Arbitrary<Op> = fc.oneof(
+      { weight: 1, arbitrary: fc.record({ type: fc.constant('match.created' as const), maxPlayers: fc.integer({ min: 2, max: 4 }) }) },
+      { weight: 6, arbitrary: fc.record({ type: fc.constantFrom('match.join' as const, 'match.leave' as const, 'match.ready' as const), player }) },
+      { weight: 3, arbitrary: fc.record({ type: fc.constant('match.player.connection' as const), player, connected: fc.boolean(), graceMs: fc.integer({ min: 0, max: 2000 }) }) },
+      { weight: 1, arbitrary: fc.record({ type: fc.constantFrom('match.start' as const, 'match.abort' as const) }) },
+      { weight: 1, arbitrary: fc.record({ type: fc.constant('match.finish' as const), scores: fc.array(fc.integer({ min: 0, max: 3 }), { maxLength: 4 }) }) },
+    )
+    check(
+      // Long sequences: a match has to be created, seated and started before most rules matter.
+      fc.property(steps(op, fc.integer({ min: 0, max: 3000 }), 'large'), (list) => {
+        let state: MatchState | undefined
+        let seq = 0
+        const event = (o: Op, at: number): MatchEvent => {
+          const match = 'm'
+          switch (o.type) {
+            case 'match.created':
+              return { type: o.type, match, mode: 'duel', maxPlayers: o.maxPlayers, at, seq: ++seq }
+            case 'match.leave':
+              return { type: o.type, match, player: `p${o.player}`, reason: 'left', at }
+            case 'match.join':
+            case 'match.ready':
+              return { type: o.type, match, player: `p${o.player}`, at }
+            case 'match.player.connection':
+              return { type: o.type, match, player: `p${o.player}`, connected: o.connected, graceMs: o.graceMs, at }
+            case 'match.finish':
+              return { type: o.type, match, results: o.scores.map((score, i) => ({ player: `p${i}`, score })), at }
+            default:
+              return { type: o.type, match, at }
+          }
+        }
+        const model: Model<'match', Op> = {
+          snapshot: () => (state ? matchView(state) : null),
+          step: (o, now) => {
+            const evolved = evolveMatch(state, event(o, now))
+            state = evolved.state
+            return evolved.outputs.flatMap((out) => (out.channel === 'match' ? [out.data] : []))
+          },
+        }
+        const { resyncsAsked } = play('match', model, list)
+        // Only an update before the match exists (never sent: nothing is told of an unknown match) asks.
+        expect(resyncsAsked).toBe(0)
       }),
     )
   })
