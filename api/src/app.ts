@@ -92,7 +92,7 @@ export function createApp(deps: ApiDeps) {
     .use(keysModule({ auth, keys, revocations, audit }))
     .use(revocationsModule({ auth, revocations, audit }))
     .use(auditModule({ auth, audit }))
-    .use(demoModule({ config }))
+    .use(demoModule({ config, db, ingest }))
   if (!deps.realtime) return app
   return app.use(presenceModule({ auth, presence: deps.realtime.presence, rooms: deps.security.rooms })).use(deps.realtime.routes({ ingest, limits }))
 }

@@ -1,6 +1,6 @@
 /**
  * The arcade: a small page on @fanfare/client. A live leaderboard, a chat room, reactions on a
- * stage with its viewer count. Every panel is one `subscribe`: the SDK keeps each state exact
+ * stage with its viewer count, a match lobby whose rounds score on the board. Every panel is one `subscribe`: the SDK keeps each state exact
  * (resuming after any reconnect), so rendering is a function of `state` and nothing else.
  */
 import { createClient, type Client, type StateOf } from '../../client/src'
@@ -9,6 +9,7 @@ const BOARD = 'arena'
 const ROOM = 'lobby'
 const STAGE = 'main-stage'
 const EMOJIS = ['👏', '🔥', '❤️', '😂']
+const MODE = 'arcade'
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T
 const el = (tag: string, props: Record<string, string> = {}, ...children: (Node | string)[]) => {
@@ -106,6 +107,81 @@ function start(client: Client, session: Session) {
   })
 }
 
+type MatchState = NonNullable<StateOf<'match:x'>>
+
+/** The newest open arcade match, or a new one (the demo's stand-in for a game server opens it). */
+async function openMatch(token: string): Promise<string> {
+  const res = await fetch(`/v1/matches?status=open&mode=${MODE}&limit=100`, { headers: { authorization: `Bearer ${token}` } })
+  if (!res.ok) throw new Error(`listing matches failed: ${res.status}`)
+  const { matches } = (await res.json()) as { matches: { match: string }[] }
+  if (matches.length > 0) return matches[matches.length - 1].match
+  const created = await fetch('/demo/matches', { method: 'POST' })
+  if (!created.ok) throw new Error(`opening a match failed: ${created.status}`)
+  return ((await created.json()) as { match: string }).match
+}
+
+function renderMatch(m: MatchState | null, me: string) {
+  const seated = m?.players.find((p) => p.player === me)
+  const live = m !== null && (m.status === 'open' || m.status === 'full')
+  const seats = m
+    ? [
+        ...m.players.map((p) =>
+          el(
+            'li',
+            { 'data-player': p.player },
+            el('span', {}, p.player),
+            el('span', { class: p.ready ? 'ready' : '' }, p.ready ? 'ready' : ''),
+            el('span', { class: p.connected ? '' : 'away' }, p.connected ? '' : 'away'),
+          ),
+        ),
+        ...Array.from({ length: m.maxPlayers - m.players.length }, () => el('li', { class: 'empty' }, 'open seat')),
+      ]
+    : []
+  $('seats').replaceChildren(...seats)
+  $('match-status').textContent = !m
+    ? 'opening…'
+    : m.results
+      ? `${m.status}: ${m.results.map((r) => `${r.rank}. ${r.player} ${r.score}`).join(', ')}`
+      : `${m.status}, ${m.players.length}/${m.maxPlayers} seated`
+  $<HTMLButtonElement>('join').disabled = !live || seated !== undefined || m?.status !== 'open'
+  $<HTMLButtonElement>('ready').disabled = !live || !seated || seated.ready
+  $<HTMLButtonElement>('leave').disabled = !live || !seated
+  $<HTMLButtonElement>('play').disabled = !live || m.players.length === 0
+  $('next-match').hidden = live || m === null
+}
+
+/**
+ * The lobby: one match channel at a time. Seats, ready flags and who is away come from the match's
+ * state; the decision on this player's own join comes on their private `user:` channel.
+ */
+function lobby(client: Client, session: Session) {
+  let current: { match: string; unsubscribe(): void } | undefined
+  const show = async () => {
+    current?.unsubscribe()
+    const match = await openMatch(session.token)
+    $('match-name').textContent = match
+    renderMatch(null, session.user)
+    const sub = client.subscribe(`match:${match}`, { onState: (m) => renderMatch(m, session.user) })
+    current = { match, unsubscribe: () => sub.unsubscribe() }
+  }
+  const send = (type: 'match.join' | 'match.ready' | 'match.leave') => () => {
+    if (current) client.publish({ type, data: { match: current.match } }).catch(showError)
+  }
+  $('join').addEventListener('click', send('match.join'))
+  $('ready').addEventListener('click', send('match.ready'))
+  $('leave').addEventListener('click', send('match.leave'))
+  $('play').addEventListener('click', () => {
+    if (current) void fetch(`/demo/matches/${current.match}/play`, { method: 'POST' }).catch(showError)
+  })
+  $('next-match').addEventListener('click', () => void show().catch(showError))
+  client.subscribe(`user:${session.user}`, {
+    onUpdate: (u) => {
+      if (u.kind === 'match.join') $('decision').textContent = u.accepted ? `you have a seat in ${u.match}` : `no seat in ${u.match}: ${u.reason}`
+    },
+  })
+  void show().catch(showError)
+}
+
 function showError(err: unknown) {
   const pill = $('status')
   pill.title = String((err as Error)?.message ?? err)
@@ -128,6 +204,7 @@ async function main() {
     },
   })
   start(client, session)
+  lobby(client, session)
   // For the browser test and the curious: the client, on the console.
   ;(window as unknown as { fanfare: Client }).fanfare = client
 }

@@ -73,12 +73,55 @@ describe('the arcade demo in Chromium', () => {
       await expect(page.locator('[data-testid="board"] li').allTextContents()).resolves.toEqual(['1amy57', '2zed42'])
     }
 
-    if (SHOTS) {
-      mkdirSync(SHOTS, { recursive: true })
-      await ann.page.locator('[data-emoji="❤️"]').click()
-      await bob.page.waitForTimeout(300)
-      await bob.page.screenshot({ path: `${SHOTS}/arcade.png` })
-    }
     expect([...ann.problems, ...bob.problems]).toEqual([])
+    await Promise.all(both.map((p) => p.close()))
+  }, 60_000)
+
+  test('the lobby: two players take seats, one is ready, a round is played and scores on the board in both pages', async () => {
+    const cat = await open('cat')
+    // cat's page opened the match (none was open); dan's page finds the same one.
+    await cat.page.getByTestId('match-status').filter({ hasText: 'open, 0/4 seated' }).waitFor({ timeout: 15_000 })
+    const dan = await open('dan')
+    const both: Page[] = [cat.page, dan.page]
+    const match = await cat.page.getByTestId('match-name').textContent()
+    await dan.page.getByTestId('match-name').filter({ hasText: match! }).waitFor({ timeout: 15_000 })
+
+    await cat.page.getByTestId('join').click()
+    await cat.page.getByTestId('decision').filter({ hasText: `you have a seat in ${match}` }).waitFor({ timeout: 15_000 })
+    await dan.page.getByTestId('join').click()
+    for (const page of both) await page.getByTestId('match-status').filter({ hasText: 'open, 2/4 seated' }).waitFor({ timeout: 15_000 })
+    // Seated players cannot join twice; the page says so by disabling the button.
+    await expect(cat.page.getByTestId('join').isDisabled()).resolves.toBe(true)
+    await dan.page.getByTestId('ready').click()
+    await cat.page.locator('[data-testid="seats"] li[data-player="demo-dan"] .ready').filter({ hasText: 'ready' }).waitFor({ timeout: 15_000 })
+    await expect(cat.page.locator('[data-testid="seats"] li[data-player]').allTextContents()).resolves.toEqual(['demo-cat', 'demo-danready'])
+
+    const shot = async () => {
+      if (!SHOTS) return
+      mkdirSync(SHOTS, { recursive: true })
+      await dan.page.locator('[data-emoji="❤️"]').click()
+      await cat.page.waitForTimeout(300)
+      await cat.page.screenshot({ path: `${SHOTS}/arcade.png` })
+    }
+    await cat.page.getByTestId('play').click()
+    for (const page of both) {
+      await page.getByTestId('match-status').filter({ hasText: 'finished: 1. ' }).waitFor({ timeout: 15_000 })
+      // The arcade mode scores its results on the page's board, once.
+      await page.locator('[data-testid="board"] li[data-player="demo-cat"]').waitFor({ timeout: 15_000 })
+      await page.locator('[data-testid="board"] li[data-player="demo-dan"]').waitFor({ timeout: 15_000 })
+      await expect(page.getByTestId('next-match').isVisible()).resolves.toBe(true)
+    }
+    const res = await d.call('GET', `/v1/matches/${match}`)
+    const results = (res.json as { results: { player: string; score: number }[] }).results
+    expect(results.map((r) => r.player).sort()).toEqual(['demo-cat', 'demo-dan'])
+    for (const r of results) {
+      await expect(cat.page.locator(`[data-testid="board"] li[data-player="${r.player}"] .score`).textContent()).resolves.toBe(String(r.score))
+    }
+    await shot()
+    // The next match: a new one, both seats open again.
+    await cat.page.getByTestId('next-match').click()
+    await cat.page.getByTestId('match-status').filter({ hasText: 'open, 0/4 seated' }).waitFor({ timeout: 15_000 })
+    expect(await cat.page.getByTestId('match-name').textContent()).not.toBe(match)
+    expect([...cat.problems, ...dan.problems]).toEqual([])
   }, 60_000)
 })

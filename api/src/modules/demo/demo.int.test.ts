@@ -38,8 +38,20 @@ describe('the demo page and its sign-in', () => {
     }
   })
 
-  test('off by default (outside npm start): no page, no sign-in', async () => {
-    for (const [method, path] of [['GET', '/demo'], ['GET', '/demo/app.js'], ['POST', '/demo/session']] as const) {
+  test('the demo game server opens arcade matches (a new id each time) and plays only matches it knows', async () => {
+    const a = await on.call('POST', '/demo/matches')
+    const b = await on.call('POST', '/demo/matches')
+    expect([a.status, b.status]).toEqual([202, 202])
+    const ids = [(a.json as { match: string }).match, (b.json as { match: string }).match]
+    for (const id of ids) expect(id).toMatch(/^arcade-[a-z0-9]+-[a-z0-9]+$/)
+    // The harness has no workers: nothing is projected, so no match is known yet.
+    const play = await on.call('POST', `/demo/matches/${ids[0]}/play`)
+    expect([play.status, (play.json as { error: { code: string } }).error.code]).toEqual([404, 'not_found'])
+    expect((await on.call('POST', '/demo/matches/not a match/play')).status).toBe(422)
+  })
+
+  test('off by default (outside npm start): no page, no sign-in, no demo game server', async () => {
+    for (const [method, path] of [['GET', '/demo'], ['GET', '/demo/app.js'], ['POST', '/demo/session'], ['POST', '/demo/matches'], ['POST', '/demo/matches/x/play']] as const) {
       expect((await off.call(method, path, method === 'POST' ? { body: { name: 'ann' } } : {})).status).toBe(404)
     }
   })
