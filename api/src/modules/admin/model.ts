@@ -62,6 +62,11 @@ export const DeadLetter = t.Object({
   createdAt: t.String(),
 })
 export type DeadLetter = typeof DeadLetter.static
+export const DeadLetterParams = t.Object({ id: integerParam('id', { minimum: 1, maximum: MAX_ID, description: 'dead letter id' }) })
+export const ReplayResult = t.Object({
+  outcome: t.Literal('replayed', { description: 'applied once through its projection; the dead letter is gone' }),
+  deadLetter: DeadLetter,
+})
 export const DeadLetters = t.Object({ deadLetters: t.Array(DeadLetter, { description: 'newest first' }) })
 
 export const WorkerEntry = t.Object({
