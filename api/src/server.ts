@@ -7,6 +7,7 @@ import { createLimits } from './limits'
 import { createIngest } from './modules/events/service'
 import { startViewerSampler } from './modules/streams/sampler'
 import { liveStreamsToSample } from './modules/streams/service'
+import { answerNodeQueries, BUSIEST } from './modules/admin/nodes'
 
 /** A listening API node. */
 export type RunningApi = {
@@ -33,6 +34,13 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
   realtime.bind(server)
   const port = server.port ?? deps.config.PORT
   deps.logger.info({ host: deps.config.HOST, port }, 'api listening')
+  const startedAt = new Date().toISOString()
+  const nodeQueries = answerNodeQueries({
+    nc: deps.nc,
+    prefix: deps.config.FANFARE_SUBJECT_PREFIX,
+    stats: () => ({ id: realtime.presence.node, startedAt, ...realtime.stats(BUSIEST) }),
+    logger: deps.logger,
+  })
   const sampler = startViewerSampler({ presence: realtime.presence, ingest, liveStreams: () => liveStreamsToSample(deps.db), logger: deps.logger })
   let stopping: Promise<void> | undefined
   return {
@@ -40,6 +48,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
     stop: () =>
       (stopping ??= (async () => {
         await sampler.stop()
+        nodeQueries.stop()
         await realtime.goAway()
         await app.stop(true)
         await realtime.stop()

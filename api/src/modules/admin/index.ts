@@ -24,12 +24,14 @@ import {
   RebuildParams,
   RebuildQuery,
   ReplayResult,
+  NodesReport,
   RoomSettings,
   RoomSettingsBody,
   RoomParams,
   WorkersReport,
 } from './model'
 import { createRebuilds } from './rebuild'
+import { createNodesReader } from './nodes'
 import { createWorkersReader, discardDeadLetter, getDeadLetter, listDeadLetters, putBoardConfig, readProjections, replayDeadLetter } from './service'
 
 export type AdminDeps = {
@@ -53,6 +55,7 @@ const denied = { 401: ErrorResponse, 403: ErrorResponse }
 export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: AdminDeps) {
   const workers = createWorkersReader(config, nc)
   const rebuilds = createRebuilds({ config, nc, db })
+  const nodes = createNodesReader({ nc, prefix: config.FANFARE_SUBJECT_PREFIX })
   return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
     .use(auth)
     .get('/leaderboards/:board', ({ params }) => boardConfig(db, params.board), {
@@ -160,6 +163,23 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
         description: 'From the lease bucket: a worker is listed until its heartbeat expires (FANFARE_LEASE_TTL_MS). Empty before any worker started.',
       },
     })
+    .get(
+      '/nodes',
+      async () => {
+        const [api, w] = await Promise.all([nodes(), workers()])
+        return { ...api, ...w }
+      },
+      {
+        auth: 'admin:read',
+        response: { 200: NodesReport, 503: ErrorResponse, ...denied },
+        detail: {
+          summary: 'API nodes with their load, and stream workers with their partitions',
+          description:
+            'Every API node answers over NATS with its open WebSockets, subscriptions, channels and most watched channels, as they are now; ' +
+            '`busiest` sums subscribers over the nodes. Workers as in GET /admin/workers. The answer waits ~250 ms for the last node.',
+        },
+      },
+    )
     .get('/dead-letters', async ({ query }) => ({ deadLetters: await listDeadLetters(db, query) }), {
       auth: 'admin:read',
       query: DeadLettersQuery,

@@ -100,3 +100,21 @@ export const RebuildJob = t.Object({
   finishedAt: t.Optional(t.String()),
   error: t.Optional(t.String()),
 })
+
+export const ChannelLoad = t.Object({ channel: t.String(), subscribers: t.Integer({ description: 'sockets watching it' }) })
+export type ChannelLoad = typeof ChannelLoad.static
+export const NodeStats = t.Object({
+  id: t.String({ description: 'API node id: host-pid' }),
+  startedAt: t.String({ description: 'when its live side started (ISO 8601)' }),
+  connections: t.Integer({ description: 'open WebSockets' }),
+  subscriptions: t.Integer({ description: 'channel subscriptions over its sockets' }),
+  channels: t.Integer({ description: 'channels watched by at least one of its sockets' }),
+  busiest: t.Array(ChannelLoad, { description: 'its most watched channels (at most 10)' }),
+})
+export type NodeStats = typeof NodeStats.static
+export const NodesReport = t.Object({
+  nodes: t.Array(NodeStats, { description: 'API nodes that answered, by id' }),
+  busiest: t.Array(ChannelLoad, { description: 'most watched channels over every node, subscribers summed (at most 10)' }),
+  workers: t.Array(WorkerEntry, { description: 'live stream workers and their partitions (as GET /admin/workers)' }),
+  partitions: t.Integer({ description: 'partition count of the deployment' }),
+})
