@@ -21,6 +21,7 @@ import { streamsModule } from './modules/streams'
 import { reactionsModule } from './modules/reactions'
 import { demoModule } from './modules/demo'
 import { docsModule } from './modules/docs'
+import { consoleModule } from './modules/console'
 import { createLimits } from './limits'
 import { originsPlugin } from './limits/origins'
 
@@ -81,6 +82,7 @@ export function createApp(deps: ApiDeps) {
     .use(revocationsModule({ auth, revocations, audit }))
     .use(auditModule({ auth, audit }))
     .use(demoModule({ config }))
+    .use(consoleModule())
   if (!deps.realtime) return app
   return app.use(presenceModule({ auth, presence: deps.realtime.presence, rooms: deps.security.rooms })).use(deps.realtime.routes({ ingest, limits }))
 }
