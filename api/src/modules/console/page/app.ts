@@ -152,7 +152,8 @@ async function sampleStream() {
   samples.push({ at: performance.now(), seq: latestProjections.stream.lastSeq })
   if (samples.length > CHART_POINTS + 1) samples.shift()
   const rates = ratesOf()
-  $('eps').textContent = rates.length > 0 ? String(Math.round(rates[rates.length - 1])) : '0'
+  const rate = rates.length > 0 ? rates[rates.length - 1] : 0
+  $('eps').textContent = rate < 10 ? rate.toFixed(1) : String(Math.round(rate))
   const lag = latestProjections.projections.reduce((n: number, p: Json) => n + (p.lag ?? 0), 0)
   $('lag').textContent = String(lag)
   drawChart(rates)
