@@ -175,11 +175,8 @@ function drawChart(rates: number[]) {
   const area = document.createElementNS(ns, 'polygon')
   area.setAttribute('class', 'area')
   if (rates.length > 0) area.setAttribute('points', `${x(0)},110 ${points} ${x(rates.length - 1)},110`)
-  const label = document.createElementNS(ns, 'text')
-  label.setAttribute('x', '4')
-  label.setAttribute('y', '12')
-  label.textContent = `max ${Math.round(max)}/s`
-  svg.replaceChildren(area, line, label)
+  svg.replaceChildren(area, line)
+  $('chart-max').textContent = `peak ${Math.round(max)}/s`
 }
 
 async function loadOverview() {
