@@ -3,7 +3,7 @@ import { deadLetters } from '../../../../core/db/schema'
 import { until } from '../../../../test/e2e/harness'
 import { startTestWorker } from '../../../../stream-workers/src/testing/harness'
 import { leaderboardsProjection } from '../../../../stream-workers/src/projections/leaderboards/apply'
-import type { Projection } from '../../../../stream-workers/src/projections/types'
+import type { Projection, SequencedEvent } from '../../../../stream-workers/src/projections/types'
 import type { Workers } from '../../../../stream-workers/src/workers'
 import { createHarness, type ApiHarness } from '../../test-support'
 
@@ -16,11 +16,13 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
   let h: ApiHarness
   let worker: Workers
   let broken = true
+  /** While set, only the events it picks are refused (a bug fixed for the others). */
+  let refuseOnly: ((e: SequencedEvent) => boolean) | undefined
   let failures = 0
   const buggy: Projection = {
     ...leaderboardsProjection,
     apply: async (db, events) => {
-      const bad = events.filter((e) => broken && e.event.type === 'score.submitted' && e.event.data.board === 'fixme')
+      const bad = events.filter((e) => (broken || refuseOnly?.(e)) && e.event.type === 'score.submitted' && e.event.data.board === 'fixme')
       const applied = await leaderboardsProjection.apply(db, events.filter((e) => !bad.includes(e)))
       return { ...applied, refused: [...(applied.refused ?? []), ...bad.map((e) => ({ seq: e.seq, reason: `bug 42 (failure ${++failures})` }))] }
     },
@@ -105,6 +107,29 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
     broken = false
     expect((await board()).find((e) => e.player === 'bob')).toBeUndefined()
   }, 30_000)
+
+  test('a rebuild after the fix applies the dead-lettered event and removes the dead letter; one still failing stays', async () => {
+    broken = true
+    const fixedLater = await submit('cy', 4)
+    const letter = await letterOf(fixedLater)
+    // Still failing at the rebuild: its dead letter is the rebuild's, with today's reason.
+    const keep = (e: { event: { data: unknown } }) => (e.event.data as { player: string }).player === 'dee'
+    const stillBroken = await submit('dee', 1)
+    const before = await letterOf(stillBroken)
+    broken = false
+    refuseOnly = keep
+    expect((await h.call('POST', '/admin/projections/leaderboards/rebuild', t())).status).toBe(202)
+    await until('the rebuild is done', async () => (await h.call('GET', '/admin/projections/leaderboards/rebuild', t())).json.state === 'done', 30_000, 100)
+    refuseOnly = undefined
+    const letters = (await h.call('GET', '/admin/dead-letters', t())).json.deadLetters as { id: number; eventId: string; reason: string }[]
+    expect(letters.find((d) => d.eventId === fixedLater)).toBeUndefined()
+    const again = letters.find((d) => d.eventId === stillBroken)!
+    expect(again.reason).toMatch(/^bug 42/)
+    expect(again.reason).not.toBe(before.reason)
+    // Applied once by the rebuild; replaying the old dead letter cannot apply it again.
+    expect((await board()).find((e) => e.player === 'cy')?.score).toBe(4)
+    expect((await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())).status).toBe(404)
+  }, 60_000)
 
   test('503 no_worker when no worker holds the partition; nothing changes', async () => {
     await worker.stop()
