@@ -6,8 +6,11 @@
 
 const NO_CACHE = { 'cache-control': 'no-cache' }
 
-/** A handler answering `dir/path` as it is on disk, with `type` as its content type. */
-export const fileAsset = (dir: string, path: string, type: string) => () => new Response(Bun.file(`${dir}/${path}`), { headers: { 'content-type': type, ...NO_CACHE } })
+/** A handler answering `dir/path` as it is on disk, with `type` as its content type (and `headers`). */
+export const fileAsset =
+  (dir: string, path: string, type: string, headers: Record<string, string> = {}) =>
+  () =>
+    new Response(Bun.file(`${dir}/${path}`), { headers: { 'content-type': type, ...NO_CACHE, ...headers } })
 
 /**
  * A handler answering the browser bundle of `entry` (ESM, minified), built on the first request.
