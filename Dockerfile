@@ -25,6 +25,7 @@ COPY --chown=root:root core ./core
 COPY --chown=root:root api ./api
 COPY --chown=root:root stream-workers ./stream-workers
 COPY --chown=root:root migrations ./migrations
+COPY --chown=root:root vendor ./vendor
 # Code stays owned by root and read-only to the process. The unprivileged user is our own rather
 # than relying on the base image's; it only needs a writable data directory (embedded mode, unused
 # when DATABASE_URL and NATS_URL are set).

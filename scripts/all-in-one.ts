@@ -163,6 +163,7 @@ export function banner(app: AllInOne): string {
     `    API          ${app.url}`,
     `    Health       ${app.url}/healthz`,
     `    API docs     ${app.url}/docs`,
+    `    Console      ${app.url}/admin/console (sign in with the admin token)`,
     ...(app.config.FANFARE_DEMO === 'on' && app.config.FANFARE_JWT_SECRET ? [`    Demo         ${app.url}/demo`] : []),
     `    WebSocket    ${app.url.replace(/^http/, 'ws')}/v1/ws`,
     `    Ingest token ${app.config.FANFARE_INGEST_TOKEN}${mark(app.generated.ingest)}`,

@@ -1,5 +1,4 @@
 import { Elysia, type AnyElysia } from 'elysia'
-import { openapi } from '@elysiajs/openapi'
 import { topology } from '../../core/nats'
 import { jsonBody } from './body'
 import type { ApiDeps } from './deps'
@@ -22,6 +21,8 @@ import { streamsModule } from './modules/streams'
 import { matchesModule } from './modules/matches'
 import { reactionsModule } from './modules/reactions'
 import { demoModule } from './modules/demo'
+import { docsModule } from './modules/docs'
+import { consoleModule } from './modules/console'
 import { createLimits } from './limits'
 import { originsPlugin } from './limits/origins'
 
@@ -70,16 +71,7 @@ export function createApp(deps: ApiDeps) {
     // Routes without a query schema take no query; answers keep to their response schemas.
     .use(routeContracts((): AnyElysia => app))
     .use(jsonBody(config.FANFARE_MAX_BODY_BYTES))
-    .use(
-      openapi({
-        path: '/docs',
-        specPath: '/docs/json',
-        documentation: {
-          info: { title: 'Fanfare API', version: '0.1.0', description: 'Events in, leaderboards and chat out.' },
-          components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
-        },
-      }),
-    )
+    .use(docsModule())
     .use(healthModule({ db, nc, eventStream, feeds: deps.realtime?.feeds }))
     .use(eventsModule(auth, ingest))
     .use(leaderboardsModule({ db: readDb, auth }))
@@ -93,6 +85,7 @@ export function createApp(deps: ApiDeps) {
     .use(revocationsModule({ auth, revocations, audit }))
     .use(auditModule({ auth, audit }))
     .use(demoModule({ config, db, ingest }))
+    .use(consoleModule())
   if (!deps.realtime) return app
   return app.use(presenceModule({ auth, presence: deps.realtime.presence, rooms: deps.security.rooms })).use(deps.realtime.routes({ ingest, limits }))
 }

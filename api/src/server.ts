@@ -8,6 +8,7 @@ import { createIngest } from './modules/events/service'
 import { startViewerSampler } from './modules/streams/sampler'
 import { liveStreamsToSample } from './modules/streams/service'
 import { startSeatWatcher } from './modules/matches/seats'
+import { answerNodeQueries, BUSIEST } from './modules/admin/nodes'
 
 /** A listening API node. */
 export type RunningApi = {
@@ -34,6 +35,13 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
   realtime.bind(server)
   const port = server.port ?? deps.config.PORT
   deps.logger.info({ host: deps.config.HOST, port }, 'api listening')
+  const startedAt = new Date().toISOString()
+  const nodeQueries = answerNodeQueries({
+    nc: deps.nc,
+    prefix: deps.config.FANFARE_SUBJECT_PREFIX,
+    stats: () => ({ id: realtime.presence.node, startedAt, ...realtime.stats(BUSIEST) }),
+    logger: deps.logger,
+  })
   const sampler = startViewerSampler({ presence: realtime.presence, ingest, liveStreams: () => liveStreamsToSample(deps.db), logger: deps.logger })
   const seats = startSeatWatcher({ presence: realtime.presence, ingest, db: deps.db, graceMs: deps.config.FANFARE_MATCH_GRACE_MS, logger: deps.logger })
   let stopping: Promise<void> | undefined
@@ -43,6 +51,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
       (stopping ??= (async () => {
         await sampler.stop()
         await seats.stop()
+        nodeQueries.stop()
         await realtime.goAway()
         await app.stop(true)
         await realtime.stop()

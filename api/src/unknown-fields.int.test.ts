@@ -53,6 +53,14 @@ function withUnknownAt(value: unknown, path: string): unknown {
   return copy
 }
 
+/** A path of the document with a valid value for each parameter: 1 for integers, `x` otherwise. */
+function urlOf(path: string, op: any): string {
+  return path.replace(/\{(\w+)\}/g, (_, name) => {
+    const param = (op.parameters ?? []).find((p: any) => p.in === 'path' && p.name === name)
+    return JSON.stringify(param?.schema ?? {}).includes('"type":"integer"') ? '1' : 'x'
+  })
+}
+
 describe('unknown fields are refused, named, and change nothing', () => {
   let h: ApiHarness
   let doc: any
@@ -88,7 +96,7 @@ describe('unknown fields are refused, named, and change nothing', () => {
       for (const [method, op] of Object.entries<any>(ops)) {
         if (!op.requestBody) continue
         const route = `${method.toUpperCase()} ${path}`
-        const url = path.replace(/\{\w+\}/g, 'x')
+        const url = urlOf(path, op)
         // Even with no example, an unknown field alone must be named among the problems.
         const token = tokenFor(h, path)
         const alone = await h.call(method.toUpperCase(), url, { token, body: { [UNKNOWN]: 'x' } })
@@ -124,7 +132,7 @@ describe('unknown fields are refused, named, and change nothing', () => {
       for (const [method, op] of Object.entries<any>(ops)) {
         const route = `${method.toUpperCase()} ${path}`
         swept.push(route)
-        const url = `${path.replace(/\{\w+\}/g, 'x')}?${UNKNOWN}=1`
+        const url = `${urlOf(path, op)}?${UNKNOWN}=1`
         const body = op.requestBody ? validBodies[route]?.[0] : undefined
         const r = await h.call(method.toUpperCase(), url, { token: tokenFor(h, path), body })
         expect([route, r.status, r.json]).toEqual([
@@ -149,7 +157,7 @@ describe('unknown fields are refused, named, and change nothing', () => {
         const route = `${method.toUpperCase()} ${path}`
         swept.push(route)
         for (const body of [{}, { force: true }, []]) {
-          const r = await h.call(method.toUpperCase(), path.replace(/\{\w+\}/g, 'x'), { token: tokenFor(h, path), body })
+          const r = await h.call(method.toUpperCase(), urlOf(path, op), { token: tokenFor(h, path), body })
           expect([route, body, r.status, r.json]).toEqual([
             route,
             body,

@@ -86,6 +86,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         projections.map((projection) =>
           startRunner({
             db,
+            nc,
             js,
             jsm,
             logger,

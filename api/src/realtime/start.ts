@@ -29,6 +29,8 @@ export type Realtime = {
   feeds: () => FeedStatus[]
   /** Who is where, cluster-wide (GET /v1/presence, the stream viewer sampler). */
   presence: Presence
+  /** This node's load now: open sockets, subscriptions, channels, and the `busiest` most watched (GET /admin/nodes). */
+  stats: (busiest: number) => { connections: number; subscriptions: number; channels: number; busiest: { channel: string; subscribers: number }[] }
   stop: () => Promise<void>
 }
 
@@ -136,6 +138,18 @@ export async function startRealtime(deps: {
       while (sockets.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     },
     presence,
+    stats: (busiest) => {
+      const channels = hub.stats()
+      return {
+        connections: sockets.open.size,
+        subscriptions: channels.reduce((n, c) => n + c.subscribers, 0),
+        channels: channels.length,
+        busiest: channels
+          .map((c) => ({ channel: c.channel, subscribers: c.subscribers }))
+          .sort((a, b) => b.subscribers - a.subscribers || a.channel.localeCompare(b.channel))
+          .slice(0, busiest),
+      }
+    },
     stop: async () => {
       await presence.stop()
       await Promise.all(feeds.map((f) => f.stop()))

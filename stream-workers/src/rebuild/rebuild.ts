@@ -9,7 +9,7 @@ import { applyBatch, batchMessageOf, type BatchMessage } from '../runtime/batch'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { isTransientDbError, StaleReadError } from '../runtime/errors'
 import { streamIdentity, topology } from '../../../core/nats'
-import { createShadow, dropSchemas, leftoverSchemas, lockLiveTables, shadowSchemaName, swapIn, useShadow } from './shadow'
+import { createShadow, dropSchemas, leftoverSchemas, lockDeadLetters, lockLiveTables, replaceDeadLetters, shadowSchemaName, swapIn, useShadow } from './shadow'
 
 export type RebuildDeps = {
   /** The event stream, subject prefix, partitions and batch size come from here (see topology). */
@@ -56,6 +56,8 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     // The shadow's checkpoints count in this incarnation of the event stream, like live ones.
     const jsm = await deps.js.jetstreamManager()
     const stream = await streamIdentity(jsm, eventStream)
+    // Where the shadow starts reading (DeliverPolicy.All): earlier messages are gone.
+    const firstSeq = (await jsm.streams.info(eventStream)).state.first_seq
     const consumer = await deps.js.consumers.get(eventStream, {
       filter_subjects: `${prefix}.ev.*.${projection.area}.>`,
       deliver_policy: DeliverPolicy.All,
@@ -126,6 +128,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     let switchedAt = 0
     await db.transaction(async (tx) => {
       const name = projection.name
+      await lockDeadLetters(tx, name)
       await lockLiveTables(tx, name)
       // Rows for every partition, so a partition no runner has written yet is also moved past
       // what the shadow applied (its first runner would otherwise start from 0 and apply twice).
@@ -163,6 +166,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       }
       switchedAt = Math.max(position, live)
       await swapIn(tx, { shadow, retired, projection: name })
+      await replaceDeadLetters(tx, { shadow, projection: name, fromSeq: firstSeq, toSeq: switchedAt })
       // The model now comes from the current stream alone: nothing lost to a rebuild any more.
       await tx.execute(sql`update public.projection_checkpoints set seq = ${switchedAt}, lost_stream = '', updated_at = now() where projection = ${name}`)
       log.info({ live, switchedAt }, 'rebuilt model switched in')

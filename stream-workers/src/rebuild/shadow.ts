@@ -30,9 +30,9 @@ export const rebuildTargets: Record<ProjectionName, { tables: string[]; channelP
 /**
  * Tables the batch code writes besides the read model. In the shadow they only absorb writes:
  * checkpoints track the shadow's own progress, versions are copied to public with a new epoch at
- * the switch, and the shadow's outboxes and dead letters are dropped (live already has the dead
- * letters; the shadow's notices must never be published, and the scores of matches it finishes
- * again were scored when they first finished).
+ * the switch, the shadow's dead letters replace the live ones of the positions it read (see
+ * replaceDeadLetters), and its outboxes are dropped (the shadow's notices must never be published,
+ * and the scores of matches it finishes again were scored when they first finished).
  */
 const bookkeepingTables = [projectionCheckpoints, channelVersions, changeOutbox, eventOutbox, deadLetters].map((t) => getTableName(t))
 
@@ -135,4 +135,29 @@ export async function dropSchemas(db: Db, schemas: string[]): Promise<void> {
 export async function leftoverSchemas(db: Db, jobId: string, keep?: string): Promise<string[]> {
   const rows = await rowsOf<{ name: string }>(db, sql`select nspname as name from pg_namespace where nspname like ${`rebuild\\_${jobId}\\_%`} or nspname like ${`retired\\_${jobId}\\_%`}`)
   return rows.map((r) => r.name).filter((n) => n !== keep)
+}
+
+/**
+ * First in the switch transaction: locks the projection's live dead letters. A dead-letter replay
+ * holds its row, then writes the read tables and its checkpoint; taking the rows first keeps that
+ * order here too (the switch then takes the tables and checkpoints), so neither can wait for the other.
+ */
+export async function lockDeadLetters(tx: Tx, projection: ProjectionName): Promise<void> {
+  await tx.execute(sql`select id from public.dead_letters where projection = ${projection} order by id for update`)
+}
+
+/**
+ * Inside the switch transaction: the projection's live dead letters of the stream positions the
+ * shadow read (`fromSeq` to `toSeq`) give way to the shadow's. The shadow ran every one of those
+ * messages through today's code: one it applied must not stay a dead letter (a replay would apply
+ * it twice), one that still fails is a dead letter again, with today's reason.
+ */
+export async function replaceDeadLetters(tx: Tx, opts: { shadow: string; projection: ProjectionName; fromSeq: number; toSeq: number }): Promise<void> {
+  const { projection, fromSeq, toSeq } = opts
+  await tx.execute(sql`delete from public.dead_letters where projection = ${projection} and stream_seq between ${fromSeq} and ${toSeq}`)
+  await tx.execute(
+    sql`insert into public.dead_letters (projection, partition, stream_seq, subject, event_id, reason, payload, created_at)
+        select projection, partition, stream_seq, subject, event_id, reason, payload, created_at
+        from ${sql.raw(`${ident(opts.shadow)}.dead_letters`)} where projection = ${projection} and stream_seq between ${fromSeq} and ${toSeq} order by id`,
+  )
 }

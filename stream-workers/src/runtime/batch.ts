@@ -4,8 +4,8 @@ import { and, eq, sql, type SQL } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
 import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
-import type { Projection, SequencedEvent } from '../projections/types'
-import { deadLetterWrite, guessEventId, type DeadLetter } from './dead-letters'
+import type { Applied, Projection, SequencedEvent } from '../projections/types'
+import { deadLetterWrite, guessEventId, replayOutcomeWrite, type DeadLetter } from './dead-letters'
 import { CheckpointMovedError, FencedError, StaleReadError, StreamChangedError } from './errors'
 import { eventOutboxWrite, insertedEvents, insertedRuns, outboxWrite, parseInsertedRuns, type OutboxEvent, type OutboxRun } from './outbox'
 
@@ -38,6 +38,18 @@ export type BatchResult = {
   events: OutboxEvent[]
   /** The checkpoint after the batch: what the next batch expects. */
   checkpoint: number
+  /** A replay (see ApplyOptions) that failed again: why; the dead letter now holds this reason. */
+  stillFailing?: string
+}
+
+export type ApplyOptions = {
+  /**
+   * Re-runs one dead letter (the batch is its one message) instead of new messages: applied
+   * whatever the checkpoint (which stays where it is), under the same guard as a batch, and the
+   * statement deletes the dead letter if it applies now, or stores its new reason if it does not.
+   * The caller holds the dead letter's row lock in the transaction `db` belongs to (see replay.ts).
+   */
+  replay?: { deadLetter: number }
 }
 
 /**
@@ -79,9 +91,9 @@ export async function claimFence(db: Db, projection: string, partition: number):
  * held for that statement alone, not through client round trips to a COMMIT (and within it they
  * are locked last, see below).
  */
-export async function applyBatch(db: Db, owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date): Promise<BatchResult> {
+export async function applyBatch(db: Db, owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date, opts: ApplyOptions = {}): Promise<BatchResult> {
   const { projection, partition, token } = owner
-  const fresh = messages.filter((m) => m.seq > expected)
+  const fresh = opts.replay ? messages : messages.filter((m) => m.seq > expected)
   const skipped = messages.length - fresh.length
   if (fresh.length === 0) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint: expected }
   const events: SequencedEvent[] = []
@@ -95,14 +107,18 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
       events.push(problem)
     }
   }
-  const { changes, write, recheck, refused = [], events: derived = [] } = await projection.apply(db, events)
+  // A replay that fails again writes nothing but its new reason (under the guard, like the rest).
+  const applied: Applied = opts.replay && letters.length > 0 ? { changes: [] } : await projection.apply(db, events)
+  const { refused = [] } = applied
   for (const r of refused) {
     const m = fresh.find((f) => f.seq === r.seq)
     const event = events.find((e) => e.seq === r.seq)
     if (!m || !event) throw new Error(`projection ${projection.name} refused seq ${r.seq}, which is not in the batch`)
     letters.push({ projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: event.event.id, reason: r.reason, payload: new TextDecoder().decode(m.body) })
   }
-  const checkpoint = fresh.reduce((max, m) => Math.max(max, m.seq), expected)
+  const stillFailing = opts.replay && letters.length > 0 ? letters.map((l) => l.reason).join('; ') : undefined
+  const { changes, write, recheck, events: derived = [] } = stillFailing === undefined ? applied : { changes: [], write: undefined, recheck: undefined, events: [] }
+  const checkpoint = opts.replay ? expected : fresh.reduce((max, m) => Math.max(max, m.seq), expected)
 
   // `guard` moves the checkpoint (or creates it, for a shadow's first batch) only from `expected`,
   // and only if the projection's recheck found its reads unchanged; every other write of the
@@ -123,7 +139,8 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
   // `returning 1` lets the select below run the model writes before the outbox (see there).
   const writes = write ? [write(when)].flat() : []
   writes.forEach((w, i) => members.push(sql`${sql.raw(`model_${i}`)} as (${w.getSQL()} returning 1)`))
-  if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
+  if (opts.replay) members.push(sql`letters as (${replayOutcomeWrite(opts.replay.deadLetter, stillFailing, when)})`)
+  else if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
   const eventsOut = eventOutboxWrite(derived, now, when)
   if (eventsOut) members.push(eventsOut)
   const outbox = outboxWrite(changes, now, when)
@@ -144,6 +161,7 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
           ${eventsOut ? insertedEvents : sql`'[]'`} as events`,
   )
   if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
+  if (stillFailing !== undefined) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint, stillFailing }
   return { applied: events.length - refused.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), events: JSON.parse(row.events) as OutboxEvent[], checkpoint }
 }
 

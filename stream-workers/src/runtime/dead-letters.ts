@@ -1,4 +1,4 @@
-import { sql, type SQL } from 'drizzle-orm'
+import { eq, sql, type SQL } from 'drizzle-orm'
 import { recordset } from '../../../core/db/recordset'
 import { deadLetters } from '../../../core/db/schema'
 
@@ -47,4 +47,13 @@ export function guessEventId(body: string): string | null {
   } catch {
     return null
   }
+}
+
+/**
+ * The outcome of replaying dead letter `id`, for the batch statement (runs only `when` its guard
+ * held): it applied now, so it is deleted; or it failed again (`reason`), and keeps the new reason.
+ */
+export function replayOutcomeWrite(id: number, reason: string | undefined, when: SQL): SQL {
+  if (reason === undefined) return sql`delete from ${deadLetters} where ${eq(deadLetters.id, id)} and ${when}`
+  return sql`update ${deadLetters} set reason = ${storable(reason)} where ${eq(deadLetters.id, id)} and ${when}`
 }

@@ -1,4 +1,6 @@
 import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
+import type { NatsConnection, Subscription } from '@nats-io/transport-node'
+import { REPLAY_QUEUE, replaySubject, type ReplayReply, type ReplayRequest } from '../../../core/dead-letters'
 import { sql } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
@@ -12,6 +14,7 @@ import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
+import { replayDeadLetter } from './replay'
 
 /** Test seams. Production passes none. */
 export type RunnerHooks = {
@@ -21,6 +24,8 @@ export type RunnerHooks = {
 
 export type RunnerDeps = {
   db: Db
+  /** For dead-letter replay requests (see core/dead-letters.ts). */
+  nc: NatsConnection
   js: JetStreamClient
   jsm: JetStreamManager
   logger: Logger
@@ -128,6 +133,44 @@ export function startRunner(deps: RunnerDeps): Runner {
     return first.msgs.concat(rest.msgs)
   }
 
+  // Batches and dead-letter replays take turns: a replay's reads and writes must not interleave
+  // with a batch's (both rely on the checkpoint guard, and a replay leaves the checkpoint as is).
+  let turn: Promise<unknown> = Promise.resolve()
+  const exclusive = <T>(work: () => Promise<T>): Promise<T> => {
+    const mine = turn.then(work, work)
+    turn = mine.catch(() => {})
+    return mine
+  }
+
+  /** Answers replay requests for this projection and partition while this runner owns it. */
+  let replays: Subscription | undefined
+  const listenForReplays = () => {
+    replays = deps.nc.subscribe(replaySubject(deps.prefix, deps.projection.name, deps.partition), {
+      queue: REPLAY_QUEUE,
+      callback: (err, msg) => {
+        if (err) return
+        void (async (): Promise<ReplayReply> => {
+          const { id } = msg.json<ReplayRequest>()
+          // Before the consumer opened, `checkpoint` is not known yet.
+          if (!stream) return { outcome: 'unavailable', message: 'the runner is starting' }
+          const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
+          const { reply, runs, events } = await exclusive(() => replayDeadLetter(deps.db, owner, checkpoint, id, now()))
+          log.info({ deadLetter: id, outcome: reply.outcome }, 'dead letter replayed')
+          if (runs.length > 0 || events.length > 0) {
+            if (publishing) await publishing
+            publishing = publishInBackground(runs, events)
+          }
+          return reply
+        })()
+          .catch((err): ReplayReply => {
+            log.warn({ err }, 'dead letter replay failed')
+            return { outcome: 'unavailable', message: err instanceof FencedError ? 'this worker no longer owns the partition' : String((err as Error)?.message ?? err) }
+          })
+          .then((reply) => msg.respond(JSON.stringify(reply)))
+      },
+    })
+  }
+
   const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
     const messages = batch.map(batchMessageOf)
@@ -136,7 +179,12 @@ export function startRunner(deps: RunnerDeps): Runner {
       for (let attempt = 0; ; attempt++) {
         if (abort.signal.aborted) return undefined
         try {
-          return await applyBatch(deps.db, owner, checkpoint, messages, now())
+          // The checkpoint moves inside the turn: a replay waiting for it must see the new one.
+          return await exclusive(async () => {
+            const result = await applyBatch(deps.db, owner, checkpoint, messages, now())
+            checkpoint = result.checkpoint
+            return result
+          })
         } catch (err) {
           if (err instanceof StaleReadError) {
             // A board's rules changed between the batch's reads and its write: read again.
@@ -272,6 +320,7 @@ export function startRunner(deps: RunnerDeps): Runner {
           token = await claimFence(deps.db, deps.projection.name, deps.partition)
           name = consumerName(deps.projection.name, deps.partition, token)
           log = log.child({ token })
+          listenForReplays()
         }
         const consumer = await openConsumer()
         attempt = 0
@@ -298,6 +347,8 @@ export function startRunner(deps: RunnerDeps): Runner {
         await sleep(backoffMs(attempt++), abort.signal)
       }
     }
+    // Stopped, fenced or failed: replays go to the partition's next owner.
+    replays?.unsubscribe()
   }
 
   const done = run()
@@ -305,6 +356,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     stop: async (opts = {}) => {
       abort.abort()
       pulling?.stop()
+      replays?.unsubscribe()
       await done
       await publishing
       if (opts.deleteConsumer && name) await deps.jsm.consumers.delete(deps.stream, name).catch(() => {})

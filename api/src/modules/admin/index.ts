@@ -2,11 +2,11 @@ import { Elysia } from 'elysia'
 import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
 import { siteOf } from '../../../../core/nats'
-import { Conflict } from '../../errors'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { AuthPlugin } from '../../auth/plugin'
 import type { RoomAccess } from '../../auth/rooms'
 import { ErrorResponse } from '../../error-model'
+import { Conflict } from '../../errors'
 import { PublishResponse } from '../events/model'
 import type { Ingest } from '../events/service'
 import type { Audit } from '../audit/service'
@@ -17,6 +17,8 @@ import {
   BoardConfig,
   BoardConfigBody,
   BoardParams,
+  DeadLetter,
+  DeadLetterParams,
   DeadLetters,
   DeadLettersQuery,
   MessageParams,
@@ -24,13 +26,16 @@ import {
   RebuildJob,
   RebuildParams,
   RebuildQuery,
+  ReplayResult,
+  NodesReport,
   RoomSettings,
   RoomSettingsBody,
   RoomParams,
   WorkersReport,
 } from './model'
 import { createRebuilds } from './rebuild'
-import { createWorkersReader, listDeadLetters, putBoardConfig, readProjections } from './service'
+import { createNodesReader } from './nodes'
+import { createWorkersReader, discardDeadLetter, getDeadLetter, listDeadLetters, putBoardConfig, readProjections, replayDeadLetter } from './service'
 
 export type AdminDeps = {
   config: Config
@@ -59,6 +64,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
   const hubOnly = () => {
     if (atEdge) throw new Conflict('hub_only', 'this admin route reads the hub\'s JetStream: call it on an API node at the hub, not at an edge site')
   }
+  const nodes = createNodesReader({ nc, prefix: config.FANFARE_SUBJECT_PREFIX })
   return new Elysia({ prefix: '/admin', detail: { tags: ['admin'] } })
     .use(auth)
     .get('/leaderboards/:board', ({ params }) => boardConfig(db, params.board), {
@@ -192,10 +198,79 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
         description: 'From the lease bucket: a worker is listed until its heartbeat expires (FANFARE_LEASE_TTL_MS). Empty before any worker started.',
       },
     })
+    .get(
+      '/nodes',
+      async () => {
+        const [api, w] = await Promise.all([nodes(), workers()])
+        return { ...api, ...w }
+      },
+      {
+        auth: 'admin:read',
+        response: { 200: NodesReport, 503: ErrorResponse, ...denied },
+        detail: {
+          summary: 'API nodes with their load, and stream workers with their partitions',
+          description:
+            'Every API node answers over NATS with its open WebSockets, subscriptions, channels and most watched channels, as they are now; ' +
+            '`busiest` sums subscribers over the nodes. Workers as in GET /admin/workers. The answer waits ~250 ms for the last node.',
+        },
+      },
+    )
     .get('/dead-letters', async ({ query }) => ({ deadLetters: await listDeadLetters(db, query) }), {
       auth: 'admin:read',
       query: DeadLettersQuery,
       response: { 200: DeadLetters, ...denied },
       detail: { summary: 'Messages that could not be applied, newest first' },
     })
+    .post(
+      '/dead-letters/:id/replay',
+      async ({ params, principal }) => {
+        const letter = await getDeadLetter(db, params.id)
+        const target = `dead_letter:${letter.id}`
+        const about = { projection: letter.projection, partition: letter.partition, streamSeq: letter.streamSeq, eventId: letter.eventId }
+        const reply = await replayDeadLetter({ config, db, nc }, letter)
+        if (reply.outcome === 'still_failing') {
+          await audit.record(principal, 'dead_letter.replay_failed', target, { ...about, reason: reply.reason })
+          throw new Conflict('still_failing', `dead letter ${letter.id} still cannot apply: ${reply.reason}`, { reason: reply.reason })
+        }
+        await audit.record(principal, 'dead_letter.replayed', target, about)
+        return { outcome: reply.outcome, deadLetter: letter }
+      },
+      {
+        auth: 'admin:write',
+        params: DeadLetterParams,
+        response: { 200: ReplayResult, 404: ErrorResponse, 409: ErrorResponse, 422: ErrorResponse, 503: ErrorResponse, ...denied },
+        detail: {
+          summary: 'Replay a dead letter through its projection (after a fix)',
+          description:
+            'The worker that owns its projection and partition runs the stored message through the projection again, between its batches. ' +
+            'If it applies, the read model changes, its channels get the change, and the dead letter is deleted, all in one transaction: exactly once, however often the request is repeated (a repeat is 404). ' +
+            'It applies now, after the events that followed it in the stream. ' +
+            '409 still_failing: it still cannot apply; the dead letter stays, with the new reason. 404 unknown_dead_letter. ' +
+            '503 no_worker (no worker holds the partition) or replay_unavailable (nothing changed; try again).',
+        },
+      },
+    )
+    .delete(
+      '/dead-letters/:id',
+      async ({ params, principal }) => {
+        const letter = await discardDeadLetter(db, params.id)
+        await audit.record(principal, 'dead_letter.discarded', `dead_letter:${letter.id}`, {
+          projection: letter.projection,
+          partition: letter.partition,
+          streamSeq: letter.streamSeq,
+          eventId: letter.eventId,
+          reason: letter.reason,
+        })
+        return letter
+      },
+      {
+        auth: 'admin:write',
+        params: DeadLetterParams,
+        response: { 200: DeadLetter, 404: ErrorResponse, 422: ErrorResponse, ...denied },
+        detail: {
+          summary: 'Discard a dead letter',
+          description: 'Deletes it for good and answers what it held (the audit log keeps its place and reason). 404 unknown_dead_letter.',
+        },
+      },
+    )
 }

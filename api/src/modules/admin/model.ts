@@ -62,6 +62,11 @@ export const DeadLetter = t.Object({
   createdAt: t.String(),
 })
 export type DeadLetter = typeof DeadLetter.static
+export const DeadLetterParams = t.Object({ id: integerParam('id', { minimum: 1, maximum: MAX_ID, description: 'dead letter id' }) })
+export const ReplayResult = t.Object({
+  outcome: t.Literal('replayed', { description: 'applied once through its projection; the dead letter is gone' }),
+  deadLetter: DeadLetter,
+})
 export const DeadLetters = t.Object({ deadLetters: t.Array(DeadLetter, { description: 'newest first' }) })
 
 export const WorkerEntry = t.Object({
@@ -94,4 +99,22 @@ export const RebuildJob = t.Object({
   switchedAtSeq: t.Optional(t.Integer({ description: 'stream position where the rebuilt model took over' })),
   finishedAt: t.Optional(t.String()),
   error: t.Optional(t.String()),
+})
+
+export const ChannelLoad = t.Object({ channel: t.String(), subscribers: t.Integer({ description: 'sockets watching it' }) })
+export type ChannelLoad = typeof ChannelLoad.static
+export const NodeStats = t.Object({
+  id: t.String({ description: 'API node id: host-pid' }),
+  startedAt: t.String({ description: 'when its live side started (ISO 8601)' }),
+  connections: t.Integer({ description: 'open WebSockets' }),
+  subscriptions: t.Integer({ description: 'channel subscriptions over its sockets' }),
+  channels: t.Integer({ description: 'channels watched by at least one of its sockets' }),
+  busiest: t.Array(ChannelLoad, { description: 'its most watched channels (at most 10)' }),
+})
+export type NodeStats = typeof NodeStats.static
+export const NodesReport = t.Object({
+  nodes: t.Array(NodeStats, { description: 'API nodes that answered, by id' }),
+  busiest: t.Array(ChannelLoad, { description: 'most watched channels over every node, subscribers summed (at most 10)' }),
+  workers: t.Array(WorkerEntry, { description: 'live stream workers and their partitions (as GET /admin/workers)' }),
+  partitions: t.Integer({ description: 'partition count of the deployment' }),
 })

@@ -1,11 +1,12 @@
 import type { KV } from '@nats-io/kv'
-import type { NatsConnection } from '@nats-io/transport-node'
+import { RequestError, type NatsConnection } from '@nats-io/transport-node'
 import { and, desc, eq, lt, not, or, sql } from 'drizzle-orm'
 import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
 import { openLeaseBucketIfExists, workersView } from '../../../../core/leases'
 import { deadLetters, leaderboards } from '../../../../core/db/schema'
-import { Conflict, Unavailable } from '../../errors'
+import { Conflict, NotFound, Unavailable } from '../../errors'
+import { replaySubject, type ReplayReply } from '../../../../core/dead-letters'
 import { boardConfig, type BoardConfig } from '../leaderboards/service'
 import type { BoardConfigBody, DeadLetter, ProjectionsReport, WorkersReport } from './model'
 import { projectionStatus } from '../../../../core/projections'
@@ -46,7 +47,50 @@ export async function listDeadLetters(db: Db, opts: { limit: number; before?: nu
     .where(opts.before !== undefined ? lt(deadLetters.id, opts.before) : undefined)
     .orderBy(desc(deadLetters.id))
     .limit(opts.limit)
-  return rows.map((r) => ({ ...r, createdAt: r.createdAt.toISOString() }))
+  return rows.map(toDeadLetter)
+}
+
+/** How long a replay may take: the owner may be in the middle of a full batch. */
+const REPLAY_TIMEOUT_MS = 15_000
+
+const toDeadLetter = (r: typeof deadLetters.$inferSelect): DeadLetter => ({ ...r, createdAt: r.createdAt.toISOString() })
+
+/** One dead letter; 404 `unknown_dead_letter` when there is none with this id. */
+export async function getDeadLetter(db: Db, id: number): Promise<DeadLetter> {
+  const [row] = await db.select().from(deadLetters).where(eq(deadLetters.id, id))
+  if (!row) throw new NotFound('unknown_dead_letter', `no dead letter ${id} (replayed or discarded already?)`)
+  return toDeadLetter(row)
+}
+
+/**
+ * Asks the worker that owns the dead letter's projection and partition to run it through the
+ * projection again (see stream-workers/src/runtime/replay.ts): `replayed` (applied once and
+ * deleted) or `still_failing` (kept, with the new reason). 404 when it is gone; 503 when no worker
+ * holds the partition, or the owner could not do it now (nothing changed: try again).
+ */
+export async function replayDeadLetter(deps: { config: Config; db: Db; nc: NatsConnection }, letter: DeadLetter): Promise<Extract<ReplayReply, { outcome: 'replayed' | 'still_failing' }>> {
+  const subject = replaySubject(deps.config.FANFARE_SUBJECT_PREFIX, letter.projection, letter.partition)
+  let reply: ReplayReply
+  try {
+    const m = await deps.nc.request(subject, JSON.stringify({ id: letter.id }), { timeout: REPLAY_TIMEOUT_MS })
+    reply = m.json<ReplayReply>()
+  } catch (err) {
+    if (err instanceof RequestError && err.isNoResponders()) {
+      throw new Unavailable(`no worker holds partition ${letter.partition} of ${letter.projection} now; try again when one does`, 'no_worker')
+    }
+    throw new Unavailable(`the replay of dead letter ${letter.id} got no answer: ${(err as Error).message}`, 'replay_unavailable')
+  }
+  if (reply.outcome === 'not_found') throw new NotFound('unknown_dead_letter', `no dead letter ${letter.id} (replayed or discarded already?)`)
+  if (reply.outcome === 'unavailable') throw new Unavailable(`dead letter ${letter.id} could not be replayed now: ${reply.message}; nothing changed, try again`, 'replay_unavailable')
+  return reply
+}
+
+/** Deletes a dead letter for good: what it held, or 404 `unknown_dead_letter`. */
+export async function discardDeadLetter(db: Db, id: number): Promise<DeadLetter> {
+  // Waits for a replay holding the row; finds nothing if that replay applied it.
+  const [row] = await db.delete(deadLetters).where(eq(deadLetters.id, id)).returning()
+  if (!row) throw new NotFound('unknown_dead_letter', `no dead letter ${id} (replayed or discarded already?)`)
+  return toDeadLetter(row)
 }
 
 /** Projection progress with exact lag (see core/projections.ts); NATS trouble is 503. */

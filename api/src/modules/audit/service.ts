@@ -17,6 +17,9 @@ export type AuditAction =
   | 'room.visibility_set'
   | 'message.deleted'
   | 'rebuild.requested'
+  | 'dead_letter.replayed'
+  | 'dead_letter.replay_failed'
+  | 'dead_letter.discarded'
 
 export type Audit = {
   /**

@@ -8,6 +8,7 @@ import { ErrorResponse } from '../../error-model'
 import { Conflict, NotFound } from '../../errors'
 import type { Ingest } from '../events/service'
 import { putMode, readMatch } from '../matches/service'
+import { fileAsset, scriptBundle } from '../../web-page'
 
 const ROOT = resolve(import.meta.dir, '../../../../examples/arcade')
 /** How long a demo session's token lives: short, so the page shows `token_expiring` and a refresh. */
@@ -41,27 +42,10 @@ export function demoModule(deps: DemoDeps) {
   const app = new Elysia({ name: 'demo' })
   const secret = deps.config.FANFARE_JWT_SECRET
   if (deps.config.FANFARE_DEMO !== 'on' || !secret) return app
-  let bundle: Promise<string> | undefined
-  const build = async () => {
-    const out = await Bun.build({ entrypoints: [`${ROOT}/app.ts`], target: 'browser', format: 'esm', minify: true })
-    if (!out.success) throw new Error(`building the demo failed: ${out.logs.map(String).join('\n')}`)
-    return out.outputs[0].text()
-  }
-  const asset = (path: string, type: string) => () => new Response(Bun.file(`${ROOT}/${path}`), { headers: { 'content-type': type, 'cache-control': 'no-cache' } })
   return app
-    .get('/demo', asset('index.html', 'text/html; charset=utf-8'), { detail: { hide: true } })
-    .get('/demo/style.css', asset('style.css', 'text/css; charset=utf-8'), { detail: { hide: true } })
-    .get(
-      '/demo/app.js',
-      async () => {
-        bundle ??= build().catch((err) => {
-          bundle = undefined
-          throw err
-        })
-        return new Response(await bundle, { headers: { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'no-cache' } })
-      },
-      { detail: { hide: true } },
-    )
+    .get('/demo', fileAsset(ROOT, 'index.html', 'text/html; charset=utf-8'), { detail: { hide: true } })
+    .get('/demo/style.css', fileAsset(ROOT, 'style.css', 'text/css; charset=utf-8'), { detail: { hide: true } })
+    .get('/demo/app.js', scriptBundle(`${ROOT}/app.ts`), { detail: { hide: true } })
     .post(
       '/demo/session',
       async ({ body }) => {

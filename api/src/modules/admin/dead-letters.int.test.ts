@@ -1,0 +1,144 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { deadLetters } from '../../../../core/db/schema'
+import { until } from '../../../../test/e2e/harness'
+import { startTestWorker } from '../../../../stream-workers/src/testing/harness'
+import { leaderboardsProjection } from '../../../../stream-workers/src/projections/leaderboards/apply'
+import type { Projection, SequencedEvent } from '../../../../stream-workers/src/projections/types'
+import type { Workers } from '../../../../stream-workers/src/workers'
+import { createHarness, type ApiHarness } from '../../test-support'
+
+/**
+ * Replay and discard against a real worker. The "bug": a leaderboards projection that refuses
+ * every score of board `fixme` while `broken` is set (a dead letter, like a real refusal), and
+ * applies them once the test "fixes" it.
+ */
+describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', () => {
+  let h: ApiHarness
+  let worker: Workers
+  let broken = true
+  /** While set, only the events it picks are refused (a bug fixed for the others). */
+  let refuseOnly: ((e: SequencedEvent) => boolean) | undefined
+  let failures = 0
+  const buggy: Projection = {
+    ...leaderboardsProjection,
+    apply: async (db, events) => {
+      const bad = events.filter((e) => (broken || refuseOnly?.(e)) && e.event.type === 'score.submitted' && e.event.data.board === 'fixme')
+      const applied = await leaderboardsProjection.apply(db, events.filter((e) => !bad.includes(e)))
+      return { ...applied, refused: [...(applied.refused ?? []), ...bad.map((e) => ({ seq: e.seq, reason: `bug 42 (failure ${++failures})` }))] }
+    },
+  }
+
+  const t = () => ({ token: h.adminToken })
+  const submit = async (player: string, score: number) => {
+    const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted', data: { board: 'fixme', player, score } } })
+    expect(r.status).toBe(202)
+    return r.json.results[0].id as string
+  }
+  const letterOf = (eventId: string) =>
+    until(`dead letter of ${eventId}`, async () => {
+      const r = await h.call('GET', '/admin/dead-letters', t())
+      return (r.json.deadLetters as { id: number; eventId: string; reason: string }[]).find((d) => d.eventId === eventId)
+    }, 15_000, 50)
+  const board = async () => (await h.call('GET', '/v1/leaderboards/fixme')).json.entries as { player: string; score: number }[]
+  const audit = async () => (await h.call('GET', '/admin/audit', t())).json.entries as { action: string; target: string; details: any }[]
+
+  beforeAll(async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    worker = await startTestWorker(h.env, { projections: [buggy] })
+    // Sum: a second application would show as a doubled score.
+    expect((await h.call('PUT', '/admin/leaderboards/fixme', { ...t(), body: { operator: 'sum' } })).status).toBe(200)
+  })
+  afterAll(async () => {
+    await worker.stop().catch(() => {})
+    await h.close()
+  })
+
+  test('admin:write only', async () => {
+    for (const [method, path] of [['POST', '/admin/dead-letters/1/replay'], ['DELETE', '/admin/dead-letters/1']]) {
+      expect((await h.call(method, path)).status).toBe(401)
+      expect((await h.call(method, path, { token: h.ingestToken })).status).toBe(403)
+    }
+    expect((await h.call('POST', '/admin/dead-letters/0/replay', t())).status).toBe(422)
+    const missing = await h.call('DELETE', '/admin/dead-letters/999999', t())
+    expect([missing.status, missing.json.error.code]).toEqual([404, 'unknown_dead_letter'])
+  })
+
+  test('a replay that still fails keeps the dead letter with the new reason; after the fix it applies exactly once', async () => {
+    const eventId = await submit('ann', 7)
+    const letter = await letterOf(eventId)
+    expect(letter.reason).toMatch(/^bug 42/)
+
+    const again = await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())
+    expect([again.status, again.json.error.code]).toEqual([409, 'still_failing'])
+    const kept = await letterOf(eventId)
+    expect(kept.id).toBe(letter.id)
+    expect(kept.reason).not.toBe(letter.reason) // the new failure's reason
+    expect(kept.reason).toBe(again.json.error.details.reason)
+    expect(await board()).toEqual([])
+
+    broken = false
+    // Three at once: the owner takes them in turn, one applies, the others find it gone.
+    const tries = await Promise.all([1, 2, 3].map(() => h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())))
+    expect(tries.map((r) => r.status).sort()).toEqual([200, 404, 404])
+    const ok = tries.find((r) => r.status === 200)!
+    expect(ok.json).toMatchObject({ outcome: 'replayed', deadLetter: { id: letter.id, eventId, projection: 'leaderboards' } })
+    expect((await board()).map((e) => [e.player, e.score])).toEqual([['ann', 7]])
+    const left = await h.call('GET', '/admin/dead-letters', t())
+    expect(left.json.deadLetters.find((d: any) => d.id === letter.id)).toBeUndefined()
+    // Later events apply on top of the replayed one (sum 7 + 3).
+    await submit('ann', 3)
+    await until('the next score applies', async () => (await board())[0]?.score === 10, 15_000, 50)
+
+    const actions = (await audit()).filter((e) => e.target === `dead_letter:${letter.id}`).map((e) => e.action)
+    expect(actions).toEqual(['dead_letter.replayed', 'dead_letter.replay_failed'])
+  }, 60_000)
+
+  test('discard deletes it once and is audited', async () => {
+    broken = true
+    const eventId = await submit('bob', 5)
+    const letter = await letterOf(eventId)
+    const gone = await h.call('DELETE', `/admin/dead-letters/${letter.id}`, t())
+    expect(gone.status).toBe(200)
+    expect(gone.json).toMatchObject({ id: letter.id, eventId, reason: letter.reason })
+    expect((await h.call('DELETE', `/admin/dead-letters/${letter.id}`, t())).status).toBe(404)
+    expect((await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())).status).toBe(404)
+    const entry = (await audit()).find((e) => e.target === `dead_letter:${letter.id}`)
+    expect(entry).toMatchObject({ action: 'dead_letter.discarded', details: { eventId, reason: letter.reason } })
+    broken = false
+    expect((await board()).find((e) => e.player === 'bob')).toBeUndefined()
+  }, 30_000)
+
+  test('a rebuild after the fix applies the dead-lettered event and removes the dead letter; one still failing stays', async () => {
+    broken = true
+    const fixedLater = await submit('cy', 4)
+    const letter = await letterOf(fixedLater)
+    // Still failing at the rebuild: its dead letter is the rebuild's, with today's reason.
+    const keep = (e: { event: { data: unknown } }) => (e.event.data as { player: string }).player === 'dee'
+    const stillBroken = await submit('dee', 1)
+    const before = await letterOf(stillBroken)
+    broken = false
+    refuseOnly = keep
+    expect((await h.call('POST', '/admin/projections/leaderboards/rebuild', t())).status).toBe(202)
+    await until('the rebuild is done', async () => (await h.call('GET', '/admin/projections/leaderboards/rebuild', t())).json.state === 'done', 30_000, 100)
+    refuseOnly = undefined
+    const letters = (await h.call('GET', '/admin/dead-letters', t())).json.deadLetters as { id: number; eventId: string; reason: string }[]
+    expect(letters.find((d) => d.eventId === fixedLater)).toBeUndefined()
+    const again = letters.find((d) => d.eventId === stillBroken)!
+    expect(again.reason).toMatch(/^bug 42/)
+    expect(again.reason).not.toBe(before.reason)
+    // Applied once by the rebuild; replaying the old dead letter cannot apply it again.
+    expect((await board()).find((e) => e.player === 'cy')?.score).toBe(4)
+    expect((await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())).status).toBe(404)
+  }, 60_000)
+
+  test('503 no_worker when no worker holds the partition; nothing changes', async () => {
+    await worker.stop()
+    const [row] = await h.database.db
+      .insert(deadLetters)
+      .values({ projection: 'leaderboards', partition: 1, streamSeq: 1, subject: 'x', eventId: null, reason: 'r', payload: '{}' })
+      .returning({ id: deadLetters.id })
+    const r = await h.call('POST', `/admin/dead-letters/${row.id}/replay`, t())
+    expect([r.status, r.json.error.code]).toEqual([503, 'no_worker'])
+    expect((await h.call('GET', '/admin/dead-letters', t())).json.deadLetters[0]).toMatchObject({ id: row.id, reason: 'r' })
+  }, 30_000)
+})

@@ -1,0 +1,484 @@
+/**
+ * The admin console (served at /admin/console): vanilla TypeScript over the admin REST routes and
+ * the WebSocket. One credential, typed in and kept in sessionStorage for this tab; every call sends
+ * it as a bearer header. The open tab's data is refreshed every POLL_MS; the events/s chart samples
+ * the event stream's last sequence on every refresh, whatever tab is open.
+ */
+
+const POLL_MS = 2000
+const CHART_POINTS = 60
+const MAX_FRAMES = 200
+const STORE = 'fanfare.console.token'
+const TABS = ['overview', 'projections', 'dead-letters', 'keys', 'audit', 'inspector'] as const
+type Tab = (typeof TABS)[number]
+
+type Json = any
+type Attrs = Record<string, string>
+
+const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Attrs = {}, ...children: (Node | string)[]): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag)
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v)
+  node.append(...children)
+  return node
+}
+const rows = (table: string, trs: HTMLTableRowElement[]) => document.querySelector(`[data-testid="${table}"] tbody`)!.replaceChildren(...trs)
+const td = (...children: (Node | string)[]) => el('td', {}, ...children)
+const button = (label: string, onClick: () => void, attrs: Attrs = {}) => {
+  const b = el('button', { type: 'button', ...attrs }, label)
+  b.addEventListener('click', onClick)
+  return b
+}
+const ago = (iso: string | null) => {
+  if (!iso) return '—'
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000))
+  return s < 60 ? `${s}s ago` : s < 3600 ? `${Math.round(s / 60)}m ago` : new Date(iso).toLocaleString()
+}
+
+// ---- credential and calls ----
+
+let token = sessionStorage.getItem(STORE) ?? ''
+
+class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+async function api(method: string, path: string, body?: unknown): Promise<Json> {
+  const res = await fetch(path, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  })
+  const json = await res.json().catch(() => null)
+  if (!res.ok) throw new ApiError(res.status, json?.error?.code ?? 'error', json?.error?.message ?? res.statusText)
+  return json
+}
+
+function notify(text: string, bad = false) {
+  const n = $('notice')
+  n.textContent = text
+  n.className = bad ? 'notice bad' : 'notice'
+  n.hidden = false
+}
+const fail = (err: unknown) => {
+  if (err instanceof ApiError && err.status === 401) return signOut('signed out: the credential is no longer accepted')
+  notify(err instanceof ApiError ? `${err.code}: ${err.message}` : String(err), true)
+}
+
+// ---- sign in ----
+
+function showSignIn(message = '') {
+  $('signin').hidden = false
+  $('app').hidden = true
+  $('tabs').hidden = true
+  $('signout').hidden = true
+  $('signin-error').textContent = message
+}
+
+function signOut(message = '') {
+  token = ''
+  sessionStorage.removeItem(STORE)
+  inspector.close()
+  showSignIn(message)
+}
+
+async function signIn(candidate: string): Promise<boolean> {
+  token = candidate
+  try {
+    await api('GET', '/admin/nodes')
+  } catch (err) {
+    token = ''
+    showSignIn(err instanceof ApiError ? `${err.code}: ${err.message}` : String(err))
+    return false
+  }
+  sessionStorage.setItem(STORE, candidate)
+  $('signin').hidden = true
+  $('app').hidden = false
+  $('tabs').hidden = false
+  $('signout').hidden = false
+  return true
+}
+
+// ---- tabs and refresh ----
+
+const current = (): Tab => {
+  const t = location.hash.slice(1) as Tab
+  return TABS.includes(t) ? t : 'overview'
+}
+
+function showTab() {
+  const tab = current()
+  for (const t of TABS) $(t).classList.toggle('active', t === tab)
+  document.querySelectorAll('nav a').forEach((a) => a.classList.toggle('active', a.getAttribute('data-tab') === tab))
+  void refresh()
+}
+
+const loaders: Partial<Record<Tab, () => Promise<void>>> = {
+  overview: loadOverview,
+  projections: loadProjections,
+  'dead-letters': loadDeadLetters,
+  keys: loadKeys,
+  audit: () => loadAudit(false),
+}
+
+let refreshing = false
+async function refresh() {
+  if (!token || refreshing) return
+  refreshing = true
+  try {
+    await sampleStream()
+    await loaders[current()]?.()
+  } catch (err) {
+    fail(err)
+  } finally {
+    refreshing = false
+  }
+}
+
+// ---- overview ----
+
+/** Samples of the event stream's last sequence, for events per second. */
+const samples: { at: number; seq: number }[] = []
+let latestProjections: Json
+
+async function sampleStream() {
+  latestProjections = await api('GET', '/admin/projections')
+  samples.push({ at: performance.now(), seq: latestProjections.stream.lastSeq })
+  if (samples.length > CHART_POINTS + 1) samples.shift()
+  const rates = ratesOf()
+  const rate = rates.length > 0 ? rates[rates.length - 1] : 0
+  $('eps').textContent = rate < 10 ? rate.toFixed(1) : String(Math.round(rate))
+  const lag = latestProjections.projections.reduce((n: number, p: Json) => n + (p.lag ?? 0), 0)
+  $('lag').textContent = String(lag)
+  drawChart(rates)
+}
+
+const ratesOf = () => samples.slice(1).map((s, i) => Math.max(0, (s.seq - samples[i].seq) / ((s.at - samples[i].at) / 1000)))
+
+/** A hand-drawn SVG line chart of events per second. */
+function drawChart(rates: number[]) {
+  const svg = $('chart')
+  const max = Math.max(1, ...rates)
+  const x = (i: number) => (600 * (i + CHART_POINTS - rates.length)) / (CHART_POINTS - 1)
+  const y = (v: number) => 110 - (100 * v) / max
+  const points = rates.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(' ')
+  const ns = 'http://www.w3.org/2000/svg'
+  const line = document.createElementNS(ns, 'polyline')
+  line.setAttribute('class', 'line')
+  line.setAttribute('points', points)
+  const area = document.createElementNS(ns, 'polygon')
+  area.setAttribute('class', 'area')
+  if (rates.length > 0) area.setAttribute('points', `${x(0)},110 ${points} ${x(rates.length - 1)},110`)
+  svg.replaceChildren(area, line)
+  $('chart-max').textContent = `peak ${Math.round(max)}/s`
+}
+
+async function loadOverview() {
+  const view = await api('GET', '/admin/nodes')
+  $('connections').textContent = String(view.nodes.reduce((n: number, x: Json) => n + x.connections, 0))
+  $('subscriptions').textContent = String(view.nodes.reduce((n: number, x: Json) => n + x.subscriptions, 0))
+  rows(
+    'nodes',
+    view.nodes.map((n: Json) => el('tr', {}, td(n.id), td(String(n.connections)), td(String(n.subscriptions)), td(String(n.channels)), td(ago(n.startedAt)))),
+  )
+  rows(
+    'workers',
+    view.workers.map((w: Json) => el('tr', {}, td(w.id), td(w.partitions.join(', ') || '—'), td(ago(w.heartbeatAt)))),
+  )
+  const top = Math.max(1, ...view.busiest.map((c: Json) => c.subscribers))
+  rows(
+    'busiest',
+    view.busiest.map((c: Json) =>
+      el(
+        'tr',
+        {},
+        td(c.channel),
+        td(bar((80 * c.subscribers) / top), ` ${c.subscribers}`),
+        td(button('Inspect', () => inspect(c.channel))),
+      ),
+    ),
+  )
+}
+
+/** A bar `px` wide (through the style property: the page's policy refuses style attributes). */
+function bar(px: number) {
+  const b = el('span', { class: 'bar' })
+  b.style.width = `${Math.round(px)}px`
+  return b
+}
+
+// ---- projections ----
+
+async function loadProjections() {
+  const report = latestProjections ?? (await api('GET', '/admin/projections'))
+  const jobs = await Promise.all(report.projections.map((p: Json) => api('GET', `/admin/projections/${p.projection}/rebuild`).catch(() => null)))
+  $('projection-list').replaceChildren(
+    ...report.projections.map((p: Json, i: number) => {
+      const job = jobs[i]
+      const status = job
+        ? el('span', { class: `state-${job.state}`, 'data-testid': `rebuild-${p.projection}` }, `rebuild ${job.state}${job.state === 'running' ? ` (seq ${job.appliedSeq}, ${job.pending} to go)` : ''}${job.error ? `: ${job.error}` : ''}`)
+        : el('span', { 'data-testid': `rebuild-${p.projection}` }, 'never rebuilt')
+      const rebuild = button('Rebuild', () => {
+        if (!confirm(`Rebuild ${p.projection} from the start of the event stream?`)) return
+        api('POST', `/admin/projections/${p.projection}/rebuild`)
+          .then((j) => notify(`rebuild of ${p.projection} requested (job ${j.id})`))
+          .then(refresh, fail)
+      })
+      const table = el(
+        'table',
+        {},
+        el('thead', {}, el('tr', {}, el('th', {}, 'partition'), el('th', {}, 'applied seq'), el('th', {}, 'lag'), el('th', {}, 'consumer'), el('th', {}, 'updated'))),
+        el(
+          'tbody',
+          {},
+          ...p.partitions.map((x: Json) => el('tr', {}, td(String(x.partition)), td(String(x.seq)), td(x.lag === null ? 'no owner' : String(x.lag)), td(x.consumer ?? '—'), td(ago(x.updatedAt)))),
+        ),
+      )
+      return el('div', { class: 'card', 'data-projection': p.projection }, el('h2', {}, `${p.projection} `, el('small', {}, `lag ${p.lag ?? '?'} · applied to ${p.appliedSeq} · `, status, ' ')), rebuild, table)
+    }),
+  )
+}
+
+// ---- dead letters ----
+
+let selectedLetter: number | undefined
+
+async function loadDeadLetters() {
+  const { deadLetters } = await api('GET', '/admin/dead-letters?limit=100')
+  rows(
+    'dead-letters',
+    deadLetters.map((d: Json) => {
+      const tr = el(
+        'tr',
+        { 'data-id': String(d.id), class: d.id === selectedLetter ? 'selected' : '' },
+        td(String(d.id)),
+        td(`${d.projection}/${d.partition}`),
+        td(String(d.streamSeq)),
+        td(d.eventId ?? '—'),
+        el('td', { class: 'reason' }, d.reason),
+        td(ago(d.createdAt)),
+        td(
+          button('Inspect', () => showLetter(d)),
+          ' ',
+          button('Replay', () => replay(d.id), { 'data-action': 'replay' }),
+          ' ',
+          button('Discard', () => discard(d.id), { class: 'danger', 'data-action': 'discard' }),
+        ),
+      )
+      return tr
+    }),
+  )
+  if (selectedLetter !== undefined && !deadLetters.some((d: Json) => d.id === selectedLetter)) $('letter').hidden = true
+}
+
+function showLetter(d: Json) {
+  selectedLetter = d.id
+  $('letter-id').textContent = `${d.id} · ${d.subject}`
+  let payload = d.payload
+  try {
+    payload = JSON.stringify(JSON.parse(d.payload), null, 2)
+  } catch {}
+  $('letter-payload').textContent = payload
+  $('letter').hidden = false
+  void refresh()
+}
+
+async function replay(id: number) {
+  try {
+    await api('POST', `/admin/dead-letters/${id}/replay`)
+    notify(`dead letter ${id} replayed: applied once, and removed`)
+  } catch (err) {
+    fail(err)
+  }
+  await refresh()
+}
+
+async function discard(id: number) {
+  if (!confirm(`Discard dead letter ${id} for good?`)) return
+  try {
+    await api('DELETE', `/admin/dead-letters/${id}`)
+    notify(`dead letter ${id} discarded`)
+  } catch (err) {
+    fail(err)
+  }
+  await refresh()
+}
+
+// ---- keys and revocations ----
+
+async function loadKeys() {
+  const [{ keys }, { entries }] = await Promise.all([api('GET', '/admin/keys'), api('GET', '/admin/audit?limit=100')])
+  rows(
+    'keys',
+    keys.map((k: Json) =>
+      el(
+        'tr',
+        { 'data-key': k.id },
+        td(k.id),
+        td(k.name),
+        td(k.scopes.join(' ')),
+        td(ago(k.createdAt)),
+        td(ago(k.lastUsedAt)),
+        td(k.revokedAt ? `revoked ${ago(k.revokedAt)}` : k.expiresAt && Date.parse(k.expiresAt) < Date.now() ? 'expired' : 'active'),
+        td(k.revokedAt ? '' : button('Revoke', () => revokeKey(k.id, k.name), { class: 'danger', 'data-action': 'revoke' })),
+      ),
+    ),
+  )
+  $('revocations').replaceChildren(
+    ...entries
+      .filter((e: Json) => e.action.endsWith('.revoked'))
+      .slice(0, 20)
+      .map((e: Json) => el('li', {}, `${e.action} ${e.target} by ${e.actor}, ${ago(e.at)}`)),
+  )
+}
+
+async function revokeKey(id: string, name: string) {
+  if (!confirm(`Revoke key ${name} (${id})? Every node refuses it at once.`)) return
+  try {
+    await api('DELETE', `/admin/keys/${id}`)
+    notify(`key ${id} revoked`)
+  } catch (err) {
+    fail(err)
+  }
+  await refresh()
+}
+
+function onForm(id: string, handle: (data: FormData, form: HTMLFormElement) => Promise<void>) {
+  const form = $<HTMLFormElement>(id)
+  form.addEventListener('submit', (e) => {
+    e.preventDefault()
+    handle(new FormData(form), form).then(refresh, fail)
+  })
+}
+
+// ---- audit ----
+
+let auditOldest: number | undefined
+
+async function loadAudit(older: boolean) {
+  const before = older && auditOldest !== undefined ? `&before=${auditOldest}` : ''
+  const { entries } = await api('GET', `/admin/audit?limit=50${before}`)
+  const trs = entries.map((e: Json) => el('tr', {}, td(String(e.id)), td(ago(e.at)), td(e.actor), td(e.action), td(e.target), td(el('code', {}, e.details ? JSON.stringify(e.details) : ''))))
+  if (older) document.querySelector('[data-testid="audit"] tbody')!.append(...trs)
+  else rows('audit', trs)
+  if (entries.length > 0 && (older || auditOldest === undefined || !before)) auditOldest = entries[entries.length - 1].id
+}
+
+// ---- channel inspector ----
+
+/** One WebSocket for the inspector, signed in with the console's credential by an `auth` frame (not the URL). */
+const inspector = (() => {
+  let ws: WebSocket | undefined
+  let channel: string | undefined
+  const state = (s: string) => {
+    const pill = $('ws-state')
+    pill.textContent = s
+    pill.className = s === 'open' ? 'pill open' : 'pill'
+  }
+  const show = (text: string) => {
+    const list = $('frames')
+    let op = ''
+    try {
+      op = JSON.parse(text).op ?? ''
+    } catch {}
+    list.prepend(el('li', { 'data-op': op }, el('b', {}, new Date().toLocaleTimeString()), text))
+    while (list.children.length > MAX_FRAMES) list.lastElementChild!.remove()
+  }
+  const open = () =>
+    new Promise<WebSocket>((resolve, reject) => {
+      if (ws && ws.readyState === WebSocket.OPEN) return resolve(ws)
+      const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`
+      const socket = new WebSocket(url)
+      ws = socket
+      state('connecting')
+      socket.onopen = () => socket.send(JSON.stringify({ op: 'auth', ref: 'console', token }))
+      socket.onmessage = (e) => {
+        const text = String(e.data)
+        const frame = JSON.parse(text)
+        if (frame.op === 'authed' && frame.ref === 'console') {
+          state('open')
+          return resolve(socket)
+        }
+        if (frame.op === 'pong') return
+        show(text)
+      }
+      socket.onclose = (e) => {
+        state(`closed ${e.code}`)
+        if (ws === socket) ws = undefined
+        reject(new Error(`WebSocket closed (${e.code} ${e.reason})`))
+      }
+    })
+  return {
+    async subscribe(next: string) {
+      const socket = await open()
+      if (channel) socket.send(JSON.stringify({ op: 'unsubscribe', channel }))
+      channel = next
+      $('frames').replaceChildren()
+      $('inspect-current').textContent = next
+      socket.send(JSON.stringify({ op: 'subscribe', ref: 'inspect', channel: next }))
+    },
+    unsubscribe() {
+      if (channel && ws?.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: 'unsubscribe', channel }))
+      channel = undefined
+      $('inspect-current').textContent = ''
+    },
+    close() {
+      ws?.close(1000, 'signed out')
+      ws = undefined
+      channel = undefined
+    },
+  }
+})()
+
+function inspect(channel: string) {
+  $<HTMLInputElement>('inspect').querySelector<HTMLInputElement>('input[name="channel"]')!.value = channel
+  location.hash = '#inspector'
+  inspector.subscribe(channel).catch(fail)
+}
+
+// ---- wiring ----
+
+$('signin').addEventListener('submit', (e) => {
+  e.preventDefault()
+  const value = String(new FormData(e.target as HTMLFormElement).get('token') ?? '').trim()
+  ;($('signin') as HTMLFormElement).reset()
+  void signIn(value).then((ok) => ok && showTab())
+})
+$('signout').addEventListener('click', () => signOut())
+window.addEventListener('hashchange', showTab)
+$('audit-more').addEventListener('click', () => void loadAudit(true).catch(fail))
+$('inspect-stop').addEventListener('click', () => inspector.unsubscribe())
+
+onForm('inspect', async (data) => inspector.subscribe(String(data.get('channel')).trim()))
+onForm('create-key', async (data, form) => {
+  const scopes = String(data.get('scopes'))
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+  const key = await api('POST', '/admin/keys', { name: String(data.get('name')).trim(), scopes })
+  const box = $('new-key')
+  box.replaceChildren(el('b', {}, `${key.name} (${key.id}): `), el('code', { 'data-testid': 'new-key-secret' }, key.key), el('br'), 'Copy it now: it is shown this once.')
+  box.hidden = false
+  form.reset()
+})
+onForm('revoke-user', async (data, form) => {
+  const user = String(data.get('user')).trim()
+  await api('POST', `/admin/users/${encodeURIComponent(user)}/revoke`)
+  notify(`tokens of ${user} issued until now are revoked`)
+  form.reset()
+})
+onForm('revoke-token', async (data, form) => {
+  await api('POST', '/admin/tokens/revoke', { jti: String(data.get('jti')).trim(), exp: Number(data.get('exp')) })
+  notify('token revoked')
+  form.reset()
+})
+
+setInterval(() => void refresh(), POLL_MS)
+if (token) void signIn(token).then((ok) => ok && showTab())
+else showSignIn()

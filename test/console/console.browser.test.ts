@@ -1,0 +1,196 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { connect } from '@nats-io/transport-node'
+import { chromium, type Browser, type Page } from 'playwright-core'
+import { existsSync, mkdirSync } from 'node:fs'
+import { resolve } from 'node:path'
+import { connectPostgres, type Database } from '../../core/db/client'
+import { deadLetters } from '../../core/db/schema'
+import { contracts, keyOf, partitionOf, subjects, type StoredEvent } from '../../core/events'
+import { startDeployment, type Deployment } from '../sdk/deployment'
+
+/** Debian's chromium (installed by .ci/run), or CHROMIUM_PATH. */
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+const SHOTS = process.env.FANFARE_SCREENSHOTS ? resolve(import.meta.dir, '../../docs/console') : undefined
+
+/**
+ * The admin console (/admin/console) and the API reference (/docs) in a real browser, against real
+ * processes (one API node, one worker). Nothing may be fetched from anywhere but the node.
+ * FANFARE_SCREENSHOTS=1 also writes a screenshot of each tab to docs/console/.
+ */
+describe('the admin console in Chromium', () => {
+  let d: Deployment
+  let browser: Browser
+  let database: Database
+  let page: Page
+  const problems: string[] = []
+  const clients: WebSocket[] = []
+
+  const byTest = (id: string) => page.getByTestId(id)
+  const shoot = async (name: string) => {
+    if (!SHOTS) return
+    mkdirSync(SHOTS, { recursive: true })
+    await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true })
+  }
+  const tab = async (name: string) => {
+    await page.locator(`nav a[data-tab="${name}"]`).click()
+    await page.locator(`section#${name}.active`).waitFor()
+  }
+
+  /** A dead letter of a valid event, as a projection bug since fixed would have left it. */
+  const fixedBugLetter = async (event: StoredEvent) => {
+    const partition = partitionOf(keyOf(event), d.env.config.FANFARE_PARTITIONS)
+    const [row] = await database.db
+      .insert(deadLetters)
+      .values({
+        projection: 'leaderboards',
+        partition,
+        streamSeq: 1,
+        subject: subjects.event(d.env.vars.FANFARE_SUBJECT_PREFIX, partition, event.type),
+        eventId: event.id,
+        reason: 'a bug, since fixed',
+        payload: JSON.stringify(event),
+      })
+      .returning({ id: deadLetters.id })
+    return row.id
+  }
+
+  beforeAll(async () => {
+    if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM} (bash .ci/run installs Debian's chromium; or set CHROMIUM_PATH)`)
+    d = await startDeployment({ apis: 1, workers: 1 })
+    database = await connectPostgres(d.env.vars.DATABASE_URL, { max: 2 })
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
+    page = await browser.newPage({ viewport: { width: 1280, height: 860 } })
+    page.on('pageerror', (err) => void problems.push(String(err)))
+    // Failed loads are judged by their answers below (401, 404 and 409 are expected ones here).
+    page.on('console', (m) => void (m.type() === 'error' && !m.text().startsWith('Failed to load resource') && problems.push(m.text())))
+    page.on('response', (r) => void (r.status() >= 500 && problems.push(`${r.status()} from ${r.url()}`)))
+    page.on('dialog', (dialog) => void dialog.accept())
+    const ws = d.urls[0].replace('http://', 'ws://')
+    page.on('request', (r) => void (![d.urls[0], ws, 'data:'].some((p) => r.url().startsWith(p)) && problems.push(`request to ${r.url()}`)))
+  }, 60_000)
+  afterAll(async () => {
+    clients.forEach((c) => c.close())
+    await browser?.close()
+    await database?.close()
+    await d?.stop()
+  })
+
+  test('a wrong credential is refused; the admin token signs in, and stays out of the URL', async () => {
+    await page.goto(`${d.urls[0]}/admin/console`)
+    await byTest('token').fill('not-a-token')
+    await byTest('token').press('Enter')
+    await byTest('signin-error').filter({ hasText: 'invalid_token' }).waitFor()
+    await byTest('token').fill(d.env.vars.FANFARE_ADMIN_TOKEN)
+    await byTest('token').press('Enter')
+    await page.locator('section#overview.active').waitFor()
+    expect(page.url()).not.toContain(d.env.vars.FANFARE_ADMIN_TOKEN)
+    expect(await page.evaluate(() => sessionStorage.length)).toBe(1)
+  }, 30_000)
+
+  test('overview: the connection count rises when a client connects; its channel is among the busiest', async () => {
+    await byTest('connections').filter({ hasText: /^0$/ }).waitFor({ timeout: 15_000 })
+    const client = new WebSocket(`${d.urls[0].replace('http', 'ws')}/v1/ws`)
+    clients.push(client)
+    client.onopen = () => client.send(JSON.stringify({ op: 'subscribe', channel: 'leaderboard:arena' }))
+    await byTest('connections').filter({ hasText: /^1$/ }).waitFor({ timeout: 15_000 })
+    await byTest('busiest').getByText('leaderboard:arena').waitFor({ timeout: 15_000 })
+    await byTest('workers').locator('tbody tr').first().waitFor({ timeout: 15_000 })
+    // Events per second come from the event stream.
+    const events = Array.from({ length: 20 }, (_, i) => ({ type: 'score.submitted', data: { board: 'arena', player: i === 0 ? 'zed' : `p${i}`, score: 42 - i } }))
+    expect((await d.call('POST', '/v1/events', { events })).status).toBe(202)
+    await byTest('eps').filter({ hasNotText: /^0(\.0)?$/ }).waitFor({ timeout: 15_000 })
+    await page.locator('#chart polyline').waitFor({ state: 'attached' })
+    await shoot('overview')
+  }, 30_000)
+
+  test('inspector: subscribes to a channel over the WebSocket and shows its frames', async () => {
+    await tab('inspector')
+    await byTest('inspect-channel').fill('leaderboard:arena')
+    await byTest('inspect-go').click()
+    await byTest('ws-state').filter({ hasText: 'open' }).waitFor({ timeout: 15_000 })
+    await byTest('frames').locator('li[data-op="snapshot"]').filter({ hasText: 'zed' }).waitFor({ timeout: 15_000 })
+    expect((await d.call('POST', '/v1/events', { type: 'score.submitted', data: { board: 'arena', player: 'amy', score: 57 } })).status).toBe(202)
+    await byTest('frames').locator('li[data-op="update"]').filter({ hasText: 'amy' }).waitFor({ timeout: 15_000 })
+    await shoot('inspector')
+  }, 30_000)
+
+  test('dead letters: inspect, a replay that still fails stays, a fixed one applies, discard', async () => {
+    // A poison message, straight onto the event stream: replaying it fails again.
+    const nc = await connect({ servers: d.env.vars.NATS_URL })
+    await nc.publish(subjects.event(d.env.vars.FANFARE_SUBJECT_PREFIX, 0, 'score.submitted'), 'not json')
+    await nc.flush()
+    await nc.close()
+    const event = { id: 'ev-fixed-1', by: 'ingest', type: 'score.submitted', v: contracts['score.submitted'].version, data: { board: 'arena', player: 'kit', score: 99 }, at: new Date().toISOString() } as StoredEvent
+    const fixed = await fixedBugLetter(event)
+
+    await tab('dead-letters')
+    const rows = byTest('dead-letters').locator('tbody tr')
+    await rows.filter({ hasText: 'body is not JSON' }).waitFor({ timeout: 15_000 })
+    const poison = rows.filter({ hasText: 'body is not JSON' })
+    await poison.locator('button', { hasText: 'Inspect' }).click()
+    await byTest('letter-payload').filter({ hasText: 'not json' }).waitFor()
+    await poison.locator('[data-action="replay"]').click()
+    await byTest('notice').filter({ hasText: 'still_failing' }).waitFor({ timeout: 15_000 })
+    expect(await poison.count()).toBe(1)
+
+    await rows.filter({ hasText: 'ev-fixed-1' }).locator('button', { hasText: 'Inspect' }).click()
+    await byTest('letter-payload').filter({ hasText: '"kit"' }).waitFor()
+    await shoot('dead-letters')
+    await rows.filter({ hasText: 'ev-fixed-1' }).locator('[data-action="replay"]').click()
+    await byTest('notice').filter({ hasText: `dead letter ${fixed} replayed` }).waitFor({ timeout: 15_000 })
+    await rows.filter({ hasText: 'ev-fixed-1' }).waitFor({ state: 'detached', timeout: 15_000 })
+    const board = await d.call('GET', '/v1/leaderboards/arena')
+    expect(board.json.entries.map((e: any) => e.player)).toContain('kit')
+
+    await poison.locator('[data-action="discard"]').click()
+    await byTest('notice').filter({ hasText: 'discarded' }).waitFor({ timeout: 15_000 })
+    await poison.waitFor({ state: 'detached', timeout: 15_000 })
+  }, 45_000)
+
+  test('keys: create (the secret shown once), revoke; the key stops working', async () => {
+    await tab('keys')
+    await byTest('key-name').fill('scoreboard')
+    await byTest('key-scopes').fill('publish:score.submitted')
+    await byTest('key-create').click()
+    const secret = (await byTest('new-key-secret').textContent())!
+    expect(secret).toStartWith('ffk_')
+    const submit = (token: string) => d.call('POST', '/v1/events', { type: 'score.submitted', data: { board: 'arena', player: 'key', score: 1 } }, { token })
+    expect((await submit(secret)).status).toBe(202)
+    const row = byTest('keys').locator('tbody tr').filter({ hasText: 'scoreboard' })
+    await row.filter({ hasText: 'active' }).waitFor({ timeout: 15_000 })
+    await shoot('keys')
+    await row.locator('[data-action="revoke"]').click()
+    await row.filter({ hasText: 'revoked' }).waitFor({ timeout: 15_000 })
+    expect((await submit(secret)).status).toBe(401)
+    await byTest('revocations').getByText('key.revoked').waitFor({ timeout: 15_000 })
+  }, 30_000)
+
+  test('projections and audit log', async () => {
+    await tab('projections')
+    await byTest('projections').locator('[data-projection="leaderboards"] tbody tr').first().waitFor({ timeout: 15_000 })
+    await byTest('rebuild-leaderboards').filter({ hasText: 'never rebuilt' }).waitFor()
+    await shoot('projections')
+    await tab('audit')
+    for (const action of ['dead_letter.replayed', 'dead_letter.replay_failed', 'dead_letter.discarded', 'key.created', 'key.revoked']) {
+      await byTest('audit').locator('tbody td', { hasText: action }).first().waitFor({ timeout: 15_000 })
+    }
+    await shoot('audit')
+  }, 30_000)
+
+  test('/docs renders the API reference from the node alone', async () => {
+    const docs = await browser.newPage({ viewport: { width: 1280, height: 860 } })
+    const outside: string[] = []
+    docs.on('request', (r) => void (!r.url().startsWith(d.urls[0]) && !r.url().startsWith('data:') && outside.push(r.url())))
+    await docs.goto(`${d.urls[0]}/docs`)
+    await docs.getByText('Readiness: Postgres and NATS/JetStream', { exact: false }).first().waitFor({ timeout: 30_000 })
+    await docs.getByRole('button', { name: /Open Group - admin/ }).first().click()
+    await docs.getByText('Replay a dead letter through its projection', { exact: false }).first().waitFor({ timeout: 15_000 })
+    if (SHOTS) await docs.screenshot({ path: `${SHOTS}/docs.png` })
+    await docs.close()
+    expect(outside).toEqual([])
+  }, 45_000)
+
+  test('nothing left the node, and the page logged no errors', () => {
+    expect(problems).toEqual([])
+  })
+})
