@@ -104,7 +104,8 @@ describe('matches through the API and the projection', () => {
     expect(decisions('ann')).toEqual(['m1:accepted', 'm1:already_joined'])
     expect(decisions('bob')).toEqual(['m1:accepted', 'm1:finished'])
     expect(decisions('cat')).toEqual(['m1:full', 'm1:accepted'])
-    expect(decisions('dan')).toEqual(['ghost:unknown_match', 'm1:started', 'm2:aborted'])
+    // Decisions on different matches come from different partitions: their order between matches is not defined.
+    expect(decisions('dan').sort()).toEqual(['ghost:unknown_match', 'm1:started', 'm2:aborted'])
     const dead = await hh.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
     expect(dead.map((d) => [d.projection, d.reason])).toEqual([
       ['matches', 'match "m1" is full: only a started match finishes'],
