@@ -18,6 +18,7 @@ const validBodies: Record<string, unknown[]> = {
   ],
   'PUT /admin/leaderboards/{board}': [{ order: 'asc', operator: 'sum', reset: 'weekly' }],
   'PUT /admin/rooms/{room}': [{ visibility: 'private' }],
+  'PUT /admin/modes/{mode}': [{ board: 'arena' }],
   'POST /admin/keys': [{ name: 'game server', scopes: ['publish:score.submitted'], expiresAt: '2099-01-01T00:00:00.000Z' }],
   'POST /admin/tokens/revoke': [{ jti: 'j-1', exp: 4_000_000_000 }],
 }

@@ -192,6 +192,10 @@ describe('matches on a cluster', () => {
     const gina = await c.client(0, 'gina', ['match:g1'])
     const kinds = () => updates<MatchChange>(spectator, 'match:g1').map((u) => ('player' in u ? `${u.kind}:${u.player}${u.kind === 'connection' ? `:${u.connected}` : ''}${u.kind === 'left' ? `:${u.reason}` : ''}` : u.kind))
 
+    // Presence counts match channels, cluster-wide.
+    const presence = await until('presence of match:g1', async () => { const p = await c.get(0, '/v1/presence/match:g1'); return p.users === 2 ? p : undefined }, 10_000).catch(async (e) => { throw new Error(`${e.message}: ${JSON.stringify(await c.get(0, '/v1/presence/match:g1'))} ${procs[0].output().slice(-2500)}`) })
+    expect(presence.members.map((m: any) => m.user)).toEqual(['gina', 'spec'])
+
     // Her only connection closes: disconnected, with the grace's end.
     gina.close()
     await until('gina shown disconnected', () => kinds().includes('connection:gina:false'), 15_000)

@@ -83,6 +83,20 @@ describe('matches through the API and the projection', () => {
       next: null,
     })
 
+    // The lobby browser: open matches of any mode, oldest first, page by page; and of one mode.
+    await post(['x1', 'x2', 'x3'].map((match, i) => ({ type: 'match.created', data: { match, mode: i === 1 ? 'solo' : 'duel', maxPlayers: 4 } })))
+    await post([{ type: 'match.join', data: { match: 'x3' } }], await token('eve'))
+    await caughtUp()
+    const pages: any[] = []
+    for (let after: string | null | undefined; after !== null; ) {
+      const page = (await hh.call('GET', `/v1/matches?limit=2${after ? `&after=${after}` : ''}`, { token: users.dan })).json
+      pages.push(page.matches.map((m: any) => `${m.match}:${m.players}`))
+      after = page.next
+    }
+    expect(pages).toEqual([['x1:0', 'x2:0'], ['x3:1']])
+    expect((await hh.call('GET', '/v1/matches?status=open&mode=duel', { token: users.dan })).json.matches.map((m: any) => m.match)).toEqual(['x1', 'x3'])
+    expect((await hh.call('GET', '/v1/matches?after=zz', { token: users.dan })).status).toBe(422)
+
     const n = await notices()
     const onMatch = n.get('match:m1')!.map((x) => x.data as MatchChange)
     expect(onMatch.map((c) => ('player' in c ? `${c.kind}:${c.player}${'reason' in c ? `:${c.reason}` : ''}` : c.kind))).toEqual([

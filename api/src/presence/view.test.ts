@@ -23,6 +23,14 @@ describe('presence view (the cluster as one node sees it)', () => {
     expect(view.of('chat:x').connections).toBe(1)
   })
 
+  test('a user without a name reported by another node (null once through JSON) has no name, not a null one', () => {
+    const { view, changes } = recorder()
+    const overNats = JSON.parse(JSON.stringify([{ channel: 'match:m', connections: 1, add: [['gina', undefined]] }]))
+    view.apply('b', overNats)
+    expect(view.of('match:m').users.get('gina')).toEqual({ name: undefined, nodes: 1 })
+    expect(changes.find((c) => c.kind === 'join')).toEqual({ kind: 'join', channel: 'match:m', user: 'gina' })
+  })
+
   test('a lost node takes its users with it (node_lost), not those another node still has', () => {
     const { view, joins } = recorder()
     view.apply('a', [{ channel: 'chat:x', connections: 1, add: [['ann', undefined]] }, { channel: 'chat:y', connections: 4, add: [['cy', undefined]] }])

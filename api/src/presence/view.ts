@@ -92,7 +92,9 @@ export function createPresenceView(onChange: (change: PresenceChange) => void) {
       const t = totalOf(d.channel)
       // Connections first: a join or leave reported next carries the counts after the whole change.
       setConnections(d.channel, t, part, d.connections)
-      for (const [user, name] of d.add ?? []) {
+      for (const [user, named] of d.add ?? []) {
+        // A user without a display name crosses NATS as JSON, where undefined in a tuple is null.
+        const name = named ?? undefined
         if (part.users.has(user)) {
           // Known here already: a new display name only.
           part.users.set(user, name)

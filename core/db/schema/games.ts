@@ -30,8 +30,9 @@ export const matches = pgTable(
     graceUntil: timestamp('grace_until', { withTimezone: true }),
   },
   (t) => [
-    // `GET /v1/matches?status=&mode=`: pages in creation order.
+    // `GET /v1/matches?status=&mode=`: pages in creation order, of one mode or of all.
     index('matches_by_status').on(t.status, t.mode, t.createdSeq),
+    index('matches_by_status_seq').on(t.status, t.createdSeq),
     index('matches_grace').on(t.graceUntil).where(sql`grace_until is not null`),
   ],
 )

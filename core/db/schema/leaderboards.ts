@@ -44,3 +44,15 @@ export const leaderboardEntries = pgTable(
     index('leaderboard_entries_rank').on(t.board, t.period, t.score, t.reachedSeq),
   ],
 )
+
+/**
+ * Scores derived by other projections (a finished match's results, `by = "matches"`) that the
+ * leaderboards projection applied, by de-duplication id (`matches/result.<match>.<i>`): a copy
+ * published again after JetStream's de-duplication window (its outbox row outlived the window) is
+ * skipped, so each result counts once whatever the window.
+ */
+export const derivedScores = pgTable('derived_scores', {
+  id: text('id').primaryKey(),
+  /** Stream sequence of the copy that was applied. */
+  seq: bigint('seq', { mode: 'number' }).notNull(),
+})

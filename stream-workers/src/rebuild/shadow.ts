@@ -1,6 +1,6 @@
 import { getTableName, sql } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
-import { changeOutbox, channelVersions, chatMessages, deadLetters, eventOutbox, leaderboardEntries, matches, polls, pollVotes, projectionCheckpoints, reactionDedup, reactionTotals, streams, streamViewers } from '../../../core/db/schema'
+import { changeOutbox, channelVersions, chatMessages, deadLetters, derivedScores, eventOutbox, leaderboardEntries, matches, polls, pollVotes, projectionCheckpoints, reactionDedup, reactionTotals, streams, streamViewers } from '../../../core/db/schema'
 import type { ProjectionName } from '../projections'
 
 /**
@@ -18,7 +18,7 @@ import type { ProjectionName } from '../projections'
  * swapIn).
  */
 export const rebuildTargets: Record<ProjectionName, { tables: string[]; channelPrefixes: string[] }> = {
-  leaderboards: { tables: [getTableName(leaderboardEntries)], channelPrefixes: ['leaderboard:'] },
+  leaderboards: { tables: [getTableName(leaderboardEntries), getTableName(derivedScores)], channelPrefixes: ['leaderboard:'] },
   chat: { tables: [getTableName(chatMessages)], channelPrefixes: ['chat:'] },
   streams: { tables: [getTableName(streams), getTableName(streamViewers)], channelPrefixes: ['stream:'] },
   polls: { tables: [getTableName(polls), getTableName(pollVotes)], channelPrefixes: ['poll:', 'stream:'] },

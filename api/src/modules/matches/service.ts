@@ -40,7 +40,7 @@ const cursorMessage = 'after must be the `next` cursor of a previous page of mat
 /**
  * A page of matches in one status (open by default), of one mode if given, in the order they were
  * created (keyset on the stream sequence of `match.created`, from the (status, mode, created_seq)
- * index). The cursor is that sequence: stable whatever joins and leaves happen between pages.
+ * or (status, created_seq) index). The cursor is that sequence: stable whatever joins and leaves happen between pages.
  */
 export async function listMatches(db: Db, q: MatchListQuery): Promise<MatchPage> {
   let after: number | undefined
@@ -52,10 +52,9 @@ export async function listMatches(db: Db, q: MatchListQuery): Promise<MatchPage>
     .select()
     .from(matches)
     .where(and(eq(matches.status, q.status ?? 'open'), q.mode === undefined ? undefined : eq(matches.mode, q.mode), after === undefined ? undefined : gt(matches.createdSeq, after)))
-    .orderBy(asc(matches.status), asc(matches.mode), asc(matches.createdSeq))
+    // One status (and mode): either index holds its rows in created_seq order.
+    .orderBy(asc(matches.createdSeq))
     .limit(q.limit + 1)
-  // With a mode the index order is created_seq; without one, order by created_seq across modes.
-  if (q.mode === undefined) rows.sort((a, b) => Number(a.createdSeq) - Number(b.createdSeq))
   const shown = rows.slice(0, q.limit)
   const last = shown.at(-1)
   return {

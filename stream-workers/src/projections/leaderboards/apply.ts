@@ -2,8 +2,8 @@ import { inArray, sql, type SQL } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import { rowsOf, type Db } from '../../../../core/db/client'
 import { lookupByKey, recordset } from '../../../../core/db/recordset'
-import { leaderboardEntries, leaderboards } from '../../../../core/db/schema'
-import type { StoredEvent } from '../../../../core/events'
+import { derivedScores, leaderboardEntries, leaderboards } from '../../../../core/db/schema'
+import { dedupIdOf, type StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { defaultRules, nextScore, type BoardRules, type Standing } from './projection'
 import { periodKey, resets } from '../../../../core/periods'
@@ -55,13 +55,18 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
       keys.set(entryKey(board, period, player), { board, period, player })
     }
   }
-  const [boardRows, rows] = await Promise.all([
+  // Derived scores (a match's results) already applied, by id: a late copy of one is skipped.
+  const derivedIds = scores.filter((e) => e.event.by === MATCH_RESULTS_BY).map((e) => dedupIdOf(e.event))
+  const [boardRows, rows, appliedRows] = await Promise.all([
     db.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
     rowsOf<{ board: string; period: string; player: string; score: number; reached_seq: string | number }>(
       db,
       sql`${lookupByKey(leaderboardEntries, ['board', 'player', 'period'], [...keys.values()])}`,
     ),
+    derivedIds.length === 0 ? Promise.resolve([]) : db.select({ id: derivedScores.id }).from(derivedScores).where(inArray(derivedScores.id, derivedIds)),
   ])
+  const derivedSeen = new Set(appliedRows.map((r) => r.id))
+  const derivedNew: { id: string; seq: number }[] = []
   const rules = new Map<string, BoardRules>()
   const scored = new Set<string>()
   for (const r of boardRows) {
@@ -75,6 +80,12 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
   const dirty = new Map<string, { board: string; period: string; player: string } & Standing>()
   for (const e of scores) {
     const { event, seq } = e
+    if (event.by === MATCH_RESULTS_BY) {
+      const id = dedupIdOf(event)
+      if (derivedSeen.has(id)) continue
+      derivedSeen.add(id)
+      derivedNew.push({ id, seq })
+    }
     const { board, player, score } = event.data
     const boardRules = rules.get(board) ?? defaultRules
     // JetStream's stored time: never a worker's clock, so a rebuild puts it in the same period.
@@ -91,9 +102,12 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
     })
   }
 
-  if (dirty.size === 0) return { changes }
+  if (dirty.size === 0 && derivedNew.length === 0) return { changes }
   const written = [...dirty.values()].map((d) => ({ board: d.board, period: d.period, player: d.player, score: d.score, reached_seq: d.reachedSeq }))
-  const write = (when: SQL) =>
+  const writeDerived = (when: SQL) =>
+    db.insert(derivedScores).select(sql`select id, seq from ${recordset('r', { id: 'text', seq: 'bigint' }, derivedNew)} where ${when}`)
+  if (dirty.size === 0) return { changes, write: writeDerived }
+  const writeEntries = (when: SQL) =>
     db
       .insert(leaderboardEntries)
       .select(
@@ -103,6 +117,7 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
         target: [leaderboardEntries.board, leaderboardEntries.period, leaderboardEntries.player],
         set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
       })
+  const write = (when: SQL) => (derivedNew.length > 0 ? [writeEntries(when), writeDerived(when)] : writeEntries(when))
   return { changes, write, recheck: firstScoresRecheck(written.map((w) => w.board), scored, rules) }
 }
 

@@ -27,12 +27,14 @@ describe('leaderboard periods', () => {
   })
 
   /** Applies scores as the worker would, each with the stored time given. */
-  async function apply(scores: { board: string; player: string; score: number; at: string | number }[]) {
+  async function apply(scores: { board: string; player: string; score: number; at: string | number; by?: string; eventAt?: string; id?: string }[]) {
     const owner = { projection: leaderboardsProjection, partition: 0, token, partitions: 1, stream: '' }
     const messages = scores.map((s) => ({
       subject: subjects.event(h.env.config.FANFARE_SUBJECT_PREFIX, 0, 'score.submitted'),
       seq: ++seq,
-      body: new TextEncoder().encode(JSON.stringify(storedEvent('score.submitted', { board: s.board, player: s.player, score: s.score }))),
+      body: new TextEncoder().encode(
+        JSON.stringify({ ...storedEvent('score.submitted', { board: s.board, player: s.player, score: s.score }, s.id, s.by), ...(s.eventAt ? { at: s.eventAt } : {}) }),
+      ),
       storedAt: new Date(s.at),
     }))
     checkpoint = (await applyBatch(h.database.db, owner, checkpoint, messages, new Date())).checkpoint
@@ -43,6 +45,33 @@ describe('leaderboard periods', () => {
       .from(leaderboardEntries)
       .where(eq(leaderboardEntries.board, board))
       .orderBy(asc(leaderboardEntries.period), asc(leaderboardEntries.player))
+
+  test("a match's result counts in the period of the finish (its `at`), even when stored the next day; anyone else's `at` is not trusted", async () => {
+    await h.database.db.insert(leaderboards).values({ board: 'mr', reset: 'daily' })
+    const finish = '2030-01-01T23:59:59.500Z'
+    const storedNextDay = '2030-01-02T00:00:01.000Z'
+    await apply([
+      { board: 'mr', player: 'winner', score: 5, at: storedNextDay, by: 'matches', eventAt: finish },
+      { board: 'mr', player: 'cheat', score: 5, at: storedNextDay, by: 'ingest', eventAt: finish },
+    ])
+    expect(await entries('mr')).toEqual([
+      { period: '2030-01-01', player: 'winner', score: 5 },
+      { period: '2030-01-02', player: 'cheat', score: 5 },
+    ])
+  })
+
+  test("a match's result published again after the de-duplication window (a second stored copy) counts once", async () => {
+    await h.database.db.insert(leaderboards).values({ board: 'ms', operator: 'sum' })
+    const result = { board: 'ms', player: 'p', score: 7, at: '2030-02-01T10:00:00Z', by: 'matches', id: 'result.m9.0' }
+    await apply([result, { ...result, at: '2030-02-01T10:00:01Z' }])
+    await apply([{ ...result, at: '2030-02-01T10:05:00Z' }, { ...result, id: 'result.m9.1', player: 'q' }])
+    // The same id from another publisher is another event.
+    await apply([{ ...result, by: 'ingest' }])
+    expect(await entries('ms')).toEqual([
+      { period: '', player: 'p', score: 14 },
+      { period: '', player: 'q', score: 7 },
+    ])
+  })
 
   test('a score counts in the day, ISO week or month of its stored time; a board without periods keeps one', async () => {
     for (const [board, reset] of [['d', 'daily'], ['w', 'weekly'], ['m', 'monthly']] as const) {

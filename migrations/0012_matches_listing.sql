@@ -1,0 +1,1 @@
+CREATE INDEX "matches_by_status_seq" ON "matches" USING btree ("status","created_seq");
