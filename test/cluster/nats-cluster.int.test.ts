@@ -166,6 +166,9 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
         })
         for (const v of mine) expect(diff(v.view.board, truth)).toEqual([])
       }
+      // What the processes did about it (warnings they logged).
+      const count = (ps: Proc[], pattern: RegExp) => ps.reduce((n, p) => n + p.output().split('\n').filter((l) => pattern.test(l)).length, 0)
+      const recovery = `workers logged ${count(workers, /consumer reset/)} consumer resets, API nodes ${count(apiProcs, /change feed interrupted/)} change feed interruptions`
       const total = oracle.applied.get(oracle.latestBoard)! + oracle.applied.get(oracle.sumBoard)!
       const resyncs = views.reduce((s, v) => s + v.view.resyncs, 0)
       console.log(
@@ -173,7 +176,7 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
           `restarted ${restartedAt - killedAt} ms later; ingest answered 202 again ${ingestBackMs} ms after the kill ` +
           `(${refused.length} attempts refused meanwhile: ${perNode.join(', ')}; ${refusedAfterRestart} after the restart, slowest 202 ${slowest} ms); ` +
           `${total} events acknowledged over ${endedAt - (attempts[0]?.startedAt ?? endedAt)} ms, ${oracle.unavailable} resends; ` +
-          `${views.length} subscriptions, ${resyncs} resyncs`,
+          `${views.length} subscriptions, ${resyncs} resyncs; ${recovery}`,
       )
       expect(ingestBackMs).toBeLessThan(INGEST_BACK_WITHIN_MS)
     } finally {
