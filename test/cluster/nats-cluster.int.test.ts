@@ -31,10 +31,11 @@ const INGEST_BACK_WITHIN_MS = DEAD_MS
 /**
  * Fanfare on a 3-node NATS cluster with every stream and bucket at 3 replicas (FANFARE_REPLICAS=3,
  * set up by the upgrade command as an operator would), 2 API nodes and 3 workers. Under load the
- * event stream's leader is SIGKILLed, then started again. Checked with
- * the oracle of the cluster test: every acknowledged event applied exactly once and in order per
- * key, every subscriber (on both nodes) ends with exactly the read model, through updates without
- * a gap or explicit resyncs, and ingest answers 202 again within the time an election takes.
+ * event stream's leader is SIGKILLed, then started again. Checked with the oracle of the cluster
+ * test: every acknowledged event applied exactly once and in order per key, every subscriber (on
+ * both nodes) ends with exactly the read model, through updates without a gap or explicit
+ * resyncs, and ingest answers 202 again while the server is still dead (an election brought it
+ * back, not the server's return).
  */
 describe('NATS cluster: a server SIGKILLed under load', () => {
   let env: TestEnv | undefined
