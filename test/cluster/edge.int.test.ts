@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
+import postgres from 'postgres'
 import { connect } from '@nats-io/transport-node'
 import { loadConfig } from '../../core/config'
 import { ensureStreams } from '../../core/nats'
@@ -116,6 +117,11 @@ describe('edge site (NATS leaf node)', () => {
       hubViews.push(new BoardView(client, { increasing: true }))
     }
     await until('every client has its snapshots', () => views.every((v) => v.client.of(channel).length > 0 && v.client.of(hubChannel).length > 0))
+    // Those snapshots were read through DATABASE_READ_URL.
+    const pg = postgres(env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+    const readers = await pg`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'fanfare-edge-reads'`
+    await pg.end()
+    expect(readers[0].n).toBeGreaterThan(0)
 
     // Every player's score rises with each batch: `latest` makes every event a change (the
     // channel's version counts applications) and a lower score after a higher one is disorder.
