@@ -6,15 +6,15 @@ import { Name } from './events/fields'
  * change reaches subscribers as a ChangeNotice; workers publish them in runs (ChangeRun) on
  * `<prefix>.changes.<kind>.<name>`.
  */
-export const channelKinds = ['leaderboard', 'chat', 'user', 'stream', 'poll', 'reactions'] as const
+export const channelKinds = ['leaderboard', 'chat', 'user', 'stream', 'poll', 'reactions', 'match'] as const
 export type ChannelKind = (typeof channelKinds)[number]
 
 /**
- * `leaderboard:<board>`, `chat:<room>`, `stream:<stream>`, `poll:<poll>`, `reactions:<stream>`
+ * `leaderboard:<board>`, `chat:<room>`, `stream:<stream>`, `poll:<poll>`, `reactions:<stream>`, `match:<match>`
  * (names of letters, digits, `_` and `-`), or `user:<user id>` (a user's private channel: the id is
  * a token's `sub`, 1-128 characters without spaces).
  */
-const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat|stream|poll|reactions):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
+const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat|stream|poll|reactions|match):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
 /** `presence:<channel>`: who is in a tracked channel (a room, a stream, a match). */
 const PRESENCE_PATTERN = '^presence:(?:chat|stream|match):[A-Za-z0-9_-]{1,64}$'
 /** A channel a client may subscribe to: one of the read models' channels, or a presence channel. */
@@ -28,6 +28,7 @@ export const channelOf = {
   stream: (stream: string) => `stream:${stream}`,
   poll: (poll: string) => `poll:${poll}`,
   reactions: (stream: string) => `reactions:${stream}`,
+  match: (match: string) => `match:${match}`,
 }
 
 const channelRe = new RegExp(CHANNEL_PATTERN)
@@ -128,13 +129,65 @@ export type PollChange = { kind: 'poll'; poll: PollView }
  */
 export type ReactionsChange = { counts: Record<string, number>; totals: Record<string, number> }
 
+/** A match's state (see core/matches.ts for the state machine). */
+export type MatchStatus = 'open' | 'full' | 'started' | 'finished' | 'aborted'
+
+/** Why a join was refused. */
+export type MatchJoinRejection = 'unknown_match' | 'already_joined' | 'full' | 'started' | 'finished' | 'aborted'
+
+/** One line of a finished match's final standings: highest score first, equal scores share a rank. */
+export type MatchStanding = { player: string; score: number; rank: number }
+
+/** A seat: its player, whether they are ready, and whether any of their connections to `match:<id>` is open. */
+export type MatchPlayer = {
+  player: string
+  ready: boolean
+  connected: boolean
+  /** While disconnected: when the seat is given up unless they come back (ISO 8601, event time). */
+  graceUntil?: string
+}
+
+/** A match as `GET /v1/matches/:match` and the snapshot of `match:<id>` show it. Times ISO 8601 (event times). */
+export type MatchView = {
+  match: string
+  mode: string
+  status: MatchStatus
+  maxPlayers: number
+  properties?: Record<string, string | number | boolean>
+  /** Seated players, in the order they were seated. */
+  players: MatchPlayer[]
+  /** Final standings, once finished. */
+  results?: MatchStanding[]
+  createdAt: string
+  startedAt?: string
+  endedAt?: string
+}
+
+/**
+ * What changed on `match:<id>`, in match order; `status` is the match's status after the change.
+ * A client holding a MatchView applies them in version order (client/src/state does).
+ */
+export type MatchChange =
+  | { kind: 'created'; match: MatchView; status: MatchStatus }
+  | { kind: 'joined'; player: string; status: MatchStatus }
+  | { kind: 'rejected'; player: string; reason: MatchJoinRejection; status: MatchStatus }
+  | { kind: 'left'; player: string; reason: 'left' | 'disconnected'; status: MatchStatus }
+  | { kind: 'ready'; player: string; status: MatchStatus }
+  | { kind: 'connection'; player: string; connected: boolean; graceUntil?: string; status: MatchStatus }
+  | { kind: 'started'; status: MatchStatus }
+  | { kind: 'finished'; results: MatchStanding[]; status: MatchStatus }
+  | { kind: 'aborted'; status: MatchStatus }
+
+/** What changed on a user's private `user:<sub>` channel: the decision on one of their joins. */
+export type UserChange = { kind: 'match.join'; match: string; accepted: true } | { kind: 'match.join'; match: string; accepted: false; reason: MatchJoinRejection }
+
 /** One committed change of one channel, as the API's channel hub handles and pushes it. */
 export type ChangeNotice = {
   channel: string
   version: number
   /** The channel's epoch (see channel_versions): versions are only comparable within one epoch. */
   epoch: string
-  data: LeaderboardChange | ChatChange | StreamChange | PollChange | ReactionsChange
+  data: LeaderboardChange | ChatChange | StreamChange | PollChange | ReactionsChange | MatchChange | UserChange
   /** Commit time, ISO 8601. */
   at: string
 }

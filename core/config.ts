@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value, ValuePointer } from '@sinclair/typebox/value'
-import { parseCidrs, parseOrigins } from './net'
+import { parseCidrs, parseNatsServers, parseOrigins } from './net'
 
 /** A JetStream domain name (it becomes a subject token: `$JS.<domain>.API`). */
 const DOMAIN = '^[A-Za-z0-9_-]{1,64}$'
@@ -20,8 +20,18 @@ export const Env = Type.Object({
    * realtime layer (a snapshot older than what subscribers have is read again).
    */
   DATABASE_READ_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
-  /** NATS URL. Unset: a local nats-server with JetStream is started (all-in-one mode only). */
+  /**
+   * NATS server URL, or several comma-separated (the servers of a cluster: the client tries them
+   * in turn and learns the others from the cluster). Unset: a local nats-server with JetStream is
+   * started (all-in-one mode only).
+   */
   NATS_URL: Type.Optional(Type.String({ pattern: '^(nats|tls)://' })),
+  /**
+   * Replicas of every stream and KV bucket Fanfare creates: 1 on a single nats-server, 3 (or 5) on
+   * a cluster, where a stream then survives the loss of a minority of its servers. Applied when a
+   * stream is created or updated (ensureStreams at start, `npm run migrate` for the buckets).
+   */
+  FANFARE_REPLICAS: Type.Integer({ minimum: 1, maximum: 5, default: 1 }),
   /** Bearer token for publishing events over REST and for scores over WebSocket. */
   FANFARE_INGEST_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
   /** Bearer token for /admin. */
@@ -139,6 +149,11 @@ export const Env = Type.Object({
   FANFARE_PRESENCE_TTL_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 10_000 }),
   /** Presence: how long a user whose last connection closed stays present (a page reload is no leave). */
   FANFARE_PRESENCE_GRACE_MS: Type.Integer({ minimum: 0, maximum: 600_000, default: 5000 }),
+  /**
+   * Matches: how long a seated player whose connections to `match:<id>` all closed (on every node)
+   * keeps their seat before leaving. Measured in event time (carried in the disconnect event).
+   */
+  FANFARE_MATCH_GRACE_MS: Type.Integer({ minimum: 0, maximum: 86_400_000, default: 30_000 }),
   /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
   FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   /**
@@ -190,6 +205,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   const lists = converted as Partial<Env>
   for (const p of parseCidrs(lists.FANFARE_TRUSTED_PROXIES).problems) problems.push(`FANFARE_TRUSTED_PROXIES: ${p}`)
   for (const p of parseOrigins(lists.FANFARE_ALLOWED_ORIGINS).problems) problems.push(`FANFARE_ALLOWED_ORIGINS: ${p}`)
+  for (const p of parseNatsServers(lists.NATS_URL).problems) problems.push(`NATS_URL: ${p}`)
   for (const p of parseDomains(lists.FANFARE_EDGE_DOMAINS).problems) problems.push(`FANFARE_EDGE_DOMAINS: ${p}`)
   if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAINS) {
     problems.push('FANFARE_EDGE_DOMAIN and FANFARE_EDGE_DOMAINS: a node is either at an edge site or at the hub, not both')

@@ -25,7 +25,7 @@ export const workerKey = (id: string) => `w.${id}`
  * the latest value of a key is kept. Safe to call from every process.
  */
 export function openLeaseBucket(nc: NatsConnection, config: Config): Promise<KV> {
-  return new Kvm(nc).create(topology(config).leaseBucket, { ttl: config.FANFARE_LEASE_TTL_MS, history: 1 })
+  return new Kvm(nc).create(topology(config).leaseBucket, { ttl: config.FANFARE_LEASE_TTL_MS, history: 1, replicas: config.FANFARE_REPLICAS })
 }
 
 /**

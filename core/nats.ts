@@ -3,13 +3,19 @@ import { connect, nanos, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
 import { parseDomains, type Config } from './config'
 import { subjects } from './events'
+import { parseNatsServers } from './net'
 
-/** Connects to NATS, reconnecting forever: a NATS restart is an outage, not a crash. */
+/**
+ * Connects to NATS, reconnecting forever: a NATS restart is an outage, not a crash. `url` is
+ * NATS_URL: one server or several comma-separated (a cluster's seed list; the client learns the
+ * other servers from the cluster and moves to another one when its server goes away).
+ */
 export function connectNats(url: string, name: string): Promise<NatsConnection> {
   // noAsyncTraces: otherwise every request (each JetStream publish and ack wait) builds an Error
   // up front for its stack trace, ~6% of an API node's CPU at full ingest. Errors still say what
   // failed; they lose the caller's frames.
-  return connect({ servers: url, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000, noAsyncTraces: true })
+  const { servers } = parseNatsServers(url)
+  return connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000, noAsyncTraces: true })
 }
 
 /** Names of the streams and buckets one Fanfare deployment uses, derived from its config. */
@@ -39,6 +45,7 @@ export function topology(config: Config): Topology {
       stream: `${config.FANFARE_STREAM}_CHANGES_STREAM`,
       poll: `${config.FANFARE_STREAM}_CHANGES_POLL`,
       reactions: `${config.FANFARE_STREAM}_CHANGES_REACTIONS`,
+      match: `${config.FANFARE_STREAM}_CHANGES_MATCH`,
     },
     leaseBucket: `${config.FANFARE_STREAM}_leases`,
     jobBucket: `${config.FANFARE_STREAM}_jobs`,
@@ -76,6 +83,7 @@ export function historyRetention(config: Config, kind: ChannelKind): { size: num
     stream: [config.FANFARE_HISTORY_SIZE_STREAM, config.FANFARE_HISTORY_TTL_MS_STREAM],
     poll: [config.FANFARE_HISTORY_SIZE_POLL, config.FANFARE_HISTORY_TTL_MS_POLL],
     reactions: [config.FANFARE_HISTORY_SIZE_REACTIONS, config.FANFARE_HISTORY_TTL_MS_REACTIONS],
+    match: [undefined, undefined],
   }
   const [size, ttlMs] = own[kind]
   return { size: size ?? kindDefaults[kind]?.size ?? config.FANFARE_HISTORY_SIZE, ttlMs: ttlMs ?? kindDefaults[kind]?.ttlMs ?? config.FANFARE_HISTORY_TTL_MS }
@@ -91,6 +99,25 @@ export async function streamIdentity(jsm: JetStreamManager, stream: string): Pro
 
 /** The identity (see streamIdentity) of a stream whose info was read. */
 export const identityOf = (info: StreamInfo): string => `${info.config.name}@${info.created}`
+
+/**
+ * The one change stream of deployments from before per-kind change streams. Its subjects overlap
+ * the per-kind streams', so the two cannot coexist: `npm run migrate` removes it (see
+ * core/upgrade.ts); nodes never do.
+ */
+export const legacyChangeStream = (config: Config): string => `${config.FANFARE_STREAM}_CHANGES`
+
+/**
+ * Thrown at start when NATS still holds what an older Fanfare left and this version cannot run
+ * beside it: the operator runs `npm run migrate` (the upgrade command), which a node never does
+ * by itself (in a rolling upgrade that would pull streams from under the older nodes still running).
+ */
+export class UpgradeRequired extends Error {
+  constructor(message: string) {
+    super(`${message}: run \`npm run migrate\` of this version (it upgrades the NATS topology), then start this node again`)
+    this.name = 'UpgradeRequired'
+  }
+}
 
 /**
  * Where a node runs (see README "Running at the edge"): at the hub, whose event stream sources the
@@ -109,8 +136,10 @@ export function siteOf(config: Config): Site {
 const inDomain = (name: string, domain: string): StreamSource => ({ name, external: { api: `$JS.${domain}.API`, deliver: '' } })
 
 /**
- * Creates or updates the event and change streams so they match the config. Safe to call from
- * every process at start, concurrently.
+ * Creates or updates the event and change streams so they match the config (retention, dedup
+ * window, FANFARE_REPLICAS). Safe to call from every process at start, concurrently. Never
+ * deletes anything: one-off upgrade steps belong to `npm run migrate` (core/upgrade.ts). A stream
+ * of an older version that blocks this one is an UpgradeRequired error.
  *
  * At an edge site (see Site) the same names live in the edge's own JetStream domain: an event
  * stream on the same subjects (what the edge's API nodes store into, the hub's event stream sources
@@ -119,23 +148,20 @@ const inDomain = (name: string, domain: string): StreamSource => ({ name, extern
 export async function ensureStreams(nc: NatsConnection, config: Config): Promise<JetStreamManager> {
   const jsm = await jetstreamManager(nc)
   const t = topology(config)
+  const num_replicas = config.FANFARE_REPLICAS
   const site = siteOf(config)
   await upsertStream(jsm, {
     name: t.eventStream,
     subjects: [subjects.allEvents(t.prefix)],
     duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
     max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
+    num_replicas,
     ...(site.kind === 'hub' && site.edges ? { sources: site.edges.map((d) => inDomain(t.eventStream, d)) } : {}),
-  })
-  // Before per-kind retention all notices shared one stream whose subjects overlap the new ones:
-  // remove it (its history is lost; resuming clients get a resync snapshot, as for any lost history).
-  await jsm.streams.delete(`${config.FANFARE_STREAM}_CHANGES`).catch((err) => {
-    if (!isNotFound(err)) throw err
   })
   for (const kind of channelKinds) {
     const { size, ttlMs } = historyRetention(config, kind)
     if (site.kind === 'edge') {
-      await upsertStream(jsm, { name: t.changeStreams[kind], mirror: inDomain(t.changeStreams[kind], site.hubDomain), max_msgs_per_subject: size, max_age: nanos(ttlMs) })
+      await upsertStream(jsm, { name: t.changeStreams[kind], mirror: inDomain(t.changeStreams[kind], site.hubDomain), max_msgs_per_subject: size, max_age: nanos(ttlMs), num_replicas })
       continue
     }
     await upsertStream(jsm, {
@@ -144,9 +170,27 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
       max_msgs_per_subject: size,
       max_age: nanos(ttlMs),
       duplicate_window: nanos(Math.min(120_000, ttlMs)),
+      num_replicas,
+    }).catch(async (err) => {
+      // Only on failure: the common start pays no extra request for the check.
+      if (await streamExists(jsm, legacyChangeStream(config))) {
+        throw new UpgradeRequired(`NATS still has ${legacyChangeStream(config)}, the change stream of an older Fanfare, whose subjects overlap ${t.changeStreams[kind]}`)
+      }
+      throw err
     })
   }
   return jsm
+}
+
+/** Whether a stream exists; other errors (NATS unreachable) are thrown. */
+export async function streamExists(jsm: JetStreamManager, name: string): Promise<boolean> {
+  try {
+    await jsm.streams.info(name)
+    return true
+  } catch (err) {
+    if (isNotFound(err)) return false
+    throw err
+  }
 }
 
 async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & { name: string }) {

@@ -1,6 +1,6 @@
 import { expect, test } from 'bun:test'
 import { loadConfig } from './config'
-import { parseCidrs, parseOrigins } from './net'
+import { parseCidrs, parseNatsServers, parseOrigins } from './net'
 
 test('CIDR lists: ranges, bare addresses, and a problem per bad entry', () => {
   const { ranges, problems } = parseCidrs(' 10.0.0.0/8 ,127.0.0.1, fd00::/8,, nope, 1.2.3.4/33')
@@ -20,4 +20,21 @@ test('the config refuses bad entries of both lists, naming the variable', () => 
   )
   const c = loadConfig({})
   expect([c.FANFARE_TRUSTED_PROXIES, c.FANFARE_ALLOWED_ORIGINS, c.FANFARE_WS_PUBLISHES_PER_SECOND, c.FANFARE_MAX_CONNECTIONS_PER_IP]).toEqual([undefined, undefined, 20, 500])
+})
+
+test('NATS_URL takes one server or a comma-separated cluster; every entry must be a NATS URL', () => {
+  expect(parseNatsServers('nats://a:4222, nats://b:4222 ,tls://c.example:4443')).toEqual({
+    servers: ['nats://a:4222', 'nats://b:4222', 'tls://c.example:4443'],
+    problems: [],
+  })
+  expect(loadConfig({ NATS_URL: 'nats://a:4222,nats://b:4222' }).NATS_URL).toBe('nats://a:4222,nats://b:4222')
+  expect(() => loadConfig({ NATS_URL: 'nats://a:4222,b:4222' })).toThrow(/NATS_URL: "b:4222" is not a NATS server URL/)
+  expect(() => loadConfig({ NATS_URL: 'nats://a:4222,http://b:4222' })).toThrow(/NATS_URL: "http:\/\/b:4222"/)
+})
+
+test('FANFARE_REPLICAS defaults to 1 and stays within what JetStream allows', () => {
+  expect(loadConfig({}).FANFARE_REPLICAS).toBe(1)
+  expect(loadConfig({ FANFARE_REPLICAS: '3' }).FANFARE_REPLICAS).toBe(3)
+  expect(() => loadConfig({ FANFARE_REPLICAS: '6' })).toThrow(/FANFARE_REPLICAS/)
+  expect(() => loadConfig({ FANFARE_REPLICAS: '0' })).toThrow(/FANFARE_REPLICAS/)
 })

@@ -74,6 +74,25 @@ export function canonicalOrigin(text: string): string | undefined {
   }
 }
 
+/**
+ * Parses NATS_URL: one or more comma-separated server URLs (`nats://a:4222,nats://b:4222`), the
+ * seed list a client connects through (it learns the rest of a cluster from the servers). Each
+ * entry must be a nats:// or tls:// URL with a host.
+ */
+export function parseNatsServers(text: string | undefined): { servers: string[]; problems: string[] } {
+  const servers: string[] = []
+  const problems: string[] = []
+  for (const entry of splitList(text)) {
+    let host = ''
+    try {
+      host = /^(nats|tls):\/\//i.test(entry) ? new URL(entry).hostname : ''
+    } catch {}
+    if (host) servers.push(entry)
+    else problems.push(`${JSON.stringify(entry)} is not a NATS server URL like nats://host:4222`)
+  }
+  return { servers, problems }
+}
+
 function splitList(text: string | undefined): string[] {
   return (text ?? '')
     .split(',')

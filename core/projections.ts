@@ -6,7 +6,7 @@ import { projectionCheckpoints } from './db/schema'
 import { topology } from './nats'
 
 /** Names of the read models the workers maintain; also the checkpoint's `projection` column. */
-export const projectionNames = ['leaderboards', 'chat', 'streams', 'polls', 'reactions'] as const
+export const projectionNames = ['leaderboards', 'chat', 'streams', 'polls', 'reactions', 'matches'] as const
 export type ProjectionName = (typeof projectionNames)[number]
 
 /** `<projection>_p<partition>_r<token>`: one durable consumer per ownership of a partition. */

@@ -51,7 +51,7 @@ export const rebuildKey = (projection: string) => `rebuild.${projection}`
 
 /** Opens (creating when missing) the job bucket. Only the latest value of a key is kept. */
 export function openJobBucket(nc: NatsConnection, config: Config): Promise<KV> {
-  return new Kvm(nc).create(topology(config).jobBucket, { history: 1 })
+  return new Kvm(nc).create(topology(config).jobBucket, { history: 1, replicas: config.FANFARE_REPLICAS })
 }
 
 /** A projection's job and the revision to compare-and-set against; undefined when none. */

@@ -4,7 +4,8 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import { ConfigError, loadConfig, type Config } from '../core/config'
 import { connectPostgres, migrate, openEmbedded, type Database } from '../core/db/client'
 import { createLogger, type Logger } from '../core/logger'
-import { connectNats, ensureStreams } from '../core/nats'
+import { connectNats } from '../core/nats'
+import { upgradeNats } from '../core/upgrade'
 import { startApi } from '../api/src/server'
 import { mintUserToken } from '../api/src/auth/mint'
 import { startWorkers } from '../stream-workers/src/workers'
@@ -103,7 +104,10 @@ export async function startAllInOne(
 
     const nc: NatsConnection = await connectNats(natsUrl, 'fanfare-all-in-one')
     stops.push({ name: 'nats connection', run: () => nc.drain().catch(() => nc.close()) })
-    await ensureStreams(nc, runConfig)
+    // One process is the whole deployment, with no older node to pull anything from under: it
+    // takes the upgrade steps itself, as it applies the database migrations (`npm run migrate`
+    // does both for separate nodes).
+    for (const line of await upgradeNats(nc, runConfig)) log.info({ step: line }, 'nats upgraded')
 
     const onFatal =
       options.onFatal ??

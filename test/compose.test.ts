@@ -4,6 +4,8 @@ import { resolve } from 'node:path'
 import Ajv from 'ajv'
 import addFormats from 'ajv-formats'
 import { parse } from 'yaml'
+import { loadConfig } from '../core/config'
+import { parseNatsServers } from '../core/net'
 
 // No Docker engine runs on the build machines: the compose file is checked against the Compose
 // Specification's JSON schema. The reference copy lives in the shared folder beside the repository
@@ -37,8 +39,13 @@ describe('compose.yaml', () => {
     expect(valid ? [] : validate.errors).toEqual([])
   })
 
-  test('defines every service Fanfare runs', () => {
-    expect(Object.keys(compose.services).sort()).toEqual(['api', 'migrate', 'nats', 'postgres', 'stream-workers'])
+  test('defines every service Fanfare runs, and the cluster profile\'s', () => {
+    const byProfile = (profile?: string) =>
+      Object.keys(compose.services)
+        .filter((name) => (profile ? compose.services[name].profiles?.includes(profile) : !compose.services[name].profiles))
+        .sort()
+    expect(byProfile()).toEqual(['api', 'migrate', 'nats', 'postgres', 'stream-workers'])
+    expect(byProfile('cluster')).toEqual(['api-cluster', 'migrate-cluster', 'nats-1', 'nats-2', 'nats-3', 'stream-workers-cluster'])
   })
 
   test('runs more than one stream worker', () => {
@@ -61,6 +68,8 @@ describe('compose.yaml', () => {
     expect(migrate.restart).toBe('no')
     expect(migrate.command).toEqual(['bun', 'core/db/migrate-cli.ts'])
     expect(migrate.depends_on.postgres.condition).toBe('service_healthy')
+    // It also upgrades the NATS side (core/upgrade.ts).
+    expect(migrate.depends_on.nats.condition).toBe('service_healthy')
     for (const svc of [api, compose.services['stream-workers']]) {
       expect(svc.depends_on.migrate.condition).toBe('service_completed_successfully')
       expect(svc.depends_on.nats.condition).toBe('service_healthy')
@@ -78,6 +87,50 @@ describe('compose.yaml', () => {
       expect(env.FANFARE_ADMIN_TOKEN).toMatch(/^\$\{FANFARE_ADMIN_TOKEN:\?/)
     }
     expect(compose.services.postgres.environment.POSTGRES_PASSWORD).toMatch(/^\$\{POSTGRES_PASSWORD:\?/)
+  })
+})
+
+describe('compose.yaml, profile cluster', () => {
+  const nodes = ['nats-1', 'nats-2', 'nats-3']
+  const flag = (args: string[], name: string) => args[args.indexOf(name) + 1]
+
+  test('three NATS servers with JetStream form one cluster, each with its name, store and healthcheck', () => {
+    const volumes = new Set<string>()
+    for (const name of nodes) {
+      const svc = compose.services[name]
+      expect(svc.image).toStartWith('nats:2.10')
+      const args: string[] = svc.command
+      expect(args).toContain('-js')
+      expect(flag(args, '-sd')).toBe('/data')
+      // JetStream clustering needs a server name; the cluster name and routes join the three.
+      expect(flag(args, '--name')).toBe(name)
+      expect(flag(args, '--cluster_name')).toBe('fanfare')
+      expect(flag(args, '--cluster')).toBe('nats://0.0.0.0:6222')
+      expect(flag(args, '--routes').split(',').sort()).toEqual(nodes.map((n) => `nats://${n}:6222`))
+      expect(svc.healthcheck.test.join(' ')).toContain('/healthz')
+      expect(svc.volumes).toHaveLength(1)
+      volumes.add(svc.volumes[0].split(':')[0])
+    }
+    expect(volumes.size).toBe(3)
+    for (const v of volumes) expect(compose.volumes).toHaveProperty(v)
+  })
+
+  test('Fanfare uses all three servers and 3 replicas; nothing starts before the cluster is healthy and migrated', () => {
+    for (const name of ['migrate-cluster', 'api-cluster', 'stream-workers-cluster']) {
+      const svc = compose.services[name]
+      const env = loadConfig(Object.fromEntries(Object.entries(svc.environment).map(([k, v]) => [k, String(v).startsWith('${') ? undefined : String(v)])))
+      expect(parseNatsServers(env.NATS_URL).servers).toEqual(nodes.map((n) => `nats://${n}:4222`))
+      expect(env.FANFARE_REPLICAS).toBe(3)
+      for (const node of nodes) expect(svc.depends_on[node].condition).toBe('service_healthy')
+      expect(svc.environment.FANFARE_INGEST_TOKEN).toMatch(/^\$\{FANFARE_INGEST_TOKEN:\?/)
+    }
+    expect(compose.services['migrate-cluster'].command).toEqual(['bun', 'core/db/migrate-cli.ts'])
+    expect(compose.services['migrate-cluster'].depends_on.postgres.condition).toBe('service_healthy')
+    for (const name of ['api-cluster', 'stream-workers-cluster']) {
+      expect(compose.services[name].depends_on['migrate-cluster'].condition).toBe('service_completed_successfully')
+    }
+    expect(compose.services['stream-workers-cluster'].deploy.replicas).toBeGreaterThan(1)
+    expect(compose.services['api-cluster'].healthcheck.test.join(' ')).toContain('/readyz')
   })
 })
 

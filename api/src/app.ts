@@ -19,6 +19,7 @@ import { leaderboardsModule } from './modules/leaderboards'
 import { roomsModule } from './modules/rooms'
 import { pollsModule } from './modules/polls'
 import { streamsModule } from './modules/streams'
+import { matchesModule } from './modules/matches'
 import { reactionsModule } from './modules/reactions'
 import { demoModule } from './modules/demo'
 import { createLimits } from './limits'
@@ -85,6 +86,7 @@ export function createApp(deps: ApiDeps) {
     .use(roomsModule({ db: readDb, auth, rooms: deps.security.rooms }))
     .use(streamsModule({ db: readDb, auth }))
     .use(pollsModule({ db: readDb, auth }))
+    .use(matchesModule({ db: readDb, auth }))
     .use(reactionsModule({ db: readDb, auth }))
     .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
     .use(keysModule({ auth, keys, revocations, audit }))

@@ -7,6 +7,7 @@ import { createLimits } from './limits'
 import { createIngest } from './modules/events/service'
 import { startViewerSampler } from './modules/streams/sampler'
 import { liveStreamsToSample } from './modules/streams/service'
+import { startSeatWatcher } from './modules/matches/seats'
 
 /** A listening API node. */
 export type RunningApi = {
@@ -34,12 +35,14 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
   const port = server.port ?? deps.config.PORT
   deps.logger.info({ host: deps.config.HOST, port }, 'api listening')
   const sampler = startViewerSampler({ presence: realtime.presence, ingest, liveStreams: () => liveStreamsToSample(deps.db), logger: deps.logger })
+  const seats = startSeatWatcher({ presence: realtime.presence, ingest, db: deps.db, graceMs: deps.config.FANFARE_MATCH_GRACE_MS, logger: deps.logger })
   let stopping: Promise<void> | undefined
   return {
     port,
     stop: () =>
       (stopping ??= (async () => {
         await sampler.stop()
+        await seats.stop()
         await realtime.goAway()
         await app.stop(true)
         await realtime.stop()

@@ -1,13 +1,43 @@
-import { loadConfig } from '../config'
+import { ConfigError, loadConfig } from '../config'
+import { connectNats } from '../nats'
+import { upgradeNats } from '../upgrade'
 import { connectPostgres, migrate } from './client'
 
-/** `npm run migrate`: applies migrations to DATABASE_URL. */
-const config = loadConfig()
-if (!config.DATABASE_URL) {
-  console.error('DATABASE_URL is not set: npm run migrate applies migrations to a Postgres server')
+/**
+ * `npm run migrate`, the upgrade command: applies the database migrations to DATABASE_URL, then
+ * the NATS upgrade steps and the stream and bucket config (replicas included) to NATS_URL. Run it
+ * once per upgrade, before starting nodes of the new version: nodes never take these steps
+ * themselves (see core/upgrade.ts). Either part is skipped when its URL is unset.
+ */
+let config
+try {
+  config = loadConfig()
+} catch (err) {
+  if (!(err instanceof ConfigError)) throw err
+  console.error(err.message)
   process.exit(2)
 }
-const database = await connectPostgres(config.DATABASE_URL, { max: 1 })
-await migrate(database)
-await database.close()
-console.log('migrations applied')
+if (!config.DATABASE_URL && !config.NATS_URL) {
+  console.error('neither DATABASE_URL nor NATS_URL is set: npm run migrate upgrades a Postgres database and a NATS deployment')
+  process.exit(2)
+}
+if (config.DATABASE_URL) {
+  const database = await connectPostgres(config.DATABASE_URL, { max: 1 })
+  await migrate(database)
+  await database.close()
+  console.log('migrations applied')
+} else {
+  console.log('DATABASE_URL unset: database migrations skipped')
+}
+if (config.NATS_URL) {
+  const nc = await connectNats(config.NATS_URL, 'fanfare-migrate')
+  try {
+    const done = await upgradeNats(nc, config)
+    for (const line of done) console.log(`nats: ${line}`)
+    console.log(`nats streams and buckets match the config (${config.FANFARE_REPLICAS} replica${config.FANFARE_REPLICAS === 1 ? '' : 's'})`)
+  } finally {
+    await nc.close()
+  }
+} else {
+  console.log('NATS_URL unset: NATS upgrade skipped')
+}

@@ -49,11 +49,13 @@ export const MatchAbort = Type.Object({ match: Name }, { additionalProperties: f
 export type MatchAbort = Static<typeof MatchAbort>
 
 /**
- * The API nodes saw a seated player's connections to `match:<id>` all close (`connected: false`),
- * or come back (`connected: true`). Key: match.
+ * The API nodes saw a player's connections to `match:<id>` all close, on every node (`connected:
+ * false`), or one open again (`connected: true`). `graceMs` (the nodes' FANFARE_MATCH_GRACE_MS) is
+ * how long the seat is kept: carried in the event, so a rebuild decides the expiry the same way
+ * whatever the config is then. Key: match.
  */
 export const MatchPlayerConnection = Type.Object(
-  { match: Name, player: ActorId, connected: Type.Boolean() },
+  { match: Name, player: ActorId, connected: Type.Boolean(), graceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 86_400_000 })) },
   { additionalProperties: false, $id: 'match.player.connection@1' },
 )
 export type MatchPlayerConnection = Static<typeof MatchPlayerConnection>

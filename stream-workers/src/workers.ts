@@ -108,7 +108,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     onLost: (partition) => void stopRunners(partition, false),
     onRelease: (partition) => stopRunners(partition, true),
   })
-  const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, logger: logger.child({ component: 'outbox' }) })
+  const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
   const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now })

@@ -1,6 +1,10 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Subprocess } from 'bun'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect } from '@nats-io/transport-node'
+import { freePort } from '../../core/process'
+import { until } from '../../core/testing/wait'
 import { findNatsServer, waitUntilReady } from '../../scripts/embedded-nats'
 
 /**
@@ -13,6 +17,8 @@ export type PrivateNats = {
   start: () => Promise<void>
   /** SIGTERM (a clean JetStream shutdown), SIGKILL after 10 s; resolves once it exited. */
   stop: () => Promise<void>
+  /** SIGKILL: the server dies as in a crash (its store recovers on the next start). */
+  kill: () => Promise<void>
   /** What the server wrote on stderr (its log), for a failing test's message. */
   log: () => string
 }
@@ -36,6 +42,58 @@ export type PrivateNatsOptions = {
   leafAdvertise?: string
   /** Connect to a hub as a leaf server. */
   remote?: LeafRemote
+  /** The server's name (JetStream clustering needs one). */
+  name?: string
+  /** Join a cluster: its name, this server's route port, and every server's route URL. */
+  cluster?: { name: string; port: number; routes: string[] }
+}
+
+/** A cluster of nats-servers on 127.0.0.1, each with its own client port, route port and store. */
+export type PrivateNatsCluster = {
+  nodes: PrivateNats[]
+  /** Every node's client URL, comma-separated: a NATS_URL for Fanfare. */
+  url: string
+  /** Starts every node and waits until JetStream answers (the cluster has elected its meta leader). */
+  start: () => Promise<void>
+  stop: () => Promise<void>
+}
+
+/**
+ * `size` nats-servers with JetStream forming one cluster (full mesh of routes), each node named
+ * `n<i>` (JetStream clustering needs server names) storing under `<storeDir>/n<i>`. A node can be
+ * killed and started again on the same ports and store.
+ */
+export function privateNatsCluster(opts: { size: number; storeDir: string; name?: string }): PrivateNatsCluster {
+  const clientPorts = Array.from({ length: opts.size }, () => freePort())
+  const routePorts = Array.from({ length: opts.size }, () => freePort())
+  const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`)
+  const nodes = clientPorts.map((port, i) =>
+    privateNats({
+      port,
+      storeDir: join(opts.storeDir, `n${i + 1}`),
+      name: `n${i + 1}`,
+      cluster: { name: opts.name ?? 'fanfare-test', port: routePorts[i], routes },
+    }),
+  )
+  return {
+    nodes,
+    url: nodes.map((n) => n.url).join(','),
+    start: async () => {
+      await Promise.all(nodes.map((n) => n.start()))
+      const nc = await connect({ servers: nodes.map((n) => n.url) })
+      try {
+        await until('the cluster\'s JetStream to answer', async () => {
+          const jsm = await jetstreamManager(nc, { timeout: 1000 })
+          return (await jsm.getAccountInfo()) !== undefined
+        }, 30_000, 200)
+      } finally {
+        await nc.close()
+      }
+    },
+    stop: async () => {
+      await Promise.all(nodes.map((n) => n.stop()))
+    },
+  }
 }
 
 export function privateNats(opts: PrivateNatsOptions): PrivateNats {
@@ -68,6 +126,13 @@ export function privateNats(opts: PrivateNatsOptions): PrivateNats {
       await p.exited
       clearTimeout(timer)
     },
+    kill: async () => {
+      const p = proc
+      proc = undefined
+      if (!p || p.exitCode !== null) return
+      p.kill('SIGKILL')
+      await p.exited
+    },
   }
 }
 
@@ -79,6 +144,10 @@ function natsConf(opts: PrivateNatsOptions): string {
     `port: ${opts.port}`,
     `jetstream { store_dir: ${q(opts.storeDir)}${opts.domain ? `, domain: ${q(opts.domain)}` : ''} }`,
   ]
+  if (opts.name) lines.push(`server_name: ${q(opts.name)}`)
+  if (opts.cluster) {
+    lines.push(`cluster { name: ${q(opts.cluster.name)}, listen: "127.0.0.1:${opts.cluster.port}", routes: ${q(opts.cluster.routes)} }`)
+  }
   if (opts.leafPort !== undefined || opts.remote) {
     const remote = opts.remote
       ? `remotes: [ { url: ${q(opts.remote.url)}${opts.remote.deny?.length ? `, deny_imports: ${q(opts.remote.deny)}, deny_exports: ${q(opts.remote.deny)}` : ''} } ]`

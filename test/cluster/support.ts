@@ -105,6 +105,127 @@ export async function stopCleanly(...procs: Proc[]) {
 }
 
 /**
+ * What a deployment acknowledged for a run's two boards: the oracle read models and subscribers
+ * are compared with. `latest` holds each player's last acknowledged score (a reordered apply
+ * leaves another value), `sum` the total of their acknowledged scores, `applied` the number of
+ * acknowledged events per board (each is one change, so a channel's version must equal it: more
+ * means an event applied twice).
+ */
+export type Oracle = {
+  latestBoard: string
+  sumBoard: string
+  latest: Map<string, number>
+  sum: Map<string, number>
+  applied: Map<string, number>
+  /** Requests sent, and attempts answered 503 `unavailable` (then resent with the same ids). */
+  requests: number
+  unavailable: number
+}
+
+/** One POST attempt, for measuring outages: when it was sent, when answered, and how. */
+export type Attempt = { api: string; startedAt: number; endedAt: number; status: number; code?: string }
+
+/**
+ * Sends rounds of score events to both boards through `apis` (round-robin, `inFlight` requests at
+ * once) and records what was acknowledged in an Oracle. One round in flight at a time: a key's
+ * next event is sent only after its previous one was acknowledged, so "the last event sent" is
+ * well defined even across nodes. Scores vary per round (not monotone). A request refused with
+ * 503 `unavailable` is resent with the same ids, which JetStream de-duplicates, 10 times or for
+ * `resendForMs`, whichever allows more; any other answer but 202 (a request unanswered for 30 s included) and a fresh
+ * event reported duplicate fail the run.
+ * `beforeRound` injects faults; rounds go on while `more(round)` is true.
+ */
+export async function ingestRounds(opts: {
+  apis: Api[]
+  run: string
+  players: number
+  more: (round: number) => boolean
+  batch: number
+  inFlight: number
+  resendForMs?: number
+  beforeRound?: (round: number) => void | Promise<void>
+  onAttempt?: (a: Attempt) => void
+}): Promise<Oracle> {
+  const o: Oracle = {
+    latestBoard: `latest_${opts.run}`,
+    sumBoard: `sum_${opts.run}`,
+    latest: new Map(),
+    sum: new Map(),
+    applied: new Map(),
+    requests: 0,
+    unavailable: 0,
+  }
+  o.applied.set(o.latestBoard, 0).set(o.sumBoard, 0)
+  await configureBoard(opts.apis[0], o.latestBoard, 'latest')
+  await configureBoard(opts.apis[opts.apis.length - 1], o.sumBoard, 'sum')
+  const scoreOf = (p: number, r: number) => 1 + ((p * 7919 + r * 104_729) % 1000)
+
+  for (let r = 0; opts.more(r); r++) {
+    await opts.beforeRound?.(r)
+    const events: ScoreEvent[] = []
+    for (let p = 0; p < opts.players; p++) {
+      const player = `p${p}`
+      const score = scoreOf(p, r)
+      events.push(scoreEvent(`${opts.run}-l-${p}-${r}`, o.latestBoard, player, score))
+      events.push(scoreEvent(`${opts.run}-s-${p}-${r}`, o.sumBoard, player, score))
+    }
+    const batches: ScoreEvent[][] = []
+    for (let i = 0; i < events.length; i += opts.batch) batches.push(events.slice(i, i + opts.batch))
+    let next = 0
+    const lane = async () => {
+      while (next < batches.length) {
+        const batch = batches[next++]
+        const api = opts.apis[o.requests++ % opts.apis.length]
+        const attempt = async () => {
+          const startedAt = Date.now()
+          const res = await postEvents(api, batch, 30_000)
+          opts.onAttempt?.({ api: api.baseUrl, startedAt, endedAt: Date.now(), status: res.status, code: res.body?.error?.code })
+          return res
+        }
+        const giveUpAt = Date.now() + (opts.resendForMs ?? 0)
+        let res = await attempt()
+        let resends = 0
+        // A 503 `unavailable` is an honest answer (the node's NATS connection blipped, a stream is
+        // electing its leader); clients resend the same ids.
+        while (res.status === 503 && res.body?.error?.code === 'unavailable' && (resends < 10 || Date.now() < giveUpAt)) {
+          resends++
+          o.unavailable++
+          await Bun.sleep(250)
+          res = await attempt()
+        }
+        if (res.status !== 202) throw new Error(`POST ${api.baseUrl}/v1/events: ${res.status} ${JSON.stringify(res.body)}`)
+        if (res.body.results.length !== batch.length) throw new Error(`${res.body.results.length} results for ${batch.length} events`)
+        for (const [i, e] of batch.entries()) {
+          // Only acknowledged events go into the oracle. A resend may find some already stored.
+          if (res.body.results[i].duplicate && resends === 0) throw new Error(`fresh event ${e.id} reported duplicate`)
+          const { board, player, score } = e.data
+          if (board === o.latestBoard) o.latest.set(player, score)
+          else o.sum.set(player, (o.sum.get(player) ?? 0) + score)
+          o.applied.set(board, o.applied.get(board)! + 1)
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: opts.inFlight }, lane))
+  }
+  return o
+}
+
+/**
+ * The read models equal the oracle: both boards (waiting up to `timeoutMs` for the workers), each
+ * channel's version equal to the events acknowledged for it (none applied twice), no dead letters.
+ */
+export async function expectReadModelsMatch(rm: ReadModel, o: Oracle, timeoutMs: number) {
+  await untilBoardEquals(rm, o.latestBoard, o.latest, timeoutMs)
+  await untilBoardEquals(rm, o.sumBoard, o.sum, timeoutMs)
+  const versions = [await rm.version(`leaderboard:${o.latestBoard}`), await rm.version(`leaderboard:${o.sumBoard}`)]
+  if (versions[0] !== o.applied.get(o.latestBoard) || versions[1] !== o.applied.get(o.sumBoard)) {
+    throw new Error(`channel versions ${versions.join(', ')}, events acknowledged ${o.applied.get(o.latestBoard)}, ${o.applied.get(o.sumBoard)}: an event applied twice or lost`)
+  }
+  const dead = await rm.deadLetters()
+  if (dead !== 0) throw new Error(`${dead} dead letters`)
+}
+
+/**
  * A subscriber's view of a board, built only from its frames; throws on a gap or a repeat, and
  * (with `increasing`) on a player's score going down between two updates, which, when every
  * player's scores are sent rising, is an event applied out of its key's order.

@@ -61,7 +61,7 @@ export function mayPublish(p: Principal, type: EventType): boolean {
 export type Visibility = 'public' | 'private'
 
 /**
- * Whether `p` may subscribe to (and read) `channel`. Boards, streams, polls, streams' reactions and public rooms:
+ * Whether `p` may subscribe to (and read) `channel`. Boards, streams, polls, streams' reactions, matches and public rooms:
  * anyone allowed to connect. A private room: admin readers, and users whose `channels` claim matches it.
  * `user:<id>`: that user and admin readers. Returns the reason when not.
  */
@@ -73,6 +73,7 @@ export function maySubscribe(p: Principal, channel: string, visibility: Visibili
     case 'stream':
     case 'poll':
     case 'reactions':
+    case 'match':
       return { ok: true }
     case 'chat':
       if (visibility === 'public' || isAdminReader(p)) return { ok: true }

@@ -7,7 +7,7 @@ import type { Sink } from '../realtime/channel-hub'
 import { startPresenceCluster } from './cluster'
 import { createPresenceFeed, presenceSnapshot, type PresenceSnapshot } from './feed'
 import { createLocalPresence, type Who } from './local'
-import { createPresenceView } from './view'
+import { createPresenceView, type PresenceChange } from './view'
 
 export type Presence = {
   /** A connection subscribed to a tracked channel (chat, stream, match). */
@@ -25,6 +25,11 @@ export type Presence = {
   totals(channel: string): { connections: number; users: string[] }
   /** Channels with anyone present, cluster-wide. */
   channels(): string[]
+  /**
+   * Calls `listener` with every change of the cluster-wide totals (a user present in a channel on
+   * some node, or on none any more). Returns a function that removes it.
+   */
+  onChange(listener: (change: PresenceChange) => void): () => void
   /** This node's id and the peers it hears from. */
   node: string
   peers(): string[]
@@ -48,7 +53,11 @@ export function startPresence(deps: {
   const node = `${hostname()}-${process.pid}`
   const inc = crypto.randomUUID().slice(0, 8)
   let feed: ReturnType<typeof createPresenceFeed> | undefined
-  const view = createPresenceView((change) => feed?.onChange(change))
+  const listeners = new Set<(change: PresenceChange) => void>()
+  const view = createPresenceView((change) => {
+    feed?.onChange(change)
+    for (const l of listeners) l(change)
+  })
   feed = createPresenceFeed({ view, publish: deps.publish, maxMembers: deps.config.FANFARE_PRESENCE_MAX_MEMBERS, intervalMs: deps.config.FANFARE_PRESENCE_INTERVAL_MS, inc })
   let cluster: ReturnType<typeof startPresenceCluster> | undefined
   const local = createLocalPresence({ graceMs: deps.config.FANFARE_PRESENCE_GRACE_MS, onDelta: (d) => cluster?.local(d) })
@@ -88,6 +97,10 @@ export function startPresence(deps: {
       return { connections: t.connections, users: [...t.users.keys()] }
     },
     channels: () => view.channels(),
+    onChange(listener) {
+      listeners.add(listener)
+      return () => void listeners.delete(listener)
+    },
     peers: () => cluster!.peers(),
     async stop() {
       await cluster!.stop()

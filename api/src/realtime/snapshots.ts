@@ -5,6 +5,7 @@ import { roomSnapshot } from '../modules/rooms/service'
 import { pollSnapshot } from '../modules/polls/service'
 import { streamSnapshot } from '../modules/streams/service'
 import { reactionsSnapshot } from '../modules/reactions/service'
+import { matchSnapshot } from '../modules/matches/service'
 import { readChannelSnapshot } from '../modules/channel-snapshot'
 import type { Snapshot } from './channel-hub'
 
@@ -24,8 +25,10 @@ export function snapshotReader(db: Db): (channel: string) => Promise<Snapshot> {
         return pollSnapshot(db, parsed.name)
       case 'reactions':
         return reactionsSnapshot(db, parsed.name)
+      case 'match':
+        return matchSnapshot(db, parsed.name)
       case 'user':
-        // A user's private channel: notices for that user (later features write them).
+        // A user's private channel: notices for that user (the decisions on their match joins).
         return readChannelSnapshot(db, channel, async () => ({ user: parsed.name }))
       default: {
         const unreachable: never = parsed.kind

@@ -46,6 +46,12 @@ export type Applied = {
    * statement; they change nothing else.
    */
   refused?: { seq: number; reason: string }[]
+  /**
+   * Events the batch derives for other projections (a finished match's scores): written to the
+   * event outbox in the batch's statement and published after it commits, each with a
+   * deterministic id (its Nats-Msg-Id is `<by>/<id>`), so they exist exactly when the batch does.
+   */
+  events?: StoredEvent[]
 }
 
 /**

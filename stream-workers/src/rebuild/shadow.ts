@@ -1,6 +1,6 @@
 import { getTableName, sql } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
-import { changeOutbox, channelVersions, chatMessages, deadLetters, leaderboardEntries, polls, pollVotes, projectionCheckpoints, reactionDedup, reactionTotals, streams, streamViewers } from '../../../core/db/schema'
+import { changeOutbox, channelVersions, chatMessages, deadLetters, eventOutbox, leaderboardEntries, matches, polls, pollVotes, projectionCheckpoints, reactionDedup, reactionTotals, streams, streamViewers } from '../../../core/db/schema'
 import type { ProjectionName } from '../projections'
 
 /**
@@ -23,15 +23,18 @@ export const rebuildTargets: Record<ProjectionName, { tables: string[]; channelP
   streams: { tables: [getTableName(streams), getTableName(streamViewers)], channelPrefixes: ['stream:'] },
   polls: { tables: [getTableName(polls), getTableName(pollVotes)], channelPrefixes: ['poll:', 'stream:'] },
   reactions: { tables: [getTableName(reactionTotals), getTableName(reactionDedup)], channelPrefixes: ['reactions:'] },
+  // `user:<sub>` channels hold only join decisions, which only matches make.
+  matches: { tables: [getTableName(matches)], channelPrefixes: ['match:', 'user:'] },
 }
 
 /**
  * Tables the batch code writes besides the read model. In the shadow they only absorb writes:
  * checkpoints track the shadow's own progress, versions are copied to public with a new epoch at
- * the switch, and the shadow's outbox and dead letters are dropped (live already has the dead
- * letters; the shadow's notices must never be published).
+ * the switch, and the shadow's outboxes and dead letters are dropped (live already has the dead
+ * letters; the shadow's notices must never be published, and the scores of matches it finishes
+ * again were scored when they first finished).
  */
-const bookkeepingTables = [projectionCheckpoints, channelVersions, changeOutbox, deadLetters].map((t) => getTableName(t))
+const bookkeepingTables = [projectionCheckpoints, channelVersions, changeOutbox, eventOutbox, deadLetters].map((t) => getTableName(t))
 
 const ident = (name: string) => {
   // Every identifier here is ours (fixed table names, generated schema names); check anyway.

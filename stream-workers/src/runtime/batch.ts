@@ -7,7 +7,7 @@ import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
 import type { Projection, SequencedEvent } from '../projections/types'
 import { deadLetterWrite, guessEventId, type DeadLetter } from './dead-letters'
 import { CheckpointMovedError, FencedError, StaleReadError, StreamChangedError } from './errors'
-import { insertedRuns, outboxWrite, parseInsertedRuns, type OutboxRun } from './outbox'
+import { eventOutboxWrite, insertedEvents, insertedRuns, outboxWrite, parseInsertedRuns, type OutboxEvent, type OutboxRun } from './outbox'
 
 /** What the batch needs of a stream message. */
 export type BatchMessage = { subject: string; seq: number; body: Uint8Array; storedAt: Date }
@@ -34,6 +34,8 @@ export type BatchResult = {
   deadLettered: number
   /** Change runs committed with the batch, in version order per channel, to publish after commit. */
   runs: OutboxRun[]
+  /** Derived events committed with the batch (see Applied.events), to publish after commit. */
+  events: OutboxEvent[]
   /** The checkpoint after the batch: what the next batch expects. */
   checkpoint: number
 }
@@ -81,7 +83,7 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
   const { projection, partition, token } = owner
   const fresh = messages.filter((m) => m.seq > expected)
   const skipped = messages.length - fresh.length
-  if (fresh.length === 0) return { applied: 0, skipped, deadLettered: 0, runs: [], checkpoint: expected }
+  if (fresh.length === 0) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint: expected }
   const events: SequencedEvent[] = []
   const letters: DeadLetter[] = []
   for (const m of fresh) {
@@ -93,7 +95,7 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
       events.push(problem)
     }
   }
-  const { changes, write, recheck, refused = [] } = await projection.apply(db, events)
+  const { changes, write, recheck, refused = [], events: derived = [] } = await projection.apply(db, events)
   for (const r of refused) {
     const m = fresh.find((f) => f.seq === r.seq)
     const event = events.find((e) => e.seq === r.seq)
@@ -122,6 +124,8 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
   const writes = write ? [write(when)].flat() : []
   writes.forEach((w, i) => members.push(sql`${sql.raw(`model_${i}`)} as (${w.getSQL()} returning 1)`))
   if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
+  const eventsOut = eventOutboxWrite(derived, now, when)
+  if (eventsOut) members.push(eventsOut)
   const outbox = outboxWrite(changes, now, when)
   if (outbox) members.push(outbox)
   // The select list runs the members in this order: guard (and its recheck), the read-model writes,
@@ -130,16 +134,17 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
   // commit only, not for the read-model write too (hundreds of rows in a full batch): with the
   // model written after them, every partition's batches queued behind each other's writes
   // (2 worker processes: 14k -> 27k events/s in the projection benchmark).
-  const [row] = await rowsOf<{ ok: number; rechecked: boolean; runs: string }>(
+  const [row] = await rowsOf<{ ok: number; rechecked: boolean; runs: string; events: string }>(
     db,
     sql`with ${sql.join(members, sql`, `)}
         select (select count(*) from guard)::int as ok,
           ${recheck ? sql`(select count(*) = ${recheck.rows} from recheck)` : sql`true`} as rechecked,
           ${writes.length > 0 ? sql.join(writes.map((_, i) => sql.raw(`(select count(*) from model_${i})`)), sql` + `) : sql`0`} as written,
-          ${outbox ? insertedRuns : sql`'[]'`} as runs`,
+          ${outbox ? insertedRuns : sql`'[]'`} as runs,
+          ${eventsOut ? insertedEvents : sql`'[]'`} as events`,
   )
   if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
-  return { applied: events.length - refused.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), checkpoint }
+  return { applied: events.length - refused.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), events: JSON.parse(row.events) as OutboxEvent[], checkpoint }
 }
 
 /** After a guard refused a batch: the error that says why. */

@@ -36,7 +36,7 @@ describe('outbox sweeper', () => {
         const database = await connectBunSql(w.env.vars.DATABASE_URL, { max: 2 })
         opened.push(database)
         const logger = createLogger('silent')
-        return startOutboxSweeper({ db: database.db, js: w.js, prefix: w.config.FANFARE_SUBJECT_PREFIX, logger, intervalMs: 10, minAgeMs: 2_000, pageSize: 25 })
+        return startOutboxSweeper({ db: database.db, js: w.js, prefix: w.config.FANFARE_SUBJECT_PREFIX, partitions: w.config.FANFARE_PARTITIONS, logger, intervalMs: 10, minAgeMs: 2_000, pageSize: 25 })
       }),
     )
     await until('the outbox to be empty', async () => (await w.database.db.select().from(changeOutbox)).length === 0, 20_000, 20)
@@ -54,7 +54,7 @@ describe('outbox sweeper', () => {
   test('rows younger than the minimum age are left to the runner that wrote them', async () => {
     const w = (world = await createWorld())
     await w.database.db.insert(changeOutbox).values([leftOver('chat:old', 1, 10_000), leftOver('chat:new', 1, 0)])
-    const sweeper = startOutboxSweeper({ db: w.database.db, js: w.js, prefix: w.config.FANFARE_SUBJECT_PREFIX, logger: createLogger('silent'), intervalMs: 10, minAgeMs: 5_000 })
+    const sweeper = startOutboxSweeper({ db: w.database.db, js: w.js, prefix: w.config.FANFARE_SUBJECT_PREFIX, partitions: w.config.FANFARE_PARTITIONS, logger: createLogger('silent'), intervalMs: 10, minAgeMs: 5_000 })
     await until('the old row to be swept', async () => (await w.database.db.select().from(changeOutbox)).length === 1, 20_000, 20)
     await sweeper.stop()
     expect((await w.database.db.select().from(changeOutbox)).map((r) => r.channel)).toEqual(['chat:new'])
@@ -65,7 +65,7 @@ describe('outbox sweeper', () => {
     const w = (world = await createWorld())
     await w.database.db.insert(changeOutbox).values([leftOver('chat:x', 1, 10_000), leftOver('chat:x', 2, 10_000)])
     // No stream captures this prefix: every publish fails.
-    const sweeper = startOutboxSweeper({ db: w.database.db, js: w.js, prefix: `${w.config.FANFARE_SUBJECT_PREFIX}_nowhere`, logger: createLogger('silent'), intervalMs: 10 })
+    const sweeper = startOutboxSweeper({ db: w.database.db, js: w.js, prefix: `${w.config.FANFARE_SUBJECT_PREFIX}_nowhere`, partitions: w.config.FANFARE_PARTITIONS, logger: createLogger('silent'), intervalMs: 10 })
     await Bun.sleep(300)
     await sweeper.stop()
     expect((await w.database.db.select().from(changeOutbox)).map((r) => r.version)).toEqual([1, 2])
@@ -81,7 +81,7 @@ describe('outbox sweeper', () => {
       const rows = Array.from({ length: 60 }, (_, i) => leftOver(i % 2 ? 'chat:odd' : 'chat:even', i + 1, 10_000))
       await embedded.db.insert(changeOutbox).values(rows)
       const logger = createLogger('silent')
-      const sweepers = [1, 2].map(() => startOutboxSweeper({ db: embedded.db, js: w.js, prefix: w.config.FANFARE_SUBJECT_PREFIX, logger, intervalMs: 10, pageSize: 7 }))
+      const sweepers = [1, 2].map(() => startOutboxSweeper({ db: embedded.db, js: w.js, prefix: w.config.FANFARE_SUBJECT_PREFIX, partitions: w.config.FANFARE_PARTITIONS, logger, intervalMs: 10, pageSize: 7 }))
       await until('the outbox to be empty', async () => (await embedded.db.select().from(changeOutbox)).length === 0, 20_000, 20)
       await Bun.sleep(200)
       await Promise.all(sweepers.map((s) => s.stop()))

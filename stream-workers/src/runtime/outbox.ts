@@ -2,14 +2,60 @@ import type { JetStreamClient } from '@nats-io/jetstream'
 import { asc, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db, Tx } from '../../../core/db/client'
 import { recordset } from '../../../core/db/recordset'
-import { changeOutbox, channelVersions } from '../../../core/db/schema'
-import { subjects } from '../../../core/events'
+import { changeOutbox, channelVersions, eventOutbox } from '../../../core/db/schema'
+import { dedupIdOf, keyOf, partitionOf, subjects, type StoredEvent } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Change } from '../projections/types'
 import { every } from '../../../core/backoff'
 
 /** A change run waiting in the outbox; `body` is the JSON that is published. */
 export type OutboxRun = { channel: string; epoch: string; version: number; body: string }
+
+/**
+ * An event a projection derived, waiting in the event outbox (a finished match's scores): `body`
+ * is the StoredEvent JSON, published on its partition's subject with `msgId` as Nats-Msg-Id.
+ */
+export type OutboxEvent = { msgId: string; body: string }
+
+/**
+ * The member of the batch statement that writes derived events to the event outbox, `when` the
+ * guard held, ending with `events_out` (the rows inserted). A row already there (the same event
+ * derived again: impossible after a committed batch, since the checkpoint moved) is kept as it is.
+ * Undefined when there are none.
+ */
+export function eventOutboxWrite(events: StoredEvent[], now: Date, when: SQL): SQL | undefined {
+  if (events.length === 0) return undefined
+  const rows = events.map((e) => ({ msg_id: dedupIdOf(e), payload: JSON.stringify(e) }))
+  return sql`events_out as (
+      insert into ${eventOutbox} (msg_id, payload, created_at)
+      select msg_id, payload, ${now.toISOString()}::timestamptz from ${recordset('e', { msg_id: 'text', payload: 'text' }, rows)} where ${when}
+      on conflict (msg_id) do nothing
+      returning msg_id, payload
+    )`
+}
+
+/** The batch statement's select-list expression giving the inserted events as JSON (see eventOutboxWrite). */
+export const insertedEvents = sql`coalesce((select json_agg(json_build_object('msgId', msg_id, 'body', payload)) from events_out), '[]')::text`
+
+/** The event stream subject of an outbox event: its partition's, by its key (as the API publishes it). */
+export function eventSubject(prefix: string, partitions: number, body: string): string {
+  const e = JSON.parse(body) as StoredEvent
+  return subjects.event(prefix, partitionOf(keyOf(e), partitions), e.type)
+}
+
+/**
+ * Publishes derived events with their msgIds and hands the published ones to the cleaner. Like
+ * publishRuns, all in flight at once; a failed one stays in the outbox for the sweeper. Returns how
+ * many were published.
+ */
+export async function publishEvents(deps: { js: JetStreamClient; prefix: string; partitions: number; cleaner: OutboxCleaner }, events: OutboxEvent[]): Promise<number> {
+  const results = await Promise.allSettled(events.map((e) => deps.js.publish(eventSubject(deps.prefix, deps.partitions, e.body), e.body, { msgID: e.msgId })))
+  const done = events.filter((_, i) => results[i].status === 'fulfilled').map((e) => e.msgId)
+  deps.cleaner.publishedEvents(done)
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+  if (failed) throw failed.reason
+  return done.length
+}
 
 /**
  * Most UTF-16 units of changes in one run. A unit is at most 3 bytes of UTF-8, so a run stays well
@@ -121,6 +167,10 @@ export async function publishRuns(deps: { js: JetStreamClient; prefix: string; c
 
 type RunKey = { channel: string; epoch: string; version: number }
 
+/** Deletes the event outbox rows of the given msgIds. */
+const deleteEvents = (q: Db | Tx, ids: string[]) =>
+  q.delete(eventOutbox).where(sql`${eventOutbox.msgId} in (select msg_id from ${recordset('d', { msg_id: 'text' }, ids.map((msg_id) => ({ msg_id })))})`)
+
 /** Deletes the outbox rows of the given runs. */
 const deleteRuns = (q: Db | Tx, keys: RunKey[]) =>
   q
@@ -129,9 +179,10 @@ const deleteRuns = (q: Db | Tx, keys: RunKey[]) =>
       sql`(${changeOutbox.channel}, ${changeOutbox.epoch}, ${changeOutbox.version}) in (select channel, epoch, version from ${recordset('d', { channel: 'text', epoch: 'text', version: 'bigint' }, keys)})`,
     )
 
-/** Deletes the outbox rows of published runs (see startOutboxCleaner). */
+/** Deletes the outbox rows of published runs and events (see startOutboxCleaner). */
 export type OutboxCleaner = {
   published: (runs: RunKey[]) => void
+  publishedEvents: (msgIds: string[]) => void
   /** Deletes what is left to delete, then stops. */
   stop: () => Promise<void>
 }
@@ -145,7 +196,18 @@ export type OutboxCleaner = {
  */
 export function startOutboxCleaner(deps: { db: Db; logger: Logger; intervalMs?: number }): OutboxCleaner {
   let pending: RunKey[] = []
+  let pendingEvents: string[] = []
   const flush = async () => {
+    if (pendingEvents.length > 0) {
+      const ids = pendingEvents
+      pendingEvents = []
+      try {
+        await deleteEvents(deps.db, ids)
+      } catch (err) {
+        pendingEvents = ids.concat(pendingEvents)
+        throw err
+      }
+    }
     if (pending.length === 0) return
     const keys = pending
     pending = []
@@ -162,6 +224,9 @@ export function startOutboxCleaner(deps: { db: Db; logger: Logger; intervalMs?: 
     published: (runs) => {
       for (const r of runs) pending.push(r)
     },
+    publishedEvents: (ids) => {
+      for (const id of ids) pendingEvents.push(id)
+    },
     stop: async () => {
       await loop.stop()
       await flush().catch(onError)
@@ -173,6 +238,8 @@ export type OutboxSweeperDeps = {
   db: Db
   js: JetStreamClient
   prefix: string
+  /** Partition count of the deployment: the subject of a derived event depends on it. */
+  partitions: number
   logger: Logger
   /** Pause between rounds. Default 2 s. */
   intervalMs?: number
@@ -185,17 +252,18 @@ export type OutboxSweeperDeps = {
 }
 
 /**
- * Every `intervalMs`, publishes outbox rows older than `minAgeMs`: runs committed by a worker that
- * died (or lost NATS) between commit and publish. Runs in every worker process, and still publishes
- * each left-over run once: a page is claimed, published and deleted in one transaction. Its rows
- * are selected `FOR UPDATE SKIP LOCKED`, so another sweeper (another process) skips them and takes
- * the next rows instead of publishing the same ones; they are deleted before commit, so the next
- * page (and the next round) starts after them. A run whose publish failed keeps its row (the
- * published ones of the page are deleted) and the round ends, to try again at the next. Each copy
- * of a run would take a history slot of its channel on the change stream (`max_msgs_per_subject`)
- * and push real history out, so that resumes fall back to snapshots. On PGlite (one connection)
- * the transaction holds the connection while it publishes: pages are bounded, and so is the
- * publish wait (`publishTimeoutMs`). Returns a stop function.
+ * Every `intervalMs`, publishes outbox rows older than `minAgeMs`: change runs and derived events
+ * committed by a worker that died (or lost NATS) between commit and publish. Runs in every worker
+ * process, and still publishes each left-over row once: a page is claimed, published and deleted
+ * in one transaction. Its rows are selected `FOR UPDATE SKIP LOCKED`, so another sweeper (another
+ * process) skips them and takes the next rows instead of publishing the same ones; they are
+ * deleted before commit, so the next page (and the next round) starts after them. A row whose
+ * publish failed is kept (the published ones of the page are deleted) and the round ends, to try
+ * again at the next. Each copy of a run would take a history slot of its channel on the change
+ * stream (`max_msgs_per_subject`) and push real history out, so that resumes fall back to
+ * snapshots; a derived event carries its msgId, so a copy within the dedup window is dropped by
+ * JetStream. On PGlite (one connection) the transaction holds the connection while it publishes:
+ * pages are bounded, and so is the publish wait (`publishTimeoutMs`). Returns a stop function.
  */
 export function startOutboxSweeper(deps: OutboxSweeperDeps): { stop: () => Promise<void> } {
   const minAge = deps.minAgeMs ?? 2_000
@@ -203,23 +271,30 @@ export function startOutboxSweeper(deps: OutboxSweeperDeps): { stop: () => Promi
   return every(
     deps.intervalMs ?? 2_000,
     async (signal) => {
-      for (;;) {
-        const claimed = await sweepPage(deps, new Date(Date.now() - minAge), pageSize)
-        if (claimed > 0) deps.logger.info({ published: claimed }, 'outbox sweeper published left-over change runs')
-        if (claimed < pageSize || signal.aborted) break
+      const sweep = async <K>(outbox: SweptOutbox<K>) => {
+        for (;;) {
+          const claimed = await sweepPage(deps, outbox, new Date(Date.now() - minAge), pageSize)
+          if (claimed > 0) deps.logger.info({ published: claimed, outbox: outbox.name }, 'outbox sweeper published left-over rows')
+          if (claimed < pageSize || signal.aborted) break
+        }
       }
+      await sweep(runsOutbox)
+      await sweep(eventsOutbox)
     },
     (err) => deps.logger.warn({ err }, 'outbox sweep failed; retrying next round'),
   )
 }
 
-/**
- * One page: claims up to `pageSize` rows older than `olderThan` that no other transaction holds, in
- * version order per channel, publishes their runs and deletes the published ones, then commits.
- * Returns how many rows it claimed; throws (after committing the deletes) if a publish failed.
- */
-async function sweepPage(deps: OutboxSweeperDeps, olderThan: Date, pageSize: number): Promise<number> {
-  const { claimed, failed } = await deps.db.transaction(async (tx) => {
+/** One outbox table as the sweeper handles it: claim a page, say what to publish, delete the published. */
+type SweptOutbox<K> = {
+  name: string
+  claim: (tx: Tx, olderThan: Date, pageSize: number) => Promise<{ key: K; subject: string; body: string; msgID?: string }[]>
+  remove: (tx: Tx, keys: K[]) => Promise<unknown>
+}
+
+const runsOutbox: SweptOutbox<RunKey> = {
+  name: 'change_outbox',
+  claim: async (tx, olderThan, pageSize) => {
     const rows = await tx
       .select()
       .from(changeOutbox)
@@ -227,14 +302,40 @@ async function sweepPage(deps: OutboxSweeperDeps, olderThan: Date, pageSize: num
       .orderBy(asc(changeOutbox.channel), asc(changeOutbox.version))
       .limit(pageSize)
       .for('update', { skipLocked: true })
+    // In version order per channel: JetStream stores them in that order.
+    return rows.map(runOfRow).map((r) => ({ key: { channel: r.channel, epoch: r.epoch, version: r.version }, subject: r.channel, body: r.body }))
+  },
+  remove: (tx, keys) => deleteRuns(tx, keys),
+}
+
+const eventsOutbox: SweptOutbox<string> = {
+  name: 'event_outbox',
+  claim: async (tx, olderThan, pageSize) => {
+    const rows = await tx.select().from(eventOutbox).where(lt(eventOutbox.createdAt, olderThan)).orderBy(asc(eventOutbox.createdAt)).limit(pageSize).for('update', { skipLocked: true })
+    return rows.map((r) => ({ key: r.msgId, subject: '', body: r.payload, msgID: r.msgId }))
+  },
+  remove: (tx, keys) => deleteEvents(tx, keys),
+}
+
+/**
+ * One page of one outbox: claims up to `pageSize` rows older than `olderThan` that no other
+ * transaction holds, publishes them and deletes the published ones, then commits. Returns how many
+ * rows it claimed; throws (after committing the deletes) if a publish failed.
+ */
+async function sweepPage<K>(deps: OutboxSweeperDeps, outbox: SweptOutbox<K>, olderThan: Date, pageSize: number): Promise<number> {
+  const { claimed, failed } = await deps.db.transaction(async (tx) => {
+    const rows = await outbox.claim(tx, olderThan, pageSize)
     if (rows.length === 0) return { claimed: 0, failed: undefined }
-    const runs = rows.map(runOfRow)
-    // All in flight at once, in version order per channel: JetStream stores them in that order.
+    const timeout = deps.publishTimeoutMs ?? 2_000
     const results = await Promise.allSettled(
-      runs.map((r) => deps.js.publish(subjects.change(deps.prefix, r.channel), r.body, { timeout: deps.publishTimeoutMs ?? 2_000 })),
+      rows.map((r) =>
+        r.msgID === undefined
+          ? deps.js.publish(subjects.change(deps.prefix, r.subject), r.body, { timeout })
+          : deps.js.publish(eventSubject(deps.prefix, deps.partitions, r.body), r.body, { timeout, msgID: r.msgID }),
+      ),
     )
-    const published = runs.filter((_, i) => results[i].status === 'fulfilled').map(({ channel, epoch, version }) => ({ channel, epoch, version }))
-    if (published.length > 0) await deleteRuns(tx, published)
+    const published = rows.filter((_, i) => results[i].status === 'fulfilled').map((r) => r.key)
+    if (published.length > 0) await outbox.remove(tx, published)
     return { claimed: rows.length, failed: results.find((r): r is PromiseRejectedResult => r.status === 'rejected') }
   })
   if (failed) throw failed.reason

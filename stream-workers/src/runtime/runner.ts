@@ -11,7 +11,7 @@ import { applyBatch, batchMessageOf, claimFence, type BatchResult } from './batc
 import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
-import { publishRuns, type OutboxCleaner, type OutboxRun } from './outbox'
+import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 
 /** Test seams. Production passes none. */
 export type RunnerHooks = {
@@ -195,10 +195,10 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (publishing) await publishing
       // From here to the next pull request nothing awaits: the runs, the ack and the pull are
       // issued in one turn, which nats.js flushes together.
-      if (result.runs.length > 0) publishing = publishInBackground(result.runs)
+      if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events)
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
-      log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length }, 'batch applied')
+      log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length }, 'batch applied')
     }
   }
 
@@ -207,8 +207,11 @@ export function startRunner(deps: RunnerDeps): Runner {
    * is set while they are in flight. A failure leaves the runs to the outbox sweeper.
    */
   let publishing: Promise<void> | undefined
-  const publishInBackground = (runs: OutboxRun[]): Promise<void> =>
-    publishRuns({ js: deps.js, prefix: deps.prefix, cleaner: deps.cleaner }, runs).then(
+  const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[]): Promise<void> =>
+    Promise.all([
+      runs.length > 0 ? publishRuns({ js: deps.js, prefix: deps.prefix, cleaner: deps.cleaner }, runs) : 0,
+      events.length > 0 ? publishEvents({ js: deps.js, prefix: deps.prefix, partitions: deps.partitions, cleaner: deps.cleaner }, events) : 0,
+    ]).then(
       () => void (publishing = undefined),
       (err) => {
         publishing = undefined

@@ -11,6 +11,8 @@ import { PublishResponse } from '../events/model'
 import type { Ingest } from '../events/service'
 import type { Audit } from '../audit/service'
 import { boardConfig } from '../leaderboards/service'
+import { ModeAnswer, ModeBody, ModeList, ModeParams } from '../matches/model'
+import { listModes, putMode } from '../matches/service'
 import {
   BoardConfig,
   BoardConfigBody,
@@ -44,7 +46,7 @@ export type AdminDeps = {
 const denied = { 401: ErrorResponse, 403: ErrorResponse }
 
 /**
- * /admin: board rules, rooms and moderation, projection status, workers and dead letters. Reads
+ * /admin: board rules, game modes, rooms and moderation, projection status, workers and dead letters. Reads
  * need a key with `admin:read`, changes one with `admin:write` (the admin token has both).
  * Deleting a chat message is also open to users with the `moderator` role.
  */
@@ -82,6 +84,31 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
         description: '409 board_has_scores when the board has entries and the rules would change.',
       },
     },
+    )
+    .get('/modes', () => listModes(db), {
+      auth: 'admin:read',
+      response: { 200: ModeList, ...denied },
+      detail: { summary: 'Game modes and the boards their match results are scored on' },
+    })
+    .put(
+      '/modes/:mode',
+      async ({ params, body, principal }) => {
+        const mode = await putMode(db, params.mode, body.board)
+        await audit.record(principal, 'mode.configured', `mode:${params.mode}`, { board: body.board })
+        return mode
+      },
+      {
+        auth: 'admin:write',
+        params: ModeParams,
+        body: ModeBody,
+        response: { 200: ModeAnswer, 422: ErrorResponse, ...denied },
+        detail: {
+          summary: "Name the board a mode's match results are scored on",
+          description:
+            'Each `match.finish` of a match of this mode applied from then on turns its results into scores on `board`, once (under the board\'s rules and ' +
+            'in the period of the finish). A mode without a board keeps its results on the match only.',
+        },
+      },
     )
     .get('/rooms/:room', async ({ params }) => ({ room: params.room, visibility: await rooms.visibility(params.room) }), {
       auth: 'admin:read',

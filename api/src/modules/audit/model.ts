@@ -11,7 +11,7 @@ export const AuditEntry = t.Object({
   id: t.Integer({ description: 'rises with every entry: page with ?before=<the last id you got>' }),
   at: t.String({ description: 'when the action was done (ISO 8601)' }),
   actor: t.String({ description: 'who did it: k:<key id>, admin (FANFARE_ADMIN_TOKEN), u:<user id> (a moderator deleting a message)' }),
-  action: t.String({ description: 'key.created, key.revoked, user.revoked, token.revoked, board.configured, room.visibility_set, message.deleted, rebuild.requested' }),
+  action: t.String({ description: 'key.created, key.revoked, user.revoked, token.revoked, board.configured, mode.configured, room.visibility_set, message.deleted, rebuild.requested' }),
   target: t.String({ description: 'what it was done to: key:<id>, user:<id>, token:<jti>, board:<name>, room:<name>, message:<room>/<id>, projection:<name>' }),
   details: t.Unknown({ description: 'what was set or done (never a secret)' }),
 })

@@ -13,6 +13,7 @@ export type AuditAction =
   | 'user.revoked'
   | 'token.revoked'
   | 'board.configured'
+  | 'mode.configured'
   | 'room.visibility_set'
   | 'message.deleted'
   | 'rebuild.requested'

@@ -7,6 +7,17 @@ import type { StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { defaultRules, nextScore, type BoardRules, type Standing } from './projection'
 import { periodKey, resets } from '../../../../core/periods'
+import { MATCH_RESULTS_BY } from '../../../../core/matches'
+
+/**
+ * The time a score counts at: JetStream's stored time, or for a match's result (published later
+ * from the matches projection's outbox) the stored time of the finish, which it carries as `at`.
+ */
+const countsAt = ({ event, storedAt }: SequencedEvent<ScoreEvent>): Date => {
+  if (event.by !== MATCH_RESULTS_BY) return storedAt
+  const at = Date.parse(event.at)
+  return Number.isNaN(at) ? storedAt : new Date(at)
+}
 
 type ScoreEvent = Extract<StoredEvent, { type: 'score.submitted' }>
 
@@ -37,10 +48,10 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
   // tells; to keep both reads in one round trip, the standings are read under every reset's
   // period of the event (four small index lookups each) and the right one is picked after.
   const keys = new Map<string, { board: string; period: string; player: string }>()
-  for (const { event, storedAt } of scores) {
-    const { board, player } = event.data
+  for (const e of scores) {
+    const { board, player } = e.event.data
     for (const reset of resets) {
-      const period = periodKey(reset, storedAt)
+      const period = periodKey(reset, countsAt(e))
       keys.set(entryKey(board, period, player), { board, period, player })
     }
   }
@@ -62,11 +73,12 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
 
   const changes: Change[] = []
   const dirty = new Map<string, { board: string; period: string; player: string } & Standing>()
-  for (const { event, seq, storedAt } of scores) {
+  for (const e of scores) {
+    const { event, seq } = e
     const { board, player, score } = event.data
     const boardRules = rules.get(board) ?? defaultRules
     // JetStream's stored time: never a worker's clock, so a rebuild puts it in the same period.
-    const period = periodKey(boardRules.reset, storedAt)
+    const period = periodKey(boardRules.reset, countsAt(e))
     const key = entryKey(board, period, player)
     const current = standings.get(key)
     const next = nextScore(current, { score, seq }, boardRules)

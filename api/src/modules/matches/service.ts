@@ -1,0 +1,89 @@
+import { and, asc, eq, gt, sql } from 'drizzle-orm'
+import { channelOf, type MatchView } from '../../../../core/channels'
+import type { Db } from '../../../../core/db/client'
+import { matches, matchModes } from '../../../../core/db/schema'
+import { matchView } from '../../../../core/matches'
+import { Invalid } from '../../errors'
+import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
+import type { MatchListQuery, MatchPage } from './model'
+
+type MatchRow = typeof matches.$inferSelect
+
+const viewOfRow = (r: MatchRow): MatchView =>
+  matchView({
+    match: r.match,
+    mode: r.mode,
+    maxPlayers: r.maxPlayers,
+    properties: r.properties,
+    status: r.status,
+    players: r.players,
+    results: r.results,
+    createdAt: r.createdAt.getTime(),
+    startedAt: r.startedAt?.getTime() ?? null,
+    endedAt: r.endedAt?.getTime() ?? null,
+    createdSeq: Number(r.createdSeq),
+  })
+
+/** A match as `GET /v1/matches/:match` answers it; undefined when no `match.created` made it. */
+export async function readMatch(db: Db, match: string): Promise<MatchView | undefined> {
+  const [row] = await db.select().from(matches).where(eq(matches.match, match))
+  return row && viewOfRow(row)
+}
+
+/** The channel `match:<id>`: the match with its version and epoch; null data before it is created. */
+export function matchSnapshot(db: Db, match: string): Promise<ChannelSnapshot<MatchView | null>> {
+  return readChannelSnapshot(db, channelOf.match(match), async (q) => (await readMatch(q, match)) ?? null)
+}
+
+const cursorMessage = 'after must be the `next` cursor of a previous page of matches'
+
+/**
+ * A page of matches in one status (open by default), of one mode if given, in the order they were
+ * created (keyset on the stream sequence of `match.created`, from the (status, mode, created_seq)
+ * index). The cursor is that sequence: stable whatever joins and leaves happen between pages.
+ */
+export async function listMatches(db: Db, q: MatchListQuery): Promise<MatchPage> {
+  let after: number | undefined
+  if (q.after !== undefined) {
+    after = Number(q.after)
+    if (!/^\d{1,15}$/.test(q.after) || !Number.isSafeInteger(after)) throw new Invalid('invalid_request', cursorMessage, [{ path: '/after', message: cursorMessage, in: 'query' }])
+  }
+  const rows = await db
+    .select()
+    .from(matches)
+    .where(and(eq(matches.status, q.status ?? 'open'), q.mode === undefined ? undefined : eq(matches.mode, q.mode), after === undefined ? undefined : gt(matches.createdSeq, after)))
+    .orderBy(asc(matches.status), asc(matches.mode), asc(matches.createdSeq))
+    .limit(q.limit + 1)
+  // With a mode the index order is created_seq; without one, order by created_seq across modes.
+  if (q.mode === undefined) rows.sort((a, b) => Number(a.createdSeq) - Number(b.createdSeq))
+  const shown = rows.slice(0, q.limit)
+  const last = shown.at(-1)
+  return {
+    matches: shown.map((r) => ({
+      match: r.match,
+      mode: r.mode,
+      status: r.status,
+      maxPlayers: r.maxPlayers,
+      players: r.playerCount,
+      ...(Object.keys(r.properties).length > 0 ? { properties: r.properties } : {}),
+      createdAt: r.createdAt.toISOString(),
+    })),
+    next: rows.length > q.limit && last ? String(last.createdSeq) : null,
+  }
+}
+
+const modeOf = (r: typeof matchModes.$inferSelect) => ({ mode: r.mode, board: r.board, updatedAt: r.updatedAt.toISOString() })
+
+/** Names the board a mode's match results are scored on (from the next finish on). */
+export async function putMode(db: Db, mode: string, board: string) {
+  const [row] = await db
+    .insert(matchModes)
+    .values({ mode, board })
+    .onConflictDoUpdate({ target: matchModes.mode, set: { board, updatedAt: sql`now()` } })
+    .returning()
+  return modeOf(row)
+}
+
+export async function listModes(db: Db) {
+  return { modes: (await db.select().from(matchModes).orderBy(asc(matchModes.mode))).map(modeOf) }
+}

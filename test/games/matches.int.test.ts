@@ -1,0 +1,172 @@
+import { afterEach, describe, expect, test } from 'bun:test'
+import { jetstream } from '@nats-io/jetstream'
+import { asc, eq } from 'drizzle-orm'
+import { mintUserToken } from '../../api/src/auth/mint'
+import { createHarness, type ApiHarness } from '../../api/src/test-support'
+import type { MatchChange, UserChange } from '../../core/channels'
+import { deadLetters, eventOutbox, leaderboardEntries, matches } from '../../core/db/schema'
+import type { RebuildJob } from '../../core/rebuild-jobs'
+import { until } from '../../core/testing/wait'
+import type { RunnerHooks } from '../../stream-workers/src/runtime/runner'
+import { byChannel, readNotices, startTestWorker, untilCaughtUp, type World } from '../../stream-workers/src/testing/harness'
+
+let h: ApiHarness | undefined
+const closers: (() => Promise<void>)[] = []
+afterEach(async () => {
+  for (const close of closers.splice(0)) await close().catch(() => {})
+  await h?.close()
+  h = undefined
+})
+
+async function setup(overrides: Record<string, string> = {}, hooks?: RunnerHooks) {
+  const hh = (h = await createHarness({ FANFARE_PARTITIONS: '3', FANFARE_LEASE_TTL_MS: '1500', FANFARE_BATCH_SIZE: '5', ...overrides }))
+  const worker = await startTestWorker(hh.env, hooks ? { hooks } : {})
+  closers.push(() => worker.stop())
+  const token = (sub: string) => mintUserToken(hh.env.vars.FANFARE_JWT_SECRET, { sub })
+  /** POSTs events; expects them accepted (202). */
+  const post = async (events: unknown[], as: string = hh.ingestToken) => {
+    const r = await hh.call('POST', '/v1/events', { token: as, body: { events } })
+    expect(r.status).toBe(202)
+    return r.json
+  }
+  const caughtUp = () => untilCaughtUp({ config: hh.env.config, db: hh.database.db, nc: hh.nc })
+  const world = { nc: hh.nc, js: jetstream(hh.nc), config: hh.env.config } as unknown as World
+  const notices = async () => byChannel(await readNotices(world))
+  return { hh, worker, token, post, caughtUp, notices }
+}
+
+describe('matches through the API and the projection', () => {
+  test('every transition and refusal: REST, match:<id> and each player\'s user:<sub> agree; impossible transitions are dead letters', async () => {
+    const { hh, token, post, caughtUp, notices } = await setup()
+    const users = Object.fromEntries(await Promise.all(['ann', 'bob', 'cat', 'dan'].map(async (u) => [u, await token(u)] as const)))
+    await post([{ type: 'match.created', data: { match: 'm1', mode: 'duel', maxPlayers: 2, properties: { map: 'dust' } } }])
+    // Before it exists: unknown_match.
+    await post([{ type: 'match.join', data: { match: 'ghost' } }], users.dan)
+    await post([{ type: 'match.join', data: { match: 'm1' } }], users.ann)
+    await post([{ type: 'match.join', data: { match: 'm1' } }], users.ann) // already_joined
+    await post([{ type: 'match.join', data: { match: 'm1' } }], users.bob) // the last seat: full
+    await post([{ type: 'match.join', data: { match: 'm1' } }], users.cat) // full
+    await caughtUp()
+    expect((await hh.call('GET', '/v1/matches/m1', { token: users.dan })).json).toMatchObject({ status: 'full', players: [{ player: 'ann' }, { player: 'bob' }] })
+    await post([{ type: 'match.leave', data: { match: 'm1', player: 'ann' } }], users.bob) // bob leaves (the player is the token's sub, not the body's)
+    await post([{ type: 'match.join', data: { match: 'm1' } }], users.cat) // open again: cat gets bob's seat
+    await post([{ type: 'match.ready', data: { match: 'm1' } }], users.ann)
+    await post([{ type: 'match.finish', data: { match: 'm1', results: [{ player: 'ann', score: 1 }] } }]) // not started: refused
+    await post([{ type: 'match.start', data: { match: 'm1' } }])
+    await post([{ type: 'match.join', data: { match: 'm1' } }], users.dan) // started
+    await post([{ type: 'match.finish', data: { match: 'm1', results: [{ player: 'ann', score: 3 }, { player: 'cat', score: 9 }] } }])
+    await post([{ type: 'match.join', data: { match: 'm1' } }], users.bob) // finished
+    await post([{ type: 'match.created', data: { match: 'm2', mode: 'duel', maxPlayers: 3 } }, { type: 'match.abort', data: { match: 'm2' } }])
+    await post([{ type: 'match.join', data: { match: 'm2' } }], users.dan) // aborted
+    await post([{ type: 'match.start', data: { match: 'nope' } }]) // unknown: refused
+    await caughtUp()
+
+    const m1 = (await hh.call('GET', '/v1/matches/m1', { token: users.dan })).json
+    expect(m1).toMatchObject({
+      match: 'm1',
+      mode: 'duel',
+      status: 'finished',
+      maxPlayers: 2,
+      properties: { map: 'dust' },
+      players: [
+        { player: 'ann', ready: true, connected: true },
+        { player: 'cat', ready: false, connected: true },
+      ],
+      results: [
+        { player: 'cat', score: 9, rank: 1 },
+        { player: 'ann', score: 3, rank: 2 },
+      ],
+    })
+    expect((await hh.call('GET', '/v1/matches/ghost', { token: users.dan })).status).toBe(404)
+    expect((await hh.call('GET', '/v1/matches?status=aborted', { token: users.dan })).json).toEqual({
+      matches: [{ match: 'm2', mode: 'duel', status: 'aborted', maxPlayers: 3, players: 0, createdAt: expect.any(String) }],
+      next: null,
+    })
+
+    const n = await notices()
+    const onMatch = n.get('match:m1')!.map((x) => x.data as MatchChange)
+    expect(onMatch.map((c) => ('player' in c ? `${c.kind}:${c.player}${'reason' in c ? `:${c.reason}` : ''}` : c.kind))).toEqual([
+      'created',
+      'joined:ann',
+      'rejected:ann:already_joined',
+      'joined:bob',
+      'rejected:cat:full',
+      'left:bob:left',
+      'joined:cat',
+      'ready:ann',
+      'started',
+      'rejected:dan:started',
+      'finished',
+      'rejected:bob:finished',
+    ])
+    expect(n.get('match:m1')!.map((x) => x.version)).toEqual(onMatch.map((_, i) => i + 1))
+    const decisions = (u: string) => (n.get(`user:${u}`) ?? []).map((x) => x.data as UserChange).map((d) => `${d.match}:${d.accepted ? 'accepted' : d.reason}`)
+    expect(decisions('ann')).toEqual(['m1:accepted', 'm1:already_joined'])
+    expect(decisions('bob')).toEqual(['m1:accepted', 'm1:finished'])
+    expect(decisions('cat')).toEqual(['m1:full', 'm1:accepted'])
+    expect(decisions('dan')).toEqual(['ghost:unknown_match', 'm1:started', 'm2:aborted'])
+    const dead = await hh.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
+    expect(dead.map((d) => [d.projection, d.reason])).toEqual([
+      ['matches', 'match "m1" is full: only a started match finishes'],
+      ['matches', 'no match "nope"'],
+    ])
+    // Users cannot create or finish matches; keys without the scope neither.
+    expect((await hh.call('POST', '/v1/events', { token: users.ann, body: { events: [{ type: 'match.finish', data: { match: 'm1', results: [{ player: 'ann', score: 99 }] } }] } })).status).toBe(403)
+  }, 60_000)
+
+  test("results reach the mode's board once: a resent finish, a second finish, a crash before the ack (the outbox sweeper publishes); a rebuild reproduces the matches and scores nothing again", async () => {
+    let crashes = 0
+    const { hh, token, post, caughtUp } = await setup({}, {
+      onBeforeAck: ({ projection }) => {
+        // The finishes' batch commits, then the worker "dies" before acking and publishing it.
+        if (projection === 'matches' && crashes < 3) {
+          crashes++
+          throw new Error('simulated crash before ack')
+        }
+      },
+    })
+    // A `sum` board: a result applied twice would show.
+    expect((await hh.call('PUT', '/admin/leaderboards/arena', { token: hh.adminToken, body: { operator: 'sum' } })).status).toBe(200)
+    expect((await hh.call('PUT', '/admin/modes/ranked', { token: hh.adminToken, body: { board: 'arena' } })).json).toMatchObject({ mode: 'ranked', board: 'arena' })
+    expect((await hh.call('GET', '/admin/modes', { token: hh.adminToken })).json.modes).toEqual([{ mode: 'ranked', board: 'arena', updatedAt: expect.any(String) }])
+    const oracle = new Map<string, number>()
+    for (let m = 0; m < 6; m++) {
+      const players = [`p${m}`, `p${m + 1}`, `p${m + 2}`]
+      await post([{ id: `create-${m}`, type: 'match.created', data: { match: `r${m}`, mode: m === 5 ? 'casual' : 'ranked', maxPlayers: 3 } }])
+      for (const p of players) await post([{ type: 'match.join', data: { match: `r${m}` } }], await token(p))
+      const results = players.map((player, i) => ({ player, score: 10 * (m + 1) + i }))
+      const finish = { id: `finish-${m}`, type: 'match.finish', data: { match: `r${m}`, results } }
+      await post([{ type: 'match.start', data: { match: `r${m}` } }, finish])
+      // The same finish sent again (de-duplicated by id) and a second finish (ignored).
+      const again = await post([finish, { type: 'match.finish', data: { match: `r${m}`, results: players.map((player) => ({ player, score: 1000 })) } }])
+      expect(again.results[0].duplicate).toBe(true)
+      if (m !== 5) for (const r of results) oracle.set(r.player, (oracle.get(r.player) ?? 0) + r.score)
+    }
+    await caughtUp()
+    await until('the outbox to be drained and the scores applied', async () => (await hh.database.db.select().from(eventOutbox)).length === 0 && (await caughtUp()), 20_000)
+    await caughtUp()
+    expect(crashes).toBe(3)
+    const scores = async () => new Map((await hh.database.db.select().from(leaderboardEntries).where(eq(leaderboardEntries.board, 'arena'))).map((r) => [r.player, r.score]))
+    expect(await scores()).toEqual(oracle)
+    expect((await hh.call('GET', '/v1/matches/r5', { token: await token('x') })).json).toMatchObject({ status: 'finished' })
+
+    // Rebuild the matches: the same rows; no score is derived again.
+    const live = await hh.database.db.select().from(matches).orderBy(asc(matches.match))
+    expect((await hh.call('POST', '/admin/projections/matches/rebuild', { token: hh.adminToken })).status).toBe(202)
+    await until(
+      'rebuild of matches',
+      async () => {
+        const r = await hh.call('GET', '/admin/projections/matches/rebuild', { token: hh.adminToken })
+        if (r.json?.state === 'failed') throw new Error(`rebuild failed: ${r.json.error}`)
+        return (r.json as RebuildJob)?.state === 'done'
+      },
+      40_000,
+      100,
+    )
+    expect(await hh.database.db.select().from(matches).orderBy(asc(matches.match))).toEqual(live)
+    await Bun.sleep(2500)
+    await caughtUp()
+    expect(await hh.database.db.select().from(eventOutbox)).toEqual([])
+    expect(await scores()).toEqual(oracle)
+  }, 90_000)
+})
