@@ -119,6 +119,10 @@ export function createMetrics() {
       sent: (text: string, recipients = 1) => {
         if (recipients > 0) sentBy[opOf(text)].inc(recipients)
       },
+      /** `count` frames of a known op went out. */
+      sentOp: (op: FrameOp, count: number) => {
+        if (count > 0) sentBy[op].inc(count)
+      },
       disconnected: (code: number) => {
         const key = KNOWN_CLOSE_CODES.has(code) ? code : 0
         let c = disconnectsBy.get(key)

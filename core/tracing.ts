@@ -26,6 +26,11 @@ import type { Config } from './config'
  */
 export const tracer = trace.getTracer('fanfare')
 
+let started = false
+
+/** Whether the SDK is started in this process (spans may be sampled): callers skip work only a trace needs. */
+export const isTracing = () => started
+
 export type Tracing = {
   /** Exports what is still buffered, then stops. */
   stop: () => Promise<void>
@@ -77,8 +82,10 @@ export function startTracing(config: Config, defaultServiceName: string, exporte
   context.setGlobalContextManager(contextManager)
   propagation.setGlobalPropagator(new W3CTraceContextPropagator())
   trace.setGlobalTracerProvider(provider)
+  started = true
   return {
     stop: async () => {
+      started = false
       await provider.shutdown().catch(() => {})
       trace.disable()
       propagation.disable()

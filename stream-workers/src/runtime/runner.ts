@@ -12,6 +12,10 @@ import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import { publishRuns, type OutboxCleaner, type OutboxRun } from './outbox'
+import { SpanKind, SpanStatusCode, type Link, type Span } from '@opentelemetry/api'
+import type { MsgHdrs } from '@nats-io/transport-node'
+import type { Metrics } from '../../../core/metrics'
+import { isTracing, linkOfNats, natsHeadersOf, tracer } from '../../../core/tracing'
 
 /** Test seams. Production passes none. */
 export type RunnerHooks = {
@@ -38,6 +42,8 @@ export type RunnerDeps = {
   onFenced: () => void
   /** A bug: the runner has stopped; the process should exit non-zero. */
   onFatal: (err: unknown) => void
+  /** The process's metrics (batches, lag, dead letters). */
+  metrics: Metrics
 }
 
 export type Runner = {
@@ -88,6 +94,7 @@ export function startRunner(deps: RunnerDeps): Runner {
   const now = deps.now ?? (() => new Date())
   const abort = new AbortController()
   let pulling: ConsumerMessages | undefined
+  const lag = deps.metrics.worker.lag(deps.projection.name, deps.partition)
 
   /**
    * One pull of up to `max` messages. A pull that ends with an error after delivering messages
@@ -182,12 +189,18 @@ export function startRunner(deps: RunnerDeps): Runner {
         }
         expectedDelivery++
       }
-      const result = await applyWithRetry(batch).catch((err) => {
-        const m = batch[0]
-        if (isRefusedBatch(err)) throw err
-        throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
-      })
+      const started = performance.now()
+      const { result, headers } = await tracedBatch(batch, () =>
+        applyWithRetry(batch).catch((err) => {
+          const m = batch[0]
+          if (isRefusedBatch(err)) throw err
+          throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
+        }),
+      )
       if (!result) return // stopped while retrying: unacked messages go to the next owner
+      deps.metrics.worker.batch(deps.projection.name, (performance.now() - started) / 1000, batch.length, result.deadLettered)
+      // What the consumer still holds after this batch's last message: the partition's lag.
+      lag.set(batch[batch.length - 1].info.pending)
       checkpoint = result.checkpoint
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
       // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
@@ -195,7 +208,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (publishing) await publishing
       // From here to the next pull request nothing awaits: the runs, the ack and the pull are
       // issued in one turn, which nats.js flushes together.
-      if (result.runs.length > 0) publishing = publishInBackground(result.runs)
+      if (result.runs.length > 0) publishing = publishInBackground(result.runs, headers)
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
       log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length }, 'batch applied')
@@ -203,12 +216,46 @@ export function startRunner(deps: RunnerDeps): Runner {
   }
 
   /**
+   * Applies a batch inside its span: a CONSUMER span linked to the context of every event that
+   * carried one (a batch has many parents), parent of the Postgres statement's span. Returns the
+   * result with the headers that carry the span on to the batch's change runs (none when the span
+   * is not sampled). With tracing off no link is looked for.
+   */
+  const tracedBatch = <T>(batch: JsMsg[], apply: () => Promise<T>): Promise<{ result: T; headers?: MsgHdrs }> => {
+    if (!isTracing()) return apply().then((result) => ({ result }))
+    const links: Link[] = []
+    for (const m of batch) {
+      const link = linkOfNats(m.headers)
+      if (link) links.push(link)
+    }
+    const attributes = {
+      'messaging.system': 'nats',
+      'messaging.operation.type': 'process',
+      'messaging.destination.name': deps.stream,
+      'messaging.batch.message_count': batch.length,
+      'fanfare.projection': deps.projection.name,
+      'fanfare.partition': deps.partition,
+    }
+    return tracer.startActiveSpan(`fanfare.batch ${deps.projection.name}`, { kind: SpanKind.CONSUMER, links, attributes }, async (span: Span) => {
+      try {
+        const result = await apply()
+        return { result, headers: natsHeadersOf(span) }
+      } catch (err) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+        throw err
+      } finally {
+        span.end()
+      }
+    })
+  }
+
+  /**
    * Publishes a committed batch's runs while the runner goes on with the next batch; `publishing`
    * is set while they are in flight. A failure leaves the runs to the outbox sweeper.
    */
   let publishing: Promise<void> | undefined
-  const publishInBackground = (runs: OutboxRun[]): Promise<void> =>
-    publishRuns({ js: deps.js, prefix: deps.prefix, cleaner: deps.cleaner }, runs).then(
+  const publishInBackground = (runs: OutboxRun[], headers: MsgHdrs | undefined): Promise<void> =>
+    publishRuns({ js: deps.js, prefix: deps.prefix, cleaner: deps.cleaner }, runs, headers).then(
       () => void (publishing = undefined),
       (err) => {
         publishing = undefined
@@ -304,6 +351,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       pulling?.stop()
       await done
       await publishing
+      lag.remove()
       if (opts.deleteConsumer && name) await deps.jsm.consumers.delete(deps.stream, name).catch(() => {})
     },
   }
