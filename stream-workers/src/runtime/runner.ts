@@ -12,7 +12,7 @@ import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import { publishRuns, type OutboxCleaner, type OutboxRun } from './outbox'
-import { SpanKind, SpanStatusCode, type Link, type Span } from '@opentelemetry/api'
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api'
 import type { MsgHdrs } from '@nats-io/transport-node'
 import type { Metrics } from '../../../core/metrics'
 import { isTracing, linkOfNats, natsHeadersOf, tracer } from '../../../core/tracing'
@@ -217,16 +217,21 @@ export function startRunner(deps: RunnerDeps): Runner {
 
   /**
    * Applies a batch inside its span: a CONSUMER span linked to the context of every event that
-   * carried one (a batch has many parents), parent of the Postgres statement's span. Returns the
-   * result with the headers that carry the span on to the batch's change runs (none when the span
-   * is not sampled). With tracing off no link is looked for.
+   * carried one (a batch has many parents), parent of the Postgres statement's span. The first such
+   * event's context is also its parent, so that the trace of a traced event goes on through the
+   * worker to the push (and is sampled as that event was); a batch of untraced events is a root.
+   * Returns the result with the headers that carry the span on to the batch's change runs (none
+   * when the span is not sampled). With tracing off no header is looked at.
    */
   const tracedBatch = <T>(batch: JsMsg[], apply: () => Promise<T>): Promise<{ result: T; headers?: MsgHdrs }> => {
     if (!isTracing()) return apply().then((result) => ({ result }))
     const links: Link[] = []
+    let parent: Context = ROOT_CONTEXT
     for (const m of batch) {
       const link = linkOfNats(m.headers)
-      if (link) links.push(link)
+      if (!link) continue
+      if (links.length === 0) parent = trace.setSpanContext(ROOT_CONTEXT, link.context)
+      links.push(link)
     }
     const attributes = {
       'messaging.system': 'nats',
@@ -236,7 +241,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       'fanfare.projection': deps.projection.name,
       'fanfare.partition': deps.partition,
     }
-    return tracer.startActiveSpan(`fanfare.batch ${deps.projection.name}`, { kind: SpanKind.CONSUMER, links, attributes }, async (span: Span) => {
+    return tracer.startActiveSpan(`fanfare.batch ${deps.projection.name}`, { kind: SpanKind.CONSUMER, links, attributes }, parent, async (span: Span) => {
       try {
         const result = await apply()
         return { result, headers: natsHeadersOf(span) }
