@@ -1,4 +1,4 @@
-import { context, propagation, ROOT_CONTEXT, trace, type Context, type Link, type Span, type TextMapGetter } from '@opentelemetry/api'
+import { context, propagation, ROOT_CONTEXT, trace, type Context, type Link, type Span, type TextMapGetter, type Tracer } from '@opentelemetry/api'
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import { OTLPTraceExporter as JsonExporter } from '@opentelemetry/exporter-trace-otlp-http'
@@ -23,8 +23,11 @@ import type { Config } from './config'
  * so a process with tracing off pays a function call per span and nothing else. The trace context
  * travels as W3C `traceparent` headers: HTTP request -> JetStream event message -> worker batch
  * (linked) -> change run message -> API node push.
+ *
+ * A live binding: startTracing sets the SDK's tracer, and its stop puts the no-op back (a proxy
+ * tracer from the API would keep the stopped SDK's tracer for good).
  */
-export const tracer = trace.getTracer('fanfare')
+export let tracer: Tracer = trace.getTracer('fanfare')
 
 let started = false
 
@@ -82,6 +85,7 @@ export function startTracing(config: Config, defaultServiceName: string, exporte
   context.setGlobalContextManager(contextManager)
   propagation.setGlobalPropagator(new W3CTraceContextPropagator())
   trace.setGlobalTracerProvider(provider)
+  tracer = provider.getTracer('fanfare')
   started = true
   return {
     stop: async () => {
@@ -90,6 +94,7 @@ export function startTracing(config: Config, defaultServiceName: string, exporte
       trace.disable()
       propagation.disable()
       context.disable()
+      tracer = trace.getTracer('fanfare')
     },
   }
 }
