@@ -19,6 +19,7 @@ import { fanout } from './fanout'
 import { ingest } from './ingest'
 import { projection } from './projection'
 import { reactions } from './reactions'
+import { observability } from './observability'
 
 export type BenchRun = { machine: Machine; figures: Figure[]; notes: string[]; seconds: number }
 
@@ -32,6 +33,7 @@ export const benchmarks: Record<string, (ctx: BenchContext) => Promise<Figure[]>
   auth,
   presence,
   reactions,
+  observability,
 }
 
 export async function runBenchmarks(mode: 'smoke' | 'full', options: { only?: string[]; log?: (m: string) => void } = {}): Promise<BenchRun> {

@@ -120,7 +120,7 @@ describe('the observability profile', () => {
     const exprs: string[] = dashboard.panels.flatMap((p: any) => p.targets.map((t: any) => t.expr))
     expect(exprs.length).toBeGreaterThan(10)
     for (const p of dashboard.panels) for (const t of p.targets) expect(t.datasource.uid).toBe('fanfare-prometheus')
-    const registered = (await createMetrics().registry.getMetricsAsJSON()) as { name: string; type: string }[]
+    const registered = (await createMetrics().registry.getMetricsAsJSON()).map((m) => ({ name: m.name, type: String(m.type) }))
     // What a scrape shows: a histogram `h` as h_bucket, h_sum and h_count.
     const series = new Set(registered.flatMap((m) => (m.type === 'histogram' ? [`${m.name}_bucket`, `${m.name}_sum`, `${m.name}_count`] : [m.name])))
     const used = new Set(exprs.flatMap((e) => e.match(/\bfanfare_[a-z_]+/g) ?? []))
