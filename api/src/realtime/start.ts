@@ -48,6 +48,8 @@ export async function startRealtime(deps: {
   metrics?: Metrics
 }): Promise<Realtime> {
   const metrics = deps.metrics ?? createMetrics()
+  const committedAt = lastParsed()
+  const storedAt = lastParsed()
   const logger = deps.logger.child({ component: 'realtime' })
   let server: Server<unknown> | undefined
   const t = topology(deps.config)
@@ -192,5 +194,3 @@ function lastParsed(): (iso: string) => number {
     return ms
   }
 }
-const committedAt = lastParsed()
-const storedAt = lastParsed()
