@@ -94,7 +94,7 @@ export function createMetrics() {
   const disconnectsBy = new Map<number, Counter.Internal>()
 
   const ingested = new Counter({ name: 'fanfare_events_ingested_total', help: 'Events stored in JetStream by this node, by type and by how they came (http, ws, internal)', labelNames: ['type', 'via'], registers })
-  const ingestedBy = new Map<string, Counter.Internal>()
+  const ingestedBy = { http: new Map<string, Counter.Internal>(), ws: new Map<string, Counter.Internal>(), internal: new Map<string, Counter.Internal>() }
   const ingestDuration = new Histogram({ name: 'fanfare_ingest_duration_seconds', help: 'Time from a validated publish request to JetStream acknowledging all its events', buckets: LATENCY, registers })
   const rateLimited = new Counter({ name: 'fanfare_rate_limited_total', help: 'Requests and WebSocket commands refused by a rate limit, by what was refused', labelNames: ['what'], registers })
 
@@ -134,9 +134,9 @@ export function createMetrics() {
     ingest: {
       /** `count` events of `type` stored; `type` must be a known event type. */
       ingested: (type: string, via: 'http' | 'ws' | 'internal', count = 1) => {
-        const key = `${via} ${type}`
-        let c = ingestedBy.get(key)
-        if (!c) ingestedBy.set(key, (c = ingested.labels(type, via)))
+        const byType = ingestedBy[via]
+        let c = byType.get(type)
+        if (!c) byType.set(type, (c = ingested.labels(type, via)))
         c.inc(count)
       },
       duration: ingestDuration,
