@@ -18,7 +18,7 @@ type Send = (count: number) => Promise<number>
 type PhaseResult = { resyncs: number; accepted: number; acceptedPerSec: number; latency: LatencySummary; lagMs: number; sustainedPerSec: number }
 
 /** Runs one load phase and measures it at the subscriber and in Postgres. */
-async function phase(
+export async function phase(
   send: Send,
   sub: Subscriber,
   rows: () => Promise<number>,
@@ -82,7 +82,7 @@ async function phase(
 let runId = 0
 const nextRun = () => `e${Date.now().toString(36)}${runId++}`
 
-function restSender(api: { url: string }, token: string): Send {
+export function restSender(api: { url: string }, token: string): Send {
   return async (n) => {
     const run = nextRun()
     const events = Array.from({ length: n }, (_, i) => scoreEvent(run, i))
@@ -97,7 +97,7 @@ function restSender(api: { url: string }, token: string): Send {
 }
 
 /** A send that fails (timeout, refused) counts as not accepted instead of stopping the run. */
-const counted = (send: Send): Send => (n) => send(n).catch(() => 0)
+export const counted = (send: Send): Send => (n) => send(n).catch(() => 0)
 
 /** Publishes over a few WebSockets, one event per frame; resolves with the events acknowledged. */
 async function wsSender(port: number, token: string, sockets = 4): Promise<{ send: Send; close: () => void }> {

@@ -20,6 +20,7 @@ import { ingest } from './ingest'
 import { projection } from './projection'
 import { reactions } from './reactions'
 import { matches } from './matches'
+import { observability } from './observability'
 
 export type BenchRun = { machine: Machine; figures: Figure[]; notes: string[]; seconds: number }
 
@@ -34,6 +35,7 @@ export const benchmarks: Record<string, (ctx: BenchContext) => Promise<Figure[]>
   presence,
   reactions,
   matches,
+  observability,
 }
 
 export async function runBenchmarks(mode: 'smoke' | 'full', options: { only?: string[]; log?: (m: string) => void } = {}): Promise<BenchRun> {

@@ -190,6 +190,8 @@ export type ChangeNotice = {
   data: LeaderboardChange | ChatChange | StreamChange | PollChange | ReactionsChange | MatchChange | UserChange
   /** Commit time, ISO 8601. */
   at: string
+  /** When JetStream stored the oldest event of the batch that made this change, ISO 8601 (absent from older runs). */
+  stored?: string
 }
 
 /**
@@ -205,11 +207,13 @@ export type ChangeRun = {
   changes: ChangeNotice['data'][]
   /** Commit time, ISO 8601. */
   at: string
+  /** When JetStream stored the oldest event of the batch that made the run, ISO 8601 (for fanfare_event_to_push_seconds). */
+  stored?: string
 }
 
 /** The notices of a run, in version order. */
 export function noticesOf(run: ChangeRun): ChangeNotice[] {
-  return run.changes.map((data, i) => ({ channel: run.channel, version: run.version + i, epoch: run.epoch, data, at: run.at }))
+  return run.changes.map((data, i) => ({ channel: run.channel, version: run.version + i, epoch: run.epoch, data, at: run.at, ...(run.stored ? { stored: run.stored } : {}) }))
 }
 
 /** A run of one change: what tests and benchmarks publish to stand in for a worker. */

@@ -170,6 +170,27 @@ export const Env = Type.Object({
    * as they are.
    */
   FANFARE_EDGE_DOMAINS: Type.Optional(Type.String()),
+  /**
+   * A port on which this process (API node, stream workers or all-in-one) serves `GET /metrics`
+   * (Prometheus text) without authentication, for a scraper on a private network. Unset: none (an
+   * API node still serves `/metrics` on its own port to admin:read credentials).
+   */
+  FANFARE_METRICS_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
+  /** Traces go over OTLP/HTTP to this base URL (`/v1/traces` is added). Unset (and no traces endpoint): tracing is off. */
+  OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(Type.String({ pattern: '^https?://' })),
+  /** The full URL for traces, taking precedence over OTEL_EXPORTER_OTLP_ENDPOINT. */
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: Type.Optional(Type.String({ pattern: '^https?://' })),
+  OTEL_EXPORTER_OTLP_PROTOCOL: Type.Union([Type.Literal('http/protobuf'), Type.Literal('http/json')], { default: 'http/protobuf' }),
+  /** The service name on every span (default: fanfare-api, fanfare-workers or fanfare). */
+  OTEL_SERVICE_NAME: Type.Optional(Type.String({ minLength: 1 })),
+  OTEL_TRACES_SAMPLER: Type.Union(
+    ['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'].map((l) => Type.Literal(l)),
+    { default: 'parentbased_always_on' },
+  ),
+  /** The ratio of the `*traceidratio` samplers, 0..1 (default 1). */
+  OTEL_TRACES_SAMPLER_ARG: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
+  /** Logs: `json` (one JSON object a line), `pretty` (for people), or `auto`: pretty when stdout is a terminal. */
+  FANFARE_LOG_FORMAT: Type.Union([Type.Literal('auto'), Type.Literal('json'), Type.Literal('pretty')], { default: 'auto' }),
   LOG_LEVEL: Type.Union(
     ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
     { default: 'info' },

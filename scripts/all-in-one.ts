@@ -6,6 +6,7 @@ import { connectPostgres, migrate, openEmbedded, type Database } from '../core/d
 import { createLogger, type Logger } from '../core/logger'
 import { connectNats } from '../core/nats'
 import { upgradeNats } from '../core/upgrade'
+import { startObservability } from '../core/observability'
 import { startApi } from '../api/src/server'
 import { mintUserToken } from '../api/src/auth/mint'
 import { startWorkers } from '../stream-workers/src/workers'
@@ -60,7 +61,7 @@ export async function startAllInOne(
     // The demo page is part of trying Fanfare out on one machine, which is what this mode is for.
     FANFARE_DEMO: parsed.FANFARE_DEMO ?? 'on',
   }
-  const log = logger ?? createLogger(config.LOG_LEVEL, { service: 'fanfare', mode: 'all-in-one' })
+  const log = logger ?? createLogger(config.LOG_LEVEL, { service: 'fanfare', mode: 'all-in-one' }, { format: config.FANFARE_LOG_FORMAT })
   const dataDir = resolve(config.FANFARE_DATA_DIR)
 
   // Undo list, run in reverse when a step fails or on stop.
@@ -89,6 +90,9 @@ export async function startAllInOne(
       database = await openEmbedded(dataDir)
     }
     stops.push({ name: 'database', run: () => database.close() })
+    // One registry for both sides of this process (stopped after them: it exports the last spans).
+    const observability = startObservability(config, 'fanfare', log)
+    stops.push({ name: 'observability', run: observability.stop })
     await migrate(database)
     log.info('migrations applied')
 
@@ -120,11 +124,12 @@ export async function startAllInOne(
       db: database.db,
       nc,
       logger: log.child({ component: 'workers' }),
+      metrics: observability.metrics,
       onFatal,
     })
     stops.push({ name: 'workers', run: () => workers.stop() })
 
-    const api = await startApi({ config: runConfig, db: database.db, nc, logger: log.child({ component: 'api' }) })
+    const api = await startApi({ config: runConfig, db: database.db, nc, logger: log.child({ component: 'api' }), metrics: observability.metrics })
     stops.push({ name: 'api', run: () => api.stop() })
 
     const host = runConfig.HOST === '0.0.0.0' || runConfig.HOST === '::' ? '127.0.0.1' : runConfig.HOST

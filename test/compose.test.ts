@@ -6,6 +6,7 @@ import addFormats from 'ajv-formats'
 import { parse } from 'yaml'
 import { loadConfig } from '../core/config'
 import { parseNatsServers } from '../core/net'
+import { createMetrics } from '../core/metrics'
 
 // No Docker engine runs on the build machines: the compose file is checked against the Compose
 // Specification's JSON schema. The reference copy lives in the shared folder beside the repository
@@ -39,13 +40,15 @@ describe('compose.yaml', () => {
     expect(valid ? [] : validate.errors).toEqual([])
   })
 
-  test('defines every service Fanfare runs, and the cluster profile\'s', () => {
+  test('defines every service Fanfare runs, the cluster profile\'s, and Prometheus and Grafana only in the observability profile', () => {
     const byProfile = (profile?: string) =>
       Object.keys(compose.services)
         .filter((name) => (profile ? compose.services[name].profiles?.includes(profile) : !compose.services[name].profiles))
         .sort()
     expect(byProfile()).toEqual(['api', 'migrate', 'nats', 'postgres', 'stream-workers'])
     expect(byProfile('cluster')).toEqual(['api-cluster', 'migrate-cluster', 'nats-1', 'nats-2', 'nats-3', 'stream-workers-cluster'])
+    expect(compose.services.prometheus.profiles).toEqual(['observability'])
+    expect(compose.services.grafana.profiles).toEqual(['observability'])
   })
 
   test('runs more than one stream worker', () => {
@@ -131,6 +134,51 @@ describe('compose.yaml, profile cluster', () => {
     }
     expect(compose.services['stream-workers-cluster'].deploy.replicas).toBeGreaterThan(1)
     expect(compose.services['api-cluster'].healthcheck.test.join(' ')).toContain('/readyz')
+  })
+})
+
+describe('the observability profile', () => {
+  const read = (path: string) => readFileSync(resolve(repoRoot, path), 'utf8')
+  /** The host paths compose mounts into a service, by the container path. */
+  const mounts = (svc: Service) => Object.fromEntries((svc.volumes as string[]).filter((v) => v.startsWith('./')).map((v) => [v.split(':')[1], v.split(':')[0]]))
+
+  test('every Fanfare process serves metrics on FANFARE_METRICS_PORT, and Prometheus scrapes each service there', () => {
+    const port = compose.services.api.environment.FANFARE_METRICS_PORT
+    expect(port).toMatch(/^\d+$/)
+    for (const name of ['api', 'stream-workers']) expect(compose.services[name].environment.FANFARE_METRICS_PORT).toBe(port)
+    const prometheusYml = mounts(compose.services.prometheus)['/etc/prometheus/prometheus.yml']
+    expect(existsSync(resolve(repoRoot, prometheusYml))).toBe(true)
+    const config = parse(read(prometheusYml)) as { scrape_configs: any[] }
+    const targets = config.scrape_configs.flatMap((c) => [
+      ...(c.static_configs ?? []).flatMap((s: any) => s.targets),
+      ...(c.dns_sd_configs ?? []).flatMap((d: any) => d.names.map((n: string) => `${n}:${d.port}`)),
+    ])
+    expect(targets.sort()).toEqual([`api:${port}`, `stream-workers:${port}`])
+    // Not published: the unauthenticated port stays on the compose network.
+    expect(JSON.stringify(compose.services.api.ports)).not.toContain(port)
+  })
+
+  test('Grafana is provisioned with the Prometheus data source and the dashboard kept in the repo', () => {
+    const m = mounts(compose.services.grafana)
+    const datasources = parse(read(`${m['/etc/grafana/provisioning']}/datasources/prometheus.yml`)) as { datasources: any[] }
+    expect(datasources.datasources[0]).toMatchObject({ type: 'prometheus', url: 'http://prometheus:9090', uid: 'fanfare-prometheus' })
+    const providers = parse(read(`${m['/etc/grafana/provisioning']}/dashboards/fanfare.yml`)) as { providers: any[] }
+    expect(providers.providers[0].options.path).toBe('/var/lib/grafana/dashboards')
+    expect(existsSync(resolve(repoRoot, m['/var/lib/grafana/dashboards'], 'fanfare.json'))).toBe(true)
+  })
+
+  test('the dashboard parses and queries only metrics the code registers (and shows every one of them)', async () => {
+    const dashboard = JSON.parse(read('deploy/grafana/dashboards/fanfare.json'))
+    const exprs: string[] = dashboard.panels.flatMap((p: any) => p.targets.map((t: any) => t.expr))
+    expect(exprs.length).toBeGreaterThan(10)
+    for (const p of dashboard.panels) for (const t of p.targets) expect(t.datasource.uid).toBe('fanfare-prometheus')
+    const registered = (await createMetrics().registry.getMetricsAsJSON()).map((m) => ({ name: m.name, type: String(m.type) }))
+    // What a scrape shows: a histogram `h` as h_bucket, h_sum and h_count.
+    const series = new Set(registered.flatMap((m) => (m.type === 'histogram' ? [`${m.name}_bucket`, `${m.name}_sum`, `${m.name}_count`] : [m.name])))
+    const used = new Set(exprs.flatMap((e) => e.match(/\bfanfare_[a-z_]+/g) ?? []))
+    expect([...used].filter((name) => !series.has(name))).toEqual([])
+    const shown = registered.filter((m) => [...used].some((u) => u === m.name || u.startsWith(`${m.name}_`))).map((m) => m.name)
+    expect(shown.sort()).toEqual(registered.map((m) => m.name).sort())
   })
 })
 

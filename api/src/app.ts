@@ -10,6 +10,8 @@ import { createAudit } from './modules/audit/service'
 import { eventsModule } from './modules/events'
 import { createIngest } from './modules/events/service'
 import { healthModule } from './modules/health'
+import { metricsModule } from './modules/metrics'
+import { createMetrics } from '../../core/metrics'
 import { presenceModule } from './modules/presence'
 import { keysModule } from './modules/keys'
 import { revocationsModule } from './modules/revocations'
@@ -33,9 +35,10 @@ import { originsPlugin } from './limits/origins'
 export function createApp(deps: ApiDeps) {
   const { config, db, nc, logger } = deps
   const readDb = deps.readDb ?? db
-  const ingest = deps.ingest ?? createIngest({ config, nc, logger })
+  const metrics = deps.metrics ?? createMetrics()
+  const ingest = deps.ingest ?? createIngest({ config, nc, logger, metrics })
   const { eventStream } = topology(config)
-  const limits = deps.limits ?? createLimits({ config })
+  const limits = deps.limits ?? createLimits({ config, metrics })
   // One instance for every module: Elysia de-duplicates it by name and seed.
   const auth = authPlugin({ authenticator: deps.security.authenticator, config, rates: limits.rates })
   const audit = createAudit({ db, logger })
@@ -73,6 +76,7 @@ export function createApp(deps: ApiDeps) {
     .use(jsonBody(config.FANFARE_MAX_BODY_BYTES))
     .use(docsModule())
     .use(healthModule({ db, nc, eventStream, feeds: deps.realtime?.feeds }))
+    .use(metricsModule({ auth, metrics }))
     .use(eventsModule(auth, ingest))
     .use(leaderboardsModule({ db: readDb, auth }))
     .use(roomsModule({ db: readDb, auth, rooms: deps.security.rooms }))

@@ -3,6 +3,7 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../core/config'
 import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
+import type { Metrics } from '../../core/metrics'
 import type { Ingest } from './modules/events/service'
 import type { Security } from './auth/security'
 import type { FeedStatus } from './realtime/change-feed'
@@ -20,6 +21,8 @@ export type ApiDeps = {
   readDb?: Db
   nc: NatsConnection
   logger: Logger
+  /** The process's metrics (GET /metrics); a registry of its own when absent. */
+  metrics?: Metrics
   /** Who is calling and what they may do (see startSecurity). */
   security: Security
   /** An ingest service to share with other layers; created from config/nc/logger when absent. */

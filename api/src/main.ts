@@ -1,6 +1,7 @@
 import { ConfigError, loadConfig, type Config } from '../../core/config'
 import { connectPostgres } from '../../core/db/client'
 import { createLogger } from '../../core/logger'
+import { startObservability } from '../../core/observability'
 import { connectNats, ensureStreams } from '../../core/nats'
 import { startApi } from './server'
 
@@ -24,13 +25,14 @@ function configOrExit(): Config {
 }
 
 const config = configOrExit()
-const logger = createLogger(config.LOG_LEVEL, { service: 'fanfare-api' })
+const logger = createLogger(config.LOG_LEVEL, { service: 'fanfare-api' }, { format: config.FANFARE_LOG_FORMAT })
+const observability = startObservability(config, 'fanfare-api', logger)
 const database = await connectPostgres(config.DATABASE_URL!)
 // Snapshots and REST reads only (a replica); the existing snapshot-older-than-live check covers its lag.
 const readDatabase = config.DATABASE_READ_URL ? await connectPostgres(config.DATABASE_READ_URL) : undefined
 const nc = await connectNats(config.NATS_URL!, 'fanfare-api')
 await ensureStreams(nc, config)
-const api = await startApi({ config, db: database.db, readDb: readDatabase?.db, nc, logger })
+const api = await startApi({ config, db: database.db, readDb: readDatabase?.db, nc, logger, metrics: observability.metrics })
 
 let shuttingDown = false
 async function shutdown(signal: string) {
@@ -42,6 +44,7 @@ async function shutdown(signal: string) {
     await nc.drain()
     await database.close()
     await readDatabase?.close()
+    await observability.stop()
     process.exit(0)
   } catch (err) {
     logger.error({ err }, 'error during shutdown')

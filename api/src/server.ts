@@ -1,3 +1,4 @@
+import { createMetrics } from '../../core/metrics'
 import { createApp } from './app'
 import type { ApiDeps } from './deps'
 import { startRealtime } from './realtime/start'
@@ -23,12 +24,13 @@ export type RunningApi = {
  * WebSocket routes, and listens on config.HOST:config.PORT.
  */
 export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Promise<RunningApi> {
+  const metrics = deps.metrics ?? createMetrics()
   const security = await startSecurity(deps)
-  const realtime = await startRealtime({ ...deps, security, snapshot: snapshotReader(deps.readDb ?? deps.db) })
-  const limits = createLimits({ config: deps.config })
+  const realtime = await startRealtime({ ...deps, metrics, security, snapshot: snapshotReader(deps.readDb ?? deps.db) })
+  const limits = createLimits({ config: deps.config, metrics })
   // One ingest service for REST, WebSocket and the viewer sampler: one in-flight budget per node.
-  const ingest = deps.ingest ?? createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger })
-  const app = createApp({ ...deps, security, realtime, limits, ingest })
+  const ingest = deps.ingest ?? createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger, metrics })
+  const app = createApp({ ...deps, metrics, security, realtime, limits, ingest })
   app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
   const server = app.server
   if (!server) throw new Error('the API server did not start')

@@ -24,7 +24,8 @@ const validBodies: Record<string, unknown[]> = {
 }
 
 /** The bootstrap credential a route accepts: admin routes need the admin token, publishing the ingest one. */
-const tokenFor = (h: ApiHarness, path: string) => (path.startsWith('/admin') ? h.adminToken : h.ingestToken)
+// Admin routes (and /metrics, which needs admin:read) take the admin token.
+const tokenFor = (h: ApiHarness, path: string) => (path.startsWith('/admin') || path === '/metrics' ? h.adminToken : h.ingestToken)
 
 /**
  * Where a problem with the unknown field at `pointer` (into the body) is reported: the body's

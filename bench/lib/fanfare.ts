@@ -15,7 +15,7 @@ export type Deployment = {
   api?: { proc: Proc; url: string; port: number }
   workers: Proc[]
   startApi: (extraEnv?: Record<string, string>) => Promise<{ proc: Proc; url: string; port: number }>
-  startWorker: () => Proc
+  startWorker: (extraEnv?: Record<string, string>) => Proc
   close: () => Promise<void>
 }
 
@@ -63,8 +63,8 @@ export async function deploy(overrides: Record<string, string> = {}): Promise<De
       d.api = { proc, url, port }
       return d.api
     },
-    startWorker: () => {
-      const proc = spawnProc(`worker-${d.workers.length + 1}`, 'stream-workers/src/main.ts', { ...env.vars, ...profiling() })
+    startWorker: (extraEnv = {}) => {
+      const proc = spawnProc(`worker-${d.workers.length + 1}`, 'stream-workers/src/main.ts', { ...env.vars, ...profiling(), ...extraEnv })
       procs.push(proc)
       d.workers.push(proc)
       return proc

@@ -1,6 +1,7 @@
 import { ConfigError, loadConfig } from '../../core/config'
 import { connectBunSql } from '../../core/db/client'
 import { createLogger } from '../../core/logger'
+import { startObservability } from '../../core/observability'
 import { connectNats } from '../../core/nats'
 import { startWorkers } from './workers'
 
@@ -25,7 +26,8 @@ async function main() {
     process.stderr.write(`fanfare stream-workers: ${missing.join(' and ')} must be set (the embedded mode is \`npm start\`)\n`)
     process.exit(1)
   }
-  const logger = createLogger(config.LOG_LEVEL, { service: 'stream-workers' })
+  const logger = createLogger(config.LOG_LEVEL, { service: 'stream-workers' }, { format: config.FANFARE_LOG_FORMAT })
+  const observability = startObservability(config, 'fanfare-workers', logger)
   // Bun's SQL client, not postgres.js: see connectBunSql on surviving killed backends.
   const database = await connectBunSql(config.DATABASE_URL!)
   const nc = await connectNats(config.NATS_URL!, `fanfare-workers-${process.pid}`)
@@ -34,6 +36,7 @@ async function main() {
     db: database.db,
     nc,
     logger,
+    metrics: observability.metrics,
     onFatal: (err) => {
       logger.fatal({ err }, 'stream worker failed; exiting')
       process.exit(1)
@@ -48,6 +51,7 @@ async function main() {
       await workers.stop()
       await nc.drain().catch(() => nc.close())
       await database.close()
+      await observability.stop()
     } catch (err) {
       logger.error({ err }, 'error while stopping')
     }

@@ -5,6 +5,7 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../core/config'
 import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
+import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
 import { projections as allProjections, type Projection } from './projections'
 import { startRebuildJobs } from './rebuild/jobs'
@@ -29,6 +30,8 @@ export type WorkersDeps = {
   /** Projections to run; default all. */
   projections?: readonly Projection[]
   now?: () => Date
+  /** The process's metrics; a registry of its own when absent (tests). */
+  metrics?: Metrics
 }
 
 export type Workers = {
@@ -57,6 +60,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const js = jetstream(nc)
   const kv = await openLeaseBucket(nc, config)
   const projections = deps.projections ?? allProjections
+  const metrics = deps.metrics ?? createMetrics()
   let fatalReported = false
   const onFatal = (err: unknown) => {
     if (fatalReported) return
@@ -101,6 +105,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
             hooks: deps.hooks,
             onFenced: () => leases.drop(partition),
             onFatal,
+            metrics,
           }),
         ),
       )

@@ -1,4 +1,5 @@
 import type { Config } from '../../../core/config'
+import type { Metrics } from '../../../core/metrics'
 import type { Principal } from '../auth/principal'
 import { Invalid, RateLimited, retryAfterSeconds } from '../errors'
 import { clientAddress, type ClientAddress } from './client-ip'
@@ -24,9 +25,9 @@ export type Limits = {
 /** Most channels one WebSocket may watch. */
 export const MAX_SUBSCRIPTIONS = 100
 
-export function createLimits(deps: { config: Config; now?: () => number; maxSubscriptions?: number }): Limits {
+export function createLimits(deps: { config: Config; now?: () => number; maxSubscriptions?: number; metrics?: Metrics }): Limits {
   const maxSubscriptions = deps.maxSubscriptions ?? MAX_SUBSCRIPTIONS
-  const rates = createRateLimits({ config: deps.config, maxSubscriptions, now: deps.now })
+  const rates = createRateLimits({ config: deps.config, maxSubscriptions, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
   const connections = createConnectionLimits({ config: deps.config, now: deps.now })
   return {
     rates,

@@ -57,7 +57,17 @@ export type ConnectionRates = {
 
 type Limited = { bucket: TokenBucket; message: string }
 
-export function createRateLimits(deps: { config: RateConfig; maxSubscriptions: number; now?: () => number }): RateLimits {
+export function createRateLimits(deps: {
+  config: RateConfig
+  maxSubscriptions: number
+  now?: () => number
+  /** Told of every refusal (fanfare_rate_limited_total). */
+  onRefused?: (what: 'rest' | 'ws_publish' | 'ws_subscribe') => void
+}): RateLimits {
+  const counted = (what: 'rest' | 'ws_publish' | 'ws_subscribe', r: RateRefusal | undefined) => {
+    if (r) deps.onRefused?.(what)
+    return r
+  }
   const { config: c } = deps
   const now = deps.now ?? (() => performance.now())
   const budgets = new Map<string, Limited>()
@@ -79,7 +89,7 @@ export function createRateLimits(deps: { config: RateConfig; maxSubscriptions: n
   pruning.unref?.()
 
   const limits: RateLimits = {
-    charge: (p, cost = 1) => chargeAll([budgetOf(p)], cost),
+    charge: (p, cost = 1) => counted('rest', chargeAll([budgetOf(p)], cost)),
     capacityOf: (p) => budgetOf(p)?.bucket.capacity,
     connection() {
       const publishes: Limited = {
@@ -96,8 +106,8 @@ export function createRateLimits(deps: { config: RateConfig; maxSubscriptions: n
       return {
         // A key's sockets share the key's budget only: a game server may spread its events over
         // any number of sockets, and what it may send in all is the key's to say.
-        publish: (p) => chargeAll([p.kind === 'user' ? publishes : undefined, budgetOf(p)], 1),
-        subscribe: (p) => chargeAll([subscribes, budgetOf(p)], 1),
+        publish: (p) => counted('ws_publish', chargeAll([p.kind === 'user' ? publishes : undefined, budgetOf(p)], 1)),
+        subscribe: (p) => counted('ws_subscribe', chargeAll([subscribes, budgetOf(p)], 1)),
         abusive: (r) => meter.refused(r.perSecond),
       }
     },

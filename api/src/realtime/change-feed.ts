@@ -4,6 +4,8 @@ import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/chan
 import type { Logger } from '../../../core/logger'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { identityOf } from '../../../core/nats'
+import { SpanKind, type Context } from '@opentelemetry/api'
+import { contextOfNats, tracer } from '../../../core/tracing'
 
 /** Whether a change feed is following its stream now, for readiness checks and logs. */
 export type FeedStatus = {
@@ -53,6 +55,8 @@ export async function startChangeFeed(deps: {
   logger: Logger
   onNotice: (notice: ChangeNotice) => void
   onResync: () => void
+  /** Sockets of this node subscribed to a channel (the push span's recipient count). */
+  recipients?: (channel: string) => number
   lookBackMs?: number
   /** How often the watchdog compares the stream's last sequence with what was delivered. */
   checkEveryMs?: number
@@ -154,6 +158,20 @@ export async function startChangeFeed(deps: {
     }
   })()
 
+  /** Hands a traced run's notices to the hub inside a push span (the hub sends in-order ones at once). */
+  const push = (parent: Context, notices: ChangeNotice[]) => {
+    const channel = notices[0].channel
+    const attributes = { 'messaging.system': 'nats', 'messaging.operation.type': 'process', 'messaging.destination.name': deps.stream, 'fanfare.changes': notices.length }
+    tracer.startActiveSpan('fanfare.push', { kind: SpanKind.CONSUMER, attributes }, parent, (span) => {
+      try {
+        for (const n of notices) deps.onNotice(n)
+        span.setAttribute('fanfare.recipients', deps.recipients?.(channel) ?? 0)
+      } finally {
+        span.end()
+      }
+    })
+  }
+
   // Resolved once the first attempt to follow has been made (followed or not): the node starts
   // serving with its feeds in place, and readiness says whether they follow.
   let started!: () => void
@@ -211,7 +229,10 @@ export async function startChangeFeed(deps: {
             log.error({ err, subject: m.subject, seq: m.seq }, 'unreadable change run')
             continue
           }
-          for (const n of notices) deps.onNotice(n)
+          // A run whose batch was traced carries its context: its push is a span of that trace.
+          const traced = m.headers ? contextOfNats(m.headers) : undefined
+          if (traced && notices.length > 0) push(traced, notices)
+          else for (const n of notices) deps.onNotice(n)
         }
         if (!stopped() && following) interrupt('consumer ended')
       } catch (err) {

@@ -40,6 +40,11 @@ export type HubDeps = {
    * frame has `from` (its first version) and `version` (its last). Undefined: one frame per update.
    */
   windowOf?: (channel: string) => Window | undefined
+  /**
+   * Told of each update as it goes out to the channel's topic (a windowed channel: the newest
+   * update of each frame), for the commit-to-push metrics.
+   */
+  onPushed?: (notice: ChangeNotice) => void
 }
 
 /** How a windowed channel coalesces its updates (see HubDeps.windowOf). */
@@ -201,6 +206,7 @@ export function createChannelHub(deps: HubDeps) {
       if (st.windowTimer === undefined) st.windowTimer = timers.set(() => flushWindow(channel, st), st.window.ms)
     } else {
       deps.publish(channel, text)
+      deps.onPushed?.(notice)
     }
     for (const j of st.joiners) {
       if (j.buffer) j.buffer.push(notice)
@@ -230,6 +236,7 @@ export function createChannelHub(deps: HubDeps) {
     if (!p) return
     st.pending = undefined
     deps.publish(channel, frames.merged(p.from, p.to, p.data))
+    deps.onPushed?.(p.to)
   }
 
   /**

@@ -3,6 +3,9 @@ import { channelOf, parseChannel, presenceTarget } from '../../../core/channels'
 import type { Config } from '../../../core/config'
 import type { EventInput } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
+import type { Metrics } from '../../../core/metrics'
+import { contextOfTraceparent } from '../../../core/tracing'
+import type { PublishOptions } from '../modules/events/service'
 import type { Authenticator } from '../auth/authenticate'
 import { maySubscribe } from '../auth/permissions'
 import { ANONYMOUS, principalId, type Principal } from '../auth/principal'
@@ -23,7 +26,9 @@ export type RealtimeDeps = {
   hub: ChannelHub
   /** Who is in tracked channels, and the `presence:<channel>` subscriptions. */
   presence: Presence
-  publish: (events: EventInput[], principal: Principal) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
+  publish: (events: EventInput[], principal: Principal, opts?: PublishOptions) => Promise<{ id: string; seq: number; duplicate: boolean }[]>
+  /** The process's metrics (frames sent, disconnects, connection and subscription counts). */
+  metrics: Metrics
   authenticator: Authenticator
   revocations: Pick<Revocations, 'onChange'>
   rooms: RoomAccess
@@ -97,6 +102,16 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     return result
   }
   const send = (conn: Connection, frame: ServerFrame) => conn.sink.send(JSON.stringify(frame))
+  // Read when scraped: nothing is counted per subscribe.
+  deps.metrics.ws.watch({
+    connections: () => connections.size,
+    subscriptions: () => {
+      let n = 0
+      for (const c of connections.values()) n += c.channels.size
+      return n
+    },
+    channels: () => deps.hub.stats().filter((s) => s.subscribers > 0).length,
+  })
   // Acks complete together (one JetStream reply read acknowledges many publishes), outside Bun's
   // own corking of the message handler: each send would be a socket write. They are queued per
   // socket and sent at the end of the turn in one corked write.
@@ -106,6 +121,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       const frames = conn.acks
       conn.acks = []
       if (raw.readyState === 1) raw.cork(() => frames.forEach((f) => sent(raw, raw.send(f))))
+      deps.metrics.ws.sentOp('ack', frames.length)
     }
     acking.clear()
   }
@@ -285,7 +301,10 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         timers: [],
         sink: {
           id: ws.id,
-          send: (text) => sent(raw, raw.send(text)),
+          send: (text) => {
+            deps.metrics.ws.sent(text)
+            return sent(raw, raw.send(text))
+          },
           subscribe: (topic) => raw.subscribe(topic),
           unsubscribe: (topic) => void (raw.readyState === 1 && raw.unsubscribe(topic)),
           overflow: () => raw.close(CLOSE.SLOW_CONSUMER, 'slow consumer: reconnect and subscribe again'),
@@ -339,7 +358,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             if (refused) return void rateLimited(conn, frame.ref, refused)
             conn.inFlight++
             try {
-              const [result] = await deps.publish([frame.event], conn.principal)
+              const [result] = await deps.publish([frame.event], conn.principal, { via: 'ws', trace: contextOfTraceparent(frame.traceparent) })
               return void ackLater(ws.raw as unknown as AckSocket, conn, { op: 'ack', ref: frame.ref, ...result })
             } finally {
               conn.inFlight--
@@ -392,7 +411,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         reply({ op: 'error', ref: frame.ref, ...(frame.op === 'subscribe' ? { channel: frame.channel } : {}), error: body })
       }
     },
-    close(ws) {
+    close(ws, code) {
+      deps.metrics.ws.disconnected(code)
       deps.sockets?.open.delete(ws.id)
       const conn = connections.get(ws.id)
       if (!conn) return

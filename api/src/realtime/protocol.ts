@@ -19,7 +19,16 @@ import type { PresenceSnapshot, PresenceUpdate } from '../presence/feed'
 const Ref = Type.Optional(Type.String({ maxLength: 64 }))
 const strict = { additionalProperties: false } as const
 
-export const PublishFrame = Type.Object({ op: Type.Literal('publish'), ref: Ref, event: EventInput }, strict)
+export const PublishFrame = Type.Object(
+  {
+    op: Type.Literal('publish'),
+    ref: Ref,
+    event: EventInput,
+    /** W3C trace context (`00-<trace id>-<span id>-<flags>`): the event joins the client's trace. */
+    traceparent: Type.Optional(Type.String({ maxLength: 128 })),
+  },
+  strict,
+)
 export const SubscribeFrame = Type.Object(
   {
     op: Type.Literal('subscribe'),

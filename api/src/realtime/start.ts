@@ -1,8 +1,9 @@
 import type { Server } from 'bun'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { channelKinds } from '../../../core/channels'
+import { channelKinds, type ChannelKind } from '../../../core/channels'
 import type { Config } from '../../../core/config'
 import type { Logger } from '../../../core/logger'
+import { createMetrics, type Metrics } from '../../../core/metrics'
 import { topology } from '../../../core/nats'
 import type { Ingest } from '../modules/events/service'
 import { startChangeFeed, type FeedStatus } from './change-feed'
@@ -45,7 +46,12 @@ export async function startRealtime(deps: {
   security: Security
   snapshot: (channel: string) => Promise<Snapshot>
   gapTimeoutMs?: number
+  /** The process's metrics; a registry of its own when absent. */
+  metrics?: Metrics
 }): Promise<Realtime> {
+  const metrics = deps.metrics ?? createMetrics()
+  const committedAt = lastParsed()
+  const storedAt = lastParsed()
   const logger = deps.logger.child({ component: 'realtime' })
   let server: Server<unknown> | undefined
   const t = topology(deps.config)
@@ -73,9 +79,16 @@ export async function startRealtime(deps: {
     snapshot: deps.snapshot,
     history: historyReader({ nc: deps.nc, streams: t.changeStreams, prefix: t.prefix }),
     publish: (topic, text) => {
+      if (!server) return
       // -1: Bun queued the message for some subscriber; 0: dropped it for some (past Bun's own
       // limit) or there was none: look at that channel's sockets.
-      if ((server?.publish(topic, text) ?? 1) <= 0) closeSlowOf(topic)
+      if (server.publish(topic, text) <= 0) closeSlowOf(topic)
+      // Counted once per publish, by its recipients (not once per frame sent).
+      metrics.ws.sent(text, server.subscriberCount(topic))
+    },
+    onPushed: (n) => {
+      const now = Date.now()
+      metrics.push.pushed(kindOf(n.channel), committedAt(n.at), n.stored === undefined ? undefined : storedAt(n.stored), now)
     },
     gapTimeoutMs: deps.gapTimeoutMs ?? 5000,
     // Reactions come by the thousand a second: their subscribers get one frame per window.
@@ -83,7 +96,21 @@ export async function startRealtime(deps: {
     onError: (err, channel) => logger.error({ err, channel }, 'resync failed; retrying'),
   })
   // Presence frames go to `presence:<channel>` topics like any other channel's.
-  const presence = startPresence({ config: deps.config, nc: deps.nc, logger, publish: (topic, text) => void server?.publish(topic, text) })
+  const presence = startPresence({
+    config: deps.config,
+    nc: deps.nc,
+    logger,
+    publish: (topic, text) => {
+      if (!server) return
+      server.publish(topic, text)
+      metrics.ws.sent(text, server.subscriberCount(topic))
+    },
+  })
+  metrics.presence.watch(() => {
+    let users = 0
+    for (const channel of presence.channels()) users += presence.totals(channel).users.length
+    return users
+  })
   const feeds = await Promise.all(
     channelKinds.map((kind) =>
       startChangeFeed({
@@ -92,6 +119,7 @@ export async function startRealtime(deps: {
         logger,
         onNotice: (n) => hub.onNotice(n),
         onResync: () => void hub.resyncAll(kind),
+        recipients: (channel) => server?.subscriberCount(channel) ?? 0,
       }),
     ),
   )
@@ -128,6 +156,7 @@ export async function startRealtime(deps: {
         rooms: deps.security.rooms,
         logger,
         sockets,
+        metrics,
       }),
     bind: (s) => void (server = s),
     feeds: () => feeds.map((f) => f.status()),
@@ -155,5 +184,27 @@ export async function startRealtime(deps: {
       await Promise.all(feeds.map((f) => f.stop()))
       hub.stop()
     },
+  }
+}
+
+/** A channel's kind without allocating (a name is `<kind>:<rest>`); `other` for none. */
+function kindOf(channel: string): ChannelKind | 'other' {
+  for (const kind of channelKinds) if (channel.startsWith(kind) && channel.charCodeAt(kind.length) === 58 /* : */) return kind
+  return 'other'
+}
+
+/**
+ * Parses ISO times, remembering the last one: every notice of a run carries the same times, so a
+ * run of 60 changes costs one parse, not 60.
+ */
+function lastParsed(): (iso: string) => number {
+  let text = ''
+  let ms = 0
+  return (iso) => {
+    if (iso !== text) {
+      text = iso
+      ms = Date.parse(iso)
+    }
+    return ms
   }
 }

@@ -4,6 +4,8 @@ import { and, eq, sql, type SQL } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
 import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api'
+import { tracer } from '../../../core/tracing'
 import type { Applied, Projection, SequencedEvent } from '../projections/types'
 import { deadLetterWrite, guessEventId, replayOutcomeWrite, type DeadLetter } from './dead-letters'
 import { CheckpointMovedError, FencedError, StaleReadError, StreamChangedError } from './errors'
@@ -143,7 +145,9 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
   else if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
   const eventsOut = eventOutboxWrite(derived, now, when)
   if (eventsOut) members.push(eventsOut)
-  const outbox = outboxWrite(changes, now, when)
+  // The oldest event's stored time: each run carries it for fanfare_event_to_push_seconds.
+  const storedAt = fresh.reduce((min, m) => (m.storedAt < min ? m.storedAt : min), fresh[0].storedAt)
+  const outbox = outboxWrite(changes, now, when, storedAt)
   if (outbox) members.push(outbox)
   // The select list runs the members in this order: guard (and its recheck), the read-model writes,
   // then the outbox, whose version upsert locks the channel version rows that every partition
@@ -151,7 +155,7 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
   // commit only, not for the read-model write too (hundreds of rows in a full batch): with the
   // model written after them, every partition's batches queued behind each other's writes
   // (2 worker processes: 14k -> 27k events/s in the projection benchmark).
-  const [row] = await rowsOf<{ ok: number; rechecked: boolean; runs: string; events: string }>(
+  const statement = () => rowsOf<{ ok: number; rechecked: boolean; runs: string; events: string }>(
     db,
     sql`with ${sql.join(members, sql`, `)}
         select (select count(*) from guard)::int as ok,
@@ -159,6 +163,17 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
           ${writes.length > 0 ? sql.join(writes.map((_, i) => sql.raw(`(select count(*) from model_${i})`)), sql` + `) : sql`0`} as written,
           ${outbox ? insertedRuns : sql`'[]'`} as runs,
           ${eventsOut ? insertedEvents : sql`'[]'`} as events`,
+  )
+  const [row] = await tracer.startActiveSpan(
+    'postgres batch statement',
+    { kind: SpanKind.CLIENT, attributes: { 'db.system.name': 'postgresql', 'db.operation.name': 'WITH', 'fanfare.projection': projection.name, 'fanfare.events': events.length } },
+    (span) =>
+      statement()
+        .catch((err) => {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+          throw err
+        })
+        .finally(() => span.end()),
   )
   if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
   if (stillFailing !== undefined) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint, stillFailing }

@@ -1,4 +1,5 @@
 import type { JetStreamClient } from '@nats-io/jetstream'
+import type { MsgHdrs } from '@nats-io/transport-node'
 import { asc, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db, Tx } from '../../../core/db/client'
 import { recordset } from '../../../core/db/recordset'
@@ -72,7 +73,7 @@ const MAX_RUN_CHARS = 256 * 1024
  * channel (one board spans partitions) get disjoint, consecutive versions; channels are locked in
  * sorted order to avoid deadlocks between such batches. Undefined when there are no changes.
  */
-export function outboxWrite(changes: Change[], now: Date, when: SQL): SQL | undefined {
+export function outboxWrite(changes: Change[], now: Date, when: SQL, storedAt?: Date): SQL | undefined {
   if (changes.length === 0) return undefined
   const byChannel = new Map<string, Change['data'][]>()
   for (const c of changes) {
@@ -102,7 +103,7 @@ export function outboxWrite(changes: Change[], now: Date, when: SQL): SQL | unde
     }
     close()
   }
-  const at = JSON.stringify(now.toISOString())
+  const at = JSON.stringify(now.toISOString()) + (storedAt ? `,"stored":${JSON.stringify(storedAt.toISOString())}` : '')
   return sql`pending as (
       select * from ${recordset('r', { channel: 'text', total: 'bigint', offset: 'bigint', changes: 'text' }, runs)} where ${when}
     ), versions as (
@@ -152,11 +153,11 @@ export function parseInsertedRuns(json: string): OutboxRun[] {
  * each left-over row once); a msgID per run would cost a header per message and a de-duplication
  * entry per run in nats-server (millions at full fan-out). Runs whose publish failed stay in the
  * outbox for the sweeper (API nodes hold later versions until they arrive). Returns how many were
- * published.
+ * published. `headers` (a trace context) go on every run.
  */
-export async function publishRuns(deps: { js: JetStreamClient; prefix: string; cleaner: OutboxCleaner }, runs: OutboxRun[]): Promise<number> {
+export async function publishRuns(deps: { js: JetStreamClient; prefix: string; cleaner: OutboxCleaner }, runs: OutboxRun[], headers?: MsgHdrs): Promise<number> {
   const results = await Promise.allSettled(
-    runs.map((r) => deps.js.publish(subjects.change(deps.prefix, r.channel), r.body)),
+    runs.map((r) => deps.js.publish(subjects.change(deps.prefix, r.channel), r.body, headers ? { headers } : undefined)),
   )
   const done = runs.filter((_, i) => results[i].status === 'fulfilled').map(({ channel, epoch, version }) => ({ channel, epoch, version }))
   deps.cleaner.published(done)

@@ -15,6 +15,10 @@ import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api'
+import type { MsgHdrs } from '@nats-io/transport-node'
+import type { Metrics } from '../../../core/metrics'
+import { isTracing, linkOfNats, natsHeadersOf, tracer } from '../../../core/tracing'
 
 /** Test seams. Production passes none. */
 export type RunnerHooks = {
@@ -43,6 +47,8 @@ export type RunnerDeps = {
   onFenced: () => void
   /** A bug: the runner has stopped; the process should exit non-zero. */
   onFatal: (err: unknown) => void
+  /** The process's metrics (batches, lag, dead letters). */
+  metrics: Metrics
 }
 
 export type Runner = {
@@ -93,6 +99,7 @@ export function startRunner(deps: RunnerDeps): Runner {
   const now = deps.now ?? (() => new Date())
   const abort = new AbortController()
   let pulling: ConsumerMessages | undefined
+  const lag = deps.metrics.worker.lag(deps.projection.name, deps.partition)
 
   /**
    * One pull of up to `max` messages. A pull that ends with an error after delivering messages
@@ -230,12 +237,18 @@ export function startRunner(deps: RunnerDeps): Runner {
         }
         expectedDelivery++
       }
-      const result = await applyWithRetry(batch).catch((err) => {
-        const m = batch[0]
-        if (isRefusedBatch(err)) throw err
-        throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
-      })
+      const started = performance.now()
+      const { result, headers } = await tracedBatch(batch, () =>
+        applyWithRetry(batch).catch((err) => {
+          const m = batch[0]
+          if (isRefusedBatch(err)) throw err
+          throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
+        }),
+      )
       if (!result) return // stopped while retrying: unacked messages go to the next owner
+      deps.metrics.worker.batch(deps.projection.name, (performance.now() - started) / 1000, batch.length, result.deadLettered)
+      // What the consumer still holds after this batch's last message: the partition's lag.
+      lag.set(batch[batch.length - 1].info.pending)
       checkpoint = result.checkpoint
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
       // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
@@ -243,7 +256,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (publishing) await publishing
       // From here to the next pull request nothing awaits: the runs, the ack and the pull are
       // issued in one turn, which nats.js flushes together.
-      if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events)
+      if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, headers)
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
       log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length }, 'batch applied')
@@ -251,13 +264,52 @@ export function startRunner(deps: RunnerDeps): Runner {
   }
 
   /**
+   * Applies a batch inside its span: a CONSUMER span linked to the context of every event that
+   * carried one (a batch has many parents), parent of the Postgres statement's span. The first such
+   * event's context is also its parent, so that the trace of a traced event goes on through the
+   * worker to the push (and is sampled as that event was); a batch of untraced events is a root.
+   * Returns the result with the headers that carry the span on to the batch's change runs (none
+   * when the span is not sampled). With tracing off no header is looked at.
+   */
+  const tracedBatch = <T>(batch: JsMsg[], apply: () => Promise<T>): Promise<{ result: T; headers?: MsgHdrs }> => {
+    if (!isTracing()) return apply().then((result) => ({ result }))
+    const links: Link[] = []
+    let parent: Context = ROOT_CONTEXT
+    for (const m of batch) {
+      const link = linkOfNats(m.headers)
+      if (!link) continue
+      if (links.length === 0) parent = trace.setSpanContext(ROOT_CONTEXT, link.context)
+      links.push(link)
+    }
+    const attributes = {
+      'messaging.system': 'nats',
+      'messaging.operation.type': 'process',
+      'messaging.destination.name': deps.stream,
+      'messaging.batch.message_count': batch.length,
+      'fanfare.projection': deps.projection.name,
+      'fanfare.partition': deps.partition,
+    }
+    return tracer.startActiveSpan(`fanfare.batch ${deps.projection.name}`, { kind: SpanKind.CONSUMER, links, attributes }, parent, async (span: Span) => {
+      try {
+        const result = await apply()
+        return { result, headers: natsHeadersOf(span) }
+      } catch (err) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+        throw err
+      } finally {
+        span.end()
+      }
+    })
+  }
+
+  /**
    * Publishes a committed batch's runs while the runner goes on with the next batch; `publishing`
    * is set while they are in flight. A failure leaves the runs to the outbox sweeper.
    */
   let publishing: Promise<void> | undefined
-  const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[]): Promise<void> =>
+  const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[], headers?: MsgHdrs): Promise<void> =>
     Promise.all([
-      runs.length > 0 ? publishRuns({ js: deps.js, prefix: deps.prefix, cleaner: deps.cleaner }, runs) : 0,
+      runs.length > 0 ? publishRuns({ js: deps.js, prefix: deps.prefix, cleaner: deps.cleaner }, runs, headers) : 0,
       events.length > 0 ? publishEvents({ js: deps.js, prefix: deps.prefix, partitions: deps.partitions, cleaner: deps.cleaner }, events) : 0,
     ]).then(
       () => void (publishing = undefined),
@@ -359,6 +411,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       replays?.unsubscribe()
       await done
       await publishing
+      lag.remove()
       if (opts.deleteConsumer && name) await deps.jsm.consumers.delete(deps.stream, name).catch(() => {})
     },
   }

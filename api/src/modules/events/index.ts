@@ -3,6 +3,7 @@ import type { AuthPlugin } from '../../auth/plugin'
 import { ErrorResponse } from '../../error-model'
 import { PublishBody, PublishResponse } from './model'
 import type { Ingest } from './service'
+import { contextOfRequest } from '../../../../core/tracing'
 
 /** POST /v1/events: publish one event or a batch, as a user or a key (the permissions table decides). */
 export function eventsModule(auth: AuthPlugin, ingest: Ingest) {
@@ -10,9 +11,10 @@ export function eventsModule(auth: AuthPlugin, ingest: Ingest) {
     .use(auth)
     .post(
       '/events',
-      async ({ body, principal, status }) => {
+      async ({ body, principal, status, request }) => {
         const inputs = 'events' in body ? body.events : [body]
-        return status(202, { results: await ingest.publish(inputs, principal) })
+        // A `traceparent` header makes the events part of the caller's trace (README, Tracing).
+        return status(202, { results: await ingest.publish(inputs, principal, { via: 'http', trace: contextOfRequest(request.headers) }) })
       },
       {
         auth: 'principal',

@@ -1,5 +1,6 @@
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
+import { context, SpanKind, SpanStatusCode, type Context, type Span } from '@opentelemetry/api'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { Config } from '../../../../core/config'
 import {
@@ -17,6 +18,8 @@ import {
 } from '../../../../core/events'
 import type { Logger } from '../../../../core/logger'
 import { siteOf, topology } from '../../../../core/nats'
+import { createMetrics, type Metrics } from '../../../../core/metrics'
+import { natsHeadersOf, tracer } from '../../../../core/tracing'
 import { UNKNOWN_FIELD, type Problem } from '../../../../core/validation'
 import { mayPublish } from '../../auth/permissions'
 import { principalId, type Principal } from '../../auth/principal'
@@ -43,7 +46,15 @@ export type Ingest = {
    * holding them is stored, with that message's `seq`, and `duplicate` always false (the reactions
    * projection counts a resent reaction once).
    */
-  publish(inputs: EventInput[], principal: Principal): Promise<PublishResult[]>
+  publish(inputs: EventInput[], principal: Principal, opts?: PublishOptions): Promise<PublishResult[]>
+}
+
+/** Where a publish came from, for metrics and traces. */
+export type PublishOptions = {
+  /** `http` (POST /v1/events), `ws` (a publish frame) or `internal` (this node's own events). Default `internal`. */
+  via?: 'http' | 'ws' | 'internal'
+  /** The caller's trace context (an HTTP request's or a frame's `traceparent`); default the active one. */
+  trace?: Context
 }
 
 export type IngestOptions = {
@@ -54,6 +65,8 @@ export type IngestOptions = {
   publishTimeoutMs?: number
   /** The clock, for `at`. */
   now?: () => Date
+  /** Events stored and publish durations are counted here; a registry of its own when absent. */
+  metrics?: Metrics
 }
 
 const inputChecker = TypeCompiler.Compile(EventInput)
@@ -63,7 +76,7 @@ const principalChecker = TypeCompiler.Compile(PrincipalId)
 export const newEventId = (): string => Bun.randomUUIDv7()
 
 /** Creates the ingest service. Makes no connection: it uses `nc` when publishing. */
-export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now = () => new Date() }: IngestOptions): Ingest {
+export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now = () => new Date(), metrics = createMetrics() }: IngestOptions): Ingest {
   const t = topology(config)
   const site = siteOf(config)
   // At an edge the de-duplication id names the site: the hub's event stream sources every edge's
@@ -111,61 +124,88 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       }
     })
 
-  return {
-    async publish(inputs, principal) {
-      const by = principalId(principal)
-      // A principal comes from our own auth code, never from the request: a bad one is a bug.
-      if (!principalChecker.Check(by)) throw new Error(`invalid principal ${JSON.stringify(by)}`)
-      const events = validate(inputs, principal, by)
-      if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
-      if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
-      if (inFlight + events.length > config.FANFARE_INGEST_MAX_IN_FLIGHT) {
-        throw new Unavailable('too many events waiting for the event stream; retry shortly with the same event ids', 'overloaded', {
-          inFlight,
-          max: config.FANFARE_INGEST_MAX_IN_FLIGHT,
-        })
-      }
-      js ??= jetstream(nc)
-      const client = js
-      inFlight += events.length
-      let settled: PromiseSettledResult<PublishResult>[]
-      try {
-        await endOfTurn()
-        const at = now().toISOString()
-        // All in flight at once: one connection writes them in call order and the server stores
-        // them in that order, so events of one key keep their request order. Every publish is
-        // waited for, failed or not: the in-flight count must hold the request's events until
-        // none of them is pending any more, and the answer must say which were stored.
-        settled = await Promise.allSettled(
-          events.map(async (e): Promise<PublishResult> => {
-            if (e.type === 'reaction.sent') return reactions.add(e as AcceptedReaction)
-            const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
-            const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: msgIdOf(e), timeout: publishTimeoutMs })
-            // Checked on the ack rather than sent as an Nats-Expected-Stream header (a header per
-            // event costs the API and the server): another stream capturing our subjects is a
-            // misconfiguration to report, never a 202 for events the workers will not see.
-            if (ack.stream !== t.eventStream) throw new Error(`event stored in stream ${ack.stream}, expected ${t.eventStream}`)
-            // An ack from another domain: the leaf link carries event subjects to the hub (its
-            // deny rules are missing), so events are stored twice. Never a 202 for that.
-            if (site.kind === 'edge' && ack.domain !== site.domain) {
-              log.error({ domain: ack.domain }, 'event stored outside the edge domain: the leaf link must deny the event subjects (README "Running at the edge")')
-              throw new Error(`event stored in JetStream domain ${ack.domain}, expected ${site.domain}`)
-            }
-            return { id: e.id, seq: ack.seq, duplicate: ack.duplicate }
-          }),
-        )
-      } finally {
-        inFlight -= events.length
-      }
-      const failed = settled.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
-      if (failed.length === 0) return settled.map((r) => (r as PromiseFulfilledResult<PublishResult>).value)
-      log.warn({ err: failed[0].reason, count: events.length, failed: failed.length }, 'publish to JetStream failed')
-      // Every id, the generated ones included: a client resending without them would store the
-      // stored events again under new ids.
-      const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
-      throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
-    },
+  /**
+   * Publishes inside an ingest span (a PRODUCER span, child of the caller's context): each event's
+   * message carries it as `traceparent` when it is sampled. With tracing off the span is the API's
+   * no-op and no header is added.
+   */
+  const publish: Ingest['publish'] = (inputs, principal, opts = {}) => {
+    const via = opts.via ?? 'internal'
+    return tracer.startActiveSpan(
+      'fanfare.ingest',
+      { kind: SpanKind.PRODUCER, attributes: { 'messaging.system': 'nats', 'messaging.operation.type': 'send', 'messaging.destination.name': t.eventStream, 'fanfare.via': via, 'messaging.batch.message_count': inputs.length } },
+      opts.trace ?? context.active(),
+      async (span) => {
+        try {
+          return await publishEvents(inputs, principal, via, span)
+        } catch (err) {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+          throw err
+        } finally {
+          span.end()
+        }
+      },
+    )
   }
+
+  const publishEvents = async (inputs: EventInput[], principal: Principal, via: 'http' | 'ws' | 'internal', span: Span): Promise<PublishResult[]> => {
+    const by = principalId(principal)
+    // A principal comes from our own auth code, never from the request: a bad one is a bug.
+    if (!principalChecker.Check(by)) throw new Error(`invalid principal ${JSON.stringify(by)}`)
+    const events = validate(inputs, principal, by)
+    if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
+    if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
+    if (inFlight + events.length > config.FANFARE_INGEST_MAX_IN_FLIGHT) {
+      throw new Unavailable('too many events waiting for the event stream; retry shortly with the same event ids', 'overloaded', {
+        inFlight,
+        max: config.FANFARE_INGEST_MAX_IN_FLIGHT,
+      })
+    }
+    js ??= jetstream(nc)
+    const client = js
+    const started = performance.now()
+    inFlight += events.length
+    let settled: PromiseSettledResult<PublishResult>[]
+    try {
+      await endOfTurn()
+      const at = now().toISOString()
+      // All in flight at once: one connection writes them in call order and the server stores
+      // them in that order, so events of one key keep their request order. Every publish is
+      // waited for, failed or not: the in-flight count must hold the request's events until
+      // none of them is pending any more, and the answer must say which were stored.
+      settled = await Promise.allSettled(
+        events.map(async (e): Promise<PublishResult> => {
+          if (e.type === 'reaction.sent') return reactions.add(e as AcceptedReaction)
+          // A header set of its own per message: the client adds the message's id to it.
+          const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
+          const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: msgIdOf(e), timeout: publishTimeoutMs, headers: natsHeadersOf(span) })
+          // Checked on the ack rather than sent as an Nats-Expected-Stream header (a header per
+          // event costs the API and the server): another stream capturing our subjects is a
+          // misconfiguration to report, never a 202 for events the workers will not see.
+          if (ack.stream !== t.eventStream) throw new Error(`event stored in stream ${ack.stream}, expected ${t.eventStream}`)
+          // An ack from another domain: the leaf link carries event subjects to the hub (its
+          // deny rules are missing), so events are stored twice. Never a 202 for that.
+          if (site.kind === 'edge' && ack.domain !== site.domain) {
+            log.error({ domain: ack.domain }, 'event stored outside the edge domain: the leaf link must deny the event subjects (README "Running at the edge")')
+            throw new Error(`event stored in JetStream domain ${ack.domain}, expected ${site.domain}`)
+          }
+          return { id: e.id, seq: ack.seq, duplicate: ack.duplicate }
+        }),
+      )
+    } finally {
+      inFlight -= events.length
+    }
+    metrics.ingest.duration.observe((performance.now() - started) / 1000)
+    for (let i = 0; i < events.length; i++) if (settled[i].status === 'fulfilled') metrics.ingest.ingested(events[i].type, via)
+    const failed = settled.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed.length === 0) return settled.map((r) => (r as PromiseFulfilledResult<PublishResult>).value)
+    log.warn({ err: failed[0].reason, count: events.length, failed: failed.length }, 'publish to JetStream failed')
+    // Every id, the generated ones included: a client resending without them would store the
+    // stored events again under new ids.
+    const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
+    throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
+  }
+  return { publish }
 }
 
 /** The message of an invalid_event: the first unknown field when there is one (see validationMessage), else `generic`. */

@@ -1,0 +1,187 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+
+/**
+ * The Prometheus metrics of one process (API node, stream workers, or both in all-in-one), made
+ * once in `main` and passed to whatever counts. Labels only ever take values from bounded sets
+ * (event types, frame ops, close codes, channel kinds, projection names, partition numbers): never
+ * a channel, user or key. Gauges that describe state (connections, channels, lag) are read when
+ * scraped, from the sources given to `watch*`, so the hot paths only bump counters.
+ */
+export type Metrics = ReturnType<typeof createMetrics>
+
+/** Latency buckets in seconds: 1 ms to 10 s. */
+const LATENCY = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+/** Frame ops the WebSocket layer sends (see ServerFrame); anything else counts as `other`. */
+export const FRAME_OPS = ['update', 'snapshot', 'subscribed', 'unsubscribed', 'ack', 'authed', 'error', 'pong', 'token_expiring', 'other'] as const
+export type FrameOp = (typeof FRAME_OPS)[number]
+
+/**
+ * The op of a server frame's text, without parsing or allocating: every frame is written as
+ * `{"op":"<op>",...}` (JSON.stringify keeps the literal's key order), so two characters tell.
+ */
+export function opOf(text: string): FrameOp {
+  if (!text.startsWith('{"op":"')) return 'other'
+  const a = text.charCodeAt(7)
+  const b = text.charCodeAt(8)
+  switch (a) {
+    case 117 /* u */:
+      return b === 112 /* p */ ? 'update' : 'unsubscribed'
+    case 115 /* s */:
+      return b === 110 /* n */ ? 'snapshot' : 'subscribed'
+    case 97 /* a */:
+      return b === 99 /* c */ ? 'ack' : 'authed'
+    case 101 /* e */:
+      return 'error'
+    case 112 /* p */:
+      return 'pong'
+    case 116 /* t */:
+      return 'token_expiring'
+    default:
+      return 'other'
+  }
+}
+
+/** Close codes counted under their own label; any other code counts as `other`. */
+const KNOWN_CLOSE_CODES = new Set([1000, 1001, 1005, 1006, 1008, 1009, 1011, 4001, 4003, 4008, 4029])
+
+/** How WebSocket state is read at scrape time. */
+export type RealtimeSources = { connections: () => number; subscriptions: () => number; channels: () => number }
+
+/** Creates a process's registry and every Fanfare metric in it. */
+export function createMetrics() {
+  const registry = new Registry()
+  const registers = [registry]
+
+  let realtime: RealtimeSources | undefined
+  let presenceUsers: (() => number) | undefined
+  new Gauge({
+    name: 'fanfare_ws_connections',
+    help: 'WebSocket connections open on this node',
+    registers,
+    collect() {
+      this.set(realtime?.connections() ?? 0)
+    },
+  })
+  new Gauge({
+    name: 'fanfare_ws_subscriptions',
+    help: 'Channel subscriptions of the WebSockets of this node',
+    registers,
+    collect() {
+      this.set(realtime?.subscriptions() ?? 0)
+    },
+  })
+  new Gauge({
+    name: 'fanfare_channels',
+    help: 'Channels with at least one subscriber on this node',
+    registers,
+    collect() {
+      this.set(realtime?.channels() ?? 0)
+    },
+  })
+  new Gauge({
+    name: 'fanfare_presence_users',
+    help: 'Users present in tracked channels, cluster-wide as this node sees it (each user once per channel)',
+    registers,
+    collect() {
+      this.set(presenceUsers?.() ?? 0)
+    },
+  })
+
+  const sent = new Counter({ name: 'fanfare_ws_messages_sent_total', help: 'WebSocket frames sent, by op (a published frame counts once per recipient)', labelNames: ['op'], registers })
+  const sentBy = Object.fromEntries(FRAME_OPS.map((op) => [op, sent.labels(op)])) as Record<FrameOp, Counter.Internal>
+  const disconnects = new Counter({ name: 'fanfare_ws_disconnects_total', help: 'WebSocket connections closed, by close code', labelNames: ['code'], registers })
+  const disconnectsBy = new Map<number, Counter.Internal>()
+
+  const ingested = new Counter({ name: 'fanfare_events_ingested_total', help: 'Events stored in JetStream by this node, by type and by how they came (http, ws, internal)', labelNames: ['type', 'via'], registers })
+  const ingestedBy = { http: new Map<string, Counter.Internal>(), ws: new Map<string, Counter.Internal>(), internal: new Map<string, Counter.Internal>() }
+  const ingestDuration = new Histogram({ name: 'fanfare_ingest_duration_seconds', help: 'Time from a validated publish request to JetStream acknowledging all its events', buckets: LATENCY, registers })
+  const rateLimited = new Counter({ name: 'fanfare_rate_limited_total', help: 'Requests and WebSocket commands refused by a rate limit, by what was refused', labelNames: ['what'], registers })
+
+  const commitToPush = new Histogram({ name: 'fanfare_commit_to_push_seconds', help: 'Time from a change committing in Postgres to its frame being sent to subscribers, by channel kind', labelNames: ['kind'], buckets: LATENCY, registers })
+  const eventToPush = new Histogram({ name: 'fanfare_event_to_push_seconds', help: 'Time from an event being stored in JetStream to the frame showing its change being sent (the oldest event of the batch that made the change), by channel kind', labelNames: ['kind'], buckets: LATENCY, registers })
+  const pushBy = new Map<string, { commit: Histogram.Internal<string>; event: Histogram.Internal<string> }>()
+
+  const lag = new Gauge({ name: 'fanfare_projection_lag_events', help: 'Events stored and not yet applied, per projection and partition this worker holds (as of its last batch)', labelNames: ['projection', 'partition'], registers })
+  const batchDuration = new Histogram({ name: 'fanfare_batch_duration_seconds', help: 'Time to apply one batch (reads, the one statement, retries), by projection', labelNames: ['projection'], buckets: LATENCY, registers })
+  const batchEvents = new Histogram({ name: 'fanfare_batch_events', help: 'Messages per applied batch', buckets: [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000], registers })
+  const deadLetters = new Counter({ name: 'fanfare_dead_letters_total', help: 'Stream messages written to dead letters, by projection', labelNames: ['projection'], registers })
+
+  return {
+    registry,
+    /** The metrics in Prometheus' text format. */
+    text: () => registry.metrics(),
+    contentType: registry.contentType,
+    ws: {
+      /** Reads connection, subscription and channel counts at scrape time. */
+      watch: (sources: RealtimeSources) => void (realtime = sources),
+      /** `recipients` frames of one text went out (one direct send, or a publish to a topic). */
+      sent: (text: string, recipients = 1) => {
+        if (recipients > 0) sentBy[opOf(text)].inc(recipients)
+      },
+      /** `count` frames of a known op went out. */
+      sentOp: (op: FrameOp, count: number) => {
+        if (count > 0) sentBy[op].inc(count)
+      },
+      disconnected: (code: number) => {
+        const key = KNOWN_CLOSE_CODES.has(code) ? code : 0
+        let c = disconnectsBy.get(key)
+        if (!c) disconnectsBy.set(key, (c = disconnects.labels(key === 0 ? 'other' : String(key))))
+        c.inc()
+      },
+    },
+    presence: { watch: (users: () => number) => void (presenceUsers = users) },
+    ingest: {
+      /** `count` events of `type` stored; `type` must be a known event type. */
+      ingested: (type: string, via: 'http' | 'ws' | 'internal', count = 1) => {
+        const byType = ingestedBy[via]
+        let c = byType.get(type)
+        if (!c) byType.set(type, (c = ingested.labels(type, via)))
+        c.inc(count)
+      },
+      duration: ingestDuration,
+      rateLimited: (what: 'rest' | 'ws_publish' | 'ws_subscribe') => rateLimited.labels(what).inc(),
+    },
+    push: {
+      /** A change of a channel of `kind` committed at `committedAt` (events stored from `storedAt`) was pushed at `now` (all ms). */
+      pushed: (kind: string, committedAt: number, storedAt: number | undefined, now: number) => {
+        let h = pushBy.get(kind)
+        if (!h) pushBy.set(kind, (h = { commit: commitToPush.labels(kind), event: eventToPush.labels(kind) }))
+        h.commit.observe(Math.max(0, now - committedAt) / 1000)
+        if (storedAt !== undefined) h.event.observe(Math.max(0, now - storedAt) / 1000)
+      },
+    },
+    worker: {
+      /** One applied batch. */
+      batch: (projection: string, seconds: number, messages: number, deadLettered: number) => {
+        batchDuration.labels(projection).observe(seconds)
+        batchEvents.observe(messages)
+        if (deadLettered > 0) deadLetters.labels(projection).inc(deadLettered)
+      },
+      /** The lag gauge of one projection's partition; `remove` when the partition is let go. */
+      lag: (projection: string, partition: number) => {
+        const child = lag.labels(projection, String(partition))
+        return { set: (events: number) => child.set(events), remove: () => lag.remove(projection, String(partition)) }
+      },
+    },
+  }
+}
+
+/**
+ * Serves `GET /metrics` without authentication on its own port, for a scraper on a private network
+ * (FANFARE_METRICS_PORT). Returns the bound port and a stop function.
+ */
+export function serveMetrics(deps: { metrics: Metrics; port: number; hostname: string }): { port: number; stop: () => Promise<void> } {
+  const server = Bun.serve({
+    port: deps.port,
+    hostname: deps.hostname,
+    reusePort: false,
+    fetch: async (req) => {
+      const url = new URL(req.url)
+      if (url.pathname !== '/metrics') return new Response('not found: GET /metrics', { status: 404 })
+      if (req.method !== 'GET') return new Response('method not allowed', { status: 405 })
+      return new Response(await deps.metrics.text(), { headers: { 'content-type': deps.metrics.contentType } })
+    },
+  })
+  return { port: server.port ?? deps.port, stop: () => server.stop(true) }
+}

@@ -1,0 +1,149 @@
+import { afterAll, describe, expect, test } from 'bun:test'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
+
+/** An OTLP/HTTP collector (http/json) that keeps every span it is sent. */
+function startCollector() {
+  const spans: { service: string; name: string; traceId: string; spanId: string; parentSpanId?: string; kind: number; links: { traceId: string }[]; attributes: Record<string, unknown> }[] = []
+  const requests: string[] = []
+  const server = Bun.serve({
+    port: 0,
+    hostname: '127.0.0.1',
+    fetch: async (req) => {
+      requests.push(`${req.method} ${new URL(req.url).pathname} ${req.headers.get('content-type')}`)
+      const body = (await req.json()) as any
+      for (const rs of body.resourceSpans ?? []) {
+        const service = rs.resource?.attributes?.find((a: any) => a.key === 'service.name')?.value?.stringValue
+        for (const ss of rs.scopeSpans ?? []) {
+          for (const s of ss.spans ?? []) {
+            const attributes: Record<string, unknown> = {}
+            for (const a of s.attributes ?? []) attributes[a.key] = Object.values(a.value ?? {})[0]
+            spans.push({ service, name: s.name, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, kind: s.kind, links: s.links ?? [], attributes })
+          }
+        }
+      }
+      return Response.json({})
+    },
+  })
+  return { url: `http://127.0.0.1:${server.port}`, spans, requests, stop: () => server.stop(true) }
+}
+
+/** A Prometheus text exposition as `name{labels}` -> value. */
+async function scrape(url: string, init?: RequestInit): Promise<Map<string, number>> {
+  const res = await fetch(url, init)
+  expect(res.status).toBe(200)
+  expect(res.headers.get('content-type')).toContain('text/plain')
+  const values = new Map<string, number>()
+  for (const line of (await res.text()).split('\n')) {
+    if (line === '' || line.startsWith('#')) continue
+    const at = line.lastIndexOf(' ')
+    values.set(line.slice(0, at), Number(line.slice(at + 1)))
+  }
+  return values
+}
+
+/**
+ * Real processes (an API node and a stream worker on the machine's Postgres and NATS) with traces
+ * exported to a collector in this test, and metrics on their own ports.
+ */
+describe('observability across real processes', () => {
+  let env: TestEnv
+  const procs: Proc[] = []
+  const collector = startCollector()
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop()))
+    collector.stop()
+    await env?.cleanup()
+  })
+
+  test('one trace follows an event from its request through JetStream, the worker and Postgres to the push; metrics count it all', async () => {
+    env = await createTestEnv({ FANFARE_PARTITIONS: '2' })
+    const port = freePort()
+    const apiMetrics = freePort()
+    const workerMetrics = freePort()
+    const vars = {
+      ...env.vars,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      OTEL_EXPORTER_OTLP_ENDPOINT: collector.url,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+      // Nothing is sampled on its own: only what a caller's sampled traceparent asks for.
+      OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+      OTEL_TRACES_SAMPLER_ARG: '0',
+    }
+    procs.push(spawnProc('api', 'api/src/main.ts', { ...vars, FANFARE_METRICS_PORT: String(apiMetrics) }))
+    procs.push(spawnProc('worker', 'stream-workers/src/main.ts', { ...vars, FANFARE_METRICS_PORT: String(workerMetrics) }))
+    const base = `http://127.0.0.1:${port}`
+    await waitReady(base, procs)
+
+    const channel = 'leaderboard:arena'
+    const ws = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
+    ws.send({ op: 'subscribe', ref: 's', channel })
+    await until('snapshot', () => ws.of(channel).length === 1)
+
+    const post = (body: unknown, headers: Record<string, string> = {}) =>
+      fetch(`${base}/v1/events`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${env.vars.FANFARE_INGEST_TOKEN}`, 'content-type': 'application/json', ...headers },
+        body: JSON.stringify(body),
+      })
+    // An untraced event first: with the ratio at 0 it makes no spans anywhere.
+    expect((await post({ type: 'score.submitted', data: { board: 'arena', player: 'untraced', score: 1 } })).status).toBe(202)
+    await until('the untraced update', () => ws.of(channel).length === 2)
+
+    const traceId = crypto.randomUUID().replaceAll('-', '')
+    const callerSpan = crypto.randomUUID().replaceAll('-', '').slice(0, 16)
+    const res = await post({ type: 'score.submitted', data: { board: 'arena', player: 'ann', score: 42 } }, { traceparent: `00-${traceId}-${callerSpan}-01` })
+    expect(res.status).toBe(202)
+    await until('the traced update', () => ws.of(channel).some((f) => f.op === 'update' && f.data.player === 'ann'))
+
+    // The processes export every second.
+    const names = ['fanfare.ingest', 'fanfare.batch leaderboards', 'postgres batch statement', 'fanfare.push']
+    await until('spans of the trace', () => names.every((n) => collector.spans.some((s) => s.traceId === traceId && s.name === n)), 20_000)
+    const of = (name: string) => collector.spans.find((s) => s.traceId === traceId && s.name === name)!
+    const ingest = of('fanfare.ingest')
+    const batch = of('fanfare.batch leaderboards')
+    const statement = of('postgres batch statement')
+    const push = of('fanfare.push')
+    expect(ingest).toMatchObject({ service: 'fanfare-api', parentSpanId: callerSpan, attributes: { 'fanfare.via': 'http' } })
+    expect(batch.service).toBe('fanfare-workers')
+    expect(batch.parentSpanId).toBe(ingest.spanId)
+    expect(batch.links.map((l) => l.traceId)).toContain(traceId)
+    expect(statement).toMatchObject({ service: 'fanfare-workers', parentSpanId: batch.spanId, attributes: { 'db.system.name': 'postgresql' } })
+    expect(push).toMatchObject({ service: 'fanfare-api', parentSpanId: batch.spanId, attributes: { 'fanfare.recipients': 1 } })
+    // The untraced event made no trace of its own.
+    expect(new Set(collector.spans.map((s) => s.traceId))).toEqual(new Set([traceId]))
+    expect(collector.requests.every((r) => r.startsWith('POST /v1/traces application/json'))).toBe(true)
+
+    // Metrics: the API node's on its own port (no credential) and behind admin:read on its API port.
+    const api = await scrape(`http://127.0.0.1:${apiMetrics}/metrics`)
+    expect(api.get('fanfare_events_ingested_total{type="score.submitted",via="http"}')).toBe(2)
+    expect(api.get('fanfare_ingest_duration_seconds_count')).toBe(2)
+    expect(api.get('fanfare_ws_connections')).toBe(1)
+    expect(api.get('fanfare_ws_subscriptions')).toBe(1)
+    expect(api.get('fanfare_channels')).toBe(1)
+    expect(api.get('fanfare_ws_messages_sent_total{op="snapshot"}')).toBe(1)
+    expect(api.get('fanfare_ws_messages_sent_total{op="update"}')).toBe(2)
+    expect(api.get('fanfare_commit_to_push_seconds_count{kind="leaderboard"}')).toBe(2)
+    expect(api.get('fanfare_event_to_push_seconds_count{kind="leaderboard"}')).toBe(2)
+    // Event stored -> pushed takes at least commit -> pushed.
+    expect(api.get('fanfare_event_to_push_seconds_sum{kind="leaderboard"}')!).toBeGreaterThanOrEqual(api.get('fanfare_commit_to_push_seconds_sum{kind="leaderboard"}')!)
+
+    expect((await fetch(`${base}/metrics`)).status).toBe(401)
+    expect((await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${env.vars.FANFARE_INGEST_TOKEN}` } })).status).toBe(403)
+    const viaApi = await scrape(`${base}/metrics`, { headers: { authorization: `Bearer ${env.vars.FANFARE_ADMIN_TOKEN}` } })
+    expect(viaApi.get('fanfare_events_ingested_total{type="score.submitted",via="http"}')).toBe(2)
+
+    const worker = await scrape(`http://127.0.0.1:${workerMetrics}/metrics`)
+    expect(worker.get('fanfare_batch_events_sum')).toBe(2)
+    expect(worker.get('fanfare_batch_duration_seconds_count{projection="leaderboards"}')).toBeGreaterThanOrEqual(1)
+    const lags = [...worker].filter(([k]) => k.startsWith('fanfare_projection_lag_events{'))
+    // Every projection on both partitions, caught up.
+    expect(lags.length).toBeGreaterThanOrEqual(1)
+    expect(lags.every(([, v]) => v === 0)).toBe(true)
+
+    ws.close()
+    await until('the disconnect counted', async () => (await scrape(`http://127.0.0.1:${apiMetrics}/metrics`)).get('fanfare_ws_disconnects_total{code="1005"}') === 1)
+    for (const p of procs) expect(await p.stop()).toBe(0)
+  }, 120_000)
+})
