@@ -91,6 +91,8 @@ export type TestNode = {
   wsUrl: string
   /** Messages currently in the event stream. */
   streamCount: () => Promise<number>
+  /** The stored events, in stream order (for small streams: one request per message). */
+  streamEvents: () => Promise<{ id: string; type: string }[]>
   close: () => Promise<void>
 }
 
@@ -108,6 +110,16 @@ export async function startTestNode(overrides: Record<string, string> = {}): Pro
     base: `http://127.0.0.1:${api.port}`,
     wsUrl: `ws://127.0.0.1:${api.port}/v1/ws`,
     streamCount: async () => (await jsm.streams.info(topology(env.config).eventStream)).state.messages,
+    streamEvents: async () => {
+      const stream = topology(env.config).eventStream
+      const { state } = await jsm.streams.info(stream)
+      const events: { id: string; type: string }[] = []
+      for (let seq = state.first_seq; seq <= state.last_seq && state.messages > 0; seq++) {
+        const m = await jsm.streams.getMessage(stream, { seq }).catch(() => undefined)
+        if (m) events.push(m.json())
+      }
+      return events
+    },
     close: async () => {
       await api.stop()
       await nc.close().catch(() => {})

@@ -29,8 +29,9 @@ export type Outbox = ReturnType<typeof createOutbox>
  * Publishes waiting for their acks. Each event keeps the id it was given once, so sending it again
  * (after a lost connection, a 503, a rate limit) is de-duplicated by the server. Order is kept:
  * events go out lowest first, and after a refusal everything waits and then goes one at a time
- * (the window grows back by one per ack), so a refused event is never overtaken by a later one
- * the server would accept. An event whose outcome is unknown is resent only within the server's
+ * (the window grows back by one per ack), refused events first. Events already in flight behind a
+ * rate-limited one are refused by the server too until it is sent again (see the server's
+ * publish-order.ts), so a refused event is never overtaken. An event whose outcome is unknown is resent only within the server's
  * de-duplication window; past it, its promise fails with `unconfirmed` rather than risk a double.
  */
 export function createOutbox(deps: {

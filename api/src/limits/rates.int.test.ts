@@ -56,6 +56,30 @@ describe('rate limits', () => {
     c.close()
   })
 
+  test('order through a refusal: later events wait for the refused one even when tokens came back, then all are stored in order', async () => {
+    const c = await userSocket('r-order')
+    for (let i = 1; i <= 6; i++) c.send({ op: 'publish', ref: `p${i}`, event: chat(`ro-${i}`) })
+    const first = await Promise.all([1, 2, 3, 4, 5, 6].map((i) => c.reply(`p${i}`)))
+    expect(first.map((r) => r.op)).toEqual(['ack', 'ack', 'ack', 'ack', 'ack', 'error'])
+    const wait = first[5].error.retryAfterMs
+    // A token is back by now, but ro-7 (sent, say, before the client heard of the refusal) must
+    // not overtake ro-6: refused, charged nothing, told how long ro-6 still has to wait.
+    await Bun.sleep(wait + 50)
+    c.send({ op: 'publish', ref: 'p7', event: chat('ro-7') })
+    const held = await c.reply('p7')
+    expect([held.op, held.error.code]).toEqual(['error', 'rate_limited'])
+    expect(held.error.message).toContain('(ro-6) was refused for its rate')
+    // The refused event goes first, then the rest.
+    c.send({ op: 'publish', ref: 'again6', event: chat('ro-6') })
+    expect(await c.reply('again6')).toMatchObject({ op: 'ack', id: 'ro-6', duplicate: false })
+    await Bun.sleep(250)
+    c.send({ op: 'publish', ref: 'again7', event: chat('ro-7') })
+    expect(await c.reply('again7')).toMatchObject({ op: 'ack', id: 'ro-7', duplicate: false })
+    const stored = (await node.streamEvents()).filter((e) => e.id.startsWith('ro-')).map((e) => e.id)
+    expect(stored).toEqual(['ro-1', 'ro-2', 'ro-3', 'ro-4', 'ro-5', 'ro-6', 'ro-7'])
+    c.close()
+  })
+
   test('one budget per user across all their sockets and REST calls', async () => {
     const a = await userSocket('r2')
     const b = await userSocket('r2')

@@ -14,6 +14,7 @@ import type { RoomAccess } from '../auth/rooms'
 import { AppError, Forbidden, Revoked, TokenExpired, Unauthorized } from '../errors'
 import { closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
 import { UNKNOWN_ADDRESS } from '../limits/client-ip'
+import { heldBack, type PublishHold } from '../limits/publish-order'
 import type { Presence } from '../presence'
 import { isTracked, presenceChannelOf } from '../presence/feed'
 import type { ChannelHub, Sink } from './channel-hub'
@@ -66,6 +67,8 @@ type Connection = {
   acks: string[]
   /** This socket's rate limits (publishes, subscribes, abuse). */
   rates: ConnectionRates
+  /** Set while its publishes wait behind one refused for its rate (see heldBack). */
+  hold?: PublishHold
   /** Its place in the connection counts of its address and user. */
   slot: Slot
   address: string
@@ -354,8 +357,15 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             })
           }
           case 'publish': {
+            const now = performance.now()
+            const held = heldBack(conn.hold, frame.event.id, now)
+            if (held) return void rateLimited(conn, frame.ref, held)
             const refused = conn.rates.publish(conn.principal)
-            if (refused) return void rateLimited(conn, frame.ref, refused)
+            if (refused) {
+              conn.hold = { id: frame.event.id, retryAt: now + refused.retryAfterMs, refusal: refused }
+              return void rateLimited(conn, frame.ref, refused)
+            }
+            conn.hold = undefined
             conn.inFlight++
             try {
               const [result] = await deps.publish([frame.event], conn.principal, { via: 'ws', trace: contextOfTraceparent(frame.traceparent) })
