@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger } from '../core/logger'
 import { until } from '../core/testing/wait'
+import { freePort } from '../core/process'
 import { createTestEnv, type TestEnv } from '../core/testing/env'
 import { createJwtVerifier } from '../api/src/auth/jwt'
 import { banner, startAllInOne, type AllInOne } from './all-in-one'
@@ -27,6 +28,31 @@ async function healthz(app: AllInOne): Promise<number> {
 }
 
 describe('all-in-one', () => {
+  test('serves the metrics of both sides, from one registry, on FANFARE_METRICS_PORT', async () => {
+    const metricsPort = freePort()
+    const env: TestEnv = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_METRICS_PORT: String(metricsPort) })
+    cleanups.push(env.cleanup)
+    const app = await startAllInOne(env.vars, logger)
+    cleanups.push(app.stop)
+    const res = await fetch(`${app.url}/v1/events`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${env.vars.FANFARE_INGEST_TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } }),
+    })
+    expect(res.status).toBe(202)
+    const scrape = () => fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text())
+    // The API side counted the event; the worker side, in the same process, its batch.
+    const text = await until('the batch counted', async () => {
+      const t = await scrape()
+      return /^fanfare_batch_events_count [1-9]/m.test(t) ? t : undefined
+    })
+    expect(text).toContain('fanfare_events_ingested_total{type="score.submitted",via="http"} 1')
+    expect(text).toContain('fanfare_ws_connections 0')
+    await app.stop()
+    // Stopped with the rest.
+    expect(await scrape().then(() => 'answered', () => 'refused')).toBe('refused')
+  }, 60_000)
+
   test('runs API and workers against Postgres and NATS from the environment', async () => {
     const env: TestEnv = await createTestEnv({ PORT: '0', HOST: '127.0.0.1' })
     cleanups.push(env.cleanup)

@@ -111,21 +111,34 @@ describe('observability across real processes', () => {
     expect(batch.links.map((l) => l.traceId)).toContain(traceId)
     expect(statement).toMatchObject({ service: 'fanfare-workers', parentSpanId: batch.spanId, attributes: { 'db.system.name': 'postgresql' } })
     expect(push).toMatchObject({ service: 'fanfare-api', parentSpanId: batch.spanId, attributes: { 'fanfare.recipients': 1 } })
+
+    // A WebSocket publish frame carries its own traceparent (browsers cannot set headers on frames).
+    const wsTrace = crypto.randomUUID().replaceAll('-', '')
+    const frameSpan = crypto.randomUUID().replaceAll('-', '').slice(0, 16)
+    const publisher = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws?token=${env.vars.FANFARE_INGEST_TOKEN}`)
+    publisher.send({ op: 'publish', ref: 'p1', event: { type: 'score.submitted', data: { board: 'arena', player: 'bo', score: 7 } }, traceparent: `00-${wsTrace}-${frameSpan}-01` })
+    expect(await publisher.reply('p1')).toMatchObject({ op: 'ack' })
+    publisher.close()
+    await until('the frame\'s trace reaches the push', () => collector.spans.some((s) => s.traceId === wsTrace && s.name === 'fanfare.push'), 20_000)
+    expect(collector.spans.find((s) => s.traceId === wsTrace && s.name === 'fanfare.ingest')).toMatchObject({ parentSpanId: frameSpan, attributes: { 'fanfare.via': 'ws' } })
+
     // The untraced event made no trace of its own.
-    expect(new Set(collector.spans.map((s) => s.traceId))).toEqual(new Set([traceId]))
+    expect(new Set(collector.spans.map((s) => s.traceId))).toEqual(new Set([traceId, wsTrace]))
     expect(collector.requests.every((r) => r.startsWith('POST /v1/traces application/json'))).toBe(true)
 
     // Metrics: the API node's on its own port (no credential) and behind admin:read on its API port.
     const api = await scrape(`http://127.0.0.1:${apiMetrics}/metrics`)
     expect(api.get('fanfare_events_ingested_total{type="score.submitted",via="http"}')).toBe(2)
-    expect(api.get('fanfare_ingest_duration_seconds_count')).toBe(2)
+    expect(api.get('fanfare_events_ingested_total{type="score.submitted",via="ws"}')).toBe(1)
+    expect(api.get('fanfare_ingest_duration_seconds_count')).toBe(3)
     expect(api.get('fanfare_ws_connections')).toBe(1)
     expect(api.get('fanfare_ws_subscriptions')).toBe(1)
     expect(api.get('fanfare_channels')).toBe(1)
     expect(api.get('fanfare_ws_messages_sent_total{op="snapshot"}')).toBe(1)
-    expect(api.get('fanfare_ws_messages_sent_total{op="update"}')).toBe(2)
-    expect(api.get('fanfare_commit_to_push_seconds_count{kind="leaderboard"}')).toBe(2)
-    expect(api.get('fanfare_event_to_push_seconds_count{kind="leaderboard"}')).toBe(2)
+    expect(api.get('fanfare_ws_messages_sent_total{op="update"}')).toBe(3)
+    expect(api.get('fanfare_ws_messages_sent_total{op="ack"}')).toBe(1)
+    expect(api.get('fanfare_commit_to_push_seconds_count{kind="leaderboard"}')).toBe(3)
+    expect(api.get('fanfare_event_to_push_seconds_count{kind="leaderboard"}')).toBe(3)
     // Event stored -> pushed takes at least commit -> pushed.
     expect(api.get('fanfare_event_to_push_seconds_sum{kind="leaderboard"}')!).toBeGreaterThanOrEqual(api.get('fanfare_commit_to_push_seconds_sum{kind="leaderboard"}')!)
 
@@ -135,7 +148,7 @@ describe('observability across real processes', () => {
     expect(viaApi.get('fanfare_events_ingested_total{type="score.submitted",via="http"}')).toBe(2)
 
     const worker = await scrape(`http://127.0.0.1:${workerMetrics}/metrics`)
-    expect(worker.get('fanfare_batch_events_sum')).toBe(2)
+    expect(worker.get('fanfare_batch_events_sum')).toBe(3)
     expect(worker.get('fanfare_batch_duration_seconds_count{projection="leaderboards"}')).toBeGreaterThanOrEqual(1)
     const lags = [...worker].filter(([k]) => k.startsWith('fanfare_projection_lag_events{'))
     // Every projection on both partitions, caught up.
@@ -143,7 +156,7 @@ describe('observability across real processes', () => {
     expect(lags.every(([, v]) => v === 0)).toBe(true)
 
     ws.close()
-    await until('the disconnect counted', async () => (await scrape(`http://127.0.0.1:${apiMetrics}/metrics`)).get('fanfare_ws_disconnects_total{code="1005"}') === 1)
+    await until('the disconnects counted', async () => (await scrape(`http://127.0.0.1:${apiMetrics}/metrics`)).get('fanfare_ws_disconnects_total{code="1005"}') === 2)
     for (const p of procs) expect(await p.stop()).toBe(0)
   }, 120_000)
 })
