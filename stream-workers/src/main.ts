@@ -1,67 +1,12 @@
-import { ConfigError, loadConfig } from '../../core/config'
-import { connectBunSql } from '../../core/db/client'
-import { createLogger } from '../../core/logger'
-import { startObservability } from '../../core/observability'
-import { connectNats } from '../../core/nats'
-import { startWorkers } from './workers'
+// The stream-worker process (`npm run workers`): see process.ts. Stop signals are trapped before
+// anything else loads, so a SIGTERM at any moment of the start still stops it cleanly.
+import { trapStopSignals } from '../../core/stop-signals'
 
-/**
- * The stream-worker process: `npm run workers`. Needs DATABASE_URL and NATS_URL; migrations are
- * applied separately (`npm run migrate`). SIGTERM/SIGINT stop it cleanly with exit code 0; a bug in
- * a runner exits with 1 so the container restarts it.
- */
-async function main() {
-  let config
-  try {
-    config = loadConfig()
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`fanfare stream-workers: ${err.message}\n`)
-      process.exit(1)
-    }
-    throw err
-  }
-  const missing = (['DATABASE_URL', 'NATS_URL'] as const).filter((k) => !config[k])
-  if (missing.length > 0) {
-    process.stderr.write(`fanfare stream-workers: ${missing.join(' and ')} must be set (the embedded mode is \`npm start\`)\n`)
-    process.exit(1)
-  }
-  const logger = createLogger(config.LOG_LEVEL, { service: 'stream-workers' }, { format: config.FANFARE_LOG_FORMAT })
-  const observability = startObservability(config, 'fanfare-workers', logger)
-  // Bun's SQL client, not postgres.js: see connectBunSql on surviving killed backends.
-  const database = await connectBunSql(config.DATABASE_URL!)
-  const nc = await connectNats(config.NATS_URL!, `fanfare-workers-${process.pid}`)
-  const workers = await startWorkers({
-    config,
-    db: database.db,
-    nc,
-    logger,
-    metrics: observability.metrics,
-    onFatal: (err) => {
-      logger.fatal({ err }, 'stream worker failed; exiting')
-      process.exit(1)
-    },
-  })
-  let exiting = false
-  const shutdown = async (signal: string) => {
-    if (exiting) return
-    exiting = true
-    logger.info({ signal }, 'stopping')
-    try {
-      await workers.stop()
-      await nc.drain().catch(() => nc.close())
-      await database.close()
-      await observability.stop()
-    } catch (err) {
-      logger.error({ err }, 'error while stopping')
-    }
-    process.exit(0)
-  }
-  process.on('SIGTERM', () => void shutdown('SIGTERM'))
-  process.on('SIGINT', () => void shutdown('SIGINT'))
-}
-
-main().catch((err) => {
+const signals = trapStopSignals()
+try {
+  const { runWorkers } = await import('./process')
+  await runWorkers(signals)
+} catch (err) {
   process.stderr.write(`fanfare stream-workers: failed to start: ${(err as Error)?.stack ?? String(err)}\n`)
   process.exit(1)
-})
+}

@@ -1,0 +1,56 @@
+import { ConfigError, loadConfig, type Config } from '../../core/config'
+import { connectPostgres } from '../../core/db/client'
+import { createLogger } from '../../core/logger'
+import { startObservability } from '../../core/observability'
+import { connectNats, ensureStreams } from '../../core/nats'
+import type { StopSignals } from '../../core/stop-signals'
+import { startApi } from './server'
+
+function configOrExit(): Config {
+  try {
+    const config = loadConfig()
+    const missing = (['DATABASE_URL', 'NATS_URL', 'FANFARE_INGEST_TOKEN', 'FANFARE_ADMIN_TOKEN'] as const).filter((k) => !config[k])
+    if (missing.length > 0) {
+      console.error(`the API needs ${missing.join(', ')} to be set (npm start runs everything embedded without them)`)
+      process.exit(2)
+    }
+    return config
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(err.message)
+      process.exit(2)
+    }
+    throw err
+  }
+}
+
+/**
+ * The API process against an external Postgres and NATS (`npm run api`; entry: main.ts).
+ * SIGTERM/SIGINT stop it cleanly, whenever they come.
+ */
+export async function runApi(signals: StopSignals) {
+  const config = configOrExit()
+  const logger = createLogger(config.LOG_LEVEL, { service: 'fanfare-api' }, { format: config.FANFARE_LOG_FORMAT })
+  const observability = startObservability(config, 'fanfare-api', logger)
+  const database = await connectPostgres(config.DATABASE_URL!)
+  // Snapshots and REST reads only (a replica); the existing snapshot-older-than-live check covers its lag.
+  const readDatabase = config.DATABASE_READ_URL ? await connectPostgres(config.DATABASE_READ_URL) : undefined
+  const nc = await connectNats(config.NATS_URL!, 'fanfare-api')
+  await ensureStreams(nc, config)
+  const api = await startApi({ config, db: database.db, readDb: readDatabase?.db, nc, logger, metrics: observability.metrics })
+
+  signals.onStop(async (signal) => {
+    logger.info({ signal }, 'shutting down')
+    try {
+      await api.stop()
+      await nc.drain()
+      await database.close()
+      await readDatabase?.close()
+      await observability.stop()
+      process.exit(0)
+    } catch (err) {
+      logger.error({ err }, 'error during shutdown')
+      process.exit(1)
+    }
+  })
+}
