@@ -3,11 +3,15 @@
  * dead letter's projection and partition (only it may write there without racing its batches).
  */
 
-/** `<prefix>.admin.replay.<projection>.<partition>`: each runner listens on its own, in queue group REPLAY_QUEUE. */
+/** `<prefix>.admin.replay.<projection>.<partition>`: only the worker process running that runner answers. */
 export const replaySubject = (prefix: string, projection: string, partition: number) => `${prefix}.admin.replay.${projection}.${partition}`
 
-/** One queue group: if two owners overlap for a moment, only one of them gets a request. */
-export const REPLAY_QUEUE = 'replay'
+/** What every worker process listens on (one subscription each), and how to read a subject of it. */
+export const replaySubjects = (prefix: string) => `${prefix}.admin.replay.*.*`
+export const parseReplaySubject = (subject: string): { projection: string; partition: number } => {
+  const [projection, partition] = subject.split('.').slice(-2)
+  return { projection, partition: Number(partition) }
+}
 
 export type ReplayRequest = { id: number }
 

@@ -13,6 +13,7 @@ import { openLeaseBucket, startLeases } from './runtime/leases'
 import { startOutboxCleaner, startOutboxSweeper } from './runtime/outbox'
 import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
 import { startTopologyKeeper } from './runtime/topology-keeper'
+import { answerReplays } from './runtime/replay'
 
 
 export type WorkersDeps = {
@@ -90,7 +91,6 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         projections.map((projection) =>
           startRunner({
             db,
-            nc,
             js,
             jsm,
             logger,
@@ -114,6 +114,13 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     onLost: (partition) => void stopRunners(partition, false),
     onRelease: (partition) => stopRunners(partition, true),
   })
+  // Dead-letter replays go to the runner that owns the partition, between its batches.
+  const replays = answerReplays({
+    nc,
+    prefix: t.prefix,
+    runnerOf: (name, partition) => runners.get(partition)?.[projections.findIndex((p) => p.name === name)],
+    logger: logger.child({ component: 'replay' }),
+  })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
@@ -126,6 +133,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     partitions: () => leases.held(),
     stop: () =>
       (stopping ??= (async () => {
+        replays.stop()
         await rebuilds.stop()
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))

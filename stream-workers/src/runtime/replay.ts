@@ -1,7 +1,9 @@
 import { eq } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import { deadLetters } from '../../../core/db/schema'
-import type { ReplayReply } from '../../../core/dead-letters'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { parseReplaySubject, replaySubjects, type ReplayReply, type ReplayRequest } from '../../../core/dead-letters'
+import type { Logger } from '../../../core/logger'
 import { applyBatch, type BatchOwner } from './batch'
 import type { OutboxEvent, OutboxRun } from './outbox'
 
@@ -26,4 +28,35 @@ export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: numb
     if (result.stillFailing !== undefined) return { reply: { outcome: 'still_failing', reason: result.stillFailing }, runs: [], events: [] }
     return { reply: { outcome: 'replayed' }, runs: result.runs, events: result.events }
   })
+}
+
+/**
+ * Answers `POST /admin/dead-letters/:id/replay` requests for the runners of this worker process:
+ * one subscription for the process, and only the process running the runner of the request's
+ * projection and partition answers (the others stay silent; with no worker at all the API gets
+ * "no responders"). One subscription rather than one per runner: with one per runner, the worker's
+ * JetStream requests kept timing out after a NATS restart (test/cluster/nats-restart.int.test.ts).
+ */
+export function answerReplays(deps: {
+  nc: NatsConnection
+  prefix: string
+  runnerOf: (projection: string, partition: number) => { replay: (id: number) => Promise<ReplayReply> } | undefined
+  logger: Logger
+}): { stop: () => void } {
+  const sub = deps.nc.subscribe(replaySubjects(deps.prefix), {
+    callback: (err, msg) => {
+      if (err) return void deps.logger.warn({ err }, 'replay subscription failed')
+      const { projection, partition } = parseReplaySubject(msg.subject)
+      const runner = deps.runnerOf(projection, partition)
+      if (!runner) return
+      let id: number
+      try {
+        id = msg.json<ReplayRequest>().id
+      } catch {
+        return
+      }
+      void runner.replay(id).then((reply) => msg.respond(JSON.stringify(reply)))
+    },
+  })
+  return { stop: () => sub.unsubscribe() }
 }

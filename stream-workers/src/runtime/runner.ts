@@ -1,6 +1,5 @@
 import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
-import type { NatsConnection, Subscription } from '@nats-io/transport-node'
-import { REPLAY_QUEUE, replaySubject, type ReplayReply, type ReplayRequest } from '../../../core/dead-letters'
+import type { ReplayReply } from '../../../core/dead-letters'
 import { sql } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
@@ -28,8 +27,6 @@ export type RunnerHooks = {
 
 export type RunnerDeps = {
   db: Db
-  /** For dead-letter replay requests (see core/dead-letters.ts). */
-  nc: NatsConnection
   js: JetStreamClient
   jsm: JetStreamManager
   logger: Logger
@@ -58,6 +55,12 @@ export type Runner = {
    * removes this ownership's consumer. Resolves when the runner is idle.
    */
   stop: (opts?: { deleteConsumer?: boolean }) => Promise<void>
+  /**
+   * Runs dead letter `id` of this projection and partition through the projection again, between
+   * two batches (see replayDeadLetter); `unavailable` (nothing changed) while starting or stopping,
+   * or if this runner no longer owns the partition.
+   */
+  replay: (id: number) => Promise<ReplayReply>
 }
 
 /** Why the consume loop needs a new consumer. */
@@ -149,33 +152,23 @@ export function startRunner(deps: RunnerDeps): Runner {
     return mine
   }
 
-  /** Answers replay requests for this projection and partition while this runner owns it. */
-  let replays: Subscription | undefined
-  const listenForReplays = () => {
-    replays = deps.nc.subscribe(replaySubject(deps.prefix, deps.projection.name, deps.partition), {
-      queue: REPLAY_QUEUE,
-      callback: (err, msg) => {
-        if (err) return
-        void (async (): Promise<ReplayReply> => {
-          const { id } = msg.json<ReplayRequest>()
-          // Before the consumer opened, `checkpoint` is not known yet.
-          if (!stream) return { outcome: 'unavailable', message: 'the runner is starting' }
-          const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
-          const { reply, runs, events } = await exclusive(() => replayDeadLetter(deps.db, owner, checkpoint, id, now()))
-          log.info({ deadLetter: id, outcome: reply.outcome }, 'dead letter replayed')
-          if (runs.length > 0 || events.length > 0) {
-            if (publishing) await publishing
-            publishing = publishInBackground(runs, events)
-          }
-          return reply
-        })()
-          .catch((err): ReplayReply => {
-            log.warn({ err }, 'dead letter replay failed')
-            return { outcome: 'unavailable', message: err instanceof FencedError ? 'this worker no longer owns the partition' : String((err as Error)?.message ?? err) }
-          })
-          .then((reply) => msg.respond(JSON.stringify(reply)))
-      },
-    })
+  /** A dead-letter replay between two batches (see Runner.replay). */
+  const replay = async (id: number): Promise<ReplayReply> => {
+    // Before the consumer opened, `checkpoint` is not known yet; once stopped, the lease is not ours.
+    if (!stream || abort.signal.aborted) return { outcome: 'unavailable', message: 'the runner is starting or stopping' }
+    try {
+      const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
+      const { reply, runs, events } = await exclusive(() => replayDeadLetter(deps.db, owner, checkpoint, id, now()))
+      log.info({ deadLetter: id, outcome: reply.outcome }, 'dead letter replayed')
+      if (runs.length > 0 || events.length > 0) {
+        if (publishing) await publishing
+        publishing = publishInBackground(runs, events)
+      }
+      return reply
+    } catch (err) {
+      log.warn({ err, deadLetter: id }, 'dead letter replay failed')
+      return { outcome: 'unavailable', message: err instanceof FencedError ? 'this worker no longer owns the partition' : String((err as Error)?.message ?? err) }
+    }
   }
 
   const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
@@ -372,7 +365,6 @@ export function startRunner(deps: RunnerDeps): Runner {
           token = await claimFence(deps.db, deps.projection.name, deps.partition)
           name = consumerName(deps.projection.name, deps.partition, token)
           log = log.child({ token })
-          listenForReplays()
         }
         const consumer = await openConsumer()
         attempt = 0
@@ -399,16 +391,14 @@ export function startRunner(deps: RunnerDeps): Runner {
         await sleep(backoffMs(attempt++), abort.signal)
       }
     }
-    // Stopped, fenced or failed: replays go to the partition's next owner.
-    replays?.unsubscribe()
   }
 
   const done = run()
   return {
+    replay,
     stop: async (opts = {}) => {
       abort.abort()
       pulling?.stop()
-      replays?.unsubscribe()
       await done
       await publishing
       lag.remove()

@@ -246,7 +246,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
             'If it applies, the read model changes, its channels get the change, and the dead letter is deleted, all in one transaction: exactly once, however often the request is repeated (a repeat is 404). ' +
             'It applies now, after the events that followed it in the stream. ' +
             '409 still_failing: it still cannot apply; the dead letter stays, with the new reason. 404 unknown_dead_letter. ' +
-            '503 no_worker (no worker holds the partition) or replay_unavailable (nothing changed; try again).',
+            '503 no_worker (no worker runs) or replay_unavailable (the owner did not answer in 15 s, or could not do it now: try again; a repeat is 404 if it had applied).',
         },
       },
     )

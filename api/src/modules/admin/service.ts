@@ -76,7 +76,7 @@ export async function replayDeadLetter(deps: { config: Config; db: Db; nc: NatsC
     reply = m.json<ReplayReply>()
   } catch (err) {
     if (err instanceof RequestError && err.isNoResponders()) {
-      throw new Unavailable(`no worker holds partition ${letter.partition} of ${letter.projection} now; try again when one does`, 'no_worker')
+      throw new Unavailable(`no stream worker is running to replay dead letter ${letter.id} (${letter.projection}, partition ${letter.partition}); try again when one is`, 'no_worker')
     }
     throw new Unavailable(`the replay of dead letter ${letter.id} got no answer: ${(err as Error).message}`, 'replay_unavailable')
   }
