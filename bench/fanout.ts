@@ -11,7 +11,8 @@ import { io } from 'socket.io-client'
 import { subjects } from '../core/events'
 import type { ChangeRun } from '../core/channels'
 import { freePort } from '../core/process'
-import { startChild, type Child } from './lib/child'
+import { startChild } from './lib/child'
+import { startClientPool, type ClientPool } from './lib/client-pool'
 import { BUN, pick, sleepUntil, type BenchContext } from './lib/context'
 import { deploy, type Deployment } from './lib/fanfare'
 import type { Figure } from './lib/report'
@@ -19,7 +20,7 @@ import { nowMs } from './lib/stats'
 import type { ClientsConfig } from './clients/ws-clients'
 
 type Kind = 'fanfare' | 'bun' | 'socketio'
-type Result = { rate: number; p50: number; p99: number; delivered: number; expected: number }
+type Result = { rate: number; ms: number; p50: number; p99: number; delivered: number; expected: number }
 
 /** Sends one frame per channel for a round; `flush` waits for whatever the transport buffers. */
 type Publisher = { round: (channels: string[], version: number) => void; flush: () => Promise<void>; close: () => void }
@@ -79,12 +80,12 @@ async function socketIoPublisher(port: number): Promise<Publisher> {
 }
 
 /** Waits until the clients have `expected` updates or nothing new arrived for `quietMs`. */
-async function collect(clients: Child, expected: number, quietMs: number) {
+async function collect(clients: ClientPool, expected: number, quietMs: number, latencies = false) {
   let last = -1
   let lastChange = Date.now()
   for (;;) {
-    const r = await clients.ask({ cmd: 'report' })
-    if (r.count >= expected) return r
+    const r = await clients.report()
+    if (r.count >= expected) return latencies ? clients.report(true) : r
     if (r.count !== last) (last = r.count), (lastChange = Date.now())
     else if (Date.now() - lastChange > quietMs) return r
     await Bun.sleep(20)
@@ -100,11 +101,12 @@ export async function scenario(
   channels: string[],
   sizes: { pacedRounds: number; pacedPerSec: number; burstRounds: number },
   clientOptions: Pick<ClientsConfig, 'jwtSecret'> = {},
+  processes = 1,
 ): Promise<Result> {
   const cfg: ClientsConfig = { kind, url, n, channels, ...clientOptions }
-  const clients = startChild([BUN, 'bench/clients/ws-clients.ts'], cfg)
+  const clients = startClientPool(cfg, processes)
   try {
-    const ready = await clients.next(120_000)
+    const ready = await clients.ready(180_000)
     ctx.log(`  ${kind}: ${ready.count} clients subscribed in ${ready.openMs.toFixed(0)} ms`)
     let version = 0
     // Paced: latency at a load every system carries.
@@ -114,8 +116,8 @@ export async function scenario(
       publisher.round(channels, ++version)
     }
     await publisher.flush()
-    const paced = await collect(clients, n * sizes.pacedRounds, 3000)
-    await clients.ask({ cmd: 'reset' })
+    const paced = await collect(clients, n * sizes.pacedRounds, 3000, true)
+    await clients.reset()
     // Burst: deliveries per second, the publisher sending as fast as it can.
     const start = nowMs()
     for (let r = 0; r < sizes.burstRounds; r++) {
@@ -127,8 +129,8 @@ export async function scenario(
     const expected = n * (sizes.pacedRounds + sizes.burstRounds)
     const delivered = paced.count + burst.count
     if (delivered < expected) ctx.notes.push(`fan-out ${kind} ${n} clients / ${new Set(channels).size} channels: ${expected - delivered} of ${expected} updates not delivered`)
-    await clients.ask({ cmd: 'close' }).catch(() => {})
-    return { rate: burst.count / ((burst.last - start) / 1000), p50: paced.p50, p99: paced.p99, delivered, expected }
+    await clients.close()
+    return { rate: burst.count / ((burst.last - start) / 1000), ms: burst.last - start, p50: paced.p50, p99: paced.p99, delivered, expected }
   } finally {
     await clients.stop()
   }
@@ -182,6 +184,42 @@ export async function fanout(ctx: BenchContext): Promise<Figure[]> {
     for (const p of Object.values(publishers)) p.close()
   } finally {
     await Promise.all([bun.stop(), sio.stop()])
+    await d.close()
+  }
+  return figures
+}
+
+/**
+ * One channel as large as one node takes (a process holds 20,000 open files here): the time to
+ * deliver a burst of updates to every subscriber, against bare Bun. The hub must cost nothing per
+ * member on the fan-out path, backpressure checks included. Clients in two processes; Socket.IO is
+ * left out (it takes minutes to connect 19,000 on this machine).
+ */
+export async function bigChannel(ctx: BenchContext): Promise<Figure[]> {
+  const d = await deploy()
+  const bun = startChild([BUN, 'bench/servers/bare-bun.ts'], { port: freePort() })
+  const figures: Figure[] = []
+  try {
+    const api = await d.startApi()
+    const bunPort = (await bun.next(30_000)).port
+    const publishers = { fanfare: await fanfarePublisher(d), bun: await bunPublisher(bunPort) }
+    const urls = { fanfare: `ws://127.0.0.1:${api.port}/v1/ws`, bun: `ws://127.0.0.1:${bunPort}/` }
+    const big = pick(ctx, 200, 19_000)
+    const rounds = pick(ctx, 10, 50)
+    ctx.log(`fan-out: ${big} clients, 1 channel, ${rounds} updates`)
+    const one = {} as Record<'fanfare' | 'bun', Result>
+    for (const kind of ['fanfare', 'bun'] as const) {
+      one[kind] = await scenario(ctx, kind, urls[kind], publishers[kind], big, [`leaderboard:big-${kind}`], { pacedPerSec: 2, pacedRounds: 4, burstRounds: rounds }, {}, 2)
+      ctx.log(`  ${kind}: ${rounds} updates to ${big} subscribers in ${one[kind].ms.toFixed(0)} ms (${Math.round(one[kind].rate)} deliveries/s), p99 ${one[kind].p99.toFixed(1)} ms`)
+    }
+    const label = `${big} clients (2 processes), 1 channel`
+    figures.push(
+      { group: 'big channel', name: `time to deliver ${rounds} updates, ${label}`, unit: 'ms', value: one.fanfare.ms, baselineName: 'bare Bun.serve pub/sub', baseline: one.bun.ms, target: { op: '<=', ratio: 1.2 } },
+      { group: 'big channel', name: `p99 latency at 2 updates/s, ${label}`, unit: 'ms', value: one.fanfare.p99, baselineName: 'bare Bun.serve pub/sub', baseline: one.bun.p99 },
+    )
+    for (const p of Object.values(publishers)) p.close()
+  } finally {
+    await bun.stop()
     await d.close()
   }
   return figures
