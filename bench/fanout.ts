@@ -11,7 +11,9 @@ import { io } from 'socket.io-client'
 import { subjects } from '../core/events'
 import type { ChangeRun } from '../core/channels'
 import { freePort } from '../core/process'
-import { startChild, type Child } from './lib/child'
+import { cpuOf, startChild } from './lib/child'
+import { startClientPool, type ClientPool } from './lib/client-pool'
+import { stalledSubscriber } from './lib/stalled'
 import { BUN, pick, sleepUntil, type BenchContext } from './lib/context'
 import { deploy, type Deployment } from './lib/fanfare'
 import type { Figure } from './lib/report'
@@ -19,7 +21,7 @@ import { nowMs } from './lib/stats'
 import type { ClientsConfig } from './clients/ws-clients'
 
 type Kind = 'fanfare' | 'bun' | 'socketio'
-type Result = { rate: number; p50: number; p99: number; delivered: number; expected: number }
+type Result = { rate: number; ms: number; cpuMs: number; pacedCpuMs: number; p50: number; p99: number; delivered: number; expected: number }
 
 /** Sends one frame per channel for a round; `flush` waits for whatever the transport buffers. */
 type Publisher = { round: (channels: string[], version: number) => void; flush: () => Promise<void>; close: () => void }
@@ -79,12 +81,12 @@ async function socketIoPublisher(port: number): Promise<Publisher> {
 }
 
 /** Waits until the clients have `expected` updates or nothing new arrived for `quietMs`. */
-async function collect(clients: Child, expected: number, quietMs: number) {
+async function collect(clients: ClientPool, expected: number, quietMs: number, latencies = false) {
   let last = -1
   let lastChange = Date.now()
   for (;;) {
-    const r = await clients.ask({ cmd: 'report' })
-    if (r.count >= expected) return r
+    const r = await clients.report()
+    if (r.count >= expected) return latencies ? clients.report(true) : r
     if (r.count !== last) (last = r.count), (lastChange = Date.now())
     else if (Date.now() - lastChange > quietMs) return r
     await Bun.sleep(20)
@@ -100,23 +102,29 @@ export async function scenario(
   channels: string[],
   sizes: { pacedRounds: number; pacedPerSec: number; burstRounds: number },
   clientOptions: Pick<ClientsConfig, 'jwtSecret'> = {},
+  processes = 1,
+  /** The server's process: its CPU time over the burst is measured. */
+  serverPid?: number,
 ): Promise<Result> {
   const cfg: ClientsConfig = { kind, url, n, channels, ...clientOptions }
-  const clients = startChild([BUN, 'bench/clients/ws-clients.ts'], cfg)
+  const clients = startClientPool(cfg, processes)
   try {
-    const ready = await clients.next(120_000)
+    const ready = await clients.ready(180_000)
     ctx.log(`  ${kind}: ${ready.count} clients subscribed in ${ready.openMs.toFixed(0)} ms`)
     let version = 0
     // Paced: latency at a load every system carries.
+    const pacedCpuBefore = serverPid === undefined ? Number.NaN : cpuOf(serverPid)
     const t0 = performance.now()
     for (let r = 0; r < sizes.pacedRounds; r++) {
       await sleepUntil(t0 + (r * 1000) / sizes.pacedPerSec)
       publisher.round(channels, ++version)
     }
     await publisher.flush()
-    const paced = await collect(clients, n * sizes.pacedRounds, 3000)
-    await clients.ask({ cmd: 'reset' })
+    const paced = await collect(clients, n * sizes.pacedRounds, 3000, true)
+    const pacedCpuMs = serverPid === undefined ? Number.NaN : (cpuOf(serverPid) - pacedCpuBefore) * 1000
+    await clients.reset()
     // Burst: deliveries per second, the publisher sending as fast as it can.
+    const cpuBefore = serverPid === undefined ? Number.NaN : cpuOf(serverPid)
     const start = nowMs()
     for (let r = 0; r < sizes.burstRounds; r++) {
       publisher.round(channels, ++version)
@@ -124,11 +132,12 @@ export async function scenario(
     }
     await publisher.flush()
     const burst = await collect(clients, n * sizes.burstRounds, 3000)
+    const cpuMs = serverPid === undefined ? Number.NaN : (cpuOf(serverPid) - cpuBefore) * 1000
     const expected = n * (sizes.pacedRounds + sizes.burstRounds)
     const delivered = paced.count + burst.count
     if (delivered < expected) ctx.notes.push(`fan-out ${kind} ${n} clients / ${new Set(channels).size} channels: ${expected - delivered} of ${expected} updates not delivered`)
-    await clients.ask({ cmd: 'close' }).catch(() => {})
-    return { rate: burst.count / ((burst.last - start) / 1000), p50: paced.p50, p99: paced.p99, delivered, expected }
+    await clients.close()
+    return { rate: burst.count / ((burst.last - start) / 1000), ms: burst.last - start, cpuMs, pacedCpuMs, p50: paced.p50, p99: paced.p99, delivered, expected }
   } finally {
     await clients.stop()
   }
@@ -182,6 +191,63 @@ export async function fanout(ctx: BenchContext): Promise<Figure[]> {
     for (const p of Object.values(publishers)) p.close()
   } finally {
     await Promise.all([bun.stop(), sio.stop()])
+    await d.close()
+  }
+  return figures
+}
+
+/**
+ * One channel as large as one node takes (a process holds 20,000 open files here): the time to
+ * deliver a burst of updates to every subscriber, against bare Bun. The hub must cost nothing per
+ * member on the fan-out path, backpressure checks included. Clients in two processes; Socket.IO is
+ * left out (it takes minutes to connect 19,000 on this machine).
+ */
+export async function bigChannel(ctx: BenchContext): Promise<Figure[]> {
+  // The stalled subscriber below is kept (its queue stays under the limit) so that it makes every
+  // publish report backpressure for the whole burst.
+  const d = await deploy({ FANFARE_WS_BACKPRESSURE_BYTES: String(256 * 1024 * 1024) })
+  const bun = startChild([BUN, 'bench/servers/bare-bun.ts'], { port: freePort() })
+  const figures: Figure[] = []
+  try {
+    const api = await d.startApi()
+    const bunPort = (await bun.next(30_000)).port
+    const publishers = { fanfare: await fanfarePublisher(d), bun: await bunPublisher(bunPort) }
+    const urls = { fanfare: `ws://127.0.0.1:${api.port}/v1/ws`, bun: `ws://127.0.0.1:${bunPort}/` }
+    const pids = { fanfare: api.proc.proc.pid, bun: bun.proc.pid }
+    const big = pick(ctx, 200, 19_000)
+    const rounds = pick(ctx, 10, 50)
+    ctx.log(`fan-out: ${big} clients, 1 channel, ${rounds} updates`)
+    const one = {} as Record<'fanfare' | 'bun', Result>
+    for (const kind of ['fanfare', 'bun'] as const) {
+      const channel = `leaderboard:big-${kind}`
+      // One more subscriber, which stopped reading with ~32 MB of answers queued for it (more than
+      // the kernel's buffers take). Bare Bun checks nothing, so its stalled subscriber only stops.
+      const stalled = await stalledSubscriber(
+        urls[kind],
+        JSON.stringify({ op: 'subscribe', channel }),
+        JSON.stringify({ op: 'unsubscribe', ref: 'r', channel: 'leaderboard:x', ['x'.repeat(1000)]: 0 }),
+        kind === 'fanfare' ? 16_000 : 0,
+      )
+      one[kind] = await scenario(ctx, kind, urls[kind], publishers[kind], big, [channel], { pacedPerSec: 10, pacedRounds: 30, burstRounds: rounds }, {}, 2, pids[kind])
+      stalled.close()
+      ctx.log(`  ${kind}: ${rounds} updates to ${big} subscribers in ${one[kind].ms.toFixed(0)} ms (${Math.round(one[kind].rate)} deliveries/s, server CPU ${one[kind].cpuMs.toFixed(0)} ms; paced: server CPU ${one[kind].pacedCpuMs.toFixed(0)} ms), p99 ${one[kind].p99.toFixed(1)} ms`)
+    }
+    const label = `${big} clients (2 processes) and 1 stalled, 1 channel`
+    figures.push(
+      { group: 'big channel', name: `time to deliver ${rounds} updates, ${label}`, unit: 'ms', value: one.fanfare.ms, baselineName: 'bare Bun.serve pub/sub', baseline: one.bun.ms, target: { op: '<=', ratio: 1.2 } },
+      { group: 'big channel', name: `p99 latency at 10 updates/s, ${label}`, unit: 'ms', value: one.fanfare.p99, baselineName: 'bare Bun.serve pub/sub', baseline: one.bun.p99 },
+    )
+    // The clients bound the time on a 2-core machine; the server's CPU shows what the node adds.
+    // Not in smoke mode: /proc counts CPU in 10 ms ticks, and a tiny load may cost none.
+    if (ctx.mode === 'full') {
+      figures.push(
+        { group: 'big channel', name: `server CPU time for ${rounds} updates, ${label}`, unit: 'ms', value: one.fanfare.cpuMs, baselineName: 'bare Bun.serve pub/sub', baseline: one.bun.cpuMs },
+        { group: 'big channel', name: `server CPU time for 30 updates at 10/s, ${label}`, unit: 'ms', value: one.fanfare.pacedCpuMs, baselineName: 'bare Bun.serve pub/sub', baseline: one.bun.pacedCpuMs },
+      )
+    }
+    for (const p of Object.values(publishers)) p.close()
+  } finally {
+    await bun.stop()
     await d.close()
   }
   return figures

@@ -15,7 +15,7 @@ import { auth } from './auth'
 import { presence } from './presence'
 import { connections } from './connections'
 import { e2e } from './e2e'
-import { fanout } from './fanout'
+import { bigChannel, fanout } from './fanout'
 import { ingest } from './ingest'
 import { projection } from './projection'
 import { reactions } from './reactions'
@@ -27,6 +27,7 @@ export type BenchRun = { machine: Machine; figures: Figure[]; notes: string[]; s
 /** The benchmarks, in run order. `only` (names) selects some. */
 export const benchmarks: Record<string, (ctx: BenchContext) => Promise<Figure[]>> = {
   fanout,
+  bigChannel,
   e2e,
   projection,
   connections,

@@ -27,6 +27,8 @@ export type ClientsConfig = {
   jwtSecret?: string
   /** The first user number (`bench-<n>`), so several client processes sign in as different users. */
   firstUser?: number
+  /** This process's first client number over all client processes (channel of client i: channels[(offset + i) % length]). */
+  offset?: number
 }
 
 const cfg = childConfig<ClientsConfig>()
@@ -51,7 +53,7 @@ if (cfg.jwtSecret) for (let i = 0; i < cfg.n; i++) tokens.push(await mintUserTok
 function openWs(i: number): Promise<Conn> {
   return new Promise((ok, fail) => {
     const ws = new WebSocket(tokens.length ? `${cfg.url}?token=${tokens[i]}` : cfg.url)
-    const channel = cfg.channels.length ? cfg.channels[i % cfg.channels.length] : undefined
+    const channel = cfg.channels.length ? cfg.channels[((cfg.offset ?? 0) + i) % cfg.channels.length] : undefined
     const timer = setTimeout(() => fail(new Error(`connection ${i} not ready in 60 s`)), 60_000)
     const done = () => (clearTimeout(timer), ok({ close: () => ws.close() }))
     ws.onerror = () => (clearTimeout(timer), fail(new Error(`connection ${i} failed`)))
@@ -72,7 +74,7 @@ function openWs(i: number): Promise<Conn> {
 function openSocketIo(i: number): Promise<Conn> {
   return new Promise((ok, fail) => {
     const s: Socket = io(cfg.url, { transports: ['websocket'], forceNew: true, reconnection: false })
-    const channel = cfg.channels.length ? cfg.channels[i % cfg.channels.length] : undefined
+    const channel = cfg.channels.length ? cfg.channels[((cfg.offset ?? 0) + i) % cfg.channels.length] : undefined
     const timer = setTimeout(() => fail(new Error(`socket.io connection ${i} not ready in 60 s`)), 60_000)
     const done = () => (clearTimeout(timer), ok({ close: () => s.close() }))
     s.on('connect_error', (err) => (clearTimeout(timer), fail(err)))
@@ -106,7 +108,7 @@ await serveCommands((c) => {
       first = last = 0
       return { ok: true }
     case 'report':
-      return { ...summarize(latencies), first, last }
+      return { ...summarize(latencies), first, last, ...(c.latencies ? { latencies } : {}) }
     case 'close':
       for (const conn of conns) conn.close()
       setTimeout(() => process.exit(0), 50)

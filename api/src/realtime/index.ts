@@ -1,3 +1,4 @@
+import type { ServerWebSocket } from 'bun'
 import { Elysia, t } from 'elysia'
 import { channelOf, parseChannel, presenceTarget } from '../../../core/channels'
 import type { Config } from '../../../core/config'
@@ -13,7 +14,6 @@ import type { Revocations } from '../auth/revocations'
 import type { RoomAccess } from '../auth/rooms'
 import { AppError, Forbidden, Revoked, TokenExpired, Unauthorized } from '../errors'
 import { closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
-import { UNKNOWN_ADDRESS } from '../limits/client-ip'
 import { heldBack, type PublishHold } from '../limits/publish-order'
 import type { Presence } from '../presence'
 import { isTracked, presenceChannelOf } from '../presence/feed'
@@ -44,9 +44,6 @@ export type RealtimeDeps = {
 /** What the node needs of an open socket: Bun's ServerWebSocket (Elysia's `ws.raw`). */
 export type OpenSocket = { close: (code: number, reason: string) => void; getBufferedAmount: () => number; readyState: number }
 
-/** What acks need of a socket (Bun's ServerWebSocket; Elysia's older type lacks `cork`). */
-type AckSocket = { readyState: number; send: (text: string) => number; cork: (cb: () => void) => unknown }
-
 /** The open WebSockets of one node. */
 export type SocketRegistry = {
   open: Map<string, OpenSocket>
@@ -56,19 +53,24 @@ export type SocketRegistry = {
   sent: (ws: OpenSocket, result: number) => void
 }
 
-type Connection = {
+/**
+ * One socket's state. It is also the socket's `ws.data` (Elysia's server-wide WebSocket handlers
+ * call `ws.data.open/message/close`) and its hub `Sink`: one object per socket, its methods shared
+ * (see realtimeRoutes). Idle sockets are most of a node's sockets: what one holds is its memory.
+ */
+type Connection = Sink & {
   principal: Principal
   /** Opened without a token while anonymous clients are refused: only `auth` is accepted. */
   awaitingAuth: boolean
   channels: Set<string>
-  sink: Sink
-  socket: OpenSocket
-  /** Publish acks waiting for the end of the event-loop turn (see ackLater). */
-  acks: string[]
-  /** This socket's rate limits (publishes, subscribes, abuse). */
+  /** Bun's socket, from `open` on. */
+  socket: ServerWebSocket<Connection>
+  /** Publish acks waiting for the end of the event-loop turn (see ackLater); undefined when none. */
+  acks: string[] | undefined
+  /** This socket's rate limits (publishes, subscribes, abuse), made at its first command that needs them. */
   rates: ConnectionRates
   /** Set while its publishes wait behind one refused for its rate (see heldBack). */
-  hold?: PublishHold
+  hold: PublishHold | undefined
   /** Its place in the connection counts of its address and user. */
   slot: Slot
   address: string
@@ -95,16 +97,13 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   const maxSubscriptions = deps.limits.maxSubscriptions
   const now = deps.now ?? Date.now
   const log = deps.logger.child({ component: 'realtime' })
-  // The principal of an upgrade, from its `?token=`, checked before the upgrade (401 if bad), and
-  // the client's address.
-  const upgraded = new WeakMap<Request, { principal: Principal; address: string }>()
 
   // Every direct send reports its result, so that a socket falling behind is seen (SocketRegistry).
   const sent = (raw: unknown, result: number) => {
     deps.sockets?.sent(raw as OpenSocket, result)
     return result
   }
-  const send = (conn: Connection, frame: ServerFrame) => conn.sink.send(JSON.stringify(frame))
+  const send = (conn: Connection, frame: ServerFrame) => conn.send(JSON.stringify(frame))
   // Read when scraped: nothing is counted per subscribe.
   deps.metrics.ws.watch({
     connections: () => connections.size,
@@ -118,20 +117,21 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   // Acks complete together (one JetStream reply read acknowledges many publishes), outside Bun's
   // own corking of the message handler: each send would be a socket write. They are queued per
   // socket and sent at the end of the turn in one corked write.
-  const acking = new Map<AckSocket, Connection>()
+  const acking = new Set<Connection>()
   const flushAcks = () => {
-    for (const [raw, conn] of acking) {
-      const frames = conn.acks
-      conn.acks = []
+    for (const conn of acking) {
+      const frames = conn.acks ?? []
+      const raw = conn.socket
+      conn.acks = undefined
       if (raw.readyState === 1) raw.cork(() => frames.forEach((f) => sent(raw, raw.send(f))))
       deps.metrics.ws.sentOp('ack', frames.length)
     }
     acking.clear()
   }
-  const ackLater = (raw: AckSocket, conn: Connection, frame: ServerFrame) => {
-    conn.acks.push(JSON.stringify(frame))
+  const ackLater = (conn: Connection, frame: ServerFrame) => {
+    ;(conn.acks ??= []).push(JSON.stringify(frame))
     if (acking.size === 0) setImmediate(flushAcks)
-    acking.set(raw, conn)
+    acking.add(conn)
   }
 
   const close = (conn: Connection, code: number, reason: string) => {
@@ -228,10 +228,10 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   const leaveChannel = (conn: Connection, channel: string, reason: 'left' | 'disconnected'): boolean => {
     conn.channels.delete(channel)
     const target = presenceTarget(channel)
-    if (target !== undefined) return deps.presence.unsubscribe(conn.sink, target)
+    if (target !== undefined) return deps.presence.unsubscribe(conn, target)
     // A closed socket has no topics left to leave: the hub only forgets it.
-    const was = reason === 'disconnected' ? (deps.hub.removeSink(conn.sink, [channel]), true) : deps.hub.unsubscribe(conn.sink, channel)
-    if (isTracked(channel)) deps.presence.untrack(channel, conn.sink.id, conn.principal, reason)
+    const was = reason === 'disconnected' ? (deps.hub.removeSink(conn, [channel]), true) : deps.hub.unsubscribe(conn, channel)
+    if (isTracked(channel)) deps.presence.untrack(channel, conn.id, conn.principal, reason)
     return was
   }
 
@@ -257,14 +257,192 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     return p
   }
 
-  return new Elysia({ name: 'realtime' }).ws('/v1/ws', {
-    query: t.Object({ token: t.Optional(t.String({ maxLength: 8192 })) }),
-    detail: { summary: 'WebSocket: publish events and subscribe to channels', tags: ['realtime'] },
-    async beforeHandle({ query, request, set, server }) {
-      // Elysia 1.4 runs a ws route's beforeHandle twice: as a route hook (whose answer refuses the
-      // upgrade) and again just before upgrading (whose answer it ignores). Once is enough: a
-      // second run would charge the connect twice and verify the token twice.
-      if (upgraded.has(request)) return
+  // Connection ids: unique on this node (hub members, presence), short (one per socket).
+  let lastId = 0
+  const onOpen = (conn: Connection, raw: ServerWebSocket<Connection>) => {
+    conn.socket = raw
+    if (deps.sockets?.closing) return void raw.close(CLOSE.GOING_AWAY, 'server shutting down')
+    // Upgrades racing past the route's check are counted (and refused) here.
+    const held = deps.limits.connections.open(conn.address, conn.principal)
+    if ('refusal' in held) return void raw.close(CLOSE.RATE_LIMITED, closeReasonOf(held.refusal))
+    conn.slot = held.slot
+    deps.sockets?.open.set(conn.id, raw)
+    connections.set(conn.id, conn)
+    if (conn.awaitingAuth) {
+      conn.timers.push(setTimeout(() => close(conn, CLOSE.TOKEN_EXPIRED, 'authentication required: send { op: "auth", token } first'), deps.config.FANFARE_AUTH_TIMEOUT_MS))
+    } else {
+      scheduleExpiry(conn)
+    }
+  }
+  const onClose = (conn: Connection) => {
+    deps.sockets?.open.delete(conn.id)
+    if (connections.get(conn.id) !== conn) return
+    for (const timer of conn.timers) clearTimeout(timer)
+    connections.delete(conn.id)
+    conn.slot.release()
+    for (const channel of [...conn.channels]) leaveChannel(conn, channel, 'disconnected')
+  }
+
+  /**
+   * A socket's `ws.data`, its hub Sink and its state in one object (see Connection). Bun's socket
+   * is used as is: Elysia's ws route would keep its whole request context per socket (with a
+   * closure per handler) and wrap every frame in a new object with a dozen bound methods.
+   */
+  class Socket implements Sink {
+    readonly id = String(++lastId)
+    awaitingAuth: boolean
+    channels = new Set<string>()
+    socket!: ServerWebSocket<Connection>
+    acks: string[] | undefined = undefined
+    slot!: Slot
+    inFlight = 0
+    closing?: { code: number; reason: string } = undefined
+    timers: ReturnType<typeof setTimeout>[] = []
+    hold: PublishHold | undefined = undefined
+    #rates: ConnectionRates | undefined = undefined
+    constructor(
+      public principal: Principal,
+      readonly address: string,
+    ) {
+      this.awaitingAuth = principal.kind === 'anonymous' && deps.config.FANFARE_ANONYMOUS === 'off'
+    }
+    get rates(): ConnectionRates {
+      return (this.#rates ??= deps.limits.rates.connection())
+    }
+    send(text: string) {
+      deps.metrics.ws.sent(text)
+      return sent(this.socket, this.socket.send(text))
+    }
+    subscribe(topic: string) {
+      this.socket.subscribe(topic)
+    }
+    unsubscribe(topic: string) {
+      if (this.socket.readyState === 1) this.socket.unsubscribe(topic)
+    }
+    overflow() {
+      this.socket.close(CLOSE.SLOW_CONSUMER, 'slow consumer: reconnect and subscribe again')
+    }
+    open(raw: ServerWebSocket<Connection>) {
+      onOpen(this, raw)
+    }
+    message(_: ServerWebSocket<Connection>, message: string | Buffer) {
+      onMessage(this, message).catch((err) => log.error({ err }, 'websocket frame failed'))
+    }
+    close(_: ServerWebSocket<Connection>, code: number) {
+      deps.metrics.ws.disconnected(code)
+      onClose(this)
+    }
+  }
+
+  const onMessage = async (conn: Connection, message: string | Buffer) => {
+    if (connections.get(conn.id) !== conn || conn.closing) return
+    const reply = (frame: ServerFrame) => send(conn, frame)
+    const parsed = parseFrame(message)
+    if (!parsed.ok) return void reply({ op: 'error', ref: parsed.ref, error: parsed.error })
+    const frame = parsed.frame
+    if (conn.awaitingAuth && frame.op !== 'auth' && frame.op !== 'ping') {
+      return void reply({ op: 'error', ref: frame.ref, error: { code: 'unauthorized', message: 'this server needs a token: send { "op": "auth", "token" } first' } })
+    }
+    try {
+      switch (frame.op) {
+        case 'auth': {
+          let p: Principal
+          try {
+            p = await authenticate(conn, frame.token)
+          } catch (err) {
+            const body = errorBody(err)
+            reply({ op: 'error', ref: frame.ref, error: body })
+            return void close(conn, err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN, body.code)
+          }
+          const refused = conn.slot.identify(p)
+          if (refused) return void refuseSocket(conn, frame.ref, refused)
+          conn.principal = p
+          conn.awaitingAuth = false
+          scheduleExpiry(conn)
+          return void reply({
+            op: 'authed',
+            ref: frame.ref,
+            principal: principalId(p),
+            ...(p.kind !== 'anonymous' && p.expiresAt !== undefined ? { expiresAt: new Date(p.expiresAt).toISOString() } : {}),
+            // How long a resent event id is still recognised: a client resends an unacknowledged
+            // event only within it (after that, a resend could be stored twice).
+            dedupWindowMs: deps.config.FANFARE_DEDUP_WINDOW_MS,
+          })
+        }
+        case 'publish': {
+          const now = performance.now()
+          const held = heldBack(conn.hold, frame.event.id, now)
+          if (held) return void rateLimited(conn, frame.ref, held)
+          const refused = conn.rates.publish(conn.principal)
+          if (refused) {
+            conn.hold = { id: frame.event.id, retryAt: now + refused.retryAfterMs, refusal: refused }
+            return void rateLimited(conn, frame.ref, refused)
+          }
+          conn.hold = undefined
+          conn.inFlight++
+          try {
+            const [result] = await deps.publish([frame.event], conn.principal, { via: 'ws', trace: contextOfTraceparent(frame.traceparent) })
+            return void ackLater(conn, { op: 'ack', ref: frame.ref, ...result })
+          } finally {
+            conn.inFlight--
+            closeWhenAcked(conn)
+          }
+        }
+        case 'subscribe': {
+          // Charged first: every subscribe command counts, refused or not.
+          const refused = conn.rates.subscribe(conn.principal)
+          if (refused) return void rateLimited(conn, frame.ref, refused)
+          if (conn.channels.has(frame.channel)) {
+            return void reply({ op: 'error', ref: frame.ref, error: { code: 'already_subscribed', message: `already subscribed to ${frame.channel}` } })
+          }
+          if (conn.channels.size >= maxSubscriptions) {
+            return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
+          }
+          conn.channels.add(frame.channel)
+          const target = presenceTarget(frame.channel)
+          if (target !== undefined) {
+            // Whoever may see the channel may see who is in it. Presence is state, not history:
+            // a resume always gets a fresh snapshot.
+            await checkAccess(conn.principal, target)
+            if (!conn.channels.has(frame.channel)) return // unsubscribed meanwhile
+            return void deps.presence.subscribe(conn, target, frame.since !== undefined)
+          }
+          await checkAccess(conn.principal, frame.channel)
+          const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
+          await deps.hub.subscribe(conn, frame.channel, from)
+          // Present once its first frames are out (and if it did not leave or close meanwhile).
+          if (isTracked(frame.channel) && conn.channels.has(frame.channel) && connections.get(conn.id) === conn) {
+            deps.presence.track(frame.channel, conn.id, conn.principal)
+          }
+          return
+        }
+        case 'ping':
+          return void reply({ op: 'pong', ...(frame.ref === undefined ? {} : { ref: frame.ref }) })
+        case 'unsubscribe': {
+          const was = leaveChannel(conn, frame.channel, 'left')
+          return void reply({ op: 'unsubscribed', ref: frame.ref, channel: frame.channel, ...(was ? {} : { wasSubscribed: false }) })
+        }
+        default: {
+          const unreachable: never = frame
+          return unreachable
+        }
+      }
+    } catch (err) {
+      if (frame.op === 'subscribe') conn.channels.delete(frame.channel)
+      const body = errorBody(err)
+      if (body.code === 'internal') log.error({ err, op: frame.op }, 'websocket frame failed')
+      reply({ op: 'error', ref: frame.ref, ...(frame.op === 'subscribe' ? { channel: frame.channel } : {}), error: body })
+    }
+  }
+
+  return new Elysia({ name: 'realtime' }).get(
+    '/v1/ws',
+    async ({ query, request, set, server }) => {
+      if (request.headers.get('upgrade')?.toLowerCase() !== 'websocket') {
+        set.status = 426
+        set.headers['upgrade'] = 'websocket'
+        return { error: { code: 'upgrade_required', message: 'GET /v1/ws is a WebSocket: send Upgrade: websocket' } }
+      }
       // The address is checked first (connect rate, open sockets), so a flood costs no token checks.
       const address = deps.limits.clientAddress(server?.requestIP(request)?.address, request.headers.get('x-forwarded-for'))
       const refusedAddress = deps.limits.connections.admitAddress(address)
@@ -279,157 +457,14 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       }
       const refusedPrincipal = deps.limits.connections.admitPrincipal(principal)
       if (refusedPrincipal) return refuseUpgrade(set, refusedPrincipal)
-      upgraded.set(request, { principal, address })
-    },
-    open(ws) {
-      const raw = ws.raw
-      if (deps.sockets?.closing) return void raw.close(CLOSE.GOING_AWAY, 'server shutting down')
-      const { principal, address } = upgraded.get(ws.data.request) ?? { principal: ANONYMOUS, address: UNKNOWN_ADDRESS }
-      // Upgrades racing past beforeHandle's check are counted (and refused) here.
-      const held = deps.limits.connections.open(address, principal)
-      if ('refusal' in held) return void raw.close(CLOSE.RATE_LIMITED, closeReasonOf(held.refusal))
-      // Elysia types `raw` with an older ServerWebSocket that lacks getBufferedAmount (Bun has it).
-      const socket = raw as unknown as OpenSocket
-      deps.sockets?.open.set(ws.id, socket)
-      const conn: Connection = {
-        principal,
-        awaitingAuth: principal.kind === 'anonymous' && deps.config.FANFARE_ANONYMOUS === 'off',
-        channels: new Set(),
-        socket,
-        acks: [],
-        rates: deps.limits.rates.connection(),
-        slot: held.slot,
-        address,
-        inFlight: 0,
-        timers: [],
-        sink: {
-          id: ws.id,
-          send: (text) => {
-            deps.metrics.ws.sent(text)
-            return sent(raw, raw.send(text))
-          },
-          subscribe: (topic) => raw.subscribe(topic),
-          unsubscribe: (topic) => void (raw.readyState === 1 && raw.unsubscribe(topic)),
-          overflow: () => raw.close(CLOSE.SLOW_CONSUMER, 'slow consumer: reconnect and subscribe again'),
-        },
-      }
-      connections.set(ws.id, conn)
-      if (conn.awaitingAuth) {
-        conn.timers.push(setTimeout(() => close(conn, CLOSE.TOKEN_EXPIRED, 'authentication required: send { op: "auth", token } first'), deps.config.FANFARE_AUTH_TIMEOUT_MS))
-      } else {
-        scheduleExpiry(conn)
+      if (!server?.upgrade(request, { data: new Socket(principal, address) })) {
+        set.status = 400
+        return { error: { code: 'bad_request', message: 'Expected a websocket connection' } }
       }
     },
-    async message(ws, message) {
-      const conn = connections.get(ws.id)
-      if (!conn || conn.closing) return
-      const reply = (frame: ServerFrame) => send(conn, frame)
-      const parsed = parseFrame(message)
-      if (!parsed.ok) return void reply({ op: 'error', ref: parsed.ref, error: parsed.error })
-      const frame = parsed.frame
-      if (conn.awaitingAuth && frame.op !== 'auth' && frame.op !== 'ping') {
-        return void reply({ op: 'error', ref: frame.ref, error: { code: 'unauthorized', message: 'this server needs a token: send { "op": "auth", "token" } first' } })
-      }
-      try {
-        switch (frame.op) {
-          case 'auth': {
-            let p: Principal
-            try {
-              p = await authenticate(conn, frame.token)
-            } catch (err) {
-              const body = errorBody(err)
-              reply({ op: 'error', ref: frame.ref, error: body })
-              return void close(conn, err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN, body.code)
-            }
-            const refused = conn.slot.identify(p)
-            if (refused) return void refuseSocket(conn, frame.ref, refused)
-            conn.principal = p
-            conn.awaitingAuth = false
-            scheduleExpiry(conn)
-            return void reply({
-              op: 'authed',
-              ref: frame.ref,
-              principal: principalId(p),
-              ...(p.kind !== 'anonymous' && p.expiresAt !== undefined ? { expiresAt: new Date(p.expiresAt).toISOString() } : {}),
-              // How long a resent event id is still recognised: a client resends an unacknowledged
-              // event only within it (after that, a resend could be stored twice).
-              dedupWindowMs: deps.config.FANFARE_DEDUP_WINDOW_MS,
-            })
-          }
-          case 'publish': {
-            const now = performance.now()
-            const held = heldBack(conn.hold, frame.event.id, now)
-            if (held) return void rateLimited(conn, frame.ref, held)
-            const refused = conn.rates.publish(conn.principal)
-            if (refused) {
-              conn.hold = { id: frame.event.id, retryAt: now + refused.retryAfterMs, refusal: refused }
-              return void rateLimited(conn, frame.ref, refused)
-            }
-            conn.hold = undefined
-            conn.inFlight++
-            try {
-              const [result] = await deps.publish([frame.event], conn.principal, { via: 'ws', trace: contextOfTraceparent(frame.traceparent) })
-              return void ackLater(ws.raw as unknown as AckSocket, conn, { op: 'ack', ref: frame.ref, ...result })
-            } finally {
-              conn.inFlight--
-              closeWhenAcked(conn)
-            }
-          }
-          case 'subscribe': {
-            // Charged first: every subscribe command counts, refused or not.
-            const refused = conn.rates.subscribe(conn.principal)
-            if (refused) return void rateLimited(conn, frame.ref, refused)
-            if (conn.channels.has(frame.channel)) {
-              return void reply({ op: 'error', ref: frame.ref, error: { code: 'already_subscribed', message: `already subscribed to ${frame.channel}` } })
-            }
-            if (conn.channels.size >= maxSubscriptions) {
-              return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
-            }
-            conn.channels.add(frame.channel)
-            const target = presenceTarget(frame.channel)
-            if (target !== undefined) {
-              // Whoever may see the channel may see who is in it. Presence is state, not history:
-              // a resume always gets a fresh snapshot.
-              await checkAccess(conn.principal, target)
-              if (!conn.channels.has(frame.channel)) return // unsubscribed meanwhile
-              return void deps.presence.subscribe(conn.sink, target, frame.since !== undefined)
-            }
-            await checkAccess(conn.principal, frame.channel)
-            const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
-            await deps.hub.subscribe(conn.sink, frame.channel, from)
-            // Present once its first frames are out (and if it did not leave or close meanwhile).
-            if (isTracked(frame.channel) && conn.channels.has(frame.channel) && connections.get(conn.sink.id) === conn) {
-              deps.presence.track(frame.channel, conn.sink.id, conn.principal)
-            }
-            return
-          }
-          case 'ping':
-            return void reply({ op: 'pong', ...(frame.ref === undefined ? {} : { ref: frame.ref }) })
-          case 'unsubscribe': {
-            const was = leaveChannel(conn, frame.channel, 'left')
-            return void reply({ op: 'unsubscribed', ref: frame.ref, channel: frame.channel, ...(was ? {} : { wasSubscribed: false }) })
-          }
-          default: {
-            const unreachable: never = frame
-            return unreachable
-          }
-        }
-      } catch (err) {
-        if (frame.op === 'subscribe') conn.channels.delete(frame.channel)
-        const body = errorBody(err)
-        if (body.code === 'internal') log.error({ err, op: frame.op }, 'websocket frame failed')
-        reply({ op: 'error', ref: frame.ref, ...(frame.op === 'subscribe' ? { channel: frame.channel } : {}), error: body })
-      }
+    {
+      query: t.Object({ token: t.Optional(t.String({ maxLength: 8192 })) }),
+      detail: { summary: 'WebSocket: publish events and subscribe to channels', tags: ['realtime'] },
     },
-    close(ws, code) {
-      deps.metrics.ws.disconnected(code)
-      deps.sockets?.open.delete(ws.id)
-      const conn = connections.get(ws.id)
-      if (!conn) return
-      for (const timer of conn.timers) clearTimeout(timer)
-      connections.delete(ws.id)
-      conn.slot.release()
-      for (const channel of [...conn.channels]) leaveChannel(conn, channel, 'disconnected')
-    },
-  })
+  )
 }

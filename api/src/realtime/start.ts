@@ -12,9 +12,10 @@ import { historyReader } from './history'
 import { windowsOf } from './windows'
 import type { Security } from '../auth/security'
 import { CLOSE } from './close-codes'
+import { createSlowConsumers } from './slow-consumers'
 import { startPresence, type Presence } from '../presence'
 import { realtimeRoutes, type OpenSocket, type SocketRegistry } from './index'
-import type { Limits } from '../limits'
+import { MAX_SUBSCRIPTIONS, type Limits } from '../limits'
 
 export type Realtime = {
   /** The `/v1/ws` route, given the app's ingest service and limits (plug into createApp's `realtime`). */
@@ -55,34 +56,21 @@ export async function startRealtime(deps: {
   const logger = deps.logger.child({ component: 'realtime' })
   let server: Server<unknown> | undefined
   const t = topology(deps.config)
-  // Slow consumers: a socket whose unsent queue passed the limit is closed with 4008 and a reason
-  // (the close frame follows what is queued), before Bun's backstop at twice the limit would cut it
-  // without one. Checked only where a queue can grow: a direct send that reports backpressure or
-  // a drop (-1 or 0) checks its socket at once (SocketRegistry.sent); a publish that does checks
-  // its channel's sockets (see closeSlowOf). No per-send check on the fan-out path (it stays on
-  // Bun's native publish) and no sweep of idle sockets (a sweep of every socket every 25 ms cost
-  // ~5% of a core per 10,000 idle ones).
-  const limit = deps.config.FANFARE_WS_BACKPRESSURE_BYTES
-  const closeIfSlow = (ws: OpenSocket | undefined) => {
-    if (ws && ws.readyState === 1 && ws.getBufferedAmount() > limit) ws.close(CLOSE.SLOW_CONSUMER, 'slow consumer: reconnect and resume')
-  }
-  const sockets: SocketRegistry = {
-    open: new Map(),
-    closing: false,
-    // At once: a burst of answers to one client's frames is sent in one turn, and would pass
-    // Bun's backstop before a timer could run.
-    sent: (ws, result) => {
-      if (result <= 0) closeIfSlow(ws)
-    },
-  }
+  // Slow consumers are closed with 4008 and a reason before Bun's backstop (see createSlowConsumers).
+  const open = new Map<string, OpenSocket>()
+  const slow = createSlowConsumers({
+    limit: deps.config.FANFARE_WS_BACKPRESSURE_BYTES,
+    maxSubscriptions: MAX_SUBSCRIPTIONS,
+    members: (topic) => hub.members(topic),
+    socket: (id) => open.get(id),
+  })
+  const sockets: SocketRegistry = { open, closing: false, sent: slow.sent }
   const hub = createChannelHub({
     snapshot: deps.snapshot,
     history: historyReader({ nc: deps.nc, streams: t.changeStreams, prefix: t.prefix }),
     publish: (topic, text) => {
       if (!server) return
-      // -1: Bun queued the message for some subscriber; 0: dropped it for some (past Bun's own
-      // limit) or there was none: look at that channel's sockets.
-      if (server.publish(topic, text) <= 0) closeSlowOf(topic)
+      slow.published(topic, text, server.publish(topic, text))
       // Counted once per publish, by its recipients (not once per frame sent).
       metrics.ws.sent(text, server.subscriberCount(topic))
     },
@@ -123,26 +111,6 @@ export async function startRealtime(deps: {
       }),
     ),
   )
-  // A channel's sockets are checked at the first report, again every 2 ms while a burst of
-  // publishes (one turn can carry hundreds) keeps reporting, and once more 2 ms after the first:
-  // the last publishes of a burst are seen too. `checkedAt` holds a channel only meanwhile.
-  const checkedAt = new Map<string, number>()
-  const checkChannel = (channel: string) => {
-    for (const id of hub.members(channel)) closeIfSlow(sockets.open.get(id))
-  }
-  function closeSlowOf(channel: string) {
-    const now = performance.now()
-    const last = checkedAt.get(channel)
-    if (last !== undefined && now - last < 2) return
-    checkedAt.set(channel, now)
-    checkChannel(channel)
-    if (last === undefined) {
-      setTimeout(() => {
-        checkedAt.delete(channel)
-        checkChannel(channel)
-      }, 2)
-    }
-  }
   return {
     routes: ({ ingest, limits }) =>
       realtimeRoutes({
