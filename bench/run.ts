@@ -1,7 +1,8 @@
 /**
  * `npm run bench` (full, a few minutes) and `npm run bench:smoke` (tiny loads, seconds): runs every
  * benchmark against real processes, prints a table of figures with baselines measured in the same
- * run, and writes bench/results/latest.md (full) or bench/results/smoke.md (smoke).
+ * run, and writes bench/results/latest.md (full), bench/results/<names>.md (full, `--only=<names>`)
+ * or bench/results/smoke.md (smoke).
  */
 import postgres from 'postgres'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -90,7 +91,8 @@ if (import.meta.main) {
   console.log(textTable(run.figures))
   const dir = join(ROOT, 'bench', 'results')
   mkdirSync(dir, { recursive: true })
-  const file = join(dir, mode === 'smoke' ? 'smoke.md' : 'latest.md')
+  // A partial run (--only) never replaces the full report: it is written beside it, by its names.
+  const file = join(dir, mode === 'smoke' ? 'smoke.md' : only ? `${only.join('-')}.md` : 'latest.md')
   // Findings (why a target is missed, from profiles) are written by hand next to the results and
   // carried into every report so that the figures are never shown without them.
   const findings = join(ROOT, 'bench', 'findings.md')
