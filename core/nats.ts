@@ -193,7 +193,7 @@ export async function streamExists(jsm: JetStreamManager, name: string): Promise
   }
 }
 
-async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & { name: string }) {
+async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & { name: string }, attempt = 0): Promise<void> {
   try {
     await jsm.streams.info(cfg.name)
     await jsm.streams.update(cfg.name, cfg)
@@ -202,8 +202,17 @@ async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & 
     try {
       await jsm.streams.add({ storage: 'file' as StreamConfig['storage'], ...cfg })
     } catch (addErr) {
-      // Another process created it between our info and add.
-      if (!String(addErr).includes('already in use')) throw addErr
+      // Another process (every node ensures the streams at start) created it between our info and
+      // add: nats-server says "already in use", or, while that create is still being applied,
+      // "subjects overlap" (with the stream of the same name). Look again. A true overlap, with a
+      // stream of another name, is thrown after the last look.
+      const message = String(addErr)
+      if (message.includes('already in use')) return
+      if (message.includes('subjects overlap') && attempt < 5) {
+        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)))
+        return upsertStream(jsm, cfg, attempt + 1)
+      }
+      throw addErr
     }
   }
 }
