@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test'
-import { safeEqual } from './secrets'
+import { safeEqual, sameDigest, secretDigest } from './secrets'
 
 describe('safeEqual', () => {
   test('compares whole strings of any length and content', () => {
@@ -10,5 +10,13 @@ describe('safeEqual', () => {
     // Same UTF-16 length, different UTF-8 length: a plain timingSafeEqual on the bytes throws.
     expect(safeEqual('abcé', 'abcd')).toBe(false)
     expect(safeEqual('abc😀', 'abc😀')).toBe(true)
+  })
+})
+
+describe('secretDigest + sameDigest', () => {
+  test('a secret digested once matches the same candidates safeEqual does', () => {
+    const known = secretDigest('abc😀')
+    for (const candidate of ['abc😀', 'abc', 'abcd', '', 'abc😁']) expect(sameDigest(secretDigest(candidate), known)).toBe(safeEqual(candidate, 'abc😀'))
+    expect(sameDigest(secretDigest('abc😀'), known)).toBe(true)
   })
 })
