@@ -11,7 +11,7 @@ import type { Figure } from './lib/report'
 import { fanfarePublisher, scenario } from './fanout'
 import type { ClientsConfig } from './clients/ws-clients'
 
-async function connectRate(ctx: BenchContext, url: string, n: number, jwtSecret?: string): Promise<number> {
+export async function connectRate(ctx: BenchContext, url: string, n: number, jwtSecret?: string): Promise<number> {
   const cfg: ClientsConfig = { kind: 'fanfare', url, n, channels: [], wave: 250, jwtSecret }
   const clients = startChild([BUN, 'bench/clients/ws-clients.ts'], cfg)
   try {
