@@ -99,6 +99,22 @@ export type StreamState = {
   uniqueViewers: number
 }
 
+/**
+ * What a stream's channel and REST answer show of it, from its read-model row (or the projection's
+ * copy of one): the API's reads and the workers' change runs share this one mapping.
+ */
+export const streamStateOf = (s: Omit<StreamState, 'startedAt' | 'endedAt'> & { startedAt: Date | null; endedAt: Date | null }): StreamState => ({
+  stream: s.stream,
+  status: s.status,
+  title: s.title,
+  category: s.category,
+  startedAt: s.startedAt?.toISOString() ?? null,
+  endedAt: s.endedAt?.toISOString() ?? null,
+  viewers: s.viewers,
+  peakViewers: s.peakViewers,
+  uniqueViewers: s.uniqueViewers,
+})
+
 /** A poll as `GET /v1/polls/:poll` and the `poll:<id>` channel show it. */
 export type PollView = {
   poll: string

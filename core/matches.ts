@@ -21,6 +21,7 @@
  */
 
 import type { MatchChange, MatchJoinRejection, MatchStanding, MatchStatus, MatchView, UserChange } from './channels'
+import type { matches } from './db/schema'
 
 export type { MatchChange, MatchJoinRejection, MatchStanding, MatchStatus, MatchView, UserChange } from './channels'
 
@@ -100,6 +101,21 @@ export const DEFAULT_MATCH_GRACE_MS = 30_000
 
 const live = (s: MatchStatus) => s === 'open' || s === 'full' || s === 'started'
 const iso = (ms: number) => new Date(ms).toISOString()
+
+/** A match's read-model row (the `matches` table) as the state machine holds it. */
+export const matchStateOfRow = (r: typeof matches.$inferSelect): MatchState => ({
+  match: r.match,
+  mode: r.mode,
+  maxPlayers: r.maxPlayers,
+  properties: r.properties,
+  status: r.status,
+  players: r.players,
+  results: r.results,
+  createdAt: r.createdAt.getTime(),
+  startedAt: r.startedAt?.getTime() ?? null,
+  endedAt: r.endedAt?.getTime() ?? null,
+  createdSeq: Number(r.createdSeq),
+})
 
 /** What clients see of a match (REST, channel snapshot). */
 export function matchView(s: MatchState): MatchView {

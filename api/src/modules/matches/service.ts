@@ -2,27 +2,14 @@ import { and, asc, eq, gt, sql } from 'drizzle-orm'
 import { channelOf, type MatchView } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { matches, matchModes } from '../../../../core/db/schema'
-import { matchView } from '../../../../core/matches'
+import { matchStateOfRow, matchView } from '../../../../core/matches'
 import { Invalid } from '../../errors'
 import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
 import type { MatchListQuery, MatchPage } from './model'
 
 type MatchRow = typeof matches.$inferSelect
 
-const viewOfRow = (r: MatchRow): MatchView =>
-  matchView({
-    match: r.match,
-    mode: r.mode,
-    maxPlayers: r.maxPlayers,
-    properties: r.properties,
-    status: r.status,
-    players: r.players,
-    results: r.results,
-    createdAt: r.createdAt.getTime(),
-    startedAt: r.startedAt?.getTime() ?? null,
-    endedAt: r.endedAt?.getTime() ?? null,
-    createdSeq: Number(r.createdSeq),
-  })
+const viewOfRow = (r: MatchRow): MatchView => matchView(matchStateOfRow(r))
 
 /** A match as `GET /v1/matches/:match` answers it; undefined when no `match.created` made it. */
 export async function readMatch(db: Db, match: string): Promise<MatchView | undefined> {

@@ -1,5 +1,5 @@
 import { and, asc, desc, eq, gt, lt, or } from 'drizzle-orm'
-import { channelOf, type PollView, type StreamState } from '../../../../core/channels'
+import { channelOf, streamStateOf as stateOf, type PollView, type StreamState } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { streams } from '../../../../core/db/schema'
 import { Invalid } from '../../errors'
@@ -8,19 +8,6 @@ import { openPollsOf } from '../polls/service'
 import type { LivePage, StreamAnswer } from './model'
 import type { LiveStream } from './sampler'
 
-type StreamRow = typeof streams.$inferSelect
-
-const stateOf = (r: StreamRow): StreamState => ({
-  stream: r.stream,
-  status: r.status,
-  title: r.title,
-  category: r.category,
-  startedAt: r.startedAt?.toISOString() ?? null,
-  endedAt: r.endedAt?.toISOString() ?? null,
-  viewers: r.viewers,
-  peakViewers: r.peakViewers,
-  uniqueViewers: r.uniqueViewers,
-})
 
 /** A stream not known yet: what its channel shows until its first event. */
 const unknownState = (stream: string): StreamState => ({

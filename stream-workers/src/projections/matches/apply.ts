@@ -4,25 +4,11 @@ import type { Db } from '../../../../core/db/client'
 import { recordset } from '../../../../core/db/recordset'
 import { matches, matchModes } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
-import { DEFAULT_MATCH_GRACE_MS, evolveMatch, MATCH_RESULTS_BY, nextGraceEnd, resultEventId, type MatchEvent, type MatchState } from '../../../../core/matches'
+import { DEFAULT_MATCH_GRACE_MS, evolveMatch, MATCH_RESULTS_BY, matchStateOfRow, nextGraceEnd, resultEventId, type MatchEvent, type MatchState } from '../../../../core/matches'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 
 type MatchStoredEvent = Extract<StoredEvent, { type: `match.${string}` }>
-type MatchRow = typeof matches.$inferSelect
 
-const stateOf = (r: MatchRow): MatchState => ({
-  match: r.match,
-  mode: r.mode,
-  maxPlayers: r.maxPlayers,
-  properties: r.properties,
-  status: r.status,
-  players: r.players,
-  results: r.results,
-  createdAt: r.createdAt.getTime(),
-  startedAt: r.startedAt?.getTime() ?? null,
-  endedAt: r.endedAt?.getTime() ?? null,
-  createdSeq: Number(r.createdSeq),
-})
 
 /** A user's id from their principal (`u:<sub>`); undefined for any other principal. */
 const userOf = (by: string) => (by.startsWith('u:') ? by.slice(2) : undefined)
@@ -89,7 +75,7 @@ export async function applyMatches(db: Db, events: SequencedEvent[]): Promise<Ap
 
   const names = [...new Set(list.map(({ ev }) => ev.match))]
   const rows = await db.select().from(matches).where(inArray(matches.match, names))
-  const state = new Map<string, MatchState>(rows.map((r) => [r.match, stateOf(r)]))
+  const state = new Map<string, MatchState>(rows.map((r) => [r.match, matchStateOfRow(r)]))
   // The board of each mode that finishes a match in this batch, read only then.
   const finishing = list.filter(({ ev }) => ev.type === 'match.finish').map(({ ev }) => ev.match)
   const boards = new Map<string, string>()

@@ -5,7 +5,8 @@ import { lookupByKey, recordset } from '../../../../core/db/recordset'
 import { streams, streamViewers } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
-import { evolveStream, stateOf, type StreamEvent, type StreamRow } from './projection'
+import { streamStateOf as stateOf } from '../../../../core/channels'
+import { evolveStream, type StreamEvent, type StreamRow } from './projection'
 
 type StreamStoredEvent = Extract<StoredEvent, { type: `stream.${string}` }>
 

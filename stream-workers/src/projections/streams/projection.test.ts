@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'bun:test'
-import { evolveStream, stateOf, type StreamEvent, type StreamRow } from './projection'
+import { streamStateOf as stateOf } from '../../../../core/channels'
+import { evolveStream, type StreamEvent, type StreamRow } from './projection'
 
 const t0 = new Date('2025-03-01T20:00:00.000Z')
 const at = (s: number) => new Date(t0.getTime() + s * 1000)

@@ -1,4 +1,3 @@
-import type { StreamState } from '../../../../core/channels'
 import type { StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from '../../../../core/events'
 
 /** A stream as the read model holds it (see the `streams` table). */
@@ -101,15 +100,3 @@ export function evolveStream(current: StreamRow | undefined, event: StreamEvent,
   }
 }
 
-/** What a stream's channel and REST answer show of it. */
-export const stateOf = (s: StreamRow): StreamState => ({
-  stream: s.stream,
-  status: s.status,
-  title: s.title,
-  category: s.category,
-  startedAt: s.startedAt?.toISOString() ?? null,
-  endedAt: s.endedAt?.toISOString() ?? null,
-  viewers: s.viewers,
-  peakViewers: s.peakViewers,
-  uniqueViewers: s.uniqueViewers,
-})
