@@ -1,4 +1,4 @@
-import { getTableName, sql, type SQL } from 'drizzle-orm'
+import { getTableColumns, getTableName, sql, type SQL } from 'drizzle-orm'
 import type { PgTable } from 'drizzle-orm/pg-core'
 
 /**
@@ -31,4 +31,13 @@ export function lookupByKey(table: PgTable, key: string[], keys: readonly Record
   const match = key.map((k) => `t."${k}" = k."${k}"`).join(' and ')
   return sql`select t.* from ${recordset('k', columns, keys)}
     cross join lateral (select * from ${sql.raw(`"${getTableName(table)}"`)} t where ${sql.raw(match)} limit 1) t`
+}
+
+/**
+ * The `set` of an upsert that takes these columns (by their property names) from the row it tried
+ * to insert: `{ status: excluded."status", ... }`.
+ */
+export function fromExcluded<T extends PgTable>(table: T, ...props: (keyof T['_']['columns'] & string)[]): Record<string, SQL> {
+  const columns = getTableColumns(table)
+  return Object.fromEntries(props.map((p) => [p, sql.raw(`excluded.${JSON.stringify(columns[p].name)}`)]))
 }

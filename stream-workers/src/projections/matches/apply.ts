@@ -1,7 +1,7 @@
 import { inArray, sql, type SQL } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
-import { recordset } from '../../../../core/db/recordset'
+import { recordset, fromExcluded } from '../../../../core/db/recordset'
 import { matches, matchModes } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
 import { DEFAULT_MATCH_GRACE_MS, evolveMatch, MATCH_RESULTS_BY, matchStateOfRow, nextGraceEnd, resultEventId, type MatchEvent, type MatchState } from '../../../../core/matches'
@@ -150,16 +150,7 @@ export async function applyMatches(db: Db, events: SequencedEvent[]): Promise<Ap
       )
       .onConflictDoUpdate({
         target: matches.match,
-        set: {
-          status: sql`excluded.status`,
-          players: sql`excluded.players`,
-          playerCount: sql`excluded.player_count`,
-          results: sql`excluded.results`,
-          board: sql`excluded.board`,
-          startedAt: sql`excluded.started_at`,
-          endedAt: sql`excluded.ended_at`,
-          graceUntil: sql`excluded.grace_until`,
-        },
+        set: fromExcluded(matches, 'status', 'players', 'playerCount', 'results', 'board', 'startedAt', 'endedAt', 'graceUntil'),
       })
   return { changes, write, refused, events: scores }
 }

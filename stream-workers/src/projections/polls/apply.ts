@@ -1,7 +1,7 @@
 import { inArray, sql, type SQL, type SQLWrapper } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import { rowsOf, type Db } from '../../../../core/db/client'
-import { lookupByKey, recordset } from '../../../../core/db/recordset'
+import { lookupByKey, recordset, fromExcluded } from '../../../../core/db/recordset'
 import { polls, pollVotes } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
@@ -109,17 +109,7 @@ export async function applyPolls(db: Db, events: SequencedEvent[]): Promise<Appl
         )
         .onConflictDoUpdate({
           target: polls.poll,
-          set: {
-            status: sql`excluded.status`,
-            stream: sql`excluded.stream`,
-            question: sql`excluded.question`,
-            options: sql`excluded.options`,
-            votes: sql`excluded.votes`,
-            ignoredVotes: sql`excluded.ignored_votes`,
-            openedAt: sql`excluded.opened_at`,
-            closesAt: sql`excluded.closes_at`,
-            closedAt: sql`excluded.closed_at`,
-          },
+          set: fromExcluded(polls, 'status', 'stream', 'question', 'options', 'votes', 'ignoredVotes', 'openedAt', 'closesAt', 'closedAt'),
         }),
     ]
     if (counted.length > 0) {

@@ -1,7 +1,7 @@
 import { inArray, sql, type SQL, type SQLWrapper } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import { rowsOf, type Db } from '../../../../core/db/client'
-import { lookupByKey, recordset } from '../../../../core/db/recordset'
+import { lookupByKey, recordset, fromExcluded } from '../../../../core/db/recordset'
 import { streams, streamViewers } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
@@ -95,17 +95,7 @@ export async function applyStreams(db: Db, events: SequencedEvent[]): Promise<Ap
         )
         .onConflictDoUpdate({
           target: streams.stream,
-          set: {
-            status: sql`excluded.status`,
-            title: sql`excluded.title`,
-            category: sql`excluded.category`,
-            startedAt: sql`excluded.started_at`,
-            endedAt: sql`excluded.ended_at`,
-            broadcast: sql`excluded.broadcast`,
-            viewers: sql`excluded.viewers`,
-            peakViewers: sql`excluded.peak_viewers`,
-            uniqueViewers: sql`excluded.unique_viewers`,
-          },
+          set: fromExcluded(streams, 'status', 'title', 'category', 'startedAt', 'endedAt', 'broadcast', 'viewers', 'peakViewers', 'uniqueViewers'),
         }),
     ]
     if (viewers.length > 0) {
