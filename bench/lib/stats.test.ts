@@ -1,5 +1,5 @@
 import { expect, test } from 'bun:test'
-import { quantile, summarize } from './stats'
+import { abba, median, quantile, summarize } from './stats'
 
 test('quantiles by nearest rank', () => {
   const v = Array.from({ length: 100 }, (_, i) => 100 - i)
@@ -7,4 +7,15 @@ test('quantiles by nearest rank', () => {
   expect(quantile(v, 0.99)).toBe(99)
   expect(summarize(v)).toEqual({ count: 100, p50: 50, p99: 99, max: 100 })
   expect(summarize([]).count).toBe(0)
+})
+
+test('median of odd and even counts', () => {
+  expect(median([3, 1, 2])).toBe(2)
+  expect(median([4, 1, 3, 2])).toBe(2.5)
+  expect(median([])).toBeNaN()
+})
+
+test('abba: each side first as often as second, every side runs its count', () => {
+  expect(abba('a', 'b', 4)).toEqual(['a', 'b', 'b', 'a', 'a', 'b', 'b', 'a'])
+  expect(abba('a', 'b', 3)).toEqual(['a', 'b', 'b', 'a', 'a', 'b'])
 })

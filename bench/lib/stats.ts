@@ -8,6 +8,26 @@ export function quantile(values: ArrayLike<number>, q: number): number {
   return sorted[i]
 }
 
+/** The median of `values` (the mean of the middle two for an even count); NaN when empty. */
+export function median(values: ArrayLike<number>): number {
+  if (values.length === 0) return Number.NaN
+  const sorted = Float64Array.from(values as ArrayLike<number>).sort()
+  const m = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2
+}
+
+/**
+ * The order in which two sides A and B take turns over `runsPerSide` runs each: blocks of A B B A
+ * (then A B for an odd remainder). Each side runs first and second equally often and a drift that
+ * is linear in time weighs the same on both, which a plain A B A B ... does not give: there B
+ * always runs after A.
+ */
+export function abba<T>(a: T, b: T, runsPerSide: number): T[] {
+  const order: T[] = []
+  for (let i = 0; i < runsPerSide; i++) order.push(...(i % 2 === 0 ? [a, b] : [b, a]))
+  return order
+}
+
 /** p50, p99 and max of latencies (ms). */
 export type LatencySummary = { count: number; p50: number; p99: number; max: number }
 
