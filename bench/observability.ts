@@ -168,7 +168,7 @@ export async function observability(ctx: BenchContext): Promise<Figure[]> {
     const seconds = pick(ctx, 1, 5)
     const max = pick(ctx, { concurrency: 4, batch: 100, total: 1000 }, { concurrency: 8, batch: 250, total: 60_000 })
     const runsPerSide = pick(ctx, 1, 6)
-    type Paths = { sub: Subscriber; rows: () => Promise<number>; rest: ReturnType<typeof counted>; before: { rows: number }; close: () => Promise<void> }
+    type Paths = { sub: Subscriber; rows: () => Promise<number>; analyze: () => Promise<unknown>; rest: ReturnType<typeof counted>; before: { rows: number }; close: () => Promise<void> }
     const paths = {} as Record<Side, Paths>
     for (const side of sides) {
       const d = deployments[side]
@@ -177,6 +177,7 @@ export async function observability(ctx: BenchContext): Promise<Figure[]> {
       paths[side] = {
         sub,
         rows: async () => Number((await sql`select count(*)::int as n from leaderboard_entries`)[0].n),
+        analyze: () => sql`analyze`,
         rest: counted(restSender(apis[side], d.env.vars.FANFARE_INGEST_TOKEN)),
         before: { rows: 0 },
         close: async () => {
@@ -199,6 +200,12 @@ export async function observability(ctx: BenchContext): Promise<Figure[]> {
         await phase(p.rest, p.sub, p.rows, { rate: Math.min(rate, 1000), seconds: 1 }, p.before)
         await phase(p.rest, p.sub, p.rows, { ...max, total: Math.round(max.total / 3) }, p.before)
       }
+      // Statistics for both sides' read models, as autovacuum would take them after the warm-up's
+      // inserts. Without them (autovacuum is off on some servers, this one included) a worker's
+      // prepared lookup can keep the plan made while its table was nearly empty: a scan of a whole
+      // board per key, which stalled one partition at a time for tens of seconds, on either side
+      // (bench/findings.md, Observability, 2026-11-28 afternoon). ANALYZE invalidates those plans.
+      for (const side of sides) await paths[side].analyze()
       for (const side of abba<Side>('off', 'on', runsPerSide)) {
         const p = paths[side]
         ctx.log(`observability end-to-end, ${side}: ${rate}/s for ${seconds} s, then the maximum (load ${loadavg().map((l) => l.toFixed(1)).join(' ')})`)
