@@ -226,15 +226,14 @@ export async function observability(ctx: BenchContext): Promise<Figure[]> {
     const figure = (name: string, unit: string, f: (r: Run) => number, target?: Figure['target']): Figure => ({
       group: 'observability', name, unit, value: median(results.on.map(f)), baselineName: 'same, both off', baseline: median(results.off.map(f)), ...(target ? { target } : {}),
     })
-    const e2eFigures = [
+    figures.push(
       figure(`e2e REST p50 at ${rate}/s, metrics + tracing on`, 'ms', (r) => r.paced.latency.p50),
       figure(`e2e REST p99 at ${rate}/s, metrics + tracing on`, 'ms', (r) => r.paced.latency.p99),
       figure('e2e max accepted events/s (REST), metrics + tracing on', '/s', (r) => r.max.acceptedPerSec, { op: '>=', ratio: 0.9 }),
       figure('e2e max sustained events/s, metrics + tracing on', '/s', (r) => r.max.sustainedPerSec, { op: '>=', ratio: 0.9 }),
       figure('e2e API node CPU ms per 1,000 events at the max, metrics + tracing on', 'ms', (r) => r.apiCpuPerK),
       figure('e2e worker CPU ms per 1,000 events at the max, metrics + tracing on', 'ms', (r) => r.workerCpuPerK),
-    ]
-    figures.push(...e2eFigures)
+    )
     const each: [string, (r: Run) => number][] = [
       ['max accepted/s', (r) => r.max.acceptedPerSec],
       ['max sustained/s', (r) => r.max.sustainedPerSec],
