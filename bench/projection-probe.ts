@@ -10,10 +10,13 @@
  *
  *   flock /tmp/bench.lock node_modules/.bin/bun bench/projection-probe.ts [--events=100000] [--rounds=2]
  *     [--pin]   workers on CPU 1; this deployment's Postgres backends and a private nats-server on CPU 0
+ *     [--quota=0.2]  each worker process limited to this share of one core (a cgroup v1 CPU quota of its
+ *               own): the workers, not Postgres, are then the limit, as on a machine with a small
+ *               core per worker process
  *     [--explain]  plans of statements slower than 300 ms go to the Postgres server log (auto_explain)
  *     [--env=K=V,K=V]  extra environment for the workers (e.g. FANFARE_BATCH_SIZE=1000)
  */
-import { readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
 import postgres from 'postgres'
 import { freePort } from '../core/process'
 import { storedScore } from './lib/events'
@@ -26,6 +29,18 @@ const EVENTS = Number(arg('events') ?? 100_000)
 const ROUNDS = Number(arg('rounds') ?? 2)
 const PIN = process.argv.includes('--pin')
 const EXPLAIN = process.argv.includes('--explain')
+const QUOTA = arg('quota') === undefined ? undefined : Number(arg('quota'))
+const CGROUP = '/sys/fs/cgroup/cpu'
+const cgroups: string[] = []
+/** Puts a process (all its threads) in a CPU cgroup of its own limited to QUOTA of a core. */
+function limit(pid: number) {
+  const dir = `${CGROUP}/fanfare-probe-${process.pid}-${pid}`
+  mkdirSync(dir)
+  cgroups.push(dir)
+  writeFileSync(`${dir}/cpu.cfs_period_us`, '100000')
+  writeFileSync(`${dir}/cpu.cfs_quota_us`, String(Math.round(QUOTA! * 100000)))
+  writeFileSync(`${dir}/cgroup.procs`, String(pid))
+}
 const EXTRA: Record<string, string> = Object.fromEntries((arg('env') ?? '').split(',').filter(Boolean).map((kv) => kv.split('=') as [string, string]))
 const TICKS = 100 // USER_HZ on Linux
 
@@ -80,9 +95,12 @@ async function side(workers: number, natsUrl: string | undefined) {
       ports.push(port)
       const w = d.startWorker({ FANFARE_METRICS_PORT: String(port), ...EXTRA })
       if (PIN) pin(w.proc.pid, 1)
+      if (QUOTA) limit(w.proc.pid)
     }
-    const count = async () => (await backlog.progress(sql)).applied
-    const checkpoints = async () => new Map((await sql`select partition, seq from projection_checkpoints where projection = 'leaderboards'`).map((r) => [Number(r.partition), Number(r.seq)]))
+    // The probe's own statements in the window, subtracted from the deployment's commits.
+    let own = 0
+    const count = async () => (own++, (await backlog.progress(sql)).applied)
+    const checkpoints = async () => (own++, new Map((await sql`select partition, seq from projection_checkpoints where projection = 'leaderboards'`).map((r) => [Number(r.partition), Number(r.seq)])))
     const seqOfLast = new Map<number, number>()
     messages.forEach((m, i) => seqOfLast.set(Number(m.subject.split('.')[2]), Math.max(seqOfLast.get(Number(m.subject.split('.')[2])) ?? 0, seqs[i])))
     await waitForWorkers(d, workers)
@@ -111,6 +129,7 @@ async function side(workers: number, natsUrl: string | undefined) {
     const sampler = (async () => {
       const probe = postgres(d.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
       while (sampling) {
+        own++
         for (const r of await probe`select coalesce(wait_event_type || ':' || wait_event, 'CPU') as w, regexp_replace(left(query, 300), '[[:space:]]+', ' ', 'g') as q from pg_stat_activity where datname = ${db} and state = 'active' and pid <> pg_backend_pid()`) {
           waits.set(r.w, (waits.get(r.w) ?? 0) + 1)
           const q = queryKind(r.q)
@@ -122,6 +141,7 @@ async function side(workers: number, natsUrl: string | undefined) {
     })()
     const load0 = readFileSync('/proc/loadavg', 'utf8').trim()
     const [n0, c0, x0, m0] = [await count(), cpu(), await commits(), await Promise.all(ports.map(scrape))]
+    own = 0
     const t0 = performance.now()
     const kv = await openLeaseBucketIfExists(d.nc, d.env.config)
     const owners = Object.fromEntries((await workersView(kv!)).map((w) => [w.id.split('-').slice(-2, -1)[0], w.partitions]))
@@ -162,8 +182,8 @@ async function side(workers: number, natsUrl: string | undefined) {
         total: us(workerCpu.reduce((a, b) => a + b, 0) + c1.backends - c0.backends + c1.otherPostgres - c0.otherPostgres + c1.nats - c0.nats),
       },
       'cpu busy (cores)': ((workerCpu.reduce((a, b) => a + b, 0) + c1.backends - c0.backends + c1.otherPostgres - c0.otherPostgres + c1.nats - c0.nats) / seconds).toFixed(2),
-      commits: x1 - x0,
-      'events/commit': Math.round(applied / (x1 - x0)),
+      'commits (without the probe\'s)': x1 - x0 - own,
+      'events/commit': Math.round(applied / (x1 - x0 - own)),
       batches,
       'events/batch': Math.round(batchEvents / batches),
       'ms/batch': ((batchSeconds / batches) * 1000).toFixed(1),
@@ -191,7 +211,7 @@ if (PIN) {
   await Bun.sleep(500)
 }
 try {
-  console.log(`projection probe: ${EVENTS} events, ${ROUNDS} rounds${PIN ? ', pinned (workers CPU 1, Postgres backends + nats-server CPU 0)' : ''}${Object.keys(EXTRA).length ? `, ${JSON.stringify(EXTRA)}` : ''}`)
+  console.log(`projection probe: ${EVENTS} events, ${ROUNDS} rounds${PIN ? ', pinned (workers CPU 1, Postgres backends + nats-server CPU 0)' : ''}${QUOTA ? `, each worker limited to ${QUOTA} of a core` : ''}${Object.keys(EXTRA).length ? `, ${JSON.stringify(EXTRA)}` : ''}`)
   for (let r = 0; r < ROUNDS; r++) {
     for (const workers of r % 2 === 0 ? [1, 2] : [2, 1]) console.log(JSON.stringify(await side(workers, natsUrl)))
   }
@@ -199,4 +219,12 @@ try {
   nats?.kill()
   await nats?.exited
   if (PIN) Bun.spawnSync(['rm', '-rf', `/tmp/projection-probe-nats-${process.pid}`])
+  // The workers have exited (each side closes its deployment): their cgroups are empty.
+  for (const dir of cgroups) {
+    try {
+      rmdirSync(dir)
+    } catch (err) {
+      console.error(`could not remove ${dir}: ${err}`)
+    }
+  }
 }

@@ -40,7 +40,9 @@ async function workersRate(ctx: BenchContext, workers: number, events: number): 
     while ((first = (await progress()).applied) === 0 && Date.now() < deadline) await Bun.sleep(5)
     let start = performance.now()
     await waitForWorkers(d, workers)
-    await waitForBatches(ports)
+    // With half the backlog or more left, every worker has events in its partitions (smoke mode's
+    // backlog may be gone by now).
+    if ((await progress()).applied <= events / 2) await waitForBatches(ports)
     const spread = (await progress()).applied
     if (spread <= events / 2) {
       first = spread
