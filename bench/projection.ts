@@ -16,7 +16,7 @@ import { backlogOf } from './lib/backlog'
 import { deploy, publishAll, waitForBatches, waitForWorkers } from './lib/fanfare'
 import type { Figure } from './lib/report'
 
-async function workersRate(ctx: BenchContext, workers: number, events: number): Promise<{ rate: number; naive?: number }> {
+async function workersRate(ctx: BenchContext, workers: number, events: number, withNaive: boolean): Promise<{ rate: number; naive?: number }> {
   // Leases scanned every second (ttl / 3) instead of every 3.3 s: a second worker gets its share
   // within ~2 s of starting instead of ~4-7 s, by when one worker had applied most of the backlog
   // and the figure measured the hand-over instead of the apply rate.
@@ -68,7 +68,7 @@ async function workersRate(ctx: BenchContext, workers: number, events: number): 
     if (p.applied < events) ctx.notes.push(`projection with ${workers} worker(s): only ${p.applied} of ${events} applied within 120 s`)
     ctx.log(`  ${workers} worker(s): ${Math.round(rate)} events/s while every partition had events left (${busy.n - first} events); ${Math.round(drain)} events/s to the last event`)
     ctx.notes.push(`projection with ${workers} worker(s): ${Math.round(drain)} events/s from the spread to the last event (${((end - busy.at) / 1000).toFixed(1)} s of it with some partitions done)`)
-    if (workers !== 1) return { rate }
+    if (!withNaive) return { rate }
     return { rate, naive: await naive(ctx, d.nc, d.env.config.FANFARE_STREAM, sql, pick(ctx, 100, 2000)) }
   } finally {
     await sql.end()
@@ -106,13 +106,23 @@ async function naive(ctx: BenchContext, nc: Parameters<typeof jetstreamManager>[
 export async function projection(ctx: BenchContext): Promise<Figure[]> {
   const events = pick(ctx, 300, 200_000)
   ctx.log(`projection: ${events} events`)
-  const one = await workersRate(ctx, 1, events)
-  const two = await workersRate(ctx, 2, events)
-  const base = { group: 'projection', unit: '/s', baselineName: 'one event per transaction', baseline: one.naive!, target: { op: '>=' as const, ratio: 20 } }
+  // The sides take turns (1, 2, 2, 1 workers) and each figure is the mean of its side's runs, so
+  // that what drifts over the run (the machine's other load, Postgres' checkpoints) weighs on both.
+  const order = pick(ctx, [1, 2], [1, 2, 2, 1])
+  const rates: Record<number, number[]> = { 1: [], 2: [] }
+  let naive = 0
+  for (const [i, workers] of order.entries()) {
+    const r = await workersRate(ctx, workers, events, i === 0)
+    rates[workers].push(r.rate)
+    naive ||= r.naive ?? 0
+  }
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length
+  const [one, two] = [mean(rates[1]), mean(rates[2])]
+  const base = { group: 'projection', unit: '/s', baselineName: 'one event per transaction', baseline: naive, target: { op: '>=' as const, ratio: 20 } }
   return [
-    { ...base, name: 'events/s applied exactly once, 1 worker process', value: one.rate },
-    { ...base, name: 'events/s applied exactly once, 2 worker processes', value: two.rate },
+    { ...base, name: 'events/s applied exactly once, 1 worker process', value: one },
+    { ...base, name: 'events/s applied exactly once, 2 worker processes', value: two },
     // Issue #14: N worker processes never slower than one (same run).
-    { ...base, name: 'events/s applied exactly once, 2 worker processes vs 1', value: two.rate, baselineName: '1 worker process', baseline: one.rate, target: { op: '>=', ratio: 1 } },
+    { ...base, name: 'events/s applied exactly once, 2 worker processes vs 1', value: two, baselineName: '1 worker process', baseline: one, target: { op: '>=', ratio: 1 } },
   ]
 }
