@@ -1,15 +1,18 @@
 /**
  * Probe (not part of `bench/run.ts`): where the time goes when 1 or 2 worker processes apply the
- * projection benchmark's backlog. Sides take turns (1, 2, 1, 2, ...), each on a fresh deployment
+ * projection benchmark's backlog. Sides take turns (1, 2, 2, 1, ...), each on a fresh deployment
  * and the same backlog; each side's window starts once every worker holds its share of the
- * partitions and has applied a batch in it, and ends when the backlog is applied. Over the window:
- * events/s, CPU seconds of each worker process, of this deployment's Postgres backends, of the other
+ * partitions and has applied a batch in it, and ends when the backlog is applied (the rate while
+ * every partition had events left, what bench/projection.ts reports, is given too). Over the
+ * window: events/s, CPU seconds of each worker process, of this deployment's Postgres backends, of the other
  * Postgres processes (WAL writer etc.) and of nats-server, Postgres commits (pg_stat_database), the
  * workers' batches (their fanfare_batch_events / fanfare_batch_duration_seconds metrics) and what
  * the active backends were waiting on (pg_stat_activity sampled every 20 ms).
  *
  *   flock /tmp/bench.lock node_modules/.bin/bun bench/projection-probe.ts [--events=100000] [--rounds=2]
- *     [--pin]   workers on CPU 1; this deployment's Postgres backends and a private nats-server on CPU 0
+ *     [--pin]   workers on CPU 1; this deployment's Postgres backends (those open when the window
+ *               starts) and a private nats-server on CPU 0; Postgres' own processes (WAL writer,
+ *               checkpointer) stay unpinned
  *     [--quota=0.2]  each worker process limited to this share of one core (a cgroup v1 CPU quota of its
  *               own): the workers, not Postgres, are then the limit, as on a machine with a small
  *               core per worker process
