@@ -1,4 +1,4 @@
-import { jetstream, type JetStreamClient } from '@nats-io/jetstream'
+import { jetstream, type JetStreamClient, type PubAck } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { openLeaseBucketIfExists, workersView } from '../../core/leases'
 import { ensureStreams, connectNats } from '../../core/nats'
@@ -78,17 +78,22 @@ export async function deploy(overrides: Record<string, string> = {}): Promise<De
   return d
 }
 
-/** Publishes with a bounded number of acks outstanding; resolves when all are acknowledged. */
-export async function publishAll(js: JetStreamClient, messages: Iterable<{ subject: string; body: string; id: string }>, inFlight = 1000) {
-  let pending: Promise<unknown>[] = []
+/**
+ * Publishes with a bounded number of acks outstanding; resolves when all are acknowledged, with
+ * the stream sequence of each message in the order given.
+ */
+export async function publishAll(js: JetStreamClient, messages: Iterable<{ subject: string; body: string; id: string }>, inFlight = 1000): Promise<number[]> {
+  const seqs: number[] = []
+  let pending: Promise<PubAck>[] = []
   for (const m of messages) {
     pending.push(js.publish(m.subject, m.body, { msgID: m.id }))
     if (pending.length >= inFlight) {
-      await Promise.all(pending)
+      for (const ack of await Promise.all(pending)) seqs.push(ack.seq)
       pending = []
     }
   }
-  await Promise.all(pending)
+  for (const ack of await Promise.all(pending)) seqs.push(ack.seq)
+  return seqs
 }
 
 /**
@@ -109,5 +114,27 @@ export async function waitForWorkers(d: Deployment, count: number, timeoutMs = 6
     },
     timeoutMs,
     100,
+  )
+}
+
+/** Batches a worker started with FANFARE_METRICS_PORT=`port` has applied (fanfare_batch_events_count). */
+export async function batchesApplied(port: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
+  const line = text.split('\n').find((l) => l.startsWith('fanfare_batch_events_count'))
+  return line ? Number(line.split(' ').pop()) : 0
+}
+
+/**
+ * Waits until each worker (started with FANFARE_METRICS_PORT, one port each) has applied a batch
+ * after this call: once the partitions are spread (waitForWorkers), a runner that just got one
+ * still claims its fence and opens its consumer before it applies anything.
+ */
+export async function waitForBatches(ports: number[], timeoutMs = 30_000) {
+  const before = await Promise.all(ports.map(batchesApplied))
+  await until(
+    `a batch applied by each of ${ports.length} workers`,
+    async () => (await Promise.all(ports.map(batchesApplied))).every((n, i) => n > before[i]),
+    timeoutMs,
+    5,
   )
 }

@@ -25,10 +25,20 @@ export function recordset(alias: string, columns: Record<string, string>, rows: 
  * burst of inserts (autovacuum analyzes about once a minute): every batch then read the whole
  * table, and Postgres' CPU grew with the table. LATERAL .. LIMIT 1 cannot be flattened into a
  * join, so each key is an index probe. Columns come back with their SQL names.
+ *
+ * `filterOnly` names key columns compared as `t.col || '' = k.col`, which no index can use: for a
+ * table with a secondary index whose leading columns are key columns too (leaderboard_entries_rank
+ * on (board, period) beside the key (board, player, period)), without statistics the planner
+ * estimates one row through either index, so their costs tie and it may take the secondary one,
+ * which walks every row of the board for each key. With `period` compared that way the secondary
+ * index narrows by board alone (an estimated 1 row in 200) and the key by board and player: the key
+ * wins by cost, not by a tie. A worker's prepared statement keeps the plan it got while the table
+ * was small (until an analyze, never with autovacuum off): a tie lost then slowed that connection's
+ * batches ~100x for the rest of the run (bench/findings.md, two worker processes).
  */
-export function lookupByKey(table: PgTable, key: string[], keys: readonly Record<string, string>[]): SQL {
+export function lookupByKey(table: PgTable, key: string[], keys: readonly Record<string, string>[], filterOnly: string[] = []): SQL {
   const columns = Object.fromEntries(key.map((k) => [k, 'text']))
-  const match = key.map((k) => `t."${k}" = k."${k}"`).join(' and ')
+  const match = key.map((k) => (filterOnly.includes(k) ? `t."${k}" || '' = k."${k}"` : `t."${k}" = k."${k}"`)).join(' and ')
   return sql`select t.* from ${recordset('k', columns, keys)}
     cross join lateral (select * from ${sql.raw(`"${getTableName(table)}"`)} t where ${sql.raw(match)} limit 1) t`
 }

@@ -61,7 +61,7 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
     db.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
     rowsOf<{ board: string; period: string; player: string; score: number; reached_seq: string | number }>(
       db,
-      sql`${lookupByKey(leaderboardEntries, ['board', 'player', 'period'], [...keys.values()])}`,
+      sql`${lookupByKey(leaderboardEntries, ['board', 'player', 'period'], [...keys.values()], ['period'])}`,
     ),
     derivedIds.length === 0 ? Promise.resolve([]) : db.select({ id: derivedScores.id }).from(derivedScores).where(inArray(derivedScores.id, derivedIds)),
   ])
