@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify, type JWTVerifyGetKey } from 'jose'
+import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyGetKey } from 'jose'
 import type { Config } from '../../../core/config'
 import { ActorId, DisplayName } from '../../../core/events'
 import { TokenExpired, Unauthorized } from '../errors'
@@ -43,19 +43,21 @@ export function createJwtVerifier(
   const jwks = config.FANFARE_JWKS_URL ? createRemoteJWKSet(new URL(config.FANFARE_JWKS_URL), { cooldownDuration: opts.jwksCooldownMs ?? 30_000, cacheMaxAge: 10 * 60_000 }) : undefined
   if (!secret && !jwks) return undefined
   const algorithms = [...(secret ? SECRET_ALGORITHMS : []), ...(jwks ? JWKS_ALGORITHMS : [])]
-  const key: JWTVerifyGetKey = async (header, token) => {
-    if (header.alg === 'HS256') {
-      if (!secret) throw new Unauthorized('HS256 tokens are not accepted here', 'invalid_token')
-      return secret
-    }
-    if (!jwks) throw new Unauthorized(`${header.alg} tokens are not accepted here`, 'invalid_token')
-    return jwks(header, token)
-  }
+  // Given the secret's key itself when no JWKS is configured, jose calls no resolver per token.
+  const resolve: JWTVerifyGetKey | undefined = jwks
+    ? async (header, token) => {
+        if (header.alg === 'HS256') {
+          if (!secret) throw new Unauthorized('HS256 tokens are not accepted here', 'invalid_token')
+          return secret
+        }
+        return jwks(header, token)
+      }
+    : undefined
   return async (token) => {
     let payload: unknown
     try {
-      decodeProtectedHeader(token) // a clear message for what is not a JWT at all
-      ;({ payload } = await jwtVerify(token, key, {
+      // jose parses the header itself: what is not a JWT at all fails there (ERR_JWS_INVALID).
+      ;({ payload } = await jwtVerify(token, resolve ?? (await secret!), {
         algorithms,
         issuer: config.FANFARE_JWT_ISSUER,
         audience: config.FANFARE_JWT_AUDIENCE,

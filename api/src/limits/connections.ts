@@ -67,10 +67,8 @@ export function createConnectionLimits(deps: { config: ConnectionConfig; now?: (
     (open.get(key) ?? 0) >= max
       ? { code: 'too_many_connections', message: `at most ${max} WebSockets per ${who} on this node`, retryAfterMs: BUSY_RETRY_MS }
       : undefined
-  const userLimit = (p: Principal) => {
-    const key = userKey(p)
-    return key === undefined ? undefined : tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_USER, 'user')
-  }
+  // Keys are made once per check (each is a new string, hashed again by every Map lookup).
+  const userLimit = (key: string | undefined) => (key === undefined ? undefined : tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_USER, 'user'))
   const add = (key: string, n: number) => {
     const v = (open.get(key) ?? 0) + n
     if (v <= 0) open.delete(key)
@@ -94,13 +92,15 @@ export function createConnectionLimits(deps: { config: ConnectionConfig; now?: (
     },
     admitPrincipal(p) {
       if (p.kind === 'anonymous') return undefined
-      return held(principalId(p)) ?? userLimit(p)
+      const id = principalId(p)
+      return held(id) ?? userLimit(p.kind === 'user' ? id : undefined)
     },
     open(ip, p) {
-      const refusal = tooMany(ipKey(ip), c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address') ?? userLimit(p)
-      if (refusal) return { refusal }
-      const keys = [ipKey(ip)]
+      const ipk = ipKey(ip)
       const user = userKey(p)
+      const refusal = tooMany(ipk, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address') ?? userLimit(user)
+      if (refusal) return { refusal }
+      const keys = [ipk]
       if (user) keys.push(user)
       for (const k of keys) add(k, 1)
       let released = false
@@ -109,7 +109,7 @@ export function createConnectionLimits(deps: { config: ConnectionConfig; now?: (
           identify(q) {
             const key = userKey(q)
             if (released || key === undefined || keys.includes(key)) return undefined
-            const refused = held(key) ?? userLimit(q)
+            const refused = held(key) ?? userLimit(key)
             if (refused) return refused
             keys.push(key)
             add(key, 1)

@@ -78,9 +78,12 @@ type Connection = Sink & {
   inFlight: number
   /** Set once the socket is to be closed for abuse: further frames are ignored. */
   closing?: { code: number; reason: string }
-  /** The `token_expiring` warning, the expiry close, or the deadline for a first `auth` frame. */
-  timers: ReturnType<typeof setTimeout>[]
+  /** The next of: the `token_expiring` warning, the expiry close, the deadline for a first `auth` frame. */
+  timer: ReturnType<typeof setTimeout> | undefined
 }
+
+/** The longest delay setTimeout holds (2^31 - 1 ms, ~24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** The close code for a credential that can no longer be used. */
 const closeCodeOf = (err: Unauthorized) => (err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN)
@@ -135,8 +138,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   }
 
   const close = (conn: Connection, code: number, reason: string) => {
-    for (const timer of conn.timers) clearTimeout(timer)
-    conn.timers = []
+    clearTimeout(conn.timer)
+    conn.timer = undefined
     conn.socket.close(code, reason)
   }
 
@@ -164,26 +167,31 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     close(conn, CLOSE.RATE_LIMITED, closeReasonOf(r))
   }
 
-  /** Warns before a user token expires and closes at expiry; a key with an expiry closes then. */
-  const scheduleExpiry = (conn: Connection) => {
-    for (const timer of conn.timers) clearTimeout(timer)
-    conn.timers = []
+  /**
+   * Warns before a user token expires and closes at expiry; a key with an expiry closes then. One
+   * timer per socket, armed for the next of the two (`warned`: the warning for this credential was
+   * sent): a socket is an idle connection most of its life, and what it holds is a node's memory.
+   */
+  const scheduleExpiry = (conn: Connection, warned = false) => {
+    clearTimeout(conn.timer)
+    conn.timer = undefined
     const p = conn.principal
     if (p.kind === 'anonymous' || p.expiresAt === undefined) return
-    const left = p.expiresAt - now()
-    if (p.kind === 'user') {
-      const warnIn = Math.max(0, left - deps.config.FANFARE_TOKEN_WARNING_MS)
-      conn.timers.push(setTimeout(() => send(conn, { op: 'token_expiring', expiresAt: new Date(p.expiresAt).toISOString() }), warnIn))
-    }
-    // setTimeout holds at most ~24.8 days; a longer-lived credential is checked again then.
-    const expireIn = Math.min(Math.max(0, left), 2 ** 31 - 1)
-    conn.timers.push(
-      setTimeout(() => {
-        const problem = deps.authenticator.check(conn.principal)
-        if (problem) close(conn, closeCodeOf(problem), p.kind === 'user' ? 'token_expired' : 'key_expired')
-        else scheduleExpiry(conn)
-      }, expireIn),
-    )
+    const expiresAt = p.expiresAt
+    const left = expiresAt - now()
+    const warning = p.kind === 'user' && !warned
+    const due = Math.max(0, warning ? left - deps.config.FANFARE_TOKEN_WARNING_MS : left)
+    // setTimeout holds at most ~24.8 days (a longer delay fires at once): a longer wait is re-armed then.
+    if (due > MAX_TIMER_MS) return void (conn.timer = setTimeout(() => scheduleExpiry(conn, warned), MAX_TIMER_MS))
+    conn.timer = setTimeout(() => {
+      if (warning) {
+        send(conn, { op: 'token_expiring', expiresAt: new Date(expiresAt).toISOString() })
+        return scheduleExpiry(conn, true)
+      }
+      const problem = deps.authenticator.check(conn.principal)
+      if (problem) close(conn, closeCodeOf(problem), p.kind === 'user' ? 'token_expired' : 'key_expired')
+      else scheduleExpiry(conn, true)
+    }, due)
   }
 
   /** Re-checks every open connection's credential (a revocation arrived). */
@@ -269,7 +277,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     deps.sockets?.open.set(conn.id, raw)
     connections.set(conn.id, conn)
     if (conn.awaitingAuth) {
-      conn.timers.push(setTimeout(() => close(conn, CLOSE.TOKEN_EXPIRED, 'authentication required: send { op: "auth", token } first'), deps.config.FANFARE_AUTH_TIMEOUT_MS))
+      conn.timer = setTimeout(() => close(conn, CLOSE.TOKEN_EXPIRED, 'authentication required: send { op: "auth", token } first'), deps.config.FANFARE_AUTH_TIMEOUT_MS)
     } else {
       scheduleExpiry(conn)
     }
@@ -277,7 +285,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   const onClose = (conn: Connection) => {
     deps.sockets?.open.delete(conn.id)
     if (connections.get(conn.id) !== conn) return
-    for (const timer of conn.timers) clearTimeout(timer)
+    clearTimeout(conn.timer)
     connections.delete(conn.id)
     conn.slot.release()
     for (const channel of [...conn.channels]) leaveChannel(conn, channel, 'disconnected')
@@ -297,7 +305,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     slot!: Slot
     inFlight = 0
     closing?: { code: number; reason: string } = undefined
-    timers: ReturnType<typeof setTimeout>[] = []
+    timer: ReturnType<typeof setTimeout> | undefined = undefined
     hold: PublishHold | undefined = undefined
     #rates: ConnectionRates | undefined = undefined
     constructor(

@@ -112,6 +112,17 @@ describe('principals over a real API node', () => {
     keeper.close()
   })
 
+  test('a token valid for longer than setTimeout can wait (~24.8 days) is not warned at once', async () => {
+    // A delay past 2^31 - 1 ms makes setTimeout fire at once: the warning's wait is re-armed instead.
+    const c = await WsClient.open(`${ws}?token=${await token('lon', { ttlSeconds: 60 * 86_400 })}`)
+    c.send({ op: 'ping', ref: 'p' })
+    await c.reply('p')
+    await Bun.sleep(300)
+    expect(c.frames.find((f) => f.op === 'token_expiring')).toBeUndefined()
+    expect(c.closed).toBeUndefined()
+    c.close()
+  })
+
   test("a token for another user on an open connection is refused: forbidden, close 4003", async () => {
     const c = await WsClient.open(`${ws}?token=${await token('ann')}`)
     c.send({ op: 'auth', ref: 'a', token: await token('mallory') })
