@@ -212,6 +212,13 @@ async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & 
         await new Promise((r) => setTimeout(r, 100 * (attempt + 1)))
         return upsertStream(jsm, cfg, attempt + 1)
       }
+      // A cluster that has just started elects its meta leader before every server has joined it:
+      // until then a stream of more replicas than the servers known has "no suitable peers". Wait
+      // for them (up to ~15 s), then say so.
+      if (message.includes('no suitable peers') && attempt < 30) {
+        await new Promise((r) => setTimeout(r, 500))
+        return upsertStream(jsm, cfg, attempt + 1)
+      }
       throw addErr
     }
   }

@@ -225,3 +225,35 @@ describe('NATS cluster: the upgrade command changes the replica count', () => {
     expect(await upgradeNats(nc, { ...one, FANFARE_REPLICAS: 3 })).toEqual([])
   }, 60_000)
 })
+
+describe('NATS cluster: the upgrade command on a cluster still forming', () => {
+  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-forming-'))
+  let cluster: PrivateNatsCluster | undefined
+  let nc: NatsConnection | undefined
+  afterAll(async () => {
+    await nc?.close()
+    await cluster?.stop()
+    rmSync(storeDir, { recursive: true, force: true })
+  })
+
+  test('3-replica streams wait for the third server to join instead of failing with "no suitable peers"', async () => {
+    cluster = privateNatsCluster({ size: 3, storeDir })
+    const [a, b, c] = cluster.nodes
+    await Promise.all([a.start(), b.start()])
+    nc = await connectNats(`${a.url},${b.url}`, 'forming-test')
+    // Two of three servers elect a meta leader: JetStream answers, but has only two peers to place on.
+    await until('JetStream on two of three servers', async () => {
+      const m = await jetstreamManager(nc!, { timeout: 1000 }).catch(() => undefined)
+      return (await m?.getAccountInfo().catch(() => undefined)) !== undefined
+    }, 30_000, 200)
+    const jsm = await jetstreamManager(nc)
+    const id = Math.random().toString(36).slice(2, 8)
+    const config = loadConfig({ FANFARE_STREAM: `F_${id}`, FANFARE_SUBJECT_PREFIX: `f_${id}`, FANFARE_REPLICAS: '3' })
+    const upgrading = upgradeNats(nc, config).then(() => 'done', (err: unknown) => `failed: ${String(err)}`)
+    await Bun.sleep(1_500)
+    expect(await Promise.race([upgrading, Bun.sleep(0).then(() => 'waiting')])).toBe('waiting')
+    await c.start()
+    expect(await upgrading).toBe('done')
+    for (const name of deploymentStreams(topology(config))) expect((await jsm.streams.info(name)).config.num_replicas).toBe(3)
+  }, 90_000)
+})
