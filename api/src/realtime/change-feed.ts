@@ -109,7 +109,7 @@ export async function startChangeFeed(deps: {
   // delivered since the consumer started (a first consumer started by time has none).
   let expect: number | undefined
 
-  /** One run delivered by the current consumer: in order, or the consumer is given up (see above). */
+  /** One run, in delivery order (the follower checks that); a skipped stream sequence re-syncs (see above). */
   const onRun = (m: Msg, seq: number) => {
     if (expect !== undefined && seq !== expect) {
       log.warn({ expected: expect, got: seq }, 'change runs were removed before this node got them; re-syncing subscribers')
