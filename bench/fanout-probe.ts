@@ -58,7 +58,9 @@ try {
   sides.push({ name: 'bun', url: `ws://127.0.0.1:${bunPort}/`, pid: bun.proc.pid, publisher: bunPub })
   const rates = new Map<string, number[]>(sides.map((s) => [s.name, []]))
   let s = 0
-  const sizes = { pacedPerSec: 2, pacedRounds: 2, burstRounds: Math.max(10, Math.round(300_000 / n)) }
+  // As bench/fanout.ts sizes them (full mode): a paced phase, then the burst.
+  const pacedPerSec = Math.max(2, Math.round(20_000 / n))
+  const sizes = { pacedPerSec, pacedRounds: Math.max(10, 2 * pacedPerSec), burstRounds: Math.max(10, Math.round(300_000 / n)) }
   for (let r = -1; r < rounds; r++) {
     for (const side of r % 2 ? [...sides].reverse() : sides) {
       const channels = Array.from({ length: layout }, (_, i) => `leaderboard:p${s}c${i}`)

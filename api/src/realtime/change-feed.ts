@@ -288,9 +288,13 @@ type Follower = {
   ended: Promise<void>
 }
 
+/** Runs a feed's consumer may deliver before this node acknowledges them. */
+const WINDOW = 10_000
+
 /**
  * A push consumer of `stream` starting at `from` that delivers to an inbox this connection
- * subscribes to: no acks (`AckPolicy.None`), flow control answered here, and idle heartbeats, which
+ * subscribes to: one ack per event-loop turn (`AckPolicy.All`) bounds what the server sends ahead
+ * of this node to `WINDOW` runs, and idle heartbeats
  * say how many deliveries the server made (so a lost last one is seen too). Each run goes to `onRun`
  * with its stream sequence, in order; anything that may have lost a delivery calls `onLost` once
  * and nothing is handed on after it (the feed then stops this consumer and makes a new one after
@@ -317,16 +321,18 @@ async function followPush(o: {
     stopped = true // nothing after a hole is handed on
     o.onLost(why)
   }
-  /** Flow control requests and heartbeats: no data, headers only. */
+  // The window: the consumer acks all, so acking the last run of an event-loop turn acks the turn's
+  // runs with one message, and the server holds back once WINDOW runs are unacked.
+  let lastReply: string | undefined
+  let acking = false
+  const ack = () => {
+    acking = false
+    if (!stopped && lastReply) o.nc.publish(lastReply)
+  }
+  /** Heartbeats: no data, headers only. */
   const control = (m: Msg) => {
-    if (m.reply) {
-      m.respond() // a flow control request
-      return
-    }
     const h = m.headers
     if (!h) return
-    const stalled = h.get('Nats-Consumer-Stalled')
-    if (stalled) o.nc.publish(stalled)
     const last = Number(h.get('Nats-Last-Consumer'))
     if (last > delivered) lost(`deliveries lost: the server delivered ${last}, ${delivered} arrived`)
   }
@@ -343,6 +349,11 @@ async function followPush(o: {
       if (!at || o.lose?.(at.stream)) return
       if (at.delivery !== delivered + 1) return lost(`deliveries lost: expected delivery ${delivered + 1}, got ${at.delivery}`)
       delivered = at.delivery
+      lastReply = m.reply
+      if (!acking) {
+        acking = true
+        setImmediate(ack)
+      }
       o.onRun(m, at.stream)
     },
   })
@@ -354,8 +365,8 @@ async function followPush(o: {
   try {
     const info = await o.jsm.consumers.add(o.stream, {
       deliver_subject: inbox,
-      ack_policy: AckPolicy.None,
-      flow_control: true,
+      ack_policy: AckPolicy.All,
+      max_ack_pending: WINDOW,
       idle_heartbeat: nanos(o.heartbeatMs),
       mem_storage: true,
       num_replicas: 1,
