@@ -327,7 +327,13 @@ async function followPush(o: {
   let acking = false
   const ack = () => {
     acking = false
-    if (!stopped && lastReply) o.nc.publish(lastReply)
+    if (stopped || !lastReply) return
+    try {
+      o.nc.publish(lastReply)
+    } catch (err) {
+      // A closed connection: nothing to bound any more, and the feed is being stopped.
+      lost(`ack failed: ${(err as Error)?.message ?? String(err)}`)
+    }
   }
   /** Heartbeats: no data, headers only. */
   const control = (m: Msg) => {
