@@ -127,6 +127,19 @@ describe('change feed', () => {
     expect(f.resyncs()).toBe(1)
   })
 
+  test('more runs than the ack window (10,000) in one go: all of them, in order', async () => {
+    const f = await setup(TEST_NATS_URL)
+    track(f.feed, f.nc, f.jsm, f.stream)
+    await until('following', () => f.feed.status().following)
+    const total = 12_000
+    for (let v = 1; v <= total; v += 1000) await Promise.all(Array.from({ length: 1000 }, (_, i) => f.publish(v + i)))
+    // Promptly: a node that never acked would get only the first 10,000 and then wait for the
+    // watchdog (two checks, 10 s) to follow again.
+    await until(`${total} notices`, () => f.notices.length >= total, 4_000)
+    expect(f.versions()).toEqual(Array.from({ length: total }, (_, i) => i + 1))
+    expect(f.resyncs()).toBe(0)
+  }, 60_000)
+
   test('stops at once, also right after it started', async () => {
     const f = await setup(TEST_NATS_URL)
     const started = Date.now()
