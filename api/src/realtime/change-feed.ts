@@ -111,6 +111,8 @@ export async function startChangeFeed(deps: {
 
   /** One run, in delivery order (the follower checks that); a skipped stream sequence re-syncs (see above). */
   const onRun = (m: Msg, seq: number) => {
+    // A run handed on already (redelivered after the ack wait by a stalled node's consumer).
+    if (expect !== undefined && seq < expect) return
     if (expect !== undefined && seq !== expect) {
       log.warn({ expected: expect, got: seq }, 'change runs were removed before this node got them; re-syncing subscribers')
       deps.onResync()
