@@ -16,13 +16,13 @@ import { startChangeFeed, type ChangeFeed } from './change-feed'
 const logger = createLogger('silent')
 
 /** A change stream of its own, a feed following it, and what the feed delivered. */
-async function setup(url: string, opts: { checkEveryMs?: number } = {}) {
+async function setup(url: string, opts: { checkEveryMs?: number; heartbeatMs?: number; lose?: (seq: number) => boolean; perSubject?: number } = {}) {
   const id = Math.random().toString(36).slice(2, 8)
   const stream = `FEEDTEST_${id}`
   const subject = `feedtest_${id}.changes.leaderboard.b`
   const nc = await connectNats(url, 'feed-test')
   const jsm = await jetstreamManager(nc)
-  const create = () => jsm.streams.add({ name: stream, subjects: [`feedtest_${id}.changes.>`] })
+  const create = () => jsm.streams.add({ name: stream, subjects: [`feedtest_${id}.changes.>`], ...(opts.perSubject ? { max_msgs_per_subject: opts.perSubject } : {}) })
   await create()
   const notices: ChangeNotice[] = []
   let resyncs = 0
@@ -34,6 +34,8 @@ async function setup(url: string, opts: { checkEveryMs?: number } = {}) {
     onResync: () => resyncs++,
     lookBackMs: 0,
     checkEveryMs: opts.checkEveryMs,
+    heartbeatMs: opts.heartbeatMs,
+    lose: opts.lose,
   })
   const js = jetstream(nc)
   const publish = (version: number, epoch = 'e1') =>
@@ -78,6 +80,65 @@ describe('change feed', () => {
     expect(f.resyncs()).toBe(0)
     expect(f.feed.status().following).toBe(true)
   })
+
+  // The live path is a plain subscription: deliveries can be lost on the way (a slow-consumer cut,
+  // a route). The test hook drops them as that would; the feed must fill the gap from JetStream, or
+  // re-sync, never go on silently.
+  test('a delivery lost in the middle: the gap is filled from the stream, in order, no resync', async () => {
+    const dropped = new Set<number>()
+    const f = await setup(TEST_NATS_URL, { lose: (seq) => seq === 3 && !dropped.has(seq) && dropped.add(seq) !== undefined })
+    track(f.feed, f.nc, f.jsm, f.stream)
+    await until('following', () => f.feed.status().following)
+    for (let v = 1; v <= 5; v++) await f.publish(v)
+    await until('5 notices', () => f.notices.length >= 5)
+    await Bun.sleep(300)
+    expect([...dropped]).toEqual([3])
+    expect(f.versions()).toEqual([1, 2, 3, 4, 5])
+    expect(f.resyncs()).toBe(0)
+    expect(f.feed.status().following).toBe(true)
+  })
+
+  test('the last delivery lost (nothing follows it): the heartbeat shows it, the gap is filled', async () => {
+    const dropped = new Set<number>()
+    const f = await setup(TEST_NATS_URL, { heartbeatMs: 300, lose: (seq) => seq === 3 && !dropped.has(seq) && dropped.add(seq) !== undefined })
+    track(f.feed, f.nc, f.jsm, f.stream)
+    await until('following', () => f.feed.status().following)
+    for (let v = 1; v <= 3; v++) await f.publish(v)
+    await until('3 notices', () => f.notices.length >= 3, 5_000)
+    expect([...dropped]).toEqual([3])
+    expect(f.versions()).toEqual([1, 2, 3])
+    expect(f.resyncs()).toBe(0)
+  })
+
+  test('lost deliveries the stream no longer holds: the channels are re-synced', async () => {
+    let cut = false
+    // Two runs per channel kept: while this node is cut off, runs 3 and 4 are pushed out.
+    const f = await setup(TEST_NATS_URL, { heartbeatMs: 300, perSubject: 2, lose: () => cut })
+    track(f.feed, f.nc, f.jsm, f.stream)
+    await until('following', () => f.feed.status().following)
+    for (let v = 1; v <= 2; v++) await f.publish(v)
+    await until('2 notices', () => f.notices.length >= 2)
+    cut = true
+    for (let v = 3; v <= 6; v++) await f.publish(v)
+    cut = false
+    await until('a resync', () => f.resyncs() > 0, 5_000)
+    await until('the runs the stream still holds', () => f.notices.length >= 4, 5_000)
+    expect(f.versions()).toEqual([1, 2, 5, 6])
+    expect(f.resyncs()).toBe(1)
+  })
+
+  test('more runs than the ack window (10,000) in one go: all of them, in order', async () => {
+    const f = await setup(TEST_NATS_URL)
+    track(f.feed, f.nc, f.jsm, f.stream)
+    await until('following', () => f.feed.status().following)
+    const total = 12_000
+    for (let v = 1; v <= total; v += 1000) await Promise.all(Array.from({ length: 1000 }, (_, i) => f.publish(v + i)))
+    // Promptly: a node that never acked would get only the first 10,000 and then wait for the
+    // watchdog (two checks, 10 s) to follow again.
+    await until(`${total} notices`, () => f.notices.length >= total, 4_000)
+    expect(f.versions()).toEqual(Array.from({ length: total }, (_, i) => i + 1))
+    expect(f.resyncs()).toBe(0)
+  }, 60_000)
 
   test('stops at once, also right after it started', async () => {
     const f = await setup(TEST_NATS_URL)

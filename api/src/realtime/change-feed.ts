@@ -1,5 +1,5 @@
-import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
+import { AckPolicy, DeliverPolicy, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
+import { createInbox, nanos, type Msg, type NatsConnection } from '@nats-io/transport-node'
 import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Logger } from '../../../core/logger'
 import { backoffMs, sleep } from '../../../core/backoff'
@@ -33,14 +33,24 @@ export type ChangeFeed = {
  * node starting and its consumer existing. Older notices are dropped by the hub (their channels
  * have no subscribers yet).
  *
- * The feed owns its recovery instead of trusting the client's ordered-consumer reset, which in
- * @nats-io/jetstream 3.4 never delivers again after a server restart (it re-creates a consumer
- * that started by time with a start sequence too, which the server refuses, forever; and when it
- * does re-create one, its first pull asks for 0 messages). Whatever interrupts the consumer (a
- * reconnect, a consumer lost with the server's memory, missed heartbeats, any reset status, or a
- * watchdog that sees the stream grow while nothing arrives) stops it; the feed then checks which
- * incarnation of the stream exists and follows again right after the last sequence it delivered.
- * Nothing is missed that way, so no resync is needed, unless:
+ * The live path is a plain subscription: the feed makes a push consumer (no acks, flow control,
+ * idle heartbeats) that delivers to an inbox it subscribes to, and reads each run's stream and
+ * delivery sequences from its reply subject. No client-side consumer machinery runs per message
+ * (the pulls, status handling and message info of @nats-io/jetstream's consumers cost an API node
+ * about twice the CPU per run; bench/findings.md), yet every run still has its place in the stream,
+ * so a loss is seen exactly, never guessed from timing:
+ * - a delivery sequence that skips one, or a heartbeat saying more was delivered than arrived (a
+ *   lost tail), means deliveries were lost on the way (a slow-consumer cut, a route): the feed
+ *   follows again right after the last stream sequence it handed on, from JetStream, which still
+ *   holds the runs (the gap is filled, nothing is re-synced);
+ * - a stream sequence that skips while deliveries do not means the stream removed runs before they
+ *   reached this node (retention while it lagged): `onResync`.
+ * The feed owns its recovery (rather than a client library's consumer reset: @nats-io/jetstream
+ * 3.4's ordered consumer never delivered again after a server restart). Whatever interrupts the
+ * consumer (a reconnect, a consumer lost with the server's memory, missed heartbeats, a lost
+ * delivery, or a watchdog that sees the stream grow while nothing arrives) stops it; the feed then
+ * checks which incarnation of the stream exists and follows again right after the last sequence it
+ * delivered. Nothing is missed that way, so no resync is needed, unless:
  * - the stream was recreated (NATS lost its data; sequences restart at 1): it follows the new
  *   stream from its start and calls `onResync`;
  * - the first sequence delivered after a restart is not the next one (retention removed runs
@@ -60,14 +70,17 @@ export async function startChangeFeed(deps: {
   lookBackMs?: number
   /** How often the watchdog compares the stream's last sequence with what was delivered. */
   checkEveryMs?: number
+  /** The consumer's idle heartbeat: a lost tail is noticed within about this long. */
+  heartbeatMs?: number
+  /** Tests only: a delivery (by stream sequence) for which this returns true is dropped, as a cut connection would. */
+  lose?: (streamSeq: number) => boolean
 }): Promise<ChangeFeed> {
-  const js = jetstream(deps.nc)
   const jsm = await jetstreamManager(deps.nc)
   const log = deps.logger.child({ stream: deps.stream })
   const stopping = new AbortController()
   const stopped = () => stopping.signal.aborted
 
-  let messages: ConsumerMessages | undefined
+  let messages: Follower | undefined
   // The stream incarnation being read, and the last sequence delivered from it (or, until the
   // look-back has been delivered, the stream's last sequence when the feed started: what a
   // restart must resume after, and what the watchdog must not take for a stall).
@@ -92,42 +105,64 @@ export async function startChangeFeed(deps: {
     messages?.stop()
   }
 
-  const follow = async (from: { startTime: Date } | { afterSeq: number }) => {
-    const consumer = await js.consumers.get(
-      deps.stream,
-      'afterSeq' in from
-        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from.afterSeq + 1 }
-        : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: from.startTime.toISOString() },
-    )
-    // A wide pull window: the default (100) sends a pull request every ~50 runs, a socket write each,
-    // a large share of an API node's CPU when many channels each change often.
-    return consumer.consume({ max_messages: 1000 })
+  // Where the stream must go on for nothing to be missed: the next stream sequence once one was
+  // delivered since the consumer started (a first consumer started by time has none).
+  let expect: number | undefined
+
+  /** One run, in delivery order (the follower checks that); a skipped stream sequence re-syncs (see above). */
+  const onRun = (m: Msg, seq: number) => {
+    // A run handed on already (redelivered after the ack wait by a stalled node's consumer).
+    if (expect !== undefined && seq < expect) return
+    if (expect !== undefined && seq !== expect) {
+      log.warn({ expected: expect, got: seq }, 'change runs were removed before this node got them; re-syncing subscribers')
+      deps.onResync()
+    }
+    expect = seq + 1
+    lastSeq = Math.max(lastSeq, seq)
+    let notices: ChangeNotice[]
+    try {
+      notices = noticesOf(m.json<ChangeRun>())
+    } catch (err) {
+      log.error({ err, subject: m.subject, seq }, 'unreadable change run')
+      return
+    }
+    // A run whose batch was traced carries its context: its push is a span of that trace.
+    const traced = m.headers ? contextOfNats(m.headers) : undefined
+    if (traced && notices.length > 0) push(traced, notices)
+    else for (const n of notices) deps.onNotice(n)
   }
 
-  /** Any status that means the consumer may no longer deliver: take over (see above). */
-  const watch = async (current: ConsumerMessages) => {
-    for await (const s of current.status()) {
-      switch (s.type) {
-        case 'consumer_deleted':
-        case 'consumer_not_found':
-        case 'stream_not_found':
-        case 'heartbeats_missed':
-        case 'reset':
-        case 'ordered_consumer_recreated':
-          if (messages === current) interrupt(s.type)
-          break
-        default:
-      }
-    }
-  }
+  const follow = (from: { startTime: Date } | { afterSeq: number }) =>
+    followPush({
+      nc: deps.nc,
+      jsm,
+      stream: deps.stream,
+      from,
+      heartbeatMs: deps.heartbeatMs ?? 5_000,
+      lose: deps.lose,
+      onRun,
+      onLost: interrupt,
+    })
 
   // The connection: a disconnect means nothing is followed; after a reconnect, follow afresh
-  // (the server may have restarted and lost the consumer with its memory).
+  // (the server may have restarted and lost the consumer with its memory). Requests made while
+  // disconnected are lost with the server they were buffered for and wait for their timeout, so
+  // the loop waits for the reconnect before it tries again.
+  let connected = true
+  let reconnected: (() => void) | undefined
+  const connection = () => (connected ? undefined : new Promise<void>((resolve) => (reconnected = resolve)))
+  stopping.signal.addEventListener('abort', () => reconnected?.())
   void (async () => {
     for await (const s of deps.nc.status()) {
       if (stopped()) break
-      if (s.type === 'disconnect') interrupt('nats disconnected')
-      else if (s.type === 'reconnect') interrupt('nats reconnected')
+      if (s.type === 'disconnect') {
+        connected = false
+        interrupt('nats disconnected')
+      } else if (s.type === 'reconnect') {
+        connected = true
+        reconnected?.()
+        interrupt('nats reconnected')
+      }
     }
   })().catch(() => {})
 
@@ -180,6 +215,8 @@ export async function startChangeFeed(deps: {
     let first = true
     for (let attempt = 0; !stopped(); ) {
       try {
+        await connection()
+        if (stopped()) break
         const interruptions = interrupted
         const info = await jsm.streams.info(deps.stream)
         const now = identityOf(info)
@@ -191,6 +228,9 @@ export async function startChangeFeed(deps: {
         }
         identity = now
         if (first) lastSeq = info.state.last_seq
+        // After a restart on the same stream the next run must be lastSeq + 1 (none of its
+        // sequences are filtered out); anything else was removed meanwhile.
+        expect = first || lost ? undefined : lastSeq + 1
         const current = first
           ? await follow({ startTime: new Date(Date.now() - (deps.lookBackMs ?? 10_000)) })
           : await follow({ afterSeq: lastSeq })
@@ -206,34 +246,12 @@ export async function startChangeFeed(deps: {
           current.stop()
           continue
         }
-        // After a restart on the same stream the next run must be lastSeq + 1 (none of its
-        // sequences are filtered out); anything else was removed meanwhile.
-        let expect = first || lost ? undefined : lastSeq + 1
         first = false
         attempt = 0
         setFollowing()
         started()
         if (lost) deps.onResync()
-        void watch(current).catch(() => {})
-        for await (const m of current) {
-          if (expect !== undefined && m.seq !== expect) {
-            log.warn({ expected: expect, got: m.seq }, 'change runs were removed while the feed was away; re-syncing subscribers')
-            deps.onResync()
-          }
-          expect = undefined
-          lastSeq = Math.max(lastSeq, m.seq)
-          let notices: ChangeNotice[]
-          try {
-            notices = noticesOf(m.json<ChangeRun>())
-          } catch (err) {
-            log.error({ err, subject: m.subject, seq: m.seq }, 'unreadable change run')
-            continue
-          }
-          // A run whose batch was traced carries its context: its push is a span of that trace.
-          const traced = m.headers ? contextOfNats(m.headers) : undefined
-          if (traced && notices.length > 0) push(traced, notices)
-          else for (const n of notices) deps.onNotice(n)
-        }
+        await current.ended
         if (!stopped() && following) interrupt('consumer ended')
       } catch (err) {
         if (stopped()) break
@@ -260,4 +278,151 @@ export async function startChangeFeed(deps: {
     },
     status: () => ({ stream: deps.stream, following, lastSeq, ...(reason ? { reason } : {}) }),
   }
+}
+
+/** The consumer a feed follows now. */
+type Follower = {
+  /** Stops delivering at once (nothing is handed on after it) and deletes the consumer in the background. */
+  stop: () => void
+  /** `stop`, then waits for the consumer's deletion. */
+  close: () => Promise<void>
+  /** Resolved once stopped. */
+  ended: Promise<void>
+}
+
+/** Runs a feed's consumer may deliver before this node acknowledges them. */
+const WINDOW = 10_000
+
+/**
+ * A push consumer of `stream` starting at `from` that delivers to an inbox this connection
+ * subscribes to: one ack per event-loop turn (`AckPolicy.All`) bounds what the server sends ahead
+ * of this node to `WINDOW` runs, and idle heartbeats
+ * say how many deliveries the server made (so a lost last one is seen too). Each run goes to `onRun`
+ * with its stream sequence, in order; anything that may have lost a delivery calls `onLost` once
+ * and nothing is handed on after it (the feed then stops this consumer and makes a new one after
+ * the last sequence it handed on).
+ */
+async function followPush(o: {
+  nc: NatsConnection
+  jsm: JetStreamManager
+  stream: string
+  from: { startTime: Date } | { afterSeq: number }
+  heartbeatMs: number
+  lose?: (streamSeq: number) => boolean
+  onRun: (m: Msg, streamSeq: number) => void
+  onLost: (why: string) => void
+}): Promise<Follower> {
+  const inbox = createInbox()
+  let delivered = 0 // the consumer's delivery sequence of the last run handed on
+  let heard = true // a run or a heartbeat arrived since the last check
+  let stopped = false
+  let end!: () => void
+  const ended = new Promise<void>((resolve) => (end = resolve))
+  const lost = (why: string) => {
+    if (stopped) return
+    stopped = true // nothing after a hole is handed on
+    o.onLost(why)
+  }
+  // The window: the consumer acks all, so acking the last run of an event-loop turn acks the turn's
+  // runs with one message, and the server holds back once WINDOW runs are unacked.
+  let lastReply: string | undefined
+  let acking = false
+  const ack = () => {
+    acking = false
+    if (stopped || !lastReply) return
+    try {
+      o.nc.publish(lastReply)
+    } catch (err) {
+      // A closed connection: nothing to bound any more, and the feed is being stopped.
+      lost(`ack failed: ${(err as Error)?.message ?? String(err)}`)
+    }
+  }
+  /** Heartbeats: no data, headers only. */
+  const control = (m: Msg) => {
+    const h = m.headers
+    if (!h) return
+    const last = Number(h.get('Nats-Last-Consumer'))
+    if (last > delivered) lost(`deliveries lost: the server delivered ${last}, ${delivered} arrived`)
+  }
+  const sub = o.nc.subscribe(inbox, {
+    callback: (err, m) => {
+      if (stopped) return
+      if (err) return lost(`subscription failed: ${err.message}`)
+      heard = true
+      if (m.data.length === 0) {
+        control(m)
+        return
+      }
+      const at = sequencesOf(m.reply)
+      if (!at || o.lose?.(at.stream)) return
+      if (at.delivery !== delivered + 1) return lost(`deliveries lost: expected delivery ${delivered + 1}, got ${at.delivery}`)
+      delivered = at.delivery
+      lastReply = m.reply
+      if (!acking) {
+        acking = true
+        setImmediate(ack)
+      }
+      o.onRun(m, at.stream)
+    },
+  })
+  const timer = setInterval(() => {
+    if (!heard) lost('heartbeats missed')
+    heard = false
+  }, 2 * o.heartbeatMs)
+  let name: string | undefined
+  try {
+    const info = await o.jsm.consumers.add(o.stream, {
+      deliver_subject: inbox,
+      ack_policy: AckPolicy.All,
+      max_ack_pending: WINDOW,
+      idle_heartbeat: nanos(o.heartbeatMs),
+      mem_storage: true,
+      num_replicas: 1,
+      ...('afterSeq' in o.from
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: o.from.afterSeq + 1 }
+        : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: o.from.startTime.toISOString() }),
+    })
+    name = info.name
+  } catch (err) {
+    clearInterval(timer)
+    sub.unsubscribe()
+    throw err
+  }
+  // A consumer deleted from under it (an operator, a server that lost it) sends nothing more; the
+  // server's advisory says so at once rather than after the missed heartbeats.
+  const deleted = o.nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.DELETED.${o.stream}.${name}`, {
+    callback: () => lost('consumer deleted'),
+  })
+  // Without interest the server removes an ephemeral push consumer by itself (after its inactive
+  // threshold). Only a feed that stops deletes it at once: a request made while the connection is
+  // down (the usual reason to stop a consumer) would wait for its timeout.
+  const stop = () => {
+    stopped = true
+    clearInterval(timer)
+    if (sub.isClosed()) return
+    sub.unsubscribe()
+    deleted.unsubscribe()
+    end()
+  }
+  return {
+    stop,
+    close: async () => {
+      stop()
+      if (name) await o.jsm.consumers.delete(o.stream, name).catch(() => {})
+    },
+    ended,
+  }
+}
+
+/**
+ * The stream and delivery sequences from a JetStream delivery's reply subject:
+ * `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<delivery seq>.<time>.<pending>`, or with
+ * `<domain>.<account hash>` after `$JS.ACK` and a random token at the end (newer servers).
+ */
+export function sequencesOf(reply: string | undefined): { stream: number; delivery: number } | undefined {
+  if (!reply?.startsWith('$JS.ACK.')) return undefined
+  const t = reply.split('.')
+  const at = t.length === 9 ? 5 : t.length >= 12 ? 7 : -1
+  if (at < 0) return undefined
+  return { stream: Number(t[at]), delivery: Number(t[at + 1]) }
 }

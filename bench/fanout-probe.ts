@@ -1,0 +1,87 @@
+/**
+ * `bun bench/fanout-probe.ts [clients] [channels] [rounds] [--compare=<checkout>]`: only the burst
+ * of bench/fanout.ts for one shape, Fanfare and bare Bun taking turns (A B A B ...), each round's
+ * ratio printed with the server's CPU time for the burst (/proc) and this process's (the
+ * publisher's). With --compare, an API node running another checkout (say `git archive <commit>`
+ * unpacked, node_modules linked) takes turns too, on a deployment of its own (a node follows every
+ * change run of its streams, so two nodes on one deployment would load each other).
+ */
+import { freePort } from '../core/process'
+import { spawnProc, waitReady } from '../test/e2e/harness'
+import { cpuOf, startChild } from './lib/child'
+import { BUN, type BenchContext } from './lib/context'
+import { deploy, type Deployment } from './lib/fanfare'
+import { fanfarePublisher, scenario } from './fanout'
+
+const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
+const compare = process.argv.find((a) => a.startsWith('--compare='))?.slice(10)
+const n = Number(args[0] ?? 1000)
+const layout = Number(args[1] ?? 100)
+const rounds = Number(args[2] ?? 3)
+const ctx: BenchContext = { mode: 'full', log: (m) => console.error(m), notes: [] }
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+
+type Side = { name: string; url: string; pid: number; publisher: Awaited<ReturnType<typeof fanfarePublisher>> | BunPub }
+type BunPub = { round: (c: string[], v: number) => void; flush: () => Promise<void>; close: () => void }
+
+const deployments: Deployment[] = []
+const bun = startChild([BUN, 'bench/servers/bare-bun.ts'], { port: freePort() })
+try {
+  const sides: Side[] = []
+  const d = await deploy()
+  deployments.push(d)
+  const api = await d.startApi()
+  sides.push({ name: 'fanfare', url: `ws://127.0.0.1:${api.port}/v1/ws`, pid: api.proc.proc.pid, publisher: await fanfarePublisher(d) })
+  if (compare) {
+    const d2 = await deploy()
+    deployments.push(d2)
+    const port = freePort()
+    const proc = spawnProc('api-compare', `${compare}/api/src/main.ts`, { ...d2.env.vars, PORT: String(port), HOST: '127.0.0.1' })
+    await waitReady(`http://127.0.0.1:${port}`, [proc])
+    sides.push({ name: `compare`, url: `ws://127.0.0.1:${port}/v1/ws`, pid: proc.proc.pid, publisher: await fanfarePublisher(d2) })
+    deployments.push({ close: () => proc.stop() } as unknown as Deployment)
+  }
+  const bunPort = (await bun.next(30_000)).port
+  const ws = new WebSocket(`ws://127.0.0.1:${bunPort}/`)
+  await new Promise<void>((ok) => (ws.onopen = () => ok()))
+  const frameOf = (channel: string, version: number) =>
+    JSON.stringify({ op: 'update', channel, version, epoch: 'bench', data: { player: 'p', score: performance.timeOrigin + performance.now(), previous: null } })
+  const bunPub: BunPub = {
+    round: (cs, v) => {
+      for (const c of cs) ws.send(`${c}\n${frameOf(c, v)}`)
+    },
+    flush: async () => {
+      while (ws.bufferedAmount > 0) await Bun.sleep(1)
+    },
+    close: () => ws.close(),
+  }
+  sides.push({ name: 'bun', url: `ws://127.0.0.1:${bunPort}/`, pid: bun.proc.pid, publisher: bunPub })
+  const rates = new Map<string, number[]>(sides.map((s) => [s.name, []]))
+  let s = 0
+  // As bench/fanout.ts sizes them (full mode): a paced phase, then the burst.
+  const pacedPerSec = Math.max(2, Math.round(20_000 / n))
+  const sizes = { pacedPerSec, pacedRounds: Math.max(10, 2 * pacedPerSec), burstRounds: Math.max(10, Math.round(300_000 / n)) }
+  for (let r = -1; r < rounds; r++) {
+    for (const side of r % 2 ? [...sides].reverse() : sides) {
+      const channels = Array.from({ length: layout }, (_, i) => `leaderboard:p${s}c${i}`)
+      s++
+      const me = process.cpuUsage()
+      const kind = side.name === 'bun' ? 'bun' : 'fanfare'
+      const res = await scenario(ctx, kind, side.url, side.publisher, n, channels, sizes, {}, 1, side.pid)
+      const pub = process.cpuUsage(me)
+      const label = r < 0 ? 'warm-up' : `round ${r + 1}`
+      console.log(`${label} ${side.name}: ${Math.round(res.rate)} deliveries/s, burst ${res.ms.toFixed(0)} ms, server CPU ${res.cpuMs.toFixed(0)} ms, publisher+clients-pool CPU ${((pub.user + pub.system) / 1000).toFixed(0)} ms, delivered ${res.delivered}/${res.expected}; load ${(await Bun.file('/proc/loadavg').text()).trim()}`)
+      if (r >= 0) rates.get(side.name)!.push(res.rate)
+    }
+  }
+  const bunRates = rates.get('bun')!
+  for (const side of sides) {
+    if (side.name === 'bun') continue
+    const ratios = rates.get(side.name)!.map((x, i) => x / bunRates[i])
+    console.log(`${side.name} / bun: ${ratios.map((x) => x.toFixed(2)).join(', ')} (median ${median(ratios).toFixed(2)})`)
+  }
+  for (const side of sides) side.publisher.close()
+} finally {
+  await bun.stop()
+  for (const d of deployments.reverse()) await d.close()
+}
