@@ -354,7 +354,9 @@ async function followPush(o: {
         return
       }
       const at = sequencesOf(m.reply)
-      if (!at || o.lose?.(at.stream)) return
+      // A delivery without its place in the stream cannot be checked for holes: never hand it on silently.
+      if (!at) return lost(`a delivery without stream sequences (reply ${m.reply ?? 'none'})`)
+      if (o.lose?.(at.stream)) return
       if (at.delivery !== delivered + 1) return lost(`deliveries lost: expected delivery ${delivered + 1}, got ${at.delivery}`)
       delivered = at.delivery
       lastReply = m.reply
@@ -417,12 +419,13 @@ async function followPush(o: {
 /**
  * The stream and delivery sequences from a JetStream delivery's reply subject:
  * `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<delivery seq>.<time>.<pending>`, or with
- * `<domain>.<account hash>` after `$JS.ACK` and a random token at the end (newer servers).
+ * `<domain>.<account hash>` after `$JS.ACK` and maybe a random token at the end (newer servers; the
+ * same 11-or-more rule as nats.js' own parser).
  */
 export function sequencesOf(reply: string | undefined): { stream: number; delivery: number } | undefined {
   if (!reply?.startsWith('$JS.ACK.')) return undefined
   const t = reply.split('.')
-  const at = t.length === 9 ? 5 : t.length >= 12 ? 7 : -1
+  const at = t.length === 9 ? 5 : t.length >= 11 ? 7 : -1
   if (at < 0) return undefined
   return { stream: Number(t[at]), delivery: Number(t[at + 1]) }
 }
