@@ -13,12 +13,14 @@ const logger = createLogger(process.env.TEST_LOG_LEVEL ?? 'silent')
 /**
  * The real lease bucket, with the answers of chosen updates held back: `delayFor(key, call)`
  * says how long the answer to a key's n-th update (from 0) waits after the server has it
- * (Infinity: until `settle`). The update itself reaches NATS at once, as a slow network's would.
+ * (Infinity: until `settle`, after which nothing is held: a lease still renewing while the tests
+ * stop it must not wait forever). The update itself reaches NATS at once, as a slow network's would.
  */
 function slowAnswers(kv: KV, delayFor: (key: string, call: number) => number) {
   const calls = new Map<string, number>()
   const held: (() => void)[] = []
   const sentAt = new Map<string, number[]>()
+  let settled = false
   const wrapped = new Proxy(kv, {
     get(target, prop, receiver) {
       if (prop !== 'update') return Reflect.get(target, prop, receiver)
@@ -27,7 +29,7 @@ function slowAnswers(kv: KV, delayFor: (key: string, call: number) => number) {
         calls.set(key, n + 1)
         sentAt.set(key, [...(sentAt.get(key) ?? []), Date.now()])
         const answer = target.update(key, value, revision)
-        const delay = delayFor(key, n)
+        const delay = settled ? 0 : delayFor(key, n)
         if (delay === 0) return answer
         const release = new Promise<void>((resolve) => {
           held.push(resolve)
@@ -43,7 +45,11 @@ function slowAnswers(kv: KV, delayFor: (key: string, call: number) => number) {
       }
     },
   })
-  return { kv: wrapped, sentAt: (key: string) => sentAt.get(key) ?? [], settle: () => held.forEach((r) => r()) }
+  const settle = () => {
+    settled = true
+    held.forEach((r) => r())
+  }
+  return { kv: wrapped, sentAt: (key: string) => sentAt.get(key) ?? [], settle }
 }
 
 describe('partition leases against NATS KV', () => {
