@@ -189,24 +189,36 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
 })
 
 /**
- * Moving a deployment from one replica to three (the operator sets FANFARE_REPLICAS=3 and runs the
- * upgrade command): every stream and bucket ends on three servers, the buckets included (a node
- * opening an existing bucket does not change it).
+ * The upgrade command on a cluster: moving a deployment from one replica to three (the operator sets
+ * FANFARE_REPLICAS=3 and runs it: every stream and bucket ends on three servers, the buckets
+ * included, since a node opening an existing bucket does not change it), and running it on a
+ * cluster still forming.
  */
-describe('NATS cluster: the upgrade command changes the replica count', () => {
-  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-replicas-'))
-  let cluster: PrivateNatsCluster | undefined
-  let nc: NatsConnection | undefined
+describe('NATS cluster: the upgrade command', () => {
+  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-upgrade-'))
+  const clusters: PrivateNatsCluster[] = []
+  const connections: NatsConnection[] = []
   afterAll(async () => {
-    await nc?.close()
-    await cluster?.stop()
+    for (const nc of connections) await nc.close()
+    for (const cluster of clusters) await cluster.stop()
     rmSync(storeDir, { recursive: true, force: true })
   })
+  /** A 3-node cluster of its own per test (not started). */
+  const newCluster = (name: string) => {
+    const cluster = privateNatsCluster({ size: 3, storeDir: join(storeDir, name) })
+    clusters.push(cluster)
+    return cluster
+  }
+  const connect = async (url: string, name: string) => {
+    const nc = await connectNats(url, name)
+    connections.push(nc)
+    return nc
+  }
 
-  test('from 1 to 3 replicas', async () => {
-    cluster = privateNatsCluster({ size: 3, storeDir })
+  test('changes the replica count from 1 to 3', async () => {
+    const cluster = newCluster('replicas')
     await cluster.start()
-    nc = await connectNats(cluster.url, 'replicas-test')
+    const nc = await connect(cluster.url, 'replicas-test')
     const id = Math.random().toString(36).slice(2, 8)
     const one = loadConfig({ FANFARE_STREAM: `R_${id}`, FANFARE_SUBJECT_PREFIX: `r_${id}` })
     expect(one.FANFARE_REPLICAS).toBe(1)
@@ -224,26 +236,15 @@ describe('NATS cluster: the upgrade command changes the replica count', () => {
     }
     expect(await upgradeNats(nc, { ...one, FANFARE_REPLICAS: 3 })).toEqual([])
   }, 60_000)
-})
 
-describe('NATS cluster: the upgrade command on a cluster still forming', () => {
-  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-forming-'))
-  let cluster: PrivateNatsCluster | undefined
-  let nc: NatsConnection | undefined
-  afterAll(async () => {
-    await nc?.close()
-    await cluster?.stop()
-    rmSync(storeDir, { recursive: true, force: true })
-  })
-
-  test('3-replica streams wait for the third server to join instead of failing with "no suitable peers"', async () => {
-    cluster = privateNatsCluster({ size: 3, storeDir })
+  test('3-replica streams wait for a forming cluster\'s third server instead of failing with "no suitable peers"', async () => {
+    const cluster = newCluster('forming')
     const [a, b, c] = cluster.nodes
     await Promise.all([a.start(), b.start()])
-    nc = await connectNats(`${a.url},${b.url}`, 'forming-test')
+    const nc = await connect(`${a.url},${b.url}`, 'forming-test')
     // Two of three servers elect a meta leader: JetStream answers, but has only two peers to place on.
     await until('JetStream on two of three servers', async () => {
-      const m = await jetstreamManager(nc!, { timeout: 1000 }).catch(() => undefined)
+      const m = await jetstreamManager(nc, { timeout: 1000 }).catch(() => undefined)
       return (await m?.getAccountInfo().catch(() => undefined)) !== undefined
     }, 30_000, 200)
     const jsm = await jetstreamManager(nc)
