@@ -7,34 +7,16 @@
  * to the change subjects (the run is published), and the update's arrival at the subscriber.
  * All clocks are this machine's. Prints p50 / p99 of each hop per round.
  */
-import postgres from 'postgres'
-import { freePort } from '../core/process'
 import { subjects } from '../core/events'
 import type { ChangeRun } from '../core/channels'
-import { startChild } from './lib/child'
-import { BUN } from './lib/context'
 import { BOARDS, scoreEvent } from './lib/events'
-import { deploy, waitForWorkers } from './lib/fanfare'
 import { nowMs, quantile } from './lib/stats'
-import { Subscriber } from './lib/subscriber'
-import { counted, phase } from './e2e'
+import { counted, openRig, phase } from './e2e'
 
 const [rate, rounds, seconds] = [Number(process.argv[2] ?? 1000), Number(process.argv[3] ?? 3), Number(process.argv[4] ?? 5)]
-const fan = await deploy()
-const bare = await deploy()
-const pipeline = startChild([BUN, 'bench/servers/bare-pipeline.ts'], { port: freePort(), natsUrl: bare.env.vars.NATS_URL, stream: bare.env.config.FANFARE_STREAM, pgUrl: bare.env.vars.DATABASE_URL })
-const fanSql = postgres(fan.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-const bareSql = postgres(bare.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+const rig = await openRig()
+const { fan, bare, api, fanSub, bareSub, fanRows, bareRows } = rig
 try {
-  const api = await fan.startApi()
-  fan.startWorker()
-  await waitForWorkers(fan, 1)
-  const barePort = (await pipeline.next(30_000)).port
-  const fanSub = await Subscriber.open(`ws://127.0.0.1:${api.port}/v1/ws`, BOARDS)
-  const bareSub = await Subscriber.open(`ws://127.0.0.1:${barePort}/`, BOARDS)
-  const fanRows = async () => Number((await fanSql`select count(*)::int as n from leaderboard_entries`)[0].n)
-  const bareRows = async () => Number((await bareSql`select count(*)::int as n from bare_scores`)[0].n)
-
   // Stage times by player (one event per player).
   const acked = new Map<string, number>()
   const runs = new Map<string, { at: number; stored: number; published: number }>()
@@ -113,8 +95,5 @@ try {
   fanSub.close()
   bareSub.close()
 } finally {
-  await Promise.all([fanSql.end(), bareSql.end()])
-  await pipeline.stop()
-  await fan.close()
-  await bare.close()
+  await rig.close()
 }

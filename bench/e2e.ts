@@ -155,26 +155,10 @@ export async function e2e(ctx: BenchContext): Promise<Figure[]> {
   // 5 s per phase: a p99 from 3 s (150 samples past it at 5,000/s) moved by 1.5x between runs.
   const seconds = pick(ctx, 1, 5)
   const max = pick(ctx, { concurrency: 4, batch: 100, total: 1000 }, { concurrency: 8, batch: 250, total: 60_000 })
-  const fan = await deploy()
-  const bare = await deploy()
-  const pipeline = startChild([BUN, 'bench/servers/bare-pipeline.ts'], {
-    port: freePort(),
-    natsUrl: bare.env.vars.NATS_URL,
-    stream: bare.env.config.FANFARE_STREAM,
-    pgUrl: bare.env.vars.DATABASE_URL,
-  })
-  const fanSql = postgres(fan.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-  const bareSql = postgres(bare.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+  const rig = await openRig()
+  const { fan, bare, api, fanSub, bareSub, fanRows, bareRows } = rig
   const figures: Figure[] = []
   try {
-    const api = await fan.startApi()
-    fan.startWorker()
-    await waitForWorkers(fan, 1)
-    const barePort = (await pipeline.next(30_000)).port
-    const fanSub = await Subscriber.open(`ws://127.0.0.1:${api.port}/v1/ws`, BOARDS)
-    const bareSub = await Subscriber.open(`ws://127.0.0.1:${barePort}/`, BOARDS)
-    const fanRows = async () => Number((await fanSql`select count(*)::int as n from leaderboard_entries`)[0].n)
-    const bareRows = async () => Number((await bareSql`select count(*)::int as n from bare_scores`)[0].n)
     const token = fan.env.vars.FANFARE_INGEST_TOKEN
     const rest = counted(restSender(api, token))
     const ws = await wsSender(api.port, token)
@@ -226,10 +210,50 @@ export async function e2e(ctx: BenchContext): Promise<Figure[]> {
     fanSub.close()
     bareSub.close()
   } finally {
+    await rig.close()
+  }
+  return figures
+}
+
+/**
+ * Both sides of the end-to-end comparison, ready: a Fanfare deployment (API node, one worker
+ * holding its partitions) and the bare pipeline, each with a subscriber of every board and a count
+ * of its read model's rows. Also used by bench/e2e-probe.ts.
+ */
+export async function openRig() {
+  const fan = await deploy()
+  const bare = await deploy()
+  const pipeline = startChild([BUN, 'bench/servers/bare-pipeline.ts'], {
+    port: freePort(),
+    natsUrl: bare.env.vars.NATS_URL,
+    stream: bare.env.config.FANFARE_STREAM,
+    pgUrl: bare.env.vars.DATABASE_URL,
+  })
+  const fanSql = postgres(fan.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+  const bareSql = postgres(bare.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+  const close = async () => {
     await Promise.all([fanSql.end(), bareSql.end()])
     await pipeline.stop()
     await fan.close()
     await bare.close()
   }
-  return figures
+  try {
+    const api = await fan.startApi()
+    fan.startWorker()
+    await waitForWorkers(fan, 1)
+    const barePort = (await pipeline.next(30_000)).port
+    return {
+      fan,
+      bare,
+      api,
+      fanSub: await Subscriber.open(`ws://127.0.0.1:${api.port}/v1/ws`, BOARDS),
+      bareSub: await Subscriber.open(`ws://127.0.0.1:${barePort}/`, BOARDS),
+      fanRows: async () => Number((await fanSql`select count(*)::int as n from leaderboard_entries`)[0].n),
+      bareRows: async () => Number((await bareSql`select count(*)::int as n from bare_scores`)[0].n),
+      close,
+    }
+  } catch (err) {
+    await close()
+    throw err
+  }
 }
