@@ -21,12 +21,32 @@ const countsAt = ({ event, storedAt }: SequencedEvent<ScoreEvent>): Date => {
 
 type ScoreEvent = Extract<StoredEvent, { type: 'score.submitted' }>
 
+/** How many scored boards' rules a database's cache keeps; past it, the oldest is dropped. */
+const SCORED_RULES_KEPT = 10_000
+
+/**
+ * Rules of the boards read as scored, by database handle. Once a board has scores its rules can no
+ * longer change: the admin API refuses (409 board_has_scores) in the statement that would change
+ * them, and nothing sets has_scores back to false (a rebuild keeps the leaderboards table). So a
+ * batch need not read them again, and such a board needs no recheck either. By handle, not one map
+ * per process: two databases (tests, a rebuild's transaction) may hold the same board name under
+ * different rules. Only committed rows fill it (a read that saw has_scores), never a batch's own
+ * recheck, which may not commit.
+ */
+const scoredRulesByDb = new WeakMap<Db, Map<string, BoardRules>>()
+
+const scoredRulesOf = (db: Db): Map<string, BoardRules> => {
+  let cache = scoredRulesByDb.get(db)
+  if (!cache) scoredRulesByDb.set(db, (cache = new Map()))
+  return cache
+}
+
 const entryKey = (board: string, period: string, player: string) => `${board}\u0000${period}\u0000${player}`
 
 /**
- * Applies a batch of `score.*` events: loads the boards' rules and the touched standings (two
- * queries, one round trip), evolves them in memory in event order, and returns the one upsert that
- * writes every changed standing (rows bound as one JSON parameter, see recordset) for the batch to
+ * Applies a batch of `score.*` events: loads the rules of boards not known as scored (see
+ * scoredRulesByDb) and the touched standings (two queries, one round trip), evolves them in memory
+ * in event order, and returns the one upsert that writes every changed standing (rows bound as one JSON parameter, see recordset) for the batch to
  * run, with the recheck of the rules it used.
  */
 export async function applyScores(db: Db, events: SequencedEvent[]): Promise<Applied> {
@@ -43,14 +63,27 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
   }
   if (scores.length === 0) return { changes: [] }
 
-  const boards = [...new Set(scores.map((e) => e.event.data.board))]
+  const known = scoredRulesOf(db)
+  // Only the rules of boards not known as scored are read (none, once a process has seen them all).
+  // Taken before the reads: other runners of the process add to `known` (and drop from it) meanwhile.
+  const cached = new Map<string, BoardRules>()
+  const boards: string[] = []
+  for (const e of scores) {
+    const { board } = e.event.data
+    if (cached.has(board) || boards.includes(board)) continue
+    const r = known.get(board)
+    if (r) cached.set(board, r)
+    else boards.push(board)
+  }
   // A score counts in the period of its event time under its board's reset, which the rules read
-  // tells; to keep both reads in one round trip, the standings are read under every reset's
-  // period of the event (four small index lookups each) and the right one is picked after.
+  // tells; to keep both reads in one round trip, the standings of a board whose rules are not known
+  // yet are read under every reset's period of the event (four small index lookups each) and the
+  // right one is picked after.
   const keys = new Map<string, { board: string; period: string; player: string }>()
   for (const e of scores) {
     const { board, player } = e.event.data
-    for (const reset of resets) {
+    const knownReset = cached.get(board)?.reset
+    for (const reset of knownReset === undefined ? resets : [knownReset]) {
       const period = periodKey(reset, countsAt(e))
       keys.set(entryKey(board, period, player), { board, period, player })
     }
@@ -58,7 +91,7 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
   // Derived scores (a match's results) already applied, by id: a late copy of one is skipped.
   const derivedIds = scores.filter((e) => e.event.by === MATCH_RESULTS_BY).map((e) => dedupIdOf(e.event))
   const [boardRows, rows, appliedRows] = await Promise.all([
-    db.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
+    boards.length === 0 ? Promise.resolve([]) : db.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
     rowsOf<{ board: string; period: string; player: string; score: number; reached_seq: string | number }>(
       db,
       sql`${lookupByKey(leaderboardEntries, ['board', 'player', 'period'], [...keys.values()], ['period'])}`,
@@ -67,11 +100,15 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
   ])
   const derivedSeen = new Set(appliedRows.map((r) => r.id))
   const derivedNew: { id: string; seq: number }[] = []
-  const rules = new Map<string, BoardRules>()
-  const scored = new Set<string>()
+  const rules = new Map<string, BoardRules>(cached)
+  const scored = new Set<string>(cached.keys())
   for (const r of boardRows) {
-    rules.set(r.board, { sortOrder: r.sortOrder, operator: r.operator, reset: r.reset })
-    if (r.hasScores) scored.add(r.board)
+    const boardRules: BoardRules = { sortOrder: r.sortOrder, operator: r.operator, reset: r.reset }
+    rules.set(r.board, boardRules)
+    if (!r.hasScores) continue
+    scored.add(r.board)
+    if (known.size >= SCORED_RULES_KEPT) known.delete(known.keys().next().value!)
+    known.set(r.board, boardRules)
   }
   const standings = new Map<string, Standing>()
   for (const r of rows) standings.set(entryKey(r.board, r.period, r.player), { score: Number(r.score), reachedSeq: Number(r.reached_seq) })
