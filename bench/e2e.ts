@@ -13,6 +13,7 @@ import { deploy, waitForWorkers, type Deployment } from './lib/fanfare'
 import type { Figure } from './lib/report'
 import { nowMs, summarize, type LatencySummary } from './lib/stats'
 import { Subscriber } from './lib/subscriber'
+import { openFrameSocket } from './lib/frame-socket'
 
 type Send = (count: number) => Promise<number>
 type PhaseResult = { resyncs: number; accepted: number; acceptedPerSec: number; latency: LatencySummary; lagMs: number; sustainedPerSec: number }
@@ -99,41 +100,44 @@ export function restSender(api: { url: string }, token: string): Send {
 /** A send that fails (timeout, refused) counts as not accepted instead of stopping the run. */
 export const counted = (send: Send): Send => (n) => send(n).catch(() => 0)
 
-/** Publishes over a few WebSockets, one event per frame; resolves with the events acknowledged. */
-async function wsSender(port: number, token: string, sockets = 4): Promise<{ send: Send; close: () => void }> {
+/**
+ * Publishes over a few WebSockets, one event per frame; resolves with the events acknowledged.
+ * The frames of one call leave in one write per socket (see FrameSocket), and one timer covers the
+ * call: the load client's own cost per event (a syscall per frame, a 30 s timer per event) once
+ * made this process, which also timestamps the subscriber's updates, the limit of the WS figures.
+ */
+export async function wsSender(port: number, token: string, sockets = 4): Promise<{ send: Send; close: () => void }> {
   const waiting = new Map<string, (ok: boolean) => void>()
-  const conns = await Promise.all(
-    Array.from({ length: sockets }, async () => {
-      const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/ws?token=${token}`)
-      await new Promise<void>((ok, fail) => ((ws.onopen = () => ok()), (ws.onerror = () => fail(new Error('ws publisher could not connect')))))
-      ws.onmessage = (e) => {
-        const f = JSON.parse(String(e.data))
-        waiting.get(f.ref)?.(f.op === 'ack')
-        waiting.delete(f.ref)
-      }
-      return ws
-    }),
-  )
+  const onText = (text: string) => {
+    const f = JSON.parse(text)
+    waiting.get(f.ref)?.(f.op === 'ack')
+    waiting.delete(f.ref)
+  }
+  const conns = await Promise.all(Array.from({ length: sockets }, () => openFrameSocket('127.0.0.1', port, `/v1/ws?token=${token}`, onText)))
   let k = 0
   return {
     send: async (n) => {
       const run = nextRun()
+      const frames: string[][] = conns.map(() => [])
+      const refs: string[] = []
       const acks = Array.from({ length: n }, (_, i) => {
         const ref = `${run}-${i}`
-        conns[k++ % conns.length].send(JSON.stringify({ op: 'publish', ref, event: scoreEvent(run, i) }))
-        return new Promise<boolean>((ok) => {
-          waiting.set(ref, ok)
-          // An ack that never comes counts as refused, so an overloaded node cannot hang the run.
-          setTimeout(() => waiting.get(ref) === ok && (waiting.delete(ref), ok(false)), 30_000)
-        })
+        refs.push(ref)
+        frames[k++ % conns.length].push(JSON.stringify({ op: 'publish', ref, event: scoreEvent(run, i) }))
+        return new Promise<boolean>((ok) => waiting.set(ref, ok))
       })
-      return (await Promise.all(acks)).filter(Boolean).length
+      conns.forEach((c, i) => frames[i].length > 0 && c.sendAll(frames[i]))
+      // An ack that never comes counts as refused, so an overloaded node cannot hang the run.
+      const timer = setTimeout(() => refs.forEach((ref) => (waiting.get(ref)?.(false), waiting.delete(ref))), 30_000)
+      const ok = (await Promise.all(acks)).filter(Boolean).length
+      clearTimeout(timer)
+      return ok
     },
     close: () => conns.forEach((c) => c.close()),
   }
 }
 
-function rawSender(d: Deployment): Send {
+export function rawSender(d: Deployment): Send {
   const { FANFARE_SUBJECT_PREFIX: prefix, FANFARE_PARTITIONS: partitions } = d.env.config
   return async (n) => {
     const run = nextRun()

@@ -112,14 +112,16 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   // nats.js writes what was published on a microtask, so a publish per WebSocket frame (each frame
   // its own event-loop turn) would cost a socket write each: most of an API node's CPU under WS
   // ingest. Publishes wait for the end of the turn instead and leave together, in call order.
-  let waiting: (() => void)[] = []
+  // They share the turn's `at` too: one clock read and ISO string per turn, not per frame.
+  let waiting: ((at: string) => void)[] = []
   const endOfTurn = () =>
-    new Promise<void>((resume) => {
+    new Promise<string>((resume) => {
       if (waiting.push(resume) === 1) {
         setImmediate(() => {
           const ready = waiting
           waiting = []
-          for (const r of ready) r()
+          const at = now().toISOString()
+          for (const r of ready) r(at)
         })
       }
     })
@@ -167,8 +169,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     inFlight += events.length
     let settled: PromiseSettledResult<PublishResult>[]
     try {
-      await endOfTurn()
-      const at = now().toISOString()
+      const at = await endOfTurn()
       // All in flight at once: one connection writes them in call order and the server stores
       // them in that order, so events of one key keep their request order. Every publish is
       // waited for, failed or not: the in-flight count must hold the request's events until
