@@ -191,10 +191,10 @@ export type OutboxCleaner = {
 /**
  * Deletes the rows of published runs and events for every runner of the process, in one statement
  * per `flushRows` keys, or `maxDelayMs` after the first key waiting, whichever comes first; never
- * two statements at once. Driven by what is published, not by a clock: under load the number of
- * delete statements follows the rows (one per ~`flushRows`), whatever the number of worker
- * processes, where a timer per process made each process add its own statements (20 a second each,
- * every one a commit); an idle process makes none and is not woken. A row deleted late is
+ * two statements at once. Driven by what is published, not by a clock: a process makes at most one
+ * delete (a commit) per `maxDelayMs`, or one per `flushRows` rows when it publishes more, where a
+ * 50 ms timer made every process add 20 a second of its own under load; an idle process makes
+ * none and is not woken. A row deleted late is
  * harmless: the sweeper only takes rows older than its minimum age (2 s, well above `maxDelayMs`).
  * Rows a failed delete leaves are tried again `maxDelayMs` later; rows a crash leaves are the
  * sweeper's (their runs are then published again: API nodes drop the copy).
