@@ -18,8 +18,13 @@
  *               core per worker process
  *     [--explain]  plans of statements slower than 300 ms go to the Postgres server log (auto_explain)
  *     [--env=K=V,K=V]  extra environment for the workers (e.g. FANFARE_BATCH_SIZE=1000)
+ *     [--warmup=N]  the window starts only once N more events are applied after the workers are
+ *               spread: what each process spends while its code is still being compiled (JIT) is
+ *               then left out, as in a long-running deployment
+ * Worker CPU is also split by thread: the JavaScript thread, JSC's compiler threads (JITWorker,
+ * JSCWarmUp) and the rest (garbage collection, the allocator's scavenger, Bun's pool).
  */
-import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
 import postgres from 'postgres'
 import { freePort } from '../core/process'
 import { storedScore } from './lib/events'
@@ -44,6 +49,7 @@ function limit(pid: number) {
   writeFileSync(`${dir}/cpu.cfs_quota_us`, String(Math.round(QUOTA! * 100000)))
   writeFileSync(`${dir}/cgroup.procs`, String(pid))
 }
+const WARMUP = Number(arg('warmup') ?? 0)
 const EXTRA: Record<string, string> = Object.fromEntries((arg('env') ?? '').split(',').filter(Boolean).map((kv) => kv.split('=') as [string, string]))
 const TICKS = 100 // USER_HZ on Linux
 
@@ -56,6 +62,29 @@ function cpuSeconds(pid: number): number {
   } catch {
     return 0
   }
+}
+
+/** CPU seconds of a process's threads, grouped: the JS thread, the JIT compiler threads, the rest. */
+function threadSeconds(pid: number): { js: number; jit: number; other: number } {
+  const out = { js: 0, jit: 0, other: 0 }
+  let tasks: string[] = []
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`)
+  } catch {
+    return out
+  }
+  for (const t of tasks) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8')
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      const s = (Number(fields[11]) + Number(fields[12])) / TICKS
+      const comm = readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim()
+      if (t === String(pid)) out.js += s
+      else if (comm === 'JITWorker' || comm === 'JSCWarmUp') out.jit += s
+      else out.other += s
+    } catch {}
+  }
+  return out
 }
 
 const pidsOf = (pattern: string): number[] =>
@@ -114,6 +143,10 @@ async function side(workers: number, natsUrl: string | undefined) {
       if (now.every((s, i) => s.batches > before[i].batches)) break
       await Bun.sleep(5)
     }
+    if (WARMUP > 0) {
+      const from = (await backlog.progress(sql)).applied
+      while ((await backlog.progress(sql)).applied < Math.min(EVENTS - 1, from + WARMUP)) await Bun.sleep(10)
+    }
     const backends = async () => (await sql`select pid from pg_stat_activity where datname = ${db} and pid <> pg_backend_pid()`).map((r) => r.pid as number)
     const myBackends = await backends()
     if (PIN) for (const pid of myBackends) pin(pid, 0)
@@ -122,6 +155,7 @@ async function side(workers: number, natsUrl: string | undefined) {
     const commits = async () => Number((await sql`select xact_commit from pg_stat_database where datname = ${db}`)[0].xact_commit)
     const cpu = () => ({
       workers: d.workers.map((w) => cpuSeconds(w.proc.pid)),
+      threads: d.workers.map((w) => threadSeconds(w.proc.pid)),
       backends: myBackends.reduce((s, p) => s + cpuSeconds(p), 0),
       otherPostgres: postgresAll.filter((p) => !myBackends.includes(p)).reduce((s, p) => s + cpuSeconds(p), 0),
       nats: nats.reduce((s, p) => s + cpuSeconds(p), 0),
@@ -179,6 +213,7 @@ async function side(workers: number, natsUrl: string | undefined) {
       'rate while every partition had events left': busy ? Math.round((busy.n - n0) / busy.seconds) : undefined,
       'cpu us/event': {
         workers: workerCpu.map(us),
+        'workers by thread (js/jit/other)': c1.threads.map((t, i) => `${us(t.js - c0.threads[i].js)}/${us(t.jit - c0.threads[i].jit)}/${us(t.other - c0.threads[i].other)}`),
         backends: us(c1.backends - c0.backends),
         otherPostgres: us(c1.otherPostgres - c0.otherPostgres),
         nats: us(c1.nats - c0.nats),

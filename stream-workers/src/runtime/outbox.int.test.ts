@@ -7,7 +7,7 @@ import { changeOutbox } from '../../../core/db/schema'
 import { createLogger } from '../../../core/logger'
 import { until } from '../../../core/testing/wait'
 import { createWorld, readRuns, type World } from '../testing/harness'
-import { startOutboxSweeper } from './outbox'
+import { startOutboxCleaner, startOutboxSweeper } from './outbox'
 
 let world: World | undefined
 const opened: Database[] = []
@@ -91,5 +91,36 @@ describe('outbox sweeper', () => {
       await embedded.close()
       rmSync(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe('outbox cleaner', () => {
+  const keyOf = (r: { channel: string; epoch: string; version: number }) => ({ channel: r.channel, epoch: r.epoch, version: r.version })
+  const count = (w: World) => w.database.db.select().from(changeOutbox).then((rows) => rows.length)
+
+  test('deletes at once when enough rows wait, after the delay otherwise, and what is left when it stops', async () => {
+    const w = (world = await createWorld())
+    const rows = Array.from({ length: 12 }, (_, i) => leftOver('chat:c', i + 1, 0))
+    await w.database.db.insert(changeOutbox).values(rows)
+    const cleaner = startOutboxCleaner({ db: w.database.db, logger: createLogger('silent'), flushRows: 5, maxDelayMs: 60_000 })
+    // Five keys: one delete now, not after the (long) delay.
+    cleaner.published(rows.slice(0, 5).map(keyOf))
+    await until('5 rows deleted', async () => (await count(w)) === 7, 5_000, 10)
+    // Fewer than five: nothing before the delay (60 s here); stop deletes them.
+    cleaner.published(rows.slice(5, 8).map(keyOf))
+    await Bun.sleep(200)
+    expect(await count(w)).toBe(7)
+    await cleaner.stop()
+    expect(await count(w)).toBe(4)
+  })
+
+  test('deletes a few rows after the delay, with no timer while nothing waits', async () => {
+    const w = (world = await createWorld())
+    const rows = Array.from({ length: 3 }, (_, i) => leftOver('chat:d', i + 1, 0))
+    await w.database.db.insert(changeOutbox).values(rows)
+    const cleaner = startOutboxCleaner({ db: w.database.db, logger: createLogger('silent'), maxDelayMs: 50 })
+    cleaner.published(rows.map(keyOf))
+    await until('the rows deleted', async () => (await count(w)) === 0, 5_000, 10)
+    await cleaner.stop()
   })
 })
