@@ -91,7 +91,8 @@ describe('outbox sweeper', () => {
       await embedded.close()
       rmSync(dir, { recursive: true, force: true })
     }
-  })
+    // PGlite's start and migrations alone take 3-8 s on a loaded 2-core machine.
+  }, 30_000)
 })
 
 describe('outbox cleaner', () => {
