@@ -57,6 +57,7 @@ const runBody = (channel: string, version: number, changes: number) =>
 const dir = mkdtempSync(join(tmpdir(), 'store-cost-'))
 const port = freePort()
 const server = Bun.spawn(['nats-server', '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir], { stdout: 'ignore', stderr: 'ignore' })
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => (server.kill(), rmSync(dir, { recursive: true, force: true }), process.exit(1)))
 try {
   await Bun.sleep(500)
   const nc = await connect({ servers: `127.0.0.1:${port}` })

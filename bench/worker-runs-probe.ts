@@ -23,6 +23,8 @@ const RATE = Number(arg('rate') ?? 0)
 const WORKERS = Number(arg('workers') ?? 1)
 
 const d = await deploy()
+// A probe stopped by `timeout` must not leave its worker running (it would load later measurements).
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void d.close().finally(() => process.exit(1)))
 try {
   for (let i = 0; i < WORKERS; i++) d.startWorker()
   await waitForWorkers(d, WORKERS)
