@@ -5,8 +5,16 @@
  * publisher's). With --compare, an API node running another checkout (say `git archive <commit>`
  * unpacked, node_modules linked) takes turns too, on a deployment of its own (a node follows every
  * change run of its streams, so two nodes on one deployment would load each other).
+ * With --changes=N, the `fanfare` side's runs hold N changes each (the bench's hold one).
+ * With --js-publish, a side `js.publish` takes turns too: this checkout on a deployment of its own,
+ * its stand-in publishing each run with `js.publish` (as the workers did before
+ * core/acked-publish.ts) instead of the workers' AckedPublisher.
  */
+import { readdirSync, readFileSync } from 'node:fs'
 import { freePort } from '../core/process'
+import { subjects } from '../core/events'
+import type { ChangeRun } from '../core/channels'
+import { nowMs } from './lib/stats'
 import { spawnProc, waitReady } from '../test/e2e/harness'
 import { cpuOf, startChild } from './lib/child'
 import { BUN, type BenchContext } from './lib/context'
@@ -18,11 +26,45 @@ const compare = process.argv.find((a) => a.startsWith('--compare='))?.slice(10)
 const n = Number(args[0] ?? 1000)
 const layout = Number(args[1] ?? 100)
 const rounds = Number(args[2] ?? 3)
+/** Changes per run of the `fanfare` side's stand-in (see fanfarePublisher); the bench's is 1. */
+const changes = Number(process.argv.find((a) => a.startsWith('--changes='))?.slice(10) ?? 1)
 const ctx: BenchContext = { mode: 'full', log: (m) => console.error(m), notes: [] }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 type Side = { name: string; url: string; pid: number; publisher: Awaited<ReturnType<typeof fanfarePublisher>> | BunPub }
 type BunPub = { round: (c: string[], v: number) => void; flush: () => Promise<void>; close: () => void }
+
+/** The stand-in as it was: one `js.publish` (a request, a timer, an empty header) per run. */
+function jsPublisher(d: Deployment): BunPub {
+  const prefix = d.env.config.FANFARE_SUBJECT_PREFIX
+  let pending: Promise<unknown>[] = []
+  return {
+    round: (channels, version) => {
+      for (const channel of channels) {
+        const run: ChangeRun = { channel, version, epoch: 'bench', changes: [{ player: 'p', score: nowMs(), previous: null }], at: new Date().toISOString() }
+        pending.push(d.js.publish(subjects.change(prefix, channel), JSON.stringify(run)))
+      }
+    },
+    flush: async () => {
+      const p = pending
+      pending = []
+      await Promise.all(p)
+    },
+    close: () => {},
+  }
+}
+
+/** The shared nats-server's pid (its CPU per burst is printed too; other sessions' tests may add to it). */
+function natsPid(): number | undefined {
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8')
+      if (cmd.includes('nats-server') && cmd.includes('4222')) return Number(d)
+    } catch {}
+  }
+}
+const nats = natsPid()
 
 const deployments: Deployment[] = []
 const bun = startChild([BUN, 'bench/servers/bare-bun.ts'], { port: freePort() })
@@ -31,7 +73,7 @@ try {
   const d = await deploy()
   deployments.push(d)
   const api = await d.startApi()
-  sides.push({ name: 'fanfare', url: `ws://127.0.0.1:${api.port}/v1/ws`, pid: api.proc.proc.pid, publisher: await fanfarePublisher(d) })
+  sides.push({ name: 'fanfare', url: `ws://127.0.0.1:${api.port}/v1/ws`, pid: api.proc.proc.pid, publisher: await fanfarePublisher(d, changes) })
   if (compare) {
     const d2 = await deploy()
     deployments.push(d2)
@@ -40,6 +82,12 @@ try {
     await waitReady(`http://127.0.0.1:${port}`, [proc])
     sides.push({ name: `compare`, url: `ws://127.0.0.1:${port}/v1/ws`, pid: proc.proc.pid, publisher: await fanfarePublisher(d2) })
     deployments.push({ close: () => proc.stop() } as unknown as Deployment)
+  }
+  if (process.argv.includes('--js-publish')) {
+    const d3 = await deploy()
+    deployments.push(d3)
+    const api3 = await d3.startApi()
+    sides.push({ name: 'js.publish', url: `ws://127.0.0.1:${api3.port}/v1/ws`, pid: api3.proc.proc.pid, publisher: jsPublisher(d3) })
   }
   const bunPort = (await bun.next(30_000)).port
   const ws = new WebSocket(`ws://127.0.0.1:${bunPort}/`)
@@ -66,11 +114,13 @@ try {
       const channels = Array.from({ length: layout }, (_, i) => `leaderboard:p${s}c${i}`)
       s++
       const me = process.cpuUsage()
+      const nats0 = nats === undefined ? Number.NaN : cpuOf(nats)
       const kind = side.name === 'bun' ? 'bun' : 'fanfare'
       const res = await scenario(ctx, kind, side.url, side.publisher, n, channels, sizes, {}, 1, side.pid)
       const pub = process.cpuUsage(me)
+      const natsMs = ((nats === undefined ? Number.NaN : cpuOf(nats)) - nats0) * 1000
       const label = r < 0 ? 'warm-up' : `round ${r + 1}`
-      console.log(`${label} ${side.name}: ${Math.round(res.rate)} deliveries/s, burst ${res.ms.toFixed(0)} ms, server CPU ${res.cpuMs.toFixed(0)} ms, publisher+clients-pool CPU ${((pub.user + pub.system) / 1000).toFixed(0)} ms, delivered ${res.delivered}/${res.expected}; load ${(await Bun.file('/proc/loadavg').text()).trim()}`)
+      console.log(`${label} ${side.name}: ${Math.round(res.rate)} deliveries/s, burst ${res.ms.toFixed(0)} ms, server CPU ${res.cpuMs.toFixed(0)} ms, publisher+clients-pool CPU ${((pub.user + pub.system) / 1000).toFixed(0)} ms, nats-server CPU (paced + burst) ${natsMs.toFixed(0)} ms, delivered ${res.delivered}/${res.expected}; load ${(await Bun.file('/proc/loadavg').text()).trim()}`)
       if (r >= 0) rates.get(side.name)!.push(res.rate)
     }
   }

@@ -9,6 +9,7 @@
  */
 import { io } from 'socket.io-client'
 import { subjects } from '../core/events'
+import { createAckedPublisher, type PublishOutcome } from '../core/acked-publish'
 import type { ChangeRun } from '../core/channels'
 import { freePort } from '../core/process'
 import { cpuOf, startChild } from './lib/child'
@@ -29,28 +30,45 @@ type Publisher = { round: (channels: string[], version: number) => void; flush: 
 const frameOf = (channel: string, version: number) =>
   JSON.stringify({ op: 'update', channel, version, epoch: 'bench', data: { player: 'p', score: nowMs(), previous: null } })
 
-export async function fanfarePublisher(d: Deployment): Promise<Publisher> {
+/**
+ * The workers' stand-in: each channel's updates as change runs, published as the workers publish
+ * them (stream-workers/src/runtime/outbox.ts publishRuns). The bench's runs hold one change each
+ * (`changesPerRun` 1): the worst case. With more (bench/fanout-probe.ts --changes), a channel's
+ * rounds are held until a run is full (or the next flush), as a worker's batch holds what arrived
+ * while it applied the previous one.
+ */
+export async function fanfarePublisher(d: Deployment, changesPerRun = 1): Promise<Publisher> {
   const prefix = d.env.config.FANFARE_SUBJECT_PREFIX
-  let pending: Promise<unknown>[] = []
+  const publisher = createAckedPublisher(d.nc)
+  let pending: Promise<PublishOutcome>[] = []
+  // Per channel, the changes not yet published and the version of the first.
+  const held = new Map<string, { version: number; changes: ChangeRun['changes'] }>()
+  const publishHeld = () => {
+    if (held.size === 0) return
+    const runs = [...held].map(([channel, h]) => {
+      const run: ChangeRun = { channel, version: h.version, epoch: 'bench', changes: h.changes, at: new Date().toISOString() }
+      return { subject: subjects.change(prefix, channel), body: JSON.stringify(run) }
+    })
+    held.clear()
+    pending.push(publisher.publish(runs))
+  }
   return {
     round: (channels, version) => {
+      let full = false
       for (const channel of channels) {
-        const run: ChangeRun = {
-          channel,
-          version,
-          epoch: 'bench',
-          changes: [{ player: 'p', score: nowMs(), previous: null }],
-          at: new Date().toISOString(),
-        }
-        pending.push(d.js.publish(subjects.change(prefix, channel), JSON.stringify(run)))
+        const h = held.get(channel) ?? held.set(channel, { version, changes: [] }).get(channel)!
+        h.changes.push({ player: 'p', score: nowMs(), previous: null })
+        if (h.changes.length >= changesPerRun) full = true
       }
+      if (full) publishHeld()
     },
     flush: async () => {
+      publishHeld()
       const p = pending
       pending = []
-      await Promise.all(p)
+      for (const { error } of await Promise.all(p)) if (error) throw error
     },
-    close: () => {},
+    close: () => publisher.close(),
   }
 }
 

@@ -7,6 +7,7 @@ import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
+import { createAckedPublisher } from '../../core/acked-publish'
 import { projections as allProjections, type Projection } from './projections'
 import { startRebuildJobs } from './rebuild/jobs'
 import { openLeaseBucket, startLeases } from './runtime/leases'
@@ -59,6 +60,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const logger = deps.logger.child({ workerId })
   const jsm = await ensureStreams(nc, config)
   const js = jetstream(nc)
+  const publisher = createAckedPublisher(nc)
   const kv = await openLeaseBucket(nc, config)
   const projections = deps.projections ?? allProjections
   const metrics = deps.metrics ?? createMetrics()
@@ -92,6 +94,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
           startRunner({
             db,
             js,
+            publisher,
             jsm,
             logger,
             stream: t.eventStream,
@@ -138,6 +141,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))
         await sweeper.stop()
+        // After the runners, which wait for their batches' publishes.
+        publisher.close()
         await cleaner.stop()
         await keeper.stop()
         logger.info('stream workers stopped')

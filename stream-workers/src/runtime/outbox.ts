@@ -8,6 +8,7 @@ import { dedupIdOf, keyOf, partitionOf, subjects, type StoredEvent } from '../..
 import type { Logger } from '../../../core/logger'
 import type { Change } from '../projections/types'
 import { every } from '../../../core/backoff'
+import type { AckedPublisher } from '../../../core/acked-publish'
 
 /** A change run waiting in the outbox; `body` is the JSON that is published. */
 export type OutboxRun = { channel: string; epoch: string; version: number; body: string }
@@ -145,24 +146,26 @@ export function parseInsertedRuns(json: string): OutboxRun[] {
 
 /**
  * Publishes runs on their channels' subjects and hands the published ones to the cleaner, which
- * deletes their rows. All are in flight at once: one connection writes them in call order (version
- * order per channel) and JetStream stores them in that order, so a batch costs one round trip, not
- * one per run. No msgID: a run published twice (a crash after publishing and before the row was
- * deleted, then the sweeper) is stored twice and read once, since API nodes drop versions they
- * already have and resumes merge by version. Such copies are rare (startOutboxSweeper publishes
- * each left-over row once); a msgID per run would cost a header per message and a de-duplication
- * entry per run in nats-server (millions at full fan-out). Runs whose publish failed stay in the
- * outbox for the sweeper (API nodes hold later versions until they arrive). Returns how many were
- * published. `headers` (a trace context) go on every run.
+ * deletes their rows. All are in flight at once through the process's AckedPublisher (see
+ * core/acked-publish.ts: one subscription takes every acknowledgement, ~3x less CPU per run than a
+ * `js.publish` each): one connection writes them in call order (version order per channel) and
+ * JetStream stores them in that order, so a batch costs one round trip, not one per run. No msgID:
+ * a run published twice (a crash after publishing and before the row was deleted, then the
+ * sweeper) is stored twice and read once, since API nodes drop versions they already have and
+ * resumes merge by version. Such copies are rare (startOutboxSweeper publishes each left-over row
+ * once); a msgID per run would cost a header per message and a de-duplication entry per run in
+ * nats-server (millions at full fan-out). Runs not acknowledged stay in the outbox for the sweeper
+ * (API nodes hold later versions until they arrive). Returns how many were published. `headers`
+ * (a trace context) go on every run.
  */
-export async function publishRuns(deps: { js: JetStreamClient; prefix: string; cleaner: OutboxCleaner }, runs: OutboxRun[], headers?: MsgHdrs): Promise<number> {
-  const results = await Promise.allSettled(
-    runs.map((r) => deps.js.publish(subjects.change(deps.prefix, r.channel), r.body, headers ? { headers } : undefined)),
+export async function publishRuns(deps: { publisher: AckedPublisher; prefix: string; cleaner: OutboxCleaner }, runs: OutboxRun[], headers?: MsgHdrs): Promise<number> {
+  const { stored, error } = await deps.publisher.publish(
+    runs.map((r) => ({ subject: subjects.change(deps.prefix, r.channel), body: r.body })),
+    headers ? { headers } : undefined,
   )
-  const done = runs.filter((_, i) => results[i].status === 'fulfilled').map(({ channel, epoch, version }) => ({ channel, epoch, version }))
+  const done = runs.filter((_, i) => stored[i]).map(({ channel, epoch, version }) => ({ channel, epoch, version }))
   deps.cleaner.published(done)
-  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-  if (failed) throw failed.reason
+  if (error) throw error
   return done.length
 }
 

@@ -12,6 +12,7 @@ import { applyBatch, batchMessageOf, claimFence, type BatchResult } from './batc
 import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
+import type { AckedPublisher } from '../../../core/acked-publish'
 import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api'
@@ -28,6 +29,8 @@ export type RunnerHooks = {
 export type RunnerDeps = {
   db: Db
   js: JetStreamClient
+  /** Publishes the change runs of committed batches (one per process). */
+  publisher: AckedPublisher
   jsm: JetStreamManager
   logger: Logger
   stream: string
@@ -302,7 +305,7 @@ export function startRunner(deps: RunnerDeps): Runner {
   let publishing: Promise<void> | undefined
   const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[], headers?: MsgHdrs): Promise<void> =>
     Promise.all([
-      runs.length > 0 ? publishRuns({ js: deps.js, prefix: deps.prefix, cleaner: deps.cleaner }, runs, headers) : 0,
+      runs.length > 0 ? publishRuns({ publisher: deps.publisher, prefix: deps.prefix, cleaner: deps.cleaner }, runs, headers) : 0,
       events.length > 0 ? publishEvents({ js: deps.js, prefix: deps.prefix, partitions: deps.partitions, cleaner: deps.cleaner }, events) : 0,
     ]).then(
       () => void (publishing = undefined),
