@@ -94,34 +94,73 @@ export async function claimFence(db: Db, projection: string, partition: number):
  * are locked last, see below).
  */
 export async function applyBatch(db: Db, owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date, opts: ApplyOptions = {}): Promise<BatchResult> {
-  const { projection, partition, token } = owner
+  // This async function only awaits; the per-message loops and the statement's text are built in
+  // the plain functions below. JSC compiles an async function whole (its state machine and every
+  // loop in it): with the loops here, it reached JSC's top tier late in a run (after ~100k events)
+  // and that one compile took ~0.8 s of a compiler thread, in every worker process.
   const fresh = opts.replay ? messages : messages.filter((m) => m.seq > expected)
   const skipped = messages.length - fresh.length
   if (fresh.length === 0) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint: expected }
+  const { events, letters } = checkMessages(owner, fresh)
+  // A replay that fails again writes nothing but its new reason (under the guard, like the rest).
+  const applied: Applied = opts.replay && letters.length > 0 ? { changes: [] } : await owner.projection.apply(db, events)
+  const { refused = [] } = applied
+  if (refused.length > 0) letters.push(...refusedLetters(owner, fresh, events, refused))
+  const stillFailing = opts.replay && letters.length > 0 ? letters.map((l) => l.reason).join('; ') : undefined
+  const checkpoint = opts.replay ? expected : lastSeq(fresh, expected)
+  const statement = batchStatement(owner, expected, checkpoint, fresh, letters, stillFailing === undefined ? applied : { changes: [] }, now, opts)
+  const [row] = await tracer.startActiveSpan(
+    'postgres batch statement',
+    { kind: SpanKind.CLIENT, attributes: { 'db.system.name': 'postgresql', 'db.operation.name': 'WITH', 'fanfare.projection': owner.projection.name, 'fanfare.events': events.length } },
+    (span) =>
+      rowsOf<{ ok: number; rechecked: boolean; runs: string; events: string }>(db, statement)
+        .catch((err) => {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+          throw err
+        })
+        .finally(() => span.end()),
+  )
+  if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
+  if (stillFailing !== undefined) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint, stillFailing }
+  return { applied: events.length - refused.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), events: JSON.parse(row.events) as OutboxEvent[], checkpoint }
+}
+
+/** The batch's messages as events to apply, and dead letters for those that do not belong (see checkMessage). */
+function checkMessages(owner: BatchOwner, fresh: BatchMessage[]): { events: SequencedEvent[]; letters: DeadLetter[] } {
   const events: SequencedEvent[] = []
   const letters: DeadLetter[] = []
   for (const m of fresh) {
     const problem = checkMessage(owner, m)
     if ('reason' in problem) {
       const payload = new TextDecoder().decode(m.body)
-      letters.push({ projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: problem.eventId ?? guessEventId(payload), reason: problem.reason, payload })
+      letters.push({ projection: owner.projection.name, partition: owner.partition, streamSeq: m.seq, subject: m.subject, eventId: problem.eventId ?? guessEventId(payload), reason: problem.reason, payload })
     } else {
       events.push(problem)
     }
   }
-  // A replay that fails again writes nothing but its new reason (under the guard, like the rest).
-  const applied: Applied = opts.replay && letters.length > 0 ? { changes: [] } : await projection.apply(db, events)
-  const { refused = [] } = applied
-  for (const r of refused) {
+  return { events, letters }
+}
+
+/** Dead letters for the events the projection refused (see Applied.refused). */
+function refusedLetters(owner: BatchOwner, fresh: BatchMessage[], events: SequencedEvent[], refused: NonNullable<Applied['refused']>): DeadLetter[] {
+  const { projection, partition } = owner
+  return refused.map((r) => {
     const m = fresh.find((f) => f.seq === r.seq)
     const event = events.find((e) => e.seq === r.seq)
     if (!m || !event) throw new Error(`projection ${projection.name} refused seq ${r.seq}, which is not in the batch`)
-    letters.push({ projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: event.event.id, reason: r.reason, payload: new TextDecoder().decode(m.body) })
-  }
-  const stillFailing = opts.replay && letters.length > 0 ? letters.map((l) => l.reason).join('; ') : undefined
-  const { changes, write, recheck, events: derived = [] } = stillFailing === undefined ? applied : { changes: [], write: undefined, recheck: undefined, events: [] }
-  const checkpoint = opts.replay ? expected : fresh.reduce((max, m) => Math.max(max, m.seq), expected)
+    return { projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: event.event.id, reason: r.reason, payload: new TextDecoder().decode(m.body) }
+  })
+}
 
+const lastSeq = (fresh: BatchMessage[], expected: number): number => fresh.reduce((max, m) => Math.max(max, m.seq), expected)
+
+/**
+ * The batch's one statement: the checkpoint guard, the projection's writes, the dead letters and
+ * the outbox, each written only if the guard moved the checkpoint (see applyBatch).
+ */
+function batchStatement(owner: BatchOwner, expected: number, checkpoint: number, fresh: BatchMessage[], letters: DeadLetter[], applied: Applied, now: Date, opts: ApplyOptions): SQL {
+  const { projection, partition, token } = owner
+  const { changes, write, recheck, events: derived = [] } = applied
   // `guard` moves the checkpoint (or creates it, for a shadow's first batch) only from `expected`,
   // and only if the projection's recheck found its reads unchanged; every other write of the
   // statement happens only if it did.
@@ -141,6 +180,7 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
   // `returning 1` lets the select below run the model writes before the outbox (see there).
   const writes = write ? [write(when)].flat() : []
   writes.forEach((w, i) => members.push(sql`${sql.raw(`model_${i}`)} as (${w.getSQL()} returning 1)`))
+  const stillFailing = opts.replay && letters.length > 0 ? letters.map((l) => l.reason).join('; ') : undefined
   if (opts.replay) members.push(sql`letters as (${replayOutcomeWrite(opts.replay.deadLetter, stillFailing, when)})`)
   else if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
   const eventsOut = eventOutboxWrite(derived, now, when)
@@ -155,29 +195,12 @@ export async function applyBatch(db: Db, owner: BatchOwner, expected: number, me
   // commit only, not for the read-model write too (hundreds of rows in a full batch): with the
   // model written after them, every partition's batches queued behind each other's writes
   // (2 worker processes: 14k -> 27k events/s in the projection benchmark).
-  const statement = () => rowsOf<{ ok: number; rechecked: boolean; runs: string; events: string }>(
-    db,
-    sql`with ${sql.join(members, sql`, `)}
+  return sql`with ${sql.join(members, sql`, `)}
         select (select count(*) from guard)::int as ok,
           ${recheck ? sql`(select count(*) = ${recheck.rows} from recheck)` : sql`true`} as rechecked,
           ${writes.length > 0 ? sql.join(writes.map((_, i) => sql.raw(`(select count(*) from model_${i})`)), sql` + `) : sql`0`} as written,
           ${outbox ? insertedRuns : sql`'[]'`} as runs,
-          ${eventsOut ? insertedEvents : sql`'[]'`} as events`,
-  )
-  const [row] = await tracer.startActiveSpan(
-    'postgres batch statement',
-    { kind: SpanKind.CLIENT, attributes: { 'db.system.name': 'postgresql', 'db.operation.name': 'WITH', 'fanfare.projection': projection.name, 'fanfare.events': events.length } },
-    (span) =>
-      statement()
-        .catch((err) => {
-          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
-          throw err
-        })
-        .finally(() => span.end()),
-  )
-  if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
-  if (stillFailing !== undefined) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint, stillFailing }
-  return { applied: events.length - refused.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), events: JSON.parse(row.events) as OutboxEvent[], checkpoint }
+          ${eventsOut ? insertedEvents : sql`'[]'`} as events`
 }
 
 /** After a guard refused a batch: the error that says why. */

@@ -43,13 +43,53 @@ const scoredRulesOf = (db: Db): Map<string, BoardRules> => {
 
 const entryKey = (board: string, period: string, player: string) => `${board}\u0000${period}\u0000${player}`
 
+type EntryKey = { board: string; period: string; player: string }
+type BoardRow = typeof leaderboards.$inferSelect
+type EntryRow = { board: string; period: string; player: string; score: number; reached_seq: string | number }
+
 /**
  * Applies a batch of `score.*` events: loads the rules of boards not known as scored (see
  * scoredRulesByDb) and the touched standings (two queries, one round trip), evolves them in memory
  * in event order, and returns the one upsert that writes every changed standing (rows bound as one JSON parameter, see recordset) for the batch to
  * run, with the recheck of the rules it used.
+ *
+ * This async function only awaits; the per-event loops are the plain functions below. JSC compiles
+ * an async function whole: with the loops in it, it reached JSC's top tier late in a run (after
+ * ~100k events) and that one compile took ~1 s of a compiler thread, in every worker process.
  */
 export async function applyScores(db: Db, events: SequencedEvent[]): Promise<Applied> {
+  const scores = scoresOf(events)
+  if (scores.length === 0) return { changes: [] }
+  const known = scoredRulesOf(db)
+  // Taken before the reads: other runners of the process add to `known` (and drop from it) meanwhile.
+  const { cached, boards, keys, derivedIds } = readsOf(scores, known)
+  const [boardRows, rows, appliedRows] = await Promise.all([
+    boards.length === 0 ? Promise.resolve([]) : db.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
+    rowsOf<EntryRow>(db, sql`${lookupByKey(leaderboardEntries, ['board', 'player', 'period'], keys, ['period'])}`),
+    derivedIds.length === 0 ? Promise.resolve([]) : db.select({ id: derivedScores.id }).from(derivedScores).where(inArray(derivedScores.id, derivedIds)),
+  ])
+  const { rules, scored } = rulesOf(cached, boardRows, known)
+  const { changes, written, derivedNew } = evolve(scores, rules, rows, appliedRows)
+  if (written.length === 0 && derivedNew.length === 0) return { changes }
+  const writeDerived = (when: SQL) =>
+    db.insert(derivedScores).select(sql`select id, seq from ${recordset('r', { id: 'text', seq: 'bigint' }, derivedNew)} where ${when}`)
+  if (written.length === 0) return { changes, write: writeDerived }
+  const writeEntries = (when: SQL) =>
+    db
+      .insert(leaderboardEntries)
+      .select(
+        sql`select board, period, player, score, reached_seq, now() from ${recordset('d', { board: 'text', period: 'text', player: 'text', score: 'float8', reached_seq: 'bigint' }, written)} where ${when}`,
+      )
+      .onConflictDoUpdate({
+        target: [leaderboardEntries.board, leaderboardEntries.period, leaderboardEntries.player],
+        set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
+      })
+  const write = (when: SQL) => (derivedNew.length > 0 ? [writeEntries(when), writeDerived(when)] : writeEntries(when))
+  return { changes, write, recheck: firstScoresRecheck(written.map((w) => w.board), scored, rules) }
+}
+
+/** The batch's score events (the batch dead-letters events of other areas before they get here). */
+function scoresOf(events: SequencedEvent[]): SequencedEvent<ScoreEvent>[] {
   const scores: SequencedEvent<ScoreEvent>[] = []
   for (const e of events) {
     switch (e.event.type) {
@@ -57,15 +97,17 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
         scores.push(e as SequencedEvent<ScoreEvent>)
         break
       default:
-        // The batch dead-letters events of other areas before they get here.
         throw new Error(`leaderboards projection got ${e.event.type}`)
     }
   }
-  if (scores.length === 0) return { changes: [] }
+  return scores
+}
 
-  const known = scoredRulesOf(db)
-  // Only the rules of boards not known as scored are read (none, once a process has seen them all).
-  // Taken before the reads: other runners of the process add to `known` (and drop from it) meanwhile.
+/**
+ * What the batch reads: the rules of boards not known as scored (none, once a process has seen
+ * them all), the standings it touches and the derived scores (a match's results) it carries.
+ */
+function readsOf(scores: SequencedEvent<ScoreEvent>[], known: Map<string, BoardRules>) {
   const cached = new Map<string, BoardRules>()
   const boards: string[] = []
   for (const e of scores) {
@@ -79,7 +121,7 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
   // tells; to keep both reads in one round trip, the standings of a board whose rules are not known
   // yet are read under every reset's period of the event (four small index lookups each) and the
   // right one is picked after.
-  const keys = new Map<string, { board: string; period: string; player: string }>()
+  const keys = new Map<string, EntryKey>()
   for (const e of scores) {
     const { board, player } = e.event.data
     const knownReset = cached.get(board)?.reset
@@ -88,18 +130,13 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
       keys.set(entryKey(board, period, player), { board, period, player })
     }
   }
-  // Derived scores (a match's results) already applied, by id: a late copy of one is skipped.
+  // Derived scores already applied, by id: a late copy of one is skipped.
   const derivedIds = scores.filter((e) => e.event.by === MATCH_RESULTS_BY).map((e) => dedupIdOf(e.event))
-  const [boardRows, rows, appliedRows] = await Promise.all([
-    boards.length === 0 ? Promise.resolve([]) : db.select().from(leaderboards).where(inArray(leaderboards.board, boards)),
-    rowsOf<{ board: string; period: string; player: string; score: number; reached_seq: string | number }>(
-      db,
-      sql`${lookupByKey(leaderboardEntries, ['board', 'player', 'period'], [...keys.values()], ['period'])}`,
-    ),
-    derivedIds.length === 0 ? Promise.resolve([]) : db.select({ id: derivedScores.id }).from(derivedScores).where(inArray(derivedScores.id, derivedIds)),
-  ])
-  const derivedSeen = new Set(appliedRows.map((r) => r.id))
-  const derivedNew: { id: string; seq: number }[] = []
+  return { cached, boards, keys: [...keys.values()], derivedIds }
+}
+
+/** The rules the batch applies, and the boards read as scored (their rules join `known`). */
+function rulesOf(cached: Map<string, BoardRules>, boardRows: BoardRow[], known: Map<string, BoardRules>) {
   const rules = new Map<string, BoardRules>(cached)
   const scored = new Set<string>(cached.keys())
   for (const r of boardRows) {
@@ -110,11 +147,17 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
     if (known.size >= SCORED_RULES_KEPT) known.delete(known.keys().next().value!)
     known.set(r.board, boardRules)
   }
+  return { rules, scored }
+}
+
+/** Evolves the standings read in event order: the changes to notify, the rows to write, the derived scores new to the batch. */
+function evolve(scores: SequencedEvent<ScoreEvent>[], rules: Map<string, BoardRules>, rows: EntryRow[], appliedRows: { id: string }[]) {
+  const derivedSeen = new Set(appliedRows.map((r) => r.id))
+  const derivedNew: { id: string; seq: number }[] = []
   const standings = new Map<string, Standing>()
   for (const r of rows) standings.set(entryKey(r.board, r.period, r.player), { score: Number(r.score), reachedSeq: Number(r.reached_seq) })
-
   const changes: Change[] = []
-  const dirty = new Map<string, { board: string; period: string; player: string } & Standing>()
+  const dirty = new Map<string, EntryKey & Standing>()
   for (const e of scores) {
     const { event, seq } = e
     if (event.by === MATCH_RESULTS_BY) {
@@ -138,24 +181,8 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
       data: { player, score: next.score, previous: current?.score ?? null, ...(period !== '' ? { period } : {}), reachedSeq: next.reachedSeq },
     })
   }
-
-  if (dirty.size === 0 && derivedNew.length === 0) return { changes }
   const written = [...dirty.values()].map((d) => ({ board: d.board, period: d.period, player: d.player, score: d.score, reached_seq: d.reachedSeq }))
-  const writeDerived = (when: SQL) =>
-    db.insert(derivedScores).select(sql`select id, seq from ${recordset('r', { id: 'text', seq: 'bigint' }, derivedNew)} where ${when}`)
-  if (dirty.size === 0) return { changes, write: writeDerived }
-  const writeEntries = (when: SQL) =>
-    db
-      .insert(leaderboardEntries)
-      .select(
-        sql`select board, period, player, score, reached_seq, now() from ${recordset('d', { board: 'text', period: 'text', player: 'text', score: 'float8', reached_seq: 'bigint' }, written)} where ${when}`,
-      )
-      .onConflictDoUpdate({
-        target: [leaderboardEntries.board, leaderboardEntries.period, leaderboardEntries.player],
-        set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
-      })
-  const write = (when: SQL) => (derivedNew.length > 0 ? [writeEntries(when), writeDerived(when)] : writeEntries(when))
-  return { changes, write, recheck: firstScoresRecheck(written.map((w) => w.board), scored, rules) }
+  return { changes, written, derivedNew }
 }
 
 /**
