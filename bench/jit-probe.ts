@@ -5,13 +5,15 @@
  * goes to a file, and the compiles are counted by function and tier, split into those before the
  * first `--warmup` events were applied and those after (steady state: what a long-running worker
  * keeps compiling). A function compiled again and again after warm-up is a deoptimization loop or
- * code made anew per batch (new Function, eval).
+ * code made anew per batch (new Function, eval). Also prints the worker's CPU per event after
+ * warm-up, split by thread as bench/projection-probe.ts does (JS thread, JSC's compiler threads,
+ * the rest), and its rate.
  *
  *   flock /tmp/bench.lock node_modules/.bin/bun bench/jit-probe.ts [--events=60000] [--warmup=20000]
  *     [--env=K=V,K=V]  extra environment for the worker (e.g. BUN_JSC_printEachOSRExit=1)
  *     [--top=40]  how many functions to list
  */
-import { openSync, readFileSync, statSync } from 'node:fs'
+import { openSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import postgres from 'postgres'
 import { storedScore } from './lib/events'
 import { backlogOf } from './lib/backlog'
@@ -24,6 +26,23 @@ const WARMUP = Number(arg('warmup') ?? 20_000)
 const TOP = Number(arg('top') ?? 40)
 const EXTRA: Record<string, string> = Object.fromEntries((arg('env') ?? '').split(',').filter(Boolean).map((kv) => kv.split('=') as [string, string]))
 const REPORTS = { BUN_JSC_reportBaselineCompileTimes: '1', BUN_JSC_reportDFGCompileTimes: '1', BUN_JSC_reportFTLCompileTimes: '1' }
+
+/** CPU seconds of a process's threads: the JS thread, JSC's compiler threads, the rest (as in projection-probe.ts). */
+function threadSeconds(pid: number): { js: number; jit: number; other: number } {
+  const out = { js: 0, jit: 0, other: 0 }
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8')
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      const s = (Number(fields[11]) + Number(fields[12])) / 100
+      const comm = readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim()
+      if (t === String(pid)) out.js += s
+      else if (comm === 'JITWorker' || comm === 'JSCWarmUp') out.jit += s
+      else out.other += s
+    } catch {}
+  }
+  return out
+}
 
 const d = await deploy({ FANFARE_LEASE_TTL_MS: '3000' })
 const sql = postgres(d.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
@@ -42,9 +61,12 @@ try {
   const t0 = performance.now()
   while ((await backlog.progress(sql)).applied < WARMUP) await Bun.sleep(10)
   const mark = statSync(logPath).size
+  const cpu1 = threadSeconds(worker.pid)
+  const load1 = readFileSync('/proc/loadavg', 'utf8').trim()
   const t1 = performance.now()
   while ((await backlog.progress(sql)).applied < EVENTS) await Bun.sleep(10)
   const t2 = performance.now()
+  const cpu2 = threadSeconds(worker.pid)
   worker.kill()
   await worker.exited
   const text = readFileSync(logPath)
@@ -72,7 +94,10 @@ try {
     for (const [k, v] of rows) console.log(`${String(v.n).padStart(5)} x ${v.ms.toFixed(1).padStart(8)} ms  ${k}`)
   }
   console.log(`jit probe: ${EVENTS} events, warm-up ${WARMUP}; load ${readFileSync('/proc/loadavg', 'utf8').trim()}; log ${logPath}`)
-  console.log(`warm-up ${((t1 - t0) / 1000).toFixed(1)} s, rest ${((t2 - t1) / 1000).toFixed(1)} s`)
+  console.log(`warm-up ${((t1 - t0) / 1000).toFixed(1)} s, rest ${((t2 - t1) / 1000).toFixed(1)} s (load at its start ${load1})`)
+  const us = (k: 'js' | 'jit' | 'other') => (((cpu2[k] - cpu1[k]) * 1e6) / (EVENTS - WARMUP)).toFixed(1)
+  console.log(`after warm-up: ${Math.round((EVENTS - WARMUP) / ((t2 - t1) / 1000))} events/s; worker CPU per event, us: JS ${us('js')} / JIT ${us('jit')} / other ${us('other')}`)
+  console.log(`whole run, worker CPU s: JS ${cpu2.js.toFixed(2)} / JIT ${cpu2.jit.toFixed(2)} / other ${cpu2.other.toFixed(2)}`)
   report('until warm-up', text.subarray(0, mark).toString(), WARMUP)
   report('after warm-up', text.subarray(mark).toString(), EVENTS - WARMUP)
 } finally {
