@@ -1,4 +1,3 @@
-import { jetstream, type JetStreamClient } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { context, SpanKind, SpanStatusCode, type Context, type Span } from '@opentelemetry/api'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
@@ -88,7 +87,6 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   const log = logger.child({ component: 'ingest' })
   // Every event of this node goes out through one publisher (one acknowledgement subscription).
   const publisher = createAckedPublisher(nc, { timeoutMs: publishTimeoutMs })
-  let js: JetStreamClient | undefined
   // Events published and not yet acknowledged by JetStream, over all requests of this node.
   let inFlight = 0
   // While NATS is down the client would hold publishes until the timeout: answer 503 at once.
@@ -102,12 +100,11 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
 
   // Reactions come by the thousand a second: they are stored in batches (see ReactionBatcher).
   const reactions = createReactionBatcher({
-    js: () => (js ??= jetstream(nc)),
+    publisher,
     prefix: t.prefix,
     partitions: t.partitions,
     eventStream: t.eventStream,
     dedupWindowMs: config.FANFARE_DEDUP_WINDOW_MS,
-    publishTimeoutMs,
     now,
     newId: newEventId,
   })
