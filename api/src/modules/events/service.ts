@@ -111,19 +111,41 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
 
   // nats.js writes what was published on a microtask, so a publish per WebSocket frame (each frame
   // its own event-loop turn) would cost a socket write each: most of an API node's CPU under WS
-  // ingest. Publishes wait for the end of the turn instead and leave together, in call order.
-  // They share the turn's `at` too: one clock read and ISO string per turn, not per frame.
-  let waiting: ((at: string) => void)[] = []
-  const endOfTurn = () =>
-    new Promise<string>((resume) => {
-      if (waiting.push(resume) === 1) {
-        setImmediate(() => {
-          const ready = waiting
-          waiting = []
-          const at = now().toISOString()
-          for (const r of ready) r(at)
+  // ingest. Publishes wait for the end of the turn instead and leave together, in call order, as
+  // one AckedPublisher batch (one timer and one promise per turn, not per frame: a WebSocket frame
+  // is a request of one event). They share the turn's `at` too: one clock read and ISO string per
+  // turn, not per frame.
+  type Turn = { build: (at: string) => StreamMessage[]; done: (acks: (StreamAck | undefined)[], error?: Error) => void }
+  let turn: Turn[] = []
+  const publishAtEndOfTurn = (build: Turn['build']) =>
+    new Promise<{ acks: (StreamAck | undefined)[]; error?: Error }>((resolve) => {
+      const done: Turn['done'] = (acks, error) => resolve(error ? { acks, error } : { acks })
+      if (turn.push({ build, done }) > 1) return
+      setImmediate(() => {
+        const entries = turn
+        turn = []
+        const at = now().toISOString()
+        const all: StreamMessage[] = []
+        const ends: number[] = []
+        const built: Turn[] = []
+        for (const e of entries) {
+          try {
+            for (const m of e.build(at)) all.push(m)
+            built.push(e)
+            ends.push(all.length)
+          } catch (err) {
+            // A bug in one request's messages fails that request alone, never the turn.
+            e.done([], err as Error)
+          }
+        }
+        void publisher.publish(all).then((outcome) => {
+          // The batch's error is its first failure, maybe another request's: it is only logged.
+          for (let k = 0, from = 0; k < built.length; from = ends[k++]) {
+            const acks = outcome.acks.slice(from, ends[k])
+            built[k].done(acks, acks.includes(undefined) ? outcome.error : undefined)
+          }
         })
-      }
+      })
     })
 
   /**
@@ -151,36 +173,40 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   }
 
   /**
-   * Stores a request's events, all in flight at once: one connection writes them in call order and
-   * the server stores them in that order, so events of one key keep their request order. Each is
-   * a plain publish through the AckedPublisher (one subscription takes every acknowledgement, one
-   * timer per request) rather than a `js.publish` (a request, a timer and a promise per event):
+   * Stores a request's events at the end of the turn, all in flight at once: one connection writes
+   * them in call order and the server stores them in that order, so events of one key keep their
+   * request order. Each is a plain publish through the AckedPublisher (one subscription takes every
+   * acknowledgement, one timer per turn) rather than a `js.publish` (a request, a timer and a promise per event):
    * the same promise, stored once acknowledged, at a fraction of the API's CPU. Every publish is
    * waited for, failed or not: the in-flight count must hold the request's events until none of
    * them is pending any more, and the answer must say which were stored.
    */
-  const store = async (events: Omit<StoredEvent, 'at'>[], at: string, span: Span): Promise<PromiseSettledResult<PublishResult>[]> => {
+  const store = async (events: Omit<StoredEvent, 'at'>[], span: Span): Promise<PromiseSettledResult<PublishResult>[]> => {
     const settled: PromiseSettledResult<PublishResult>[] = new Array(events.length)
     const reactionResults: Promise<void>[] = []
-    const messages: StreamMessage[] = []
     const indexes: number[] = []
-    for (let i = 0; i < events.length; i++) {
-      const e = events[i]
-      if (e.type === 'reaction.sent') {
-        reactionResults.push(
-          reactions.add(e as AcceptedReaction).then(
-            (value) => void (settled[i] = { status: 'fulfilled', value }),
-            (reason) => void (settled[i] = { status: 'rejected', reason }),
-          ),
-        )
-        continue
+    const build = (at: string) => {
+      const messages: StreamMessage[] = []
+      for (let i = 0; i < events.length; i++) {
+        const e = events[i]
+        if (e.type === 'reaction.sent') {
+          reactionResults.push(
+            reactions.add(e as AcceptedReaction).then(
+              (value) => void (settled[i] = { status: 'fulfilled', value }),
+              (reason) => void (settled[i] = { status: 'rejected', reason }),
+            ),
+          )
+          continue
+        }
+        // A header set of its own per message, for its id (and the trace context when sampled).
+        const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
+        messages.push({ subject, body: JSON.stringify({ ...e, at }), msgId: msgIdOf(e), headers: natsHeadersOf(span) })
+        indexes.push(i)
       }
-      // A header set of its own per message, for its id (and the trace context when sampled).
-      const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
-      messages.push({ subject, body: JSON.stringify({ ...e, at }), msgId: msgIdOf(e), headers: natsHeadersOf(span) })
-      indexes.push(i)
+      return messages
     }
-    const [outcome] = await Promise.all([publisher.publish(messages), ...reactionResults])
+    const outcome = await publishAtEndOfTurn(build)
+    await Promise.all(reactionResults)
     for (let j = 0; j < indexes.length; j++) {
       const e = events[indexes[j]]
       const ack = outcome.acks[j]
@@ -221,8 +247,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     inFlight += events.length
     let settled: PromiseSettledResult<PublishResult>[]
     try {
-      const at = await endOfTurn()
-      settled = await store(events, at, span)
+      settled = await store(events, span)
     } finally {
       inFlight -= events.length
     }
