@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, test } from 'bun:test'
 import { randomBytes } from 'node:crypto'
 import { jetstreamManager, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream'
-import type { NatsConnection } from '@nats-io/transport-node'
+import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node'
 import { createAckedPublisher } from './acked-publish'
 import { connectNats } from './nats'
 import { TEST_NATS_URL } from './testing/env'
@@ -32,8 +32,12 @@ test('a batch is stored in the order given, with every message acknowledged', as
   const p = createAckedPublisher(nc)
   const messages = Array.from({ length: 500 }, (_, i) => ({ subject: `${prefix}.order.c${i % 7}`, body: JSON.stringify({ i }) }))
   const [a, b] = await Promise.all([p.publish(messages.slice(0, 250)), p.publish(messages.slice(250))])
-  expect(a).toEqual({ stored: new Array(250).fill(true) })
-  expect(b).toEqual({ stored: new Array(250).fill(true) })
+  expect(a.stored).toEqual(new Array(250).fill(true))
+  expect(b.stored).toEqual(new Array(250).fill(true))
+  expect(a.error).toBeUndefined()
+  expect(b.error).toBeUndefined()
+  // Each acknowledgement is its message's: the stream, and sequences in publish order.
+  expect([...a.acks, ...b.acks]).toEqual(Array.from({ length: 500 }, (_, i) => ({ stream: name, seq: i + 1, duplicate: false })))
   for (let seq = 1; seq <= 500; seq++) {
     const m = await jsm.streams.getMessage(name, { seq })
     expect(m!.json<{ i: number }>().i).toBe(seq - 1)
@@ -46,6 +50,7 @@ test('a refused message is not stored and says why; the others of its batch are'
   const p = createAckedPublisher(nc)
   const out = await p.publish([1, 2, 3].map((i) => ({ subject: `${prefix}.full.x`, body: String(i) })))
   expect(out.stored).toEqual([true, true, false])
+  expect(out.acks.map((a) => a?.seq)).toEqual([1, 2, undefined])
   expect(String(out.error)).toContain('refused')
   p.close()
 })
@@ -63,6 +68,59 @@ test('a subject no stream takes is not stored (no responders), nor one nobody ac
   expect(String(out.error)).toContain('within 300 ms')
   expect(Date.now() - t0).toBeGreaterThanOrEqual(290)
   silent.unsubscribe()
+  p.close()
+})
+
+test('a message id already stored is acknowledged duplicate with the first copy\'s sequence and stored once', async () => {
+  const name = await stream('dedup')
+  const p = createAckedPublisher(nc)
+  const first = await p.publish([
+    { subject: `${prefix}.dedup.x`, body: 'a', msgId: 'id-a' },
+    { subject: `${prefix}.dedup.x`, body: 'b', msgId: 'id-b' },
+  ])
+  expect(first.acks).toEqual([
+    { stream: name, seq: 1, duplicate: false },
+    { stream: name, seq: 2, duplicate: false },
+  ])
+  // Resent within one batch and across batches: JetStream answers with the stored copy's sequence.
+  const again = await p.publish([
+    { subject: `${prefix}.dedup.x`, body: 'b again', msgId: 'id-b' },
+    { subject: `${prefix}.dedup.x`, body: 'c', msgId: 'id-c' },
+    { subject: `${prefix}.dedup.x`, body: 'c again', msgId: 'id-c' },
+  ])
+  expect(again.stored).toEqual([true, true, true])
+  expect(again.acks).toEqual([
+    { stream: name, seq: 2, duplicate: true },
+    { stream: name, seq: 3, duplicate: false },
+    { stream: name, seq: 3, duplicate: true },
+  ])
+  expect((await jsm.streams.info(name)).state.messages).toBe(3)
+  expect((await jsm.streams.getMessage(name, { seq: 2 }))!.string()).toBe('b')
+  p.close()
+})
+
+test('a message\'s own headers replace the batch\'s; its id goes with them, or with a copy of the batch\'s', async () => {
+  const name = await stream('headers')
+  const p = createAckedPublisher(nc)
+  const batch = natsHeaders()
+  batch.set('traceparent', 'batch')
+  const own = natsHeaders()
+  own.set('traceparent', 'own')
+  const out = await p.publish(
+    [
+      { subject: `${prefix}.headers.x`, body: '1' },
+      { subject: `${prefix}.headers.x`, body: '2', msgId: 'm2' },
+      { subject: `${prefix}.headers.x`, body: '3', msgId: 'm3', headers: own },
+    ],
+    { headers: batch },
+  )
+  expect(out.stored).toEqual([true, true, true])
+  const header = async (seq: number, k: string) => (await jsm.streams.getMessage(name, { seq }))!.header.get(k)
+  expect([await header(1, 'traceparent'), await header(1, 'Nats-Msg-Id')]).toEqual(['batch', ''])
+  expect([await header(2, 'traceparent'), await header(2, 'Nats-Msg-Id')]).toEqual(['batch', 'm2'])
+  expect([await header(3, 'traceparent'), await header(3, 'Nats-Msg-Id')]).toEqual(['own', 'm3'])
+  // The batch's header set is not changed by a message's id.
+  expect(batch.get('Nats-Msg-Id')).toBe('')
   p.close()
 })
 

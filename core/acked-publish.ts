@@ -1,10 +1,24 @@
-import { createInbox, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node'
+import { createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node'
 
-/** One message for a stream. */
-export type StreamMessage = { subject: string; body: string | Uint8Array }
+/**
+ * One message for a stream. `msgId` is its Nats-Msg-Id: JetStream stores a message whose id it
+ * already stored within the stream's duplicate window only once, and acknowledges it `duplicate`.
+ * `headers` are the message's own (a traceparent), in place of the batch's; `msgId` is set on them.
+ */
+export type StreamMessage = { subject: string; body: string | Uint8Array; msgId?: string; headers?: MsgHdrs }
 
-/** What became of a publish: which messages JetStream acknowledged (by index), and why not all. */
-export type PublishOutcome = { stored: boolean[]; error?: Error }
+/**
+ * JetStream's acknowledgement of a stored message: the stream and its domain, the sequence, and
+ * whether its Nats-Msg-Id was already stored within the stream's duplicate window (then `seq` is
+ * the first copy's and nothing was stored again).
+ */
+export type StreamAck = { stream: string; seq: number; duplicate: boolean; domain?: string }
+
+/**
+ * What became of a publish: which messages JetStream acknowledged (by index; `acks[i]` is set
+ * exactly when `stored[i]`), and why not all.
+ */
+export type PublishOutcome = { stored: boolean[]; acks: (StreamAck | undefined)[]; error?: Error }
 
 /**
  * JetStream publishes of many messages at once (a batch's change runs). Each message is a plain
@@ -27,7 +41,7 @@ export type AckedPublisher = {
   close: () => void
 }
 
-type Batch = { stored: boolean[]; left: number; error?: Error; done: () => void }
+type Batch = { stored: boolean[]; acks: (StreamAck | undefined)[]; left: number; error?: Error; done: () => void }
 
 const decoder = new TextDecoder()
 
@@ -49,18 +63,21 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
     if (!batch) return // its batch timed out
     const i = Number(m.subject.slice(dot + 1))
     if (batch.stored[i]) return
-    const failure = refusal(m)
-    if (failure) batch.error ??= failure
-    else batch.stored[i] = true
+    const ack = ackOf(m)
+    if (ack instanceof Error) batch.error ??= ack
+    else {
+      batch.stored[i] = true
+      batch.acks[i] = ack
+    }
     if (--batch.left === 0) batch.done()
   }
 
   return {
     publish: (messages, opts = {}) => {
-      if (messages.length === 0) return Promise.resolve({ stored: [] })
+      if (messages.length === 0) return Promise.resolve({ stored: [], acks: [] })
       sub ??= nc.subscribe(`${inbox}.>`, { callback: (_err, m) => onAck(m) })
       const id = next++
-      const batch: Batch = { stored: new Array(messages.length).fill(false), left: messages.length, done: () => {} }
+      const batch: Batch = { stored: new Array(messages.length).fill(false), acks: new Array(messages.length).fill(undefined), left: messages.length, done: () => {} }
       return new Promise<PublishOutcome>((resolve) => {
         const timeout = opts.timeoutMs ?? defaults.timeoutMs ?? 5000
         const timer = setTimeout(() => {
@@ -70,14 +87,16 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
         batch.done = () => {
           clearTimeout(timer)
           batches.delete(id)
-          resolve({ stored: batch.stored, ...(batch.error ? { error: batch.error } : {}) })
+          resolve({ stored: batch.stored, acks: batch.acks, ...(batch.error ? { error: batch.error } : {}) })
         }
         batches.set(id, batch)
-        const options = opts.headers ? { reply: '', headers: opts.headers } : { reply: '' }
+        const options: { reply: string; headers?: MsgHdrs } = opts.headers ? { reply: '', headers: opts.headers } : { reply: '' }
         try {
           for (let i = 0; i < messages.length; i++) {
+            const m = messages[i]
             options.reply = `${inbox}.${id}.${i}`
-            nc.publish(messages[i].subject, messages[i].body, options)
+            const headers = m.msgId === undefined ? m.headers : withMsgId(m.headers ?? copyOf(opts.headers), m.msgId)
+            nc.publish(m.subject, m.body, headers ? { reply: options.reply, headers } : options)
           }
         } catch (err) {
           // A closed connection: what was sent may still be acknowledged before the timeout.
@@ -96,14 +115,26 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
   }
 }
 
+function withMsgId(h: MsgHdrs, id: string): MsgHdrs {
+  h.set('Nats-Msg-Id', id)
+  return h
+}
+
+/** A header set of its own for one message, with the batch's headers when there are some. */
+function copyOf(batch: MsgHdrs | undefined): MsgHdrs {
+  const h = natsHeaders()
+  if (batch) for (const k of batch.keys()) for (const v of batch.values(k)) h.append(k, v)
+  return h
+}
+
 /**
- * Why JetStream did not store a message, from its acknowledgement: an error answer, or a status
- * without a body (503: no stream listens on the subject). Undefined for a PubAck.
+ * A message's PubAck, or why JetStream did not store it: an error answer, or a status without a
+ * body (503: no stream listens on the subject).
  */
-function refusal(m: Msg): Error | undefined {
+function ackOf(m: Msg): StreamAck | Error {
   if (m.data.length === 0) return new Error(`JetStream did not store the message: status ${m.headers?.code ?? 'none'} ${m.headers?.description ?? ''}`.trim())
-  const ack = JSON.parse(decoder.decode(m.data)) as { seq?: number; error?: { code: number; description: string } }
+  const ack = JSON.parse(decoder.decode(m.data)) as Partial<StreamAck> & { error?: { code: number; description: string } }
   if (ack.error) return new Error(`JetStream refused the message: ${ack.error.description} (${ack.error.code})`)
-  if (typeof ack.seq !== 'number') return new Error(`JetStream answered without a sequence: ${decoder.decode(m.data)}`)
-  return undefined
+  if (typeof ack.seq !== 'number' || typeof ack.stream !== 'string' || ack.stream === '') return new Error(`JetStream answered without a stream and sequence: ${decoder.decode(m.data)}`)
+  return { stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate === true, ...(ack.domain ? { domain: ack.domain } : {}) }
 }

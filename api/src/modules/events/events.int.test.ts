@@ -54,6 +54,21 @@ describe('POST /v1/events', () => {
     expect(await h.streamCount()).toBe(count)
   })
 
+  test('requests published in one turn are stored in call order, each event under its own Nats-Msg-Id', async () => {
+    const ingest = createIngest({ config: h.env.config, nc: h.nc, logger: createLogger('silent') })
+    // Three requests of one key (one partition), all in flight together.
+    const requests = [0, 1, 2].map((r) => [score('order', r * 10 + 1, `ord-${r}-a`), score('order', r * 10 + 2, `ord-${r}-b`)])
+    const results = await Promise.all(requests.map((events) => ingest.publish(events, rootKey('ingest'))))
+    const seqs = results.flat().map((x) => x.seq)
+    expect(seqs).toEqual([...seqs].sort((a, b) => a - b))
+    expect(results.flat().map((x) => x.duplicate)).toEqual(new Array(6).fill(false))
+    for (const x of results.flat()) {
+      const m = await h.jsm.streams.getMessage(topology(h.env.config).eventStream, { seq: x.seq })
+      expect(m!.json<any>().id).toBe(x.id)
+      expect(m!.header.get('Nats-Msg-Id')).toBe(`ingest/${x.id}`)
+    }
+  })
+
   test('a batch of 3 answers results in input order; missing ids become UUIDv7', async () => {
     const r = await h.call('POST', '/v1/events', {
       token: h.ingestToken,

@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
+import { createAckedPublisher } from '../../../../core/acked-publish'
 import { decodeEvent, type StoredEvent } from '../../../../core/events'
 import { connectNats, ensureStreams, topology } from '../../../../core/nats'
 import { createTestEnv, type TestEnv } from '../../../../core/testing/env'
@@ -22,12 +23,11 @@ async function setup() {
   let ids = 0
   const batcher = (eventStream = t.eventStream, publishTimeoutMs = 5000) =>
     createReactionBatcher({
-      js: () => jetstream(nc!),
+      publisher: createAckedPublisher(nc!, { timeoutMs: publishTimeoutMs }),
       prefix: t.prefix,
       partitions: t.partitions,
       eventStream,
       dedupWindowMs: 120_000,
-      publishTimeoutMs,
       now: () => new Date(),
       newId: () => `batch-${ids++}`,
     })
@@ -44,7 +44,7 @@ async function setup() {
     }
     return out
   }
-  return { batcher, stored }
+  return { batcher, stored, t }
 }
 
 const reaction = (stream: string, i: number) => ({ id: `r${i}`, by: `u:viewer-${i % 7}`, data: { stream, emoji: i % 2 ? '👏' : '🔥' } })
@@ -87,5 +87,31 @@ describe('reaction batches', () => {
     const outcomes = await Promise.allSettled([wrong.add(reaction('solo', 2)), wrong.add(reaction('solo', 3))])
     expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'rejected'])
     expect(String((outcomes[0] as PromiseRejectedResult).reason)).toContain('expected SOME_OTHER_STREAM')
+  })
+
+  test('reactions no stream takes (no responders) or nobody acknowledges in time are rejected, never acknowledged', async () => {
+    const { t } = await setup()
+    const batcherOn = (prefix: string, publishTimeoutMs: number) =>
+      createReactionBatcher({
+        publisher: createAckedPublisher(nc!, { timeoutMs: publishTimeoutMs }),
+        prefix,
+        partitions: t.partitions,
+        eventStream: t.eventStream,
+        dedupWindowMs: 120_000,
+        now: () => new Date(),
+        newId: () => 'b',
+      })
+    const none = await Promise.allSettled([batcherOn(`${t.prefix}_none`, 5000).add(reaction('s', 1))])
+    expect(none[0].status).toBe('rejected')
+    expect(String((none[0] as PromiseRejectedResult).reason)).toContain('503')
+    // A listener that never answers: the reaction waits for the publish timeout.
+    const silent = nc!.subscribe(`${t.prefix}_silent.>`)
+    await nc!.flush()
+    const t0 = Date.now()
+    const late = await Promise.allSettled([batcherOn(`${t.prefix}_silent`, 300).add(reaction('s', 2))])
+    expect(late[0].status).toBe('rejected')
+    expect(String((late[0] as PromiseRejectedResult).reason)).toContain('within 300 ms')
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(290)
+    silent.unsubscribe()
   })
 })

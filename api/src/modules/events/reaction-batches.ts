@@ -1,4 +1,4 @@
-import type { JetStreamClient } from '@nats-io/jetstream'
+import type { AckedPublisher } from '../../../../core/acked-publish'
 import { contracts, dedupIdOf, keyOf, partitionOf, subjects, type ReactionSent, type StoredEvent } from '../../../../core/events'
 import type { PublishResult } from './model'
 
@@ -35,13 +35,13 @@ type Queue = { waiting: Waiting[]; publishing: number; scheduled: boolean }
  * the order they were made, so JetStream stores a stream's reactions in the order they were accepted.
  */
 export function createReactionBatcher(deps: {
-  js: () => JetStreamClient
+  /** Stores the messages; its timeout bounds each one's wait for JetStream's acknowledgement. */
+  publisher: AckedPublisher
   prefix: string
   partitions: number
   eventStream: string
   /** Carried in each message: the window within which the projection treats a repeated (stream, by, id) as a resend. */
   dedupWindowMs: number
-  publishTimeoutMs: number
   now: () => Date
   newId: () => string
 }): ReactionBatcher {
@@ -69,7 +69,9 @@ export function createReactionBatcher(deps: {
         at: deps.now().toISOString(),
       } satisfies StoredEvent
       const subject = subjects.event(deps.prefix, partitionOf(keyOf(event), deps.partitions), event.type)
-      const ack = await deps.js().publish(subject, JSON.stringify(event), { msgID: dedupIdOf(event), timeout: deps.publishTimeoutMs })
+      const { acks, error } = await deps.publisher.publish([{ subject, body: JSON.stringify(event), msgId: dedupIdOf(event) }])
+      const ack = acks[0]
+      if (!ack) throw error ?? new Error('JetStream did not acknowledge the reactions')
       if (ack.stream !== deps.eventStream) throw new Error(`reactions stored in stream ${ack.stream}, expected ${deps.eventStream}`)
       for (const w of batch) w.resolve({ id: w.reaction.id, seq: ack.seq, duplicate: false })
     } catch (err) {

@@ -1,7 +1,7 @@
-import { jetstream, type JetStreamClient } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { context, SpanKind, SpanStatusCode, type Context, type Span } from '@opentelemetry/api'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
+import { createAckedPublisher, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
 import type { Config } from '../../../../core/config'
 import {
   checkData,
@@ -85,7 +85,8 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   // of one site never meet another's there; a resend to the same site is de-duplicated by it.
   const msgIdOf = site.kind === 'edge' ? (e: Pick<StoredEvent, 'by' | 'id'>) => `${dedupIdOf(e)}@${site.domain}` : dedupIdOf
   const log = logger.child({ component: 'ingest' })
-  let js: JetStreamClient | undefined
+  // Every event of this node goes out through one publisher (one acknowledgement subscription).
+  const publisher = createAckedPublisher(nc, { timeoutMs: publishTimeoutMs })
   // Events published and not yet acknowledged by JetStream, over all requests of this node.
   let inFlight = 0
   // While NATS is down the client would hold publishes until the timeout: answer 503 at once.
@@ -99,31 +100,52 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
 
   // Reactions come by the thousand a second: they are stored in batches (see ReactionBatcher).
   const reactions = createReactionBatcher({
-    js: () => (js ??= jetstream(nc)),
+    publisher,
     prefix: t.prefix,
     partitions: t.partitions,
     eventStream: t.eventStream,
     dedupWindowMs: config.FANFARE_DEDUP_WINDOW_MS,
-    publishTimeoutMs,
     now,
     newId: newEventId,
   })
 
   // nats.js writes what was published on a microtask, so a publish per WebSocket frame (each frame
   // its own event-loop turn) would cost a socket write each: most of an API node's CPU under WS
-  // ingest. Publishes wait for the end of the turn instead and leave together, in call order.
-  // They share the turn's `at` too: one clock read and ISO string per turn, not per frame.
-  let waiting: ((at: string) => void)[] = []
-  const endOfTurn = () =>
-    new Promise<string>((resume) => {
-      if (waiting.push(resume) === 1) {
-        setImmediate(() => {
-          const ready = waiting
-          waiting = []
-          const at = now().toISOString()
-          for (const r of ready) r(at)
+  // ingest. Publishes wait for the end of the turn instead and leave together, in call order, as
+  // one AckedPublisher batch (one timer and one promise per turn, not per frame: a WebSocket frame
+  // is a request of one event). They share the turn's `at` too: one clock read and ISO string per
+  // turn, not per frame.
+  type Turn = { build: (at: string) => StreamMessage[]; done: (acks: (StreamAck | undefined)[], error?: Error) => void }
+  let turn: Turn[] = []
+  const publishAtEndOfTurn = (build: Turn['build']) =>
+    new Promise<{ acks: (StreamAck | undefined)[]; error?: Error }>((resolve) => {
+      const done: Turn['done'] = (acks, error) => resolve(error ? { acks, error } : { acks })
+      if (turn.push({ build, done }) > 1) return
+      setImmediate(() => {
+        const entries = turn
+        turn = []
+        const at = now().toISOString()
+        const all: StreamMessage[] = []
+        const ends: number[] = []
+        const built: Turn[] = []
+        for (const e of entries) {
+          try {
+            for (const m of e.build(at)) all.push(m)
+            built.push(e)
+            ends.push(all.length)
+          } catch (err) {
+            // A bug in one request's messages fails that request alone, never the turn.
+            e.done([], err as Error)
+          }
+        }
+        void publisher.publish(all).then((outcome) => {
+          // The batch's error is its first failure, maybe another request's: it is only logged.
+          for (let k = 0, from = 0; k < built.length; from = ends[k++]) {
+            const acks = outcome.acks.slice(from, ends[k])
+            built[k].done(acks, acks.includes(undefined) ? outcome.error : undefined)
+          }
         })
-      }
+      })
     })
 
   /**
@@ -150,6 +172,64 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     )
   }
 
+  /**
+   * Stores a request's events at the end of the turn, all in flight at once: one connection writes
+   * them in call order and the server stores them in that order, so events of one key keep their
+   * request order. Each is a plain publish through the AckedPublisher (one subscription takes every
+   * acknowledgement, one timer per turn) rather than a `js.publish` (a request, a timer and a promise per event):
+   * the same promise, stored once acknowledged, at a fraction of the API's CPU. Every publish is
+   * waited for, failed or not: the in-flight count must hold the request's events until none of
+   * them is pending any more, and the answer must say which were stored.
+   */
+  const store = async (events: Omit<StoredEvent, 'at'>[], span: Span): Promise<PromiseSettledResult<PublishResult>[]> => {
+    const settled: PromiseSettledResult<PublishResult>[] = new Array(events.length)
+    const reactionResults: Promise<void>[] = []
+    const indexes: number[] = []
+    const build = (at: string) => {
+      const messages: StreamMessage[] = []
+      for (let i = 0; i < events.length; i++) {
+        const e = events[i]
+        if (e.type === 'reaction.sent') {
+          reactionResults.push(
+            reactions.add(e as AcceptedReaction).then(
+              (value) => void (settled[i] = { status: 'fulfilled', value }),
+              (reason) => void (settled[i] = { status: 'rejected', reason }),
+            ),
+          )
+          continue
+        }
+        // A header set of its own per message, for its id (and the trace context when sampled).
+        const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
+        messages.push({ subject, body: JSON.stringify({ ...e, at }), msgId: msgIdOf(e), headers: natsHeadersOf(span) })
+        indexes.push(i)
+      }
+      return messages
+    }
+    const outcome = await publishAtEndOfTurn(build)
+    await Promise.all(reactionResults)
+    for (let j = 0; j < indexes.length; j++) {
+      const e = events[indexes[j]]
+      const ack = outcome.acks[j]
+      settled[indexes[j]] = ack ? checked(e.id, ack) : { status: 'rejected', reason: outcome.error ?? new Error('JetStream did not acknowledge the event') }
+    }
+    return settled
+  }
+
+  /** An acknowledged event's result, or why it is no 202 although JetStream stored it. */
+  const checked = (id: string, ack: StreamAck): PromiseSettledResult<PublishResult> => {
+    // Checked on the ack rather than sent as an Nats-Expected-Stream header (a header per event
+    // costs the API and the server): another stream capturing our subjects is a misconfiguration
+    // to report, never a 202 for events the workers will not see.
+    if (ack.stream !== t.eventStream) return { status: 'rejected', reason: new Error(`event stored in stream ${ack.stream}, expected ${t.eventStream}`) }
+    // An ack from another domain: the leaf link carries event subjects to the hub (its deny rules
+    // are missing), so events are stored twice. Never a 202 for that.
+    if (site.kind === 'edge' && ack.domain !== site.domain) {
+      log.error({ domain: ack.domain }, 'event stored outside the edge domain: the leaf link must deny the event subjects (README "Running at the edge")')
+      return { status: 'rejected', reason: new Error(`event stored in JetStream domain ${ack.domain}, expected ${site.domain}`) }
+    }
+    return { status: 'fulfilled', value: { id, seq: ack.seq, duplicate: ack.duplicate } }
+  }
+
   const publishEvents = async (inputs: EventInput[], principal: Principal, via: 'http' | 'ws' | 'internal', span: Span): Promise<PublishResult[]> => {
     const by = principalId(principal)
     // A principal comes from our own auth code, never from the request: a bad one is a bug.
@@ -163,36 +243,11 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
         max: config.FANFARE_INGEST_MAX_IN_FLIGHT,
       })
     }
-    js ??= jetstream(nc)
-    const client = js
     const started = performance.now()
     inFlight += events.length
     let settled: PromiseSettledResult<PublishResult>[]
     try {
-      const at = await endOfTurn()
-      // All in flight at once: one connection writes them in call order and the server stores
-      // them in that order, so events of one key keep their request order. Every publish is
-      // waited for, failed or not: the in-flight count must hold the request's events until
-      // none of them is pending any more, and the answer must say which were stored.
-      settled = await Promise.allSettled(
-        events.map(async (e): Promise<PublishResult> => {
-          if (e.type === 'reaction.sent') return reactions.add(e as AcceptedReaction)
-          // A header set of its own per message: the client adds the message's id to it.
-          const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
-          const ack = await client.publish(subject, JSON.stringify({ ...e, at }), { msgID: msgIdOf(e), timeout: publishTimeoutMs, headers: natsHeadersOf(span) })
-          // Checked on the ack rather than sent as an Nats-Expected-Stream header (a header per
-          // event costs the API and the server): another stream capturing our subjects is a
-          // misconfiguration to report, never a 202 for events the workers will not see.
-          if (ack.stream !== t.eventStream) throw new Error(`event stored in stream ${ack.stream}, expected ${t.eventStream}`)
-          // An ack from another domain: the leaf link carries event subjects to the hub (its
-          // deny rules are missing), so events are stored twice. Never a 202 for that.
-          if (site.kind === 'edge' && ack.domain !== site.domain) {
-            log.error({ domain: ack.domain }, 'event stored outside the edge domain: the leaf link must deny the event subjects (README "Running at the edge")')
-            throw new Error(`event stored in JetStream domain ${ack.domain}, expected ${site.domain}`)
-          }
-          return { id: e.id, seq: ack.seq, duplicate: ack.duplicate }
-        }),
-      )
+      settled = await store(events, span)
     } finally {
       inFlight -= events.length
     }
