@@ -13,11 +13,12 @@
  *     [--env=K=V,K=V]  extra environment for the worker (e.g. BUN_JSC_printEachOSRExit=1)
  *     [--top=40]  how many functions to list
  */
-import { openSync, readdirSync, readFileSync, statSync } from 'node:fs'
+import { openSync, readFileSync, statSync } from 'node:fs'
 import postgres from 'postgres'
 import { storedScore } from './lib/events'
 import { backlogOf } from './lib/backlog'
 import { deploy, publishAll, waitForWorkers } from './lib/fanfare'
+import { threadSecondsOf } from './lib/child'
 import { ROOT } from '../test/e2e/harness'
 
 const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=').slice(1).join('=')
@@ -26,23 +27,6 @@ const WARMUP = Number(arg('warmup') ?? 20_000)
 const TOP = Number(arg('top') ?? 40)
 const EXTRA: Record<string, string> = Object.fromEntries((arg('env') ?? '').split(',').filter(Boolean).map((kv) => kv.split('=') as [string, string]))
 const REPORTS = { BUN_JSC_reportBaselineCompileTimes: '1', BUN_JSC_reportDFGCompileTimes: '1', BUN_JSC_reportFTLCompileTimes: '1' }
-
-/** CPU seconds of a process's threads: the JS thread, JSC's compiler threads, the rest (as in projection-probe.ts). */
-function threadSeconds(pid: number): { js: number; jit: number; other: number } {
-  const out = { js: 0, jit: 0, other: 0 }
-  for (const t of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8')
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      const s = (Number(fields[11]) + Number(fields[12])) / 100
-      const comm = readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim()
-      if (t === String(pid)) out.js += s
-      else if (comm === 'JITWorker' || comm === 'JSCWarmUp') out.jit += s
-      else out.other += s
-    } catch {}
-  }
-  return out
-}
 
 const d = await deploy({ FANFARE_LEASE_TTL_MS: '3000' })
 const sql = postgres(d.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
@@ -61,12 +45,12 @@ try {
   const t0 = performance.now()
   while ((await backlog.progress(sql)).applied < WARMUP) await Bun.sleep(10)
   const mark = statSync(logPath).size
-  const cpu1 = threadSeconds(worker.pid)
+  const cpu1 = threadSecondsOf(worker.pid)
   const load1 = readFileSync('/proc/loadavg', 'utf8').trim()
   const t1 = performance.now()
   while ((await backlog.progress(sql)).applied < EVENTS) await Bun.sleep(10)
   const t2 = performance.now()
-  const cpu2 = threadSeconds(worker.pid)
+  const cpu2 = threadSecondsOf(worker.pid)
   worker.kill()
   await worker.exited
   const text = readFileSync(logPath)

@@ -24,13 +24,14 @@
  * Worker CPU is also split by thread: the JavaScript thread, JSC's compiler threads (JITWorker,
  * JSCWarmUp) and the rest (garbage collection, the allocator's scavenger, Bun's pool).
  */
-import { mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
 import postgres from 'postgres'
 import { freePort } from '../core/process'
 import { storedScore } from './lib/events'
 import { openLeaseBucketIfExists, workersView } from '../core/leases'
 import { backlogOf } from './lib/backlog'
 import { deploy, publishAll, waitForWorkers, type Deployment } from './lib/fanfare'
+import { cpuOf, threadSecondsOf } from './lib/child'
 
 const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}`))?.split('=').slice(1).join('=')
 const EVENTS = Number(arg('events') ?? 100_000)
@@ -51,41 +52,8 @@ function limit(pid: number) {
 }
 const WARMUP = Number(arg('warmup') ?? 0)
 const EXTRA: Record<string, string> = Object.fromEntries((arg('env') ?? '').split(',').filter(Boolean).map((kv) => kv.split('=') as [string, string]))
-const TICKS = 100 // USER_HZ on Linux
-
-/** utime + stime of a process (all its threads), in seconds; 0 once it is gone. */
-function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(fields[11]) + Number(fields[12])) / TICKS
-  } catch {
-    return 0
-  }
-}
-
-/** CPU seconds of a process's threads, grouped: the JS thread, the JIT compiler threads, the rest. */
-function threadSeconds(pid: number): { js: number; jit: number; other: number } {
-  const out = { js: 0, jit: 0, other: 0 }
-  let tasks: string[] = []
-  try {
-    tasks = readdirSync(`/proc/${pid}/task`)
-  } catch {
-    return out
-  }
-  for (const t of tasks) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8')
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      const s = (Number(fields[11]) + Number(fields[12])) / TICKS
-      const comm = readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim()
-      if (t === String(pid)) out.js += s
-      else if (comm === 'JITWorker' || comm === 'JSCWarmUp') out.jit += s
-      else out.other += s
-    } catch {}
-  }
-  return out
-}
+/** CPU seconds of a process (all its threads); 0 once it is gone, so sums over processes hold. */
+const cpuSeconds = (pid: number): number => cpuOf(pid) || 0
 
 const pidsOf = (pattern: string): number[] =>
   Bun.spawnSync(['pgrep', '-f', pattern]).stdout.toString().split('\n').filter(Boolean).map(Number)
@@ -155,7 +123,7 @@ async function side(workers: number, natsUrl: string | undefined) {
     const commits = async () => Number((await sql`select xact_commit from pg_stat_database where datname = ${db}`)[0].xact_commit)
     const cpu = () => ({
       workers: d.workers.map((w) => cpuSeconds(w.proc.pid)),
-      threads: d.workers.map((w) => threadSeconds(w.proc.pid)),
+      threads: d.workers.map((w) => threadSecondsOf(w.proc.pid)),
       backends: myBackends.reduce((s, p) => s + cpuSeconds(p), 0),
       otherPostgres: postgresAll.filter((p) => !myBackends.includes(p)).reduce((s, p) => s + cpuSeconds(p), 0),
       nats: nats.reduce((s, p) => s + cpuSeconds(p), 0),

@@ -1,6 +1,6 @@
 import type { Subprocess } from 'bun'
 import { resolve } from 'node:path'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 
 /** Repository root (bench/ is one level down). */
 export const ROOT = resolve(import.meta.dir, '../..')
@@ -126,13 +126,38 @@ export function rssOf(pid: number): number {
   }
 }
 
+/** utime + stime in seconds from a /proc `stat` file's text (fields after the command name, which may hold spaces). */
+const statSeconds = (stat: string): number => {
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / 100 // USER_HZ on Linux
+}
+
 /** CPU time a process used so far, in seconds (user + system; Linux /proc), NaN when unreadable. */
 export function cpuOf(pid: number): number {
   try {
-    // Fields after the command name (which may hold spaces, so split after its closing paren).
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-    return (Number(fields[11]) + Number(fields[12])) / 100
+    return statSeconds(readFileSync(`/proc/${pid}/stat`, 'utf8'))
   } catch {
     return Number.NaN
   }
+}
+
+/** CPU seconds of a process's threads, grouped: the JS thread, JSC's compiler threads, the rest (zeros once it is gone). */
+export function threadSecondsOf(pid: number): { js: number; jit: number; other: number } {
+  const out = { js: 0, jit: 0, other: 0 }
+  let tasks: string[] = []
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`)
+  } catch {
+    return out
+  }
+  for (const t of tasks) {
+    try {
+      const s = statSeconds(readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8'))
+      const comm = readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim()
+      if (t === String(pid)) out.js += s
+      else if (comm === 'JITWorker' || comm === 'JSCWarmUp') out.jit += s
+      else out.other += s
+    } catch {}
+  }
+  return out
 }
