@@ -41,7 +41,7 @@ export type AckedPublisher = {
   close: () => void
 }
 
-type Batch = { stored: boolean[]; acks: (StreamAck | undefined)[]; left: number; error?: Error; done: () => void }
+type Batch = { acks: (StreamAck | undefined)[]; left: number; error?: Error; done: () => void }
 
 const decoder = new TextDecoder()
 
@@ -62,13 +62,10 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
     const batch = batches.get(id)
     if (!batch) return // its batch timed out
     const i = Number(m.subject.slice(dot + 1))
-    if (batch.stored[i]) return
+    if (batch.acks[i]) return
     const ack = ackOf(m)
     if (ack instanceof Error) batch.error ??= ack
-    else {
-      batch.stored[i] = true
-      batch.acks[i] = ack
-    }
+    else batch.acks[i] = ack
     if (--batch.left === 0) batch.done()
   }
 
@@ -77,17 +74,18 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
       if (messages.length === 0) return Promise.resolve({ stored: [], acks: [] })
       sub ??= nc.subscribe(`${inbox}.>`, { callback: (_err, m) => onAck(m) })
       const id = next++
-      const batch: Batch = { stored: new Array(messages.length).fill(false), acks: new Array(messages.length).fill(undefined), left: messages.length, done: () => {} }
+      const batch: Batch = { acks: new Array(messages.length).fill(undefined), left: messages.length, done: () => {} }
       return new Promise<PublishOutcome>((resolve) => {
         const timeout = opts.timeoutMs ?? defaults.timeoutMs ?? 5000
         const timer = setTimeout(() => {
-          batch.error ??= new Error(`JetStream acknowledged ${batch.stored.filter(Boolean).length} of ${messages.length} messages within ${timeout} ms`)
+          batch.error ??= new Error(`JetStream acknowledged ${batch.acks.filter(Boolean).length} of ${messages.length} messages within ${timeout} ms`)
           batch.done()
         }, timeout)
         batch.done = () => {
           clearTimeout(timer)
           batches.delete(id)
-          resolve({ stored: batch.stored, acks: batch.acks, ...(batch.error ? { error: batch.error } : {}) })
+          // `stored` is derived from `acks`: one array is kept, the outcome gives both.
+          resolve({ stored: batch.acks.map((a) => a !== undefined), acks: batch.acks, ...(batch.error ? { error: batch.error } : {}) })
         }
         batches.set(id, batch)
         const options: { reply: string; headers?: MsgHdrs } = opts.headers ? { reply: '', headers: opts.headers } : { reply: '' }
