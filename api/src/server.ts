@@ -29,7 +29,8 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
   const realtime = await startRealtime({ ...deps, metrics, security, snapshot: snapshotReader(deps.readDb ?? deps.db) })
   const limits = createLimits({ config: deps.config, metrics })
   // One ingest service for REST, WebSocket and the viewer sampler: one in-flight budget per node.
-  const ingest = deps.ingest ?? createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger, metrics })
+  const ownIngest = deps.ingest ? undefined : createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger, metrics })
+  const ingest = deps.ingest ?? ownIngest!
   const app = createApp({ ...deps, metrics, security, realtime, limits, ingest })
   app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
   const server = app.server
@@ -56,6 +57,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
         nodeQueries.stop()
         await realtime.goAway()
         await app.stop(true)
+        await ownIngest?.stop()
         await realtime.stop()
         await security.stop()
         limits.stop()

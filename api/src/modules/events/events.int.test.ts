@@ -10,6 +10,7 @@ import { countErrorPulls, unknownKeys } from '../../../../core/testing/error-pul
 import { until } from '../../../../core/testing/wait'
 import { createApp } from '../../app'
 import { createHarness, type ApiHarness } from '../../test-support'
+import { Unavailable } from '../../errors'
 import { createIngest } from './service'
 
 const score = (player: string, value = 1, id?: string) => ({
@@ -67,6 +68,19 @@ describe('POST /v1/events', () => {
       expect(m!.json<any>().id).toBe(x.id)
       expect(m!.header.get('Nats-Msg-Id')).toBe(`ingest/${x.id}`)
     }
+  })
+
+  test('stop: the events in flight are acknowledged, then new publishes are 503 and nothing more is stored', async () => {
+    const ingest = createIngest({ config: h.env.config, nc: h.nc, logger: createLogger('silent') })
+    const inFlight = ingest.publish([score('stopping', 1, 'stop-1'), score('stopping', 2, 'stop-2')], rootKey('ingest'))
+    const stopped = ingest.stop()
+    expect((await inFlight).map((r) => [r.id, r.duplicate])).toEqual([['stop-1', false], ['stop-2', false]])
+    await stopped
+    const count = await h.streamCount()
+    const refused = await ingest.publish([score('stopping', 3, 'stop-3')], rootKey('ingest')).catch((err) => err)
+    expect(refused).toBeInstanceOf(Unavailable)
+    expect(refused.status).toBe(503)
+    expect(await h.streamCount()).toBe(count)
   })
 
   test('a batch of 3 answers results in input order; missing ids become UUIDv7', async () => {

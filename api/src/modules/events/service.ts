@@ -47,6 +47,12 @@ export type Ingest = {
    * projection counts a resent reaction once).
    */
   publish(inputs: EventInput[], principal: Principal, opts?: PublishOptions): Promise<PublishResult[]>
+  /**
+   * Refuses new publishes (503), waits for those in flight to be acknowledged (at most the publish
+   * timeout), then closes the acknowledgement subscription. For a node's shutdown, after its
+   * server stopped taking requests.
+   */
+  stop(): Promise<void>
 }
 
 /** Where a publish came from, for metrics and traces. */
@@ -89,6 +95,8 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   const publisher = createAckedPublisher(nc, { timeoutMs: publishTimeoutMs })
   // Events published and not yet acknowledged by JetStream, over all requests of this node.
   let inFlight = 0
+  // Set by stop(): a node shutting down takes no new publishes.
+  let stopped = false
   // While NATS is down the client would hold publishes until the timeout: answer 503 at once.
   let disconnected = false
   void (async () => {
@@ -236,6 +244,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     if (!principalChecker.Check(by)) throw new Error(`invalid principal ${JSON.stringify(by)}`)
     const events = validate(inputs, principal, by)
     if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
+    if (stopped) throw new Unavailable('this node is shutting down; resend the events to another node')
     if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
     if (inFlight + events.length > config.FANFARE_INGEST_MAX_IN_FLIGHT) {
       throw new Unavailable('too many events waiting for the event stream; retry shortly with the same event ids', 'overloaded', {
@@ -261,7 +270,13 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
     throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
   }
-  return { publish }
+  const stop = async () => {
+    stopped = true
+    const deadline = performance.now() + publishTimeoutMs
+    while (inFlight > 0 && performance.now() < deadline) await Bun.sleep(10)
+    publisher.close()
+  }
+  return { publish, stop }
 }
 
 /** The message of an invalid_event: the first unknown field when there is one (see validationMessage), else `generic`. */
