@@ -116,8 +116,6 @@ export function startRunner(deps: RunnerDeps): Runner {
   const fetchSome = async (consumer: Consumer, max: number, expires: number): Promise<{ msgs: JsMsg[]; err?: unknown }> => {
     const iter = await consumer.fetch({ max_messages: max, expires })
     pulling = iter
-    // A pull sent ahead (see consumeFrom) may open after stop() looked for one to stop.
-    if (abort.signal.aborted) iter.stop()
     const msgs: JsMsg[] = []
     try {
       for await (const m of iter) msgs.push(m)
@@ -146,19 +144,6 @@ export function startRunner(deps: RunnerDeps): Runner {
     const rest = await fetchSome(consumer, more, REST_PULL_MS)
     if (rest.err) log.debug({ err: rest.err, wanted: more, got: rest.msgs.length }, 'pull ended early; applying what it delivered')
     return first.msgs.concat(rest.msgs)
-  }
-
-  /**
-   * The next batch when the consumer reported `pending` messages after the last one delivered:
-   * they are stored already, so one pull of up to batchSize takes them, without pulling one first
-   * to learn how many there are. Failures as in pullBatch.
-   */
-  const pullPending = async (consumer: Consumer, pending: number): Promise<JsMsg[]> => {
-    const max = Math.min(pending, deps.batchSize)
-    const { msgs, err } = await fetchSome(consumer, max, REST_PULL_MS)
-    if (err && msgs.length === 0 && !abort.signal.aborted) throw err
-    if (err) log.debug({ err, wanted: max, got: msgs.length }, 'pull ended early; applying what it delivered')
-    return msgs
   }
 
   // Batches and dead-letter replays take turns: a replay's reads and writes must not interleave
@@ -239,29 +224,14 @@ export function startRunner(deps: RunnerDeps): Runner {
     // A fresh consumer numbers its deliveries 1, 2, 3...; a jump means a delivery never reached
     // us (a pull cut off mid-way) and applying past it would reorder the stream.
     let expectedDelivery = 1
-    // The pull of the next batch, sent while this one is applied when the consumer holds more
-    // (a backlog): the pull's round trip and the delivery of its messages overlap the batch's
-    // Postgres statements instead of following them. At most two batches are delivered and
-    // unacked (max_ack_pending is twice the batch size), both from this consumer in delivery
-    // order: the checks below and the checkpoint guard are the same for them. If this loop ends
-    // (a stop, a reset, a failed batch) the pull ahead is stopped (see stop and run): its
-    // messages are never acked and the next consumer starts from the checkpoint.
-    let ahead: Promise<JsMsg[]> | undefined
     while (!abort.signal.aborted) {
-      const batch = await (ahead ?? pullBatch(consumer))
-      ahead = undefined
+      const batch = await pullBatch(consumer)
       if (batch.length === 0) continue
       for (const m of batch) {
         if (m.info.deliverySequence !== expectedDelivery) {
           throw new ResetConsumer(`delivery ${expectedDelivery} missing (got ${m.info.deliverySequence} for seq ${m.seq})`)
         }
         expectedDelivery++
-      }
-      const pending = batch[batch.length - 1].info.pending
-      if (pending > 0) {
-        ahead = pullPending(consumer, pending)
-        // Awaited at the next turn; a failure meanwhile is not unhandled.
-        ahead.catch(() => {})
       }
       const started = performance.now()
       const { result, headers } = await tracedBatch(batch, () =>
@@ -280,8 +250,8 @@ export function startRunner(deps: RunnerDeps): Runner {
       // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
       // commit order, and a slow NATS slows the runner down instead of piling up).
       if (publishing) await publishing
-      // From here to the next pull request (unless it went ahead) nothing awaits: the runs, the
-      // ack and the pull are issued in one turn, which nats.js flushes together.
+      // From here to the next pull request nothing awaits: the runs, the ack and the pull are
+      // issued in one turn, which nats.js flushes together.
       if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, headers)
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
@@ -403,8 +373,6 @@ export function startRunner(deps: RunnerDeps): Runner {
         attempt = 0
         await consumeFrom(consumer)
       } catch (err) {
-        // A pull ahead of the batch that failed: its messages are never applied from this consumer.
-        pulling?.stop()
         if (abort.signal.aborted) break
         if (err instanceof FencedError) {
           log.warn({ err: err.message }, 'a newer owner holds this partition; stopping')
