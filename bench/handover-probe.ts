@@ -1,19 +1,19 @@
 /**
  * Probe (not part of `bench/run.ts`): how long partitions go without an owner when two worker
  * processes start together on the projection benchmark's backlog. Both start at once (lease ttl
- * 3 s, as in bench/projection.ts); from their logs (LOG_LEVEL=debug) it prints, per partition that
+ * 3 s as in bench/projection.ts, or the second argument); from their logs (LOG_LEVEL=debug) it prints, per partition that
  * moved from one to the other, when it was released, acquired again and when its leaderboards
  * runner applied its first batch under the new owner, and when every partition had applied a batch
  * under its final owner (the spread), all in ms from the start.
  *
- *   flock /tmp/bench.lock node_modules/.bin/bun bench/handover-probe.ts [events=200000]
+ *   flock /tmp/bench.lock node_modules/.bin/bun bench/handover-probe.ts [events=200000] [ttl ms=3000]
  */
 import { storedScore } from './lib/events'
 import { backlogOf } from './lib/backlog'
 import { deploy, publishAll } from './lib/fanfare'
 import postgres from 'postgres'
 const EVENTS = Number(process.argv[2] ?? 200000)
-const d = await deploy({ FANFARE_LEASE_TTL_MS: '3000', LOG_LEVEL: 'debug' })
+const d = await deploy({ FANFARE_LEASE_TTL_MS: process.argv[3] ?? '3000', LOG_LEVEL: 'debug' })
 const sql = postgres(d.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
 try {
   const { FANFARE_SUBJECT_PREFIX: prefix, FANFARE_PARTITIONS: partitions } = d.env.config
