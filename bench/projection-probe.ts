@@ -105,15 +105,25 @@ async function side(workers: number, natsUrl: string | undefined) {
     messages.forEach((m, i) => seqOfLast.set(Number(m.subject.split('.')[2]), Math.max(seqOfLast.get(Number(m.subject.split('.')[2])) ?? 0, seqs[i])))
     await waitForWorkers(d, workers)
     // Every worker has applied a batch since holding its share: its runners are past their start.
+    // A worker whose partitions were all applied before this scrape never applies another batch
+    // (a quiet machine, a small backlog): the wait also ends once a partition is done, and the side
+    // is then reported as not measured instead of waiting forever.
     const before = await Promise.all(ports.map(scrape))
+    const waitUntil = Date.now() + 60_000
     while (true) {
       const now = await Promise.all(ports.map(scrape))
       if (now.every((s, i) => s.batches > before[i].batches)) break
+      if ((await backlog.progress(sql)).partitionsDone > 0) break
+      if (Date.now() > waitUntil) throw new Error(`no batch from every worker within 60 s of the spread: ${d.workers.map((w) => w.output().slice(-500)).join('\n')}`)
       await Bun.sleep(5)
     }
     if (WARMUP > 0) {
       const from = (await backlog.progress(sql)).applied
-      while ((await backlog.progress(sql)).applied < Math.min(EVENTS - 1, from + WARMUP)) await Bun.sleep(10)
+      while ((await backlog.progress(sql)).applied < Math.min(EVENTS - 1, from + WARMUP) && Date.now() < waitUntil + 120_000) await Bun.sleep(10)
+    }
+    const early = await backlog.progress(sql)
+    if (early.partitionsDone > 0) {
+      return { workers, 'not measured': `${early.partitionsDone} partition(s) applied all their events (${early.applied} of ${EVENTS}) before every worker had applied a batch after the spread${WARMUP > 0 ? ' and the warm-up' : ''}: use more --events` }
     }
     const backends = async () => (await sql`select pid from pg_stat_activity where datname = ${db} and pid <> pg_backend_pid()`).map((r) => r.pid as number)
     const myBackends = await backends()

@@ -107,6 +107,49 @@ describe('partition leases against NATS KV', () => {
     expect(releases.every((p) => !a.held().includes(p))).toBe(true)
   }, 30_000)
 
+  test('a worker short of its share looks for the surplus others give up every period/5, and only while short', async () => {
+    const ttlMs = 3000
+    const kv = await bucket('short', ttlMs)
+    let releasing = 0
+    const a = lease({
+      kv,
+      workerId: 'a',
+      partitions: 4,
+      ttlMs,
+      onRelease: async () => {
+        releasing++
+        // b stays short for this long (a's runners stopping).
+        await Bun.sleep(2500)
+      },
+    })
+    await until('a to hold all 4 partitions', () => a.held().length === 4)
+    // b's listings of the bucket, one per scan.
+    const listings: number[] = []
+    const counted = new Proxy(kv, {
+      get(target, prop, receiver) {
+        if (prop !== 'keys') return Reflect.get(target, prop, receiver)
+        return (...args: unknown[]) => (listings.push(Date.now()), (target.keys as (...a: unknown[]) => unknown)(...args))
+      },
+    })
+    // b is short (0 of 2) from its first scan until a's keys are deleted: a gives them up at its
+    // next scan (within a period) and takes 2.5 s to stop their runners. Meanwhile b scans every
+    // 200 ms instead of every 1,000 (about 7 listings in its first 1.5 s instead of 2).
+    const from = Date.now()
+    const b = lease({ kv: counted, workerId: 'b', partitions: 4, ttlMs })
+    await Bun.sleep(1500)
+    const whileShort = listings.filter((t) => t <= from + 1500).length
+    expect(b.held()).toEqual([])
+    expect(whileShort).toBeGreaterThanOrEqual(4)
+    await until('a to start releasing its surplus', () => releasing === 2)
+    await until('b to hold the released partitions', () => b.held().length === 2, 10_000)
+    // Once it holds its share, back to a scan a period.
+    await Bun.sleep(300)
+    const settled = Date.now()
+    await Bun.sleep(2000)
+    expect(listings.filter((t) => t >= settled).length).toBeLessThanOrEqual(3)
+    expect([...a.held(), ...b.held()].sort()).toEqual([0, 1, 2, 3])
+  }, 30_000)
+
   test('a lease counts from when its renew was sent: an answer that arrives late does not extend it', async () => {
     const ttlMs = 3000
     const period = ttlMs / 3

@@ -53,7 +53,9 @@ type Held = {
  *   and someone else may own it).
  * - the scan: give up the surplus above the fair share ceil(partitions / live workers), in the
  *   background (runners stop, then the key is deleted; the partition is not taken back meanwhile),
- *   and create free keys up to the share.
+ *   and create free keys up to the share. A worker short of floor(partitions / live) scans every
+ *   period/5 instead, for up to a ttl: the surplus others give up for it is taken within ~period/5
+ *   of its release, not up to a period later.
  */
 export function startLeases(deps: LeaseDeps): Leases {
   const { kv, workerId, logger } = deps
@@ -64,6 +66,16 @@ export function startLeases(deps: LeaseDeps): Leases {
   const abort = new AbortController()
   const since = new Date().toISOString()
   const period = Math.max(100, Math.floor(deps.ttlMs / 3))
+  /**
+   * The scan's period while this worker holds fewer than its share of the partitions and others
+   * hold the rest: they give their surplus up at their next scan (within a period), and waiting a
+   * whole period more to notice left those partitions without an owner for up to that long.
+   */
+  const shortPeriod = Math.max(50, Math.floor(period / 5))
+  /** Since when this worker has been short of its share (see shortPeriod); undefined if it is not. */
+  let shortSince: number | undefined
+  /** Live workers at the last scan: a change (a join, a leave) starts a new rebalance. */
+  let lastLive = 0
   const deadline = deps.ttlMs * 0.9
   // Start scanning at a worker-specific partition so workers do not all race for p.0 first.
   const offset = Math.floor(Math.random() * deps.partitions)
@@ -138,7 +150,9 @@ export function startLeases(deps: LeaseDeps): Leases {
   const scan = async () => {
     const keys = await listKeys(kv, Math.max(1000, deps.ttlMs))
     const taken = new Set(keys.filter((k) => k.startsWith('p.')).map((k) => Number(k.slice(2))))
-    const live = Math.max(1, keys.filter((k) => k.startsWith('w.')).length)
+    // This worker is live whether or not its heartbeat, written by the renewal loop, made it into
+    // the listing (at start it may not have): counted once either way.
+    const live = keys.filter((k) => k.startsWith('w.') && k !== workerKey(workerId)).length + 1
     const share = Math.ceil(deps.partitions / live)
     const surplus = [...held.keys()].sort((a, b) => b - a).slice(0, Math.max(0, held.size - share))
     for (const p of surplus) void release(p)
@@ -155,10 +169,17 @@ export function startLeases(deps: LeaseDeps): Leases {
         // someone else created it first
       }
     }
+    // Short of the share that the others' surplus will make up: look again soon, for as long as
+    // a lease lives (the others see this worker at their next scan, then stop their runners).
+    // Below floor(partitions / live) only: with 8 partitions and 3 workers one holds 2 for good.
+    if (live !== lastLive) shortSince = undefined
+    lastLive = live
+    if (held.size < Math.floor(deps.partitions / live)) shortSince ??= now()
+    else shortSince = undefined
   }
 
-  /** Runs `round` every period until stopped; a failed round is logged and the next one comes. */
-  const every = (name: string, round: () => unknown) =>
+  /** Runs `round` every `interval()` until stopped; a failed round is logged and the next one comes. */
+  const every = (name: string, round: () => unknown, interval = () => period) =>
     (async () => {
       while (!abort.signal.aborted) {
         const started = now()
@@ -167,11 +188,12 @@ export function startLeases(deps: LeaseDeps): Leases {
         } catch (err) {
           logger.warn({ err }, `lease ${name} failed`)
         }
-        await sleep(Math.max(0, period - (now() - started)), abort.signal)
+        await sleep(Math.max(0, interval() - (now() - started)), abort.signal)
       }
     })()
 
-  const loops = [every('renewal', renewAll), every('scan', scan)]
+  const scanInterval = () => (shortSince !== undefined && now() - shortSince < deps.ttlMs ? shortPeriod : period)
+  const loops = [every('renewal', renewAll), every('scan', scan, scanInterval)]
 
   return {
     held: () => [...held.keys()].sort((a, b) => a - b),
