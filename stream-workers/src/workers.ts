@@ -83,7 +83,13 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
 
   const cleaner = startOutboxCleaner({ db, logger: logger.child({ component: 'outbox' }) })
   // One per projection: the partitions of a projection held here commit their batches together.
-  const committers = new Map(projections.map((p) => [p.name, createBatchCommitter({ db, logger: logger.child({ component: 'committer', projection: p.name }) })]))
+  const committers = new Map(
+    projections.map((p) => {
+      const onGroupCommit = deps.hooks?.onGroupCommit
+      const onGroup = onGroupCommit && ((partitions: number[]) => onGroupCommit({ projection: p.name, partitions }))
+      return [p.name, createBatchCommitter({ db, logger: logger.child({ component: 'committer', projection: p.name }), onGroup })]
+    }),
+  )
   const leases = startLeases({
     kv,
     workerId,

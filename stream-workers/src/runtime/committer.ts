@@ -24,7 +24,12 @@ type Waiting = { p: PreparedBatch; ctx: Context; resolve: (r: BatchResult) => vo
  * result or error. A batch with a recheck (a board's first scores) or of a partition already in
  * the group runs alone or in the next group.
  */
-export function createBatchCommitter(deps: { db: Db; logger?: Logger }): BatchCommitter {
+export function createBatchCommitter(deps: {
+  db: Db
+  logger?: Logger
+  /** Test seam: called with the partitions of each group statement that committed. */
+  onGroup?: (partitions: number[]) => void
+}): BatchCommitter {
   let inFlight = false
   let waiting: Waiting[] = []
   const alone = (w: Waiting) => context.with(w.ctx, () => commitBatch(deps.db, w.p)).then(w.resolve, w.reject)
@@ -36,7 +41,10 @@ export function createBatchCommitter(deps: { db: Db; logger?: Logger }): BatchCo
     const results = await context
       .with(ws[0].ctx, () => commitGroup(deps.db, ws.map((w) => w.p), links))
       .catch((err) => void deps.logger?.warn({ err, batches: ws.length }, 'group statement failed; applying its batches alone'))
-    if (results) ws.forEach((w, i) => w.resolve(results[i]))
+    if (results) {
+      deps.onGroup?.(ws.map((w) => w.p.owner.partition))
+      ws.forEach((w, i) => w.resolve(results[i]))
+    }
     else await Promise.all(ws.map(alone))
   }
   const next = () => {

@@ -25,6 +25,8 @@ import { isTracing, linkOfNats, natsHeadersOf, tracer } from '../../../core/trac
 export type RunnerHooks = {
   /** Called after a batch committed and before it is acked; a throw simulates a crash there. */
   onBeforeAck?: (info: { projection: string; partition: number; seqs: number[] }) => void | Promise<void>
+  /** Called when the batches of these partitions committed as one statement (see createBatchCommitter). */
+  onGroupCommit?: (info: { projection: string; partitions: number[] }) => void
 }
 
 export type RunnerDeps = {
