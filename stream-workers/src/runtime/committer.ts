@@ -63,6 +63,8 @@ export function createBatchCommitter(deps: {
       }
     }
     waiting = later
+    // In partition order: the group locks its checkpoint rows in this order (see commitGroup).
+    taken.sort((a, b) => a.p.owner.partition - b.p.owner.partition)
     for (const w of apart) void alone(w)
     if (taken.length === 0) return next()
     inFlight = true
