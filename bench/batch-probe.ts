@@ -28,6 +28,8 @@ const disjoint = process.argv.includes('--disjoint')
 // --sync-off: the sides' databases commit without waiting for the WAL flush (synchronous_commit
 // off): what the commits' flushes cost, by difference. Never so in production.
 const syncOff = process.argv.includes('--sync-off')
+// --in-flight=N: the committers' maxInFlight (their default when absent).
+const inFlight = Number(process.argv.find((a) => a.startsWith('--in-flight='))?.slice(12) ?? 0)
 const P = 8
 const rounds = Number(args[0] ?? 3)
 const seconds = Number(args[1] ?? 5)
@@ -64,7 +66,7 @@ async function side(name: string, applyMod: typeof thisApply, batchMod: typeof t
   }
   // A failed group statement is logged: its batches then run alone, which the figures would hide.
   const logger = { warn: (o: unknown, m: string) => console.error(name, m, o) } as never
-  const committer = committerMod?.createBatchCommitter({ db, logger })
+  const committer = committerMod?.createBatchCommitter({ db, logger, ...(inFlight ? { maxInFlight: inFlight } : {}) })
   const apply: (...a: Parameters<typeof thisBatch.applyBatch>) => ReturnType<typeof thisBatch.applyBatch> = committer
     ? (_db, owner, expected, messages, now) => committer.apply(owner, expected, messages, now)
     : batchMod.applyBatch

@@ -29,8 +29,11 @@ export function createBatchCommitter(deps: {
   logger?: Logger
   /** Test seam: called with the partitions of each group statement that committed. */
   onGroup?: (partitions: number[]) => void
+  /** Statements (alone or grouped) in flight at once before batches wait to be grouped. Default 1. */
+  maxInFlight?: number
 }): BatchCommitter {
-  let inFlight = false
+  const maxInFlight = deps.maxInFlight ?? 1
+  let inFlight = 0
   let waiting: Waiting[] = []
   const alone = (w: Waiting) => context.with(w.ctx, () => commitBatch(deps.db, w.p)).then(w.resolve, w.reject)
   const group = async (ws: Waiting[]) => {
@@ -48,7 +51,7 @@ export function createBatchCommitter(deps: {
     else await Promise.all(ws.map(alone))
   }
   const next = () => {
-    if (inFlight || waiting.length === 0) return
+    if (inFlight >= maxInFlight || waiting.length === 0) return
     // Those the group cannot take run alone beside it; a partition's second batch waits its turn.
     const taken: Waiting[] = []
     const partitions = new Set<number>()
@@ -67,9 +70,9 @@ export function createBatchCommitter(deps: {
     taken.sort((a, b) => a.p.owner.partition - b.p.owner.partition)
     for (const w of apart) void alone(w)
     if (taken.length === 0) return next()
-    inFlight = true
+    inFlight++
     void (taken.length === 1 ? alone(taken[0]) : group(taken)).finally(() => {
-      inFlight = false
+      inFlight--
       next()
     })
   }
