@@ -66,7 +66,13 @@ async function side(name: string, applyMod: typeof thisApply, batchMod: typeof t
   }
   // A failed group statement is logged: its batches then run alone, which the figures would hide.
   const logger = { warn: (o: unknown, m: string) => console.error(name, m, o) } as never
-  const committer = committerMod?.createBatchCommitter({ db, logger, ...(inFlight ? { maxInFlight: inFlight } : {}) })
+  // Statements the committer made: groups (and the batches in them); the rest of the batches ran alone.
+  const statements = { groups: 0, grouped: 0 }
+  const onGroup = (ps: number[]) => {
+    statements.groups++
+    statements.grouped += ps.length
+  }
+  const committer = committerMod?.createBatchCommitter({ db, logger, onGroup, ...(inFlight ? { maxInFlight: inFlight } : {}) })
   const apply: (...a: Parameters<typeof thisBatch.applyBatch>) => ReturnType<typeof thisBatch.applyBatch> = committer
     ? (_db, owner, expected, messages, now) => committer.apply(owner, expected, messages, now)
     : batchMod.applyBatch
@@ -104,6 +110,7 @@ async function side(name: string, applyMod: typeof thisApply, batchMod: typeof t
     const sampled = sampleWaits(() => done)
     const cpu0 = await backendCpu()
     const own0 = process.cpuUsage()
+    const statements0 = { ...statements }
     const batchMs: number[] = []
     const eventMs: number[] = []
     const readMs: number[] = []
@@ -149,7 +156,10 @@ async function side(name: string, applyMod: typeof thisApply, batchMod: typeof t
     const own = process.cpuUsage(own0)
     const pgCpu = (await backendCpu()) - cpu0
     done = true
-    return { batchMs, eventMs, readMs, pgCpu, ownCpu: (own.user + own.system) / 1000, waits: await sampled }
+    const groups = statements.groups - statements0.groups
+    const grouped = statements.grouped - statements0.grouped
+    const made = committer ? `; statements ${batchMs.length - grouped + groups} (${groups} groups of ${(grouped / Math.max(1, groups)).toFixed(1)} batches)` : ''
+    return { batchMs, eventMs, readMs, pgCpu, ownCpu: (own.user + own.system) / 1000, waits: await sampled, made }
   }
   return { name, phase, close: () => Promise.all([database.close(), sampler?.close()]) }
 }
@@ -162,9 +172,9 @@ if (compare) {
 for (const s of sides) await s.phase() // warm-up
 for (let r = 0; r < rounds; r++) {
   for (const s of r % 2 ? [...sides].reverse() : sides) {
-    const { batchMs, eventMs, readMs, pgCpu, ownCpu, waits: waited } = await s.phase()
+    const { batchMs, eventMs, readMs, pgCpu, ownCpu, waits: waited, made } = await s.phase()
     const load = (await Bun.file('/proc/loadavg').text()).split(' ').slice(0, 3).join(' ')
-    console.log(`round ${r + 1} ${s.name}: batches ${batchMs.length}, batch apply p50 / p99 ${fmt(batchMs)} ms (its read ${fmt(readMs)}); tick->commit ${fmt(eventMs)} ms; Postgres CPU ${pgCpu} ms, client CPU ${ownCpu.toFixed(0)} ms; load ${load}`)
+    console.log(`round ${r + 1} ${s.name}: batches ${batchMs.length}, batch apply p50 / p99 ${fmt(batchMs)} ms (its read ${fmt(readMs)}); tick->commit ${fmt(eventMs)} ms; Postgres CPU ${pgCpu} ms, client CPU ${ownCpu.toFixed(0)} ms${made}; load ${load}`)
     if (waits) console.log(`  waits: ${waited}`)
   }
 }
