@@ -21,8 +21,7 @@ type Waiting = { p: PreparedBatch; ctx: Context; resolve: (r: BatchResult) => vo
  * hold of the channel version rows, where alone each would queue on those rows (one board spans
  * every partition) and flush its own commit. If the group statement writes nothing (a batch was
  * fenced or its checkpoint moved) or fails, each batch runs alone, so each runner gets its own
- * result or error. A batch with a recheck (a board's first scores) or of a partition already in
- * the group runs alone or in the next group.
+ * result or error. A batch with a recheck (a board's first scores) runs alone at once.
  */
 export function createBatchCommitter(deps: {
   db: Db
@@ -47,19 +46,16 @@ export function createBatchCommitter(deps: {
     if (results) {
       deps.onGroup?.(ws.map((w) => w.p.owner.partition))
       ws.forEach((w, i) => w.resolve(results[i]))
-    }
-    else await Promise.all(ws.map(alone))
+    } else await Promise.all(ws.map(alone))
   }
   const next = () => {
     if (inFlight >= maxInFlight || waiting.length === 0) return
-    // Those the group cannot take run alone beside it; a partition's second batch waits its turn.
+    // A partition's second batch (two runners of it during a hand-over) waits for the next group.
     const taken: Waiting[] = []
     const partitions = new Set<number>()
     const later: Waiting[] = []
-    const apart: Waiting[] = []
     for (const w of waiting) {
-      if (!groupable(w.p)) apart.push(w)
-      else if (partitions.has(w.p.owner.partition)) later.push(w)
+      if (partitions.has(w.p.owner.partition)) later.push(w)
       else {
         partitions.add(w.p.owner.partition)
         taken.push(w)
@@ -68,8 +64,6 @@ export function createBatchCommitter(deps: {
     waiting = later
     // In partition order: the group locks its checkpoint rows in this order (see commitGroup).
     taken.sort((a, b) => a.p.owner.partition - b.p.owner.partition)
-    for (const w of apart) void alone(w)
-    if (taken.length === 0) return next()
     inFlight++
     void (taken.length === 1 ? alone(taken[0]) : group(taken)).finally(() => {
       inFlight--
@@ -80,6 +74,8 @@ export function createBatchCommitter(deps: {
     apply: async (owner, expected, messages, now) => {
       const prepared = await prepareBatch(deps.db, owner, expected, messages, now)
       if ('done' in prepared) return prepared.done
+      // One a group cannot take runs alone at once, beside whatever is in flight.
+      if (!groupable(prepared)) return commitBatch(deps.db, prepared)
       return new Promise<BatchResult>((resolve, reject) => {
         waiting.push({ p: prepared, ctx: context.active(), resolve, reject })
         next()
