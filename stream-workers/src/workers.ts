@@ -13,6 +13,7 @@ import { startRebuildJobs } from './rebuild/jobs'
 import { openLeaseBucket, startLeases } from './runtime/leases'
 import { startOutboxCleaner, startOutboxSweeper } from './runtime/outbox'
 import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
+import { createBatchCommitter } from './runtime/committer'
 import { startTopologyKeeper } from './runtime/topology-keeper'
 import { answerReplays } from './runtime/replay'
 
@@ -81,6 +82,14 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   }
 
   const cleaner = startOutboxCleaner({ db, logger: logger.child({ component: 'outbox' }) })
+  // One per projection: the partitions of a projection held here commit their batches together.
+  const committers = new Map(
+    projections.map((p) => {
+      const onGroupCommit = deps.hooks?.onGroupCommit
+      const onGroup = onGroupCommit && ((partitions: number[]) => onGroupCommit({ projection: p.name, partitions }))
+      return [p.name, createBatchCommitter({ db, logger: logger.child({ component: 'committer', projection: p.name }), onGroup })]
+    }),
+  )
   const leases = startLeases({
     kv,
     workerId,
@@ -104,6 +113,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
             projection,
             partition,
             cleaner,
+            committer: committers.get(projection.name),
             now: deps.now,
             hooks: deps.hooks,
             onFenced: () => leases.drop(partition),

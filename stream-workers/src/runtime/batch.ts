@@ -4,12 +4,13 @@ import { and, eq, sql, type SQL } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
 import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
-import { SpanKind, SpanStatusCode } from '@opentelemetry/api'
+import { SpanKind, SpanStatusCode, type Link } from '@opentelemetry/api'
 import { tracer } from '../../../core/tracing'
 import type { Applied, Projection, SequencedEvent } from '../projections/types'
 import { deadLetterWrite, guessEventId, replayOutcomeWrite, type DeadLetter } from './dead-letters'
 import { CheckpointMovedError, FencedError, StaleReadError, StreamChangedError } from './errors'
-import { eventOutboxWrite, insertedEvents, insertedRuns, outboxWrite, parseInsertedRuns, type OutboxEvent, type OutboxRun } from './outbox'
+import { recordset } from '../../../core/db/recordset'
+import { eventOutboxWrite, insertedEvents, insertedEventsOf, insertedRuns, insertedRunsByPart, outboxWrite, outboxWriteOf, parseInsertedRuns, parseInsertedRunsByPart, runAt, type OutboxEvent, type OutboxRun } from './outbox'
 
 /** What the batch needs of a stream message. */
 export type BatchMessage = { subject: string; seq: number; body: Uint8Array; storedAt: Date }
@@ -94,35 +95,115 @@ export async function claimFence(db: Db, projection: string, partition: number):
  * are locked last, see below).
  */
 export async function applyBatch(db: Db, owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date, opts: ApplyOptions = {}): Promise<BatchResult> {
+  const prepared = await prepareBatch(db, owner, expected, messages, now, opts)
+  return 'done' in prepared ? prepared.done : commitBatch(db, prepared)
+}
+
+/**
+ * A batch read and evolved by its projection, its statement not yet run (see prepareBatch):
+ * commitBatch runs it alone, commitGroup with other partitions' batches.
+ */
+export type PreparedBatch = {
+  owner: BatchOwner
+  expected: number
+  /** The checkpoint the statement writes. */
+  checkpoint: number
+  fresh: BatchMessage[]
+  skipped: number
+  events: SequencedEvent[]
+  letters: DeadLetter[]
+  /** What the statement writes (no changes for a replay that fails again). */
+  applied: Applied
+  refused: number
+  stillFailing?: string
+  now: Date
+  opts: ApplyOptions
+}
+
+/**
+ * The first half of applyBatch: skips redeliveries, dead-letters what does not belong, and lets the
+ * projection read and evolve the rest. `done` when nothing is left to write (every message a
+ * redelivery).
+ */
+export async function prepareBatch(db: Db, owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date, opts: ApplyOptions = {}): Promise<PreparedBatch | { done: BatchResult }> {
   // This async function only awaits; the per-message loops and the statement's text are built in
   // the plain functions below. JSC compiles an async function whole (its state machine and every
   // loop in it): with the loops here, it reached JSC's top tier late in a run (after ~100k events)
   // and that one compile took ~0.8 s of a compiler thread, in every worker process.
   const fresh = opts.replay ? messages : messages.filter((m) => m.seq > expected)
   const skipped = messages.length - fresh.length
-  if (fresh.length === 0) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint: expected }
+  if (fresh.length === 0) return { done: { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint: expected } }
   const { events, letters } = checkMessages(owner, fresh)
   // A replay that fails again writes nothing but its new reason (under the guard, like the rest).
   const applied: Applied = opts.replay && letters.length > 0 ? { changes: [] } : await owner.projection.apply(db, events)
+  return prepared(owner, expected, fresh, skipped, events, letters, applied, now, opts)
+}
+
+/** The rest of prepareBatch, out of its async function (see there). */
+function prepared(owner: BatchOwner, expected: number, fresh: BatchMessage[], skipped: number, events: SequencedEvent[], letters: DeadLetter[], applied: Applied, now: Date, opts: ApplyOptions): PreparedBatch {
   const { refused = [] } = applied
   if (refused.length > 0) letters.push(...refusedLetters(owner, fresh, events, refused))
   const stillFailing = opts.replay && letters.length > 0 ? letters.map((l) => l.reason).join('; ') : undefined
   const checkpoint = opts.replay ? expected : lastSeq(fresh, expected)
-  const statement = batchStatement(owner, expected, checkpoint, fresh, letters, stillFailing === undefined ? applied : { changes: [] }, now, opts)
-  const [row] = await tracer.startActiveSpan(
+  return { owner, expected, checkpoint, fresh, skipped, events, letters, applied: stillFailing === undefined ? applied : { changes: [] }, refused: refused.length, stillFailing, now, opts }
+}
+
+/** The second half of applyBatch: the batch's one statement, alone (see applyBatch for the errors it throws). */
+export async function commitBatch(db: Db, p: PreparedBatch): Promise<BatchResult> {
+  const { owner, expected, checkpoint, skipped, stillFailing } = p
+  const statement = batchStatement(owner, expected, checkpoint, p.fresh, p.letters, p.applied, p.now, p.opts)
+  const [row] = await traced(owner.projection.name, p.events.length, 1, () => rowsOf<{ ok: number; rechecked: boolean; runs: string; events: string }>(db, statement))
+  if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
+  if (stillFailing !== undefined) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint, stillFailing }
+  return { applied: p.events.length - p.refused, skipped, deadLettered: p.letters.length, runs: parseInsertedRuns(row.runs), events: JSON.parse(row.events) as OutboxEvent[], checkpoint }
+}
+
+/** Whether commitGroup may take this batch (see there). */
+export const groupable = (p: PreparedBatch): boolean => !p.opts.replay && !p.applied.recheck && p.stillFailing === undefined
+
+/**
+ * Runs the batches of several partitions of one projection (each `groupable`, no partition twice)
+ * as ONE statement that commits on its own: every batch's writes, one version upsert for all their
+ * changes (a channel's versions consecutive across the batches, in the order given), every
+ * checkpoint; so one commit, and one hold of the shared channel version rows, where alone they
+ * would be as many (see BatchCommitter). Each batch's checkpoint must be at its `expected`, fenced
+ * by no newer token and in its stream, as commitBatch's guard asks, and the checkpoint row must
+ * exist (a runner's does: claimFence): if any one is not, NOTHING is written and this returns
+ * undefined; the caller runs each alone, which writes those that still may and throws the right
+ * error for the others. Returns each batch's result, in the order given.
+ */
+export async function commitGroup(db: Db, ps: PreparedBatch[], links?: Link[]): Promise<BatchResult[] | undefined> {
+  const events = ps.reduce((n, p) => n + p.events.length, 0)
+  const [row] = await traced(ps[0].owner.projection.name, events, ps.length, () => rowsOf<Record<string, string | number>>(db, groupStatement(ps)), links)
+  if (Number(row.ok) !== ps.length) return undefined
+  const runs = parseInsertedRunsByPart(String(row.runs), ps.length)
+  return ps.map((p, i) => ({
+    applied: p.events.length - p.refused,
+    skipped: p.skipped,
+    deadLettered: p.letters.length,
+    runs: runs[i],
+    events: row[`events_${i}`] === undefined ? [] : (JSON.parse(String(row[`events_${i}`])) as OutboxEvent[]),
+    checkpoint: p.checkpoint,
+  }))
+}
+
+/** A batch statement inside its CLIENT span (`batches` > 1: a group statement). */
+function traced<T>(projection: string, events: number, batches: number, run: () => Promise<T>, links?: Link[]): Promise<T> {
+  return tracer.startActiveSpan(
     'postgres batch statement',
-    { kind: SpanKind.CLIENT, attributes: { 'db.system.name': 'postgresql', 'db.operation.name': 'WITH', 'fanfare.projection': owner.projection.name, 'fanfare.events': events.length } },
+    {
+      kind: SpanKind.CLIENT,
+      links,
+      attributes: { 'db.system.name': 'postgresql', 'db.operation.name': 'WITH', 'fanfare.projection': projection, 'fanfare.events': events, ...(batches > 1 ? { 'fanfare.batches': batches } : {}) },
+    },
     (span) =>
-      rowsOf<{ ok: number; rechecked: boolean; runs: string; events: string }>(db, statement)
+      run()
         .catch((err) => {
           span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
           throw err
         })
         .finally(() => span.end()),
   )
-  if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
-  if (stillFailing !== undefined) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint, stillFailing }
-  return { applied: events.length - refused.length, skipped, deadLettered: letters.length, runs: parseInsertedRuns(row.runs), events: JSON.parse(row.events) as OutboxEvent[], checkpoint }
 }
 
 /** The batch's messages as events to apply, and dead letters for those that do not belong (see checkMessage). */
@@ -185,9 +266,7 @@ function batchStatement(owner: BatchOwner, expected: number, checkpoint: number,
   else if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
   const eventsOut = eventOutboxWrite(derived, now, when)
   if (eventsOut) members.push(eventsOut)
-  // The oldest event's stored time: each run carries it for fanfare_event_to_push_seconds.
-  const storedAt = fresh.reduce((min, m) => (m.storedAt < min ? m.storedAt : min), fresh[0].storedAt)
-  const outbox = outboxWrite(changes, now, when, storedAt)
+  const outbox = outboxWrite(changes, now, when, oldestStored(fresh))
   if (outbox) members.push(outbox)
   // The select list runs the members in this order: guard (and its recheck), the read-model writes,
   // then the outbox, whose version upsert locks the channel version rows that every partition
@@ -202,6 +281,65 @@ function batchStatement(owner: BatchOwner, expected: number, checkpoint: number,
           ${outbox ? insertedRuns : sql`'[]'`} as runs,
           ${eventsOut ? insertedEvents : sql`'[]'`} as events`
 }
+
+/**
+ * The group's one statement (see commitGroup). `checked` locks the group's checkpoint rows that
+ * still are as each batch expects; `guard` moves them all only if every one was, and every other
+ * write depends on `guard` as in batchStatement. Per batch `i`: its read-model writes `model_<i>_<j>`,
+ * its dead letters `letters_<i>` and derived events `events_out_<i>`; then one outbox for all (its
+ * version upsert last, as in batchStatement).
+ */
+function groupStatement(ps: PreparedBatch[]): SQL {
+  const { projection } = ps[0].owner
+  const rows = ps.map(({ owner, expected, checkpoint, now }) => ({ partition: owner.partition, expected, checkpoint, token: owner.token, stream: owner.stream, updated_at: now.toISOString() }))
+  const columns = { partition: 'integer', expected: 'bigint', checkpoint: 'bigint', token: 'bigint', stream: 'text', updated_at: 'timestamptz' }
+  const when = sql`exists (select 1 from guard)`
+  // FOR UPDATE re-reads a row another transaction changed meanwhile (READ COMMITTED), so a newer
+  // owner's write that committed first fails the count; the update then moves the rows it locked.
+  const members: SQL[] = [
+    sql`checked as (
+      select c.partition from ${projectionCheckpoints} c join ${recordset('g', columns, rows)} on c.partition = g.partition
+      where c.projection = ${projection.name} and c.seq = g.expected and c.fence <= g.token and c.stream = g.stream
+      for update of c
+    )`,
+    sql`guard as (
+      update ${projectionCheckpoints} c set seq = g.checkpoint, fence = g.token, updated_at = g.updated_at
+      from ${recordset('g', columns, rows)}
+      where c.projection = ${projection.name} and c.partition = g.partition and (select count(*) from checked) = ${ps.length}
+      returning 1
+    )`,
+  ]
+  const models: string[] = []
+  const derivedBy: number[] = []
+  ps.forEach((p, i) => {
+    const { write, events: derived = [] } = p.applied
+    const writes = write ? [write(when)].flat() : []
+    writes.forEach((w, j) => {
+      models.push(`model_${i}_${j}`)
+      members.push(sql`${sql.raw(`model_${i}_${j}`)} as (${w.getSQL()} returning 1)`)
+    })
+    if (p.letters.length > 0) members.push(sql`${sql.raw(`letters_${i}`)} as (${deadLetterWrite(p.letters, when)})`)
+    const out = eventOutboxWrite(derived, p.now, when, `events_out_${i}`)
+    if (out) {
+      derivedBy.push(i)
+      members.push(out)
+    }
+  })
+  const outbox = outboxWriteOf(
+    ps.map((p) => ({ changes: p.applied.changes, at: runAt(p.now, oldestStored(p.fresh)) })),
+    ps[0].now,
+    when,
+  )
+  if (outbox) members.push(outbox)
+  // The same order as batchStatement's: guard, read-model writes, derived events, then the outbox.
+  return sql`with ${sql.join(members, sql`, `)}
+        select (select count(*) from guard)::int as ok,
+          ${models.length > 0 ? sql.raw(models.map((m) => `(select count(*) from ${m})`).join(' + ')) : sql`0`} as written,
+          ${sql.join([...derivedBy.map((i) => sql`${insertedEventsOf(`events_out_${i}`)} as ${sql.raw(`events_${i}`)}`), sql`${outbox ? insertedRunsByPart : sql`'[]'`} as runs`], sql`, `)}`
+}
+
+/** The oldest stored time of a batch's messages: its runs carry it for fanfare_event_to_push_seconds. */
+const oldestStored = (fresh: BatchMessage[]): Date => fresh.reduce((min, m) => (m.storedAt < min ? m.storedAt : min), fresh[0].storedAt)
 
 /** After a guard refused a batch: the error that says why. */
 async function whyNotWritten(db: Db, owner: BatchOwner, expected: number, rechecked: boolean): Promise<Error> {

@@ -23,12 +23,12 @@ export type OutboxEvent = { msgId: string; body: string }
  * The member of the batch statement that writes derived events to the event outbox, `when` the
  * guard held, ending with `events_out` (the rows inserted). A row already there (the same event
  * derived again: impossible after a committed batch, since the checkpoint moved) is kept as it is.
- * Undefined when there are none.
+ * Undefined when there are none. `name`: the member's name (one per batch in a group statement).
  */
-export function eventOutboxWrite(events: StoredEvent[], now: Date, when: SQL): SQL | undefined {
+export function eventOutboxWrite(events: StoredEvent[], now: Date, when: SQL, name = 'events_out'): SQL | undefined {
   if (events.length === 0) return undefined
   const rows = events.map((e) => ({ msg_id: dedupIdOf(e), payload: JSON.stringify(e) }))
-  return sql`events_out as (
+  return sql`${sql.raw(name)} as (
       insert into ${eventOutbox} (msg_id, payload, created_at)
       select msg_id, payload, ${now.toISOString()}::timestamptz from ${recordset('e', { msg_id: 'text', payload: 'text' }, rows)} where ${when}
       on conflict (msg_id) do nothing
@@ -37,7 +37,8 @@ export function eventOutboxWrite(events: StoredEvent[], now: Date, when: SQL): S
 }
 
 /** The batch statement's select-list expression giving the inserted events as JSON (see eventOutboxWrite). */
-export const insertedEvents = sql`coalesce((select json_agg(json_build_object('msgId', msg_id, 'body', payload)) from events_out), '[]')::text`
+export const insertedEventsOf = (name: string) => sql`coalesce((select json_agg(json_build_object('msgId', msg_id, 'body', payload)) from ${sql.raw(name)}), '[]')::text`
+export const insertedEvents = insertedEventsOf('events_out')
 
 /** The event stream subject of an outbox event: its partition's, by its key (as the API publishes it). */
 export function eventSubject(prefix: string, partitions: number, body: string): string {
@@ -66,6 +67,15 @@ export async function publishEvents(deps: { js: JetStreamClient; prefix: string;
 const MAX_RUN_CHARS = 256 * 1024
 
 /**
+ * The changes of one batch for the outbox (see outboxWriteOf): `at` is the JSON that follows
+ * `"at":` in each of its runs (the batch's time, and its oldest event's stored time).
+ */
+export type OutboxSource = { changes: Change[]; at: string }
+
+/** The `at` of a batch's runs (see OutboxSource): `now`, and `storedAt` as `stored` when known. */
+export const runAt = (now: Date, storedAt?: Date): string => JSON.stringify(now.toISOString()) + (storedAt ? `,"stored":${JSON.stringify(storedAt.toISOString())}` : '')
+
+/**
  * The members of the batch statement (see applyBatch) that give each change the next version of
  * its channel (+1 per change, in the given order) and write the changes to the outbox as runs (one
  * row per channel, more if a run gets large), ending with `outbox`, the inserted rows. They run
@@ -75,55 +85,83 @@ const MAX_RUN_CHARS = 256 * 1024
  * sorted order to avoid deadlocks between such batches. Undefined when there are no changes.
  */
 export function outboxWrite(changes: Change[], now: Date, when: SQL, storedAt?: Date): SQL | undefined {
-  if (changes.length === 0) return undefined
-  const byChannel = new Map<string, Change['data'][]>()
-  for (const c of changes) {
-    const list = byChannel.get(c.channel)
-    if (list) list.push(c.data)
-    else byChannel.set(c.channel, [c.data])
-  }
-  // Each run: its channel, its channel's total in this batch, its offset from the channel's first
-  // new version, and its changes as a JSON array (each change serialised once, here).
-  const runs: { channel: string; total: number; offset: number; changes: string }[] = []
+  return outboxWriteOf([{ changes, at: runAt(now, storedAt) }], now, when)
+}
+
+/**
+ * outboxWrite for several batches in one statement (see BatchCommitter): one version upsert for
+ * all their changes, a channel's versions consecutive across them in the order given (the first
+ * batch's changes first), and each run of one batch only, tagged with its index as `part` in
+ * `numbered` (see insertedRunsByPart).
+ */
+export function outboxWriteOf(sources: OutboxSource[], now: Date, when: SQL): SQL | undefined {
+  const byChannel = new Map<string, Change['data'][][]>()
+  sources.forEach(({ changes }, part) => {
+    for (const c of changes) {
+      let parts = byChannel.get(c.channel)
+      if (!parts) byChannel.set(c.channel, (parts = sources.map(() => [])))
+      parts[part].push(c.data)
+    }
+  })
+  if (byChannel.size === 0) return undefined
+  // Each run: its batch, its channel, its channel's total in this statement, its offset from the
+  // channel's first new version, and its changes as a JSON array (each change serialised once, here).
+  const runs: { part: number; channel: string; total: number; offset: number; changes: string; run_at: string }[] = []
   for (const channel of [...byChannel.keys()].sort()) {
-    const list = byChannel.get(channel)!
+    const parts = byChannel.get(channel)!
+    const total = parts.reduce((n, list) => n + list.length, 0)
     let offset = 0
-    let parts: string[] = []
-    let chars = 0
-    const close = () => {
-      runs.push({ channel, total: list.length, offset, changes: `[${parts.join(',')}]` })
-      offset += parts.length
-      parts = []
-      chars = 0
-    }
-    for (const data of list) {
-      const json = JSON.stringify(data)
-      if (parts.length > 0 && chars + json.length > MAX_RUN_CHARS) close()
-      parts.push(json)
-      chars += json.length + 1
-    }
-    close()
+    parts.forEach((list, part) => {
+      let items: string[] = []
+      let chars = 0
+      const close = () => {
+        runs.push({ part, channel, total, offset, changes: `[${items.join(',')}]`, run_at: sources[part].at })
+        offset += items.length
+        items = []
+        chars = 0
+      }
+      for (const data of list) {
+        const json = JSON.stringify(data)
+        if (items.length > 0 && chars + json.length > MAX_RUN_CHARS) close()
+        items.push(json)
+        chars += json.length + 1
+      }
+      if (items.length > 0) close()
+    })
   }
-  const at = JSON.stringify(now.toISOString()) + (storedAt ? `,"stored":${JSON.stringify(storedAt.toISOString())}` : '')
   return sql`pending as (
-      select * from ${recordset('r', { channel: 'text', total: 'bigint', offset: 'bigint', changes: 'text' }, runs)} where ${when}
+      select * from ${recordset('r', { part: 'integer', channel: 'text', total: 'bigint', offset: 'bigint', changes: 'text', run_at: 'text' }, runs)} where ${when}
     ), versions as (
       insert into ${channelVersions} (channel, version)
       select distinct channel, total from pending order by channel
       on conflict (channel) do update set version = ${channelVersions}.version + excluded.version
       returning channel, version, epoch
     ), numbered as (
-      select p.channel, v.epoch, v.version - p.total + 1 + p.offset as version, p.changes, p.offset
+      select p.part, p.channel, v.epoch, v.version - p.total + 1 + p.offset as version, p.changes, p.offset, p.run_at
       from pending p join versions v on v.channel = p.channel
     ), outbox as (
       insert into ${changeOutbox} (channel, epoch, version, payload, created_at)
       select channel, epoch, version,
         '{"channel":' || to_json(channel)::text || ',"version":' || version::text || ',"epoch":' || to_json(epoch)::text
-          || ',"at":' || ${at} || ',"changes":' || changes || '}',
+          || ',"at":' || run_at || ',"changes":' || changes || '}',
         ${now.toISOString()}::timestamptz
       from numbered order by channel, "offset"
       returning channel, epoch, version, payload
     )`
+}
+
+/**
+ * The runs the `outbox` member of outboxWriteOf inserted, each with the index of its batch as
+ * `part`, as one JSON text column (see parseInsertedRunsByPart).
+ */
+export const insertedRunsByPart = sql`coalesce((select json_agg(json_build_object('part', n.part, 'channel', o.channel, 'epoch', o.epoch, 'version', o.version, 'payload', o.payload))
+  from outbox o join numbered n on n.channel = o.channel and n.version = o.version), '[]')::text`
+
+/** Parses `insertedRunsByPart` into each batch's runs (`parts` batches), in version order per channel. */
+export function parseInsertedRunsByPart(json: string, parts: number): OutboxRun[][] {
+  const byPart: OutboxRun[][] = Array.from({ length: parts }, () => [])
+  for (const r of JSON.parse(json) as (Parameters<typeof runOfRow>[0] & { part: number })[]) byPart[r.part].push(runOfRow(r))
+  return byPart.map(sortRuns)
 }
 
 /** The runs the `outbox` member inserted, as one JSON text column of the batch statement's result. */
@@ -139,10 +177,10 @@ const runOfRow = (r: { channel: string; epoch: string; version: string | number;
 
 /** Parses `insertedRuns`: the runs in version order per channel. */
 export function parseInsertedRuns(json: string): OutboxRun[] {
-  return (JSON.parse(json) as Parameters<typeof runOfRow>[0][])
-    .map(runOfRow)
-    .sort((a, b) => (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : a.version - b.version))
+  return sortRuns((JSON.parse(json) as Parameters<typeof runOfRow>[0][]).map(runOfRow))
 }
+
+const sortRuns = (runs: OutboxRun[]): OutboxRun[] => runs.sort((a, b) => (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : a.version - b.version))
 
 /**
  * Publishes runs on their channels' subjects and hands the published ones to the cleaner, which

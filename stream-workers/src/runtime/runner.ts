@@ -15,6 +15,7 @@ import { FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, St
 import type { AckedPublisher } from '../../../core/acked-publish'
 import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
+import type { BatchCommitter } from './committer'
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api'
 import type { MsgHdrs } from '@nats-io/transport-node'
 import type { Metrics } from '../../../core/metrics'
@@ -24,6 +25,8 @@ import { isTracing, linkOfNats, natsHeadersOf, tracer } from '../../../core/trac
 export type RunnerHooks = {
   /** Called after a batch committed and before it is acked; a throw simulates a crash there. */
   onBeforeAck?: (info: { projection: string; partition: number; seqs: number[] }) => void | Promise<void>
+  /** Called when the batches of these partitions committed as one statement (see createBatchCommitter). */
+  onGroupCommit?: (info: { projection: string; partitions: number[] }) => void
 }
 
 export type RunnerDeps = {
@@ -41,6 +44,11 @@ export type RunnerDeps = {
   partition: number
   /** Deletes the outbox rows of the runs this runner published (one per process). */
   cleaner: OutboxCleaner
+  /**
+   * Commits this runner's batches together with those of the process's other runners of the same
+   * projection (see createBatchCommitter). Absent: each batch is applied alone (applyBatch).
+   */
+  committer?: BatchCommitter
   now?: () => Date
   hooks?: RunnerHooks
   /** A newer owner wrote the checkpoint: this runner has stopped; the lease is not ours. */
@@ -184,7 +192,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         try {
           // The checkpoint moves inside the turn: a replay waiting for it must see the new one.
           return await exclusive(async () => {
-            const result = await applyBatch(deps.db, owner, checkpoint, messages, now())
+            const result = deps.committer ? await deps.committer.apply(owner, checkpoint, messages, now()) : await applyBatch(deps.db, owner, checkpoint, messages, now())
             checkpoint = result.checkpoint
             return result
           })

@@ -1,0 +1,266 @@
+import { afterEach, describe, expect, test } from 'bun:test'
+import { and, eq, sql } from 'drizzle-orm'
+import postgres from 'postgres'
+import { connectBunSql, rowsOf, type Database } from '../../../core/db/client'
+import { channelVersions, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../../core/db/schema'
+import { partitionOf, subjects } from '../../../core/events'
+import { until } from '../../../core/testing/wait'
+import { leaderboardsProjection } from '../projections/leaderboards/apply'
+import { boardScores, byChannel, caughtUp, createWorld, publishEvent, readNotices, storedEvent, type World } from '../testing/harness'
+import { applyBatch, claimFence, commitGroup, prepareBatch, type BatchMessage, type BatchOwner, type PreparedBatch } from './batch'
+import { createBatchCommitter } from './committer'
+import { CheckpointMovedError, FencedError } from './errors'
+
+let world: World | undefined
+const opened: Database[] = []
+afterEach(async () => {
+  for (const d of opened.splice(0)) await d.close()
+  await world?.close()
+  world = undefined
+})
+
+const PARTITIONS = 4
+
+/** A player of `board` whose key lands in `partition`. */
+const playerIn = (board: string, partition: number, tag: string) => {
+  for (let i = 0; ; i++) if (partitionOf(`${board}/${tag}${i}`, PARTITIONS) === partition) return `${tag}${i}`
+}
+
+/** Score messages of `board` for `partition`, numbered from `firstSeq`. */
+const scores = (w: World, partition: number, firstSeq: number, entries: [player: string, score: number][], board = 'arena'): BatchMessage[] =>
+  entries.map(([player, score], i) => ({
+    subject: subjects.event(w.config.FANFARE_SUBJECT_PREFIX, partition, 'score.submitted'),
+    seq: firstSeq + i,
+    body: new TextEncoder().encode(JSON.stringify(storedEvent('score.submitted', { board, player, score }))),
+    storedAt: new Date(),
+  }))
+
+/** The leaderboards projection, counting the batches it has read and evolved. */
+const counting = () => {
+  let reads = 0
+  const projection = { ...leaderboardsProjection, apply: (...a: Parameters<typeof leaderboardsProjection.apply>) => leaderboardsProjection.apply(...a).finally(() => reads++) }
+  return { projection, reads: () => reads }
+}
+
+/**
+ * A committer whose group statements are recorded, and whose failed ones fail the test. Its own
+ * client, with connections to spare: the reads of queued batches must not wait behind the
+ * statement that waits for the held version row.
+ */
+const committerOf = async (w: World) => {
+  const groups: number[][] = []
+  const failed: unknown[] = []
+  const logger = { warn: (o: { err: unknown }) => failed.push(o.err) } as never
+  const database = await connectBunSql(w.env.vars.DATABASE_URL, { max: 8 })
+  opened.push(database)
+  return { committer: createBatchCommitter({ db: database.db, logger, onGroup: (ps) => groups.push(ps) }), groups, failed }
+}
+
+const ownerOf = async (w: World, partition: number, projection = leaderboardsProjection): Promise<BatchOwner> => ({
+  projection,
+  partition,
+  token: await claimFence(w.database.db, 'leaderboards', partition),
+  partitions: PARTITIONS,
+  stream: '',
+})
+
+const checkpoints = async (w: World) =>
+  Object.fromEntries(
+    (await rowsOf<{ partition: number; seq: string; tx: string }>(w.database.db, sql`select partition, seq, xmin::text as tx from projection_checkpoints where projection = 'leaderboards'`)).map((r) => [
+      r.partition,
+      { seq: Number(r.seq), tx: r.tx },
+    ]),
+  )
+
+const arenaVersion = async (w: World) => Number((await w.database.db.select().from(channelVersions).where(eq(channelVersions.channel, 'leaderboard:arena')))[0]?.version ?? 0)
+
+/**
+ * Holds the channel version row of `leaderboard:arena` in another session until `release`: a batch
+ * touching the board waits in its statement, so batches that become ready meanwhile queue in the
+ * committer and go as one group after it.
+ */
+async function holdArena(w: World) {
+  const holder = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+  const prober = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  let locked!: () => void
+  const isLocked = new Promise<void>((resolve) => (locked = resolve))
+  const holding = holder.begin(async (tx) => {
+    await tx`select version from channel_versions where channel = 'leaderboard:arena' for update`
+    locked()
+    await released
+  })
+  await isLocked
+  const waiting = () =>
+    until('a batch statement to wait for the version row', async () => {
+      const [r] = await prober`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`.catch(() => [{ n: 0 }])
+      return r.n > 0 || undefined
+    })
+  return {
+    waiting,
+    release: async () => {
+      release()
+      await holding
+      await holder.end()
+      await prober.end()
+    },
+  }
+}
+
+/** A scored board (no recheck: batches on it may be grouped) with one standing, version 1. */
+async function scoredArena(w: World) {
+  await w.database.db.insert(leaderboards).values({ board: 'arena', sortOrder: 'desc', operator: 'best', hasScores: true })
+  await w.database.db.insert(channelVersions).values({ channel: 'leaderboard:arena', version: 1 })
+}
+
+describe('group commit (BatchCommitter)', () => {
+  test('batches of two partitions that queue behind a statement commit as one, exactly once, with consecutive versions', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: String(PARTITIONS) }))
+    await scoredArena(w)
+    const { projection, reads } = counting()
+    const [o0, o1, o2] = await Promise.all([0, 1, 2].map((p) => ownerOf(w, p, projection)))
+    const { committer, groups, failed } = await committerOf(w)
+    const [a, b, c, d] = [playerIn('arena', 0, 'a'), playerIn('arena', 0, 'b'), playerIn('arena', 1, 'c'), playerIn('arena', 2, 'd')]
+
+    const hold = await holdArena(w)
+    // Partition 2's batch goes first and waits for the held row; 0 and 1 queue behind it.
+    const first = committer.apply(o2, 0, scores(w, 2, 1, [[d, 1]]), new Date())
+    await hold.waiting()
+    const r0 = committer.apply(o0, 0, scores(w, 0, 1, [[a, 10], [b, 20]]), new Date())
+    await until('partition 0 to wait in the committer', () => reads() === 2)
+    const r1 = committer.apply(o1, 0, scores(w, 1, 1, [[c, 30]]), new Date())
+    await until('partition 1 to wait behind it', () => reads() === 3)
+    await hold.release()
+    const [x2, x0, x1] = await Promise.all([first, r0, r1])
+
+    expect(failed).toEqual([])
+    expect(groups).toEqual([[0, 1]])
+    expect(x2.runs.map((r) => [r.version, JSON.parse(r.body).changes.length])).toEqual([[2, 1]])
+    // In the group, partition 0's two changes first (versions 3, 4), then partition 1's (5).
+    expect(x0).toMatchObject({ applied: 2, skipped: 0, checkpoint: 2 })
+    expect(x0.runs.map((r) => [r.channel, r.version, JSON.parse(r.body).changes.map((ch: { player: string }) => ch.player)])).toEqual([['leaderboard:arena', 3, [a, b]]])
+    expect(x1).toMatchObject({ applied: 1, skipped: 0, checkpoint: 1 })
+    expect(x1.runs.map((r) => [r.channel, r.version, JSON.parse(r.body).changes.map((ch: { player: string }) => ch.player)])).toEqual([['leaderboard:arena', 5, [c]]])
+    expect(await arenaVersion(w)).toBe(5)
+    expect(await boardScores(w, 'arena')).toEqual({ [a]: 10, [b]: 20, [c]: 30, [d]: 1 })
+    // One transaction wrote both checkpoints.
+    const cps = await checkpoints(w)
+    expect([cps[0].seq, cps[1].seq, cps[2].seq]).toEqual([2, 1, 1])
+    expect(cps[0].tx).toBe(cps[1].tx)
+    expect(cps[2].tx).not.toBe(cps[0].tx)
+
+    // Redelivered to their runners: skipped; from a stale checkpoint: refused, nothing written twice.
+    expect(await committer.apply(o0, 2, scores(w, 0, 1, [[a, 10], [b, 20]]), new Date())).toMatchObject({ applied: 0, skipped: 2, runs: [] })
+    await expect(committer.apply(o1, 0, scores(w, 1, 1, [[c, 30]]), new Date())).rejects.toBeInstanceOf(CheckpointMovedError)
+    expect(await arenaVersion(w)).toBe(5)
+  })
+
+  test('a fenced partition in a group: the group writes nothing, then the other applies alone and the fenced one gets its error', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: String(PARTITIONS) }))
+    await scoredArena(w)
+    const { projection, reads } = counting()
+    const [o0, o1, o2, o3] = await Promise.all([0, 1, 2, 3].map((p) => ownerOf(w, p, projection)))
+    // A newer owner of partition 1 claimed its fence: o1's token is stale.
+    await claimFence(w.database.db, 'leaderboards', 1)
+    const [a, c, d, e] = [playerIn('arena', 0, 'a'), playerIn('arena', 1, 'c'), playerIn('arena', 2, 'd'), playerIn('arena', 3, 'e')]
+
+    // commitGroup alone: all or nothing.
+    const prepared = async (owner: BatchOwner, messages: BatchMessage[]) => {
+      const p = await prepareBatch(w.database.db, owner, 0, messages, new Date())
+      if ('done' in p) throw new Error('nothing to write')
+      return p as PreparedBatch
+    }
+    const p0 = await prepared(o0, scores(w, 0, 1, [[a, 10]]))
+    const p1 = await prepared(o1, scores(w, 1, 1, [[c, 30]]))
+    expect(await commitGroup(w.database.db, [p0, p1])).toBeUndefined()
+    expect(await arenaVersion(w)).toBe(1)
+    expect(await boardScores(w, 'arena')).toEqual({})
+    expect((await checkpoints(w))[0].seq).toBe(0)
+
+    // Through the committer: partition 0 applies, partition 1 gets FencedError, 3's checkpoint moved.
+    const { committer, groups, failed } = await committerOf(w)
+    await w.database.db.update(projectionCheckpoints).set({ seq: 7 }).where(and(eq(projectionCheckpoints.projection, 'leaderboards'), eq(projectionCheckpoints.partition, 3)))
+    const hold = await holdArena(w)
+    const first = committer.apply(o2, 0, scores(w, 2, 1, [[d, 1]]), new Date())
+    await hold.waiting()
+    const r0 = committer.apply(o0, 0, scores(w, 0, 1, [[a, 10]]), new Date())
+    const r1 = committer.apply(o1, 0, scores(w, 1, 1, [[c, 30]]), new Date())
+    const r3 = committer.apply(o3, 0, scores(w, 3, 1, [[e, 40]]), new Date())
+    await until('three batches to wait in the committer', () => reads() === 6)
+    await hold.release()
+    const [x2, x0, x1, x3] = await Promise.allSettled([first, r0, r1, r3])
+    // The group of 0, 1 and 3 wrote nothing (no error: its guard refused), then each ran alone.
+    expect(failed).toEqual([])
+    expect(groups).toEqual([])
+    expect(x2.status).toBe('fulfilled')
+    expect(x0).toMatchObject({ status: 'fulfilled', value: { applied: 1, checkpoint: 1 } })
+    expect(x1.status === 'rejected' && x1.reason).toBeInstanceOf(FencedError)
+    expect(x3.status === 'rejected' && x3.reason).toBeInstanceOf(CheckpointMovedError)
+    expect(await boardScores(w, 'arena')).toEqual({ [a]: 10, [d]: 1 })
+    expect(await arenaVersion(w)).toBe(3)
+    const runs = [x2, x0].flatMap((x) => (x.status === 'fulfilled' ? x.value.runs.map((r) => r.version) : []))
+    expect(runs.sort()).toEqual([2, 3])
+    const cps = await checkpoints(w)
+    expect([cps[0].seq, cps[1].seq, cps[2].seq, cps[3].seq]).toEqual([1, 0, 1, 7])
+  })
+
+  test('workers with several partitions group their batches; crashes before the ack and redeliveries apply nothing twice', async () => {
+    // Small batches: many per partition, so that some become ready while another is in flight.
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: String(PARTITIONS), FANFARE_BATCH_SIZE: '5' }))
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum' })
+    let crashes = 0
+    let batches = 0
+    const groups: number[][] = []
+    const workers = await w.startWorker({
+      hooks: {
+        onBeforeAck: ({ projection }) => {
+          // Every other committed batch "crashes" before its ack, three times: they are redelivered.
+          if (projection === 'leaderboards' && crashes < 3 && ++batches % 2 === 0) {
+            crashes++
+            throw new Error('simulated crash before ack')
+          }
+        },
+        onGroupCommit: ({ projection, partitions }) => void (projection === 'leaderboards' && groups.push(partitions)),
+      },
+    })
+    // Bursts over every partition at once: each runner has a backlog, so batches become ready
+    // while another partition's statement is in flight.
+    const expected: Record<string, number> = {}
+    let changes = 0
+    for (let burst = 0; burst < 3; burst++) {
+      const sends: Promise<unknown>[] = []
+      for (let round = 0; round < 10; round++) {
+        for (let i = 0; i < 16; i++) {
+          const player = `p${i}`
+          const score = burst * 10 + round + 1
+          expected[player] = (expected[player] ?? 0) + score
+          changes++
+          sends.push(publishEvent(w, storedEvent('score.submitted', { board: 'tot', player, score })))
+        }
+      }
+      await Promise.all(sends)
+    }
+    await caughtUp(w)
+    // Runs of the crashed batches stay in the outbox until the sweeper publishes them (2 s).
+    const notices = await until('every version published', async () => {
+      const list = byChannel(await readNotices(w)).get('leaderboard:tot') ?? []
+      return new Set(list.map((n) => n.version)).size === changes ? list : undefined
+    })
+    await workers.stop()
+    expect(crashes).toBeGreaterThan(0)
+    expect(groups.length).toBeGreaterThan(0)
+    // Sums: a batch applied twice would show.
+    expect(await boardScores(w, 'tot')).toEqual(expected)
+    expect(Number((await w.database.db.select().from(channelVersions).where(eq(channelVersions.channel, 'leaderboard:tot')))[0].version)).toBe(changes)
+    // Every version once, none missing; a version published twice (the sweeper) holds the same change.
+    expect([...new Set(notices.map((n) => n.version))].sort((x, y) => x - y)).toEqual(Array.from({ length: changes }, (_, i) => i + 1))
+    const byVersion = new Map<number, string>()
+    for (const n of notices) {
+      const data = JSON.stringify(n.data)
+      expect(byVersion.get(n.version) ?? data).toBe(data)
+      byVersion.set(n.version, data)
+    }
+    expect((await w.database.db.select().from(leaderboardEntries)).length).toBe(16)
+  })
+})
