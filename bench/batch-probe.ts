@@ -161,7 +161,8 @@ async function side(name: string, applyMod: typeof thisApply, batchMod: typeof t
     const made = committer ? `; statements ${batchMs.length - grouped + groups} (${groups} groups of ${(grouped / Math.max(1, groups)).toFixed(1)} batches)` : ''
     return { batchMs, eventMs, readMs, pgCpu, ownCpu: (own.user + own.system) / 1000, waits: await sampled, made }
   }
-  return { name, phase, close: () => Promise.all([database.close(), sampler?.close()]) }
+  // The side's database and streams go with it (createTestEnv's cleanup).
+  return { name, phase, close: () => Promise.all([database.close(), sampler?.close()]).then(() => env.cleanup()) }
 }
 
 const sides = [await side('this', thisApply, thisBatch, await committerOf(`${import.meta.dir}/..`))]
