@@ -2,11 +2,10 @@ import { afterEach, describe, expect, test } from 'bun:test'
 import { and, asc, eq } from 'drizzle-orm'
 import { changeOutbox, chatMessages, channelVersions, deadLetters, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { keyOf, partitionOf, subjects } from '../../core/events'
-import { byChannel, createWorld, publishEvent, readNotices, readRuns, storedEvent, caughtUp, boardScores, type World } from './testing/harness'
+import { byChannel, createWorld, publishEvent, readNotices, readRuns, storedEvent, caughtUp, boardScores, holdVersionRow, type World } from './testing/harness'
 import { until } from '../../core/testing/wait'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { ensureStreams, streamIdentity } from '../../core/nats'
-import postgres from 'postgres'
 import { leaderboardsProjection } from './projections/leaderboards/apply'
 import { applyBatch, claimFence } from './runtime/batch'
 
@@ -161,24 +160,11 @@ describe('stream workers', () => {
       storedAt: new Date(),
     })
     await applyBatch(w.database.db, owner, 0, [message(1, 'first')], new Date())
-    const holder = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-    const prober = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-    let release!: () => void
-    const released = new Promise<void>((resolve) => (release = resolve))
+    const hold = await holdVersionRow(w, 'leaderboard:arena')
+    const { prober } = hold
     try {
-      let locked!: () => void
-      const isLocked = new Promise<void>((resolve) => (locked = resolve))
-      const holding = holder.begin(async (tx) => {
-        await tx`select version from channel_versions where channel = 'leaderboard:arena' for update`
-        locked()
-        await released
-      })
-      await isLocked
       const batch = applyBatch(w.database.db, owner, 1, [message(2, 'second')], new Date())
-      await until('the batch to wait for the version row', async () => {
-        const [r] = await prober`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`
-        return r.n > 0 || undefined
-      })
+      await hold.waiting()
       const probe = await prober
         .begin(async (tx) => {
           await tx`set local lock_timeout = '300ms'`
@@ -188,15 +174,12 @@ describe('stream workers', () => {
         .catch((err: { code?: string; message: string }) => err.code ?? err.message)
       // 55P03 lock_not_available: the batch's write of `second` came before its wait.
       expect(probe).toBe('55P03')
-      release()
-      await holding
+      await hold.release()
       const r = await batch
       expect(r.applied).toBe(1)
       expect(await boardScores(w, 'arena')).toEqual({ first: 1, second: 2 })
     } finally {
-      release()
-      await holder.end()
-      await prober.end()
+      await hold.release()
     }
   })
 

@@ -1,12 +1,11 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { and, eq, sql } from 'drizzle-orm'
-import postgres from 'postgres'
 import { connectBunSql, rowsOf, type Database } from '../../../core/db/client'
 import { channelVersions, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../../core/db/schema'
 import { partitionOf, subjects } from '../../../core/events'
 import { until } from '../../../core/testing/wait'
 import { leaderboardsProjection } from '../projections/leaderboards/apply'
-import { boardScores, byChannel, caughtUp, createWorld, publishEvent, readNotices, storedEvent, type World } from '../testing/harness'
+import { boardScores, byChannel, caughtUp, createWorld, publishEvent, readNotices, storedEvent, holdVersionRow, type World } from '../testing/harness'
 import { applyBatch, claimFence, commitGroup, prepareBatch, type BatchMessage, type BatchOwner, type PreparedBatch } from './batch'
 import { createBatchCommitter } from './committer'
 import { CheckpointMovedError, FencedError } from './errors'
@@ -74,40 +73,6 @@ const checkpoints = async (w: World) =>
 
 const arenaVersion = async (w: World) => Number((await w.database.db.select().from(channelVersions).where(eq(channelVersions.channel, 'leaderboard:arena')))[0]?.version ?? 0)
 
-/**
- * Holds the channel version row of `leaderboard:arena` in another session until `release`: a batch
- * touching the board waits in its statement, so batches that become ready meanwhile queue in the
- * committer and go as one group after it.
- */
-async function holdArena(w: World) {
-  const holder = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-  const prober = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-  let release!: () => void
-  const released = new Promise<void>((resolve) => (release = resolve))
-  let locked!: () => void
-  const isLocked = new Promise<void>((resolve) => (locked = resolve))
-  const holding = holder.begin(async (tx) => {
-    await tx`select version from channel_versions where channel = 'leaderboard:arena' for update`
-    locked()
-    await released
-  })
-  await isLocked
-  const waiting = () =>
-    until('a batch statement to wait for the version row', async () => {
-      const [r] = await prober`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`.catch(() => [{ n: 0 }])
-      return r.n > 0 || undefined
-    })
-  return {
-    waiting,
-    release: async () => {
-      release()
-      await holding
-      await holder.end()
-      await prober.end()
-    },
-  }
-}
-
 /** A scored board (no recheck: batches on it may be grouped) with one standing, version 1. */
 async function scoredArena(w: World) {
   await w.database.db.insert(leaderboards).values({ board: 'arena', sortOrder: 'desc', operator: 'best', hasScores: true })
@@ -123,7 +88,7 @@ describe('group commit (BatchCommitter)', () => {
     const { committer, groups, failed } = await committerOf(w)
     const [a, b, c, d] = [playerIn('arena', 0, 'a'), playerIn('arena', 0, 'b'), playerIn('arena', 1, 'c'), playerIn('arena', 2, 'd')]
 
-    const hold = await holdArena(w)
+    const hold = await holdVersionRow(w, 'leaderboard:arena')
     // Partition 2's batch goes first and waits for the held row; 0 and 1 queue behind it.
     const first = committer.apply(o2, 0, scores(w, 2, 1, [[d, 1]]), new Date())
     await hold.waiting()
@@ -181,7 +146,7 @@ describe('group commit (BatchCommitter)', () => {
     // Through the committer: partition 0 applies, partition 1 gets FencedError, 3's checkpoint moved.
     const { committer, groups, failed } = await committerOf(w)
     await w.database.db.update(projectionCheckpoints).set({ seq: 7 }).where(and(eq(projectionCheckpoints.projection, 'leaderboards'), eq(projectionCheckpoints.partition, 3)))
-    const hold = await holdArena(w)
+    const hold = await holdVersionRow(w, 'leaderboard:arena')
     const first = committer.apply(o2, 0, scores(w, 2, 1, [[d, 1]]), new Date())
     await hold.waiting()
     const r0 = committer.apply(o0, 0, scores(w, 0, 1, [[a, 10]]), new Date())

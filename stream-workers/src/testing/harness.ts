@@ -8,6 +8,7 @@ import { createLogger } from '../../../core/logger'
 import { connectNats, ensureStreams, topology } from '../../../core/nats'
 import { createTestEnv, type TestEnv } from '../../../core/testing/env'
 import { eq } from 'drizzle-orm'
+import postgres from 'postgres'
 import { leaderboardEntries } from '../../../core/db/schema'
 import { until } from '../../../core/testing/wait'
 import { projectionStatus } from '../../../core/projections'
@@ -141,3 +142,40 @@ export const boardScores = async (w: World, board: string) =>
   Object.fromEntries(
     (await w.database.db.select().from(leaderboardEntries).where(eq(leaderboardEntries.board, board))).map((r) => [r.player, r.score]),
   )
+
+/**
+ * Holds `channel`'s version row from another session until `release`: a batch statement touching
+ * the channel waits for it (`waiting` resolves once one does). `prober` is a third session, for
+ * looking at the database meanwhile.
+ */
+export async function holdVersionRow(w: World, channel: string) {
+  const holder = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+  const prober = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  let locked!: () => void
+  const isLocked = new Promise<void>((resolve) => (locked = resolve))
+  const holding = holder.begin(async (tx) => {
+    await tx`select version from channel_versions where channel = ${channel} for update`
+    locked()
+    await released
+  })
+  await isLocked
+  let ended: Promise<void> | undefined
+  return {
+    prober,
+    waiting: () =>
+      until('a batch statement to wait for the version row', async () => {
+        const [r] = await prober`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`.catch(() => [{ n: 0 }])
+        return r.n > 0 || undefined
+      }),
+    /** Lets the row go and closes both sessions (safe to call twice). */
+    release: () =>
+      (ended ??= (async () => {
+        release()
+        await holding
+        await holder.end()
+        await prober.end()
+      })()),
+  }
+}
