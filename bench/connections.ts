@@ -39,10 +39,13 @@ export async function connections(ctx: BenchContext): Promise<Figure[]> {
     const f = await idle(ctx, 'fanfare', `ws://127.0.0.1:${api.port}/v1/ws`, api.proc.proc.pid, n)
     const b = await idle(ctx, 'bun', `ws://127.0.0.1:${bunPort}/`, bun.proc.pid, n)
     const base = { group: 'connections', baselineName: 'bare Bun.serve' }
-    return [
-      { ...base, name: `memory per idle WebSocket at ${n} connections`, unit: 'B', value: f.perConn, baseline: b.perConn, target: { op: '<=', value: 4096 } },
-      { ...base, name: `time to accept ${n} WebSockets`, unit: 'ms', value: f.openMs, baseline: b.openMs },
-    ]
+    const figures: Figure[] = [{ ...base, name: `time to accept ${n} WebSockets`, unit: 'ms', value: f.openMs, baseline: b.openMs }]
+    // Not in smoke mode: 50 connections' memory is within the RSS noise (a collection meanwhile
+    // made it -901 B per connection once).
+    if (ctx.mode === 'full') {
+      figures.unshift({ ...base, name: `memory per idle WebSocket at ${n} connections`, unit: 'B', value: f.perConn, baseline: b.perConn, target: { op: '<=', value: 4096 } })
+    }
+    return figures
   } finally {
     await bun.stop()
     await d.close()
