@@ -156,13 +156,23 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
       })
       // Each subscriber ends with exactly the read model (= the oracle), having applied every update
       // in version order (BoardView throws on a gap or a repeat) or an explicit resync.
+      const isCut = (v: (typeof views)[number]) => v.view.client.closed?.code === 4008
+      let cuts = 0
       for (const board of [oracle.latestBoard, oracle.sumBoard]) {
         const channel = `leaderboard:${board}`
         const version = await rm.version(channel)
         const truth = await rm.scores(board)
-        const mine = views.filter((v) => v.channel === channel)
+        const all = views.filter((v) => v.channel === channel)
+        // A subscriber its node cut as a slow consumer (4008 "reconnect and resume") was told
+        // plainly: it must have seen every update in order up to the cut (catchUp throws on a gap).
+        // The test's clients share the 2 cores with the load, so one may fall that far behind; the
+        // others must reach the end.
+        for (const v of all.filter(isCut)) v.view.catchUp(channel)
+        const mine = all.filter((v) => !isCut(v))
+        cuts += all.length - mine.length
+        expect(mine.length).toBeGreaterThan(0)
         await until(`every subscriber of ${channel} at version ${version}`, () => mine.every((v) => v.view.catchUp(channel).version === version), 30_000).catch((err) => {
-          const at = mine.map((v) => `${v.view.version} (closed: ${JSON.stringify(v.view.client.closed)})`).join(', ')
+          const at = all.map((v) => `${v.view.catchUp(channel).version} (closed: ${JSON.stringify(v.view.client.closed)})`).join(', ')
           throw new Error(`${(err as Error).message}; subscribers at ${at}\n${apiProcs.map((p) => `${p.name}:\n${p.output().slice(-2000)}`).join('\n')}`)
         })
         for (const v of mine) expect(diff(v.view.board, truth)).toEqual([])
@@ -177,7 +187,7 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
           `restarted ${restartedAt - killedAt} ms later; ingest answered 202 again ${ingestBackMs} ms after the kill ` +
           `(${refused.length} attempts refused meanwhile: ${perNode.join(', ')}; ${refusedAfterRestart} after the restart, slowest 202 ${slowest} ms); ` +
           `${total} events acknowledged over ${endedAt - (attempts[0]?.startedAt ?? endedAt)} ms, ${oracle.unavailable} resends; ` +
-          `${views.length} subscriptions, ${resyncs} resyncs; ${recovery}`,
+          `${views.length} subscriptions, ${resyncs} resyncs, ${cuts} cut as slow consumers; ${recovery}`,
       )
       expect(ingestBackMs).toBeLessThan(INGEST_BACK_WITHIN_MS)
     } finally {
