@@ -173,7 +173,9 @@ describe('group commit (BatchCommitter)', () => {
   test('workers with several partitions group their batches; crashes before the ack and redeliveries apply nothing twice', async () => {
     // Small batches: many per partition, so that some become ready while another is in flight.
     const w = (world = await createWorld({ FANFARE_PARTITIONS: String(PARTITIONS), FANFARE_BATCH_SIZE: '5' }))
-    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum' })
+    // Scored already (no recheck: every batch may join a group), its version row there to be held.
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    await w.database.db.insert(channelVersions).values({ channel: 'leaderboard:tot', version: 0 })
     let crashes = 0
     let batches = 0
     const groups: number[][] = []
@@ -190,7 +192,9 @@ describe('group commit (BatchCommitter)', () => {
       },
     })
     // Bursts over every partition at once: each runner has a backlog, so batches become ready
-    // while another partition's statement is in flight.
+    // while another partition's statement is in flight. The first statement waits for the version
+    // row held here, so that the others queue behind it whatever the machine's speed.
+    const hold = await holdVersionRow(w, 'leaderboard:tot')
     const expected: Record<string, number> = {}
     let changes = 0
     for (let burst = 0; burst < 3; burst++) {
@@ -205,6 +209,11 @@ describe('group commit (BatchCommitter)', () => {
         }
       }
       await Promise.all(sends)
+      if (burst === 0) {
+        await hold.waiting()
+        await Bun.sleep(300)
+        await hold.release()
+      }
     }
     await caughtUp(w)
     // Runs of the crashed batches stay in the outbox until the sweeper publishes them (2 s).
