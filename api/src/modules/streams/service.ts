@@ -2,7 +2,7 @@ import { and, asc, desc, eq, gt, lt, or } from 'drizzle-orm'
 import { channelOf, streamStateOf as stateOf, type PollView, type StreamState } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { streams } from '../../../../core/db/schema'
-import { Invalid } from '../../errors'
+import { decodePageCursor, encodePageCursor } from '../page-cursor'
 import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
 import { openPollsOf } from '../polls/service'
 import type { LivePage, StreamAnswer } from './model'
@@ -46,23 +46,13 @@ export function streamSnapshot(db: Db, stream: string): Promise<ChannelSnapshot<
   })
 }
 
-/** `next`/`after` of the live list: base64url of JSON [viewers, stream], the last entry's sort key. */
-const encodeCursor = (viewers: number, stream: string) => Buffer.from(JSON.stringify([viewers, stream])).toString('base64url')
+/** `next`/`after` of the live list: the last entry's sort key [viewers, stream] (see page-cursor.ts). */
+const encodeCursor = (viewers: number, stream: string) => encodePageCursor([viewers, stream])
 
-function decodeCursor(cursor: string): { viewers: number; stream: string } {
-  const message = 'after must be the `next` cursor of a previous page of live streams'
-  const bad = () => new Invalid('invalid_request', message, [{ path: '/after', message, in: 'query' }])
-  let value: unknown
-  try {
-    value = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'))
-  } catch {
-    throw bad()
-  }
-  if (!Array.isArray(value) || value.length !== 2) throw bad()
-  const [viewers, stream] = value as unknown[]
-  if (!Number.isSafeInteger(viewers) || (viewers as number) < 0 || typeof stream !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(stream)) throw bad()
-  return { viewers: viewers as number, stream }
-}
+const decodeCursor = (cursor: string): { viewers: number; stream: string } =>
+  decodePageCursor(cursor, 2, 'after must be the `next` cursor of a previous page of live streams', ([viewers, stream]) =>
+    Number.isSafeInteger(viewers) && (viewers as number) >= 0 && typeof stream === 'string' && /^[A-Za-z0-9_-]{1,64}$/.test(stream) ? { viewers: viewers as number, stream } : undefined,
+  )
 
 /**
  * A page of live streams, most viewers first (ties by stream id), from the partial index of live
