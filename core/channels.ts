@@ -115,6 +115,19 @@ export const streamStateOf = (s: Omit<StreamState, 'startedAt' | 'endedAt'> & { 
   uniqueViewers: s.uniqueViewers,
 })
 
+/** A stream not known yet: offline and empty, what its channel and REST answer show until its first event. */
+export const unknownStreamState = (stream: string): StreamState => ({
+  stream,
+  status: 'offline',
+  title: null,
+  category: null,
+  startedAt: null,
+  endedAt: null,
+  viewers: 0,
+  peakViewers: 0,
+  uniqueViewers: 0,
+})
+
 /** A poll as `GET /v1/polls/:poll` and the `poll:<id>` channel show it. */
 export type PollView = {
   poll: string

@@ -1,5 +1,5 @@
 import { and, asc, desc, eq, gt, lt, or } from 'drizzle-orm'
-import { channelOf, streamStateOf as stateOf, type PollView, type StreamState } from '../../../../core/channels'
+import { channelOf, streamStateOf as stateOf, unknownStreamState, type PollView, type StreamState } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { streams } from '../../../../core/db/schema'
 import { decodePageCursor, encodePageCursor } from '../page-cursor'
@@ -8,19 +8,6 @@ import { openPollsOf } from '../polls/service'
 import type { LivePage, StreamAnswer } from './model'
 import type { LiveStream } from './sampler'
 
-
-/** A stream not known yet: what its channel shows until its first event. */
-const unknownState = (stream: string): StreamState => ({
-  stream,
-  status: 'offline',
-  title: null,
-  category: null,
-  startedAt: null,
-  endedAt: null,
-  viewers: 0,
-  peakViewers: 0,
-  uniqueViewers: 0,
-})
 
 /** A stream with its open poll (the latest opened), as `GET /v1/streams/:stream` answers; undefined when unknown. */
 export async function readStream(db: Db, stream: string): Promise<StreamAnswer | undefined> {
@@ -42,7 +29,7 @@ export function streamSnapshot(db: Db, stream: string): Promise<ChannelSnapshot<
   return readChannelSnapshot(db, channelOf.stream(stream), async (q) => {
     const [row] = await q.select().from(streams).where(eq(streams.stream, stream))
     const open = await openPollsOf(q, stream)
-    return { ...(row ? stateOf(row) : unknownState(stream)), ...(open[0] ? { poll: open[0] } : {}), polls: open }
+    return { ...(row ? stateOf(row) : unknownStreamState(stream)), ...(open[0] ? { poll: open[0] } : {}), polls: open }
   })
 }
 

@@ -1,3 +1,4 @@
+import { unknownStreamState } from '../../../../core/channels'
 import type { StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from '../../../../core/events'
 
 /** A stream as the read model holds it (see the `streams` table). */
@@ -29,18 +30,7 @@ export type StreamEvent =
  */
 export type Evolved = { next: StreamRow; counted: string[] } | null
 
-const empty = (stream: string): StreamRow => ({
-  stream,
-  status: 'offline',
-  title: null,
-  category: null,
-  startedAt: null,
-  endedAt: null,
-  broadcast: 0,
-  viewers: 0,
-  peakViewers: 0,
-  uniqueViewers: 0,
-})
+const empty = (stream: string): StreamRow => ({ ...unknownStreamState(stream), startedAt: null, endedAt: null, broadcast: 0 })
 
 /**
  * The stream after an event:
