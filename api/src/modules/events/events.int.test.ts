@@ -187,6 +187,25 @@ describe('POST /v1/events', () => {
     expect(empty.json.error.code).toBeString()
   })
 
+  test('a body that is not UTF-8 is 400 bad_json and stores nothing (never stored with U+FFFD in place of its bytes)', async () => {
+    const before = await h.streamCount()
+    const text = new TextEncoder().encode(JSON.stringify({ type: 'chat.message.posted', data: { room: 'utf8', user: 'ann', text: 'ok BAD' } }))
+    const at = Buffer.from(text).indexOf('BAD')
+    for (const bytes of [[0xff, 0xfe], [0xc0, 0x80], [0xed, 0xa0, 0x80], [0xe2, 0x82]]) {
+      const body = new Uint8Array([...text.subarray(0, at), ...bytes, ...text.subarray(at)])
+      const res = await h.app.handle(
+        new Request('http://localhost/v1/events', { method: 'POST', headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json' }, body }),
+      )
+      expect(res.status).toBe(400)
+      expectErrorShape(await res.json(), 'bad_json')
+    }
+    expect(await h.streamCount()).toBe(before)
+    // A byte order mark is not an error (RFC 8259 lets a parser ignore it).
+    const bom = new Uint8Array([0xef, 0xbb, 0xbf, ...text])
+    const ok = await h.app.handle(new Request('http://localhost/v1/events', { method: 'POST', headers: { authorization: `Bearer ${h.ingestToken}` }, body: bom }))
+    expect(ok.status).toBe(202)
+  })
+
   test('more than 500 events is 422 too_many_events and publishes nothing', async () => {
     const before = await h.streamCount()
     const events = Array.from({ length: 501 }, (_, i) => score(`p${i}`))
