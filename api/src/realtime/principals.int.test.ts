@@ -202,6 +202,22 @@ describe('principals over a real API node', () => {
     member.close()
   })
 
+  test('a private room: a user it is closed to may not post there either (REST and WebSocket); members and keys may', async () => {
+    expect((await call('PUT', '/admin/rooms/vip-post', { token: adminKey, body: { visibility: 'private' } })).status).toBe(200)
+    const post = (text: string) => ({ type: 'chat.message.posted', data: { room: 'vip-post', text } })
+    // An outsider's message would reach every member's screen.
+    const outsider = await token('eve')
+    const refused = await call('POST', '/v1/events', { token: outsider, body: { events: [{ type: 'chat.message.posted', data: { room: 'lobby', text: 'ok' } }, post('sneaking in')] } })
+    expect([refused.status, refused.json.error.code]).toEqual([403, 'forbidden'])
+    expect(refused.json.error.details).toEqual([{ index: 1, channel: 'chat:vip-post' }])
+    const c = await WsClient.open(`${ws}?token=${outsider}`)
+    c.send({ op: 'publish', ref: 'p', event: post('over the socket') })
+    expect((await c.reply('p')).error.code).toBe('forbidden')
+    c.close()
+    expect((await call('POST', '/v1/events', { token: await token('vic', { channels: ['chat:vip-*'] }), body: post('a member') })).status).toBe(202)
+    expect((await call('POST', '/v1/events', { token: env.vars.FANFARE_INGEST_TOKEN, body: { type: 'chat.message.posted', data: { room: 'vip-post', user: 'bot', text: 'a key' } } })).status).toBe(202)
+  })
+
   test('a room made private drops the subscribers who may no longer see it, with a forbidden error frame', async () => {
     const viewer = await WsClient.open(ws)
     const member = await WsClient.open(`${ws}?token=${await token('vic', { channels: ['chat:club'] })}`)
