@@ -61,3 +61,17 @@ test('match.created with a NUL or a lone surrogate in a property value is refuse
   const stored = JSON.stringify({ id: 'e1', by: 'ingest', type: 'match.created', v: 1, data: data('a\u0000b'), at: '2026-01-01T00:00:00Z' })
   expect(decodeEvent(stored)).toEqual({ ok: false, reason: expect.stringContaining('/data/properties/map') })
 })
+
+test('poll.opened closesAt must name a real instant Postgres can store: no Feb 30, no 24:00, years 1-9999 in UTC', () => {
+  const data = (closesAt: string) => ({ stream: 'tv', poll: 'p1', question: 'Which?', options: ['a', 'b'], closesAt })
+  // Year 0 (or 10000 once the offset is applied) passed Date.parse, was acked, and stopped the
+  // workers (Postgres: date/time field value out of range); Feb 30 was rolled over to March 2.
+  for (const bad of ['0000-01-01T00:00:00Z', '9999-12-31T23:59:59-14:00', '2030-02-30T00:00:00Z', '2031-02-29T00:00:00Z', '2030-01-01T24:00:00Z', '2030-13-01T00:00:00Z', '2030-01-01T00:00:00+24:00']) {
+    expect([bad, checkData('poll.opened', data(bad))]).toEqual([bad, [{ path: '/data/closesAt', message: expect.any(String) }]])
+  }
+  for (const good of ['2030-01-02T03:04:05Z', '2032-02-29T00:00:00Z', '2030-01-02T03:04:05.678901234+02:00', '9999-12-31T23:59:59Z', '0001-01-01T00:00:00Z', '0000-12-31T23:00:00-02:00']) {
+    expect([good, checkData('poll.opened', data(good))]).toEqual([good, []])
+  }
+  const stored = JSON.stringify({ id: 'e1', by: 'ingest', type: 'poll.opened', v: 1, data: data('0000-01-01T00:00:00Z'), at: '2026-01-01T00:00:00Z' })
+  expect(decodeEvent(stored)).toEqual({ ok: false, reason: expect.stringContaining('/data/closesAt') })
+})
