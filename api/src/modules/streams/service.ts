@@ -2,6 +2,7 @@ import { and, asc, desc, eq, gt, lt, or } from 'drizzle-orm'
 import { channelOf, streamStateOf as stateOf, type PollView, type StreamState } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { streams } from '../../../../core/db/schema'
+import { MAX_VIEWERS } from '../../../../core/events'
 import { Invalid } from '../../errors'
 import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
 import { openPollsOf } from '../polls/service'
@@ -60,7 +61,8 @@ function decodeCursor(cursor: string): { viewers: number; stream: string } {
   }
   if (!Array.isArray(value) || value.length !== 2) throw bad()
   const [viewers, stream] = value as unknown[]
-  if (!Number.isSafeInteger(viewers) || (viewers as number) < 0 || typeof stream !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(stream)) throw bad()
+  // At most what a viewer count can be (stream.viewers.sampled): past it the integer column refuses the comparison.
+  if (!Number.isSafeInteger(viewers) || (viewers as number) < 0 || (viewers as number) > MAX_VIEWERS || typeof stream !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(stream)) throw bad()
   return { viewers: viewers as number, stream }
 }
 
