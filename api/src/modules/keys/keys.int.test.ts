@@ -128,6 +128,9 @@ describe('/admin/keys', () => {
     expect([again.status, again.json.revokedAt]).toEqual([200, del.json.revokedAt])
     const unknown = await h.call('DELETE', '/admin/keys/key_0000000000000000', { token: h.adminToken })
     expect([unknown.status, unknown.json.error.code]).toEqual([404, 'unknown_key'])
+    // An id no key could have (a NUL reached Postgres: a 500) is 422 naming it.
+    const nul = await h.call('DELETE', '/admin/keys/key_%00', { token: h.adminToken })
+    expect([nul.status, nul.json.error.code, nul.json.error.details[0].path]).toEqual([422, 'invalid_request', '/id'])
   })
 
   test('an expiresAt that names no storable instant is 422 naming it (not a 500, nor a day rolled over)', async () => {
