@@ -346,7 +346,7 @@ function validate(inputs: unknown[], principal: Principal, by: string): Omit<Sto
     }
     // A user leaves a match as themselves; only the API nodes name a player, for a disconnection.
     // The projection would apply such a leave to the publisher's own seat: refused, not reread.
-    const leaving = typed.flatMap((e, index): { index: number; player?: unknown; reason?: unknown }[] => {
+    const leaving = typed.flatMap((e, index) => {
       if (e.type !== 'match.leave') return []
       const { player, reason } = e.data as { player?: unknown; reason?: unknown }
       if (player !== undefined && player !== principal.id) return [{ index, player }]
