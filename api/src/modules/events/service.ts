@@ -344,17 +344,6 @@ function validate(inputs: unknown[], principal: Principal, by: string): Omit<Sto
     if (impersonating.length > 0) {
       throw new Forbidden(`a user posts chat as themselves (${principal.id}${principal.name ? `, ${principal.name}` : ''}): the user and display name come from the token`, impersonating)
     }
-    // A user leaves a match as themselves; only the API nodes name a player, for a disconnection.
-    // The projection would apply such a leave to the publisher's own seat: refused, not reread.
-    const leaving = typed.flatMap((e, index) => {
-      if (e.type !== 'match.leave') return []
-      const { player, reason } = e.data as { player?: unknown; reason?: unknown }
-      if (player !== undefined && player !== principal.id) return [{ index, player }]
-      return reason === 'disconnected' ? [{ index, reason }] : []
-    })
-    if (leaving.length > 0) {
-      throw new Forbidden(`a user leaves a match as themselves (${principal.id}): only the API nodes name a player or report a disconnection`, leaving)
-    }
   }
 
   const invalid = typed.flatMap((e, index) => checkData(e.type as EventType, e.data).map((p) => ({ index, ...p })))
