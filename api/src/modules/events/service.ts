@@ -22,7 +22,7 @@ import { createMetrics, type Metrics } from '../../../../core/metrics'
 import { natsHeadersOf, tracer } from '../../../../core/tracing'
 import { UNKNOWN_FIELD, type Problem } from '../../../../core/validation'
 import { channelOf } from '../../../../core/channels'
-import { mayPublish, maySubscribe } from '../../auth/permissions'
+import { mayPublish, maySubscribe, type Visibility } from '../../auth/permissions'
 import type { RoomAccess } from '../../auth/rooms'
 import { principalId, type Principal } from '../../auth/principal'
 import { Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
@@ -287,9 +287,9 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   const roomsClosedTo = (user: Principal, events: Omit<StoredEvent, 'at'>[]) => {
     const posts = events.flatMap((e, index) => (e.type === 'chat.message.posted' ? [{ index, channel: channelOf.chat((e.data as { room: string }).room), room: (e.data as { room: string }).room }] : []))
     const seen = posts.map((p) => rooms.visibilityNowOr(p.room))
-    const closed = (visibilities: ('public' | 'private')[]) =>
+    const closed = (visibilities: Visibility[]) =>
       posts.flatMap(({ index, channel }, i) => (maySubscribe(user, channel, visibilities[i]).ok ? [] : [{ index, channel }]))
-    if (!seen.some((v) => v instanceof Promise)) return closed(seen as ('public' | 'private')[])
+    if (!seen.some((v) => v instanceof Promise)) return closed(seen as Visibility[])
     return Promise.all(seen).then(closed, () => {
       throw new Unavailable('cannot check the room now (database unavailable); retry with the same event ids')
     })
