@@ -62,3 +62,31 @@ export function takeFirst<T>(values: Iterable<T>, n: number): T[] {
   }
   return out
 }
+
+const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d{2}):(\d{2}))$/
+
+/**
+ * The instant an ISO 8601 date-time with a time zone names (`2030-01-02T03:04:05Z`,
+ * `2030-01-02T03:04:05.678+02:00`), or undefined when it names none: a day its month lacks
+ * (Feb 30), an hour past 23, an offset past 23:59, or an instant outside the years 1-9999 once in
+ * UTC (what Postgres' timestamptz and Date#toISOString both hold). Date.parse alone rolls Feb 30
+ * over to March 2 and takes year 0, which Postgres then refuses.
+ */
+export function parseDateTime(text: string): Date | undefined {
+  const m = DATE_TIME.exec(text)
+  if (!m) return undefined
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number)
+  const offsetHours = m[9] === undefined ? 0 : Number(m[9])
+  const offsetMinutes = m[10] === undefined ? 0 : Number(m[10])
+  const daysInMonth = month >= 1 && month <= 12 ? new Date(Date.UTC(2000, month, 0)).getUTCDate() + (month === 2 && !isLeap(year) ? -1 : 0) : 0
+  if (day < 1 || day > daysInMonth || hour > 23 || minute > 59 || second > 59 || offsetHours > 23 || offsetMinutes > 59) return undefined
+  const at = new Date(0)
+  // setUTCFullYear, not Date.UTC: Date.UTC reads years 0-99 as 1900-1999.
+  at.setUTCFullYear(year, month - 1, day)
+  at.setUTCHours(hour, minute, second, m[7] === undefined ? 0 : Number(m[7].slice(0, 3).padEnd(3, '0')))
+  const utc = new Date(at.getTime() - (m[8] === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000)
+  const y = utc.getUTCFullYear()
+  return y >= 1 && y <= 9999 ? utc : undefined
+}
+
+const isLeap = (year: number) => (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0

@@ -36,7 +36,7 @@ export function createApp(deps: ApiDeps) {
   const { config, db, nc, logger } = deps
   const readDb = deps.readDb ?? db
   const metrics = deps.metrics ?? createMetrics()
-  const ingest = deps.ingest ?? createIngest({ config, nc, logger, metrics })
+  const ingest = deps.ingest ?? createIngest({ config, nc, logger, metrics, rooms: deps.security.rooms })
   const { eventStream } = topology(config)
   const limits = deps.limits ?? createLimits({ config, metrics })
   // One instance for every module: Elysia de-duplicates it by name and seed.

@@ -3,8 +3,9 @@ import { MAX_JSON_DEPTH, nestedDeeperThan } from '../../core/validation'
 import { Invalid, PayloadTooLarge } from './errors'
 
 /**
- * Reads a request body as text, failing with 413 as soon as it passes `limit` bytes, so a
- * chunked upload without Content-Length cannot make us buffer more than the limit.
+ * Reads a request body as UTF-8 text, failing with 413 as soon as it passes `limit` bytes, so a
+ * chunked upload without Content-Length cannot make us buffer more than the limit, and with 400
+ * `bad_json` when it is not UTF-8.
  */
 export async function readLimited(request: Request, limit: number): Promise<string> {
   if (!request.body) return ''
@@ -21,13 +22,21 @@ export async function readLimited(request: Request, limit: number): Promise<stri
     }
     chunks.push(value)
   }
-  return new TextDecoder().decode(Buffer.concat(chunks))
+  try {
+    return strictUtf8.decode(Buffer.concat(chunks))
+  } catch {
+    // JSON is UTF-8 (RFC 8259). Decoded leniently, each bad byte would become U+FFFD and be stored.
+    throw new Invalid('bad_json', 'request body is not valid UTF-8', undefined, 400)
+  }
 }
+
+/** Fails on bytes that are not UTF-8 instead of replacing them; drops a leading byte order mark. */
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true })
 
 /**
  * Body handling for the whole app: the API speaks JSON only. A declared Content-Length over
  * `limit` is refused before anything is read; any body is read with the limit enforced and
- * parsed as JSON whatever its content type (malformed: 400 `bad_json`; nested past MAX_JSON_DEPTH:
+ * parsed as JSON whatever its content type (malformed or not UTF-8: 400 `bad_json`; nested past MAX_JSON_DEPTH:
  * 400 `too_deep`; empty: no body).
  */
 export function jsonBody(limit: number) {

@@ -29,7 +29,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
   const realtime = await startRealtime({ ...deps, metrics, security, snapshot: snapshotReader(deps.readDb ?? deps.db) })
   const limits = createLimits({ config: deps.config, metrics })
   // One ingest service for REST, WebSocket and the viewer sampler: one in-flight budget per node.
-  const ownIngest = deps.ingest ? undefined : createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger, metrics })
+  const ownIngest = deps.ingest ? undefined : createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger, metrics, rooms: security.rooms })
   const ingest = deps.ingest ?? ownIngest!
   const app = createApp({ ...deps, metrics, security, realtime, limits, ingest })
   app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })

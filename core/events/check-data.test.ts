@@ -1,6 +1,8 @@
 import { expect, test } from 'bun:test'
 import { countErrorPulls, unknownKeys } from '../testing/error-pulls'
-import { checkData } from '.'
+import type { TSchema } from '@sinclair/typebox'
+import { TypeCompiler } from '@sinclair/typebox/compiler'
+import { checkData, contracts, decodeEvent } from '.'
 
 test('checkData reports at most 10 problems and pulls no more errors than that (100k unknown keys)', async () => {
   const data = { board: 'main', player: 'p', score: 1, ...unknownKeys(100_000) }
@@ -21,4 +23,55 @@ test('poll.opened with closesAt validates in a process that never loaded Elysia 
   const out = await new Response(proc.stdout).text()
   expect(await proc.exited).toBe(0)
   expect(JSON.parse(out)).toEqual([[], 1])
+})
+
+/** Every string schema inside `schema` (object properties, record values, array items, unions), with where it is. */
+function stringSchemas(schema: TSchema, path = ''): { path: string; schema: TSchema }[] {
+  const s = schema as TSchema & { properties?: Record<string, TSchema>; patternProperties?: Record<string, TSchema>; items?: TSchema; anyOf?: TSchema[] }
+  if (s.type === 'string') return [{ path, schema: s }]
+  return [
+    ...Object.entries(s.properties ?? {}).flatMap(([k, v]) => stringSchemas(v, `${path}/${k}`)),
+    ...Object.values(s.patternProperties ?? {}).flatMap((v) => stringSchemas(v, `${path}/<name>`)),
+    ...(s.items ? stringSchemas(s.items, `${path}/<item>`) : []),
+    ...(s.anyOf ?? []).flatMap((v) => stringSchemas(v, path)),
+  ]
+}
+
+test('no event contract accepts a string Postgres cannot store (NUL, lone surrogate): such an event would be acknowledged, then stop the workers', () => {
+  // Postgres text and jsonb refuse U+0000, and jsonb a lone surrogate: a worker's statement then
+  // fails with a data error, which no retry fixes. The contract must refuse it at the door.
+  const storable: string[] = []
+  for (const [type, c] of Object.entries(contracts)) {
+    for (const { path, schema } of stringSchemas(c.schema)) {
+      const check = TypeCompiler.Compile(schema)
+      for (const [what, value] of [['NUL', 'a\u0000b'], ['a lone surrogate', 'a\uD800b']]) {
+        // Emoji is one grapheme by the contract's own check, which refuses both.
+        if (check.Check(value) && !(type === 'reaction.sent' && path === '/emoji') && !(type === 'reaction.batched' && path.endsWith('/emoji'))) storable.push(`${type} ${path} accepts ${what}`)
+      }
+    }
+  }
+  expect(storable).toEqual([])
+})
+
+test('match.created with a NUL or a lone surrogate in a property value is refused (and so dead-lettered by a worker, not applied)', () => {
+  const data = (map: string) => ({ match: 'm1', mode: 'duel', maxPlayers: 2, properties: { map } })
+  expect(checkData('match.created', data('dust'))).toEqual([])
+  expect(checkData('match.created', data('a\u0000b'))[0]?.path).toBe('/data/properties/map')
+  expect(checkData('match.created', data('a\uD800b'))[0]?.path).toBe('/data/properties/map')
+  const stored = JSON.stringify({ id: 'e1', by: 'ingest', type: 'match.created', v: 1, data: data('a\u0000b'), at: '2026-01-01T00:00:00Z' })
+  expect(decodeEvent(stored)).toEqual({ ok: false, reason: expect.stringContaining('/data/properties/map') })
+})
+
+test('poll.opened closesAt must name a real instant Postgres can store: no Feb 30, no 24:00, years 1-9999 in UTC', () => {
+  const data = (closesAt: string) => ({ stream: 'tv', poll: 'p1', question: 'Which?', options: ['a', 'b'], closesAt })
+  // Year 0 (or 10000 once the offset is applied) passed Date.parse, was acked, and stopped the
+  // workers (Postgres: date/time field value out of range); Feb 30 was rolled over to March 2.
+  for (const bad of ['0000-01-01T00:00:00Z', '9999-12-31T23:59:59-14:00', '2030-02-30T00:00:00Z', '2031-02-29T00:00:00Z', '2030-01-01T24:00:00Z', '2030-13-01T00:00:00Z', '2030-01-01T00:00:00+24:00']) {
+    expect([bad, checkData('poll.opened', data(bad))]).toEqual([bad, [{ path: '/data/closesAt', message: expect.any(String) }]])
+  }
+  for (const good of ['2030-01-02T03:04:05Z', '2032-02-29T00:00:00Z', '2030-01-02T03:04:05.678901234+02:00', '9999-12-31T23:59:59Z', '0001-01-01T00:00:00Z', '0000-12-31T23:00:00-02:00']) {
+    expect([good, checkData('poll.opened', data(good))]).toEqual([good, []])
+  }
+  const stored = JSON.stringify({ id: 'e1', by: 'ingest', type: 'poll.opened', v: 1, data: data('0000-01-01T00:00:00Z'), at: '2026-01-01T00:00:00Z' })
+  expect(decodeEvent(stored)).toEqual({ ok: false, reason: expect.stringContaining('/data/closesAt') })
 })

@@ -20,7 +20,7 @@ export const EventId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A
  * are de-duplicated on `<by>/<event id>` (see dedupIdOf): an event id has no '/', so the last '/'
  * always splits the two, whatever `by` holds.
  */
-export const PrincipalId = Type.String({ minLength: 1, maxLength: 140, pattern: '^[^\\s\\u0000]+$' })
+export const PrincipalId = Type.String({ minLength: 1, maxLength: 140, pattern: '^(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$' })
 /** A display name: 1-64 characters, no control characters. */
 export const DisplayName = Type.String({
   minLength: 1,
@@ -28,10 +28,16 @@ export const DisplayName = Type.String({
   pattern: '^(?:[^\\u0000-\\u001f\\u007f\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
   description: '1-64 chars, no control characters or lone surrogates',
 })
+/**
+ * Text Postgres can store: any characters but NUL, and surrogates only in pairs. (Zero or more of
+ * them: bound the length, and the emptiness, where the pattern is used.)
+ */
+export const STORABLE_TEXT = '^(?:[^\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$'
+
 export const ChatText = Type.String({
   minLength: 1,
   maxLength: 2000,
-  pattern: '^(?:[^\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$',
+  pattern: STORABLE_TEXT,
   description: '1-2000 chars, no NUL or lone surrogates',
 })
 export const FiniteNumber = Type.Number({ minimum: -1e15, maximum: 1e15, description: 'finite, |x| <= 1e15' })

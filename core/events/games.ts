@@ -1,10 +1,10 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { ActorId, FiniteNumber, Name } from './fields'
+import { ActorId, FiniteNumber, Name, STORABLE_TEXT } from './fields'
 
-/** Free-form match settings a game attaches: up to 20 names with short scalar values. */
+/** Free-form match settings a game attaches: up to 20 names with short scalar values (text Postgres can store). */
 export const MatchProperties = Type.Record(
   Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }),
-  Type.Union([Type.String({ maxLength: 200 }), Type.Number({ minimum: -1e15, maximum: 1e15 }), Type.Boolean()]),
+  Type.Union([Type.String({ maxLength: 200, pattern: STORABLE_TEXT }), Type.Number({ minimum: -1e15, maximum: 1e15 }), Type.Boolean()]),
   { maxProperties: 20 },
 )
 

@@ -5,7 +5,7 @@ import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
 import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart } from './games'
 import { isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
-import { MAX_PROBLEMS, problemMessage, takeFirst } from '../validation'
+import { MAX_PROBLEMS, parseDateTime, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
 export { ChatMessageDeleted, ChatMessagePosted } from './chat'
@@ -76,7 +76,9 @@ export const contracts = {
     schema: PollOpened,
     key: (d) => d.poll,
     check: (d) =>
-      d.closesAt !== undefined && Number.isNaN(Date.parse(d.closesAt)) ? { path: '/data/closesAt', message: 'must be an ISO 8601 date-time' } : undefined,
+      d.closesAt !== undefined && parseDateTime(d.closesAt) === undefined
+        ? { path: '/data/closesAt', message: 'must be an ISO 8601 date-time with a time zone naming a real instant of the years 1-9999' }
+        : undefined,
   }),
   'poll.voted': contract({ version: 1, schema: PollVoted, key: (d) => d.poll }),
   'poll.closed': contract({ version: 1, schema: PollClosed, key: (d) => d.poll }),

@@ -30,6 +30,9 @@ export type StreamUpdated = Static<typeof StreamUpdated>
 export const StreamEnded = Type.Object({ stream: Name }, { additionalProperties: false, $id: 'stream.ended@1' })
 export type StreamEnded = Static<typeof StreamEnded>
 
+/** Most viewers one stream can count (the streams table holds them as integers). */
+export const MAX_VIEWERS = 1_000_000_000
+
 /**
  * What presence saw of a stream's viewers, written through the stream so that the peak and the
  * unique viewers are exact and rebuildable. Published by API nodes (the system principal) at most
@@ -38,7 +41,7 @@ export type StreamEnded = Static<typeof StreamEnded>
  * are harmless). Key: stream.
  */
 export const StreamViewersSampled = Type.Object(
-  { stream: Name, viewers: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }), users: Type.Array(ActorId, { maxItems: 5000 }) },
+  { stream: Name, viewers: Type.Integer({ minimum: 0, maximum: MAX_VIEWERS }), users: Type.Array(ActorId, { maxItems: 5000 }) },
   { additionalProperties: false, $id: 'stream.viewers.sampled@1' },
 )
 export type StreamViewersSampled = Static<typeof StreamViewersSampled>

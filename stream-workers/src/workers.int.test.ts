@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from 'bun:test'
-import { and, asc, eq } from 'drizzle-orm'
+import { and, asc, eq, sql } from 'drizzle-orm'
 import { changeOutbox, chatMessages, channelVersions, deadLetters, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { keyOf, partitionOf, subjects } from '../../core/events'
 import { byChannel, createWorld, publishEvent, readNotices, readRuns, storedEvent, caughtUp, boardScores, holdVersionRow, type World } from './testing/harness'
@@ -7,6 +7,7 @@ import { until } from '../../core/testing/wait'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { ensureStreams, streamIdentity } from '../../core/nats'
 import { leaderboardsProjection } from './projections/leaderboards/apply'
+import type { Projection } from './projections'
 import { applyBatch, claimFence } from './runtime/batch'
 
 let world: World | undefined
@@ -269,6 +270,44 @@ describe('stream workers', () => {
     expect(dead[3].reason).toContain('not JSON')
     // The stored payload shows where the NUL was.
     expect(dead[0].payload).toContain('nul\\u0000player')
+    await workers.stop()
+  })
+
+  test('an event Postgres refuses with a data error is a dead letter with the reason; the batch around it applies and the worker goes on', async () => {
+    // A projection's write that fails in Postgres for one event's content (22P02 here; the
+    // contract gaps found so far gave 22P05 and 22008): every retry fails alike, so exiting on it
+    // made the restarted worker exit again on the same event, stopping every projection.
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    const refusing: Projection = {
+      ...leaderboardsProjection,
+      apply: async (db, events) => {
+        const applied = await leaderboardsProjection.apply(db, events)
+        const bomb = events.some((e) => (e.event.data as { player?: string }).player === 'bomb')
+        if (!bomb || !applied.write) return applied
+        const write = applied.write
+        // A cast Postgres refuses: invalid input syntax for type integer (SQLSTATE 22P02).
+        return { ...applied, write: (when) => [...[write(when)].flat(), sql`update ${leaderboards} set board = board where board = ('bomb'::text::int)::text and ${when}`] }
+      },
+    }
+    const workers = await w.startWorker({ projections: [refusing] })
+    await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: 'amy', score: 1 }, 'before'))
+    await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: 'bomb', score: 2 }, 'refused'))
+    await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: 'zed', score: 3 }, 'after'))
+    // Only the leaderboards projection runs here: wait for its checkpoint.
+    const checkpointAt = (seq: number) =>
+      until(`leaderboards checkpoint at ${seq}`, async () => {
+        const [cp] = await w.database.db.select().from(projectionCheckpoints).where(eq(projectionCheckpoints.projection, 'leaderboards'))
+        return cp?.seq === seq ? cp : undefined
+      })
+    await checkpointAt(3)
+    expect(await boardScores(w, 'arena')).toEqual({ amy: 1, zed: 3 })
+    const dead = await w.database.db.select().from(deadLetters)
+    expect(dead.map((d) => [d.projection, d.eventId, d.streamSeq])).toEqual([['leaderboards', 'refused', 2]])
+    expect(dead[0].reason).toContain('22P02')
+    // Still running: a later event applies too. (stop() throws if a runner failed fatally.)
+    await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: 'kai', score: 4 }, 'later'))
+    await checkpointAt(4)
+    expect(await boardScores(w, 'arena')).toEqual({ amy: 1, zed: 3, kai: 4 })
     await workers.stop()
   })
 

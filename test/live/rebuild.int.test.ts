@@ -47,7 +47,7 @@ describe('rebuilding the streams and polls projections', () => {
     const worker = await startTestWorker(hh.env)
     closers.push(() => worker.stop())
     // Samples come from the API nodes' own principal, which no request can be: publish as it.
-    const ingest = createIngest({ config: hh.env.config, nc: hh.nc, logger: createLogger('silent') })
+    const ingest = createIngest({ config: hh.env.config, nc: hh.nc, logger: createLogger('silent'), rooms: hh.deps.security.rooms })
     const sample = (stream: string, viewers: number, users: string[]) => ingest.publish([{ type: 'stream.viewers.sampled', data: { stream, viewers, users } }], rootKey('system'))
     const post = async (events: unknown[], token = hh.ingestToken) => {
       const r = await hh.call('POST', '/v1/events', { token, body: { events } })

@@ -56,6 +56,18 @@ describe('user tokens (HS256 with FANFARE_JWT_SECRET)', () => {
     expect(await codeOf(hs(await sign({ sub: 'a', exp })))).toBe('ok')
   })
 
+  test('a token issued in the future (iat past the clock tolerance) is refused: user revocation, by iat, could never reach it', async () => {
+    const now = Math.floor(Date.now() / 1000)
+    const sign = (iat: number) => new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('a').setIssuedAt(iat).setExpirationTime(now + 3600).sign(new TextEncoder().encode(SECRET))
+    // POST /admin/users/:user/revoke refuses tokens with iat at or before the revocation: one
+    // claiming to be issued next month would outlive every revocation of its user until then.
+    expect(await codeOf(hs(await sign(now + 30 * 86_400)))).toBe('invalid_token')
+    expect(await codeOf(hs(await sign(now + 60)))).toBe('invalid_token')
+    // Within the 5 s tolerance granted to exp and nbf (clocks of two machines), and in the past: fine.
+    expect(await codeOf(hs(await sign(now + 3)))).toBe('ok')
+    expect(await codeOf(hs(await sign(now - 60)))).toBe('ok')
+  })
+
   test('issuer and audience are checked when configured', async () => {
     const strict = createJwtVerifier({ FANFARE_JWT_SECRET: SECRET, FANFARE_JWT_ISSUER: 'https://auth.game', FANFARE_JWT_AUDIENCE: 'fanfare' })!
     expect(await codeOf(strict(await mintUserToken(SECRET, { sub: 'a', issuer: 'https://auth.game', audience: 'fanfare' })))).toBe('ok')

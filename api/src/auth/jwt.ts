@@ -23,6 +23,9 @@ const claimsCheck = TypeCompiler.Compile(UserClaims)
 export const SECRET_ALGORITHMS = ['HS256']
 export const JWKS_ALGORITHMS = ['RS256', 'ES256', 'EdDSA', 'Ed25519']
 
+/** Seconds two clocks may disagree by when exp, nbf and iat are checked. */
+const CLOCK_TOLERANCE_S = 5
+
 export type JwtVerifier = (token: string) => Promise<UserPrincipal>
 
 /**
@@ -62,7 +65,7 @@ export function createJwtVerifier(
         issuer: config.FANFARE_JWT_ISSUER,
         audience: config.FANFARE_JWT_AUDIENCE,
         requiredClaims: ['sub', 'exp'],
-        clockTolerance: 5,
+        clockTolerance: CLOCK_TOLERANCE_S,
         currentDate: opts.now ? new Date(opts.now()) : undefined,
       }))
     } catch (err) {
@@ -75,6 +78,11 @@ export function createJwtVerifier(
       throw new Unauthorized(`invalid token claims: ${first?.path ?? ''} ${first?.message ?? ''}`.trim(), 'invalid_token')
     }
     const c = payload as UserClaims
+    // jose checks iat only with maxTokenAge. A token "issued" in the future would outlive every
+    // revocation of its user (POST /admin/users/:user/revoke refuses tokens by iat) until then.
+    if (c.iat !== undefined && c.iat > (opts.now ? opts.now() : Date.now()) / 1000 + CLOCK_TOLERANCE_S) {
+      throw new Unauthorized('invalid token: "iat" claim timestamp check failed (it should be in the past)', 'invalid_token')
+    }
     return {
       kind: 'user',
       id: c.sub,

@@ -7,6 +7,12 @@ import type { Visibility } from './permissions'
 export type RoomAccess = {
   /** A room's visibility (public unless an admin made it private). Cached; changes reach every node at once. */
   visibility(room: string): Promise<Visibility>
+  /**
+   * The visibility this node holds for a room without asking Postgres, or a promise of it: the
+   * same promise for every caller while one lookup is under way, so callers that were in order
+   * resume in that order (publishes of one connection keep their order through it).
+   */
+  visibilityNowOr(room: string): Visibility | Promise<Visibility>
   /** Sets a room's visibility and tells every node. */
   setVisibility(room: string, visibility: Visibility): Promise<void>
   /** Called with a room whose visibility changed (here or on another node): re-check its subscribers. */
@@ -25,10 +31,14 @@ export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: str
   const now = deps.now ?? Date.now
   const ttl = deps.ttlMs ?? 30_000
   const cache = new Map<string, { visibility: Visibility; at: number }>()
+  // One lookup per room at a time: callers of a room being read share it.
+  const reading = new Map<string, Promise<Visibility>>()
   const listeners: ((room: string) => void)[] = []
   const subject = `${deps.prefix}.control.rooms`
   const changed = (room: string) => {
     cache.delete(room)
+    // A lookup under way may have read the old value: the next caller reads again.
+    reading.delete(room)
     for (const l of listeners) l(room)
   }
   const sub: Subscription = deps.nc.subscribe(subject, {
@@ -36,16 +46,33 @@ export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: str
       if (!err) changed(msg.string())
     },
   })
+  const read = async (room: string): Promise<Visibility> => {
+    const [row] = await deps.db.select({ visibility: roomSettings.visibility }).from(roomSettings).where(eq(roomSettings.room, room))
+    return row?.visibility ?? 'public'
+  }
+  const visibilityNowOr = (room: string): Visibility | Promise<Visibility> => {
+    const hit = cache.get(room)
+    if (hit && now() - hit.at < ttl) return hit.visibility
+    const under = reading.get(room)
+    if (under) return under
+    const lookup: Promise<Visibility> = read(room)
+      .then((visibility) => {
+        // Not when a change came in meanwhile: what was read may be from before it.
+        if (reading.get(room) === lookup) {
+          if (cache.size > 100_000) cache.clear()
+          cache.set(room, { visibility, at: now() })
+        }
+        return visibility
+      })
+      .finally(() => {
+        if (reading.get(room) === lookup) reading.delete(room)
+      })
+    reading.set(room, lookup)
+    return lookup
+  }
   return {
-    async visibility(room) {
-      const hit = cache.get(room)
-      if (hit && now() - hit.at < ttl) return hit.visibility
-      const [row] = await deps.db.select({ visibility: roomSettings.visibility }).from(roomSettings).where(eq(roomSettings.room, room))
-      const visibility: Visibility = row?.visibility ?? 'public'
-      if (cache.size > 100_000) cache.clear()
-      cache.set(room, { visibility, at: now() })
-      return visibility
-    },
+    visibility: async (room) => visibilityNowOr(room),
+    visibilityNowOr,
     async setVisibility(room, visibility) {
       await deps.db
         .insert(roomSettings)

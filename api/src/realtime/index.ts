@@ -229,6 +229,25 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   }
 
   /**
+   * A connection's principal was replaced by a fresh token of the same user, whose claims may admit
+   * fewer private rooms: drop the channels (and presence channels) it may no longer see, as a room
+   * made private does. Permissions are never kept from an earlier token.
+   */
+  const recheckConnection = async (conn: Connection) => {
+    for (const channel of [...conn.channels]) {
+      const target = presenceTarget(channel) ?? channel
+      const parsed = parseChannel(target)
+      const visibility = parsed?.kind === 'chat' ? await deps.rooms.visibility(parsed.name) : 'public'
+      if (!conn.channels.has(channel) || connections.get(conn.id) !== conn) continue // left or closed meanwhile
+      const access = maySubscribe(conn.principal, target, visibility)
+      if (access.ok) continue
+      leaveChannel(conn, channel, 'left')
+      send(conn, { op: 'error', channel, error: { code: 'forbidden', message: access.reason } })
+      send(conn, { op: 'unsubscribed', channel, reason: 'forbidden' })
+    }
+  }
+
+  /**
    * Takes a connection off one of its channels (a read model's, or a presence channel), and out
    * of the channel's presence: at once when it `left`, after the grace when it `disconnected`.
    * False when it was not subscribed.
@@ -364,9 +383,12 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           }
           const refused = conn.slot.identify(p)
           if (refused) return void refuseSocket(conn, frame.ref, refused)
+          const refreshed = conn.principal.kind !== 'anonymous'
           conn.principal = p
           conn.awaitingAuth = false
           scheduleExpiry(conn)
+          // After `authed`: the client learns of its fresh token first, then of what it lost.
+          if (refreshed) queueMicrotask(() => void recheckConnection(conn).catch((err) => log.warn({ err }, 're-checking channels after a token refresh failed')))
           return void reply({
             op: 'authed',
             ref: frame.ref,

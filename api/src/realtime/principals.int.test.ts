@@ -183,6 +183,43 @@ describe('principals over a real API node', () => {
     member.close()
   })
 
+  test('a private room: a user it is closed to may not post there either (REST and WebSocket); members and keys may', async () => {
+    expect((await call('PUT', '/admin/rooms/vip-post', { token: adminKey, body: { visibility: 'private' } })).status).toBe(200)
+    const post = (text: string) => ({ type: 'chat.message.posted', data: { room: 'vip-post', text } })
+    // An outsider's message would reach every member's screen.
+    const outsider = await token('eve')
+    const refused = await call('POST', '/v1/events', { token: outsider, body: { events: [{ type: 'chat.message.posted', data: { room: 'lobby', text: 'ok' } }, post('sneaking in')] } })
+    expect([refused.status, refused.json.error.code]).toEqual([403, 'forbidden'])
+    expect(refused.json.error.details).toEqual([{ index: 1, channel: 'chat:vip-post' }])
+    const c = await WsClient.open(`${ws}?token=${outsider}`)
+    c.send({ op: 'publish', ref: 'p', event: post('over the socket') })
+    expect((await c.reply('p')).error.code).toBe('forbidden')
+    c.close()
+    expect((await call('POST', '/v1/events', { token: await token('vic', { channels: ['chat:vip-*'] }), body: post('a member') })).status).toBe(202)
+    expect((await call('POST', '/v1/events', { token: env.vars.FANFARE_INGEST_TOKEN, body: { type: 'chat.message.posted', data: { room: 'vip-post', user: 'bot', text: 'a key' } } })).status).toBe(202)
+  })
+
+  test('a fresh token whose channels claim no longer admits a private room drops that room (and its presence), not the others', async () => {
+    expect((await call('PUT', '/admin/rooms/vip-refresh', { token: adminKey, body: { visibility: 'private' } })).status).toBe(200)
+    const c = await WsClient.open(`${ws}?token=${await token('ria', { channels: ['chat:vip-refresh'] })}`)
+    for (const channel of ['chat:vip-refresh', 'presence:chat:vip-refresh', 'chat:lobby', 'user:ria']) c.send({ op: 'subscribe', ref: channel, channel })
+    await until('subscribed', () => ['chat:vip-refresh', 'chat:lobby', 'user:ria'].every((ch) => c.of(ch).length === 1) && c.frames.some((f) => f.channel === 'presence:chat:vip-refresh' && f.op === 'snapshot'))
+    // The same user, another claim: what the connection may see is the new token's.
+    c.send({ op: 'auth', ref: 'a', token: await token('ria', { channels: [] }) })
+    expect(await c.reply('a')).toMatchObject({ op: 'authed', principal: 'u:ria' })
+    const dropped = await until('dropped', () => {
+      const gone = c.frames.filter((f) => f.op === 'unsubscribed' && f.reason === 'forbidden').map((f) => f.channel)
+      return gone.length === 2 ? gone.sort() : undefined
+    })
+    expect(dropped).toEqual(['chat:vip-refresh', 'presence:chat:vip-refresh'])
+    expect(c.frames.find((f) => f.op === 'error' && f.channel === 'chat:vip-refresh')?.error.code).toBe('forbidden')
+    expect(c.frames.filter((f) => f.op === 'unsubscribed').map((f) => f.channel).sort()).toEqual(['chat:vip-refresh', 'presence:chat:vip-refresh'])
+    c.send({ op: 'subscribe', ref: 'again', channel: 'chat:vip-refresh' })
+    expect((await c.reply('again')).error.code).toBe('forbidden')
+    expect(c.closed).toBeUndefined()
+    c.close()
+  })
+
   test('a room made private drops the subscribers who may no longer see it, with a forbidden error frame', async () => {
     const viewer = await WsClient.open(ws)
     const member = await WsClient.open(`${ws}?token=${await token('vic', { channels: ['chat:club'] })}`)

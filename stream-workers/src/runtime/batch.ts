@@ -53,6 +53,11 @@ export type ApplyOptions = {
    * The caller holds the dead letter's row lock in the transaction `db` belongs to (see replay.ts).
    */
   replay?: { deadLetter: number }
+  /**
+   * A message of the batch that Postgres refused (a data error, see isDataDbError): written as a
+   * dead letter with `reason` instead of being applied, like a message that does not decode.
+   */
+  refusedByPostgres?: { seq: number; reason: string }
 }
 
 /**
@@ -133,7 +138,7 @@ export async function prepareBatch(db: Db, owner: BatchOwner, expected: number, 
   const fresh = opts.replay ? messages : messages.filter((m) => m.seq > expected)
   const skipped = messages.length - fresh.length
   if (fresh.length === 0) return { done: { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint: expected } }
-  const { events, letters } = checkMessages(owner, fresh)
+  const { events, letters } = checkMessages(owner, fresh, opts.refusedByPostgres)
   // A replay that fails again writes nothing but its new reason (under the guard, like the rest).
   const applied: Applied = opts.replay && letters.length > 0 ? { changes: [] } : await owner.projection.apply(db, events)
   return prepared(owner, expected, fresh, skipped, events, letters, applied, now, opts)
@@ -207,11 +212,12 @@ function traced<T>(projection: string, events: number, batches: number, run: () 
 }
 
 /** The batch's messages as events to apply, and dead letters for those that do not belong (see checkMessage). */
-function checkMessages(owner: BatchOwner, fresh: BatchMessage[]): { events: SequencedEvent[]; letters: DeadLetter[] } {
+function checkMessages(owner: BatchOwner, fresh: BatchMessage[], refusedByPostgres?: ApplyOptions['refusedByPostgres']): { events: SequencedEvent[]; letters: DeadLetter[] } {
   const events: SequencedEvent[] = []
   const letters: DeadLetter[] = []
   for (const m of fresh) {
-    const problem = checkMessage(owner, m)
+    const checked = checkMessage(owner, m)
+    const problem = refusedByPostgres?.seq === m.seq ? { reason: refusedByPostgres.reason, eventId: 'reason' in checked ? checked.eventId : checked.event.id } : checked
     if ('reason' in problem) {
       const payload = new TextDecoder().decode(m.body)
       letters.push({ projection: owner.projection.name, partition: owner.partition, streamSeq: m.seq, subject: m.subject, eventId: problem.eventId ?? guessEventId(payload), reason: problem.reason, payload })

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test'
-import { isTransientDbError } from './errors'
+import { dbErrorSummary, isDataDbError, isTransientDbError } from './errors'
 
 describe('isTransientDbError', () => {
   test('connection loss and retryable SQLSTATEs are transient', () => {
@@ -17,5 +17,21 @@ describe('isTransientDbError', () => {
     expect(isTransientDbError(new TypeError('boom'))).toBe(false)
     expect(isTransientDbError(Object.assign(new Error('x'), { code: '42P01' }))).toBe(false)
     expect(isTransientDbError(Object.assign(new Error('x'), { code: '23505' }))).toBe(false)
+  })
+})
+
+describe('isDataDbError', () => {
+  test('Postgres refusing the data (classes 22 and 54) is a data error, from either driver, wrapped or not', () => {
+    expect(isDataDbError(Object.assign(new Error('unsupported Unicode escape sequence'), { code: '22P05' }))).toBe(true)
+    expect(isDataDbError(new Error('Failed query: ...', { cause: Object.assign(new Error('date/time field value out of range'), { code: '22008' }) }))).toBe(true)
+    expect(isDataDbError(Object.assign(new Error('x'), { code: 'ERR_POSTGRES_SERVER_ERROR', errno: '54000' }))).toBe(true)
+    expect(isDataDbError(Object.assign(new Error('x'), { code: '23505' }))).toBe(false)
+    expect(isDataDbError(Object.assign(new Error('x'), { code: '42P01' }))).toBe(false)
+    expect(isDataDbError(Object.assign(new Error('x'), { code: 'CONNECTION_CLOSED' }))).toBe(false)
+    expect(isDataDbError(new TypeError('boom'))).toBe(false)
+  })
+  test('the summary is the SQLSTATE and the server message, not the whole query', () => {
+    const err = new Error('Failed query: with guard as (...) params: ...', { cause: Object.assign(new Error('unsupported Unicode escape sequence'), { errno: '22P05', code: 'ERR_POSTGRES_SERVER_ERROR' }) })
+    expect(dbErrorSummary(err)).toBe('22P05 unsupported Unicode escape sequence')
   })
 })

@@ -46,6 +46,40 @@ export function isTransientDbError(err: unknown): boolean {
   return false
 }
 
+/**
+ * SQLSTATE classes that say Postgres refused the data itself: 22 data exception (a NUL or lone
+ * surrogate in text, a date out of range, a number out of range, a bad cast) and 54 program limit
+ * exceeded (a row too big for an index). The same statement fails alike however often it is
+ * retried: the event that carries such data is a bad message (a dead letter), not a reason to stop.
+ */
+const dataSqlStateClasses = new Set(['22', '54'])
+
+/** The SQLSTATE of a Postgres error (postgres.js `code`, Bun's SQL `errno`), also when drizzle wraps it in `cause`. */
+export function sqlStateOf(err: unknown): string | undefined {
+  type E = { code?: unknown; errno?: unknown; cause?: unknown }
+  for (let e = err as E | undefined, depth = 0; e && depth < 5; e = e.cause as E | undefined, depth++) {
+    for (const v of [e.errno, e.code]) if (typeof v === 'string' && /^[0-9A-Z]{5}$/.test(v)) return v
+  }
+  return undefined
+}
+
+/** True when Postgres refused a statement for the data it carries (see dataSqlStateClasses). */
+export function isDataDbError(err: unknown): boolean {
+  const state = sqlStateOf(err)
+  return state !== undefined && dataSqlStateClasses.has(state.slice(0, 2))
+}
+
+/** What Postgres said, for a dead letter's reason: `22P05 unsupported Unicode escape sequence`. */
+export function dbErrorSummary(err: unknown): string {
+  type E = { message?: unknown; cause?: unknown }
+  let message = ''
+  // The innermost message is the server's own; drizzle's wrapper repeats the whole query.
+  for (let e = err as E | undefined, depth = 0; e && depth < 5; e = e.cause as E | undefined, depth++) {
+    if (typeof e.message === 'string') message = e.message
+  }
+  return `${sqlStateOf(err) ?? ''} ${message.slice(0, 300)}`.trim()
+}
+
 /** True for errors that only a code change fixes (TypeError and friends): never retried. */
 export function isProgrammingError(err: unknown): boolean {
   return err instanceof TypeError || err instanceof ReferenceError || err instanceof SyntaxError || err instanceof RangeError

@@ -56,7 +56,7 @@ describe('POST /v1/events', () => {
   })
 
   test('requests published in one turn are stored in call order, each event under its own Nats-Msg-Id', async () => {
-    const ingest = createIngest({ config: h.env.config, nc: h.nc, logger: createLogger('silent') })
+    const ingest = createIngest({ config: h.env.config, nc: h.nc, logger: createLogger('silent'), rooms: h.deps.security.rooms })
     // Three requests of one key (one partition), all in flight together.
     const requests = [0, 1, 2].map((r) => [score('order', r * 10 + 1, `ord-${r}-a`), score('order', r * 10 + 2, `ord-${r}-b`)])
     const results = await Promise.all(requests.map((events) => ingest.publish(events, rootKey('ingest'))))
@@ -71,7 +71,7 @@ describe('POST /v1/events', () => {
   })
 
   test('stop: the events in flight are acknowledged, then new publishes are 503 and nothing more is stored', async () => {
-    const ingest = createIngest({ config: h.env.config, nc: h.nc, logger: createLogger('silent') })
+    const ingest = createIngest({ config: h.env.config, nc: h.nc, logger: createLogger('silent'), rooms: h.deps.security.rooms })
     const inFlight = ingest.publish([score('stopping', 1, 'stop-1'), score('stopping', 2, 'stop-2')], rootKey('ingest'))
     const stopped = ingest.stop()
     expect((await inFlight).map((r) => [r.id, r.duplicate])).toEqual([['stop-1', false], ['stop-2', false]])
@@ -187,6 +187,25 @@ describe('POST /v1/events', () => {
     expect(empty.json.error.code).toBeString()
   })
 
+  test('a body that is not UTF-8 is 400 bad_json and stores nothing (never stored with U+FFFD in place of its bytes)', async () => {
+    const before = await h.streamCount()
+    const text = new TextEncoder().encode(JSON.stringify({ type: 'chat.message.posted', data: { room: 'utf8', user: 'ann', text: 'ok BAD' } }))
+    const at = Buffer.from(text).indexOf('BAD')
+    for (const bytes of [[0xff, 0xfe], [0xc0, 0x80], [0xed, 0xa0, 0x80], [0xe2, 0x82]]) {
+      const body = new Uint8Array([...text.subarray(0, at), ...bytes, ...text.subarray(at)])
+      const res = await h.app.handle(
+        new Request('http://localhost/v1/events', { method: 'POST', headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json' }, body }),
+      )
+      expect(res.status).toBe(400)
+      expectErrorShape(await res.json(), 'bad_json')
+    }
+    expect(await h.streamCount()).toBe(before)
+    // A byte order mark is not an error (RFC 8259 lets a parser ignore it).
+    const bom = new Uint8Array([0xef, 0xbb, 0xbf, ...text])
+    const ok = await h.app.handle(new Request('http://localhost/v1/events', { method: 'POST', headers: { authorization: `Bearer ${h.ingestToken}` }, body: bom }))
+    expect(ok.status).toBe(202)
+  })
+
   test('more than 500 events is 422 too_many_events and publishes nothing', async () => {
     const before = await h.streamCount()
     const events = Array.from({ length: 501 }, (_, i) => score(`p${i}`))
@@ -231,7 +250,7 @@ describe('JetStream unavailable', () => {
   /** POSTs one event through an app whose ingest uses `overrides` on top of this test's config. */
   async function postWith(overrides: Partial<typeof h.env.config>) {
     const config = { ...h.env.config, ...overrides }
-    const app = createApp({ ...h.deps, config, ingest: createIngest({ config, nc: h.nc, logger: createLogger('silent'), publishTimeoutMs: 2000 }) })
+    const app = createApp({ ...h.deps, config, ingest: createIngest({ config, nc: h.nc, rooms: h.deps.security.rooms, logger: createLogger('silent'), publishTimeoutMs: 2000 }) })
     const res = await app.handle(
       new Request('http://localhost/v1/events', {
         method: 'POST',
@@ -272,7 +291,7 @@ describe('JetStream unavailable', () => {
 
   test('past FANFARE_INGEST_MAX_IN_FLIGHT a request is 503 overloaded at once and publishes nothing', async () => {
     const config = { ...h.env.config, FANFARE_INGEST_MAX_IN_FLIGHT: 500 }
-    const ingest = createIngest({ config, nc: h.nc, logger: createLogger('silent') })
+    const ingest = createIngest({ config, nc: h.nc, rooms: h.deps.security.rooms, logger: createLogger('silent') })
     const batch = (tag: string) => Array.from({ length: 300 }, (_, i) => ({ id: `${tag}-${i}`, ...score(`p${i}`) }))
     const before = await h.streamCount()
     // The first request's 300 events are in flight when the second arrives: 600 > 500.
@@ -338,7 +357,7 @@ describe('a JetStream failure part-way through a request', () => {
       Array.from({ length: 200 }, (_, i) => `player-${i}`)
         .filter((p) => (partitionOf(`main/${p}`, partitions) === 0) === inZero)
         .slice(0, n)
-    const ingest = createIngest({ config, nc: h.nc, logger: createLogger('silent'), publishTimeoutMs: 1500 })
+    const ingest = createIngest({ config, nc: h.nc, rooms: h.deps.security.rooms, logger: createLogger('silent'), publishTimeoutMs: 1500 })
     const batch = [...players(true, 2), ...players(false, 2)].map((p) => score(p))
     let settled = false
     const first = ingest.publish(batch, rootKey('ingest')).catch((err) => err)

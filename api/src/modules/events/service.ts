@@ -21,7 +21,9 @@ import { siteOf, topology } from '../../../../core/nats'
 import { createMetrics, type Metrics } from '../../../../core/metrics'
 import { natsHeadersOf, tracer } from '../../../../core/tracing'
 import { UNKNOWN_FIELD, type Problem } from '../../../../core/validation'
-import { mayPublish } from '../../auth/permissions'
+import { channelOf } from '../../../../core/channels'
+import { mayPublish, maySubscribe, type Visibility } from '../../auth/permissions'
+import type { RoomAccess } from '../../auth/rooms'
 import { principalId, type Principal } from '../../auth/principal'
 import { Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
 import { MAX_BATCH, type PublishOutcome, type PublishResult } from './model'
@@ -73,6 +75,8 @@ export type IngestOptions = {
   now?: () => Date
   /** Events stored and publish durations are counted here; a registry of its own when absent. */
   metrics?: Metrics
+  /** Room visibility: a user posts only in rooms they may read (a private room is closed to others). */
+  rooms: Pick<RoomAccess, 'visibilityNowOr'>
 }
 
 const inputChecker = TypeCompiler.Compile(EventInput)
@@ -82,7 +86,7 @@ const principalChecker = TypeCompiler.Compile(PrincipalId)
 export const newEventId = (): string => Bun.randomUUIDv7()
 
 /** Creates the ingest service. Makes no connection: it uses `nc` when publishing. */
-export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now = () => new Date(), metrics = createMetrics() }: IngestOptions): Ingest {
+export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now = () => new Date(), metrics = createMetrics(), rooms }: IngestOptions): Ingest {
   const t = topology(config)
   const site = siteOf(config)
   // At an edge the de-duplication id names the site: the hub's event stream sources every edge's
@@ -243,6 +247,15 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     // A principal comes from our own auth code, never from the request: a bad one is a bug.
     if (!principalChecker.Check(by)) throw new Error(`invalid principal ${JSON.stringify(by)}`)
     const events = validate(inputs, principal, by)
+    if (principal.kind === 'user') {
+      const closed = roomsClosedTo(principal, events)
+      // Awaited only when a room's visibility is not at hand: the events of one connection keep
+      // their order, as every caller of a room being looked up resumes in the order it came.
+      const found = closed instanceof Promise ? await closed : closed
+      if (found.length > 0) {
+        throw new Forbidden(`${found[0].channel} is a private room: only users whose channels claim matches it may post there`, found)
+      }
+    }
     if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
     if (stopped) throw new Unavailable('this node is shutting down; resend the events to another node')
     if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
@@ -270,6 +283,18 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
     throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
   }
+  /** The user's chat posts to rooms closed to them (private rooms whose channel their claim does not match). */
+  const roomsClosedTo = (user: Principal, events: Omit<StoredEvent, 'at'>[]) => {
+    const posts = events.flatMap((e, index) => (e.type === 'chat.message.posted' ? [{ index, channel: channelOf.chat((e.data as { room: string }).room), room: (e.data as { room: string }).room }] : []))
+    const seen = posts.map((p) => rooms.visibilityNowOr(p.room))
+    const closed = (visibilities: Visibility[]) =>
+      posts.flatMap(({ index, channel }, i) => (maySubscribe(user, channel, visibilities[i]).ok ? [] : [{ index, channel }]))
+    if (!seen.some((v) => v instanceof Promise)) return closed(seen as Visibility[])
+    return Promise.all(seen).then(closed, () => {
+      throw new Unavailable('cannot check the room now (database unavailable); retry with the same event ids')
+    })
+  }
+
   const stop = async () => {
     stopped = true
     const deadline = performance.now() + publishTimeoutMs

@@ -1,4 +1,5 @@
 import { Elysia } from 'elysia'
+import { parseDateTime } from '../../../../core/validation'
 import type { AuthPlugin } from '../../auth/plugin'
 import type { KeyStore } from '../../auth/keys'
 import { principalId, type Scope } from '../../auth/principal'
@@ -25,7 +26,12 @@ function checkScopes(scopes: string[]): Scope[] {
 /** An expiry, which must lie ahead: a key born expired is a mistake, not a request. */
 function checkExpiry(expiresAt: string | undefined, now: number): Date | undefined {
   if (expiresAt === undefined) return undefined
-  const at = new Date(expiresAt)
+  const at = parseDateTime(expiresAt)
+  if (at === undefined) {
+    throw new Invalid('invalid_request', `expiresAt ${expiresAt} names no instant of the years 1-9999`, [
+      { path: '/expiresAt', message: 'must be an ISO 8601 date-time with a time zone naming a real instant of the years 1-9999', in: 'body' },
+    ])
+  }
   if (!(at.getTime() > now)) {
     throw new Invalid('invalid_request', `expiresAt ${expiresAt} is not in the future`, [{ path: '/expiresAt', message: 'must be in the future', in: 'body' }])
   }

@@ -128,6 +128,18 @@ describe('/admin/keys', () => {
     expect([again.status, again.json.revokedAt]).toEqual([200, del.json.revokedAt])
     const unknown = await h.call('DELETE', '/admin/keys/key_0000000000000000', { token: h.adminToken })
     expect([unknown.status, unknown.json.error.code]).toEqual([404, 'unknown_key'])
+    // An id no key could have (a NUL reached Postgres: a 500) is 422 naming it.
+    const nul = await h.call('DELETE', '/admin/keys/key_%00', { token: h.adminToken })
+    expect([nul.status, nul.json.error.code, nul.json.error.details[0].path]).toEqual([422, 'invalid_request', '/id'])
+  })
+
+  test('an expiresAt that names no storable instant is 422 naming it (not a 500, nor a day rolled over)', async () => {
+    for (const expiresAt of ['9999-12-31T23:59:59-14:00', '2030-02-30T00:00:00Z', '2030-01-01T24:00:00Z']) {
+      const r = await h.call('POST', '/admin/keys', { token: h.adminToken, body: { name: 'odd date', scopes: ['admin:read'], expiresAt } })
+      expect([expiresAt, r.status, r.json.error?.code, r.json.error?.details?.[0]?.path]).toEqual([expiresAt, 422, 'invalid_request', '/expiresAt'])
+    }
+    const far = await h.call('POST', '/admin/keys', { token: h.adminToken, body: { name: 'far', scopes: ['admin:read'], expiresAt: '9999-12-31T23:59:59Z' } })
+    expect([far.status, far.json.expiresAt]).toEqual([201, '9999-12-31T23:59:59.000Z'])
   })
 
   test('a key with an expiry works until then and is refused after', async () => {

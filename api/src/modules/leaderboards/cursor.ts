@@ -1,4 +1,9 @@
+import { TypeCompiler } from '@sinclair/typebox/compiler'
+import { ActorId } from '../../../../core/events'
+import { isPeriodKey, type Reset } from '../../../../core/periods'
 import { decodePageCursor, encodePageCursor } from '../page-cursor'
+
+const playerCheck = TypeCompiler.Compile(ActorId)
 
 /** Where a page ended: the ranking key of its last entry and that entry's rank. */
 export type PagePosition = { board: string; period: string; score: number; reachedSeq: number; player: string; rank: number }
@@ -13,8 +18,11 @@ export function encodeCursor(p: PagePosition): string {
   return encodePageCursor([p.board, p.score, p.reachedSeq, p.player, p.rank, p.period])
 }
 
-/** Reads a cursor of `board`; anything else (garbled, forged shape, another board's) is 422 naming `after`. */
-export function decodeCursor(cursor: string, board: string): PagePosition {
+/**
+ * Reads a cursor of `board`; anything else (garbled, forged shape, another board's, a player that
+ * is no player id, a period the board does not have) is 422 naming `after`.
+ */
+export function decodeCursor(cursor: string, { board, reset }: { board: string; reset: Reset }): PagePosition {
   return decodePageCursor(cursor, 6, `after must be the \`next\` cursor of a previous page of board ${board}`, ([b, score, reachedSeq, player, rank, period]) => {
     const ok =
       b === board &&
@@ -22,13 +30,11 @@ export function decodeCursor(cursor: string, board: string): PagePosition {
       Number.isFinite(score) &&
       Number.isSafeInteger(reachedSeq) &&
       (reachedSeq as number) >= 0 &&
-      typeof player === 'string' &&
-      player.length > 0 &&
-      player.length <= 128 &&
+      playerCheck.Check(player) &&
       Number.isSafeInteger(rank) &&
       (rank as number) >= 1 &&
       typeof period === 'string' &&
-      period.length <= 16
+      (reset === 'none' ? period === '' : isPeriodKey(reset, period))
     return ok ? { board, period: period as string, score: score as number, reachedSeq: reachedSeq as number, player: player as string, rank: rank as number } : undefined
   })
 }

@@ -119,6 +119,14 @@ describe('leaderboard reads', () => {
     // A cursor of another board would give wrong ranks: refused.
     const foreign = await h.call('GET', `/v1/leaderboards/golf?after=${cursor}`)
     expect([foreign.status, foreign.json.error?.code]).toEqual([422, 'invalid_request'])
+     // Forged cursors of this board: a player or period Postgres cannot take (NUL) was a 500; a
+    // period the board does not have (hi has no periods) answered for that period.
+    const [, score, seq, player, rank] = JSON.parse(Buffer.from(cursor, 'base64url').toString())
+    for (const forged of [['hi', score, seq, 'a\u0000b', rank, ''], ['hi', score, seq, player, rank, '\u0000'], ['hi', score, seq, player, rank, '2030-01-01'], ['hi', score, seq, player, rank, 'current']]) {
+      const r = await h.call('GET', `/v1/leaderboards/hi?after=${Buffer.from(JSON.stringify(forged)).toString('base64url')}`)
+      expect([forged, r.status, r.json.error?.code]).toEqual([forged, 422, 'invalid_request'])
+      expect(r.json.error.details[0].path).toBe('/after')
+    }
   })
 
   test("a player's rank with neighbours", async () => {

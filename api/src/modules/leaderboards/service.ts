@@ -78,7 +78,7 @@ async function rankedRows(db: Db, board: string, page: { limit: number; offset?:
     throw new Invalid('invalid_request', message, [{ path: '/after', message, in: 'query' }])
   }
   const cfg = await boardConfig(db, board)
-  const from = page.after === undefined ? undefined : decodeCursor(page.after, board)
+  const from = page.after === undefined ? undefined : decodeCursor(page.after, cfg)
   // A cursor names its period: it continues that one, whatever the clock says now.
   const period = from ? from.period : resolvePeriod(cfg, page.period, now)
   if (from && page.period !== undefined && resolvePeriod(cfg, page.period, now) !== from.period) {

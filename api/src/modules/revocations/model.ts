@@ -1,3 +1,4 @@
+import { Type } from '@sinclair/typebox'
 import { t } from 'elysia'
 import { ActorId } from '../../../../core/events'
 
@@ -13,7 +14,9 @@ const MAX_EXP = 253_402_300_799
 export const TokenRevokeBody = t.Object(
   {
     jti: t.String({ minLength: 1, maxLength: 128, description: "the token's jti claim" }),
-    exp: t.Integer({
+    // TypeBox's own Integer: Elysia's t.Integer also takes numeric strings, and then reports any
+    // bad number as "Expected string".
+    exp: Type.Integer({
       minimum: 1,
       maximum: MAX_EXP,
       description: "the token's exp claim, copied as is: seconds since the epoch (JWT NumericDate). The revocation is kept until then.",

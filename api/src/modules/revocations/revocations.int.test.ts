@@ -67,6 +67,12 @@ describe('POST /admin/users/:user/revoke and /admin/tokens/revoke', () => {
       const r = await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body })
       expect([body, r.status, r.json.error?.code]).toEqual([body, 422, 'invalid_request'])
     }
+    // exp is the token's claim, a number: the error says what is wrong with it, never "Expected
+    // string" (a numeric string is not a NumericDate either).
+    for (const [exp, says] of [[-1, 'greater or equal to 1'], [2_000_000_000.5, 'integer'], [1e300, 'less or equal'], ['2000000000', 'integer'], [null, 'integer']] as const) {
+      const r = await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body: { jti: 'x', exp } })
+      expect([exp, r.status, r.json.error.details]).toEqual([exp, 422, [{ path: '/exp', message: expect.stringContaining(says), in: 'body' }]])
+    }
     const user = await h.call('POST', `/admin/users/${encodeURIComponent('two words')}/revoke`, { token: h.adminToken })
     expect([user.status, user.json.error?.code]).toEqual([422, 'invalid_request'])
     const tokens = await h.database.db.select().from(tokenRevocations)

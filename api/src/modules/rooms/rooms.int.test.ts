@@ -64,3 +64,31 @@ describe('room reads', () => {
     expect(none).toEqual({ version: 0, epoch: '', data: { room: 'elsewhere', messages: [expect.objectContaining({ id: 'other' })], limit: 50 } })
   })
 })
+
+describe('room visibility on an API node (RoomAccess)', () => {
+  let h: ApiHarness
+  beforeAll(async () => {
+    h = await createHarness()
+  })
+  afterAll(async () => {
+    await h.close()
+  })
+
+  test('callers of a room not cached share one lookup (so publishes waiting on it resume in their order); then it is at hand', async () => {
+    const rooms = h.deps.security.rooms
+    await rooms.setVisibility('shared-look', 'private')
+    const first = rooms.visibilityNowOr('shared-look')
+    const second = rooms.visibilityNowOr('shared-look')
+    expect(first).toBeInstanceOf(Promise)
+    // The same promise: awaiting it, callers resume in the order they came (two lookups could
+    // come back in either order, and a user's later post overtake an earlier one).
+    expect(second).toBe(first)
+    expect(await first).toBe('private')
+    expect(rooms.visibilityNowOr('shared-look')).toBe('private')
+    // A change drops what was cached and any lookup under way: the next caller reads again.
+    await rooms.setVisibility('shared-look', 'public')
+    const fresh = rooms.visibilityNowOr('shared-look')
+    expect(fresh).toBeInstanceOf(Promise)
+    expect(await fresh).toBe('public')
+  })
+})

@@ -194,6 +194,12 @@ describe('live streams and polls over REST and WebSocket', () => {
     }
     expect([all[0], all[1], ...rest]).toEqual(all)
     expect((await get('/v1/streams?after=nonsense')).json.error).toMatchObject({ code: 'invalid_request', details: [{ path: '/after', in: 'query' }] })
+    // A forged cursor past what the viewers column holds (int4) was a 500.
+    for (const viewers of [2 ** 31, Number.MAX_SAFE_INTEGER]) {
+      const forged = Buffer.from(JSON.stringify([viewers, 'tv'])).toString('base64url')
+      const r = await get(`/v1/streams?after=${forged}`)
+      expect([viewers, r.status, r.json.error?.code]).toEqual([viewers, 422, 'invalid_request'])
+    }
     expect((await get('/v1/streams?status=offline')).status).toBe(422)
     expect((await get('/v1/streams?limit=101')).status).toBe(422)
   }, 60_000)
