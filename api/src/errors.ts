@@ -84,6 +84,8 @@ export class PayloadTooLarge extends AppError {
 /** A dependency (NATS, JetStream, Postgres) cannot serve the request now; retrying later may work. */
 export class Unavailable extends AppError {
   readonly status = 503
+  /** Sent as `Retry-After`: a 503 here is always "shortly" (NATS back, a node's queue drained). */
+  readonly retryAfterMs = 1000
   constructor(message = 'service temporarily unavailable', code = 'unavailable', details?: unknown) {
     super(code, message, details)
   }
@@ -133,7 +135,7 @@ export function errorHandler(logger: Logger) {
     // Elysia wraps whatever a parse hook throws (our 413 and 400 included) in a ParseError.
     const cause = (error as { cause?: unknown }).cause
     if (code === 'PARSE' && cause instanceof AppError) return errorResponse(cause.status, cause.code, cause.message, cause.details)
-    if (error instanceof RateLimited) {
+    if (error instanceof RateLimited || error instanceof Unavailable) {
       const res = errorResponse(error.status, error.code, error.message, error.details)
       res.headers.set('retry-after', retryAfterSeconds(error.retryAfterMs))
       return res

@@ -286,6 +286,7 @@ describe('JetStream unavailable', () => {
       }),
     )
     expect(res.status).toBe(503)
+    expect(res.headers.get('retry-after')).toBe('1')
     expect(((await res.json()) as any).error.code).toBe('unavailable')
   })
 
