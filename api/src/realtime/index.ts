@@ -8,11 +8,12 @@ import type { Metrics } from '../../../core/metrics'
 import { contextOfTraceparent } from '../../../core/tracing'
 import type { PublishOptions } from '../modules/events/service'
 import type { Authenticator } from '../auth/authenticate'
+import { bearerOf } from '../auth/plugin'
 import { maySubscribe } from '../auth/permissions'
 import { ANONYMOUS, principalId, type Principal } from '../auth/principal'
 import type { Revocations } from '../auth/revocations'
 import type { RoomAccess } from '../auth/rooms'
-import { AppError, Forbidden, Revoked, TokenExpired, Unauthorized } from '../errors'
+import { AppError, Forbidden, Invalid, Revoked, TokenExpired, Unauthorized } from '../errors'
 import { closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
 import { heldBack, type PublishHold } from '../limits/publish-order'
 import type { Presence } from '../presence'
@@ -479,7 +480,11 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       if (refusedAddress) return refuseUpgrade(set, refusedAddress)
       let principal: Principal
       try {
-        principal = query.token ? await deps.authenticator.authenticate(query.token) : ANONYMOUS
+        // A browser can only put the token in the query; a server's client may send it as a header.
+        const header = bearerOf(request.headers.get('authorization'))
+        if (header !== undefined && query.token !== undefined) throw new Invalid('invalid_request', 'give the token once: as ?token= or as Authorization: Bearer, not both')
+        const token = header ?? query.token
+        principal = token ? await deps.authenticator.authenticate(token) : ANONYMOUS
       } catch (err) {
         if (!(err instanceof AppError)) throw err
         set.status = err.status

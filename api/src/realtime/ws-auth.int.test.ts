@@ -52,4 +52,22 @@ describe('WebSocket token', () => {
       c.close()
     }
   })
+
+  test('the token may come as Authorization: Bearer (a server-side client); a bad one is 401, never an anonymous socket', async () => {
+    const wsUrl = `ws://127.0.0.1:${api.port}/v1/ws`
+    const handshake = { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' }
+    const key = env.vars.FANFARE_INGEST_TOKEN
+    const wrong = await fetch(`http://127.0.0.1:${api.port}/v1/ws`, { headers: { ...handshake, authorization: `Bearer ${key.slice(0, -1)}${key.endsWith('x') ? 'y' : 'x'}` } })
+    expect(wrong.status).toBe(401)
+    const malformed = await fetch(`http://127.0.0.1:${api.port}/v1/ws`, { headers: { ...handshake, authorization: 'Basic Zm9vOmJhcg==' } })
+    expect(malformed.status).toBe(401)
+    const both = await fetch(`http://127.0.0.1:${api.port}/v1/ws?token=${key}`, { headers: { ...handshake, authorization: `Bearer ${key}` } })
+    expect(both.status).toBe(422)
+    expect(((await both.json()) as any).error.code).toBe('invalid_request')
+    // Opened with the key in the header, the socket is the key's: it may publish (an anonymous one may not).
+    const c = await WsClient.open(wsUrl, { authorization: `Bearer ${key}` })
+    c.send({ op: 'publish', ref: 'p', event: { id: 'ws-header-1', type: 'score.submitted', data: { board: 'hdr', player: 'p1', score: 1 } } })
+    expect(await c.reply('p')).toMatchObject({ op: 'ack', ref: 'p' })
+    c.close()
+  })
 })
