@@ -9,6 +9,7 @@ import { connectNats, deploymentStreams, topology } from '../../core/nats'
 import { upgradeNats } from '../../core/upgrade'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { SNAPSHOT_SIZE } from '../../api/src/modules/leaderboards/service'
+import { MAX_REPLAY } from '../../api/src/realtime/channel-hub'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { privateNatsCluster, type PrivateNatsCluster } from './private-nats'
 import {
@@ -120,7 +121,7 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
 
     const run = Math.random().toString(36).slice(2, 8)
     // The quiet board changes only when the test says: a few changes before anyone subscribes (its
-    // history), MISSED more while the stalled subscriber is cut off.
+    // history), MISSED more while the stalled subscriber is cut off, one after it resumed.
     const quietBoard = `quiet_${run}`
     const quietChannel = `leaderboard:${quietBoard}`
     let quietChanges = 0
@@ -133,7 +134,8 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
     await changeQuietBoard(3)
     await until('the quiet board applied', async () => (await db.version(quietChannel)) === 3, 30_000, 100)
 
-    const channels = [`leaderboard:latest_${run}`, `leaderboard:sum_${run}`, quietChannel]
+    const busyChannels = [`leaderboard:latest_${run}`, `leaderboard:sum_${run}`]
+    const channels = [...busyChannels, quietChannel]
     const attempts: Attempt[] = []
     let killedAt = 0
     let restartedAt = 0
@@ -154,7 +156,7 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
     /**
      * The stalled subscriber stops reading until its node cuts it (the load fills its queue in
      * seconds), the quiet board changes MISSED times, then it reads again: its queue, the close,
-     * and it reconnects. Another subscriber cut on that node at the same time could be the 4008 the
+     * and it reconnects; once it has resumed, the quiet board changes once more. Another subscriber cut on that node at the same time could be the 4008 the
      * test saw; then the stalled one is still connected once it has read its queue, and it stalls
      * again.
      */
@@ -168,13 +170,25 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
         stalledAt = Date.now()
         await until(`${home.baseUrl} to cut the stalled subscriber`, async () => (await slowConsumerCloses(home)) > before, 90_000, 200)
         cutAt = Date.now()
-        // A cut socket is off every channel: these changes reach it only by its resume.
+        // A cut socket is off every channel: these changes reach it only by its resume. It holds
+        // at most the versions applied by now; once the busy boards are further on than a resume
+        // replays, their resumes must be answered with a resync snapshot.
+        const busy = await Promise.all(busyChannels.map((c) => db.version(c)))
         const version = await db.version(quietChannel)
         await changeQuietBoard(MISSED)
         await until('the quiet board applied', async () => (await db.version(quietChannel)) >= version + MISSED, 60_000, 100)
+        await until('the busy boards further on than a resume replays', async () => {
+          const now = await Promise.all(busyChannels.map((c) => db.version(c)))
+          return now.every((v, i) => v > busy[i] + 2 * MAX_REPLAY)
+        }, 60_000, 100)
         s.resume()
         const closed = await until('the stalled subscriber to read its queue and the close', () => connection.closed, 20_000).catch(() => undefined)
-        if (closed?.code === 4008) return
+        if (closed?.code === 4008) {
+          // Resumed: one more change comes live, after the replay (a resume that skipped the
+          // missed changes shows now as a gap, not only as a version never reached).
+          await until('the stalled subscriber to resume', () => s.connections.length > 1 && [...s.subscriptions.values()].every((sub) => sub.status === 'live'), 20_000)
+          return changeQuietBoard(1)
+        }
         if (closed) throw new Error(`the stalled subscriber's connection ended with ${JSON.stringify(closed)}, not 4008`)
       }
     }
@@ -273,20 +287,21 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
         expect([name, channel, 'answers', log.answers.length]).toEqual([name, channel, 'answers', s.connections.length])
       }
     }
-    // The stalled one was cut as a slow consumer, resumed on the other node, and was sent the quiet
-    // board's changes it missed.
+    // The stalled one was cut as a slow consumer, resumed on the other node, was sent the quiet
+    // board's changes it missed, and a resync snapshot of each busy board.
     const [cut, next] = stalled!.connections
     expect(cut.closed?.code).toBe(4008)
     expect(next?.url).toBeDefined()
     expect(next.url).not.toBe(cut.url)
-    expect(stalled!.logs.get(quietChannel)!.answers.slice(0, 2)).toEqual(['snapshot', 'subscribed'])
+    const answers = channels.map((c) => `${c}: ${stalled!.logs.get(c)!.answers.slice(0, 2).join(', ')}`)
+    expect(answers).toEqual([...busyChannels.map((c) => `${c}: snapshot, resync`), `${quietChannel}: snapshot, subscribed`])
 
     // What the processes did about it (warnings they logged).
     const count = (ps: Proc[], pattern: RegExp) => ps.reduce((n, p) => n + p.output().split('\n').filter((l) => pattern.test(l)).length, 0)
     const recovery = `workers logged ${count(workers, /consumer reset/)} consumer resets, API nodes ${count(apiProcs, /change feed interrupted/)} change feed interruptions`
     const total = oracle.applied.get(oracle.latestBoard)! + oracle.applied.get(oracle.sumBoard)!
     const reconnects = subscribers.flatMap(({ s }) => s.connections.filter((c) => c.closed).map((c) => c.closed!.code))
-    const answers = subscribers.flatMap(({ s }) => [...s.logs.values()].flatMap((l) => l.answers.slice(1)))
+    const resumes = subscribers.flatMap(({ s }) => [...s.logs.values()].flatMap((l) => l.answers.slice(1)))
     const nodeResyncs = subscribers.reduce((n, { s }) => n + [...s.logs.values()].reduce((m, l) => m + l.nodeResyncs, 0), 0)
     console.log(
       `nats cluster: n${victim + 1} (the event stream's leader at start) SIGKILLed ${killedAt - (attempts[0]?.startedAt ?? killedAt)} ms into the load, ` +
@@ -295,7 +310,7 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
         `${total} events acknowledged over ${endedAt - (attempts[0]?.startedAt ?? endedAt)} ms, ${oracle.unavailable} resends; ` +
         `${subscribers.length} subscribers x ${channels.length} channels; the stalled one was cut ${cutAt - stalledAt} ms after it stopped reading ` +
         `(${cutAt - restartedAt} ms after the restart, ${stallAttempts} attempt(s)); reconnects by close code: ${JSON.stringify(reconnects)}; ` +
-        `resumes answered ${answers.filter((a) => a === 'subscribed').length} by replay, ${answers.filter((a) => a === 'resync').length} by resync; ` +
+        `resumes answered ${resumes.filter((a) => a === 'subscribed').length} by replay, ${resumes.filter((a) => a === 'resync').length} by resync; ` +
         `${nodeResyncs} resyncs by the nodes; ${recovery}`,
     )
     expect(ingestBackMs).toBeLessThan(INGEST_BACK_WITHIN_MS)
