@@ -41,7 +41,7 @@ const IN_FLIGHT = 3
 const SUBSCRIBERS_PER_NODE = 2
 /** Changes made to the quiet board while the stalled subscriber is cut off: its resume must replay them. */
 const MISSED = 5
-/** Load before the kill, time the node stays dead, load after its restart (at least: it goes on until the stalled subscriber is cut). */
+/** Load before the kill, time the node stays dead, load after its restart (at least: it goes on while the stall lasts). */
 const WARM_MS = 3_000
 const DEAD_MS = 30_000
 const AFTER_RESTART_MS = 5_000
@@ -62,8 +62,8 @@ const INGEST_BACK_WITHIN_MS = DEAD_MS
  *
  * Subscribers are the SDK's clients, as users run them, on both nodes. After the restart one of
  * them stops reading until its node cuts it as a slow consumer (4008, "reconnect and resume");
- * meanwhile a quiet board changes. Like any subscriber cut by the load, it reconnects (to the other node: the SDK moves
- * on) and resumes each channel from its version. Every subscriber must end with exactly the read
+ * meanwhile a quiet board changes. Like any subscriber cut by the load, it reconnects (to the
+ * other node: the SDK moves on) and resumes each channel from its version. Every subscriber must end with exactly the read
  * model, as REST shows it, having seen every change in order or a snapshot marked resync: a resume
  * replays what was missed (the quiet board's changes) or is answered with a plain resync, never
  * with a silent gap.
@@ -156,9 +156,9 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
     /**
      * The stalled subscriber stops reading until its node cuts it (the load fills its queue in
      * seconds), the quiet board changes MISSED times, then it reads again: its queue, the close,
-     * and it reconnects; once it has resumed, the quiet board changes once more. Another subscriber cut on that node at the same time could be the 4008 the
-     * test saw; then the stalled one is still connected once it has read its queue, and it stalls
-     * again.
+     * and it reconnects; once it has resumed, the quiet board changes once more. Another
+     * subscriber cut on that node at the same time could be the 4008 the test saw; then the
+     * stalled one is still connected once it has read its queue, and it stalls again.
      */
     const stallUntilCut = async (s: Subscriber) => {
       for (;;) {
@@ -206,8 +206,9 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
       beforeRound: async (r) => {
         if (r !== 0) return
         // The boards are configured now: subscribe on both nodes, then start the fault script and
-        // the stall after it, which run beside the load. The resident subscribers stay on their node (they
-        // resume there if the load cuts them); the stalled one may start on either and moves on.
+        // the stall after it, which run beside the load. The resident subscribers stay on their
+        // node (they resume there if the load cuts them); the stalled one may start on either and
+        // moves on.
         for (const [i, api] of apis.entries()) {
           for (let j = 0; j < SUBSCRIBERS_PER_NODE; j++) subscribers.push({ name: `api-${i + 1} #${j + 1}`, s: subscriber([api.baseUrl], channels) })
         }
