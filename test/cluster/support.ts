@@ -1,4 +1,5 @@
 import postgres from 'postgres'
+import { createClient, type Client, type CloseReason, type StateOf, type Subscription } from '../../client/src'
 import { until, type Proc, type WsClient } from '../e2e/harness'
 
 /** An ingest client for one deployment: posts batches, reports status and body. */
@@ -105,6 +106,42 @@ export async function stopCleanly(...procs: Proc[]) {
 }
 
 /**
+ * POSTs a batch until it is stored, as clients do. A 429 `rate_limited` stored nothing (a load can
+ * pass the bootstrap key's per-node rate on a fast machine): it waits as told and sends again, not
+ * an attempt the availability figures count. A 503 `unavailable` is an honest answer (the node's
+ * NATS connection blipped, a stream is electing its leader): the same ids are resent, which
+ * JetStream de-duplicates, 10 times or for `resendForMs`, whichever allows more. Returns the last
+ * answer (a request unanswered for 30 s is status 0) and how many resends it took.
+ */
+export async function postStored(
+  api: Api,
+  batch: ScoreEvent[],
+  opts: { resendForMs?: number; onAttempt?: (a: Attempt) => void } = {},
+): Promise<{ status: number; body: any; resends: number }> {
+  const attempt = async () => {
+    for (;;) {
+      const startedAt = Date.now()
+      const res = await postEvents(api, batch, 30_000)
+      if (res.status === 429 && res.body?.error?.code === 'rate_limited') {
+        await Bun.sleep(Number(res.body.error.details?.retryAfterMs ?? 100))
+        continue
+      }
+      opts.onAttempt?.({ api: api.baseUrl, startedAt, endedAt: Date.now(), status: res.status, code: res.body?.error?.code })
+      return res
+    }
+  }
+  const giveUpAt = Date.now() + (opts.resendForMs ?? 0)
+  let res = await attempt()
+  let resends = 0
+  while (res.status === 503 && res.body?.error?.code === 'unavailable' && (resends < 10 || Date.now() < giveUpAt)) {
+    resends++
+    await Bun.sleep(250)
+    res = await attempt()
+  }
+  return { ...res, resends }
+}
+
+/**
  * What a deployment acknowledged for a run's two boards: the oracle read models and subscribers
  * are compared with. `latest` holds each player's last acknowledged score (a reordered apply
  * leaves another value), `sum` the total of their acknowledged scores, `applied` the number of
@@ -129,10 +166,9 @@ export type Attempt = { api: string; startedAt: number; endedAt: number; status:
  * Sends rounds of score events to both boards through `apis` (round-robin, `inFlight` requests at
  * once) and records what was acknowledged in an Oracle. One round in flight at a time: a key's
  * next event is sent only after its previous one was acknowledged, so "the last event sent" is
- * well defined even across nodes. Scores vary per round (not monotone). A request refused with
- * 503 `unavailable` is resent with the same ids, which JetStream de-duplicates, 10 times or for
- * `resendForMs`, whichever allows more; any other answer but 202 (a request unanswered for 30 s included) and a fresh
- * event reported duplicate fail the run.
+ * well defined even across nodes. Scores vary per round (not monotone). Each batch is sent as
+ * postStored sends it; any other final answer but 202 (a request unanswered for 30 s included)
+ * and a fresh event reported duplicate fail the run.
  * `beforeRound` injects faults; rounds go on while `more(round)` is true.
  */
 export async function ingestRounds(opts: {
@@ -176,32 +212,8 @@ export async function ingestRounds(opts: {
       while (next < batches.length) {
         const batch = batches[next++]
         const api = opts.apis[o.requests++ % opts.apis.length]
-        const attempt = async () => {
-          for (;;) {
-            const startedAt = Date.now()
-            const res = await postEvents(api, batch, 30_000)
-            // 429 `rate_limited` stored nothing (this load can pass the bootstrap key's per-node
-            // rate on a fast machine): wait as told and send again, as clients do. Not an attempt
-            // the availability figures count.
-            if (res.status === 429 && res.body?.error?.code === 'rate_limited') {
-              await Bun.sleep(Number(res.body.error.details?.retryAfterMs ?? 100))
-              continue
-            }
-            opts.onAttempt?.({ api: api.baseUrl, startedAt, endedAt: Date.now(), status: res.status, code: res.body?.error?.code })
-            return res
-          }
-        }
-        const giveUpAt = Date.now() + (opts.resendForMs ?? 0)
-        let res = await attempt()
-        let resends = 0
-        // A 503 `unavailable` is an honest answer (the node's NATS connection blipped, a stream is
-        // electing its leader); clients resend the same ids.
-        while (res.status === 503 && res.body?.error?.code === 'unavailable' && (resends < 10 || Date.now() < giveUpAt)) {
-          resends++
-          o.unavailable++
-          await Bun.sleep(250)
-          res = await attempt()
-        }
+        const { resends, ...res } = await postStored(api, batch, opts)
+        o.unavailable += resends
         if (res.status !== 202) throw new Error(`POST ${api.baseUrl}/v1/events: ${res.status} ${JSON.stringify(res.body)}`)
         if (res.body.results.length !== batch.length) throw new Error(`${res.body.results.length} results for ${batch.length} events`)
         for (const [i, e] of batch.entries()) {
@@ -270,4 +282,117 @@ export class BoardView {
     }
     return this
   }
+}
+
+/** What a Subscriber saw of one channel. */
+export type ChannelLog = {
+  /**
+   * How each connection's subscribe was answered: `snapshot` (a fresh subscribe), `subscribed`
+   * (a resume: the missed updates follow) or `resync` (a resume answered with a snapshot marked
+   * resync). The first connection's is a snapshot; each later one answers a resume.
+   */
+  answers: ('snapshot' | 'subscribed' | 'resync')[]
+  /** Snapshots marked resync sent on a connection already following the channel (the node re-synced it). */
+  nodeResyncs: number
+  /** Update frames received, and updates the SDK applied: equal unless a frame repeated a version. */
+  updateFrames: number
+  applied: number
+  /** Breaches of the protocol seen in the frames (an update not following the state held, ...). */
+  problems: string[]
+}
+
+/**
+ * A subscriber as users run one: the SDK's client (client/), which reconnects whenever its socket
+ * drops (a 4008 slow-consumer close included, at once and to the next of `urls`) and resumes
+ * each channel from its version. What it received is logged per channel (see ChannelLog), read
+ * from the frames on the wire and from the SDK's callbacks, so a test can tell a resume that
+ * filled the missed updates from a plain resync, and neither from a silent gap.
+ *
+ * `pause()` stops reading its current socket (the server sees TCP backpressure, as from a client
+ * that cannot keep up); `resume()` reads again.
+ */
+export type Subscriber = {
+  client: Client
+  subscriptions: Map<string, Subscription<string>>
+  logs: Map<string, ChannelLog>
+  /** Each connection's URL, and how it ended. */
+  connections: { url: string; closed?: CloseReason }[]
+  /** What the client reported: a gap it repaired, a refused subscription, a listener that threw. */
+  errors: string[]
+  pause: () => void
+  resume: () => void
+}
+
+export function subscriber(urls: string[], channels: string[], opts: { pingIntervalMs?: number } = {}): Subscriber {
+  const logs = new Map<string, ChannelLog>()
+  const errors: string[] = []
+  const connections: Subscriber['connections'] = []
+  const sockets: WebSocket[] = []
+  for (const channel of channels) logs.set(channel, { answers: [], nodeResyncs: 0, updateFrames: 0, applied: 0, problems: [] })
+  // Update frames start `{"op":"update","channel":"<channel>",` (see the hub's frames): counted without parsing.
+  const updatePrefixes = channels.map((channel) => [`{"op":"update","channel":${JSON.stringify(channel)},`, channel] as const)
+
+  class TappedWebSocket extends WebSocket {
+    constructor(url: string | URL, protocols?: string | string[]) {
+      super(url, protocols)
+      sockets.push(this)
+      const answered = new Set<string>()
+      this.addEventListener('message', (ev) => {
+        // A socket the SDK has left (it is closing it) may still deliver: the SDK ignores those frames.
+        if (sockets.at(-1) !== this) return
+        const text = String(ev.data)
+        if (text.startsWith('{"op":"update"')) {
+          const channel = updatePrefixes.find(([prefix]) => text.startsWith(prefix))?.[1]
+          if (channel) logs.get(channel)!.updateFrames++
+          return
+        }
+        const f = JSON.parse(text)
+        const log = logs.get(f.channel)
+        if (!log || (f.op !== 'snapshot' && f.op !== 'subscribed')) return
+        const kind = f.op === 'subscribed' ? 'subscribed' : f.resync ? 'resync' : 'snapshot'
+        if (!answered.has(f.channel)) {
+          answered.add(f.channel)
+          log.answers.push(kind)
+          if (log.answers.length > 1 && kind === 'snapshot') log.problems.push('a resume answered with a snapshot not marked resync')
+        } else if (kind === 'resync') log.nodeResyncs++
+        else log.problems.push(`a ${kind} frame on a connection already following the channel`)
+      })
+    }
+  }
+
+  const client = createClient({ urls, WebSocket: TappedWebSocket, pingIntervalMs: opts.pingIntervalMs })
+  client.on('status', (s) => {
+    if (s.state === 'connected') connections.push({ url: s.url })
+    else if ((s.state === 'reconnecting' || s.state === 'closed') && connections.length > 0 && !connections.at(-1)!.closed) connections.at(-1)!.closed = s.reason
+  })
+  client.on('error', (err) => errors.push(`${err.code}: ${err.message}`))
+  const subscriptions = new Map<string, Subscription<string>>()
+  for (const channel of channels) {
+    const log = logs.get(channel)!
+    let version: number | undefined
+    const sub = client.subscribe(channel, {
+      // Checked here as well as in the SDK: every update follows the state held, or a snapshot replaced it.
+      onUpdate: (_, info) => {
+        log.applied++
+        if (version !== undefined && info.from !== version + 1) log.problems.push(`update ${info.from}..${info.version} applied on version ${version}`)
+      },
+      onState: (_, info) => void (version = info.version),
+      onError: (err) => errors.push(`${channel}: ${err.code}: ${err.message}`),
+    })
+    subscriptions.set(channel, sub)
+  }
+  return {
+    client,
+    subscriptions,
+    logs,
+    connections,
+    errors,
+    pause: () => void (sockets.at(-1) as unknown as { pause: () => boolean }).pause(),
+    resume: () => void (sockets.at(-1) as unknown as { resume: () => boolean }).resume(),
+  }
+}
+
+/** A subscriber's board (its state of `leaderboard:<board>`) as REST shows one: rank, player, score. */
+export function entriesOf(state: StateOf<'leaderboard:x'> | undefined) {
+  return (state?.entries ?? []).map(({ rank, player, score }) => ({ rank, player, score }))
 }

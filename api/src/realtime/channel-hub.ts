@@ -29,7 +29,7 @@ export type HubDeps = {
   publish: (topic: string, text: string) => void
   /** How long an out-of-order notice waits for the missing one before subscribers are re-synced. */
   gapTimeoutMs: number
-  /** Most updates a resume replays; further behind gets a snapshot. Default 1000. */
+  /** Most updates a resume replays; further behind gets a snapshot. Default MAX_REPLAY. */
   maxReplay?: number
   onError?: (err: unknown, channel: string) => void
   /** The timers of gap timeouts (tests pass their own clock). Default: setTimeout / clearTimeout. */
@@ -131,9 +131,12 @@ export const frames = {
  * only once it has everything the topic has had: no loss and no repeat between the first frame and
  * live updates.
  */
+/** Most updates a resume replays by default; a client further behind gets a resync snapshot. */
+export const MAX_REPLAY = 1000
+
 export function createChannelHub(deps: HubDeps) {
   const channels = new Map<string, ChannelState>()
-  const maxReplay = deps.maxReplay ?? 1000
+  const maxReplay = deps.maxReplay ?? MAX_REPLAY
   const timers = deps.timers ?? realTimers
 
   function stateOf(channel: string): ChannelState {
