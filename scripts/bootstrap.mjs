@@ -10,7 +10,7 @@
 // skip install scripts and leave a placeholder behind.
 
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { constants } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -128,9 +128,11 @@ function run(args, { summarize, group = false }) {
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => onSignal(signal))
   // `npm start` runs us through `sh -c`; a SIGTERM sent to npm (a process manager, `kill <npm>`)
   // ends npm and that shell without reaching us. Losing our parent is that signal: pass it on.
+  // npm killed by SIGKILL leaves that shell behind (it waits for us), so watch npm itself too.
   const parent = process.ppid
+  const npm = process.env.npm_lifecycle_event ? parentOf(parent) : null
   const watch = setInterval(() => {
-    if (process.ppid !== parent) {
+    if (process.ppid !== parent || (npm !== null && npmGone(parent, npm))) {
       clearInterval(watch)
       forward('SIGTERM')
     }
@@ -171,6 +173,33 @@ function run(args, { summarize, group = false }) {
     process.stdout.write(`${passed} passed, ${failed} failed\n`)
     process.exit(ok ? 0 : status || 1)
   })
+}
+
+/** The parent pid of `pid`: from /proc on Linux, else from ps; null if unknown. */
+function parentOf(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+  } catch {
+    // no /proc (macOS): ask ps
+  }
+  const r = spawnSync('ps', ['-o', 'ppid=', '-p', String(pid)], { encoding: 'utf8' })
+  const ppid = Number((r.stdout ?? '').trim())
+  return r.status === 0 && ppid > 0 ? ppid : null
+}
+
+/**
+ * Whether npm, which started `shell` (our parent), is gone. With /proc: the shell has another
+ * parent now (a dead npm's zombie or a reused pid cannot fool that). Without: npm's pid is free.
+ */
+function npmGone(shell, npm) {
+  if (existsSync(`/proc/${shell}/stat`)) return parentOf(shell) !== npm
+  try {
+    process.kill(npm, 0)
+    return false
+  } catch (err) {
+    return err.code === 'ESRCH'
+  }
 }
 
 function readSummaryLine(raw, counts) {

@@ -15,6 +15,7 @@ import { until } from '../core/testing/wait'
  */
 const ROOT = resolve(import.meta.dir, '..')
 const NODE = Bun.which('node') ?? 'node'
+const NPM = Bun.which('npm') ?? 'npm'
 const BUN = process.execPath
 
 const pids: number[] = []
@@ -38,6 +39,13 @@ function alive(pid: number): boolean {
   } catch {
     return false
   }
+}
+
+/** Pids under `pid`, children first (from /proc). */
+function descendantsOf(pid: number): number[] {
+  const out: number[] = []
+  for (const child of childrenOf(pid)) out.push(child, ...descendantsOf(child))
+  return out
 }
 
 /** Pids whose parent is `pid` (from /proc). */
@@ -64,11 +72,12 @@ type Started = {
 }
 
 /**
- * Starts Fanfare the `npm start` way (`via: 'bootstrap'`) or as `bun scripts/all-in-one.ts`, with
+ * Starts Fanfare through npm itself (`via: 'npm'`: npm -> sh -c -> bootstrap), the `npm start` way
+ * without npm (`via: 'bootstrap'`) or as `bun scripts/all-in-one.ts`, with
  * the embedded nats-server, and waits until it is ready. `postgres`: a createTestEnv database
  * instead of PGlite.
  */
-async function start(opts: { via: 'bootstrap' | 'bun'; postgres?: TestEnv }): Promise<Started> {
+async function start(opts: { via: 'npm' | 'bootstrap' | 'bun'; postgres?: TestEnv }): Promise<Started> {
   const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-life-'))
   cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
   const port = freePort()
@@ -80,7 +89,8 @@ async function start(opts: { via: 'bootstrap' | 'bun'; postgres?: TestEnv }): Pr
     const { DATABASE_URL, FANFARE_STREAM, FANFARE_SUBJECT_PREFIX, FANFARE_INGEST_TOKEN, FANFARE_ADMIN_TOKEN } = opts.postgres.vars
     Object.assign(env, { DATABASE_URL, FANFARE_STREAM, FANFARE_SUBJECT_PREFIX, FANFARE_INGEST_TOKEN, FANFARE_ADMIN_TOKEN })
   }
-  const cmd = opts.via === 'bootstrap' ? [NODE, 'scripts/bootstrap.mjs', 'start'] : [BUN, 'scripts/all-in-one.ts']
+  const cmd =
+    opts.via === 'npm' ? [NPM, 'start'] : opts.via === 'bootstrap' ? [NODE, 'scripts/bootstrap.mjs', 'start'] : [BUN, 'scripts/all-in-one.ts']
   const proc = Bun.spawn(cmd, { cwd: ROOT, env, stdout: 'pipe', stderr: 'pipe' })
   pids.push(proc.pid)
   let output = ''
@@ -100,7 +110,7 @@ async function start(opts: { via: 'bootstrap' | 'bun'; postgres?: TestEnv }): Pr
     60_000,
     100,
   )
-  const bunPid = opts.via === 'bun' ? proc.pid : childrenOf(proc.pid).find((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('all-in-one.ts'))!
+  const bunPid = opts.via === 'bun' ? proc.pid : descendantsOf(proc.pid).find((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('all-in-one.ts'))!
   expect(bunPid).toBeGreaterThan(0)
   const natsPid = Number(readFileSync(join(dataDir, 'nats', 'nats-server.pid'), 'utf8'))
   pids.push(bunPid, natsPid)
@@ -153,6 +163,19 @@ describe('npm start process lifecycle', () => {
     await app.proc.exited
     await within('bun to exit after bootstrap was killed', 15_000, () => !alive(app.bunPid))
     await within('nats-server to exit after bootstrap was killed', 5_000, () => !alive(app.natsPid))
+  }, 90_000)
+
+  test('SIGKILL of npm itself (`npm start`): its `sh -c` outlives it, yet Bun and nats-server exit', async () => {
+    const envT = await createTestEnv()
+    cleanups.push(envT.cleanup)
+    const app = await start({ via: 'npm', postgres: envT })
+    const below = descendantsOf(app.proc.pid)
+    pids.push(...below)
+    app.proc.kill('SIGKILL')
+    await app.proc.exited
+    await within('bun to exit after npm was killed', 15_000, () => !alive(app.bunPid))
+    await within('nats-server to exit after npm was killed', 5_000, () => !alive(app.natsPid))
+    await within('the rest of the chain (sh -c, bootstrap) to exit', 5_000, () => below.every((pid) => !alive(pid)))
   }, 90_000)
 
   test('SIGKILL of Bun: nats-server exits, and bootstrap exits non-zero', async () => {

@@ -23,7 +23,16 @@ if (!config.DATABASE_URL && !config.NATS_URL) {
 }
 if (config.DATABASE_URL) {
   const database = await connectPostgres(config.DATABASE_URL, { max: 1 })
-  await migrate(database)
+  try {
+    await migrate(database)
+  } catch (err) {
+    // The one mistake of a first run (README "Running it for real"): say it plainly.
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause
+    if (cause?.code !== '3D000') throw err
+    console.error(`${cause.message}: create it first (createdb, or CREATE DATABASE), then run npm run migrate again`)
+    await database.close()
+    process.exit(1)
+  }
   await database.close()
   console.log('migrations applied')
 } else {

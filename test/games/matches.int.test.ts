@@ -96,6 +96,10 @@ describe('matches through the API and the projection', () => {
     expect(pages).toEqual([['x1:0', 'x2:0'], ['x3:1']])
     expect((await hh.call('GET', '/v1/matches?status=open&mode=duel', { token: users.dan })).json.matches.map((m: any) => m.match)).toEqual(['x1', 'x3'])
     expect((await hh.call('GET', '/v1/matches?after=zz', { token: users.dan })).status).toBe(422)
+    // A status that is none of them is named with the ones there are (not "Expected 'open'").
+    const badStatus = await hh.call('GET', '/v1/matches?status=bogus', { token: users.dan })
+    expect([badStatus.status, badStatus.json.error.code]).toEqual([422, 'invalid_request'])
+    expect(badStatus.json.error.message).toBe('status must be one of open, full, started, finished, aborted')
 
     const n = await notices()
     const onMatch = n.get('match:m1')!.map((x) => x.data as MatchChange)

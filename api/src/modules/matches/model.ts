@@ -30,7 +30,12 @@ export const MatchAnswer = t.Object({
 })
 
 export const MatchListQuery = t.Object({
-  status: t.Optional(t.Union([Status], { description: 'only matches in this status (default: open)' })),
+  status: t.Optional(
+    t.Union([Status], {
+      error: `status must be one of ${Status.anyOf.map((s) => s.const).join(', ')}`,
+      description: 'only matches in this status (default: open)',
+    }),
+  ),
   mode: t.Optional(Name),
   limit: integerParam('limit', { minimum: 1, maximum: 100, default: 20 }),
   after: t.Optional(t.String({ maxLength: 64, error: 'after must be the `next` cursor of a previous page', description: 'the `next` of the previous page' })),

@@ -26,7 +26,7 @@ export const StreamAnswer = t.Composite([
 export type StreamAnswer = typeof StreamAnswer.static
 
 export const LiveQuery = t.Object({
-  status: t.Optional(t.Literal('live', { description: 'only live streams are listed (the default)' })),
+  status: t.Optional(t.Literal('live', { error: 'status must be live: only live streams are listed', description: 'only live streams are listed (the default)' })),
   limit: integerParam('limit', { minimum: 1, maximum: 100, default: 20 }),
   after: t.Optional(t.String({ maxLength: 512, error: 'after must be the `next` cursor of a previous page', description: 'the `next` of the previous page' })),
 })

@@ -200,7 +200,8 @@ describe('live streams and polls over REST and WebSocket', () => {
       const r = await get(`/v1/streams?after=${forged}`)
       expect([viewers, r.status, r.json.error?.code]).toEqual([viewers, 422, 'invalid_request'])
     }
-    expect((await get('/v1/streams?status=offline')).status).toBe(422)
+    const offline = await get('/v1/streams?status=offline')
+    expect([offline.status, offline.json.error?.message]).toEqual([422, 'status must be live: only live streams are listed'])
     expect((await get('/v1/streams?limit=101')).status).toBe(422)
   }, 60_000)
 })
