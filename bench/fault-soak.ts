@@ -40,6 +40,8 @@ const REPAIR_AT_MS = 7000
 /** A batch still refused after this long is given up (its events counted sent, not acknowledged). */
 const GIVE_UP_MS = 60_000
 const DRAIN_TIMEOUT_MS = 90_000
+/** The read model's version standing still this long short of the acknowledged count ends the drain. */
+const STALL_MS = 20_000
 
 type Options = { faults: Fault[]; repo: string; seconds: number; keep: boolean }
 
@@ -352,14 +354,19 @@ async function restBoard(api: Api): Promise<Map<string, number>> {
 
 /**
  * Waits for the workers to apply at least every acknowledged event, then for the version to stay
- * put (an event applied twice would show up late); gives up after DRAIN_TIMEOUT_MS.
+ * put for 3 s (an event applied twice would show up late). Gives up when the version stops moving
+ * for STALL_MS short of the acknowledged count (longer than a lease's time-to-live, so a restarted
+ * worker's wait for a dead one's partitions is not taken for a loss), or after DRAIN_TIMEOUT_MS.
  */
 async function drain(rm: ReturnType<typeof readModel>, ledger: Ledger): Promise<{ version: number; tookMs: number }> {
   const start = Date.now()
   let version = await rm.version(CHANNEL).catch(() => 0)
-  while (version < ledger.acked && Date.now() - start < DRAIN_TIMEOUT_MS) {
+  let movedAt = Date.now()
+  while (version < ledger.acked && Date.now() - movedAt < STALL_MS && Date.now() - start < DRAIN_TIMEOUT_MS) {
     await Bun.sleep(250)
-    version = await rm.version(CHANNEL).catch(() => version)
+    const v = await rm.version(CHANNEL).catch(() => version)
+    if (v !== version) movedAt = Date.now()
+    version = v
   }
   for (let steady = 0; steady < 3 && Date.now() - start < DRAIN_TIMEOUT_MS; ) {
     await Bun.sleep(1000)
