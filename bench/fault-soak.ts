@@ -110,7 +110,10 @@ async function createDatabase(fault: Fault, id: string): Promise<Database> {
   }
 }
 
-/** Fanfare's processes on one checkout, database and NATS; every process ever started is kept for its log. */
+/**
+ * Fanfare's processes on one checkout, database and NATS, started (not yet ready); every process
+ * ever started is kept, for its log and to be stopped.
+ */
 type Deployment = {
   api: Api
   nats: PrivateNats
@@ -155,7 +158,6 @@ async function deploy(checkout: Checkout, db: Database, nats: PrivateNats, id: s
   }
   d.startWorkers()
   d.startApi()
-  await waitReady(d.api.baseUrl, [d.apiProc, d.workersProc], 60_000)
   return d
 }
 
@@ -430,17 +432,40 @@ async function checkOutcome(fault: Fault, d: Deployment, ledger: Ledger, subs: S
 
 const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')
 
+/** What to undo when the soak is interrupted (Ctrl-C): its processes and servers must not outlive it. */
+const teardowns = new Set<() => Promise<void>>()
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, async () => {
+    await Promise.all([...teardowns].map((t) => t().catch(() => {})))
+    process.exit(130)
+  })
+}
+
 async function soak(fault: Fault, checkout: Checkout, base: string, seconds: number): Promise<Outcome> {
   const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`
   const nats = privateNats({ port: freePort(), storeDir: join(base, `nats-${fault}`) })
   let db: Database | undefined
   let d: Deployment | undefined
   const subs: Subscriber[] = []
+  const teardown = async () => {
+    teardowns.delete(teardown)
+    for (const s of subs) s.stop()
+    if (d) {
+      await Promise.all(d.procs.map((p) => p.stop('SIGKILL')))
+      const logs = join(base, `logs-${fault}`)
+      mkdirSync(logs, { recursive: true })
+      for (const p of d.procs) writeFileSync(join(logs, `${p.name}.log`), p.output())
+    }
+    await nats.stop()
+    await db?.drop()
+  }
+  teardowns.add(teardown)
   try {
     await nats.start()
     db = await createDatabase(fault, id)
     d = await deploy(checkout, db, nats, id)
     const dep = d
+    await waitReady(dep.api.baseUrl, [dep.apiProc, dep.workersProc], 60_000)
     await configureBoard(dep.api, BOARD, 'latest')
     for (let i = 1; i <= SUBSCRIBERS; i++) subs.push(new Subscriber(`subscriber ${i}`, () => `${dep.api.baseUrl.replace('http', 'ws')}/v1/ws`))
     await Promise.all(subs.map((s) => s.start()))
@@ -458,15 +483,7 @@ async function soak(fault: Fault, checkout: Checkout, base: string, seconds: num
     outcome.summary.unshift(`load average ${loadBefore} before, ${loadAverage()} after`)
     return outcome
   } finally {
-    for (const s of subs) s.stop()
-    if (d) {
-      await Promise.all(d.procs.map((p) => p.stop('SIGKILL')))
-      const logs = join(base, `logs-${fault}`)
-      mkdirSync(logs, { recursive: true })
-      for (const p of d.procs) writeFileSync(join(logs, `${p.name}.log`), p.output())
-    }
-    await nats.stop()
-    await db?.drop()
+    await teardown()
   }
 }
 
@@ -475,6 +492,9 @@ async function main() {
   const base = mkdtempSync(join(tmpdir(), 'fanfare-soak-'))
   const checkout = await cloneCheckout(opts.repo, join(base, 'repo'))
   console.log(`fault soak of ${opts.repo} at ${checkout.commit} (clone in ${checkout.dir})`)
+  // Fanfare's variables in this environment reach its processes (say, a key's rate limit lifted).
+  const passed = Object.keys(process.env).filter((k) => (k.startsWith('FANFARE_') || k === 'LOG_LEVEL') && !/TOKEN|SECRET/.test(k))
+  if (passed.length > 0) console.log(`from the environment: ${passed.map((k) => `${k}=${process.env[k]}`).join(' ')}`)
   const outcomes: Outcome[] = []
   for (const fault of opts.faults) {
     const o = await soak(fault, checkout, base, opts.seconds).catch((err): Outcome => ({ fault, ok: false, broken: [`the run failed: ${(err as Error).stack ?? err}`], notes: [], summary: [] }))
