@@ -434,9 +434,12 @@ const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice
 
 /** What to undo when the soak is interrupted (Ctrl-C): its processes and servers must not outlive it. */
 const teardowns = new Set<() => Promise<void>>()
+/** The soak's scratch directory (clone, stores, logs), removed on an interrupt unless --keep. */
+let scratch: string | undefined
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.on(signal, async () => {
     await Promise.all([...teardowns].map((t) => t().catch(() => {})))
+    if (scratch) rmSync(scratch, { recursive: true, force: true })
     process.exit(130)
   })
 }
@@ -490,6 +493,7 @@ async function soak(fault: Fault, checkout: Checkout, base: string, seconds: num
 async function main() {
   const opts = parseOptions(process.argv.slice(2))
   const base = mkdtempSync(join(tmpdir(), 'fanfare-soak-'))
+  if (!opts.keep) scratch = base
   const checkout = await cloneCheckout(opts.repo, join(base, 'repo'))
   console.log(`fault soak of ${opts.repo} at ${checkout.commit} (clone in ${checkout.dir})`)
   // Fanfare's variables in this environment reach its processes (say, a key's rate limit lifted).
