@@ -192,6 +192,10 @@ class Subscriber {
   gaps = 0
   repeats = 0
   decreases = 0
+  /** Resync snapshots older than an update already applied in their epoch (the README says never). */
+  staleSnapshots = 0
+  /** `subscribed` answers to a resume at another version or epoch than asked for. */
+  badResumes = 0
   /** Close codes of the sockets cut under it, with their counts (a refused reconnect is a 1006). */
   closeCodes: Record<number, number> = {}
   errors: string[] = []
@@ -242,12 +246,13 @@ class Subscriber {
     if (f.op === 'snapshot') {
       this.snapshots++
       if (f.resync) this.resyncs++
+      if (f.epoch === this.epoch && f.version < this.version) this.staleSnapshots++
       this.view = new Map(f.data.entries.map((e: { player: string; score: number }) => [e.player, e.score]))
       this.version = f.version
       this.epoch = f.epoch
     } else if (f.op === 'subscribed') {
       this.recovered++
-      if (f.version !== this.version || f.epoch !== this.epoch) this.errors.push(`subscribed at ${f.version}/${f.epoch}, had ${this.version}/${this.epoch}`)
+      if (f.version !== this.version || f.epoch !== this.epoch) this.badResumes++
     } else if (f.op === 'update') {
       this.updates++
       const from = f.from ?? f.version
@@ -406,6 +411,8 @@ async function checkOutcome(fault: Fault, d: Deployment, ledger: Ledger, subs: S
       if (s.gaps > 0) broken.push(`${s.name}: ${s.gaps} silent gaps`)
       if (s.repeats > 0) broken.push(`${s.name}: ${s.repeats} repeated versions`)
       if (s.decreases > 0) broken.push(`${s.name}: ${s.decreases} scores went down (applied out of order)`)
+      if (s.staleSnapshots > 0) broken.push(`${s.name}: ${s.staleSnapshots} resync snapshots older than what it held`)
+      if (s.badResumes > 0) broken.push(`${s.name}: ${s.badResumes} resumes answered at another version or epoch`)
       if (s.version !== drained.version) broken.push(`${s.name}: at version ${s.version}, read model at ${drained.version}`)
       const viewDiff = diff(s.view, rest)
       if (viewDiff.length > 0) broken.push(`${s.name}: view != REST board: ${viewDiff.join('; ')}`)
