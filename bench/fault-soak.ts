@@ -285,10 +285,12 @@ type Ledger = {
   latest: Map<string, number>
   /** Answers by status (`202`, `503 unavailable`, `429 rate_limited`, `0 connection`, ...). */
   answers: Record<string, number>
+  /** Events acknowledged in each second of the run (how the fault and the recovery look to clients). */
+  perSecond: number[]
 }
 
 function newLedger(): Ledger {
-  return { sent: 0, acked: 0, givenUp: 0, freshDuplicates: 0, resentDuplicates: 0, latest: new Map(), answers: {} }
+  return { sent: 0, acked: 0, givenUp: 0, freshDuplicates: 0, resentDuplicates: 0, latest: new Map(), answers: {}, perSecond: [] }
 }
 
 /** Posts a batch until it is acknowledged (202), waiting as told on 429 and briefly on anything else. */
@@ -304,7 +306,7 @@ async function sendUntilAcked(api: Api, batch: ScoreEvent[], ledger: Ledger): Pr
   }
 }
 
-async function ingestLane(api: Api, run: string, lane: number, endAt: number, ledger: Ledger) {
+async function ingestLane(api: Api, run: string, lane: number, startedAt: number, endAt: number, ledger: Ledger) {
   for (let b = 0; Date.now() < endAt; b++) {
     const batch = Array.from({ length: BATCH }, (_, k) => {
       const i = b * BATCH + k
@@ -320,6 +322,8 @@ async function ingestLane(api: Api, run: string, lane: number, endAt: number, le
     if (answer.attempts === 1 && duplicates > 0) ledger.freshDuplicates++
     ledger.resentDuplicates += answer.attempts > 1 ? duplicates : 0
     ledger.acked += batch.length
+    const second = Math.floor((Date.now() - startedAt) / 1000)
+    ledger.perSecond[second] = (ledger.perSecond[second] ?? 0) + batch.length
     for (const e of batch) ledger.latest.set(e.data.player, e.data.score)
   }
 }
@@ -424,6 +428,7 @@ async function checkOutcome(fault: Fault, d: Deployment, ledger: Ledger, subs: S
     const summary = [
       `fault ${fault}${times.injectedAt !== undefined ? `: injected at ${(times.injectedAt / 1000).toFixed(1)} s (took ${times.injectTookMs} ms), repaired at ${(times.repairedAt! / 1000).toFixed(1)} s (took ${times.repairTookMs} ms)` : ''}`,
       `ingest ${(ingestMs / 1000).toFixed(1)} s: ${ledger.sent} events sent, ${ledger.acked} acknowledged (${Math.round(ledger.acked / (ingestMs / 1000))}/s), ${ledger.givenUp} given up, ${ledger.resentDuplicates} de-duplicated on resend`,
+      `acknowledged per second: ${Array.from(ledger.perSecond, (n) => n ?? 0).join(' ')}`,
       `answers: ${Object.entries(ledger.answers).map(([k, v]) => `${k} x${v}`).join(', ')}`,
       `read model: version ${drained.version} (drained in ${(drained.tookMs / 1000).toFixed(1)} s), ${entries.size} entries, dead letters ${dead}; REST board ${rest.size} entries`,
       ...subs.map(
@@ -486,7 +491,7 @@ async function soak(fault: Fault, checkout: Checkout, base: string, seconds: num
     const endAt = startedAt + seconds * 1000
     const [times] = await Promise.all([
       runFault(fault, dep, startedAt),
-      ...Array.from({ length: LANES }, (_, lane) => ingestLane(dep.api, id, lane, endAt, ledger)),
+      ...Array.from({ length: LANES }, (_, lane) => ingestLane(dep.api, id, lane, startedAt, endAt, ledger)),
     ])
     const ingestMs = Date.now() - startedAt
     const outcome = await checkOutcome(fault, dep, ledger, subs, times, ingestMs)
