@@ -1,10 +1,15 @@
 import { afterAll, beforeAll, expect, test } from 'bun:test'
 import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { jetstreamManager, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream'
 import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node'
 import { createAckedPublisher } from './acked-publish'
 import { connectNats } from './nats'
+import { freePort } from './process'
 import { TEST_NATS_URL } from './testing/env'
+import { privateNats } from '../test/cluster/private-nats'
 
 let nc: NatsConnection
 let jsm: JetStreamManager
@@ -134,3 +139,32 @@ test('close ends the batches in flight with what was acknowledged', async () => 
   expect(String(out.error)).toContain('closed')
   silent.unsubscribe()
 })
+
+test('a lost connection ends the batches in flight at once, not at their timeout (their acknowledgements went with it)', async () => {
+  // A private server: this test kills it. (bench/fault-soak.ts found clients waiting the whole
+  // publish timeout after a 2 s NATS restart.)
+  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-acked-publish-'))
+  const nats = privateNats({ port: freePort(), storeDir })
+  await nats.start()
+  const own = await connectNats(nats.url, 'acked-publish-test-kill')
+  try {
+    const p = createAckedPublisher(own, { timeoutMs: 30_000 })
+    // A plain subscriber that never answers: only the connection's loss can end the batch early.
+    const silent = own.subscribe(`${prefix}.silent3.x`)
+    await own.flush()
+    const t0 = Date.now()
+    const pending = p.publish([{ subject: `${prefix}.silent3.x`, body: 'x' }])
+    await own.flush()
+    await nats.kill()
+    const out = await pending
+    expect(out.stored).toEqual([false])
+    expect(String(out.error)).toContain('connection lost')
+    expect(Date.now() - t0).toBeLessThan(5000)
+    silent.unsubscribe()
+    p.close()
+  } finally {
+    await own.close().catch(() => {})
+    await nats.stop()
+    rmSync(storeDir, { recursive: true, force: true })
+  }
+}, 40_000)

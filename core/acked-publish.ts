@@ -48,13 +48,31 @@ const decoder = new TextDecoder()
 /**
  * An AckedPublisher on `nc`. `timeoutMs` (default 5 s, as nats.js' JetStream client) bounds each
  * batch. The subscription is made on the first publish and kept (nats.js restores it after a
- * reconnect; acknowledgements lost with the connection end their batch by its timeout).
+ * reconnect). When the connection drops, every batch in flight ends at once with what was
+ * acknowledged: the acknowledgements of what it sent went to the lost connection, so waiting could
+ * only end in its timeout, and callers (a client resending with the same ids, the outbox sweeper)
+ * would wait that long even if NATS were back in a second. What was sent may still be stored, as
+ * after a timeout.
  */
 export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?: number } = {}): AckedPublisher {
   const inbox = createInbox()
   const batches = new Map<number, Batch>()
   let sub: Subscription | undefined
   let next = 0
+  let closed = false
+
+  const endAll = (why: string) => {
+    for (const b of [...batches.values()]) {
+      b.error ??= new Error(why)
+      b.done()
+    }
+  }
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (closed) return
+      if (s.type === 'disconnect') endAll('NATS connection lost before JetStream acknowledged')
+    }
+  })()
 
   const onAck = (m: Msg) => {
     const dot = m.subject.lastIndexOf('.')
@@ -103,12 +121,10 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
       })
     },
     close: () => {
+      closed = true
       sub?.unsubscribe()
       sub = undefined
-      for (const b of [...batches.values()]) {
-        b.error ??= new Error('publisher closed')
-        b.done()
-      }
+      endAll('publisher closed')
     },
   }
 }

@@ -11,13 +11,16 @@ const BUN = process.execPath
 
 export type Proc = { name: string; proc: Subprocess; output: () => string; stop: (signal?: NodeJS.Signals) => Promise<number> }
 
-/** Starts a real Fanfare process (`api/src/main.ts`, ...) with the given environment. */
-export function spawnProc(name: string, entry: string, env: Record<string, string | undefined>): Proc {
+/**
+ * Starts a real Fanfare process (`api/src/main.ts`, ...) with the given environment, in `cwd`
+ * (default: this checkout; another one, say a fresh clone, runs that checkout's code).
+ */
+export function spawnProc(name: string, entry: string, env: Record<string, string | undefined>, cwd = ROOT): Proc {
   let output = ''
   const cleanEnv: Record<string, string> = {}
   for (const [k, v] of Object.entries({ ...process.env, ...env })) if (v !== undefined) cleanEnv[k] = v
   for (const k of Object.keys(env)) if (env[k] === undefined) delete cleanEnv[k]
-  const proc = Bun.spawn([BUN, entry], { cwd: ROOT, env: cleanEnv, stdout: 'pipe', stderr: 'pipe' })
+  const proc = Bun.spawn([BUN, entry], { cwd, env: cleanEnv, stdout: 'pipe', stderr: 'pipe' })
   const collect = async (stream: ReadableStream<Uint8Array>) => {
     const decoder = new TextDecoder()
     for await (const chunk of stream) output += decoder.decode(chunk)
