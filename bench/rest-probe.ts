@@ -73,7 +73,7 @@ try {
       const d = t0 + i * gap - performance.now()
       if (d > 0) await Bun.sleep(d)
       const start = performance.now()
-      pending.push(send[side]().then((ok) => (ok ? times.push(performance.now() - start) : failed++), () => void failed++))
+      pending.push(send[side]().then((ok) => void (ok ? times.push(performance.now() - start) : failed++), () => void failed++))
     }
     await Promise.all(pending)
     return { times, failed }
