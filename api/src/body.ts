@@ -8,6 +8,11 @@ import { Invalid, PayloadTooLarge } from './errors'
  */
 export async function readLimited(request: Request, limit: number): Promise<string> {
   if (!request.body) return ''
+  // A body framed by a Content-Length within the limit is that many bytes (a chunked
+  // Transfer-Encoding would override the length): read at once, not chunk by chunk (~40 us less
+  // per request; bench/rest-probe.ts).
+  const declared = request.headers.get('content-length')
+  if (declared !== null && Number(declared) <= limit && !request.headers.has('transfer-encoding')) return request.text()
   const reader = request.body.getReader()
   const chunks: Uint8Array[] = []
   let size = 0
