@@ -97,15 +97,6 @@ const IDLE_PULL_MS = 5_000
  * hundred (with 2 s, pulls expired part-way, over and over, after a NATS restart in CI).
  */
 const REST_PULL_MS = 10_000
-/**
- * Pulls after the one that takes what the first delivery said was pending. A request's events for
- * one partition are stored microseconds apart, and the server sends the first while it is still
- * storing the others: their `pending` often misses the last of them, which then waited for this
- * whole batch to be applied (~5 ms at 1,000 events/s, one batch in six; bench/findings.md). One more pull
- * (taken only when the last delivery says more were stored) catches most of them; more pulls
- * would make a batch chase a steady stream instead of being applied.
- */
-const TOP_UP_PULLS = 1
 
 /**
  * Runs one projection on one owned partition: creates this ownership's consumer from the
@@ -145,11 +136,10 @@ export function startRunner(deps: RunnerDeps): Runner {
   }
 
   /**
-   * Up to batchSize messages that are already there: wait for one, then take what is pending, and
-   * once more what the last delivery says was stored meanwhile (see TOP_UP_PULLS). A pull that
-   * fails before delivering anything throws (the consumer is recreated); one that fails part-way
-   * yields what it delivered, and the next pull, starting with nothing held, shows whether the
-   * consumer is healthy (a delivery it cut off shows up as a gap there).
+   * Up to batchSize messages that are already there: wait for one, then take what is pending. A
+   * pull that fails before delivering anything throws (the consumer is recreated); one that fails
+   * part-way yields what it delivered, and the next pull, starting with nothing held, shows
+   * whether the consumer is healthy (a delivery it cut off shows up as a gap there).
    */
   const pullBatch = async (consumer: Consumer): Promise<JsMsg[]> => {
     const first = await fetchSome(consumer, 1, IDLE_PULL_MS)
@@ -157,19 +147,11 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (first.err && !abort.signal.aborted) throw first.err
       return first.msgs
     }
-    const batch = first.msgs
-    for (let pulls = 0; pulls <= TOP_UP_PULLS; pulls++) {
-      // A delivery's `pending` counts what the consumer had left when it was sent.
-      const more = abort.signal.aborted ? 0 : Math.min(batch[batch.length - 1].info.pending, deps.batchSize - batch.length)
-      if (more <= 0) break
-      const rest = await fetchSome(consumer, more, REST_PULL_MS)
-      for (const m of rest.msgs) batch.push(m)
-      if (rest.err || rest.msgs.length < more) {
-        if (rest.err) log.debug({ err: rest.err, wanted: more, got: rest.msgs.length }, 'pull ended early; applying what it delivered')
-        break
-      }
-    }
-    return batch
+    const more = abort.signal.aborted ? 0 : Math.min(first.msgs[0].info.pending, deps.batchSize - 1)
+    if (more <= 0) return first.msgs
+    const rest = await fetchSome(consumer, more, REST_PULL_MS)
+    if (rest.err) log.debug({ err: rest.err, wanted: more, got: rest.msgs.length }, 'pull ended early; applying what it delivered')
+    return first.msgs.concat(rest.msgs)
   }
 
   // Batches and dead-letter replays take turns: a replay's reads and writes must not interleave
