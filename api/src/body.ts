@@ -9,7 +9,23 @@ import { Invalid, PayloadTooLarge } from './errors'
  */
 export async function readLimited(request: Request, limit: number): Promise<string> {
   if (!request.body) return ''
-  const reader = request.body.getReader()
+  const bytes = await bytesOf(request, limit)
+  try {
+    return strictUtf8.decode(bytes)
+  } catch {
+    // JSON is UTF-8 (RFC 8259). Decoded leniently, each bad byte would become U+FFFD and be stored.
+    throw new Invalid('bad_json', 'request body is not valid UTF-8', undefined, 400)
+  }
+}
+
+/** The body's bytes, at most `limit` of them (413 past it). */
+async function bytesOf(request: Request, limit: number): Promise<Uint8Array> {
+  // A body framed by a Content-Length within the limit is that many bytes (a chunked
+  // Transfer-Encoding would override the length): read at once, not chunk by chunk (~40 us less
+  // per request; bench/rest-probe.ts).
+  const declared = request.headers.get('content-length')
+  if (declared !== null && Number(declared) <= limit && !request.headers.has('transfer-encoding')) return new Uint8Array(await request.arrayBuffer())
+  const reader = request.body!.getReader()
   const chunks: Uint8Array[] = []
   let size = 0
   for (;;) {
@@ -22,12 +38,7 @@ export async function readLimited(request: Request, limit: number): Promise<stri
     }
     chunks.push(value)
   }
-  try {
-    return strictUtf8.decode(Buffer.concat(chunks))
-  } catch {
-    // JSON is UTF-8 (RFC 8259). Decoded leniently, each bad byte would become U+FFFD and be stored.
-    throw new Invalid('bad_json', 'request body is not valid UTF-8', undefined, 400)
-  }
+  return Buffer.concat(chunks)
 }
 
 /** Fails on bytes that are not UTF-8 instead of replacing them; drops a leading byte order mark. */
