@@ -194,7 +194,7 @@ describe('POST /v1/events', () => {
     for (const bytes of [[0xff, 0xfe], [0xc0, 0x80], [0xed, 0xa0, 0x80], [0xe2, 0x82]]) {
       const body = new Uint8Array([...text.subarray(0, at), ...bytes, ...text.subarray(at)])
       // Read chunk by chunk (no Content-Length) and at once (a Content-Length within the limit).
-      for (const length of [{}, { 'content-length': String(body.byteLength) }]) {
+      for (const length of [{}, { 'content-length': String(body.byteLength) }] as Record<string, string>[]) {
         const res = await h.app.handle(
           new Request('http://localhost/v1/events', { method: 'POST', headers: { authorization: `Bearer ${h.ingestToken}`, 'content-type': 'application/json', ...length }, body }),
         )
