@@ -162,4 +162,35 @@ describe('the arcade demo in Chromium', () => {
     expect(seen).toEqual({ pwned: null, images: 0, firstLeftOfLast: true, pageOverflow: 0, chatOverflow: 0 })
     expect(eve.problems).toEqual([])
   }, 60_000)
+  test("a player id with a right-to-left override does not turn the match's results around", async () => {
+    const fay = await open('fay')
+    const page = fay.page
+    await page.getByTestId('match-status').filter({ hasText: 'open, 0/4 seated' }).waitFor({ timeout: 15_000 })
+    const match = (await page.getByTestId('match-name').textContent())!
+    const player = 'zed\u202e'
+    expect((await d.call('POST', '/v1/events', { type: 'match.join', data: { match } }, { token: await d.token(player) })).status).toBe(202)
+    await page.getByTestId('match-status').filter({ hasText: 'open, 1/4 seated' }).waitFor({ timeout: 15_000 })
+    expect((await d.call('POST', `/demo/matches/${match}/play`)).status).toBe(202)
+    await page.getByTestId('match-status').filter({ hasText: 'finished: 1. ' }).waitFor({ timeout: 15_000 })
+    const [result] = ((await d.call('GET', `/v1/matches/${match}`)).json as { results: { player: string; score: number }[] }).results
+    expect(result.player).toBe(player)
+    const scoreReadsForward = await page.getByTestId('match-status').evaluate((p, score) => {
+      // The space before the score must sit left of it, as it would without the player's override.
+      const walker = document.createTreeWalker(p, NodeFilter.SHOW_TEXT)
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        const at = n.textContent!.lastIndexOf(` ${score}`)
+        if (at < 0) continue
+        const x = (i: number) => {
+          const r = document.createRange()
+          r.setStart(n!, i)
+          r.setEnd(n!, i + 1)
+          return r.getBoundingClientRect().x
+        }
+        return x(at) < x(at + 1)
+      }
+      return null
+    }, String(result.score))
+    expect(scoreReadsForward).toBe(true)
+    expect(fay.problems).toEqual([])
+  }, 60_000)
 })
