@@ -4,7 +4,7 @@ import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
 import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart } from './games'
-import { isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
+import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
 import { MAX_PROBLEMS, parseDateTime, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
@@ -22,6 +22,11 @@ type Contract<T extends TSchema> = {
   key: (data: Static<T>) => string
   /** What the schema cannot say (one emoji, at least one field): a problem, or undefined. */
   check?: (data: Static<T>) => DataProblem | undefined
+  /**
+   * What new events must also satisfy (rules tightened after events were stored under looser ones):
+   * checked by the API at ingest (admitData), never against stored events, which still apply.
+   */
+  admit?: (data: Static<T>) => DataProblem | undefined
 }
 
 const contract = <T extends TSchema>(c: Contract<T>) => c
@@ -61,6 +66,7 @@ export const contracts = {
     schema: ReactionSent,
     key: (d) => d.stream,
     check: (d) => (isOneEmoji(d.emoji) ? undefined : { path: '/data/emoji', message: 'must be one emoji' }),
+    admit: (d) => (isEmojiToAdmit(d.emoji) ? undefined : { path: '/data/emoji', message: 'must be one emoji' }),
   }),
   'reaction.batched': contract({
     version: 1,
@@ -150,6 +156,14 @@ export function checkData(type: EventType, data: unknown): DataProblem[] {
   const checker = checkers[type]
   if (!checker.Check(data)) return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: problemMessage(e) }))
   const problem = (contracts[type] as { check?: (d: unknown) => DataProblem | undefined }).check?.(data)
+  return problem ? [problem] : []
+}
+
+/** Checks a new event's data (checkData, then its type's `admit` rule): what the API accepts. */
+export function admitData(type: EventType, data: unknown): DataProblem[] {
+  const problems = checkData(type, data)
+  if (problems.length > 0) return problems
+  const problem = (contracts[type] as { admit?: (d: unknown) => DataProblem | undefined }).admit?.(data)
   return problem ? [problem] : []
 }
 

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test'
-import { isOneEmoji } from './live'
+import { isEmojiToAdmit, isOneEmoji } from './live'
 
 const one = ['👏', '❤', '❤️', '🇫🇷', '1️⃣', '#️⃣', '👍🏽', '👩‍👩‍👧', '🏳️‍🌈']
 const notOne = ['👏👏', 'hi', 'a', '🇫🇷a', 'a👏', '1', '', ' 👏', '🇫']
@@ -16,5 +16,14 @@ describe('isOneEmoji', () => {
       for (const s of notOne) expect(isOneEmoji(s)).toBe(false)
       for (let i = 0; i < 5000; i++) isOneEmoji(`x${i}`)
     }
+  })
+})
+
+describe('isEmojiToAdmit', () => {
+  test('what isOneEmoji passes, minus marks, stray joiners and tags no emoji has', () => {
+    for (const s of [...one, '©', '❤︎', '1⃣', '🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}']) expect([s, isEmojiToAdmit(s)]).toEqual([s, true])
+    for (const s of [...notOne, '👍\u0301', '👍\u200d', '👍\u{E0041}', '👍\u{1F3FD}\u0301']) expect([s, isEmojiToAdmit(s)]).toEqual([s, false])
+    // isOneEmoji still passes them: reactions stored before the rule keep applying.
+    expect(isOneEmoji('👍\u0301')).toBe(true)
   })
 })

@@ -125,6 +125,30 @@ export function isOneEmoji(s: string): boolean {
   return answer
 }
 
+/**
+ * What a new reaction's emoji must be, on top of isOneEmoji: Unicode's recommended emoji (RGI: a
+ * flag, a keycap, a skin tone, a subdivision flag, a ZWJ sequence, as the engine's Unicode data
+ * lists them), one pictograph in text or emoji presentation (`❤`, `❤︎`, `©`), or a keycap without
+ * its FE0F. isOneEmoji also passes a grapheme that starts with an emoji and carries combining marks,
+ * stray joiners or tag characters (`👍` + U+0301 looks like `👍`): their variants are endless, and
+ * each would be one more total of the stream in every snapshot. Only the API applies this (see
+ * `admit` in the contracts): events stored under isOneEmoji alone still apply, in a rebuild too.
+ */
+const RGI_EMOJI = new RegExp('^\\p{RGI_Emoji}$', 'v')
+const PICTOGRAPH_OR_KEYCAP = /^(?:\p{Extended_Pictographic}[\uFE0E\uFE0F]?|[#*0-9]\uFE0F?\u20E3)$/u
+const emojiToAdmit = new Map<string, boolean>()
+
+/** Whether a new reaction's emoji is a well-formed emoji (see RGI_EMOJI above). */
+export function isEmojiToAdmit(s: string): boolean {
+  let answer = emojiToAdmit.get(s)
+  if (answer === undefined) {
+    answer = isOneEmoji(s) && (RGI_EMOJI.test(s) || PICTOGRAPH_OR_KEYCAP.test(s))
+    if (emojiToAdmit.size >= ONE_EMOJI_MEMO) emojiToAdmit.clear()
+    emojiToAdmit.set(s, answer)
+  }
+  return answer
+}
+
 function segmentsAsOneEmoji(s: string): boolean {
   let n = 0
   for (const _ of graphemes.segment(s)) if (++n > 1) return false

@@ -138,11 +138,14 @@ function renderMatch(m: MatchState | null, me: string) {
       ]
     : []
   $('seats').replaceChildren(...seats)
-  $('match-status').textContent = !m
-    ? 'opening…'
-    : m.results
-      ? `${m.status}: ${m.results.map((r) => `${r.rank}. ${r.player} ${r.score}`).join(', ')}`
-      : `${m.status}, ${m.players.length}/${m.maxPlayers} seated`
+  // Each player in <bdi>: an id's own direction marks stay inside it, off the scores after it.
+  $('match-status').replaceChildren(
+    ...(!m
+      ? ['opening…']
+      : m.results
+        ? [`${m.status}: `, ...m.results.flatMap((r, i) => [`${i > 0 ? ', ' : ''}${r.rank}. `, el('bdi', {}, r.player), ` ${r.score}`])]
+        : [`${m.status}, ${m.players.length}/${m.maxPlayers} seated`]),
+  )
   $<HTMLButtonElement>('join').disabled = !live || seated !== undefined || m?.status !== 'open'
   $<HTMLButtonElement>('ready').disabled = !live || !seated || seated.ready
   $<HTMLButtonElement>('leave').disabled = !live || !seated

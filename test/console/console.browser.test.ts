@@ -177,6 +177,40 @@ describe('the admin console in Chromium', () => {
     await shoot('audit')
   }, 30_000)
 
+  test('hostile data: a right-to-left override cannot turn what follows it around, hidden characters show, long ids wrap', async () => {
+    const admin = { token: d.env.vars.FANFARE_ADMIN_TOKEN }
+    // An admin types whatever user id a support ticket names; key names are free text.
+    const user = `vic\u202etim${'U'.repeat(100)}`
+    expect((await d.call('POST', `/admin/users/${encodeURIComponent(user)}/revoke`, undefined, admin)).status).toBe(200)
+    expect((await d.call('POST', '/admin/keys', { name: 'evil\u202e\u200bkey', scopes: ['publish:score.submitted'] }, admin)).status).toBe(201)
+    await tab('keys')
+    const revoked = byTest('revocations').locator('li', { hasText: 'user.revoked' }).first()
+    await revoked.waitFor({ timeout: 15_000 })
+    const byReadsForward = await revoked.evaluate((li) => {
+      // " by admin" must read left to right, whatever the user id before it holds.
+      const walker = document.createTreeWalker(li, NodeFilter.SHOW_TEXT)
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        const at = n.textContent!.indexOf(' by ')
+        if (at < 0) continue
+        const x = (i: number) => {
+          const r = document.createRange()
+          r.setStart(n!, i)
+          r.setEnd(n!, i + 1)
+          return r.getBoundingClientRect().x
+        }
+        return x(at + 1) < x(at + 2)
+      }
+      return null
+    })
+    expect(byReadsForward).toBe(true)
+    expect(await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)).toBeLessThanOrEqual(0)
+    await tab('audit')
+    const details = byTest('audit').locator('tbody tr', { hasText: 'key.created' }).locator('code', { hasText: 'evil' }).first()
+    await details.waitFor({ timeout: 15_000 })
+    // JSON the console shows spells out the characters that reorder or hide text.
+    expect(await details.textContent()).toContain('"name":"evil\\u202e\\u200bkey"')
+  }, 30_000)
+
   test('/docs renders the API reference from the node alone', async () => {
     const docs = await browser.newPage({ viewport: { width: 1280, height: 860 } })
     const outside: string[] = []

@@ -124,4 +124,73 @@ describe('the arcade demo in Chromium', () => {
     expect(await cat.page.getByTestId('match-name').textContent()).not.toBe(match)
     expect([...cat.problems, ...dan.problems]).toEqual([])
   }, 60_000)
+  test('hostile names and text show as text, in place: markup, a right-to-left override, strings without a break', async () => {
+    const markup = '<img src=x onerror="window.__pwn=1">'
+    const long = 'W'.repeat(2000)
+    const events = [
+      // A key may post on behalf of a user, with any display name the contract allows.
+      { type: 'chat.message.posted', data: { room: 'lobby', user: 'mal', name: 'Mal\u202e', text: 'ABCDEF' } },
+      { type: 'chat.message.posted', data: { room: 'lobby', user: 'mel', text: markup } },
+      { type: 'chat.message.posted', data: { room: 'lobby', user: 'lon', text: long } },
+      { type: 'score.submitted', data: { board: 'arena', player: 'Q'.repeat(128), score: 1 } },
+    ]
+    expect((await d.call('POST', '/v1/events', { events })).status).toBe(202)
+    const eve = await open('eve')
+    const page = eve.page
+    await page.getByTestId('messages').getByText('ABCDEF').waitFor({ timeout: 15_000 })
+    await page.getByTestId('messages').getByText(markup).waitFor({ timeout: 15_000 })
+    await page.locator(`[data-testid="board"] li[data-player="${'Q'.repeat(128)}"]`).waitFor({ timeout: 15_000 })
+    const seen = await page.evaluate(() => {
+      const li = [...document.querySelectorAll('[data-testid="messages"] li')].find((l) => l.textContent!.endsWith('ABCDEF'))!
+      const text = li.lastChild!
+      const x = (i: number) => {
+        const r = document.createRange()
+        r.setStart(text, i)
+        r.setEnd(text, i + 1)
+        return r.getBoundingClientRect().x
+      }
+      const messages = document.querySelector('[data-testid="messages"]')!
+      return {
+        pwned: (window as any).__pwn ?? null,
+        images: document.querySelectorAll('main img').length,
+        // Read left to right: the name's override must not turn the message around.
+        firstLeftOfLast: x(0) < x(5),
+        pageOverflow: document.documentElement.scrollWidth - window.innerWidth,
+        chatOverflow: messages.scrollWidth - messages.clientWidth,
+      }
+    })
+    expect(seen).toEqual({ pwned: null, images: 0, firstLeftOfLast: true, pageOverflow: 0, chatOverflow: 0 })
+    expect(eve.problems).toEqual([])
+  }, 60_000)
+  test("a player id with a right-to-left override does not turn the match's results around", async () => {
+    const fay = await open('fay')
+    const page = fay.page
+    await page.getByTestId('match-status').filter({ hasText: 'open, 0/4 seated' }).waitFor({ timeout: 15_000 })
+    const match = (await page.getByTestId('match-name').textContent())!
+    const player = 'zed\u202e'
+    expect((await d.call('POST', '/v1/events', { type: 'match.join', data: { match } }, { token: await d.token(player) })).status).toBe(202)
+    await page.getByTestId('match-status').filter({ hasText: 'open, 1/4 seated' }).waitFor({ timeout: 15_000 })
+    expect((await d.call('POST', `/demo/matches/${match}/play`)).status).toBe(202)
+    await page.getByTestId('match-status').filter({ hasText: 'finished: 1. ' }).waitFor({ timeout: 15_000 })
+    const [result] = ((await d.call('GET', `/v1/matches/${match}`)).json as { results: { player: string; score: number }[] }).results
+    expect(result.player).toBe(player)
+    const scoreReadsForward = await page.getByTestId('match-status').evaluate((p, score) => {
+      // The space before the score must sit left of it, as it would without the player's override.
+      const walker = document.createTreeWalker(p, NodeFilter.SHOW_TEXT)
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        const at = n.textContent!.lastIndexOf(` ${score}`)
+        if (at < 0) continue
+        const x = (i: number) => {
+          const r = document.createRange()
+          r.setStart(n!, i)
+          r.setEnd(n!, i + 1)
+          return r.getBoundingClientRect().x
+        }
+        return x(at) < x(at + 1)
+      }
+      return null
+    }, String(result.score))
+    expect(scoreReadsForward).toBe(true)
+    expect(fay.problems).toEqual([])
+  }, 60_000)
 })

@@ -4,7 +4,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { createAckedPublisher, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
 import type { Config } from '../../../../core/config'
 import {
-  checkData,
+  admitData,
   contracts,
   dedupIdOf,
   EventInput,
@@ -346,7 +346,7 @@ function validate(inputs: unknown[], principal: Principal, by: string): Omit<Sto
     }
   }
 
-  const invalid = typed.flatMap((e, index) => checkData(e.type as EventType, e.data).map((p) => ({ index, ...p })))
+  const invalid = typed.flatMap((e, index) => admitData(e.type as EventType, e.data).map((p) => ({ index, ...p })))
   if (invalid.length > 0) throw new Invalid('invalid_event', eventMessage('event data does not match its type', invalid), invalid)
 
   const seen = new Set<string>()

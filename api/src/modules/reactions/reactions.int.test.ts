@@ -72,6 +72,28 @@ describe('reactions: REST, validation, and the windowed channel', () => {
     expect((await (await fetch(`${base}/v1/streams/main/reactions`)).json()) as any).toEqual({ stream: 'main', totals: {} })
   })
 
+  test('an emoji with marks, stray joiners or tags no emoji has is refused: look-alikes cannot fill a stream with new totals', async () => {
+    const before = await storedEvents()
+    // Each is one grapheme that starts with an emoji, and most look like 👍; their variants are
+    // endless (any run of combining marks), and each would be one more total in every snapshot.
+    const lookalikes = ['👍\u0301', '👍\u0301\u0302\u0303', '👍\u200d', '👍\u{E0041}', '👍\u{1F3FD}\u0301', '🇫🇷\u0301']
+    for (const emoji of lookalikes) {
+      const res = await post({ type: 'reaction.sent', data: { stream: 'main', emoji } })
+      expect([emoji, res.status]).toEqual([emoji, 422])
+      expect(((await res.json()) as any).error.details[0]).toMatchObject({ index: 0, path: '/data/emoji' })
+    }
+    const viewer = await WsClient.open(`${ws}?token=${await mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub: 'viewer' })}`)
+    viewer.send({ op: 'publish', ref: 'l0', event: { type: 'reaction.sent', data: { stream: 'main', emoji: '👍\u0301' } } })
+    expect((await viewer.reply('l0')).error).toMatchObject({ code: 'invalid_event' })
+    viewer.close()
+    expect(await storedEvents()).toBe(before)
+    // What emoji keyboards send still passes: a pictograph in either presentation, a keycap, a
+    // subdivision flag (tags that make one), a ZWJ sequence.
+    for (const emoji of ['❤', '❤️', '❤︎', '©', '1⃣', '#️⃣', '🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}', '🧑‍🚀', '👍🏽']) {
+      expect([emoji, (await post({ type: 'reaction.sent', data: { stream: 'main', emoji } })).status]).toEqual([emoji, 202])
+    }
+  })
+
   test('one emoji grapheme of any kind is accepted, from a user over WebSocket and a key over REST', async () => {
     const before = await storedEvents()
     const good = ['👏', '❤️', '🇫🇷', '1️⃣', '👍🏽', '👩‍👩‍👧', '🏳️‍🌈']

@@ -22,6 +22,14 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Attrs = {}, ..
   node.append(...children)
   return node
 }
+/**
+ * Characters that reorder the text after them (bidi controls) or show as nothing (zero-width
+ * ones), spelled out as JSON escapes wherever the console shows JSON: a payload, a key name or
+ * a frame can then neither turn around what follows it nor hide what it holds. JSON.stringify
+ * leaves them raw and only inside strings, where an escape means the same character.
+ */
+const HIDDEN = /[\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g
+const visible = (json: string) => json.replace(HIDDEN, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 const rows = (table: string, trs: HTMLTableRowElement[]) => document.querySelector(`[data-testid="${table}"] tbody`)!.replaceChildren(...trs)
 const td = (...children: (Node | string)[]) => el('td', {}, ...children)
 const button = (label: string, onClick: () => void, attrs: Attrs = {}) => {
@@ -284,7 +292,7 @@ function showLetter(d: Json) {
   try {
     payload = JSON.stringify(JSON.parse(d.payload), null, 2)
   } catch {}
-  $('letter-payload').textContent = payload
+  $('letter-payload').textContent = visible(payload)
   $('letter').hidden = false
   void refresh()
 }
@@ -334,7 +342,8 @@ async function loadKeys() {
     ...entries
       .filter((e: Json) => e.action.endsWith('.revoked'))
       .slice(0, 20)
-      .map((e: Json) => el('li', {}, `${e.action} ${e.target} by ${e.actor}, ${ago(e.at)}`)),
+      // Targets and actors hold ids people chose: each in its own direction (bdi).
+      .map((e: Json) => el('li', {}, `${e.action} `, el('bdi', {}, e.target), ' by ', el('bdi', {}, e.actor), `, ${ago(e.at)}`)),
   )
 }
 
@@ -364,7 +373,7 @@ let auditOldest: number | undefined
 async function loadAudit(older: boolean) {
   const before = older && auditOldest !== undefined ? `&before=${auditOldest}` : ''
   const { entries } = await api('GET', `/admin/audit?limit=50${before}`)
-  const trs = entries.map((e: Json) => el('tr', {}, td(String(e.id)), td(ago(e.at)), td(e.actor), td(e.action), td(e.target), td(el('code', {}, e.details ? JSON.stringify(e.details) : ''))))
+  const trs = entries.map((e: Json) => el('tr', {}, td(String(e.id)), td(ago(e.at)), td(e.actor), td(e.action), td(e.target), td(el('code', {}, e.details ? visible(JSON.stringify(e.details)) : ''))))
   if (older) document.querySelector('[data-testid="audit"] tbody')!.append(...trs)
   else rows('audit', trs)
   if (entries.length > 0 && (older || auditOldest === undefined || !before)) auditOldest = entries[entries.length - 1].id
@@ -387,7 +396,7 @@ const inspector = (() => {
     try {
       op = JSON.parse(text).op ?? ''
     } catch {}
-    list.prepend(el('li', { 'data-op': op }, el('b', {}, new Date().toLocaleTimeString()), text))
+    list.prepend(el('li', { 'data-op': op }, el('b', {}, new Date().toLocaleTimeString()), visible(text)))
     while (list.children.length > MAX_FRAMES) list.lastElementChild!.remove()
   }
   const open = () =>
