@@ -23,7 +23,12 @@ export type AuthFailures = {
   stop(): void
 }
 
-export function createAuthFailures(deps: { config: Pick<Config, 'FANFARE_AUTH_FAILURES_PER_MINUTE'>; now?: () => number }): AuthFailures {
+export function createAuthFailures(deps: {
+  config: Pick<Config, 'FANFARE_AUTH_FAILURES_PER_MINUTE'>
+  now?: () => number
+  /** Told of every refusal (fanfare_rate_limited_total{what="auth"}). */
+  onRefused?: (what: 'auth') => void
+}): AuthFailures {
   const perMinute = deps.config.FANFARE_AUTH_FAILURES_PER_MINUTE
   const now = deps.now ?? (() => performance.now())
   const buckets = new Map<string, TokenBucket>()
@@ -33,7 +38,9 @@ export function createAuthFailures(deps: { config: Pick<Config, 'FANFARE_AUTH_FA
   const limits: AuthFailures = {
     admit(ip) {
       const wait = buckets.get(ip)?.wait() ?? 0
-      return wait > 0 ? { code: 'rate_limited', message, retryAfterMs: wait, perSecond: perMinute / 60 } : undefined
+      if (wait === 0) return undefined
+      deps.onRefused?.('auth')
+      return { code: 'rate_limited', message, retryAfterMs: wait, perSecond: perMinute / 60 }
     },
     failed(ip) {
       let bucket = buckets.get(ip)

@@ -33,7 +33,7 @@ export function createLimits(deps: { config: Config; now?: () => number; maxSubs
   const maxSubscriptions = deps.maxSubscriptions ?? MAX_SUBSCRIPTIONS
   const rates = createRateLimits({ config: deps.config, maxSubscriptions, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
   const connections = createConnectionLimits({ config: deps.config, now: deps.now })
-  const authFailures = createAuthFailures({ config: deps.config, now: deps.now })
+  const authFailures = createAuthFailures({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
   return {
     rates,
     connections,
