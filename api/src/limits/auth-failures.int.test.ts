@@ -7,7 +7,8 @@ import * as schema from '../../../core/db/schema'
 import { createLogger } from '../../../core/logger'
 import { ensureStreams } from '../../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../../core/testing/env'
-import { WsClient } from '../../../test/e2e/harness'
+import { WsClient, until } from '../../../test/e2e/harness'
+import { CLOSE } from '../realtime/close-codes'
 import { createKeyStore } from '../auth/keys'
 import { startApi, type RunningApi } from '../server'
 import { UPGRADE_HEADERS } from '../test-support'
@@ -133,7 +134,7 @@ describe('failed credential checks per address', () => {
     back.close()
   })
 
-  test('auth frames share the budget: refused with an error frame and retryAfterMs, no lookup, the socket stays open', async () => {
+  test('auth frames share the budget: refused with an error frame and retryAfterMs, no lookup, then closed 4029 with the wait', async () => {
     const ip = '203.0.113.5'
     for (let i = 0; i < BUDGET; i++) expect((await rest(ip, `Bearer ${guess()}`)).status).toBe(401)
     const ws = await WsClient.open(`${base.replace('http:', 'ws:')}/v1/ws`, { 'x-forwarded-for': ip })
@@ -143,13 +144,14 @@ describe('failed credential checks per address', () => {
     expect([refused.op, refused.error.code]).toEqual(['error', 'rate_limited'])
     expect(refused.error.retryAfterMs).toBeGreaterThan(0)
     expect(lookups).toBe(flood)
-    ws.send({ op: 'ping', ref: 'p' })
-    expect((await ws.reply('p')).op).toBe('pong')
-    expect(ws.closed).toBeUndefined()
+    const closed = await until('closed', () => ws.closed)
+    expect(closed.code).toBe(CLOSE.RATE_LIMITED)
+    expect(closed.reason).toMatch(/^rate_limited: reconnect after \d+ ms$/)
 
     await Bun.sleep(refused.error.retryAfterMs + 20)
-    ws.send({ op: 'auth', ref: 'b', token: goodKey })
-    expect((await ws.reply('b')).op).toBe('authed')
-    ws.close()
+    const again = await WsClient.open(`${base.replace('http:', 'ws:')}/v1/ws`, { 'x-forwarded-for': ip })
+    again.send({ op: 'auth', ref: 'b', token: goodKey })
+    expect((await again.reply('b')).op).toBe('authed')
+    again.close()
   })
 })

@@ -378,8 +378,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           try {
             p = await authenticate(conn, frame.token)
           } catch (err) {
-            // Refused before the check (the address failed too often): nothing was done, the socket stays.
-            if (err instanceof RateLimited) return void reply({ op: 'error', ref: frame.ref, error: { ...errorBody(err), retryAfterMs: err.retryAfterMs } })
+            // Refused unchecked (its address failed too often): 4029 tells the client when to come back.
+            if (err instanceof RateLimited) return void refuseSocket(conn, frame.ref, { code: 'rate_limited', message: err.message, retryAfterMs: err.retryAfterMs })
             const body = errorBody(err)
             reply({ op: 'error', ref: frame.ref, error: body })
             return void close(conn, err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN, body.code)
