@@ -132,6 +132,12 @@ export const Env = Type.Object({
   FANFARE_IP_CONNECTS_PER_SECOND: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
   FANFARE_IP_CONNECT_BURST: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 100 }),
   /**
+   * Failed credential checks (401 `invalid_token` / `revoked` / malformed Authorization) one client
+   * address may make per minute on one node, after a burst of as many; past it the address gets 429
+   * for any credential until it refills, with no key looked up.
+   */
+  FANFARE_AUTH_FAILURES_PER_MINUTE: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
+  /**
    * Comma-separated CIDRs of the proxies whose `X-Forwarded-For` is believed. Unset: none; the
    * client address is the peer's.
    */

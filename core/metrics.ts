@@ -140,7 +140,7 @@ export function createMetrics() {
         c.inc(count)
       },
       duration: ingestDuration,
-      rateLimited: (what: 'rest' | 'ws_publish' | 'ws_subscribe') => rateLimited.labels(what).inc(),
+      rateLimited: (what: 'rest' | 'ws_publish' | 'ws_subscribe' | 'auth') => rateLimited.labels(what).inc(),
     },
     push: {
       /** A change of a channel of `kind` committed at `committedAt` (events stored from `storedAt`) was pushed at `now` (all ms). */

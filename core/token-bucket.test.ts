@@ -25,3 +25,12 @@ test('several tokens at once: all or none, with the wait until all are there', (
   expect(bucket.full()).toBe(true)
 })
 
+
+test('spend goes into debt: the wait then covers what was overspent', () => {
+  let t = 0
+  const bucket = tokenBucket({ capacity: 2, perSecond: 10, now: () => t })
+  bucket.spend(5) // 3 owed
+  expect(bucket.wait()).toBe(400) // 3 owed + 1 wanted, at 10/s
+  t += 400
+  expect(bucket.take()).toBe(0)
+})

@@ -5,6 +5,8 @@
 export type TokenBucket = {
   /** Spends `n` tokens (default 1) and returns 0, or returns the milliseconds until `n` are there (nothing spent). */
   take: (n?: number) => number
+  /** Spends `n` tokens (default 1) even if fewer are there: the debt is paid by waiting longer. */
+  spend: (n?: number) => void
   /** The milliseconds until `n` tokens are there (0: now); spends nothing. */
   wait: (n?: number) => number
   /** Whether the bucket is full: then it is no different from a new one (and may be forgotten). */
@@ -34,6 +36,10 @@ export function tokenBucket(opts: { capacity: number; perSecond: number; now?: (
       const w = wait(n)
       if (w === 0) tokens -= n
       return w
+    },
+    spend(n = 1) {
+      refill()
+      tokens -= n
     },
     full() {
       refill()

@@ -40,7 +40,7 @@ export function createApp(deps: ApiDeps) {
   const { eventStream } = topology(config)
   const limits = deps.limits ?? createLimits({ config, metrics })
   // One instance for every module: Elysia de-duplicates it by name and seed.
-  const auth = authPlugin({ authenticator: deps.security.authenticator, config, rates: limits.rates })
+  const auth = authPlugin({ authenticator: deps.security.authenticator, config, limits })
   const audit = createAudit({ db, logger })
   const { keys, revocations } = deps.security
   const app = new Elysia({

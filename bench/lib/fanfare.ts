@@ -41,6 +41,7 @@ export const BENCH_LIMITS: Record<string, string> = {
   FANFARE_MAX_CONNECTIONS_PER_USER: '1000000',
   FANFARE_IP_CONNECTS_PER_SECOND: '1000000',
   FANFARE_IP_CONNECT_BURST: '1000000',
+  FANFARE_AUTH_FAILURES_PER_MINUTE: '1000000',
 }
 
 /** Creates the env (fresh db + stream names), the streams, and a NATS connection for the bench. */

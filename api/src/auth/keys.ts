@@ -43,9 +43,15 @@ const digestOf = (secret: string) => createHash('sha256').update(secret).digest(
 /** How long a looked-up key is trusted without asking Postgres again (revocation evicts at once). */
 const CACHE_MS = 30_000
 
+/** Most keys, and apart most unknown secrets, the lookup cache holds (each is cleared when full). */
+const MAX_CACHED = 10_000
+
 export function createKeyStore(deps: { db: Db; now?: () => number }): KeyStore {
   const now = deps.now ?? Date.now
-  const cache = new Map<string, { key: KeyPrincipal | undefined; revoked: boolean; at: number }>()
+  const cache = new Map<string, { key: KeyPrincipal; revoked: boolean; at: number }>()
+  // Unknown secrets apart: guesses (each a new secret) fill and clear this one, never the keys'.
+  // Safe with creation: a new key's secret is random, so no lookup can have missed it before.
+  const misses = new Map<string, number>()
   const used = new Set<string>()
   const info = (r: typeof apiKeys.$inferSelect): KeyInfo => ({
     id: r.id,
@@ -92,25 +98,30 @@ export function createKeyStore(deps: { db: Db; now?: () => number }): KeyStore {
     async lookup(secret) {
       if (!secret.startsWith(KEY_PREFIX) || secret.length > 128) return undefined
       const digest = digestOf(secret)
+      const missed = misses.get(digest)
+      if (missed !== undefined && now() - missed < CACHE_MS) return undefined
       const hit = cache.get(digest)
       let entry = hit && now() - hit.at < CACHE_MS ? hit : undefined
       if (!entry) {
         const [row] = await deps.db.select().from(apiKeys).where(eq(apiKeys.digest, digest))
-        const key: KeyPrincipal | undefined = row
-          ? { kind: 'key', id: row.id, name: row.name, scopes: row.scopes as Scope[], ...(row.expiresAt ? { expiresAt: row.expiresAt.getTime() } : {}) }
-          : undefined
-        if (cache.size > 10_000) cache.clear()
-        entry = { key, revoked: Boolean(row?.revokedAt), at: now() }
+        if (!row) {
+          if (misses.size >= MAX_CACHED) misses.clear()
+          misses.set(digest, now())
+          return undefined
+        }
+        const key: KeyPrincipal = { kind: 'key', id: row.id, name: row.name, scopes: row.scopes as Scope[], ...(row.expiresAt ? { expiresAt: row.expiresAt.getTime() } : {}) }
+        if (cache.size >= MAX_CACHED) cache.clear()
+        entry = { key, revoked: Boolean(row.revokedAt), at: now() }
         cache.set(digest, entry)
       }
       if (entry.revoked) throw new Revoked('this API key was revoked')
       const key = entry.key
-      if (!key || (key.expiresAt !== undefined && key.expiresAt <= now())) return undefined
+      if (key.expiresAt !== undefined && key.expiresAt <= now()) return undefined
       used.add(key.id)
       return key
     },
     forget(id) {
-      for (const [digest, entry] of cache) if (entry.key?.id === id) cache.delete(digest)
+      for (const [digest, entry] of cache) if (entry.key.id === id) cache.delete(digest)
     },
     flushUsage,
     async stop() {

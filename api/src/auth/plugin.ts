@@ -1,7 +1,7 @@
 import { Elysia } from 'elysia'
 import type { Config } from '../../../core/config'
 import { Forbidden, Unauthorized } from '../errors'
-import { chargeRequest, type RateLimits } from '../limits'
+import { chargeRequest, checkCredential, type Limits } from '../limits'
 import type { Authenticator } from './authenticate'
 import { ANONYMOUS, isAdminReader, hasScope, type Principal } from './principal'
 
@@ -54,18 +54,30 @@ let plugins = 0
  */
 export type AuthPlugin = ReturnType<typeof authPlugin>
 
-export function authPlugin(deps: { authenticator: Authenticator; config: Pick<Config, 'FANFARE_ANONYMOUS'>; rates?: RateLimits }) {
+export function authPlugin(deps: {
+  authenticator: Authenticator
+  config: Pick<Config, 'FANFARE_ANONYMOUS'>
+  /** Each caller's budget, and each address's budget of failed credentials (see README "Limits"). */
+  limits?: Pick<Limits, 'rates' | 'authFailures' | 'clientAddress'>
+}) {
   const resolved = new WeakMap<Request, Principal>()
-  const identify = async (request: Request): Promise<Principal> => {
+  const verify = async (header: string) => {
+    const token = bearerOf(header)
+    return token === undefined ? ANONYMOUS : deps.authenticator.authenticate(token)
+  }
+  const identify = async (request: Request, server: { requestIP(r: Request): { address: string } | null } | null): Promise<Principal> => {
     const known = resolved.get(request)
     if (known) return known
-    const token = bearerOf(request.headers.get('authorization'))
+    const header = request.headers.get('authorization')
     let p: Principal
-    if (token === undefined) {
+    if (!header) {
       if (deps.config.FANFARE_ANONYMOUS === 'off') throw new Unauthorized('this server needs a token (Authorization: Bearer <token>)')
       p = ANONYMOUS
+    } else if (deps.limits) {
+      const address = deps.limits.clientAddress(server?.requestIP(request)?.address, request.headers.get('x-forwarded-for'))
+      p = await checkCredential(deps.limits.authFailures, address, () => verify(header))
     } else {
-      p = await deps.authenticator.authenticate(token)
+      p = await verify(header)
     }
     resolved.set(request, p)
     return p
@@ -73,12 +85,12 @@ export function authPlugin(deps: { authenticator: Authenticator; config: Pick<Co
   return new Elysia({ name: 'auth', seed: ++plugins }).macro({
     auth: (need: Need) => ({
       detail: need === 'viewer' ? {} : { security: [{ bearer: [] }] },
-      transform: async ({ request, body }) => {
-        const p = demand(await identify(request), need)
+      transform: async ({ request, body, server }) => {
+        const p = demand(await identify(request, server), need)
         // Charged once known, before the body is validated: a bad request costs its caller too (429 with Retry-After).
-        if (deps.rates) chargeRequest(deps.rates, p, body)
+        if (deps.limits) chargeRequest(deps.limits.rates, p, body)
       },
-      resolve: async ({ request }) => ({ principal: demand(await identify(request), need) }),
+      resolve: async ({ request, server }) => ({ principal: demand(await identify(request, server), need) }),
     }),
   })
 }

@@ -1,7 +1,8 @@
 import type { Config } from '../../../core/config'
 import type { Metrics } from '../../../core/metrics'
 import type { Principal } from '../auth/principal'
-import { Invalid, RateLimited, retryAfterSeconds } from '../errors'
+import { Invalid, RateLimited, retryAfterSeconds, TokenExpired, Unauthorized } from '../errors'
+import { createAuthFailures, type AuthFailures } from './auth-failures'
 import { clientAddress, type ClientAddress } from './client-ip'
 import { createConnectionLimits, type ConnectionLimits } from './connections'
 import { originPolicy, type OriginPolicy } from './origins'
@@ -9,11 +10,14 @@ import { createRateLimits, type RateLimits } from './rates'
 
 export type { ConnectionLimits, Slot, ConnectionRefusal } from './connections'
 export type { RateLimits, ConnectionRates, RateRefusal } from './rates'
+export type { AuthFailures } from './auth-failures'
 
 /** Every limit of one API node, built from its config (see README "Limits"). */
 export type Limits = {
   rates: RateLimits
   connections: ConnectionLimits
+  /** Failed credential checks per client address (FANFARE_AUTH_FAILURES_PER_MINUTE). */
+  authFailures: AuthFailures
   /** The client's address of a request (see FANFARE_TRUSTED_PROXIES). */
   clientAddress: ClientAddress
   origins: OriginPolicy
@@ -29,15 +33,18 @@ export function createLimits(deps: { config: Config; now?: () => number; maxSubs
   const maxSubscriptions = deps.maxSubscriptions ?? MAX_SUBSCRIPTIONS
   const rates = createRateLimits({ config: deps.config, maxSubscriptions, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
   const connections = createConnectionLimits({ config: deps.config, now: deps.now })
+  const authFailures = createAuthFailures({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
   return {
     rates,
     connections,
+    authFailures,
     clientAddress: clientAddress(deps.config.FANFARE_TRUSTED_PROXIES),
     origins: originPolicy(deps.config.FANFARE_ALLOWED_ORIGINS),
     maxSubscriptions,
     stop() {
       rates.stop()
       connections.stop()
+      authFailures.stop()
     },
   }
 }
@@ -64,6 +71,23 @@ export function chargeRequest(rates: RateLimits, p: Principal, body: unknown): v
   }
   const refused = rates.charge(p, cost)
   if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
+}
+
+/**
+ * Checks a credential of a client at `address` (`check` parses and verifies it). Over the address's
+ * budget of failures, throws RateLimited (429 with Retry-After) without calling `check`, so a flood
+ * of guesses costs no key lookups. A 401 from `check` is charged to the address and rethrown; an
+ * expired token is not (only a validly signed one expires: it is no guess), nor is a success.
+ */
+export async function checkCredential<T>(failures: AuthFailures, address: string, check: () => T | Promise<T>): Promise<T> {
+  const refused = failures.admit(address)
+  if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
+  try {
+    return await check()
+  } catch (err) {
+    if (err instanceof Unauthorized && !(err instanceof TokenExpired)) failures.failed(address)
+    throw err
+  }
 }
 
 /**

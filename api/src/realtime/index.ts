@@ -13,8 +13,8 @@ import { maySubscribe } from '../auth/permissions'
 import { ANONYMOUS, principalId, type Principal } from '../auth/principal'
 import type { Revocations } from '../auth/revocations'
 import type { RoomAccess } from '../auth/rooms'
-import { AppError, Forbidden, Invalid, Revoked, TokenExpired, Unauthorized } from '../errors'
-import { closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
+import { AppError, Forbidden, Invalid, RateLimited, Revoked, TokenExpired, Unauthorized } from '../errors'
+import { checkCredential, closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
 import { heldBack, type PublishHold } from '../limits/publish-order'
 import type { Presence } from '../presence'
 import { isTracked, presenceChannelOf } from '../presence/feed'
@@ -276,7 +276,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
 
   /** Takes a credential from an `auth` frame: a first identity, or a fresh token of the same one. */
   const authenticate = async (conn: Connection, token: string): Promise<Principal> => {
-    const p = await deps.authenticator.authenticate(token)
+    const p = await checkCredential(deps.limits.authFailures, conn.address, () => deps.authenticator.authenticate(token))
     const was = conn.principal
     if (p.kind === 'anonymous') throw new Unauthorized('an auth frame needs a token')
     if (was.kind !== 'anonymous' && principalId(was) !== principalId(p)) {
@@ -378,6 +378,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           try {
             p = await authenticate(conn, frame.token)
           } catch (err) {
+            // Refused unchecked (its address failed too often): 4029 tells the client when to come back.
+            if (err instanceof RateLimited) return void refuseSocket(conn, frame.ref, { code: 'rate_limited', message: err.message, retryAfterMs: err.retryAfterMs })
             const body = errorBody(err)
             reply({ op: 'error', ref: frame.ref, error: body })
             return void close(conn, err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN, body.code)
@@ -481,11 +483,17 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       let principal: Principal
       try {
         // A browser can only put the token in the query; a server's client may send it as a header.
-        const header = bearerOf(request.headers.get('authorization'))
-        if (header !== undefined && query.token !== undefined) throw new Invalid('invalid_request', 'give the token once: as ?token= or as Authorization: Bearer, not both')
-        const token = header ?? query.token
-        principal = token ? await deps.authenticator.authenticate(token) : ANONYMOUS
+        const authorization = request.headers.get('authorization')
+        const verify = async () => {
+          const header = bearerOf(authorization)
+          if (header !== undefined && query.token !== undefined) throw new Invalid('invalid_request', 'give the token once: as ?token= or as Authorization: Bearer, not both')
+          const token = header ?? query.token
+          return token ? deps.authenticator.authenticate(token) : ANONYMOUS
+        }
+        // Without a credential there is nothing to guess: the address's failures do not matter.
+        principal = authorization || query.token ? await checkCredential(deps.limits.authFailures, address, verify) : ANONYMOUS
       } catch (err) {
+        if (err instanceof RateLimited) return refuseUpgrade(set, { code: err.code, message: err.message, retryAfterMs: err.retryAfterMs })
         if (!(err instanceof AppError)) throw err
         set.status = err.status
         return { error: { code: err.code, message: err.message } }
