@@ -5,9 +5,10 @@ import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections'
-import { applyBatch, batchMessageOf, type BatchMessage } from '../runtime/batch'
+import { batchMessageOf, type BatchMessage } from '../runtime/batch'
+import { applyOrOneByOne } from '../runtime/one-by-one'
 import { backoffMs, sleep } from '../../../core/backoff'
-import { isTransientDbError, StaleReadError } from '../runtime/errors'
+import { dbErrorSummary, isTransientDbError, StaleReadError } from '../runtime/errors'
 import { streamIdentity, topology } from '../../../core/nats'
 import { createShadow, dropSchemas, leftoverSchemas, lockDeadLetters, lockLiveTables, replaceDeadLetters, shadowSchemaName, swapIn, useShadow } from './shadow'
 
@@ -75,9 +76,16 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       }
       const at = now()
       // Same code as the live runners (decode, dead letters, checkpoint), token 0: never fenced.
-      // The shadow's checkpoints start at 0 and only this rebuild writes them.
+      // The shadow's checkpoints start at 0 and only this rebuild writes them. A message Postgres
+      // refuses for its data is a dead letter of the shadow, as live (see applyOrOneByOne): each
+      // statement in a savepoint, since the refusal would abort the whole transaction.
+      const savepoint = <T>(run: (db: Db) => Promise<T>) => tx.transaction((sp) => run(sp as unknown as Db))
       for (const [partition, messages] of [...byPartition].sort(([a], [b]) => a - b)) {
-        const r = await applyBatch(tx, { projection, partition, token: 0, partitions: partitions, stream }, shadowCheckpoints.get(partition) ?? 0, messages, at)
+        const r = await applyOrOneByOne(tx as unknown as Db, { projection, partition, token: 0, partitions: partitions, stream }, shadowCheckpoints.get(partition) ?? 0, messages, () => at, {
+          isolate: savepoint,
+          onFallback: (err) => log.warn({ err: dbErrorSummary(err), partition, size: messages.length, seq: messages[0].seq }, 'Postgres refused a shadow batch for its data; applying its messages one by one'),
+          onRefused: (m, _reason, err) => log.error({ err, subject: m.subject, seq: m.seq }, 'an event Postgres refuses for its data: dead-lettered in the shadow'),
+        })
         shadowCheckpoints.set(partition, r.checkpoint)
       }
     }
