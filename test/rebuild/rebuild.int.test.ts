@@ -4,7 +4,7 @@ import { Kvm } from '@nats-io/kv'
 import { asc, sql } from 'drizzle-orm'
 import { createHarness, type ApiHarness } from '../../api/src/test-support'
 import { connectBunSql } from '../../core/db/client'
-import { channelVersions, chatMessages, leaderboardEntries, projectionCheckpoints } from '../../core/db/schema'
+import { channelVersions, chatMessages, deadLetters, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
 import { ensureStreams, streamIdentity, topology } from '../../core/nats'
 import { projectionNames } from '../../core/projections'
@@ -14,6 +14,7 @@ import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing
 import type { Workers } from '../../stream-workers/src/workers'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
+import type { Projection } from '../../stream-workers/src/projections/types'
 
 let h: ApiHarness | undefined
 let closers: (() => Promise<void>)[] = []
@@ -370,4 +371,45 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const after = await readModels(hh)
     expectModels(after, expected, { ignoreSeq: true })
   })
+
+  test('an event Postgres refuses for its data is a dead letter of the rebuild, as live; the others apply and the rebuild switches in', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const sent = await sendBatch(hh, 30)
+    const r = await hh.call('POST', '/v1/events', { token: hh.ingestToken, body: { type: 'score.submitted', data: { board: 'hi', player: 'bomb', score: 50 } } })
+    expect(r.status).toBe(202)
+    const bomb = { id: r.json.results[0].id as string, seq: r.json.results[0].seq as number }
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    // The live runners applied the bomb (today's code takes it); the rebuild runs a version of the
+    // projection whose write Postgres refuses for that one event: 22P02, invalid input for integer.
+    const refusing: Projection = {
+      ...leaderboardsProjection,
+      apply: async (db, events) => {
+        const applied = await leaderboardsProjection.apply(db, events)
+        const hit = events.some((e) => (e.event.data as { player?: string }).player === 'bomb')
+        if (!hit || !applied.write) return applied
+        const write = applied.write
+        return { ...applied, write: (when) => [...[write(when)].flat(), sql`update ${leaderboards} set board = board where board = ('bomb'::text::int)::text and ${when}`] }
+      },
+    }
+    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => db.close())
+    const { switchedAtSeq } = await runRebuild(
+      { config: hh.env.config, db: db.db, js: jetstream(hh.nc), logger: createLogger('silent'), projection: refusing, progress: async () => {}, signal: new AbortController().signal },
+      { id: 'refused', attempt: 1 },
+    )
+    expect(switchedAtSeq).toBeGreaterThanOrEqual(bomb.seq)
+    // Every other event is in the switched-in model; the bomb is not, and is a dead letter with
+    // Postgres' reason, like one the live path refuses.
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
+    const dead = await hh.database.db.select().from(deadLetters)
+    expect(dead.map((d) => [d.projection, d.eventId, Number(d.streamSeq)])).toEqual([['leaderboards', bomb.id, bomb.seq]])
+    expect(dead[0].reason).toContain('22P02')
+    // The live runners go on from the switched checkpoints.
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
+  }, 40_000)
 })
