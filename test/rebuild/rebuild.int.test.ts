@@ -4,7 +4,7 @@ import { Kvm } from '@nats-io/kv'
 import { asc, sql } from 'drizzle-orm'
 import { createHarness, type ApiHarness } from '../../api/src/test-support'
 import { connectBunSql } from '../../core/db/client'
-import { channelVersions, chatMessages, leaderboardEntries, projectionCheckpoints } from '../../core/db/schema'
+import { channelVersions, chatMessages, deadLetters, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
 import { ensureStreams, streamIdentity, topology } from '../../core/nats'
 import { projectionNames } from '../../core/projections'
@@ -14,6 +14,7 @@ import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing
 import type { Workers } from '../../stream-workers/src/workers'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
+import type { Projection } from '../../stream-workers/src/projections/types'
 
 let h: ApiHarness | undefined
 let closers: (() => Promise<void>)[] = []
@@ -152,6 +153,28 @@ const waitJob = (h: ApiHarness, name: string, state: RebuildJob['state'], timeou
     timeoutMs,
     100,
   )
+
+/**
+ * Leaderboards with a write Postgres refuses for player `bomb`'s scores (22P02, invalid input for
+ * type integer), as a projection whose code lets through a value Postgres cannot store.
+ */
+const refusing: Projection = {
+  ...leaderboardsProjection,
+  apply: async (db, events) => {
+    const applied = await leaderboardsProjection.apply(db, events)
+    const hit = events.some((e) => (e.event.data as { player?: string }).player === 'bomb')
+    if (!hit || !applied.write) return applied
+    const write = applied.write
+    return { ...applied, write: (when) => [...[write(when)].flat(), sql`update ${leaderboards} set board = board where board = ('bomb'::text::int)::text and ${when}`] }
+  },
+}
+
+/** Sends player `bomb`'s score through the API; returns its event id and stream sequence. */
+async function sendBomb(h: ApiHarness): Promise<{ id: string; seq: number }> {
+  const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { type: 'score.submitted', data: { board: 'hi', player: 'bomb', score: 50 } } })
+  expect(r.status).toBe(202)
+  return { id: r.json.results[0].id, seq: r.json.results[0].seq }
+}
 
 describe('POST /admin/projections/:name/rebuild', () => {
   test('a rebuild while events keep flowing ends equal to the model computed from the events, with new epochs', async () => {
@@ -370,4 +393,68 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const after = await readModels(hh)
     expectModels(after, expected, { ignoreSeq: true })
   })
+
+  test('an event Postgres refuses for its data is a dead letter of the rebuild, as live; the others apply and the rebuild switches in', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const sent = await sendBatch(hh, 30)
+    const bomb = await sendBomb(hh)
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    // The live runners applied the bomb (today's code takes it); the rebuild runs `refusing`.
+    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => db.close())
+    const { switchedAtSeq } = await runRebuild(
+      { config: hh.env.config, db: db.db, js: jetstream(hh.nc), logger: createLogger('silent'), projection: refusing, progress: async () => {}, signal: new AbortController().signal },
+      { id: 'refused', attempt: 1 },
+    )
+    expect(switchedAtSeq).toBeGreaterThanOrEqual(bomb.seq)
+    // Every other event is in the switched-in model; the bomb is not, and is a dead letter with
+    // Postgres' reason, like one the live path refuses.
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
+    const dead = await hh.database.db.select().from(deadLetters)
+    expect(dead.map((d) => [d.projection, d.eventId, Number(d.streamSeq)])).toEqual([['leaderboards', bomb.id, bomb.seq]])
+    expect(dead[0].reason).toContain('22P02')
+    // The live runners go on from the switched checkpoints.
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
+  }, 40_000)
+
+  test('the same when the refused event comes in the switch, applied in its transaction: the rebuild switches in, the event a dead letter', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const sent = await sendBatch(hh, 20)
+    await caughtUp(hh)
+    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => db.close())
+    let bomb: { id: string; seq: number } | undefined
+    const { switchedAtSeq } = await runRebuild(
+      {
+        config: hh.env.config,
+        db: db.db,
+        js: jetstream(hh.nc),
+        logger: createLogger('silent'),
+        projection: refusing,
+        // Just before the switch: the live runners apply the bomb and more, so the switch's
+        // transaction must apply them to the shadow to reach the live checkpoints.
+        progress: async (p) => {
+          if (p.state !== 'switching') return
+          bomb = await sendBomb(hh)
+          sent.push(...(await sendBatch(hh, 5)))
+          await caughtUp(hh)
+        },
+        signal: new AbortController().signal,
+      },
+      { id: 'refusedtail', attempt: 1 },
+    )
+    expect(bomb).toBeDefined()
+    expect(switchedAtSeq).toBeGreaterThan(bomb!.seq)
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
+    const dead = await hh.database.db.select().from(deadLetters)
+    expect(dead.map((d) => [d.projection, d.eventId, Number(d.streamSeq)])).toEqual([['leaderboards', bomb!.id, bomb!.seq]])
+    expect(dead[0].reason).toContain('22P02')
+  }, 40_000)
 })

@@ -6,8 +6,9 @@ import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Projection } from '../projections'
 import { applyBatch, batchMessageOf, type BatchMessage } from '../runtime/batch'
+import { applyOrOneByOne } from '../runtime/one-by-one'
 import { backoffMs, sleep } from '../../../core/backoff'
-import { isTransientDbError, StaleReadError } from '../runtime/errors'
+import { dbErrorSummary, isDataDbError, isTransientDbError, StaleReadError } from '../runtime/errors'
 import { streamIdentity, topology } from '../../../core/nats'
 import { createShadow, dropSchemas, leftoverSchemas, lockDeadLetters, lockLiveTables, replaceDeadLetters, shadowSchemaName, swapIn, useShadow } from './shadow'
 
@@ -63,7 +64,15 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       deliver_policy: DeliverPolicy.All,
     })
     const shadowCheckpoints = new Map<number, number>()
-    const applyShadow = async (tx: Tx, batch: JsMsg[]) => {
+    /**
+     * Applies a fetch to the shadow inside `tx`. `careful`: each statement in a savepoint and a
+     * message Postgres refuses for its data a dead letter of the shadow, as live (applyOrOneByOne;
+     * the refusal would abort the whole transaction otherwise). Not careful, a partition batch is
+     * one statement and such a refusal fails the transaction: the catch-up applies the fetch again,
+     * careful. Savepoints on every partition batch made the catch-up of 40,000 events ~25% slower
+     * (bench/findings.md), so only a fetch that needs them pays.
+     */
+    const applyShadow = async (tx: Tx, batch: JsMsg[], careful: boolean) => {
       const byPartition = new Map<number, BatchMessage[]>()
       for (const m of batch) {
         const p = subjects.partitionOfSubject(m.subject)
@@ -74,10 +83,19 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         byPartition.set(p, list)
       }
       const at = now()
+      const savepoint = <T>(run: (db: Db) => Promise<T>) => tx.transaction((sp) => run(sp as unknown as Db))
       // Same code as the live runners (decode, dead letters, checkpoint), token 0: never fenced.
       // The shadow's checkpoints start at 0 and only this rebuild writes them.
       for (const [partition, messages] of [...byPartition].sort(([a], [b]) => a - b)) {
-        const r = await applyBatch(tx, { projection, partition, token: 0, partitions: partitions, stream }, shadowCheckpoints.get(partition) ?? 0, messages, at)
+        const owner = { projection, partition, token: 0, partitions: partitions, stream }
+        const expected = shadowCheckpoints.get(partition) ?? 0
+        const r = careful
+          ? await applyOrOneByOne(tx as unknown as Db, owner, expected, messages, () => at, {
+              isolate: savepoint,
+              onFallback: (err) => log.warn({ err: dbErrorSummary(err), partition, size: messages.length, seq: messages[0].seq }, 'Postgres refused a shadow batch for its data; applying its messages one by one'),
+              onRefused: (m, _reason, err) => log.error({ err, subject: m.subject, seq: m.seq }, 'an event Postgres refuses for its data: dead-lettered in the shadow'),
+            })
+          : await applyBatch(tx, owner, expected, messages, at)
         shadowCheckpoints.set(partition, r.checkpoint)
       }
     }
@@ -95,23 +113,30 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       if (deps.signal.aborted) throw new Error('rebuild stopped')
       const batch = await fetch(catchUpBatch, 1_000)
       if (batch.length > 0) {
-        for (let attempt = 0; ; ) {
-          const before = new Map(shadowCheckpoints)
+        const before = new Map(shadowCheckpoints)
+        for (let attempt = 0, careful = false; ; ) {
           try {
             await db.transaction(async (tx) => {
               await useShadow(tx, shadow)
-              await applyShadow(tx, batch)
+              await applyShadow(tx, batch, careful)
             })
             break
           } catch (err) {
+            shadowCheckpoints.clear()
+            for (const [partition, seq] of before) shadowCheckpoints.set(partition, seq)
+            if (!careful && isDataDbError(err)) {
+              // Postgres refused the data of a message of the fetch: the transaction wrote
+              // nothing; apply the fetch again, careful (see applyShadow).
+              log.warn({ err: dbErrorSummary(err) }, 'Postgres refused a shadow batch for its data; applying the fetch again, each statement in a savepoint')
+              careful = true
+              continue
+            }
             // A board's rules changed under a batch that scores it first (see Applied.recheck), or
             // a deadlock or lost connection: the transaction wrote nothing; apply the batch again
             // from the same checkpoints. (The same in the switch's few batches fails the rebuild:
             // visible, and it can be requested again.)
             if (!(err instanceof StaleReadError) && !isTransientDbError(err)) throw err
             log.warn({ err }, 'shadow batch not written; applying it again')
-            shadowCheckpoints.clear()
-            for (const [partition, seq] of before) shadowCheckpoints.set(partition, seq)
             await sleep(backoffMs(attempt++), deps.signal)
             if (deps.signal.aborted) throw new Error('rebuild stopped')
           }
@@ -157,7 +182,8 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         if (Date.now() > deadline) throw new Error(`shadow did not reach the live checkpoint ${live} (at ${position}) in time`)
         const batch = await fetch(batchSize, 1_000)
         if (batch.length > 0) {
-          await applyShadow(tx, batch)
+          // Careful: a refusal here would abort the switch's transaction (and fail the job).
+          await applyShadow(tx, batch, true)
           position = batch[batch.length - 1].seq
         } else if ((await consumer.info(false)).num_pending === 0) {
           // Nothing of this projection is stored between us and `live` (removed messages).

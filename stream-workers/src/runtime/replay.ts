@@ -4,7 +4,8 @@ import { deadLetters } from '../../../core/db/schema'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { parseReplaySubject, replaySubjects, type ReplayReply, type ReplayRequest } from '../../../core/dead-letters'
 import type { Logger } from '../../../core/logger'
-import { applyBatch, type BatchOwner } from './batch'
+import type { BatchOwner } from './batch'
+import { applyOneByOne } from './one-by-one'
 import type { OutboxEvent, OutboxRun } from './outbox'
 
 /**
@@ -24,7 +25,12 @@ export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: numb
       return { reply: { outcome: 'unavailable', message: `dead letter ${id} belongs to ${row.projection}/${row.partition}, not this runner` }, runs: [], events: [] }
     }
     const message = { subject: row.subject, seq: row.streamSeq, body: new TextEncoder().encode(row.payload), storedAt: row.createdAt }
-    const result = await applyBatch(tx as unknown as Db, owner, expected, [message], now, { replay: { deadLetter: id } })
+    // Through applyOneByOne, as a batch of one: if Postgres refuses its data, the statement is
+    // undone to a savepoint and the dead letter records that reason (still failing).
+    const result = await applyOneByOne(tx as unknown as Db, owner, expected, [message], () => now, {
+      isolate: (run) => tx.transaction((sp) => run(sp as unknown as Db)),
+      opts: { replay: { deadLetter: id } },
+    })
     if (result.stillFailing !== undefined) return { reply: { outcome: 'still_failing', reason: result.stillFailing }, runs: [], events: [] }
     return { reply: { outcome: 'replayed' }, runs: result.runs, events: result.events }
   })

@@ -11,7 +11,8 @@ import { backoffMs, sleep } from '../../../core/backoff'
 import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOwner, type BatchResult } from './batch'
 import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
-import { dbErrorSummary, FencedError, isDataDbError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
+import { applyOrOneByOne } from './one-by-one'
+import { dbErrorSummary, FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import type { AckedPublisher } from '../../../core/acked-publish'
 import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
@@ -182,65 +183,33 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  /**
-   * Applies a batch that Postgres refused for its data (see isDataDbError) one message at a time,
-   * each its own statement, in stream order: the messages it takes apply, and the one it refuses is
-   * written as a dead letter with Postgres' reason (in its own statement, which moves the
-   * checkpoint past it). Retrying the batch whole would fail alike forever; stopping would make
-   * the next owner stop on it too. Returns the statements' results as one.
-   */
-  const applyOneByOne = async (owner: BatchOwner, messages: BatchMessage[]): Promise<BatchResult> => {
-    const total: BatchResult = { applied: 0, skipped: 0, deadLettered: 0, runs: [], events: [], checkpoint }
-    for (const m of messages) {
-      const result = await exclusive(async () => {
-        let r: BatchResult
-        try {
-          r = await applyBatch(deps.db, owner, checkpoint, [m], now())
-        } catch (err) {
-          if (!isDataDbError(err)) throw err
-          const reason = `Postgres refused it: ${dbErrorSummary(err)}`
-          log.error({ err, subject: m.subject, seq: m.seq }, 'an event Postgres refuses for its data: dead-lettered')
-          r = await applyBatch(deps.db, owner, checkpoint, [m], now(), { refusedByPostgres: { seq: m.seq, reason } })
-        }
-        checkpoint = r.checkpoint
-        return r
-      })
-      total.applied += result.applied
-      total.skipped += result.skipped
-      total.deadLettered += result.deadLettered
-      total.runs.push(...result.runs)
-      total.events.push(...result.events)
-      total.checkpoint = result.checkpoint
-    }
-    return total
-  }
-
   const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
     const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
-    // Set once Postgres refused the batch for its data: from then on its messages go one by one.
-    let oneByOne = false
+    // The checkpoint moves inside the turn: a replay waiting for it must see the new one.
+    const turn = (work: () => Promise<BatchResult>) =>
+      exclusive(async () => {
+        const result = await work()
+        checkpoint = result.checkpoint
+        return result
+      })
     try {
       for (let attempt = 0; ; attempt++) {
         if (abort.signal.aborted) return undefined
         try {
-          if (oneByOne) return await applyOneByOne(owner, messages)
-          // The checkpoint moves inside the turn: a replay waiting for it must see the new one.
-          return await exclusive(async () => {
-            const result = deps.committer ? await deps.committer.apply(owner, checkpoint, messages, now()) : await applyBatch(deps.db, owner, checkpoint, messages, now())
-            checkpoint = result.checkpoint
-            return result
+          // A batch Postgres refuses for its data goes one message at a time (see applyOrOneByOne);
+          // retried after a transient fault, the whole batch is tried again from the checkpoint.
+          return await applyOrOneByOne(deps.db, owner, checkpoint, messages, now, {
+            turn,
+            whole: () => (deps.committer ? deps.committer.apply(owner, checkpoint, messages, now()) : applyBatch(deps.db, owner, checkpoint, messages, now())),
+            onFallback: (err) => log.warn({ err: dbErrorSummary(err), size: batch.length, seq: batch[0].seq }, 'Postgres refused the batch for its data; applying its messages one by one'),
+            onRefused: (m, _reason, err) => log.error({ err, subject: m.subject, seq: m.seq }, 'an event Postgres refuses for its data: dead-lettered'),
           })
         } catch (err) {
           if (err instanceof StaleReadError) {
             // A board's rules changed between the batch's reads and its write: read again.
             log.info({ seq: batch[0].seq, size: batch.length }, 'rows the batch read changed before its write; applying it again')
-            continue
-          }
-          if (!oneByOne && !isRefusedBatch(err) && isDataDbError(err)) {
-            log.warn({ err: dbErrorSummary(err), size: batch.length, seq: batch[0].seq }, 'Postgres refused the batch for its data; applying its messages one by one')
-            oneByOne = true
             continue
           }
           if (isRefusedBatch(err) || !isTransientDbError(err)) throw err

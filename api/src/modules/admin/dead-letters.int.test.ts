@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { deadLetters } from '../../../../core/db/schema'
+import { sql } from 'drizzle-orm'
+import { deadLetters, leaderboards } from '../../../../core/db/schema'
 import { until } from '../../../../test/e2e/harness'
 import { startTestWorker } from '../../../../stream-workers/src/testing/harness'
 import { leaderboardsProjection } from '../../../../stream-workers/src/projections/leaderboards/apply'
@@ -19,12 +20,18 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
   /** While set, only the events it picks are refused (a bug fixed for the others). */
   let refuseOnly: ((e: SequencedEvent) => boolean) | undefined
   let failures = 0
+  /** While set, Postgres refuses the write of player `cast`'s scores (a data error, not a refusal by the projection). */
+  let castFails = false
   const buggy: Projection = {
     ...leaderboardsProjection,
     apply: async (db, events) => {
       const bad = events.filter((e) => (broken || refuseOnly?.(e)) && e.event.type === 'score.submitted' && e.event.data.board === 'fixme')
       const applied = await leaderboardsProjection.apply(db, events.filter((e) => !bad.includes(e)))
-      return { ...applied, refused: [...(applied.refused ?? []), ...bad.map((e) => ({ seq: e.seq, reason: `bug 42 (failure ${++failures})` }))] }
+      const refused = [...(applied.refused ?? []), ...bad.map((e) => ({ seq: e.seq, reason: `bug 42 (failure ${++failures})` }))]
+      const write = applied.write
+      if (!castFails || !write || !events.some((e) => e.event.type === 'score.submitted' && e.event.data.player === 'cast')) return { ...applied, refused }
+      // A write Postgres refuses for the event's data: invalid input syntax for type integer (22P02).
+      return { ...applied, refused, write: (when) => [...[write(when)].flat(), sql`update ${leaderboards} set board = board where board = ('cast'::text::int)::text and ${when}`] }
     },
   }
 
@@ -130,6 +137,24 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
     expect((await board()).find((e) => e.player === 'cy')?.score).toBe(4)
     expect((await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())).status).toBe(404)
   }, 60_000)
+
+  test('a replay of an event Postgres still refuses for its data is still_failing with its reason; once it takes it, it applies', async () => {
+    broken = false
+    castFails = true
+    const eventId = await submit('cast', 6)
+    const letter = await letterOf(eventId)
+    expect(letter.reason).toContain('22P02')
+    const again = await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())
+    expect([again.status, again.json.error.code]).toEqual([409, 'still_failing'])
+    expect(again.json.error.details.reason).toContain('22P02')
+    const kept = await letterOf(eventId)
+    expect([kept.id, kept.reason]).toEqual([letter.id, again.json.error.details.reason])
+    expect((await board()).find((e) => e.player === 'cast')).toBeUndefined()
+    castFails = false
+    const ok = await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())
+    expect([ok.status, ok.json.outcome]).toEqual([200, 'replayed'])
+    expect((await board()).find((e) => e.player === 'cast')?.score).toBe(6)
+  }, 30_000)
 
   test('503 no_worker when no worker holds the partition; nothing changes', async () => {
     await worker.stop()
