@@ -42,7 +42,7 @@ async function workersRate(ctx: BenchContext, workers: number, events: number, w
     await waitForWorkers(d, workers)
     // With half the backlog or more left, every worker has events in its partitions (smoke mode's
     // backlog may be gone by now).
-    if ((await progress()).applied <= events / 2) await waitForBatches(ports)
+    if ((await progress()).applied <= events / 2) await waitForBatches(ports, async () => (await progress()).applied >= events)
     const atSpread = await progress()
     const spread = atSpread.applied
     if (spread <= events / 2) {
