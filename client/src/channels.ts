@@ -1,3 +1,4 @@
+import { serverWait } from './backoff'
 import { FanfareError } from './errors'
 import type { ChannelSnapshots, ChannelUpdates, Kind, KindOf, ServerFrame } from './protocol'
 import { helpers, kindOf, RESYNC, type StateHelper } from './state'
@@ -281,7 +282,8 @@ export function createChannels(deps: {
           if (FATAL.has(code) || frame.ref === undefined) return fail(f, new FanfareError(code, message, details)), true
           // Refused for now (rate limit, server fault): ask again after the wait.
           f.phase = 'waiting'
-          const wait = frame.error.retryAfterMs ?? deps.backoff(++f.retries)
+          const wait = serverWait(frame.error.retryAfterMs) ?? deps.backoff(++f.retries)
+          if (f.timer !== undefined) clearTimeout(f.timer)
           f.timer = setTimeout(() => {
             f.timer = undefined
             if (f.phase === 'waiting' && followed.get(f.channel) === f) subscribe(f)

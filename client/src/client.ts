@@ -1,4 +1,4 @@
-import { fullJitter, waitFromReason } from './backoff'
+import { fullJitter, MAX_TIMER_MS, waitFromReason } from './backoff'
 import { createChannels, type SubscribeOptions, type Subscription } from './channels'
 import { FanfareError } from './errors'
 import { eventIds } from './ids'
@@ -189,7 +189,7 @@ export function createClient(options: ClientOptions) {
         delay = attempt === 0 ? 0 : retryWait(attempt)
         break
       case 4029:
-        delay = (waitFromReason(reason.message) ?? retryWait(attempt)) + fullJitter(0, { minMs: 1000, maxMs: 1000 })
+        delay = Math.min(MAX_TIMER_MS, (waitFromReason(reason.message) ?? retryWait(attempt)) + fullJitter(0, { minMs: 1000, maxMs: 1000 }))
         break
       case 1001:
       case 4008:
