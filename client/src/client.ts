@@ -256,6 +256,16 @@ export function createClient(options: ClientOptions) {
     } catch {
       return report(new FanfareError('bad_frame', 'the server sent a frame that is not JSON'))
     }
+    if (!isFrame(frame)) return report(new FanfareError('bad_frame', 'the server sent a frame that is not an object with an op (or an error frame without its error)'))
+    // Whatever a server sends, nothing throws out of the socket's handler (in Node that ends the process).
+    try {
+      dispatch(url, frame)
+    } catch (err) {
+      report(new FanfareError('bad_frame', `the server sent a ${frame.op} frame the client could not handle: ${(err as Error)?.message ?? err}`))
+    }
+  }
+
+  const dispatch = (url: string, frame: ServerFrame) => {
     switch (frame.op) {
       case 'authed':
         dedupWindowMs = frame.dedupWindowMs ?? dedupWindowMs
@@ -386,6 +396,14 @@ export function createClient(options: ClientOptions) {
 }
 
 export type Client = ReturnType<typeof createClient>
+
+/** The least a frame must be for its handlers to read it: an object with an op, and an error frame's `error`. */
+function isFrame(frame: unknown): frame is ServerFrame {
+  if (typeof frame !== 'object' || frame === null || Array.isArray(frame)) return false
+  const f = frame as { op?: unknown; error?: unknown }
+  if (typeof f.op !== 'string') return false
+  return f.op !== 'error' || (typeof f.error === 'object' && f.error !== null && typeof (f.error as { code?: unknown }).code === 'string')
+}
 
 /** `http(s)://host` becomes `ws(s)://host/v1/ws`; WebSocket URLs are kept. */
 function wsUrl(url: string): string {
