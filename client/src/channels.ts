@@ -71,6 +71,8 @@ type Followed = {
   ref?: string
   timer?: ReturnType<typeof setTimeout>
   retries: number
+  /** Re-syncs since an update last applied: a server that keeps sending gaps is asked again after a backoff, not at once. */
+  resyncs: number
 }
 
 /** Refusals of a subscribe that end it: asking again would get the same answer. */
@@ -137,9 +139,18 @@ export function createChannels(deps: {
   const resync = (f: Followed) => {
     f.phase = 'resyncing'
     f.fresh = true
+    if (f.timer !== undefined) clearTimeout(f.timer)
+    f.timer = undefined
     if (!online) return
-    f.ref = `u${++refs}`
-    deps.send({ op: 'unsubscribe', ref: f.ref, channel: f.channel })
+    const again = () => {
+      f.timer = undefined
+      if (!online || f.phase !== 'resyncing' || followed.get(f.channel) !== f) return
+      f.ref = `u${++refs}`
+      deps.send({ op: 'unsubscribe', ref: f.ref, channel: f.channel })
+    }
+    // The first re-sync goes at once; a snapshot that is followed by another gap waits, growing.
+    if (f.resyncs++ === 0) return again()
+    f.timer = setTimeout(again, deps.backoff(f.resyncs - 1))
   }
 
   const fail = (f: Followed, err: FanfareError) => {
@@ -181,6 +192,7 @@ export function createChannels(deps: {
     f.state = next
     f.version = frame.version
     f.epoch = frame.epoch
+    f.resyncs = 0
     const state = view(f)
     each(f, (l) => l.onUpdate?.(frame.data, { version: frame.version, from, epoch: frame.epoch }))
     each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: false }))
@@ -194,7 +206,7 @@ export function createChannels(deps: {
       if (kind === undefined) throw new FanfareError('invalid_channel', `${channel} is not a channel (leaderboard:, chat:, user:, stream:, poll:, reactions: or presence:)`)
       let f = followed.get(channel)
       if (!f) {
-        f = { channel, helper: helpers[kind as Kind] as StateHelper<unknown, unknown>, state: undefined, hasState: false, version: 0, epoch: '', phase: 'subscribing', listeners: new Set(), fresh: false, retries: 0 }
+        f = { channel, helper: helpers[kind as Kind] as StateHelper<unknown, unknown>, state: undefined, hasState: false, version: 0, epoch: '', phase: 'subscribing', listeners: new Set(), fresh: false, retries: 0, resyncs: 0 }
         followed.set(channel, f)
         subscribe(f)
       } else if (f.hasState && f.phase === 'live') {
@@ -244,7 +256,7 @@ export function createChannels(deps: {
       online = false
       for (const f of followed.values()) {
         if (f.phase === 'failed') continue
-        if (f.timer !== undefined && f.phase === 'waiting') clearTimeout(f.timer)
+        if (f.timer !== undefined && (f.phase === 'waiting' || f.phase === 'resyncing')) clearTimeout(f.timer)
         f.phase = 'subscribing'
       }
     },
