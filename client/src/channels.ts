@@ -272,6 +272,11 @@ export function createChannels(deps: {
           if (frame.op === 'snapshot') onSnapshot(f, frame)
           else if (frame.op === 'update') onUpdate(f, frame)
           else if (f.phase === 'subscribing') {
+            // A resume answered for another history than the one asked for cannot be continued.
+            if (f.version !== 0 && (frame.epoch !== f.epoch || frame.version !== f.version)) {
+              deps.report(new FanfareError('gap', `${f.channel}: resumed at ${frame.epoch}/${frame.version}, not at ${f.epoch}/${f.version} as asked; re-syncing`))
+              return resync(f), true
+            }
             // Resumed: the missed updates follow.
             f.phase = 'live'
             f.retries = 0

@@ -114,3 +114,35 @@ describe('client against hostile servers', () => {
     expect(s.frames.filter((f) => f.op === 'subscribe').length).toBeLessThan(15)
   })
 })
+
+describe('client against a server that answers a resume wrongly', () => {
+  test('a resume answered `subscribed` in another epoch (or at another version) re-syncs instead of keeping the old state as live', async () => {
+    let connection = 0
+    const s = scripted({
+      open: () => void connection++,
+      frame: (ws, f) => {
+        if (f.op === 'subscribe' && f.since === undefined) {
+          ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 3, epoch: connection === 1 ? 'e1' : 'e2', data: { stream: 's', totals: { a: 3 } } }))
+          if (connection === 1) setTimeout(() => ws.close(1001, 'server shutting down'), 20)
+        } else if (f.op === 'subscribe') {
+          // The resume asked for e1/3; the channel was rebuilt and this server claims e2/3 is the same history.
+          ws.send(JSON.stringify({ op: 'subscribed', channel: f.channel, version: 3, epoch: 'e2', recovered: true }))
+        } else if (f.op === 'unsubscribe') {
+          ws.send(JSON.stringify({ op: 'unsubscribed', ref: f.ref, channel: f.channel }))
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], backoff: { minMs: 10, maxMs: 10 } }))
+    const errors: string[] = []
+    c.on('error', (e) => void errors.push(e.code))
+    const sub = c.subscribe('reactions:s')
+    await until('resumed on the second connection', () => s.frames.some((f) => f.op === 'subscribe' && f.since === 3), 3000)
+    await until('a fresh snapshot of e2', () => sub.epoch === 'e2' && sub.status === 'live', 2000)
+    expect(errors).toContain('gap')
+    expect(s.frames.filter((f) => f.op === 'subscribe').map((f) => [f.since, f.epoch])).toEqual([
+      [undefined, undefined],
+      [3, 'e1'],
+      [undefined, undefined],
+    ])
+  })
+})
