@@ -91,6 +91,9 @@ export function createClient(options: ClientOptions) {
   let token: string | undefined = typeof options.token === 'string' ? options.token : undefined
   let tokenExpiresAt: number | undefined
   let refreshing: Promise<string | undefined> | undefined
+  // The expiry a renewal was asked for: a token_expiring repeated for it (a buggy or hostile
+  // server) must not call the token function, the game's auth service, once per frame.
+  let renewedFor: string | undefined
 
   const setStatus = (s: Status) => {
     status = s
@@ -272,8 +275,13 @@ export function createClient(options: ClientOptions) {
         tokenExpiresAt = frame.expiresAt === undefined ? undefined : Date.parse(frame.expiresAt)
         if (status.state !== 'connected') ready(url, frame.principal)
         return
-      case 'token_expiring':
+      case 'token_expiring': {
+        const about = Date.parse(frame.expiresAt)
+        // Repeated, or about a token already replaced by a later one: nothing to do.
+        if (frame.expiresAt === renewedFor || (tokenExpiresAt !== undefined && about < tokenExpiresAt)) return
+        renewedFor = frame.expiresAt
         return void renew()
+      }
       case 'pong':
         return
       case 'ack':

@@ -146,3 +146,28 @@ describe('client against a server that answers a resume wrongly', () => {
     ])
   })
 })
+
+describe('client against a server that repeats token_expiring', () => {
+  test('the same token_expiring sent again and again asks the token function once, not once per frame', async () => {
+    const expiresAt = new Date(Date.now() + 20_000).toISOString()
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op !== 'auth') return
+        ws.send(JSON.stringify({ op: 'authed', ref: f.ref, principal: 'u:ann', expiresAt, dedupWindowMs: 120_000 }))
+        if (f.ref !== 'auth') return
+        let n = 0
+        const t = setInterval(() => {
+          if (++n > 20) return clearInterval(t)
+          ws.send(JSON.stringify({ op: 'token_expiring', expiresAt }))
+        }, 10)
+      },
+    })
+    let calls = 0
+    const c = keep(createClient({ urls: [s.url], token: async () => `token-${++calls}` }))
+    await until('connected', () => c.status.state === 'connected', 3000)
+    await sleep(400)
+    // The first call is for connecting, the second for the renewal; the 19 repeats ask nothing.
+    expect(calls).toBe(2)
+    expect(s.frames.filter((f) => f.op === 'auth' && f.ref === 'renew').length).toBe(1)
+  })
+})
