@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { connect } from '@nats-io/transport-node'
 import { TEST_NATS_URL } from '../../core/testing/env'
+import { topology } from '../../core/nats'
 import { createApp } from './app'
 import { startApi } from './server'
 import { createHarness, type ApiHarness } from './test-support'
@@ -29,6 +30,25 @@ describe('app', () => {
     expect(await res.json()).toEqual({
       error: { code: 'not_ready', message: expect.any(String), details: { postgres: true, nats: false } },
     })
+  })
+
+  test('readyz under a flood of anonymous calls: calls at the same time share one check, not one JetStream request each', async () => {
+    const watcher = await connect({ servers: TEST_NATS_URL })
+    try {
+      // This test's own stream only: the NATS server is shared with other tests.
+      let infos = 0
+      const sub = watcher.subscribe(`$JS.API.STREAM.INFO.${topology(h.env.config).eventStream}`, { callback: () => void infos++ })
+      await watcher.flush()
+      const answers = await Promise.all(Array.from({ length: 50 }, () => h.call('GET', '/readyz')))
+      await watcher.flush()
+      await Bun.sleep(50)
+      sub.unsubscribe()
+      expect(answers.every((a) => a.status === 200)).toBe(true)
+      // 50 unshared checks would ask for the stream's info 50 times.
+      expect(infos).toBeLessThanOrEqual(2)
+    } finally {
+      await watcher.close()
+    }
   })
 
   test('unknown routes are 404 not_found in the error shape', async () => {
