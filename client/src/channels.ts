@@ -148,9 +148,12 @@ export function createChannels(deps: {
       f.ref = `u${++refs}`
       deps.send({ op: 'unsubscribe', ref: f.ref, channel: f.channel })
     }
-    // The first re-sync goes at once; a snapshot that is followed by another gap waits, growing.
+    // The first re-sync goes at once; one that follows a snapshot without an update applied in
+    // between waits a jittered backoff, which stops growing at 4x its minimum (1 s by default): a
+    // busy board whose updates keep asking for snapshots (a player falling out of the shown top)
+    // must not go stale for the reconnect backoff's 30 s.
     if (f.resyncs++ === 0) return again()
-    f.timer = setTimeout(again, deps.backoff(f.resyncs - 1))
+    f.timer = setTimeout(again, deps.backoff(Math.min(f.resyncs - 1, 2)))
   }
 
   const fail = (f: Followed, err: FanfareError) => {

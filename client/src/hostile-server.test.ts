@@ -115,6 +115,31 @@ describe('client against hostile servers', () => {
   })
 })
 
+describe('client on a channel that keeps needing snapshots', () => {
+  test('the wait between re-syncs stops growing at 4x the backoff minimum: a board whose updates keep asking for snapshots does not go stale for long', async () => {
+    const at: number[] = []
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'subscribe') {
+          at.push(Date.now())
+          ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } }))
+          ws.send(JSON.stringify({ op: 'update', channel: f.channel, version: 5, epoch: 'e1', data: { counts: { a: 1 }, totals: { a: 5 } } }))
+        } else if (f.op === 'unsubscribe') {
+          ws.send(JSON.stringify({ op: 'unsubscribed', ref: f.ref, channel: f.channel }))
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], backoff: { minMs: 100, maxMs: 30_000 } }))
+    c.on('error', () => {})
+    c.subscribe('reactions:s')
+    await sleep(2500)
+    const gaps = at.slice(1).map((t, i) => t - at[i])
+    expect(gaps.length).toBeGreaterThanOrEqual(4)
+    // Capped, every wait is at most 400 ms (plus a round trip); growing to 30 s, it would pass that within a few re-syncs.
+    expect(Math.max(...gaps)).toBeLessThan(550)
+  })
+})
+
 describe('client against a server that answers a resume wrongly', () => {
   test('a resume answered `subscribed` in another epoch (or at another version) re-syncs instead of keeping the old state as live', async () => {
     let connection = 0
