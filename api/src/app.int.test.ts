@@ -82,6 +82,36 @@ describe('app', () => {
     expect(docs.status).toBe(200)
   })
 
+  test('/docs/json declares what every route may answer besides its own: 422 (an unknown query parameter), 429 where a caller is charged, 503 where the action is audited', async () => {
+    const doc = (await h.call('GET', '/docs/json')).json
+    const audited = [
+      'put /admin/leaderboards/{board}',
+      'put /admin/modes/{mode}',
+      'put /admin/rooms/{room}',
+      'delete /admin/rooms/{room}/messages/{id}',
+      'post /admin/projections/{name}/rebuild',
+      'post /admin/dead-letters/{id}/replay',
+      'delete /admin/dead-letters/{id}',
+      'post /admin/keys',
+      'delete /admin/keys/{id}',
+      'post /admin/users/{user}/revoke',
+      'post /admin/tokens/revoke',
+    ]
+    const missing: string[] = []
+    for (const [path, ops] of Object.entries<any>(doc.paths)) {
+      for (const [method, op] of Object.entries<any>(ops)) {
+        const declared = Object.keys(op.responses ?? {})
+        const route = `${method} ${path}`
+        const wanted = ['422', ...(path === '/healthz' || path === '/readyz' ? [] : ['429']), ...(audited.includes(route) ? ['503'] : [])]
+        for (const code of wanted) if (!declared.includes(code)) missing.push(`${route} ${code}`)
+      }
+    }
+    expect(missing).toEqual([])
+    // And they are real: an unknown query parameter on a route that takes none.
+    const r = await h.call('GET', '/healthz?x=1')
+    expect([r.status, r.json.error.code]).toEqual([422, 'invalid_request'])
+  })
+
   test('every numeric query and path parameter has a range; past it is 422 invalid_request naming the parameter', async () => {
     const doc = (await h.call('GET', '/docs/json')).json
     const numeric = (s: any): boolean => s?.type === 'integer' || s?.type === 'number' || (s?.anyOf ?? []).some(numeric)
