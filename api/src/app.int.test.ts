@@ -82,7 +82,7 @@ describe('app', () => {
     expect(docs.status).toBe(200)
   })
 
-  test('/docs/json declares what every route may answer besides its own: 422 (an unknown query parameter), 429 where a caller is charged, 503 where the action is audited', async () => {
+  test('/docs/json declares what every route may answer besides its own: 422 (an unknown query parameter), 429 where a caller is charged, 503 where the action is audited, 400 and 413 where it takes a body', async () => {
     const doc = (await h.call('GET', '/docs/json')).json
     const audited = [
       'put /admin/leaderboards/{board}',
@@ -102,7 +102,12 @@ describe('app', () => {
       for (const [method, op] of Object.entries<any>(ops)) {
         const declared = Object.keys(op.responses ?? {})
         const route = `${method} ${path}`
-        const wanted = ['422', ...(path === '/healthz' || path === '/readyz' ? [] : ['429']), ...(audited.includes(route) ? ['503'] : [])]
+        const wanted = [
+          '422',
+          ...(path === '/healthz' || path === '/readyz' ? [] : ['429']),
+          ...(audited.includes(route) ? ['503'] : []),
+          ...(op.requestBody ? ['400', '413'] : []),
+        ]
         for (const code of wanted) if (!declared.includes(code)) missing.push(`${route} ${code}`)
       }
     }
@@ -110,6 +115,8 @@ describe('app', () => {
     // And they are real: an unknown query parameter on a route that takes none.
     const r = await h.call('GET', '/healthz?x=1')
     expect([r.status, r.json.error.code]).toEqual([422, 'invalid_request'])
+    const bad = await h.app.handle(new Request('http://localhost/admin/keys', { method: 'POST', headers: { authorization: `Bearer ${h.adminToken}`, 'content-type': 'application/json' }, body: '{' }))
+    expect(bad.status).toBe(400)
   })
 
   test('every numeric query and path parameter has a range; past it is 422 invalid_request naming the parameter', async () => {
