@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { connect } from '@nats-io/transport-node'
 import { TEST_NATS_URL } from '../../core/testing/env'
+import { topology } from '../../core/nats'
 import { createApp } from './app'
 import { startApi } from './server'
 import { createHarness, type ApiHarness } from './test-support'
@@ -29,6 +30,25 @@ describe('app', () => {
     expect(await res.json()).toEqual({
       error: { code: 'not_ready', message: expect.any(String), details: { postgres: true, nats: false } },
     })
+  })
+
+  test('readyz under a flood of anonymous calls: calls at the same time share one check, not one JetStream request each', async () => {
+    const watcher = await connect({ servers: TEST_NATS_URL })
+    try {
+      // This test's own stream only: the NATS server is shared with other tests.
+      let infos = 0
+      const sub = watcher.subscribe(`$JS.API.STREAM.INFO.${topology(h.env.config).eventStream}`, { callback: () => void infos++ })
+      await watcher.flush()
+      const answers = await Promise.all(Array.from({ length: 50 }, () => h.call('GET', '/readyz')))
+      await watcher.flush()
+      await Bun.sleep(50)
+      sub.unsubscribe()
+      expect(answers.every((a) => a.status === 200)).toBe(true)
+      // 50 unshared checks would ask for the stream's info 50 times.
+      expect(infos).toBeLessThanOrEqual(2)
+    } finally {
+      await watcher.close()
+    }
   })
 
   test('unknown routes are 404 not_found in the error shape', async () => {
@@ -60,6 +80,43 @@ describe('app', () => {
     expect(r.json.paths['/v1/events'].post.responses['202']).toBeDefined()
     const docs = await h.app.handle(new Request('http://localhost/docs'))
     expect(docs.status).toBe(200)
+  })
+
+  test('/docs/json declares what every route may answer besides its own: 422 (an unknown query parameter), 429 where a caller is charged, 503 where the action is audited, 400 and 413 where it takes a body', async () => {
+    const doc = (await h.call('GET', '/docs/json')).json
+    const audited = [
+      'put /admin/leaderboards/{board}',
+      'put /admin/modes/{mode}',
+      'put /admin/rooms/{room}',
+      'delete /admin/rooms/{room}/messages/{id}',
+      'post /admin/projections/{name}/rebuild',
+      'post /admin/dead-letters/{id}/replay',
+      'delete /admin/dead-letters/{id}',
+      'post /admin/keys',
+      'delete /admin/keys/{id}',
+      'post /admin/users/{user}/revoke',
+      'post /admin/tokens/revoke',
+    ]
+    const missing: string[] = []
+    for (const [path, ops] of Object.entries<any>(doc.paths)) {
+      for (const [method, op] of Object.entries<any>(ops)) {
+        const declared = Object.keys(op.responses ?? {})
+        const route = `${method} ${path}`
+        const wanted = [
+          '422',
+          ...(path === '/healthz' || path === '/readyz' ? [] : ['429']),
+          ...(audited.includes(route) ? ['503'] : []),
+          ...(op.requestBody ? ['400', '413'] : []),
+        ]
+        for (const code of wanted) if (!declared.includes(code)) missing.push(`${route} ${code}`)
+      }
+    }
+    expect(missing).toEqual([])
+    // And they are real: an unknown query parameter on a route that takes none.
+    const r = await h.call('GET', '/healthz?x=1')
+    expect([r.status, r.json.error.code]).toEqual([422, 'invalid_request'])
+    const bad = await h.app.handle(new Request('http://localhost/admin/keys', { method: 'POST', headers: { authorization: `Bearer ${h.adminToken}`, 'content-type': 'application/json' }, body: '{' }))
+    expect(bad.status).toBe(400)
   })
 
   test('every numeric query and path parameter has a range; past it is 422 invalid_request naming the parameter', async () => {

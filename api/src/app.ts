@@ -2,6 +2,7 @@ import { Elysia, type AnyElysia } from 'elysia'
 import { topology } from '../../core/nats'
 import { jsonBody } from './body'
 import type { ApiDeps } from './deps'
+import { ErrorResponse } from './error-model'
 import { errorHandler } from './errors'
 import { routeContracts } from './route-contracts'
 import { adminModule } from './modules/admin'
@@ -75,23 +76,35 @@ export function createApp(deps: ApiDeps) {
     .use(routeContracts((): AnyElysia => app))
     .use(jsonBody(config.FANFARE_MAX_BODY_BYTES))
     .use(docsModule())
-    .use(healthModule({ db, nc, eventStream, feeds: deps.realtime?.feeds }))
-    .use(metricsModule({ auth, metrics }))
-    .use(eventsModule(auth, ingest))
-    .use(leaderboardsModule({ db: readDb, auth }))
-    .use(roomsModule({ db: readDb, auth, rooms: deps.security.rooms }))
-    .use(streamsModule({ db: readDb, auth }))
-    .use(pollsModule({ db: readDb, auth }))
-    .use(matchesModule({ db: readDb, auth }))
-    .use(reactionsModule({ db: readDb, auth }))
-    .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
-    .use(keysModule({ auth, keys, revocations, audit }))
-    .use(revocationsModule({ auth, revocations, audit }))
-    .use(auditModule({ auth, audit }))
+    // What any route may answer besides its own statuses, in the OpenAPI document too: 422 for an
+    // unknown query parameter (routeContracts); 429 wherever a token or key is charged (the auth plugin).
+    .guard({ schema: 'standalone', response: { 422: ErrorResponse } }, (all) =>
+      all
+        .use(healthModule({ db, nc, eventStream, feeds: deps.realtime?.feeds }))
+        .guard({ schema: 'standalone', response: { 429: ErrorResponse } }, (charged) =>
+          charged
+            .use(metricsModule({ auth, metrics }))
+            .use(eventsModule(auth, ingest))
+            .use(leaderboardsModule({ db: readDb, auth }))
+            .use(roomsModule({ db: readDb, auth, rooms: deps.security.rooms }))
+            .use(streamsModule({ db: readDb, auth }))
+            .use(pollsModule({ db: readDb, auth }))
+            .use(matchesModule({ db: readDb, auth }))
+            .use(reactionsModule({ db: readDb, auth }))
+            .use(adminModule({ config, db, nc, ingest, auth, rooms: deps.security.rooms, audit }))
+            .use(keysModule({ auth, keys, revocations, audit }))
+            .use(revocationsModule({ auth, revocations, audit }))
+            .use(auditModule({ auth, audit })),
+        ),
+    )
     .use(demoModule({ config, db, ingest }))
     .use(consoleModule())
   if (!deps.realtime) return app
-  return app.use(presenceModule({ auth, presence: deps.realtime.presence, rooms: deps.security.rooms })).use(deps.realtime.routes({ ingest, limits }))
+  return app
+    .guard({ schema: 'standalone', response: { 422: ErrorResponse, 429: ErrorResponse } }, (charged) =>
+      charged.use(presenceModule({ auth, presence: deps.realtime!.presence, rooms: deps.security.rooms })),
+    )
+    .use(deps.realtime.routes({ ingest, limits }))
 }
 
 export type App = ReturnType<typeof createApp>

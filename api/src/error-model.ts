@@ -11,3 +11,6 @@ export const ErrorResponse = t.Object(
   },
   { description: 'Error' },
 )
+
+/** What any route that takes a JSON body may answer before it runs: 400 `bad_json`/`too_deep`, 413 `payload_too_large` (see body.ts). */
+export const BodyErrors = { 400: ErrorResponse, 413: ErrorResponse }

@@ -1,3 +1,4 @@
+import { serverWait } from './backoff'
 import { FanfareError } from './errors'
 import type { ChannelSnapshots, ChannelUpdates, Kind, KindOf, ServerFrame } from './protocol'
 import { helpers, kindOf, RESYNC, type StateHelper } from './state'
@@ -70,6 +71,8 @@ type Followed = {
   ref?: string
   timer?: ReturnType<typeof setTimeout>
   retries: number
+  /** Re-syncs since an update last applied: a server that keeps sending gaps is asked again after a backoff, not at once. */
+  resyncs: number
 }
 
 /** Refusals of a subscribe that end it: asking again would get the same answer. */
@@ -136,9 +139,21 @@ export function createChannels(deps: {
   const resync = (f: Followed) => {
     f.phase = 'resyncing'
     f.fresh = true
+    if (f.timer !== undefined) clearTimeout(f.timer)
+    f.timer = undefined
     if (!online) return
-    f.ref = `u${++refs}`
-    deps.send({ op: 'unsubscribe', ref: f.ref, channel: f.channel })
+    const again = () => {
+      f.timer = undefined
+      if (!online || f.phase !== 'resyncing' || followed.get(f.channel) !== f) return
+      f.ref = `u${++refs}`
+      deps.send({ op: 'unsubscribe', ref: f.ref, channel: f.channel })
+    }
+    // The first re-sync goes at once; one that follows a snapshot without an update applied in
+    // between waits a jittered backoff, which stops growing at 4x its minimum (1 s by default): a
+    // busy board whose updates keep asking for snapshots (a player falling out of the shown top)
+    // must not go stale for the reconnect backoff's 30 s.
+    if (f.resyncs++ === 0) return again()
+    f.timer = setTimeout(again, deps.backoff(Math.min(f.resyncs - 1, 2)))
   }
 
   const fail = (f: Followed, err: FanfareError) => {
@@ -180,6 +195,7 @@ export function createChannels(deps: {
     f.state = next
     f.version = frame.version
     f.epoch = frame.epoch
+    f.resyncs = 0
     const state = view(f)
     each(f, (l) => l.onUpdate?.(frame.data, { version: frame.version, from, epoch: frame.epoch }))
     each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: false }))
@@ -193,7 +209,7 @@ export function createChannels(deps: {
       if (kind === undefined) throw new FanfareError('invalid_channel', `${channel} is not a channel (leaderboard:, chat:, user:, stream:, poll:, reactions: or presence:)`)
       let f = followed.get(channel)
       if (!f) {
-        f = { channel, helper: helpers[kind as Kind] as StateHelper<unknown, unknown>, state: undefined, hasState: false, version: 0, epoch: '', phase: 'subscribing', listeners: new Set(), fresh: false, retries: 0 }
+        f = { channel, helper: helpers[kind as Kind] as StateHelper<unknown, unknown>, state: undefined, hasState: false, version: 0, epoch: '', phase: 'subscribing', listeners: new Set(), fresh: false, retries: 0, resyncs: 0 }
         followed.set(channel, f)
         subscribe(f)
       } else if (f.hasState && f.phase === 'live') {
@@ -243,7 +259,7 @@ export function createChannels(deps: {
       online = false
       for (const f of followed.values()) {
         if (f.phase === 'failed') continue
-        if (f.timer !== undefined && f.phase === 'waiting') clearTimeout(f.timer)
+        if (f.timer !== undefined && (f.phase === 'waiting' || f.phase === 'resyncing')) clearTimeout(f.timer)
         f.phase = 'subscribing'
       }
     },
@@ -259,6 +275,11 @@ export function createChannels(deps: {
           if (frame.op === 'snapshot') onSnapshot(f, frame)
           else if (frame.op === 'update') onUpdate(f, frame)
           else if (f.phase === 'subscribing') {
+            // A resume answered for another history than the one asked for cannot be continued.
+            if (f.version !== 0 && (frame.epoch !== f.epoch || frame.version !== f.version)) {
+              deps.report(new FanfareError('gap', `${f.channel}: resumed at ${frame.epoch}/${frame.version}, not at ${f.epoch}/${f.version} as asked; re-syncing`))
+              return resync(f), true
+            }
             // Resumed: the missed updates follow.
             f.phase = 'live'
             f.retries = 0
@@ -281,7 +302,8 @@ export function createChannels(deps: {
           if (FATAL.has(code) || frame.ref === undefined) return fail(f, new FanfareError(code, message, details)), true
           // Refused for now (rate limit, server fault): ask again after the wait.
           f.phase = 'waiting'
-          const wait = frame.error.retryAfterMs ?? deps.backoff(++f.retries)
+          const wait = serverWait(frame.error.retryAfterMs) ?? deps.backoff(++f.retries)
+          if (f.timer !== undefined) clearTimeout(f.timer)
           f.timer = setTimeout(() => {
             f.timer = undefined
             if (f.phase === 'waiting' && followed.get(f.channel) === f) subscribe(f)

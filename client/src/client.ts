@@ -1,4 +1,4 @@
-import { fullJitter, waitFromReason } from './backoff'
+import { fullJitter, MAX_TIMER_MS, waitFromReason } from './backoff'
 import { createChannels, type SubscribeOptions, type Subscription } from './channels'
 import { FanfareError } from './errors'
 import { eventIds } from './ids'
@@ -91,6 +91,9 @@ export function createClient(options: ClientOptions) {
   let token: string | undefined = typeof options.token === 'string' ? options.token : undefined
   let tokenExpiresAt: number | undefined
   let refreshing: Promise<string | undefined> | undefined
+  // The expiry a renewal was asked for: a token_expiring repeated for it (a buggy or hostile
+  // server) must not call the token function, the game's auth service, once per frame.
+  let renewedFor: string | undefined
 
   const setStatus = (s: Status) => {
     status = s
@@ -189,7 +192,7 @@ export function createClient(options: ClientOptions) {
         delay = attempt === 0 ? 0 : retryWait(attempt)
         break
       case 4029:
-        delay = (waitFromReason(reason.message) ?? retryWait(attempt)) + fullJitter(0, { minMs: 1000, maxMs: 1000 })
+        delay = Math.min(MAX_TIMER_MS, (waitFromReason(reason.message) ?? retryWait(attempt)) + fullJitter(0, { minMs: 1000, maxMs: 1000 }))
         break
       case 1001:
       case 4008:
@@ -256,14 +259,29 @@ export function createClient(options: ClientOptions) {
     } catch {
       return report(new FanfareError('bad_frame', 'the server sent a frame that is not JSON'))
     }
+    if (!isFrame(frame)) return report(new FanfareError('bad_frame', 'the server sent a frame that is not an object with an op (or an error frame without its error)'))
+    // Whatever a server sends, nothing throws out of the socket's handler (in Node that ends the process).
+    try {
+      dispatch(url, frame)
+    } catch (err) {
+      report(new FanfareError('bad_frame', `the server sent a ${frame.op} frame the client could not handle: ${(err as Error)?.message ?? err}`))
+    }
+  }
+
+  const dispatch = (url: string, frame: ServerFrame) => {
     switch (frame.op) {
       case 'authed':
         dedupWindowMs = frame.dedupWindowMs ?? dedupWindowMs
         tokenExpiresAt = frame.expiresAt === undefined ? undefined : Date.parse(frame.expiresAt)
         if (status.state !== 'connected') ready(url, frame.principal)
         return
-      case 'token_expiring':
+      case 'token_expiring': {
+        const about = Date.parse(frame.expiresAt)
+        // Repeated, or about a token already replaced by a later one: nothing to do.
+        if (frame.expiresAt === renewedFor || (tokenExpiresAt !== undefined && about < tokenExpiresAt)) return
+        renewedFor = frame.expiresAt
         return void renew()
+      }
       case 'pong':
         return
       case 'ack':
@@ -386,6 +404,14 @@ export function createClient(options: ClientOptions) {
 }
 
 export type Client = ReturnType<typeof createClient>
+
+/** The least a frame must be for its handlers to read it: an object with an op, and an error frame's `error`. */
+function isFrame(frame: unknown): frame is ServerFrame {
+  if (typeof frame !== 'object' || frame === null || Array.isArray(frame)) return false
+  const f = frame as { op?: unknown; error?: unknown }
+  if (typeof f.op !== 'string') return false
+  return f.op !== 'error' || (typeof f.error === 'object' && f.error !== null && typeof (f.error as { code?: unknown }).code === 'string')
+}
 
 /** `http(s)://host` becomes `ws(s)://host/v1/ws`; WebSocket URLs are kept. */
 function wsUrl(url: string): string {

@@ -1,3 +1,4 @@
+import { MAX_TIMER_MS, serverWait } from './backoff'
 import { FanfareError } from './errors'
 import type { PublishedEvent, ServerFrame } from './protocol'
 
@@ -65,7 +66,7 @@ export function createOutbox(deps: {
     timer = setTimeout(() => {
       timer = undefined
       pump()
-    }, ms)
+    }, Math.min(ms, MAX_TIMER_MS))
   }
   /** A resend is safe while the server still remembers the id, with a margin for clocks and transit. */
   const stillSafe = (e: Entry, now: number) => {
@@ -147,7 +148,7 @@ export function createOutbox(deps: {
       }
       const { code, message, details } = frame.error
       if (RETRY_AFTER_WAIT.has(code)) {
-        const wait = frame.error.retryAfterMs ?? (details as { retryAfterMs?: number } | undefined)?.retryAfterMs ?? deps.backoff(++failures)
+        const wait = serverWait(frame.error.retryAfterMs) ?? serverWait((details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs) ?? deps.backoff(++failures)
         requeue(e)
         window = 1
         pausedUntil = Math.max(pausedUntil, deps.now() + wait)

@@ -5,7 +5,7 @@ import { siteOf } from '../../../../core/nats'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { AuthPlugin } from '../../auth/plugin'
 import type { RoomAccess } from '../../auth/rooms'
-import { ErrorResponse } from '../../error-model'
+import { BodyErrors, ErrorResponse } from '../../error-model'
 import { Conflict } from '../../errors'
 import { PublishResponse } from '../events/model'
 import type { Ingest } from '../events/service'
@@ -84,7 +84,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
       auth: 'admin:write',
       params: BoardParams,
       body: BoardConfigBody,
-      response: { 200: BoardConfig, 409: ErrorResponse, 422: ErrorResponse, ...denied },
+      response: { 200: BoardConfig, 409: ErrorResponse, 422: ErrorResponse, 503: ErrorResponse, ...BodyErrors, ...denied },
       detail: {
         summary: "Set a board's rules",
         description: '409 board_has_scores when the board has entries and the rules would change.',
@@ -107,7 +107,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
         auth: 'admin:write',
         params: ModeParams,
         body: ModeBody,
-        response: { 200: ModeAnswer, 422: ErrorResponse, ...denied },
+        response: { 200: ModeAnswer, 422: ErrorResponse, 503: ErrorResponse, ...BodyErrors, ...denied },
         detail: {
           summary: "Name the board a mode's match results are scored on",
           description:
@@ -133,7 +133,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
         auth: 'admin:write',
         params: RoomParams,
         body: RoomSettingsBody,
-        response: { 200: RoomSettings, 422: ErrorResponse, ...denied },
+        response: { 200: RoomSettings, 422: ErrorResponse, 503: ErrorResponse, ...BodyErrors, ...denied },
         detail: {
           summary: "Set a room's visibility",
           description:
@@ -266,7 +266,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
       {
         auth: 'admin:write',
         params: DeadLetterParams,
-        response: { 200: DeadLetter, 404: ErrorResponse, 422: ErrorResponse, ...denied },
+        response: { 200: DeadLetter, 404: ErrorResponse, 422: ErrorResponse, 503: ErrorResponse, ...denied },
         detail: {
           summary: 'Discard a dead letter',
           description: 'Deletes it for good and answers what it held (the audit log keeps its place and reason). 404 unknown_dead_letter.',

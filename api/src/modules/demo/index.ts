@@ -4,7 +4,7 @@ import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
 import { mintUserToken } from '../../auth/mint'
 import type { KeyPrincipal } from '../../auth/principal'
-import { ErrorResponse } from '../../error-model'
+import { BodyErrors, ErrorResponse } from '../../error-model'
 import { Conflict, NotFound } from '../../errors'
 import type { Ingest } from '../events/service'
 import { putMode, readMatch } from '../matches/service'
@@ -61,7 +61,7 @@ export function demoModule(deps: DemoDeps) {
       },
       {
         body: t.Object({ name: t.String({ pattern: '^[A-Za-z0-9_-]{1,24}$', error: 'name must be 1-24 letters, digits, _ or -' }) }),
-        response: { 200: t.Object({ token: t.String(), user: t.String(), name: t.String() }), 422: ErrorResponse },
+        response: { 200: t.Object({ token: t.String(), user: t.String(), name: t.String() }), 422: ErrorResponse, ...BodyErrors },
         detail: { summary: 'Demo sign-in: a user token for a name (FANFARE_DEMO=on only)', tags: ['demo'] },
       },
     )

@@ -1,6 +1,6 @@
 import { Elysia } from 'elysia'
 import type { AuthPlugin } from '../../auth/plugin'
-import { ErrorResponse } from '../../error-model'
+import { BodyErrors, ErrorResponse } from '../../error-model'
 import { PublishBody, PublishResponse } from './model'
 import type { Ingest } from './service'
 import { contextOfRequest } from '../../../../core/tracing'
@@ -19,7 +19,7 @@ export function eventsModule(auth: AuthPlugin, ingest: Ingest) {
       {
         auth: 'principal',
         body: PublishBody,
-        response: { 202: PublishResponse, 401: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse, 429: ErrorResponse, 503: ErrorResponse },
+        response: { 202: PublishResponse, 401: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse, 429: ErrorResponse, 503: ErrorResponse, ...BodyErrors },
         detail: {
           tags: ['events'],
           summary: 'Publish events',

@@ -4,7 +4,7 @@ import type { Db } from '../../../../core/db/client'
 import { ErrorResponse } from '../../error-model'
 import { Unavailable } from '../../errors'
 import type { FeedStatus } from '../../realtime/change-feed'
-import { checkReadiness } from './service'
+import { checkReadiness, type Readiness } from './service'
 
 /**
  * Liveness (/healthz: the process answers) and readiness (/readyz: its dependencies answer and,
@@ -12,6 +12,13 @@ import { checkReadiness } from './service'
  * would get no updates must not take traffic).
  */
 export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: string; feeds?: () => FeedStatus[] }) {
+  // /readyz is open to anyone: calls that arrive while a check runs share it, so a flood costs
+  // one Postgres query and one JetStream request at a time, not one each.
+  let running: Promise<Readiness> | undefined
+  const check = () =>
+    (running ??= checkReadiness(deps.db, deps.nc, deps.eventStream).finally(() => {
+      running = undefined
+    }))
   return new Elysia({ detail: { tags: ['health'] } })
     .get('/healthz', () => ({ status: 'ok' as const }), {
       response: { 200: t.Object({ status: t.Literal('ok') }) },
@@ -20,7 +27,7 @@ export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: st
     .get(
       '/readyz',
       async () => {
-        const r = await checkReadiness(deps.db, deps.nc, deps.eventStream)
+        const r = await check()
         const feeds = deps.feeds?.() ?? []
         const changeFeeds = feeds.every((f) => f.following)
         if (!r.postgres || !r.nats || !changeFeeds) {

@@ -4,7 +4,7 @@ import type { AuthPlugin } from '../../auth/plugin'
 import type { KeyStore } from '../../auth/keys'
 import { principalId, type Scope } from '../../auth/principal'
 import type { Revocations } from '../../auth/revocations'
-import { ErrorResponse } from '../../error-model'
+import { BodyErrors, ErrorResponse } from '../../error-model'
 import { Invalid, NotFound } from '../../errors'
 import type { Audit } from '../audit/service'
 import { CreatedKey, CreateKeyBody, grantableScopes, KeyInfo, KeyList, KeyParams } from './model'
@@ -60,7 +60,7 @@ export function keysModule(deps: { auth: AuthPlugin; keys: KeyStore; revocations
       {
         auth: 'admin:write',
         body: CreateKeyBody,
-        response: { 201: CreatedKey, 422: ErrorResponse, ...denied },
+        response: { 201: CreatedKey, 422: ErrorResponse, 503: ErrorResponse, ...BodyErrors, ...denied },
         detail: {
           summary: 'Create an API key',
           description: `The response is the only time the secret (\`key\`) is shown. Scopes: ${grantableScopes.join(', ')} (422 for any other). Use it as \`Authorization: Bearer <key>\` on REST and \`?token=<key>\` on the WebSocket.`,
@@ -87,7 +87,7 @@ export function keysModule(deps: { auth: AuthPlugin; keys: KeyStore; revocations
       {
         auth: 'admin:write',
         params: KeyParams,
-        response: { 200: KeyInfo, 404: ErrorResponse, ...denied },
+        response: { 200: KeyInfo, 404: ErrorResponse, 503: ErrorResponse, ...denied },
         detail: {
           summary: 'Revoke an API key',
           description:

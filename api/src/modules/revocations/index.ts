@@ -2,7 +2,7 @@ import { Elysia } from 'elysia'
 import type { AuthPlugin } from '../../auth/plugin'
 import { principalId } from '../../auth/principal'
 import type { Revocations } from '../../auth/revocations'
-import { ErrorResponse } from '../../error-model'
+import { BodyErrors, ErrorResponse } from '../../error-model'
 import type { Audit } from '../audit/service'
 import { TokenRevokeBody, TokenRevoked, UserParams, UserRevoked } from './model'
 
@@ -28,7 +28,7 @@ export function revocationsModule(deps: { auth: AuthPlugin; revocations: Pick<Re
       {
         auth: 'admin:write',
         params: UserParams,
-        response: { 200: UserRevoked, 422: ErrorResponse, ...denied },
+        response: { 200: UserRevoked, 422: ErrorResponse, 503: ErrorResponse, ...denied },
         detail: {
           summary: "Revoke every token of a user issued up to now",
           description:
@@ -47,7 +47,7 @@ export function revocationsModule(deps: { auth: AuthPlugin; revocations: Pick<Re
       {
         auth: 'admin:write',
         body: TokenRevokeBody,
-        response: { 200: TokenRevoked, 422: ErrorResponse, ...denied },
+        response: { 200: TokenRevoked, 422: ErrorResponse, 503: ErrorResponse, ...BodyErrors, ...denied },
         detail: {
           summary: 'Revoke one token by its jti',
           description:

@@ -1,0 +1,198 @@
+import { afterEach, describe, expect, test } from 'bun:test'
+import type { ServerWebSocket } from 'bun'
+import { createClient, type Client } from './index'
+import { until } from '../../core/testing/wait'
+
+/**
+ * The client against servers that misbehave on purpose (a bug, a proxy, an attacker on the
+ * path): whatever they send, the client must neither throw out of its socket handlers, nor spin
+ * (timers that fire at once, subscribe loops), nor show a state it cannot vouch for.
+ */
+type Socket = ServerWebSocket<{ url: string }>
+type Script = { open?: (ws: Socket) => void; frame?: (ws: Socket, frame: any) => void }
+
+const servers: ReturnType<typeof Bun.serve>[] = []
+const clients: Client[] = []
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close()
+  for (const s of servers.splice(0)) s.stop(true)
+})
+
+function scripted(script: Script) {
+  const frames: any[] = []
+  let connections = 0
+  const server = Bun.serve<{ url: string }, never>({
+    port: 0,
+    hostname: '127.0.0.1',
+    fetch(req, srv) {
+      connections++
+      return srv.upgrade(req, { data: { url: req.url } }) ? undefined : new Response('no', { status: 400 })
+    },
+    websocket: {
+      open: (ws) => script.open?.(ws),
+      message: (ws, text) => {
+        const frame = JSON.parse(String(text))
+        frames.push(frame)
+        if (frame.op === 'ping') return void ws.send(JSON.stringify({ op: 'pong', ref: frame.ref }))
+        script.frame?.(ws, frame)
+      },
+    },
+  })
+  servers.push(server)
+  return { url: `ws://127.0.0.1:${server.port}/v1/ws`, frames, server, connections: () => connections }
+}
+const keep = (c: Client) => (clients.push(c), c)
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe('client against hostile servers', () => {
+  test('a 4029 asking for a wait longer than a timer can hold does not reconnect at once', async () => {
+    // setTimeout treats a delay above 2^31-1 ms as 1 ms (Bun and Node alike): unclamped, this is a reconnect loop.
+    const s = scripted({ open: (ws) => ws.close(4029, 'rate_limited: reconnect after 99999999999 ms') })
+    keep(createClient({ urls: [s.url], backoff: { minMs: 1000, maxMs: 1000 } }))
+    await until('first connection', () => s.connections() >= 1, 3000)
+    await sleep(500)
+    expect(s.connections()).toBe(1)
+  })
+
+  test('a subscribe refused with a retryAfterMs longer than a timer can hold is not sent again at once', async () => {
+    const s = scripted({
+      open: (ws) => ws.send(JSON.stringify({ op: 'ready' })),
+      frame: (ws, f) => {
+        if (f.op === 'subscribe') ws.send(JSON.stringify({ op: 'error', ref: f.ref, channel: f.channel, error: { code: 'rate_limited', message: 'slow down', retryAfterMs: 99999999999 } }))
+      },
+    })
+    const c = keep(createClient({ urls: [s.url] }))
+    c.on('error', () => {})
+    c.subscribe('reactions:s')
+    await until('first subscribe', () => s.frames.some((f) => f.op === 'subscribe'), 3000)
+    await sleep(300)
+    expect(s.frames.filter((f) => f.op === 'subscribe').length).toBe(1)
+  })
+
+  test('frames that are JSON but not frames (null, an error without its error) are reported, not thrown, and the channel goes on', async () => {
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op !== 'subscribe') return
+        for (const bad of ['null', '42', '"text"', '[]', '{"op":"error"}', '{"op":"error","ref":"p1"}', '{"op":"ack"}'])
+          ws.send(bad)
+        ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } }))
+      },
+    })
+    const thrown: unknown[] = []
+    const onError = (e: unknown) => void thrown.push(e)
+    process.on('uncaughtException', onError)
+    try {
+      const c = keep(createClient({ urls: [s.url] }))
+      const errors: string[] = []
+      c.on('error', (e) => void errors.push(e.code))
+      const sub = c.subscribe('reactions:s')
+      await until('snapshot', () => sub.state !== undefined, 3000)
+      expect(sub.state).toEqual({ stream: 's', totals: { a: 1 } })
+      expect(thrown).toEqual([])
+      expect(errors).toEqual([...Array(6).fill('bad_frame'), 'unexpected_frame'])
+    } finally {
+      process.off('uncaughtException', onError)
+    }
+  })
+
+  test('a server that answers every snapshot with a gap makes the client back off, not loop', async () => {
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'subscribe') {
+          ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } }))
+          ws.send(JSON.stringify({ op: 'update', channel: f.channel, version: 5, epoch: 'e1', data: { counts: { a: 1 }, totals: { a: 5 } } }))
+        } else if (f.op === 'unsubscribe') {
+          ws.send(JSON.stringify({ op: 'unsubscribed', ref: f.ref, channel: f.channel }))
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], backoff: { minMs: 200, maxMs: 1000 } }))
+    c.on('error', () => {})
+    c.subscribe('reactions:s')
+    await sleep(1000)
+    // Unbounded, this is hundreds of subscribes a second; with backoff (full jitter from 200 ms, doubling) a handful.
+    expect(s.frames.filter((f) => f.op === 'subscribe').length).toBeLessThan(15)
+  })
+})
+
+describe('client on a channel that keeps needing snapshots', () => {
+  test('the wait between re-syncs stops growing at 4x the backoff minimum: a board whose updates keep asking for snapshots does not go stale for long', async () => {
+    const at: number[] = []
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'subscribe') {
+          at.push(Date.now())
+          ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } }))
+          ws.send(JSON.stringify({ op: 'update', channel: f.channel, version: 5, epoch: 'e1', data: { counts: { a: 1 }, totals: { a: 5 } } }))
+        } else if (f.op === 'unsubscribe') {
+          ws.send(JSON.stringify({ op: 'unsubscribed', ref: f.ref, channel: f.channel }))
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], backoff: { minMs: 100, maxMs: 30_000 } }))
+    c.on('error', () => {})
+    c.subscribe('reactions:s')
+    await sleep(2500)
+    const gaps = at.slice(1).map((t, i) => t - at[i])
+    expect(gaps.length).toBeGreaterThanOrEqual(4)
+    // Capped, every wait is at most 400 ms (plus a round trip); growing to 30 s, it would pass that within a few re-syncs.
+    expect(Math.max(...gaps)).toBeLessThan(550)
+  })
+})
+
+describe('client against a server that answers a resume wrongly', () => {
+  test('a resume answered `subscribed` in another epoch (or at another version) re-syncs instead of keeping the old state as live', async () => {
+    let connection = 0
+    const s = scripted({
+      open: () => void connection++,
+      frame: (ws, f) => {
+        if (f.op === 'subscribe' && f.since === undefined) {
+          ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 3, epoch: connection === 1 ? 'e1' : 'e2', data: { stream: 's', totals: { a: 3 } } }))
+          if (connection === 1) setTimeout(() => ws.close(1001, 'server shutting down'), 20)
+        } else if (f.op === 'subscribe') {
+          // The resume asked for e1/3; the channel was rebuilt and this server claims e2/3 is the same history.
+          ws.send(JSON.stringify({ op: 'subscribed', channel: f.channel, version: 3, epoch: 'e2', recovered: true }))
+        } else if (f.op === 'unsubscribe') {
+          ws.send(JSON.stringify({ op: 'unsubscribed', ref: f.ref, channel: f.channel }))
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], backoff: { minMs: 10, maxMs: 10 } }))
+    const errors: string[] = []
+    c.on('error', (e) => void errors.push(e.code))
+    const sub = c.subscribe('reactions:s')
+    await until('resumed on the second connection', () => s.frames.some((f) => f.op === 'subscribe' && f.since === 3), 3000)
+    await until('a fresh snapshot of e2', () => sub.epoch === 'e2' && sub.status === 'live', 2000)
+    expect(errors).toContain('gap')
+    expect(s.frames.filter((f) => f.op === 'subscribe').map((f) => [f.since, f.epoch])).toEqual([
+      [undefined, undefined],
+      [3, 'e1'],
+      [undefined, undefined],
+    ])
+  })
+})
+
+describe('client against a server that repeats token_expiring', () => {
+  test('the same token_expiring sent again and again asks the token function once, not once per frame', async () => {
+    const expiresAt = new Date(Date.now() + 20_000).toISOString()
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op !== 'auth') return
+        ws.send(JSON.stringify({ op: 'authed', ref: f.ref, principal: 'u:ann', expiresAt, dedupWindowMs: 120_000 }))
+        if (f.ref !== 'auth') return
+        let n = 0
+        const t = setInterval(() => {
+          if (++n > 20) return clearInterval(t)
+          ws.send(JSON.stringify({ op: 'token_expiring', expiresAt }))
+        }, 10)
+      },
+    })
+    let calls = 0
+    const c = keep(createClient({ urls: [s.url], token: async () => `token-${++calls}` }))
+    await until('connected', () => c.status.state === 'connected', 3000)
+    await sleep(400)
+    // The first call is for connecting, the second for the renewal; the 19 repeats ask nothing.
+    expect(calls).toBe(2)
+    expect(s.frames.filter((f) => f.op === 'auth' && f.ref === 'renew').length).toBe(1)
+  })
+})
