@@ -69,6 +69,8 @@ type Followed = {
   fresh: boolean
   /** The ref of the last subscribe or unsubscribe sent for it. */
   ref?: string
+  /** When the subscribe or re-sync unsubscribe now awaiting its answer was sent; undefined when none awaits one. */
+  askedAt?: number
   timer?: ReturnType<typeof setTimeout>
   retries: number
   /** Re-syncs since an update last applied: a server that keeps sending gaps is asked again after a backoff, not at once. */
@@ -127,6 +129,7 @@ export function createChannels(deps: {
     if (!online) return
     f.phase = 'subscribing'
     f.ref = `s${++refs}`
+    f.askedAt = deps.now()
     // Presence is state, not history: the server answers a resume with a snapshot anyway.
     const resume = f.hasState && !f.fresh ? { since: f.version, epoch: f.epoch } : {}
     deps.send({ op: 'subscribe', ref: f.ref, channel: f.channel, ...resume })
@@ -139,6 +142,7 @@ export function createChannels(deps: {
   const resync = (f: Followed) => {
     f.phase = 'resyncing'
     f.fresh = true
+    f.askedAt = undefined
     if (f.timer !== undefined) clearTimeout(f.timer)
     f.timer = undefined
     if (!online) return
@@ -146,6 +150,7 @@ export function createChannels(deps: {
       f.timer = undefined
       if (!online || f.phase !== 'resyncing' || followed.get(f.channel) !== f) return
       f.ref = `u${++refs}`
+      f.askedAt = deps.now()
       deps.send({ op: 'unsubscribe', ref: f.ref, channel: f.channel })
     }
     // The first re-sync goes at once; one that follows a snapshot without an update applied in
@@ -159,6 +164,7 @@ export function createChannels(deps: {
   const fail = (f: Followed, err: FanfareError) => {
     if (f.phase === 'failed') return
     f.phase = 'failed'
+    f.askedAt = undefined
     if (f.timer !== undefined) clearTimeout(f.timer)
     // Subscribing again later starts over (permissions may have changed by then).
     if (followed.get(f.channel) === f) followed.delete(f.channel)
@@ -173,6 +179,7 @@ export function createChannels(deps: {
     f.version = frame.version
     f.epoch = frame.epoch
     f.phase = 'live'
+    f.askedAt = undefined
     f.retries = 0
     const state = view(f)
     each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: replaced }))
@@ -258,6 +265,7 @@ export function createChannels(deps: {
     offline() {
       online = false
       for (const f of followed.values()) {
+        f.askedAt = undefined
         if (f.phase === 'failed') continue
         if (f.timer !== undefined && (f.phase === 'waiting' || f.phase === 'resyncing')) clearTimeout(f.timer)
         f.phase = 'subscribing'
@@ -282,6 +290,7 @@ export function createChannels(deps: {
             }
             // Resumed: the missed updates follow.
             f.phase = 'live'
+            f.askedAt = undefined
             f.retries = 0
             if (f.version === 0) f.epoch = frame.epoch
           }
@@ -290,6 +299,7 @@ export function createChannels(deps: {
         case 'unsubscribed': {
           const f = followed.get(frame.channel)
           if (!f) return true
+          if (frame.ref !== undefined && frame.ref === f.ref) f.askedAt = undefined
           if (frame.reason === 'forbidden') fail(f, new FanfareError('forbidden', `${frame.channel} may no longer be seen by this client`))
           else if (f.phase === 'resyncing' && frame.ref === f.ref) subscribe(f)
           return true
@@ -302,6 +312,7 @@ export function createChannels(deps: {
           if (FATAL.has(code) || frame.ref === undefined) return fail(f, new FanfareError(code, message, details)), true
           // Refused for now (rate limit, server fault): ask again after the wait.
           f.phase = 'waiting'
+          f.askedAt = undefined
           const wait = serverWait(frame.error.retryAfterMs) ?? deps.backoff(++f.retries)
           if (f.timer !== undefined) clearTimeout(f.timer)
           f.timer = setTimeout(() => {
@@ -313,6 +324,13 @@ export function createChannels(deps: {
         default:
           return false
       }
+    },
+
+    /** When the oldest subscribe or re-sync unsubscribe still unanswered was sent; undefined when none is. */
+    oldestUnanswered(): number | undefined {
+      let oldest: number | undefined
+      for (const f of followed.values()) if (f.askedAt !== undefined && (oldest === undefined || f.askedAt < oldest)) oldest = f.askedAt
+      return oldest
     },
 
     close() {

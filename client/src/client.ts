@@ -38,6 +38,13 @@ export type ClientOptions = {
   pongTimeoutMs?: number
   /** A connection not open and authenticated this long after it started is given up (default 10 s). */
   connectTimeoutMs?: number
+  /**
+   * A subscribe, a re-sync's unsubscribe or a publish unanswered this long (default 10 s) means
+   * the server is stuck on it: the connection is replaced, and everything resumes on the next one
+   * (publishes resent with their ids). Checked at the liveness timer's pace: up to half of the
+   * shortest of this, `pingIntervalMs` and `pongTimeoutMs` later.
+   */
+  requestTimeoutMs?: number
   /** Publishes waiting at most (default 1000), and in flight at most (default 32). */
   outbox?: { max?: number; window?: number }
   /** The clock (tests). */
@@ -72,6 +79,7 @@ export function createClient(options: ClientOptions) {
   const pingIntervalMs = options.pingIntervalMs ?? 25_000
   const pongTimeoutMs = options.pongTimeoutMs ?? 10_000
   const connectTimeoutMs = options.connectTimeoutMs ?? 10_000
+  const requestTimeoutMs = options.requestTimeoutMs ?? 10_000
   const listeners: Listeners = { status: new Set(), error: new Set() }
   const nextId = eventIds()
 
@@ -167,7 +175,7 @@ export function createClient(options: ClientOptions) {
   }
 
   /** The connection is gone (closed, or found dead): decide between waiting, reconnecting and finishing. */
-  const lost = (reason: CloseReason) => {
+  const lost = (reason: CloseReason, stuck = false) => {
     if (closed) return
     const s = socket
     socket = undefined
@@ -179,7 +187,9 @@ export function createClient(options: ClientOptions) {
     clearTimers()
     channels.offline()
     outbox.offline()
-    if (connectedAt > 0 && now() - connectedAt >= HEALTHY_MS) attempt = 0
+    // A server stuck on a request is not healthy however long the connection lived: a node that
+    // never answers one channel's subscribe gets reconnects that back off, not one every timeout.
+    if (!stuck && connectedAt > 0 && now() - connectedAt >= HEALTHY_MS) attempt = 0
     connectedAt = 0
     let delay: number
     switch (reason.code) {
@@ -316,15 +326,21 @@ export function createClient(options: ClientOptions) {
   /**
    * Liveness: a socket silent for pingIntervalMs is pinged, and dropped when nothing comes back
    * within pongTimeoutMs. A timer that fires far too late means the machine slept: ping at once.
+   * A server that answers pings but leaves a request unanswered for requestTimeoutMs is stuck on
+   * it (its database, its stream): the connection is dropped too, and the next one resumes.
    */
   const startPings = () => {
     if (pingTimer !== undefined) clearInterval(pingTimer)
-    const tick = Math.max(100, Math.min(pingIntervalMs, pongTimeoutMs) / 2)
+    const tick = Math.max(100, Math.min(pingIntervalMs, pongTimeoutMs, requestTimeoutMs) / 2)
     let lastTick = now()
     pingTimer = setInterval(() => {
       const t = now()
       const slept = t - lastTick > tick * 3
       lastTick = t
+      const asked = Math.min(channels.oldestUnanswered() ?? Infinity, outbox.oldestUnanswered() ?? Infinity)
+      if (status.state === 'connected' && t - asked >= requestTimeoutMs) {
+        return lost({ code: 0, message: `a request went unanswered for ${requestTimeoutMs} ms` }, true)
+      }
       if (pingSentAt !== undefined) {
         if (t - pingSentAt >= pongTimeoutMs) lost({ code: 0, message: `no answer to a ping within ${pongTimeoutMs} ms` })
         return

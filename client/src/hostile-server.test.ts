@@ -196,3 +196,77 @@ describe('client against a server that repeats token_expiring', () => {
     expect(s.frames.filter((f) => f.op === 'auth' && f.ref === 'renew').length).toBe(1)
   })
 })
+
+describe('client against a server that leaves requests unanswered', () => {
+  const snapshot = (ws: Socket, channel: string, version: number) =>
+    ws.send(JSON.stringify({ op: 'snapshot', channel, version, epoch: 'e1', data: { stream: 's', totals: { a: version } } }))
+
+  test('a subscribe never answered: after requestTimeoutMs the connection is replaced and the channel subscribes on the next one', async () => {
+    let connection = 0
+    const s = scripted({
+      open: () => void connection++,
+      frame: (ws, f) => {
+        // The first connection answers pings but never a subscribe (a node stuck on its database).
+        if (f.op === 'subscribe' && connection > 1) snapshot(ws, f.channel, 1)
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], requestTimeoutMs: 300, backoff: { minMs: 10, maxMs: 10 } }))
+    const sub = c.subscribe('reactions:s')
+    await until('live on a later connection', () => sub.status === 'live', 3000)
+    expect(s.connections()).toBe(2)
+    expect(sub.state).toEqual({ stream: 's', totals: { a: 1 } })
+  })
+
+  test('the unsubscribe of a re-sync never answered: the connection is replaced and the channel gets its fresh snapshot', async () => {
+    let connection = 0
+    const s = scripted({
+      open: () => void connection++,
+      frame: (ws, f) => {
+        if (f.op === 'subscribe' && connection === 1) {
+          snapshot(ws, f.channel, 1)
+          // A gap: the client asks for a fresh snapshot (unsubscribe, then subscribe), which this connection never answers.
+          ws.send(JSON.stringify({ op: 'update', channel: f.channel, version: 5, epoch: 'e1', data: { counts: { a: 1 }, totals: { a: 5 } } }))
+        } else if (f.op === 'subscribe') {
+          snapshot(ws, f.channel, 7)
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], requestTimeoutMs: 300, backoff: { minMs: 10, maxMs: 10 } }))
+    c.on('error', () => {})
+    const sub = c.subscribe('reactions:s')
+    await until('re-synced on a later connection', () => sub.version === 7 && sub.status === 'live', 3000)
+    expect(s.connections()).toBe(2)
+    // The state held could not be continued: the next connection asks for a snapshot, not a resume.
+    expect(s.frames.filter((f) => f.op === 'subscribe').map((f) => f.since)).toEqual([undefined, undefined])
+  })
+
+  test('a publish never answered: the connection is replaced and the event is resent with its id, then acknowledged', async () => {
+    let connection = 0
+    const s = scripted({
+      open: () => void connection++,
+      frame: (ws, f) => {
+        if (f.op === 'publish' && connection > 1) ws.send(JSON.stringify({ op: 'ack', ref: f.ref, id: f.event.id, seq: 1, duplicate: false }))
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], requestTimeoutMs: 300, backoff: { minMs: 10, maxMs: 10 } }))
+    const ack = await c.publish({ type: 'chat.message.posted', data: { room: 'r', user: 'ann', text: 'hi' } })
+    const ids = s.frames.filter((f) => f.op === 'publish').map((f) => f.event.id)
+    expect(ids).toEqual([ack.id, ack.id])
+    expect(s.connections()).toBe(2)
+  })
+
+  test('answered requests keep the connection: a server that answers is never dropped for a timeout', async () => {
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'subscribe') snapshot(ws, f.channel, 1)
+        if (f.op === 'publish') ws.send(JSON.stringify({ op: 'ack', ref: f.ref, id: f.event.id, seq: 1, duplicate: false }))
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], requestTimeoutMs: 200 }))
+    const sub = c.subscribe('reactions:s')
+    await c.publish({ type: 'chat.message.posted', data: { room: 'r', user: 'ann', text: 'hi' } })
+    await sleep(700)
+    expect(sub.status).toBe('live')
+    expect(s.connections()).toBe(1)
+  })
+})

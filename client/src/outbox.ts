@@ -173,6 +173,13 @@ export function createOutbox(deps: {
       queued.length = 0
     },
 
+    /** When the oldest event in flight (sent, its answer not yet in) was sent; undefined when none is. */
+    oldestUnanswered(): number | undefined {
+      let oldest: number | undefined
+      for (const e of inFlight.values()) if (oldest === undefined || e.sentAt < oldest) oldest = e.sentAt
+      return oldest
+    },
+
     /** Events waiting: queued and in flight. */
     get size() {
       return queued.length + inFlight.size
