@@ -60,7 +60,8 @@ type Followed = {
    * - subscribing: a subscribe is out, its snapshot or `subscribed` not yet in;
    * - live: updates apply;
    * - resyncing: the client asked for a fresh snapshot (unsubscribe, then subscribe); updates wait;
-   * - waiting: a refused subscribe waits to be sent again (rate limit, server fault);
+   * - waiting: a refused subscribe waits to be sent again (rate limit, server fault), or a channel
+   *   the server reported a transient fault of waits to be re-subscribed;
    * - failed: refused for good.
    */
   phase: 'subscribing' | 'live' | 'resyncing' | 'waiting' | 'failed'
@@ -77,7 +78,10 @@ type Followed = {
   resyncs: number
 }
 
-/** Refusals of a subscribe that end it: asking again would get the same answer. */
+/**
+ * Refusals of a subscribe, and channel errors, that end it: asking again would get the same
+ * answer. Any other code (`unavailable`, `rate_limited`, `internal`, ...) is a fault of the moment.
+ */
 const FATAL = new Set(['forbidden', 'unauthorized', 'invalid_frame', 'too_many_subscriptions', 'not_found'])
 
 export type Channels = ReturnType<typeof createChannels>
@@ -169,6 +173,27 @@ export function createChannels(deps: {
     // Subscribing again later starts over (permissions may have changed by then).
     if (followed.get(f.channel) === f) followed.delete(f.channel)
     each(f, (l) => l.onError?.(err))
+  }
+
+  /**
+   * Sends the subscribe again after a wait: the server refused it for now, or reported a fault of
+   * a channel it had subscribed (`resubscribe`: whether it still holds that subscription is not
+   * known, so it is ended first: unsubscribe, then subscribe, resuming where the state is).
+   */
+  const retryLater = (f: Followed, wait: number, resubscribe: boolean) => {
+    f.phase = 'waiting'
+    f.askedAt = undefined
+    if (f.timer !== undefined) clearTimeout(f.timer)
+    f.timer = setTimeout(() => {
+      f.timer = undefined
+      if (!online || f.phase !== 'waiting' || followed.get(f.channel) !== f) return
+      if (!resubscribe) return subscribe(f)
+      // As a re-sync does, without dropping the state: the answer to this unsubscribe subscribes.
+      f.phase = 'resyncing'
+      f.ref = `u${++refs}`
+      f.askedAt = deps.now()
+      deps.send({ op: 'unsubscribe', ref: f.ref, channel: f.channel })
+    }, wait)
   }
 
   const onSnapshot = (f: Followed, frame: Extract<ServerFrame, { op: 'snapshot' }>) => {
@@ -309,16 +334,13 @@ export function createChannels(deps: {
           if (!f) return frame.channel !== undefined
           const { code, message, details } = frame.error
           if (code === 'already_subscribed') return true
-          if (FATAL.has(code) || frame.ref === undefined) return fail(f, new FanfareError(code, message, details)), true
-          // Refused for now (rate limit, server fault): ask again after the wait.
-          f.phase = 'waiting'
-          f.askedAt = undefined
-          const wait = serverWait(frame.error.retryAfterMs) ?? deps.backoff(++f.retries)
-          if (f.timer !== undefined) clearTimeout(f.timer)
-          f.timer = setTimeout(() => {
-            f.timer = undefined
-            if (f.phase === 'waiting' && followed.get(f.channel) === f) subscribe(f)
-          }, wait)
+          if (FATAL.has(code)) return fail(f, new FanfareError(code, message, details)), true
+          // A fault of the moment (rate limit, server fault): ask again after the wait the server
+          // gives, or a backoff. Without a ref it is about a subscription the server had: reported,
+          // since the channel stops following until it is subscribed again.
+          if (frame.ref === undefined) deps.report(new FanfareError(code, `${f.channel}: ${message}; subscribing again`, details))
+          const wait = serverWait(frame.error.retryAfterMs) ?? serverWait((details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs) ?? deps.backoff(++f.retries)
+          retryLater(f, wait, frame.ref === undefined)
           return true
         }
         default:

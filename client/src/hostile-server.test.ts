@@ -270,3 +270,62 @@ describe('client against a server that leaves requests unanswered', () => {
     expect(s.connections()).toBe(1)
   })
 })
+
+describe('client against channel errors without a ref', () => {
+  const live = (ws: Socket, f: any) =>
+    ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } }))
+
+  for (const code of ['unavailable', 'rate_limited', 'internal']) {
+    test(`a transient one (${code}) is retried after the wait the server asks for, and the channel resumes`, async () => {
+      let subscribes = 0
+      let erroredAt = 0
+      const s = scripted({
+        frame: (ws, f) => {
+          if (f.op === 'subscribe' && ++subscribes === 1) {
+            live(ws, f)
+            erroredAt = Date.now()
+            ws.send(JSON.stringify({ op: 'error', channel: f.channel, error: { code, message: 'for a moment', retryAfterMs: 300 } }))
+          } else if (f.op === 'subscribe') {
+            ws.send(JSON.stringify({ op: 'subscribed', ref: f.ref, channel: f.channel, version: 1, epoch: 'e1', recovered: true }))
+          } else if (f.op === 'unsubscribe') {
+            ws.send(JSON.stringify({ op: 'unsubscribed', ref: f.ref, channel: f.channel, wasSubscribed: false }))
+          }
+        },
+      })
+      const c = keep(createClient({ urls: [s.url] }))
+      const reported: string[] = []
+      const failed: string[] = []
+      c.on('error', (e) => void reported.push(e.code))
+      const sub = c.subscribe('reactions:s', { onError: (e) => void failed.push(e.code) })
+      await until('the second subscribe', () => subscribes === 2, 3000)
+      expect(Date.now() - erroredAt).toBeGreaterThanOrEqual(290)
+      await until('live again', () => sub.status === 'live', 2000)
+      expect(failed).toEqual([])
+      expect(reported).toEqual([code])
+      // Resumed where it was: the state held is exact as of its version.
+      expect(s.frames.filter((f) => f.op === 'subscribe').map((f) => [f.since, f.epoch])).toEqual([
+        [undefined, undefined],
+        [1, 'e1'],
+      ])
+      expect(sub.state).toEqual({ stream: 's', totals: { a: 1 } })
+    })
+  }
+
+  test('a final one (forbidden) ends the subscription and is reported to it, as before', async () => {
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op !== 'subscribe') return
+        live(ws, f)
+        ws.send(JSON.stringify({ op: 'error', channel: f.channel, error: { code: 'forbidden', message: 'private now' } }))
+        ws.send(JSON.stringify({ op: 'unsubscribed', channel: f.channel, reason: 'forbidden' }))
+      },
+    })
+    const c = keep(createClient({ urls: [s.url] }))
+    const failed: string[] = []
+    const sub = c.subscribe('reactions:s', { onError: (e) => void failed.push(e.code) })
+    await until('failed', () => sub.status === 'failed', 3000)
+    await sleep(300)
+    expect(failed).toEqual(['forbidden'])
+    expect(s.frames.filter((f) => f.op === 'subscribe').length).toBe(1)
+  })
+})
