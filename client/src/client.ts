@@ -405,7 +405,7 @@ export function createClient(options: ClientOptions) {
       return outbox.size
     },
 
-    /** Status changes, and problems that are no single call's (a gap repaired, a listener that threw). */
+    /** Status changes, and problems that are no single call's (a gap repaired, a channel's transient fault, a listener that threw). */
     on<E extends keyof Listeners>(event: E, fn: Listeners[E] extends Set<infer F> ? F : never): () => void {
       const set = listeners[event] as Set<unknown>
       set.add(fn)
