@@ -150,8 +150,10 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
   const t = topology(config)
   const num_replicas = config.FANFARE_REPLICAS
   const site = siteOf(config)
+  await checkPartitions(jsm, t)
   await upsertStream(jsm, {
     name: t.eventStream,
+    description: partitionsDescription(t.partitions),
     subjects: [subjects.allEvents(t.prefix)],
     duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
     max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
@@ -180,6 +182,48 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
     })
   }
   return jsm
+}
+
+/**
+ * Thrown at start when FANFARE_PARTITIONS differs from the count the event stream was created
+ * with. Keys hash to `hash % partitions`, so another count moves them: a key's events still waiting
+ * in its old partition would race its new ones (per-key order lost), and with fewer partitions the
+ * events of the partitions above the count would never be applied.
+ */
+export class PartitionsChanged extends Error {
+  constructor(stream: string, recorded: number, configured: number) {
+    super(
+      `stream ${stream} has ${recorded} partitions but FANFARE_PARTITIONS is ${configured}: the count is fixed for the life of a stream (keys would move to other partitions). ` +
+        `Set FANFARE_PARTITIONS=${recorded} on every process, or start a new deployment (another FANFARE_STREAM, FANFARE_SUBJECT_PREFIX and database)`,
+    )
+    this.name = 'PartitionsChanged'
+  }
+}
+
+/**
+ * The event stream records its partition count in its description (nats-server 2.9 has no stream
+ * metadata), written by every process that ensures the streams and checked before.
+ */
+const partitionsDescription = (partitions: number) => `Fanfare events; partitions=${partitions}`
+const recordedPartitions = (description: string | undefined): number | undefined => {
+  const m = /partitions=(\d+)/.exec(description ?? '')
+  return m ? Number(m[1]) : undefined
+}
+
+/**
+ * Refuses a partition count other than the one the event stream records. A stream of a version
+ * that did not record it (or a new one) takes the configured count.
+ */
+async function checkPartitions(jsm: JetStreamManager, t: Topology): Promise<void> {
+  let description: string | undefined
+  try {
+    description = (await jsm.streams.info(t.eventStream)).config.description
+  } catch (err) {
+    if (isNotFound(err)) return
+    throw err
+  }
+  const recorded = recordedPartitions(description)
+  if (recorded !== undefined && recorded !== t.partitions) throw new PartitionsChanged(t.eventStream, recorded, t.partitions)
 }
 
 /** Whether a stream exists; other errors (NATS unreachable) are thrown. */
