@@ -150,7 +150,7 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
   const t = topology(config)
   const num_replicas = config.FANFARE_REPLICAS
   const site = siteOf(config)
-  await checkPartitions(jsm, t)
+  await checkEventStream(jsm, t)
   await upsertStream(jsm, {
     name: t.eventStream,
     description: partitionsDescription(t.partitions),
@@ -211,19 +211,39 @@ const recordedPartitions = (description: string | undefined): number | undefined
 }
 
 /**
- * Refuses a partition count other than the one the event stream records. A stream of a version
- * that did not record it (or a new one) takes the configured count.
+ * Thrown at start when FANFARE_SUBJECT_PREFIX differs from the one the existing event stream takes
+ * events on. Ensuring the stream would move it to the new subjects: API nodes still on the old
+ * prefix could no longer store events, and events stored under the new prefix would be skipped by
+ * workers on the old one (their consumers filter by prefix) once the mistake is undone.
  */
-async function checkPartitions(jsm: JetStreamManager, t: Topology): Promise<void> {
-  let description: string | undefined
+export class SubjectPrefixChanged extends Error {
+  constructor(stream: string, subjects: string[], prefix: string) {
+    super(
+      `stream ${stream} takes events on ${subjects.join(', ')} but FANFARE_SUBJECT_PREFIX is ${prefix}: ` +
+        `set FANFARE_SUBJECT_PREFIX to the deployment's prefix on every process, or give another deployment its own FANFARE_STREAM`,
+    )
+    this.name = 'SubjectPrefixChanged'
+  }
+}
+
+/**
+ * Refuses a config that would move an existing event stream's keys or subjects: a partition count
+ * other than the one it records (a stream of a version that did not record it, or a new one, takes
+ * the configured count), or another subject prefix.
+ */
+async function checkEventStream(jsm: JetStreamManager, t: Topology): Promise<void> {
+  let config: StreamConfig
   try {
-    description = (await jsm.streams.info(t.eventStream)).config.description
+    config = (await jsm.streams.info(t.eventStream)).config
   } catch (err) {
     if (isNotFound(err)) return
     throw err
   }
-  const recorded = recordedPartitions(description)
+  const recorded = recordedPartitions(config.description)
   if (recorded !== undefined && recorded !== t.partitions) throw new PartitionsChanged(t.eventStream, recorded, t.partitions)
+  // A mirror (no subjects of its own) is not checked here.
+  const own = config.subjects ?? []
+  if (own.length > 0 && !(own.length === 1 && own[0] === subjects.allEvents(t.prefix))) throw new SubjectPrefixChanged(t.eventStream, own, t.prefix)
 }
 
 /** Whether a stream exists; other errors (NATS unreachable) are thrown. */
