@@ -81,13 +81,25 @@ export async function openEmbedded(dataDir: string): Promise<Database> {
   }
 }
 
-/** Applies the committed drizzle-kit migrations. Idempotent. */
+/**
+ * Applies the committed drizzle-kit migrations. Idempotent, and safe to run from several processes
+ * at once: on a Postgres server they take turns under an advisory lock (drizzle's migrator takes
+ * none, so two at once both created the first table and one failed), and the later one finds
+ * nothing left to apply. The lock is a session's: pass a one-connection Database
+ * (`connectPostgres(url, { max: 1 })`), so the lock, the migrations and the unlock share it.
+ */
 export async function migrate(database: Database): Promise<void> {
   if (database.kind === 'pglite') {
     const { migrate } = await import('drizzle-orm/pglite/migrator')
     await migrate(database.db as never, { migrationsFolder })
-  } else {
-    const { migrate } = await import('drizzle-orm/postgres-js/migrator')
+    return
+  }
+  const { sql } = await import('drizzle-orm')
+  const { migrate } = await import('drizzle-orm/postgres-js/migrator')
+  await database.db.execute(sql`select pg_advisory_lock(hashtext('fanfare migrate'))`)
+  try {
     await migrate(database.db as never, { migrationsFolder })
+  } finally {
+    await database.db.execute(sql`select pg_advisory_unlock(hashtext('fanfare migrate'))`).catch(() => {})
   }
 }
