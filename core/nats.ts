@@ -146,6 +146,14 @@ const inDomain = (name: string, domain: string): StreamSource => ({ name, extern
  * it), and mirrors of the hub's change streams (what the edge's change feeds and history read).
  */
 export async function ensureStreams(nc: NatsConnection, config: Config): Promise<JetStreamManager> {
+  // nats-server refuses a new stream of several replicas on a server outside a cluster, but takes
+  // the update of an existing one (its info then says 3 replicas while one copy exists): refuse both.
+  if (config.FANFARE_REPLICAS > 1 && !nc.info?.cluster) {
+    throw new Error(
+      `FANFARE_REPLICAS is ${config.FANFARE_REPLICAS} but the NATS server ${nc.info?.server_name ?? ''} is not part of a cluster: ` +
+        `set FANFARE_REPLICAS=1, or point NATS_URL at a cluster of at least ${config.FANFARE_REPLICAS} servers (README "Running on a NATS cluster")`,
+    )
+  }
   const jsm = await jetstreamManager(nc)
   const t = topology(config)
   const num_replicas = config.FANFARE_REPLICAS
