@@ -146,12 +146,22 @@ const inDomain = (name: string, domain: string): StreamSource => ({ name, extern
  * it), and mirrors of the hub's change streams (what the edge's change feeds and history read).
  */
 export async function ensureStreams(nc: NatsConnection, config: Config): Promise<JetStreamManager> {
+  // nats-server refuses a new stream of several replicas on a server outside a cluster, but takes
+  // the update of an existing one (its info then says 3 replicas while one copy exists): refuse both.
+  if (config.FANFARE_REPLICAS > 1 && !nc.info?.cluster) {
+    throw new Error(
+      `FANFARE_REPLICAS is ${config.FANFARE_REPLICAS} but the NATS server ${nc.info?.server_name ?? ''} is not part of a cluster: ` +
+        `set FANFARE_REPLICAS=1, or point NATS_URL at a cluster of at least ${config.FANFARE_REPLICAS} servers (README "Running on a NATS cluster")`,
+    )
+  }
   const jsm = await jetstreamManager(nc)
   const t = topology(config)
   const num_replicas = config.FANFARE_REPLICAS
   const site = siteOf(config)
+  await checkEventStream(jsm, t)
   await upsertStream(jsm, {
     name: t.eventStream,
+    description: partitionsDescription(t.partitions),
     subjects: [subjects.allEvents(t.prefix)],
     duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
     max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
@@ -180,6 +190,68 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
     })
   }
   return jsm
+}
+
+/**
+ * Thrown at start when FANFARE_PARTITIONS differs from the count the event stream was created
+ * with. Keys hash to `hash % partitions`, so another count moves them: a key's events still waiting
+ * in its old partition would race its new ones (per-key order lost), and with fewer partitions the
+ * events of the partitions above the count would never be applied.
+ */
+export class PartitionsChanged extends Error {
+  constructor(stream: string, recorded: number, configured: number) {
+    super(
+      `stream ${stream} has ${recorded} partitions but FANFARE_PARTITIONS is ${configured}: the count is fixed for the life of a stream (keys would move to other partitions). ` +
+        `Set FANFARE_PARTITIONS=${recorded} on every process, or start a new deployment (another FANFARE_STREAM, FANFARE_SUBJECT_PREFIX and database)`,
+    )
+    this.name = 'PartitionsChanged'
+  }
+}
+
+/**
+ * The event stream records its partition count in its description (nats-server 2.9 has no stream
+ * metadata), written by every process that ensures the streams and checked before.
+ */
+const partitionsDescription = (partitions: number) => `Fanfare events; partitions=${partitions}`
+const recordedPartitions = (description: string | undefined): number | undefined => {
+  const m = /partitions=(\d+)/.exec(description ?? '')
+  return m ? Number(m[1]) : undefined
+}
+
+/**
+ * Thrown at start when FANFARE_SUBJECT_PREFIX differs from the one the existing event stream takes
+ * events on. Ensuring the stream would move it to the new subjects: API nodes still on the old
+ * prefix could no longer store events, and events stored under the new prefix would be skipped by
+ * workers on the old one (their consumers filter by prefix) once the mistake is undone.
+ */
+export class SubjectPrefixChanged extends Error {
+  constructor(stream: string, subjects: string[], prefix: string) {
+    super(
+      `stream ${stream} takes events on ${subjects.join(', ')} but FANFARE_SUBJECT_PREFIX is ${prefix}: ` +
+        `set FANFARE_SUBJECT_PREFIX to the deployment's prefix on every process, or give another deployment its own FANFARE_STREAM`,
+    )
+    this.name = 'SubjectPrefixChanged'
+  }
+}
+
+/**
+ * Refuses a config that would move an existing event stream's keys or subjects: a partition count
+ * other than the one it records (a stream of a version that did not record it, or a new one, takes
+ * the configured count), or another subject prefix.
+ */
+async function checkEventStream(jsm: JetStreamManager, t: Topology): Promise<void> {
+  let config: StreamConfig
+  try {
+    config = (await jsm.streams.info(t.eventStream)).config
+  } catch (err) {
+    if (isNotFound(err)) return
+    throw err
+  }
+  const recorded = recordedPartitions(config.description)
+  if (recorded !== undefined && recorded !== t.partitions) throw new PartitionsChanged(t.eventStream, recorded, t.partitions)
+  // A mirror (no subjects of its own) is not checked here.
+  const own = config.subjects ?? []
+  if (own.length > 0 && !(own.length === 1 && own[0] === subjects.allEvents(t.prefix))) throw new SubjectPrefixChanged(t.eventStream, own, t.prefix)
 }
 
 /** Whether a stream exists; other errors (NATS unreachable) are thrown. */

@@ -1,5 +1,5 @@
 import { ConfigError, loadConfig, type Config } from '../../core/config'
-import { connectPostgres } from '../../core/db/client'
+import { checkMigrated, connectPostgres } from '../../core/db/client'
 import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
 import { connectNats, ensureStreams } from '../../core/nats'
@@ -33,6 +33,7 @@ export async function runApi(signals: StopSignals) {
   const logger = createLogger(config.LOG_LEVEL, { service: 'fanfare-api' }, { format: config.FANFARE_LOG_FORMAT })
   const observability = startObservability(config, 'fanfare-api', logger)
   const database = await connectPostgres(config.DATABASE_URL!)
+  await checkMigrated(database.db)
   // Snapshots and REST reads only (a replica); the existing snapshot-older-than-live check covers its lag.
   const readDatabase = config.DATABASE_READ_URL ? await connectPostgres(config.DATABASE_READ_URL) : undefined
   const nc = await connectNats(config.NATS_URL!, 'fanfare-api')

@@ -81,13 +81,52 @@ export async function openEmbedded(dataDir: string): Promise<Database> {
   }
 }
 
-/** Applies the committed drizzle-kit migrations. Idempotent. */
+/**
+ * Applies the committed drizzle-kit migrations. Idempotent, and safe to run from several processes
+ * at once: on a Postgres server they take turns under an advisory lock (drizzle's migrator takes
+ * none, so two at once both created the first table and one failed), and the later one finds
+ * nothing left to apply. The lock is a session's: pass a one-connection Database
+ * (`connectPostgres(url, { max: 1 })`), so the lock, the migrations and the unlock share it.
+ */
 export async function migrate(database: Database): Promise<void> {
   if (database.kind === 'pglite') {
     const { migrate } = await import('drizzle-orm/pglite/migrator')
     await migrate(database.db as never, { migrationsFolder })
-  } else {
-    const { migrate } = await import('drizzle-orm/postgres-js/migrator')
-    await migrate(database.db as never, { migrationsFolder })
+    return
   }
+  const { sql } = await import('drizzle-orm')
+  const { migrate } = await import('drizzle-orm/postgres-js/migrator')
+  await database.db.execute(sql`select pg_advisory_lock(hashtext('fanfare migrate'))`)
+  try {
+    await migrate(database.db as never, { migrationsFolder })
+  } finally {
+    await database.db.execute(sql`select pg_advisory_unlock(hashtext('fanfare migrate'))`).catch(() => {})
+  }
+}
+
+/**
+ * Thrown at start by a node whose database lacks migrations of its version: `npm run migrate` has
+ * not run on it yet (a new deployment, or an upgrade whose migrate step was skipped). Without this
+ * check the node crashed on its first query of a missing table, with a raw SQL error.
+ */
+export class NotMigrated extends Error {
+  constructor(missing: string) {
+    super(`the database is not migrated for this version (migration ${missing} not applied): run \`npm run migrate\` of this version, then start this node again`)
+    this.name = 'NotMigrated'
+  }
+}
+
+/**
+ * Refuses a database that lacks a migration of this version: the newest applied migration (drizzle
+ * records each one's journal time) must be at least this version's last. A database ahead of this
+ * version (a rolling upgrade migrated it for newer nodes) passes.
+ */
+export async function checkMigrated(db: Db): Promise<void> {
+  const { sql } = await import('drizzle-orm')
+  const journal = (await Bun.file(join(migrationsFolder, 'meta/_journal.json')).json()) as { entries: { when: number; tag: string }[] }
+  const last = journal.entries[journal.entries.length - 1]
+  const [table] = await rowsOf<{ name: string | null }>(db, sql`select to_regclass('drizzle.__drizzle_migrations')::text as name`)
+  if (!table?.name) throw new NotMigrated(last.tag)
+  const [row] = await rowsOf<{ applied: string | number | null }>(db, sql`select max(created_at) as applied from drizzle.__drizzle_migrations`)
+  if (row?.applied == null || Number(row.applied) < last.when) throw new NotMigrated(last.tag)
 }

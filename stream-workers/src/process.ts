@@ -1,5 +1,5 @@
 import { ConfigError, loadConfig } from '../../core/config'
-import { connectBunSql } from '../../core/db/client'
+import { checkMigrated, connectBunSql } from '../../core/db/client'
 import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
 import { connectNats } from '../../core/nats'
@@ -31,6 +31,7 @@ export async function runWorkers(signals: StopSignals) {
   const observability = startObservability(config, 'fanfare-workers', logger)
   // Bun's SQL client, not postgres.js: see connectBunSql on surviving killed backends.
   const database = await connectBunSql(config.DATABASE_URL!)
+  await checkMigrated(database.db)
   const nc = await connectNats(config.NATS_URL!, `fanfare-workers-${process.pid}`)
   const workers = await startWorkers({
     config,

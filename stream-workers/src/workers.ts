@@ -16,6 +16,7 @@ import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
 import { createBatchCommitter } from './runtime/committer'
 import { startTopologyKeeper } from './runtime/topology-keeper'
 import { answerReplays } from './runtime/replay'
+import { checkCheckpointStream } from './runtime/stream-check'
 
 
 export type WorkersDeps = {
@@ -59,6 +60,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const t = topology(config)
   const workerId = `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`
   const logger = deps.logger.child({ workerId })
+  await checkCheckpointStream(db, t.eventStream)
   const jsm = await ensureStreams(nc, config)
   const js = jetstream(nc)
   const publisher = createAckedPublisher(nc)

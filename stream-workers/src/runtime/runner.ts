@@ -6,6 +6,7 @@ import { projectionCheckpoints } from '../../../core/db/schema'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import { streamIdentity } from '../../../core/nats'
+import { StreamChanged } from './stream-check'
 import type { Projection } from '../projections/types'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOwner, type BatchResult } from './batch'
@@ -358,8 +359,19 @@ export function startRunner(deps: RunnerDeps): Runner {
           set stream = ${stream}, seq = case when old.stream in ('', ${stream}) then c.seq else 0 end,
             lost_stream = case when old.stream in ('', ${stream}) or old.seq = 0 then c.lost_stream else old.stream end
           from old where c.projection = ${deps.projection.name} and c.partition = ${deps.partition}
+            and (old.stream = '' or regexp_replace(old.stream, '@[^@]*$', '') = ${deps.stream})
           returning c.seq, old.stream as previous, old.seq as previous_seq`,
     )
+    if (!row) {
+      // A checkpoint of another stream name is not a recreated stream: another deployment (or this
+      // one started with another FANFARE_STREAM) shares the database. Resetting it would apply
+      // every event of the other stream again once it runs.
+      const [other] = await rowsOf<{ stream: string }>(
+        deps.db,
+        sql`select stream from ${projectionCheckpoints} where projection = ${deps.projection.name} and partition = ${deps.partition}`,
+      )
+      if (other) throw new StreamChanged(deps.stream, [other.stream.replace(/@[^@]*$/, '')])
+    }
     if (row && row.previous !== '' && row.previous !== stream) {
       log.error(
         { previousStream: row.previous, previousSeq: Number(row.previous_seq), stream },
@@ -398,7 +410,7 @@ export function startRunner(deps: RunnerDeps): Runner {
           deps.onFenced()
           break
         }
-        if (err instanceof FatalBatchError || isProgrammingError(err) || (isDbError(err) && !isTransientDbError(err))) {
+        if (err instanceof FatalBatchError || err instanceof StreamChanged || isProgrammingError(err) || (isDbError(err) && !isTransientDbError(err))) {
           const cause = err instanceof FatalBatchError ? err.cause : err
           log.fatal({ err: cause, ...(err instanceof FatalBatchError ? err.first : {}) }, 'runner failed with an error retrying cannot fix')
           abort.abort()

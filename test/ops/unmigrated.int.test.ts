@@ -1,0 +1,80 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect } from '@nats-io/transport-node'
+import postgres from 'postgres'
+import { loadConfig } from '../../core/config'
+import { deploymentStreams, topology } from '../../core/nats'
+import { TEST_NATS_URL, TEST_PG_URL } from '../../core/testing/env'
+import { freePort, ROOT, spawnProc, waitReady } from '../e2e/harness'
+
+// An API node or a worker started on a database `npm run migrate` has not prepared (a new
+// deployment whose migrate job has not run yet, or a new version before its migrations): it must
+// stop at once with a message naming the fix, not crash on a raw SQL error (or run half-working).
+const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`
+const dbName = `fanfare_t_nomig_${id}`
+const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} })
+const url = new URL(TEST_PG_URL)
+url.pathname = `/${dbName}`
+const vars = {
+  DATABASE_URL: url.toString(),
+  NATS_URL: TEST_NATS_URL,
+  FANFARE_STREAM: `T_${id}`,
+  FANFARE_SUBJECT_PREFIX: `t_${id}`,
+  FANFARE_INGEST_TOKEN: `ingest-token-${id}`,
+  FANFARE_ADMIN_TOKEN: `admin-token-${id}`,
+  FANFARE_JWT_SECRET: `jwt-secret-${id}-0123456789abcdef`,
+  LOG_LEVEL: 'warn',
+  FANFARE_LOG_FORMAT: 'json',
+}
+
+beforeAll(async () => {
+  await admin.unsafe(`CREATE DATABASE ${dbName}`)
+})
+afterAll(async () => {
+  await admin.unsafe(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`)
+  await admin.end()
+  const nc = await connect({ servers: TEST_NATS_URL })
+  const jsm = await jetstreamManager(nc)
+  for (const s of deploymentStreams(topology(loadConfig(vars)))) await jsm.streams.delete(s).catch(() => {})
+  await nc.close()
+})
+
+const start = async (entry: string) => {
+  const proc = Bun.spawn([process.execPath, entry], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH, ...vars, PORT: String(await freePort()), HOST: '127.0.0.1' },
+    stdout: 'pipe',
+    stderr: 'pipe',
+  })
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000)
+  const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+  clearTimeout(timer)
+  return { code, output: out + err }
+}
+
+describe('a node started before npm run migrate', () => {
+  for (const [name, entry] of [
+    ['API node', 'api/src/main.ts'],
+    ['stream workers', 'stream-workers/src/main.ts'],
+  ] as const) {
+    test(`${name}: exits non-zero within seconds, saying to run npm run migrate`, async () => {
+      const r = await start(entry)
+      expect(r.code).not.toBe(0)
+      expect(r.code).not.toBe(137) // still running after 15 s
+      expect(r.output).toContain('not migrated')
+      expect(r.output).toContain('npm run migrate')
+    }, 30_000)
+  }
+
+  test('once migrated, the same API node starts and is ready', async () => {
+    const m = Bun.spawn([process.execPath, 'core/db/migrate-cli.ts'], { cwd: ROOT, env: { PATH: process.env.PATH, ...vars }, stdout: 'ignore', stderr: 'ignore' })
+    expect(await m.exited).toBe(0)
+    const port = await freePort()
+    const api = spawnProc('api', 'api/src/main.ts', { ...vars, PORT: String(port), HOST: '127.0.0.1' })
+    try {
+      await waitReady(`http://127.0.0.1:${port}`, [api])
+    } finally {
+      expect(await api.stop()).toBe(0)
+    }
+  }, 60_000)
+})
