@@ -42,6 +42,27 @@ const ident = (name: string) => {
   return name
 }
 
+/** The advisory lock that orders the start of a rebuild of `projection` against replays of its dead letters. */
+const rebuildLockKey = (projection: ProjectionName) => sql`hashtext(${`fanfare.rebuild.${projection}`})`
+
+/**
+ * Inside a dead-letter replay's transaction, before it writes: the shadow schemas of `projection`
+ * not yet switched in (a schema `rebuild_*` that holds its read tables; the switch moves them to
+ * public, so a switched-in rebuild is not listed). A replay must not apply while there is one: the
+ * switch would replace the live model, the replay's effect with it, and bring back the shadow's
+ * dead letter of the event if the shadow had read it before the fix. The shared lock makes this
+ * sound: a shadow is created under the exclusive lock (createShadow), so either the replay commits
+ * before the shadow exists and reads anything, or the replay sees it.
+ */
+export async function rebuildsInProgress(tx: Tx, projection: ProjectionName): Promise<string[]> {
+  const targets = rebuildTargets[projection]
+  if (!targets) return []
+  await tx.execute(sql`select pg_advisory_xact_lock_shared(${rebuildLockKey(projection)})`)
+  const tables = sql.join(targets.tables.map((t) => sql`${t}`), sql`, `)
+  const rows = await rowsOf<{ name: string }>(tx, sql`select distinct schemaname as name from pg_tables where schemaname like ${'rebuild\\_%'} and tablename in (${tables}) order by 1`)
+  return rows.map((r) => r.name)
+}
+
 /** `rebuild_<job id>_<attempt>`: each attempt builds in its own schema, so a stale one cannot touch it. */
 export const shadowSchemaName = (jobId: string, attempt: number) => ident(`rebuild_${jobId}_${attempt}`)
 
@@ -52,6 +73,8 @@ export const shadowSchemaName = (jobId: string, attempt: number) => ident(`rebui
  */
 export async function createShadow(db: Db, schema: string, projection: ProjectionName): Promise<void> {
   await db.transaction(async (tx) => {
+    // Waits for replays of the projection's dead letters in flight (see rebuildsInProgress).
+    await tx.execute(sql`select pg_advisory_xact_lock(${rebuildLockKey(projection)})`)
     await tx.execute(sql.raw(`DROP SCHEMA IF EXISTS ${ident(schema)} CASCADE`))
     await tx.execute(sql.raw(`CREATE SCHEMA ${ident(schema)}`))
     for (const table of [...rebuildTargets[projection].tables, ...bookkeepingTables]) await copyTable(tx, schema, table)
