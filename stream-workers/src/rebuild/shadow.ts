@@ -173,14 +173,27 @@ export async function lockDeadLetters(tx: Tx, projection: ProjectionName): Promi
  * Inside the switch transaction: the projection's live dead letters of the stream positions the
  * shadow read (`fromSeq` to `toSeq`) give way to the shadow's. The shadow ran every one of those
  * messages through today's code: one it applied must not stay a dead letter (a replay would apply
- * it twice), one that still fails is a dead letter again, with today's reason.
+ * it twice), one that still fails is a dead letter again, with today's reason. A live dead letter
+ * whose message still fails keeps its id (and its first failure's time), so an admin told to
+ * replay it after the switch (409 `rebuild_in_progress`) can use the id they have.
  */
 export async function replaceDeadLetters(tx: Tx, opts: { shadow: string; projection: ProjectionName; fromSeq: number; toSeq: number }): Promise<void> {
   const { projection, fromSeq, toSeq } = opts
-  await tx.execute(sql`delete from public.dead_letters where projection = ${projection} and stream_seq between ${fromSeq} and ${toSeq}`)
+  const shadow = sql.raw(`${ident(opts.shadow)}.dead_letters`)
+  // Of the projection, in the positions the shadow read; `t` is the table's alias.
+  const read = (t: 'd' | 's') => sql`${sql.raw(t)}.projection = ${projection} and ${sql.raw(t)}.stream_seq between ${fromSeq} and ${toSeq}`
+  await tx.execute(
+    sql`delete from public.dead_letters d where ${read('d')}
+        and not exists (select 1 from ${shadow} s where ${read('s')} and s.stream_seq = d.stream_seq)`,
+  )
+  await tx.execute(
+    sql`update public.dead_letters d set partition = s.partition, subject = s.subject, event_id = s.event_id, reason = s.reason, payload = s.payload
+        from ${shadow} s where ${read('d')} and ${read('s')} and s.stream_seq = d.stream_seq`,
+  )
   await tx.execute(
     sql`insert into public.dead_letters (projection, partition, stream_seq, subject, event_id, reason, payload, created_at)
         select projection, partition, stream_seq, subject, event_id, reason, payload, created_at
-        from ${sql.raw(`${ident(opts.shadow)}.dead_letters`)} where projection = ${projection} and stream_seq between ${fromSeq} and ${toSeq} order by id`,
+        from ${shadow} s where ${read('s')}
+        and not exists (select 1 from public.dead_letters d where ${read('d')} and d.stream_seq = s.stream_seq) order by id`,
   )
 }
