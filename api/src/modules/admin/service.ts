@@ -83,7 +83,7 @@ export async function replayDeadLetter(deps: { config: Config; db: Db; nc: NatsC
   }
   if (reply.outcome === 'not_found') throw new NotFound('unknown_dead_letter', `no dead letter ${letter.id} (replayed or discarded already?)`)
   if (reply.outcome === 'unavailable' && reply.code === 'rebuild_in_progress') {
-    throw new Conflict('rebuild_in_progress', `dead letter ${letter.id} was not replayed: ${reply.message} (GET /admin/projections/${letter.projection}/rebuild says when: state done; the dead letter is then the rebuild's, with a new id: find it by its event id)`, {
+    throw new Conflict('rebuild_in_progress', `dead letter ${letter.id} was not replayed: ${reply.message} (GET /admin/projections/${letter.projection}/rebuild says when: state done); if the rebuild still refuses the event, this dead letter stays, with the same id`, {
       projection: letter.projection,
     })
   }
