@@ -23,5 +23,9 @@ export type ReplayReply =
   | { outcome: 'still_failing'; reason: string }
   /** No such dead letter (already replayed or discarded). */
   | { outcome: 'not_found' }
-  /** Not now (the runner is starting, or lost the partition): nothing changed; try again. */
-  | { outcome: 'unavailable'; message: string }
+  /**
+   * Not now: nothing changed; try again. Without a code, the runner is starting or lost the
+   * partition (try again now). `rebuild_in_progress`: a rebuild of the projection has not switched
+   * in yet, and its switch would undo the replay (try again after it).
+   */
+  | { outcome: 'unavailable'; message: string; code?: 'rebuild_in_progress' }

@@ -15,6 +15,8 @@ import type { Workers } from '../../stream-workers/src/workers'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
 import type { Projection } from '../../stream-workers/src/projections/types'
+import { projections } from '../../stream-workers/src/projections'
+import { keyOf, partitionOf } from '../../core/events'
 
 let h: ApiHarness | undefined
 let closers: (() => Promise<void>)[] = []
@@ -456,5 +458,85 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const dead = await hh.database.db.select().from(deadLetters)
     expect(dead.map((d) => [d.projection, d.eventId, Number(d.streamSeq)])).toEqual([['leaderboards', bomb!.id, bomb!.seq]])
     expect(dead[0].reason).toContain('22P02')
+  }, 40_000)
+})
+
+describe('a dead-letter replay during a rebuild', () => {
+  test("is 409 rebuild_in_progress while the shadow is being built (the switch would undo its 200); after the switch the same dead letter replays once", async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    const admin = { token: hh.adminToken }
+    // Sum: an event applied twice, or lost, shows in the total.
+    expect((await hh.call('PUT', '/admin/leaderboards/tot', { ...admin, body: { operator: 'sum' } })).status).toBe(200)
+    // The "bug": player `bug`'s scores are refused while `broken` is set, by live runners and shadow alike.
+    let broken = true
+    const buggy: Projection = {
+      ...leaderboardsProjection,
+      apply: async (db, events) => {
+        const bad = broken ? events.filter((e) => (e.event.data as { player?: string }).player === 'bug') : []
+        const applied = await leaderboardsProjection.apply(db, events.filter((e) => !bad.includes(e)))
+        return { ...applied, refused: [...(applied.refused ?? []), ...bad.map((e) => ({ seq: e.seq, reason: 'bug 7' }))] }
+      },
+    }
+    const worker = await startTestWorker(hh.env, { projections: projections.map((p) => (p.name === buggy.name ? buggy : p)) })
+    closers.push(() => worker.stop())
+    const sent = await sendBatch(hh, 20)
+    const r = await hh.call('POST', '/v1/events', { token: hh.ingestToken, body: { type: 'score.submitted', data: { board: 'tot', player: 'bug', score: 5 } } })
+    expect(r.status).toBe(202)
+    const bug: Sent = { id: r.json.results[0].id, type: 'score.submitted', data: { board: 'tot', player: 'bug', score: 5 }, seq: r.json.results[0].seq }
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    const [live] = await hh.database.db.select().from(deadLetters)
+    expect(live).toMatchObject({ eventId: bug.id, reason: 'bug 7' })
+    // The last event in the other partition: the switch then moves the bug's partition's checkpoint
+    // past what its idle runner last saw, and the replay after the switch must still apply.
+    const other = Array.from({ length: 20 }, (_, i) => ({ board: 'tot', player: `o${i}`, score: 1 })).find(
+      (data) => partitionOf(keyOf({ type: 'score.submitted', data }), 2) !== live.partition,
+    )!
+    const o = await hh.call('POST', '/v1/events', { token: hh.ingestToken, body: { type: 'score.submitted', data: other } })
+    expect(o.status).toBe(202)
+    sent.push({ id: o.json.results[0].id, type: 'score.submitted', data: other, seq: o.json.results[0].seq })
+    await caughtUp(hh)
+
+    // The shadow reads the bug's event while it is still broken (a dead letter of the shadow);
+    // then the bug is fixed and an admin replays the live dead letter, before the switch.
+    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => db.close())
+    let during: { status: number; code?: string } | undefined
+    await runRebuild(
+      {
+        config: hh.env.config,
+        db: db.db,
+        js: jetstream(hh.nc),
+        logger: createLogger('silent'),
+        projection: buggy,
+        progress: async (p) => {
+          if (during || p.appliedSeq < bug.seq) return
+          broken = false
+          const replay = await hh.call('POST', `/admin/dead-letters/${live.id}/replay`, admin)
+          during = { status: replay.status, code: replay.json.error?.code }
+        },
+        signal: new AbortController().signal,
+      },
+      { id: 'replayduring', attempt: 1 },
+    )
+    const entryOfBug = async () => (await hh.database.db.select().from(leaderboardEntries)).find((e) => e.player === 'bug')?.score
+    const letters = await hh.database.db.select().from(deadLetters)
+    // Refused, so nothing an admin was told had applied is undone by the switch: the event is
+    // still a dead letter (the rebuild's) and not in the model.
+    expect({ during, applied: await entryOfBug(), deadLetters: letters.map((d) => d.eventId) }).toEqual({
+      during: { status: 409, code: 'rebuild_in_progress' },
+      applied: undefined,
+      deadLetters: [bug.id],
+    })
+    // After the switch, the same dead letter (it kept its id) replays and applies once.
+    expect(letters[0].id).toBe(live.id)
+    const after = await hh.call('POST', `/admin/dead-letters/${live.id}/replay`, admin)
+    expect([after.status, after.json.outcome]).toEqual([200, 'replayed'])
+    expect(await entryOfBug()).toBe(5)
+    expect(await hh.database.db.select().from(deadLetters)).toEqual([])
+    sent.push(bug, ...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, { tot: 'sum' }).entries)
   }, 40_000)
 })

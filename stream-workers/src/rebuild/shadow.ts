@@ -42,6 +42,27 @@ const ident = (name: string) => {
   return name
 }
 
+/** The advisory lock that orders the start of a rebuild of `projection` against replays of its dead letters. */
+const rebuildLockKey = (projection: ProjectionName) => sql`hashtext(${`fanfare.rebuild.${projection}`})`
+
+/**
+ * Inside a dead-letter replay's transaction, before it writes: the shadow schemas of `projection`
+ * not yet switched in (a schema `rebuild_*` that holds its read tables; the switch moves them to
+ * public, so a switched-in rebuild is not listed). A replay must not apply while there is one: the
+ * switch would replace the live model, the replay's effect with it, and bring back the shadow's
+ * dead letter of the event if the shadow had read it before the fix. The shared lock makes this
+ * sound: a shadow is created under the exclusive lock (createShadow), so either the replay commits
+ * before the shadow exists and reads anything, or the replay sees it.
+ */
+export async function rebuildsInProgress(tx: Tx, projection: ProjectionName): Promise<string[]> {
+  const targets = rebuildTargets[projection]
+  if (!targets) return []
+  await tx.execute(sql`select pg_advisory_xact_lock_shared(${rebuildLockKey(projection)})`)
+  const tables = sql.join(targets.tables.map((t) => sql`${t}`), sql`, `)
+  const rows = await rowsOf<{ name: string }>(tx, sql`select distinct schemaname as name from pg_tables where schemaname like ${'rebuild\\_%'} and tablename in (${tables}) order by 1`)
+  return rows.map((r) => r.name)
+}
+
 /** `rebuild_<job id>_<attempt>`: each attempt builds in its own schema, so a stale one cannot touch it. */
 export const shadowSchemaName = (jobId: string, attempt: number) => ident(`rebuild_${jobId}_${attempt}`)
 
@@ -52,6 +73,8 @@ export const shadowSchemaName = (jobId: string, attempt: number) => ident(`rebui
  */
 export async function createShadow(db: Db, schema: string, projection: ProjectionName): Promise<void> {
   await db.transaction(async (tx) => {
+    // Waits for replays of the projection's dead letters in flight (see rebuildsInProgress).
+    await tx.execute(sql`select pg_advisory_xact_lock(${rebuildLockKey(projection)})`)
     await tx.execute(sql.raw(`DROP SCHEMA IF EXISTS ${ident(schema)} CASCADE`))
     await tx.execute(sql.raw(`CREATE SCHEMA ${ident(schema)}`))
     for (const table of [...rebuildTargets[projection].tables, ...bookkeepingTables]) await copyTable(tx, schema, table)
@@ -150,14 +173,27 @@ export async function lockDeadLetters(tx: Tx, projection: ProjectionName): Promi
  * Inside the switch transaction: the projection's live dead letters of the stream positions the
  * shadow read (`fromSeq` to `toSeq`) give way to the shadow's. The shadow ran every one of those
  * messages through today's code: one it applied must not stay a dead letter (a replay would apply
- * it twice), one that still fails is a dead letter again, with today's reason.
+ * it twice), one that still fails is a dead letter again, with today's reason. A live dead letter
+ * whose message still fails keeps its id (and its first failure's time), so an admin told to
+ * replay it after the switch (409 `rebuild_in_progress`) can use the id they have.
  */
 export async function replaceDeadLetters(tx: Tx, opts: { shadow: string; projection: ProjectionName; fromSeq: number; toSeq: number }): Promise<void> {
   const { projection, fromSeq, toSeq } = opts
-  await tx.execute(sql`delete from public.dead_letters where projection = ${projection} and stream_seq between ${fromSeq} and ${toSeq}`)
+  const shadow = sql.raw(`${ident(opts.shadow)}.dead_letters`)
+  // Of the projection, in the positions the shadow read; `t` is the table's alias.
+  const read = (t: 'd' | 's') => sql`${sql.raw(t)}.projection = ${projection} and ${sql.raw(t)}.stream_seq between ${fromSeq} and ${toSeq}`
+  await tx.execute(
+    sql`delete from public.dead_letters d where ${read('d')}
+        and not exists (select 1 from ${shadow} s where ${read('s')} and s.stream_seq = d.stream_seq)`,
+  )
+  await tx.execute(
+    sql`update public.dead_letters d set partition = s.partition, subject = s.subject, event_id = s.event_id, reason = s.reason, payload = s.payload
+        from ${shadow} s where ${read('d')} and ${read('s')} and s.stream_seq = d.stream_seq`,
+  )
   await tx.execute(
     sql`insert into public.dead_letters (projection, partition, stream_seq, subject, event_id, reason, payload, created_at)
         select projection, partition, stream_seq, subject, event_id, reason, payload, created_at
-        from ${sql.raw(`${ident(opts.shadow)}.dead_letters`)} where projection = ${projection} and stream_seq between ${fromSeq} and ${toSeq} order by id`,
+        from ${shadow} s where ${read('s')}
+        and not exists (select 1 from public.dead_letters d where ${read('d')} and d.stream_seq = s.stream_seq) order by id`,
   )
 }

@@ -5,6 +5,7 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import { parseReplaySubject, replaySubjects, type ReplayReply, type ReplayRequest } from '../../../core/dead-letters'
 import type { Logger } from '../../../core/logger'
 import type { BatchOwner } from './batch'
+import { rebuildsInProgress } from '../rebuild/shadow'
 import { applyOneByOne } from './one-by-one'
 import type { OutboxEvent, OutboxRun } from './outbox'
 
@@ -15,7 +16,8 @@ import type { OutboxEvent, OutboxRun } from './outbox'
  * together, or, if the message still cannot apply, only its new reason. The caller is the runner
  * that owns the partition, between its batches: `expected` is its checkpoint, which stays where it
  * is (the runner's next batch guard still holds); a stale owner is refused by the fence, like any
- * of its batches (FencedError).
+ * of its batches (FencedError). While a rebuild of the projection has a shadow not yet switched in,
+ * nothing is written: `unavailable` with code `rebuild_in_progress` (see rebuildsInProgress).
  */
 export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: number, id: number, now: Date): Promise<{ reply: ReplayReply; runs: OutboxRun[]; events: OutboxEvent[] }> {
   return db.transaction(async (tx) => {
@@ -23,6 +25,12 @@ export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: numb
     if (!row) return { reply: { outcome: 'not_found' }, runs: [], events: [] }
     if (row.projection !== owner.projection.name || row.partition !== owner.partition) {
       return { reply: { outcome: 'unavailable', message: `dead letter ${id} belongs to ${row.projection}/${row.partition}, not this runner` }, runs: [], events: [] }
+    }
+    // A rebuild of this projection not yet switched in would replace what the replay applies.
+    const shadows = await rebuildsInProgress(tx, owner.projection.name)
+    if (shadows.length > 0) {
+      const message = `a rebuild of ${owner.projection.name} is in progress (${shadows.join(', ')}): its switch replaces the live model and its dead letters, so a replay now would be undone; replay after the rebuild switches in`
+      return { reply: { outcome: 'unavailable', code: 'rebuild_in_progress', message }, runs: [], events: [] }
     }
     const message = { subject: row.subject, seq: row.streamSeq, body: new TextEncoder().encode(row.payload), storedAt: row.createdAt }
     // Through applyOneByOne, as a batch of one: if Postgres refuses its data, the statement is

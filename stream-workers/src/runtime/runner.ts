@@ -13,7 +13,7 @@ import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOw
 import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { applyOrOneByOne } from './one-by-one'
-import { dbErrorSummary, FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
+import { CheckpointMovedError, dbErrorSummary, FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import type { AckedPublisher } from '../../../core/acked-publish'
 import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
@@ -171,7 +171,18 @@ export function startRunner(deps: RunnerDeps): Runner {
     if (!stream || abort.signal.aborted) return { outcome: 'unavailable', message: 'the runner is starting or stopping' }
     try {
       const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
-      const { reply, runs, events } = await exclusive(() => replayDeadLetter(deps.db, owner, checkpoint, id, now()))
+      const { reply, runs, events } = await exclusive(async () => {
+        try {
+          return await replayDeadLetter(deps.db, owner, checkpoint, id, now())
+        } catch (err) {
+          // A rebuild's switch moved the checkpoint past what this runner last saw (an idle runner
+          // only notices at its next batch, which re-reads it). The replay does not depend on the
+          // position (batches are kept out by the turn, other owners by the fence): it applies at
+          // the checkpoint as it is, and `checkpoint` stays as this runner's consumer knows it.
+          if (err instanceof CheckpointMovedError && err.actual !== undefined) return replayDeadLetter(deps.db, owner, err.actual, id, now())
+          throw err
+        }
+      })
       log.info({ deadLetter: id, outcome: reply.outcome }, 'dead letter replayed')
       if (runs.length > 0 || events.length > 0) {
         if (publishing) await publishing

@@ -133,6 +133,8 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
     const again = letters.find((d) => d.eventId === stillBroken)!
     expect(again.reason).toMatch(/^bug 42/)
     expect(again.reason).not.toBe(before.reason)
+    // Still failing, it is the same dead letter: the id an admin holds still replays it.
+    expect(again.id).toBe(before.id)
     // Applied once by the rebuild; replaying the old dead letter cannot apply it again.
     expect((await board()).find((e) => e.player === 'cy')?.score).toBe(4)
     expect((await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())).status).toBe(404)

@@ -245,7 +245,8 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
             'The worker that owns its projection and partition runs the stored message through the projection again, between its batches. ' +
             'If it applies, the read model changes, its channels get the change, and the dead letter is deleted, all in one transaction: exactly once, however often the request is repeated (a repeat is 404). ' +
             'It applies now, after the events that followed it in the stream. ' +
-            '409 still_failing: it still cannot apply; the dead letter stays, with the new reason. 404 unknown_dead_letter. ' +
+            '409 still_failing: it still cannot apply; the dead letter stays, with the new reason. ' +
+            '409 rebuild_in_progress: a rebuild of its projection has not switched in yet (its switch would undo the replay); nothing changed, replay after the switch (a dead letter the rebuild still refuses keeps its id; one it applied is gone, 404). 404 unknown_dead_letter. ' +
             '503 no_worker (no worker runs) or replay_unavailable (the owner did not answer in 15 s, or could not do it now: try again; a repeat is 404 if it had applied).',
         },
       },

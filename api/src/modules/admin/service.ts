@@ -65,7 +65,8 @@ export async function getDeadLetter(db: Db, id: number): Promise<DeadLetter> {
 /**
  * Asks the worker that owns the dead letter's projection and partition to run it through the
  * projection again (see stream-workers/src/runtime/replay.ts): `replayed` (applied once and
- * deleted) or `still_failing` (kept, with the new reason). 404 when it is gone; 503 when no worker
+ * deleted) or `still_failing` (kept, with the new reason). 404 when it is gone; 409
+ * `rebuild_in_progress` while a rebuild of the projection has not switched in; 503 when no worker
  * holds the partition, or the owner could not do it now (nothing changed: try again).
  */
 export async function replayDeadLetter(deps: { config: Config; db: Db; nc: NatsConnection }, letter: DeadLetter): Promise<Extract<ReplayReply, { outcome: 'replayed' | 'still_failing' }>> {
@@ -81,6 +82,11 @@ export async function replayDeadLetter(deps: { config: Config; db: Db; nc: NatsC
     throw new Unavailable(`the replay of dead letter ${letter.id} got no answer: ${(err as Error).message}`, 'replay_unavailable')
   }
   if (reply.outcome === 'not_found') throw new NotFound('unknown_dead_letter', `no dead letter ${letter.id} (replayed or discarded already?)`)
+  if (reply.outcome === 'unavailable' && reply.code === 'rebuild_in_progress') {
+    throw new Conflict('rebuild_in_progress', `dead letter ${letter.id} was not replayed: ${reply.message} (GET /admin/projections/${letter.projection}/rebuild says when: state done); if the rebuild still refuses the event, this dead letter stays, with the same id`, {
+      projection: letter.projection,
+    })
+  }
   if (reply.outcome === 'unavailable') throw new Unavailable(`dead letter ${letter.id} could not be replayed now: ${reply.message}; nothing changed, try again`, 'replay_unavailable')
   return reply
 }
