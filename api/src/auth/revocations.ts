@@ -108,12 +108,14 @@ export async function startRevocations(deps: {
       return p.jti !== undefined && tokens.has(p.jti)
     },
     async revokeUser(user, by) {
-      const before = now()
-      await deps.db
+      // The cut-off is the later of this node's clock and Postgres' (one clock for every node): a
+      // node whose clock is slow would otherwise leave the tokens issued in its lag working.
+      const [row] = await deps.db
         .insert(userRevocations)
-        .values({ userId: user, revokedBefore: new Date(before), revokedBy: by })
+        .values({ userId: user, revokedBefore: sql`greatest(now(), ${new Date(now()).toISOString()}::timestamptz)`, revokedBy: by })
         .onConflictDoUpdate({ target: userRevocations.userId, set: { revokedBefore: sql`greatest(${userRevocations.revokedBefore}, excluded.revoked_before)`, revokedBy: by } })
-      const r: Revocation = { kind: 'user', user, before }
+        .returning({ before: userRevocations.revokedBefore })
+      const r: Revocation = { kind: 'user', user, before: row.before.getTime() }
       await announce(r)
       return r
     },
