@@ -18,9 +18,10 @@ export type TestEnv = {
 
 /**
  * A fresh, migrated Postgres database and a unique stream name and subject prefix, so tests
- * never see each other's data. `overrides` are extra environment variables.
+ * never see each other's data. `overrides` are extra environment variables; `migrated: false`
+ * leaves the database empty (what a node started before `npm run migrate` meets).
  */
-export async function createTestEnv(overrides: Record<string, string> = {}): Promise<TestEnv> {
+export async function createTestEnv(overrides: Record<string, string> = {}, opts: { migrated?: boolean } = {}): Promise<TestEnv> {
   const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`
   const dbName = `fanfare_t_${id}`
   const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} })
@@ -40,9 +41,11 @@ export async function createTestEnv(overrides: Record<string, string> = {}): Pro
     ...overrides,
   }
   const config = loadConfig(vars)
-  const database = await connectPostgres(vars.DATABASE_URL, { max: 1 })
-  await migrate(database)
-  await database.close()
+  if (opts.migrated !== false) {
+    const database = await connectPostgres(vars.DATABASE_URL, { max: 1 })
+    await migrate(database)
+    await database.close()
+  }
   return {
     config,
     vars,

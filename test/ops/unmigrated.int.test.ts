@@ -1,42 +1,19 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { jetstreamManager } from '@nats-io/jetstream'
-import { connect } from '@nats-io/transport-node'
-import postgres from 'postgres'
-import { loadConfig } from '../../core/config'
-import { deploymentStreams, topology } from '../../core/nats'
-import { TEST_NATS_URL, TEST_PG_URL } from '../../core/testing/env'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, ROOT, spawnProc, waitReady } from '../e2e/harness'
 
 // An API node or a worker started on a database `npm run migrate` has not prepared (a new
 // deployment whose migrate job has not run yet, or a new version before its migrations): it must
 // stop at once with a message naming the fix, not crash on a raw SQL error (or run half-working).
-const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`
-const dbName = `fanfare_t_nomig_${id}`
-const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} })
-const url = new URL(TEST_PG_URL)
-url.pathname = `/${dbName}`
-const vars = {
-  DATABASE_URL: url.toString(),
-  NATS_URL: TEST_NATS_URL,
-  FANFARE_STREAM: `T_${id}`,
-  FANFARE_SUBJECT_PREFIX: `t_${id}`,
-  FANFARE_INGEST_TOKEN: `ingest-token-${id}`,
-  FANFARE_ADMIN_TOKEN: `admin-token-${id}`,
-  FANFARE_JWT_SECRET: `jwt-secret-${id}-0123456789abcdef`,
-  LOG_LEVEL: 'warn',
-  FANFARE_LOG_FORMAT: 'json',
-}
+let env: TestEnv
+let vars: Record<string, string>
 
 beforeAll(async () => {
-  await admin.unsafe(`CREATE DATABASE ${dbName}`)
+  env = await createTestEnv({ FANFARE_LOG_FORMAT: 'json' }, { migrated: false })
+  vars = env.vars
 })
 afterAll(async () => {
-  await admin.unsafe(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`)
-  await admin.end()
-  const nc = await connect({ servers: TEST_NATS_URL })
-  const jsm = await jetstreamManager(nc)
-  for (const s of deploymentStreams(topology(loadConfig(vars)))) await jsm.streams.delete(s).catch(() => {})
-  await nc.close()
+  await env?.cleanup()
 })
 
 const start = async (entry: string) => {
