@@ -6,6 +6,7 @@ import { resolve } from 'node:path'
 import { connectPostgres, type Database } from '../../core/db/client'
 import { deadLetters } from '../../core/db/schema'
 import { contracts, keyOf, partitionOf, subjects, type StoredEvent } from '../../core/events'
+import { readsForward } from '../browser'
 import { startDeployment, type Deployment } from '../sdk/deployment'
 
 /** Debian's chromium (installed by .ci/run), or CHROMIUM_PATH. */
@@ -186,22 +187,8 @@ describe('the admin console in Chromium', () => {
     await tab('keys')
     const revoked = byTest('revocations').locator('li', { hasText: 'user.revoked' }).first()
     await revoked.waitFor({ timeout: 15_000 })
-    const byReadsForward = await revoked.evaluate((li) => {
-      // " by admin" must read left to right, whatever the user id before it holds.
-      const walker = document.createTreeWalker(li, NodeFilter.SHOW_TEXT)
-      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
-        const at = n.textContent!.indexOf(' by ')
-        if (at < 0) continue
-        const x = (i: number) => {
-          const r = document.createRange()
-          r.setStart(n!, i)
-          r.setEnd(n!, i + 1)
-          return r.getBoundingClientRect().x
-        }
-        return x(at + 1) < x(at + 2)
-      }
-      return null
-    })
+    // " by admin" must read left to right, whatever the user id before it holds.
+    const byReadsForward = await readsForward(revoked, ' by ', { from: 1 })
     expect(byReadsForward).toBe(true)
     expect(await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)).toBeLessThanOrEqual(0)
     await tab('audit')

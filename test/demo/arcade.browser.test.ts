@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { existsSync, mkdirSync } from 'node:fs'
 import { resolve } from 'node:path'
+import { readsForward } from '../browser'
 import { startDeployment, type Deployment } from '../sdk/deployment'
 
 /** Debian's chromium (installed by .ci/run), or CHROMIUM_PATH. */
@@ -174,22 +175,8 @@ describe('the arcade demo in Chromium', () => {
     await page.getByTestId('match-status').filter({ hasText: 'finished: 1. ' }).waitFor({ timeout: 15_000 })
     const [result] = ((await d.call('GET', `/v1/matches/${match}`)).json as { results: { player: string; score: number }[] }).results
     expect(result.player).toBe(player)
-    const scoreReadsForward = await page.getByTestId('match-status').evaluate((p, score) => {
-      // The space before the score must sit left of it, as it would without the player's override.
-      const walker = document.createTreeWalker(p, NodeFilter.SHOW_TEXT)
-      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
-        const at = n.textContent!.lastIndexOf(` ${score}`)
-        if (at < 0) continue
-        const x = (i: number) => {
-          const r = document.createRange()
-          r.setStart(n!, i)
-          r.setEnd(n!, i + 1)
-          return r.getBoundingClientRect().x
-        }
-        return x(at) < x(at + 1)
-      }
-      return null
-    }, String(result.score))
+    // The space before the score must sit left of it, as it would without the player's override.
+    const scoreReadsForward = await readsForward(page.getByTestId('match-status'), ` ${result.score}`, { from: 0, last: true })
     expect(scoreReadsForward).toBe(true)
     expect(fay.problems).toEqual([])
   }, 60_000)

@@ -1,0 +1,28 @@
+import type { Locator } from 'playwright-core'
+
+/**
+ * Whether, in the first text node under `locator` holding `needle` (its last occurrence with
+ * `last`), the needle's characters `from` and `from + 1` are laid out left to right: false when a
+ * right-to-left override in the text before them turned them around; null when no text node holds it.
+ */
+export function readsForward(locator: Locator, needle: string, opts: { from: number; last?: boolean }): Promise<boolean | null> {
+  return locator.evaluate(
+    (el, { needle, from, last }) => {
+      const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT)
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        const text = n.textContent!
+        const at = last ? text.lastIndexOf(needle) : text.indexOf(needle)
+        if (at < 0) continue
+        const x = (i: number) => {
+          const r = document.createRange()
+          r.setStart(n!, i)
+          r.setEnd(n!, i + 1)
+          return r.getBoundingClientRect().x
+        }
+        return x(at + from) < x(at + from + 1)
+      }
+      return null
+    },
+    { needle, from: opts.from, last: opts.last ?? false },
+  )
+}
