@@ -288,14 +288,19 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
         expect([name, channel, 'answers', log.answers.length]).toEqual([name, channel, 'answers', s.connections.length])
       }
     }
-    // The stalled one was cut as a slow consumer, resumed on the other node, was sent the quiet
-    // board's changes it missed, and a resync snapshot of each busy board.
+    // The stalled one was cut as a slow consumer, resumed on the other node and was sent the quiet
+    // board's changes it missed. Each busy board is answered with a resync snapshot, or with a
+    // replay when the cut came later than the test saw (the 4008 it counted was another
+    // subscriber's, and the stalled one was cut while the busy boards moved on: it then held
+    // versions within a replay's reach; CI at facd9f2 saw both busy boards replayed). Either answer
+    // is checked gap-free and equal to Postgres above; a resync snapshot not marked so is a problem.
     const [cut, next] = stalled!.connections
     expect(cut.closed?.code).toBe(4008)
     expect(next?.url).toBeDefined()
     expect(next.url).not.toBe(cut.url)
-    const answers = channels.map((c) => `${c}: ${stalled!.logs.get(c)!.answers.slice(0, 2).join(', ')}`)
-    expect(answers).toEqual([...busyChannels.map((c) => `${c}: snapshot, resync`), `${quietChannel}: snapshot, subscribed`])
+    const answerOf = (c: string) => stalled!.logs.get(c)!.answers.slice(0, 2).join(', ')
+    for (const c of busyChannels) expect(['snapshot, resync', 'snapshot, subscribed']).toContain(answerOf(c))
+    expect(answerOf(quietChannel)).toBe('snapshot, subscribed')
 
     // What the processes did about it (warnings they logged).
     const count = (ps: Proc[], pattern: RegExp) => ps.reduce((n, p) => n + p.output().split('\n').filter((l) => pattern.test(l)).length, 0)
