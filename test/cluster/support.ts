@@ -309,7 +309,10 @@ export type ChannelLog = {
  * filled the missed updates from a plain resync, and neither from a silent gap.
  *
  * `pause()` stops reading its current socket (the server sees TCP backpressure, as from a client
- * that cannot keep up); `resume()` reads again.
+ * that cannot keep up); `resume()` reads again. `holdReconnects()` makes its connection attempts
+ * fail (as a client whose network is down) until the function it returns is called, with the node
+ * the next connection must reach (attempts to the others go on failing): a test can then change
+ * channels while the subscriber is surely cut off, knowing the versions it holds.
  */
 export type Subscriber = {
   client: Client
@@ -321,20 +324,28 @@ export type Subscriber = {
   errors: string[]
   pause: () => void
   resume: () => void
+  holdReconnects: () => (to?: string) => void
 }
 
-export function subscriber(urls: string[], channels: string[], opts: { pingIntervalMs?: number } = {}): Subscriber {
+/** An address nothing listens on (the discard port): a connection attempt to it fails at once. */
+const UNREACHABLE = 'ws://127.0.0.1:9/v1/ws'
+
+export function subscriber(urls: string[], channels: string[], opts: { pingIntervalMs?: number; backoff?: { minMs?: number; maxMs?: number } } = {}): Subscriber {
   const logs = new Map<string, ChannelLog>()
   const errors: string[] = []
   const connections: Subscriber['connections'] = []
   const sockets: WebSocket[] = []
+  /** While set, only connection attempts it admits reach their node. */
+  let admits: ((url: string) => boolean) | undefined
   for (const channel of channels) logs.set(channel, { answers: [], nodeResyncs: 0, updateFrames: 0, applied: 0, problems: [] })
   // Update frames start `{"op":"update","channel":"<channel>",` (see the hub's frames): counted without parsing.
   const updatePrefixes = channels.map((channel) => [`{"op":"update","channel":${JSON.stringify(channel)},`, channel] as const)
 
   class TappedWebSocket extends WebSocket {
     constructor(url: string | URL, protocols?: string | string[]) {
-      super(url, protocols)
+      const through = !admits || admits(String(url))
+      if (through) admits = undefined
+      super(through ? url : UNREACHABLE, protocols)
       sockets.push(this)
       const answered = new Set<string>()
       this.addEventListener('message', (ev) => {
@@ -360,7 +371,7 @@ export function subscriber(urls: string[], channels: string[], opts: { pingInter
     }
   }
 
-  const client = createClient({ urls, WebSocket: TappedWebSocket, pingIntervalMs: opts.pingIntervalMs })
+  const client = createClient({ urls, WebSocket: TappedWebSocket, pingIntervalMs: opts.pingIntervalMs, backoff: opts.backoff })
   client.on('status', (s) => {
     if (s.state === 'connected') connections.push({ url: s.url })
     else if ((s.state === 'reconnecting' || s.state === 'closed') && connections.length > 0 && !connections.at(-1)!.closed) connections.at(-1)!.closed = s.reason
@@ -389,6 +400,10 @@ export function subscriber(urls: string[], channels: string[], opts: { pingInter
     errors,
     pause: () => void (sockets.at(-1) as unknown as { pause: () => boolean }).pause(),
     resume: () => void (sockets.at(-1) as unknown as { resume: () => boolean }).resume(),
+    holdReconnects: () => {
+      admits = () => false
+      return (to) => void (admits = to === undefined ? undefined : (url) => url.startsWith(to.replace(/^http/, 'ws')))
+    },
   }
 }
 
