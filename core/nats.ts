@@ -158,16 +158,19 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
   const t = topology(config)
   const num_replicas = config.FANFARE_REPLICAS
   const site = siteOf(config)
-  await checkEventStream(jsm, t)
-  await upsertStream(jsm, {
-    name: t.eventStream,
-    description: partitionsDescription(t.partitions),
-    subjects: [subjects.allEvents(t.prefix)],
-    duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
-    max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
-    num_replicas,
-    ...(site.kind === 'hub' && site.edges ? { sources: site.edges.map((d) => inDomain(t.eventStream, d)) } : {}),
-  })
+  await upsertStream(
+    jsm,
+    {
+      name: t.eventStream,
+      description: partitionsDescription(t.partitions),
+      subjects: [subjects.allEvents(t.prefix)],
+      duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
+      max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
+      num_replicas,
+      ...(site.kind === 'hub' && site.edges ? { sources: site.edges.map((d) => inDomain(t.eventStream, d)) } : {}),
+    },
+    checkEventStream(t),
+  )
   for (const kind of channelKinds) {
     const { size, ttlMs } = historyRetention(config, kind)
     if (site.kind === 'edge') {
@@ -236,22 +239,19 @@ export class SubjectPrefixChanged extends Error {
 
 /**
  * Refuses a config that would move an existing event stream's keys or subjects: a partition count
- * other than the one it records (a stream of a version that did not record it, or a new one, takes
- * the configured count), or another subject prefix.
+ * other than the one it records (a stream of a version that did not record it takes the configured
+ * count), or another subject prefix. Checked on the stream as found before it is updated, and so
+ * also on the stream another process created meanwhile (two processes starting at once on a new
+ * stream with different counts: the one whose create lost is refused).
  */
-async function checkEventStream(jsm: JetStreamManager, t: Topology): Promise<void> {
-  let config: StreamConfig
-  try {
-    config = (await jsm.streams.info(t.eventStream)).config
-  } catch (err) {
-    if (isNotFound(err)) return
-    throw err
+function checkEventStream(t: Topology): (existing: StreamConfig) => void {
+  return (config) => {
+    const recorded = recordedPartitions(config.description)
+    if (recorded !== undefined && recorded !== t.partitions) throw new PartitionsChanged(t.eventStream, recorded, t.partitions)
+    // A mirror (no subjects of its own) is not checked here.
+    const own = config.subjects ?? []
+    if (own.length > 0 && !(own.length === 1 && own[0] === subjects.allEvents(t.prefix))) throw new SubjectPrefixChanged(t.eventStream, own, t.prefix)
   }
-  const recorded = recordedPartitions(config.description)
-  if (recorded !== undefined && recorded !== t.partitions) throw new PartitionsChanged(t.eventStream, recorded, t.partitions)
-  // A mirror (no subjects of its own) is not checked here.
-  const own = config.subjects ?? []
-  if (own.length > 0 && !(own.length === 1 && own[0] === subjects.allEvents(t.prefix))) throw new SubjectPrefixChanged(t.eventStream, own, t.prefix)
 }
 
 /** Whether a stream exists; other errors (NATS unreachable) are thrown. */
@@ -265,9 +265,10 @@ export async function streamExists(jsm: JetStreamManager, name: string): Promise
   }
 }
 
-async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & { name: string }, attempt = 0): Promise<void> {
+async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & { name: string }, check?: (existing: StreamConfig) => void, attempt = 0): Promise<void> {
   try {
-    await jsm.streams.info(cfg.name)
+    const existing = await jsm.streams.info(cfg.name)
+    check?.(existing.config)
     await jsm.streams.update(cfg.name, cfg)
   } catch (err) {
     if (!isNotFound(err)) throw err
@@ -279,17 +280,20 @@ async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & 
       // "subjects overlap" (with the stream of the same name). Look again. A true overlap, with a
       // stream of another name, is thrown after the last look.
       const message = String(addErr)
-      if (message.includes('already in use')) return
+      if (message.includes('already in use')) {
+        if (!check || attempt >= 5) return
+        return upsertStream(jsm, cfg, check, attempt + 1)
+      }
       if (message.includes('subjects overlap') && attempt < 5) {
         await new Promise((r) => setTimeout(r, 100 * (attempt + 1)))
-        return upsertStream(jsm, cfg, attempt + 1)
+        return upsertStream(jsm, cfg, check, attempt + 1)
       }
       // A cluster that has just started elects its meta leader before every server has joined it:
       // until then a stream of more replicas than the servers known has "no suitable peers". Wait
       // for them (up to ~15 s), then say so.
       if (message.includes('no suitable peers') && attempt < 30) {
         await new Promise((r) => setTimeout(r, 500))
-        return upsertStream(jsm, cfg, attempt + 1)
+        return upsertStream(jsm, cfg, check, attempt + 1)
       }
       throw addErr
     }

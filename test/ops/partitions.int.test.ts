@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { loadConfig } from '../../core/config'
-import { connectNats, ensureStreams, topology } from '../../core/nats'
+import { connectNats, deploymentStreams, ensureStreams, topology } from '../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
 
 // FANFARE_PARTITIONS is fixed for the life of a stream: a key's partition is hash % partitions, so
@@ -45,5 +45,30 @@ describe('FANFARE_PARTITIONS changed on an existing stream', () => {
     expect((await jsm.streams.info(name)).config.description).toContain('partitions=4')
     const err = await ensureStreams(nc, loadConfig({ ...env.vars, FANFARE_PARTITIONS: '2' })).then(() => null, (e: Error) => e)
     expect(err?.name).toBe('PartitionsChanged')
+  })
+
+  test('two processes starting at once on a new stream with different counts: one of them is refused', async () => {
+    const other = await connectNats(TEST_NATS_URL, 'partitions-test-2')
+    const jsm = await jetstreamManager(nc)
+    try {
+      // A few rounds, each on a stream no process has made yet: both look for it at the same time.
+      for (let round = 0; round < 3; round++) {
+        const vars = { ...env.vars, FANFARE_STREAM: `${env.vars.FANFARE_STREAM}_R${round}`, FANFARE_SUBJECT_PREFIX: `${env.vars.FANFARE_SUBJECT_PREFIX}_r${round}` }
+        const configs = ['4', '8'].map((n) => loadConfig({ ...vars, FANFARE_PARTITIONS: n }))
+        try {
+          const results = await Promise.all([ensureStreams(nc, configs[0]), ensureStreams(other, configs[1])].map((p) => p.then(() => 'started', (e: Error) => e.name)))
+          const recorded = /partitions=(\d+)/.exec((await jsm.streams.info(topology(configs[0]).eventStream)).config.description ?? '')?.[1]
+          // The one whose count the stream records starts; the other is refused.
+          expect([round, results.sort()]).toEqual([round, ['PartitionsChanged', 'started']])
+          const started = recorded === '4' ? 0 : 1
+          await ensureStreams(nc, configs[started])
+          expect(await ensureStreams(nc, configs[1 - started]).then(() => 'started', (e: Error) => e.name)).toBe('PartitionsChanged')
+        } finally {
+          for (const stream of deploymentStreams(topology(configs[0]))) await jsm.streams.delete(stream).catch(() => {})
+        }
+      }
+    } finally {
+      await other.close()
+    }
   })
 })
