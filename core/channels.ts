@@ -185,8 +185,10 @@ export type MatchView = {
   properties?: Record<string, string | number | boolean>
   /** Seated players, in the order they were seated. */
   players: MatchPlayer[]
-  /** Final standings, once finished. */
+  /** Final standings, once finished: of the match's lineup (the players seated when it started) only. */
   results?: MatchStanding[]
+  /** Players the finish named who were not in the lineup: their results were ignored (absent when none). */
+  ignored?: string[]
   createdAt: string
   startedAt?: string
   endedAt?: string
@@ -204,7 +206,7 @@ export type MatchChange =
   | { kind: 'ready'; player: string; status: MatchStatus }
   | { kind: 'connection'; player: string; connected: boolean; graceUntil?: string; status: MatchStatus }
   | { kind: 'started'; status: MatchStatus; /** startedAt (event time, ISO 8601). */ at: string }
-  | { kind: 'finished'; results: MatchStanding[]; status: MatchStatus; /** endedAt (event time, ISO 8601). */ at: string }
+  | { kind: 'finished'; results: MatchStanding[]; /** Named by the finish but not in the lineup: not scored. */ ignored?: string[]; status: MatchStatus; /** endedAt (event time, ISO 8601). */ at: string }
   | { kind: 'aborted'; status: MatchStatus; /** endedAt (event time, ISO 8601). */ at: string }
 
 /** What changed on a user's private `user:<sub>` channel: the decision on one of their joins. */

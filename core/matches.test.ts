@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test'
-import { evolveMatch, nextGraceEnd, standingsOf, type MatchEvent, type MatchState } from './matches'
+import { evolveMatch, matchView, nextGraceEnd, standingsOf, type MatchEvent, type MatchState } from './matches'
 
 const created = (maxPlayers = 2, at = 0): MatchEvent => ({ type: 'match.created', match: 'm', mode: 'duel', maxPlayers, at, seq: 1 })
 const join = (player: string, at = 1): MatchEvent => ({ type: 'match.join', match: 'm', player, at })
@@ -111,5 +111,30 @@ describe('match state machine', () => {
     expect(r.state!.players.map((p) => p.player)).toEqual(['b'])
     const f = run([created(2), join('a'), start(), finish(3), conn('a', false, 10)])
     expect(f.outputs.at(-1)!.data.kind).toBe('finished')
+  })
+
+  test('results count only for the lineup (the players seated at the start, leavers included); strangers are ignored and named', () => {
+    const r = run([
+      created(3),
+      join('a'),
+      join('z'),
+      leave('z'), // left the lobby before the start: not in the match
+      join('b'),
+      join('c'),
+      start(5),
+      leave('b', 6), // a leaver's loss is a real result
+      conn('c', false, 7, 0), // so is a player's whose seat was given up
+      finish(8, [{ player: 'a', score: 5 }, { player: 'x', score: 99 }, { player: 'b', score: 1 }, { player: 'z', score: 50 }, { player: 'c', score: 2 }]),
+    ])
+    expect(r.state!.lineup).toEqual(['a', 'b', 'c'])
+    expect(r.finished).toEqual([[{ player: 'a', score: 5, rank: 1 }, { player: 'c', score: 2, rank: 2 }, { player: 'b', score: 1, rank: 3 }]])
+    expect(r.state!.ignored).toEqual(['x', 'z'])
+    expect(matchView(r.state!)).toMatchObject({ results: r.finished[0], ignored: ['x', 'z'] })
+    expect(r.outputs.at(-1)!.data).toMatchObject({ kind: 'finished', results: r.finished[0], ignored: ['x', 'z'] })
+    // Only strangers: the match still finishes, with no standings.
+    const none = run([created(2), join('a'), start(), finish(3, [{ player: 'x', score: 1 }])])
+    expect([none.state!.status, none.finished, none.state!.ignored]).toEqual(['finished', [[]], ['x']])
+    // Nothing ignored: no `ignored` shown.
+    expect(matchView(run([created(2), join('a'), start(), finish(3, [{ player: 'a', score: 1 }])]).state!).ignored).toBeUndefined()
   })
 })

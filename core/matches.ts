@@ -45,8 +45,16 @@ export type MatchState = {
   status: MatchStatus
   /** In the order they were seated. */
   players: Seat[]
-  /** Final standings, once finished. */
+  /**
+   * The players seated when the match started, in seat order (null before the start). Nobody joins
+   * a started match, so these are everyone who played it: a player who left or lost their seat
+   * later is still in it, and their result still counts.
+   */
+  lineup: string[] | null
+  /** Final standings, once finished: results of the lineup only. */
   results: MatchStanding[] | null
+  /** Players the finish named who were not in the lineup, in the finish's order: not scored. */
+  ignored: string[] | null
   createdAt: number
   startedAt: number | null
   endedAt: number | null
@@ -80,7 +88,7 @@ export type MatchOutput = { channel: 'match'; data: MatchChange } | { channel: '
 export type Evolved = {
   state: MatchState | undefined
   outputs: MatchOutput[]
-  /** Set on the one event that finished the match. */
+  /** Set on the one event that finished the match: the standings of its lineup (what is scored). */
   finished?: MatchStanding[]
   refused?: string
 }
@@ -110,7 +118,9 @@ export const matchStateOfRow = (r: typeof matches.$inferSelect): MatchState => (
   properties: r.properties,
   status: r.status,
   players: r.players,
+  lineup: r.lineup,
   results: r.results,
+  ignored: r.ignored,
   createdAt: r.createdAt.getTime(),
   startedAt: r.startedAt?.getTime() ?? null,
   endedAt: r.endedAt?.getTime() ?? null,
@@ -127,6 +137,7 @@ export function matchView(s: MatchState): MatchView {
     ...(Object.keys(s.properties).length > 0 ? { properties: s.properties } : {}),
     players: s.players.map((p) => ({ player: p.player, ready: p.ready, connected: p.connected, ...(p.graceUntil !== null ? { graceUntil: iso(p.graceUntil) } : {}) })),
     ...(s.results ? { results: s.results } : {}),
+    ...(s.ignored && s.ignored.length > 0 ? { ignored: s.ignored } : {}),
     createdAt: iso(s.createdAt),
     ...(s.startedAt !== null ? { startedAt: iso(s.startedAt) } : {}),
     ...(s.endedAt !== null ? { endedAt: iso(s.endedAt) } : {}),
@@ -191,8 +202,10 @@ const reject = (outputs: MatchOutput[], state: MatchState | undefined, match: st
  * - player.connection: a seated player of an open, full or started match is disconnected (their
  *   seat is kept until `at + graceMs`) or connected again (the grace is off).
  * - start: an open or full match with at least one player starts. finish: a started match finishes
- *   with its standings (the results are scored once: `finished`). abort: any match not yet over.
- *   Repeats (start of a started match, a second finish or abort) change nothing; transitions that
+ *   with its standings (the results are scored once: `finished`). Only the lineup's results count (the
+ *   players seated at the start, leavers included); the finish's others are ignored and named in
+ *   `ignored` (the finish itself applies: one bad entry does not cost the real players their results).
+ *   abort: any match not yet over. Repeats (start of a started match, a second finish or abort) change nothing; transitions that
  *   cannot happen (finish of a match not started, anything on an unknown match) are refused.
  */
 export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evolved {
@@ -209,7 +222,9 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
         properties: e.properties ?? {},
         status: 'open',
         players: [],
+        lineup: null,
         results: null,
+        ignored: null,
         createdAt: e.at,
         startedAt: null,
         endedAt: null,
@@ -262,7 +277,7 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
       if (state.status === 'started') return same()
       if (state.status !== 'open' && state.status !== 'full') return { ...same(), refused: `match ${JSON.stringify(e.match)} is ${state.status}: it cannot start` }
       if (state.players.length === 0) return { ...same(), refused: `match ${JSON.stringify(e.match)} has no players: it cannot start` }
-      const next: MatchState = { ...state, status: 'started', startedAt: e.at }
+      const next: MatchState = { ...state, status: 'started', startedAt: e.at, lineup: state.players.map((p) => p.player) }
       outputs.push({ channel: 'match', data: { kind: 'started', status: 'started', at: iso(e.at) } })
       return same(next)
     }
@@ -270,9 +285,12 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
       if (!state) return { ...same(), refused: `no match ${JSON.stringify(e.match)}` }
       if (state.status === 'finished' || state.status === 'aborted') return same()
       if (state.status !== 'started') return { ...same(), refused: `match ${JSON.stringify(e.match)} is ${state.status}: only a started match finishes` }
-      const results = standingsOf(e.results)
-      const next: MatchState = { ...state, status: 'finished', results, endedAt: e.at, players: state.players.map((p) => ({ ...p, graceUntil: null })) }
-      outputs.push({ channel: 'match', data: { kind: 'finished', results, status: 'finished', at: iso(e.at) } })
+      // A row started before lineups were recorded has its lineup from the migration (its seats then).
+      const lineup = new Set(state.lineup ?? state.players.map((p) => p.player))
+      const results = standingsOf(e.results.filter((r) => lineup.has(r.player)))
+      const ignored = e.results.filter((r) => !lineup.has(r.player)).map((r) => r.player)
+      const next: MatchState = { ...state, status: 'finished', results, ignored, endedAt: e.at, players: state.players.map((p) => ({ ...p, graceUntil: null })) }
+      outputs.push({ channel: 'match', data: { kind: 'finished', results, ...(ignored.length > 0 ? { ignored } : {}), status: 'finished', at: iso(e.at) } })
       return { state: next, outputs, finished: results }
     }
     case 'match.abort': {

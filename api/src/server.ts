@@ -46,7 +46,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
     logger: deps.logger,
   })
   const sampler = startViewerSampler({ presence: realtime.presence, ingest, liveStreams: () => liveStreamsToSample(deps.db), logger: deps.logger })
-  const seats = startSeatWatcher({ presence: realtime.presence, ingest, db: deps.db, graceMs: deps.config.FANFARE_MATCH_GRACE_MS, logger: deps.logger })
+  const seats = startSeatWatcher({ presence: realtime.presence, notices: (l) => realtime.onNotices('match', l), ingest, db: deps.db, graceMs: deps.config.FANFARE_MATCH_GRACE_MS, logger: deps.logger })
   let stopping: Promise<void> | undefined
   return {
     port,

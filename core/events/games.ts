@@ -37,7 +37,11 @@ export type MatchReady = Static<typeof MatchReady>
 export const MatchStart = Type.Object({ match: Name }, { additionalProperties: false, $id: 'match.start@1' })
 export type MatchStart = Static<typeof MatchStart>
 
-/** The game server reports the results; they become scores on the mode's board, once. Key: match. */
+/**
+ * The game server reports the results; those of the match's lineup (the players seated when it
+ * started, leavers included) become scores on the mode's board, once. Results naming anyone else
+ * are ignored and listed in the match's `ignored`. Key: match.
+ */
 export const MatchFinish = Type.Object(
   { match: Name, results: Type.Array(Type.Object({ player: ActorId, score: FiniteNumber }, { additionalProperties: false }), { minItems: 1, maxItems: 100 }) },
   { additionalProperties: false, $id: 'match.finish@1' },

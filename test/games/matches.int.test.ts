@@ -189,4 +189,41 @@ describe('matches through the API and the projection', () => {
     expect(await hh.database.db.select().from(eventOutbox)).toEqual([])
     expect(await scores()).toEqual(oracle)
   }, 90_000)
+
+  test("a finish scores only the lineup (a leaver's loss included); players who never held a seat are ignored, shown on the match, and stay off the board through rebuilds", async () => {
+    const { hh, token, post, caughtUp } = await setup()
+    expect((await hh.call('PUT', '/admin/leaderboards/arena', { token: hh.adminToken, body: { operator: 'sum' } })).status).toBe(200)
+    expect((await hh.call('PUT', '/admin/modes/ranked', { token: hh.adminToken, body: { board: 'arena' } })).status).toBe(200)
+    await post([{ type: 'match.created', data: { match: 'l1', mode: 'ranked', maxPlayers: 3 } }])
+    for (const p of ['ann', 'lob', 'bob']) await post([{ type: 'match.join', data: { match: 'l1' } }], await token(p))
+    await post([{ type: 'match.leave', data: { match: 'l1' } }], await token('lob')) // left the lobby: never played
+    await post([{ type: 'match.start', data: { match: 'l1' } }])
+    await post([{ type: 'match.leave', data: { match: 'l1' } }], await token('bob')) // rage quit: his loss counts
+    // A key with publish:match.finish (not score.submitted) naming a stranger and the lobby leaver.
+    await post([{ type: 'match.finish', data: { match: 'l1', results: [{ player: 'mallory', score: 1e6 }, { player: 'ann', score: 30 }, { player: 'lob', score: 500 }, { player: 'bob', score: -5 }] } }])
+    await caughtUp()
+    await until('the outbox to be drained and the scores applied', async () => (await hh.database.db.select().from(eventOutbox)).length === 0 && (await caughtUp()), 20_000)
+    await caughtUp()
+    const board = async () => new Map((await hh.database.db.select().from(leaderboardEntries).where(eq(leaderboardEntries.board, 'arena'))).map((r) => [r.player, r.score]))
+    expect(await board()).toEqual(new Map([['ann', 30], ['bob', -5]]))
+    const m = (await hh.call('GET', '/v1/matches/l1', { token: await token('x') })).json
+    expect(m).toMatchObject({ status: 'finished', results: [{ player: 'ann', score: 30, rank: 1 }, { player: 'bob', score: -5, rank: 2 }], ignored: ['mallory', 'lob'] })
+    expect(m.players.map((p: any) => p.player)).toEqual(['ann'])
+    expect(await hh.database.db.select().from(deadLetters)).toEqual([])
+
+    // Rebuilds decide the same: the match's row, and the board rebuilt from the stream.
+    const rebuild = async (name: string) => {
+      expect((await hh.call('POST', `/admin/projections/${name}/rebuild`, { token: hh.adminToken })).status).toBe(202)
+      await until(`rebuild of ${name}`, async () => {
+        const r = await hh.call('GET', `/admin/projections/${name}/rebuild`, { token: hh.adminToken })
+        if (r.json?.state === 'failed') throw new Error(`rebuild failed: ${r.json.error}`)
+        return (r.json as RebuildJob)?.state === 'done'
+      }, 40_000, 100)
+    }
+    const live = await hh.database.db.select().from(matches).orderBy(asc(matches.match))
+    await rebuild('matches')
+    expect(await hh.database.db.select().from(matches).orderBy(asc(matches.match))).toEqual(live)
+    await rebuild('leaderboards')
+    expect(await board()).toEqual(new Map([['ann', 30], ['bob', -5]]))
+  }, 90_000)
 })

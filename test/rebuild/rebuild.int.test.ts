@@ -14,6 +14,7 @@ import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing
 import type { Workers } from '../../stream-workers/src/workers'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
+import { createShadow } from '../../stream-workers/src/rebuild/shadow'
 import type { Projection } from '../../stream-workers/src/projections/types'
 import { projections } from '../../stream-workers/src/projections'
 import { keyOf, partitionOf } from '../../core/events'
@@ -538,5 +539,42 @@ describe('a dead-letter replay during a rebuild', () => {
     sent.push(bug, ...(await sendBatch(hh, 10)))
     await caughtUp(hh)
     expect((await readModels(hh)).entries).toEqual(oracle(sent, { tot: 'sum' }).entries)
+  }, 40_000)
+
+  test("schemas left by failed rebuilds are dropped when a worker's rebuild runner starts and before the next rebuild, so replays are no longer refused as rebuild_in_progress; a running rebuild's shadow is kept", async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    const db = hh.database.db
+    const kv = await new Kvm(hh.nc).create(topology(hh.env.config).jobBucket, { history: 1 })
+    const job = (j: Partial<RebuildJob> & Pick<RebuildJob, 'id' | 'projection' | 'state'>): RebuildJob => ({ requestedAt: new Date().toISOString(), force: false, attempts: 1, appliedSeq: 0, pending: 0, ...j })
+    // A failed rebuild of matches whose clean-up failed too: its shadow is still there.
+    await kv.put(rebuildKey('matches'), JSON.stringify(job({ id: 'aaaa00000001', projection: 'matches', state: 'failed', finishedAt: new Date().toISOString() })))
+    await createShadow(db, 'rebuild_aaaa00000001_1', 'matches')
+    // A rebuild of chat genuinely running on another worker (its heartbeat stays fresh for the test).
+    await kv.put(rebuildKey('chat'), JSON.stringify(job({ id: 'bbbb00000002', projection: 'chat', state: 'running', owner: 'other-worker', heartbeatAt: new Date(Date.now() + 3_600_000).toISOString() })))
+    await createShadow(db, 'rebuild_bbbb00000002_1', 'chat')
+    // A switched rebuild whose retired tables were never dropped, and an earlier attempt of the running one.
+    await db.execute(sql.raw('CREATE SCHEMA retired_cccc00000003_1'))
+    await db.execute(sql.raw('CREATE SCHEMA rebuild_bbbb00000002_0'))
+    const schemas = async () => [...((await db.execute(sql`select nspname from pg_namespace where nspname like 'rebuild\\_%' or nspname like 'retired\\_%' order by 1`)) as unknown as { nspname: string }[])].map((r) => r.nspname)
+
+    await startWorker(hh)
+    await until('the leftovers to be dropped', async () => (await schemas()).length === 1, 10_000)
+    expect(await schemas()).toEqual(['rebuild_bbbb00000002_1'])
+    // A dead letter of matches (a start of no match) is replayed: it still fails, but is no longer refused for a rebuild.
+    expect((await hh.call('POST', '/v1/events', { token: hh.ingestToken, body: { type: 'match.start', data: { match: 'nope' } } })).status).toBe(202)
+    await caughtUp(hh)
+    const [letter] = await db.select().from(deadLetters)
+    // Still refused (409 still_failing), or refused unseen (409 rebuild_in_progress).
+    const replay = async () => (await hh.call('POST', `/admin/dead-letters/${letter.id}/replay`, { token: hh.adminToken })).json.error?.code
+    expect(await replay()).toBe('still_failing')
+
+    // Another failure leaves a shadow while this worker runs: replays are 409 until the next rebuild (of any projection) starts.
+    await createShadow(db, 'rebuild_aaaa00000001_2', 'matches')
+    expect(await replay()).toBe('rebuild_in_progress')
+    expect((await hh.call('POST', '/admin/projections/leaderboards/rebuild', { token: hh.adminToken })).status).toBe(202)
+    await waitJob(hh, 'leaderboards', 'done')
+    expect(await schemas()).toEqual(['rebuild_bbbb00000002_1'])
+    expect(await replay()).toBe('still_failing')
   }, 40_000)
 })

@@ -1,6 +1,6 @@
 import type { Server } from 'bun'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { channelKinds, type ChannelKind } from '../../../core/channels'
+import { channelKinds, type ChangeNotice, type ChannelKind } from '../../../core/channels'
 import type { Config } from '../../../core/config'
 import type { Logger } from '../../../core/logger'
 import { createMetrics, type Metrics } from '../../../core/metrics'
@@ -31,10 +31,15 @@ export type Realtime = {
   feeds: () => FeedStatus[]
   /** Who is where, cluster-wide (GET /v1/presence, the stream viewer sampler). */
   presence: Presence
+  /** Follows one kind's change feed as the hub does: every notice in order, and when some may have been missed. Returns the unsubscribe. */
+  onNotices: (kind: ChannelKind, listener: NoticeListener) => () => void
   /** This node's load now: open sockets, subscriptions, channels, and the `busiest` most watched (GET /admin/nodes). */
   stats: (busiest: number) => { connections: number; subscriptions: number; channels: number; busiest: { channel: string; subscribers: number }[] }
   stop: () => Promise<void>
 }
+
+/** What a change feed tells besides the hub (see Realtime.onNotices). */
+export type NoticeListener = { notice: (n: ChangeNotice) => void; resync: () => void }
 
 /**
  * Starts this node's live side: follows the change stream and feeds the channel hub. Subscriptions
@@ -99,17 +104,25 @@ export async function startRealtime(deps: {
     for (const channel of presence.channels()) users += presence.totals(channel).users.length
     return users
   })
+  const listeners = new Map<ChannelKind, Set<NoticeListener>>(channelKinds.map((kind) => [kind, new Set()]))
   const feeds = await Promise.all(
-    channelKinds.map((kind) =>
-      startChangeFeed({
+    channelKinds.map((kind) => {
+      const tapped = listeners.get(kind)!
+      return startChangeFeed({
         nc: deps.nc,
         stream: t.changeStreams[kind],
         logger,
-        onNotice: (n) => hub.onNotice(n),
-        onResync: () => void hub.resyncAll(kind),
+        onNotice: (n) => {
+          hub.onNotice(n)
+          for (const l of tapped) l.notice(n)
+        },
+        onResync: () => {
+          void hub.resyncAll(kind)
+          for (const l of tapped) l.resync()
+        },
         recipients: (channel) => server?.subscriberCount(channel) ?? 0,
-      }),
-    ),
+      })
+    }),
   )
   return {
     routes: ({ ingest, limits }) =>
@@ -135,6 +148,10 @@ export async function startRealtime(deps: {
       while (sockets.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     },
     presence,
+    onNotices: (kind, listener) => {
+      listeners.get(kind)!.add(listener)
+      return () => void listeners.get(kind)!.delete(listener)
+    },
     stats: (busiest) => {
       const channels = hub.stats()
       return {

@@ -38,7 +38,7 @@ export const match: StateHelper<MatchState, ChannelUpdates['match']> = {
       case 'started':
         return { ...state, status: u.status, startedAt: u.at }
       case 'finished':
-        return { ...state, status: u.status, players: noGrace(state.players), results: u.results, endedAt: u.at }
+        return { ...state, status: u.status, players: noGrace(state.players), results: u.results, ...(u.ignored ? { ignored: u.ignored } : {}), endedAt: u.at }
       case 'aborted':
         return { ...state, status: u.status, players: noGrace(state.players), endedAt: u.at }
       default: {

@@ -18,7 +18,11 @@ export const matches = pgTable(
     players: jsonb('players').$type<Seat[]>().notNull().default([]),
     /** Seated players: what the listing shows without reading `players`. */
     playerCount: integer('player_count').notNull().default(0),
+    /** The players seated when the match started (null before): only their results count. */
+    lineup: jsonb('lineup').$type<string[]>(),
     results: jsonb('results').$type<MatchStanding[]>(),
+    /** Players a finish named who were not in the lineup: their results were ignored. */
+    ignored: jsonb('ignored').$type<string[]>(),
     /** The board the results were scored on (the mode's, when the finish applied); null: none. */
     board: text('board'),
     createdAt: timestamp('created_at', { withTimezone: true }).notNull(),

@@ -4,10 +4,12 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../../core/config'
 import type { Db } from '../../../core/db/client'
 import type { Logger } from '../../../core/logger'
+import { projectionNames } from '../../../core/projections'
 import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
 import type { Projection } from '../projections'
 import { sleep } from '../../../core/backoff'
 import { runRebuild } from './rebuild'
+import { dropSchemas, rebuildSchemas } from './shadow'
 
 export type RebuildJobsDeps = {
   config: Config
@@ -24,6 +26,36 @@ export type RebuildJobsDeps = {
 
 /** The job was taken over by another worker (our compare-and-set lost): stop without writing. */
 class JobLost extends Error {}
+
+/**
+ * Drops the shadow and retired schemas that no job may still use: those of jobs that failed or
+ * finished, were replaced by a newer job, or of an attempt that is not the job's current one. A
+ * rebuild drops its schemas when it ends, but that drop can fail too (Postgres unreachable at that
+ * moment), and a leftover shadow keeps its projection's dead-letter replays refused (409
+ * `rebuild_in_progress`, see rebuildsInProgress) until someone drops it.
+ *
+ * What is kept: the current attempt of every `running` or `switching` job, whatever its heartbeat
+ * (a job that looks dead is taken over, and its new attempt drops its old schemas itself: a worker
+ * only slow to heartbeat is not disturbed), and the next attempt of a `requested` one (a claim we
+ * read too early). The schemas are listed before the jobs are read: a worker creates its shadow
+ * only after its claim is stored, so a shadow we list belongs to a claim we then read.
+ */
+export async function dropOrphanSchemas(deps: { db: Db; kv: KV; logger: Logger }): Promise<string[]> {
+  const schemas = await rebuildSchemas(deps.db)
+  if (schemas.length === 0) return []
+  const inUse = new Set<string>()
+  for (const name of projectionNames) {
+    const job = (await readRebuildJob(deps.kv, name))?.job
+    if (job?.state === 'running' || job?.state === 'switching') inUse.add(`${job.id}_${job.attempts}`)
+    if (job?.state === 'requested') inUse.add(`${job.id}_${job.attempts + 1}`)
+  }
+  const orphans = schemas.filter((s) => !inUse.has(`${s.jobId}_${s.attempt}`)).map((s) => s.name)
+  if (orphans.length > 0) {
+    await dropSchemas(deps.db, orphans)
+    deps.logger.warn({ schemas: orphans }, 'dropped schemas left by rebuilds that no longer run')
+  }
+  return orphans
+}
 
 /**
  * Runs requested projection rebuilds. Every `pollMs` reads the job key of each projection; a job
@@ -64,6 +96,8 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
       }))
     const beat = setInterval(() => void save({}).catch(() => {}), Math.max(100, Math.floor(ttl / 3)))
     const projection = deps.projections.find((p) => p.name === job.projection)!
+    // Earlier rebuilds' leftovers, of any projection (this one drops its own job's in runRebuild).
+    await dropOrphanSchemas({ db: deps.db, kv, logger: log }).catch((err) => log.warn({ err }, 'could not drop the schemas of earlier rebuilds'))
     try {
       const { switchedAtSeq } = await runRebuild(
         {
@@ -118,6 +152,13 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
   }
 
   const loop = (async () => {
+    // Once at start (and again before each rebuild this worker claims): what failed rebuilds left.
+    try {
+      kv ??= await openJobBucket(deps.nc, deps.config)
+      await dropOrphanSchemas({ db: deps.db, kv, logger: log })
+    } catch (err) {
+      log.warn({ err }, 'could not drop the schemas of earlier rebuilds; the next rebuild tries again')
+    }
     while (!abort.signal.aborted) {
       try {
         await scan()

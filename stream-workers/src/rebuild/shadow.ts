@@ -154,6 +154,18 @@ export async function dropSchemas(db: Db, schemas: string[]): Promise<void> {
   for (const s of schemas) await db.execute(sql.raw(`DROP SCHEMA IF EXISTS ${ident(s)} CASCADE`))
 }
 
+/** A schema a rebuild made: `rebuild_<job id>_<attempt>` (its shadow) or `retired_<job id>_<attempt>` (the tables it replaced). */
+export type RebuildSchema = { name: string; jobId: string; attempt: number }
+
+/** Every shadow and retired schema in the database, with the job and attempt its name carries. */
+export async function rebuildSchemas(db: Db): Promise<RebuildSchema[]> {
+  const rows = await rowsOf<{ name: string }>(db, sql`select nspname as name from pg_namespace where nspname like ${'rebuild\\_%'} or nspname like ${'retired\\_%'} order by 1`)
+  return rows.flatMap(({ name }) => {
+    const m = /^(?:rebuild|retired)_([a-z0-9]+)_(\d+)$/.exec(name)
+    return m ? [{ name, jobId: m[1], attempt: Number(m[2]) }] : []
+  })
+}
+
 /** Shadow and retired schemas of every attempt of a job except `keep`: what dead attempts left. */
 export async function leftoverSchemas(db: Db, jobId: string, keep?: string): Promise<string[]> {
   const rows = await rowsOf<{ name: string }>(db, sql`select nspname as name from pg_namespace where nspname like ${`rebuild\\_${jobId}\\_%`} or nspname like ${`retired\\_${jobId}\\_%`}`)

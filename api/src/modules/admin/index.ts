@@ -111,7 +111,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
         detail: {
           summary: "Name the board a mode's match results are scored on",
           description:
-            'Each `match.finish` of a match of this mode applied from then on turns its results into scores on `board`, once (under the board\'s rules and ' +
+            'Each `match.finish` of a match of this mode applied from then on turns the results of its lineup (the players seated at its start) into scores on `board`, once (under the board\'s rules and ' +
             'in the period of the finish). A mode without a board keeps its results on the match only.',
         },
       },

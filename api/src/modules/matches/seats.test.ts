@@ -3,14 +3,18 @@ import type { EventInput } from '../../../../core/events'
 import { createLogger } from '../../../../core/logger'
 import type { PresenceChange } from '../../presence/view'
 import type { Db } from '../../../../core/db/client'
+import type { ChangeNotice } from '../../../../core/channels'
+import type { NoticeListener } from '../../realtime/start'
 import { startSeatWatcher } from './seats'
 
 /** A watcher on a fake presence; the grace sweep never runs in these tests. */
 function watcher(peers: string[]) {
   let listener: ((c: PresenceChange) => void) | undefined
+  let feed: NoticeListener | undefined
   const published: { events: EventInput[]; by: string }[] = []
   const w = startSeatWatcher({
     presence: { node: 'node-b', peers: () => peers, onChange: (l) => ((listener = l), () => (listener = undefined)) },
+    notices: (l) => ((feed = l), () => (feed = undefined)),
     ingest: { publish: async (events, p) => (published.push({ events, by: p.kind === 'key' ? (p.root ?? p.id) : p.kind }), []) as never },
     db: undefined as unknown as Db,
     graceMs: 1234,
@@ -18,7 +22,7 @@ function watcher(peers: string[]) {
     sweepMs: 3_600_000,
     warmupMs: 0,
   })
-  return { w, change: (c: PresenceChange) => listener?.(c), published }
+  return { w, change: (c: PresenceChange) => listener?.(c), notice: (n: ChangeNotice) => feed?.notice(n), published }
 }
 
 describe('seat watcher', () => {
@@ -41,5 +45,24 @@ describe('seat watcher', () => {
     await w.stop()
     change({ kind: 'join', channel: 'match:m1', user: 'gina' })
     expect(published).toEqual([])
+  })
+
+  test("spectators of a started match and anyone on a match that is over publish nothing; seated players do", async () => {
+    const { w, change, notice, published } = watcher([])
+    const at = ''
+    notice({ channel: 'match:m1', version: 1, epoch: 'e', at, data: { kind: 'created', status: 'open', match: { match: 'm1', mode: 'duel', status: 'open', maxPlayers: 2, players: [], createdAt: at } } })
+    notice({ channel: 'match:m1', version: 2, epoch: 'e', at, data: { kind: 'joined', player: 'gina', status: 'open' } })
+    notice({ channel: 'match:m1', version: 3, epoch: 'e', at, data: { kind: 'started', status: 'started', at } })
+    notice({ channel: 'match:m2', version: 9, epoch: 'e', at, data: { kind: 'finished', results: [], status: 'finished', at } })
+    for (const user of ['spec', 'gina']) {
+      change({ kind: 'join', channel: 'match:m1', user })
+      change({ kind: 'leave', channel: 'match:m1', user, reason: 'left' })
+    }
+    change({ kind: 'join', channel: 'match:m2', user: 'gina' })
+    await w.stop()
+    expect(published.map((p) => p.events[0].data)).toEqual([
+      { match: 'm1', player: 'gina', connected: true },
+      { match: 'm1', player: 'gina', connected: false, graceMs: 1234 },
+    ])
   })
 })

@@ -7,7 +7,10 @@ import type { Logger } from '../../../../core/logger'
 import { rootKey } from '../../auth/principal'
 import type { Presence } from '../../presence'
 import type { PresenceChange } from '../../presence/view'
+import type { NoticeListener } from '../../realtime/start'
 import type { Ingest } from '../events/service'
+import { createSeatBook } from './seat-book'
+import { readLiveSeats } from './service'
 
 export type SeatWatcher = { stop: () => Promise<void> }
 
@@ -20,7 +23,14 @@ export type SeatWatcher = { stop: () => Promise<void> }
  *   FANFARE_PRESENCE_GRACE_MS of a page reload), one node publishes `match.player.connection
  *   { connected: false, graceMs }`; when it gains one, `{ connected: true }`. The projection ignores
  *   them for anyone who holds no seat (spectators), and repeats change nothing, so two nodes that
- *   both believe themselves the one (a handover) only repeat an event.
+ *   both believe themselves the one (a handover) only repeat an event. Changes that can never
+ *   matter are not published: of a match that is over, or of a started match by a user who holds
+ *   none of its seats (a spectator: nobody is seated after the start). The node knows both from
+ *   the match change feed it follows anyway (a seat book, see seat-book.ts: one read of the live
+ *   matches at start and after a feed resync, none per subscribe). Spectators of open or full
+ *   matches, and of match ids the book does not know, are still published: their join (or the
+ *   match's creation) may be on its way to the projection, and a dropped disconnect would keep
+ *   that seat forever.
  * - Every `sweepMs`, the same node reads the matches whose earliest grace end has passed
  *   (`grace_until`, an index) and publishes `match.leave { player, reason: "disconnected" }` for
  *   each such player: the event after the grace end at which the projection gives the seat up. One
@@ -32,6 +42,8 @@ export type SeatWatcher = { stop: () => Promise<void> }
  */
 export function startSeatWatcher(deps: {
   presence: Pick<Presence, 'node' | 'peers' | 'onChange'>
+  /** Follows the match change feed (Realtime.onNotices('match', ...)). */
+  notices: (listener: NoticeListener) => () => void
   ingest: Pick<Ingest, 'publish'>
   db: Db
   graceMs: number
@@ -53,10 +65,32 @@ export function startSeatWatcher(deps: {
     pending = Promise.all([pending, deps.ingest.publish(events, system).catch((err) => log.warn({ err, events: events.length }, 'match connection events not published'))])
   }
 
+  const book = createSeatBook()
+  // Listening first, then reading: a notice of a change the read missed comes after the listener exists.
+  let loadTimer: ReturnType<typeof setTimeout> | undefined
+  let loading: Promise<void> = Promise.resolve()
+  const load = () => {
+    clearTimeout(loadTimer)
+    loading = readLiveSeats(deps.db)
+      .then(book.load)
+      .catch((err) => {
+        log.warn({ err }, 'could not read the seats of live matches; trying again (meanwhile every connection change is published)')
+        if (!stopped) loadTimer = setTimeout(load, 1000)
+      })
+  }
+  const offNotices = deps.notices({
+    notice: book.notice,
+    resync: () => {
+      book.resync()
+      if (!stopped) load()
+    },
+  })
+  load()
+
   const off = deps.presence.onChange((change: PresenceChange) => {
     if (stopped || change.kind === 'count' || !designated()) return
     const parsed = parseChannel(change.channel)
-    if (parsed?.kind !== 'match') return
+    if (parsed?.kind !== 'match' || book.irrelevant(parsed.name, change.user)) return
     const connected = change.kind === 'join'
     publish([{ id: id(), type: 'match.player.connection', data: { match: parsed.name, player: change.user, connected, ...(connected ? {} : { graceMs: deps.graceMs }) } }])
   })
@@ -102,7 +136,10 @@ export function startSeatWatcher(deps: {
     stop: async () => {
       stopped = true
       off()
+      offNotices()
       clearTimeout(timer)
+      clearTimeout(loadTimer)
+      await loading
       await running
       await pending
     },

@@ -1,11 +1,12 @@
-import { and, asc, eq, gt, sql } from 'drizzle-orm'
+import { and, asc, eq, gt, inArray, sql } from 'drizzle-orm'
 import { channelOf, type MatchView } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
-import { matches, matchModes } from '../../../../core/db/schema'
+import { channelVersions, matches, matchModes } from '../../../../core/db/schema'
 import { matchStateOfRow, matchView } from '../../../../core/matches'
 import { Invalid } from '../../errors'
 import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
 import type { MatchListQuery, MatchPage } from './model'
+import type { SeatRow } from './seat-book'
 
 type MatchRow = typeof matches.$inferSelect
 
@@ -20,6 +21,19 @@ export async function readMatch(db: Db, match: string): Promise<MatchView | unde
 /** The channel `match:<id>`: the match with its version and epoch; null data before it is created. */
 export function matchSnapshot(db: Db, match: string): Promise<ChannelSnapshot<MatchView | null>> {
   return readChannelSnapshot(db, channelOf.match(match), async (q) => (await readMatch(q, match)) ?? null)
+}
+
+/**
+ * The seats of every match not over, each with its channel's version and epoch, read in one
+ * statement (the projection writes both in one): what the seat watcher's book starts from.
+ */
+export async function readLiveSeats(db: Db): Promise<SeatRow[]> {
+  const rows = await db
+    .select({ match: matches.match, status: matches.status, players: matches.players, version: channelVersions.version, epoch: channelVersions.epoch })
+    .from(matches)
+    .innerJoin(channelVersions, eq(channelVersions.channel, sql`'match:' || ${matches.match}`))
+    .where(inArray(matches.status, ['open', 'full', 'started']))
+  return rows.map((r) => ({ match: r.match, status: r.status, players: r.players.map((p) => p.player), version: Number(r.version), epoch: r.epoch }))
 }
 
 const cursorMessage = 'after must be the `next` cursor of a previous page of matches'

@@ -100,9 +100,12 @@ export async function applyMatches(db: Db, events: SequencedEvent[]): Promise<Ap
       const board = boards.get(r.state.mode) ?? null
       boardOf.set(ev.match, board)
       if (board !== null && ev.type === 'match.finish') {
-        ev.results.forEach(({ player, score }, i) =>
-          scores.push({ id: resultEventId(ev.match, i), by: MATCH_RESULTS_BY, type: 'score.submitted', v: 1, data: { board, player, score }, at: storedAt.toISOString() }),
-        )
+        // Only the lineup's results (the standings); an ignored entry keeps its index unused, so
+        // the ids stay those of the finish's entries.
+        const counted = new Set(r.finished.map((s) => s.player))
+        ev.results.forEach(({ player, score }, i) => {
+          if (counted.has(player)) scores.push({ id: resultEventId(ev.match, i), by: MATCH_RESULTS_BY, type: 'score.submitted', v: 1, data: { board, player, score }, at: storedAt.toISOString() })
+        })
       }
     }
     dirty.set(ev.match, { state: r.state, board: boardOf.get(ev.match) ?? null })
@@ -118,7 +121,9 @@ export async function applyMatches(db: Db, events: SequencedEvent[]): Promise<Ap
     status: s.status,
     players: s.players,
     player_count: s.players.length,
+    lineup: s.lineup,
     results: s.results,
+    ignored: s.ignored,
     board,
     created_at: iso(s.createdAt),
     started_at: iso(s.startedAt),
@@ -134,7 +139,9 @@ export async function applyMatches(db: Db, events: SequencedEvent[]): Promise<Ap
     status: 'text',
     players: 'jsonb',
     player_count: 'int',
+    lineup: 'jsonb',
     results: 'jsonb',
+    ignored: 'jsonb',
     board: 'text',
     created_at: 'timestamptz',
     started_at: 'timestamptz',
@@ -146,11 +153,11 @@ export async function applyMatches(db: Db, events: SequencedEvent[]): Promise<Ap
     db
       .insert(matches)
       .select(
-        sql`select match, mode, max_players, properties, status, players, player_count, results, board, created_at, started_at, ended_at, created_seq, grace_until from ${recordset('m', columns, written)} where ${when}`,
+        sql`select match, mode, max_players, properties, status, players, player_count, lineup, results, ignored, board, created_at, started_at, ended_at, created_seq, grace_until from ${recordset('m', columns, written)} where ${when}`,
       )
       .onConflictDoUpdate({
         target: matches.match,
-        set: fromExcluded(matches, 'status', 'players', 'playerCount', 'results', 'board', 'startedAt', 'endedAt', 'graceUntil'),
+        set: fromExcluded(matches, 'status', 'players', 'playerCount', 'lineup', 'results', 'ignored', 'board', 'startedAt', 'endedAt', 'graceUntil'),
       })
   return { changes, write, refused, events: scores }
 }
