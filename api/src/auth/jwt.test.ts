@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { exportJWK, generateKeyPair, SignJWT, type JWK } from 'jose'
+import { createHmac } from 'node:crypto'
+import { errors, exportJWK, generateKeyPair, jwtVerify, SignJWT, type JWK } from 'jose'
 import { createJwtVerifier } from './jwt'
 import { mintUserToken } from './mint'
 
@@ -75,6 +76,17 @@ describe('user tokens (HS256 with FANFARE_JWT_SECRET)', () => {
     expect(await codeOf(strict(await mintUserToken(SECRET, { sub: 'a', issuer: 'https://auth.game' })))).toBe('invalid_token')
   })
 
+  test('an injected clock decides expiry and not-before, not the machine\'s', async () => {
+    const now = Math.floor(Date.now() / 1000)
+    const token = await mintUserToken(SECRET, { sub: 'a', issuedAt: now - 7200, ttlSeconds: 3600 })
+    expect(await codeOf(hs(token))).toBe('token_expired')
+    const past = createJwtVerifier({ FANFARE_JWT_SECRET: SECRET }, { now: () => (now - 5400) * 1000 })!
+    expect(await codeOf(past(token))).toBe('ok')
+    const future = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject('a').setNotBefore(now + 600).setExpirationTime(now + 3600).sign(new TextEncoder().encode(SECRET))
+    expect(await codeOf(hs(future))).toBe('invalid_token')
+    expect(await codeOf(createJwtVerifier({ FANFARE_JWT_SECRET: SECRET }, { now: () => (now + 700) * 1000 })!(future))).toBe('ok')
+  })
+
   test('nothing configured: no verifier (user tokens are refused by the authenticator)', () => {
     expect(createJwtVerifier({})).toBeUndefined()
   })
@@ -115,9 +127,145 @@ describe('user tokens from a JWKS (RS256, ES256, EdDSA)', () => {
     expect(await codeOf(verify(forged))).toBe('invalid_token')
   })
 
+  test('a secret and a JWKS both configured: HS256 tokens go to the secret, others to the set, and neither stands in for the other', async () => {
+    const both = createJwtVerifier({ FANFARE_JWT_SECRET: SECRET, FANFARE_JWKS_URL: jwks.url })!
+    const sign = await addKey('ES256', 'both')
+    expect((await both(await sign('from-jwks'))).id).toBe('from-jwks')
+    expect((await both(await mintUserToken(SECRET, { sub: 'from-secret' }))).id).toBe('from-secret')
+    const pub = JSON.stringify(jwks.keys.at(-1))
+    const forged = await new SignJWT({}).setProtectedHeader({ alg: 'HS256', kid: 'both' }).setSubject('admin').setExpirationTime('5m').sign(new TextEncoder().encode(pub))
+    expect(await codeOf(both(forged))).toBe('invalid_token')
+    const { privateKey } = await generateKeyPair('ES256')
+    const stranger = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'both' }).setSubject('x').setExpirationTime('5m').sign(privateKey)
+    expect(await codeOf(both(stranger))).toBe('invalid_token')
+    expect(await codeOf(both('not.a.jwt'))).toBe('invalid_token')
+  })
+
   test('a token signed by a key not in the set is refused', async () => {
     const { privateKey } = await generateKeyPair('ES256')
     const stranger = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k-ES256' }).setSubject('x').setExpirationTime('5m').sign(privateKey)
     expect(await codeOf(verify(stranger))).toBe('invalid_token')
   })
+})
+
+/**
+ * HS256 tokens are checked by fast-jwt (synchronous HMAC), JWKS tokens by jose. jose checked HS256
+ * tokens too until 2026-11-29: every token of this corpus must get the answer jose gives with the
+ * options the verifier had then, with and without an issuer and audience configured. Two answers
+ * differ on purpose, both refusals of what jose 6 tolerates: a segment that is not canonical
+ * base64url (padding, trailing whitespace; RFC 7515 forbids both, fast-jwt refuses them).
+ */
+describe('HS256: the same answers as jose', () => {
+  const now = Math.floor(Date.now() / 1000)
+  const b64 = (x: unknown) => Buffer.from(typeof x === 'string' ? x : JSON.stringify(x)).toString('base64url')
+  const hmac = (alg: string, input: string, secret = SECRET) => createHmac(`sha${alg.slice(2)}`, secret).update(input).digest('base64url')
+  /** A token signed with the HMAC its header names (HS256 when it names none or another family). */
+  const signed = (header: unknown, payload: unknown, secret = SECRET) => {
+    const input = `${b64(header)}.${b64(payload)}`
+    const alg = (header as { alg?: unknown })?.alg
+    return `${input}.${hmac(typeof alg === 'string' && /^HS(256|384|512)$/.test(alg) ? alg : 'HS256', input, secret)}`
+  }
+  const H = { alg: 'HS256', typ: 'JWT' }
+  const ok = { sub: 'alice', exp: now + 600, iat: now - 10 }
+  const iss = 'https://auth.game'
+  const aud = 'fanfare'
+  const full = { ...ok, iss, aud }
+  const good = signed(H, full)
+  const [gh, gp, gs] = good.split('.')
+  const corpus: [string, string][] = [
+    ['valid', good],
+    ['valid, no typ, extra header fields', signed({ alg: 'HS256', kid: 'k1', cty: 'x' }, full)],
+    ['valid, extra claims', signed(H, { ...full, jti: 'j', roles: ['a'], foo: { bar: 1 } })],
+    ['alg none, no signature', `${b64({ alg: 'none' })}.${b64(full)}.`],
+    ['alg none, a signature', `${b64({ alg: 'none' })}.${b64(full)}.${gs}`],
+    ['alg HS384', signed({ alg: 'HS384' }, full)],
+    ['alg HS512', signed({ alg: 'HS512' }, full)],
+    ['alg hs256 (case)', signed({ alg: 'hs256' }, full)],
+    ['alg RS256 with an HMAC', signed({ alg: 'RS256' }, full)],
+    ['alg missing', signed({ typ: 'JWT' }, full)],
+    ['alg not a string', signed({ alg: ['HS256'] }, full)],
+    ['header an array', signed(['HS256'], full)],
+    ['header null', `${b64('null')}.${b64(full)}.${hmac('HS256', `${b64('null')}.${b64(full)}`)}`],
+    ['crit with a registered name', signed({ alg: 'HS256', crit: ['exp'] }, full)],
+    ['crit unknown extension', signed({ alg: 'HS256', crit: ['x-ext'], 'x-ext': 1 }, full)],
+    ['crit empty', signed({ alg: 'HS256', crit: [] }, full)],
+    ['crit b64 false', signed({ alg: 'HS256', crit: ['b64'], b64: false }, full)],
+    ['b64 false without crit', signed({ alg: 'HS256', b64: false }, full)],
+    ['another secret', signed(H, full, 'another-secret-of-32-bytes-or-more!!')],
+    ['tampered payload', `${gh}.${b64({ ...full, sub: 'admin' })}.${gs}`],
+    ['empty signature', `${gh}.${gp}.`],
+    ['signature cut short', `${gh}.${gp}.${gs.slice(0, 20)}`],
+    ['signature one char more', `${gh}.${gp}.${gs}A`],
+    ['signature with padding', `${gh}.${gp}.${gs}=`],
+    ['signature in standard base64', `${gh}.${gp}.${Buffer.from(gs, 'base64url').toString('base64')}`],
+    ['whitespace inside', `${gh}.${gp} .${gs}`],
+    ['leading space', ` ${good}`],
+    ['trailing newline', `${good}\n`],
+    ['two segments', `${gh}.${gp}`],
+    ['four segments', `${good}.${gs}`],
+    ['empty', ''],
+    ['dots', '..'],
+    ['header not base64url JSON', `${b64('{nope')}.${gp}.${hmac('HS256', `${b64('{nope')}.${gp}`)}`],
+    ['payload not JSON', (() => { const i = `${gh}.${b64('not json')}`; return `${i}.${hmac('HS256', i)}` })()],
+    ['payload an array', signed(H, [full])],
+    ['payload a number', signed(H, 42)],
+    ['payload a string', signed(H, 'alice')],
+    ['payload null', signed(H, null)],
+    ['sub missing', signed(H, { exp: now + 600, iss, aud })],
+    ['exp missing', signed(H, { sub: 'alice', iss, aud })],
+    ['exp a string', signed(H, { ...full, exp: String(now + 600) })],
+    ['exp null', signed(H, { ...full, exp: null })],
+    ['expired an hour ago', signed(H, { ...full, exp: now - 3600 })],
+    ['expired 30 s ago', signed(H, { ...full, exp: now - 30 })],
+    ['expired within the tolerance', signed(H, { ...full, exp: now - 2 })],
+    ['nbf in an hour', signed(H, { ...full, nbf: now + 3600 })],
+    ['nbf within the tolerance', signed(H, { ...full, nbf: now + 2 })],
+    ['nbf past', signed(H, { ...full, nbf: now - 60 })],
+    ['nbf a string', signed(H, { ...full, nbf: String(now) })],
+    ['iat a string', signed(H, { ...full, iat: String(now) })],
+    ['iat in an hour', signed(H, { ...full, iat: now + 3600 })],
+    ['iss wrong', signed(H, { ...full, iss: 'https://evil' })],
+    ['iss missing', signed(H, { ...ok, aud })],
+    ['iss an array', signed(H, { ...full, iss: [iss] })],
+    ['iss a number', signed(H, { ...full, iss: 1 })],
+    ['aud wrong', signed(H, { ...full, aud: 'other' })],
+    ['aud missing', signed(H, { ...ok, iss })],
+    ['aud an array with it', signed(H, { ...full, aud: ['other', aud] })],
+    ['aud an array without it', signed(H, { ...full, aud: ['other'] })],
+    ['aud an empty array', signed(H, { ...full, aud: [] })],
+    ['aud a number', signed(H, { ...full, aud: 7 })],
+    ['sub a number', signed(H, { ...full, sub: 7 })],
+    ['a 5,000-byte token', 'x'.repeat(5000)],
+  ]
+  const STRICTER = ['signature with padding', 'trailing newline']
+  const configs = [
+    ['no issuer or audience configured', {}],
+    ['issuer and audience configured', { FANFARE_JWT_ISSUER: iss, FANFARE_JWT_AUDIENCE: aud }],
+  ] as const
+  for (const [name, extra] of configs) {
+    test(`${corpus.length} tokens, ${name}`, async () => {
+      const ours = createJwtVerifier({ FANFARE_JWT_SECRET: SECRET, ...extra })!
+      const jose = (token: string) =>
+        jwtVerify(token, new TextEncoder().encode(SECRET), {
+          algorithms: ['HS256'],
+          issuer: 'FANFARE_JWT_ISSUER' in extra ? extra.FANFARE_JWT_ISSUER : undefined,
+          audience: 'FANFARE_JWT_AUDIENCE' in extra ? extra.FANFARE_JWT_AUDIENCE : undefined,
+          requiredClaims: ['sub', 'exp'],
+          clockTolerance: 5,
+        }).then(
+          () => 'ok',
+          (err) => (err instanceof errors.JWTExpired ? 'token_expired' : 'invalid_token'),
+        )
+      const differ: string[] = []
+      for (const [what, token] of corpus) {
+        const expected = await jose(token)
+        // What jose accepts still goes through the same claim checks after it (shape, iat).
+        const got = await codeOf(ours(token))
+        const afterChecks = expected === 'ok' && /^(iat in an hour|iat a string|sub a number)$/.test(what) ? 'invalid_token' : expected
+        if (STRICTER.includes(what) && expected === 'ok' && got === 'invalid_token') continue
+        if (got !== afterChecks) differ.push(`${what}: jose ${afterChecks}, ours ${got}`)
+      }
+      expect(differ).toEqual([])
+    })
+  }
 })

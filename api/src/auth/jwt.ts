@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyGetKey } from 'jose'
+import { createVerifier, TokenError } from 'fast-jwt'
+import { createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify } from 'jose'
 import type { Config } from '../../../core/config'
 import { ActorId, DisplayName } from '../../../core/events'
 import { TokenExpired, Unauthorized } from '../errors'
@@ -20,7 +21,7 @@ export type UserClaims = Static<typeof UserClaims>
 const claimsCheck = TypeCompiler.Compile(UserClaims)
 
 /** Algorithms accepted for HS tokens (FANFARE_JWT_SECRET) and for JWKS keys. Never `none`. */
-export const SECRET_ALGORITHMS = ['HS256']
+export const SECRET_ALGORITHMS: ['HS256'] = ['HS256']
 export const JWKS_ALGORITHMS = ['RS256', 'ES256', 'EdDSA', 'Ed25519']
 
 /** Seconds two clocks may disagree by when exp, nbf and iat are checked. */
@@ -29,56 +30,53 @@ const CLOCK_TOLERANCE_S = 5
 export type JwtVerifier = (token: string) => Promise<UserPrincipal>
 
 /**
- * Verifies players' and viewers' tokens with jose: HS256 with FANFARE_JWT_SECRET, and/or the keys
+ * Verifies players' and viewers' tokens: HS256 with FANFARE_JWT_SECRET, and/or the keys
  * FANFARE_JWKS_URL serves (cached by jose, fetched again when a token names an unknown `kid`).
  * Always with an algorithm allowlist, `exp` and `sub` required, `iss`/`aud` checked when
  * configured. Expired: TokenExpired (401 token_expired); anything else wrong: 401 invalid_token.
  * Undefined when neither is configured (no user tokens are accepted).
+ *
+ * One library per kind of key, each where it is cheapest (bench/findings.md, "JWT connects, third
+ * look"): fast-jwt checks HS256 with node:crypto's synchronous HMAC (jose's only HMAC path is the
+ * async WebCrypto round trip, which cost more than the HMAC itself on every connect); jose keeps
+ * JWKS keys (fetching, key selection, cooldown) and verifies RS/ES/EdDSA signatures on WebCrypto's
+ * thread pool, off the event loop (fast-jwt would run them on it, 17-43 µs each). Both get the same
+ * claims, the same tolerance and the same checks after them; jwt.test.ts holds them to each other.
  */
 export function createJwtVerifier(
   config: Pick<Config, 'FANFARE_JWT_SECRET' | 'FANFARE_JWKS_URL' | 'FANFARE_JWT_ISSUER' | 'FANFARE_JWT_AUDIENCE'>,
   opts: { now?: () => number; /** At most one JWKS fetch per this long (an unknown kid fetches again after it). */ jwksCooldownMs?: number } = {},
 ): JwtVerifier | undefined {
-  // Imported once: given raw bytes, jose would import the HMAC key again for every token.
-  const secret = config.FANFARE_JWT_SECRET
-    ? crypto.subtle.importKey('raw', new TextEncoder().encode(config.FANFARE_JWT_SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify'])
-    : undefined
+  const secret = config.FANFARE_JWT_SECRET ? hs256Verifier(config.FANFARE_JWT_SECRET, config, opts.now) : undefined
   const jwks = config.FANFARE_JWKS_URL ? createRemoteJWKSet(new URL(config.FANFARE_JWKS_URL), { cooldownDuration: opts.jwksCooldownMs ?? 30_000, cacheMaxAge: 10 * 60_000 }) : undefined
   if (!secret && !jwks) return undefined
-  const algorithms = [...(secret ? SECRET_ALGORITHMS : []), ...(jwks ? JWKS_ALGORITHMS : [])]
-  // Given the secret's key itself when no JWKS is configured, jose calls no resolver per token.
-  const resolve: JWTVerifyGetKey | undefined = jwks
-    ? async (header, token) => {
-        if (header.alg === 'HS256') {
-          if (!secret) throw new Unauthorized('HS256 tokens are not accepted here', 'invalid_token')
-          return secret
-        }
-        return jwks(header, token)
-      }
-    : undefined
-  return async (token) => {
-    let payload: unknown
-    try {
-      // jose parses the header itself: what is not a JWT at all fails there (ERR_JWS_INVALID).
-      ;({ payload } = await jwtVerify(token, resolve ?? (await secret!), {
-        algorithms,
+  const verifyJwks = async (token: string): Promise<unknown> =>
+    (
+      await jwtVerify(token, jwks!, {
+        algorithms: JWKS_ALGORITHMS,
         issuer: config.FANFARE_JWT_ISSUER,
         audience: config.FANFARE_JWT_AUDIENCE,
         requiredClaims: ['sub', 'exp'],
         clockTolerance: CLOCK_TOLERANCE_S,
         currentDate: opts.now ? new Date(opts.now()) : undefined,
-      }))
+      })
+    ).payload
+  // Which library checks a token is chosen by its header's alg; each refuses every other alg, so
+  // an HS256 token never meets a JWKS key and a JWKS key is never an HMAC secret.
+  const verify = !jwks ? secret! : (token: string) => (secret && alg(token) === 'HS256' ? secret(token) : verifyJwks(token))
+  return async (token) => {
+    let payload: unknown
+    try {
+      payload = await verify(token)
     } catch (err) {
-      if (err instanceof errors.JWTExpired) throw new TokenExpired()
-      if (err instanceof Unauthorized) throw err
-      throw new Unauthorized(`invalid token: ${describe(err)}`, 'invalid_token')
+      throw refusal(err)
     }
     if (!claimsCheck.Check(payload)) {
       const first = claimsCheck.Errors(payload).First()
       throw new Unauthorized(`invalid token claims: ${first?.path ?? ''} ${first?.message ?? ''}`.trim(), 'invalid_token')
     }
     const c = payload as UserClaims
-    // jose checks iat only with maxTokenAge. A token "issued" in the future would outlive every
+    // Neither library checks iat unless given a maximum age. A token "issued" in the future would outlive every
     // revocation of its user (POST /admin/users/:user/revoke refuses tokens by iat) until then.
     if (c.iat !== undefined && c.iat > (opts.now ? opts.now() : Date.now()) / 1000 + CLOCK_TOLERANCE_S) {
       throw new Unauthorized('invalid token: "iat" claim timestamp check failed (it should be in the past)', 'invalid_token')
@@ -96,13 +94,66 @@ export function createJwtVerifier(
   }
 }
 
-/** jose's error codes say what is wrong without leaking key material. */
+/**
+ * HS256 tokens, checked synchronously by fast-jwt with the options jose gets for JWKS tokens. Its
+ * tolerance is in ms; it checks iss/aud only when present, hence required when configured. Its
+ * clock is fixed when it is made: with an injected clock, one is made per token.
+ */
+function hs256Verifier(secret: string, config: Pick<Config, 'FANFARE_JWT_ISSUER' | 'FANFARE_JWT_AUDIENCE'>, now?: () => number) {
+  const make = (clockTimestamp?: number) =>
+    createVerifier({
+      key: secret,
+      algorithms: SECRET_ALGORITHMS,
+      allowedIss: config.FANFARE_JWT_ISSUER,
+      allowedAud: config.FANFARE_JWT_AUDIENCE,
+      requiredClaims: ['sub', 'exp', ...(config.FANFARE_JWT_ISSUER ? ['iss'] : []), ...(config.FANFARE_JWT_AUDIENCE ? ['aud'] : [])],
+      clockTolerance: CLOCK_TOLERANCE_S * 1000,
+      clockTimestamp,
+    }) as (token: string) => unknown
+  if (now) return (token: string) => make(now())(token)
+  return make()
+}
+
+/** The header's alg, or undefined when there is no readable header (the verifier then says why). */
+function alg(token: string): unknown {
+  try {
+    return decodeProtectedHeader(token).alg
+  } catch {
+    return undefined
+  }
+}
+
+/** Either library's refusal as ours; their codes say what is wrong without leaking key material. */
+function refusal(err: unknown): Unauthorized {
+  if (err instanceof Unauthorized) return err
+  if (err instanceof errors.JWTExpired || (err instanceof TokenError && err.code === TokenError.codes.expired)) return new TokenExpired()
+  return new Unauthorized(`invalid token: ${describe(err)}`, 'invalid_token')
+}
+
 function describe(err: unknown): string {
   const e = err as { code?: string; message?: string }
-  if (e?.code === 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') return 'signature does not verify'
-  if (e?.code === 'ERR_JOSE_ALG_NOT_ALLOWED') return 'algorithm not allowed'
-  if (e?.code === 'ERR_JWT_CLAIM_VALIDATION_FAILED') return e.message ?? 'claim check failed'
-  if (e?.code === 'ERR_JWKS_NO_MATCHING_KEY') return 'no key matches its kid'
-  if (e?.code === 'ERR_JWS_INVALID' || e?.code === 'ERR_JWT_INVALID') return 'malformed'
+  switch (e?.code) {
+    case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
+    case TokenError.codes.invalidSignature:
+    case TokenError.codes.missingSignature:
+      return 'signature does not verify'
+    case 'ERR_JOSE_ALG_NOT_ALLOWED':
+    case TokenError.codes.invalidAlgorithm:
+      return 'algorithm not allowed'
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
+    case TokenError.codes.inactive:
+    case TokenError.codes.missingRequiredClaim:
+    case TokenError.codes.invalidClaimType:
+    case TokenError.codes.invalidClaimValue:
+      return e.message ?? 'claim check failed'
+    case 'ERR_JWKS_NO_MATCHING_KEY':
+      return 'no key matches its kid'
+    case 'ERR_JWS_INVALID':
+    case 'ERR_JWT_INVALID':
+    case TokenError.codes.malformed:
+    case TokenError.codes.invalidPayload:
+    case TokenError.codes.invalidType:
+      return 'malformed'
+  }
   return e?.code ?? 'malformed'
 }
