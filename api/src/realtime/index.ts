@@ -441,6 +441,10 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             return void deps.presence.subscribe(conn, target, frame.since !== undefined)
           }
           await checkAccess(conn.principal, frame.channel)
+          // Unsubscribed or closed while a room's visibility was read: the client was told it holds
+          // nothing (or is gone), so the hub must not take it on (it would get updates it cannot
+          // stop, uncounted by the channel limit, or keep a closed socket as a member for good).
+          if (!conn.channels.has(frame.channel)) return
           const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
           await deps.hub.subscribe(conn, frame.channel, from)
           // Present once its first frames are out (and if it did not leave or close meanwhile).
