@@ -100,6 +100,36 @@ describe('presence across API nodes', () => {
     expect(leave.data).toMatchObject({ reason: 'left', users: 2 })
   })
 
+  test('a viewer who signs in with an auth frame after subscribing is present as that user, and leaves no ghost connection behind', async () => {
+    const watch = await client(B, undefined, ['presence:chat:signin'])
+    // Subscribed while anonymous (a browser opens the socket, then sends its token in a frame).
+    const c = await client(A, undefined, ['chat:signin'])
+    await until('one anonymous connection', () => held(watch, 'presence:chat:signin').connections === 1, 3000)
+    c.send({ op: 'auth', ref: 'a', token: await token('sid') })
+    await c.reply('a')
+    await until('sid present, as the one connection', () => {
+      const s = held(watch, 'presence:chat:signin')
+      return members(s).includes('sid') && s.connections === 1 && s.users === 1
+    }, 3000)
+    // Left at once: nothing stays counted (before, the anonymous connection stayed for good).
+    c.send({ op: 'unsubscribe', ref: 'u', channel: 'chat:signin' })
+    await until('nobody left', () => {
+      const s = held(watch, 'presence:chat:signin')
+      return s.connections === 0 && s.users === 0
+    }, 3000)
+    for (const node of [A, B]) expect(await rest(node, 'chat:signin')).toMatchObject({ connections: 0, users: 0, members: [] })
+    // The same over a close: gone after the grace.
+    const d = await client(A, undefined, ['chat:signin'])
+    d.send({ op: 'auth', ref: 'a', token: await token('sue') })
+    await d.reply('a')
+    await until('sue present', () => members(held(watch, 'presence:chat:signin')).includes('sue'), 3000)
+    d.close()
+    await until('sue gone, no ghost', () => {
+      const s = held(watch, 'presence:chat:signin')
+      return s.connections === 0 && s.users === 0
+    }, GRACE_MS + 3000)
+  })
+
   test('a reload within the grace, even onto the other node, is no leave and no join', async () => {
     const watch = await client(A, undefined, ['presence:chat:reload'])
     const first = await client(A, 'dave', ['chat:reload'])

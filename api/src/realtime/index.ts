@@ -387,7 +387,17 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           const refused = conn.slot.identify(p)
           if (refused) return void refuseSocket(conn, frame.ref, refused)
           const refreshed = conn.principal.kind !== 'anonymous'
+          const was = conn.principal
           conn.principal = p
+          // A viewer who signs in: present from now on as that user, no longer as an anonymous
+          // connection (untracked later as the user, the anonymous one would stay counted for good).
+          if (!refreshed && p.kind === 'user') {
+            for (const channel of conn.channels) {
+              if (!isTracked(channel)) continue
+              deps.presence.untrack(channel, conn.id, was, 'left')
+              deps.presence.track(channel, conn.id, p)
+            }
+          }
           conn.awaitingAuth = false
           scheduleExpiry(conn)
           // After `authed`: the client learns of its fresh token first, then of what it lost.
