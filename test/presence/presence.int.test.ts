@@ -162,6 +162,33 @@ describe('presence across API nodes', () => {
     for (let i = 1; i < after.length; i++) expect(after[i].at - after[i - 1].at).toBeGreaterThan(150)
   })
 
+  test('a user toggling a channel across the member limit costs its presence subscribers at most a snapshot per interval, and they end equal to the cluster', async () => {
+    const watch = await client(A, undefined, ['presence:chat:edge'])
+    for (const sub of ['e1', 'e2', 'e3']) await client(A, sub, ['chat:edge']) // the limit (3): members listed
+    await until('three members', () => held(watch, 'presence:chat:edge').users === 3, 3000)
+    const from = watch.frames.length
+    // A fourth user subscribes and unsubscribes again and again: every time across the limit. A
+    // snapshot lists every member (up to FANFARE_PRESENCE_MAX_MEMBERS of them) and goes to every
+    // presence subscriber, so one toggling socket must not make one per toggle.
+    const toggler = await WsClient.open(`ws://127.0.0.1:${ports[A]}/v1/ws?token=${await token('tog')}`)
+    opened.push(toggler)
+    const started = Date.now()
+    for (let i = 0; i < 30; i++) {
+      toggler.send({ op: 'subscribe', ref: `s${i}`, channel: 'chat:edge' })
+      await until('subscribed', () => toggler.of('chat:edge').length === i + 1)
+      await Bun.sleep(5)
+      toggler.send({ op: 'unsubscribe', ref: `u${i}`, channel: 'chat:edge' })
+      await toggler.reply(`u${i}`)
+    }
+    const took = Date.now() - started
+    await Bun.sleep(600)
+    const snapshots = watch.frames.slice(from).filter((f) => f.channel === 'presence:chat:edge' && f.op === 'snapshot').length
+    // One per 200 ms interval (and one at once): the storm took `took` ms.
+    expect(snapshots).toBeLessThanOrEqual(Math.ceil(took / 200) + 3)
+    const s = held(watch, 'presence:chat:edge')
+    expect({ users: s.users, members: members(s) }).toEqual({ users: 3, members: ['e1', 'e2', 'e3'] })
+  })
+
   test("a node killed with SIGKILL: its users leave everywhere with node_lost within the TTL plus 2 s", async () => {
     const watch = await client(A, undefined, ['presence:chat:crash'])
     await client(A, 'stay', ['chat:crash'])
