@@ -475,7 +475,10 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         }
       }
     } catch (err) {
-      if (frame.op === 'subscribe') conn.channels.delete(frame.channel)
+      if (frame.op === 'subscribe' && conn.channels.delete(frame.channel) && isTracked(frame.channel)) {
+        // A sign-in while this subscribe was under way tracked it already (see `auth`): not any more.
+        deps.presence.untrack(frame.channel, conn.id, conn.principal, 'left')
+      }
       const body = errorBody(err)
       if (body.code === 'internal') log.error({ err, op: frame.op }, 'websocket frame failed')
       reply({ op: 'error', ref: frame.ref, ...(frame.op === 'subscribe' ? { channel: frame.channel } : {}), error: body })
