@@ -1,8 +1,9 @@
 import type { Socket, TCPSocketListener } from 'bun'
 
 /**
- * A TCP proxy a test puts between two servers (a leaf nats-server and its hub) to cut the link
- * between them and restore it, with both servers running.
+ * A TCP proxy a test puts between two servers (a leaf nats-server and its hub), or between a
+ * client and its server, to cut the link and restore it with both running, or to hold the
+ * server's answers back for a while (a slow network) and then let them through in order.
  */
 export type TcpProxy = {
   /** The port clients connect to. */
@@ -10,15 +11,21 @@ export type TcpProxy = {
   /** Closes every proxied connection; new ones are refused (closed at once) until `restore`. */
   cut: () => void
   restore: () => void
+  /** Keeps what the target sends on open connections until `release` (what clients send still goes through). */
+  hold: () => void
+  /** Lets the held data through, in the order it came, and stops holding. */
+  release: () => void
   close: () => void
 }
 
-type Side = { peer?: Socket<Side>; pending: Uint8Array[] }
+type Side = { peer?: Socket<Side>; pending: Uint8Array[]; upstream?: boolean }
 
 export function tcpProxy(opts: { port: number; target: { host: string; port: number } }): TcpProxy {
   let open = true
   const sockets = new Set<Socket<Side>>()
+  let held: [Socket<Side>, Uint8Array][] | undefined
   const relay = (from: Socket<Side>, data: Uint8Array) => {
+    if (held && from.data.upstream) return void held.push([from, data.slice()])
     const peer = from.data.peer
     // Until the upstream connection is up, keep what the client sent (copied: Bun reuses the buffer).
     if (!peer) from.data.pending.push(data.slice())
@@ -37,7 +44,7 @@ export function tcpProxy(opts: { port: number; target: { host: string; port: num
           port: opts.target.port,
           socket: {
             open(upstream) {
-              upstream.data = { peer: client, pending: [] }
+              upstream.data = { peer: client, pending: [], upstream: true }
               sockets.add(upstream)
               if (!open) return void upstream.end()
               client.data.peer = upstream
@@ -74,6 +81,14 @@ export function tcpProxy(opts: { port: number; target: { host: string; port: num
     },
     restore: () => {
       open = true
+    },
+    hold: () => {
+      held ??= []
+    },
+    release: () => {
+      const chunks = held ?? []
+      held = undefined
+      for (const [from, chunk] of chunks) from.data.peer?.write(chunk)
     },
     close: () => {
       open = false

@@ -100,6 +100,36 @@ describe('presence across API nodes', () => {
     expect(leave.data).toMatchObject({ reason: 'left', users: 2 })
   })
 
+  test('a viewer who signs in with an auth frame after subscribing is present as that user, and leaves no ghost connection behind', async () => {
+    const watch = await client(B, undefined, ['presence:chat:signin'])
+    // Subscribed while anonymous (a browser opens the socket, then sends its token in a frame).
+    const c = await client(A, undefined, ['chat:signin'])
+    await until('one anonymous connection', () => held(watch, 'presence:chat:signin').connections === 1, 3000)
+    c.send({ op: 'auth', ref: 'a', token: await token('sid') })
+    await c.reply('a')
+    await until('sid present, as the one connection', () => {
+      const s = held(watch, 'presence:chat:signin')
+      return members(s).includes('sid') && s.connections === 1 && s.users === 1
+    }, 3000)
+    // Left at once: nothing stays counted (before, the anonymous connection stayed for good).
+    c.send({ op: 'unsubscribe', ref: 'u', channel: 'chat:signin' })
+    await until('nobody left', () => {
+      const s = held(watch, 'presence:chat:signin')
+      return s.connections === 0 && s.users === 0
+    }, 3000)
+    for (const node of [A, B]) expect(await rest(node, 'chat:signin')).toMatchObject({ connections: 0, users: 0, members: [] })
+    // The same over a close: gone after the grace.
+    const d = await client(A, undefined, ['chat:signin'])
+    d.send({ op: 'auth', ref: 'a', token: await token('sue') })
+    await d.reply('a')
+    await until('sue present', () => members(held(watch, 'presence:chat:signin')).includes('sue'), 3000)
+    d.close()
+    await until('sue gone, no ghost', () => {
+      const s = held(watch, 'presence:chat:signin')
+      return s.connections === 0 && s.users === 0
+    }, GRACE_MS + 3000)
+  })
+
   test('a reload within the grace, even onto the other node, is no leave and no join', async () => {
     const watch = await client(A, undefined, ['presence:chat:reload'])
     const first = await client(A, 'dave', ['chat:reload'])
@@ -130,6 +160,33 @@ describe('presence across API nodes', () => {
     expect(after.every(({ f }) => f.op === 'update' && f.data.kind === 'count')).toBe(true)
     // ...at most one per 200 ms interval, however many joined meanwhile.
     for (let i = 1; i < after.length; i++) expect(after[i].at - after[i - 1].at).toBeGreaterThan(150)
+  })
+
+  test('a user toggling a channel across the member limit costs its presence subscribers at most a snapshot per interval, and they end equal to the cluster', async () => {
+    const watch = await client(A, undefined, ['presence:chat:edge'])
+    for (const sub of ['e1', 'e2', 'e3']) await client(A, sub, ['chat:edge']) // the limit (3): members listed
+    await until('three members', () => held(watch, 'presence:chat:edge').users === 3, 3000)
+    const from = watch.frames.length
+    // A fourth user subscribes and unsubscribes again and again: every time across the limit. A
+    // snapshot lists every member (up to FANFARE_PRESENCE_MAX_MEMBERS of them) and goes to every
+    // presence subscriber, so one toggling socket must not make one per toggle.
+    const toggler = await WsClient.open(`ws://127.0.0.1:${ports[A]}/v1/ws?token=${await token('tog')}`)
+    opened.push(toggler)
+    const started = Date.now()
+    for (let i = 0; i < 30; i++) {
+      toggler.send({ op: 'subscribe', ref: `s${i}`, channel: 'chat:edge' })
+      await until('subscribed', () => toggler.of('chat:edge').length === i + 1)
+      await Bun.sleep(5)
+      toggler.send({ op: 'unsubscribe', ref: `u${i}`, channel: 'chat:edge' })
+      await toggler.reply(`u${i}`)
+    }
+    const took = Date.now() - started
+    await Bun.sleep(600)
+    const snapshots = watch.frames.slice(from).filter((f) => f.channel === 'presence:chat:edge' && f.op === 'snapshot').length
+    // One per 200 ms interval (and one at once): the storm took `took` ms.
+    expect(snapshots).toBeLessThanOrEqual(Math.ceil(took / 200) + 3)
+    const s = held(watch, 'presence:chat:edge')
+    expect({ users: s.users, members: members(s) }).toEqual({ users: 3, members: ['e1', 'e2', 'e3'] })
   })
 
   test("a node killed with SIGKILL: its users leave everywhere with node_lost within the TTL plus 2 s", async () => {

@@ -31,14 +31,15 @@ export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: str
   const now = deps.now ?? Date.now
   const ttl = deps.ttlMs ?? 30_000
   const cache = new Map<string, { visibility: Visibility; at: number }>()
-  // One lookup per room at a time: callers of a room being read share it.
-  const reading = new Map<string, Promise<Visibility>>()
+  // One lookup per room at a time: callers of a room being read share it. `stale`: a change came
+  // in while it was under way.
+  const reading = new Map<string, { promise: Promise<Visibility>; stale: boolean }>()
   const listeners: ((room: string) => void)[] = []
   const subject = `${deps.prefix}.control.rooms`
   const changed = (room: string) => {
     cache.delete(room)
-    // A lookup under way may have read the old value: the next caller reads again.
-    reading.delete(room)
+    const under = reading.get(room)
+    if (under) under.stale = true
     for (const l of listeners) l(room)
   }
   const sub: Subscription = deps.nc.subscribe(subject, {
@@ -54,21 +55,26 @@ export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: str
     const hit = cache.get(room)
     if (hit && now() - hit.at < ttl) return hit.visibility
     const under = reading.get(room)
-    if (under) return under
-    const lookup: Promise<Visibility> = read(room)
-      .then((visibility) => {
-        // Not when a change came in meanwhile: what was read may be from before it.
-        if (reading.get(room) === lookup) {
-          if (cache.size > 100_000) cache.clear()
-          cache.set(room, { visibility, at: now() })
-        }
-        return visibility
-      })
-      .finally(() => {
-        if (reading.get(room) === lookup) reading.delete(room)
-      })
-    reading.set(room, lookup)
-    return lookup
+    if (under) return under.promise
+    const entry = { promise: undefined as unknown as Promise<Visibility>, stale: false }
+    entry.promise = (async () => {
+      let visibility: Visibility
+      do {
+        // What a read under way when a change came in returns may be from before the change, and
+        // this node has already re-checked the room's subscribers for it: a subscriber let in on
+        // the old value would never be dropped. So it reads again, and every caller (those that
+        // came after the change too, in the order they came) gets the value after the change.
+        entry.stale = false
+        visibility = await read(room)
+      } while (entry.stale)
+      if (cache.size > 100_000) cache.clear()
+      cache.set(room, { visibility, at: now() })
+      return visibility
+    })().finally(() => {
+      if (reading.get(room) === entry) reading.delete(room)
+    })
+    reading.set(room, entry)
+    return entry.promise
   }
   return {
     visibility: async (room) => visibilityNowOr(room),

@@ -49,6 +49,10 @@ type Watched = {
   withMembers: boolean
   /** Counts changed and not yet told (coalesced to at most one frame per interval). */
   dirty: boolean
+  /** When the subscribers were last sent a snapshot for crossing the member limit. */
+  reshapedAt: number
+  /** A crossing came within the interval of the last one: the next tick sends the snapshot. */
+  reshapeDue: boolean
   subscribers: Set<string>
 }
 
@@ -57,8 +61,10 @@ type Watched = {
  * `maxMembers` users gets `join` and `leave` updates as they happen (each with the new counts);
  * a bigger one only `count` updates, at most one per `intervalMs`, whatever happens in it: a join in
  * a 10,000-viewer channel costs its presence subscribers one frame per interval, not one each.
- * Crossing the member limit either way, or a change this node cannot account for update by update
- * (updates from another node were missed), sends a fresh snapshot marked `resync`.
+ * Crossing the member limit either way (at most once per `intervalMs`: a crossing sooner than that
+ * after the last one, and every change until then, is told by a snapshot at the next tick), or a
+ * change this node cannot account for update by update (updates from another node were missed),
+ * sends a fresh snapshot marked `resync`.
  *
  * Frames carry a version (+1 per frame) and an epoch naming this node's run and the channel's
  * watch: a resume on another node always gets a snapshot.
@@ -91,8 +97,19 @@ export function createPresenceFeed(deps: {
     return { connections: t.connections, users: t.users.size }
   }
 
+  const reshape = (w: Watched, channel: string) => {
+    w.reshapeDue = false
+    w.reshapedAt = now()
+    w.version++
+    deps.publish(presenceChannelOf(channel), snapshotFrame(w, channel, true))
+  }
+
   const timer = setInterval(() => {
     for (const [channel, w] of watched) {
+      if (w.reshapeDue) {
+        reshape(w, channel)
+        continue
+      }
       if (!w.dirty) continue
       w.dirty = false
       frame(w, channel, { kind: 'count', ...counts(channel) })
@@ -103,13 +120,16 @@ export function createPresenceFeed(deps: {
     /** Feeds a change of a channel's totals (from the view). */
     onChange(change: PresenceChange) {
       const w = watched.get(change.channel)
-      if (!w) return
+      // A snapshot is due at the next tick: it tells this change too.
+      if (!w || w.reshapeDue) return
       const c = counts(change.channel)
       const small = c.users <= deps.maxMembers
       if (small !== w.withMembers) {
-        // Crossed the member limit: the subscribers' state changes shape.
-        w.version++
-        deps.publish(presenceChannelOf(change.channel), snapshotFrame(w, change.channel, true))
+        // Crossed the member limit: the subscribers' state changes shape, told by a snapshot of
+        // every member to every presence subscriber. One user toggling a channel at the limit
+        // would make one per toggle, so at most one per interval; changes meanwhile wait for it.
+        if (now() - w.reshapedAt < deps.intervalMs) w.reshapeDue = true
+        else reshape(w, change.channel)
         return
       }
       if (!small || change.kind === 'count') {
@@ -138,7 +158,7 @@ export function createPresenceFeed(deps: {
     subscribe(sink: Sink, channel: string, resync = false) {
       let w = watched.get(channel)
       if (!w) {
-        w = { version: 0, epoch: `${deps.inc}.${++generation}`, withMembers: false, dirty: false, subscribers: new Set() }
+        w = { version: 0, epoch: `${deps.inc}.${++generation}`, withMembers: false, dirty: false, reshapedAt: Number.NEGATIVE_INFINITY, reshapeDue: false, subscribers: new Set() }
         watched.set(channel, w)
       }
       w.subscribers.add(sink.id)

@@ -387,7 +387,17 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           const refused = conn.slot.identify(p)
           if (refused) return void refuseSocket(conn, frame.ref, refused)
           const refreshed = conn.principal.kind !== 'anonymous'
+          const was = conn.principal
           conn.principal = p
+          // A viewer who signs in: present from now on as that user, no longer as an anonymous
+          // connection (untracked later as the user, the anonymous one would stay counted for good).
+          if (!refreshed && p.kind === 'user') {
+            for (const channel of conn.channels) {
+              if (!isTracked(channel)) continue
+              deps.presence.untrack(channel, conn.id, was, 'left')
+              deps.presence.track(channel, conn.id, p)
+            }
+          }
           conn.awaitingAuth = false
           scheduleExpiry(conn)
           // After `authed`: the client learns of its fresh token first, then of what it lost.
@@ -441,6 +451,10 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             return void deps.presence.subscribe(conn, target, frame.since !== undefined)
           }
           await checkAccess(conn.principal, frame.channel)
+          // Unsubscribed or closed while a room's visibility was read: the client was told it holds
+          // nothing (or is gone), so the hub must not take it on (it would get updates it cannot
+          // stop, uncounted by the channel limit, or keep a closed socket as a member for good).
+          if (!conn.channels.has(frame.channel)) return
           const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
           await deps.hub.subscribe(conn, frame.channel, from)
           // Present once its first frames are out (and if it did not leave or close meanwhile).
@@ -461,7 +475,10 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         }
       }
     } catch (err) {
-      if (frame.op === 'subscribe') conn.channels.delete(frame.channel)
+      if (frame.op === 'subscribe' && conn.channels.delete(frame.channel) && isTracked(frame.channel)) {
+        // A sign-in while this subscribe was under way tracked it already (see `auth`): not any more.
+        deps.presence.untrack(frame.channel, conn.id, conn.principal, 'left')
+      }
       const body = errorBody(err)
       if (body.code === 'internal') log.error({ err, op: frame.op }, 'websocket frame failed')
       reply({ op: 'error', ref: frame.ref, ...(frame.op === 'subscribe' ? { channel: frame.channel } : {}), error: body })

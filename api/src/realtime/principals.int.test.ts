@@ -199,6 +199,26 @@ describe('principals over a real API node', () => {
     expect((await call('POST', '/v1/events', { token: env.vars.FANFARE_INGEST_TOKEN, body: { type: 'chat.message.posted', data: { room: 'vip-post', user: 'bot', text: 'a key' } } })).status).toBe(202)
   })
 
+  test('a private room: a moderator it is closed to may not delete its messages either (REST, the admin route and WebSocket); a member moderator and admin keys may', async () => {
+    expect((await call('PUT', '/admin/rooms/vip-mod', { token: adminKey, body: { visibility: 'private' } })).status).toBe(200)
+    const del = (messageId: string) => ({ type: 'chat.message.deleted', data: { room: 'vip-mod', messageId } })
+    // A moderator of the public rooms cannot read this one: deleting in it would be a write into a
+    // room closed to them (and an oracle on ids they cannot see).
+    const outsider = await token('mod-eve', { roles: ['moderator'] })
+    const refused = await call('POST', '/v1/events', { token: outsider, body: { events: [del('m1')] } })
+    expect([refused.status, refused.json.error.code]).toEqual([403, 'forbidden'])
+    expect(refused.json.error.details).toEqual([{ index: 0, channel: 'chat:vip-mod' }])
+    expect((await call('DELETE', '/admin/rooms/vip-mod/messages/m1', { token: outsider })).status).toBe(403)
+    const c = await WsClient.open(`${ws}?token=${outsider}`)
+    c.send({ op: 'publish', ref: 'd', event: del('m1') })
+    expect((await c.reply('d')).error.code).toBe('forbidden')
+    c.close()
+    // In a public room the same moderator deletes as before.
+    expect((await call('POST', '/v1/events', { token: outsider, body: { type: 'chat.message.deleted', data: { room: 'lobby', messageId: 'm1' } } })).status).toBe(202)
+    expect((await call('POST', '/v1/events', { token: await token('mod-vic', { roles: ['moderator'], channels: ['chat:vip-*'] }), body: del('m1') })).status).toBe(202)
+    expect((await call('DELETE', '/admin/rooms/vip-mod/messages/m1', { token: adminKey })).status).toBe(202)
+  })
+
   test('a fresh token whose channels claim no longer admits a private room drops that room (and its presence), not the others', async () => {
     expect((await call('PUT', '/admin/rooms/vip-refresh', { token: adminKey, body: { visibility: 'private' } })).status).toBe(200)
     const c = await WsClient.open(`${ws}?token=${await token('ria', { channels: ['chat:vip-refresh'] })}`)

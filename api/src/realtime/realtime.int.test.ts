@@ -152,6 +152,33 @@ describe('realtime over a real server', () => {
     trusted.close()
   })
 
+  test('a subscribe cut short by an unsubscribe or a close while the room is looked up leaves no subscription behind', async () => {
+    const subscriptions = async () => {
+      const r = await fetch(`http://127.0.0.1:${api.port}/admin/nodes`, { headers: { authorization: `Bearer ${env.vars.FANFARE_ADMIN_TOKEN}` } })
+      return ((await r.json()) as { nodes: { subscriptions: number }[] }).nodes.reduce((n, node) => n + node.subscriptions, 0)
+    }
+    const before = await subscriptions()
+    // A room this node has not looked up yet: its visibility is read from Postgres before the
+    // subscription goes on, and the unsubscribe (or the close) lands in that wait.
+    const c = await WsClient.open(url)
+    for (let i = 0; i < 5; i++) {
+      c.send({ op: 'subscribe', ref: `s${i}`, channel: channelOf.chat(`cut-${i}`) })
+      c.send({ op: 'unsubscribe', ref: `u${i}`, channel: channelOf.chat(`cut-${i}`) })
+    }
+    for (let i = 0; i < 5; i++) {
+      const gone = await WsClient.open(url)
+      gone.send({ op: 'subscribe', ref: 's', channel: channelOf.chat(`closed-${i}`) })
+      gone.close()
+    }
+    await until('every unsubscribe answered', () => c.frames.filter((f) => f.op === 'unsubscribed').length === 5)
+    await Bun.sleep(300)
+    // The client was told it is not subscribed: no snapshot or update may follow for those rooms.
+    expect(c.frames.filter((f) => f.op === 'snapshot' || f.op === 'update')).toEqual([])
+    // Only `c` is open, and it holds nothing: the closed sockets are not kept as members either.
+    expect(await subscriptions()).toBe(before)
+    c.close()
+  })
+
   test('bad frames get error frames and the connection stays usable', async () => {
     const c = await WsClient.open(url)
     c.send('{not json')

@@ -75,7 +75,7 @@ export type IngestOptions = {
   now?: () => Date
   /** Events stored and publish durations are counted here; a registry of its own when absent. */
   metrics?: Metrics
-  /** Room visibility: a user posts only in rooms they may read (a private room is closed to others). */
+  /** Room visibility: a user posts (or, as a moderator, deletes) only in rooms they may read (a private room is closed to others). */
   rooms: Pick<RoomAccess, 'visibilityNowOr'>
 }
 
@@ -253,7 +253,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       // their order, as every caller of a room being looked up resumes in the order it came.
       const found = closed instanceof Promise ? await closed : closed
       if (found.length > 0) {
-        throw new Forbidden(`${found[0].channel} is a private room: only users whose channels claim matches it may post there`, found)
+        throw new Forbidden(`${found[0].channel} is a private room: only users whose channels claim matches it may post or delete there`, found)
       }
     }
     if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
@@ -283,9 +283,12 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
     throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
   }
-  /** The user's chat posts to rooms closed to them (private rooms whose channel their claim does not match). */
+  /**
+   * The user's chat posts and deletions in rooms closed to them (private rooms whose channel their
+   * claim does not match): a moderator role is no pass into a room the moderator may not read.
+   */
   const roomsClosedTo = (user: Principal, events: Omit<StoredEvent, 'at'>[]) => {
-    const posts = events.flatMap((e, index) => (e.type === 'chat.message.posted' ? [{ index, channel: channelOf.chat((e.data as { room: string }).room), room: (e.data as { room: string }).room }] : []))
+    const posts = events.flatMap((e, index) => (e.type === 'chat.message.posted' || e.type === 'chat.message.deleted' ? [{ index, channel: channelOf.chat((e.data as { room: string }).room), room: (e.data as { room: string }).room }] : []))
     const seen = posts.map((p) => rooms.visibilityNowOr(p.room))
     const closed = (visibilities: Visibility[]) =>
       posts.flatMap(({ index, channel }, i) => (maySubscribe(user, channel, visibilities[i]).ok ? [] : [{ index, channel }]))
