@@ -12,6 +12,11 @@
  *   board of `players` players, then `updates` random scores in batches of 50 (10 ms apart), one
  *   SDK client following the channel; counts its snapshots, resyncs, updates applied, snapshot
  *   frame bytes, and checks its top 100 against REST at the end.
+ * - read --compare=<checkout> [--rounds=5] [--reads=500]: the server's cost of a snapshot: a board
+ *   of `players` entries in a fresh database; this checkout's leaderboardSnapshot and another's
+ *   (say the commit before the reserve, `git archive` unpacked, node_modules linked) take turns
+ *   reading it `reads` times one after another; prints per side the mean read time and the bytes
+ *   of the snapshot frame's data.
  */
 import { nextScore, type Standing } from '../stream-workers/src/projections/leaderboards/projection'
 import { helpers, RESYNC } from '../client/src/state'
@@ -133,7 +138,45 @@ async function live() {
   }
 }
 
-if (mode === 'live') {
+async function read() {
+  const compare = process.argv.find((a) => a.startsWith('--compare='))?.slice(10)
+  if (!compare) throw new Error('read needs --compare=<checkout>')
+  const { createTestEnv } = await import('../core/testing/env')
+  const { connectPostgres } = await import('../core/db/client')
+  const { leaderboardEntries } = await import('../core/db/schema')
+  const env = await createTestEnv()
+  const database = await connectPostgres(env.vars.DATABASE_URL, { max: 1 })
+  try {
+    const rnd = random(seed)
+    for (let p = 0; p < players; p += 1000) {
+      const rows = Array.from({ length: Math.min(1000, players - p) }, (_, k) => ({ board: 'busy', player: `p${p + k}`, score: Math.floor(rnd() * 10_000), reachedSeq: p + k + 1 }))
+      await database.db.insert(leaderboardEntries).values(rows)
+    }
+    await database.db.execute('ANALYZE leaderboard_entries' as never)
+    const sides = {
+      this: (await import('../api/src/modules/leaderboards/service')).leaderboardSnapshot,
+      [compare]: (await import(`${compare}/api/src/modules/leaderboards/service.ts`)).leaderboardSnapshot as typeof import('../api/src/modules/leaderboards/service').leaderboardSnapshot,
+    }
+    const reads = arg('reads', 500)
+    for (let r = 0; r < arg('rounds', 5); r++) {
+      for (const [name, snap] of Object.entries(sides)) {
+        for (let i = 0; i < 20; i++) await snap(database.db, 'busy')
+        const started = performance.now()
+        for (let i = 0; i < reads; i++) await snap(database.db, 'busy')
+        const us = ((performance.now() - started) * 1000) / reads
+        const bytes = JSON.stringify((await snap(database.db, 'busy')).data).length
+        console.log(JSON.stringify({ mode, round: r + 1, side: name, players, readUs: Math.round(us), dataBytes: bytes, load: (await Bun.file('/proc/loadavg').text()).split(' ').slice(0, 3).join(' ') }))
+      }
+    }
+  } finally {
+    await database.close()
+    await env.cleanup()
+  }
+}
+
+if (mode === 'read') {
+  await read()
+} else if (mode === 'live') {
   console.log(JSON.stringify({ mode, load: (await Bun.file('/proc/loadavg').text()).trim(), ...(await live()) }))
 } else {
   for (const operator of ['latest', 'sum'] as const) {
