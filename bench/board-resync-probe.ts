@@ -51,7 +51,7 @@ function modelRun(operator: 'latest' | 'sum', reserve: number | undefined) {
     const rest = all.slice(LIMIT, LIMIT + (reserve ?? 0)).map(([player, s]) => ({ player, score: s.score, reachedSeq: s.reachedSeq }))
     return {
       board: 'b', order: 'desc', operator, reset: 'none', period: null, entries, limit: LIMIT, more: all.length > LIMIT,
-      ...(reserve === undefined ? {} : { reserve: { entries: rest, more: all.length > LIMIT + rest.length } }),
+      ...(reserve === undefined ? {} : { reserve: { size: reserve, entries: rest, more: all.length > LIMIT + rest.length } }),
     }
   }
   const submit = (player: string, score: number): ChannelUpdates['leaderboard'] | undefined => {

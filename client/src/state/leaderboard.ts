@@ -13,7 +13,9 @@ type Known = Omit<Entry, 'rank'>
  * `reserve` (hidden entries ranked right after them, when the server sent one). The known list is
  * always exactly the board's first players, and `reserve.more` says whether the board has others:
  * - a player moving within the known list, or entering it from outside (ranking before its last
- *   entry), keeps it exact; past `limit` reserve entries the last is let go (it becomes unknown);
+ *   entry), keeps it exact; past `reserve.size` hidden entries the last is let go (it becomes
+ *   unknown). Never more than the snapshot's: a board with others then always has some (players
+ *   leave a board only with its period), so `reserve.more` stays exact;
  * - a known player dropping below the last known entry of a board with others leaves the list
  *   (someone unknown may rank above it now): the list shrinks by one;
  * - an unknown player ranking below the last known entry changes nothing known.
@@ -46,7 +48,7 @@ export const leaderboard: StateHelper<LeaderboardState, ChannelUpdates['leaderbo
     // says who (if anyone) ranks between the last known entry and it.
     else if (was < 0) return state
     if (known.length < state.limit && beyond) return RESYNC
-    const kept = state.limit + (reserve ? state.limit : 0)
+    const kept = state.limit + (reserve ? reserve.size : 0)
     if (known.length > kept) {
       known.length = kept
       beyond = true
@@ -55,6 +57,6 @@ export const leaderboard: StateHelper<LeaderboardState, ChannelUpdates['leaderbo
     const more = known.length > state.limit || beyond
     if (!reserve) return { ...state, more, entries }
     const hidden = known.slice(state.limit).map((e) => ('rank' in e ? { player: e.player, score: e.score, reachedSeq: e.reachedSeq } : e))
-    return { ...state, more, entries, reserve: { entries: hidden, more: beyond } }
+    return { ...state, more, entries, reserve: { size: reserve.size, entries: hidden, more: beyond } }
   },
 }

@@ -167,7 +167,7 @@ describe('leaderboard reads', () => {
     // Snapshot entries carry their tie order; REST pages do not.
     expect(snap.data.entries[0]).toEqual({ rank: 1, player: 'bob', score: 100, reachedSeq: expect.any(Number) })
     expect([snap.data.limit, snap.data.more]).toEqual([100, false])
-    expect(snap.data.reserve).toEqual({ entries: [], more: false })
+    expect(snap.data.reserve).toEqual({ size: RESERVE_SIZE, entries: [], more: false })
     expect((await h.call('GET', '/v1/leaderboards/hi?limit=1')).json.entries).toEqual([{ rank: 1, player: 'bob', score: 100 }])
     const none = await leaderboardSnapshot(h.database.db, 'golf')
     expect(none.version).toBe(0)

@@ -57,8 +57,10 @@ export type SnapshotEntry = Entry & { reachedSeq: number }
  * board has players after them. Not shown: a client keeps them to fill the top when a shown player
  * drops below the last shown entry, instead of asking for a snapshot again. Exact as of the
  * snapshot's version; a client keeps them exact from updates (see client/src/state/leaderboard.ts).
+ * `size` is the most entries a reserve holds: a snapshot's has `size` entries whenever `more` is
+ * true, and a client keeps at most `size` (so a board with players after them always has some).
  */
-export type BoardReserve = { entries: Omit<SnapshotEntry, 'rank'>[]; more: boolean }
+export type BoardReserve = { size: number; entries: Omit<SnapshotEntry, 'rank'>[]; more: boolean }
 
 /**
  * What a `leaderboard:<board>` snapshot holds: the top `limit` entries, each with the sequence its

@@ -193,7 +193,7 @@ export async function leaderboardSnapshot(db: Db, board: string, now = Date.now(
     // subscribers with the next period's (explicitly, a snapshot marked resync).
     if (page.reset !== 'none') until = periodBounds(page.reset, now).end
     const reserve = entries.slice(SNAPSHOT_SIZE).map(({ rank: _, ...e }) => e)
-    return { ...page, entries: entries.slice(0, SNAPSHOT_SIZE), limit: SNAPSHOT_SIZE, more: entries.length > SNAPSHOT_SIZE, reserve: { entries: reserve, more: next !== null } }
+    return { ...page, entries: entries.slice(0, SNAPSHOT_SIZE), limit: SNAPSHOT_SIZE, more: entries.length > SNAPSHOT_SIZE, reserve: { size: RESERVE_SIZE, entries: reserve, more: next !== null } }
   })
   return until === undefined ? snap : { ...snap, until }
 }
