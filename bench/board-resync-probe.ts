@@ -100,8 +100,11 @@ async function live() {
     }
     for (let p = 0; p < players; p += 250) await post(Array.from({ length: Math.min(250, players - p) }, (_, k) => ({ player: `p${p + k}`, score: Math.floor(rnd() * 10_000) })))
     const readBoard = async () => (await d.call('GET', `/v1/leaderboards/${board}?limit=100`)).json
-    // Wait for the players to be on the board before following it.
-    for (let t = 0; (await readBoard()).entries.length < Math.min(LIMIT, players); t++) if (t > 300) throw new Error('board never filled')
+    // Wait for every player to be on the board before following it.
+    for (let t = 0; (await d.call('GET', `/v1/leaderboards/${board}?offset=${players - 1}&limit=1`)).json.entries.length < 1; t++) {
+      if (t > 300) throw new Error('board never filled')
+      await Bun.sleep(50)
+    }
     const client = createClient({ urls: d.urls, token: await d.token('watcher') })
     let resyncs = 0
     let applied = 0
