@@ -73,6 +73,36 @@ describe('client SDK', () => {
     expect(roomSub.state!.messages.map((m) => m.text)).toEqual(Array.from({ length: 12 }, (_, i) => `hello ${11 - i}`))
   }, 60_000)
 
+  test('a busy latest board with more players than shown: the top equals REST, filled from the reserve, not by snapshots', async () => {
+    const board = 'sdk_busy'
+    expect((await d.call('PUT', `/admin/leaderboards/${board}`, { operator: 'latest' }, { token: d.env.vars.FANFARE_ADMIN_TOKEN })).status).toBe(200)
+    // A fixed pseudo-random sequence (scores up and down): the same run every time.
+    let x = 7
+    const rnd = (n: number) => ((x = (x * 1103515245 + 12345) % 2 ** 31), x % n)
+    const post = async (events: { player: string; score: number }[], node: number) =>
+      expect((await d.call('POST', '/v1/events', { events: events.map((data) => ({ type: 'score.submitted', data: { board, ...data } })) }, { node })).status).toBe(202)
+    await post(Array.from({ length: 250 }, (_, p) => ({ player: `p${p}`, score: rnd(10_000) })), 0)
+    const readBoard = async () => (await d.call('GET', `/v1/leaderboards/${board}?limit=100`)).json
+    await until('250 players stored', async () => (await d.call('GET', `/v1/leaderboards/${board}?offset=249&limit=1`)).json.entries.length === 1, 20_000, 100)
+    const client = open(createClient({ urls: d.urls, token: await d.token('bo') }))
+    let resyncs = 0
+    let applied = 0
+    const sub = client.subscribe(`leaderboard:${board}`, { onResync: () => resyncs++, onUpdate: () => void applied++ })
+    await until('subscribed', () => sub.status === 'live')
+    for (let n = 0; n < 40; n++) await post(Array.from({ length: 50 }, () => ({ player: `p${rnd(250)}`, score: rnd(10_000) })), n % 2)
+    await until(
+      'the top 100 held equals REST',
+      async () => Bun.deepEquals(sub.state?.entries.map(({ reachedSeq: _, ...e }) => e), (await readBoard()).entries),
+      20_000,
+      100,
+    )
+    // About a quarter of these scores take a shown player out of the top. Before the reserve each
+    // asked for a snapshot: 10 re-syncs, and only 48 of the 2,000 updates applied (the others came
+    // while it waited for snapshots). The reserve of 100 below the top absorbs them (0 re-syncs).
+    expect(applied).toBeGreaterThan(1000)
+    expect(resyncs).toBeLessThan(5)
+  }, 60_000)
+
   test('token_expiring: the token function is called once and the same connection goes on', async () => {
     const calls: number[] = []
     const client = open(

@@ -4,7 +4,9 @@ export const RESYNC: unique symbol = Symbol('resync')
 /**
  * How one kind of channel turns its snapshot and updates into the state a client holds. The
  * contract, checked by state.property.test.ts: after any sequence of updates (and snapshots), the
- * state equals what the server would snapshot at that moment, or `apply` said RESYNC.
+ * state equals what the server would snapshot at that moment, or `apply` said RESYNC. (A
+ * leaderboard's hidden `reserve` may hold fewer entries than a fresh snapshot's: those it holds are
+ * exact; see leaderboard.ts.)
  *
  * Helpers never mutate: every change gives a new state object (a UI can compare references).
  */

@@ -34,8 +34,12 @@ type Model<K extends Kind, Op> = {
 
 type Step<Op> = { op: Op } | { wait: number } | { resync: true }
 
-/** Plays the steps; after each, the client's state as of now must equal the model's snapshot. */
-function play<K extends Kind, Op>(kind: K, model: Model<K, Op>, steps: Step<Op>[], normalize: (s: ChannelSnapshots[K]) => unknown = (s) => s) {
+/**
+ * Plays the steps; after each, the client's state as of now must equal the model's snapshot
+ * (both through `normalize`), and `also` (parts held that may rightly differ from a fresh
+ * snapshot, checked their own way) must pass.
+ */
+function play<K extends Kind, Op>(kind: K, model: Model<K, Op>, steps: Step<Op>[], normalize: (s: ChannelSnapshots[K]) => unknown = (s) => s, also?: (held: ChannelSnapshots[K], step: number) => void) {
   const helper = helpers[kind] as (typeof helpers)[K]
   let now = Date.parse('2026-11-28T12:00:00Z')
   let state = model.snapshot(now)
@@ -67,6 +71,7 @@ function play<K extends Kind, Op>(kind: K, model: Model<K, Op>, steps: Step<Op>[
     if (!Bun.deepEquals(normalize(held as ChannelSnapshots[K]), normalize(truth))) {
       expect({ step: i, what: s, held: normalize(held as ChannelSnapshots[K]) }).toEqual({ step: i, what: s, held: normalize(truth) })
     }
+    also?.(held as ChannelSnapshots[K], i)
   }
   return { resyncsAsked }
 }
@@ -85,7 +90,7 @@ const steps = <Op>(op: fc.Arbitrary<Op>, wait = fc.integer({ min: 0, max: 0 }), 
 const check = (p: fc.IPropertyWithHooks<any> | fc.IProperty<any>) => fc.assert(p, { numRuns: runs, seed, endOnFailure: true })
 
 describe('state helpers equal the server snapshot after any updates', () => {
-  test('leaderboards: any order, operator, top size, ties, commits out of stream order, scores of another period', () => {
+  test('leaderboards: any order, operator, top size, reserve (or none), ties, commits out of stream order, scores of another period', () => {
     type Op = { player: number; score: number; priority: number; otherPeriod: boolean }
     const op = fc.record({ player: fc.integer({ min: 0, max: 7 }), score: fc.integer({ min: -3, max: 6 }), priority: fc.nat(1000), otherPeriod: fc.boolean() })
     check(
@@ -93,9 +98,11 @@ describe('state helpers equal the server snapshot after any updates', () => {
         fc.constantFrom('asc' as const, 'desc' as const),
         fc.constantFrom('best' as const, 'latest' as const, 'sum' as const),
         fc.integer({ min: 1, max: 5 }),
+        // The snapshot's reserve size: none (servers before it), smaller or larger than the top.
+        fc.option(fc.integer({ min: 0, max: 7 }), { nil: undefined }),
         fc.boolean(),
         steps(op),
-        (order, operator, limit, periods, list) => {
+        (order, operator, limit, reserveSize, periods, list) => {
           // Sequences as JetStream stored the events: a player's in their order (one key), players
           // interleaved at random, so workers commit a lower reachedSeq after a higher one.
           const ops = list.flatMap((s) => ('op' in s ? [s.op] : []))
@@ -116,6 +123,7 @@ describe('state helpers equal the server snapshot after any updates', () => {
           const model: Model<'leaderboard', Op> = {
             snapshot: () => {
               const all = ranked()
+              const reserve = reserveSize === undefined ? undefined : all.slice(limit, limit + reserveSize).map(([player, s]) => ({ player, score: s.score, reachedSeq: s.reachedSeq }))
               return {
                 board: 'b',
                 order,
@@ -125,6 +133,7 @@ describe('state helpers equal the server snapshot after any updates', () => {
                 entries: all.slice(0, limit).map(([player, s], i) => ({ rank: i + 1, player, score: s.score, reachedSeq: s.reachedSeq })),
                 limit,
                 more: all.length > limit,
+                ...(reserve ? { reserve: { size: reserveSize!, entries: reserve, more: all.length > limit + reserve.length } } : {}),
               }
             },
             step: (o) => {
@@ -137,7 +146,20 @@ describe('state helpers equal the server snapshot after any updates', () => {
               return [{ player, score: next.score, previous: current?.score ?? null, ...(period ? { period } : {}), reachedSeq: next.reachedSeq }]
             },
           }
-          play('leaderboard', model, list)
+          // The shown board equals a fresh snapshot's; the reserve held may be shorter than a fresh
+          // one (players dropped out of it), but it is always the board's next entries, exactly,
+          // with `more` exact too, and never longer than its `size`.
+          const truthReserve = (n: number) => {
+            const all = ranked()
+            return { size: reserveSize!, entries: all.slice(limit, limit + n).map(([player, s]) => ({ player, score: s.score, reachedSeq: s.reachedSeq })), more: all.length > limit + n }
+          }
+          play('leaderboard', model, list, ({ reserve: _, ...s }) => s, (held, i) => {
+            expect('reserve' in held).toBe(reserveSize !== undefined)
+            if (!held.reserve) return
+            const n = held.reserve.entries.length
+            if (!Bun.deepEquals(held.reserve, truthReserve(n))) expect({ step: i, reserve: held.reserve }).toEqual({ step: i, reserve: truthReserve(n) })
+            expect(n).toBeLessThanOrEqual(reserveSize!)
+          })
         },
       ),
     )

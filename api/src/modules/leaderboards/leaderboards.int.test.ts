@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { channelVersions, leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import { createHarness, type ApiHarness } from '../../test-support'
 import { MAX_OFFSET } from './model'
-import { leaderboardSnapshot } from './service'
+import { leaderboardSnapshot, RESERVE_SIZE, SNAPSHOT_SIZE } from './service'
 
 describe('leaderboard reads', () => {
   let h: ApiHarness
@@ -167,9 +167,28 @@ describe('leaderboard reads', () => {
     // Snapshot entries carry their tie order; REST pages do not.
     expect(snap.data.entries[0]).toEqual({ rank: 1, player: 'bob', score: 100, reachedSeq: expect.any(Number) })
     expect([snap.data.limit, snap.data.more]).toEqual([100, false])
+    expect(snap.data.reserve).toEqual({ size: RESERVE_SIZE, entries: [], more: false })
     expect((await h.call('GET', '/v1/leaderboards/hi?limit=1')).json.entries).toEqual([{ rank: 1, player: 'bob', score: 100 }])
     const none = await leaderboardSnapshot(h.database.db, 'golf')
     expect(none.version).toBe(0)
     expect(none.data.order).toBe('asc')
+  })
+
+  test('a snapshot of a big board: the top 100 shown, then the reserve of the next entries as REST ranks them', async () => {
+    const db = h.database.db
+    // Ties on every score: the reserve must follow the same tie order (reachedSeq, then player).
+    const rows = (board: string, n: number) => Array.from({ length: n }, (_, i) => ({ board, player: `p${String(i).padStart(3, '0')}`, score: Math.floor(i / 3), reachedSeq: 1000 - (i % 5) }))
+    await db.insert(leaderboardEntries).values([...rows('deep', SNAPSHOT_SIZE + RESERVE_SIZE + 7), ...rows('half', SNAPSHOT_SIZE + 40)])
+    const rest = async (board: string, offset: number, limit: number) =>
+      (await h.call('GET', `/v1/leaderboards/${board}?offset=${offset}&limit=${limit}`)).json.entries.map(({ rank: _, ...e }: { rank: number }) => e)
+    const deep = (await leaderboardSnapshot(db, 'deep')).data
+    expect(deep.entries.map(({ reachedSeq: _, ...e }) => e)).toEqual((await h.call('GET', '/v1/leaderboards/deep?limit=100')).json.entries)
+    expect(deep.more).toBe(true)
+    expect(deep.reserve!.entries.map(({ reachedSeq: _, ...e }) => e)).toEqual(await rest('deep', SNAPSHOT_SIZE, RESERVE_SIZE))
+    expect(deep.reserve!.entries.every((e) => e.reachedSeq >= 996 && !('rank' in e))).toBe(true)
+    expect(deep.reserve!.more).toBe(true)
+    const half = (await leaderboardSnapshot(db, 'half')).data
+    expect([half.entries.length, half.more, half.reserve!.entries.length, half.reserve!.more]).toEqual([SNAPSHOT_SIZE, true, 40, false])
+    expect(half.reserve!.entries.map(({ reachedSeq: _, ...e }) => e)).toEqual(await rest('half', SNAPSHOT_SIZE, 40))
   })
 })

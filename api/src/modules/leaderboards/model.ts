@@ -49,13 +49,28 @@ export const BoardPage = t.Object({
 })
 export type BoardPage = typeof BoardPage.static
 
+/** A board entry as snapshots carry it: with the sequence its score was reached at (equal scores rank by it). */
+export type SnapshotEntry = Entry & { reachedSeq: number }
+
+/**
+ * The entries ranked right after a snapshot's shown ones (in order, without ranks), and whether the
+ * board has players after them. Not shown: a client keeps them to fill the top when a shown player
+ * drops below the last shown entry, instead of asking for a snapshot again. Exact as of the
+ * snapshot's version; a client keeps them exact from updates (see client/src/state/leaderboard.ts).
+ * `size` is the most entries a reserve holds: a snapshot's has `size` entries whenever `more` is
+ * true, and a client keeps at most `size` (so a board with players after them always has some).
+ */
+export type BoardReserve = { size: number; entries: Omit<SnapshotEntry, 'rank'>[]; more: boolean }
+
 /**
  * What a `leaderboard:<board>` snapshot holds: the top `limit` entries, each with the sequence its
- * score was reached at (equal scores rank by it), and whether the board has more players than
- * shown. With both, a client applies updates to exactly what a new snapshot would hold, or knows
- * when it cannot (a shown player fell below the last shown entry of a board with more).
+ * score was reached at (equal scores rank by it), whether the board has more players than shown,
+ * and (servers since the reserve; absent before) the `reserve` of entries ranked after them. With
+ * these, a client applies updates to exactly what a new snapshot would show, or knows when it
+ * cannot (a shown player fell below the last shown entry and below every reserve entry of a board
+ * with more).
  */
-export type BoardSnapshot = Omit<BoardPage, 'entries'> & { entries: (Entry & { reachedSeq: number })[]; limit: number; more: boolean }
+export type BoardSnapshot = Omit<BoardPage, 'entries'> & { entries: SnapshotEntry[]; limit: number; more: boolean; reserve?: BoardReserve }
 
 /** A page of GET /v1/leaderboards/:board: the entries and the cursor to the following page. */
 export const RankedPage = t.Composite([

@@ -173,16 +173,27 @@ export async function playerStanding(db: Db, board: string, player: string, opts
 /** Entries in a leaderboard snapshot. */
 export const SNAPSHOT_SIZE = 100
 
-/** The first page of the channel `leaderboard:<board>` with its version and epoch (see readChannelSnapshot). */
+/**
+ * Entries a leaderboard snapshot carries below the shown ones (its `reserve`): a client fills the
+ * top from them when shown players drop, and asks for a snapshot again only once it has none left
+ * to tell who moves up. bench/board-resync-probe.ts measures what it saves.
+ */
+export const RESERVE_SIZE = 100
+
+/**
+ * The first page of the channel `leaderboard:<board>` with its version and epoch (see
+ * readChannelSnapshot), and the `reserve` of the next RESERVE_SIZE entries, read in the same query.
+ */
 export async function leaderboardSnapshot(db: Db, board: string, now = Date.now()): Promise<ChannelSnapshot<BoardSnapshot> & { until?: number }> {
   let until: number | undefined
   const snap = await readChannelSnapshot(db, channelOf.leaderboard(board), async (q) => {
     // A cursor would go stale as updates apply to the snapshot: subscribers get none.
-    const { next, ...page } = await rankedRows(q, board, { limit: SNAPSHOT_SIZE }, now)
+    const { next, entries, ...page } = await rankedRows(q, board, { limit: SNAPSHOT_SIZE + RESERVE_SIZE }, now)
     // The current period's snapshot is good until the period ends: then the hub re-syncs its
     // subscribers with the next period's (explicitly, a snapshot marked resync).
     if (page.reset !== 'none') until = periodBounds(page.reset, now).end
-    return { ...page, limit: SNAPSHOT_SIZE, more: next !== null }
+    const reserve = entries.slice(SNAPSHOT_SIZE).map(({ rank: _, ...e }) => e)
+    return { ...page, entries: entries.slice(0, SNAPSHOT_SIZE), limit: SNAPSHOT_SIZE, more: entries.length > SNAPSHOT_SIZE, reserve: { size: RESERVE_SIZE, entries: reserve, more: next !== null } }
   })
   return until === undefined ? snap : { ...snap, until }
 }
