@@ -15,8 +15,16 @@ export const MatchCreated = Type.Object(
 )
 export type MatchCreated = Static<typeof MatchCreated>
 
-/** A player asks for a seat. The player is the event's principal (a user's `sub`). Key: match. */
-export const MatchJoin = Type.Object({ match: Name }, { additionalProperties: false, $id: 'match.join@1' })
+/**
+ * A player asks for a seat. The player is the event's principal (a user's `sub`). Key: match.
+ * `graceMs` is stamped by the API node (its FANFARE_MATCH_JOIN_GRACE_MS; a user may not set it):
+ * the seat is given up that long after the join unless the player connects to `match:<id>` first.
+ * Joins stored before it existed have none (their seats started connected).
+ */
+export const MatchJoin = Type.Object(
+  { match: Name, graceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 86_400_000 })) },
+  { additionalProperties: false, $id: 'match.join@1' },
+)
 export type MatchJoin = Static<typeof MatchJoin>
 
 /**

@@ -58,4 +58,36 @@ describe('seat watcher on a real node', () => {
     const connections = (await n.streamEvents()).filter((e) => e.type === 'match.player.connection').map((e) => (e as unknown as { data: { match: string; player: string; connected: boolean } }).data)
     expect(connections.map((d) => `${d.match}:${d.player}:${d.connected}`).sort()).toEqual(['early:ann:false', 'early:ann:true', 'late:bob:false', 'late:bob:true'])
   }, 60_000)
+
+  test('a player who joins and never connects to match:<id> loses the seat after the join grace; one who connects after joining, or was connected before, keeps it', async () => {
+    const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_JOIN_GRACE_MS: '1500' }))
+    const worker = await startTestWorker(n.env)
+    closers.push(() => worker.stop())
+    const token = (sub: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub })
+    const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) =>
+      fetch(`${n.base}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify({ events }) })
+    const match = async () => (await fetch(`${n.base}/v1/matches/lobby`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
+    const subscribe = async (sub: string) => {
+      const c = await WsClient.open(`ws://127.0.0.1:${new URL(n.base).port}/v1/ws?token=${await token(sub)}`)
+      closers.push(async () => c.close())
+      c.send({ op: 'subscribe', ref: 'm', channel: 'match:lobby' })
+      await until(`${sub} subscribed`, () => c.frames.some((f) => f.channel === 'match:lobby' && f.op === 'snapshot'))
+    }
+    // The seat watcher acts after its 3 s warm-up.
+    await Bun.sleep(3_500)
+    expect((await post([{ type: 'match.created', data: { match: 'lobby', mode: 'duel', maxPlayers: 3 } }])).status).toBe(202)
+    await until('lobby created', async () => (await match()).status === 'open', 20_000)
+    // A player may not choose their own join grace.
+    const own = await post([{ type: 'match.join', data: { match: 'lobby', graceMs: 86_400_000 } }], await token('squat'))
+    expect([own.status, (await own.json()).error.code]).toEqual([403, 'forbidden'])
+    await subscribe('early')
+    for (const sub of ['squat', 'late', 'early']) expect((await post([{ type: 'match.join', data: { match: 'lobby' } }], await token(sub))).status).toBe(202)
+    await until('all three seated', async () => (await match()).players.length === 3, 20_000)
+    await subscribe('late')
+    await until('the squatter gave the seat up', async () => (await match()).players.length === 2, 20_000)
+    const after = await match()
+    expect([after.status, after.players.map((p: any) => [p.player, p.connected, p.graceUntil ?? null])]).toEqual(['open', [['late', true, null], ['early', true, null]]])
+    const left = (await n.streamEvents()).filter((e) => e.type === 'match.leave').map((e) => (e as unknown as { data: { player?: string } }).data.player)
+    expect(left).toEqual(['squat'])
+  }, 60_000)
 })

@@ -1,5 +1,5 @@
 import { and, isNotNull, lte, sql } from 'drizzle-orm'
-import { parseChannel } from '../../../../core/channels'
+import { parseChannel, type ChangeNotice, type MatchChange } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { matches } from '../../../../core/db/schema'
 import type { EventInput } from '../../../../core/events'
@@ -30,7 +30,10 @@ export type SeatWatcher = { stop: () => Promise<void> }
  *   matches at start and after a feed resync, none per subscribe). Spectators of open or full
  *   matches, and of match ids the book does not know, are still published: their join (or the
  *   match's creation) may be on its way to the projection, and a dropped disconnect would keep
- *   that seat forever.
+ *   that seat forever. A seat starts not yet connected (given up after the join grace unless the
+ *   player connects): when the feed shows a join of a user who is already present in the match's
+ *   channel (they subscribed first, so their connect came before their seat), the node publishes
+ *   their `{ connected: true }` then.
  * - Every `sweepMs`, the same node reads the matches whose earliest grace end has passed
  *   (`grace_until`, an index) and publishes `match.leave { player, reason: "disconnected" }` for
  *   each such player: the event after the grace end at which the projection gives the seat up. One
@@ -41,7 +44,7 @@ export type SeatWatcher = { stop: () => Promise<void> }
  * the API nodes' own principal (`system`).
  */
 export function startSeatWatcher(deps: {
-  presence: Pick<Presence, 'node' | 'peers' | 'onChange'>
+  presence: Pick<Presence, 'node' | 'peers' | 'onChange' | 'totals'>
   /** Follows the match change feed (Realtime.onNotices('match', ...)). */
   notices: (listener: NoticeListener) => () => void
   ingest: Pick<Ingest, 'publish'>
@@ -78,8 +81,23 @@ export function startSeatWatcher(deps: {
         if (!stopped) loadTimer = setTimeout(load, 1000)
       })
   }
+  /**
+   * A seat starts not yet connected (the join grace). A player already present in `match:<id>`
+   * when their join is decided made their presence change before holding the seat (so it changed
+   * nothing): their first connect is published now, after the join.
+   */
+  const joined = (n: ChangeNotice) => {
+    const c = n.data as MatchChange
+    if (stopped || c.kind !== 'joined' || !designated() || !deps.presence.totals(n.channel).users.includes(c.player)) return
+    const parsed = parseChannel(n.channel)
+    if (parsed?.kind !== 'match') return
+    publish([{ id: id(), type: 'match.player.connection', data: { match: parsed.name, player: c.player, connected: true } }])
+  }
   const offNotices = deps.notices({
-    notice: book.notice,
+    notice: (n) => {
+      book.notice(n)
+      joined(n)
+    },
     resync: () => {
       book.resync()
       if (!stopped) load()

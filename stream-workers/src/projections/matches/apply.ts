@@ -28,6 +28,7 @@ function toMatchEvent({ event, seq, storedAt }: SequencedEvent): MatchEvent | { 
     case 'match.created':
       return { type: e.type, match: e.data.match, mode: e.data.mode, maxPlayers: e.data.maxPlayers, properties: e.data.properties, at, seq }
     case 'match.join':
+      return player === undefined ? needPlayer : { type: e.type, match: e.data.match, player, graceMs: e.data.graceMs, at }
     case 'match.ready':
       return player === undefined ? needPlayer : { type: e.type, match: e.data.match, player, at }
     case 'match.leave': {
