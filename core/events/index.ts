@@ -3,7 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
-import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart } from './games'
+import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart, reservedPropertyOf } from './games'
 import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
 import { MAX_PROBLEMS, parseDateTime, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
@@ -88,7 +88,15 @@ export const contracts = {
   }),
   'poll.voted': contract({ version: 1, schema: PollVoted, key: (d) => d.poll }),
   'poll.closed': contract({ version: 1, schema: PollClosed, key: (d) => d.poll }),
-  'match.created': contract({ version: 1, schema: MatchCreated, key: (d) => d.match }),
+  'match.created': contract({
+    version: 1,
+    schema: MatchCreated,
+    key: (d) => d.match,
+    admit: (d) => {
+      const name = reservedPropertyOf(d.properties)
+      return name === undefined ? undefined : { path: `/data/properties/${name}`, message: `${name} is a JavaScript object internal: not a property name` }
+    },
+  }),
   'match.join': contract({ version: 1, schema: MatchJoin, key: (d) => d.match }),
   'match.leave': contract({ version: 1, schema: MatchLeave, key: (d) => d.match }),
   'match.ready': contract({ version: 1, schema: MatchReady, key: (d) => d.match }),
