@@ -4,7 +4,7 @@ import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
 import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart, reservedPropertyOf } from './games'
-import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
+import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, repeatedOptionOf, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
 import { MAX_PROBLEMS, parseDateTime, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
@@ -85,6 +85,10 @@ export const contracts = {
       d.closesAt !== undefined && parseDateTime(d.closesAt) === undefined
         ? { path: '/data/closesAt', message: 'must be an ISO 8601 date-time with a time zone naming a real instant of the years 1-9999' }
         : undefined,
+    admit: (d) => {
+      const i = repeatedOptionOf(d.options)
+      return i < 0 ? undefined : { path: `/data/options/${i}`, message: 'repeats an earlier option' }
+    },
   }),
   'poll.voted': contract({ version: 1, schema: PollVoted, key: (d) => d.poll }),
   'poll.closed': contract({ version: 1, schema: PollClosed, key: (d) => d.poll }),
