@@ -1,8 +1,13 @@
 import { afterEach, describe, expect, test } from 'bun:test'
+import { connectPostgres } from '../../../../core/db/client'
+import { matches } from '../../../../core/db/schema'
+import type { EventInput } from '../../../../core/events'
 import { createLogger } from '../../../../core/logger'
+import { createTestEnv } from '../../../../core/testing/env'
 import { until, WsClient } from '../../../../test/e2e/harness'
 import { startTestWorker } from '../../../../stream-workers/src/testing/harness'
 import { mintUserToken } from '../../auth/mint'
+import { startSeatWatcher } from './seats'
 import { startApi, type RunningApi } from '../../server'
 import { startTestNode, type TestNode } from '../../test-support'
 
@@ -90,4 +95,37 @@ describe('seat watcher on a real node', () => {
     const left = (await n.streamEvents()).filter((e) => e.type === 'match.leave').map((e) => (e as unknown as { data: { player?: string } }).data.player)
     expect(left).toEqual(['squat'])
   }, 60_000)
+
+  test("the sweep publishes the connect of a player present in match:<id> whose seat still waits for one (a connect no designated node published), and the leave of one whose grace ended", async () => {
+    const env = await createTestEnv()
+    closers.push(() => env.cleanup())
+    const database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => database.close())
+    const now = Date.now()
+    const seat = (player: string, graceUntil: number | null) => ({ player, ready: false, connected: graceUntil === null, disconnectedAt: null, graceUntil })
+    const row = (match: string, players: ReturnType<typeof seat>[], graceUntil: number | null) =>
+      ({ match, mode: 'duel', maxPlayers: 4, status: 'open' as const, players, playerCount: players.length, createdAt: new Date(now), createdSeq: 1, graceUntil: graceUntil === null ? null : new Date(graceUntil) })
+    await database.db.insert(matches).values([
+      row('m1', [seat('here', now + 60_000), seat('away', now + 60_000), seat('on', null)], now + 60_000),
+      row('m2', [seat('gone', now - 1_000)], now - 1_000),
+    ])
+    const published: EventInput[] = []
+    const w = startSeatWatcher({
+      presence: { node: 'n', peers: () => [], onChange: () => () => {}, totals: (ch) => ({ connections: 0, users: ch === 'match:m1' ? ['here', 'on'] : ['gone'] }) },
+      notices: () => () => {},
+      ingest: { publish: async (events) => (published.push(...events), []) as never },
+      db: database.db,
+      graceMs: 1000,
+      logger: createLogger('silent'),
+      sweepMs: 50,
+      warmupMs: 0,
+    })
+    await until('sweep published', () => published.length >= 2)
+    await Bun.sleep(200) // more rounds: nothing is published twice
+    await w.stop()
+    expect(published.map((e) => [e.type, e.data])).toEqual([
+      ['match.leave', { match: 'm2', player: 'gone', reason: 'disconnected' }],
+      ['match.player.connection', { match: 'm1', player: 'here', connected: true }],
+    ])
+  })
 })
