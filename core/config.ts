@@ -160,6 +160,12 @@ export const Env = Type.Object({
    * keeps their seat before leaving. Measured in event time (carried in the disconnect event).
    */
   FANFARE_MATCH_GRACE_MS: Type.Integer({ minimum: 0, maximum: 86_400_000, default: 30_000 }),
+  /**
+   * Matches: how long a player who joined keeps the seat before their first connection to
+   * `match:<id>` (a join that never shows up stops squatting it). Measured in event time (stamped
+   * in the join event).
+   */
+  FANFARE_MATCH_JOIN_GRACE_MS: Type.Integer({ minimum: 1000, maximum: 86_400_000, default: 60_000 }),
   /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
   FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   /**

@@ -105,6 +105,21 @@ describe('match state machine', () => {
     expect(nextGraceEnd(run(base).state!)).toBe(110)
   })
 
+  test('a join with a join grace seats the player not yet connected: their first connect keeps the seat, a player who never connects loses it at the first event after the grace', () => {
+    const joinGraced = (player: string, at: number, graceMs = 100): MatchEvent => ({ type: 'match.join', match: 'm', player, graceMs, at })
+    const base = [created(2), joinGraced('a', 0), joinGraced('b', 5)]
+    const waiting = run(base).state!
+    expect(waiting.players.map((p) => [p.player, p.connected, p.graceUntil])).toEqual([['a', false, 100], ['b', false, 105]])
+    expect([waiting.status, nextGraceEnd(waiting)]).toEqual(['full', 100])
+    expect(matchView(waiting).players[0]).toEqual({ player: 'a', ready: false, connected: false, graceUntil: new Date(100).toISOString() })
+    // b connects in time; a never does: at the sweep's leave past a's grace end, a is gone and the match opens again.
+    const r = run([...base, conn('b', true, 50), leave('a', 100, 'disconnected'), join('c', 101)])
+    expect(r.state!.players.map((p) => [p.player, p.connected, p.graceUntil])).toEqual([['b', true, null], ['c', true, null]])
+    expect(r.outputs.filter((o) => o.channel === 'match').map((o) => o.data.kind)).toEqual(['created', 'joined', 'joined', 'connection', 'left', 'joined'])
+    // Joins stored before the join grace existed (no graceMs) seat the player connected, as they did then.
+    expect(run([created(2), join('a', 0)]).state!.players[0]).toMatchObject({ connected: true, graceUntil: null })
+  })
+
   test('a started match keeps going when a player leaves; finished matches ignore connections', () => {
     const r = run([created(2), join('a'), join('b'), start(), conn('a', false, 10, 0)])
     expect(r.state!.status).toBe('started')

@@ -29,8 +29,9 @@ export type { MatchChange, MatchJoinRejection, MatchStanding, MatchStatus, Match
 export type Seat = {
   player: string
   ready: boolean
+  /** False from the join until the player's first connection to `match:<id>`, and while disconnected. */
   connected: boolean
-  /** When the player's last connection was seen to close (event time); null while connected. */
+  /** When the player's last connection was seen to close (event time); null while connected and before the first connection. */
   disconnectedAt: number | null
   /** The seat is given up at this event time unless the player comes back first. */
   graceUntil: number | null
@@ -69,7 +70,13 @@ export type MatchState = {
  */
 export type MatchEvent =
   | { type: 'match.created'; match: string; mode: string; maxPlayers: number; properties?: Record<string, string | number | boolean>; at: number; seq: number }
-  | { type: 'match.join'; match: string; player: string; at: number }
+  /**
+   * `graceMs`: the join grace the API node stamped (FANFARE_MATCH_JOIN_GRACE_MS): the seat starts
+   * not yet connected and is given up at `at + graceMs` unless the player's first connection comes
+   * first. Absent in joins stored before the join grace existed: those seats start connected, as
+   * they did then, so a rebuild decides alike.
+   */
+  | { type: 'match.join'; match: string; player: string; graceMs?: number; at: number }
   | { type: 'match.leave'; match: string; player: string; reason: 'left' | 'disconnected'; at: number }
   | { type: 'match.ready'; match: string; player: string; at: number }
   | { type: 'match.start'; match: string; at: number }
@@ -157,7 +164,7 @@ export function standingsOf(results: { player: string; score: number }[]): Match
   })
 }
 
-/** Earliest grace end among the seats (null when nobody is disconnected): what the grace sweeper indexes. */
+/** Earliest grace end among the seats (null when every seated player is connected): what the grace sweeper indexes. */
 export const nextGraceEnd = (s: MatchState): number | null =>
   live(s.status) ? s.players.reduce<number | null>((min, p) => (p.graceUntil !== null && (min === null || p.graceUntil < min) ? p.graceUntil : min), null) : null
 
@@ -194,13 +201,15 @@ const reject = (outputs: MatchOutput[], state: MatchState | undefined, match: st
  * - created: opens the match; a second `match.created` of the same id is refused.
  * - join: accepted while open (the last seat makes it full); otherwise rejected with the reason:
  *   `unknown_match`, `already_joined`, `full`, `started`, `finished` or `aborted`. Both the match's
- *   channel and the player's `user:<sub>` are told.
+ *   channel and the player's `user:<sub>` are told. The seat starts not yet connected, kept until
+ *   `at + graceMs` (the join grace): a player who never connects to `match:<id>` loses it then, as
+ *   one who disconnected would (a seat squatted in every lobby keeps none of them filled).
  * - leave: a seated player leaves (a full match opens again). `reason: "disconnected"` events (the
  *   API nodes', once a grace ended) do nothing of their own: only the grace expiry above gives a
  *   seat up, so one that comes early (or after a reconnect) changes nothing.
  * - ready: a seated player of an open or full match is ready (once).
  * - player.connection: a seated player of an open, full or started match is disconnected (their
- *   seat is kept until `at + graceMs`) or connected again (the grace is off).
+ *   seat is kept until `at + graceMs`) or connected (first or again: the grace is off).
  * - start: an open or full match with at least one player starts. finish: a started match finishes
  *   with its standings (the results are scored once: `finished`). Only the lineup's results count (the
  *   players seated at the start, leavers included); the finish's others are ignored and named in
@@ -237,7 +246,11 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
       if (!state) return reject(outputs, state, e.match, e.player, 'unknown_match')
       if (state.players.some((p) => p.player === e.player)) return reject(outputs, state, e.match, e.player, 'already_joined')
       if (state.status !== 'open') return reject(outputs, state, e.match, e.player, state.status)
-      const players = [...state.players, { player: e.player, ready: false, connected: true, disconnectedAt: null, graceUntil: null }]
+      const seat: Seat =
+        e.graceMs === undefined
+          ? { player: e.player, ready: false, connected: true, disconnectedAt: null, graceUntil: null }
+          : { player: e.player, ready: false, connected: false, disconnectedAt: null, graceUntil: e.at + e.graceMs }
+      const players = [...state.players, seat]
       const next: MatchState = { ...state, players, status: players.length >= state.maxPlayers ? 'full' : 'open' }
       outputs.push({ channel: 'match', data: { kind: 'joined', player: e.player, status: next.status } })
       outputs.push({ channel: 'user', user: e.player, data: { kind: 'match.join', match: e.match, accepted: true } })

@@ -33,4 +33,11 @@ describe('leaderboard periods (UTC)', () => {
     expect(isPeriodKey('none', '')).toBe(true)
     expect(isPeriodKey('daily', '2026-W48')).toBe(false)
   })
+
+  test('years 0001-9999 are real under every reset, with four-digit years; year 0000 is none', () => {
+    expect(periodKey('daily', at('0001-01-01T00:00:00Z'))).toBe('0001-01-01')
+    expect(periodKey('monthly', at('0042-03-01T00:00:00Z'))).toBe('0042-03')
+    for (const [reset, key] of [['daily', '0001-01-01'], ['daily', '0099-12-31'], ['weekly', '0001-W01'], ['weekly', '0050-W10'], ['monthly', '0001-01']] as const) expect([key, isPeriodKey(reset, key)]).toEqual([key, true])
+    for (const [reset, key] of [['daily', '0000-12-31'], ['weekly', '0000-W52'], ['monthly', '0000-12']] as const) expect([key, isPeriodKey(reset, key)]).toEqual([key, false])
+  })
 })

@@ -12,6 +12,9 @@ export type Reset = (typeof resets)[number]
 const pad = (n: number, width = 2) => String(n).padStart(width, '0')
 const DAY = 86_400_000
 
+/** Midnight UTC of a calendar date; unlike Date.UTC, years 0-99 are those years, not 1900-1999. */
+const utcDate = (year: number, month: number, day: number) => new Date(0).setUTCFullYear(year, month, day)
+
 /** Midnight UTC of the day holding `t`. */
 const dayStart = (t: number) => Math.floor(t / DAY) * DAY
 
@@ -26,7 +29,7 @@ function weekStart(t: number): number {
 function isoWeek(monday: number): { year: number; week: number } {
   const thursday = new Date(monday + 3 * DAY)
   const year = thursday.getUTCFullYear()
-  const jan4 = Date.UTC(year, 0, 4)
+  const jan4 = utcDate(year, 0, 4)
   const week = Math.round((monday - weekStart(jan4)) / (7 * DAY)) + 1
   return { year, week }
 }
@@ -39,13 +42,13 @@ export function periodKey(reset: Reset, at: Date | number): string {
     case 'none':
       return ''
     case 'daily':
-      return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`
+      return `${pad(d.getUTCFullYear(), 4)}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`
     case 'weekly': {
       const { year, week } = isoWeek(weekStart(t))
-      return `${year}-W${pad(week)}`
+      return `${pad(year, 4)}-W${pad(week)}`
     }
     case 'monthly':
-      return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}`
+      return `${pad(d.getUTCFullYear(), 4)}-${pad(d.getUTCMonth() + 1)}`
     default: {
       const never: never = reset
       throw new Error(`unknown reset ${String(never)}`)
@@ -69,7 +72,7 @@ export function periodBounds(reset: Reset, at: Date | number): { start: number; 
     }
     case 'monthly': {
       const d = new Date(t)
-      return { start: Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1), end: Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1) }
+      return { start: utcDate(d.getUTCFullYear(), d.getUTCMonth(), 1), end: utcDate(d.getUTCFullYear(), d.getUTCMonth() + 1, 1) }
     }
     default: {
       const never: never = reset
@@ -84,21 +87,26 @@ export function previousKey(reset: Reset, at: Date | number): string {
   return periodKey(reset, periodBounds(reset, at).start - 1)
 }
 
+/** Years 0001-9999, four digits (year 0000 is no year of the calendar the keys count in). */
+const YEAR = '(?!0000)\\d{4}'
 const patterns: Record<Reset, RegExp> = {
   none: /^$/,
-  daily: /^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$/,
-  weekly: /^\d{4}-W(0[1-9]|[1-4]\d|5[0-3])$/,
-  monthly: /^\d{4}-(0[1-9]|1[0-2])$/,
+  daily: new RegExp(`^${YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[12]\\d|3[01])$`),
+  weekly: new RegExp(`^${YEAR}-W(0[1-9]|[1-4]\\d|5[0-3])$`),
+  monthly: new RegExp(`^${YEAR}-(0[1-9]|1[0-2])$`),
 }
 
-/** Whether `key` is a period key of this reset (a real day, an existing ISO week, a month). */
+/**
+ * Whether `key` is a period key of this reset (a real day, an existing ISO week, a month), of the
+ * years 0001-9999 under every reset alike: keys are what periodKey makes (four-digit years).
+ */
 export function isPeriodKey(reset: Reset, key: string): boolean {
   if (!patterns[reset].test(key)) return false
   if (reset === 'daily') return periodKey('daily', Date.parse(`${key}T00:00:00Z`)) === key
   if (reset === 'weekly') {
     // Week 53 exists only in some years: the Monday of the claimed week must number it so.
     const [year, week] = [Number(key.slice(0, 4)), Number(key.slice(6))]
-    const monday = weekStart(Date.UTC(year, 0, 4)) + (week - 1) * 7 * DAY
+    const monday = weekStart(utcDate(year, 0, 4)) + (week - 1) * 7 * DAY
     return periodKey('weekly', monday) === key
   }
   return true

@@ -59,6 +59,21 @@ describe('routeContracts', () => {
     })
   })
 
+  test('a query parameter given more than once is 422 naming it, on any route: which value counts would be a guess', async () => {
+    const call = appWith((app) => app.get('/some', ({ query }: any) => query, { query: t.Object({ a: t.Optional(t.String()), b: t.Optional(t.String()) }) }).get('/none', () => ({ ok: true })))
+    const twice = (name: string) => ({
+      status: 422,
+      json: { error: { code: 'invalid_request', message: `query parameter ${name} is given more than once`, details: [{ path: `/${name}`, message: 'given more than once', in: 'query' }] } },
+    })
+    expect(await call('/some?a=1&a=2')).toEqual(twice('a'))
+    expect(await call('/some?b=1&a=1&a=1')).toEqual(twice('a'))
+    expect(await call('/some?a=1&b=2')).toEqual({ status: 200, json: { a: '1', b: '2' } })
+    expect(await call('/none?x=1&x=2')).toEqual({
+      status: 422,
+      json: { error: { code: 'invalid_request', message: 'unknown query parameter x', details: [{ path: '/x', message: 'unknown field', in: 'query' }] } },
+    })
+  })
+
   test('a route without a body schema refuses a body; an empty one is no body', async () => {
     const app: AnyElysia = new Elysia({ normalize: false })
       .use(errorHandler(createLogger('silent')))

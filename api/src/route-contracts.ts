@@ -43,8 +43,10 @@ const isPlainData = (r: unknown): r is object =>
  * - A route that declares no query parameters takes none: `?anything` is 422 `invalid_request`
  *   naming it, like an unknown field (a route with a query schema has Elysia check it). A route
  *   that declares no body takes none either: `DELETE ... { "reason": "spam" }` must not answer
- *   202 as if the reason were kept. Checked before the handler and after authentication, so
- *   401/403 still come first.
+ *   202 as if the reason were kept. A query parameter given twice (`?limit=1&limit=2`) is 422
+ *   `invalid_request` naming it: no route takes a list that way, and answering with one of the
+ *   values would be a guess the caller cannot see. Checked before the handler and after
+ *   authentication, so 401/403 still come first.
  * - An error a library answers as plain text is given the one error shape (see ErrorBody).
  * - Answers are narrowed to the route's response schema: a field the schema does not name is
  *   dropped, at any depth, as Elysia's normalisation did. Without this a row with a new column or
@@ -76,10 +78,14 @@ export function routeContracts(app: () => AnyElysia) {
       if (!contract.body && body !== undefined) {
         throw new Invalid('invalid_request', `${request.method} ${route} takes no body`, [{ path: '/', message: 'unexpected body', in: 'body' }])
       }
-      if (contract.query || !request.url.includes('?')) return
-      const [name] = new URL(request.url).searchParams.keys()
-      if (name === undefined) return
-      throw new Invalid('invalid_request', `unknown query parameter ${name}`, [{ path: `/${name}`, message: UNKNOWN_FIELD, in: 'query' }])
+      if (!request.url.includes('?')) return
+      const names = [...new URL(request.url).searchParams.keys()]
+      if (names.length === 0) return
+      if (!contract.query) throw new Invalid('invalid_request', `unknown query parameter ${names[0]}`, [{ path: `/${names[0]}`, message: UNKNOWN_FIELD, in: 'query' }])
+      const twice = names.find((name, i) => names.indexOf(name) !== i)
+      if (twice !== undefined) {
+        throw new Invalid('invalid_request', `query parameter ${twice} is given more than once`, [{ path: `/${twice}`, message: 'given more than once', in: 'query' }])
+      }
     })
     .onAfterHandle({ as: 'global' }, ({ request, route, response, set }) => {
       const answer = isStatusAnswer(response) ? response : undefined

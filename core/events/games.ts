@@ -8,6 +8,18 @@ export const MatchProperties = Type.Record(
   { maxProperties: 20 },
 )
 
+/**
+ * Property names that are JavaScript object internals. A plain object that holds one as a key is
+ * a trap for every reader: `obj[k] = v` with `__proto__` sets the prototype instead, response
+ * schemas and cleaners drop it (GET answered without it), `props.constructor` is always "there".
+ * The API refuses them in new events (422); events stored before lose them on projection.
+ */
+export const RESERVED_PROPERTY_NAMES: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype'])
+
+/** The first reserved property name (RESERVED_PROPERTY_NAMES) of a match's properties, if any. */
+export const reservedPropertyOf = (properties: Record<string, unknown> | undefined): string | undefined =>
+  properties ? Object.keys(properties).find((k) => RESERVED_PROPERTY_NAMES.has(k)) : undefined
+
 /** A match (or lobby) opens for players. Key: match. Game servers (keys with the scope). */
 export const MatchCreated = Type.Object(
   { match: Name, mode: Name, maxPlayers: Type.Integer({ minimum: 2, maximum: 100 }), properties: Type.Optional(MatchProperties) },
@@ -15,8 +27,16 @@ export const MatchCreated = Type.Object(
 )
 export type MatchCreated = Static<typeof MatchCreated>
 
-/** A player asks for a seat. The player is the event's principal (a user's `sub`). Key: match. */
-export const MatchJoin = Type.Object({ match: Name }, { additionalProperties: false, $id: 'match.join@1' })
+/**
+ * A player asks for a seat. The player is the event's principal (a user's `sub`). Key: match.
+ * `graceMs` is stamped by the API node (its FANFARE_MATCH_JOIN_GRACE_MS; a user may not set it):
+ * the seat is given up that long after the join unless the player connects to `match:<id>` first.
+ * Joins stored before it existed have none (their seats started connected).
+ */
+export const MatchJoin = Type.Object(
+  { match: Name, graceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 86_400_000 })) },
+  { additionalProperties: false, $id: 'match.join@1' },
+)
 export type MatchJoin = Static<typeof MatchJoin>
 
 /**

@@ -3,8 +3,8 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
-import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart } from './games'
-import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
+import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart, reservedPropertyOf } from './games'
+import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, repeatedOptionOf, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
 import { MAX_PROBLEMS, parseDateTime, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
@@ -85,10 +85,22 @@ export const contracts = {
       d.closesAt !== undefined && parseDateTime(d.closesAt) === undefined
         ? { path: '/data/closesAt', message: 'must be an ISO 8601 date-time with a time zone naming a real instant of the years 1-9999' }
         : undefined,
+    admit: (d) => {
+      const i = repeatedOptionOf(d.options)
+      return i < 0 ? undefined : { path: `/data/options/${i}`, message: 'repeats an earlier option' }
+    },
   }),
   'poll.voted': contract({ version: 1, schema: PollVoted, key: (d) => d.poll }),
   'poll.closed': contract({ version: 1, schema: PollClosed, key: (d) => d.poll }),
-  'match.created': contract({ version: 1, schema: MatchCreated, key: (d) => d.match }),
+  'match.created': contract({
+    version: 1,
+    schema: MatchCreated,
+    key: (d) => d.match,
+    admit: (d) => {
+      const name = reservedPropertyOf(d.properties)
+      return name === undefined ? undefined : { path: `/data/properties/${name}`, message: `${name} is a JavaScript object internal: not a property name` }
+    },
+  }),
   'match.join': contract({ version: 1, schema: MatchJoin, key: (d) => d.match }),
   'match.leave': contract({ version: 1, schema: MatchLeave, key: (d) => d.match }),
   'match.ready': contract({ version: 1, schema: MatchReady, key: (d) => d.match }),

@@ -91,6 +91,21 @@ export const PollOpened = Type.Object(
 )
 export type PollOpened = Static<typeof PollOpened>
 
+/**
+ * The index of the first option that repeats an earlier one, as viewers would read them (the same
+ * text once trimmed, in NFC, in any case), or -1. Two options a viewer cannot tell apart split
+ * the votes of one answer; the API refuses such polls (stored ones still apply).
+ */
+export function repeatedOptionOf(options: string[]): number {
+  const seen = new Set<string>()
+  return options.findIndex((o) => {
+    const k = o.normalize('NFC').trim().toLowerCase()
+    if (seen.has(k)) return true
+    seen.add(k)
+    return false
+  })
+}
+
 /** A user's vote: the 0-based option index. The voter is the event's principal (`by`). Key: poll. */
 export const PollVoted = Type.Object(
   { poll: Name, option: Type.Integer({ minimum: 0, maximum: 4 }) },

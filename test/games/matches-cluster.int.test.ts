@@ -190,11 +190,16 @@ describe('matches on a cluster', () => {
     await until('g1 full', async () => (await c.get(0, '/v1/matches/g1')).status === 'full', 20_000)
     const spectator = await c.client(1, 'spec', ['match:g1'])
     const gina = await c.client(0, 'gina', ['match:g1'])
-    const kinds = () => updates<MatchChange>(spectator, 'match:g1').map((u) => ('player' in u ? `${u.kind}:${u.player}${u.kind === 'connection' ? `:${u.connected}` : ''}${u.kind === 'left' ? `:${u.reason}` : ''}` : u.kind))
+    await c.client(1, 'hal', ['match:g1'])
+    const all = () => updates<MatchChange>(spectator, 'match:g1').map((u) => ('player' in u ? `${u.kind}:${u.player}${u.kind === 'connection' ? `:${u.connected}` : ''}${u.kind === 'left' ? `:${u.reason}` : ''}` : u.kind))
+    // Seats start not yet connected (the join grace): each player's first connect is shown.
+    await until('gina and hal shown connected', () => all().includes('connection:gina:true') && all().includes('connection:hal:true'), 15_000)
+    const firsts = all().length
+    const kinds = () => all().slice(firsts)
 
     // Presence counts match channels, cluster-wide.
-    const presence = await until('presence of match:g1', async () => { const p = await c.get(0, '/v1/presence/match:g1'); return p.users === 2 ? p : undefined }, 10_000).catch(async (e) => { throw new Error(`${e.message}: ${JSON.stringify(await c.get(0, '/v1/presence/match:g1'))} ${procs[0].output().slice(-2500)}`) })
-    expect(presence.members.map((m: any) => m.user)).toEqual(['gina', 'spec'])
+    const presence = await until('presence of match:g1', async () => { const p = await c.get(0, '/v1/presence/match:g1'); return p.users === 3 ? p : undefined }, 10_000).catch(async (e) => { throw new Error(`${e.message}: ${JSON.stringify(await c.get(0, '/v1/presence/match:g1'))} ${procs[0].output().slice(-2500)}`) })
+    expect(presence.members.map((m: any) => m.user)).toEqual(['gina', 'hal', 'spec'])
 
     // Her only connection closes: disconnected, with the grace's end.
     gina.close()

@@ -8,7 +8,7 @@ import { deadLetters, eventOutbox, leaderboardEntries, matches } from '../../cor
 import type { RebuildJob } from '../../core/rebuild-jobs'
 import { until } from '../../core/testing/wait'
 import type { RunnerHooks } from '../../stream-workers/src/runtime/runner'
-import { byChannel, readNotices, startTestWorker, untilCaughtUp, type World } from '../../stream-workers/src/testing/harness'
+import { byChannel, publishEvent, readNotices, startTestWorker, storedEvent, untilCaughtUp, type World } from '../../stream-workers/src/testing/harness'
 
 let h: ApiHarness | undefined
 const closers: (() => Promise<void>)[] = []
@@ -32,7 +32,7 @@ async function setup(overrides: Record<string, string> = {}, hooks?: RunnerHooks
   const caughtUp = () => untilCaughtUp({ config: hh.env.config, db: hh.database.db, nc: hh.nc })
   const world = { nc: hh.nc, js: jetstream(hh.nc), config: hh.env.config } as unknown as World
   const notices = async () => byChannel(await readNotices(world))
-  return { hh, worker, token, post, caughtUp, notices }
+  return { hh, worker, token, post, caughtUp, notices, world }
 }
 
 describe('matches through the API and the projection', () => {
@@ -68,9 +68,10 @@ describe('matches through the API and the projection', () => {
       status: 'finished',
       maxPlayers: 2,
       properties: { map: 'dust' },
+      // Joined over REST and never subscribed to match:m1: not yet connected (the join grace ended with the match).
       players: [
-        { player: 'ann', ready: true, connected: true },
-        { player: 'cat', ready: false, connected: true },
+        { player: 'ann', ready: true, connected: false },
+        { player: 'cat', ready: false, connected: false },
       ],
       results: [
         { player: 'cat', score: 9, rank: 1 },
@@ -133,6 +134,27 @@ describe('matches through the API and the projection', () => {
     // Users cannot create or finish matches; keys without the scope neither.
     expect((await hh.call('POST', '/v1/events', { token: users.ann, body: { events: [{ type: 'match.finish', data: { match: 'm1', results: [{ player: 'ann', score: 99 }] } }] } })).status).toBe(403)
   }, 60_000)
+
+  test('match property names that are JavaScript object internals (__proto__, constructor, prototype) are 422 invalid_event and store nothing', async () => {
+    const { hh, post, caughtUp, notices, world } = await setup()
+    for (const name of ['__proto__', 'constructor', 'prototype']) {
+      // Raw JSON: a JS literal { __proto__: ... } would set the prototype, not a key.
+      const body = `{"events":[{"type":"match.created","data":{"match":"p1","mode":"duel","maxPlayers":2,"properties":{"map":"dust","${name}":"x"}}}]}`
+      const r = await hh.call('POST', '/v1/events', { token: hh.ingestToken, body })
+      expect([r.status, r.json.error.code, r.json.error.details?.[0]?.path]).toEqual([422, 'invalid_event', `/data/properties/${name}`])
+    }
+    expect(await hh.streamCount()).toBe(0)
+    // Names merely close to them are fine, and come back as sent.
+    await post([{ type: 'match.created', data: { match: 'p1', mode: 'duel', maxPlayers: 2, properties: { proto: 1, Constructor: true, _prototype_: 'y' } } }])
+    await caughtUp()
+    expect((await hh.call('GET', '/v1/matches/p1', { token: hh.ingestToken })).json.properties).toEqual({ proto: 1, Constructor: true, _prototype_: 'y' })
+    // One stored before the rule still applies, without the name: REST and the channel agree.
+    await publishEvent(world, storedEvent('match.created', JSON.parse('{"match":"old","mode":"duel","maxPlayers":2,"properties":{"__proto__":"x","map":"dust"}}')))
+    await caughtUp()
+    expect((await hh.call('GET', '/v1/matches/old', { token: hh.ingestToken })).json.properties).toEqual({ map: 'dust' })
+    const created = (await notices()).get('match:old')![0].data as Extract<MatchChange, { kind: 'created' }>
+    expect(Object.keys(created.match.properties!)).toEqual(['map'])
+  })
 
   test("results reach the mode's board once: a resent finish, a second finish, a crash before the ack (the outbox sweeper publishes); a rebuild reproduces the matches and scores nothing again", async () => {
     let crashes = 0

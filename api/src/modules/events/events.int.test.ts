@@ -141,6 +141,19 @@ describe('POST /v1/events', () => {
     expect(await h.streamCount()).toBe(before)
   })
 
+  test('a poll whose options repeat (the same text once trimmed, in any case) is 422 invalid_event naming the repeat; distinct options are fine', async () => {
+    const before = await h.streamCount()
+    const poll = (options: string[]) => ({ type: 'poll.opened', data: { stream: 'tv', poll: 'dup', question: 'Which?', options } })
+    for (const [options, index] of [[['yes', 'no', 'yes'], 2], [['Yes', 'yes '], 1], [['a', 'b', 'c', 'B'], 3]] as const) {
+      const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [poll([...options])] } })
+      expect(r.status).toBe(422)
+      expectErrorShape(r.json, 'invalid_event')
+      expect(r.json.error.details).toEqual([{ index: 0, path: `/data/options/${index}`, message: 'repeats an earlier option' }])
+    }
+    expect(await h.streamCount()).toBe(before)
+    expect((await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [poll(['yes', 'no', 'yes!'])] } })).status).toBe(202)
+  })
+
   test('NUL characters and lone surrogates in a player or chat text are 422 invalid_event; emoji are fine', async () => {
     const before = await h.streamCount()
     const r = await h.call('POST', '/v1/events', {

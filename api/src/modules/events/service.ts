@@ -246,7 +246,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     const by = principalId(principal)
     // A principal comes from our own auth code, never from the request: a bad one is a bug.
     if (!principalChecker.Check(by)) throw new Error(`invalid principal ${JSON.stringify(by)}`)
-    const events = validate(inputs, principal, by)
+    const events = validate(inputs, principal, by, config.FANFARE_MATCH_JOIN_GRACE_MS)
     if (principal.kind === 'user') {
       const closed = roomsClosedTo(principal, events)
       // Awaited only when a room's visibility is not at hand: the events of one connection keep
@@ -314,7 +314,7 @@ function eventMessage(generic: string, problems: (Problem & { index: number })[]
 }
 
 /** Checks a whole request; throws on the first kind of problem found, listing every instance. */
-function validate(inputs: unknown[], principal: Principal, by: string): Omit<StoredEvent, 'at'>[] {
+function validate(inputs: unknown[], principal: Principal, by: string, joinGraceMs: number): Omit<StoredEvent, 'at'>[] {
   if (inputs.length === 0) throw new Invalid('empty_batch', 'no events to publish')
   if (inputs.length > MAX_BATCH) {
     throw new Invalid('too_many_events', `at most ${MAX_BATCH} events per request`, { max: MAX_BATCH, got: inputs.length })
@@ -347,6 +347,16 @@ function validate(inputs: unknown[], principal: Principal, by: string): Omit<Sto
     if (impersonating.length > 0) {
       throw new Forbidden(`a user posts chat as themselves (${principal.id}${principal.name ? `, ${principal.name}` : ''}): the user and display name come from the token`, impersonating)
     }
+    // A join carries the node's join grace (how long the seat waits for the player's first
+    // connection); a player choosing their own would squat seats again.
+    const graced: { index: number; graceMs: unknown }[] = []
+    for (const [index, e] of typed.entries()) {
+      if (e.type !== 'match.join') continue
+      const { graceMs, ...rest } = e.data
+      if (graceMs !== undefined) graced.push({ index, graceMs })
+      e.data = { ...rest, graceMs: joinGraceMs }
+    }
+    if (graced.length > 0) throw new Forbidden('the join grace (graceMs) is set by the API (FANFARE_MATCH_JOIN_GRACE_MS), not by the player', graced)
   }
 
   const invalid = typed.flatMap((e, index) => admitData(e.type as EventType, e.data).map((p) => ({ index, ...p })))

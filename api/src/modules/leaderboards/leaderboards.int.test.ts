@@ -66,7 +66,7 @@ describe('leaderboard reads', () => {
     const r = await h.call('GET', '/v1/leaderboards/nobody-plays')
     expect(r.status).toBe(200)
     expect(r.json.entries).toEqual([])
-    for (const q of ['limit=0', 'limit=101', 'offset=-1', 'limit=abc']) {
+    for (const q of ['limit=0', 'limit=101', 'offset=-1', 'limit=abc', 'limit=1&limit=2', 'limit=2&limit=2']) {
       const bad = await h.call('GET', `/v1/leaderboards/hi?${q}`)
       expect(bad.status).toBe(422)
       expect(bad.json.error.code).toBe('invalid_request')

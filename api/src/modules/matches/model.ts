@@ -18,8 +18,8 @@ export const MatchAnswer = t.Object({
     t.Object({
       player: t.String(),
       ready: t.Boolean(),
-      connected: t.Boolean({ description: 'false once all their connections to match:<id> closed, on every node' }),
-      graceUntil: t.Optional(t.String({ description: 'ISO 8601: while disconnected, when the seat is given up unless they come back' })),
+      connected: t.Boolean({ description: 'false from the join until their first connection to match:<id>, and once all their connections to it closed, on every node' }),
+      graceUntil: t.Optional(t.String({ description: 'ISO 8601: while not (yet, or any more) connected, when the seat is given up unless they connect first' })),
     }),
     { description: 'seated players, in the order they were seated' },
   ),

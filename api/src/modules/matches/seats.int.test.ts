@@ -1,8 +1,13 @@
 import { afterEach, describe, expect, test } from 'bun:test'
+import { connectPostgres } from '../../../../core/db/client'
+import { matches } from '../../../../core/db/schema'
+import type { EventInput } from '../../../../core/events'
 import { createLogger } from '../../../../core/logger'
+import { createTestEnv } from '../../../../core/testing/env'
 import { until, WsClient } from '../../../../test/e2e/harness'
 import { startTestWorker } from '../../../../stream-workers/src/testing/harness'
 import { mintUserToken } from '../../auth/mint'
+import { startSeatWatcher } from './seats'
 import { startApi, type RunningApi } from '../../server'
 import { startTestNode, type TestNode } from '../../test-support'
 
@@ -58,4 +63,69 @@ describe('seat watcher on a real node', () => {
     const connections = (await n.streamEvents()).filter((e) => e.type === 'match.player.connection').map((e) => (e as unknown as { data: { match: string; player: string; connected: boolean } }).data)
     expect(connections.map((d) => `${d.match}:${d.player}:${d.connected}`).sort()).toEqual(['early:ann:false', 'early:ann:true', 'late:bob:false', 'late:bob:true'])
   }, 60_000)
+
+  test('a player who joins and never connects to match:<id> loses the seat after the join grace; one who connects after joining, or was connected before, keeps it', async () => {
+    const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_JOIN_GRACE_MS: '1500' }))
+    const worker = await startTestWorker(n.env)
+    closers.push(() => worker.stop())
+    const token = (sub: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub })
+    const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) =>
+      fetch(`${n.base}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify({ events }) })
+    const match = async () => (await fetch(`${n.base}/v1/matches/lobby`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
+    const subscribe = async (sub: string) => {
+      const c = await WsClient.open(`ws://127.0.0.1:${new URL(n.base).port}/v1/ws?token=${await token(sub)}`)
+      closers.push(async () => c.close())
+      c.send({ op: 'subscribe', ref: 'm', channel: 'match:lobby' })
+      await until(`${sub} subscribed`, () => c.frames.some((f) => f.channel === 'match:lobby' && f.op === 'snapshot'))
+    }
+    // The seat watcher acts after its 3 s warm-up.
+    await Bun.sleep(3_500)
+    expect((await post([{ type: 'match.created', data: { match: 'lobby', mode: 'duel', maxPlayers: 3 } }])).status).toBe(202)
+    await until('lobby created', async () => (await match()).status === 'open', 20_000)
+    // A player may not choose their own join grace.
+    const own = await post([{ type: 'match.join', data: { match: 'lobby', graceMs: 86_400_000 } }], await token('squat'))
+    expect([own.status, (await own.json()).error.code]).toEqual([403, 'forbidden'])
+    await subscribe('early')
+    for (const sub of ['squat', 'late', 'early']) expect((await post([{ type: 'match.join', data: { match: 'lobby' } }], await token(sub))).status).toBe(202)
+    await until('all three seated', async () => (await match()).players.length === 3, 20_000)
+    await subscribe('late')
+    await until('the squatter gave the seat up', async () => (await match()).players.length === 2, 20_000)
+    const after = await match()
+    expect([after.status, after.players.map((p: any) => [p.player, p.connected, p.graceUntil ?? null])]).toEqual(['open', [['late', true, null], ['early', true, null]]])
+    const left = (await n.streamEvents()).filter((e) => e.type === 'match.leave').map((e) => (e as unknown as { data: { player?: string } }).data.player)
+    expect(left).toEqual(['squat'])
+  }, 60_000)
+
+  test("the sweep publishes the connect of a player present in match:<id> whose seat still waits for one (a connect no designated node published), and the leave of one whose grace ended", async () => {
+    const env = await createTestEnv()
+    closers.push(() => env.cleanup())
+    const database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => database.close())
+    const now = Date.now()
+    const seat = (player: string, graceUntil: number | null) => ({ player, ready: false, connected: graceUntil === null, disconnectedAt: null, graceUntil })
+    const row = (match: string, players: ReturnType<typeof seat>[], graceUntil: number | null) =>
+      ({ match, mode: 'duel', maxPlayers: 4, status: 'open' as const, players, playerCount: players.length, createdAt: new Date(now), createdSeq: 1, graceUntil: graceUntil === null ? null : new Date(graceUntil) })
+    await database.db.insert(matches).values([
+      row('m1', [seat('here', now + 60_000), seat('away', now + 60_000), seat('on', null)], now + 60_000),
+      row('m2', [seat('gone', now - 1_000)], now - 1_000),
+    ])
+    const published: EventInput[] = []
+    const w = startSeatWatcher({
+      presence: { node: 'n', peers: () => [], onChange: () => () => {}, totals: (ch) => ({ connections: 0, users: ch === 'match:m1' ? ['here', 'on'] : ['gone'] }) },
+      notices: () => () => {},
+      ingest: { publish: async (events) => (published.push(...events), []) as never },
+      db: database.db,
+      graceMs: 1000,
+      logger: createLogger('silent'),
+      sweepMs: 50,
+      warmupMs: 0,
+    })
+    await until('sweep published', () => published.length >= 2)
+    await Bun.sleep(200) // more rounds: nothing is published twice
+    await w.stop()
+    expect(published.map((e) => [e.type, e.data])).toEqual([
+      ['match.leave', { match: 'm2', player: 'gone', reason: 'disconnected' }],
+      ['match.player.connection', { match: 'm1', player: 'here', connected: true }],
+    ])
+  })
 })

@@ -8,12 +8,12 @@ import type { NoticeListener } from '../../realtime/start'
 import { startSeatWatcher } from './seats'
 
 /** A watcher on a fake presence; the grace sweep never runs in these tests. */
-function watcher(peers: string[]) {
+function watcher(peers: string[], present: Record<string, string[]> = {}) {
   let listener: ((c: PresenceChange) => void) | undefined
   let feed: NoticeListener | undefined
   const published: { events: EventInput[]; by: string }[] = []
   const w = startSeatWatcher({
-    presence: { node: 'node-b', peers: () => peers, onChange: (l) => ((listener = l), () => (listener = undefined)) },
+    presence: { node: 'node-b', peers: () => peers, onChange: (l) => ((listener = l), () => (listener = undefined)), totals: (ch) => ({ connections: 0, users: present[ch] ?? [] }) },
     notices: (l) => ((feed = l), () => (feed = undefined)),
     ingest: { publish: async (events, p) => (published.push({ events, by: p.kind === 'key' ? (p.root ?? p.id) : p.kind }), []) as never },
     db: undefined as unknown as Db,
@@ -64,5 +64,20 @@ describe('seat watcher', () => {
       { match: 'm1', player: 'gina', connected: true },
       { match: 'm1', player: 'gina', connected: false, graceMs: 1234 },
     ])
+  })
+
+  test('a join of a user already present in the match channel (they subscribed first) publishes their first connect after the join; absent users and other nodes publish nothing', async () => {
+    const at = ''
+    const joinedNotice = (player: string, version: number): ChangeNotice => ({ channel: 'match:m1', version, epoch: 'e', at, data: { kind: 'joined', player, status: 'open' } })
+    const { w, notice, published } = watcher([], { 'match:m1': ['gina'] })
+    notice({ channel: 'match:m1', version: 1, epoch: 'e', at, data: { kind: 'created', status: 'open', match: { match: 'm1', mode: 'duel', status: 'open', maxPlayers: 3, players: [], createdAt: at } } })
+    notice(joinedNotice('gina', 2))
+    notice(joinedNotice('hal', 3))
+    await w.stop()
+    expect(published.map((p) => [p.by, p.events[0].type, p.events[0].data])).toEqual([['system', 'match.player.connection', { match: 'm1', player: 'gina', connected: true }]])
+    const other = watcher(['node-a'], { 'match:m1': ['gina'] })
+    other.notice(joinedNotice('gina', 2))
+    await other.w.stop()
+    expect(other.published).toEqual([])
   })
 })

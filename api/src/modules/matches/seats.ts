@@ -1,5 +1,5 @@
-import { and, isNotNull, lte, sql } from 'drizzle-orm'
-import { parseChannel } from '../../../../core/channels'
+import { asc, isNotNull } from 'drizzle-orm'
+import { channelOf, parseChannel, type ChangeNotice, type MatchChange } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { matches } from '../../../../core/db/schema'
 import type { EventInput } from '../../../../core/events'
@@ -30,18 +30,24 @@ export type SeatWatcher = { stop: () => Promise<void> }
  *   matches at start and after a feed resync, none per subscribe). Spectators of open or full
  *   matches, and of match ids the book does not know, are still published: their join (or the
  *   match's creation) may be on its way to the projection, and a dropped disconnect would keep
- *   that seat forever.
- * - Every `sweepMs`, the same node reads the matches whose earliest grace end has passed
- *   (`grace_until`, an index) and publishes `match.leave { player, reason: "disconnected" }` for
- *   each such player: the event after the grace end at which the projection gives the seat up. One
- *   that arrives early, or after a reconnect, changes nothing.
+ *   that seat forever. A seat starts not yet connected (given up after the join grace unless the
+ *   player connects): when the feed shows a join of a user who is already present in the match's
+ *   channel (they subscribed first, so their connect came before their seat), the node publishes
+ *   their `{ connected: true }` then.
+ * - Every `sweepMs`, the same node reads the matches with a grace running (`grace_until`, an
+ *   index; earliest end first, at most 500) and publishes `match.leave { player, reason:
+ *   "disconnected" }` for each player whose grace has ended: the event after the grace end at which
+ *   the projection gives the seat up. One that arrives early, or after a reconnect, changes
+ *   nothing. A player whose grace still runs but who is present in the match's channel gets the
+ *   `{ connected: true }` no designated node published (a join or reconnect during a warm-up or a
+ *   handover, a join notice lost in a feed resync): present players keep their seats.
  *
  * The one node is the lowest id among this node and the peers its presence hears from (as for the
  * viewer sampler), after `warmupMs` (a new node's view is still filling). Events are published as
  * the API nodes' own principal (`system`).
  */
 export function startSeatWatcher(deps: {
-  presence: Pick<Presence, 'node' | 'peers' | 'onChange'>
+  presence: Pick<Presence, 'node' | 'peers' | 'onChange' | 'totals'>
   /** Follows the match change feed (Realtime.onNotices('match', ...)). */
   notices: (listener: NoticeListener) => () => void
   ingest: Pick<Ingest, 'publish'>
@@ -78,8 +84,23 @@ export function startSeatWatcher(deps: {
         if (!stopped) loadTimer = setTimeout(load, 1000)
       })
   }
+  /**
+   * A seat starts not yet connected (the join grace). A player already present in `match:<id>`
+   * when their join is decided made their presence change before holding the seat (so it changed
+   * nothing): their first connect is published now, after the join.
+   */
+  const joined = (n: ChangeNotice) => {
+    const c = n.data as MatchChange
+    if (stopped || c.kind !== 'joined' || !designated() || !deps.presence.totals(n.channel).users.includes(c.player)) return
+    const parsed = parseChannel(n.channel)
+    if (parsed?.kind !== 'match') return
+    publish([{ id: id(), type: 'match.player.connection', data: { match: parsed.name, player: c.player, connected: true } }])
+  }
   const offNotices = deps.notices({
-    notice: book.notice,
+    notice: (n) => {
+      book.notice(n)
+      joined(n)
+    },
     resync: () => {
       book.resync()
       if (!stopped) load()
@@ -95,25 +116,34 @@ export function startSeatWatcher(deps: {
     publish([{ id: id(), type: 'match.player.connection', data: { match: parsed.name, player: change.user, connected, ...(connected ? {} : { graceMs: deps.graceMs }) } }])
   })
 
-  /** Graces this node already ended, so that it does not publish them again each round while the projection catches up. */
+  /** Graces this node already ended (or connects it already published), so that it does not publish them again each round while the projection catches up. */
   const ended = new Map<string, number>()
   async function sweep() {
     if (!designated()) return
     const now = Date.now()
     for (const [k, at] of ended) if (now - at > 10_000) ended.delete(k)
+    // Every seat with a grace running, earliest end first (the partial index): ended ones first.
     const rows = await deps.db
       .select({ match: matches.match, players: matches.players })
       .from(matches)
-      .where(and(isNotNull(matches.graceUntil), lte(matches.graceUntil, sql`now()`)))
+      .where(isNotNull(matches.graceUntil))
+      .orderBy(asc(matches.graceUntil))
       .limit(500)
     const events: EventInput[] = []
     for (const r of rows) {
       for (const p of r.players) {
-        if (p.graceUntil === null || p.graceUntil > now) continue
+        if (p.graceUntil === null || p.connected) continue
         const key = `${r.match}\u0000${p.player}\u0000${p.graceUntil}`
         if (ended.has(key)) continue
-        ended.set(key, now)
-        events.push({ id: id(), type: 'match.leave', data: { match: r.match, player: p.player, reason: 'disconnected' } })
+        if (p.graceUntil <= now) {
+          ended.set(key, now)
+          events.push({ id: id(), type: 'match.leave', data: { match: r.match, player: p.player, reason: 'disconnected' } })
+        } else if (deps.presence.totals(channelOf.match(r.match)).users.includes(p.player)) {
+          // Present, yet the seat waits for a connect: one this node never published (made while
+          // no node was designated, or a join notice a feed resync dropped). Published now, within the grace.
+          ended.set(key, now)
+          events.push({ id: id(), type: 'match.player.connection', data: { match: r.match, player: p.player, connected: true } })
+        }
       }
     }
     for (let i = 0; i < events.length; i += 100) await deps.ingest.publish(events.slice(i, i + 100), system)

@@ -5,7 +5,7 @@ import { lookupByKey, recordset } from '../../../../core/db/recordset'
 import { derivedScores, leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import { dedupIdOf, type StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
-import { defaultRules, nextScore, type BoardRules, type Standing } from './projection'
+import { defaultRules, nextScore, sumRefusal, type BoardRules, type Standing } from './projection'
 import { periodKey, resets } from '../../../../core/periods'
 import { MATCH_RESULTS_BY } from '../../../../core/matches'
 
@@ -69,11 +69,11 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
     derivedIds.length === 0 ? Promise.resolve([]) : db.select({ id: derivedScores.id }).from(derivedScores).where(inArray(derivedScores.id, derivedIds)),
   ])
   const { rules, scored } = rulesOf(cached, boardRows, known)
-  const { changes, written, derivedNew } = evolve(scores, rules, rows, appliedRows)
-  if (written.length === 0 && derivedNew.length === 0) return { changes }
+  const { changes, written, derivedNew, refused } = evolve(scores, rules, rows, appliedRows)
+  if (written.length === 0 && derivedNew.length === 0) return { changes, refused }
   const writeDerived = (when: SQL) =>
     db.insert(derivedScores).select(sql`select id, seq from ${recordset('r', { id: 'text', seq: 'bigint' }, derivedNew)} where ${when}`)
-  if (written.length === 0) return { changes, write: writeDerived }
+  if (written.length === 0) return { changes, write: writeDerived, refused }
   const writeEntries = (when: SQL) =>
     db
       .insert(leaderboardEntries)
@@ -85,7 +85,7 @@ export async function applyScores(db: Db, events: SequencedEvent[]): Promise<App
         set: { score: sql`excluded.score`, reachedSeq: sql`excluded.reached_seq`, updatedAt: sql`excluded.updated_at` },
       })
   const write = (when: SQL) => (derivedNew.length > 0 ? [writeEntries(when), writeDerived(when)] : writeEntries(when))
-  return { changes, write, recheck: firstScoresRecheck(written.map((w) => w.board), scored, rules) }
+  return { changes, write, refused, recheck: firstScoresRecheck(written.map((w) => w.board), scored, rules) }
 }
 
 /** The batch's score events (the batch dead-letters events of other areas before they get here). */
@@ -150,13 +150,14 @@ function rulesOf(cached: Map<string, BoardRules>, boardRows: BoardRow[], known: 
   return { rules, scored }
 }
 
-/** Evolves the standings read in event order: the changes to notify, the rows to write, the derived scores new to the batch. */
+/** Evolves the standings read in event order: the changes to notify, the rows to write, the derived scores new to the batch, the refused scores (sumRefusal). */
 function evolve(scores: SequencedEvent<ScoreEvent>[], rules: Map<string, BoardRules>, rows: EntryRow[], appliedRows: { id: string }[]) {
   const derivedSeen = new Set(appliedRows.map((r) => r.id))
   const derivedNew: { id: string; seq: number }[] = []
   const standings = new Map<string, Standing>()
   for (const r of rows) standings.set(entryKey(r.board, r.period, r.player), { score: Number(r.score), reachedSeq: Number(r.reached_seq) })
   const changes: Change[] = []
+  const refused: { seq: number; reason: string }[] = []
   const dirty = new Map<string, EntryKey & Standing>()
   for (const e of scores) {
     const { event, seq } = e
@@ -172,6 +173,11 @@ function evolve(scores: SequencedEvent<ScoreEvent>[], rules: Map<string, BoardRu
     const period = periodKey(boardRules.reset, countsAt(e))
     const key = entryKey(board, period, player)
     const current = standings.get(key)
+    const refusal = sumRefusal(current, score, boardRules, board, player)
+    if (refusal !== undefined) {
+      refused.push({ seq, reason: refusal })
+      continue
+    }
     const next = nextScore(current, { score, seq }, boardRules)
     if (!next) continue
     standings.set(key, next)
@@ -182,7 +188,7 @@ function evolve(scores: SequencedEvent<ScoreEvent>[], rules: Map<string, BoardRu
     })
   }
   const written = [...dirty.values()].map((d) => ({ board: d.board, period: d.period, player: d.player, score: d.score, reached_seq: d.reachedSeq }))
-  return { changes, written, derivedNew }
+  return { changes, written, derivedNew, refused }
 }
 
 /**

@@ -128,6 +128,29 @@ describe('leaderboard periods', () => {
     expect((await h.call('GET', '/v1/leaderboards/forever?period=previous')).status).toBe(422)
   })
 
+  test('period keys are checked alike under every reset: years 0001-9999 are real (200, named as asked), year 0000 is 422', async () => {
+    await h.database.db.insert(leaderboards).values([
+      { board: 'eraD', reset: 'daily' },
+      { board: 'eraW', reset: 'weekly' },
+      { board: 'eraM', reset: 'monthly' },
+    ])
+    const cases: [string, string, number][] = [
+      ['eraD', '0001-01-01', 200],
+      ['eraD', '0099-12-31', 200],
+      ['eraD', '0000-12-31', 422],
+      ['eraW', '0001-W01', 200],
+      ['eraW', '0050-W10', 200],
+      ['eraW', '0000-W52', 422],
+      ['eraM', '0001-01', 200],
+      ['eraM', '0000-12', 422],
+      ['eraM', '9999-12', 200],
+    ]
+    for (const [board, period, status] of cases) {
+      const r = await h.call('GET', `/v1/leaderboards/${board}?period=${period}`)
+      expect([board, period, r.status, r.status === 200 ? r.json.period : r.json.error.details[0].path]).toEqual([board, period, status, status === 200 ? period : '/period'])
+    }
+  })
+
   test("a snapshot is the current period's, named, and says until when it is current", async () => {
     const now = Date.now()
     const snap = await leaderboardSnapshot(h.database.db, 'today', now)

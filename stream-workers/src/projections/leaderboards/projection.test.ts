@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test'
-import { defaultRules, nextScore } from './projection'
+import { defaultRules, nextScore, sumRefusal } from './projection'
 
 describe('nextScore', () => {
   test('a first submission always creates a standing', () => {
@@ -36,5 +36,16 @@ describe('nextScore', () => {
     expect(nextScore({ score: 10, reachedSeq: 3 }, { score: 5, seq: 8 }, rules)).toEqual({ score: 15, reachedSeq: 8 })
     expect(nextScore({ score: 10, reachedSeq: 3 }, { score: -4, seq: 8 }, rules)).toEqual({ score: 6, reachedSeq: 8 })
     expect(nextScore({ score: 10, reachedSeq: 3 }, { score: 0, seq: 8 }, rules)).toBeNull()
+  })
+
+  test('sum: an increment that would take the total past ±(2^53 - 1) is refused; up to it is fine; other operators and first scores never are', () => {
+    const at = (score: number) => ({ score, reachedSeq: 1 })
+    const max = Number.MAX_SAFE_INTEGER
+    expect(sumRefusal(at(max - 1), 1, { operator: 'sum' }, 'b', 'p')).toBeUndefined()
+    expect(sumRefusal(at(max), 1, { operator: 'sum' }, 'b', 'p')).toContain('would pass 9007199254740991')
+    expect(sumRefusal(at(-max), -1, { operator: 'sum' }, 'b', 'p')).toContain('would pass -9007199254740991')
+    expect(sumRefusal(at(max), -1e15, { operator: 'sum' }, 'b', 'p')).toBeUndefined()
+    expect(sumRefusal(at(max), 1, { operator: 'best' }, 'b', 'p')).toBeUndefined()
+    expect(sumRefusal(undefined, 1e15, { operator: 'sum' }, 'b', 'p')).toBeUndefined()
   })
 })

@@ -11,6 +11,22 @@ export type BoardRules = { sortOrder: SortOrder; operator: ScoreOperator; reset:
 export const defaultRules: BoardRules = { sortOrder: 'desc', operator: 'best', reset: 'none' }
 
 /**
+ * Why a sum board refuses an increment (a dead letter), or undefined. Totals are float8 in
+ * Postgres and numbers in JS: integers are exact up to Number.MAX_SAFE_INTEGER (2^53 - 1) only,
+ * and past it small increments are silently lost (9e15 + 1 + 1 ...), so an increment that would
+ * take a total past it, either way, is refused instead: every total kept is the exact sum of the
+ * increments applied (integer ones; fractions round as floats do). Decided from the standing
+ * alone, so a rebuild refuses the same ones.
+ */
+export function sumRefusal(current: Standing | undefined, score: number, rules: Pick<BoardRules, 'operator'>, board: string, player: string): string | undefined {
+  if (rules.operator !== 'sum' || !current) return undefined
+  const total = current.score + score
+  if (Math.abs(total) <= Number.MAX_SAFE_INTEGER) return undefined
+  const limit = total > 0 ? `${Number.MAX_SAFE_INTEGER} (Number.MAX_SAFE_INTEGER)` : `${-Number.MAX_SAFE_INTEGER} (-Number.MAX_SAFE_INTEGER)`
+  return `sum board ${board}: ${player}'s total ${current.score} + ${score} would pass ${limit}, beyond which totals lose increments`
+}
+
+/**
  * The standing after a submitted score, or null when the submission changes nothing.
  * - best: replaces only a strictly better score (an equal score keeps the earlier reachedSeq, so
  *   the earlier holder keeps its place in a tie);

@@ -3,7 +3,7 @@ import { channelOf } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { recordset, fromExcluded } from '../../../../core/db/recordset'
 import { matches, matchModes } from '../../../../core/db/schema'
-import type { StoredEvent } from '../../../../core/events'
+import { RESERVED_PROPERTY_NAMES, type StoredEvent } from '../../../../core/events'
 import { DEFAULT_MATCH_GRACE_MS, evolveMatch, MATCH_RESULTS_BY, matchStateOfRow, nextGraceEnd, resultEventId, type MatchEvent, type MatchState } from '../../../../core/matches'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 
@@ -25,9 +25,14 @@ function toMatchEvent({ event, seq, storedAt }: SequencedEvent): MatchEvent | { 
   const player = userOf(e.by)
   const needPlayer = { refused: `${e.type} by ${JSON.stringify(e.by)}: only users have seats` }
   switch (e.type) {
-    case 'match.created':
-      return { type: e.type, match: e.data.match, mode: e.data.mode, maxPlayers: e.data.maxPlayers, properties: e.data.properties, at, seq }
+    case 'match.created': {
+      // Names the API refuses now (RESERVED_PROPERTY_NAMES) are left out of events stored before,
+      // so every reader (REST, channels, the SDK's state) sees the same properties.
+      const properties = e.data.properties && Object.fromEntries(Object.entries(e.data.properties).filter(([k]) => !RESERVED_PROPERTY_NAMES.has(k)))
+      return { type: e.type, match: e.data.match, mode: e.data.mode, maxPlayers: e.data.maxPlayers, properties, at, seq }
+    }
     case 'match.join':
+      return player === undefined ? needPlayer : { type: e.type, match: e.data.match, player, graceMs: e.data.graceMs, at }
     case 'match.ready':
       return player === undefined ? needPlayer : { type: e.type, match: e.data.match, player, at }
     case 'match.leave': {
