@@ -136,6 +136,30 @@ export function siteOf(config: Config): Site {
 const inDomain = (name: string, domain: string): StreamSource => ({ name, external: { api: `$JS.${domain}.API`, deliver: '' } })
 
 /**
+ * The smallest max_payload Fanfare can run with: nats-server's default, 1 MiB. A worker publishes a
+ * batch's changes in runs of up to 256 Ki UTF-16 units (up to ~768 KiB of UTF-8, see
+ * stream-workers/src/runtime/outbox.ts) and the largest event a client may send (a stream's
+ * viewers with 5,000 users) is a few hundred KB. Below it, publishes over the limit are refused by
+ * the client on every try: the read models advance while subscribers get no update, and such an
+ * event is never stored.
+ */
+export const MIN_MAX_PAYLOAD = 1024 * 1024
+
+/**
+ * Thrown at start when the NATS server's max_payload is below MIN_MAX_PAYLOAD: better than
+ * running with live updates silently stopped (see MIN_MAX_PAYLOAD).
+ */
+export class MaxPayloadTooSmall extends Error {
+  constructor(server: string, maxPayload: number) {
+    super(
+      `the NATS server ${server}'s max_payload is ${maxPayload} bytes; Fanfare needs at least ${MIN_MAX_PAYLOAD} (1 MB, the nats-server default): ` +
+        `raise max_payload in the nats-server config (every server of the cluster), or remove the setting`,
+    )
+    this.name = 'MaxPayloadTooSmall'
+  }
+}
+
+/**
  * Creates or updates the event and change streams so they match the config (retention, dedup
  * window, FANFARE_REPLICAS). Safe to call from every process at start, concurrently. Never
  * deletes anything: one-off upgrade steps belong to `npm run migrate` (core/upgrade.ts). A stream
@@ -154,6 +178,8 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
         `set FANFARE_REPLICAS=1, or point NATS_URL at a cluster of at least ${config.FANFARE_REPLICAS} servers (README "Running on a NATS cluster")`,
     )
   }
+  const maxPayload = nc.info?.max_payload
+  if (maxPayload !== undefined && maxPayload < MIN_MAX_PAYLOAD) throw new MaxPayloadTooSmall(nc.info?.server_name ?? '', maxPayload)
   const jsm = await jetstreamManager(nc)
   const t = topology(config)
   const num_replicas = config.FANFARE_REPLICAS

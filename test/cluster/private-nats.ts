@@ -46,6 +46,10 @@ export type PrivateNatsOptions = {
   name?: string
   /** Join a cluster: its name, this server's route port, and every server's route URL. */
   cluster?: { name: string; port: number; routes: string[] }
+  /** More settings inside the `jetstream { }` block, e.g. `max_file_store: 2MB` (storage an operator sized too small). */
+  jetstream?: string
+  /** More top-level config lines: `max_payload: 4KB`, an `authorization { }` block, ... */
+  extra?: string[]
 }
 
 /** A cluster of nats-servers on 127.0.0.1, each with its own client port, route port and store. */
@@ -142,7 +146,8 @@ function natsConf(opts: PrivateNatsOptions): string {
   const lines = [
     `host: 127.0.0.1`,
     `port: ${opts.port}`,
-    `jetstream { store_dir: ${q(opts.storeDir)}${opts.domain ? `, domain: ${q(opts.domain)}` : ''} }`,
+    `jetstream { store_dir: ${q(opts.storeDir)}${opts.domain ? `, domain: ${q(opts.domain)}` : ''}${opts.jetstream ? `, ${opts.jetstream}` : ''} }`,
+    ...(opts.extra ?? []),
   ]
   if (opts.name) lines.push(`server_name: ${q(opts.name)}`)
   if (opts.cluster) {
