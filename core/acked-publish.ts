@@ -142,13 +142,33 @@ function copyOf(batch: MsgHdrs | undefined): MsgHdrs {
 }
 
 /**
+ * JetStream's refusal of a message, with its error code (`err_code`, e.g. 10023 insufficient
+ * resources): the message is not stored.
+ */
+export class JetStreamRefused extends Error {
+  constructor(
+    readonly errCode: number,
+    description: string,
+  ) {
+    super(`JetStream refused the message: ${description} (${errCode})`)
+    this.name = 'JetStreamRefused'
+  }
+}
+
+/**
+ * Whether `err` is JetStream refusing a message for want of storage: the server's (or account's)
+ * JetStream storage is used up. Only an operator freeing or adding storage ends it.
+ */
+export const isStorageFull = (err: unknown): boolean => err instanceof JetStreamRefused && err.errCode === 10023
+
+/**
  * A message's PubAck, or why JetStream did not store it: an error answer, or a status without a
  * body (503: no stream listens on the subject).
  */
 function ackOf(m: Msg): StreamAck | Error {
   if (m.data.length === 0) return new Error(`JetStream did not store the message: status ${m.headers?.code ?? 'none'} ${m.headers?.description ?? ''}`.trim())
-  const ack = JSON.parse(decoder.decode(m.data)) as Partial<StreamAck> & { error?: { code: number; description: string } }
-  if (ack.error) return new Error(`JetStream refused the message: ${ack.error.description} (${ack.error.code})`)
+  const ack = JSON.parse(decoder.decode(m.data)) as Partial<StreamAck> & { error?: { code: number; err_code?: number; description: string } }
+  if (ack.error) return new JetStreamRefused(ack.error.err_code ?? ack.error.code, ack.error.description)
   if (typeof ack.seq !== 'number' || typeof ack.stream !== 'string' || ack.stream === '') return new Error(`JetStream answered without a stream and sequence: ${decoder.decode(m.data)}`)
   return { stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate === true, ...(ack.domain ? { domain: ack.domain } : {}) }
 }

@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import { context, SpanKind, SpanStatusCode, type Context, type Span } from '@opentelemetry/api'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { createAckedPublisher, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
+import { createAckedPublisher, isStorageFull, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
 import type { Config } from '../../../../core/config'
 import {
   admitData,
@@ -39,7 +39,8 @@ export type Ingest = {
    * nothing published. A JetStream failure of some publishes is 503 `unavailable` once every
    * publish of the request settled, with `details.results`: each event's id (generated ones
    * included) and whether JetStream confirmed storing it (PublishOutcome). Resending the events
-   * with those ids is safe: stored ones are de-duplicated.
+   * with those ids is safe: stored ones are de-duplicated. JetStream out of storage is 503
+   * `storage_full`, with the same `details.results`.
    * Who may publish which type is the permissions table (403 `forbidden`, nothing published).
    * Events are stored with the principal's id as `by`, and ids are de-duplicated per principal:
    * the same id from another principal is another event. A user's chat messages are stamped with
@@ -281,6 +282,10 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     // Every id, the generated ones included: a client resending without them would store the
     // stored events again under new ids.
     const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
+    // Its own code: not a blip that a resend soon cures, but an operator's to fix (alerts can tell).
+    if (failed.some((f) => isStorageFull(f.reason))) {
+      throw new Unavailable('JetStream has no storage left for the event stream (insufficient resources): an operator must free or add NATS storage; resend the events with the ids in details.results', 'storage_full', { results })
+    }
     throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
   }
   /** The user's chat posts to rooms closed to them (private rooms whose channel their claim does not match). */
