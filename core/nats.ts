@@ -1,5 +1,5 @@
 import { jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
-import { connect, nanos, type NatsConnection } from '@nats-io/transport-node'
+import { AuthorizationError, connect, nanos, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
 import { parseDomains, type Config } from './config'
 import { subjects } from './events'
@@ -10,12 +10,20 @@ import { parseNatsServers } from './net'
  * NATS_URL: one server or several comma-separated (a cluster's seed list; the client learns the
  * other servers from the cluster and moves to another one when its server goes away).
  */
-export function connectNats(url: string, name: string): Promise<NatsConnection> {
+export async function connectNats(url: string, name: string): Promise<NatsConnection> {
   // noAsyncTraces: otherwise every request (each JetStream publish and ack wait) builds an Error
   // up front for its stack trace, ~6% of an API node's CPU at full ingest. Errors still say what
   // failed; they lose the caller's frames.
-  const { servers } = parseNatsServers(url)
-  return connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000, noAsyncTraces: true })
+  const { servers, login } = parseNatsServers(url)
+  try {
+    return await connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000, noAsyncTraces: true, ...login })
+  } catch (err) {
+    // nats.js' own message says only "Authorization Violation", with no hint of where the login comes from.
+    if (err instanceof AuthorizationError) {
+      throw new Error(`NATS refused the login (${err.message}): ${login ? 'check the user and password (or token) in NATS_URL' : 'the server requires one: give it in NATS_URL as nats://user:password@host:4222 or nats://token@host:4222'}`)
+    }
+    throw err
+  }
 }
 
 /** Names of the streams and buckets one Fanfare deployment uses, derived from its config. */

@@ -48,8 +48,13 @@ export type PrivateNatsOptions = {
   cluster?: { name: string; port: number; routes: string[] }
   /** More settings inside the `jetstream { }` block, e.g. `max_file_store: 2MB` (storage an operator sized too small). */
   jetstream?: string
-  /** More top-level config lines: `max_payload: 4KB`, an `authorization { }` block, ... */
+  /** More top-level config lines: `max_payload: 4KB`, ... */
   extra?: string[]
+  /**
+   * Clients must log in as one of these users; `permissions` is the user's NATS permissions block,
+   * e.g. `{ publish: { deny: ["$JS.API.>"] } }`. Readiness is checked as the first user.
+   */
+  users?: { user: string; password: string; permissions?: string }[]
 }
 
 /** A cluster of nats-servers on 127.0.0.1, each with its own client port, route port and store. */
@@ -119,7 +124,8 @@ export function privateNats(opts: PrivateNatsOptions): PrivateNats {
         const decoder = new TextDecoder()
         for await (const chunk of p.stderr as ReadableStream<Uint8Array>) log = (log + decoder.decode(chunk)).slice(-20_000)
       })()
-      await waitUntilReady(url, p, 15_000)
+      const login = opts.users?.[0]
+      await waitUntilReady(url, p, 15_000, login && { user: login.user, pass: login.password })
     },
     stop: async () => {
       const p = proc
@@ -149,6 +155,10 @@ function natsConf(opts: PrivateNatsOptions): string {
     `jetstream { store_dir: ${q(opts.storeDir)}${opts.domain ? `, domain: ${q(opts.domain)}` : ''}${opts.jetstream ? `, ${opts.jetstream}` : ''} }`,
     ...(opts.extra ?? []),
   ]
+  if (opts.users) {
+    const users = opts.users.map((u) => `{ user: ${q(u.user)}, password: ${q(u.password)}${u.permissions ? `, permissions: ${u.permissions}` : ''} }`)
+    lines.push(`authorization { users: [ ${users.join(', ')} ] }`)
+  }
   if (opts.name) lines.push(`server_name: ${q(opts.name)}`)
   if (opts.cluster) {
     lines.push(`cluster { name: ${q(opts.cluster.name)}, listen: "127.0.0.1:${opts.cluster.port}", routes: ${q(opts.cluster.routes)} }`)
