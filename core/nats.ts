@@ -1,8 +1,8 @@
 import { jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
-import { AuthorizationError, connect, nanos, type NatsConnection } from '@nats-io/transport-node'
+import { AuthorizationError, connect, headers as natsHeaders, nanos, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
 import { parseDomains, type Config } from './config'
-import { subjects } from './events'
+import { eventTypes, subjects } from './events'
 import { parseNatsServers } from './net'
 
 /**
@@ -142,6 +142,50 @@ export function siteOf(config: Config): Site {
 
 /** Stream `name` of JetStream domain `domain`, reached across a leaf link, as a source or mirror. */
 const inDomain = (name: string, domain: string): StreamSource => ({ name, external: { api: `$JS.${domain}.API`, deliver: '' } })
+
+/**
+ * The subjects a process publishes to, one per kind of message (an API node: the event subject of
+ * each event type; a worker also each change stream's, for change runs, and the event subjects for
+ * the events it emits), and the patterns that cover them. Permissions are per subject: a user may
+ * lack some of them only.
+ */
+function publishSubjects(t: Topology, role: 'api' | 'worker'): { probes: string[]; patterns: string[] } {
+  const events = eventTypes.map((type) => subjects.event(t.prefix, 0, type))
+  if (role === 'api') return { probes: events, patterns: [subjects.allEvents(t.prefix)] }
+  const changes = channelKinds.map((kind) => `${subjects.changesOfKind(t.prefix, kind).slice(0, -1)}permission-check`)
+  return { probes: [...events, ...changes], patterns: [subjects.allEvents(t.prefix), `${t.prefix}.changes.>`] }
+}
+
+/**
+ * Refuses to start when the NATS user may not publish to a subject this process publishes to:
+ * nats-server drops such a publish and only tells the connection afterwards, so ingest would wait
+ * out its publish timeout on every such event (then 503), and a worker's change runs would never
+ * reach subscribers while its read models advance. Each subject is probed with a message JetStream
+ * refuses without storing it (a Nats-Expected-Stream no stream has): JetStream's refusal means the
+ * publish got through; a permissions violation is collected. Call after ensureStreams.
+ */
+export async function checkPublishPermissions(nc: NatsConnection, t: Topology, role: 'api' | 'worker', timeoutMs = 5000): Promise<void> {
+  const { probes, patterns } = publishSubjects(t, role)
+  const h = natsHeaders()
+  h.set('Nats-Expected-Stream', '-fanfare-permission-check-')
+  const denied: string[] = []
+  await Promise.all(
+    probes.map(async (subject) => {
+      try {
+        await nc.request(subject, '', { headers: h, timeout: timeoutMs })
+      } catch (err) {
+        // Other failures (a timeout, NATS away) are not about permissions: the process goes on.
+        if (/permissions violation/i.test(String((err as Error)?.message ?? err))) denied.push(subject)
+      }
+    }),
+  )
+  if (denied.length > 0) {
+    throw new Error(
+      `the NATS user in NATS_URL may not publish to ${denied.sort().join(', ')} (Permissions Violation): ` +
+        `grant it publish on ${patterns.join(' and ')} in the nats-server config`,
+    )
+  }
+}
 
 /**
  * The smallest max_payload Fanfare can run with: nats-server's default, 1 MiB. A worker publishes a
