@@ -26,7 +26,15 @@ const transientCodes = new Set([
  */
 const transientSqlStateClasses = new Set(['08', '40', '53', '57', '58'])
 
-const isTransientSqlState = (code: string) => /^[0-9A-Z]{5}$/.test(code) && transientSqlStateClasses.has(code.slice(0, 2))
+/**
+ * Single SQLSTATEs worth retrying outside those classes: 25006 read_only_sql_transaction, a
+ * database that takes no writes for a while (DATABASE_URL reaching a hot standby during a
+ * failover, default_transaction_read_only set for maintenance). Exiting would leave the restart to
+ * the container's backoff, which grows to minutes; retrying resumes as soon as writes are back.
+ */
+const transientSqlStates = new Set(['25006'])
+
+const isTransientSqlState = (code: string) => /^[0-9A-Z]{5}$/.test(code) && (transientSqlStateClasses.has(code.slice(0, 2)) || transientSqlStates.has(code))
 
 /**
  * True when retrying the same work later may succeed (Postgres down, connection cut, deadlock).
