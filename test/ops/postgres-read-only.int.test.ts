@@ -15,7 +15,8 @@ if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
  * 25006. The worker must apply and acknowledge nothing meanwhile, and stay up retrying: it exited
  * ("an error retrying cannot fix"), and a container restarting it with a growing backoff can keep
  * the projections stopped for minutes after the database is writable again. Once writable, every
- * acknowledged event is applied exactly once, by the same process.
+ * acknowledged event is applied exactly once, by the same process. An API write meanwhile is 503
+ * `database_unavailable`, saying why.
  */
 describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () => {
   let env: TestEnv | undefined
@@ -72,6 +73,19 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
 
       await readOnly(true)
       for (let i = 0; i < 3; i++) await post()
+      // An API write meanwhile is told the database is unavailable (retry), not a bare 500
+      // `internal`; reads go on.
+      const put = await fetch(`${api.baseUrl}/admin/leaderboards/ro2`, {
+        method: 'PUT',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${api.adminToken}` },
+        body: JSON.stringify({ operator: 'sum' }),
+      })
+      expect(put.status).toBe(503)
+      expect(put.headers.get('retry-after')).toBe('1')
+      const body = await put.json()
+      expect(body.error.code).toBe('database_unavailable')
+      expect(body.error.message).toContain('read-only')
+      expect((await fetch(`${api.baseUrl}/v1/leaderboards/${board}`)).status).toBe(200)
       await Bun.sleep(5000)
       expect(worker.proc.exitCode).toBeNull()
       expect(await rm.version(`leaderboard:${board}`)).toBe(before) // nothing applied, so nothing acknowledged
