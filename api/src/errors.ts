@@ -163,10 +163,7 @@ export function errorHandler(logger: Logger) {
         // retry, which a 500 `internal` does not tell it.
         if (isTransientDbError(error)) {
           logger.warn({ err: dbErrorSummary(error), method: request.method, path }, 'database unavailable')
-          const readOnly = sqlStateOf(error) === '25006'
-          return retryLater(
-            new Unavailable(readOnly ? 'the database takes no writes for now (read-only: a failover or maintenance); retry shortly' : 'the database is unavailable for now; retry shortly', 'database_unavailable'),
-          )
+          return retryLater(new Unavailable(`${databaseTrouble[sqlStateOf(error) ?? ''] ?? 'the database is unavailable for now'}; retry shortly`, 'database_unavailable'))
         }
         logger.error({ err: error, method: request.method, path, code }, 'unhandled error')
         return errorResponse(500, 'internal', 'internal error')
@@ -216,6 +213,13 @@ function safeAll(v: ValidationError): ValueError[] {
   } catch {
     return []
   }
+}
+
+/** What a 503 `database_unavailable` says for the SQLSTATEs an operator can act on. */
+const databaseTrouble: Record<string, string> = {
+  '25006': 'the database takes no writes for now (read-only: a failover or maintenance)',
+  '53300': 'the database has no connection free (max_connections reached)',
+  '57014': 'the database canceled the query (statement_timeout, or an operator)',
 }
 
 /** A 429 or 503 with its Retry-After. */

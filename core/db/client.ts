@@ -30,7 +30,11 @@ export const migrationsFolder = resolve(import.meta.dir, '../../migrations')
 export async function connectPostgres(url: string, options: { max?: number } = {}): Promise<Database> {
   const { default: postgres } = await import('postgres')
   const { drizzle } = await import('drizzle-orm/postgres-js')
-  const client = postgres(url, { max: options.max ?? 10, onnotice: () => {} })
+  // fetch_types off: postgres.js otherwise runs a catalog query of its own on each new connection
+  // and, when it fails (canceled by statement_timeout, by an operator, ...), rejects a promise
+  // nobody awaits, which ends the process (porsager/postgres#1192). It only learns array types,
+  // which no query here sends or reads (JSON goes as jsonb).
+  const client = postgres(url, { max: options.max ?? 10, onnotice: () => {}, fetch_types: false })
   return {
     db: drizzle(client, { schema }) as unknown as Db,
     kind: 'postgres',
