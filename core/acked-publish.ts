@@ -148,7 +148,7 @@ function copyOf(batch: MsgHdrs | undefined): MsgHdrs {
 export class JetStreamRefused extends Error {
   constructor(
     readonly errCode: number,
-    description: string,
+    readonly description: string,
   ) {
     super(`JetStream refused the message: ${description} (${errCode})`)
     this.name = 'JetStreamRefused'
@@ -156,10 +156,13 @@ export class JetStreamRefused extends Error {
 }
 
 /**
- * Whether `err` is JetStream refusing a message for want of storage: the server's (or account's)
- * JetStream storage is used up. Only an operator freeing or adding storage ends it.
+ * Whether `err` is JetStream refusing a message for want of room: the server's (or account's)
+ * JetStream storage is used up (10023 insufficient resources), or the stream is at a cap an
+ * operator set with the discard policy `new` (10077 maximum messages/bytes exceeded). Only an
+ * operator freeing storage or raising the cap ends it.
  */
-export const isStorageFull = (err: unknown): boolean => err instanceof JetStreamRefused && err.errCode === 10023
+export const isStorageFull = (err: unknown): err is JetStreamRefused =>
+  err instanceof JetStreamRefused && (err.errCode === 10023 || (err.errCode === 10077 && /maximum (messages|bytes).* exceeded/.test(err.description)))
 
 /**
  * A message's PubAck, or why JetStream did not store it: an error answer, or a status without a

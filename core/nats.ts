@@ -1,4 +1,4 @@
-import { jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
+import { DiscardPolicy, jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
 import { AuthorizationError, connect, headers as natsHeaders, nanos, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
 import { parseDomains, type Config } from './config'
@@ -244,6 +244,9 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
       subjects: [subjects.allEvents(t.prefix)],
       duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
       max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
+      // A cap an operator sets (max_msgs, max_bytes) then refuses new events (503 storage_full)
+      // instead of deleting the oldest, which may be acknowledged events no worker applied yet.
+      discard: DiscardPolicy.New,
       num_replicas,
       ...(site.kind === 'hub' && site.edges ? { sources: site.edges.map((d) => inDomain(t.eventStream, d)) } : {}),
     },

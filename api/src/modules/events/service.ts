@@ -283,8 +283,13 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     // stored events again under new ids.
     const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
     // Its own code: not a blip that a resend soon cures, but an operator's to fix (alerts can tell).
-    if (failed.some((f) => isStorageFull(f.reason))) {
-      throw new Unavailable('JetStream has no storage left for the event stream (insufficient resources): an operator must free or add NATS storage; resend the events with the ids in details.results', 'storage_full', { results })
+    const full = failed.map((f) => f.reason).find(isStorageFull)
+    if (full) {
+      throw new Unavailable(
+        `the event stream has no room (JetStream: ${full.description}): an operator must free or add NATS storage, or raise the stream's limits; resend the events with the ids in details.results`,
+        'storage_full',
+        { results },
+      )
     }
     throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
   }
