@@ -9,6 +9,12 @@ export type TcpProxy = {
   port: number
   /** Closes every proxied connection; new ones are refused (closed at once) until `restore`. */
   cut: () => void
+  /**
+   * Holds what either side sends, connections left open (a network path that silently stops
+   * carrying packets): nothing arrives and nothing fails until an endpoint gives up on its own
+   * (NATS: missed pings) or `restore` delivers what was held, in order.
+   */
+  stall: () => void
   restore: () => void
   close: () => void
 }
@@ -17,11 +23,19 @@ type Side = { peer?: Socket<Side>; pending: Uint8Array[] }
 
 export function tcpProxy(opts: { port: number; target: { host: string; port: number } }): TcpProxy {
   let open = true
+  let stalled = false
   const sockets = new Set<Socket<Side>>()
+  /** What a stall held, per destination, in order. */
+  const held = new Map<Socket<Side>, Uint8Array[]>()
   const relay = (from: Socket<Side>, data: Uint8Array) => {
     const peer = from.data.peer
     // Until the upstream connection is up, keep what the client sent (copied: Bun reuses the buffer).
     if (!peer) from.data.pending.push(data.slice())
+    else if (stalled) {
+      const queue = held.get(peer) ?? []
+      queue.push(data.slice())
+      held.set(peer, queue)
+    }
     else peer.write(data)
   }
   const server: TCPSocketListener<Side> = Bun.listen<Side>({
@@ -72,8 +86,14 @@ export function tcpProxy(opts: { port: number; target: { host: string; port: num
       for (const s of sockets) s.end()
       sockets.clear()
     },
+    stall: () => {
+      stalled = true
+    },
     restore: () => {
       open = true
+      stalled = false
+      for (const [to, chunks] of held) if (sockets.has(to)) for (const c of chunks) to.write(c)
+      held.clear()
     },
     close: () => {
       open = false
