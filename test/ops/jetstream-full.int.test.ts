@@ -84,6 +84,10 @@ describe('JetStream storage exhausted', () => {
       refused.push(batch)
     }
 
+    // What an operator alerts on: events refused, by the code clients got.
+    const metrics = await (await fetch(`${api.baseUrl}/metrics`, { headers: { authorization: `Bearer ${api.adminToken}` } })).text()
+    expect(metrics).toContain(`fanfare_events_refused_total{code="storage_full"} ${refused.length * PLAYERS}`)
+
     await jsm.streams.delete('FILLER')
     for (const batch of refused) {
       const res = await until('a refused batch stored after space freed', async () => {

@@ -243,6 +243,12 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     return { status: 'fulfilled', value: { id, seq: ack.seq, duplicate: ack.duplicate } }
   }
 
+  /** A 503 for `count` events, counted: what an operator alerts on (NATS away, JetStream full, this node's queue full). */
+  const refused = (err: Unavailable, count: number) => {
+    metrics.ingest.refused(err.code, count)
+    return err
+  }
+
   const publishEvents = async (inputs: EventInput[], principal: Principal, via: 'http' | 'ws' | 'internal', span: Span): Promise<PublishResult[]> => {
     const by = principalId(principal)
     // A principal comes from our own auth code, never from the request: a bad one is a bug.
@@ -257,14 +263,17 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
         throw new Forbidden(`${found[0].channel} is a private room: only users whose channels claim matches it may post there`, found)
       }
     }
-    if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
-    if (stopped) throw new Unavailable('this node is shutting down; resend the events to another node')
-    if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
+    if (nc.isClosed()) throw refused(new Unavailable('NATS connection is closed'), events.length)
+    if (stopped) throw refused(new Unavailable('this node is shutting down; resend the events to another node'), events.length)
+    if (disconnected) throw refused(new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids'), events.length)
     if (inFlight + events.length > config.FANFARE_INGEST_MAX_IN_FLIGHT) {
-      throw new Unavailable('too many events waiting for the event stream; retry shortly with the same event ids', 'overloaded', {
-        inFlight,
-        max: config.FANFARE_INGEST_MAX_IN_FLIGHT,
-      })
+      throw refused(
+        new Unavailable('too many events waiting for the event stream; retry shortly with the same event ids', 'overloaded', {
+          inFlight,
+          max: config.FANFARE_INGEST_MAX_IN_FLIGHT,
+        }),
+        events.length,
+      )
     }
     const started = performance.now()
     inFlight += events.length
@@ -285,13 +294,10 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     // Its own code: not a blip that a resend soon cures, but an operator's to fix (alerts can tell).
     const full = failed.map((f) => f.reason).find(isStorageFull)
     if (full) {
-      throw new Unavailable(
-        `the event stream has no room (JetStream: ${full.description}): an operator must free or add NATS storage, or raise the stream's limits; resend the events with the ids in details.results`,
-        'storage_full',
-        { results },
-      )
+      const message = `the event stream has no room (JetStream: ${full.description}): an operator must free or add NATS storage, or raise the stream's limits; resend the events with the ids in details.results`
+      throw refused(new Unavailable(message, 'storage_full', { results }), events.length)
     }
-    throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
+    throw refused(new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results }), events.length)
   }
   /** The user's chat posts to rooms closed to them (private rooms whose channel their claim does not match). */
   const roomsClosedTo = (user: Principal, events: Omit<StoredEvent, 'at'>[]) => {
