@@ -1,4 +1,4 @@
-import { createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node'
+import { createInbox, headers as natsHeaders, PermissionViolationError, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node'
 
 /**
  * One message for a stream. `msgId` is its Nats-Msg-Id: JetStream stores a message whose id it
@@ -41,7 +41,7 @@ export type AckedPublisher = {
   close: () => void
 }
 
-type Batch = { acks: (StreamAck | undefined)[]; left: number; error?: Error; done: () => void }
+type Batch = { messages: readonly StreamMessage[]; acks: (StreamAck | undefined)[]; left: number; error?: Error; done: () => void }
 
 const decoder = new TextDecoder()
 
@@ -67,10 +67,20 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
       b.done()
     }
   }
+  // nats-server drops a publish the user may not make and says so only in an async error: the
+  // batches holding one would wait out their timeout, and nothing would say why.
+  const endDenied = (err: PermissionViolationError) => {
+    for (const b of [...batches.values()]) {
+      if (!b.messages.some((m) => m.subject === err.subject)) continue
+      b.error ??= new PublishDenied(err.subject)
+      b.done()
+    }
+  }
   void (async () => {
     for await (const s of nc.status()) {
       if (closed) return
       if (s.type === 'disconnect') endAll('NATS connection lost before JetStream acknowledged')
+      else if (s.type === 'error' && s.error instanceof PermissionViolationError && s.error.operation === 'publish') endDenied(s.error)
     }
   })()
 
@@ -92,7 +102,7 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
       if (messages.length === 0) return Promise.resolve({ stored: [], acks: [] })
       sub ??= nc.subscribe(`${inbox}.>`, { callback: (_err, m) => onAck(m) })
       const id = next++
-      const batch: Batch = { acks: new Array(messages.length).fill(undefined), left: messages.length, done: () => {} }
+      const batch: Batch = { messages, acks: new Array(messages.length).fill(undefined), left: messages.length, done: () => {} }
       return new Promise<PublishOutcome>((resolve) => {
         const timeout = opts.timeoutMs ?? defaults.timeoutMs ?? 5000
         const timer = setTimeout(() => {
@@ -152,6 +162,17 @@ export class JetStreamRefused extends Error {
   ) {
     super(`JetStream refused the message: ${description} (${errCode})`)
     this.name = 'JetStreamRefused'
+  }
+}
+
+/**
+ * NATS refused this connection's user a subject (a permissions violation): nats-server dropped the
+ * message, nothing was stored.
+ */
+export class PublishDenied extends Error {
+  constructor(readonly subject: string) {
+    super(`NATS does not let this connection publish to ${subject} (Permissions Violation): grant the user in NATS_URL publish on it`)
+    this.name = 'PublishDenied'
   }
 }
 

@@ -21,6 +21,11 @@ export type PrivateNats = {
   kill: () => Promise<void>
   /** What the server wrote on stderr (its log), for a failing test's message. */
   log: () => string
+  /**
+   * Rewrites the config with `change` and has the running server reload it (SIGHUP), as an
+   * operator changing users or permissions does: clients stay connected under the new rules.
+   */
+  reload: (change: Partial<PrivateNatsOptions>) => Promise<void>
 }
 
 /** Where a leaf server connects to its hub, and which subjects the link does not carry. */
@@ -105,7 +110,8 @@ export function privateNatsCluster(opts: { size: number; storeDir: string; name?
   }
 }
 
-export function privateNats(opts: PrivateNatsOptions): PrivateNats {
+export function privateNats(options: PrivateNatsOptions): PrivateNats {
+  const opts = { ...options }
   const binary = findNatsServer()
   if (!binary) throw new Error('nats-server is not installed')
   mkdirSync(opts.storeDir, { recursive: true })
@@ -117,6 +123,13 @@ export function privateNats(opts: PrivateNatsOptions): PrivateNats {
   return {
     url,
     log: () => log,
+    reload: async (change) => {
+      Object.assign(opts, change)
+      writeFileSync(confFile, natsConf(opts))
+      const reloadsBefore = log.split('Reloaded server configuration').length
+      proc?.kill('SIGHUP')
+      await until('nats-server to reload its config', () => log.split('Reloaded server configuration').length > reloadsBefore, 10_000, 50)
+    },
     start: async () => {
       const p = Bun.spawn([binary, '-c', confFile], { stdout: 'ignore', stderr: 'pipe' })
       proc = p

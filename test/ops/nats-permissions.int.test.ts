@@ -7,6 +7,7 @@ import { connect } from '@nats-io/transport-node'
 import { topology } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, ROOT, spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { postEvents, scoreEvent, stopCleanly } from '../cluster/support'
 import { privateNats, type PrivateNats } from '../cluster/private-nats'
 
 /**
@@ -30,6 +31,7 @@ beforeAll(async () => {
       { user: 'all', password: 'pw' },
       { user: 'nochat', password: 'pw', permissions: '{ publish: { deny: ["*.ev.*.chat.>"] } }' },
       { user: 'nochanges', password: 'pw', permissions: '{ publish: { deny: ["*.changes.>"] } }' },
+      { user: 'narrowed', password: 'pw' },
     ],
   })
   await nats.start()
@@ -88,5 +90,31 @@ describe('a NATS user lacking publish permissions', () => {
     } finally {
       await nc.close()
     }
+    await stopCleanly(...procs.splice(0))
+  }, 60_000)
+
+  test('permissions narrowed while running (a config reload): a denied event is 503 at once, naming the subject', async () => {
+    const port = freePort()
+    const vars = { ...env.vars, NATS_URL: login('narrowed'), PORT: String(port), HOST: '127.0.0.1' }
+    const api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: env.vars.FANFARE_INGEST_TOKEN, adminToken: env.vars.FANFARE_ADMIN_TOKEN }
+    procs.push(spawnProc('api', 'api/src/main.ts', vars))
+    await waitReady(api.baseUrl, procs)
+    const users = [{ user: 'narrowed', password: 'pw', permissions: '{ publish: { deny: ["*.ev.*.chat.>"] } }' }]
+    await nats.reload({ users })
+    const startedAt = Date.now()
+    const res = await fetch(`${api.baseUrl}/v1/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${api.ingestToken}` },
+      body: JSON.stringify({ events: [{ id: 'denied-1', type: 'chat.message.posted', data: { room: 'r1', user: 'u1', text: 'hi' } }] }),
+    })
+    const body = await res.json()
+    expect(res.status).toBe(503)
+    expect(Date.now() - startedAt).toBeLessThan(3000) // not the 5 s publish timeout
+    expect(body.error.message).toContain('Permissions Violation')
+    expect(body.error.message).toContain(`${env.config.FANFARE_SUBJECT_PREFIX}.ev.`)
+    expect(body.error.details.results).toEqual([{ id: 'denied-1', stored: false }])
+    // Other types go on.
+    expect((await postEvents(api, [scoreEvent('allowed-1', 'b', 'p1', 1)])).status).toBe(202)
+    await stopCleanly(...procs.splice(0))
   }, 60_000)
 })

@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import { context, SpanKind, SpanStatusCode, type Context, type Span } from '@opentelemetry/api'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { createAckedPublisher, isStorageFull, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
+import { createAckedPublisher, isStorageFull, PublishDenied, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
 import type { Config } from '../../../../core/config'
 import {
   admitData,
@@ -297,7 +297,10 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       const message = `the event stream has no room (JetStream: ${full.description}): an operator must free or add NATS storage, or raise the stream's limits; resend the events with the ids in details.results`
       throw refused(new Unavailable(message, 'storage_full', { results }), events.length)
     }
-    throw refused(new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results }), events.length)
+    // NATS refusing this node a subject is said as such (the operator's to fix), not as an outage.
+    const denied = failed.map((f) => f.reason).find((r) => r instanceof PublishDenied)
+    const message = `${denied ? denied.message : 'the event stream is unavailable'}; resend the events with the ids in details.results`
+    throw refused(new Unavailable(message, 'unavailable', { results }), events.length)
   }
   /** The user's chat posts to rooms closed to them (private rooms whose channel their claim does not match). */
   const roomsClosedTo = (user: Principal, events: Omit<StoredEvent, 'at'>[]) => {
