@@ -1,4 +1,4 @@
-import { createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node'
+import { createInbox, headers as natsHeaders, PermissionViolationError, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node'
 
 /**
  * One message for a stream. `msgId` is its Nats-Msg-Id: JetStream stores a message whose id it
@@ -41,7 +41,7 @@ export type AckedPublisher = {
   close: () => void
 }
 
-type Batch = { acks: (StreamAck | undefined)[]; left: number; error?: Error; done: () => void }
+type Batch = { messages: readonly StreamMessage[]; acks: (StreamAck | undefined)[]; left: number; error?: Error; done: () => void }
 
 const decoder = new TextDecoder()
 
@@ -67,10 +67,20 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
       b.done()
     }
   }
+  // nats-server drops a publish the user may not make and says so only in an async error: the
+  // batches holding one would wait out their timeout, and nothing would say why.
+  const endDenied = (err: PermissionViolationError) => {
+    for (const b of [...batches.values()]) {
+      if (!b.messages.some((m) => m.subject === err.subject)) continue
+      b.error ??= new PublishDenied(err.subject)
+      b.done()
+    }
+  }
   void (async () => {
     for await (const s of nc.status()) {
       if (closed) return
       if (s.type === 'disconnect') endAll('NATS connection lost before JetStream acknowledged')
+      else if (s.type === 'error' && s.error instanceof PermissionViolationError && s.error.operation === 'publish') endDenied(s.error)
     }
   })()
 
@@ -92,7 +102,7 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
       if (messages.length === 0) return Promise.resolve({ stored: [], acks: [] })
       sub ??= nc.subscribe(`${inbox}.>`, { callback: (_err, m) => onAck(m) })
       const id = next++
-      const batch: Batch = { acks: new Array(messages.length).fill(undefined), left: messages.length, done: () => {} }
+      const batch: Batch = { messages, acks: new Array(messages.length).fill(undefined), left: messages.length, done: () => {} }
       return new Promise<PublishOutcome>((resolve) => {
         const timeout = opts.timeoutMs ?? defaults.timeoutMs ?? 5000
         const timer = setTimeout(() => {
@@ -142,13 +152,47 @@ function copyOf(batch: MsgHdrs | undefined): MsgHdrs {
 }
 
 /**
+ * JetStream's refusal of a message, with its error code (`err_code`, e.g. 10023 insufficient
+ * resources): the message is not stored.
+ */
+export class JetStreamRefused extends Error {
+  constructor(
+    readonly errCode: number,
+    readonly description: string,
+  ) {
+    super(`JetStream refused the message: ${description} (${errCode})`)
+    this.name = 'JetStreamRefused'
+  }
+}
+
+/**
+ * NATS refused this connection's user a subject (a permissions violation): nats-server dropped the
+ * message, nothing was stored.
+ */
+export class PublishDenied extends Error {
+  constructor(readonly subject: string) {
+    super(`NATS does not let this connection publish to ${subject} (Permissions Violation): grant the user in NATS_URL publish on it`)
+    this.name = 'PublishDenied'
+  }
+}
+
+/**
+ * Whether `err` is JetStream refusing a message for want of room: the server's (or account's)
+ * JetStream storage is used up (10023 insufficient resources), or the stream is at a cap an
+ * operator set with the discard policy `new` (10077 maximum messages/bytes exceeded). Only an
+ * operator freeing storage or raising the cap ends it.
+ */
+export const isStorageFull = (err: unknown): err is JetStreamRefused =>
+  err instanceof JetStreamRefused && (err.errCode === 10023 || (err.errCode === 10077 && /maximum (messages|bytes).* exceeded/.test(err.description)))
+
+/**
  * A message's PubAck, or why JetStream did not store it: an error answer, or a status without a
  * body (503: no stream listens on the subject).
  */
 function ackOf(m: Msg): StreamAck | Error {
   if (m.data.length === 0) return new Error(`JetStream did not store the message: status ${m.headers?.code ?? 'none'} ${m.headers?.description ?? ''}`.trim())
-  const ack = JSON.parse(decoder.decode(m.data)) as Partial<StreamAck> & { error?: { code: number; description: string } }
-  if (ack.error) return new Error(`JetStream refused the message: ${ack.error.description} (${ack.error.code})`)
+  const ack = JSON.parse(decoder.decode(m.data)) as Partial<StreamAck> & { error?: { code: number; err_code?: number; description: string } }
+  if (ack.error) return new JetStreamRefused(ack.error.err_code ?? ack.error.code, ack.error.description)
   if (typeof ack.seq !== 'number' || typeof ack.stream !== 'string' || ack.stream === '') return new Error(`JetStream answered without a stream and sequence: ${decoder.decode(m.data)}`)
   return { stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate === true, ...(ack.domain ? { domain: ack.domain } : {}) }
 }

@@ -96,6 +96,12 @@ export function createMetrics() {
   const ingested = new Counter({ name: 'fanfare_events_ingested_total', help: 'Events stored in JetStream by this node, by type and by how they came (http, ws, internal)', labelNames: ['type', 'via'], registers })
   const ingestedBy = { http: new Map<string, Counter.Internal>(), ws: new Map<string, Counter.Internal>(), internal: new Map<string, Counter.Internal>() }
   const ingestDuration = new Histogram({ name: 'fanfare_ingest_duration_seconds', help: 'Time from a validated publish request to JetStream acknowledging all its events', buckets: LATENCY, registers })
+  const refused = new Counter({
+    name: 'fanfare_events_refused_total',
+    help: 'Events of publish requests answered 503 (not stored, or not confirmed), by the error code clients got: unavailable, storage_full, overloaded',
+    labelNames: ['code'],
+    registers,
+  })
   const rateLimited = new Counter({ name: 'fanfare_rate_limited_total', help: 'Requests and WebSocket commands refused by a rate limit, by what was refused', labelNames: ['what'], registers })
 
   const commitToPush = new Histogram({ name: 'fanfare_commit_to_push_seconds', help: 'Time from a change committing in Postgres to its frame being sent to subscribers, by channel kind', labelNames: ['kind'], buckets: LATENCY, registers })
@@ -140,6 +146,8 @@ export function createMetrics() {
         c.inc(count)
       },
       duration: ingestDuration,
+      /** `count` events of a request answered 503 `code`. */
+      refused: (code: string, count: number) => refused.labels(code).inc(count),
       rateLimited: (what: 'rest' | 'ws_publish' | 'ws_subscribe' | 'auth') => rateLimited.labels(what).inc(),
     },
     push: {

@@ -1,8 +1,8 @@
-import { jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
-import { connect, nanos, type NatsConnection } from '@nats-io/transport-node'
+import { DiscardPolicy, jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
+import { AuthorizationError, connect, headers as natsHeaders, nanos, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
 import { parseDomains, type Config } from './config'
-import { subjects } from './events'
+import { eventTypes, subjects } from './events'
 import { parseNatsServers } from './net'
 
 /**
@@ -10,12 +10,20 @@ import { parseNatsServers } from './net'
  * NATS_URL: one server or several comma-separated (a cluster's seed list; the client learns the
  * other servers from the cluster and moves to another one when its server goes away).
  */
-export function connectNats(url: string, name: string): Promise<NatsConnection> {
+export async function connectNats(url: string, name: string): Promise<NatsConnection> {
   // noAsyncTraces: otherwise every request (each JetStream publish and ack wait) builds an Error
   // up front for its stack trace, ~6% of an API node's CPU at full ingest. Errors still say what
   // failed; they lose the caller's frames.
-  const { servers } = parseNatsServers(url)
-  return connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000, noAsyncTraces: true })
+  const { servers, login } = parseNatsServers(url)
+  try {
+    return await connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000, noAsyncTraces: true, ...login })
+  } catch (err) {
+    // nats.js' own message says only "Authorization Violation", with no hint of where the login comes from.
+    if (err instanceof AuthorizationError) {
+      throw new Error(`NATS refused the login (${err.message}): ${login ? 'check the user and password (or token) in NATS_URL' : 'the server requires one: give it in NATS_URL as nats://user:password@host:4222 or nats://token@host:4222'}`)
+    }
+    throw err
+  }
 }
 
 /** Names of the streams and buckets one Fanfare deployment uses, derived from its config. */
@@ -136,6 +144,74 @@ export function siteOf(config: Config): Site {
 const inDomain = (name: string, domain: string): StreamSource => ({ name, external: { api: `$JS.${domain}.API`, deliver: '' } })
 
 /**
+ * The subjects a process publishes to, one per kind of message (an API node: the event subject of
+ * each event type; a worker also each change stream's, for change runs, and the event subjects for
+ * the events it emits), and the patterns that cover them. Permissions are per subject: a user may
+ * lack some of them only.
+ */
+function publishSubjects(t: Topology, role: 'api' | 'worker'): { probes: string[]; patterns: string[] } {
+  const events = eventTypes.map((type) => subjects.event(t.prefix, 0, type))
+  if (role === 'api') return { probes: events, patterns: [subjects.allEvents(t.prefix)] }
+  const changes = channelKinds.map((kind) => `${subjects.changesOfKind(t.prefix, kind).slice(0, -1)}permission-check`)
+  return { probes: [...events, ...changes], patterns: [subjects.allEvents(t.prefix), `${t.prefix}.changes.>`] }
+}
+
+/**
+ * Refuses to start when the NATS user may not publish to a subject this process publishes to:
+ * nats-server drops such a publish and only tells the connection afterwards, so ingest would wait
+ * out its publish timeout on every such event (then 503), and a worker's change runs would never
+ * reach subscribers while its read models advance. Each subject is probed with a message JetStream
+ * refuses without storing it (a Nats-Expected-Stream no stream has): JetStream's refusal means the
+ * publish got through; a permissions violation is collected. Call after ensureStreams.
+ */
+export async function checkPublishPermissions(nc: NatsConnection, t: Topology, role: 'api' | 'worker', timeoutMs = 5000): Promise<void> {
+  const { probes, patterns } = publishSubjects(t, role)
+  const h = natsHeaders()
+  h.set('Nats-Expected-Stream', '-fanfare-permission-check-')
+  const denied: string[] = []
+  await Promise.all(
+    probes.map(async (subject) => {
+      try {
+        await nc.request(subject, '', { headers: h, timeout: timeoutMs })
+      } catch (err) {
+        // Other failures (a timeout, NATS away) are not about permissions: the process goes on.
+        if (/permissions violation/i.test(String((err as Error)?.message ?? err))) denied.push(subject)
+      }
+    }),
+  )
+  if (denied.length > 0) {
+    throw new Error(
+      `the NATS user in NATS_URL may not publish to ${denied.sort().join(', ')} (Permissions Violation): ` +
+        `grant it publish on ${patterns.join(' and ')} in the nats-server config`,
+    )
+  }
+}
+
+/**
+ * The smallest max_payload Fanfare can run with: nats-server's default, 1 MiB. A worker publishes a
+ * batch's changes in runs of up to 256 Ki UTF-16 units (up to ~768 KiB of UTF-8, see
+ * stream-workers/src/runtime/outbox.ts) and the largest event a client may send (a stream's
+ * viewers with 5,000 users) is a few hundred KB. Below it, publishes over the limit are refused by
+ * the client on every try: the read models advance while subscribers get no update, and such an
+ * event is never stored.
+ */
+export const MIN_MAX_PAYLOAD = 1024 * 1024
+
+/**
+ * Thrown at start when the NATS server's max_payload is below MIN_MAX_PAYLOAD: better than
+ * running with live updates silently stopped (see MIN_MAX_PAYLOAD).
+ */
+export class MaxPayloadTooSmall extends Error {
+  constructor(server: string, maxPayload: number) {
+    super(
+      `the NATS server ${server}'s max_payload is ${maxPayload} bytes; Fanfare needs at least ${MIN_MAX_PAYLOAD} (1 MB, the nats-server default): ` +
+        `raise max_payload in the nats-server config (every server of the cluster), or remove the setting`,
+    )
+    this.name = 'MaxPayloadTooSmall'
+  }
+}
+
+/**
  * Creates or updates the event and change streams so they match the config (retention, dedup
  * window, FANFARE_REPLICAS). Safe to call from every process at start, concurrently. Never
  * deletes anything: one-off upgrade steps belong to `npm run migrate` (core/upgrade.ts). A stream
@@ -154,6 +230,8 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
         `set FANFARE_REPLICAS=1, or point NATS_URL at a cluster of at least ${config.FANFARE_REPLICAS} servers (README "Running on a NATS cluster")`,
     )
   }
+  const maxPayload = nc.info?.max_payload
+  if (maxPayload !== undefined && maxPayload < MIN_MAX_PAYLOAD) throw new MaxPayloadTooSmall(nc.info?.server_name ?? '', maxPayload)
   const jsm = await jetstreamManager(nc)
   const t = topology(config)
   const num_replicas = config.FANFARE_REPLICAS
@@ -166,6 +244,9 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
       subjects: [subjects.allEvents(t.prefix)],
       duplicate_window: nanos(config.FANFARE_DEDUP_WINDOW_MS),
       max_age: nanos(config.FANFARE_EVENT_RETENTION_MS),
+      // A cap an operator sets (max_msgs, max_bytes) then refuses new events (503 storage_full)
+      // instead of deleting the oldest, which may be acknowledged events no worker applied yet.
+      discard: DiscardPolicy.New,
       num_replicas,
       ...(site.kind === 'hub' && site.edges ? { sources: site.edges.map((d) => inDomain(t.eventStream, d)) } : {}),
     },

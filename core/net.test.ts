@@ -32,6 +32,20 @@ test('NATS_URL takes one server or a comma-separated cluster; every entry must b
   expect(() => loadConfig({ NATS_URL: 'nats://a:4222,http://b:4222' })).toThrow(/NATS_URL: "http:\/\/b:4222"/)
 })
 
+test('NATS_URL may carry the login (user:password@ or token@), taken out of the server URLs', () => {
+  expect(parseNatsServers('nats://fan:s%40cret@a:4222,nats://fan:s%40cret@b:4222')).toEqual({
+    servers: ['nats://a:4222', 'nats://b:4222'],
+    login: { user: 'fan', pass: 's@cret' },
+    problems: [],
+  })
+  expect(parseNatsServers('tls://t0ken@a:4443')).toEqual({ servers: ['tls://a:4443'], login: { token: 't0ken' }, problems: [] })
+  // One login for the connection: servers naming different ones are a mistake, reported without the secrets.
+  const { problems } = parseNatsServers('nats://fan:one@a:4222,nats://fan:two@b:4222')
+  expect(problems).toEqual(['every server must carry the same login (user:password@ or token@), or only the first'])
+  expect(parseNatsServers('nats://fan:one@a:4222,nats://b:4222').login).toEqual({ user: 'fan', pass: 'one' })
+  expect(() => loadConfig({ NATS_URL: 'nats://fan:secret@a:4222,b:4222' })).toThrow(/NATS_URL: "b:4222" is not a NATS server URL/)
+})
+
 test('FANFARE_REPLICAS defaults to 1 and stays within what JetStream allows', () => {
   expect(loadConfig({}).FANFARE_REPLICAS).toBe(1)
   expect(loadConfig({ FANFARE_REPLICAS: '3' }).FANFARE_REPLICAS).toBe(3)

@@ -74,23 +74,43 @@ export function canonicalOrigin(text: string): string | undefined {
   }
 }
 
+/** How a client logs in to NATS: a user and password, or a token. */
+export type NatsLogin = { user: string; pass: string } | { token: string }
+
 /**
  * Parses NATS_URL: one or more comma-separated server URLs (`nats://a:4222,nats://b:4222`), the
  * seed list a client connects through (it learns the rest of a cluster from the servers). Each
- * entry must be a nats:// or tls:// URL with a host.
+ * entry must be a nats:// or tls:// URL with a host. A server requiring a login takes it in the
+ * URL as for other NATS clients, `nats://user:password@host:4222` or `nats://token@host:4222`
+ * (percent-encoded): nats.js ignores it there, so it is returned as `login` and taken out of
+ * `servers`. One connection has one login: entries naming different ones are a problem (reported
+ * without them).
  */
-export function parseNatsServers(text: string | undefined): { servers: string[]; problems: string[] } {
+export function parseNatsServers(text: string | undefined): { servers: string[]; login?: NatsLogin; problems: string[] } {
   const servers: string[] = []
   const problems: string[] = []
+  let login: NatsLogin | undefined
+  let differ = false
   for (const entry of splitList(text)) {
-    let host = ''
+    let url: URL | undefined
     try {
-      host = /^(nats|tls):\/\//i.test(entry) ? new URL(entry).hostname : ''
+      url = /^(nats|tls):\/\//i.test(entry) ? new URL(entry) : undefined
     } catch {}
-    if (host) servers.push(entry)
-    else problems.push(`${JSON.stringify(entry)} is not a NATS server URL like nats://host:4222`)
+    if (!url?.hostname) {
+      problems.push(`${JSON.stringify(entry.replace(/\/\/[^/@]*@/, '//***@'))} is not a NATS server URL like nats://host:4222`)
+      continue
+    }
+    if (url.username || url.password) {
+      const own: NatsLogin = url.password ? { user: decodeURIComponent(url.username), pass: decodeURIComponent(url.password) } : { token: decodeURIComponent(url.username) }
+      if (login && JSON.stringify(login) !== JSON.stringify(own)) differ = true
+      login ??= own
+      url.username = ''
+      url.password = ''
+    }
+    servers.push(url.href.replace(/\/$/, ''))
   }
-  return { servers, problems }
+  if (differ) problems.push('every server must carry the same login (user:password@ or token@), or only the first')
+  return { servers, ...(login ? { login } : {}), problems }
 }
 
 function splitList(text: string | undefined): string[] {

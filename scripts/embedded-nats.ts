@@ -189,14 +189,17 @@ export function findNatsServer(): string | null {
 }
 
 
-/** Resolves once a NATS server at `url` accepts connections; throws if `proc` exits first or on timeout. */
-export async function waitUntilReady(url: string, proc: { exitCode: number | null }, timeoutMs: number): Promise<void> {
+/**
+ * Resolves once a NATS server at `url` accepts connections (as `login`, when it requires one);
+ * throws if `proc` exits first or on timeout.
+ */
+export async function waitUntilReady(url: string, proc: { exitCode: number | null }, timeoutMs: number, login?: { user: string; pass: string }): Promise<void> {
   const deadline = Date.now() + timeoutMs
   let lastError: unknown
   while (Date.now() < deadline) {
     if (proc.exitCode !== null) throw new Error(`nats-server exited with code ${proc.exitCode} while starting`)
     try {
-      const nc = await connect({ servers: url, timeout: 1000, reconnect: false })
+      const nc = await connect({ servers: url, timeout: 1000, reconnect: false, ...login })
       await nc.close()
       return
     } catch (err) {

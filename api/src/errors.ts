@@ -1,5 +1,6 @@
 import { Elysia, ValidationError } from 'elysia'
 import type { ValueError } from '@sinclair/typebox/errors'
+import { dbErrorSummary, isTransientDbError, sqlStateOf } from '../../core/db/errors'
 import type { Logger } from '../../core/logger'
 import { firstUnknownField, MAX_PROBLEMS, problemMessage, takeFirst, type Problem } from '../../core/validation'
 import { PARAM_NAME } from './params'
@@ -135,11 +136,7 @@ export function errorHandler(logger: Logger) {
     // Elysia wraps whatever a parse hook throws (our 413 and 400 included) in a ParseError.
     const cause = (error as { cause?: unknown }).cause
     if (code === 'PARSE' && cause instanceof AppError) return errorResponse(cause.status, cause.code, cause.message, cause.details)
-    if (error instanceof RateLimited || error instanceof Unavailable) {
-      const res = errorResponse(error.status, error.code, error.message, error.details)
-      res.headers.set('retry-after', retryAfterSeconds(error.retryAfterMs))
-      return res
-    }
+    if (error instanceof RateLimited || error instanceof Unavailable) return retryLater(error)
     if (error instanceof AppError) return errorResponse(error.status, error.code, error.message, error.details)
     switch (code) {
       case 'VALIDATION': {
@@ -162,6 +159,12 @@ export function errorHandler(logger: Logger) {
       default: {
         // Bun rejects a body over maxRequestBodySize with this error before we can parse it.
         if (isBodyTooLarge(error)) return errorResponse(413, 'payload_too_large', 'request body is too large')
+        // Postgres down, restarting, out of connections or read-only for a while: the client can
+        // retry, which a 500 `internal` does not tell it.
+        if (isTransientDbError(error)) {
+          logger.warn({ err: dbErrorSummary(error), method: request.method, path }, 'database unavailable')
+          return retryLater(new Unavailable(`${databaseTrouble[sqlStateOf(error) ?? ''] ?? 'the database is unavailable for now'}; retry shortly`, 'database_unavailable'))
+        }
         logger.error({ err: error, method: request.method, path, code }, 'unhandled error')
         return errorResponse(500, 'internal', 'internal error')
       }
@@ -210,6 +213,20 @@ function safeAll(v: ValidationError): ValueError[] {
   } catch {
     return []
   }
+}
+
+/** What a 503 `database_unavailable` says for the SQLSTATEs an operator can act on. */
+const databaseTrouble: Record<string, string> = {
+  '25006': 'the database takes no writes for now (read-only: a failover or maintenance)',
+  '53300': 'the database has no connection free (max_connections reached)',
+  '57014': 'the database canceled the query (statement_timeout, or an operator)',
+}
+
+/** A 429 or 503 with its Retry-After. */
+function retryLater(error: RateLimited | Unavailable): Response {
+  const res = errorResponse(error.status, error.code, error.message, error.details)
+  res.headers.set('retry-after', retryAfterSeconds(error.retryAfterMs))
+  return res
 }
 
 function isBodyTooLarge(error: unknown): boolean {

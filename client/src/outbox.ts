@@ -21,7 +21,7 @@ type Entry = {
 /** Errors after which the event is certainly not stored and may be sent again. */
 const RETRY_AFTER_WAIT = new Set(['rate_limited'])
 /** Errors after which the event may or may not be stored: sent again (same id) after a backoff. */
-const RETRY_UNKNOWN = new Set(['unavailable', 'overloaded', 'internal'])
+const RETRY_UNKNOWN = new Set(['unavailable', 'overloaded', 'storage_full', 'internal'])
 const MAX_INTERNAL_ERRORS = 5
 
 export type Outbox = ReturnType<typeof createOutbox>

@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path'
 import type { SQL } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import { acquireDirLock } from './dir-lock'
+import { dbErrorSummary } from './errors'
 import * as schema from './schema'
 
 /** The drizzle database, whichever driver is behind it (postgres.js or embedded PGlite). */
@@ -29,7 +30,11 @@ export const migrationsFolder = resolve(import.meta.dir, '../../migrations')
 export async function connectPostgres(url: string, options: { max?: number } = {}): Promise<Database> {
   const { default: postgres } = await import('postgres')
   const { drizzle } = await import('drizzle-orm/postgres-js')
-  const client = postgres(url, { max: options.max ?? 10, onnotice: () => {} })
+  // fetch_types off: postgres.js otherwise runs a catalog query of its own on each new connection
+  // and, when it fails (canceled by statement_timeout, by an operator, ...), rejects a promise
+  // nobody awaits, which ends the process (porsager/postgres#1192). It only learns array types,
+  // which no query here sends or reads (JSON goes as jsonb).
+  const client = postgres(url, { max: options.max ?? 10, onnotice: () => {}, fetch_types: false })
   return {
     db: drizzle(client, { schema }) as unknown as Db,
     kind: 'postgres',
@@ -125,7 +130,11 @@ export async function checkMigrated(db: Db): Promise<void> {
   const { sql } = await import('drizzle-orm')
   const journal = (await Bun.file(join(migrationsFolder, 'meta/_journal.json')).json()) as { entries: { when: number; tag: string }[] }
   const last = journal.entries[journal.entries.length - 1]
-  const [table] = await rowsOf<{ name: string | null }>(db, sql`select to_regclass('drizzle.__drizzle_migrations')::text as name`)
+  // The process's first query: a database it cannot use (no connection free, refused login) is
+  // said plainly here; drizzle's error names only the query and hides the server's reason.
+  const [table] = await rowsOf<{ name: string | null }>(db, sql`select to_regclass('drizzle.__drizzle_migrations')::text as name`).catch((err) => {
+    throw new Error(`cannot use the database at DATABASE_URL: ${dbErrorSummary(err)}`, { cause: err })
+  })
   if (!table?.name) throw new NotMigrated(last.tag)
   const [row] = await rowsOf<{ applied: string | number | null }>(db, sql`select max(created_at) as applied from drizzle.__drizzle_migrations`)
   if (row?.applied == null || Number(row.applied) < last.when) throw new NotMigrated(last.tag)

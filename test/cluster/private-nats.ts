@@ -21,6 +21,11 @@ export type PrivateNats = {
   kill: () => Promise<void>
   /** What the server wrote on stderr (its log), for a failing test's message. */
   log: () => string
+  /**
+   * Rewrites the config with `change` and has the running server reload it (SIGHUP), as an
+   * operator changing users or permissions does: clients stay connected under the new rules.
+   */
+  reload: (change: Partial<PrivateNatsOptions>) => Promise<void>
 }
 
 /** Where a leaf server connects to its hub, and which subjects the link does not carry. */
@@ -46,6 +51,15 @@ export type PrivateNatsOptions = {
   name?: string
   /** Join a cluster: its name, this server's route port, and every server's route URL. */
   cluster?: { name: string; port: number; routes: string[] }
+  /** More settings inside the `jetstream { }` block, e.g. `max_file_store: 2MB` (storage an operator sized too small). */
+  jetstream?: string
+  /** More top-level config lines: `max_payload: 4KB`, ... */
+  extra?: string[]
+  /**
+   * Clients must log in as one of these users; `permissions` is the user's NATS permissions block,
+   * e.g. `{ publish: { deny: ["$JS.API.>"] } }`. Readiness is checked as the first user.
+   */
+  users?: { user: string; password: string; permissions?: string }[]
 }
 
 /** A cluster of nats-servers on 127.0.0.1, each with its own client port, route port and store. */
@@ -96,7 +110,8 @@ export function privateNatsCluster(opts: { size: number; storeDir: string; name?
   }
 }
 
-export function privateNats(opts: PrivateNatsOptions): PrivateNats {
+export function privateNats(options: PrivateNatsOptions): PrivateNats {
+  const opts = { ...options }
   const binary = findNatsServer()
   if (!binary) throw new Error('nats-server is not installed')
   mkdirSync(opts.storeDir, { recursive: true })
@@ -108,6 +123,13 @@ export function privateNats(opts: PrivateNatsOptions): PrivateNats {
   return {
     url,
     log: () => log,
+    reload: async (change) => {
+      Object.assign(opts, change)
+      writeFileSync(confFile, natsConf(opts))
+      const reloadsBefore = log.split('Reloaded server configuration').length
+      proc?.kill('SIGHUP')
+      await until('nats-server to reload its config', () => log.split('Reloaded server configuration').length > reloadsBefore, 10_000, 50)
+    },
     start: async () => {
       const p = Bun.spawn([binary, '-c', confFile], { stdout: 'ignore', stderr: 'pipe' })
       proc = p
@@ -115,7 +137,8 @@ export function privateNats(opts: PrivateNatsOptions): PrivateNats {
         const decoder = new TextDecoder()
         for await (const chunk of p.stderr as ReadableStream<Uint8Array>) log = (log + decoder.decode(chunk)).slice(-20_000)
       })()
-      await waitUntilReady(url, p, 15_000)
+      const login = opts.users?.[0]
+      await waitUntilReady(url, p, 15_000, login && { user: login.user, pass: login.password })
     },
     stop: async () => {
       const p = proc
@@ -142,8 +165,13 @@ function natsConf(opts: PrivateNatsOptions): string {
   const lines = [
     `host: 127.0.0.1`,
     `port: ${opts.port}`,
-    `jetstream { store_dir: ${q(opts.storeDir)}${opts.domain ? `, domain: ${q(opts.domain)}` : ''} }`,
+    `jetstream { store_dir: ${q(opts.storeDir)}${opts.domain ? `, domain: ${q(opts.domain)}` : ''}${opts.jetstream ? `, ${opts.jetstream}` : ''} }`,
+    ...(opts.extra ?? []),
   ]
+  if (opts.users) {
+    const users = opts.users.map((u) => `{ user: ${q(u.user)}, password: ${q(u.password)}${u.permissions ? `, permissions: ${u.permissions}` : ''} }`)
+    lines.push(`authorization { users: [ ${users.join(', ')} ] }`)
+  }
   if (opts.name) lines.push(`server_name: ${q(opts.name)}`)
   if (opts.cluster) {
     lines.push(`cluster { name: ${q(opts.cluster.name)}, listen: "127.0.0.1:${opts.cluster.port}", routes: ${q(opts.cluster.routes)} }`)

@@ -41,7 +41,11 @@ async function run(cmd: string[]): Promise<void> {
   if (code !== 0) throw new Error(`${full.join(' ')} exited ${code}:\n${out}\n${err}`)
 }
 
-export async function createPrivatePostgres(port: number): Promise<PrivatePostgres> {
+/**
+ * `settings` are more server settings (`-c` options), e.g. `max_connections=8` (they override the
+ * defaults here: fsync off, 50 connections).
+ */
+export async function createPrivatePostgres(port: number, settings: string[] = []): Promise<PrivatePostgres> {
   const bin = postgresBinDir()
   if (!bin) throw new Error('Postgres server tools are not installed')
   const base = mkdtempSync(join(tmpdir(), 'fanfare-pg-'))
@@ -52,7 +56,7 @@ export async function createPrivatePostgres(port: number): Promise<PrivatePostgr
     chownSync(base, uid, gid)
   }
   await run([join(bin, 'initdb'), '-D', dataDir, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync'])
-  const options = `-p ${port} -k ${base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50`
+  const options = [`-p ${port} -k ${base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50`, ...settings.map((s) => `-c ${s}`)].join(' ')
   let running = false
   const pg: PrivatePostgres = {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,

@@ -10,6 +10,12 @@ export type TcpProxy = {
   port: number
   /** Closes every proxied connection; new ones are refused (closed at once) until `restore`. */
   cut: () => void
+  /**
+   * Holds what either side sends, connections left open (a network path that silently stops
+   * carrying packets): nothing arrives and nothing fails until an endpoint gives up on its own
+   * (NATS: missed pings) or `restore` delivers what was held, in order.
+   */
+  stall: () => void
   restore: () => void
   /** Keeps what the target sends on open connections until `release` (what clients send still goes through). */
   hold: () => void
@@ -23,13 +29,24 @@ type Side = { peer?: Socket<Side>; pending: Uint8Array[]; upstream?: boolean }
 export function tcpProxy(opts: { port: number; target: { host: string; port: number } }): TcpProxy {
   let open = true
   const sockets = new Set<Socket<Side>>()
-  let held: [Socket<Side>, Uint8Array][] | undefined
+  /** What is held (a stall: both directions; a hold: what the target sends), per destination, in order. */
+  let holding: 'nothing' | 'from target' | 'both' = 'nothing'
+  const held = new Map<Socket<Side>, Uint8Array[]>()
   const relay = (from: Socket<Side>, data: Uint8Array) => {
-    if (held && from.data.upstream) return void held.push([from, data.slice()])
     const peer = from.data.peer
     // Until the upstream connection is up, keep what the client sent (copied: Bun reuses the buffer).
     if (!peer) from.data.pending.push(data.slice())
-    else peer.write(data)
+    else if (holding === 'both' || (holding === 'from target' && from.data.upstream)) {
+      const queue = held.get(peer) ?? []
+      queue.push(data.slice())
+      held.set(peer, queue)
+    } else peer.write(data)
+  }
+  /** Delivers what was held, in order, to the connections still open, and holds nothing more. */
+  const deliverHeld = () => {
+    holding = 'nothing'
+    for (const [to, chunks] of held) if (sockets.has(to)) for (const c of chunks) to.write(c)
+    held.clear()
   }
   const server: TCPSocketListener<Side> = Bun.listen<Side>({
     hostname: '127.0.0.1',
@@ -79,17 +96,17 @@ export function tcpProxy(opts: { port: number; target: { host: string; port: num
       for (const s of sockets) s.end()
       sockets.clear()
     },
+    stall: () => {
+      holding = 'both'
+    },
     restore: () => {
       open = true
+      deliverHeld()
     },
     hold: () => {
-      held ??= []
+      if (holding === 'nothing') holding = 'from target'
     },
-    release: () => {
-      const chunks = held ?? []
-      held = undefined
-      for (const [from, chunk] of chunks) from.data.peer?.write(chunk)
-    },
+    release: deliverHeld,
     close: () => {
       open = false
       for (const s of sockets) s.end()

@@ -12,6 +12,9 @@ describe('isTransientDbError', () => {
     expect(isTransientDbError(Object.assign(new Error('x'), { code: 'ERR_POSTGRES_SERVER_ERROR', errno: '57P01' }))).toBe(true)
     expect(isTransientDbError(Object.assign(new Error('x'), { code: 'ERR_POSTGRES_CONNECTION_CLOSED' }))).toBe(true)
     expect(isTransientDbError(Object.assign(new Error('x'), { code: 'ERR_POSTGRES_SERVER_ERROR', errno: '23505' }))).toBe(false)
+    // A read-only database (a standby during failover): writes come back when it is writable again.
+    expect(isTransientDbError(Object.assign(new Error('x'), { code: 'ERR_POSTGRES_SERVER_ERROR', errno: '25006' }))).toBe(true)
+    expect(isTransientDbError(Object.assign(new Error('x'), { code: '25P02' }))).toBe(false)
   })
   test('programming and constraint errors are not', () => {
     expect(isTransientDbError(new TypeError('boom'))).toBe(false)

@@ -4,47 +4,9 @@
  * place), or a fatal one (a bug: the process exits and is restarted).
  */
 
-/** Node/postgres.js error codes of a broken or unreachable connection. */
-const transientCodes = new Set([
-  'CONNECTION_CLOSED',
-  'CONNECTION_ENDED',
-  'CONNECTION_DESTROYED',
-  'CONNECT_TIMEOUT',
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'EPIPE',
-  'ETIMEDOUT',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EAI_AGAIN',
-])
+import { sqlStateOf } from '../../../core/db/errors'
 
-/**
- * SQLSTATE classes worth retrying: 08 connection exception, 40 transaction rollback
- * (serialization failure, deadlock), 53 insufficient resources, 57 operator intervention
- * (admin_shutdown from pg_terminate_backend, cannot_connect_now during restart), 58 system error.
- */
-const transientSqlStateClasses = new Set(['08', '40', '53', '57', '58'])
-
-const isTransientSqlState = (code: string) => /^[0-9A-Z]{5}$/.test(code) && transientSqlStateClasses.has(code.slice(0, 2))
-
-/**
- * True when retrying the same work later may succeed (Postgres down, connection cut, deadlock).
- * Understands postgres.js (`code` = SQLSTATE or a connection code) and Bun's SQL client (`code` =
- * `ERR_POSTGRES_*`, `errno` = SQLSTATE), also when wrapped by drizzle in `cause`.
- */
-export function isTransientDbError(err: unknown): boolean {
-  type E = { code?: unknown; errno?: unknown; cause?: unknown }
-  for (let e = err as E | undefined, depth = 0; e && depth < 5; e = e.cause as E | undefined, depth++) {
-    const code = typeof e.code === 'string' ? e.code : undefined
-    const errno = typeof e.errno === 'string' ? e.errno : undefined
-    if (code && (transientCodes.has(code) || isTransientSqlState(code))) return true
-    if (errno && isTransientSqlState(errno)) return true
-    // Raised by Bun's client itself: connection closed or refused, timeouts.
-    if (code && /^ERR_POSTGRES_(CONNECTION_|.*TIMEOUT|.*CLOSED|.*REFUSED)/.test(code)) return true
-  }
-  return false
-}
+export { dbErrorSummary, isTransientDbError, sqlStateOf } from '../../../core/db/errors'
 
 /**
  * SQLSTATE classes that say Postgres refused the data itself: 22 data exception (a NUL or lone
@@ -54,31 +16,12 @@ export function isTransientDbError(err: unknown): boolean {
  */
 const dataSqlStateClasses = new Set(['22', '54'])
 
-/** The SQLSTATE of a Postgres error (postgres.js `code`, Bun's SQL `errno`), also when drizzle wraps it in `cause`. */
-export function sqlStateOf(err: unknown): string | undefined {
-  type E = { code?: unknown; errno?: unknown; cause?: unknown }
-  for (let e = err as E | undefined, depth = 0; e && depth < 5; e = e.cause as E | undefined, depth++) {
-    for (const v of [e.errno, e.code]) if (typeof v === 'string' && /^[0-9A-Z]{5}$/.test(v)) return v
-  }
-  return undefined
-}
-
 /** True when Postgres refused a statement for the data it carries (see dataSqlStateClasses). */
 export function isDataDbError(err: unknown): boolean {
   const state = sqlStateOf(err)
   return state !== undefined && dataSqlStateClasses.has(state.slice(0, 2))
 }
 
-/** What Postgres said, for a dead letter's reason: `22P05 unsupported Unicode escape sequence`. */
-export function dbErrorSummary(err: unknown): string {
-  type E = { message?: unknown; cause?: unknown }
-  let message = ''
-  // The innermost message is the server's own; drizzle's wrapper repeats the whole query.
-  for (let e = err as E | undefined, depth = 0; e && depth < 5; e = e.cause as E | undefined, depth++) {
-    if (typeof e.message === 'string') message = e.message
-  }
-  return `${sqlStateOf(err) ?? ''} ${message.slice(0, 300)}`.trim()
-}
 
 /** True for errors that only a code change fixes (TypeError and friends): never retried. */
 export function isProgrammingError(err: unknown): boolean {

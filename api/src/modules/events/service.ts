@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import { context, SpanKind, SpanStatusCode, type Context, type Span } from '@opentelemetry/api'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { createAckedPublisher, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
+import { createAckedPublisher, isStorageFull, PublishDenied, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
 import type { Config } from '../../../../core/config'
 import {
   admitData,
@@ -39,7 +39,8 @@ export type Ingest = {
    * nothing published. A JetStream failure of some publishes is 503 `unavailable` once every
    * publish of the request settled, with `details.results`: each event's id (generated ones
    * included) and whether JetStream confirmed storing it (PublishOutcome). Resending the events
-   * with those ids is safe: stored ones are de-duplicated.
+   * with those ids is safe: stored ones are de-duplicated. JetStream out of storage is 503
+   * `storage_full`, with the same `details.results`.
    * Who may publish which type is the permissions table (403 `forbidden`, nothing published).
    * Events are stored with the principal's id as `by`, and ids are de-duplicated per principal:
    * the same id from another principal is another event. A user's chat messages are stamped with
@@ -242,6 +243,12 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     return { status: 'fulfilled', value: { id, seq: ack.seq, duplicate: ack.duplicate } }
   }
 
+  /** A 503 for `count` events, counted: what an operator alerts on (NATS away, JetStream full, this node's queue full). */
+  const refused = (err: Unavailable, count: number) => {
+    metrics.ingest.refused(err.code, count)
+    return err
+  }
+
   const publishEvents = async (inputs: EventInput[], principal: Principal, via: 'http' | 'ws' | 'internal', span: Span): Promise<PublishResult[]> => {
     const by = principalId(principal)
     // A principal comes from our own auth code, never from the request: a bad one is a bug.
@@ -256,14 +263,17 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
         throw new Forbidden(`${found[0].channel} is a private room: only users whose channels claim matches it may post or delete there`, found)
       }
     }
-    if (nc.isClosed()) throw new Unavailable('NATS connection is closed')
-    if (stopped) throw new Unavailable('this node is shutting down; resend the events to another node')
-    if (disconnected) throw new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids')
+    if (nc.isClosed()) throw refused(new Unavailable('NATS connection is closed'), events.length)
+    if (stopped) throw refused(new Unavailable('this node is shutting down; resend the events to another node'), events.length)
+    if (disconnected) throw refused(new Unavailable('the event stream is unavailable (NATS disconnected); retry with the same event ids'), events.length)
     if (inFlight + events.length > config.FANFARE_INGEST_MAX_IN_FLIGHT) {
-      throw new Unavailable('too many events waiting for the event stream; retry shortly with the same event ids', 'overloaded', {
-        inFlight,
-        max: config.FANFARE_INGEST_MAX_IN_FLIGHT,
-      })
+      throw refused(
+        new Unavailable('too many events waiting for the event stream; retry shortly with the same event ids', 'overloaded', {
+          inFlight,
+          max: config.FANFARE_INGEST_MAX_IN_FLIGHT,
+        }),
+        events.length,
+      )
     }
     const started = performance.now()
     inFlight += events.length
@@ -281,7 +291,16 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     // Every id, the generated ones included: a client resending without them would store the
     // stored events again under new ids.
     const results: PublishOutcome[] = settled.map((r, i) => (r.status === 'fulfilled' ? { ...r.value, stored: true } : { id: events[i].id, stored: false }))
-    throw new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results })
+    // Its own code: not a blip that a resend soon cures, but an operator's to fix (alerts can tell).
+    const full = failed.map((f) => f.reason).find(isStorageFull)
+    if (full) {
+      const message = `the event stream has no room (JetStream: ${full.description}): an operator must free or add NATS storage, or raise the stream's limits; resend the events with the ids in details.results`
+      throw refused(new Unavailable(message, 'storage_full', { results }), events.length)
+    }
+    // NATS refusing this node a subject is said as such (the operator's to fix), not as an outage.
+    const denied = failed.map((f) => f.reason).find((r) => r instanceof PublishDenied)
+    const message = `${denied ? denied.message : 'the event stream is unavailable'}; resend the events with the ids in details.results`
+    throw refused(new Unavailable(message, 'unavailable', { results }), events.length)
   }
   /**
    * The user's chat posts and deletions in rooms closed to them (private rooms whose channel their

@@ -1,0 +1,72 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, ROOT, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { privateNats, type PrivateNats } from '../cluster/private-nats'
+import { configureBoard, postEvents, readModel, scoreEvent, stopCleanly, type Api } from '../cluster/support'
+
+/**
+ * A NATS server that requires a login, given in NATS_URL as operators write it for other NATS
+ * clients (`nats://user:password@host:4222`): Fanfare logs in with it. A wrong login stops a node
+ * at once with a message naming NATS_URL (never the password).
+ */
+let env: TestEnv
+let nats: PrivateNats
+const procs: Proc[] = []
+const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-auth-'))
+const withLogin = (url: string, login: string) => url.replace('nats://', `nats://${login}@`)
+
+beforeAll(async () => {
+  nats = privateNats({ port: freePort(), storeDir, users: [{ user: 'fanfare', password: 'pa$$ word' }] })
+  await nats.start()
+  env = await createTestEnv({ FANFARE_PARTITIONS: '2' })
+})
+afterAll(async () => {
+  await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+  await nats?.stop()
+  await env?.cleanup()
+  rmSync(storeDir, { recursive: true, force: true })
+})
+
+describe('a NATS server that requires a login', () => {
+  test('credentials in NATS_URL: both kinds of node start and an event is applied', async () => {
+    const port = freePort()
+    const vars: Record<string, string> = { ...env.vars, NATS_URL: withLogin(nats.url, `fanfare:${encodeURIComponent('pa$$ word')}`), PORT: String(port), HOST: '127.0.0.1' }
+    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
+    await waitReady(api.baseUrl, procs)
+    await configureBoard(api, 'auth', 'sum')
+    expect((await postEvents(api, [scoreEvent('auth-1', 'auth', 'p1', 5)])).status).toBe(202)
+    const rm = readModel(env.vars.DATABASE_URL)
+    try {
+      await until('the event applied', async () => (await rm.version('leaderboard:auth')) === 1, 15_000)
+    } finally {
+      await rm.close()
+    }
+    await stopCleanly(...procs.splice(0))
+  }, 60_000)
+
+  for (const [name, entry] of [
+    ['API node', 'api/src/main.ts'],
+    ['stream workers', 'stream-workers/src/main.ts'],
+  ] as const) {
+    test(`${name} with a wrong password: exits at once naming NATS_URL, without the password`, async () => {
+      const proc = Bun.spawn([process.execPath, entry], {
+        cwd: ROOT,
+        env: { PATH: process.env.PATH, ...env.vars, NATS_URL: withLogin(nats.url, 'fanfare:wrong-secret'), PORT: String(freePort()), HOST: '127.0.0.1' },
+        stdout: 'pipe',
+        stderr: 'pipe',
+      })
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000)
+      const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+      clearTimeout(timer)
+      expect(code).not.toBe(0)
+      expect(code).not.toBe(137)
+      expect(out + err).toContain('NATS refused the login')
+      expect(out + err).toContain('NATS_URL')
+      expect(out + err).not.toContain('wrong-secret')
+    }, 30_000)
+  }
+})

@@ -1,0 +1,55 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, ROOT } from '../e2e/harness'
+import { privateNats, type PrivateNats } from '../cluster/private-nats'
+
+// A nats-server whose max_payload an operator lowered (64 KB here) below what Fanfare publishes: a
+// worker's change runs (up to ~768 KB) were refused by the client on every try, the read models
+// went on advancing and subscribers got no update, with /readyz saying ready; an event over the
+// limit was answered 503 `unavailable` after the publish timeout, resent forever. Both kinds of
+// node must refuse to start, naming the setting.
+let env: TestEnv
+let nats: PrivateNats
+const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-max-payload-'))
+
+beforeAll(async () => {
+  nats = privateNats({ port: freePort(), storeDir, extra: ['max_payload: 64KB'] })
+  await nats.start()
+  env = await createTestEnv({ FANFARE_LOG_FORMAT: 'json' })
+})
+afterAll(async () => {
+  await nats?.stop()
+  await env?.cleanup()
+  rmSync(storeDir, { recursive: true, force: true })
+})
+
+const start = async (entry: string) => {
+  const proc = Bun.spawn([process.execPath, entry], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH, ...env.vars, NATS_URL: nats.url, PORT: String(freePort()), HOST: '127.0.0.1' },
+    stdout: 'pipe',
+    stderr: 'pipe',
+  })
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000)
+  const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+  clearTimeout(timer)
+  return { code, output: out + err }
+}
+
+describe('a NATS server with a max_payload below 1 MB', () => {
+  for (const [name, entry] of [
+    ['API node', 'api/src/main.ts'],
+    ['stream workers', 'stream-workers/src/main.ts'],
+  ] as const) {
+    test(`${name}: exits non-zero within seconds, naming max_payload and the size it needs`, async () => {
+      const r = await start(entry)
+      expect(r.code).not.toBe(0)
+      expect(r.code).not.toBe(137) // still running after 15 s
+      expect(r.output).toContain('max_payload is 65536 bytes')
+      expect(r.output).toContain('1048576')
+    }, 30_000)
+  }
+})

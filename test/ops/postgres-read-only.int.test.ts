@@ -1,0 +1,105 @@
+import { afterAll, describe, expect, test } from 'bun:test'
+import postgres from 'postgres'
+import { connectPostgres, migrate } from '../../core/db/client'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
+import { configureBoard, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type Api, type ScoreEvent } from '../cluster/support'
+
+const unavailable = privatePostgresUnavailable()
+if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
+
+/**
+ * DATABASE_URL turning read-only under a running worker (a failover pointing it at a standby for a
+ * while, or default_transaction_read_only set for maintenance): Postgres refuses every write with
+ * 25006. The worker must apply and acknowledge nothing meanwhile, and stay up retrying: it exited
+ * ("an error retrying cannot fix"), and a container restarting it with a growing backoff can keep
+ * the projections stopped for minutes after the database is writable again. Once writable, every
+ * acknowledged event is applied exactly once, by the same process. An API write meanwhile is 503
+ * `database_unavailable`, saying why.
+ */
+describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () => {
+  let env: TestEnv | undefined
+  let pg: PrivatePostgres | undefined
+  const procs: Proc[] = []
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await pg?.destroy()
+    await env?.cleanup()
+  })
+
+  test('the worker waits out read-only mode and then applies every event once', async () => {
+    pg = await createPrivatePostgres(freePort())
+    await pg.start()
+    const admin = postgres(pg.url, { max: 1, onnotice: () => {} })
+    await admin.unsafe('CREATE DATABASE fanfare')
+    const databaseUrl = pg.url.replace(/\/postgres$/, '/fanfare')
+    const database = await connectPostgres(databaseUrl, { max: 1 })
+    await migrate(database)
+    await database.close()
+    /** Sets the database's default for new sessions, and ends the sessions open (the nodes reconnect). */
+    const readOnly = async (on: boolean) => {
+      await admin.unsafe(`ALTER DATABASE fanfare SET default_transaction_read_only = ${on ? 'on' : 'off'}`)
+      await admin.unsafe(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'fanfare' AND pid <> pg_backend_pid()`)
+    }
+
+    env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
+    const port = freePort()
+    const vars: Record<string, string> = { ...env.vars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
+    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
+    procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
+    await waitReady(api.baseUrl, procs)
+    const board = 'ro'
+    await configureBoard(api, board, 'sum')
+    const rm = readModel(databaseUrl)
+    const acked: ScoreEvent[] = []
+    let n = 0
+    const post = async () => {
+      const batch = Array.from({ length: 10 }, (_, p) => scoreEvent(`ro-${n++}`, board, `p${p}`, 1 + (n % 4)))
+      const res = await postEvents(api, batch)
+      expect(res.status).toBe(202) // ingest needs only NATS
+      acked.push(...batch)
+    }
+    const oracle = () => {
+      const o = new Map<string, number>()
+      for (const e of acked) o.set(e.data.player, (o.get(e.data.player) ?? 0) + e.data.score)
+      return o
+    }
+    try {
+      for (let i = 0; i < 3; i++) await post()
+      await untilBoardEquals(rm, board, oracle(), 15_000)
+      const before = await rm.version(`leaderboard:${board}`)
+
+      await readOnly(true)
+      for (let i = 0; i < 3; i++) await post()
+      // An API write meanwhile is told the database is unavailable (retry), not a bare 500
+      // `internal`; reads go on.
+      const put = await fetch(`${api.baseUrl}/admin/leaderboards/ro2`, {
+        method: 'PUT',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${api.adminToken}` },
+        body: JSON.stringify({ operator: 'sum' }),
+      })
+      expect(put.status).toBe(503)
+      expect(put.headers.get('retry-after')).toBe('1')
+      const body = await put.json()
+      expect(body.error.code).toBe('database_unavailable')
+      expect(body.error.message).toContain('read-only')
+      expect((await fetch(`${api.baseUrl}/v1/leaderboards/${board}`)).status).toBe(200)
+      await Bun.sleep(5000)
+      expect(worker.proc.exitCode).toBeNull()
+      expect(await rm.version(`leaderboard:${board}`)).toBe(before) // nothing applied, so nothing acknowledged
+
+      await readOnly(false)
+      await untilBoardEquals(rm, board, oracle(), 30_000).catch((err) => {
+        throw new Error(`${(err as Error).message}\nworker exit ${worker.proc.exitCode}, log tail:\n${worker.output().slice(-3000)}`)
+      })
+      expect(await rm.version(`leaderboard:${board}`)).toBe(acked.length)
+      expect(await rm.deadLetters()).toBe(0)
+    } finally {
+      await rm.close()
+      await admin.end()
+    }
+    await stopCleanly(...procs)
+  }, 90_000)
+})
