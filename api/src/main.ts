@@ -3,5 +3,10 @@
 import { trapStopSignals } from '../../core/stop-signals'
 
 const signals = trapStopSignals()
-const { runApi } = await import('./process')
-await runApi(signals)
+try {
+  const { runApi } = await import('./process')
+  await runApi(signals)
+} catch (err) {
+  process.stderr.write(`fanfare api: failed to start: ${(err as Error)?.stack ?? String(err)}\n`)
+  process.exit(1)
+}

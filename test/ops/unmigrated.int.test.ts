@@ -40,6 +40,8 @@ describe('a node started before npm run migrate', () => {
       expect(r.code).not.toBe(137) // still running after 15 s
       expect(r.output).toContain('not migrated')
       expect(r.output).toContain('npm run migrate')
+      // One line that says what happened, as both processes print it (not a runtime's uncaught-error dump).
+      expect(r.output).toMatch(/fanfare (api|stream-workers): failed to start: NotMigrated/)
     }, 30_000)
   }
 
