@@ -1,0 +1,82 @@
+import { afterEach, describe, expect, test } from 'bun:test'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { nanos } from '@nats-io/transport-node'
+import { leaderboards } from '../../../core/db/schema'
+import { parseConsumerName } from '../../../core/projections'
+import { until } from '../../../core/testing/wait'
+import { boardScores, caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
+
+let world: World | undefined
+afterEach(async () => {
+  await world?.close()
+  world = undefined
+})
+
+/** The name of the leaderboards consumer of partition 0, once its runner made it. */
+const leaderboardsConsumer = async (w: World) => {
+  const jsm = await jetstreamManager(w.nc)
+  return until('the leaderboards consumer', async () => {
+    for await (const info of jsm.consumers.list(w.config.FANFARE_STREAM)) {
+      const parsed = info && parseConsumerName(info.name)
+      if (parsed && parsed.projection === 'leaderboards' && parsed.partition === 0) return info.name
+    }
+    return undefined
+  })
+}
+
+describe('runner pulls', () => {
+  test('an idle runner waits in one open pull: events applied one at a time need no pull request each', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    await w.startWorker()
+    const name = await leaderboardsConsumer(w)
+    // Pull requests are messages to the consumer's MSG.NEXT subject: count this consumer's.
+    let pulls = 0
+    const sub = w.nc.subscribe(`$JS.API.CONSUMER.MSG.NEXT.${w.config.FANFARE_STREAM}.${name}`, { callback: () => void pulls++ })
+    await w.nc.flush()
+    for (let i = 0; i < 12; i++) {
+      await publishEvent(w, storedEvent('score.submitted', { board: 'arena', player: `p${i}`, score: i + 1 }))
+      await caughtUp(w)
+    }
+    sub.unsubscribe()
+    // A pull per batch (12 here) before; now one, and one more for each expiry of an idle pull.
+    expect(pulls).toBeLessThan(6)
+    expect(Object.keys(await boardScores(w, 'arena'))).toHaveLength(12)
+  })
+
+  test('deliveries held in the open pull while a batch outlasts the ack wait, delivered again, are applied once', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    // Sums: an event applied twice would show.
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    let held = false
+    let release!: () => void
+    const released = new Promise<void>((ok) => (release = ok))
+    await w.startWorker({
+      hooks: {
+        // The first leaderboards batch waits here, committed and not acked, past the ack wait.
+        onBeforeAck: async ({ projection }) => {
+          if (projection !== 'leaderboards' || held) return
+          held = true
+          await released
+        },
+      },
+    })
+    const name = await leaderboardsConsumer(w)
+    // A short ack wait (the runner's is 30 s): what the open pull holds is delivered again soon.
+    const jsm = await jetstreamManager(w.nc)
+    const info = await jsm.consumers.info(w.config.FANFARE_STREAM, name)
+    await jsm.consumers.update(w.config.FANFARE_STREAM, name, { ...info.config, ack_wait: nanos(300) })
+    const expected: Record<string, number> = {}
+    const send = async (player: string, score: number) => {
+      expected[player] = (expected[player] ?? 0) + score
+      await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player, score }))
+    }
+    await send('a', 1)
+    await until('the first batch held', async () => held || undefined)
+    // Stored while the batch is held: delivered into the open pull, then again after the ack wait.
+    for (let i = 0; i < 5; i++) await send(`p${i % 2}`, 10 + i)
+    await Bun.sleep(1_500)
+    release()
+    await caughtUp(w)
+    expect(await boardScores(w, 'tot')).toEqual(expected)
+  })
+})
