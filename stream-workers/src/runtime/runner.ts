@@ -91,11 +91,14 @@ class FatalBatchError extends Error {
 
 /** Extends the ack wait of a batch under work well before it runs out. */
 const WORKING_EVERY_MS = Math.floor(ACK_WAIT_MS / 3)
+/** How long an idle pull waits at the server for a first message. */
+const IDLE_PULL_MS = 5_000
 /**
- * How long a pull stays open at the server. It is read across batches (see pullBatch), so its
- * expiry only means a new request: what it delivered is applied, and the next one goes on.
+ * How long the server may take to deliver the rest of a batch it reported pending. Generous: the
+ * pull ends as soon as they have all arrived, and a loaded server can take seconds for a few
+ * hundred (with 2 s, pulls expired part-way, over and over, after a NATS restart in CI).
  */
-const PULL_MS = 5_000
+const REST_PULL_MS = 10_000
 
 /**
  * Runs one projection on one owned partition: creates this ownership's consumer from the
@@ -111,59 +114,46 @@ export function startRunner(deps: RunnerDeps): Runner {
   let name: string | undefined
   const now = deps.now ?? (() => new Date())
   const abort = new AbortController()
+  let pulling: ConsumerMessages | undefined
   const lag = deps.metrics.worker.lag(deps.projection.name, deps.partition)
 
   /**
-   * The pull this runner reads from: one request for up to batchSize messages, held open across
-   * batches, so that what is stored while a batch applies is delivered meanwhile and waits here,
-   * and made again once it has delivered all it asked for or expired. A fresh consumer starts with
-   * none (see consumeFrom).
+   * One pull of up to `max` messages. A pull that ends with an error after delivering messages
+   * still returns them with the error: they are the consumer's next deliveries in order (the
+   * caller checks the delivery sequence), and throwing them away would make a slow server
+   * (a pull that outlives its expiry, then "heartbeats missed") restart the same batch forever.
    */
-  let open: { iter: ConsumerMessages; next: () => Promise<IteratorResult<JsMsg>> } | undefined
-  const openPull = async (consumer: Consumer) => {
-    const iter = await consumer.fetch({ max_messages: deps.batchSize, expires: PULL_MS })
-    const it = iter[Symbol.asyncIterator]()
-    open = { iter, next: () => it.next() }
-    return open
+  const fetchSome = async (consumer: Consumer, max: number, expires: number): Promise<{ msgs: JsMsg[]; err?: unknown }> => {
+    const iter = await consumer.fetch({ max_messages: max, expires })
+    pulling = iter
+    const msgs: JsMsg[] = []
+    try {
+      for await (const m of iter) msgs.push(m)
+      return { msgs }
+    } catch (err) {
+      return { msgs, err }
+    } finally {
+      pulling = undefined
+    }
   }
 
   /**
-   * Up to batchSize messages that are already there: waits for one, then takes what has arrived,
-   * and what the last delivery said was stored behind it. One round trip to NATS only when the
-   * open pull has delivered all it asked for; an idle runner waits in it for the next event
-   * (before, each batch made two: a pull of one, then a pull of what that one said was pending).
-   * A pull that fails before delivering anything throws (the consumer is recreated); one that
-   * fails part-way yields what it delivered, and the next pull, starting with nothing held, shows
+   * Up to batchSize messages that are already there: wait for one, then take what is pending. A
+   * pull that fails before delivering anything throws (the consumer is recreated); one that fails
+   * part-way yields what it delivered, and the next pull, starting with nothing held, shows
    * whether the consumer is healthy (a delivery it cut off shows up as a gap there).
    */
   const pullBatch = async (consumer: Consumer): Promise<JsMsg[]> => {
-    const msgs: JsMsg[] = []
-    while (msgs.length < deps.batchSize && !abort.signal.aborted) {
-      const last = msgs[msgs.length - 1]
-      // Nothing more stored behind the last delivery, and nothing delivered after it yet: done.
-      if (last && last.info.pending === 0 && (!open || open.iter.getPending() === 0)) break
-      const pull = open ?? (await openPull(consumer))
-      let r: IteratorResult<JsMsg>
-      try {
-        r = await pull.next()
-      } catch (err) {
-        open = undefined
-        if (msgs.length === 0) {
-          if (abort.signal.aborted) break
-          throw err
-        }
-        log.debug({ err, got: msgs.length }, 'pull ended early; applying what it delivered')
-        break
-      }
-      if (r.done) {
-        // Delivered all it asked for, or expired: the next pull is made when more is wanted.
-        open = undefined
-        if (msgs.length === 0) break
-        continue
-      }
-      msgs.push(r.value)
+    const first = await fetchSome(consumer, 1, IDLE_PULL_MS)
+    if (first.msgs.length === 0) {
+      if (first.err && !abort.signal.aborted) throw first.err
+      return first.msgs
     }
-    return msgs
+    const more = abort.signal.aborted ? 0 : Math.min(first.msgs[0].info.pending, deps.batchSize - 1)
+    if (more <= 0) return first.msgs
+    const rest = await fetchSome(consumer, more, REST_PULL_MS)
+    if (rest.err) log.debug({ err: rest.err, wanted: more, got: rest.msgs.length }, 'pull ended early; applying what it delivered')
+    return first.msgs.concat(rest.msgs)
   }
 
   // Batches and dead-letter replays take turns: a replay's reads and writes must not interleave
@@ -264,13 +254,6 @@ export function startRunner(deps: RunnerDeps): Runner {
     // A fresh consumer numbers its deliveries 1, 2, 3...; a jump means a delivery never reached
     // us (a pull cut off mid-way) and applying past it would reorder the stream.
     let expectedDelivery = 1
-    // Deliveries held in the open pull are not kept alive while a batch retries: past the ack
-    // wait the server delivers them again, after them. A stream sequence that does not grow is
-    // such a copy, and applying it would apply its event twice within one batch.
-    let lastSeq = 0
-    // The previous consumer's pull (a reset) is of no use to this one.
-    open?.iter.stop()
-    open = undefined
     while (!abort.signal.aborted) {
       const batch = await pullBatch(consumer)
       if (batch.length === 0) continue
@@ -278,9 +261,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         if (m.info.deliverySequence !== expectedDelivery) {
           throw new ResetConsumer(`delivery ${expectedDelivery} missing (got ${m.info.deliverySequence} for seq ${m.seq})`)
         }
-        if (m.seq <= lastSeq) throw new ResetConsumer(`seq ${m.seq} delivered again after ${lastSeq}`)
         expectedDelivery++
-        lastSeq = m.seq
       }
       const started = performance.now()
       const { result, headers } = await tracedBatch(batch, () =>
@@ -299,8 +280,8 @@ export function startRunner(deps: RunnerDeps): Runner {
       // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
       // commit order, and a slow NATS slows the runner down instead of piling up).
       if (publishing) await publishing
-      // From here to the next pull nothing awaits: the runs and the ack are issued in one turn,
-      // which nats.js flushes together.
+      // From here to the next pull request nothing awaits: the runs, the ack and the pull are
+      // issued in one turn, which nats.js flushes together.
       if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, headers)
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
@@ -461,7 +442,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     replay,
     stop: async (opts = {}) => {
       abort.abort()
-      open?.iter.stop()
+      pulling?.stop()
       await done
       await publishing
       lag.remove()
