@@ -10,9 +10,12 @@
  * - run: when that run reached this process (a core NATS subscription on the change subjects; the
  *   API node's push consumer gets it about then);
  * - frame: the first frame with it at the observer.
- * Prints p50 / p90 / p99 of each step and of ack -> frame, per round. With --compare, another
+ * Prints p50 / p90 / p99 of each step and of ack -> frame, per round, and the API node's CPU per
+ * 1,000 acknowledged reactions (from /proc: waiting for a core does not count) in that phase and
+ * in a maximum phase after it (2 reactions in flight per user for 6 s). With --compare, another
  * checkout (git archive unpacked, node_modules linked) runs the same rounds, taking turns (A B B A).
  */
+import { readFileSync } from 'node:fs'
 import { DeliverPolicy, jetstream } from '@nats-io/jetstream'
 import { millis } from '@nats-io/transport-node'
 import type { ChangeRun, ReactionsChange } from '../core/channels'
@@ -27,6 +30,12 @@ const args = process.argv.slice(2).filter((a) => !a.startsWith('--'))
 const compare = process.argv.find((a) => a.startsWith('--compare='))?.slice(10)
 const rounds = Number(args[0] ?? 1)
 const RATE = Number(process.argv.find((a) => a.startsWith('--rate='))?.slice(7) ?? 20_000)
+
+/** CPU milliseconds (user + system) of a process so far. */
+const cpuMsOf = (pid: number): number => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return (Number(f[11]) + Number(f[12])) * 10
+}
 
 type Point = { at: number; totals: Record<string, number>; pulled?: number }
 type Acks = { stream: number[]; emoji: number[]; rank: number[]; at: number[]; seq: number[] }
@@ -88,7 +97,9 @@ async function round(root: string, label: string) {
       await clients.ask({ cmd: 'paced', rate: RATE / 4, seconds: 1 }, 120_000)
       await Bun.sleep(2000)
       const load0 = (await Bun.file('/proc/loadavg').text()).split(' ').slice(0, 3).join(' ')
-      const paced = await clients.ask<{ started: number; lastAck: number; ackRate: number; errors: Record<string, number> }>({ cmd: 'paced', rate: RATE, seconds: 10 }, 180_000)
+      const cpu0 = cpuMsOf(api.proc.proc.pid)
+      const paced = await clients.ask<{ started: number; lastAck: number; ackRate: number; acked: number; errors: Record<string, number> }>({ cmd: 'paced', rate: RATE, seconds: 10 }, 180_000)
+      const pacedCpu = (cpuMsOf(api.proc.proc.pid) - cpu0) / (paced.acked / 1000)
       const load1 = (await Bun.file('/proc/loadavg').text()).split(' ').slice(0, 3).join(' ')
       await Bun.sleep(1500)
       const acks = await clients.ask<Acks>({ cmd: 'acks', from: paced.started, to: paced.lastAck }, 120_000)
@@ -124,11 +135,15 @@ async function round(root: string, label: string) {
         for (let i = 1; i < fs.length; i++) closest = Math.min(closest, fs[i].at - fs[i - 1].at)
       }
       const nRuns = [...runs.values()].reduce((n, l) => n + l.filter((p) => p.at >= paced.started && p.at <= paced.lastAck).length, 0)
+      const cpu1 = cpuMsOf(api.proc.proc.pid)
+      const max = await clients.ask<{ acked: number; ackRate: number }>({ cmd: 'max', inFlight: 2, seconds: 6 }, 180_000)
+      const maxCpu = (cpuMsOf(api.proc.proc.pid) - cpu1) / (max.acked / 1000)
       const fmt = (xs: number[]) => `${quantile(xs, 0.5).toFixed(0)} / ${quantile(xs, 0.9).toFixed(0)} / ${quantile(xs, 0.99).toFixed(0)}`
       console.log(
         `${label}: ${Math.round(paced.ackRate)} acked/s ${JSON.stringify(paced.errors)}, load ${load0} -> ${load1}, ${acks.at.length} acks (${steps['ack->frame'].length} traced), ` +
           `${frames} frames (closest ${closest.toFixed(0)} ms), ${(nRuns / STREAMS.length / ((paced.lastAck - paced.started) / 1000)).toFixed(1)} runs/s per stream`,
       )
+      console.log(`  API CPU per 1,000 acked: paced ${pacedCpu.toFixed(1)} ms; max phase ${Math.round(max.ackRate)} acked/s, ${maxCpu.toFixed(1)} ms`)
       for (const [name, xs] of Object.entries(steps)) console.log(`  ${name.padEnd(18)} p50 / p90 / p99 ${fmt(xs)} ms`)
       sub.unsubscribe()
       await clients.ask({ cmd: 'close' }).catch(() => {})
