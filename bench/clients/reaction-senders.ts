@@ -218,16 +218,17 @@ function ranks(): Int32Array {
   return rank
 }
 
-/** The reactions acknowledged between `from` and `to`: stream and emoji (indexes), rank, ack time. */
+/** The reactions acknowledged between `from` and `to`: stream and emoji (indexes), rank, ack time, stream sequence. */
 function acksIn(from: number, to: number) {
   const rank = ranks()
-  const out = { stream: [] as number[], emoji: [] as number[], rank: [] as number[], at: [] as number[] }
+  const out = { stream: [] as number[], emoji: [] as number[], rank: [] as number[], at: [] as number[], seq: [] as number[] }
   for (let k = 0; k < ack.at.length; k++) {
     if (ack.at[k] < from || ack.at[k] > to) continue
     out.stream.push(ack.stream[k])
     out.emoji.push(ack.emoji[k])
     out.rank.push(rank[k])
     out.at.push(ack.at[k])
+    out.seq.push(ack.seq[k])
   }
   return out
 }

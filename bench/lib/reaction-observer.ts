@@ -37,6 +37,11 @@ export class ReactionObserver {
     return o
   }
 
+  /** The update frames of one stream's channel, in arrival order. */
+  framesOf(stream: string): readonly Frame[] {
+    return this.frames.get(stream) ?? []
+  }
+
   /**
    * For each acknowledged reaction (stream, emoji, its rank among the (stream, emoji) by stream
    * sequence, ack time): the time from its ack to the first frame whose total for the emoji reaches

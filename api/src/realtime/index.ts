@@ -43,7 +43,13 @@ export type RealtimeDeps = {
 }
 
 /** What the node needs of an open socket: Bun's ServerWebSocket (Elysia's `ws.raw`). */
-export type OpenSocket = { close: (code: number, reason: string) => void; getBufferedAmount: () => number; readyState: number }
+export type OpenSocket = {
+  close: (code: number, reason: string) => void
+  getBufferedAmount: () => number
+  readyState: number
+  send: (text: string) => number
+  isSubscribed: (topic: string) => boolean
+}
 
 /** The open WebSockets of one node. */
 export type SocketRegistry = {

@@ -70,12 +70,22 @@ export async function startRealtime(deps: {
     socket: (id) => open.get(id),
   })
   const sockets: SocketRegistry = { open, closing: false, sent: slow.sent }
+  const windowOf = windowsOf(deps.config)
   const hub = createChannelHub({
     snapshot: deps.snapshot,
     history: historyReader({ nc: deps.nc, streams: t.changeStreams, prefix: t.prefix }),
     publish: (topic, text) => {
       if (!server) return
-      slow.published(topic, text, server.publish(topic, text))
+      if (windowOf(topic)) {
+        // A windowed channel's frames go to its topic's sockets one by one: Bun writes a topic
+        // publish only when the event-loop turn ends (a send goes out at once), and under load
+        // that turn held each reactions frame 40-100 ms (bench/findings.md). One frame per socket
+        // per window: there is no burst for a publish to coalesce, and the CPU is the same.
+        for (const id of hub.members(topic)) {
+          const ws = open.get(id)
+          if (ws?.isSubscribed(topic)) slow.sent(ws, ws.send(text))
+        }
+      } else slow.published(topic, text, server.publish(topic, text))
       // Counted once per publish, by its recipients (not once per frame sent).
       metrics.ws.sent(text, server.subscriberCount(topic))
     },
@@ -85,7 +95,7 @@ export async function startRealtime(deps: {
     },
     gapTimeoutMs: deps.gapTimeoutMs ?? 5000,
     // Reactions come by the thousand a second: their subscribers get one frame per window.
-    windowOf: windowsOf(deps.config),
+    windowOf,
     onError: (err, channel) => logger.error({ err, channel }, 'resync failed; retrying'),
   })
   // Presence frames go to `presence:<channel>` topics like any other channel's.

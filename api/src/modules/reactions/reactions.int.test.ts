@@ -163,4 +163,52 @@ describe('reactions: REST, validation, and the windowed channel', () => {
     expect(totals).toEqual({ '👏': 60, '🔥': 5 })
     c.close()
   })
+
+  test("a window's frame leaves when the window closes, not when the node's event-loop turn ends", async () => {
+    // Bun writes a topic publish only at the end of the event-loop turn: a busy turn held each
+    // reactions frame 40-100 ms under load (bench/findings.md). The subscriber is another process,
+    // so it sees when the frame was written while this one is busy.
+    const channel = channelOf.reactions('busy-turn')
+    const script = `
+      const ws = new WebSocket(${JSON.stringify(ws)})
+      ws.onopen = () => ws.send(JSON.stringify({ op: 'subscribe', ref: 's', channel: ${JSON.stringify(channel)} }))
+      ws.onmessage = (e) => {
+        const f = JSON.parse(String(e.data))
+        if (f.op === 'snapshot') console.log('ready')
+        if (f.op === 'update') console.log(JSON.stringify({ at: performance.timeOrigin + performance.now() }))
+      }`
+    const child = Bun.spawn([process.execPath, '-e', script], { stdout: 'pipe', stderr: 'inherit' })
+    const lines: string[] = []
+    void (async () => {
+      const d = new TextDecoder()
+      for await (const c of child.stdout) lines.push(...d.decode(c).split('\n').filter(Boolean))
+    })()
+    try {
+      await until('the subscriber in another process', () => lines.includes('ready'), 10_000)
+      const subject = subjects.change(env.config.FANFARE_SUBJECT_PREFIX, channel)
+      const data: ReactionsChange = { counts: { '👏': 1 }, totals: { '👏': 1 } }
+      const t0 = performance.timeOrigin + performance.now()
+      await jetstream(nc).publish(subject, JSON.stringify(runOf({ channel, version: 1, epoch: 'e1', data, at: new Date().toISOString() })))
+      // The window closes about WINDOW_MS after the run arrives (well within 40 ms here). This turn
+      // is held across that and across `late`'s due time, so that both run in the next turn's
+      // timers, the window's first; `late` then keeps that turn busy for 300 ms.
+      let busy: { start: number; end: number } | undefined
+      const spin = (until: number) => {
+        while (performance.timeOrigin + performance.now() < until);
+      }
+      setTimeout(() => spin(t0 + WINDOW_MS + 80), WINDOW_MS - 30)
+      setTimeout(() => {
+        const start = performance.timeOrigin + performance.now()
+        spin(start + 300)
+        busy = { start, end: performance.timeOrigin + performance.now() }
+      }, WINDOW_MS + 60)
+      await until('the frame', () => lines.some((l) => l.startsWith('{')), 5_000)
+      const at = JSON.parse(lines.find((l) => l.startsWith('{'))!).at as number
+      expect(busy).toBeDefined()
+      // Written before the busy timer's work, not after it.
+      expect(at).toBeLessThan(busy!.start + 100)
+    } finally {
+      child.kill()
+    }
+  })
 })
