@@ -4,6 +4,8 @@ import { parseCidrs, parseNatsServers, parseOrigins } from './net'
 
 /** A JetStream domain name (it becomes a subject token: `$JS.<domain>.API`). */
 const DOMAIN = '^[A-Za-z0-9_-]{1,64}$'
+/** A bootstrap token: no '.' (see FANFARE_INGEST_TOKEN). */
+const BOOTSTRAP_TOKEN = '^[^.]+$'
 
 /**
  * The whole environment Fanfare reads, as one TypeBox schema. Parsed once in `main`; nothing else
@@ -32,10 +34,13 @@ export const Env = Type.Object({
    * stream is created or updated (ensureStreams at start, `npm run migrate` for the buckets).
    */
   FANFARE_REPLICAS: Type.Integer({ minimum: 1, maximum: 5, default: 1 }),
-  /** Bearer token for publishing events over REST and for scores over WebSocket. */
-  FANFARE_INGEST_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
-  /** Bearer token for /admin. */
-  FANFARE_ADMIN_TOKEN: Type.Optional(Type.String({ minLength: 16 })),
+  /**
+   * Bearer token for publishing events over REST and for scores over WebSocket. Without a '.':
+   * a credential with one (a JWT) is then never compared with the bootstrap tokens (a hash each).
+   */
+  FANFARE_INGEST_TOKEN: Type.Optional(Type.String({ minLength: 16, pattern: BOOTSTRAP_TOKEN })),
+  /** Bearer token for /admin; without a '.', as FANFARE_INGEST_TOKEN. */
+  FANFARE_ADMIN_TOKEN: Type.Optional(Type.String({ minLength: 16, pattern: BOOTSTRAP_TOKEN })),
   /**
    * Players' and viewers' tokens: HS256 JWTs signed with this secret (at least 32 bytes), and/or
    * tokens whose keys FANFARE_JWKS_URL serves (RS256, ES256, EdDSA). Neither set: no user tokens.

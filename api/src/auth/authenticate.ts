@@ -9,19 +9,21 @@ import type { Revocations } from './revocations'
 export type Authenticator = {
   /**
    * The principal a credential stands for: a bootstrap token, an API key (`ffk_...`) or a user
-   * JWT. Throws Unauthorized (401 `unauthorized` / `invalid_token`), TokenExpired (401
-   * `token_expired`) or Revoked (401 `revoked`).
+   * JWT. Refuses with Unauthorized (401 `unauthorized` / `invalid_token`), TokenExpired (401
+   * `token_expired`) or Revoked (401 `revoked`). Answered at once (returned, or thrown) when nothing
+   * has to be fetched: a bootstrap token, an HS256 user token; through a promise otherwise (an API
+   * key is looked up, a JWKS token's keys may be fetched). Callers await either.
    */
-  authenticate(token: string): Promise<Principal>
+  authenticate(token: string): Principal | Promise<Principal>
   /** Whether a principal an open connection holds may still act: not expired, not revoked. */
   check(p: Principal): Unauthorized | undefined
 }
 
 export function createAuthenticator(deps: {
   config: Pick<Config, 'FANFARE_INGEST_TOKEN' | 'FANFARE_ADMIN_TOKEN'>
-  keys: KeyStore
+  keys: Pick<KeyStore, 'lookup'>
   jwt: JwtVerifier | undefined
-  revocations: Revocations
+  revocations: Pick<Revocations, 'isRevoked'>
   now?: () => number
 }): Authenticator {
   const now = deps.now ?? Date.now
@@ -34,26 +36,31 @@ export function createAuthenticator(deps: {
     if (p.expiresAt !== undefined && p.expiresAt <= now()) return p.kind === 'user' ? new TokenExpired() : new Unauthorized('this API key has expired', 'invalid_token')
     return undefined
   }
+  const checked = <P extends Principal>(p: P): P => {
+    const problem = check(p)
+    if (problem) throw problem
+    return p
+  }
   return {
-    async authenticate(token) {
-      // Both bootstrap tokens are compared, so the time taken does not tell which one matched.
-      const digest = secretDigest(token)
-      const admin = adminDigest !== undefined && sameDigest(digest, adminDigest)
-      const ingest = ingestDigest !== undefined && sameDigest(digest, ingestDigest)
-      if (admin || ingest) return rootKey(admin ? 'admin' : 'ingest')
-      let p: Principal
-      if (token.startsWith(KEY_PREFIX)) {
-        const key = await deps.keys.lookup(token)
-        if (!key) throw new Unauthorized('unknown or expired API key', 'invalid_token')
-        p = key
-      } else if (deps.jwt) {
-        p = await deps.jwt(token)
-      } else {
-        throw new Unauthorized('unknown token (user tokens are not configured: set FANFARE_JWT_SECRET or FANFARE_JWKS_URL)', 'invalid_token')
+    authenticate(token) {
+      // A bootstrap token has no '.' (config.ts refuses one that has), so a credential with one
+      // (every JWT) cannot be either: whether it is compared depends on the credential's shape
+      // alone, never on the secrets. Both are compared, so the time taken does not tell which one matched.
+      if (!token.includes('.')) {
+        const digest = secretDigest(token)
+        const admin = adminDigest !== undefined && sameDigest(digest, adminDigest)
+        const ingest = ingestDigest !== undefined && sameDigest(digest, ingestDigest)
+        if (admin || ingest) return rootKey(admin ? 'admin' : 'ingest')
       }
-      const problem = check(p)
-      if (problem) throw problem
-      return p
+      if (token.startsWith(KEY_PREFIX)) {
+        return deps.keys.lookup(token).then((key) => {
+          if (!key) throw new Unauthorized('unknown or expired API key', 'invalid_token')
+          return checked(key)
+        })
+      }
+      if (!deps.jwt) throw new Unauthorized('unknown token (user tokens are not configured: set FANFARE_JWT_SECRET or FANFARE_JWKS_URL)', 'invalid_token')
+      const user = deps.jwt(token)
+      return user instanceof Promise ? user.then(checked) : checked(user)
     },
     check,
   }

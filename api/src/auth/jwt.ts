@@ -27,7 +27,12 @@ export const JWKS_ALGORITHMS = ['RS256', 'ES256', 'EdDSA', 'Ed25519']
 /** Seconds two clocks may disagree by when exp, nbf and iat are checked. */
 const CLOCK_TOLERANCE_S = 5
 
-export type JwtVerifier = (token: string) => Promise<UserPrincipal>
+/**
+ * A user token's principal. An HS256 token is answered at once (returned, or thrown), so the
+ * upgrade of a WebSocket with one waits on nothing; a JWKS token through a promise (its keys may
+ * have to be fetched, and its signature is checked off the event loop). Callers await either.
+ */
+export type JwtVerifier = (token: string) => UserPrincipal | Promise<UserPrincipal>
 
 /**
  * Verifies players' and viewers' tokens: HS256 with FANFARE_JWT_SECRET, and/or the keys
@@ -61,37 +66,46 @@ export function createJwtVerifier(
         currentDate: opts.now ? new Date(opts.now()) : undefined,
       })
     ).payload
-  // Which library checks a token is chosen by its header's alg; each refuses every other alg, so
-  // an HS256 token never meets a JWKS key and a JWKS key is never an HMAC secret.
-  const verify = !jwks ? secret! : (token: string) => (secret && alg(token) === 'HS256' ? secret(token) : verifyJwks(token))
-  return async (token) => {
+  const fromSecret = (token: string) => {
     let payload: unknown
     try {
-      payload = await verify(token)
+      payload = secret!(token)
     } catch (err) {
       throw refusal(err)
     }
-    if (!claimsCheck.Check(payload)) {
-      const first = claimsCheck.Errors(payload).First()
-      throw new Unauthorized(`invalid token claims: ${first?.path ?? ''} ${first?.message ?? ''}`.trim(), 'invalid_token')
-    }
-    const c = payload as UserClaims
-    // Neither library checks iat unless given a maximum age. A token "issued" in the future would outlive every
-    // revocation of its user (POST /admin/users/:user/revoke refuses tokens by iat) until then.
-    if (c.iat !== undefined && c.iat > (opts.now ? opts.now() : Date.now()) / 1000 + CLOCK_TOLERANCE_S) {
-      throw new Unauthorized('invalid token: "iat" claim timestamp check failed (it should be in the past)', 'invalid_token')
-    }
-    return {
-      kind: 'user',
-      id: c.sub,
-      ...(c.name ? { name: c.name } : {}),
-      roles: c.roles ?? [],
-      channels: c.channels ?? [],
-      expiresAt: c.exp * 1000,
-      ...(c.iat !== undefined ? { issuedAt: c.iat * 1000 } : {}),
-      ...(c.jti ? { jti: c.jti } : {}),
-    }
+    return principalOf(payload, opts.now)
   }
+  if (!jwks) return fromSecret
+  const fromJwks = (token: string) =>
+    verifyJwks(token).then(
+      (payload) => principalOf(payload, opts.now),
+      (err) => {
+        throw refusal(err)
+      },
+    )
+  // Which library checks a token is chosen by its header's alg; each refuses every other alg, so
+  // an HS256 token never meets a JWKS key and a JWKS key is never an HMAC secret.
+  return (token) => (secret && alg(token) === 'HS256' ? fromSecret(token) : fromJwks(token))
+}
+
+/** The principal of a verified token's claims: the same checks after either library. */
+function principalOf(payload: unknown, now?: () => number): UserPrincipal {
+  if (!claimsCheck.Check(payload)) {
+    const first = claimsCheck.Errors(payload).First()
+    throw new Unauthorized(`invalid token claims: ${first?.path ?? ''} ${first?.message ?? ''}`.trim(), 'invalid_token')
+  }
+  const c = payload as UserClaims
+  // Neither library checks iat unless given a maximum age. A token "issued" in the future would outlive every
+  // revocation of its user (POST /admin/users/:user/revoke refuses tokens by iat) until then.
+  if (c.iat !== undefined && c.iat > (now ? now() : Date.now()) / 1000 + CLOCK_TOLERANCE_S) {
+    throw new Unauthorized('invalid token: "iat" claim timestamp check failed (it should be in the past)', 'invalid_token')
+  }
+  // Set one by one, not spread in: one object per connect, not four.
+  const user: UserPrincipal = { kind: 'user', id: c.sub, roles: c.roles ?? [], channels: c.channels ?? [], expiresAt: c.exp * 1000 }
+  if (c.name) user.name = c.name
+  if (c.iat !== undefined) user.issuedAt = c.iat * 1000
+  if (c.jti) user.jti = c.jti
+  return user
 }
 
 /**

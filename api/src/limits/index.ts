@@ -78,16 +78,23 @@ export function chargeRequest(rates: RateLimits, p: Principal, body: unknown): v
  * budget of failures, throws RateLimited (429 with Retry-After) without calling `check`, so a flood
  * of guesses costs no key lookups. A 401 from `check` is charged to the address and rethrown; an
  * expired token is not (only a validly signed one expires: it is no guess), nor is a success.
+ * Answers as `check` does: at once (returned or thrown) when it does, through a promise when it
+ * returns one. Callers await either.
  */
-export async function checkCredential<T>(failures: AuthFailures, address: string, check: () => T | Promise<T>): Promise<T> {
+export function checkCredential<T>(failures: AuthFailures, address: string, check: () => T | Promise<T>): T | Promise<T> {
   const refused = failures.admit(address)
   if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
-  try {
-    return await check()
-  } catch (err) {
+  const failed = (err: unknown): never => {
     if (err instanceof Unauthorized && !(err instanceof TokenExpired)) failures.failed(address)
     throw err
   }
+  let result: T | Promise<T>
+  try {
+    result = check()
+  } catch (err) {
+    return failed(err)
+  }
+  return result instanceof Promise ? result.catch(failed) : result
 }
 
 /**
