@@ -161,9 +161,10 @@ export function errorHandler(logger: Logger) {
         if (isBodyTooLarge(error)) return errorResponse(413, 'payload_too_large', 'request body is too large')
         // Postgres down, restarting, out of connections or read-only for a while: the client can
         // retry, which a 500 `internal` does not tell it.
-        if (isTransientDbError(error)) {
+        const unavailable = databaseUnavailable(error)
+        if (unavailable) {
           logger.warn({ err: dbErrorSummary(error), method: request.method, path }, 'database unavailable')
-          return retryLater(new Unavailable(`${databaseTrouble[sqlStateOf(error) ?? ''] ?? 'the database is unavailable for now'}; retry shortly`, 'database_unavailable'))
+          return retryLater(unavailable)
         }
         logger.error({ err: error, method: request.method, path, code }, 'unhandled error')
         return errorResponse(500, 'internal', 'internal error')
@@ -220,6 +221,16 @@ const databaseTrouble: Record<string, string> = {
   '25006': 'the database takes no writes for now (read-only: a failover or maintenance)',
   '53300': 'the database has no connection free (max_connections reached)',
   '57014': 'the database canceled the query (statement_timeout, or an operator)',
+}
+
+/**
+ * A database error a retry may cure (Postgres down, restarting, out of connections, read-only, a
+ * canceled query) as the 503 `database_unavailable` clients are told, or undefined for any other
+ * error. One mapping for REST (errorHandler) and WebSocket frames (realtime/protocol.ts errorBody).
+ */
+export function databaseUnavailable(err: unknown): Unavailable | undefined {
+  if (!isTransientDbError(err)) return undefined
+  return new Unavailable(`${databaseTrouble[sqlStateOf(err) ?? ''] ?? 'the database is unavailable for now'}; retry shortly`, 'database_unavailable')
 }
 
 /** A 429 or 503 with its Retry-After. */

@@ -196,6 +196,26 @@ describe('client against scripted servers', () => {
     expect(new Set(ids).size).toBe(1)
   })
 
+  test('database_unavailable (nothing was published) is resent with the same id, also past the dedup window: never unconfirmed', async () => {
+    let refusals = 0
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'auth') return authed(ws, f.ref, { dedupWindowMs: 300 })
+        if (f.op !== 'publish') return
+        // Postgres away for longer than the dedup window: the room's visibility cannot be read.
+        if (++refusals <= 6) return void ws.send(JSON.stringify({ op: 'error', ref: f.ref, error: { code: 'database_unavailable', message: 'the database is unavailable for now; retry shortly' } }))
+        ws.send(JSON.stringify({ op: 'ack', ref: f.ref, id: f.event.id, seq: 1, duplicate: false }))
+      },
+    })
+    const c = createClient({ urls: [s.url], token: 't', backoff: { minMs: 80, maxMs: 80 } })
+    track(c)
+    const ack = await c.publish({ type: 'chat.message.posted', data: { room: 'r', user: 'ann', text: 'hi' } })
+    expect(ack.seq).toBe(1)
+    const ids = s.frames.filter((f) => f.op === 'publish').map((f) => f.event.id)
+    expect(ids.length).toBe(7)
+    expect(new Set(ids).size).toBe(1)
+  })
+
   test('outbox_full once max events wait; rate_limited refusals are resent in order after the wait', async () => {
     let seenE2 = false
     let refuseUntil = 0

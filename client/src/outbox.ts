@@ -18,8 +18,11 @@ type Entry = {
   sentAt: number
 }
 
-/** Errors after which the event is certainly not stored and may be sent again. */
-const RETRY_AFTER_WAIT = new Set(['rate_limited'])
+/**
+ * Errors after which the event is certainly not stored and may be sent again. `database_unavailable`:
+ * the server could not read what it checks before publishing (a room's visibility) from Postgres.
+ */
+const RETRY_AFTER_WAIT = new Set(['rate_limited', 'database_unavailable'])
 /** Errors after which the event may or may not be stored: sent again (same id) after a backoff. */
 const RETRY_UNKNOWN = new Set(['unavailable', 'overloaded', 'storage_full', 'internal'])
 const MAX_INTERNAL_ERRORS = 5

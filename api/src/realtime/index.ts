@@ -3,6 +3,7 @@ import { Elysia, t } from 'elysia'
 import { channelOf, parseChannel, presenceTarget } from '../../../core/channels'
 import type { Config } from '../../../core/config'
 import type { EventInput } from '../../../core/events'
+import { dbErrorSummary } from '../../../core/db/errors'
 import type { Logger } from '../../../core/logger'
 import type { Metrics } from '../../../core/metrics'
 import { contextOfTraceparent } from '../../../core/tracing'
@@ -487,6 +488,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       }
       const body = errorBody(err)
       if (body.code === 'internal') log.error({ err, op: frame.op }, 'websocket frame failed')
+      else if (body.code === 'database_unavailable') log.warn({ err: dbErrorSummary(err), op: frame.op }, 'database unavailable')
       reply({ op: 'error', ref: frame.ref, ...(frame.op === 'subscribe' ? { channel: frame.channel } : {}), error: body })
     }
   }

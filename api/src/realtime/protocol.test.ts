@@ -1,6 +1,6 @@
 import { expect, test } from 'bun:test'
 import { countErrorPulls, unknownKeys } from '../../../core/testing/error-pulls'
-import { parseFrame } from './protocol'
+import { errorBody, parseFrame } from './protocol'
 
 test('a frame with 100k unknown keys gets invalid_frame with at most 10 problems, without draining the errors', async () => {
   const frame = JSON.stringify({ op: 'publish', ref: 'r1', event: { type: 'chat.message.posted', data: {}, ...unknownKeys(100_000) } })
@@ -45,4 +45,12 @@ test('parseFrame never throws: values nested past the limit, binary frames and h
   for (const binary of [new Uint8Array([0xff, 0x00]), Buffer.from('{"op":"unsubscribe","channel":"leaderboard:b"}'), new ArrayBuffer(4)]) {
     expect(parseFrame(binary)).toEqual({ ok: false, error: { code: 'bad_frame', message: 'frames must be JSON text frames, not binary' } })
   }
+})
+
+test('errorBody: a database error a retry may cure is database_unavailable, as REST answers it; others stay internal', () => {
+  // postgres.js puts the SQLSTATE in `code`; drizzle wraps it in `cause`.
+  const noConnection = Object.assign(new Error('Failed query: select ...'), { cause: Object.assign(new Error('sorry, too many clients already'), { code: '53300' }) })
+  expect(errorBody(noConnection)).toEqual({ code: 'database_unavailable', message: 'the database has no connection free (max_connections reached); retry shortly' })
+  expect(errorBody(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })).code).toBe('database_unavailable')
+  expect(errorBody(new TypeError('x is undefined'))).toEqual({ code: 'internal', message: 'internal error' })
 })

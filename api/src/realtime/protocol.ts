@@ -3,7 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Channel } from '../../../core/channels'
 import { EventInput } from '../../../core/events'
 import { firstUnknownField, MAX_JSON_DEPTH, MAX_PROBLEMS, nestedDeeperThan, problemMessage, takeFirst } from '../../../core/validation'
-import { AppError } from '../errors'
+import { AppError, databaseUnavailable } from '../errors'
 import type { ChatChange, LeaderboardChange, MatchChange, MatchView, PollChange, PollView, ReactionsChange, StreamChange, UserChange } from '../../../core/channels'
 import type { BoardSnapshot } from '../modules/leaderboards/model'
 import type { RoomSnapshot } from '../modules/rooms/service'
@@ -109,9 +109,14 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
   return { ok: true, frame: v as ClientFrame }
 }
 
-/** Turns any thrown error into the protocol's error body (AppErrors keep their code). */
+/**
+ * Turns any thrown error into the protocol's error body (AppErrors keep their code). A database
+ * error a retry may cure is `database_unavailable`, as REST answers it (a room's visibility or an
+ * API key read while Postgres is away), not `internal`.
+ */
 export function errorBody(err: unknown): ErrorBody {
-  if (err instanceof AppError) return { code: err.code, message: err.message, ...(err.details === undefined ? {} : { details: err.details }) }
+  const e = err instanceof AppError ? err : databaseUnavailable(err)
+  if (e) return { code: e.code, message: e.message, ...(e.details === undefined ? {} : { details: e.details }) }
   return { code: 'internal', message: 'internal error' }
 }
 
