@@ -161,12 +161,8 @@ function evolve(scores: SequencedEvent<ScoreEvent>[], rules: Map<string, BoardRu
   const dirty = new Map<string, EntryKey & Standing>()
   for (const e of scores) {
     const { event, seq } = e
-    if (event.by === MATCH_RESULTS_BY) {
-      const id = dedupIdOf(event)
-      if (derivedSeen.has(id)) continue
-      derivedSeen.add(id)
-      derivedNew.push({ id, seq })
-    }
+    const derivedId = event.by === MATCH_RESULTS_BY ? dedupIdOf(event) : undefined
+    if (derivedId !== undefined && derivedSeen.has(derivedId)) continue
     const { board, player, score } = event.data
     const boardRules = rules.get(board) ?? defaultRules
     // JetStream's stored time: never a worker's clock, so a rebuild puts it in the same period.
@@ -175,8 +171,14 @@ function evolve(scores: SequencedEvent<ScoreEvent>[], rules: Map<string, BoardRu
     const current = standings.get(key)
     const refusal = sumRefusal(current, score, boardRules, board, player)
     if (refusal !== undefined) {
+      // A dead letter, not applied: a match result is not recorded as counted either, so a replay
+      // of the letter (once the total leaves room) applies it as it would a client's score.
       refused.push({ seq, reason: refusal })
       continue
+    }
+    if (derivedId !== undefined) {
+      derivedSeen.add(derivedId)
+      derivedNew.push({ id: derivedId, seq })
     }
     const next = nextScore(current, { score, seq }, boardRules)
     if (!next) continue

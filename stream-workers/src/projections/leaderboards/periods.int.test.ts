@@ -73,6 +73,20 @@ describe('leaderboard periods', () => {
     ])
   })
 
+  test("a match's result refused by a sum board's bound is not counted as applied: delivered again once the total has room (a dead letter's replay), it applies", async () => {
+    await h.database.db.insert(leaderboards).values({ board: 'mb', operator: 'sum' })
+    const at = '2030-03-01T10:00:00Z'
+    // Scores are at most 1e15 each: nine make 9e15.
+    await apply(Array.from({ length: 9 }, () => ({ board: 'mb', player: 'p', score: 1e15, at })))
+    const result = { board: 'mb', player: 'p', score: 1e15, at, by: 'matches', id: 'result.m10.0' }
+    // 9e15 + 1e15 is past Number.MAX_SAFE_INTEGER: refused (a dead letter).
+    await apply([result])
+    expect(await entries('mb')).toEqual([{ period: '', player: 'p', score: 9e15 }])
+    await apply(Array.from({ length: 5 }, () => ({ board: 'mb', player: 'p', score: -1e15, at })))
+    await apply([result])
+    expect(await entries('mb')).toEqual([{ period: '', player: 'p', score: 5e15 }])
+  })
+
   test('a score counts in the day, ISO week or month of its stored time; a board without periods keeps one', async () => {
     for (const [board, reset] of [['d', 'daily'], ['w', 'weekly'], ['m', 'monthly']] as const) {
       await h.database.db.insert(leaderboards).values({ board, reset })
