@@ -145,13 +145,20 @@ const inDomain = (name: string, domain: string): StreamSource => ({ name, extern
 
 /**
  * The subjects a process publishes to, one per kind of message (an API node: the event subject of
- * each event type; a worker also each change stream's, for change runs, and the event subjects for
- * the events it emits), and the patterns that cover them. Permissions are per subject: a user may
- * lack some of them only.
+ * each event type, and its broadcasts to the other nodes: `<prefix>.control.*` (revocations, room
+ * visibility) and `<prefix>.presence.*`; a worker also each change stream's, for change runs, and
+ * the event subjects for the events it emits), and the patterns that cover them. Permissions are
+ * per subject: a user may lack some of them only. Subjects other processes listen on are probed
+ * through a sibling nobody listens on (`permission-check`), so the probe reaches no subscriber.
  */
 function publishSubjects(t: Topology, role: 'api' | 'worker'): { probes: string[]; patterns: string[] } {
   const events = eventTypes.map((type) => subjects.event(t.prefix, 0, type))
-  if (role === 'api') return { probes: events, patterns: [subjects.allEvents(t.prefix)] }
+  if (role === 'api') {
+    // A denied broadcast is dropped as silently as an event: a revocation or a room made private
+    // would then reach no other node, whose sockets would keep what they may no longer have.
+    const broadcasts = ['control', 'presence'].map((area) => `${t.prefix}.${area}.permission-check`)
+    return { probes: [...events, ...broadcasts], patterns: [subjects.allEvents(t.prefix), `${t.prefix}.control.>`, `${t.prefix}.presence.>`] }
+  }
   const changes = channelKinds.map((kind) => `${subjects.changesOfKind(t.prefix, kind).slice(0, -1)}permission-check`)
   return { probes: [...events, ...changes], patterns: [subjects.allEvents(t.prefix), `${t.prefix}.changes.>`] }
 }

@@ -31,6 +31,7 @@ beforeAll(async () => {
       { user: 'all', password: 'pw' },
       { user: 'nochat', password: 'pw', permissions: '{ publish: { deny: ["*.ev.*.chat.>"] } }' },
       { user: 'nochanges', password: 'pw', permissions: '{ publish: { deny: ["*.changes.>"] } }' },
+      { user: 'nocontrol', password: 'pw', permissions: '{ publish: { deny: ["*.control.>"] } }' },
       { user: 'narrowed', password: 'pw' },
     ],
   })
@@ -65,6 +66,15 @@ describe('a NATS user lacking publish permissions', () => {
     expect(r.output).toContain('may not publish to')
     expect(r.output).toContain(`${env.config.FANFARE_SUBJECT_PREFIX}.ev.0.chat.message.posted`)
     expect(r.output).not.toContain('.ev.0.score.submitted')
+  }, 30_000)
+
+  test('API node denied the control subjects (revocations, room visibility broadcasts): exits at start naming them', async () => {
+    const r = await start('api/src/main.ts', 'nocontrol')
+    expect(r.code).not.toBe(0)
+    expect(r.code).not.toBe(137)
+    expect(r.output).toContain('may not publish to')
+    expect(r.output).toContain(`${env.config.FANFARE_SUBJECT_PREFIX}.control.`)
+    expect(r.output).not.toContain('.ev.0.')
   }, 30_000)
 
   test('stream workers denied the change subjects: exit at start naming them', async () => {
