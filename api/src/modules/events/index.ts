@@ -35,6 +35,7 @@ export function eventsModule(auth: AuthPlugin, ingest: Ingest) {
             'Resend the events with exactly those ids: stored ones come back `duplicate: true`, so nothing is stored twice. ' +
             '503 `storage_full` (JetStream has no storage left) carries the same `results`; resend once storage is freed. ' +
             '503 `overloaded` (too many events in flight on this node) publishes nothing. ' +
+            "503 `database_unavailable` (a chat room's visibility could not be read from Postgres) publishes nothing. " +
             '429 `rate_limited` (with `Retry-After` and `details.retryAfterMs`) publishes nothing: each event costs one ' +
             "of the caller's budget (README, Limits); resend the same events after the wait.",
         },
