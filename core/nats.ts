@@ -169,7 +169,8 @@ function publishSubjects(t: Topology, role: 'api' | 'worker'): { probes: string[
  * out its publish timeout on every such event (then 503), and a worker's change runs would never
  * reach subscribers while its read models advance. Each subject is probed with a message JetStream
  * refuses without storing it (a Nats-Expected-Stream no stream has): JetStream's refusal means the
- * publish got through; a permissions violation is collected. Call after ensureStreams.
+ * publish got through; a permissions violation is collected. Before the streams exist (a worker
+ * checks before it ensures them) a permitted probe is answered "no responders": not a refusal.
  */
 export async function checkPublishPermissions(nc: NatsConnection, t: Topology, role: 'api' | 'worker', timeoutMs = 5000): Promise<void> {
   const { probes, patterns } = publishSubjects(t, role)
