@@ -13,7 +13,7 @@ import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOw
 import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { applyOrOneByOne } from './one-by-one'
-import { CheckpointMovedError, dbErrorSummary, FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
+import { CheckpointMovedError, dbErrorSummary, errorMessageOf, FencedError, isDbError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import type { AckedPublisher } from '../../../core/acked-publish'
 import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
@@ -85,7 +85,7 @@ class FatalBatchError extends Error {
     readonly cause: unknown,
     readonly first: { subject: string; seq: number; deliveryCount: number },
   ) {
-    super(`batch failed: ${(cause as Error)?.message ?? String(cause)}`)
+    super(`batch failed: ${errorMessageOf(cause)}`)
   }
 }
 
@@ -191,7 +191,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       return reply
     } catch (err) {
       log.warn({ err, deadLetter: id }, 'dead letter replay failed')
-      return { outcome: 'unavailable', message: err instanceof FencedError ? 'this worker no longer owns the partition' : String((err as Error)?.message ?? err) }
+      return { outcome: 'unavailable', message: err instanceof FencedError ? 'this worker no longer owns the partition' : errorMessageOf(err) }
     }
   }
 
@@ -320,7 +320,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         const result = await apply()
         return { result, headers: natsHeadersOf(span) }
       } catch (err) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+        span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessageOf(err) })
         throw err
       } finally {
         span.end()
@@ -449,12 +449,4 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (opts.deleteConsumer && name) await deps.jsm.consumers.delete(deps.stream, name).catch(() => {})
     },
   }
-}
-
-/** Errors raised by Postgres or its driver carry a string code (SQLSTATE or connection code). */
-function isDbError(err: unknown): boolean {
-  for (let e = err as { code?: unknown; cause?: unknown; name?: unknown } | undefined, d = 0; e && d < 5; e = e.cause as typeof e, d++) {
-    if (e.name === 'PostgresError' || e.name === 'DrizzleQueryError' || e.name === 'SQLError') return true
-  }
-  return false
 }
