@@ -168,3 +168,28 @@ test('a lost connection ends the batches in flight at once, not at their timeout
     rmSync(storeDir, { recursive: true, force: true })
   }
 }, 40_000)
+
+test('a publish on a closed or draining connection ends at once, not at its timeout (nothing was sent, so nothing can be acknowledged)', async () => {
+  const subject = `${prefix}.closed.x`
+  for (const end of ['close', 'drain'] as const) {
+    const own = await connectNats(TEST_NATS_URL, `acked-publish-test-${end}`)
+    const p = createAckedPublisher(own, { timeoutMs: 30_000 })
+    // The acknowledgement subscription exists before the connection ends, as on a running node.
+    await p.publish([{ subject: `${prefix}.nobody.x`, body: 'x' }], { timeoutMs: 1 })
+    // A batch in flight when the connection ends, sent to a subscriber that never answers.
+    const silent = own.subscribe(`${prefix}.silent4.x`)
+    await own.flush()
+    const t0 = Date.now()
+    const inFlight = p.publish([{ subject: `${prefix}.silent4.x`, body: 'x' }])
+    await own.flush()
+    const ending = end === 'close' ? own.close() : own.drain()
+    const out = await p.publish([{ subject, body: 'x' }, { subject, body: 'y' }])
+    expect(out.stored).toEqual([false, false])
+    expect(out.error).toBeDefined()
+    expect((await inFlight).stored).toEqual([false])
+    expect(Date.now() - t0).toBeLessThan(1000)
+    await ending
+    silent.unsubscribe()
+    p.close()
+  }
+}, 20_000)

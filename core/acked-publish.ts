@@ -79,7 +79,7 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
   void (async () => {
     for await (const s of nc.status()) {
       if (closed) return
-      if (s.type === 'disconnect') endAll('NATS connection lost before JetStream acknowledged')
+      if (s.type === 'disconnect' || s.type === 'close') endAll('NATS connection lost before JetStream acknowledged')
       else if (s.type === 'error' && s.error instanceof PermissionViolationError && s.error.operation === 'publish') endDenied(s.error)
     }
   })()
@@ -100,6 +100,10 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
   return {
     publish: (messages, opts = {}) => {
       if (messages.length === 0) return Promise.resolve({ stored: [], acks: [] })
+      // A connection closing or draining ends its subscriptions first (nats.js marks it closed only
+      // later): the acknowledgements have nowhere to arrive, and a publish would wait out its
+      // timeout unanswered (a client answered 503 after 5 s instead of at once).
+      if (nc.isClosed() || nc.isDraining() || sub?.isClosed()) return Promise.resolve(notSent(messages, new Error('NATS connection is closed')))
       sub ??= nc.subscribe(`${inbox}.>`, { callback: (_err, m) => onAck(m) })
       const id = next++
       const batch: Batch = { messages, acks: new Array(messages.length).fill(undefined), left: messages.length, done: () => {} }
@@ -117,16 +121,21 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
         }
         batches.set(id, batch)
         const options: { reply: string; headers?: MsgHdrs } = opts.headers ? { reply: '', headers: opts.headers } : { reply: '' }
+        let sent = 0
         try {
-          for (let i = 0; i < messages.length; i++) {
-            const m = messages[i]
-            options.reply = `${inbox}.${id}.${i}`
+          for (; sent < messages.length; sent++) {
+            const m = messages[sent]
+            options.reply = `${inbox}.${id}.${sent}`
             const headers = m.msgId === undefined ? m.headers : withMsgId(m.headers ?? copyOf(opts.headers), m.msgId)
             nc.publish(m.subject, m.body, headers ? { reply: options.reply, headers } : options)
           }
         } catch (err) {
-          // A closed connection: what was sent may still be acknowledged before the timeout.
+          // A closed connection sends nothing more: the messages not sent can never be acknowledged,
+          // and the acknowledgements of those sent have nowhere to arrive, so waiting would only end
+          // in the timeout (a client answered 503 after 5 s instead of at once).
           batch.error ??= err as Error
+          batch.left -= messages.length - sent
+          if (batch.left <= 0 || nc.isClosed()) batch.done()
         }
       })
     },
@@ -137,6 +146,11 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
       endAll('publisher closed')
     },
   }
+}
+
+/** The outcome of messages none of which was sent. */
+function notSent(messages: readonly StreamMessage[], error: Error): PublishOutcome {
+  return { stored: messages.map(() => false), acks: messages.map(() => undefined), error }
 }
 
 function withMsgId(h: MsgHdrs, id: string): MsgHdrs {

@@ -1,5 +1,6 @@
 import pino from 'pino'
 import { prettyFactory } from 'pino-pretty'
+import { isDbError, loggedDbError } from './db/errors'
 import { traceFieldsOfActiveSpan } from './tracing'
 
 export type Logger = pino.Logger
@@ -11,6 +12,16 @@ export type LogOptions = {
   /** `json`, `pretty`, or `auto` (pretty when the output is a terminal). Default `auto`. */
   format?: 'auto' | 'json' | 'pretty'
   output?: LogOutput
+}
+
+/**
+ * pino's error serializer, except for database errors: drizzle wraps them as `Failed query: <sql>
+ * params: <params>` (in the message, the stack and its own fields), which put event data (player
+ * names, chat text) in the logs and buried Postgres' reason at the end. They are logged as
+ * loggedDbError says: the SQLSTATE and Postgres' message.
+ */
+function serializeError(err: unknown): unknown {
+  return err instanceof Error && isDbError(err) ? loggedDbError(err) : pino.stdSerializers.err(err as Error)
 }
 
 /**
@@ -28,6 +39,7 @@ export function createLogger(level: string, base: Record<string, unknown> = {}, 
     base: { pid: process.pid, ...base },
     timestamp: pino.stdTimeFunctions.isoTime,
     mixin: traceFieldsOfActiveSpan,
+    serializers: { err: serializeError },
   }
   if (!pretty) return opts.output ? pino(options, { write: (line: string) => void output.write(line) }) : pino(options)
   const format_ = prettyFactory({ colorize: output.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' })

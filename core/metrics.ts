@@ -111,6 +111,12 @@ export function createMetrics() {
   const lag = new Gauge({ name: 'fanfare_projection_lag_events', help: 'Events stored and not yet applied, per projection and partition this worker holds (as of its last batch)', labelNames: ['projection', 'partition'], registers })
   const batchDuration = new Histogram({ name: 'fanfare_batch_duration_seconds', help: 'Time to apply one batch (reads, the one statement, retries), by projection', labelNames: ['projection'], buckets: LATENCY, registers })
   const batchEvents = new Histogram({ name: 'fanfare_batch_events', help: 'Messages per applied batch', buckets: [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000], registers })
+  const batchTimeouts = new Counter({
+    name: 'fanfare_batch_timeouts_total',
+    help: 'Batch statements Postgres canceled for statement_timeout (57014), by projection: retried, split down to one event; a steady rate means a partition is stalled',
+    labelNames: ['projection'],
+    registers,
+  })
   const deadLetters = new Counter({ name: 'fanfare_dead_letters_total', help: 'Stream messages written to dead letters, by projection', labelNames: ['projection'], registers })
 
   return {
@@ -166,6 +172,8 @@ export function createMetrics() {
         batchEvents.observe(messages)
         if (deadLettered > 0) deadLetters.labels(projection).inc(deadLettered)
       },
+      /** Postgres canceled a batch statement of `projection` for statement_timeout. */
+      timedOut: (projection: string) => batchTimeouts.labels(projection).inc(),
       /** The lag gauge of one projection's partition; `remove` when the partition is let go. */
       lag: (projection: string, partition: number) => {
         const child = lag.labels(projection, String(partition))

@@ -73,3 +73,36 @@ export function dbErrorSummary(err: unknown): string {
   }
   return `${sqlStateOf(err) ?? ''} ${message.slice(0, 300)}`.trim()
 }
+
+/**
+ * True for an error raised by Postgres or its driver (postgres.js, Bun's SQL client), also when
+ * drizzle wraps it (`DrizzleQueryError`, whose message is the whole query and its parameters).
+ */
+export function isDbError(err: unknown): boolean {
+  for (let e = err as { cause?: unknown; name?: unknown } | undefined, d = 0; e && d < 5; e = e.cause as typeof e, d++) {
+    if (e.name === 'PostgresError' || e.name === 'DrizzleQueryError' || e.name === 'SQLError') return true
+  }
+  return false
+}
+
+/**
+ * A database error as a log line holds it: its type, its code (SQLSTATE, else the driver's) and
+ * what Postgres said (dbErrorSummary), never the query, its parameters (event data: player names,
+ * chat text) or the error's detail (which quotes row values). Used by the logger for every `err`.
+ */
+export function loggedDbError(err: unknown): { type: string; code?: string; message: string } {
+  type E = { name?: unknown; code?: unknown; cause?: unknown }
+  let code: string | undefined
+  for (let e = err as E | undefined, d = 0; e && d < 5; e = e.cause as E | undefined, d++) if (typeof e.code === 'string') code ??= e.code
+  return { type: String((err as E).name ?? 'Error'), code: sqlStateOf(err) ?? code, message: dbErrorSummary(err) }
+}
+
+/**
+ * What an error says, for a message that leaves the process (a reply, a span's status, a stored
+ * job state): for a database error its summary (dbErrorSummary), never drizzle's query and
+ * parameters; for any other its message.
+ */
+export function errorMessageOf(err: unknown): string {
+  if (isDbError(err)) return dbErrorSummary(err)
+  return err instanceof Error ? err.message : String(err)
+}

@@ -10,6 +10,7 @@ import type { Projection } from '../projections'
 import { sleep } from '../../../core/backoff'
 import { runRebuild } from './rebuild'
 import { dropSchemas, rebuildSchemas } from './shadow'
+import { errorMessageOf } from '../runtime/errors'
 
 export type RebuildJobsDeps = {
   config: Config
@@ -124,7 +125,7 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
         return
       }
       log.error({ err, rebuild: job.id }, 'rebuild failed')
-      await save({ state: 'failed', error: String((err as Error)?.message ?? err), finishedAt: now().toISOString() }).catch(() => {})
+      await save({ state: 'failed', error: errorMessageOf(err), finishedAt: now().toISOString() }).catch(() => {})
     }
   }
 

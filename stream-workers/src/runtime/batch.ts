@@ -8,7 +8,7 @@ import { SpanKind, SpanStatusCode, type Link } from '@opentelemetry/api'
 import { tracer } from '../../../core/tracing'
 import type { Applied, Projection, SequencedEvent } from '../projections/types'
 import { deadLetterWrite, guessEventId, replayOutcomeWrite, type DeadLetter } from './dead-letters'
-import { CheckpointMovedError, FencedError, StaleReadError, StreamChangedError } from './errors'
+import { CheckpointMovedError, errorMessageOf, FencedError, StaleReadError, StreamChangedError } from './errors'
 import { recordset } from '../../../core/db/recordset'
 import { eventOutboxWrite, insertedEvents, insertedEventsOf, insertedRuns, insertedRunsByPart, outboxWrite, outboxWriteOf, parseInsertedRuns, parseInsertedRunsByPart, runAt, type OutboxEvent, type OutboxRun } from './outbox'
 
@@ -204,7 +204,7 @@ function traced<T>(projection: string, events: number, batches: number, run: () 
     (span) =>
       run()
         .catch((err) => {
-          span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+          span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessageOf(err) })
           throw err
         })
         .finally(() => span.end()),

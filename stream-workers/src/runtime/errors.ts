@@ -6,7 +6,7 @@
 
 import { sqlStateOf } from '../../../core/db/errors'
 
-export { dbErrorSummary, isTransientDbError, sqlStateOf } from '../../../core/db/errors'
+export { dbErrorSummary, errorMessageOf, isDbError, isTransientDbError, sqlStateOf } from '../../../core/db/errors'
 
 /**
  * SQLSTATE classes that say Postgres refused the data itself: 22 data exception (a NUL or lone

@@ -66,13 +66,18 @@ export async function applyOneByOne(db: Db, owner: BatchOwner, expected: number,
         return applyBatch(db, owner, total.checkpoint, [m], now(), { ...opts, refusedByPostgres: { seq: m.seq, reason } })
       }
     })
-    total.applied += result.applied
-    total.skipped += result.skipped
-    total.deadLettered += result.deadLettered
-    total.runs.push(...result.runs)
-    total.events.push(...result.events)
-    total.checkpoint = result.checkpoint
-    if (result.stillFailing !== undefined) total.stillFailing = [total.stillFailing, result.stillFailing].filter(Boolean).join('; ')
+    addResult(total, result)
   }
   return total
+}
+
+/** Adds the result of a statement to `total`, the result of the statements before it (in stream order). */
+export function addResult(total: BatchResult, result: BatchResult): void {
+  total.applied += result.applied
+  total.skipped += result.skipped
+  total.deadLettered += result.deadLettered
+  total.runs.push(...result.runs)
+  total.events.push(...result.events)
+  total.checkpoint = result.checkpoint
+  if (result.stillFailing !== undefined) total.stillFailing = [total.stillFailing, result.stillFailing].filter(Boolean).join('; ')
 }

@@ -12,8 +12,8 @@ import { backoffMs, sleep } from '../../../core/backoff'
 import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOwner, type BatchResult } from './batch'
 import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
-import { applyOrOneByOne } from './one-by-one'
-import { CheckpointMovedError, dbErrorSummary, FencedError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
+import { addResult, applyOrOneByOne } from './one-by-one'
+import { CheckpointMovedError, dbErrorSummary, errorMessageOf, FencedError, isDbError, isProgrammingError, isRefusedBatch, isTransientDbError, sqlStateOf, StaleReadError } from './errors'
 import type { AckedPublisher } from '../../../core/acked-publish'
 import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
@@ -85,10 +85,18 @@ class FatalBatchError extends Error {
     readonly cause: unknown,
     readonly first: { subject: string; seq: number; deliveryCount: number },
   ) {
-    super(`batch failed: ${(cause as Error)?.message ?? String(cause)}`)
+    super(`batch failed: ${errorMessageOf(cause)}`)
   }
 }
 
+/** SQLSTATE query_canceled: statement_timeout (or an operator's pg_cancel_backend). */
+const STATEMENT_TIMEOUT = '57014'
+/**
+ * Timeouts in a row of the same statement before its batch is split in halves (down to one event).
+ * One may be a busy moment; a second in a row says the batch is too big for statement_timeout,
+ * and retrying it whole would be canceled forever, stalling its partition.
+ */
+const TIMEOUTS_BEFORE_SPLIT = 2
 /** Extends the ack wait of a batch under work well before it runs out. */
 const WORKING_EVERY_MS = Math.floor(ACK_WAIT_MS / 3)
 /** How long an idle pull waits at the server for a first message. */
@@ -191,7 +199,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       return reply
     } catch (err) {
       log.warn({ err, deadLetter: id }, 'dead letter replay failed')
-      return { outcome: 'unavailable', message: err instanceof FencedError ? 'this worker no longer owns the partition' : String((err as Error)?.message ?? err) }
+      return { outcome: 'unavailable', message: err instanceof FencedError ? 'this worker no longer owns the partition' : errorMessageOf(err) }
     }
   }
 
@@ -206,44 +214,64 @@ export function startRunner(deps: RunnerDeps): Runner {
         checkpoint = result.checkpoint
         return result
       })
+    // A batch Postgres cancels for statement_timeout again and again is applied in parts, each its
+    // own statement in stream order (see TIMEOUTS_BEFORE_SPLIT): `rest` is what is not applied yet,
+    // `total` what the parts applied so far.
+    let rest = messages
+    let size = messages.length
+    let timeouts = 0
+    const total: BatchResult = { applied: 0, skipped: 0, deadLettered: 0, runs: [], events: [], checkpoint }
     try {
       for (let attempt = 0; ; attempt++) {
         if (abort.signal.aborted) return undefined
+        const part = size < rest.length ? rest.slice(0, size) : rest
+        let result: BatchResult
         try {
           // A batch Postgres refuses for its data goes one message at a time (see applyOrOneByOne);
           // retried after a transient fault, the whole batch is tried again from the checkpoint.
-          return await applyOrOneByOne(deps.db, owner, checkpoint, messages, now, {
+          result = await applyOrOneByOne(deps.db, owner, checkpoint, part, now, {
             turn,
-            whole: () => (deps.committer ? deps.committer.apply(owner, checkpoint, messages, now()) : applyBatch(deps.db, owner, checkpoint, messages, now())),
-            onFallback: (err) => log.warn({ err: dbErrorSummary(err), size: batch.length, seq: batch[0].seq }, 'Postgres refused the batch for its data; applying its messages one by one'),
+            whole: () => (deps.committer ? deps.committer.apply(owner, checkpoint, part, now()) : applyBatch(deps.db, owner, checkpoint, part, now())),
+            onFallback: (err) => log.warn({ err: dbErrorSummary(err), size: part.length, seq: part[0].seq }, 'Postgres refused the batch for its data; applying its messages one by one'),
             onRefused: (m, _reason, err) => log.error({ err, subject: m.subject, seq: m.seq }, 'an event Postgres refuses for its data: dead-lettered'),
           })
         } catch (err) {
           if (err instanceof StaleReadError) {
             // A board's rules changed between the batch's reads and its write: read again.
-            log.info({ seq: batch[0].seq, size: batch.length }, 'rows the batch read changed before its write; applying it again')
+            log.info({ seq: part[0].seq, size: part.length }, 'rows the batch read changed before its write; applying it again')
             continue
           }
           if (isRefusedBatch(err) || !isTransientDbError(err)) throw err
-          const first = batch[0]
-          const last = batch[batch.length - 1]
-          log.warn(
-            {
-              err,
-              attempt,
-              size: batch.length,
-              subject: first.subject,
-              seq: first.seq,
-              deliveryCount: first.info.deliveryCount,
-              lastSubject: last.subject,
-              lastSeq: last.seq,
-              lastDeliveryCount: last.info.deliveryCount,
-            },
-            'batch failed with a transient error; retrying the same batch',
-          )
+          const first = part[0]
+          const last = part[part.length - 1]
+          const where = { size: part.length, batchSize: batch.length, subject: first.subject, seq: first.seq, lastSubject: last.subject, lastSeq: last.seq }
+          const line = { err, attempt, ...where, deliveryCount: batch[0].info.deliveryCount, lastDeliveryCount: batch[batch.length - 1].info.deliveryCount }
+          const timedOut = sqlStateOf(err) === STATEMENT_TIMEOUT
+          if (timedOut) deps.metrics.worker.timedOut(deps.projection.name)
+          timeouts = timedOut ? timeouts + 1 : 0
+          if (timeouts >= TIMEOUTS_BEFORE_SPLIT) {
+            timeouts = 0
+            if (part.length > 1) {
+              size = Math.ceil(part.length / 2)
+              log.warn({ ...line, nextSize: size }, 'the batch outlasts statement_timeout; retrying it in smaller parts')
+            } else {
+              // Never skipped nor dead-lettered: the event is not bad, the database is too slow for it.
+              log.error(line, 'one event alone outlasts statement_timeout: the partition is stalled until statement_timeout is raised or the database is faster; retrying it')
+            }
+          } else {
+            log.warn(line, 'batch failed with a transient error; retrying the same batch')
+          }
           batch.forEach((m) => m.working())
           await sleep(backoffMs(attempt), abort.signal)
+          continue
         }
+        if (part === messages) return result
+        addResult(total, result)
+        rest = rest.slice(part.length)
+        if (rest.length === 0) return total
+        // A part applied: the database is moving, the next part starts a fresh backoff.
+        attempt = -1
+        timeouts = 0
       }
     } finally {
       clearInterval(keepAlive)
@@ -320,7 +348,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         const result = await apply()
         return { result, headers: natsHeadersOf(span) }
       } catch (err) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+        span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessageOf(err) })
         throw err
       } finally {
         span.end()
@@ -449,12 +477,4 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (opts.deleteConsumer && name) await deps.jsm.consumers.delete(deps.stream, name).catch(() => {})
     },
   }
-}
-
-/** Errors raised by Postgres or its driver carry a string code (SQLSTATE or connection code). */
-function isDbError(err: unknown): boolean {
-  for (let e = err as { code?: unknown; cause?: unknown; name?: unknown } | undefined, d = 0; e && d < 5; e = e.cause as typeof e, d++) {
-    if (e.name === 'PostgresError' || e.name === 'DrizzleQueryError' || e.name === 'SQLError') return true
-  }
-  return false
 }

@@ -10,6 +10,7 @@ import { topology } from '../../../../core/nats'
 import { projectionNames } from '../../../../core/projections'
 import { isActive, isRebuildable, openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../../core/rebuild-jobs'
 import { AppError, Conflict, NotFound, Unavailable } from '../../errors'
+import { errorMessageOf } from '../../../../core/db/errors'
 
 /** Requests and reads projection rebuilds (run by the stream workers, see stream-workers/src/rebuild). */
 export type Rebuilds = {
@@ -40,7 +41,7 @@ export function createRebuilds({ config, nc, db }: { config: Config; nc: NatsCon
     } catch (err) {
       if (err instanceof AppError) throw err
       kv = undefined
-      throw new Unavailable(`cannot ${what}: ${(err as Error).message}`)
+      throw new Unavailable(`cannot ${what}: ${errorMessageOf(err)}`)
     }
   }
   const bucket = async () => (kv ??= await openJobBucket(nc, config))

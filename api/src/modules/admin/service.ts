@@ -10,6 +10,7 @@ import { replaySubject, type ReplayReply } from '../../../../core/dead-letters'
 import { boardConfig, type BoardConfig } from '../leaderboards/service'
 import type { BoardConfigBody, DeadLetter, ProjectionsReport, WorkersReport } from './model'
 import { projectionStatus } from '../../../../core/projections'
+import { errorMessageOf } from '../../../../core/db/errors'
 
 /**
  * Upserts a board's rules (fields left out keep their value). Changing the order or operator of a
@@ -104,7 +105,7 @@ export async function readProjections(deps: { config: Config; db: Db; nc: NatsCo
   try {
     return await projectionStatus(deps)
   } catch (err) {
-    throw new Unavailable(`cannot read projection status: ${(err as Error).message}`)
+    throw new Unavailable(`cannot read projection status: ${errorMessageOf(err)}`)
   }
 }
 

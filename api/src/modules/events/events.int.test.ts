@@ -306,6 +306,23 @@ describe('JetStream unavailable', () => {
     expect(((await res.json()) as any).error.code).toBe('unavailable')
   })
 
+  test('a NATS connection closing as events go out is 503 unavailable at once, not after the publish timeout', async () => {
+    const nc = await connect({ servers: TEST_NATS_URL })
+    const ingest = createIngest({ config: h.env.config, nc, logger: createLogger('silent'), rooms: h.deps.security.rooms, publishTimeoutMs: 5000 })
+    // A first publish makes the acknowledgement subscription, as on a running node.
+    await ingest.publish([score('closing', 1)], rootKey('ingest'))
+    const t0 = Date.now()
+    // Validated while the connection is open; sent at the end of the turn, after close() began
+    // (nats.js has ended the subscriptions and not yet marked the connection closed).
+    const publishing = ingest.publish([score('closing', 2)], rootKey('ingest')).catch((err) => err)
+    const closing = nc.close()
+    const err = await publishing
+    expect(err).toBeInstanceOf(Unavailable)
+    expect(err.code).toBe('unavailable')
+    expect(Date.now() - t0).toBeLessThan(1000)
+    await closing
+  })
+
   test('past FANFARE_INGEST_MAX_IN_FLIGHT a request is 503 overloaded at once and publishes nothing', async () => {
     const config = { ...h.env.config, FANFARE_INGEST_MAX_IN_FLIGHT: 500 }
     const ingest = createIngest({ config, nc: h.nc, rooms: h.deps.security.rooms, logger: createLogger('silent') })

@@ -1,0 +1,107 @@
+import { afterEach, describe, expect, test } from 'bun:test'
+import { sql } from 'drizzle-orm'
+import postgres from 'postgres'
+import { leaderboards } from '../../../core/db/schema'
+import { createLogger } from '../../../core/logger'
+import { createMetrics } from '../../../core/metrics'
+import { until } from '../../../core/testing/wait'
+import { boardScores, caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
+
+let world: World | undefined
+afterEach(async () => {
+  await world?.close()
+  world = undefined
+})
+
+/** Every leaderboard row written takes `seconds` more (a trigger): batches cost by their size. */
+const slowRows = (w: World, seconds: number) =>
+  w.database.db.execute(
+    sql.raw(`create or replace function fanfare_test_slow_row() returns trigger language plpgsql as $$ begin perform pg_sleep(${seconds}); return new; end $$;
+             create or replace trigger fanfare_test_slow before insert or update on leaderboard_entries for each row execute function fanfare_test_slow_row()`),
+  )
+
+/**
+ * Sets statement_timeout on this test's own database (sessions opened later get it; `reset` also
+ * ends the open ones, so the worker reconnects with the default).
+ */
+const statementTimeout = async (w: World, value: string | 'reset') => {
+  const dbName = new URL(w.env.vars.DATABASE_URL).pathname.slice(1)
+  const admin = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+  try {
+    if (value !== 'reset') return void (await admin.unsafe(`alter database "${dbName}" set statement_timeout = '${value}'`))
+    await admin.unsafe(`alter database "${dbName}" reset statement_timeout`)
+    await admin.unsafe(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`)
+  } finally {
+    await admin.end()
+  }
+}
+
+const deadLetters = async (w: World) => {
+  const [{ n }] = (await w.database.db.execute(sql`select count(*)::int as n from dead_letters`)) as unknown as { n: number }[]
+  return n
+}
+
+/** A worker whose JSON log lines are kept, with its own metrics. */
+const startLoggedWorker = async (w: World) => {
+  const lines: string[] = []
+  const metrics = createMetrics()
+  await w.startWorker({ logger: createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' }), metrics })
+  return { lines, metrics }
+}
+
+describe('a batch that outlasts statement_timeout', () => {
+  // Postgres cancels (57014) every statement of a batch this big: retried whole, it would be
+  // canceled forever and the partition would stall. Each event alone fits in the timeout.
+  test('is split until its parts fit: every event applies once, and the logs say so without event data', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    // 50 ms per leaderboard row written: a batch of 40 players takes 2 s, one player 50 ms.
+    await slowRows(w, 0.05)
+    const expected: Record<string, number> = {}
+    // Stored before the worker starts: its first pull takes them all as one batch.
+    for (let i = 0; i < 40; i++) {
+      const player = `secret-player-${i % 30}`
+      expected[player] = (expected[player] ?? 0) + i + 1
+      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
+    }
+    await statementTimeout(w, '500ms')
+
+    const { lines, metrics } = await startLoggedWorker(w)
+    await caughtUp(w, 60_000)
+    expect(await boardScores(w, 'slow')).toEqual(expected)
+    expect(await deadLetters(w)).toBe(0)
+
+    const logged = lines.map((l) => JSON.parse(l) as { msg: string; err?: { code?: string; message?: string }; size?: number })
+    const timeouts = logged.filter((l) => l.err?.code === '57014')
+    expect(timeouts.length).toBeGreaterThan(0)
+    // The retry warning names the cause up front and the batch's size, not the query or its data.
+    expect(timeouts[0].err!.message).toStartWith('57014 canceling statement due to statement timeout')
+    expect(logged.some((l) => /statement_timeout/.test(l.msg) && (l.size ?? 0) < 40)).toBe(true)
+    expect(lines.filter((l) => l.includes('secret-player'))).toEqual([])
+    expect(await metrics.text()).toMatch(/fanfare_batch_timeouts_total\{projection="leaderboards"\} [1-9]/)
+  }, 90_000)
+
+  test('one event alone that outlasts it is retried, never skipped: an error says so, and it applies once the timeout is raised', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    await w.database.db.insert(leaderboards).values({ board: 'last', sortOrder: 'desc', operator: 'latest', hasScores: true })
+    // 400 ms per row against a 300 ms timeout: even one event is canceled.
+    await slowRows(w, 0.4)
+    const expected: Record<string, number> = {}
+    for (let i = 0; i < 6; i++) {
+      const player = `secret-player-${i % 2}`
+      expected[player] = i + 1 // latest: the order of a player's events decides
+      await publishEvent(w, storedEvent('score.submitted', { board: 'last', player, score: i + 1 }))
+    }
+    await statementTimeout(w, '300ms')
+    const { lines } = await startLoggedWorker(w)
+    await until('an error that one event alone outlasts statement_timeout', async () => lines.find((l) => l.includes('one event alone outlasts statement_timeout')), 60_000)
+    expect(await boardScores(w, 'last')).toEqual({})
+    expect(await deadLetters(w)).toBe(0)
+
+    await statementTimeout(w, 'reset')
+    await caughtUp(w, 60_000)
+    expect(await boardScores(w, 'last')).toEqual(expected)
+    expect(await deadLetters(w)).toBe(0)
+    expect(lines.filter((l) => l.includes('secret-player'))).toEqual([])
+  }, 120_000)
+})
