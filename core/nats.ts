@@ -1,9 +1,10 @@
 import { DiscardPolicy, jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
-import { AuthorizationError, connect, headers as natsHeaders, nanos, type NatsConnection } from '@nats-io/transport-node'
+import { AuthorizationError, connect, createInbox, headers as natsHeaders, nanos, PermissionViolationError, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
 import { parseDomains, type Config } from './config'
 import { eventTypes, subjects } from './events'
 import { parseNatsServers } from './net'
+import { replaySubjects } from './dead-letters'
 
 /**
  * Connects to NATS, reconnecting forever: a NATS restart is an outage, not a crash. `url` is
@@ -191,6 +192,69 @@ export async function checkPublishPermissions(nc: NatsConnection, t: Topology, r
     throw new Error(
       `the NATS user in NATS_URL may not publish to ${denied.sort().join(', ')} (Permissions Violation): ` +
         `grant it publish on ${patterns.join(' and ')} in the nats-server config`,
+    )
+  }
+}
+
+/**
+ * The subjects a process subscribes to with core NATS subscriptions, and the patterns that cover
+ * them. Both roles: an inbox (`_INBOX.<id>.>`: JetStream publish acknowledgements, requests'
+ * replies, pull consumers' deliveries). An API node also: `<prefix>.control.revocations` and
+ * `<prefix>.control.rooms` (other nodes' revocations and room visibility changes),
+ * `<prefix>.presence.node` and `<prefix>.presence.want`, `<prefix>.admin.nodes` (node stats
+ * queries), and each change stream's consumer-deleted advisory (`$JS.EVENT.ADVISORY.CONSUMER.
+ * DELETED.<stream>.<consumer>`, probed with a consumer name no consumer has). A worker:
+ * `<prefix>.admin.replay.*.*` (dead-letter replays).
+ */
+function subscribeSubjects(t: Topology, role: 'api' | 'worker'): { probes: string[]; patterns: string[] } {
+  const inbox = `${createInbox()}.>`
+  if (role === 'worker') return { probes: [inbox, replaySubjects(t.prefix)], patterns: ['_INBOX.>', `${t.prefix}.admin.replay.>`] }
+  const advisories = Object.values(t.changeStreams).map((stream) => `${CONSUMER_DELETED}.${stream}.permission-check`)
+  return {
+    probes: [
+      inbox,
+      `${t.prefix}.control.revocations`,
+      `${t.prefix}.control.rooms`,
+      `${t.prefix}.presence.node`,
+      `${t.prefix}.presence.want`,
+      `${t.prefix}.admin.nodes`,
+      ...advisories,
+    ],
+    patterns: ['_INBOX.>', `${t.prefix}.control.>`, `${t.prefix}.presence.>`, `${t.prefix}.admin.>`, `${CONSUMER_DELETED}.>`],
+  }
+}
+
+/** Prefix of JetStream's consumer-deleted advisories: `<prefix>.<stream>.<consumer>`. */
+export const CONSUMER_DELETED = '$JS.EVENT.ADVISORY.CONSUMER.DELETED'
+
+/**
+ * Refuses to start when the NATS user may not subscribe to a subject this process subscribes to:
+ * nats-server refuses such a subscription only with an asynchronous error, so an API node denied
+ * `<prefix>.control.>` would be ready and silently miss other nodes' revocations and room changes
+ * (its sockets keeping what they lost), and one denied the advisories would see every change feed
+ * "lost" and resync forever. Each subject is subscribed to, the connection flushed (nats-server
+ * answers a SUB in order, so its refusal arrives before the flush's PONG), and unsubscribed; a
+ * subscription the server refused was ended with a PermissionViolationError.
+ */
+export async function checkSubscribePermissions(nc: NatsConnection, t: Topology, role: 'api' | 'worker'): Promise<void> {
+  const { probes, patterns } = subscribeSubjects(t, role)
+  const denied: string[] = []
+  const subs = probes.map((subject) =>
+    nc.subscribe(subject, {
+      callback: (err) => {
+        if (err instanceof PermissionViolationError) denied.push(subject)
+      },
+    }),
+  )
+  try {
+    await nc.flush()
+  } finally {
+    for (const sub of subs) if (!sub.isClosed()) sub.unsubscribe()
+  }
+  if (denied.length > 0) {
+    throw new Error(
+      `the NATS user in NATS_URL may not subscribe to ${denied.sort().join(', ')} (Permissions Violation): ` +
+        `grant it subscribe on ${patterns.join(' and ')} in the nats-server config`,
     )
   }
 }

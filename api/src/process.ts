@@ -2,7 +2,7 @@ import { ConfigError, loadConfig, type Config } from '../../core/config'
 import { checkMigrated, connectPostgres } from '../../core/db/client'
 import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
-import { checkPublishPermissions, connectNats, ensureStreams, topology } from '../../core/nats'
+import { checkPublishPermissions, checkSubscribePermissions, connectNats, ensureStreams, topology } from '../../core/nats'
 import type { StopSignals } from '../../core/stop-signals'
 import { startApi } from './server'
 
@@ -39,6 +39,7 @@ export async function runApi(signals: StopSignals) {
   const nc = await connectNats(config.NATS_URL!, 'fanfare-api')
   await ensureStreams(nc, config)
   await checkPublishPermissions(nc, topology(config), 'api')
+  await checkSubscribePermissions(nc, topology(config), 'api')
   const api = await startApi({ config, db: database.db, readDb: readDatabase?.db, nc, logger, metrics: observability.metrics })
 
   signals.onStop(async (signal) => {

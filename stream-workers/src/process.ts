@@ -2,7 +2,7 @@ import { ConfigError, loadConfig } from '../../core/config'
 import { checkMigrated, connectBunSql } from '../../core/db/client'
 import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
-import { checkPublishPermissions, connectNats, topology } from '../../core/nats'
+import { checkPublishPermissions, checkSubscribePermissions, connectNats, topology } from '../../core/nats'
 import type { StopSignals } from '../../core/stop-signals'
 import { startWorkers } from './workers'
 
@@ -34,6 +34,7 @@ export async function runWorkers(signals: StopSignals) {
   await checkMigrated(database.db)
   const nc = await connectNats(config.NATS_URL!, `fanfare-workers-${process.pid}`)
   await checkPublishPermissions(nc, topology(config), 'worker')
+  await checkSubscribePermissions(nc, topology(config), 'worker')
   const workers = await startWorkers({
     config,
     db: database.db,

@@ -33,6 +33,8 @@ beforeAll(async () => {
       { user: 'nochanges', password: 'pw', permissions: '{ publish: { deny: ["*.changes.>"] } }' },
       { user: 'nocontrol', password: 'pw', permissions: '{ publish: { deny: ["*.control.>"] } }' },
       { user: 'narrowed', password: 'pw' },
+      { user: 'nosubcontrol', password: 'pw', permissions: '{ subscribe: { deny: ["*.control.>"] } }' },
+      { user: 'nosubreplay', password: 'pw', permissions: '{ subscribe: { deny: ["*.admin.replay.>"] } }' },
     ],
   })
   await nats.start()
@@ -58,7 +60,7 @@ const start = async (entry: string, user: string) => {
   return { code, output: out + err }
 }
 
-describe('a NATS user lacking publish permissions', () => {
+describe('a NATS user lacking publish or subscribe permissions', () => {
   test('API node denied chat events: exits at start naming the subjects', async () => {
     const r = await start('api/src/main.ts', 'nochat')
     expect(r.code).not.toBe(0)
@@ -83,6 +85,26 @@ describe('a NATS user lacking publish permissions', () => {
     expect(r.code).not.toBe(137)
     expect(r.output).toContain('may not publish to')
     expect(r.output).toContain(`${env.config.FANFARE_SUBJECT_PREFIX}.changes.leaderboard.`)
+  }, 30_000)
+
+  test('API node denied subscribe on the control subjects (other nodes\' revocations, room changes): exits at start naming them and the fix', async () => {
+    const r = await start('api/src/main.ts', 'nosubcontrol')
+    expect(r.code).not.toBe(0)
+    expect(r.code).not.toBe(137)
+    const prefix = env.config.FANFARE_SUBJECT_PREFIX
+    expect(r.output).toContain('may not subscribe to')
+    expect(r.output).toContain(`${prefix}.control.revocations`)
+    expect(r.output).toContain(`${prefix}.control.rooms`)
+    expect(r.output).toContain(`grant it subscribe on _INBOX.> and ${prefix}.control.>`)
+    expect(r.output).not.toContain(`${prefix}.presence.node`)
+    expect(r.output).not.toContain('may not publish to')
+  }, 30_000)
+
+  test('stream workers denied subscribe on dead-letter replays: exit at start naming the subject', async () => {
+    const r = await start('stream-workers/src/main.ts', 'nosubreplay')
+    expect(r.code).not.toBe(0)
+    expect(r.code).not.toBe(137)
+    expect(r.output).toContain(`may not subscribe to ${env.config.FANFARE_SUBJECT_PREFIX}.admin.replay.*.*`)
   }, 30_000)
 
   test('a user with every permission starts both; the check stored nothing', async () => {

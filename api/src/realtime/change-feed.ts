@@ -3,7 +3,7 @@ import { createInbox, nanos, type Msg, type NatsConnection } from '@nats-io/tran
 import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Logger } from '../../../core/logger'
 import { backoffMs, sleep } from '../../../core/backoff'
-import { identityOf } from '../../../core/nats'
+import { CONSUMER_DELETED, identityOf } from '../../../core/nats'
 import { SpanKind, type Context } from '@opentelemetry/api'
 import { contextOfNats, tracer } from '../../../core/tracing'
 
@@ -392,7 +392,7 @@ async function followPush(o: {
   }
   // A consumer deleted from under it (an operator, a server that lost it) sends nothing more; the
   // server's advisory says so at once rather than after the missed heartbeats.
-  const deleted = o.nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.DELETED.${o.stream}.${name}`, {
+  const deleted = o.nc.subscribe(`${CONSUMER_DELETED}.${o.stream}.${name}`, {
     callback: () => lost('consumer deleted'),
   })
   // Without interest the server removes an ephemeral push consumer by itself (after its inactive
