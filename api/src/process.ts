@@ -37,9 +37,10 @@ export async function runApi(signals: StopSignals) {
   // Snapshots and REST reads only (a replica); the existing snapshot-older-than-live check covers its lag.
   const readDatabase = config.DATABASE_READ_URL ? await connectPostgres(config.DATABASE_READ_URL) : undefined
   const nc = await connectNats(config.NATS_URL!, 'fanfare-api')
+  // First: a user denied its inbox would otherwise fail in ensureStreams' first JetStream request.
+  await checkSubscribePermissions(nc, topology(config), 'api')
   await ensureStreams(nc, config)
   await checkPublishPermissions(nc, topology(config), 'api')
-  await checkSubscribePermissions(nc, topology(config), 'api')
   const api = await startApi({ config, db: database.db, readDb: readDatabase?.db, nc, logger, metrics: observability.metrics })
 
   signals.onStop(async (signal) => {

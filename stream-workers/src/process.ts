@@ -33,8 +33,9 @@ export async function runWorkers(signals: StopSignals) {
   const database = await connectBunSql(config.DATABASE_URL!)
   await checkMigrated(database.db)
   const nc = await connectNats(config.NATS_URL!, `fanfare-workers-${process.pid}`)
-  await checkPublishPermissions(nc, topology(config), 'worker')
+  // First: the publish check's requests need the inbox.
   await checkSubscribePermissions(nc, topology(config), 'worker')
+  await checkPublishPermissions(nc, topology(config), 'worker')
   const workers = await startWorkers({
     config,
     db: database.db,

@@ -34,6 +34,8 @@ beforeAll(async () => {
       { user: 'nocontrol', password: 'pw', permissions: '{ publish: { deny: ["*.control.>"] } }' },
       { user: 'narrowed', password: 'pw' },
       { user: 'nosubcontrol', password: 'pw', permissions: '{ subscribe: { deny: ["*.control.>"] } }' },
+      { user: 'noinbox', password: 'pw', permissions: '{ subscribe: { deny: ["_INBOX.>"] } }' },
+      { user: 'noadvisory', password: 'pw', permissions: '{ subscribe: { deny: ["$JS.EVENT.ADVISORY.>"] } }' },
       { user: 'nosubreplay', password: 'pw', permissions: '{ subscribe: { deny: ["*.admin.replay.>"] } }' },
     ],
   })
@@ -98,6 +100,24 @@ describe('a NATS user lacking publish or subscribe permissions', () => {
     expect(r.output).toContain(`grant it subscribe on _INBOX.> and ${prefix}.control.>`)
     expect(r.output).not.toContain(`${prefix}.presence.node`)
     expect(r.output).not.toContain('may not publish to')
+  }, 30_000)
+
+  test('API node and workers denied subscribe on the inbox: exit at start saying so, not that they may not publish', async () => {
+    for (const entry of ['api/src/main.ts', 'stream-workers/src/main.ts']) {
+      const r = await start(entry, 'noinbox')
+      expect(r.code).not.toBe(0)
+      expect(r.code).not.toBe(137)
+      expect(r.output).toContain('may not subscribe to _INBOX.')
+      expect(r.output).toContain('grant it subscribe on _INBOX.>')
+      expect(r.output).not.toContain('may not publish to')
+    }
+  }, 30_000)
+
+  test('API node denied the consumer-deleted advisories: exits at start naming them', async () => {
+    const r = await start('api/src/main.ts', 'noadvisory')
+    expect(r.code).not.toBe(0)
+    expect(r.code).not.toBe(137)
+    expect(r.output).toContain(`may not subscribe to $JS.EVENT.ADVISORY.CONSUMER.DELETED.${topology(env.config).changeStreams.chat}.permission-check`)
   }, 30_000)
 
   test('stream workers denied subscribe on dead-letter replays: exit at start naming the subject', async () => {
