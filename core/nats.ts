@@ -196,6 +196,9 @@ export async function checkPublishPermissions(nc: NatsConnection, t: Topology, r
   }
 }
 
+/** Prefix of JetStream's consumer-deleted advisories: `<prefix>.<stream>.<consumer>`. */
+export const CONSUMER_DELETED = '$JS.EVENT.ADVISORY.CONSUMER.DELETED'
+
 /**
  * The subjects a process subscribes to with core NATS subscriptions, and the patterns that cover
  * them. Both roles: an inbox (`_INBOX.<id>.>`: JetStream publish acknowledgements, requests'
@@ -223,9 +226,6 @@ function subscribeSubjects(t: Topology, role: 'api' | 'worker'): { probes: strin
     patterns: ['_INBOX.>', `${t.prefix}.control.>`, `${t.prefix}.presence.>`, `${t.prefix}.admin.>`, `${CONSUMER_DELETED}.>`],
   }
 }
-
-/** Prefix of JetStream's consumer-deleted advisories: `<prefix>.<stream>.<consumer>`. */
-export const CONSUMER_DELETED = '$JS.EVENT.ADVISORY.CONSUMER.DELETED'
 
 /**
  * Refuses to start when the NATS user may not subscribe to a subject this process subscribes to:
