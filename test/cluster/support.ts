@@ -10,6 +10,16 @@ import { tcpProxy, type TcpProxy } from './tcp-proxy'
 /** An ingest client for one deployment: posts batches, reports status and body. */
 export type Api = { baseUrl: string; ingestToken: string; adminToken: string }
 
+/**
+ * Environment for the API and worker nodes of one deployment on `databaseUrl` (the API listening on
+ * a free port of 127.0.0.1), and the Api of that node.
+ */
+export function nodeVars(envVars: Record<string, string>, databaseUrl: string): { vars: Record<string, string>; api: Api } {
+  const port = freePort()
+  const vars: Record<string, string> = { ...envVars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
+  return { vars, api: { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN } }
+}
+
 export type ScoreEvent = { id: string; type: 'score.submitted'; data: { board: string; player: string; score: number } }
 
 /** Makes a score event with a caller-chosen id (resending it must be de-duplicated). */
