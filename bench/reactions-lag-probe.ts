@@ -22,7 +22,7 @@ import type { ChangeRun, ReactionsChange } from '../core/channels'
 import { topology } from '../core/nats'
 import { startChild } from './lib/child'
 import { BUN } from './lib/context'
-import { quantile, nowMs } from './lib/stats'
+import { firstAtLeast, quantile, nowMs } from './lib/stats'
 
 const EMOJIS = ['👏', '❤️', '🔥', '😂', '🎉', '👍🏽', '🇫🇷', '👩‍👩‍👧']
 const STREAMS = Array.from({ length: 20 }, (_, i) => `live-${i}`)
@@ -54,14 +54,8 @@ function firstReaching(acks: Acks, points: (stream: string) => readonly Point[],
       }
       cache.set(key, s)
     }
-    let lo = 0
-    let hi = s.total.length
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1
-      if (s.total[mid] >= acks.rank[k]) hi = mid
-      else lo = mid + 1
-    }
-    return lo < s.t.length ? s.t[lo] : Number.NaN
+    const i = firstAtLeast(s.total, acks.rank[k])
+    return i < s.t.length ? s.t[i] : Number.NaN
   })
 }
 

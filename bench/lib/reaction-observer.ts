@@ -1,4 +1,4 @@
-import { nowMs, summarize, type LatencySummary } from './stats'
+import { firstAtLeast, nowMs, summarize, type LatencySummary } from './stats'
 
 type Frame = { at: number; from: number; version: number; totals: Record<string, number> }
 
@@ -66,15 +66,9 @@ export class ReactionObserver {
     let missing = 0
     for (let k = 0; k < acks.at.length; k++) {
       const s = seriesOf(acks.stream[k], acks.emoji[k])
-      let lo = 0
-      let hi = s.total.length
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1
-        if (s.total[mid] >= acks.rank[k]) hi = mid
-        else lo = mid + 1
-      }
-      if (lo === s.total.length) missing++
-      else lags.push(s.at[lo] - acks.at[k])
+      const i = firstAtLeast(s.total, acks.rank[k])
+      if (i === s.total.length) missing++
+      else lags.push(s.at[i] - acks.at[k])
     }
     return { ...summarize(lags), missing }
   }

@@ -1,5 +1,5 @@
 import { expect, test } from 'bun:test'
-import { abba, median, quantile, summarize } from './stats'
+import { abba, firstAtLeast, median, quantile, summarize } from './stats'
 
 test('quantiles by nearest rank', () => {
   const v = Array.from({ length: 100 }, (_, i) => 100 - i)
@@ -18,4 +18,12 @@ test('median of odd and even counts', () => {
 test('abba: each side first as often as second, every side runs its count', () => {
   expect(abba('a', 'b', 4)).toEqual(['a', 'b', 'b', 'a', 'a', 'b', 'b', 'a'])
   expect(abba('a', 'b', 3)).toEqual(['a', 'b', 'b', 'a', 'a', 'b'])
+})
+
+test('firstAtLeast: index of the first element not below the value, length when none', () => {
+  expect(firstAtLeast([1, 3, 3, 5], 3)).toBe(1)
+  expect(firstAtLeast([1, 3, 3, 5], 4)).toBe(3)
+  expect(firstAtLeast([1, 3, 3, 5], 0)).toBe(0)
+  expect(firstAtLeast([1, 3, 3, 5], 6)).toBe(4)
+  expect(firstAtLeast([], 1)).toBe(0)
 })

@@ -28,6 +28,21 @@ export function abba<T>(a: T, b: T, runsPerSide: number): T[] {
   return order
 }
 
+/**
+ * Index of the first element >= `value` in `sorted` (ascending), by binary search; `sorted.length`
+ * when there is none.
+ */
+export function firstAtLeast(sorted: ArrayLike<number>, value: number): number {
+  let lo = 0
+  let hi = sorted.length
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1
+    if (sorted[mid] >= value) hi = mid
+    else lo = mid + 1
+  }
+  return lo
+}
+
 /** p50, p99 and max of latencies (ms). */
 export type LatencySummary = { count: number; p50: number; p99: number; max: number }
 

@@ -1,12 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { privateNats, type PrivateNats } from './private-nats'
-import { BoardView, configureBoard, postEvents, readModel, scoreEvent, stopCleanly, type Api } from './support'
-import { tcpProxy, type TcpProxy } from './tcp-proxy'
+import { BoardView, configureBoard, postEvents, readModel, scoreEvent, stopCleanly, startProxiedNats, type Api, type ProxiedNats } from './support'
 
 /**
  * The network between one API node and NATS silently stops carrying packets (no reset, no close:
@@ -16,26 +11,21 @@ import { tcpProxy, type TcpProxy } from './tcp-proxy'
  */
 describe('API node partitioned from NATS', () => {
   let env: TestEnv | undefined
-  let nats: PrivateNats | undefined
-  let proxy: TcpProxy | undefined
+  let proxied: ProxiedNats | undefined
   const procs: Proc[] = []
-  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-stall-'))
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    proxy?.close()
-    await nats?.stop()
+    await proxied?.stop()
     await env?.cleanup()
-    rmSync(storeDir, { recursive: true, force: true })
   })
 
   test('503 and not ready while cut off; its subscriber has every change after', async () => {
-    nats = privateNats({ port: freePort(), storeDir })
-    await nats.start()
-    proxy = tcpProxy({ port: freePort(), target: { host: '127.0.0.1', port: Number(new URL(nats.url).port) } })
+    proxied = await startProxiedNats('nats-stall')
+    const { nats, proxy, proxiedUrl } = proxied
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
     const [cutPort, otherPort] = [freePort(), freePort()]
     const base: Record<string, string> = { ...env.vars, HOST: '127.0.0.1', NATS_URL: nats.url }
-    const cutOff = spawnProc('api-cut-off', 'api/src/main.ts', { ...base, PORT: String(cutPort), NATS_URL: `nats://127.0.0.1:${proxy.port}` })
+    const cutOff = spawnProc('api-cut-off', 'api/src/main.ts', { ...base, PORT: String(cutPort), NATS_URL: proxiedUrl })
     procs.push(cutOff, spawnProc('api', 'api/src/main.ts', { ...base, PORT: String(otherPort) }), spawnProc('worker', 'stream-workers/src/main.ts', base))
     const cutApi: Api = { baseUrl: `http://127.0.0.1:${cutPort}`, ingestToken: base.FANFARE_INGEST_TOKEN, adminToken: base.FANFARE_ADMIN_TOKEN }
     const api: Api = { ...cutApi, baseUrl: `http://127.0.0.1:${otherPort}` }

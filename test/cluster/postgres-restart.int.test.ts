@@ -1,10 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import postgres from 'postgres'
-import { connectPostgres, migrate } from '../../core/db/client'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from './private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, untilBoardEquals, type Api, type ScoreEvent, stopCleanly } from './support'
+import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from './private-postgres'
+import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, untilBoardEquals, type ScoreEvent, stopCleanly } from './support'
 
 const PLAYERS = 40
 const unavailable = privatePostgresUnavailable()
@@ -27,19 +25,12 @@ describe.skipIf(Boolean(unavailable))('Postgres restart during projection', () =
   test('the worker survives; every event applied exactly once', async () => {
     pg = await createPrivatePostgres(freePort())
     await pg.start()
-    const admin = postgres(pg.url, { max: 1, onnotice: () => {} })
-    await admin.unsafe('CREATE DATABASE fanfare')
+    const { admin, databaseUrl } = await createFanfareDatabase(pg)
     await admin.end()
-    const databaseUrl = pg.url.replace(/\/postgres$/, '/fanfare')
-    const database = await connectPostgres(databaseUrl, { max: 1 })
-    await migrate(database)
-    await database.close()
 
     // Unique streams on the machine's NATS; the database is the private cluster's.
     env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', FANFARE_BATCH_SIZE: '50' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api } = nodeVars(env.vars, databaseUrl)
     procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
     await waitReady(api.baseUrl, procs)
     const run = Math.random().toString(36).slice(2, 8)

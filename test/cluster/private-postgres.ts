@@ -1,6 +1,8 @@
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import postgres from 'postgres'
+import { connectPostgres, migrate } from '../../core/db/client'
 
 /**
  * A throwaway Postgres cluster (initdb into a temporary directory) that a test may stop and start
@@ -74,4 +76,19 @@ export async function createPrivatePostgres(port: number, settings: string[] = [
     },
   }
   return pg
+}
+
+/**
+ * Creates the database `fanfare` on a running private cluster and migrates it. Returns its URL and
+ * an admin connection to the `postgres` database (for ALTER DATABASE, pg_terminate_backend, ...),
+ * which the caller ends.
+ */
+export async function createFanfareDatabase(pg: PrivatePostgres): Promise<{ admin: postgres.Sql; databaseUrl: string }> {
+  const admin = postgres(pg.url, { max: 1, onnotice: () => {} })
+  await admin.unsafe('CREATE DATABASE fanfare')
+  const databaseUrl = pg.url.replace(/\/postgres$/, '/fanfare')
+  const database = await connectPostgres(databaseUrl, { max: 1 })
+  await migrate(database)
+  await database.close()
+  return { admin, databaseUrl }
 }

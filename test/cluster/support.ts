@@ -1,9 +1,24 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import postgres from 'postgres'
 import { createClient, type Client, type CloseReason, type StateOf, type Subscription } from '../../client/src'
-import { until, type Proc, type WsClient } from '../e2e/harness'
+import { freePort, until, type Proc, type WsClient } from '../e2e/harness'
+import { privateNats, type PrivateNats } from './private-nats'
+import { tcpProxy, type TcpProxy } from './tcp-proxy'
 
 /** An ingest client for one deployment: posts batches, reports status and body. */
 export type Api = { baseUrl: string; ingestToken: string; adminToken: string }
+
+/**
+ * Environment for the API and worker nodes of one deployment on `databaseUrl` (the API listening on
+ * a free port of 127.0.0.1), and the Api of that node.
+ */
+export function nodeVars(envVars: Record<string, string>, databaseUrl: string): { vars: Record<string, string>; api: Api } {
+  const port = freePort()
+  const vars: Record<string, string> = { ...envVars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
+  return { vars, api: { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN } }
+}
 
 export type ScoreEvent = { id: string; type: 'score.submitted'; data: { board: string; player: string; score: number } }
 
@@ -410,4 +425,33 @@ export function subscriber(urls: string[], channels: string[], opts: { pingInter
 /** A subscriber's board (its state of `leaderboard:<board>`) as REST shows one: rank, player, score. */
 export function entriesOf(state: StateOf<'leaderboard:x'> | undefined) {
   return (state?.entries ?? []).map(({ rank, player, score }) => ({ rank, player, score }))
+}
+
+/**
+ * A private NATS server (JetStream store in a temporary directory) and a TCP proxy in front of it,
+ * for nodes whose path to NATS a test cuts or stalls: they connect to `proxiedUrl`, the others to
+ * `nats.url`. `stop` closes the proxy, stops the server and deletes its store.
+ */
+export type ProxiedNats = { nats: PrivateNats; proxy: TcpProxy; proxiedUrl: string; stop: () => Promise<void> }
+
+export async function startProxiedNats(name: string): Promise<ProxiedNats> {
+  const storeDir = mkdtempSync(join(tmpdir(), `fanfare-${name}-`))
+  const nats = privateNats({ port: freePort(), storeDir })
+  try {
+    await nats.start()
+  } catch (err) {
+    rmSync(storeDir, { recursive: true, force: true })
+    throw err
+  }
+  const proxy = tcpProxy({ port: freePort(), target: { host: '127.0.0.1', port: Number(new URL(nats.url).port) } })
+  return {
+    nats,
+    proxy,
+    proxiedUrl: `nats://127.0.0.1:${proxy.port}`,
+    stop: async () => {
+      proxy.close()
+      await nats.stop()
+      rmSync(storeDir, { recursive: true, force: true })
+    },
+  }
 }

@@ -1,12 +1,7 @@
 import { afterAll, describe, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, waitReady, type Proc } from '../e2e/harness'
-import { privateNats, type PrivateNats } from './private-nats'
-import { expectReadModelsMatch, ingestRounds, readModel, stopCleanly, type Api } from './support'
-import { tcpProxy, type TcpProxy } from './tcp-proxy'
+import { expectReadModelsMatch, ingestRounds, readModel, stopCleanly, startProxiedNats, type Api, type ProxiedNats } from './support'
 
 /**
  * A worker partitioned from NATS (packets held, no reset) while it still reaches Postgres: its
@@ -16,29 +11,24 @@ import { tcpProxy, type TcpProxy } from './tcp-proxy'
  */
 describe('worker partitioned from NATS', () => {
   let env: TestEnv | undefined
-  let nats: PrivateNats | undefined
-  let proxy: TcpProxy | undefined
+  let proxied: ProxiedNats | undefined
   const procs: Proc[] = []
-  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-worker-stall-'))
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    proxy?.close()
-    await nats?.stop()
+    await proxied?.stop()
     await env?.cleanup()
-    rmSync(storeDir, { recursive: true, force: true })
   })
 
   test('every acknowledged event applied once, in order, across the partition', async () => {
-    nats = privateNats({ port: freePort(), storeDir })
-    await nats.start()
-    proxy = tcpProxy({ port: freePort(), target: { host: '127.0.0.1', port: Number(new URL(nats.url).port) } })
+    proxied = await startProxiedNats('worker-stall')
+    const { nats, proxy, proxiedUrl } = proxied
     // The lanes send as fast as the node answers: the key's rate limit is not what this is about.
     env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', FANFARE_KEY_OPS_PER_SECOND: '10000000', FANFARE_KEY_OPS_BURST: '10000000' })
     const port = freePort()
     const base: Record<string, string> = { ...env.vars, HOST: '127.0.0.1', NATS_URL: nats.url }
     procs.push(
       spawnProc('api', 'api/src/main.ts', { ...base, PORT: String(port) }),
-      spawnProc('worker-cut-off', 'stream-workers/src/main.ts', { ...base, NATS_URL: `nats://127.0.0.1:${proxy.port}` }),
+      spawnProc('worker-cut-off', 'stream-workers/src/main.ts', { ...base, NATS_URL: proxiedUrl }),
       spawnProc('worker', 'stream-workers/src/main.ts', base),
     )
     const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: base.FANFARE_INGEST_TOKEN, adminToken: base.FANFARE_ADMIN_TOKEN }
@@ -56,10 +46,10 @@ describe('worker partitioned from NATS', () => {
         const t = Date.now() - startedAt
         if (phase === 'before' && t > 4000) {
           phase = 'stalled'
-          proxy!.stall()
+          proxy.stall()
         } else if (phase === 'stalled' && t > 14_000) {
           phase = 'restored'
-          proxy!.restore()
+          proxy.restore()
         }
       },
     })

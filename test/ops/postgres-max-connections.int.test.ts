@@ -1,10 +1,9 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import postgres from 'postgres'
-import { connectPostgres, migrate } from '../../core/db/client'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, ROOT, spawnProc, waitReady, type Proc } from '../e2e/harness'
-import { createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type Api, type ScoreEvent } from '../cluster/support'
+import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
+import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres max_connections test skipped: ${unavailable}`)
@@ -53,12 +52,7 @@ describe.skipIf(Boolean(unavailable))('Postgres max_connections reached', () => 
     // No connection slot reserved for superusers: the test's clients (postgres) count like the rest.
     pg = await createPrivatePostgres(freePort(), ['max_connections=20', 'superuser_reserved_connections=0'])
     await pg.start()
-    admin = postgres(pg.url, { max: 1, onnotice: () => {} })
-    await admin.unsafe('CREATE DATABASE fanfare')
-    databaseUrl = pg.url.replace(/\/postgres$/, '/fanfare')
-    const database = await connectPostgres(databaseUrl, { max: 1 })
-    await migrate(database)
-    await database.close()
+    ;({ admin, databaseUrl } = await createFanfareDatabase(pg))
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
 
     await takeEverySlot()
@@ -82,10 +76,7 @@ describe.skipIf(Boolean(unavailable))('Postgres max_connections reached', () => 
   }, 60_000)
 
   test('while running: writes 503, the worker waits, every acknowledged event applied once after', async () => {
-    const e = env!
-    const port = freePort()
-    const vars: Record<string, string> = { ...e.vars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api } = nodeVars(env!.vars, databaseUrl)
     const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
     await waitReady(api.baseUrl, procs)

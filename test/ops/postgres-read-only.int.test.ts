@@ -1,10 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import postgres from 'postgres'
-import { connectPostgres, migrate } from '../../core/db/client'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, waitReady, type Proc } from '../e2e/harness'
-import { createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type Api, type ScoreEvent } from '../cluster/support'
+import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
+import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
@@ -31,12 +29,7 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
   test('the worker waits out read-only mode and then applies every event once', async () => {
     pg = await createPrivatePostgres(freePort())
     await pg.start()
-    const admin = postgres(pg.url, { max: 1, onnotice: () => {} })
-    await admin.unsafe('CREATE DATABASE fanfare')
-    const databaseUrl = pg.url.replace(/\/postgres$/, '/fanfare')
-    const database = await connectPostgres(databaseUrl, { max: 1 })
-    await migrate(database)
-    await database.close()
+    const { admin, databaseUrl } = await createFanfareDatabase(pg)
     /** Sets the database's default for new sessions, and ends the sessions open (the nodes reconnect). */
     const readOnly = async (on: boolean) => {
       await admin.unsafe(`ALTER DATABASE fanfare SET default_transaction_read_only = ${on ? 'on' : 'off'}`)
@@ -44,9 +37,7 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
     }
 
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api } = nodeVars(env.vars, databaseUrl)
     const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
     await waitReady(api.baseUrl, procs)

@@ -1,10 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import postgres from 'postgres'
-import { connectPostgres, migrate } from '../../core/db/client'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type Api, type ScoreEvent } from '../cluster/support'
+import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
+import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres statement timeout test skipped: ${unavailable}`)
@@ -30,12 +28,7 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
   test('the API stays up and answers 503; everything applies once the timeout is fixed', async () => {
     pg = await createPrivatePostgres(freePort())
     await pg.start()
-    const admin = postgres(pg.url, { max: 1, onnotice: () => {} })
-    await admin.unsafe('CREATE DATABASE fanfare')
-    const databaseUrl = pg.url.replace(/\/postgres$/, '/fanfare')
-    const database = await connectPostgres(databaseUrl, { max: 1 })
-    await migrate(database)
-    await database.close()
+    const { admin, databaseUrl } = await createFanfareDatabase(pg)
     /** Sets the database's statement_timeout for new sessions, and ends the open ones (the nodes reconnect). */
     const statementTimeout = async (value: string) => {
       await admin.unsafe(value === 'default' ? 'ALTER DATABASE fanfare RESET statement_timeout' : `ALTER DATABASE fanfare SET statement_timeout = '${value}'`)
@@ -43,9 +36,7 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
     }
 
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api } = nodeVars(env.vars, databaseUrl)
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     procs.push(apiProc, spawnProc('worker', 'stream-workers/src/main.ts', vars))
     await waitReady(api.baseUrl, procs)
