@@ -41,6 +41,23 @@ export function spawnProc(name: string, entry: string, env: Record<string, strin
   }
 }
 
+/**
+ * Runs a Fanfare process that is expected to refuse to start (PORT and HOST of its own) until it
+ * exits, killed after `timeoutMs` (exit 137: it was still running); its exit code and output.
+ */
+export async function runUntilExit(entry: string, env: Record<string, string | undefined>, timeoutMs = 15_000): Promise<{ code: number; output: string }> {
+  const proc = Bun.spawn([process.execPath, entry], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH, PORT: String(freePort()), HOST: '127.0.0.1', ...env },
+    stdout: 'pipe',
+    stderr: 'pipe',
+  })
+  const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs)
+  const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+  clearTimeout(timer)
+  return { code, output: out + err }
+}
+
 export async function waitReady(baseUrl: string, procs: Proc[], timeoutMs = 30_000) {
   await until(
     `${baseUrl}/readyz`,

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, ROOT, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { freePort, runUntilExit, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from '../cluster/private-nats'
 import { configureBoard, postEvents, readModel, scoreEvent, stopCleanly, type Api } from '../cluster/support'
 
@@ -53,20 +53,12 @@ describe('a NATS server that requires a login', () => {
     ['stream workers', 'stream-workers/src/main.ts'],
   ] as const) {
     test(`${name} with a wrong password: exits at once naming NATS_URL, without the password`, async () => {
-      const proc = Bun.spawn([process.execPath, entry], {
-        cwd: ROOT,
-        env: { PATH: process.env.PATH, ...env.vars, NATS_URL: withLogin(nats.url, 'fanfare:wrong-secret'), PORT: String(freePort()), HOST: '127.0.0.1' },
-        stdout: 'pipe',
-        stderr: 'pipe',
-      })
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000)
-      const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
-      clearTimeout(timer)
+      const { code, output } = await runUntilExit(entry, { ...env.vars, NATS_URL: withLogin(nats.url, 'fanfare:wrong-secret') })
       expect(code).not.toBe(0)
       expect(code).not.toBe(137)
-      expect(out + err).toContain('NATS refused the login')
-      expect(out + err).toContain('NATS_URL')
-      expect(out + err).not.toContain('wrong-secret')
+      expect(output).toContain('NATS refused the login')
+      expect(output).toContain('NATS_URL')
+      expect(output).not.toContain('wrong-secret')
     }, 30_000)
   }
 })

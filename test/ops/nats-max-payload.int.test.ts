@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, ROOT } from '../e2e/harness'
+import { freePort, runUntilExit } from '../e2e/harness'
 import { privateNats, type PrivateNats } from '../cluster/private-nats'
 
 // A nats-server whose max_payload an operator lowered (64 KB here) below what Fanfare publishes: a
@@ -26,18 +26,7 @@ afterAll(async () => {
   rmSync(storeDir, { recursive: true, force: true })
 })
 
-const start = async (entry: string) => {
-  const proc = Bun.spawn([process.execPath, entry], {
-    cwd: ROOT,
-    env: { PATH: process.env.PATH, ...env.vars, NATS_URL: nats.url, PORT: String(freePort()), HOST: '127.0.0.1' },
-    stdout: 'pipe',
-    stderr: 'pipe',
-  })
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000)
-  const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
-  clearTimeout(timer)
-  return { code, output: out + err }
-}
+const start = (entry: string) => runUntilExit(entry, { ...env.vars, NATS_URL: nats.url })
 
 describe('a NATS server with a max_payload below 1 MB', () => {
   for (const [name, entry] of [

@@ -6,7 +6,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { topology } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, ROOT, spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { freePort, runUntilExit, spawnProc, waitReady, type Proc } from '../e2e/harness'
 import { postEvents, scoreEvent, stopCleanly } from '../cluster/support'
 import { privateNats, type PrivateNats } from '../cluster/private-nats'
 
@@ -49,18 +49,7 @@ afterAll(async () => {
   rmSync(storeDir, { recursive: true, force: true })
 })
 
-const start = async (entry: string, user: string) => {
-  const proc = Bun.spawn([process.execPath, entry], {
-    cwd: ROOT,
-    env: { PATH: process.env.PATH, ...env.vars, NATS_URL: login(user), PORT: String(freePort()), HOST: '127.0.0.1' },
-    stdout: 'pipe',
-    stderr: 'pipe',
-  })
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000)
-  const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
-  clearTimeout(timer)
-  return { code, output: out + err }
-}
+const start = (entry: string, user: string) => runUntilExit(entry, { ...env.vars, NATS_URL: login(user) })
 
 describe('a NATS user lacking publish or subscribe permissions', () => {
   test('API node denied chat events: exits at start naming the subjects', async () => {

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import postgres from 'postgres'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, ROOT, spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { freePort, runUntilExit, spawnProc, waitReady, type Proc } from '../e2e/harness'
 import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
 import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
@@ -58,17 +58,9 @@ describe.skipIf(Boolean(unavailable))('Postgres max_connections reached', () => 
     await takeEverySlot()
     try {
       for (const entry of ['api/src/main.ts', 'stream-workers/src/main.ts']) {
-        const proc = Bun.spawn([process.execPath, entry], {
-          cwd: ROOT,
-          env: { PATH: process.env.PATH, ...env.vars, DATABASE_URL: databaseUrl, PORT: String(freePort()), HOST: '127.0.0.1' },
-          stdout: 'pipe',
-          stderr: 'pipe',
-        })
-        const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000)
-        const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
-        clearTimeout(timer)
+        const { code, output } = await runUntilExit(entry, { ...env.vars, DATABASE_URL: databaseUrl })
         expect(`${entry}: ${code === 0 || code === 137 ? 'ran' : 'exited'}`).toBe(`${entry}: exited`)
-        expect(out + err).toContain('cannot use the database at DATABASE_URL: 53300 sorry, too many clients already')
+        expect(output).toContain('cannot use the database at DATABASE_URL: 53300 sorry, too many clients already')
       }
     } finally {
       await release()

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, ROOT, spawnProc, waitReady } from '../e2e/harness'
+import { freePort, ROOT, runUntilExit, spawnProc, waitReady } from '../e2e/harness'
 
 // An API node or a worker started on a database `npm run migrate` has not prepared (a new
 // deployment whose migrate job has not run yet, or a new version before its migrations): it must
@@ -16,18 +16,7 @@ afterAll(async () => {
   await env?.cleanup()
 })
 
-const start = async (entry: string) => {
-  const proc = Bun.spawn([process.execPath, entry], {
-    cwd: ROOT,
-    env: { PATH: process.env.PATH, ...vars, PORT: String(await freePort()), HOST: '127.0.0.1' },
-    stdout: 'pipe',
-    stderr: 'pipe',
-  })
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000)
-  const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
-  clearTimeout(timer)
-  return { code, output: out + err }
-}
+const start = (entry: string) => runUntilExit(entry, vars)
 
 describe('a node started before npm run migrate', () => {
   for (const [name, entry] of [
