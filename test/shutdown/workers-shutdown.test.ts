@@ -5,7 +5,7 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import { connectPostgres, type Database } from '../../core/db/client'
 import { changeOutbox, deadLetters, leaderboardEntries, leaderboards } from '../../core/db/schema'
 import { contracts, dedupIdOf, keyOf, partitionOf, subjects, type StoredEvent } from '../../core/events'
-import { collectKeys, openLeaseBucketIfExists, workersView } from '../../core/leases'
+import { liveKeys, openLeaseBucketIfExists, workersView } from '../../core/leases'
 import { connectNats, ensureStreams } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { spawnProc, until, type Proc } from '../e2e/harness'
@@ -107,7 +107,7 @@ describe('stream-workers graceful shutdown', () => {
     // Released, not left to expire: no lease key and no heartbeat remain.
     const kv = (await openLeaseBucketIfExists(nc, env.config)) as KV
     expect(kv).toBeDefined()
-    expect(await collectKeys(kv)).toEqual([])
+    expect(await liveKeys(kv)).toEqual([])
 
     const second = spawnProc('workers-2', 'stream-workers/src/main.ts', workerEnv())
     procs.push(second)
@@ -131,7 +131,7 @@ describe('stream-workers graceful shutdown', () => {
     expect(appliedAtExit).toBeLessThan(oracleTotal())
 
     expect(await second.stop('SIGTERM')).toBe(0)
-    expect(await collectKeys(kv)).toEqual([])
+    expect(await liveKeys(kv)).toEqual([])
     expect(await database.db.select().from(changeOutbox)).toEqual([])
   }, 90_000)
 })

@@ -123,12 +123,15 @@ describe('partition leases against NATS KV', () => {
       },
     })
     await until('a to hold all 4 partitions', () => a.held().length === 4)
-    // b's listings of the bucket, one per scan.
+    // b's scans: each counts the live workers, reading a's heartbeat once.
     const listings: number[] = []
     const counted = new Proxy(kv, {
       get(target, prop, receiver) {
-        if (prop !== 'keys') return Reflect.get(target, prop, receiver)
-        return (...args: unknown[]) => (listings.push(Date.now()), (target.keys as (...a: unknown[]) => unknown)(...args))
+        if (prop !== 'get') return Reflect.get(target, prop, receiver)
+        return (key: string, ...rest: unknown[]) => {
+          if (key === 'w.a') listings.push(Date.now())
+          return (target.get as (...a: unknown[]) => unknown).call(target, key, ...rest)
+        }
       },
     })
     // b is short (0 of 2) from its first scan until a's keys are deleted: a gives them up at its

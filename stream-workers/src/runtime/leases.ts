@@ -1,5 +1,5 @@
 import type { KV } from '@nats-io/kv'
-import { partitionKey, workerKey, type WorkerInfo } from '../../../core/leases'
+import { liveKeys, partitionKey, workerKey, type WorkerInfo } from '../../../core/leases'
 import type { Logger } from '../../../core/logger'
 import { sleep } from '../../../core/backoff'
 
@@ -148,14 +148,14 @@ export function startLeases(deps: LeaseDeps): Leases {
   }
 
   const scan = async () => {
-    const keys = await listKeys(kv, Math.max(1000, deps.ttlMs))
-    const taken = new Set(keys.filter((k) => k.startsWith('p.')).map((k) => Number(k.slice(2))))
     // This worker is live whether or not its heartbeat, written by the renewal loop, made it into
     // the listing (at start it may not have): counted once either way.
-    const live = keys.filter((k) => k.startsWith('w.') && k !== workerKey(workerId)).length + 1
+    const live = (await liveKeys(kv, 'w.>')).filter((k) => k !== workerKey(workerId)).length + 1
     const share = Math.ceil(deps.partitions / live)
     const surplus = [...held.keys()].sort((a, b) => b - a).slice(0, Math.max(0, held.size - share))
     for (const p of surplus) void release(p)
+    if (held.size >= share) return void updateShort(live)
+    const taken = new Set((await liveKeys(kv, 'p.>')).map((k) => Number(k.slice(2))))
     for (let i = 0; i < deps.partitions && held.size < share && !abort.signal.aborted; i++) {
       const p = (offset + i) % deps.partitions
       if (taken.has(p) || held.has(p) || releasing.has(p)) continue
@@ -169,9 +169,15 @@ export function startLeases(deps: LeaseDeps): Leases {
         // someone else created it first
       }
     }
-    // Short of the share that the others' surplus will make up: look again soon, for as long as
-    // a lease lives (the others see this worker at their next scan, then stop their runners).
-    // Below floor(partitions / live) only: with 8 partitions and 3 workers one holds 2 for good.
+    updateShort(live)
+  }
+
+  /**
+   * Short of the share that the others' surplus will make up: look again soon, for as long as a
+   * lease lives (the others see this worker at their next scan, then stop their runners). Below
+   * floor(partitions / live) only: with 8 partitions and 3 workers one holds 2 for good.
+   */
+  const updateShort = (live: number) => {
     if (live !== lastLive) shortSince = undefined
     lastLive = live
     if (held.size < Math.floor(deps.partitions / live)) shortSince ??= now()
@@ -205,29 +211,4 @@ export function startLeases(deps: LeaseDeps): Leases {
       await kv.delete(workerKey(workerId)).catch(() => {})
     },
   }
-}
-
-/**
- * Every key of the bucket (each once), or an error after `ms`. kv.keys() ends on a heartbeat of
- * its ordered consumer; when NATS restarts during a listing that consumer is gone, and the client
- * only recreates it after missed heartbeats and then waits for a 30 s one: the scan (re-acquiring
- * after an outage) must not wait with it. A key written during the listing is delivered again
- * (the consumer follows new writes until nothing is pending): counted twice, a heartbeat would
- * make one worker look like two and shrink the fair share.
- */
-async function listKeys(kv: KV, ms: number): Promise<string[]> {
-  const iter = await kv.keys()
-  const keys: string[] = []
-  let timedOut = false
-  const timer = setTimeout(() => {
-    timedOut = true
-    iter.stop()
-  }, ms)
-  try {
-    for await (const k of iter) keys.push(k)
-  } finally {
-    clearTimeout(timer)
-  }
-  if (timedOut) throw new Error(`listing the lease keys took more than ${ms} ms`)
-  return [...new Set(keys)]
 }
