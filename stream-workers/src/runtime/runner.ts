@@ -13,7 +13,8 @@ import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOw
 import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { addResult, applyOrOneByOne } from './one-by-one'
-import { CheckpointMovedError, dbErrorSummary, errorMessageOf, FencedError, isDbError, isProgrammingError, isRefusedBatch, isTransientDbError, sqlStateOf, StaleReadError } from './errors'
+import { CheckpointMovedError, dbErrorSummary, errorMessageOf, FencedError, isDbError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
+import { createPartSize } from './part-size'
 import type { AckedPublisher } from '../../../core/acked-publish'
 import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
@@ -89,14 +90,6 @@ class FatalBatchError extends Error {
   }
 }
 
-/** SQLSTATE query_canceled: statement_timeout (or an operator's pg_cancel_backend). */
-const STATEMENT_TIMEOUT = '57014'
-/**
- * Timeouts in a row of the same statement before its batch is split in halves (down to one event).
- * One may be a busy moment; a second in a row says the batch is too big for statement_timeout,
- * and retrying it whole would be canceled forever, stalling its partition.
- */
-const TIMEOUTS_BEFORE_SPLIT = 2
 /** Extends the ack wait of a batch under work well before it runs out. */
 const WORKING_EVERY_MS = Math.floor(ACK_WAIT_MS / 3)
 /** How long an idle pull waits at the server for a first message. */
@@ -124,6 +117,8 @@ export function startRunner(deps: RunnerDeps): Runner {
   const abort = new AbortController()
   let pulling: ConsumerMessages | undefined
   const lag = deps.metrics.worker.lag(deps.projection.name, deps.partition)
+  // The part size statement timeouts taught this runner, kept from batch to batch (see PartSize).
+  const sizes = createPartSize(() => deps.metrics.worker.timedOut(deps.projection.name))
 
   /**
    * One pull of up to `max` messages. A pull that ends with an error after delivering messages
@@ -214,16 +209,14 @@ export function startRunner(deps: RunnerDeps): Runner {
         checkpoint = result.checkpoint
         return result
       })
-    // A batch Postgres cancels for statement_timeout again and again is applied in parts, each its
-    // own statement in stream order (see TIMEOUTS_BEFORE_SPLIT): `rest` is what is not applied yet,
-    // `total` what the parts applied so far.
+    // A batch too big for statement_timeout is applied in parts (see PartSize), each its own
+    // statement in stream order: `rest` is what is not applied yet, `total` what the parts applied so far.
     let rest = messages
-    let size = messages.length
-    let timeouts = 0
     const total: BatchResult = { applied: 0, skipped: 0, deadLettered: 0, runs: [], events: [], checkpoint }
     try {
       for (let attempt = 0; ; attempt++) {
         if (abort.signal.aborted) return undefined
+        const size = sizes.next(rest.length)
         const part = size < rest.length ? rest.slice(0, size) : rest
         let result: BatchResult
         try {
@@ -246,18 +239,12 @@ export function startRunner(deps: RunnerDeps): Runner {
           const last = part[part.length - 1]
           const where = { size: part.length, batchSize: batch.length, subject: first.subject, seq: first.seq, lastSubject: last.subject, lastSeq: last.seq }
           const line = { err, attempt, ...where, deliveryCount: batch[0].info.deliveryCount, lastDeliveryCount: batch[batch.length - 1].info.deliveryCount }
-          const timedOut = sqlStateOf(err) === STATEMENT_TIMEOUT
-          if (timedOut) deps.metrics.worker.timedOut(deps.projection.name)
-          timeouts = timedOut ? timeouts + 1 : 0
-          if (timeouts >= TIMEOUTS_BEFORE_SPLIT) {
-            timeouts = 0
-            if (part.length > 1) {
-              size = Math.ceil(part.length / 2)
-              log.warn({ ...line, nextSize: size }, 'the batch outlasts statement_timeout; retrying it in smaller parts')
-            } else {
-              // Never skipped nor dead-lettered: the event is not bad, the database is too slow for it.
-              log.error(line, 'one event alone outlasts statement_timeout: the partition is stalled until statement_timeout is raised or the database is faster; retrying it')
-            }
+          const timeout = sizes.failed(err, part.length)
+          if (timeout === 'split') {
+            log.warn({ ...line, nextSize: sizes.next(part.length) }, 'the batch outlasts statement_timeout; retrying it in smaller parts')
+          } else if (timeout === 'alone') {
+            // Never skipped nor dead-lettered: the event is not bad, the database is too slow for it.
+            log.error(line, 'one event alone outlasts statement_timeout: the partition is stalled until statement_timeout is raised or the database is faster; retrying it')
           } else {
             log.warn(line, 'batch failed with a transient error; retrying the same batch')
           }
@@ -265,13 +252,13 @@ export function startRunner(deps: RunnerDeps): Runner {
           await sleep(backoffMs(attempt), abort.signal)
           continue
         }
+        sizes.committed(part.length)
         if (part === messages) return result
         addResult(total, result)
         rest = rest.slice(part.length)
         if (rest.length === 0) return total
         // A part applied: the database is moving, the next part starts a fresh backoff.
         attempt = -1
-        timeouts = 0
       }
     } finally {
       clearInterval(keepAlive)

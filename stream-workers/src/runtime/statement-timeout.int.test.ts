@@ -81,6 +81,34 @@ describe('a batch that outlasts statement_timeout', () => {
     expect(await metrics.text()).toMatch(/fanfare_batch_timeouts_total\{projection="leaderboards"\} [1-9]/)
   }, 90_000)
 
+  test('the part size that fits is kept for the next batches: they are not canceled again', async () => {
+    // Five batches of 20 (stored before the worker starts): the first learns the size that fits.
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1', FANFARE_BATCH_SIZE: '20' }))
+    await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    await slowRows(w, 0.05)
+    const expected: Record<string, number> = {}
+    for (let i = 0; i < 100; i++) {
+      const player = `secret-player-${i % 20}`
+      expected[player] = (expected[player] ?? 0) + i + 1
+      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
+    }
+    await statementTimeout(w, '500ms')
+    const { lines, metrics } = await startLoggedWorker(w)
+    await caughtUp(w, 90_000)
+    expect(await boardScores(w, 'slow')).toEqual(expected)
+    expect(await deadLetters(w)).toBe(0)
+    // Each timeout's line names the first stream sequence of the statement canceled.
+    const timeouts = lines.map((l) => JSON.parse(l) as { err?: { code?: string }; seq?: number }).filter((l) => l.err?.code === '57014')
+    const first = timeouts.filter((l) => l.seq! <= 20).length
+    const later = timeouts.length - first
+    // 20 rows (1 s) and 10 (0.5 s) are canceled twice each: relearned by every batch, the four
+    // later batches would be canceled about 4 times as often as the first (24 vs 4 before this was
+    // kept). Kept, only a busy moment cancels a later statement.
+    expect(first).toBeGreaterThanOrEqual(4)
+    expect(later).toBeLessThan(2 * first)
+    expect(await metrics.text()).toContain(`fanfare_batch_timeouts_total{projection="leaderboards"} ${timeouts.length}`)
+  }, 120_000)
+
   test('one event alone that outlasts it is retried, never skipped: an error says so, and it applies once the timeout is raised', async () => {
     const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
     await w.database.db.insert(leaderboards).values({ board: 'last', sortOrder: 'desc', operator: 'latest', hasScores: true })
