@@ -139,7 +139,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
-  const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now })
+  const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now, metrics })
   logger.info({ partitions: t.partitions, projections: projections.map((p) => p.name) }, 'stream workers started')
 
   let stopping: Promise<void> | undefined

@@ -4,6 +4,7 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../../core/config'
 import type { Db } from '../../../core/db/client'
 import type { Logger } from '../../../core/logger'
+import type { Metrics } from '../../../core/metrics'
 import { projectionNames } from '../../../core/projections'
 import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
 import type { Projection } from '../projections'
@@ -23,6 +24,8 @@ export type RebuildJobsDeps = {
   /** How often the job keys are read; default 1 s. */
   pollMs?: number
   now?: () => Date
+  /** The process's metrics (the shadow's statement timeouts). */
+  metrics?: Metrics
 }
 
 /** The job was taken over by another worker (our compare-and-set lost): stop without writing. */
@@ -109,6 +112,7 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
           projection,
           now: deps.now,
           signal: abort.signal,
+          metrics: deps.metrics,
           progress: (p) => save({ appliedSeq: p.appliedSeq, pending: p.pending, ...(p.state ? { state: p.state } : {}) }),
         },
         { id: job.id, attempt: job.attempts },

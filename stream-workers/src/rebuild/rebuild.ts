@@ -10,6 +10,8 @@ import { applyOrOneByOne } from '../runtime/one-by-one'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { dbErrorSummary, isDataDbError, isTransientDbError, StaleReadError } from '../runtime/errors'
 import { streamIdentity, topology } from '../../../core/nats'
+import type { Metrics } from '../../../core/metrics'
+import { createPartSize } from '../runtime/part-size'
 import { createShadow, dropSchemas, leftoverSchemas, lockDeadLetters, lockLiveTables, replaceDeadLetters, shadowSchemaName, swapIn, useShadow } from './shadow'
 
 export type RebuildDeps = {
@@ -26,6 +28,8 @@ export type RebuildDeps = {
    */
   progress: (p: { appliedSeq: number; pending: number; state?: 'switching' }) => Promise<void>
   signal: AbortSignal
+  /** The process's metrics: the shadow's statement timeouts count with the live ones. */
+  metrics?: Metrics
 }
 
 /** The switch waits at most this long for the shadow to reach the live checkpoints (locks held). */
@@ -64,9 +68,14 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       deliver_policy: DeliverPolicy.All,
     })
     const shadowCheckpoints = new Map<number, number>()
+    // As live, a statement too big for statement_timeout is split, and the size kept (see PartSize).
+    const sizes = createPartSize(() => deps.metrics?.worker.timedOut(projection.name))
+    // The size of the shadow statement started last: the one that failed, when one did.
+    let lastPart = 0
     /**
-     * Applies a fetch to the shadow inside `tx`. `careful`: each statement in a savepoint and a
-     * message Postgres refuses for its data a dead letter of the shadow, as live (applyOrOneByOne;
+     * Applies a fetch to the shadow inside `tx`, each partition's messages in parts (see PartSize),
+     * and returns the parts' sizes, to report as committed once `tx` is. `careful`: each statement
+     * in a savepoint and a message Postgres refuses for its data a dead letter of the shadow, as live (applyOrOneByOne;
      * the refusal would abort the whole transaction otherwise). Not careful, a partition batch is
      * one statement and such a refusal fails the transaction: the catch-up applies the fetch again,
      * careful. Savepoints on every partition batch made the catch-up of 40,000 events ~25% slower
@@ -86,18 +95,26 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       const savepoint = <T>(run: (db: Db) => Promise<T>) => tx.transaction((sp) => run(sp as unknown as Db))
       // Same code as the live runners (decode, dead letters, checkpoint), token 0: never fenced.
       // The shadow's checkpoints start at 0 and only this rebuild writes them.
+      const parts: number[] = []
       for (const [partition, messages] of [...byPartition].sort(([a], [b]) => a - b)) {
         const owner = { projection, partition, token: 0, partitions: partitions, stream }
-        const expected = shadowCheckpoints.get(partition) ?? 0
-        const r = careful
-          ? await applyOrOneByOne(tx as unknown as Db, owner, expected, messages, () => at, {
-              isolate: savepoint,
-              onFallback: (err) => log.warn({ err: dbErrorSummary(err), partition, size: messages.length, seq: messages[0].seq }, 'Postgres refused a shadow batch for its data; applying its messages one by one'),
-              onRefused: (m, _reason, err) => log.error({ err, subject: m.subject, seq: m.seq }, 'an event Postgres refuses for its data: dead-lettered in the shadow'),
-            })
-          : await applyBatch(tx, owner, expected, messages, at)
-        shadowCheckpoints.set(partition, r.checkpoint)
+        for (let rest = messages; rest.length > 0; ) {
+          const part = rest.slice(0, sizes.next(rest.length))
+          lastPart = part.length
+          const expected = shadowCheckpoints.get(partition) ?? 0
+          const r = careful
+            ? await applyOrOneByOne(tx as unknown as Db, owner, expected, part, () => at, {
+                isolate: savepoint,
+                onFallback: (err) => log.warn({ err: dbErrorSummary(err), partition, size: part.length, seq: part[0].seq }, 'Postgres refused a shadow batch for its data; applying its messages one by one'),
+                onRefused: (m, _reason, err) => log.error({ err, subject: m.subject, seq: m.seq }, 'an event Postgres refuses for its data: dead-lettered in the shadow'),
+              })
+            : await applyBatch(tx, owner, expected, part, at)
+          shadowCheckpoints.set(partition, r.checkpoint)
+          parts.push(part.length)
+          rest = rest.slice(part.length)
+        }
       }
+      return parts
     }
     const fetch = async (max: number, expires: number) => {
       const out: JsMsg[] = []
@@ -116,10 +133,13 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         const before = new Map(shadowCheckpoints)
         for (let attempt = 0, careful = false; ; ) {
           try {
-            await db.transaction(async (tx) => {
+            const parts = await db.transaction(async (tx) => {
               await useShadow(tx, shadow)
-              await applyShadow(tx, batch, careful)
+              return applyShadow(tx, batch, careful)
             })
+            // Only now: parts rolled back with a later one did not commit (a timeout after them
+            // would otherwise never count twice in a row, and the fetch would never be split).
+            for (const n of parts) sizes.committed(n)
             break
           } catch (err) {
             shadowCheckpoints.clear()
@@ -136,7 +156,12 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
             // from the same checkpoints. (The same in the switch's few batches fails the rebuild:
             // visible, and it can be requested again.)
             if (!(err instanceof StaleReadError) && !isTransientDbError(err)) throw err
-            log.warn({ err }, 'shadow batch not written; applying it again')
+            // Canceled for statement_timeout: the fetch's transaction wrote nothing, and it is
+            // applied again from the same checkpoints, in smaller parts after a second cancel.
+            const timeout = sizes.failed(err, lastPart)
+            if (timeout === 'split') log.warn({ err, size: lastPart, nextSize: sizes.next(lastPart) }, 'a shadow statement outlasts statement_timeout; applying the fetch again in smaller parts')
+            else if (timeout === 'alone') log.error({ err, size: lastPart }, 'one event alone outlasts statement_timeout: the rebuild is stalled until statement_timeout is raised or the database is faster; retrying it')
+            else log.warn({ err, size: lastPart }, 'shadow batch not written; applying it again')
             await sleep(backoffMs(attempt++), deps.signal)
             if (deps.signal.aborted) throw new Error('rebuild stopped')
           }
@@ -183,6 +208,8 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         const batch = await fetch(batchSize, 1_000)
         if (batch.length > 0) {
           // Careful: a refusal here would abort the switch's transaction (and fail the job).
+          // In the sizes the catch-up learned; a statement timeout here fails the job (visible,
+          // request it again) rather than retrying while the live tables are locked.
           await applyShadow(tx, batch, true)
           position = batch[batch.length - 1].seq
         } else if ((await consumer.info(false)).num_pending === 0) {

@@ -30,7 +30,8 @@ export type Timeout = 'again' | 'split' | 'alone'
  * after COMMITS_BEFORE_GROWING statements committed at it. Only the size changes: the caller
  * applies the parts in stream order, each under the checkpoint guard, and never skips one.
  *
- * One per live runner (its partition).
+ * One per live runner (its partition) and one per rebuild; the live runner and the rebuild's
+ * shadow both go through it.
  */
 export type PartSize = {
   /** How many of `available` messages the next statement takes (at least one). */

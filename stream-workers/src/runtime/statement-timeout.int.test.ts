@@ -1,9 +1,10 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { sql } from 'drizzle-orm'
 import postgres from 'postgres'
-import { leaderboards } from '../../../core/db/schema'
+import { channelVersions, leaderboardEntries, leaderboards } from '../../../core/db/schema'
 import { createLogger } from '../../../core/logger'
 import { createMetrics } from '../../../core/metrics'
+import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
 import { until } from '../../../core/testing/wait'
 import { boardScores, caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
 
@@ -18,6 +19,22 @@ const slowRows = (w: World, seconds: number) =>
   w.database.db.execute(
     sql.raw(`create or replace function fanfare_test_slow_row() returns trigger language plpgsql as $$ begin perform pg_sleep(${seconds}); return new; end $$;
              create or replace trigger fanfare_test_slow before insert or update on leaderboard_entries for each row execute function fanfare_test_slow_row()`),
+  )
+
+/**
+ * slowRows for the leaderboard_entries tables created from now on too: a rebuild's shadow copy
+ * (CREATE TABLE ... LIKE takes no triggers) gets the same trigger, through an event trigger.
+ */
+const slowShadowRows = (w: World) =>
+  w.database.db.execute(
+    sql.raw(`create or replace function fanfare_test_slow_copy() returns event_trigger language plpgsql as $$
+               declare r record;
+               begin
+                 for r in select * from pg_event_trigger_ddl_commands() where command_tag = 'CREATE TABLE' and object_identity like '%.leaderboard_entries' loop
+                   execute format('create trigger fanfare_test_slow before insert or update on %s for each row execute function public.fanfare_test_slow_row()', r.object_identity);
+                 end loop;
+               end $$;
+             create event trigger fanfare_test_slow_copy on ddl_command_end when tag in ('CREATE TABLE') execute function fanfare_test_slow_copy()`),
   )
 
 /**
@@ -132,4 +149,67 @@ describe('a batch that outlasts statement_timeout', () => {
     expect(await deadLetters(w)).toBe(0)
     expect(lines.filter((l) => l.includes('secret-player'))).toEqual([])
   }, 120_000)
+})
+
+describe('a rebuild whose shadow batches outlast statement_timeout', () => {
+  // The shadow's catch-up applies up to 1,000 events per statement: far beyond the timeout here.
+  // Retried whole, the rebuild never got past its first fetch.
+  test('splits them as live does: it switches in the same model as the live one, and live goes on from it', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    await slowRows(w, 0.05)
+    await slowShadowRows(w)
+    const expected: Record<string, number> = {}
+    const send = async (from: number, to: number) => {
+      for (let i = from; i < to; i++) {
+        const player = `secret-player-${i % 30}`
+        expected[player] = (expected[player] ?? 0) + i + 1
+        await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
+      }
+    }
+    await send(0, 40)
+    await statementTimeout(w, '500ms')
+    const { lines, metrics } = await startLoggedWorker(w)
+    await caughtUp(w, 60_000)
+    const readModel = async () => ({
+      entries: (await w.database.db.select().from(leaderboardEntries).orderBy(leaderboardEntries.player)).map((r) => ({ player: r.player, score: r.score, reachedSeq: Number(r.reachedSeq) })),
+      versions: (await w.database.db.select().from(channelVersions)).map((r) => ({ channel: r.channel, version: Number(r.version), epoch: r.epoch })),
+    })
+    const live = await readModel()
+    expect(await boardScores(w, 'slow')).toEqual(expected)
+    const liveTimeouts = lines.filter((l) => l.includes('"57014')).length
+
+    // Requested as the API does; the worker's rebuild runner claims it.
+    const kv = await openJobBucket(w.nc, w.config)
+    const job: RebuildJob = { id: 'slowshadow', projection: 'leaderboards', state: 'requested', requestedAt: new Date().toISOString(), force: false, attempts: 0, appliedSeq: 0, pending: 0 }
+    await kv.put(rebuildKey('leaderboards'), JSON.stringify(job))
+    const done = await until(
+      'the rebuild to switch in',
+      async () => {
+        const j = (await readRebuildJob(kv, 'leaderboards'))?.job
+        if (j?.state === 'failed') throw new Error(`rebuild failed: ${j.error}`)
+        return j?.state === 'done' ? j : undefined
+      },
+      60_000,
+      100,
+    )
+    expect(done.attempts).toBe(1)
+    // Same rows as live (positions included), same version count under a new epoch.
+    const rebuilt = await readModel()
+    expect(rebuilt.entries).toEqual(live.entries)
+    expect(rebuilt.versions.map((v) => [v.channel, v.version])).toEqual(live.versions.map((v) => [v.channel, v.version]))
+    expect(rebuilt.versions[0].epoch).not.toBe(live.versions[0].epoch)
+    expect(await deadLetters(w)).toBe(0)
+    // The rebuild's own statements were canceled, split, and counted.
+    const logged = lines.map((l) => JSON.parse(l) as { msg: string; rebuild?: string; err?: { code?: string }; size?: number })
+    expect(logged.some((l) => l.rebuild === job.id && l.err?.code === '57014' && /statement_timeout/.test(l.msg))).toBe(true)
+    expect(lines.filter((l) => l.includes('"57014')).length).toBeGreaterThan(liveTimeouts)
+    expect(await metrics.text()).toMatch(/fanfare_batch_timeouts_total\{projection="leaderboards"\} [1-9]/)
+
+    // Live goes on from the switched checkpoint: every later event once.
+    await send(40, 50)
+    await caughtUp(w, 60_000)
+    expect(await boardScores(w, 'slow')).toEqual(expected)
+    expect(lines.filter((l) => l.includes('secret-player'))).toEqual([])
+  }, 150_000)
 })
