@@ -1,9 +1,10 @@
-import { asc, isNotNull } from 'drizzle-orm'
+import { and, asc, eq, gt, gte, inArray, isNotNull, lte, or } from 'drizzle-orm'
 import { channelOf, parseChannel, type ChangeNotice, type MatchChange } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { matches } from '../../../../core/db/schema'
 import type { EventInput } from '../../../../core/events'
 import type { Logger } from '../../../../core/logger'
+import type { Seat } from '../../../../core/matches'
 import { rootKey } from '../../auth/principal'
 import type { Presence } from '../../presence'
 import type { PresenceChange } from '../../presence/view'
@@ -13,6 +14,9 @@ import { createSeatBook } from './seat-book'
 import { readLiveSeats } from './service'
 
 export type SeatWatcher = { stop: () => Promise<void> }
+
+/** Rows the grace sweep reads a round, of each of its two reads. */
+const SWEEP_PAGE = 500
 
 /**
  * Tells the matches projection, through the event stream, what presence sees of players'
@@ -34,20 +38,24 @@ export type SeatWatcher = { stop: () => Promise<void> }
  *   player connects): when the feed shows a join of a user who is already present in the match's
  *   channel (they subscribed first, so their connect came before their seat), the node publishes
  *   their `{ connected: true }` then.
- * - Every `sweepMs`, the same node reads the matches with a grace running (`grace_until`, an
- *   index; earliest end first, at most 500) and publishes `match.leave { player, reason:
- *   "disconnected" }` for each player whose grace has ended: the event after the grace end at which
- *   the projection gives the seat up. One that arrives early, or after a reconnect, changes
- *   nothing. A player whose grace still runs but who is present in the match's channel gets the
- *   `{ connected: true }` no designated node published (a join or reconnect during a warm-up or a
- *   handover, a join notice lost in a feed resync): present players keep their seats.
+ * - Every `sweepMs`, the same node reads a page (500) of the matches whose grace has ended
+ *   (`grace_until`, an index; earliest end first, each round from where the last one stopped, back
+ *   to the earliest after the last) and publishes `match.leave { player, reason: "disconnected" }`
+ *   for each player whose grace has ended: the event after the grace end at which the projection
+ *   gives the seat up. One that arrives early, or after a reconnect, changes nothing. A backlog
+ *   larger than a page (many lobbies at once, a projection behind) drains a page a round, whatever
+ *   the projection has applied yet. A player whose grace still runs but who is present in the
+ *   match's channel gets the `{ connected: true }` no designated node published (a join or
+ *   reconnect during a warm-up or a handover, a join notice lost in a feed resync): the sweep also
+ *   reads the seats of up to 500 matches a round whose channel has someone present (presence's
+ *   channels, in turn), so present players keep their seats however many graces run.
  *
  * The one node is the lowest id among this node and the peers its presence hears from (as for the
  * viewer sampler), after `warmupMs` (a new node's view is still filling). Events are published as
  * the API nodes' own principal (`system`).
  */
 export function startSeatWatcher(deps: {
-  presence: Pick<Presence, 'node' | 'peers' | 'onChange' | 'totals'>
+  presence: Pick<Presence, 'node' | 'peers' | 'onChange' | 'totals' | 'channels'>
   /** Follows the match change feed (Realtime.onNotices('match', ...)). */
   notices: (listener: NoticeListener) => () => void
   ingest: Pick<Ingest, 'publish'>
@@ -118,18 +126,16 @@ export function startSeatWatcher(deps: {
 
   /** Graces this node already ended (or connects it already published), so that it does not publish them again each round while the projection catches up. */
   const ended = new Map<string, number>()
-  async function sweep() {
-    if (!designated()) return
-    const now = Date.now()
-    for (const [k, at] of ended) if (now - at > 10_000) ended.delete(k)
-    // Every seat with a grace running, earliest end first (the partial index): ended ones first.
-    const rows = await deps.db
-      .select({ match: matches.match, players: matches.players })
-      .from(matches)
-      .where(isNotNull(matches.graceUntil))
-      .orderBy(asc(matches.graceUntil))
-      .limit(500)
-    const events: EventInput[] = []
+  /**
+   * Where the sweep of due graces goes on next round: (grace_until, match) of the last row read.
+   * Rows already swept stay due until the projection applies their leaves (it lags, or their
+   * partition's worker is down); reading from the earliest each round would read those again and
+   * never reach the rest. Back to the start once a round reads the last due row.
+   */
+  let dueAfter: { at: Date; match: string } | undefined
+  /** The last `match:` channel with someone present whose seats the sweep read (the present players' round robin). */
+  let presentAfter = ''
+  const consider = (rows: { match: string; players: Seat[] }[], now: number, events: EventInput[]) => {
     for (const r of rows) {
       for (const p of r.players) {
         if (p.graceUntil === null || p.connected) continue
@@ -145,6 +151,44 @@ export function startSeatWatcher(deps: {
           events.push({ id: id(), type: 'match.player.connection', data: { match: r.match, player: p.player, connected: true } })
         }
       }
+    }
+  }
+  async function sweep() {
+    if (!designated()) return
+    const now = Date.now()
+    for (const [k, at] of ended) if (now - at > 10_000) ended.delete(k)
+    const events: EventInput[] = []
+    // Due graces, earliest end first (the partial index), a page a round from where the last round stopped.
+    const due = await deps.db
+      .select({ match: matches.match, players: matches.players, graceUntil: matches.graceUntil })
+      .from(matches)
+      .where(
+        and(
+          isNotNull(matches.graceUntil),
+          lte(matches.graceUntil, new Date(now)),
+          dueAfter && and(gte(matches.graceUntil, dueAfter.at), or(gt(matches.graceUntil, dueAfter.at), and(eq(matches.graceUntil, dueAfter.at), gt(matches.match, dueAfter.match)))),
+        ),
+      )
+      .orderBy(asc(matches.graceUntil), asc(matches.match))
+      .limit(SWEEP_PAGE)
+    const last = due.at(-1)
+    dueAfter = due.length === SWEEP_PAGE && last ? { at: last.graceUntil!, match: last.match } : undefined
+    consider(due, now, events)
+    // Graces still running of players present in the match's channel (their connect may be
+    // missing): read by the channels presence holds, not by grace order, so that however many
+    // graces run or are due, a present player is reached within a few rounds.
+    const present = deps.presence
+      .channels()
+      .flatMap((ch) => (ch.startsWith('match:') && ch.slice(6) > presentAfter ? [ch.slice(6)] : []))
+      .sort()
+      .slice(0, SWEEP_PAGE)
+    presentAfter = present.length === SWEEP_PAGE ? present.at(-1)! : ''
+    if (present.length > 0) {
+      const running = await deps.db
+        .select({ match: matches.match, players: matches.players })
+        .from(matches)
+        .where(and(inArray(matches.match, present), gt(matches.graceUntil, new Date(now))))
+      consider(running, now, events)
     }
     for (let i = 0; i < events.length; i += 100) await deps.ingest.publish(events.slice(i, i + 100), system)
   }
