@@ -11,12 +11,14 @@ import type { PresenceChange } from '../../presence/view'
 import type { NoticeListener } from '../../realtime/start'
 import type { Ingest } from '../events/service'
 import { createSeatBook } from './seat-book'
-import { readLiveSeats } from './service'
+import { readSeats } from './service'
 
 export type SeatWatcher = { stop: () => Promise<void> }
 
 /** Rows the grace sweep reads a round, of each of its two reads. */
 const SWEEP_PAGE = 500
+/** Matches the seat book reads in one statement (on first use). */
+const LOOKUP_PAGE = 500
 
 /**
  * Tells the matches projection, through the event stream, what presence sees of players'
@@ -30,11 +32,13 @@ const SWEEP_PAGE = 500
  *   both believe themselves the one (a handover) only repeat an event. Changes that can never
  *   matter are not published: of a match that is over, or of a started match by a user who holds
  *   none of its seats (a spectator: nobody is seated after the start). The node knows both from
- *   the match change feed it follows anyway (a seat book, see seat-book.ts: one read of the live
- *   matches at start and after a feed resync, none per subscribe). Spectators of open or full
- *   matches, and of match ids the book does not know, are still published: their join (or the
- *   match's creation) may be on its way to the projection, and a dropped disconnect would keep
- *   that seat forever. A seat starts not yet connected (given up after the join grace unless the
+ *   the match change feed it follows anyway (a seat book, see seat-book.ts), and for a match the
+ *   book does not know yet (created before this node started, forgotten after a feed resync) from
+ *   one read of that match's row on its first presence change, decided after it (later changes
+ *   wait behind it, in order). Nothing is read at start or resync, however many matches are live.
+ *   Spectators of open or full matches, and of match ids with no row, are still published: their
+ *   join (or the match's creation) may be on its way to the projection, and a dropped disconnect
+ *   would keep that seat forever. A seat starts not yet connected (given up after the join grace unless the
  *   player connects): when the feed shows a join of a user who is already present in the match's
  *   channel (they subscribed first, so their connect came before their seat), the node publishes
  *   their `{ connected: true }` then.
@@ -80,18 +84,6 @@ export function startSeatWatcher(deps: {
   }
 
   const book = createSeatBook()
-  // Listening first, then reading: a notice of a change the read missed comes after the listener exists.
-  let loadTimer: ReturnType<typeof setTimeout> | undefined
-  let loading: Promise<void> = Promise.resolve()
-  const load = () => {
-    clearTimeout(loadTimer)
-    loading = readLiveSeats(deps.db)
-      .then(book.load)
-      .catch((err) => {
-        log.warn({ err }, 'could not read the seats of live matches; trying again (meanwhile every connection change is published)')
-        if (!stopped) loadTimer = setTimeout(load, 1000)
-      })
-  }
   /**
    * A seat starts not yet connected (the join grace). A player already present in `match:<id>`
    * when their join is decided made their presence change before holding the seat (so it changed
@@ -104,24 +96,74 @@ export function startSeatWatcher(deps: {
     if (parsed?.kind !== 'match') return
     publish([{ id: id(), type: 'match.player.connection', data: { match: parsed.name, player: c.player, connected: true } }])
   }
+  /**
+   * Notices of the matches being read, given to the book once the read is in it: the book drops
+   * notices of a match it does not know, and one committed after the read's snapshot would be lost.
+   */
+  const reading = new Map<string, ChangeNotice[]>()
   const offNotices = deps.notices({
     notice: (n) => {
       book.notice(n)
+      if (n.channel.startsWith('match:')) reading.get(n.channel.slice(6))?.push(n)
       joined(n)
     },
-    resync: () => {
-      book.resync()
-      if (!stopped) load()
-    },
+    resync: () => book.resync(),
   })
-  load()
+  /** Reads matches into the book, with the notices that came during the read. */
+  const fill = async (ids: string[]) => {
+    for (const m of ids) reading.set(m, [])
+    try {
+      // A row older than what a resync lost is caught like any gap: by the version of the match's next notice.
+      book.load(await readSeats(deps.db, ids))
+      for (const m of ids) for (const n of reading.get(m) ?? []) book.notice(n)
+    } finally {
+      for (const m of ids) reading.delete(m)
+    }
+  }
 
+  type Change = { match: string; user: string; connected: boolean }
+  const decide = (c: Change) => {
+    if (book.irrelevant(c.match, c.user)) return
+    publish([{ id: id(), type: 'match.player.connection', data: { match: c.match, player: c.user, connected: c.connected, ...(c.connected ? {} : { graceMs: deps.graceMs }) } }])
+  }
+  /**
+   * Changes waiting for the book to read their matches (first use, or unsure), in presence's
+   * order: a change is decided only after every earlier one, so a user's join and leave are
+   * published in the order they happened.
+   */
+  const queue: Change[] = []
+  let draining = false
+  let drained: Promise<void> = Promise.resolve()
+  async function drain() {
+    draining = true
+    // No await between the loop's last check and `draining = false`: a change queued meanwhile is not left behind.
+    try {
+      while (queue.length > 0) {
+        const batch = queue.splice(0)
+        const wanted = [...new Set(batch.map((c) => c.match))].filter(book.wants)
+        for (let i = 0; i < wanted.length && !stopped; i += LOOKUP_PAGE) {
+          try {
+            await fill(wanted.slice(i, i + LOOKUP_PAGE))
+          } catch (err) {
+            // Decided with what the book knows: an unknown match's changes are all published.
+            log.warn({ err, matches: wanted.length }, 'could not read the seats of matches; their connection changes are published')
+            break
+          }
+        }
+        for (const c of batch) decide(c)
+      }
+    } finally {
+      draining = false
+    }
+  }
   const off = deps.presence.onChange((change: PresenceChange) => {
     if (stopped || change.kind === 'count' || !designated()) return
     const parsed = parseChannel(change.channel)
-    if (parsed?.kind !== 'match' || book.irrelevant(parsed.name, change.user)) return
-    const connected = change.kind === 'join'
-    publish([{ id: id(), type: 'match.player.connection', data: { match: parsed.name, player: change.user, connected, ...(connected ? {} : { graceMs: deps.graceMs }) } }])
+    if (parsed?.kind !== 'match') return
+    const c = { match: parsed.name, user: change.user, connected: change.kind === 'join' }
+    if (!draining && !book.wants(c.match)) return decide(c)
+    queue.push(c)
+    if (!draining) drained = drain()
   })
 
   /** Graces this node already ended (or connects it already published), so that it does not publish them again each round while the projection catches up. */
@@ -212,8 +254,7 @@ export function startSeatWatcher(deps: {
       off()
       offNotices()
       clearTimeout(timer)
-      clearTimeout(loadTimer)
-      await loading
+      await drained
       await running
       await pending
     },
