@@ -46,7 +46,7 @@ const over = (s: MatchStatus) => s === 'finished' || s === 'aborted'
  */
 export function createSeatBook(opts: { maxEnded?: number; maxLive?: number } = {}): SeatBook {
   const maxEnded = opts.maxEnded ?? 10_000
-  const maxLive = opts.maxLive ?? 100_000
+  const maxLive = opts.maxLive ?? 10_000
   const live = new Map<string, Entry>()
   const ended = new Set<string>()
   const put = (match: string, e: Entry) => {
