@@ -38,10 +38,10 @@ const LOOKUP_PAGE = 500
  *   wait behind it, in order). Nothing is read at start or resync, however many matches are live.
  *   Spectators of open or full matches, and of match ids with no row, are still published: their
  *   join (or the match's creation) may be on its way to the projection, and a dropped disconnect
- *   would keep that seat forever. A seat starts not yet connected (given up after the join grace unless the
- *   player connects): when the feed shows a join of a user who is already present in the match's
- *   channel (they subscribed first, so their connect came before their seat), the node publishes
- *   their `{ connected: true }` then.
+ *   would keep that seat forever. A seat starts not yet connected (given up after the join grace
+ *   unless the player connects): when the feed shows a join of a user who is already present in
+ *   the match's channel (they subscribed first, so their connect came before their seat), the node
+ *   publishes their `{ connected: true }` then.
  * - Every `sweepMs`, the same node reads a page (500) of the matches whose grace has ended
  *   (`grace_until`, an index; earliest end first, each round from where the last one stopped, back
  *   to the earliest after the last) and publishes `match.leave { player, reason: "disconnected" }`
