@@ -65,4 +65,32 @@ describe('seat book', () => {
     b.load([{ match: 'o', status: 'open', players: ['ann'], version: 3, epoch: 'e1' }])
     expect(b.irrelevant('o', 'spec')).toBe(false)
   })
+  test('a match is wanted (to be read) while the book has no sure entry of it; a read makes it sure, also after a resync or a gap', () => {
+    const b = createSeatBook()
+    expect(b.wants('m')).toBe(true)
+    for (const x of [created(), joined(2, 'ann')]) b.notice(x)
+    expect(b.wants('m')).toBe(false)
+    // A resync forgets the open match (its notices may be lost): read again, it is sure, and its start counts.
+    b.resync()
+    expect(b.wants('m')).toBe(true)
+    b.load([{ match: 'm', status: 'open', players: ['ann'], version: 2, epoch: 'e1' }])
+    b.notice(started(3))
+    expect([b.wants('m'), b.irrelevant('m', 'spec'), b.irrelevant('m', 'ann')]).toEqual([false, true, false])
+    // A gap makes an open match unsure; a read of the version it reached makes it sure again.
+    const g = createSeatBook()
+    for (const x of [created(), joined(3, 'ann')]) g.notice(x)
+    expect(g.wants('m')).toBe(true)
+    g.load([{ match: 'm', status: 'open', players: ['ann', 'bob'], version: 3, epoch: 'e1' }])
+    g.notice(started(4))
+    expect([g.wants('m'), g.irrelevant('m', 'spec'), g.irrelevant('m', 'bob')]).toEqual([false, true, false])
+    // A read of a match that is over ends it.
+    g.load([{ match: 'x', status: 'aborted', players: [], version: 9, epoch: 'e1' }])
+    expect([g.wants('x'), g.irrelevant('x', 'ann')]).toEqual([false, true])
+  })
+
+  test('at most maxLive live matches are kept: the oldest is forgotten (read again on next use, never irrelevant meanwhile)', () => {
+    const b = createSeatBook({ maxLive: 2 })
+    for (const m of ['a', 'b', 'c']) b.load([{ match: m, status: 'started', players: ['ann'], version: 5, epoch: 'e1' }])
+    expect(['a', 'b', 'c'].map((m) => [b.wants(m), b.irrelevant(m, 'spec')])).toEqual([[true, false], [false, true], [false, true]])
+  })
 })

@@ -1,6 +1,6 @@
 import type { ChangeNotice, MatchChange, MatchStatus } from '../../../../core/channels'
 
-/** A live match as read from the read model with its channel's version (SeatBook.load). */
+/** A match as read from the read model with its channel's version (SeatBook.load), whatever its status. */
 export type SeatRow = { match: string; status: MatchStatus; players: string[]; version: number; epoch: string }
 
 export type SeatBook = {
@@ -8,8 +8,14 @@ export type SeatBook = {
   notice: (n: ChangeNotice) => void
   /** The feed may have missed notices: what the book knows is kept only where it cannot be wrong. */
   resync: () => void
-  /** Live matches read at once (at start, after a resync), each with its channel's version then. */
+  /** Matches read from the read model (on first use, see `wants`), each with its channel's version then. */
   load: (rows: SeatRow[]) => void
+  /**
+   * True when a read of `match` could let the book answer `irrelevant` with more certainty: it
+   * neither knows the match as over nor holds a sure entry of it (never heard of, forgotten, or
+   * made unsure by a gap).
+   */
+  wants: (match: string) => boolean
   /**
    * True when a connection event for `user` in `match` can never change anything: the match is
    * over, or it started and `user` holds none of its seats (nobody is seated after the start).
@@ -32,12 +38,21 @@ const over = (s: MatchStatus) => s === 'finished' || s === 'aborted'
  * A match's entry is sure while its notices arrive without a gap since its `created` notice or a
  * load; a gap or an epoch change (a rebuild) makes it unsure, except for a started match: its
  * seats only shrink from the start on, so the seats it holds stay a superset of the real ones, and
- * "not among them" stays true. Ended matches are remembered (the last `maxEnded`), without seats.
+ * "not among them" stays true. A resync forgets every entry but the started ones (a read on next
+ * use is sure again). Ended matches are remembered (the last `maxEnded`), without seats; live ones
+ * up to `maxLive` (the oldest forgotten first: a forgotten match is read again on its next use).
+ * The book is filled by notices and by reads of the matches presence changes are about, never by
+ * reading every live match: a node's start or resync costs nothing however many there are.
  */
-export function createSeatBook(opts: { maxEnded?: number } = {}): SeatBook {
+export function createSeatBook(opts: { maxEnded?: number; maxLive?: number } = {}): SeatBook {
   const maxEnded = opts.maxEnded ?? 10_000
+  const maxLive = opts.maxLive ?? 10_000
   const live = new Map<string, Entry>()
   const ended = new Set<string>()
+  const put = (match: string, e: Entry) => {
+    live.set(match, e)
+    if (live.size > maxLive) live.delete(live.keys().next().value!)
+  }
 
   const end = (match: string) => {
     live.delete(match)
@@ -61,7 +76,7 @@ export function createSeatBook(opts: { maxEnded?: number } = {}): SeatBook {
       const e = live.get(match)
       if (c.kind === 'created') {
         if (!e || e.epoch !== n.epoch || n.version > e.version) {
-          live.set(match, { status: c.status, seats: new Set(c.match.players.map((p) => p.player)), version: n.version, epoch: n.epoch, sure: true })
+          put(match, { status: c.status, seats: new Set(c.match.players.map((p) => p.player)), version: n.version, epoch: n.epoch, sure: true })
         }
         return
       }
@@ -77,22 +92,32 @@ export function createSeatBook(opts: { maxEnded?: number } = {}): SeatBook {
       else if (c.kind === 'left') e.seats.delete(c.player)
     },
     resync() {
-      for (const e of live.values()) doubt(e)
+      // Only a started match's seats remain a safe answer; the others are read again on next use.
+      for (const [match, e] of live) if (e.status !== 'started') live.delete(match)
     },
     load(rows) {
       for (const r of rows) {
+        if (over(r.status)) {
+          end(r.match)
+          continue
+        }
         if (ended.has(r.match)) continue
         const e = live.get(r.match)
-        // Notices newer than the read already moved the entry on.
-        if (e && e.epoch === r.epoch && e.version >= r.version) continue
+        // Notices newer than the read already moved the entry on (an unsure entry takes a read of its own version: that is what it missed).
+        if (e && e.epoch === r.epoch && (e.version > r.version || (e.version === r.version && e.sure))) continue
         // Two histories (a rebuild between): which is newer is unknown, but a started match's seats
         // at any point are a superset of its seats from then on, so the row is safe to take then.
         if (e && e.epoch !== r.epoch && r.status !== 'started') {
           doubt(e)
           continue
         }
-        live.set(r.match, { status: r.status, seats: new Set(r.players), version: r.version, epoch: r.epoch, sure: true })
+        put(r.match, { status: r.status, seats: new Set(r.players), version: r.version, epoch: r.epoch, sure: true })
       }
+    },
+    wants(match) {
+      if (ended.has(match)) return false
+      const e = live.get(match)
+      return e === undefined || !e.sure
     },
     irrelevant(match, user) {
       if (ended.has(match)) return true

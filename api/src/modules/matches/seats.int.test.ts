@@ -1,12 +1,18 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { connectPostgres } from '../../../../core/db/client'
-import { matches } from '../../../../core/db/schema'
+import postgres from 'postgres'
+import { drizzle } from 'drizzle-orm/postgres-js'
+import type { Db } from '../../../../core/db/client'
+import * as schema from '../../../../core/db/schema'
+import { channelVersions, matches } from '../../../../core/db/schema'
 import type { EventInput } from '../../../../core/events'
 import { createLogger } from '../../../../core/logger'
 import { createTestEnv } from '../../../../core/testing/env'
 import { until, WsClient } from '../../../../test/e2e/harness'
 import { startTestWorker } from '../../../../stream-workers/src/testing/harness'
 import { mintUserToken } from '../../auth/mint'
+import type { PresenceChange } from '../../presence/view'
+import type { NoticeListener } from '../../realtime/start'
 import { startSeatWatcher } from './seats'
 import { startApi, type RunningApi } from '../../server'
 import { startTestNode, type TestNode } from '../../test-support'
@@ -20,7 +26,7 @@ afterEach(async () => {
 })
 
 describe('seat watcher on a real node', () => {
-  test('only seated players make connection events: spectators of started matches (known from the read at start or from the feed) and of ended ones make none', async () => {
+  test('only seated players make connection events: spectators of started matches (read on first use, or known from the feed) and of ended ones make none', async () => {
     const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '60000' }))
     const worker = await startTestWorker(n.env)
     closers.push(() => worker.stop())
@@ -31,7 +37,7 @@ describe('seat watcher on a real node', () => {
       expect(r.status).toBe(202)
     }
     const match = async (id: string) => (await fetch(`${base}/v1/matches/${id}`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
-    // Before this node starts: a started match (the node reads it at start).
+    // Before this node starts: a started match (the node reads it on its first presence change).
     await post([{ type: 'match.created', data: { match: 'early', mode: 'duel', maxPlayers: 3 } }, { type: 'match.created', data: { match: 'gone', mode: 'duel', maxPlayers: 2 } }])
     await post([{ type: 'match.join', data: { match: 'early' } }], await token('ann'))
     await post([{ type: 'match.start', data: { match: 'early' } }])
@@ -111,7 +117,7 @@ describe('seat watcher on a real node', () => {
     ])
     const published: EventInput[] = []
     const w = startSeatWatcher({
-      presence: { node: 'n', peers: () => [], onChange: () => () => {}, totals: (ch) => ({ connections: 0, users: ch === 'match:m1' ? ['here', 'on'] : ['gone'] }) },
+      presence: { node: 'n', peers: () => [], onChange: () => () => {}, totals: (ch) => ({ connections: 0, users: ch === 'match:m1' ? ['here', 'on'] : ['gone'] }), channels: () => ['match:m1', 'match:m2'] },
       notices: () => () => {},
       ingest: { publish: async (events) => (published.push(...events), []) as never },
       db: database.db,
@@ -127,5 +133,136 @@ describe('seat watcher on a real node', () => {
       ['match.leave', { match: 'm2', player: 'gone', reason: 'disconnected' }],
       ['match.player.connection', { match: 'm1', player: 'here', connected: true }],
     ])
+  })
+  test('a backlog of more than a round of due graces drains round by round, and the connect of a present player behind it is still published within its grace', async () => {
+    const env = await createTestEnv()
+    closers.push(() => env.cleanup())
+    const database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => database.close())
+    const now = Date.now()
+    const seat = (player: string, graceUntil: number) => ({ player, ready: false, connected: false, disconnectedAt: null, graceUntil })
+    const row = (match: string, players: ReturnType<typeof seat>[], graceUntil: number, seq: number) =>
+      ({ match, mode: 'duel', maxPlayers: 4, status: 'open' as const, players, playerCount: players.length, createdAt: new Date(now), createdSeq: seq, graceUntil: new Date(graceUntil) })
+    // 1,200 lobbies whose join grace ended (their leaves not applied yet: the projection lags, or
+    // their partition's worker is down), and one whose player is present with a grace still running.
+    const due = Array.from({ length: 1200 }, (_, i) => row(`due-${i}`, [seat(`p${i}`, now - 60_000 + i)], now - 60_000 + i, i + 1))
+    for (let i = 0; i < due.length; i += 400) await database.db.insert(matches).values(due.slice(i, i + 400))
+    await database.db.insert(matches).values(row('late', [seat('here', now + 60_000)], now + 60_000, 5000))
+    const published: EventInput[] = []
+    const w = startSeatWatcher({
+      presence: { node: 'n', peers: () => [], onChange: () => () => {}, totals: (ch) => ({ connections: 1, users: ch === 'match:late' ? ['here'] : [] }), channels: () => ['match:late', 'chat:x'] },
+      notices: () => () => {},
+      ingest: { publish: async (events) => (published.push(...events), []) as never },
+      db: database.db,
+      graceMs: 1000,
+      logger: createLogger('silent'),
+      sweepMs: 50,
+      warmupMs: 0,
+    })
+    const leaves = () => new Set(published.filter((e) => e.type === 'match.leave').map((e) => (e.data as { match: string }).match))
+    try {
+      await until('every due grace swept', () => leaves().size === 1200, 5_000)
+      await until('the present player connected', () => published.some((e) => e.type === 'match.player.connection'), 5_000)
+    } finally {
+      await w.stop()
+    }
+    expect(published.filter((e) => e.type === 'match.player.connection').map((e) => e.data)).toEqual([{ match: 'late', player: 'here', connected: true }])
+    // Each due grace once (no round repeats one while the projection catches up).
+    expect(published.filter((e) => e.type === 'match.leave').length).toBe(1200)
+  }, 30_000)
+  test('the seat book reads nothing at start or resync, however many matches are live; a match is read once, on its first presence change, and decided after it', async () => {
+    const env = await createTestEnv()
+    closers.push(() => env.cleanup())
+    const statements: { sql: string; params: unknown[] }[] = []
+    const client = postgres(env.vars.DATABASE_URL, { max: 2, onnotice: () => {}, fetch_types: false })
+    closers.push(() => client.end())
+    const db = drizzle(client, { schema, logger: { logQuery: (q, params) => void statements.push({ sql: q, params }) } }) as unknown as Db
+    const now = Date.now()
+    const seat = (player: string) => ({ player, ready: false, connected: true, disconnectedAt: null, graceUntil: null })
+    const row = (match: string, status: 'open' | 'started' | 'finished', players: string[], seq: number) =>
+      ({ match, mode: 'duel', maxPlayers: 4, status, players: players.map(seat), playerCount: players.length, createdAt: new Date(now), createdSeq: seq, graceUntil: null })
+    // 2,000 open lobbies (a buggy game server's), a started match and one that is over.
+    const rows = [...Array.from({ length: 2000 }, (_, i) => row(`lobby-${i}`, 'open', [`p${i}`], i + 1)), row('big', 'started', ['ann'], 3000), row('over', 'finished', ['bob'], 3001)]
+    for (let i = 0; i < rows.length; i += 500) {
+      await db.insert(matches).values(rows.slice(i, i + 500))
+      await db.insert(channelVersions).values(rows.slice(i, i + 500).map((r) => ({ channel: `match:${r.match}`, version: 3, epoch: 'e1' })))
+    }
+    statements.length = 0
+    let listener: ((c: PresenceChange) => void) | undefined
+    let feed: NoticeListener | undefined
+    const published: EventInput[] = []
+    const w = startSeatWatcher({
+      presence: { node: 'n', peers: () => [], onChange: (l) => ((listener = l), () => {}), totals: () => ({ connections: 0, users: [] }), channels: () => [] },
+      notices: (l) => ((feed = l), () => {}),
+      ingest: { publish: async (events) => (published.push(...events), []) as never },
+      db,
+      graceMs: 1000,
+      logger: createLogger('silent'),
+      sweepMs: 3_600_000,
+      warmupMs: 0,
+    })
+    await Bun.sleep(200)
+    feed!.resync()
+    await Bun.sleep(200)
+    expect(statements).toEqual([])
+    const change = (kind: 'join' | 'leave', match: string, user: string) =>
+      listener!(kind === 'join' ? { kind, channel: `match:${match}`, user } : { kind, channel: `match:${match}`, user, reason: 'disconnected' })
+    change('join', 'big', 'spec')
+    change('leave', 'big', 'spec')
+    change('leave', 'big', 'ann')
+    change('join', 'lobby-7', 'spec')
+    change('join', 'over', 'spec')
+    change('join', 'never-created', 'spec')
+    await until('decided', () => published.length >= 3)
+    const read = statements.length
+    // Known now: no more reads.
+    change('join', 'big', 'spec2')
+    change('leave', 'lobby-7', 'spec')
+    await until('decided again', () => published.length >= 4)
+    await w.stop()
+    expect(published.map((e) => e.data)).toEqual([
+      { match: 'big', player: 'ann', connected: false, graceMs: 1000 },
+      { match: 'lobby-7', player: 'spec', connected: true },
+      { match: 'never-created', player: 'spec', connected: true },
+      { match: 'lobby-7', player: 'spec', connected: false, graceMs: 1000 },
+    ])
+    expect([read, statements.length]).toEqual([2, 2])
+    expect(statements.flatMap((s) => s.params).sort()).toEqual(['big', 'lobby-7', 'never-created', 'over'])
+  })
+  test('a notice that arrives while the book reads its match is not lost: a match that starts during the read counts as started', async () => {
+    const env = await createTestEnv()
+    closers.push(() => env.cleanup())
+    let during: (() => void) | undefined
+    const client = postgres(env.vars.DATABASE_URL, { max: 2, onnotice: () => {}, fetch_types: false })
+    closers.push(() => client.end())
+    // The notice is fired as the read is sent: the row it reads is older than the notice.
+    const db = drizzle(client, { schema, logger: { logQuery: () => during?.() } }) as unknown as Db
+    const now = Date.now()
+    const seat = (player: string) => ({ player, ready: false, connected: true, disconnectedAt: null, graceUntil: null })
+    await db.insert(matches).values({ match: 'g', mode: 'duel', maxPlayers: 2, status: 'open', players: [seat('ann')], playerCount: 1, createdAt: new Date(now), createdSeq: 1, graceUntil: null })
+    await db.insert(channelVersions).values({ channel: 'match:g', version: 3, epoch: 'e1' })
+    let listener: ((c: PresenceChange) => void) | undefined
+    let feed: NoticeListener | undefined
+    const published: EventInput[] = []
+    const w = startSeatWatcher({
+      presence: { node: 'n', peers: () => [], onChange: (l) => ((listener = l), () => {}), totals: () => ({ connections: 0, users: [] }), channels: () => [] },
+      notices: (l) => ((feed = l), () => {}),
+      ingest: { publish: async (events) => (published.push(...events), []) as never },
+      db,
+      graceMs: 1000,
+      logger: createLogger('silent'),
+      sweepMs: 3_600_000,
+      warmupMs: 0,
+    })
+    during = () => {
+      during = undefined
+      feed!.notice({ channel: 'match:g', version: 4, epoch: 'e1', at: '', data: { kind: 'started', status: 'started', at: '' } })
+    }
+    listener!({ kind: 'join', channel: 'match:g', user: 'spec' })
+    listener!({ kind: 'leave', channel: 'match:g', user: 'spec', reason: 'disconnected' })
+    listener!({ kind: 'leave', channel: 'match:g', user: 'ann', reason: 'disconnected' })
+    await until('decided', () => published.length >= 1)
+    await w.stop()
+    expect(published.map((e) => e.data)).toEqual([{ match: 'g', player: 'ann', connected: false, graceMs: 1000 }])
   })
 })

@@ -1,18 +1,24 @@
-import { asc, isNotNull } from 'drizzle-orm'
+import { and, asc, eq, gt, gte, inArray, isNotNull, lte, or } from 'drizzle-orm'
 import { channelOf, parseChannel, type ChangeNotice, type MatchChange } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { matches } from '../../../../core/db/schema'
 import type { EventInput } from '../../../../core/events'
 import type { Logger } from '../../../../core/logger'
+import type { Seat } from '../../../../core/matches'
 import { rootKey } from '../../auth/principal'
 import type { Presence } from '../../presence'
 import type { PresenceChange } from '../../presence/view'
 import type { NoticeListener } from '../../realtime/start'
 import type { Ingest } from '../events/service'
 import { createSeatBook } from './seat-book'
-import { readLiveSeats } from './service'
+import { readSeats } from './service'
 
 export type SeatWatcher = { stop: () => Promise<void> }
+
+/** Rows the grace sweep reads a round, of each of its two reads. */
+const SWEEP_PAGE = 500
+/** Matches the seat book reads in one statement (on first use). */
+const LOOKUP_PAGE = 500
 
 /**
  * Tells the matches projection, through the event stream, what presence sees of players'
@@ -26,28 +32,34 @@ export type SeatWatcher = { stop: () => Promise<void> }
  *   both believe themselves the one (a handover) only repeat an event. Changes that can never
  *   matter are not published: of a match that is over, or of a started match by a user who holds
  *   none of its seats (a spectator: nobody is seated after the start). The node knows both from
- *   the match change feed it follows anyway (a seat book, see seat-book.ts: one read of the live
- *   matches at start and after a feed resync, none per subscribe). Spectators of open or full
- *   matches, and of match ids the book does not know, are still published: their join (or the
- *   match's creation) may be on its way to the projection, and a dropped disconnect would keep
- *   that seat forever. A seat starts not yet connected (given up after the join grace unless the
- *   player connects): when the feed shows a join of a user who is already present in the match's
- *   channel (they subscribed first, so their connect came before their seat), the node publishes
- *   their `{ connected: true }` then.
- * - Every `sweepMs`, the same node reads the matches with a grace running (`grace_until`, an
- *   index; earliest end first, at most 500) and publishes `match.leave { player, reason:
- *   "disconnected" }` for each player whose grace has ended: the event after the grace end at which
- *   the projection gives the seat up. One that arrives early, or after a reconnect, changes
- *   nothing. A player whose grace still runs but who is present in the match's channel gets the
- *   `{ connected: true }` no designated node published (a join or reconnect during a warm-up or a
- *   handover, a join notice lost in a feed resync): present players keep their seats.
+ *   the match change feed it follows anyway (a seat book, see seat-book.ts), and for a match the
+ *   book does not know yet (created before this node started, forgotten after a feed resync) from
+ *   one read of that match's row on its first presence change, decided after it (later changes
+ *   wait behind it, in order). Nothing is read at start or resync, however many matches are live.
+ *   Spectators of open or full matches, and of match ids with no row, are still published: their
+ *   join (or the match's creation) may be on its way to the projection, and a dropped disconnect
+ *   would keep that seat forever. A seat starts not yet connected (given up after the join grace
+ *   unless the player connects): when the feed shows a join of a user who is already present in
+ *   the match's channel (they subscribed first, so their connect came before their seat), the node
+ *   publishes their `{ connected: true }` then.
+ * - Every `sweepMs`, the same node reads a page (500) of the matches whose grace has ended
+ *   (`grace_until`, an index; earliest end first, each round from where the last one stopped, back
+ *   to the earliest after the last) and publishes `match.leave { player, reason: "disconnected" }`
+ *   for each player whose grace has ended: the event after the grace end at which the projection
+ *   gives the seat up. One that arrives early, or after a reconnect, changes nothing. A backlog
+ *   larger than a page (many lobbies at once, a projection behind) drains a page a round, whatever
+ *   the projection has applied yet. A player whose grace still runs but who is present in the
+ *   match's channel gets the `{ connected: true }` no designated node published (a join or
+ *   reconnect during a warm-up or a handover, a join notice lost in a feed resync): the sweep also
+ *   reads the seats of up to 500 matches a round whose channel has someone present (presence's
+ *   channels, in turn), so present players keep their seats however many graces run.
  *
  * The one node is the lowest id among this node and the peers its presence hears from (as for the
  * viewer sampler), after `warmupMs` (a new node's view is still filling). Events are published as
  * the API nodes' own principal (`system`).
  */
 export function startSeatWatcher(deps: {
-  presence: Pick<Presence, 'node' | 'peers' | 'onChange' | 'totals'>
+  presence: Pick<Presence, 'node' | 'peers' | 'onChange' | 'totals' | 'channels'>
   /** Follows the match change feed (Realtime.onNotices('match', ...)). */
   notices: (listener: NoticeListener) => () => void
   ingest: Pick<Ingest, 'publish'>
@@ -72,18 +84,6 @@ export function startSeatWatcher(deps: {
   }
 
   const book = createSeatBook()
-  // Listening first, then reading: a notice of a change the read missed comes after the listener exists.
-  let loadTimer: ReturnType<typeof setTimeout> | undefined
-  let loading: Promise<void> = Promise.resolve()
-  const load = () => {
-    clearTimeout(loadTimer)
-    loading = readLiveSeats(deps.db)
-      .then(book.load)
-      .catch((err) => {
-        log.warn({ err }, 'could not read the seats of live matches; trying again (meanwhile every connection change is published)')
-        if (!stopped) loadTimer = setTimeout(load, 1000)
-      })
-  }
   /**
    * A seat starts not yet connected (the join grace). A player already present in `match:<id>`
    * when their join is decided made their presence change before holding the seat (so it changed
@@ -96,40 +96,88 @@ export function startSeatWatcher(deps: {
     if (parsed?.kind !== 'match') return
     publish([{ id: id(), type: 'match.player.connection', data: { match: parsed.name, player: c.player, connected: true } }])
   }
+  /**
+   * Notices of the matches being read, given to the book once the read is in it: the book drops
+   * notices of a match it does not know, and one committed after the read's snapshot would be lost.
+   */
+  const reading = new Map<string, ChangeNotice[]>()
   const offNotices = deps.notices({
     notice: (n) => {
       book.notice(n)
+      if (n.channel.startsWith('match:')) reading.get(n.channel.slice(6))?.push(n)
       joined(n)
     },
-    resync: () => {
-      book.resync()
-      if (!stopped) load()
-    },
+    resync: () => book.resync(),
   })
-  load()
+  /** Reads matches into the book, with the notices that came during the read. */
+  const fill = async (ids: string[]) => {
+    for (const m of ids) reading.set(m, [])
+    try {
+      // A row older than what a resync lost is caught like any gap: by the version of the match's next notice.
+      book.load(await readSeats(deps.db, ids))
+      for (const m of ids) for (const n of reading.get(m) ?? []) book.notice(n)
+    } finally {
+      for (const m of ids) reading.delete(m)
+    }
+  }
 
+  type Change = { match: string; user: string; connected: boolean }
+  const decide = (c: Change) => {
+    if (book.irrelevant(c.match, c.user)) return
+    publish([{ id: id(), type: 'match.player.connection', data: { match: c.match, player: c.user, connected: c.connected, ...(c.connected ? {} : { graceMs: deps.graceMs }) } }])
+  }
+  /**
+   * Changes waiting for the book to read their matches (first use, or unsure), in presence's
+   * order: a change is decided only after every earlier one, so a user's join and leave are
+   * published in the order they happened.
+   */
+  const queue: Change[] = []
+  let draining = false
+  let drained: Promise<void> = Promise.resolve()
+  async function drain() {
+    draining = true
+    // No await between the loop's last check and `draining = false`: a change queued meanwhile is not left behind.
+    try {
+      while (queue.length > 0) {
+        const batch = queue.splice(0)
+        const wanted = [...new Set(batch.map((c) => c.match))].filter(book.wants)
+        for (let i = 0; i < wanted.length && !stopped; i += LOOKUP_PAGE) {
+          try {
+            await fill(wanted.slice(i, i + LOOKUP_PAGE))
+          } catch (err) {
+            // Decided with what the book knows: an unknown match's changes are all published.
+            log.warn({ err, matches: wanted.length }, 'could not read the seats of matches; their connection changes are published')
+            break
+          }
+        }
+        for (const c of batch) decide(c)
+      }
+    } finally {
+      draining = false
+    }
+  }
   const off = deps.presence.onChange((change: PresenceChange) => {
     if (stopped || change.kind === 'count' || !designated()) return
     const parsed = parseChannel(change.channel)
-    if (parsed?.kind !== 'match' || book.irrelevant(parsed.name, change.user)) return
-    const connected = change.kind === 'join'
-    publish([{ id: id(), type: 'match.player.connection', data: { match: parsed.name, player: change.user, connected, ...(connected ? {} : { graceMs: deps.graceMs }) } }])
+    if (parsed?.kind !== 'match') return
+    const c = { match: parsed.name, user: change.user, connected: change.kind === 'join' }
+    if (!draining && !book.wants(c.match)) return decide(c)
+    queue.push(c)
+    if (!draining) drained = drain()
   })
 
   /** Graces this node already ended (or connects it already published), so that it does not publish them again each round while the projection catches up. */
   const ended = new Map<string, number>()
-  async function sweep() {
-    if (!designated()) return
-    const now = Date.now()
-    for (const [k, at] of ended) if (now - at > 10_000) ended.delete(k)
-    // Every seat with a grace running, earliest end first (the partial index): ended ones first.
-    const rows = await deps.db
-      .select({ match: matches.match, players: matches.players })
-      .from(matches)
-      .where(isNotNull(matches.graceUntil))
-      .orderBy(asc(matches.graceUntil))
-      .limit(500)
-    const events: EventInput[] = []
+  /**
+   * Where the sweep of due graces goes on next round: (grace_until, match) of the last row read.
+   * Rows already swept stay due until the projection applies their leaves (it lags, or their
+   * partition's worker is down); reading from the earliest each round would read those again and
+   * never reach the rest. Back to the start once a round reads the last due row.
+   */
+  let dueAfter: { at: Date; match: string } | undefined
+  /** The last `match:` channel with someone present whose seats the sweep read (the present players' round robin). */
+  let presentAfter = ''
+  const consider = (rows: { match: string; players: Seat[] }[], now: number, events: EventInput[]) => {
     for (const r of rows) {
       for (const p of r.players) {
         if (p.graceUntil === null || p.connected) continue
@@ -145,6 +193,44 @@ export function startSeatWatcher(deps: {
           events.push({ id: id(), type: 'match.player.connection', data: { match: r.match, player: p.player, connected: true } })
         }
       }
+    }
+  }
+  async function sweep() {
+    if (!designated()) return
+    const now = Date.now()
+    for (const [k, at] of ended) if (now - at > 10_000) ended.delete(k)
+    const events: EventInput[] = []
+    // Due graces, earliest end first (the partial index), a page a round from where the last round stopped.
+    const due = await deps.db
+      .select({ match: matches.match, players: matches.players, graceUntil: matches.graceUntil })
+      .from(matches)
+      .where(
+        and(
+          isNotNull(matches.graceUntil),
+          lte(matches.graceUntil, new Date(now)),
+          dueAfter && and(gte(matches.graceUntil, dueAfter.at), or(gt(matches.graceUntil, dueAfter.at), and(eq(matches.graceUntil, dueAfter.at), gt(matches.match, dueAfter.match)))),
+        ),
+      )
+      .orderBy(asc(matches.graceUntil), asc(matches.match))
+      .limit(SWEEP_PAGE)
+    const last = due.at(-1)
+    dueAfter = due.length === SWEEP_PAGE && last ? { at: last.graceUntil!, match: last.match } : undefined
+    consider(due, now, events)
+    // Graces still running of players present in the match's channel (their connect may be
+    // missing): read by the channels presence holds, not by grace order, so that however many
+    // graces run or are due, a present player is reached within a few rounds.
+    const present = deps.presence
+      .channels()
+      .flatMap((ch) => (ch.startsWith('match:') && ch.slice(6) > presentAfter ? [ch.slice(6)] : []))
+      .sort()
+      .slice(0, SWEEP_PAGE)
+    presentAfter = present.length === SWEEP_PAGE ? present.at(-1)! : ''
+    if (present.length > 0) {
+      const running = await deps.db
+        .select({ match: matches.match, players: matches.players })
+        .from(matches)
+        .where(and(inArray(matches.match, present), gt(matches.graceUntil, new Date(now))))
+      consider(running, now, events)
     }
     for (let i = 0; i < events.length; i += 100) await deps.ingest.publish(events.slice(i, i + 100), system)
   }
@@ -168,8 +254,7 @@ export function startSeatWatcher(deps: {
       off()
       offNotices()
       clearTimeout(timer)
-      clearTimeout(loadTimer)
-      await loading
+      await drained
       await running
       await pending
     },

@@ -24,15 +24,18 @@ export function matchSnapshot(db: Db, match: string): Promise<ChannelSnapshot<Ma
 }
 
 /**
- * The seats of every match not over, each with its channel's version and epoch, read in one
- * statement (the projection writes both in one): what the seat watcher's book starts from.
+ * The seats of the given matches (any status; ids with no match are left out), each with its
+ * channel's version and epoch, read in one statement (the projection writes both in one): what
+ * the seat watcher's book fills in on a match's first use. By primary key, so its cost follows the
+ * ids asked for, not the number of live matches.
  */
-export async function readLiveSeats(db: Db): Promise<SeatRow[]> {
+export async function readSeats(db: Db, ids: string[]): Promise<SeatRow[]> {
+  if (ids.length === 0) return []
   const rows = await db
     .select({ match: matches.match, status: matches.status, players: matches.players, version: channelVersions.version, epoch: channelVersions.epoch })
     .from(matches)
     .innerJoin(channelVersions, eq(channelVersions.channel, sql`'match:' || ${matches.match}`))
-    .where(inArray(matches.status, ['open', 'full', 'started']))
+    .where(inArray(matches.match, ids))
   return rows.map((r) => ({ match: r.match, status: r.status, players: r.players.map((p) => p.player), version: Number(r.version), epoch: r.epoch }))
 }
 
