@@ -25,6 +25,29 @@ afterEach(async () => {
   node = undefined
 })
 
+/**
+ * A seat watcher on `db` alone: presence and the match change feed are the test's hands (`change`,
+ * `feed`), and what it would publish is kept in `published`. Designated at once (no warm-up).
+ */
+function standAloneWatcher(db: Db, { presence = {}, sweepMs = 3_600_000 }: { presence?: Partial<Parameters<typeof startSeatWatcher>[0]['presence']>; sweepMs?: number } = {}) {
+  let listener: ((c: PresenceChange) => void) | undefined
+  let feed: NoticeListener | undefined
+  const published: EventInput[] = []
+  const watcher = startSeatWatcher({
+    presence: { node: 'n', peers: () => [], onChange: (l) => ((listener = l), () => {}), totals: () => ({ connections: 0, users: [] }), channels: () => [], ...presence },
+    notices: (l) => ((feed = l), () => {}),
+    ingest: { publish: async (events) => (published.push(...events), []) as never },
+    db,
+    graceMs: 1000,
+    logger: createLogger('silent'),
+    sweepMs,
+    warmupMs: 0,
+  })
+  const change = (kind: 'join' | 'leave', match: string, user: string) =>
+    listener!(kind === 'join' ? { kind, channel: `match:${match}`, user } : { kind, channel: `match:${match}`, user, reason: 'disconnected' })
+  return { watcher, published, change, feed: () => feed! }
+}
+
 describe('seat watcher on a real node', () => {
   test('only seated players make connection events: spectators of started matches (read on first use, or known from the feed) and of ended ones make none', async () => {
     const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '60000' }))
@@ -115,16 +138,9 @@ describe('seat watcher on a real node', () => {
       row('m1', [seat('here', now + 60_000), seat('away', now + 60_000), seat('on', null)], now + 60_000),
       row('m2', [seat('gone', now - 1_000)], now - 1_000),
     ])
-    const published: EventInput[] = []
-    const w = startSeatWatcher({
-      presence: { node: 'n', peers: () => [], onChange: () => () => {}, totals: (ch) => ({ connections: 0, users: ch === 'match:m1' ? ['here', 'on'] : ['gone'] }), channels: () => ['match:m1', 'match:m2'] },
-      notices: () => () => {},
-      ingest: { publish: async (events) => (published.push(...events), []) as never },
-      db: database.db,
-      graceMs: 1000,
-      logger: createLogger('silent'),
+    const { watcher: w, published } = standAloneWatcher(database.db, {
+      presence: { totals: (ch) => ({ connections: 0, users: ch === 'match:m1' ? ['here', 'on'] : ['gone'] }), channels: () => ['match:m1', 'match:m2'] },
       sweepMs: 50,
-      warmupMs: 0,
     })
     await until('sweep published', () => published.length >= 2)
     await Bun.sleep(200) // more rounds: nothing is published twice
@@ -148,16 +164,9 @@ describe('seat watcher on a real node', () => {
     const due = Array.from({ length: 1200 }, (_, i) => row(`due-${i}`, [seat(`p${i}`, now - 60_000 + i)], now - 60_000 + i, i + 1))
     for (let i = 0; i < due.length; i += 400) await database.db.insert(matches).values(due.slice(i, i + 400))
     await database.db.insert(matches).values(row('late', [seat('here', now + 60_000)], now + 60_000, 5000))
-    const published: EventInput[] = []
-    const w = startSeatWatcher({
-      presence: { node: 'n', peers: () => [], onChange: () => () => {}, totals: (ch) => ({ connections: 1, users: ch === 'match:late' ? ['here'] : [] }), channels: () => ['match:late', 'chat:x'] },
-      notices: () => () => {},
-      ingest: { publish: async (events) => (published.push(...events), []) as never },
-      db: database.db,
-      graceMs: 1000,
-      logger: createLogger('silent'),
+    const { watcher: w, published } = standAloneWatcher(database.db, {
+      presence: { totals: (ch) => ({ connections: 1, users: ch === 'match:late' ? ['here'] : [] }), channels: () => ['match:late', 'chat:x'] },
       sweepMs: 50,
-      warmupMs: 0,
     })
     const leaves = () => new Set(published.filter((e) => e.type === 'match.leave').map((e) => (e.data as { match: string }).match))
     try {
@@ -188,25 +197,11 @@ describe('seat watcher on a real node', () => {
       await db.insert(channelVersions).values(rows.slice(i, i + 500).map((r) => ({ channel: `match:${r.match}`, version: 3, epoch: 'e1' })))
     }
     statements.length = 0
-    let listener: ((c: PresenceChange) => void) | undefined
-    let feed: NoticeListener | undefined
-    const published: EventInput[] = []
-    const w = startSeatWatcher({
-      presence: { node: 'n', peers: () => [], onChange: (l) => ((listener = l), () => {}), totals: () => ({ connections: 0, users: [] }), channels: () => [] },
-      notices: (l) => ((feed = l), () => {}),
-      ingest: { publish: async (events) => (published.push(...events), []) as never },
-      db,
-      graceMs: 1000,
-      logger: createLogger('silent'),
-      sweepMs: 3_600_000,
-      warmupMs: 0,
-    })
+    const { watcher: w, published, change, feed } = standAloneWatcher(db)
     await Bun.sleep(200)
-    feed!.resync()
+    feed().resync()
     await Bun.sleep(200)
     expect(statements).toEqual([])
-    const change = (kind: 'join' | 'leave', match: string, user: string) =>
-      listener!(kind === 'join' ? { kind, channel: `match:${match}`, user } : { kind, channel: `match:${match}`, user, reason: 'disconnected' })
     change('join', 'big', 'spec')
     change('leave', 'big', 'spec')
     change('leave', 'big', 'ann')
@@ -241,26 +236,14 @@ describe('seat watcher on a real node', () => {
     const seat = (player: string) => ({ player, ready: false, connected: true, disconnectedAt: null, graceUntil: null })
     await db.insert(matches).values({ match: 'g', mode: 'duel', maxPlayers: 2, status: 'open', players: [seat('ann')], playerCount: 1, createdAt: new Date(now), createdSeq: 1, graceUntil: null })
     await db.insert(channelVersions).values({ channel: 'match:g', version: 3, epoch: 'e1' })
-    let listener: ((c: PresenceChange) => void) | undefined
-    let feed: NoticeListener | undefined
-    const published: EventInput[] = []
-    const w = startSeatWatcher({
-      presence: { node: 'n', peers: () => [], onChange: (l) => ((listener = l), () => {}), totals: () => ({ connections: 0, users: [] }), channels: () => [] },
-      notices: (l) => ((feed = l), () => {}),
-      ingest: { publish: async (events) => (published.push(...events), []) as never },
-      db,
-      graceMs: 1000,
-      logger: createLogger('silent'),
-      sweepMs: 3_600_000,
-      warmupMs: 0,
-    })
+    const { watcher: w, published, change, feed } = standAloneWatcher(db)
     during = () => {
       during = undefined
-      feed!.notice({ channel: 'match:g', version: 4, epoch: 'e1', at: '', data: { kind: 'started', status: 'started', at: '' } })
+      feed().notice({ channel: 'match:g', version: 4, epoch: 'e1', at: '', data: { kind: 'started', status: 'started', at: '' } })
     }
-    listener!({ kind: 'join', channel: 'match:g', user: 'spec' })
-    listener!({ kind: 'leave', channel: 'match:g', user: 'spec', reason: 'disconnected' })
-    listener!({ kind: 'leave', channel: 'match:g', user: 'ann', reason: 'disconnected' })
+    change('join', 'g', 'spec')
+    change('leave', 'g', 'spec')
+    change('leave', 'g', 'ann')
     await until('decided', () => published.length >= 1)
     await w.stop()
     expect(published.map((e) => e.data)).toEqual([{ match: 'g', player: 'ann', connected: false, graceMs: 1000 }])
