@@ -1,8 +1,9 @@
-import type { NatsConnection, Subscription } from '@nats-io/transport-node'
+import type { NatsConnection } from '@nats-io/transport-node'
 import { gt, isNotNull, sql } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import { apiKeys, tokenRevocations, userRevocations } from '../../../core/db/schema'
 import type { Logger } from '../../../core/logger'
+import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { Principal } from './principal'
 
 /** One revocation, as broadcast to every API node. */
@@ -27,7 +28,9 @@ export type Revocations = {
  * node's memory, so checking a principal costs a map lookup. A revocation is written to Postgres,
  * then broadcast on `<prefix>.control.revocations` (core NATS): every node applies it and re-checks
  * its open sockets at once. A node that missed broadcasts (it was cut off from NATS) reloads from
- * Postgres when it reconnects, and every `reloadEveryMs` anyway.
+ * Postgres when it reconnects, when NATS lets it subscribe again after denying it (permissions
+ * narrowed by a reload: the node is not ready meanwhile, see SubscriptionWatch), and every
+ * `reloadEveryMs` anyway.
  */
 export async function startRevocations(deps: {
   db: Db
@@ -36,6 +39,8 @@ export async function startRevocations(deps: {
   logger: Logger
   /** Drops revoked keys from the key lookup cache. */
   forgetKey?: (id: string) => void
+  /** The node's watched subscriptions; one of its own when absent. */
+  subscriptions?: SubscriptionWatch
   reloadEveryMs?: number
   now?: () => number
 }): Promise<Revocations> {
@@ -71,9 +76,11 @@ export async function startRevocations(deps: {
   }
   await reload()
 
-  const sub: Subscription = deps.nc.subscribe(subject, {
-    callback: (err, msg) => {
-      if (err) return
+  const safeReload = () => reload().catch((err) => log.warn({ err }, 'reloading revocations failed; retrying at the next round'))
+  const subscriptions = deps.subscriptions ?? createSubscriptionWatch({ nc: deps.nc, logger: deps.logger })
+  const sub = subscriptions.subscribe(subject, {
+    name: 'revocations',
+    onMessage: (msg) => {
       try {
         apply(msg.json<Revocation>())
         changed()
@@ -81,8 +88,9 @@ export async function startRevocations(deps: {
         log.warn({ err: e }, 'unreadable revocation broadcast')
       }
     },
+    // Broadcasts sent while it was denied never came: Postgres has them.
+    onRestored: () => void safeReload(),
   })
-  const safeReload = () => reload().catch((err) => log.warn({ err }, 'reloading revocations failed; retrying at the next round'))
   void (async () => {
     for await (const s of deps.nc.status()) if (s.type === 'reconnect') void safeReload()
   })().catch(() => {})

@@ -1,7 +1,9 @@
-import type { NatsConnection, Subscription } from '@nats-io/transport-node'
+import type { NatsConnection } from '@nats-io/transport-node'
 import { eq } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import { roomSettings } from '../../../core/db/schema'
+import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
+import type { Logger } from '../../../core/logger'
 import type { Visibility } from './permissions'
 
 export type RoomAccess = {
@@ -27,7 +29,16 @@ export type RoomAccess = {
  * `forbidden` error frame). Cached values also expire after `ttlMs`, bounding what a node that
  * missed a broadcast can serve.
  */
-export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: string; ttlMs?: number; now?: () => number }): RoomAccess {
+export function createRoomAccess(deps: {
+  db: Db
+  nc: NatsConnection
+  prefix: string
+  logger: Logger
+  /** The node's watched subscriptions; one of its own when absent. */
+  subscriptions?: SubscriptionWatch
+  ttlMs?: number
+  now?: () => number
+}): RoomAccess {
   const now = deps.now ?? Date.now
   const ttl = deps.ttlMs ?? 30_000
   const cache = new Map<string, { visibility: Visibility; at: number }>()
@@ -42,9 +53,13 @@ export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: str
     if (under) under.stale = true
     for (const l of listeners) l(room)
   }
-  const sub: Subscription = deps.nc.subscribe(subject, {
-    callback: (err, msg) => {
-      if (!err) changed(msg.string())
+  const subscriptions = deps.subscriptions ?? createSubscriptionWatch({ nc: deps.nc, logger: deps.logger })
+  const sub = subscriptions.subscribe(subject, {
+    name: 'rooms',
+    onMessage: (msg) => changed(msg.string()),
+    // Changes broadcast while it was denied never came: what this node holds may be stale.
+    onRestored: () => {
+      for (const room of [...cache.keys()]) changed(room)
     },
   })
   const read = async (room: string): Promise<Visibility> => {

@@ -1,0 +1,132 @@
+import { PermissionViolationError, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node'
+import type { Logger } from './logger'
+
+/** A subscription NATS refuses this process's user now (see SubscriptionWatch). */
+export type DeniedSubscription = {
+  /** What the subscription is for (`revocations`, `rooms`, ...): a metric label, never a channel. */
+  name: string
+  subject: string
+  /** Since when (ISO time). */
+  since: string
+  /** Whether the process may serve without it (see WatchOptions.essential). */
+  essential: boolean
+}
+
+export type WatchOptions = {
+  /** What the subscription is for; the label of `fanfare_nats_subscriptions_denied`. */
+  name: string
+  /**
+   * Whether the node may not serve without it (default true): an essential subscription denied
+   * makes readiness false. A non-essential one has a fallback (its denial is logged and counted).
+   */
+  essential?: boolean
+  onMessage: (m: Msg) => void
+  /**
+   * Called once NATS lets the subscription through again after denying it: what was published on
+   * the subject meanwhile was lost, so the owner catches up from where the truth is kept.
+   */
+  onRestored?: () => void
+}
+
+/** A core NATS subscription made through a SubscriptionWatch. */
+export type WatchedSubscription = { unsubscribe: () => void }
+
+/**
+ * A process's core NATS subscriptions, watched for permissions taken away while it runs. An
+ * operator narrowing the user's permissions (a nats-server config reload) makes nats-server end
+ * every subscription the user may no longer make, saying so only in an asynchronous error: the
+ * subscription's callback gets a PermissionViolationError and nats.js closes it, so its messages
+ * stop without a word (an API node would then miss other nodes' revocations: a revoked key would
+ * keep working on it). Through the watch, a denied subscription is logged as an error naming the
+ * subject, listed by `denied()` (readiness, the metric), and made again every `retryMs` until
+ * NATS lets it through; then `onRestored` runs.
+ */
+export type SubscriptionWatch = {
+  subscribe: (subject: string, opts: WatchOptions) => WatchedSubscription
+  /** Subscriptions NATS refuses now. */
+  denied: () => DeniedSubscription[]
+  /** Ends every subscription and retry. */
+  stop: () => void
+}
+
+type Entry = WatchOptions & { subject: string; sub?: Subscription; deniedSince?: number; timer?: ReturnType<typeof setTimeout>; closed: boolean }
+
+export function createSubscriptionWatch(deps: { nc: NatsConnection; logger: Logger; retryMs?: number; now?: () => number }): SubscriptionWatch {
+  const now = deps.now ?? Date.now
+  const retryMs = deps.retryMs ?? 2_000
+  const log = deps.logger.child({ component: 'nats-subscriptions' })
+  const entries = new Set<Entry>()
+
+  const open = (e: Entry) => {
+    e.sub = deps.nc.subscribe(e.subject, {
+      callback: (err, m) => {
+        if (e.closed) return
+        if (err instanceof PermissionViolationError) return onDenied(e)
+        if (err) return void log.warn({ err, subject: e.subject, subscription: e.name }, 'subscription failed')
+        e.onMessage(m)
+      },
+    })
+  }
+
+  const onDenied = (e: Entry) => {
+    if (e.deniedSince === undefined) {
+      e.deniedSince = now()
+      log.error(
+        { subject: e.subject, subscription: e.name, essential: e.essential !== false },
+        `NATS denies this process subscribe on ${e.subject} (Permissions Violation): ${e.essential !== false ? 'this node is not ready until it is granted again' : 'its fallback takes over'}; ` +
+          `grant the user in NATS_URL subscribe on it in the nats-server config (retrying every ${retryMs} ms)`,
+      )
+    }
+    clearTimeout(e.timer)
+    e.timer = setTimeout(() => void retry(e), retryMs)
+  }
+
+  /**
+   * Subscribes again (unless a subscription is still open: one made while NATS was away) and
+   * flushes: nats-server answers a SUB in order, so a refusal arrives before the flush's PONG, and
+   * a subscription still open after it was let through.
+   */
+  const retry = async (e: Entry) => {
+    if (e.closed) return
+    if (!e.sub || e.sub.isClosed()) open(e)
+    try {
+      await deps.nc.flush()
+    } catch {
+      // NATS away: look again later (nats.js makes the subscription again on reconnect).
+      if (!e.closed && e.sub && !e.sub.isClosed()) e.timer = setTimeout(() => void retry(e), retryMs)
+      return
+    }
+    if (e.closed || !e.sub || e.sub.isClosed() || e.deniedSince === undefined) return
+    log.info({ subject: e.subject, subscription: e.name, deniedMs: now() - e.deniedSince }, `NATS lets this process subscribe on ${e.subject} again`)
+    e.deniedSince = undefined
+    e.onRestored?.()
+  }
+
+  return {
+    subscribe: (subject, opts) => {
+      const e: Entry = { ...opts, subject, closed: false }
+      entries.add(e)
+      open(e)
+      return {
+        unsubscribe: () => {
+          e.closed = true
+          entries.delete(e)
+          clearTimeout(e.timer)
+          if (e.sub && !e.sub.isClosed()) e.sub.unsubscribe()
+        },
+      }
+    },
+    denied: () =>
+      [...entries]
+        .filter((e) => e.deniedSince !== undefined)
+        .map((e) => ({ name: e.name, subject: e.subject, since: new Date(e.deniedSince!).toISOString(), essential: e.essential !== false })),
+    stop: () => {
+      for (const e of [...entries]) {
+        e.closed = true
+        clearTimeout(e.timer)
+        if (e.sub && !e.sub.isClosed()) e.sub.unsubscribe()
+      }
+      entries.clear()
+    },
+  }
+}
