@@ -21,6 +21,8 @@ export type WatchOptions = {
    */
   essential?: boolean
   onMessage: (m: Msg) => void
+  /** Called when NATS denies the subscription (once until it is let through again): the owner may fall back on polling. */
+  onDenied?: () => void
   /**
    * Called once NATS lets the subscription through again after denying it: what was published on
    * the subject meanwhile was lost, so the owner catches up from where the truth is kept.
@@ -76,6 +78,7 @@ export function createSubscriptionWatch(deps: { nc: NatsConnection; logger: Logg
         `NATS denies this process subscribe on ${e.subject} (Permissions Violation): ${e.essential !== false ? 'this node is not ready until it is granted again' : 'its fallback takes over'}; ` +
           `grant the user in NATS_URL subscribe on it in the nats-server config (retrying every ${retryMs} ms)`,
       )
+      e.onDenied?.()
     }
     clearTimeout(e.timer)
     e.timer = setTimeout(() => void retry(e), retryMs)

@@ -214,7 +214,7 @@ describe('permissions narrowed by a config reload while nodes run', () => {
     await stopCleanly(proc)
   }, 60_000)
 
-  test('the revocations subscription denied: the node is not ready naming the subject, counted, logged; granted again, it is ready and has the revocations it missed', async () => {
+  test('the revocations subscription denied: the node is not ready naming the subject, counted, logged; revocations still reach it from Postgres; granted again, it is ready', async () => {
     const prefix = env.config.FANFARE_SUBJECT_PREFIX
     const { proc: watched, api: a } = await startApi('watched')
     const { proc: other, api: b } = await startApi('all')
@@ -236,16 +236,15 @@ describe('permissions narrowed by a config reload while nodes run', () => {
     expect(watched.output()).toContain(`NATS denies this process subscribe on ${prefix}.control.revocations`)
     expect((await readyz(b.baseUrl)).status).toBe(200)
 
-    // Revoked on the other node while this one cannot hear it.
+    // Revoked on the other node while this one cannot hear it: refused there all the same, within
+    // about a second (it reads Postgres every second while denied), not at the next 30 s reload.
     expect((await fetch(`${b.baseUrl}/admin/keys/${created.id}`, { method: 'DELETE', headers: admin })).status).toBe(200)
+    await until('the key to be refused on the node that cannot hear the broadcast', async () => (await useKey()) === 401, 3_000, 100)
 
     await setPermissions('watched')
-    const grantedAt = Date.now()
     await until('the node to be ready again', async () => (await readyz(a.baseUrl)).status === 200, 10_000, 100)
-    // From Postgres when the subscription came back, not at the next periodic reload (30 s).
-    await until('the key to be refused on the node that missed the broadcast', async () => (await useKey()) === 401, 3_000, 100)
-    expect(Date.now() - grantedAt).toBeLessThan(8_000)
     expect(await metric(a.baseUrl, a.adminToken, 'fanfare_nats_subscriptions_denied{subscription="revocations"}')).toBe(0)
+    expect(await useKey()).toBe(401)
     await stopCleanly(watched, other)
   }, 90_000)
 

@@ -28,9 +28,9 @@ export type Revocations = {
  * node's memory, so checking a principal costs a map lookup. A revocation is written to Postgres,
  * then broadcast on `<prefix>.control.revocations` (core NATS): every node applies it and re-checks
  * its open sockets at once. A node that missed broadcasts (it was cut off from NATS) reloads from
- * Postgres when it reconnects, when NATS lets it subscribe again after denying it (permissions
- * narrowed by a reload: the node is not ready meanwhile, see SubscriptionWatch), and every
- * `reloadEveryMs` anyway.
+ * Postgres when it reconnects, every second while NATS denies it the subscription (permissions
+ * narrowed by a reload: the node is not ready meanwhile, see SubscriptionWatch) and once more when
+ * it is let through again, and every `reloadEveryMs` anyway.
  */
 export async function startRevocations(deps: {
   db: Db
@@ -42,6 +42,8 @@ export async function startRevocations(deps: {
   /** The node's watched subscriptions; one of its own when absent. */
   subscriptions?: SubscriptionWatch
   reloadEveryMs?: number
+  /** How often it reloads while NATS denies its subscription (default 1 s). */
+  deniedReloadEveryMs?: number
   now?: () => number
 }): Promise<Revocations> {
   const now = deps.now ?? Date.now
@@ -77,6 +79,7 @@ export async function startRevocations(deps: {
   await reload()
 
   const safeReload = () => reload().catch((err) => log.warn({ err }, 'reloading revocations failed; retrying at the next round'))
+  let polling: ReturnType<typeof setInterval> | undefined
   const subscriptions = deps.subscriptions ?? createSubscriptionWatch({ nc: deps.nc, logger: deps.logger })
   const sub = subscriptions.subscribe(subject, {
     name: 'revocations',
@@ -88,8 +91,19 @@ export async function startRevocations(deps: {
         log.warn({ err: e }, 'unreadable revocation broadcast')
       }
     },
+    // Denied, the node misses every broadcast: it is not ready (the orchestrator takes it out), but
+    // its open sockets and direct callers remain, so it reads Postgres every second meanwhile, and
+    // a revocation still reaches it within about a second instead of at the next 30 s reload.
+    onDenied: () => {
+      clearInterval(polling)
+      polling = setInterval(() => void safeReload(), deps.deniedReloadEveryMs ?? 1_000)
+    },
     // Broadcasts sent while it was denied never came: Postgres has them.
-    onRestored: () => void safeReload(),
+    onRestored: () => {
+      clearInterval(polling)
+      polling = undefined
+      void safeReload()
+    },
   })
   void (async () => {
     for await (const s of deps.nc.status()) if (s.type === 'reconnect') void safeReload()
@@ -140,6 +154,7 @@ export async function startRevocations(deps: {
     onChange: (l) => void listeners.push(l),
     async stop() {
       clearInterval(timer)
+      clearInterval(polling)
       sub.unsubscribe()
     },
   }
