@@ -38,6 +38,7 @@ const users: { user: string; password: string; permissions?: string }[] = [
   { user: 'watched', password: 'pw' },
   { user: 'advisories', password: 'pw' },
   { user: 'replayer', password: 'pw' },
+  { user: 'inboxless', password: 'pw' },
 ]
 /**
  * Sets `user`'s permissions (none: all) and has the running server reload its config, as an
@@ -284,5 +285,22 @@ describe('permissions narrowed by a config reload while nodes run', () => {
     await until('the replay subscription to be made again', async () => (await denied()) === 0, 5_000, 100)
     expect(worker.output()).toContain(`NATS lets this process subscribe on ${prefix}.admin.replay.*.* again`)
     await stopCleanly(worker)
+  }, 60_000)
+
+  test('the inbox denied (where JetStream acknowledges publishes): events are 503 at once, naming it; granted again, ingest works again', async () => {
+    const { proc, api } = await startApi('inboxless')
+    await setPermissions('inboxless', '{ subscribe: { deny: ["_INBOX.>"] } }')
+    const startedAt = Date.now()
+    const refused = await postEvents(api, [scoreEvent('inbox-1', 'b', 'p1', 1)])
+    expect(refused.status).toBe(503)
+    expect(Date.now() - startedAt).toBeLessThan(3000) // not the 5 s publish timeout
+    expect(refused.body.error.code).toBe('unavailable') // the event may be stored: only its acknowledgement was lost
+    expect(refused.body.error.message).toContain('subscribe on _INBOX.')
+    await setPermissions('inboxless')
+    // The acknowledgement callback used to throw on the denial, inside nats.js' parser: the
+    // connection read nothing more (every subscription of the node deaf) until its ping timeout
+    // made it reconnect, ~10 s later, every publish meanwhile waiting out its timeout.
+    await until('ingest to work again', async () => (await postEvents(api, [scoreEvent('inbox-1', 'b', 'p1', 1)])).status === 202, 3_000, 200)
+    await stopCleanly(proc)
   }, 60_000)
 })

@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import { context, SpanKind, SpanStatusCode, type Context, type Span } from '@opentelemetry/api'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { createAckedPublisher, isStorageFull, PublishDenied, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
+import { AcksDenied, createAckedPublisher, isStorageFull, PublishDenied, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
 import type { Config } from '../../../../core/config'
 import {
   admitData,
@@ -318,7 +318,11 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       const message = `${denied.message} (an operator must act); events not stored: resend the events with the ids in details.results once it is granted`
       throw refused(new Unavailable(message, 'publish_denied', { results, subject: denied.subject }), events.length)
     }
-    throw refused(new Unavailable('the event stream is unavailable; resend the events with the ids in details.results', 'unavailable', { results }), events.length)
+    // The acknowledgements' inbox denied: an outage for the client (the events may be stored), but
+    // the message says whose to fix it is.
+    const acks = failed.map((f) => f.reason).find((r): r is AcksDenied => r instanceof AcksDenied)
+    const message = `${acks ? `${acks.message} (an operator must act)` : 'the event stream is unavailable'}; resend the events with the ids in details.results`
+    throw refused(new Unavailable(message, 'unavailable', { results }), events.length)
   }
   /**
    * The user's chat posts and deletions in rooms closed to them (private rooms whose channel their
