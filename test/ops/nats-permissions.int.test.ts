@@ -8,7 +8,7 @@ import { topology } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { until } from '../../core/testing/wait'
 import { createClient, FanfareError } from '../../client/src'
-import { freePort, runUntilExit, spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { freePort, runUntilExit, spawnProc, waitReady, WsClient, type Proc } from '../e2e/harness'
 import { postEvents, scoreEvent, stopCleanly } from '../cluster/support'
 import { privateNats, type PrivateNats } from '../cluster/private-nats'
 
@@ -215,7 +215,7 @@ describe('permissions narrowed by a config reload while nodes run', () => {
     await stopCleanly(proc)
   }, 60_000)
 
-  test('the revocations subscription denied: the node is not ready naming the subject, counted, logged; revocations still reach it from Postgres; granted again, it is ready', async () => {
+  test('the revocations subscription denied: the node is not ready naming the subject, counted, logged; revocations and room changes still reach it from Postgres; granted again, it is ready', async () => {
     const prefix = env.config.FANFARE_SUBJECT_PREFIX
     const { proc: watched, api: a } = await startApi('watched')
     const { proc: other, api: b } = await startApi('all')
@@ -223,6 +223,10 @@ describe('permissions narrowed by a config reload while nodes run', () => {
     const created = await (await fetch(`${b.baseUrl}/admin/keys`, { method: 'POST', headers: admin, body: JSON.stringify({ name: 'reader', scopes: ['admin:read'] }) })).json()
     const useKey = () => fetch(`${a.baseUrl}/admin/keys`, { headers: { authorization: `Bearer ${created.key}` } }).then((r) => r.status)
     expect(await useKey()).toBe(200)
+    // An anonymous reader of a public room on the node to be denied.
+    const reader = await WsClient.open(`${a.baseUrl.replace('http', 'ws')}/v1/ws`)
+    reader.send({ op: 'subscribe', ref: 's', channel: 'chat:secret' })
+    await until('the reader to get the room', () => reader.of('chat:secret').length > 0, 10_000)
 
     await setPermissions('watched', '{ subscribe: { deny: ["*.control.>"] } }')
     const denied = await until('the node to be not ready', async () => {
@@ -241,6 +245,10 @@ describe('permissions narrowed by a config reload while nodes run', () => {
     // about a second (it reads Postgres every second while denied), not at the next 30 s reload.
     expect((await fetch(`${b.baseUrl}/admin/keys/${created.id}`, { method: 'DELETE', headers: admin })).status).toBe(200)
     await until('the key to be refused on the node that cannot hear the broadcast', async () => (await useKey()) === 401, 3_000, 100)
+    // The same for a room made private there: its reader on this node is dropped.
+    expect((await fetch(`${b.baseUrl}/admin/rooms/secret`, { method: 'PUT', headers: admin, body: JSON.stringify({ visibility: 'private' }) })).status).toBe(200)
+    await until('the reader to be dropped from the room made private', () => reader.frames.find((f) => f.op === 'unsubscribed' && f.channel === 'chat:secret' && f.reason === 'forbidden'), 3_000, 100)
+    reader.close()
 
     await setPermissions('watched')
     await until('the node to be ready again', async () => (await readyz(a.baseUrl)).status === 200, 10_000, 100)
