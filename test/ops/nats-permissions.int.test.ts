@@ -304,6 +304,8 @@ describe('permissions narrowed by a config reload while nodes run', () => {
     expect(Date.now() - startedAt).toBeLessThan(3000) // not the 5 s publish timeout
     expect(refused.body.error.code).toBe('unavailable') // the event may be stored: only its acknowledgement was lost
     expect(refused.body.error.message).toContain('subscribe on _INBOX.')
+    // JetStream requests need the inbox too: the node is not ready.
+    expect((await readyz(api.baseUrl)).status).toBe(503)
     await setPermissions('inboxless')
     // The acknowledgement callback used to throw on the denial, inside nats.js' parser: the
     // connection read nothing more (every subscription of the node deaf) until its ping timeout
