@@ -104,6 +104,13 @@ export function createMetrics() {
     },
   })
 
+  const publishesDenied = new Counter({
+    name: 'fanfare_nats_publishes_denied_total',
+    help: 'Publishes NATS dropped because it denies this process\'s user the subject (permissions narrowed by a config reload), by area: ev, changes, control, presence, admin, other',
+    labelNames: ['area'],
+    registers,
+  })
+
   const sent = new Counter({ name: 'fanfare_ws_messages_sent_total', help: 'WebSocket frames sent, by op (a published frame counts once per recipient)', labelNames: ['op'], registers })
   const sentBy = Object.fromEntries(FRAME_OPS.map((op) => [op, sent.labels(op)])) as Record<FrameOp, Counter.Internal>
   const disconnects = new Counter({ name: 'fanfare_ws_disconnects_total', help: 'WebSocket connections closed, by close code', labelNames: ['code'], registers })
@@ -160,7 +167,11 @@ export function createMetrics() {
     },
     presence: { watch: (users: () => number) => void (presenceUsers = users) },
     /** Reads the denied subscriptions (see SubscriptionWatch) at scrape time. */
-    nats: { watchDenied: (denied: () => { name: string }[]) => void (deniedSubscriptions = denied) },
+    nats: {
+      watchDenied: (denied: () => { name: string }[]) => void (deniedSubscriptions = denied),
+      /** A publish NATS denied, by area (see publishAreaOf). */
+      publishDenied: (area: string) => publishesDenied.labels(area).inc(),
+    },
     ingest: {
       /** `count` events of `type` stored; `type` must be a known event type. */
       ingested: (type: string, via: 'http' | 'ws' | 'internal', count = 1) => {

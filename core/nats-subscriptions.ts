@@ -133,3 +133,46 @@ export function createSubscriptionWatch(deps: { nc: NatsConnection; logger: Logg
     },
   }
 }
+
+/**
+ * What a denied publish was for, by its subject (`<prefix>.<area>.…`): `ev` (events), `changes`,
+ * `control` (revocations, room changes), `presence`, `admin`, else `other`. A bounded metric label.
+ */
+export function publishAreaOf(prefix: string, subject: string): string {
+  if (!subject.startsWith(`${prefix}.`)) return 'other'
+  const area = subject.slice(prefix.length + 1).split('.')[0]
+  return ['ev', 'changes', 'control', 'presence', 'admin'].includes(area) ? area : 'other'
+}
+
+/**
+ * Says so when NATS denies one of this process's publishes (permissions narrowed by a config
+ * reload while it runs): nats-server drops the message and tells the connection only in an
+ * asynchronous error, which nothing else reads for core NATS publishes (a revocation broadcast,
+ * presence heartbeats: other nodes would silently stop hearing from this one). Logged as an error
+ * naming the subject (at most once per subject every `logEveryMs`) and counted by area. JetStream
+ * publishes are refused to their callers as well (see AckedPublisher: 503 `publish_denied`).
+ */
+export function watchPublishDenials(deps: { nc: NatsConnection; prefix: string; logger: Logger; count: (area: string) => void; logEveryMs?: number; now?: () => number }): { stop: () => void } {
+  const now = deps.now ?? Date.now
+  const log = deps.logger.child({ component: 'nats-publish' })
+  const logged = new Map<string, number>()
+  let stopped = false
+  void (async () => {
+    for await (const s of deps.nc.status()) {
+      if (stopped) return
+      if (s.type !== 'error' || !(s.error instanceof PermissionViolationError) || s.error.operation !== 'publish') continue
+      const subject = s.error.subject
+      deps.count(publishAreaOf(deps.prefix, subject))
+      const last = logged.get(subject)
+      if (last !== undefined && now() - last < (deps.logEveryMs ?? 10_000)) continue
+      if (logged.size > 1000) logged.clear()
+      logged.set(subject, now())
+      log.error({ subject }, `NATS denies this process publish on ${subject} (Permissions Violation): the message was dropped; grant the user in NATS_URL publish on it in the nats-server config`)
+    }
+  })().catch(() => {})
+  return {
+    stop: () => {
+      stopped = true
+    },
+  }
+}

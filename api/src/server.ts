@@ -1,5 +1,5 @@
 import { createMetrics } from '../../core/metrics'
-import { createSubscriptionWatch } from '../../core/nats-subscriptions'
+import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createApp } from './app'
 import type { ApiDeps } from './deps'
 import { startRealtime } from './realtime/start'
@@ -30,6 +30,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
   // it runs: readiness and the metric read what NATS denies now.
   const subscriptions = deps.subscriptions ?? createSubscriptionWatch({ nc: deps.nc, logger: deps.logger })
   metrics.nats.watchDenied(subscriptions.denied)
+  const publishDenials = watchPublishDenials({ nc: deps.nc, prefix: deps.config.FANFARE_SUBJECT_PREFIX, logger: deps.logger, count: metrics.nats.publishDenied })
   const security = await startSecurity({ ...deps, subscriptions })
   const realtime = await startRealtime({ ...deps, metrics, security, subscriptions, snapshot: snapshotReader(deps.readDb ?? deps.db) })
   const limits = createLimits({ config: deps.config, metrics })
@@ -65,6 +66,7 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
         await realtime.stop()
         await security.stop()
         subscriptions.stop()
+        publishDenials.stop()
         limits.stop()
       })()),
   }

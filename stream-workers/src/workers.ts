@@ -7,7 +7,7 @@ import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
-import { createSubscriptionWatch } from '../../core/nats-subscriptions'
+import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createAckedPublisher } from '../../core/acked-publish'
 import { projections as allProjections, type Projection } from './projections'
 import { startRebuildJobs } from './rebuild/jobs'
@@ -133,6 +133,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   // Dead-letter replays go to the runner that owns the partition, between its batches.
   const subscriptions = createSubscriptionWatch({ nc, logger })
   metrics.nats.watchDenied(subscriptions.denied)
+  const publishDenials = watchPublishDenials({ nc, prefix: t.prefix, logger, count: metrics.nats.publishDenied })
   const replays = answerReplays({
     subscriptions,
     prefix: t.prefix,
@@ -152,6 +153,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
       (stopping ??= (async () => {
         replays.stop()
         subscriptions.stop()
+        publishDenials.stop()
         await rebuilds.stop()
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))

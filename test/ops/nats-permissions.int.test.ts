@@ -39,6 +39,7 @@ const users: { user: string; password: string; permissions?: string }[] = [
   { user: 'advisories', password: 'pw' },
   { user: 'replayer', password: 'pw' },
   { user: 'inboxless', password: 'pw' },
+  { user: 'muted', password: 'pw' },
 ]
 /**
  * Sets `user`'s permissions (none: all) and has the running server reload its config, as an
@@ -311,6 +312,22 @@ describe('permissions narrowed by a config reload while nodes run', () => {
     // connection read nothing more (every subscription of the node deaf) until its ping timeout
     // made it reconnect, ~10 s later, every publish meanwhile waiting out its timeout.
     await until('ingest to work again', async () => (await postEvents(api, [scoreEvent('inbox-1', 'b', 'p1', 1)])).status === 202, 3_000, 200)
+    await stopCleanly(proc)
+  }, 60_000)
+
+  test('core NATS publishes denied (presence heartbeats, a revocation broadcast): logged naming the subject and counted, not dropped in silence', async () => {
+    const prefix = env.config.FANFARE_SUBJECT_PREFIX
+    const { proc, api } = await startApi('muted')
+    await setPermissions('muted', '{ publish: { deny: ["*.presence.>", "*.control.>"] } }')
+    // Heartbeats go out every second.
+    await until('presence denials to be counted', async () => ((await metric(api.baseUrl, api.adminToken, 'fanfare_nats_publishes_denied_total{area="presence"}')) ?? 0) > 0, 5_000, 100)
+    expect(proc.output()).toContain(`NATS denies this process publish on ${prefix}.presence.node`)
+    // Stored in Postgres (other nodes reload it within 30 s), its broadcast dropped: said so.
+    const res = await fetch(`${api.baseUrl}/admin/users/u-muted/revoke`, { method: 'POST', headers: { authorization: `Bearer ${api.adminToken}` } })
+    expect(res.status).toBe(200)
+    await until('the dropped broadcast to be logged', () => proc.output().includes(`NATS denies this process publish on ${prefix}.control.revocations`), 3_000, 100)
+    expect(await metric(api.baseUrl, api.adminToken, 'fanfare_nats_publishes_denied_total{area="control"}')).toBe(1)
+    await setPermissions('muted')
     await stopCleanly(proc)
   }, 60_000)
 })
