@@ -61,9 +61,9 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
   let next = 0
   let closed = false
 
-  const endAll = (why: string) => {
+  const endAll = (why: string | Error) => {
     for (const b of [...batches.values()]) {
-      b.error ??= new Error(why)
+      b.error ??= typeof why === 'string' ? new Error(why) : why
       b.done()
     }
   }
@@ -83,6 +83,17 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
       else if (s.type === 'error' && s.error instanceof PermissionViolationError && s.error.operation === 'publish') endDenied(s.error)
     }
   })()
+
+  // NATS denying the acknowledgement subscription (the user's subscribe on _INBOX.> taken away by a
+  // config reload) ends it: no acknowledgement can arrive, so the batches in flight end now, saying
+  // why (what was sent may be stored), and the next publish subscribes again (granted by then, it
+  // works again; still denied, it fails as fast).
+  const onAckSubscriptionFailed = (err: Error) => {
+    const failed = sub
+    sub = undefined
+    if (failed && !failed.isClosed()) failed.unsubscribe()
+    endAll(err instanceof PermissionViolationError ? new AcksDenied(err.subject) : `the acknowledgement subscription failed: ${err.message}`)
+  }
 
   const onAck = (m: Msg) => {
     const dot = m.subject.lastIndexOf('.')
@@ -104,7 +115,12 @@ export function createAckedPublisher(nc: NatsConnection, defaults: { timeoutMs?:
       // later): the acknowledgements have nowhere to arrive, and a publish would wait out its
       // timeout unanswered (a client answered 503 after 5 s instead of at once).
       if (nc.isClosed() || nc.isDraining() || sub?.isClosed()) return Promise.resolve(notSent(messages, new Error('NATS connection is closed')))
-      sub ??= nc.subscribe(`${inbox}.>`, { callback: (_err, m) => onAck(m) })
+      sub ??= nc.subscribe(`${inbox}.>`, {
+        callback: (err, m) => {
+          if (err) return onAckSubscriptionFailed(err)
+          onAck(m)
+        },
+      })
       const id = next++
       const batch: Batch = { messages, acks: new Array(messages.length).fill(undefined), left: messages.length, done: () => {} }
       return new Promise<PublishOutcome>((resolve) => {
@@ -187,6 +203,17 @@ export class PublishDenied extends Error {
   constructor(readonly subject: string) {
     super(`NATS does not let this connection publish to ${subject} (Permissions Violation): grant the user in NATS_URL publish on it`)
     this.name = 'PublishDenied'
+  }
+}
+
+/**
+ * NATS refused this connection's user the subscription JetStream's acknowledgements arrive on (its
+ * inbox): messages sent may or may not be stored, and none can be confirmed until it is granted.
+ */
+export class AcksDenied extends Error {
+  constructor(readonly subject: string) {
+    super(`NATS does not let this connection subscribe on ${subject} (Permissions Violation), where JetStream's acknowledgements arrive: grant the user in NATS_URL subscribe on _INBOX.>`)
+    this.name = 'AcksDenied'
   }
 }
 

@@ -55,6 +55,9 @@ export function createMetrics() {
 
   let realtime: RealtimeSources | undefined
   let presenceUsers: (() => number) | undefined
+  let deniedSubscriptions: (() => { name: string }[]) | undefined
+  // Every name ever denied keeps a series (0 once granted again), so an alert on it can resolve.
+  const deniedNames = new Set<string>()
   new Gauge({
     name: 'fanfare_ws_connections',
     help: 'WebSocket connections open on this node',
@@ -88,6 +91,26 @@ export function createMetrics() {
     },
   })
 
+  new Gauge({
+    name: 'fanfare_nats_subscriptions_denied',
+    help: 'Core NATS subscriptions this process needs and NATS refuses its user now (permissions narrowed by a config reload), by what they are for: revocations, rooms, presence, presence_want, node_stats, consumer_deleted, replays',
+    labelNames: ['subscription'],
+    registers,
+    collect() {
+      const counts = new Map<string, number>()
+      for (const d of deniedSubscriptions?.() ?? []) counts.set(d.name, (counts.get(d.name) ?? 0) + 1)
+      for (const name of counts.keys()) deniedNames.add(name)
+      for (const name of deniedNames) this.labels(name).set(counts.get(name) ?? 0)
+    },
+  })
+
+  const publishesDenied = new Counter({
+    name: 'fanfare_nats_publishes_denied_total',
+    help: 'Publishes NATS dropped because it denies this process\'s user the subject (permissions narrowed by a config reload), by area: ev, changes, control, presence, admin, other',
+    labelNames: ['area'],
+    registers,
+  })
+
   const sent = new Counter({ name: 'fanfare_ws_messages_sent_total', help: 'WebSocket frames sent, by op (a published frame counts once per recipient)', labelNames: ['op'], registers })
   const sentBy = Object.fromEntries(FRAME_OPS.map((op) => [op, sent.labels(op)])) as Record<FrameOp, Counter.Internal>
   const disconnects = new Counter({ name: 'fanfare_ws_disconnects_total', help: 'WebSocket connections closed, by close code', labelNames: ['code'], registers })
@@ -98,7 +121,7 @@ export function createMetrics() {
   const ingestDuration = new Histogram({ name: 'fanfare_ingest_duration_seconds', help: 'Time from a validated publish request to JetStream acknowledging all its events', buckets: LATENCY, registers })
   const refused = new Counter({
     name: 'fanfare_events_refused_total',
-    help: 'Events of publish requests answered 503 (not stored, or not confirmed), by the error code clients got: unavailable, storage_full, overloaded',
+    help: 'Events of publish requests answered 503 (not stored, or not confirmed), by the error code clients got: unavailable, storage_full, publish_denied, overloaded',
     labelNames: ['code'],
     registers,
   })
@@ -143,6 +166,12 @@ export function createMetrics() {
       },
     },
     presence: { watch: (users: () => number) => void (presenceUsers = users) },
+    /** Reads the denied subscriptions (see SubscriptionWatch) at scrape time. */
+    nats: {
+      watchDenied: (denied: () => { name: string }[]) => void (deniedSubscriptions = denied),
+      /** A publish NATS denied, by area (see publishAreaOf). */
+      publishDenied: (area: string) => publishesDenied.labels(area).inc(),
+    },
     ingest: {
       /** `count` events of `type` stored; `type` must be a known event type. */
       ingested: (type: string, via: 'http' | 'ws' | 'internal', count = 1) => {

@@ -80,7 +80,7 @@ export function createApp(deps: ApiDeps) {
     // unknown query parameter (routeContracts); 429 wherever a token or key is charged (the auth plugin).
     .guard({ schema: 'standalone', response: { 422: ErrorResponse } }, (all) =>
       all
-        .use(healthModule({ db, nc, eventStream, feeds: deps.realtime?.feeds }))
+        .use(healthModule({ db, nc, eventStream, feeds: deps.realtime?.feeds, deniedSubscriptions: deps.subscriptions?.denied }))
         .guard({ schema: 'standalone', response: { 429: ErrorResponse } }, (charged) =>
           charged
             .use(metricsModule({ auth, metrics }))

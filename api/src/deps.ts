@@ -4,6 +4,7 @@ import type { Config } from '../../core/config'
 import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
 import type { Metrics } from '../../core/metrics'
+import type { SubscriptionWatch } from '../../core/nats-subscriptions'
 import type { Ingest } from './modules/events/service'
 import type { Security } from './auth/security'
 import type { FeedStatus } from './realtime/change-feed'
@@ -25,6 +26,11 @@ export type ApiDeps = {
   metrics?: Metrics
   /** Who is calling and what they may do (see startSecurity). */
   security: Security
+  /**
+   * The node's core NATS subscriptions (revocations, rooms, presence, ...): one that NATS denies
+   * (permissions narrowed while the node runs) makes readiness false. Absent: not checked.
+   */
+  subscriptions?: SubscriptionWatch
   /** An ingest service to share with other layers; created from config/nc/logger when absent. */
   ingest?: Ingest
   /** Rate, connection and origin limits, shared by REST and WebSocket; created from config when absent. */

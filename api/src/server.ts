@@ -1,4 +1,5 @@
 import { createMetrics } from '../../core/metrics'
+import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createApp } from './app'
 import type { ApiDeps } from './deps'
 import { startRealtime } from './realtime/start'
@@ -25,13 +26,18 @@ export type RunningApi = {
  */
 export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Promise<RunningApi> {
   const metrics = deps.metrics ?? createMetrics()
-  const security = await startSecurity(deps)
-  const realtime = await startRealtime({ ...deps, metrics, security, snapshot: snapshotReader(deps.readDb ?? deps.db) })
+  // Every core NATS subscription of the node, watched for permissions an operator takes away while
+  // it runs: readiness and the metric read what NATS denies now.
+  const subscriptions = deps.subscriptions ?? createSubscriptionWatch({ nc: deps.nc, logger: deps.logger })
+  metrics.nats.watchDenied(subscriptions.denied)
+  const publishDenials = watchPublishDenials({ nc: deps.nc, prefix: deps.config.FANFARE_SUBJECT_PREFIX, logger: deps.logger, count: metrics.nats.publishDenied })
+  const security = await startSecurity({ ...deps, subscriptions })
+  const realtime = await startRealtime({ ...deps, metrics, security, subscriptions, snapshot: snapshotReader(deps.readDb ?? deps.db) })
   const limits = createLimits({ config: deps.config, metrics })
   // One ingest service for REST, WebSocket and the viewer sampler: one in-flight budget per node.
   const ownIngest = deps.ingest ? undefined : createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger, metrics, rooms: security.rooms })
   const ingest = deps.ingest ?? ownIngest!
-  const app = createApp({ ...deps, metrics, security, realtime, limits, ingest })
+  const app = createApp({ ...deps, metrics, security, realtime, limits, ingest, subscriptions })
   app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
   const server = app.server
   if (!server) throw new Error('the API server did not start')
@@ -40,10 +46,9 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
   deps.logger.info({ host: deps.config.HOST, port }, 'api listening')
   const startedAt = new Date().toISOString()
   const nodeQueries = answerNodeQueries({
-    nc: deps.nc,
+    subscriptions,
     prefix: deps.config.FANFARE_SUBJECT_PREFIX,
     stats: () => ({ id: realtime.presence.node, startedAt, ...realtime.stats(BUSIEST) }),
-    logger: deps.logger,
   })
   const sampler = startViewerSampler({ presence: realtime.presence, ingest, liveStreams: () => liveStreamsToSample(deps.db), logger: deps.logger })
   const seats = startSeatWatcher({ presence: realtime.presence, notices: (l) => realtime.onNotices('match', l), ingest, db: deps.db, graceMs: deps.config.FANFARE_MATCH_GRACE_MS, logger: deps.logger })
@@ -60,6 +65,8 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
         await ownIngest?.stop()
         await realtime.stop()
         await security.stop()
+        subscriptions.stop()
+        publishDenials.stop()
         limits.stop()
       })()),
   }

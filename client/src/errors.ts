@@ -1,6 +1,10 @@
 /**
  * Every failure the SDK reports. `code` is the server's machine-readable code where the server
- * refused something (`forbidden`, `invalid_event`, `rate_limited`, ...), or one of the SDK's own:
+ * refused something (`forbidden`, `invalid_event`, `publish_denied`, ...), or one of the SDK's own.
+ * A publish fails with the server's code only when resending cannot help by itself: `rate_limited`,
+ * `unavailable`, `overloaded`, `storage_full` are resent (same id) after a wait; `publish_denied`
+ * (NATS denies the server the event's subject; not stored; an operator must act) is not.
+ * The SDK's own codes:
  * - `outbox_full`: too many publishes wait to be sent (`outbox.max`); nothing was queued.
  * - `unconfirmed`: the event was sent, no answer came within the server's de-duplication window,
  *   and sending it again could store it twice: it may or may not be stored.

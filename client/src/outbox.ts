@@ -25,6 +25,10 @@ type Entry = {
 const RETRY_AFTER_WAIT = new Set(['rate_limited', 'database_unavailable'])
 /** Errors after which the event may or may not be stored: sent again (same id) after a backoff. */
 const RETRY_UNKNOWN = new Set(['unavailable', 'overloaded', 'storage_full', 'internal'])
+// Any other code fails the publish at once. `publish_denied` among them: NATS denies the server the
+// event's subject (an operator narrowed its permissions), the event was not stored, and resending
+// would be refused until an operator acts; the application may resend it (same id) later.
+
 const MAX_INTERNAL_ERRORS = 5
 
 export type Outbox = ReturnType<typeof createOutbox>

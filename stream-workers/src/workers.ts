@@ -7,6 +7,7 @@ import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
+import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createAckedPublisher } from '../../core/acked-publish'
 import { projections as allProjections, type Projection } from './projections'
 import { startRebuildJobs } from './rebuild/jobs'
@@ -130,11 +131,13 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     onRelease: (partition) => stopRunners(partition, true),
   })
   // Dead-letter replays go to the runner that owns the partition, between its batches.
+  const subscriptions = createSubscriptionWatch({ nc, logger })
+  metrics.nats.watchDenied(subscriptions.denied)
+  const publishDenials = watchPublishDenials({ nc, prefix: t.prefix, logger, count: metrics.nats.publishDenied })
   const replays = answerReplays({
-    nc,
+    subscriptions,
     prefix: t.prefix,
     runnerOf: (name, partition) => runners.get(partition)?.[projections.findIndex((p) => p.name === name)],
-    logger: logger.child({ component: 'replay' }),
   })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
@@ -149,6 +152,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     stop: () =>
       (stopping ??= (async () => {
         replays.stop()
+        subscriptions.stop()
+        publishDenials.stop()
         await rebuilds.stop()
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))

@@ -1,8 +1,9 @@
-import type { NatsConnection, Subscription } from '@nats-io/transport-node'
+import type { NatsConnection } from '@nats-io/transport-node'
 import { gt, isNotNull, sql } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import { apiKeys, tokenRevocations, userRevocations } from '../../../core/db/schema'
 import type { Logger } from '../../../core/logger'
+import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { Principal } from './principal'
 
 /** One revocation, as broadcast to every API node. */
@@ -27,7 +28,9 @@ export type Revocations = {
  * node's memory, so checking a principal costs a map lookup. A revocation is written to Postgres,
  * then broadcast on `<prefix>.control.revocations` (core NATS): every node applies it and re-checks
  * its open sockets at once. A node that missed broadcasts (it was cut off from NATS) reloads from
- * Postgres when it reconnects, and every `reloadEveryMs` anyway.
+ * Postgres when it reconnects, every second while NATS denies it the subscription (permissions
+ * narrowed by a reload: the node is not ready meanwhile, see SubscriptionWatch) and once more when
+ * it is let through again, and every `reloadEveryMs` anyway.
  */
 export async function startRevocations(deps: {
   db: Db
@@ -36,7 +39,11 @@ export async function startRevocations(deps: {
   logger: Logger
   /** Drops revoked keys from the key lookup cache. */
   forgetKey?: (id: string) => void
+  /** The node's watched subscriptions; one of its own when absent. */
+  subscriptions?: SubscriptionWatch
   reloadEveryMs?: number
+  /** How often it reloads while NATS denies its subscription (default 1 s). */
+  deniedReloadEveryMs?: number
   now?: () => number
 }): Promise<Revocations> {
   const now = deps.now ?? Date.now
@@ -71,9 +78,12 @@ export async function startRevocations(deps: {
   }
   await reload()
 
-  const sub: Subscription = deps.nc.subscribe(subject, {
-    callback: (err, msg) => {
-      if (err) return
+  const safeReload = () => reload().catch((err) => log.warn({ err }, 'reloading revocations failed; retrying at the next round'))
+  let polling: ReturnType<typeof setInterval> | undefined
+  const subscriptions = deps.subscriptions ?? createSubscriptionWatch({ nc: deps.nc, logger: deps.logger })
+  const sub = subscriptions.subscribe(subject, {
+    name: 'revocations',
+    onMessage: (msg) => {
       try {
         apply(msg.json<Revocation>())
         changed()
@@ -81,8 +91,20 @@ export async function startRevocations(deps: {
         log.warn({ err: e }, 'unreadable revocation broadcast')
       }
     },
+    // Denied, the node misses every broadcast: it is not ready (the orchestrator takes it out), but
+    // its open sockets and direct callers remain, so it reads Postgres every second meanwhile, and
+    // a revocation still reaches it within about a second instead of at the next 30 s reload.
+    onDenied: () => {
+      clearInterval(polling)
+      polling = setInterval(() => void safeReload(), deps.deniedReloadEveryMs ?? 1_000)
+    },
+    // Broadcasts sent while it was denied never came: Postgres has them.
+    onRestored: () => {
+      clearInterval(polling)
+      polling = undefined
+      void safeReload()
+    },
   })
-  const safeReload = () => reload().catch((err) => log.warn({ err }, 'reloading revocations failed; retrying at the next round'))
   void (async () => {
     for await (const s of deps.nc.status()) if (s.type === 'reconnect') void safeReload()
   })().catch(() => {})
@@ -132,6 +154,7 @@ export async function startRevocations(deps: {
     onChange: (l) => void listeners.push(l),
     async stop() {
       clearInterval(timer)
+      clearInterval(polling)
       sub.unsubscribe()
     },
   }

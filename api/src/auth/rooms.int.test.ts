@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { sql } from 'drizzle-orm'
 import { connectPostgres, type Database } from '../../../core/db/client'
+import { createLogger } from '../../../core/logger'
 import { connectNats } from '../../../core/nats'
 import { freePort } from '../../../core/process'
 import { createTestEnv, type TestEnv } from '../../../core/testing/env'
@@ -31,8 +32,8 @@ describe('room visibility on two API nodes', () => {
     const nc = await connectNats(env.vars.NATS_URL, 'rooms-test')
     closers.push(() => nc.close())
     const prefix = env.config.FANFARE_SUBJECT_PREFIX
-    const a: RoomAccess = createRoomAccess({ db: slowDb.db, nc, prefix })
-    const b: RoomAccess = createRoomAccess({ db: db.db, nc, prefix })
+    const a: RoomAccess = createRoomAccess({ db: slowDb.db, nc, prefix, logger: createLogger('silent') })
+    const b: RoomAccess = createRoomAccess({ db: db.db, nc, prefix, logger: createLogger('silent') })
     closers.push(() => a.stop(), () => b.stop())
     const changesSeenByA: string[] = []
     a.onChange((room) => changesSeenByA.push(room))

@@ -1,7 +1,9 @@
-import type { NatsConnection, Subscription } from '@nats-io/transport-node'
-import { eq } from 'drizzle-orm'
+import type { NatsConnection } from '@nats-io/transport-node'
+import { eq, gt } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import { roomSettings } from '../../../core/db/schema'
+import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
+import type { Logger } from '../../../core/logger'
 import type { Visibility } from './permissions'
 
 export type RoomAccess = {
@@ -25,9 +27,21 @@ export type RoomAccess = {
  * written, then broadcast on `<prefix>.control.rooms`: every node drops its cached value and
  * re-checks the room's subscribers (a room made private drops those who may not see it, with a
  * `forbidden` error frame). Cached values also expire after `ttlMs`, bounding what a node that
- * missed a broadcast can serve.
+ * missed a broadcast can serve. While NATS denies the subscription (permissions narrowed by a
+ * reload; the node is not ready meanwhile) changes are read from Postgres every second.
  */
-export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: string; ttlMs?: number; now?: () => number }): RoomAccess {
+export function createRoomAccess(deps: {
+  db: Db
+  nc: NatsConnection
+  prefix: string
+  logger: Logger
+  /** The node's watched subscriptions; one of its own when absent. */
+  subscriptions?: SubscriptionWatch
+  /** How often it reads changed rooms from Postgres while NATS denies its subscription (default 1 s). */
+  deniedPollEveryMs?: number
+  ttlMs?: number
+  now?: () => number
+}): RoomAccess {
   const now = deps.now ?? Date.now
   const ttl = deps.ttlMs ?? 30_000
   const cache = new Map<string, { visibility: Visibility; at: number }>()
@@ -42,9 +56,37 @@ export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: str
     if (under) under.stale = true
     for (const l of listeners) l(room)
   }
-  const sub: Subscription = deps.nc.subscribe(subject, {
-    callback: (err, msg) => {
-      if (!err) changed(msg.string())
+  // While NATS denies the subscription the node hears no change: it reads the rooms changed since
+  // (by `updated_at`) from Postgres every second instead, so a room made private still drops its
+  // subscribers here within about a second. The margin covers clocks (a row's time is the writing
+  // node's, or Postgres'); a room seen again is only re-checked.
+  let polling: ReturnType<typeof setInterval> | undefined
+  let since = new Date(0)
+  const polled = new Map<string, number>()
+  const poll = async () => {
+    const rows = await deps.db.select({ room: roomSettings.room, updatedAt: roomSettings.updatedAt }).from(roomSettings).where(gt(roomSettings.updatedAt, since))
+    for (const { room, updatedAt } of rows) {
+      if (polled.get(room) === updatedAt.getTime()) continue
+      polled.set(room, updatedAt.getTime())
+      changed(room)
+    }
+  }
+  const log = deps.logger.child({ component: 'rooms' })
+  const subscriptions = deps.subscriptions ?? createSubscriptionWatch({ nc: deps.nc, logger: deps.logger })
+  const sub = subscriptions.subscribe(subject, {
+    name: 'rooms',
+    onMessage: (msg) => changed(msg.string()),
+    onDenied: () => {
+      clearInterval(polling)
+      since = new Date(now() - 60_000)
+      polled.clear()
+      polling = setInterval(() => void poll().catch((err) => log.warn({ err }, 'reading changed rooms failed; retrying')), deps.deniedPollEveryMs ?? 1_000)
+    },
+    // Changes broadcast while it was denied never came: what this node holds may be stale.
+    onRestored: () => {
+      clearInterval(polling)
+      polling = undefined
+      for (const room of [...cache.keys()]) changed(room)
     },
   })
   const read = async (room: string): Promise<Visibility> => {
@@ -89,6 +131,9 @@ export function createRoomAccess(deps: { db: Db; nc: NatsConnection; prefix: str
       await deps.nc.flush().catch(() => {})
     },
     onChange: (l) => void listeners.push(l),
-    stop: () => sub.unsubscribe(),
+    stop: () => {
+      clearInterval(polling)
+      sub.unsubscribe()
+    },
   }
 }

@@ -1,5 +1,6 @@
-import type { NatsConnection, Subscription } from '@nats-io/transport-node'
+import type { NatsConnection } from '@nats-io/transport-node'
 import type { Logger } from '../../../core/logger'
+import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { ChannelDelta, LeaveReason, NodePart, PresenceView } from './view'
 
 /** What nodes say to each other on `<prefix>.presence.node` (core NATS). */
@@ -40,6 +41,8 @@ export function startPresenceCluster(deps: {
   /** Channels whose totals changed by a full-state replacement: their subscribers get a fresh snapshot. */
   onResync: (channels: Set<string>) => void
   logger: Logger
+  /** The node's watched subscriptions; one of its own when absent. */
+  subscriptions?: SubscriptionWatch
   now?: () => number
 }) {
   const now = deps.now ?? Date.now
@@ -195,20 +198,29 @@ export function startPresenceCluster(deps: {
     }
   }
 
-  const sub: Subscription = deps.nc.subscribe(subject, {
-    callback: (err, msg) => {
-      if (err || stopped) return
+  const subscriptions = deps.subscriptions ?? createSubscriptionWatch({ nc: deps.nc, logger: deps.logger })
+  // Messages missed while NATS denied a subscription: say hello again, as after a reconnect.
+  const hello = () => {
+    if (!stopped) send({ type: 'hello', node: deps.node, inc: deps.inc })
+  }
+  const sub = subscriptions.subscribe(subject, {
+    name: 'presence',
+    onMessage: (msg) => {
+      if (stopped) return
       try {
         receive(msg.json<Message>())
       } catch (e) {
         log.warn({ err: e }, 'unreadable presence message')
       }
     },
+    onRestored: hello,
   })
-  const wants: Subscription = deps.nc.subscribe(wantSubject, {
-    callback: (err, msg) => {
-      if (!err && !stopped && msg.string() === deps.node) sendFull()
+  const wants = subscriptions.subscribe(wantSubject, {
+    name: 'presence_want',
+    onMessage: (msg) => {
+      if (!stopped && msg.string() === deps.node) sendFull()
     },
+    onRestored: hello,
   })
 
   const flusher = setInterval(flush, deps.flushMs ?? 100)

@@ -2,6 +2,7 @@ import { hostname } from 'node:os'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../../core/config'
 import type { Logger } from '../../../core/logger'
+import type { SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { Principal } from '../auth/principal'
 import type { Sink } from '../realtime/channel-hub'
 import { startPresenceCluster } from './cluster'
@@ -49,6 +50,8 @@ export function startPresence(deps: {
   logger: Logger
   /** Sends a frame to every socket of a topic (Bun's server.publish). */
   publish: (topic: string, text: string) => void
+  /** The node's watched subscriptions; one of its own when absent. */
+  subscriptions?: SubscriptionWatch
 }): Presence {
   const node = `${hostname()}-${process.pid}`
   const inc = crypto.randomUUID().slice(0, 8)
@@ -72,6 +75,7 @@ export function startPresence(deps: {
     graceMs: deps.config.FANFARE_PRESENCE_GRACE_MS,
     onResync: (channels) => feed?.resync(channels),
     logger: deps.logger,
+    subscriptions: deps.subscriptions,
   })
   const watchers = new Map<string, Set<string>>()
   return {

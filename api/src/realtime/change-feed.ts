@@ -4,6 +4,7 @@ import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/chan
 import type { Logger } from '../../../core/logger'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { CONSUMER_DELETED, identityOf } from '../../../core/nats'
+import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
 import { SpanKind, type Context } from '@opentelemetry/api'
 import { contextOfNats, tracer } from '../../../core/tracing'
 
@@ -74,8 +75,11 @@ export async function startChangeFeed(deps: {
   heartbeatMs?: number
   /** Tests only: a delivery (by stream sequence) for which this returns true is dropped, as a cut connection would. */
   lose?: (streamSeq: number) => boolean
+  /** The node's watched subscriptions (the consumer-deleted advisories); one of its own when absent. */
+  subscriptions?: SubscriptionWatch
 }): Promise<ChangeFeed> {
   const jsm = await jetstreamManager(deps.nc)
+  const subscriptions = deps.subscriptions ?? createSubscriptionWatch({ nc: deps.nc, logger: deps.logger })
   const log = deps.logger.child({ stream: deps.stream })
   const stopping = new AbortController()
   const stopped = () => stopping.signal.aborted
@@ -140,6 +144,7 @@ export async function startChangeFeed(deps: {
       from,
       heartbeatMs: deps.heartbeatMs ?? 5_000,
       lose: deps.lose,
+      subscriptions,
       onRun,
       onLost: interrupt,
     })
@@ -309,6 +314,7 @@ async function followPush(o: {
   from: { startTime: Date } | { afterSeq: number }
   heartbeatMs: number
   lose?: (streamSeq: number) => boolean
+  subscriptions: SubscriptionWatch
   onRun: (m: Msg, streamSeq: number) => void
   onLost: (why: string) => void
 }): Promise<Follower> {
@@ -391,9 +397,16 @@ async function followPush(o: {
     throw err
   }
   // A consumer deleted from under it (an operator, a server that lost it) sends nothing more; the
-  // server's advisory says so at once rather than after the missed heartbeats.
-  const deleted = o.nc.subscribe(`${CONSUMER_DELETED}.${o.stream}.${name}`, {
-    callback: () => lost('consumer deleted'),
+  // server's advisory says so at once rather than after the missed heartbeats. Only the advisory
+  // itself means that: NATS denying the subscription (permissions narrowed by a reload) said
+  // "deleted" to every feed, which then made a new consumer, was denied again, and so on, never
+  // following for long. Denied, the advisory is a lost shortcut, not a lost feed: the heartbeats
+  // still see a deleted consumer (within 2 heartbeats), so the watch logs and counts the denial
+  // without taking the node out of service (non-essential).
+  const deleted = o.subscriptions.subscribe(`${CONSUMER_DELETED}.${o.stream}.${name}`, {
+    name: 'consumer_deleted',
+    essential: false,
+    onMessage: () => lost('consumer deleted'),
   })
   // Without interest the server removes an ephemeral push consumer by itself (after its inactive
   // threshold). Only a feed that stops deletes it at once: a request made while the connection is

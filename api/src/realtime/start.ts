@@ -5,6 +5,7 @@ import type { Config } from '../../../core/config'
 import type { Logger } from '../../../core/logger'
 import { createMetrics, type Metrics } from '../../../core/metrics'
 import { topology } from '../../../core/nats'
+import type { SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { Ingest } from '../modules/events/service'
 import { startChangeFeed, type FeedStatus } from './change-feed'
 import { createChannelHub, type Snapshot } from './channel-hub'
@@ -54,6 +55,8 @@ export async function startRealtime(deps: {
   gapTimeoutMs?: number
   /** The process's metrics; a registry of its own when absent. */
   metrics?: Metrics
+  /** The node's watched subscriptions (presence, the feeds' advisories); each part makes its own when absent. */
+  subscriptions?: SubscriptionWatch
 }): Promise<Realtime> {
   const metrics = deps.metrics ?? createMetrics()
   const committedAt = lastParsed()
@@ -103,6 +106,7 @@ export async function startRealtime(deps: {
     config: deps.config,
     nc: deps.nc,
     logger,
+    subscriptions: deps.subscriptions,
     publish: (topic, text) => {
       if (!server) return
       server.publish(topic, text)
@@ -131,6 +135,7 @@ export async function startRealtime(deps: {
           for (const l of tapped) l.resync()
         },
         recipients: (channel) => server?.subscriberCount(channel) ?? 0,
+        subscriptions: deps.subscriptions,
       })
     }),
   )

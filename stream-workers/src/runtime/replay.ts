@@ -1,9 +1,8 @@
 import { eq } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import { deadLetters } from '../../../core/db/schema'
-import type { NatsConnection } from '@nats-io/transport-node'
 import { parseReplaySubject, replaySubjects, type ReplayReply, type ReplayRequest } from '../../../core/dead-letters'
-import type { Logger } from '../../../core/logger'
+import type { SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { BatchOwner } from './batch'
 import { rebuildsInProgress } from '../rebuild/shadow'
 import { applyOneByOne } from './one-by-one'
@@ -52,14 +51,14 @@ export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: numb
  * JetStream requests kept timing out after a NATS restart (test/cluster/nats-restart.int.test.ts).
  */
 export function answerReplays(deps: {
-  nc: NatsConnection
+  /** The process's watched subscriptions: denied (permissions narrowed while it runs), replays are logged and counted, and subscribed again once granted. */
+  subscriptions: SubscriptionWatch
   prefix: string
   runnerOf: (projection: string, partition: number) => { replay: (id: number) => Promise<ReplayReply> } | undefined
-  logger: Logger
 }): { stop: () => void } {
-  const sub = deps.nc.subscribe(replaySubjects(deps.prefix), {
-    callback: (err, msg) => {
-      if (err) return void deps.logger.warn({ err }, 'replay subscription failed')
+  const sub = deps.subscriptions.subscribe(replaySubjects(deps.prefix), {
+    name: 'replays',
+    onMessage: (msg) => {
       const { projection, partition } = parseReplaySubject(msg.subject)
       const runner = deps.runnerOf(projection, partition)
       if (!runner) return

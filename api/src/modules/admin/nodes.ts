@@ -1,5 +1,6 @@
-import type { NatsConnection, Subscription } from '@nats-io/transport-node'
+import type { NatsConnection } from '@nats-io/transport-node'
 import type { Logger } from '../../../../core/logger'
+import type { SubscriptionWatch } from '../../../../core/nats-subscriptions'
 import { Unavailable } from '../../errors'
 import type { ChannelLoad, NodeStats } from './model'
 
@@ -13,12 +14,11 @@ export const BUSIEST = 10
  * Makes this API node answer `GET /admin/nodes` queries from any node: its connection, subscription
  * and channel counts, read from its own state when asked (nothing is stored anywhere).
  */
-export function answerNodeQueries(deps: { nc: NatsConnection; prefix: string; stats: () => NodeStats; logger: Logger }): { stop: () => void } {
-  const sub: Subscription = deps.nc.subscribe(nodesSubject(deps.prefix), {
-    callback: (err, msg) => {
-      if (err) return void deps.logger.warn({ err }, 'node stats subscription failed')
-      msg.respond(JSON.stringify(deps.stats()))
-    },
+export function answerNodeQueries(deps: { subscriptions: SubscriptionWatch; prefix: string; stats: () => NodeStats }): { stop: () => void } {
+  // Denied, this node would be missing from GET /admin/nodes without a word: the watch says so.
+  const sub = deps.subscriptions.subscribe(nodesSubject(deps.prefix), {
+    name: 'node_stats',
+    onMessage: (msg) => void msg.respond(JSON.stringify(deps.stats())),
   })
   return { stop: () => sub.unsubscribe() }
 }

@@ -34,6 +34,8 @@ export function eventsModule(auth: AuthPlugin, ingest: Ingest) {
             '`{ id, stored: true, seq, duplicate }` or `{ id, stored: false }` (not confirmed: it may still be stored). ' +
             'Resend the events with exactly those ids: stored ones come back `duplicate: true`, so nothing is stored twice. ' +
             '503 `storage_full` (JetStream has no storage left) carries the same `results`; resend once storage is freed. ' +
+            '503 `publish_denied` (NATS denies this node\'s user the subject of an event type, named in the message and ' +
+            '`details.subject`: an operator must grant it) carries the same `results`; those events are not stored; resend once granted. ' +
             '503 `overloaded` (too many events in flight on this node) publishes nothing. ' +
             "503 `database_unavailable` (a chat room's visibility could not be read from Postgres) publishes nothing. " +
             '429 `rate_limited` (with `Retry-After` and `details.retryAfterMs`) publishes nothing: each event costs one ' +

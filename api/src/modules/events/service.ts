@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import { context, SpanKind, SpanStatusCode, type Context, type Span } from '@opentelemetry/api'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { createAckedPublisher, isStorageFull, PublishDenied, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
+import { AcksDenied, createAckedPublisher, isStorageFull, PublishDenied, type StreamAck, type StreamMessage } from '../../../../core/acked-publish'
 import type { Config } from '../../../../core/config'
 import {
   admitData,
@@ -40,7 +40,8 @@ export type Ingest = {
    * publish of the request settled, with `details.results`: each event's id (generated ones
    * included) and whether JetStream confirmed storing it (PublishOutcome). Resending the events
    * with those ids is safe: stored ones are de-duplicated. JetStream out of storage is 503
-   * `storage_full`, with the same `details.results`.
+   * `storage_full`, with the same `details.results`; NATS denying this node's user an event
+   * subject is 503 `publish_denied` (`details.subject`, the same `details.results`).
    * Who may publish which type is the permissions table (403 `forbidden`, nothing published).
    * Events are stored with the principal's id as `by`, and ids are de-duplicated per principal:
    * the same id from another principal is another event. A user's chat messages are stamped with
@@ -198,6 +199,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     const settled: PromiseSettledResult<PublishResult>[] = new Array(events.length)
     const reactionResults: Promise<void>[] = []
     const indexes: number[] = []
+    const subjectsOf: string[] = []
     const build = (at: string) => {
       const messages: StreamMessage[] = []
       for (let i = 0; i < events.length; i++) {
@@ -215,6 +217,7 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
         const subject = subjects.event(t.prefix, partitionOf(keyOf(e), t.partitions), e.type)
         messages.push({ subject, body: JSON.stringify({ ...e, at }), msgId: msgIdOf(e), headers: natsHeadersOf(span) })
         indexes.push(i)
+        subjectsOf.push(subject)
       }
       return messages
     }
@@ -223,9 +226,19 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     for (let j = 0; j < indexes.length; j++) {
       const e = events[indexes[j]]
       const ack = outcome.acks[j]
-      settled[indexes[j]] = ack ? checked(e.id, ack) : { status: 'rejected', reason: outcome.error ?? new Error('JetStream did not acknowledge the event') }
+      settled[indexes[j]] = ack ? checked(e.id, ack) : { status: 'rejected', reason: reasonOf(outcome.error, subjectsOf[j]) }
     }
     return settled
+  }
+
+  /**
+   * Why an event was not acknowledged. The batch's error is its first failure, maybe another
+   * event's (another request's, in the same turn): a denial is this event's only when NATS denied
+   * its own subject. Any other event of that batch was ended unconfirmed (it may still be stored).
+   */
+  const reasonOf = (error: Error | undefined, subject: string): Error => {
+    if (error instanceof PublishDenied && error.subject !== subject) return new Error('JetStream did not acknowledge the event before its batch ended')
+    return error ?? new Error('JetStream did not acknowledge the event')
   }
 
   /** An acknowledged event's result, or why it is no 202 although JetStream stored it. */
@@ -297,9 +310,18 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       const message = `the event stream has no room (JetStream: ${full.description}): an operator must free or add NATS storage, or raise the stream's limits; resend the events with the ids in details.results`
       throw refused(new Unavailable(message, 'storage_full', { results }), events.length)
     }
-    // NATS refusing this node a subject is said as such (the operator's to fix), not as an outage.
-    const denied = failed.map((f) => f.reason).find((r) => r instanceof PublishDenied)
-    const message = `${denied ? denied.message : 'the event stream is unavailable'}; resend the events with the ids in details.results`
+    // NATS refusing this node a subject (permissions narrowed by a reload while it runs) is its own
+    // code: not an outage that a resend soon cures but an operator's to fix, so clients stop
+    // resending (the SDK gives such an event up) and alerts can tell. The event was not stored.
+    const denied = failed.map((f) => f.reason).find((r): r is PublishDenied => r instanceof PublishDenied)
+    if (denied) {
+      const message = `${denied.message} (an operator must act); events not stored: resend the events with the ids in details.results once it is granted`
+      throw refused(new Unavailable(message, 'publish_denied', { results, subject: denied.subject }), events.length)
+    }
+    // The acknowledgements' inbox denied: an outage for the client (the events may be stored), but
+    // the message says whose to fix it is.
+    const acks = failed.map((f) => f.reason).find((r): r is AcksDenied => r instanceof AcksDenied)
+    const message = `${acks ? `${acks.message} (an operator must act)` : 'the event stream is unavailable'}; resend the events with the ids in details.results`
     throw refused(new Unavailable(message, 'unavailable', { results }), events.length)
   }
   /**

@@ -3,15 +3,17 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import type { Db } from '../../../../core/db/client'
 import { ErrorResponse } from '../../error-model'
 import { Unavailable } from '../../errors'
+import type { DeniedSubscription } from '../../../../core/nats-subscriptions'
 import type { FeedStatus } from '../../realtime/change-feed'
 import { checkReadiness, type Readiness } from './service'
 
 /**
- * Liveness (/healthz: the process answers) and readiness (/readyz: its dependencies answer and,
- * on a node serving WebSockets, every change feed follows its stream: a node whose subscribers
- * would get no updates must not take traffic).
+ * Liveness (/healthz: the process answers) and readiness (/readyz: its dependencies answer, NATS
+ * lets it make every subscription it cannot serve without, and, on a node serving WebSockets,
+ * every change feed follows its stream: a node whose subscribers would get no updates, or that
+ * would miss other nodes' revocations, must not take traffic).
  */
-export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: string; feeds?: () => FeedStatus[] }) {
+export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: string; feeds?: () => FeedStatus[]; deniedSubscriptions?: () => DeniedSubscription[] }) {
   // /readyz is open to anyone: calls that arrive while a check runs share it, so a flood costs
   // one Postgres query and one JetStream request at a time, not one each.
   let running: Promise<Readiness> | undefined
@@ -30,12 +32,19 @@ export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: st
         const r = await check()
         const feeds = deps.feeds?.() ?? []
         const changeFeeds = feeds.every((f) => f.following)
-        if (!r.postgres || !r.nats || !changeFeeds) {
+        // Non-essential ones (the consumer-deleted advisories) have a fallback: logged and counted only.
+        const denied = (deps.deniedSubscriptions?.() ?? []).filter((d) => d.essential).map(({ subject, name, since }) => ({ subject, subscription: name, since }))
+        if (!r.postgres || !r.nats || !changeFeeds || denied.length > 0) {
           const lagging = feeds.filter((f) => !f.following).map(({ stream, reason }) => ({ stream, reason }))
-          throw new Unavailable('a dependency is not reachable or a change feed is not following', 'not_ready', {
+          const message =
+            denied.length > 0
+              ? `NATS denies this node subscribe on ${denied.map((d) => d.subject).join(', ')} (permissions narrowed while it runs): it would miss what other nodes send there (revocations, room changes, presence); an operator must grant the NATS user subscribe on it again`
+              : 'a dependency is not reachable or a change feed is not following'
+          throw new Unavailable(message, 'not_ready', {
             ...r,
             ...(deps.feeds ? { changeFeeds } : {}),
             ...(lagging.length > 0 ? { notFollowing: lagging } : {}),
+            ...(denied.length > 0 ? { deniedSubscriptions: denied } : {}),
           })
         }
         return { status: 'ready' as const, ...r, ...(deps.feeds ? { changeFeeds } : {}) }
@@ -45,7 +54,12 @@ export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: st
           200: t.Object({ status: t.Literal('ready'), postgres: t.Boolean(), nats: t.Boolean(), changeFeeds: t.Optional(t.Boolean({ description: 'on a node serving WebSockets: every change feed follows its stream' })) }),
           503: ErrorResponse,
         },
-        detail: { summary: 'Readiness: Postgres and NATS/JetStream answer within 2 s, and every change feed follows its stream' },
+        detail: {
+          summary: 'Readiness: Postgres and NATS/JetStream answer within 2 s, NATS grants every subscription the node needs, and every change feed follows its stream',
+          description:
+            '503 `not_ready` names what is wrong in `details`: `postgres`/`nats` false, `notFollowing` (change feeds), ' +
+            '`deniedSubscriptions` ({ subject, subscription, since }: subscriptions NATS refused after a permissions reload; the message names the subjects).',
+        },
       },
     )
 }
