@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { createClient, type Client } from '../../client/src'
+import { createClient, type Client, type Subscription } from '../../client/src'
 import { until } from '../e2e/harness'
 import { startDeployment, type Deployment } from './deployment'
 
@@ -38,7 +38,7 @@ describe('client SDK: a reconnect storm', () => {
     const channel = `leaderboard:${board}` as const
     expect((await d.call('PUT', `/admin/leaderboards/${board}`, { operator: 'latest' }, { token: d.env.vars.FANFARE_ADMIN_TOKEN })).status).toBe(200)
     const problems: string[] = []
-    const subs = []
+    const subs: Subscription<typeof channel>[] = []
     for (let i = 0; i < CLIENTS; i++) {
       const c = createClient({ urls: d.urls, backoff: { minMs: 250, maxMs: 2000 } })
       clients.push(c)
