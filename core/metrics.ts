@@ -125,7 +125,7 @@ export function createMetrics() {
     labelNames: ['code'],
     registers,
   })
-  const rateLimited = new Counter({ name: 'fanfare_rate_limited_total', help: 'Requests and WebSocket commands refused by a rate limit, by what was refused', labelNames: ['what'], registers })
+  const rateLimited = new Counter({ name: 'fanfare_rate_limited_total', help: 'Requests, WebSocket commands and connections refused by a rate or count limit, by what was refused', labelNames: ['what'], registers })
 
   const commitToPush = new Histogram({ name: 'fanfare_commit_to_push_seconds', help: 'Time from a change committing in Postgres to its frame being sent to subscribers, by channel kind', labelNames: ['kind'], buckets: LATENCY, registers })
   const eventToPush = new Histogram({ name: 'fanfare_event_to_push_seconds', help: 'Time from an event being stored in JetStream to the frame showing its change being sent (the oldest event of the batch that made the change), by channel kind', labelNames: ['kind'], buckets: LATENCY, registers })
@@ -183,7 +183,7 @@ export function createMetrics() {
       duration: ingestDuration,
       /** `count` events of a request answered 503 `code`. */
       refused: (code: string, count: number) => refused.labels(code).inc(count),
-      rateLimited: (what: 'rest' | 'ws_publish' | 'ws_subscribe' | 'auth') => rateLimited.labels(what).inc(),
+      rateLimited: (what: 'rest' | 'ws_publish' | 'ws_subscribe' | 'auth' | 'ws_connections' | 'ws_channels') => rateLimited.labels(what).inc(),
     },
     push: {
       /** A change of a channel of `kind` committed at `committedAt` (events stored from `storedAt`) was pushed at `now` (all ms). */

@@ -19,6 +19,12 @@ export type TcpProxy = {
   restore: () => void
   /** Keeps what the target sends on open connections until `release` (what clients send still goes through). */
   hold: () => void
+  /**
+   * Holds like `hold` from the chunk after the one in which the target has sent `marker` for the
+   * `count`th time (counted within chunks): to stop a stream of messages part-way, at a known
+   * place. Resolves when it starts holding.
+   */
+  holdAfter: (marker: string, count: number) => Promise<void>
   /** Lets the held data through, in the order it came, and stops holding. */
   release: () => void
   close: () => void
@@ -32,8 +38,20 @@ export function tcpProxy(opts: { port: number; target: { host: string; port: num
   /** What is held (a stall: both directions; a hold: what the target sends), per destination, in order. */
   let holding: 'nothing' | 'from target' | 'both' = 'nothing'
   const held = new Map<Socket<Side>, Uint8Array[]>()
+  let armed: { marker: string; left: number; started: () => void } | undefined
   const relay = (from: Socket<Side>, data: Uint8Array) => {
     const peer = from.data.peer
+    if (armed && from.data.upstream && holding === 'nothing') {
+      armed.left -= Buffer.from(data).toString('latin1').split(armed.marker).length - 1
+      if (armed.left <= 0) {
+        const { started } = armed
+        armed = undefined
+        peer?.write(data)
+        holding = 'from target'
+        started()
+        return
+      }
+    }
     // Until the upstream connection is up, keep what the client sent (copied: Bun reuses the buffer).
     if (!peer) from.data.pending.push(data.slice())
     else if (holding === 'both' || (holding === 'from target' && from.data.upstream)) {
@@ -106,6 +124,10 @@ export function tcpProxy(opts: { port: number; target: { host: string; port: num
     hold: () => {
       if (holding === 'nothing') holding = 'from target'
     },
+    holdAfter: (marker, count) =>
+      new Promise<void>((started) => {
+        armed = { marker, left: count, started }
+      }),
     release: deliverHeld,
     close: () => {
       open = false

@@ -11,7 +11,7 @@ export type Deployment = {
   /** Each API node's process, by index. */
   apis: Proc[]
   /** A user token signed with the deployment's secret. */
-  token: (sub: string, claims?: { ttlSeconds?: number; roles?: string[]; name?: string; jti?: string }) => Promise<string>
+  token: (sub: string, claims?: { ttlSeconds?: number; roles?: string[]; name?: string; jti?: string; channels?: string[] }) => Promise<string>
   /** A REST call with a bearer token (the ingest token by default); JSON body in and out. */
   call: (method: string, path: string, body?: unknown, opts?: { node?: number; token?: string }) => Promise<{ status: number; json: any }>
   stop: () => Promise<void>

@@ -47,8 +47,17 @@ export type ConnectionLimits = {
 /** What a client over a concurrency limit is told to wait: sockets close at no predictable time. */
 export const BUSY_RETRY_MS = 5000
 
-export function createConnectionLimits(deps: { config: ConnectionConfig; now?: () => number }): ConnectionLimits {
+export function createConnectionLimits(deps: {
+  config: ConnectionConfig
+  now?: () => number
+  /** Every refusal (rate, count or hold-off), so an operator sees clients meeting the limits. */
+  onRefused?: (what: 'ws_connections') => void
+}): ConnectionLimits {
   const c = deps.config
+  const counted = <T extends ConnectionRefusal | undefined>(r: T): T => {
+    if (r) deps.onRefused?.('ws_connections')
+    return r
+  }
   const now = deps.now ?? (() => performance.now())
   const connects = new Map<string, TokenBucket>()
   const open = new Map<string, number>()
@@ -86,19 +95,19 @@ export function createConnectionLimits(deps: { config: ConnectionConfig; now?: (
       // Charged first: every attempt counts, whatever becomes of it.
       const wait = bucket.take()
       if (wait > 0) {
-        return { code: 'rate_limited', message: `at most ${c.FANFARE_IP_CONNECTS_PER_SECOND} connects per second per address (burst ${c.FANFARE_IP_CONNECT_BURST})`, retryAfterMs: wait }
+        return counted({ code: 'rate_limited', message: `at most ${c.FANFARE_IP_CONNECTS_PER_SECOND} connects per second per address (burst ${c.FANFARE_IP_CONNECT_BURST})`, retryAfterMs: wait })
       }
-      return held(key) ?? tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address')
+      return counted(held(key) ?? tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address'))
     },
     admitPrincipal(p) {
       if (p.kind === 'anonymous') return undefined
       const id = principalId(p)
-      return held(id) ?? userLimit(p.kind === 'user' ? id : undefined)
+      return counted(held(id) ?? userLimit(p.kind === 'user' ? id : undefined))
     },
     open(ip, p) {
       const ipk = ipKey(ip)
       const user = userKey(p)
-      const refusal = tooMany(ipk, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address') ?? userLimit(user)
+      const refusal = counted(tooMany(ipk, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address') ?? userLimit(user))
       if (refusal) return { refusal }
       const keys = [ipk]
       if (user) keys.push(user)
@@ -109,7 +118,7 @@ export function createConnectionLimits(deps: { config: ConnectionConfig; now?: (
           identify(q) {
             const key = userKey(q)
             if (released || key === undefined || keys.includes(key)) return undefined
-            const refused = held(key) ?? userLimit(key)
+            const refused = counted(held(key) ?? userLimit(key))
             if (refused) return refused
             keys.push(key)
             add(key, 1)

@@ -32,7 +32,7 @@ export const MAX_SUBSCRIPTIONS = 100
 export function createLimits(deps: { config: Config; now?: () => number; maxSubscriptions?: number; metrics?: Metrics }): Limits {
   const maxSubscriptions = deps.maxSubscriptions ?? MAX_SUBSCRIPTIONS
   const rates = createRateLimits({ config: deps.config, maxSubscriptions, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
-  const connections = createConnectionLimits({ config: deps.config, now: deps.now })
+  const connections = createConnectionLimits({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
   const authFailures = createAuthFailures({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
   return {
     rates,
