@@ -151,6 +151,44 @@ describe('a batch that outlasts statement_timeout', () => {
   }, 120_000)
 })
 
+describe('batches of several partitions grouped into a statement that outlasts statement_timeout', () => {
+  // Each runner's part fits, but the committer groups the parts of the partitions that wait
+  // together, and 2 of them do not. Falling back to each batch alone, the group statement was tried
+  // again at full size every time, a statement_timeout wasted each with every batch waiting behind
+  // it, and not counted in fanfare_batch_timeouts_total.
+  test('the committer learns how many events a group statement fits: few group timeouts, each counted', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '4', FANFARE_BATCH_SIZE: '20' }))
+    await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    // 30 ms per row written (an upsert of a player already there fires the trigger twice): a
+    // runner's batch of 20 is split to 10 or 5.
+    await slowRows(w, 0.03)
+    const expected: Record<string, number> = {}
+    // Stored before the worker starts: every partition has a backlog of a few batches.
+    for (let i = 0; i < 320; i++) {
+      const player = `secret-player-${i % 40}`
+      expected[player] = (expected[player] ?? 0) + i + 1
+      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
+    }
+    await statementTimeout(w, '500ms')
+    const { lines, metrics } = await startLoggedWorker(w)
+    await caughtUp(w, 90_000)
+    expect(await boardScores(w, 'slow')).toEqual(expected)
+    expect(await deadLetters(w)).toBe(0)
+
+    const logged = lines.map((l) => JSON.parse(l) as { component?: string; err?: { code?: string } })
+    const timeouts = logged.filter((l) => l.err?.code === '57014')
+    const groups = timeouts.filter((l) => l.component === 'committer')
+    // Learned, a group is canceled once per halving (60, 20, 10 events: 3 in a run) and once per
+    // probe of a bigger size after 32 statements that fit; tried again at full size, the group
+    // statements of this backlog were canceled 19 and 23 times in two runs.
+    expect(groups.length).toBeGreaterThan(0)
+    expect(groups.length).toBeLessThanOrEqual(6)
+    // Every cancel counted, the committer's too.
+    expect(await metrics.text()).toContain(`fanfare_batch_timeouts_total{projection="leaderboards"} ${timeouts.length}`)
+    expect(lines.filter((l) => l.includes('secret-player'))).toEqual([])
+  }, 120_000)
+})
+
 describe('a rebuild whose shadow batches outlast statement_timeout', () => {
   // The shadow's catch-up applies up to 1,000 events per statement: far beyond the timeout here.
   // Retried whole, the rebuild never got past its first fetch.
