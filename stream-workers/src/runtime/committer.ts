@@ -37,7 +37,10 @@ export function createBatchCommitter(deps: {
   logger?: Logger
   /** Test seam: called with the partitions of each group statement that committed. */
   onGroup?: (partitions: number[]) => void
-  /** Statements (alone or grouped) in flight at once before batches wait to be grouped. Default 1. */
+  /**
+   * Statements (alone or grouped) in flight at once before batches wait to be grouped. Default 1.
+   * The statements the group limit splits the batches ready into all go at once, so more may be.
+   */
   maxInFlight?: number
   /** Told of every group statement Postgres canceled for statement_timeout (a metric). */
   onTimeout?: () => void
