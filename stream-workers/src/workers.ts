@@ -90,7 +90,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     projections.map((p) => {
       const onGroupCommit = deps.hooks?.onGroupCommit
       const onGroup = onGroupCommit && ((partitions: number[]) => onGroupCommit({ projection: p.name, partitions }))
-      return [p.name, createBatchCommitter({ db, logger: logger.child({ component: 'committer', projection: p.name }), onGroup })]
+      const onTimeout = () => metrics.worker.timedOut(p.name)
+      return [p.name, createBatchCommitter({ db, logger: logger.child({ component: 'committer', projection: p.name }), onGroup, onTimeout })]
     }),
   )
   const leases = startLeases({

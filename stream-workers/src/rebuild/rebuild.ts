@@ -70,8 +70,10 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     const shadowCheckpoints = new Map<number, number>()
     // As live, a statement too big for statement_timeout is split, and the size kept (see PartSize).
     const sizes = createPartSize(() => deps.metrics?.worker.timedOut(projection.name))
-    // The size of the shadow statement started last: the one that failed, when one did.
+    // The size of the shadow statement started last: the one that failed, when one did; and how
+    // many statements of the fetch's current attempt went through before it.
     let lastPart = 0
+    let partsDone = 0
     /**
      * Applies a fetch to the shadow inside `tx`, each partition's messages in parts (see PartSize),
      * and returns the parts' sizes, to report as committed once `tx` is. `careful`: each statement
@@ -111,6 +113,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
             : await applyBatch(tx, owner, expected, part, at)
           shadowCheckpoints.set(partition, r.checkpoint)
           parts.push(part.length)
+          partsDone++
           rest = rest.slice(part.length)
         }
       }
@@ -133,6 +136,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         const before = new Map(shadowCheckpoints)
         for (let attempt = 0, careful = false; ; ) {
           try {
+            partsDone = 0
             const parts = await db.transaction(async (tx) => {
               await useShadow(tx, shadow)
               return applyShadow(tx, batch, careful)
@@ -162,6 +166,11 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
             if (timeout === 'split') log.warn({ err, size: lastPart, nextSize: sizes.next(lastPart) }, 'a shadow statement outlasts statement_timeout; applying the fetch again in smaller parts')
             else if (timeout === 'alone') log.error({ err, size: lastPart }, 'one event alone outlasts statement_timeout: the rebuild is stalled until statement_timeout is raised or the database is faster; retrying it')
             else log.warn({ err, size: lastPart }, 'shadow batch not written; applying it again')
+            // Statements of this attempt went through before the one that failed: the database is
+            // moving (parts that fit), and the next attempt starts a fresh backoff, as a live
+            // runner's next part does. Without it, the attempts at the sizes that fit waited up to
+            // 5 s each, the backoff grown by the cancels that taught the size.
+            if (partsDone > 0) attempt = 0
             await sleep(backoffMs(attempt++), deps.signal)
             if (deps.signal.aborted) throw new Error('rebuild stopped')
           }

@@ -8,7 +8,7 @@ import { leaderboardsProjection } from '../projections/leaderboards/apply'
 import { boardScores, byChannel, caughtUp, createWorld, publishEvent, readNotices, storedEvent, holdVersionRow, type World } from '../testing/harness'
 import { applyBatch, claimFence, commitGroup, prepareBatch, type BatchMessage, type BatchOwner, type PreparedBatch } from './batch'
 import { createBatchCommitter } from './committer'
-import { CheckpointMovedError, FencedError } from './errors'
+import { CheckpointMovedError, FencedError, sqlStateOf } from './errors'
 
 let world: World | undefined
 const opened: Database[] = []
@@ -170,6 +170,79 @@ describe('group commit (BatchCommitter)', () => {
     expect(runs.sort()).toEqual([2, 3])
     const cps = await checkpoints(w)
     expect([cps[0].seq, cps[1].seq, cps[2].seq, cps[3].seq]).toEqual([1, 0, 1, 7])
+  })
+
+  test('a group statement canceled for statement_timeout is counted and its batches apply alone; under the halved limit a fenced batch is still refused, nothing applies twice', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: String(PARTITIONS) }))
+    await scoredArena(w)
+    // 0.3 s per new entry row; statements of the committer's own sessions canceled after 1.5 s
+    // (lock waits included): a batch of 3 fits alone, two of them together (1.8 s) do not.
+    await w.database.db.execute(
+      sql.raw(`create function fanfare_test_slow_row() returns trigger language plpgsql as $$ begin perform pg_sleep(0.3); return new; end $$;
+               create trigger fanfare_test_slow before insert on leaderboard_entries for each row execute function fanfare_test_slow_row()`),
+    )
+    const dbName = new URL(w.env.vars.DATABASE_URL).pathname.slice(1)
+    await w.database.db.execute(sql.raw(`alter database "${dbName}" set statement_timeout = '1500ms'`))
+    const { projection, reads } = counting()
+    const [o0, o1, o2, o3] = await Promise.all([0, 1, 2, 3].map((p) => ownerOf(w, p, projection)))
+    // A newer owner of partition 1 claimed its fence: o1's token is stale.
+    await claimFence(w.database.db, 'leaderboards', 1)
+    const players = (p: number, tag: string, n: number) => Array.from({ length: n }, (_, i) => playerIn('arena', p, `${tag}${i}x`))
+    const [a, c, d, e] = [players(0, 'a', 5), players(1, 'c', 1), players(2, 'd', 2), players(3, 'e', 5)]
+    const failed: unknown[] = []
+    const logger = { warn: (o: { err: unknown }) => failed.push(o.err) } as never
+    const database = await connectBunSql(w.env.vars.DATABASE_URL, { max: 8 })
+    opened.push(database)
+    const groups: number[][] = []
+    let timeouts = 0
+    const committer = createBatchCommitter({ db: database.db, logger, onGroup: (ps) => groups.push(ps), onTimeout: () => timeouts++ })
+    const s = (partition: number, firstSeq: number, ps: string[]) => scores(w, partition, firstSeq, ps.map((p, i): [string, number] => [p, firstSeq + i]))
+
+    // 1. Partitions 0 and 3 queue behind 2's statement, then go as one group of 6 rows: canceled.
+    let hold = await holdVersionRow(w, 'leaderboard:arena')
+    const first = committer.apply(o2, 0, s(2, 1, [d[0]]), new Date())
+    await hold.waiting()
+    const r0 = committer.apply(o0, 0, s(0, 1, a.slice(0, 3)), new Date())
+    await until('partition 0 to wait in the committer', () => reads() === 2)
+    const r3 = committer.apply(o3, 0, s(3, 1, e.slice(0, 3)), new Date())
+    await until('partition 3 to wait behind it', () => reads() === 3)
+    await hold.release()
+    const [x2, x0, x3] = await Promise.all([first, r0, r3])
+    expect(timeouts).toBe(1)
+    expect(failed.map(sqlStateOf)).toEqual(['57014'])
+    expect(groups).toEqual([])
+    // Each applied alone instead.
+    expect([x2.checkpoint, x0.checkpoint, x3.checkpoint]).toEqual([1, 3, 3])
+
+    // 2. Now at most 3 events a group: 0 (2 events) and the fenced 1 (1) go together, 3 (2) beside
+    // them. The group writes nothing (1 is fenced); 0 applies alone, 1 gets its error.
+    hold = await holdVersionRow(w, 'leaderboard:arena')
+    const second = committer.apply(o2, 1, s(2, 2, [d[1]]), new Date())
+    await hold.waiting()
+    const q0 = committer.apply(o0, 3, s(0, 4, a.slice(3)), new Date())
+    await until('partition 0 to wait in the committer', () => reads() === 5)
+    const q1 = committer.apply(o1, 0, s(1, 1, c), new Date())
+    await until('partition 1 to wait behind it', () => reads() === 6)
+    const q3 = committer.apply(o3, 3, s(3, 4, e.slice(3)), new Date())
+    await until('partition 3 to wait behind them', () => reads() === 7)
+    const settled = Promise.allSettled([second, q0, q1, q3])
+    await hold.release()
+    const [y2, y0, y1, y3] = await settled
+    expect(timeouts).toBe(1)
+    expect(groups).toEqual([])
+    expect(y2).toMatchObject({ status: 'fulfilled', value: { applied: 1, checkpoint: 2 } })
+    expect(y0).toMatchObject({ status: 'fulfilled', value: { applied: 2, checkpoint: 5 } })
+    expect(y1.status === 'rejected' && y1.reason).toBeInstanceOf(FencedError)
+    expect(y3).toMatchObject({ status: 'fulfilled', value: { applied: 2, checkpoint: 5 } })
+
+    // Every event of 0, 2 and 3 once (a sum would show twice), none of the fenced 1; a version each.
+    const expected = Object.fromEntries([...a.map((p, i) => [p, i + 1]), ...d.map((p, i) => [p, i + 1]), ...e.map((p, i) => [p, i + 1])])
+    expect(await boardScores(w, 'arena')).toEqual(expected)
+    expect(await arenaVersion(w)).toBe(1 + 12)
+    const cps = await checkpoints(w)
+    expect([cps[0].seq, cps[1].seq, cps[2].seq, cps[3].seq]).toEqual([5, 0, 2, 5])
+    // Redelivered: skipped.
+    expect(await committer.apply(o0, 5, s(0, 4, a.slice(3)), new Date())).toMatchObject({ applied: 0, skipped: 2, runs: [] })
   })
 
   test('workers with several partitions group their batches; crashes before the ack and redeliveries apply nothing twice', async () => {

@@ -90,4 +90,21 @@ describe('PartSize', () => {
     expect(sizes.next(500)).toBe(500)
     expect(first.timeouts).toEqual([8])
   })
+
+  test('as the group committer uses it: halves at the first timeout, and grows from statements the limit held back, whatever their size', () => {
+    const sizes = createPartSize(undefined, 1)
+    expect(sizes.failed(canceled, 60)).toBe('split')
+    expect(sizes.next(60)).toBe(30)
+    expect(sizes.failed(canceled, 30)).toBe('split')
+    expect(sizes.next(60)).toBe(15)
+    // Batches of 10: a group of two (20) does not fit the limit, so each goes alone, below it.
+    // Held back (20 events were there to take), each that commits says the limit fits.
+    for (let i = 0; i < 31; i++) sizes.committed(10, 20)
+    expect(sizes.next(60)).toBe(15)
+    // Not held back (one batch was all there was): says nothing about the limit.
+    for (let i = 0; i < 100; i++) sizes.committed(10, 10)
+    expect(sizes.next(60)).toBe(15)
+    sizes.committed(10, 20)
+    expect(sizes.next(60)).toBe(30)
+  })
 })

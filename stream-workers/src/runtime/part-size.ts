@@ -30,8 +30,8 @@ export type Timeout = 'again' | 'split' | 'alone'
  * after COMMITS_BEFORE_GROWING statements committed at it. Only the size changes: the caller
  * applies the parts in stream order, each under the checkpoint guard, and never skips one.
  *
- * One per live runner (its partition) and one per rebuild; the live runner and the rebuild's
- * shadow both go through it.
+ * One per live runner (its partition), one per rebuild, and one per group committer (the events of
+ * one group statement, see createBatchCommitter).
  */
 export type PartSize = {
   /** How many of `available` messages the next statement takes (at least one). */
@@ -43,12 +43,24 @@ export type PartSize = {
    * event alone was canceled again: it is retried, never skipped; the caller says it is stalled).
    */
   failed: (err: unknown, size: number) => Timeout | undefined
-  /** A statement of `size` messages committed. */
-  committed: (size: number) => void
+  /**
+   * A statement of `size` messages committed. `available`: how many there were to take when it was
+   * sized (next's argument; default `size`, what a caller that takes all next gives passes). It
+   * counts toward growing when the limit held it back, `available` at or past the limit: the
+   * group committer's statements are made of whole batches, so one held back is often below the
+   * limit (or one batch alone) and still says the limit fits.
+   */
+  committed: (size: number, available?: number) => void
 }
 
-/** A PartSize with no limit yet; `onTimeout` is told of every statement timeout (a metric). */
-export function createPartSize(onTimeout?: () => void): PartSize {
+/**
+ * A PartSize with no limit yet; `onTimeout` is told of every statement timeout (a metric).
+ * `timeoutsBeforeSplit` (default TIMEOUTS_BEFORE_SPLIT, 2): the group committer halves at the
+ * first, since it never tries a canceled statement again (its batches go alone, and progress), so
+ * a second chance would only cost one more statement_timeout, and with several of its statements
+ * in flight at once "in a row" has no order.
+ */
+export function createPartSize(onTimeout?: () => void, timeoutsBeforeSplit = TIMEOUTS_BEFORE_SPLIT): PartSize {
   let limit = Infinity
   let timeouts = 0
   let atLimit = 0
@@ -61,16 +73,17 @@ export function createPartSize(onTimeout?: () => void): PartSize {
       }
       onTimeout?.()
       atLimit = 0
-      if (++timeouts < TIMEOUTS_BEFORE_SPLIT) return 'again'
+      if (++timeouts < timeoutsBeforeSplit) return 'again'
       timeouts = 0
       if (size <= 1) return 'alone'
       limit = Math.ceil(size / 2)
       return 'split'
     },
-    committed: (size) => {
+    committed: (size, available = size) => {
       timeouts = 0
-      // A smaller part (the end of a batch, a small batch) says nothing about the limit.
-      if (size < limit) return
+      // A smaller part the limit did not hold back (the end of a batch, a small batch) says
+      // nothing about the limit.
+      if (available < limit) return
       if (++atLimit < COMMITS_BEFORE_GROWING) return
       atLimit = 0
       limit *= 2

@@ -23,15 +23,16 @@ const slowRows = (w: World, seconds: number) =>
 
 /**
  * slowRows for the leaderboard_entries tables created from now on too: a rebuild's shadow copy
- * (CREATE TABLE ... LIKE takes no triggers) gets the same trigger, through an event trigger.
+ * (CREATE TABLE ... LIKE takes no triggers) gets the same trigger (or the row trigger function
+ * `fn`), through an event trigger.
  */
-const slowShadowRows = (w: World) =>
+const slowShadowRows = (w: World, fn = 'fanfare_test_slow_row') =>
   w.database.db.execute(
     sql.raw(`create or replace function fanfare_test_slow_copy() returns event_trigger language plpgsql as $$
                declare r record;
                begin
                  for r in select * from pg_event_trigger_ddl_commands() where command_tag = 'CREATE TABLE' and object_identity like '%.leaderboard_entries' loop
-                   execute format('create trigger fanfare_test_slow before insert or update on %s for each row execute function public.fanfare_test_slow_row()', r.object_identity);
+                   execute format('create trigger fanfare_test_slow before insert or update on %s for each row execute function public.${fn}()', r.object_identity);
                  end loop;
                end $$;
              create event trigger fanfare_test_slow_copy on ddl_command_end when tag in ('CREATE TABLE') execute function fanfare_test_slow_copy()`),
@@ -151,6 +152,44 @@ describe('a batch that outlasts statement_timeout', () => {
   }, 120_000)
 })
 
+describe('batches of several partitions grouped into a statement that outlasts statement_timeout', () => {
+  // Each runner's part fits, but the committer groups the parts of the partitions that wait
+  // together, and 2 of them do not. Falling back to each batch alone, the group statement was tried
+  // again at full size every time, a statement_timeout wasted each with every batch waiting behind
+  // it, and not counted in fanfare_batch_timeouts_total.
+  test('the committer learns how many events a group statement fits: few group timeouts, each counted', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '4', FANFARE_BATCH_SIZE: '20' }))
+    await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    // 30 ms per row written (an upsert of a player already there fires the trigger twice): a
+    // runner's batch of 20 is split to 10 or 5.
+    await slowRows(w, 0.03)
+    const expected: Record<string, number> = {}
+    // Stored before the worker starts: every partition has a backlog of a few batches.
+    for (let i = 0; i < 320; i++) {
+      const player = `secret-player-${i % 40}`
+      expected[player] = (expected[player] ?? 0) + i + 1
+      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
+    }
+    await statementTimeout(w, '500ms')
+    const { lines, metrics } = await startLoggedWorker(w)
+    await caughtUp(w, 90_000)
+    expect(await boardScores(w, 'slow')).toEqual(expected)
+    expect(await deadLetters(w)).toBe(0)
+
+    const logged = lines.map((l) => JSON.parse(l) as { component?: string; err?: { code?: string } })
+    const timeouts = logged.filter((l) => l.err?.code === '57014')
+    const groups = timeouts.filter((l) => l.component === 'committer')
+    // Learned, a group is canceled once per halving (60, 20, 10 events: 3 in a run) and once per
+    // probe of a bigger size after 32 statements that fit; tried again at full size, the group
+    // statements of this backlog were canceled 19 and 23 times in two runs.
+    expect(groups.length).toBeGreaterThan(0)
+    expect(groups.length).toBeLessThanOrEqual(6)
+    // Every cancel counted, the committer's too.
+    expect(await metrics.text()).toContain(`fanfare_batch_timeouts_total{projection="leaderboards"} ${timeouts.length}`)
+    expect(lines.filter((l) => l.includes('secret-player'))).toEqual([])
+  }, 120_000)
+})
+
 describe('a rebuild whose shadow batches outlast statement_timeout', () => {
   // The shadow's catch-up applies up to 1,000 events per statement: far beyond the timeout here.
   // Retried whole, the rebuild never got past its first fetch.
@@ -212,4 +251,50 @@ describe('a rebuild whose shadow batches outlast statement_timeout', () => {
     expect(await boardScores(w, 'slow')).toEqual(expected)
     expect(lines.filter((l) => l.includes('secret-player'))).toEqual([])
   }, 150_000)
+
+  test('a cancel after statements of the fetch went through starts a fresh backoff, as live: the retries do not wait seconds', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    await w.database.db.insert(leaderboards).values({ board: 'flaky', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    // In the shadow only, the row of player `flaky` (the fetch's last event) is slow for its first 8
+    // writes (a sequence counts the writes of canceled attempts too), then fast: each attempt gets
+    // its parts before it through and is canceled there, 8 times, until the parts are of 3.
+    await w.database.db.execute(
+      sql.raw(`create sequence fanfare_test_tries;
+               create or replace function fanfare_test_flaky_row() returns trigger language plpgsql as $$
+                 begin if new.player = 'flaky' and nextval('fanfare_test_tries') <= 8 then perform pg_sleep(1); end if; return new; end $$`),
+    )
+    await slowShadowRows(w, 'fanfare_test_flaky_row')
+    const expected: Record<string, number> = {}
+    for (let i = 0; i < 40; i++) {
+      const player = i === 39 ? 'flaky' : `p${i}`
+      expected[player] = i + 1
+      await publishEvent(w, storedEvent('score.submitted', { board: 'flaky', player, score: i + 1 }))
+    }
+    await statementTimeout(w, '500ms')
+    const { lines } = await startLoggedWorker(w)
+    await caughtUp(w, 60_000)
+
+    const kv = await openJobBucket(w.nc, w.config)
+    const job: RebuildJob = { id: 'flakyshadow', projection: 'leaderboards', state: 'requested', requestedAt: new Date().toISOString(), force: false, attempts: 0, appliedSeq: 0, pending: 0 }
+    const started = Date.now()
+    await kv.put(rebuildKey('leaderboards'), JSON.stringify(job))
+    await until(
+      'the rebuild to switch in',
+      async () => {
+        const j = (await readRebuildJob(kv, 'leaderboards'))?.job
+        if (j?.state === 'failed') throw new Error(`rebuild failed: ${j.error}`)
+        return j?.state === 'done' ? j : undefined
+      },
+      60_000,
+      100,
+    )
+    const took = Date.now() - started
+    const cancels = lines.map((l) => JSON.parse(l) as { rebuild?: string; err?: { code?: string } }).filter((l) => l.rebuild === job.id && l.err?.code === '57014')
+    expect(cancels.length).toBe(8)
+    expect(await boardScores(w, 'flaky')).toEqual(expected)
+    // 8 cancels of 0.5 s. With a backoff grown by every cancel (100 ms doubling up to 5 s,
+    // jittered: 8 to 16 s of waits in all) the rebuild took 16.5 and 18.6 s; starting fresh after
+    // the 6 cancels that followed parts that went through (waits under 1 s in all), 6.8 and 7.1 s.
+    expect(took).toBeLessThan(10_000)
+  }, 120_000)
 })
