@@ -278,42 +278,70 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
+  /**
+   * Reads batches from `consumer` and applies them one after the other. While a batch that is not
+   * full applies, the next one is pulled (pullBatch: its pulls end as soon as they have delivered,
+   * none is left open part-used), so that what is stored meanwhile is already here when the batch
+   * commits, instead of waiting for two pull round trips after its ack (at 1,000 events/s most of
+   * the wait from an event's storing to its batch's start: bench/findings.md, 2026-11-29). It is
+   * only pulled, never applied, before the batch commits, and acked after its own commit. A full
+   * batch says the partition is behind: pulling ahead then only adds batches in flight, which
+   * slowed the projection benchmark (findings, "pulling the next batch while applying this one").
+   */
   const consumeFrom = async (consumer: Consumer) => {
     // A fresh consumer numbers its deliveries 1, 2, 3...; a jump means a delivery never reached
     // us (a pull cut off mid-way) and applying past it would reorder the stream.
     let expectedDelivery = 1
-    while (!abort.signal.aborted) {
-      const batch = await pullBatch(consumer)
-      if (batch.length === 0) continue
-      for (const m of batch) {
-        if (m.info.deliverySequence !== expectedDelivery) {
-          throw new ResetConsumer(`delivery ${expectedDelivery} missing (got ${m.info.deliverySequence} for seq ${m.seq})`)
+    // Deliveries pulled ahead are not kept alive by working() while a batch retries: past the ack
+    // wait the server sends them again, to the pull after theirs. That pull's batch starts only
+    // once theirs committed, so the copies are at or below the checkpoint and skipped (applyBatch).
+    let ahead: Promise<JsMsg[]> | undefined
+    try {
+      while (!abort.signal.aborted) {
+        const batch = await (ahead ?? pullBatch(consumer))
+        ahead = undefined
+        if (batch.length === 0) continue
+        for (const m of batch) {
+          if (m.info.deliverySequence !== expectedDelivery) {
+            throw new ResetConsumer(`delivery ${expectedDelivery} missing (got ${m.info.deliverySequence} for seq ${m.seq})`)
+          }
+          expectedDelivery++
         }
-        expectedDelivery++
+        if (batch.length < deps.batchSize) {
+          ahead = pullBatch(consumer)
+          // Awaited with the next batch (or below); a failure before then is not unhandled.
+          ahead.catch(() => {})
+        }
+        const started = performance.now()
+        const { result, headers } = await tracedBatch(batch, () =>
+          applyWithRetry(batch).catch((err) => {
+            const m = batch[0]
+            if (isRefusedBatch(err)) throw err
+            throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
+          }),
+        )
+        if (!result) return // stopped while retrying: unacked messages go to the next owner
+        deps.metrics.worker.batch(deps.projection.name, (performance.now() - started) / 1000, batch.length, result.deadLettered)
+        // What the consumer still holds after this batch's last message: the partition's lag.
+        lag.set(batch[batch.length - 1].info.pending)
+        checkpoint = result.checkpoint
+        await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
+        // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
+        // commit order, and a slow NATS slows the runner down instead of piling up).
+        if (publishing) await publishing
+        // From here to the ack nothing awaits: the runs and the ack (and, for a full batch, the next
+        // pull) are issued in one turn, which nats.js flushes together.
+        if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, headers)
+        // The consumer acks all: acking the batch's last message acks every earlier delivery.
+        batch[batch.length - 1].ack()
+        log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length }, 'batch applied')
       }
-      const started = performance.now()
-      const { result, headers } = await tracedBatch(batch, () =>
-        applyWithRetry(batch).catch((err) => {
-          const m = batch[0]
-          if (isRefusedBatch(err)) throw err
-          throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
-        }),
-      )
-      if (!result) return // stopped while retrying: unacked messages go to the next owner
-      deps.metrics.worker.batch(deps.projection.name, (performance.now() - started) / 1000, batch.length, result.deadLettered)
-      // What the consumer still holds after this batch's last message: the partition's lag.
-      lag.set(batch[batch.length - 1].info.pending)
-      checkpoint = result.checkpoint
-      await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
-      // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
-      // commit order, and a slow NATS slows the runner down instead of piling up).
-      if (publishing) await publishing
-      // From here to the next pull request nothing awaits: the runs, the ack and the pull are
-      // issued in one turn, which nats.js flushes together.
-      if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, headers)
-      // The consumer acks all: acking the batch's last message acks every earlier delivery.
-      batch[batch.length - 1].ack()
-      log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length }, 'batch applied')
+    } finally {
+      if (ahead) {
+        // A reset or a stop: the pull ahead is of no use to a new consumer, nor after the stop.
+        pulling?.stop()
+        await ahead.catch(() => {})
+      }
     }
   }
 
