@@ -146,90 +146,23 @@ export function startRunner(deps: RunnerDeps): Runner {
   }
 
   /**
-   * The consumer's deliveries, pulled while batches apply, for consumeFrom to take batch by batch.
-   * It always has one pull in flight, of one of two kinds that never wait after delivering part of
-   * what they asked for (nats-server 2.9.10 sometimes left such a pull silent for ~5 s: a pull
-   * held open across batches, bench/findings.md, 2026-11-29): a pull of one message, which waits
-   * for the next event (IDLE_PULL_MS when there is none), and a pull of what the last delivery said
-   * was stored behind it, which ends as soon as those arrive. So what is stored while a batch
-   * applies is here when it commits, instead of two round trips after its ack (most of the wait
-   * from an event's storing to its batch's start at 1,000 events/s). It holds at most batchSize
-   * messages, and after a full batch pulls nothing until the next is asked for: a partition that is
-   * behind gains nothing from pulling ahead, and more batches in flight slowed the projection
-   * benchmark (findings, "pulling the next batch while applying this one").
+   * Up to batchSize messages that are already there: wait for one, then take what is pending. A
+   * pull that fails before delivering anything throws (the consumer is recreated); one that fails
+   * part-way yields what it delivered, and the next pull, starting with nothing held, shows
+   * whether the consumer is healthy (a delivery it cut off shows up as a gap there).
    */
-  const collect = (consumer: Consumer) => {
-    const queue: JsMsg[] = []
-    // Stored behind the last delivery, by its `pending`: what the next pull asks for.
-    let behind = 0
-    // A pull of what was stored behind is in flight; it ends once they arrived.
-    let rest: Promise<void> | undefined
-    let failure: unknown
-    let paused = false
-    let stopped = false
-    // The loop and take() each wait for the other's news.
-    let wakeLoop = () => {}
-    let wakeTake = () => {}
-    const wake = () => {
-      wakeLoop()
-      wakeTake()
+  const pullBatch = async (consumer: Consumer): Promise<JsMsg[]> => {
+    const first = await fetchSome(consumer, 1, IDLE_PULL_MS)
+    if (first.msgs.length === 0) {
+      if (first.err && !abort.signal.aborted) throw first.err
+      return first.msgs
     }
-    const loop = async () => {
-      while (!stopped && !abort.signal.aborted) {
-        const room = deps.batchSize - queue.length
-        if (room <= 0 || paused) {
-          await new Promise<void>((ok) => (wakeLoop = ok))
-          continue
-        }
-        const want = Math.min(behind, room)
-        let done = () => {}
-        if (want > 0) rest = new Promise<void>((ok) => (done = ok))
-        const { msgs, err } = await fetchSome(consumer, Math.max(want, 1), want > 0 ? REST_PULL_MS : IDLE_PULL_MS)
-        queue.push(...msgs)
-        behind = msgs.length > 0 ? msgs[msgs.length - 1].info.pending : 0
-        rest = undefined
-        done()
-        if (err && !abort.signal.aborted && !stopped) {
-          // Failed before delivering anything: the consumer is recreated (see run). Part-way: what
-          // it delivered is applied, and the next pull, asking for one, shows whether the consumer
-          // is healthy (a delivery it cut off shows up as a gap there).
-          if (msgs.length === 0) {
-            failure = err
-            wake()
-            return
-          }
-          log.debug({ err, wanted: want, got: msgs.length }, 'pull ended early; applying what it delivered')
-          behind = 0
-        }
-        wake()
-      }
-    }
-    const running = loop()
-    return {
-      /** The next batch: what has arrived (waiting for a first message, and for a pull of what was stored behind it). */
-      take: async (): Promise<JsMsg[]> => {
-        paused = false
-        wake()
-        while (queue.length === 0 && failure === undefined && !abort.signal.aborted) await new Promise<void>((ok) => (wakeTake = ok))
-        if (queue.length === 0 && failure !== undefined) throw failure
-        if (rest) await rest
-        const batch = queue.splice(0, deps.batchSize)
-        paused = batch.length === deps.batchSize
-        wake()
-        return batch
-      },
-      /** Delivered and not taken yet: kept alive with the batch under work. */
-      held: (): readonly JsMsg[] => queue,
-      stop: async () => {
-        stopped = true
-        pulling?.stop()
-        wake()
-        await running
-      },
-    }
+    const more = abort.signal.aborted ? 0 : Math.min(first.msgs[0].info.pending, deps.batchSize - 1)
+    if (more <= 0) return first.msgs
+    const rest = await fetchSome(consumer, more, REST_PULL_MS)
+    if (rest.err) log.debug({ err: rest.err, wanted: more, got: rest.msgs.length }, 'pull ended early; applying what it delivered')
+    return first.msgs.concat(rest.msgs)
   }
-  // The current consumer's (see consumeFrom).
-  let collector: ReturnType<typeof collect> | undefined
 
   // Batches and dead-letter replays take turns: a replay's reads and writes must not interleave
   // with a batch's (both rely on the checkpoint guard, and a replay leaves the checkpoint as is).
@@ -273,11 +206,7 @@ export function startRunner(deps: RunnerDeps): Runner {
   const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
     const messages = batch.map(batchMessageOf)
-    const working = () => {
-      batch.forEach((m) => m.working())
-      collector?.held().forEach((m) => m.working())
-    }
-    const keepAlive = setInterval(working, WORKING_EVERY_MS)
+    const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
     // The checkpoint moves inside the turn: a replay waiting for it must see the new one.
     const turn = (work: () => Promise<BatchResult>) =>
       exclusive(async () => {
@@ -332,7 +261,7 @@ export function startRunner(deps: RunnerDeps): Runner {
           } else {
             log.warn(line, 'batch failed with a transient error; retrying the same batch')
           }
-          working()
+          batch.forEach((m) => m.working())
           await sleep(backoffMs(attempt), abort.signal)
           continue
         }
@@ -349,61 +278,42 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  /**
-   * Reads batches from `consumer` (see collect) and applies them one after the other: a batch is
-   * pulled while the previous one applies, but applied only once it committed, and acked after its
-   * own commit.
-   */
   const consumeFrom = async (consumer: Consumer) => {
     // A fresh consumer numbers its deliveries 1, 2, 3...; a jump means a delivery never reached
     // us (a pull cut off mid-way) and applying past it would reorder the stream.
     let expectedDelivery = 1
-    // Deliveries waiting in the collector are kept alive with the batch under work, but a batch
-    // retried past the ack wait without them (an event loop stalled that long) has the server send
-    // them again, after them: a stream sequence that does not grow is such a copy, and within one
-    // batch it would apply its event twice.
-    let lastSeq = 0
-    const pulls = (collector = collect(consumer))
-    try {
-      while (!abort.signal.aborted) {
-        const batch = await pulls.take()
-        if (batch.length === 0) continue
-        for (const m of batch) {
-          if (m.info.deliverySequence !== expectedDelivery) {
-            throw new ResetConsumer(`delivery ${expectedDelivery} missing (got ${m.info.deliverySequence} for seq ${m.seq})`)
-          }
-          if (m.seq <= lastSeq) throw new ResetConsumer(`seq ${m.seq} delivered again after ${lastSeq}`)
-          expectedDelivery++
-          lastSeq = m.seq
+    while (!abort.signal.aborted) {
+      const batch = await pullBatch(consumer)
+      if (batch.length === 0) continue
+      for (const m of batch) {
+        if (m.info.deliverySequence !== expectedDelivery) {
+          throw new ResetConsumer(`delivery ${expectedDelivery} missing (got ${m.info.deliverySequence} for seq ${m.seq})`)
         }
-        const started = performance.now()
-        const { result, headers } = await tracedBatch(batch, () =>
-          applyWithRetry(batch).catch((err) => {
-            const m = batch[0]
-            if (isRefusedBatch(err)) throw err
-            throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
-          }),
-        )
-        if (!result) return // stopped while retrying: unacked messages go to the next owner
-        deps.metrics.worker.batch(deps.projection.name, (performance.now() - started) / 1000, batch.length, result.deadLettered)
-        // What the consumer still holds after this batch's last message: the partition's lag.
-        lag.set(batch[batch.length - 1].info.pending)
-        checkpoint = result.checkpoint
-        await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
-        // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
-        // commit order, and a slow NATS slows the runner down instead of piling up).
-        if (publishing) await publishing
-        // From here to the ack nothing awaits: the runs and the ack are issued in one turn, which
-        // nats.js flushes together.
-        if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, headers)
-        // The consumer acks all: acking the batch's last message acks every earlier delivery.
-        batch[batch.length - 1].ack()
-        log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length }, 'batch applied')
+        expectedDelivery++
       }
-    } finally {
-      // A reset or a stop: what it pulled is of no use to a new consumer, nor after the stop.
-      collector = undefined
-      await pulls.stop()
+      const started = performance.now()
+      const { result, headers } = await tracedBatch(batch, () =>
+        applyWithRetry(batch).catch((err) => {
+          const m = batch[0]
+          if (isRefusedBatch(err)) throw err
+          throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
+        }),
+      )
+      if (!result) return // stopped while retrying: unacked messages go to the next owner
+      deps.metrics.worker.batch(deps.projection.name, (performance.now() - started) / 1000, batch.length, result.deadLettered)
+      // What the consumer still holds after this batch's last message: the partition's lag.
+      lag.set(batch[batch.length - 1].info.pending)
+      checkpoint = result.checkpoint
+      await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
+      // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
+      // commit order, and a slow NATS slows the runner down instead of piling up).
+      if (publishing) await publishing
+      // From here to the next pull request nothing awaits: the runs, the ack and the pull are
+      // issued in one turn, which nats.js flushes together.
+      if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, headers)
+      // The consumer acks all: acking the batch's last message acks every earlier delivery.
+      batch[batch.length - 1].ack()
+      log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length }, 'batch applied')
     }
   }
 
