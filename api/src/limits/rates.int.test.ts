@@ -167,6 +167,44 @@ describe('rate limits', () => {
     other.close()
   })
 
+  test('a sign-in makes the user present in the channels the socket holds: it costs the user one subscribe each, and over the budget it is refused (4029) and makes nobody present', async () => {
+    // Anonymous subscribes cost the socket only; without this charge, subscribing anonymously and
+    // then signing in made a user present in 100 channels a socket (each a join and a leave to
+    // every node, and for matches an event appended by the seat watcher) for free, socket after socket.
+    const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-signin' })
+    const anonymousWith = async (tag: string, n: number) => {
+      const c = await WsClient.open(node.wsUrl)
+      for (let i = 0; i < n; i++) c.send({ op: 'subscribe', ref: `s${i}`, channel: channelOf.match(`${tag}-${i}`) })
+      await until('every snapshot', () => c.frames.filter((f) => f.op === 'snapshot').length === n)
+      return c
+    }
+    const present = async (channel: string) => ((await (await fetch(`${node.base}/v1/presence/${channel}`)).json()) as any).users
+    // 6 of the user's 8.
+    const a = await anonymousWith('signin-a', 6)
+    a.send({ op: 'auth', ref: 'auth', token })
+    expect(await a.reply('auth')).toMatchObject({ op: 'authed', principal: 'u:r-signin' })
+    await until('present', async () => (await present(channelOf.match('signin-a-5'))) === 1)
+    // 6 more: 2 left (a token refilled at most), refused. The socket is closed: it is still the
+    // viewer it was to the server, and the client reconnects after the delay (as the user).
+    const b = await anonymousWith('signin-b', 6)
+    b.send({ op: 'auth', ref: 'auth', token })
+    const refused = await b.reply('auth')
+    expect([refused.op, refused.error.code, refused.error.message]).toEqual(['error', 'rate_limited', expect.stringContaining('per user')])
+    expect(refused.error.retryAfterMs).toBeGreaterThan(0)
+    await until('the close', () => b.closed, 5000)
+    expect(b.closed!.code).toBe(4029)
+    expect(b.closed!.reason).toMatch(/^rate_limited: reconnect after \d+ ms$/)
+    for (let i = 0; i < 6; i++) expect(await present(channelOf.match(`signin-b-${i}`))).toBe(0)
+    // A socket holding no channel where users are present signs in for nothing.
+    const c = await WsClient.open(node.wsUrl)
+    c.send({ op: 'subscribe', ref: 'board', channel: channelOf.leaderboard('signin') })
+    await until('the snapshot', () => c.frames.some((f) => f.op === 'snapshot'))
+    c.send({ op: 'auth', ref: 'auth', token })
+    expect(await c.reply('auth')).toMatchObject({ op: 'authed' })
+    a.close()
+    c.close()
+  })
+
   test('limits are per command: malformed frames are answered but charge nothing', async () => {
     const c = await userSocket('r4')
     for (let i = 0; i < 60; i++) c.send({ op: 'publish', ref: `bad${i}`, event: { type: 'chat.message.posted' } })

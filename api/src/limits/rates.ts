@@ -34,6 +34,12 @@ export type RateConfig = Pick<
 export type RateLimits = {
   /** Charges `cost` to the budget of `p` (users and keys; anonymous callers have none). */
   charge(p: Principal, cost?: number): RateRefusal | undefined
+  /**
+   * Charges a sign-in on a socket that holds `channels` channels where users are present: it makes
+   * the user present in each, as that many subscribes would, so it costs as many from the user's
+   * budget (at most the budget's burst, so that a sign-in can always pass once it is full).
+   */
+  signIn(p: Principal, channels: number): RateRefusal | undefined
   /** How much the budget of `p` can ever hold (undefined: no budget): a cost above it can never pass. */
   capacityOf(p: Principal): number | undefined
   /** The buckets and abuse meter of a new WebSocket. */
@@ -90,6 +96,11 @@ export function createRateLimits(deps: {
 
   const limits: RateLimits = {
     charge: (p, cost = 1) => counted('rest', chargeAll([budgetOf(p)], cost)),
+    signIn(p, channels) {
+      const budget = budgetOf(p)
+      if (!budget || channels === 0) return undefined
+      return counted('ws_subscribe', chargeAll([budget], Math.min(channels, budget.bucket.capacity)))
+    },
     capacityOf: (p) => budgetOf(p)?.bucket.capacity,
     connection() {
       const publishes: Limited = {

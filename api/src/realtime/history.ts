@@ -6,19 +6,72 @@ import { subjects } from '../../../core/events'
 /** Reads the change notices of one channel still kept in the change stream, newer than `after`. */
 export type HistoryReader = (channel: string, after: number) => Promise<ChangeNotice[]>
 
+/** What the reader holds of one channel: every run read up to stream sequence `seq`, the newest ones. */
+type Kept = { seq: number; runs: { notices: ChangeNotice[]; bytes: number }[]; notices: number; bytes: number }
+
 /**
  * Reads a channel's history from its kind's change stream (one subject per channel, so one ordered
  * consumer with a single filter subject: fine on nats-server 2.9). The stream keeps the last
  * change runs per channel as configured for its kind (see historyRetention), shared by every API
  * node.
  *
+ * A read goes forward from the oldest kept run (JetStream cannot read a subject backwards), so
+ * reading a channel costs all its kept runs (up to FANFARE_HISTORY_SIZE), however few the client
+ * missed. The reader therefore keeps what it read of each channel (the newest `keepNotices`
+ * notices, at most `maxBytes` in all, the channels read least recently dropped first) and reads a
+ * channel again only from the stream sequence after the last one it read: a stream only appends,
+ * so nothing stored for the channel at or before that sequence is missing from what it kept. A
+ * channel with no new run costs one direct get and no consumer. (Otherwise a resume one version
+ * behind, unsubscribed and sent again, made a node read every kept run of a busy channel per
+ * subscribe frame.) Notices are facts of a (channel, epoch, version): kept ones stay true, and a
+ * stream recreated under the reader (sequences starting again) at worst leaves holes, which the
+ * hub answers with a snapshot.
+ *
  * Returns notices in stream order (not necessarily version order: two workers may publish one
  * channel's versions in either order); the caller sorts and checks contiguity.
  */
-export function historyReader(deps: { nc: NatsConnection; streams: Record<ChannelKind, string>; prefix: string; timeoutMs?: number }): HistoryReader {
+export function historyReader(deps: {
+  nc: NatsConnection
+  streams: Record<ChannelKind, string>
+  prefix: string
+  timeoutMs?: number
+  /** Notices kept per channel (the newest): a resume replays at most MAX_REPLAY (1000). Default 2000. */
+  keepNotices?: number
+  /** Bytes of runs kept over all channels. Default 16 MiB. */
+  maxBytes?: number
+}): HistoryReader {
   const js = jetstream(deps.nc)
   const jsm = jetstreamManager(deps.nc, { checkAPI: false })
   const timeoutMs = deps.timeoutMs ?? 5_000
+  const keepNotices = deps.keepNotices ?? 2000
+  const maxBytes = deps.maxBytes ?? 16 * 1024 * 1024
+  const kept = new Map<string, Kept>()
+  let keptBytes = 0
+
+  const forget = (channel: string) => {
+    const k = kept.get(channel)
+    if (!k) return
+    keptBytes -= k.bytes
+    kept.delete(channel)
+  }
+  /** Keeps a channel's read (if it reached further than what is kept), as the most recently used. */
+  const keep = (channel: string, k: Kept) => {
+    const was = kept.get(channel)
+    forget(channel)
+    if (was && was.seq > k.seq) k = was // a read that went further ended first
+    while (k.runs.length > 1 && k.notices - k.runs[0].notices.length >= keepNotices) {
+      const old = k.runs.shift()!
+      k.notices -= old.notices.length
+      k.bytes -= old.bytes
+    }
+    kept.set(channel, k)
+    keptBytes += k.bytes
+    for (const c of kept.keys()) {
+      if (keptBytes <= maxBytes) break
+      forget(c)
+    }
+  }
+
   return async (channel, after) => {
     const subject = subjects.change(deps.prefix, channel)
     const parsed = parseChannel(channel)
@@ -26,29 +79,45 @@ export function historyReader(deps: { nc: NatsConnection; streams: Record<Channe
     const stream = deps.streams[parsed.kind]
     // The last stored sequence bounds the read: the consumer stops there instead of waiting for more.
     const last = await (await jsm).streams.getMessage(stream, { last_by_subj: subject })
-    if (!last) return []
-    const consumer = await js.consumers.get(stream, { filter_subjects: subject, deliver_policy: DeliverPolicy.All })
-    // Deleted however the read ends (a timeout included): an ephemeral consumer left behind costs
-    // the server until its inactivity threshold, and a reconnect storm would leave thousands.
-    try {
-      const out: ChangeNotice[] = []
-      const deadline = Date.now() + timeoutMs
-      for (;;) {
-        if (Date.now() > deadline) throw new Error(`reading the history of ${channel} timed out`)
-        let reached = false
-        const batch = await consumer.fetch({ max_messages: 1000, expires: Math.max(1_000, deadline - Date.now()) })
-        for await (const m of batch) {
-          for (const n of noticesOf(m.json<ChangeRun>())) if (n.version > after) out.push(n)
-          if (m.seq >= last.seq) {
-            reached = true
-            break
-          }
-        }
-        if (reached) break
-      }
-      return out
-    } finally {
-      await consumer.delete().catch(() => {})
+    if (!last) {
+      forget(channel)
+      return []
     }
+    let from = kept.get(channel)
+    // Sequences went back: the stream was recreated. What it kept then may be no guide to it now.
+    if (from && from.seq > last.seq) from = undefined
+    const runs = [...(from?.runs ?? [])]
+    let seq = from?.seq ?? 0
+    if (seq < last.seq) {
+      const consumer = await js.consumers.get(
+        stream,
+        from ? { filter_subjects: subject, deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from.seq + 1 } : { filter_subjects: subject, deliver_policy: DeliverPolicy.All },
+      )
+      // Deleted however the read ends (a timeout included): an ephemeral consumer left behind costs
+      // the server until its inactivity threshold, and a reconnect storm would leave thousands.
+      try {
+        const deadline = Date.now() + timeoutMs
+        for (;;) {
+          if (Date.now() > deadline) throw new Error(`reading the history of ${channel} timed out`)
+          let reached = false
+          const batch = await consumer.fetch({ max_messages: 1000, expires: Math.max(1_000, deadline - Date.now()) })
+          for await (const m of batch) {
+            runs.push({ notices: noticesOf(m.json<ChangeRun>()), bytes: m.data.length })
+            seq = m.seq
+            if (m.seq >= last.seq) {
+              reached = true
+              break
+            }
+          }
+          if (reached) break
+        }
+      } finally {
+        await consumer.delete().catch(() => {})
+      }
+    }
+    const out: ChangeNotice[] = []
+    for (const r of runs) for (const n of r.notices) if (n.version > after) out.push(n)
+    keep(channel, { seq, runs, notices: runs.reduce((n, r) => n + r.notices.length, 0), bytes: runs.reduce((n, r) => n + r.bytes, 0) })
+    return out
   }
 }

@@ -391,9 +391,20 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             reply({ op: 'error', ref: frame.ref, error: body })
             return void close(conn, err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN, body.code)
           }
+          const refreshed = conn.principal.kind !== 'anonymous'
           const refused = conn.slot.identify(p)
           if (refused) return void refuseSocket(conn, frame.ref, refused)
-          const refreshed = conn.principal.kind !== 'anonymous'
+          // A viewer's subscribes cost its socket only; signing in makes the user present in each
+          // of them (a join to every node, and for a match an event the seat watcher appends):
+          // charged to the user as that many subscribes, or a fresh socket after socket could make
+          // a user join and leave 100 channels each, free. Refused, the socket closes as the viewer
+          // it still is; the client reconnects after the wait.
+          if (!refreshed && p.kind === 'user') {
+            let tracked = 0
+            for (const channel of conn.channels) if (isTracked(channel)) tracked++
+            const over = deps.limits.rates.signIn(p, tracked)
+            if (over) return void refuseSocket(conn, frame.ref, over)
+          }
           const was = conn.principal
           conn.principal = p
           // A viewer who signs in: present from now on as that user, no longer as an anonymous

@@ -36,12 +36,16 @@ const LOOKUP_PAGE = 500
  *   book does not know yet (created before this node started, forgotten after a feed resync) from
  *   one read of that match's row on its first presence change, decided after it (later changes
  *   wait behind it, in order). Nothing is read at start or resync, however many matches are live.
- *   Spectators of open or full matches, and of match ids with no row, are still published: their
- *   join (or the match's creation) may be on its way to the projection, and a dropped disconnect
- *   would keep that seat forever. A seat starts not yet connected (given up after the join grace
- *   unless the player connects): when the feed shows a join of a user who is already present in
- *   the match's channel (they subscribed first, so their connect came before their seat), the node
- *   publishes their `{ connected: true }` then.
+ *   Spectators of open or full matches are still published: their join may be on its way to the
+ *   projection. A match id with no row (read when its change is decided, and no notice of it since)
+ *   publishes nothing, connects and disconnects alike: otherwise subscribing to `match:<random id>`
+ *   and unsubscribing, in a loop, appended two events to the event stream per subscribe. No connect
+ *   is then ever published before the match's row exists, so no disconnect dropped this way can
+ *   leave a seat connected: a seat starts not yet connected (given up after the join grace unless
+ *   the player connects); when the feed shows a join of a user who is already present in the
+ *   match's channel (they subscribed first, so their presence change came before their seat, or
+ *   before the match), the node publishes their `{ connected: true }` then, as the sweep does for
+ *   present players whose grace runs; a later disconnect finds the row (rows are never deleted).
  * - Every `sweepMs`, the same node reads a page (500) of the matches whose grace has ended
  *   (`grace_until`, an index; earliest end first, each round from where the last one stopped, back
  *   to the earliest after the last) and publishes `match.leave { player, reason: "disconnected" }`
@@ -109,21 +113,26 @@ export function startSeatWatcher(deps: {
     },
     resync: () => book.resync(),
   })
-  /** Reads matches into the book, with the notices that came during the read. */
-  const fill = async (ids: string[]) => {
+  /** Reads matches into the book, with the notices that came during the read; returns the ids that have no match. */
+  const fill = async (ids: string[]): Promise<string[]> => {
     for (const m of ids) reading.set(m, [])
     try {
       // A row older than what a resync lost is caught like any gap: by the version of the match's next notice.
-      book.load(await readSeats(deps.db, ids))
+      const rows = await readSeats(deps.db, ids)
+      book.load(rows)
       for (const m of ids) for (const n of reading.get(m) ?? []) book.notice(n)
+      const found = new Set(rows.map((r) => r.match))
+      return ids.filter((m) => !found.has(m))
     } finally {
       for (const m of ids) reading.delete(m)
     }
   }
 
   type Change = { match: string; user: string; connected: boolean }
-  const decide = (c: Change) => {
+  /** `absent`: matches a read just found no row of (and no notice has shown since). */
+  const decide = (c: Change, absent?: Set<string>) => {
     if (book.irrelevant(c.match, c.user)) return
+    if (absent?.has(c.match) && book.wants(c.match)) return
     publish([{ id: id(), type: 'match.player.connection', data: { match: c.match, player: c.user, connected: c.connected, ...(c.connected ? {} : { graceMs: deps.graceMs }) } }])
   }
   /**
@@ -141,16 +150,17 @@ export function startSeatWatcher(deps: {
       while (queue.length > 0) {
         const batch = queue.splice(0)
         const wanted = [...new Set(batch.map((c) => c.match))].filter(book.wants)
+        const absent = new Set<string>()
         for (let i = 0; i < wanted.length && !stopped; i += LOOKUP_PAGE) {
           try {
-            await fill(wanted.slice(i, i + LOOKUP_PAGE))
+            for (const m of await fill(wanted.slice(i, i + LOOKUP_PAGE))) absent.add(m)
           } catch (err) {
             // Decided with what the book knows: an unknown match's changes are all published.
             log.warn({ err, matches: wanted.length }, 'could not read the seats of matches; their connection changes are published')
             break
           }
         }
-        for (const c of batch) decide(c)
+        for (const c of batch) decide(c, absent)
       }
     } finally {
       draining = false
