@@ -41,7 +41,15 @@ export const leaderboardEntries = pgTable(
   },
   (t) => [
     primaryKey({ columns: [t.board, t.player, t.period] }),
-    index('leaderboard_entries_rank').on(t.board, t.period, t.score, t.reachedSeq),
+    // One index per sort order, each in the exact ranking order (player last, the final tie-break),
+    // so a page or snapshot is an index scan that stops after offset + limit rows whatever the
+    // planner's statistics say. With only (board, period, score, reached_seq), a desc board's order
+    // (score desc, reached_seq asc) needed a sort, and for a board or period the statistics did not
+    // know yet (newer than the last analyze) the planner sorted the whole board: 20,000 rows read
+    // per 10-entry page (bench/findings.md). NULLS FIRST because `order by score desc` means it
+    // (scores are never null, but an index with the other nulls order does not match the query).
+    index('leaderboard_entries_rank').on(t.board, t.period, t.score, t.reachedSeq, t.player),
+    index('leaderboard_entries_rank_desc').on(t.board, t.period, t.score.desc().nullsFirst(), t.reachedSeq, t.player),
   ],
 )
 

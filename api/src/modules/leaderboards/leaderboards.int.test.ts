@@ -2,7 +2,9 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { channelVersions, leaderboardEntries, leaderboards } from '../../../../core/db/schema'
 import { createHarness, type ApiHarness } from '../../test-support'
 import { MAX_OFFSET } from './model'
-import { leaderboardSnapshot, RESERVE_SIZE, SNAPSHOT_SIZE } from './service'
+import { leaderboardPage, leaderboardSnapshot, RESERVE_SIZE, SNAPSHOT_SIZE } from './service'
+import { sql } from 'drizzle-orm'
+import { rowsOf } from '../../../../core/db/client'
 
 describe('leaderboard reads', () => {
   let h: ApiHarness
@@ -190,5 +192,38 @@ describe('leaderboard reads', () => {
     const half = (await leaderboardSnapshot(db, 'half')).data
     expect([half.entries.length, half.more, half.reserve!.entries.length, half.reserve!.more]).toEqual([SNAPSHOT_SIZE, true, 40, false])
     expect(half.reserve!.entries.map(({ reachedSeq: _, ...e }) => e)).toEqual(await rest('half', SNAPSHOT_SIZE, 40))
+  })
+
+  test('a page or snapshot reads its own rows, not the whole board, for both orders, before any analyze', async () => {
+    const db = h.database.db
+    // 3,000 entries per board on 3 scores (1,000 ties each), every (score, reachedSeq) twice: the
+    // player breaks those ties. Written in one statement, as a burst of scores is: the planner's
+    // statistics do not know these boards yet (autovacuum analyzes about once a minute).
+    for (const [board, order] of [['many-desc', 'desc'], ['many-asc', 'asc']] as const) {
+      if (order === 'asc') await db.insert(leaderboards).values({ board, sortOrder: 'asc', operator: 'best' })
+      await db.execute(sql`insert into leaderboard_entries (board, period, player, score, reached_seq)
+        select ${board}, '', 'p' || lpad(i::text, 4, '0'), i % 3, 5000 + i % 500 from generate_series(0, 2999) i`)
+    }
+    const all = Array.from({ length: 3000 }, (_, i) => ({ player: `p${String(i).padStart(4, '0')}`, score: i % 3, seq: 5000 + (i % 500) }))
+    const ranked = (order: 'asc' | 'desc') =>
+      [...all].sort((a, b) => (order === 'desc' ? b.score - a.score : a.score - b.score) || a.seq - b.seq || (a.player < b.player ? -1 : 1))
+    // Rows of leaderboard_entries this backend fetched and has not reported yet: it reports only
+    // between transactions, so differences within one transaction are that transaction's reads.
+    const fetched = async (q: Parameters<Parameters<typeof db.transaction>[0]>[0]) =>
+      Number((await rowsOf<{ n: string }>(q, sql`select coalesce(idx_tup_fetch, 0) + seq_tup_read as n from pg_stat_xact_user_tables where relname = 'leaderboard_entries'`))[0].n)
+    for (const order of ['desc', 'asc'] as const) {
+      const board = `many-${order}`
+      await db.transaction(async (tx) => {
+        const before = await fetched(tx)
+        const page = await leaderboardPage(tx as never, board, { limit: 10, offset: 0 })
+        expect(page.entries.map((e) => e.player)).toEqual(ranked(order).slice(0, 10).map((e) => e.player))
+        const afterPage = await fetched(tx)
+        // limit + 1 rows (one more says whether a next page exists); the whole board is 3,000.
+        expect(afterPage - before).toBeLessThanOrEqual(11)
+        const snap = (await leaderboardSnapshot(tx as never, board)).data
+        expect(snap.reserve!.entries.map((e) => e.player)).toEqual(ranked(order).slice(SNAPSHOT_SIZE, SNAPSHOT_SIZE + RESERVE_SIZE).map((e) => e.player))
+        expect((await fetched(tx)) - afterPage).toBeLessThanOrEqual(SNAPSHOT_SIZE + RESERVE_SIZE + 1)
+      })
+    }
   })
 })
