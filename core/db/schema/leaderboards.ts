@@ -1,4 +1,5 @@
 import type { Reset } from '../../periods'
+import { sql } from 'drizzle-orm'
 import { bigint, boolean, doublePrecision, index, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
 
 export type SortOrder = 'desc' | 'asc'
@@ -41,15 +42,18 @@ export const leaderboardEntries = pgTable(
   },
   (t) => [
     primaryKey({ columns: [t.board, t.player, t.period] }),
-    // One index per sort order, each in the exact ranking order (player last, the final tie-break),
+    // One index per sort order, each in the whole ranking order (score, reachedSeq, then player),
     // so a page or snapshot is an index scan that stops after offset + limit rows whatever the
-    // planner's statistics say. With only (board, period, score, reached_seq), a desc board's order
-    // (score desc, reached_seq asc) needed a sort, and for a board or period the statistics did not
-    // know yet (newer than the last analyze) the planner sorted the whole board: 20,000 rows read
-    // per 10-entry page (bench/findings.md). NULLS FIRST because `order by score desc` means it
-    // (scores are never null, but an index with the other nulls order does not match the query).
-    index('leaderboard_entries_rank').on(t.board, t.period, t.score, t.reachedSeq, t.player),
-    index('leaderboard_entries_rank_desc').on(t.board, t.period, t.score.desc().nullsFirst(), t.reachedSeq, t.player),
+    // planner's statistics say. With only (board, period, score, reached_seq), every page needed a
+    // sort (a desc board's score desc, reached_seq asc is no scan of it; the player tie-break none
+    // at all), and for a board or period the statistics did not know yet (newer than the last
+    // analyze) the planner sorted the whole board: 20,000 rows read per 10-entry page
+    // (bench/findings.md). `player || ''`, not player: the workers' key lookups (board = and
+    // player =, see lookupByKey) could otherwise use these indexes too, walking the board, at a cost
+    // that ties with the primary key's; ranking() orders by the same expression. NULLS FIRST as
+    // `order by score desc` means it (scores are never null, but the order must match).
+    index('leaderboard_entries_rank').on(t.board, t.period, t.score, t.reachedSeq, sql`(${t.player} || '')`),
+    index('leaderboard_entries_rank_desc').on(t.board, t.period, t.score.desc().nullsFirst(), t.reachedSeq, sql`(${t.player} || '')`),
   ],
 )
 

@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, gt, gte, lt, or, type SQL } from 'drizzle-orm'
+import { and, asc, count, desc, eq, gt, gte, lt, or, sql, type SQL } from 'drizzle-orm'
 import { channelOf } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
@@ -40,13 +40,19 @@ export function resolvePeriod(cfg: Pick<BoardConfig, 'board' | 'reset'>, asked: 
 /** The period as answers name it: null on a board without periods. */
 const named = (period: string) => (period === '' ? null : period)
 
+/**
+ * The player id as the rank indexes hold it (`player || ''`, see the schema): the same order as
+ * player, and an ORDER BY on it is an index scan of the board's order that stops at the limit.
+ */
+const tieBreak = sql`${e.player} || ''`
+
 /** Ranking order: score (per board), then who reached it first (reachedSeq), then player id. */
 function ranking(order: SortOrder) {
-  return [order === 'asc' ? asc(e.score) : desc(e.score), asc(e.reachedSeq), asc(e.player)]
+  return [order === 'asc' ? asc(e.score) : desc(e.score), asc(e.reachedSeq), asc(tieBreak)]
 }
 /** The reverse of `ranking`, to walk upwards from a player. */
 function reverseRanking(order: SortOrder) {
-  return [order === 'asc' ? desc(e.score) : asc(e.score), desc(e.reachedSeq), desc(e.player)]
+  return [order === 'asc' ? desc(e.score) : asc(e.score), desc(e.reachedSeq), desc(tieBreak)]
 }
 
 /** Rows ranked strictly before or after (score, reachedSeq, player) under `order`. */
@@ -109,7 +115,7 @@ async function rankedRows(db: Db, board: string, page: { limit: number; offset?:
           or(gt(e.reachedSeq, from.reachedSeq), gt(e.player, from.player)),
         ),
       )
-      .orderBy(asc(e.reachedSeq), asc(e.player))
+      .orderBy(asc(e.reachedSeq), asc(tieBreak))
       .limit(want)
     if (rows.length < want) {
       const beyond = await select()
