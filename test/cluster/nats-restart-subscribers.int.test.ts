@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from './private-nats'
-import { BoardView, configureBoard, diff, postEvents, readModel, scoreEvent, stopCleanly, type Api } from './support'
+import { BoardView, configureBoard, diff, nodeVars, postEvents, readModel, scoreEvent, stopCleanly } from './support'
 
 const CLIENTS = 5
 const PLAYERS = 20
@@ -31,9 +31,7 @@ describe('NATS restart with subscribers', () => {
     nats = privateNats({ port: freePort(), storeDir })
     await nats.start()
     env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', LOG_LEVEL: 'info' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, NATS_URL: nats.url, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api, port } = nodeVars(env.vars, { NATS_URL: nats.url })
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(apiProc, workerProc)

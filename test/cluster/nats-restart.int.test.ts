@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from './private-nats'
-import { configureBoard, postEvents, readModel, scoreEvent, untilBoardEquals, type Api, type ScoreEvent, stopCleanly } from './support'
+import { configureBoard, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type ScoreEvent } from './support'
 
 const PLAYERS = 40
 
@@ -34,9 +34,7 @@ describe('NATS restart during ingest', () => {
     // Its lanes send as fast as the node answers (past 10,000 events/s on a fast machine): the
     // key's rate limit (README, Limits) is not what this test is about.
     env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', FANFARE_KEY_OPS_PER_SECOND: '10000000', FANFARE_KEY_OPS_BURST: '10000000' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, NATS_URL: nats.url, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api } = nodeVars(env.vars, { NATS_URL: nats.url })
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(apiProc, workerProc)

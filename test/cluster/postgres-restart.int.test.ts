@@ -30,7 +30,7 @@ describe.skipIf(Boolean(unavailable))('Postgres restart during projection', () =
 
     // Unique streams on the machine's NATS; the database is the private cluster's.
     env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', FANFARE_BATCH_SIZE: '50' })
-    const { vars, api } = nodeVars(env.vars, databaseUrl)
+    const { vars, api } = nodeVars(env.vars, { DATABASE_URL: databaseUrl })
     procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
     await waitReady(api.baseUrl, procs)
     const run = Math.random().toString(36).slice(2, 8)

@@ -10,14 +10,20 @@ import { tcpProxy, type TcpProxy } from './tcp-proxy'
 /** An ingest client for one deployment: posts batches, reports status and body. */
 export type Api = { baseUrl: string; ingestToken: string; adminToken: string }
 
+/** The Api of a node listening on `port` of 127.0.0.1 with the tokens of `vars`. */
+export function apiAt(port: number, vars: Record<string, string>): Api {
+  return { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+}
+
 /**
- * Environment for the API and worker nodes of one deployment on `databaseUrl` (the API listening on
- * a free port of 127.0.0.1), and the Api of that node.
+ * Environment for the API and worker nodes of one deployment: `envVars` with `overrides` (a
+ * private server's DATABASE_URL or NATS_URL, ...), the API listening on a free port of 127.0.0.1;
+ * and the Api of that node and its port.
  */
-export function nodeVars(envVars: Record<string, string>, databaseUrl: string): { vars: Record<string, string>; api: Api } {
+export function nodeVars(envVars: Record<string, string>, overrides: Record<string, string> = {}): { vars: Record<string, string>; api: Api; port: number } {
   const port = freePort()
-  const vars: Record<string, string> = { ...envVars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
-  return { vars, api: { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN } }
+  const vars: Record<string, string> = { ...envVars, ...overrides, PORT: String(port), HOST: '127.0.0.1' }
+  return { vars, api: apiAt(port, vars), port }
 }
 
 export type ScoreEvent = { id: string; type: 'score.submitted'; data: { board: string; player: string; score: number } }

@@ -7,7 +7,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from '../cluster/private-nats'
-import { BoardView, configureBoard, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type Api, type ScoreEvent } from '../cluster/support'
+import { BoardView, configureBoard, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
 const PLAYERS = 20
 
@@ -36,9 +36,7 @@ describe('JetStream storage exhausted', () => {
     nats = privateNats({ port: freePort(), storeDir, jetstream: 'max_file_store: 4MB' })
     await nats.start()
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, NATS_URL: nats.url, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api, port } = nodeVars(env.vars, { NATS_URL: nats.url })
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(apiProc, workerProc)

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, runUntilExit, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from '../cluster/private-nats'
-import { configureBoard, postEvents, readModel, scoreEvent, stopCleanly, type Api } from '../cluster/support'
+import { configureBoard, nodeVars, postEvents, readModel, scoreEvent, stopCleanly } from '../cluster/support'
 
 /**
  * A NATS server that requires a login, given in NATS_URL as operators write it for other NATS
@@ -32,9 +32,7 @@ afterAll(async () => {
 
 describe('a NATS server that requires a login', () => {
   test('credentials in NATS_URL: both kinds of node start and an event is applied', async () => {
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, NATS_URL: withLogin(nats.url, `fanfare:${encodeURIComponent('pa$$ word')}`), PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api } = nodeVars(env.vars, { NATS_URL: withLogin(nats.url, `fanfare:${encodeURIComponent('pa$$ word')}`) })
     procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
     await waitReady(api.baseUrl, procs)
     await configureBoard(api, 'auth', 'sum')

@@ -9,7 +9,7 @@ import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { until } from '../../core/testing/wait'
 import { createClient, FanfareError } from '../../client/src'
 import { freePort, runUntilExit, spawnProc, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { postEvents, scoreEvent, stopCleanly } from '../cluster/support'
+import { nodeVars, postEvents, scoreEvent, stopCleanly } from '../cluster/support'
 import { privateNats, type PrivateNats } from '../cluster/private-nats'
 
 /**
@@ -136,10 +136,9 @@ describe('a NATS user lacking publish or subscribe permissions', () => {
   }, 30_000)
 
   test('a user with every permission starts both; the check stored nothing', async () => {
-    const port = freePort()
-    const vars = { ...env.vars, NATS_URL: login('all'), PORT: String(port), HOST: '127.0.0.1' }
+    const { vars, api } = nodeVars(env.vars, { NATS_URL: login('all') })
     procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
-    await waitReady(`http://127.0.0.1:${port}`, procs)
+    await waitReady(api.baseUrl, procs)
     const nc = await connect({ servers: nats.url, user: 'all', pass: 'pw' })
     try {
       const jsm = await jetstreamManager(nc)
@@ -163,11 +162,9 @@ async function metric(baseUrl: string, adminToken: string, series: string): Prom
 
 describe('permissions narrowed by a config reload while nodes run', () => {
   const startApi = async (user: string) => {
-    const port = freePort()
-    const vars = { ...env.vars, NATS_URL: login(user), PORT: String(port), HOST: '127.0.0.1' }
+    const { vars, api } = nodeVars(env.vars, { NATS_URL: login(user) })
     const proc = spawnProc(`api-${user}`, 'api/src/main.ts', vars)
     procs.push(proc)
-    const api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: env.vars.FANFARE_INGEST_TOKEN, adminToken: env.vars.FANFARE_ADMIN_TOKEN }
     await waitReady(api.baseUrl, [proc])
     return { proc, api }
   }

@@ -68,7 +68,7 @@ describe.skipIf(Boolean(unavailable))('Postgres max_connections reached', () => 
   }, 60_000)
 
   test('while running: writes 503, the worker waits, every acknowledged event applied once after', async () => {
-    const { vars, api } = nodeVars(env!.vars, databaseUrl)
+    const { vars, api } = nodeVars(env!.vars, { DATABASE_URL: databaseUrl })
     const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
     await waitReady(api.baseUrl, procs)

@@ -37,7 +37,7 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
     }
 
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const { vars, api } = nodeVars(env.vars, databaseUrl)
+    const { vars, api } = nodeVars(env.vars, { DATABASE_URL: databaseUrl })
     const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
     await waitReady(api.baseUrl, procs)

@@ -36,7 +36,7 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
     }
 
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const { vars, api } = nodeVars(env.vars, databaseUrl)
+    const { vars, api } = nodeVars(env.vars, { DATABASE_URL: databaseUrl })
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     procs.push(apiProc, spawnProc('worker', 'stream-workers/src/main.ts', vars))
     await waitReady(api.baseUrl, procs)
