@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, test } from 'bun:test'
+import { setDatabaseDefault } from '../../core/testing/database'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, waitReady, type Proc } from '../e2e/harness'
 import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
@@ -30,11 +31,9 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
     pg = await createPrivatePostgres(freePort())
     await pg.start()
     const { admin, databaseUrl } = await createFanfareDatabase(pg)
+    await admin.end()
     /** Sets the database's default for new sessions, and ends the sessions open (the nodes reconnect). */
-    const readOnly = async (on: boolean) => {
-      await admin.unsafe(`ALTER DATABASE fanfare SET default_transaction_read_only = ${on ? 'on' : 'off'}`)
-      await admin.unsafe(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'fanfare' AND pid <> pg_backend_pid()`)
-    }
+    const readOnly = (on: boolean) => setDatabaseDefault(databaseUrl, 'default_transaction_read_only', on ? 'on' : 'off')
 
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
     const { vars, api } = nodeVars(env.vars, { DATABASE_URL: databaseUrl })
@@ -89,7 +88,6 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
       expect(await rm.deadLetters()).toBe(0)
     } finally {
       await rm.close()
-      await admin.end()
     }
     await stopCleanly(...procs)
   }, 90_000)

@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, test } from 'bun:test'
+import { setDatabaseDefault } from '../../core/testing/database'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
@@ -29,11 +30,9 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
     pg = await createPrivatePostgres(freePort())
     await pg.start()
     const { admin, databaseUrl } = await createFanfareDatabase(pg)
+    await admin.end()
     /** Sets the database's statement_timeout for new sessions, and ends the open ones (the nodes reconnect). */
-    const statementTimeout = async (value: string) => {
-      await admin.unsafe(value === 'default' ? 'ALTER DATABASE fanfare RESET statement_timeout' : `ALTER DATABASE fanfare SET statement_timeout = '${value}'`)
-      await admin.unsafe(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'fanfare' AND pid <> pg_backend_pid()`)
-    }
+    const statementTimeout = (value: string) => setDatabaseDefault(databaseUrl, 'statement_timeout', value === 'default' ? undefined : value)
 
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
     const { vars, api } = nodeVars(env.vars, { DATABASE_URL: databaseUrl })
@@ -81,7 +80,6 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
       expect(await rm.deadLetters()).toBe(0)
     } finally {
       await rm.close()
-      await admin.end()
     }
     await stopCleanly(...procs)
   }, 90_000)

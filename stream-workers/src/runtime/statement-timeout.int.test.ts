@@ -1,10 +1,10 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { sql } from 'drizzle-orm'
-import postgres from 'postgres'
 import { channelVersions, leaderboardEntries, leaderboards } from '../../../core/db/schema'
 import { createLogger } from '../../../core/logger'
 import { createMetrics } from '../../../core/metrics'
 import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
+import { setDatabaseDefault } from '../../../core/testing/database'
 import { until } from '../../../core/testing/wait'
 import { boardScores, caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
 
@@ -42,17 +42,10 @@ const slowShadowRows = (w: World, fn = 'fanfare_test_slow_row') =>
  * Sets statement_timeout on this test's own database (sessions opened later get it; `reset` also
  * ends the open ones, so the worker reconnects with the default).
  */
-const statementTimeout = async (w: World, value: string | 'reset') => {
-  const dbName = new URL(w.env.vars.DATABASE_URL).pathname.slice(1)
-  const admin = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-  try {
-    if (value !== 'reset') return void (await admin.unsafe(`alter database "${dbName}" set statement_timeout = '${value}'`))
-    await admin.unsafe(`alter database "${dbName}" reset statement_timeout`)
-    await admin.unsafe(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`)
-  } finally {
-    await admin.end()
-  }
-}
+const statementTimeout = (w: World, value: string | 'reset') =>
+  value === 'reset'
+    ? setDatabaseDefault(w.env.vars.DATABASE_URL, 'statement_timeout', undefined)
+    : setDatabaseDefault(w.env.vars.DATABASE_URL, 'statement_timeout', value, { endSessions: false })
 
 const deadLetters = async (w: World) => {
   const [{ n }] = (await w.database.db.execute(sql`select count(*)::int as n from dead_letters`)) as unknown as { n: number }[]
