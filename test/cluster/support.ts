@@ -3,8 +3,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import { createClient, type Client, type CloseReason, type StateOf, type Subscription } from '../../client/src'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, until, type Proc, type WsClient } from '../e2e/harness'
 import { privateNats, type PrivateNats } from './private-nats'
+import { createFanfareDatabase, createPrivatePostgres, type PrivatePostgres } from './private-postgres'
 import { tcpProxy, type TcpProxy } from './tcp-proxy'
 
 /** An ingest client for one deployment: posts batches, reports status and body. */
@@ -24,6 +26,41 @@ export function nodeVars(envVars: Record<string, string>, overrides: Record<stri
   const port = freePort()
   const vars: Record<string, string> = { ...envVars, ...overrides, PORT: String(port), HOST: '127.0.0.1' }
   return { vars, api: apiAt(port, vars), port }
+}
+
+/** A deployment on a private Postgres cluster: see privatePostgresDeployment. */
+export type PrivatePostgresDeployment = {
+  pg: PrivatePostgres
+  databaseUrl: string
+  env: TestEnv
+  vars: Record<string, string>
+  api: Api
+  /** Destroys the cluster and cleans the env (stop the nodes first). */
+  close: () => Promise<void>
+}
+
+/**
+ * A deployment whose database is on its own Postgres cluster, which the test may stop, restart or
+ * reconfigure, and whose streams are on the machine's NATS: the cluster started on a free port,
+ * its database `fanfare` created and migrated, a test env with `overrides`, and the nodes' vars
+ * and Api (nodeVars).
+ */
+export async function privatePostgresDeployment(overrides: Record<string, string>): Promise<PrivatePostgresDeployment> {
+  const pg = await createPrivatePostgres(freePort())
+  try {
+    await pg.start()
+    const { admin, databaseUrl } = await createFanfareDatabase(pg)
+    await admin.end()
+    const env = await createTestEnv(overrides)
+    const close = async () => {
+      await pg.destroy()
+      await env.cleanup()
+    }
+    return { pg, databaseUrl, env, ...nodeVars(env.vars, { DATABASE_URL: databaseUrl }), close }
+  } catch (err) {
+    await pg.destroy()
+    throw err
+  }
 }
 
 export type ScoreEvent = { id: string; type: 'score.submitted'; data: { board: string; player: string; score: number } }

@@ -1,9 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { setDatabaseDefault } from '../../core/testing/database'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, waitReady, type Proc } from '../e2e/harness'
-import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
+import { spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { privatePostgresUnavailable } from '../cluster/private-postgres'
+import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
@@ -18,25 +17,19 @@ if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
  * `database_unavailable`, saying why.
  */
 describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () => {
-  let env: TestEnv | undefined
-  let pg: PrivatePostgres | undefined
+  let d: PrivatePostgresDeployment | undefined
   const procs: Proc[] = []
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await pg?.destroy()
-    await env?.cleanup()
+    await d?.close()
   })
 
   test('the worker waits out read-only mode and then applies every event once', async () => {
-    pg = await createPrivatePostgres(freePort())
-    await pg.start()
-    const { admin, databaseUrl } = await createFanfareDatabase(pg)
-    await admin.end()
+    d = await privatePostgresDeployment({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
+    const { databaseUrl, vars, api } = d
     /** Sets the database's default for new sessions, and ends the sessions open (the nodes reconnect). */
     const readOnly = (on: boolean) => setDatabaseDefault(databaseUrl, 'default_transaction_read_only', on ? 'on' : 'off')
 
-    env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const { vars, api } = nodeVars(env.vars, { DATABASE_URL: databaseUrl })
     const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
     await waitReady(api.baseUrl, procs)
