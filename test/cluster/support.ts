@@ -5,7 +5,7 @@ import postgres from 'postgres'
 import { createClient, type Client, type CloseReason, type StateOf, type Subscription } from '../../client/src'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, until, type Proc, type WsClient } from '../e2e/harness'
-import { privateNats, type PrivateNats } from './private-nats'
+import { privateNats, type PrivateNats, type PrivateNatsOptions } from './private-nats'
 import { createFanfareDatabase, createPrivatePostgres, type PrivatePostgres } from './private-postgres'
 import { tcpProxy, type TcpProxy } from './tcp-proxy'
 
@@ -59,6 +59,49 @@ export async function privatePostgresDeployment(overrides: Record<string, string
     return { pg, databaseUrl, env, ...nodeVars(env.vars, { DATABASE_URL: databaseUrl }), close }
   } catch (err) {
     await pg.destroy()
+    throw err
+  }
+}
+
+/** A deployment on a private nats-server: see privateNatsDeployment. */
+export type PrivateNatsDeployment = {
+  nats: PrivateNats
+  env: TestEnv
+  vars: Record<string, string>
+  api: Api
+  /** The API node's port. */
+  port: number
+  /** Stops the server, cleans the env and deletes the server's store (stop the nodes first). */
+  close: () => Promise<void>
+}
+
+/**
+ * A deployment whose streams are on its own nats-server, which the test may stop, restart or
+ * fill (`natsOptions`: more of its settings), and whose database is a fresh one on the machine's
+ * Postgres: the server started on a free port with a new store directory, a test env with
+ * `overrides` (its cleanup's stream deletion on the machine's NATS then finds nothing, which it
+ * ignores), and the nodes' vars and Api (nodeVars).
+ */
+export async function privateNatsDeployment(
+  name: string,
+  overrides: Record<string, string>,
+  natsOptions: Omit<PrivateNatsOptions, 'port' | 'storeDir'> = {},
+): Promise<PrivateNatsDeployment> {
+  const storeDir = mkdtempSync(join(tmpdir(), `fanfare-${name}-`))
+  let nats: PrivateNats | undefined
+  try {
+    nats = privateNats({ port: freePort(), storeDir, ...natsOptions })
+    await nats.start()
+    const env = await createTestEnv(overrides)
+    const close = async () => {
+      await nats!.stop()
+      await env.cleanup()
+      rmSync(storeDir, { recursive: true, force: true })
+    }
+    return { nats, env, ...nodeVars(env.vars, { NATS_URL: nats.url }), close }
+  } catch (err) {
+    await nats?.stop()
+    rmSync(storeDir, { recursive: true, force: true })
     throw err
   }
 }
