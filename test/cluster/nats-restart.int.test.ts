@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
+import { configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
 
 const PLAYERS = 40
 
@@ -103,8 +103,7 @@ describe('NATS restart during ingest', () => {
       storedDespite503 += res.body.results.filter((r: { duplicate: boolean }) => r.duplicate).length
     }
 
-    const oracle = new Map<string, number>()
-    for (const o of outcomes) for (const e of o.batch) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(outcomes.flatMap((o) => o.batch))
     const total = outcomes.reduce((s, o) => s + o.batch.length, 0)
     const rm = readModel(env.vars.DATABASE_URL)
     try {

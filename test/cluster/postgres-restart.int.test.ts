@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { privatePostgresUnavailable } from './private-postgres'
-import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from './support'
+import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from './support'
 
 const PLAYERS = 40
 const unavailable = privatePostgresUnavailable()
@@ -60,8 +60,7 @@ describe.skipIf(Boolean(unavailable))('Postgres restart during projection', () =
       await lanes
     }
 
-    const oracle = new Map<string, number>()
-    for (const e of sent) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(sent)
     try {
       await untilBoardEquals(rm, board, oracle, 45_000)
       expect(await rm.version(`leaderboard:${board}`)).toBe(sent.length)

@@ -115,6 +115,13 @@ export const scoreEvent = (id: string, board: string, player: string, score: num
   data: { board, player, score },
 })
 
+/** Each player's total score in `events`: a `sum` board's oracle. */
+export function sumsOf(events: Iterable<ScoreEvent>): Map<string, number> {
+  const sums = new Map<string, number>()
+  for (const e of events) sums.set(e.data.player, (sums.get(e.data.player) ?? 0) + e.data.score)
+  return sums
+}
+
 /** POSTs a batch; a request that takes longer than `timeoutMs` is reported as status 0 (`timeout`). */
 export async function postEvents(api: Api, events: ScoreEvent[], timeoutMs = 15_000): Promise<{ status: number; body: any }> {
   try {

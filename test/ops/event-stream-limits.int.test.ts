@@ -4,7 +4,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { topology } from '../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
 import { spawnProc, waitReady, type Proc } from '../e2e/harness'
-import { configureBoard, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
+import { configureBoard, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
 /**
  * An operator caps the event stream (`nats stream edit --max-msgs`, `--max-bytes`: a common way to
@@ -51,8 +51,7 @@ describe('event stream capped by an operator', () => {
     expect(new Set(refusals)).toEqual(new Set(['503 storage_full']))
 
     procs.push(spawnProc('worker', 'stream-workers/src/main.ts', vars))
-    const oracle = new Map<string, number>()
-    for (const e of acked) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(acked)
     const rm = readModel(env.vars.DATABASE_URL)
     try {
       await untilBoardEquals(rm, board, oracle, 30_000)

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { BoardView, configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from '../cluster/support'
+import { BoardView, configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from '../cluster/support'
 
 const PLAYERS = 20
 
@@ -86,8 +86,7 @@ describe('JetStream storage exhausted', () => {
     }
     for (let i = 0; i < 3; i++) expect((await post(batchOf())).status).toBe(202)
 
-    const oracle = new Map<string, number>()
-    for (const e of acked) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(acked)
     const rm = readModel(env.vars.DATABASE_URL)
     try {
       await untilBoardEquals(rm, board, oracle, 30_000).catch((err) => {

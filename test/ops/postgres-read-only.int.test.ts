@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { setDatabaseDefault } from '../../core/testing/database'
 import { spawnProc, waitReady, type Proc } from '../e2e/harness'
 import { privatePostgresUnavailable } from '../cluster/private-postgres'
-import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
+import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
@@ -44,11 +44,7 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
       expect(res.status).toBe(202) // ingest needs only NATS
       acked.push(...batch)
     }
-    const oracle = () => {
-      const o = new Map<string, number>()
-      for (const e of acked) o.set(e.data.player, (o.get(e.data.player) ?? 0) + e.data.score)
-      return o
-    }
+    const oracle = () => sumsOf(acked)
     try {
       for (let i = 0; i < 3; i++) await post()
       await untilBoardEquals(rm, board, oracle(), 15_000)

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { setDatabaseDefault } from '../../core/testing/database'
 import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { privatePostgresUnavailable } from '../cluster/private-postgres'
-import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
+import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres statement timeout test skipped: ${unavailable}`)
@@ -64,8 +64,7 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
 
     await statementTimeout('default')
     await until('reads answered again', async () => (await fetch(`${api.baseUrl}/v1/leaderboards/${board}`)).status === 200, 15_000)
-    const oracle = new Map<string, number>()
-    for (const e of acked) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(acked)
     const rm = readModel(databaseUrl)
     try {
       await untilBoardEquals(rm, board, oracle, 30_000)
