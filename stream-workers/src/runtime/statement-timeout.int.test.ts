@@ -47,6 +47,18 @@ const statementTimeout = (w: World, value: string | 'reset') =>
     ? setDatabaseDefault(w.env.vars.DATABASE_URL, 'statement_timeout', undefined)
     : setDatabaseDefault(w.env.vars.DATABASE_URL, 'statement_timeout', value, { endSessions: false })
 
+/**
+ * Stores events `from` to `to` - 1 for the sum board `board`, event i player
+ * `secret-player-<i % players>` scoring i + 1, and adds them to `expected` (what the board must hold).
+ */
+const storeScores = async (w: World, board: string, range: { from?: number; to: number; players: number }, expected: Record<string, number>) => {
+  for (let i = range.from ?? 0; i < range.to; i++) {
+    const player = `secret-player-${i % range.players}`
+    expected[player] = (expected[player] ?? 0) + i + 1
+    await publishEvent(w, storedEvent('score.submitted', { board, player, score: i + 1 }))
+  }
+}
+
 const deadLetters = async (w: World) => {
   const [{ n }] = (await w.database.db.execute(sql`select count(*)::int as n from dead_letters`)) as unknown as { n: number }[]
   return n
@@ -70,11 +82,7 @@ describe('a batch that outlasts statement_timeout', () => {
     await slowRows(w, 0.05)
     const expected: Record<string, number> = {}
     // Stored before the worker starts: its first pull takes them all as one batch.
-    for (let i = 0; i < 40; i++) {
-      const player = `secret-player-${i % 30}`
-      expected[player] = (expected[player] ?? 0) + i + 1
-      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
-    }
+    await storeScores(w, 'slow', { to: 40, players: 30 }, expected)
     await statementTimeout(w, '500ms')
 
     const { lines, metrics } = await startLoggedWorker(w)
@@ -98,11 +106,7 @@ describe('a batch that outlasts statement_timeout', () => {
     await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
     await slowRows(w, 0.05)
     const expected: Record<string, number> = {}
-    for (let i = 0; i < 100; i++) {
-      const player = `secret-player-${i % 20}`
-      expected[player] = (expected[player] ?? 0) + i + 1
-      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
-    }
+    await storeScores(w, 'slow', { to: 100, players: 20 }, expected)
     await statementTimeout(w, '500ms')
     const { lines, metrics } = await startLoggedWorker(w)
     await caughtUp(w, 90_000)
@@ -158,11 +162,7 @@ describe('batches of several partitions grouped into a statement that outlasts s
     await slowRows(w, 0.03)
     const expected: Record<string, number> = {}
     // Stored before the worker starts: every partition has a backlog of a few batches.
-    for (let i = 0; i < 320; i++) {
-      const player = `secret-player-${i % 40}`
-      expected[player] = (expected[player] ?? 0) + i + 1
-      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
-    }
+    await storeScores(w, 'slow', { to: 320, players: 40 }, expected)
     await statementTimeout(w, '500ms')
     const { lines, metrics } = await startLoggedWorker(w)
     await caughtUp(w, 90_000)
@@ -192,13 +192,7 @@ describe('a rebuild whose shadow batches outlast statement_timeout', () => {
     await slowRows(w, 0.05)
     await slowShadowRows(w)
     const expected: Record<string, number> = {}
-    const send = async (from: number, to: number) => {
-      for (let i = from; i < to; i++) {
-        const player = `secret-player-${i % 30}`
-        expected[player] = (expected[player] ?? 0) + i + 1
-        await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
-      }
-    }
+    const send = (from: number, to: number) => storeScores(w, 'slow', { from, to, players: 30 }, expected)
     await send(0, 40)
     await statementTimeout(w, '500ms')
     const { lines, metrics } = await startLoggedWorker(w)
