@@ -7,6 +7,7 @@ import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import { streamIdentity } from '../../../core/nats'
 import { StreamChanged } from './stream-check'
+import { takeExpiredRange } from '../../../core/retention-watch'
 import type { Projection } from '../projections/types'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOwner, type BatchResult } from './batch'
@@ -60,6 +61,11 @@ export type RunnerDeps = {
   onFatal: (err: unknown) => void
   /** The process's metrics (batches, lag, dead letters). */
   metrics: Metrics
+  /**
+   * FANFARE_EVENT_RETENTION_MS: when above 0, each batch is first checked for events of the
+   * partition that retention deleted before they were applied (see takeExpiredRange). 0: never.
+   */
+  retentionMs?: number
 }
 
 export type Runner = {
@@ -278,6 +284,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         }
         expectedDelivery++
       }
+      if (deps.retentionMs) await reportExpired(batch[0].seq)
       const started = performance.now()
       const { result, headers } = await tracedBatch(batch, () =>
         applyWithRetry(batch).catch((err) => {
@@ -302,6 +309,23 @@ export function startRunner(deps: RunnerDeps): Runner {
       batch[batch.length - 1].ack()
       log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length }, 'batch applied')
     }
+  }
+
+  /**
+   * Events of this partition that retention deleted before they were applied (see
+   * takeExpiredRange), found from `first`: the first sequence a fresh consumer can still deliver
+   * (the stream's first), or a batch's first delivery, before it moves the checkpoint past them.
+   * Logged once, where found.
+   */
+  const reportExpired = async (first: number) => {
+    if (first <= checkpoint + 1) return
+    const expired = await takeExpiredRange(deps.db, deps.projection.name, deps.partition, first)
+    if (!expired) return
+    deps.metrics.worker.expiredUnapplied(deps.projection.name)
+    log.error(
+      { ...expired, retentionMs: deps.retentionMs, nextSeq: first },
+      'events of this partition were deleted by retention (FANFARE_EVENT_RETENTION_MS) before they were applied: they are lost to the read model (see GET /admin/projections)',
+    )
   }
 
   /**
@@ -383,7 +407,8 @@ export function startRunner(deps: RunnerDeps): Runner {
           )
           update ${projectionCheckpoints} c
           set stream = ${stream}, seq = case when old.stream in ('', ${stream}) then c.seq else 0 end,
-            lost_stream = case when old.stream in ('', ${stream}) or old.seq = 0 then c.lost_stream else old.stream end
+            lost_stream = case when old.stream in ('', ${stream}) or old.seq = 0 then c.lost_stream else old.stream end,
+            unapplied_seq = case when old.stream in ('', ${stream}) then c.unapplied_seq end
           from old where c.projection = ${deps.projection.name} and c.partition = ${deps.partition}
             and (old.stream = '' or regexp_replace(old.stream, '@[^@]*$', '') = ${deps.stream})
           returning c.seq, old.stream as previous, old.seq as previous_seq`,
@@ -405,6 +430,9 @@ export function startRunner(deps: RunnerDeps): Runner {
       )
     }
     checkpoint = Number(row?.seq ?? 0)
+    // Events deleted while no runner held the partition (workers down, or the partition stalled):
+    // the consumer below starts at the first stored one and would skip them without a word.
+    if (deps.retentionMs) await reportExpired((await deps.jsm.streams.info(deps.stream)).state.first_seq)
     await createOwnershipConsumer(deps.jsm, {
       stream: deps.stream,
       projection: deps.projection.name,
