@@ -1,17 +1,17 @@
 import { afterEach, describe, expect, test } from 'bun:test'
-import { jetstreamManager } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { eq } from 'drizzle-orm'
 import { startApi, type RunningApi } from '../../api/src/server'
 import { connectPostgres, type Database } from '../../core/db/client'
 import { leaderboardEntries, leaderboards } from '../../core/db/schema'
-import { keyOf, partitionOf } from '../../core/events'
+import { dedupIdOf, keyOf, partitionOf, subjects } from '../../core/events'
 import { createLogger, type Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
 import { until } from '../../core/testing/wait'
-import { startTestWorker } from '../../stream-workers/src/testing/harness'
+import { startTestWorker, storedEvent } from '../../stream-workers/src/testing/harness'
 import type { Workers } from '../../stream-workers/src/workers'
 
 // Promise 1 against FANFARE_EVENT_RETENTION_MS: events acknowledged while every worker is down,
@@ -147,5 +147,55 @@ describe('events deleted by retention before any worker applied them', () => {
     }
     expect(workerLog.lines.filter((l) => l.level >= 50)).toEqual([])
     expect(apiLog.lines.filter((l) => l.level >= 50)).toEqual([])
+  }, 60_000)
+
+  test('a running worker whose partition stalls past the retention reports what its consumer skipped, before applying past it', async () => {
+    const env: TestEnv = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_EVENT_RETENTION_MS: '2000', FANFARE_DEDUP_WINDOW_MS: '1000', FANFARE_LEASE_TTL_MS: '1500' })
+    cleanup.push(() => env.cleanup())
+    const database: Database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
+    cleanup.push(() => database.close())
+    const nc: NatsConnection = await connect({ servers: TEST_NATS_URL })
+    cleanup.push(() => nc.close())
+    await ensureStreams(nc, env.config)
+    const js = jetstream(nc)
+    await database.db.insert(leaderboards).values({ board: 'tally', sortOrder: 'desc', operator: 'sum' })
+    const [lossy] = playersOnPartitions('tally')
+    const publish = async (n: number) => {
+      const event = storedEvent('score.submitted', { board: 'tally', player: lossy, score: n })
+      return (await js.publish(subjects.event(env.config.FANFARE_SUBJECT_PREFIX, 0, event.type), JSON.stringify(event), { msgID: dedupIdOf(event) })).seq
+    }
+
+    // The leaderboards runner of partition 0 stalls after its first batch for 4 s (twice the
+    // retention): what arrives meanwhile is seen waiting by the worker's own watch, then deleted.
+    let stall: Promise<void> | undefined
+    const log = capturedLogger()
+    const metrics = createMetrics()
+    const workers = await startTestWorker(env, {
+      logger: log.logger,
+      metrics,
+      hooks: {
+        onBeforeAck: async ({ projection, partition }) => {
+          if (projection !== 'leaderboards' || partition !== 0 || stall) return
+          stall = Bun.sleep(4_000)
+          await stall
+        },
+      },
+    })
+    cleanup.push(() => workers.stop())
+    await publish(1)
+    await until('the runner stalled', () => stall !== undefined)
+    const lost = [await publish(10), await publish(100)]
+    await stall
+    // Only an event after the stall makes the consumer deliver again; the skip is reported before it applies.
+    const after = await publish(1000)
+    const scores = async () => (await database.db.select().from(leaderboardEntries).where(eq(leaderboardEntries.board, 'tally'))).map((r) => Number(r.score))
+    await until('the event after the stall applied', async () => ((await scores())[0] === 1001 ? true : undefined), 15_000)
+    const errors = log.lines.filter((l) => l.level === 50)
+    expect(errors).toHaveLength(1)
+    expect(errors[0]).toMatchObject({ projection: 'leaderboards', partition: 0, nextSeq: after })
+    expect(errors[0].fromSeq).toBeLessThanOrEqual(lost[0])
+    expect(errors[0].toSeq).toBeGreaterThanOrEqual(lost[1])
+    expect(errors[0].toSeq).toBeLessThan(after)
+    expect(await metrics.text()).toContain('fanfare_projection_expired_unapplied_total{projection="leaderboards"} 1')
   }, 60_000)
 })
