@@ -12,7 +12,7 @@ export type ProjectionName = (typeof projectionNames)[number]
 /**
  * The event area (the type's part before the first dot) each projection consumes, for processes
  * that watch projections without running them (API nodes: see startRetentionWatch). The workers'
- * projections say the same (projections.int checks they agree).
+ * projections say the same (projections/areas.test.ts checks they agree).
  */
 export const projectionAreas: Record<ProjectionName, string> = { leaderboards: 'score', chat: 'chat', streams: 'stream', polls: 'poll', reactions: 'reaction', matches: 'match' }
 

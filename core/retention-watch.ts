@@ -126,13 +126,16 @@ export async function takeExpiredRange(
   const c = projectionCheckpoints
   const [row] = await rowsOf<{ from_seq: string | number; to_seq: string | number; witness: string | number; stored_at: Date | string | null }>(
     db,
+    // The row is locked only when it holds a witness in range: mostly it does not, and the check
+    // costs one index lookup.
     sql`with old as (
-          select unapplied_seq, unapplied_at from ${c} where projection = ${projection} and partition = ${partition} for update
+          select unapplied_seq, unapplied_at from ${c}
+          where projection = ${projection} and partition = ${partition} and unapplied_seq > seq and unapplied_seq < ${first}
+          for update
         )
         update ${c} set expired_from = ${c}.seq + 1, expired_to = ${first - 1}, expired_at = now(), unapplied_seq = null, unapplied_at = null
         from old
         where ${c}.projection = ${projection} and ${c}.partition = ${partition}
-          and old.unapplied_seq > ${c}.seq and old.unapplied_seq < ${first}
         returning ${c}.expired_from as from_seq, ${c}.expired_to as to_seq, old.unapplied_seq as witness, old.unapplied_at as stored_at`,
   )
   if (!row) return undefined

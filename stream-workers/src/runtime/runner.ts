@@ -21,7 +21,7 @@ import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type 
 import { replayDeadLetter } from './replay'
 import type { BatchCommitter } from './committer'
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api'
-import type { MsgHdrs } from '@nats-io/transport-node'
+import { millis, type MsgHdrs } from '@nats-io/transport-node'
 import type { Metrics } from '../../../core/metrics'
 import { isTracing, linkOfNats, natsHeadersOf, tracer } from '../../../core/tracing'
 
@@ -284,7 +284,10 @@ export function startRunner(deps: RunnerDeps): Runner {
         }
         expectedDelivery++
       }
-      if (deps.retentionMs) await reportExpired(batch[0].seq)
+      // Nothing stored after the last applied event can have expired while that event is younger
+      // than the retention (half of it: the worker's clock is not the server's), so a runner that
+      // keeps up never pays for the check.
+      if (deps.retentionMs && Date.now() - lastStoredAt > deps.retentionMs / 2) await reportExpired(batch[0].seq)
       const started = performance.now()
       const { result, headers } = await tracedBatch(batch, () =>
         applyWithRetry(batch).catch((err) => {
@@ -298,6 +301,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       // What the consumer still holds after this batch's last message: the partition's lag.
       lag.set(batch[batch.length - 1].info.pending)
       checkpoint = result.checkpoint
+      lastStoredAt = millis(batch[batch.length - 1].info.timestampNanos)
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
       // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
       // commit order, and a slow NATS slows the runner down instead of piling up).
@@ -389,6 +393,9 @@ export function startRunner(deps: RunnerDeps): Runner {
   // batches wrote (see applyBatch).
   let stream = ''
   let checkpoint = 0
+  // When the event at the checkpoint was stored (ms since the epoch; 0: not known, as after a
+  // consumer opened): see the expiry check in consumeFrom.
+  let lastStoredAt = 0
 
   /**
    * Creates this ownership's consumer right after the checkpoint. First records which event
@@ -430,6 +437,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       )
     }
     checkpoint = Number(row?.seq ?? 0)
+    lastStoredAt = 0
     // Events deleted while no runner held the partition (workers down, or the partition stalled):
     // the consumer below starts at the first stored one and would skip them without a word.
     if (deps.retentionMs) await reportExpired((await deps.jsm.streams.info(deps.stream)).state.first_seq)
