@@ -38,7 +38,8 @@ export const projectionCheckpoints = pgTable(
     /**
      * The last range of stream sequences (`expired_from`..`expired_to`) in which retention removed
      * events of this projection and partition before they were applied (at least one), and when a
-     * runner found it. Null: never. Kept until an operator rebuilds or accepts it.
+     * runner found it. Null: never. Only the last range is kept: the log and
+     * fanfare_projection_expired_unapplied_total have every one.
      */
     expiredFrom: bigint('expired_from', { mode: 'number' }),
     expiredTo: bigint('expired_to', { mode: 'number' }),
