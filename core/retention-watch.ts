@@ -1,6 +1,7 @@
 import { jetstreamManager, type JetStreamManager, type MsgRequest } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { and, eq, isNull, lt, lte, or, sql } from 'drizzle-orm'
+import { sleep } from './backoff'
 import type { Config } from './config'
 import { rowsOf, type Db } from './db/client'
 import { projectionCheckpoints } from './db/schema'
@@ -53,7 +54,7 @@ export function startRetentionWatch(deps: {
   const everyMs = deps.everyMs ?? Math.min(10_000, Math.max(250, Math.floor(retentionMs / 8)))
   const warned = new Map<string, number>()
   let jsm: JetStreamManager | undefined
-  let stopped = false
+  const halt = new AbortController()
 
   // Per projection and partition: no event of its subjects is stored from its checkpoint up to
   // (not including) this sequence. The stream only appends, so that stays true, and the next read
@@ -78,7 +79,7 @@ export function startRetentionWatch(deps: {
       .from(projectionCheckpoints)
     const checkpoints = new Map(rows.map((r) => [`${r.projection}/${r.partition}`, Number(r.seq)]))
     for (const p of deps.projections) {
-      for (let n = 0; n < t.partitions && !stopped; n++) {
+      for (let n = 0; n < t.partitions && !halt.signal.aborted; n++) {
         const seq = checkpoints.get(`${p.name}/${n}`)
         // No checkpoint row: no runner ever claimed the partition; nothing to record the witness on.
         if (seq === undefined) continue
@@ -110,18 +111,18 @@ export function startRetentionWatch(deps: {
   }
 
   const done = (async () => {
-    while (!stopped) {
+    while (!halt.signal.aborted) {
       try {
         await sample()
       } catch (err) {
-        if (!stopped) log.warn({ err }, 'retention watch: sampling failed; trying again')
+        if (!halt.signal.aborted) log.warn({ err }, 'retention watch: sampling failed; trying again')
       }
-      if (!stopped) await Bun.sleep(everyMs)
+      await sleep(everyMs, halt.signal)
     }
   })()
   return {
     stop: async () => {
-      stopped = true
+      halt.abort()
       await done
     },
   }

@@ -9,6 +9,7 @@ import { dedupIdOf, keyOf, partitionOf, subjects } from '../../core/events'
 import { createLogger, type Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
+import { startRetentionWatch } from '../../core/retention-watch'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
 import { until } from '../../core/testing/wait'
 import { startTestWorker, storedEvent } from '../../stream-workers/src/testing/harness'
@@ -198,4 +199,21 @@ describe('events deleted by retention before any worker applied them', () => {
     expect(errors[0].toSeq).toBeLessThan(after)
     expect(await metrics.text()).toContain('fanfare_projection_expired_unapplied_total{projection="leaderboards"} 1')
   }, 60_000)
+
+  test('the watch stops at once, not after its sampling interval (10 s with a long retention)', async () => {
+    const env: TestEnv = await createTestEnv({ FANFARE_EVENT_RETENTION_MS: '3600000' })
+    cleanup.push(() => env.cleanup())
+    const database: Database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
+    cleanup.push(() => database.close())
+    const nc: NatsConnection = await connect({ servers: TEST_NATS_URL })
+    cleanup.push(() => nc.close())
+    await ensureStreams(nc, env.config)
+    const { logger } = capturedLogger()
+    const watch = startRetentionWatch({ config: env.config, db: database.db, nc, logger, metrics: createMetrics(), projections: [{ name: 'leaderboards', area: 'score' }] })
+    await Bun.sleep(500)
+    const started = performance.now()
+    await watch.stop()
+    expect(performance.now() - started).toBeLessThan(1_000)
+  }, 30_000)
 })
+

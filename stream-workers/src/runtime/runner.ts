@@ -415,7 +415,8 @@ export function startRunner(deps: RunnerDeps): Runner {
           update ${projectionCheckpoints} c
           set stream = ${stream}, seq = case when old.stream in ('', ${stream}) then c.seq else 0 end,
             lost_stream = case when old.stream in ('', ${stream}) or old.seq = 0 then c.lost_stream else old.stream end,
-            unapplied_seq = case when old.stream in ('', ${stream}) then c.unapplied_seq end
+            unapplied_seq = case when old.stream in ('', ${stream}) then c.unapplied_seq end,
+            unapplied_at = case when old.stream in ('', ${stream}) then c.unapplied_at end
           from old where c.projection = ${deps.projection.name} and c.partition = ${deps.partition}
             and (old.stream = '' or regexp_replace(old.stream, '@[^@]*$', '') = ${deps.stream})
           returning c.seq, old.stream as previous, old.seq as previous_seq`,
