@@ -23,7 +23,7 @@ import { TEST_PG_URL } from '../core/testing/env'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../test/e2e/harness'
 import { privateNats, type PrivateNats } from '../test/cluster/private-nats'
 import { createPrivatePostgres, type PrivatePostgres } from '../test/cluster/private-postgres'
-import { configureBoard, diff, postEvents, readModel, scoreEvent, type Api, type ScoreEvent } from '../test/cluster/support'
+import { apiAt, configureBoard, diff, postEvents, readModel, scoreEvent, type Api, type ScoreEvent } from '../test/cluster/support'
 
 const FAULTS = ['none', 'nats', 'workers', 'postgres', 'api'] as const
 type Fault = (typeof FAULTS)[number]
@@ -139,7 +139,7 @@ async function deploy(checkout: Checkout, db: Database, nats: PrivateNats, id: s
   const migrate = spawnProc('migrate', 'core/db/migrate-cli.ts', vars, checkout.dir)
   if ((await migrate.proc.exited) !== 0) throw new Error(`migrate exited ${migrate.proc.exitCode}:\n${migrate.output()}`)
   const d: Deployment = {
-    api: { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN },
+    api: apiAt(port, vars),
     nats,
     db,
     procs: [migrate],

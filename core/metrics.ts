@@ -132,6 +132,18 @@ export function createMetrics() {
   const pushBy = new Map<string, { commit: Histogram.Internal<string>; event: Histogram.Internal<string> }>()
 
   const lag = new Gauge({ name: 'fanfare_projection_lag_events', help: 'Events stored and not yet applied, per projection and partition this worker holds (as of its last batch)', labelNames: ['projection', 'partition'], registers })
+  const oldestUnapplied = new Gauge({
+    name: 'fanfare_projection_oldest_unapplied_age_seconds',
+    help: 'Age of the oldest stored event not yet applied, per projection and partition (0: none), sampled while FANFARE_EVENT_RETENTION_MS is set: alert well before it reaches the retention, past which JetStream deletes events unapplied',
+    labelNames: ['projection', 'partition'],
+    registers,
+  })
+  const expiredUnapplied = new Counter({
+    name: 'fanfare_projection_expired_unapplied_total',
+    help: 'Ranges of events that retention (FANFARE_EVENT_RETENTION_MS) deleted before they were applied, found by a runner, per projection (each holds at least one event: they are lost to the read model)',
+    labelNames: ['projection'],
+    registers,
+  })
   const batchDuration = new Histogram({ name: 'fanfare_batch_duration_seconds', help: 'Time to apply one batch (reads, the one statement, retries), by projection', labelNames: ['projection'], buckets: LATENCY, registers })
   const batchEvents = new Histogram({ name: 'fanfare_batch_events', help: 'Messages per applied batch', buckets: [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000], registers })
   const batchTimeouts = new Counter({
@@ -203,6 +215,10 @@ export function createMetrics() {
       },
       /** Postgres canceled a batch statement of `projection` for statement_timeout. */
       timedOut: (projection: string) => batchTimeouts.labels(projection).inc(),
+      /** A runner found events of `projection` that retention deleted before they were applied. */
+      expiredUnapplied: (projection: string) => expiredUnapplied.labels(projection).inc(),
+      /** Age in seconds of the oldest stored unapplied event of a projection's partition (0: none). */
+      oldestUnapplied: (projection: string, partition: number, seconds: number) => oldestUnapplied.labels(projection, String(partition)).set(seconds),
       /** The lag gauge of one projection's partition; `remove` when the partition is let go. */
       lag: (projection: string, partition: number) => {
         const child = lag.labels(projection, String(partition))

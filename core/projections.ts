@@ -9,6 +9,13 @@ import { topology } from './nats'
 export const projectionNames = ['leaderboards', 'chat', 'streams', 'polls', 'reactions', 'matches'] as const
 export type ProjectionName = (typeof projectionNames)[number]
 
+/**
+ * The event area (the type's part before the first dot) each projection consumes, for processes
+ * that watch projections without running them (API nodes: see startRetentionWatch). The workers'
+ * projections say the same (projections/areas.test.ts checks they agree).
+ */
+export const projectionAreas: Record<ProjectionName, string> = { leaderboards: 'score', chat: 'chat', streams: 'stream', polls: 'poll', reactions: 'reaction', matches: 'match' }
+
 /** `<projection>_p<partition>_r<token>`: one durable consumer per ownership of a partition. */
 export const consumerName = (projection: string, partition: number, token: number) => `${projection}_p${partition}_r${token}`
 
@@ -29,6 +36,16 @@ export type PartitionStatus = {
   consumer: string | null
   /** Events of this projection and partition not yet applied and acked; null without a consumer. */
   lag: number | null
+  /**
+   * When the oldest event seen stored and not yet applied was stored (see startRetentionWatch;
+   * sampled only while FANFARE_EVENT_RETENTION_MS is set), null when none is known.
+   */
+  oldestUnappliedAt: string | null
+  /**
+   * The last range of stream sequences in which retention deleted events of this partition
+   * before they were applied (at least one; lost to the read model), and when it was found; null: never.
+   */
+  expired: { fromSeq: number; toSeq: number; at: string } | null
 }
 
 export type ProjectionsStatus = {
@@ -77,6 +94,11 @@ export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsC
           updatedAt: cp?.updatedAt.toISOString() ?? null,
           consumer: c?.name ?? null,
           lag: c ? c.lag : null,
+          oldestUnappliedAt: cp?.unappliedSeq != null && cp.unappliedSeq > Number(cp.seq) && cp.unappliedAt ? cp.unappliedAt.toISOString() : null,
+          expired:
+            cp?.expiredFrom != null && cp.expiredTo != null && cp.expiredAt
+              ? { fromSeq: Number(cp.expiredFrom), toSeq: Number(cp.expiredTo), at: cp.expiredAt.toISOString() }
+              : null,
         })
       }
       const lags = partitions.map((x) => x.lag)

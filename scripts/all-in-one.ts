@@ -129,7 +129,8 @@ export async function startAllInOne(
     })
     stops.push({ name: 'workers', run: () => workers.stop() })
 
-    const api = await startApi({ config: runConfig, db: database.db, nc, logger: log.child({ component: 'api' }), metrics: observability.metrics })
+    // The workers above run the retention watch for this process.
+    const api = await startApi({ config: runConfig, db: database.db, nc, logger: log.child({ component: 'api' }), metrics: observability.metrics, watchRetention: false })
     stops.push({ name: 'api', run: () => api.stop() })
 
     const host = runConfig.HOST === '0.0.0.0' || runConfig.HOST === '::' ? '127.0.0.1' : runConfig.HOST

@@ -1,3 +1,5 @@
+import { startRetentionWatch } from '../../core/retention-watch'
+import { projectionAreas, projectionNames } from '../../core/projections'
 import { createMetrics } from '../../core/metrics'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createApp } from './app'
@@ -24,7 +26,12 @@ export type RunningApi = {
  * Starts an API node: follows the change stream for live updates, builds the app with REST and
  * WebSocket routes, and listens on config.HOST:config.PORT.
  */
-export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Promise<RunningApi> {
+export async function startApi(
+  deps: Omit<ApiDeps, 'realtime' | 'security'> & {
+    /** False where the process's stream workers already run the retention watch (npm start). Default true. */
+    watchRetention?: boolean
+  },
+): Promise<RunningApi> {
   const metrics = deps.metrics ?? createMetrics()
   // Every core NATS subscription of the node, watched for permissions an operator takes away while
   // it runs: readiness and the metric read what NATS denies now.
@@ -52,12 +59,19 @@ export async function startApi(deps: Omit<ApiDeps, 'realtime' | 'security'>): Pr
   })
   const sampler = startViewerSampler({ presence: realtime.presence, ingest, liveStreams: () => liveStreamsToSample(deps.db), logger: deps.logger })
   const seats = startSeatWatcher({ presence: realtime.presence, notices: (l) => realtime.onNotices('match', l), ingest, db: deps.db, graceMs: deps.config.FANFARE_MATCH_GRACE_MS, logger: deps.logger })
+  // The witness of unapplied events and their age (see startRetentionWatch), taken here too so
+  // that it goes on while every worker is down. The hub's event stream only: not at an edge.
+  const retention =
+    deps.config.FANFARE_EDGE_DOMAIN || deps.watchRetention === false
+      ? undefined
+      : startRetentionWatch({ config: deps.config, db: deps.db, nc: deps.nc, logger: deps.logger, metrics, projections: projectionNames.map((name) => ({ name, area: projectionAreas[name] })) })
   let stopping: Promise<void> | undefined
   return {
     port,
     stop: () =>
       (stopping ??= (async () => {
         await sampler.stop()
+        await retention?.stop()
         await seats.stop()
         nodeQueries.stop()
         await realtime.goAway()

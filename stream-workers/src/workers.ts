@@ -18,6 +18,7 @@ import { createBatchCommitter } from './runtime/committer'
 import { startTopologyKeeper } from './runtime/topology-keeper'
 import { answerReplays } from './runtime/replay'
 import { checkCheckpointStream } from './runtime/stream-check'
+import { startRetentionWatch } from '../../core/retention-watch'
 
 
 export type WorkersDeps = {
@@ -123,6 +124,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
             onFenced: () => leases.drop(partition),
             onFatal,
             metrics,
+            retentionMs: config.FANFARE_EVENT_RETENTION_MS,
           }),
         ),
       )
@@ -144,6 +146,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
   const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now, metrics })
+  // Witnesses unapplied events for the runners' expiry check, and gauges their age (retention set).
+  const retention = startRetentionWatch({ config, db, nc, logger, metrics, projections })
   logger.info({ partitions: t.partitions, projections: projections.map((p) => p.name) }, 'stream workers started')
 
   let stopping: Promise<void> | undefined
@@ -155,6 +159,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         replays.stop()
         subscriptions.stop()
         publishDenials.stop()
+        await retention.stop()
         await rebuilds.stop()
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))

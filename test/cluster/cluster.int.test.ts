@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import type { ProjectionsStatus } from '../../core/projections'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { expectReadModelsMatch, ingestRounds, readModel, type Api, stopCleanly } from './support'
+import { apiAt, expectReadModelsMatch, ingestRounds, readModel, stopCleanly } from './support'
 
 const PLAYERS = 520
 const ROUNDS = 20
@@ -27,12 +27,8 @@ describe('cluster: 2 api nodes, 3 workers, a crash and a graceful stop during in
   test('read models equal the oracle of acknowledged events; nothing reordered or applied twice', async () => {
     env = await createTestEnv({ FANFARE_PARTITIONS: '12', FANFARE_LEASE_TTL_MS: '2000', LOG_LEVEL: 'warn' })
     const ports = [freePort(), freePort()]
-    const apis: Api[] = ports.map((port) => ({
-      baseUrl: `http://127.0.0.1:${port}`,
-      ingestToken: env!.vars.FANFARE_INGEST_TOKEN,
-      adminToken: env!.vars.FANFARE_ADMIN_TOKEN,
-    }))
     const vars = env.vars
+    const apis = ports.map((port) => apiAt(port, vars))
     const apiProcs = ports.map((port, i) => spawnProc(`api-${i + 1}`, 'api/src/main.ts', { ...vars, PORT: String(port), HOST: '127.0.0.1' }))
     const worker = (name: string) => spawnProc(name, 'stream-workers/src/main.ts', vars)
     const workers = [worker('worker-1'), worker('worker-2'), worker('worker-3')]

@@ -10,7 +10,7 @@ import { ensureStreams } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from './private-nats'
-import { BoardView, configureBoard, diff, postEvents, readModel, scoreEvent, stopCleanly, type Api, type ScoreEvent } from './support'
+import { apiAt, BoardView, configureBoard, diff, postEvents, readModel, scoreEvent, stopCleanly, type ScoreEvent } from './support'
 import { tcpProxy, type TcpProxy } from './tcp-proxy'
 
 const CLIENTS = 3
@@ -62,7 +62,7 @@ describe('edge site (NATS leaf node)', () => {
     const hubPort = freePort()
     const hubApiProc = spawnProc('hub-api', 'api/src/main.ts', { ...hubVars, PORT: String(hubPort), HOST: '127.0.0.1' })
     procs.push(worker, hubApiProc)
-    const hubApi: Api = { baseUrl: `http://127.0.0.1:${hubPort}`, ingestToken: hubVars.FANFARE_INGEST_TOKEN, adminToken: hubVars.FANFARE_ADMIN_TOKEN }
+    const hubApi = apiAt(hubPort, hubVars)
     // The edge's change-stream mirrors read from the hub's streams: the worker creates them.
     const hubNc = await connect({ servers: hub.url })
     const hubJsm = await jetstreamManager(hubNc)
@@ -87,7 +87,7 @@ describe('edge site (NATS leaf node)', () => {
     }
     const apiProc = spawnProc('edge-api', 'api/src/main.ts', edgeVars)
     procs.push(apiProc)
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: edgeVars.FANFARE_INGEST_TOKEN, adminToken: edgeVars.FANFARE_ADMIN_TOKEN }
+    const api = apiAt(port, edgeVars)
     await waitReady(api.baseUrl, procs)
     await waitReady(hubApi.baseUrl, procs)
     // What another edge node starting (or this one restarting) does: the mirrors as they are.

@@ -13,6 +13,7 @@ import { MAX_REPLAY } from '../../api/src/realtime/channel-hub'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { privateNatsCluster, type PrivateNatsCluster } from './private-nats'
 import {
+  apiAt,
   configureBoard,
   diff,
   entriesOf,
@@ -111,7 +112,7 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
     if (victim < 0) throw new Error(`no leader for ${t.eventStream}: ${leader}`)
     const seedOf = (i: number) => (i === 1 ? cluster!.nodes[victim].url : cluster!.url)
     const ports = [freePort(), freePort()]
-    const apis: Api[] = ports.map((port) => ({ baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }))
+    const apis = ports.map((port) => apiAt(port, vars))
     const apiProcs = ports.map((port, i) => spawnProc(`api-${i + 1}`, 'api/src/main.ts', { ...vars, NATS_URL: seedOf(i + 1), PORT: String(port), HOST: '127.0.0.1' }))
     const workers = [1, 2, 3].map((i) => spawnProc(`worker-${i}`, 'stream-workers/src/main.ts', { ...vars, NATS_URL: seedOf(i) }))
     procs.push(...apiProcs, ...workers)

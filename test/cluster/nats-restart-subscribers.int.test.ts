@@ -1,11 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { privateNats, type PrivateNats } from './private-nats'
-import { BoardView, configureBoard, diff, postEvents, readModel, scoreEvent, stopCleanly, type Api } from './support'
+import { spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
+import { BoardView, configureBoard, diff, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, type PrivateNatsDeployment } from './support'
 
 const CLIENTS = 5
 const PLAYERS = 20
@@ -16,24 +11,16 @@ const PLAYERS = 20
  * read model's board and version, in order, with no silent gap (a resync snapshot is allowed).
  */
 describe('NATS restart with subscribers', () => {
-  let env: TestEnv | undefined
-  let nats: PrivateNats | undefined
+  let d: PrivateNatsDeployment | undefined
   const procs: Proc[] = []
-  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-restart-subs-'))
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await nats?.stop()
-    await env?.cleanup()
-    rmSync(storeDir, { recursive: true, force: true })
+    await d?.close()
   })
 
   test('every subscriber follows the board again after NATS restarts', async () => {
-    nats = privateNats({ port: freePort(), storeDir })
-    await nats.start()
-    env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', LOG_LEVEL: 'info' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, NATS_URL: nats.url, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    d = await privateNatsDeployment('nats-restart-subs', { FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', LOG_LEVEL: 'info' })
+    const { nats, env, vars, api, port } = d
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(apiProc, workerProc)

@@ -1,11 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { privateNats, type PrivateNats } from './private-nats'
-import { configureBoard, postEvents, readModel, scoreEvent, untilBoardEquals, type Api, type ScoreEvent, stopCleanly } from './support'
+import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
 
 const PLAYERS = 40
 
@@ -15,28 +10,23 @@ const PLAYERS = 40
  * refused batches with the same ids) is applied exactly once.
  */
 describe('NATS restart during ingest', () => {
-  let env: TestEnv | undefined
-  let nats: PrivateNats | undefined
+  let d: PrivateNatsDeployment | undefined
   const procs: Proc[] = []
-  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-restart-'))
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await nats?.stop()
-    await env?.cleanup()
-    rmSync(storeDir, { recursive: true, force: true })
+    await d?.close()
   })
 
   test('503 during the outage, every acknowledged event applied once after it', async () => {
-    nats = privateNats({ port: freePort(), storeDir })
-    await nats.start()
-    // The test database on the machine's Postgres; NATS is the private server (cleanup's stream
-    // deletion on the machine's NATS then finds nothing, which it ignores).
     // Its lanes send as fast as the node answers (past 10,000 events/s on a fast machine): the
     // key's rate limit (README, Limits) is not what this test is about.
-    env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', FANFARE_KEY_OPS_PER_SECOND: '10000000', FANFARE_KEY_OPS_BURST: '10000000' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, NATS_URL: nats.url, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    d = await privateNatsDeployment('nats-restart', {
+      FANFARE_PARTITIONS: '4',
+      FANFARE_LEASE_TTL_MS: '2000',
+      FANFARE_KEY_OPS_PER_SECOND: '10000000',
+      FANFARE_KEY_OPS_BURST: '10000000',
+    })
+    const { nats, env, vars, api } = d
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(apiProc, workerProc)
@@ -113,8 +103,7 @@ describe('NATS restart during ingest', () => {
       storedDespite503 += res.body.results.filter((r: { duplicate: boolean }) => r.duplicate).length
     }
 
-    const oracle = new Map<string, number>()
-    for (const o of outcomes) for (const e of o.batch) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(outcomes.flatMap((o) => o.batch))
     const total = outcomes.reduce((s, o) => s + o.batch.length, 0)
     const rm = readModel(env.vars.DATABASE_URL)
     try {

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { BoardView, configureBoard, postEvents, readModel, scoreEvent, stopCleanly, startProxiedNats, type Api, type ProxiedNats } from './support'
+import { apiAt, BoardView, configureBoard, postEvents, readModel, scoreEvent, stopCleanly, startProxiedNats, type ProxiedNats } from './support'
 
 /**
  * The network between one API node and NATS silently stops carrying packets (no reset, no close:
@@ -27,8 +27,8 @@ describe('API node partitioned from NATS', () => {
     const base: Record<string, string> = { ...env.vars, HOST: '127.0.0.1', NATS_URL: nats.url }
     const cutOff = spawnProc('api-cut-off', 'api/src/main.ts', { ...base, PORT: String(cutPort), NATS_URL: proxiedUrl })
     procs.push(cutOff, spawnProc('api', 'api/src/main.ts', { ...base, PORT: String(otherPort) }), spawnProc('worker', 'stream-workers/src/main.ts', base))
-    const cutApi: Api = { baseUrl: `http://127.0.0.1:${cutPort}`, ingestToken: base.FANFARE_INGEST_TOKEN, adminToken: base.FANFARE_ADMIN_TOKEN }
-    const api: Api = { ...cutApi, baseUrl: `http://127.0.0.1:${otherPort}` }
+    const cutApi = apiAt(cutPort, base)
+    const api = apiAt(otherPort, base)
     await waitReady(cutApi.baseUrl, procs)
     await waitReady(api.baseUrl, procs)
     const board = 'stall'

@@ -1,8 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from './private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, untilBoardEquals, type ScoreEvent, stopCleanly } from './support'
+import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { privatePostgresUnavailable } from './private-postgres'
+import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from './support'
 
 const PLAYERS = 40
 const unavailable = privatePostgresUnavailable()
@@ -13,24 +12,17 @@ if (unavailable) console.warn(`postgres restart test skipped: ${unavailable}`)
  * through the outage, and afterwards nothing is lost and nothing applied twice.
  */
 describe.skipIf(Boolean(unavailable))('Postgres restart during projection', () => {
-  let env: TestEnv | undefined
-  let pg: PrivatePostgres | undefined
+  let d: PrivatePostgresDeployment | undefined
   const procs: Proc[] = []
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await pg?.destroy()
-    await env?.cleanup()
+    await d?.close()
   })
 
   test('the worker survives; every event applied exactly once', async () => {
-    pg = await createPrivatePostgres(freePort())
-    await pg.start()
-    const { admin, databaseUrl } = await createFanfareDatabase(pg)
-    await admin.end()
-
     // Unique streams on the machine's NATS; the database is the private cluster's.
-    env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', FANFARE_BATCH_SIZE: '50' })
-    const { vars, api } = nodeVars(env.vars, databaseUrl)
+    d = await privatePostgresDeployment({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', FANFARE_BATCH_SIZE: '50' })
+    const { pg, databaseUrl, vars, api } = d
     procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
     await waitReady(api.baseUrl, procs)
     const run = Math.random().toString(36).slice(2, 8)
@@ -68,8 +60,7 @@ describe.skipIf(Boolean(unavailable))('Postgres restart during projection', () =
       await lanes
     }
 
-    const oracle = new Map<string, number>()
-    for (const e of sent) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(sent)
     try {
       await untilBoardEquals(rm, board, oracle, 45_000)
       expect(await rm.version(`leaderboard:${board}`)).toBe(sent.length)

@@ -3,21 +3,107 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import { createClient, type Client, type CloseReason, type StateOf, type Subscription } from '../../client/src'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, until, type Proc, type WsClient } from '../e2e/harness'
-import { privateNats, type PrivateNats } from './private-nats'
+import { privateNats, type PrivateNats, type PrivateNatsOptions } from './private-nats'
+import { createFanfareDatabase, createPrivatePostgres, type PrivatePostgres } from './private-postgres'
 import { tcpProxy, type TcpProxy } from './tcp-proxy'
 
 /** An ingest client for one deployment: posts batches, reports status and body. */
 export type Api = { baseUrl: string; ingestToken: string; adminToken: string }
 
+/** The Api of a node listening on `port` of 127.0.0.1 with the tokens of `vars`. */
+export function apiAt(port: number, vars: Record<string, string>): Api {
+  return { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+}
+
 /**
- * Environment for the API and worker nodes of one deployment on `databaseUrl` (the API listening on
- * a free port of 127.0.0.1), and the Api of that node.
+ * Environment for the API and worker nodes of one deployment: `envVars` with `overrides` (a
+ * private server's DATABASE_URL or NATS_URL, ...), the API listening on a free port of 127.0.0.1;
+ * and the Api of that node and its port.
  */
-export function nodeVars(envVars: Record<string, string>, databaseUrl: string): { vars: Record<string, string>; api: Api } {
+export function nodeVars(envVars: Record<string, string>, overrides: Record<string, string> = {}): { vars: Record<string, string>; api: Api; port: number } {
   const port = freePort()
-  const vars: Record<string, string> = { ...envVars, DATABASE_URL: databaseUrl, PORT: String(port), HOST: '127.0.0.1' }
-  return { vars, api: { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN } }
+  const vars: Record<string, string> = { ...envVars, ...overrides, PORT: String(port), HOST: '127.0.0.1' }
+  return { vars, api: apiAt(port, vars), port }
+}
+
+/** A deployment on a private Postgres cluster: see privatePostgresDeployment. */
+export type PrivatePostgresDeployment = {
+  pg: PrivatePostgres
+  databaseUrl: string
+  env: TestEnv
+  vars: Record<string, string>
+  api: Api
+  /** Destroys the cluster and cleans the env (stop the nodes first). */
+  close: () => Promise<void>
+}
+
+/**
+ * A deployment whose database is on its own Postgres cluster, which the test may stop, restart or
+ * reconfigure, and whose streams are on the machine's NATS: the cluster started on a free port,
+ * its database `fanfare` created and migrated, a test env with `overrides`, and the nodes' vars
+ * and Api (nodeVars).
+ */
+export async function privatePostgresDeployment(overrides: Record<string, string>): Promise<PrivatePostgresDeployment> {
+  const pg = await createPrivatePostgres(freePort())
+  try {
+    await pg.start()
+    const { admin, databaseUrl } = await createFanfareDatabase(pg)
+    await admin.end()
+    const env = await createTestEnv(overrides)
+    const close = async () => {
+      await pg.destroy()
+      await env.cleanup()
+    }
+    return { pg, databaseUrl, env, ...nodeVars(env.vars, { DATABASE_URL: databaseUrl }), close }
+  } catch (err) {
+    await pg.destroy()
+    throw err
+  }
+}
+
+/** A deployment on a private nats-server: see privateNatsDeployment. */
+export type PrivateNatsDeployment = {
+  nats: PrivateNats
+  env: TestEnv
+  vars: Record<string, string>
+  api: Api
+  /** The API node's port. */
+  port: number
+  /** Stops the server, cleans the env and deletes the server's store (stop the nodes first). */
+  close: () => Promise<void>
+}
+
+/**
+ * A deployment whose streams are on its own nats-server, which the test may stop, restart or
+ * fill (`natsOptions`: more of its settings), and whose database is a fresh one on the machine's
+ * Postgres: the server started on a free port with a new store directory, a test env with
+ * `overrides` (its cleanup's stream deletion on the machine's NATS then finds nothing, which it
+ * ignores), and the nodes' vars and Api (nodeVars).
+ */
+export async function privateNatsDeployment(
+  name: string,
+  overrides: Record<string, string>,
+  natsOptions: Omit<PrivateNatsOptions, 'port' | 'storeDir'> = {},
+): Promise<PrivateNatsDeployment> {
+  const storeDir = mkdtempSync(join(tmpdir(), `fanfare-${name}-`))
+  let nats: PrivateNats | undefined
+  try {
+    nats = privateNats({ port: freePort(), storeDir, ...natsOptions })
+    await nats.start()
+    const env = await createTestEnv(overrides)
+    const close = async () => {
+      await nats!.stop()
+      await env.cleanup()
+      rmSync(storeDir, { recursive: true, force: true })
+    }
+    return { nats, env, ...nodeVars(env.vars, { NATS_URL: nats.url }), close }
+  } catch (err) {
+    await nats?.stop()
+    rmSync(storeDir, { recursive: true, force: true })
+    throw err
+  }
 }
 
 export type ScoreEvent = { id: string; type: 'score.submitted'; data: { board: string; player: string; score: number } }
@@ -28,6 +114,13 @@ export const scoreEvent = (id: string, board: string, player: string, score: num
   type: 'score.submitted',
   data: { board, player, score },
 })
+
+/** Each player's total score in `events`: a `sum` board's oracle. */
+export function sumsOf(events: Iterable<ScoreEvent>): Map<string, number> {
+  const sums = new Map<string, number>()
+  for (const e of events) sums.set(e.data.player, (sums.get(e.data.player) ?? 0) + e.data.score)
+  return sums
+}
 
 /** POSTs a batch; a request that takes longer than `timeoutMs` is reported as status 0 (`timeout`). */
 export async function postEvents(api: Api, events: ScoreEvent[], timeoutMs = 15_000): Promise<{ status: number; body: any }> {

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { configureBoard, postEvents, scoreEvent, startProxiedNats, type Api, type ProxiedNats } from './support'
+import { apiAt, configureBoard, postEvents, scoreEvent, startProxiedNats, type ProxiedNats } from './support'
 
 const EVENTS = 10_000
 const PLAYERS = 50
@@ -36,7 +36,7 @@ describe('worker: a pull cut part-way by the network', () => {
     const port = freePort()
     const base: Record<string, string> = { ...env.vars, HOST: '127.0.0.1', NATS_URL: proxied.nats.url }
     procs.push(spawnProc('api', 'api/src/main.ts', { ...base, PORT: String(port) }))
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: base.FANFARE_INGEST_TOKEN, adminToken: base.FANFARE_ADMIN_TOKEN }
+    const api = apiAt(port, base)
     await waitReady(api.baseUrl, procs)
     const board = `held_${Math.random().toString(36).slice(2, 8)}`
     await configureBoard(api, board, 'sum')

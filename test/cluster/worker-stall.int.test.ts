@@ -1,7 +1,7 @@
 import { afterAll, describe, test } from 'bun:test'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, waitReady, type Proc } from '../e2e/harness'
-import { expectReadModelsMatch, ingestRounds, readModel, stopCleanly, startProxiedNats, type Api, type ProxiedNats } from './support'
+import { apiAt, expectReadModelsMatch, ingestRounds, readModel, stopCleanly, startProxiedNats, type ProxiedNats } from './support'
 
 /**
  * A worker partitioned from NATS (packets held, no reset) while it still reaches Postgres: its
@@ -31,7 +31,7 @@ describe('worker partitioned from NATS', () => {
       spawnProc('worker-cut-off', 'stream-workers/src/main.ts', { ...base, NATS_URL: proxiedUrl }),
       spawnProc('worker', 'stream-workers/src/main.ts', base),
     )
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: base.FANFARE_INGEST_TOKEN, adminToken: base.FANFARE_ADMIN_TOKEN }
+    const api = apiAt(port, base)
     await waitReady(api.baseUrl, procs)
     const startedAt = Date.now()
     let phase: 'before' | 'stalled' | 'restored' = 'before'

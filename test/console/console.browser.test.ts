@@ -4,7 +4,9 @@ import { chromium, type Browser, type Page } from 'playwright-core'
 import { existsSync, mkdirSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { connectPostgres, type Database } from '../../core/db/client'
-import { deadLetters } from '../../core/db/schema'
+import { and, eq } from 'drizzle-orm'
+import { deadLetters, projectionCheckpoints } from '../../core/db/schema'
+import { until } from '../../core/testing/wait'
 import { contracts, keyOf, partitionOf, subjects, type StoredEvent } from '../../core/events'
 import { readsForward } from '../browser'
 import { startDeployment, type Deployment } from '../sdk/deployment'
@@ -167,9 +169,17 @@ describe('the admin console in Chromium', () => {
   }, 30_000)
 
   test('projections and audit log', async () => {
+    // A range the retention deleted before it was applied, as a runner records it (see takeExpiredRange).
+    await until('the worker to claim partition 0', async () => (await database.db.select().from(projectionCheckpoints).where(and(eq(projectionCheckpoints.projection, 'leaderboards'), eq(projectionCheckpoints.partition, 0)))).length === 1)
+    await database.db
+      .update(projectionCheckpoints)
+      .set({ expiredFrom: 41, expiredTo: 97, expiredAt: new Date() })
+      .where(and(eq(projectionCheckpoints.projection, 'leaderboards'), eq(projectionCheckpoints.partition, 0)))
     await tab('projections')
     await byTest('projections').locator('[data-projection="leaderboards"] tbody tr').first().waitFor({ timeout: 15_000 })
     await byTest('rebuild-leaderboards').filter({ hasText: 'never rebuilt' }).waitFor()
+    await byTest('expired-leaderboards-0').filter({ hasText: 'seq 41–97 deleted unapplied' }).waitFor({ timeout: 15_000 })
+    expect(await page.locator('[data-testid^="expired-"]').count()).toBe(1)
     await shoot('projections')
     await tab('audit')
     for (const action of ['dead_letter.replayed', 'dead_letter.replay_failed', 'dead_letter.discarded', 'key.created', 'key.revoked']) {

@@ -3,8 +3,8 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { topology } from '../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, waitReady, type Proc } from '../e2e/harness'
-import { configureBoard, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type Api, type ScoreEvent } from '../cluster/support'
+import { spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { configureBoard, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
 /**
  * An operator caps the event stream (`nats stream edit --max-msgs`, `--max-bytes`: a common way to
@@ -25,9 +25,7 @@ describe('event stream capped by an operator', () => {
 
   test('past the cap events are refused, never acknowledged and then deleted', async () => {
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api } = nodeVars(env.vars)
     procs.push(spawnProc('api', 'api/src/main.ts', vars))
     await waitReady(api.baseUrl, procs)
     const board = 'cap'
@@ -53,8 +51,7 @@ describe('event stream capped by an operator', () => {
     expect(new Set(refusals)).toEqual(new Set(['503 storage_full']))
 
     procs.push(spawnProc('worker', 'stream-workers/src/main.ts', vars))
-    const oracle = new Map<string, number>()
-    for (const e of acked) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(acked)
     const rm = readModel(env.vars.DATABASE_URL)
     try {
       await untilBoardEquals(rm, board, oracle, 30_000)

@@ -1,13 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { privateNats, type PrivateNats } from '../cluster/private-nats'
-import { BoardView, configureBoard, postEvents, readModel, scoreEvent, stopCleanly, untilBoardEquals, type Api, type ScoreEvent } from '../cluster/support'
+import { spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
+import { BoardView, configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from '../cluster/support'
 
 const PLAYERS = 20
 
@@ -19,26 +14,18 @@ const PLAYERS = 20
  * event is applied exactly once, and a subscriber has seen every change in order.
  */
 describe('JetStream storage exhausted', () => {
-  let env: TestEnv | undefined
-  let nats: PrivateNats | undefined
+  let d: PrivateNatsDeployment | undefined
   let nc: NatsConnection | undefined
   const procs: Proc[] = []
-  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-js-full-'))
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
     await nc?.close()
-    await nats?.stop()
-    await env?.cleanup()
-    rmSync(storeDir, { recursive: true, force: true })
+    await d?.close()
   })
 
   test('503 storage_full while full; every acknowledged event applied once after space frees', async () => {
-    nats = privateNats({ port: freePort(), storeDir, jetstream: 'max_file_store: 4MB' })
-    await nats.start()
-    env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, NATS_URL: nats.url, PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    d = await privateNatsDeployment('js-full', { FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' }, { jetstream: 'max_file_store: 4MB' })
+    const { nats, env, vars, api, port } = d
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(apiProc, workerProc)
@@ -99,8 +86,7 @@ describe('JetStream storage exhausted', () => {
     }
     for (let i = 0; i < 3; i++) expect((await post(batchOf())).status).toBe(202)
 
-    const oracle = new Map<string, number>()
-    for (const e of acked) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(acked)
     const rm = readModel(env.vars.DATABASE_URL)
     try {
       await untilBoardEquals(rm, board, oracle, 30_000).catch((err) => {

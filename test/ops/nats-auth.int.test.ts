@@ -1,40 +1,32 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, runUntilExit, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { privateNats, type PrivateNats } from '../cluster/private-nats'
-import { configureBoard, postEvents, readModel, scoreEvent, stopCleanly, type Api } from '../cluster/support'
+import type { TestEnv } from '../../core/testing/env'
+import { runUntilExit, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { configureBoard, nodeVars, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, type PrivateNatsDeployment } from '../cluster/support'
+import type { PrivateNats } from '../cluster/private-nats'
 
 /**
  * A NATS server that requires a login, given in NATS_URL as operators write it for other NATS
  * clients (`nats://user:password@host:4222`): Fanfare logs in with it. A wrong login stops a node
  * at once with a message naming NATS_URL (never the password).
  */
+let d: PrivateNatsDeployment | undefined
 let env: TestEnv
 let nats: PrivateNats
 const procs: Proc[] = []
-const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-auth-'))
 const withLogin = (url: string, login: string) => url.replace('nats://', `nats://${login}@`)
 
 beforeAll(async () => {
-  nats = privateNats({ port: freePort(), storeDir, users: [{ user: 'fanfare', password: 'pa$$ word' }] })
-  await nats.start()
-  env = await createTestEnv({ FANFARE_PARTITIONS: '2' })
+  d = await privateNatsDeployment('nats-auth', { FANFARE_PARTITIONS: '2' }, { users: [{ user: 'fanfare', password: 'pa$$ word' }] })
+  ;({ env, nats } = d)
 })
 afterAll(async () => {
   await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-  await nats?.stop()
-  await env?.cleanup()
-  rmSync(storeDir, { recursive: true, force: true })
+  await d?.close()
 })
 
 describe('a NATS server that requires a login', () => {
   test('credentials in NATS_URL: both kinds of node start and an event is applied', async () => {
-    const port = freePort()
-    const vars: Record<string, string> = { ...env.vars, NATS_URL: withLogin(nats.url, `fanfare:${encodeURIComponent('pa$$ word')}`), PORT: String(port), HOST: '127.0.0.1' }
-    const api: Api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: vars.FANFARE_INGEST_TOKEN, adminToken: vars.FANFARE_ADMIN_TOKEN }
+    const { vars, api } = nodeVars(env.vars, { NATS_URL: withLogin(nats.url, `fanfare:${encodeURIComponent('pa$$ word')}`) })
     procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
     await waitReady(api.baseUrl, procs)
     await configureBoard(api, 'auth', 'sum')

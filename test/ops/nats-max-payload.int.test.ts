@@ -1,29 +1,24 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, runUntilExit } from '../e2e/harness'
-import { privateNats, type PrivateNats } from '../cluster/private-nats'
+import type { TestEnv } from '../../core/testing/env'
+import { runUntilExit } from '../e2e/harness'
+import type { PrivateNats } from '../cluster/private-nats'
+import { privateNatsDeployment, type PrivateNatsDeployment } from '../cluster/support'
 
 // A nats-server whose max_payload an operator lowered (64 KB here) below what Fanfare publishes: a
 // worker's change runs (up to ~768 KB) were refused by the client on every try, the read models
 // went on advancing and subscribers got no update, with /readyz saying ready; an event over the
 // limit was answered 503 `unavailable` after the publish timeout, resent forever. Both kinds of
 // node must refuse to start, naming the setting.
+let d: PrivateNatsDeployment | undefined
 let env: TestEnv
 let nats: PrivateNats
-const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-max-payload-'))
 
 beforeAll(async () => {
-  nats = privateNats({ port: freePort(), storeDir, extra: ['max_payload: 64KB'] })
-  await nats.start()
-  env = await createTestEnv({ FANFARE_LOG_FORMAT: 'json' })
+  d = await privateNatsDeployment('max-payload', { FANFARE_LOG_FORMAT: 'json' }, { extra: ['max_payload: 64KB'] })
+  ;({ env, nats } = d)
 })
 afterAll(async () => {
-  await nats?.stop()
-  await env?.cleanup()
-  rmSync(storeDir, { recursive: true, force: true })
+  await d?.close()
 })
 
 const start = (entry: string) => runUntilExit(entry, { ...env.vars, NATS_URL: nats.url })

@@ -1,16 +1,13 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { topology } from '../../core/nats'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import type { TestEnv } from '../../core/testing/env'
 import { until } from '../../core/testing/wait'
 import { createClient, FanfareError } from '../../client/src'
 import { freePort, runUntilExit, spawnProc, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { postEvents, scoreEvent, stopCleanly } from '../cluster/support'
-import { privateNats, type PrivateNats } from '../cluster/private-nats'
+import { nodeVars, postEvents, privateNatsDeployment, scoreEvent, stopCleanly, type PrivateNatsDeployment } from '../cluster/support'
+import type { PrivateNats } from '../cluster/private-nats'
 
 /**
  * A NATS user whose permissions lack subjects Fanfare publishes to. nats-server drops such a
@@ -19,10 +16,10 @@ import { privateNats, type PrivateNats } from '../cluster/private-nats'
  * change subjects applied events while subscribers got no update. Both must refuse to start,
  * naming the subjects. The check stores nothing.
  */
+let d: PrivateNatsDeployment | undefined
 let env: TestEnv
 let nats: PrivateNats
 const procs: Proc[] = []
-const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-perms-'))
 const login = (user: string) => nats.url.replace('nats://', `nats://${user}:pw@`)
 const users: { user: string; password: string; permissions?: string }[] = [
   { user: 'all', password: 'pw' },
@@ -53,19 +50,12 @@ const setPermissions = (user: string, permissions?: string) => {
 }
 
 beforeAll(async () => {
-  nats = privateNats({
-    port: freePort(),
-    storeDir,
-    users,
-  })
-  await nats.start()
-  env = await createTestEnv({ FANFARE_PARTITIONS: '2' })
+  d = await privateNatsDeployment('nats-perms', { FANFARE_PARTITIONS: '2' }, { users })
+  ;({ env, nats } = d)
 })
 afterAll(async () => {
   await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-  await nats?.stop()
-  await env?.cleanup()
-  rmSync(storeDir, { recursive: true, force: true })
+  await d?.close()
 })
 
 const start = (entry: string, user: string) => runUntilExit(entry, { ...env.vars, NATS_URL: login(user) })
@@ -136,10 +126,9 @@ describe('a NATS user lacking publish or subscribe permissions', () => {
   }, 30_000)
 
   test('a user with every permission starts both; the check stored nothing', async () => {
-    const port = freePort()
-    const vars = { ...env.vars, NATS_URL: login('all'), PORT: String(port), HOST: '127.0.0.1' }
+    const { vars, api } = nodeVars(env.vars, { NATS_URL: login('all') })
     procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
-    await waitReady(`http://127.0.0.1:${port}`, procs)
+    await waitReady(api.baseUrl, procs)
     const nc = await connect({ servers: nats.url, user: 'all', pass: 'pw' })
     try {
       const jsm = await jetstreamManager(nc)
@@ -163,11 +152,9 @@ async function metric(baseUrl: string, adminToken: string, series: string): Prom
 
 describe('permissions narrowed by a config reload while nodes run', () => {
   const startApi = async (user: string) => {
-    const port = freePort()
-    const vars = { ...env.vars, NATS_URL: login(user), PORT: String(port), HOST: '127.0.0.1' }
+    const { vars, api } = nodeVars(env.vars, { NATS_URL: login(user) })
     const proc = spawnProc(`api-${user}`, 'api/src/main.ts', vars)
     procs.push(proc)
-    const api = { baseUrl: `http://127.0.0.1:${port}`, ingestToken: env.vars.FANFARE_INGEST_TOKEN, adminToken: env.vars.FANFARE_ADMIN_TOKEN }
     await waitReady(api.baseUrl, [proc])
     return { proc, api }
   }

@@ -3,7 +3,7 @@ import postgres from 'postgres'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, runUntilExit, spawnProc, waitReady, type Proc } from '../e2e/harness'
 import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
+import { configureBoard, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres max_connections test skipped: ${unavailable}`)
@@ -68,7 +68,7 @@ describe.skipIf(Boolean(unavailable))('Postgres max_connections reached', () => 
   }, 60_000)
 
   test('while running: writes 503, the worker waits, every acknowledged event applied once after', async () => {
-    const { vars, api } = nodeVars(env!.vars, databaseUrl)
+    const { vars, api } = nodeVars(env!.vars, { DATABASE_URL: databaseUrl })
     const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
     await waitReady(api.baseUrl, procs)
@@ -107,8 +107,7 @@ describe.skipIf(Boolean(unavailable))('Postgres max_connections reached', () => 
     expect(worker.proc.exitCode).toBeNull()
     await release()
 
-    const oracle = new Map<string, number>()
-    for (const ev of acked) oracle.set(ev.data.player, (oracle.get(ev.data.player) ?? 0) + ev.data.score)
+    const oracle = sumsOf(acked)
     const rm = readModel(databaseUrl)
     try {
       await untilBoardEquals(rm, board, oracle, 30_000)

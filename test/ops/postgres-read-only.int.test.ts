@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, waitReady, type Proc } from '../e2e/harness'
-import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
+import { setDatabaseDefault } from '../../core/testing/database'
+import { spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { privatePostgresUnavailable } from '../cluster/private-postgres'
+import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
@@ -17,27 +17,19 @@ if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
  * `database_unavailable`, saying why.
  */
 describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () => {
-  let env: TestEnv | undefined
-  let pg: PrivatePostgres | undefined
+  let d: PrivatePostgresDeployment | undefined
   const procs: Proc[] = []
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await pg?.destroy()
-    await env?.cleanup()
+    await d?.close()
   })
 
   test('the worker waits out read-only mode and then applies every event once', async () => {
-    pg = await createPrivatePostgres(freePort())
-    await pg.start()
-    const { admin, databaseUrl } = await createFanfareDatabase(pg)
+    d = await privatePostgresDeployment({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
+    const { databaseUrl, vars, api } = d
     /** Sets the database's default for new sessions, and ends the sessions open (the nodes reconnect). */
-    const readOnly = async (on: boolean) => {
-      await admin.unsafe(`ALTER DATABASE fanfare SET default_transaction_read_only = ${on ? 'on' : 'off'}`)
-      await admin.unsafe(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'fanfare' AND pid <> pg_backend_pid()`)
-    }
+    const readOnly = (on: boolean) => setDatabaseDefault(databaseUrl, 'default_transaction_read_only', on ? 'on' : 'off')
 
-    env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const { vars, api } = nodeVars(env.vars, databaseUrl)
     const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
     await waitReady(api.baseUrl, procs)
@@ -52,11 +44,7 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
       expect(res.status).toBe(202) // ingest needs only NATS
       acked.push(...batch)
     }
-    const oracle = () => {
-      const o = new Map<string, number>()
-      for (const e of acked) o.set(e.data.player, (o.get(e.data.player) ?? 0) + e.data.score)
-      return o
-    }
+    const oracle = () => sumsOf(acked)
     try {
       for (let i = 0; i < 3; i++) await post()
       await untilBoardEquals(rm, board, oracle(), 15_000)
@@ -89,7 +77,6 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
       expect(await rm.deadLetters()).toBe(0)
     } finally {
       await rm.close()
-      await admin.end()
     }
     await stopCleanly(...procs)
   }, 90_000)

@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
-import { configureBoard, postEvents, readModel, scoreEvent, nodeVars, stopCleanly, untilBoardEquals, type ScoreEvent } from '../cluster/support'
+import { setDatabaseDefault } from '../../core/testing/database'
+import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { privatePostgresUnavailable } from '../cluster/private-postgres'
+import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres statement timeout test skipped: ${unavailable}`)
@@ -16,27 +16,19 @@ if (unavailable) console.warn(`postgres statement timeout test skipped: ${unavai
  * applies nothing meanwhile and then every acknowledged event once.
  */
 describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () => {
-  let env: TestEnv | undefined
-  let pg: PrivatePostgres | undefined
+  let d: PrivatePostgresDeployment | undefined
   const procs: Proc[] = []
   afterAll(async () => {
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await pg?.destroy()
-    await env?.cleanup()
+    await d?.close()
   })
 
   test('the API stays up and answers 503; everything applies once the timeout is fixed', async () => {
-    pg = await createPrivatePostgres(freePort())
-    await pg.start()
-    const { admin, databaseUrl } = await createFanfareDatabase(pg)
+    d = await privatePostgresDeployment({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
+    const { databaseUrl, vars, api } = d
     /** Sets the database's statement_timeout for new sessions, and ends the open ones (the nodes reconnect). */
-    const statementTimeout = async (value: string) => {
-      await admin.unsafe(value === 'default' ? 'ALTER DATABASE fanfare RESET statement_timeout' : `ALTER DATABASE fanfare SET statement_timeout = '${value}'`)
-      await admin.unsafe(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'fanfare' AND pid <> pg_backend_pid()`)
-    }
+    const statementTimeout = (value: string) => setDatabaseDefault(databaseUrl, 'statement_timeout', value === 'default' ? undefined : value)
 
-    env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const { vars, api } = nodeVars(env.vars, databaseUrl)
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     procs.push(apiProc, spawnProc('worker', 'stream-workers/src/main.ts', vars))
     await waitReady(api.baseUrl, procs)
@@ -72,8 +64,7 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
 
     await statementTimeout('default')
     await until('reads answered again', async () => (await fetch(`${api.baseUrl}/v1/leaderboards/${board}`)).status === 200, 15_000)
-    const oracle = new Map<string, number>()
-    for (const e of acked) oracle.set(e.data.player, (oracle.get(e.data.player) ?? 0) + e.data.score)
+    const oracle = sumsOf(acked)
     const rm = readModel(databaseUrl)
     try {
       await untilBoardEquals(rm, board, oracle, 30_000)
@@ -81,7 +72,6 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
       expect(await rm.deadLetters()).toBe(0)
     } finally {
       await rm.close()
-      await admin.end()
     }
     await stopCleanly(...procs)
   }, 90_000)

@@ -26,6 +26,24 @@ export const projectionCheckpoints = pgTable(
      * current stream alone. '' when the model comes only from the current stream.
      */
     lostStream: text('lost_stream').notNull().default(''),
+    /**
+     * A witness for retention (see core/retention-watch.ts): the stream sequence of an event of
+     * this projection and partition seen stored and not yet applied (above `seq`), and when it was
+     * stored. If the runner's consumer later delivers past it while the checkpoint is still below
+     * it, retention removed it unapplied. Null when none was seen. Only set when it is above `seq`
+     * and the previous witness is applied (at or below `seq`), so the oldest one is kept.
+     */
+    unappliedSeq: bigint('unapplied_seq', { mode: 'number' }),
+    unappliedAt: timestamp('unapplied_at', { withTimezone: true }),
+    /**
+     * The last range of stream sequences (`expired_from`..`expired_to`) in which retention removed
+     * events of this projection and partition before they were applied (at least one), and when a
+     * runner found it. Null: never. Only the last range is kept: the log and
+     * fanfare_projection_expired_unapplied_total have every one.
+     */
+    expiredFrom: bigint('expired_from', { mode: 'number' }),
+    expiredTo: bigint('expired_to', { mode: 'number' }),
+    expiredAt: timestamp('expired_at', { withTimezone: true }),
     updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [primaryKey({ columns: [t.projection, t.partition] })],

@@ -7,6 +7,7 @@ import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import { streamIdentity } from '../../../core/nats'
 import { StreamChanged } from './stream-check'
+import { takeExpiredRange } from '../../../core/retention-watch'
 import type { Projection } from '../projections/types'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOwner, type BatchResult } from './batch'
@@ -20,7 +21,7 @@ import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type 
 import { replayDeadLetter } from './replay'
 import type { BatchCommitter } from './committer'
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api'
-import type { MsgHdrs } from '@nats-io/transport-node'
+import { millis, type MsgHdrs } from '@nats-io/transport-node'
 import type { Metrics } from '../../../core/metrics'
 import { isTracing, linkOfNats, natsHeadersOf, tracer } from '../../../core/tracing'
 
@@ -60,6 +61,11 @@ export type RunnerDeps = {
   onFatal: (err: unknown) => void
   /** The process's metrics (batches, lag, dead letters). */
   metrics: Metrics
+  /**
+   * FANFARE_EVENT_RETENTION_MS: when above 0, each batch is first checked for events of the
+   * partition that retention deleted before they were applied (see takeExpiredRange). 0: never.
+   */
+  retentionMs?: number
 }
 
 export type Runner = {
@@ -278,6 +284,10 @@ export function startRunner(deps: RunnerDeps): Runner {
         }
         expectedDelivery++
       }
+      // Nothing stored after the last applied event can have expired while that event is younger
+      // than the retention (half of it: the worker's clock is not the server's), so a runner that
+      // keeps up never pays for the check.
+      if (deps.retentionMs && Date.now() - lastStoredAt > deps.retentionMs / 2) await reportExpired(batch[0].seq)
       const started = performance.now()
       const { result, headers } = await tracedBatch(batch, () =>
         applyWithRetry(batch).catch((err) => {
@@ -291,6 +301,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       // What the consumer still holds after this batch's last message: the partition's lag.
       lag.set(batch[batch.length - 1].info.pending)
       checkpoint = result.checkpoint
+      lastStoredAt = millis(batch[batch.length - 1].info.timestampNanos)
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
       // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
       // commit order, and a slow NATS slows the runner down instead of piling up).
@@ -302,6 +313,23 @@ export function startRunner(deps: RunnerDeps): Runner {
       batch[batch.length - 1].ack()
       log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length }, 'batch applied')
     }
+  }
+
+  /**
+   * Events of this partition that retention deleted before they were applied (see
+   * takeExpiredRange), found from `first`: the first sequence a fresh consumer can still deliver
+   * (the stream's first), or a batch's first delivery, before it moves the checkpoint past them.
+   * Logged once, where found.
+   */
+  const reportExpired = async (first: number) => {
+    if (first <= checkpoint + 1) return
+    const expired = await takeExpiredRange(deps.db, deps.projection.name, deps.partition, first)
+    if (!expired) return
+    deps.metrics.worker.expiredUnapplied(deps.projection.name)
+    log.error(
+      { ...expired, retentionMs: deps.retentionMs, nextSeq: first },
+      'events of this partition were deleted by retention (FANFARE_EVENT_RETENTION_MS) before they were applied: they are lost to the read model (see GET /admin/projections)',
+    )
   }
 
   /**
@@ -365,6 +393,9 @@ export function startRunner(deps: RunnerDeps): Runner {
   // batches wrote (see applyBatch).
   let stream = ''
   let checkpoint = 0
+  // When the event at the checkpoint was stored (ms since the epoch; 0: not known, as after a
+  // consumer opened): see the expiry check in consumeFrom.
+  let lastStoredAt = 0
 
   /**
    * Creates this ownership's consumer right after the checkpoint. First records which event
@@ -383,7 +414,9 @@ export function startRunner(deps: RunnerDeps): Runner {
           )
           update ${projectionCheckpoints} c
           set stream = ${stream}, seq = case when old.stream in ('', ${stream}) then c.seq else 0 end,
-            lost_stream = case when old.stream in ('', ${stream}) or old.seq = 0 then c.lost_stream else old.stream end
+            lost_stream = case when old.stream in ('', ${stream}) or old.seq = 0 then c.lost_stream else old.stream end,
+            unapplied_seq = case when old.stream in ('', ${stream}) then c.unapplied_seq end,
+            unapplied_at = case when old.stream in ('', ${stream}) then c.unapplied_at end
           from old where c.projection = ${deps.projection.name} and c.partition = ${deps.partition}
             and (old.stream = '' or regexp_replace(old.stream, '@[^@]*$', '') = ${deps.stream})
           returning c.seq, old.stream as previous, old.seq as previous_seq`,
@@ -405,6 +438,10 @@ export function startRunner(deps: RunnerDeps): Runner {
       )
     }
     checkpoint = Number(row?.seq ?? 0)
+    lastStoredAt = 0
+    // Events deleted while no runner held the partition (workers down, or the partition stalled):
+    // the consumer below starts at the first stored one and would skip them without a word.
+    if (deps.retentionMs) await reportExpired((await deps.jsm.streams.info(deps.stream)).state.first_seq)
     await createOwnershipConsumer(deps.jsm, {
       stream: deps.stream,
       projection: deps.projection.name,

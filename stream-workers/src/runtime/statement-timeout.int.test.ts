@@ -1,10 +1,10 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { sql } from 'drizzle-orm'
-import postgres from 'postgres'
 import { channelVersions, leaderboardEntries, leaderboards } from '../../../core/db/schema'
 import { createLogger } from '../../../core/logger'
 import { createMetrics } from '../../../core/metrics'
 import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
+import { setDatabaseDefault } from '../../../core/testing/database'
 import { until } from '../../../core/testing/wait'
 import { boardScores, caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
 
@@ -42,15 +42,20 @@ const slowShadowRows = (w: World, fn = 'fanfare_test_slow_row') =>
  * Sets statement_timeout on this test's own database (sessions opened later get it; `reset` also
  * ends the open ones, so the worker reconnects with the default).
  */
-const statementTimeout = async (w: World, value: string | 'reset') => {
-  const dbName = new URL(w.env.vars.DATABASE_URL).pathname.slice(1)
-  const admin = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-  try {
-    if (value !== 'reset') return void (await admin.unsafe(`alter database "${dbName}" set statement_timeout = '${value}'`))
-    await admin.unsafe(`alter database "${dbName}" reset statement_timeout`)
-    await admin.unsafe(`select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`)
-  } finally {
-    await admin.end()
+const statementTimeout = (w: World, value: string | 'reset') =>
+  value === 'reset'
+    ? setDatabaseDefault(w.env.vars.DATABASE_URL, 'statement_timeout', undefined)
+    : setDatabaseDefault(w.env.vars.DATABASE_URL, 'statement_timeout', value, { endSessions: false })
+
+/**
+ * Stores events `from` to `to` - 1 for the sum board `board`, event i player
+ * `secret-player-<i % players>` scoring i + 1, and adds them to `expected` (what the board must hold).
+ */
+const storeScores = async (w: World, board: string, range: { from?: number; to: number; players: number }, expected: Record<string, number>) => {
+  for (let i = range.from ?? 0; i < range.to; i++) {
+    const player = `secret-player-${i % range.players}`
+    expected[player] = (expected[player] ?? 0) + i + 1
+    await publishEvent(w, storedEvent('score.submitted', { board, player, score: i + 1 }))
   }
 }
 
@@ -77,11 +82,7 @@ describe('a batch that outlasts statement_timeout', () => {
     await slowRows(w, 0.05)
     const expected: Record<string, number> = {}
     // Stored before the worker starts: its first pull takes them all as one batch.
-    for (let i = 0; i < 40; i++) {
-      const player = `secret-player-${i % 30}`
-      expected[player] = (expected[player] ?? 0) + i + 1
-      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
-    }
+    await storeScores(w, 'slow', { to: 40, players: 30 }, expected)
     await statementTimeout(w, '500ms')
 
     const { lines, metrics } = await startLoggedWorker(w)
@@ -105,11 +106,7 @@ describe('a batch that outlasts statement_timeout', () => {
     await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
     await slowRows(w, 0.05)
     const expected: Record<string, number> = {}
-    for (let i = 0; i < 100; i++) {
-      const player = `secret-player-${i % 20}`
-      expected[player] = (expected[player] ?? 0) + i + 1
-      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
-    }
+    await storeScores(w, 'slow', { to: 100, players: 20 }, expected)
     await statementTimeout(w, '500ms')
     const { lines, metrics } = await startLoggedWorker(w)
     await caughtUp(w, 90_000)
@@ -165,11 +162,7 @@ describe('batches of several partitions grouped into a statement that outlasts s
     await slowRows(w, 0.03)
     const expected: Record<string, number> = {}
     // Stored before the worker starts: every partition has a backlog of a few batches.
-    for (let i = 0; i < 320; i++) {
-      const player = `secret-player-${i % 40}`
-      expected[player] = (expected[player] ?? 0) + i + 1
-      await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
-    }
+    await storeScores(w, 'slow', { to: 320, players: 40 }, expected)
     await statementTimeout(w, '500ms')
     const { lines, metrics } = await startLoggedWorker(w)
     await caughtUp(w, 90_000)
@@ -199,13 +192,7 @@ describe('a rebuild whose shadow batches outlast statement_timeout', () => {
     await slowRows(w, 0.05)
     await slowShadowRows(w)
     const expected: Record<string, number> = {}
-    const send = async (from: number, to: number) => {
-      for (let i = from; i < to; i++) {
-        const player = `secret-player-${i % 30}`
-        expected[player] = (expected[player] ?? 0) + i + 1
-        await publishEvent(w, storedEvent('score.submitted', { board: 'slow', player, score: i + 1 }))
-      }
-    }
+    const send = (from: number, to: number) => storeScores(w, 'slow', { from, to, players: 30 }, expected)
     await send(0, 40)
     await statementTimeout(w, '500ms')
     const { lines, metrics } = await startLoggedWorker(w)

@@ -32,6 +32,20 @@ export const PartitionStatus = t.Object({
   updatedAt: t.Union([t.String(), t.Null()]),
   consumer: t.Union([t.String(), t.Null()], { description: 'durable consumer of the current owner; null: no worker holds it' }),
   lag: t.Union([t.Integer(), t.Null()], { description: "events of this projection and partition not yet applied; null: no owner" }),
+  oldestUnappliedAt: t.Union([t.String(), t.Null()], {
+    description: 'when the oldest event seen stored and not yet applied was stored (sampled while FANFARE_EVENT_RETENTION_MS is set); null: none known',
+  }),
+  expired: t.Union(
+    [
+      t.Object({
+        fromSeq: t.Integer(),
+        toSeq: t.Integer(),
+        at: t.String({ description: 'when a runner found it' }),
+      }),
+      t.Null(),
+    ],
+    { description: 'the last range of stream sequences in which retention deleted events of this partition before they were applied (at least one: lost to the read model); null: never' },
+  ),
 })
 export const ProjectionsReport = t.Object({
   stream: t.Object({ name: t.String(), lastSeq: t.Integer(), messages: t.Integer() }),

@@ -1,8 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { connectBunSql } from '../../../../core/db/client'
-import { createLogger } from '../../../../core/logger'
-import { connectNats } from '../../../../core/nats'
-import { startWorkers, type Workers } from '../../../../stream-workers/src/workers'
+import { startTestWorker } from '../../../../stream-workers/src/testing/harness'
+import type { Workers } from '../../../../stream-workers/src/workers'
 import { until } from '../../../../test/e2e/harness'
 import { createHarness, type ApiHarness } from '../../test-support'
 
@@ -12,18 +10,9 @@ describe('GET /admin/workers', () => {
 
   /** A worker with its own connections, like a separate process. */
   const startWorker = async (): Promise<Workers> => {
-    const database = await connectBunSql(h.env.vars.DATABASE_URL, { max: 2 })
-    const nc = await connectNats(h.env.vars.NATS_URL, 'admin-workers-test')
-    const w = await startWorkers({ config: h.env.config, db: database.db, nc, logger: createLogger('silent'), onFatal: () => {} })
-    let closed: Promise<void> | undefined
-    const close = () =>
-      (closed ??= (async () => {
-        await w.stop()
-        await nc.close()
-        await database.close()
-      })())
-    closers.push(close)
-    return { ...w, stop: close }
+    const w = await startTestWorker(h.env)
+    closers.push(() => w.stop())
+    return w
   }
 
   const view = async () => {

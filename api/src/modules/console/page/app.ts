@@ -238,17 +238,40 @@ async function loadProjections() {
           .then((j) => notify(`rebuild of ${p.projection} requested (job ${j.id})`))
           .then(refresh, fail)
       })
+      // Events the retention deleted before they were applied: lost to this read model (README, Retention and lagging workers).
+      const expired = (x: Json) =>
+        x.expired
+          ? el('span', { class: 'state-failed', 'data-testid': `expired-${p.projection}-${x.partition}` }, `seq ${x.expired.fromSeq}–${x.expired.toSeq} deleted unapplied (${ago(x.expired.at)})`)
+          : '—'
       const table = el(
         'table',
         {},
-        el('thead', {}, el('tr', {}, el('th', {}, 'partition'), el('th', {}, 'applied seq'), el('th', {}, 'lag'), el('th', {}, 'consumer'), el('th', {}, 'updated'))),
+        el(
+          'thead',
+          {},
+          el('tr', {}, el('th', {}, 'partition'), el('th', {}, 'applied seq'), el('th', {}, 'lag'), el('th', {}, 'oldest unapplied'), el('th', {}, 'lost to retention'), el('th', {}, 'consumer'), el('th', {}, 'updated')),
+        ),
         el(
           'tbody',
           {},
-          ...p.partitions.map((x: Json) => el('tr', {}, td(String(x.partition)), td(String(x.seq)), td(x.lag === null ? 'no owner' : String(x.lag)), td(x.consumer ?? '—'), td(ago(x.updatedAt)))),
+          ...p.partitions.map((x: Json) =>
+            el(
+              'tr',
+              {},
+              td(String(x.partition)),
+              td(String(x.seq)),
+              td(x.lag === null ? 'no owner' : String(x.lag)),
+              td(ago(x.oldestUnappliedAt)),
+              td(expired(x)),
+              td(x.consumer ?? '—'),
+              td(ago(x.updatedAt)),
+            ),
+          ),
         ),
       )
-      return el('div', { class: 'card', 'data-projection': p.projection }, el('h2', {}, `${p.projection} `, el('small', {}, `lag ${p.lag ?? '?'} · applied to ${p.appliedSeq} · `, status, ' ')), rebuild, table)
+      const lost = p.partitions.filter((x: Json) => x.expired).map((x: Json) => x.partition)
+      const warning = lost.length > 0 ? el('span', { class: 'state-failed' }, ` · events lost to retention in partition ${lost.join(', ')}`) : ''
+      return el('div', { class: 'card', 'data-projection': p.projection }, el('h2', {}, `${p.projection} `, el('small', {}, `lag ${p.lag ?? '?'} · applied to ${p.appliedSeq} · `, status, warning, ' ')), rebuild, table)
     }),
   )
 }
