@@ -34,6 +34,21 @@ afterEach(async () => {
   cleanup = []
 })
 
+/**
+ * A test's own environment, its database and NATS connection, and the streams: closed after the
+ * test. `max`: the database pool's size.
+ */
+async function retentionWorld(overrides: Record<string, string>, max = 4) {
+  const env: TestEnv = await createTestEnv(overrides)
+  cleanup.push(() => env.cleanup())
+  const database: Database = await connectPostgres(env.vars.DATABASE_URL, { max })
+  cleanup.push(() => database.close())
+  const nc: NatsConnection = await connect({ servers: TEST_NATS_URL })
+  cleanup.push(() => nc.close())
+  await ensureStreams(nc, env.config)
+  return { env, database, nc }
+}
+
 /** The player names (on board `b`) whose score keys hash to partitions 0 and 1 of 2. */
 function playersOnPartitions(board: string): [string, string] {
   const on = (p: number) => {
@@ -47,7 +62,7 @@ function playersOnPartitions(board: string): [string, string] {
 
 describe('events deleted by retention before any worker applied them', () => {
   test('are reported (log, metric, admin) for the partition that lost them; a quiet partition reports nothing', async () => {
-    const env: TestEnv = await createTestEnv({
+    const { env, database, nc } = await retentionWorld({
       FANFARE_PARTITIONS: '2',
       FANFARE_EVENT_RETENTION_MS: '2000',
       // JetStream wants the duplicate window within max_age.
@@ -56,12 +71,6 @@ describe('events deleted by retention before any worker applied them', () => {
       PORT: '0',
       HOST: '127.0.0.1',
     })
-    cleanup.push(() => env.cleanup())
-    const database: Database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
-    cleanup.push(() => database.close())
-    const nc: NatsConnection = await connect({ servers: TEST_NATS_URL })
-    cleanup.push(() => nc.close())
-    await ensureStreams(nc, env.config)
     const jsm = await jetstreamManager(nc)
     const stream = topology(env.config).eventStream
 
@@ -151,13 +160,7 @@ describe('events deleted by retention before any worker applied them', () => {
   }, 60_000)
 
   test('a running worker whose partition stalls past the retention reports what its consumer skipped, before applying past it', async () => {
-    const env: TestEnv = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_EVENT_RETENTION_MS: '2000', FANFARE_DEDUP_WINDOW_MS: '1000', FANFARE_LEASE_TTL_MS: '1500' })
-    cleanup.push(() => env.cleanup())
-    const database: Database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
-    cleanup.push(() => database.close())
-    const nc: NatsConnection = await connect({ servers: TEST_NATS_URL })
-    cleanup.push(() => nc.close())
-    await ensureStreams(nc, env.config)
+    const { env, database, nc } = await retentionWorld({ FANFARE_PARTITIONS: '2', FANFARE_EVENT_RETENTION_MS: '2000', FANFARE_DEDUP_WINDOW_MS: '1000', FANFARE_LEASE_TTL_MS: '1500' })
     const js = jetstream(nc)
     await database.db.insert(leaderboards).values({ board: 'tally', sortOrder: 'desc', operator: 'sum' })
     const [lossy] = playersOnPartitions('tally')
@@ -201,13 +204,7 @@ describe('events deleted by retention before any worker applied them', () => {
   }, 60_000)
 
   test('the watch stops at once, not after its sampling interval (10 s with a long retention)', async () => {
-    const env: TestEnv = await createTestEnv({ FANFARE_EVENT_RETENTION_MS: '3600000' })
-    cleanup.push(() => env.cleanup())
-    const database: Database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
-    cleanup.push(() => database.close())
-    const nc: NatsConnection = await connect({ servers: TEST_NATS_URL })
-    cleanup.push(() => nc.close())
-    await ensureStreams(nc, env.config)
+    const { env, database, nc } = await retentionWorld({ FANFARE_EVENT_RETENTION_MS: '3600000' }, 2)
     const { logger } = capturedLogger()
     const watch = startRetentionWatch({ config: env.config, db: database.db, nc, logger, metrics: createMetrics(), projections: [{ name: 'leaderboards', area: 'score' }] })
     await Bun.sleep(500)
