@@ -116,3 +116,15 @@ export class WsClient {
     this.ws.close()
   }
 }
+
+/**
+ * Starts one API process per name (`api-<name>`, each on a free port) against `vars`, and waits
+ * until every one is ready. Their ports are returned in the order of `names`; the processes are
+ * added to `procs` (stop them there).
+ */
+export async function startApiNodes(names: string[], vars: Record<string, string>, procs: Proc[]): Promise<number[]> {
+  const ports = names.map(() => freePort())
+  names.forEach((name, i) => procs.push(spawnProc(`api-${name}`, 'api/src/main.ts', { ...vars, PORT: String(ports[i]) })))
+  for (const port of ports) await waitReady(`http://127.0.0.1:${port}`, procs)
+  return ports
+}

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { mintUserToken } from '../../api/src/auth/mint'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
+import { startApiNodes, until, WsClient, type Proc } from '../e2e/harness'
 
 const USERS = 3000
 
@@ -26,12 +26,7 @@ describe('presence of a channel with thousands of members', () => {
       FANFARE_IP_CONNECTS_PER_SECOND: '100000',
       FANFARE_IP_CONNECT_BURST: '100000',
     })
-    for (const name of ['a', 'b']) {
-      const port = freePort()
-      ports.push(port)
-      procs.push(spawnProc(`api-${name}`, 'api/src/main.ts', { ...env.vars, PORT: String(port) }))
-    }
-    for (const port of ports) await waitReady(`http://127.0.0.1:${port}`, procs)
+    ports.push(...(await startApiNodes(['a', 'b'], env.vars, procs)))
   }, 60_000)
   afterAll(async () => {
     for (const c of opened) c.close()

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { mintUserToken } from '../../api/src/auth/mint'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
+import { startApiNodes, until, WsClient, type Proc } from '../e2e/harness'
 
 const TTL_MS = 3000
 const GRACE_MS = 1500
@@ -25,12 +25,7 @@ describe('presence across API nodes', () => {
       FANFARE_PRESENCE_INTERVAL_MS: '200',
       FANFARE_PRESENCE_MAX_MEMBERS: '3',
     })
-    for (const name of ['a', 'b']) {
-      const port = freePort()
-      ports.push(port)
-      procs.push(spawnProc(`api-${name}`, 'api/src/main.ts', { ...env.vars, PORT: String(port) }))
-    }
-    for (const port of ports) await waitReady(`http://127.0.0.1:${port}`, procs)
+    ports.push(...(await startApiNodes(['a', 'b'], env.vars, procs)))
   })
   afterAll(async () => {
     for (const c of opened) c.close()
