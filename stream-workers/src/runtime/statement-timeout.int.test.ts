@@ -21,6 +21,14 @@ const slowRows = (w: World, seconds: number) =>
              create or replace trigger fanfare_test_slow before insert or update on leaderboard_entries for each row execute function fanfare_test_slow_row()`),
   )
 
+/** This test's world, with the sum board `slow` whose every row written takes `seconds` (slowRows). */
+const slowSumBoard = async (config: Record<string, string>, seconds = 0.05) => {
+  const w = (world = await createWorld(config))
+  await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
+  await slowRows(w, seconds)
+  return w
+}
+
 /**
  * slowRows for the leaderboard_entries tables created from now on too: a rebuild's shadow copy
  * (CREATE TABLE ... LIKE takes no triggers) gets the same trigger (or the row trigger function
@@ -76,10 +84,8 @@ describe('a batch that outlasts statement_timeout', () => {
   // Postgres cancels (57014) every statement of a batch this big: retried whole, it would be
   // canceled forever and the partition would stall. Each event alone fits in the timeout.
   test('is split until its parts fit: every event applies once, and the logs say so without event data', async () => {
-    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
-    await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
     // 50 ms per leaderboard row written: a batch of 40 players takes 2 s, one player 50 ms.
-    await slowRows(w, 0.05)
+    const w = await slowSumBoard({ FANFARE_PARTITIONS: '1' })
     const expected: Record<string, number> = {}
     // Stored before the worker starts: its first pull takes them all as one batch.
     await storeScores(w, 'slow', { to: 40, players: 30 }, expected)
@@ -102,9 +108,7 @@ describe('a batch that outlasts statement_timeout', () => {
 
   test('the part size that fits is kept for the next batches: they are not canceled again', async () => {
     // Five batches of 20 (stored before the worker starts): the first learns the size that fits.
-    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1', FANFARE_BATCH_SIZE: '20' }))
-    await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
-    await slowRows(w, 0.05)
+    const w = await slowSumBoard({ FANFARE_PARTITIONS: '1', FANFARE_BATCH_SIZE: '20' })
     const expected: Record<string, number> = {}
     await storeScores(w, 'slow', { to: 100, players: 20 }, expected)
     await statementTimeout(w, '500ms')
@@ -155,11 +159,9 @@ describe('batches of several partitions grouped into a statement that outlasts s
   // again at full size every time, a statement_timeout wasted each with every batch waiting behind
   // it, and not counted in fanfare_batch_timeouts_total.
   test('the committer learns how many events a group statement fits: few group timeouts, each counted', async () => {
-    const w = (world = await createWorld({ FANFARE_PARTITIONS: '4', FANFARE_BATCH_SIZE: '20' }))
-    await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
     // 30 ms per row written (an upsert of a player already there fires the trigger twice): a
     // runner's batch of 20 is split to 10 or 5.
-    await slowRows(w, 0.03)
+    const w = await slowSumBoard({ FANFARE_PARTITIONS: '4', FANFARE_BATCH_SIZE: '20' }, 0.03)
     const expected: Record<string, number> = {}
     // Stored before the worker starts: every partition has a backlog of a few batches.
     await storeScores(w, 'slow', { to: 320, players: 40 }, expected)
@@ -187,9 +189,7 @@ describe('a rebuild whose shadow batches outlast statement_timeout', () => {
   // The shadow's catch-up applies up to 1,000 events per statement: far beyond the timeout here.
   // Retried whole, the rebuild never got past its first fetch.
   test('splits them as live does: it switches in the same model as the live one, and live goes on from it', async () => {
-    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
-    await w.database.db.insert(leaderboards).values({ board: 'slow', sortOrder: 'desc', operator: 'sum', hasScores: true })
-    await slowRows(w, 0.05)
+    const w = await slowSumBoard({ FANFARE_PARTITIONS: '1' })
     await slowShadowRows(w)
     const expected: Record<string, number> = {}
     const send = (from: number, to: number) => storeScores(w, 'slow', { from, to, players: 30 }, expected)
