@@ -11,8 +11,8 @@ export type ProjectionName = (typeof projectionNames)[number]
 
 /**
  * The event area (the type's part before the first dot) each projection consumes, for processes
- * that watch projections without running them (API nodes: see startRetentionWatch). The workers'
- * projections say the same (projections/areas.test.ts checks they agree).
+ * that watch projections without running them (API nodes: see startRetentionWatch), and for the
+ * workers' projections, which take theirs from here.
  */
 export const projectionAreas: Record<ProjectionName, string> = { leaderboards: 'score', chat: 'chat', streams: 'stream', polls: 'poll', reactions: 'reaction', matches: 'match' }
 

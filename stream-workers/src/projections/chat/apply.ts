@@ -5,6 +5,7 @@ import { lookupByKey, recordset } from '../../../../core/db/recordset'
 import { chatMessages } from '../../../../core/db/schema'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { evolveMessage, type ChatEvent, type MessageState } from './projection'
+import { projectionAreas } from '../../../../core/projections'
 
 /**
  * Applies a batch of `chat.*` events: loads every message the batch refers to in one query,
@@ -84,4 +85,4 @@ export async function applyChat(db: Db, events: SequencedEvent[]): Promise<Appli
 }
 
 /** The chat read model: `chat.*` events into chat_messages. */
-export const chatProjection: Projection = { name: 'chat', area: 'chat', apply: applyChat }
+export const chatProjection: Projection = { name: 'chat', area: projectionAreas.chat, apply: applyChat }

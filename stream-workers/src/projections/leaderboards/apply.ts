@@ -8,6 +8,7 @@ import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { defaultRules, nextScore, sumRefusal, type BoardRules, type Standing } from './projection'
 import { periodKey, resets } from '../../../../core/periods'
 import { MATCH_RESULTS_BY } from '../../../../core/matches'
+import { projectionAreas } from '../../../../core/projections'
 
 /**
  * The time a score counts at: JetStream's stored time, or for a match's result (published later
@@ -219,4 +220,4 @@ function firstScoresRecheck(boards: string[], scored: Set<string>, rules: Map<st
 }
 
 /** The leaderboards read model: `score.*` events into leaderboard_entries. */
-export const leaderboardsProjection: Projection = { name: 'leaderboards', area: 'score', apply: applyScores }
+export const leaderboardsProjection: Projection = { name: 'leaderboards', area: projectionAreas.leaderboards, apply: applyScores }

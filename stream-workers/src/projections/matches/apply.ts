@@ -6,6 +6,7 @@ import { matches, matchModes } from '../../../../core/db/schema'
 import { RESERVED_PROPERTY_NAMES, type StoredEvent } from '../../../../core/events'
 import { DEFAULT_MATCH_GRACE_MS, evolveMatch, MATCH_RESULTS_BY, matchStateOfRow, nextGraceEnd, resultEventId, type MatchEvent, type MatchState } from '../../../../core/matches'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
+import { projectionAreas } from '../../../../core/projections'
 
 type MatchStoredEvent = Extract<StoredEvent, { type: `match.${string}` }>
 
@@ -168,4 +169,4 @@ export async function applyMatches(db: Db, events: SequencedEvent[]): Promise<Ap
 }
 
 /** The matches read model: `match.*` events into matches; results into the event outbox. */
-export const matchesProjection: Projection = { name: 'matches', area: 'match', apply: applyMatches }
+export const matchesProjection: Projection = { name: 'matches', area: projectionAreas.matches, apply: applyMatches }

@@ -6,6 +6,7 @@ import { polls, pollVotes } from '../../../../core/db/schema'
 import type { StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { evolvePoll, viewOf, type PollEvent, type PollRow } from './projection'
+import { projectionAreas } from '../../../../core/projections'
 
 type PollStoredEvent = Extract<StoredEvent, { type: `poll.${string}` }>
 
@@ -125,4 +126,4 @@ export async function applyPolls(db: Db, events: SequencedEvent[]): Promise<Appl
 }
 
 /** The polls read model: `poll.*` events into polls and poll_votes. */
-export const pollsProjection: Projection = { name: 'polls', area: 'poll', apply: applyPolls }
+export const pollsProjection: Projection = { name: 'polls', area: projectionAreas.polls, apply: applyPolls }

@@ -5,6 +5,7 @@ import { lookupByKey, recordset } from '../../../../core/db/recordset'
 import { reactionDedup, reactionTotals } from '../../../../core/db/schema'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { emptyTally, evolveTally, isResend, type Reaction, type StreamTally } from './projection'
+import { projectionAreas } from '../../../../core/projections'
 
 // Neither a stream name, a principal id nor an emoji holds a NUL.
 const totalKey = (stream: string, emoji: string) => `${stream}\u0000${emoji}`
@@ -117,4 +118,4 @@ export async function applyReactions(db: Db, events: SequencedEvent[]): Promise<
 }
 
 /** The reactions read model: `reaction.*` events into reaction_totals (and reaction_dedup). */
-export const reactionsProjection: Projection = { name: 'reactions', area: 'reaction', apply: applyReactions }
+export const reactionsProjection: Projection = { name: 'reactions', area: projectionAreas.reactions, apply: applyReactions }

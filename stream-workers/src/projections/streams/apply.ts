@@ -7,6 +7,7 @@ import type { StoredEvent } from '../../../../core/events'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { streamStateOf as stateOf } from '../../../../core/channels'
 import { evolveStream, type StreamEvent, type StreamRow } from './projection'
+import { projectionAreas } from '../../../../core/projections'
 
 type StreamStoredEvent = Extract<StoredEvent, { type: `stream.${string}` }>
 
@@ -112,4 +113,4 @@ export async function applyStreams(db: Db, events: SequencedEvent[]): Promise<Ap
 }
 
 /** The streams read model: `stream.*` events into streams and stream_viewers. */
-export const streamsProjection: Projection = { name: 'streams', area: 'stream', apply: applyStreams }
+export const streamsProjection: Projection = { name: 'streams', area: projectionAreas.streams, apply: applyStreams }
