@@ -125,6 +125,13 @@ export const Env = Type.Object({
   FANFARE_KEY_OPS_PER_SECOND: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 10_000 }),
   FANFARE_KEY_OPS_BURST: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 20_000 }),
   /**
+   * The same budget per client address for anonymous callers (viewers without a token), over all
+   * their sockets' subscribes and their REST reads: each costs the node a Postgres or history read.
+   * Generous, since many viewers may share an address (a NAT, a carrier).
+   */
+  FANFARE_ANONYMOUS_OPS_PER_SECOND: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 100 }),
+  FANFARE_ANONYMOUS_OPS_BURST: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 500 }),
+  /**
    * Sustained abuse: a WebSocket whose refused commands, within FANFARE_WS_ABUSE_WINDOW_MS, exceed
    * FANFARE_WS_ABUSE_FACTOR times what its limits allow in that time is closed with 4029.
    */

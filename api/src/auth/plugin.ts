@@ -65,7 +65,10 @@ export function authPlugin(deps: {
     const token = bearerOf(header)
     return token === undefined ? ANONYMOUS : deps.authenticator.authenticate(token)
   }
-  const identify = async (request: Request, server: { requestIP(r: Request): { address: string } | null } | null): Promise<Principal> => {
+  type Server = { requestIP(r: Request): { address: string } | null } | null
+  const addressOf = (request: Request, server: Server, limits: NonNullable<typeof deps.limits>) =>
+    limits.clientAddress(server?.requestIP(request)?.address, request.headers.get('x-forwarded-for'))
+  const identify = async (request: Request, server: Server): Promise<Principal> => {
     const known = resolved.get(request)
     if (known) return known
     const header = request.headers.get('authorization')
@@ -74,8 +77,7 @@ export function authPlugin(deps: {
       if (deps.config.FANFARE_ANONYMOUS === 'off') throw new Unauthorized('this server needs a token (Authorization: Bearer <token>)')
       p = ANONYMOUS
     } else if (deps.limits) {
-      const address = deps.limits.clientAddress(server?.requestIP(request)?.address, request.headers.get('x-forwarded-for'))
-      p = await checkCredential(deps.limits.authFailures, address, () => verify(header))
+      p = await checkCredential(deps.limits.authFailures, addressOf(request, server, deps.limits), () => verify(header))
     } else {
       p = await verify(header)
     }
@@ -87,8 +89,9 @@ export function authPlugin(deps: {
       detail: need === 'viewer' ? {} : { security: [{ bearer: [] }] },
       transform: async ({ request, body, server }) => {
         const p = demand(await identify(request, server), need)
-        // Charged once known, before the body is validated: a bad request costs its caller too (429 with Retry-After).
-        if (deps.limits) chargeRequest(deps.limits.rates, p, body)
+        // Charged once known, before the body is validated: a bad request costs its caller too (429
+        // with Retry-After). Anonymous callers are known by their address only.
+        if (deps.limits) chargeRequest(deps.limits.rates, p, body, p.kind === 'anonymous' ? addressOf(request, server, deps.limits) : undefined)
       },
       resolve: async ({ request, server }) => ({ principal: demand(await identify(request, server), need) }),
     }),

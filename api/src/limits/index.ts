@@ -59,17 +59,17 @@ export function requestCost(body: unknown): number {
 }
 
 /**
- * Charges a REST request to its caller (users and keys; anonymous calls have no budget). Throws
+ * Charges a REST request to its caller (a user, a key, or anonymous callers at `address`). Throws
  * RateLimited (429 with Retry-After; nothing was done), or Invalid 422 `too_many_events` when the
  * request carries more events than the caller's budget can ever hold.
  */
-export function chargeRequest(rates: RateLimits, p: Principal, body: unknown): void {
+export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, address?: string): void {
   const cost = requestCost(body)
   const capacity = rates.capacityOf(p)
-  if (capacity !== undefined && cost > capacity) {
+  if (cost > capacity) {
     throw new Invalid('too_many_events', `this caller may publish at most ${capacity} events per request (its burst)`, { max: capacity, got: cost })
   }
-  const refused = rates.charge(p, cost)
+  const refused = rates.charge(p, cost, address)
   if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
 }
 

@@ -216,3 +216,57 @@ describe('rate limits', () => {
     c.close()
   })
 })
+
+/**
+ * Anonymous viewers have no name, so their budget is their address's: every subscribe and REST read
+ * costs the node a Postgres or history read, and without it one address could open sockets up to
+ * the connection limit and make each read at its own socket's rate.
+ */
+describe('rate limits of anonymous callers', () => {
+  let node: TestNode
+  beforeAll(async () => {
+    node = await startTestNode({
+      FANFARE_ANONYMOUS_OPS_PER_SECOND: '1',
+      FANFARE_ANONYMOUS_OPS_BURST: '6',
+      // The test speaks for several clients through one trusted proxy (itself).
+      FANFARE_TRUSTED_PROXIES: '127.0.0.1',
+    })
+  })
+  afterAll(async () => {
+    await node?.close()
+  })
+  const read = (address: string, token?: string) =>
+    fetch(`${node.base}/v1/leaderboards/anon-rates`, { headers: { 'x-forwarded-for': address, ...(token ? { authorization: `Bearer ${token}` } : {}) } })
+
+  test('one budget per address over REST reads and every socket: past it 429 / rate_limited with the wait; other addresses and users are not charged', async () => {
+    const statuses: number[] = []
+    for (let i = 0; i < 6; i++) statuses.push((await read('203.0.113.7')).status)
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 200])
+    const refused = await read('203.0.113.7')
+    expect(refused.status).toBe(429)
+    expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1)
+    const body = (await refused.json()) as any
+    expect(body.error).toMatchObject({ code: 'rate_limited', details: { retryAfterMs: expect.any(Number) } })
+    expect(body.error.message).toContain('per address of anonymous callers')
+    // Another address, and a user behind the same one, have budgets of their own.
+    expect((await read('203.0.113.8')).status).toBe(200)
+    expect((await read('203.0.113.7', await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'anon-rates' }))).status).toBe(200)
+
+    // Two sockets of one address share its budget: 6 subscribes pass in all, the 7th is refused.
+    const sockets = await Promise.all([1, 2].map(() => WsClient.open(node.wsUrl, { 'x-forwarded-for': '203.0.113.9' })))
+    /** Subscribes and answers the snapshot, or the error. */
+    const subscribe = async (c: WsClient, ref: string, channel: string) => {
+      c.send({ op: 'subscribe', ref, channel })
+      return until(`an answer to ${ref}`, () => c.frames.find((f) => (f.op === 'snapshot' && f.channel === channel) || (f.op === 'error' && f.ref === ref)))
+    }
+    const replies = []
+    for (let i = 0; i < 7; i++) replies.push(await subscribe(sockets[i % 2], `s${i}`, channelOf.leaderboard(`anon-${i}`)))
+    expect(replies.slice(0, 6).map((r) => r.op)).toEqual(['snapshot', 'snapshot', 'snapshot', 'snapshot', 'snapshot', 'snapshot'])
+    expect(replies[6]).toMatchObject({ op: 'error', ref: 's6', error: { code: 'rate_limited' } })
+    expect(replies[6].error.message).toContain('per address of anonymous callers')
+    // A socket of another address subscribes as before.
+    const other = await WsClient.open(node.wsUrl, { 'x-forwarded-for': '203.0.113.10' })
+    expect((await subscribe(other, 'o', channelOf.leaderboard('anon-0'))).op).toBe('snapshot')
+    for (const c of [...sockets, other]) c.close()
+  })
+})

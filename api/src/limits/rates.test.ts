@@ -14,6 +14,8 @@ const config = loadConfig({
   FANFARE_USER_OPS_BURST: '5',
   FANFARE_KEY_OPS_PER_SECOND: '100',
   FANFARE_KEY_OPS_BURST: '200',
+  FANFARE_ANONYMOUS_OPS_PER_SECOND: '10',
+  FANFARE_ANONYMOUS_OPS_BURST: '12',
 })
 
 test('one budget per user across all their sockets; each socket also has its own', () => {
@@ -38,16 +40,34 @@ test('one budget per user across all their sockets; each socket also has its own
   rates.stop()
 })
 
-test('keys: no per-socket publish limit, one budget per key; anonymous sockets only their subscribe bucket', () => {
+test('keys: no per-socket publish limit, one budget per key', () => {
   const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => 0 })
   const key = rootKey('ingest')
   const conn = rates.connection()
   for (let i = 0; i < 200; i++) expect(conn.publish(key)).toBeUndefined()
   expect(rates.connection().publish(key)).toMatchObject({ perSecond: 100, message: expect.stringContaining('per API key') })
-  const anon = rates.connection()
-  for (let i = 0; i < 10; i++) expect(anon.subscribe(ANONYMOUS)).toBeUndefined()
-  expect(anon.subscribe(ANONYMOUS)).toMatchObject({ perSecond: 5, message: expect.stringContaining('subscribes per second per connection') })
+  rates.stop()
+})
+
+test("anonymous callers: each socket's subscribe bucket, and one budget per address over its sockets and REST reads", () => {
+  let t = 0
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => t })
+  const one = rates.connection('10.0.0.1')
+  for (let i = 0; i < 10; i++) expect(one.subscribe(ANONYMOUS)).toBeUndefined()
+  // The socket's bucket (10) is spent first; the address's (12) has 2 left.
+  expect(one.subscribe(ANONYMOUS)).toMatchObject({ perSecond: 5, message: expect.stringContaining('subscribes per second per connection') })
+  const two = rates.connection('10.0.0.1')
+  expect([two.subscribe(ANONYMOUS), rates.charge(ANONYMOUS, 1, '10.0.0.1')]).toEqual([undefined, undefined])
+  // Now the address's budget is spent: a fresh socket from it, or a REST read, is refused.
+  expect(rates.connection('10.0.0.1').subscribe(ANONYMOUS)).toMatchObject({ retryAfterMs: 100, perSecond: 10, message: expect.stringContaining('per address of anonymous callers') })
+  expect(rates.charge(ANONYMOUS, 1, '10.0.0.1')?.code).toBe('rate_limited')
+  // Another address is untouched; a user at the same address has a budget of its own.
+  expect([rates.connection('10.0.0.2').subscribe(ANONYMOUS), rates.charge(ANONYMOUS, 1, '10.0.0.2'), rates.charge(user('ann'), 1)]).toEqual([undefined, undefined, undefined])
+  // A request from inside the process (no address) has no budget.
   expect(rates.charge(ANONYMOUS, 1000)).toBeUndefined()
+  t += 100
+  expect(two.subscribe(ANONYMOUS)).toBeUndefined()
+  expect(two.subscribe(ANONYMOUS)?.code).toBe('rate_limited')
   rates.stop()
 })
 

@@ -21,29 +21,35 @@ export type RateConfig = Pick<
   | 'FANFARE_USER_OPS_BURST'
   | 'FANFARE_KEY_OPS_PER_SECOND'
   | 'FANFARE_KEY_OPS_BURST'
+  | 'FANFARE_ANONYMOUS_OPS_PER_SECOND'
+  | 'FANFARE_ANONYMOUS_OPS_BURST'
   | 'FANFARE_WS_ABUSE_FACTOR'
   | 'FANFARE_WS_ABUSE_WINDOW_MS'
 >
 
 /**
  * The rate limits of one node. Every user and every key has one budget on the node, shared by all
- * its WebSockets and REST calls (a user with 5 sockets gets one budget, not 5); each WebSocket
- * also has its own publish (users) and subscribe buckets. A command is charged to every budget
- * it falls under or to none (see takeAll): a refusal by one costs nothing elsewhere.
+ * its WebSockets and REST calls (a user with 5 sockets gets one budget, not 5); anonymous callers
+ * have one per client address, shared the same way (they have no other name). Each WebSocket also
+ * has its own publish (users) and subscribe buckets. A command is charged to every budget it falls
+ * under or to none (see takeAll): a refusal by one costs nothing elsewhere.
  */
 export type RateLimits = {
-  /** Charges `cost` to the budget of `p` (users and keys; anonymous callers have none). */
-  charge(p: Principal, cost?: number): RateRefusal | undefined
+  /**
+   * Charges `cost` to the budget of `p`: a user's, a key's, or for an anonymous caller its
+   * `address`'s (none without an address: a request from inside the process).
+   */
+  charge(p: Principal, cost?: number, address?: string): RateRefusal | undefined
   /**
    * Charges a sign-in on a socket that holds `channels` channels where users are present: it makes
    * the user present in each, as that many subscribes would, so it costs as many from the user's
    * budget (at most the budget's burst, so that a sign-in can always pass once it is full).
    */
   signIn(p: Principal, channels: number): RateRefusal | undefined
-  /** How much the budget of `p` can ever hold (undefined: no budget): a cost above it can never pass. */
-  capacityOf(p: Principal): number | undefined
-  /** The buckets and abuse meter of a new WebSocket. */
-  connection(): ConnectionRates
+  /** How much a budget of `p`'s kind can ever hold: a cost above it can never pass. */
+  capacityOf(p: Principal): number
+  /** The buckets and abuse meter of a new WebSocket from `address` (its anonymous budget). */
+  connection(address?: string): ConnectionRates
   /** Forgets budgets that are full again (they are no different from new ones). Runs every minute. */
   prune(): void
   /** How many budgets are held (for tests and metrics). */
@@ -78,13 +84,20 @@ export function createRateLimits(deps: {
   const now = deps.now ?? (() => performance.now())
   const budgets = new Map<string, Limited>()
 
-  const budgetOf = (p: Principal): Limited | undefined => {
-    if (p.kind === 'anonymous') return undefined
-    const id = principalId(p)
+  const rateOf = (p: Principal): [perSecond: number, capacity: number, who: string] =>
+    p.kind === 'user'
+      ? [c.FANFARE_USER_OPS_PER_SECOND, c.FANFARE_USER_OPS_BURST, 'user']
+      : p.kind === 'anonymous'
+        ? [c.FANFARE_ANONYMOUS_OPS_PER_SECOND, c.FANFARE_ANONYMOUS_OPS_BURST, 'address of anonymous callers']
+        : [c.FANFARE_KEY_OPS_PER_SECOND, c.FANFARE_KEY_OPS_BURST, 'API key']
+
+  const budgetOf = (p: Principal, address: string | undefined): Limited | undefined => {
+    if (p.kind === 'anonymous' && address === undefined) return undefined
+    // An address cannot be a principal id: those are `user:`, `key:` and `root:` names.
+    const id = p.kind === 'anonymous' ? `address:${address}` : principalId(p)
     let b = budgets.get(id)
     if (!b) {
-      const [perSecond, capacity, who] =
-        p.kind === 'user' ? [c.FANFARE_USER_OPS_PER_SECOND, c.FANFARE_USER_OPS_BURST, 'user'] : [c.FANFARE_KEY_OPS_PER_SECOND, c.FANFARE_KEY_OPS_BURST, 'API key']
+      const [perSecond, capacity, who] = rateOf(p)
       b = { bucket: tokenBucket({ capacity, perSecond, now }), message: `at most ${perSecond} commands per second per ${who} on this node (burst ${capacity})` }
       budgets.set(id, b)
     }
@@ -95,14 +108,14 @@ export function createRateLimits(deps: {
   pruning.unref?.()
 
   const limits: RateLimits = {
-    charge: (p, cost = 1) => counted('rest', chargeAll([budgetOf(p)], cost)),
+    charge: (p, cost = 1, address) => counted('rest', chargeAll([budgetOf(p, address)], cost)),
     signIn(p, channels) {
-      const budget = budgetOf(p)
+      const budget = budgetOf(p, undefined)
       if (!budget || channels === 0) return undefined
       return counted('ws_subscribe', chargeAll([budget], Math.min(channels, budget.bucket.capacity)))
     },
-    capacityOf: (p) => budgetOf(p)?.bucket.capacity,
-    connection() {
+    capacityOf: (p) => rateOf(p)[1],
+    connection(address) {
       const publishes: Limited = {
         bucket: tokenBucket({ capacity: c.FANFARE_WS_PUBLISH_BURST, perSecond: c.FANFARE_WS_PUBLISHES_PER_SECOND, now }),
         message: `at most ${c.FANFARE_WS_PUBLISHES_PER_SECOND} events per second per connection (burst ${c.FANFARE_WS_PUBLISH_BURST})`,
@@ -117,8 +130,8 @@ export function createRateLimits(deps: {
       return {
         // A key's sockets share the key's budget only: a game server may spread its events over
         // any number of sockets, and what it may send in all is the key's to say.
-        publish: (p) => counted('ws_publish', chargeAll([p.kind === 'user' ? publishes : undefined, budgetOf(p)], 1)),
-        subscribe: (p) => counted('ws_subscribe', chargeAll([subscribes, budgetOf(p)], 1)),
+        publish: (p) => counted('ws_publish', chargeAll([p.kind === 'user' ? publishes : undefined, budgetOf(p, address)], 1)),
+        subscribe: (p) => counted('ws_subscribe', chargeAll([subscribes, budgetOf(p, address)], 1)),
         abusive: (r) => meter.refused(r.perSecond),
       }
     },

@@ -342,7 +342,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       this.awaitingAuth = principal.kind === 'anonymous' && deps.config.FANFARE_ANONYMOUS === 'off'
     }
     get rates(): ConnectionRates {
-      return (this.#rates ??= deps.limits.rates.connection())
+      return (this.#rates ??= deps.limits.rates.connection(this.address))
     }
     send(text: string) {
       deps.metrics.ws.sent(text)
