@@ -227,6 +227,33 @@ describe('seat watcher on a real node', () => {
     // Each due grace once (no round repeats one while the projection catches up).
     expect(published.filter((e) => e.type === 'match.leave').length).toBe(1200)
   }, 30_000)
+  test("a connect this node published is not published again by the sweep while the projection has not applied it yet", async () => {
+    // CI saw `early:ann:true` twice: the presence join published ann's connect, and a sweep round
+    // before the projection applied it read her seat still waiting for one, with her present.
+    const env = await createTestEnv()
+    closers.push(() => env.cleanup())
+    const database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => database.close())
+    const now = Date.now()
+    const seat = { player: 'ann', ready: false, connected: false, disconnectedAt: null, graceUntil: now + 60_000 }
+    await database.db.insert(matches).values({ match: 'm', mode: 'duel', maxPlayers: 2, status: 'open', players: [seat], playerCount: 1, createdAt: new Date(now), createdSeq: 1, graceUntil: new Date(now + 60_000) })
+    await database.db.insert(channelVersions).values({ channel: 'match:m', version: 2, epoch: 'e1' })
+    let present: string[] = []
+    const { watcher: w, published, change } = standAloneWatcher(database.db, {
+      presence: { totals: (ch) => ({ connections: present.length, users: ch === 'match:m' ? present : [] }), channels: () => (present.length > 0 ? ['match:m'] : []) },
+      sweepMs: 50,
+    })
+    try {
+      present = ['ann']
+      change('join', 'm', 'ann')
+      await until('the connect', () => published.length >= 1)
+      // Rounds of the sweep while the row still shows the seat waiting (no projection here).
+      await Bun.sleep(400)
+    } finally {
+      await w.stop()
+    }
+    expect(published.map((e) => e.data)).toEqual([{ match: 'm', player: 'ann', connected: true }])
+  })
   test('the seat book reads nothing at start or resync, however many matches are live; a match is read once, on its first presence change, and decided after it', async () => {
     const env = await createTestEnv()
     closers.push(() => env.cleanup())

@@ -19,6 +19,8 @@ export type SeatWatcher = { stop: () => Promise<void> }
 const SWEEP_PAGE = 500
 /** Matches the seat book reads in one statement (on first use). */
 const LOOKUP_PAGE = 500
+/** How long the sweep trusts an event this node published to be on its way to the projection. */
+const RECENT_MS = 10_000
 
 /**
  * Tells the matches projection, through the event stream, what presence sees of players'
@@ -83,8 +85,27 @@ export function startSeatWatcher(deps: {
   let stopped = false
   let pending: Promise<unknown> = Promise.resolve()
 
+  /**
+   * Connects published from presence (`match\0player` -> when): until the projection applies one,
+   * the seat still waits for a connect, and the sweep, seeing the player present, would publish it
+   * again. Forgotten after RECENT_MS, or at once when the publish failed (the sweep's to make then).
+   */
+  const connects = new Map<string, number>()
+  const seatKey = (match: string, player: string) => `${match}\u0000${player}`
+
   const publish = (events: EventInput[]) => {
-    pending = Promise.all([pending, deps.ingest.publish(events, system).catch((err) => log.warn({ err, events: events.length }, 'match connection events not published'))])
+    const marks = events.flatMap((e) => {
+      const d = e.data as { match: string; player: string; connected: boolean }
+      return d.connected ? [seatKey(d.match, d.player)] : []
+    })
+    for (const k of marks) connects.set(k, Date.now())
+    pending = Promise.all([
+      pending,
+      deps.ingest.publish(events, system).catch((err) => {
+        for (const k of marks) connects.delete(k)
+        log.warn({ err, events: events.length }, 'match connection events not published')
+      }),
+    ])
   }
 
   const book = createSeatBook()
@@ -196,9 +217,10 @@ export function startSeatWatcher(deps: {
         if (p.graceUntil <= now) {
           ended.set(key, now)
           events.push({ id: id(), type: 'match.leave', data: { match: r.match, player: p.player, reason: 'disconnected' } })
-        } else if (deps.presence.totals(channelOf.match(r.match)).users.includes(p.player)) {
+        } else if (!(now - (connects.get(seatKey(r.match, p.player)) ?? -Infinity) < RECENT_MS) && deps.presence.totals(channelOf.match(r.match)).users.includes(p.player)) {
           // Present, yet the seat waits for a connect: one this node never published (made while
-          // no node was designated, or a join notice a feed resync dropped). Published now, within the grace.
+          // no node was designated, or a join notice a feed resync dropped; one published from
+          // presence a moment ago is on its way). Published now, within the grace.
           ended.set(key, now)
           events.push({ id: id(), type: 'match.player.connection', data: { match: r.match, player: p.player, connected: true } })
         }
@@ -208,7 +230,8 @@ export function startSeatWatcher(deps: {
   async function sweep() {
     if (!designated()) return
     const now = Date.now()
-    for (const [k, at] of ended) if (now - at > 10_000) ended.delete(k)
+    for (const [k, at] of ended) if (now - at > RECENT_MS) ended.delete(k)
+    for (const [k, at] of connects) if (now - at > RECENT_MS) connects.delete(k)
     const events: EventInput[] = []
     // Due graces, earliest end first (the partial index), a page a round from where the last round stopped.
     const due = await deps.db
