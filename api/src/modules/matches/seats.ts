@@ -92,6 +92,7 @@ export function startSeatWatcher(deps: {
    */
   const connects = new Map<string, number>()
   const seatKey = (match: string, player: string) => `${match}\u0000${player}`
+  const connectOnItsWay = (match: string, player: string, now: number) => now - (connects.get(seatKey(match, player)) ?? -Infinity) < RECENT_MS
 
   const publish = (events: EventInput[]) => {
     const marks = events.flatMap((e) => {
@@ -217,7 +218,7 @@ export function startSeatWatcher(deps: {
         if (p.graceUntil <= now) {
           ended.set(key, now)
           events.push({ id: id(), type: 'match.leave', data: { match: r.match, player: p.player, reason: 'disconnected' } })
-        } else if (!(now - (connects.get(seatKey(r.match, p.player)) ?? -Infinity) < RECENT_MS) && deps.presence.totals(channelOf.match(r.match)).users.includes(p.player)) {
+        } else if (!connectOnItsWay(r.match, p.player, now) && deps.presence.totals(channelOf.match(r.match)).users.includes(p.player)) {
           // Present, yet the seat waits for a connect: one this node never published (made while
           // no node was designated, or a join notice a feed resync dropped; one published from
           // presence a moment ago is on its way). Published now, within the grace.
