@@ -20,6 +20,14 @@ export type FrameOp = (typeof FRAME_OPS)[number]
  * The op of a server frame's text, without parsing or allocating: every frame is written as
  * `{"op":"<op>",...}` (JSON.stringify keeps the literal's key order), so two characters tell.
  */
+/** What a limit refused (fanfare_rate_limited_total's `what`). */
+export type RateLimitedWhat = 'rest' | 'ws_publish' | 'ws_subscribe' | 'auth' | 'ws_connections' | 'ws_channels'
+/**
+ * Whose limit refused it (`caller`): a user's, a key's, anonymous callers' at an address (their
+ * budget), or one of an address whoever calls from it (connects, open sockets, failed credentials).
+ */
+export type RateLimitedCaller = 'user' | 'key' | 'anonymous' | 'address'
+
 export function opOf(text: string): FrameOp {
   if (!text.startsWith('{"op":"')) return 'other'
   const a = text.charCodeAt(7)
@@ -125,7 +133,12 @@ export function createMetrics() {
     labelNames: ['code'],
     registers,
   })
-  const rateLimited = new Counter({ name: 'fanfare_rate_limited_total', help: 'Requests, WebSocket commands and connections refused by a rate or count limit, by what was refused', labelNames: ['what'], registers })
+  const rateLimited = new Counter({
+    name: 'fanfare_rate_limited_total',
+    help: 'Requests, WebSocket commands and connections refused by a rate or count limit, by what was refused and whose limit refused it (user, key, anonymous: an address of anonymous callers, address: any caller at an address)',
+    labelNames: ['what', 'caller'],
+    registers,
+  })
 
   const commitToPush = new Histogram({ name: 'fanfare_commit_to_push_seconds', help: 'Time from a change committing in Postgres to its frame being sent to subscribers, by channel kind', labelNames: ['kind'], buckets: LATENCY, registers })
   const eventToPush = new Histogram({ name: 'fanfare_event_to_push_seconds', help: 'Time from an event being stored in JetStream to the frame showing its change being sent (the oldest event of the batch that made the change), by channel kind', labelNames: ['kind'], buckets: LATENCY, registers })
@@ -195,7 +208,7 @@ export function createMetrics() {
       duration: ingestDuration,
       /** `count` events of a request answered 503 `code`. */
       refused: (code: string, count: number) => refused.labels(code).inc(count),
-      rateLimited: (what: 'rest' | 'ws_publish' | 'ws_subscribe' | 'auth' | 'ws_connections' | 'ws_channels') => rateLimited.labels(what).inc(),
+      rateLimited: (what: RateLimitedWhat, caller: RateLimitedCaller) => rateLimited.labels(what, caller).inc(),
     },
     push: {
       /** A change of a channel of `kind` committed at `committedAt` (events stored from `storedAt`) was pushed at `now` (all ms). */

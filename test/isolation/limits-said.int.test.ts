@@ -20,9 +20,10 @@ describe('limits are said, to the client and to the operator', () => {
     await d?.stop()
   })
 
-  const metric = async (what: string) => {
+  /** Refusals of `what` counted against `caller`'s limits. */
+  const metric = async (what: string, caller: string) => {
     const text: string = await (await fetch(`${d.urls[0]}/metrics`, { headers: { authorization: `Bearer ${d.env.vars.FANFARE_ADMIN_TOKEN}` } })).text()
-    const line = text.split('\n').find((l) => l.startsWith(`fanfare_rate_limited_total{what="${what}"}`))
+    const line = text.split('\n').find((l) => l.startsWith(`fanfare_rate_limited_total{what="${what}",caller="${caller}"}`))
     return line ? Number(line.split(' ').at(-1)) : 0
   }
 
@@ -44,7 +45,7 @@ describe('limits are said, to the client and to the operator', () => {
       expect((await d.call('POST', '/v1/events', { type: 'chat.message.posted', data: { room, user: 'lim', text: `to ${room}` } })).status).toBe(202)
     }
     await until('updates on held channels', () => [live[0], live[99]].every((s: any) => s.state?.messages.length === 1), 20_000)
-    expect(await metric('ws_channels')).toBe(1)
+    expect(await metric('ws_channels', 'user')).toBe(1)
   }, 60_000)
 
   test('a user past the connection limit is refused with the reason (429 before the upgrade); counted', async () => {
@@ -56,7 +57,7 @@ describe('limits are said, to the client and to the operator', () => {
     })
     expect(res.status).toBe(429)
     expect(((await res.json()) as any).error).toMatchObject({ code: 'too_many_connections', message: 'at most 2 WebSockets per user on this node' })
-    expect(await metric('ws_connections')).toBe(1)
+    expect(await metric('ws_connections', 'user')).toBe(1)
     for (const c of held) c.close()
   })
 })

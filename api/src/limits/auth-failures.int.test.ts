@@ -96,7 +96,7 @@ describe('failed credential checks per address', () => {
     // Another address with the good key: unaffected. The refusals are counted.
     expect((await rest('203.0.113.2', `Bearer ${goodKey}`)).status).toBe(200)
     const metrics = await (await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${goodKey}`, 'x-forwarded-for': '203.0.113.2' } })).text()
-    expect(metrics).toMatch(/fanfare_rate_limited_total\{what="auth"\} 54/)
+    expect(metrics).toMatch(/fanfare_rate_limited_total\{what="auth",caller="address"\} 54/)
     // No credential: nothing to refuse (this route needs one: 401, not 429).
     const anonymous = await rest(ip)
     expect(anonymous.status).toBe(401)

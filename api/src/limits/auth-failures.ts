@@ -27,7 +27,7 @@ export function createAuthFailures(deps: {
   config: Pick<Config, 'FANFARE_AUTH_FAILURES_PER_MINUTE'>
   now?: () => number
   /** Told of every refusal (fanfare_rate_limited_total{what="auth"}). */
-  onRefused?: (what: 'auth') => void
+  onRefused?: (what: 'auth', caller: 'address') => void
 }): AuthFailures {
   const perMinute = deps.config.FANFARE_AUTH_FAILURES_PER_MINUTE
   const now = deps.now ?? (() => performance.now())
@@ -39,7 +39,7 @@ export function createAuthFailures(deps: {
     admit(ip) {
       const wait = buckets.get(ip)?.wait() ?? 0
       if (wait === 0) return undefined
-      deps.onRefused?.('auth')
+      deps.onRefused?.('auth', 'address')
       return { code: 'rate_limited', message, retryAfterMs: wait, perSecond: perMinute / 60 }
     },
     failed(ip) {

@@ -51,11 +51,12 @@ export function createConnectionLimits(deps: {
   config: ConnectionConfig
   now?: () => number
   /** Every refusal (rate, count or hold-off), so an operator sees clients meeting the limits. */
-  onRefused?: (what: 'ws_connections') => void
+  onRefused?: (what: 'ws_connections', caller: 'address' | Principal['kind']) => void
 }): ConnectionLimits {
   const c = deps.config
-  const counted = <T extends ConnectionRefusal | undefined>(r: T): T => {
-    if (r) deps.onRefused?.('ws_connections')
+  /** `r`, counted as refused by the limits of `caller` (an address's, or a principal's). */
+  const counted = <T extends ConnectionRefusal | undefined>(caller: 'address' | Principal['kind'], r: T): T => {
+    if (r) deps.onRefused?.('ws_connections', caller)
     return r
   }
   const now = deps.now ?? (() => performance.now())
@@ -95,19 +96,19 @@ export function createConnectionLimits(deps: {
       // Charged first: every attempt counts, whatever becomes of it.
       const wait = bucket.take()
       if (wait > 0) {
-        return counted({ code: 'rate_limited', message: `at most ${c.FANFARE_IP_CONNECTS_PER_SECOND} connects per second per address (burst ${c.FANFARE_IP_CONNECT_BURST})`, retryAfterMs: wait })
+        return counted('address', { code: 'rate_limited', message: `at most ${c.FANFARE_IP_CONNECTS_PER_SECOND} connects per second per address (burst ${c.FANFARE_IP_CONNECT_BURST})`, retryAfterMs: wait })
       }
-      return counted(held(key) ?? tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address'))
+      return counted('address', held(key) ?? tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address'))
     },
     admitPrincipal(p) {
       if (p.kind === 'anonymous') return undefined
       const id = principalId(p)
-      return counted(held(id) ?? userLimit(p.kind === 'user' ? id : undefined))
+      return counted(p.kind, held(id) ?? userLimit(p.kind === 'user' ? id : undefined))
     },
     open(ip, p) {
       const ipk = ipKey(ip)
       const user = userKey(p)
-      const refusal = counted(tooMany(ipk, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address') ?? userLimit(user))
+      const refusal = counted('address', tooMany(ipk, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address')) ?? counted('user', userLimit(user))
       if (refusal) return { refusal }
       const keys = [ipk]
       if (user) keys.push(user)
@@ -118,7 +119,7 @@ export function createConnectionLimits(deps: {
           identify(q) {
             const key = userKey(q)
             if (released || key === undefined || keys.includes(key)) return undefined
-            const refused = counted(held(key) ?? userLimit(key))
+            const refused = counted('user', held(key) ?? userLimit(key))
             if (refused) return refused
             keys.push(key)
             add(key, 1)

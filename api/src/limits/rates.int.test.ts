@@ -268,5 +268,9 @@ describe('rate limits of anonymous callers', () => {
     const other = await WsClient.open(node.wsUrl, { 'x-forwarded-for': '203.0.113.10' })
     expect((await subscribe(other, 'o', channelOf.leaderboard('anon-0'))).op).toBe('snapshot')
     for (const c of [...sockets, other]) c.close()
+    // The operator sees whose budget refused: anonymous callers' (an address), not a user's.
+    const metrics = await (await fetch(`${node.base}/metrics`, { headers: { authorization: `Bearer ${node.env.vars.FANFARE_ADMIN_TOKEN}` } })).text()
+    expect(metrics).toContain('fanfare_rate_limited_total{what="rest",caller="anonymous"} 1')
+    expect(metrics).toContain('fanfare_rate_limited_total{what="ws_subscribe",caller="anonymous"} 1')
   })
 })

@@ -74,10 +74,10 @@ export function createRateLimits(deps: {
   maxSubscriptions: number
   now?: () => number
   /** Told of every refusal (fanfare_rate_limited_total). */
-  onRefused?: (what: 'rest' | 'ws_publish' | 'ws_subscribe') => void
+  onRefused?: (what: 'rest' | 'ws_publish' | 'ws_subscribe', caller: Principal['kind']) => void
 }): RateLimits {
-  const counted = (what: 'rest' | 'ws_publish' | 'ws_subscribe', r: RateRefusal | undefined) => {
-    if (r) deps.onRefused?.(what)
+  const counted = (what: 'rest' | 'ws_publish' | 'ws_subscribe', p: Principal, r: RateRefusal | undefined) => {
+    if (r) deps.onRefused?.(what, p.kind)
     return r
   }
   const { config: c } = deps
@@ -108,11 +108,11 @@ export function createRateLimits(deps: {
   pruning.unref?.()
 
   const limits: RateLimits = {
-    charge: (p, cost = 1, address) => counted('rest', chargeAll([budgetOf(p, address)], cost)),
+    charge: (p, cost = 1, address) => counted('rest', p, chargeAll([budgetOf(p, address)], cost)),
     signIn(p, channels) {
       const budget = budgetOf(p, undefined)
       if (!budget || channels === 0) return undefined
-      return counted('ws_subscribe', chargeAll([budget], Math.min(channels, budget.bucket.capacity)))
+      return counted('ws_subscribe', p, chargeAll([budget], Math.min(channels, budget.bucket.capacity)))
     },
     capacityOf: (p) => rateOf(p)[1],
     connection(address) {
@@ -130,8 +130,8 @@ export function createRateLimits(deps: {
       return {
         // A key's sockets share the key's budget only: a game server may spread its events over
         // any number of sockets, and what it may send in all is the key's to say.
-        publish: (p) => counted('ws_publish', chargeAll([p.kind === 'user' ? publishes : undefined, budgetOf(p, address)], 1)),
-        subscribe: (p) => counted('ws_subscribe', chargeAll([subscribes, budgetOf(p, address)], 1)),
+        publish: (p) => counted('ws_publish', p, chargeAll([p.kind === 'user' ? publishes : undefined, budgetOf(p, address)], 1)),
+        subscribe: (p) => counted('ws_subscribe', p, chargeAll([subscribes, budgetOf(p, address)], 1)),
         abusive: (r) => meter.refused(r.perSecond),
       }
     },

@@ -457,7 +457,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             return void reply({ op: 'error', ref: frame.ref, error: { code: 'already_subscribed', message: `already subscribed to ${frame.channel}` } })
           }
           if (conn.channels.size >= maxSubscriptions) {
-            deps.metrics.ingest.rateLimited('ws_channels')
+            deps.metrics.ingest.rateLimited('ws_channels', conn.principal.kind)
             return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
           }
           conn.channels.add(frame.channel)
