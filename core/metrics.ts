@@ -16,10 +16,6 @@ const LATENCY = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 export const FRAME_OPS = ['update', 'snapshot', 'subscribed', 'unsubscribed', 'ack', 'authed', 'error', 'pong', 'token_expiring', 'other'] as const
 export type FrameOp = (typeof FRAME_OPS)[number]
 
-/**
- * The op of a server frame's text, without parsing or allocating: every frame is written as
- * `{"op":"<op>",...}` (JSON.stringify keeps the literal's key order), so two characters tell.
- */
 /** What a limit refused (fanfare_rate_limited_total's `what`). */
 export type RateLimitedWhat = 'rest' | 'ws_publish' | 'ws_subscribe' | 'auth' | 'ws_connections' | 'ws_channels'
 /**
@@ -28,6 +24,10 @@ export type RateLimitedWhat = 'rest' | 'ws_publish' | 'ws_subscribe' | 'auth' | 
  */
 export type RateLimitedCaller = 'user' | 'key' | 'anonymous' | 'address'
 
+/**
+ * The op of a server frame's text, without parsing or allocating: every frame is written as
+ * `{"op":"<op>",...}` (JSON.stringify keeps the literal's key order), so two characters tell.
+ */
 export function opOf(text: string): FrameOp {
   if (!text.startsWith('{"op":"')) return 'other'
   const a = text.charCodeAt(7)
