@@ -48,6 +48,15 @@ function standAloneWatcher(db: Db, { presence = {}, sweepMs = 3_600_000 }: { pre
   return { watcher, published, change, feed: () => feed! }
 }
 
+/** A database of the test's own (migrated, empty), closed and dropped after the test. */
+async function ownDatabase() {
+  const env = await createTestEnv()
+  closers.push(() => env.cleanup())
+  const database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
+  closers.push(() => database.close())
+  return database
+}
+
 describe('seat watcher on a real node', () => {
   test('only seated players make connection events: spectators of started matches (read on first use, or known from the feed) and of ended ones make none', async () => {
     const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '60000' }))
@@ -174,10 +183,7 @@ describe('seat watcher on a real node', () => {
   }, 60_000)
 
   test("the sweep publishes the connect of a player present in match:<id> whose seat still waits for one (a connect no designated node published), and the leave of one whose grace ended", async () => {
-    const env = await createTestEnv()
-    closers.push(() => env.cleanup())
-    const database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => database.close())
+    const database = await ownDatabase()
     const now = Date.now()
     const seat = (player: string, graceUntil: number | null) => ({ player, ready: false, connected: graceUntil === null, disconnectedAt: null, graceUntil })
     const row = (match: string, players: ReturnType<typeof seat>[], graceUntil: number | null) =>
@@ -199,10 +205,7 @@ describe('seat watcher on a real node', () => {
     ])
   })
   test('a backlog of more than a round of due graces drains round by round, and the connect of a present player behind it is still published within its grace', async () => {
-    const env = await createTestEnv()
-    closers.push(() => env.cleanup())
-    const database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => database.close())
+    const database = await ownDatabase()
     const now = Date.now()
     const seat = (player: string, graceUntil: number) => ({ player, ready: false, connected: false, disconnectedAt: null, graceUntil })
     const row = (match: string, players: ReturnType<typeof seat>[], graceUntil: number, seq: number) =>
@@ -230,10 +233,7 @@ describe('seat watcher on a real node', () => {
   test("a connect this node published is not published again by the sweep while the projection has not applied it yet", async () => {
     // CI saw `early:ann:true` twice: the presence join published ann's connect, and a sweep round
     // before the projection applied it read her seat still waiting for one, with her present.
-    const env = await createTestEnv()
-    closers.push(() => env.cleanup())
-    const database = await connectPostgres(env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => database.close())
+    const database = await ownDatabase()
     const now = Date.now()
     const seat = { player: 'ann', ready: false, connected: false, disconnectedAt: null, graceUntil: now + 60_000 }
     await database.db.insert(matches).values({ match: 'm', mode: 'duel', maxPlayers: 2, status: 'open', players: [seat], playerCount: 1, createdAt: new Date(now), createdSeq: 1, graceUntil: new Date(now + 60_000) })
