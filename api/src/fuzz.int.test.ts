@@ -6,6 +6,7 @@ import pino from 'pino'
 import { connectPostgres, type Database } from '../../core/db/client'
 import { connectNats, ensureStreams, topology } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { closeCodeIn, maskedFrame, upgradeRequest } from '../../core/testing/raw-websocket'
 import { mintUserToken } from './auth/mint'
 import { startApi, type RunningApi } from './server'
 
@@ -554,39 +555,16 @@ async function rawTextFrame(port: number, payload: Uint8Array): Promise<number> 
   socket.on('close', () => (ended = true))
   socket.on('error', () => (ended = true))
   await new Promise((ok) => socket.once('connect', ok))
-  socket.write(
-    `GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
-  )
-  const mask = Buffer.from([1, 2, 3, 4])
-  const n = payload.length
-  const length = n < 126 ? Buffer.from([0x80 | n]) : Buffer.from([0x80 | 126, n >> 8, n & 0xff])
-  socket.write(Buffer.concat([Buffer.from([0x81]), length, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]))
+  socket.write(upgradeRequest(`127.0.0.1:${port}`))
+  socket.write(maskedFrame(payload))
   const until = Date.now() + 5_000
   let code = 0
   while (!ended && Date.now() < until) {
-    code = closeCode(Buffer.concat(chunks)) ?? 0
+    code = closeCodeIn(Buffer.concat(chunks)) ?? 0
     if (code) break
     await Bun.sleep(2)
   }
   socket.destroy()
-  return code || (closeCode(Buffer.concat(chunks)) ?? 0)
+  return code || (closeCodeIn(Buffer.concat(chunks)) ?? 0)
 }
 
-/** The code of the first close frame among the server's frames after the handshake. */
-function closeCode(bytes: Buffer): number | undefined {
-  let i = bytes.indexOf('\r\n\r\n')
-  if (i < 0) return undefined
-  i += 4
-  while (i + 2 <= bytes.length) {
-    const opcode = bytes[i] & 0x0f
-    let len = bytes[i + 1] & 0x7f
-    let off = i + 2
-    if (len === 126) (len = bytes.readUInt16BE(off)), (off += 2)
-    else if (len === 127) (len = Number(bytes.readBigUInt64BE(off))), (off += 8)
-    if (off + len > bytes.length) return undefined
-    if (opcode === 8) return len >= 2 ? bytes.readUInt16BE(off) : 1005
-    i = off + len
-  }
-  return undefined
-}

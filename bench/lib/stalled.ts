@@ -1,13 +1,5 @@
 import { connect, type Socket } from 'node:net'
-
-/** A client text frame (masked, as RFC 6455 5.3 requires of clients). */
-function maskedFrame(text: string): Buffer {
-  const payload = Buffer.from(text)
-  const mask = Buffer.from([1, 2, 3, 4])
-  const length =
-    payload.length < 126 ? Buffer.from([0x80 | payload.length]) : Buffer.from([0x80 | 126, payload.length >> 8, payload.length & 0xff])
-  return Buffer.concat([Buffer.from([0x81]), length, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))])
-}
+import { maskedFrame, upgradeRequest } from '../../core/testing/raw-websocket'
 
 /**
  * A subscriber that stopped reading (a phone on a bad link): a raw WebSocket that subscribes, stops
@@ -21,10 +13,7 @@ export async function stalledSubscriber(url: string, subscribe: string, flood: s
   let got = ''
   socket.on('data', (c: Buffer) => (got += c.toString('latin1')))
   socket.on('error', () => {})
-  socket.write(
-    `GET ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-  )
+  socket.write(upgradeRequest(u.host, u.pathname))
   const deadline = Date.now() + 10_000
   while (!got.includes('\r\n\r\n') && Date.now() < deadline) await Bun.sleep(5)
   socket.write(maskedFrame(subscribe))

@@ -7,6 +7,7 @@ import { subjects } from '../../core/events'
 import { createLogger } from '../../core/logger'
 import { connectNats, ensureStreams } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { closeCodeIn, maskedFrame, upgradeRequest } from '../../core/testing/raw-websocket'
 import { startApi, type RunningApi } from '../../api/src/server'
 import { until, WsClient } from '../e2e/harness'
 
@@ -22,10 +23,7 @@ async function stalledClient(port: number, channel?: string) {
   socket.on('data', (c: Buffer) => chunks.push(c))
   socket.on('close', () => (ended = true))
   socket.on('error', () => (ended = true))
-  socket.write(
-    `GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-  )
+  socket.write(upgradeRequest(`127.0.0.1:${port}`))
   await until('handshake', () => Buffer.concat(chunks).includes('\r\n\r\n'), 5_000)
   if (channel) {
     socket.write(maskedFrame({ op: 'subscribe', channel }))
@@ -39,31 +37,6 @@ async function stalledClient(port: number, channel?: string) {
     received: () => Buffer.concat(chunks),
     destroy: () => socket.destroy(),
   }
-}
-
-/** A client text frame (masked, as RFC 6455 5.3 requires of clients). */
-function maskedFrame(frame: object): Buffer {
-  const payload = Buffer.from(JSON.stringify(frame))
-  const mask = Buffer.from([1, 2, 3, 4])
-  const length =
-    payload.length < 126 ? Buffer.from([0x80 | payload.length]) : Buffer.from([0x80 | 126, payload.length >> 8, payload.length & 0xff])
-  return Buffer.concat([Buffer.from([0x81]), length, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))])
-}
-
-/** Finds a close frame (opcode 8) among the server's frames; returns its code, or undefined. */
-function closeCodeIn(bytes: Buffer): number | undefined {
-  let i = bytes.indexOf('\r\n\r\n') + 4
-  while (i + 2 <= bytes.length) {
-    const opcode = bytes[i] & 0x0f
-    let len = bytes[i + 1] & 0x7f
-    let off = i + 2
-    if (len === 126) (len = bytes.readUInt16BE(off)), (off += 2)
-    else if (len === 127) (len = Number(bytes.readBigUInt64BE(off))), (off += 8)
-    if (off + len > bytes.length) return undefined
-    if (opcode === 8) return len >= 2 ? bytes.readUInt16BE(off) : 1005
-    i = off + len
-  }
-  return undefined
 }
 
 describe('slow consumers', () => {
