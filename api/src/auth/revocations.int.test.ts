@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, expect, test } from 'bun:test'
+import { sql } from 'drizzle-orm'
 import { connectPostgres, type Database } from '../../../core/db/client'
 import { createLogger } from '../../../core/logger'
 import { connectNats } from '../../../core/nats'
@@ -32,5 +33,38 @@ test("a user revocation's cut-off is not earlier than Postgres' clock: a node wh
     expect(slow.isRevoked({ kind: 'user', id: 'skew', roles: [], channels: [], expiresAt: Date.now() + 600_000, issuedAt: Date.now() + 1_000 })).toBe(false)
   } finally {
     await slow.stop()
+  }
+})
+
+test('a revocation broadcast while a reload reads Postgres outlives that reload: what it read may predate the revocation', async () => {
+  const revocations = await startRevocations({ db: database.db, nc, prefix: env.config.FANFARE_SUBJECT_PREFIX, logger: createLogger('silent'), reloadEveryMs: 1_000 })
+  // Another session holds api_keys, so the next periodic reload reads users and tokens, then waits.
+  const locker = await connectPostgres(env.vars.DATABASE_URL, { max: 1 })
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  let locked!: () => void
+  const isLocked = new Promise<void>((resolve) => (locked = resolve))
+  const holding = locker.db.transaction(async (tx) => {
+    await tx.execute(sql`lock table api_keys in access exclusive mode`)
+    locked()
+    await released
+  })
+  try {
+    await isLocked
+    await Bun.sleep(1_200) // the reload at 1 s is waiting on the lock
+    const token = { kind: 'user' as const, id: 'mid-reload', roles: [], channels: [], expiresAt: Date.now() + 600_000, issuedAt: Date.now() - 60_000 }
+    await revocations.revokeUser('mid-reload', 'test')
+    await revocations.revokeToken('mid-reload-jti', new Date(Date.now() + 600_000), 'test')
+    expect(revocations.isRevoked(token)).toBe(true)
+    release()
+    await holding
+    await Bun.sleep(200) // the reload has finished; the next is 800 ms away
+    expect(revocations.isRevoked(token)).toBe(true)
+    expect(revocations.isRevoked({ ...token, id: 'another', jti: 'mid-reload-jti' })).toBe(true)
+  } finally {
+    release()
+    await holding.catch(() => {})
+    await locker.close()
+    await revocations.stop()
   }
 })

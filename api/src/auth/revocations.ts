@@ -55,7 +55,12 @@ export async function startRevocations(deps: {
   const listeners: (() => void)[] = []
   const changed = () => listeners.forEach((l) => l())
 
+  // Revocations applied while a reload reads Postgres, one list per reload under way: its reads
+  // may have been taken before they were written, so it applies them again over what it read
+  // (else a broadcast arriving mid-reload is undone by it until the next reload, up to 30 s).
+  const duringReloads = new Set<Revocation[]>()
   const apply = (r: Revocation) => {
+    for (const during of duringReloads) during.push(r)
     if (r.kind === 'user') users.set(r.user, Math.max(users.get(r.user) ?? 0, r.before))
     else if (r.kind === 'token') tokens.set(r.jti, r.exp)
     else {
@@ -65,14 +70,23 @@ export async function startRevocations(deps: {
   }
 
   const reload = async () => {
-    const [u, t, k] = await Promise.all([
-      deps.db.select().from(userRevocations),
-      deps.db.select().from(tokenRevocations).where(gt(tokenRevocations.expiresAt, new Date(now()))),
-      deps.db.select({ id: apiKeys.id }).from(apiKeys).where(isNotNull(apiKeys.revokedAt)),
-    ])
+    const during: Revocation[] = []
+    duringReloads.add(during)
+    let read: [{ userId: string; revokedBefore: Date }[], { jti: string; expiresAt: Date }[], { id: string }[]]
+    try {
+      read = await Promise.all([
+        deps.db.select().from(userRevocations),
+        deps.db.select().from(tokenRevocations).where(gt(tokenRevocations.expiresAt, new Date(now()))),
+        deps.db.select({ id: apiKeys.id }).from(apiKeys).where(isNotNull(apiKeys.revokedAt)),
+      ])
+    } finally {
+      duringReloads.delete(during)
+    }
+    const [u, t, k] = read
     users = new Map(u.map((r) => [r.userId, r.revokedBefore.getTime()]))
     tokens = new Map(t.map((r) => [r.jti, r.expiresAt.getTime()]))
     keys = new Set(k.map((r) => r.id))
+    for (const r of during) apply(r)
     for (const id of keys) deps.forgetKey?.(id)
     changed()
   }
