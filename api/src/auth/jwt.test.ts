@@ -70,6 +70,14 @@ describe('user tokens (HS256 with FANFARE_JWT_SECRET)', () => {
     expect(await codeOf(async () => hs(await sign(now - 60)))).toBe('ok')
   })
 
+  test('a token expiring after year 9999 is refused: its jti could never be revoked (POST /admin/tokens/revoke takes exp up to then)', async () => {
+    const sign = (exp: number) => new SignJWT({ jti: 'j' }).setProtectedHeader({ alg: 'HS256' }).setSubject('a').setIssuedAt().setExpirationTime(exp).sign(new TextEncoder().encode(SECRET))
+    expect(await codeOf(async () => hs(await sign(253_402_300_800)))).toBe('invalid_token')
+    // Past year 275760 the expiry is no Date: the `authed` frame's expiresAt threw after the socket had taken the token.
+    expect(await codeOf(async () => hs(await sign(1e13)))).toBe('invalid_token')
+    expect(await codeOf(async () => hs(await sign(253_402_300_799)))).toBe('ok')
+  })
+
   test('issuer and audience are checked when configured', async () => {
     const strict = createJwtVerifier({ FANFARE_JWT_SECRET: SECRET, FANFARE_JWT_ISSUER: 'https://auth.game', FANFARE_JWT_AUDIENCE: 'fanfare' })!
     expect(await codeOf(async () => strict(await mintUserToken(SECRET, { sub: 'a', issuer: 'https://auth.game', audience: 'fanfare' })))).toBe('ok')

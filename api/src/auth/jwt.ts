@@ -7,10 +7,17 @@ import { ActorId, DisplayName } from '../../../core/events'
 import { TokenExpired, Unauthorized } from '../errors'
 import type { UserPrincipal } from './principal'
 
+/**
+ * The latest `exp` (and revocation `exp`) accepted: the end of year 9999, as JWT NumericDate
+ * (seconds). A token expiring later could not be revoked by its jti (POST /admin/tokens/revoke
+ * takes its `exp` up to this), and past year 275760 its expiry is no JavaScript date at all.
+ */
+export const MAX_EXP = 253_402_300_799
+
 /** The claims Fanfare reads from a user token; others are ignored. */
 export const UserClaims = Type.Object({
   sub: ActorId,
-  exp: Type.Number(),
+  exp: Type.Number({ maximum: MAX_EXP }),
   iat: Type.Optional(Type.Number()),
   jti: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   name: Type.Optional(DisplayName),

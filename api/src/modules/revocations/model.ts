@@ -1,6 +1,7 @@
 import { Type } from '@sinclair/typebox'
 import { t } from 'elysia'
 import { ActorId } from '../../../../core/events'
+import { MAX_EXP } from '../../auth/jwt'
 
 export const UserParams = t.Object({ user: ActorId })
 export const UserRevoked = t.Object({
@@ -8,8 +9,6 @@ export const UserRevoked = t.Object({
   revokedBefore: t.String({ description: 'tokens of this user issued (iat) at or before this instant are refused (ISO 8601)' }),
 })
 
-/** The latest `exp` accepted: the end of year 9999, as JWT NumericDate (seconds). */
-const MAX_EXP = 253_402_300_799
 
 export const TokenRevokeBody = t.Object(
   {
