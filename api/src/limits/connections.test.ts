@@ -63,6 +63,25 @@ test('a hold-off refuses the user (or, for anonymous sockets, the address) until
   limits.stop()
 })
 
+test("a hold-off refuses a key's sign-in on an anonymous socket, as a user's: the hold-off is not only the upgrade's", () => {
+  let t = 0
+  const limits = createConnectionLimits({ config, now: () => t })
+  const key: Principal = { kind: 'key', id: 'key_1', name: 'game server', scopes: ['publish:*'] }
+  limits.holdOff('1.1.1.1', key, 5000)
+  limits.holdOff('1.1.1.1', user('ann'), 5000)
+  const viewer = limits.open('1.1.1.1', ANONYMOUS)
+  if (!('slot' in viewer)) throw new Error('refused')
+  expect(viewer.slot.identify(key)).toMatchObject({ code: 'rate_limited', retryAfterMs: 5000 })
+  expect(viewer.slot.identify(user('ann'))).toMatchObject({ code: 'rate_limited', retryAfterMs: 5000 })
+  // A socket that already is the key refreshes it freely (no new sign-in); once the hold-off ends, signing in works.
+  const server = limits.open('2.2.2.2', key)
+  if (!('slot' in server)) throw new Error('refused')
+  expect(server.slot.identify(key)).toBeUndefined()
+  t += 5000
+  expect(viewer.slot.identify(key)).toBeUndefined()
+  limits.stop()
+})
+
 test('prune forgets connect buckets that refilled', () => {
   let t = 0
   const limits = createConnectionLimits({ config, now: () => t })

@@ -12,7 +12,7 @@ export type ConnectionRefusal = {
 
 /** A socket's place in the counts, held from open to close. */
 export type Slot = {
-  /** The socket authenticated as `p` (an `auth` frame): counts it against that user too. */
+  /** The socket authenticated as `p` (an `auth` frame): counts it against that user too; refused while `p` is held off. */
   identify(p: Principal): ConnectionRefusal | undefined
   release(): void
 }
@@ -113,16 +113,25 @@ export function createConnectionLimits(deps: {
       const keys = [ipk]
       if (user) keys.push(user)
       for (const k of keys) add(k, 1)
+      // The principals this socket has been: a fresh token of one of them is no new sign-in.
+      const principals = p.kind === 'anonymous' ? [] : [principalId(p)]
       let released = false
       return {
         slot: {
           identify(q) {
+            if (released || q.kind === 'anonymous') return undefined
+            const id = principalId(q)
+            if (principals.includes(id)) return undefined
+            // A key held off for abuse is refused here too, as a user is: else its holder reopens
+            // an anonymous socket and signs in with an `auth` frame at once, past the hold-off.
             const key = userKey(q)
-            if (released || key === undefined || keys.includes(key)) return undefined
-            const refused = counted('user', held(key) ?? userLimit(key))
+            const refused = counted(q.kind, held(id) ?? userLimit(key))
             if (refused) return refused
-            keys.push(key)
-            add(key, 1)
+            principals.push(id)
+            if (key !== undefined) {
+              keys.push(key)
+              add(key, 1)
+            }
             return undefined
           },
           release() {
