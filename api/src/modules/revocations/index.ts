@@ -39,7 +39,8 @@ export function revocationsModule(deps: { auth: AuthPlugin; revocations: Pick<Re
     .post(
       '/tokens/revoke',
       async ({ body, principal }) => {
-        const expiresAt = new Date(body.exp * 1000)
+        // Up to the whole ms: kept at least until the token expires.
+        const expiresAt = new Date(Math.ceil(body.exp * 1000))
         await deps.revocations.revokeToken(body.jti, expiresAt, principalId(principal))
         await deps.audit.record(principal, 'token.revoked', `token:${body.jti}`, { expiresAt: expiresAt.toISOString() })
         return { jti: body.jti, expiresAt: expiresAt.toISOString() }

@@ -9,13 +9,13 @@ export const UserRevoked = t.Object({
   revokedBefore: t.String({ description: 'tokens of this user issued (iat) at or before this instant are refused (ISO 8601)' }),
 })
 
-
 export const TokenRevokeBody = t.Object(
   {
     jti: t.String({ minLength: 1, maxLength: 128, description: "the token's jti claim" }),
-    // TypeBox's own Integer: Elysia's t.Integer also takes numeric strings, and then reports any
-    // bad number as "Expected string".
-    exp: Type.Integer({
+    // TypeBox's own Number: Elysia's t.Number also takes numeric strings, and then reports any bad
+    // number as "Expected string". Not an integer: a NumericDate may have a fraction (RFC 7519
+    // section 2; PyJWT writes one from `time.time() + 3600`), and the claim is copied as is.
+    exp: Type.Number({
       minimum: 1,
       maximum: MAX_EXP,
       description: "the token's exp claim, copied as is: seconds since the epoch (JWT NumericDate). The revocation is kept until then.",
