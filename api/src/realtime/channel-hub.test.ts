@@ -424,4 +424,21 @@ describe('channel hub', () => {
     ])
     hub.stop()
   })
+
+  test('a period ending more than 2^31-1 ms away (a monthly board early in the month) is not re-synced at once', async () => {
+    const t = topics()
+    let reads = 0
+    // Real timers: setTimeout runs a delay past 2^31-1 ms after 1 ms, which re-synced in a loop.
+    const hub = createChannelHub({
+      snapshot: async () => (reads++, { version: 3, epoch: 'e1', data: {}, until: Date.now() + 30 * 86_400_000 }),
+      publish: t.publish,
+      gapTimeoutMs: 1000,
+    })
+    const a = t.sink('a')
+    await hub.subscribe(a, 'leaderboard:monthly')
+    await Bun.sleep(200)
+    expect(reads).toBe(1)
+    expect(a.frames.map((f) => `${f.op}:${f.version}${f.resync ? ':resync' : ''}`)).toEqual(['snapshot:3'])
+    hub.stop()
+  })
 })

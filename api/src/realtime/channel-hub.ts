@@ -52,6 +52,10 @@ export type Window = { ms: number; merge: (into: unknown, next: unknown) => unkn
 
 /** Timers as the hub uses them. */
 export type Timers = { set: (fn: () => void, ms: number) => unknown; clear: (handle: unknown) => void }
+
+/** The longest delay setTimeout holds (2^31 - 1 ms, about 24.8 days): a longer one runs after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 const realTimers: Timers = { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) }
 
 /** A subscriber that is not yet on the channel's topic: reading its snapshot or history, or catching up. */
@@ -249,13 +253,23 @@ export function createChannelHub(deps: HubDeps) {
   function scheduleRollover(channel: string, st: ChannelState, snap: Snapshot) {
     if (snap.until === undefined || !Number.isFinite(snap.until) || st.rollover?.at === snap.until) return
     if (st.rollover) timers.clear(st.rollover.timer)
-    const at = snap.until
+    armRollover(channel, st, snap.until)
+  }
+
+  /**
+   * setTimeout runs a delay past MAX_TIMER_MS after 1 ms, and a monthly board read early in the
+   * month ends up to 31 days (2.7e9 ms) later: that timer re-synced at once, and again after each
+   * re-sync, in a loop. A longer wait is taken in steps, re-armed without a re-sync.
+   */
+  function armRollover(channel: string, st: ChannelState, at: number) {
+    const wait = Math.max(0, at - Date.now()) + 50
     st.rollover = {
       at,
       timer: timers.set(() => {
+        if (wait > MAX_TIMER_MS) return armRollover(channel, st, at)
         if (st.rollover?.at === at) st.rollover = undefined
         void resync(channel)
-      }, Math.max(0, at - Date.now()) + 50),
+      }, Math.min(wait, MAX_TIMER_MS)),
     }
   }
 
