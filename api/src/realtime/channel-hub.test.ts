@@ -425,6 +425,31 @@ describe('channel hub', () => {
     hub.stop()
   })
 
+  test('a subscriber joining just after a period ended does not cancel the re-sync of those who hold the old period', async () => {
+    const t = topics()
+    const end = Date.now() + 40
+    // Read by the clock: the first period until `end`, then the next one, which lasts a day.
+    const hub = createChannelHub({
+      snapshot: async () => {
+        const period = Date.now() < end ? 'p1' : 'p2'
+        return { version: 3, epoch: 'e1', data: { period }, until: period === 'p1' ? end : end + 86_400_000 }
+      },
+      publish: t.publish,
+      gapTimeoutMs: 1000,
+    })
+    const a = t.sink('a')
+    await hub.subscribe(a, 'leaderboard:daily')
+    // The period ended; the hub re-syncs a little after (50 ms). b joins in between.
+    await Bun.sleep(end - Date.now() + 5)
+    const b = t.sink('b')
+    await hub.subscribe(b, 'leaderboard:daily')
+    await Bun.sleep(200)
+    const seen = (s: FakeSink) => s.frames.map((f) => `${f.op}:${f.data.period}${f.resync ? ':resync' : ''}`)
+    expect(seen(b)[0]).toBe('snapshot:p2')
+    expect(seen(a)).toEqual(['snapshot:p1', 'snapshot:p2:resync'])
+    hub.stop()
+  })
+
   test('a period ending more than 2^31-1 ms away (a monthly board early in the month) is not re-synced at once', async () => {
     const t = topics()
     let reads = 0

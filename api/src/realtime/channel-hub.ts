@@ -249,9 +249,12 @@ export function createChannelHub(deps: HubDeps) {
   /**
    * A snapshot that is current only until a time (a period ends): re-sync the channel then, so its
    * subscribers are told the new state explicitly. A little after, so the read sees the new period.
+   * An earlier re-sync still due is kept: the topic's subscribers hold the period it ends, and a
+   * joiner whose read already saw the next period (it subscribed in the moments between the end
+   * and the re-sync) must not cancel theirs.
    */
   function scheduleRollover(channel: string, st: ChannelState, snap: Snapshot) {
-    if (snap.until === undefined || !Number.isFinite(snap.until) || st.rollover?.at === snap.until) return
+    if (snap.until === undefined || !Number.isFinite(snap.until) || (st.rollover && st.rollover.at <= snap.until)) return
     if (st.rollover) timers.clear(st.rollover.timer)
     armRollover(channel, st, snap.until)
   }
