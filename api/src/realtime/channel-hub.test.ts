@@ -450,6 +450,29 @@ describe('channel hub', () => {
     hub.stop()
   })
 
+  test('a resume into a later period than the one its version was reached in gets a snapshot', async () => {
+    const t = topics()
+    const day = 86_400_000
+    const start = Math.floor(Date.now() / day) * day
+    // Versions 1-3 were committed yesterday, 4 and 5 well into today (the current period).
+    const at = (v: number) => new Date(v <= 3 ? start - 60_000 : start + 60_000).toISOString()
+    const hub = createChannelHub({
+      snapshot: async () => ({ version: 5, epoch: 'e1', data: { period: 'today' }, from: start, until: start + day }),
+      history: async (_c, after) => [5, 4, 3, 2, 1].filter((v) => v > after).map((v) => ({ ...notice(v, 'leaderboard:daily'), at: at(v) })),
+      publish: t.publish,
+      gapTimeoutMs: 1000,
+    })
+    // Yesterday's client: its standings are those of the period that ended.
+    const a = t.sink('a')
+    await hub.subscribe(a, 'leaderboard:daily', { since: 3, epoch: 'e1' })
+    expect(a.frames.map((f) => `${f.op}:${f.version}:${f.data?.period}${f.resync ? ':resync' : ''}`)).toEqual(['snapshot:5:today:resync'])
+    // Today's client resumes as before.
+    const b = t.sink('b')
+    await hub.subscribe(b, 'leaderboard:daily', { since: 4, epoch: 'e1' })
+    expect(versionsSeen(b)).toEqual(['subscribed:4', 'update:5'])
+    hub.stop()
+  })
+
   test('a period ending more than 2^31-1 ms away (a monthly board early in the month) is not re-synced at once', async () => {
     const t = topics()
     let reads = 0

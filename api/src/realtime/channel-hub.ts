@@ -4,8 +4,10 @@ import { parseChannel, type ChangeNotice, type ChannelKind } from '../../../core
  * A channel's state as read from the read model: its version, epoch and the data to show, and
  * `until` (ms since the epoch) when what it shows stops being current by the clock alone (a
  * leaderboard period ends): the hub then re-syncs the channel's subscribers with a fresh snapshot.
+ * `from`: when what it shows became current (the period began); a resume point reached before
+ * then may hold an earlier period, which no version says (see reachedInPeriod).
  */
-export type Snapshot = { version: number; epoch: string; data: unknown; until?: number }
+export type Snapshot = { version: number; epoch: string; data: unknown; until?: number; from?: number }
 
 /** Where a resuming client is: the last version it has, and that version's epoch. */
 export type ResumePoint = { since: number; epoch: string }
@@ -103,6 +105,8 @@ type ChannelState = {
   windowTimer: unknown
   /** The re-sync due when the current snapshot stops being current (Snapshot.until). */
   rollover: { at: number; timer: unknown } | undefined
+  /** When the latest period seen in a snapshot began (Snapshot.from); undefined for channels without periods. */
+  periodFrom: number | undefined
 }
 
 /** A snapshot read, with the state's `epochMoves` when it began. */
@@ -119,6 +123,13 @@ export const frames = {
       : JSON.stringify({ op: 'update', channel: to.channel, from: from.version, version: to.version, epoch: to.epoch, data }),
   recovered: (channel: string, version: number, epoch: string) => JSON.stringify({ op: 'subscribed', channel, version, epoch, recovered: true }),
 }
+
+/**
+ * How long after a period begins its re-sync has surely reached every subscriber: it runs 50 ms
+ * after the end by each node's clock, and commit times (ChangeNotice.at) come from the workers'
+ * clocks. Generous: a resume it refuses costs a snapshot, one it serves wrongly a day of stale standings.
+ */
+const PERIOD_SETTLED_MS = 10_000
 
 /**
  * Keeps this node's subscribers of each channel gap-free and in version order.
@@ -163,6 +174,7 @@ export function createChannelHub(deps: HubDeps) {
         pending: undefined,
         windowTimer: undefined,
         rollover: undefined,
+        periodFrom: undefined,
       }
       channels.set(channel, st)
     }
@@ -254,6 +266,7 @@ export function createChannelHub(deps: HubDeps) {
    * and the re-sync) must not cancel theirs.
    */
   function scheduleRollover(channel: string, st: ChannelState, snap: Snapshot) {
+    if (snap.from !== undefined && Number.isFinite(snap.from)) st.periodFrom = Math.max(st.periodFrom ?? snap.from, snap.from)
     if (snap.until === undefined || !Number.isFinite(snap.until) || (st.rollover && st.rollover.at <= snap.until)) return
     if (st.rollover) timers.clear(st.rollover.timer)
     armRollover(channel, st, snap.until)
@@ -488,6 +501,24 @@ export function createChannelHub(deps: HubDeps) {
   }
 
   /**
+   * Whether a client at version `since` of a channel with periods surely holds the current period.
+   * A period ends by the clock, with no version: a client that read its snapshot before the end
+   * and reconnected after it would resume into yesterday's standings and, told to skip updates of
+   * another period, keep them until the next end. Its version was committed before the period
+   * began, or in the moments after it, before the re-sync that moved every subscriber to it (see
+   * scheduleRollover); a version committed later than that was delivered after that re-sync. So the
+   * resume is served only when the history shows `since` committed PERIOD_SETTLED_MS or more into
+   * the current period; otherwise (or when the history no longer has it, or at version 0) the
+   * client gets a snapshot, which is always correct.
+   */
+  async function reachedInPeriod(channel: string, st: ChannelState, since: number): Promise<boolean> {
+    if (since <= 0 || !deps.history) return false
+    const kept = await sharedHistory(channel, st, since - 1)
+    const own = kept.find((n) => n.version === since && n.epoch === st.epoch)
+    return own !== undefined && Date.parse(own.at) >= st.periodFrom! + PERIOD_SETTLED_MS
+  }
+
+  /**
    * Tries to continue a client from its resume point with the kept history. Returns true if the
    * client was served (or went away meanwhile), false if it needs a snapshot instead.
    */
@@ -497,6 +528,11 @@ export function createChannelHub(deps: HubDeps) {
       const { snap } = await sharedSnapshot(channel, st)
       if (gone(channel, st, j)) return true
       init(channel, st, snap)
+    }
+    if (st.periodFrom !== undefined) {
+      const inPeriod = await reachedInPeriod(channel, st, from.since)
+      if (gone(channel, st, j)) return true
+      if (!inPeriod) return false
     }
     // Version 0 is the empty channel, the same in every epoch.
     const sameEpoch = () => st.epoch !== undefined && (from.since === 0 || from.epoch === st.epoch)

@@ -190,16 +190,17 @@ export const RESERVE_SIZE = 100
  * The first page of the channel `leaderboard:<board>` with its version and epoch (see
  * readChannelSnapshot), and the `reserve` of the next RESERVE_SIZE entries, read in the same query.
  */
-export async function leaderboardSnapshot(db: Db, board: string, now = Date.now()): Promise<ChannelSnapshot<BoardSnapshot> & { until?: number }> {
-  let until: number | undefined
+export async function leaderboardSnapshot(db: Db, board: string, now = Date.now()): Promise<ChannelSnapshot<BoardSnapshot> & { until?: number; from?: number }> {
+  let period: { start: number; end: number } | undefined
   const snap = await readChannelSnapshot(db, channelOf.leaderboard(board), async (q) => {
     // A cursor would go stale as updates apply to the snapshot: subscribers get none.
     const { next, entries, ...page } = await rankedRows(q, board, { limit: SNAPSHOT_SIZE + RESERVE_SIZE }, now)
     // The current period's snapshot is good until the period ends: then the hub re-syncs its
     // subscribers with the next period's (explicitly, a snapshot marked resync).
-    if (page.reset !== 'none') until = periodBounds(page.reset, now).end
+    // Its start tells the hub which resume points may hold an earlier period.
+    if (page.reset !== 'none') period = periodBounds(page.reset, now)
     const reserve = entries.slice(SNAPSHOT_SIZE).map(({ rank: _, ...e }) => e)
     return { ...page, entries: entries.slice(0, SNAPSHOT_SIZE), limit: SNAPSHOT_SIZE, more: entries.length > SNAPSHOT_SIZE, reserve: { size: RESERVE_SIZE, entries: reserve, more: next !== null } }
   })
-  return until === undefined ? snap : { ...snap, until }
+  return period === undefined ? snap : { ...snap, until: period.end, from: period.start }
 }
