@@ -240,6 +240,14 @@ export type ChangeRun = {
   at: string
   /** When JetStream stored the oldest event of the batch that made the run, ISO 8601 (for fanfare_event_to_push_seconds). */
   stored?: string
+  /**
+   * Set (to why) on a run with no changes that starts a new history of the channel: a new epoch,
+   * at `version`. What subscribers hold of the old history no longer applies, and no update could
+   * say so (an empty board's rules changed: the order and periods of its snapshot); API nodes
+   * re-sync the channel's subscribers from a snapshot. Its version has no notice, so no resume
+   * across it is served from history either.
+   */
+  restart?: string
 }
 
 /** The notices of a run, in version order. */

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
+import { configureBoard, configuredVersion, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
 
 const PLAYERS = 40
 
@@ -110,7 +110,7 @@ describe('NATS restart during ingest', () => {
       await untilBoardEquals(rm, board, oracle, 45_000).catch((err) => {
         throw new Error(`${(err as Error).message}\nworker log tail:\n${workerProc.output().slice(-4000)}`)
       })
-      expect(await rm.version(`leaderboard:${board}`)).toBe(total)
+      expect(await rm.version(`leaderboard:${board}`)).toBe(configuredVersion(total))
       expect(await rm.deadLetters()).toBe(0)
     } finally {
       await rm.close()

@@ -148,6 +148,12 @@ export async function configureBoard(api: Api, board: string, operator: 'latest'
   if (res.status !== 200) throw new Error(`PUT /admin/leaderboards/${board}: ${res.status} ${await res.text()}`)
 }
 
+/**
+ * The version of the channel of a board configured (configureBoard) before its first score, after
+ * `changes` changes: setting its rules restarted the channel at version 1 (see putBoardConfig).
+ */
+export const configuredVersion = (changes: number) => 1 + changes
+
 /** What the read models hold, read straight from Postgres. */
 export type ReadModel = {
   scores: (board: string) => Promise<Map<string, number>>

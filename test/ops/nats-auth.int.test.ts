@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import type { TestEnv } from '../../core/testing/env'
 import { runUntilExit, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { configureBoard, nodeVars, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, type PrivateNatsDeployment } from '../cluster/support'
+import { configureBoard, configuredVersion, nodeVars, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, type PrivateNatsDeployment } from '../cluster/support'
 import type { PrivateNats } from '../cluster/private-nats'
 
 /**
@@ -33,7 +33,7 @@ describe('a NATS server that requires a login', () => {
     expect((await postEvents(api, [scoreEvent('auth-1', 'auth', 'p1', 5)])).status).toBe(202)
     const rm = readModel(env.vars.DATABASE_URL)
     try {
-      await until('the event applied', async () => (await rm.version('leaderboard:auth')) === 1, 15_000)
+      await until('the event applied', async () => (await rm.version('leaderboard:auth')) === configuredVersion(1), 15_000)
     } finally {
       await rm.close()
     }

@@ -3,7 +3,7 @@ import postgres from 'postgres'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, runUntilExit, spawnProc, waitReady, type Proc } from '../e2e/harness'
 import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
-import { configureBoard, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from '../cluster/support'
+import { configureBoard, configuredVersion, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres max_connections test skipped: ${unavailable}`)
@@ -111,7 +111,7 @@ describe.skipIf(Boolean(unavailable))('Postgres max_connections reached', () => 
     const rm = readModel(databaseUrl)
     try {
       await untilBoardEquals(rm, board, oracle, 30_000)
-      expect(await rm.version(`leaderboard:${board}`)).toBe(acked.length)
+      expect(await rm.version(`leaderboard:${board}`)).toBe(configuredVersion(acked.length))
       expect(await rm.deadLetters()).toBe(0)
     } finally {
       await rm.close()

@@ -25,12 +25,14 @@ async function setup(url: string, opts: { checkEveryMs?: number; heartbeatMs?: n
   const create = () => jsm.streams.add({ name: stream, subjects: [`feedtest_${id}.changes.>`], ...(opts.perSubject ? { max_msgs_per_subject: opts.perSubject } : {}) })
   await create()
   const notices: ChangeNotice[] = []
+  const restarts: ChangeRun[] = []
   let resyncs = 0
   const feed = await startChangeFeed({
     nc,
     stream,
     logger,
     onNotice: (n) => notices.push(n),
+    onRestart: (r) => restarts.push(r),
     onResync: () => resyncs++,
     lookBackMs: 0,
     checkEveryMs: opts.checkEveryMs,
@@ -46,8 +48,11 @@ async function setup(url: string, opts: { checkEveryMs?: number; heartbeatMs?: n
     stream,
     feed,
     notices,
+    restarts,
     resyncs: () => resyncs,
     publish,
+    js,
+    subject,
     create,
     versions: () => notices.map((n) => n.version),
   }
@@ -66,6 +71,21 @@ const track = (feed: ChangeFeed, nc: NatsConnection, jsm?: JetStreamManager, str
   })
 
 describe('change feed', () => {
+  test('a run restarting its channel goes to onRestart, in stream order with the notices; nothing is lost or re-synced', async () => {
+    const f = await setup(TEST_NATS_URL)
+    track(f.feed, f.nc, f.jsm, f.stream)
+    await until('following', () => f.feed.status().following)
+    await f.publish(1)
+    await until('1 notice', () => f.notices.length === 1)
+    const restart: ChangeRun = { channel: 'leaderboard:b', version: 1, epoch: 'e2', changes: [], at: new Date().toISOString(), restart: 'board rules changed' }
+    await f.js.publish(f.subject, JSON.stringify(restart))
+    await f.publish(2, 'e2')
+    await until('the restart and the next notice', () => f.restarts.length === 1 && f.notices.length === 2)
+    expect(f.notices.map((n) => `${n.epoch}:${n.version}`)).toEqual(['e1:1', 'e2:2'])
+    expect(f.restarts).toEqual([restart])
+    expect(f.resyncs()).toBe(0)
+  })
+
   test('a consumer deleted from under it: follows again after its last sequence, nothing missed, no resync', async () => {
     const f = await setup(TEST_NATS_URL)
     track(f.feed, f.nc, f.jsm, f.stream)

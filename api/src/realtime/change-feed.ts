@@ -65,6 +65,8 @@ export async function startChangeFeed(deps: {
   stream: string
   logger: Logger
   onNotice: (notice: ChangeNotice) => void
+  /** A run that restarts its channel's history (see ChangeRun.restart), in stream order with the notices. */
+  onRestart: (run: ChangeRun) => void
   onResync: () => void
   /** Sockets of this node subscribed to a channel (the push span's recipient count). */
   recipients?: (channel: string) => number
@@ -123,13 +125,16 @@ export async function startChangeFeed(deps: {
     }
     expect = seq + 1
     lastSeq = Math.max(lastSeq, seq)
+    let run: ChangeRun
     let notices: ChangeNotice[]
     try {
-      notices = noticesOf(m.json<ChangeRun>())
+      run = m.json<ChangeRun>()
+      notices = noticesOf(run)
     } catch (err) {
       log.error({ err, subject: m.subject, seq }, 'unreadable change run')
       return
     }
+    if (run.restart !== undefined) return deps.onRestart(run)
     // A run whose batch was traced carries its context: its push is a span of that trace.
     const traced = m.headers ? contextOfNats(m.headers) : undefined
     if (traced && notices.length > 0) push(traced, notices)

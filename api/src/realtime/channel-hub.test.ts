@@ -219,6 +219,28 @@ describe('channel hub', () => {
     hub.stop()
   })
 
+  test('a restart of the history re-syncs at once, an empty topic too; one a snapshot already showed changes nothing', async () => {
+    const t = topics()
+    let snap: Snapshot = { version: 0, epoch: '', data: { rules: 'old' } }
+    const hub = createChannelHub({ snapshot: async () => snap, publish: t.publish, gapTimeoutMs: 60_000 })
+    const a = t.sink('a')
+    await hub.subscribe(a, 'leaderboard:b')
+    // The rules changed: a new epoch at version 1, with no notice of its own; then the first score.
+    snap = { version: 1, epoch: 'r1', data: { rules: 'new' } }
+    hub.onRestart('leaderboard:b', 1, 'r1')
+    await Bun.sleep(5)
+    hub.onNotice(notice(2, 'leaderboard:b', 'r1'))
+    // A late copy of the same restart (the sweeper published it again).
+    hub.onRestart('leaderboard:b', 1, 'r1')
+    await Bun.sleep(5)
+    expect(a.frames.map((f) => `${f.op}:${f.version}:${f.epoch}${f.resync ? ':resync' : ''}:${f.data.rules ?? ''}`)).toEqual([
+      'snapshot:0::old',
+      'snapshot:1:r1:resync:new',
+      'update:2:r1:',
+    ])
+    hub.stop()
+  })
+
   /** A hub with a fixed history and head, for resume tests. */
   function resumable(head: number, kept: number[], epoch = 'e1') {
     const t = topics()

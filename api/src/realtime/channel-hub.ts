@@ -637,6 +637,17 @@ export function createChannelHub(deps: HubDeps) {
     },
 
     /**
+     * The channel's history restarts in `epoch` at `version` (see ChangeRun.restart): its
+     * subscribers re-sync from a snapshot, unless the topic has one showing it already.
+     */
+    onRestart(channel: string, version: number, epoch: string) {
+      const st = channels.get(channel)
+      if (!st || st.retired.has(epoch)) return
+      if (st.last !== undefined && st.epoch === epoch && version <= st.last) return
+      void resync(channel)
+    },
+
+    /**
      * Subscribes a socket. Without `from`: sends the snapshot, then every later update exactly
      * once, in order. With `from` (a reconnecting client): sends `subscribed` with `recovered:
      * true` and every update after `from.since`, if the epoch matches and the kept history has them

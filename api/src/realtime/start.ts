@@ -130,6 +130,11 @@ export async function startRealtime(deps: {
           hub.onNotice(n)
           for (const l of tapped) l.notice(n)
         },
+        onRestart: (run) => {
+          hub.onRestart(run.channel, run.version, run.epoch)
+          // A listener keeps what it learnt of the channel's history: it starts again, as after a lost run.
+          for (const l of tapped) l.resync()
+        },
         onResync: () => {
           void hub.resyncAll(kind)
           for (const l of tapped) l.resync()

@@ -2,9 +2,10 @@ import type { KV } from '@nats-io/kv'
 import { RequestError, type NatsConnection } from '@nats-io/transport-node'
 import { and, desc, eq, lt, not, or, sql } from 'drizzle-orm'
 import type { Config } from '../../../../core/config'
-import type { Db } from '../../../../core/db/client'
+import type { Db, Tx } from '../../../../core/db/client'
+import { channelOf, type ChangeRun } from '../../../../core/channels'
 import { openLeaseBucketIfExists, workersView } from '../../../../core/leases'
-import { deadLetters, leaderboards } from '../../../../core/db/schema'
+import { changeOutbox, channelVersions, deadLetters, leaderboards } from '../../../../core/db/schema'
 import { Conflict, NotFound, Unavailable } from '../../errors'
 import { replaySubject, type ReplayReply } from '../../../../core/dead-letters'
 import { boardConfig, type BoardConfig } from '../leaderboards/service'
@@ -18,26 +19,55 @@ import { errorMessageOf } from '../../../../core/db/errors'
  * old rules. One statement: the workers mark a board scored in the same row, in the statement that
  * writes its first entries (see the leaderboards projection), so the two cannot pass each other; an
  * upsert that meets a worker's row not yet committed waits for it, then sees it scored.
+ *
+ * A board without scores may be watched already, and its subscribers' snapshots show the old
+ * rules (order, period, when the period ends), which no update can change: the first scores would
+ * carry a period their snapshot does not show, and be skipped for good. So in the same transaction
+ * its channel starts a new history (restartChannel): every node re-syncs its subscribers.
  */
 export async function putBoardConfig(db: Db, board: string, body: BoardConfigBody): Promise<BoardConfig> {
   const l = leaderboards
   const order = body.order === undefined ? l.sortOrder : sql`${body.order}`
   const operator = body.operator === undefined ? l.operator : sql`${body.operator}`
   const reset = body.reset === undefined ? l.reset : sql`${body.reset}`
-  const [row] = await db
-    .insert(l)
-    .values({ board, sortOrder: body.order, operator: body.operator, reset: body.reset, configured: true })
-    .onConflictDoUpdate({
-      target: l.board,
-      set: { sortOrder: order, operator, reset, configured: true, updatedAt: new Date() },
-      setWhere: or(not(l.hasScores), and(eq(l.sortOrder, order), eq(l.operator, operator), eq(l.reset, reset))),
-    })
-    .returning()
+  const row = await db.transaction(async (tx) => {
+    const [upserted] = await tx
+      .insert(l)
+      .values({ board, sortOrder: body.order, operator: body.operator, reset: body.reset, configured: true })
+      .onConflictDoUpdate({
+        target: l.board,
+        set: { sortOrder: order, operator, reset, configured: true, updatedAt: new Date() },
+        setWhere: or(not(l.hasScores), and(eq(l.sortOrder, order), eq(l.operator, operator), eq(l.reset, reset))),
+      })
+      .returning()
+    // Scored: the rules are the ones it had (else no row). Unscored, even rules re-stated as they
+    // were restart it: a re-sync of an empty board costs little, and needs no compare that a
+    // concurrent upsert could pass.
+    if (upserted && !upserted.hasScores) await restartChannel(tx, channelOf.leaderboard(board), 'board rules changed')
+    return upserted
+  })
   if (row) return { board, order: row.sortOrder, operator: row.operator, reset: row.reset, configured: true }
   const current = await boardConfig(db, board)
   throw new Conflict('board_has_scores', `board ${board} already has scores; its order, operator and reset can no longer change`, {
     current: { order: current.order, operator: current.operator, reset: current.reset },
   })
+}
+
+/**
+ * Starts a new history of `channel` (see ChangeRun.restart): a new epoch at the next version, and
+ * a run that says so in the change outbox, which the workers' outbox sweeper publishes within a few
+ * seconds (API nodes do not publish on change streams). Its row lock orders it with the workers'
+ * batches that change the channel.
+ */
+async function restartChannel(tx: Tx, channel: string, reason: string): Promise<void> {
+  const v = channelVersions
+  const [started] = await tx
+    .insert(v)
+    .values({ channel, version: 1 })
+    .onConflictDoUpdate({ target: v.channel, set: { version: sql`${v.version} + 1`, epoch: sql`default` } })
+    .returning({ version: v.version, epoch: v.epoch })
+  const run: ChangeRun = { channel, version: started.version, epoch: started.epoch, changes: [], at: new Date().toISOString(), restart: reason }
+  await tx.insert(changeOutbox).values({ channel, epoch: run.epoch, version: run.version, payload: JSON.stringify(run) })
 }
 
 /** Dead letters, newest first; `before` pages by id. */
