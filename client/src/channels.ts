@@ -66,6 +66,11 @@ type Followed = {
    */
   phase: 'subscribing' | 'live' | 'resyncing' | 'waiting' | 'failed'
   listeners: Set<Listener>
+  /**
+   * Listeners added while the channel was not live (a reconnect, a re-sync under way) and not yet
+   * given its state: a resume that recovers nothing sends no frame that would reach them.
+   */
+  owed: Set<Listener>
   /** The state held cannot be continued: the next subscribe asks for a snapshot, not a resume. */
   fresh: boolean
   /** The ref of the last subscribe or unsubscribe sent for it. */
@@ -104,8 +109,8 @@ export function createChannels(deps: {
 
   const view = (f: Followed) => (f.helper.at && f.hasState ? f.helper.at(f.state, deps.now()) : f.state)
 
-  const each = (f: Followed, call: (l: Listener) => void) => {
-    for (const l of [...f.listeners]) {
+  const each = (f: Followed, call: (l: Listener) => void, listeners: Iterable<Listener> = f.listeners) => {
+    for (const l of [...listeners]) {
       try {
         call(l)
       } catch (err) {
@@ -206,6 +211,7 @@ export function createChannels(deps: {
     f.phase = 'live'
     f.askedAt = undefined
     f.retries = 0
+    f.owed.clear()
     const state = view(f)
     each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: replaced }))
     if (replaced) each(f, (l) => l.onResync?.(state))
@@ -228,6 +234,7 @@ export function createChannels(deps: {
     f.version = frame.version
     f.epoch = frame.epoch
     f.resyncs = 0
+    f.owed.clear()
     const state = view(f)
     each(f, (l) => l.onUpdate?.(frame.data, { version: frame.version, from, epoch: frame.epoch }))
     each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: false }))
@@ -241,7 +248,7 @@ export function createChannels(deps: {
       if (kind === undefined) throw new FanfareError('invalid_channel', `${channel} is not a channel (leaderboard:, chat:, user:, stream:, poll:, reactions: or presence:)`)
       let f = followed.get(channel)
       if (!f) {
-        f = { channel, helper: helpers[kind as Kind] as StateHelper<unknown, unknown>, state: undefined, hasState: false, version: 0, epoch: '', phase: 'subscribing', listeners: new Set(), fresh: false, retries: 0, resyncs: 0 }
+        f = { channel, helper: helpers[kind as Kind] as StateHelper<unknown, unknown>, state: undefined, hasState: false, version: 0, epoch: '', phase: 'subscribing', listeners: new Set(), owed: new Set(), fresh: false, retries: 0, resyncs: 0 }
         followed.set(channel, f)
         subscribe(f)
       } else if (f.hasState && f.phase === 'live') {
@@ -252,6 +259,8 @@ export function createChannels(deps: {
       }
       const l = listener as unknown as Listener
       f.listeners.add(l)
+      // Not live now: the state it has comes when the channel is live again (see `owed`).
+      if (f.hasState && f.phase !== 'live') f.owed.add(l)
       const owner = f
       let closed = false
       return {
@@ -273,6 +282,7 @@ export function createChannels(deps: {
           if (closed) return
           closed = true
           owner.listeners.delete(l)
+          owner.owed.delete(l)
           if (owner.listeners.size > 0 || followed.get(channel) !== owner) return
           followed.delete(channel)
           if (owner.timer !== undefined) clearTimeout(owner.timer)
@@ -318,6 +328,14 @@ export function createChannels(deps: {
             f.askedAt = undefined
             f.retries = 0
             if (f.version === 0) f.epoch = frame.epoch
+            // The missed updates (if any) will reach every listener; one added meanwhile gets the
+            // state it resumed from now, or it would wait for the channel's next change.
+            if (f.owed.size > 0) {
+              const owed = [...f.owed]
+              f.owed.clear()
+              const state = view(f)
+              each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: false }), owed)
+            }
           }
           return true
         }

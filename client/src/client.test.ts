@@ -148,6 +148,35 @@ describe('client against scripted servers', () => {
     expect(resyncs).toBe(0)
   })
 
+  test('a subscriber added while the client reconnects gets the state once the channel resumes, with no update to wait for', async () => {
+    let connections = 0
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'auth') return authed(ws, f.ref)
+        if (f.op !== 'subscribe') return
+        if (connections === 1) {
+          ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 3, epoch: 'e1', data: { stream: 's', totals: { '👏': 3 } } }))
+          setTimeout(() => ws.close(1001, 'server shutting down'), 20)
+        } else {
+          // Nothing was missed: the resume brings no update, and the channel stays quiet.
+          ws.send(JSON.stringify({ op: 'subscribed', channel: f.channel, version: f.since, epoch: f.epoch, recovered: true }))
+        }
+      },
+      open: () => void connections++,
+    })
+    const c = createClient({ urls: [s.url], token: 't' })
+    const first = c.subscribe('reactions:s')
+    const states: unknown[] = []
+    c.on('status', (st) => {
+      // A view mounted during the reconnect (the first subscription's state is still readable).
+      if (st.state === 'reconnecting' && states.length === 0) c.subscribe('reactions:s', { onState: (state) => void states.push(state) })
+    })
+    track(c)
+    await until('resumed', () => s.frames.filter((f) => f.op === 'subscribe').length === 2 && first.status === 'live', 3000)
+    await until('the late subscriber saw the state', () => states.length > 0, 1000)
+    expect(states).toEqual([{ stream: 's', totals: { '👏': 3 } }])
+  })
+
   test('an update that skips a version is not applied: the client reports the gap and asks for a snapshot', async () => {
     const s = scripted({
       frame: (ws, f) => {
