@@ -208,6 +208,29 @@ describe('the admin console in Chromium', () => {
     expect(await details.textContent()).toContain('"name":"evil\\u202e\\u200bkey"')
   }, 30_000)
 
+  test('audit log: older pages stay shown while the page refreshes, and new entries come in above them', async () => {
+    const admin = { token: d.env.vars.FANFARE_ADMIN_TOKEN }
+    // More than two pages (50 a page) of entries.
+    for (let i = 0; i < 110; i++) expect((await d.call('POST', `/admin/users/paged-${i}/revoke`, undefined, admin)).status).toBe(200)
+    await tab('audit')
+    const audit = byTest('audit').locator('tbody tr')
+    await audit.filter({ hasText: 'user:paged-109' }).waitFor({ timeout: 15_000 })
+    await page.locator('#audit-more').click()
+    await page.locator('#audit-more').click()
+    // The first entry of all (id 1) is on the third page.
+    const first = audit.filter({ has: page.locator('td:first-child', { hasText: /^1$/ }) })
+    await first.waitFor({ timeout: 15_000 })
+    // Two refreshes (every 2 s) later the older pages are still there, and a new entry is on top.
+    expect((await d.call('POST', '/admin/users/paged-new/revoke', undefined, admin)).status).toBe(200)
+    await audit.first().filter({ hasText: 'user:paged-new' }).waitFor({ timeout: 15_000 })
+    await page.waitForTimeout(4500)
+    expect(await first.count()).toBe(1)
+    const ids = await audit.locator('td:first-child').allTextContents()
+    expect(ids.map(Number)).toEqual([...ids.map(Number)].sort((a, b) => b - a))
+    expect(new Set(ids).size).toBe(ids.length)
+    expect(ids.length).toBeGreaterThan(110)
+  }, 60_000)
+
   test('/docs renders the API reference from the node alone', async () => {
     const docs = await browser.newPage({ viewport: { width: 1280, height: 860 } })
     const outside: string[] = []

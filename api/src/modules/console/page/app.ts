@@ -92,6 +92,7 @@ function showSignIn(message = '') {
 function signOut(message = '') {
   token = ''
   sessionStorage.removeItem(STORE)
+  auditShown = []
   inspector.close()
   showSignIn(message)
 }
@@ -391,15 +392,30 @@ function onForm(id: string, handle: (data: FormData, form: HTMLFormElement) => P
 
 // ---- audit ----
 
-let auditOldest: number | undefined
+/**
+ * The entries shown, newest first: the newest page, and the older pages asked for with "Older".
+ * A refresh adds what is newer than the top and keeps the older pages shown.
+ */
+let auditShown: Json[] = []
 
 async function loadAudit(older: boolean) {
-  const before = older && auditOldest !== undefined ? `&before=${auditOldest}` : ''
-  const { entries } = await api('GET', `/admin/audit?limit=50${before}`)
-  const trs = entries.map((e: Json) => el('tr', {}, td(String(e.id)), td(ago(e.at)), td(e.actor), td(e.action), td(e.target), td(el('code', {}, e.details ? visible(JSON.stringify(e.details)) : ''))))
-  if (older) document.querySelector('[data-testid="audit"] tbody')!.append(...trs)
-  else rows('audit', trs)
-  if (entries.length > 0 && (older || auditOldest === undefined || !before)) auditOldest = entries[entries.length - 1].id
+  const oldest = auditShown[auditShown.length - 1]?.id
+  if (older && oldest !== undefined) {
+    const { entries } = await api('GET', `/admin/audit?limit=50&before=${oldest}`)
+    if (entries.length === 0) notify('no older entries')
+    auditShown = [...auditShown, ...entries]
+  } else {
+    const { entries } = await api('GET', '/admin/audit?limit=50')
+    const top = auditShown[0]?.id
+    // Overlapping what is shown: only the newer entries are new. Otherwise (nothing shown yet, or
+    // more than a page arrived since) the newest page alone, with no gap between it and older rows.
+    const overlaps = top !== undefined && entries.length > 0 && entries[entries.length - 1].id <= top
+    auditShown = overlaps ? [...entries.filter((e: Json) => e.id > top), ...auditShown] : entries
+  }
+  rows(
+    'audit',
+    auditShown.map((e: Json) => el('tr', {}, td(String(e.id)), td(ago(e.at)), td(e.actor), td(e.action), td(e.target), td(el('code', {}, e.details ? visible(JSON.stringify(e.details)) : '')))),
+  )
 }
 
 // ---- channel inspector ----
