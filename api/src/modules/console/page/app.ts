@@ -93,6 +93,7 @@ function signOut(message = '') {
   token = ''
   sessionStorage.removeItem(STORE)
   auditShown = []
+  letterPages = 1
   inspector.close()
   showSignIn(message)
 }
@@ -280,9 +281,21 @@ async function loadProjections() {
 // ---- dead letters ----
 
 let selectedLetter: number | undefined
+/** Dead letters are listed a page (100) at a time, newest first; "Older" shows one page more. */
+const LETTER_PAGE = 100
+let letterPages = 1
 
 async function loadDeadLetters() {
-  const { deadLetters } = await api('GET', '/admin/dead-letters?limit=100')
+  // Every page shown is read again on each refresh: replays and discards change what is on them.
+  const deadLetters: Json[] = []
+  let more = true
+  for (let page = 0; page < letterPages && more; page++) {
+    const before = deadLetters.length > 0 ? `&before=${deadLetters[deadLetters.length - 1].id}` : ''
+    const next = (await api('GET', `/admin/dead-letters?limit=${LETTER_PAGE}${before}`)).deadLetters
+    deadLetters.push(...next)
+    more = next.length === LETTER_PAGE
+  }
+  $('dead-letters-more').hidden = !more
   rows(
     'dead-letters',
     deadLetters.map((d: Json) => {
@@ -501,6 +514,10 @@ $('signin').addEventListener('submit', (e) => {
 $('signout').addEventListener('click', () => signOut())
 window.addEventListener('hashchange', showTab)
 $('audit-more').addEventListener('click', () => void loadAudit(true).catch(fail))
+$('dead-letters-more').addEventListener('click', () => {
+  letterPages++
+  void refresh()
+})
 $('inspect-stop').addEventListener('click', () => inspector.unsubscribe())
 
 onForm('inspect', async (data) => inspector.subscribe(String(data.get('channel')).trim()))
