@@ -257,6 +257,16 @@ describe('the admin console in Chromium', () => {
     await database.db.delete(deadLetters).where(inArray(deadLetters.id, ids))
   }, 60_000)
 
+  test('a node out of reach is said plainly, and the notice goes once the node answers again', async () => {
+    await tab('overview')
+    // As when the node is down or restarting: its requests fail without an answer.
+    const down = (route: { abort: () => Promise<void> }) => route.abort()
+    await page.route('**/admin/**', down)
+    await byTest('notice').filter({ hasText: 'no answer from' }).waitFor({ timeout: 15_000 })
+    await page.unroute('**/admin/**', down)
+    await byTest('notice').waitFor({ state: 'hidden', timeout: 15_000 })
+  }, 30_000)
+
   test('/docs renders the API reference from the node alone', async () => {
     const docs = await browser.newPage({ viewport: { width: 1280, height: 860 } })
     const outside: string[] = []

@@ -58,17 +58,27 @@ class ApiError extends Error {
 }
 
 async function api(method: string, path: string, body?: unknown): Promise<Json> {
-  const res = await fetch(path, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  })
+  let res: Response
+  try {
+    res = await fetch(path, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    })
+  } catch {
+    // fetch says only "Failed to fetch": the node is down, restarting, or out of the network's reach.
+    throw new ApiError(0, 'unreachable', `no answer from ${location.host}: the node may be down or restarting (the console tries again every ${POLL_MS / 1000} s)`)
+  }
   const json = await res.json().catch(() => null)
   if (!res.ok) throw new ApiError(res.status, json?.error?.code ?? 'error', json?.error?.message ?? res.statusText)
   return json
 }
 
+/** The notice shows why the last refresh failed: the next refresh that succeeds takes it away. */
+let refreshFailed = false
+
 function notify(text: string, bad = false) {
+  refreshFailed = false
   const n = $('notice')
   n.textContent = text
   n.className = bad ? 'notice bad' : 'notice'
@@ -144,8 +154,11 @@ async function refresh() {
   try {
     await sampleStream()
     await loaders[current()]?.()
+    if (refreshFailed) $('notice').hidden = true
+    refreshFailed = false
   } catch (err) {
     fail(err)
+    refreshFailed = !$('notice').hidden
   } finally {
     refreshing = false
   }
