@@ -271,6 +271,10 @@ describe('the admin console in Chromium', () => {
     const docs = await browser.newPage({ viewport: { width: 1280, height: 860 } })
     const outside: string[] = []
     docs.on('request', (r) => void (!r.url().startsWith(d.urls[0]) && !r.url().startsWith('data:') && outside.push(r.url())))
+    // Its console too, which also shows what the browser asks for on its own (the page's icon).
+    const errors: string[] = []
+    docs.on('console', (m) => void (m.type() === 'error' && errors.push(m.text())))
+    docs.on('pageerror', (err) => void errors.push(String(err)))
     await docs.goto(`${d.urls[0]}/docs`)
     await docs.getByText('Readiness: Postgres and NATS/JetStream', { exact: false }).first().waitFor({ timeout: 30_000 })
     await docs.getByRole('button', { name: /Open Group - admin/ }).first().click()
@@ -278,6 +282,7 @@ describe('the admin console in Chromium', () => {
     if (SHOTS) await docs.screenshot({ path: `${SHOTS}/docs.png` })
     await docs.close()
     expect(outside).toEqual([])
+    expect(errors).toEqual([])
   }, 45_000)
 
   test('nothing left the node, and the page logged no errors', () => {

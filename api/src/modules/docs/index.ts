@@ -23,6 +23,12 @@ export function docsModule() {
         },
       }),
     )
+    // The reference's HTML (the plugin's) names no icon, so the browser asks for /favicon.ico, and a
+    // 404 there is an error in the page's console: answer it with nothing instead.
+    .get('/favicon.ico', ({ set }) => {
+      set.status = 204
+      set.headers['cache-control'] = 'public, max-age=86400'
+    }, { detail: { hide: true } })
     .get('/docs/scalar.js', () => new Response(Bun.file(VIEWER), { headers: { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'public, max-age=86400' } }), {
       detail: { hide: true },
     })
