@@ -429,8 +429,8 @@ function isFrame(frame: unknown): frame is ServerFrame {
   return f.op !== 'error' || (typeof f.error === 'object' && f.error !== null && typeof (f.error as { code?: unknown }).code === 'string')
 }
 
-/** `http(s)://host` becomes `ws(s)://host/v1/ws`; WebSocket URLs are kept. */
-function wsUrl(url: string): string {
+/** `http(s)://host` becomes `ws(s)://host/v1/ws`; WebSocket URLs are kept (a proxy may serve it on another path). */
+export function wsUrl(url: string): string {
   const u = new URL(url)
   if (u.protocol === 'http:' || u.protocol === 'https:') {
     u.protocol = u.protocol === 'http:' ? 'ws:' : 'wss:'

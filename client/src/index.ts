@@ -2,7 +2,7 @@
  * @fanfare/client: live channels that never lose their place, and publishes stored exactly once.
  *
  * ```ts
- * const client = createClient({ urls: ['wss://eu.example.com', 'wss://us.example.com'], token: () => auth.fanfareToken() })
+ * const client = createClient({ urls: ['https://eu.example.com', 'https://us.example.com'], token: () => auth.fanfareToken() })
  * const board = client.subscribe('leaderboard:arena', { onState: (b) => render(b.entries) })
  * await client.publish({ type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'gg' } })
  * ```

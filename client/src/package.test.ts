@@ -2,6 +2,7 @@ import { expect, test } from 'bun:test'
 import { readdirSync, readFileSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
+import { wsUrl } from './client'
 
 const SRC = import.meta.dir
 
@@ -76,4 +77,13 @@ client.close()
   } finally {
     rmSync(out, { recursive: true, force: true })
   }
+})
+
+test("the examples' URLs reach the WebSocket endpoint: ws(s) URLs are kept as written, so one without /v1/ws would never connect", () => {
+  const readme = readFileSync(join(SRC, '../../README.md'), 'utf8')
+  const sdk = readme.slice(readme.indexOf('## Client SDK'), readme.indexOf('### The arcade demo'))
+  const examples = [readFileSync(join(SRC, 'index.ts'), 'utf8'), sdk]
+  const urls = examples.flatMap((text) => [...text.matchAll(/urls: \[([^\]]*)\]/g)].flatMap((m) => [...m[1].matchAll(/'([^']+)'/g)].map((u) => u[1])))
+  expect(urls.length).toBeGreaterThan(0)
+  expect(urls.filter((u) => new URL(wsUrl(u)).pathname !== '/v1/ws')).toEqual([])
 })
