@@ -248,6 +248,10 @@ describe('the admin console in Chromium', () => {
     const oldestRow = byTest('dead-letters').locator(`tbody tr[data-id="${ids[0]}"]`)
     expect(await table.count()).toBe(100)
     expect(await oldestRow.count()).toBe(0)
+    // Inspecting one shows its payload where it can be seen, below a hundred rows.
+    await table.filter({ hasText: 'paged-letter-129' }).getByRole('button', { name: 'Inspect' }).click()
+    await expect(byTest('letter-payload').evaluate((e) => e.getBoundingClientRect().top < innerHeight)).resolves.toBe(true)
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('letter')
     await byTest('dead-letters-more').click()
     await oldestRow.waitFor({ timeout: 15_000 })
     // Still there after a refresh; and the end of the list says so.

@@ -344,6 +344,10 @@ function showLetter(d: Json) {
   } catch {}
   $('letter-payload').textContent = visible(payload)
   $('letter').hidden = false
+  // The card is below the list, out of sight once it holds more than a few letters: bring it into
+  // view, and move the focus there so that the keyboard follows.
+  $('letter').focus({ preventScroll: true })
+  $('letter').scrollIntoView({ block: 'nearest' })
   void refresh()
 }
 
