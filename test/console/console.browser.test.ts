@@ -166,6 +166,11 @@ describe('the admin console in Chromium', () => {
     await row.filter({ hasText: 'revoked' }).waitFor({ timeout: 15_000 })
     expect((await submit(secret)).status).toBe(401)
     await byTest('revocations').getByText('key.revoked').waitFor({ timeout: 15_000 })
+    // A refused form says which field is wrong, not only "invalid body".
+    await page.locator('#revoke-token input[name="jti"]').fill('some-jti')
+    await page.locator('#revoke-token input[name="exp"]').fill('tomorrow')
+    await page.locator('#revoke-token input[name="exp"]').press('Enter')
+    await byTest('notice').filter({ hasText: 'invalid body (exp: Expected integer)' }).waitFor({ timeout: 15_000 })
   }, 30_000)
 
   test('projections and audit log', async () => {

@@ -70,12 +70,24 @@ async function api(method: string, path: string, body?: unknown): Promise<Json> 
     throw new ApiError(0, 'unreachable', `no answer from ${location.host}: the node may be down or restarting (the console tries again every ${POLL_MS / 1000} s)`)
   }
   const json = await res.json().catch(() => null)
-  if (!res.ok) throw new ApiError(res.status, json?.error?.code ?? 'error', json?.error?.message ?? res.statusText)
+  if (!res.ok) throw new ApiError(res.status, json?.error?.code ?? 'error', `${json?.error?.message ?? res.statusText}${problems(json?.error?.details)}`)
   return json
 }
 
 /** The notice shows why the last refresh failed: the next refresh that succeeds takes it away. */
 let refreshFailed = false
+
+/**
+ * A validation error's message is only "invalid body" or "invalid params": its details name the
+ * field and what is wrong with it (the first of each field, the first three fields).
+ */
+function problems(details: unknown): string {
+  if (!Array.isArray(details)) return ''
+  const first = new Map<string, string>()
+  for (const d of details) if (typeof d?.path === 'string' && typeof d?.message === 'string' && !first.has(d.path)) first.set(d.path, d.message)
+  const named = [...first].slice(0, 3).map(([path, message]) => `${path.replace(/^\//, '') || 'request'}: ${message}`)
+  return named.length > 0 ? ` (${named.join('; ')})` : ''
+}
 
 function notify(text: string, bad = false) {
   refreshFailed = false
