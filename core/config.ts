@@ -238,13 +238,24 @@ export class ConfigError extends Error {
  */
 export function loadConfig(source: Record<string, string | undefined> = process.env): Config {
   const raw: Record<string, unknown> = {}
-  for (const key of Object.keys(Env.properties)) {
+  const problems: string[] = []
+  for (const [key, schema] of Object.entries(Env.properties)) {
     const value = source[key]
-    if (value !== undefined && value !== '') raw[key] = value
+    if (value === undefined || value === '') continue
+    // Value.Convert reads an integer with parseInt, which stops at the first stray character:
+    // "864e5" (a day, meant) would be 864 ms and "10.5" silently 10. Only plain digits pass.
+    if ((schema as { type?: string }).type === 'integer' && !/^[+-]?[0-9]+$/.test(value)) {
+      problems.push(`${key}: not a whole number in decimal digits (got ${JSON.stringify(value)})`)
+      continue
+    }
+    raw[key] = value
   }
   const converted = Value.Convert(Env, Value.Default(Env, raw))
-  const problems = [...Value.Errors(Env, converted)].map(
-    (e) => `${e.path.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(ValuePointer.Get(converted, e.path))})`,
+  problems.push(
+    ...[...Value.Errors(Env, converted)]
+      // A variable refused above is not also reported missing or of the wrong type.
+      .filter((e) => !problems.some((p) => p.startsWith(`${e.path.slice(1)}: `)))
+      .map((e) => `${e.path.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(ValuePointer.Get(converted, e.path))})`),
   )
   // Lists a schema cannot check: each entry must parse (core/net.ts).
   const lists = converted as Partial<Env>
@@ -257,6 +268,15 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   }
   if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAIN === lists.FANFARE_HUB_DOMAIN) {
     problems.push(`FANFARE_EDGE_DOMAIN: the edge needs a JetStream domain of its own, not the hub's (${lists.FANFARE_HUB_DOMAIN})`)
+  }
+  // JetStream refuses an event stream whose de-duplication window is longer than its max_age (and
+  // a max_age under 100 ms, which this covers): say so here rather than die on its error at start.
+  const retention = lists.FANFARE_EVENT_RETENTION_MS
+  const dedupWindow = lists.FANFARE_DEDUP_WINDOW_MS
+  if (typeof retention === 'number' && typeof dedupWindow === 'number' && retention > 0 && retention < dedupWindow) {
+    problems.push(
+      `FANFARE_EVENT_RETENTION_MS: ${retention} is shorter than FANFARE_DEDUP_WINDOW_MS (${dedupWindow}); JetStream keeps ids for de-duplication only while it keeps their events: raise the retention (0 keeps events forever) or lower the window`,
+    )
   }
   if (problems.length > 0) throw new ConfigError(problems)
   return converted as Config

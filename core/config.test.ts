@@ -1,0 +1,23 @@
+import { expect, test } from 'bun:test'
+import { loadConfig } from './config'
+
+test('a whole-number variable written as anything but decimal digits is refused, naming it', () => {
+  // Value.Convert alone read these with parseInt: "864e5" (a day, meant) became 864 ms of retention.
+  for (const value of ['864e5', '10.5', '0x10', '1_000', ' 5']) {
+    expect(() => loadConfig({ FANFARE_EVENT_RETENTION_MS: value })).toThrow(`FANFARE_EVENT_RETENTION_MS: not a whole number in decimal digits (got ${JSON.stringify(value)})`)
+  }
+  expect(() => loadConfig({ FANFARE_BATCH_SIZE: '10.5' })).toThrow(/FANFARE_BATCH_SIZE: not a whole number/)
+  expect(loadConfig({ FANFARE_EVENT_RETENTION_MS: '86400000', FANFARE_BATCH_SIZE: '+20' })).toMatchObject({ FANFARE_EVENT_RETENTION_MS: 86_400_000, FANFARE_BATCH_SIZE: 20 })
+  // Fractional settings keep their fractions.
+  expect(loadConfig({ OTEL_TRACES_SAMPLER_ARG: '0.25' }).OTEL_TRACES_SAMPLER_ARG).toBe(0.25)
+})
+
+test('a retention JetStream would refuse (under 100 ms, or shorter than the de-duplication window) is refused at start, naming both', () => {
+  // JetStream refuses a duplicate window longer than max_age; the process used to die on its stack trace.
+  expect(() => loadConfig({ FANFARE_EVENT_RETENTION_MS: '60000' })).toThrow(
+    'FANFARE_EVENT_RETENTION_MS: 60000 is shorter than FANFARE_DEDUP_WINDOW_MS (120000)',
+  )
+  expect(() => loadConfig({ FANFARE_EVENT_RETENTION_MS: '50', FANFARE_DEDUP_WINDOW_MS: '1000' })).toThrow(/FANFARE_EVENT_RETENTION_MS: 50 is shorter than FANFARE_DEDUP_WINDOW_MS/)
+  expect(loadConfig({ FANFARE_EVENT_RETENTION_MS: '2000', FANFARE_DEDUP_WINDOW_MS: '1000' }).FANFARE_EVENT_RETENTION_MS).toBe(2000)
+  expect(loadConfig({ FANFARE_EVENT_RETENTION_MS: '0' }).FANFARE_EVENT_RETENTION_MS).toBe(0)
+})
