@@ -23,7 +23,9 @@ export async function connectNats(url: string, name: string): Promise<NatsConnec
     if (err instanceof AuthorizationError) {
       throw new Error(`NATS refused the login (${err.message}): ${login ? 'check the user and password (or token) in NATS_URL' : 'the server requires one: give it in NATS_URL as nats://user:password@host:4222 or nats://token@host:4222'}`)
     }
-    throw err
+    // nats.js says only "connection refused" (or a timeout), naming neither the server nor the
+    // setting; the servers are printed without their login.
+    throw new Error(`cannot reach NATS at NATS_URL (${servers.join(', ')}): ${(err as Error).message}`, { cause: err })
   }
 }
 
