@@ -21,3 +21,11 @@ test('a retention JetStream would refuse (under 100 ms, or shorter than the de-d
   expect(loadConfig({ FANFARE_EVENT_RETENTION_MS: '2000', FANFARE_DEDUP_WINDOW_MS: '1000' }).FANFARE_EVENT_RETENTION_MS).toBe(2000)
   expect(loadConfig({ FANFARE_EVENT_RETENTION_MS: '0' }).FANFARE_EVENT_RETENTION_MS).toBe(0)
 })
+
+test('an age JetStream cannot hold in nanoseconds (past about 292 years) is refused at start, naming the variable', () => {
+  // JetStream takes max_age as int64 nanoseconds; above it the process died on "invalid JSON".
+  expect(() => loadConfig({ FANFARE_EVENT_RETENTION_MS: '10000000000000' })).toThrow(/FANFARE_EVENT_RETENTION_MS: Expected integer to be less or equal to 9223372036854/)
+  expect(() => loadConfig({ FANFARE_HISTORY_TTL_MS: '10000000000000' })).toThrow(/FANFARE_HISTORY_TTL_MS: Expected integer to be less or equal/)
+  expect(() => loadConfig({ FANFARE_HISTORY_TTL_MS_CHAT: '10000000000000' })).toThrow(/FANFARE_HISTORY_TTL_MS_CHAT: Expected integer to be less or equal/)
+  expect(loadConfig({ FANFARE_EVENT_RETENTION_MS: '9223372036854' }).FANFARE_EVENT_RETENTION_MS).toBe(9_223_372_036_854)
+})

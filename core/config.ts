@@ -6,6 +6,11 @@ import { parseCidrs, parseNatsServers, parseOrigins } from './net'
 const DOMAIN = '^[A-Za-z0-9_-]{1,64}$'
 /** A bootstrap token: no '.' (see FANFARE_INGEST_TOKEN). */
 const BOOTSTRAP_TOKEN = '^[^.]+$'
+/**
+ * The longest age JetStream can hold (a stream's max_age is int64 nanoseconds, about 292 years):
+ * past it the stream update fails with a bare "invalid JSON".
+ */
+const MAX_AGE_MS = Math.floor(Number(2n ** 63n - 1n) / 1e6)
 
 /**
  * The whole environment Fanfare reads, as one TypeBox schema. Parsed once in `main`; nothing else
@@ -72,22 +77,22 @@ export const Env = Type.Object({
   /** JetStream de-duplication window: a resent event id inside it is reported duplicate. */
   FANFARE_DEDUP_WINDOW_MS: Type.Integer({ minimum: 1000, maximum: 7 * 24 * 3600_000, default: 120_000 }),
   /** How long the event stream keeps events (0 = forever). Bounds what a rebuild can replay. */
-  FANFARE_EVENT_RETENTION_MS: Type.Integer({ minimum: 0, default: 0 }),
+  FANFARE_EVENT_RETENTION_MS: Type.Integer({ minimum: 0, maximum: MAX_AGE_MS, default: 0 }),
   /** Change notices kept per channel, and for how long (defaults for every channel kind). */
   FANFARE_HISTORY_SIZE: Type.Integer({ minimum: 1, maximum: 100_000, default: 1000 }),
-  FANFARE_HISTORY_TTL_MS: Type.Integer({ minimum: 1000, default: 24 * 3600_000 }),
+  FANFARE_HISTORY_TTL_MS: Type.Integer({ minimum: 1000, maximum: MAX_AGE_MS, default: 24 * 3600_000 }),
   /** Per channel kind overrides of the two above (unset: the defaults). */
   FANFARE_HISTORY_SIZE_LEADERBOARD: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
-  FANFARE_HISTORY_TTL_MS_LEADERBOARD: Type.Optional(Type.Integer({ minimum: 1000 })),
+  FANFARE_HISTORY_TTL_MS_LEADERBOARD: Type.Optional(Type.Integer({ minimum: 1000, maximum: MAX_AGE_MS })),
   FANFARE_HISTORY_SIZE_CHAT: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
-  FANFARE_HISTORY_TTL_MS_CHAT: Type.Optional(Type.Integer({ minimum: 1000 })),
+  FANFARE_HISTORY_TTL_MS_CHAT: Type.Optional(Type.Integer({ minimum: 1000, maximum: MAX_AGE_MS })),
   /** Streams and polls have their own defaults (300 runs, 1 hour: see historyRetention). */
   FANFARE_HISTORY_SIZE_STREAM: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
-  FANFARE_HISTORY_TTL_MS_STREAM: Type.Optional(Type.Integer({ minimum: 1000 })),
+  FANFARE_HISTORY_TTL_MS_STREAM: Type.Optional(Type.Integer({ minimum: 1000, maximum: MAX_AGE_MS })),
   FANFARE_HISTORY_SIZE_POLL: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
-  FANFARE_HISTORY_TTL_MS_POLL: Type.Optional(Type.Integer({ minimum: 1000 })),
+  FANFARE_HISTORY_TTL_MS_POLL: Type.Optional(Type.Integer({ minimum: 1000, maximum: MAX_AGE_MS })),
   FANFARE_HISTORY_SIZE_REACTIONS: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
-  FANFARE_HISTORY_TTL_MS_REACTIONS: Type.Optional(Type.Integer({ minimum: 1000 })),
+  FANFARE_HISTORY_TTL_MS_REACTIONS: Type.Optional(Type.Integer({ minimum: 1000, maximum: MAX_AGE_MS })),
   /**
    * `reactions:<stream>` subscribers get at most one update per this many ms, carrying the
    * window's counts per emoji and the running totals (however many reactions arrived).
