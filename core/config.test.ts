@@ -3,11 +3,13 @@ import { loadConfig } from './config'
 
 test('a whole-number variable written as anything but decimal digits is refused, naming it', () => {
   // Value.Convert alone read these with parseInt: "864e5" (a day, meant) became 864 ms of retention.
-  for (const value of ['864e5', '10.5', '0x10', '1_000', ' 5']) {
+  for (const value of ['864e5', '10.5', '0x10', '1_000', '5 0']) {
     expect(() => loadConfig({ FANFARE_EVENT_RETENTION_MS: value })).toThrow(`FANFARE_EVENT_RETENTION_MS: not a whole number in decimal digits (got ${JSON.stringify(value)})`)
   }
   expect(() => loadConfig({ FANFARE_BATCH_SIZE: '10.5' })).toThrow(/FANFARE_BATCH_SIZE: not a whole number/)
   expect(loadConfig({ FANFARE_EVENT_RETENTION_MS: '86400000', FANFARE_BATCH_SIZE: '+20' })).toMatchObject({ FANFARE_EVENT_RETENTION_MS: 86_400_000, FANFARE_BATCH_SIZE: 20 })
+  // Whitespace around the digits passes, as it always did (a value read from a file ends in a newline).
+  expect(loadConfig({ FANFARE_BATCH_SIZE: '20\n' }).FANFARE_BATCH_SIZE).toBe(20)
   // Fractional settings keep their fractions.
   expect(loadConfig({ OTEL_TRACES_SAMPLER_ARG: '0.25' }).OTEL_TRACES_SAMPLER_ARG).toBe(0.25)
 })

@@ -248,8 +248,9 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     const value = source[key]
     if (value === undefined || value === '') continue
     // Value.Convert reads an integer with parseInt, which stops at the first stray character:
-    // "864e5" (a day, meant) would be 864 ms and "10.5" silently 10. Only plain digits pass.
-    if ((schema as { type?: string }).type === 'integer' && !/^[+-]?[0-9]+$/.test(value)) {
+    // "864e5" (a day, meant) would be 864 ms and "10.5" silently 10. Only plain digits pass
+    // (around them whitespace, as before: a value read from a file often ends in a newline).
+    if ((schema as { type?: string }).type === 'integer' && !/^\s*[+-]?[0-9]+\s*$/.test(value)) {
       problems.push(`${key}: not a whole number in decimal digits (got ${JSON.stringify(value)})`)
       continue
     }
