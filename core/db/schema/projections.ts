@@ -62,6 +62,11 @@ export const deadLetters = pgTable(
     reason: text('reason').notNull(),
     payload: text('payload').notNull(),
     createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+    /**
+     * When JetStream stored the message: a replay applies it at this time, as its batch would have
+     * (periods, match times and reaction windows go by it). Null in rows from before it was kept.
+     */
+    storedAt: timestamp('stored_at', { withTimezone: true }),
   },
   (t) => [index('dead_letters_created').on(t.createdAt)],
 )

@@ -199,12 +199,12 @@ export async function replaceDeadLetters(tx: Tx, opts: { shadow: string; project
         and not exists (select 1 from ${shadow} s where ${read('s')} and s.stream_seq = d.stream_seq)`,
   )
   await tx.execute(
-    sql`update public.dead_letters d set partition = s.partition, subject = s.subject, event_id = s.event_id, reason = s.reason, payload = s.payload
+    sql`update public.dead_letters d set partition = s.partition, subject = s.subject, event_id = s.event_id, reason = s.reason, payload = s.payload, stored_at = s.stored_at
         from ${shadow} s where ${read('d')} and ${read('s')} and s.stream_seq = d.stream_seq`,
   )
   await tx.execute(
-    sql`insert into public.dead_letters (projection, partition, stream_seq, subject, event_id, reason, payload, created_at)
-        select projection, partition, stream_seq, subject, event_id, reason, payload, created_at
+    sql`insert into public.dead_letters (projection, partition, stream_seq, subject, event_id, reason, payload, created_at, stored_at)
+        select projection, partition, stream_seq, subject, event_id, reason, payload, created_at, stored_at
         from ${shadow} s where ${read('s')}
         and not exists (select 1 from public.dead_letters d where ${read('d')} and d.stream_seq = s.stream_seq) order by id`,
   )

@@ -220,7 +220,7 @@ function checkMessages(owner: BatchOwner, fresh: BatchMessage[], refusedByPostgr
     const problem = refusedByPostgres?.seq === m.seq ? { reason: refusedByPostgres.reason, eventId: 'reason' in checked ? checked.eventId : checked.event.id } : checked
     if ('reason' in problem) {
       const payload = new TextDecoder().decode(m.body)
-      letters.push({ projection: owner.projection.name, partition: owner.partition, streamSeq: m.seq, subject: m.subject, eventId: problem.eventId ?? guessEventId(payload), reason: problem.reason, payload })
+      letters.push({ projection: owner.projection.name, partition: owner.partition, streamSeq: m.seq, subject: m.subject, eventId: problem.eventId ?? guessEventId(payload), reason: problem.reason, payload, storedAt: m.storedAt })
     } else {
       events.push(problem)
     }
@@ -235,7 +235,7 @@ function refusedLetters(owner: BatchOwner, fresh: BatchMessage[], events: Sequen
     const m = fresh.find((f) => f.seq === r.seq)
     const event = events.find((e) => e.seq === r.seq)
     if (!m || !event) throw new Error(`projection ${projection.name} refused seq ${r.seq}, which is not in the batch`)
-    return { projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: event.event.id, reason: r.reason, payload: new TextDecoder().decode(m.body) }
+    return { projection: projection.name, partition, streamSeq: m.seq, subject: m.subject, eventId: event.event.id, reason: r.reason, payload: new TextDecoder().decode(m.body), storedAt: m.storedAt }
   })
 }
 

@@ -11,6 +11,8 @@ export type DeadLetter = {
   eventId: string | null
   reason: string
   payload: string
+  /** When JetStream stored the message: the time a replay applies it at (see replayDeadLetter). */
+  storedAt: Date
 }
 
 /**
@@ -26,10 +28,11 @@ export function deadLetterWrite(letters: DeadLetter[], when: SQL): SQL {
     event_id: l.eventId === null ? null : storable(l.eventId),
     reason: storable(l.reason),
     payload: storable(l.payload),
+    stored_at: l.storedAt.toISOString(),
   }))
-  const columns = { projection: 'text', partition: 'integer', stream_seq: 'bigint', subject: 'text', event_id: 'text', reason: 'text', payload: 'text' }
-  return sql`insert into ${deadLetters} (projection, partition, stream_seq, subject, event_id, reason, payload)
-    select projection, partition, stream_seq, subject, event_id, reason, payload from ${recordset('l', columns, rows)} where ${when}`
+  const columns = { projection: 'text', partition: 'integer', stream_seq: 'bigint', subject: 'text', event_id: 'text', reason: 'text', payload: 'text', stored_at: 'timestamptz' }
+  return sql`insert into ${deadLetters} (projection, partition, stream_seq, subject, event_id, reason, payload, stored_at)
+    select projection, partition, stream_seq, subject, event_id, reason, payload, stored_at from ${recordset('l', columns, rows)} where ${when}`
 }
 
 /**

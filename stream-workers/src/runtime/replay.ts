@@ -31,7 +31,9 @@ export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: numb
       const message = `a rebuild of ${owner.projection.name} is in progress (${shadows.join(', ')}): its switch replaces the live model and its dead letters, so a replay now would be undone; replay after the rebuild switches in`
       return { reply: { outcome: 'unavailable', code: 'rebuild_in_progress', message }, runs: [], events: [] }
     }
-    const message = { subject: row.subject, seq: row.streamSeq, body: new TextEncoder().encode(row.payload), storedAt: row.createdAt }
+    // Applied at the time JetStream stored it, as its batch would have (a daily board's period, a
+    // match's times); rows from before stored_at was kept have only the time they were written.
+    const message = { subject: row.subject, seq: row.streamSeq, body: new TextEncoder().encode(row.payload), storedAt: row.storedAt ?? row.createdAt }
     // Through applyOneByOne, as a batch of one: if Postgres refuses its data, the statement is
     // undone to a savepoint and the dead letter records that reason (still failing).
     const result = await applyOneByOne(tx as unknown as Db, owner, expected, [message], () => now, {

@@ -22,10 +22,16 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
   let failures = 0
   /** While set, Postgres refuses the write of player `cast`'s scores (a data error, not a refusal by the projection). */
   let castFails = false
+  /** While set, a batch refusing an event takes this long first (a worker behind, or a slow batch). */
+  let slowRefusalMs = 0
+  /** The stored time each event of board `fixme` was applied or refused with, in order. */
+  const storedAtSeen = new Map<string, number[]>()
   const buggy: Projection = {
     ...leaderboardsProjection,
     apply: async (db, events) => {
+      for (const e of events) if (e.event.type === 'score.submitted' && e.event.data.board === 'fixme') storedAtSeen.set(e.event.id, [...(storedAtSeen.get(e.event.id) ?? []), e.storedAt.getTime()])
       const bad = events.filter((e) => (broken || refuseOnly?.(e)) && e.event.type === 'score.submitted' && e.event.data.board === 'fixme')
+      if (bad.length > 0 && slowRefusalMs > 0) await Bun.sleep(slowRefusalMs)
       const applied = await leaderboardsProjection.apply(db, events.filter((e) => !bad.includes(e)))
       const refused = [...(applied.refused ?? []), ...bad.map((e) => ({ seq: e.seq, reason: `bug 42 (failure ${++failures})` }))]
       const write = applied.write
@@ -44,7 +50,7 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
   const letterOf = (eventId: string) =>
     until(`dead letter of ${eventId}`, async () => {
       const r = await h.call('GET', '/admin/dead-letters', t())
-      return (r.json.deadLetters as { id: number; eventId: string; reason: string }[]).find((d) => d.eventId === eventId)
+      return (r.json.deadLetters as { id: number; eventId: string; reason: string; createdAt: string }[]).find((d) => d.eventId === eventId)
     }, 15_000, 50)
   const board = async () => (await h.call('GET', '/v1/leaderboards/fixme')).json.entries as { player: string; score: number }[]
   const audit = async () => (await h.call('GET', '/admin/audit', t())).json.entries as { action: string; target: string; details: any }[]
@@ -99,6 +105,23 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
     const actions = (await audit()).filter((e) => e.target === `dead_letter:${letter.id}`).map((e) => e.action)
     expect(actions).toEqual(['dead_letter.replayed', 'dead_letter.replay_failed'])
   }, 60_000)
+
+  test('a replay applies the event at the time JetStream stored it, not when it was dead-lettered', async () => {
+    // Periods (a daily board), a match's startedAt and a reaction's window go by the stored time;
+    // the replay used the dead letter's created_at, off by however far the worker was behind (and
+    // by days for a dead letter a rebuild wrote), so a rebuild would later count it elsewhere.
+    broken = true
+    slowRefusalMs = 1500
+    const eventId = await submit('eve', 2)
+    const letter = await letterOf(eventId)
+    slowRefusalMs = 0
+    broken = false
+    const ok = await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())
+    expect([ok.status, ok.json.outcome]).toEqual([200, 'replayed'])
+    const [refusedAt, replayedAt] = storedAtSeen.get(eventId)!
+    expect(Date.parse(letter.createdAt) - refusedAt).toBeGreaterThanOrEqual(1000)
+    expect(replayedAt).toBe(refusedAt)
+  }, 30_000)
 
   test('discard deletes it once and is audited', async () => {
     broken = true

@@ -84,7 +84,8 @@ export async function listDeadLetters(db: Db, opts: { limit: number; before?: nu
 /** How long a replay may take: the owner may be in the middle of a full batch. */
 const REPLAY_TIMEOUT_MS = 15_000
 
-const toDeadLetter = (r: typeof deadLetters.$inferSelect): DeadLetter => ({ ...r, createdAt: r.createdAt.toISOString() })
+// stored_at is the replay's business, not a documented field of the answer.
+const toDeadLetter = ({ storedAt: _, ...r }: typeof deadLetters.$inferSelect): DeadLetter => ({ ...r, createdAt: r.createdAt.toISOString() })
 
 /** One dead letter; 404 `unknown_dead_letter` when there is none with this id. */
 export async function getDeadLetter(db: Db, id: number): Promise<DeadLetter> {

@@ -1,0 +1,1 @@
+ALTER TABLE "dead_letters" ADD COLUMN "stored_at" timestamp with time zone;
