@@ -270,7 +270,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
         response: { 200: DeadLetter, 404: ErrorResponse, 422: ErrorResponse, 503: ErrorResponse, ...denied },
         detail: {
           summary: 'Discard a dead letter',
-          description: 'Deletes it for good and answers what it held (the audit log keeps its place and reason). 404 unknown_dead_letter.',
+          description: 'Deletes it and answers what it held (the audit log keeps its place and reason). Its event stays in the stream: a rebuild of the projection runs it again. 404 unknown_dead_letter.',
         },
       },
     )
