@@ -84,6 +84,20 @@ describe('/admin/audit', () => {
     }
   })
 
+  test('action keeps only the actions asked for, however many others came after them', async () => {
+    await ok('POST', '/admin/users/old-news/revoke', h.adminToken)
+    for (let i = 0; i < 105; i++) await ok('PUT', `/admin/rooms/busy-${i}`, h.adminToken, { visibility: 'public' })
+    expect((await audit('?limit=100')).some((e) => e.target === 'user:old-news')).toBe(false)
+    const revocations = await audit('?limit=100&action=user.revoked,token.revoked,key.revoked')
+    expect(revocations.length).toBeGreaterThan(0)
+    expect(revocations.every((e) => ['user.revoked', 'token.revoked', 'key.revoked'].includes(e.action))).toBe(true)
+    expect(revocations[0].target).toBe('user:old-news')
+    for (const q of ['?action=user.revoked,', '?action=user.deleted', '?action=user.revoked;drop']) {
+      const r = await h.call('GET', `/admin/audit${q}`, { token: h.adminToken })
+      expect([q, r.status, r.json.error.code]).toEqual([q, 422, 'invalid_request'])
+    }
+  })
+
   test('when the audit write fails the action stands, the caller gets 503 audit_failed, and a repeat records it', async () => {
     await h.database.db.execute(sql`ALTER TABLE audit_log RENAME TO audit_log_away`)
     let r

@@ -1,9 +1,19 @@
 import { t } from 'elysia'
 import { integerParam, MAX_ID } from '../../params'
+import { AUDIT_ACTIONS } from './service'
+
+const anAction = `(${AUDIT_ACTIONS.map((a) => a.replace('.', '\\.')).join('|')})`
 
 export const AuditQuery = t.Object({
   limit: integerParam('limit', { minimum: 1, maximum: 100, default: 50 }),
   before: t.Optional(integerParam('before', { minimum: 1, maximum: MAX_ID, description: 'audit entry id: only older ones' })),
+  action: t.Optional(
+    t.String({
+      pattern: `^${anAction}(,${anAction})*$`,
+      error: `action must be one or more of ${AUDIT_ACTIONS.join(', ')}, comma-separated`,
+      description: 'only these actions (comma-separated), e.g. user.revoked,token.revoked,key.revoked',
+    }),
+  ),
 })
 export type AuditQuery = typeof AuditQuery.static
 

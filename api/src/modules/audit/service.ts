@@ -1,4 +1,4 @@
-import { desc, lt } from 'drizzle-orm'
+import { and, desc, inArray, lt } from 'drizzle-orm'
 import type { Db } from '../../../../core/db/client'
 import { auditLog } from '../../../../core/db/schema'
 import type { Logger } from '../../../../core/logger'
@@ -7,19 +7,21 @@ import { Unavailable } from '../../errors'
 import type { AuditEntry, AuditQuery } from './model'
 
 /** What admins do, named in the past tense like events. */
-export type AuditAction =
-  | 'key.created'
-  | 'key.revoked'
-  | 'user.revoked'
-  | 'token.revoked'
-  | 'board.configured'
-  | 'mode.configured'
-  | 'room.visibility_set'
-  | 'message.deleted'
-  | 'rebuild.requested'
-  | 'dead_letter.replayed'
-  | 'dead_letter.replay_failed'
-  | 'dead_letter.discarded'
+export const AUDIT_ACTIONS = [
+  'key.created',
+  'key.revoked',
+  'user.revoked',
+  'token.revoked',
+  'board.configured',
+  'mode.configured',
+  'room.visibility_set',
+  'message.deleted',
+  'rebuild.requested',
+  'dead_letter.replayed',
+  'dead_letter.replay_failed',
+  'dead_letter.discarded',
+] as const
+export type AuditAction = (typeof AUDIT_ACTIONS)[number]
 
 export type Audit = {
   /**
@@ -29,7 +31,7 @@ export type Audit = {
    * saying so; every audited action is safe to repeat, and a repeat records it.
    */
   record(actor: Principal, action: AuditAction, target: string, details?: Record<string, unknown>): Promise<void>
-  /** Newest first; `before` pages by id. */
+  /** Newest first; `before` pages by id; `action` (comma-separated) keeps only those actions. */
   list(query: AuditQuery): Promise<AuditEntry[]>
 }
 
@@ -46,11 +48,11 @@ export function createAudit(deps: { db: Db; logger: Logger }): Audit {
         throw new Unavailable(`${action} on ${target} was done, but could not be recorded in the audit log; repeating the request records it`, 'audit_failed')
       }
     },
-    async list({ limit, before }) {
+    async list({ limit, before, action }) {
       const rows = await deps.db
         .select()
         .from(auditLog)
-        .where(before !== undefined ? lt(auditLog.id, before) : undefined)
+        .where(and(before !== undefined ? lt(auditLog.id, before) : undefined, action !== undefined ? inArray(auditLog.action, action.split(',')) : undefined))
         .orderBy(desc(auditLog.id))
         .limit(limit)
       return rows.map((r) => ({ ...r, at: r.at.toISOString() }))

@@ -387,7 +387,7 @@ async function discard(id: number) {
 // ---- keys and revocations ----
 
 async function loadKeys() {
-  const [{ keys }, { entries }] = await Promise.all([api('GET', '/admin/keys'), api('GET', '/admin/audit?limit=100')])
+  const [{ keys }, { entries }] = await Promise.all([api('GET', '/admin/keys'), api('GET', '/admin/audit?limit=20&action=user.revoked,token.revoked,key.revoked')])
   rows(
     'keys',
     keys.map((k: Json) =>
@@ -405,9 +405,8 @@ async function loadKeys() {
     ),
   )
   $('revocations').replaceChildren(
+    // The newest 20 revocations, however many other admin actions came after them.
     ...entries
-      .filter((e: Json) => e.action.endsWith('.revoked'))
-      .slice(0, 20)
       // Targets and actors hold ids people chose: each in its own direction (bdi).
       .map((e: Json) => el('li', {}, `${e.action} `, el('bdi', {}, e.target), ' by ', el('bdi', {}, e.actor), `, ${ago(e.at)}`)),
   )
