@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { privatePostgresUnavailable } from './private-postgres'
-import { configureBoard, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from './support'
+import { configureBoard, configuredVersion, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from './support'
 
 const PLAYERS = 40
 const unavailable = privatePostgresUnavailable()
@@ -63,7 +63,7 @@ describe.skipIf(Boolean(unavailable))('Postgres restart during projection', () =
     const oracle = sumsOf(sent)
     try {
       await untilBoardEquals(rm, board, oracle, 45_000)
-      expect(await rm.version(`leaderboard:${board}`)).toBe(sent.length)
+      expect(await rm.version(`leaderboard:${board}`)).toBe(configuredVersion(sent.length))
       expect(await rm.deadLetters()).toBe(0)
     } finally {
       await rm.close()

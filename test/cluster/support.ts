@@ -347,13 +347,14 @@ export async function ingestRounds(opts: {
 
 /**
  * The read models equal the oracle: both boards (waiting up to `timeoutMs` for the workers), each
- * channel's version equal to the events acknowledged for it (none applied twice), no dead letters.
+ * channel's version equal to the events acknowledged for it (none applied twice; after the restart
+ * configuring it made, see configuredVersion), no dead letters.
  */
 export async function expectReadModelsMatch(rm: ReadModel, o: Oracle, timeoutMs: number) {
   await untilBoardEquals(rm, o.latestBoard, o.latest, timeoutMs)
   await untilBoardEquals(rm, o.sumBoard, o.sum, timeoutMs)
   const versions = [await rm.version(`leaderboard:${o.latestBoard}`), await rm.version(`leaderboard:${o.sumBoard}`)]
-  if (versions[0] !== o.applied.get(o.latestBoard) || versions[1] !== o.applied.get(o.sumBoard)) {
+  if (versions[0] !== configuredVersion(o.applied.get(o.latestBoard)!) || versions[1] !== configuredVersion(o.applied.get(o.sumBoard)!)) {
     throw new Error(`channel versions ${versions.join(', ')}, events acknowledged ${o.applied.get(o.latestBoard)}, ${o.applied.get(o.sumBoard)}: an event applied twice or lost`)
   }
   const dead = await rm.deadLetters()
