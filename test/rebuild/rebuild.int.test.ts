@@ -267,6 +267,8 @@ describe('POST /admin/projections/:name/rebuild', () => {
     }
     const none = await hh.call('GET', path, { token: hh.adminToken })
     expect([none.status, none.json.error.code]).toEqual([404, 'no_rebuild'])
+    expect((await hh.call('GET', '/admin/rebuilds', { token: hh.adminToken })).json).toEqual({ jobs: [] })
+    expect((await hh.call('GET', '/admin/rebuilds', { token: hh.ingestToken })).status).toBe(403)
 
     // Retention removed the first events: a rebuild could only be partial.
     await sendBatch(hh, 3)
@@ -277,6 +279,8 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const forced = await hh.call('POST', `${path}?force=true`, { token: hh.adminToken })
     expect(forced.status).toBe(202)
     expect(forced.json).toMatchObject({ state: 'requested', force: true })
+    // Every projection's latest job, in one answer (the console's projections tab).
+    expect((await hh.call('GET', '/admin/rebuilds', { token: hh.adminToken })).json).toEqual({ jobs: [forced.json] })
     // No worker runs: the job stays requested and blocks a second one.
     const second = await hh.call('POST', `${path}?force=true`, { token: hh.adminToken })
     expect([second.status, second.json.error.code]).toEqual([409, 'rebuild_in_progress'])

@@ -24,6 +24,7 @@ import {
   MessageParams,
   ProjectionsReport,
   RebuildJob,
+  RebuildJobs,
   RebuildParams,
   RebuildQuery,
   ReplayResult,
@@ -184,6 +185,11 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
       },
     },
     )
+    .get('/rebuilds', async () => (hubOnly(), { jobs: await rebuilds.list() }), {
+      auth: 'admin:read',
+      response: { 200: RebuildJobs, 409: ErrorResponse, 503: ErrorResponse, ...denied },
+      detail: { summary: "Every projection's latest rebuild job (none for a projection never rebuilt)" },
+    })
     .get('/projections/:name/rebuild', ({ params }) => (hubOnly(), rebuilds.get(params.name)), {
       auth: 'admin:read',
       params: RebuildParams,

@@ -114,6 +114,7 @@ export const RebuildJob = t.Object({
   finishedAt: t.Optional(t.String()),
   error: t.Optional(t.String()),
 })
+export const RebuildJobs = t.Object({ jobs: t.Array(RebuildJob, { description: "each projection's latest job, in projection order" }) })
 
 export const ChannelLoad = t.Object({ channel: t.String(), subscribers: t.Integer({ description: 'sockets watching it' }) })
 export type ChannelLoad = typeof ChannelLoad.static

@@ -23,6 +23,8 @@ export type Rebuilds = {
   request: (projection: string, opts: { force: boolean }) => Promise<RebuildJob>
   /** The projection's latest job; 404 when none was ever requested. */
   get: (projection: string) => Promise<RebuildJob>
+  /** Every projection's latest job, in projection order; projections never rebuilt have none. */
+  list: () => Promise<RebuildJob[]>
 }
 
 export function createRebuilds({ config, nc, db }: { config: Config; nc: NatsConnection; db: Db }): Rebuilds {
@@ -102,6 +104,12 @@ export function createRebuilds({ config, nc, db }: { config: Config; nc: NatsCon
         const current = await readRebuildJob(await bucket(), projection)
         if (!current) throw new NotFound('no_rebuild', `no rebuild of ${projection} was requested`)
         return current.job
+      }),
+    list: () =>
+      guard('read the rebuild jobs', async () => {
+        const kv = await bucket()
+        const jobs = await Promise.all(projectionNames.map((projection) => readRebuildJob(kv, projection)))
+        return jobs.flatMap((current) => (current ? [current.job] : []))
       }),
   }
 }

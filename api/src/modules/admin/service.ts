@@ -140,7 +140,6 @@ export async function readProjections(deps: { config: Config; db: Db; nc: NatsCo
   }
 }
 
-
 /**
  * Reads live workers from the lease bucket. The bucket is opened on first use, not at start: the
  * API may come up before any worker created it, and then the answer is an empty list (the bucket

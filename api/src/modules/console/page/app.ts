@@ -252,7 +252,9 @@ function bar(px: number) {
 
 async function loadProjections() {
   const report = latestProjections ?? (await api('GET', '/admin/projections'))
-  const jobs = await Promise.all(report.projections.map((p: Json) => api('GET', `/admin/projections/${p.projection}/rebuild`).catch(() => null)))
+  // One request for every projection's latest job (asking each projection got a 404 per never-rebuilt one, every refresh).
+  const { jobs: latest } = await api('GET', '/admin/rebuilds').catch(() => ({ jobs: [] }))
+  const jobs = report.projections.map((p: Json) => latest.find((j: Json) => j.projection === p.projection) ?? null)
   $('projection-list').replaceChildren(
     ...report.projections.map((p: Json, i: number) => {
       const job = jobs[i]
