@@ -13,14 +13,19 @@ export const parseReplaySubject = (subject: string): { projection: string; parti
   return { projection, partition: Number(partition) }
 }
 
-export type ReplayRequest = { id: number }
+/**
+ * `actor`: who asked (a principal id). The runner then records the replay in the audit log in the
+ * replay's own transaction, and says so (`audited`): an answer the API stopped waiting for still
+ * leaves its audit entry. Without it (an API node of an earlier version) the API records it.
+ */
+export type ReplayRequest = { id: number; actor?: string }
 
 /** The runner's answer, JSON. */
 export type ReplayReply =
-  /** Applied now, and the dead letter is gone. */
-  | { outcome: 'replayed' }
+  /** Applied now, and the dead letter is gone. `audited`: recorded in the audit log with it (see ReplayRequest). */
+  | { outcome: 'replayed'; audited?: true }
   /** Still cannot apply: nothing changed but the dead letter's reason, now this one. */
-  | { outcome: 'still_failing'; reason: string }
+  | { outcome: 'still_failing'; reason: string; audited?: true }
   /** No such dead letter (already replayed or discarded). */
   | { outcome: 'not_found' }
   /**

@@ -1,6 +1,6 @@
 import { eq } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
-import { deadLetters } from '../../../core/db/schema'
+import { auditLog, deadLetters } from '../../../core/db/schema'
 import { parseReplaySubject, replaySubjects, type ReplayReply, type ReplayRequest } from '../../../core/dead-letters'
 import type { SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { BatchOwner } from './batch'
@@ -18,7 +18,8 @@ import type { OutboxEvent, OutboxRun } from './outbox'
  * of its batches (FencedError). While a rebuild of the projection has a shadow not yet switched in,
  * nothing is written: `unavailable` with code `rebuild_in_progress` (see rebuildsInProgress).
  */
-export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: number, id: number, now: Date): Promise<{ reply: ReplayReply; runs: OutboxRun[]; events: OutboxEvent[] }> {
+export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: number, request: ReplayRequest, now: Date): Promise<{ reply: ReplayReply; runs: OutboxRun[]; events: OutboxEvent[] }> {
+  const { id, actor } = request
   return db.transaction(async (tx) => {
     const [row] = await tx.select().from(deadLetters).where(eq(deadLetters.id, id)).for('update')
     if (!row) return { reply: { outcome: 'not_found' }, runs: [], events: [] }
@@ -40,8 +41,18 @@ export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: numb
       isolate: (run) => tx.transaction((sp) => run(sp as unknown as Db)),
       opts: { replay: { deadLetter: id } },
     })
-    if (result.stillFailing !== undefined) return { reply: { outcome: 'still_failing', reason: result.stillFailing }, runs: [], events: [] }
-    return { reply: { outcome: 'replayed' }, runs: result.runs, events: result.events }
+    // Recorded with what it did (see ReplayRequest), as the API records its other admin actions.
+    const about = { projection: row.projection, partition: row.partition, streamSeq: row.streamSeq, eventId: row.eventId }
+    const audited = async (action: 'dead_letter.replayed' | 'dead_letter.replay_failed', details: Record<string, unknown>) => {
+      if (actor === undefined) return {}
+      await tx.insert(auditLog).values({ actor, action, target: `dead_letter:${id}`, details })
+      return { audited: true as const }
+    }
+    if (result.stillFailing !== undefined) {
+      const reason = result.stillFailing
+      return { reply: { outcome: 'still_failing', reason, ...(await audited('dead_letter.replay_failed', { ...about, reason })) }, runs: [], events: [] }
+    }
+    return { reply: { outcome: 'replayed', ...(await audited('dead_letter.replayed', about)) }, runs: result.runs, events: result.events }
   })
 }
 
@@ -56,7 +67,7 @@ export function answerReplays(deps: {
   /** The process's watched subscriptions: denied (permissions narrowed while it runs), replays are logged and counted, and subscribed again once granted. */
   subscriptions: SubscriptionWatch
   prefix: string
-  runnerOf: (projection: string, partition: number) => { replay: (id: number) => Promise<ReplayReply> } | undefined
+  runnerOf: (projection: string, partition: number) => { replay: (request: ReplayRequest) => Promise<ReplayReply> } | undefined
 }): { stop: () => void } {
   const sub = deps.subscriptions.subscribe(replaySubjects(deps.prefix), {
     name: 'replays',
@@ -64,13 +75,14 @@ export function answerReplays(deps: {
       const { projection, partition } = parseReplaySubject(msg.subject)
       const runner = deps.runnerOf(projection, partition)
       if (!runner) return
-      let id: number
+      let request: ReplayRequest
       try {
-        id = msg.json<ReplayRequest>().id
+        const { id, actor } = msg.json<ReplayRequest>()
+        request = typeof actor === 'string' ? { id, actor } : { id }
       } catch {
         return
       }
-      void runner.replay(id).then((reply) => msg.respond(JSON.stringify(reply)))
+      void runner.replay(request).then((reply) => msg.respond(JSON.stringify(reply)))
     },
   })
   return { stop: () => sub.unsubscribe() }

@@ -1,5 +1,5 @@
 import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
-import type { ReplayReply } from '../../../core/dead-letters'
+import type { ReplayReply, ReplayRequest } from '../../../core/dead-letters'
 import { sql } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
@@ -80,7 +80,7 @@ export type Runner = {
    * two batches (see replayDeadLetter); `unavailable` (nothing changed) while starting or stopping,
    * or if this runner no longer owns the partition.
    */
-  replay: (id: number) => Promise<ReplayReply>
+  replay: (request: ReplayRequest) => Promise<ReplayReply>
 }
 
 /** Why the consume loop needs a new consumer. */
@@ -175,20 +175,21 @@ export function startRunner(deps: RunnerDeps): Runner {
   }
 
   /** A dead-letter replay between two batches (see Runner.replay). */
-  const replay = async (id: number): Promise<ReplayReply> => {
+  const replay = async (request: ReplayRequest): Promise<ReplayReply> => {
+    const id = request.id
     // Before the consumer opened, `checkpoint` is not known yet; once stopped, the lease is not ours.
     if (!stream || abort.signal.aborted) return { outcome: 'unavailable', message: 'the runner is starting or stopping' }
     try {
       const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
       const { reply, runs, events } = await exclusive(async () => {
         try {
-          return await replayDeadLetter(deps.db, owner, checkpoint, id, now())
+          return await replayDeadLetter(deps.db, owner, checkpoint, request, now())
         } catch (err) {
           // A rebuild's switch moved the checkpoint past what this runner last saw (an idle runner
           // only notices at its next batch, which re-reads it). The replay does not depend on the
           // position (batches are kept out by the turn, other owners by the fence): it applies at
           // the checkpoint as it is, and `checkpoint` stays as this runner's consumer knows it.
-          if (err instanceof CheckpointMovedError && err.actual !== undefined) return replayDeadLetter(deps.db, owner, err.actual, id, now())
+          if (err instanceof CheckpointMovedError && err.actual !== undefined) return replayDeadLetter(deps.db, owner, err.actual, request, now())
           throw err
         }
       })

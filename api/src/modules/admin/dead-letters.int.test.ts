@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { sql } from 'drizzle-orm'
 import { deadLetters, leaderboards } from '../../../../core/db/schema'
+import { replaySubject, type ReplayRequest } from '../../../../core/dead-letters'
 import { until } from '../../../../test/e2e/harness'
 import { startTestWorker } from '../../../../stream-workers/src/testing/harness'
 import { leaderboardsProjection } from '../../../../stream-workers/src/projections/leaderboards/apply'
@@ -53,7 +54,7 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
       return (r.json.deadLetters as { id: number; eventId: string; reason: string; createdAt: string }[]).find((d) => d.eventId === eventId)
     }, 15_000, 50)
   const board = async () => (await h.call('GET', '/v1/leaderboards/fixme')).json.entries as { player: string; score: number }[]
-  const audit = async () => (await h.call('GET', '/admin/audit', t())).json.entries as { action: string; target: string; details: any }[]
+  const audit = async () => (await h.call('GET', '/admin/audit', t())).json.entries as { action: string; actor: string; target: string; details: any }[]
 
   beforeAll(async () => {
     h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
@@ -121,6 +122,37 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
     const [refusedAt, replayedAt] = storedAtSeen.get(eventId)!
     expect(Date.parse(letter.createdAt) - refusedAt).toBeGreaterThanOrEqual(1000)
     expect(replayedAt).toBe(refusedAt)
+  }, 30_000)
+
+  test('a replay its asker stopped waiting for (a slow owner) is still audited, once, with what it did', async () => {
+    broken = true
+    const eventId = await submit('late', 4)
+    const letter = await letterOf(eventId)
+    const { partition } = (await h.call('GET', '/admin/dead-letters', t())).json.deadLetters.find((d: any) => d.id === letter.id)
+    broken = false
+    // The dead letter's row held elsewhere: the owner's replay waits for it, longer than its asker
+    // waits (the API gives up after 15 s; here, as the API would, a request with a short timeout).
+    let release!: () => void
+    let locked!: () => void
+    const isLocked = new Promise<void>((ok) => (locked = ok))
+    const holder = h.database.db.transaction(async (tx) => {
+      await tx.execute(sql`select id from dead_letters where id = ${letter.id} for update`)
+      locked()
+      await new Promise<void>((ok) => (release = ok))
+    })
+    await isLocked
+    const subject = replaySubject(h.env.config.FANFARE_SUBJECT_PREFIX, 'leaderboards', partition)
+    const request: ReplayRequest = { id: letter.id, actor: 'admin' }
+    const asked = await h.nc.request(subject, JSON.stringify(request), { timeout: 500 }).then(() => 'answered', () => 'gave up')
+    expect(asked).toBe('gave up')
+    release()
+    await holder
+    await until('the late replay applied', async () => (await board()).find((e) => e.player === 'late')?.score === 4, 15_000, 50)
+    const entries = await until('its audit entry', async () => {
+      const mine = (await audit()).filter((e) => e.target === `dead_letter:${letter.id}`)
+      return mine.length > 0 ? mine : undefined
+    }, 5_000, 50)
+    expect(entries).toMatchObject([{ action: 'dead_letter.replayed', actor: 'admin', details: { eventId, projection: 'leaderboards', partition } }])
   }, 30_000)
 
   test('discard deletes it once and is audited', async () => {

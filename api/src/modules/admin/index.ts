@@ -3,6 +3,7 @@ import type { Config } from '../../../../core/config'
 import type { Db } from '../../../../core/db/client'
 import { siteOf } from '../../../../core/nats'
 import type { NatsConnection } from '@nats-io/transport-node'
+import { principalId } from '../../auth/principal'
 import type { AuthPlugin } from '../../auth/plugin'
 import type { RoomAccess } from '../../auth/rooms'
 import { BodyErrors, ErrorResponse } from '../../error-model'
@@ -233,12 +234,14 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
         const letter = await getDeadLetter(db, params.id)
         const target = `dead_letter:${letter.id}`
         const about = { projection: letter.projection, partition: letter.partition, streamSeq: letter.streamSeq, eventId: letter.eventId }
-        const reply = await replayDeadLetter({ config, db, nc }, letter)
+        // The worker records the replay in its own transaction (`audited`), so a replay this node
+        // stopped waiting for is still in the audit log; a worker of an earlier version does not.
+        const reply = await replayDeadLetter({ config, db, nc }, letter, principalId(principal))
         if (reply.outcome === 'still_failing') {
-          await audit.record(principal, 'dead_letter.replay_failed', target, { ...about, reason: reply.reason })
+          if (!reply.audited) await audit.record(principal, 'dead_letter.replay_failed', target, { ...about, reason: reply.reason })
           throw new Conflict('still_failing', `dead letter ${letter.id} still cannot apply: ${reply.reason}`, { reason: reply.reason })
         }
-        await audit.record(principal, 'dead_letter.replayed', target, about)
+        if (!reply.audited) await audit.record(principal, 'dead_letter.replayed', target, about)
         return { outcome: reply.outcome, deadLetter: letter }
       },
       {

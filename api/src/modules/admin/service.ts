@@ -7,7 +7,7 @@ import { channelOf, type ChangeRun } from '../../../../core/channels'
 import { openLeaseBucketIfExists, workersView } from '../../../../core/leases'
 import { changeOutbox, channelVersions, deadLetters, leaderboards } from '../../../../core/db/schema'
 import { Conflict, NotFound, Unavailable } from '../../errors'
-import { replaySubject, type ReplayReply } from '../../../../core/dead-letters'
+import { replaySubject, type ReplayReply, type ReplayRequest } from '../../../../core/dead-letters'
 import { boardConfig, type BoardConfig } from '../leaderboards/service'
 import type { BoardConfigBody, DeadLetter, ProjectionsReport, WorkersReport } from './model'
 import { projectionStatus } from '../../../../core/projections'
@@ -101,11 +101,16 @@ export async function getDeadLetter(db: Db, id: number): Promise<DeadLetter> {
  * `rebuild_in_progress` while a rebuild of the projection has not switched in; 503 when no worker
  * holds the partition, or the owner could not do it now (nothing changed: try again).
  */
-export async function replayDeadLetter(deps: { config: Config; db: Db; nc: NatsConnection }, letter: DeadLetter): Promise<Extract<ReplayReply, { outcome: 'replayed' | 'still_failing' }>> {
+export async function replayDeadLetter(
+  deps: { config: Config; db: Db; nc: NatsConnection },
+  letter: DeadLetter,
+  actor: string,
+): Promise<Extract<ReplayReply, { outcome: 'replayed' | 'still_failing' }>> {
   const subject = replaySubject(deps.config.FANFARE_SUBJECT_PREFIX, letter.projection, letter.partition)
   let reply: ReplayReply
   try {
-    const m = await deps.nc.request(subject, JSON.stringify({ id: letter.id }), { timeout: REPLAY_TIMEOUT_MS })
+    const request: ReplayRequest = { id: letter.id, actor }
+    const m = await deps.nc.request(subject, JSON.stringify(request), { timeout: REPLAY_TIMEOUT_MS })
     reply = m.json<ReplayReply>()
   } catch (err) {
     if (err instanceof RequestError && err.isNoResponders()) {
