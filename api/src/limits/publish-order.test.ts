@@ -1,10 +1,10 @@
 import { describe, expect, test } from 'bun:test'
-import { HOLD_GRACE_MS, heldBack, type PublishHold } from './publish-order'
+import { HOLD_GRACE_MS, heldBack, holdAfterUnavailable, type PublishHold } from './publish-order'
 
 const refusal = { code: 'rate_limited' as const, message: 'at most 5 events per second per connection (burst 5)', retryAfterMs: 200, perSecond: 5 }
 
 describe('publishes wait behind one refused for its rate', () => {
-  const hold: PublishHold = { id: 'e6', retryAt: 1200, refusal }
+  const hold: PublishHold = { id: 'e6', n: 6, retryAt: 1200, refusal }
 
   test('no hold: anything may go', () => {
     expect(heldBack(undefined, 'e7', 0)).toBeUndefined()
@@ -26,9 +26,30 @@ describe('publishes wait behind one refused for its rate', () => {
   })
 
   test('an event without an id cannot be sent again as itself: its hold ends at its retry time', () => {
-    const anonymous: PublishHold = { id: undefined, retryAt: 1200, refusal }
+    const anonymous: PublishHold = { id: undefined, n: 6, retryAt: 1200, refusal }
     expect(heldBack(anonymous, 'e7', 1100)).toMatchObject({ retryAfterMs: 100 })
     expect(heldBack(anonymous, undefined, 1100)).toBeDefined()
     expect(heldBack(anonymous, 'e7', 1200)).toBeUndefined()
+  })
+})
+
+describe('publishes wait behind one answered 503', () => {
+  const overloaded = { code: 'overloaded', message: 'too many events waiting for the event stream', retryAfterMs: 1000 }
+
+  test('later events are refused with its code, naming it, and it goes whenever it comes', () => {
+    const hold = holdAfterUnavailable(undefined, { id: 'e6', n: 6, retryAt: 2000 }, overloaded)
+    const held = heldBack(hold, 'e7', 1500)!
+    expect([held.code, held.retryAfterMs, 'perSecond' in held]).toEqual(['overloaded', 500, false])
+    expect(held.message).toContain('(e6) was refused (overloaded)')
+    expect(heldBack(hold, 'e6', 1500)).toBeUndefined()
+  })
+
+  test('the hold stays behind the earliest refused frame, whichever 503 is answered first', () => {
+    const rate: PublishHold = { id: 'e8', n: 8, retryAt: 1200, refusal }
+    // Frame 6 answered 503 after frame 8 was refused for its rate: 6 goes first.
+    expect(holdAfterUnavailable(rate, { id: 'e6', n: 6, retryAt: 2000 }, overloaded)).toMatchObject({ id: 'e6', n: 6 })
+    // Frames 6 and 7 both answered 503, 6 first: the hold stays behind 6.
+    const six = holdAfterUnavailable(undefined, { id: 'e6', n: 6, retryAt: 2000 }, overloaded)
+    expect(holdAfterUnavailable(six, { id: 'e7', n: 7, retryAt: 2000 }, overloaded)).toBe(six)
   })
 })

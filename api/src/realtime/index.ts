@@ -14,9 +14,9 @@ import { maySubscribe } from '../auth/permissions'
 import { ANONYMOUS, principalId, type Principal } from '../auth/principal'
 import type { Revocations } from '../auth/revocations'
 import type { RoomAccess } from '../auth/rooms'
-import { AppError, Forbidden, Invalid, RateLimited, Revoked, TokenExpired, Unauthorized } from '../errors'
+import { AppError, Forbidden, Invalid, RateLimited, Revoked, TokenExpired, Unauthorized, Unavailable } from '../errors'
 import { checkCredential, closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
-import { heldBack, type PublishHold } from '../limits/publish-order'
+import { heldBack, holdAfterUnavailable, type PublishHold } from '../limits/publish-order'
 import type { Presence } from '../presence'
 import { isTracked, presenceChannelOf } from '../presence/feed'
 import type { ChannelHub, Sink } from './channel-hub'
@@ -77,8 +77,10 @@ type Connection = Sink & {
   acks: string[] | undefined
   /** This socket's rate limits (publishes, subscribes, abuse), made at its first command that needs them. */
   rates: ConnectionRates
-  /** Set while its publishes wait behind one refused for its rate (see heldBack). */
+  /** Set while its publishes wait behind one refused for its rate or answered 503 (see heldBack). */
   hold: PublishHold | undefined
+  /** Publish frames taken so far: a frame's place, for `hold`. */
+  publishes: number
   /** Its place in the connection counts of its address and user. */
   slot: Slot
   address: string
@@ -334,6 +336,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     closing?: { code: number; reason: string } = undefined
     timer: ReturnType<typeof setTimeout> | undefined = undefined
     hold: PublishHold | undefined = undefined
+    publishes = 0
     #rates: ConnectionRates | undefined = undefined
     constructor(
       public principal: Principal,
@@ -432,11 +435,16 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         }
         case 'publish': {
           const now = performance.now()
+          const n = ++conn.publishes
           const held = heldBack(conn.hold, frame.event.id, now)
-          if (held) return void rateLimited(conn, frame.ref, held)
+          if (held) {
+            // Behind a 503 the client did nothing wrong: refused, but not weighed as abuse.
+            if ('perSecond' in held) return void rateLimited(conn, frame.ref, held)
+            return void reply({ op: 'error', ref: frame.ref, error: { ...held, details: { retryAfterMs: held.retryAfterMs } } })
+          }
           const refused = conn.rates.publish(conn.principal)
           if (refused) {
-            conn.hold = { id: frame.event.id, retryAt: now + refused.retryAfterMs, refusal: refused }
+            conn.hold = { id: frame.event.id, n, retryAt: now + refused.retryAfterMs, refusal: refused }
             return void rateLimited(conn, frame.ref, refused)
           }
           conn.hold = undefined
@@ -444,6 +452,13 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           try {
             const [result] = await deps.publish([frame.event], conn.principal, { via: 'ws', trace: contextOfTraceparent(frame.traceparent) })
             return void ackLater(conn, { op: 'ack', ref: frame.ref, ...result })
+          } catch (err) {
+            // A 503 (this node's queue full, NATS away): the client sends the event again, and the
+            // events it pipelined behind it must not be stored first, as behind a rate refusal.
+            if (err instanceof Unavailable) {
+              conn.hold = holdAfterUnavailable(conn.hold, { id: frame.event.id, n, retryAt: performance.now() + err.retryAfterMs }, err)
+            }
+            throw err
           } finally {
             conn.inFlight--
             closeWhenAcked(conn)
