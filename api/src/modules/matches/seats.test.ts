@@ -7,8 +7,8 @@ import type { ChangeNotice } from '../../../../core/channels'
 import type { NoticeListener } from '../../realtime/start'
 import { startSeatWatcher } from './seats'
 
-/** A watcher on a fake presence; the grace sweep never runs in these tests. */
-function watcher(peers: string[], present: Record<string, string[]> = {}) {
+/** A watcher on a fake presence; the grace sweep never runs in these tests unless `sweepMs` is given (it then finds no database). */
+function watcher(peers: string[], present: Record<string, string[]> = {}, { sweepMs = 3_600_000 } = {}) {
   let listener: ((c: PresenceChange) => void) | undefined
   let feed: NoticeListener | undefined
   const published: { events: EventInput[]; by: string }[] = []
@@ -19,7 +19,7 @@ function watcher(peers: string[], present: Record<string, string[]> = {}) {
     db: undefined as unknown as Db,
     graceMs: 1234,
     logger: createLogger('silent'),
-    sweepMs: 3_600_000,
+    sweepMs,
     warmupMs: 0,
   })
   return { w, change: (c: PresenceChange) => listener?.(c), notice: (n: ChangeNotice) => feed?.notice(n), published }
@@ -45,6 +45,26 @@ describe('seat watcher', () => {
     await w.stop()
     change({ kind: 'join', channel: 'match:m1', user: 'gina' })
     expect(published).toEqual([])
+  })
+
+  test('leaves seen while the designated node was dead but still heard of are published once this node is designated, for players still absent', async () => {
+    const peers = ['node-a']
+    const present: Record<string, string[]> = { 'match:m1': [] }
+    const { w, change, published } = watcher(peers, present, { sweepMs: 20 })
+    // node-a (the lowest) was SIGKILLed: until the presence TTL drops it, this node is not designated.
+    change({ kind: 'leave', channel: 'match:m1', user: 'gina', reason: 'disconnected' })
+    change({ kind: 'leave', channel: 'match:m1', user: 'hugo', reason: 'disconnected' })
+    change({ kind: 'join', channel: 'match:m1', user: 'hugo' })
+    change({ kind: 'leave', channel: 'match:m1', user: 'ivan', reason: 'disconnected' })
+    present['match:m1'] = ['ivan'] // back by the time this node is designated (its join not seen yet)
+    await Bun.sleep(100)
+    expect(published).toEqual([])
+    peers.length = 0 // node-a dropped
+    await Bun.sleep(100)
+    await w.stop()
+    expect(published.map((p) => [p.by, p.events[0].type, p.events[0].data])).toEqual([
+      ['system', 'match.player.connection', { match: 'm1', player: 'gina', connected: false, graceMs: 1234 }],
+    ])
   })
 
   test("spectators of a started match and anyone on a match that is over publish nothing; seated players do", async () => {

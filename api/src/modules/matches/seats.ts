@@ -72,6 +72,11 @@ export function startSeatWatcher(deps: {
   db: Db
   graceMs: number
   logger: Logger
+  /**
+   * FANFARE_PRESENCE_TTL_MS: how long a dead designated node may still be heard of (its peers keep
+   * it for this long), so how long back this node keeps the leaves it saw while not designated.
+   */
+  presenceTtlMs?: number
   sweepMs?: number
   warmupMs?: number
 }): SeatWatcher {
@@ -188,14 +193,51 @@ export function startSeatWatcher(deps: {
       draining = false
     }
   }
-  const off = deps.presence.onChange((change: PresenceChange) => {
-    if (stopped || change.kind === 'count' || !designated()) return
-    const parsed = parseChannel(change.channel)
-    if (parsed?.kind !== 'match') return
-    const c = { match: parsed.name, user: change.user, connected: change.kind === 'join' }
+  const route = (c: Change) => {
     if (!draining && !book.wants(c.match)) return decide(c)
     queue.push(c)
     if (!draining) drained = drain()
+  }
+
+  /**
+   * Leaves of `match:` channels this node saw while it was not the designated node (`match\0player`
+   * -> the change and when). The designated node may be dead and still counted as a peer (until
+   * the presence TTL drops it) or warming up: then nobody publishes the disconnect, the seat stays
+   * connected forever, and the sweep cannot tell (it repairs missing connects, not disconnects).
+   * Once this node is designated it publishes those of players still absent; a leave the other
+   * node did publish is only repeated, which changes nothing. Joins are not kept: a connect
+   * nobody published is the sweep's, which finds the present player's seat waiting for one.
+   */
+  const missed = new Map<string, { change: Change; at: number }>()
+  const missedMs = (deps.presenceTtlMs ?? 10_000) + warmupMs + 5_000
+  const replayMissed = () => {
+    const now = Date.now()
+    for (const [k, m] of missed) {
+      missed.delete(k)
+      if (now - m.at > missedMs) continue
+      if (deps.presence.totals(channelOf.match(m.change.match)).users.includes(m.change.user)) continue
+      route(m.change)
+    }
+  }
+
+  const off = deps.presence.onChange((change: PresenceChange) => {
+    if (stopped || change.kind === 'count') return
+    const parsed = parseChannel(change.channel)
+    if (parsed?.kind !== 'match') return
+    const c = { match: parsed.name, user: change.user, connected: change.kind === 'join' }
+    if (!designated()) {
+      const k = seatKey(c.match, c.user)
+      missed.delete(k)
+      if (!c.connected) missed.set(k, { change: c, at: Date.now() })
+      // Oldest first (each is re-inserted when it changes): a node never designated keeps only the last missedMs.
+      for (const [old, m] of missed) {
+        if (Date.now() - m.at <= missedMs) break
+        missed.delete(old)
+      }
+      return
+    }
+    replayMissed()
+    route(c)
   })
 
   /** Graces this node already ended (or connects it already published), so that it does not publish them again each round while the projection catches up. */
@@ -274,6 +316,7 @@ export function startSeatWatcher(deps: {
   let running: Promise<void> = Promise.resolve()
   const tick = () => {
     if (stopped) return
+    if (missed.size > 0 && designated()) replayMissed()
     running = sweep()
       .catch((err) => log.warn({ err }, 'grace sweep failed; trying again next round'))
       .finally(() => {
