@@ -104,4 +104,27 @@ describe('presence between nodes over NATS', () => {
     await until('ann leaves', () => !b.view.of('chat:x').users.has('ann'), 3000)
     expect(b.changes.filter((c) => c.kind === 'leave')).toEqual([{ kind: 'leave', channel: 'chat:x', user: 'ann', reason: 'disconnected' }])
   })
+
+  test('a node that says goodbye and comes back under the same id (a container restarted in place): users who reconnect to it within the grace never leave nor join; the others leave once, after the grace', async () => {
+    const prefix = `pt_${crypto.randomUUID().slice(0, 8)}`
+    const a = await node('a', prefix)
+    const b = await node('b', prefix)
+    running.push(b)
+    a.local.track('chat:x', 'c1', { user: 'ann' })
+    a.local.track('chat:x', 'c2', { user: 'bob' })
+    await until('b sees both', () => b.view.of('chat:x').users.size === 2, 3000)
+    await a.stop()
+    const again = await node('a', prefix)
+    running.push(again)
+    again.local.track('chat:x', 'c3', { user: 'ann' })
+    await until('b hears the new run', () => b.cluster.peers().includes('a') && b.view.of('chat:x').connections === 1, 3000)
+    // Past the grace of the goodbye (500 ms), with room for a late timer.
+    await Bun.sleep(1500)
+    expect(b.changes.filter((c) => c.kind !== 'count')).toEqual([
+      { kind: 'join', channel: 'chat:x', user: 'ann' },
+      { kind: 'join', channel: 'chat:x', user: 'bob' },
+      { kind: 'leave', channel: 'chat:x', user: 'bob', reason: 'disconnected' },
+    ])
+    expect([...b.view.of('chat:x').users.keys()]).toEqual(['ann'])
+  })
 })

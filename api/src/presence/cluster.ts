@@ -125,10 +125,19 @@ export function startPresenceCluster(deps: {
     }
   }
 
+  /** Where the view keeps the part of a run of `node` that said goodbye once a new run of it is heard. */
+  const lastRun = (node: string, inc: string) => `${node}\u0000${inc}`
+
   const replicaOf = (m: { node: string; inc: string }): Replica => {
     let r = replicas.get(m.node)
     if (!r || r.inc !== m.inc) {
-      if (r) {
+      if (r?.leaving !== undefined) {
+        // The node said goodbye and a new run came back under the same id (a container restarted
+        // in place: same hostname, pid 1). Its last run's users stay for the rest of the grace, as
+        // after any goodbye, filed apart, so that those reconnecting to the new run neither leave
+        // nor join; its goodbye timer drops them then.
+        deps.view.rename(m.node, lastRun(m.node, r.inc))
+      } else if (r) {
         // The node restarted: what its last run reported is gone with it.
         deps.onResync(deps.view.drop(m.node, 'disconnected'))
       }
@@ -186,6 +195,12 @@ export function startPresenceCluster(deps: {
         // Its clients are reconnecting elsewhere: they leave only if they have not come back
         // within the grace.
         r.leaving = setTimeout(() => {
+          if (stopped) return
+          if (replicas.get(m.node) !== r) {
+            // A new run of the node is heard meanwhile (replicaOf): only this run's users leave.
+            deps.onResync(deps.view.drop(lastRun(m.node, r.inc), 'disconnected'))
+            return
+          }
           replicas.delete(m.node)
           deps.onResync(deps.view.drop(m.node, 'disconnected'))
         }, deps.graceMs)

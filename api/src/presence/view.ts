@@ -149,6 +149,18 @@ export function createPresenceView(onChange: (change: PresenceChange) => void) {
       return touched
     },
 
+    /**
+     * Files a node's part under another name, changing no totals (they do not depend on which node
+     * reports a user): a run of a node that said goodbye keeps its users for the grace under a name
+     * of its own while its next run, under the node's id, reports its own.
+     */
+    rename(node: string, to: string) {
+      const channels = nodes.get(node)
+      if (!channels) return
+      nodes.delete(node)
+      nodes.set(to, channels)
+    },
+
     /** A node is gone (no heartbeat for the TTL, or it said goodbye): its users leave with `reason`. */
     drop(node: string, reason: LeaveReason = 'node_lost'): Set<string> {
       const channels = nodes.get(node)
