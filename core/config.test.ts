@@ -31,3 +31,27 @@ test('an age JetStream cannot hold in nanoseconds (past about 292 years) is refu
   expect(() => loadConfig({ FANFARE_HISTORY_TTL_MS_CHAT: '10000000000000' })).toThrow(/FANFARE_HISTORY_TTL_MS_CHAT: Expected integer to be less or equal/)
   expect(loadConfig({ FANFARE_EVENT_RETENTION_MS: '9223372036854' }).FANFARE_EVENT_RETENTION_MS).toBe(9_223_372_036_854)
 })
+
+test('a config error never prints a secret: tokens by their length, passwords in URLs masked', () => {
+  const secrets = ['adminSECRETwith.dot-123456', 'ingestSECRET.x-1234567', 'shortJWT', 'dbPASSword77', 'natsPW42', 'tokenONLY99']
+  const bad = {
+    FANFARE_ADMIN_TOKEN: secrets[0],
+    FANFARE_INGEST_TOKEN: secrets[1],
+    FANFARE_JWT_SECRET: secrets[2],
+    DATABASE_URL: `mysql://root:${secrets[3]}@db.example/fanfare`,
+    DATABASE_READ_URL: `mysql://${secrets[5]}@replica.example/fanfare`,
+    NATS_URL: `http://fanfare:${secrets[4]}@nats.example:4222`,
+  }
+  let message = ''
+  try {
+    loadConfig(bad)
+  } catch (err) {
+    message = (err as Error).message
+  }
+  for (const key of Object.keys(bad)) expect(message).toContain(key)
+  for (const secret of secrets) expect(message).not.toContain(secret)
+  expect(message).toContain('FANFARE_ADMIN_TOKEN')
+  expect(message).toContain('<hidden, 26 characters>')
+  expect(message).toContain('mysql://root:***@db.example/fanfare')
+  expect(message).toContain('mysql://***@replica.example/fanfare')
+})

@@ -237,6 +237,19 @@ export class ConfigError extends Error {
   }
 }
 
+/** Variables whose whole value is a secret: a config error says how long it is, never what. */
+const SECRETS = new Set(['FANFARE_INGEST_TOKEN', 'FANFARE_ADMIN_TOKEN', 'FANFARE_JWT_SECRET'])
+
+/**
+ * A variable's value as a config error may print it (on stderr, often kept in a log): a secret by
+ * its length, a URL with its password (or token) masked, anything else as it is.
+ */
+export function shownValue(key: string, value: unknown): string {
+  if (typeof value !== 'string') return JSON.stringify(value)
+  if (SECRETS.has(key)) return `<hidden, ${value.length} characters>`
+  return JSON.stringify(value.replace(/\/\/([^/@]*)@/, (_, login: string) => `//${login.includes(':') ? `${login.slice(0, login.indexOf(':'))}:***` : '***'}@`))
+}
+
 /**
  * Parses an environment (process.env by default) into a Config. Empty strings count as unset.
  * Throws ConfigError listing every bad variable by name.
@@ -251,7 +264,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     // "864e5" (a day, meant) would be 864 ms and "10.5" silently 10. Only plain digits pass
     // (around them whitespace, as before: a value read from a file often ends in a newline).
     if ((schema as { type?: string }).type === 'integer' && !/^\s*[+-]?[0-9]+\s*$/.test(value)) {
-      problems.push(`${key}: not a whole number in decimal digits (got ${JSON.stringify(value)})`)
+      problems.push(`${key}: not a whole number in decimal digits (got ${shownValue(key, value)})`)
       continue
     }
     raw[key] = value
@@ -261,7 +274,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     ...[...Value.Errors(Env, converted)]
       // A variable refused above is not also reported missing or of the wrong type.
       .filter((e) => !problems.some((p) => p.startsWith(`${e.path.slice(1)}: `)))
-      .map((e) => `${e.path.slice(1) || '(root)'}: ${e.message} (got ${JSON.stringify(ValuePointer.Get(converted, e.path))})`),
+      .map((e) => `${e.path.slice(1) || '(root)'}: ${e.message} (got ${shownValue(e.path.slice(1), ValuePointer.Get(converted, e.path))})`),
   )
   // Lists a schema cannot check: each entry must parse (core/net.ts).
   const lists = converted as Partial<Env>
