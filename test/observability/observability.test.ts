@@ -88,8 +88,11 @@ describe('observability across real processes', () => {
         body: JSON.stringify(body),
       })
     // An untraced event first: with the ratio at 0 it makes no spans anywhere.
-    expect((await post({ type: 'score.submitted', data: { board: 'arena', player: 'untraced', score: 1 } })).status).toBe(202)
+    const untraced = { id: 'untraced-1', type: 'score.submitted', data: { board: 'arena', player: 'untraced', score: 1 } }
+    expect((await post(untraced)).status).toBe(202)
     await until('the untraced update', () => ws.of(channel).length === 2)
+    // Sent again: stored once, counted once (below).
+    expect((await (await post(untraced)).json()).results[0].duplicate).toBe(true)
 
     const traceId = crypto.randomUUID().replaceAll('-', '')
     const callerSpan = crypto.randomUUID().replaceAll('-', '').slice(0, 16)
@@ -130,7 +133,7 @@ describe('observability across real processes', () => {
     const api = await scrape(`http://127.0.0.1:${apiMetrics}/metrics`)
     expect(api.get('fanfare_events_ingested_total{type="score.submitted",via="http"}')).toBe(2)
     expect(api.get('fanfare_events_ingested_total{type="score.submitted",via="ws"}')).toBe(1)
-    expect(api.get('fanfare_ingest_duration_seconds_count')).toBe(3)
+    expect(api.get('fanfare_ingest_duration_seconds_count')).toBe(4)
     expect(api.get('fanfare_ws_connections')).toBe(1)
     expect(api.get('fanfare_ws_subscriptions')).toBe(1)
     expect(api.get('fanfare_channels')).toBe(1)

@@ -297,7 +297,12 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
       inFlight -= events.length
     }
     metrics.ingest.duration.observe((performance.now() - started) / 1000)
-    for (let i = 0; i < events.length; i++) if (settled[i].status === 'fulfilled') metrics.ingest.ingested(events[i].type, via)
+    // Stored now: a resend JetStream found stored already (duplicate) is not counted again, or a
+    // retry storm after 503s would show as more events coming in.
+    for (let i = 0; i < events.length; i++) {
+      const r = settled[i]
+      if (r.status === 'fulfilled' && !r.value.duplicate) metrics.ingest.ingested(events[i].type, via)
+    }
     const failed = settled.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failed.length === 0) return settled.map((r) => (r as PromiseFulfilledResult<PublishResult>).value)
     log.warn({ err: failed[0].reason, count: events.length, failed: failed.length }, 'publish to JetStream failed')
