@@ -99,6 +99,8 @@ describe('client SDK', () => {
     // About a quarter of these scores take a shown player out of the top. Before the reserve each
     // asked for a snapshot: 10 re-syncs, and only 48 of the 2,000 updates applied (the others came
     // while it waited for snapshots). The reserve of 100 below the top absorbs them (0 re-syncs).
+    // CI once saw 316 applied (with fewer than 5 re-syncs, under a browser test's load): say both.
+    console.log(`sdk busy board: ${applied} of 2000 updates applied, ${resyncs} re-syncs`)
     expect(applied).toBeGreaterThan(1000)
     expect(resyncs).toBeLessThan(5)
   }, 60_000)
