@@ -478,9 +478,10 @@ describe('channel hub', () => {
     const start = Math.floor(Date.now() / day) * day
     // Versions 1-3 were committed yesterday, 4 and 5 well into today (the current period).
     const at = (v: number) => new Date(v <= 3 ? start - 60_000 : start + 60_000).toISOString()
+    let historyReads = 0
     const hub = createChannelHub({
       snapshot: async () => ({ version: 5, epoch: 'e1', data: { period: 'today' }, from: start, until: start + day }),
-      history: async (_c, after) => [5, 4, 3, 2, 1].filter((v) => v > after).map((v) => ({ ...notice(v, 'leaderboard:daily'), at: at(v) })),
+      history: async (_c, after) => (historyReads++, [5, 4, 3, 2, 1].filter((v) => v > after).map((v) => ({ ...notice(v, 'leaderboard:daily'), at: at(v) }))),
       publish: t.publish,
       gapTimeoutMs: 1000,
     })
@@ -490,8 +491,11 @@ describe('channel hub', () => {
     expect(a.frames.map((f) => `${f.op}:${f.version}:${f.data?.period}${f.resync ? ':resync' : ''}`)).toEqual(['snapshot:5:today:resync'])
     // Today's client resumes as before.
     const b = t.sink('b')
+    historyReads = 0
     await hub.subscribe(b, 'leaderboard:daily', { since: 4, epoch: 'e1' })
     expect(versionsSeen(b)).toEqual(['subscribed:4', 'update:5'])
+    // The history read for its period is the one its replay comes from.
+    expect(historyReads).toBe(1)
     hub.stop()
   })
 

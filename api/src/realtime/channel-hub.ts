@@ -5,7 +5,7 @@ import { parseChannel, type ChangeNotice, type ChannelKind } from '../../../core
  * `until` (ms since the epoch) when what it shows stops being current by the clock alone (a
  * leaderboard period ends): the hub then re-syncs the channel's subscribers with a fresh snapshot.
  * `from`: when what it shows became current (the period began); a resume point reached before
- * then may hold an earlier period, which no version says (see reachedInPeriod).
+ * then may hold an earlier period, which no version says (see historyInPeriod).
  */
 export type Snapshot = { version: number; epoch: string; data: unknown; until?: number; from?: number }
 
@@ -509,13 +509,14 @@ export function createChannelHub(deps: HubDeps) {
    * scheduleRollover); a version committed later than that was delivered after that re-sync. So the
    * resume is served only when the history shows `since` committed PERIOD_SETTLED_MS or more into
    * the current period; otherwise (or when the history no longer has it, or at version 0) the
-   * client gets a snapshot, which is always correct.
+   * client gets a snapshot, which is always correct. Returns the history it read (from `since` on,
+   * for the replay: read once), or undefined when the client needs a snapshot.
    */
-  async function reachedInPeriod(channel: string, st: ChannelState, since: number): Promise<boolean> {
-    if (since <= 0 || !deps.history) return false
+  async function historyInPeriod(channel: string, st: ChannelState, since: number): Promise<ChangeNotice[] | undefined> {
+    if (since <= 0 || !deps.history) return undefined
     const kept = await sharedHistory(channel, st, since - 1)
     const own = kept.find((n) => n.version === since && n.epoch === st.epoch)
-    return own !== undefined && Date.parse(own.at) >= st.periodFrom! + PERIOD_SETTLED_MS
+    return own !== undefined && Date.parse(own.at) >= st.periodFrom! + PERIOD_SETTLED_MS ? kept : undefined
   }
 
   /**
@@ -529,10 +530,12 @@ export function createChannelHub(deps: HubDeps) {
       if (gone(channel, st, j)) return true
       init(channel, st, snap)
     }
+    // A board with periods: its history was read to check the client's period; the first attempt replays from it.
+    let readForPeriod: ChangeNotice[] | undefined
     if (st.periodFrom !== undefined) {
-      const inPeriod = await reachedInPeriod(channel, st, from.since)
+      readForPeriod = await historyInPeriod(channel, st, from.since)
       if (gone(channel, st, j)) return true
-      if (!inPeriod) return false
+      if (!readForPeriod) return false
     }
     // Version 0 is the empty channel, the same in every epoch.
     const sameEpoch = () => st.epoch !== undefined && (from.since === 0 || from.epoch === st.epoch)
@@ -540,7 +543,7 @@ export function createChannelHub(deps: HubDeps) {
       if (!sameEpoch() || st.last! - from.since > maxReplay) return false
       let replay: ChangeNotice[]
       if (from.since < st.last!) {
-        const kept = await sharedHistory(channel, st, from.since)
+        const kept = attempt === 1 && readForPeriod ? readForPeriod : await sharedHistory(channel, st, from.since)
         if (gone(channel, st, j)) return true
         if (!sameEpoch()) return false
         replay = merged([kept, j.buffer!], st.epoch, from.since)
