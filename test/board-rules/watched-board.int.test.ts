@@ -1,40 +1,29 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { until, WsClient } from '../e2e/harness'
-import { startTestWorker } from '../../stream-workers/src/testing/harness'
-import type { Workers } from '../../stream-workers/src/workers'
-import { startTestNode, type TestNode } from '../../api/src/test-support'
+import { startDeployment, type Deployment } from '../sdk/deployment'
 
 /**
  * A board's rules change while it has no scores, and people may be watching it already (a new
  * season's board, subscribed to before an admin set it up). Their snapshot shows the old rules: the
  * order, and the period (none) with no end. The first scores then carry a period their snapshot
  * does not show, which clients are told to skip: without the restart they showed an empty board
- * for good. A real node, worker and outbox sweeper; a client applies frames as the README says.
+ * for good. An API node and a worker (with its outbox sweeper) in processes of their own; a client
+ * applies frames as the README says.
  */
 describe('rules changed on a watched board', () => {
-  let node: TestNode
-  let worker: Workers
+  let d: Deployment
   const clients: WsClient[] = []
   beforeAll(async () => {
-    node = await startTestNode({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
-    worker = await startTestWorker(node.env)
-  })
+    d = await startDeployment({ apis: 1, workers: 1, vars: { FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' } })
+  }, 60_000)
   afterAll(async () => {
     for (const c of clients) c.close()
-    await worker?.stop()
-    await node?.close()
+    await d?.stop()
   })
 
-  const call = async (method: string, path: string, token: string, body?: unknown) => {
-    const res = await fetch(`${node.base}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    })
-    return { status: res.status, json: (await res.json()) as any }
-  }
+  const admin = () => ({ token: d.env.vars.FANFARE_ADMIN_TOKEN })
   const open = async () => {
-    const c = await WsClient.open(node.wsUrl)
+    const c = await WsClient.open(`${d.urls[0].replace('http://', 'ws://')}/v1/ws`)
     clients.push(c)
     return c
   }
@@ -70,9 +59,9 @@ describe('rules changed on a watched board', () => {
     await until('the leaving client snapshot', () => leaving.of(channel).length > 0)
     leaving.close()
 
-    const put = await call('PUT', '/admin/leaderboards/season-5', node.env.vars.FANFARE_ADMIN_TOKEN, { order: 'asc', reset: 'daily' })
+    const put = await d.call('PUT', '/admin/leaderboards/season-5', { order: 'asc', reset: 'daily' }, admin())
     expect(put.status).toBe(200)
-    const sent = await call('POST', '/v1/events', node.env.vars.FANFARE_INGEST_TOKEN, {
+    const sent = await d.call('POST', '/v1/events', {
       events: [
         { type: 'score.submitted', data: { board: 'season-5', player: 'ann', score: 30 } },
         { type: 'score.submitted', data: { board: 'season-5', player: 'bob', score: 20 } },
@@ -81,7 +70,7 @@ describe('rules changed on a watched board', () => {
     expect(sent.status).toBe(202)
 
     const rest = async () => {
-      const page = await call('GET', '/v1/leaderboards/season-5', node.env.vars.FANFARE_INGEST_TOKEN)
+      const page = await d.call('GET', '/v1/leaderboards/season-5')
       return { order: page.json.order, period: page.json.period, entries: page.json.entries.map((e: any) => `${e.player}=${e.score}`) }
     }
     await until('both scores in the read model', async () => (await rest()).entries.length === 2)
@@ -104,8 +93,8 @@ describe('rules changed on a watched board', () => {
     // Re-stating the rules of a scored board changes nothing: no new history, no re-sync.
     const snapshots = watcher.of(channel).filter((f) => f.op === 'snapshot').length
     const epoch = watcher.of(channel).at(-1).epoch
-    expect((await call('PUT', '/admin/leaderboards/season-5', node.env.vars.FANFARE_ADMIN_TOKEN, { order: 'asc' })).status).toBe(200)
-    await call('POST', '/v1/events', node.env.vars.FANFARE_INGEST_TOKEN, { type: 'score.submitted', data: { board: 'season-5', player: 'cy', score: 10 } })
+    expect((await d.call('PUT', '/admin/leaderboards/season-5', { order: 'asc' }, admin())).status).toBe(200)
+    await d.call('POST', '/v1/events', { type: 'score.submitted', data: { board: 'season-5', player: 'cy', score: 10 } })
     await until('the next score live', () => shown(watcher, channel).entries.includes('cy=10'))
     await Bun.sleep(3_000) // the sweeper's round (2 s): a restart would have been published by now
     expect(watcher.of(channel).filter((f) => f.op === 'snapshot').length).toBe(snapshots)
