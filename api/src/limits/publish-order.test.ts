@@ -52,4 +52,11 @@ describe('publishes wait behind one answered 503', () => {
     const six = holdAfterUnavailable(undefined, { id: 'e6', n: 6, retryAt: 2000 }, overloaded)
     expect(holdAfterUnavailable(six, { id: 'e7', n: 7, retryAt: 2000 }, overloaded)).toBe(six)
   })
+
+  test('publish_denied holds nothing back: that event is not sent again until an operator acts', () => {
+    const denied = { code: 'publish_denied', message: 'NATS does not let this connection publish to x', retryAfterMs: 1000 }
+    expect(holdAfterUnavailable(undefined, { id: 'e6', n: 6, retryAt: 2000 }, denied)).toBeUndefined()
+    const rate: PublishHold = { id: 'e8', n: 8, retryAt: 1200, refusal }
+    expect(holdAfterUnavailable(rate, { id: 'e6', n: 6, retryAt: 2000 }, denied)).toBe(rate)
+  })
 })

@@ -46,13 +46,16 @@ export function heldBack(hold: PublishHold | undefined, id: string | undefined, 
 
 /**
  * The hold after the publish frame `n` was answered 503: behind it, unless the connection already
- * waits behind an earlier frame (503s of pipelined frames may be answered in any order).
+ * waits behind an earlier frame (503s of pipelined frames may be answered in any order). Not
+ * behind `publish_denied`: that event is not sent again until an operator acts (the SDK gives it
+ * up), and the connection's other events would wait behind it for nothing.
  */
 export function holdAfterUnavailable(
   hold: PublishHold | undefined,
   refused: Omit<PublishHold, 'refusal'>,
   error: { code: string; message: string; retryAfterMs: number },
-): PublishHold {
+): PublishHold | undefined {
+  if (error.code === 'publish_denied') return hold
   if (hold && hold.n <= refused.n) return hold
   return { ...refused, refusal: { code: error.code, message: error.message, retryAfterMs: error.retryAfterMs } }
 }

@@ -455,9 +455,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           } catch (err) {
             // A 503 (this node's queue full, NATS away): the client sends the event again, and the
             // events it pipelined behind it must not be stored first, as behind a rate refusal.
-            // Not `publish_denied`: that event is not sent again until an operator acts (the SDK
-            // gives it up), and the connection's other events would wait behind it for nothing.
-            if (err instanceof Unavailable && err.code !== 'publish_denied') {
+            if (err instanceof Unavailable) {
               conn.hold = holdAfterUnavailable(conn.hold, { id: frame.event.id, n, retryAt: performance.now() + err.retryAfterMs }, err)
             }
             throw err
