@@ -27,12 +27,20 @@ const transientCodes = new Set([
 const transientSqlStateClasses = new Set(['08', '40', '53', '57', '58'])
 
 /**
- * Single SQLSTATEs worth retrying outside those classes: 25006 read_only_sql_transaction, a
- * database that takes no writes for a while (DATABASE_URL reaching a hot standby during a
- * failover, default_transaction_read_only set for maintenance). Exiting would leave the restart to
- * the container's backoff, which grows to minutes; retrying resumes as soon as writes are back.
+ * Single SQLSTATEs worth retrying outside those classes:
+ * - 25006 read_only_sql_transaction, a database that takes no writes for a while (DATABASE_URL
+ *   reaching a hot standby during a failover, default_transaction_read_only set for maintenance).
+ *   Exiting would leave the restart to the container's backoff, which grows to minutes; retrying
+ *   resumes as soon as writes are back.
+ * - 42P05 duplicate_prepared_statement and 26000 invalid_sql_statement_name. No query here prepares
+ *   a statement itself: the drivers do, one per query text per connection. When Postgres cancels or
+ *   ends statements while a connection prepares one (statement_timeout, pg_terminate_backend), Bun's
+ *   SQL client (1.4.5) can lose track of a statement the server did store and prepare the same name
+ *   again: `42P05 prepared statement "P0" already exists`. Nothing is wrong with the query, and the
+ *   next one on that connection succeeds (bench/prepared-cancel-probe.ts shows both); a worker
+ *   treating it as a bug exited. 26000 is the same loss the other way (a name the server dropped).
  */
-const transientSqlStates = new Set(['25006'])
+const transientSqlStates = new Set(['25006', '42P05', '26000'])
 
 const isTransientSqlState = (code: string) => /^[0-9A-Z]{5}$/.test(code) && (transientSqlStateClasses.has(code.slice(0, 2)) || transientSqlStates.has(code))
 

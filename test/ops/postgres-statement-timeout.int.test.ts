@@ -71,8 +71,9 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
       expect(await rm.version(`leaderboard:${board}`)).toBe(configuredVersion(acked.length))
       expect(await rm.deadLetters()).toBe(0)
     } catch (err) {
-      // CI once saw the board stop 3-5 short of its oracle here (not reproduced in 5 runs, loaded
-      // or not): say whether a process exited and what it logged last.
+      // CI saw the board stop 3-5 short here: the worker had exited on `42P05 prepared statement
+      // "P0" already exists` (its driver out of step after the cancels; retried now, see
+      // core/db/errors.ts). Say whether a process exited and what it logged last.
       for (const p of procs) console.error(`${p.name}: exit ${p.proc.exitCode}\n${p.output().slice(-3000)}`)
       throw err
     } finally {

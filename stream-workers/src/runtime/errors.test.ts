@@ -16,6 +16,15 @@ describe('isTransientDbError', () => {
     expect(isTransientDbError(Object.assign(new Error('x'), { code: 'ERR_POSTGRES_SERVER_ERROR', errno: '25006' }))).toBe(true)
     expect(isTransientDbError(Object.assign(new Error('x'), { code: '25P02' }))).toBe(false)
   })
+  test("a driver's prepared statements out of step with the server (after cancels) are transient: the next try succeeds", () => {
+    // As Bun's SQL client raised it after statement_timeout cancels (bench/prepared-cancel-probe.ts).
+    const duplicate = Object.assign(new Error('prepared statement "P0" already exists'), { name: 'PostgresError', code: 'ERR_POSTGRES_SERVER_ERROR', errno: '42P05' })
+    expect(isTransientDbError(duplicate)).toBe(true)
+    expect(isTransientDbError(new Error('Failed query: ...', { cause: duplicate }))).toBe(true)
+    expect(isTransientDbError(Object.assign(new Error('prepared statement "P3" does not exist'), { code: '26000' }))).toBe(true)
+    // Other class 42 errors are the SQL's own: a bug, not retried.
+    expect(isTransientDbError(Object.assign(new Error('x'), { code: 'ERR_POSTGRES_SERVER_ERROR', errno: '42703' }))).toBe(false)
+  })
   test('programming and constraint errors are not', () => {
     expect(isTransientDbError(new TypeError('boom'))).toBe(false)
     expect(isTransientDbError(Object.assign(new Error('x'), { code: '42P01' }))).toBe(false)
