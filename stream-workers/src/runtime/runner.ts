@@ -246,6 +246,10 @@ export function startRunner(deps: RunnerDeps): Runner {
           const last = part[part.length - 1]
           const where = { size: part.length, batchSize: batch.length, subject: first.subject, seq: first.seq, lastSubject: last.subject, lastSeq: last.seq }
           const line = { err, attempt, ...where, deliveryCount: batch[0].info.deliveryCount, lastDeliveryCount: batch[batch.length - 1].info.deliveryCount }
+          // Stalled until Postgres takes the batch: the lag gauge says what waits (the rest of this
+          // batch and what the consumer held behind it when it was delivered), not the last
+          // applied batch's, which showed a stalled partition as caught up.
+          lag.set(rest.length + batch[batch.length - 1].info.pending)
           const timeout = sizes.failed(err, part.length)
           if (timeout === 'split') {
             log.warn({ ...line, nextSize: sizes.next(part.length) }, 'the batch outlasts statement_timeout; retrying it in smaller parts')

@@ -140,10 +140,12 @@ describe('a batch that outlasts statement_timeout', () => {
       await publishEvent(w, storedEvent('score.submitted', { board: 'last', player, score: i + 1 }))
     }
     await statementTimeout(w, '300ms')
-    const { lines } = await startLoggedWorker(w)
+    const { lines, metrics } = await startLoggedWorker(w)
     await until('an error that one event alone outlasts statement_timeout', async () => lines.find((l) => l.includes('one event alone outlasts statement_timeout')), 60_000)
     expect(await boardScores(w, 'last')).toEqual({})
     expect(await deadLetters(w)).toBe(0)
+    // The stalled partition's lag is the 6 events waiting, not 0 (it used to show only after a batch applied).
+    expect(await metrics.text()).toContain('fanfare_projection_lag_events{projection="leaderboards",partition="0"} 6')
 
     await statementTimeout(w, 'reset')
     await caughtUp(w, 60_000)
