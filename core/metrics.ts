@@ -129,7 +129,7 @@ export function createMetrics() {
   const ingestDuration = new Histogram({ name: 'fanfare_ingest_duration_seconds', help: 'Time from a validated publish request to JetStream acknowledging all its events', buckets: LATENCY, registers })
   const refused = new Counter({
     name: 'fanfare_events_refused_total',
-    help: 'Events of publish requests answered 503 (not stored, or not confirmed), by the error code clients got: unavailable, storage_full, publish_denied, overloaded',
+    help: 'Events of publish requests answered 503 (not stored, or not confirmed), by the error code clients got: unavailable, storage_full, publish_denied, overloaded, database_unavailable (the visibility of a chat room could not be read)',
     labelNames: ['code'],
     registers,
   })

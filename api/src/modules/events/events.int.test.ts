@@ -12,6 +12,11 @@ import { createApp } from '../../app'
 import { createHarness, type ApiHarness } from '../../test-support'
 import { Unavailable } from '../../errors'
 import { createIngest } from './service'
+import { connectPostgres } from '../../../../core/db/client'
+import { createMetrics } from '../../../../core/metrics'
+import { freePort } from '../../../../core/process'
+import { createRoomAccess } from '../../auth/rooms'
+import type { Principal } from '../../auth/principal'
 
 const score = (player: string, value = 1, id?: string) => ({
   ...(id ? { id } : {}),
@@ -336,6 +341,33 @@ describe('JetStream unavailable', () => {
     expect(await h.streamCount()).toBe(before + 300)
     // Once the first is acknowledged there is room again.
     expect((await ingest.publish(batch('third'), rootKey('ingest'))).length).toBe(300)
+  })
+})
+
+describe('Postgres unavailable for a room check', () => {
+  test("a user's chat event is 503 database_unavailable, counted and logged, and stores nothing", async () => {
+    const h = await createHarness()
+    // A database nobody listens on: the room lookup fails as with Postgres down (ECONNREFUSED).
+    const gone = await connectPostgres(`postgres://postgres@127.0.0.1:${freePort()}/none`, { max: 1 })
+    const lines: string[] = []
+    const logger = createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' })
+    const rooms = createRoomAccess({ db: gone.db, nc: h.nc, prefix: h.env.config.FANFARE_SUBJECT_PREFIX, logger })
+    const metrics = createMetrics()
+    const ingest = createIngest({ config: h.env.config, nc: h.nc, logger, rooms, metrics })
+    const user: Principal = { kind: 'user', id: 'ann', name: 'Ann', roles: [], channels: [], expiresAt: Date.now() + 3600_000 }
+    try {
+      const err = await ingest.publish([{ type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'hi' } }, { type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'again' } }], user).catch((e) => e)
+      expect(err).toBeInstanceOf(Unavailable)
+      expect(err.code).toBe('database_unavailable')
+      expect(err.message).toContain('cannot check the room')
+      expect(await metrics.text()).toContain('fanfare_events_refused_total{code="database_unavailable"} 2')
+      expect(lines.some((l) => l.includes('cannot check the room'))).toBe(true)
+      expect(await h.streamCount()).toBe(0)
+    } finally {
+      rooms.stop()
+      await gone.close()
+      await h.close()
+    }
   })
 })
 

@@ -25,7 +25,7 @@ import { channelOf } from '../../../../core/channels'
 import { mayPublish, maySubscribe, type Visibility } from '../../auth/permissions'
 import type { RoomAccess } from '../../auth/rooms'
 import { principalId, type Principal } from '../../auth/principal'
-import { Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
+import { databaseUnavailable, Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
 import { MAX_BATCH, type PublishOutcome, type PublishResult } from './model'
 import { createReactionBatcher, type AcceptedReaction } from './reaction-batches'
 
@@ -339,8 +339,12 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
     const closed = (visibilities: Visibility[]) =>
       posts.flatMap(({ index, channel }, i) => (maySubscribe(user, channel, visibilities[i]).ok ? [] : [{ index, channel }]))
     if (!seen.some((v) => v instanceof Promise)) return closed(seen as Visibility[])
-    return Promise.all(seen).then(closed, () => {
-      throw new Unavailable('cannot check the room now (database unavailable); retry with the same event ids')
+    return Promise.all(seen).then(closed, (err) => {
+      const unavailable = databaseUnavailable(err)
+      if (!unavailable) throw err
+      // Counted and logged as any other refused publish: an operator sees chat refused while Postgres is away.
+      log.warn({ err, count: events.length }, 'cannot check the room of a chat event; publish refused')
+      throw refused(new Unavailable(`cannot check the room now: ${unavailable.message}`, unavailable.code), events.length)
     })
   }
 
