@@ -105,7 +105,8 @@ export async function startRealtime(deps: {
   const presence = startPresence({
     config: deps.config,
     nc: deps.nc,
-    logger,
+    // Untagged: presence tags its lines itself (a second `component` key would repeat in every line).
+    logger: deps.logger,
     subscriptions: deps.subscriptions,
     publish: (topic, text) => {
       if (!server) return
@@ -155,7 +156,7 @@ export async function startRealtime(deps: {
         authenticator: deps.security.authenticator,
         revocations: deps.security.revocations,
         rooms: deps.security.rooms,
-        logger,
+        logger: deps.logger,
         sockets,
         metrics,
       }),
