@@ -31,6 +31,10 @@ describe('publish order through a 503', () => {
     const overtaking = answers.slice(first + 1).filter((a) => a.op === 'ack').map((a) => a.id)
     expect(overtaking).toEqual([])
     expect(answers[first + 1].error.message).toContain(`(o-${first}) was refused (overloaded)`)
+    // Every event answered 503 is counted as refused, those held behind the first too.
+    const refusedNow = answers.filter((a) => a.op === 'error' && a.error.code === 'overloaded').length
+    const metrics = await (await fetch(`${node.base}/metrics`, { headers: { authorization: `Bearer ${node.env.vars.FANFARE_ADMIN_TOKEN}` } })).text()
+    expect(metrics).toContain(`fanfare_events_refused_total{code="overloaded"} ${refusedNow}`)
 
     // Sent again in order (as the SDK does, a window at a time), everything is stored in send order.
     let next = first

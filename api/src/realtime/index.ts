@@ -440,6 +440,8 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           if (held) {
             // Behind a 503 the client did nothing wrong: refused, but not weighed as abuse.
             if ('perSecond' in held) return void rateLimited(conn, frame.ref, held)
+            // Answered 503 like the one it waits behind: counted alike (fanfare_events_refused_total).
+            deps.metrics.ingest.refused(held.code, 1)
             return void reply({ op: 'error', ref: frame.ref, error: { ...held, details: { retryAfterMs: held.retryAfterMs } } })
           }
           const refused = conn.rates.publish(conn.principal)
