@@ -200,7 +200,12 @@ export type MatchView = {
  */
 export type MatchChange =
   | { kind: 'created'; match: MatchView; status: MatchStatus }
-  | { kind: 'joined'; player: string; status: MatchStatus }
+  /**
+   * A seat taken. `connected` and `graceUntil` are the new seat's (false, and the end of the join
+   * grace, until the player first connects to `match:<id>`); both absent from changes made before
+   * the join grace existed, whose seats started connected.
+   */
+  | { kind: 'joined'; player: string; connected?: boolean; graceUntil?: string; status: MatchStatus }
   | { kind: 'rejected'; player: string; reason: MatchJoinRejection; status: MatchStatus }
   | { kind: 'left'; player: string; reason: 'left' | 'disconnected'; status: MatchStatus }
   | { kind: 'ready'; player: string; status: MatchStatus }

@@ -252,7 +252,11 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
           : { player: e.player, ready: false, connected: false, disconnectedAt: null, graceUntil: e.at + e.graceMs }
       const players = [...state.players, seat]
       const next: MatchState = { ...state, players, status: players.length >= state.maxPlayers ? 'full' : 'open' }
-      outputs.push({ channel: 'match', data: { kind: 'joined', player: e.player, status: next.status } })
+      // The seat as it starts (waiting for its player's first connection), so a subscriber holds what REST shows.
+      outputs.push({
+        channel: 'match',
+        data: { kind: 'joined', player: e.player, connected: seat.connected, ...(seat.graceUntil !== null ? { graceUntil: iso(seat.graceUntil) } : {}), status: next.status },
+      })
       outputs.push({ channel: 'user', user: e.player, data: { kind: 'match.join', match: e.match, accepted: true } })
       return same(next)
     }

@@ -20,7 +20,8 @@ export const match: StateHelper<MatchState, ChannelUpdates['match']> = {
     const seats = (players: Player[]) => ({ ...state, players, status: u.status })
     switch (u.kind) {
       case 'joined':
-        return seats([...state.players, { player: u.player, ready: false, connected: true }])
+        // Without `connected` (a change from before the join grace) the seat started connected.
+        return seats([...state.players, { player: u.player, ready: false, connected: u.connected ?? true, ...(u.graceUntil !== undefined ? { graceUntil: u.graceUntil } : {}) }])
       case 'rejected':
         return state.status === u.status ? state : { ...state, status: u.status }
       case 'left':

@@ -372,14 +372,20 @@ describe('state helpers equal the server snapshot after any updates', () => {
   test('matches: joins racing for seats, leaves, ready, disconnects and graces, start, finish, abort', () => {
     type Op =
       | { type: 'match.created'; maxPlayers: number }
-      | { type: 'match.join' | 'match.leave' | 'match.ready'; player: number }
+      | { type: 'match.join'; player: number; graceMs?: number }
+      | { type: 'match.leave' | 'match.ready'; player: number }
       | { type: 'match.player.connection'; player: number; connected: boolean; graceMs: number }
       | { type: 'match.start' | 'match.abort' }
       | { type: 'match.finish'; scores: number[] }
     const player = fc.integer({ min: 0, max: 3 })
     const op: fc.Arbitrary<Op> = fc.oneof(
       { weight: 1, arbitrary: fc.record({ type: fc.constant('match.created' as const), maxPlayers: fc.integer({ min: 2, max: 4 }) }) },
-      { weight: 6, arbitrary: fc.record({ type: fc.constantFrom('match.join' as const, 'match.leave' as const, 'match.ready' as const), player }) },
+      { weight: 4, arbitrary: fc.record({ type: fc.constantFrom('match.leave' as const, 'match.ready' as const), player }) },
+      // Joins with the join grace the API nodes stamp (the seat waits for its player), and without (stored before it existed).
+      {
+        weight: 2,
+        arbitrary: fc.record({ type: fc.constant('match.join' as const), player, graceMs: fc.option(fc.integer({ min: 0, max: 2000 }), { nil: undefined }) }, { requiredKeys: ['type', 'player'] }),
+      },
       { weight: 3, arbitrary: fc.record({ type: fc.constant('match.player.connection' as const), player, connected: fc.boolean(), graceMs: fc.integer({ min: 0, max: 2000 }) }) },
       { weight: 1, arbitrary: fc.record({ type: fc.constantFrom('match.start' as const, 'match.abort' as const) }) },
       { weight: 1, arbitrary: fc.record({ type: fc.constant('match.finish' as const), scores: fc.array(fc.integer({ min: 0, max: 3 }), { maxLength: 4 }) }) },
@@ -397,6 +403,7 @@ describe('state helpers equal the server snapshot after any updates', () => {
             case 'match.leave':
               return { type: o.type, match, player: `p${o.player}`, reason: 'left', at }
             case 'match.join':
+              return { type: o.type, match, player: `p${o.player}`, ...(o.graceMs !== undefined ? { graceMs: o.graceMs } : {}), at }
             case 'match.ready':
               return { type: o.type, match, player: `p${o.player}`, at }
             case 'match.player.connection':
