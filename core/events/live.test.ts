@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'bun:test'
-import { isEmojiToAdmit, isOneEmoji } from './live'
+import { isEmojiToAdmit, isOneEmoji, repeatedOptionOf } from './live'
 
 const one = ['👏', '❤', '❤️', '🇫🇷', '1️⃣', '#️⃣', '👍🏽', '👩‍👩‍👧', '🏳️‍🌈']
 const notOne = ['👏👏', 'hi', 'a', '🇫🇷a', 'a👏', '1', '', ' 👏', '🇫']
@@ -25,5 +25,16 @@ describe('isEmojiToAdmit', () => {
     for (const s of [...notOne, '👍\u0301', '👍\u200d', '👍\u{E0041}', '👍\u{1F3FD}\u0301']) expect([s, isEmojiToAdmit(s)]).toEqual([s, false])
     // isOneEmoji still passes them: reactions stored before the rule keep applying.
     expect(isOneEmoji('👍\u0301')).toBe(true)
+  })
+})
+
+describe('repeatedOptionOf', () => {
+  test('the same text once trimmed, in NFC, in any case: letters whose other case is longer or contextual too', () => {
+    expect(repeatedOptionOf(['yes', 'no', ' Yes'])).toBe(2)
+    expect(repeatedOptionOf(['Cafe\u0301', 'café'])).toBe(1)
+    // ß upper-cases to SS, final ς and σ are one letter: toLowerCase alone keeps them apart.
+    expect(repeatedOptionOf(['Straße', 'STRASSE'])).toBe(1)
+    expect(repeatedOptionOf(['ΟΔΟΣ', 'οδοσ'])).toBe(1)
+    expect(repeatedOptionOf(['yes', 'no', 'yes!'])).toBe(-1)
   })
 })

@@ -99,7 +99,8 @@ export type PollOpened = Static<typeof PollOpened>
 export function repeatedOptionOf(options: string[]): number {
   const seen = new Set<string>()
   return options.findIndex((o) => {
-    const k = o.normalize('NFC').trim().toLowerCase()
+    // Upper then lower case: a case fold that also equates ß with SS and ς with σ (toLowerCase alone does not).
+    const k = o.normalize('NFC').trim().toUpperCase().toLowerCase()
     if (seen.has(k)) return true
     seen.add(k)
     return false
