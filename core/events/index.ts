@@ -86,6 +86,10 @@ export const contracts = {
         ? { path: '/data/closesAt', message: 'must be an ISO 8601 date-time with a time zone naming a real instant of the years 1-9999' }
         : undefined,
     admit: (d) => {
+      // Text a viewer cannot read (only spaces) is refused like a repeat; stored polls still apply.
+      if (d.question.trim() === '') return { path: '/data/question', message: 'is blank' }
+      const blank = d.options.findIndex((o) => o.trim() === '')
+      if (blank >= 0) return { path: `/data/options/${blank}`, message: 'is blank' }
       const i = repeatedOptionOf(d.options)
       return i < 0 ? undefined : { path: `/data/options/${i}`, message: 'repeats an earlier option' }
     },

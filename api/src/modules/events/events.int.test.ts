@@ -159,6 +159,18 @@ describe('POST /v1/events', () => {
     expect((await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [poll(['yes', 'no', 'yes!'])] } })).status).toBe(202)
   })
 
+  test('a poll whose question or an option is only spaces is 422 invalid_event naming it', async () => {
+    const before = await h.streamCount()
+    const poll = (question: string, options: string[]) => ({ type: 'poll.opened', data: { stream: 'tv', poll: 'blank', question, options } })
+    for (const [data, path] of [[poll('Which?', ['yes', '  ']), '/data/options/1'], [poll(' \u3000 ', ['yes', 'no']), '/data/question']] as const) {
+      const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [data] } })
+      expect(r.status).toBe(422)
+      expectErrorShape(r.json, 'invalid_event')
+      expect(r.json.error.details).toEqual([{ index: 0, path, message: 'is blank' }])
+    }
+    expect(await h.streamCount()).toBe(before)
+  })
+
   test('NUL characters and lone surrogates in a player or chat text are 422 invalid_event; emoji are fine', async () => {
     const before = await h.streamCount()
     const r = await h.call('POST', '/v1/events', {
