@@ -147,6 +147,17 @@ export async function swapIn(tx: Tx, opts: { shadow: string; retired: string; pr
   await tx.execute(sql`select channel from public.channel_versions where ${mine} order by channel for update`)
   await tx.execute(sql`delete from public.channel_versions where ${mine}`)
   await tx.execute(sql.raw(`INSERT INTO public.channel_versions (channel, version) SELECT channel, version FROM ${ident(opts.shadow)}.channel_versions`))
+  // Subscribers hold the replaced model's state, and the rebuilt one may differ (a dead letter it
+  // applied after a fix): a channel with no later change would keep that state, unsaid. A restart
+  // run at the channel's version in its new epoch (see ChangeRun.restart), published by the outbox
+  // sweeper, makes every node re-sync its subscribers now; one that re-synced on a newer notice
+  // already ignores it.
+  await tx.execute(
+    sql`insert into public.change_outbox (channel, epoch, version, payload)
+        select v.channel, v.epoch, v.version,
+          json_build_object('channel', v.channel, 'version', v.version, 'epoch', v.epoch, 'changes', json_build_array(), 'at', ${new Date().toISOString()}::text, 'restart', 'read model rebuilt')::text
+        from public.channel_versions v join ${sql.raw(`${ident(opts.shadow)}.channel_versions`)} s using (channel)`,
+  )
 }
 
 /** Drops schemas left by a rebuild (after the switch committed, or after a failed attempt). */
