@@ -1,4 +1,4 @@
-import { getTableName, sql } from 'drizzle-orm'
+import { getTableName, sql, type SQL } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { changeOutbox, channelVersions, chatMessages, deadLetters, derivedScores, eventOutbox, leaderboardEntries, matches, polls, pollVotes, projectionCheckpoints, reactionDedup, reactionTotals, streams, streamViewers } from '../../../core/db/schema'
 import type { ProjectionName } from '../projections'
@@ -128,8 +128,8 @@ export async function useShadow(tx: Tx, schema: string): Promise<void> {
  * schema-qualified: the transaction's search_path points at the shadow.
  *
  * A kind that another projection changes too (`stream:`) loses its rows as well: a channel the
- * shadow never changed starts a new history at its next change (a missing row is created with a
- * new epoch), which only costs its subscribers a resync. That other projection's runners are not
+ * shadow never changed is re-synced at version 0 and starts a new history at its next change (a
+ * missing row is created with a new epoch), which only costs its subscribers a resync. That other projection's runners are not
  * stopped by the switch and lock version rows in channel order (see outboxWrite): the rows are
  * locked here in the same order first, so neither can hold one the other waits for (a deadlock).
  */
@@ -145,18 +145,27 @@ export async function swapIn(tx: Tx, opts: { shadow: string; retired: string; pr
     sql` or `,
   )
   await tx.execute(sql`select channel from public.channel_versions where ${mine} order by channel for update`)
-  await tx.execute(sql`delete from public.channel_versions where ${mine}`)
-  await tx.execute(sql.raw(`INSERT INTO public.channel_versions (channel, version) SELECT channel, version FROM ${ident(opts.shadow)}.channel_versions`))
   // Subscribers hold the replaced model's state, and the rebuilt one may differ (a dead letter it
-  // applied after a fix): a channel with no later change would keep that state, unsaid. A restart
-  // run at the channel's version in its new epoch (see ChangeRun.restart), published by the outbox
-  // sweeper, makes every node re-sync its subscribers now; one that re-synced on a newer notice
-  // already ignores it.
+  // applied after a fix, events it now refuses): a channel with no later change would keep that
+  // state, unsaid. A restart run (see ChangeRun.restart), published by the outbox sweeper, makes
+  // every node re-sync its subscribers now: at the channel's version in its new epoch, or, for a
+  // channel the shadow never changed (no row: its snapshot is version 0, epoch ""), at 0 in no
+  // epoch. A node that re-synced on a newer notice already ignores it.
+  const shadowVersions = sql.raw(`${ident(opts.shadow)}.channel_versions`)
+  const restart = (channel: SQL, epoch: SQL, version: SQL) =>
+    sql`json_build_object('channel', ${channel}, 'version', ${version}, 'epoch', ${epoch}, 'changes', json_build_array(), 'at', ${new Date().toISOString()}::text, 'restart', 'read model rebuilt')::text`
+  await tx.execute(
+    sql`with gone as (delete from public.channel_versions where ${mine} returning channel)
+        insert into public.change_outbox (channel, epoch, version, payload)
+        select channel, '', 0, ${restart(sql`channel`, sql`''`, sql`0`)}
+        from gone where not exists (select 1 from ${shadowVersions} s where s.channel = gone.channel)
+        on conflict do nothing`,
+  )
+  await tx.execute(sql.raw(`INSERT INTO public.channel_versions (channel, version) SELECT channel, version FROM ${ident(opts.shadow)}.channel_versions`))
   await tx.execute(
     sql`insert into public.change_outbox (channel, epoch, version, payload)
-        select v.channel, v.epoch, v.version,
-          json_build_object('channel', v.channel, 'version', v.version, 'epoch', v.epoch, 'changes', json_build_array(), 'at', ${new Date().toISOString()}::text, 'restart', 'read model rebuilt')::text
-        from public.channel_versions v join ${sql.raw(`${ident(opts.shadow)}.channel_versions`)} s using (channel)`,
+        select v.channel, v.epoch, v.version, ${restart(sql`v.channel`, sql`v.epoch`, sql`v.version`)}
+        from public.channel_versions v join ${shadowVersions} s using (channel)`,
   )
 }
 
