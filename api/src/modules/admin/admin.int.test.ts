@@ -5,6 +5,9 @@ import { subjects } from '../../../../core/events'
 import { topology } from '../../../../core/nats'
 import { consumerName } from '../../../../core/projections'
 import { createHarness, type ApiHarness } from '../../test-support'
+import { createApp } from '../../app'
+import { connectPostgres } from '../../../../core/db/client'
+import { freePort } from '../../../../core/process'
 
 describe('/admin', () => {
   let h: ApiHarness
@@ -113,5 +116,29 @@ describe('/admin', () => {
     expect(typeof all.json.deadLetters[0].createdAt).toBe('string')
     const page = await h.call('GET', `/admin/dead-letters?limit=1&before=${ids[2]}`, { token: h.adminToken })
     expect(page.json.deadLetters.map((d: any) => d.id)).toEqual([ids[1]])
+  })
+
+  test('with Postgres down, the rebuild, projection and dead-letter routes are 503 database_unavailable and request nothing', async () => {
+    // A database nobody listens on: every query fails as with Postgres down (ECONNREFUSED).
+    const gone = await connectPostgres(`postgres://postgres@127.0.0.1:${freePort()}/none`, { max: 1 })
+    try {
+      const app = createApp({ ...h.deps, db: gone.db })
+      for (const [method, path] of [
+        ['POST', '/admin/projections/leaderboards/rebuild'],
+        ['GET', '/admin/projections'],
+        ['GET', '/admin/dead-letters'],
+        ['POST', '/admin/dead-letters/1/replay'],
+        ['DELETE', '/admin/dead-letters/1'],
+      ]) {
+        const r = await app.handle(new Request(`http://localhost${path}`, { method, headers: { authorization: `Bearer ${h.adminToken}` } }))
+        const body = (await r.json()) as { error: { code: string; message: string } }
+        expect([method, path, r.status, body.error.code, r.headers.get('retry-after')]).toEqual([method, path, 503, 'database_unavailable', '1'])
+        // Nothing about our queries in the answer.
+        expect(body.error.message).not.toContain('select')
+      }
+      expect((await h.call('GET', '/admin/projections/leaderboards/rebuild', { token: h.adminToken })).status).toBe(404)
+    } finally {
+      await gone.close()
+    }
   })
 })

@@ -9,7 +9,7 @@ import { projectionCheckpoints } from '../../../../core/db/schema'
 import { topology } from '../../../../core/nats'
 import { projectionNames } from '../../../../core/projections'
 import { isActive, isRebuildable, openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../../core/rebuild-jobs'
-import { AppError, Conflict, NotFound, Unavailable } from '../../errors'
+import { AppError, Conflict, databaseUnavailable, NotFound, Unavailable } from '../../errors'
 import { errorMessageOf } from '../../../../core/db/errors'
 
 /** Requests and reads projection rebuilds (run by the stream workers, see stream-workers/src/rebuild). */
@@ -36,12 +36,14 @@ export function createRebuilds({ config, nc, db }: { config: Config; nc: NatsCon
     }
     return projection
   }
-  // NATS trouble is 503; our own errors pass through.
+  // NATS trouble is 503; Postgres down is 503 database_unavailable, as on every route; our own errors pass through.
   const guard = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
     try {
       return await f()
     } catch (err) {
       if (err instanceof AppError) throw err
+      const db = databaseUnavailable(err)
+      if (db) throw db
       kv = undefined
       throw new Unavailable(`cannot ${what}: ${errorMessageOf(err)}`)
     }

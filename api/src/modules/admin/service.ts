@@ -6,7 +6,7 @@ import type { Db, Tx } from '../../../../core/db/client'
 import { channelOf, type ChangeRun } from '../../../../core/channels'
 import { openLeaseBucketIfExists, workersView } from '../../../../core/leases'
 import { changeOutbox, channelVersions, deadLetters, leaderboards } from '../../../../core/db/schema'
-import { Conflict, NotFound, Unavailable } from '../../errors'
+import { Conflict, databaseUnavailable, NotFound, Unavailable } from '../../errors'
 import { replaySubject, type ReplayReply, type ReplayRequest } from '../../../../core/dead-letters'
 import { boardConfig, type BoardConfig } from '../leaderboards/service'
 import type { BoardConfigBody, DeadLetter, ProjectionsReport, WorkersReport } from './model'
@@ -136,12 +136,12 @@ export async function discardDeadLetter(db: Db, id: number): Promise<DeadLetter>
   return toDeadLetter(row)
 }
 
-/** Projection progress with exact lag (see core/projections.ts); NATS trouble is 503. */
+/** Projection progress with exact lag (see core/projections.ts); NATS trouble is 503, Postgres down 503 `database_unavailable`. */
 export async function readProjections(deps: { config: Config; db: Db; nc: NatsConnection }): Promise<ProjectionsReport> {
   try {
     return await projectionStatus(deps)
   } catch (err) {
-    throw new Unavailable(`cannot read projection status: ${errorMessageOf(err)}`)
+    throw databaseUnavailable(err) ?? new Unavailable(`cannot read projection status: ${errorMessageOf(err)}`)
   }
 }
 
