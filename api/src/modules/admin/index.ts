@@ -262,17 +262,19 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
     )
     .delete(
       '/dead-letters/:id',
-      async ({ params, principal }) => {
-        const letter = await discardDeadLetter(db, params.id)
-        await audit.record(principal, 'dead_letter.discarded', `dead_letter:${letter.id}`, {
-          projection: letter.projection,
-          partition: letter.partition,
-          streamSeq: letter.streamSeq,
-          eventId: letter.eventId,
-          reason: letter.reason,
-        })
-        return letter
-      },
+      // In one transaction with its audit entry: a repeat is 404 and could not record it.
+      ({ params, principal }) =>
+        db.transaction(async (tx) => {
+          const letter = await discardDeadLetter(tx, params.id)
+          await audit.recordIn(tx, principal, 'dead_letter.discarded', `dead_letter:${letter.id}`, {
+            projection: letter.projection,
+            partition: letter.partition,
+            streamSeq: letter.streamSeq,
+            eventId: letter.eventId,
+            reason: letter.reason,
+          })
+          return letter
+        }),
       {
         auth: 'admin:write',
         params: DeadLetterParams,

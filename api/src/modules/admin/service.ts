@@ -129,7 +129,7 @@ export async function replayDeadLetter(
 }
 
 /** Deletes a dead letter for good: what it held, or 404 `unknown_dead_letter`. */
-export async function discardDeadLetter(db: Db, id: number): Promise<DeadLetter> {
+export async function discardDeadLetter(db: Db | Tx, id: number): Promise<DeadLetter> {
   // Waits for a replay holding the row; finds nothing if that replay applied it.
   const [row] = await db.delete(deadLetters).where(eq(deadLetters.id, id)).returning()
   if (!row) throw new NotFound('unknown_dead_letter', `no dead letter ${id} (replayed or discarded already?)`)

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { sql } from 'drizzle-orm'
+import { deadLetters } from '../../../../core/db/schema'
 import { mintUserToken } from '../../auth/mint'
 import { createHarness, type ApiHarness } from '../../test-support'
 
@@ -111,5 +112,28 @@ describe('/admin/audit', () => {
     expect((await audit()).filter((e) => e.target === 'room:outage')).toEqual([])
     await ok('PUT', '/admin/rooms/outage', h.adminToken, { visibility: 'private' })
     expect((await audit()).filter((e) => e.target === 'room:outage').map((e) => e.action)).toEqual(['room.visibility_set'])
+  })
+
+  test('a discarded dead letter is recorded with its discard or not discarded: when the entry cannot be written nothing changes, and the repeat discards and records it', async () => {
+    const [letter] = await h.database.db
+      .insert(deadLetters)
+      .values({ projection: 'chat', partition: 0, streamSeq: 7, subject: 'x.ev.0.chat.message.posted', eventId: 'gone-1', reason: 'invalid data', payload: '{}' })
+      .returning({ id: deadLetters.id })
+    // The audit write fails as in a failover (read-only: 25006), after the dead letter's delete.
+    await h.database.db.execute(sql.raw(`
+      CREATE FUNCTION audit_refuses() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'read-only' USING ERRCODE = '25006'; END $$;
+      CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION audit_refuses();`))
+    let r
+    try {
+      r = await h.call('DELETE', `/admin/dead-letters/${letter.id}`, { token: h.adminToken })
+    } finally {
+      await h.database.db.execute(sql.raw('DROP TRIGGER audit_refuses ON audit_log; DROP FUNCTION audit_refuses();'))
+    }
+    expect([r.status, r.json.error.code]).toEqual([503, 'database_unavailable'])
+    const listed = await h.call('GET', '/admin/dead-letters', { token: h.adminToken })
+    expect(listed.json.deadLetters.map((d: { id: number }) => d.id)).toContain(letter.id)
+    const again = await ok('DELETE', `/admin/dead-letters/${letter.id}`, h.adminToken)
+    expect(again).toMatchObject({ id: letter.id, eventId: 'gone-1' })
+    expect((await audit()).filter((e) => e.target === `dead_letter:${letter.id}`).map((e) => [e.action, e.details.reason])).toEqual([['dead_letter.discarded', 'invalid data']])
   })
 })

@@ -1,5 +1,5 @@
 import { and, desc, inArray, lt } from 'drizzle-orm'
-import type { Db } from '../../../../core/db/client'
+import type { Db, Tx } from '../../../../core/db/client'
 import { auditLog } from '../../../../core/db/schema'
 import type { Logger } from '../../../../core/logger'
 import { principalId, type Principal } from '../../auth/principal'
@@ -31,6 +31,12 @@ export type Audit = {
    * saying so; every audited action is safe to repeat, and a repeat records it.
    */
   record(actor: Principal, action: AuditAction, target: string, details?: Record<string, unknown>): Promise<void>
+  /**
+   * Records an action inside the transaction that does it, for an action whose repeat could not
+   * record it (a discarded dead letter is gone: its repeat is 404): the action is done only with
+   * its entry, and a failure to write the entry fails the transaction (nothing done).
+   */
+  recordIn(tx: Tx, actor: Principal, action: AuditAction, target: string, details?: Record<string, unknown>): Promise<void>
   /** Newest first; `before` pages by id; `action` (comma-separated) keeps only those actions. */
   list(query: AuditQuery): Promise<AuditEntry[]>
 }
@@ -47,6 +53,9 @@ export function createAudit(deps: { db: Db; logger: Logger }): Audit {
         log.error({ err, audit: entry }, 'an admin action was done but could not be written to the audit log')
         throw new Unavailable(`${action} on ${target} was done, but could not be recorded in the audit log; repeating the request records it`, 'audit_failed')
       }
+    },
+    async recordIn(tx, actor, action, target, details) {
+      await tx.insert(auditLog).values({ actor: principalId(actor), action, target, details: details ?? null })
     },
     async list({ limit, before, action }) {
       const rows = await deps.db
