@@ -82,7 +82,7 @@ describe('app', () => {
     expect(docs.status).toBe(200)
   })
 
-  test('/docs/json declares what every route may answer besides its own: 422 (an unknown query parameter), 429 where a caller is charged, 503 where the action is audited, 400 and 413 where it takes a body', async () => {
+  test('/docs/json declares what every route may answer besides its own: 422 (an unknown query parameter), 401 and 429 where a credential is taken and charged, 503 where the action is audited, 400 and 413 where it takes a body', async () => {
     const doc = (await h.call('GET', '/docs/json')).json
     const audited = [
       'put /admin/leaderboards/{board}',
@@ -104,7 +104,7 @@ describe('app', () => {
         const route = `${method} ${path}`
         const wanted = [
           '422',
-          ...(path === '/healthz' || path === '/readyz' ? [] : ['429']),
+          ...(path === '/healthz' || path === '/readyz' ? [] : ['401', '429']),
           ...(audited.includes(route) ? ['503'] : []),
           ...(op.requestBody ? ['400', '413'] : []),
         ]

@@ -34,7 +34,7 @@ export function leaderboardsModule({ db, auth }: { db: Db; auth: AuthPlugin }) {
         auth: 'viewer',
         params: PlayerParams,
         query: NeighboursQuery,
-        response: { 200: PlayerStanding, 404: ErrorResponse, 422: ErrorResponse },
+        response: { 200: PlayerStanding, 401: ErrorResponse, 404: ErrorResponse, 422: ErrorResponse },
         detail: { tags: ['leaderboards'], summary: "A player's rank with neighbours" },
       },
     )
