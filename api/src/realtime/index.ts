@@ -9,6 +9,7 @@ import type { Metrics } from '../../../core/metrics'
 import { contextOfTraceparent } from '../../../core/tracing'
 import type { PublishOptions } from '../modules/events/service'
 import type { Authenticator } from '../auth/authenticate'
+import { ErrorResponse } from '../error-model'
 import { bearerOf } from '../auth/plugin'
 import { maySubscribe } from '../auth/permissions'
 import { ANONYMOUS, principalId, type Principal } from '../auth/principal'
@@ -563,6 +564,10 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     },
     {
       query: t.Object({ token: t.Optional(t.String({ maxLength: 8192 })) }),
+      // What the upgrade may answer instead of 101, in the order it is checked (README "Limits"):
+      // 426 without Upgrade, 403 origin_not_allowed, 429 address limits, 401 the credential (503 if
+      // a key cannot be looked up), 422 a token given twice, 429 the user's sockets, 400 a failed upgrade.
+      response: { 400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse, 426: ErrorResponse, 429: ErrorResponse, 503: ErrorResponse },
       detail: { summary: 'WebSocket: publish events and subscribe to channels', tags: ['realtime'] },
     },
   )

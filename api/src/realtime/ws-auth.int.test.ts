@@ -70,4 +70,11 @@ describe('WebSocket token', () => {
     expect(await c.reply('p')).toMatchObject({ op: 'ack', ref: 'p' })
     c.close()
   })
+
+  test('/docs/json lists what the upgrade answers instead of 101 (README "WebSocket protocol" and "Limits"), and they are real', async () => {
+    const doc = (await (await fetch(`http://127.0.0.1:${api.port}/docs/json`)).json()) as any
+    expect(Object.keys(doc.paths['/v1/ws'].get.responses ?? {}).sort()).toEqual(['400', '401', '403', '422', '426', '429', '503'])
+    const plain = await fetch(`http://127.0.0.1:${api.port}/v1/ws`)
+    expect([plain.status, ((await plain.json()) as any).error.code]).toEqual([426, 'upgrade_required'])
+  })
 })
