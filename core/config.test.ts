@@ -55,3 +55,11 @@ test('a config error never prints a secret: tokens by their length, passwords in
   expect(message).toContain('mysql://root:***@db.example/fanfare')
   expect(message).toContain('mysql://***@replica.example/fanfare')
 })
+
+test('FANFARE_JWT_SECRET is measured in bytes, as HS256 signs with it (UTF-8): 32 bytes pass whatever the characters, 31 do not', () => {
+  // 20 characters, 40 bytes: refused before as shorter than 32 characters.
+  expect(loadConfig({ FANFARE_JWT_SECRET: 'é'.repeat(20) }).FANFARE_JWT_SECRET).toBe('é'.repeat(20))
+  expect(loadConfig({ FANFARE_JWT_SECRET: 'x'.repeat(32) }).FANFARE_JWT_SECRET).toBe('x'.repeat(32))
+  expect(() => loadConfig({ FANFARE_JWT_SECRET: 'x'.repeat(31) })).toThrow('FANFARE_JWT_SECRET: at least 32 bytes (got <hidden, 31 characters>, 31 bytes)')
+  expect(() => loadConfig({ FANFARE_JWT_SECRET: 'é'.repeat(15) + 'x' })).toThrow(/FANFARE_JWT_SECRET: at least 32 bytes .*31 bytes/)
+})

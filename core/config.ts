@@ -50,7 +50,7 @@ export const Env = Type.Object({
    * Players' and viewers' tokens: HS256 JWTs signed with this secret (at least 32 bytes), and/or
    * tokens whose keys FANFARE_JWKS_URL serves (RS256, ES256, EdDSA). Neither set: no user tokens.
    */
-  FANFARE_JWT_SECRET: Type.Optional(Type.String({ minLength: 32 })),
+  FANFARE_JWT_SECRET: Type.Optional(Type.String()),
   FANFARE_JWKS_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
   /** When set, a user token's `iss` / `aud` must be this. */
   FANFARE_JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
@@ -282,6 +282,11 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   for (const p of parseOrigins(lists.FANFARE_ALLOWED_ORIGINS).problems) problems.push(`FANFARE_ALLOWED_ORIGINS: ${p}`)
   for (const p of parseNatsServers(lists.NATS_URL).problems) problems.push(`NATS_URL: ${p}`)
   for (const p of parseDomains(lists.FANFARE_EDGE_DOMAINS).problems) problems.push(`FANFARE_EDGE_DOMAINS: ${p}`)
+  // HS256 signs with the secret's UTF-8 bytes: a length in characters would refuse 40 bytes of "é".
+  const jwtSecret = lists.FANFARE_JWT_SECRET
+  if (typeof jwtSecret === 'string' && Buffer.byteLength(jwtSecret) < 32) {
+    problems.push(`FANFARE_JWT_SECRET: at least 32 bytes (got ${shownValue('FANFARE_JWT_SECRET', jwtSecret)}, ${Buffer.byteLength(jwtSecret)} bytes)`)
+  }
   if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAINS) {
     problems.push('FANFARE_EDGE_DOMAIN and FANFARE_EDGE_DOMAINS: a node is either at an edge site or at the hub, not both')
   }
