@@ -111,6 +111,13 @@ export function validationProblems(errors: Iterable<ValueError>, limit = MAX_PRO
   const out: ValidationProblem[] = []
   if (limit <= 0) return out
   for (const e of errors) {
+    // A value none of a union's literals: name them all, not the first one's "Expected 'none'".
+    const literals = literalsOf(e.schema)
+    if (literals) {
+      out.push({ path: e.path || '/', message: `must be one of ${literals.map((l) => JSON.stringify(l)).join(', ')}` })
+      if (out.length >= limit) break
+      continue
+    }
     const variants = (e as ValueError & { errors?: Iterable<ValueError>[] }).errors
     if (variants && variants.length > 0) {
       const best = variants.map((it) => takeFirst(it, limit - out.length)).sort((a, b) => a.length - b.length)[0]
@@ -124,6 +131,13 @@ export function validationProblems(errors: Iterable<ValueError>, limit = MAX_PRO
     if (out.length >= limit) break
   }
   return out
+}
+
+/** The values of a union of literals (`t.Union([t.Literal('a'), ...])`), else undefined. */
+function literalsOf(schema: unknown): unknown[] | undefined {
+  const anyOf = (schema as { anyOf?: { const?: unknown }[] } | undefined)?.anyOf
+  if (!Array.isArray(anyOf) || anyOf.length === 0 || !anyOf.every((s) => s && 'const' in s)) return undefined
+  return anyOf.map((s) => s.const)
 }
 
 /**

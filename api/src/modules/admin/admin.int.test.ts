@@ -51,6 +51,10 @@ describe('/admin', () => {
     const bad = await h.call('PUT', '/admin/leaderboards/speedrun', { token: t, body: { order: 'sideways' } })
     expect(bad.status).toBe(422)
     expect(bad.json.error.code).toBe('invalid_request')
+    // A value none of the allowed ones is told them all (not "Expected 'none'", the first).
+    const badReset = await h.call('PUT', '/admin/leaderboards/speedrun', { token: t, body: { reset: 'hourly' } })
+    expect(badReset.status).toBe(422)
+    expect(badReset.json.error.details).toEqual([{ in: 'body', path: '/reset', message: 'must be one of "none", "daily", "weekly", "monthly"' }])
   })
 
   test('deleting a message publishes chat.message.deleted to the stream', async () => {
