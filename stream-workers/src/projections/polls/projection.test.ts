@@ -68,7 +68,11 @@ describe('evolvePoll', () => {
 
   test('poll.closed after closesAt closes it at closesAt; a closesAt not after the opening closes it at once', () => {
     expect(run([opened(0, 10), closed(20)]).state.closedAt).toEqual(at(10))
-    expect(run([opened(0, 0)]).state).toMatchObject({ status: 'closed', closedAt: at(0) })
+    // Times as ISO strings: toMatchObject takes any Date for any other.
+    const times = (p: PollRow) => ({ status: p.status, openedAt: p.openedAt?.toISOString(), closesAt: p.closesAt?.toISOString(), closedAt: p.closedAt?.toISOString() })
+    expect(times(run([opened(0, 0)]).state)).toEqual({ status: 'closed', openedAt: at(0).toISOString(), closesAt: at(0).toISOString(), closedAt: at(0).toISOString() })
+    // A closesAt already past: closed at the opening, not before it was opened.
+    expect(times(run([opened(5, -3)]).state)).toEqual({ status: 'closed', openedAt: at(5).toISOString(), closesAt: at(2).toISOString(), closedAt: at(5).toISOString() })
   })
 
   test('a second poll.opened of the same poll is refused; the first stays', () => {

@@ -48,7 +48,7 @@ const ignored = (p: PollRow): PollRow => ({ ...p, ignoredVotes: p.ignoredVotes +
  * their event times (`at`), never on the clock, so a rebuild decides the same:
  * - opened: opens it (keeping the count of votes ignored before). A poll already opened is not
  *   opened again: refused (a dead letter says so; the first poll stays). A `closesAt` not after
- *   the opening closes it at once.
+ *   the opening closes it at once (`closedAt` the opening's time, never before `openedAt`).
  * - voted: counts the voter's first valid vote. Ignored and counted in `ignoredVotes`: a vote for a
  *   poll not opened, a closed one, one at or after `closesAt` (which also closes the poll, at
  *   `closesAt`), an option index past the options, a voter's vote after their counted one.
@@ -74,7 +74,8 @@ export function evolvePoll(current: PollRow | undefined, event: PollEvent, hasVo
           ignoredVotes: current?.ignoredVotes ?? 0,
           openedAt: event.at,
           closesAt,
-          closedAt: over ? closesAt : null,
+          // Closed at once, so at the opening: never before it (a closesAt in the past).
+          closedAt: over ? event.at : null,
         },
       }
     }

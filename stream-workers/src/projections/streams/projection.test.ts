@@ -67,7 +67,9 @@ describe('evolveStream', () => {
 
   test('a new broadcast counts peak and unique afresh: a viewer of the last one is unique again', () => {
     const { state, last } = run([started(0), sample(1, 9, ['a', 'b']), ended(2), started(10, 'Again'), sample(11, 2, ['a'])])
-    expect(state).toMatchObject({ broadcast: 2, status: 'live', title: 'Again', viewers: 2, peakViewers: 2, uniqueViewers: 1, endedAt: null, startedAt: at(10) })
+    expect(state).toMatchObject({ broadcast: 2, status: 'live', title: 'Again', viewers: 2, peakViewers: 2, uniqueViewers: 1, endedAt: null })
+    // Compared as text: toMatchObject takes any Date for any other.
+    expect(state.startedAt?.toISOString()).toBe(at(10).toISOString())
     expect([...last]).toEqual([
       ['a', 2],
       ['b', 1],
@@ -76,7 +78,9 @@ describe('evolveStream', () => {
 
   test('started keeps the last category when it gives none; started while live starts a new broadcast', () => {
     const { state } = run([started(0, 'One', 'music'), sample(1, 5, ['a']), started(3, 'Two')])
-    expect(state).toMatchObject({ title: 'Two', category: 'music', broadcast: 2, peakViewers: 0, uniqueViewers: 0, startedAt: at(3) })
+    expect(state).toMatchObject({ title: 'Two', category: 'music', broadcast: 2, peakViewers: 0, uniqueViewers: 0 })
+    // Compared as text: toMatchObject takes any Date for any other.
+    expect(state.startedAt?.toISOString()).toBe(at(3).toISOString())
   })
 
   test('updated changes title and category live or offline; the same values are no change; an unknown stream becomes known and offline', () => {
