@@ -55,6 +55,10 @@ describe('user tokens (HS256 with FANFARE_JWT_SECRET)', () => {
     expect(await codeOf(async () => hs(await sign({ sub: 'has space', exp })))).toBe('invalid_token')
     expect(await codeOf(async () => hs(await sign({ sub: 'a', exp, roles: 'moderator' })))).toBe('invalid_token')
     expect(await codeOf(async () => hs(await sign({ sub: 'a', exp, name: 'bell\u0007' })))).toBe('invalid_token')
+    // A jti POST /admin/tokens/revoke could not store as it is (NUL, a lone surrogate): never revocable.
+    expect(await codeOf(async () => hs(await sign({ sub: 'a', exp, jti: 'j\u0000' })))).toBe('invalid_token')
+    expect(await codeOf(async () => hs(await sign({ sub: 'a', exp, jti: 'j\ud800' })))).toBe('invalid_token')
+    expect(await codeOf(async () => hs(await sign({ sub: 'a', exp, jti: 'j 😀' })))).toBe('ok')
     expect(await codeOf(async () => hs(await sign({ sub: 'a', exp })))).toBe('ok')
   })
 

@@ -3,7 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { createVerifier, TokenError } from 'fast-jwt'
 import { createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify } from 'jose'
 import type { Config } from '../../../core/config'
-import { ActorId, DisplayName } from '../../../core/events'
+import { ActorId, DisplayName, STORABLE_TEXT } from '../../../core/events'
 import { TokenExpired, Unauthorized } from '../errors'
 import type { UserPrincipal } from './principal'
 
@@ -14,12 +14,19 @@ import type { UserPrincipal } from './principal'
  */
 export const MAX_EXP = 253_402_300_799
 
+/**
+ * A token's `jti`, as a token carries it and POST /admin/tokens/revoke takes it: text Postgres
+ * stores as it is. A NUL cannot be stored (the revocation failed), and a lone surrogate is stored
+ * as U+FFFD: after a reload the revocation no longer refused its token, and refused another's.
+ */
+export const Jti = Type.String({ minLength: 1, maxLength: 128, pattern: STORABLE_TEXT, description: '1-128 chars, no NUL or lone surrogates' })
+
 /** The claims Fanfare reads from a user token; others are ignored. */
 export const UserClaims = Type.Object({
   sub: ActorId,
   exp: Type.Number({ maximum: MAX_EXP }),
   iat: Type.Optional(Type.Number()),
-  jti: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  jti: Type.Optional(Jti),
   name: Type.Optional(DisplayName),
   roles: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { maxItems: 16 })),
   channels: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 261 }), { maxItems: 64 })),

@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox'
 import { t } from 'elysia'
 import { ActorId } from '../../../../core/events'
-import { MAX_EXP } from '../../auth/jwt'
+import { Jti, MAX_EXP } from '../../auth/jwt'
 
 export const UserParams = t.Object({ user: ActorId })
 export const UserRevoked = t.Object({
@@ -11,7 +11,7 @@ export const UserRevoked = t.Object({
 
 export const TokenRevokeBody = t.Object(
   {
-    jti: t.String({ minLength: 1, maxLength: 128, description: "the token's jti claim" }),
+    jti: Type.String({ ...Jti, description: "the token's jti claim" }),
     // TypeBox's own Number: Elysia's t.Number also takes numeric strings, and then reports any bad
     // number as "Expected string". Not an integer: a NumericDate may have a fraction (RFC 7519
     // section 2; PyJWT writes one from `time.time() + 3600`), and the claim is copied as is.

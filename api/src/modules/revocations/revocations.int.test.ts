@@ -73,6 +73,10 @@ describe('POST /admin/users/:user/revoke and /admin/tokens/revoke', () => {
       { jti: 'x', exp: new Date(2_000_000_000_000).toISOString() },
       { jti: 'x', exp: -1 },
       { jti: 'x'.repeat(129), exp: 2_000_000_000 },
+      // Postgres cannot store a NUL (this was a 500), and stores a lone surrogate as U+FFFD (this
+      // was a 200 whose revocation, read back after a restart, refused another jti than the one named).
+      { jti: 'x\u0000y', exp: 2_000_000_000 },
+      { jti: 'x\ud800', exp: 2_000_000_000 },
     ]
     for (const body of bodies) {
       const r = await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body })
@@ -87,6 +91,6 @@ describe('POST /admin/users/:user/revoke and /admin/tokens/revoke', () => {
     const user = await h.call('POST', `/admin/users/${encodeURIComponent('two words')}/revoke`, { token: h.adminToken })
     expect([user.status, user.json.error?.code]).toEqual([422, 'invalid_request'])
     const tokens = await h.database.db.select().from(tokenRevocations)
-    expect(tokens.map((t) => t.jti)).not.toContain('x')
+    expect(tokens.map((t) => t.jti).filter((j) => j.startsWith('x'))).toEqual([])
   })
 })
