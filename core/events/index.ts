@@ -4,7 +4,7 @@ import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
 import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart, reservedPropertyOf } from './games'
-import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, repeatedOptionOf, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled } from './live'
+import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, repeatedOptionOf, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled, visibleText } from './live'
 import { MAX_PROBLEMS, parseDateTime, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
@@ -86,9 +86,9 @@ export const contracts = {
         ? { path: '/data/closesAt', message: 'must be an ISO 8601 date-time with a time zone naming a real instant of the years 1-9999' }
         : undefined,
     admit: (d) => {
-      // Text a viewer cannot read (only spaces) is refused like a repeat; stored polls still apply.
-      if (d.question.trim() === '') return { path: '/data/question', message: 'is blank' }
-      const blank = d.options.findIndex((o) => o.trim() === '')
+      // Text a viewer cannot read (only spaces or zero-width characters) is refused like a repeat; stored polls still apply.
+      if (visibleText(d.question) === '') return { path: '/data/question', message: 'is blank' }
+      const blank = d.options.findIndex((o) => visibleText(o) === '')
       if (blank >= 0) return { path: `/data/options/${blank}`, message: 'is blank' }
       const i = repeatedOptionOf(d.options)
       return i < 0 ? undefined : { path: `/data/options/${i}`, message: 'repeats an earlier option' }

@@ -1,4 +1,5 @@
 import { describe, expect, test } from 'bun:test'
+import { admitData, checkData } from '.'
 import { isEmojiToAdmit, isOneEmoji, repeatedOptionOf } from './live'
 
 const one = ['👏', '❤', '❤️', '🇫🇷', '1️⃣', '#️⃣', '👍🏽', '👩‍👩‍👧', '🏳️‍🌈']
@@ -36,5 +37,22 @@ describe('repeatedOptionOf', () => {
     expect(repeatedOptionOf(['Straße', 'STRASSE'])).toBe(1)
     expect(repeatedOptionOf(['ΟΔΟΣ', 'οδοσ'])).toBe(1)
     expect(repeatedOptionOf(['yes', 'no', 'yes!'])).toBe(-1)
+  })
+
+  test('characters that show as nothing (zero-width, soft hyphen, bidi marks) do not make another option', () => {
+    for (const twin of ['Yes\u200b', 'Y\u00ades', '\u200eYes', 'Y\u2060es', '\ufeffYes\u3164']) expect([twin, repeatedOptionOf(['Yes', 'No', twin])]).toEqual([twin, 2])
+    expect(repeatedOptionOf(['Yes', 'No', 'Yes?'])).toBe(-1)
+  })
+})
+
+describe('poll.opened: text a viewer cannot read is blank', () => {
+  const poll = (question: string, options: string[]) => ({ stream: 'tv', poll: 'p1', question, options })
+  test('a question or option of only spaces or zero-width characters is refused; stored ones still apply', () => {
+    for (const blank of [' ', '\u200b', '\u200b\u200d', '\u3164', '\u00ad ']) {
+      expect([blank, admitData('poll.opened', poll(blank, ['a', 'b']))]).toEqual([blank, [{ path: '/data/question', message: 'is blank' }]])
+      expect([blank, admitData('poll.opened', poll('Which?', ['a', blank]))]).toEqual([blank, [{ path: '/data/options/1', message: 'is blank' }]])
+      expect(checkData('poll.opened', poll(blank, ['a', blank]))).toEqual([])
+    }
+    expect(admitData('poll.opened', poll('Which?', ['👩\u200d👩\u200d👧', 'b']))).toEqual([])
   })
 })

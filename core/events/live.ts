@@ -92,15 +92,22 @@ export const PollOpened = Type.Object(
 export type PollOpened = Static<typeof PollOpened>
 
 /**
+ * Poll text as a viewer sees it: in NFC, without the characters that show as nothing (Unicode's
+ * default-ignorables: zero-width spaces and joiners, soft hyphens, bidi marks, fillers), trimmed.
+ * Empty: the text shows as blank.
+ */
+export const visibleText = (s: string): string => s.normalize('NFC').replace(/\p{Default_Ignorable_Code_Point}/gu, '').trim()
+
+/**
  * The index of the first option that repeats an earlier one, as viewers would read them (the same
- * text once trimmed, in NFC, in any case), or -1. Two options a viewer cannot tell apart split
+ * visible text, see visibleText, in any case), or -1. Two options a viewer cannot tell apart split
  * the votes of one answer; the API refuses such polls (stored ones still apply).
  */
 export function repeatedOptionOf(options: string[]): number {
   const seen = new Set<string>()
   return options.findIndex((o) => {
     // Upper then lower case: a case fold that also equates ß with SS and ς with σ (toLowerCase alone does not).
-    const k = o.normalize('NFC').trim().toUpperCase().toLowerCase()
+    const k = visibleText(o).toUpperCase().toLowerCase()
     if (seen.has(k)) return true
     seen.add(k)
     return false
