@@ -82,7 +82,7 @@ describe('app', () => {
     expect(docs.status).toBe(200)
   })
 
-  test('/docs/json declares what every route may answer besides its own: 422 (an unknown query parameter), 401 and 429 where a credential is taken and charged, 503 where Postgres is read (a key is looked up there too), 400 and 413 where it takes a body', async () => {
+  test('/docs/json declares what every route may answer besides its own: 400 (a malformed percent-escape), 422 (an unknown query parameter), 401 and 429 where a credential is taken and charged, 503 where Postgres is read (a key is looked up there too), 400 and 413 where it takes a body', async () => {
     const doc = (await h.call('GET', '/docs/json')).json
     const audited = [
       'put /admin/leaderboards/{board}',
@@ -103,6 +103,7 @@ describe('app', () => {
         const declared = Object.keys(op.responses ?? {})
         const route = `${method} ${path}`
         const wanted = [
+          '400',
           '422',
           ...(path === '/healthz' || path === '/readyz' ? [] : ['401', '429']),
           ...(audited.includes(route) || path !== '/healthz' ? ['503'] : []),
@@ -117,6 +118,9 @@ describe('app', () => {
     expect([r.status, r.json.error.code]).toEqual([422, 'invalid_request'])
     const bad = await h.app.handle(new Request('http://localhost/admin/keys', { method: 'POST', headers: { authorization: `Bearer ${h.adminToken}`, 'content-type': 'application/json' }, body: '{' }))
     expect(bad.status).toBe(400)
+    // `50%` not encoded: once read as user "50\uFFFD", revoked with a 200; the user "50%" never was.
+    const escape = await h.call('POST', '/admin/users/50%/revoke', { token: h.adminToken })
+    expect([escape.status, escape.json.error.code]).toEqual([400, 'bad_request'])
   })
 
   test('every numeric query and path parameter has a range; past it is 422 invalid_request naming the parameter', async () => {

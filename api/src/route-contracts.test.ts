@@ -74,6 +74,16 @@ describe('routeContracts', () => {
     })
   })
 
+  test('a malformed percent-escape in the path or the query is 400 bad_request, never read as U+FFFD (another name)', async () => {
+    const call = appWith((app) => app.get('/users/:user', ({ params, query }: any) => ({ user: params.user, ...query }), { query: t.Object({ q: t.Optional(t.String()) }) }))
+    for (const path of ['/users/50%', '/users/a%zz', '/users/%FF', '/users/%C0%AF', '/users/%E0%A4%A', '/users/a?q=%FF', '/users/a?q=50%']) {
+      const r = await call(path)
+      expect([path, r.status, r.json.error?.code]).toEqual([path, 400, 'bad_request'])
+    }
+    expect(await call('/users/%EF%BF%BD')).toEqual({ status: 200, json: { user: '\uFFFD' } })
+    expect(await call('/users/50%25?q=a%2Fb%20c')).toEqual({ status: 200, json: { user: '50%', q: 'a/b c' } })
+  })
+
   test('a route without a body schema refuses a body; an empty one is no body', async () => {
     const app: AnyElysia = new Elysia({ normalize: false })
       .use(errorHandler(createLogger('silent')))

@@ -37,6 +37,21 @@ const isPlainData = (r: unknown): r is object =>
   typeof r === 'object' && r !== null && !(r instanceof Response) && !(r instanceof ReadableStream) && typeof (r as { next?: unknown }).next !== 'function'
 
 /**
+ * Whether a URL holds an escape that is not `%XX` of UTF-8 (`%`, `%zz`, `%FF`, an overlong form):
+ * Bun's router and URLSearchParams read each as U+FFFD, so `/admin/users/50%/revoke` revoked
+ * user "50\uFFFD" and `%FF`, `%C0%AF` and `%EF%BF%BD` named one player.
+ */
+function malformedEscape(url: string): boolean {
+  if (!url.includes('%')) return false
+  try {
+    decodeURIComponent(url)
+    return false
+  } catch {
+    return true
+  }
+}
+
+/**
  * Holds every route to what it declares, where Elysia does not once its normalisation is off
  * (createApp turns it off so that unknown body and query fields are refused rather than dropped):
  *
@@ -47,6 +62,8 @@ const isPlainData = (r: unknown): r is object =>
  *   `invalid_request` naming it: no route takes a list that way, and answering with one of the
  *   values would be a guess the caller cannot see. Checked before the handler and after
  *   authentication, so 401/403 still come first.
+ * - A URL with a malformed percent-escape is 400 `bad_request` (see malformedEscape), before
+ *   anything else reads it: never taken for another name.
  * - An error a library answers as plain text is given the one error shape (see ErrorBody).
  * - Answers are narrowed to the route's response schema: a field the schema does not name is
  *   dropped, at any depth, as Elysia's normalisation did. Without this a row with a new column or
@@ -72,6 +89,13 @@ export function routeContracts(app: () => AnyElysia) {
     return table.get(`${method} ${route}`)
   }
   return new Elysia({ name: 'route-contracts' })
+    // Before the parameters are validated: one router reads such an escape as U+FFFD, another as
+    // no value at all (a 422 "Expected string" that does not say what is wrong).
+    .onTransform({ as: 'global' }, ({ request }) => {
+      if (malformedEscape(request.url)) {
+        throw new Invalid('bad_request', 'the URL holds a malformed percent-escape (each % must start %XX of UTF-8: encode names with encodeURIComponent)', undefined, 400)
+      }
+    })
     .onBeforeHandle({ as: 'global' }, ({ request, route, body }) => {
       const contract = contractOf(request.method, route)
       if (!contract) return
