@@ -3,6 +3,8 @@ import { connect } from '@nats-io/transport-node'
 import { TEST_NATS_URL } from '../../core/testing/env'
 import { topology } from '../../core/nats'
 import { createApp } from './app'
+import { connectPostgres } from '../../core/db/client'
+import { freePort } from '../../core/process'
 import { startApi } from './server'
 import { createHarness, type ApiHarness } from './test-support'
 
@@ -30,6 +32,20 @@ describe('app', () => {
     expect(await res.json()).toEqual({
       error: { code: 'not_ready', message: expect.any(String), details: { postgres: true, nats: false } },
     })
+  })
+
+  test('readyz is 503 not_ready when the read replica (DATABASE_READ_URL) does not answer: every snapshot and REST read would fail', async () => {
+    const gone = await connectPostgres(`postgres://postgres@127.0.0.1:${freePort()}/none`, { max: 1 })
+    try {
+      const res = await createApp({ ...h.deps, readDb: gone.db }).handle(new Request('http://localhost/readyz'))
+      expect(res.status).toBe(503)
+      expect(await res.json()).toEqual({ error: { code: 'not_ready', message: expect.any(String), details: { postgres: true, nats: true, postgresRead: false } } })
+      // A replica that answers is reported so.
+      const ok = await createApp({ ...h.deps, readDb: h.deps.db }).handle(new Request('http://localhost/readyz'))
+      expect(await ok.json()).toEqual({ status: 'ready', postgres: true, nats: true, postgresRead: true })
+    } finally {
+      await gone.close()
+    }
   })
 
   test('readyz under a flood of anonymous calls: calls at the same time share one check, not one JetStream request each', async () => {

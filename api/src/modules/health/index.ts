@@ -13,12 +13,20 @@ import { checkReadiness, type Readiness } from './service'
  * every change feed follows its stream: a node whose subscribers would get no updates, or that
  * would miss other nodes' revocations, must not take traffic).
  */
-export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: string; feeds?: () => FeedStatus[]; deniedSubscriptions?: () => DeniedSubscription[] }) {
+export function healthModule(deps: {
+  db: Db
+  /** The read replica (DATABASE_READ_URL), when the node has one: every snapshot and REST read needs it. */
+  readDb?: Db
+  nc: NatsConnection
+  eventStream: string
+  feeds?: () => FeedStatus[]
+  deniedSubscriptions?: () => DeniedSubscription[]
+}) {
   // /readyz is open to anyone: calls that arrive while a check runs share it, so a flood costs
   // one Postgres query and one JetStream request at a time, not one each.
   let running: Promise<Readiness> | undefined
   const check = () =>
-    (running ??= checkReadiness(deps.db, deps.nc, deps.eventStream).finally(() => {
+    (running ??= checkReadiness(deps.db, deps.nc, deps.eventStream, 2000, deps.readDb).finally(() => {
       running = undefined
     }))
   return new Elysia({ detail: { tags: ['health'] } })
@@ -34,7 +42,7 @@ export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: st
         const changeFeeds = feeds.every((f) => f.following)
         // Non-essential ones (the consumer-deleted advisories) have a fallback: logged and counted only.
         const denied = (deps.deniedSubscriptions?.() ?? []).filter((d) => d.essential).map(({ subject, name, since }) => ({ subject, subscription: name, since }))
-        if (!r.postgres || !r.nats || !changeFeeds || denied.length > 0) {
+        if (!r.postgres || !r.nats || r.postgresRead === false || !changeFeeds || denied.length > 0) {
           const lagging = feeds.filter((f) => !f.following).map(({ stream, reason }) => ({ stream, reason }))
           const message =
             denied.length > 0
@@ -51,13 +59,19 @@ export function healthModule(deps: { db: Db; nc: NatsConnection; eventStream: st
       },
       {
         response: {
-          200: t.Object({ status: t.Literal('ready'), postgres: t.Boolean(), nats: t.Boolean(), changeFeeds: t.Optional(t.Boolean({ description: 'on a node serving WebSockets: every change feed follows its stream' })) }),
+          200: t.Object({
+            status: t.Literal('ready'),
+            postgres: t.Boolean(),
+            nats: t.Boolean(),
+            postgresRead: t.Optional(t.Boolean({ description: 'on a node with DATABASE_READ_URL: the read replica answers (it serves every snapshot and REST read)' })),
+            changeFeeds: t.Optional(t.Boolean({ description: 'on a node serving WebSockets: every change feed follows its stream' })),
+          }),
           503: ErrorResponse,
         },
         detail: {
           summary: 'Readiness: Postgres and NATS/JetStream answer within 2 s, NATS grants every subscription the node needs, and every change feed follows its stream',
           description:
-            '503 `not_ready` names what is wrong in `details`: `postgres`/`nats` false, `notFollowing` (change feeds), ' +
+            '503 `not_ready` names what is wrong in `details`: `postgres`/`nats`/`postgresRead` false, `notFollowing` (change feeds), ' +
             '`deniedSubscriptions` ({ subject, subscription, since }: subscriptions NATS refused after a permissions reload; the message names the subjects).',
         },
       },
