@@ -1,0 +1,121 @@
+import type { Socket } from 'bun'
+import { freePort } from '../e2e/harness'
+
+/**
+ * A TCP proxy between a client and one API node that the test breaks on purpose: `cut()` ends
+ * every connection (a RST-like loss: both sides see it closed), `pause()` stops bytes flowing both
+ * ways without closing anything (a half-open connection: a dead NAT entry, a laptop lid), and
+ * `delay(ms)` holds each chunk that long before passing it on.
+ */
+export type FaultProxy = {
+  /** `http://127.0.0.1:<port>`: give it to the client instead of the node's URL. */
+  url: string
+  /** Connections open now. */
+  readonly open: number
+  /** Connections accepted so far. */
+  readonly accepted: number
+  cut: () => void
+  /** Drops every byte, both ways, on the connections open now and those to come, until `resume()`. */
+  pause: () => void
+  resume: () => void
+  delay: (ms: number) => void
+  stop: () => void
+}
+
+type Side = { socket?: Socket<Pair>; queue: Uint8Array[]; ended: boolean }
+type Pair = { client: Side; server: Side; dead: boolean }
+
+export function startFaultProxy(target: string): FaultProxy {
+  const { hostname, port: targetPort } = new URL(target)
+  const port = freePort()
+  const pairs = new Set<Pair>()
+  let paused = false
+  let delayMs = 0
+  let accepted = 0
+
+  const flush = (side: Side) => {
+    const s = side.socket
+    if (!s) return
+    while (side.queue.length > 0) {
+      const chunk = side.queue[0]
+      const n = s.write(chunk)
+      if (n < chunk.length) {
+        side.queue[0] = chunk.subarray(n)
+        return
+      }
+      side.queue.shift()
+    }
+  }
+  const pass = (pair: Pair, to: Side, data: Uint8Array) => {
+    if (paused || pair.dead) return
+    const copy = new Uint8Array(data)
+    const deliver = () => {
+      if (paused || pair.dead) return
+      to.queue.push(copy)
+      flush(to)
+    }
+    if (delayMs > 0) setTimeout(deliver, delayMs)
+    else deliver()
+  }
+  const kill = (pair: Pair) => {
+    if (pair.dead) return
+    pair.dead = true
+    pairs.delete(pair)
+    pair.client.socket?.end()
+    pair.server.socket?.end()
+  }
+
+  const listener = Bun.listen<Pair>({
+    hostname: '127.0.0.1',
+    port,
+    socket: {
+      open(client) {
+        accepted++
+        const pair: Pair = { client: { socket: client, queue: [], ended: false }, server: { queue: [], ended: false }, dead: false }
+        client.data = pair
+        pairs.add(pair)
+        void Bun.connect<Pair>({
+          hostname,
+          port: Number(targetPort),
+          data: pair,
+          socket: {
+            open(server) {
+              pair.server.socket = server
+              if (pair.dead) server.end()
+              else flush(pair.server)
+            },
+            data: (_, data) => pass(pair, pair.client, data),
+            drain: () => flush(pair.server),
+            // A half-open connection hides the other side's close too.
+            close: () => void (!paused && kill(pair)),
+            error: () => void (!paused && kill(pair)),
+          },
+        }).catch(() => kill(pair))
+      },
+      data: (client, data) => pass(client.data, client.data.server, data),
+      drain: (client) => flush(client.data.client),
+      close: (client) => void (!paused && kill(client.data)),
+      error: (client) => void (!paused && kill(client.data)),
+    },
+  })
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    get open() {
+      return pairs.size
+    },
+    get accepted() {
+      return accepted
+    },
+    cut: () => {
+      for (const p of [...pairs]) kill(p)
+    },
+    pause: () => void (paused = true),
+    resume: () => void (paused = false),
+    delay: (ms) => void (delayMs = ms),
+    stop: () => {
+      for (const p of [...pairs]) kill(p)
+      listener.stop(true)
+    },
+  }
+}

@@ -1,0 +1,175 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { createClient, type Client, type Status } from '../../client/src'
+import { until } from '../e2e/harness'
+import { startDeployment, type Deployment } from './deployment'
+import { startFaultProxy, type FaultProxy } from './fault-proxy'
+
+/**
+ * The SDK against real processes with a faulty network between it and the API node: a proxy that
+ * cuts every connection, pauses traffic (a half-open connection), or delays it.
+ */
+describe('client SDK: network faults', () => {
+  let d: Deployment
+  const clients: Client[] = []
+  const proxies: FaultProxy[] = []
+  const open = (c: Client) => (clients.push(c), c)
+  const proxy = () => {
+    const p = startFaultProxy(d.urls[0])
+    proxies.push(p)
+    return p
+  }
+  beforeAll(async () => {
+    d = await startDeployment({ apis: 1, workers: 1, vars: {
+        FANFARE_PARTITIONS: '2',
+        FANFARE_WS_PUBLISHES_PER_SECOND: '2000',
+        FANFARE_WS_PUBLISH_BURST: '2000',
+        FANFARE_USER_OPS_PER_SECOND: '4000',
+        FANFARE_USER_OPS_BURST: '4000',
+      } })
+  }, 60_000)
+  afterAll(async () => {
+    for (const c of clients) c.close()
+    for (const p of proxies) p.stop()
+    await d?.stop()
+  })
+
+  const readRoom = async (room: string) => {
+    const texts: string[] = []
+    let before: string | undefined
+    for (;;) {
+      const page = (await d.call('GET', `/v1/rooms/${room}/messages?limit=100${before ? `&before=${before}` : ''}`)).json
+      if (page.messages.length === 0) return texts.reverse()
+      texts.push(...page.messages.map((m: any) => m.text))
+      before = page.messages.at(-1).id
+    }
+  }
+
+  test('publishes through cuts, pauses and delays: every one stored once, in order', async () => {
+    const p = proxy()
+    const room = 'faults_pub'
+    const c = open(createClient({ urls: [p.url], token: () => d.token('ann'), backoff: { minMs: 50, maxMs: 300 }, pingIntervalMs: 500, pongTimeoutMs: 500, connectTimeoutMs: 1500, requestTimeoutMs: 2000 }))
+    const statuses: Status[] = []
+    c.on('status', (s) => void statuses.push(s))
+    const sent: string[] = []
+    const published: Promise<unknown>[] = []
+    const errors: string[] = []
+    let going = true
+    const chat = (async () => {
+      for (let i = 0; going; i++) {
+        const text = `m${i}`
+        sent.push(text)
+        published.push(c.publish({ type: 'chat.message.posted', data: { room, user: 'ann', text } }).catch((e) => void errors.push(`${text}: ${e.code} ${e.message}`)))
+        await Bun.sleep(5)
+      }
+    })()
+    for (let round = 0; round < 4; round++) {
+      await Bun.sleep(300)
+      p.cut()
+      await Bun.sleep(300)
+      p.pause()
+      await Bun.sleep(1500)
+      p.resume()
+      await Bun.sleep(300)
+      p.delay(200)
+      await Bun.sleep(500)
+      p.delay(0)
+    }
+    going = false
+    await chat
+    await until('all acknowledged', async () => (await Promise.race([Promise.all(published).then(() => true), Bun.sleep(100).then(() => false)])), 30_000)
+    expect(errors).toEqual([])
+    const texts = await until('projected', async () => ((await readRoom(room)).length >= sent.length ? readRoom(room) : undefined), 20_000, 200)
+    expect(texts).toEqual(sent)
+    console.log(`publishes: ${sent.length} through ${statuses.filter((s) => s.state === 'reconnecting').length} reconnects`)
+  }, 60_000)
+
+  test('subscriptions through cuts and pauses: every change in order or a re-sync said plainly, never live while offline', async () => {
+    const p = proxy()
+    const board = 'faults_board'
+    const room = 'faults_room'
+    const c = open(createClient({ urls: [p.url], token: () => d.token('bob'), backoff: { minMs: 50, maxMs: 300 }, pingIntervalMs: 500, pongTimeoutMs: 500, connectTimeoutMs: 1500, requestTimeoutMs: 2000 }))
+    const problems: string[] = []
+    const counts = { updates: 0, resyncs: 0 }
+    const follow = (channel: string) => {
+      let last: number | undefined
+      let epoch = ''
+      return c.subscribe(channel, {
+        onUpdate: (_: unknown, i: { from: number; version: number; epoch: string }) => {
+          counts.updates++
+          if (last !== undefined && (i.from !== last + 1 || (epoch !== '' && i.epoch !== epoch))) problems.push(`${channel}: update ${i.from}..${i.version} after ${last}`)
+          last = i.version
+          epoch = i.epoch
+        },
+        onState: (_: unknown, i: { version: number; epoch: string; resync: boolean }) => {
+          if (i.resync) counts.resyncs++
+          // A state that is not a re-sync continues the one before.
+          if (!i.resync && last !== undefined && i.version !== last) problems.push(`${channel}: state at ${i.version} after ${last} without a re-sync`)
+          last = i.version
+          epoch = i.epoch
+        },
+      })
+    }
+    const subs = [follow(`leaderboard:${board}`), follow(`chat:${room}`)]
+    c.on('status', (s) => {
+      if (s.state !== 'connected' && subs.some((x) => x.status === 'live')) problems.push(`a subscription is live while the client is ${s.state}`)
+    })
+    await until('live', () => subs.every((x) => x.status === 'live'))
+    let going = true
+    const traffic = (async () => {
+      for (let n = 0; going; n++) {
+        const events = [
+          ...Array.from({ length: 5 }, (_, k) => ({ type: 'score.submitted', data: { board, player: `p${(n * 5 + k) % 30}`, score: (n * 5 + k) % 23 } })),
+          { type: 'chat.message.posted', data: { room, user: 'carl', text: `c${n}` } },
+        ]
+        const res = await d.call('POST', '/v1/events', { events })
+        if (res.status !== 202) throw new Error(`ingest answered ${res.status}`)
+        await Bun.sleep(20)
+      }
+    })()
+    for (let round = 0; round < 4; round++) {
+      await Bun.sleep(400)
+      p.cut()
+      await Bun.sleep(400)
+      p.pause()
+      await Bun.sleep(1500)
+      p.resume()
+      await Bun.sleep(300)
+      p.delay(150)
+      await Bun.sleep(500)
+      p.delay(0)
+    }
+    going = false
+    await traffic
+    await until(
+      'held equals the read models',
+      async () => {
+        const b = (await d.call('GET', `/v1/leaderboards/${board}?limit=100`)).json
+        const r = (await d.call('GET', `/v1/rooms/${room}/messages?limit=50`)).json
+        const held = (subs[0].state as any)?.entries.map(({ reachedSeq: _, ...e }: any) => e)
+        return Bun.deepEquals(held, b.entries) && Bun.deepEquals((subs[1].state as any)?.messages, r.messages)
+      },
+      20_000,
+      100,
+    )
+    expect(problems).toEqual([])
+    console.log(`subscriptions: ${counts.updates} updates, ${counts.resyncs} re-syncs`)
+  }, 60_000)
+
+  test('a half-open connection is found within pingIntervalMs + pongTimeoutMs (plus the check pace) and replaced', async () => {
+    const p = proxy()
+    const c = open(createClient({ urls: [p.url], token: () => d.token('dan'), pingIntervalMs: 2000, pongTimeoutMs: 1000, backoff: { minMs: 50, maxMs: 200 } }))
+    const sub = c.subscribe('leaderboard:faults_idle')
+    await until('live', () => sub.status === 'live')
+    await Bun.sleep(300)
+    p.pause()
+    const pausedAt = Date.now()
+    await until('the dead connection is found', () => c.status.state !== 'connected', 10_000, 10)
+    const foundIn = Date.now() - pausedAt
+    // Silent for pingIntervalMs, then pinged, then pongTimeoutMs; each check up to a tick (500 ms) late.
+    expect(foundIn).toBeLessThanOrEqual(2000 + 1000 + 2 * 500 + 200)
+    p.resume()
+    await until('live again', () => sub.status === 'live' && c.status.state === 'connected', 15_000)
+    console.log(`half-open found in ${foundIn} ms`)
+  }, 30_000)
+
+})
