@@ -106,6 +106,8 @@ export function createChannels(deps: {
   const followed = new Map<string, Followed>()
   let refs = 0
   let online = false
+  // When the next subscribe refused by a rate limit may go again: see `paced`.
+  let nextRetryAt = 0
 
   const view = (f: Followed) => (f.helper.at && f.hasState ? f.helper.at(f.state, deps.now()) : f.state)
 
@@ -199,6 +201,21 @@ export function createChannels(deps: {
       f.askedAt = deps.now()
       deps.send({ op: 'unsubscribe', ref: f.ref, channel: f.channel })
     }, wait)
+  }
+
+  /**
+   * The wait before a subscribe refused by a rate limit goes again. The server's `retryAfterMs`
+   * says when its budget holds one more subscribe: channels refused together (a reconnect of many
+   * channels past the user's or address's budget) would all come back at that moment, all but one
+   * be refused again, and soon weigh as abuse (a 4029 close, after which every channel subscribes
+   * at once again, and so on for good). Spaced by that wait, they come back at the rate the budget
+   * refills.
+   */
+  const paced = (wait: number) => {
+    const now = deps.now()
+    const at = Math.max(now + wait, nextRetryAt)
+    nextRetryAt = at + wait
+    return at - now
   }
 
   const onSnapshot = (f: Followed, frame: Extract<ServerFrame, { op: 'snapshot' }>) => {
@@ -358,7 +375,7 @@ export function createChannels(deps: {
           // since the channel stops following until it is subscribed again.
           if (frame.ref === undefined) deps.report(new FanfareError(code, `${f.channel}: ${message}; subscribing again`, details))
           const wait = serverWait(frame.error.retryAfterMs) ?? serverWait((details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs) ?? deps.backoff(++f.retries)
-          retryLater(f, wait, frame.ref === undefined)
+          retryLater(f, code === 'rate_limited' ? paced(wait) : wait, frame.ref === undefined)
           return true
         }
         default:

@@ -25,6 +25,9 @@ describe('client SDK: network faults', () => {
         FANFARE_WS_PUBLISH_BURST: '2000',
         FANFARE_USER_OPS_PER_SECOND: '4000',
         FANFARE_USER_OPS_BURST: '4000',
+        // Anonymous viewers (all of this test's come from one address) get a small budget.
+        FANFARE_ANONYMOUS_OPS_PER_SECOND: '20',
+        FANFARE_ANONYMOUS_OPS_BURST: '60',
       } })
   }, 60_000)
   afterAll(async () => {
@@ -172,4 +175,26 @@ describe('client SDK: network faults', () => {
     console.log(`half-open found in ${foundIn} ms`)
   }, 30_000)
 
+  test('90 channels past the address budget for subscribes, and two cuts: every one comes back, without a 4029', async () => {
+    // 60 subscribes at once, then 20 a second. Retried all together when their wait ended, the 30
+    // refused ones were refused again (but one) every 50 ms, the socket was closed as abusive
+    // (4029, 5 s), and the next socket subscribed all 90 at once again: never all live.
+    const p = proxy()
+    const c = open(createClient({ urls: [p.url], backoff: { minMs: 100, maxMs: 1000 } }))
+    const closes: string[] = []
+    c.on('status', (s) => void (s.state === 'reconnecting' && s.reason.code === 4029 && closes.push(s.reason.message)))
+    const subs = Array.from({ length: 90 }, (_, i) => c.subscribe(`leaderboard:faults_many_${i}`))
+    const notLive = () => subs.filter((x) => x.status !== 'live').length
+    await until('all live', () => notLive() === 0, 15_000).catch(() => {
+      throw new Error(`${notLive()} channels not live; closes: ${closes}`)
+    })
+    for (let i = 0; i < 2; i++) {
+      await Bun.sleep(200)
+      p.cut()
+    }
+    await until('all live again', () => notLive() === 0 && c.status.state === 'connected', 15_000).catch(() => {
+      throw new Error(`${notLive()} channels not live after the cuts; closes: ${closes}`)
+    })
+    expect(closes).toEqual([])
+  }, 60_000)
 })
