@@ -1,4 +1,4 @@
-import { serverWait } from './backoff'
+import { MAX_TIMER_MS, serverWait } from './backoff'
 import { FanfareError } from './errors'
 import type { ChannelSnapshots, ChannelUpdates, Kind, KindOf, ServerFrame } from './protocol'
 import { helpers, kindOf, RESYNC, type StateHelper } from './state'
@@ -215,7 +215,7 @@ export function createChannels(deps: {
     const now = deps.now()
     const at = Math.max(now + wait, nextRetryAt)
     nextRetryAt = at + wait
-    return at - now
+    return Math.min(MAX_TIMER_MS, at - now)
   }
 
   const onSnapshot = (f: Followed, frame: Extract<ServerFrame, { op: 'snapshot' }>) => {
@@ -316,6 +316,8 @@ export function createChannels(deps: {
 
     offline() {
       online = false
+      // The next connection subscribes every channel at once anyway: its refusals start a new line.
+      nextRetryAt = 0
       for (const f of followed.values()) {
         f.askedAt = undefined
         if (f.phase === 'failed') continue

@@ -69,6 +69,20 @@ describe('client against hostile servers', () => {
     expect(s.frames.filter((f) => f.op === 'subscribe').length).toBe(1)
   })
 
+  test('several subscribes refused with such a retryAfterMs: none is sent again at once (their retries are spaced, each wait capped)', async () => {
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'subscribe') ws.send(JSON.stringify({ op: 'error', ref: f.ref, channel: f.channel, error: { code: 'rate_limited', message: 'slow down', retryAfterMs: 2 ** 31 - 1 } }))
+      },
+    })
+    const c = keep(createClient({ urls: [s.url] }))
+    c.on('error', () => {})
+    for (const ch of ['reactions:a', 'reactions:b', 'reactions:c']) c.subscribe(ch)
+    await until('first subscribes', () => s.frames.filter((f) => f.op === 'subscribe').length === 3, 3000)
+    await sleep(300)
+    expect(s.frames.filter((f) => f.op === 'subscribe').length).toBe(3)
+  })
+
   test('frames that are JSON but not frames (null, an error without its error) are reported, not thrown, and the channel goes on', async () => {
     const s = scripted({
       frame: (ws, f) => {
