@@ -363,7 +363,10 @@ export function createChannels(deps: {
           if (!f) return true
           if (frame.ref !== undefined && frame.ref === f.ref) f.askedAt = undefined
           if (frame.reason === 'forbidden') fail(f, new FanfareError('forbidden', `${frame.channel} may no longer be seen by this client`))
-          else if (f.phase === 'resyncing' && frame.ref === f.ref) subscribe(f)
+          // The answer to a re-sync's unsubscribe: the server no longer holds the channel, whatever
+          // came meanwhile (a snapshot of its own re-sync, sent before it read the unsubscribe, made
+          // the channel live again): subscribe, or it stays live with nothing more to come.
+          else if (frame.ref !== undefined && frame.ref === f.ref && f.phase !== 'failed') subscribe(f)
           return true
         }
         case 'error': {

@@ -186,6 +186,35 @@ describe('client against a server that answers a resume wrongly', () => {
   })
 })
 
+describe('client whose re-sync crosses a snapshot of the server', () => {
+  test('a snapshot that arrives while its re-sync unsubscribe is on the way: the unsubscribed that follows subscribes again, the channel is not left live without a subscription', async () => {
+    let subscribes = 0
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'subscribe' && ++subscribes === 1) {
+          ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } }))
+          // A gap: the client re-syncs (unsubscribe, then subscribe).
+          ws.send(JSON.stringify({ op: 'update', channel: f.channel, version: 5, epoch: 'e1', data: { counts: { a: 1 }, totals: { a: 5 } } }))
+        } else if (f.op === 'unsubscribe') {
+          // The server had re-synced the channel itself before it read the unsubscribe.
+          ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 6, epoch: 'e1', resync: true, data: { stream: 's', totals: { a: 6 } } }))
+          ws.send(JSON.stringify({ op: 'unsubscribed', ref: f.ref, channel: f.channel }))
+        } else if (f.op === 'subscribe') {
+          ws.send(JSON.stringify({ op: 'subscribed', ref: f.ref, channel: f.channel, version: 6, epoch: 'e1', recovered: true }))
+          ws.send(JSON.stringify({ op: 'update', channel: f.channel, version: 7, epoch: 'e1', data: { counts: { a: 1 }, totals: { a: 7 } } }))
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url] }))
+    c.on('error', () => {})
+    const sub = c.subscribe('reactions:s')
+    await until('subscribed again after the unsubscribe, and following', () => sub.version === 7 && sub.status === 'live', 3000).catch(() => {
+      throw new Error(`status ${sub.status} at version ${sub.version}; frames sent: ${s.frames.map((f) => f.op).join(', ')}`)
+    })
+    expect(sub.state).toEqual({ stream: 's', totals: { a: 7 } })
+  })
+})
+
 describe('client against a server that repeats token_expiring', () => {
   test('the same token_expiring sent again and again asks the token function once, not once per frame', async () => {
     const expiresAt = new Date(Date.now() + 20_000).toISOString()
