@@ -15,14 +15,14 @@ export type FaultProxy = {
   /** Connections accepted so far. */
   readonly accepted: number
   cut: () => void
-  /** Drops every byte, both ways, on the connections open now and those to come, until `resume()`. */
+  /** Holds every byte, both ways, on the connections open now and those to come, until `resume()`. */
   pause: () => void
   resume: () => void
   delay: (ms: number) => void
   stop: () => void
 }
 
-type Side = { socket?: Socket<Pair>; queue: Uint8Array[]; ended: boolean }
+type Side = { socket?: Socket<Pair>; queue: Uint8Array[]; ended: boolean; held: { at: number; data: Uint8Array }[] }
 type Pair = { client: Side; server: Side; dead: boolean }
 
 export function startFaultProxy(target: string): FaultProxy {
@@ -46,16 +46,18 @@ export function startFaultProxy(target: string): FaultProxy {
       side.queue.shift()
     }
   }
-  const pass = (pair: Pair, to: Side, data: Uint8Array) => {
+  /** Passes on the chunks held for `to` that are due, in order; what comes later waits for them. */
+  const release = (pair: Pair, to: Side) => {
     if (paused || pair.dead) return
-    const copy = new Uint8Array(data)
-    const deliver = () => {
-      if (paused || pair.dead) return
-      to.queue.push(copy)
-      flush(to)
-    }
-    if (delayMs > 0) setTimeout(deliver, delayMs)
-    else deliver()
+    while (to.held.length > 0 && to.held[0].at <= Date.now()) to.queue.push(to.held.shift()!.data)
+    flush(to)
+    if (to.held.length > 0) setTimeout(() => release(pair, to), Math.max(1, to.held[0].at - Date.now()))
+  }
+  // Paused, bytes are held, not dropped: TCP would send them again once the path is back.
+  const pass = (pair: Pair, to: Side, data: Uint8Array) => {
+    if (pair.dead) return
+    to.held.push({ at: Date.now() + delayMs, data: new Uint8Array(data) })
+    if (to.held.length === 1) setTimeout(() => release(pair, to), delayMs)
   }
   const kill = (pair: Pair) => {
     if (pair.dead) return
@@ -71,7 +73,7 @@ export function startFaultProxy(target: string): FaultProxy {
     socket: {
       open(client) {
         accepted++
-        const pair: Pair = { client: { socket: client, queue: [], ended: false }, server: { queue: [], ended: false }, dead: false }
+        const pair: Pair = { client: { socket: client, queue: [], ended: false, held: [] }, server: { queue: [], ended: false, held: [] }, dead: false }
         client.data = pair
         pairs.add(pair)
         void Bun.connect<Pair>({
@@ -111,7 +113,10 @@ export function startFaultProxy(target: string): FaultProxy {
       for (const p of [...pairs]) kill(p)
     },
     pause: () => void (paused = true),
-    resume: () => void (paused = false),
+    resume: () => {
+      paused = false
+      for (const p of pairs) release(p, p.client), release(p, p.server)
+    },
     delay: (ms) => void (delayMs = ms),
     stop: () => {
       for (const p of [...pairs]) kill(p)

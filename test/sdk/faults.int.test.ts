@@ -197,4 +197,54 @@ describe('client SDK: network faults', () => {
     })
     expect(closes).toEqual([])
   }, 60_000)
+
+  test('unsubscribed and subscribed again while its resume is on the wire: the new subscription follows the board', async () => {
+    const p = proxy()
+    const board = 'faults_again'
+    const c = open(createClient({ urls: [p.url], token: () => d.token('eve'), backoff: { minMs: 50, maxMs: 200 } }))
+    const errors: string[] = []
+    c.on('error', (e) => void errors.push(`${e.code}: ${e.message}`))
+    let sub = c.subscribe(`leaderboard:${board}`)
+    await until('live', () => sub.status === 'live')
+    let going = true
+    const scores = (async () => {
+      for (let n = 0; going; n++) {
+        const res = await d.call('POST', '/v1/events', { events: [{ type: 'score.submitted', data: { board, player: `p${n % 20}`, score: n } }] })
+        if (res.status !== 202) throw new Error(`ingest answered ${res.status}`)
+        await Bun.sleep(5)
+      }
+    })()
+    await Bun.sleep(300)
+    p.delay(150)
+    const again = new Promise<void>((ok) => {
+      const off = c.on('status', (s) => {
+        if (s.state !== 'connected') return
+        off()
+        // Once the resume went out: drop it and follow the board anew.
+        setTimeout(() => {
+          sub.unsubscribe()
+          sub = c.subscribe(`leaderboard:${board}`)
+          ok()
+        }, 0)
+      })
+    })
+    p.cut()
+    await again
+    await Bun.sleep(1000)
+    p.delay(0)
+    await Bun.sleep(1000)
+    going = false
+    await scores
+    await until(
+      'held equals the read model',
+      async () => {
+        const b = (await d.call('GET', `/v1/leaderboards/${board}?limit=100`)).json
+        return sub.status === 'live' && Bun.deepEquals((sub.state as any)?.entries.map(({ reachedSeq: _, ...e }: any) => e), b.entries)
+      },
+      10_000,
+      100,
+    ).catch((err) => {
+      throw new Error(`${err.message}; status ${sub.status}, version ${sub.version}; errors: ${errors.slice(0, 5).join(' | ')}`)
+    })
+  }, 30_000)
 })
