@@ -32,6 +32,7 @@ export function startFaultProxy(target: string): FaultProxy {
   let paused = false
   let delayMs = 0
   let accepted = 0
+  let cutting = false
 
   const flush = (side: Side) => {
     const s = side.socket
@@ -63,8 +64,12 @@ export function startFaultProxy(target: string): FaultProxy {
     if (pair.dead) return
     pair.dead = true
     pairs.delete(pair)
-    pair.client.socket?.end()
-    pair.server.socket?.end()
+    // What one side sent before it closed reaches the other (a close frame among it) unless cut.
+    for (const side of [pair.client, pair.server]) {
+      if (!cutting) for (const h of side.held.splice(0)) side.queue.push(h.data)
+      flush(side)
+      side.socket?.end()
+    }
   }
 
   const listener = Bun.listen<Pair>({
@@ -110,7 +115,9 @@ export function startFaultProxy(target: string): FaultProxy {
       return accepted
     },
     cut: () => {
+      cutting = true
       for (const p of [...pairs]) kill(p)
+      cutting = false
     },
     pause: () => void (paused = true),
     resume: () => {
