@@ -117,6 +117,27 @@ describe('client against scripted servers', () => {
     expect(s.frames.filter((f) => f.op === 'ping').length).toBeGreaterThanOrEqual(1)
   })
 
+  test('the ping left unanswered on a connection found dead is not held against the next one', async () => {
+    // The first connection never answers; the next ones answer pings but are slow with the rest
+    // (here: an anonymous viewer's subscribe, answered after 1 s): nothing arrives before the first check.
+    let connections = 0
+    const s = scripted({
+      open: () => void connections++,
+      frame: (ws, f) => {
+        if (connections === 1) return
+        if (f.op === 'ping') ws.send(JSON.stringify({ op: 'pong', ref: f.ref }))
+        if (f.op === 'subscribe') setTimeout(() => ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } })), 1000)
+      },
+    })
+    const c = createClient({ urls: [s.url], pingIntervalMs: 200, pongTimeoutMs: 300, backoff: { minMs: 10, maxMs: 10 } })
+    const seen = track(c)
+    const sub = c.subscribe('reactions:s')
+    await until('replaced', () => connections >= 2, 3000)
+    await until('live on the second connection', () => sub.status === 'live', 3000)
+    expect(connections).toBe(2)
+    expect(seen.filter((x) => x.state === 'reconnecting').length).toBe(1)
+  })
+
   test('4001 with a token function: a fresh token, reconnect, and the channel resumes with since and epoch', async () => {
     let connections = 0
     let tokens = 0

@@ -331,6 +331,8 @@ export function createClient(options: ClientOptions) {
    */
   const startPings = () => {
     if (pingTimer !== undefined) clearInterval(pingTimer)
+    // A ping the last connection left unanswered (it was found dead so) is not this one's.
+    pingSentAt = undefined
     const tick = Math.max(100, Math.min(pingIntervalMs, pongTimeoutMs, requestTimeoutMs) / 2)
     let lastTick = now()
     pingTimer = setInterval(() => {
