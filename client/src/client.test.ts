@@ -117,6 +117,27 @@ describe('client against scripted servers', () => {
     expect(s.frames.filter((f) => f.op === 'ping').length).toBeGreaterThanOrEqual(1)
   })
 
+  test('a connection gone silent is found dead within pingIntervalMs + pongTimeoutMs, not up to two liveness checks later', async () => {
+    // Liveness is checked every half of the shortest timeout (here 500 ms; by default 5 s): a ping
+    // sent at the first check after 2 s of silence, and its timeout seen at the first check 1 s
+    // after that, found the connection dead up to 4 s after its last frame (45 s by default, not 35).
+    let last = 0
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op !== 'auth') return
+        authed(ws, f.ref)
+        // The last frame: just after a check (they run from the socket's open).
+        setTimeout(() => (ws.send(JSON.stringify({ op: 'pong', ref: 'x' })), (last = Date.now())), 50)
+      },
+    })
+    const c = createClient({ urls: [s.url], token: 't', pingIntervalMs: 2000, pongTimeoutMs: 1000, backoff: { minMs: 10, maxMs: 10 } })
+    const seen = track(c)
+    await until('found dead', () => seen.some((x) => x.state === 'reconnecting'), 6000, 5)
+    const foundIn = seen.find((x) => x.state === 'reconnecting')!.at - last
+    expect(foundIn).toBeGreaterThanOrEqual(2900)
+    expect(foundIn).toBeLessThanOrEqual(3150)
+  })
+
   test('the ping left unanswered on a connection found dead is not held against the next one', async () => {
     // The first connection never answers; the next ones answer pings but are slow with the rest
     // (here: an anonymous viewer's subscribe, answered after 1 s): nothing arrives before the first check.

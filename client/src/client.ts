@@ -93,6 +93,10 @@ export function createClient(options: ClientOptions) {
   let closed = false
   let reconnectTimer: ReturnType<typeof setTimeout> | undefined
   let pingTimer: ReturnType<typeof setInterval> | undefined
+  // The liveness interval checks at its own pace; these two fire on time: at pingIntervalMs of
+  // silence, and pongTimeoutMs after a ping.
+  let silenceTimer: ReturnType<typeof setTimeout> | undefined
+  let pongTimer: ReturnType<typeof setTimeout> | undefined
   let connectTimer: ReturnType<typeof setTimeout> | undefined
   let dedupWindowMs = DEFAULT_DEDUP_WINDOW_MS
   // The token in use and when the server said it expires; a refresh in flight is shared.
@@ -168,7 +172,9 @@ export function createClient(options: ClientOptions) {
     if (reconnectTimer !== undefined) clearTimeout(reconnectTimer)
     if (pingTimer !== undefined) clearInterval(pingTimer)
     if (connectTimer !== undefined) clearTimeout(connectTimer)
-    reconnectTimer = pingTimer = connectTimer = undefined
+    if (silenceTimer !== undefined) clearTimeout(silenceTimer)
+    if (pongTimer !== undefined) clearTimeout(pongTimer)
+    reconnectTimer = pingTimer = connectTimer = silenceTimer = pongTimer = undefined
   }
   const detach = (s: WebSocket) => {
     s.onopen = s.onmessage = s.onclose = s.onerror = null
@@ -323,6 +329,17 @@ export function createClient(options: ClientOptions) {
     send({ op: 'auth', ref: 'renew', token: fresh })
   }
 
+  /** Asks for a pong: unless some frame comes back within pongTimeoutMs, the connection is dropped. */
+  const ping = () => {
+    const at = (pingSentAt = now())
+    send({ op: 'ping', ref: 'ping' })
+    if (pongTimer !== undefined) clearTimeout(pongTimer)
+    pongTimer = setTimeout(() => {
+      pongTimer = undefined
+      if (pingSentAt === at) lost({ code: 0, message: `no answer to a ping within ${pongTimeoutMs} ms` })
+    }, pongTimeoutMs)
+  }
+
   /**
    * Liveness: a socket silent for pingIntervalMs is pinged, and dropped when nothing comes back
    * within pongTimeoutMs. A timer that fires far too late means the machine slept: ping at once.
@@ -333,6 +350,16 @@ export function createClient(options: ClientOptions) {
     if (pingTimer !== undefined) clearInterval(pingTimer)
     // A ping the last connection left unanswered (it was found dead so) is not this one's.
     pingSentAt = undefined
+    // Checked at the interval's pace alone (half the shortest timeout: 5 s by default), a ping went
+    // up to a check late and its timeout was seen up to another: a dead connection was found up to
+    // 45 s after its last frame by default, not the 35 s documented.
+    const onSilence = () => {
+      silenceTimer = undefined
+      if (pingSentAt === undefined && now() - lastFrameAt >= pingIntervalMs) ping()
+      silenceTimer = setTimeout(onSilence, pingSentAt !== undefined ? pingIntervalMs : Math.max(1, lastFrameAt + pingIntervalMs - now()))
+    }
+    if (silenceTimer !== undefined) clearTimeout(silenceTimer)
+    silenceTimer = setTimeout(onSilence, pingIntervalMs)
     const tick = Math.max(100, Math.min(pingIntervalMs, pongTimeoutMs, requestTimeoutMs) / 2)
     let lastTick = now()
     pingTimer = setInterval(() => {
@@ -347,10 +374,7 @@ export function createClient(options: ClientOptions) {
         if (t - pingSentAt >= pongTimeoutMs) lost({ code: 0, message: `no answer to a ping within ${pongTimeoutMs} ms` })
         return
       }
-      if (slept || t - lastFrameAt >= pingIntervalMs) {
-        pingSentAt = t
-        send({ op: 'ping', ref: 'ping' })
-      }
+      if (slept || t - lastFrameAt >= pingIntervalMs) ping()
     }, tick)
   }
 
@@ -362,8 +386,7 @@ export function createClient(options: ClientOptions) {
       clearTimeout(reconnectTimer)
       void connect()
     } else if (status.state === 'connected' && pingSentAt === undefined) {
-      pingSentAt = now()
-      send({ op: 'ping', ref: 'ping' })
+      ping()
     }
   }
   const onVisible = () => {
