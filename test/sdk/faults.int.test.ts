@@ -22,6 +22,7 @@ describe('client SDK: network faults', () => {
     d = await startDeployment({ apis: 1, workers: 1, vars: {
         FANFARE_PARTITIONS: '2',
         FANFARE_TOKEN_WARNING_MS: '1000',
+        FANFARE_PRESENCE_GRACE_MS: '1000',
         FANFARE_WS_PUBLISHES_PER_SECOND: '2000',
         FANFARE_WS_PUBLISH_BURST: '2000',
         FANFARE_USER_OPS_PER_SECOND: '4000',
@@ -300,5 +301,27 @@ describe('client SDK: network faults', () => {
     // the SDK may reconnect with it once after it expired, is told 4001, and fetches another.
     expect(reasons.filter((r) => r === 4001).length).toBeLessThanOrEqual(3)
     console.log(`tokens: ${minted} minted, reconnects for ${reasons.join(',')}`)
+  }, 60_000)
+
+  test('a room left while the connection is down (cut) or half-open (paused): its user is not present once it is back', async () => {
+    for (const fault of ['cut', 'pause'] as const) {
+      const p = proxy()
+      const room = `faults_left_${fault}`
+      const c = open(createClient({ urls: [p.url], token: () => d.token(`gus_${fault}`), backoff: { minMs: 50, maxMs: 200 }, pingIntervalMs: 500, pongTimeoutMs: 500 }))
+      const stay = c.subscribe(`leaderboard:faults_left_${fault}`)
+      const sub = c.subscribe(`chat:${room}`)
+      await until('live', () => sub.status === 'live' && stay.status === 'live')
+      const present = async () => (await d.call('GET', `/v1/presence/chat:${room}`)).json?.users
+      await until('present', async () => (await present()) === 1)
+      if (fault === 'cut') p.cut()
+      else p.pause()
+      await until('offline', () => c.status.state !== 'connected', 5000, 5)
+      sub.unsubscribe()
+      if (fault === 'pause') p.resume()
+      await until('back', () => c.status.state === 'connected' && stay.status === 'live', 10_000)
+      await until('gone', async () => (await present()) === 0, 8000, 100).catch(async () => {
+        throw new Error(`${fault}: still ${await present()} present in ${room}`)
+      })
+    }
   }, 60_000)
 })
