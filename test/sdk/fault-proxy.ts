@@ -5,7 +5,8 @@ import { freePort } from '../e2e/harness'
  * A TCP proxy between a client and one API node that the test breaks on purpose: `cut()` ends
  * every connection (a RST-like loss: both sides see it closed), `pause()` stops bytes flowing both
  * ways without closing anything (a half-open connection: a dead NAT entry, a laptop lid), and
- * `delay(ms)` holds each chunk that long before passing it on.
+ * `delay(ms)` holds each chunk that long before passing it on. (test/cluster/tcp-proxy.ts cuts and
+ * stalls links between servers; this one adds delays, and counts the client's connections.)
  */
 export type FaultProxy = {
   /** `http://127.0.0.1:<port>`: give it to the client instead of the node's URL. */
@@ -22,7 +23,7 @@ export type FaultProxy = {
   stop: () => void
 }
 
-type Side = { socket?: Socket<Pair>; queue: Uint8Array[]; ended: boolean; held: { at: number; data: Uint8Array }[] }
+type Side = { socket?: Socket<Pair>; queue: Uint8Array[]; held: { at: number; data: Uint8Array }[] }
 type Pair = { client: Side; server: Side; dead: boolean }
 
 export function startFaultProxy(target: string): FaultProxy {
@@ -78,7 +79,7 @@ export function startFaultProxy(target: string): FaultProxy {
     socket: {
       open(client) {
         accepted++
-        const pair: Pair = { client: { socket: client, queue: [], ended: false, held: [] }, server: { queue: [], ended: false, held: [] }, dead: false }
+        const pair: Pair = { client: { socket: client, queue: [], held: [] }, server: { queue: [], held: [] }, dead: false }
         client.data = pair
         pairs.add(pair)
         void Bun.connect<Pair>({

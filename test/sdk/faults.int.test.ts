@@ -19,7 +19,10 @@ describe('client SDK: network faults', () => {
     return p
   }
   beforeAll(async () => {
-    d = await startDeployment({ apis: 1, workers: 1, vars: {
+    d = await startDeployment({
+      apis: 1,
+      workers: 1,
+      vars: {
         FANFARE_PARTITIONS: '2',
         FANFARE_TOKEN_WARNING_MS: '1000',
         FANFARE_PRESENCE_GRACE_MS: '1000',
@@ -30,7 +33,8 @@ describe('client SDK: network faults', () => {
         // Anonymous viewers (all of this test's come from one address) get a small budget.
         FANFARE_ANONYMOUS_OPS_PER_SECOND: '20',
         FANFARE_ANONYMOUS_OPS_BURST: '60',
-      } })
+      },
+    })
   }, 60_000)
   afterAll(async () => {
     for (const c of clients) c.close()
