@@ -103,13 +103,23 @@ export function historyRetention(config: Config, kind: ChannelKind): { size: num
 /**
  * Which incarnation of a stream this is: `<name>@<created>`. A stream deleted and created again
  * (NATS lost its data, an operator removed it) has a new one, and its sequences restart at 1.
+ *
+ * `<created>` is the creation time recorded in the stream's description (`incarnation=`, written
+ * when the stream is created, and kept by every update; see upsertStream), not the server's
+ * `created`: nats-server 2.9 reports after a restart the time it loaded the stream instead, so
+ * an intact stream looked recreated and workers applied all of it again. A stream of an older
+ * version without one is given its `created` at its first update, the identity it had.
  */
 export async function streamIdentity(jsm: JetStreamManager, stream: string): Promise<string> {
   return identityOf(await jsm.streams.info(stream))
 }
 
 /** The identity (see streamIdentity) of a stream whose info was read. */
-export const identityOf = (info: StreamInfo): string => `${info.config.name}@${info.created}`
+export const identityOf = (info: StreamInfo): string => `${info.config.name}@${incarnationOf(info.config.description) ?? info.created}`
+
+const incarnationOf = (description: string | undefined): string | undefined => /(?:^|; )incarnation=([^;]+)/.exec(description ?? '')?.[1]
+const withIncarnation = (description: string | undefined, incarnation: string): string =>
+  `${description ? `${description}; ` : ''}incarnation=${incarnation}`
 
 /**
  * The one change stream of deployments from before per-kind change streams. Its subjects overlap
@@ -424,11 +434,12 @@ async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & 
   try {
     const existing = await jsm.streams.info(cfg.name)
     check?.(existing.config)
-    await jsm.streams.update(cfg.name, cfg)
+    const incarnation = incarnationOf(existing.config.description) ?? existing.created
+    await jsm.streams.update(cfg.name, { ...cfg, description: withIncarnation(cfg.description, incarnation) })
   } catch (err) {
     if (!isNotFound(err)) throw err
     try {
-      await jsm.streams.add({ storage: 'file' as StreamConfig['storage'], ...cfg })
+      await jsm.streams.add({ storage: 'file' as StreamConfig['storage'], ...cfg, description: withIncarnation(cfg.description, new Date().toISOString()) })
     } catch (addErr) {
       // Another process (every node ensures the streams at start) created it between our info and
       // add: nats-server says "already in use", or, while that create is still being applied,
