@@ -133,4 +133,22 @@ describe('all-in-one', () => {
     await expect(startAllInOne(vars, logger)).rejects.toThrow(/in use by process/)
     await app.stop()
   }, 60_000)
+
+  test('a port already taken is refused naming PORT and what to do, and what started is stopped again', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-aio-'))
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
+    const taken = Bun.serve({ port: 0, hostname: '127.0.0.1', reusePort: false, fetch: () => new Response('not fanfare') })
+    cleanups.push(() => taken.stop(true))
+    const vars = { PORT: String(taken.port), HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir, LOG_LEVEL: 'silent' }
+    const err = await startAllInOne(vars, logger).then(
+      () => undefined,
+      (e: Error) => e,
+    )
+    expect(err?.message).toBe(`cannot listen on 127.0.0.1:${taken.port}: the port is in use by another process (another Fanfare?): stop it, or set PORT to a free port`)
+    // The data directory is free again: the same start on a free port works.
+    const app = await startAllInOne({ ...vars, PORT: '0' }, logger)
+    cleanups.push(app.stop)
+    expect(await healthz(app)).toBe(200)
+    await app.stop()
+  }, 60_000)
 })

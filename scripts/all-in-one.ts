@@ -7,7 +7,7 @@ import { createLogger, type Logger } from '../core/logger'
 import { connectNats } from '../core/nats'
 import { upgradeNats } from '../core/upgrade'
 import { startObservability } from '../core/observability'
-import { startApi } from '../api/src/server'
+import { ListenFailed, startApi } from '../api/src/server'
 import { mintUserToken } from '../api/src/auth/mint'
 import { startWorkers } from '../stream-workers/src/workers'
 import { startEmbeddedNats, NatsServerMissing } from './embedded-nats'
@@ -238,7 +238,7 @@ if (import.meta.main) {
     if (!exiting) process.stderr.write(banner(app) + '\n')
   } catch (err) {
     const expected =
-      err instanceof ConfigError || err instanceof NatsServerMissing || /in use by process/.test(String(err))
+      err instanceof ConfigError || err instanceof NatsServerMissing || err instanceof ListenFailed || /in use by process/.test(String(err))
     const text = expected ? (err as Error).message : ((err as Error)?.stack ?? String(err))
     process.stderr.write(`\nfanfare: failed to start: ${text}\n`)
     process.exit(1)

@@ -15,6 +15,25 @@ import { startSeatWatcher } from './modules/matches/seats'
 import { answerNodeQueries, BUSIEST } from './modules/admin/nodes'
 
 /** A listening API node. */
+/**
+ * Thrown at start when the API cannot listen on HOST:PORT: Bun's own error ("Is port 3000 in
+ * use?") names neither the setting nor what to do.
+ */
+export class ListenFailed extends Error {
+  constructor(host: string, port: number, cause: unknown) {
+    const code = (cause as { code?: string } | undefined)?.code
+    super(
+      code === 'EADDRINUSE'
+        ? `cannot listen on ${host}:${port}: the port is in use by another process (another Fanfare?): stop it, or set PORT to a free port`
+        : code === 'EADDRNOTAVAIL'
+          ? `cannot listen on ${host}:${port}: ${host} is not an address of this machine: set HOST to one of its addresses (0.0.0.0 for all)`
+          : `cannot listen on ${host}:${port} (HOST, PORT): ${(cause as Error)?.message ?? String(cause)}`,
+      { cause },
+    )
+    this.name = 'ListenFailed'
+  }
+}
+
 export type RunningApi = {
   /** The bound port (useful when config.PORT is 0). */
   port: number
@@ -45,7 +64,11 @@ export async function startApi(
   const ownIngest = deps.ingest ? undefined : createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger, metrics, rooms: security.rooms })
   const ingest = deps.ingest ?? ownIngest!
   const app = createApp({ ...deps, metrics, security, realtime, limits, ingest, subscriptions })
-  app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
+  try {
+    app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
+  } catch (err) {
+    throw new ListenFailed(deps.config.HOST, deps.config.PORT, err)
+  }
   const server = app.server
   if (!server) throw new Error('the API server did not start')
   realtime.bind(server)
