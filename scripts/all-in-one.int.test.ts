@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger } from '../core/logger'
@@ -150,5 +150,17 @@ describe('all-in-one', () => {
     cleanups.push(app.stop)
     expect(await healthz(app)).toBe(200)
     await app.stop()
+  }, 60_000)
+
+  test('a FANFARE_DATA_DIR that cannot be created is refused naming the variable and what to do', async () => {
+    const scratch = mkdtempSync(join(tmpdir(), 'fanfare-aio-'))
+    cleanups.push(() => rmSync(scratch, { recursive: true, force: true }))
+    // Under a file: no user, root included, can create it.
+    writeFileSync(join(scratch, 'file'), '')
+    const dataDir = join(scratch, 'file', 'data')
+    const vars = { PORT: '0', HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir, LOG_LEVEL: 'silent' }
+    await expect(startAllInOne(vars, logger)).rejects.toThrow(
+      `FANFARE_DATA_DIR (${dataDir}) cannot be used (ENOTDIR): set FANFARE_DATA_DIR to a directory this user can create and write, or set DATABASE_URL and NATS_URL to use servers instead`,
+    )
   }, 60_000)
 })

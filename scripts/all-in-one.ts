@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { accessSync, constants, mkdirSync } from 'node:fs'
 import { resolve } from 'node:path'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { ConfigError, loadConfig, type Config } from '../core/config'
@@ -79,6 +80,7 @@ export async function startAllInOne(
     })())
 
   try {
+    if (!config.DATABASE_URL || !config.NATS_URL) checkDataDir(dataDir)
     // The database first: a second all-in-one on the same data directory fails here, on the
     // PGlite lock, before it starts anything else.
     let database: Database
@@ -149,6 +151,31 @@ export async function startAllInOne(
   } catch (err) {
     await stop()
     throw err
+  }
+}
+
+/**
+ * Thrown at start when FANFARE_DATA_DIR cannot hold the embedded database and nats-server store:
+ * otherwise the first mkdir or open in it failed with a bare ENOTDIR or EACCES and a stack trace.
+ */
+export class DataDirUnusable extends Error {
+  constructor(dir: string, cause: unknown) {
+    const reason = (cause as { code?: string } | undefined)?.code ?? (cause as Error)?.message ?? String(cause)
+    super(
+      `FANFARE_DATA_DIR (${dir}) cannot be used (${reason}): set FANFARE_DATA_DIR to a directory this user can create and write, or set DATABASE_URL and NATS_URL to use servers instead`,
+      { cause },
+    )
+    this.name = 'DataDirUnusable'
+  }
+}
+
+/** Creates the data directory if missing and checks that it can be written. */
+function checkDataDir(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true })
+    accessSync(dir, constants.W_OK)
+  } catch (err) {
+    throw new DataDirUnusable(dir, err)
   }
 }
 
@@ -238,7 +265,7 @@ if (import.meta.main) {
     if (!exiting) process.stderr.write(banner(app) + '\n')
   } catch (err) {
     const expected =
-      err instanceof ConfigError || err instanceof NatsServerMissing || err instanceof ListenFailed || /in use by process/.test(String(err))
+      err instanceof ConfigError || err instanceof NatsServerMissing || err instanceof ListenFailed || err instanceof DataDirUnusable || /in use by process/.test(String(err))
     const text = expected ? (err as Error).message : ((err as Error)?.stack ?? String(err))
     process.stderr.write(`\nfanfare: failed to start: ${text}\n`)
     process.exit(1)
