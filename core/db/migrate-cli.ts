@@ -2,6 +2,7 @@ import { ConfigError, loadConfig } from '../config'
 import { connectNats } from '../nats'
 import { upgradeNats } from '../upgrade'
 import { connectPostgres, migrate } from './client'
+import { dbErrorSummary } from './errors'
 
 /**
  * `npm run migrate`, the upgrade command: applies the database migrations to DATABASE_URL, then
@@ -28,9 +29,10 @@ if (config.DATABASE_URL) {
   } catch (err) {
     // The one mistake of a first run (README "Running it for real"): say it plainly.
     const cause = (err as { cause?: { code?: string; message?: string } }).cause
-    if (cause?.code !== '3D000') throw err
-    console.error(`${cause.message}: create it first (createdb, or CREATE DATABASE), then run npm run migrate again`)
-    await database.close()
+    if (cause?.code === '3D000') console.error(`${cause.message}: create it first (createdb, or CREATE DATABASE), then run npm run migrate again`)
+    // Any other: drizzle's error names only its first query (the advisory lock) and hides the reason.
+    else console.error(`cannot migrate the database at DATABASE_URL: ${dbErrorSummary(err)}`)
+    await database.close().catch(() => {})
     process.exit(1)
   }
   await database.close()
