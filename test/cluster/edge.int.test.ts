@@ -11,7 +11,7 @@ import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from './private-nats'
 import { apiAt, BoardView, configureBoard, configuredVersion, diff, postEvents, readModel, scoreEvent, stopCleanly, type ScoreEvent } from './support'
-import { tcpProxy, type TcpProxy } from './tcp-proxy'
+import { tcpProxy, type TcpProxy } from '../../core/testing/tcp-proxy'
 
 const CLIENTS = 3
 const PLAYERS = 20

@@ -7,7 +7,7 @@ import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, until, type Proc, type WsClient } from '../e2e/harness'
 import { privateNats, type PrivateNats, type PrivateNatsOptions } from './private-nats'
 import { createFanfareDatabase, createPrivatePostgres, type PrivatePostgres } from './private-postgres'
-import { tcpProxy, type TcpProxy } from './tcp-proxy'
+import { tcpProxy, type TcpProxy } from '../../core/testing/tcp-proxy'
 
 /** An ingest client for one deployment: posts batches, reports status and body. */
 export type Api = { baseUrl: string; ingestToken: string; adminToken: string }

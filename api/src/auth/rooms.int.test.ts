@@ -6,7 +6,7 @@ import { connectNats } from '../../../core/nats'
 import { freePort } from '../../../core/process'
 import { createTestEnv, type TestEnv } from '../../../core/testing/env'
 import { until } from '../../../core/testing/wait'
-import { tcpProxy, type TcpProxy } from '../../../test/cluster/tcp-proxy'
+import { tcpProxy, type TcpProxy } from '../../../core/testing/tcp-proxy'
 import { createRoomAccess, type RoomAccess } from './rooms'
 
 describe('room visibility on two API nodes', () => {
