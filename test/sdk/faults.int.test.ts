@@ -1,20 +1,23 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { createClient, type Client, type Status } from '../../client/src'
-import { until } from '../e2e/harness'
+import { tcpProxy, type TcpProxy } from '../../core/testing/tcp-proxy'
+import { freePort, until } from '../e2e/harness'
 import { startDeployment, type Deployment } from './deployment'
-import { startFaultProxy, type FaultProxy } from './fault-proxy'
 
 /**
  * The SDK against real processes with a faulty network between it and the API node: a proxy that
- * cuts every connection, pauses traffic (a half-open connection), or delays it.
+ * cuts every connection (the client may reconnect at once), stalls traffic (a half-open
+ * connection), or delays it.
  */
 describe('client SDK: network faults', () => {
   let d: Deployment
   const clients: Client[] = []
-  const proxies: FaultProxy[] = []
+  const proxies: TcpProxy[] = []
   const open = (c: Client) => (clients.push(c), c)
+  const urlOf = (p: TcpProxy) => `http://127.0.0.1:${p.port}`
   const proxy = () => {
-    const p = startFaultProxy(d.urls[0])
+    const target = new URL(d.urls[0])
+    const p = tcpProxy({ port: freePort(), target: { host: target.hostname, port: Number(target.port) } })
     proxies.push(p)
     return p
   }
@@ -38,7 +41,7 @@ describe('client SDK: network faults', () => {
   }, 60_000)
   afterAll(async () => {
     for (const c of clients) c.close()
-    for (const p of proxies) p.stop()
+    for (const p of proxies) p.close()
     await d?.stop()
   })
 
@@ -56,7 +59,7 @@ describe('client SDK: network faults', () => {
   test('publishes through cuts, pauses and delays: every one stored once, in order', async () => {
     const p = proxy()
     const room = 'faults_pub'
-    const c = open(createClient({ urls: [p.url], token: () => d.token('ann'), backoff: { minMs: 50, maxMs: 300 }, pingIntervalMs: 500, pongTimeoutMs: 500, connectTimeoutMs: 1500, requestTimeoutMs: 2000 }))
+    const c = open(createClient({ urls: [urlOf(p)], token: () => d.token('ann'), backoff: { minMs: 50, maxMs: 300 }, pingIntervalMs: 500, pongTimeoutMs: 500, connectTimeoutMs: 1500, requestTimeoutMs: 2000 }))
     const statuses: Status[] = []
     c.on('status', (s) => void statuses.push(s))
     const sent: string[] = []
@@ -74,10 +77,11 @@ describe('client SDK: network faults', () => {
     for (let round = 0; round < 4; round++) {
       await Bun.sleep(300)
       p.cut()
+      p.restore()
       await Bun.sleep(300)
-      p.pause()
+      p.stall()
       await Bun.sleep(1500)
-      p.resume()
+      p.restore()
       await Bun.sleep(300)
       p.delay(200)
       await Bun.sleep(500)
@@ -96,7 +100,7 @@ describe('client SDK: network faults', () => {
     const p = proxy()
     const board = 'faults_board'
     const room = 'faults_room'
-    const c = open(createClient({ urls: [p.url], token: () => d.token('bob'), backoff: { minMs: 50, maxMs: 300 }, pingIntervalMs: 500, pongTimeoutMs: 500, connectTimeoutMs: 1500, requestTimeoutMs: 2000 }))
+    const c = open(createClient({ urls: [urlOf(p)], token: () => d.token('bob'), backoff: { minMs: 50, maxMs: 300 }, pingIntervalMs: 500, pongTimeoutMs: 500, connectTimeoutMs: 1500, requestTimeoutMs: 2000 }))
     const problems: string[] = []
     const counts = { updates: 0, resyncs: 0 }
     const follow = (channel: string) => {
@@ -138,10 +142,11 @@ describe('client SDK: network faults', () => {
     for (let round = 0; round < 4; round++) {
       await Bun.sleep(400)
       p.cut()
+      p.restore()
       await Bun.sleep(400)
-      p.pause()
+      p.stall()
       await Bun.sleep(1500)
-      p.resume()
+      p.restore()
       await Bun.sleep(300)
       p.delay(150)
       await Bun.sleep(500)
@@ -166,17 +171,17 @@ describe('client SDK: network faults', () => {
 
   test('a half-open connection is found within pingIntervalMs + pongTimeoutMs and replaced', async () => {
     const p = proxy()
-    const c = open(createClient({ urls: [p.url], token: () => d.token('dan'), pingIntervalMs: 2000, pongTimeoutMs: 1000, backoff: { minMs: 50, maxMs: 200 } }))
+    const c = open(createClient({ urls: [urlOf(p)], token: () => d.token('dan'), pingIntervalMs: 2000, pongTimeoutMs: 1000, backoff: { minMs: 50, maxMs: 200 } }))
     const sub = c.subscribe('leaderboard:faults_idle')
     await until('live', () => sub.status === 'live')
     await Bun.sleep(300)
-    p.pause()
-    const pausedAt = Date.now()
+    p.stall()
+    const stalledAt = Date.now()
     await until('the dead connection is found', () => c.status.state !== 'connected', 10_000, 10)
-    const foundIn = Date.now() - pausedAt
-    // Silent for pingIntervalMs (the last frame came before the pause), then pinged, then pongTimeoutMs.
+    const foundIn = Date.now() - stalledAt
+    // Silent for pingIntervalMs (the last frame came before the stall), then pinged, then pongTimeoutMs.
     expect(foundIn).toBeLessThanOrEqual(2000 + 1000 + 200)
-    p.resume()
+    p.restore()
     await until('live again', () => sub.status === 'live' && c.status.state === 'connected', 15_000)
     console.log(`half-open found in ${foundIn} ms`)
   }, 30_000)
@@ -186,7 +191,7 @@ describe('client SDK: network faults', () => {
     // refused ones were refused again (but one) every 50 ms, the socket was closed as abusive
     // (4029, 5 s), and the next socket subscribed all 90 at once again: never all live.
     const p = proxy()
-    const c = open(createClient({ urls: [p.url], backoff: { minMs: 100, maxMs: 1000 } }))
+    const c = open(createClient({ urls: [urlOf(p)], backoff: { minMs: 100, maxMs: 1000 } }))
     const closes: string[] = []
     c.on('status', (s) => void (s.state === 'reconnecting' && s.reason.code === 4029 && closes.push(s.reason.message)))
     const subs = Array.from({ length: 90 }, (_, i) => c.subscribe(`leaderboard:faults_many_${i}`))
@@ -197,6 +202,7 @@ describe('client SDK: network faults', () => {
     for (let i = 0; i < 2; i++) {
       await Bun.sleep(200)
       p.cut()
+      p.restore()
     }
     await until('all live again', () => notLive() === 0 && c.status.state === 'connected', 15_000).catch(() => {
       throw new Error(`${notLive()} channels not live after the cuts; closes: ${closes}`)
@@ -207,7 +213,7 @@ describe('client SDK: network faults', () => {
   test('unsubscribed and subscribed again while its resume is on the wire: the new subscription follows the board', async () => {
     const p = proxy()
     const board = 'faults_again'
-    const c = open(createClient({ urls: [p.url], token: () => d.token('eve'), backoff: { minMs: 50, maxMs: 200 } }))
+    const c = open(createClient({ urls: [urlOf(p)], token: () => d.token('eve'), backoff: { minMs: 50, maxMs: 200 } }))
     const errors: string[] = []
     c.on('error', (e) => void errors.push(`${e.code}: ${e.message}`))
     let sub = c.subscribe(`leaderboard:${board}`)
@@ -235,6 +241,7 @@ describe('client SDK: network faults', () => {
       })
     })
     p.cut()
+    p.restore()
     await again
     await Bun.sleep(1000)
     p.delay(0)
@@ -260,7 +267,7 @@ describe('client SDK: network faults', () => {
     let minted = 0
     const c = open(
       createClient({
-        urls: [p.url],
+        urls: [urlOf(p)],
         token: () => (minted++, d.token('fay', { ttlSeconds: 3 })),
         backoff: { minMs: 50, maxMs: 300 },
         pingIntervalMs: 500,
@@ -287,9 +294,9 @@ describe('client SDK: network faults', () => {
     // Pauses across the warnings and expiries of several tokens, and one cut in the middle of a renewal.
     for (const [at, ms] of [[1500, 2500], [1200, 4000], [1900, 300]]) {
       await Bun.sleep(at)
-      p.pause()
+      p.stall()
       await Bun.sleep(ms)
-      p.resume()
+      p.restore()
     }
     await Bun.sleep(2000)
     going = false
@@ -308,20 +315,20 @@ describe('client SDK: network faults', () => {
   }, 60_000)
 
   test('a room left while the connection is down (cut) or half-open (paused): its user is not present once it is back', async () => {
-    for (const fault of ['cut', 'pause'] as const) {
+    for (const fault of ['cut', 'stall'] as const) {
       const p = proxy()
       const room = `faults_left_${fault}`
-      const c = open(createClient({ urls: [p.url], token: () => d.token(`gus_${fault}`), backoff: { minMs: 50, maxMs: 200 }, pingIntervalMs: 500, pongTimeoutMs: 500 }))
+      const c = open(createClient({ urls: [urlOf(p)], token: () => d.token(`gus_${fault}`), backoff: { minMs: 50, maxMs: 200 }, pingIntervalMs: 500, pongTimeoutMs: 500 }))
       const stay = c.subscribe(`leaderboard:faults_left_${fault}`)
       const sub = c.subscribe(`chat:${room}`)
       await until('live', () => sub.status === 'live' && stay.status === 'live')
       const present = async () => (await d.call('GET', `/v1/presence/chat:${room}`)).json?.users
       await until('present', async () => (await present()) === 1)
-      if (fault === 'cut') p.cut()
-      else p.pause()
+      if (fault === 'cut') p.cut(), p.restore()
+      else p.stall()
       await until('offline', () => c.status.state !== 'connected', 5000, 5)
       sub.unsubscribe()
-      if (fault === 'pause') p.resume()
+      if (fault === 'stall') p.restore()
       await until('back', () => c.status.state === 'connected' && stay.status === 'live', 10_000)
       await until('gone', async () => (await present()) === 0, 8000, 100).catch(async () => {
         throw new Error(`${fault}: still ${await present()} present in ${room}`)
