@@ -117,8 +117,10 @@ export async function streamIdentity(jsm: JetStreamManager, stream: string): Pro
 /** The identity (see streamIdentity) of a stream whose info was read. */
 export const identityOf = (info: StreamInfo): string => `${info.config.name}@${incarnationOf(info.config.description) ?? info.created}`
 
-const incarnationOf = (description: string | undefined): string | undefined => /(?:^|; )incarnation=([^;]+)/.exec(description ?? '')?.[1]
-const withIncarnation = (description: string | undefined, incarnation: string): string =>
+/** The creation time a stream's description records (see streamIdentity), if it has one. */
+export const incarnationOf = (description: string | undefined): string | undefined => /(?:^|; )incarnation=([^;]+)/.exec(description ?? '')?.[1]
+/** `description` with the creation time `incarnation` recorded in it. */
+export const withIncarnation = (description: string | undefined, incarnation: string): string =>
   `${description ? `${description}; ` : ''}incarnation=${incarnation}`
 
 /**

@@ -2,7 +2,9 @@ import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from './config'
 import { openLeaseBucket } from './leases'
-import { ensureStreams, isNotFound, legacyChangeStream, streamExists, topology } from './nats'
+import { sql } from 'drizzle-orm'
+import { rowsOf, type Db } from './db/client'
+import { ensureStreams, incarnationOf, isNotFound, legacyChangeStream, streamExists, topology, withIncarnation } from './nats'
 import { openJobBucket } from './rebuild-jobs'
 
 /**
@@ -13,8 +15,11 @@ import { openJobBucket } from './rebuild-jobs'
  */
 type UpgradeStep = {
   name: string
-  /** Does what the step exists for when it is still needed; says what it did, or undefined. */
-  run: (jsm: JetStreamManager, config: Config) => Promise<string | undefined>
+  /**
+   * Does what the step exists for when it is still needed; says what it did, or undefined. `db`:
+   * the deployment's database, when the command has one.
+   */
+  run: (jsm: JetStreamManager, config: Config, db: Db | undefined) => Promise<string | undefined>
 }
 
 const steps: UpgradeStep[] = [
@@ -33,6 +38,34 @@ const steps: UpgradeStep[] = [
       return `deleted ${legacy} (the change stream of versions before per-kind streams)`
     },
   },
+  {
+    // The event stream's identity (see streamIdentity) is now the creation time its description
+    // records: nats-server 2.9 reports another `created` after a restart that followed a config
+    // update. A stream of an older version records none, and the `created` it reports now may
+    // already have moved since the workers last read it (a NATS restart since a node started): the
+    // workers would take it for a recreated stream and apply every event again. So it records the
+    // identity its checkpoints hold, the one the workers last agreed on (the most held, should
+    // they differ). Without checkpoints a node records the reported `created` at its next start.
+    name: 'event stream incarnation',
+    run: async (jsm, config, db) => {
+      const name = topology(config).eventStream
+      if (!db) return undefined
+      const info = await jsm.streams.info(name).catch((err) => {
+        if (isNotFound(err)) return undefined
+        throw err
+      })
+      if (!info || incarnationOf(info.config.description) !== undefined) return undefined
+      const [held] = await rowsOf<{ stream: string }>(
+        db,
+        sql`select stream from projection_checkpoints where left(stream, ${name.length + 1}) = ${`${name}@`}
+            group by stream order by count(*) desc, stream limit 1`,
+      )
+      if (!held) return undefined
+      const incarnation = held.stream.slice(name.length + 1)
+      await jsm.streams.update(name, { ...info.config, description: withIncarnation(info.config.description, incarnation) })
+      return `${name} records its identity ${held.stream} (the one its checkpoints hold${incarnation === info.created ? '' : `; NATS now reports created ${info.created}`})`
+    },
+  },
 ]
 
 /**
@@ -40,11 +73,11 @@ const steps: UpgradeStep[] = [
  * stream and bucket to match the config, the buckets' replica count included (a node opening an
  * existing bucket does not change it). Returns what it did, one line each.
  */
-export async function upgradeNats(nc: NatsConnection, config: Config): Promise<string[]> {
+export async function upgradeNats(nc: NatsConnection, config: Config, db?: Db): Promise<string[]> {
   const done: string[] = []
   const jsm = await jetstreamManager(nc)
   for (const step of steps) {
-    const did = await step.run(jsm, config)
+    const did = await step.run(jsm, config, db)
     if (did) done.push(`${step.name}: ${did}`)
   }
   await ensureStreams(nc, config)

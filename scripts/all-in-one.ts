@@ -113,7 +113,7 @@ export async function startAllInOne(
     // One process is the whole deployment, with no older node to pull anything from under: it
     // takes the upgrade steps itself, as it applies the database migrations (`npm run migrate`
     // does both for separate nodes).
-    for (const line of await upgradeNats(nc, runConfig)) log.info({ step: line }, 'nats upgraded')
+    for (const line of await upgradeNats(nc, runConfig, database.db)) log.info({ step: line }, 'nats upgraded')
 
     const onFatal =
       options.onFatal ??

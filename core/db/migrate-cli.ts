@@ -22,8 +22,9 @@ if (!config.DATABASE_URL && !config.NATS_URL) {
   console.error('neither DATABASE_URL nor NATS_URL is set: npm run migrate upgrades a Postgres database and a NATS deployment')
   process.exit(2)
 }
-if (config.DATABASE_URL) {
-  const database = await connectPostgres(config.DATABASE_URL, { max: 1 })
+// Kept open for the NATS part: an upgrade step reads the checkpoints (see core/upgrade.ts).
+const database = config.DATABASE_URL ? await connectPostgres(config.DATABASE_URL, { max: 1 }) : undefined
+if (database) {
   try {
     await migrate(database)
   } catch (err) {
@@ -35,7 +36,6 @@ if (config.DATABASE_URL) {
     await database.close().catch(() => {})
     process.exit(1)
   }
-  await database.close()
   console.log('migrations applied')
 } else {
   console.log('DATABASE_URL unset: database migrations skipped')
@@ -43,7 +43,7 @@ if (config.DATABASE_URL) {
 if (config.NATS_URL) {
   const nc = await connectNats(config.NATS_URL, 'fanfare-migrate')
   try {
-    const done = await upgradeNats(nc, config)
+    const done = await upgradeNats(nc, config, database?.db)
     for (const line of done) console.log(`nats: ${line}`)
     console.log(`nats streams and buckets match the config (${config.FANFARE_REPLICAS} replica${config.FANFARE_REPLICAS === 1 ? '' : 's'})`)
   } finally {
@@ -52,3 +52,4 @@ if (config.NATS_URL) {
 } else {
   console.log('NATS_URL unset: NATS upgrade skipped')
 }
+await database?.close()

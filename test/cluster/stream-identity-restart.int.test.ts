@@ -2,9 +2,15 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { jetstreamManager, StorageType } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { loadConfig } from '../../core/config'
+import { connectPostgres } from '../../core/db/client'
+import { projectionCheckpoints } from '../../core/db/schema'
+import { subjects } from '../../core/events'
 import { ensureStreams, streamIdentity } from '../../core/nats'
+import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
+import { upgradeNats } from '../../core/upgrade'
 import { freePort } from '../../core/process'
 import { privateNats, type PrivateNats } from './private-nats'
 
@@ -55,4 +61,48 @@ describe('event stream identity across nats-server restarts', () => {
     await Bun.sleep(10)
     expect(await ensure()).not.toBe(first)
   }, 90_000)
+})
+
+/**
+ * An event stream made by an older version records no creation time, and the `created` NATS
+ * reports may have moved since the workers last read it (a restart after a config update). The
+ * upgrade command records the identity the checkpoints hold, not the one reported now: recording
+ * the reported one made the workers take the stream for a recreated one and apply it all again.
+ */
+describe('upgrading an event stream that records no creation time', () => {
+  let env: TestEnv | undefined
+  afterAll(async () => {
+    await env?.cleanup()
+  })
+
+  test('npm run migrate records the identity its checkpoints hold; without checkpoints, the reported one', async () => {
+    env = await createTestEnv()
+    const name = env.config.FANFARE_STREAM
+    const nc = await connect({ servers: TEST_NATS_URL })
+    const database = await connectPostgres(env.vars.DATABASE_URL, { max: 1 })
+    try {
+      const jsm = await jetstreamManager(nc)
+      // As an older version made it: no description.
+      await jsm.streams.add({ name, subjects: [subjects.allEvents(env.config.FANFARE_SUBJECT_PREFIX)], storage: StorageType.File })
+      const reported = (await jsm.streams.info(name)).created
+      // Nothing held yet: nothing to record (a node records the reported time at its start).
+      expect(await upgradeNats(nc, env.config, database.db)).not.toContainEqual(expect.stringContaining('event stream incarnation'))
+      expect(await streamIdentity(jsm, name)).toBe(`${name}@${reported}`)
+      await jsm.streams.update(name, { ...(await jsm.streams.info(name)).config, description: undefined })
+      // The workers read it before NATS moved its `created`.
+      const held = `${name}@2026-01-02T03:04:05.678901234Z`
+      await database.db.insert(projectionCheckpoints).values([0, 1, 2].map((partition) => ({ projection: 'leaderboards', partition, seq: 10, stream: held })))
+      await database.db.insert(projectionCheckpoints).values({ projection: 'chat', partition: 0, seq: 0, stream: `${name}@${reported}` })
+      const done = await upgradeNats(nc, env.config, database.db)
+      expect(done.some((line) => line.startsWith('event stream incarnation') && line.includes(held))).toBe(true)
+      expect(await streamIdentity(jsm, name)).toBe(held)
+      // Kept by the nodes' own updates, and not done twice.
+      await ensureStreams(nc, env.config)
+      expect(await streamIdentity(jsm, name)).toBe(held)
+      expect((await upgradeNats(nc, env.config, database.db)).some((line) => line.startsWith('event stream incarnation'))).toBe(false)
+    } finally {
+      await database.close()
+      await nc.close()
+    }
+  })
 })
