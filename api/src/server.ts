@@ -14,7 +14,6 @@ import { liveStreamsToSample } from './modules/streams/service'
 import { startSeatWatcher } from './modules/matches/seats'
 import { answerNodeQueries, BUSIEST } from './modules/admin/nodes'
 
-/** A listening API node. */
 /**
  * Thrown at start when the API cannot listen on HOST:PORT: Bun's own error ("Is port 3000 in
  * use?") names neither the setting nor what to do.
@@ -34,6 +33,7 @@ export class ListenFailed extends Error {
   }
 }
 
+/** A listening API node. */
 export type RunningApi = {
   /** The bound port (useful when config.PORT is 0). */
   port: number
