@@ -108,7 +108,7 @@ export function historyRetention(config: Config, kind: ChannelKind): { size: num
  * when the stream is created, and kept by every update; see upsertStream), not the server's
  * `created`: nats-server 2.9 reports after a restart the time it loaded the stream instead, so
  * an intact stream looked recreated and workers applied all of it again. A stream of an older
- * version without one is given its `created` at its first update, the identity it had.
+ * version records none until `npm run migrate` records the identity its checkpoints hold.
  */
 export async function streamIdentity(jsm: JetStreamManager, stream: string): Promise<string> {
   return identityOf(await jsm.streams.info(stream))
@@ -436,8 +436,11 @@ async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & 
   try {
     const existing = await jsm.streams.info(cfg.name)
     check?.(existing.config)
-    const incarnation = incarnationOf(existing.config.description) ?? existing.created
-    await jsm.streams.update(cfg.name, { ...cfg, description: withIncarnation(cfg.description, incarnation) })
+    // Kept as recorded. A stream of an older version records none: `npm run migrate` records one
+    // (core/upgrade.ts), from the checkpoints; a node here would take the `created` reported now,
+    // which a NATS restart may have moved since the workers read it.
+    const incarnation = incarnationOf(existing.config.description)
+    await jsm.streams.update(cfg.name, { ...cfg, description: incarnation ? withIncarnation(cfg.description, incarnation) : cfg.description })
   } catch (err) {
     if (!isNotFound(err)) throw err
     try {

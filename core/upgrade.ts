@@ -45,25 +45,27 @@ const steps: UpgradeStep[] = [
     // already have moved since the workers last read it (a NATS restart since a node started): the
     // workers would take it for a recreated stream and apply every event again. So it records the
     // identity its checkpoints hold, the one the workers last agreed on (the most held, should
-    // they differ). Without checkpoints a node records the reported `created` at its next start.
+    // they differ); with none (no worker ran, or no database here), the `created` reported now.
     name: 'event stream incarnation',
     run: async (jsm, config, db) => {
       const name = topology(config).eventStream
-      if (!db) return undefined
       const info = await jsm.streams.info(name).catch((err) => {
         if (isNotFound(err)) return undefined
         throw err
       })
       if (!info || incarnationOf(info.config.description) !== undefined) return undefined
-      const [held] = await rowsOf<{ stream: string }>(
-        db,
-        sql`select stream from projection_checkpoints where left(stream, ${name.length + 1}) = ${`${name}@`}
-            group by stream order by count(*) desc, stream limit 1`,
-      )
-      if (!held) return undefined
-      const incarnation = held.stream.slice(name.length + 1)
+      const [held] = db
+        ? await rowsOf<{ stream: string }>(
+            db,
+            sql`select stream from projection_checkpoints where left(stream, ${name.length + 1}) = ${`${name}@`}
+                group by stream order by count(*) desc, stream limit 1`,
+          )
+        : []
+      const incarnation = held ? held.stream.slice(name.length + 1) : info.created
       await jsm.streams.update(name, { ...info.config, description: withIncarnation(info.config.description, incarnation) })
-      return `${name} records its identity ${held.stream} (the one its checkpoints hold${incarnation === info.created ? '' : `; NATS now reports created ${info.created}`})`
+      return held
+        ? `${name} records its identity ${held.stream} (the one its checkpoints hold${incarnation === info.created ? '' : `; NATS now reports created ${info.created}`})`
+        : `${name} records its identity ${name}@${incarnation} (no checkpoint holds one)`
     },
   },
 ]
