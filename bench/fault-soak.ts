@@ -1,5 +1,5 @@
 /**
- * `npm run soak:faults -- [--fault=none|nats|workers|postgres|api] [--all] [--repo=<path>]
+ * `npm run soak:faults -- [--fault=none|nats|nats-workers|workers|postgres|api] [--all] [--repo=<path>]
  * [--seconds=14] [--keep]`: the outside fault check. Fanfare runs from a fresh `git clone` of a
  * repository (default: this one; its checked-out commit, so commit what you want checked) as an
  * operator runs it: `bun core/db/migrate-cli.ts`, then the workers and an API node as separate
@@ -14,6 +14,10 @@
  * board and each subscriber, and exits non-zero if a promise is broken: an acknowledged event
  * lost, an event applied twice or out of its key's order, a subscriber with a silent gap or a view
  * unequal to the REST board. `--all` runs every fault in turn; FAULT=<fault> works as --fault.
+ * `nats-workers`: NATS killed and started again, then the workers killed and started again (a
+ * deploy after a NATS restart): every runner opens its consumer anew and reads the event stream's
+ * identity, which nats-server 2.9 reported moved after such a restart (the workers applied every
+ * event again; `nats` alone never made them read it).
  */
 import { mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -25,7 +29,7 @@ import { privateNats, type PrivateNats } from '../test/cluster/private-nats'
 import { createPrivatePostgres, type PrivatePostgres } from '../test/cluster/private-postgres'
 import { apiAt, configureBoard, configuredVersion, diff, postEvents, readModel, scoreEvent, type Api, type ScoreEvent } from '../test/cluster/support'
 
-const FAULTS = ['none', 'nats', 'workers', 'postgres', 'api'] as const
+const FAULTS = ['none', 'nats', 'nats-workers', 'workers', 'postgres', 'api'] as const
 type Fault = (typeof FAULTS)[number]
 
 const BOARD = 'soak'
@@ -165,6 +169,14 @@ async function deploy(checkout: Checkout, db: Database, nats: PrivateNats, id: s
 const FAULT_ACTIONS: Record<Fault, { inject: (d: Deployment) => Promise<unknown>; repair: (d: Deployment) => Promise<unknown> }> = {
   none: { inject: async () => {}, repair: async () => {} },
   nats: { inject: (d) => d.nats.kill(), repair: (d) => d.nats.start() },
+  'nats-workers': {
+    inject: (d) => d.nats.kill(),
+    repair: async (d) => {
+      await d.nats.start()
+      await d.workersProc.stop('SIGKILL')
+      d.startWorkers()
+    },
+  },
   workers: { inject: (d) => d.workersProc.stop('SIGKILL'), repair: async (d) => d.startWorkers() },
   postgres: { inject: (d) => d.db.pg!.stop(), repair: (d) => d.db.pg!.start() },
   api: { inject: (d) => d.apiProc.stop('SIGKILL'), repair: async (d) => d.startApi() },
