@@ -39,33 +39,41 @@ const steps: UpgradeStep[] = [
     },
   },
   {
-    // The event stream's identity (see streamIdentity) is now the creation time its description
-    // records: nats-server 2.9 reports another `created` after a restart that followed a config
-    // update. A stream of an older version records none, and the `created` it reports now may
-    // already have moved since the workers last read it (a NATS restart since a node started): the
-    // workers would take it for a recreated stream and apply every event again. So it records the
-    // identity its checkpoints hold, the one the workers last agreed on (the most held, should
-    // they differ); with none (no worker ran, or no database here), the `created` reported now.
-    name: 'event stream incarnation',
+    // A stream's identity (see streamIdentity) is now the creation time its description records:
+    // nats-server 2.9 reports another `created` after a restart that followed a config update.
+    // Streams of an older version record none. The event stream's reported `created` may already
+    // have moved since the workers last read it (a NATS restart since a node started): they would
+    // take it for a recreated stream and apply every event again. So it records the identity its
+    // checkpoints hold, the one the workers last agreed on (the most held, should they differ);
+    // with none (no worker ran, or no database here), the reported one. The change streams record
+    // the reported one: API nodes that read another re-sync their subscribers once.
+    name: 'stream incarnations',
     run: async (jsm, config, db) => {
-      const name = topology(config).eventStream
-      const info = await jsm.streams.info(name).catch((err) => {
-        if (isNotFound(err)) return undefined
-        throw err
-      })
-      if (!info || incarnationOf(info.config.description) !== undefined) return undefined
-      const [held] = db
-        ? await rowsOf<{ stream: string }>(
-            db,
-            sql`select stream from projection_checkpoints where left(stream, ${name.length + 1}) = ${`${name}@`}
-                group by stream order by count(*) desc, stream limit 1`,
-          )
-        : []
-      const incarnation = held ? held.stream.slice(name.length + 1) : info.created
-      await jsm.streams.update(name, { ...info.config, description: withIncarnation(info.config.description, incarnation) })
-      return held
-        ? `${name} records its identity ${held.stream} (the one its checkpoints hold${incarnation === info.created ? '' : `; NATS now reports created ${info.created}`})`
-        : `${name} records its identity ${name}@${incarnation} (no checkpoint holds one)`
+      const t = topology(config)
+      const done: string[] = []
+      for (const name of [t.eventStream, ...Object.values(t.changeStreams)]) {
+        const info = await jsm.streams.info(name).catch((err) => {
+          if (isNotFound(err)) return undefined
+          throw err
+        })
+        if (!info || incarnationOf(info.config.description) !== undefined) continue
+        const [held] =
+          db && name === t.eventStream
+            ? await rowsOf<{ stream: string }>(
+                db,
+                sql`select stream from projection_checkpoints where left(stream, ${name.length + 1}) = ${`${name}@`}
+                    group by stream order by count(*) desc, stream limit 1`,
+              )
+            : []
+        const incarnation = held ? held.stream.slice(name.length + 1) : info.created
+        await jsm.streams.update(name, { ...info.config, description: withIncarnation(info.config.description, incarnation) })
+        done.push(
+          held
+            ? `${name}@${incarnation} (the one its checkpoints hold${incarnation === info.created ? '' : `; NATS now reports created ${info.created}`})`
+            : `${name}@${incarnation}`,
+        )
+      }
+      return done.length > 0 ? `recorded ${done.join(', ')}` : undefined
     },
   },
 ]

@@ -8,7 +8,7 @@ import { loadConfig } from '../../core/config'
 import { connectPostgres } from '../../core/db/client'
 import { projectionCheckpoints } from '../../core/db/schema'
 import { subjects } from '../../core/events'
-import { ensureStreams, streamIdentity } from '../../core/nats'
+import { ensureStreams, streamIdentity, topology } from '../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
 import { upgradeNats } from '../../core/upgrade'
 import { freePort } from '../../core/process'
@@ -88,21 +88,29 @@ describe('upgrading an event stream that records no creation time', () => {
       // A node's update records nothing (it would take the reported time, which may have moved).
       await ensureStreams(nc, env.config)
       expect((await jsm.streams.info(name)).config.description ?? '').not.toContain('incarnation=')
-      // No checkpoint holds one: the reported time.
-      expect((await upgradeNats(nc, env.config, database.db)).some((line) => line.startsWith('event stream incarnation') && line.includes('no checkpoint'))).toBe(true)
+      // Change streams as an older version left them too.
+      for (const stream of Object.values(topology(env.config).changeStreams)) {
+        await jsm.streams.update(stream, { ...(await jsm.streams.info(stream)).config, description: undefined })
+      }
+      // No checkpoint holds one: the reported time. The change streams record theirs too.
+      const recorded = (await upgradeNats(nc, env.config, database.db)).find((line) => line.startsWith('stream incarnations'))
+      expect(recorded).toContain(`${name}@${reported}`)
       expect(await streamIdentity(jsm, name)).toBe(`${name}@${reported}`)
+      for (const stream of Object.values(topology(env.config).changeStreams)) {
+        expect((await jsm.streams.info(stream)).config.description).toContain('incarnation=')
+      }
       await jsm.streams.update(name, { ...(await jsm.streams.info(name)).config, description: undefined })
       // The workers read it before NATS moved its `created`.
       const held = `${name}@2026-01-02T03:04:05.678901234Z`
       await database.db.insert(projectionCheckpoints).values([0, 1, 2].map((partition) => ({ projection: 'leaderboards', partition, seq: 10, stream: held })))
       await database.db.insert(projectionCheckpoints).values({ projection: 'chat', partition: 0, seq: 0, stream: `${name}@${reported}` })
       const done = await upgradeNats(nc, env.config, database.db)
-      expect(done.some((line) => line.startsWith('event stream incarnation') && line.includes(held))).toBe(true)
+      expect(done.some((line) => line.startsWith('stream incarnations') && line.includes(`${held} (the one its checkpoints hold`))).toBe(true)
       expect(await streamIdentity(jsm, name)).toBe(held)
       // Kept by the nodes' own updates, and not done twice.
       await ensureStreams(nc, env.config)
       expect(await streamIdentity(jsm, name)).toBe(held)
-      expect((await upgradeNats(nc, env.config, database.db)).some((line) => line.startsWith('event stream incarnation'))).toBe(false)
+      expect((await upgradeNats(nc, env.config, database.db)).some((line) => line.startsWith('stream incarnations'))).toBe(false)
     } finally {
       await database.close()
       await nc.close()
