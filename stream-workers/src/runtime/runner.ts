@@ -123,6 +123,8 @@ export function startRunner(deps: RunnerDeps): Runner {
   const abort = new AbortController()
   let pulling: ConsumerMessages | undefined
   const lag = deps.metrics.worker.lag(deps.projection.name, deps.partition)
+  // Asks for the count of a stalled partition's waiting events (see applyWithRetry); only the latest may set the gauge.
+  let lagAsks = 0
   // The part size statement timeouts taught this runner, kept from batch to batch (see PartSize).
   const sizes = createPartSize(() => deps.metrics.worker.timedOut(deps.projection.name))
 
@@ -205,7 +207,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  const applyWithRetry = async (batch: JsMsg[]): Promise<BatchResult | undefined> => {
+  const applyWithRetry = async (batch: JsMsg[], consumer: Consumer): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
     const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
@@ -247,9 +249,14 @@ export function startRunner(deps: RunnerDeps): Runner {
           const where = { size: part.length, batchSize: batch.length, subject: first.subject, seq: first.seq, lastSubject: last.subject, lastSeq: last.seq }
           const line = { err, attempt, ...where, deliveryCount: batch[0].info.deliveryCount, lastDeliveryCount: batch[batch.length - 1].info.deliveryCount }
           // Stalled until Postgres takes the batch: the lag gauge says what waits (the rest of this
-          // batch and what the consumer held behind it when it was delivered), not the last
-          // applied batch's, which showed a stalled partition as caught up.
+          // batch and what the consumer holds behind it), not the last applied batch's, which
+          // showed a stalled partition as caught up. What it held when the batch was delivered
+          // first, then what it holds now: events stored during the stall wait too (NATS answers
+          // while Postgres is away; if it does not either, the delivery-time count stays).
           lag.set(rest.length + batch[batch.length - 1].info.pending)
+          const waiting = rest.length
+          const asked = ++lagAsks
+          void consumer.info().then((info) => asked === lagAsks && lag.set(waiting + info.num_pending), () => {})
           const timeout = sizes.failed(err, part.length)
           if (timeout === 'split') {
             log.warn({ ...line, nextSize: sizes.next(part.length) }, 'the batch outlasts statement_timeout; retrying it in smaller parts')
@@ -273,6 +280,8 @@ export function startRunner(deps: RunnerDeps): Runner {
       }
     } finally {
       clearInterval(keepAlive)
+      // An answer still on its way is older than the gauge's next value.
+      lagAsks++
     }
   }
 
@@ -295,7 +304,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (deps.retentionMs && Date.now() - lastStoredAt > deps.retentionMs / 2) await reportExpired(batch[0].seq)
       const started = performance.now()
       const { result, headers } = await tracedBatch(batch, () =>
-        applyWithRetry(batch).catch((err) => {
+        applyWithRetry(batch, consumer).catch((err) => {
           const m = batch[0]
           if (isRefusedBatch(err)) throw err
           throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })

@@ -146,6 +146,14 @@ describe('a batch that outlasts statement_timeout', () => {
     expect(await deadLetters(w)).toBe(0)
     // The stalled partition's lag is the 6 events waiting, not 0 (it used to show only after a batch applied).
     expect(await metrics.text()).toContain('fanfare_projection_lag_events{projection="leaderboards",partition="0"} 6')
+    // Events stored while it is stalled wait too: the gauge counts them (it stayed at what the
+    // consumer held when the stalled batch was delivered).
+    for (let i = 6; i < 10; i++) {
+      const player = `secret-player-${i % 2}`
+      expected[player] = i + 1
+      await publishEvent(w, storedEvent('score.submitted', { board: 'last', player, score: i + 1 }))
+    }
+    await until('the lag of the events stored during the stall', async () => (await metrics.text()).includes('fanfare_projection_lag_events{projection="leaderboards",partition="0"} 10'), 30_000)
 
     await statementTimeout(w, 'reset')
     await caughtUp(w, 60_000)
