@@ -296,6 +296,15 @@ describe('the admin console in Chromium', () => {
     expect(errors).toEqual([])
   }, 45_000)
 
+  test('overview: with no worker the projection lag is unknown, not 0, while events wait', async () => {
+    await tab('overview')
+    await byTest('lag').filter({ hasText: /^0$/ }).waitFor({ timeout: 15_000 })
+    // Stopped cleanly, the worker deletes its consumers: no partition has an owner, the lag is null.
+    await d.procs.find((p) => p.name === 'worker-0')!.stop()
+    expect((await d.call('POST', '/v1/events', { type: 'score.submitted', data: { board: 'arena', player: 'late', score: 1 } })).status).toBe(202)
+    await byTest('lag').filter({ hasText: /^\?$/ }).waitFor({ timeout: 15_000 })
+  }, 45_000)
+
   test('nothing left the node, and the page logged no errors', () => {
     expect(problems).toEqual([])
   })

@@ -189,8 +189,10 @@ async function sampleStream() {
   const rates = ratesOf()
   const rate = rates.length > 0 ? rates[rates.length - 1] : 0
   $('eps').textContent = rate < 10 ? rate.toFixed(1) : String(Math.round(rate))
-  const lag = latestProjections.projections.reduce((n: number, p: Json) => n + (p.lag ?? 0), 0)
-  $('lag').textContent = String(lag)
+  // A projection's lag is null while a partition has no worker (its events wait, uncounted): the
+  // total is unknown then, as the Projections tab says, never 0 (no worker at all read as caught up).
+  const lags: (number | null)[] = latestProjections.projections.map((p: Json) => p.lag)
+  $('lag').textContent = lags.includes(null) ? '?' : String(lags.reduce((n: number, l) => n + l!, 0))
   drawChart(rates)
 }
 
