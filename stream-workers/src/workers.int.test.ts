@@ -4,6 +4,7 @@ import { changeOutbox, chatMessages, channelVersions, deadLetters, leaderboards,
 import { keyOf, partitionOf, subjects } from '../../core/events'
 import { byChannel, createWorld, publishEvent, readNotices, readRuns, storedEvent, caughtUp, boardScores, holdVersionRow, type World } from './testing/harness'
 import { until } from '../../core/testing/wait'
+import { createLogger } from '../../core/logger'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { ensureStreams, streamIdentity } from '../../core/nats'
 import { leaderboardsProjection } from './projections/leaderboards/apply'
@@ -215,7 +216,8 @@ describe('stream workers', () => {
 
   test('poison messages go to dead letters; later events of the same partition still apply', async () => {
     const w = (world = await createWorld())
-    const workers = await w.startWorker()
+    const lines: string[] = []
+    const workers = await w.startWorker({ logger: createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' }) })
     const good = storedEvent('score.submitted', { board: 'arena', player: 'zed', score: 7 })
     const p = partitionOf(keyOf(good), w.config.FANFARE_PARTITIONS)
     const subject = subjects.event(w.config.FANFARE_SUBJECT_PREFIX, p, 'score.submitted')
@@ -238,6 +240,11 @@ describe('stream workers', () => {
     expect(dead[2].subject).toBe(subject)
     const [cp] = await w.database.db.select().from(projectionCheckpoints).where(and(eq(projectionCheckpoints.partition, p), eq(projectionCheckpoints.projection, 'leaderboards')))
     expect(cp.seq).toBe(4)
+    // Logged where they were, for an operator to look (not their data).
+    const said = lines.map((l) => JSON.parse(l)).filter((l) => l.deadLettered > 0)
+    expect(said.reduce((n, l) => n + l.deadLettered, 0)).toBe(3)
+    for (const l of said) expect(l).toMatchObject({ projection: 'leaderboards', partition: p, subject: expect.stringContaining('.ev.'), seq: expect.any(Number), deliveryCount: 1 })
+    expect(lines.filter((l) => l.includes('high') || l.includes('not json'))).toEqual([])
     await workers.stop()
   })
 

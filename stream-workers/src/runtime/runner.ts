@@ -312,6 +312,17 @@ export function startRunner(deps: RunnerDeps): Runner {
       )
       if (!result) return // stopped while retrying: unacked messages go to the next owner
       deps.metrics.worker.batch(deps.projection.name, (performance.now() - started) / 1000, batch.length, result.deadLettered)
+      // Messages that will never apply were written to dead letters: said once, with where they
+      // were (a counter alone says neither which batch nor to look); not their reasons, which may
+      // quote their data (GET /admin/dead-letters shows them).
+      if (result.deadLettered > 0) {
+        const first = batch[0]
+        const last = batch[batch.length - 1]
+        log.warn(
+          { deadLettered: result.deadLettered, size: batch.length, subject: first.subject, seq: first.seq, lastSubject: last.subject, lastSeq: last.seq, deliveryCount: first.info.deliveryCount },
+          'messages of the batch were written to dead letters; the partition goes on (GET /admin/dead-letters)',
+        )
+      }
       // What the consumer still holds after this batch's last message: the partition's lag.
       lag.set(batch[batch.length - 1].info.pending)
       checkpoint = result.checkpoint
