@@ -48,6 +48,18 @@ describe('limits are said, to the client and to the operator', () => {
     expect(await metric('ws_channels', 'user')).toBe(1)
   }, 60_000)
 
+  test('publishes past a user\'s rate are each answered rate_limited, and each counted', async () => {
+    const c = await WsClient.open(`${d.urls[0].replace('http', 'ws')}/v1/ws?token=${encodeURIComponent(await d.token('fast'))}`)
+    const before = await metric('ws_publish', 'user')
+    // Past the burst (50): the first refused, and those pipelined behind it, waiting for it to go first.
+    for (let i = 0; i < 80; i++) c.send({ op: 'publish', ref: `p${i}`, event: { type: 'chat.message.posted', data: { room: 'fast', text: `m${i}` } } })
+    await until('every publish answered', () => c.frames.filter((f) => f.ref?.startsWith('p')).length === 80, 15_000)
+    const refused = c.frames.filter((f) => f.op === 'error' && f.error.code === 'rate_limited').length
+    expect(refused).toBeGreaterThan(1)
+    expect((await metric('ws_publish', 'user')) - before).toBe(refused)
+    c.close()
+  })
+
   test('a user past the connection limit is refused with the reason (429 before the upgrade); counted', async () => {
     const token = await d.token('many')
     const ws = `${d.urls[0].replace('http', 'ws')}/v1/ws?token=${encodeURIComponent(token)}`

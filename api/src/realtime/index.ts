@@ -440,7 +440,11 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           const held = heldBack(conn.hold, frame.event.id, now)
           if (held) {
             // Behind a 503 the client did nothing wrong: refused, but not weighed as abuse.
-            if ('perSecond' in held) return void rateLimited(conn, frame.ref, held)
+            if ('perSecond' in held) {
+              // Refused for the rate like the one it waits behind: counted alike (the limit counted only that one).
+              deps.metrics.ingest.rateLimited('ws_publish', conn.principal.kind)
+              return void rateLimited(conn, frame.ref, held)
+            }
             // Answered 503 like the one it waits behind: counted alike (fanfare_events_refused_total).
             deps.metrics.ingest.refused(held.code, 1)
             return void reply({ op: 'error', ref: frame.ref, error: { ...held, details: { retryAfterMs: held.retryAfterMs } } })
