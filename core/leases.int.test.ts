@@ -1,8 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { jetstreamManager } from '@nats-io/jetstream'
 import { Kvm, type KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { connectNats } from './nats'
-import { liveEntries, liveKeys } from './leases'
+import { loadConfig } from './config'
+import { connectNats, topology } from './nats'
+import { liveEntries, liveKeys, openLeaseBucket } from './leases'
 import { TEST_NATS_URL } from './testing/env'
 
 describe('listing the lease bucket', () => {
@@ -48,4 +50,35 @@ describe('listing the lease bucket', () => {
     }
     expect(worst).toBeLessThan(1000)
   }, 30_000)
+})
+
+// Kvm.create leaves an existing bucket as it is: after FANFARE_LEASE_TTL_MS was raised, workers
+// renewing every ttl/3 of the new TTL found their keys expired at the old one and lost their
+// partitions over and over (4 partitions, TTL 1 s -> 3 s: 5 losses in 8 s), npm run migrate or not.
+describe('the lease bucket after FANFARE_LEASE_TTL_MS changed', () => {
+  let nc: NatsConnection
+  const run = `${process.pid}_${Date.now()}`
+  const config = (ttl: number) => loadConfig({ FANFARE_STREAM: `LEASETTL_${run}`, FANFARE_SUBJECT_PREFIX: `leasettl${run}`, FANFARE_LEASE_TTL_MS: String(ttl) })
+
+  beforeAll(async () => {
+    nc = await connectNats(TEST_NATS_URL, 'leases-ttl-test')
+  })
+  afterAll(async () => {
+    await (await jetstreamManager(nc)).streams.delete(`KV_${topology(config(1000)).leaseBucket}`).catch(() => {})
+    await nc.close()
+  })
+
+  test('opening it with another TTL moves its keys to that TTL', async () => {
+    await openLeaseBucket(nc, config(1000))
+    const kv = await openLeaseBucket(nc, config(3000))
+    await kv.put('p.0', 'a')
+    // Renewed at ttl/3 and a bit late: the old TTL (1 s) would have expired it.
+    await Bun.sleep(1500)
+    expect((await kv.get('p.0'))?.string()).toBe('a')
+    // Lowered again: a dead worker's partitions move after the new TTL, not the old one.
+    const back = await openLeaseBucket(nc, config(1000))
+    await back.put('p.1', 'b')
+    await Bun.sleep(1500)
+    expect(await liveKeys(back, 'p.>')).toEqual([])
+  }, 15_000)
 })

@@ -1,6 +1,6 @@
 import { jetstreamManager } from '@nats-io/jetstream'
 import { Bucket, Kvm, type KV, type KvEntry } from '@nats-io/kv'
-import type { NatsConnection } from '@nats-io/transport-node'
+import { nanos, type NatsConnection } from '@nats-io/transport-node'
 import type { Config } from './config'
 import { isNotFound, topology } from './nats'
 
@@ -23,9 +23,19 @@ export const workerKey = (id: string) => `w.${id}`
 /**
  * Opens (creating when missing) the lease bucket: keys expire ttl after their last write, and only
  * the latest value of a key is kept. Safe to call from every process.
+ *
+ * An existing bucket of another TTL (FANFARE_LEASE_TTL_MS changed) is updated to this one:
+ * Kvm.create leaves an existing bucket as it is, and workers renew every ttl/3 of their own TTL,
+ * so after a raise every key expired before its renewal and workers lost their partitions over and
+ * over (and `npm run migrate` did not fix it either).
  */
-export function openLeaseBucket(nc: NatsConnection, config: Config): Promise<KV> {
-  return new Kvm(nc).create(topology(config).leaseBucket, { ttl: config.FANFARE_LEASE_TTL_MS, history: 1, replicas: config.FANFARE_REPLICAS })
+export async function openLeaseBucket(nc: NatsConnection, config: Config): Promise<KV> {
+  const bucket = topology(config).leaseBucket
+  const kv = await new Kvm(nc).create(bucket, { ttl: config.FANFARE_LEASE_TTL_MS, history: 1, replicas: config.FANFARE_REPLICAS })
+  const jsm = await jetstreamManager(nc)
+  const info = await jsm.streams.info(`KV_${bucket}`)
+  if (info.config.max_age !== nanos(config.FANFARE_LEASE_TTL_MS)) await jsm.streams.update(info.config.name, { ...info.config, max_age: nanos(config.FANFARE_LEASE_TTL_MS) })
+  return kv
 }
 
 /**
