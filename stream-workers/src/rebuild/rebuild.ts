@@ -63,10 +63,14 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     const stream = await streamIdentity(jsm, eventStream)
     // Where the shadow starts reading (DeliverPolicy.All): earlier messages are gone.
     const firstSeq = (await jsm.streams.info(eventStream)).state.first_seq
-    const consumer = await deps.js.consumers.get(eventStream, {
-      filter_subjects: `${prefix}.ev.*.${projection.area}.>`,
-      deliver_policy: DeliverPolicy.All,
-    })
+    // Opened again after the last event the shadow applied when a fetch fails: the consumer lives
+    // in the server's memory, and a NATS restart (routine) failed the rebuild with "consumer not found".
+    const open = (after: number) =>
+      deps.js.consumers.get(eventStream, {
+        filter_subjects: `${prefix}.ev.*.${projection.area}.>`,
+        ...(after > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 } : { deliver_policy: DeliverPolicy.All }),
+      })
+    let consumer = await open(0)
     const shadowCheckpoints = new Map<number, number>()
     // As live, a statement too big for statement_timeout is split, and the size kept (see PartSize).
     const sizes = createPartSize(() => deps.metrics?.worker.timedOut(projection.name))
@@ -129,9 +133,20 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     // Bigger batches than the live runners': the per-statement cost dominates, and the shadow
     // must outrun live traffic to ever reach the switch.
     const catchUpBatch = Math.min(5_000, Math.max(batchSize, 1_000))
-    for (;;) {
+    for (let failures = 0; ; ) {
       if (deps.signal.aborted) throw new Error('rebuild stopped')
-      const batch = await fetch(catchUpBatch, 1_000)
+      let batch: JsMsg[]
+      try {
+        batch = await fetch(catchUpBatch, 1_000)
+        failures = 0
+      } catch (err) {
+        // About a minute of failures in a row (NATS gone for good, the stream deleted): the job fails.
+        if (failures >= 15) throw err
+        log.warn({ err, position }, 'reading the event stream failed (NATS restarted?); reading again after the last event applied')
+        await sleep(backoffMs(failures++), deps.signal)
+        consumer = await open(position).catch(() => consumer)
+        continue
+      }
       if (batch.length > 0) {
         const before = new Map(shadowCheckpoints)
         for (let attempt = 0, careful = false; ; ) {
