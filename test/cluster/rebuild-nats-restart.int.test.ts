@@ -5,7 +5,7 @@ import { createLogger } from '../../core/logger'
 import { connectNats } from '../../core/nats'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
-import { spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
 
 /**
@@ -76,4 +76,59 @@ describe('a rebuild across a NATS restart', () => {
     await untilBoardEquals(rm, board, sumsOf(sent), 10_000)
     await stopCleanly(...procs)
   }, 120_000)
+
+  // Its heartbeats failed while NATS was away, which the worker took for a takeover: it dropped
+  // the rebuild, and the job sat unowned until it looked dead, then started again from scratch.
+  test('its worker keeps the job through the outage: done at the first attempt', async () => {
+    procs.length = 0
+    await d?.close()
+    d = await privateNatsDeployment('rebuild-restart-job', {
+      FANFARE_PARTITIONS: '2',
+      FANFARE_LEASE_TTL_MS: '1500',
+      FANFARE_KEY_OPS_PER_SECOND: '10000000',
+      FANFARE_KEY_OPS_BURST: '10000000',
+    })
+    const { nats, env, vars, api } = d
+    const apiProc = spawnProc('api', 'api/src/main.ts', vars)
+    const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
+    procs.push(apiProc, workerProc)
+    await waitReady(api.baseUrl, procs)
+    const run = Math.random().toString(36).slice(2, 8)
+    const board = `sum_${run}`
+    await configureBoard(api, board, 'sum')
+    const sent: ScoreEvent[] = []
+    await Promise.all(
+      [0, 1, 2, 3].map(async (lane) => {
+        for (let b = 0; b < 150; b++) {
+          const batch = Array.from({ length: 100 }, (_, k) => scoreEvent(`${run}-${lane}-${b}-${k}`, board, `p${k % 40}`, 1 + ((b + k) % 7)))
+          const res = await postEvents(api, batch)
+          expect(res.status).toBe(202)
+          sent.push(...batch)
+        }
+      }),
+    )
+    const rm = readModel(env.vars.DATABASE_URL)
+    closers.push(() => rm.close())
+    await untilBoardEquals(rm, board, sumsOf(sent), 60_000)
+
+    const admin = { authorization: `Bearer ${api.adminToken}` }
+    const url = `${api.baseUrl}/admin/projections/leaderboards/rebuild`
+    expect((await fetch(url, { method: 'POST', headers: admin })).status).toBe(202)
+    const job = async () => (await fetch(url, { headers: admin })).json() as Promise<{ state: string; attempts: number; appliedSeq: number }>
+    await until('the rebuild running', async () => {
+      const j = await job()
+      return j.state === 'running' && j.appliedSeq > 0
+    }, 30_000, 20)
+    // Longer than a heartbeat period (TTL/3), shorter than a takeover's wait (3 TTLs, 5 s at least).
+    await nats.stop()
+    await Bun.sleep(2000)
+    await nats.start()
+    const done = await until('the rebuild finished', async () => {
+      const j = await job().catch(() => undefined)
+      return j?.state === 'done' || j?.state === 'failed' ? j : undefined
+    }, 60_000, 100)
+    expect(done, workerProc.output().slice(-3000)).toMatchObject({ state: 'done', attempts: 1 })
+    await untilBoardEquals(rm, board, sumsOf(sent), 10_000)
+    await stopCleanly(...procs)
+  }, 180_000)
 })

@@ -8,7 +8,7 @@ import type { Metrics } from '../../../core/metrics'
 import { projectionNames } from '../../../core/projections'
 import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
 import type { Projection } from '../projections'
-import { sleep } from '../../../core/backoff'
+import { backoffMs, sleep } from '../../../core/backoff'
 import { runRebuild } from './rebuild'
 import { dropSchemas, rebuildSchemas } from './shadow'
 import { errorMessageOf } from '../runtime/errors'
@@ -89,12 +89,27 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
       (chain = chain.then(async () => {
         if (lost) throw new JobLost()
         const next = { ...job, ...patch, heartbeatAt: now().toISOString() }
-        try {
-          rev = await kv.update(rebuildKey(job.projection), JSON.stringify(next), rev)
-        } catch (err) {
-          lost = true
-          log.warn({ err, rebuild: job.id }, 'rebuild job taken over by another worker; stopping')
-          throw new JobLost()
+        for (let attempt = 0; ; attempt++) {
+          try {
+            rev = await kv.update(rebuildKey(job.projection), JSON.stringify(next), rev)
+            break
+          } catch (err) {
+            // A failed write is no takeover by itself: with NATS away (a restart) the worker took it
+            // for one, dropped its rebuild, and the job sat unowned until it looked dead, then
+            // started again from scratch. What the key holds once NATS answers decides: the job is
+            // still ours while it holds our attempt (a write that timed out may have been stored:
+            // its revision is taken); another worker's claim means it was taken over.
+            const stored = abort.signal.aborted ? null : await readRebuildJob(kv, job.projection).catch(() => 'unknown' as const)
+            if (stored === 'unknown' || (stored && stored.job.id === job.id && stored.job.attempts === job.attempts && stored.job.owner === deps.workerId)) {
+              if (stored !== 'unknown') rev = stored.revision
+              log.warn({ err, rebuild: job.id }, 'writing the rebuild job failed; writing it again')
+              await sleep(backoffMs(attempt), abort.signal)
+              continue
+            }
+            lost = true
+            log.warn({ err, rebuild: job.id }, 'rebuild job taken over by another worker; stopping')
+            throw new JobLost()
+          }
         }
         job = next
       }))
