@@ -69,16 +69,17 @@ describe('the lease bucket after FANFARE_LEASE_TTL_MS changed', () => {
   })
 
   test('opening it with another TTL moves its keys to that TTL', async () => {
-    await openLeaseBucket(nc, config(1000))
-    const kv = await openLeaseBucket(nc, config(3000))
-    await kv.put('p.0', 'a')
+    await openLeaseBucket(nc, config(3000))
+    // Lowered (its de-duplication window, 3 s, must come down too): a dead worker's partitions
+    // move after the new TTL, not the old one.
+    const lowered = await openLeaseBucket(nc, config(1000))
+    await lowered.put('p.1', 'b')
+    await Bun.sleep(1500)
+    expect(await liveKeys(lowered, 'p.>')).toEqual([])
+    const raised = await openLeaseBucket(nc, config(3000))
+    await raised.put('p.0', 'a')
     // Renewed at ttl/3 and a bit late: the old TTL (1 s) would have expired it.
     await Bun.sleep(1500)
-    expect((await kv.get('p.0'))?.string()).toBe('a')
-    // Lowered again: a dead worker's partitions move after the new TTL, not the old one.
-    const back = await openLeaseBucket(nc, config(1000))
-    await back.put('p.1', 'b')
-    await Bun.sleep(1500)
-    expect(await liveKeys(back, 'p.>')).toEqual([])
+    expect((await raised.get('p.0'))?.string()).toBe('a')
   }, 15_000)
 })

@@ -34,7 +34,12 @@ export async function openLeaseBucket(nc: NatsConnection, config: Config): Promi
   const kv = await new Kvm(nc).create(bucket, { ttl: config.FANFARE_LEASE_TTL_MS, history: 1, replicas: config.FANFARE_REPLICAS })
   const jsm = await jetstreamManager(nc)
   const info = await jsm.streams.info(`KV_${bucket}`)
-  if (info.config.max_age !== nanos(config.FANFARE_LEASE_TTL_MS)) await jsm.streams.update(info.config.name, { ...info.config, max_age: nanos(config.FANFARE_LEASE_TTL_MS) })
+  if (info.config.max_age !== nanos(config.FANFARE_LEASE_TTL_MS)) {
+    // The de-duplication window may not exceed max_age (nats-server refuses a lowered TTL): the
+    // server's default for a new stream, the TTL up to 2 minutes.
+    const ttl = config.FANFARE_LEASE_TTL_MS
+    await jsm.streams.update(info.config.name, { ...info.config, max_age: nanos(ttl), duplicate_window: nanos(Math.min(ttl, 120_000)) })
+  }
   return kv
 }
 
