@@ -44,9 +44,9 @@ const steps: UpgradeStep[] = [
     // Streams of an older version record none. The event stream's reported `created` may already
     // have moved since the workers last read it (a NATS restart since a node started): they would
     // take it for a recreated stream and apply every event again. So it records the identity its
-    // checkpoints hold, the one the workers last agreed on (the most held, should they differ);
-    // with none (no worker ran, or no database here), the reported one. The change streams record
-    // the reported one: API nodes that read another re-sync their subscribers once.
+    // checkpoints past its start hold, the one the workers last agreed on (the most held, should
+    // they differ); with none (no worker ran, or no database here), the reported one. The change
+    // streams record the reported one: API nodes that read another re-sync their subscribers once.
     name: 'stream incarnations',
     run: async (jsm, config, db) => {
       const t = topology(config)
@@ -61,7 +61,7 @@ const steps: UpgradeStep[] = [
           db && name === t.eventStream
             ? await rowsOf<{ stream: string }>(
                 db,
-                sql`select stream from projection_checkpoints where left(stream, ${name.length + 1}) = ${`${name}@`}
+                sql`select stream from projection_checkpoints where seq > 0 and left(stream, ${name.length + 1}) = ${`${name}@`}
                     group by stream order by count(*) desc, stream limit 1`,
               )
             : []

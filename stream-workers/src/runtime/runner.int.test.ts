@@ -1,7 +1,10 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { nanos } from '@nats-io/transport-node'
-import { leaderboards } from '../../../core/db/schema'
+import { eq } from 'drizzle-orm'
+import { leaderboards, projectionCheckpoints } from '../../../core/db/schema'
+import { createLogger } from '../../../core/logger'
+import { upgradeNats } from '../../../core/upgrade'
 import { parseConsumerName } from '../../../core/projections'
 import { until } from '../../../core/testing/wait'
 import { boardScores, caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
@@ -140,3 +143,37 @@ async function watchPulls(w: World) {
   await nc.flush()
   return { requests: () => [...made.values()].flat(), delivered: () => delivered }
 }
+
+describe('an event stream that records no identity (made by an earlier version)', () => {
+  // NATS may report another `created` for it than the checkpoint holds although it is intact (a
+  // restart after an update): a runner must not take it for a recreated stream and apply it all
+  // again, but wait for `npm run migrate`, which records the identity the checkpoints hold.
+  test('a checkpoint holding another identity waits for npm run migrate, then goes on from where it was', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    const name = w.config.FANFARE_STREAM
+    const jsm = await jetstreamManager(w.nc)
+    await jsm.streams.update(name, { ...(await jsm.streams.info(name)).config, description: undefined })
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    for (let i = 0; i < 3; i++) await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'a', score: 1 }))
+    // Applied by earlier workers (their board rows left out here), which read another `created`.
+    const held = `${name}@2026-01-02T03:04:05.678901234Z`
+    await w.database.db
+      .insert(projectionCheckpoints)
+      .values({ projection: 'leaderboards', partition: 0, seq: 3, stream: held })
+      .onConflictDoUpdate({ target: [projectionCheckpoints.projection, projectionCheckpoints.partition], set: { seq: 3, stream: held } })
+    const lines: string[] = []
+    await w.startWorker({ logger: createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' }) })
+    await until('the runner says it waits for npm run migrate', async () => lines.some((l) => l.includes('records no identity')) || undefined, 20_000)
+    expect(await boardScores(w, 'tot')).toEqual({})
+    const [row] = await w.database.db.select().from(projectionCheckpoints).where(eq(projectionCheckpoints.projection, 'leaderboards'))
+    expect({ seq: row.seq, stream: row.stream }).toEqual({ seq: 3, stream: held })
+
+    await upgradeNats(w.nc, w.config, w.database.db)
+    await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'a', score: 1 }))
+    await until('the fourth event applied', async () => ((await boardScores(w, 'tot')).a === 1 ? true : undefined), 30_000)
+    await caughtUp(w)
+    // Only the event after the checkpoint: the three before it were not applied again.
+    expect(await boardScores(w, 'tot')).toEqual({ a: 1 })
+    expect(lines.some((l) => l.includes('the event stream was recreated'))).toBe(false)
+  }, 60_000)
+})

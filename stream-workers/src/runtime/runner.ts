@@ -5,7 +5,7 @@ import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
-import { streamIdentity } from '../../../core/nats'
+import { identityOf, incarnationOf, UpgradeRequired } from '../../../core/nats'
 import { StreamChanged } from './stream-check'
 import { takeExpiredRange } from '../../../core/retention-watch'
 import type { Projection } from '../projections/types'
@@ -430,7 +430,21 @@ export function startRunner(deps: RunnerDeps): Runner {
    * and `lost_stream` says so: a rebuild from the new stream alone would drop them.)
    */
   const openConsumer = async (): Promise<Consumer> => {
-    stream = await streamIdentity(deps.jsm, deps.stream)
+    const info = await deps.jsm.streams.info(deps.stream)
+    stream = identityOf(info)
+    if (incarnationOf(info.config.description) === undefined) {
+      // A stream of an older version records no identity, and the `created` NATS reports may have
+      // moved since the checkpoint was written (a restart after an update): taking it for a
+      // recreated stream would apply every event again. Waits (retrying) for `npm run migrate`,
+      // which records the identity the checkpoints hold.
+      const [held] = await rowsOf<{ stream: string; seq: string | number }>(
+        deps.db,
+        sql`select stream, seq from ${projectionCheckpoints} where projection = ${deps.projection.name} and partition = ${deps.partition}`,
+      )
+      if (held && Number(held.seq) > 0 && held.stream !== stream && held.stream.replace(/@[^@]*$/, '') === deps.stream) {
+        throw new UpgradeRequired(`the event stream ${deps.stream} records no identity and NATS reports another (${stream}) than this partition's checkpoint holds (${held.stream})`)
+      }
+    }
     const [row] = await rowsOf<{ seq: string | number; previous: string; previous_seq: string | number }>(
       deps.db,
       sql`with old as (
