@@ -57,14 +57,22 @@ const steps: UpgradeStep[] = [
           throw err
         })
         if (!info || incarnationOf(info.config.description) !== undefined) continue
-        const [held] =
+        let held: { stream: string } | undefined =
           db && name === t.eventStream
-            ? await rowsOf<{ stream: string }>(
-                db,
-                sql`select stream from projection_checkpoints where seq > 0 and left(stream, ${name.length + 1}) = ${`${name}@`}
-                    group by stream order by count(*) desc, stream limit 1`,
-              )
-            : []
+            ? (
+                await rowsOf<{ stream: string }>(
+                  db,
+                  sql`select stream from projection_checkpoints where seq > 0 and left(stream, ${name.length + 1}) = ${`${name}@`}
+                      group by stream order by count(*) desc, stream limit 1`,
+                )
+              )[0]
+            : undefined
+        // Checkpoints past the stream's last sequence count in another stream: this one was
+        // recreated (NATS lost its data), and the identity NATS reports is the new one's.
+        if (held && db) {
+          const [past] = await rowsOf<{ n: number }>(db, sql`select count(*)::int as n from projection_checkpoints where stream = ${held.stream} and seq > ${info.state.last_seq}`)
+          if (past.n > 0) held = undefined
+        }
         const incarnation = held ? held.stream.slice(name.length + 1) : info.created
         await jsm.streams.update(name, { ...info.config, description: withIncarnation(info.config.description, incarnation) })
         done.push(

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { jetstreamManager, StorageType } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { loadConfig } from '../../core/config'
 import { connectPostgres } from '../../core/db/client'
@@ -99,11 +99,20 @@ describe('upgrading an event stream that records no creation time', () => {
       for (const stream of Object.values(topology(env.config).changeStreams)) {
         expect((await jsm.streams.info(stream)).config.description).toContain('incarnation=')
       }
-      await jsm.streams.update(name, { ...(await jsm.streams.info(name)).config, description: undefined })
-      // The workers read it before NATS moved its `created`.
+      const unrecord = async () => jsm.streams.update(name, { ...(await jsm.streams.info(name)).config, description: undefined })
+      await unrecord()
+      // The workers read it before NATS moved its `created`, and applied 10 events of it...
       const held = `${name}@2026-01-02T03:04:05.678901234Z`
       await database.db.insert(projectionCheckpoints).values([0, 1, 2].map((partition) => ({ projection: 'leaderboards', partition, seq: 10, stream: held })))
       await database.db.insert(projectionCheckpoints).values({ projection: 'chat', partition: 0, seq: 0, stream: `${name}@${reported}` })
+      // ...of which it holds only 5: it is another stream (NATS lost its data), the reported one is its identity.
+      const js = jetstream(nc)
+      const publish = (n: number) => Promise.all(Array.from({ length: n }, () => js.publish(subjects.event(env!.config.FANFARE_SUBJECT_PREFIX, 0, 'score.submitted'), '{}')))
+      await publish(5)
+      expect(await upgradeNats(nc, env.config, database.db)).toContainEqual(`stream incarnations: recorded ${name}@${reported}`)
+      await unrecord()
+      // Once it holds all 10, it may be theirs: their identity.
+      await publish(5)
       const done = await upgradeNats(nc, env.config, database.db)
       expect(done.some((line) => line.startsWith('stream incarnations') && line.includes(`${held} (the one its checkpoints hold`))).toBe(true)
       expect(await streamIdentity(jsm, name)).toBe(held)
