@@ -44,13 +44,14 @@ describe('slow consumers', () => {
   let database: Database
   let nc: Awaited<ReturnType<typeof connectNats>>
   let api: RunningApi
+  const logged: string[] = []
 
   beforeAll(async () => {
     env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_WS_BACKPRESSURE_BYTES: String(256 * 1024) })
     database = await connectPostgres(env.vars.DATABASE_URL)
     nc = await connectNats(env.vars.NATS_URL, 'slow-consumer-test')
     await ensureStreams(nc, env.config)
-    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('info', {}, { output: { write: (l: string) => void logged.push(l) }, format: 'json' }) })
   })
   afterAll(async () => {
     await api?.stop()
@@ -91,6 +92,9 @@ describe('slow consumers', () => {
     // It is told why: a close frame with 4008 after what was queued for it.
     expect(closeCodeIn(slow.received())).toBe(4008)
     console.log(`stalled client: ${got} bytes before the cut, then close 4008`)
+    // The operator is told too, with who it was (an anonymous viewer here) and from where.
+    const line = logged.map((l) => JSON.parse(l)).find((l) => l.msg?.startsWith('closed a slow consumer'))
+    expect(line).toMatchObject({ caller: 'anonymous', address: '127.0.0.1', channels: 1 })
     normal.close()
     slow.destroy()
   }, 60_000)

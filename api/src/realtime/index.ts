@@ -369,6 +369,11 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     }
     close(_: ServerWebSocket<Connection>, code: number) {
       deps.metrics.ws.disconnected(code)
+      // The server cut it for not reading what it was sent: say who, as an operator looks for why.
+      if (code === CLOSE.SLOW_CONSUMER) {
+        const who = this.principal.kind === 'anonymous' ? { caller: 'anonymous' } : { caller: principalId(this.principal) }
+        log.info({ ...who, address: this.address, channels: this.channels.size }, 'closed a slow consumer (4008): its queue passed FANFARE_WS_BACKPRESSURE_BYTES')
+      }
       onClose(this)
     }
   }
