@@ -1,4 +1,14 @@
-import type { Locator } from 'playwright-core'
+import { existsSync } from 'node:fs'
+import { chromium, type Browser, type Locator } from 'playwright-core'
+
+/** Debian's chromium (installed by .ci/run), or CHROMIUM_PATH. */
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+
+/** Starts the headless Chromium every browser test drives; says how to get one when it is missing. */
+export function launchChromium(): Promise<Browser> {
+  if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM} (bash .ci/run installs Debian's chromium; or set CHROMIUM_PATH)`)
+  return chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
+}
 
 /**
  * Whether, in the first text node under `locator` holding `needle` (its last occurrence with

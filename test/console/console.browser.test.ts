@@ -1,18 +1,16 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { connect } from '@nats-io/transport-node'
-import { chromium, type Browser, type Page } from 'playwright-core'
-import { existsSync, mkdirSync } from 'node:fs'
+import { type Browser, type Page } from 'playwright-core'
+import { mkdirSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { connectPostgres, type Database } from '../../core/db/client'
 import { and, eq, inArray } from 'drizzle-orm'
 import { deadLetters, projectionCheckpoints } from '../../core/db/schema'
 import { until } from '../../core/testing/wait'
 import { contracts, keyOf, partitionOf, subjects, type StoredEvent } from '../../core/events'
-import { readsForward } from '../browser'
+import { launchChromium, readsForward } from '../browser'
 import { startDeployment, type Deployment } from '../sdk/deployment'
 
-/** Debian's chromium (installed by .ci/run), or CHROMIUM_PATH. */
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const SHOTS = process.env.FANFARE_SCREENSHOTS ? resolve(import.meta.dir, '../../docs/console') : undefined
 
 /**
@@ -58,10 +56,9 @@ describe('the admin console in Chromium', () => {
   }
 
   beforeAll(async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM} (bash .ci/run installs Debian's chromium; or set CHROMIUM_PATH)`)
     d = await startDeployment({ apis: 1, workers: 1 })
     database = await connectPostgres(d.env.vars.DATABASE_URL, { max: 2 })
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
+    browser = await launchChromium()
     page = await browser.newPage({ viewport: { width: 1280, height: 860 } })
     page.on('pageerror', (err) => void problems.push(String(err)))
     // Failed loads are judged by their answers below (401, 404 and 409 are expected ones here).

@@ -1,12 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { chromium, type Browser, type Page } from 'playwright-core'
-import { existsSync, mkdirSync } from 'node:fs'
+import { type Browser, type Page } from 'playwright-core'
+import { mkdirSync } from 'node:fs'
 import { resolve } from 'node:path'
-import { readsForward } from '../browser'
+import { launchChromium, readsForward } from '../browser'
 import { startDeployment, type Deployment } from '../sdk/deployment'
 
-/** Debian's chromium (installed by .ci/run), or CHROMIUM_PATH. */
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const SHOTS = process.env.FANFARE_SCREENSHOTS ? resolve(import.meta.dir, '../../docs/demo') : undefined
 
 /**
@@ -18,9 +16,8 @@ describe('the arcade demo in Chromium', () => {
   let d: Deployment
   let browser: Browser
   beforeAll(async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM} (bash .ci/run installs Debian's chromium; or set CHROMIUM_PATH)`)
     d = await startDeployment({ apis: 1, workers: 1, vars: { FANFARE_DEMO: 'on', FANFARE_REACTION_WINDOW_MS: '200', FANFARE_PRESENCE_INTERVAL_MS: '200' } })
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
+    browser = await launchChromium()
   }, 60_000)
   afterAll(async () => {
     await browser?.close()

@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { chromium, type Browser } from 'playwright-core'
-import { existsSync } from 'node:fs'
+import { type Browser } from 'playwright-core'
 import { spawnProc, waitReady } from '../e2e/harness'
+import { launchChromium } from '../browser'
 import { startDeployment, type Deployment } from '../sdk/deployment'
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 
 /**
  * The arcade demo across a restart of its only API node: the pages reconnect by themselves (their
@@ -15,9 +14,8 @@ describe('the arcade demo in Chromium: its node restarts', () => {
   let d: Deployment
   let browser: Browser
   beforeAll(async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM} (bash .ci/run installs Debian's chromium; or set CHROMIUM_PATH)`)
     d = await startDeployment({ apis: 1, workers: 1, vars: { FANFARE_DEMO: 'on', FANFARE_REACTION_WINDOW_MS: '200', FANFARE_PRESENCE_INTERVAL_MS: '200' } })
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
+    browser = await launchChromium()
   }, 60_000)
   afterAll(async () => {
     await browser?.close()
