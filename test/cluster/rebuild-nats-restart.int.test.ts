@@ -23,9 +23,15 @@ describe('a rebuild across a NATS restart', () => {
     await d?.close()
   })
 
-  test('goes on after the restart and switches in every event once', async () => {
-    d = await privateNatsDeployment('rebuild-restart', { FANFARE_PARTITIONS: '2', FANFARE_KEY_OPS_PER_SECOND: '10000000', FANFARE_KEY_OPS_BURST: '10000000' })
-    const { nats, env, vars, api } = d
+  /**
+   * A deployment on its own nats-server (an API node and a worker; the one before it stopped), a
+   * sum board and 4 lanes x `batches` x 100 scores applied: what each test rebuilds.
+   */
+  const loaded = async (name: string, overrides: Record<string, string>, batches: number) => {
+    await Promise.all(procs.splice(0).map((p) => p.stop('SIGKILL')))
+    await d?.close()
+    d = await privateNatsDeployment(name, { FANFARE_PARTITIONS: '2', FANFARE_KEY_OPS_PER_SECOND: '10000000', FANFARE_KEY_OPS_BURST: '10000000', ...overrides })
+    const { env, vars, api } = d
     const apiProc = spawnProc('api', 'api/src/main.ts', vars)
     const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
     procs.push(apiProc, workerProc)
@@ -33,11 +39,10 @@ describe('a rebuild across a NATS restart', () => {
     const run = Math.random().toString(36).slice(2, 8)
     const board = `sum_${run}`
     await configureBoard(api, board, 'sum')
-    // More than a catch-up fetch (5,000) so that the rebuild reads again after the restart.
     const sent: ScoreEvent[] = []
     await Promise.all(
       [0, 1, 2, 3].map(async (lane) => {
-        for (let b = 0; b < 50; b++) {
+        for (let b = 0; b < batches; b++) {
           const batch = Array.from({ length: 100 }, (_, k) => scoreEvent(`${run}-${lane}-${b}-${k}`, board, `p${k % 40}`, 1 + ((b + k) % 7)))
           const res = await postEvents(api, batch)
           expect(res.status).toBe(202)
@@ -47,7 +52,13 @@ describe('a rebuild across a NATS restart', () => {
     )
     const rm = readModel(env.vars.DATABASE_URL)
     closers.push(() => rm.close())
-    await untilBoardEquals(rm, board, sumsOf(sent), 45_000)
+    await untilBoardEquals(rm, board, sumsOf(sent), 60_000)
+    return { ...d, board, sent, rm, workerProc }
+  }
+
+  test('goes on after the restart and switches in every event once', async () => {
+    // More than a catch-up fetch (5,000) so that the rebuild reads again after the restart.
+    const { nats, env, board, sent, rm } = await loaded('rebuild-restart', {}, 50)
 
     const nc = await connectNats(nats.url, 'rebuild-restart-test')
     closers.push(() => nc.close())
@@ -80,36 +91,7 @@ describe('a rebuild across a NATS restart', () => {
   // Its heartbeats failed while NATS was away, which the worker took for a takeover: it dropped
   // the rebuild, and the job sat unowned until it looked dead, then started again from scratch.
   test('its worker keeps the job through the outage: done at the first attempt', async () => {
-    procs.length = 0
-    await d?.close()
-    d = await privateNatsDeployment('rebuild-restart-job', {
-      FANFARE_PARTITIONS: '2',
-      FANFARE_LEASE_TTL_MS: '1500',
-      FANFARE_KEY_OPS_PER_SECOND: '10000000',
-      FANFARE_KEY_OPS_BURST: '10000000',
-    })
-    const { nats, env, vars, api } = d
-    const apiProc = spawnProc('api', 'api/src/main.ts', vars)
-    const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
-    procs.push(apiProc, workerProc)
-    await waitReady(api.baseUrl, procs)
-    const run = Math.random().toString(36).slice(2, 8)
-    const board = `sum_${run}`
-    await configureBoard(api, board, 'sum')
-    const sent: ScoreEvent[] = []
-    await Promise.all(
-      [0, 1, 2, 3].map(async (lane) => {
-        for (let b = 0; b < 150; b++) {
-          const batch = Array.from({ length: 100 }, (_, k) => scoreEvent(`${run}-${lane}-${b}-${k}`, board, `p${k % 40}`, 1 + ((b + k) % 7)))
-          const res = await postEvents(api, batch)
-          expect(res.status).toBe(202)
-          sent.push(...batch)
-        }
-      }),
-    )
-    const rm = readModel(env.vars.DATABASE_URL)
-    closers.push(() => rm.close())
-    await untilBoardEquals(rm, board, sumsOf(sent), 60_000)
+    const { nats, api, board, sent, rm, workerProc } = await loaded('rebuild-restart-job', { FANFARE_LEASE_TTL_MS: '1500' }, 150)
 
     const admin = { authorization: `Bearer ${api.adminToken}` }
     const url = `${api.baseUrl}/admin/projections/leaderboards/rebuild`
