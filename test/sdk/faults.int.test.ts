@@ -45,6 +45,23 @@ describe('client SDK: network faults', () => {
     await d?.stop()
   })
 
+  /** Four rounds of a cut (reconnected through at once), a 1.5 s half-open stall and a delay, `gapMs` apart. */
+  const faultRounds = async (p: TcpProxy, opts: { gapMs: number; delayMs: number }) => {
+    for (let round = 0; round < 4; round++) {
+      await Bun.sleep(opts.gapMs)
+      p.cut()
+      p.restore()
+      await Bun.sleep(opts.gapMs)
+      p.stall()
+      await Bun.sleep(1500)
+      p.restore()
+      await Bun.sleep(300)
+      p.delay(opts.delayMs)
+      await Bun.sleep(500)
+      p.delay(0)
+    }
+  }
+
   const readRoom = async (room: string) => {
     const texts: string[] = []
     let before: string | undefined
@@ -74,19 +91,7 @@ describe('client SDK: network faults', () => {
         await Bun.sleep(5)
       }
     })()
-    for (let round = 0; round < 4; round++) {
-      await Bun.sleep(300)
-      p.cut()
-      p.restore()
-      await Bun.sleep(300)
-      p.stall()
-      await Bun.sleep(1500)
-      p.restore()
-      await Bun.sleep(300)
-      p.delay(200)
-      await Bun.sleep(500)
-      p.delay(0)
-    }
+    await faultRounds(p, { gapMs: 300, delayMs: 200 })
     going = false
     await chat
     await until('all acknowledged', async () => (await Promise.race([Promise.all(published).then(() => true), Bun.sleep(100).then(() => false)])), 30_000)
@@ -139,19 +144,7 @@ describe('client SDK: network faults', () => {
         await Bun.sleep(20)
       }
     })()
-    for (let round = 0; round < 4; round++) {
-      await Bun.sleep(400)
-      p.cut()
-      p.restore()
-      await Bun.sleep(400)
-      p.stall()
-      await Bun.sleep(1500)
-      p.restore()
-      await Bun.sleep(300)
-      p.delay(150)
-      await Bun.sleep(500)
-      p.delay(0)
-    }
+    await faultRounds(p, { gapMs: 400, delayMs: 150 })
     going = false
     await traffic
     await until(
@@ -321,12 +314,13 @@ describe('client SDK: network faults', () => {
       const c = open(createClient({ urls: [urlOf(p)], token: () => d.token(`gus_${fault}`), backoff: { minMs: 50, maxMs: 200 }, pingIntervalMs: 500, pongTimeoutMs: 500 }))
       const stay = c.subscribe(`leaderboard:faults_left_${fault}`)
       const sub = c.subscribe(`chat:${room}`)
-      await until('live', () => sub.status === 'live' && stay.status === 'live')
+      // Waits sized for a loaded CI machine (the default 5 s ran out once beside the browser tests).
+      await until('live', () => sub.status === 'live' && stay.status === 'live', 15_000)
       const present = async () => (await d.call('GET', `/v1/presence/chat:${room}`)).json?.users
-      await until('present', async () => (await present()) === 1)
+      await until('present', async () => (await present()) === 1, 15_000)
       if (fault === 'cut') p.cut(), p.restore()
       else p.stall()
-      await until('offline', () => c.status.state !== 'connected', 5000, 5)
+      await until('offline', () => c.status.state !== 'connected', 10_000, 5)
       sub.unsubscribe()
       if (fault === 'stall') p.restore()
       await until('back', () => c.status.state === 'connected' && stay.status === 'live', 10_000)
