@@ -166,6 +166,48 @@ describe('app', () => {
     expect(checked).toContain('GET /admin/dead-letters query before')
   })
 
+  test('every integer query and path parameter takes only a sign and decimal digits, over HTTP: 0x10, 1e1, " 5", 5.0 are 422 naming it', async () => {
+    // Elysia's own integer coercion reads anything JavaScript's Number() does: `?limit=0x10` was
+    // 16 rows and `?limit=%205` five, where a caller's typo must be told.
+    const api = await startApi({ ...h.deps, config: { ...h.env.config, HOST: '127.0.0.1', PORT: 0 } })
+    try {
+      const base = `http://127.0.0.1:${api.port}`
+      const doc = (await (await fetch(`${base}/docs/json`)).json()) as any
+      const numeric = (s: any): boolean => s?.type === 'integer' || s?.type === 'number' || (s?.anyOf ?? []).some(numeric)
+      const call = async (method: string, path: string, param: any, value: string) => {
+        let url = path.replace(/\{(\w+)\}/g, (_, name) => (param.in === 'path' && name === param.name ? value : 'x'))
+        if (param.in === 'query') url += `?${param.name}=${value}`
+        const res = await fetch(base + url, { method, headers: { authorization: `Bearer ${h.adminToken}` } })
+        return { status: res.status, json: (await res.json()) as any }
+      }
+      const checked: string[] = []
+      for (const [path, ops] of Object.entries<any>(doc.paths)) {
+        for (const [method, op] of Object.entries<any>(ops)) {
+          for (const param of ((op.parameters ?? []) as any[]).filter((p) => numeric(p.schema))) {
+            const where = `${method.toUpperCase()} ${path} ${param.in} ${param.name}`
+            checked.push(where)
+            const n = param.schema.minimum + 1
+            // As sent on the wire: %20 is a space, %2B a plus sign (a bare + in a query is a space).
+            for (const value of [`0x${n}`, `${n}e0`, `%20${n}`, `${n}%20`, `${n}.0`, `0b1`, `0o${n}`, `${n}_0`, '%2B%2B1', 'Infinity', `%0A${n}`]) {
+              const r = await call(method.toUpperCase(), path, param, value)
+              expect([where, value, r.status, r.json.error?.code]).toEqual([where, value, 422, 'invalid_request'])
+              expect(r.json.error.message).toBe(`${param.name} must be an integer from ${param.schema.minimum} to ${param.schema.maximum}`)
+            }
+            // Decimal digits with an optional sign still pass the parameter's check.
+            for (const value of [String(n), `%2B${n}`, `0${n}`]) {
+              const r = await call(method.toUpperCase(), path, param, value)
+              expect([where, value, r.status === 422 ? r.json.error : 'accepted']).toEqual([where, value, 'accepted'])
+            }
+          }
+        }
+      }
+      // The sweep must have found the parameters it is about: queries and a path parameter.
+      expect(checked).toEqual(expect.arrayContaining(['GET /v1/leaderboards/{board} query limit', 'GET /admin/dead-letters query before', 'DELETE /admin/dead-letters/{id} path id']))
+    } finally {
+      await api.stop()
+    }
+  })
+
   test('a body nested deeper than the limit is 400 too_deep on every route with a body, never a 500', async () => {
     // 100k levels: JSON.parse copes, but Elysia's validation error stringifies the value it
     // rejects (recursively) and overflowed the stack: a 500 on every route without a custom error.
