@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger } from '../core/logger'
@@ -134,7 +134,7 @@ describe('all-in-one', () => {
     await app.stop()
   }, 60_000)
 
-  test('a port already taken is refused naming PORT and what to do, and what started is stopped again', async () => {
+  test('a port already taken is refused naming PORT and what to do, before anything is started', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-aio-'))
     cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
     const taken = Bun.serve({ port: 0, hostname: '127.0.0.1', reusePort: false, fetch: () => new Response('not fanfare') })
@@ -145,6 +145,9 @@ describe('all-in-one', () => {
       (e: Error) => e,
     )
     expect(err?.message).toBe(`cannot listen on 127.0.0.1:${taken.port}: the port is in use by another process (another Fanfare?): stop it, or set PORT to a free port`)
+    // Refused before the database was opened or nats-server started: neither left anything in
+    // the data directory (PGlite's files, the nats store and its pid file).
+    expect(readdirSync(dataDir)).toEqual([])
     // The data directory is free again: the same start on a free port works.
     const app = await startAllInOne({ ...vars, PORT: '0' }, logger)
     cleanups.push(app.stop)

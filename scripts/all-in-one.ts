@@ -8,7 +8,7 @@ import { createLogger, type Logger } from '../core/logger'
 import { connectNats } from '../core/nats'
 import { upgradeNats } from '../core/upgrade'
 import { startObservability } from '../core/observability'
-import { ListenFailed, startApi } from '../api/src/server'
+import { checkPort, ListenFailed, startApi } from '../api/src/server'
 import { mintUserToken } from '../api/src/auth/mint'
 import { startWorkers } from '../stream-workers/src/workers'
 import { startEmbeddedNats, NatsServerMissing } from './embedded-nats'
@@ -32,7 +32,8 @@ export type AllInOne = {
 /**
  * Starts the whole of Fanfare in this process (the `npm start` target): embedded PGlite when
  * DATABASE_URL is unset, a private nats-server when NATS_URL is unset, then workers and API.
- * Everything started is stopped again if a later step fails.
+ * A PORT already taken is refused first, with nothing started; everything started is stopped again
+ * if a later step fails.
  */
 export async function startAllInOne(
   env: Record<string, string | undefined> = process.env,
@@ -80,6 +81,9 @@ export async function startAllInOne(
     })())
 
   try {
+    // Before anything is started: a taken port found only at the end, after the database, the
+    // nats-server and the workers, cost seconds and left their logs above the one line that matters.
+    await checkPort(config.HOST, config.PORT)
     if (!config.DATABASE_URL || !config.NATS_URL) checkDataDir(dataDir)
     // The database first: a second all-in-one on the same data directory fails here, on the
     // PGlite lock, before it starts anything else.

@@ -167,6 +167,28 @@ async function sayingOutput(app: Started, steps: () => Promise<void>) {
 const within = async (what: string, ms: number, check: () => boolean) => until(what, check, ms, 50)
 
 describe('npm start process lifecycle', () => {
+  test('a PORT already taken: npm start exits 1 at once with one line naming the port and PORT, having started nothing', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-life-'))
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
+    const taken = Bun.serve({ port: 0, hostname: '127.0.0.1', reusePort: false, fetch: () => new Response('not fanfare') })
+    cleanups.push(() => taken.stop(true))
+    const env: Record<string, string> = {}
+    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('FANFARE_') && k !== 'DATABASE_URL' && k !== 'NATS_URL') env[k] = v
+    // Fully embedded, at the default log level: what a first `npm start` does.
+    Object.assign(env, { PORT: String(taken.port), HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir })
+    const proc = Bun.spawn([NODE, 'scripts/bootstrap.mjs', 'start'], { cwd: ROOT, env, stdout: 'pipe', stderr: 'pipe' })
+    pids.push(proc.pid)
+    const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+    expect(code).toBe(1)
+    // No log of a database opened or a nats-server started before the refusal: the one line alone.
+    expect(out).toBe('')
+    expect(err.trim()).toBe(
+      `fanfare: failed to start: cannot listen on 127.0.0.1:${taken.port}: the port is in use by another process (another Fanfare?): stop it, or set PORT to a free port`,
+    )
+    // Nothing was started: no PGlite files, no nats store or pid file.
+    expect(readdirSync(dataDir)).toEqual([])
+  }, 60_000)
+
   test('SIGKILL of bootstrap: Bun and nats-server exit within seconds (fully embedded: PGlite and NATS)', async () => {
     const app = await start({ via: 'bootstrap' })
     app.proc.kill('SIGKILL')

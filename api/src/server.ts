@@ -33,6 +33,23 @@ export class ListenFailed extends Error {
   }
 }
 
+/**
+ * Throws ListenFailed when HOST:PORT cannot be listened on now (taken, or not an address of this
+ * machine), by binding it as startApi will and letting go at once. For a start that does costly or
+ * lasting work before it listens (npm start opens the database and starts nats-server): it can
+ * refuse before any of that. PORT 0 (any free port) always passes.
+ */
+export async function checkPort(host: string, port: number): Promise<void> {
+  if (port === 0) return
+  let probe: ReturnType<typeof Bun.serve>
+  try {
+    probe = Bun.serve({ hostname: host, port, reusePort: false, fetch: () => new Response() })
+  } catch (err) {
+    throw new ListenFailed(host, port, err)
+  }
+  await probe.stop(true)
+}
+
 /** A listening API node. */
 export type RunningApi = {
   /** The bound port (useful when config.PORT is 0). */
