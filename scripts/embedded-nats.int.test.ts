@@ -1,12 +1,12 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { until } from '../core/testing/wait'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { createLogger } from '../core/logger'
-import { startEmbeddedNats } from './embedded-nats'
+import { findNatsServer, startEmbeddedNats, waitUntilReady } from './embedded-nats'
 
 // These tests start their own nats-server processes on free ports with their own store
 // directories; they never touch the machine's NATS or Postgres, so no createTestEnv here.
@@ -30,6 +30,8 @@ const alive = (pid: number) => {
   }
 }
 const natsPidOf = (dataDir: string) => Number(readFileSync(join(dataDir, 'nats', 'nats-server.pid'), 'utf8'))
+/** A port of this suite's own for a nats-server that is not the embedded one. */
+const FOREIGN_PORT = 41222
 
 
 describe('startEmbeddedNats', () => {
@@ -59,6 +61,36 @@ describe('startEmbeddedNats', () => {
       await expect(startEmbeddedNats({ dataDir, logger })).rejects.toThrow(/in use by process/)
     } finally {
       await first.stop()
+    }
+  })
+
+  test("a stale pid file naming another store's nats-server (a reused pid) is not taken for ours: neither refused for nor stopped", async () => {
+    // Another nats-server, of another store directory, whose pid the stale pid file names: what a
+    // pid reused after a crash or reboot, or another user's server, looks like.
+    const otherDir = join(scratch(), 'nats')
+    const other = Bun.spawn([findNatsServer()!, '-a', '127.0.0.1', '-p', String(FOREIGN_PORT), '-js', '-sd', otherDir], { stdout: 'ignore', stderr: 'ignore' })
+    try {
+      await waitUntilReady(`nats://127.0.0.1:${FOREIGN_PORT}`, other, 15_000)
+      const dataDir = scratch()
+      mkdirSync(join(dataDir, 'nats'))
+      writeFileSync(join(dataDir, 'nats', 'nats-server.pid'), String(other.pid))
+      // So is a process whose arguments merely mention nats-server and the store.
+      const lookalike = Bun.spawn(['sh', '-c', 'sleep 60; exit 0', 'nats-server', '-js', '-sd', join(dataDir, 'nats')], { stdout: 'ignore', stderr: 'ignore' })
+      try {
+        for (const pid of [other.pid, lookalike.pid]) {
+          writeFileSync(join(dataDir, 'nats', 'nats-server.pid'), String(pid))
+          const nats = await startEmbeddedNats({ dataDir, logger })
+          const ours = natsPidOf(dataDir)
+          expect(ours).not.toBe(pid)
+          await nats.stop()
+          expect([alive(ours), alive(pid)]).toEqual([false, true])
+        }
+      } finally {
+        lookalike.kill('SIGKILL')
+      }
+      expect(other.exitCode).toBeNull()
+    } finally {
+      other.kill('SIGKILL')
     }
   })
 

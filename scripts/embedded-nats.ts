@@ -1,5 +1,5 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
-import { resolve } from 'node:path'
+import { basename, resolve } from 'node:path'
 import { connect } from '@nats-io/transport-node'
 import type { Logger } from '../core/logger'
 import { freePort, isAlive } from '../core/process'
@@ -56,10 +56,10 @@ export async function startEmbeddedNats(opts: {
   const pidFile = resolve(storeDir, 'nats-server.pid')
   // Two servers on one JetStream store directory corrupt it: the pid file doubles as a lock.
   const holder = readPid(pidFile)
-  if (holder && isAlive(holder) && isNatsServer(holder)) {
+  if (holder && servesStore(holder, storeDir, pidFile)) {
     throw new Error(`the NATS store at ${storeDir} is in use by process ${holder} (another Fanfare?); stop it first`)
   }
-  const args = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir, '--pid', pidFile]
+  const args = ['-a', '127.0.0.1', '-p', String(port), ...storeArgs(storeDir, pidFile)]
   // nats-server has no "die with parent" option and Bun has no PR_SET_PDEATHSIG. The shell wrapper
   // holds our stdin pipe: when this process exits for any reason (SIGKILL included) the kernel
   // closes the pipe, `read` returns, and the wrapper stops nats-server. Closing stdin is also how
@@ -125,13 +125,38 @@ function readPid(path: string): number | null {
   }
 }
 
+/** The arguments that tie a nats-server to its store: the store directory and the pid file in it. */
+function storeArgs(storeDir: string, pidFile: string): string[] {
+  return ['-js', '-sd', storeDir, '--pid', pidFile]
+}
 
-function isNatsServer(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('nats-server')
-  } catch {
-    return true // no /proc (macOS): assume the live pid is the server, erring on the safe side
+/**
+ * Whether process `pid` is a nats-server started by startEmbeddedNats for `storeDir`: the program
+ * is nats-server and its arguments hold storeArgs. A pid file outlives its server (a crash, a
+ * reboot), and its pid may since belong to anything: another user's nats-server, or the one of
+ * another data directory. Those are neither ours to refuse the start for nor ours to stop.
+ */
+function servesStore(pid: number, storeDir: string, pidFile: string): boolean {
+  const own = storeArgs(storeDir, pidFile)
+  const holds = (args: string[]) => args.some((_, i) => own.every((arg, j) => args[i + j] === arg))
+  if (existsSync('/proc/self/cmdline')) {
+    let argv: string[]
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+    } catch (err) {
+      // No such process; any other failure (hidepid) leaves us unsure: assume it is ours, erring
+      // on the safe side (two servers on one store corrupt it).
+      return (err as { code?: string }).code !== 'ENOENT'
+    }
+    // Not the `sh -c` wrapper, whose arguments hold the same words: the server itself.
+    return basename(argv[0] ?? '') === 'nats-server' && holds(argv)
   }
+  // No /proc (macOS): ps joins the arguments with spaces, so look for them in that form.
+  if (!isAlive(pid)) return false
+  const ps = Bun.spawnSync(['ps', '-o', 'args=', '-p', String(pid)])
+  if (ps.exitCode !== 0) return true // alive but unreadable: assume it is ours, erring on the safe side
+  const line = ps.stdout.toString().trim()
+  return /(^|\/)nats-server(\s|$)/.test(line.split(' -')[0] ?? '') && line.includes(own.join(' '))
 }
 
 /** Waits for a process to exit: SIGTERM at once, SIGKILL if it is still there after `ms`. */
