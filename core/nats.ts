@@ -7,9 +7,22 @@ import { parseNatsServers } from './net'
 import { replaySubjects } from './dead-letters'
 
 /**
+ * NATS_URL leads to no server we can use: none answers (refused, unknown host, a timeout) or the
+ * server refused the login. The message names NATS_URL, the servers (never the login) and the
+ * cause: a process that cannot start for it prints the message alone, not a stack trace.
+ */
+export class NatsUnreachable extends Error {
+  constructor(message: string, cause: unknown) {
+    super(message, { cause })
+    this.name = 'NatsUnreachable'
+  }
+}
+
+/**
  * Connects to NATS, reconnecting forever: a NATS restart is an outage, not a crash. `url` is
  * NATS_URL: one server or several comma-separated (a cluster's seed list; the client learns the
- * other servers from the cluster and moves to another one when its server goes away).
+ * other servers from the cluster and moves to another one when its server goes away). The first
+ * connection failing throws NatsUnreachable.
  */
 export async function connectNats(url: string, name: string): Promise<NatsConnection> {
   // noAsyncTraces: otherwise every request (each JetStream publish and ack wait) builds an Error
@@ -21,11 +34,14 @@ export async function connectNats(url: string, name: string): Promise<NatsConnec
   } catch (err) {
     // nats.js' own message says only "Authorization Violation", with no hint of where the login comes from.
     if (err instanceof AuthorizationError) {
-      throw new Error(`NATS refused the login (${err.message}): ${login ? 'check the user and password (or token) in NATS_URL' : 'the server requires one: give it in NATS_URL as nats://user:password@host:4222 or nats://token@host:4222'}`)
+      throw new NatsUnreachable(
+        `NATS refused the login (${err.message}): ${login ? 'check the user and password (or token) in NATS_URL' : 'the server requires one: give it in NATS_URL as nats://user:password@host:4222 or nats://token@host:4222'}`,
+        err,
+      )
     }
     // nats.js says only "connection refused" (or a timeout), naming neither the server nor the
     // setting; the servers are printed without their login.
-    throw new Error(`cannot reach NATS at NATS_URL (${servers.join(', ')}): ${(err as Error).message}`, { cause: err })
+    throw new NatsUnreachable(`cannot reach NATS at NATS_URL (${servers.join(', ')}): ${(err as Error).message}`, err)
   }
 }
 

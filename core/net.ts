@@ -101,7 +101,14 @@ export function parseNatsServers(text: string | undefined): { servers: string[];
       continue
     }
     if (url.username || url.password) {
-      const own: NatsLogin = url.password ? { user: decodeURIComponent(url.username), pass: decodeURIComponent(url.password) } : { token: decodeURIComponent(url.username) }
+      let own: NatsLogin
+      try {
+        own = url.password ? { user: decodeURIComponent(url.username), pass: decodeURIComponent(url.password) } : { token: decodeURIComponent(url.username) }
+      } catch {
+        // decodeURIComponent's URIError says only "URI error"; the login itself is not repeated.
+        problems.push(`the login in ${JSON.stringify(entry.replace(/\/\/[^/@]*@/, '//***@'))} is not percent-encoded: a % must start %XX (encode the user and password with encodeURIComponent)`)
+        continue
+      }
       if (login && JSON.stringify(login) !== JSON.stringify(own)) differ = true
       login ??= own
       url.username = ''

@@ -5,7 +5,7 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import { ConfigError, loadConfig, type Config } from '../core/config'
 import { connectPostgres, migrate, openEmbedded, type Database } from '../core/db/client'
 import { createLogger, type Logger } from '../core/logger'
-import { connectNats } from '../core/nats'
+import { connectNats, NatsUnreachable } from '../core/nats'
 import { upgradeNats } from '../core/upgrade'
 import { startObservability } from '../core/observability'
 import { checkPort, ListenFailed, startApi } from '../api/src/server'
@@ -269,7 +269,12 @@ if (import.meta.main) {
     if (!exiting) process.stderr.write(banner(app) + '\n')
   } catch (err) {
     const expected =
-      err instanceof ConfigError || err instanceof NatsServerMissing || err instanceof ListenFailed || err instanceof DataDirUnusable || /in use by process/.test(String(err))
+      err instanceof ConfigError ||
+      err instanceof NatsServerMissing ||
+      err instanceof NatsUnreachable ||
+      err instanceof ListenFailed ||
+      err instanceof DataDirUnusable ||
+      /in use by process/.test(String(err))
     const text = expected ? (err as Error).message : ((err as Error)?.stack ?? String(err))
     process.stderr.write(`\nfanfare: failed to start: ${text}\n`)
     process.exit(1)

@@ -7,6 +7,8 @@ try {
   const { runApi } = await import('./process')
   await runApi(signals)
 } catch (err) {
-  process.stderr.write(`fanfare api: failed to start: ${(err as Error)?.stack ?? String(err)}\n`)
+  // Loaded here, not above: nothing but the signal trap loads before it (see the top).
+  const { startFailure } = await import('../../core/start-failure')
+  process.stderr.write(`fanfare api: failed to start: ${startFailure(err)}\n`)
   process.exit(1)
 }

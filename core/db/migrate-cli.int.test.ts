@@ -33,3 +33,31 @@ test('an unreachable database is named by its setting, with the reason, and exit
   expect(output).toContain('ECONNREFUSED')
   expect(output).not.toMatch(/^\s+at /m)
 }, 30_000)
+
+/** Runs `npm run migrate`'s script with only these settings of Fanfare's (no DATABASE_URL unless given). */
+async function migrateWith(vars: Record<string, string>) {
+  const env: Record<string, string> = {}
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('FANFARE_') && k !== 'NATS_URL' && k !== 'DATABASE_URL') env[k] = v
+  // Names of this test's own, should a NATS_URL below ever reach a server.
+  Object.assign(env, { FANFARE_STREAM: `MIGRATE_CLI_${process.pid}`, FANFARE_SUBJECT_PREFIX: `migrate_cli_${process.pid}` }, vars)
+  const proc = Bun.spawn([process.execPath, 'core/db/migrate-cli.ts'], { cwd: ROOT, env, stdout: 'pipe', stderr: 'pipe' })
+  const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+  return { code, out, err }
+}
+
+/** A NATS_URL nothing answers at: the setting, the server and the reason on one line, no stack trace. */
+test('an unreachable NATS is named by its setting, with the reason, on one line, and exit status 1', async () => {
+  const { code, err } = await migrateWith({ NATS_URL: 'nats://127.0.0.1:1' })
+  expect(code).toBe(1)
+  expect(err.trim()).toBe('cannot upgrade NATS: cannot reach NATS at NATS_URL (nats://127.0.0.1:1): connection refused')
+}, 30_000)
+
+/** A NATS_URL whose login is not percent-encoded: refused as a setting, naming NATS_URL, never the password. */
+test('a NATS_URL that cannot be read is named, without its login, and nothing is run', async () => {
+  const { code, out, err } = await migrateWith({ NATS_URL: 'nats://fanfare:50%off@127.0.0.1:1' })
+  expect(code).toBe(2)
+  expect(out).toBe('')
+  expect(err.trim()).toBe(
+    'invalid configuration:\n  NATS_URL: the login in "nats://***@127.0.0.1:1" is not percent-encoded: a % must start %XX (encode the user and password with encodeURIComponent)',
+  )
+}, 30_000)

@@ -1,5 +1,5 @@
 import { ConfigError, loadConfig } from '../config'
-import { connectNats } from '../nats'
+import { connectNats, NatsUnreachable } from '../nats'
 import { upgradeNats } from '../upgrade'
 import { connectPostgres, migrate } from './client'
 import { dbErrorSummary } from './errors'
@@ -41,7 +41,16 @@ if (database) {
   console.log('DATABASE_URL unset: database migrations skipped')
 }
 if (config.NATS_URL) {
-  const nc = await connectNats(config.NATS_URL, 'fanfare-migrate')
+  let nc
+  try {
+    nc = await connectNats(config.NATS_URL, 'fanfare-migrate')
+  } catch (err) {
+    // Its message names NATS_URL and the cause (refused, unknown host, timeout, the login).
+    if (!(err instanceof NatsUnreachable)) throw err
+    console.error(`cannot upgrade NATS: ${err.message}`)
+    await database?.close().catch(() => {})
+    process.exit(1)
+  }
   try {
     const done = await upgradeNats(nc, config, database?.db)
     for (const line of done) console.log(`nats: ${line}`)

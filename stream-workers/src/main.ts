@@ -7,6 +7,8 @@ try {
   const { runWorkers } = await import('./process')
   await runWorkers(signals)
 } catch (err) {
-  process.stderr.write(`fanfare stream-workers: failed to start: ${(err as Error)?.stack ?? String(err)}\n`)
+  // Loaded here, not above: nothing but the signal trap loads before it (see the top).
+  const { startFailure } = await import('../../core/start-failure')
+  process.stderr.write(`fanfare stream-workers: failed to start: ${startFailure(err)}\n`)
   process.exit(1)
 }
