@@ -1,8 +1,11 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { jetstream } from '@nats-io/jetstream'
+import { DeliverPolicy, jetstream } from '@nats-io/jetstream'
+import postgres from 'postgres'
+import { channelOf, type ChangeRun } from '../../core/channels'
 import { connectBunSql } from '../../core/db/client'
+import { subjects } from '../../core/events'
 import { createLogger } from '../../core/logger'
-import { connectNats } from '../../core/nats'
+import { connectNats, topology } from '../../core/nats'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
 import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
@@ -113,4 +116,57 @@ describe('a rebuild across a NATS restart', () => {
     await untilBoardEquals(rm, board, sumsOf(sent), 10_000)
     await stopCleanly(...procs)
   }, 180_000)
+
+  // The switch reads NATS inside its transaction (the stream's identity, the last events): a
+  // restart there failed the job, nothing switched, and the admin had to request it again.
+  test('a restart inside the switch: the switch waits for NATS and commits once, the job is done at its first attempt, the channel told to re-sync once', async () => {
+    const { nats, env, api, board, sent, rm, workerProc } = await loaded('rebuild-restart-switch', {}, 20)
+    // The switch takes the live table exclusively first: a reader's share lock holds it there,
+    // inside its transaction, until NATS is down.
+    const pg = postgres(env.vars.DATABASE_URL, { max: 2, onnotice: () => {} })
+    closers.push(() => pg.end({ timeout: 5 }))
+    let release!: () => void
+    const released = new Promise<void>((resolve) => (release = resolve))
+    const reader = pg.begin(async (tx) => {
+      await tx`lock table leaderboard_entries in access share mode`
+      await released
+    })
+    const admin = { authorization: `Bearer ${api.adminToken}` }
+    const url = `${api.baseUrl}/admin/projections/leaderboards/rebuild`
+    expect((await fetch(url, { method: 'POST', headers: admin })).status).toBe(202)
+    await until('the switch waiting for the live table', async () => {
+      const [{ n }] = await pg`select count(*)::int as n from pg_locks l join pg_class c on c.oid = l.relation
+                               where c.relname = 'leaderboard_entries' and l.mode = 'AccessExclusiveLock' and not l.granted`
+      return n > 0
+    }, 60_000, 50)
+    await nats.stop()
+    release()
+    await reader
+    await Bun.sleep(2000)
+    await nats.start()
+    const job = async () => (await fetch(url, { headers: admin })).json() as Promise<{ state: string; attempts: number; error?: string }>
+    const done = await until('the rebuild finished', async () => {
+      const j = await job().catch(() => undefined)
+      return j?.state === 'done' || j?.state === 'failed' ? j : undefined
+    }, 90_000, 100)
+    expect(done, workerProc.output().slice(-3000)).toMatchObject({ state: 'done', attempts: 1 })
+    // It did meet NATS away inside the switch, and rolled it back.
+    expect(workerProc.output()).toContain('the switch failed and was rolled back')
+    await untilBoardEquals(rm, board, sumsOf(sent), 10_000)
+    // Every rebuilt channel gets exactly one restart run from the switch (more would mean it
+    // switched, or wrote its runs, twice).
+    const nc = await connectNats(nats.url, 'rebuild-restart-switch-test')
+    closers.push(() => nc.close())
+    const channel = channelOf.leaderboard(board)
+    const restarts = async () => {
+      const c = await jetstream(nc).consumers.get(topology(env.config).changeStreams.leaderboard, { filter_subjects: subjects.change(env.config.FANFARE_SUBJECT_PREFIX, channel), deliver_policy: DeliverPolicy.All })
+      const runs: ChangeRun[] = []
+      for await (const m of await c.fetch({ max_messages: 1000, expires: 1000 })) runs.push(m.json<ChangeRun>())
+      return runs.filter((r) => r.restart === 'read model rebuilt').length
+    }
+    await until('the restart run published', async () => (await restarts()) > 0, 20_000, 200)
+    await Bun.sleep(3000)
+    expect(await restarts()).toBe(1)
+    await stopCleanly(...procs)
+  }, 240_000)
 })

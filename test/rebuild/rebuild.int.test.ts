@@ -1,5 +1,8 @@
 import { afterEach, describe, expect, test } from 'bun:test'
-import { jetstream } from '@nats-io/jetstream'
+import { DeliverPolicy, jetstream } from '@nats-io/jetstream'
+import postgres from 'postgres'
+import type { ChangeRun } from '../../core/channels'
+import { setDatabaseDefault } from '../../core/testing/database'
 import { Kvm } from '@nats-io/kv'
 import { asc, sql } from 'drizzle-orm'
 import { createHarness, type ApiHarness } from '../../api/src/test-support'
@@ -404,6 +407,79 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const after = await readModels(hh)
     expectModels(after, expected, { ignoreSeq: true })
   })
+
+  // A cancel (statement_timeout) or a lost connection in the switch's transaction failed the job:
+  // nothing switched, and the admin had to request it again.
+  test('a switch that meets statement_timeout and a lost connection is rolled back and tried again: it switches once, each channel told to re-sync once', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const sent = await sendBatch(hh, 30)
+    await caughtUp(hh)
+    // The rebuild's own sessions are canceled after 1 s (the others opened before this).
+    await setDatabaseDefault(hh.env.vars.DATABASE_URL, 'statement_timeout', '1000', { endSessions: false })
+    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => db.close())
+    const pg = postgres(hh.env.vars.DATABASE_URL, { max: 2, onnotice: () => {} })
+    closers.push(() => pg.end({ timeout: 5 }))
+    // The switch's first statement on the live model waits behind a reader's lock, which is held
+    // until the switch was cut once (pg_terminate_backend) and canceled once (statement_timeout).
+    const waiting = async () =>
+      (await pg<{ pid: number }[]>`select l.pid from pg_locks l join pg_class c on c.oid = l.relation
+                                   where c.relname = 'leaderboard_entries' and l.mode = 'AccessExclusiveLock' and not l.granted`)[0]?.pid
+    let reader: Promise<unknown> | undefined
+    const lines: string[] = []
+    const { switchedAtSeq } = await runRebuild(
+      {
+        config: hh.env.config,
+        db: db.db,
+        js: jetstream(hh.nc),
+        logger: createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' }),
+        projection: leaderboardsProjection,
+        progress: async (p) => {
+          if (p.state !== 'switching' || reader) return
+          let locked!: () => void
+          const held = new Promise<void>((resolve) => (locked = resolve))
+          reader = pg.begin(async (tx) => {
+            await tx`lock table leaderboard_entries in access share mode`
+            locked()
+            const first = await until('the switch waiting for the live table', waiting, 20_000, 20)
+            await tx`select pg_terminate_backend(${first})`
+            await until('the switch waiting again', async () => {
+              const pid = await waiting()
+              return pid !== undefined && pid !== first ? pid : undefined
+            }, 20_000, 20)
+            await Bun.sleep(1500)
+          })
+          await held
+        },
+        signal: new AbortController().signal,
+      },
+      { id: 'switchretry', attempt: 1 },
+    )
+    await reader
+    const logged = lines.map((l) => JSON.parse(l) as { msg: string; err?: { code?: string; message?: string } })
+    const retried = logged.filter((l) => l.msg.startsWith('the switch failed and was rolled back'))
+    expect(retried.some((l) => l.err?.code === '57014')).toBe(true)
+    expect(retried.length).toBeGreaterThanOrEqual(2)
+    expect(switchedAtSeq).toBeGreaterThanOrEqual(Math.max(...sent.filter((e) => e.type === 'score.submitted').map((e) => e.seq)))
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    expectModels(await readModels(hh), oracle(sent, {}))
+    // One restart run per rebuilt channel, published by the outbox sweeper.
+    const runs = async () => {
+      const c = await jetstream(hh.nc).consumers.get(topology(hh.env.config).changeStreams.leaderboard, { deliver_policy: DeliverPolicy.All })
+      const out: string[] = []
+      for await (const m of await c.fetch({ max_messages: 10_000, expires: 1000 })) {
+        const run = m.json<ChangeRun>()
+        if (run.restart === 'read model rebuilt') out.push(run.channel)
+      }
+      return out.sort()
+    }
+    const channels = Object.keys(boards).map((b) => `leaderboard:${b}`).sort()
+    await until('the restart runs published', async () => (await runs()).length >= channels.length, 20_000, 200)
+    expect(await runs()).toEqual(channels)
+  }, 60_000)
 
   test('an event Postgres refuses for its data is a dead letter of the rebuild, as live; the others apply and the rebuild switches in', async () => {
     h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })

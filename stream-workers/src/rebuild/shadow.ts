@@ -169,6 +169,25 @@ export async function swapIn(tx: Tx, opts: { shadow: string; retired: string; pr
   )
 }
 
+/**
+ * Inside the switch transaction, after swapIn: records on the retired schema (which the switch
+ * creates) the position the rebuilt model took over at, so a switch whose COMMIT answer was lost
+ * can be told from one that did not commit (see committedSwitch).
+ */
+export async function recordSwitch(tx: Tx, retired: string, switchedAtSeq: number): Promise<void> {
+  await tx.execute(sql.raw(`COMMENT ON SCHEMA ${ident(retired)} IS 'switched at ${Math.trunc(switchedAtSeq)}'`))
+}
+
+/**
+ * The position a switch that made `retired` took over at, if it committed (the schema exists only
+ * then, see recordSwitch); undefined when it did not.
+ */
+export async function committedSwitch(db: Db | Tx, retired: string): Promise<number | undefined> {
+  const [row] = await rowsOf<{ note: string | null }>(db, sql`select obj_description(oid, 'pg_namespace') as note from pg_namespace where nspname = ${retired}`)
+  const seq = /^switched at (\d+)$/.exec(row?.note ?? '')?.[1]
+  return seq === undefined ? undefined : Number(seq)
+}
+
 /** Drops schemas left by a rebuild (after the switch committed, or after a failed attempt). */
 export async function dropSchemas(db: Db, schemas: string[]): Promise<void> {
   for (const s of schemas) await db.execute(sql.raw(`DROP SCHEMA IF EXISTS ${ident(s)} CASCADE`))
