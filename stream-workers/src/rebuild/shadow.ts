@@ -1,6 +1,7 @@
 import { getTableName, sql, type SQL } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { changeOutbox, channelVersions, chatMessages, deadLetters, derivedScores, eventOutbox, leaderboardEntries, matches, polls, pollVotes, projectionCheckpoints, reactionDedup, reactionTotals, streams, streamViewers } from '../../../core/db/schema'
+import { restartRunPayload } from '../../../core/restart-runs'
 import type { ProjectionName } from '../projections'
 
 /**
@@ -152,8 +153,8 @@ export async function swapIn(tx: Tx, opts: { shadow: string; retired: string; pr
   // channel the shadow never changed (no row: its snapshot is version 0, epoch ""), at 0 in no
   // epoch. A node that re-synced on a newer notice already ignores it.
   const shadowVersions = sql.raw(`${ident(opts.shadow)}.channel_versions`)
-  const restart = (channel: SQL, epoch: SQL, version: SQL) =>
-    sql`json_build_object('channel', ${channel}, 'version', ${version}, 'epoch', ${epoch}, 'changes', json_build_array(), 'at', ${new Date().toISOString()}::text, 'restart', 'read model rebuilt')::text`
+  const at = new Date()
+  const restart = (channel: SQL, epoch: SQL, version: SQL) => restartRunPayload({ channel, epoch, version }, 'read model rebuilt', at)
   await tx.execute(
     sql`with gone as (delete from public.channel_versions where ${mine} returning channel)
         insert into public.change_outbox (channel, epoch, version, payload)

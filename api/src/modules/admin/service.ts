@@ -3,7 +3,8 @@ import { RequestError, type NatsConnection } from '@nats-io/transport-node'
 import { and, desc, eq, lt, not, or, sql } from 'drizzle-orm'
 import type { Config } from '../../../../core/config'
 import type { Db, Tx } from '../../../../core/db/client'
-import { channelOf, type ChangeRun } from '../../../../core/channels'
+import { channelOf } from '../../../../core/channels'
+import { restartRunPayload } from '../../../../core/restart-runs'
 import { openLeaseBucketIfExists, workersView } from '../../../../core/leases'
 import { changeOutbox, channelVersions, deadLetters, leaderboards } from '../../../../core/db/schema'
 import { Conflict, databaseUnavailable, NotFound, Unavailable } from '../../errors'
@@ -66,8 +67,8 @@ async function restartChannel(tx: Tx, channel: string, reason: string): Promise<
     .values({ channel, version: 1 })
     .onConflictDoUpdate({ target: v.channel, set: { version: sql`${v.version} + 1`, epoch: sql`default` } })
     .returning({ version: v.version, epoch: v.epoch })
-  const run: ChangeRun = { channel, version: started.version, epoch: started.epoch, changes: [], at: new Date().toISOString(), restart: reason }
-  await tx.insert(changeOutbox).values({ channel, epoch: run.epoch, version: run.version, payload: JSON.stringify(run) })
+  const payload = restartRunPayload({ channel: sql`${channel}`, epoch: sql`${started.epoch}`, version: sql`${started.version}` }, reason, new Date())
+  await tx.insert(changeOutbox).values({ channel, epoch: started.epoch, version: started.version, payload })
 }
 
 /** Dead letters, newest first; `before` pages by id. */
