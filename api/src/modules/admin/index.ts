@@ -170,8 +170,16 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
       '/projections/:name/rebuild',
       async ({ params, query, principal, status }) => {
         hubOnly()
-        const job = await rebuilds.request(params.name, { force: query.force })
-        await audit.record(principal, 'rebuild.requested', `projection:${params.name}`, { job: job.id, force: query.force })
+        const target = `projection:${params.name}`
+        // Recorded with the job or not requested (see Rebuilds.request): a repeat of a request whose
+        // entry failed would be 409 rebuild_in_progress and could record nothing.
+        const { job, recorded } = await rebuilds.request(params.name, {
+          force: query.force,
+          record: (tx, job) => audit.recordIn(tx, principal, 'rebuild.requested', target, { job: job.id, force: query.force }),
+        })
+        // A worker claimed the job before its entry could be taken back: record it now, or log it
+        // as an error and answer 503 audit_failed.
+        if (!recorded) await audit.record(principal, 'rebuild.requested', target, { job: job.id, force: query.force })
         return status(202, job)
       },
       {

@@ -4,7 +4,7 @@ import type { KV } from '@nats-io/kv'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../../../core/config'
 import { and, eq, ne } from 'drizzle-orm'
-import type { Db } from '../../../../core/db/client'
+import type { Db, Tx } from '../../../../core/db/client'
 import { projectionCheckpoints } from '../../../../core/db/schema'
 import { topology } from '../../../../core/nats'
 import { projectionNames } from '../../../../core/projections'
@@ -19,8 +19,19 @@ export type Rebuilds = {
    * while one is requested or running; 409 `history_incomplete` unless `force` when the event
    * stream no longer starts at sequence 1 (retention removed events), or when the read model holds
    * events of an earlier incarnation of the stream (NATS lost its data; see `lost_stream`).
+   *
+   * `record` writes the request's audit entry in a Postgres transaction that commits only after
+   * the job is stored: an entry that cannot be written requests nothing (the error passes, 503
+   * `database_unavailable`). The job lives in NATS, outside that transaction: if the COMMIT fails
+   * after the job was stored, the job is taken back (compare-and-set on its revision) and the error
+   * passes; only if a worker claimed it first does the job stand unrecorded, and then `recorded`
+   * is false (the caller records it another way). Before, the entry was written after the job, and
+   * a repeat of a request whose entry failed was 409 `rebuild_in_progress`: recorded nowhere.
    */
-  request: (projection: string, opts: { force: boolean }) => Promise<RebuildJob>
+  request: (
+    projection: string,
+    opts: { force: boolean; record: (tx: Tx, job: RebuildJob) => Promise<void> },
+  ) => Promise<{ job: RebuildJob; recorded: boolean }>
   /** The projection's latest job; 404 when none was ever requested. */
   get: (projection: string) => Promise<RebuildJob>
   /** Every projection's latest job, in projection order; projections never rebuilt have none. */
@@ -51,7 +62,7 @@ export function createRebuilds({ config, nc, db }: { config: Config; nc: NatsCon
   const bucket = async () => (kv ??= await openJobBucket(nc, config))
 
   return {
-    request: (name, { force }) =>
+    request: (name, { force, record }) =>
       guard('request the rebuild', async () => {
         const projection = checkName(name)
         const jsm = await jetstreamManager(nc)
@@ -90,15 +101,31 @@ export function createRebuilds({ config, nc, db }: { config: Config; nc: NatsCon
           appliedSeq: 0,
           pending: 0,
         }
+        const key = rebuildKey(projection)
+        let stored: number | undefined
         try {
-          // Compare-and-set: of two concurrent requests, one wins and the other is 409.
-          if (current) await kv.update(rebuildKey(projection), JSON.stringify(job), current.revision)
-          else await kv.create(rebuildKey(projection), JSON.stringify(job))
-        } catch {
-          const winner = await readRebuildJob(kv, projection)
-          throw inProgress(winner?.job ?? { ...job, state: 'requested' })
+          await db.transaction(async (tx) => {
+            await record(tx, job)
+            try {
+              // Compare-and-set: of two concurrent requests, one wins and the other is 409.
+              stored = current ? await kv.update(key, JSON.stringify(job), current.revision) : await kv.create(key, JSON.stringify(job))
+            } catch {
+              const winner = await readRebuildJob(kv, projection)
+              throw inProgress(winner?.job ?? { ...job, state: 'requested' })
+            }
+          })
+        } catch (err) {
+          if (stored === undefined) throw err
+          // The job is stored but its entry's COMMIT failed: take the job back, unless a worker
+          // claimed it already (the compare-and-set fails) or NATS does not answer.
+          const withdrawn = await (current ? kv.update(key, JSON.stringify(current.job), stored) : kv.delete(key, { previousSeq: stored })).then(
+            () => true,
+            () => false,
+          )
+          if (withdrawn) throw err
+          return { job, recorded: false }
         }
-        return job
+        return { job, recorded: true }
       }),
     get: (name) =>
       guard('read the rebuild job', async () => {

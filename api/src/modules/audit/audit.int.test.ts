@@ -114,6 +114,25 @@ describe('/admin/audit', () => {
     expect((await audit()).filter((e) => e.target === 'room:outage').map((e) => e.action)).toEqual(['room.visibility_set'])
   })
 
+  // The job lives in NATS, outside the entry's transaction: the job stood, the answer was 503
+  // audit_failed, and the repeat was 409 rebuild_in_progress, so the request was recorded nowhere.
+  test('a rebuild request is recorded with its job or not requested: when the entry cannot be written no job is stored, and the repeat requests and records it', async () => {
+    await h.database.db.execute(sql.raw(`
+      CREATE FUNCTION audit_refuses() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'read-only' USING ERRCODE = '25006'; END $$;
+      CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION audit_refuses();`))
+    let r
+    try {
+      r = await h.call('POST', '/admin/projections/polls/rebuild', { token: h.adminToken })
+    } finally {
+      await h.database.db.execute(sql.raw('DROP TRIGGER audit_refuses ON audit_log; DROP FUNCTION audit_refuses();'))
+    }
+    expect([r.status, r.json.error.code]).toEqual([503, 'database_unavailable'])
+    const none = await h.call('GET', '/admin/projections/polls/rebuild', { token: h.adminToken })
+    expect([none.status, none.json.error?.code]).toEqual([404, 'no_rebuild'])
+    const job = await ok('POST', '/admin/projections/polls/rebuild', h.adminToken)
+    expect((await audit()).filter((e) => e.target === 'projection:polls').map((e) => [e.action, e.details.job])).toEqual([['rebuild.requested', job.id]])
+  })
+
   test('a discarded dead letter is recorded with its discard or not discarded: when the entry cannot be written nothing changes, and the repeat discards and records it', async () => {
     const [letter] = await h.database.db
       .insert(deadLetters)
