@@ -3,6 +3,8 @@ import { DeliverPolicy, jetstream } from '@nats-io/jetstream'
 import postgres from 'postgres'
 import type { ChangeRun } from '../../core/channels'
 import { setDatabaseDefault } from '../../core/testing/database'
+import { tcpProxy } from '../../core/testing/tcp-proxy'
+import { freePort } from '../../core/process'
 import { Kvm } from '@nats-io/kv'
 import { asc, sql } from 'drizzle-orm'
 import { createHarness, type ApiHarness } from '../../api/src/test-support'
@@ -163,6 +165,26 @@ const waitJob = (h: ApiHarness, name: string, state: RebuildJob['state'], timeou
     timeoutMs,
     100,
   )
+
+/**
+ * The channels of the leaderboards' restart runs a rebuild's switch wrote ('read model rebuilt'),
+ * as the outbox sweeper published them, sorted: once every board's is out and a little more (a
+ * second one would show then).
+ */
+async function restartRuns(h: ApiHarness): Promise<string[]> {
+  const runs = async () => {
+    const c = await jetstream(h.nc).consumers.get(topology(h.env.config).changeStreams.leaderboard, { deliver_policy: DeliverPolicy.All })
+    const out: string[] = []
+    for await (const m of await c.fetch({ max_messages: 10_000, expires: 1000 })) {
+      const run = m.json<ChangeRun>()
+      if (run.restart === 'read model rebuilt') out.push(run.channel)
+    }
+    return out.sort()
+  }
+  await until('the restart runs published', async () => (await runs()).length >= Object.keys(boards).length, 20_000, 200)
+  await Bun.sleep(2000)
+  return runs()
+}
 
 /**
  * Leaderboards with a write Postgres refuses for player `bomb`'s scores (22P02, invalid input for
@@ -467,18 +489,57 @@ describe('POST /admin/projections/:name/rebuild', () => {
     await caughtUp(hh)
     expectModels(await readModels(hh), oracle(sent, {}))
     // One restart run per rebuilt channel, published by the outbox sweeper.
-    const runs = async () => {
-      const c = await jetstream(hh.nc).consumers.get(topology(hh.env.config).changeStreams.leaderboard, { deliver_policy: DeliverPolicy.All })
-      const out: string[] = []
-      for await (const m of await c.fetch({ max_messages: 10_000, expires: 1000 })) {
-        const run = m.json<ChangeRun>()
-        if (run.restart === 'read model rebuilt') out.push(run.channel)
-      }
-      return out.sort()
+    expect(await restartRuns(hh)).toEqual(Object.keys(boards).map((b) => `leaderboard:${b}`).sort())
+  }, 60_000)
+
+  // Retried blindly, a switch that did commit would catch up again into what are now the live
+  // tables (every event applied twice) or fail; it must be found and never done twice.
+  test('a switch whose COMMIT answer is lost is found committed: done once, not again, each channel told to re-sync once', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const sent = await sendBatch(hh, 30)
+    await caughtUp(hh)
+    // The rebuild reaches Postgres through a proxy that keeps back the answer to its COMMIT, then
+    // cuts the connection.
+    const url = new URL(hh.env.vars.DATABASE_URL)
+    const proxy = tcpProxy({ port: freePort(), target: { host: url.hostname, port: Number(url.port || 5432) } })
+    closers.push(async () => proxy.close())
+    url.port = String(proxy.port)
+    const db = await connectBunSql(url.toString(), { max: 2 })
+    closers.push(() => db.close())
+    const lines: string[] = []
+    const output = {
+      write: (l: string) => {
+        lines.push(l)
+        // Logged in the switch's transaction, just before it commits.
+        if (!l.includes('rebuilt model switched in')) return
+        proxy.hold()
+        setTimeout(() => {
+          proxy.cut()
+          proxy.restore()
+        }, 500)
+      },
     }
-    const channels = Object.keys(boards).map((b) => `leaderboard:${b}`).sort()
-    await until('the restart runs published', async () => (await runs()).length >= channels.length, 20_000, 200)
-    expect(await runs()).toEqual(channels)
+    const { switchedAtSeq } = await runRebuild(
+      {
+        config: hh.env.config,
+        db: db.db,
+        js: jetstream(hh.nc),
+        logger: createLogger('info', {}, { output, format: 'json' }),
+        projection: leaderboardsProjection,
+        progress: async () => {},
+        signal: new AbortController().signal,
+      },
+      { id: 'lostcommit', attempt: 1 },
+    )
+    const logged = lines.map((l) => JSON.parse(l) as { msg: string; switchedAt?: number })
+    expect(logged.filter((l) => l.msg === 'rebuilt model switched in').length).toBe(1)
+    expect(logged.find((l) => l.msg === 'the switch committed though its answer was lost')?.switchedAt).toBe(switchedAtSeq)
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    expectModels(await readModels(hh), oracle(sent, {}))
+    expect(await restartRuns(hh)).toEqual(Object.keys(boards).map((b) => `leaderboard:${b}`).sort())
   }, 60_000)
 
   test('an event Postgres refuses for its data is a dead letter of the rebuild, as live; the others apply and the rebuild switches in', async () => {

@@ -237,6 +237,8 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
      * NatsInterrupted; then, as after any error, nothing of it is left (rolled back).
      */
     const switchOnce = async (): Promise<number> => {
+      // No part started yet: a failure before the first is no part's (see the retry below).
+      lastPart = 0
       // NATS unreachable fails here, before the live tables are locked.
       await nats(() => streamIdentity(jsm, eventStream))
       return db.transaction(async (tx) => {
@@ -244,7 +246,6 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         // at COMMIT): it must not switch again (the shadow's tables are live now).
         const committed = await committedSwitch(tx, retired)
         if (committed !== undefined) return committed
-        lastPart = 0
         const name = projection.name
         await lockDeadLetters(tx, name)
         await lockLiveTables(tx, name)
@@ -296,10 +297,6 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       })
     }
 
-    // A switch that fails on something that passes (NATS restarting, statement_timeout, a lost
-    // connection, a deadlock) is rolled back, live untouched and its locks released, and tried
-    // again after a backoff and a catch-up (live went on meanwhile): a routine NATS restart no
-    // longer costs the rebuild. Anything else fails the job at once, as do SWITCH_ATTEMPTS in a row.
     // What Postgres says once it answers again (a few tries); still unanswered, `err` fails the job.
     const untilAnswered = async <T>(read: () => Promise<T>, err: unknown): Promise<T> => {
       for (let attempt = 0; ; attempt++) {
@@ -311,6 +308,10 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         }
       }
     }
+    // A switch that fails on something that passes (NATS restarting, statement_timeout, a lost
+    // connection, a deadlock) is rolled back, live untouched and its locks released, and tried
+    // again after a backoff and a catch-up (live went on meanwhile): a routine NATS restart no
+    // longer costs the rebuild. Anything else fails the job at once, as do SWITCH_ATTEMPTS in a row.
     let switchedAt = 0
     for (let failures = 0; ; ) {
       await catchUp()
@@ -329,7 +330,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
         consumer = undefined
         if (lastPart > 0 && sizes.failed(err, lastPart) === 'split') log.warn({ err, size: lastPart, nextSize: sizes.next(lastPart) }, 'a shadow statement of the switch outlasts statement_timeout; smaller parts from now on')
         const transient = err instanceof NatsInterrupted || err instanceof StaleReadError || isTransientDbError(err)
-        if (!transient || ++failures >= SWITCH_ATTEMPTS) throw err
+        if (!transient) throw err
         // Before a catch-up writes the shadow again: did the switch commit all the same (its
         // answer lost)? The shadow's tables would be live ones now.
         const committed = await untilAnswered(() => committedSwitch(db, retired), err)
@@ -338,6 +339,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
           switchedAt = committed
           break
         }
+        if (++failures >= SWITCH_ATTEMPTS) throw err
         log.warn({ err, failures }, 'the switch failed and was rolled back (live untouched); trying it again')
         await sleep(backoffMs(failures), deps.signal)
       }
