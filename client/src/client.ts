@@ -19,7 +19,9 @@ export type CloseReason = { code: number; message: string }
  * A user token (JWT from the game's own auth) or an API key. A function is called whenever a
  * token is needed (connecting, `token_expiring`, a 4001 close); one call at a time. Return
  * null/undefined when the user signed out: the client closes instead of retrying forever. A
- * function that throws is retried with backoff (the token service may be down for a moment).
+ * function that throws, or does not answer within `tokenTimeoutMs`, is reported (`token_refresh_failed`,
+ * `token_timeout`) and retried with backoff (the token service may be down for a moment); what a
+ * call that timed out answers later is ignored.
  */
 export type TokenSource = string | (() => Promise<string | null | undefined>)
 
@@ -39,6 +41,11 @@ export type ClientOptions = {
   /** A connection not open and authenticated this long after it started is given up (default 10 s). */
   connectTimeoutMs?: number
   /**
+   * A token function that has not answered this long (default 10 s) is given up: `token_timeout`
+   * on the `error` event, a reconnect after the backoff with a new call; its late answer is ignored.
+   */
+  tokenTimeoutMs?: number
+  /**
    * A subscribe, a re-sync's unsubscribe or a publish unanswered this long (default 10 s) means
    * the server is stuck on it: the connection is replaced, and everything resumes on the next one
    * (publishes resent with their ids). Checked at the liveness timer's pace: up to half of the
@@ -50,6 +57,9 @@ export type ClientOptions = {
   /** The clock (tests). */
   now?: () => number
 }
+
+/** A call of the token function under way. */
+type TokenCall = { promise: Promise<string | undefined>; timer: ReturnType<typeof setTimeout>; abandon: (err: FanfareError) => void }
 
 type Listeners = { status: Set<(s: Status) => void>; error: Set<(e: FanfareError) => void> }
 
@@ -79,6 +89,7 @@ export function createClient(options: ClientOptions) {
   const pingIntervalMs = options.pingIntervalMs ?? 25_000
   const pongTimeoutMs = options.pongTimeoutMs ?? 10_000
   const connectTimeoutMs = options.connectTimeoutMs ?? 10_000
+  const tokenTimeoutMs = options.tokenTimeoutMs ?? 10_000
   const requestTimeoutMs = options.requestTimeoutMs ?? 10_000
   const listeners: Listeners = { status: new Set(), error: new Set() }
   const nextId = eventIds()
@@ -99,10 +110,10 @@ export function createClient(options: ClientOptions) {
   let pongTimer: ReturnType<typeof setTimeout> | undefined
   let connectTimer: ReturnType<typeof setTimeout> | undefined
   let dedupWindowMs = DEFAULT_DEDUP_WINDOW_MS
-  // The token in use and when the server said it expires; a refresh in flight is shared.
+  // The token in use and when the server said it expires; a call of the token function in flight is shared.
   let token: string | undefined = typeof options.token === 'string' ? options.token : undefined
   let tokenExpiresAt: number | undefined
-  let refreshing: Promise<string | undefined> | undefined
+  let tokenCall: TokenCall | undefined
   // The expiry a renewal was asked for: a token_expiring repeated for it (a buggy or hostile
   // server) must not call the token function, the game's auth service, once per frame.
   let renewedFor: string | undefined
@@ -133,29 +144,50 @@ export function createClient(options: ClientOptions) {
 
   /**
    * A fresh token from the token function (one call at a time: a second caller shares it);
-   * undefined when the user signed out. Throws what the function threw.
+   * undefined when the user signed out. Throws what the function threw, or `token_timeout` when
+   * it has not answered within tokenTimeoutMs: that call is given up, and whatever it answers
+   * later is ignored (it neither becomes the token nor ends the call made after it).
    */
   const refreshToken = (): Promise<string | undefined> => {
     if (typeof options.token !== 'function') return Promise.resolve(token)
+    if (tokenCall) return tokenCall.promise
     const fn = options.token
-    refreshing ??= (async () => {
-      try {
-        const fresh = await fn()
-        token = fresh ?? undefined
-        tokenExpiresAt = undefined
-        return token
-      } finally {
-        refreshing = undefined
+    const call = {} as TokenCall
+    call.promise = new Promise<string | undefined>((resolve, reject) => {
+      // The first of the answer, the timeout and the client closing settles the call.
+      const end = (settle: () => void) => {
+        if (tokenCall !== call) return
+        tokenCall = undefined
+        clearTimeout(call.timer)
+        settle()
       }
-    })()
-    return refreshing
+      call.abandon = (err) => end(() => reject(err))
+      call.timer = setTimeout(() => end(() => reject(new FanfareError('token_timeout', `the token function did not answer within ${tokenTimeoutMs} ms`))), tokenTimeoutMs)
+      Promise.resolve()
+        .then(() => fn())
+        .then(
+          (fresh) =>
+            end(() => {
+              token = fresh ?? undefined
+              tokenExpiresAt = undefined
+              resolve(token)
+            }),
+          (err) => end(() => reject(err)),
+        )
+    })
+    tokenCall = call
+    return call.promise
   }
+  /** What a failed token call is reported as: its timeout, or what the function threw. */
+  const tokenError = (err: unknown) =>
+    err instanceof FanfareError && err.code === 'token_timeout' ? err : new FanfareError('token_refresh_failed', `the token function failed: ${(err as Error)?.message ?? err}`)
 
   /** Ends the client for good. */
   const finish = (reason: CloseReason) => {
     if (closed) return
     closed = true
     clearTimers()
+    tokenCall?.abandon(new FanfareError('closed', 'the client is closed'))
     events.removeEventListener?.('online', wake)
     events.removeEventListener?.('visibilitychange', onVisible)
     const s = socket
@@ -234,7 +266,11 @@ export function createClient(options: ClientOptions) {
         const stale = token === undefined || (tokenExpiresAt !== undefined && tokenExpiresAt - EXPIRY_SKEW_MS <= now())
         credential = stale ? await refreshToken() : token
       } catch (err) {
-        return lost({ code: 0, message: `the token function failed: ${(err as Error)?.message ?? err}` })
+        if (closed) return
+        // Said plainly (a status alone reads like any network fault), then retried after the backoff.
+        const e = tokenError(err)
+        report(e)
+        return lost({ code: 0, message: e.message })
       }
       if (closed) return
       if (credential === undefined) return finish({ code: 0, message: 'signed out: the token function returned no token' })
@@ -323,7 +359,8 @@ export function createClient(options: ClientOptions) {
       fresh = await refreshToken()
     } catch (err) {
       // The server closes with 4001 at expiry; reconnecting fetches a token again then.
-      return report(new FanfareError('token_refresh_failed', `the token function failed: ${(err as Error)?.message ?? err}`))
+      if (closed) return
+      return report(tokenError(err))
     }
     if (fresh === undefined) return finish({ code: 0, message: 'signed out: the token function returned no token' })
     send({ op: 'auth', ref: 'renew', token: fresh })

@@ -11,6 +11,9 @@
  * - `closed`: the client was closed (by `close()`, or for good by the server) before an answer.
  * - `gap`: a channel's frames did not follow each other (the SDK re-synced it; reported so that
  *   such a server bug is seen).
+ * - `token_timeout`: the token function did not answer within `tokenTimeoutMs`; the SDK gave that
+ *   call up (a late answer is ignored) and calls it again after the backoff.
+ * - `token_refresh_failed`: the token function threw or rejected; retried after the backoff.
  */
 export class FanfareError extends Error {
   constructor(

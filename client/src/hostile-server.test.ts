@@ -372,3 +372,107 @@ describe('client against channel errors without a ref', () => {
     expect(s.frames.filter((f) => f.op === 'subscribe').length).toBe(1)
   })
 })
+
+describe('client whose token function does not answer', () => {
+  const authing = (extra: (ws: Socket, f: any) => void = () => {}) =>
+    scripted({
+      frame: (ws, f) => {
+        if (f.op !== 'auth') return
+        ws.send(JSON.stringify({ op: 'authed', ref: f.ref, principal: 'u:ann', dedupWindowMs: 120_000 }))
+        extra(ws, f)
+      },
+    })
+
+  test('a call that never settles is given up after tokenTimeoutMs: token_timeout is reported, and after the backoff a new call connects', async () => {
+    const s = authing()
+    let calls = 0
+    const c = keep(
+      createClient({
+        urls: [s.url],
+        token: () => (++calls === 1 ? new Promise<string>(() => {}) : Promise.resolve(`t${calls}`)),
+        tokenTimeoutMs: 300,
+        backoff: { minMs: 10, maxMs: 10 },
+      }),
+    )
+    const errors: string[] = []
+    const seen: string[] = []
+    c.on('error', (e) => void errors.push(e.code))
+    c.on('status', (st) => void seen.push(st.state === 'reconnecting' ? `reconnecting: ${st.reason.message}` : st.state))
+    await until('connected', () => c.status.state === 'connected', 3000).catch(() => {
+      throw new Error(`still ${c.status.state} after 3 s; statuses: ${seen.join(', ')}; errors: ${errors.join(', ')}`)
+    })
+    expect(errors).toEqual(['token_timeout'])
+    expect(seen).toEqual(['reconnecting: the token function did not answer within 300 ms', 'connecting', 'connected'])
+    expect(calls).toBe(2)
+    expect(s.frames.filter((f) => f.op === 'auth').map((f) => f.token)).toEqual(['t2'])
+  })
+
+  test('a call that rejects is reported as token_refresh_failed (not only as a status), and retried after the backoff', async () => {
+    const s = authing()
+    let calls = 0
+    const c = keep(
+      createClient({
+        urls: [s.url],
+        token: () => (++calls === 1 ? Promise.reject(new Error('auth service down')) : Promise.resolve(`t${calls}`)),
+        backoff: { minMs: 10, maxMs: 10 },
+      }),
+    )
+    const errors: string[] = []
+    c.on('error', (e) => void errors.push(`${e.code}: ${e.message}`))
+    await until('connected', () => c.status.state === 'connected', 3000)
+    expect(errors).toEqual(['token_refresh_failed: the token function failed: auth service down'])
+    expect(s.frames.filter((f) => f.op === 'auth').map((f) => f.token)).toEqual(['t2'])
+  })
+
+  test("a timed-out call's late answer is ignored: it is never sent, and it does not end the call made after it (still one call at a time)", async () => {
+    let socket: Socket | undefined
+    let auths = 0
+    const expiresAt = () => new Date(Date.now() + 3000).toISOString()
+    const s = scripted({
+      open: (ws) => void (socket = ws),
+      frame: (ws, f) => {
+        if (f.op !== 'auth') return
+        // A token 3 s from expiry: within the skew, so a reconnect needs a fresh one.
+        ws.send(JSON.stringify({ op: 'authed', ref: f.ref, principal: 'u:ann', expiresAt: expiresAt(), dedupWindowMs: 120_000 }))
+        if (++auths === 1) setTimeout(() => ws.send(JSON.stringify({ op: 'token_expiring', expiresAt: expiresAt() })), 20)
+      },
+    })
+    let late!: (t: string) => void
+    let calls = 0
+    const token = () => {
+      const n = ++calls
+      // 1: connecting; times out and answers late.
+      if (n === 1) return new Promise<string>((r) => (late = r))
+      // 2: connecting again after the timeout.
+      if (n === 2) return Promise.resolve('t2')
+      // 3: the renewal; while it is under way the first call answers, then the node shuts down:
+      // the reconnect needs a token too and must share this call, not start a fourth.
+      if (n === 3) {
+        setTimeout(() => late('late-token'), 100)
+        setTimeout(() => socket?.close(1001, 'server shutting down'), 250)
+        return new Promise<string>((r) => setTimeout(() => r('t3'), 600))
+      }
+      return Promise.resolve(`t${n}`)
+    }
+    const c = keep(createClient({ urls: [s.url], token, tokenTimeoutMs: 1000, backoff: { minMs: 10, maxMs: 10 } }))
+    c.on('error', () => {})
+    await until('connected with the renewal token', () => s.frames.filter((f) => f.op === 'auth' && f.ref === 'auth').length === 2 && c.status.state === 'connected', 5000)
+    await sleep(200)
+    expect(s.frames.filter((f) => f.op === 'auth').map((f) => f.token)).toEqual(['t2', 't3'])
+    expect(calls).toBe(3)
+  })
+
+  test('a renewal (token_expiring) that never answers is reported as token_timeout; the connection goes on', async () => {
+    const expiresAt = new Date(Date.now() + 20_000).toISOString()
+    const s = authing((ws, f) => {
+      if (f.ref === 'auth') ws.send(JSON.stringify({ op: 'token_expiring', expiresAt }))
+    })
+    let calls = 0
+    const c = keep(createClient({ urls: [s.url], token: () => (++calls === 1 ? Promise.resolve('t1') : new Promise<string>(() => {})), tokenTimeoutMs: 300 }))
+    const errors: string[] = []
+    c.on('error', (e) => void errors.push(e.code))
+    await until('the renewal timed out', () => errors.length > 0, 3000)
+    expect(errors).toEqual(['token_timeout'])
+    expect(c.status.state).toBe('connected')
+  })
+})
