@@ -131,6 +131,34 @@ describe('client SDK', () => {
     expect(seen.filter((s) => s.state !== 'connected')).toEqual([])
   }, 30_000)
 
+  test('a token service that hangs: token_timeout, a new call after the backoff, live; the hung call\'s late token (another user\'s) is never used', async () => {
+    let late!: (t: string) => void
+    let calls = 0
+    const client = open(
+      createClient({
+        urls: [d.urls[0]],
+        token: () => (++calls === 1 ? new Promise<string>((r) => (late = r)) : d.token('tia')),
+        tokenTimeoutMs: 500,
+        backoff: { minMs: 50, maxMs: 50 },
+      }),
+    )
+    const seen = statuses(client)
+    const errors: string[] = []
+    client.on('error', (e) => void errors.push(e.code))
+    const room = client.subscribe('chat:sdk_token_hang')
+    await until('live', () => room.status === 'live', 10_000)
+    expect(errors).toEqual(['token_timeout'])
+    expect(seen.find((s) => s.state === 'reconnecting')).toMatchObject({ reason: { code: 0, message: 'the token function did not answer within 500 ms' } })
+    expect(client.status).toMatchObject({ state: 'connected', principal: 'u:tia' })
+    // The hung call answers at last, with a token for someone else: ignored.
+    late(await d.token('uma'))
+    await Bun.sleep(200)
+    expect(client.status).toMatchObject({ state: 'connected', principal: 'u:tia' })
+    expect(calls).toBe(2)
+    const ack = await client.publish({ type: 'chat.message.posted', data: { room: 'sdk_token_hang', user: 'tia', text: 'here' } })
+    expect(ack.duplicate).toBe(false)
+  }, 30_000)
+
   test('a fixed token that expires: closed with 4001, no retry with it', async () => {
     const client = open(createClient({ urls: [d.urls[0]], token: await d.token('lee', { ttlSeconds: 3 }) }))
     const seen = statuses(client)
