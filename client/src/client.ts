@@ -118,12 +118,26 @@ export function createClient(options: ClientOptions) {
   // server) must not call the token function, the game's auth service, once per frame.
   let renewedFor: string | undefined
 
+  // A listener's own bug must not stop the client: thrown out of a status change, it left the
+  // client connecting or reconnecting for good, or connected with its channels never subscribed.
   const setStatus = (s: Status) => {
     status = s
-    for (const fn of [...listeners.status]) fn(s)
+    for (const fn of [...listeners.status]) {
+      try {
+        fn(s)
+      } catch (err) {
+        report(new FanfareError('listener_error', `a status listener threw: ${(err as Error)?.message ?? err}`))
+      }
+    }
   }
   const report = (err: FanfareError) => {
-    for (const fn of [...listeners.error]) fn(err)
+    for (const fn of [...listeners.error]) {
+      try {
+        fn(err)
+      } catch {
+        // Nowhere left to report it.
+      }
+    }
   }
   const send = (frame: object) => {
     if (!socket || socket.readyState !== 1) return false
@@ -260,6 +274,8 @@ export function createClient(options: ClientOptions) {
     if (closed) return
     const url = urls[urlIndex]
     setStatus({ state: 'connecting', url, attempt })
+    // A status listener may have closed the client: a socket opened now would bring it back.
+    if (closed) return
     let credential: string | undefined
     if (options.token !== undefined) {
       try {
@@ -275,7 +291,14 @@ export function createClient(options: ClientOptions) {
       if (closed) return
       if (credential === undefined) return finish({ code: 0, message: 'signed out: the token function returned no token' })
     }
-    const s = new Socket(url)
+    let s: WebSocket
+    try {
+      s = new Socket(url)
+    } catch (err) {
+      // A browser refusing the URL (ws:// from an https page, a blocked port) throws here: out of
+      // this async function that left the client connecting for good.
+      return lost({ code: 0, message: `the WebSocket could not be created: ${(err as Error)?.message ?? err}` })
+    }
     socket = s
     // A server that never answers (a black-holed address) would leave the socket opening for minutes.
     connectTimer = setTimeout(() => lost({ code: 0, message: `not connected within ${connectTimeoutMs} ms` }), connectTimeoutMs)
@@ -298,6 +321,7 @@ export function createClient(options: ClientOptions) {
     connectTimer = undefined
     connectedAt = now()
     setStatus({ state: 'connected', url, ...(principal !== undefined ? { principal } : {}) })
+    if (closed) return
     channels.online()
     outbox.online()
   }

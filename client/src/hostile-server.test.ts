@@ -476,3 +476,74 @@ describe('client whose token function does not answer', () => {
     expect(c.status.state).toBe('connected')
   })
 })
+
+describe('client whose platform or app throws', () => {
+  test('a WebSocket class that throws when constructed (a browser refusing ws:// from an https page) is retried with backoff, not left connecting', async () => {
+    const s = scripted({ frame: (ws, f) => f.op === 'auth' && ws.send(JSON.stringify({ op: 'authed', ref: f.ref, principal: 'u:ann', dedupWindowMs: 120_000 })) })
+    let made = 0
+    const Refusing = class extends WebSocket {
+      constructor(url: string | URL) {
+        if (++made === 1) throw new DOMException('An insecure WebSocket connection may not be initiated from a page loaded over HTTPS.', 'SecurityError')
+        super(url)
+      }
+    }
+    // (A token function: the first socket is made after the listeners below are on.)
+    const c = keep(createClient({ urls: [s.url], WebSocket: Refusing, token: async () => 't', backoff: { minMs: 10, maxMs: 10 } }))
+    const seen: string[] = []
+    c.on('status', (st) => void seen.push(st.state === 'reconnecting' ? `reconnecting: ${st.reason.message}` : st.state))
+    await until('connected', () => c.status.state === 'connected', 3000).catch(() => {
+      throw new Error(`still ${c.status.state}; statuses: ${seen.join(', ')}`)
+    })
+    expect(seen[0]).toBe('reconnecting: the WebSocket could not be created: An insecure WebSocket connection may not be initiated from a page loaded over HTTPS.')
+  })
+
+  test('a status listener that throws is reported as listener_error and does not stop the client (connecting, reconnecting, channels, publishes)', async () => {
+    let connection = 0
+    const s = scripted({
+      open: (ws) => {
+        // The first connection drops at once: the client must get through reconnecting too.
+        if (++connection === 1) setTimeout(() => ws.close(1011, 'oops'), 20)
+      },
+      frame: (ws, f) => {
+        if (f.op === 'subscribe') ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } }))
+        if (f.op === 'publish') ws.send(JSON.stringify({ op: 'ack', ref: f.ref, id: f.event.id, seq: 1, duplicate: false }))
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], backoff: { minMs: 10, maxMs: 10 } }))
+    const errors: string[] = []
+    c.on('error', (e) => void errors.push(e.code))
+    c.on('status', () => {
+      throw new Error('a bug in the app')
+    })
+    const sub = c.subscribe('reactions:s')
+    await until('live on the second connection', () => connection === 2 && sub.status === 'live', 3000)
+    const ack = await Promise.race([c.publish({ type: 'chat.message.posted', data: { room: 'r', user: 'ann', text: 'hi' } }), sleep(3000).then(() => undefined)])
+    expect(ack).toMatchObject({ seq: 1 })
+    expect(c.status.state).toBe('connected')
+    expect(errors.length).toBeGreaterThan(0)
+    expect(new Set(errors)).toEqual(new Set(['listener_error']))
+  })
+
+  for (const token of [undefined, 'fixed-token']) {
+    test(`close() called by a status listener as a reconnect starts (${token ? 'a token string' : 'anonymous'}): stays closed, nothing connects`, async () => {
+      let connection = 0
+      const s = scripted({
+        open: (ws) => {
+          if (++connection === 1) setTimeout(() => ws.close(1011, 'oops'), 20)
+        },
+        frame: (ws, f) => f.op === 'auth' && ws.send(JSON.stringify({ op: 'authed', ref: f.ref, principal: 'u:ann', dedupWindowMs: 120_000 })),
+      })
+      const c = keep(createClient({ urls: [s.url], ...(token ? { token } : {}), backoff: { minMs: 10, maxMs: 10 } }))
+      const seen: string[] = []
+      c.on('status', (st) => {
+        seen.push(st.state)
+        if (st.state === 'connecting') c.close()
+      })
+      await until('closed', () => c.status.state === 'closed', 3000)
+      await sleep(300)
+      expect(seen).toEqual(['connected', 'reconnecting', 'connecting', 'closed'])
+      expect(c.status.state).toBe('closed')
+      expect(connection).toBe(1)
+    })
+  }
+})
