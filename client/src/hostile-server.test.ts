@@ -477,6 +477,86 @@ describe('client whose token function does not answer', () => {
   })
 })
 
+describe('client waits that must end', () => {
+  /** A TCP server that accepts connections and never answers (a black hole behind a load balancer): the WebSocket never opens. */
+  function silentTcp() {
+    let connections = 0
+    const server = Bun.listen({ hostname: '127.0.0.1', port: 0, socket: { open: () => void connections++, data: () => {} } })
+    stops.push(() => server.stop(true))
+    return { url: `ws://127.0.0.1:${server.port}/v1/ws`, connections: () => connections }
+  }
+  const stops: (() => void)[] = []
+  afterEach(() => {
+    for (const stop of stops.splice(0)) stop()
+  })
+
+  test('a WebSocket that never opens is given up after connectTimeoutMs and tried again after the backoff', async () => {
+    const s = silentTcp()
+    const c = keep(createClient({ urls: [s.url], connectTimeoutMs: 300, backoff: { minMs: 10, maxMs: 10 } }))
+    await until('tried again', () => s.connections() >= 2, 3000)
+    expect(c.status.state).not.toBe('connected')
+  })
+
+  test('a server that opens the WebSocket but never answers the auth frame: given up after connectTimeoutMs', async () => {
+    const s = scripted({})
+    const c = keep(createClient({ urls: [s.url], token: 't', connectTimeoutMs: 300, backoff: { minMs: 10, maxMs: 10 } }))
+    const seen: string[] = []
+    c.on('status', (st) => void seen.push(st.state === 'reconnecting' ? st.reason.message : st.state))
+    await until('tried again', () => s.connections() >= 2, 3000)
+    expect(seen[0]).toBe('not connected within 300 ms')
+  })
+
+  for (const during of ['a token call', 'a WebSocket opening', 'the auth'] as const) {
+    test(`close() during ${during}: closed at once, publishes fail with closed, and nothing connects after`, async () => {
+      const tcp = silentTcp()
+      const s = scripted({})
+      const url = during === 'a WebSocket opening' ? tcp.url : s.url
+      let answer: ((t: string) => void) | undefined
+      const token = during === 'a token call' ? () => new Promise<string>((r) => (answer = r)) : async () => 't'
+      const c = keep(createClient({ urls: [url], token, tokenTimeoutMs: 200, connectTimeoutMs: 200, backoff: { minMs: 10, maxMs: 10 } }))
+      const errors: string[] = []
+      c.on('error', (e) => void errors.push(e.code))
+      if (during === 'a token call') await until('the token call', () => answer !== undefined, 3000)
+      if (during === 'a WebSocket opening') await until('the connection', () => tcp.connections() === 1, 3000)
+      if (during === 'the auth') await until('the auth frame', () => s.frames.some((f) => f.op === 'auth'), 3000)
+      const sent = c.publish({ type: 'chat.message.posted', data: { room: 'r', user: 'ann', text: 'hi' } })
+      c.close()
+      expect(c.status.state).toBe('closed')
+      await expect(sent).rejects.toMatchObject({ code: 'closed' })
+      answer?.('late')
+      // Past every timeout and backoff: nothing more happened.
+      await sleep(500)
+      expect(c.status.state).toBe('closed')
+      expect(tcp.connections() + s.connections()).toBe(during === 'a token call' ? 0 : 1)
+      expect(errors).toEqual([])
+    })
+  }
+
+  test('an unsubscribe never answered waits for nothing: the subscription ends at once, the connection stays, and the channel can be followed again', async () => {
+    let subscribes = 0
+    const s = scripted({
+      frame: (ws, f) => {
+        // Every subscribe is answered; no unsubscribe ever is.
+        if (f.op === 'subscribe') ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: ++subscribes, epoch: 'e1', data: { stream: 's', totals: { a: subscribes } } }))
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], requestTimeoutMs: 200 }))
+    const first = c.subscribe('reactions:s')
+    await until('live', () => first.status === 'live', 3000)
+    first.unsubscribe()
+    expect(first.status).toBe('closed')
+    await until('the unsubscribe sent', () => s.frames.some((f) => f.op === 'unsubscribe'), 3000)
+    // Three times requestTimeoutMs: no answer is waited for, so the connection is not replaced.
+    await sleep(600)
+    const again = c.subscribe('reactions:s')
+    await until('live again', () => again.status === 'live', 3000)
+    await sleep(600)
+    expect(again.version).toBe(2)
+    expect(again.status).toBe('live')
+    expect(s.connections()).toBe(1)
+  })
+})
+
 describe('client whose platform or app throws', () => {
   test('a WebSocket class that throws when constructed (a browser refusing ws:// from an https page) is retried with backoff, not left connecting', async () => {
     const s = scripted({ frame: (ws, f) => f.op === 'auth' && ws.send(JSON.stringify({ op: 'authed', ref: f.ref, principal: 'u:ann', dedupWindowMs: 120_000 })) })
