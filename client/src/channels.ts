@@ -32,6 +32,7 @@ export type Subscription<C extends string = string> = {
   readonly state: StateOf<C> | undefined
   readonly version: number
   readonly epoch: string
+  /** `live` only while updates really arrive; `closed` once unsubscribed, or once the client closed (its state stays readable then). */
   readonly status: SubscriptionStatus
   /** Stops this subscription (the server subscription ends with the channel's last one). */
   unsubscribe(): void
@@ -106,6 +107,8 @@ export function createChannels(deps: {
   const followed = new Map<string, Followed>()
   let refs = 0
   let online = false
+  // The client closed for good: no subscription of it is live any more.
+  let ended = false
   // When the next subscribe refused by a rate limit may go again: see `paced`.
   let nextRetryAt = 0
 
@@ -292,7 +295,7 @@ export function createChannels(deps: {
           return owner.epoch
         },
         get status(): SubscriptionStatus {
-          if (closed) return 'closed'
+          if (closed || ended) return 'closed'
           return owner.phase === 'live' ? 'live' : owner.phase === 'failed' ? 'failed' : owner.phase === 'resyncing' ? 'resyncing' : 'pending'
         },
         unsubscribe() {
@@ -397,6 +400,7 @@ export function createChannels(deps: {
 
     close() {
       online = false
+      ended = true
       for (const f of followed.values()) if (f.timer !== undefined) clearTimeout(f.timer)
       followed.clear()
     },

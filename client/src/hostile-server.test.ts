@@ -627,3 +627,26 @@ describe('client whose platform or app throws', () => {
     })
   }
 })
+
+describe('client closed for good', () => {
+  test('its subscriptions are no longer shown live: close() by the app, and a 4003 (revoked) from the server', async () => {
+    for (const how of ['close()', '4003'] as const) {
+      const s = scripted({
+        frame: (ws, f) => {
+          if (f.op === 'subscribe') {
+            ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } }))
+            if (how === '4003') setTimeout(() => ws.close(4003, 'revoked'), 50)
+          }
+        },
+      })
+      const c = keep(createClient({ urls: [s.url] }))
+      const sub = c.subscribe('reactions:s')
+      await until('live', () => sub.status === 'live', 3000)
+      if (how === 'close()') c.close()
+      await until('closed', () => c.status.state === 'closed', 3000)
+      expect({ how, status: sub.status }).toEqual({ how, status: 'closed' })
+      // What it held stays readable: exact as of its version.
+      expect(sub.state).toEqual({ stream: 's', totals: { a: 1 } })
+    }
+  })
+})
