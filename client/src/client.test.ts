@@ -267,6 +267,29 @@ describe('client against scripted servers', () => {
     expect(new Set(ids).size).toBe(1)
   })
 
+  test('an event sent but never answered, then no connection at all: it fails as unconfirmed when the dedup window nears its end, not when (if ever) a connection comes back', async () => {
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'auth') return authed(ws, f.ref, { dedupWindowMs: 1500 })
+        // The node dies with the event unanswered, and nothing answers at that address any more.
+        if (f.op === 'publish') setTimeout(() => s.server.stop(true), 10)
+      },
+    })
+    const c = createClient({ urls: [s.url], token: 't', backoff: { minMs: 50, maxMs: 50 } })
+    const seen = track(c)
+    const started = Date.now()
+    const outcome = await Promise.race([
+      c.publish({ type: 'chat.message.posted', data: { room: 'r', user: 'ann', text: 'hi' } }).catch((e) => e.code),
+      Bun.sleep(4000).then(() => 'still pending after 4 s'),
+    ])
+    expect(outcome).toBe('unconfirmed')
+    // 1500 ms less its 10 % margin after the send.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1300)
+    expect(Date.now() - started).toBeLessThan(2500)
+    expect(seen.filter((x) => x.state === 'connected').length).toBe(1)
+    expect(c.pending).toBe(0)
+  })
+
   test('database_unavailable (nothing was published) is resent with the same id, also past the dedup window: never unconfirmed', async () => {
     let refusals = 0
     const s = scripted({

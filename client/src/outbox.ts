@@ -40,7 +40,7 @@ export type Outbox = ReturnType<typeof createOutbox>
  * (the window grows back by one per ack), refused events first. Events already in flight behind a
  * rate-limited one are refused by the server too until it is sent again (see the server's
  * publish-order.ts), so a refused event is never overtaken. An event whose outcome is unknown is resent only within the server's
- * de-duplication window; past it, its promise fails with `unconfirmed` rather than risk a double.
+ * de-duplication window; past it (connected or not), its promise fails with `unconfirmed` rather than risk a double.
  */
 export function createOutbox(deps: {
   /** Most events waiting (queued and in flight); a publish past it fails with `outbox_full`. */
@@ -61,6 +61,8 @@ export function createOutbox(deps: {
   let failures = 0
   let online = false
   let timer: ReturnType<typeof setTimeout> | undefined
+  // Fires when the first event in doubt may no longer be resent; see `sweep`.
+  let doubtTimer: ReturnType<typeof setTimeout> | undefined
   let published = 0
   let refs = 0
 
@@ -75,12 +77,13 @@ export function createOutbox(deps: {
       pump()
     }, Math.min(ms, MAX_TIMER_MS))
   }
-  /** A resend is safe while the server still remembers the id, with a margin for clocks and transit. */
-  const stillSafe = (e: Entry, now: number) => {
-    if (e.maybeStoredAt === undefined) return true
+  /** Until when a resend is safe: while the server still remembers the id, with a margin for clocks and transit. */
+  const safeUntil = (e: Entry) => {
+    if (e.maybeStoredAt === undefined) return Infinity
     const windowMs = deps.dedupWindowMs()
-    return now - e.maybeStoredAt < windowMs - Math.min(10_000, windowMs / 10)
+    return e.maybeStoredAt + windowMs - Math.min(10_000, windowMs / 10)
   }
+  const stillSafe = (e: Entry, now: number) => now < safeUntil(e)
   const unconfirmed = (e: Entry) =>
     e.reject(
       new FanfareError(
@@ -88,6 +91,29 @@ export function createOutbox(deps: {
         `event ${e.event.id} was sent but not acknowledged within the server's de-duplication window: it may or may not be stored, and sending it again could store it twice`,
       ),
     )
+
+  /**
+   * Fails the waiting events in doubt that may no longer be resent, online or not, and arms itself
+   * for the next: checked only when an event's turn to be sent came, one in doubt waited for a
+   * connection (or behind a refusal) as long as that took, for good if none came.
+   */
+  function sweep() {
+    if (doubtTimer !== undefined) clearTimeout(doubtTimer)
+    doubtTimer = undefined
+    const now = deps.now()
+    let next = Infinity
+    for (const e of [...queued]) {
+      const until = safeUntil(e)
+      if (until === Infinity) continue
+      if (now < until) {
+        next = Math.min(next, until)
+        continue
+      }
+      queued.splice(queued.indexOf(e), 1)
+      unconfirmed(e)
+    }
+    if (next !== Infinity) doubtTimer = setTimeout(sweep, Math.min(MAX_TIMER_MS, next - now))
+  }
 
   function pump() {
     if (!online) return
@@ -139,6 +165,7 @@ export function createOutbox(deps: {
       inFlight.clear()
       // A clean start on the next connection: its limits are fresh.
       window = Math.max(1, Math.min(window, deps.window))
+      sweep()
     },
 
     /** Handles an `ack` or `error` frame; false when its ref is not a publish of this outbox. */
@@ -164,6 +191,7 @@ export function createOutbox(deps: {
         requeue(e)
         window = 1
         pausedUntil = Math.max(pausedUntil, deps.now() + deps.backoff(++failures))
+        sweep()
       } else {
         e.reject(new FanfareError(code, message, details))
       }
@@ -175,6 +203,7 @@ export function createOutbox(deps: {
     close(err: FanfareError) {
       online = false
       if (timer !== undefined) clearTimeout(timer)
+      if (doubtTimer !== undefined) clearTimeout(doubtTimer)
       for (const e of [...inFlight.values(), ...queued]) e.reject(err)
       inFlight.clear()
       queued.length = 0
