@@ -89,7 +89,8 @@ export function createClient(options: ClientOptions) {
   const pingIntervalMs = options.pingIntervalMs ?? 25_000
   const pongTimeoutMs = options.pongTimeoutMs ?? 10_000
   const connectTimeoutMs = options.connectTimeoutMs ?? 10_000
-  const tokenTimeoutMs = options.tokenTimeoutMs ?? 10_000
+  // Infinity (no limit) as the longest a timer holds: past it, timers fire at once.
+  const tokenTimeoutMs = Math.min(options.tokenTimeoutMs ?? 10_000, MAX_TIMER_MS)
   const requestTimeoutMs = options.requestTimeoutMs ?? 10_000
   const listeners: Listeners = { status: new Set(), error: new Set() }
   const nextId = eventIds()

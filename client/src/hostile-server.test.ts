@@ -462,6 +462,16 @@ describe('client whose token function does not answer', () => {
     expect(calls).toBe(3)
   })
 
+  test('tokenTimeoutMs: Infinity means no limit, not a timeout at once (a timer given more than 2^31-1 ms fires at once)', async () => {
+    const s = authing()
+    const c = keep(createClient({ urls: [s.url], token: () => new Promise<string>((r) => setTimeout(() => r('slow'), 300)), tokenTimeoutMs: Infinity }))
+    const errors: string[] = []
+    c.on('error', (e) => void errors.push(e.code))
+    await until('connected', () => c.status.state === 'connected', 3000)
+    expect(errors).toEqual([])
+    expect(s.frames.filter((f) => f.op === 'auth').map((f) => f.token)).toEqual(['slow'])
+  })
+
   test('a renewal (token_expiring) that never answers is reported as token_timeout; the connection goes on', async () => {
     const expiresAt = new Date(Date.now() + 20_000).toISOString()
     const s = authing((ws, f) => {
