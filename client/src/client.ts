@@ -21,9 +21,10 @@ export type CloseReason = { code: number; message: string }
  * null/undefined when the user signed out: the client closes instead of retrying forever. A
  * function that throws, or does not answer within `tokenTimeoutMs`, is reported (`token_refresh_failed`,
  * `token_timeout`) and retried with backoff (the token service may be down for a moment); what a
- * call that timed out answers later is ignored.
+ * call that timed out answers later is ignored. `signal` is aborted when the SDK gives a call up
+ * (timed out, or the client closed): pass it to `fetch` so the request is dropped too.
  */
-export type TokenSource = string | (() => Promise<string | null | undefined>)
+export type TokenSource = string | ((opts: { signal: AbortSignal }) => Promise<string | null | undefined>)
 
 export type ClientOptions = {
   /** Servers to connect to, in any order: `ws(s)://host/v1/ws`, or `http(s)://host` (the SDK adds `/v1/ws`). */
@@ -176,10 +177,16 @@ export function createClient(options: ClientOptions) {
         clearTimeout(call.timer)
         settle()
       }
-      call.abandon = (err) => end(() => reject(err))
-      call.timer = setTimeout(() => end(() => reject(new FanfareError('token_timeout', `the token function did not answer within ${tokenTimeoutMs} ms`))), tokenTimeoutMs)
+      const aborted = new AbortController()
+      const giveUp = (err: FanfareError) =>
+        end(() => {
+          aborted.abort(err)
+          reject(err)
+        })
+      call.abandon = giveUp
+      call.timer = setTimeout(() => giveUp(new FanfareError('token_timeout', `the token function did not answer within ${tokenTimeoutMs} ms`)), tokenTimeoutMs)
       Promise.resolve()
-        .then(() => fn())
+        .then(() => fn({ signal: aborted.signal }))
         .then(
           (fresh) =>
             end(() => {

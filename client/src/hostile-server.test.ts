@@ -383,13 +383,14 @@ describe('client whose token function does not answer', () => {
       },
     })
 
-  test('a call that never settles is given up after tokenTimeoutMs: token_timeout is reported, and after the backoff a new call connects', async () => {
+  test('a call that never settles is given up after tokenTimeoutMs: token_timeout is reported, its signal aborted, and after the backoff a new call connects', async () => {
     const s = authing()
+    const signals: AbortSignal[] = []
     let calls = 0
     const c = keep(
       createClient({
         urls: [s.url],
-        token: () => (++calls === 1 ? new Promise<string>(() => {}) : Promise.resolve(`t${calls}`)),
+        token: ({ signal }) => (signals.push(signal), ++calls === 1 ? new Promise<string>(() => {}) : Promise.resolve(`t${calls}`)),
         tokenTimeoutMs: 300,
         backoff: { minMs: 10, maxMs: 10 },
       }),
@@ -403,6 +404,11 @@ describe('client whose token function does not answer', () => {
     })
     expect(errors).toEqual(['token_timeout'])
     expect(seen).toEqual(['reconnecting: the token function did not answer within 300 ms', 'connecting', 'connected'])
+    // The given-up call was told (its fetch aborted); the one that answered was not.
+    expect(signals.map((sg) => [sg.aborted, (sg.reason as { code?: string } | undefined)?.code])).toEqual([
+      [true, 'token_timeout'],
+      [false, undefined],
+    ])
     expect(calls).toBe(2)
     expect(s.frames.filter((f) => f.op === 'auth').map((f) => f.token)).toEqual(['t2'])
   })
@@ -522,7 +528,8 @@ describe('client waits that must end', () => {
       const s = scripted({})
       const url = during === 'a WebSocket opening' ? tcp.url : s.url
       let answer: ((t: string) => void) | undefined
-      const token = during === 'a token call' ? () => new Promise<string>((r) => (answer = r)) : async () => 't'
+      let signal: AbortSignal | undefined
+      const token = during === 'a token call' ? (o: { signal: AbortSignal }) => ((signal = o.signal), new Promise<string>((r) => (answer = r))) : async () => 't'
       const c = keep(createClient({ urls: [url], token, tokenTimeoutMs: 200, connectTimeoutMs: 200, backoff: { minMs: 10, maxMs: 10 } }))
       const errors: string[] = []
       c.on('error', (e) => void errors.push(e.code))
@@ -532,6 +539,7 @@ describe('client waits that must end', () => {
       const sent = c.publish({ type: 'chat.message.posted', data: { room: 'r', user: 'ann', text: 'hi' } })
       c.close()
       expect(c.status.state).toBe('closed')
+      if (during === 'a token call') expect(signal?.aborted).toBe(true)
       await expect(sent).rejects.toMatchObject({ code: 'closed' })
       answer?.('late')
       // Past every timeout and backoff: nothing more happened.
