@@ -10,7 +10,8 @@ export type Authenticator = {
   /**
    * The principal a credential stands for: a bootstrap token, an API key (`ffk_...`) or a user
    * JWT. Refuses with Unauthorized (401 `unauthorized` / `invalid_token`), TokenExpired (401
-   * `token_expired`) or Revoked (401 `revoked`). Answered at once (returned, or thrown) when nothing
+   * `token_expired`) or Revoked (401 `revoked`); a credential it cannot check now is Unavailable
+   * (503 `auth_unavailable`: a JWKS that cannot be fetched) or a database error. Answered at once (returned, or thrown) when nothing
    * has to be fetched: a bootstrap token, an HS256 user token; through a promise otherwise (an API
    * key is looked up, a JWKS token's keys may be fetched). Callers await either.
    */

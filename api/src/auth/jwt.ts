@@ -1,10 +1,10 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { createVerifier, TokenError } from 'fast-jwt'
-import { createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify } from 'jose'
+import { createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify, type JWTVerifyGetKey } from 'jose'
 import type { Config } from '../../../core/config'
 import { ActorId, DisplayName, STORABLE_TEXT } from '../../../core/events'
-import { TokenExpired, Unauthorized } from '../errors'
+import { TokenExpired, Unauthorized, Unavailable } from '../errors'
 import type { UserPrincipal } from './principal'
 
 /**
@@ -67,7 +67,7 @@ export function createJwtVerifier(
   opts: { now?: () => number; /** At most one JWKS fetch per this long (an unknown kid fetches again after it). */ jwksCooldownMs?: number } = {},
 ): JwtVerifier | undefined {
   const secret = config.FANFARE_JWT_SECRET ? hs256Verifier(config.FANFARE_JWT_SECRET, config, opts.now) : undefined
-  const jwks = config.FANFARE_JWKS_URL ? createRemoteJWKSet(new URL(config.FANFARE_JWKS_URL), { cooldownDuration: opts.jwksCooldownMs ?? 30_000, cacheMaxAge: 10 * 60_000 }) : undefined
+  const jwks = config.FANFARE_JWKS_URL ? remoteKeys(new URL(config.FANFARE_JWKS_URL), opts.jwksCooldownMs ?? 30_000) : undefined
   if (!secret && !jwks) return undefined
   const verifyJwks = async (token: string): Promise<unknown> =>
     (
@@ -151,9 +151,31 @@ function alg(token: string): unknown {
   }
 }
 
+/**
+ * What jose answers when the key set it has does not serve a token: the token names a key the set
+ * lacks (or several), or one of an algorithm it has no key type for. A refusal of the token.
+ */
+const KEY_REFUSALS = new Set(['ERR_JWKS_NO_MATCHING_KEY', 'ERR_JWKS_MULTIPLE_MATCHING_KEYS', 'ERR_JOSE_NOT_SUPPORTED', 'ERR_JOSE_ALG_NOT_ALLOWED'])
+
+/**
+ * The keys of FANFARE_JWKS_URL (cached, fetched again on an unknown kid). A set that cannot be
+ * fetched (the auth service down or unreachable, a timeout, an answer that is no key set) says
+ * nothing against the token: 503 `auth_unavailable`, which callers retry, never 401
+ * `invalid_token`, which is terminal (a client drops the credential, and its address is charged a
+ * failed credential for it).
+ */
+function remoteKeys(url: URL, cooldownMs: number): JWTVerifyGetKey {
+  const keys = createRemoteJWKSet(url, { cooldownDuration: cooldownMs, cacheMaxAge: 10 * 60_000 })
+  return (header, token) =>
+    keys(header, token).catch((err: unknown) => {
+      if (KEY_REFUSALS.has((err as { code?: string })?.code ?? '')) throw err
+      throw new Unavailable('cannot check the token now: the key set of its issuer could not be fetched; retry shortly with the same token', 'auth_unavailable')
+    })
+}
+
 /** Either library's refusal as ours; their codes say what is wrong without leaking key material. */
-function refusal(err: unknown): Unauthorized {
-  if (err instanceof Unauthorized) return err
+function refusal(err: unknown): Unauthorized | Unavailable {
+  if (err instanceof Unauthorized || err instanceof Unavailable) return err
   if (err instanceof errors.JWTExpired || (err instanceof TokenError && err.code === TokenError.codes.expired)) return new TokenExpired()
   return new Unauthorized(`invalid token: ${describe(err)}`, 'invalid_token')
 }

@@ -5,6 +5,8 @@
 export const CLOSE = {
   /** RFC 6455 "going away": the node is shutting down. Reconnect at once, elsewhere; resume. */
   GOING_AWAY: 1001,
+  /** RFC 6455 "try again later": a credential could not be checked now (its issuer's key set unreachable, the database away). Reconnect after a backoff, with the same credential. */
+  TRY_AGAIN_LATER: 1013,
   /** The user token expired (or authentication never came). Get a fresh token, reconnect, resume. */
   TOKEN_EXPIRED: 4001,
   /** The credential is invalid or was revoked, or it tried what it may not. Terminal: do not retry with it. */

@@ -15,7 +15,7 @@ import { maySubscribe } from '../auth/permissions'
 import { ANONYMOUS, principalId, type Principal } from '../auth/principal'
 import type { Revocations } from '../auth/revocations'
 import type { RoomAccess } from '../auth/rooms'
-import { AppError, Forbidden, Invalid, RateLimited, Revoked, TokenExpired, Unauthorized, Unavailable } from '../errors'
+import { AppError, Forbidden, Invalid, RateLimited, retryAfterSeconds, Revoked, TokenExpired, Unauthorized, Unavailable } from '../errors'
 import { checkCredential, closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
 import { heldBack, holdAfterUnavailable, type PublishHold } from '../limits/publish-order'
 import type { Presence } from '../presence'
@@ -92,6 +92,9 @@ type Connection = Sink & {
   /** The next of: the `token_expiring` warning, the expiry close, the deadline for a first `auth` frame. */
   timer: ReturnType<typeof setTimeout> | undefined
 }
+
+/** How long a client waits before sending again a credential that could not be checked (a 503's Retry-After). */
+const RETRY_CREDENTIAL_MS = 1000
 
 /** The longest delay setTimeout holds (2^31 - 1 ms, ~24.8 days). */
 const MAX_TIMER_MS = 2 ** 31 - 1
@@ -397,6 +400,15 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             // Refused unchecked (its address failed too often): 4029 tells the client when to come back.
             if (err instanceof RateLimited) return void refuseSocket(conn, frame.ref, { code: 'rate_limited', message: err.message, retryAfterMs: err.retryAfterMs })
             const body = errorBody(err)
+            if (err instanceof Unavailable || !(err instanceof AppError)) {
+              // Not the credential's fault: it could not be checked now (the issuer's key set or the
+              // database away). Never the terminal 4003: a refresh keeps the socket and the identity
+              // it holds (good until it expires); a sign-in is closed with "try again later".
+              if (body.code === 'internal') log.error({ err }, 'checking a credential failed')
+              reply({ op: 'error', ref: frame.ref, error: { ...body, retryAfterMs: RETRY_CREDENTIAL_MS } })
+              if (conn.principal.kind === 'anonymous') close(conn, CLOSE.TRY_AGAIN_LATER, `${body.code}: reconnect after ${RETRY_CREDENTIAL_MS} ms`)
+              return
+            }
             reply({ op: 'error', ref: frame.ref, error: body })
             return void close(conn, err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN, body.code)
           }
@@ -561,6 +573,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       } catch (err) {
         if (err instanceof RateLimited) return refuseUpgrade(set, { code: err.code, message: err.message, retryAfterMs: err.retryAfterMs })
         if (!(err instanceof AppError)) throw err
+        if (err instanceof Unavailable) set.headers['retry-after'] = retryAfterSeconds(err.retryAfterMs)
         set.status = err.status
         return { error: { code: err.code, message: err.message } }
       }

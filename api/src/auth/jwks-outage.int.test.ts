@@ -1,0 +1,102 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { exportJWK, generateKeyPair, SignJWT, type JWK } from 'jose'
+import { connectPostgres, type Database } from '../../../core/db/client'
+import { createLogger } from '../../../core/logger'
+import { connectNats, ensureStreams } from '../../../core/nats'
+import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import { until, WsClient } from '../../../test/e2e/harness'
+import { CLOSE } from '../realtime/close-codes'
+import { startApi, type RunningApi } from '../server'
+import { mintUserToken } from './mint'
+
+/**
+ * The game's auth service serving FANFARE_JWKS_URL is down (restarting, unreachable, answering
+ * errors): Fanfare cannot check a JWKS token, which says nothing against the token. Callers are
+ * told to retry (503 `auth_unavailable`, a retryable close), never that their good token is
+ * invalid (401 `invalid_token`, close 4003: terminal, the SDK stops for good), and their address is
+ * not charged failed credentials for it (or a shared address is locked out once the service is back).
+ */
+describe('the JWKS cannot be fetched', () => {
+  let env: TestEnv
+  let database: Database
+  let nc: Awaited<ReturnType<typeof connectNats>>
+  let api: RunningApi
+  let jwks: ReturnType<typeof Bun.serve>
+  let base: string
+  let ws: string
+  let down = true
+  const keys: JWK[] = []
+  let sign: (sub: string) => Promise<string>
+
+  beforeAll(async () => {
+    jwks = Bun.serve({ port: 0, hostname: '127.0.0.1', fetch: () => (down ? new Response('upstream restarting', { status: 503 }) : Response.json({ keys })) })
+    const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true })
+    keys.push({ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' })
+    sign = (sub) => new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setSubject(sub).setIssuedAt().setExpirationTime('10m').sign(privateKey)
+    // Three failed credentials a minute per address: the outage must not spend them.
+    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_JWKS_URL: `http://127.0.0.1:${jwks.port}/jwks.json`, FANFARE_AUTH_FAILURES_PER_MINUTE: '3' })
+    database = await connectPostgres(env.vars.DATABASE_URL)
+    nc = await connectNats(env.vars.NATS_URL, 'jwks-outage-test')
+    await ensureStreams(nc, env.config)
+    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+    base = `http://127.0.0.1:${api.port}`
+    ws = `ws://127.0.0.1:${api.port}/v1/ws`
+  })
+  afterAll(async () => {
+    await api?.stop()
+    await nc?.close()
+    await database?.close()
+    await env?.cleanup()
+    jwks?.stop(true)
+  })
+
+  const get = (token: string) => fetch(`${base}/v1/leaderboards/b`, { headers: { authorization: `Bearer ${token}` } })
+
+  test("a refresh that cannot be checked keeps the socket and its identity: the token it holds is still good until it expires", async () => {
+    // Signed in with an HS256 token (the secret works without the JWKS), refreshed with a JWKS one.
+    down = true
+    const c = await WsClient.open(`${ws}?token=${await mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub: 'bob', ttlSeconds: 600 })}`)
+    // First in this file: the node has never fetched the set, so the token's key must be fetched.
+    const { privateKey } = await generateKeyPair('ES256', { extractable: true })
+    const rotated = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k2' }).setSubject('bob').setIssuedAt().setExpirationTime('10m').sign(privateKey)
+    c.send({ op: 'auth', ref: 'renew', token: rotated })
+    expect((await c.reply('renew')).error.code).toBe('auth_unavailable')
+    c.send({ op: 'subscribe', ref: 's', channel: 'user:bob' })
+    await until('user:bob snapshot', () => c.of('user:bob').length === 1)
+    expect(c.frames.find((f) => f.ref === 's')).toBeUndefined() // no error: still bob
+    expect(c.closed).toBeUndefined()
+    c.close()
+  })
+
+  test('REST, the upgrade and auth frames are told to retry (503 auth_unavailable, close 1013), not that the token is invalid; once the service is back the same token works', async () => {
+    down = true
+    const token = await sign('ann')
+    // More tries than the address's failed-credential budget: none is charged.
+    for (let i = 0; i < 5; i++) {
+      const res = await get(token)
+      const body = (await res.json()) as any
+      expect([res.status, body.error.code]).toEqual([503, 'auth_unavailable'])
+      expect(res.headers.get('retry-after')).toBe('1')
+      expect(body.error.message).not.toContain('127.0.0.1') // where the auth service lives is not the caller's business
+    }
+    const upgrade = await fetch(`${base}/v1/ws?token=${token}`, {
+      headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },
+    })
+    expect([upgrade.status, ((await upgrade.json()) as any).error.code]).toEqual([503, 'auth_unavailable'])
+    expect(upgrade.headers.get('retry-after')).toBe('1')
+
+    // The SDK signs in with an auth frame: refused for now, closed with a code it retries on.
+    const c = await WsClient.open(ws)
+    c.send({ op: 'auth', ref: 'auth', token })
+    expect((await c.reply('auth')).error).toMatchObject({ code: 'auth_unavailable', retryAfterMs: 1000 })
+    await until('socket closed', () => c.closed, 5000)
+    expect(c.closed!.code).toBe(CLOSE.TRY_AGAIN_LATER)
+
+    down = false
+    expect((await get(token)).status).toBe(200)
+    const d = await WsClient.open(ws)
+    d.send({ op: 'auth', ref: 'auth', token })
+    expect(await d.reply('auth')).toMatchObject({ op: 'authed', principal: 'u:ann' })
+    d.close()
+  })
+})
