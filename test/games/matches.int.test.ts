@@ -48,7 +48,7 @@ describe('matches through the API and the projection', () => {
     await post([{ type: 'match.join', data: { match: 'm1' } }], users.cat) // full
     await caughtUp()
     expect((await hh.call('GET', '/v1/matches/m1', { token: users.dan })).json).toMatchObject({ status: 'full', players: [{ player: 'ann' }, { player: 'bob' }] })
-    await post([{ type: 'match.leave', data: { match: 'm1', player: 'ann' } }], users.bob) // bob leaves (the player is the token's sub, not the body's)
+    await post([{ type: 'match.leave', data: { match: 'm1' } }], users.bob) // bob leaves (the player is the token's sub)
     await post([{ type: 'match.join', data: { match: 'm1' } }], users.cat) // open again: cat gets bob's seat
     await post([{ type: 'match.ready', data: { match: 'm1' } }], users.ann)
     await post([{ type: 'match.finish', data: { match: 'm1', results: [{ player: 'ann', score: 1 }] } }]) // not started: refused
@@ -134,6 +134,28 @@ describe('matches through the API and the projection', () => {
     // Users cannot create or finish matches; keys without the scope neither.
     expect((await hh.call('POST', '/v1/events', { token: users.ann, body: { events: [{ type: 'match.finish', data: { match: 'm1', results: [{ player: 'ann', score: 99 }] } }] } })).status).toBe(403)
   }, 60_000)
+
+  test("a player leaves as themselves: a user's leave naming another player (or the API nodes' reason) is 403 and changes nothing, never applied as the sender's own leave", async () => {
+    const { hh, token, post, caughtUp } = await setup()
+    const [ann, bob] = await Promise.all([token('ann'), token('bob')])
+    await post([{ type: 'match.created', data: { match: 'k1', mode: 'duel', maxPlayers: 2 } }])
+    await post([{ type: 'match.join', data: { match: 'k1' } }], ann)
+    await post([{ type: 'match.join', data: { match: 'k1' } }], bob)
+    await caughtUp()
+    const stored = await hh.streamCount()
+    for (const data of [{ match: 'k1', player: 'ann' }, { match: 'k1', player: 'ann', reason: 'disconnected' }, { match: 'k1', reason: 'disconnected' }]) {
+      const r = await hh.call('POST', '/v1/events', { token: bob, body: { type: 'match.leave', data } })
+      expect([r.status, r.json.error?.code]).toEqual([403, 'forbidden'])
+    }
+    expect(await hh.streamCount()).toBe(stored)
+    await caughtUp()
+    // Both keep their seats: bob's bad request did not give up his own.
+    expect((await hh.call('GET', '/v1/matches/k1', { token: ann })).json.players.map((p: { player: string }) => p.player)).toEqual(['ann', 'bob'])
+    // Naming themselves is fine.
+    await post([{ type: 'match.leave', data: { match: 'k1', player: 'bob', reason: 'left' } }], bob)
+    await caughtUp()
+    expect((await hh.call('GET', '/v1/matches/k1', { token: ann })).json.players.map((p: { player: string }) => p.player)).toEqual(['ann'])
+  })
 
   test('match property names that are JavaScript object internals (__proto__, constructor, prototype) are 422 invalid_event and store nothing', async () => {
     const { hh, post, caughtUp, notices, world } = await setup()

@@ -397,6 +397,18 @@ function validate(inputs: unknown[], principal: Principal, by: string, joinGrace
     if (impersonating.length > 0) {
       throw new Forbidden(`a user posts chat as themselves (${principal.id}${principal.name ? `, ${principal.name}` : ''}): the user and display name come from the token`, impersonating)
     }
+    // A player leaves as themselves (the event's principal): naming another player, or the API
+    // nodes' reason, is refused, never applied as the sender's own leave.
+    const leaving: { index: number; player?: unknown; reason?: unknown }[] = []
+    for (const [index, e] of typed.entries()) {
+      if (e.type !== 'match.leave') continue
+      const { player, reason } = e.data
+      if (player !== undefined && player !== principal.id) leaving.push({ index, player })
+      else if (reason !== undefined && reason !== 'left') leaving.push({ index, reason })
+    }
+    if (leaving.length > 0) {
+      throw new Forbidden(`a player leaves a match as themselves (${principal.id}): another player's seat is given up only by the API nodes, after its grace`, leaving)
+    }
     // A join carries the node's join grace (how long the seat waits for the player's first
     // connection); a player choosing their own would squat seats again.
     const graced: { index: number; graceMs: unknown }[] = []
