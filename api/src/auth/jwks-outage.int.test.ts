@@ -93,6 +93,8 @@ describe('the JWKS cannot be fetched', () => {
     expect(c.closed!.code).toBe(CLOSE.TRY_AGAIN_LATER)
 
     down = false
+    // The set is tried again a second after the last failure at most: the client's retry (Retry-After: 1) gets in.
+    await Bun.sleep(1000)
     expect((await get(token)).status).toBe(200)
     const d = await WsClient.open(ws)
     d.send({ op: 'auth', ref: 'auth', token })

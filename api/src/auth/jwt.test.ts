@@ -10,16 +10,17 @@ const hs = createJwtVerifier({ FANFARE_JWT_SECRET: SECRET })!
 /** The answer to one verification: `ok` or the refusal's code (an HS256 token is answered at once: returned or thrown). */
 const codeOf = (verify: () => unknown) => Promise.resolve().then(verify).then(() => 'ok', (err) => (err as { code?: string }).code)
 
-/** A JWKS endpoint the test controls: keys can be added while it runs (rotation). */
+/** A JWKS endpoint the test controls: keys can be added while it runs (rotation), and it can fail (`down`). */
 function jwksServer() {
   const keys: JWK[] = []
   let fetches = 0
+  const state = { down: false }
   const server = Bun.serve({
     port: 0,
     hostname: '127.0.0.1',
-    fetch: () => (fetches++, Response.json({ keys })),
+    fetch: () => (fetches++, state.down ? new Response('restarting', { status: 503 }) : Response.json({ keys })),
   })
-  return { url: `http://127.0.0.1:${server.port}/jwks.json`, keys, fetches: () => fetches, stop: () => server.stop(true) }
+  return { url: `http://127.0.0.1:${server.port}/jwks.json`, keys, state, fetches: () => fetches, stop: () => server.stop(true) }
 }
 
 describe('user tokens (HS256 with FANFARE_JWT_SECRET)', () => {
@@ -152,6 +153,27 @@ describe('user tokens from a JWKS (RS256, ES256, EdDSA)', () => {
     const stranger = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'both' }).setSubject('x').setExpirationTime('5m').sign(privateKey)
     expect(await codeOf(async () => both(stranger))).toBe('invalid_token')
     expect(await codeOf(async () => both('not.a.jwt'))).toBe('invalid_token')
+  })
+
+  test('the set cannot be fetched again once its cache is old: the keys last fetched still verify (an auth-service outage is no outage of sign-ins); a kid they lack is 503, not invalid; at most one fetch per second meanwhile', async () => {
+    const server = jwksServer()
+    try {
+      const verify = createJwtVerifier({ FANFARE_JWKS_URL: server.url }, { jwksCacheMaxAgeMs: 20 })!
+      const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true })
+      server.keys.push({ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' })
+      const token = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setSubject('ann').setIssuedAt().setExpirationTime('5m').sign(privateKey)
+      expect((await verify(token)).id).toBe('ann')
+      server.state.down = true
+      await Bun.sleep(50) // the cached set is older than its max age: the next token fetches it again, and fails
+      const fetched = server.fetches()
+      for (let i = 0; i < 5; i++) expect((await verify(token)).id).toBe('ann')
+      expect(server.fetches() - fetched).toBe(1)
+      const { privateKey: other } = await generateKeyPair('ES256')
+      const rotated = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k2' }).setSubject('bob').setIssuedAt().setExpirationTime('5m').sign(other)
+      expect(await codeOf(async () => verify(rotated))).toBe('auth_unavailable')
+    } finally {
+      server.stop()
+    }
   })
 
   test('a token signed by a key not in the set is refused', async () => {

@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { createVerifier, TokenError } from 'fast-jwt'
-import { createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify, type JWTVerifyGetKey } from 'jose'
+import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, errors, jwksCache, jwtVerify, type JWKSCacheInput, type JWTVerifyGetKey } from 'jose'
 import type { Config } from '../../../core/config'
 import { ActorId, DisplayName, STORABLE_TEXT } from '../../../core/events'
 import { TokenExpired, Unauthorized, Unavailable } from '../errors'
@@ -64,10 +64,16 @@ export type JwtVerifier = (token: string) => UserPrincipal | Promise<UserPrincip
  */
 export function createJwtVerifier(
   config: Pick<Config, 'FANFARE_JWT_SECRET' | 'FANFARE_JWKS_URL' | 'FANFARE_JWT_ISSUER' | 'FANFARE_JWT_AUDIENCE'>,
-  opts: { now?: () => number; /** At most one JWKS fetch per this long (an unknown kid fetches again after it). */ jwksCooldownMs?: number } = {},
+  opts: {
+    now?: () => number
+    /** At most one JWKS fetch per this long (an unknown kid fetches again after it). */
+    jwksCooldownMs?: number
+    /** How long a fetched JWKS is used before it is fetched again (default 10 minutes). */
+    jwksCacheMaxAgeMs?: number
+  } = {},
 ): JwtVerifier | undefined {
   const secret = config.FANFARE_JWT_SECRET ? hs256Verifier(config.FANFARE_JWT_SECRET, config, opts.now) : undefined
-  const jwks = config.FANFARE_JWKS_URL ? remoteKeys(new URL(config.FANFARE_JWKS_URL), opts.jwksCooldownMs ?? 30_000) : undefined
+  const jwks = config.FANFARE_JWKS_URL ? remoteKeys(new URL(config.FANFARE_JWKS_URL), { cooldownMs: opts.jwksCooldownMs ?? 30_000, cacheMaxAgeMs: opts.jwksCacheMaxAgeMs ?? 10 * 60_000 }) : undefined
   if (!secret && !jwks) return undefined
   const verifyJwks = async (token: string): Promise<unknown> =>
     (
@@ -157,21 +163,48 @@ function alg(token: string): unknown {
  */
 const KEY_REFUSALS = new Set(['ERR_JWKS_NO_MATCHING_KEY', 'ERR_JWKS_MULTIPLE_MATCHING_KEYS', 'ERR_JOSE_NOT_SUPPORTED', 'ERR_JOSE_ALG_NOT_ALLOWED'])
 
+/** After a failed fetch of the JWKS, how long before it is tried again (meanwhile the keys last fetched serve). */
+const JWKS_RETRY_MS = 1000
+
 /**
- * The keys of FANFARE_JWKS_URL (cached, fetched again on an unknown kid). A set that cannot be
- * fetched (the auth service down or unreachable, a timeout, an answer that is no key set) says
- * nothing against the token: 503 `auth_unavailable`, which callers retry, never 401
- * `invalid_token`, which is terminal (a client drops the credential, and its address is charged a
- * failed credential for it).
+ * The keys of FANFARE_JWKS_URL (cached, fetched again on an unknown kid and once the cache is
+ * old). A set that cannot be fetched (the auth service down or unreachable, a timeout, an answer
+ * that is no key set) says nothing against the token. The keys last fetched still verify what they
+ * verified (so a restart of the auth service is no outage of sign-ins), and the set is tried again
+ * at most every JWKS_RETRY_MS, not on every token. A token they cannot verify then is 503
+ * `auth_unavailable`, which callers retry, never 401 `invalid_token`, which is terminal (a client
+ * drops the credential, and its address is charged a failed credential for it).
  */
-function remoteKeys(url: URL, cooldownMs: number): JWTVerifyGetKey {
-  const keys = createRemoteJWKSet(url, { cooldownDuration: cooldownMs, cacheMaxAge: 10 * 60_000 })
-  return (header, token) =>
-    keys(header, token).catch((err: unknown) => {
-      if (KEY_REFUSALS.has((err as { code?: string })?.code ?? '')) throw err
-      throw new Unavailable('cannot check the token now: the key set of its issuer could not be fetched; retry shortly with the same token', 'auth_unavailable')
-    })
+function remoteKeys(url: URL, opts: { cooldownMs: number; cacheMaxAgeMs: number }): JWTVerifyGetKey {
+  // jose writes every set it fetched here (and when): the keys the stale path verifies with.
+  const fetched: JWKSCacheInput = {}
+  const remote = createRemoteJWKSet(url, { cooldownDuration: opts.cooldownMs, cacheMaxAge: opts.cacheMaxAgeMs, [jwksCache]: fetched })
+  let failedAt = -Infinity
+  let last: { uat: number; keys: JWTVerifyGetKey } | undefined
+  const unavailable = () => new Unavailable('cannot check the token now: the key set of its issuer could not be fetched; retry shortly with the same token', 'auth_unavailable')
+  // The keys last fetched; a token naming one they lack may be signed by a key the set now has.
+  const stale = async (header: Parameters<JWTVerifyGetKey>[0], token: Parameters<JWTVerifyGetKey>[1]) => {
+    if (!('jwks' in fetched)) throw unavailable()
+    if (last?.uat !== fetched.uat) last = { uat: fetched.uat, keys: createLocalJWKSet(fetched.jwks) }
+    try {
+      return await last.keys(header, token)
+    } catch (err) {
+      throw isKeyRefusal(err) ? unavailable() : err
+    }
+  }
+  return async (header, token) => {
+    if (performance.now() - failedAt < JWKS_RETRY_MS) return stale(header, token)
+    try {
+      return await remote(header, token)
+    } catch (err) {
+      if (isKeyRefusal(err)) throw err
+      failedAt = performance.now()
+      return stale(header, token)
+    }
+  }
 }
+
+const isKeyRefusal = (err: unknown) => KEY_REFUSALS.has((err as { code?: string })?.code ?? '')
 
 /** Either library's refusal as ours; their codes say what is wrong without leaking key material. */
 function refusal(err: unknown): Unauthorized | Unavailable {
