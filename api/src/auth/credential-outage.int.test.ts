@@ -7,7 +7,10 @@ import { createTestEnv, type TestEnv } from '../../../core/testing/env'
 import { until, WsClient } from '../../../test/e2e/harness'
 import { createClient } from '../../../client/src/client'
 import { CLOSE } from '../realtime/close-codes'
+import { freePort } from '../../../core/process'
+import { tcpProxy } from '../../../core/testing/tcp-proxy'
 import { startApi, type RunningApi } from '../server'
+import { createKeyStore } from './keys'
 import { mintUserToken } from './mint'
 
 /**
@@ -106,3 +109,59 @@ describe('the JWKS cannot be fetched', () => {
     expect((await get(token)).status).toBe(200)
   })
 })
+
+/**
+ * The same for an API key while Postgres is away: a key not in the node's cache cannot be looked
+ * up. The upgrade answers 503 `database_unavailable`; an `auth` frame an error frame with it and
+ * close 1013 (it was 4003, terminal: a game server's SDK client stopped for good over a blip).
+ */
+describe('an API key cannot be looked up (Postgres away)', () => {
+  test('an auth frame with the key: database_unavailable and close 1013, not 4003; once Postgres is back the key signs in', async () => {
+    const env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1' })
+    const url = new URL(env.vars.DATABASE_URL)
+    const target = { host: url.hostname, port: Number(url.port || 5432) }
+    const port = freePort()
+    // Postgres away: the proxy closed, so connecting to it is refused at once.
+    let proxy = tcpProxy({ port, target })
+    url.host = `127.0.0.1:${port}`
+    const direct = await connectPostgres(env.vars.DATABASE_URL, { max: 1 })
+    const database = await connectPostgres(url.toString(), { max: 2 })
+    const nc = await connectNats(env.vars.NATS_URL, 'key-lookup-outage-test')
+    let api: RunningApi | undefined
+    try {
+      await ensureStreams(nc, env.config)
+      api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+      const keys = createKeyStore({ db: direct.db })
+      const { key } = await keys.create({ name: 'game server', scopes: ['publish:score.submitted'], createdBy: 'test' })
+      await keys.stop()
+      const ws = `ws://127.0.0.1:${api.port}/v1/ws`
+      proxy.close()
+      const c = await WsClient.open(ws)
+      c.send({ op: 'auth', ref: 'auth', token: key })
+      expect((await c.reply('auth', 20_000)).error.code).toBe('database_unavailable')
+      await until('socket closed', () => c.closed, 5000)
+      expect(c.closed!.code).toBe(CLOSE.TRY_AGAIN_LATER)
+      proxy = tcpProxy({ port, target })
+      await until(
+        'the key signs in',
+        async () => {
+          const d = await WsClient.open(ws)
+          d.send({ op: 'auth', ref: 'auth', token: key })
+          const answer = await d.reply('auth', 20_000)
+          d.close()
+          return answer.op === 'authed' ? answer : undefined
+        },
+        30_000,
+        200,
+      )
+    } finally {
+      await api?.stop()
+      await nc.close()
+      await database.close()
+      await direct.close()
+      proxy.close()
+      await env.cleanup()
+    }
+  }, 90_000)
+})
+
