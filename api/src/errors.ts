@@ -45,6 +45,15 @@ export class TokenExpired extends Unauthorized {
     super(message, 'token_expired')
   }
 }
+/**
+ * An API key past its `expiresAt`: 401 `key_expired` (on a WebSocket, close 4003: the key will not
+ * work again; an admin creates another). Like an expired token, no guess: only a real key expires.
+ */
+export class KeyExpired extends Unauthorized {
+  constructor(message = 'this API key has expired') {
+    super(message, 'key_expired')
+  }
+}
 /** A credential an admin revoked (a key, a user, a token): 401 `revoked` (on a WebSocket, close 4003). */
 export class Revoked extends Unauthorized {
   constructor(message = 'this credential was revoked') {

@@ -1,6 +1,6 @@
 import type { Config } from '../../../core/config'
 import { sameDigest, secretDigest } from '../../../core/secrets'
-import { Revoked, TokenExpired, Unauthorized } from '../errors'
+import { KeyExpired, Revoked, TokenExpired, Unauthorized } from '../errors'
 import type { JwtVerifier } from './jwt'
 import { KEY_PREFIX, type KeyStore } from './keys'
 import { rootKey, type Principal } from './principal'
@@ -34,7 +34,7 @@ export function createAuthenticator(deps: {
   const check = (p: Principal): Unauthorized | undefined => {
     if (p.kind === 'anonymous') return undefined
     if (deps.revocations.isRevoked(p)) return new Revoked(p.kind === 'key' ? 'this API key was revoked' : 'this token was revoked')
-    if (p.expiresAt !== undefined && p.expiresAt <= now()) return p.kind === 'user' ? new TokenExpired() : new Unauthorized('this API key has expired', 'invalid_token')
+    if (p.expiresAt !== undefined && p.expiresAt <= now()) return p.kind === 'user' ? new TokenExpired() : new KeyExpired()
     return undefined
   }
   const checked = <P extends Principal>(p: P): P => {
@@ -55,7 +55,7 @@ export function createAuthenticator(deps: {
       }
       if (token.startsWith(KEY_PREFIX)) {
         return deps.keys.lookup(token).then((key) => {
-          if (!key) throw new Unauthorized('unknown or expired API key', 'invalid_token')
+          if (!key) throw new Unauthorized('unknown API key', 'invalid_token')
           return checked(key)
         })
       }

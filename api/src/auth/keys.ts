@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { and, desc, eq, inArray, isNull, sql } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import { apiKeys } from '../../../core/db/schema'
-import { Revoked } from '../errors'
+import { KeyExpired, Revoked } from '../errors'
 import type { KeyPrincipal, Scope } from './principal'
 
 /** Every key starts with this, so a key is told from a JWT at a glance (and by secret scanners). */
@@ -27,8 +27,9 @@ export type KeyStore = {
   /** Marks a key revoked; false if there is no such live key. */
   revoke(id: string): Promise<boolean>
   /**
-   * The live key a secret belongs to, or undefined (unknown or expired). Cached briefly. A revoked
-   * key throws Revoked (401 `revoked`), so its holder learns it will never work again.
+   * The live key a secret belongs to, or undefined (unknown). Cached briefly. A revoked key throws
+   * Revoked (401 `revoked`), an expired one KeyExpired (401 `key_expired`), so its holder learns it
+   * will never work again.
    */
   lookup(secret: string): Promise<KeyPrincipal | undefined>
   /** Drops a key from the lookup cache (it was revoked, here or on another node). */
@@ -116,7 +117,7 @@ export function createKeyStore(deps: { db: Db; now?: () => number }): KeyStore {
       }
       if (entry.revoked) throw new Revoked('this API key was revoked')
       const key = entry.key
-      if (key.expiresAt !== undefined && key.expiresAt <= now()) return undefined
+      if (key.expiresAt !== undefined && key.expiresAt <= now()) throw new KeyExpired(`this API key expired at ${new Date(key.expiresAt).toISOString()}`)
       used.add(key.id)
       return key
     },

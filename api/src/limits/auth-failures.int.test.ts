@@ -26,6 +26,7 @@ describe('failed credential checks per address', () => {
   let api: RunningApi
   let base: string
   let goodKey: string
+  let drizzleDb: Db
   /** `select ... from api_keys where digest = ...` statements sent to Postgres (KeyStore.lookup). */
   let lookups = 0
 
@@ -47,6 +48,7 @@ describe('failed credential checks per address', () => {
     await ensureStreams(nc, env.config)
     api = await startApi({ config: env.config, db, nc, logger: createLogger('silent') })
     base = `http://127.0.0.1:${api.port}`
+    drizzleDb = db
     const keys = createKeyStore({ db })
     goodKey = (await keys.create({ name: 'reader', scopes: ['admin:read'], createdBy: 'test' })).key
     await keys.stop()
@@ -132,6 +134,22 @@ describe('failed credential checks per address', () => {
     await Bun.sleep(wait + 20)
     const back = await WsClient.open(`${base.replace('http:', 'ws:')}/v1/ws?token=${goodKey}`, { 'x-forwarded-for': ip })
     back.close()
+  })
+
+  test("an expired key is no guess: 401 key_expired, never charged to the address, so a game server still using it does not lock out the other keys of its host", async () => {
+    const ip = '203.0.113.6'
+    const keys = createKeyStore({ db: drizzleDb })
+    const expiring = await keys.create({ name: 'old match server', scopes: ['admin:read'], createdBy: 'test', expiresAt: new Date(Date.now() + 300) })
+    await keys.stop()
+    await Bun.sleep(400)
+    for (let i = 0; i < BUDGET + 5; i++) {
+      const res = await rest(ip, `Bearer ${expiring.key}`)
+      const error = ((await res.json()) as any).error
+      expect([res.status, error.code]).toEqual([401, 'key_expired'])
+    }
+    expect((await upgrade(ip, expiring.key)).status).toBe(401)
+    // The host's other key still works.
+    expect((await rest(ip, `Bearer ${goodKey}`)).status).toBe(200)
   })
 
   test('auth frames share the budget: refused with an error frame and retryAfterMs, no lookup, then closed 4029 with the wait', async () => {

@@ -1,7 +1,7 @@
 import type { Config } from '../../../core/config'
 import type { Metrics } from '../../../core/metrics'
 import type { Principal } from '../auth/principal'
-import { Invalid, RateLimited, retryAfterSeconds, TokenExpired, Unauthorized } from '../errors'
+import { Invalid, KeyExpired, RateLimited, retryAfterSeconds, TokenExpired, Unauthorized } from '../errors'
 import { createAuthFailures, type AuthFailures } from './auth-failures'
 import { clientAddress, type ClientAddress } from './client-ip'
 import { createConnectionLimits, type ConnectionLimits } from './connections'
@@ -77,7 +77,8 @@ export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, ad
  * Checks a credential of a client at `address` (`check` parses and verifies it). Over the address's
  * budget of failures, throws RateLimited (429 with Retry-After) without calling `check`, so a flood
  * of guesses costs no key lookups. A 401 from `check` is charged to the address and rethrown; an
- * expired token is not (only a validly signed one expires: it is no guess), nor is a success.
+ * expired token or key is not (only a validly signed token, a real key, expires: it is no guess),
+ * nor is a success.
  * Answers as `check` does: at once (returned or thrown) when it does, through a promise when it
  * returns one. Callers await either.
  */
@@ -85,7 +86,7 @@ export function checkCredential<T>(failures: AuthFailures, address: string, chec
   const refused = failures.admit(address)
   if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
   const failed = (err: unknown): never => {
-    if (err instanceof Unauthorized && !(err instanceof TokenExpired)) failures.failed(address)
+    if (err instanceof Unauthorized && !(err instanceof TokenExpired) && !(err instanceof KeyExpired)) failures.failed(address)
     throw err
   }
   let result: T | Promise<T>
