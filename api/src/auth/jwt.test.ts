@@ -1,6 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { createHmac } from 'node:crypto'
 import { errors, exportJWK, generateKeyPair, jwtVerify, SignJWT, type JWK } from 'jose'
+import { createLogger } from '../../../core/logger'
 import { createJwtVerifier } from './jwt'
 import { mintUserToken } from './mint'
 
@@ -158,7 +159,9 @@ describe('user tokens from a JWKS (RS256, ES256, EdDSA)', () => {
   test('the set cannot be fetched again once its cache is old: the keys last fetched still verify (an auth-service outage is no outage of sign-ins); a kid they lack is 503, not invalid; at most one fetch per second meanwhile', async () => {
     const server = jwksServer()
     try {
-      const verify = createJwtVerifier({ FANFARE_JWKS_URL: server.url }, { jwksCacheMaxAgeMs: 20 })!
+      const lines: string[] = []
+      const logger = createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' })
+      const verify = createJwtVerifier({ FANFARE_JWKS_URL: server.url }, { jwksCacheMaxAgeMs: 20, logger })!
       const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true })
       server.keys.push({ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' })
       const token = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setSubject('ann').setIssuedAt().setExpirationTime('5m').sign(privateKey)
@@ -171,6 +174,11 @@ describe('user tokens from a JWKS (RS256, ES256, EdDSA)', () => {
       const { privateKey: other } = await generateKeyPair('ES256')
       const rotated = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k2' }).setSubject('bob').setIssuedAt().setExpirationTime('5m').sign(other)
       expect(await codeOf(async () => verify(rotated))).toBe('auth_unavailable')
+      // The operator hears of it, once per failed fetch (not once per token), with why.
+      const warnings = lines.map((l) => JSON.parse(l)).filter((l) => l.level === 'warn' || l.level === 40)
+      expect(warnings.length).toBe(1)
+      expect(warnings[0].msg).toContain('FANFARE_JWKS_URL')
+      expect(warnings[0].err.message).toContain('Expected 200 OK')
     } finally {
       server.stop()
     }

@@ -3,6 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { createVerifier, TokenError } from 'fast-jwt'
 import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, errors, jwksCache, jwtVerify, type JWKSCacheInput, type JWTVerifyGetKey } from 'jose'
 import type { Config } from '../../../core/config'
+import type { Logger } from '../../../core/logger'
 import { ActorId, DisplayName, STORABLE_TEXT } from '../../../core/events'
 import { TokenExpired, Unauthorized, Unavailable } from '../errors'
 import type { UserPrincipal } from './principal'
@@ -70,10 +71,12 @@ export function createJwtVerifier(
     jwksCooldownMs?: number
     /** How long a fetched JWKS is used before it is fetched again (default 10 minutes). */
     jwksCacheMaxAgeMs?: number
+    /** Told of every failed fetch of the JWKS (a warning: sign-ins may fail until it is back). */
+    logger?: Logger
   } = {},
 ): JwtVerifier | undefined {
   const secret = config.FANFARE_JWT_SECRET ? hs256Verifier(config.FANFARE_JWT_SECRET, config, opts.now) : undefined
-  const jwks = config.FANFARE_JWKS_URL ? remoteKeys(new URL(config.FANFARE_JWKS_URL), { cooldownMs: opts.jwksCooldownMs ?? 30_000, cacheMaxAgeMs: opts.jwksCacheMaxAgeMs ?? 10 * 60_000 }) : undefined
+  const jwks = config.FANFARE_JWKS_URL ? remoteKeys(new URL(config.FANFARE_JWKS_URL), { cooldownMs: opts.jwksCooldownMs ?? 30_000, cacheMaxAgeMs: opts.jwksCacheMaxAgeMs ?? 10 * 60_000, logger: opts.logger }) : undefined
   if (!secret && !jwks) return undefined
   const verifyJwks = async (token: string): Promise<unknown> =>
     (
@@ -175,7 +178,7 @@ const JWKS_RETRY_MS = 1000
  * `auth_unavailable`, which callers retry, never 401 `invalid_token`, which is terminal (a client
  * drops the credential, and its address is charged a failed credential for it).
  */
-function remoteKeys(url: URL, opts: { cooldownMs: number; cacheMaxAgeMs: number }): JWTVerifyGetKey {
+function remoteKeys(url: URL, opts: { cooldownMs: number; cacheMaxAgeMs: number; logger?: Logger }): JWTVerifyGetKey {
   // jose writes every set it fetched here (and when): the keys the stale path verifies with.
   const fetched: JWKSCacheInput = {}
   const remote = createRemoteJWKSet(url, { cooldownDuration: opts.cooldownMs, cacheMaxAge: opts.cacheMaxAgeMs, [jwksCache]: fetched })
@@ -199,6 +202,10 @@ function remoteKeys(url: URL, opts: { cooldownMs: number; cacheMaxAgeMs: number 
     } catch (err) {
       if (isKeyRefusal(err)) throw err
       failedAt = performance.now()
+      opts.logger?.warn(
+        { err, component: 'auth', keysFetchedAt: 'jwks' in fetched ? new Date(fetched.uat).toISOString() : null },
+        `FANFARE_JWKS_URL could not be fetched: tokens are verified with the keys last fetched (none: refused with 503 auth_unavailable) until it can; tried again in ${JWKS_RETRY_MS} ms at the earliest`,
+      )
       return stale(header, token)
     }
   }

@@ -24,7 +24,7 @@ export async function startSecurity(deps: { config: Config; db: Db; nc: NatsConn
   const keys = createKeyStore({ db: deps.db, now: deps.now })
   const revocations = await startRevocations({ db: deps.db, nc: deps.nc, prefix, logger: deps.logger, forgetKey: (id) => keys.forget(id), subscriptions: deps.subscriptions, now: deps.now })
   const rooms = createRoomAccess({ db: deps.db, nc: deps.nc, prefix, logger: deps.logger, subscriptions: deps.subscriptions, now: deps.now })
-  const authenticator = createAuthenticator({ config: deps.config, keys, jwt: createJwtVerifier(deps.config, { now: deps.now }), revocations, now: deps.now })
+  const authenticator = createAuthenticator({ config: deps.config, keys, jwt: createJwtVerifier(deps.config, { now: deps.now, logger: deps.logger }), revocations, now: deps.now })
   return {
     authenticator,
     keys,
