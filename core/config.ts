@@ -28,6 +28,13 @@ export const Env = Type.Object({
    */
   DATABASE_READ_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
   /**
+   * Stream workers: how long Postgres may leave a `select 1` unanswered (a host that vanished, a
+   * network partition, a stalled proxy: packets dropped, no reset) before the worker drops its
+   * connections, which fails the queries waiting on them (retried: see watchDatabase), and how
+   * long opening a connection may take (whole seconds).
+   */
+  FANFARE_DATABASE_TIMEOUT_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 5000 }),
+  /**
    * NATS server URL, or several comma-separated (the servers of a cluster: the client tries them
    * in turn and learns the others from the cluster). Unset: a local nats-server with JetStream is
    * started (all-in-one mode only).

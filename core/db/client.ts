@@ -42,20 +42,82 @@ export async function connectPostgres(url: string, options: { max?: number } = {
   }
 }
 
+/** A Database on Bun's SQL client, whose connections a watch can drop at once (see watchDatabase). */
+export type BunSqlDatabase = Database & {
+  /**
+   * Closes every connection of the pool at once: each query in flight on one, or waiting for one,
+   * fails with `ERR_POSTGRES_CONNECTION_CLOSED` (transient: its caller retries), and later queries
+   * open new connections.
+   */
+  dropConnections: () => void
+  /**
+   * `select 1` on a connection of its own, never queued behind the pool's queries. Rejects with
+   * NotAnswering when no answer came within `timeoutMs` (that connection is then dropped too), or
+   * with the driver's error (refused, `ERR_POSTGRES_CONNECTION_TIMEOUT`, ...).
+   */
+  ping: (timeoutMs: number) => Promise<void>
+}
+
+/** A query Postgres left unanswered for longer than the caller would wait. */
+export class NotAnswering extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`Postgres did not answer within ${timeoutMs} ms`)
+    this.name = 'NotAnswering'
+  }
+}
+
 /**
  * Connects to a Postgres server through Bun's built-in SQL client. Use it in processes that must
  * survive killed backends: postgres.js 3.4.9 throws an uncatchable TypeError (`socket.write` on
  * null, porsager/postgres#1208) and leaves the open transaction's promise pending forever when the
  * backend of a reserved connection dies; Bun's client rejects the query instead.
+ *
+ * `connectTimeoutMs` (whole seconds, at least one; default Bun's 30 s) bounds opening a connection,
+ * login included. A query sent on an open connection has no bound in Bun's client (1.4.5 has no
+ * query timeout, and a cancel waits for the server's answer): on a path that stops carrying
+ * packets without a reset it waits until the path comes back. `dropConnections` is the way out;
+ * watchDatabase calls it.
  */
-export async function connectBunSql(url: string, options: { max?: number } = {}): Promise<Database> {
+export async function connectBunSql(url: string, options: { max?: number; connectTimeoutMs?: number } = {}): Promise<BunSqlDatabase> {
   const { SQL } = await import('bun')
   const { drizzle } = await import('drizzle-orm/bun-sql')
-  const client = new SQL({ url, max: options.max ?? 10 })
+  const connectionTimeout = options.connectTimeoutMs === undefined ? undefined : Math.max(1, Math.ceil(options.connectTimeoutMs / 1000))
+  const open = (max: number) => new SQL({ url, max, ...(connectionTimeout === undefined ? {} : { connectionTimeout }) })
+  let client = open(options.max ?? 10)
+  let probe: InstanceType<typeof SQL> | undefined
+  // drizzle's session calls only these two on the client it is given (queries and transactions);
+  // forwarding them lets dropConnections put a new pool behind the same Db.
+  const current = {
+    unsafe: (query: string, params?: unknown[]) => client.unsafe(query, params),
+    begin: (...args: unknown[]) => (client.begin as (...a: unknown[]) => unknown)(...args),
+  } as unknown as InstanceType<typeof SQL>
   return {
-    db: drizzle({ client, schema }) as unknown as Db,
+    db: drizzle({ client: current, schema }) as unknown as Db,
     kind: 'postgres',
-    close: () => client.close({ timeout: 5 }),
+    close: async () => {
+      await probe?.close({ timeout: 0 })
+      await client.close({ timeout: 5 })
+    },
+    dropConnections: () => {
+      const old = client
+      client = open(options.max ?? 10)
+      void old.close({ timeout: 0 }).catch(() => {})
+    },
+    ping: async (timeoutMs) => {
+      const p = (probe ??= open(1))
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new NotAnswering(timeoutMs)), timeoutMs)))
+      try {
+        await Promise.race([p.unsafe('select 1'), late])
+      } catch (err) {
+        // Its connection may be stuck with the unanswered query: the next ping opens a new one.
+        if (probe === p) probe = undefined
+        void p.close({ timeout: 0 }).catch(() => {})
+        throw err
+      } finally {
+        clearTimeout(timer)
+      }
+    },
   }
 }
 

@@ -1,5 +1,6 @@
 import { ConfigError, loadConfig } from '../../core/config'
 import { checkMigrated, connectBunSql } from '../../core/db/client'
+import { watchDatabase } from '../../core/db/watch'
 import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
 import { checkPublishPermissions, checkSubscribePermissions, connectNats, topology } from '../../core/nats'
@@ -30,8 +31,10 @@ export async function runWorkers(signals: StopSignals) {
   const logger = createLogger(config.LOG_LEVEL, { service: 'stream-workers' }, { format: config.FANFARE_LOG_FORMAT })
   const observability = startObservability(config, 'fanfare-workers', logger)
   // Bun's SQL client, not postgres.js: see connectBunSql on surviving killed backends.
-  const database = await connectBunSql(config.DATABASE_URL!)
+  const database = await connectBunSql(config.DATABASE_URL!, { connectTimeoutMs: config.FANFARE_DATABASE_TIMEOUT_MS })
   await checkMigrated(database.db)
+  // Without it a Postgres that stops answering without a reset stalls every batch, silently.
+  const databaseWatch = watchDatabase({ database, timeoutMs: config.FANFARE_DATABASE_TIMEOUT_MS, logger: logger.child({ component: 'database' }) })
   const nc = await connectNats(config.NATS_URL!, `fanfare-workers-${process.pid}`)
   // First: the publish check's requests need the inbox.
   await checkSubscribePermissions(nc, topology(config), 'worker')
@@ -52,6 +55,7 @@ export async function runWorkers(signals: StopSignals) {
     try {
       await workers.stop()
       await nc.drain().catch(() => nc.close())
+      await databaseWatch.stop()
       await database.close()
       await observability.stop()
     } catch (err) {

@@ -1,0 +1,66 @@
+import { every } from '../backoff'
+import type { Logger } from '../logger'
+import { NotAnswering, type BunSqlDatabase } from './client'
+
+/** How often the watch asks Postgres for an answer. */
+const PING_EVERY_MS = 1000
+
+export type DatabaseWatch = {
+  /** False from a ping left unanswered until one is answered again. */
+  answering: () => boolean
+  stop: () => Promise<void>
+}
+
+/** A ping that got no answer at all (as opposed to a refusal, which is an answer). */
+const unanswered = (err: unknown) => err instanceof NotAnswering || (err as { code?: unknown })?.code === 'ERR_POSTGRES_CONNECTION_TIMEOUT'
+
+/**
+ * Notices a Postgres that stops answering without refusing anything: its host vanished, a network
+ * partition or a stalled proxy drops the packets, and no reset comes. The driver's queries then
+ * wait on their open connections for as long as TCP keeps them (many minutes), the batch of every
+ * partition with them, while nothing fails, nothing is logged and the lag gauge keeps the last
+ * batch's value. So the watch pings Postgres every second on a connection of its own (see
+ * BunSqlDatabase.ping), never queued behind the pool's work, so a slow query does not count: only
+ * a `select 1` left unanswered for `timeoutMs` does. Then it drops the pool's connections, which
+ * fails every query waiting on them with a transient error: each runner logs it, sets its lag
+ * gauge to what waits and retries on new connections, which fail after the same time until
+ * Postgres answers again (the connect timeout: see connectBunSql). A statement that was sent
+ * before may still commit when the path comes back; the checkpoint guard then refuses the retry
+ * (see design.md, "the worker loses Postgres without a reset").
+ *
+ * Logged once when Postgres stops answering, and once when it answers again. A refused ping
+ * (Postgres down, too many clients) is an answer: the queries get that error themselves.
+ */
+export function watchDatabase(deps: {
+  database: Pick<BunSqlDatabase, 'ping' | 'dropConnections'>
+  /** FANFARE_DATABASE_TIMEOUT_MS. */
+  timeoutMs: number
+  logger: Logger
+}): DatabaseWatch {
+  let answering = true
+  let since = 0
+  const loop = every(
+    PING_EVERY_MS,
+    async () => {
+      try {
+        await deps.database.ping(deps.timeoutMs)
+      } catch (err) {
+        if (!unanswered(err) || !answering) return
+        answering = false
+        since = Date.now()
+        deps.database.dropConnections()
+        deps.logger.error(
+          { timeoutMs: deps.timeoutMs },
+          'Postgres does not answer (FANFARE_DATABASE_TIMEOUT_MS): dropped this process\'s connections; the queries waiting on them fail and are retried on new ones until it answers again',
+        )
+        return
+      }
+      if (!answering) {
+        answering = true
+        deps.logger.info({ unansweredMs: Date.now() - since }, 'Postgres answers again')
+      }
+    },
+    (err) => deps.logger.warn({ err }, 'database watch failed'),
+  )
+  return { answering: () => answering, stop: loop.stop }
+}
