@@ -1,0 +1,109 @@
+import { afterAll, describe, expect, test } from 'bun:test'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { tcpProxy, type TcpProxy } from '../../core/testing/tcp-proxy'
+import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { apiAt, configureBoard, configuredVersion, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from './support'
+
+/** What the bound allows: the watch pings every second and waits FANFARE_DATABASE_TIMEOUT_MS (5 s), on a loaded 2-core machine. */
+const NOTICED_WITHIN_MS = 15_000
+
+/**
+ * A worker whose path to Postgres stops carrying packets without a reset (the host vanished, a
+ * partition, a stalled proxy): the tcp proxy between them holds every byte both ways. The worker
+ * used to notice nothing until the path came back: its batches hung on their open connections,
+ * nothing was logged, and the lag gauge kept the last batch's value (0: caught up) while events
+ * piled up. It must notice within seconds (its batches fail and are retried, the lag gauge shows
+ * what waits), resume by itself when the path comes back, and apply every acknowledged event
+ * exactly once, though statements it gave up on reach Postgres late.
+ */
+describe('worker whose Postgres stops answering', () => {
+  let env: TestEnv | undefined
+  let proxy: TcpProxy | undefined
+  const procs: Proc[] = []
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    proxy?.close()
+    await env?.cleanup()
+  })
+
+  test('noticed within seconds; everything applied exactly once after the path comes back', async () => {
+    env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
+    const direct = new URL(env.vars.DATABASE_URL)
+    proxy = tcpProxy({ port: freePort(), target: { host: direct.hostname, port: Number(direct.port || 5432) } })
+    const proxied = new URL(direct)
+    proxied.port = String(proxy.port)
+    const apiPort = freePort()
+    const metricsPort = freePort()
+    const base = { ...env.vars, HOST: '127.0.0.1' }
+    // The API reaches Postgres directly: ingest needs only NATS, and the test is about the worker.
+    const worker = spawnProc('worker', 'stream-workers/src/main.ts', { ...base, LOG_LEVEL: 'info', DATABASE_URL: proxied.toString(), FANFARE_METRICS_PORT: String(metricsPort) })
+    procs.push(spawnProc('api', 'api/src/main.ts', { ...base, PORT: String(apiPort) }), worker)
+    const api = apiAt(apiPort, base)
+    await waitReady(api.baseUrl, procs)
+    const board = `stall_${Math.random().toString(36).slice(2, 8)}`
+    await configureBoard(api, board, 'sum')
+
+    const rm = readModel(env.vars.DATABASE_URL)
+    const sent: ScoreEvent[] = []
+    let sending = true
+    const lane = (async () => {
+      for (let n = 0; sending; ) {
+        const batch = Array.from({ length: 10 }, (_, p) => scoreEvent(`${board}-${n++}`, board, `p${p}`, 1 + (n % 7)))
+        const res = await postEvents(api, batch)
+        if (res.status !== 202) throw new Error(`POST /v1/events: ${res.status} ${JSON.stringify(res.body)}`)
+        sent.push(...batch)
+        await Bun.sleep(100)
+      }
+    })()
+    /** The worker's lag gauge summed over the leaderboards projection's partitions. */
+    const lag = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text()
+      return text
+        .split('\n')
+        .filter((l) => l.startsWith('fanfare_projection_lag_events{projection="leaderboards"'))
+        .reduce((sum, l) => sum + Number(l.split(' ').at(-1)), 0)
+    }
+    const retried = () => worker.output().split('\n').some((l) => l.includes('batch failed with a transient error'))
+    try {
+      await until('projection under way', async () => (await rm.version(`leaderboard:${board}`)) > 100, 30_000, 100)
+      expect(retried()).toBe(false)
+
+      const stalledAt = Date.now()
+      proxy.stall()
+      // Events go on being stored (NATS is fine); the worker must say it cannot apply them.
+      let noticedMs: number | undefined
+      let lagMs: number | undefined
+      try {
+        await until('the stuck batch to fail and be retried', retried, NOTICED_WITHIN_MS, 100)
+        noticedMs = Date.now() - stalledAt
+        // Not the last batch's value: what waits, which grows while events are stored.
+        await until('the lag gauge to show the events waiting', async () => (await lag()) >= 100, NOTICED_WITHIN_MS - noticedMs, 200)
+        lagMs = Date.now() - stalledAt
+        // Stalled a while longer: the retries' new connections time out too, and pile up late statements.
+        await Bun.sleep(6000)
+      } finally {
+        console.log(`postgres stall: batch retried after ${noticedMs ?? 'never (>15000)'} ms, lag gauge >= 100 after ${lagMs ?? 'never'} ms; lag then ${await lag()}`)
+        proxy.restore()
+      }
+      expect(worker.output()).toContain('Postgres does not answer')
+      await until('Postgres answers the worker again', () => worker.output().includes('Postgres answers again') || worker.proc.exitCode !== null, 20_000, 200)
+      await Bun.sleep(2000)
+    } finally {
+      sending = false
+      await lane
+    }
+
+    try {
+      // Statements the worker gave up on reached Postgres when the path came back: none may have
+      // applied an event a second time, and none may be missing.
+      await untilBoardEquals(rm, board, sumsOf(sent), 30_000)
+      expect(await rm.version(`leaderboard:${board}`)).toBe(configuredVersion(sent.length))
+      expect(await rm.deadLetters()).toBe(0)
+      await until('the lag gauge back to 0', async () => (await lag()) === 0, 15_000, 200)
+    } finally {
+      await rm.close()
+    }
+    expect(worker.proc.exitCode).toBeNull()
+    await stopCleanly(...procs)
+  }, 120_000)
+})
