@@ -28,9 +28,9 @@ export const Env = Type.Object({
    */
   DATABASE_READ_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
   /**
-   * Stream workers: how long Postgres may leave a `select 1` unanswered (a host that vanished, a
-   * network partition, a stalled proxy: packets dropped, no reset) before the worker drops its
-   * connections, which fails the queries waiting on them (retried: see watchDatabase), and how
+   * Workers and API nodes: how long Postgres may leave a `select 1` unanswered (a host that
+   * vanished, a network partition, a stalled proxy: packets dropped, no reset) before the process
+   * drops its connections, which fails the queries waiting on them (see watchDatabase), and how
    * long opening a connection may take (whole seconds).
    */
   FANFARE_DATABASE_TIMEOUT_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 5000 }),

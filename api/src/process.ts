@@ -1,5 +1,6 @@
 import { ConfigError, loadConfig, type Config } from '../../core/config'
 import { checkMigrated, connectPostgres } from '../../core/db/client'
+import { watchDatabase } from '../../core/db/watch'
 import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
 import { checkPublishPermissions, checkSubscribePermissions, connectNats, ensureStreams, topology } from '../../core/nats'
@@ -32,10 +33,17 @@ export async function runApi(signals: StopSignals) {
   const config = configOrExit()
   const logger = createLogger(config.LOG_LEVEL, { service: 'fanfare-api' }, { format: config.FANFARE_LOG_FORMAT })
   const observability = startObservability(config, 'fanfare-api', logger)
-  const database = await connectPostgres(config.DATABASE_URL!)
+  const timeoutMs = config.FANFARE_DATABASE_TIMEOUT_MS
+  const database = await connectPostgres(config.DATABASE_URL!, { connectTimeoutMs: timeoutMs })
   await checkMigrated(database.db)
   // Snapshots and REST reads only (a replica); the existing snapshot-older-than-live check covers its lag.
-  const readDatabase = config.DATABASE_READ_URL ? await connectPostgres(config.DATABASE_READ_URL) : undefined
+  const readDatabase = config.DATABASE_READ_URL ? await connectPostgres(config.DATABASE_READ_URL, { connectTimeoutMs: timeoutMs }) : undefined
+  // Without them a request whose query waits on a connection to a Postgres that stopped answering
+  // without a reset waits as long as the path is down (see watchDatabase).
+  const watches = [
+    watchDatabase({ database, timeoutMs, logger: logger.child({ component: 'database' }) }),
+    ...(readDatabase ? [watchDatabase({ database: readDatabase, timeoutMs, logger: logger.child({ component: 'database', database: 'read' }) })] : []),
+  ]
   const nc = await connectNats(config.NATS_URL!, 'fanfare-api')
   // First: a user denied its inbox would otherwise fail in ensureStreams' first JetStream request.
   await checkSubscribePermissions(nc, topology(config), 'api')
@@ -48,6 +56,7 @@ export async function runApi(signals: StopSignals) {
     try {
       await api.stop()
       await nc.drain()
+      await Promise.all(watches.map((w) => w.stop()))
       await database.close()
       await readDatabase?.close()
       await observability.stop()

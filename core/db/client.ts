@@ -26,34 +26,24 @@ export async function rowsOf<T>(q: Db | Tx, query: SQL): Promise<T[]> {
 
 export const migrationsFolder = resolve(import.meta.dir, '../../migrations')
 
-/** Connects to a Postgres server through postgres.js. No connection is made until first query. */
-export async function connectPostgres(url: string, options: { max?: number } = {}): Promise<Database> {
-  const { default: postgres } = await import('postgres')
-  const { drizzle } = await import('drizzle-orm/postgres-js')
-  // fetch_types off: postgres.js otherwise runs a catalog query of its own on each new connection
-  // and, when it fails (canceled by statement_timeout, by an operator, ...), rejects a promise
-  // nobody awaits, which ends the process (porsager/postgres#1192). It only learns array types,
-  // which no query here sends or reads (JSON goes as jsonb).
-  const client = postgres(url, { max: options.max ?? 10, onnotice: () => {}, fetch_types: false })
-  return {
-    db: drizzle(client, { schema }) as unknown as Db,
-    kind: 'postgres',
-    close: () => client.end({ timeout: 5 }),
-  }
-}
-
-/** A Database on Bun's SQL client, whose connections a watch can drop at once (see watchDatabase). */
-export type BunSqlDatabase = Database & {
+/**
+ * A Database on a Postgres server whose connections a watch can drop at once (see watchDatabase).
+ * Neither driver bounds a query sent on an open connection (no query timeout; a cancel waits for
+ * the server's answer; TCP keepalive only probes idle connections): on a path that stops carrying
+ * packets without a reset, the query waits until the path comes back or TCP gives up (many
+ * minutes). `dropConnections` is the way out.
+ */
+export type DroppableDatabase = Database & {
   /**
    * Closes every connection of the pool at once: each query in flight on one, or waiting for one,
-   * fails with `ERR_POSTGRES_CONNECTION_CLOSED` (transient: its caller retries), and later queries
-   * open new connections.
+   * fails with the driver's connection-closed error (transient: its caller retries), and later
+   * queries open new connections.
    */
   dropConnections: () => void
   /**
    * `select 1` on a connection of its own, never queued behind the pool's queries. Rejects with
    * NotAnswering when no answer came within `timeoutMs` (that connection is then dropped too), or
-   * with the driver's error (refused, `ERR_POSTGRES_CONNECTION_TIMEOUT`, ...).
+   * with the driver's error (refused, connect timeout, ...).
    */
   ping: (timeoutMs: number) => Promise<void>
 }
@@ -66,59 +56,107 @@ export class NotAnswering extends Error {
   }
 }
 
+/** Milliseconds as the drivers' whole seconds (at least one); undefined stays so (their default). */
+const seconds = (ms: number | undefined) => (ms === undefined ? undefined : Math.max(1, Math.ceil(ms / 1000)))
+
+type Pool = { unsafe: (...args: never[]) => PromiseLike<unknown>; begin: (...args: never[]) => unknown }
+
 /**
- * Connects to a Postgres server through Bun's built-in SQL client. Use it in processes that must
- * survive killed backends: postgres.js 3.4.9 throws an uncatchable TypeError (`socket.write` on
- * null, porsager/postgres#1208) and leaves the open transaction's promise pending forever when the
- * backend of a reserved connection dies; Bun's client rejects the query instead.
- *
- * `connectTimeoutMs` (whole seconds, at least one; default Bun's 30 s) bounds opening a connection,
- * login included. A query sent on an open connection has no bound in Bun's client (1.4.5 has no
- * query timeout, and a cancel waits for the server's answer): on a path that stops carrying
- * packets without a reset it waits until the path comes back. `dropConnections` is the way out;
- * watchDatabase calls it.
+ * The pool behind a DroppableDatabase. `current` is what drizzle is given: its sessions call only
+ * `unsafe` and `begin` on it (and postgres.js' reads `options`), forwarded to the pool `open` made
+ * last, which `dropConnections` replaces.
  */
-export async function connectBunSql(url: string, options: { max?: number; connectTimeoutMs?: number } = {}): Promise<BunSqlDatabase> {
-  const { SQL } = await import('bun')
-  const { drizzle } = await import('drizzle-orm/bun-sql')
-  const connectionTimeout = options.connectTimeoutMs === undefined ? undefined : Math.max(1, Math.ceil(options.connectTimeoutMs / 1000))
-  const open = (max: number) => new SQL({ url, max, ...(connectionTimeout === undefined ? {} : { connectionTimeout }) })
-  let client = open(options.max ?? 10)
-  let probe: InstanceType<typeof SQL> | undefined
-  // drizzle's session calls only these two on the client it is given (queries and transactions);
-  // forwarding them lets dropConnections put a new pool behind the same Db.
+function droppable<C extends Pool>(deps: {
+  open: (max: number) => C
+  max: number
+  close: (client: C, timeoutSeconds: number) => Promise<void>
+  /** Told of each pool opened after the first. */
+  opened?: (client: C, first: C) => void
+}): Omit<DroppableDatabase, 'db' | 'kind'> & { current: C } {
+  const first = deps.open(deps.max)
+  let client = first
+  let probe: C | undefined
   const current = {
-    unsafe: (query: string, params?: unknown[]) => client.unsafe(query, params),
-    begin: (...args: unknown[]) => (client.begin as (...a: unknown[]) => unknown)(...args),
-  } as unknown as InstanceType<typeof SQL>
+    unsafe: (...args: never[]) => client.unsafe(...args),
+    begin: (...args: never[]) => client.begin(...args),
+    options: (first as { options?: unknown }).options,
+  } as unknown as C
   return {
-    db: drizzle({ client: current, schema }) as unknown as Db,
-    kind: 'postgres',
+    current,
     close: async () => {
-      await probe?.close({ timeout: 0 })
-      await client.close({ timeout: 5 })
+      if (probe) await deps.close(probe, 0)
+      await deps.close(client, 5)
     },
     dropConnections: () => {
       const old = client
-      client = open(options.max ?? 10)
-      void old.close({ timeout: 0 }).catch(() => {})
+      client = deps.open(deps.max)
+      deps.opened?.(client, first)
+      void deps.close(old, 0).catch(() => {})
     },
     ping: async (timeoutMs) => {
-      const p = (probe ??= open(1))
+      const p = (probe ??= deps.open(1))
       let timer: ReturnType<typeof setTimeout> | undefined
       const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new NotAnswering(timeoutMs)), timeoutMs)))
       try {
-        await Promise.race([p.unsafe('select 1'), late])
+        await Promise.race([(p.unsafe as (q: string) => PromiseLike<unknown>)('select 1'), late])
       } catch (err) {
         // Its connection may be stuck with the unanswered query: the next ping opens a new one.
         if (probe === p) probe = undefined
-        void p.close({ timeout: 0 }).catch(() => {})
+        void deps.close(p, 0).catch(() => {})
         throw err
       } finally {
         clearTimeout(timer)
       }
     },
   }
+}
+
+/**
+ * Connects to a Postgres server through postgres.js. No connection is made until first query.
+ * `connectTimeoutMs` (whole seconds, at least one; default the driver's 30 s) bounds opening a
+ * connection, login included.
+ */
+export async function connectPostgres(url: string, options: { max?: number; connectTimeoutMs?: number } = {}): Promise<DroppableDatabase> {
+  const { default: postgres } = await import('postgres')
+  const { drizzle } = await import('drizzle-orm/postgres-js')
+  const connect_timeout = seconds(options.connectTimeoutMs)
+  const pool = droppable({
+    // fetch_types off: postgres.js otherwise runs a catalog query of its own on each new connection
+    // and, when it fails (canceled by statement_timeout, by an operator, ...), rejects a promise
+    // nobody awaits, which ends the process (porsager/postgres#1192). It only learns array types,
+    // which no query here sends or reads (JSON goes as jsonb).
+    open: (max) => postgres(url, { max, onnotice: () => {}, fetch_types: false, ...(connect_timeout === undefined ? {} : { connect_timeout }) }),
+    max: options.max ?? 10,
+    close: (client, timeout) => client.end({ timeout }),
+    // drizzle set its parsers and serializers (dates as strings) on the first pool's options only.
+    opened: (client, first) => {
+      Object.assign(client.options.parsers, first.options.parsers)
+      Object.assign(client.options.serializers, first.options.serializers)
+    },
+  })
+  const { current, ...rest } = pool
+  return { db: drizzle({ client: current, schema }) as unknown as Db, kind: 'postgres', ...rest }
+}
+
+/**
+ * Connects to a Postgres server through Bun's built-in SQL client. Use it in processes that must
+ * survive killed backends: postgres.js 3.4.9 throws an uncatchable TypeError (`socket.write` on
+ * null, porsager/postgres#1208) and leaves the open transaction's promise pending forever when the
+ * backend of a reserved connection dies; Bun's client rejects the query instead.
+ * `connectTimeoutMs` (whole seconds, at least one; default Bun's 30 s) bounds opening a
+ * connection, login included.
+ */
+export async function connectBunSql(url: string, options: { max?: number; connectTimeoutMs?: number } = {}): Promise<DroppableDatabase> {
+  const { SQL } = await import('bun')
+  const { drizzle } = await import('drizzle-orm/bun-sql')
+  const connectionTimeout = seconds(options.connectTimeoutMs)
+  const pool = droppable({
+    open: (max) => new SQL({ url, max, ...(connectionTimeout === undefined ? {} : { connectionTimeout }) }),
+    max: options.max ?? 10,
+    close: (client, timeout) => client.close({ timeout }),
+  })
+  const { current, ...rest } = pool
+  return { db: drizzle({ client: current, schema }) as unknown as Db, kind: 'postgres', ...rest }
 }
 
 /**

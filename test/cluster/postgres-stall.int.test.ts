@@ -8,15 +8,17 @@ import { apiAt, configureBoard, configuredVersion, postEvents, readModel, scoreE
 const NOTICED_WITHIN_MS = 15_000
 
 /**
- * A worker whose path to Postgres stops carrying packets without a reset (the host vanished, a
- * partition, a stalled proxy): the tcp proxy between them holds every byte both ways. The worker
- * used to notice nothing until the path came back: its batches hung on their open connections,
- * nothing was logged, and the lag gauge kept the last batch's value (0: caught up) while events
- * piled up. It must notice within seconds (its batches fail and are retried, the lag gauge shows
- * what waits), resume by itself when the path comes back, and apply every acknowledged event
- * exactly once, though statements it gave up on reach Postgres late.
+ * A worker and an API node whose path to Postgres stops carrying packets without a reset (the
+ * host vanished, a partition, a stalled proxy): the tcp proxy between them holds every byte both
+ * ways. The worker used to notice nothing until the path came back: its batches hung on their open
+ * connections, nothing was logged, and the lag gauge kept the last batch's value (0: caught up)
+ * while events piled up; the API's reads waited 30 s (a new connection's timeout) or until the
+ * path came back. The worker must notice within seconds (its batches fail and are retried, the lag
+ * gauge shows what waits), the API answer reads 503 and be not ready, both resume by themselves
+ * when the path comes back, and every acknowledged event must be applied exactly once, though
+ * statements the worker gave up on reach Postgres late.
  */
-describe('worker whose Postgres stops answering', () => {
+describe('worker and API node whose Postgres stops answering', () => {
   let env: TestEnv | undefined
   let proxy: TcpProxy | undefined
   const procs: Proc[] = []
@@ -34,9 +36,9 @@ describe('worker whose Postgres stops answering', () => {
     proxied.port = String(proxy.port)
     const apiPort = freePort()
     const metricsPort = freePort()
-    const base = { ...env.vars, HOST: '127.0.0.1' }
-    // The API reaches Postgres directly: ingest needs only NATS, and the test is about the worker.
-    const worker = spawnProc('worker', 'stream-workers/src/main.ts', { ...base, LOG_LEVEL: 'info', DATABASE_URL: proxied.toString(), FANFARE_METRICS_PORT: String(metricsPort) })
+    // Both nodes reach Postgres through the proxy (ingest needs only NATS, so events go on being stored).
+    const base = { ...env.vars, HOST: '127.0.0.1', DATABASE_URL: proxied.toString() }
+    const worker = spawnProc('worker', 'stream-workers/src/main.ts', { ...base, LOG_LEVEL: 'info', FANFARE_METRICS_PORT: String(metricsPort) })
     procs.push(spawnProc('api', 'api/src/main.ts', { ...base, PORT: String(apiPort) }), worker)
     const api = apiAt(apiPort, base)
     await waitReady(api.baseUrl, procs)
@@ -70,6 +72,12 @@ describe('worker whose Postgres stops answering', () => {
 
       const stalledAt = Date.now()
       proxy.stall()
+      // A read sent while the path is down: answered, not left waiting as long as the path is down.
+      const read = Bun.sleep(500).then(async () => {
+        const res = await fetch(`${api.baseUrl}/v1/leaderboards/${board}`, { signal: AbortSignal.timeout(NOTICED_WITHIN_MS) }).catch((err) => ({ status: String(err), json: async () => ({}) }))
+        return { status: res.status, code: ((await res.json().catch(() => ({}))) as { error?: { code?: string } }).error?.code, ms: Date.now() - stalledAt }
+      })
+      const notReady = until('the API not ready', async () => (await fetch(`${api.baseUrl}/readyz`)).status === 503 && Date.now() - stalledAt, NOTICED_WITHIN_MS, 100).catch(() => Infinity)
       // Events go on being stored (NATS is fine); the worker must say it cannot apply them.
       let noticedMs: number | undefined
       let lagMs: number | undefined
@@ -81,8 +89,14 @@ describe('worker whose Postgres stops answering', () => {
         lagMs = Date.now() - stalledAt
         // Stalled a while longer: the retries' new connections time out too, and pile up late statements.
         await Bun.sleep(6000)
+        expect(await read).toEqual({ status: 503, code: 'database_unavailable', ms: expect.any(Number) })
+        expect(await notReady).toBeLessThan(NOTICED_WITHIN_MS)
       } finally {
-        console.log(`postgres stall: batch retried after ${noticedMs ?? 'never (>15000)'} ms, lag gauge >= 100 after ${lagMs ?? 'never'} ms; lag then ${await lag()}`)
+        const r = await read
+        console.log(
+          `postgres stall: worker batch retried after ${noticedMs ?? 'never (>15000)'} ms, its lag gauge >= 100 after ${lagMs ?? 'never'} ms (then ${await lag()}); ` +
+            `API not ready after ${await notReady} ms, a read answered ${r.status} ${r.code ?? ''} after ${r.ms} ms`,
+        )
         proxy.restore()
       }
       expect(worker.output()).toContain('Postgres does not answer')
