@@ -4,6 +4,7 @@ import { resolve } from 'node:path'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { ConfigError, loadConfig, type Config } from '../core/config'
 import { connectPostgres, migrate, openEmbedded, type Database } from '../core/db/client'
+import { watchDatabase } from '../core/db/watch'
 import { createLogger, type Logger } from '../core/logger'
 import { connectNats, NatsUnreachable } from '../core/nats'
 import { upgradeNats } from '../core/upgrade'
@@ -89,13 +90,18 @@ export async function startAllInOne(
     // PGlite lock, before it starts anything else.
     let database: Database
     if (config.DATABASE_URL) {
-      database = await connectPostgres(config.DATABASE_URL)
+      const postgres = await connectPostgres(config.DATABASE_URL, { connectTimeoutMs: config.FANFARE_DATABASE_TIMEOUT_MS })
+      database = postgres
       log.info({ database: 'postgres' }, 'using Postgres from DATABASE_URL')
+      stops.push({ name: 'database', run: () => database.close() })
+      // Stopped before the database is closed (stops run in reverse).
+      const watch = watchDatabase({ database: postgres, timeoutMs: config.FANFARE_DATABASE_TIMEOUT_MS, logger: log.child({ component: 'database' }) })
+      stops.push({ name: 'database watch', run: watch.stop })
     } else {
       log.info({ dataDir }, 'DATABASE_URL unset: opening embedded PGlite')
       database = await openEmbedded(dataDir)
+      stops.push({ name: 'database', run: () => database.close() })
     }
-    stops.push({ name: 'database', run: () => database.close() })
     // One registry for both sides of this process (stopped after them: it exports the last spans).
     const observability = startObservability(config, 'fanfare', log)
     stops.push({ name: 'observability', run: observability.stop })
