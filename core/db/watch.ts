@@ -37,11 +37,13 @@ export function watchDatabase(deps: {
   /** FANFARE_DATABASE_TIMEOUT_MS. */
   timeoutMs: number
   logger: Logger
+  /** How often it pings; default every second (a test seam). */
+  everyMs?: number
 }): DatabaseWatch {
   let answering = true
   let since = 0
   const loop = every(
-    PING_EVERY_MS,
+    deps.everyMs ?? PING_EVERY_MS,
     async () => {
       try {
         await deps.database.ping(deps.timeoutMs)
