@@ -50,11 +50,17 @@ export async function checkPort(host: string, port: number): Promise<void> {
   await probe.stop(true)
 }
 
+/** How long a stopping node waits for its requests and publishes in flight: the publish timeout, and a margin. */
+const DRAIN_MS = 6_000
+
 /** A listening API node. */
 export type RunningApi = {
   /** The bound port (useful when config.PORT is 0). */
   port: number
-  /** Stops accepting connections, closes open ones (WebSockets with "going away"), stops the feed. Safe to call twice. */
+  /**
+   * Stops accepting connections, answers the requests and WebSocket publishes in flight (at most
+   * DRAIN_MS), closes the rest (WebSockets with "going away"), stops the feed. Safe to call twice.
+   */
   stop: () => Promise<void>
 }
 
@@ -114,7 +120,12 @@ export async function startApi(
         await retention?.stop()
         await seats.stop()
         nodeQueries.stop()
-        await realtime.goAway()
+        // No new connections from here (a load balancer moves on at once), but what the node took
+        // is answered: requests in flight finish, sockets close with 1001 after the acks of their
+        // publishes; a publish is answered within the publish timeout, so that bounds the wait.
+        const drained = server.stop(false)
+        await realtime.goAway(DRAIN_MS)
+        await Promise.race([drained, Bun.sleep(DRAIN_MS)])
         await app.stop(true)
         await ownIngest?.stop()
         await realtime.stop()

@@ -58,6 +58,11 @@ export type SocketRegistry = {
   open: Map<string, OpenSocket>
   /** Set once the node is shutting down: new sockets are closed at once. */
   closing: boolean
+  /**
+   * Set by the routes: closes every open socket with 1001 "going away" once the acks of its
+   * publishes in flight are sent (frames after it are ignored), so a shutdown answers what it took.
+   */
+  goAway?: () => void
   /** Told the result of every direct send to a socket (-1: queued under backpressure, 0: dropped). */
   sent: (ws: OpenSocket, result: number) => void
 }
@@ -87,7 +92,7 @@ type Connection = Sink & {
   address: string
   /** Publishes sent to JetStream and not yet answered: a close for abuse waits for their acks. */
   inFlight: number
-  /** Set once the socket is to be closed for abuse: further frames are ignored. */
+  /** Set once the socket is to be closed (for abuse, or the node going away): further frames are ignored. */
   closing?: { code: number; reason: string }
   /** The next of: the `token_expiring` warning, the expiry close, the deadline for a first `auth` frame. */
   timer: ReturnType<typeof setTimeout> | undefined
@@ -98,6 +103,9 @@ const RETRY_CREDENTIAL_MS = 1000
 
 /** The longest delay setTimeout holds (2^31 - 1 ms, ~24.8 days). */
 const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** The reason of the 1001 close a shutting-down node sends. */
+export const GOING_AWAY_REASON = 'server shutting down'
 
 /** The close code for a credential that can no longer be used. */
 const closeCodeOf = (err: Unauthorized) => (err instanceof TokenExpired ? CLOSE.TOKEN_EXPIRED : CLOSE.FORBIDDEN)
@@ -174,6 +182,14 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   const closeWhenAcked = (conn: Connection) => {
     // After the acks queued for the end of this turn (ackLater), which were queued first.
     if (conn.closing && conn.inFlight === 0) setImmediate(() => close(conn, conn.closing!.code, conn.closing!.reason))
+  }
+  if (deps.sockets) {
+    deps.sockets.goAway = () => {
+      for (const conn of connections.values()) {
+        conn.closing ??= { code: CLOSE.GOING_AWAY, reason: GOING_AWAY_REASON }
+        closeWhenAcked(conn)
+      }
+    }
   }
   /** A socket past a connection limit: the reason, then 4029 (retry after the delay). */
   const refuseSocket = (conn: Connection, ref: string | undefined, r: ConnectionRefusal) => {
@@ -302,7 +318,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   let lastId = 0
   const onOpen = (conn: Connection, raw: ServerWebSocket<Connection>) => {
     conn.socket = raw
-    if (deps.sockets?.closing) return void raw.close(CLOSE.GOING_AWAY, 'server shutting down')
+    if (deps.sockets?.closing) return void raw.close(CLOSE.GOING_AWAY, GOING_AWAY_REASON)
     // Upgrades racing past the route's check are counted (and refused) here.
     const held = deps.limits.connections.open(conn.address, conn.principal)
     if ('refusal' in held) return void raw.close(CLOSE.RATE_LIMITED, closeReasonOf(held.refusal))

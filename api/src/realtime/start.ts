@@ -12,7 +12,6 @@ import { createChannelHub, type Snapshot } from './channel-hub'
 import { historyReader } from './history'
 import { windowsOf } from './windows'
 import type { Security } from '../auth/security'
-import { CLOSE } from './close-codes'
 import { createSlowConsumers } from './slow-consumers'
 import { startPresence, type Presence } from '../presence'
 import { realtimeRoutes, type OpenSocket, type SocketRegistry } from './index'
@@ -24,8 +23,9 @@ export type Realtime = {
   /** Gives the hub the listening server, whose `publish` reaches every socket of a topic. */
   bind: (server: Server<unknown>) => void
   /**
-   * Closes every WebSocket with 1001 "going away" (and any that opens from now on), then waits
-   * up to `timeoutMs` for the clients to acknowledge, so the close frames leave before the server stops.
+   * Closes every WebSocket with 1001 "going away" (and any that opens from now on), each once the
+   * acks of its publishes in flight are sent, then waits up to `timeoutMs` for the clients to
+   * acknowledge, so the close frames leave before the server stops.
    */
   goAway: (timeoutMs?: number) => Promise<void>
   /** Each change feed's state: a node whose feeds do not all follow their streams is not ready. */
@@ -164,7 +164,7 @@ export async function startRealtime(deps: {
     feeds: () => feeds.map((f) => f.status()),
     goAway: async (timeoutMs = 2_000) => {
       sockets.closing = true
-      for (const ws of sockets.open.values()) ws.close(CLOSE.GOING_AWAY, 'server shutting down')
+      sockets.goAway?.()
       const deadline = Date.now() + timeoutMs
       while (sockets.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
     },
