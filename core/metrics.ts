@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { ListenFailed } from './net'
 
 /**
  * The Prometheus metrics of one process (API node, stream workers, or both in all-in-one), made
@@ -246,16 +247,22 @@ export function createMetrics() {
  * (FANFARE_METRICS_PORT). Returns the bound port and a stop function.
  */
 export function serveMetrics(deps: { metrics: Metrics; port: number; hostname: string }): { port: number; stop: () => Promise<void> } {
-  const server = Bun.serve({
-    port: deps.port,
-    hostname: deps.hostname,
-    reusePort: false,
-    fetch: async (req) => {
-      const url = new URL(req.url)
-      if (url.pathname !== '/metrics') return new Response('not found: GET /metrics', { status: 404 })
-      if (req.method !== 'GET') return new Response('method not allowed', { status: 405 })
-      return new Response(await deps.metrics.text(), { headers: { 'content-type': deps.metrics.contentType } })
-    },
-  })
+  let server: ReturnType<typeof Bun.serve>
+  try {
+    server = Bun.serve({
+      port: deps.port,
+      hostname: deps.hostname,
+      reusePort: false,
+      fetch: async (req) => {
+        const url = new URL(req.url)
+        if (url.pathname !== '/metrics') return new Response('not found: GET /metrics', { status: 404 })
+        if (req.method !== 'GET') return new Response('method not allowed', { status: 405 })
+        return new Response(await deps.metrics.text(), { headers: { 'content-type': deps.metrics.contentType } })
+      },
+    })
+  } catch (err) {
+    throw new ListenFailed(deps.hostname, deps.port, 'FANFARE_METRICS_PORT', err)
+  }
   return { port: server.port ?? deps.port, stop: () => server.stop(true) }
 }
+

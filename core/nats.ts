@@ -353,7 +353,13 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
       ...(site.kind === 'hub' && site.edges ? { sources: site.edges.map((d) => inDomain(t.eventStream, d)) } : {}),
     },
     checkEventStream(t),
-  )
+  ).catch(async (err) => {
+    // Only on failure: another stream takes the event subjects, most likely this deployment's own
+    // under the name FANFARE_STREAM should have had (nats-server just says "subjects overlap").
+    if (!String(err).includes('subjects overlap')) throw err
+    const owner = await jsm.streams.find(subjects.allEvents(t.prefix)).catch(() => undefined)
+    throw owner && owner !== t.eventStream ? new EventSubjectsTaken(t.eventStream, owner, subjects.allEvents(t.prefix)) : err
+  })
   for (const kind of channelKinds) {
     const { size, ttlMs } = historyRetention(config, kind)
     if (site.kind === 'edge') {
@@ -417,6 +423,20 @@ export class SubjectPrefixChanged extends Error {
         `set FANFARE_SUBJECT_PREFIX to the deployment's prefix on every process, or give another deployment its own FANFARE_STREAM`,
     )
     this.name = 'SubjectPrefixChanged'
+  }
+}
+
+/**
+ * Thrown at start when the event subjects (`<FANFARE_SUBJECT_PREFIX>.ev.>`) belong to a stream of
+ * another name than FANFARE_STREAM: a typo in FANFARE_STREAM, or two deployments on one prefix.
+ */
+export class EventSubjectsTaken extends Error {
+  constructor(stream: string, owner: string, subject: string) {
+    super(
+      `FANFARE_STREAM is ${stream} but stream ${owner} already takes the events on ${subject}: ` +
+        `set FANFARE_STREAM=${owner} on every process, or give another deployment its own FANFARE_SUBJECT_PREFIX`,
+    )
+    this.name = 'EventSubjectsTaken'
   }
 }
 

@@ -1,6 +1,7 @@
 import { startRetentionWatch } from '../../core/retention-watch'
 import { projectionAreas, projectionNames } from '../../core/projections'
 import { createMetrics } from '../../core/metrics'
+import { ListenFailed } from '../../core/net'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createApp } from './app'
 import type { ApiDeps } from './deps'
@@ -15,25 +16,6 @@ import { startSeatWatcher } from './modules/matches/seats'
 import { answerNodeQueries, BUSIEST } from './modules/admin/nodes'
 
 /**
- * Thrown at start when the API cannot listen on HOST:PORT: Bun's own error ("Is port 3000 in
- * use?") names neither the setting nor what to do.
- */
-export class ListenFailed extends Error {
-  constructor(host: string, port: number, cause: unknown) {
-    const code = (cause as { code?: string } | undefined)?.code
-    super(
-      code === 'EADDRINUSE'
-        ? `cannot listen on ${host}:${port}: the port is in use by another process (another Fanfare?): stop it, or set PORT to a free port`
-        : code === 'EADDRNOTAVAIL'
-          ? `cannot listen on ${host}:${port}: ${host} is not an address of this machine: set HOST to one of its addresses (0.0.0.0 for all)`
-          : `cannot listen on ${host}:${port} (HOST, PORT): ${(cause as Error)?.message ?? String(cause)}`,
-      { cause },
-    )
-    this.name = 'ListenFailed'
-  }
-}
-
-/**
  * Throws ListenFailed when HOST:PORT cannot be listened on now (taken, or not an address of this
  * machine), by binding it as startApi will and letting go at once. For a start that does costly or
  * lasting work before it listens (npm start opens the database and starts nats-server): it can
@@ -45,7 +27,7 @@ export async function checkPort(host: string, port: number): Promise<void> {
   try {
     probe = Bun.serve({ hostname: host, port, reusePort: false, fetch: () => new Response() })
   } catch (err) {
-    throw new ListenFailed(host, port, err)
+    throw new ListenFailed(host, port, 'PORT', err)
   }
   await probe.stop(true)
 }
@@ -90,7 +72,7 @@ export async function startApi(
   try {
     app.listen({ hostname: deps.config.HOST, port: deps.config.PORT })
   } catch (err) {
-    throw new ListenFailed(deps.config.HOST, deps.config.PORT, err)
+    throw new ListenFailed(deps.config.HOST, deps.config.PORT, 'PORT', err)
   }
   const server = app.server
   if (!server) throw new Error('the API server did not start')
