@@ -105,9 +105,10 @@ export async function startApi(
         // No new connections from here (a load balancer moves on at once), but what the node took
         // is answered: requests in flight finish, sockets close with 1001 after the acks of their
         // publishes; a publish is answered within the publish timeout, so that bounds the wait.
+        const deadline = Date.now() + DRAIN_MS
         const drained = server.stop(false)
         await realtime.goAway(DRAIN_MS)
-        await Promise.race([drained, Bun.sleep(DRAIN_MS)])
+        await Promise.race([drained, Bun.sleep(Math.max(0, deadline - Date.now()))])
         await app.stop(true)
         await ownIngest?.stop()
         await realtime.stop()
