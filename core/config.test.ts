@@ -1,5 +1,5 @@
 import { expect, test } from 'bun:test'
-import { loadConfig } from './config'
+import { loadConfig, misspeltVariables } from './config'
 
 test('a whole-number variable written as anything but decimal digits is refused, naming it', () => {
   // Value.Convert alone read these with parseInt: "864e5" (a day, meant) became 864 ms of retention.
@@ -62,4 +62,25 @@ test('FANFARE_JWT_SECRET is measured in bytes, as HS256 signs with it (UTF-8): 3
   expect(loadConfig({ FANFARE_JWT_SECRET: 'x'.repeat(32) }).FANFARE_JWT_SECRET).toBe('x'.repeat(32))
   expect(() => loadConfig({ FANFARE_JWT_SECRET: 'x'.repeat(31) })).toThrow('FANFARE_JWT_SECRET: at least 32 bytes (got <hidden, 31 characters>, 31 bytes)')
   expect(() => loadConfig({ FANFARE_JWT_SECRET: 'é'.repeat(15) + 'x' })).toThrow(/FANFARE_JWT_SECRET: at least 32 bytes .*31 bytes/)
+})
+
+test('misspelt variables are found with the one meant; a tool\'s own FANFARE_ variables are not', () => {
+  const env = {
+    FANFARE_PARTITONS: '4',
+    fanfare_partitions: '4',
+    NATS_URLS: 'nats://x:4222',
+    FANFARE_DEDUP_WINDOW: '1000',
+    FANFARE_PARTITIONS: '4',
+    FANFARE_TEST_PG_URL: 'postgres://x',
+    FANFARE_FUZZ_RUNS: '10',
+    FANFARE_BENCH_PROFILE: '1',
+    OTEL_EXPORTER_OTLP_HEADERS: 'a=b',
+    PATH: '/bin',
+  }
+  expect(misspeltVariables(env)).toEqual([
+    { name: 'FANFARE_PARTITONS', meant: 'FANFARE_PARTITIONS' },
+    { name: 'fanfare_partitions', meant: 'FANFARE_PARTITIONS' },
+    { name: 'NATS_URLS', meant: 'NATS_URL' },
+    { name: 'FANFARE_DEDUP_WINDOW', meant: 'FANFARE_DEDUP_WINDOW_MS' },
+  ])
 })

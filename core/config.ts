@@ -313,6 +313,47 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   return converted as Config
 }
 
+/**
+ * Variables of `source` that look like a misspelt Fanfare variable (`FANFARE_PARTITONS`), each
+ * with the one meant: loadConfig never reads them, so the setting silently keeps its default.
+ * Each process logs a warning per such variable at start (warnMisspeltVariables).
+ * Only near misses (at most two letters added, dropped, changed or swapped, or the unit `_MS` left
+ * out) of names it knows:
+ * other `FANFARE_*` variables (a tool's own) are left alone.
+ */
+export function misspeltVariables(source: Record<string, string | undefined> = process.env): { name: string; meant: string }[] {
+  const known = Object.keys(Env.properties)
+  const out: { name: string; meant: string }[] = []
+  for (const name of Object.keys(source)) {
+    if (known.includes(name) || !/^(FANFARE_|DATABASE_|NATS_|OTEL_)/i.test(name)) continue
+    const upper = name.toUpperCase()
+    const meant = known.find((k) => editDistance(upper, k) <= 2 || k === `${upper}_MS`)
+    if (meant) out.push({ name, meant })
+  }
+  return out
+}
+
+/** Logs a warning for each variable misspeltVariables finds in `source`. */
+export function warnMisspeltVariables(logger: { warn: (obj: object, msg: string) => void }, source: Record<string, string | undefined> = process.env) {
+  for (const { name, meant } of misspeltVariables(source)) {
+    logger.warn({ variable: name, meant }, `${name} is not a Fanfare variable and is ignored: did you mean ${meant}?`)
+  }
+}
+
+/** Optimal string alignment distance: insertions, deletions, substitutions and adjacent swaps. */
+function editDistance(a: string, b: string): number {
+  if (Math.abs(a.length - b.length) > 2) return 3
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)))
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1)
+    }
+  }
+  return d[a.length][b.length]
+}
+
 /** The edge domains of FANFARE_EDGE_DOMAINS (comma-separated), and what is wrong with the list. */
 export function parseDomains(list: string | undefined): { domains: string[]; problems: string[] } {
   const domains = (list ?? '').split(',').map((d) => d.trim()).filter(Boolean)

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { accessSync, constants, mkdirSync } from 'node:fs'
 import { resolve } from 'node:path'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { ConfigError, loadConfig, type Config } from '../core/config'
+import { ConfigError, loadConfig, warnMisspeltVariables, type Config } from '../core/config'
 import { connectPostgres, migrate, openEmbedded, type Database } from '../core/db/client'
 import { watchDatabase } from '../core/db/watch'
 import { createLogger, type Logger } from '../core/logger'
@@ -66,6 +66,7 @@ export async function startAllInOne(
     FANFARE_DEMO: parsed.FANFARE_DEMO ?? 'on',
   }
   const log = logger ?? createLogger(config.LOG_LEVEL, { service: 'fanfare', mode: 'all-in-one' }, { format: config.FANFARE_LOG_FORMAT })
+  warnMisspeltVariables(log, env)
   const dataDir = resolve(config.FANFARE_DATA_DIR)
 
   // Undo list, run in reverse when a step fails or on stop.

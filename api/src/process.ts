@@ -1,4 +1,4 @@
-import { ConfigError, loadConfig, type Config } from '../../core/config'
+import { ConfigError, loadConfig, warnMisspeltVariables, type Config } from '../../core/config'
 import { checkMigrated, connectPostgres } from '../../core/db/client'
 import { watchDatabase } from '../../core/db/watch'
 import { createLogger } from '../../core/logger'
@@ -32,6 +32,7 @@ function configOrExit(): Config {
 export async function runApi(signals: StopSignals) {
   const config = configOrExit()
   const logger = createLogger(config.LOG_LEVEL, { service: 'fanfare-api' }, { format: config.FANFARE_LOG_FORMAT })
+  warnMisspeltVariables(logger)
   const observability = startObservability(config, 'fanfare-api', logger)
   const timeoutMs = config.FANFARE_DATABASE_TIMEOUT_MS
   const database = await connectPostgres(config.DATABASE_URL!, { connectTimeoutMs: timeoutMs })

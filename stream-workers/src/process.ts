@@ -1,4 +1,4 @@
-import { ConfigError, loadConfig } from '../../core/config'
+import { ConfigError, loadConfig, warnMisspeltVariables } from '../../core/config'
 import { checkMigrated, connectBunSql } from '../../core/db/client'
 import { watchDatabase } from '../../core/db/watch'
 import { createLogger } from '../../core/logger'
@@ -29,6 +29,7 @@ export async function runWorkers(signals: StopSignals) {
     process.exit(1)
   }
   const logger = createLogger(config.LOG_LEVEL, { service: 'stream-workers' }, { format: config.FANFARE_LOG_FORMAT })
+  warnMisspeltVariables(logger)
   const observability = startObservability(config, 'fanfare-workers', logger)
   // Bun's SQL client, not postgres.js: see connectBunSql on surviving killed backends.
   const database = await connectBunSql(config.DATABASE_URL!, { connectTimeoutMs: config.FANFARE_DATABASE_TIMEOUT_MS })

@@ -4,14 +4,15 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import { connectNats, ensureStreams, topology } from '../../core/nats'
 import { loadConfig } from '../../core/config'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
-import { runUntilExit } from '../e2e/harness'
+import { freePort, runUntilExit, spawnProc, until, waitReady } from '../e2e/harness'
 
 /**
  * An operator's slips when starting one more node of a running deployment: each stops the process
  * at once with a message naming the variable to fix, and leaves nothing behind. Before, a
  * misspelt FANFARE_STREAM on an API node said only "JetStreamApiError: subjects overlap with an
  * existing stream", and a FANFARE_METRICS_PORT already taken said Bun's "Failed to start server.
- * Is port N in use?", naming neither variable.
+ * Is port N in use?", naming neither variable. A misspelt optional variable cannot stop a process
+ * (it is not read), but it must not pass unseen: the setting would keep its default.
  */
 describe('a node started with a wrong variable', () => {
   let env: TestEnv
@@ -52,4 +53,21 @@ describe('a node started with a wrong variable', () => {
       expect(r.output).toContain(`cannot listen on 127.0.0.1:${busy.port}: the port is in use by another process (another Fanfare?): stop it, or set FANFARE_METRICS_PORT to a free port`)
     }, 40_000)
   }
+
+  test('a misspelt variable is named in a warning, with the variable meant', async () => {
+    const port = freePort()
+    const vars = { ...env.vars, FANFARE_INGEST_MAX_INFLIGHT: '500', LOG_LEVEL: 'warn', FANFARE_LOG_FORMAT: 'json' }
+    const api = spawnProc('api', 'api/src/main.ts', { ...vars, PORT: String(port), HOST: '127.0.0.1' })
+    const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
+    try {
+      await waitReady(`http://127.0.0.1:${port}`, [api, worker])
+      for (const p of [api, worker]) {
+        const line = await until(`${p.name}'s warning`, () => p.output().split('\n').find((l) => l.includes('"variable":"FANFARE_INGEST_MAX_INFLIGHT"')), 10_000)
+        expect(JSON.parse(line)).toMatchObject({ level: 40, meant: 'FANFARE_INGEST_MAX_IN_FLIGHT', msg: 'FANFARE_INGEST_MAX_INFLIGHT is not a Fanfare variable and is ignored: did you mean FANFARE_INGEST_MAX_IN_FLIGHT?' })
+      }
+    } finally {
+      await api.stop('SIGKILL')
+      await worker.stop('SIGKILL')
+    }
+  }, 40_000)
 })
