@@ -45,7 +45,8 @@ type Held = {
 }
 
 /**
- * Partition leases in a KV bucket. Two loops, every ttl/3 each:
+ * Partition leases in a KV bucket. Two loops, every ttl/3 each (ttl: the bucket's keys' time-to-live,
+ * FANFARE_LEASE_TTL_MS or the bucket's when lower, read at each scan):
  * - renewals: heartbeat `w.<id>` and renew every held key with a compare-and-set on its last
  *   revision, all partitions at once and without waiting for any answer, so that one slow answer
  *   (or a slow release) never delays the others. A failed renew means the lease is lost; so does
@@ -65,18 +66,24 @@ export function startLeases(deps: LeaseDeps): Leases {
   const releasing = new Map<number, Promise<void>>()
   const abort = new AbortController()
   const since = new Date().toISOString()
-  const period = Math.max(100, Math.floor(deps.ttlMs / 3))
+  /**
+   * The time-to-live the keys have: ours, or the bucket's when lower. Every worker sets the bucket's
+   * TTL to its FANFARE_LEASE_TTL_MS when it opens it, so while a lowered value rolls out a worker
+   * started before keeps renewing at its old pace, and kept losing its partitions (its keys expired
+   * between renewals) until it was restarted too. The scan reads the bucket's.
+   */
+  let ttl = deps.ttlMs
+  const period = () => Math.max(100, Math.floor(ttl / 3))
   /**
    * The scan's period while this worker holds fewer than its share of the partitions and others
    * hold the rest: they give their surplus up at their next scan (within a period), and waiting a
    * whole period more to notice left those partitions without an owner for up to that long.
    */
-  const shortPeriod = Math.max(50, Math.floor(period / 5))
+  const shortPeriod = () => Math.max(50, Math.floor(period() / 5))
   /** Since when this worker has been short of its share (see shortPeriod); undefined if it is not. */
   let shortSince: number | undefined
   /** Live workers at the last scan: a change (a join, a leave) starts a new rebalance. */
   let lastLive = 0
-  const deadline = deps.ttlMs * 0.9
   // Start scanning at a worker-specific partition so workers do not all race for p.0 first.
   const offset = Math.floor(Math.random() * deps.partitions)
 
@@ -141,13 +148,18 @@ export function startLeases(deps: LeaseDeps): Leases {
 
   const renewAll = () => {
     for (const [p, h] of held) {
-      if (now() - h.renewedAt > deadline) lose(p, 'not renewed in time')
+      if (now() - h.renewedAt > ttl * 0.9) lose(p, 'not renewed in time')
       else if (!h.renewal) renew(p, h)
     }
     heartbeat().catch((err) => logger.warn({ err }, 'heartbeat failed'))
   }
 
   const scan = async () => {
+    const bucketTtl = await kv.status().then((s) => s.ttl, () => 0)
+    if (bucketTtl > 0 && Math.min(deps.ttlMs, bucketTtl) !== ttl) {
+      ttl = Math.min(deps.ttlMs, bucketTtl)
+      logger.info({ ttlMs: ttl, configured: deps.ttlMs }, 'lease TTL follows the bucket')
+    }
     // This worker is live whether or not its heartbeat, written by the renewal loop, made it into
     // the listing (at start it may not have): counted once either way.
     const live = (await liveKeys(kv, 'w.>')).filter((k) => k !== workerKey(workerId)).length + 1
@@ -185,7 +197,7 @@ export function startLeases(deps: LeaseDeps): Leases {
   }
 
   /** Runs `round` every `interval()` until stopped; a failed round is logged and the next one comes. */
-  const every = (name: string, round: () => unknown, interval = () => period) =>
+  const every = (name: string, round: () => unknown, interval = period) =>
     (async () => {
       while (!abort.signal.aborted) {
         const started = now()
@@ -198,7 +210,7 @@ export function startLeases(deps: LeaseDeps): Leases {
       }
     })()
 
-  const scanInterval = () => (shortSince !== undefined && now() - shortSince < deps.ttlMs ? shortPeriod : period)
+  const scanInterval = () => (shortSince !== undefined && now() - shortSince < ttl ? shortPeriod() : period())
   const loops = [every('renewal', renewAll), every('scan', scan, scanInterval)]
 
   return {
