@@ -13,7 +13,8 @@
  *
  * Phases, in order, while the load runs: `api` SIGTERM each API node in turn and start it again;
  * `workers` the same for each worker; `scale` workers 2 -> 1 -> 3 -> 1; `migrate` `npm run migrate`
- * again; `config` an API node restarted with other limits. Then the load stops, the read models
+ * again; `config` an API node restarted with other limits (`--config`); `migrate-scale` (not by
+ * default) workers 1 -> 3 while `npm run migrate` runs, then 1. Then the load stops, the read models
  * drain, and the run compares acknowledged events with the read models, the REST reads and each
  * subscriber. Exits non-zero when a promise is broken. Not part of `npm test` (it runs minutes).
  */
@@ -398,6 +399,14 @@ const phases: Record<string, () => Promise<void>> = {
     while (workers.length > 1) await stopGracefully(workers.pop()!)
     log('workers: 1')
     await Bun.sleep(4000)
+  },
+  /** Workers 1 -> 3 while `npm run migrate` runs, then back to 1. */
+  'migrate-scale': async () => {
+    while (workers.length > 1) await stopGracefully(workers.pop()!)
+    await Promise.all([runMigrate(), (async () => (startWorker(), startWorker()))()])
+    await Bun.sleep(6000)
+    while (workers.length > 1) await stopGracefully(workers.pop()!)
+    await Bun.sleep(3000)
   },
   migrate: async () => {
     await runMigrate()
