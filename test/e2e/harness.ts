@@ -16,11 +16,26 @@ export type Proc = { name: string; proc: Subprocess; output: () => string; stop:
  * (default: this checkout; another one, say a fresh clone, runs that checkout's code).
  */
 export function spawnProc(name: string, entry: string, env: Record<string, string | undefined>, cwd = ROOT): Proc {
+  return spawnCommand(name, [BUN, entry], env, cwd)
+}
+
+/**
+ * Starts a real Fanfare process as a container runs it: pid 1 on a host named `host`, in PID and
+ * UTS namespaces of its own (unshare(1), as root: CI runs as root). Started again with the same
+ * `host`, it has the same `hostname-pid` node id: a container restarted in place. Its `stop`
+ * stops the unshare, which kills the process with SIGKILL whatever the signal (`--kill-child`).
+ */
+export function spawnInContainer(name: string, host: string, entry: string, env: Record<string, string | undefined>): Proc {
+  if (!/^[a-z0-9-]+$/.test(host)) throw new Error(`not a plain host name: ${host}`)
+  return spawnCommand(name, ['unshare', '--uts', '--pid', '--kill-child', 'sh', '-c', `hostname ${host} && exec "$0" "$1"`, BUN, entry], env, ROOT)
+}
+
+function spawnCommand(name: string, cmd: string[], env: Record<string, string | undefined>, cwd: string): Proc {
   let output = ''
   const cleanEnv: Record<string, string> = {}
   for (const [k, v] of Object.entries({ ...process.env, ...env })) if (v !== undefined) cleanEnv[k] = v
   for (const k of Object.keys(env)) if (env[k] === undefined) delete cleanEnv[k]
-  const proc = Bun.spawn([BUN, entry], { cwd, env: cleanEnv, stdout: 'pipe', stderr: 'pipe' })
+  const proc = Bun.spawn(cmd, { cwd, env: cleanEnv, stdout: 'pipe', stderr: 'pipe' })
   const collect = async (stream: ReadableStream<Uint8Array>) => {
     const decoder = new TextDecoder()
     for await (const chunk of stream) output += decoder.decode(chunk)

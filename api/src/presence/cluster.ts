@@ -21,9 +21,11 @@ const MAX_ENTRIES = 2000
  * broadcasts what changed in its own part every `flushMs` (numbered: a receiver that sees a gap
  * asks for the node's full state instead of guessing) and a heartbeat every `heartbeatMs`
  * carrying its latest number. A node not heard from for `ttlMs` is lost: its users leave with
- * `node_lost`. A node stopping cleanly says goodbye: its users leave as `disconnected` after the
- * grace, so clients reconnecting elsewhere meanwhile never leave. A new node says hello and every
- * node answers with its full state.
+ * `node_lost`; so are the users of a run of a node that came back under the same id without a
+ * goodbye (it died and restarted in place), once that run has been silent for `ttlMs`. A node
+ * stopping cleanly says goodbye: its users leave as `disconnected` after the grace, so clients
+ * reconnecting elsewhere meanwhile never leave. A new node says hello and every node answers with
+ * its full state.
  */
 export function startPresenceCluster(deps: {
   nc: NatsConnection
@@ -51,6 +53,8 @@ export function startPresenceCluster(deps: {
   const log = deps.logger.child({ component: 'presence' })
   const heartbeatMs = deps.heartbeatMs ?? Math.min(1000, Math.floor(deps.ttlMs / 5))
   const replicas = new Map<string, Replica>()
+  /** Parts of runs that died without a goodbye and whose node is back under the same id (view key -> when last heard). */
+  const deadRuns = new Map<string, number>()
   let seq = 0
   let pending: ChannelDelta[] = []
   let stopped = false
@@ -138,8 +142,13 @@ export function startPresenceCluster(deps: {
         // nor join; its goodbye timer drops them then.
         deps.view.rename(m.node, lastRun(m.node, r.inc))
       } else if (r) {
-        // The node restarted: what its last run reported is gone with it.
-        deps.onResync(deps.view.drop(m.node, 'disconnected'))
+        // The node died and came back under the same id (SIGKILLed, then restarted in place)
+        // before the TTL ran out: its last run's users were lost with it, as if it had not come
+        // back. Filed apart, they leave with `node_lost` once that run has been silent for the
+        // TTL: those reconnecting meanwhile (to the new run or elsewhere) neither leave nor join.
+        log.warn({ node: m.node }, 'presence: a node came back without a goodbye; its last run\'s users leave unless back within the TTL')
+        deps.view.rename(m.node, lastRun(m.node, r.inc))
+        deadRuns.set(lastRun(m.node, r.inc), r.lastHeard)
       }
       r = { inc: m.inc, seq: 0, lastHeard: now(), ready: false, asked: 0 }
       replicas.set(m.node, r)
@@ -248,6 +257,11 @@ export function startPresenceCluster(deps: {
         replicas.delete(node)
         deps.onResync(deps.view.drop(node, 'node_lost' satisfies LeaveReason))
       }
+    }
+    for (const [run, heard] of deadRuns) {
+      if (now() - heard <= deps.ttlMs) continue
+      deadRuns.delete(run)
+      deps.onResync(deps.view.drop(run, 'node_lost' satisfies LeaveReason))
     }
   }, heartbeatMs)
 
