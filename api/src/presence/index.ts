@@ -7,14 +7,14 @@ import type { Principal } from '../auth/principal'
 import type { Sink } from '../realtime/channel-hub'
 import { startPresenceCluster } from './cluster'
 import { createPresenceFeed, presenceSnapshot, type PresenceSnapshot } from './feed'
-import { createLocalPresence, type Who } from './local'
+import { createLocalPresence, type LocalLeave, type Who } from './local'
 import { createPresenceView, type PresenceChange } from './view'
 
 export type Presence = {
   /** A connection subscribed to a tracked channel (chat, stream, match). */
   track(channel: string, conn: string, principal: Principal): void
-  /** It left the channel: unsubscribed (`left`) or closed (`disconnected`, after the grace). */
-  untrack(channel: string, conn: string, principal: Principal, reason: 'left' | 'disconnected'): void
+  /** It left the channel: unsubscribed (`left`), closed (`disconnected`, after the grace), or closed for a revoked credential (`revoked`, at once). */
+  untrack(channel: string, conn: string, principal: Principal, reason: LocalLeave): void
   /** A socket watches `presence:<channel>`: snapshot now, updates after. */
   subscribe(sink: Sink, channel: string, resync?: boolean): void
   unsubscribe(sink: Sink, channel: string): boolean

@@ -1,4 +1,7 @@
-import type { ChannelDelta, NodePart } from './view'
+import type { ChannelDelta, LeaveReason, NodePart } from './view'
+
+/** Why a connection of this node left a channel (`node_lost` is the cluster's to say). */
+export type LocalLeave = Exclude<LeaveReason, 'node_lost'>
 
 /** Who a tracked connection is: a user (counted as a user and a connection) or an anonymous viewer (a connection). */
 export type Who = { user: string; name?: string } | { user?: undefined }
@@ -16,7 +19,8 @@ type LocalChannel = {
  *
  * A user whose last connection here closed (not an explicit unsubscribe) stays reported for
  * `graceMs`: a page reload, or a resume on another node, is then not a leave and a join. An
- * explicit unsubscribe (`left`) leaves at once.
+ * explicit unsubscribe (`left`), or a socket closed because its credential was revoked
+ * (`revoked`: no flaky network, nothing to wait for), leaves at once.
  */
 export function createLocalPresence(deps: {
   graceMs: number
@@ -61,8 +65,8 @@ export function createLocalPresence(deps: {
       deps.onDelta({ channel, connections: connectionsOf(c), add: [[who.user, who.name]] })
     },
 
-    /** A connection left a channel: unsubscribed (`left`) or closed (`disconnected`). */
-    untrack(channel: string, conn: string, who: Who, reason: 'left' | 'disconnected') {
+    /** A connection left a channel: unsubscribed (`left`), closed (`disconnected`), or closed for a revoked credential (`revoked`). */
+    untrack(channel: string, conn: string, who: Who, reason: LocalLeave) {
       const c = channels.get(channel)
       if (!c) return
       if (who.user === undefined) {
@@ -74,7 +78,7 @@ export function createLocalPresence(deps: {
       if (!u || !u.conns.delete(conn)) return
       if (u.conns.size > 0) return deps.onDelta({ channel, connections: connectionsOf(c) })
       const user = who.user
-      const leave = (why: 'left' | 'disconnected') => {
+      const leave = (why: LocalLeave) => {
         const now = channels.get(channel)
         const still = now?.users.get(user)
         if (!now || still !== u || u.conns.size > 0) return
@@ -82,7 +86,7 @@ export function createLocalPresence(deps: {
         deps.onDelta({ channel, connections: connectionsOf(now), remove: [[user, why]] })
         tidy(channel, now)
       }
-      if (reason === 'left') return leave('left')
+      if (reason !== 'disconnected') return leave(reason)
       deps.onDelta({ channel, connections: connectionsOf(c) })
       u.linger = timers.set(() => {
         u.linger = undefined

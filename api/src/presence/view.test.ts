@@ -91,4 +91,20 @@ describe("a node's own presence", () => {
     expect(joins()).toEqual(['+ann', '+bob', '-ann:left', '-bob:disconnected'])
     expect(presence.state().size).toBe(0)
   })
+
+  test('a connection closed for a revoked credential leaves at once as revoked (no grace); its close after that changes nothing; a user with another connection stays', () => {
+    const { presence, view, joins, fire } = local()
+    presence.track('chat:x', 'c1', { user: 'ann' })
+    presence.track('chat:x', 'c2', { user: 'bob' })
+    presence.track('chat:x', 'c3', { user: 'bob' })
+    presence.untrack('chat:x', 'c1', { user: 'ann' }, 'revoked')
+    presence.untrack('chat:x', 'c2', { user: 'bob' }, 'revoked')
+    expect(joins()).toEqual(['+ann', '+bob', '-ann:revoked'])
+    // The sockets' closes come after (realtime untracks every channel of a closed socket).
+    presence.untrack('chat:x', 'c1', { user: 'ann' }, 'disconnected')
+    presence.untrack('chat:x', 'c2', { user: 'bob' }, 'disconnected')
+    fire()
+    expect(joins()).toEqual(['+ann', '+bob', '-ann:revoked'])
+    expect(view.of('chat:x').connections).toBe(1)
+  })
 })

@@ -11,7 +11,12 @@
  * costs O(changed users), never O(channel size).
  */
 
-export type LeaveReason = 'left' | 'disconnected' | 'node_lost'
+/**
+ * Why a user left a channel: `left` (unsubscribed), `disconnected` (the last connection closed and
+ * did not come back within the grace), `node_lost` (their API node died), `revoked` (their
+ * credential was revoked: their sockets were closed, and they leave at once).
+ */
+export type LeaveReason = 'left' | 'disconnected' | 'node_lost' | 'revoked'
 
 /** One node's presence in one channel: its connections there and the users among them (id -> display name). */
 export type NodePart = { connections: number; users: Map<string, string | undefined> }

@@ -224,12 +224,17 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     }, due)
   }
 
-  /** Re-checks every open connection's credential (a revocation arrived). */
+  /**
+   * Re-checks every open connection's credential (a revocation arrived). A revoked one is closed,
+   * and leaves presence at once as `revoked`: no reconnect within the grace is to be waited for.
+   */
   const recheckAll = () => {
     for (const conn of connections.values()) {
       const problem = deps.authenticator.check(conn.principal)
       if (problem) {
         send(conn, { op: 'error', error: { code: problem.code, message: problem.message } })
+        // Its close (onClose) then finds it untracked already: the grace is not started.
+        if (problem instanceof Revoked) for (const channel of conn.channels) if (isTracked(channel)) deps.presence.untrack(channel, conn.id, conn.principal, 'revoked')
         close(conn, closeCodeOf(problem), problem instanceof Revoked ? 'revoked' : problem.code)
       }
     }

@@ -1,0 +1,79 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { mintUserToken } from '../../api/src/auth/mint'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { startApiNodes, until, WsClient, type Proc } from '../e2e/harness'
+
+const GRACE_MS = 4000
+
+/**
+ * Revocation is not a flaky network: a user whose credential is revoked (their sockets close with
+ * 4003 on every node, see test/revocation/) leaves presence at once, with reason `revoked`, seen by
+ * presence subscribers on every node. A user with another, unrevoked token still connected stays.
+ * Before, they stayed present for the grace (FANFARE_PRESENCE_GRACE_MS) and left as
+ * `disconnected`. Two real API nodes (presence is shared between processes).
+ */
+describe('presence of a revoked user', () => {
+  let env: TestEnv
+  const procs: Proc[] = []
+  const ports: number[] = []
+  const opened: WsClient[] = []
+  beforeAll(async () => {
+    env = await createTestEnv({ HOST: '127.0.0.1', FANFARE_PRESENCE_GRACE_MS: String(GRACE_MS), FANFARE_PRESENCE_INTERVAL_MS: '200' })
+    ports.push(...(await startApiNodes(['a', 'b'], env.vars, procs)))
+  })
+  afterAll(async () => {
+    for (const c of opened) c.close()
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await env?.cleanup()
+  })
+
+  const A = 0
+  const B = 1
+  const mint = (sub: string, jti?: string) => mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub, issuedAt: Math.floor(Date.now() / 1000) - 10, ...(jti ? { jti } : {}) })
+  async function client(node: number, token: string, channel: string) {
+    const c = await WsClient.open(`ws://127.0.0.1:${ports[node]}/v1/ws?token=${token}`)
+    opened.push(c)
+    c.send({ op: 'subscribe', ref: channel, channel })
+    await until(`subscribed to ${channel}`, () => c.frames.some((f) => f.channel === channel && f.op === 'snapshot'))
+    return c
+  }
+  const admin = async (path: string, body?: unknown) =>
+    (
+      await fetch(`http://127.0.0.1:${ports[A]}${path}`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${env.vars.FANFARE_ADMIN_TOKEN}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+        body: body ? JSON.stringify(body) : undefined,
+      })
+    ).status
+  const rest = async (node: number, channel: string) => (await fetch(`http://127.0.0.1:${ports[node]}/v1/presence/${channel}`)).json() as Promise<any>
+  const changes = (c: WsClient, channel: string) =>
+    c.frames.filter((f) => f.channel === channel && f.op === 'update' && f.data.kind !== 'count').map((f) => `${f.data.kind}:${f.data.user}${f.data.reason ? `:${f.data.reason}` : ''}`)
+
+  test('a revoked user leaves at once as `revoked` on every node; a user whose other token is still open stays', async () => {
+    const channel = 'chat:revoked'
+    const watchers = [await client(A, await mint('wendy'), `presence:${channel}`), await client(B, await mint('walt'), `presence:${channel}`)]
+    const erin = await mint('erin')
+    const erins = [await client(A, erin, channel), await client(B, erin, channel)]
+    const phone = await mint('fay', 'fay-phone')
+    const fays = [await client(A, phone, channel), await client(B, await mint('fay', 'fay-laptop'), channel)]
+    for (const w of watchers) await until('erin and fay present', () => changes(w, `presence:${channel}`).length === 2, 5_000)
+
+    expect(await admin('/admin/users/erin/revoke')).toBe(200)
+    const exp = JSON.parse(Buffer.from(phone.split('.')[1], 'base64url').toString()).exp
+    expect(await admin('/admin/tokens/revoke', { jti: 'fay-phone', exp })).toBe(200)
+    const since = Date.now()
+    await until('revoked sockets closed', () => erins.every((c) => c.closed) && fays[0].closed !== undefined, 5_000)
+    for (const w of watchers) {
+      const leave = await until('erin leaves', () => w.frames.find((f) => f.channel === `presence:${channel}` && f.data?.kind === 'leave'), GRACE_MS + 3_000, 10)
+      expect(leave.data).toMatchObject({ user: 'erin', reason: 'revoked' })
+    }
+    // At once: well within the grace.
+    expect(Date.now() - since).toBeLessThan(1_500)
+    await until('one connection left', async () => (await rest(A, channel)).connections === 1 && (await rest(B, channel)).connections === 1, 3_000)
+    for (const node of [A, B]) expect((await rest(node, channel)).members).toEqual([{ user: 'fay' }])
+    // Past the grace: no late leave of either, and fay never left.
+    await Bun.sleep(GRACE_MS + 500)
+    for (const w of watchers) expect(changes(w, `presence:${channel}`)).toEqual(['join:erin', 'join:fay', 'leave:erin:revoked'])
+    expect(fays[1].closed).toBeUndefined()
+  }, 40_000)
+})
