@@ -93,4 +93,27 @@ describe('seat book', () => {
     for (const m of ['a', 'b', 'c']) b.load([{ match: m, status: 'started', players: ['ann'], version: 5, epoch: 'e1' }])
     expect(['a', 'b', 'c'].map((m) => [b.wants(m), b.irrelevant(m, 'spec')])).toEqual([[true, false], [false, true], [false, true]])
   })
+
+  test('a match a read found no row of is missing (not wanted again) until a notice of it, a load of it, a resync, missingMs, or maxMissing newer ones', () => {
+    let clock = 0
+    const b = createSeatBook({ maxMissing: 2, missingMs: 1000, now: () => clock })
+    b.absent(['m', 'x'])
+    expect([b.missing('m'), b.wants('m'), b.irrelevant('m', 'ann')]).toEqual([true, false, false])
+    // Created: its notice makes it known (and sure), no longer missing.
+    b.notice(created())
+    expect([b.missing('m'), b.wants('m')]).toEqual([false, false])
+    // Expired: read again.
+    clock = 1000
+    expect([b.missing('x'), b.wants('x')]).toEqual([false, true])
+    // A resync forgets them (a creation's notice may be among those lost); so does a load.
+    b.absent(['x', 'y'])
+    b.resync()
+    expect([b.missing('x'), b.missing('y')]).toEqual([false, false])
+    b.absent(['x'])
+    b.load([{ match: 'x', status: 'open', players: [], version: 1, epoch: 'e1' }])
+    expect(b.missing('x')).toBe(false)
+    // Bounded: the oldest is forgotten first.
+    b.absent(['p', 'q', 'r'])
+    expect(['p', 'q', 'r'].map(b.missing)).toEqual([false, true, true])
+  })
 })

@@ -11,9 +11,19 @@ export type SeatBook = {
   /** Matches read from the read model (on first use, see `wants`), each with its channel's version then. */
   load: (rows: SeatRow[]) => void
   /**
+   * Matches a read found no row of (rows are never deleted: they do not exist yet). Until a notice
+   * of one (its creation), a resync (which may have lost that notice) or `missingMs`, the book
+   * answers `missing` and does not want it read again.
+   */
+  absent: (matches: string[]) => void
+  /** True when a read found no row of `match` lately and nothing has been heard of it since. */
+  missing: (match: string) => boolean
+  /** Rows of these matches were read elsewhere (the grace sweep): they exist, whatever `absent` was told. */
+  exist: (matches: string[]) => void
+  /**
    * True when a read of `match` could let the book answer `irrelevant` with more certainty: it
    * neither knows the match as over nor holds a sure entry of it (never heard of, forgotten, or
-   * made unsure by a gap).
+   * made unsure by a gap), nor knows it to have no row (`missing`).
    */
   wants: (match: string) => boolean
   /**
@@ -42,13 +52,28 @@ const over = (s: MatchStatus) => s === 'finished' || s === 'aborted'
  * use is sure again). Ended matches are remembered (the last `maxEnded`), without seats; live ones
  * up to `maxLive` (the oldest forgotten first: a forgotten match is read again on its next use).
  * The book is filled by notices and by reads of the matches presence changes are about, never by
- * reading every live match: a node's start or resync costs nothing however many there are.
+ * reading every live match: a node's start or resync costs nothing however many there are. Ids a
+ * read found no row of are remembered too (the last `maxMissing`, for `missingMs` each): a player
+ * in the channel of a match not created yet, or a client looping over made-up ids, costs one read
+ * per id, not one per presence change.
  */
-export function createSeatBook(opts: { maxEnded?: number; maxLive?: number } = {}): SeatBook {
+export function createSeatBook(opts: { maxEnded?: number; maxLive?: number; maxMissing?: number; missingMs?: number; now?: () => number } = {}): SeatBook {
   const maxEnded = opts.maxEnded ?? 10_000
   const maxLive = opts.maxLive ?? 10_000
+  const maxMissing = opts.maxMissing ?? 10_000
+  const missingMs = opts.missingMs ?? 30_000
+  const now = opts.now ?? Date.now
   const live = new Map<string, Entry>()
   const ended = new Set<string>()
+  /** match -> until when it is known to have no row. */
+  const absent = new Map<string, number>()
+  const isMissing = (match: string) => {
+    const until = absent.get(match)
+    if (until === undefined) return false
+    if (now() < until) return true
+    absent.delete(match)
+    return false
+  }
   const put = (match: string, e: Entry) => {
     live.set(match, e)
     if (live.size > maxLive) live.delete(live.keys().next().value!)
@@ -69,6 +94,8 @@ export function createSeatBook(opts: { maxEnded?: number; maxLive?: number } = {
     notice(n) {
       if (!n.channel.startsWith('match:')) return
       const match = n.channel.slice(6)
+      // Heard of: it has a row now (or soon), whatever a read found before.
+      absent.delete(match)
       const c = n.data as MatchChange
       // Every change names the status after it; an ended match never lives again.
       if (over(c.status)) return end(match)
@@ -94,9 +121,23 @@ export function createSeatBook(opts: { maxEnded?: number; maxLive?: number } = {
     resync() {
       // Only a started match's seats remain a safe answer; the others are read again on next use.
       for (const [match, e] of live) if (e.status !== 'started') live.delete(match)
+      // A match's creation may be among the notices lost.
+      absent.clear()
+    },
+    absent(matches) {
+      for (const m of matches) {
+        absent.delete(m)
+        absent.set(m, now() + missingMs)
+        if (absent.size > maxMissing) absent.delete(absent.keys().next().value!)
+      }
+    },
+    missing: isMissing,
+    exist(matches) {
+      for (const m of matches) absent.delete(m)
     },
     load(rows) {
       for (const r of rows) {
+        absent.delete(r.match)
         if (over(r.status)) {
           end(r.match)
           continue
@@ -115,7 +156,7 @@ export function createSeatBook(opts: { maxEnded?: number; maxLive?: number } = {
       }
     },
     wants(match) {
-      if (ended.has(match)) return false
+      if (ended.has(match) || isMissing(match)) return false
       const e = live.get(match)
       return e === undefined || !e.sure
     },

@@ -40,7 +40,8 @@ const RECENT_MS = 10_000
  *   wait behind it, in order). Nothing is read at start or resync, however many matches are live.
  *   Spectators of open or full matches are still published: their join may be on its way to the
  *   projection. A match id with no row (read when its change is decided, and no notice of it since)
- *   publishes nothing, connects and disconnects alike: otherwise subscribing to `match:<random id>`
+ *   publishes nothing, connects and disconnects alike, and is not read again for its next changes
+ *   until a notice of it, a feed resync, or 30 s (the book remembers the last 10,000 such ids): otherwise subscribing to `match:<random id>`
  *   and unsubscribing, in a loop, appended two events to the event stream per subscribe. No connect
  *   is then ever published before the match's row exists, so no disconnect dropped this way can
  *   leave a seat connected: a seat starts not yet connected (given up after the join grace unless
@@ -140,26 +141,26 @@ export function startSeatWatcher(deps: {
     },
     resync: () => book.resync(),
   })
-  /** Reads matches into the book, with the notices that came during the read; returns the ids that have no match. */
-  const fill = async (ids: string[]): Promise<string[]> => {
+  /** Reads matches into the book (those with no row as absent), with the notices that came during the read. */
+  const fill = async (ids: string[]) => {
     for (const m of ids) reading.set(m, [])
     try {
       // A row older than what a resync lost is caught like any gap: by the version of the match's next notice.
       const rows = await readSeats(deps.db, ids)
       book.load(rows)
-      for (const m of ids) for (const n of reading.get(m) ?? []) book.notice(n)
       const found = new Set(rows.map((r) => r.match))
-      return ids.filter((m) => !found.has(m))
+      book.absent(ids.filter((m) => !found.has(m)))
+      // After: a creation notice that came during the read makes its match known again.
+      for (const m of ids) for (const n of reading.get(m) ?? []) book.notice(n)
     } finally {
       for (const m of ids) reading.delete(m)
     }
   }
 
   type Change = { match: string; user: string; connected: boolean }
-  /** `absent`: matches a read just found no row of (and no notice has shown since). */
-  const decide = (c: Change, absent?: Set<string>) => {
-    if (book.irrelevant(c.match, c.user)) return
-    if (absent?.has(c.match) && book.wants(c.match)) return
+  const decide = (c: Change) => {
+    // A match with no row (a read found none, and no notice has shown since): nothing to tell.
+    if (book.irrelevant(c.match, c.user) || book.missing(c.match)) return
     publish([{ id: id(), type: 'match.player.connection', data: { match: c.match, player: c.user, connected: c.connected, ...(c.connected ? {} : { graceMs: deps.graceMs }) } }])
   }
   /**
@@ -177,17 +178,16 @@ export function startSeatWatcher(deps: {
       while (queue.length > 0) {
         const batch = queue.splice(0)
         const wanted = [...new Set(batch.map((c) => c.match))].filter(book.wants)
-        const absent = new Set<string>()
         for (let i = 0; i < wanted.length && !stopped; i += LOOKUP_PAGE) {
           try {
-            for (const m of await fill(wanted.slice(i, i + LOOKUP_PAGE))) absent.add(m)
+            await fill(wanted.slice(i, i + LOOKUP_PAGE))
           } catch (err) {
             // Decided with what the book knows: an unknown match's changes are all published.
             log.warn({ err, matches: wanted.length }, 'could not read the seats of matches; their connection changes are published')
             break
           }
         }
-        for (const c of batch) decide(c, absent)
+        for (const c of batch) decide(c)
       }
     } finally {
       draining = false
@@ -252,6 +252,9 @@ export function startSeatWatcher(deps: {
   /** The last `match:` channel with someone present whose seats the sweep read (the present players' round robin). */
   let presentAfter = ''
   const consider = (rows: { match: string; players: Seat[] }[], now: number, events: EventInput[]) => {
+    // A row read here exists: if the book still holds it as missing (its creation's notice is late),
+    // a disconnect of a player the sweep connects would be dropped.
+    book.exist(rows.map((r) => r.match))
     for (const r of rows) {
       for (const p of r.players) {
         if (p.graceUntil === null || p.connected) continue
