@@ -139,6 +139,24 @@ describe('presence across API nodes', () => {
     expect(held(watch, 'presence:chat:reload')).toMatchObject({ users: 1, connections: 1 })
   })
 
+  test('a user who reconnected onto the other node within the grace and then unsubscribes leaves at once as left, not after the grace as disconnected', async () => {
+    const watch = await client(A, undefined, ['presence:chat:hop'])
+    const first = await client(A, 'hal', ['chat:hop'])
+    await until('hal present', () => members(held(watch, 'presence:chat:hop')).includes('hal'), 3000)
+    first.close()
+    await Bun.sleep(200)
+    const second = await client(B, 'hal', ['chat:hop'])
+    await Bun.sleep(300)
+    second.send({ op: 'unsubscribe', ref: 'u', channel: 'chat:hop' })
+    await second.reply('u')
+    const since = Date.now()
+    const leave = await until('hal leaves', () => watch.frames.find((f) => f.channel === 'presence:chat:hop' && f.data?.kind === 'leave'), GRACE_MS + 3000)
+    expect(leave.data).toMatchObject({ user: 'hal', reason: 'left', users: 0, connections: 0 })
+    expect(Date.now() - since).toBeLessThan(GRACE_MS / 2)
+    // The other node hears of it within an update interval (100 ms), not after the grace.
+    await until('gone on both nodes', async () => (await rest(A, 'chat:hop')).users === 0 && (await rest(B, 'chat:hop')).users === 0, GRACE_MS / 2)
+  })
+
   test('a big channel gets counts only, at most one per interval, whatever the churn', async () => {
     const watch = await client(A, undefined, ['presence:chat:big'])
     const joined = []

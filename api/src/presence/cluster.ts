@@ -42,6 +42,8 @@ export function startPresenceCluster(deps: {
   flushMs?: number
   /** Channels whose totals changed by a full-state replacement: their subscribers get a fresh snapshot. */
   onResync: (channels: Set<string>) => void
+  /** Another node reports a user gone from a channel for good (`left`, `revoked`): a grace of theirs here ends. */
+  onLeft?: (channel: string, user: string, reason: Exclude<LeaveReason, 'node_lost' | 'disconnected'>) => void
   logger: Logger
   /** The node's watched subscriptions; one of its own when absent. */
   subscriptions?: SubscriptionWatch
@@ -176,6 +178,7 @@ export function startPresenceCluster(deps: {
         if (r.ready && m.seq === r.seq + 1) {
           r.seq = m.seq
           deps.view.apply(m.node, m.deltas)
+          for (const d of m.deltas) for (const [user, reason] of d.remove ?? []) if (reason === 'left' || reason === 'revoked') deps.onLeft?.(d.channel, user, reason)
         } else if (!r.ready || m.seq > r.seq) {
           r.ready = false
           ask(m.node, r)

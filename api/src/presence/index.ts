@@ -74,6 +74,7 @@ export function startPresence(deps: {
     ttlMs: deps.config.FANFARE_PRESENCE_TTL_MS,
     graceMs: deps.config.FANFARE_PRESENCE_GRACE_MS,
     onResync: (channels) => feed?.resync(channels),
+    onLeft: (channel, user, reason) => local.endGrace(channel, user, reason),
     logger: deps.logger,
     subscriptions: deps.subscriptions,
   })

@@ -107,4 +107,16 @@ describe("a node's own presence", () => {
     expect(joins()).toEqual(['+ann', '+bob', '-ann:revoked'])
     expect(view.of('chat:x').connections).toBe(1)
   })
+
+  test('another node saying a user left for good ends their grace here, for the same reason; a user still connected here, or unknown, is untouched', () => {
+    const { presence, joins, fire } = local()
+    presence.track('chat:x', 'c1', { user: 'ann' })
+    presence.track('chat:x', 'c2', { user: 'bob' })
+    presence.untrack('chat:x', 'c1', { user: 'ann' }, 'disconnected')
+    presence.endGrace('chat:x', 'ann', 'left')
+    presence.endGrace('chat:x', 'bob', 'left')
+    presence.endGrace('chat:x', 'cy', 'revoked')
+    fire()
+    expect(joins()).toEqual(['+ann', '+bob', '-ann:left'])
+  })
 })
