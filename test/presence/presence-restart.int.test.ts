@@ -77,4 +77,26 @@ describe('an API node killed and restarted in place under the same node id', () 
       expect({ connections: r.connections, users: r.users, members: r.members.map((m: any) => m.user) }).toEqual({ connections: 2, users: 2, members: ['back', 'stay'] })
     }
   }, 60_000)
+
+  test('a user who reconnected to the new run and unsubscribes before the dead run is dropped leaves at once as left, not at the TTL as node_lost', async () => {
+    const watch = await client(portB, undefined, 'presence:chat:hop')
+    await client(portA, 'gone', 'chat:hop')
+    await client(portA, 'hopper', 'chat:hop')
+    await until('two present', () => joinsAndLeaves(watch).length === 2, 5000)
+    const from = watch.frames.length
+    await procs[0].stop('SIGKILL')
+    procs[0] = spawnInContainer('api-a', 'presence-node-a', 'api/src/main.ts', { ...env.vars, PORT: String(portA) })
+    await waitReady(`http://127.0.0.1:${portA}`, procs)
+    const hopper = await client(portA, 'hopper', 'chat:hop')
+    // B has heard the new run (its full state names hopper again) before hopper leaves.
+    await Bun.sleep(1500)
+    hopper.send({ op: 'unsubscribe', ref: 'u', channel: 'chat:hop' })
+    await hopper.reply('u')
+    const since = Date.now()
+    const leave = await until('hopper leaves', () => watch.frames.slice(from).find((f) => f.data?.kind === 'leave' && f.data.user === 'hopper'), TTL_MS + 5000)
+    expect(leave.data).toMatchObject({ reason: 'left' })
+    expect(Date.now() - since).toBeLessThan(1000)
+    await until('gone leaves', () => joinsAndLeaves(watch, from).length === 2, TTL_MS + 5000)
+    expect(joinsAndLeaves(watch, from)).toEqual(['leave:hopper:left', 'leave:gone:node_lost'])
+  }, 60_000)
 })

@@ -127,4 +127,26 @@ describe('presence between nodes over NATS', () => {
     ])
     expect([...b.view.of('chat:x').users.keys()]).toEqual(['ann'])
   })
+
+  test('a user of a node that said goodbye who reconnects to another node and leaves there for good leaves at once with that reason, on every node, not as disconnected after the grace', async () => {
+    const prefix = `pt_${crypto.randomUUID().slice(0, 8)}`
+    const a = await node('a', prefix)
+    const b = await node('b', prefix)
+    const c = await node('c', prefix)
+    running.push(b, c)
+    a.local.track('chat:x', 'c1', { user: 'ann' })
+    await until('b and c see ann', () => b.view.of('chat:x').users.has('ann') && c.view.of('chat:x').users.has('ann'), 3000)
+    await a.stop()
+    b.local.track('chat:x', 'c2', { user: 'ann' })
+    await until('c hears the goodbye and b', () => c.view.of('chat:x').connections === 2 && !c.cluster.peers().includes('a'), 3000)
+    const leftAt = Date.now()
+    b.local.untrack('chat:x', 'c2', { user: 'ann' }, 'left')
+    // B's own view (its local change) and C's (B's delta) alike, well within the grace (500 ms).
+    await until('ann leaves on b and c', () => !b.view.of('chat:x').users.has('ann') && !c.view.of('chat:x').users.has('ann'), 3000)
+    const took = Date.now() - leftAt
+    for (const n of [b, c]) expect(n.changes.filter((x) => x.kind === 'leave').map((x) => x.kind === 'leave' && x.reason)).toEqual(['left'])
+    expect(took).toBeLessThan(400)
+    await Bun.sleep(800)
+    for (const n of [b, c]) expect(n.changes.filter((x) => x.kind === 'leave')).toEqual([{ kind: 'leave', channel: 'chat:x', user: 'ann', reason: 'left' }])
+  })
 })

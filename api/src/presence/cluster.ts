@@ -70,8 +70,26 @@ export function startPresenceCluster(deps: {
     }
   }
 
+  /** View keys of the parts of runs that said goodbye, kept for the grace. */
+  const parting = new Set<string>()
+  /**
+   * A user left a channel for good on a live node (`left`, `revoked`): the parts of runs that are
+   * over (kept for the grace or the TTL so that reconnecting users neither leave nor join) no
+   * longer hold them, or they would leave only when those are dropped, as `disconnected` or
+   * `node_lost`. Taken out first: the live node's removal is then their leave, with its reason.
+   */
+  const leftForGood = (deltas: ChannelDelta[]) => {
+    if (deadRuns.size === 0 && parting.size === 0) return
+    for (const d of deltas) {
+      for (const [user, reason] of d.remove ?? []) {
+        if (reason !== 'left' && reason !== 'revoked') continue
+        for (const run of [...deadRuns.keys(), ...parting]) deps.view.removeUser(run, d.channel, user, reason)
+      }
+    }
+  }
   /** A local change: counted at once here, told to the others at the next flush. */
   const local = (delta: ChannelDelta) => {
+    leftForGood([delta])
     deps.view.apply(deps.node, [delta])
     pending.push(delta)
   }
@@ -143,6 +161,8 @@ export function startPresenceCluster(deps: {
         // after any goodbye, filed apart, so that those reconnecting to the new run neither leave
         // nor join; its goodbye timer drops them then.
         deps.view.rename(m.node, lastRun(m.node, r.inc))
+        parting.delete(m.node)
+        parting.add(lastRun(m.node, r.inc))
       } else if (r) {
         // The node died and came back under the same id (SIGKILLed, then restarted in place)
         // before the TTL ran out: its last run's users were lost with it, as if it had not come
@@ -151,6 +171,7 @@ export function startPresenceCluster(deps: {
         log.warn({ node: m.node }, 'presence: a node came back without a goodbye; its last run\'s users leave unless back within the TTL')
         deps.view.rename(m.node, lastRun(m.node, r.inc))
         deadRuns.set(lastRun(m.node, r.inc), r.lastHeard)
+        parting.delete(m.node)
       }
       r = { inc: m.inc, seq: 0, lastHeard: now(), ready: false, asked: 0 }
       replicas.set(m.node, r)
@@ -169,6 +190,7 @@ export function startPresenceCluster(deps: {
     if (r.leaving !== undefined) {
       clearTimeout(r.leaving as ReturnType<typeof setTimeout>)
       r.leaving = undefined
+      parting.delete(m.node)
     }
     switch (m.type) {
       case 'hb':
@@ -177,6 +199,7 @@ export function startPresenceCluster(deps: {
       case 'delta':
         if (r.ready && m.seq === r.seq + 1) {
           r.seq = m.seq
+          leftForGood(m.deltas)
           deps.view.apply(m.node, m.deltas)
           for (const d of m.deltas) for (const [user, reason] of d.remove ?? []) if (reason === 'left' || reason === 'revoked') deps.onLeft?.(d.channel, user, reason)
         } else if (!r.ready || m.seq > r.seq) {
@@ -206,13 +229,16 @@ export function startPresenceCluster(deps: {
       case 'bye': {
         // Its clients are reconnecting elsewhere: they leave only if they have not come back
         // within the grace.
+        parting.add(m.node)
         r.leaving = setTimeout(() => {
           if (stopped) return
           if (replicas.get(m.node) !== r) {
             // A new run of the node is heard meanwhile (replicaOf): only this run's users leave.
+            parting.delete(lastRun(m.node, r.inc))
             deps.onResync(deps.view.drop(lastRun(m.node, r.inc), 'disconnected'))
             return
           }
+          parting.delete(m.node)
           replicas.delete(m.node)
           deps.onResync(deps.view.drop(m.node, 'disconnected'))
         }, deps.graceMs)

@@ -166,6 +166,17 @@ export function createPresenceView(onChange: (change: PresenceChange) => void) {
       nodes.set(to, channels)
     },
 
+    /**
+     * Takes one user out of a node's part in a channel (a run that is over, kept for a while: its
+     * user left for good elsewhere). They leave with `reason` if no other node has them.
+     */
+    removeUser(node: string, channel: string, user: string, reason: LeaveReason) {
+      const part = nodes.get(node)?.get(channel)
+      if (!part?.users.delete(user)) return
+      removeUser(channel, totalOf(channel), user, reason)
+      forget(channel)
+    },
+
     /** A node is gone (no heartbeat for the TTL, or it said goodbye): its users leave with `reason`. */
     drop(node: string, reason: LeaveReason = 'node_lost'): Set<string> {
       const channels = nodes.get(node)
