@@ -57,6 +57,8 @@ describe('presence of a revoked user', () => {
     const phone = await mint('fay', 'fay-phone')
     const fays = [await client(A, phone, channel), await client(B, await mint('fay', 'fay-laptop'), channel)]
     for (const w of watchers) await until('erin and fay present', () => changes(w, `presence:${channel}`).length === 2, 5_000)
+    // Every node counts all four sockets (a node hears the other's changes within 100 ms).
+    await until('four connections on both nodes', async () => (await rest(A, channel)).connections === 4 && (await rest(B, channel)).connections === 4, 3_000)
 
     expect(await admin('/admin/users/erin/revoke')).toBe(200)
     const exp = JSON.parse(Buffer.from(phone.split('.')[1], 'base64url').toString()).exp
