@@ -21,7 +21,8 @@ const MAX_ENTRIES = 2000
  * broadcasts what changed in its own part every `flushMs` (numbered: a receiver that sees a gap
  * asks for the node's full state instead of guessing) and a heartbeat every `heartbeatMs`
  * carrying its latest number. A node not heard from for `ttlMs` is lost: its users leave with
- * `node_lost`; so are the users of a run of a node that came back under the same id without a
+ * `node_lost` (not while this node's own NATS connection is down: then it hears nobody, and the
+ * time cut off does not count); so are the users of a run of a node that came back under the same id without a
  * goodbye (it died and restarted in place), once that run has been silent for `ttlMs`. A node
  * stopping cleanly says goodbye: its users leave as `disconnected` after the grace, so clients
  * reconnecting elsewhere meanwhile never leave. A new node says hello and every node answers with
@@ -60,6 +61,8 @@ export function startPresenceCluster(deps: {
   let seq = 0
   let pending: ChannelDelta[] = []
   let stopped = false
+  /** False while this node's NATS connection is down: then it hears nobody, and cannot tell who died. */
+  let connected = true
 
   const send = (m: Message) => {
     if (deps.nc.isClosed()) return
@@ -280,6 +283,9 @@ export function startPresenceCluster(deps: {
   const beats = setInterval(() => {
     flush()
     send({ type: 'hb', node: deps.node, inc: deps.inc, seq })
+    // Cut off from NATS, silence says nothing of the others: their users are kept (they are
+    // probably still connected) until it is back and the TTL has passed again without a word.
+    if (!connected) return
     for (const [node, r] of replicas) {
       if (r.leaving === undefined && now() - r.lastHeard > deps.ttlMs) {
         log.warn({ node, silentMs: now() - r.lastHeard }, 'presence: a node went silent; its users leave')
@@ -295,9 +301,18 @@ export function startPresenceCluster(deps: {
   }, heartbeatMs)
 
   // After a reconnect some messages in either direction may be lost: say hello again, so every
-  // node sends its full state, and the heartbeats show others where they missed ours.
+  // node sends its full state, and the heartbeats show others where they missed ours. The time
+  // cut off counts as no silence: a node is lost only if not heard for the TTL from then on.
   void (async () => {
-    for await (const s of deps.nc.status()) if (s.type === 'reconnect' && !stopped) send({ type: 'hello', node: deps.node, inc: deps.inc })
+    for await (const s of deps.nc.status()) {
+      if (s.type === 'disconnect') connected = false
+      if (s.type !== 'reconnect' || stopped) continue
+      connected = true
+      const at = now()
+      for (const r of replicas.values()) r.lastHeard = Math.max(r.lastHeard, at)
+      for (const [run, heard] of deadRuns) deadRuns.set(run, Math.max(heard, at))
+      send({ type: 'hello', node: deps.node, inc: deps.inc })
+    }
   })().catch(() => {})
 
   send({ type: 'hello', node: deps.node, inc: deps.inc })
