@@ -22,8 +22,8 @@ const MAX_ENTRIES = 2000
  * asks for the node's full state instead of guessing) and a heartbeat every `heartbeatMs`
  * carrying its latest number. A node not heard from for `ttlMs` is lost: its users leave with
  * `node_lost` (not while this node's own NATS connection is down: then it hears nobody, and the
- * time cut off does not count); so are the users of a run of a node that came back under the same id without a
- * goodbye (it died and restarted in place), once that run has been silent for `ttlMs`. A node
+ * time cut off does not count); so are the users of a run of a node that came back under the same
+ * id without a goodbye (it died and restarted in place), once that run has been silent for `ttlMs`. A node
  * stopping cleanly says goodbye: its users leave as `disconnected` after the grace, so clients
  * reconnecting elsewhere meanwhile never leave. A new node says hello and every node answers with
  * its full state.
@@ -58,6 +58,8 @@ export function startPresenceCluster(deps: {
   const replicas = new Map<string, Replica>()
   /** Parts of runs that died without a goodbye and whose node is back under the same id (view key -> when last heard). */
   const deadRuns = new Map<string, number>()
+  /** View keys of the parts of runs that said goodbye, kept for the grace. */
+  const parting = new Set<string>()
   let seq = 0
   let pending: ChannelDelta[] = []
   let stopped = false
@@ -73,8 +75,6 @@ export function startPresenceCluster(deps: {
     }
   }
 
-  /** View keys of the parts of runs that said goodbye, kept for the grace. */
-  const parting = new Set<string>()
   /**
    * A user left a channel for good on a live node (`left`, `revoked`): the parts of runs that are
    * over (kept for the grace or the TTL so that reconnecting users neither leave nor join) no
@@ -174,7 +174,6 @@ export function startPresenceCluster(deps: {
         log.warn({ node: m.node }, 'presence: a node came back without a goodbye; its last run\'s users leave unless back within the TTL')
         deps.view.rename(m.node, lastRun(m.node, r.inc))
         deadRuns.set(lastRun(m.node, r.inc), r.lastHeard)
-        parting.delete(m.node)
       }
       r = { inc: m.inc, seq: 0, lastHeard: now(), ready: false, asked: 0 }
       replicas.set(m.node, r)
