@@ -21,13 +21,15 @@ export function spawnProc(name: string, entry: string, env: Record<string, strin
 
 /**
  * Starts a real Fanfare process as a container runs it: pid 1 on a host named `host`, in PID and
- * UTS namespaces of its own (unshare(1), as root: CI runs as root). Started again with the same
+ * UTS namespaces of its own (unshare(1); a user other than root gets a user namespace too). Started again with the same
  * `host`, it has the same `hostname-pid` node id: a container restarted in place. Its `stop`
  * stops the unshare, which kills the process with SIGKILL whatever the signal (`--kill-child`).
  */
 export function spawnInContainer(name: string, host: string, entry: string, env: Record<string, string | undefined>): Proc {
   if (!/^[a-z0-9-]+$/.test(host)) throw new Error(`not a plain host name: ${host}`)
-  return spawnCommand(name, ['unshare', '--uts', '--pid', '--kill-child', 'sh', '-c', `hostname ${host} && exec "$0" "$1"`, BUN, entry], env, ROOT)
+  // Root makes the namespaces itself; anyone else gets them inside a user namespace of their own.
+  const asUser = process.getuid?.() === 0 ? [] : ['--user', '--map-root-user']
+  return spawnCommand(name, ['unshare', ...asUser, '--uts', '--pid', '--kill-child', 'sh', '-c', `hostname ${host} && exec "$0" "$1"`, BUN, entry], env, ROOT)
 }
 
 function spawnCommand(name: string, cmd: string[], env: Record<string, string | undefined>, cwd: string): Proc {
