@@ -1,3 +1,5 @@
+import { FanfareError } from './errors'
+
 /**
  * "Full jitter" exponential backoff (AWS Architecture Blog, "Exponential Backoff and Jitter"): a
  * wait drawn uniformly from 0 to min(max, min * 2^attempt). Clients that lost the same node at the
@@ -8,20 +10,36 @@ export function fullJitter(attempt: number, opts: { minMs: number; maxMs: number
   return Math.floor(random() * cap)
 }
 
-/** The wait a 4029 close asks for: its reason reads `<code>: reconnect after <n> ms`. */
-export function waitFromReason(reason: string): number | undefined {
+/** The wait a 4029 close asks for: its reason reads `<code>: reconnect after <n> ms`; capped at `maxMs` (see `serverWait`). */
+export function waitFromReason(reason: string, maxMs: number): number | undefined {
   const m = /after (\d+) ms/.exec(reason)
-  return m ? serverWait(Number(m[1])) : undefined
+  return m ? serverWait(Number(m[1]), maxMs) : undefined
 }
 
 /** The longest delay a timer holds: setTimeout (browsers, Bun, Node) runs a longer one after 1 ms. */
 export const MAX_TIMER_MS = 2 ** 31 - 1
 
 /**
- * A wait the server asked for (`retryAfterMs`, a 4029 reason) as a delay a timer can hold: a
- * number that is not a finite, non-negative one is ignored (undefined), a longer one is capped.
- * Unchecked, a server asking for more than 2^31-1 ms would get a retry loop 1 ms apart.
+ * A wait the server asked for (`retryAfterMs`, a 4029 reason) as a delay to follow: a number that
+ * is not a finite, non-negative one is ignored (undefined), a longer one than `maxMs` (the client's
+ * `maxServerWaitMs`) is cut to it. Followed as asked, a buggy or hostile server could park a
+ * subscribe, the publishes or the reconnect for up to 2^31-1 ms (~24 days); past that a timer
+ * fires at once (a retry loop 1 ms apart).
  */
-export function serverWait(ms: unknown): number | undefined {
-  return typeof ms === 'number' && Number.isFinite(ms) && ms >= 0 ? Math.min(ms, MAX_TIMER_MS) : undefined
+export function serverWait(ms: unknown, maxMs: number): number | undefined {
+  return typeof ms === 'number' && Number.isFinite(ms) && ms >= 0 ? Math.min(ms, maxMs, MAX_TIMER_MS) : undefined
+}
+
+/**
+ * A timing option (ms) as a delay a timer can hold, one rule for all of them: unset gives
+ * `fallback`; `Infinity` means no limit and, like anything longer than a timer holds (2^31-1 ms,
+ * ~24 days; past it setTimeout fires at once), is that longest delay; anything but a positive
+ * number (negative, zero, NaN, a string) is refused at once, naming the option.
+ */
+export function timingOption(name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || Number.isNaN(value) || value <= 0) {
+    throw new FanfareError('invalid_options', `${name} must be a positive number of milliseconds (Infinity: no limit), not ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`)
+  }
+  return Math.min(value, MAX_TIMER_MS)
 }

@@ -1,4 +1,4 @@
-import { MAX_TIMER_MS, serverWait } from './backoff'
+import { serverWait } from './backoff'
 import { FanfareError } from './errors'
 import type { ChannelSnapshots, ChannelUpdates, Kind, KindOf, ServerFrame } from './protocol'
 import { helpers, kindOf, RESYNC, type StateHelper } from './state'
@@ -103,6 +103,8 @@ export function createChannels(deps: {
   backoff: (attempt: number) => number
   /** A problem that is not one subscription's: reported on the client. */
   report: (err: FanfareError) => void
+  /** The longest `retryAfterMs` followed as asked (the client's `maxServerWaitMs`), also once paced. */
+  maxServerWaitMs: number
 }) {
   const followed = new Map<string, Followed>()
   let refs = 0
@@ -218,7 +220,8 @@ export function createChannels(deps: {
     const now = deps.now()
     const at = Math.max(now + wait, nextRetryAt)
     nextRetryAt = at + wait
-    return Math.min(MAX_TIMER_MS, at - now)
+    // Paced or not, no channel waits longer than the longest wait the server may ask for.
+    return Math.min(deps.maxServerWaitMs, at - now)
   }
 
   const onSnapshot = (f: Followed, frame: Extract<ServerFrame, { op: 'snapshot' }>) => {
@@ -382,7 +385,7 @@ export function createChannels(deps: {
           // gives, or a backoff. Without a ref it is about a subscription the server had: reported,
           // since the channel stops following until it is subscribed again.
           if (frame.ref === undefined) deps.report(new FanfareError(code, `${f.channel}: ${message}; subscribing again`, details))
-          const wait = serverWait(frame.error.retryAfterMs) ?? serverWait((details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs) ?? deps.backoff(++f.retries)
+          const wait = serverWait(frame.error.retryAfterMs, deps.maxServerWaitMs) ?? serverWait((details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs, deps.maxServerWaitMs) ?? deps.backoff(++f.retries)
           retryLater(f, code === 'rate_limited' ? paced(wait) : wait, frame.ref === undefined)
           return true
         }

@@ -1,4 +1,4 @@
-import { fullJitter, MAX_TIMER_MS, waitFromReason } from './backoff'
+import { fullJitter, MAX_TIMER_MS, timingOption, waitFromReason } from './backoff'
 import { createChannels, type SubscribeOptions, type Subscription } from './channels'
 import { FanfareError } from './errors'
 import { eventIds } from './ids'
@@ -26,6 +26,10 @@ export type CloseReason = { code: number; message: string }
  */
 export type TokenSource = string | ((opts: { signal: AbortSignal }) => Promise<string | null | undefined>)
 
+/**
+ * Every option in milliseconds follows one rule: a positive number, `Infinity` meaning no limit
+ * (the longest delay a timer holds, 2^31-1 ms); anything else makes `createClient` throw `invalid_options`.
+ */
 export type ClientOptions = {
   /** Servers to connect to, in any order: `ws(s)://host/v1/ws`, or `http(s)://host` (the SDK adds `/v1/ws`). */
   urls: string[]
@@ -53,6 +57,13 @@ export type ClientOptions = {
    * shortest of this, `pingIntervalMs` and `pongTimeoutMs` later.
    */
   requestTimeoutMs?: number
+  /**
+   * The longest wait the server may ask for that is followed as asked (default 5 minutes): a 4029
+   * close's `reconnect after N ms`, a refusal's `retryAfterMs` (subscribes, publishes). A longer one
+   * is cut to it: a buggy or hostile server cannot park the reconnect, a channel or the publishes
+   * for days; one that still refuses says so again when asked.
+   */
+  maxServerWaitMs?: number
   /** Publishes waiting at most (default 1000), and in flight at most (default 32). */
   outbox?: { max?: number; window?: number }
   /** The clock (tests). */
@@ -68,6 +79,8 @@ type Listeners = { status: Set<(s: Status) => void>; error: Set<(e: FanfareError
 const HEALTHY_MS = 10_000
 /** A token this close to its expiry is refreshed before connecting with it. */
 const EXPIRY_SKEW_MS = 5_000
+/** The longest wait the server may ask for (a 4029, a `retryAfterMs`) that is followed as asked. */
+const DEFAULT_MAX_SERVER_WAIT_MS = 300_000
 /** The server's default de-duplication window, until `authed` tells this server's. */
 const DEFAULT_DEDUP_WINDOW_MS = 120_000
 
@@ -77,7 +90,7 @@ const DEFAULT_DEDUP_WINDOW_MS = 120_000
  * publishes wait in an outbox until acknowledged, each with the id it got once.
  *
  * Close codes: 4001 (token expired) fetches a token and reconnects; 4003 (forbidden, revoked) and
- * a sign-out close the client for good; 4029 waits as the server says; 1001 (a node shutting
+ * a sign-out close the client for good; 4029 waits as the server says (up to maxServerWaitMs); 1001 (a node shutting
  * down) and 4008 (slow consumer) reconnect at once, elsewhere; anything else backs off.
  */
 export function createClient(options: ClientOptions) {
@@ -86,13 +99,14 @@ export function createClient(options: ClientOptions) {
   const Socket = options.WebSocket ?? globalThis.WebSocket
   if (!Socket) throw new FanfareError('invalid_options', 'no WebSocket class: pass options.WebSocket (Node before 22 has none)')
   const now = options.now ?? Date.now
-  const backoff = { minMs: options.backoff?.minMs ?? 250, maxMs: options.backoff?.maxMs ?? 30_000 }
-  const pingIntervalMs = options.pingIntervalMs ?? 25_000
-  const pongTimeoutMs = options.pongTimeoutMs ?? 10_000
-  const connectTimeoutMs = options.connectTimeoutMs ?? 10_000
-  // Infinity (no limit) as the longest a timer holds: past it, timers fire at once.
-  const tokenTimeoutMs = Math.min(options.tokenTimeoutMs ?? 10_000, MAX_TIMER_MS)
-  const requestTimeoutMs = options.requestTimeoutMs ?? 10_000
+  // Every timing option by one rule (see timingOption): Infinity is no limit, a bad value is refused here.
+  const backoff = { minMs: timingOption('backoff.minMs', options.backoff?.minMs, 250), maxMs: timingOption('backoff.maxMs', options.backoff?.maxMs, 30_000) }
+  const pingIntervalMs = timingOption('pingIntervalMs', options.pingIntervalMs, 25_000)
+  const pongTimeoutMs = timingOption('pongTimeoutMs', options.pongTimeoutMs, 10_000)
+  const connectTimeoutMs = timingOption('connectTimeoutMs', options.connectTimeoutMs, 10_000)
+  const tokenTimeoutMs = timingOption('tokenTimeoutMs', options.tokenTimeoutMs, 10_000)
+  const requestTimeoutMs = timingOption('requestTimeoutMs', options.requestTimeoutMs, 10_000)
+  const maxServerWaitMs = timingOption('maxServerWaitMs', options.maxServerWaitMs, DEFAULT_MAX_SERVER_WAIT_MS)
   const listeners: Listeners = { status: new Set(), error: new Set() }
   const nextId = eventIds()
 
@@ -148,7 +162,7 @@ export function createClient(options: ClientOptions) {
   }
   const retryWait = (n: number) => fullJitter(n, backoff)
 
-  const channels = createChannels({ send, now, backoff: retryWait, report })
+  const channels = createChannels({ send, now, backoff: retryWait, report, maxServerWaitMs })
   const outbox = createOutbox({
     max: options.outbox?.max ?? 1000,
     window: options.outbox?.window ?? 32,
@@ -156,6 +170,7 @@ export function createClient(options: ClientOptions) {
     now,
     dedupWindowMs: () => dedupWindowMs,
     backoff: retryWait,
+    maxServerWaitMs,
   })
 
   /**
@@ -262,7 +277,7 @@ export function createClient(options: ClientOptions) {
         delay = attempt === 0 ? 0 : retryWait(attempt)
         break
       case 4029:
-        delay = Math.min(MAX_TIMER_MS, (waitFromReason(reason.message) ?? retryWait(attempt)) + fullJitter(0, { minMs: 1000, maxMs: 1000 }))
+        delay = Math.min(MAX_TIMER_MS, (waitFromReason(reason.message, maxServerWaitMs) ?? retryWait(attempt)) + fullJitter(0, { minMs: 1000, maxMs: 1000 }))
         break
       case 1001:
       case 4008:

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import type { ServerWebSocket } from 'bun'
-import { createClient, type Client } from './index'
+import { createClient, type Client, type Status } from './index'
 import { until } from '../../core/testing/wait'
 
 /**
@@ -9,7 +9,8 @@ import { until } from '../../core/testing/wait'
  * (timers that fire at once, subscribe loops), nor show a state it cannot vouch for.
  */
 type Socket = ServerWebSocket<{ url: string }>
-type Script = { open?: (ws: Socket) => void; frame?: (ws: Socket, frame: any) => void }
+/** `noPong`: pings go unanswered (the scripted servers answer them by default). */
+type Script = { open?: (ws: Socket) => void; frame?: (ws: Socket, frame: any) => void; noPong?: boolean }
 
 const servers: ReturnType<typeof Bun.serve>[] = []
 const clients: Client[] = []
@@ -33,7 +34,7 @@ function scripted(script: Script) {
       message: (ws, text) => {
         const frame = JSON.parse(String(text))
         frames.push(frame)
-        if (frame.op === 'ping') return void ws.send(JSON.stringify({ op: 'pong', ref: frame.ref }))
+        if (frame.op === 'ping' && !script.noPong) return void ws.send(JSON.stringify({ op: 'pong', ref: frame.ref }))
         script.frame?.(ws, frame)
       },
     },
@@ -666,5 +667,119 @@ describe('client closed for good', () => {
       // What it held stays readable: exact as of its version.
       expect(sub.state).toEqual({ stream: 's', totals: { a: 1 } })
     }
+  })
+})
+
+describe('client timing options', () => {
+  /** Accepts the token after 200 ms; answers no ping and no subscribe. */
+  const slowAuth = () =>
+    scripted({
+      noPong: true,
+      frame: (ws, f) => {
+        if (f.op === 'auth') setTimeout(() => ws.send(JSON.stringify({ op: 'authed', ref: f.ref, principal: 'u:ann', dedupWindowMs: 120_000 })), 200)
+      },
+    })
+  const timeouts = ['connectTimeoutMs', 'pingIntervalMs', 'pongTimeoutMs', 'requestTimeoutMs', 'tokenTimeoutMs'] as const
+
+  for (const option of timeouts) {
+    test(`${option}: Infinity means no limit: the client connects once and stays, its timers neither fire at once nor spin`, async () => {
+      const s = slowAuth()
+      // Counts the client's timers: one given more than 2^31-1 ms fires after 1 ms, and the
+      // silence timer re-armed so would spin every millisecond without a visible sign.
+      let timers = 0
+      const realSetTimeout = globalThis.setTimeout
+      globalThis.setTimeout = ((fn: () => void, ms?: number) => (timers++, realSetTimeout(fn, ms))) as typeof setTimeout
+      try {
+        // Pings every 200 ms unless pingIntervalMs itself is under test: a pong timeout firing at once drops the connection.
+        const c = keep(createClient({ urls: [s.url], token: () => Promise.resolve('t'), pingIntervalMs: 200, [option]: Infinity, backoff: { minMs: 10, maxMs: 10 } }))
+        const seen: string[] = []
+        c.on('status', (st) => void seen.push(st.state === 'reconnecting' ? `reconnecting: ${st.reason.message}` : st.state))
+        c.subscribe('reactions:s')
+        await sleep(900)
+        expect(seen).toEqual(['connected'])
+        expect(s.connections()).toBe(1)
+        expect(s.frames.filter((f) => f.op === 'subscribe').length).toBe(1)
+        expect(timers).toBeLessThan(30)
+      } finally {
+        globalThis.setTimeout = realSetTimeout
+      }
+    })
+  }
+
+  test('a timing option that is not a positive number (negative, zero, NaN, a string) is refused when the client is made, naming it', () => {
+    for (const option of [...timeouts, 'maxServerWaitMs'] as const) {
+      for (const bad of [-1, 0, NaN, '5000']) {
+        expect(() => createClient({ urls: ['ws://127.0.0.1:9/v1/ws'], [option]: bad as number })).toThrow(`${option} must be a positive number of milliseconds`)
+      }
+    }
+    for (const key of ['minMs', 'maxMs'] as const) {
+      expect(() => createClient({ urls: ['ws://127.0.0.1:9/v1/ws'], backoff: { [key]: -5 } })).toThrow(`backoff.${key} must be a positive number of milliseconds (Infinity: no limit), not -5`)
+    }
+    let code: string | undefined
+    try {
+      createClient({ urls: ['ws://127.0.0.1:9/v1/ws'], pongTimeoutMs: NaN })
+    } catch (err) {
+      code = (err as { code?: string }).code
+    }
+    expect(code).toBe('invalid_options')
+  })
+})
+
+describe('client against a server asking for waits longer than maxServerWaitMs', () => {
+  test('a 4029 asking for days reconnects after maxServerWaitMs (plus the jitter), not when it says; by default after 5 minutes', async () => {
+    let connections = 0
+    const s = scripted({ open: (ws) => void (++connections === 1 && ws.close(4029, 'rate_limited: reconnect after 2000000000 ms')) })
+    const c = keep(createClient({ urls: [s.url], maxServerWaitMs: 300 }))
+    const delays: number[] = []
+    c.on('status', (st) => void (st.state === 'reconnecting' && delays.push(st.delayMs)))
+    await until('reconnected', () => connections === 2, 3000)
+    expect(delays.length).toBe(1)
+    expect(delays[0]).toBeGreaterThanOrEqual(300)
+    expect(delays[0]).toBeLessThan(1300)
+
+    let first = true
+    const d = scripted({ open: (ws) => void (first && ((first = false), ws.close(4029, 'rate_limited: reconnect after 2000000000 ms'))) })
+    const byDefault = keep(createClient({ urls: [d.url] }))
+    await until('reconnecting', () => byDefault.status.state === 'reconnecting', 3000)
+    const st = byDefault.status as Extract<Status, { state: 'reconnecting' }>
+    expect(st.delayMs).toBeGreaterThanOrEqual(300_000)
+    expect(st.delayMs).toBeLessThan(301_000)
+  })
+
+  test('a subscribe refused with a retryAfterMs of days is sent again after maxServerWaitMs', async () => {
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op !== 'subscribe') return
+        if (s.frames.filter((x) => x.op === 'subscribe').length === 1) {
+          ws.send(JSON.stringify({ op: 'error', ref: f.ref, channel: f.channel, error: { code: 'rate_limited', message: 'slow down', retryAfterMs: 2_000_000_000 } }))
+        } else {
+          ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: { a: 1 } } }))
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], maxServerWaitMs: 300 }))
+    c.on('error', () => {})
+    const sub = c.subscribe('reactions:s')
+    await until('live', () => sub.status === 'live', 3000)
+    expect(s.frames.filter((f) => f.op === 'subscribe').length).toBe(2)
+  })
+
+  test('a publish refused with a retryAfterMs of days is sent again (same id) after maxServerWaitMs, and acknowledged', async () => {
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op !== 'publish') return
+        if (s.frames.filter((x) => x.op === 'publish').length === 1) {
+          ws.send(JSON.stringify({ op: 'error', ref: f.ref, error: { code: 'rate_limited', message: 'slow down', retryAfterMs: 2_000_000_000 } }))
+        } else {
+          ws.send(JSON.stringify({ op: 'ack', ref: f.ref, id: f.event.id, seq: 1, duplicate: false }))
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], maxServerWaitMs: 300 }))
+    const ack = await Promise.race([c.publish({ type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'hi' } }), sleep(3000).then(() => 'still parked')])
+    expect(ack).toMatchObject({ seq: 1, duplicate: false })
+    const ids = s.frames.filter((f) => f.op === 'publish').map((f) => f.event.id)
+    expect(ids.length).toBe(2)
+    expect(ids[1]).toBe(ids[0])
   })
 })

@@ -53,6 +53,8 @@ export function createOutbox(deps: {
   dedupWindowMs: () => number
   /** The wait before resending after the `failures`-th failure in a row. */
   backoff: (failures: number) => number
+  /** The longest `retryAfterMs` followed as asked (the client's `maxServerWaitMs`). */
+  maxServerWaitMs: number
 }) {
   const queued: Entry[] = []
   const inFlight = new Map<string, Entry>()
@@ -182,7 +184,7 @@ export function createOutbox(deps: {
       }
       const { code, message, details } = frame.error
       if (RETRY_AFTER_WAIT.has(code)) {
-        const wait = serverWait(frame.error.retryAfterMs) ?? serverWait((details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs) ?? deps.backoff(++failures)
+        const wait = serverWait(frame.error.retryAfterMs, deps.maxServerWaitMs) ?? serverWait((details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs, deps.maxServerWaitMs) ?? deps.backoff(++failures)
         requeue(e)
         window = 1
         pausedUntil = Math.max(pausedUntil, deps.now() + wait)
