@@ -379,7 +379,16 @@ export function createChannels(deps: {
           const f = [...followed.values()].find((x) => (frame.ref !== undefined ? x.ref === frame.ref : x.channel === frame.channel))
           if (!f) return frame.channel !== undefined
           const { code, message, details } = frame.error
-          if (code === 'already_subscribed') return true
+          if (code === 'already_subscribed') {
+            // The socket holds a subscription of the channel already, from a point this client does
+            // not know (updates are not applied while a subscribe is out): shown live on it, the
+            // channel could hide a gap. Unless a snapshot or a resume answered meanwhile, it is ended
+            // and subscribed again (resuming from the state held): at once the first time, after a
+            // backoff if the server keeps answering so. Ignored, it stayed pending until the request
+            // timeout replaced the connection.
+            if (f.phase === 'subscribing') retryLater(f, f.retries++ === 0 ? 0 : deps.backoff(f.retries), true)
+            return true
+          }
           if (FATAL.has(code)) return fail(f, new FanfareError(code, message, details)), true
           // A fault of the moment (rate limit, server fault): ask again after the wait the server
           // gives, or a backoff. Without a ref it is about a subscription the server had: reported,

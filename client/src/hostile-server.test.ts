@@ -783,3 +783,52 @@ describe('client against a server asking for waits longer than maxServerWaitMs',
     expect(ids[1]).toBe(ids[0])
   })
 })
+
+describe('client told already_subscribed', () => {
+  test('the channel is ended and subscribed again at once (not left pending until the request timeout replaces the connection), and is live only on the fresh snapshot', async () => {
+    let subscribes = 0
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'subscribe') {
+          // The socket's own subscription, from an unknown point: its update must not be applied.
+          if (++subscribes === 1) {
+            ws.send(JSON.stringify({ op: 'error', ref: f.ref, error: { code: 'already_subscribed', message: `already subscribed to ${f.channel}` } }))
+            ws.send(JSON.stringify({ op: 'update', channel: f.channel, version: 7, from: 7, epoch: 'e1', data: { counts: { a: 1 }, totals: { a: 7 } } }))
+          } else {
+            ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 9, epoch: 'e1', data: { stream: 's', totals: { a: 9 } } }))
+          }
+        } else if (f.op === 'unsubscribe') {
+          ws.send(JSON.stringify({ op: 'unsubscribed', ref: f.ref, channel: f.channel }))
+        }
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], requestTimeoutMs: 5000 }))
+    const errors: string[] = []
+    c.on('error', (e) => void errors.push(e.code))
+    const states: unknown[] = []
+    const sub = c.subscribe('reactions:s', { onState: (st) => void states.push(st) })
+    await until('live', () => sub.status === 'live', 2000)
+    expect(s.frames.filter((f) => f.op !== 'ping').map((f) => f.op)).toEqual(['subscribe', 'unsubscribe', 'subscribe'])
+    expect(states).toEqual([{ stream: 's', totals: { a: 9 } }])
+    expect([sub.version, s.connections(), errors]).toEqual([9, 1, []])
+  })
+
+  test('a server that answers every subscribe so: never shown live, asked again after a backoff, not in a loop', async () => {
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'subscribe') ws.send(JSON.stringify({ op: 'error', ref: f.ref, error: { code: 'already_subscribed', message: 'already subscribed' } }))
+        else if (f.op === 'unsubscribe') ws.send(JSON.stringify({ op: 'unsubscribed', ref: f.ref, channel: f.channel }))
+      },
+    })
+    const c = keep(createClient({ urls: [s.url], backoff: { minMs: 200, maxMs: 1000 } }))
+    const sub = c.subscribe('reactions:s')
+    const shown = new Set<string>()
+    const seen = setInterval(() => shown.add(sub.status), 5)
+    await sleep(1000)
+    clearInterval(seen)
+    expect(shown.has('live')).toBe(false)
+    const subscribes = s.frames.filter((f) => f.op === 'subscribe').length
+    expect(subscribes).toBeGreaterThanOrEqual(2)
+    expect(subscribes).toBeLessThan(10)
+  })
+})
