@@ -111,6 +111,7 @@ describe('app', () => {
       'post /admin/keys',
       'delete /admin/keys/{id}',
       'post /admin/users/{user}/revoke',
+      'post /admin/users/revoke',
       'post /admin/tokens/revoke',
     ]
     const missing: string[] = []

@@ -21,6 +21,7 @@ const validBodies: Record<string, unknown[]> = {
   'PUT /admin/modes/{mode}': [{ board: 'arena' }],
   'POST /admin/keys': [{ name: 'game server', scopes: ['publish:score.submitted'], expiresAt: '2099-01-01T00:00:00.000Z' }],
   'POST /admin/tokens/revoke': [{ jti: 'j-1', exp: 4_000_000_000 }],
+  'POST /admin/users/revoke': [{ user: 'u-1' }],
 }
 
 /** The bootstrap credential a route accepts: admin routes need the admin token, publishing the ingest one. */

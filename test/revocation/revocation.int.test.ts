@@ -138,6 +138,40 @@ describe('revocation reaches open sockets on every node', () => {
     for (const s of [again, ...bob]) s.close()
   })
 
+  test('users whose sub is `.` or `..` (no URL path can carry them): revoked by the user in the body; their sockets on both nodes close within 1 s', async () => {
+    const dot = await mint('.')
+    const dots = await mint('..')
+    const dotSockets = [await viaQuery(a, dot), await viaFrame(b, dot)]
+    const dotsSockets = [await viaQuery(a, dots), await viaQuery(b, dots)]
+    const bob = [await viaQuery(b, await mint('bob'))]
+    const admin = env.vars.FANFARE_ADMIN_TOKEN
+
+    // The path can only name them as `.`/`%2E`, which fetch (and any browser) turns into another path.
+    for (const user of ['.', '%2E']) {
+      const r = await rest(a, 'POST', `/admin/users/${user}/revoke`, admin)
+      expect([user, r.status, r.json.error?.code]).toEqual([user, 422, 'invalid_request'])
+    }
+    for (const user of ['..', '%2E%2E']) expect((await rest(a, 'POST', `/admin/users/${user}/revoke`, admin)).status).toBe(404)
+    await expectOpen([...dotSockets, ...dotsSockets])
+
+    const r = await rest(a, 'POST', '/admin/users/revoke', admin, { user: '.' })
+    const since = Date.now()
+    expect([r.status, r.json.user]).toEqual([200, '.'])
+    await expectClosedWithinASecond(dotSockets, since)
+    await expectOpen([...dotsSockets, ...bob])
+
+    const r2 = await rest(b, 'POST', '/admin/users/revoke', admin, { user: '..' })
+    const since2 = Date.now()
+    expect([r2.status, r2.json.user]).toEqual([200, '..'])
+    await expectClosedWithinASecond(dotsSockets, since2)
+    await expectOpen(bob)
+    for (const n of [a, b]) {
+      expect(await upgrade(n, dot)).toEqual([401, 'revoked'])
+      expect(await upgrade(n, dots)).toEqual([401, 'revoked'])
+    }
+    for (const s of bob) s.close()
+  })
+
   test('one token by jti: its sockets on both nodes close within 1 s; the same user\'s other token stays', async () => {
     const phone = await mint('dave', { jti: 'dave-phone' })
     const laptop = await mint('dave', { jti: 'dave-laptop' })

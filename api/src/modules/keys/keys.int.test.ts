@@ -89,6 +89,7 @@ describe('/admin/keys', () => {
       ['DELETE', `/admin/keys/${reader.id}`],
       ['GET', '/admin/audit'],
       ['POST', '/admin/users/bob/revoke'],
+      ['POST', '/admin/users/revoke', { user: 'bob' }],
       ['POST', '/admin/tokens/revoke', { jti: 'j', exp: 2_000_000_000 }],
       ['GET', '/admin/projections'],
       ['PUT', '/admin/leaderboards/b', { order: 'asc' }],

@@ -4,6 +4,12 @@ import { ActorId } from '../../../../core/events'
 import { Jti, MAX_EXP } from '../../auth/jwt'
 
 export const UserParams = t.Object({ user: ActorId })
+/**
+ * The user in the body: any id a token's `sub` may hold, `.` and `..` included, which no URL can
+ * carry (clients following the URL standard, browsers and fetch among them, read `/users/./revoke`
+ * and `/users/%2E/revoke` as `/users/revoke`, and `/users/../revoke` as `/revoke`).
+ */
+export const UserRevokeBody = t.Object({ user: Type.String({ ...ActorId, description: "the user's id: the sub claim of their tokens" }) }, { additionalProperties: false })
 export const UserRevoked = t.Object({
   user: t.String(),
   revokedBefore: t.String({ description: 'tokens of this user issued (iat) at or before this instant are refused (ISO 8601)' }),

@@ -38,6 +38,17 @@ describe('POST /admin/users/:user/revoke and /admin/tokens/revoke', () => {
     expect(rows.map((row) => [row.userId, row.revokedBefore.toISOString(), row.revokedBy])).toEqual([['alice', r.json.revokedBefore, 'admin']])
   })
 
+  test('a user named in the body: any sub, `.` and `..` included (a URL path cannot carry them), is revoked like one in the path', async () => {
+    for (const sub of ['.', '..']) {
+      const token = await mint(sub)
+      expect((await post(token, sub)).status).toBe(202)
+      const r = await h.call('POST', '/admin/users/revoke', { token: h.adminToken, body: { user: sub } })
+      expect([r.status, r.json.user]).toEqual([200, sub])
+      const refused = await post(token, sub)
+      expect([refused.status, refused.json.error.code]).toEqual([401, 'revoked'])
+    }
+  })
+
   test('revoking a token by jti refuses that token only, until its exp', async () => {
     const exp = secondsAgo(-3600)
     const revoked = await mintUserToken(h.env.vars.FANFARE_JWT_SECRET, { sub: 'carol', jti: 'carol-phone', issuedAt: exp - 3600, ttlSeconds: 3600 })
@@ -90,6 +101,12 @@ describe('POST /admin/users/:user/revoke and /admin/tokens/revoke', () => {
     }
     const user = await h.call('POST', `/admin/users/${encodeURIComponent('two words')}/revoke`, { token: h.adminToken })
     expect([user.status, user.json.error?.code]).toEqual([422, 'invalid_request'])
+    // The user in the body: the same rules as a token's sub.
+    for (const body of [{}, { user: '' }, { user: 'two words' }, { user: 'x'.repeat(129) }, { user: 'x\ud800' }, { user: 7 }, { user: 'x', who: 'y' }]) {
+      const r = await h.call('POST', '/admin/users/revoke', { token: h.adminToken, body })
+      expect([body, r.status, r.json.error?.code]).toEqual([body, 422, 'invalid_request'])
+    }
+    expect((await h.database.db.select().from(userRevocations)).map((row) => row.userId).filter((u) => !['alice', '.', '..'].includes(u))).toEqual([])
     const tokens = await h.database.db.select().from(tokenRevocations)
     expect(tokens.map((t) => t.jti).filter((j) => j.startsWith('x'))).toEqual([])
   })

@@ -566,7 +566,8 @@ onForm('create-key', async (data, form) => {
 })
 onForm('revoke-user', async (data, form) => {
   const user = String(data.get('user')).trim()
-  await api('POST', `/admin/users/${encodeURIComponent(user)}/revoke`)
+  // In the body: a user id `.` or `..` cannot be a path segment (the browser would resolve it away).
+  await api('POST', '/admin/users/revoke', { user })
   notify(`tokens of ${user} issued until now are revoked`)
   form.reset()
 })
