@@ -1,4 +1,4 @@
-import { serverWait } from './backoff'
+import { MAX_TIMER_MS, serverWait } from './backoff'
 import { FanfareError } from './errors'
 import type { ChannelSnapshots, ChannelUpdates, Kind, KindOf, ServerFrame } from './protocol'
 import { helpers, kindOf, RESYNC, type StateHelper } from './state'
@@ -133,12 +133,19 @@ export function createChannels(deps: {
     f.timer = undefined
     const at = f.hasState && f.phase === 'live' ? f.helper.changesAt?.(view(f)) : undefined
     if (at === undefined) return
-    f.timer = setTimeout(() => {
-      f.timer = undefined
-      const state = view(f)
-      each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: false }))
-      arm(f)
-    }, Math.max(0, at - deps.now()) + 1)
+    const wait = Math.max(0, at - deps.now()) + 1
+    f.timer = setTimeout(
+      () => {
+        f.timer = undefined
+        // Cut to what a timer holds (a poll closing in more than ~24 days): nothing changed yet.
+        // Given as is, the timer fired at once, and so on: onState every millisecond, for good.
+        if (wait > MAX_TIMER_MS) return arm(f)
+        const state = view(f)
+        each(f, (l) => l.onState?.(state, { version: f.version, epoch: f.epoch, resync: false }))
+        arm(f)
+      },
+      Math.min(wait, MAX_TIMER_MS),
+    )
   }
 
   const subscribe = (f: Followed) => {

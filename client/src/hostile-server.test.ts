@@ -832,3 +832,23 @@ describe('client told already_subscribed', () => {
     expect(subscribes).toBeLessThan(10)
   })
 })
+
+describe('client on a poll closing far ahead', () => {
+  test('a poll closing in more than a timer holds (~24 days) is not re-shown every millisecond: onState once, until it changes', async () => {
+    const closesAt = new Date(Date.now() + 60 * 86_400_000).toISOString()
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op !== 'subscribe') return
+        const poll = { poll: 'p1', stream: 's', question: 'q', status: 'open', options: [{ text: 'yes', votes: 0 }], ignoredVotes: 0, openedAt: new Date().toISOString(), closesAt }
+        ws.send(JSON.stringify({ op: 'snapshot', channel: f.channel, version: 1, epoch: 'e1', data: poll }))
+      },
+    })
+    const c = keep(createClient({ urls: [s.url] }))
+    let shown = 0
+    const sub = c.subscribe('poll:p1', { onState: () => void shown++ })
+    await until('live', () => sub.status === 'live', 3000)
+    await sleep(300)
+    expect(shown).toBe(1)
+    expect(sub.state).toMatchObject({ status: 'open', closesAt })
+  })
+})
