@@ -64,6 +64,24 @@ test('FANFARE_JWT_SECRET is measured in bytes, as HS256 signs with it (UTF-8): 3
   expect(() => loadConfig({ FANFARE_JWT_SECRET: 'é'.repeat(15) + 'x' })).toThrow(/FANFARE_JWT_SECRET: at least 32 bytes .*31 bytes/)
 })
 
+test('FANFARE_JWT_PREVIOUS_SECRET: at least 32 bytes like the secret, never shown, only next to a different FANFARE_JWT_SECRET', () => {
+  const current = 'c'.repeat(32)
+  expect(loadConfig({ FANFARE_JWT_SECRET: current, FANFARE_JWT_PREVIOUS_SECRET: 'é'.repeat(16) }).FANFARE_JWT_PREVIOUS_SECRET).toBe('é'.repeat(16))
+  expect(() => loadConfig({ FANFARE_JWT_SECRET: current, FANFARE_JWT_PREVIOUS_SECRET: 'oldSECRET31'.padEnd(31, 'x') })).toThrow(
+    'FANFARE_JWT_PREVIOUS_SECRET: at least 32 bytes (got <hidden, 31 characters>, 31 bytes)',
+  )
+  expect(() => loadConfig({ FANFARE_JWT_PREVIOUS_SECRET: 'p'.repeat(32) })).toThrow(/FANFARE_JWT_PREVIOUS_SECRET: set only during a rotation, next to FANFARE_JWT_SECRET/)
+  expect(() => loadConfig({ FANFARE_JWT_SECRET: current, FANFARE_JWT_PREVIOUS_SECRET: current })).toThrow(/FANFARE_JWT_PREVIOUS_SECRET: the same as FANFARE_JWT_SECRET/)
+  let message = ''
+  try {
+    loadConfig({ FANFARE_JWT_SECRET: 'oldSECRET-but-too-short', FANFARE_JWT_PREVIOUS_SECRET: 'oldSECRET-but-too-short' })
+  } catch (err) {
+    message = (err as Error).message
+  }
+  expect(message).toContain('FANFARE_JWT_PREVIOUS_SECRET: at least 32 bytes')
+  expect(message).not.toContain('oldSECRET')
+})
+
 test('misspelt variables are found with the one meant; a tool\'s own FANFARE_ variables are not', () => {
   const env = {
     FANFARE_PARTITONS: '4',

@@ -58,6 +58,13 @@ export const Env = Type.Object({
    * tokens whose keys FANFARE_JWKS_URL serves (RS256, ES256, EdDSA). Neither set: no user tokens.
    */
   FANFARE_JWT_SECRET: Type.Optional(Type.String()),
+  /**
+   * While the secret is rotated: the secret FANFARE_JWT_SECRET replaces (at least 32 bytes, and
+   * only with FANFARE_JWT_SECRET set). Tokens signed with either are accepted; a token whose
+   * signature the current secret refuses is checked with this one. Remove it once the tokens signed
+   * with it have expired (README "Rotating the JWT secret").
+   */
+  FANFARE_JWT_PREVIOUS_SECRET: Type.Optional(Type.String()),
   FANFARE_JWKS_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
   /** When set, a user token's `iss` / `aud` must be this. */
   FANFARE_JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
@@ -245,7 +252,7 @@ export class ConfigError extends Error {
 }
 
 /** Variables whose whole value is a secret: a config error says how long it is, never what. */
-const SECRETS = new Set(['FANFARE_INGEST_TOKEN', 'FANFARE_ADMIN_TOKEN', 'FANFARE_JWT_SECRET'])
+const SECRETS = new Set(['FANFARE_INGEST_TOKEN', 'FANFARE_ADMIN_TOKEN', 'FANFARE_JWT_SECRET', 'FANFARE_JWT_PREVIOUS_SECRET'])
 
 /**
  * A variable's value as a config error may print it (on stderr, often kept in a log): a secret by
@@ -290,9 +297,19 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   for (const p of parseNatsServers(lists.NATS_URL).problems) problems.push(`NATS_URL: ${p}`)
   for (const p of parseDomains(lists.FANFARE_EDGE_DOMAINS).problems) problems.push(`FANFARE_EDGE_DOMAINS: ${p}`)
   // HS256 signs with the secret's UTF-8 bytes: a length in characters would refuse 40 bytes of "é".
-  const jwtSecret = lists.FANFARE_JWT_SECRET
-  if (typeof jwtSecret === 'string' && Buffer.byteLength(jwtSecret) < 32) {
-    problems.push(`FANFARE_JWT_SECRET: at least 32 bytes (got ${shownValue('FANFARE_JWT_SECRET', jwtSecret)}, ${Buffer.byteLength(jwtSecret)} bytes)`)
+  for (const key of ['FANFARE_JWT_SECRET', 'FANFARE_JWT_PREVIOUS_SECRET'] as const) {
+    const secret = lists[key]
+    if (typeof secret === 'string' && Buffer.byteLength(secret) < 32) {
+      problems.push(`${key}: at least 32 bytes (got ${shownValue(key, secret)}, ${Buffer.byteLength(secret)} bytes)`)
+    }
+  }
+  // A previous secret alone would verify the old tokens while nothing can mint new ones; one equal
+  // to the current secret is a rotation that was never made.
+  if (lists.FANFARE_JWT_PREVIOUS_SECRET && !lists.FANFARE_JWT_SECRET) {
+    problems.push('FANFARE_JWT_PREVIOUS_SECRET: set only during a rotation, next to FANFARE_JWT_SECRET (the new secret), which is unset')
+  }
+  if (lists.FANFARE_JWT_PREVIOUS_SECRET && lists.FANFARE_JWT_PREVIOUS_SECRET === lists.FANFARE_JWT_SECRET) {
+    problems.push('FANFARE_JWT_PREVIOUS_SECRET: the same as FANFARE_JWT_SECRET; during a rotation FANFARE_JWT_SECRET is the new secret and this the old one')
   }
   if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAINS) {
     problems.push('FANFARE_EDGE_DOMAIN and FANFARE_EDGE_DOMAINS: a node is either at an edge site or at the hub, not both')
