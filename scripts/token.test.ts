@@ -37,6 +37,16 @@ describe('npm run token', () => {
     expect(p.expiresAt - p.issuedAt!).toBe(3600_000)
   })
 
+  test('during a rotation it mints with FANFARE_JWT_SECRET (the new secret), not FANFARE_JWT_PREVIOUS_SECRET', async () => {
+    const previous = 'token-script-previous-secret-0123456789'
+    const r = runToken(['--user', 'carol'], { FANFARE_JWT_SECRET: SECRET, FANFARE_JWT_PREVIOUS_SECRET: previous })
+    expect(r.code).toBe(0)
+    const token = r.stdout.trim()
+    // Verified by a node that has only the new secret (after the rotation), not by one with only the old.
+    expect(await createJwtVerifier({ FANFARE_JWT_SECRET: SECRET })!(token)).toMatchObject({ id: 'carol' })
+    expect(() => createJwtVerifier({ FANFARE_JWT_SECRET: previous })!(token)).toThrow(/signature/)
+  })
+
   test('no secret, a bad flag or a claim the API would refuse: exit 2 with a message, nothing on stdout', () => {
     const cases: [string[], Record<string, string>, RegExp][] = [
       [['--user', 'alice'], {}, /FANFARE_JWT_SECRET is not set/],

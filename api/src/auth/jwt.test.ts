@@ -107,6 +107,38 @@ describe('user tokens (HS256 with FANFARE_JWT_SECRET)', () => {
   })
 })
 
+describe('rotating the secret (FANFARE_JWT_PREVIOUS_SECRET)', () => {
+  const OLD = 'the-old-secret-of-at-least-32-bytes!!'
+  const rotating = createJwtVerifier({ FANFARE_JWT_SECRET: SECRET, FANFARE_JWT_PREVIOUS_SECRET: OLD })!
+
+  test('tokens of the current and of the previous secret are accepted; of neither, invalid_token as without a rotation', async () => {
+    expect(await rotating(await mintUserToken(SECRET, { sub: 'new' }))).toMatchObject({ kind: 'user', id: 'new' })
+    expect(await rotating(await mintUserToken(OLD, { sub: 'old', roles: ['moderator'] }))).toMatchObject({ kind: 'user', id: 'old', roles: ['moderator'] })
+    const stranger = await mintUserToken('someone-elses-secret-of-32-bytes!!', { sub: 'a' })
+    expect(() => rotating(stranger)).toThrow('invalid token: signature does not verify')
+    expect(await codeOf(() => rotating(stranger))).toBe('invalid_token')
+    // Without the previous secret its tokens are refused.
+    expect(await codeOf(async () => hs(await mintUserToken(OLD, { sub: 'old' })))).toBe('invalid_token')
+  })
+
+  test("a token of the previous secret meets every other check: expiry, claims, the clock, issuer and audience", async () => {
+    const now = Math.floor(Date.now() / 1000)
+    const expired = await mintUserToken(OLD, { sub: 'a', issuedAt: now - 7200, ttlSeconds: 3600 })
+    expect(await codeOf(() => rotating(expired))).toBe('token_expired')
+    const sign = (claims: Record<string, unknown>) => new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(OLD))
+    expect(await codeOf(async () => rotating(await sign({ sub: 'has space', exp: now + 60 })))).toBe('invalid_token')
+    expect(await codeOf(async () => rotating(await sign({ sub: 'a' })))).toBe('invalid_token')
+    const hs512 = await new SignJWT({}).setProtectedHeader({ alg: 'HS512' }).setSubject('a').setExpirationTime('1h').sign(new TextEncoder().encode(OLD))
+    expect(await codeOf(() => rotating(hs512))).toBe('invalid_token')
+    // The injected clock reaches the previous secret's check too.
+    const past = createJwtVerifier({ FANFARE_JWT_SECRET: SECRET, FANFARE_JWT_PREVIOUS_SECRET: OLD }, { now: () => (now - 5400) * 1000 })!
+    expect(await codeOf(() => past(expired))).toBe('ok')
+    const strict = createJwtVerifier({ FANFARE_JWT_SECRET: SECRET, FANFARE_JWT_PREVIOUS_SECRET: OLD, FANFARE_JWT_ISSUER: 'https://auth.game', FANFARE_JWT_AUDIENCE: 'fanfare' })!
+    expect(await codeOf(async () => strict(await mintUserToken(OLD, { sub: 'a', issuer: 'https://auth.game', audience: 'fanfare' })))).toBe('ok')
+    expect(await codeOf(async () => strict(await mintUserToken(OLD, { sub: 'a', issuer: 'https://evil', audience: 'fanfare' })))).toBe('invalid_token')
+  })
+})
+
 describe('user tokens from a JWKS (RS256, ES256, EdDSA)', () => {
   const jwks = jwksServer()
   afterAll(() => jwks.stop())

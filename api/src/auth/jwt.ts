@@ -50,7 +50,8 @@ const CLOCK_TOLERANCE_S = 5
 export type JwtVerifier = (token: string) => UserPrincipal | Promise<UserPrincipal>
 
 /**
- * Verifies players' and viewers' tokens: HS256 with FANFARE_JWT_SECRET, and/or the keys
+ * Verifies players' and viewers' tokens: HS256 with FANFARE_JWT_SECRET (or, while it is rotated,
+ * FANFARE_JWT_PREVIOUS_SECRET), and/or the keys
  * FANFARE_JWKS_URL serves (cached by jose, fetched again when a token names an unknown `kid`).
  * Always with an algorithm allowlist, `exp` and `sub` required, `iss`/`aud` checked when
  * configured. Expired: TokenExpired (401 token_expired); anything else wrong: 401 invalid_token.
@@ -64,7 +65,7 @@ export type JwtVerifier = (token: string) => UserPrincipal | Promise<UserPrincip
  * claims, the same tolerance and the same checks after them; jwt.test.ts holds them to each other.
  */
 export function createJwtVerifier(
-  config: Pick<Config, 'FANFARE_JWT_SECRET' | 'FANFARE_JWKS_URL' | 'FANFARE_JWT_ISSUER' | 'FANFARE_JWT_AUDIENCE'>,
+  config: Pick<Config, 'FANFARE_JWT_SECRET' | 'FANFARE_JWT_PREVIOUS_SECRET' | 'FANFARE_JWKS_URL' | 'FANFARE_JWT_ISSUER' | 'FANFARE_JWT_AUDIENCE'>,
   opts: {
     now?: () => number
     /** At most one JWKS fetch per this long (an unknown kid fetches again after it). */
@@ -75,7 +76,7 @@ export function createJwtVerifier(
     logger?: Logger
   } = {},
 ): JwtVerifier | undefined {
-  const secret = config.FANFARE_JWT_SECRET ? hs256Verifier(config.FANFARE_JWT_SECRET, config, opts.now) : undefined
+  const secret = config.FANFARE_JWT_SECRET ? hs256Verifier(config.FANFARE_JWT_SECRET, config.FANFARE_JWT_PREVIOUS_SECRET, config, opts.now) : undefined
   const jwks = config.FANFARE_JWKS_URL ? remoteKeys(new URL(config.FANFARE_JWKS_URL), { cooldownMs: opts.jwksCooldownMs ?? 30_000, cacheMaxAgeMs: opts.jwksCacheMaxAgeMs ?? 10 * 60_000, logger: opts.logger }) : undefined
   if (!secret && !jwks) return undefined
   const verifyJwks = async (token: string): Promise<unknown> =>
@@ -135,20 +136,43 @@ function principalOf(payload: unknown, now?: () => number): UserPrincipal {
  * HS256 tokens, checked synchronously by fast-jwt with the options jose gets for JWKS tokens. Its
  * tolerance is in ms; it checks iss/aud only when present, hence required when configured. Its
  * clock is fixed when it is made: with an injected clock, one is made per token.
+ *
+ * During a rotation (`previous` set) a token whose signature the current secret refuses is checked
+ * again with the previous one; fast-jwt checks the signature before any claim, so every other
+ * refusal is the current secret's own and final. A token neither secret signed gets the current
+ * secret's refusal, as it would without a rotation. The common path, a token of the current
+ * secret, costs what it did: one HMAC.
  */
-function hs256Verifier(secret: string, config: Pick<Config, 'FANFARE_JWT_ISSUER' | 'FANFARE_JWT_AUDIENCE'>, now?: () => number) {
-  const make = (clockTimestamp?: number) =>
-    createVerifier({
-      key: secret,
-      algorithms: SECRET_ALGORITHMS,
-      allowedIss: config.FANFARE_JWT_ISSUER,
-      allowedAud: config.FANFARE_JWT_AUDIENCE,
-      requiredClaims: ['sub', 'exp', ...(config.FANFARE_JWT_ISSUER ? ['iss'] : []), ...(config.FANFARE_JWT_AUDIENCE ? ['aud'] : [])],
-      clockTolerance: CLOCK_TOLERANCE_S * 1000,
-      clockTimestamp,
-    }) as (token: string) => unknown
-  if (now) return (token: string) => make(now())(token)
-  return make()
+function hs256Verifier(current: string, previous: string | undefined, config: Pick<Config, 'FANFARE_JWT_ISSUER' | 'FANFARE_JWT_AUDIENCE'>, now?: () => number) {
+  const withSecret = (secret: string) => {
+    const make = (clockTimestamp?: number) =>
+      createVerifier({
+        key: secret,
+        algorithms: SECRET_ALGORITHMS,
+        allowedIss: config.FANFARE_JWT_ISSUER,
+        allowedAud: config.FANFARE_JWT_AUDIENCE,
+        requiredClaims: ['sub', 'exp', ...(config.FANFARE_JWT_ISSUER ? ['iss'] : []), ...(config.FANFARE_JWT_AUDIENCE ? ['aud'] : [])],
+        clockTolerance: CLOCK_TOLERANCE_S * 1000,
+        clockTimestamp,
+      }) as (token: string) => unknown
+    if (now) return (token: string) => make(now())(token)
+    return make()
+  }
+  const verifyCurrent = withSecret(current)
+  if (!previous) return verifyCurrent
+  const verifyPrevious = withSecret(previous)
+  return (token: string) => {
+    try {
+      return verifyCurrent(token)
+    } catch (err) {
+      if (!(err instanceof TokenError && err.code === TokenError.codes.invalidSignature)) throw err
+      try {
+        return verifyPrevious(token)
+      } catch (again) {
+        throw again instanceof TokenError && again.code === TokenError.codes.invalidSignature ? err : again
+      }
+    }
+  }
 }
 
 /** The header's alg, or undefined when there is no readable header (the verifier then says why). */
