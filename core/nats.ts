@@ -1,5 +1,5 @@
 import { DiscardPolicy, jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
-import { AuthorizationError, connect, createInbox, headers as natsHeaders, nanos, PermissionViolationError, type NatsConnection } from '@nats-io/transport-node'
+import { AuthorizationError, connect, ConnectionError, createInbox, headers as natsHeaders, nanos, PermissionViolationError, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
 import { parseDomains, type Config } from './config'
 import { eventTypes, subjects } from './events'
@@ -28,10 +28,19 @@ export async function connectNats(url: string, name: string): Promise<NatsConnec
   // noAsyncTraces: otherwise every request (each JetStream publish and ack wait) builds an Error
   // up front for its stack trace, ~6% of an API node's CPU at full ingest. Errors still say what
   // failed; they lose the caller's frames.
-  const { servers, login } = parseNatsServers(url)
+  const { servers, login, tls } = parseNatsServers(url)
   try {
-    return await connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000, noAsyncTraces: true, ...login })
+    // tls:// asks for encryption, which nats.js gives only with its `tls` option (see parseNatsServers):
+    // `{}` verifies the server's certificate against the system's CAs (and NODE_EXTRA_CA_CERTS).
+    return await connect({ servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: 5000, noAsyncTraces: true, ...login, ...(tls ? { tls: {} } : {}) })
   } catch (err) {
+    // nats.js' own message, "server does not support 'tls'", says neither which setting asked for it nor what to do.
+    if (tls && err instanceof ConnectionError && /does not support 'tls'/.test(err.message)) {
+      throw new NatsUnreachable(
+        `NATS_URL asks for TLS (tls://) but the server at ${servers.join(', ')} does not offer it: enable TLS on the server (a tls block in its config), or write nats:// to connect in plain text`,
+        err,
+      )
+    }
     // nats.js' own message says only "Authorization Violation", with no hint of where the login comes from.
     if (err instanceof AuthorizationError) {
       throw new NatsUnreachable(

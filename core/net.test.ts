@@ -23,8 +23,9 @@ test('the config refuses bad entries of both lists, naming the variable', () => 
 })
 
 test('NATS_URL takes one server or a comma-separated cluster; every entry must be a NATS URL', () => {
-  expect(parseNatsServers('nats://a:4222, nats://b:4222 ,tls://c.example:4443')).toEqual({
-    servers: ['nats://a:4222', 'nats://b:4222', 'tls://c.example:4443'],
+  expect(parseNatsServers('nats://a:4222, nats://b:4222 ,nats://c.example:4443')).toEqual({
+    servers: ['nats://a:4222', 'nats://b:4222', 'nats://c.example:4443'],
+    tls: false,
     problems: [],
   })
   expect(loadConfig({ NATS_URL: 'nats://a:4222,nats://b:4222' }).NATS_URL).toBe('nats://a:4222,nats://b:4222')
@@ -36,14 +37,21 @@ test('NATS_URL may carry the login (user:password@ or token@), taken out of the 
   expect(parseNatsServers('nats://fan:s%40cret@a:4222,nats://fan:s%40cret@b:4222')).toEqual({
     servers: ['nats://a:4222', 'nats://b:4222'],
     login: { user: 'fan', pass: 's@cret' },
+    tls: false,
     problems: [],
   })
-  expect(parseNatsServers('tls://t0ken@a:4443')).toEqual({ servers: ['tls://a:4443'], login: { token: 't0ken' }, problems: [] })
+  expect(parseNatsServers('tls://t0ken@a:4443')).toEqual({ servers: ['tls://a:4443'], login: { token: 't0ken' }, tls: true, problems: [] })
   // One login for the connection: servers naming different ones are a mistake, reported without the secrets.
   const { problems } = parseNatsServers('nats://fan:one@a:4222,nats://fan:two@b:4222')
   expect(problems).toEqual(['every server must carry the same login (user:password@ or token@), or only the first'])
   expect(parseNatsServers('nats://fan:one@a:4222,nats://b:4222').login).toEqual({ user: 'fan', pass: 'one' })
   expect(() => loadConfig({ NATS_URL: 'nats://fan:secret@a:4222,b:4222' })).toThrow(/NATS_URL: "b:4222" is not a NATS server URL/)
+})
+
+test('tls:// servers ask for an encrypted connection; one connection cannot be both', () => {
+  expect(parseNatsServers('tls://a:4443,TLS://b:4443')).toEqual({ servers: ['tls://a:4443', 'tls://b:4443'], tls: true, problems: [] })
+  expect(parseNatsServers('nats://a:4222').tls).toBe(false)
+  expect(() => loadConfig({ NATS_URL: 'tls://a:4443,nats://b:4222' })).toThrow(/NATS_URL: every server must be tls:\/\/ \(an encrypted connection\) or every one nats:\/\/, not some of each/)
 })
 
 test('FANFARE_REPLICAS defaults to 1 and stays within what JetStream allows', () => {

@@ -105,12 +105,19 @@ export type NatsLogin = { user: string; pass: string } | { token: string }
  * (percent-encoded): nats.js ignores it there, so it is returned as `login` and taken out of
  * `servers`. One connection has one login: entries naming different ones are a problem (reported
  * without them).
+ *
+ * `tls` is true when the servers are tls:// URLs: the connection must then be encrypted. nats.js
+ * reads no scheme (it takes host and port from any URL) and encrypts only when the server asks
+ * for it or its `tls` option is given, so without that option a tls:// URL reached a plain-text
+ * server in plain text. One connection is encrypted or not: tls:// and nats:// entries together
+ * are a problem.
  */
-export function parseNatsServers(text: string | undefined): { servers: string[]; login?: NatsLogin; problems: string[] } {
+export function parseNatsServers(text: string | undefined): { servers: string[]; login?: NatsLogin; tls: boolean; problems: string[] } {
   const servers: string[] = []
   const problems: string[] = []
   let login: NatsLogin | undefined
   let differ = false
+  const schemes = new Set<string>()
   for (const entry of splitList(text)) {
     let url: URL | undefined
     try {
@@ -134,10 +141,12 @@ export function parseNatsServers(text: string | undefined): { servers: string[];
       url.username = ''
       url.password = ''
     }
+    schemes.add(url.protocol)
     servers.push(url.href.replace(/\/$/, ''))
   }
   if (differ) problems.push('every server must carry the same login (user:password@ or token@), or only the first')
-  return { servers, ...(login ? { login } : {}), problems }
+  if (schemes.size > 1) problems.push('every server must be tls:// (an encrypted connection) or every one nats://, not some of each')
+  return { servers, ...(login ? { login } : {}), tls: schemes.has('tls:') && schemes.size === 1, problems }
 }
 
 function splitList(text: string | undefined): string[] {
