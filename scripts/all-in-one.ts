@@ -34,8 +34,8 @@ export type AllInOne = {
 /**
  * Starts the whole of Fanfare in this process (the `npm start` target): embedded PGlite when
  * DATABASE_URL is unset, a private nats-server when NATS_URL is unset, then workers and API.
- * A PORT already taken is refused first, with nothing started; everything started is stopped again
- * if a later step fails.
+ * A PORT or FANFARE_METRICS_PORT already taken is refused first, with nothing started; everything
+ * started is stopped again if a later step fails.
  */
 export async function startAllInOne(
   env: Record<string, string | undefined> = process.env,
@@ -87,6 +87,7 @@ export async function startAllInOne(
     // Before anything is started: a taken port found only at the end, after the database, the
     // nats-server and the workers, cost seconds and left their logs above the one line that matters.
     await checkPort(config.HOST, config.PORT)
+    if (config.FANFARE_METRICS_PORT !== undefined) await checkPort(config.HOST, config.FANFARE_METRICS_PORT, 'FANFARE_METRICS_PORT')
     if (!config.DATABASE_URL || !config.NATS_URL) checkDataDir(dataDir)
     // The database first: a second all-in-one on the same data directory fails here, on the
     // PGlite lock, before it starts anything else.

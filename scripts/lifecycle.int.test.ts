@@ -189,6 +189,26 @@ describe('npm start process lifecycle', () => {
     expect(readdirSync(dataDir)).toEqual([])
   }, 60_000)
 
+  test('a FANFARE_METRICS_PORT already taken: npm start exits 1 at once with one line naming FANFARE_METRICS_PORT, having started nothing', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-life-'))
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
+    const taken = Bun.serve({ port: 0, hostname: '127.0.0.1', reusePort: false, fetch: () => new Response('not fanfare') })
+    cleanups.push(() => taken.stop(true))
+    const env: Record<string, string> = {}
+    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('FANFARE_') && k !== 'DATABASE_URL' && k !== 'NATS_URL') env[k] = v
+    Object.assign(env, { PORT: '0', HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir, FANFARE_METRICS_PORT: String(taken.port) })
+    const proc = Bun.spawn([NODE, 'scripts/bootstrap.mjs', 'start'], { cwd: ROOT, env, stdout: 'pipe', stderr: 'pipe' })
+    pids.push(proc.pid)
+    const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+    expect(code).toBe(1)
+    expect(out).toBe('')
+    expect(err.trim()).toBe(
+      `fanfare: failed to start: cannot listen on 127.0.0.1:${taken.port}: the port is in use by another process (another Fanfare?): stop it, or set FANFARE_METRICS_PORT to a free port`,
+    )
+    // Found before PGlite was opened or nats-server started.
+    expect(readdirSync(dataDir)).toEqual([])
+  }, 60_000)
+
   test('SIGKILL of bootstrap: Bun and nats-server exit within seconds (fully embedded: PGlite and NATS)', async () => {
     const app = await start({ via: 'bootstrap' })
     app.proc.kill('SIGKILL')

@@ -5,7 +5,7 @@ import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
 import { checkPublishPermissions, checkSubscribePermissions, connectNats, ensureStreams, topology } from '../../core/nats'
 import type { StopSignals } from '../../core/stop-signals'
-import { startApi } from './server'
+import { checkPort, startApi } from './server'
 
 function configOrExit(): Config {
   try {
@@ -33,6 +33,9 @@ export async function runApi(signals: StopSignals) {
   const config = configOrExit()
   const logger = createLogger(config.LOG_LEVEL, { service: 'fanfare-api' }, { format: config.FANFARE_LOG_FORMAT })
   warnMisspeltVariables(logger)
+  // Before the databases and NATS: a taken PORT found only when the API listens cost those
+  // connections, their checks and the logs of each, above the one line that matters.
+  await checkPort(config.HOST, config.PORT)
   const observability = startObservability(config, 'fanfare-api', logger)
   const timeoutMs = config.FANFARE_DATABASE_TIMEOUT_MS
   const database = await connectPostgres(config.DATABASE_URL!, { connectTimeoutMs: timeoutMs })

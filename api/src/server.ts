@@ -16,18 +16,19 @@ import { startSeatWatcher } from './modules/matches/seats'
 import { answerNodeQueries, BUSIEST } from './modules/admin/nodes'
 
 /**
- * Throws ListenFailed when HOST:PORT cannot be listened on now (taken, or not an address of this
- * machine), by binding it as startApi will and letting go at once. For a start that does costly or
- * lasting work before it listens (npm start opens the database and starts nats-server): it can
- * refuse before any of that. PORT 0 (any free port) always passes.
+ * Throws ListenFailed when HOST and a port (`setting`: PORT, FANFARE_METRICS_PORT) cannot be
+ * listened on now (taken, or not an address of this machine), by binding it as the listener will
+ * and letting go at once. For a start that does costly or lasting work before it listens (npm start
+ * opens the database and starts nats-server, an API node connects to Postgres and NATS): it can
+ * refuse before any of that. Port 0 (any free port) always passes.
  */
-export async function checkPort(host: string, port: number): Promise<void> {
+export async function checkPort(host: string, port: number, setting: 'PORT' | 'FANFARE_METRICS_PORT' = 'PORT'): Promise<void> {
   if (port === 0) return
   let probe: ReturnType<typeof Bun.serve>
   try {
     probe = Bun.serve({ hostname: host, port, reusePort: false, fetch: () => new Response() })
   } catch (err) {
-    throw new ListenFailed(host, port, 'PORT', err)
+    throw new ListenFailed(host, port, setting, err)
   }
   await probe.stop(true)
 }

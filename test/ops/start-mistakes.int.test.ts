@@ -43,14 +43,17 @@ describe('a node started with a wrong variable', () => {
     expect(topology(loadConfig({ ...env.vars, FANFARE_STREAM: typo })).eventStream).toBe(typo)
   }, 40_000)
 
-  for (const [who, entry] of [
-    ['an API node', 'api/src/main.ts'],
-    ['a stream-worker process', 'stream-workers/src/main.ts'],
+  for (const [who, entry, name] of [
+    ['an API node', 'api/src/main.ts', 'api'],
+    ['a stream-worker process', 'stream-workers/src/main.ts', 'stream-workers'],
   ] as const) {
-    test(`${who} whose FANFARE_METRICS_PORT is taken says which variable to change`, async () => {
+    test(`${who} whose FANFARE_METRICS_PORT is taken says which variable to change, on one line`, async () => {
       const r = await runUntilExit(entry, { ...env.vars, FANFARE_METRICS_PORT: String(busy.port) }, 30_000)
       expect(r.code).toBe(1)
-      expect(r.output).toContain(`cannot listen on 127.0.0.1:${busy.port}: the port is in use by another process (another Fanfare?): stop it, or set FANFARE_METRICS_PORT to a free port`)
+      // The message alone: a stack trace under it only hid it.
+      expect(r.output.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('{'))).toEqual([
+        `fanfare ${name}: failed to start: ListenFailed: cannot listen on 127.0.0.1:${busy.port}: the port is in use by another process (another Fanfare?): stop it, or set FANFARE_METRICS_PORT to a free port`,
+      ])
     }, 40_000)
   }
 

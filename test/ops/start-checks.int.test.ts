@@ -1,0 +1,40 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { runUntilExit } from '../e2e/harness'
+
+// What an operator meets when a node cannot start for a setting: one line naming the setting and
+// the cause, exit status 1, before the node did any work it would have to undo (no stack trace).
+let env: TestEnv
+const taken: ReturnType<typeof Bun.serve>[] = []
+beforeAll(async () => {
+  env = await createTestEnv()
+})
+afterAll(async () => {
+  for (const server of taken) await server.stop(true)
+  await env?.cleanup()
+})
+
+/** A port on 127.0.0.1 another process listens on. */
+function takenPort(): number {
+  const server = Bun.serve({ port: 0, hostname: '127.0.0.1', reusePort: false, fetch: () => new Response('not fanfare') })
+  taken.push(server)
+  return server.port!
+}
+
+/** The lines a node printed that are not JSON log records. */
+const plainLines = (output: string) => output.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('{'))
+
+// Settings pointing nowhere, so that a node that checks its port after connecting says so instead.
+const nowhere = { DATABASE_URL: 'postgres://fanfare:s3cret@127.0.0.1:1/fanfare', NATS_URL: 'nats://127.0.0.1:1' }
+
+// A taken FANFARE_METRICS_PORT: see start-mistakes.int.test.ts.
+describe('the port is checked first', () => {
+  test('API node: a PORT already taken is one line naming PORT, before Postgres and NATS', async () => {
+    const port = takenPort()
+    const r = await runUntilExit('api/src/main.ts', { ...env.vars, ...nowhere, PORT: String(port) })
+    expect(plainLines(r.output)).toEqual([
+      `fanfare api: failed to start: ListenFailed: cannot listen on 127.0.0.1:${port}: the port is in use by another process (another Fanfare?): stop it, or set PORT to a free port`,
+    ])
+    expect(r.code).toBe(1)
+  }, 30_000)
+})
