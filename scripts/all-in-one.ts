@@ -3,7 +3,7 @@ import { accessSync, constants, mkdirSync } from 'node:fs'
 import { resolve } from 'node:path'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { ConfigError, loadConfig, warnMisspeltVariables, type Config } from '../core/config'
-import { connectPostgres, migrate, openEmbedded, type Database } from '../core/db/client'
+import { checkReachable, connectPostgres, DatabaseUnreachable, migrate, openEmbedded, type Database } from '../core/db/client'
 import { watchDatabase } from '../core/db/watch'
 import { createLogger, type Logger } from '../core/logger'
 import { connectNats, NatsUnreachable } from '../core/nats'
@@ -97,6 +97,8 @@ export async function startAllInOne(
       database = postgres
       log.info({ database: 'postgres' }, 'using Postgres from DATABASE_URL')
       stops.push({ name: 'database', run: () => database.close() })
+      // Else the first query, the migrations' lock, failed naming only itself, not why.
+      await checkReachable(postgres.db, 'DATABASE_URL', config.DATABASE_URL)
       // Stopped before the database is closed (stops run in reverse).
       const watch = watchDatabase({ database: postgres, timeoutMs: config.FANFARE_DATABASE_TIMEOUT_MS, logger: log.child({ component: 'database' }) })
       stops.push({ name: 'database watch', run: watch.stop })
@@ -281,6 +283,7 @@ if (import.meta.main) {
       err instanceof ConfigError ||
       err instanceof NatsServerMissing ||
       err instanceof NatsUnreachable ||
+      err instanceof DatabaseUnreachable ||
       err instanceof ListenFailed ||
       err instanceof DataDirUnusable ||
       /in use by process/.test(String(err))

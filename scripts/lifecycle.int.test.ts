@@ -209,6 +209,21 @@ describe('npm start process lifecycle', () => {
     expect(readdirSync(dataDir)).toEqual([])
   }, 60_000)
 
+  test('a DATABASE_URL that leads nowhere: npm start exits 1 with one line naming DATABASE_URL and the cause, without the login', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-life-'))
+    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
+    const env: Record<string, string> = {}
+    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('FANFARE_') && k !== 'DATABASE_URL' && k !== 'NATS_URL') env[k] = v
+    // Port 1 on the loopback: nothing listens there.
+    Object.assign(env, { PORT: '0', HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir, DATABASE_URL: 'postgres://fanfare:s3cret@127.0.0.1:1/fanfare', LOG_LEVEL: 'warn' })
+    const proc = Bun.spawn([NODE, 'scripts/bootstrap.mjs', 'start'], { cwd: ROOT, env, stdout: 'pipe', stderr: 'pipe' })
+    pids.push(proc.pid)
+    const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+    expect(code).toBe(1)
+    expect(out).toBe('')
+    expect(err.trim()).toBe('fanfare: failed to start: cannot use the database at DATABASE_URL (postgres://***@127.0.0.1:1/fanfare): connect ECONNREFUSED 127.0.0.1:1')
+  }, 60_000)
+
   test('SIGKILL of bootstrap: Bun and nats-server exit within seconds (fully embedded: PGlite and NATS)', async () => {
     const app = await start({ via: 'bootstrap' })
     app.proc.kill('SIGKILL')

@@ -1,5 +1,5 @@
 import { ConfigError, loadConfig, warnMisspeltVariables, type Config } from '../../core/config'
-import { checkMigrated, connectPostgres } from '../../core/db/client'
+import { checkMigrated, checkReachable, connectPostgres } from '../../core/db/client'
 import { watchDatabase } from '../../core/db/watch'
 import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
@@ -39,9 +39,10 @@ export async function runApi(signals: StopSignals) {
   const observability = startObservability(config, 'fanfare-api', logger)
   const timeoutMs = config.FANFARE_DATABASE_TIMEOUT_MS
   const database = await connectPostgres(config.DATABASE_URL!, { connectTimeoutMs: timeoutMs })
-  await checkMigrated(database.db)
+  await checkMigrated(database.db, config.DATABASE_URL!)
   // Snapshots and REST reads only (a replica); the existing snapshot-older-than-live check covers its lag.
   const readDatabase = config.DATABASE_READ_URL ? await connectPostgres(config.DATABASE_READ_URL, { connectTimeoutMs: timeoutMs }) : undefined
+  if (readDatabase) await checkReachable(readDatabase.db, 'DATABASE_READ_URL', config.DATABASE_READ_URL!)
   // Without them a request whose query waits on a connection to a Postgres that stopped answering
   // without a reset waits as long as the path is down (see watchDatabase).
   const watches = [

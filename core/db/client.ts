@@ -222,19 +222,64 @@ export class NotMigrated extends Error {
 }
 
 /**
+ * Thrown at start by a node that cannot use the database of a setting (DATABASE_URL,
+ * DATABASE_READ_URL): nothing answers there, the login is refused, the database does not exist, no
+ * connection is free. The message names the setting, the server (never the login) and the cause:
+ * the node prints it alone, not a stack trace. Once started, a node rides out a database outage.
+ */
+export class DatabaseUnreachable extends Error {
+  constructor(setting: string, url: string, cause: unknown) {
+    super(`cannot use the database at ${setting} (${withoutLogin(url)}): ${connectionFailure(cause)}`, { cause })
+    this.name = 'DatabaseUnreachable'
+  }
+}
+
+/** A Postgres URL as it may be printed: no login (`***@` in its place), no query (it may hold a password). */
+function withoutLogin(url: string): string {
+  try {
+    const u = new URL(url)
+    return `${u.protocol}//${u.username || u.password ? '***@' : ''}${u.host}${u.pathname}`
+  } catch {
+    return 'not a URL'
+  }
+}
+
+/**
+ * Why a first query failed: what Postgres said (dbErrorSummary), with the driver's code when its
+ * message lacks it (Bun's SQL client says only "Failed to connect").
+ */
+function connectionFailure(err: unknown): string {
+  const summary = dbErrorSummary(err)
+  let code: string | undefined
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, d = 0; e && d < 5; e = e.cause as typeof e, d++) if (typeof e.code === 'string') code = e.code
+  return code && !summary.includes(code) && !/^[0-9A-Z]{5} /.test(summary) ? `${summary} (${code})` : summary
+}
+
+/**
+ * Throws DatabaseUnreachable when the database of `setting` does not answer a query now: what a
+ * node checks at start of each database it is given, so that a wrong URL stops it at once.
+ */
+export async function checkReachable(db: Db, setting: string, url: string): Promise<void> {
+  const { sql } = await import('drizzle-orm')
+  await db.execute(sql`select 1`).catch((err) => {
+    throw new DatabaseUnreachable(setting, url, err)
+  })
+}
+
+/**
  * Refuses a database that lacks a migration of this version: the newest applied migration (drizzle
  * records each one's journal time) must be at least this version's last. A database ahead of this
- * version (a rolling upgrade migrated it for newer nodes) passes.
+ * version (a rolling upgrade migrated it for newer nodes) passes. A database that does not answer
+ * throws DatabaseUnreachable naming DATABASE_URL (`url`).
  */
-export async function checkMigrated(db: Db): Promise<void> {
+export async function checkMigrated(db: Db, url: string): Promise<void> {
   const { sql } = await import('drizzle-orm')
   const journal = (await Bun.file(join(migrationsFolder, 'meta/_journal.json')).json()) as { entries: { when: number; tag: string }[] }
   const last = journal.entries[journal.entries.length - 1]
   // The process's first query: a database it cannot use (no connection free, refused login) is
   // said plainly here; drizzle's error names only the query and hides the server's reason.
-  const [table] = await rowsOf<{ name: string | null }>(db, sql`select to_regclass('drizzle.__drizzle_migrations')::text as name`).catch((err) => {
-    throw new Error(`cannot use the database at DATABASE_URL: ${dbErrorSummary(err)}`, { cause: err })
-  })
+  await checkReachable(db, 'DATABASE_URL', url)
+  const [table] = await rowsOf<{ name: string | null }>(db, sql`select to_regclass('drizzle.__drizzle_migrations')::text as name`)
   if (!table?.name) throw new NotMigrated(last.tag)
   const [row] = await rowsOf<{ applied: string | number | null }>(db, sql`select max(created_at) as applied from drizzle.__drizzle_migrations`)
   if (row?.applied == null || Number(row.applied) < last.when) throw new NotMigrated(last.tag)

@@ -33,7 +33,7 @@ export async function runWorkers(signals: StopSignals) {
   const observability = startObservability(config, 'fanfare-workers', logger)
   // Bun's SQL client, not postgres.js: see connectBunSql on surviving killed backends.
   const database = await connectBunSql(config.DATABASE_URL!, { connectTimeoutMs: config.FANFARE_DATABASE_TIMEOUT_MS })
-  await checkMigrated(database.db)
+  await checkMigrated(database.db, config.DATABASE_URL!)
   // Without it a Postgres that stops answering without a reset stalls every batch, silently.
   const databaseWatch = watchDatabase({ database, timeoutMs: config.FANFARE_DATABASE_TIMEOUT_MS, logger: logger.child({ component: 'database' }) })
   const nc = await connectNats(config.NATS_URL!, `fanfare-workers-${process.pid}`)

@@ -60,7 +60,7 @@ describe.skipIf(Boolean(unavailable))('Postgres max_connections reached', () => 
       for (const entry of ['api/src/main.ts', 'stream-workers/src/main.ts']) {
         const { code, output } = await runUntilExit(entry, { ...env.vars, DATABASE_URL: databaseUrl })
         expect(`${entry}: ${code === 0 || code === 137 ? 'ran' : 'exited'}`).toBe(`${entry}: exited`)
-        expect(output).toContain('cannot use the database at DATABASE_URL: 53300 sorry, too many clients already')
+        expect(output).toMatch(/DatabaseUnreachable: cannot use the database at DATABASE_URL \(postgres:\/\/[^)]*\): 53300 sorry, too many clients already\n/)
       }
     } finally {
       await release()

@@ -38,3 +38,27 @@ describe('the port is checked first', () => {
     expect(r.code).toBe(1)
   }, 30_000)
 })
+
+describe('a database URL that leads nowhere', () => {
+  for (const [name, entry, who, cause] of [
+    // postgres.js names the refused address; Bun's SQL client (the workers') only its own code.
+    ['API node', 'api/src/main.ts', 'api', 'connect ECONNREFUSED 127.0.0.1:1'],
+    ['stream workers', 'stream-workers/src/main.ts', 'stream-workers', 'Failed to connect (ERR_POSTGRES_CONNECTION_REFUSED)'],
+  ] as const) {
+    test(`${name}: DATABASE_URL is named with the cause on one line, without the login`, async () => {
+      const r = await runUntilExit(entry, { ...env.vars, DATABASE_URL: nowhere.DATABASE_URL })
+      expect(plainLines(r.output)).toEqual([`fanfare ${who}: failed to start: DatabaseUnreachable: cannot use the database at DATABASE_URL (postgres://***@127.0.0.1:1/fanfare): ${cause}`])
+      expect(r.output).not.toContain('s3cret')
+      expect(r.code).toBe(1)
+    }, 30_000)
+  }
+
+  test('API node: DATABASE_READ_URL is named with the cause on one line, without the login', async () => {
+    const r = await runUntilExit('api/src/main.ts', { ...env.vars, DATABASE_READ_URL: 'postgres://reader:s3cret@127.0.0.1:1/fanfare?sslmode=disable' })
+    expect(plainLines(r.output)).toEqual([
+      'fanfare api: failed to start: DatabaseUnreachable: cannot use the database at DATABASE_READ_URL (postgres://***@127.0.0.1:1/fanfare): connect ECONNREFUSED 127.0.0.1:1',
+    ])
+    expect(r.output).not.toContain('s3cret')
+    expect(r.code).toBe(1)
+  }, 30_000)
+})
