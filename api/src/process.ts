@@ -42,7 +42,13 @@ export async function runApi(signals: StopSignals) {
   await checkMigrated(database.db, config.DATABASE_URL!)
   // Snapshots and REST reads only (a replica); the existing snapshot-older-than-live check covers its lag.
   const readDatabase = config.DATABASE_READ_URL ? await connectPostgres(config.DATABASE_READ_URL, { connectTimeoutMs: timeoutMs }) : undefined
-  if (readDatabase) await checkReachable(readDatabase.db, 'DATABASE_READ_URL', config.DATABASE_READ_URL!)
+  // A replica that does not answer yet is said, not fatal: the node starts not ready (/readyz checks
+  // it) and serves once it answers, instead of crash-looping on a replica restarting beside it.
+  if (readDatabase) {
+    await checkReachable(readDatabase.db, 'DATABASE_READ_URL', config.DATABASE_READ_URL!).catch((err: Error) =>
+      logger.warn({ setting: 'DATABASE_READ_URL' }, `${err.message}: starting not ready (/readyz 503) until it answers`),
+    )
+  }
   // Without them a request whose query waits on a connection to a Postgres that stopped answering
   // without a reset waits as long as the path is down (see watchDatabase).
   const watches = [
