@@ -323,16 +323,21 @@ export class MaxPayloadTooSmall extends Error {
 }
 
 /**
- * Creates or updates the event and change streams so they match the config (retention, dedup
- * window, FANFARE_REPLICAS). Safe to call from every process at start, concurrently. Never
- * deletes anything: one-off upgrade steps belong to `npm run migrate` (core/upgrade.ts). A stream
- * of an older version that blocks this one is an UpgradeRequired error.
+ * Creates the event and change streams that are missing, with the config's settings (retention,
+ * dedup window, history, FANFARE_REPLICAS, the hub's sources). Existing streams are checked (the
+ * partition count, the subject prefix) but their settings are left as they are, unless `apply`:
+ * the streams are shared, so one writer changes them, `npm run migrate` (core/upgrade.ts). Nodes
+ * started with other values would otherwise each rewrite them at start, and the nodes not
+ * restarted would tell clients settings the streams no longer have; a node uses the streams'
+ * settings instead (see readStreamSettings). Safe to call from every process at start,
+ * concurrently. Never deletes anything: one-off upgrade steps belong to `npm run migrate`. A
+ * stream of an older version that blocks this one is an UpgradeRequired error.
  *
  * At an edge site (see Site) the same names live in the edge's own JetStream domain: an event
  * stream on the same subjects (what the edge's API nodes store into, the hub's event stream sources
  * it), and mirrors of the hub's change streams (what the edge's change feeds and history read).
  */
-export async function ensureStreams(nc: NatsConnection, config: Config): Promise<JetStreamManager> {
+export async function ensureStreams(nc: NatsConnection, config: Config, opts: { apply?: boolean } = {}): Promise<JetStreamManager> {
   // nats-server refuses a new stream of several replicas on a server outside a cluster, but takes
   // the update of an existing one (its info then says 3 replicas while one copy exists): refuse both.
   if (config.FANFARE_REPLICAS > 1 && !nc.info?.cluster) {
@@ -347,8 +352,10 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
   const t = topology(config)
   const num_replicas = config.FANFARE_REPLICAS
   const site = siteOf(config)
+  const apply = opts.apply ?? false
   await upsertStream(
     jsm,
+    apply,
     {
       name: t.eventStream,
       description: partitionsDescription(t.partitions),
@@ -372,10 +379,10 @@ export async function ensureStreams(nc: NatsConnection, config: Config): Promise
   for (const kind of channelKinds) {
     const { size, ttlMs } = historyRetention(config, kind)
     if (site.kind === 'edge') {
-      await upsertStream(jsm, { name: t.changeStreams[kind], mirror: inDomain(t.changeStreams[kind], site.hubDomain), max_msgs_per_subject: size, max_age: nanos(ttlMs), num_replicas })
+      await upsertStream(jsm, apply, { name: t.changeStreams[kind], mirror: inDomain(t.changeStreams[kind], site.hubDomain), max_msgs_per_subject: size, max_age: nanos(ttlMs), num_replicas })
       continue
     }
-    await upsertStream(jsm, {
+    await upsertStream(jsm, apply, {
       name: t.changeStreams[kind],
       subjects: [subjects.changesOfKind(t.prefix, kind)],
       max_msgs_per_subject: size,
@@ -477,7 +484,14 @@ export async function streamExists(jsm: JetStreamManager, name: string): Promise
   }
 }
 
-async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & { name: string }, check?: (existing: StreamConfig) => void, attempt = 0): Promise<void> {
+/** Creates stream `cfg.name`, or, when it exists, checks it and (with `apply`) updates it to `cfg`. */
+async function upsertStream(
+  jsm: JetStreamManager,
+  apply: boolean,
+  cfg: Partial<StreamConfig> & { name: string },
+  check?: (existing: StreamConfig) => void,
+  attempt = 0,
+): Promise<void> {
   try {
     const existing = await jsm.streams.info(cfg.name)
     check?.(existing.config)
@@ -485,7 +499,12 @@ async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & 
     // (core/upgrade.ts), from the checkpoints; a node here would take the `created` reported now,
     // which a NATS restart may have moved since the workers read it.
     const incarnation = incarnationOf(existing.config.description)
-    await jsm.streams.update(cfg.name, { ...cfg, description: incarnation ? withIncarnation(cfg.description, incarnation) : cfg.description })
+    const description = incarnation ? withIncarnation(cfg.description, incarnation) : cfg.description
+    if (apply) return void (await jsm.streams.update(cfg.name, { ...cfg, description }))
+    // Not a setting but what the stream is: an event stream that records no partition count yet
+    // takes the count of the first process that starts on it (see checkEventStream). Only the
+    // description changes; the settings stay as the stream has them.
+    if (cfg.description && !(existing.config.description ?? '').startsWith(cfg.description)) await jsm.streams.update(cfg.name, { description })
   } catch (err) {
     if (!isNotFound(err)) throw err
     try {
@@ -498,18 +517,18 @@ async function upsertStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & 
       const message = String(addErr)
       if (message.includes('already in use')) {
         if (!check || attempt >= 5) return
-        return upsertStream(jsm, cfg, check, attempt + 1)
+        return upsertStream(jsm, apply, cfg, check, attempt + 1)
       }
       if (message.includes('subjects overlap') && attempt < 5) {
         await new Promise((r) => setTimeout(r, 100 * (attempt + 1)))
-        return upsertStream(jsm, cfg, check, attempt + 1)
+        return upsertStream(jsm, apply, cfg, check, attempt + 1)
       }
       // A cluster that has just started elects its meta leader before every server has joined it:
       // until then a stream of more replicas than the servers known has "no suitable peers". Wait
       // for them (up to ~15 s), then say so.
       if (message.includes('no suitable peers') && attempt < 30) {
         await new Promise((r) => setTimeout(r, 500))
-        return upsertStream(jsm, cfg, check, attempt + 1)
+        return upsertStream(jsm, apply, cfg, check, attempt + 1)
       }
       throw addErr
     }

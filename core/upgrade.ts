@@ -98,7 +98,8 @@ export async function upgradeNats(nc: NatsConnection, config: Config, db?: Db): 
     const did = await step.run(jsm, config, db)
     if (did) done.push(`${step.name}: ${did}`)
   }
-  await ensureStreams(nc, config)
+  // The one writer of the streams' settings (nodes only create missing streams).
+  await ensureStreams(nc, config, { apply: true })
   await openLeaseBucket(nc, config)
   await openJobBucket(nc, config)
   const t = topology(config)

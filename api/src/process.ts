@@ -5,6 +5,7 @@ import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
 import { checkPublishPermissions, checkSubscribePermissions, connectNats, ensureStreams, topology } from '../../core/nats'
 import type { StopSignals } from '../../core/stop-signals'
+import { readStreamSettings } from '../../core/stream-settings'
 import { checkPort, startApi } from './server'
 
 function configOrExit(): Config {
@@ -58,9 +59,11 @@ export async function runApi(signals: StopSignals) {
   const nc = await connectNats(config.NATS_URL!, 'fanfare-api')
   // First: a user denied its inbox would otherwise fail in ensureStreams' first JetStream request.
   await checkSubscribePermissions(nc, topology(config), 'api')
-  await ensureStreams(nc, config)
+  const jsm = await ensureStreams(nc, config)
+  // What the node tells clients (the de-dup window) is what the streams have, not its own env.
+  const settled = await readStreamSettings(jsm, config, logger)
   await checkPublishPermissions(nc, topology(config), 'api')
-  const api = await startApi({ config, db: database.db, readDb: readDatabase?.db, nc, logger, metrics: observability.metrics })
+  const api = await startApi({ config: settled, db: database.db, readDb: readDatabase?.db, nc, logger, metrics: observability.metrics })
 
   signals.onStop(async (signal) => {
     logger.info({ signal }, 'shutting down')

@@ -7,6 +7,7 @@ import type { Db } from '../../core/db/client'
 import type { Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
+import { readStreamSettings } from '../../core/stream-settings'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createAckedPublisher } from '../../core/acked-publish'
 import { projections as allProjections, type Projection } from './projections'
@@ -58,12 +59,14 @@ export type Workers = {
  * partition, and sweeps the outbox.
  */
 export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
-  const { config, db, nc } = deps
-  const t = topology(config)
+  const { db, nc } = deps
+  const t = topology(deps.config)
   const workerId = `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`
   const logger = deps.logger.child({ workerId })
   await checkCheckpointStream(db, t.eventStream)
-  const jsm = await ensureStreams(nc, config)
+  const jsm = await ensureStreams(nc, deps.config)
+  // The retention the runners and the retention watch check against is the event stream's, not this process's env.
+  const config = await readStreamSettings(jsm, deps.config, logger)
   const js = jetstream(nc)
   const publisher = createAckedPublisher(nc)
   const kv = await openLeaseBucket(nc, config)
