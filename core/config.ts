@@ -43,7 +43,7 @@ export const Env = Type.Object({
   /**
    * Replicas of every stream and KV bucket Fanfare creates: 1 on a single nats-server, 3 (or 5) on
    * a cluster, where a stream then survives the loss of a minority of its servers. Applied when a
-   * stream is created or updated (ensureStreams at start, `npm run migrate` for the buckets).
+   * stream is created (ensureStreams) and to existing streams and buckets by `npm run migrate` only.
    */
   FANFARE_REPLICAS: Type.Integer({ minimum: 1, maximum: 5, default: 1 }),
   /**
@@ -88,7 +88,12 @@ export const Env = Type.Object({
   FANFARE_SUBJECT_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', default: 'fanfare' }),
   /** Number of partitions keys are hashed into. Fixed for the life of a stream. */
   FANFARE_PARTITIONS: Type.Integer({ minimum: 1, maximum: 1024, default: 8 }),
-  /** JetStream de-duplication window: a resent event id inside it is reported duplicate. */
+  /**
+   * JetStream de-duplication window: a resent event id inside it is reported duplicate. This and
+   * the retention, history, replicas and edge domains below are settings of the shared streams:
+   * given to a stream when created, changed by `npm run migrate` only; a node uses the stream's (see
+   * core/stream-settings.ts).
+   */
   FANFARE_DEDUP_WINDOW_MS: Type.Integer({ minimum: 1000, maximum: 7 * 24 * 3600_000, default: 120_000 }),
   /** How long the event stream keeps events (0 = forever). Bounds what a rebuild can replay. */
   FANFARE_EVENT_RETENTION_MS: Type.Integer({ minimum: 0, maximum: MAX_AGE_MS, default: 0 }),

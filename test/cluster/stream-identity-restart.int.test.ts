@@ -38,7 +38,8 @@ describe('event stream identity across nats-server restarts', () => {
     const ensure = async () => {
       const nc = await connect({ servers: nats!.url })
       try {
-        const jsm = await ensureStreams(nc, config)
+        // As `npm run migrate` does: an update of every setting (nodes update none), which keeps the identity.
+        const jsm = await ensureStreams(nc, config, { apply: true })
         return await streamIdentity(jsm, config.FANFARE_STREAM)
       } finally {
         await nc.close()

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { millis, type NatsConnection } from '@nats-io/transport-node'
 import { mintUserToken } from '../../api/src/auth/mint'
-import { connectNats, topology } from '../../core/nats'
+import { connectNats, streamIdentity, topology } from '../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
 import { ROOT, startApiNodes, WsClient, type Proc } from '../e2e/harness'
 
@@ -74,10 +74,12 @@ describe('a node whose stream settings differ from the streams', () => {
     expect(first.duplicate).toBe(false)
     expect(again).toEqual({ ...first, duplicate: true })
 
-    // `npm run migrate` with B's config is what changes the window.
+    // `npm run migrate` with B's config is what changes the window, keeping the stream's identity.
+    const identity = await streamIdentity(await jetstreamManager(nc), topology(env.config).eventStream)
     const migrate = Bun.spawn([process.execPath, 'core/db/migrate-cli.ts'], { cwd: ROOT, env: { PATH: process.env.PATH, ...short }, stdout: 'pipe', stderr: 'pipe' })
     expect(await migrate.exited).toBe(0)
     expect(await dedupWindowOfStream()).toBe(2000)
+    expect(await streamIdentity(await jetstreamManager(nc), topology(env.config).eventStream)).toBe(identity)
 
     // Nodes started now tell the stream's window, whatever their own: B's config without a
     // warning, A's default with one.
