@@ -34,12 +34,13 @@ export function presenceSnapshot(view: PresenceView, channel: string, maxMembers
 type Counts = { connections: number; users: number }
 
 /**
- * An update of `presence:<channel>`: a user joined or left (channels with members), or only the
- * counts changed.
+ * An update of `presence:<channel>`: a user joined, left or, present already, changed their
+ * display name (channels with members), or only the counts changed.
  */
 export type PresenceUpdate =
   | ({ kind: 'join'; user: string; name?: string } & Counts)
   | ({ kind: 'leave'; user: string; reason: LeaveReason } & Counts)
+  | ({ kind: 'update'; user: string; name: string } & Counts)
   | ({ kind: 'count' } & Counts)
 
 type Watched = {
@@ -132,11 +133,14 @@ export function createPresenceFeed(deps: {
         else reshape(w, change.channel)
         return
       }
+      // No members listed: a new display name changes nothing the subscribers hold.
+      if (!small && change.kind === 'update') return
       if (!small || change.kind === 'count') {
         w.dirty = true
         return
       }
       if (change.kind === 'join') frame(w, change.channel, { kind: 'join', user: change.user, ...(change.name !== undefined ? { name: change.name } : {}), ...c })
+      else if (change.kind === 'update') frame(w, change.channel, { kind: 'update', user: change.user, name: change.name, ...c })
       else frame(w, change.channel, { kind: 'leave', user: change.user, reason: change.reason, ...c })
     },
 

@@ -5,7 +5,7 @@ import { createPresenceView, type PresenceChange } from './view'
 function recorder() {
   const changes: PresenceChange[] = []
   const view = createPresenceView((c) => changes.push(c))
-  const joins = () => changes.filter((c) => c.kind !== 'count').map((c) => (c.kind === 'join' ? `+${c.user}` : c.kind === 'leave' ? `-${c.user}:${c.reason}` : ''))
+  const joins = () => changes.filter((c) => c.kind !== 'count').map((c) => (c.kind === 'join' ? `+${c.user}` : c.kind === 'leave' ? `-${c.user}:${c.reason}` : c.kind === 'update' ? `~${c.user}:${c.name}` : ''))
   return { view, changes, joins }
 }
 
@@ -46,10 +46,21 @@ describe('presence view (the cluster as one node sees it)', () => {
     view.apply('a', [{ channel: 'chat:x', connections: 2, add: [['ann', undefined], ['bob', undefined]] }, { channel: 'chat:y', connections: 1 }])
     const touched = view.replace('a', new Map([['chat:x', { connections: 2, users: new Map([['bob', 'Bob'], ['cat', undefined]]) }], ['chat:z', { connections: 1, users: new Map() }]]))
     expect([...touched].sort()).toEqual(['chat:x', 'chat:y', 'chat:z'])
-    expect(joins()).toEqual(['+ann', '+bob', '+cat', '-ann:disconnected'])
+    expect(joins()).toEqual(['+ann', '+bob', '~bob:Bob', '+cat', '-ann:disconnected'])
     expect(view.of('chat:x').users.get('bob')?.name).toBe('Bob')
     expect(view.of('chat:y')).toMatchObject({ connections: 0 })
     expect(view.of('chat:z')).toMatchObject({ connections: 1 })
+  })
+
+  test('a new display name of a present user is an update, whichever node reports it; none, or the same, is no change', () => {
+    const { view, joins } = recorder()
+    view.apply('a', [{ channel: 'chat:x', connections: 1, add: [['ann', 'Ann']] }])
+    view.apply('a', [{ channel: 'chat:x', connections: 2, add: [['ann', 'Annie']] }])
+    view.apply('b', [{ channel: 'chat:x', connections: 1, add: [['ann', 'Anna']] }])
+    view.apply('b', [{ channel: 'chat:x', connections: 2, add: [['ann', undefined]] }])
+    view.apply('a', [{ channel: 'chat:x', connections: 3, add: [['ann', 'Anna']] }])
+    expect(joins()).toEqual(['+ann', '~ann:Annie', '~ann:Anna'])
+    expect(view.of('chat:x').users.get('ann')?.name).toBe('Anna')
   })
 })
 

@@ -25,6 +25,8 @@ export type NodePart = { connections: number; users: Map<string, string | undefi
 export type PresenceChange =
   | { kind: 'join'; channel: string; user: string; name?: string }
   | { kind: 'leave'; channel: string; user: string; reason: LeaveReason }
+  /** A present user's display name changed (they connected again with a token naming them otherwise). */
+  | { kind: 'update'; channel: string; user: string; name: string }
   | { kind: 'count'; channel: string }
 
 /** A channel's totals over the cluster. */
@@ -52,11 +54,18 @@ export function createPresenceView(onChange: (change: PresenceChange) => void) {
     const u = t.users.get(user)
     if (u) {
       u.nodes++
-      if (name !== undefined) u.name = name
+      rename(channel, u, user, name)
       return
     }
     t.users.set(user, { name, nodes: 1 })
     onChange({ kind: 'join', channel, user, ...(name !== undefined ? { name } : {}) })
+  }
+
+  /** A new display name for a present user (none given keeps the one they have): told as an `update`. */
+  function rename(channel: string, u: { name?: string }, user: string, name: string | undefined) {
+    if (name === undefined || u.name === name) return
+    u.name = name
+    onChange({ kind: 'update', channel, user, name })
   }
 
   function removeUser(channel: string, t: ChannelPresence, user: string, reason: LeaveReason) {
@@ -104,7 +113,7 @@ export function createPresenceView(onChange: (change: PresenceChange) => void) {
           // Known here already: a new display name only.
           part.users.set(user, name)
           const u = t.users.get(user)
-          if (u && name !== undefined) u.name = name
+          if (u) rename(d.channel, u, user, name)
           continue
         }
         part.users.set(user, name)

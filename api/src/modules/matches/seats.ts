@@ -221,7 +221,8 @@ export function startSeatWatcher(deps: {
   }
 
   const off = deps.presence.onChange((change: PresenceChange) => {
-    if (stopped || change.kind === 'count') return
+    // A renamed user stays as connected as they were.
+    if (stopped || change.kind === 'count' || change.kind === 'update') return
     const parsed = parseChannel(change.channel)
     if (parsed?.kind !== 'match') return
     const c = { match: parsed.name, user: change.user, connected: change.kind === 'join' }
