@@ -93,6 +93,27 @@ describe('presence between nodes over NATS', () => {
     expect(b.resyncs.flat()).toContain('chat:x')
   })
 
+  test('a repair from a full state tells each leave it missed with its real reason (left, revoked, disconnected), not all as disconnected', async () => {
+    const prefix = `pt_${crypto.randomUUID().slice(0, 8)}`
+    let drop = false
+    const a = await node('a', prefix, { dropDeltas: () => drop })
+    const b = await node('b', prefix)
+    running.push(a, b)
+    for (const [conn, user] of [['c1', 'ann'], ['c2', 'bob'], ['c3', 'cat']]) a.local.track('chat:x', conn, { user })
+    a.local.track('chat:y', 'c4', { user: 'dan' })
+    await until('b sees all four', () => b.view.of('chat:x').users.size === 3 && b.view.of('chat:y').users.has('dan'), 3000)
+    // A's deltas are lost from now on: B learns of these leaves only from A's full states.
+    drop = true
+    a.local.untrack('chat:x', 'c1', { user: 'ann' }, 'left')
+    a.local.untrack('chat:x', 'c2', { user: 'bob' }, 'revoked')
+    a.local.untrack('chat:x', 'c3', { user: 'cat' }, 'disconnected') // leaves after A's grace (500 ms)
+    a.local.untrack('chat:y', 'c4', { user: 'dan' }, 'left') // the channel's last: A no longer reports it at all
+    await until('b repaired', () => b.view.of('chat:x').users.size === 0 && b.view.of('chat:y').users.size === 0, 3000)
+    expect(b.resyncs.flat()).toContain('chat:x')
+    const leaves = b.changes.filter((c) => c.kind === 'leave').map((c) => c.kind === 'leave' && `${c.user}:${c.reason}`)
+    expect(leaves.sort()).toEqual(['ann:left', 'bob:revoked', 'cat:disconnected', 'dan:left'])
+  })
+
   test('a node that stops says goodbye: its users leave as disconnected after the grace, not as lost', async () => {
     const prefix = `pt_${crypto.randomUUID().slice(0, 8)}`
     const a = await node('a', prefix)

@@ -1,20 +1,30 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Logger } from '../../../core/logger'
 import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
-import type { ChannelDelta, LeaveReason, NodePart, PresenceView } from './view'
+import { goneKey, type ChannelDelta, type LeaveReason, type NodePart, type PresenceView } from './view'
 
 /** What nodes say to each other on `<prefix>.presence.node` (core NATS). */
 type Message =
   | { type: 'hello'; node: string; inc: string }
   | { type: 'hb'; node: string; inc: string; seq: number }
   | { type: 'delta'; node: string; inc: string; seq: number; deltas: ChannelDelta[] }
-  | { type: 'full'; node: string; inc: string; seq: number; part: number; parts: number; channels: [string, number, [string, string | undefined][]][] }
+  | { type: 'full'; node: string; inc: string; seq: number; part: number; parts: number; channels: [string, number, [string, string | undefined][]][]; gone?: Gone[] }
   | { type: 'bye'; node: string; inc: string }
 
 type Replica = { inc: string; seq: number; lastHeard: number; ready: boolean; asked: number; full?: { seq: number; parts: Message[] }; leaving?: unknown }
 
 /** Most user entries in one message: keeps every message far below NATS' 1 MB payload limit. */
 const MAX_ENTRIES = 2000
+
+/** A user who left a channel of this node, and why: [channel, user, reason]. */
+type Gone = [string, string, LeaveReason]
+
+/**
+ * How many of its latest departures a node remembers with their reasons, for the full states it
+ * sends (one message's worth): a node repairing its replica from one tells each leave it missed
+ * with its real reason, or `unknown` for one older than that.
+ */
+export const MAX_GONE = MAX_ENTRIES
 
 /**
  * Shares presence between API nodes over core NATS, without any central store. Each node
@@ -44,7 +54,7 @@ export function startPresenceCluster(deps: {
   /** Channels whose totals changed by a full-state replacement: their subscribers get a fresh snapshot. */
   onResync: (channels: Set<string>) => void
   /** Another node reports a user gone from a channel for good (`left`, `revoked`): a grace of theirs here ends. */
-  onLeft?: (channel: string, user: string, reason: Exclude<LeaveReason, 'node_lost' | 'disconnected'>) => void
+  onLeft?: (channel: string, user: string, reason: Extract<LeaveReason, 'left' | 'revoked'>) => void
   logger: Logger
   /** The node's watched subscriptions; one of its own when absent. */
   subscriptions?: SubscriptionWatch
@@ -62,6 +72,17 @@ export function startPresenceCluster(deps: {
   const parting = new Set<string>()
   let seq = 0
   let pending: ChannelDelta[] = []
+  /** This node's latest departures (goneKey -> why), oldest first; a user back in the channel is taken out. */
+  const gone = new Map<string, Gone>()
+  const remember = (delta: ChannelDelta) => {
+    for (const [user] of delta.add ?? []) gone.delete(goneKey(delta.channel, user))
+    for (const [user, reason] of delta.remove ?? []) {
+      const key = goneKey(delta.channel, user)
+      gone.delete(key)
+      gone.set(key, [delta.channel, user, reason])
+      if (gone.size > MAX_GONE) gone.delete(gone.keys().next().value!)
+    }
+  }
   let stopped = false
   /** False while this node's NATS connection is down: then it hears nobody, and cannot tell who died. */
   let connected = true
@@ -92,6 +113,7 @@ export function startPresenceCluster(deps: {
   }
   /** A local change: counted at once here, told to the others at the next flush. */
   const local = (delta: ChannelDelta) => {
+    remember(delta)
     leftForGood([delta])
     deps.view.apply(deps.node, [delta])
     pending.push(delta)
@@ -137,8 +159,12 @@ export function startPresenceCluster(deps: {
       parts.at(-1)!.push(e)
       size += e[2].length + 1
     }
+    // The reasons of the latest departures go last, in a part of their own.
+    const last = gone.size > 0 ? parts.length : -1
+    const count = parts.length + (last >= 0 ? 1 : 0)
     flush()
-    parts.forEach((channels, part) => send({ type: 'full', node: deps.node, inc: deps.inc, seq, part, parts: parts.length, channels }))
+    parts.forEach((channels, part) => send({ type: 'full', node: deps.node, inc: deps.inc, seq, part, parts: count, channels }))
+    if (last >= 0) send({ type: 'full', node: deps.node, inc: deps.inc, seq, part: last, parts: count, channels: [], gone: [...gone.values()] })
   }
 
   const ask = (node: string, r: Replica) => {
@@ -214,7 +240,9 @@ export function startPresenceCluster(deps: {
         r.full.parts[m.part] = m
         if (r.full.parts.filter(Boolean).length < m.parts) return
         const state = new Map<string, NodePart>()
+        const reasons = new Map<string, LeaveReason>()
         for (const p of r.full.parts as Extract<Message, { type: 'full' }>[]) {
+          for (const [channel, user, reason] of p.gone ?? []) reasons.set(goneKey(channel, user), reason)
           for (const [channel, connections, users] of p.channels) {
             const part = state.get(channel) ?? { connections, users: new Map() }
             for (const [user, name] of users) part.users.set(user, name)
@@ -224,7 +252,7 @@ export function startPresenceCluster(deps: {
         r.full = undefined
         r.seq = m.seq
         r.ready = true
-        const touched = deps.view.replace(m.node, state)
+        const touched = deps.view.replace(m.node, state, reasons)
         if (touched.size > 0) deps.onResync(touched)
         return
       }

@@ -1,7 +1,7 @@
 import type { ChannelDelta, LeaveReason, NodePart } from './view'
 
-/** Why a connection of this node left a channel (`node_lost` is the cluster's to say). */
-export type LocalLeave = Exclude<LeaveReason, 'node_lost'>
+/** Why a connection of this node left a channel (`node_lost` and `unknown` are the cluster's to say). */
+export type LocalLeave = Exclude<LeaveReason, 'node_lost' | 'unknown'>
 
 /** Who a tracked connection is: a user (counted as a user and a connection) or an anonymous viewer (a connection). */
 export type Who = { user: string; name?: string } | { user?: undefined }

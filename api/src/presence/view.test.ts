@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test'
 import { createLocalPresence } from './local'
-import { createPresenceView, type PresenceChange } from './view'
+import { createPresenceView, goneKey, type PresenceChange } from './view'
 
 function recorder() {
   const changes: PresenceChange[] = []
@@ -41,12 +41,13 @@ describe('presence view (the cluster as one node sees it)', () => {
     expect(view.nodes()).toEqual(['a'])
   })
 
-  test("a full state replaces a node's part: the differences become joins and leaves, and the channels touched are named", () => {
+  test("a full state replaces a node's part: the differences become joins, renames and leaves (with the reasons the node gives, else unknown), and the channels touched are named", () => {
     const { view, joins } = recorder()
-    view.apply('a', [{ channel: 'chat:x', connections: 2, add: [['ann', undefined], ['bob', undefined]] }, { channel: 'chat:y', connections: 1 }])
-    const touched = view.replace('a', new Map([['chat:x', { connections: 2, users: new Map([['bob', 'Bob'], ['cat', undefined]]) }], ['chat:z', { connections: 1, users: new Map() }]]))
+    view.apply('a', [{ channel: 'chat:x', connections: 3, add: [['ann', undefined], ['bob', undefined], ['dan', undefined]] }, { channel: 'chat:y', connections: 1, add: [['yo', undefined]] }])
+    const gone = new Map([[goneKey('chat:x', 'dan'), 'revoked' as const], [goneKey('chat:y', 'yo'), 'left' as const]])
+    const touched = view.replace('a', new Map([['chat:x', { connections: 2, users: new Map([['bob', 'Bob'], ['cat', undefined]]) }], ['chat:z', { connections: 1, users: new Map() }]]), gone)
     expect([...touched].sort()).toEqual(['chat:x', 'chat:y', 'chat:z'])
-    expect(joins()).toEqual(['+ann', '+bob', '~bob:Bob', '+cat', '-ann:disconnected'])
+    expect(joins()).toEqual(['+ann', '+bob', '+dan', '+yo', '~bob:Bob', '+cat', '-ann:unknown', '-dan:revoked', '-yo:left'])
     expect(view.of('chat:x').users.get('bob')?.name).toBe('Bob')
     expect(view.of('chat:y')).toMatchObject({ connections: 0 })
     expect(view.of('chat:z')).toMatchObject({ connections: 1 })

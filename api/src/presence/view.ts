@@ -14,9 +14,11 @@
 /**
  * Why a user left a channel: `left` (unsubscribed), `disconnected` (the last connection closed and
  * did not come back within the grace), `node_lost` (their API node died), `revoked` (their
- * credential was revoked: their sockets were closed, and they leave at once).
+ * credential was revoked: their sockets were closed, and they leave at once), `unknown` (the leave
+ * was learnt from a node's full state after its update was missed, and that node no longer
+ * remembers why: it keeps the reasons of its last MAX_GONE departures).
  */
-export type LeaveReason = 'left' | 'disconnected' | 'node_lost' | 'revoked'
+export type LeaveReason = 'left' | 'disconnected' | 'node_lost' | 'revoked' | 'unknown'
 
 /** One node's presence in one channel: its connections there and the users among them (id -> display name). */
 export type NodePart = { connections: number; users: Map<string, string | undefined> }
@@ -34,6 +36,9 @@ export type ChannelPresence = { connections: number; users: Map<string, { name?:
 
 /** A node's report of one channel: its new connection count, users added and removed. */
 export type ChannelDelta = { channel: string; connections: number; add?: [string, string | undefined][]; remove?: [string, LeaveReason][] }
+
+/** How a node's departures are keyed in a full state's `gone`. */
+export const goneKey = (channel: string, user: string) => `${channel}\u0000${user}`
 
 export function createPresenceView(onChange: (change: PresenceChange) => void) {
   /** node -> channel -> part */
@@ -91,10 +96,10 @@ export function createPresenceView(onChange: (change: PresenceChange) => void) {
     return part
   }
 
-  function dropPart(node: string, channel: string, part: NodePart, reason: LeaveReason) {
+  function dropPart(node: string, channel: string, part: NodePart, reasonOf: (user: string) => LeaveReason) {
     const t = totalOf(channel)
     setConnections(channel, t, part, 0)
-    for (const user of part.users.keys()) removeUser(channel, t, user, reason)
+    for (const user of part.users.keys()) removeUser(channel, t, user, reasonOf(user))
     part.users.clear()
     nodes.get(node)?.delete(channel)
     forget(channel)
@@ -134,21 +139,23 @@ export function createPresenceView(onChange: (change: PresenceChange) => void) {
 
     /**
      * Replaces everything a node reported with its full state (it was new, or updates from it were
-     * missed). Users it no longer has leave as `disconnected`; the channels that changed are
+     * missed). Users it no longer has leave with the reason the node gives in `gone` (keyed by
+     * `goneKey`), or `unknown` when it no longer remembers; the channels that changed are
      * returned, so their subscribers can be given a fresh snapshot.
      */
-    replace(node: string, state: Map<string, NodePart>): Set<string> {
+    replace(node: string, state: Map<string, NodePart>, gone: Map<string, LeaveReason> = new Map()): Set<string> {
       const touched = new Set<string>()
       const before = nodes.get(node) ?? new Map<string, NodePart>()
+      const why = (channel: string, user: string) => gone.get(goneKey(channel, user)) ?? 'unknown'
       for (const [channel, part] of before) {
         const next = state.get(channel)
         if (!next) {
           if (part.connections > 0 || part.users.size > 0) touched.add(channel)
-          dropPart(node, channel, part, 'disconnected')
+          dropPart(node, channel, part, (user) => why(channel, user))
           continue
         }
         const remove: [string, LeaveReason][] = []
-        for (const user of part.users.keys()) if (!next.users.has(user)) remove.push([user, 'disconnected'])
+        for (const user of part.users.keys()) if (!next.users.has(user)) remove.push([user, why(channel, user)])
         const add: [string, string | undefined][] = []
         for (const [user, name] of next.users) if (part.users.get(user) !== name || !part.users.has(user)) add.push([user, name])
         if (remove.length || add.length || part.connections !== next.connections) touched.add(channel)
@@ -193,7 +200,7 @@ export function createPresenceView(onChange: (change: PresenceChange) => void) {
       if (!channels) return touched
       for (const [channel, part] of [...channels]) {
         touched.add(channel)
-        dropPart(node, channel, part, reason)
+        dropPart(node, channel, part, () => reason)
       }
       nodes.delete(node)
       return touched
