@@ -8,6 +8,8 @@ const PING_EVERY_MS = 1000
 export type DatabaseWatch = {
   /** False from a ping left unanswered until one is answered again. */
   answering: () => boolean
+  /** How long (ms) since a ping was first left unanswered, 0 while Postgres answers. */
+  unansweredFor: () => number
   stop: () => Promise<void>
 }
 
@@ -65,5 +67,5 @@ export function watchDatabase(deps: {
     },
     (err) => deps.logger.warn({ err }, 'database watch failed'),
   )
-  return { answering: () => answering, stop: loop.stop }
+  return { answering: () => answering, unansweredFor: () => (answering ? 0 : Date.now() - since), stop: loop.stop }
 }

@@ -46,6 +46,7 @@ export async function runWorkers(signals: StopSignals) {
     nc,
     logger,
     metrics: observability.metrics,
+    database: databaseWatch,
     onFatal: (err) => {
       logger.fatal({ err }, 'stream worker failed; exiting')
       process.exit(1)

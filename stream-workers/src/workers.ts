@@ -4,6 +4,7 @@ import { jetstream } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from '../../core/config'
 import type { Db } from '../../core/db/client'
+import type { DatabaseWatch } from '../../core/db/watch'
 import type { Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
@@ -39,7 +40,26 @@ export type WorkersDeps = {
   now?: () => Date
   /** The process's metrics; a registry of its own when absent (tests). */
   metrics?: Metrics
+  /**
+   * The watch on this process's Postgres (see watchDatabase). With it, a worker whose Postgres does
+   * not answer takes no partition, and gives up those it holds once it has not answered for
+   * STAND_DOWN_TIMEOUTS x FANFARE_DATABASE_TIMEOUT_MS more: see standDownAfterMs.
+   */
+  database?: Pick<DatabaseWatch, 'answering' | 'unansweredFor'>
 }
+
+/**
+ * A worker that lost its path to Postgres but not to NATS kept its leases, and its partitions were
+ * applied by no one while the other workers could. It gives them up once Postgres has not answered
+ * for this many FANFARE_DATABASE_TIMEOUT_MS after the watch noticed (which itself takes one): about
+ * 3 x 5 s = 15 s after the path broke at the defaults. Long enough that a Postgres restart or a
+ * short blip moves nothing; a stall past it moves the partitions once (within a lease scan of the
+ * release), and they come back by the usual rebalance once Postgres answers.
+ */
+export const STAND_DOWN_TIMEOUTS = 2
+
+/** How long after the watch noticed an unanswering Postgres a worker gives its partitions up. */
+export const standDownAfterMs = (config: Pick<Config, 'FANFARE_DATABASE_TIMEOUT_MS'>) => STAND_DOWN_TIMEOUTS * config.FANFARE_DATABASE_TIMEOUT_MS
 
 export type Workers = {
   workerId: string
@@ -104,6 +124,11 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     partitions: t.partitions,
     ttlMs: config.FANFARE_LEASE_TTL_MS,
     logger: logger.child({ component: 'leases' }),
+    able: () => {
+      const database = deps.database
+      if (!database || database.answering()) return 'yes'
+      return database.unansweredFor() >= standDownAfterMs(config) ? 'out' : 'no'
+    },
     onAcquired: (partition) => {
       runners.set(
         partition,

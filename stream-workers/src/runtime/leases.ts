@@ -20,6 +20,13 @@ export type LeaseDeps = {
   onRelease: (partition: number) => Promise<void>
   /** The clock (ms); default Date.now. */
   now?: () => number
+  /**
+   * Whether this worker can apply events now; default always. 'no': take no partition (Postgres
+   * does not answer). 'out': take none, give every held one up and withdraw the heartbeat, so
+   * that the others count this worker out and take its partitions (Postgres has not answered for
+   * a while: see startWorkers). Back to 'yes': heartbeat and take a share again.
+   */
+  able?: () => 'yes' | 'no' | 'out'
 }
 
 export type Leases = {
@@ -146,7 +153,18 @@ export function startLeases(deps: LeaseDeps): Leases {
       JSON.stringify({ id: workerId, partitions: [...held.keys()].sort((a, b) => a - b), since, heartbeatAt: new Date().toISOString() } satisfies WorkerInfo),
     )
 
+  /** Out of the rebalance (see LeaseDeps.able): no heartbeat, nothing held. */
+  let out = false
   const renewAll = () => {
+    if ((deps.able?.() ?? 'yes') === 'out') {
+      if (!out) logger.warn({ partitions: [...held.keys()].sort((a, b) => a - b) }, 'this worker cannot apply events: giving its partitions up to the other workers')
+      out = true
+      for (const p of [...held.keys()]) void release(p)
+      kv.delete(workerKey(workerId)).catch((err) => logger.warn({ err }, 'heartbeat removal failed; it will expire'))
+      return
+    }
+    if (out) logger.info('this worker can apply events again: taking its share of the partitions')
+    out = false
     for (const [p, h] of held) {
       if (now() - h.renewedAt > ttl * 0.9) lose(p, 'not renewed in time')
       else if (!h.renewal) renew(p, h)
@@ -160,6 +178,8 @@ export function startLeases(deps: LeaseDeps): Leases {
       ttl = Math.min(deps.ttlMs, bucketTtl)
       logger.info({ ttlMs: ttl, configured: deps.ttlMs }, 'lease TTL follows the bucket')
     }
+    // Takes nothing it could not apply (what it holds is given up by the renewal loop when 'out').
+    if ((deps.able?.() ?? 'yes') !== 'yes' || out) return
     // This worker is live whether or not its heartbeat, written by the renewal loop, made it into
     // the listing (at start it may not have): counted once either way.
     const live = (await liveKeys(kv, 'w.>')).filter((k) => k !== workerKey(workerId)).length + 1
