@@ -145,7 +145,7 @@ export function createMetrics() {
   const eventToPush = new Histogram({ name: 'fanfare_event_to_push_seconds', help: 'Time from an event being stored in JetStream to the frame showing its change being sent (the oldest event of the batch that made the change), by channel kind', labelNames: ['kind'], buckets: LATENCY, registers })
   const pushBy = new Map<string, { commit: Histogram.Internal<string>; event: Histogram.Internal<string> }>()
 
-  const lag = new Gauge({ name: 'fanfare_projection_lag_events', help: 'Events stored and not yet applied, per projection and partition this worker holds (as of its last batch, or of its last failed try while a batch is retried)', labelNames: ['projection', 'partition'], registers })
+  const lag = new Gauge({ name: 'fanfare_projection_lag_events', help: 'Events stored and not yet applied, per projection and partition this worker holds (as of its last batch, or of its last failed try while a batch is retried or its consumer reopened)', labelNames: ['projection', 'partition'], registers })
   const oldestUnapplied = new Gauge({
     name: 'fanfare_projection_oldest_unapplied_age_seconds',
     help: 'Age of the oldest stored event not yet applied, per projection and partition (0: none), sampled while FANFARE_EVENT_RETENTION_MS is set: alert well before it reaches the retention, past which JetStream deletes events unapplied',

@@ -2,8 +2,11 @@ import { afterEach, describe, expect, test } from 'bun:test'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { nanos } from '@nats-io/transport-node'
 import { eq } from 'drizzle-orm'
+import postgres from 'postgres'
 import { leaderboards, projectionCheckpoints } from '../../../core/db/schema'
 import { createLogger } from '../../../core/logger'
+import { createMetrics } from '../../../core/metrics'
+import { setDatabaseDefault } from '../../../core/testing/database'
 import { upgradeNats } from '../../../core/upgrade'
 import { parseConsumerName } from '../../../core/projections'
 import { until } from '../../../core/testing/wait'
@@ -175,5 +178,72 @@ describe('an event stream that records no identity (made by an earlier version)'
     // Only the event after the checkpoint: the three before it were not applied again.
     expect(await boardScores(w, 'tot')).toEqual({ a: 1 })
     expect(lines.some((l) => l.includes('the event stream was recreated'))).toBe(false)
+  }, 60_000)
+})
+
+describe('runner reopening its consumer', () => {
+  // A runner whose consumer is reset and which cannot open it again (here: the checkpoint read,
+  // which locks its row, is canceled by statement_timeout over and over) retries forever. The lag
+  // gauge kept the last applied batch's value (0: caught up) while events piled up behind it; it
+  // was set from the consumer only while a batch was retried.
+  test('the lag gauge shows what waits while the consumer cannot be reopened', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    // For the worker's sessions, opened after this: a checkpoint read left waiting is canceled.
+    await setDatabaseDefault(w.env.vars.DATABASE_URL, 'statement_timeout', '500ms', { endSessions: false })
+    const holder = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+    let release!: () => void
+    const released = new Promise<void>((ok) => (release = ok))
+    let holding: Promise<unknown> | undefined
+    let armed = false
+    const metrics = createMetrics()
+    const gauge = async () => Number((await metrics.text()).match(/fanfare_projection_lag_events\{projection="leaderboards",partition="0"\} (\d+)/)?.[1])
+    try {
+      await w.startWorker({
+        metrics,
+        hooks: {
+          // After a committed batch: the checkpoint row is taken by another session, and the
+          // runner's consumer is reset (an error before the ack starts it over from the checkpoint).
+          onBeforeAck: async ({ projection }) => {
+            if (projection !== 'leaderboards' || !armed) return
+            armed = false
+            let locked!: () => void
+            const isLocked = new Promise<void>((ok) => (locked = ok))
+            holding = holder.begin(async (tx) => {
+              await tx`select seq from projection_checkpoints where projection = 'leaderboards' and partition = 0 for update`
+              locked()
+              await released
+            })
+            await isLocked
+            throw new Error('test: the consumer is reset')
+          },
+        },
+      })
+      const expected: Record<string, number> = { a: 1 }
+      await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'a', score: 1 }))
+      await caughtUp(w)
+      expect(await gauge()).toBe(0)
+      armed = true
+      await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'a', score: 2 }))
+      expected.a += 2
+      await until('the consumer reset', async () => (!armed && holding !== undefined) || undefined)
+      // Stored while the runner cannot reopen its consumer: they wait, and the gauge must say so.
+      for (let i = 0; i < 5; i++) {
+        await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: `p${i}`, score: 10 + i }))
+        expected[`p${i}`] = 10 + i
+      }
+      await until('the lag gauge to count the events waiting', async () => (await gauge()) >= 5 || undefined, 10_000).catch(async (err) => {
+        throw new Error(`${(err as Error).message}: the gauge says ${await gauge()}`)
+      })
+      release()
+      await holding
+      await caughtUp(w)
+      expect(await boardScores(w, 'tot')).toEqual(expected)
+      await until('the lag gauge back to 0', async () => (await gauge()) === 0 || undefined, 10_000)
+    } finally {
+      release()
+      await holding?.catch(() => {})
+      await holder.end()
+    }
   }, 60_000)
 })

@@ -493,6 +493,24 @@ export function startRunner(deps: RunnerDeps): Runner {
     return deps.js.consumers.get(deps.stream, name!)
   }
 
+  /**
+   * Stuck reopening the consumer (Postgres or NATS away while it reads the checkpoint or recreates
+   * the consumer): the lag gauge says what waits, as while a batch is retried, not the last
+   * applied batch's value, which showed the partition as caught up. What the consumer of this
+   * ownership holds: not yet delivered, and delivered but not acked (the reset dropped those; they
+   * come again). A consumer that is gone (deleted, NATS lost it) or a NATS that does not answer
+   * leaves the gauge as it was. A batch applied but not acked before the reset is counted too
+   * (its redelivery is skipped by the checkpoint): an over-count of one batch at most.
+   */
+  const showWaiting = () => {
+    if (!name) return
+    const asked = ++lagAsks
+    void deps.jsm.consumers.info(deps.stream, name).then(
+      (info) => asked === lagAsks && !abort.signal.aborted && lag.set(info.num_pending + info.num_ack_pending),
+      () => {},
+    )
+  }
+
   const run = async () => {
     for (let attempt = 0; !abort.signal.aborted; ) {
       try {
@@ -523,6 +541,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         // moved by someone else, or Postgres down while reading the checkpoint: start over from the
         // checkpoint with a fresh consumer.
         log.warn({ err: err instanceof ResetConsumer ? err.message : err, attempt }, 'consumer reset')
+        showWaiting()
         await sleep(backoffMs(attempt++), abort.signal)
       }
     }
