@@ -13,7 +13,18 @@ import { isNotFound, topology } from './nats'
  */
 
 /** What a worker announces under `w.<workerId>` every ttl/3. */
-export type WorkerInfo = { id: string; partitions: number[]; since: string; heartbeatAt: string }
+export type WorkerInfo = {
+  id: string
+  partitions: number[]
+  since: string
+  heartbeatAt: string
+  /**
+   * False while the worker's Postgres does not answer (absent: a worker of an older version, taken
+   * as able). A worker that has lost Postgres for a while gives its partitions up only when another
+   * live worker can apply them: see startLeases.
+   */
+  canApply?: boolean
+}
 
 /** Key of a partition's lease. */
 export const partitionKey = (p: number) => `p.${p}`
@@ -110,5 +121,5 @@ export async function workersView(kv: KV): Promise<WorkerInfo[]> {
   const [workers, owners] = await Promise.all([listWorkers(kv), listPartitionOwners(kv)])
   const held = new Map<string, number[]>()
   for (const [p, id] of owners) held.set(id, [...(held.get(id) ?? []), p])
-  return workers.map((w) => ({ ...w, partitions: (held.get(w.id) ?? []).sort((a, b) => a - b) }))
+  return workers.map((w) => ({ id: w.id, since: w.since, heartbeatAt: w.heartbeatAt, partitions: (held.get(w.id) ?? []).sort((a, b) => a - b) }))
 }

@@ -191,4 +191,29 @@ describe('partition leases against NATS KV', () => {
     expect(lost).toEqual([0])
     expect(l.held()).toEqual([1])
   }, 30_000)
+
+  test('a worker that cannot apply gives its partitions up only to one that can, and takes its share again after', async () => {
+    const ttlMs = 1500
+    const kv = await bucket('able', ttlMs)
+    const state: Record<string, 'yes' | 'no' | 'out'> = { a: 'yes', b: 'yes' }
+    const a = lease({ kv, workerId: 'a', partitions: 4, ttlMs, able: () => state.a })
+    const b = lease({ kv, workerId: 'b', partitions: 4, ttlMs, able: () => state.b })
+    await until('each to hold 2 partitions', () => a.held().length === 2 && b.held().length === 2, 10_000)
+    // Both lose Postgres: no one could apply what the other gives up, so nothing moves.
+    state.a = 'no'
+    state.b = 'no'
+    await Bun.sleep(ttlMs)
+    state.a = 'out'
+    state.b = 'out'
+    await Bun.sleep(2 * ttlMs)
+    expect([a.held().length, b.held().length]).toEqual([2, 2])
+    // b answers again: a gives everything to it.
+    state.b = 'yes'
+    await until('b to hold every partition', () => b.held().length === 4, 4 * ttlMs)
+    expect(a.held()).toEqual([])
+    // a answers again: it takes its share back.
+    state.a = 'yes'
+    await until('a to hold its share again', () => a.held().length === 2 && b.held().length === 2, 4 * ttlMs)
+    expect([...a.held(), ...b.held()].sort()).toEqual([0, 1, 2, 3])
+  }, 30_000)
 })

@@ -1,5 +1,5 @@
 import type { KV } from '@nats-io/kv'
-import { liveKeys, partitionKey, workerKey, type WorkerInfo } from '../../../core/leases'
+import { listWorkers, liveKeys, partitionKey, workerKey, type WorkerInfo } from '../../../core/leases'
 import type { Logger } from '../../../core/logger'
 import { sleep } from '../../../core/backoff'
 
@@ -22,9 +22,11 @@ export type LeaseDeps = {
   now?: () => number
   /**
    * Whether this worker can apply events now; default always. 'no': take no partition (Postgres
-   * does not answer). 'out': take none, give every held one up and withdraw the heartbeat, so
-   * that the others count this worker out and take its partitions (Postgres has not answered for
-   * a while: see startWorkers). Back to 'yes': heartbeat and take a share again.
+   * does not answer), keep those held. 'out': the same, and once another live worker says in its
+   * heartbeat that it can apply, give every held partition up and withdraw the heartbeat, so that
+   * the others count this worker out and take its partitions (Postgres has not answered for a
+   * while: see startWorkers). While no other worker can apply (they all lost Postgres), nothing
+   * moves. Back to 'yes': heartbeat and take a share again.
    */
   able?: () => 'yes' | 'no' | 'out'
 }
@@ -150,19 +152,14 @@ export function startLeases(deps: LeaseDeps): Leases {
   const heartbeat = () =>
     kv.put(
       workerKey(workerId),
-      JSON.stringify({ id: workerId, partitions: [...held.keys()].sort((a, b) => a - b), since, heartbeatAt: new Date().toISOString() } satisfies WorkerInfo),
+      JSON.stringify({ id: workerId, partitions: [...held.keys()].sort((a, b) => a - b), since, heartbeatAt: new Date().toISOString(), canApply: able() === 'yes' } satisfies WorkerInfo),
     )
 
-  /** Out of the rebalance (see LeaseDeps.able): no heartbeat, nothing held. */
+  const able = () => deps.able?.() ?? 'yes'
+  /** Out of the rebalance (see LeaseDeps.able): no heartbeat, nothing held, nothing taken. */
   let out = false
   const renewAll = () => {
-    if ((deps.able?.() ?? 'yes') === 'out') {
-      if (!out) logger.warn({ partitions: [...held.keys()].sort((a, b) => a - b) }, 'this worker cannot apply events: giving its partitions up to the other workers')
-      out = true
-      for (const p of [...held.keys()]) void release(p)
-      kv.delete(workerKey(workerId)).catch((err) => logger.warn({ err }, 'heartbeat removal failed; it will expire'))
-      return
-    }
+    if (out && able() !== 'yes') return
     if (out) logger.info('this worker can apply events again: taking its share of the partitions')
     out = false
     for (const [p, h] of held) {
@@ -178,8 +175,13 @@ export function startLeases(deps: LeaseDeps): Leases {
       ttl = Math.min(deps.ttlMs, bucketTtl)
       logger.info({ ttlMs: ttl, configured: deps.ttlMs }, 'lease TTL follows the bucket')
     }
-    // Takes nothing it could not apply (what it holds is given up by the renewal loop when 'out').
-    if ((deps.able?.() ?? 'yes') !== 'yes' || out) return
+    if (out) return
+    const state = able()
+    if (state !== 'yes') {
+      // Takes nothing it could not apply; gives what it holds up only to a worker that can.
+      if (state === 'out' && (await listWorkers(kv)).some((w) => w.id !== workerId && w.canApply !== false)) standDown()
+      return
+    }
     // This worker is live whether or not its heartbeat, written by the renewal loop, made it into
     // the listing (at start it may not have): counted once either way.
     const live = (await liveKeys(kv, 'w.>')).filter((k) => k !== workerKey(workerId)).length + 1
@@ -202,6 +204,14 @@ export function startLeases(deps: LeaseDeps): Leases {
       }
     }
     updateShort(live)
+  }
+
+  /** Gives every held partition up and withdraws the heartbeat, until able() says 'yes' again. */
+  const standDown = () => {
+    out = true
+    logger.warn({ partitions: [...held.keys()].sort((a, b) => a - b) }, 'this worker cannot apply events: giving its partitions up to the other workers')
+    for (const p of [...held.keys()]) void release(p)
+    kv.delete(workerKey(workerId)).catch((err) => logger.warn({ err }, 'heartbeat removal failed; it will expire'))
   }
 
   /**
