@@ -9,7 +9,7 @@ import { createLogger, type Logger } from '../core/logger'
 import { connectNats, NatsUnreachable } from '../core/nats'
 import { upgradeNats } from '../core/upgrade'
 import { startObservability } from '../core/observability'
-import { checkPort, startApi } from '../api/src/server'
+import { checkPorts, startApi } from '../api/src/server'
 import { ListenFailed } from '../core/net'
 import { mintUserToken } from '../api/src/auth/mint'
 import { startWorkers } from '../stream-workers/src/workers'
@@ -86,8 +86,7 @@ export async function startAllInOne(
   try {
     // Before anything is started: a taken port found only at the end, after the database, the
     // nats-server and the workers, cost seconds and left their logs above the one line that matters.
-    await checkPort(config.HOST, config.PORT)
-    if (config.FANFARE_METRICS_PORT !== undefined) await checkPort(config.HOST, config.FANFARE_METRICS_PORT, 'FANFARE_METRICS_PORT')
+    await checkPorts(config)
     if (!config.DATABASE_URL || !config.NATS_URL) checkDataDir(dataDir)
     // The database first: a second all-in-one on the same data directory fails here, on the
     // PGlite lock, before it starts anything else.

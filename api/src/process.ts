@@ -6,7 +6,7 @@ import { startObservability } from '../../core/observability'
 import { checkPublishPermissions, checkSubscribePermissions, connectNats, ensureStreams, topology } from '../../core/nats'
 import type { StopSignals } from '../../core/stop-signals'
 import { readStreamSettings } from '../../core/stream-settings'
-import { checkPort, startApi } from './server'
+import { checkPorts, startApi } from './server'
 
 function configOrExit(): Config {
   try {
@@ -36,7 +36,7 @@ export async function runApi(signals: StopSignals) {
   warnMisspeltVariables(logger)
   // Before the databases and NATS: a taken PORT found only when the API listens cost those
   // connections, their checks and the logs of each, above the one line that matters.
-  await checkPort(config.HOST, config.PORT)
+  await checkPorts(config)
   const observability = startObservability(config, 'fanfare-api', logger)
   const timeoutMs = config.FANFARE_DATABASE_TIMEOUT_MS
   const database = await connectPostgres(config.DATABASE_URL!, { connectTimeoutMs: timeoutMs })

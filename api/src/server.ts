@@ -1,7 +1,7 @@
 import { startRetentionWatch } from '../../core/retention-watch'
 import { projectionAreas, projectionNames } from '../../core/projections'
 import { createMetrics } from '../../core/metrics'
-import { ListenFailed } from '../../core/net'
+import { ListenFailed, SAME_PORT } from '../../core/net'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createApp } from './app'
 import type { ApiDeps } from './deps'
@@ -31,6 +31,20 @@ export async function checkPort(host: string, port: number, setting: 'PORT' | 'F
     throw new ListenFailed(host, port, setting, err)
   }
   await probe.stop(true)
+}
+
+/**
+ * The API node's ports checked before anything starts (checkPort): PORT, and FANFARE_METRICS_PORT
+ * when set. One port given to both passes each check alone, then failed at the second listen with
+ * "in use by another process" (the node's own metrics listener): refused here, saying so.
+ */
+export async function checkPorts(config: { HOST: string; PORT: number; FANFARE_METRICS_PORT?: number }): Promise<void> {
+  const metrics = config.FANFARE_METRICS_PORT
+  if (metrics !== undefined && metrics !== 0 && metrics === config.PORT) {
+    throw new ListenFailed(config.HOST, metrics, 'FANFARE_METRICS_PORT', Object.assign(new Error('the same port as PORT'), { code: SAME_PORT }))
+  }
+  await checkPort(config.HOST, config.PORT)
+  if (metrics !== undefined) await checkPort(config.HOST, metrics, 'FANFARE_METRICS_PORT')
 }
 
 /** How long a stopping node waits for its requests and publishes in flight: the publish timeout, and a margin. */

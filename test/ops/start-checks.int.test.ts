@@ -39,6 +39,17 @@ describe('the port is checked first', () => {
   }, 30_000)
 })
 
+describe('one port for two listeners', () => {
+  test('API node: FANFARE_METRICS_PORT equal to PORT is one line saying so, before Postgres and NATS', async () => {
+    const port = await freePort()
+    const r = await runUntilExit('api/src/main.ts', { ...env.vars, ...nowhere, PORT: String(port), FANFARE_METRICS_PORT: String(port) })
+    expect(plainLines(r.output)).toEqual([
+      `fanfare api: failed to start: ListenFailed: cannot listen on 127.0.0.1:${port} twice: FANFARE_METRICS_PORT is the same port as PORT; set FANFARE_METRICS_PORT to another port`,
+    ])
+    expect(r.code).toBe(1)
+  }, 30_000)
+})
+
 describe('a database URL that leads nowhere', () => {
   for (const [name, entry, who, cause] of [
     // postgres.js names the refused address; Bun's SQL client (the workers') only its own code.
