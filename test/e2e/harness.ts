@@ -1,6 +1,8 @@
 import { resolve } from 'node:path'
 import type { Subprocess } from 'bun'
+import { afterAll, beforeAll } from 'bun:test'
 import { freePort } from '../../core/process'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { until } from '../../core/testing/wait'
 
 export { freePort, until }
@@ -144,4 +146,50 @@ export async function startApiNodes(names: string[], vars: Record<string, string
   names.forEach((name, i) => procs.push(spawnProc(`api-${name}`, 'api/src/main.ts', { ...vars, PORT: String(ports[i]) })))
   for (const port of ports) await waitReady(`http://127.0.0.1:${port}`, procs)
   return ports
+}
+
+export type ApiNodes = {
+  /** The test environment (database, streams, secrets); set once the calling describe's beforeAll has run. */
+  readonly env: TestEnv
+  /** Each node's port, in the order of `names`. */
+  readonly ports: number[]
+  /** Each node's process, in the order of `names` (a test may stop one). */
+  readonly procs: Proc[]
+  /** Opens a WebSocket to a node (`/v1/ws`, `?query` when given), closed after all the tests. */
+  open: (node: number, query?: string) => Promise<WsClient>
+}
+
+/**
+ * Registers, in the calling describe, a beforeAll that makes a test environment from `vars`
+ * (createTestEnv) and starts one API node per name on it (startApiNodes), and an afterAll that
+ * closes every client opened through it, stops the nodes with SIGKILL and cleans up the
+ * environment. `timeout` is the beforeAll's (bun:test's default when not given).
+ */
+export function useApiNodes(names: string[], vars: Record<string, string>, opts: { timeout?: number } = {}): ApiNodes {
+  let env: TestEnv | undefined
+  const ports: number[] = []
+  const procs: Proc[] = []
+  const opened: WsClient[] = []
+  beforeAll(async () => {
+    env = await createTestEnv(vars)
+    ports.push(...(await startApiNodes(names, env.vars, procs)))
+  }, opts.timeout)
+  afterAll(async () => {
+    for (const c of opened) c.close()
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await env?.cleanup()
+  })
+  return {
+    get env() {
+      if (!env) throw new Error('useApiNodes: the environment is made in beforeAll; use it inside a test')
+      return env
+    },
+    ports,
+    procs,
+    open: async (node, query) => {
+      const c = await WsClient.open(`ws://127.0.0.1:${ports[node]}/v1/ws${query ? `?${query}` : ''}`)
+      opened.push(c)
+      return c
+    },
+  }
 }

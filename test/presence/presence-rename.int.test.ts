@@ -1,7 +1,6 @@
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { describe, expect, test } from 'bun:test'
 import { mintUserToken } from '../../api/src/auth/mint'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { startApiNodes, until, WsClient, type Proc } from '../e2e/harness'
+import { until, useApiNodes, type WsClient } from '../e2e/harness'
 
 const GRACE_MS = 3000
 
@@ -13,26 +12,14 @@ const GRACE_MS = 3000
  * nodes (presence is shared between processes).
  */
 describe('presence: a present user renamed', () => {
-  let env: TestEnv
-  const procs: Proc[] = []
-  const ports: number[] = []
-  const opened: WsClient[] = []
-  beforeAll(async () => {
-    env = await createTestEnv({ HOST: '127.0.0.1', FANFARE_PRESENCE_GRACE_MS: String(GRACE_MS), FANFARE_PRESENCE_INTERVAL_MS: '200' })
-    ports.push(...(await startApiNodes(['a', 'b'], env.vars, procs)))
-  })
-  afterAll(async () => {
-    for (const c of opened) c.close()
-    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await env?.cleanup()
-  })
+  const nodes = useApiNodes(['a', 'b'], { HOST: '127.0.0.1', FANFARE_PRESENCE_GRACE_MS: String(GRACE_MS), FANFARE_PRESENCE_INTERVAL_MS: '200' })
+  const { ports } = nodes
 
   const A = 0
   const B = 1
   async function client(node: number, sub: string | undefined, name: string | undefined, channel: string) {
-    const token = sub ? await mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub, ...(name ? { name } : {}) }) : undefined
-    const c = await WsClient.open(`ws://127.0.0.1:${ports[node]}/v1/ws${token ? `?token=${token}` : ''}`)
-    opened.push(c)
+    const token = sub ? await mintUserToken(nodes.env.vars.FANFARE_JWT_SECRET, { sub, ...(name ? { name } : {}) }) : undefined
+    const c = await nodes.open(node, token ? `token=${token}` : undefined)
     c.send({ op: 'subscribe', ref: channel, channel })
     await until(`subscribed to ${channel}`, () => c.frames.some((f) => f.channel === channel && f.op === 'snapshot'))
     return c

@@ -1,7 +1,6 @@
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { describe, expect, test } from 'bun:test'
 import { mintUserToken } from '../../api/src/auth/mint'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { startApiNodes, until, WsClient, type Proc } from '../e2e/harness'
+import { until, useApiNodes, type WsClient } from '../e2e/harness'
 
 const GRACE_MS = 4000
 
@@ -13,26 +12,14 @@ const GRACE_MS = 4000
  * `disconnected`. Two real API nodes (presence is shared between processes).
  */
 describe('presence of a revoked user', () => {
-  let env: TestEnv
-  const procs: Proc[] = []
-  const ports: number[] = []
-  const opened: WsClient[] = []
-  beforeAll(async () => {
-    env = await createTestEnv({ HOST: '127.0.0.1', FANFARE_PRESENCE_GRACE_MS: String(GRACE_MS), FANFARE_PRESENCE_INTERVAL_MS: '200' })
-    ports.push(...(await startApiNodes(['a', 'b'], env.vars, procs)))
-  })
-  afterAll(async () => {
-    for (const c of opened) c.close()
-    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await env?.cleanup()
-  })
+  const nodes = useApiNodes(['a', 'b'], { HOST: '127.0.0.1', FANFARE_PRESENCE_GRACE_MS: String(GRACE_MS), FANFARE_PRESENCE_INTERVAL_MS: '200' })
+  const { ports } = nodes
 
   const A = 0
   const B = 1
-  const mint = (sub: string, jti?: string) => mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub, issuedAt: Math.floor(Date.now() / 1000) - 10, ...(jti ? { jti } : {}) })
+  const mint = (sub: string, jti?: string) => mintUserToken(nodes.env.vars.FANFARE_JWT_SECRET, { sub, issuedAt: Math.floor(Date.now() / 1000) - 10, ...(jti ? { jti } : {}) })
   async function client(node: number, token: string, channel: string) {
-    const c = await WsClient.open(`ws://127.0.0.1:${ports[node]}/v1/ws?token=${token}`)
-    opened.push(c)
+    const c = await nodes.open(node, `token=${token}`)
     c.send({ op: 'subscribe', ref: channel, channel })
     await until(`subscribed to ${channel}`, () => c.frames.some((f) => f.channel === channel && f.op === 'snapshot'))
     return c
@@ -41,7 +28,7 @@ describe('presence of a revoked user', () => {
     (
       await fetch(`http://127.0.0.1:${ports[A]}${path}`, {
         method: 'POST',
-        headers: { authorization: `Bearer ${env.vars.FANFARE_ADMIN_TOKEN}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+        headers: { authorization: `Bearer ${nodes.env.vars.FANFARE_ADMIN_TOKEN}`, ...(body ? { 'content-type': 'application/json' } : {}) },
         body: body ? JSON.stringify(body) : undefined,
       })
     ).status

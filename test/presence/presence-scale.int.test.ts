@@ -1,7 +1,6 @@
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { describe, expect, test } from 'bun:test'
 import { mintUserToken } from '../../api/src/auth/mint'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { startApiNodes, until, WsClient, type Proc } from '../e2e/harness'
+import { until, useApiNodes, type WsClient } from '../e2e/harness'
 
 const USERS = 3000
 
@@ -12,12 +11,9 @@ const USERS = 3000
  * and again after a third of them leave at once.
  */
 describe('presence of a channel with thousands of members', () => {
-  let env: TestEnv
-  const procs: Proc[] = []
-  const ports: number[] = []
-  const opened: WsClient[] = []
-  beforeAll(async () => {
-    env = await createTestEnv({
+  const nodes = useApiNodes(
+    ['a', 'b'],
+    {
       HOST: '127.0.0.1',
       FANFARE_PRESENCE_GRACE_MS: '0',
       FANFARE_PRESENCE_INTERVAL_MS: '200',
@@ -25,30 +21,23 @@ describe('presence of a channel with thousands of members', () => {
       FANFARE_MAX_CONNECTIONS_PER_IP: '100000',
       FANFARE_IP_CONNECTS_PER_SECOND: '100000',
       FANFARE_IP_CONNECT_BURST: '100000',
-    })
-    ports.push(...(await startApiNodes(['a', 'b'], env.vars, procs)))
-  }, 60_000)
-  afterAll(async () => {
-    for (const c of opened) c.close()
-    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await env?.cleanup()
-  })
+    },
+    { timeout: 60_000 },
+  )
+  const { ports } = nodes
 
   test(`${USERS} users over two nodes: every watcher and REST count exact, after joins and after 1,000 leave`, async () => {
     const channel = `chat:crowd_${Math.random().toString(36).slice(2, 8)}`
     const watched = `presence:${channel}`
-    const url = (node: number) => `ws://127.0.0.1:${ports[node]}/v1/ws`
-    const watchers = [await WsClient.open(url(0)), await WsClient.open(url(1))]
-    opened.push(...watchers)
+    const watchers = [await nodes.open(0), await nodes.open(1)]
     for (const w of watchers) w.send({ op: 'subscribe', channel: watched })
     const latest = (w: WsClient) => w.frames.filter((f) => f.channel === watched && (f.op === 'snapshot' || f.op === 'update')).at(-1)?.data
     await until('watchers subscribed', () => watchers.every((w) => latest(w)))
 
     const members: WsClient[] = []
     const join = async (i: number, node: number) => {
-      const token = await mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub: `fan${i}` })
-      const c = await WsClient.open(`${url(node)}?token=${token}`)
-      opened.push(c)
+      const token = await mintUserToken(nodes.env.vars.FANFARE_JWT_SECRET, { sub: `fan${i}` })
+      const c = await nodes.open(node, `token=${token}`)
       c.send({ op: 'subscribe', channel })
       return c
     }

@@ -1,7 +1,6 @@
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { describe, expect, test } from 'bun:test'
 import { mintUserToken } from '../../api/src/auth/mint'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { startApiNodes, until, WsClient, type Proc } from '../e2e/harness'
+import { until, useApiNodes, type WsClient } from '../e2e/harness'
 
 const TTL_MS = 3000
 const GRACE_MS = 1500
@@ -13,33 +12,21 @@ const GRACE_MS = 1500
  * only, at most one per interval.
  */
 describe('presence across API nodes', () => {
-  let env: TestEnv
-  const procs: Proc[] = []
-  const ports: number[] = []
-  const opened: WsClient[] = []
-  beforeAll(async () => {
-    env = await createTestEnv({
-      HOST: '127.0.0.1',
-      FANFARE_PRESENCE_TTL_MS: String(TTL_MS),
-      FANFARE_PRESENCE_GRACE_MS: String(GRACE_MS),
-      FANFARE_PRESENCE_INTERVAL_MS: '200',
-      FANFARE_PRESENCE_MAX_MEMBERS: '3',
-    })
-    ports.push(...(await startApiNodes(['a', 'b'], env.vars, procs)))
+  const nodes = useApiNodes(['a', 'b'], {
+    HOST: '127.0.0.1',
+    FANFARE_PRESENCE_TTL_MS: String(TTL_MS),
+    FANFARE_PRESENCE_GRACE_MS: String(GRACE_MS),
+    FANFARE_PRESENCE_INTERVAL_MS: '200',
+    FANFARE_PRESENCE_MAX_MEMBERS: '3',
   })
-  afterAll(async () => {
-    for (const c of opened) c.close()
-    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await env?.cleanup()
-  })
+  const { ports, procs } = nodes
 
   const A = 0
   const B = 1
-  const token = (sub: string) => mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub, name: sub.toUpperCase() })
+  const token = (sub: string) => mintUserToken(nodes.env.vars.FANFARE_JWT_SECRET, { sub, name: sub.toUpperCase() })
   /** A client on a node, as a user (or anonymous), subscribed to `channels`. */
   async function client(node: number, sub: string | undefined, channels: string[]) {
-    const c = await WsClient.open(`ws://127.0.0.1:${ports[node]}/v1/ws${sub ? `?token=${await token(sub)}` : ''}`)
-    opened.push(c)
+    const c = await nodes.open(node, sub ? `token=${await token(sub)}` : undefined)
     for (const channel of channels) c.send({ op: 'subscribe', ref: channel, channel })
     await until(`${sub ?? 'anonymous'} subscribed`, () => channels.every((ch) => c.frames.some((f) => f.channel === ch && f.op === 'snapshot')))
     return c
@@ -183,8 +170,7 @@ describe('presence across API nodes', () => {
     // A fourth user subscribes and unsubscribes again and again: every time across the limit. A
     // snapshot lists every member (up to FANFARE_PRESENCE_MAX_MEMBERS of them) and goes to every
     // presence subscriber, so one toggling socket must not make one per toggle.
-    const toggler = await WsClient.open(`ws://127.0.0.1:${ports[A]}/v1/ws?token=${await token('tog')}`)
-    opened.push(toggler)
+    const toggler = await nodes.open(A, `token=${await token('tog')}`)
     const started = Date.now()
     for (let i = 0; i < 30; i++) {
       toggler.send({ op: 'subscribe', ref: `s${i}`, channel: 'chat:edge' })
