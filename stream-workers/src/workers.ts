@@ -35,6 +35,8 @@ export type WorkersDeps = {
   onFatal?: (err: unknown) => void
   /** Test seams; production passes none. */
   hooks?: RunnerHooks
+  /** Test seam: called once a rebuild's switch committed, before its job is saved done (see startRebuildJobs). */
+  onRebuildSwitched?: (job: { id: string; attempt: number }) => void
   /** Projections to run; default all. */
   projections?: readonly Projection[]
   now?: () => Date
@@ -173,7 +175,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
-  const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now, metrics })
+  const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now, metrics, onSwitched: deps.onRebuildSwitched })
   // Witnesses unapplied events for the runners' expiry check, and gauges their age (retention set).
   const retention = startRetentionWatch({ config, db, nc, logger, metrics, projections })
   logger.info({ partitions: t.partitions, projections: projections.map((p) => p.name) }, 'stream workers started')

@@ -26,6 +26,8 @@ export type RebuildJobsDeps = {
   now?: () => Date
   /** The process's metrics (the shadow's statement timeouts). */
   metrics?: Metrics
+  /** Test seam: called once a job's switch committed, before the job is saved done; production passes none. */
+  onSwitched?: (job: { id: string; attempt: number }) => void
 }
 
 /** The job was taken over by another worker (our compare-and-set lost): stop without writing. */
@@ -132,6 +134,7 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
         },
         { id: job.id, attempt: job.attempts },
       )
+      deps.onSwitched?.({ id: job.id, attempt: job.attempts })
       clearInterval(beat)
       await save({ state: 'done', switchedAtSeq, pending: 0, finishedAt: now().toISOString() })
       log.info({ rebuild: job.id, switchedAtSeq }, 'rebuild done')
