@@ -10,7 +10,7 @@ import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../.
 import type { Projection } from '../projections'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { runRebuild } from './rebuild'
-import { dropSchemas, rebuildSchemas } from './shadow'
+import { dropSchemas, leftoverSchemas, rebuildSchemas, type RebuildSchema } from './shadow'
 import { errorMessageOf } from '../runtime/errors'
 
 export type RebuildJobsDeps = {
@@ -42,20 +42,26 @@ class JobLost extends Error {}
  *
  * What is kept: the current attempt of every `running` or `switching` job, whatever its heartbeat
  * (a job that looks dead is taken over, and its new attempt drops its old schemas itself: a worker
- * only slow to heartbeat is not disturbed), and the next attempt of a `requested` one (a claim we
- * read too early). The schemas are listed before the jobs are read: a worker creates its shadow
+ * only slow to heartbeat is not disturbed), the next attempt of a `requested` one (a claim we
+ * read too early), and the retired schema of any attempt of such a job (its switch committed but
+ * the job is not saved done yet: the takeover finds it and marks the job done). The schemas are listed before the jobs are read: a worker creates its shadow
  * only after its claim is stored, so a shadow we list belongs to a claim we then read.
  */
 export async function dropOrphanSchemas(deps: { db: Db; kv: KV; logger: Logger }): Promise<string[]> {
   const schemas = await rebuildSchemas(deps.db)
   if (schemas.length === 0) return []
   const inUse = new Set<string>()
+  const unfinished = new Set<string>()
   for (const name of projectionNames) {
     const job = (await readRebuildJob(deps.kv, name))?.job
     if (job?.state === 'running' || job?.state === 'switching') inUse.add(`${job.id}_${job.attempts}`)
     if (job?.state === 'requested') inUse.add(`${job.id}_${job.attempts + 1}`)
+    if (job?.state === 'running' || job?.state === 'switching' || job?.state === 'requested') unfinished.add(job.id)
   }
-  const orphans = schemas.filter((s) => !inUse.has(`${s.jobId}_${s.attempt}`)).map((s) => s.name)
+  // A retired schema exists only once its switch committed: of a job not yet done, whatever the
+  // attempt, it is how the job's takeover knows it switched already (see runRebuild).
+  const kept = (s: RebuildSchema) => inUse.has(`${s.jobId}_${s.attempt}`) || (s.name.startsWith('retired_') && unfinished.has(s.jobId))
+  const orphans = schemas.filter((s) => !kept(s)).map((s) => s.name)
   if (orphans.length > 0) {
     await dropSchemas(deps.db, orphans)
     deps.logger.warn({ schemas: orphans }, 'dropped schemas left by rebuilds that no longer run')
@@ -138,6 +144,9 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
       clearInterval(beat)
       await save({ state: 'done', switchedAtSeq, pending: 0, finishedAt: now().toISOString() })
       log.info({ rebuild: job.id, switchedAtSeq }, 'rebuild done')
+      // Only now: until the job is saved done, the retired schema is what tells a takeover that the
+      // switch committed (see runRebuild). Not dropped here, it is an orphan (dropOrphanSchemas).
+      await dropSchemas(deps.db, await leftoverSchemas(deps.db, job.id)).catch((err) => log.warn({ err, rebuild: job.id }, 'could not drop rebuild schemas'))
     } catch (err) {
       clearInterval(beat)
       if (lost || err instanceof JobLost) return

@@ -12,7 +12,7 @@ import { dbErrorSummary, errorMessageOf, isDataDbError, isTransientDbError, Stal
 import { streamIdentity, topology } from '../../../core/nats'
 import type { Metrics } from '../../../core/metrics'
 import { createPartSize } from '../runtime/part-size'
-import { committedSwitch, createShadow, dropSchemas, leftoverSchemas, lockDeadLetters, lockLiveTables, recordSwitch, replaceDeadLetters, shadowSchemaName, swapIn, useShadow } from './shadow'
+import { committedSwitch, createShadow, dropSchemas, jobSwitch, leftoverSchemas, lockDeadLetters, lockLiveTables, recordSwitch, replaceDeadLetters, shadowSchemaName, swapIn, useShadow } from './shadow'
 
 export type RebuildDeps = {
   /** The event stream, subject prefix, partitions and batch size come from here (see topology). */
@@ -65,12 +65,16 @@ async function nats<T>(call: () => Promise<T>): Promise<T> {
  * (live runners block on it), apply the shadow up to at least the highest live checkpoint, swap
  * the shadow tables into public, give the projection's channels their shadow versions under a new
  * epoch, and move every live checkpoint to the shadow's position, so live runners skip exactly
- * what the shadow applied. Returns that position. Cleans up its schemas whatever happens.
+ * what the shadow applied. Returns that position. Drops its shadow schema whatever happens.
  *
  * A switch that fails on something that passes (a NATS call in it failed: NATS restarting; a
  * transient Postgres error, statement_timeout included) is rolled back and tried again after a
  * backoff and a catch-up, up to SWITCH_ATTEMPTS in a row; a switch that committed though its
  * answer was lost is found (committedSwitch) and never done twice. Any other error fails at once.
+ *
+ * A switch of an earlier attempt of the job that committed (its worker died before the job was
+ * saved done) is found first (jobSwitch): its position is returned, nothing rebuilt or switched.
+ * The retired schema of a switch is left to the caller, to drop once the job is saved done.
  */
 export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: number }): Promise<{ switchedAtSeq: number }> {
   const { db, projection } = deps
@@ -80,7 +84,14 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
   const log = deps.logger.child({ projection: projection.name, rebuild: job.id, attempt: job.attempt })
   const shadow = shadowSchemaName(job.id, job.attempt)
   const retired = `retired_${job.id}_${job.attempt}`
-  // A takeover restarts from scratch; earlier attempts' schemas are garbage.
+  // An earlier attempt switched in, and its worker died before the job was saved done: the job is
+  // done at that switch. Rebuilding would switch a second time (every channel re-synced twice).
+  const earlier = await jobSwitch(db, job.id)
+  if (earlier) {
+    log.warn({ retired: earlier.retired, switchedAt: earlier.switchedAtSeq }, 'an earlier attempt of this rebuild switched in already; not rebuilding again')
+    return { switchedAtSeq: earlier.switchedAtSeq }
+  }
+  // A takeover restarts from scratch; earlier attempts' schemas are garbage (none switched in).
   await dropSchemas(db, await leftoverSchemas(db, job.id, shadow))
   await createShadow(db, shadow, projection.name)
   let position = 0
@@ -346,6 +357,8 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     }
     return { switchedAtSeq: switchedAt }
   } finally {
-    await dropSchemas(db, [shadow, retired]).catch((err) => log.warn({ err }, 'could not drop rebuild schemas'))
+    // The retired schema (it exists only if the switch committed) stays until the job is saved
+    // done (see startRebuildJobs): a takeover before that recognises the switch by it.
+    await dropSchemas(db, [shadow]).catch((err) => log.warn({ err }, 'could not drop rebuild schemas'))
   }
 }

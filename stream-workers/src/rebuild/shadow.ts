@@ -189,6 +189,20 @@ export async function committedSwitch(db: Db | Tx, retired: string): Promise<num
   return seq === undefined ? undefined : Number(seq)
 }
 
+/**
+ * The switch of job `jobId` that committed, at any attempt: its retired schema and the position it
+ * took over at; undefined when none did. A worker that died after its switch committed, before the
+ * job was saved `done`, left it; its takeover must not rebuild and switch again.
+ */
+export async function jobSwitch(db: Db, jobId: string): Promise<{ retired: string; switchedAtSeq: number } | undefined> {
+  for (const s of await rebuildSchemas(db)) {
+    if (s.jobId !== jobId || !s.name.startsWith('retired_')) continue
+    const seq = await committedSwitch(db, s.name)
+    if (seq !== undefined) return { retired: s.name, switchedAtSeq: seq }
+  }
+  return undefined
+}
+
 /** Drops schemas left by a rebuild (after the switch committed, or after a failed attempt). */
 export async function dropSchemas(db: Db, schemas: string[]): Promise<void> {
   for (const s of schemas) await db.execute(sql.raw(`DROP SCHEMA IF EXISTS ${ident(s)} CASCADE`))
