@@ -61,6 +61,29 @@ function childrenOf(pid: number): number[] {
   return out
 }
 
+/** A loopback port held by something that is not Fanfare, until the file's tests end. */
+function takenPort(): number {
+  const taken = Bun.serve({ port: 0, hostname: '127.0.0.1', reusePort: false, fetch: () => new Response('not fanfare') })
+  cleanups.push(() => taken.stop(true))
+  return taken.port!
+}
+
+/**
+ * `npm start` (through bootstrap) that is to refuse to start: a fresh data directory, none of the
+ * caller's FANFARE_* / DATABASE_URL / NATS_URL, then `vars`; waits for the exit and its output.
+ */
+async function startOnce(vars: Record<string, string>): Promise<{ dataDir: string; code: number; out: string; err: string }> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-life-'))
+  cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
+  const env: Record<string, string> = {}
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('FANFARE_') && k !== 'DATABASE_URL' && k !== 'NATS_URL') env[k] = v
+  Object.assign(env, { HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir }, vars)
+  const proc = Bun.spawn([NODE, 'scripts/bootstrap.mjs', 'start'], { cwd: ROOT, env, stdout: 'pipe', stderr: 'pipe' })
+  pids.push(proc.pid)
+  const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+  return { dataDir, code, out, err }
+}
+
 type Started = {
   proc: ReturnType<typeof Bun.spawn>
   base: string
@@ -168,57 +191,34 @@ const within = async (what: string, ms: number, check: () => boolean) => until(w
 
 describe('npm start process lifecycle', () => {
   test('a PORT already taken: npm start exits 1 at once with one line naming the port and PORT, having started nothing', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-life-'))
-    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
-    const taken = Bun.serve({ port: 0, hostname: '127.0.0.1', reusePort: false, fetch: () => new Response('not fanfare') })
-    cleanups.push(() => taken.stop(true))
-    const env: Record<string, string> = {}
-    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('FANFARE_') && k !== 'DATABASE_URL' && k !== 'NATS_URL') env[k] = v
+    const taken = takenPort()
     // Fully embedded, at the default log level: what a first `npm start` does.
-    Object.assign(env, { PORT: String(taken.port), HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir })
-    const proc = Bun.spawn([NODE, 'scripts/bootstrap.mjs', 'start'], { cwd: ROOT, env, stdout: 'pipe', stderr: 'pipe' })
-    pids.push(proc.pid)
-    const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+    const { dataDir, code, out, err } = await startOnce({ PORT: String(taken) })
     expect(code).toBe(1)
     // No log of a database opened or a nats-server started before the refusal: the one line alone.
     expect(out).toBe('')
     expect(err.trim()).toBe(
-      `fanfare: failed to start: cannot listen on 127.0.0.1:${taken.port}: the port is in use by another process (another Fanfare?): stop it, or set PORT to a free port`,
+      `fanfare: failed to start: cannot listen on 127.0.0.1:${taken}: the port is in use by another process (another Fanfare?): stop it, or set PORT to a free port`,
     )
     // Nothing was started: no PGlite files, no nats store or pid file.
     expect(readdirSync(dataDir)).toEqual([])
   }, 60_000)
 
   test('a FANFARE_METRICS_PORT already taken: npm start exits 1 at once with one line naming FANFARE_METRICS_PORT, having started nothing', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-life-'))
-    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
-    const taken = Bun.serve({ port: 0, hostname: '127.0.0.1', reusePort: false, fetch: () => new Response('not fanfare') })
-    cleanups.push(() => taken.stop(true))
-    const env: Record<string, string> = {}
-    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('FANFARE_') && k !== 'DATABASE_URL' && k !== 'NATS_URL') env[k] = v
-    Object.assign(env, { PORT: '0', HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir, FANFARE_METRICS_PORT: String(taken.port) })
-    const proc = Bun.spawn([NODE, 'scripts/bootstrap.mjs', 'start'], { cwd: ROOT, env, stdout: 'pipe', stderr: 'pipe' })
-    pids.push(proc.pid)
-    const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+    const taken = takenPort()
+    const { dataDir, code, out, err } = await startOnce({ PORT: '0', FANFARE_METRICS_PORT: String(taken) })
     expect(code).toBe(1)
     expect(out).toBe('')
     expect(err.trim()).toBe(
-      `fanfare: failed to start: cannot listen on 127.0.0.1:${taken.port}: the port is in use by another process (another Fanfare?): stop it, or set FANFARE_METRICS_PORT to a free port`,
+      `fanfare: failed to start: cannot listen on 127.0.0.1:${taken}: the port is in use by another process (another Fanfare?): stop it, or set FANFARE_METRICS_PORT to a free port`,
     )
     // Found before PGlite was opened or nats-server started.
     expect(readdirSync(dataDir)).toEqual([])
   }, 60_000)
 
   test('a DATABASE_URL that leads nowhere: npm start exits 1 with one line naming DATABASE_URL and the cause, without the login', async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), 'fanfare-life-'))
-    cleanups.push(() => rmSync(dataDir, { recursive: true, force: true }))
-    const env: Record<string, string> = {}
-    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('FANFARE_') && k !== 'DATABASE_URL' && k !== 'NATS_URL') env[k] = v
     // Port 1 on the loopback: nothing listens there.
-    Object.assign(env, { PORT: '0', HOST: '127.0.0.1', FANFARE_DATA_DIR: dataDir, DATABASE_URL: 'postgres://fanfare:s3cret@127.0.0.1:1/fanfare', LOG_LEVEL: 'warn' })
-    const proc = Bun.spawn([NODE, 'scripts/bootstrap.mjs', 'start'], { cwd: ROOT, env, stdout: 'pipe', stderr: 'pipe' })
-    pids.push(proc.pid)
-    const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()])
+    const { code, out, err } = await startOnce({ PORT: '0', DATABASE_URL: 'postgres://fanfare:s3cret@127.0.0.1:1/fanfare', LOG_LEVEL: 'warn' })
     expect(code).toBe(1)
     expect(out).toBe('')
     expect(err.trim()).toBe('fanfare: failed to start: cannot use the database at DATABASE_URL (postgres://***@127.0.0.1:1/fanfare): connect ECONNREFUSED 127.0.0.1:1')
