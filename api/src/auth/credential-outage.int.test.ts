@@ -1,15 +1,16 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { exportJWK, generateKeyPair, SignJWT, type JWK } from 'jose'
-import { connectPostgres, type Database } from '../../../core/db/client'
+import { connectPostgres } from '../../../core/db/client'
 import { createLogger } from '../../../core/logger'
 import { connectNats, ensureStreams } from '../../../core/nats'
-import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import { createTestEnv } from '../../../core/testing/env'
 import { until, WsClient } from '../../../test/e2e/harness'
 import { createClient } from '../../../client/src/client'
 import { CLOSE } from '../realtime/close-codes'
 import { freePort } from '../../../core/process'
 import { tcpProxy } from '../../../core/testing/tcp-proxy'
 import { startApi, type RunningApi } from '../server'
+import { startTestNode, UPGRADE_HEADERS, type TestNode } from '../test-support'
 import { createKeyStore } from './keys'
 import { mintUserToken } from './mint'
 
@@ -21,10 +22,7 @@ import { mintUserToken } from './mint'
  * not charged failed credentials for it (or a shared address is locked out once the service is back).
  */
 describe('the JWKS cannot be fetched', () => {
-  let env: TestEnv
-  let database: Database
-  let nc: Awaited<ReturnType<typeof connectNats>>
-  let api: RunningApi
+  let node: TestNode
   let jwks: ReturnType<typeof Bun.serve>
   let base: string
   let ws: string
@@ -38,19 +36,12 @@ describe('the JWKS cannot be fetched', () => {
     keys.push({ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' })
     sign = (sub) => new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setSubject(sub).setIssuedAt().setExpirationTime('10m').sign(privateKey)
     // Three failed credentials a minute per address: the outage must not spend them.
-    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_JWKS_URL: `http://127.0.0.1:${jwks.port}/jwks.json`, FANFARE_AUTH_FAILURES_PER_MINUTE: '3' })
-    database = await connectPostgres(env.vars.DATABASE_URL)
-    nc = await connectNats(env.vars.NATS_URL, 'jwks-outage-test')
-    await ensureStreams(nc, env.config)
-    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
-    base = `http://127.0.0.1:${api.port}`
-    ws = `ws://127.0.0.1:${api.port}/v1/ws`
+    node = await startTestNode({ FANFARE_JWKS_URL: `http://127.0.0.1:${jwks.port}/jwks.json`, FANFARE_AUTH_FAILURES_PER_MINUTE: '3' })
+    base = node.base
+    ws = node.wsUrl
   })
   afterAll(async () => {
-    await api?.stop()
-    await nc?.close()
-    await database?.close()
-    await env?.cleanup()
+    await node?.close()
     jwks?.stop(true)
   })
 
@@ -59,7 +50,7 @@ describe('the JWKS cannot be fetched', () => {
   test("a refresh that cannot be checked keeps the socket and its identity: the token it holds is still good until it expires", async () => {
     // Signed in with an HS256 token (the secret works without the JWKS), refreshed with a JWKS one.
     down = true
-    const c = await WsClient.open(`${ws}?token=${await mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub: 'bob', ttlSeconds: 600 })}`)
+    const c = await WsClient.open(`${ws}?token=${await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'bob', ttlSeconds: 600 })}`)
     // First in this file: the node has never fetched the set, so the token's key must be fetched.
     const { privateKey } = await generateKeyPair('ES256', { extractable: true })
     const rotated = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k2' }).setSubject('bob').setIssuedAt().setExpirationTime('10m').sign(privateKey)
@@ -83,9 +74,7 @@ describe('the JWKS cannot be fetched', () => {
       expect(res.headers.get('retry-after')).toBe('1')
       expect(body.error.message).not.toContain('127.0.0.1') // where the auth service lives is not the caller's business
     }
-    const upgrade = await fetch(`${base}/v1/ws?token=${token}`, {
-      headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },
-    })
+    const upgrade = await fetch(`${base}/v1/ws?token=${token}`, { headers: UPGRADE_HEADERS })
     expect([upgrade.status, ((await upgrade.json()) as any).error.code]).toEqual([503, 'auth_unavailable'])
     expect(upgrade.headers.get('retry-after')).toBe('1')
 

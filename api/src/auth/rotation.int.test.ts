@@ -1,12 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { connectPostgres, type Database } from '../../../core/db/client'
 import { createLogger } from '../../../core/logger'
-import { connectNats, ensureStreams } from '../../../core/nats'
-import { createTestEnv, type TestEnv } from '../../../core/testing/env'
 import { until, WsClient } from '../../../test/e2e/harness'
 import { createClient } from '../../../client/src/client'
 import { CLOSE } from '../realtime/close-codes'
 import { startApi, type RunningApi } from '../server'
+import { startTestNode, UPGRADE_HEADERS, type TestNode } from '../test-support'
 import { mintUserToken } from './mint'
 
 const OLD = 'rotation-test-old-secret-0123456789abcdef'
@@ -20,9 +18,7 @@ const OTHER = 'rotation-test-someone-elses-secret-0123456789'
  * Without it a client holding one got 4003 from an updated node, terminal for the SDK.
  */
 describe('rotating the JWT secret', () => {
-  let env: TestEnv
-  let database: Database
-  let nc: Awaited<ReturnType<typeof connectNats>>
+  let node: TestNode
   /** Mid-rotation: NEW current, OLD previous. */
   let rotating: RunningApi
   /** After the rotation: NEW only. */
@@ -32,33 +28,25 @@ describe('rotating the JWT secret', () => {
 
   beforeAll(async () => {
     // Failed credentials are counted per address; X-Forwarded-For from the test gives each test its own.
-    env = await createTestEnv({
-      PORT: '0',
-      HOST: '127.0.0.1',
+    node = await startTestNode({
       FANFARE_JWT_SECRET: NEW,
       FANFARE_JWT_PREVIOUS_SECRET: OLD,
       FANFARE_AUTH_FAILURES_PER_MINUTE: '3',
       FANFARE_TRUSTED_PROXIES: '127.0.0.1',
     })
-    database = await connectPostgres(env.vars.DATABASE_URL)
-    nc = await connectNats(env.vars.NATS_URL, 'jwt-rotation-test')
-    await ensureStreams(nc, env.config)
-    rotating = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
-    rotated = await startApi({ config: { ...env.config, FANFARE_JWT_PREVIOUS_SECRET: undefined }, db: database.db, nc, logger: createLogger('silent') })
+    rotating = node.api
+    rotated = await startApi({ config: { ...node.env.config, FANFARE_JWT_PREVIOUS_SECRET: undefined }, db: node.database.db, nc: node.nc, logger: createLogger('silent') })
   })
   afterAll(async () => {
-    await rotating?.stop()
     await rotated?.stop()
-    await nc?.close()
-    await database?.close()
-    await env?.cleanup()
+    await node?.close()
   })
 
   const get = (api: RunningApi, token: string, address = '198.51.100.1') =>
     fetch(`${base(api)}/v1/leaderboards/b`, { headers: { authorization: `Bearer ${token}`, 'x-forwarded-for': address } })
   const upgrade = (api: RunningApi, token: string) =>
     fetch(`${base(api)}/v1/ws?token=${token}`, {
-      headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13', 'x-forwarded-for': '198.51.100.2' },
+      headers: { ...UPGRADE_HEADERS, 'x-forwarded-for': '198.51.100.2' },
     })
   const codeOf = async (res: Response) => [res.status, ((await res.json()) as any).error?.code]
   /** Signs in on the socket (?token=) and proves who it is: only that user may subscribe to user:<sub>. */
