@@ -1,44 +1,35 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { jetstream } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
 import { channelOf, runOf, type ReactionsChange } from '../../../../core/channels'
-import { connectPostgres, type Database } from '../../../../core/db/client'
+import type { Database } from '../../../../core/db/client'
 import { reactionTotals } from '../../../../core/db/schema'
 import { subjects } from '../../../../core/events'
-import { createLogger } from '../../../../core/logger'
-import { connectNats, ensureStreams, topology } from '../../../../core/nats'
-import { createTestEnv, type TestEnv } from '../../../../core/testing/env'
+import type { TestEnv } from '../../../../core/testing/env'
 import { until, WsClient } from '../../../../test/e2e/harness'
 import { mintUserToken } from '../../auth/mint'
-import { startApi, type RunningApi } from '../../server'
+import { startTestNode, type TestNode } from '../../test-support'
 
 const WINDOW_MS = 400
 
 /** Reactions on a real API node (real Postgres and NATS; no worker: the tests write what a worker would). */
 describe('reactions: REST, validation, and the windowed channel', () => {
+  let node: TestNode
   let env: TestEnv
   let database: Database
-  let nc: Awaited<ReturnType<typeof connectNats>>
-  let api: RunningApi
+  let nc: NatsConnection
   let base: string
   let ws: string
 
   beforeAll(async () => {
-    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_REACTION_WINDOW_MS: String(WINDOW_MS) })
-    database = await connectPostgres(env.vars.DATABASE_URL)
-    nc = await connectNats(env.vars.NATS_URL, 'reactions-test')
-    await ensureStreams(nc, env.config)
-    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
-    base = `http://127.0.0.1:${api.port}`
-    ws = `ws://127.0.0.1:${api.port}/v1/ws`
+    node = await startTestNode({ FANFARE_REACTION_WINDOW_MS: String(WINDOW_MS) })
+    ;({ env, database, nc, base, wsUrl: ws } = node)
   })
   afterAll(async () => {
-    await api?.stop()
-    await nc?.close()
-    await database?.close()
-    await env?.cleanup()
+    await node?.close()
   })
 
-  const storedEvents = async () => (await (await jetstreamManager(nc)).streams.info(topology(env.config).eventStream)).state.messages
+  const storedEvents = () => node.streamCount()
   const post = (body: unknown) =>
     fetch(`${base}/v1/events`, {
       method: 'POST',
