@@ -106,22 +106,25 @@ const kindDefaults: Partial<Record<ChannelKind, { size: number; ttlMs: number }>
   poll: { size: 300, ttlMs: 3600_000 },
 }
 
+/** The kinds with history variables of their own: `FANFARE_HISTORY_SIZE_<KIND>`, `FANFARE_HISTORY_TTL_MS_<KIND>`. */
+const ownHistory = { leaderboard: 'LEADERBOARD', chat: 'CHAT', stream: 'STREAM', poll: 'POLL', reactions: 'REACTIONS' } as const
+
+/** The variables that set a kind's history: its own (see ownHistory), else the general ones. */
+export function historyVariables(kind: ChannelKind) {
+  const suffix = (ownHistory as Partial<Record<ChannelKind, (typeof ownHistory)[keyof typeof ownHistory]>>)[kind]
+  return suffix
+    ? { own: true, size: `FANFARE_HISTORY_SIZE_${suffix}` as const, ttlMs: `FANFARE_HISTORY_TTL_MS_${suffix}` as const }
+    : { own: false, size: 'FANFARE_HISTORY_SIZE' as const, ttlMs: 'FANFARE_HISTORY_TTL_MS' as const }
+}
+
 /**
  * How many change runs (messages of one or more changes) a channel of this kind keeps, and for how
  * long: the kind's own variable (`FANFARE_HISTORY_SIZE_<KIND>`, `FANFARE_HISTORY_TTL_MS_<KIND>`),
  * else the kind's built-in default (see kindDefaults), else FANFARE_HISTORY_SIZE / _TTL_MS.
  */
 export function historyRetention(config: Config, kind: ChannelKind): { size: number; ttlMs: number } {
-  const own: Record<ChannelKind, [number | undefined, number | undefined]> = {
-    leaderboard: [config.FANFARE_HISTORY_SIZE_LEADERBOARD, config.FANFARE_HISTORY_TTL_MS_LEADERBOARD],
-    chat: [config.FANFARE_HISTORY_SIZE_CHAT, config.FANFARE_HISTORY_TTL_MS_CHAT],
-    user: [undefined, undefined],
-    stream: [config.FANFARE_HISTORY_SIZE_STREAM, config.FANFARE_HISTORY_TTL_MS_STREAM],
-    poll: [config.FANFARE_HISTORY_SIZE_POLL, config.FANFARE_HISTORY_TTL_MS_POLL],
-    reactions: [config.FANFARE_HISTORY_SIZE_REACTIONS, config.FANFARE_HISTORY_TTL_MS_REACTIONS],
-    match: [undefined, undefined],
-  }
-  const [size, ttlMs] = own[kind]
+  const v = historyVariables(kind)
+  const [size, ttlMs] = v.own ? [config[v.size], config[v.ttlMs]] : [undefined, undefined]
   return { size: size ?? kindDefaults[kind]?.size ?? config.FANFARE_HISTORY_SIZE, ttlMs: ttlMs ?? kindDefaults[kind]?.ttlMs ?? config.FANFARE_HISTORY_TTL_MS }
 }
 

@@ -1,9 +1,9 @@
 import type { JetStreamManager, StreamConfig } from '@nats-io/jetstream'
 import { millis } from '@nats-io/transport-node'
-import { channelKinds, type ChannelKind } from './channels'
+import { channelKinds } from './channels'
 import type { Config } from './config'
 import type { Logger } from './logger'
-import { historyRetention, siteOf, topology } from './nats'
+import { historyRetention, historyVariables, siteOf, topology } from './nats'
 
 /**
  * A setting of the shared streams on which this process's config differs from the stream: the
@@ -11,13 +11,6 @@ import { historyRetention, siteOf, topology } from './nats'
  * (see ensureStreams): the process works with the stream's.
  */
 export type SettingDrift = { variable: string; stream: string; configured: number | string; actual: number | string }
-
-/** Kinds with a `FANFARE_HISTORY_SIZE_<KIND>` / `FANFARE_HISTORY_TTL_MS_<KIND>` of their own (see historyRetention). */
-const ownHistoryVariables: ChannelKind[] = ['leaderboard', 'chat', 'stream', 'poll', 'reactions']
-
-function historyVariable(base: 'FANFARE_HISTORY_SIZE' | 'FANFARE_HISTORY_TTL_MS', kind: ChannelKind): string {
-  return ownHistoryVariables.includes(kind) ? `${base}_${kind.toUpperCase()}` : base
-}
 
 const sourcesOf = (cfg: StreamConfig): string => (cfg.sources ?? []).map((s) => s.external?.api?.split('.')[1] ?? s.name).sort().join(',')
 
@@ -45,11 +38,13 @@ export async function readStreamSettings(jsm: JetStreamManager, config: Config, 
   compare('FANFARE_EVENT_RETENTION_MS', t.eventStream, config.FANFARE_EVENT_RETENTION_MS, retentionMs)
   compare('FANFARE_REPLICAS', t.eventStream, config.FANFARE_REPLICAS, events.num_replicas)
   if (site.kind === 'hub' && site.edges) compare('FANFARE_EDGE_DOMAINS', t.eventStream, [...site.edges].sort().join(','), sourcesOf(events))
-  for (const kind of channelKinds) {
-    const changes = (await jsm.streams.info(t.changeStreams[kind])).config
+  // One request per kind, in parallel: this runs at every node's start.
+  const changeStreams = await Promise.all(channelKinds.map(async (kind) => [kind, (await jsm.streams.info(t.changeStreams[kind])).config] as const))
+  for (const [kind, changes] of changeStreams) {
     const { size, ttlMs } = historyRetention(config, kind)
-    compare(historyVariable('FANFARE_HISTORY_SIZE', kind), changes.name, size, changes.max_msgs_per_subject)
-    compare(historyVariable('FANFARE_HISTORY_TTL_MS', kind), changes.name, ttlMs, millis(changes.max_age ?? 0))
+    const variables = historyVariables(kind)
+    compare(variables.size, changes.name, size, changes.max_msgs_per_subject)
+    compare(variables.ttlMs, changes.name, ttlMs, millis(changes.max_age ?? 0))
     compare('FANFARE_REPLICAS', changes.name, config.FANFARE_REPLICAS, changes.num_replicas)
   }
   for (const d of drift) {
