@@ -30,6 +30,11 @@ export function serverWait(ms: unknown, maxMs: number): number | undefined {
   return typeof ms === 'number' && Number.isFinite(ms) && ms >= 0 ? Math.min(ms, maxMs, MAX_TIMER_MS) : undefined
 }
 
+/** The wait a refusal (an `error` frame's error) asks for: its `retryAfterMs`, else its details' one (see `serverWait`). */
+export function retryAfter(error: { retryAfterMs?: unknown; details?: unknown }, maxMs: number): number | undefined {
+  return serverWait(error.retryAfterMs, maxMs) ?? serverWait((error.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs, maxMs)
+}
+
 /**
  * A timing option (ms) as a delay a timer can hold, one rule for all of them: unset gives
  * `fallback`; `Infinity` means no limit and, like anything longer than a timer holds (2^31-1 ms,

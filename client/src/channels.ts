@@ -1,4 +1,4 @@
-import { MAX_TIMER_MS, serverWait } from './backoff'
+import { MAX_TIMER_MS, retryAfter } from './backoff'
 import { FanfareError } from './errors'
 import type { ChannelSnapshots, ChannelUpdates, Kind, KindOf, ServerFrame } from './protocol'
 import { helpers, kindOf, RESYNC, type StateHelper } from './state'
@@ -401,7 +401,7 @@ export function createChannels(deps: {
           // gives, or a backoff. Without a ref it is about a subscription the server had: reported,
           // since the channel stops following until it is subscribed again.
           if (frame.ref === undefined) deps.report(new FanfareError(code, `${f.channel}: ${message}; subscribing again`, details))
-          const wait = serverWait(frame.error.retryAfterMs, deps.maxServerWaitMs) ?? serverWait((details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs, deps.maxServerWaitMs) ?? deps.backoff(++f.retries)
+          const wait = retryAfter(frame.error, deps.maxServerWaitMs) ?? deps.backoff(++f.retries)
           retryLater(f, code === 'rate_limited' ? paced(wait) : wait, frame.ref === undefined)
           return true
         }

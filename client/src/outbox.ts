@@ -1,4 +1,4 @@
-import { MAX_TIMER_MS, serverWait } from './backoff'
+import { MAX_TIMER_MS, retryAfter } from './backoff'
 import { FanfareError } from './errors'
 import type { PublishedEvent, ServerFrame } from './protocol'
 
@@ -184,7 +184,7 @@ export function createOutbox(deps: {
       }
       const { code, message, details } = frame.error
       if (RETRY_AFTER_WAIT.has(code)) {
-        const wait = serverWait(frame.error.retryAfterMs, deps.maxServerWaitMs) ?? serverWait((details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs, deps.maxServerWaitMs) ?? deps.backoff(++failures)
+        const wait = retryAfter(frame.error, deps.maxServerWaitMs) ?? deps.backoff(++failures)
         requeue(e)
         window = 1
         pausedUntil = Math.max(pausedUntil, deps.now() + wait)
