@@ -691,7 +691,8 @@ describe('client timing options', () => {
       globalThis.setTimeout = ((fn: () => void, ms?: number) => (timers++, realSetTimeout(fn, ms))) as typeof setTimeout
       try {
         // Pings every 200 ms unless pingIntervalMs itself is under test: a pong timeout firing at once drops the connection.
-        const c = keep(createClient({ urls: [s.url], token: () => Promise.resolve('t'), pingIntervalMs: 200, [option]: Infinity, backoff: { minMs: 10, maxMs: 10 } }))
+        // The token answers after 50 ms: answered at once, it settled before a tokenTimeoutMs timer firing at once could.
+        const c = keep(createClient({ urls: [s.url], token: () => Bun.sleep(50).then(() => 't'), pingIntervalMs: 200, [option]: Infinity, backoff: { minMs: 10, maxMs: 10 } }))
         const seen: string[] = []
         c.on('status', (st) => void seen.push(st.state === 'reconnecting' ? `reconnecting: ${st.reason.message}` : st.state))
         c.subscribe('reactions:s')
