@@ -27,6 +27,7 @@ import { createClient, type Client, type Subscription } from '../client/src'
 import { TEST_PG_URL } from '../core/testing/env'
 import { spawnProc, until, waitReady, type Proc } from '../test/e2e/harness'
 import { privateNats } from '../test/cluster/private-nats'
+import { apiAt, configureBoard } from '../test/cluster/support'
 
 const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3)
 const PHASES = (arg('phases') ?? 'api,workers,scale,migrate,config').split(',')
@@ -440,12 +441,7 @@ async function main() {
     startApi(0)
     startApi(1)
     for (const u of urls) await waitReady(u, procs, 60_000)
-    const put = await fetch(`${urls[0]}/admin/leaderboards/${BOARD}`, {
-      method: 'PUT',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${vars.FANFARE_ADMIN_TOKEN}` },
-      body: JSON.stringify({ operator: 'latest' }),
-    })
-    if (put.status !== 200) throw new Error(`board config ${put.status}`)
+    await configureBoard(apiAt(apiPorts[0], vars), BOARD, 'latest')
     await sendUntilAcked('setup', [{ type: 'poll.opened', data: { stream: STREAM, poll: POLL, question: 'Who?', options: ['a', 'b', 'c'] } }], vars.FANFARE_INGEST_TOKEN, 0)
     await until('poll open', async () => (await fetch(`${urls[0]}/v1/polls/${POLL}`)).status === 200, 20_000, 200)
     for (let i = 0; i < 4; i++) subs.push(new Subscriber(`sub${i}`, i % 2))
