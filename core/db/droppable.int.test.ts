@@ -1,8 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { sql } from 'drizzle-orm'
 import { createTestEnv, type TestEnv } from '../testing/env'
-import { tcpProxy, type TcpProxy } from '../testing/tcp-proxy'
-import { freePort } from '../process'
+import { proxyDatabase, type TcpProxy } from '../testing/tcp-proxy'
 import { connectBunSql, connectPostgres, NotAnswering, rowsOf, type DroppableDatabase } from './client'
 import { isTransientDbError } from './errors'
 
@@ -40,11 +39,9 @@ describe.each([
 
   test('ping, drop and reconnect', async () => {
     env = await createTestEnv()
-    const direct = new URL(env.vars.DATABASE_URL)
-    proxy = tcpProxy({ port: freePort(), target: { host: direct.hostname, port: Number(direct.port || 5432) } })
-    const url = new URL(direct)
-    url.port = String(proxy.port)
-    database = await connect(url.toString(), { max: 2, connectTimeoutMs: 1000 })
+    const proxied = proxyDatabase(env.vars.DATABASE_URL)
+    proxy = proxied.proxy
+    database = await connect(proxied.url, { max: 2, connectTimeoutMs: 1000 })
     const { db } = database
     const now = () => rowsOf<{ t: unknown }>(db, sql`select now() as t`)
     expect(await db.transaction(async (tx) => rowsOf<{ n: number }>(tx, sql`select 1 as n`))).toHaveLength(1)

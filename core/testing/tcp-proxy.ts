@@ -1,4 +1,5 @@
 import type { Socket, TCPSocketListener } from 'bun'
+import { freePort } from '../process'
 
 /**
  * A TCP proxy a test puts between two servers (a leaf nats-server and its hub), or between a
@@ -240,4 +241,16 @@ export function tcpProxy(opts: { port: number; target: { host: string; port: num
       server.stop(true)
     },
   }
+}
+
+/**
+ * A proxy on a free port in front of the Postgres of `databaseUrl`, and the same URL through it:
+ * for a node or a connection whose path to Postgres a test stalls or cuts.
+ */
+export function proxyDatabase(databaseUrl: string): { proxy: TcpProxy; url: string } {
+  const direct = new URL(databaseUrl)
+  const proxy = tcpProxy({ port: freePort(), target: { host: direct.hostname, port: Number(direct.port || 5432) } })
+  const proxied = new URL(direct)
+  proxied.port = String(proxy.port)
+  return { proxy, url: proxied.toString() }
 }

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { tcpProxy, type TcpProxy } from '../../core/testing/tcp-proxy'
+import { proxyDatabase, type TcpProxy } from '../../core/testing/tcp-proxy'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { apiAt, configureBoard, configuredVersion, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from './support'
 
@@ -37,17 +37,15 @@ describe('a worker that loses Postgres but not NATS', () => {
 
   test('gives its partitions to a healthy worker, takes its share back when Postgres answers', async () => {
     env = await createTestEnv({ FANFARE_PARTITIONS: String(PARTITIONS), FANFARE_LEASE_TTL_MS: '2000', FANFARE_DATABASE_TIMEOUT_MS: '2000' })
-    const direct = new URL(env.vars.DATABASE_URL)
-    proxy = tcpProxy({ port: freePort(), target: { host: direct.hostname, port: Number(direct.port || 5432) } })
-    const proxied = new URL(direct)
-    proxied.port = String(proxy.port)
+    const proxied = proxyDatabase(env.vars.DATABASE_URL)
+    proxy = proxied.proxy
     const apiPort = freePort()
     const base = { ...env.vars, HOST: '127.0.0.1', LOG_LEVEL: 'info', FANFARE_LOG_FORMAT: 'json' }
     const api = apiAt(apiPort, base)
     procs.push(spawnProc('api', 'api/src/main.ts', { ...base, PORT: String(apiPort) }))
     await waitReady(api.baseUrl, procs)
     // The stalled-to-be worker first, so that it holds partitions (all, until the other joins).
-    const cut = spawnProc('cut-off', 'stream-workers/src/main.ts', { ...base, DATABASE_URL: proxied.toString(), FANFARE_METRICS_PORT: String(freePort()) })
+    const cut = spawnProc('cut-off', 'stream-workers/src/main.ts', { ...base, DATABASE_URL: proxied.url, FANFARE_METRICS_PORT: String(freePort()) })
     procs.push(cut)
     await until('the first worker holds every partition', () => count(cut, 'partition acquired') >= PARTITIONS, 30_000, 100)
     const healthy = spawnProc('healthy', 'stream-workers/src/main.ts', { ...base, FANFARE_METRICS_PORT: String(freePort()) })

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { tcpProxy, type TcpProxy } from '../../core/testing/tcp-proxy'
+import { proxyDatabase, type TcpProxy } from '../../core/testing/tcp-proxy'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { apiAt, configureBoard, configuredVersion, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from './support'
 
@@ -30,14 +30,12 @@ describe('worker and API node whose Postgres stops answering', () => {
 
   test('noticed within seconds; everything applied exactly once after the path comes back', async () => {
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const direct = new URL(env.vars.DATABASE_URL)
-    proxy = tcpProxy({ port: freePort(), target: { host: direct.hostname, port: Number(direct.port || 5432) } })
-    const proxied = new URL(direct)
-    proxied.port = String(proxy.port)
+    const proxied = proxyDatabase(env.vars.DATABASE_URL)
+    proxy = proxied.proxy
     const apiPort = freePort()
     const metricsPort = freePort()
     // Both nodes reach Postgres through the proxy (ingest needs only NATS, so events go on being stored).
-    const base = { ...env.vars, HOST: '127.0.0.1', DATABASE_URL: proxied.toString() }
+    const base = { ...env.vars, HOST: '127.0.0.1', DATABASE_URL: proxied.url }
     const worker = spawnProc('worker', 'stream-workers/src/main.ts', { ...base, LOG_LEVEL: 'info', FANFARE_METRICS_PORT: String(metricsPort) })
     procs.push(spawnProc('api', 'api/src/main.ts', { ...base, PORT: String(apiPort) }), worker)
     const api = apiAt(apiPort, base)

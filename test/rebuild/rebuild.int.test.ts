@@ -3,8 +3,7 @@ import { DeliverPolicy, jetstream } from '@nats-io/jetstream'
 import postgres from 'postgres'
 import type { ChangeRun } from '../../core/channels'
 import { setDatabaseDefault } from '../../core/testing/database'
-import { tcpProxy } from '../../core/testing/tcp-proxy'
-import { freePort } from '../../core/process'
+import { proxyDatabase } from '../../core/testing/tcp-proxy'
 import { Kvm } from '@nats-io/kv'
 import { asc, sql } from 'drizzle-orm'
 import { createHarness, type ApiHarness } from '../../api/src/test-support'
@@ -505,11 +504,9 @@ describe('POST /admin/projections/:name/rebuild', () => {
     await caughtUp(hh)
     // The rebuild reaches Postgres through a proxy that keeps back the answer to its COMMIT, then
     // cuts the connection.
-    const url = new URL(hh.env.vars.DATABASE_URL)
-    const proxy = tcpProxy({ port: freePort(), target: { host: url.hostname, port: Number(url.port || 5432) } })
+    const { proxy, url } = proxyDatabase(hh.env.vars.DATABASE_URL)
     closers.push(async () => proxy.close())
-    url.port = String(proxy.port)
-    const db = await connectBunSql(url.toString(), { max: 2 })
+    const db = await connectBunSql(url, { max: 2 })
     closers.push(() => db.close())
     const lines: string[] = []
     const output = {
