@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { configureBoard, configuredVersion, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
+import { until, type Proc } from '../e2e/harness'
+import { configureBoard, configuredVersion, postEvents, privateNatsDeployment, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
 
 const PLAYERS = 40
 
@@ -26,11 +26,8 @@ describe('NATS restart during ingest', () => {
       FANFARE_KEY_OPS_PER_SECOND: '10000000',
       FANFARE_KEY_OPS_BURST: '10000000',
     })
-    const { nats, env, vars, api } = d
-    const apiProc = spawnProc('api', 'api/src/main.ts', vars)
-    const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
-    procs.push(apiProc, workerProc)
-    await waitReady(api.baseUrl, procs)
+    const { nats, env, api } = d
+    const { workerProc } = await startNodes(d, procs)
     const run = Math.random().toString(36).slice(2, 8)
     const board = `sum_${run}`
     await configureBoard(api, board, 'sum')

@@ -8,8 +8,8 @@ import { createLogger } from '../../core/logger'
 import { connectNats, topology } from '../../core/nats'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
-import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
+import { until, type Proc } from '../e2e/harness'
+import { configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
 
 /**
  * A rebuild reads the event stream with a consumer that lives in nats-server's memory: a NATS
@@ -34,11 +34,8 @@ describe('a rebuild across a NATS restart', () => {
     await Promise.all(procs.splice(0).map((p) => p.stop('SIGKILL')))
     await d?.close()
     d = await privateNatsDeployment(name, { FANFARE_PARTITIONS: '2', FANFARE_KEY_OPS_PER_SECOND: '10000000', FANFARE_KEY_OPS_BURST: '10000000', ...overrides })
-    const { env, vars, api } = d
-    const apiProc = spawnProc('api', 'api/src/main.ts', vars)
-    const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
-    procs.push(apiProc, workerProc)
-    await waitReady(api.baseUrl, procs)
+    const { env, api } = d
+    const { workerProc } = await startNodes(d, procs)
     const run = Math.random().toString(36).slice(2, 8)
     const board = `sum_${run}`
     await configureBoard(api, board, 'sum')

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import postgres from 'postgres'
 import { createClient, type Client, type CloseReason, type StateOf, type Subscription } from '../../client/src'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, until, type Proc, type WsClient } from '../e2e/harness'
+import { freePort, spawnProc, until, waitReady, type Proc, type WsClient } from '../e2e/harness'
 import { privateNats, type PrivateNats, type PrivateNatsOptions } from './private-nats'
 import { createFanfareDatabase, createPrivatePostgres, type PrivatePostgres } from './private-postgres'
 import { tcpProxy, type TcpProxy } from '../../core/testing/tcp-proxy'
@@ -73,6 +73,18 @@ export type PrivateNatsDeployment = {
   port: number
   /** Stops the server, cleans the env and deletes the server's store (stop the nodes first). */
   close: () => Promise<void>
+}
+
+/**
+ * An API node and a worker of a deployment, added to `procs` (for the test's teardown), once the
+ * API node is ready.
+ */
+export async function startNodes(d: Pick<PrivateNatsDeployment, 'vars' | 'api'>, procs: Proc[]): Promise<{ apiProc: Proc; workerProc: Proc }> {
+  const apiProc = spawnProc('api', 'api/src/main.ts', d.vars)
+  const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', d.vars)
+  procs.push(apiProc, workerProc)
+  await waitReady(d.api.baseUrl, procs)
+  return { apiProc, workerProc }
 }
 
 /**
