@@ -145,6 +145,9 @@ export async function streamIdentity(jsm: JetStreamManager, stream: string): Pro
 /** The identity (see streamIdentity) of a stream whose info was read. */
 export const identityOf = (info: StreamInfo): string => `${info.config.name}@${incarnationOf(info.config.description) ?? info.created}`
 
+/** The stream's name in an identity (see streamIdentity): what precedes its last `@`. */
+export const streamNameOf = (identity: string): string => identity.replace(/@[^@]*$/, '')
+
 /** The creation time a stream's description records (see streamIdentity), if it has one. */
 export const incarnationOf = (description: string | undefined): string | undefined => /(?:^|; )incarnation=([^;]+)/.exec(description ?? '')?.[1]
 /** `description` with the creation time `incarnation` recorded in it. */

@@ -5,7 +5,7 @@ import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
-import { identityOf, incarnationOf, UpgradeRequired } from '../../../core/nats'
+import { identityOf, incarnationOf, streamNameOf, UpgradeRequired } from '../../../core/nats'
 import { StreamChanged } from './stream-check'
 import { takeExpiredRange } from '../../../core/retention-watch'
 import type { Projection } from '../projections/types'
@@ -441,7 +441,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         deps.db,
         sql`select stream, seq from ${projectionCheckpoints} where projection = ${deps.projection.name} and partition = ${deps.partition}`,
       )
-      if (held && Number(held.seq) > 0 && held.stream !== stream && held.stream.replace(/@[^@]*$/, '') === deps.stream) {
+      if (held && Number(held.seq) > 0 && held.stream !== stream && streamNameOf(held.stream) === deps.stream) {
         throw new UpgradeRequired(`the event stream ${deps.stream} records no identity and NATS reports another (${stream}) than this partition's checkpoint holds (${held.stream})`)
       }
     }
@@ -468,7 +468,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         deps.db,
         sql`select stream from ${projectionCheckpoints} where projection = ${deps.projection.name} and partition = ${deps.partition}`,
       )
-      if (other) throw new StreamChanged(deps.stream, [other.stream.replace(/@[^@]*$/, '')])
+      if (other) throw new StreamChanged(deps.stream, [streamNameOf(other.stream)])
     }
     if (row && row.previous !== '' && row.previous !== stream) {
       log.error(
