@@ -60,7 +60,7 @@ export async function dropOrphanSchemas(deps: { db: Db; kv: KV; logger: Logger }
   }
   // A retired schema exists only once its switch committed: of a job not yet done, whatever the
   // attempt, it is how the job's takeover knows it switched already (see runRebuild).
-  const kept = (s: RebuildSchema) => inUse.has(`${s.jobId}_${s.attempt}`) || (s.name.startsWith('retired_') && unfinished.has(s.jobId))
+  const kept = (s: RebuildSchema) => inUse.has(`${s.jobId}_${s.attempt}`) || (s.retired && unfinished.has(s.jobId))
   const orphans = schemas.filter((s) => !kept(s)).map((s) => s.name)
   if (orphans.length > 0) {
     await dropSchemas(deps.db, orphans)

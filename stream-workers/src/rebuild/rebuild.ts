@@ -12,7 +12,7 @@ import { dbErrorSummary, errorMessageOf, isDataDbError, isTransientDbError, Stal
 import { streamIdentity, topology } from '../../../core/nats'
 import type { Metrics } from '../../../core/metrics'
 import { createPartSize } from '../runtime/part-size'
-import { committedSwitch, createShadow, dropSchemas, jobSwitch, leftoverSchemas, lockDeadLetters, lockLiveTables, recordSwitch, replaceDeadLetters, shadowSchemaName, swapIn, useShadow } from './shadow'
+import { committedSwitch, createShadow, dropSchemas, jobSwitch, leftoverSchemas, lockDeadLetters, lockLiveTables, recordSwitch, replaceDeadLetters, retiredSchemaName, shadowSchemaName, swapIn, useShadow } from './shadow'
 
 export type RebuildDeps = {
   /** The event stream, subject prefix, partitions and batch size come from here (see topology). */
@@ -83,7 +83,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
   const now = deps.now ?? (() => new Date())
   const log = deps.logger.child({ projection: projection.name, rebuild: job.id, attempt: job.attempt })
   const shadow = shadowSchemaName(job.id, job.attempt)
-  const retired = `retired_${job.id}_${job.attempt}`
+  const retired = retiredSchemaName(job.id, job.attempt)
   // An earlier attempt switched in, and its worker died before the job was saved done: the job is
   // done at that switch. Rebuilding would switch a second time (every channel re-synced twice).
   const earlier = await jobSwitch(db, job.id)

@@ -66,6 +66,8 @@ export async function rebuildsInProgress(tx: Tx, projection: ProjectionName): Pr
 
 /** `rebuild_<job id>_<attempt>`: each attempt builds in its own schema, so a stale one cannot touch it. */
 export const shadowSchemaName = (jobId: string, attempt: number) => ident(`rebuild_${jobId}_${attempt}`)
+/** The schema a job's switch moves the replaced live tables to (see swapIn). */
+export const retiredSchemaName = (jobId: string, attempt: number) => ident(`retired_${jobId}_${attempt}`)
 
 /**
  * Creates `schema` with empty copies of the projection's read tables and the bookkeeping tables.
@@ -196,7 +198,7 @@ export async function committedSwitch(db: Db | Tx, retired: string): Promise<num
  */
 export async function jobSwitch(db: Db, jobId: string): Promise<{ retired: string; switchedAtSeq: number } | undefined> {
   for (const s of await rebuildSchemas(db)) {
-    if (s.jobId !== jobId || !s.name.startsWith('retired_')) continue
+    if (s.jobId !== jobId || !s.retired) continue
     const seq = await committedSwitch(db, s.name)
     if (seq !== undefined) return { retired: s.name, switchedAtSeq: seq }
   }
@@ -209,14 +211,14 @@ export async function dropSchemas(db: Db, schemas: string[]): Promise<void> {
 }
 
 /** A schema a rebuild made: `rebuild_<job id>_<attempt>` (its shadow) or `retired_<job id>_<attempt>` (the tables it replaced). */
-export type RebuildSchema = { name: string; jobId: string; attempt: number }
+export type RebuildSchema = { name: string; jobId: string; attempt: number; retired: boolean }
 
 /** Every shadow and retired schema in the database, with the job and attempt its name carries. */
 export async function rebuildSchemas(db: Db): Promise<RebuildSchema[]> {
   const rows = await rowsOf<{ name: string }>(db, sql`select nspname as name from pg_namespace where nspname like ${'rebuild\\_%'} or nspname like ${'retired\\_%'} order by 1`)
   return rows.flatMap(({ name }) => {
-    const m = /^(?:rebuild|retired)_([a-z0-9]+)_(\d+)$/.exec(name)
-    return m ? [{ name, jobId: m[1], attempt: Number(m[2]) }] : []
+    const m = /^(rebuild|retired)_([a-z0-9]+)_(\d+)$/.exec(name)
+    return m ? [{ name, jobId: m[2], attempt: Number(m[3]), retired: m[1] === 'retired' }] : []
   })
 }
 
