@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
-import { ListenFailed } from './net'
+import { ListenFailed } from './listen'
 
 /**
  * The Prometheus metrics of one process (API node, stream workers, or both in all-in-one), made

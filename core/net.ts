@@ -1,30 +1,5 @@
 import ipaddr from 'ipaddr.js'
 
-/** ListenFailed's cause when a node is given one port for two listeners (PORT and FANFARE_METRICS_PORT). */
-export const SAME_PORT = 'FANFARE_SAME_PORT'
-
-/**
- * Thrown at start when a process cannot listen on HOST and a port (`setting`: PORT, the API's;
- * FANFARE_METRICS_PORT): Bun's own error ("Is port 3000 in use?") names neither the setting nor
- * what to do.
- */
-export class ListenFailed extends Error {
-  constructor(host: string, port: number, setting: 'PORT' | 'FANFARE_METRICS_PORT', cause: unknown) {
-    const code = (cause as { code?: string } | undefined)?.code
-    super(
-      code === SAME_PORT
-        ? `cannot listen on ${host}:${port} twice: FANFARE_METRICS_PORT is the same port as PORT; set FANFARE_METRICS_PORT to another port`
-        : code === 'EADDRINUSE'
-        ? `cannot listen on ${host}:${port}: the port is in use by another process (another Fanfare?): stop it, or set ${setting} to a free port`
-        : code === 'EADDRNOTAVAIL'
-          ? `cannot listen on ${host}:${port}: ${host} is not an address of this machine: set HOST to one of its addresses (0.0.0.0 for all)`
-          : `cannot listen on ${host}:${port} (HOST, ${setting}): ${(cause as Error)?.message ?? String(cause)}`,
-      { cause },
-    )
-    this.name = 'ListenFailed'
-  }
-}
-
 /** An address range: an address and how many leading bits must match. */
 export type Cidr = [ipaddr.IPv4 | ipaddr.IPv6, number]
 

@@ -1,6 +1,6 @@
 import { DatabaseUnreachable, NotMigrated } from './db/client'
 import { NatsUnreachable } from './nats'
-import { ListenFailed } from './net'
+import { ListenFailed } from './listen'
 
 /**
  * What a node prints after `failed to start: `. A failure whose message says what to fix (NATS_URL

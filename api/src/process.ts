@@ -6,7 +6,8 @@ import { startObservability } from '../../core/observability'
 import { checkPublishPermissions, checkSubscribePermissions, connectNats, ensureStreams, topology } from '../../core/nats'
 import type { StopSignals } from '../../core/stop-signals'
 import { readStreamSettings } from '../../core/stream-settings'
-import { checkPorts, startApi } from './server'
+import { checkPorts } from '../../core/listen'
+import { startApi } from './server'
 
 function configOrExit(): Config {
   try {

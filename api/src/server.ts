@@ -1,7 +1,7 @@
 import { startRetentionWatch } from '../../core/retention-watch'
 import { projectionAreas, projectionNames } from '../../core/projections'
 import { createMetrics } from '../../core/metrics'
-import { ListenFailed, SAME_PORT } from '../../core/net'
+import { ListenFailed } from '../../core/listen'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createApp } from './app'
 import type { ApiDeps } from './deps'
@@ -14,38 +14,6 @@ import { startViewerSampler } from './modules/streams/sampler'
 import { liveStreamsToSample } from './modules/streams/service'
 import { startSeatWatcher } from './modules/matches/seats'
 import { answerNodeQueries, BUSIEST } from './modules/admin/nodes'
-
-/**
- * Throws ListenFailed when HOST and a port (`setting`: PORT, FANFARE_METRICS_PORT) cannot be
- * listened on now (taken, or not an address of this machine), by binding it as the listener will
- * and letting go at once. For a start that does costly or lasting work before it listens (npm start
- * opens the database and starts nats-server, an API node connects to Postgres and NATS): it can
- * refuse before any of that. Port 0 (any free port) always passes.
- */
-export async function checkPort(host: string, port: number, setting: 'PORT' | 'FANFARE_METRICS_PORT' = 'PORT'): Promise<void> {
-  if (port === 0) return
-  let probe: ReturnType<typeof Bun.serve>
-  try {
-    probe = Bun.serve({ hostname: host, port, reusePort: false, fetch: () => new Response() })
-  } catch (err) {
-    throw new ListenFailed(host, port, setting, err)
-  }
-  await probe.stop(true)
-}
-
-/**
- * The API node's ports checked before anything starts (checkPort): PORT, and FANFARE_METRICS_PORT
- * when set. One port given to both passes each check alone, then failed at the second listen with
- * "in use by another process" (the node's own metrics listener): refused here, saying so.
- */
-export async function checkPorts(config: { HOST: string; PORT: number; FANFARE_METRICS_PORT?: number }): Promise<void> {
-  const metrics = config.FANFARE_METRICS_PORT
-  if (metrics !== undefined && metrics !== 0 && metrics === config.PORT) {
-    throw new ListenFailed(config.HOST, metrics, 'FANFARE_METRICS_PORT', Object.assign(new Error('the same port as PORT'), { code: SAME_PORT }))
-  }
-  await checkPort(config.HOST, config.PORT)
-  if (metrics !== undefined) await checkPort(config.HOST, metrics, 'FANFARE_METRICS_PORT')
-}
 
 /** How long a stopping node waits for its requests and publishes in flight: the publish timeout, and a margin. */
 const DRAIN_MS = 6_000
