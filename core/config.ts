@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value, ValuePointer } from '@sinclair/typebox/value'
 import { parseCidrs, parseNatsServers, parseOrigins } from './net'
+import { StartFailure } from './start-failure'
 
 /** A JetStream domain name (it becomes a subject token: `$JS.<domain>.API`). */
 const DOMAIN = '^[A-Za-z0-9_-]{1,64}$'
@@ -249,7 +250,7 @@ export type Env = Static<typeof Env>
 /** Config: the parsed environment. Tokens are always set once `main` has resolved defaults. */
 export type Config = Env
 
-export class ConfigError extends Error {
+export class ConfigError extends StartFailure {
   constructor(readonly problems: string[]) {
     super(`invalid configuration:\n  ${problems.join('\n  ')}`)
     this.name = 'ConfigError'

@@ -1,3 +1,5 @@
+import { StartFailure } from './start-failure'
+
 // Listening on HOST and a port at start: the check made before anything starts, and the error that
 // names the setting to change, for the API's PORT and every process's FANFARE_METRICS_PORT.
 
@@ -9,7 +11,7 @@ const SAME_PORT = 'FANFARE_SAME_PORT'
  * FANFARE_METRICS_PORT): Bun's own error ("Is port 3000 in use?") names neither the setting nor
  * what to do.
  */
-export class ListenFailed extends Error {
+export class ListenFailed extends StartFailure {
   constructor(host: string, port: number, setting: 'PORT' | 'FANFARE_METRICS_PORT', cause: unknown) {
     const code = (cause as { code?: string } | undefined)?.code
     super(

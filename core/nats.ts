@@ -5,13 +5,14 @@ import { parseDomains, type Config } from './config'
 import { eventTypes, subjects } from './events'
 import { parseNatsServers } from './net'
 import { replaySubjects } from './dead-letters'
+import { StartFailure } from './start-failure'
 
 /**
  * NATS_URL leads to no server we can use: none answers (refused, unknown host, a timeout) or the
  * server refused the login. The message names NATS_URL, the servers (never the login) and the
  * cause: a process that cannot start for it prints the message alone, not a stack trace.
  */
-export class NatsUnreachable extends Error {
+export class NatsUnreachable extends StartFailure {
   constructor(message: string, cause: unknown) {
     super(message, { cause })
     this.name = 'NatsUnreachable'

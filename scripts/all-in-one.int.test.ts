@@ -3,6 +3,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createLogger } from '../core/logger'
+import { DirInUse } from '../core/db/dir-lock'
 import { until } from '../core/testing/wait'
 import { freePort } from '../core/process'
 import { createTestEnv, type TestEnv } from '../core/testing/env'
@@ -130,7 +131,9 @@ describe('all-in-one', () => {
     expect(stream).toMatchObject({ status: 'live', title: 'Demo', poll: { poll: 'p1', status: 'open', options: [{ text: 'yes', votes: 0 }, { text: 'no', votes: 1 }] } })
     expect(((await (await fetch(`${app.url}/v1/streams?status=live`)).json()) as any).streams.map((s: any) => s.stream)).toEqual(['tv'])
 
-    await expect(startAllInOne(vars, logger)).rejects.toThrow(/in use by process/)
+    const second = startAllInOne(vars, logger)
+    await expect(second).rejects.toThrow(/in use by process/)
+    await expect(second).rejects.toBeInstanceOf(DirInUse)
     await app.stop()
   }, 60_000)
 

@@ -2,18 +2,19 @@ import { randomBytes } from 'node:crypto'
 import { accessSync, constants, mkdirSync } from 'node:fs'
 import { resolve } from 'node:path'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { ConfigError, loadConfig, warnMisspeltVariables, type Config } from '../core/config'
-import { checkReachable, connectPostgres, DatabaseUnreachable, migrate, openEmbedded, type Database } from '../core/db/client'
+import { loadConfig, warnMisspeltVariables, type Config } from '../core/config'
+import { checkReachable, connectPostgres, migrate, openEmbedded, type Database } from '../core/db/client'
 import { watchDatabase } from '../core/db/watch'
 import { createLogger, type Logger } from '../core/logger'
-import { connectNats, NatsUnreachable } from '../core/nats'
+import { connectNats } from '../core/nats'
 import { upgradeNats } from '../core/upgrade'
 import { startObservability } from '../core/observability'
 import { startApi } from '../api/src/server'
-import { checkPorts, ListenFailed } from '../core/listen'
+import { checkPorts } from '../core/listen'
+import { StartFailure, startFailure } from '../core/start-failure'
 import { mintUserToken } from '../api/src/auth/mint'
 import { startWorkers } from '../stream-workers/src/workers'
-import { startEmbeddedNats, NatsServerMissing } from './embedded-nats'
+import { startEmbeddedNats } from './embedded-nats'
 
 /** A running all-in-one Fanfare: API, stream workers and (when not configured) embedded services. */
 export type AllInOne = {
@@ -172,7 +173,7 @@ export async function startAllInOne(
  * Thrown at start when FANFARE_DATA_DIR cannot hold the embedded database and nats-server store:
  * otherwise the first mkdir or open in it failed with a bare ENOTDIR or EACCES and a stack trace.
  */
-export class DataDirUnusable extends Error {
+export class DataDirUnusable extends StartFailure {
   constructor(dir: string, cause: unknown) {
     const reason = (cause as { code?: string } | undefined)?.code ?? (cause as Error)?.message ?? String(cause)
     super(
@@ -278,16 +279,7 @@ if (import.meta.main) {
     const app = await starting
     if (!exiting) process.stderr.write(banner(app) + '\n')
   } catch (err) {
-    const expected =
-      err instanceof ConfigError ||
-      err instanceof NatsServerMissing ||
-      err instanceof NatsUnreachable ||
-      err instanceof DatabaseUnreachable ||
-      err instanceof ListenFailed ||
-      err instanceof DataDirUnusable ||
-      /in use by process/.test(String(err))
-    const text = expected ? (err as Error).message : ((err as Error)?.stack ?? String(err))
-    process.stderr.write(`\nfanfare: failed to start: ${text}\n`)
+    process.stderr.write(`\nfanfare: failed to start: ${startFailure(err, { named: false })}\n`)
     process.exit(1)
   }
 }

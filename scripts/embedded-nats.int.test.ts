@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { createLogger } from '../core/logger'
+import { DirInUse } from '../core/db/dir-lock'
 import { findNatsServer, startEmbeddedNats, waitUntilReady } from './embedded-nats'
 
 // These tests start their own nats-server processes on free ports with their own store
@@ -58,7 +59,9 @@ describe('startEmbeddedNats', () => {
     const dataDir = scratch()
     const first = await startEmbeddedNats({ dataDir, logger })
     try {
-      await expect(startEmbeddedNats({ dataDir, logger })).rejects.toThrow(/in use by process/)
+      const second = startEmbeddedNats({ dataDir, logger })
+      await expect(second).rejects.toThrow(/in use by process/)
+      await expect(second).rejects.toBeInstanceOf(DirInUse)
     } finally {
       await first.stop()
     }

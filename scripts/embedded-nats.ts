@@ -3,6 +3,8 @@ import { basename, resolve } from 'node:path'
 import { connect } from '@nats-io/transport-node'
 import type { Logger } from '../core/logger'
 import { freePort, isAlive } from '../core/process'
+import { StartFailure } from '../core/start-failure'
+import { DirInUse } from '../core/db/dir-lock'
 
 /** A nats-server child process with JetStream, owned by this process. */
 export type EmbeddedNats = {
@@ -18,7 +20,7 @@ export type EmbeddedNats = {
 }
 
 /** Thrown when no nats-server binary is available and none could be installed. */
-export class NatsServerMissing extends Error {
+export class NatsServerMissing extends StartFailure {
   constructor() {
     super(
       [
@@ -57,7 +59,7 @@ export async function startEmbeddedNats(opts: {
   // Two servers on one JetStream store directory corrupt it: the pid file doubles as a lock.
   const holder = readPid(pidFile)
   if (holder && servesStore(holder, storeDir, pidFile)) {
-    throw new Error(`the NATS store at ${storeDir} is in use by process ${holder} (another Fanfare?); stop it first`)
+    throw new DirInUse(`the NATS store at ${storeDir} is in use by process ${holder} (another Fanfare?); stop it first`)
   }
   const args = ['-a', '127.0.0.1', '-p', String(port), ...storeArgs(storeDir, pidFile)]
   // nats-server has no "die with parent" option and Bun has no PR_SET_PDEATHSIG. The shell wrapper

@@ -5,6 +5,7 @@ import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import { acquireDirLock } from './dir-lock'
 import { dbErrorSummary } from './errors'
 import * as schema from './schema'
+import { StartFailure } from '../start-failure'
 
 /** The drizzle database, whichever driver is behind it (postgres.js or embedded PGlite). */
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>
@@ -214,7 +215,7 @@ export async function migrate(database: Database): Promise<void> {
  * not run on it yet (a new deployment, or an upgrade whose migrate step was skipped). Without this
  * check the node crashed on its first query of a missing table, with a raw SQL error.
  */
-export class NotMigrated extends Error {
+export class NotMigrated extends StartFailure {
   constructor(missing: string) {
     super(`the database is not migrated for this version (migration ${missing} not applied): run \`npm run migrate\` of this version, then start this node again`)
     this.name = 'NotMigrated'
@@ -227,7 +228,7 @@ export class NotMigrated extends Error {
  * connection is free. The message names the setting, the server (never the login) and the cause:
  * the node prints it alone, not a stack trace. Once started, a node rides out a database outage.
  */
-export class DatabaseUnreachable extends Error {
+export class DatabaseUnreachable extends StartFailure {
   constructor(setting: string, url: string, cause: unknown) {
     super(`cannot use the database at ${setting} (${withoutLogin(url)}): ${connectionFailure(cause)}`, { cause })
     this.name = 'DatabaseUnreachable'

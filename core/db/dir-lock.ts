@@ -1,4 +1,16 @@
 import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs'
+import { StartFailure } from '../start-failure'
+
+/**
+ * A data directory (the embedded database's, the embedded nats-server's store) is held by another
+ * process, named by its pid in the message (`in use by process <pid>`).
+ */
+export class DirInUse extends StartFailure {
+  constructor(message: string) {
+    super(message)
+    this.name = 'DirInUse'
+  }
+}
 
 /**
  * An exclusive lock on a data directory, for as long as this process lives: an advisory
@@ -11,7 +23,7 @@ import { closeSync, constants, ftruncateSync, openSync, readFileSync, writeSync 
  * The file is never deleted: a process that opened it before an unlink would lock a file no one
  * else sees. Its content (the holder's pid) is only for the error message.
  *
- * Returns the release function (idempotent). Throws `in use by process <pid>` while another holder
+ * Returns the release function (idempotent). Throws DirInUse (`in use by process <pid>`) while another holder
  * has it, and a plain error on platforms without flock (neither Linux nor macOS).
  *
  * No npm package does this under Bun without a native build: fs-ext and os-lock compile with
@@ -31,7 +43,7 @@ export function acquireDirLock(path: string): () => void {
     const holder = readHolder(fd)
     closeSync(fd)
     if (errno === libc.EWOULDBLOCK) {
-      throw new Error(`the embedded database at ${path} is in use by process ${holder ?? '(unknown)'}; stop it first`)
+      throw new DirInUse(`the embedded database at ${path} is in use by process ${holder ?? '(unknown)'}; stop it first`)
     }
     throw new Error(`could not lock ${path}: flock failed with errno ${errno}`)
   }
