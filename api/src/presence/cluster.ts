@@ -1,6 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Logger } from '../../../core/logger'
 import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
+import { putNewest } from '../../../core/newest'
 import { goneKey, type ChannelDelta, type LeaveReason, type NodePart, type PresenceView } from './view'
 
 /** What nodes say to each other on `<prefix>.presence.node` (core NATS). */
@@ -77,10 +78,7 @@ export function startPresenceCluster(deps: {
   const remember = (delta: ChannelDelta) => {
     for (const [user] of delta.add ?? []) gone.delete(goneKey(delta.channel, user))
     for (const [user, reason] of delta.remove ?? []) {
-      const key = goneKey(delta.channel, user)
-      gone.delete(key)
-      gone.set(key, [delta.channel, user, reason])
-      if (gone.size > MAX_GONE) gone.delete(gone.keys().next().value!)
+      putNewest(gone, goneKey(delta.channel, user), [delta.channel, user, reason], MAX_GONE)
     }
   }
   let stopped = false

@@ -92,6 +92,10 @@ describe('seat book', () => {
     const b = createSeatBook({ maxLive: 2 })
     for (const m of ['a', 'b', 'c']) b.load([{ match: m, status: 'started', players: ['ann'], version: 5, epoch: 'e1' }])
     expect(['a', 'b', 'c'].map((m) => [b.wants(m), b.irrelevant(m, 'spec')])).toEqual([[true, false], [false, true], [false, true]])
+     // Oldest means least recently put: a match read again is kept over one not read since.
+    const r = createSeatBook({ maxLive: 2 })
+    for (const [m, version] of [['a', 5], ['b', 5], ['a', 6], ['c', 5]] as const) r.load([{ match: m, status: 'started', players: ['ann'], version, epoch: 'e1' }])
+    expect(['a', 'b', 'c'].map((m) => r.wants(m))).toEqual([false, true, false])
   })
 
   test('a match a read found no row of is missing (not wanted again) until a notice of it, a load of it, a resync, missingMs, or maxMissing newer ones', () => {

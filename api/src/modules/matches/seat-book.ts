@@ -1,4 +1,5 @@
 import type { ChangeNotice, MatchChange, MatchStatus } from '../../../../core/channels'
+import { addNewest, putNewest } from '../../../../core/newest'
 
 /** A match as read from the read model with its channel's version (SeatBook.load), whatever its status. */
 export type SeatRow = { match: string; status: MatchStatus; players: string[]; version: number; epoch: string }
@@ -50,7 +51,8 @@ const over = (s: MatchStatus) => s === 'finished' || s === 'aborted'
  * seats only shrink from the start on, so the seats it holds stay a superset of the real ones, and
  * "not among them" stays true. A resync forgets every entry but the started ones (a read on next
  * use is sure again). Ended matches are remembered (the last `maxEnded`), without seats; live ones
- * up to `maxLive` (the oldest forgotten first: a forgotten match is read again on its next use).
+ * up to `maxLive` (the least recently created or read forgotten first: a forgotten match is read
+ * again on its next use).
  * The book is filled by notices and by reads of the matches presence changes are about, never by
  * reading every live match: a node's start or resync costs nothing however many there are. Ids a
  * read found no row of are remembered too (the last `maxMissing`, for `missingMs` each): a player
@@ -74,16 +76,11 @@ export function createSeatBook(opts: { maxEnded?: number; maxLive?: number; maxM
     absent.delete(match)
     return false
   }
-  const put = (match: string, e: Entry) => {
-    live.set(match, e)
-    if (live.size > maxLive) live.delete(live.keys().next().value!)
-  }
+  const put = (match: string, e: Entry) => putNewest(live, match, e, maxLive)
 
   const end = (match: string) => {
     live.delete(match)
-    ended.delete(match)
-    ended.add(match)
-    if (ended.size > maxEnded) ended.delete(ended.values().next().value!)
+    addNewest(ended, match, maxEnded)
   }
   /** A gap: only a started match's seats remain a safe answer. */
   const doubt = (e: Entry) => {
@@ -125,11 +122,7 @@ export function createSeatBook(opts: { maxEnded?: number; maxLive?: number; maxM
       absent.clear()
     },
     absent(matches) {
-      for (const m of matches) {
-        absent.delete(m)
-        absent.set(m, now() + missingMs)
-        if (absent.size > maxMissing) absent.delete(absent.keys().next().value!)
-      }
+      for (const m of matches) putNewest(absent, m, now() + missingMs, maxMissing)
     },
     missing: isMissing,
     exist(matches) {

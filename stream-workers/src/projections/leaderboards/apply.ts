@@ -9,6 +9,7 @@ import { defaultRules, nextScore, sumRefusal, type BoardRules, type Standing } f
 import { periodKey, resets } from '../../../../core/periods'
 import { MATCH_RESULTS_BY } from '../../../../core/matches'
 import { projectionAreas } from '../../../../core/projections'
+import { putNewest } from '../../../../core/newest'
 
 /**
  * The time a score counts at: JetStream's stored time, or for a match's result (published later
@@ -22,7 +23,7 @@ const countsAt = ({ event, storedAt }: SequencedEvent<ScoreEvent>): Date => {
 
 type ScoreEvent = Extract<StoredEvent, { type: 'score.submitted' }>
 
-/** How many scored boards' rules a database's cache keeps; past it, the oldest is dropped. */
+/** How many scored boards' rules a database's cache keeps; past it, the least recently read is dropped. */
 const SCORED_RULES_KEPT = 10_000
 
 /**
@@ -145,8 +146,7 @@ function rulesOf(cached: Map<string, BoardRules>, boardRows: BoardRow[], known: 
     rules.set(r.board, boardRules)
     if (!r.hasScores) continue
     scored.add(r.board)
-    if (known.size >= SCORED_RULES_KEPT) known.delete(known.keys().next().value!)
-    known.set(r.board, boardRules)
+    putNewest(known, r.board, boardRules, SCORED_RULES_KEPT)
   }
   return { rules, scored }
 }
