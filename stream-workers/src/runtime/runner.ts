@@ -1,4 +1,4 @@
-import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
+import type { Consumer, ConsumerInfo, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
 import type { ReplayReply, ReplayRequest } from '../../../core/dead-letters'
 import { sql } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
@@ -123,8 +123,17 @@ export function startRunner(deps: RunnerDeps): Runner {
   const abort = new AbortController()
   let pulling: ConsumerMessages | undefined
   const lag = deps.metrics.worker.lag(deps.projection.name, deps.partition)
-  // Asks for the count of a stalled partition's waiting events (see applyWithRetry); only the latest may set the gauge.
+  // Asks for the count of a stalled partition's waiting events (see applyWithRetry, showWaiting).
   let lagAsks = 0
+  /**
+   * Sets the lag gauge to `count` of a consumer's info once it comes, unless a newer ask, a value
+   * of the gauge set since (`lagAsks++`) or the runner's stop came first: an answer is slower than
+   * what it would overwrite.
+   */
+  const lagFrom = (info: Promise<ConsumerInfo>, count: (info: ConsumerInfo) => number) => {
+    const asked = ++lagAsks
+    void info.then((i) => asked === lagAsks && !abort.signal.aborted && lag.set(count(i)), () => {})
+  }
   // The part size statement timeouts taught this runner, kept from batch to batch (see PartSize).
   const sizes = createPartSize(() => deps.metrics.worker.timedOut(deps.projection.name))
 
@@ -255,8 +264,7 @@ export function startRunner(deps: RunnerDeps): Runner {
           // while Postgres is away; if it does not either, the delivery-time count stays).
           lag.set(rest.length + batch[batch.length - 1].info.pending)
           const waiting = rest.length
-          const asked = ++lagAsks
-          void consumer.info().then((info) => asked === lagAsks && lag.set(waiting + info.num_pending), () => {})
+          lagFrom(consumer.info(), (info) => waiting + info.num_pending)
           const timeout = sizes.failed(err, part.length)
           if (timeout === 'split') {
             log.warn({ ...line, nextSize: sizes.next(part.length) }, 'the batch outlasts statement_timeout; retrying it in smaller parts')
@@ -504,11 +512,7 @@ export function startRunner(deps: RunnerDeps): Runner {
    */
   const showWaiting = () => {
     if (!name) return
-    const asked = ++lagAsks
-    void deps.jsm.consumers.info(deps.stream, name).then(
-      (info) => asked === lagAsks && !abort.signal.aborted && lag.set(info.num_pending + info.num_ack_pending),
-      () => {},
-    )
+    lagFrom(deps.jsm.consumers.info(deps.stream, name), (info) => info.num_pending + info.num_ack_pending)
   }
 
   const run = async () => {
