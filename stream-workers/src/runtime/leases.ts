@@ -55,7 +55,8 @@ type Held = {
 
 /**
  * Partition leases in a KV bucket. Two loops, every ttl/3 each (ttl: the bucket's keys' time-to-live,
- * FANFARE_LEASE_TTL_MS or the bucket's when lower, read at each scan):
+ * FANFARE_LEASE_TTL_MS or the bucket's when lower, read at the first scan and at the scan after a
+ * failed renew):
  * - renewals: heartbeat `w.<id>` and renew every held key with a compare-and-set on its last
  *   revision, all partitions at once and without waiting for any answer, so that one slow answer
  *   (or a slow release) never delays the others. A failed renew means the lease is lost; so does
@@ -79,9 +80,24 @@ export function startLeases(deps: LeaseDeps): Leases {
    * The time-to-live the keys have: ours, or the bucket's when lower. Every worker sets the bucket's
    * TTL to its FANFARE_LEASE_TTL_MS when it opens it, so while a lowered value rolls out a worker
    * started before keeps renewing at its old pace, and kept losing its partitions (its keys expired
-   * between renewals) until it was restarted too. The scan reads the bucket's.
+   * between renewals) until it was restarted too. The scan reads the bucket's: at the first scan,
+   * and after a renew failed, which is what a lowered TTL does to a worker renewing at the old pace
+   * (its keys expire before their renewal). Not at every scan: a TTL changes once a rollout, and a
+   * worker short of its share scans every period/5.
    */
   let ttl = deps.ttlMs
+  /** The bucket's TTL is to be read at the next scan (see ttl). */
+  let ttlUnread = true
+  const followBucketTtl = async () => {
+    if (!ttlUnread) return
+    const bucketTtl = await kv.status().then((s) => s.ttl, () => 0)
+    // Not read (NATS away): read at the next scan.
+    if (bucketTtl <= 0) return
+    ttlUnread = false
+    if (Math.min(deps.ttlMs, bucketTtl) === ttl) return
+    ttl = Math.min(deps.ttlMs, bucketTtl)
+    logger.info({ ttlMs: ttl, configured: deps.ttlMs }, 'lease TTL follows the bucket')
+  }
   const period = () => Math.max(100, Math.floor(ttl / 3))
   /**
    * The scan's period while this worker holds fewer than its share of the partitions and others
@@ -142,7 +158,10 @@ export function startLeases(deps: LeaseDeps): Leases {
           h.revision = revision
           h.renewedAt = sentAt
         },
-        (err) => lose(p, 'renew failed', err, h),
+        (err) => {
+          ttlUnread = true
+          lose(p, 'renew failed', err, h)
+        },
       )
       .finally(() => {
         h.renewal = undefined
@@ -170,11 +189,7 @@ export function startLeases(deps: LeaseDeps): Leases {
   }
 
   const scan = async () => {
-    const bucketTtl = await kv.status().then((s) => s.ttl, () => 0)
-    if (bucketTtl > 0 && Math.min(deps.ttlMs, bucketTtl) !== ttl) {
-      ttl = Math.min(deps.ttlMs, bucketTtl)
-      logger.info({ ttlMs: ttl, configured: deps.ttlMs }, 'lease TTL follows the bucket')
-    }
+    await followBucketTtl()
     if (out) return
     const state = able()
     if (state !== 'yes') {
