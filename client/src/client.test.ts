@@ -53,6 +53,36 @@ const track = (c: Client) => {
 }
 
 describe('client against scripted servers', () => {
+  test('a status listener that closes the client on reconnecting leaves no reconnect timer behind: the process exits', async () => {
+    // In a process of its own: what is observed is that nothing keeps it alive. The server asks
+    // for a 20 s wait before the reconnect; the listener closes the client and stops the server.
+    const script = `
+      import { createClient } from ${JSON.stringify(new URL('./index.ts', import.meta.url).pathname)}
+      const server = Bun.serve({
+        port: 0,
+        hostname: '127.0.0.1',
+        fetch: (req, srv) => (srv.upgrade(req) ? undefined : new Response('no', { status: 400 })),
+        websocket: { open: (ws) => ws.close(4029, 'too_many_connections: reconnect after 20000 ms'), message() {} },
+      })
+      const c = createClient({ urls: ['ws://127.0.0.1:' + server.port + '/v1/ws'] })
+      c.on('status', (s) => {
+        if (s.state !== 'reconnecting') return
+        console.log('reconnecting in ' + s.delayMs + ' ms: closing')
+        c.close()
+        server.stop(true)
+      })
+    `
+    const started = Date.now()
+    const child = Bun.spawn([process.execPath, '-e', script], { stdout: 'pipe', stderr: 'pipe' })
+    const killer = setTimeout(() => child.kill(), 15_000)
+    const code = await child.exited
+    clearTimeout(killer)
+    const out = await new Response(child.stdout).text()
+    expect(out).toMatch(/^reconnecting in 2\d{4} ms: closing\n$/)
+    expect(code).toBe(0)
+    expect(Date.now() - started).toBeLessThan(10_000)
+  }, 20_000)
+
   test('the token goes in the first frame, never in the URL; 1001 reconnects at once, to the next URL', async () => {
     // Whichever server the client picks first (it starts at a random one) shuts down after authing it.
     let shutDown = false

@@ -134,17 +134,22 @@ export function createClient(options: ClientOptions) {
   // server) must not call the token function, the game's auth service, once per frame.
   let renewedFor: string | undefined
 
-  // A listener's own bug must not stop the client: thrown out of a status change, it left the
-  // client connecting or reconnecting for good, or connected with its channels never subscribed.
-  const setStatus = (s: Status) => {
+  /**
+   * Tells the status listeners; false when one of them closed the client meanwhile: the caller
+   * then stops there (a timer or socket started after the close would outlive it).
+   */
+  const setStatus = (s: Status): boolean => {
     status = s
     for (const fn of [...listeners.status]) {
+      // A listener's own bug must not stop the client: thrown out of a status change, it left the
+      // client connecting or reconnecting for good, or connected with its channels never subscribed.
       try {
         fn(s)
       } catch (err) {
         report(new FanfareError('listener_error', `a status listener threw: ${(err as Error)?.message ?? err}`))
       }
     }
+    return !closed
   }
   const report = (err: FanfareError) => {
     for (const fn of [...listeners.error]) {
@@ -288,7 +293,7 @@ export function createClient(options: ClientOptions) {
     }
     attempt++
     urlIndex = (urlIndex + 1) % urls.length
-    setStatus({ state: 'reconnecting', attempt, delayMs: delay, reason })
+    if (!setStatus({ state: 'reconnecting', attempt, delayMs: delay, reason })) return
     reconnectTimer = setTimeout(() => void connect(), delay)
   }
 
@@ -296,9 +301,8 @@ export function createClient(options: ClientOptions) {
     reconnectTimer = undefined
     if (closed) return
     const url = urls[urlIndex]
-    setStatus({ state: 'connecting', url, attempt })
-    // A status listener may have closed the client: a socket opened now would bring it back.
-    if (closed) return
+    // A socket opened after a status listener closed the client would bring it back.
+    if (!setStatus({ state: 'connecting', url, attempt })) return
     let credential: string | undefined
     if (options.token !== undefined) {
       try {
@@ -343,8 +347,7 @@ export function createClient(options: ClientOptions) {
     if (connectTimer !== undefined) clearTimeout(connectTimer)
     connectTimer = undefined
     connectedAt = now()
-    setStatus({ state: 'connected', url, ...(principal !== undefined ? { principal } : {}) })
-    if (closed) return
+    if (!setStatus({ state: 'connected', url, ...(principal !== undefined ? { principal } : {}) })) return
     channels.online()
     outbox.online()
   }
