@@ -1,4 +1,5 @@
 import { and, asc, eq, gt, gte, inArray, isNotNull, lte, or } from 'drizzle-orm'
+import { every } from '../../../../core/backoff'
 import { channelOf, parseChannel, type ChangeNotice, type MatchChange } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { matches } from '../../../../core/db/schema'
@@ -316,27 +317,23 @@ export function startSeatWatcher(deps: {
   }
 
   const sweepMs = deps.sweepMs ?? 1000
-  let timer: ReturnType<typeof setTimeout> | undefined
-  let running: Promise<void> = Promise.resolve()
-  const tick = () => {
-    if (stopped) return
-    if (missed.size > 0 && designated()) replayMissed()
-    running = sweep()
-      .catch((err) => log.warn({ err }, 'grace sweep failed; trying again next round'))
-      .finally(() => {
-        if (!stopped) timer = setTimeout(tick, sweepMs)
-      })
-  }
-  timer = setTimeout(tick, sweepMs)
+  const rounds = every(
+    sweepMs,
+    async () => {
+      if (missed.size > 0 && designated()) replayMissed()
+      await sweep()
+    },
+    (err) => log.warn({ err }, 'grace sweep failed; trying again next round'),
+  )
 
   return {
     stop: async () => {
       stopped = true
       off()
       offNotices()
-      clearTimeout(timer)
+      const roundDone = rounds.stop()
       await drained
-      await running
+      await roundDone
       await pending
     },
   }

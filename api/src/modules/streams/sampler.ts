@@ -1,3 +1,4 @@
+import { every } from '../../../../core/backoff'
 import { channelOf } from '../../../../core/channels'
 import type { EventInput } from '../../../../core/events'
 import type { Logger } from '../../../../core/logger'
@@ -46,9 +47,6 @@ export function startViewerSampler(deps: {
   const warmupMs = deps.warmupMs ?? 3000
   /** What this node last sampled per live stream: its broadcast, viewers, and users already sent. */
   const sampled = new Map<string, { broadcast: string | null; viewers: number; users: Set<string> }>()
-  let stopped = false
-  let timer: ReturnType<typeof setTimeout> | undefined
-  let running: Promise<void> = Promise.resolve()
 
   // Event ids name the node that sampled (which one it was is otherwise lost: every node publishes
   // as `system`); the UUIDv7 keeps them unique across restarts of a node with the same id.
@@ -90,21 +88,5 @@ export function startViewerSampler(deps: {
     for (const mark of done) mark()
   }
 
-  const tick = () => {
-    if (stopped) return
-    running = round()
-      .catch((err) => log.warn({ err }, 'viewer sample not published; trying again next round'))
-      .finally(() => {
-        if (!stopped) timer = setTimeout(tick, intervalMs)
-      })
-  }
-  timer = setTimeout(tick, intervalMs)
-
-  return {
-    stop: async () => {
-      stopped = true
-      clearTimeout(timer)
-      await running
-    },
-  }
+  return every(intervalMs, round, (err) => log.warn({ err }, 'viewer sample not published; trying again next round'))
 }
