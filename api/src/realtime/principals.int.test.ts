@@ -1,12 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { connectPostgres, type Database } from '../../../core/db/client'
-import { createLogger } from '../../../core/logger'
-import { connectNats, ensureStreams } from '../../../core/nats'
-import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import type { TestEnv } from '../../../core/testing/env'
 import { until, WsClient } from '../../../test/e2e/harness'
 import { createKeyStore } from '../auth/keys'
 import { mintUserToken } from '../auth/mint'
-import { startApi, type RunningApi } from '../server'
+import type { RunningApi } from '../server'
+import { startTestNode, UPGRADE_HEADERS, type TestNode } from '../test-support'
 import { CLOSE } from './close-codes'
 
 /**
@@ -15,34 +13,22 @@ import { CLOSE } from './close-codes'
  * socket; private rooms and user channels; admin scopes. Every denial is explicit.
  */
 describe('principals over a real API node', () => {
+  let node: TestNode
   let env: TestEnv
-  let database: Database
-  let nc: Awaited<ReturnType<typeof connectNats>>
-  let api: RunningApi
   let base: string
   let ws: string
   let adminKey: string
   let readKey: string
 
   beforeAll(async () => {
-    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_TOKEN_WARNING_MS: '3000' })
-    database = await connectPostgres(env.vars.DATABASE_URL)
-    nc = await connectNats(env.vars.NATS_URL, 'principals-test')
-    await ensureStreams(nc, env.config)
-    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
-    base = `http://127.0.0.1:${api.port}`
-    ws = `ws://127.0.0.1:${api.port}/v1/ws`
-    const keys = createKeyStore({ db: database.db })
+    node = await startTestNode({ FANFARE_TOKEN_WARNING_MS: '3000' })
+    ;({ env, base, wsUrl: ws } = node)
+    const keys = createKeyStore({ db: node.database.db })
     adminKey = (await keys.create({ name: 'ops', scopes: ['admin:read', 'admin:write'], createdBy: 'test' })).key
     readKey = (await keys.create({ name: 'dashboard', scopes: ['admin:read'], createdBy: 'test' })).key
     await keys.stop()
   })
-  afterAll(async () => {
-    await api?.stop()
-    await nc?.close()
-    await database?.close()
-    await env?.cleanup()
-  })
+  afterAll(() => node?.close())
 
   const token = (sub: string, claims: Parameters<typeof mintUserToken>[1] extends infer C ? Partial<C> : never = {}) =>
     mintUserToken(env.vars.FANFARE_JWT_SECRET, { sub, ...claims })
@@ -55,9 +41,7 @@ describe('principals over a real API node', () => {
     return { status: res.status, json: (await res.json().catch(() => null)) as any }
   }
   const upgrade = (tokenValue: string) =>
-    fetch(`${base}/v1/ws?token=${encodeURIComponent(tokenValue)}`, {
-      headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },
-    })
+    fetch(`${base}/v1/ws?token=${encodeURIComponent(tokenValue)}`, { headers: UPGRADE_HEADERS })
   const closedWith = (c: WsClient, timeoutMs = 5000) => until('socket closed', () => c.closed, timeoutMs)
 
   test('a bad or expired token is refused before the upgrade: 401 with its code', async () => {
@@ -276,23 +260,14 @@ describe('principals over a real API node', () => {
 })
 
 describe('FANFARE_ANONYMOUS=off', () => {
+  let node: TestNode
   let env: TestEnv
-  let database: Database
-  let nc: Awaited<ReturnType<typeof connectNats>>
   let api: RunningApi
   beforeAll(async () => {
-    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_ANONYMOUS: 'off', FANFARE_AUTH_TIMEOUT_MS: '1000' })
-    database = await connectPostgres(env.vars.DATABASE_URL)
-    nc = await connectNats(env.vars.NATS_URL, 'anonymous-off-test')
-    await ensureStreams(nc, env.config)
-    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+    node = await startTestNode({ FANFARE_ANONYMOUS: 'off', FANFARE_AUTH_TIMEOUT_MS: '1000' })
+    ;({ env, api } = node)
   })
-  afterAll(async () => {
-    await api?.stop()
-    await nc?.close()
-    await database?.close()
-    await env?.cleanup()
-  })
+  afterAll(() => node?.close())
 
   test('REST reads need a token; a tokenless socket may only authenticate, and is closed 4001 if it does not in time', async () => {
     expect((await fetch(`http://127.0.0.1:${api.port}/v1/leaderboards/x`)).status).toBe(401)

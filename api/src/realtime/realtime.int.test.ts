@@ -2,40 +2,31 @@ import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { jetstream } from '@nats-io/jetstream'
 import { eq } from 'drizzle-orm'
 import { channelOf, runOf, type ChangeNotice } from '../../../core/channels'
-import { connectPostgres, type Database } from '../../../core/db/client'
-import { createLogger } from '../../../core/logger'
+import type { NatsConnection } from '@nats-io/transport-node'
+import type { Database } from '../../../core/db/client'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { channelVersions } from '../../../core/db/schema'
-import { connectNats, ensureStreams, topology } from '../../../core/nats'
+import { ensureStreams, topology } from '../../../core/nats'
 import { subjects } from '../../../core/events'
-import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import type { TestEnv } from '../../../core/testing/env'
 import { until, WsClient } from '../../../test/e2e/harness'
-import { startApi, type RunningApi } from '../server'
+import { startTestNode, UPGRADE_HEADERS, type TestNode } from '../test-support'
 import { mintUserToken } from '../auth/mint'
 
 /** The WebSocket route of a real API node against the real Postgres and NATS. */
 describe('realtime over a real server', () => {
+  let node: TestNode
   let env: TestEnv
   let database: Database
-  let nc: Awaited<ReturnType<typeof connectNats>>
-  let api: RunningApi
+  let nc: NatsConnection
   let url: string
 
   beforeAll(async () => {
     // Leaderboards keep a short history here; chat keeps the default.
-    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_HISTORY_SIZE_LEADERBOARD: '2' })
-    database = await connectPostgres(env.vars.DATABASE_URL)
-    nc = await connectNats(env.vars.NATS_URL, 'realtime-test')
-    await ensureStreams(nc, env.config)
-    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
-    url = `ws://127.0.0.1:${api.port}/v1/ws`
+    node = await startTestNode({ FANFARE_HISTORY_SIZE_LEADERBOARD: '2' })
+    ;({ env, database, nc, wsUrl: url } = node)
   })
-  afterAll(async () => {
-    await api?.stop()
-    await nc?.close()
-    await database?.close()
-    await env?.cleanup()
-  })
+  afterAll(() => node?.close())
 
   const notice = (channel: string, version: number): ChangeNotice => ({
     channel,
@@ -159,7 +150,7 @@ describe('realtime over a real server', () => {
 
   test('a subscribe cut short by an unsubscribe or a close while the room is looked up leaves no subscription behind', async () => {
     const subscriptions = async () => {
-      const r = await fetch(`http://127.0.0.1:${api.port}/admin/nodes`, { headers: { authorization: `Bearer ${env.vars.FANFARE_ADMIN_TOKEN}` } })
+      const r = await fetch(`${node.base}/admin/nodes`, { headers: { authorization: `Bearer ${env.vars.FANFARE_ADMIN_TOKEN}` } })
       return ((await r.json()) as { nodes: { subscriptions: number }[] }).nodes.reduce((n, node) => n + node.subscriptions, 0)
     }
     const before = await subscriptions()
@@ -209,9 +200,7 @@ describe('realtime over a real server', () => {
   })
 
   test('a wrong token is refused before the upgrade', async () => {
-    const res = await fetch(`http://127.0.0.1:${api.port}/v1/ws?token=wrong-token-123456`, {
-      headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },
-    })
+    const res = await fetch(`${node.base}/v1/ws?token=wrong-token-123456`, { headers: UPGRADE_HEADERS })
     expect(res.status).toBe(401)
     expect((await res.json()).error.code).toBe('invalid_token')
   })

@@ -1,36 +1,23 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { connectPostgres, type Database } from '../../../core/db/client'
-import { createLogger } from '../../../core/logger'
-import { connectNats, ensureStreams } from '../../../core/nats'
-import { createTestEnv, type TestEnv } from '../../../core/testing/env'
+import type { TestEnv } from '../../../core/testing/env'
 import { WsClient } from '../../../test/e2e/harness'
-import { startApi, type RunningApi } from '../server'
+import type { RunningApi } from '../server'
+import { startTestNode, UPGRADE_HEADERS, type TestNode } from '../test-support'
 
 /** The token check of the WebSocket upgrade, on a real server. */
 describe('WebSocket token', () => {
+  let node: TestNode
   let env: TestEnv
-  let database: Database
-  let nc: Awaited<ReturnType<typeof connectNats>>
   let api: RunningApi
 
   beforeAll(async () => {
-    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1' })
-    database = await connectPostgres(env.vars.DATABASE_URL)
-    nc = await connectNats(env.vars.NATS_URL, 'ws-auth-test')
-    await ensureStreams(nc, env.config)
-    api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+    node = await startTestNode()
+    ;({ env, api } = node)
   })
-  afterAll(async () => {
-    await api?.stop()
-    await nc?.close()
-    await database?.close()
-    await env?.cleanup()
-  })
+  afterAll(() => node?.close())
 
   const upgrade = (token: string) =>
-    fetch(`http://127.0.0.1:${api.port}/v1/ws?token=${encodeURIComponent(token)}`, {
-      headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },
-    })
+    fetch(`http://127.0.0.1:${api.port}/v1/ws?token=${encodeURIComponent(token)}`, { headers: UPGRADE_HEADERS })
 
   test('a token as long as a real one but with non-ASCII characters is 401, not 500', async () => {
     for (const real of [env.vars.FANFARE_ADMIN_TOKEN, env.vars.FANFARE_INGEST_TOKEN]) {
@@ -55,7 +42,7 @@ describe('WebSocket token', () => {
 
   test('the token may come as Authorization: Bearer (a server-side client); a bad one is 401, never an anonymous socket', async () => {
     const wsUrl = `ws://127.0.0.1:${api.port}/v1/ws`
-    const handshake = { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' }
+    const handshake = UPGRADE_HEADERS
     const key = env.vars.FANFARE_INGEST_TOKEN
     const wrong = await fetch(`http://127.0.0.1:${api.port}/v1/ws`, { headers: { ...handshake, authorization: `Bearer ${key.slice(0, -1)}${key.endsWith('x') ? 'y' : 'x'}` } })
     expect(wrong.status).toBe(401)
