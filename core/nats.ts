@@ -167,7 +167,7 @@ export const legacyChangeStream = (config: Config): string => `${config.FANFARE_
  * beside it: the operator runs `npm run migrate` (the upgrade command), which a node never does
  * by itself (in a rolling upgrade that would pull streams from under the older nodes still running).
  */
-export class UpgradeRequired extends Error {
+export class UpgradeRequired extends StartFailure {
   constructor(message: string) {
     super(`${message}: run \`npm run migrate\` of this version (it upgrades the NATS topology), then start this node again`)
     this.name = 'UpgradeRequired'
@@ -319,7 +319,7 @@ export const MIN_MAX_PAYLOAD = 1024 * 1024
  * Thrown at start when the NATS server's max_payload is below MIN_MAX_PAYLOAD: better than
  * running with live updates silently stopped (see MIN_MAX_PAYLOAD).
  */
-export class MaxPayloadTooSmall extends Error {
+export class MaxPayloadTooSmall extends StartFailure {
   constructor(server: string, maxPayload: number) {
     super(
       `the NATS server ${server}'s max_payload is ${maxPayload} bytes; Fanfare needs at least ${MIN_MAX_PAYLOAD} (1 MB, the nats-server default): ` +
@@ -413,7 +413,7 @@ export async function ensureStreams(nc: NatsConnection, config: Config, opts: { 
  * in its old partition would race its new ones (per-key order lost), and with fewer partitions the
  * events of the partitions above the count would never be applied.
  */
-export class PartitionsChanged extends Error {
+export class PartitionsChanged extends StartFailure {
   constructor(stream: string, recorded: number, configured: number) {
     super(
       `stream ${stream} has ${recorded} partitions but FANFARE_PARTITIONS is ${configured}: the count is fixed for the life of a stream (keys would move to other partitions). ` +
@@ -439,7 +439,7 @@ const recordedPartitions = (description: string | undefined): number | undefined
  * prefix could no longer store events, and events stored under the new prefix would be skipped by
  * workers on the old one (their consumers filter by prefix) once the mistake is undone.
  */
-export class SubjectPrefixChanged extends Error {
+export class SubjectPrefixChanged extends StartFailure {
   constructor(stream: string, subjects: string[], prefix: string) {
     super(
       `stream ${stream} takes events on ${subjects.join(', ')} but FANFARE_SUBJECT_PREFIX is ${prefix}: ` +
@@ -453,7 +453,7 @@ export class SubjectPrefixChanged extends Error {
  * Thrown at start when the event subjects (`<FANFARE_SUBJECT_PREFIX>.ev.>`) belong to a stream of
  * another name than FANFARE_STREAM: a typo in FANFARE_STREAM, or two deployments on one prefix.
  */
-export class EventSubjectsTaken extends Error {
+export class EventSubjectsTaken extends StartFailure {
   constructor(stream: string, owner: string, subject: string) {
     super(
       `FANFARE_STREAM is ${stream} but stream ${owner} already takes the events on ${subject}: ` +

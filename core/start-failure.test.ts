@@ -3,7 +3,7 @@ import { ConfigError } from './config'
 import { DatabaseUnreachable, NotMigrated } from './db/client'
 import { DirInUse } from './db/dir-lock'
 import { ListenFailed } from './listen'
-import { NatsUnreachable } from './nats'
+import { EventSubjectsTaken, MaxPayloadTooSmall, NatsUnreachable, PartitionsChanged, SubjectPrefixChanged, UpgradeRequired } from './nats'
 import { startFailure } from './start-failure'
 // npm start's own: one list for every start, so they are checked here beside core's.
 import { DataDirUnusable } from '../scripts/all-in-one'
@@ -18,6 +18,12 @@ const saysWhatToFix = [
   new DirInUse('the embedded database at /d/pglite.lock is in use by process 7; stop it first'),
   new NatsServerMissing(),
   new DataDirUnusable('/d', Object.assign(new Error('denied'), { code: 'EACCES' })),
+  // What NATS holds refuses this start: each message names the setting or command that fixes it.
+  new UpgradeRequired('stream FANFARE_CHANGES of an older version is still there'),
+  new MaxPayloadTooSmall('nats://127.0.0.1:4222', 65536),
+  new PartitionsChanged('FANFARE', 8, 4),
+  new SubjectPrefixChanged('FANFARE', ['a.ev.>'], 'b'),
+  new EventSubjectsTaken('FANFARE', 'OTHER', 'a.ev.>'),
 ]
 
 test('a failure that says what to fix is its name and message, or the message alone for npm start: no stack', () => {
