@@ -53,11 +53,13 @@ export async function runWorkers(signals: StopSignals) {
     },
     // A crash point for tests of real processes (rebuild-takeover.int.test.ts): the process dies
     // right after a rebuild's switch committed, before its job is saved done. Never set in production.
-    onRebuildSwitched:
+    rebuildHooks:
       process.env.FANFARE_TEST_CRASH_AT === 'rebuild-switched'
-        ? (job) => {
-            logger.warn({ rebuild: job.id, attempt: job.attempt }, 'FANFARE_TEST_CRASH_AT: dying after the switch')
-            process.kill(process.pid, 'SIGKILL')
+        ? {
+            afterSwitch: (job) => {
+              logger.warn({ rebuild: job.id, attempt: job.attempt }, 'FANFARE_TEST_CRASH_AT: dying after the switch')
+              process.kill(process.pid, 'SIGKILL')
+            },
           }
         : undefined,
   })

@@ -13,6 +13,7 @@ import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-su
 import { createAckedPublisher } from '../../core/acked-publish'
 import { projections as allProjections, type Projection } from './projections'
 import { startRebuildJobs } from './rebuild/jobs'
+import type { RebuildHooks } from './rebuild/rebuild'
 import { openLeaseBucket, startLeases } from './runtime/leases'
 import { startOutboxCleaner, startOutboxSweeper } from './runtime/outbox'
 import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
@@ -35,8 +36,8 @@ export type WorkersDeps = {
   onFatal?: (err: unknown) => void
   /** Test seams; production passes none. */
   hooks?: RunnerHooks
-  /** Test seam: called once a rebuild's switch committed, before its job is saved done (see startRebuildJobs). */
-  onRebuildSwitched?: (job: { id: string; attempt: number }) => void
+  /** Test seams of the rebuilds this worker runs (see RebuildHooks). */
+  rebuildHooks?: RebuildHooks
   /** Projections to run; default all. */
   projections?: readonly Projection[]
   now?: () => Date
@@ -175,7 +176,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
-  const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now, metrics, onSwitched: deps.onRebuildSwitched })
+  const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now, metrics, hooks: deps.rebuildHooks })
   // Witnesses unapplied events for the runners' expiry check, and gauges their age (retention set).
   const retention = startRetentionWatch({ config, db, nc, logger, metrics, projections })
   logger.info({ partitions: t.partitions, projections: projections.map((p) => p.name) }, 'stream workers started')

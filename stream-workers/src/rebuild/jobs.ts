@@ -9,7 +9,7 @@ import { projectionNames } from '../../../core/projections'
 import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
 import type { Projection } from '../projections'
 import { backoffMs, sleep } from '../../../core/backoff'
-import { runRebuild } from './rebuild'
+import { runRebuild, type RebuildHooks } from './rebuild'
 import { dropSchemas, leftoverSchemas, rebuildSchemas, type RebuildSchema } from './shadow'
 import { errorMessageOf } from '../runtime/errors'
 
@@ -26,8 +26,8 @@ export type RebuildJobsDeps = {
   now?: () => Date
   /** The process's metrics (the shadow's statement timeouts). */
   metrics?: Metrics
-  /** Test seam: called once a job's switch committed, before the job is saved done; production passes none. */
-  onSwitched?: (job: { id: string; attempt: number }) => void
+  /** Test seams (see RebuildHooks); production passes none. */
+  hooks?: RebuildHooks
 }
 
 /** The job was taken over by another worker (our compare-and-set lost): stop without writing. */
@@ -136,11 +136,12 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
           now: deps.now,
           signal: abort.signal,
           metrics: deps.metrics,
+          hooks: deps.hooks,
           progress: (p) => save({ appliedSeq: p.appliedSeq, pending: p.pending, ...(p.state ? { state: p.state } : {}) }),
         },
         { id: job.id, attempt: job.attempts },
       )
-      deps.onSwitched?.({ id: job.id, attempt: job.attempts })
+      deps.hooks?.afterSwitch?.({ id: job.id, attempt: job.attempts })
       clearInterval(beat)
       await save({ state: 'done', switchedAtSeq, pending: 0, finishedAt: now().toISOString() })
       log.info({ rebuild: job.id, switchedAtSeq }, 'rebuild done')

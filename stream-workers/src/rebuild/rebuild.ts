@@ -27,6 +27,21 @@ export type RebuildDeps = {
   signal: AbortSignal
   /** The process's metrics: the shadow's statement timeouts count with the live ones. */
   metrics?: Metrics
+  /** Test seams; production passes none. */
+  hooks?: RebuildHooks
+}
+
+/**
+ * Test seams: called at points of a rebuild, so a test can make its worker slow there (or die).
+ * Production passes none.
+ */
+export type RebuildHooks = {
+  /** The job was saved `switching`; the switch's transaction has not begun. */
+  beforeSwitch?: () => Promise<void>
+  /** In the switch's transaction, everything written and its locks held, just before COMMIT. */
+  beforeSwitchCommit?: () => Promise<void>
+  /** The switch committed; the job is not saved `done` yet (see startRebuildJobs). */
+  afterSwitch?: (job: { id: string; attempt: number }) => void
 }
 
 /**
@@ -71,7 +86,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
   try {
     const jsm = await deps.js.jetstreamManager()
     const build = await openShadowBuild({ config: deps.config, js: deps.js, jsm, logger: log, projection, now: deps.now ?? (() => new Date()), metrics: deps.metrics }, shadow)
-    const switchDeps = { db, jsm, eventStream, projection: projection.name, partitions, batchSize, build, retired, logger: log }
+    const switchDeps = { db, jsm, eventStream, projection: projection.name, partitions, batchSize, build, retired, logger: log, beforeCommit: deps.hooks?.beforeSwitchCommit }
     // A switch that fails on something that passes (NATS restarting, statement_timeout, a lost
     // connection, a deadlock) is rolled back, live untouched and its locks released, and tried
     // again after a backoff and a catch-up (live went on meanwhile): a routine NATS restart no
@@ -80,6 +95,7 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
       await catchUp({ db, build, batchSize, logger: log, progress: deps.progress, signal: deps.signal })
       await deps.progress({ appliedSeq: build.position, pending: 0, state: 'switching' })
       if (deps.signal.aborted) throw new Error('rebuild stopped')
+      await deps.hooks?.beforeSwitch?.()
       const before = build.mark()
       try {
         return { switchedAtSeq: await switchOnce(switchDeps) }

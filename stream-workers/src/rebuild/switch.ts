@@ -48,6 +48,8 @@ export type SwitchDeps = {
   /** `retired_<job id>_<attempt>`: where the live tables go; it exists once the switch committed. */
   retired: string
   logger: Logger
+  /** Test seam (see RebuildHooks.beforeSwitchCommit). */
+  beforeCommit?: () => Promise<void>
 }
 
 /**
@@ -120,6 +122,7 @@ export async function switchOnce(deps: SwitchDeps): Promise<number> {
     // The model now comes from the current stream alone: nothing lost to a rebuild any more.
     await tx.execute(sql`update public.projection_checkpoints set seq = ${at}, lost_stream = '', updated_at = now() where projection = ${name}`)
     log.info({ live, switchedAt: at }, 'rebuilt model switched in')
+    await deps.beforeCommit?.()
     return at
   })
 }
