@@ -7,17 +7,19 @@ import { proxyDatabase } from '../../core/testing/tcp-proxy'
 import { Kvm } from '@nats-io/kv'
 import { asc, sql } from 'drizzle-orm'
 import { createHarness, type ApiHarness } from '../../api/src/test-support'
-import { connectBunSql } from '../../core/db/client'
+import { connectBunSql, rowsOf } from '../../core/db/client'
 import { channelVersions, chatMessages, deadLetters, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
-import { ensureStreams, streamIdentity, topology } from '../../core/nats'
+import { connectNats, ensureStreams, streamIdentity, topology } from '../../core/nats'
 import { projectionNames } from '../../core/projections'
 import { rebuildKey, type RebuildJob } from '../../core/rebuild-jobs'
 import { until } from '../../core/testing/wait'
 import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing/harness'
 import type { Workers } from '../../stream-workers/src/workers'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
-import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
+import { runRebuild, type RebuildHooks } from '../../stream-workers/src/rebuild/rebuild'
+import { RebuildTakenOver } from '../../stream-workers/src/rebuild/fence'
+import { startRebuildJobs } from '../../stream-workers/src/rebuild/jobs'
 import { createShadow } from '../../stream-workers/src/rebuild/shadow'
 import type { Projection } from '../../stream-workers/src/projections/types'
 import { projections } from '../../stream-workers/src/projections'
@@ -722,4 +724,191 @@ describe('a dead-letter replay during a rebuild', () => {
     expect(await schemas()).toEqual(['rebuild_bbbb00000002_1'])
     expect(await replay()).toBe('still_failing')
   }, 40_000)
+})
+
+/**
+ * A builder that is only slow (a stalled process, a long pause) when its job is taken over: the
+ * takeover's attempt runs while the slow one still holds its place, then the slow one goes on. The
+ * job must be switched in exactly once (each channel told to re-sync once), and the slow builder
+ * must write nothing more once the new owner started.
+ */
+describe('a slow rebuild builder whose job is taken over', () => {
+  /** A point where a builder waits: `reached` once it is there, `release()` lets it go on. */
+  const pausePoint = () => {
+    let reachedNow!: () => void
+    let release!: () => void
+    const reached = new Promise<void>((r) => (reachedNow = r))
+    const released = new Promise<void>((r) => (release = r))
+    let held = false
+    // Only the first time the builder gets there.
+    const hold = async () => {
+      if (held) return
+      held = true
+      reachedNow()
+      await released
+    }
+    return { reached, release, hold }
+  }
+
+  /**
+   * Attempt `attempt` of rebuild `id` of the leaderboards, with its own connections like a worker
+   * of its own. Its outcome is kept (never an unhandled rejection), and how many switches it logged.
+   */
+  async function builder(hh: ApiHarness, id: string, attempt: number, opts: { hooks?: RebuildHooks; progress?: () => Promise<void> } = {}) {
+    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => db.close())
+    const lines: string[] = []
+    const run = runRebuild(
+      {
+        config: hh.env.config,
+        db: db.db,
+        js: jetstream(hh.nc),
+        logger: createLogger('info', {}, { output: { write: (l: string) => void lines.push(l) }, format: 'json' }),
+        projection: leaderboardsProjection,
+        progress: opts.progress ?? (async () => {}),
+        signal: new AbortController().signal,
+        hooks: opts.hooks,
+      },
+      { id, attempt },
+    )
+    const outcome = run.then(
+      (r) => ({ switchedAtSeq: r.switchedAtSeq, err: undefined }),
+      (err: unknown) => ({ switchedAtSeq: undefined, err }),
+    )
+    const switches = () => lines.filter((l) => (JSON.parse(l) as { msg: string }).msg === 'rebuilt model switched in').length
+    return { outcome, switches }
+  }
+
+  const schemas = async (hh: ApiHarness) =>
+    [...((await hh.database.db.execute(sql`select nspname from pg_namespace where nspname like 'rebuild\\_%' or nspname like 'retired\\_%' order by 1`)) as unknown as { nspname: string }[])].map((r) => r.nspname)
+
+  /** After the rebuild: live goes on from the switched checkpoints, the model is exact, each channel re-synced once. */
+  async function expectOneSwitch(hh: ApiHarness, sent: Sent[]) {
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    expectModels(await readModels(hh), oracle(sent, {}))
+    expect(await restartRuns(hh)).toEqual(Object.keys(boards).map((b) => `leaderboard:${b}`).sort())
+  }
+
+  test('slow inside its switch (locks held): the takeover waits for it, finds its switch committed and does not switch again', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const sent = await sendBatch(hh, 30)
+    await caughtUp(hh)
+    const slow = pausePoint()
+    const a = await builder(hh, 'slowcommit', 1, { hooks: { beforeSwitchCommit: slow.hold } })
+    await slow.reached
+    // The takeover starts while the slow switch holds its locks, and waits for one of them.
+    const b = await builder(hh, 'slowcommit', 2)
+    await until('the takeover waiting for the slow switch', async () => {
+      const [row] = await rowsOf<{ n: number | string }>(hh.database.db, sql`select count(*) as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`)
+      return Number(row.n) > 0
+    }, 20_000, 20)
+    slow.release()
+    const [ra, rb] = await Promise.all([a.outcome, b.outcome])
+    expect(ra.err).toBeUndefined()
+    // The takeover ends the job at the slow attempt's switch, switching nothing itself.
+    expect(rb).toEqual({ switchedAtSeq: ra.switchedAtSeq, err: undefined })
+    expect([a.switches(), b.switches()]).toEqual([1, 0])
+    expect(await schemas(hh)).toEqual(['retired_slowcommit_1'])
+    await expectOneSwitch(hh, sent)
+  }, 60_000)
+
+  test('slow before its switch: its switch rolls back (taken over) after the takeover switched in; one switch', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const sent = await sendBatch(hh, 30)
+    await caughtUp(hh)
+    const slow = pausePoint()
+    const a = await builder(hh, 'slowswitch', 1, { hooks: { beforeSwitch: slow.hold } })
+    await slow.reached
+    const b = await builder(hh, 'slowswitch', 2)
+    const rb = await b.outcome
+    expect(rb.err).toBeUndefined()
+    // Live went on after the takeover's switch: the slow switch would have a tail to apply.
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    slow.release()
+    const ra = await a.outcome
+    expect(ra.err).toBeInstanceOf(RebuildTakenOver)
+    expect([a.switches(), b.switches()]).toEqual([0, 1])
+    expect(await schemas(hh)).toEqual(['retired_slowswitch_2'])
+    await expectOneSwitch(hh, sent)
+  }, 60_000)
+
+  test("slow in its catch-up: its next fetch writes nothing, not in the new owner's shadow nor anywhere else; one switch", async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500', FANFARE_BATCH_SIZE: '100' })
+    const hh = h
+    await startWorker(hh)
+    // More than one catch-up fetch (1,000 events) of scores, and more than a live batch after it.
+    const sent: Sent[] = []
+    for (let i = 0; i < 3; i++) sent.push(...(await sendBatch(hh, 500)))
+    await caughtUp(hh)
+    const slow = pausePoint()
+    // Paused after its first fetch committed to its shadow, with more to read.
+    const a = await builder(hh, 'slowcatchup', 1, { progress: slow.hold })
+    await slow.reached
+    // The slow one goes on while the takeover builds its shadow (after the takeover's first fetch).
+    const b = await builder(hh, 'slowcatchup', 2, {
+      progress: async () => {
+        slow.release()
+        await a.outcome
+      },
+    })
+    const [ra, rb] = await Promise.all([a.outcome, b.outcome])
+    // Refused at its next fetch's transaction: the job is the takeover's.
+    expect(ra.err).toBeInstanceOf(RebuildTakenOver)
+    expect(rb.err).toBeUndefined()
+    expect([a.switches(), b.switches()]).toEqual([0, 1])
+    expect(await schemas(hh)).toEqual(['retired_slowcatchup_2'])
+    await expectOneSwitch(hh, sent)
+  }, 60_000)
+
+  test('through the job runners: a worker slow before its switch is taken over by compare-and-set, stops quietly when it goes on, and the job is done once, by the new owner', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    const slow = pausePoint()
+    const lines: string[] = []
+    const logger = createLogger('info', {}, { output: { write: (l: string) => void lines.push(l) }, format: 'json' })
+    const logged = (msg: string) => lines.filter((l) => (JSON.parse(l) as { msg: string }).msg === msg).length
+    const worker = await startTestWorker(hh.env, { logger, rebuildHooks: { beforeSwitch: slow.hold } })
+    closers.push(() => worker.stop())
+    const sent = await sendBatch(hh, 30)
+    await caughtUp(hh)
+    expect((await hh.call('POST', '/admin/projections/leaderboards/rebuild', { token: hh.adminToken })).status).toBe(202)
+    await slow.reached
+    // Another worker's rebuild runner, its clock a minute ahead: the slow worker's heartbeats look
+    // dead to it (3 TTLs old), as a stalled worker's would.
+    const nc = await connectNats(hh.env.vars.NATS_URL, 'rebuild-taker')
+    closers.push(() => nc.close())
+    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => db.close())
+    const taker = startRebuildJobs({
+      config: hh.env.config,
+      db: db.db,
+      nc,
+      js: jetstream(nc),
+      logger: createLogger('silent'),
+      workerId: 'taker',
+      projections: [leaderboardsProjection],
+      pollMs: 100,
+      now: () => new Date(Date.now() + 60_000),
+    })
+    closers.unshift(() => taker.stop())
+    const done = await waitJob(hh, 'leaderboards', 'done')
+    expect(done).toMatchObject({ attempts: 2, owner: 'taker' })
+    slow.release()
+    // Stopping waits for its rebuild to end (and would hand a job it still owned back).
+    await worker.stop()
+    // Gone quietly: no switch, no failure, nothing left; the job stays the new owner's.
+    expect(logged('rebuild job taken over by another worker; stopping')).toBeGreaterThan(0)
+    expect([logged('rebuilt model switched in'), logged('rebuild failed')]).toEqual([0, 0])
+    expect(await schemas(hh)).toEqual([])
+    const job = await hh.call('GET', '/admin/projections/leaderboards/rebuild', { token: hh.adminToken })
+    expect(job.json).toMatchObject({ id: done.id, state: 'done', attempts: 2, owner: 'taker', switchedAtSeq: done.switchedAtSeq })
+    await startWorker(hh)
+    await expectOneSwitch(hh, sent)
+  }, 60_000)
 })

@@ -101,3 +101,17 @@ export const changeOutbox = pgTable(
   },
   (t) => [primaryKey({ columns: [t.channel, t.epoch, t.version] }), index('change_outbox_created').on(t.createdAt)],
 )
+
+/**
+ * Per rebuild job, the attempt that may still write its shadow and switch it in: raised by each
+ * attempt when it starts (KV claims count attempts up), and by the clean-up before it drops an
+ * older attempt's shadow. Every transaction of a rebuild locks its job's row and checks it still
+ * holds its own attempt, so a builder that was only slow when its job was taken over writes
+ * nothing more, and its switch cannot commit next to its successor's (see
+ * stream-workers/src/rebuild/fence.ts). One small row per job ever run.
+ */
+export const rebuildFences = pgTable('rebuild_fences', {
+  jobId: text('job_id').primaryKey(),
+  attempt: integer('attempt').notNull(),
+  updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+})

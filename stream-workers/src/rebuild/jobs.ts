@@ -9,6 +9,7 @@ import { projectionNames } from '../../../core/projections'
 import { openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../core/rebuild-jobs'
 import type { Projection } from '../projections'
 import { backoffMs, sleep } from '../../../core/backoff'
+import { raiseFence, RebuildTakenOver } from './fence'
 import { runRebuild, type RebuildHooks } from './rebuild'
 import { dropSchemas, leftoverSchemas, rebuildSchemas, type RebuildSchema } from './shadow'
 import { errorMessageOf } from '../runtime/errors'
@@ -45,7 +46,8 @@ class JobLost extends Error {}
  * only slow to heartbeat is not disturbed), the next attempt of a `requested` one (a claim we
  * read too early), and the retired schema of any attempt of such a job (its switch committed but
  * the job is not saved done yet: the takeover finds it and marks the job done). The schemas are listed before the jobs are read: a worker creates its shadow
- * only after its claim is stored, so a shadow we list belongs to a claim we then read.
+ * only after its claim is stored, so a shadow we list belongs to a claim we then read. A shadow
+ * is dropped only after its job's fence was raised past its attempt (see fence.ts).
  */
 export async function dropOrphanSchemas(deps: { db: Db; kv: KV; logger: Logger }): Promise<string[]> {
   const schemas = await rebuildSchemas(deps.db)
@@ -61,8 +63,12 @@ export async function dropOrphanSchemas(deps: { db: Db; kv: KV; logger: Logger }
   // A retired schema exists only once its switch committed: of a job not yet done, whatever the
   // attempt, it is how the job's takeover knows it switched already (see runRebuild).
   const kept = (s: RebuildSchema) => inUse.has(`${s.jobId}_${s.attempt}`) || (s.retired && unfinished.has(s.jobId))
-  const orphans = schemas.filter((s) => !kept(s)).map((s) => s.name)
+  const dropped = schemas.filter((s) => !kept(s))
+  const orphans = dropped.map((s) => s.name)
   if (orphans.length > 0) {
+    // A shadow's builder may be slow, not dead: fenced off first (see fence.ts), its next
+    // transaction writes nothing, instead of finding its schema gone mid-way.
+    for (const s of dropped) if (!s.retired) await raiseFence(deps.db, s.jobId, s.attempt + 1)
     await dropSchemas(deps.db, orphans)
     deps.logger.warn({ schemas: orphans }, 'dropped schemas left by rebuilds that no longer run')
   }
@@ -151,6 +157,12 @@ export function startRebuildJobs(deps: RebuildJobsDeps): { stop: () => Promise<v
     } catch (err) {
       clearInterval(beat)
       if (lost || err instanceof JobLost) return
+      if (err instanceof RebuildTakenOver) {
+        // Our Postgres writes were fenced off by the new owner (see fence.ts); the job is its own.
+        lost = true
+        log.warn({ rebuild: job.id, attempt: job.attempts }, 'rebuild job taken over by another worker; stopping')
+        return
+      }
       if (abort.signal.aborted) {
         // Shutting down: hand the job back at once instead of letting it look dead for a TTL.
         await save({ state: 'requested', owner: undefined }).catch(() => {})

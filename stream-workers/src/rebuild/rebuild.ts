@@ -7,6 +7,7 @@ import { backoffMs, sleep } from '../../../core/backoff'
 import { topology } from '../../../core/nats'
 import type { Projection } from '../projections'
 import { catchUp } from './catch-up'
+import { raiseFence, RebuildTakenOver } from './fence'
 import { committedSwitch, createShadow, dropSchemas, jobSwitch, leftoverSchemas, retiredSchemaName, shadowSchemaName } from './shadow'
 import { openShadowBuild } from './shadow-build'
 import { isSwitchInterrupted, switchOnce } from './switch'
@@ -65,6 +66,10 @@ const SWITCH_ATTEMPTS = 10
  * A switch of an earlier attempt of the job that committed (its worker died before the job was
  * saved done) is found first (jobSwitch): its position is returned, nothing rebuilt or switched.
  * The retired schema of a switch is left to the caller, to drop once the job is saved done.
+ *
+ * The attempt raises the job's fence first, and each of its transactions holds it (see fence.ts):
+ * once a later attempt took the job over (this worker only slow), it throws RebuildTakenOver,
+ * having written nothing more and switched nothing; the job is the new owner's.
  */
 export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: number }): Promise<{ switchedAtSeq: number }> {
   const { db, projection } = deps
@@ -73,6 +78,10 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
   const log = deps.logger.child({ projection: projection.name, rebuild: job.id, attempt: job.attempt })
   const shadow = shadowSchemaName(job.id, job.attempt)
   const retired = retiredSchemaName(job.id, job.attempt)
+  // The job is ours in Postgres from now on: an earlier attempt still writing (its worker only
+  // slow) is fenced off, and a switch of it under way is waited for, so jobSwitch below sees it.
+  const fence = await raiseFence(db, job.id, job.attempt)
+  if (fence !== job.attempt) throw new RebuildTakenOver(job, fence)
   // An earlier attempt switched in, and its worker died before the job was saved done: the job is
   // done at that switch. Rebuilding would switch a second time (every channel re-synced twice).
   const earlier = await jobSwitch(db, job.id)
@@ -80,12 +89,13 @@ export async function runRebuild(deps: RebuildDeps, job: { id: string; attempt: 
     log.warn({ retired: earlier.retired, switchedAt: earlier.switchedAtSeq }, 'an earlier attempt of this rebuild switched in already; not rebuilding again')
     return { switchedAtSeq: earlier.switchedAtSeq }
   }
-  // A takeover restarts from scratch; earlier attempts' schemas are garbage (none switched in).
-  await dropSchemas(db, await leftoverSchemas(db, job.id, shadow))
+  // A takeover restarts from scratch; earlier attempts' schemas are garbage (none switched in, and
+  // the fence stops their builders). A later attempt's are not ours to drop: it took the job over.
+  await dropSchemas(db, await leftoverSchemas(db, job.id, job.attempt))
   await createShadow(db, shadow, projection.name)
   try {
     const jsm = await deps.js.jetstreamManager()
-    const build = await openShadowBuild({ config: deps.config, js: deps.js, jsm, logger: log, projection, now: deps.now ?? (() => new Date()), metrics: deps.metrics }, shadow)
+    const build = await openShadowBuild({ config: deps.config, js: deps.js, jsm, logger: log, projection, now: deps.now ?? (() => new Date()), metrics: deps.metrics }, shadow, job)
     const switchDeps = { db, jsm, eventStream, projection: projection.name, partitions, batchSize, build, retired, logger: log, beforeCommit: deps.hooks?.beforeSwitchCommit }
     // A switch that fails on something that passes (NATS restarting, statement_timeout, a lost
     // connection, a deadlock) is rolled back, live untouched and its locks released, and tried

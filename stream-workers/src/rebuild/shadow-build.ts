@@ -10,6 +10,7 @@ import { applyBatch, batchMessageOf, type BatchMessage } from '../runtime/batch'
 import { applyOrOneByOne } from '../runtime/one-by-one'
 import { dbErrorSummary } from '../runtime/errors'
 import { createPartSize, type PartSize } from '../runtime/part-size'
+import { holdFence } from './fence'
 import { useShadow } from './shadow'
 
 /** Where a shadow build is: its position in the stream and each partition's shadow checkpoint. */
@@ -39,7 +40,11 @@ export type ShadowBuild = {
    * caller reset it.
    */
   readonly parts: { last: number; done: number }
-  /** Inside `tx`: the projection code reads and writes the shadow from now on. */
+  /**
+   * First in each transaction of the build: holds the job's fence (throws RebuildTakenOver once a
+   * later attempt took the job over, see holdFence), then the projection code reads and writes the
+   * shadow.
+   */
   enter(tx: Tx): Promise<void>
   /** Up to `max` messages after the position; opens the consumer there first if it has none. */
   fetch(max: number, expires: number): Promise<JsMsg[]>
@@ -77,8 +82,8 @@ export type ShadowBuildDeps = {
   metrics?: Metrics
 }
 
-/** Starts the build of `schema` (created, empty) at the stream's first event. */
-export async function openShadowBuild(deps: ShadowBuildDeps, schema: string): Promise<ShadowBuild> {
+/** Starts the build of `schema` (created, empty) for attempt `job.attempt` of job `job.id`, at the stream's first event. */
+export async function openShadowBuild(deps: ShadowBuildDeps, schema: string, job: { id: string; attempt: number }): Promise<ShadowBuild> {
   const { projection, now, logger: log } = deps
   const { eventStream, prefix, partitions } = topology(deps.config)
   const { jsm } = deps
@@ -112,7 +117,10 @@ export async function openShadowBuild(deps: ShadowBuildDeps, schema: string): Pr
     },
     sizes,
     parts,
-    enter: (tx) => useShadow(tx, schema),
+    enter: async (tx) => {
+      await holdFence(tx, job, schema)
+      await useShadow(tx, schema)
+    },
     fetch: async (max, expires) => {
       consumer ??= await open(position)
       const out: JsMsg[] = []

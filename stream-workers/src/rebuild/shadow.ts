@@ -222,10 +222,13 @@ export async function rebuildSchemas(db: Db): Promise<RebuildSchema[]> {
   })
 }
 
-/** Shadow and retired schemas of every attempt of a job except `keep`: what dead attempts left. */
-export async function leftoverSchemas(db: Db, jobId: string, keep?: string): Promise<string[]> {
-  const rows = await rowsOf<{ name: string }>(db, sql`select nspname as name from pg_namespace where nspname like ${`rebuild\\_${jobId}\\_%`} or nspname like ${`retired\\_${jobId}\\_%`}`)
-  return rows.map((r) => r.name).filter((n) => n !== keep)
+/**
+ * Shadow and retired schemas of a job's attempts, of those below `below` only when given: what
+ * earlier attempts left. A later attempt's are its own (a takeover of a worker that is slow).
+ */
+export async function leftoverSchemas(db: Db, jobId: string, below?: number): Promise<string[]> {
+  const schemas = (await rebuildSchemas(db)).filter((s) => s.jobId === jobId && (below === undefined || s.attempt < below))
+  return schemas.map((s) => s.name)
 }
 
 /**

@@ -77,6 +77,10 @@ export async function switchOnce(deps: SwitchDeps): Promise<number> {
     // at COMMIT): it must not switch again (the shadow's tables are live now).
     const committed = await committedSwitch(tx, retired)
     if (committed !== undefined) return committed
+    // The job's fence first: a takeover since the catch-up rolls the switch back here, and one
+    // that comes later waits for the switch to end, then finds it committed (see fence.ts). Every
+    // name below is schema-qualified: the search_path points at the shadow from here on.
+    await build.enter(tx)
     await lockDeadLetters(tx, name)
     await lockLiveTables(tx, name)
     // Rows for every partition, so a partition no runner has written yet is also moved past
@@ -100,7 +104,6 @@ export async function switchOnce(deps: SwitchDeps): Promise<number> {
       )
     }
     const live = Math.max(0, ...rows.map((r) => Number(r.seq)))
-    await build.enter(tx)
     const deadline = Date.now() + TAIL_DEADLINE_MS
     while (build.position < live) {
       if (Date.now() > deadline) throw new Error(`shadow did not reach the live checkpoint ${live} (at ${build.position}) in time`)
