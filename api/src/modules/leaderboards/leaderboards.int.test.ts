@@ -131,6 +131,22 @@ describe('leaderboard reads', () => {
     }
   })
 
+  test('a forged cursor with a rank no board can reach is 422 naming after, never a page of inexact ranks', async () => {
+    const first = await h.call('GET', '/v1/leaderboards/hi?limit=2')
+    const [, score, seq, player] = JSON.parse(Buffer.from(first.json.next, 'base64url').toString())
+    // Safe integers all, yet 2^53 - 2 + 1, + 2 ... are not: the page numbered its entries 2^53, 2^53, 2^53 + 2.
+    for (const rank of [Number.MAX_SAFE_INTEGER - 1, Number.MAX_SAFE_INTEGER, 2 ** 48 + 1]) {
+      const forged = ['hi', score, seq, player, rank, '']
+      const r = await h.call('GET', `/v1/leaderboards/hi?limit=3&after=${Buffer.from(JSON.stringify(forged)).toString('base64url')}`)
+      expect([rank, r.status, r.json.error?.code, r.json.error?.details?.[0]?.path]).toEqual([rank, 422, 'invalid_request', '/after'])
+    }
+    // The deepest rank a cursor may carry still numbers its page exactly.
+    const deepest = ['hi', score, seq, player, 2 ** 48, '']
+    const r = await h.call('GET', `/v1/leaderboards/hi?limit=3&after=${Buffer.from(JSON.stringify(deepest)).toString('base64url')}`)
+    expect(r.status).toBe(200)
+    expect(r.json.entries.map((e: { rank: number }) => e.rank)).toEqual([2 ** 48 + 1, 2 ** 48 + 2, 2 ** 48 + 3])
+  })
+
   test("a player's rank with neighbours", async () => {
     const r = await h.call('GET', '/v1/leaderboards/hi/players/carol?neighbours=1')
     expect(r.status).toBe(200)
