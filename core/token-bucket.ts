@@ -7,6 +7,8 @@ export type TokenBucket = {
   take: (n?: number) => number
   /** Spends `n` tokens (default 1) even if fewer are there: the debt is paid by waiting longer. */
   spend: (n?: number) => void
+  /** Puts `n` tokens back (never above `capacity`): what a refused command was charged beyond its price. */
+  give: (n: number) => void
   /** The milliseconds until `n` tokens are there (0: now); spends nothing. */
   wait: (n?: number) => number
   /** Whether the bucket is full: then it is no different from a new one (and may be forgotten). */
@@ -40,6 +42,10 @@ export function tokenBucket(opts: { capacity: number; perSecond: number; now?: (
     spend(n = 1) {
       refill()
       tokens -= n
+    },
+    give(n) {
+      refill()
+      tokens = Math.min(opts.capacity, tokens + n)
     },
     full() {
       refill()

@@ -1,7 +1,7 @@
 import { Elysia } from 'elysia'
 import type { Config } from '../../../core/config'
 import { Forbidden, Unauthorized } from '../errors'
-import { chargeRequest, checkCredential, type Limits } from '../limits'
+import { chargeRequest, checkCredential, refusedAsAWhole, settleRefused, type Limits } from '../limits'
 import type { Authenticator } from './authenticate'
 import { ANONYMOUS, isAdminReader, hasScope, type Principal } from './principal'
 
@@ -84,6 +84,8 @@ export function authPlugin(deps: {
     resolved.set(request, p)
     return p
   }
+  /** What each request was charged, to settle it if it is refused as a whole. */
+  const charged = new WeakMap<Request, { p: Principal; cost: number; address?: string }>()
   return new Elysia({ name: 'auth', seed: ++plugins }).macro({
     auth: (need: Need) => ({
       detail: need === 'viewer' ? {} : { security: [{ bearer: [] }] },
@@ -91,7 +93,19 @@ export function authPlugin(deps: {
         const p = demand(await identify(request, server), need)
         // Charged once known, before the body is validated: a bad request costs its caller too (429
         // with Retry-After). Anonymous callers are known by their address only.
-        if (deps.limits) chargeRequest(deps.limits.rates, p, body, p.kind === 'anonymous' ? addressOf(request, server, deps.limits) : undefined)
+        if (deps.limits) {
+          const address = p.kind === 'anonymous' ? addressOf(request, server, deps.limits) : undefined
+          charged.set(request, { p, cost: chargeRequest(deps.limits.rates, p, body, address), address })
+        }
+      },
+      // A batch refused as a whole (422, 403) stored nothing: it costs one, not one per event.
+      // Settled as soon as the answer is made (afterResponse; a local error hook never runs: the
+      // app's global error handler answers first): a caller's next request comes a round trip
+      // after it.
+      afterResponse: ({ request, error }: { request: Request; error?: unknown }) => {
+        const c = charged.get(request)
+        charged.delete(request)
+        if (c && deps.limits && refusedAsAWhole(error)) settleRefused(deps.limits.rates, c.p, c.cost, c.address)
       },
       resolve: async ({ request, server }) => ({ principal: demand(await identify(request, server), need) }),
     }),

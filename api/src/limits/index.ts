@@ -1,7 +1,8 @@
+import { ValidationError } from 'elysia'
 import type { Config } from '../../../core/config'
 import type { Metrics } from '../../../core/metrics'
 import type { Principal } from '../auth/principal'
-import { Invalid, KeyExpired, RateLimited, retryAfterSeconds, TokenExpired, Unauthorized } from '../errors'
+import { Forbidden, Invalid, KeyExpired, RateLimited, retryAfterSeconds, TokenExpired, Unauthorized } from '../errors'
 import { createAuthFailures, type AuthFailures } from './auth-failures'
 import { clientAddress, type ClientAddress } from './client-ip'
 import { createConnectionLimits, type ConnectionLimits } from './connections'
@@ -59,11 +60,11 @@ export function requestCost(body: unknown): number {
 }
 
 /**
- * Charges a REST request to its caller (a user, a key, or anonymous callers at `address`). Throws
- * RateLimited (429 with Retry-After; nothing was done), or Invalid 422 `too_many_events` when the
- * request carries more events than the caller's budget can ever hold.
+ * Charges a REST request to its caller (a user, a key, or anonymous callers at `address`) and
+ * returns what it charged. Throws RateLimited (429 with Retry-After; nothing was done), or Invalid
+ * 422 `too_many_events` when the request carries more events than the caller's budget can ever hold.
  */
-export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, address?: string): void {
+export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, address?: string): number {
   const cost = requestCost(body)
   const capacity = rates.capacityOf(p)
   if (cost > capacity) {
@@ -71,6 +72,27 @@ export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, ad
   }
   const refused = rates.charge(p, cost, address)
   if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
+  return cost
+}
+
+/**
+ * Whether a request that was charged and then failed with `error` was refused as a whole before
+ * doing anything: invalid (422: the body's schema, or an event the ingest refused) or forbidden
+ * (403). Such a batch stored nothing, so it costs what any refused request costs (one), not one
+ * per event (see settleRefused).
+ */
+export function refusedAsAWhole(error: unknown): boolean {
+  if (error instanceof Invalid || error instanceof Forbidden) return true
+  return error instanceof ValidationError && error.type !== 'response'
+}
+
+/**
+ * Gives back all but one of what a request refused as a whole was charged: a bad event in a batch
+ * of 100 must not eat the budget of the caller's good ones. One stays charged, so refused requests
+ * are still bounded by the same budget as any other (the body size limit bounds what each costs to read).
+ */
+export function settleRefused(rates: RateLimits, p: Principal, charged: number, address?: string): void {
+  if (charged > 1) rates.refund(p, charged - 1, address)
 }
 
 /**

@@ -142,6 +142,29 @@ describe('rate limits', () => {
     expect(statuses.at(-1)).toBe(429)
   })
 
+  test('a batch refused as a whole (422, 403: nothing stored) costs one, as any refused request, not one per event; refused requests still draw on the budget', async () => {
+    // The user's budget: burst 8, 1 a second.
+    const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-refused' })
+    const before = await node.streamCount()
+    // One bad event in five: 422, nothing stored. It cost 5 before, leaving 3 of 8.
+    const bad = await post(token, { events: [chat('rr-1'), chat('rr-2'), chat('rr-3'), chat('rr-4'), { type: 'chat.message.posted', data: { room: 'rates' } }] })
+    expect([bad.status, (await bad.json()).error.code]).toEqual([422, 'invalid_event'])
+    // Refused by the route's own body schema (an event without a type): 422 too.
+    const shapeless = await post(token, { events: [chat('rr-5'), { data: {} }] })
+    expect(shapeless.status).toBe(422)
+    // A type users may not publish: 403, nothing stored.
+    const denied = await post(token, { events: [chat('rr-6'), score('rr-7')] })
+    expect(denied.status).toBe(403)
+    expect(await node.streamCount()).toBe(before)
+    // Three refusals cost three: five of the eight are left for the good batch.
+    const good = await post(token, { events: [chat('rr-a'), chat('rr-b'), chat('rr-c'), chat('rr-d'), chat('rr-e')] })
+    expect(good.status).toBe(202)
+    expect(await node.streamCount()).toBe(before + 5)
+    // The budget is about empty (less than a second has refilled): a bad request is refused too.
+    const more = await post(token, { events: [chat('rr-f'), { type: 'chat.message.posted', data: { room: 'rates' } }] })
+    expect([more.status, (await more.json()).error.code]).toEqual([429, 'rate_limited'])
+  })
+
   test('sustained abuse closes the socket with 4029 and the delay; accepted events are acknowledged and stored first', async () => {
     const c = await userSocket('r3')
     const before = await node.streamCount()

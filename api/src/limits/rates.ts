@@ -40,6 +40,8 @@ export type RateLimits = {
    * `address`'s (none without an address: a request from inside the process).
    */
   charge(p: Principal, cost?: number, address?: string): RateRefusal | undefined
+  /** Gives back `n` of what `charge` took from the same budget (a request refused as a whole costs less than it was charged). */
+  refund(p: Principal, n: number, address?: string): void
   /**
    * Charges a sign-in on a socket that holds `channels` channels where users are present: it makes
    * the user present in each, as that many subscribes would, so it costs as many from the user's
@@ -109,6 +111,7 @@ export function createRateLimits(deps: {
 
   const limits: RateLimits = {
     charge: (p, cost = 1, address) => counted('rest', p, chargeAll([budgetOf(p, address)], cost)),
+    refund: (p, n, address) => budgetOf(p, address)?.bucket.give(n),
     signIn(p, channels) {
       const budget = budgetOf(p, undefined)
       if (!budget || channels === 0) return undefined
