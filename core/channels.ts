@@ -207,7 +207,7 @@ export type MatchChange =
    */
   | { kind: 'joined'; player: string; connected?: boolean; graceUntil?: string; status: MatchStatus }
   | { kind: 'rejected'; player: string; reason: MatchJoinRejection; status: MatchStatus }
-  | { kind: 'left'; player: string; reason: 'left' | 'disconnected'; status: MatchStatus }
+  | { kind: 'left'; player: string; reason: 'left' | 'disconnected' | 'revoked'; status: MatchStatus }
   | { kind: 'ready'; player: string; status: MatchStatus }
   | { kind: 'connection'; player: string; connected: boolean; graceUntil?: string; status: MatchStatus }
   | { kind: 'started'; status: MatchStatus; /** startedAt (event time, ISO 8601). */ at: string }

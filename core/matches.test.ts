@@ -3,7 +3,7 @@ import { evolveMatch, matchView, nextGraceEnd, standingsOf, type MatchEvent, typ
 
 const created = (maxPlayers = 2, at = 0): MatchEvent => ({ type: 'match.created', match: 'm', mode: 'duel', maxPlayers, at, seq: 1 })
 const join = (player: string, at = 1): MatchEvent => ({ type: 'match.join', match: 'm', player, at })
-const leave = (player: string, at = 1, reason: 'left' | 'disconnected' = 'left'): MatchEvent => ({ type: 'match.leave', match: 'm', player, reason, at })
+const leave = (player: string, at = 1, reason: 'left' | 'disconnected' | 'revoked' = 'left'): MatchEvent => ({ type: 'match.leave', match: 'm', player, reason, at })
 const conn = (player: string, connected: boolean, at: number, graceMs = 100): MatchEvent => ({ type: 'match.player.connection', match: 'm', player, connected, graceMs, at })
 const start = (at = 2): MatchEvent => ({ type: 'match.start', match: 'm', at })
 const finish = (at = 3, results = [{ player: 'a', score: 5 }, { player: 'b', score: 7 }]): MatchEvent => ({ type: 'match.finish', match: 'm', results, at })
@@ -103,6 +103,17 @@ describe('match state machine', () => {
     // A reconnect after the grace comes too late.
     expect(run([...base, conn('a', true, 200)]).state!.players.map((p) => p.player)).toEqual(['b'])
     expect(nextGraceEnd(run(base).state!)).toBe(110)
+  })
+
+  test("a revoked player's seat goes at once, told as left with reason revoked; without a seat it changes nothing", () => {
+    const base = [created(2), join('a', 0), join('b', 0)]
+    const r = run([...base, leave('a', 10, 'revoked'), join('c', 11)])
+    expect(r.state!.players.map((p) => p.player)).toEqual(['b', 'c'])
+    expect(r.outputs.filter((o) => o.channel === 'match' && o.data.kind === 'left').map((o) => o.data)).toEqual([{ kind: 'left', player: 'a', reason: 'revoked', status: 'open' }])
+    // Disconnected and within the grace: gone at once all the same.
+    expect(run([...base, conn('a', false, 10, 1000), leave('a', 20, 'revoked')]).state!.players.map((p) => p.player)).toEqual(['b'])
+    const spectator = run([...base, leave('z', 10, 'revoked')])
+    expect([spectator.state!.players.length, spectator.outputs.length]).toEqual([2, run(base).outputs.length])
   })
 
   test('a join with a join grace seats the player not yet connected: their first connect keeps the seat, a player who never connects loses it at the first event after the grace', () => {

@@ -77,7 +77,8 @@ export type MatchEvent =
    * they did then, so a rebuild decides alike.
    */
   | { type: 'match.join'; match: string; player: string; graceMs?: number; at: number }
-  | { type: 'match.leave'; match: string; player: string; reason: 'left' | 'disconnected'; at: number }
+  /** `revoked`: the API nodes saw the player's credential revoked (their sockets closed for it): the seat goes at once, no grace. */
+  | { type: 'match.leave'; match: string; player: string; reason: 'left' | 'disconnected' | 'revoked'; at: number }
   | { type: 'match.ready'; match: string; player: string; at: number }
   | { type: 'match.start'; match: string; at: number }
   | { type: 'match.finish'; match: string; results: { player: string; score: number }[]; at: number }
@@ -206,7 +207,9 @@ const reject = (outputs: MatchOutput[], state: MatchState | undefined, match: st
  *   one who disconnected would (a seat squatted in every lobby keeps none of them filled).
  * - leave: a seated player leaves (a full match opens again). `reason: "disconnected"` events (the
  *   API nodes', once a grace ended) do nothing of their own: only the grace expiry above gives a
- *   seat up, so one that comes early (or after a reconnect) changes nothing.
+ *   seat up, so one that comes early (or after a reconnect) changes nothing. `reason: "revoked"`
+ *   (the API nodes', when presence saw the player leave because their credential was revoked)
+ *   gives the seat up at once, told as `left` with reason `revoked`.
  * - ready: a seated player of an open or full match is ready (once).
  * - player.connection: a seated player of an open, full or started match is disconnected (their
  *   seat is kept until `at + graceMs`) or connected (first or again: the grace is off).
@@ -263,7 +266,7 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
     case 'match.leave': {
       if (!state || e.reason === 'disconnected' || !live(state.status) || !state.players.some((p) => p.player === e.player)) return same()
       const next = withoutPlayer(state, e.player)
-      outputs.push({ channel: 'match', data: { kind: 'left', player: e.player, reason: 'left', status: next.status } })
+      outputs.push({ channel: 'match', data: { kind: 'left', player: e.player, reason: e.reason, status: next.status } })
       return same(next)
     }
     case 'match.ready': {

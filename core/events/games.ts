@@ -41,10 +41,11 @@ export type MatchJoin = Static<typeof MatchJoin>
 
 /**
  * A player gives up their seat: a user leaving (the player is their `sub`), or the API nodes for a
- * player who stayed disconnected past the grace (`player` and `reason: "disconnected"`). Key: match.
+ * player who stayed disconnected past the grace (`player` and `reason: "disconnected"`) or whose
+ * credential was revoked (`reason: "revoked"`: the seat is given up at once). Key: match.
  */
 export const MatchLeave = Type.Object(
-  { match: Name, player: Type.Optional(ActorId), reason: Type.Optional(Type.Union([Type.Literal('left'), Type.Literal('disconnected')])) },
+  { match: Name, player: Type.Optional(ActorId), reason: Type.Optional(Type.Union([Type.Literal('left'), Type.Literal('disconnected'), Type.Literal('revoked')])) },
   { additionalProperties: false, $id: 'match.leave@1' },
 )
 export type MatchLeave = Static<typeof MatchLeave>

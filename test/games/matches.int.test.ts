@@ -143,7 +143,7 @@ describe('matches through the API and the projection', () => {
     await post([{ type: 'match.join', data: { match: 'k1' } }], bob)
     await caughtUp()
     const stored = await hh.streamCount()
-    for (const data of [{ match: 'k1', player: 'ann' }, { match: 'k1', player: 'ann', reason: 'disconnected' }, { match: 'k1', reason: 'disconnected' }]) {
+    for (const data of [{ match: 'k1', player: 'ann' }, { match: 'k1', player: 'ann', reason: 'disconnected' }, { match: 'k1', reason: 'disconnected' }, { match: 'k1', reason: 'revoked' }]) {
       const r = await hh.call('POST', '/v1/events', { token: bob, body: { type: 'match.leave', data } })
       expect([r.status, r.json.error?.code]).toEqual([403, 'forbidden'])
     }

@@ -150,6 +150,54 @@ describe('seat watcher on a real node', () => {
     ])
   }, 60_000)
 
+  test('a revoked player loses the seat at once, reason revoked (a user revocation, or their token by jti), not after the reconnect grace', async () => {
+    // Presence already told `revoked` at once; the seat was kept for FANFARE_MATCH_GRACE_MS as after a flaky network.
+    const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '600000' }))
+    const worker = await startTestWorker(n.env)
+    closers.push(() => worker.stop())
+    const token = (sub: string, jti?: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub, jti })
+    const call = async (path: string, body: unknown, as: string) =>
+      fetch(`${n.base}${path}`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
+    const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) => expect((await call('/v1/events', { events }, as)).status).toBe(202)
+    const match = async () => (await fetch(`${n.base}/v1/matches/rv`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
+    const seated = async () => (await match()).players.map((p: any) => `${p.player}:${p.connected}`)
+    const open = async (bearer: string) => {
+      const c = await WsClient.open(`${n.wsUrl}?token=${bearer}`)
+      closers.push(async () => c.close())
+      c.send({ op: 'subscribe', channel: 'match:rv' })
+      await until('subscribed', () => c.frames.some((f) => f.channel === 'match:rv' && f.op === 'snapshot'))
+      return c
+    }
+    // The seat watcher acts after its 3 s warm-up.
+    await Bun.sleep(3_500)
+    await post([{ type: 'match.created', data: { match: 'rv', mode: 'duel', maxPlayers: 4 } }])
+    await until('rv created', async () => (await match()).status === 'open', 20_000)
+    const catToken = await token('cat', 'cat-phone')
+    for (const [sub, bearer] of [['ann', await token('ann')], ['bob', await token('bob')], ['cat', catToken]]) await post([{ type: 'match.join', data: { match: 'rv' } }], bearer)
+    const ann = await open(await token('ann'))
+    const bob = await open(await token('bob'))
+    const cat = await open(catToken)
+    await until('all three connected', async () => (await seated()).join() === 'ann:true,bob:true,cat:true', 20_000)
+
+    expect((await call('/admin/users/revoke', { user: 'ann' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    await until('ann closed', () => ann.closed)
+    expect((await call('/admin/tokens/revoke', { jti: 'cat-phone', exp: Math.floor(Date.now() / 1000) + 3600 }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    await until('cat closed', () => cat.closed)
+    // Well within the 10-minute grace: the other players see them leave as revoked.
+    await until('ann and cat gone', async () => (await seated()).join() === 'bob:true', 20_000)
+    const lefts = bob.frames.filter((f) => f.channel === 'match:rv' && f.op === 'update' && f.data.kind === 'left').map((f) => `${f.data.player}:${f.data.reason}`)
+    expect(lefts.sort()).toEqual(['ann:revoked', 'cat:revoked'])
+    const seatEvents = (await n.streamEvents())
+      .filter((e) => (e.type === 'match.leave' || e.type === 'match.player.connection') && (e as any).data.player !== undefined)
+      .map((e) => `${e.type}:${(e as any).data.player}:${(e as any).data.reason ?? (e as any).data.connected}`)
+    expect(seatEvents.filter((x) => x.includes(':ann:') || x.includes(':cat:')).sort()).toEqual([
+      'match.leave:ann:revoked',
+      'match.leave:cat:revoked',
+      'match.player.connection:ann:true',
+      'match.player.connection:cat:true',
+    ])
+  }, 60_000)
+
   test('a player who joins and never connects to match:<id> loses the seat after the join grace; one who connects after joining, or was connected before, keeps it', async () => {
     const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_JOIN_GRACE_MS: '1500' }))
     const worker = await startTestWorker(n.env)

@@ -30,7 +30,9 @@ const RECENT_MS = 10_000
  *
  * - When the cluster-wide presence of `match:<id>` loses a user (no connection on any node, after
  *   FANFARE_PRESENCE_GRACE_MS of a page reload), one node publishes `match.player.connection
- *   { connected: false, graceMs }`; when it gains one, `{ connected: true }`. The projection ignores
+ *   { connected: false, graceMs }`; when it gains one, `{ connected: true }`. A user who left because
+ *   their credential was revoked (presence's reason `revoked`, at once) gets `match.leave { player,
+ *   reason: "revoked" }` instead: the seat goes at once, not after a grace for a reconnect. The projection ignores
  *   them for anyone who holds no seat (spectators), and repeats change nothing, so two nodes that
  *   both believe themselves the one (a handover) only repeat an event. Changes that can never
  *   matter are not published: of a match that is over, or of a started match by a user who holds
@@ -103,8 +105,8 @@ export function startSeatWatcher(deps: {
 
   const publish = (events: EventInput[]) => {
     const marks = events.flatMap((e) => {
-      const d = e.data as { match: string; player: string; connected: boolean }
-      return d.connected ? [seatKey(d.match, d.player)] : []
+      const d = e.data as { match: string; player: string; connected?: boolean }
+      return d.connected === true ? [seatKey(d.match, d.player)] : []
     })
     for (const k of marks) connects.set(k, Date.now())
     pending = Promise.all([
@@ -158,10 +160,14 @@ export function startSeatWatcher(deps: {
     }
   }
 
-  type Change = { match: string; user: string; connected: boolean }
+  /** `revoked`: the user left because their credential was revoked (presence's reason), not a flaky network. */
+  type Change = { match: string; user: string; connected: boolean; revoked?: boolean }
   const decide = (c: Change) => {
     // A match with no row (a read found none, and no notice has shown since): nothing to tell.
     if (book.irrelevant(c.match, c.user) || book.missing(c.match)) return
+    // A revoked player has nothing to reconnect with: the seat goes at once, and the match's
+    // players are told why (as presence tells `revoked`), instead of a grace for a reconnect.
+    if (c.revoked) return publish([{ id: id(), type: 'match.leave', data: { match: c.match, player: c.user, reason: 'revoked' } }])
     publish([{ id: id(), type: 'match.player.connection', data: { match: c.match, player: c.user, connected: c.connected, ...(c.connected ? {} : { graceMs: deps.graceMs }) } }])
   }
   /**
@@ -226,7 +232,7 @@ export function startSeatWatcher(deps: {
     if (stopped || change.kind === 'count' || change.kind === 'update') return
     const parsed = parseChannel(change.channel)
     if (parsed?.kind !== 'match') return
-    const c = { match: parsed.name, user: change.user, connected: change.kind === 'join' }
+    const c: Change = { match: parsed.name, user: change.user, connected: change.kind === 'join', ...(change.kind === 'leave' && change.reason === 'revoked' ? { revoked: true } : {}) }
     if (!designated()) {
       const k = seatKey(c.match, c.user)
       missed.delete(k)
