@@ -68,3 +68,24 @@ test('a revocation broadcast while a reload reads Postgres outlives that reload:
     await revocations.stop()
   }
 })
+
+test("a jti revoked for one user is that user's alone, also as a restarted node reads it back from Postgres; a bare jti is anyone's", async () => {
+  const start = () => startRevocations({ db: database.db, nc, prefix: env.config.FANFARE_SUBJECT_PREFIX, logger: createLogger('silent') })
+  const token = (id: string, jti: string) => ({ kind: 'user' as const, id, roles: [], channels: [], expiresAt: Date.now() + 600_000, issuedAt: Date.now() - 60_000, jti })
+  const first = await start()
+  try {
+    await first.revokeToken('pair-jti', new Date(Date.now() + 600_000), 'test', 'gus')
+    await first.revokeToken('bare-jti', new Date(Date.now() + 600_000), 'test')
+    const restarted = await start()
+    try {
+      for (const r of [first, restarted]) {
+        expect([r.isRevoked(token('gus', 'pair-jti')), r.isRevoked(token('hal', 'pair-jti'))]).toEqual([true, false])
+        expect([r.isRevoked(token('gus', 'bare-jti')), r.isRevoked(token('hal', 'bare-jti'))]).toEqual([true, true])
+      }
+    } finally {
+      await restarted.stop()
+    }
+  } finally {
+    await first.stop()
+  }
+})

@@ -7,15 +7,20 @@ import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/n
 import type { Principal } from './principal'
 
 /** One revocation, as broadcast to every API node. */
-export type Revocation = { kind: 'user'; user: string; before: number } | { kind: 'token'; jti: string; exp: number } | { kind: 'key'; id: string }
+/**
+ * A token revocation names a `user` when only that user's token with the jti is refused (another
+ * user's token reusing the jti keeps working); without one, every token with the jti is. A node
+ * that predates `user` refuses every token with the jti: stricter, never looser, during an upgrade.
+ */
+export type Revocation = { kind: 'user'; user: string; before: number } | { kind: 'token'; jti: string; exp: number; user?: string } | { kind: 'key'; id: string }
 
 export type Revocations = {
   /** Whether a principal's credential was revoked (keys: the key; users: the user or the token's jti). */
   isRevoked(p: Principal): boolean
   /** Refuses every token of `user` issued up to now. */
   revokeUser(user: string, by: string): Promise<Revocation>
-  /** Refuses one token (by `jti`) until its expiry. */
-  revokeToken(jti: string, expiresAt: Date, by: string): Promise<Revocation>
+  /** Refuses one token (by `jti`; only `user`'s token with it when `user` is given) until its expiry. */
+  revokeToken(jti: string, expiresAt: Date, by: string, user?: string): Promise<Revocation>
   /** Tells every node that a key was revoked (the caller marked it in Postgres). */
   announceKey(id: string): Promise<void>
   /** Called after any change of what is revoked (a broadcast, a reload): re-check open connections. */
@@ -50,7 +55,9 @@ export async function startRevocations(deps: {
   const subject = `${deps.prefix}.control.revocations`
   const log = deps.logger.child({ component: 'revocations' })
   let users = new Map<string, number>()
+  /** Revoked jtis (`\0`-joined after the user's id when revoked for one user; ids hold no NUL) -> when the token expires. */
   let tokens = new Map<string, number>()
+  const tokenKey = (jti: string, user?: string) => (user ? `${user}\u0000${jti}` : jti)
   let keys = new Set<string>()
   const listeners: (() => void)[] = []
   const changed = () => listeners.forEach((l) => l())
@@ -62,7 +69,7 @@ export async function startRevocations(deps: {
   const apply = (r: Revocation) => {
     for (const during of duringReloads) during.push(r)
     if (r.kind === 'user') users.set(r.user, Math.max(users.get(r.user) ?? 0, r.before))
-    else if (r.kind === 'token') tokens.set(r.jti, r.exp)
+    else if (r.kind === 'token') tokens.set(tokenKey(r.jti, r.user), r.exp)
     else {
       keys.add(r.id)
       deps.forgetKey?.(r.id)
@@ -72,7 +79,7 @@ export async function startRevocations(deps: {
   const reload = async () => {
     const during: Revocation[] = []
     duringReloads.add(during)
-    let read: [{ userId: string; revokedBefore: Date }[], { jti: string; expiresAt: Date }[], { id: string }[]]
+    let read: [{ userId: string; revokedBefore: Date }[], { jti: string; userId: string; expiresAt: Date }[], { id: string }[]]
     try {
       read = await Promise.all([
         deps.db.select().from(userRevocations),
@@ -84,7 +91,7 @@ export async function startRevocations(deps: {
     }
     const [u, t, k] = read
     users = new Map(u.map((r) => [r.userId, r.revokedBefore.getTime()]))
-    tokens = new Map(t.map((r) => [r.jti, r.expiresAt.getTime()]))
+    tokens = new Map(t.map((r) => [tokenKey(r.jti, r.userId), r.expiresAt.getTime()]))
     keys = new Set(k.map((r) => r.id))
     for (const r of during) apply(r)
     for (const id of keys) deps.forgetKey?.(id)
@@ -141,7 +148,7 @@ export async function startRevocations(deps: {
       const before = users.get(p.id)
       // A token without `iat` cannot show it was issued after the revocation.
       if (before !== undefined && (p.issuedAt === undefined || p.issuedAt <= before)) return true
-      return p.jti !== undefined && tokens.has(p.jti)
+      return p.jti !== undefined && (tokens.has(p.jti) || tokens.has(tokenKey(p.jti, p.id)))
     },
     async revokeUser(user, by) {
       // The cut-off is the later of this node's clock and Postgres' (one clock for every node): a
@@ -155,12 +162,12 @@ export async function startRevocations(deps: {
       await announce(r)
       return r
     },
-    async revokeToken(jti, expiresAt, by) {
+    async revokeToken(jti, expiresAt, by, user) {
       await deps.db
         .insert(tokenRevocations)
-        .values({ jti, expiresAt, revokedBy: by })
-        .onConflictDoUpdate({ target: tokenRevocations.jti, set: { expiresAt, revokedBy: by } })
-      const r: Revocation = { kind: 'token', jti, exp: expiresAt.getTime() }
+        .values({ jti, userId: user ?? '', expiresAt, revokedBy: by })
+        .onConflictDoUpdate({ target: [tokenRevocations.jti, tokenRevocations.userId], set: { expiresAt, revokedBy: by } })
+      const r: Revocation = { kind: 'token', jti, exp: expiresAt.getTime(), ...(user ? { user } : {}) }
       await announce(r)
       return r
     },

@@ -1,4 +1,4 @@
-import { bigserial, index, jsonb, pgTable, text, timestamp } from 'drizzle-orm/pg-core'
+import { bigserial, index, jsonb, pgTable, primaryKey, text, timestamp } from 'drizzle-orm/pg-core'
 
 /**
  * API keys of game servers and services. The secret is never stored: `digest` is the SHA-256 of
@@ -25,16 +25,21 @@ export const userRevocations = pgTable('user_revocations', {
   revokedBy: text('revoked_by').notNull(),
 })
 
-/** Single tokens refused by their `jti` until they expire anyway (POST /admin/tokens/revoke). */
+/**
+ * Single tokens refused by their `jti` until they expire anyway (POST /admin/tokens/revoke): the
+ * token of `userId` with that jti, or, with `userId` '' (no user named; no `sub` is empty), any
+ * token with that jti.
+ */
 export const tokenRevocations = pgTable(
   'token_revocations',
   {
-    jti: text('jti').primaryKey(),
+    jti: text('jti').notNull(),
+    userId: text('user_id').notNull().default(''),
     expiresAt: timestamp('expires_at', { withTimezone: true }).notNull(),
     revokedAt: timestamp('revoked_at', { withTimezone: true }).notNull().defaultNow(),
     revokedBy: text('revoked_by').notNull(),
   },
-  (t) => [index('token_revocations_expires').on(t.expiresAt)],
+  (t) => [primaryKey({ columns: [t.jti, t.userId] }), index('token_revocations_expires').on(t.expiresAt)],
 )
 
 /** Every admin action: who (a principal id), what, on what, when. */

@@ -48,9 +48,10 @@ export function revocationsModule(deps: { auth: AuthPlugin; revocations: Pick<Re
       async ({ body, principal }) => {
         // Up to the whole ms: kept at least until the token expires.
         const expiresAt = new Date(Math.ceil(body.exp * 1000))
-        await deps.revocations.revokeToken(body.jti, expiresAt, principalId(principal))
-        await deps.audit.record(principal, 'token.revoked', `token:${body.jti}`, { expiresAt: expiresAt.toISOString() })
-        return { jti: body.jti, expiresAt: expiresAt.toISOString() }
+        await deps.revocations.revokeToken(body.jti, expiresAt, principalId(principal), body.user)
+        const user = body.user === undefined ? {} : { user: body.user }
+        await deps.audit.record(principal, 'token.revoked', `token:${body.jti}`, { ...user, expiresAt: expiresAt.toISOString() })
+        return { jti: body.jti, ...user, expiresAt: expiresAt.toISOString() }
       },
       {
         auth: 'admin:write',
@@ -59,7 +60,7 @@ export function revocationsModule(deps: { auth: AuthPlugin; revocations: Pick<Re
         detail: {
           summary: 'Revoke one token by its jti',
           description:
-            "`{ jti, exp }`: the token's own `jti` and `exp` claims (`exp` in seconds since the epoch, as in the token). The token is refused (401 `revoked`; open WebSockets close with 4003 on every node within a second) until `exp`, when it would expire anyway.",
+            "`{ jti, exp, user? }`: the token's own `jti` and `exp` claims (`exp` in seconds since the epoch, as in the token), and optionally its `sub` as `user`. The token is refused (401 `revoked`; open WebSockets close with 4003 on every node within a second) until `exp`, when it would expire anyway. With `user`, only that user's token with the jti is refused; without, every token carrying the jti is (a jti is unique per issuer, RFC 7519: name the user when the auth service might reuse jtis across users).",
         },
       },
     )

@@ -26,10 +26,17 @@ export const TokenRevokeBody = t.Object(
       maximum: MAX_EXP,
       description: "the token's exp claim, copied as is: seconds since the epoch (JWT NumericDate). The revocation is kept until then.",
     }),
+    user: Type.Optional(
+      Type.String({
+        ...ActorId,
+        description: "the token's sub claim: only this user's token with the jti is refused. Without it, any token with the jti is (RFC 7519: a jti is unique per issuer).",
+      }),
+    ),
   },
   { additionalProperties: false },
 )
 export const TokenRevoked = t.Object({
   jti: t.String(),
+  user: t.Optional(t.String({ description: 'the user whose token it is, when the request named one' })),
   expiresAt: t.String({ description: 'the revocation is kept until the token expires anyway (ISO 8601)' }),
 })

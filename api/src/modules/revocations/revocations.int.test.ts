@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { eq } from 'drizzle-orm'
 import { tokenRevocations, userRevocations } from '../../../../core/db/schema'
 import { mintUserToken } from '../../auth/mint'
 import { createHarness, type ApiHarness } from '../../test-support'
@@ -63,6 +64,25 @@ describe('POST /admin/users/:user/revoke and /admin/tokens/revoke', () => {
     expect([row.jti, row.expiresAt.getTime(), row.revokedBy]).toEqual(['carol-phone', exp * 1000, 'admin'])
   })
 
+  test("revoking a jti for a named user refuses that user's token only: another user's token reusing the jti (a non-conforming auth service) keeps working; a bare jti stays global", async () => {
+    const exp = secondsAgo(-3600)
+    const erin = await mint('erin', { jti: 'reused-jti' })
+    const finn = await mint('finn', { jti: 'reused-jti' })
+    const r = await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body: { jti: 'reused-jti', exp, user: 'erin' } })
+    expect([r.status, r.json]).toEqual([200, { jti: 'reused-jti', user: 'erin', expiresAt: new Date(exp * 1000).toISOString() }])
+    const refused = await post(erin, 'erin')
+    expect([refused.status, refused.json.error.code]).toEqual([401, 'revoked'])
+    expect((await post(finn, 'finn')).status).toBe(202)
+    // Erin's other tokens are hers to keep.
+    expect((await post(await mint('erin', { jti: 'erin-other' }), 'erin')).status).toBe(202)
+    const [row] = await h.database.db.select().from(tokenRevocations).where(eq(tokenRevocations.jti, 'reused-jti'))
+    expect([row.jti, row.userId, row.expiresAt.getTime()]).toEqual(['reused-jti', 'erin', exp * 1000])
+    // Without a user, the jti is refused whoever's token carries it (RFC 7519: unique per issuer).
+    expect((await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body: { jti: 'reused-jti', exp } })).status).toBe(200)
+    const both = await post(finn, 'finn')
+    expect([both.status, both.json.error.code]).toEqual([401, 'revoked'])
+  })
+
   test('a token whose exp has a fraction (a NumericDate may) is revoked with its exp copied as is', async () => {
     const issuedAt = secondsAgo(10)
     const token = await mintUserToken(h.env.vars.FANFARE_JWT_SECRET, { sub: 'dave', jti: 'dave-py', issuedAt, ttlSeconds: 3600.25 })
@@ -88,6 +108,8 @@ describe('POST /admin/users/:user/revoke and /admin/tokens/revoke', () => {
       // was a 200 whose revocation, read back after a restart, refused another jti than the one named).
       { jti: 'x\u0000y', exp: 2_000_000_000 },
       { jti: 'x\ud800', exp: 2_000_000_000 },
+      { jti: 'x', exp: 2_000_000_000, user: '' },
+      { jti: 'x', exp: 2_000_000_000, user: 'two words' },
     ]
     for (const body of bodies) {
       const r = await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body })

@@ -572,7 +572,9 @@ onForm('revoke-user', async (data, form) => {
   form.reset()
 })
 onForm('revoke-token', async (data, form) => {
-  await api('POST', '/admin/tokens/revoke', { jti: String(data.get('jti')).trim(), exp: Number(data.get('exp')) })
+  // With the token's sub, only that user's token with the jti is refused (an auth service may reuse jtis).
+  const user = String(data.get('user') ?? '').trim()
+  await api('POST', '/admin/tokens/revoke', { jti: String(data.get('jti')).trim(), exp: Number(data.get('exp')), ...(user ? { user } : {}) })
   notify('token revoked')
   form.reset()
 })
