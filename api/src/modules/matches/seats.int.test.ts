@@ -190,7 +190,8 @@ describe('seat watcher on a real node', () => {
     const seatEvents = (await n.streamEvents())
       .filter((e) => (e.type === 'match.leave' || e.type === 'match.player.connection') && (e as any).data.player !== undefined)
       .map((e) => `${e.type}:${(e as any).data.player}:${(e as any).data.reason ?? (e as any).data.connected}`)
-    expect(seatEvents.filter((x) => x.includes(':ann:') || x.includes(':cat:')).sort()).toEqual([
+    // Never a disconnect with a grace; a connect may repeat (a sweep's and presence's: repeats change nothing).
+    expect([...new Set(seatEvents.filter((x) => x.includes(':ann:') || x.includes(':cat:')))].sort()).toEqual([
       'match.leave:ann:revoked',
       'match.leave:cat:revoked',
       'match.player.connection:ann:true',
