@@ -13,5 +13,10 @@ describe('sequencesOf: a delivery\'s place in its stream, from its reply subject
     expect(sequencesOf(undefined)).toBeUndefined()
     expect(sequencesOf('_INBOX.abc')).toBeUndefined()
     expect(sequencesOf('$JS.ACK.CHANGES.c1.1.4123')).toBeUndefined()
+    expect(sequencesOf('$JS.ACK.hub.ACCHASH.CHANGES.c1.2.99.5.1732800000000000000')).toBeUndefined()
+  })
+  test('a sequence that is not a number reads as NaN (the delivery check then sees a hole)', () => {
+    expect(sequencesOf('$JS.ACK.CHANGES.c1.1.41x3.17.1732800000000000000.0')).toEqual({ stream: Number.NaN, delivery: 17 })
+    expect(sequencesOf('$JS.ACK.CHANGES.c1.1.4123..1732800000000000000.0')).toEqual({ stream: 4123, delivery: Number.NaN })
   })
 })

@@ -438,12 +438,35 @@ async function followPush(o: {
  * The stream and delivery sequences from a JetStream delivery's reply subject:
  * `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<delivery seq>.<time>.<pending>`, or with
  * `<domain>.<account hash>` after `$JS.ACK` and maybe a random token at the end (newer servers; the
- * same 11-or-more rule as nats.js' own parser).
+ * same 11-or-more rule as nats.js' own parser). Read in place, without splitting: it runs for every
+ * run a node receives (splitting into its ~10 tokens was ~6% of an API node's CPU in a fan-out burst).
  */
 export function sequencesOf(reply: string | undefined): { stream: number; delivery: number } | undefined {
   if (!reply?.startsWith('$JS.ACK.')) return undefined
-  const t = reply.split('.')
-  const at = t.length === 9 ? 5 : t.length >= 11 ? 7 : -1
-  if (at < 0) return undefined
-  return { stream: Number(t[at]), delivery: Number(t[at + 1]) }
+  // The dots after `$JS.ACK.`: dot n lies between tokens n+1 and n+2. The v1 form has 6 of them
+  // (the stream sequence between dots 3 and 4), v2 8 or more (between dots 5 and 6).
+  const d1 = reply.indexOf('.', 8)
+  const d2 = d1 < 0 ? -1 : reply.indexOf('.', d1 + 1)
+  const d3 = d2 < 0 ? -1 : reply.indexOf('.', d2 + 1)
+  const d4 = d3 < 0 ? -1 : reply.indexOf('.', d3 + 1)
+  const d5 = d4 < 0 ? -1 : reply.indexOf('.', d4 + 1)
+  const d6 = d5 < 0 ? -1 : reply.indexOf('.', d5 + 1)
+  if (d6 < 0) return undefined
+  const d7 = reply.indexOf('.', d6 + 1)
+  if (d7 < 0) return { stream: digits(reply, d3 + 1, d4), delivery: digits(reply, d4 + 1, d5) }
+  const d8 = reply.indexOf('.', d7 + 1)
+  if (d8 < 0) return undefined // 10 tokens: neither form
+  return { stream: digits(reply, d5 + 1, d6), delivery: digits(reply, d6 + 1, d7) }
+}
+
+/** The decimal number in `s` from `start` to `end` (exclusive); NaN if that is empty or not all digits. */
+function digits(s: string, start: number, end: number): number {
+  if (end <= start) return Number.NaN
+  let n = 0
+  for (let i = start; i < end; i++) {
+    const d = s.charCodeAt(i) - 48
+    if (d < 0 || d > 9) return Number.NaN
+    n = n * 10 + d
+  }
+  return n
 }
