@@ -1,4 +1,5 @@
 import { describe, expect, test } from 'bun:test'
+import { Counter, Histogram, Registry } from 'prom-client'
 import { createMetrics, FRAME_OPS, opOf } from './metrics'
 
 describe('metrics', () => {
@@ -47,6 +48,47 @@ describe('metrics', () => {
     expect(text).toContain('fanfare_events_ingested_total{type="chat.message.posted",via="ws"} 2')
     expect(text).toContain('fanfare_commit_to_push_seconds_sum{kind="chat"} 0.05')
     expect(text).toContain('fanfare_event_to_push_seconds_sum{kind="chat"} 0.15')
+  })
+
+  test('the push histograms and the frames counter read as prom-client\'s own would, line for line', async () => {
+    const m = createMetrics()
+    const reference = new Registry()
+    const buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+    const commit = new Histogram({ name: 'fanfare_commit_to_push_seconds', help: 'x', labelNames: ['kind'], buckets, registers: [reference] })
+    const event = new Histogram({ name: 'fanfare_event_to_push_seconds', help: 'x', labelNames: ['kind'], buckets, registers: [reference] })
+    const sent = new Counter({ name: 'fanfare_ws_messages_sent_total', help: 'x', labelNames: ['op'], registers: [reference] })
+    // Lags on and between bucket bounds, past the last one, and zero; two kinds; one change without a stored time.
+    const lagsMs = [0, 1, 1.5, 2.5, 7, 10, 49, 50, 51, 999, 1000, 2500, 9999, 10_000, 12_345]
+    for (const [i, lag] of lagsMs.entries()) {
+      const kind = i % 3 === 0 ? 'chat' : 'leaderboard'
+      const stored = i % 4 === 0 ? undefined : 10_000 - lag * 2
+      m.push.pushed(kind, 10_000 - lag, stored, 10_000)
+      commit.labels(kind).observe(lag / 1000)
+      if (stored !== undefined) event.labels(kind).observe((lag * 2) / 1000)
+    }
+    m.ws.sent('{"op":"update","channel":"c"}', 10)
+    m.ws.sentOp('update', 5)
+    m.ws.sent('{"op":"snapshot","channel":"c"}')
+    sent.labels('update').inc(15)
+    sent.labels('snapshot').inc(1)
+    const ours = (await m.text()).split('\n')
+    for (const line of (await reference.metrics()).split('\n')) {
+      if (line === '' || line.startsWith('#')) continue
+      expect(ours).toContain(line)
+    }
+    // Read twice: what was counted before the first read is not counted again.
+    m.ws.sent('{"op":"update","channel":"c"}', 1)
+    expect(await m.text()).toContain('fanfare_ws_messages_sent_total{op="update"} 16')
+  })
+
+  test('a push time that cannot be read is not counted (and does not throw into the delivery)', async () => {
+    const m = createMetrics()
+    m.push.pushed('chat', Number.NaN, Number.NaN, 1_000)
+    m.push.pushed('chat', 990, undefined, 1_000)
+    const text = await m.text()
+    expect(text).toContain('fanfare_commit_to_push_seconds_count{kind="chat"} 1')
+    expect(text).toContain('fanfare_commit_to_push_seconds_sum{kind="chat"} 0.01')
+    expect(text).not.toContain('fanfare_event_to_push_seconds_count{kind="chat"}')
   })
 
   test('a released partition leaves the lag gauge', async () => {
