@@ -257,7 +257,12 @@ export type ChangeRun = {
 
 /** The notices of a run, in version order. */
 export function noticesOf(run: ChangeRun): ChangeNotice[] {
-  return run.changes.map((data, i) => ({ channel: run.channel, version: run.version + i, epoch: run.epoch, data, at: run.at, ...(run.stored ? { stored: run.stored } : {}) }))
+  // Built without an object spread: this runs for every change an API node receives.
+  return run.changes.map((data, i) => {
+    const n: ChangeNotice = { channel: run.channel, version: run.version + i, epoch: run.epoch, data, at: run.at }
+    if (run.stored) n.stored = run.stored
+    return n
+  })
 }
 
 /** A run of one change: what tests and benchmarks publish to stand in for a worker. */

@@ -635,6 +635,12 @@ export function createChannelHub(deps: HubDeps) {
         return
       }
       if (st.last !== undefined && notice.version <= st.last) return // duplicate or already in a snapshot
+      if (notice.version === st.last! + 1 && st.held.size === 0 && !st.resyncing && st.epoch !== '') {
+        // The usual case, the next version with nothing held: what drain would do, without the map.
+        deliver(notice.channel, st, notice)
+        stopGapTimer(st)
+        return
+      }
       st.held.set(notice.version, notice)
       drain(notice.channel, st)
     },

@@ -21,5 +21,6 @@ export function mergeReactions(into: ReactionsChange, next: ReactionsChange): Re
  */
 export function windowsOf(config: Pick<Config, 'FANFARE_REACTION_WINDOW_MS'>): (channel: string) => Window | undefined {
   const reactions: Window = { ms: config.FANFARE_REACTION_WINDOW_MS, merge: (into, next) => mergeReactions(into as ReactionsChange, next as ReactionsChange) }
-  return (channel) => (parseChannel(channel)?.kind === 'reactions' ? reactions : undefined)
+  // Asked at every publish: the prefix first, so other channels cost no pattern match.
+  return (channel) => (channel.startsWith('reactions:') && parseChannel(channel)?.kind === 'reactions' ? reactions : undefined)
 }
