@@ -41,12 +41,15 @@ export async function fanfarePublisher(d: Deployment, changesPerRun = 1): Promis
   const prefix = d.env.config.FANFARE_SUBJECT_PREFIX
   const publisher = createAckedPublisher(d.nc)
   let pending: Promise<PublishOutcome>[] = []
-  // Per channel, the changes not yet published and the version of the first.
-  const held = new Map<string, { version: number; changes: ChangeRun['changes'] }>()
+  // Per channel, the changes not yet published, the version of the first and when it was made.
+  const held = new Map<string, { version: number; changes: ChangeRun['changes']; stored: string }>()
   const publishHeld = () => {
     if (held.size === 0) return
+    // As a worker's runs: one commit time per batch, and the time the oldest event of the run was
+    // stored (API nodes observe both per change: fanfare_commit_to_push_seconds, _event_to_push_).
+    const at = new Date().toISOString()
     const runs = [...held].map(([channel, h]) => {
-      const run: ChangeRun = { channel, version: h.version, epoch: 'bench', changes: h.changes, at: new Date().toISOString() }
+      const run: ChangeRun = { channel, version: h.version, epoch: 'bench', changes: h.changes, at, stored: h.stored }
       return { subject: subjects.change(prefix, channel), body: JSON.stringify(run) }
     })
     held.clear()
@@ -55,8 +58,9 @@ export async function fanfarePublisher(d: Deployment, changesPerRun = 1): Promis
   return {
     round: (channels, version) => {
       let full = false
+      const stored = new Date().toISOString()
       for (const channel of channels) {
-        const h = held.get(channel) ?? held.set(channel, { version, changes: [] }).get(channel)!
+        const h = held.get(channel) ?? held.set(channel, { version, changes: [], stored }).get(channel)!
         h.changes.push({ player: 'p', score: nowMs(), previous: null })
         if (h.changes.length >= changesPerRun) full = true
       }
