@@ -1,9 +1,10 @@
 /**
  * `bun bench/fanout-probe.ts [clients] [channels] [rounds] [--compare=<checkout>]`: only the burst
  * of bench/fanout.ts for one shape, Fanfare and bare Bun taking turns (A B A B ...), each round's
- * ratio printed with the server's CPU time for the burst (/proc) and this process's (the
- * publisher's). With --compare, an API node running another checkout (say `git archive <commit>`
- * unpacked, node_modules linked) takes turns too, on a deployment of its own (a node follows every
+ * ratio printed with the server's CPU time for the burst (/proc), this process's (the
+ * publisher's), the shared nats-server's and the client processes' (over the whole scenario).
+ * With --compare, an API node running another checkout (say `git archive <commit>` unpacked,
+ * node_modules linked) takes turns too, on a deployment of its own (a node follows every
  * change run of its streams, so two nodes on one deployment would load each other).
  * With --changes=N, the `fanfare` side's runs hold N changes each (the bench's hold one).
  * With --js-publish, a side `js.publish` takes turns too: this checkout on a deployment of its own,
@@ -66,6 +67,14 @@ function natsPid(): number | undefined {
 }
 const nats = natsPid()
 
+/** CPU seconds of this process's reaped children (/proc/self/stat cutime + cstime): a scenario's client processes, once it stopped them. */
+function reapedChildrenCpu(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  // Fields 16 and 17 of stat (1-based), counted here from field 3.
+  return (Number(f[13]) + Number(f[14])) / 100
+}
+
 const deployments: Deployment[] = []
 const bun = startChild([BUN, 'bench/servers/bare-bun.ts'], { port: freePort() })
 try {
@@ -114,13 +123,15 @@ try {
       const channels = Array.from({ length: layout }, (_, i) => `leaderboard:p${s}c${i}`)
       s++
       const me = process.cpuUsage()
+      const clients0 = reapedChildrenCpu()
       const nats0 = nats === undefined ? Number.NaN : cpuOf(nats)
       const kind = side.name === 'bun' ? 'bun' : 'fanfare'
       const res = await scenario(ctx, kind, side.url, side.publisher, n, channels, sizes, {}, 1, side.pid)
       const pub = process.cpuUsage(me)
+      const clientsMs = (reapedChildrenCpu() - clients0) * 1000
       const natsMs = ((nats === undefined ? Number.NaN : cpuOf(nats)) - nats0) * 1000
       const label = r < 0 ? 'warm-up' : `round ${r + 1}`
-      console.log(`${label} ${side.name}: ${Math.round(res.rate)} deliveries/s, burst ${res.ms.toFixed(0)} ms, server CPU ${res.cpuMs.toFixed(0)} ms, publisher+clients-pool CPU ${((pub.user + pub.system) / 1000).toFixed(0)} ms, nats-server CPU (paced + burst) ${natsMs.toFixed(0)} ms, delivered ${res.delivered}/${res.expected}; load ${(await Bun.file('/proc/loadavg').text()).trim()}`)
+      console.log(`${label} ${side.name}: ${Math.round(res.rate)} deliveries/s, burst ${res.ms.toFixed(0)} ms, server CPU ${res.cpuMs.toFixed(0)} ms, publisher+clients-pool CPU ${((pub.user + pub.system) / 1000).toFixed(0)} ms, nats-server CPU (paced + burst) ${natsMs.toFixed(0)} ms, clients CPU (connect, paced + burst) ${clientsMs.toFixed(0)} ms, delivered ${res.delivered}/${res.expected}; load ${(await Bun.file('/proc/loadavg').text()).trim()}`)
       if (r >= 0) rates.get(side.name)!.push(res.rate)
     }
   }
