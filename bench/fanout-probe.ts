@@ -13,6 +13,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs'
 import { freePort } from '../core/process'
+import { TEST_NATS_URL } from '../core/testing/env'
 import { subjects } from '../core/events'
 import type { ChangeRun } from '../core/channels'
 import { nowMs } from './lib/stats'
@@ -55,13 +56,18 @@ function jsPublisher(d: Deployment): BunPub {
   }
 }
 
-/** The shared nats-server's pid (its CPU per burst is printed too; other sessions' tests may add to it). */
+/**
+ * The pid of the nats-server the deployments use (FANFARE_TEST_NATS_URL's port; its CPU per burst is
+ * printed too). The shared one's CPU includes other sessions' tests: a private server
+ * (`nats-server -js -p <port>` and FANFARE_TEST_NATS_URL) shows this probe's alone.
+ */
 function natsPid(): number | undefined {
+  const port = new URL(TEST_NATS_URL).port || '4222'
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue
     try {
       const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8')
-      if (cmd.includes('nats-server') && cmd.includes('4222')) return Number(d)
+      if (cmd.includes('nats-server') && cmd.split('\0').includes(port)) return Number(d)
     } catch {}
   }
 }
