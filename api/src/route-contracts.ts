@@ -102,8 +102,14 @@ export function routeContracts(app: () => AnyElysia) {
       if (!contract.body && body !== undefined) {
         throw new Invalid('invalid_request', `${request.method} ${route} takes no body`, [{ path: '/', message: 'unexpected body', in: 'body' }])
       }
-      if (!request.url.includes('?')) return
-      const names = [...new URL(request.url).searchParams.keys()]
+      const url = request.url
+      const query = url.indexOf('?')
+      if (query === -1) return
+      // One parameter at most (no '&' after the '?'): none is given twice, and the route's schema
+      // checks its name. The common case of a route with a query (a WebSocket's `?token=`): the
+      // URL is not parsed a second time for nothing.
+      if (contract.query && url.indexOf('&', query) === -1) return
+      const names = [...new URL(url).searchParams.keys()]
       if (names.length === 0) return
       if (!contract.query) throw new Invalid('invalid_request', `unknown query parameter ${names[0]}`, [{ path: `/${names[0]}`, message: UNKNOWN_FIELD, in: 'query' }])
       const twice = names.find((name, i) => names.indexOf(name) !== i)

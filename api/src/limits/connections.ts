@@ -65,7 +65,6 @@ export function createConnectionLimits(deps: {
   const heldUntil = new Map<string, number>()
 
   const ipKey = (ip: string) => `ip:${ip}`
-  const userKey = (p: Principal) => (p.kind === 'user' ? principalId(p) : undefined)
   const held = (key: string): ConnectionRefusal | undefined => {
     const until = heldUntil.get(key)
     if (until === undefined) return undefined
@@ -107,14 +106,16 @@ export function createConnectionLimits(deps: {
     },
     open(ip, p) {
       const ipk = ipKey(ip)
-      const user = userKey(p)
+      // The principal's id, made once: it is the user's count key too.
+      const own = p.kind === 'anonymous' ? undefined : principalId(p)
+      const user = p.kind === 'user' ? own : undefined
       const refusal = counted('address', tooMany(ipk, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address')) ?? counted('user', userLimit(user))
       if (refusal) return { refusal }
       const keys = [ipk]
       if (user) keys.push(user)
       for (const k of keys) add(k, 1)
       // The principals this socket has been: a fresh token of one of them is no new sign-in.
-      const principals = p.kind === 'anonymous' ? [] : [principalId(p)]
+      const principals = own === undefined ? [] : [own]
       let released = false
       return {
         slot: {
@@ -124,7 +125,7 @@ export function createConnectionLimits(deps: {
             if (principals.includes(id)) return undefined
             // A key held off for abuse is refused here too, as a user is: else its holder reopens
             // an anonymous socket and signs in with an `auth` frame at once, past the hold-off.
-            const key = userKey(q)
+            const key = q.kind === 'user' ? id : undefined
             const refused = counted(q.kind, held(id) ?? userLimit(key))
             if (refused) return refused
             principals.push(id)
