@@ -138,6 +138,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         projections.map((projection) =>
           startRunner({
             db,
+            nc,
             js,
             publisher,
             jsm,

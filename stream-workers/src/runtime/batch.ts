@@ -16,7 +16,7 @@ import { eventOutboxWrite, insertedEvents, insertedEventsOf, insertedRuns, inser
 export type BatchMessage = { subject: string; seq: number; body: Uint8Array; storedAt: Date }
 
 /** A delivered JetStream message as the batch needs it. */
-export const batchMessageOf = (m: JsMsg): BatchMessage => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) })
+export const batchMessageOf = (m: Pick<JsMsg, 'subject' | 'seq' | 'data' | 'info'>): BatchMessage => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) })
 
 /** Who applies the batch: one projection of one partition, under one lease token. */
 export type BatchOwner = {

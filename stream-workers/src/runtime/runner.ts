@@ -1,4 +1,5 @@
 import type { Consumer, ConsumerInfo, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
 import type { ReplayReply, ReplayRequest } from '../../../core/dead-letters'
 import { sql } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
@@ -14,6 +15,7 @@ import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOw
 import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { addResult, applyOrOneByOne } from './one-by-one'
+import { pullNow, type Delivery } from './pull-now'
 import { CheckpointMovedError, dbErrorSummary, errorMessageOf, FencedError, isDbError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import { createPartSize } from './part-size'
 import type { AckedPublisher } from '../../../core/acked-publish'
@@ -29,12 +31,16 @@ import { isTracing, linkOfNats, natsHeadersOf, tracer } from '../../../core/trac
 export type RunnerHooks = {
   /** Called after a batch committed and before it is acked; a throw simulates a crash there. */
   onBeforeAck?: (info: { projection: string; partition: number; seqs: number[] }) => void | Promise<void>
+  /** Called when a batch's first delivery arrived, before the runner pulls the rest of the batch. */
+  onFirstDelivery?: (info: { projection: string; partition: number; seq: number }) => void | Promise<void>
   /** Called when the batches of these partitions committed as one statement (see createBatchCommitter). */
   onGroupCommit?: (info: { projection: string; partitions: number[] }) => void
 }
 
 export type RunnerDeps = {
   db: Db
+  /** The connection `js` uses (the no_wait pulls, see pullNow). */
+  nc: NatsConnection
   js: JetStreamClient
   /** Publishes the change runs of committed batches (one per process). */
   publisher: AckedPublisher
@@ -163,17 +169,24 @@ export function startRunner(deps: RunnerDeps): Runner {
    * part-way yields what it delivered, and the next pull, starting with nothing held, shows
    * whether the consumer is healthy (a delivery it cut off shows up as a gap there).
    */
-  const pullBatch = async (consumer: Consumer): Promise<JsMsg[]> => {
+  const pullBatch = async (consumer: Consumer): Promise<Delivery[]> => {
     const first = await fetchSome(consumer, 1, IDLE_PULL_MS)
     if (first.msgs.length === 0) {
       if (first.err && !abort.signal.aborted) throw first.err
       return first.msgs
     }
-    const more = abort.signal.aborted ? 0 : Math.min(first.msgs[0].info.pending, deps.batchSize - 1)
-    if (more <= 0) return first.msgs
-    const rest = await fetchSome(consumer, more, REST_PULL_MS)
+    await deps.hooks?.onFirstDelivery?.({ projection: deps.projection.name, partition: deps.partition, seq: first.msgs[0].seq })
+    if (abort.signal.aborted || deps.batchSize <= 1) return first.msgs
+    // The rest is what is stored NOW, not what the first delivery said was pending: a waiting pull
+    // gets an event the moment it is stored, while the events stored with it (the rest of its
+    // request) are still being stored, so its `pending` missed them, and they waited for this
+    // whole batch to be applied and acked before a pull asked for them: at 1,000 events/s ~20% of
+    // batches began that way, and they were the p99 (bench/findings.md, 2026-11-29 evening). A
+    // no_wait pull ends as soon as what is there was delivered, so it never waits for more.
+    const more = deps.batchSize - 1
+    const rest = await pullNow(deps.nc, { apiPrefix: deps.js.apiPrefix, stream: deps.stream, consumer: name!, max: more, timeoutMs: REST_PULL_MS })
     if (rest.err) log.debug({ err: rest.err, wanted: more, got: rest.msgs.length }, 'pull ended early; applying what it delivered')
-    return first.msgs.concat(rest.msgs)
+    return [...first.msgs, ...rest.msgs]
   }
 
   // Batches and dead-letter replays take turns: a replay's reads and writes must not interleave
@@ -216,7 +229,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  const applyWithRetry = async (batch: JsMsg[], consumer: Consumer): Promise<BatchResult | undefined> => {
+  const applyWithRetry = async (batch: Delivery[], consumer: Consumer): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
     const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
@@ -373,7 +386,7 @@ export function startRunner(deps: RunnerDeps): Runner {
    * Returns the result with the headers that carry the span on to the batch's change runs (none
    * when the span is not sampled). With tracing off no header is looked at.
    */
-  const tracedBatch = <T>(batch: JsMsg[], apply: () => Promise<T>): Promise<{ result: T; headers?: MsgHdrs }> => {
+  const tracedBatch = <T>(batch: Delivery[], apply: () => Promise<T>): Promise<{ result: T; headers?: MsgHdrs }> => {
     if (!isTracing()) return apply().then((result) => ({ result }))
     const links: Link[] = []
     let parent: Context = ROOT_CONTEXT

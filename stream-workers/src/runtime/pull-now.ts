@@ -1,0 +1,89 @@
+import type { DeliveryInfo, JsMsg } from '@nats-io/jetstream'
+import { createInbox, type Msg, type NatsConnection } from '@nats-io/transport-node'
+
+/** What a runner uses of a delivery: a JsMsg from nats.js' fetch, or one that pullNow made. */
+export type Delivery = Pick<JsMsg, 'seq' | 'subject' | 'data' | 'headers' | 'info' | 'ack' | 'working'>
+
+/**
+ * A delivery's place from its reply subject, as nats.js reads it (`parseInfo`, which it does not
+ * export): `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<delivery seq>.<time>.<pending>`,
+ * or with `<domain>.<account hash>` after `$JS.ACK` and maybe a token at the end (newer servers).
+ * Undefined when it is not a JetStream delivery's reply. (The change feed reads only its two
+ * sequences, without a split: `sequencesOf`, once per run an API node receives.)
+ */
+export function deliveryInfoOf(reply: string | undefined): DeliveryInfo | undefined {
+  if (!reply?.startsWith('$JS.ACK.')) return undefined
+  const t = reply.split('.')
+  if (t.length === 9) t.splice(2, 0, '_', '')
+  if (t.length < 11) return undefined
+  const deliveryCount = Number(t[6])
+  return {
+    domain: t[2] === '_' ? '' : t[2],
+    account_hash: t[3],
+    stream: t[4],
+    consumer: t[5],
+    deliveryCount,
+    redelivered: deliveryCount > 1,
+    streamSequence: Number(t[7]),
+    deliverySequence: Number(t[8]),
+    timestampNanos: Number(t[9]),
+    pending: Number(t[10]),
+  }
+}
+
+const ACK = new TextEncoder().encode('+ACK')
+const WORKING = new TextEncoder().encode('+WPI')
+
+function deliveryOf(m: Msg, info: DeliveryInfo): Delivery {
+  let acked = false
+  return {
+    seq: info.streamSequence,
+    subject: m.subject,
+    data: m.data,
+    headers: m.headers,
+    info,
+    // As JsMsg's: once; "working" as often as needed.
+    ack: () => void (!acked && ((acked = true), m.respond(ACK))),
+    working: () => void (!acked && m.respond(WORKING)),
+  }
+}
+
+/**
+ * One pull of up to `max` messages of what the pull consumer `consumer` holds NOW (`no_wait`):
+ * nats-server delivers what is stored, up to `max`, and ends the request at once after the last
+ * one (a 408 status) or when there is none (404), so no request is left waiting at the server
+ * (part-used, or for events not stored yet). nats.js 3's `fetch` has no `no_wait`.
+ * Resolves with the deliveries in order; `err` when the request ended another way (a status the
+ * pull does not expect, or no answer within `timeoutMs`) with what it delivered before.
+ */
+export function pullNow(
+  nc: NatsConnection,
+  o: { apiPrefix: string; stream: string; consumer: string; max: number; timeoutMs: number },
+): Promise<{ msgs: Delivery[]; err?: Error }> {
+  const inbox = createInbox()
+  const msgs: Delivery[] = []
+  return new Promise((resolve) => {
+    const end = (err?: Error) => {
+      clearTimeout(timer)
+      sub.unsubscribe()
+      resolve(err ? { msgs, err } : { msgs })
+    }
+    const timer = setTimeout(() => end(new Error(`no_wait pull: no end within ${o.timeoutMs} ms (${msgs.length} of at most ${o.max} delivered)`)), o.timeoutMs)
+    const sub = nc.subscribe(inbox, {
+      callback: (err, m) => {
+        if (err) return end(err)
+        const info = deliveryInfoOf(m.reply)
+        if (!info) {
+          const code = m.headers?.code ?? 0
+          // 404 No Messages, 408 Request Timeout (the end of what was there) or Requests Pending.
+          if (code === 404 || code === 408) return end()
+          if (code === 100) return // an idle heartbeat (none asked for)
+          return end(new Error(`no_wait pull ended with status ${code} ${m.headers?.description ?? ''}`.trim()))
+        }
+        msgs.push(deliveryOf(m, info))
+        if (msgs.length >= o.max) end()
+      },
+    })
+    nc.publish(`${o.apiPrefix}.CONSUMER.MSG.NEXT.${o.stream}.${o.consumer}`, JSON.stringify({ batch: o.max, no_wait: true }), { reply: inbox })
+  })
+}
