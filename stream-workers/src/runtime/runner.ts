@@ -164,7 +164,7 @@ export function startRunner(deps: RunnerDeps): Runner {
   }
 
   /**
-   * Up to batchSize messages that are already there: wait for one, then take what is pending. A
+   * Up to batchSize messages that are already there: wait for one, then take what is stored now. A
    * pull that fails before delivering anything throws (the consumer is recreated); one that fails
    * part-way yields what it delivered, and the next pull, starting with nothing held, shows
    * whether the consumer is healthy (a delivery it cut off shows up as a gap there).
