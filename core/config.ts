@@ -206,6 +206,13 @@ export const Env = Type.Object({
   /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
   FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   /**
+   * Seconds a WebSocket may be silent (no frame, no pong) before it is closed: Bun pings a quiet
+   * client shortly before, and every WebSocket client answers by itself. What finds a client whose
+   * network went away without a close (its presence then leaves after the grace); Bun's own
+   * default, 120 s, kept such a ghost present for two minutes. Bun takes 8 to 960.
+   */
+  FANFARE_WS_IDLE_TIMEOUT_S: Type.Integer({ minimum: 8, maximum: 960, default: 30 }),
+  /**
    * Edge site (on an API node at the edge): the JetStream domain of the leaf nats-server NATS_URL
    * points at. The node stores events in that domain (202 = stored at the edge) and reads change
    * runs from mirrors there of the hub's change streams. See README "Running at the edge".

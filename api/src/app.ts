@@ -58,6 +58,9 @@ export function createApp(deps: ApiDeps) {
       backpressureLimit: config.FANFARE_WS_BACKPRESSURE_BYTES * 2,
       closeOnBackpressureLimit: true,
       maxPayloadLength: config.FANFARE_MAX_BODY_BYTES,
+      // A client gone without a close (no FIN: a lost signal, a laptop lid) is found by Bun's ping
+      // and closed at this timeout; sendPings stays on (Bun's default).
+      idleTimeout: config.FANFARE_WS_IDLE_TIMEOUT_S,
     },
     serve: {
       // A second server on the same port must fail, not silently share traffic.
