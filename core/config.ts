@@ -209,7 +209,8 @@ export const Env = Type.Object({
    * Seconds a WebSocket may be silent (no frame, no pong) before it is closed: Bun pings a quiet
    * client shortly before, and every WebSocket client answers by itself. What finds a client whose
    * network went away without a close (its presence then leaves after the grace); Bun's own
-   * default, 120 s, kept such a ghost present for two minutes. Bun takes 8 to 960.
+   * default, 120 s, kept such a ghost present for two minutes. Bun takes 8 to 960. Bun restarts the
+   * timeout at every frame it sends: a silent client on a busy channel is not found by it.
    */
   FANFARE_WS_IDLE_TIMEOUT_S: Type.Integer({ minimum: 8, maximum: 960, default: 30 }),
   /**
