@@ -16,6 +16,29 @@ export type ProjectionName = (typeof projectionNames)[number]
  */
 export const projectionAreas: Record<ProjectionName, string> = { leaderboards: 'score', chat: 'chat', streams: 'stream', polls: 'poll', reactions: 'reaction', matches: 'match' }
 
+/**
+ * The projection, and its partition, whose consumer receives a message of the event stream, by
+ * the message's subject: `<prefix>.ev.<partition>.<area>.<more>` with one of this deployment's
+ * partitions, written as the runners' filters write it (`3`, never `03`), and a projection's area
+ * (see subjects.projectionFilter). Undefined when no projection consumes the subject: JetStream
+ * stores anything under `<prefix>.ev.>`, and such a message is the unclaimed runner's (see
+ * stream-workers/src/runtime/unclaimed.ts). The prefix has no dots (config pattern).
+ */
+export function claimOf(subject: string, partitions: number): { projection: ProjectionName; partition: number } | undefined {
+  const tokens = subject.split('.')
+  if (tokens.length < 5 || !/^(0|[1-9][0-9]{0,3})$/.test(tokens[2])) return undefined
+  const partition = Number(tokens[2])
+  const projection = areaProjections.get(tokens[3])
+  return projection !== undefined && partition < partitions ? { projection, partition } : undefined
+}
+const areaProjections = new Map(projectionNames.map((p) => [projectionAreas[p], p]))
+
+/**
+ * The runner of messages no projection consumes (see claimOf): one per deployment, run with
+ * partition 0's, its checkpoint, consumer and dead letters under this name.
+ */
+export const UNCLAIMED = 'unclaimed'
+
 /** `<projection>_p<partition>_r<token>`: one durable consumer per ownership of a partition. */
 export const consumerName = (projection: string, partition: number, token: number) => `${projection}_p${partition}_r${token}`
 

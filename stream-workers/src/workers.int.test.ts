@@ -248,6 +248,83 @@ describe('stream workers', () => {
     await workers.stop()
   })
 
+  test('a message on a consumed subject whose envelope is wrong is a dead letter with its reason; the events after it apply', async () => {
+    const w = (world = await createWorld())
+    const workers = await w.startWorker()
+    const good = storedEvent('score.submitted', { board: 'arena', player: 'zed', score: 7 })
+    const p = partitionOf(keyOf(good), w.config.FANFARE_PARTITIONS)
+    const other = 1 - p
+    const subject = subjects.event(w.config.FANFARE_SUBJECT_PREFIX, p, 'score.submitted')
+    const envelope = (patch: Record<string, unknown>) => JSON.stringify({ ...storedEvent('score.submitted', { board: 'arena', player: 'zed', score: 1 }, 'bad'), ...patch })
+    const bad: [string, string, string][] = [
+      [subject, '[1,2]', 'missing id'],
+      [subject, 'null', 'body is not an object'],
+      [subject, envelope({ id: undefined }), 'missing id'],
+      [subject, envelope({ v: 2 }), 'unsupported version 2 of score.submitted'],
+      [subject, envelope({ data: undefined }), 'invalid data'],
+      [subject, JSON.stringify(storedEvent('chat.message.posted', { room: 'r', user: 'u', text: 'hi' }, 'bad')), 'subject type "score.submitted" does not match event type "chat.message.posted"'],
+      [subjects.event(w.config.FANFARE_SUBJECT_PREFIX, other, 'score.submitted'), envelope({}), `belongs to partition ${p}, not ${other}`],
+    ]
+    for (const [s, body] of bad) await w.js.publish(s, body)
+    await publishEvent(w, good)
+    await caughtUp(w)
+    expect(await boardScores(w, 'arena')).toEqual({ zed: 7 })
+    const dead = await w.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
+    expect(dead.map((d) => [d.subject, d.payload])).toEqual(bad.map(([s, body]) => [s, body]))
+    dead.forEach((d, i) => expect(d).toMatchObject({ projection: 'leaderboards', reason: expect.stringContaining(bad[i][2]) }))
+    await workers.stop()
+  })
+
+  test('messages on event subjects no projection consumes are dead letters, with their subject and raw payload, once each', async () => {
+    // A service with NATS access publishes straight onto the event stream, past the API: JetStream
+    // stores (and acknowledges) anything under `<prefix>.ev.>`, but each projection consumes only
+    // `<prefix>.ev.<partition>.<area>.>` of this deployment's partitions.
+    const w = (world = await createWorld())
+    const prefix = w.config.FANFARE_SUBJECT_PREFIX
+    const score = (id: string) => JSON.stringify(storedEvent('score.submitted', { board: 'arena', player: 'zed', score: 1 }, id))
+    const strays: [string, string | Uint8Array][] = [
+      [`${prefix}.ev.oops`, '{"short":"subject"}'],
+      [`${prefix}.ev.0.score`, score('no-type')],
+      [`${prefix}.ev.0.bogus.thing`, '{"unknown":"area"}'],
+      [`${prefix}.ev.7.score.submitted`, score('partition-out-of-range')],
+      [`${prefix}.ev.01.score.submitted`, score('partition-not-canonical')],
+      [`${prefix}.ev.x.chat.message.posted`, new Uint8Array([0x6e, 0x6f, 0x74, 0x20, 0xff, 0x6a, 0x73, 0x6f, 0x6e])],
+    ]
+    const stored: number[] = []
+    for (const [subject, body] of strays) stored.push((await w.js.publish(subject, body)).seq)
+    const good = storedEvent('score.submitted', { board: 'arena', player: 'amy', score: 7 })
+    await publishEvent(w, good)
+    let crashed = false
+    const workers = await w.startWorker({
+      hooks: {
+        onBeforeAck: ({ projection }) => {
+          // The first batch of strays "crashes" after its commit: it is delivered again.
+          if (projection === 'unclaimed' && !crashed) {
+            crashed = true
+            throw new Error('simulated crash before ack')
+          }
+        },
+      },
+    })
+    await caughtUp(w)
+    expect(await boardScores(w, 'arena')).toEqual({ amy: 7 })
+    const letters = () => w.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
+    await until('the strays to be dead letters', async () => (await letters()).length >= strays.length, 15_000)
+    await until('the crashed batch to be redelivered', () => crashed)
+    // Another worker takes over from the checkpoint; a stray published meanwhile is its first.
+    await workers.stop()
+    const late = (await w.js.publish(`${prefix}.ev.late`, 'late')).seq
+    const next = await w.startWorker()
+    await until('the late stray', async () => (await letters()).some((d) => d.streamSeq === late), 15_000)
+    const dead = await letters()
+    expect(dead.map((d) => d.streamSeq)).toEqual([...stored, late])
+    expect(dead.map((d) => d.subject)).toEqual([...strays.map(([s]) => s), `${prefix}.ev.late`])
+    expect(dead.map((d) => d.payload)).toEqual([...strays.map(([, b]) => (typeof b === 'string' ? b : new TextDecoder().decode(b))), 'late'])
+    for (const d of dead) expect(d).toMatchObject({ projection: 'unclaimed', reason: expect.stringContaining('no projection consumes') })
+    expect(dead.map((d) => d.eventId)).toEqual([null, 'no-type', null, 'partition-out-of-range', 'partition-not-canonical', null, null])
+    await next.stop()
+  })
+
   test('messages Postgres cannot store (NUL characters, lone surrogates, invalid UTF-8) are dead letters, not a crash', async () => {
     const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
     const workers = await w.startWorker()

@@ -12,6 +12,9 @@ import { readStreamSettings } from '../../core/stream-settings'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createAckedPublisher } from '../../core/acked-publish'
 import { projections as allProjections, type Projection } from './projections'
+import type { Applier } from './projections/types'
+import { unclaimedCatch } from './runtime/unclaimed'
+import { UNCLAIMED } from '../../core/projections'
 import { startRebuildJobs } from './rebuild/jobs'
 import type { RebuildHooks } from './rebuild/rebuild'
 import { openLeaseBucket, startLeases } from './runtime/leases'
@@ -104,6 +107,9 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     process.exit(1)
   }
 
+  // What runs on each partition: every projection, and on partition 0 also the catch of messages
+  // no projection consumes (see unclaimedCatch), so that one process runs it, fenced like the rest.
+  const appliersOf = (partition: number): readonly Applier[] => (partition === 0 ? [...projections, unclaimedCatch] : projections)
   const runners = new Map<number, Runner[]>()
   const stopRunners = async (partition: number, deleteConsumer: boolean) => {
     const rs = runners.get(partition)
@@ -135,7 +141,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     onAcquired: (partition) => {
       runners.set(
         partition,
-        projections.map((projection) =>
+        appliersOf(partition).map((projection) =>
           startRunner({
             db,
             nc,
@@ -150,7 +156,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
             projection,
             partition,
             cleaner,
-            committer: committers.get(projection.name),
+            // The catch runs on one partition: nothing to group its batches with.
+            committer: projection.name === UNCLAIMED ? undefined : committers.get(projection.name),
             now: deps.now,
             hooks: deps.hooks,
             onFenced: () => leases.drop(partition),
@@ -172,7 +179,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const replays = answerReplays({
     subscriptions,
     prefix: t.prefix,
-    runnerOf: (name, partition) => runners.get(partition)?.[projections.findIndex((p) => p.name === name)],
+    runnerOf: (name, partition) => runners.get(partition)?.[appliersOf(partition).findIndex((p) => p.name === name)],
   })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })

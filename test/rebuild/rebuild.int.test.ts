@@ -572,6 +572,40 @@ describe('POST /admin/projections/:name/rebuild', () => {
     expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
   }, 40_000)
 
+  test('a rebuild applies what the live runners consume and nothing else: a stray on a partition written `01` stays a dead letter of the unclaimed catch', async () => {
+    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
+    const hh = h
+    await startWorker(hh)
+    const sent = await sendBatch(hh, 20)
+    // A valid event published past the API on its partition written with a leading zero, and on a
+    // partition this deployment does not have: no live runner's filter takes either.
+    const prefix = hh.env.config.FANFARE_SUBJECT_PREFIX
+    const data = { board: 'strays', player: 'stray', score: 99 }
+    const p = partitionOf(keyOf({ type: 'score.submitted', data }), 2)
+    const body = (id: string) => JSON.stringify({ id, by: 'ingest', type: 'score.submitted', v: 1, data, at: new Date().toISOString() })
+    const js = jetstream(hh.nc)
+    await js.publish(`${prefix}.ev.0${p}.score.submitted`, body('stray-padded'))
+    await js.publish(`${prefix}.ev.${p + 2}.score.submitted`, body('stray-out-of-range'))
+    sent.push(...(await sendBatch(hh, 10)))
+    await caughtUp(hh)
+    const strays = () => hh.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
+    await until('the strays to be dead letters', async () => (await strays()).length === 2)
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
+    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
+    closers.push(() => db.close())
+    await runRebuild(
+      { config: hh.env.config, db: db.db, js, logger: createLogger('silent'), projection: leaderboardsProjection, progress: async () => {}, signal: new AbortController().signal },
+      { id: 'strays', attempt: 1 },
+    )
+    // The rebuilt model is the live one (it took `01` for partition 1 before), and the switch,
+    // which replaces the leaderboards' dead letters, leaves the catch's.
+    expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
+    expect((await strays()).map((d) => [d.projection, d.eventId])).toEqual([
+      ['unclaimed', 'stray-padded'],
+      ['unclaimed', 'stray-out-of-range'],
+    ])
+  }, 40_000)
+
   test('the same when the refused event comes in the switch, applied in its transaction: the rebuild switches in, the event a dead letter', async () => {
     h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
     const hh = h

@@ -2,7 +2,7 @@ import type { ChangeNotice } from '../../../core/channels'
 import type { SQL, SQLWrapper } from 'drizzle-orm'
 import type { Db } from '../../../core/db/client'
 import type { StoredEvent } from '../../../core/events'
-import type { ProjectionName } from '../../../core/projections'
+import type { ProjectionName, UNCLAIMED } from '../../../core/projections'
 
 export type { ProjectionName } from '../../../core/projections'
 
@@ -65,3 +65,13 @@ export type Projection = {
   area: string
   apply: (db: Db, events: SequencedEvent[]) => Promise<Applied>
 }
+
+/**
+ * The runner of the messages no projection consumes (see stream-workers/src/runtime/unclaimed.ts):
+ * it reads the whole event stream and writes a dead letter of each message whose subject no
+ * projection's consumer takes (see claimOf); it applies nothing.
+ */
+export type UnclaimedCatch = { name: typeof UNCLAIMED }
+
+/** What a runner runs on its partition: a projection, or (on partition 0) the catch of unclaimed messages. */
+export type Applier = Projection | UnclaimedCatch

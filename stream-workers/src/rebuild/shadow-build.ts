@@ -1,7 +1,7 @@
 import { DeliverPolicy, type Consumer, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream'
 import type { Config } from '../../../core/config'
 import type { Db, Tx } from '../../../core/db/client'
-import { subjects } from '../../../core/events'
+import { claimOf } from '../../../core/projections'
 import type { Logger } from '../../../core/logger'
 import type { Metrics } from '../../../core/metrics'
 import { streamIdentity, topology } from '../../../core/nats'
@@ -131,9 +131,11 @@ export async function openShadowBuild(deps: ShadowBuildDeps, schema: string, job
     apply: async (tx, batch, careful) => {
       const byPartition = new Map<number, BatchMessage[]>()
       for (const m of batch) {
-        const p = subjects.partitionOfSubject(m.subject)
-        // Live runners only consume numbered partitions of this deployment: neither do we.
-        if (!Number.isInteger(p) || p < 0 || p >= partitions) continue
+        // What live runners consume and nothing else (the catch of unclaimed messages dead-letters
+        // the rest): a `03` or a `7` of 4 partitions is no partition (Number() took `03` for 3).
+        const claim = claimOf(m.subject, partitions)
+        if (!claim) continue
+        const p = claim.partition
         const list = byPartition.get(p) ?? []
         list.push(batchMessageOf(m))
         byPartition.set(p, list)

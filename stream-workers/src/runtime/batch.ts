@@ -6,8 +6,10 @@ import { projectionCheckpoints } from '../../../core/db/schema'
 import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
 import { SpanKind, SpanStatusCode, type Link } from '@opentelemetry/api'
 import { tracer } from '../../../core/tracing'
-import type { Applied, Projection, SequencedEvent } from '../projections/types'
+import type { Applied, Applier, SequencedEvent } from '../projections/types'
 import { deadLetterWrite, guessEventId, replayOutcomeWrite, type DeadLetter } from './dead-letters'
+import { unclaimedReason } from './unclaimed'
+import { UNCLAIMED } from '../../../core/projections'
 import { CheckpointMovedError, errorMessageOf, FencedError, StaleReadError, StreamChangedError } from './errors'
 import { recordset } from '../../../core/db/recordset'
 import { eventOutboxWrite, insertedEvents, insertedEventsOf, insertedRuns, insertedRunsByPart, outboxWrite, outboxWriteOf, parseInsertedRuns, parseInsertedRunsByPart, runAt, type OutboxEvent, type OutboxRun } from './outbox'
@@ -18,9 +20,9 @@ export type BatchMessage = { subject: string; seq: number; body: Uint8Array; sto
 /** A delivered JetStream message as the batch needs it. */
 export const batchMessageOf = (m: Pick<JsMsg, 'subject' | 'seq' | 'data' | 'info'>): BatchMessage => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) })
 
-/** Who applies the batch: one projection of one partition, under one lease token. */
+/** Who applies the batch: one projection (or the catch of unclaimed messages) of one partition, under one lease token. */
 export type BatchOwner = {
-  projection: Projection
+  projection: Applier
   partition: number
   /** Fencing token of the current ownership (see claimFence). */
   token: number
@@ -140,7 +142,7 @@ export async function prepareBatch(db: Db, owner: BatchOwner, expected: number, 
   if (fresh.length === 0) return { done: { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint: expected } }
   const { events, letters } = checkMessages(owner, fresh, opts.refusedByPostgres)
   // A replay that fails again writes nothing but its new reason (under the guard, like the rest).
-  const applied: Applied = opts.replay && letters.length > 0 ? { changes: [] } : await owner.projection.apply(db, events)
+  const applied: Applied = (opts.replay && letters.length > 0) || owner.projection.name === UNCLAIMED ? { changes: [] } : await owner.projection.apply(db, events)
   return prepared(owner, expected, fresh, skipped, events, letters, applied, now, opts)
 }
 
@@ -217,6 +219,7 @@ function checkMessages(owner: BatchOwner, fresh: BatchMessage[], refusedByPostgr
   const letters: DeadLetter[] = []
   for (const m of fresh) {
     const checked = checkMessage(owner, m)
+    if (checked === null) continue
     const problem = refusedByPostgres?.seq === m.seq ? { reason: refusedByPostgres.reason, eventId: 'reason' in checked ? checked.eventId : checked.event.id } : checked
     if ('reason' in problem) {
       const payload = new TextDecoder().decode(m.body)
@@ -359,8 +362,15 @@ async function whyNotWritten(db: Db, owner: BatchOwner, expected: number, rechec
   return new CheckpointMovedError(expected, cp ? Number(cp.seq) : undefined)
 }
 
-/** Decodes a message and checks it belongs to this projection and partition. */
-function checkMessage(owner: BatchOwner, m: BatchMessage): SequencedEvent | { reason: string; eventId?: string } {
+/**
+ * Decodes a message and checks it belongs to this projection and partition. The catch of unclaimed
+ * messages applies none: one a projection consumes is skipped (null), any other is a dead letter.
+ */
+function checkMessage(owner: BatchOwner, m: BatchMessage): SequencedEvent | { reason: string; eventId?: string } | null {
+  if (owner.projection.name === UNCLAIMED) {
+    const reason = unclaimedReason(m.subject, owner.partitions)
+    return reason === undefined ? null : { reason }
+  }
   const decoded = decodeEvent(m.body)
   if (!decoded.ok) return { reason: decoded.reason }
   const event = decoded.event

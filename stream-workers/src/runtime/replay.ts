@@ -6,6 +6,7 @@ import type { SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { BatchOwner } from './batch'
 import { rebuildsInProgress } from '../rebuild/shadow'
 import { applyOneByOne } from './one-by-one'
+import { UNCLAIMED } from '../../../core/projections'
 import type { OutboxEvent, OutboxRun } from './outbox'
 
 /**
@@ -26,8 +27,9 @@ export async function replayDeadLetter(db: Db, owner: BatchOwner, expected: numb
     if (row.projection !== owner.projection.name || row.partition !== owner.partition) {
       return { reply: { outcome: 'unavailable', message: `dead letter ${id} belongs to ${row.projection}/${row.partition}, not this runner` }, runs: [], events: [] }
     }
-    // A rebuild of this projection not yet switched in would replace what the replay applies.
-    const shadows = await rebuildsInProgress(tx, owner.projection.name)
+    // A rebuild of this projection not yet switched in would replace what the replay applies (the
+    // catch of unclaimed messages has no rebuild).
+    const shadows = owner.projection.name === UNCLAIMED ? [] : await rebuildsInProgress(tx, owner.projection.name)
     if (shadows.length > 0) {
       const message = `a rebuild of ${owner.projection.name} is in progress (${shadows.join(', ')}): its switch replaces the live model and its dead letters, so a replay now would be undone; replay after the rebuild switches in`
       return { reply: { outcome: 'unavailable', code: 'rebuild_in_progress', message }, runs: [], events: [] }

@@ -9,10 +9,11 @@ import type { Logger } from '../../../core/logger'
 import { identityOf, incarnationOf, streamNameOf, UpgradeRequired } from '../../../core/nats'
 import { StreamChanged } from './stream-check'
 import { takeExpiredRange } from '../../../core/retention-watch'
-import type { Projection } from '../projections/types'
+import type { Applier } from '../projections/types'
+import { unclaimedFilter } from './unclaimed'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOwner, type BatchResult } from './batch'
-import { consumerName } from '../../../core/projections'
+import { consumerName, UNCLAIMED } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { addResult, applyOrOneByOne } from './one-by-one'
 import { pullNow, type Delivery } from './pull-now'
@@ -50,7 +51,8 @@ export type RunnerDeps = {
   prefix: string
   partitions: number
   batchSize: number
-  projection: Projection
+  /** What this runner applies: a projection, or the catch of unclaimed messages (see unclaimedCatch). */
+  projection: Applier
   partition: number
   /** Deletes the outbox rows of the runs this runner published (one per process). */
   cleaner: OutboxCleaner
@@ -507,7 +509,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       projection: deps.projection.name,
       partition: deps.partition,
       token,
-      filter: subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area),
+      filter: deps.projection.name === UNCLAIMED ? unclaimedFilter(deps.prefix) : subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area),
       checkpoint,
       batchSize: deps.batchSize,
     })

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { sql } from 'drizzle-orm'
+import { jetstream } from '@nats-io/jetstream'
 import { deadLetters, leaderboards } from '../../../../core/db/schema'
 import { replaySubject, type ReplayRequest } from '../../../../core/dead-letters'
 import { until } from '../../../../test/e2e/harness'
@@ -153,6 +154,19 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
       return mine.length > 0 ? mine : undefined
     }, 5_000, 50)
     expect(entries).toMatchObject([{ action: 'dead_letter.replayed', actor: 'admin', details: { eventId, projection: 'leaderboards', partition } }])
+  }, 30_000)
+
+  test('a message on a subject no projection consumes, published past the API, is listed with its subject and payload; a replay still fails; a discard removes it', async () => {
+    const subject = `${h.env.config.FANFARE_SUBJECT_PREFIX}.ev.0.nobody.listens`
+    const seq = (await jetstream(h.nc).publish(subject, '{"id":"stray-1","anything":true}')).seq
+    const letter = await letterOf('stray-1')
+    expect(letter).toMatchObject({ projection: 'unclaimed', partition: 0, streamSeq: seq, subject, payload: '{"id":"stray-1","anything":true}' })
+    expect(letter.reason).toContain(`no projection consumes subject "${subject}"`)
+    const again = await h.call('POST', `/admin/dead-letters/${letter.id}/replay`, t())
+    expect([again.status, again.json.error.code]).toEqual([409, 'still_failing'])
+    expect(again.json.error.details.reason).toBe(letter.reason)
+    expect((await h.call('DELETE', `/admin/dead-letters/${letter.id}`, t())).status).toBe(200)
+    expect((await h.call('GET', '/admin/dead-letters', t())).json.deadLetters.find((d: { id: number }) => d.id === letter.id)).toBeUndefined()
   }, 30_000)
 
   test('discard deletes it once and is audited', async () => {
