@@ -10,7 +10,7 @@ import { identityOf, incarnationOf, streamNameOf, UpgradeRequired } from '../../
 import { StreamChanged } from './stream-check'
 import { takeExpiredRange } from '../../../core/retention-watch'
 import type { Applier } from '../projections/types'
-import { unclaimedFilter } from './unclaimed'
+import { unclaimedFilter, withUnclaimedBodies } from './unclaimed'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOwner, type BatchResult } from './batch'
 import { consumerName, UNCLAIMED } from '../../../core/projections'
@@ -231,9 +231,15 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  const applyWithRetry = async (batch: Delivery[], consumer: Consumer): Promise<BatchResult | undefined> => {
+  /**
+   * The batch as applyBatch takes it. The catch of unclaimed messages is delivered headers only:
+   * it reads the bodies of the few it keeps (a NATS failure resets the consumer, like a failed pull).
+   */
+  const messagesOf = (batch: Delivery[]): BatchMessage[] | Promise<BatchMessage[]> =>
+    deps.projection.name === UNCLAIMED ? withUnclaimedBodies(deps.jsm, deps.stream, deps.partitions, batch.map(batchMessageOf)) : batch.map(batchMessageOf)
+
+  const applyWithRetry = async (batch: Delivery[], messages: BatchMessage[], consumer: Consumer): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
-    const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
     // The checkpoint moves inside the turn: a replay waiting for it must see the new one.
     const turn = (work: () => Promise<BatchResult>) =>
@@ -325,9 +331,10 @@ export function startRunner(deps: RunnerDeps): Runner {
       // than the retention (half of it: the worker's clock is not the server's), so a runner that
       // keeps up never pays for the check.
       if (deps.retentionMs && Date.now() - lastStoredAt > deps.retentionMs / 2) await reportExpired(batch[0].seq)
+      const messages = await messagesOf(batch)
       const started = performance.now()
       const { result, headers } = await tracedBatch(batch, () =>
-        applyWithRetry(batch, consumer).catch((err) => {
+        applyWithRetry(batch, messages, consumer).catch((err) => {
           const m = batch[0]
           if (isRefusedBatch(err)) throw err
           throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
@@ -510,6 +517,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       partition: deps.partition,
       token,
       filter: deps.projection.name === UNCLAIMED ? unclaimedFilter(deps.prefix) : subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area),
+      headersOnly: deps.projection.name === UNCLAIMED,
       checkpoint,
       batchSize: deps.batchSize,
     })

@@ -1,6 +1,8 @@
 import { claimOf, projectionAreas, UNCLAIMED } from '../../../core/projections'
 import { subjects } from '../../../core/events'
+import type { JetStreamManager } from '@nats-io/jetstream'
 import type { UnclaimedCatch } from '../projections/types'
+import type { BatchMessage } from './batch'
 
 /**
  * The catch of messages no projection consumes. JetStream stores whatever is published under
@@ -24,4 +26,20 @@ export function unclaimedReason(subject: string, partitions: number): string | u
   if (claimOf(subject, partitions)) return undefined
   const areas = Object.values(projectionAreas).join(', ')
   return `no projection consumes subject ${JSON.stringify(subject)}: events are taken on <prefix>.ev.<partition>.<area>.<type> with a partition 0-${partitions - 1} and an area of ${areas}`
+}
+
+/**
+ * The catch's consumer delivers headers only (its batches are mostly messages it skips, and an
+ * event may be hundreds of KB): the bodies of the batch's unclaimed messages, the only ones it
+ * keeps, are read from the stream by sequence. A message deleted in between (retention, an
+ * operator) is still a dead letter, with an empty payload.
+ */
+export async function withUnclaimedBodies(jsm: JetStreamManager, stream: string, partitions: number, messages: BatchMessage[]): Promise<BatchMessage[]> {
+  return Promise.all(
+    messages.map(async (m) => {
+      if (unclaimedReason(m.subject, partitions) === undefined) return m
+      const stored = await jsm.streams.getMessage(stream, { seq: m.seq })
+      return stored ? { ...m, body: stored.data } : m
+    }),
+  )
 }
