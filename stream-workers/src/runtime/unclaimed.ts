@@ -35,11 +35,11 @@ export function unclaimedReason(subject: string, partitions: number): string | u
  * operator) is still a dead letter, with an empty payload.
  */
 export async function withUnclaimedBodies(jsm: JetStreamManager, stream: string, partitions: number, messages: BatchMessage[]): Promise<BatchMessage[]> {
-  return Promise.all(
-    messages.map(async (m) => {
-      if (unclaimedReason(m.subject, partitions) === undefined) return m
-      const stored = await jsm.streams.getMessage(stream, { seq: m.seq })
-      return stored ? { ...m, body: stored.data } : m
-    }),
-  )
+  const kept = messages.filter((m) => !claimOf(m.subject, partitions))
+  if (kept.length === 0) return messages
+  const bodies = new Map(await Promise.all(kept.map(async (m) => [m.seq, (await jsm.streams.getMessage(stream, { seq: m.seq }))?.data] as const)))
+  return messages.map((m) => {
+    const body = bodies.get(m.seq)
+    return body ? { ...m, body } : m
+  })
 }

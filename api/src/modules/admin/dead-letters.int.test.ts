@@ -169,6 +169,17 @@ describe('POST /admin/dead-letters/:id/replay, DELETE /admin/dead-letters/:id', 
     expect((await h.call('GET', '/admin/dead-letters', t())).json.deadLetters.find((d: { id: number }) => d.id === letter.id)).toBeUndefined()
   }, 30_000)
 
+  test("an unclaimed dead letter whose subject a projection consumes now (written by an older version) replays as gone: that projection's consumer takes it from the stream", async () => {
+    const subject = `${h.env.config.FANFARE_SUBJECT_PREFIX}.ev.0.score.submitted`
+    const [row] = await h.database.db
+      .insert(deadLetters)
+      .values({ projection: 'unclaimed', partition: 0, streamSeq: 1, subject, eventId: 'older', reason: 'no projection consumes subject (an older version)', payload: '{}' })
+      .returning()
+    const r = await h.call('POST', `/admin/dead-letters/${row.id}/replay`, t())
+    expect([r.status, r.json.outcome]).toEqual([200, 'replayed'])
+    expect((await h.call('GET', '/admin/dead-letters', t())).json.deadLetters.find((d: { id: number }) => d.id === row.id)).toBeUndefined()
+  }, 30_000)
+
   test('discard deletes it once and is audited', async () => {
     broken = true
     const eventId = await submit('bob', 5)
