@@ -130,6 +130,12 @@ export const Env = Type.Object({
   /** Most events a worker applies in one transaction. */
   FANFARE_BATCH_SIZE: Type.Integer({ minimum: 1, maximum: 5000, default: 500 }),
   /**
+   * How often the holder of partition 0's lease looks for messages stored on event subjects no
+   * projection consumes (and once when it takes the lease): one stream info with its subjects per
+   * look, and a read of the strays only. A stray becomes a dead letter within about this long.
+   */
+  FANFARE_UNCLAIMED_POLL_MS: Type.Integer({ minimum: 100, maximum: 600_000, default: 5_000 }),
+  /**
    * Subscribes (resumes included) one WebSocket connection may make per second, after a burst of
    * as many as it may hold (100): each costs the node a snapshot or history read.
    */

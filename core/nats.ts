@@ -1,4 +1,4 @@
-import { DiscardPolicy, jetstreamManager, type JetStreamManager, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
+import { DiscardPolicy, jetstreamManager, type JetStreamManager, type MsgRequest, type StreamConfig, type StreamInfo, type StreamSource } from '@nats-io/jetstream'
 import { AuthorizationError, connect, ConnectionError, createInbox, headers as natsHeaders, nanos, PermissionViolationError, type NatsConnection } from '@nats-io/transport-node'
 import { channelKinds, type ChannelKind } from './channels'
 import { parseDomains, type Config } from './config'
@@ -154,6 +154,14 @@ export const incarnationOf = (description: string | undefined): string | undefin
 /** `description` with the creation time `incarnation` recorded in it. */
 export const withIncarnation = (description: string | undefined, incarnation: string): string =>
   `${description ? `${description}; ` : ''}incarnation=${incarnation}`
+
+/**
+ * A STREAM.MSG.GET request for the first stored message at or after `seq` on `filter` (wildcards
+ * allowed). nats-server 2.9 takes `next_by_subj`; the client's type only lists it for direct gets
+ * (which need `allow_direct` on the stream), but passes the request through as is and answers null
+ * when there is none.
+ */
+export const nextBySubject = (filter: string, seq: number) => ({ seq, next_by_subj: filter }) as unknown as MsgRequest
 
 /**
  * The one change stream of deployments from before per-kind change streams. Its subjects overlap

@@ -1,4 +1,4 @@
-import { jetstreamManager, type JetStreamManager, type MsgRequest } from '@nats-io/jetstream'
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { and, eq, isNull, lt, lte, or, sql } from 'drizzle-orm'
 import { sleep } from './backoff'
@@ -8,17 +8,10 @@ import { projectionCheckpoints } from './db/schema'
 import { subjects } from './events'
 import type { Logger } from './logger'
 import type { Metrics } from './metrics'
-import { identityOf, topology } from './nats'
+import { identityOf, nextBySubject, topology } from './nats'
 
 /** A projection as the watch needs it: its checkpoint name and the event area it consumes. */
 export type WatchedProjection = { name: string; area: string }
-
-/**
- * The first stored message at or after `seq` on `filter` (wildcards allowed). nats-server 2.9's
- * STREAM.MSG.GET takes `next_by_subj`; the client's type only lists it for direct gets (which need
- * `allow_direct` on the stream), but passes the request through as is and answers null when none.
- */
-const nextBySubject = (filter: string, seq: number) => ({ seq, next_by_subj: filter }) as unknown as MsgRequest
 
 /** How often a partition past half the retention is warned about again. */
 const WARN_EVERY_MS = 60_000

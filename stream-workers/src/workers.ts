@@ -12,8 +12,7 @@ import { readStreamSettings } from '../../core/stream-settings'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createAckedPublisher } from '../../core/acked-publish'
 import { projections as allProjections, type Projection } from './projections'
-import type { Applier } from './projections/types'
-import { unclaimedCatch } from './runtime/unclaimed'
+import { startUnclaimedPoller, type UnclaimedPoller } from './runtime/unclaimed'
 import { UNCLAIMED } from '../../core/projections'
 import { startRebuildJobs } from './rebuild/jobs'
 import type { RebuildHooks } from './rebuild/rebuild'
@@ -107,14 +106,16 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     process.exit(1)
   }
 
-  // What runs on each partition: every projection, and on partition 0 also the catch of messages
-  // no projection consumes (see unclaimedCatch), so that one process runs it, fenced like the rest.
-  const appliersOf = (partition: number): readonly Applier[] => (partition === 0 ? [...projections, unclaimedCatch] : projections)
   const runners = new Map<number, Runner[]>()
+  // The holder of partition 0's lease also looks for messages no projection consumes (see
+  // startUnclaimedPoller), so that one process does, fenced like the runners.
+  let unclaimed: UnclaimedPoller | undefined
   const stopRunners = async (partition: number, deleteConsumer: boolean) => {
     const rs = runners.get(partition)
     runners.delete(partition)
-    await Promise.all((rs ?? []).map((r) => r.stop({ deleteConsumer })))
+    const poller = partition === 0 ? unclaimed : undefined
+    if (poller) unclaimed = undefined
+    await Promise.all([...(rs ?? []).map((r) => r.stop({ deleteConsumer })), poller?.stop()])
   }
 
   const cleaner = startOutboxCleaner({ db, logger: logger.child({ component: 'outbox' }) })
@@ -139,9 +140,26 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
       return database.unansweredFor() >= standDownAfterMs(config) ? 'out' : 'no'
     },
     onAcquired: (partition) => {
+      if (partition === 0) {
+        unclaimed = startUnclaimedPoller({
+          db,
+          jsm,
+          logger,
+          stream: t.eventStream,
+          prefix: t.prefix,
+          partitions: t.partitions,
+          batchSize: config.FANFARE_BATCH_SIZE,
+          intervalMs: config.FANFARE_UNCLAIMED_POLL_MS,
+          now: deps.now,
+          hooks: deps.hooks,
+          onFenced: () => leases.drop(0),
+          onFatal,
+          metrics,
+        })
+      }
       runners.set(
         partition,
-        appliersOf(partition).map((projection) =>
+        projections.map((projection) =>
           startRunner({
             db,
             nc,
@@ -156,8 +174,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
             projection,
             partition,
             cleaner,
-            // The catch runs on one partition: nothing to group its batches with.
-            committer: projection.name === UNCLAIMED ? undefined : committers.get(projection.name),
+            committer: committers.get(projection.name),
             now: deps.now,
             hooks: deps.hooks,
             onFenced: () => leases.drop(partition),
@@ -179,7 +196,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const replays = answerReplays({
     subscriptions,
     prefix: t.prefix,
-    runnerOf: (name, partition) => runners.get(partition)?.[appliersOf(partition).findIndex((p) => p.name === name)],
+    runnerOf: (name, partition) => (name === UNCLAIMED ? (partition === 0 ? unclaimed : undefined) : runners.get(partition)?.[projections.findIndex((p) => p.name === name)]),
   })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })

@@ -13,17 +13,7 @@ export const ACK_WAIT_MS = 30_000
  */
 export async function createOwnershipConsumer(
   jsm: JetStreamManager,
-  opts: {
-    stream: string
-    projection: string
-    partition: number
-    token: number
-    filter: string
-    checkpoint: number
-    batchSize: number
-    /** Deliver headers only, no bodies (the catch of unclaimed messages: see withUnclaimedBodies). */
-    headersOnly?: boolean
-  },
+  opts: { stream: string; projection: string; partition: number; token: number; filter: string; checkpoint: number; batchSize: number },
 ): Promise<string> {
   const name = consumerName(opts.projection, opts.partition, opts.token)
   for await (const info of jsm.consumers.list(opts.stream)) {
@@ -39,7 +29,6 @@ export async function createOwnershipConsumer(
   await jsm.consumers.add(opts.stream, {
     durable_name: name,
     filter_subject: opts.filter,
-    ...(opts.headersOnly ? { headers_only: true } : {}),
     ...(opts.checkpoint > 0
       ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: opts.checkpoint + 1 }
       : { deliver_policy: DeliverPolicy.All }),

@@ -1,19 +1,16 @@
 import type { Consumer, ConsumerInfo, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { ReplayReply, ReplayRequest } from '../../../core/dead-letters'
-import { sql } from 'drizzle-orm'
-import { rowsOf, type Db } from '../../../core/db/client'
-import { projectionCheckpoints } from '../../../core/db/schema'
+import type { Db } from '../../../core/db/client'
 import { subjects } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
-import { identityOf, incarnationOf, streamNameOf, UpgradeRequired } from '../../../core/nats'
 import { StreamChanged } from './stream-check'
 import { takeExpiredRange } from '../../../core/retention-watch'
-import type { Applier } from '../projections/types'
-import { unclaimedFilter, withUnclaimedBodies } from './unclaimed'
+import type { Projection } from '../projections/types'
+import { openCheckpoint } from './open-checkpoint'
 import { backoffMs, sleep } from '../../../core/backoff'
-import { applyBatch, batchMessageOf, claimFence, type BatchMessage, type BatchOwner, type BatchResult } from './batch'
-import { consumerName, UNCLAIMED } from '../../../core/projections'
+import { applyBatch, batchMessageOf, claimFence, type BatchOwner, type BatchResult } from './batch'
+import { consumerName } from '../../../core/projections'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { addResult, applyOrOneByOne } from './one-by-one'
 import { pullNow, type Delivery } from './pull-now'
@@ -36,6 +33,8 @@ export type RunnerHooks = {
   onFirstDelivery?: (info: { projection: string; partition: number; seq: number }) => void | Promise<void>
   /** Called when the batches of these partitions committed as one statement (see createBatchCommitter). */
   onGroupCommit?: (info: { projection: string; partitions: number[] }) => void
+  /** Called after dead letters of unclaimed messages committed (see startUnclaimedPoller); a throw simulates a crash there. */
+  onUnclaimedCommit?: (info: { seqs: number[] }) => void | Promise<void>
 }
 
 export type RunnerDeps = {
@@ -51,8 +50,7 @@ export type RunnerDeps = {
   prefix: string
   partitions: number
   batchSize: number
-  /** What this runner applies: a projection, or the catch of unclaimed messages (see unclaimedCatch). */
-  projection: Applier
+  projection: Projection
   partition: number
   /** Deletes the outbox rows of the runs this runner published (one per process). */
   cleaner: OutboxCleaner
@@ -231,15 +229,9 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  /**
-   * The batch as applyBatch takes it. The catch of unclaimed messages is delivered headers only:
-   * it reads the bodies of the few it keeps (a NATS failure resets the consumer, like a failed pull).
-   */
-  const messagesOf = (batch: Delivery[]): BatchMessage[] | Promise<BatchMessage[]> =>
-    deps.projection.name === UNCLAIMED ? withUnclaimedBodies(deps.jsm, deps.stream, deps.partitions, batch.map(batchMessageOf)) : batch.map(batchMessageOf)
-
-  const applyWithRetry = async (batch: Delivery[], messages: BatchMessage[], consumer: Consumer): Promise<BatchResult | undefined> => {
+  const applyWithRetry = async (batch: Delivery[], consumer: Consumer): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
+    const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
     // The checkpoint moves inside the turn: a replay waiting for it must see the new one.
     const turn = (work: () => Promise<BatchResult>) =>
@@ -331,10 +323,9 @@ export function startRunner(deps: RunnerDeps): Runner {
       // than the retention (half of it: the worker's clock is not the server's), so a runner that
       // keeps up never pays for the check.
       if (deps.retentionMs && Date.now() - lastStoredAt > deps.retentionMs / 2) await reportExpired(batch[0].seq)
-      const messages = await messagesOf(batch)
       const started = performance.now()
       const { result, headers } = await tracedBatch(batch, () =>
-        applyWithRetry(batch, messages, consumer).catch((err) => {
+        applyWithRetry(batch, consumer).catch((err) => {
           const m = batch[0]
           if (isRefusedBatch(err)) throw err
           throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
@@ -453,60 +444,11 @@ export function startRunner(deps: RunnerDeps): Runner {
   let lastStoredAt = 0
 
   /**
-   * Creates this ownership's consumer right after the checkpoint. First records which event
-   * stream the checkpoint counts in: if the stream was recreated since (its sequences restarted at
-   * 1), the checkpoint is reset to 0 so that the new stream's events are applied, not skipped as
-   * already seen. (The old stream's events are gone with NATS' data; the read models keep them,
-   * and `lost_stream` says so: a rebuild from the new stream alone would drop them.)
+   * Creates this ownership's consumer right after the checkpoint, read (and reset if the event
+   * stream was recreated) by openCheckpoint.
    */
   const openConsumer = async (): Promise<Consumer> => {
-    const info = await deps.jsm.streams.info(deps.stream)
-    stream = identityOf(info)
-    if (incarnationOf(info.config.description) === undefined) {
-      // A stream of an older version records no identity, and the `created` NATS reports may have
-      // moved since the checkpoint was written (a restart after an update): taking it for a
-      // recreated stream would apply every event again. Waits (retrying) for `npm run migrate`,
-      // which records the identity the checkpoints hold.
-      const [held] = await rowsOf<{ stream: string; seq: string | number }>(
-        deps.db,
-        sql`select stream, seq from ${projectionCheckpoints} where projection = ${deps.projection.name} and partition = ${deps.partition}`,
-      )
-      if (held && Number(held.seq) > 0 && held.stream !== stream && streamNameOf(held.stream) === deps.stream) {
-        throw new UpgradeRequired(`the event stream ${deps.stream} records no identity and NATS reports another (${stream}) than this partition's checkpoint holds (${held.stream})`)
-      }
-    }
-    const [row] = await rowsOf<{ seq: string | number; previous: string; previous_seq: string | number }>(
-      deps.db,
-      sql`with old as (
-            select stream, seq from ${projectionCheckpoints}
-            where projection = ${deps.projection.name} and partition = ${deps.partition} for update
-          )
-          update ${projectionCheckpoints} c
-          set stream = ${stream}, seq = case when old.stream in ('', ${stream}) then c.seq else 0 end,
-            lost_stream = case when old.stream in ('', ${stream}) or old.seq = 0 then c.lost_stream else old.stream end,
-            unapplied_seq = case when old.stream in ('', ${stream}) then c.unapplied_seq end,
-            unapplied_at = case when old.stream in ('', ${stream}) then c.unapplied_at end
-          from old where c.projection = ${deps.projection.name} and c.partition = ${deps.partition}
-            and (old.stream = '' or regexp_replace(old.stream, '@[^@]*$', '') = ${deps.stream})
-          returning c.seq, old.stream as previous, old.seq as previous_seq`,
-    )
-    if (!row) {
-      // A checkpoint of another stream name is not a recreated stream: another deployment (or this
-      // one started with another FANFARE_STREAM) shares the database. Resetting it would apply
-      // every event of the other stream again once it runs.
-      const [other] = await rowsOf<{ stream: string }>(
-        deps.db,
-        sql`select stream from ${projectionCheckpoints} where projection = ${deps.projection.name} and partition = ${deps.partition}`,
-      )
-      if (other) throw new StreamChanged(deps.stream, [streamNameOf(other.stream)])
-    }
-    if (row && row.previous !== '' && row.previous !== stream) {
-      log.error(
-        { previousStream: row.previous, previousSeq: Number(row.previous_seq), stream },
-        'the event stream was recreated (NATS lost its data?): applying the new stream from its start',
-      )
-    }
-    checkpoint = Number(row?.seq ?? 0)
+    ;({ stream, checkpoint } = await openCheckpoint({ db: deps.db, jsm: deps.jsm, log }, deps.stream, deps.projection.name, deps.partition))
     lastStoredAt = 0
     // Events deleted while no runner held the partition (workers down, or the partition stalled):
     // the consumer below starts at the first stored one and would skip them without a word.
@@ -516,8 +458,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       projection: deps.projection.name,
       partition: deps.partition,
       token,
-      filter: deps.projection.name === UNCLAIMED ? unclaimedFilter(deps.prefix) : subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area),
-      headersOnly: deps.projection.name === UNCLAIMED,
+      filter: subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area),
       checkpoint,
       batchSize: deps.batchSize,
     })
