@@ -11,14 +11,14 @@
  * its stand-in publishing each run with `js.publish` (as the workers did before
  * core/acked-publish.ts) instead of the workers' AckedPublisher.
  */
-import { readdirSync, readFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { freePort } from '../core/process'
 import { TEST_NATS_URL } from '../core/testing/env'
 import { subjects } from '../core/events'
 import type { ChangeRun } from '../core/channels'
 import { nowMs } from './lib/stats'
 import { spawnProc, waitReady } from '../test/e2e/harness'
-import { cpuOf, startChild } from './lib/child'
+import { cpuOf, natsServerPid, startChild } from './lib/child'
 import { BUN, type BenchContext } from './lib/context'
 import { deploy, type Deployment } from './lib/fanfare'
 import { fanfarePublisher, scenario } from './fanout'
@@ -61,17 +61,7 @@ function jsPublisher(d: Deployment): BunPub {
  * printed too). The shared one's CPU includes other sessions' tests: a private server
  * (`nats-server -js -p <port>` and FANFARE_TEST_NATS_URL) shows this probe's alone.
  */
-function natsPid(): number | undefined {
-  const port = new URL(TEST_NATS_URL).port || '4222'
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue
-    try {
-      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8')
-      if (cmd.includes('nats-server') && cmd.split('\0').includes(port)) return Number(d)
-    } catch {}
-  }
-}
-const nats = natsPid()
+const nats = natsServerPid(TEST_NATS_URL)
 
 /** CPU seconds of this process's reaped children (/proc/self/stat cutime + cstime): a scenario's client processes, once it stopped them. */
 function reapedChildrenCpu(): number {

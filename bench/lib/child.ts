@@ -161,3 +161,19 @@ export function threadSecondsOf(pid: number): { js: number; jit: number; other: 
   }
   return out
 }
+
+/**
+ * The pid of the nats-server listening on `url`'s port (found by the port in its command line:
+ * start a private one as `nats-server -js -p <port>`), undefined when none is found. The shared
+ * server (no `-p`) is not found: its CPU would include other sessions' work.
+ */
+export function natsServerPid(url: string): number | undefined {
+  const port = new URL(url).port || '4222'
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8')
+      if (cmd.includes('nats-server') && cmd.split('\0').includes(port)) return Number(d)
+    } catch {}
+  }
+}
