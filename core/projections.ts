@@ -21,8 +21,8 @@ export const projectionAreas: Record<ProjectionName, string> = { leaderboards: '
  * the message's subject: `<prefix>.ev.<partition>.<area>.<more>` with one of this deployment's
  * partitions, written as the runners' filters write it (`3`, never `03`), and a projection's area
  * (see subjects.projectionFilter). Undefined when no projection consumes the subject: JetStream
- * stores anything under `<prefix>.ev.>`, and such a message is the unclaimed runner's (see
- * stream-workers/src/runtime/unclaimed.ts). The prefix has no dots (config pattern).
+ * stores anything under `<prefix>.ev.>`, and such a message is the catch of unclaimed messages'
+ * (see stream-workers/src/runtime/unclaimed.ts). The prefix has no dots (config pattern).
  */
 export function claimOf(subject: string, partitions: number): { projection: ProjectionName; partition: number } | undefined {
   const tokens = subject.split('.')
@@ -34,8 +34,8 @@ export function claimOf(subject: string, partitions: number): { projection: Proj
 const areaProjections = new Map(projectionNames.map((p) => [projectionAreas[p], p]))
 
 /**
- * The runner of messages no projection consumes (see claimOf): one per deployment, run with
- * partition 0's, its checkpoint, consumer and dead letters under this name.
+ * The catch of messages no projection consumes (see claimOf): one per deployment, run by the
+ * holder of partition 0's lease, its checkpoint and dead letters (partition 0) under this name.
  */
 export const UNCLAIMED = 'unclaimed'
 

@@ -67,11 +67,11 @@ export type Projection = {
 }
 
 /**
- * The runner of the messages no projection consumes (see stream-workers/src/runtime/unclaimed.ts):
- * it reads the whole event stream and writes a dead letter of each message whose subject no
- * projection's consumer takes (see claimOf); it applies nothing.
+ * The catch of the messages no projection consumes (see stream-workers/src/runtime/unclaimed.ts):
+ * it writes a dead letter of each message whose subject no projection's consumer takes (see
+ * claimOf); it applies nothing.
  */
 export type UnclaimedCatch = { name: typeof UNCLAIMED }
 
-/** What a runner runs on its partition: a projection, or (on partition 0) the catch of unclaimed messages. */
+/** Who applies a batch: a projection, or (on partition 0) the catch of unclaimed messages. */
 export type Applier = Projection | UnclaimedCatch

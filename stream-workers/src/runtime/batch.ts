@@ -364,7 +364,8 @@ async function whyNotWritten(db: Db, owner: BatchOwner, expected: number, rechec
 
 /**
  * Decodes a message and checks it belongs to this projection and partition. The catch of unclaimed
- * messages applies none: one a projection consumes is skipped (null), any other is a dead letter.
+ * messages applies none: one a projection consumes is skipped (null: a replay of a letter whose
+ * subject is claimed now), any other is a dead letter.
  */
 function checkMessage(owner: BatchOwner, m: BatchMessage): SequencedEvent | { reason: string; eventId?: string } | null {
   if (owner.projection.name === UNCLAIMED) {
