@@ -131,8 +131,8 @@ export const Env = Type.Object({
   FANFARE_BATCH_SIZE: Type.Integer({ minimum: 1, maximum: 5000, default: 500 }),
   /**
    * How often the holder of partition 0's lease looks for messages stored on event subjects no
-   * projection consumes (and once when it takes the lease): one stream info with its subjects per
-   * look, and a read of the strays only. A stray becomes a dead letter within about this long.
+   * projection consumes (and once when it takes the lease): a stream info or two per look (the
+   * last sequence, then the subject list), and a read of the strays only. A stray becomes a dead letter within about this long.
    */
   FANFARE_UNCLAIMED_POLL_MS: Type.Integer({ minimum: 100, maximum: 600_000, default: 5_000 }),
   /**

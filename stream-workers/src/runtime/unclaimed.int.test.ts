@@ -14,7 +14,7 @@ afterEach(async () => {
   world = undefined
 })
 
-test('a look at the stream costs one info and a get per stray subject and per stray, whatever the number of good events', async () => {
+test('a look at the stream costs two infos and a get per stray subject and per stray, whatever the number of good events', async () => {
   const w = (world = await createWorld())
   const t = topology(w.config)
   // The poller's own connection: every request it makes is one message out.
@@ -52,9 +52,9 @@ test('a look at the stream costs one info and a get per stray subject and per st
   const b1 = await stray('b.one')
   await goods(10, 300)
   const a2 = await stray('a.one')
-  // Two stream infos (the checkpoint's stream identity, the look's subjects), then gets: one per
-  // stray subject (its first stray) and one after each stray (the next one, or none).
-  expect(await look()).toBe(2 + 2 + 3)
+  // Three stream infos (the checkpoint's stream identity, the look's last sequence, its subjects),
+  // then gets: one per stray subject (its first stray) and one after each stray (the next one, or none).
+  expect(await look()).toBe(3 + 2 + 3)
   expect(await letters()).toEqual([
     [`${t.prefix}.ev.a.one`, a1],
     [`${t.prefix}.ev.b.one`, b1],
@@ -64,11 +64,11 @@ test('a look at the stream costs one info and a get per stray subject and per st
   // Ten times fewer good events, one more stray subject: the cost follows the subjects and strays.
   await goods(30, 310)
   const c1 = await stray('c.one')
-  expect(await look()).toBe(2 + 3 + 1)
+  expect(await look()).toBe(3 + 3 + 1)
   expect((await letters()).at(-1)).toEqual([`${t.prefix}.ev.c.one`, c1])
   expect(await letters()).toHaveLength(4)
 
-  // Nothing new since: a look asks the stream and reads nothing.
+  // Nothing stored since: a look reads the last sequence, asks for no subjects and reads nothing.
   expect(await look()).toBe(2)
   expect(await letters()).toHaveLength(4)
   await nc.close()

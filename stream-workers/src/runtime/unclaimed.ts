@@ -61,20 +61,21 @@ export type UnclaimedPoller = {
 }
 
 /**
- * Run by the holder of partition 0's lease: once at start and then every `intervalMs`, asks the
- * stream for its subjects under `<prefix>.ev.>` with their message counts (STREAM.INFO with
- * `subjects_filter`; the distinct subjects are bounded by partitions x event types, keys are not in
- * subjects), keeps those claimOf rejects, and reads only those subjects' messages past its
+ * Run by the holder of partition 0's lease: once at start and then every `intervalMs`, reads the
+ * stream's last sequence (STREAM.INFO) and, if anything was stored since its last look, asks for the
+ * subjects under `<prefix>.ev.>` with their message counts (STREAM.INFO with `subjects_filter`; the
+ * distinct subjects are bounded by partitions x event types, keys are not in subjects), keeps those
+ * claimOf rejects, and reads only those subjects' messages past its
  * checkpoint (STREAM.MSG.GET `next_by_subj`, merged in stream order), writing them as dead letters
  * with the checkpoint in one statement (applyBatch: the checkpoint guard, the fence of
  * claimFence and the stream identity, like every projection's batch). So its cost follows the
  * distinct subjects (one info reply per look) and the strays (one get each, plus one per stray
  * subject per look), not the events: nothing is delivered or done per event a projection takes.
  *
- * Why no message is missed: nats-server builds the info's state (last_seq) before its subject
- * list, so every subject holding a message at or below that last_seq is in the list; a look reads
- * strays up to that last_seq only, and its checkpoint is the last stray it wrote (every stray at or
- * below it written). Why none is written twice: the checkpoint moves in the statement that writes
+ * Why no message is missed: the subject list is asked for after the last sequence was read, so
+ * every subject holding a message at or below it is in the list; a look reads strays up to that
+ * sequence only, and its checkpoint is the last stray it wrote (every stray at or below it
+ * written). Why none is written twice: the checkpoint moves in the statement that writes
  * the dead letters, and the next look (this process's or a new owner's) reads from it.
  * See docs/design.md, "Unclaimed subjects".
  */
@@ -100,13 +101,15 @@ export function startUnclaimedPoller(deps: UnclaimedPollerDeps): UnclaimedPoller
 
   /** One look at the stream: dead-letters the strays stored since the last one. */
   const look = async () => {
-    const info = await deps.jsm.streams.info(deps.stream, { subjects_filter: subjects.allEvents(deps.prefix) })
+    const info = await deps.jsm.streams.info(deps.stream)
     // A recreated stream (sequences restarted): read the checkpoint again (openCheckpoint resets it).
     if (identityOf(info) !== stream) throw new StreamRecreated(stream, identityOf(info))
     const last = info.state.last_seq
     const from = Math.max(checkpoint, scanned)
     if (last <= from) return
-    const strays = Object.keys(info.state.subjects ?? {}).filter((s) => !claimOf(s, deps.partitions))
+    // Asked after `last` was read: every subject holding a message at or below `last` is listed.
+    const listed = await deps.jsm.streams.info(deps.stream, { subjects_filter: subjects.allEvents(deps.prefix) })
+    const strays = Object.keys(listed.state.subjects ?? {}).filter((s) => !claimOf(s, deps.partitions))
     for (let after = from; strays.length > 0; ) {
       const started = performance.now()
       const batch = await readStrays(deps.jsm, deps.stream, strays, after, last, deps.batchSize)
