@@ -212,11 +212,12 @@ export const Env = Type.Object({
   /** Bytes a WebSocket may have queued before it is cut off and must re-sync. */
   FANFARE_WS_BACKPRESSURE_BYTES: Type.Integer({ minimum: 1024, default: 1024 * 1024 }),
   /**
-   * Seconds a WebSocket may be silent (no frame, no pong) before it is closed: Bun pings a quiet
-   * client shortly before, and every WebSocket client answers by itself. What finds a client whose
-   * network went away without a close (its presence then leaves after the grace); Bun's own
-   * default, 120 s, kept such a ghost present for two minutes. Bun takes 8 to 960. Bun restarts the
-   * timeout at every frame it sends: a silent client on a busy channel is not found by it.
+   * Seconds a WebSocket client may go unheard (no frame, no pong) before it is closed with 4012,
+   * whatever the node sends it: the node pings a quiet client from half of it on, and every
+   * WebSocket client answers by itself (see api/src/realtime/liveness.ts). What finds a client
+   * whose network went away without a close (its presence then leaves after the grace); Bun's own
+   * default, 120 s, kept such a ghost present for two minutes. 8 to 960 (Bun's limits: it is also
+   * Bun's idle timeout, a backstop).
    */
   FANFARE_WS_IDLE_TIMEOUT_S: Type.Integer({ minimum: 8, maximum: 960, default: 30 }),
   /**

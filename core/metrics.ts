@@ -52,7 +52,7 @@ export function opOf(text: string): FrameOp {
 }
 
 /** Close codes counted under their own label; any other code counts as `other`. */
-const KNOWN_CLOSE_CODES = new Set([1000, 1001, 1005, 1006, 1008, 1009, 1011, 1013, 4001, 4003, 4008, 4029])
+const KNOWN_CLOSE_CODES = new Set([1000, 1001, 1005, 1006, 1008, 1009, 1011, 1013, 4001, 4003, 4008, 4012, 4029])
 
 /** How WebSocket state is read at scrape time. */
 export type RealtimeSources = { connections: () => number; subscriptions: () => number; channels: () => number }

@@ -58,9 +58,15 @@ export function createApp(deps: ApiDeps) {
       backpressureLimit: config.FANFARE_WS_BACKPRESSURE_BYTES * 2,
       closeOnBackpressureLimit: true,
       maxPayloadLength: config.FANFARE_MAX_BODY_BYTES,
-      // A client gone without a close (no FIN: a lost signal, a laptop lid) is found by Bun's ping
-      // and closed at this timeout; sendPings stays on (Bun's default).
-      idleTimeout: config.FANFARE_WS_IDLE_TIMEOUT_S,
+      // A client gone without a close (no FIN: a lost signal, a laptop lid) is found by the
+      // realtime layer's own sweep (createLiveness), which pings quiet sockets and closes those not
+      // heard from within FANFARE_WS_IDLE_TIMEOUT_S: Bun's timeout restarts at every frame it
+      // sends, so it never finds one on a busy channel. Bun's pings are off (the sweep pings). Its
+      // timeout stays, at twice ours, as a backstop that a pinged client never reaches (Bun's
+      // timers tick every 4 s: at ours, it cut quiet healthy clients before their first ping); it
+      // also bounds how long a closed socket waits for a peer that is gone (a few seconds).
+      idleTimeout: Math.min(960, 2 * config.FANFARE_WS_IDLE_TIMEOUT_S),
+      sendPings: false,
     },
     serve: {
       // A second server on the same port must fail, not silently share traffic.

@@ -11,24 +11,31 @@ const GRACE_MS = 1000
  * Presence accuracy when a client's network goes silent without a close (a phone losing signal, a
  * laptop lid, a dead NAT entry): no FIN, no close frame, the server hears nothing more. Bun keeps
  * such a socket until its WebSocket idle timeout (default 120 s), so the user stayed present for
- * about 125 s (measured: 125.2 s with the defaults) while everyone else saw a ghost. Fanfare now
- * sets the timeout (FANFARE_WS_IDLE_TIMEOUT_S, default 30): the server pings a quiet client shortly
- * before it, and closes a socket that does not answer. A healthy client that says nothing for
- * several timeouts stays: every WebSocket client answers pings by itself.
+ * about 125 s (measured: 125.2 s with the defaults) while everyone else saw a ghost. And Bun restarts
+ * that timeout at every frame it sends, so a ghost on a busy channel was never timed out at all.
+ * Fanfare closes a client not heard from (no frame, no pong) within FANFARE_WS_IDLE_TIMEOUT_S
+ * (default 30) itself, whatever it sends it: it pings quiet clients, and a healthy one answers by
+ * itself (every WebSocket client does), however long it says nothing.
  */
 describe('presence of a client whose network went silent', () => {
-  let node: TestNode | undefined
-  let proxy: TcpProxy | undefined
+  const nodes: TestNode[] = []
+  const proxies: TcpProxy[] = []
   const clients: WsClient[] = []
   afterAll(async () => {
     for (const c of clients) c.close()
-    proxy?.close()
-    await node?.close()
+    for (const p of proxies) p.close()
+    for (const n of nodes) await n.close()
   })
+  const startNode = async () => {
+    const node = await startTestNode({ FANFARE_WS_IDLE_TIMEOUT_S: String(IDLE_S), FANFARE_PRESENCE_GRACE_MS: String(GRACE_MS) })
+    nodes.push(node)
+    const proxy = tcpProxy({ port: freePort(), target: { host: '127.0.0.1', port: Number(new URL(node.base).port) } })
+    proxies.push(proxy)
+    return { node, proxy }
+  }
 
   test(`it leaves within the idle timeout (${IDLE_S} s here) plus the grace; a quiet healthy client stays`, async () => {
-    node = await startTestNode({ FANFARE_WS_IDLE_TIMEOUT_S: String(IDLE_S), FANFARE_PRESENCE_GRACE_MS: String(GRACE_MS) })
-    proxy = tcpProxy({ port: freePort(), target: { host: '127.0.0.1', port: Number(new URL(node.base).port) } })
+    const { node, proxy } = await startNode()
     const secret = node.env.vars.FANFARE_JWT_SECRET
     const channel = 'chat:lid'
     const open = async (url: string, sub: string) => {
@@ -43,7 +50,7 @@ describe('presence of a client whose network went silent', () => {
     const watcher = await open(node.wsUrl, 'watcher')
     watcher.send({ op: 'subscribe', channel: `presence:${channel}` })
     await until('watching presence', () => watcher.of(`presence:${channel}`).length > 0)
-    const users = async () => ((await (await fetch(`${node!.base}/v1/presence/${channel}`)).json()) as { members: { user: string }[] }).members.map((m) => m.user).sort()
+    const users = async () => ((await (await fetch(`${node.base}/v1/presence/${channel}`)).json()) as { members: { user: string }[] }).members.map((m) => m.user).sort()
     expect(await users()).toEqual(['ghost', 'quiet', 'watcher'])
 
     const silentAt = Date.now()
@@ -61,5 +68,60 @@ describe('presence of a client whose network went silent', () => {
     expect(await users()).toEqual(['quiet', 'watcher'])
     expect(ghost.closed).toBeUndefined() // its network never told it either: the SDK finds out by its own ping
     console.log(`half-open client gone from presence after ${goneAfter} ms`)
+  }, 60_000)
+
+  test(`on a channel that keeps changing it leaves within the idle timeout plus one sweep and the grace; a client that only receives stays`, async () => {
+    const { node, proxy } = await startNode()
+    const secret = node.env.vars.FANFARE_JWT_SECRET
+    const channel = 'chat:busy'
+    const presence = `presence:${channel}`
+    const open = async (url: string, sub: string, channels: string[]) => {
+      const c = await WsClient.open(`${url}?token=${await mintUserToken(secret, { sub })}`)
+      clients.push(c)
+      for (const ch of channels) {
+        c.send({ op: 'subscribe', channel: ch })
+        await until(`${sub} subscribed to ${ch}`, () => c.of(ch).length > 0)
+      }
+      return c
+    }
+    // The ghost is in the channel and watches who is in it: every change is sent to it.
+    const ghost = await open(`ws://127.0.0.1:${proxy.port}/v1/ws`, 'ghost', [channel, presence])
+    // The listener is in it too and only receives: it sends nothing after its subscribes.
+    const listener = await open(node.wsUrl, 'listener', [channel, presence])
+    const churner = await open(node.wsUrl, 'churner', [])
+    const users = async () => ((await (await fetch(`${node.base}/v1/presence/${channel}`)).json()) as { members: { user: string }[] }).members.map((m) => m.user).sort()
+    expect(await users()).toEqual(['ghost', 'listener'])
+
+    // The channel's presence changes every 300 ms (the churner joins and leaves) until the end.
+    let churning = true
+    const churn = (async () => {
+      for (let i = 0; churning; i++) {
+        churner.send({ op: i % 2 === 0 ? 'subscribe' : 'unsubscribe', channel })
+        await Bun.sleep(300)
+      }
+    })()
+    try {
+      const silentAt = Date.now()
+      proxy.stall()
+      await until('the ghost left', async () => !(await users()).includes('ghost'), 30_000, 250)
+      const goneAfter = Date.now() - silentAt
+      // Closed between the timeout and the timeout plus one sweep (timeout / 4) after it was last
+      // heard, then the grace; a margin for a loaded machine.
+      expect(goneAfter).toBeLessThan(IDLE_S * 1250 + GRACE_MS + 3000)
+      const leave = listener.frames.find((f) => f.channel === presence && f.op === 'update' && f.data.kind === 'leave' && f.data.user === 'ghost')
+      expect(leave?.data).toMatchObject({ kind: 'leave', user: 'ghost', reason: 'disconnected' })
+
+      // The listener sent nothing since its subscribes, over two timeouts: it answered pings only.
+      const updates = listener.of(presence).length
+      await Bun.sleep(Math.max(0, 2 * IDLE_S * 1000 + 2000 - (Date.now() - silentAt)))
+      expect(listener.closed).toBeUndefined()
+      expect(listener.of(presence).length).toBeGreaterThan(updates + 10)
+      expect((await users()).filter((u) => u !== 'churner')).toEqual(['listener'])
+      expect(ghost.closed).toBeUndefined() // the close frame is held with everything else
+      console.log(`half-open client on a busy channel gone from presence after ${goneAfter} ms`)
+    } finally {
+      churning = false
+      await churn
+    }
   }, 60_000)
 })

@@ -22,11 +22,12 @@ import type { Presence } from '../presence'
 import { isTracked, presenceChannelOf } from '../presence/feed'
 import type { ChannelHub, Sink } from './channel-hub'
 import { CLOSE } from './close-codes'
+import { createLiveness, type Listened } from './liveness'
 import { errorBody, parseFrame, type ServerFrame } from './protocol'
 
 /** What the WebSocket route needs: the hub for channels, the ingest path, and who is calling. */
 export type RealtimeDeps = {
-  config: Pick<Config, 'FANFARE_ANONYMOUS' | 'FANFARE_TOKEN_WARNING_MS' | 'FANFARE_AUTH_TIMEOUT_MS' | 'FANFARE_WS_ABUSE_WINDOW_MS' | 'FANFARE_DEDUP_WINDOW_MS'>
+  config: Pick<Config, 'FANFARE_ANONYMOUS' | 'FANFARE_TOKEN_WARNING_MS' | 'FANFARE_AUTH_TIMEOUT_MS' | 'FANFARE_WS_ABUSE_WINDOW_MS' | 'FANFARE_DEDUP_WINDOW_MS' | 'FANFARE_WS_IDLE_TIMEOUT_S'>
   hub: ChannelHub
   /** Who is in tracked channels, and the `presence:<channel>` subscriptions. */
   presence: Presence
@@ -72,7 +73,8 @@ export type SocketRegistry = {
  * call `ws.data.open/message/close`) and its hub `Sink`: one object per socket, its methods shared
  * (see realtimeRoutes). Idle sockets are most of a node's sockets: what one holds is its memory.
  */
-type Connection = Sink & {
+type Connection = Sink &
+  Listened & {
   principal: Principal
   /** Opened without a token while anonymous clients are refused: only `auth` is accepted. */
   awaitingAuth: boolean
@@ -183,6 +185,14 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     // After the acks queued for the end of this turn (ackLater), which were queued first.
     if (conn.closing && conn.inFlight === 0) setImmediate(() => close(conn, conn.closing!.code, conn.closing!.reason))
   }
+  // Clients not heard from within the idle timeout are closed, whatever the node sends them (Bun's
+  // own timeout restarts at every frame sent): see createLiveness.
+  const liveness = createLiveness<Connection>({
+    timeoutMs: deps.config.FANFARE_WS_IDLE_TIMEOUT_S * 1000,
+    sockets: () => connections,
+    ping: (conn) => void conn.socket.ping(),
+    close: (conn) => close(conn, CLOSE.NO_PONG, 'no pong: reconnect and resume'),
+  })
   if (deps.sockets) {
     deps.sockets.goAway = () => {
       for (const conn of connections.values()) {
@@ -330,6 +340,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     conn.slot = held.slot
     deps.sockets?.open.set(conn.id, raw)
     connections.set(conn.id, conn)
+    liveness.wake()
     if (conn.awaitingAuth) {
       conn.timer = setTimeout(() => close(conn, CLOSE.TOKEN_EXPIRED, 'authentication required: send { op: "auth", token } first'), deps.config.FANFARE_AUTH_TIMEOUT_MS)
     } else {
@@ -362,6 +373,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     timer: ReturnType<typeof setTimeout> | undefined = undefined
     hold: PublishHold | undefined = undefined
     publishes = 0
+    heard = liveness.sweeps
     #rates: ConnectionRates | undefined = undefined
     constructor(
       public principal: Principal,
@@ -389,7 +401,15 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       onOpen(this, raw)
     }
     message(_: ServerWebSocket<Connection>, message: string | Buffer) {
+      this.heard = liveness.sweeps
       onMessage(this, message).catch((err) => log.error({ err }, 'websocket frame failed'))
+    }
+    // Bun answers a client's ping itself; either way the client is alive.
+    ping() {
+      this.heard = liveness.sweeps
+    }
+    pong() {
+      this.heard = liveness.sweeps
     }
     close(_: ServerWebSocket<Connection>, code: number) {
       deps.metrics.ws.disconnected(code)
