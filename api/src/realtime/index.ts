@@ -190,8 +190,9 @@ export function realtimeRoutes(deps: RealtimeDeps) {
   const liveness = createLiveness<Connection>({
     timeoutMs: deps.config.FANFARE_WS_IDLE_TIMEOUT_S * 1000,
     sockets: () => connections,
-    ping: (conn) => void conn.socket.ping(),
-    close: (conn) => close(conn, CLOSE.NO_PONG, 'no pong: reconnect and resume'),
+    // Closed meanwhile (between the sweep's walk and its ping): gone from `connections` already.
+    ping: (conn) => void (connections.get(conn.id) === conn && conn.socket.ping()),
+    close: (conn) => void (connections.get(conn.id) === conn && close(conn, CLOSE.NO_PONG, 'no pong: reconnect and resume')),
   })
   if (deps.sockets) {
     deps.sockets.goAway = () => {

@@ -19,14 +19,14 @@ function setup(...ids: string[]) {
   return { sockets, closed, liveness }
 }
 
-describe('liveness sweep', () => {
-  test('a silent client is pinged after more than half the timeout and closed after more than the timeout (4 sweeps), never earlier', () => {
+describe('liveness sweep', async () => {
+  test('a silent client is pinged after more than half the timeout and closed after more than the timeout (4 sweeps), never earlier', async () => {
     const { sockets, closed, liveness } = setup('ghost')
     const ghost = sockets.get('ghost')!
     const pingsAt: number[] = []
     for (let sweep = 1; sweep <= 5; sweep++) {
       const before = ghost.pings
-      liveness.sweep()
+      await liveness.sweep()
       if (ghost.pings > before) pingsAt.push(sweep)
       if (sweep < 5) expect(closed).toEqual([])
     }
@@ -36,13 +36,13 @@ describe('liveness sweep', () => {
     expect(sockets.size).toBe(0)
   })
 
-  test('a client that answers its pings stays however long it sends nothing; one heard from at all is never pinged', () => {
+  test('a client that answers its pings stays however long it sends nothing; one heard from at all is never pinged', async () => {
     const { sockets, closed, liveness } = setup('quiet', 'chatty')
     const quiet = sockets.get('quiet')!
     const chatty = sockets.get('chatty')!
     for (let sweep = 0; sweep < 40; sweep++) {
       const before = quiet.pings
-      liveness.sweep()
+      await liveness.sweep()
       // The pong comes back before the next sweep.
       if (quiet.pings > before) quiet.heard = liveness.sweeps
       chatty.heard = liveness.sweeps
@@ -53,13 +53,13 @@ describe('liveness sweep', () => {
     expect(quiet.pings).toBe(13)
   })
 
-  test('a pong that comes after the next sweep still keeps the client', () => {
+  test('a pong that comes after the next sweep still keeps the client', async () => {
     const { sockets, closed, liveness } = setup('slow')
     const slow = sockets.get('slow')!
     let pingedAt: number | undefined
     for (let sweep = 0; sweep < 30; sweep++) {
       const before = slow.pings
-      liveness.sweep()
+      await liveness.sweep()
       // The answer to a ping arrives only after the sweep that follows it.
       if (pingedAt !== undefined && liveness.sweeps > pingedAt) {
         slow.heard = liveness.sweeps
