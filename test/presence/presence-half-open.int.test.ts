@@ -1,6 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { mintUserToken } from '../../api/src/auth/mint'
 import { startTestNode, type TestNode } from '../../api/src/test-support'
+import { closeCodeIn, maskedFrame, upgradeRequest } from '../../core/testing/raw-websocket'
 import { tcpProxy, type TcpProxy } from '../../core/testing/tcp-proxy'
 import { freePort, until, WsClient } from '../e2e/harness'
 
@@ -91,6 +92,27 @@ describe('presence of a client whose network went silent', () => {
     // The listener is in it too and only receives: it sends nothing after its subscribes.
     const listener = await open(node.wsUrl, 'listener', [channel, presence])
     const churner = await open(node.wsUrl, 'churner', [])
+    // A client whose network is fine but which never answers a ping (spoken by hand: every
+    // WebSocket client answers): it reads everything, so the close frame reaches it.
+    const port = Number(new URL(node.base).port)
+    const rawBytes: Buffer[] = []
+    const received = () => Buffer.concat(rawBytes)
+    let muteClosedAt: number | undefined
+    const raw = await Bun.connect({
+      hostname: '127.0.0.1',
+      port,
+      socket: {
+        data: (_, d) => {
+          rawBytes.push(Buffer.from(d))
+          if (muteClosedAt === undefined && closeCodeIn(received()) !== undefined) muteClosedAt = Date.now()
+        },
+      },
+    })
+    raw.write(upgradeRequest(`127.0.0.1:${port}`, `/v1/ws?token=${await mintUserToken(secret, { sub: 'mute' })}`))
+    await until('the mute client upgraded', () => received().includes('\r\n\r\n'))
+    raw.write(maskedFrame({ op: 'subscribe', channel: presence }))
+    await until('the mute client subscribed', () => received().includes('"op":"snapshot"'))
+    const muteFrom = Date.now()
     const users = async () => ((await (await fetch(`${node.base}/v1/presence/${channel}`)).json()) as { members: { user: string }[] }).members.map((m) => m.user).sort()
     expect(await users()).toEqual(['ghost', 'listener'])
 
@@ -120,7 +142,12 @@ describe('presence of a client whose network went silent', () => {
       expect(listener.of(presence).length).toBeGreaterThan(updates + 10)
       expect((await users()).filter((u) => u !== 'churner')).toEqual(['listener'])
       expect(ghost.closed).toBeUndefined() // the close frame is held with everything else
-      console.log(`half-open client on a busy channel gone from presence after ${goneAfter} ms`)
+      // The mute client was told to reconnect (4012), not before the timeout.
+      expect(closeCodeIn(received())).toBe(4012)
+      expect(muteClosedAt! - muteFrom).toBeGreaterThan(IDLE_S * 1000)
+      expect(muteClosedAt! - muteFrom).toBeLessThan(IDLE_S * 1250 + 3000)
+      raw.end()
+      console.log(`half-open client on a busy channel gone from presence after ${goneAfter} ms; the mute one closed (4012) after ${muteClosedAt! - muteFrom} ms`)
     } finally {
       churning = false
       await churn

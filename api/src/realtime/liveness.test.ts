@@ -69,4 +69,30 @@ describe('liveness sweep', async () => {
     expect(slow.pings).toBeGreaterThan(5)
     expect(closed).toEqual([])
   })
+
+  test('pings go out 500 per event-loop turn, and one heard from before its turn comes is not pinged', async () => {
+    const sockets = new Map<string, Fake>()
+    let pings = 0
+    const liveness = createLiveness<Fake>({
+      timeoutMs: 8000,
+      sockets: () => sockets,
+      ping: (s) => {
+        s.pings++
+        pings++
+        // A frame from s1100 arrives while the first ones are pinged.
+        if (s.id === 's0') sockets.get('s1100')!.heard = liveness.sweeps
+      },
+      close: () => {},
+    })
+    for (let i = 0; i < 1200; i++) sockets.set(`s${i}`, { id: `s${i}`, heard: liveness.sweeps, pings: 0 })
+    await liveness.sweep()
+    await liveness.sweep()
+    let firstTurn: number | undefined
+    setImmediate(() => (firstTurn = pings))
+    const r = await liveness.sweep()
+    expect(firstTurn).toBe(500)
+    expect(pings).toBe(1199)
+    expect(sockets.get('s1100')!.pings).toBe(0)
+    expect(r.pinged).toBe(1200)
+  })
 })
