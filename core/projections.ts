@@ -2,7 +2,8 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Config } from './config'
 import type { Db } from './db/client'
-import { projectionCheckpoints } from './db/schema'
+import { count, eq } from 'drizzle-orm'
+import { deadLetters, projectionCheckpoints } from './db/schema'
 import { topology } from './nats'
 
 /** Names of the read models the workers maintain; also the checkpoint's `projection` column. */
@@ -71,8 +72,31 @@ export type PartitionStatus = {
   expired: { fromSeq: number; toSeq: number; at: string } | null
 }
 
+/**
+ * Where the catch of unclaimed messages is (see UNCLAIMED). Not a read model: nothing to rebuild,
+ * no consumer, so no lag; it is listed beside the projections, not among them.
+ */
+export type UnclaimedStatus = {
+  name: typeof UNCLAIMED
+  /** It runs in the worker holding this partition's lease (see GET /admin/workers). */
+  partition: 0
+  /** Stream sequence of the last message it wrote as a dead letter (0: none yet); every stray at or below it is written. */
+  seq: number
+  /** Fencing token of the latest owner that claimed it (0: never started). */
+  fence: number
+  /**
+   * When its checkpoint last moved (a dead letter written) or, before its first, when it first
+   * started; null: never started. A look that finds nothing writes nothing, so when it last looked
+   * is not known here.
+   */
+  updatedAt: string | null
+  /** Its dead letters still held (neither replayed nor discarded). */
+  deadLetters: number
+}
+
 export type ProjectionsStatus = {
   stream: { name: string; lastSeq: number; messages: number }
+  unclaimed: UnclaimedStatus
   projections: {
     projection: ProjectionName
     /** Highest applied stream sequence over the partitions. */
@@ -103,8 +127,18 @@ export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsC
   }
   const rows = await deps.db.select().from(projectionCheckpoints)
   const checkpoints = new Map(rows.map((r) => [`${r.projection}/${r.partition}`, r]))
+  const [held] = await deps.db.select({ n: count() }).from(deadLetters).where(eq(deadLetters.projection, UNCLAIMED))
+  const catchCp = checkpoints.get(`${UNCLAIMED}/0`)
   return {
     stream: { name: t.eventStream, lastSeq: info.state.last_seq, messages: info.state.messages },
+    unclaimed: {
+      name: UNCLAIMED,
+      partition: 0,
+      seq: Number(catchCp?.seq ?? 0),
+      fence: Number(catchCp?.fence ?? 0),
+      updatedAt: catchCp?.updatedAt.toISOString() ?? null,
+      deadLetters: Number(held?.n ?? 0),
+    },
     projections: projectionNames.map((projection) => {
       const partitions: PartitionStatus[] = []
       for (let n = 0; n < t.partitions; n++) {

@@ -47,8 +47,20 @@ export const PartitionStatus = t.Object({
     { description: 'the last range of stream sequences in which retention deleted events of this partition before they were applied (at least one: lost to the read model); null: never' },
   ),
 })
+export const UnclaimedStatus = t.Object(
+  {
+    name: t.Literal('unclaimed'),
+    partition: t.Literal(0, { description: "it runs in the worker holding partition 0's lease (GET /admin/workers)" }),
+    seq: t.Integer({ description: 'stream sequence of the last message it wrote as a dead letter (0: none yet); every stray at or below it is written' }),
+    fence: t.Integer({ description: 'fencing token of the latest owner that claimed it (0: never started)' }),
+    updatedAt: t.Union([t.String(), t.Null()], { description: 'when its checkpoint last moved or, before any dead letter, when it first started; null: never started. A look that finds nothing writes nothing: when it last looked is not recorded' }),
+    deadLetters: t.Integer({ description: 'its dead letters still held (neither replayed nor discarded)' }),
+  },
+  { description: 'the catch of messages on event subjects no projection consumes (dead letters of projection unclaimed): not a read model, nothing to rebuild, no lag' },
+)
 export const ProjectionsReport = t.Object({
   stream: t.Object({ name: t.String(), lastSeq: t.Integer(), messages: t.Integer() }),
+  unclaimed: UnclaimedStatus,
   projections: t.Array(
     t.Object({
       projection: t.String(),

@@ -7,7 +7,7 @@ import { and, eq, ne } from 'drizzle-orm'
 import type { Db, Tx } from '../../../../core/db/client'
 import { projectionCheckpoints } from '../../../../core/db/schema'
 import { topology } from '../../../../core/nats'
-import { projectionNames } from '../../../../core/projections'
+import { projectionNames, UNCLAIMED } from '../../../../core/projections'
 import { isActive, isRebuildable, openJobBucket, readRebuildJob, rebuildKey, type RebuildJob } from '../../../../core/rebuild-jobs'
 import { AppError, Conflict, databaseUnavailable, NotFound, Unavailable } from '../../errors'
 import { errorMessageOf } from '../../../../core/db/errors'
@@ -42,6 +42,13 @@ export function createRebuilds({ config, nc, db }: { config: Config; nc: NatsCon
   let kv: KV | undefined
   const { eventStream } = topology(config)
   const checkName = (projection: string) => {
+    if (projection === UNCLAIMED) {
+      throw new NotFound(
+        'unknown_projection',
+        `${UNCLAIMED} is the catch of messages on subjects no projection consumes (see unclaimed in GET /admin/projections), not a read model: there is nothing to rebuild; its dead letters are at GET /admin/dead-letters`,
+        { projections: projectionNames },
+      )
+    }
     if (!isRebuildable(projection)) {
       throw new NotFound('unknown_projection', `no projection ${JSON.stringify(projection)}`, { projections: projectionNames })
     }

@@ -304,6 +304,18 @@ async function loadProjections() {
       const warning = lost.length > 0 ? el('span', { class: 'state-failed' }, ` · events lost to retention in partition ${lost.join(', ')}`) : ''
       return el('div', { class: 'card', 'data-projection': p.projection }, el('h2', {}, `${p.projection} `, el('small', {}, `lag ${p.lag ?? '?'} · applied to ${p.appliedSeq} · `, status, warning, ' ')), rebuild, table)
     }),
+    unclaimedCard(report.unclaimed),
+  )
+}
+
+/** The catch of unclaimed subjects: not a read model, so no rebuild and no lag (README, Unclaimed subjects). */
+function unclaimedCard(u: Json) {
+  const state = u.fence === 0 ? 'never started' : `checkpoint seq ${u.seq} (its last dead letter) · moved ${ago(u.updatedAt)}`
+  return el(
+    'div',
+    { class: 'card', 'data-testid': 'unclaimed' },
+    el('h2', {}, 'unclaimed ', el('small', {}, 'catch of messages on subjects no projection consumes · not a read model, nothing to rebuild')),
+    el('p', {}, `partition 0's worker · ${state} · `, el('span', { 'data-testid': 'unclaimed-dead-letters' }, `${u.deadLetters} dead letter${u.deadLetters === 1 ? '' : 's'} held`)),
   )
 }
 
