@@ -184,6 +184,9 @@ describe('the admin console in Chromium', () => {
     await byTest('rebuild-leaderboards').filter({ hasText: 'never rebuilt' }).waitFor()
     await byTest('expired-leaderboards-0').filter({ hasText: 'seq 41–97 deleted unapplied' }).waitFor({ timeout: 15_000 })
     expect(await page.locator('[data-testid^="expired-"]').count()).toBe(1)
+    // The catch of unclaimed subjects: shown with its checkpoint once partition 0's worker started it, never offered a rebuild.
+    await byTest('unclaimed').filter({ hasText: 'checkpoint seq' }).waitFor({ timeout: 15_000 })
+    expect(await byTest('unclaimed').locator('button').count()).toBe(0)
     await shoot('projections')
     await tab('audit')
     for (const action of ['dead_letter.replayed', 'dead_letter.replay_failed', 'dead_letter.discarded', 'key.created', 'key.revoked']) {
