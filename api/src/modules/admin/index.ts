@@ -164,7 +164,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
     .get('/projections', () => (hubOnly(), readProjections({ config, db, nc })), {
       auth: 'admin:read',
       response: { 200: ProjectionsReport, 409: ErrorResponse, 503: ErrorResponse, ...denied },
-      detail: { summary: 'Projection progress and lag' },
+      detail: { summary: 'Projection progress and lag, and the catch of unclaimed subjects (not a read model)' },
     })
     .post(
       '/projections/:name/rebuild',
@@ -190,7 +190,7 @@ export function adminModule({ config, db, nc, ingest, auth, rooms, audit }: Admi
       detail: {
         summary: 'Rebuild a read model from the start of the event stream',
         description:
-          'A stream worker replays the stream into a shadow copy while live traffic continues, then swaps it in; rebuilt channels get a new epoch (subscribers re-sync). 404 unknown projection; 409 rebuild_in_progress; 409 history_incomplete when retention removed the first events, or NATS lost an earlier stream whose events the model holds (unless force=true).',
+          'A stream worker replays the stream into a shadow copy while live traffic continues, then swaps it in; rebuilt channels get a new epoch (subscribers re-sync). 404 unknown projection (unclaimed too: the catch of unclaimed subjects is no read model); 409 rebuild_in_progress; 409 history_incomplete when retention removed the first events, or NATS lost an earlier stream whose events the model holds (unless force=true).',
       },
     },
     )

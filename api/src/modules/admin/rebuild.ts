@@ -15,7 +15,7 @@ import { errorMessageOf } from '../../../../core/db/errors'
 /** Requests and reads projection rebuilds (run by the stream workers, see stream-workers/src/rebuild). */
 export type Rebuilds = {
   /**
-   * Writes a `requested` job for the projection. 404 unknown projection; 409 `rebuild_in_progress`
+   * Writes a `requested` job for the projection. 404 unknown projection (`unclaimed` too, with why: it is no read model); 409 `rebuild_in_progress`
    * while one is requested or running; 409 `history_incomplete` unless `force` when the event
    * stream no longer starts at sequence 1 (retention removed events), or when the read model holds
    * events of an earlier incarnation of the stream (NATS lost its data; see `lost_stream`).
