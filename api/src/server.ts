@@ -69,7 +69,7 @@ export async function startApi(
     stats: () => ({ id: realtime.presence.node, startedAt, ...realtime.stats(BUSIEST) }),
   })
   const sampler = startViewerSampler({ presence: realtime.presence, ingest, liveStreams: () => liveStreamsToSample(deps.db), logger: deps.logger })
-  const seats = startSeatWatcher({ presence: realtime.presence, notices: (l) => realtime.onNotices('match', l), ingest, db: deps.db, graceMs: deps.config.FANFARE_MATCH_GRACE_MS, presenceTtlMs: deps.config.FANFARE_PRESENCE_TTL_MS, logger: deps.logger })
+  const seats = startSeatWatcher({ presence: realtime.presence, notices: (l) => realtime.onNotices('match', l), ingest, db: deps.db, graceMs: deps.config.FANFARE_MATCH_GRACE_MS, presenceTtlMs: deps.config.FANFARE_PRESENCE_TTL_MS, revocations: security.revocations, logger: deps.logger })
   // The witness of unapplied events and their age (see startRetentionWatch), taken here too so
   // that it goes on while every worker is down. The hub's event stream only: not at an edge.
   const retention =

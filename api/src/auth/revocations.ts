@@ -14,6 +14,9 @@ import type { Principal } from './principal'
  */
 export type Revocation = { kind: 'user'; user: string; before: number } | { kind: 'token'; jti: string; exp: number; user?: string } | { kind: 'key'; id: string }
 
+/** The user a revocation names: a user's, or a token's revoked for one user (a jti alone names nobody). */
+export const revokedUser = (r: Revocation): string | undefined => (r.kind === 'user' ? r.user : r.kind === 'token' ? r.user : undefined)
+
 export type Revocations = {
   /** Whether a principal's credential was revoked (keys: the key; users: the user or the token's jti). */
   isRevoked(p: Principal): boolean
@@ -23,8 +26,12 @@ export type Revocations = {
   revokeToken(jti: string, expiresAt: Date, by: string, user?: string): Promise<Revocation>
   /** Tells every node that a key was revoked (the caller marked it in Postgres). */
   announceKey(id: string): Promise<void>
-  /** Called after any change of what is revoked (a broadcast, a reload): re-check open connections. */
-  onChange(listener: () => void): void
+  /**
+   * Called after any change of what is revoked (a broadcast, a reload): re-check open connections.
+   * With the revocation when one was announced or broadcast (a node's own comes twice: as it
+   * announces it and as its broadcast comes back); without after a reload.
+   */
+  onChange(listener: (revocation?: Revocation) => void): void
   stop(): Promise<void>
 }
 
@@ -59,8 +66,8 @@ export async function startRevocations(deps: {
   let tokens = new Map<string, number>()
   const tokenKey = (jti: string, user?: string) => (user ? `${user}\u0000${jti}` : jti)
   let keys = new Set<string>()
-  const listeners: (() => void)[] = []
-  const changed = () => listeners.forEach((l) => l())
+  const listeners: ((revocation?: Revocation) => void)[] = []
+  const changed = (r?: Revocation) => listeners.forEach((l) => l(r))
 
   // Revocations applied while a reload reads Postgres, one list per reload under way: its reads
   // may have been taken before they were written, so it applies them again over what it read
@@ -106,8 +113,9 @@ export async function startRevocations(deps: {
     name: 'revocations',
     onMessage: (msg) => {
       try {
-        apply(msg.json<Revocation>())
-        changed()
+        const r = msg.json<Revocation>()
+        apply(r)
+        changed(r)
       } catch (e) {
         log.warn({ err: e }, 'unreadable revocation broadcast')
       }
@@ -136,7 +144,7 @@ export async function startRevocations(deps: {
 
   const announce = async (r: Revocation) => {
     apply(r)
-    changed()
+    changed(r)
     deps.nc.publish(subject, JSON.stringify(r))
     await deps.nc.flush().catch(() => {})
   }

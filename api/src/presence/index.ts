@@ -15,6 +15,8 @@ export type Presence = {
   track(channel: string, conn: string, principal: Principal): void
   /** It left the channel: unsubscribed (`left`), closed (`disconnected`, after the grace), or closed for a revoked credential (`revoked`, at once). */
   untrack(channel: string, conn: string, principal: Principal, reason: LocalLeave): void
+  /** `user`'s credential was revoked: where they linger on this node (a closed socket within the grace), they leave now as `revoked`. */
+  revoked(user: string): void
   /** A socket watches `presence:<channel>`: snapshot now, updates after. */
   subscribe(sink: Sink, channel: string, resync?: boolean): void
   unsubscribe(sink: Sink, channel: string): boolean
@@ -83,6 +85,7 @@ export function startPresence(deps: {
     node,
     track: (channel, conn, p) => local.track(channel, conn, whoOf(p)),
     untrack: (channel, conn, p, reason) => local.untrack(channel, conn, whoOf(p), reason),
+    revoked: (user) => local.endGraces(user),
     subscribe(sink, channel, resync) {
       feed!.subscribe(sink, channel, resync)
       let w = watchers.get(channel)

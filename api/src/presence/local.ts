@@ -39,6 +39,23 @@ export function createLocalPresence(deps: {
     if (c.users.size === 0 && c.anonymous.size === 0) channels.delete(channel)
   }
 
+  /**
+   * Another node says `user` left `channel` for good (`left`, `revoked`): if they linger here
+   * (their last connection here closed, within the grace), they leave now, for the same reason.
+   * A user who reconnected onto another node and unsubscribed there is gone, not waiting for
+   * this node's grace to end as `disconnected`.
+   */
+  const endGrace = (channel: string, user: string, reason: LocalLeave) => {
+    const c = channels.get(channel)
+    const u = c?.users.get(user)
+    if (!c || !u || u.conns.size > 0 || u.linger === undefined) return
+    timers.clear(u.linger)
+    u.linger = undefined
+    c.users.delete(user)
+    deps.onDelta({ channel, connections: connectionsOf(c), remove: [[user, reason]] })
+    tidy(channel, c)
+  }
+
   return {
     /** A connection subscribed to a presence-tracked channel. */
     track(channel: string, conn: string, who: Who) {
@@ -94,21 +111,11 @@ export function createLocalPresence(deps: {
       }, deps.graceMs)
     },
 
-    /**
-     * Another node says `user` left `channel` for good (`left`, `revoked`): if they linger here
-     * (their last connection here closed, within the grace), they leave now, for the same reason.
-     * A user who reconnected onto another node and unsubscribed there is gone, not waiting for
-     * this node's grace to end as `disconnected`.
-     */
-    endGrace(channel: string, user: string, reason: LocalLeave) {
-      const c = channels.get(channel)
-      const u = c?.users.get(user)
-      if (!c || !u || u.conns.size > 0 || u.linger === undefined) return
-      timers.clear(u.linger)
-      u.linger = undefined
-      c.users.delete(user)
-      deps.onDelta({ channel, connections: connectionsOf(c), remove: [[user, reason]] })
-      tidy(channel, c)
+    endGrace,
+
+    /** `user`'s credential was revoked: wherever they linger here (closed, within the grace), they leave now as `revoked`. */
+    endGraces(user: string) {
+      for (const channel of [...channels.keys()]) endGrace(channel, user, 'revoked')
     },
 
     /** Everything this node reports now (a lingering user is still reported). */

@@ -13,7 +13,7 @@ import { ErrorResponse } from '../error-model'
 import { bearerOf } from '../auth/plugin'
 import { maySubscribe } from '../auth/permissions'
 import { ANONYMOUS, principalId, type Principal } from '../auth/principal'
-import type { Revocations } from '../auth/revocations'
+import { revokedUser, type Revocations } from '../auth/revocations'
 import type { RoomAccess } from '../auth/rooms'
 import { AppError, Forbidden, Invalid, RateLimited, retryAfterSeconds, Revoked, TokenExpired, Unauthorized, Unavailable } from '../errors'
 import { checkCredential, closeReasonOf, refuseUpgrade, type ConnectionRates, type ConnectionRefusal, type Limits, type RateRefusal, type Slot } from '../limits'
@@ -316,7 +316,13 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     if (!access.ok) throw new Forbidden(access.reason, { channel })
   }
 
-  deps.revocations.onChange(recheckAll)
+  // A revoked user lingering on this node (their socket closed within the presence grace) has no
+  // reconnect to wait for either: they leave now as `revoked` (so a match seat goes at once).
+  deps.revocations.onChange((r) => {
+    recheckAll()
+    const user = r && revokedUser(r)
+    if (user !== undefined) deps.presence.revoked(user)
+  })
   deps.rooms.onChange((room) => void recheckRoom(room).catch((err) => log.warn({ err, room }, 're-checking a room after a visibility change failed')))
 
   /** Takes a credential from an `auth` frame: a first identity, or a fresh token of the same one. */

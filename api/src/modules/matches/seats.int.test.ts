@@ -199,6 +199,92 @@ describe('seat watcher on a real node', () => {
     ])
   }, 60_000)
 
+  test('a player revoked while already disconnected (their seat held for the reconnect grace) loses the seat at once, reason revoked (a user revocation, or their token by jti and user)', async () => {
+    // Their sockets were already closed, so presence had nothing to report as revoked: the seat waited out the 10-minute grace.
+    const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '600000' }))
+    const worker = await startTestWorker(n.env)
+    closers.push(() => worker.stop())
+    const token = (sub: string, jti?: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub, jti })
+    const call = async (path: string, body: unknown, as: string) =>
+      fetch(`${n.base}${path}`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
+    const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) => expect((await call('/v1/events', { events }, as)).status).toBe(202)
+    const match = async () => (await fetch(`${n.base}/v1/matches/gr`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
+    const seated = async () => (await match()).players.map((p: any) => `${p.player}:${p.connected}`)
+    const open = async (bearer: string) => {
+      const c = await WsClient.open(`${n.wsUrl}?token=${bearer}`)
+      closers.push(async () => c.close())
+      c.send({ op: 'subscribe', channel: 'match:gr' })
+      await until('subscribed', () => c.frames.some((f) => f.channel === 'match:gr' && f.op === 'snapshot'))
+      return c
+    }
+    // The seat watcher acts after its 3 s warm-up.
+    await Bun.sleep(3_500)
+    await post([{ type: 'match.created', data: { match: 'gr', mode: 'duel', maxPlayers: 4 } }])
+    await until('gr created', async () => (await match()).status === 'open', 20_000)
+    const catToken = await token('cat', 'cat-phone')
+    for (const bearer of [await token('ann'), await token('bob'), catToken]) await post([{ type: 'match.join', data: { match: 'gr' } }], bearer)
+    const ann = await open(await token('ann'))
+    const bob = await open(await token('bob'))
+    const cat = await open(catToken)
+    await until('all three connected', async () => (await seated()).join() === 'ann:true,bob:true,cat:true', 20_000)
+    ann.close()
+    cat.close()
+    await until('ann and cat disconnected, their seats held', async () => (await seated()).join() === 'ann:false,bob:true,cat:false', 20_000)
+
+    expect((await call('/admin/users/revoke', { user: 'ann' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    expect((await call('/admin/tokens/revoke', { jti: 'cat-phone', exp: Math.floor(Date.now() / 1000) + 3600, user: 'cat' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    // Well within the 10-minute grace: the other players see them leave as revoked.
+    await until('ann and cat gone', async () => (await seated()).join() === 'bob:true', 10_000)
+    const lefts = () => bob.frames.filter((f) => f.channel === 'match:gr' && f.op === 'update' && f.data.kind === 'left').map((f) => `${f.data.player}:${f.data.reason}`)
+    // The read model may be read before bob's frames of it arrive.
+    await until('bob told of both', () => lefts().length >= 2)
+    expect(lefts().sort()).toEqual(['ann:revoked', 'cat:revoked'])
+  }, 60_000)
+
+  test('a player revoked within the presence grace (socket closed, still counted present while a reload may come back) loses the seat at once, reason revoked; the node holding the grace ends it', async () => {
+    // The presence grace then ended as `disconnected`, and the seat waited out the 10-minute reconnect grace after it.
+    const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '600000', FANFARE_MATCH_GRACE_MS: '600000' }))
+    const worker = await startTestWorker(n.env)
+    closers.push(() => worker.stop())
+    const token = (sub: string, jti?: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub, jti })
+    const call = async (path: string, body: unknown, as: string) =>
+      fetch(`${n.base}${path}`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
+    const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) => expect((await call('/v1/events', { events }, as)).status).toBe(202)
+    const match = async () => (await fetch(`${n.base}/v1/matches/gp`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
+    const seated = async () => (await match()).players.map((p: any) => `${p.player}:${p.connected}`)
+    const open = async (bearer: string) => {
+      const c = await WsClient.open(`${n.wsUrl}?token=${bearer}`)
+      closers.push(async () => c.close())
+      c.send({ op: 'subscribe', channel: 'match:gp' })
+      await until('subscribed', () => c.frames.some((f) => f.channel === 'match:gp' && f.op === 'snapshot'))
+      return c
+    }
+    // The seat watcher acts after its 3 s warm-up.
+    await Bun.sleep(3_500)
+    await post([{ type: 'match.created', data: { match: 'gp', mode: 'duel', maxPlayers: 4 } }])
+    await until('gp created', async () => (await match()).status === 'open', 20_000)
+    const catToken = await token('cat', 'cat-phone')
+    for (const bearer of [await token('ann'), await token('bob'), catToken]) await post([{ type: 'match.join', data: { match: 'gp' } }], bearer)
+    const ann = await open(await token('ann'))
+    const bob = await open(await token('bob'))
+    const cat = await open(catToken)
+    await until('all three connected', async () => (await seated()).join() === 'ann:true,bob:true,cat:true', 20_000)
+    ann.close()
+    cat.close()
+    await until('ann and cat closed', () => ann.closed && cat.closed)
+    // Still present for a reload to come back within: the seats stay connected.
+    expect((await seated()).join()).toBe('ann:true,bob:true,cat:true')
+
+    expect((await call('/admin/users/revoke', { user: 'ann' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    expect((await call('/admin/tokens/revoke', { jti: 'cat-phone', exp: Math.floor(Date.now() / 1000) + 3600, user: 'cat' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    // Well within the 10-minute grace: the other players see them leave as revoked.
+    await until('ann and cat gone', async () => (await seated()).join() === 'bob:true', 10_000)
+    const lefts = () => bob.frames.filter((f) => f.channel === 'match:gp' && f.op === 'update' && f.data.kind === 'left').map((f) => `${f.data.player}:${f.data.reason}`)
+    // The read model may be read before bob's frames of it arrive.
+    await until('bob told of both', () => lefts().length >= 2)
+    expect(lefts().sort()).toEqual(['ann:revoked', 'cat:revoked'])
+  }, 60_000)
+
   test('a player who joins and never connects to match:<id> loses the seat after the join grace; one who connects after joining, or was connected before, keeps it', async () => {
     const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_JOIN_GRACE_MS: '1500' }))
     const worker = await startTestWorker(n.env)

@@ -1,4 +1,4 @@
-import { and, asc, eq, gt, gte, inArray, isNotNull, lte, or } from 'drizzle-orm'
+import { and, asc, eq, gt, gte, inArray, isNotNull, lte, or, sql } from 'drizzle-orm'
 import { every } from '../../../../core/backoff'
 import { channelOf, parseChannel, type ChangeNotice, type MatchChange } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
@@ -7,6 +7,7 @@ import type { EventInput } from '../../../../core/events'
 import type { Logger } from '../../../../core/logger'
 import type { Seat } from '../../../../core/matches'
 import { rootKey } from '../../auth/principal'
+import { revokedUser, type Revocations } from '../../auth/revocations'
 import type { Presence } from '../../presence'
 import type { PresenceChange } from '../../presence/view'
 import type { NoticeListener } from '../../realtime/start'
@@ -63,6 +64,12 @@ const RECENT_MS = 10_000
  *   reconnect during a warm-up or a handover, a join notice lost in a feed resync): the sweep also
  *   reads the seats of up to 500 matches a round whose channel has someone present (presence's
  *   channels, in turn), so present players keep their seats however many graces run.
+ * - A revocation naming a user (`POST /admin/users/revoke`, or a token revoked by jti with its
+ *   `user`), broadcast to every node: the same node reads the matches whose grace runs and
+ *   publishes `match.leave { player, reason: "revoked" }` for each seat of that user that waits
+ *   for a reconnect (disconnected, or joined and never connected). Their sockets were closed
+ *   before, so presence has no `revoked` leave to report, and the seat would otherwise be held for
+ *   a reconnect the credential can no longer make, until the grace ends.
  *
  * The one node is the lowest id among this node and the peers its presence hears from (as for the
  * viewer sampler), after `warmupMs` (a new node's view is still filling). Events are published as
@@ -81,6 +88,8 @@ export function startSeatWatcher(deps: {
    * it for this long), so how long back this node keeps the leaves it saw while not designated.
    */
   presenceTtlMs?: number
+  /** The node's revocations (each announced or broadcast one is told): seats in grace of a revoked user end at once. */
+  revocations?: Pick<Revocations, 'onChange'>
   sweepMs?: number
   warmupMs?: number
 }): SeatWatcher {
@@ -321,6 +330,30 @@ export function startSeatWatcher(deps: {
     }
     for (let i = 0; i < events.length; i += 100) await deps.ingest.publish(events.slice(i, i + 100), system)
   }
+
+  /** Users whose seats in grace are being read: a node hears its own revocation twice (announced, and broadcast back). */
+  const revoking = new Set<string>()
+  const revoked = async (user: string) => {
+    revoking.add(user)
+    try {
+      // Matches with a grace running (the partial index), of which `user` holds a seat.
+      const rows = await deps.db
+        .select({ match: matches.match, players: matches.players })
+        .from(matches)
+        .where(and(isNotNull(matches.graceUntil), sql`${matches.players} @> ${JSON.stringify([{ player: user }])}::jsonb`))
+      const events: EventInput[] = rows.flatMap((r) =>
+        r.players.some((p) => p.player === user && !p.connected && p.graceUntil !== null) ? [{ id: id(), type: 'match.leave', data: { match: r.match, player: user, reason: 'revoked' } }] : [],
+      )
+      if (events.length > 0) await deps.ingest.publish(events, system)
+    } finally {
+      revoking.delete(user)
+    }
+  }
+  deps.revocations?.onChange((r) => {
+    const user = r && revokedUser(r)
+    if (stopped || user === undefined || revoking.has(user) || !designated()) return
+    pending = Promise.all([pending, revoked(user).catch((err) => log.warn({ err, user }, 'seats in grace of a revoked user not ended; they end with their grace'))])
+  })
 
   const sweepMs = deps.sweepMs ?? 1000
   const rounds = every(
