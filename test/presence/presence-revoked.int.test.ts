@@ -65,4 +65,25 @@ describe('presence of a revoked user', () => {
     for (const w of watchers) expect(changes(w, `presence:${channel}`)).toEqual(['join:erin', 'join:fay', 'leave:erin:revoked'])
     expect(fays[1].closed).toBeUndefined()
   }, 40_000)
+
+  test('a user whose socket already closed (lingering within the grace on node B) leaves at once as `revoked` when revoked through node A (a user revocation, or their token by jti and user)', async () => {
+    const channel = 'chat:lingering'
+    const watcher = await client(A, await mint('wendy'), `presence:${channel}`)
+    const tab = await mint('hal', 'hal-tab')
+    const gone = [await client(B, await mint('gil'), channel), await client(B, tab, channel)]
+    await until('gil and hal present', () => changes(watcher, `presence:${channel}`).length === 2, 5_000)
+    for (const c of gone) c.close()
+    await until('their sockets closed', () => gone.every((c) => c.closed))
+    // Within the grace they are still present (a reload may come back).
+    expect((await rest(A, channel)).members.map((m: any) => m.user).sort()).toEqual(['gil', 'hal'])
+
+    const since = Date.now()
+    expect(await admin('/admin/users/gil/revoke')).toBe(200)
+    const exp = JSON.parse(Buffer.from(tab.split('.')[1], 'base64url').toString()).exp
+    expect(await admin('/admin/tokens/revoke', { jti: 'hal-tab', exp, user: 'hal' })).toBe(200)
+    await until('both left', () => changes(watcher, `presence:${channel}`).length === 4, GRACE_MS + 3_000, 10)
+    // At once: well within the grace, and told as revoked, not disconnected.
+    expect(Date.now() - since).toBeLessThan(1_500)
+    expect(changes(watcher, `presence:${channel}`).sort()).toEqual(['join:gil', 'join:hal', 'leave:gil:revoked', 'leave:hal:revoked'])
+  }, 40_000)
 })
