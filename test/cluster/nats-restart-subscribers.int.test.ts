@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { BoardView, configureBoard, diff, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, type PrivateNatsDeployment } from './support'
+import { until, WsClient, type Proc } from '../e2e/harness'
+import { BoardView, configureBoard, diff, postEvents, privateNatsDeployment, readModel, scoreEvent, startNodes, stopCleanly, type PrivateNatsDeployment } from './support'
 
 const CLIENTS = 5
 const PLAYERS = 20
@@ -20,11 +20,8 @@ describe('NATS restart with subscribers', () => {
 
   test('every subscriber follows the board again after NATS restarts', async () => {
     d = await privateNatsDeployment('nats-restart-subs', { FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', LOG_LEVEL: 'info' })
-    const { nats, env, vars, api, port } = d
-    const apiProc = spawnProc('api', 'api/src/main.ts', vars)
-    const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
-    procs.push(apiProc, workerProc)
-    await waitReady(api.baseUrl, procs)
+    const { nats, env, api, port } = d
+    const { apiProc } = await startNodes(d, procs)
     const run = Math.random().toString(36).slice(2, 8)
     const board = `nr_${run}`
     const channel = `leaderboard:${board}`
