@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
-import { spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { BoardView, configureBoard, configuredVersion, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from '../cluster/support'
+import { until, WsClient, type Proc } from '../e2e/harness'
+import { BoardView, configureBoard, configuredVersion, postEvents, privateNatsDeployment, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from '../cluster/support'
 
 const PLAYERS = 20
 
@@ -25,11 +25,8 @@ describe('JetStream storage exhausted', () => {
 
   test('503 storage_full while full; every acknowledged event applied once after space frees', async () => {
     d = await privateNatsDeployment('js-full', { FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' }, { jetstream: 'max_file_store: 4MB' })
-    const { nats, env, vars, api, port } = d
-    const apiProc = spawnProc('api', 'api/src/main.ts', vars)
-    const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', vars)
-    procs.push(apiProc, workerProc)
-    await waitReady(api.baseUrl, procs)
+    const { nats, env, api, port } = d
+    const { workerProc } = await startNodes(d, procs)
     const board = `full_${Math.random().toString(36).slice(2, 8)}`
     const channel = `leaderboard:${board}`
     await configureBoard(api, board, 'sum')
