@@ -1,14 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import { connect as tcpConnect } from 'node:net'
-import type { JetStreamManager } from '@nats-io/jetstream'
 import fc from 'fast-check'
 import pino from 'pino'
-import { connectPostgres, type Database } from '../../core/db/client'
-import { connectNats, ensureStreams, topology } from '../../core/nats'
-import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { closeCodeIn, maskedFrame, upgradeRequest } from '../../core/testing/raw-websocket'
 import { mintUserToken } from './auth/mint'
-import { startApi, type RunningApi } from './server'
+import { startTestNode, type TestNode } from './test-support'
 
 /**
  * Fuzzing the API's inputs on a real node (the real Postgres and NATS, no mocks): random and
@@ -370,31 +366,27 @@ function expectErrorBody(e: any, where: string) {
 }
 
 describe('fuzzing the API on a real node', () => {
-  let env: TestEnv
-  let database: Database
-  let nc: Awaited<ReturnType<typeof connectNats>>
-  let api: RunningApi
+  let node: TestNode
+  let env: TestNode['env']
+  let api: TestNode['api']
   let base: string
   const logged: string[] = []
   let stored = 0
   const tokens = {} as Record<Who, string | undefined>
   const headerOf: Partial<Record<Who, string>> = {}
 
-  let jsm: JetStreamManager
-  const streamCount = async () => (await jsm.streams.info(topology(env.config).eventStream)).state.messages
+  const streamCount = () => node.streamCount()
   const adminGet = async (path: string) => (await fetch(base + path, { headers: { authorization: `Bearer ${env.vars.FANFARE_ADMIN_TOKEN}` } })).json() as any
 
   beforeAll(async () => {
     // Garbage credentials are most cases from one address: the budget of failures would answer them
     // all 429 (limits/auth-failures.int.test.ts tests it); here every answer is to be looked at.
-    env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', FANFARE_MAX_BODY_BYTES: String(MAX_BODY), FANFARE_AUTH_FAILURES_PER_MINUTE: '1000000' })
-    database = await connectPostgres(env.vars.DATABASE_URL)
-    nc = await connectNats(env.vars.NATS_URL, 'fuzz-test')
-    jsm = await ensureStreams(nc, env.config)
     // Warnings and errors of the node, kept: an unexpected exception is logged as an error.
     const logger = pino({ level: 'warn' }, { write: (line: string) => void logged.push(line) })
-    api = await startApi({ config: env.config, db: database.db, nc, logger })
-    base = `http://127.0.0.1:${api.port}`
+    node = await startTestNode({ FANFARE_MAX_BODY_BYTES: String(MAX_BODY), FANFARE_AUTH_FAILURES_PER_MINUTE: '1000000' }, { logger })
+    env = node.env
+    api = node.api
+    base = node.base
     const secret = env.vars.FANFARE_JWT_SECRET
     Object.assign(tokens, {
       ingest: env.vars.FANFARE_INGEST_TOKEN,
@@ -410,10 +402,7 @@ describe('fuzzing the API on a real node', () => {
     headerOf['alg-none'] = `Bearer ${Buffer.from('{"alg":"none"}').toString('base64url')}.${Buffer.from('{"sub":"x","exp":9999999999}').toString('base64url')}.`
   })
   afterAll(async () => {
-    await api?.stop()
-    await nc?.close()
-    await database?.close()
-    await env?.cleanup()
+    await node?.close()
   })
 
   test(

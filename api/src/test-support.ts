@@ -1,7 +1,8 @@
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { connectPostgres, type Database } from '../../core/db/client'
-import { createLogger } from '../../core/logger'
+import { createLogger, type Logger } from '../../core/logger'
+import type { Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
 import { createApp, type App } from './app'
@@ -96,12 +97,13 @@ export type TestNode = {
   close: () => Promise<void>
 }
 
-export async function startTestNode(overrides: Record<string, string> = {}): Promise<TestNode> {
+/** `opts`: the node's logger (default: silent) and metrics, for a test that reads them. */
+export async function startTestNode(overrides: Record<string, string> = {}, opts: { logger?: Logger; metrics?: Metrics } = {}): Promise<TestNode> {
   const env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', ...overrides })
   const database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
   const nc = await connect({ servers: TEST_NATS_URL })
   const jsm = await ensureStreams(nc, env.config)
-  const api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
+  const api = await startApi({ config: env.config, db: database.db, nc, logger: opts.logger ?? createLogger('silent'), metrics: opts.metrics })
   return {
     env,
     database,
