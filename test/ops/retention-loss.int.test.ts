@@ -1,14 +1,14 @@
 import { afterEach, describe, expect, test } from 'bun:test'
-import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { jetstream } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { eq } from 'drizzle-orm'
-import { startApi, type RunningApi } from '../../api/src/server'
+import { startTestNode } from '../../api/src/test-support'
 import { connectPostgres, type Database } from '../../core/db/client'
 import { leaderboardEntries, leaderboards } from '../../core/db/schema'
 import { dedupIdOf, keyOf, partitionOf, subjects } from '../../core/events'
 import { createLogger, type Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
-import { ensureStreams, topology } from '../../core/nats'
+import { ensureStreams } from '../../core/nats'
 import { startRetentionWatch } from '../../core/retention-watch'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
 import { until } from '../../core/testing/wait'
@@ -62,23 +62,20 @@ function playersOnPartitions(board: string): [string, string] {
 
 describe('events deleted by retention before any worker applied them', () => {
   test('are reported (log, metric, admin) for the partition that lost them; a quiet partition reports nothing', async () => {
-    const { env, database, nc } = await retentionWorld({
-      FANFARE_PARTITIONS: '2',
-      FANFARE_EVENT_RETENTION_MS: '2000',
-      // JetStream wants the duplicate window within max_age.
-      FANFARE_DEDUP_WINDOW_MS: '1000',
-      FANFARE_LEASE_TTL_MS: '1500',
-      PORT: '0',
-      HOST: '127.0.0.1',
-    })
-    const jsm = await jetstreamManager(nc)
-    const stream = topology(env.config).eventStream
-
     const apiLog = capturedLogger()
     const apiMetrics = createMetrics()
-    const api: RunningApi = await startApi({ config: env.config, db: database.db, nc, logger: apiLog.logger, metrics: apiMetrics })
-    cleanup.push(() => api.stop())
-    const base = `http://127.0.0.1:${api.port}`
+    const node = await startTestNode(
+      {
+        FANFARE_PARTITIONS: '2',
+        FANFARE_EVENT_RETENTION_MS: '2000',
+        // JetStream wants the duplicate window within max_age.
+        FANFARE_DEDUP_WINDOW_MS: '1000',
+        FANFARE_LEASE_TTL_MS: '1500',
+      },
+      { logger: apiLog.logger, metrics: apiMetrics },
+    )
+    cleanup.push(() => node.close())
+    const { env, database, base } = node
     const post = async (events: unknown[]) => {
       const res = await fetch(`${base}/v1/events`, {
         method: 'POST',
@@ -122,7 +119,7 @@ describe('events deleted by retention before any worker applied them', () => {
     expect(Date.parse(waiting)).toBeGreaterThan(Date.now() - 10_000)
     expect(await apiMetrics.text()).toMatch(/fanfare_projection_oldest_unapplied_age_seconds\{projection="leaderboards",partition="0"\} [0-9.]*[1-9]/)
     // Past the retention the stream holds none of them (nor the applied ones).
-    await until('the retention to delete every event', async () => ((await jsm.streams.info(stream)).state.messages === 0 ? true : undefined), 15_000)
+    await until('the retention to delete every event', async () => ((await node.streamCount()) === 0 ? true : undefined), 15_000)
     // Past half of it, the API node warned about partition 0 (once), never about partition 1.
     const warnings = apiLog.lines.filter((l) => l.level === 40 && l.component === 'retention')
     expect(warnings.map((l) => [l.projection, l.partition])).toEqual([['leaderboards', 0]])
