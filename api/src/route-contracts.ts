@@ -109,7 +109,9 @@ export function routeContracts(app: () => AnyElysia) {
       // checks its name. The common case of a route with a query (a WebSocket's `?token=`): the
       // URL is not parsed a second time for nothing.
       if (contract.query && url.indexOf('&', query) === -1) return
-      const names = [...new URL(url).searchParams.keys()]
+      // Everything past the '?' as Elysia's query parser reads it: new URL() would drop a '#...'
+      // (a raw request line may carry one) as a fragment, and with it `&a=2` that Elysia reads.
+      const names = [...new URLSearchParams(url.slice(query + 1)).keys()]
       if (names.length === 0) return
       if (!contract.query) throw new Invalid('invalid_request', `unknown query parameter ${names[0]}`, [{ path: `/${names[0]}`, message: UNKNOWN_FIELD, in: 'query' }])
       const twice = names.find((name, i) => names.indexOf(name) !== i)
