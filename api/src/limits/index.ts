@@ -62,12 +62,16 @@ export function requestCost(body: unknown): number {
 /**
  * Charges a REST request to its caller (a user, a key, or anonymous callers at `address`) and
  * returns what it charged. Throws RateLimited (429 with Retry-After; nothing was done), or Invalid
- * 422 `too_many_events` when the request carries more events than the caller's budget can ever hold.
+ * 422 `too_many_events` when the request carries more events than the caller's budget can ever hold
+ * (charged one, as any request refused as a whole).
  */
 export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, address?: string): number {
   const cost = requestCost(body)
   const capacity = rates.capacityOf(p)
   if (cost > capacity) {
+    // Refused as a whole: it costs one, as any refused request (else such requests were never 429).
+    const refused = rates.charge(p, 1, address)
+    if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
     throw new Invalid('too_many_events', `this caller may publish at most ${capacity} events per request (its burst)`, { max: capacity, got: cost })
   }
   const refused = rates.charge(p, cost, address)

@@ -128,7 +128,8 @@ describe('rate limits', () => {
     expect(huge.status).toBe(422)
     expect(((await huge.json()) as any).error.code).toBe('too_many_events')
 
-    await Bun.sleep(wait)
+    // The 422 cost one (any request refused as a whole does): a quarter second more at 4/s.
+    await Bun.sleep(wait + 250)
     const resent = await post(key, batch)
     expect(resent.status).toBe(202)
     expect(((await resent.json()) as any).results.map((r: any) => r.duplicate)).toEqual(Array(10).fill(false))
@@ -163,6 +164,17 @@ describe('rate limits', () => {
     // The budget is about empty (less than a second has refilled): a bad request is refused too.
     const more = await post(token, { events: [chat('rr-f'), { type: 'chat.message.posted', data: { room: 'rates' } }] })
     expect([more.status, (await more.json()).error.code]).toEqual([429, 'rate_limited'])
+  })
+
+  test('a batch larger than the burst (422 too_many_events) costs one too: past the budget such requests are 429, not parsed for free', async () => {
+    // The user's budget: burst 8, 1 a second. Nine events can never pass.
+    const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-oversize' })
+    const oversize = { events: Array.from({ length: 9 }, (_, i) => chat(`ro-${i}`)) }
+    const codes: string[] = []
+    for (let i = 0; i < 12; i++) codes.push(((await (await post(token, oversize)).json()) as any).error.code)
+    expect(codes.slice(0, 8)).toEqual(Array(8).fill('too_many_events'))
+    // Less than a second has refilled at most one: the budget is spent by what was refused.
+    expect(codes.slice(8).filter((c) => c === 'rate_limited').length).toBeGreaterThanOrEqual(3)
   })
 
   test('sustained abuse closes the socket with 4029 and the delay; accepted events are acknowledged and stored first', async () => {
