@@ -89,3 +89,26 @@ test("a jti revoked for one user is that user's alone, also as a restarted node 
     await first.stop()
   }
 })
+
+test('revoking a jti again with an earlier exp (another token reusing it) never shortens the revocation already kept', async () => {
+  const start = () => startRevocations({ db: database.db, nc, prefix: env.config.FANFARE_SUBJECT_PREFIX, logger: createLogger('silent') })
+  const token = (id: string, jti: string) => ({ kind: 'user' as const, id, roles: [], channels: [], expiresAt: Date.now() + 600_000, issuedAt: Date.now() - 60_000, jti })
+  const first = await start()
+  try {
+    // A token valid 10 more minutes is revoked; then another with the same jti, already expired, is too.
+    for (const user of [undefined, 'ivy']) {
+      await first.revokeToken(`again-jti-${user}`, new Date(Date.now() + 600_000), 'test', user)
+      await first.revokeToken(`again-jti-${user}`, new Date(Date.now() - 1_000), 'test', user)
+    }
+    const restarted = await start()
+    try {
+      for (const r of [first, restarted]) {
+        expect([r.isRevoked(token('ivy', 'again-jti-undefined')), r.isRevoked(token('ivy', 'again-jti-ivy'))]).toEqual([true, true])
+      }
+    } finally {
+      await restarted.stop()
+    }
+  } finally {
+    await first.stop()
+  }
+})

@@ -76,7 +76,7 @@ export async function startRevocations(deps: {
   const apply = (r: Revocation) => {
     for (const during of duringReloads) during.push(r)
     if (r.kind === 'user') users.set(r.user, Math.max(users.get(r.user) ?? 0, r.before))
-    else if (r.kind === 'token') tokens.set(tokenKey(r.jti, r.user), r.exp)
+    else if (r.kind === 'token') tokens.set(tokenKey(r.jti, r.user), Math.max(tokens.get(tokenKey(r.jti, r.user)) ?? 0, r.exp))
     else {
       keys.add(r.id)
       deps.forgetKey?.(r.id)
@@ -174,7 +174,11 @@ export async function startRevocations(deps: {
       await deps.db
         .insert(tokenRevocations)
         .values({ jti, userId: user ?? '', expiresAt, revokedBy: by })
-        .onConflictDoUpdate({ target: [tokenRevocations.jti, tokenRevocations.userId], set: { expiresAt, revokedBy: by } })
+        .onConflictDoUpdate({
+          target: [tokenRevocations.jti, tokenRevocations.userId],
+          // Never earlier than what is kept: another token reusing the jti (an earlier exp) must not un-revoke this one.
+          set: { expiresAt: sql`greatest(${tokenRevocations.expiresAt}, excluded.expires_at)`, revokedBy: by },
+        })
       const r: Revocation = { kind: 'token', jti, exp: expiresAt.getTime(), ...(user ? { user } : {}) }
       await announce(r)
       return r
