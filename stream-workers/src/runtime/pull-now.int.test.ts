@@ -45,3 +45,21 @@ test('a no_wait pull takes what the consumer holds now and ends at once, however
   expect((await jsm.consumers.info(stream, 'c')).ack_floor.stream_seq).toBe(3)
   expect((await pull(10)).msgs.map((m) => m.seq)).toEqual([6])
 })
+
+test('a pull on a connection that is closed fails at once and leaves no timer behind', async () => {
+  const closed = await connect({ servers: TEST_NATS_URL })
+  await closed.close()
+  const uncaught: unknown[] = []
+  const onError = (err: unknown) => void uncaught.push(err)
+  process.on('uncaughtException', onError)
+  try {
+    const result = await pullNow(closed, { apiPrefix: '$JS.API', stream, consumer: 'c', max: 10, timeoutMs: 50 }).catch((err: unknown) => ({ msgs: [], err }))
+    expect(result.msgs).toEqual([])
+    expect(result.err).toBeInstanceOf(Error)
+    // Past the pull's timeout: its timer, had it been left armed, would have run by now.
+    await Bun.sleep(200)
+    expect(uncaught).toEqual([])
+  } finally {
+    process.off('uncaughtException', onError)
+  }
+})

@@ -54,7 +54,9 @@ function deliveryOf(m: Msg, info: DeliveryInfo): Delivery {
  * one (a 408 status) or when there is none (404), so no request is left waiting at the server
  * (part-used, or for events not stored yet). nats.js 3's `fetch` has no `no_wait`.
  * Resolves with the deliveries in order; `err` when the request ended another way (a status the
- * pull does not expect, or no answer within `timeoutMs`) with what it delivered before.
+ * pull does not expect, or no answer within `timeoutMs`) with what it delivered before. Rejects
+ * when the connection is closed (nothing was asked: the runner recreates its consumer, as after a
+ * failed fetch).
  */
 export function pullNow(
   nc: NatsConnection,
@@ -68,7 +70,6 @@ export function pullNow(
       sub.unsubscribe()
       resolve(err ? { msgs, err } : { msgs })
     }
-    const timer = setTimeout(() => end(new Error(`no_wait pull: no end within ${o.timeoutMs} ms (${msgs.length} of at most ${o.max} delivered)`)), o.timeoutMs)
     const sub = nc.subscribe(inbox, {
       callback: (err, m) => {
         if (err) return end(err)
@@ -84,6 +85,13 @@ export function pullNow(
         if (msgs.length >= o.max) end()
       },
     })
-    nc.publish(`${o.apiPrefix}.CONSUMER.MSG.NEXT.${o.stream}.${o.consumer}`, JSON.stringify({ batch: o.max, no_wait: true }), { reply: inbox })
+    // Armed once the subscription is (a closed connection's subscribe throws: the pull rejects, and
+    // no timer is left to end a subscription that never was); its callback runs in a later turn.
+    const timer = setTimeout(() => end(new Error(`no_wait pull: no end within ${o.timeoutMs} ms (${msgs.length} of at most ${o.max} delivered)`)), o.timeoutMs)
+    try {
+      nc.publish(`${o.apiPrefix}.CONSUMER.MSG.NEXT.${o.stream}.${o.consumer}`, JSON.stringify({ batch: o.max, no_wait: true }), { reply: inbox })
+    } catch (err) {
+      end(err instanceof Error ? err : new Error(String(err)))
+    }
   })
 }
