@@ -8,7 +8,7 @@ import { createLogger } from '../../../core/logger'
 import { createMetrics } from '../../../core/metrics'
 import { setDatabaseDefault } from '../../../core/testing/database'
 import { upgradeNats } from '../../../core/upgrade'
-import { parseConsumerName } from '../../../core/projections'
+import { parseConsumerName, projectionNames } from '../../../core/projections'
 import { until } from '../../../core/testing/wait'
 import { boardScores, caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
 
@@ -275,4 +275,49 @@ describe('runner reopening its consumer', () => {
       await holder.end()
     }
   }, 60_000)
+})
+
+describe('runner on a stream that lost messages it had not delivered', () => {
+  // nats-server 2.9.10 keeps counting, in a consumer's num_pending, a message removed from the stream
+  // (retention, a delete) before it was delivered when it was stored before the consumer counted
+  // (a runner's consumer opens on a stream that holds events): a no_wait pull that finds nothing then
+  // does not end with a 404 but waits for the next event stored (pullNow's bound, 10 s).
+  test('events on a quiet partition are applied at once again after an undelivered message was removed', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    const acks = []
+    for (const score of [1, 2, 3]) acks.push(await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: `p${score}`, score })))
+    let held = false
+    let release!: () => void
+    const released = new Promise<void>((ok) => (release = ok))
+    await w.startWorker({
+      hooks: {
+        onFirstDelivery: async ({ projection }) => {
+          if (projection !== 'leaderboards' || held) return
+          held = true
+          await released
+        },
+      },
+    })
+    await until('the first delivery', () => held || undefined)
+    const jsm = await jetstreamManager(w.nc)
+    // Every runner's consumer made: listing consumers (as a runner does before it makes its own)
+    // also makes the server count again, which would hide the fault at a time of its choosing.
+    await until('every consumer made', async () => (await jsm.streams.info(w.config.FANFARE_STREAM)).state.consumer_count >= projectionNames.length || undefined)
+    // The second event is removed before its delivery (as retention removes one a lagging consumer has not reached).
+    await jsm.streams.deleteMessage(w.config.FANFARE_STREAM, acks[1].seq)
+    release()
+    // Not caughtUp: its consumer info makes the server count num_pending again, which hides the fault.
+    await until('the first and third events applied', async () => (await boardScores(w, 'tot')).p3 === 3 || undefined)
+    expect(await boardScores(w, 'tot')).toEqual({ p1: 1, p3: 3 })
+    // The next batch may still wait once (the no_wait pull's bound), not every one after it.
+    await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'p4', score: 4 }))
+    await until('the fourth event applied', async () => (await boardScores(w, 'tot')).p4 === 4 || undefined, 20_000)
+    for (const score of [5, 6]) {
+      const started = performance.now()
+      await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: `p${score}`, score }))
+      await until(`event ${score} applied`, async () => (await boardScores(w, 'tot'))[`p${score}`] === score || undefined, 20_000)
+      expect(performance.now() - started).toBeLessThan(3_000)
+    }
+  })
 })

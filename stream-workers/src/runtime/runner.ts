@@ -186,6 +186,11 @@ export function startRunner(deps: RunnerDeps): Runner {
     const more = deps.batchSize - 1
     const rest = await pullNow(deps.nc, { apiPrefix: deps.js.apiPrefix, stream: deps.stream, consumer: name!, max: more, timeoutMs: REST_PULL_MS })
     if (rest.err) log.debug({ err: rest.err, wanted: more, got: rest.msgs.length }, 'pull ended early; applying what it delivered')
+    // A no_wait pull that got no answer at all: nats-server 2.9.10 still counts, in the consumer's
+    // num_pending, messages removed from the stream (retention, a delete) before their delivery, and
+    // answers a no_wait pull with no 404 while that count is above zero; every batch of a quiet
+    // partition would then wait out REST_PULL_MS. A consumer info makes the server count again.
+    if (rest.err && rest.msgs.length === 0) await consumer.info().catch((err) => log.debug({ err }, 'consumer info after a silent pull failed'))
     return [...first.msgs, ...rest.msgs]
   }
 
