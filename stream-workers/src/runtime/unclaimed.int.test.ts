@@ -14,7 +14,7 @@ afterEach(async () => {
   world = undefined
 })
 
-test('a look at the stream costs two infos and a get per stray subject and per stray, whatever the number of good events', async () => {
+test('a look at the stream costs two infos, a get per stray subject and per stray, and an info per batch of strays, whatever the number of good events', async () => {
   const w = (world = await createWorld())
   const t = topology(w.config)
   // The poller's own connection: every request it makes is one message out.
@@ -53,8 +53,9 @@ test('a look at the stream costs two infos and a get per stray subject and per s
   await goods(10, 300)
   const a2 = await stray('a.one')
   // Three stream infos (the checkpoint's stream identity, the look's last sequence, its subjects),
-  // then gets: one per stray subject (its first stray) and one after each stray (the next one, or none).
-  expect(await look()).toBe(3 + 2 + 3)
+  // then gets: one per stray subject (its first stray) and one after each stray (the next one, or
+  // none), and one info per batch of strays read (still the same stream before it is written).
+  expect(await look()).toBe(3 + 2 + 3 + 1)
   expect(await letters()).toEqual([
     [`${t.prefix}.ev.a.one`, a1],
     [`${t.prefix}.ev.b.one`, b1],
@@ -64,7 +65,7 @@ test('a look at the stream costs two infos and a get per stray subject and per s
   // Ten times fewer good events, one more stray subject: the cost follows the subjects and strays.
   await goods(30, 310)
   const c1 = await stray('c.one')
-  expect(await look()).toBe(3 + 3 + 1)
+  expect(await look()).toBe(3 + 3 + 1 + 1)
   expect((await letters()).at(-1)).toEqual([`${t.prefix}.ev.c.one`, c1])
   expect(await letters()).toHaveLength(4)
 

@@ -109,11 +109,16 @@ export function startUnclaimedPoller(deps: UnclaimedPollerDeps): UnclaimedPoller
     if (last <= from) return
     // Asked after `last` was read: every subject holding a message at or below `last` is listed.
     const listed = await deps.jsm.streams.info(deps.stream, { subjects_filter: subjects.allEvents(deps.prefix) })
+    if (identityOf(listed) !== stream) throw new StreamRecreated(stream, identityOf(listed))
     const strays = Object.keys(listed.state.subjects ?? {}).filter((s) => !claimOf(s, deps.partitions))
     for (let after = from; strays.length > 0; ) {
       const started = performance.now()
       const batch = await readStrays(deps.jsm, deps.stream, strays, after, last, deps.batchSize)
       if (batch.length === 0) break
+      // The gets name no incarnation: strays read from a stream recreated meanwhile must not be
+      // written under this one's checkpoint (and again under the new one's after the reset).
+      const current = identityOf(await deps.jsm.streams.info(deps.stream))
+      if (current !== stream) throw new StreamRecreated(stream, current)
       const result = await applyBatch(deps.db, owner(), checkpoint, batch, now())
       await deps.hooks?.onUnclaimedCommit?.({ seqs: batch.map((m) => m.seq) })
       checkpoint = result.checkpoint
