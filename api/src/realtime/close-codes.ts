@@ -13,7 +13,7 @@ export const CLOSE = {
   FORBIDDEN: 4003,
   /** The client fell too far behind. Reconnect and resume. */
   SLOW_CONSUMER: 4008,
-  /** Not heard from (no frame, no pong to the server's pings) within FANFARE_WS_IDLE_TIMEOUT_S: its network is probably gone. Reconnect at once and resume. */
+  /** Not heard from (no frame, no pong to the server's pings) within FANFARE_WS_IDLE_TIMEOUT_S: its network is probably gone. Reconnect (with the usual backoff: the network may still be failing) and resume. */
   NO_PONG: 4012,
   /** Sustained abuse of the rate limits, or past a connection limit (too many sockets of a user). Reconnect after the delay the reason gives. */
   RATE_LIMITED: 4029,
