@@ -185,8 +185,10 @@ describe('seat watcher on a real node', () => {
     await until('cat closed', () => cat.closed)
     // Well within the 10-minute grace: the other players see them leave as revoked.
     await until('ann and cat gone', async () => (await seated()).join() === 'bob:true', 20_000)
-    const lefts = bob.frames.filter((f) => f.channel === 'match:rv' && f.op === 'update' && f.data.kind === 'left').map((f) => `${f.data.player}:${f.data.reason}`)
-    expect(lefts.sort()).toEqual(['ann:revoked', 'cat:revoked'])
+    // The REST read may come before bob's frames of the same changes: wait for the two leaves.
+    const lefts = () => bob.frames.filter((f) => f.channel === 'match:rv' && f.op === 'update' && f.data.kind === 'left').map((f) => `${f.data.player}:${f.data.reason}`)
+    await until('bob saw both leave', () => lefts().length >= 2)
+    expect(lefts().sort()).toEqual(['ann:revoked', 'cat:revoked'])
     const seatEvents = (await n.streamEvents())
       .filter((e) => (e.type === 'match.leave' || e.type === 'match.player.connection') && (e as any).data.player !== undefined)
       .map((e) => `${e.type}:${(e as any).data.player}:${(e as any).data.reason ?? (e as any).data.connected}`)
