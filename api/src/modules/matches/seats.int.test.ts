@@ -57,6 +57,43 @@ async function ownDatabase() {
   return database
 }
 
+/**
+ * A node and worker with match `id` (duel, 4 seats) that ann, bob and cat joined (cat's token has
+ * jti `cat-phone`), each connected and subscribed to match:<id>: where the revocation tests start.
+ */
+async function threeSeated(id: string, vars: Record<string, string>) {
+  const n = (node = await startTestNode(vars))
+  const worker = await startTestWorker(n.env)
+  closers.push(() => worker.stop())
+  const token = (sub: string, jti?: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub, jti })
+  const call = async (path: string, body: unknown, as: string) =>
+    fetch(`${n.base}${path}`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) => expect((await call('/v1/events', { events }, as)).status).toBe(202)
+  const match = async () => (await fetch(`${n.base}/v1/matches/${id}`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
+  const seated = async () => (await match()).players.map((p: any) => `${p.player}:${p.connected}`)
+  const open = async (bearer: string) => {
+    const c = await WsClient.open(`${n.wsUrl}?token=${bearer}`)
+    closers.push(async () => c.close())
+    c.send({ op: 'subscribe', channel: `match:${id}` })
+    await until('subscribed', () => c.frames.some((f) => f.channel === `match:${id}` && f.op === 'snapshot'))
+    return c
+  }
+  // The seat watcher acts after its 3 s warm-up.
+  await Bun.sleep(3_500)
+  await post([{ type: 'match.created', data: { match: id, mode: 'duel', maxPlayers: 4 } }])
+  await until(`${id} created`, async () => (await match()).status === 'open', 20_000)
+  const catToken = await token('cat', 'cat-phone')
+  for (const bearer of [await token('ann'), await token('bob'), catToken]) await post([{ type: 'match.join', data: { match: id } }], bearer)
+  const ann = await open(await token('ann'))
+  const bob = await open(await token('bob'))
+  const cat = await open(catToken)
+  await until('all three connected', async () => (await seated()).join() === 'ann:true,bob:true,cat:true', 20_000)
+  const admin = async (path: string, body: unknown) => (await call(path, body, n.env.vars.FANFARE_ADMIN_TOKEN)).status
+  /** The leaves bob was told of, as player:reason. */
+  const lefts = () => bob.frames.filter((f) => f.channel === `match:${id}` && f.op === 'update' && f.data.kind === 'left').map((f) => `${f.data.player}:${f.data.reason}`)
+  return { n, seated, ann, cat, admin, lefts }
+}
+
 describe('seat watcher on a real node', () => {
   test('only seated players make connection events: spectators of started matches (read on first use, or known from the feed) and of ended ones make none', async () => {
     const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '60000' }))
@@ -152,41 +189,15 @@ describe('seat watcher on a real node', () => {
 
   test('a revoked player loses the seat at once, reason revoked (a user revocation, or their token by jti), not after the reconnect grace', async () => {
     // Presence already told `revoked` at once; the seat was kept for FANFARE_MATCH_GRACE_MS as after a flaky network.
-    const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '600000' }))
-    const worker = await startTestWorker(n.env)
-    closers.push(() => worker.stop())
-    const token = (sub: string, jti?: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub, jti })
-    const call = async (path: string, body: unknown, as: string) =>
-      fetch(`${n.base}${path}`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
-    const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) => expect((await call('/v1/events', { events }, as)).status).toBe(202)
-    const match = async () => (await fetch(`${n.base}/v1/matches/rv`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
-    const seated = async () => (await match()).players.map((p: any) => `${p.player}:${p.connected}`)
-    const open = async (bearer: string) => {
-      const c = await WsClient.open(`${n.wsUrl}?token=${bearer}`)
-      closers.push(async () => c.close())
-      c.send({ op: 'subscribe', channel: 'match:rv' })
-      await until('subscribed', () => c.frames.some((f) => f.channel === 'match:rv' && f.op === 'snapshot'))
-      return c
-    }
-    // The seat watcher acts after its 3 s warm-up.
-    await Bun.sleep(3_500)
-    await post([{ type: 'match.created', data: { match: 'rv', mode: 'duel', maxPlayers: 4 } }])
-    await until('rv created', async () => (await match()).status === 'open', 20_000)
-    const catToken = await token('cat', 'cat-phone')
-    for (const [sub, bearer] of [['ann', await token('ann')], ['bob', await token('bob')], ['cat', catToken]]) await post([{ type: 'match.join', data: { match: 'rv' } }], bearer)
-    const ann = await open(await token('ann'))
-    const bob = await open(await token('bob'))
-    const cat = await open(catToken)
-    await until('all three connected', async () => (await seated()).join() === 'ann:true,bob:true,cat:true', 20_000)
+    const { n, seated, ann, cat, admin, lefts } = await threeSeated('rv', { FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '600000' })
 
-    expect((await call('/admin/users/revoke', { user: 'ann' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    expect(await admin('/admin/users/revoke', { user: 'ann' })).toBe(200)
     await until('ann closed', () => ann.closed)
-    expect((await call('/admin/tokens/revoke', { jti: 'cat-phone', exp: Math.floor(Date.now() / 1000) + 3600 }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    expect(await admin('/admin/tokens/revoke', { jti: 'cat-phone', exp: Math.floor(Date.now() / 1000) + 3600 })).toBe(200)
     await until('cat closed', () => cat.closed)
     // Well within the 10-minute grace: the other players see them leave as revoked.
     await until('ann and cat gone', async () => (await seated()).join() === 'bob:true', 20_000)
     // The REST read may come before bob's frames of the same changes: wait for the two leaves.
-    const lefts = () => bob.frames.filter((f) => f.channel === 'match:rv' && f.op === 'update' && f.data.kind === 'left').map((f) => `${f.data.player}:${f.data.reason}`)
     await until('bob saw both leave', () => lefts().length >= 2)
     expect(lefts().sort()).toEqual(['ann:revoked', 'cat:revoked'])
     const seatEvents = (await n.streamEvents())
@@ -203,41 +214,15 @@ describe('seat watcher on a real node', () => {
 
   test('a player revoked while already disconnected (their seat held for the reconnect grace) loses the seat at once, reason revoked (a user revocation, or their token by jti and user)', async () => {
     // Their sockets were already closed, so presence had nothing to report as revoked: the seat waited out the 10-minute grace.
-    const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '600000' }))
-    const worker = await startTestWorker(n.env)
-    closers.push(() => worker.stop())
-    const token = (sub: string, jti?: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub, jti })
-    const call = async (path: string, body: unknown, as: string) =>
-      fetch(`${n.base}${path}`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
-    const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) => expect((await call('/v1/events', { events }, as)).status).toBe(202)
-    const match = async () => (await fetch(`${n.base}/v1/matches/gr`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
-    const seated = async () => (await match()).players.map((p: any) => `${p.player}:${p.connected}`)
-    const open = async (bearer: string) => {
-      const c = await WsClient.open(`${n.wsUrl}?token=${bearer}`)
-      closers.push(async () => c.close())
-      c.send({ op: 'subscribe', channel: 'match:gr' })
-      await until('subscribed', () => c.frames.some((f) => f.channel === 'match:gr' && f.op === 'snapshot'))
-      return c
-    }
-    // The seat watcher acts after its 3 s warm-up.
-    await Bun.sleep(3_500)
-    await post([{ type: 'match.created', data: { match: 'gr', mode: 'duel', maxPlayers: 4 } }])
-    await until('gr created', async () => (await match()).status === 'open', 20_000)
-    const catToken = await token('cat', 'cat-phone')
-    for (const bearer of [await token('ann'), await token('bob'), catToken]) await post([{ type: 'match.join', data: { match: 'gr' } }], bearer)
-    const ann = await open(await token('ann'))
-    const bob = await open(await token('bob'))
-    const cat = await open(catToken)
-    await until('all three connected', async () => (await seated()).join() === 'ann:true,bob:true,cat:true', 20_000)
+    const { seated, ann, cat, admin, lefts } = await threeSeated('gr', { FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '600000' })
     ann.close()
     cat.close()
     await until('ann and cat disconnected, their seats held', async () => (await seated()).join() === 'ann:false,bob:true,cat:false', 20_000)
 
-    expect((await call('/admin/users/revoke', { user: 'ann' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
-    expect((await call('/admin/tokens/revoke', { jti: 'cat-phone', exp: Math.floor(Date.now() / 1000) + 3600, user: 'cat' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    expect(await admin('/admin/users/revoke', { user: 'ann' })).toBe(200)
+    expect(await admin('/admin/tokens/revoke', { jti: 'cat-phone', exp: Math.floor(Date.now() / 1000) + 3600, user: 'cat' })).toBe(200)
     // Well within the 10-minute grace: the other players see them leave as revoked.
     await until('ann and cat gone', async () => (await seated()).join() === 'bob:true', 10_000)
-    const lefts = () => bob.frames.filter((f) => f.channel === 'match:gr' && f.op === 'update' && f.data.kind === 'left').map((f) => `${f.data.player}:${f.data.reason}`)
     // The read model may be read before bob's frames of it arrive.
     await until('bob told of both', () => lefts().length >= 2)
     expect(lefts().sort()).toEqual(['ann:revoked', 'cat:revoked'])
@@ -245,43 +230,17 @@ describe('seat watcher on a real node', () => {
 
   test('a player revoked within the presence grace (socket closed, still counted present while a reload may come back) loses the seat at once, reason revoked; the node holding the grace ends it', async () => {
     // The presence grace then ended as `disconnected`, and the seat waited out the 10-minute reconnect grace after it.
-    const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '600000', FANFARE_MATCH_GRACE_MS: '600000' }))
-    const worker = await startTestWorker(n.env)
-    closers.push(() => worker.stop())
-    const token = (sub: string, jti?: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub, jti })
-    const call = async (path: string, body: unknown, as: string) =>
-      fetch(`${n.base}${path}`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
-    const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) => expect((await call('/v1/events', { events }, as)).status).toBe(202)
-    const match = async () => (await fetch(`${n.base}/v1/matches/gp`, { headers: { authorization: `Bearer ${await token('reader')}` } })).json() as Promise<any>
-    const seated = async () => (await match()).players.map((p: any) => `${p.player}:${p.connected}`)
-    const open = async (bearer: string) => {
-      const c = await WsClient.open(`${n.wsUrl}?token=${bearer}`)
-      closers.push(async () => c.close())
-      c.send({ op: 'subscribe', channel: 'match:gp' })
-      await until('subscribed', () => c.frames.some((f) => f.channel === 'match:gp' && f.op === 'snapshot'))
-      return c
-    }
-    // The seat watcher acts after its 3 s warm-up.
-    await Bun.sleep(3_500)
-    await post([{ type: 'match.created', data: { match: 'gp', mode: 'duel', maxPlayers: 4 } }])
-    await until('gp created', async () => (await match()).status === 'open', 20_000)
-    const catToken = await token('cat', 'cat-phone')
-    for (const bearer of [await token('ann'), await token('bob'), catToken]) await post([{ type: 'match.join', data: { match: 'gp' } }], bearer)
-    const ann = await open(await token('ann'))
-    const bob = await open(await token('bob'))
-    const cat = await open(catToken)
-    await until('all three connected', async () => (await seated()).join() === 'ann:true,bob:true,cat:true', 20_000)
+    const { seated, ann, cat, admin, lefts } = await threeSeated('gp', { FANFARE_PRESENCE_GRACE_MS: '600000', FANFARE_MATCH_GRACE_MS: '600000' })
     ann.close()
     cat.close()
     await until('ann and cat closed', () => ann.closed && cat.closed)
     // Still present for a reload to come back within: the seats stay connected.
     expect((await seated()).join()).toBe('ann:true,bob:true,cat:true')
 
-    expect((await call('/admin/users/revoke', { user: 'ann' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
-    expect((await call('/admin/tokens/revoke', { jti: 'cat-phone', exp: Math.floor(Date.now() / 1000) + 3600, user: 'cat' }, n.env.vars.FANFARE_ADMIN_TOKEN)).status).toBe(200)
+    expect(await admin('/admin/users/revoke', { user: 'ann' })).toBe(200)
+    expect(await admin('/admin/tokens/revoke', { jti: 'cat-phone', exp: Math.floor(Date.now() / 1000) + 3600, user: 'cat' })).toBe(200)
     // Well within the 10-minute grace: the other players see them leave as revoked.
     await until('ann and cat gone', async () => (await seated()).join() === 'bob:true', 10_000)
-    const lefts = () => bob.frames.filter((f) => f.channel === 'match:gp' && f.op === 'update' && f.data.kind === 'left').map((f) => `${f.data.player}:${f.data.reason}`)
     // The read model may be read before bob's frames of it arrive.
     await until('bob told of both', () => lefts().length >= 2)
     expect(lefts().sort()).toEqual(['ann:revoked', 'cat:revoked'])
