@@ -116,7 +116,9 @@ export async function startAllInOne(
     let natsUrl = config.NATS_URL
     if (!natsUrl) {
       log.info({ dataDir }, 'NATS_URL unset: starting a local nats-server with JetStream')
-      const nats = await startEmbeddedNats({ dataDir, logger: log })
+      // Not a port this process is about to listen on: the kernel may hand back the one just checked free.
+      const avoidPorts = [config.PORT, config.FANFARE_METRICS_PORT].filter((p): p is number => p !== undefined && p > 0)
+      const nats = await startEmbeddedNats({ dataDir, logger: log, avoidPorts })
       stops.push({ name: 'embedded nats', run: nats.stop })
       options.onChild?.(nats.kill)
       natsUrl = nats.url

@@ -47,13 +47,15 @@ export async function startEmbeddedNats(opts: {
   allowInstall?: boolean
   /** How long to wait for the server to accept connections. Default 15 s. */
   readyTimeoutMs?: number
+  /** Ports the server must not take: the ones this process is about to listen on. */
+  avoidPorts?: readonly number[]
 }): Promise<EmbeddedNats> {
   const log = opts.logger.child({ component: 'embedded-nats' })
   const binary = await findOrInstallNatsServer(log, opts.allowInstall ?? true)
   const storeDir = resolve(opts.dataDir, 'nats')
   mkdirSync(storeDir, { recursive: true })
   // Always a port picked by the kernel: 4222 may belong to a system NATS we must not share.
-  const port = freePort()
+  const port = freePort(opts.avoidPorts)
   const url = `nats://127.0.0.1:${port}`
   const pidFile = resolve(storeDir, 'nats-server.pid')
   // Two servers on one JetStream store directory corrupt it: the pid file doubles as a lock.
