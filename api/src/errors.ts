@@ -256,8 +256,8 @@ export function databaseUnavailable(err: unknown): Unavailable | undefined {
   return new Unavailable(`${databaseTrouble[sqlStateOf(err) ?? ''] ?? 'the database is unavailable for now'}; retry shortly`, 'database_unavailable')
 }
 
-/** A 429 or 503 with its Retry-After. */
-function retryLater(error: RateLimited | Unavailable): Response {
+/** A 429 or 503 with its Retry-After (the answer the error plugin gives to either). */
+export function retryLater(error: RateLimited | Unavailable): Response {
   const res = errorResponse(error.status, error.code, error.message, error.details)
   res.headers.set('retry-after', retryAfterSeconds(error.retryAfterMs))
   return res

@@ -1,6 +1,6 @@
 import { Elysia } from 'elysia'
 import type { Config } from '../../../core/config'
-import { Forbidden, Unauthorized } from '../errors'
+import { Forbidden, RateLimited, retryLater, Unauthorized } from '../errors'
 import { chargeRequest, checkCredential, refusedAsAWhole, settleRefused, type Limits } from '../limits'
 import type { Authenticator } from './authenticate'
 import { ANONYMOUS, isAdminReader, hasScope, type Principal } from './principal'
@@ -86,6 +86,25 @@ export function authPlugin(deps: {
   }
   /** What each request was charged, to settle it if it is refused as a whole. */
   const charged = new WeakMap<Request, { p: Principal; cost: number; address?: string }>()
+  /**
+   * Charges a request whose body could not be read (400 `bad_json`/`too_deep`, 413 past the limit
+   * while reading): it failed before `transform`, which charges every other request. It costs its
+   * caller one, as any request refused as a whole, so a flood of them is bounded by the same budget
+   * (README "Limits"). The caller is who the credential says (an anonymous caller: its address),
+   * whatever the route needs: the body's error is the answer, as before, unless a budget refuses
+   * (429, the credential's failures included). Returns that 429, else undefined (the 400 stands).
+   */
+  const chargeUnreadable = async (request: Request, server: Server, limits: NonNullable<typeof deps.limits>): Promise<Response | undefined> => {
+    try {
+      const p = await identify(request, server)
+      const address = p.kind === 'anonymous' ? addressOf(request, server, limits) : undefined
+      charged.set(request, { p, cost: chargeRequest(limits.rates, p, undefined, address), address })
+      return undefined
+    } catch (err) {
+      // A credential that is not valid (401) or could not be checked (database away): nobody to charge.
+      return err instanceof RateLimited ? retryLater(err) : undefined
+    }
+  }
   return new Elysia({ name: 'auth', seed: ++plugins }).macro({
     auth: (need: Need) => ({
       detail: need === 'viewer' ? {} : { security: [{ bearer: [] }] },
@@ -107,6 +126,9 @@ export function authPlugin(deps: {
         charged.delete(request)
         if (c && deps.limits && refusedAsAWhole(error)) settleRefused(deps.limits.rates, c.p, c.cost, c.address)
       },
+      // Runs after the error plugin's answer too: there, a body that could not be read is charged.
+      mapResponse: ({ request, server, code }: { request: Request; server: Server; code?: unknown }) =>
+        code === 'PARSE' && deps.limits && !charged.has(request) ? chargeUnreadable(request, server, deps.limits) : undefined,
       resolve: async ({ request, server }) => ({ principal: demand(await identify(request, server), need) }),
     }),
   })

@@ -177,6 +177,32 @@ describe('rate limits', () => {
     expect(codes.slice(8).filter((c) => c === 'rate_limited').length).toBeGreaterThanOrEqual(3)
   })
 
+  test('a body that cannot be read (bad JSON, a bad escape, not UTF-8, too deep) keeps its 400 but costs one: past the budget it is 429, and the caller\'s good requests wait too', async () => {
+    // The user's budget: burst 8, 1 a second.
+    const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-unreadable' })
+    const unreadable: [body: string | Uint8Array<ArrayBuffer>, error: object][] = [
+      ['{"type": ', { code: 'bad_json', message: 'request body is not valid JSON' }],
+      ['{"type":"chat.message.posted","data":{"room":"rates","text":"\\x"}}', { code: 'bad_json', message: 'request body is not valid JSON' }],
+      [new Uint8Array([0x7b, 0x22, 0xff, 0x22, 0x3a, 0x31, 0x7d]), { code: 'bad_json', message: 'request body is not valid UTF-8' }],
+      ['['.repeat(100) + ']'.repeat(100), { code: 'too_deep', message: 'request body may nest at most 64 levels', details: { limit: 64 } }],
+    ]
+    const send = (body: string | Uint8Array<ArrayBuffer>) =>
+      fetch(`${node.base}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body })
+    const before = await node.streamCount()
+    // Eight refusals, the 400 each kept as it was (status, code, message).
+    for (let i = 0; i < 8; i++) {
+      const [body, error] = unreadable[i % unreadable.length]
+      const r = await send(body)
+      expect([i, r.status, ((await r.json()) as any).error]).toEqual([i, 400, error])
+    }
+    // The budget is spent (less than a second has refilled): the next one is 429, and so is a good batch.
+    const refused = await send('{"type": ')
+    expect([refused.status, ((await refused.json()) as any).error.code]).toEqual([429, 'rate_limited'])
+    expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1)
+    expect((await post(token, { events: [chat('ru-1')] })).status).toBe(429)
+    expect(await node.streamCount()).toBe(before)
+  })
+
   test('sustained abuse closes the socket with 4029 and the delay; accepted events are acknowledged and stored first', async () => {
     const c = await userSocket('r3')
     const before = await node.streamCount()
@@ -307,5 +333,17 @@ describe('rate limits of anonymous callers', () => {
     const metrics = await (await fetch(`${node.base}/metrics`, { headers: { authorization: `Bearer ${node.env.vars.FANFARE_ADMIN_TOKEN}` } })).text()
     expect(metrics).toContain('fanfare_rate_limited_total{what="rest",caller="anonymous"} 1')
     expect(metrics).toContain('fanfare_rate_limited_total{what="ws_subscribe",caller="anonymous"} 1')
+  })
+
+  test('a body that cannot be read costs its address one, though the route needs a token: past the budget 429; other addresses are not charged', async () => {
+    const send = (address: string) =>
+      fetch(`${node.base}/v1/events`, { method: 'POST', headers: { 'x-forwarded-for': address, 'content-type': 'application/json' }, body: '{"type": ' })
+    const statuses: number[] = []
+    for (let i = 0; i < 7; i++) statuses.push((await send('203.0.113.20')).status)
+    expect(statuses).toEqual([400, 400, 400, 400, 400, 400, 429])
+    // The address's reads wait as well; another address's do not.
+    expect((await read('203.0.113.20')).status).toBe(429)
+    expect((await send('203.0.113.21')).status).toBe(400)
+    expect((await read('203.0.113.21')).status).toBe(200)
   })
 })
