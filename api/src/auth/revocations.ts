@@ -22,7 +22,10 @@ export type Revocations = {
   isRevoked(p: Principal): boolean
   /** Refuses every token of `user` issued up to now. */
   revokeUser(user: string, by: string): Promise<Revocation>
-  /** Refuses one token (by `jti`; only `user`'s token with it when `user` is given) until its expiry. */
+  /**
+   * Refuses one token (by `jti`; only `user`'s token with it when `user` is given) until its expiry.
+   * Answers with what is kept: its `exp` is the later of `expiresAt` and one kept from before.
+   */
   revokeToken(jti: string, expiresAt: Date, by: string, user?: string): Promise<Revocation>
   /** Tells every node that a key was revoked (the caller marked it in Postgres). */
   announceKey(id: string): Promise<void>
@@ -171,7 +174,7 @@ export async function startRevocations(deps: {
       return r
     },
     async revokeToken(jti, expiresAt, by, user) {
-      await deps.db
+      const [row] = await deps.db
         .insert(tokenRevocations)
         .values({ jti, userId: user ?? '', expiresAt, revokedBy: by })
         .onConflictDoUpdate({
@@ -179,7 +182,9 @@ export async function startRevocations(deps: {
           // Never earlier than what is kept: another token reusing the jti (an earlier exp) must not un-revoke this one.
           set: { expiresAt: sql`greatest(${tokenRevocations.expiresAt}, excluded.expires_at)`, revokedBy: by },
         })
-      const r: Revocation = { kind: 'token', jti, exp: expiresAt.getTime(), ...(user ? { user } : {}) }
+        .returning({ expiresAt: tokenRevocations.expiresAt })
+      // What is kept, which is later than `expiresAt` when the jti was revoked before with a later one.
+      const r: Revocation = { kind: 'token', jti, exp: row.expiresAt.getTime(), ...(user ? { user } : {}) }
       await announce(r)
       return r
     },

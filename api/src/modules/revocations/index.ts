@@ -47,11 +47,13 @@ export function revocationsModule(deps: { auth: AuthPlugin; revocations: Pick<Re
       '/tokens/revoke',
       async ({ body, principal }) => {
         // Up to the whole ms: kept at least until the token expires.
-        const expiresAt = new Date(Math.ceil(body.exp * 1000))
-        await deps.revocations.revokeToken(body.jti, expiresAt, principalId(principal), body.user)
+        const r = await deps.revocations.revokeToken(body.jti, new Date(Math.ceil(body.exp * 1000)), principalId(principal), body.user)
+        if (r.kind !== 'token') throw new Error(`revokeToken answered a ${r.kind} revocation`)
+        // What is kept: a jti revoked before with a later exp stays revoked until then.
+        const expiresAt = new Date(r.exp).toISOString()
         const user = body.user === undefined ? {} : { user: body.user }
-        await deps.audit.record(principal, 'token.revoked', `token:${body.jti}`, { ...user, expiresAt: expiresAt.toISOString() })
-        return { jti: body.jti, ...user, expiresAt: expiresAt.toISOString() }
+        await deps.audit.record(principal, 'token.revoked', `token:${body.jti}`, { ...user, expiresAt })
+        return { jti: body.jti, ...user, expiresAt }
       },
       {
         auth: 'admin:write',

@@ -38,5 +38,5 @@ export const TokenRevokeBody = t.Object(
 export const TokenRevoked = t.Object({
   jti: t.String(),
   user: t.Optional(t.String({ description: 'the user whose token it is, when the request named one' })),
-  expiresAt: t.String({ description: 'the revocation is kept until the token expires anyway (ISO 8601)' }),
+  expiresAt: t.String({ description: 'the revocation is kept until then, when the token expires anyway (ISO 8601): the later of `exp` and an `exp` the jti was already revoked with' }),
 })

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
-import { eq } from 'drizzle-orm'
+import { and, eq } from 'drizzle-orm'
 import { tokenRevocations, userRevocations } from '../../../../core/db/schema'
 import { mintUserToken } from '../../auth/mint'
 import { createHarness, type ApiHarness } from '../../test-support'
@@ -81,6 +81,22 @@ describe('POST /admin/users/:user/revoke and /admin/tokens/revoke', () => {
     expect((await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body: { jti: 'reused-jti', exp } })).status).toBe(200)
     const both = await post(finn, 'finn')
     expect([both.status, both.json.error.code]).toEqual([401, 'revoked'])
+  })
+
+  test('revoking a jti again with an earlier exp answers (and audits) the later exp that is kept, not the one asked for', async () => {
+    const later = secondsAgo(-7200)
+    const earlier = secondsAgo(-60)
+    for (const user of [undefined, 'gus']) {
+      const named = user === undefined ? {} : { user }
+      const first = await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body: { jti: 'kept-jti', exp: later, ...named } })
+      expect([first.status, first.json]).toEqual([200, { jti: 'kept-jti', ...named, expiresAt: new Date(later * 1000).toISOString() }])
+      const again = await h.call('POST', '/admin/tokens/revoke', { token: h.adminToken, body: { jti: 'kept-jti', exp: earlier, ...named } })
+      expect([again.status, again.json]).toEqual([200, { jti: 'kept-jti', ...named, expiresAt: new Date(later * 1000).toISOString() }])
+      const [row] = await h.database.db.select().from(tokenRevocations).where(and(eq(tokenRevocations.jti, 'kept-jti'), eq(tokenRevocations.userId, user ?? '')))
+      expect(row.expiresAt.getTime()).toBe(later * 1000)
+    }
+    const audited = (await h.call('GET', '/admin/audit?action=token.revoked&limit=4', { token: h.adminToken })).json.entries
+    expect(audited.filter((e: any) => e.target === 'token:kept-jti').map((e: any) => e.details.expiresAt)).toEqual(Array(4).fill(new Date(later * 1000).toISOString()))
   })
 
   test('a token whose exp has a fraction (a NumericDate may) is revoked with its exp copied as is', async () => {
