@@ -11,6 +11,7 @@ import { createTestEnv } from '../../../../core/testing/env'
 import { until, WsClient } from '../../../../test/e2e/harness'
 import { startTestWorker } from '../../../../stream-workers/src/testing/harness'
 import { mintUserToken } from '../../auth/mint'
+import type { Revocation } from '../../auth/revocations'
 import type { PresenceChange } from '../../presence/view'
 import type { NoticeListener } from '../../realtime/start'
 import { startSeatWatcher } from './seats'
@@ -32,8 +33,10 @@ afterEach(async () => {
 function standAloneWatcher(db: Db, { presence = {}, sweepMs = 3_600_000 }: { presence?: Partial<Parameters<typeof startSeatWatcher>[0]['presence']>; sweepMs?: number } = {}) {
   let listener: ((c: PresenceChange) => void) | undefined
   let feed: NoticeListener | undefined
+  let revocation: ((r?: Revocation) => void) | undefined
   const published: EventInput[] = []
   const watcher = startSeatWatcher({
+    revocations: { onChange: (l) => void (revocation = l) },
     presence: { node: 'n', peers: () => [], onChange: (l) => ((listener = l), () => {}), totals: () => ({ connections: 0, users: [] }), channels: () => [], ...presence },
     notices: (l) => ((feed = l), () => {}),
     ingest: { publish: async (events) => (published.push(...events), []) as never },
@@ -45,7 +48,9 @@ function standAloneWatcher(db: Db, { presence = {}, sweepMs = 3_600_000 }: { pre
   })
   const change = (kind: 'join' | 'leave', match: string, user: string) =>
     listener!(kind === 'join' ? { kind, channel: `match:${match}`, user } : { kind, channel: `match:${match}`, user, reason: 'disconnected' })
-  return { watcher, published, change, feed: () => feed! }
+  /** Tells the watcher of a revocation, as the node's revocations do (announced or broadcast). */
+  const revoke = (r: Revocation) => revocation!(r)
+  return { watcher, published, change, feed: () => feed!, revoke }
 }
 
 /** A database of the test's own (migrated, empty), closed and dropped after the test. */
@@ -349,6 +354,28 @@ describe('seat watcher on a real node', () => {
       await w.stop()
     }
     expect(published.map((e) => e.data)).toEqual([{ match: 'm', player: 'ann', connected: true }])
+  })
+  test('a revocation heard twice (announced by this node, then its broadcast back after the leaves were published) ends each seat once', async () => {
+    const database = await ownDatabase()
+    const now = Date.now()
+    const waiting = (player: string) => ({ player, ready: false, connected: false, disconnectedAt: now - 1_000, graceUntil: now + 600_000 })
+    for (const m of ['m1', 'm2']) {
+      await database.db.insert(matches).values({ match: m, mode: 'duel', maxPlayers: 2, status: 'open', players: [waiting('ann'), waiting('cat')], playerCount: 2, createdAt: new Date(now), createdSeq: 1, graceUntil: new Date(now + 600_000) })
+    }
+    const { watcher: w, published, revoke } = standAloneWatcher(database.db)
+    const leaves = () => published.filter((e) => e.type === 'match.leave').map((e) => `${e.data.match}:${e.data.player}:${e.data.reason}`).sort()
+    try {
+      const user: Revocation = { kind: 'user', user: 'ann', before: now }
+      const token: Revocation = { kind: 'token', jti: 'cat-phone', exp: now + 3_600_000, user: 'cat' }
+      for (const r of [user, token]) revoke(r)
+      await until('the leaves', () => published.length >= 4)
+      // The broadcasts come back (parsed from JSON) after the leaves were published; no projection
+      // here, so the rows still show both seats waiting in their grace.
+      for (const r of [user, token]) revoke(JSON.parse(JSON.stringify(r)))
+    } finally {
+      await w.stop()
+    }
+    expect(leaves()).toEqual(['m1:ann:revoked', 'm1:cat:revoked', 'm2:ann:revoked', 'm2:cat:revoked'])
   })
   test('the seat book reads nothing at start or resync, however many matches are live; a match is read once, on its first presence change, and decided after it', async () => {
     const env = await createTestEnv()

@@ -7,7 +7,7 @@ import type { EventInput } from '../../../../core/events'
 import type { Logger } from '../../../../core/logger'
 import type { Seat } from '../../../../core/matches'
 import { rootKey } from '../../auth/principal'
-import { revokedUser, type Revocations } from '../../auth/revocations'
+import { revokedUser, type Revocation, type Revocations } from '../../auth/revocations'
 import type { Presence } from '../../presence'
 import type { PresenceChange } from '../../presence/view'
 import type { NoticeListener } from '../../realtime/start'
@@ -23,6 +23,15 @@ const SWEEP_PAGE = 500
 const LOOKUP_PAGE = 500
 /** How long the sweep trusts an event this node published to be on its way to the projection. */
 const RECENT_MS = 10_000
+/** How long a revocation the seat watcher acted on is remembered, so that hearing it again does nothing. */
+const HEARD_MS = 60_000
+
+/**
+ * What tells one revocation from another: the same revocation announced by this node and broadcast
+ * back has the same key; a user revoked again (a later cut-off), or another token, has another.
+ */
+const revocationKey = (r: Revocation): string =>
+  r.kind === 'user' ? `user\u0000${r.user}\u0000${r.before}` : r.kind === 'token' ? `token\u0000${r.user ?? ''}\u0000${r.jti}\u0000${r.exp}` : `key\u0000${r.id}`
 
 /**
  * Tells the matches projection, through the event stream, what presence sees of players'
@@ -331,27 +340,32 @@ export function startSeatWatcher(deps: {
     for (let i = 0; i < events.length; i += 100) await deps.ingest.publish(events.slice(i, i + 100), system)
   }
 
-  /** Users whose seats in grace are being read: a node hears its own revocation twice (announced, and broadcast back). */
-  const revoking = new Set<string>()
   const revoked = async (user: string) => {
-    revoking.add(user)
-    try {
-      // Matches with a grace running (the partial index), of which `user` holds a seat.
-      const rows = await deps.db
-        .select({ match: matches.match, players: matches.players })
-        .from(matches)
-        .where(and(isNotNull(matches.graceUntil), sql`${matches.players} @> ${JSON.stringify([{ player: user }])}::jsonb`))
-      const events: EventInput[] = rows.flatMap((r) =>
-        r.players.some((p) => p.player === user && !p.connected && p.graceUntil !== null) ? [{ id: id(), type: 'match.leave', data: { match: r.match, player: user, reason: 'revoked' } }] : [],
-      )
-      if (events.length > 0) await deps.ingest.publish(events, system)
-    } finally {
-      revoking.delete(user)
-    }
+    // Matches with a grace running (the partial index), of which `user` holds a seat.
+    const rows = await deps.db
+      .select({ match: matches.match, players: matches.players })
+      .from(matches)
+      .where(and(isNotNull(matches.graceUntil), sql`${matches.players} @> ${JSON.stringify([{ player: user }])}::jsonb`))
+    const events: EventInput[] = rows.flatMap((r) =>
+      r.players.some((p) => p.player === user && !p.connected && p.graceUntil !== null) ? [{ id: id(), type: 'match.leave', data: { match: r.match, player: user, reason: 'revoked' } }] : [],
+    )
+    if (events.length > 0) await deps.ingest.publish(events, system)
   }
+  /**
+   * Revocations acted on (see revocationKey) -> when. A node hears its own twice: as it announces
+   * it, and as its broadcast comes back, which may be after the seats were read and their leaves
+   * published, and before the projection applied them: read again, the seats still wait in their
+   * grace, and each would get a second `match.leave`. Kept for HEARD_MS, far longer than a broadcast takes.
+   */
+  const heard = new Map<string, number>()
   deps.revocations?.onChange((r) => {
     const user = r && revokedUser(r)
-    if (stopped || user === undefined || revoking.has(user) || !designated()) return
+    if (stopped || user === undefined || !designated()) return
+    const now = Date.now()
+    for (const [k, at] of heard) if (now - at > HEARD_MS) heard.delete(k)
+    const key = revocationKey(r!)
+    if (heard.has(key)) return
+    heard.set(key, now)
     pending = Promise.all([pending, revoked(user).catch((err) => log.warn({ err, user }, 'seats in grace of a revoked user not ended; they end with their grace'))])
   })
 
