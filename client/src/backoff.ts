@@ -36,15 +36,24 @@ export function retryAfter(error: { retryAfterMs?: unknown; details?: unknown },
 }
 
 /**
- * A timing option (ms) as a delay a timer can hold, one rule for all of them: unset gives
- * `fallback`; `Infinity` means no limit and, like anything longer than a timer holds (2^31-1 ms,
- * ~24 days; past it setTimeout fires at once), is that longest delay; anything but a positive
- * number (negative, zero, NaN, a string) is refused at once, naming the option.
+ * The longest wait a backoff draws (10 minutes): `backoff.minMs` and `backoff.maxMs` past it,
+ * `Infinity` included, are that. A longer wait is no gentler on a server that came back (full
+ * jitter already spreads a fleet's reconnects over the whole interval) and leaves a client offline
+ * for hours, or ~24 days at a timer's limit, after one blip.
  */
-export function timingOption(name: string, value: unknown, fallback: number): number {
+export const MAX_BACKOFF_MS = 600_000
+
+/**
+ * A timing option (ms) as a delay a timer can hold, one rule for all of them: unset gives
+ * `fallback`; `Infinity`, like anything longer than `longest` (by default what a timer holds,
+ * 2^31-1 ms, ~24 days; past it setTimeout fires at once: so Infinity means no limit), is `longest`;
+ * anything but a positive number (negative, zero, NaN, a string) is refused at once, naming the option.
+ */
+export function timingOption(name: string, value: unknown, fallback: number, longest: number = MAX_TIMER_MS): number {
   if (value === undefined) return fallback
   if (typeof value !== 'number' || Number.isNaN(value) || value <= 0) {
-    throw new FanfareError('invalid_options', `${name} must be a positive number of milliseconds (Infinity: no limit), not ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`)
+    const infinity = longest >= MAX_TIMER_MS ? 'Infinity: no limit' : `at most ${longest}, Infinity: that`
+    throw new FanfareError('invalid_options', `${name} must be a positive number of milliseconds (${infinity}), not ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`)
   }
-  return Math.min(value, MAX_TIMER_MS)
+  return Math.min(value, longest, MAX_TIMER_MS)
 }

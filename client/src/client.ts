@@ -1,4 +1,4 @@
-import { fullJitter, MAX_TIMER_MS, timingOption, waitFromReason } from './backoff'
+import { fullJitter, MAX_BACKOFF_MS, MAX_TIMER_MS, timingOption, waitFromReason } from './backoff'
 import { createChannels, type SubscribeOptions, type Subscription } from './channels'
 import { FanfareError } from './errors'
 import { eventIds } from './ids'
@@ -28,7 +28,8 @@ export type TokenSource = string | ((opts: { signal: AbortSignal }) => Promise<s
 
 /**
  * Every option in milliseconds follows one rule: a positive number, `Infinity` meaning no limit
- * (the longest delay a timer holds, 2^31-1 ms); anything else makes `createClient` throw `invalid_options`.
+ * (the longest delay a timer holds, 2^31-1 ms; for `backoff`'s, the longest backoff, 10 minutes);
+ * anything else makes `createClient` throw `invalid_options`.
  */
 export type ClientOptions = {
   /** Servers to connect to, in any order: `ws(s)://host/v1/ws`, or `http(s)://host` (the SDK adds `/v1/ws`). */
@@ -37,7 +38,10 @@ export type ClientOptions = {
   token?: TokenSource
   /** The WebSocket class (default: the global one: browsers, Bun, Node 22). */
   WebSocket?: typeof WebSocket
-  /** Reconnect waits: full jitter between 0 and min(maxMs, minMs * 2^attempt). Default 250 ms .. 30 s. */
+  /**
+   * Reconnect waits: full jitter between 0 and min(maxMs, minMs * 2^attempt). Default 250 ms .. 30 s.
+   * Each at most 10 minutes (MAX_BACKOFF_MS): a longer one, `Infinity` included, is that.
+   */
   backoff?: { minMs?: number; maxMs?: number }
   /** A connection silent this long is asked for a pong (default 25 s)... */
   pingIntervalMs?: number
@@ -100,7 +104,11 @@ export function createClient(options: ClientOptions) {
   if (!Socket) throw new FanfareError('invalid_options', 'no WebSocket class: pass options.WebSocket (Node before 22 has none)')
   const now = options.now ?? Date.now
   // Every timing option by one rule (see timingOption): Infinity is no limit, a bad value is refused here.
-  const backoff = { minMs: timingOption('backoff.minMs', options.backoff?.minMs, 250), maxMs: timingOption('backoff.maxMs', options.backoff?.maxMs, 30_000) }
+  // A backoff's waits stop at MAX_BACKOFF_MS (10 minutes), Infinity included.
+  const backoff = {
+    minMs: timingOption('backoff.minMs', options.backoff?.minMs, 250, MAX_BACKOFF_MS),
+    maxMs: timingOption('backoff.maxMs', options.backoff?.maxMs, 30_000, MAX_BACKOFF_MS),
+  }
   const pingIntervalMs = timingOption('pingIntervalMs', options.pingIntervalMs, 25_000)
   const pongTimeoutMs = timingOption('pongTimeoutMs', options.pongTimeoutMs, 10_000)
   const connectTimeoutMs = timingOption('connectTimeoutMs', options.connectTimeoutMs, 10_000)

@@ -707,6 +707,25 @@ describe('client timing options', () => {
     })
   }
 
+  test('backoff: Infinity (or anything past 10 minutes) waits at most 10 minutes before a reconnect, not up to the ~24 days a timer holds', async () => {
+    const s = scripted({ open: (ws) => ws.close(1011, 'boom') })
+    const realRandom = Math.random
+    // The top of the jitter: the longest wait the options allow.
+    Math.random = () => 1 - 2 ** -40
+    try {
+      for (const backoff of [{ minMs: Infinity, maxMs: Infinity }, { minMs: 2 ** 40, maxMs: 2 ** 40 }]) {
+        const c = keep(createClient({ urls: [s.url], backoff }))
+        const waits: number[] = []
+        c.on('status', (st) => void (st.state === 'reconnecting' && waits.push(st.delayMs)))
+        await until('a reconnect scheduled', () => waits.length > 0, 3000)
+        c.close()
+        expect([backoff, waits]).toEqual([backoff, [600_000 - 1]])
+      }
+    } finally {
+      Math.random = realRandom
+    }
+  })
+
   test('a timing option that is not a positive number (negative, zero, NaN, a string) is refused when the client is made, naming it', () => {
     for (const option of [...timeouts, 'maxServerWaitMs'] as const) {
       for (const bad of [-1, 0, NaN, '5000']) {
@@ -714,7 +733,7 @@ describe('client timing options', () => {
       }
     }
     for (const key of ['minMs', 'maxMs'] as const) {
-      expect(() => createClient({ urls: ['ws://127.0.0.1:9/v1/ws'], backoff: { [key]: -5 } })).toThrow(`backoff.${key} must be a positive number of milliseconds (Infinity: no limit), not -5`)
+      expect(() => createClient({ urls: ['ws://127.0.0.1:9/v1/ws'], backoff: { [key]: -5 } })).toThrow(`backoff.${key} must be a positive number of milliseconds (at most 600000, Infinity: that), not -5`)
     }
     let code: string | undefined
     try {
