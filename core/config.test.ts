@@ -1,5 +1,5 @@
 import { expect, test } from 'bun:test'
-import { loadConfig, misspeltVariables } from './config'
+import { loadConfig, metricsHost, misspeltVariables } from './config'
 
 test('a whole-number variable written as anything but decimal digits is refused, naming it', () => {
   // Value.Convert alone read these with parseInt: "864e5" (a day, meant) became 864 ms of retention.
@@ -101,4 +101,15 @@ test('misspelt variables are found with the one meant; a tool\'s own FANFARE_ va
     { name: 'NATS_URLS', meant: 'NATS_URL' },
     { name: 'FANFARE_DEDUP_WINDOW', meant: 'FANFARE_DEDUP_WINDOW_MS' },
   ])
+})
+
+test('FANFARE_METRICS_HOST: an address or host name to listen on, HOST when unset; a port, a scheme or brackets are refused, naming it', () => {
+  expect(metricsHost(loadConfig({}))).toBe('0.0.0.0')
+  expect(metricsHost(loadConfig({ HOST: '10.0.0.5' }))).toBe('10.0.0.5')
+  for (const host of ['127.0.0.1', '::1', '0.0.0.0', '::', 'localhost', 'metrics.internal', 'fe80::1%eth0']) {
+    expect(metricsHost(loadConfig({ HOST: '0.0.0.0', FANFARE_METRICS_HOST: host }))).toBe(host)
+  }
+  for (const host of ['127.0.0.1:9464', 'http://127.0.0.1', '[::1]', 'metrics host', '999.1.1.1', '-metrics']) {
+    expect(() => loadConfig({ FANFARE_METRICS_HOST: host })).toThrow(`FANFARE_METRICS_HOST: ${JSON.stringify(host)} is not an address or host name to listen on`)
+  }
 })

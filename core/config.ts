@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Value, ValuePointer } from '@sinclair/typebox/value'
-import { parseCidrs, parseNatsServers, parseOrigins } from './net'
+import { listenHostProblem, parseCidrs, parseNatsServers, parseOrigins } from './net'
 import { StartFailure } from './start-failure'
 
 /** A JetStream domain name (it becomes a subject token: `$JS.<domain>.API`). */
@@ -240,6 +240,12 @@ export const Env = Type.Object({
    * API node still serves `/metrics` on its own port to admin:read credentials).
    */
   FANFARE_METRICS_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
+  /**
+   * The address the FANFARE_METRICS_PORT listener binds (an IP address or a host name). Unset: HOST,
+   * as before it existed. Set it to keep the unauthenticated metrics private while the API listens
+   * on every address: `127.0.0.1`, or the address of the scrape network.
+   */
+  FANFARE_METRICS_HOST: Type.Optional(Type.String({ minLength: 1 })),
   /** Traces go over OTLP/HTTP to this base URL (`/v1/traces` is added). Unset (and no traces endpoint): tracing is off. */
   OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(Type.String({ pattern: '^https?://' })),
   /** The full URL for traces, taking precedence over OTEL_EXPORTER_OTLP_ENDPOINT. */
@@ -317,6 +323,8 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   for (const p of parseOrigins(lists.FANFARE_ALLOWED_ORIGINS).problems) problems.push(`FANFARE_ALLOWED_ORIGINS: ${p}`)
   for (const p of parseNatsServers(lists.NATS_URL).problems) problems.push(`NATS_URL: ${p}`)
   for (const p of parseDomains(lists.FANFARE_EDGE_DOMAINS).problems) problems.push(`FANFARE_EDGE_DOMAINS: ${p}`)
+  const metricsHost = lists.FANFARE_METRICS_HOST === undefined ? undefined : listenHostProblem(lists.FANFARE_METRICS_HOST)
+  if (metricsHost) problems.push(`FANFARE_METRICS_HOST: ${metricsHost}`)
   // HS256 signs with the secret's UTF-8 bytes: a length in characters would refuse 40 bytes of "é".
   for (const key of ['FANFARE_JWT_SECRET', 'FANFARE_JWT_PREVIOUS_SECRET'] as const) {
     const secret = lists[key]
@@ -350,6 +358,9 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   if (problems.length > 0) throw new ConfigError(problems)
   return converted as Config
 }
+
+/** The address the metrics listener (FANFARE_METRICS_PORT) binds: FANFARE_METRICS_HOST, else HOST. */
+export const metricsHost = (config: Pick<Config, 'HOST' | 'FANFARE_METRICS_HOST'>): string => config.FANFARE_METRICS_HOST ?? config.HOST
 
 /**
  * Variables of `source` that look like a misspelt Fanfare variable (`FANFARE_PARTITONS`), each

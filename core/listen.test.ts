@@ -50,3 +50,13 @@ test('a HOST that is not an address of this machine says to set HOST', async () 
   // 192.0.2.0/24 is TEST-NET-1: never assigned to a machine.
   await expect(checkPort('192.0.2.1', await freePort())).rejects.toThrow('192.0.2.1 is not an address of this machine: set HOST')
 })
+
+test('the metrics port is checked on FANFARE_METRICS_HOST when set: one that is not an address of this machine says to set FANFARE_METRICS_HOST', async () => {
+  const port = await freePort()
+  await expect(checkPorts({ HOST: '127.0.0.1', PORT: 0, FANFARE_METRICS_PORT: port, FANFARE_METRICS_HOST: '192.0.2.1' })).rejects.toThrow(
+    `cannot listen on 192.0.2.1:${port}: 192.0.2.1 is not an address of this machine: set FANFARE_METRICS_HOST to one of its addresses`,
+  )
+  // Taken on HOST, free on the metrics host: the metrics listener does not need HOST's port.
+  const onHost = takenPort()
+  await checkPorts({ HOST: '127.0.0.1', PORT: 0, FANFARE_METRICS_PORT: onHost, FANFARE_METRICS_HOST: '127.0.0.2' })
+})

@@ -1,3 +1,4 @@
+import { metricsHost, type Config } from './config'
 import { StartFailure } from './start-failure'
 
 // Listening on HOST and a port at start: the check made before anything starts, and the error that
@@ -14,14 +15,16 @@ const SAME_PORT = 'FANFARE_SAME_PORT'
 export class ListenFailed extends StartFailure {
   constructor(host: string, port: number, setting: 'PORT' | 'FANFARE_METRICS_PORT', cause: unknown) {
     const code = (cause as { code?: string } | undefined)?.code
+    // The metrics listener's address is FANFARE_METRICS_HOST (HOST when unset).
+    const hostSetting = setting === 'PORT' ? 'HOST' : 'FANFARE_METRICS_HOST'
     super(
       code === SAME_PORT
         ? `cannot listen on ${host}:${port} twice: FANFARE_METRICS_PORT is the same port as PORT; set FANFARE_METRICS_PORT to another port`
         : code === 'EADDRINUSE'
         ? `cannot listen on ${host}:${port}: the port is in use by another process (another Fanfare?): stop it, or set ${setting} to a free port`
         : code === 'EADDRNOTAVAIL'
-          ? `cannot listen on ${host}:${port}: ${host} is not an address of this machine: set HOST to one of its addresses (0.0.0.0 for all)`
-          : `cannot listen on ${host}:${port} (HOST, ${setting}): ${(cause as Error)?.message ?? String(cause)}`,
+          ? `cannot listen on ${host}:${port}: ${host} is not an address of this machine: set ${hostSetting} to one of its addresses (0.0.0.0 for all)`
+          : `cannot listen on ${host}:${port} (${hostSetting}, ${setting}): ${(cause as Error)?.message ?? String(cause)}`,
       { cause },
     )
     this.name = 'ListenFailed'
@@ -47,15 +50,17 @@ export async function checkPort(host: string, port: number, setting: 'PORT' | 'F
 }
 
 /**
- * The API node's ports checked before anything starts (checkPort): PORT, and FANFARE_METRICS_PORT
- * when set. One port given to both passes each check alone, then failed at the second listen with
- * "in use by another process" (the node's own metrics listener): refused here, saying so.
+ * The API node's ports checked before anything starts (checkPort): PORT on HOST, and
+ * FANFARE_METRICS_PORT on FANFARE_METRICS_HOST (else HOST) when set. One port given to both passes
+ * each check alone, then failed at the second listen with "in use by another process" (the node's
+ * own metrics listener): refused here, saying so, whatever the two hosts (one of them on every
+ * address, 0.0.0.0, takes the port on the other too).
  */
-export async function checkPorts(config: { HOST: string; PORT: number; FANFARE_METRICS_PORT?: number }): Promise<void> {
+export async function checkPorts(config: Pick<Config, 'HOST' | 'PORT' | 'FANFARE_METRICS_PORT' | 'FANFARE_METRICS_HOST'>): Promise<void> {
   const metrics = config.FANFARE_METRICS_PORT
   if (metrics !== undefined && metrics !== 0 && metrics === config.PORT) {
-    throw new ListenFailed(config.HOST, metrics, 'FANFARE_METRICS_PORT', Object.assign(new Error('the same port as PORT'), { code: SAME_PORT }))
+    throw new ListenFailed(metricsHost(config), metrics, 'FANFARE_METRICS_PORT', Object.assign(new Error('the same port as PORT'), { code: SAME_PORT }))
   }
   await checkPort(config.HOST, config.PORT)
-  if (metrics !== undefined) await checkPort(config.HOST, metrics, 'FANFARE_METRICS_PORT')
+  if (metrics !== undefined) await checkPort(metricsHost(config), metrics, 'FANFARE_METRICS_PORT')
 }

@@ -41,6 +41,17 @@ function bare(entry: string): Cidr {
   return [addr, addr.kind() === 'ipv4' ? 32 : 128]
 }
 
+/**
+ * What is wrong with `text` as an address to listen on (HOST-like settings): an IP address (`::1`,
+ * `0.0.0.0`) or a host name (`localhost`, `metrics.internal`); a port, a scheme, brackets or spaces
+ * are not part of it. Undefined when it is fine.
+ */
+export function listenHostProblem(text: string): string | undefined {
+  if (ipaddr.isValid(text)) return undefined
+  if (/^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/.test(text) && !/^[0-9.]+$/.test(text)) return undefined
+  return `${JSON.stringify(text)} is not an address or host name to listen on (like 127.0.0.1, ::1 or localhost: no port, scheme or brackets)`
+}
+
 /** Whether `addr` lies in one of `ranges` (an IPv4 address never matches an IPv6 range, nor the reverse). */
 export function inRanges(addr: ipaddr.IPv4 | ipaddr.IPv6, ranges: readonly Cidr[]): boolean {
   return ranges.some(([base, bits]) => base.kind() === addr.kind() && addr.match(base, bits))

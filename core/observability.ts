@@ -1,4 +1,4 @@
-import type { Config } from './config'
+import { metricsHost, type Config } from './config'
 import type { Logger } from './logger'
 import { createMetrics, serveMetrics, type Metrics } from './metrics'
 import { startTracing } from './tracing'
@@ -17,8 +17,8 @@ export type Observability = {
  */
 export function startObservability(config: Config, serviceName: string, logger: Logger): Observability {
   const metrics = createMetrics()
-  const listener = config.FANFARE_METRICS_PORT === undefined ? undefined : serveMetrics({ metrics, port: config.FANFARE_METRICS_PORT, hostname: config.HOST })
-  if (listener) logger.info({ port: listener.port }, 'metrics listening (GET /metrics, no auth)')
+  const listener = config.FANFARE_METRICS_PORT === undefined ? undefined : serveMetrics({ metrics, port: config.FANFARE_METRICS_PORT, hostname: metricsHost(config) })
+  if (listener) logger.info({ host: metricsHost(config), port: listener.port }, 'metrics listening (GET /metrics, no auth)')
   const tracing = startTracing(config, config.OTEL_SERVICE_NAME ?? serviceName)
   if (tracing) logger.info({ sampler: config.OTEL_TRACES_SAMPLER, protocol: config.OTEL_EXPORTER_OTLP_PROTOCOL }, 'tracing exported over OTLP/HTTP')
   return {
