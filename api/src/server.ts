@@ -6,6 +6,7 @@ import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-su
 import { createApp } from './app'
 import type { ApiDeps } from './deps'
 import { startRealtime } from './realtime/start'
+import type { HistoryReader } from './realtime/history'
 import { snapshotReader } from './realtime/snapshots'
 import { startSecurity } from './auth/security'
 import { createLimits } from './limits'
@@ -37,6 +38,8 @@ export async function startApi(
   deps: Omit<ApiDeps, 'realtime' | 'security'> & {
     /** False where the process's stream workers already run the retention watch (npm start). Default true. */
     watchRetention?: boolean
+    /** Tests only: see startRealtime. */
+    wrapHistory?: (read: HistoryReader) => HistoryReader
   },
 ): Promise<RunningApi> {
   const metrics = deps.metrics ?? createMetrics()

@@ -9,6 +9,7 @@ import { createApp, type App } from './app'
 import type { ApiDeps } from './deps'
 import { startSecurity } from './auth/security'
 import { startApi, type RunningApi } from './server'
+import type { HistoryReader } from './realtime/history'
 
 /** An app over a fresh test database and stream, with helpers for requests. Test-only. */
 export type ApiHarness = {
@@ -97,13 +98,19 @@ export type TestNode = {
   close: () => Promise<void>
 }
 
-/** `opts`: the node's logger (default: silent) and metrics, for a test that reads them. */
-export async function startTestNode(overrides: Record<string, string> = {}, opts: { logger?: Logger; metrics?: Metrics } = {}): Promise<TestNode> {
+/**
+ * `opts`: the node's logger (default: silent) and metrics, for a test that reads them, and a
+ * wrapper of its history reader (see startRealtime).
+ */
+export async function startTestNode(
+  overrides: Record<string, string> = {},
+  opts: { logger?: Logger; metrics?: Metrics; wrapHistory?: (read: HistoryReader) => HistoryReader } = {},
+): Promise<TestNode> {
   const env = await createTestEnv({ PORT: '0', HOST: '127.0.0.1', ...overrides })
   const database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
   const nc = await connect({ servers: TEST_NATS_URL })
   const jsm = await ensureStreams(nc, env.config)
-  const api = await startApi({ config: env.config, db: database.db, nc, logger: opts.logger ?? createLogger('silent'), metrics: opts.metrics })
+  const api = await startApi({ config: env.config, db: database.db, nc, logger: opts.logger ?? createLogger('silent'), metrics: opts.metrics, wrapHistory: opts.wrapHistory })
   return {
     env,
     database,

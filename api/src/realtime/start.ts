@@ -9,7 +9,7 @@ import type { SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { Ingest } from '../modules/events/service'
 import { startChangeFeed, type FeedStatus } from './change-feed'
 import { createChannelHub, type Snapshot } from './channel-hub'
-import { historyReader } from './history'
+import { historyReader, type HistoryReader } from './history'
 import { windowsOf } from './windows'
 import type { Security } from '../auth/security'
 import { createSlowConsumers } from './slow-consumers'
@@ -57,6 +57,8 @@ export async function startRealtime(deps: {
   metrics?: Metrics
   /** The node's watched subscriptions (presence, the feeds' advisories); each part makes its own when absent. */
   subscriptions?: SubscriptionWatch
+  /** Tests only: wraps the history reader resumes use (a test makes a read slow while live updates arrive). */
+  wrapHistory?: (read: HistoryReader) => HistoryReader
 }): Promise<Realtime> {
   const metrics = deps.metrics ?? createMetrics()
   const committedAt = lastParsed()
@@ -76,7 +78,7 @@ export async function startRealtime(deps: {
   const windowOf = windowsOf(deps.config)
   const hub = createChannelHub({
     snapshot: deps.snapshot,
-    history: historyReader({ nc: deps.nc, streams: t.changeStreams, prefix: t.prefix }),
+    history: (deps.wrapHistory ?? ((read) => read))(historyReader({ nc: deps.nc, streams: t.changeStreams, prefix: t.prefix })),
     publish: (topic, text) => {
       if (!server) return
       if (windowOf(topic)) {
