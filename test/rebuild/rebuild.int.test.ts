@@ -17,7 +17,7 @@ import { until } from '../../core/testing/wait'
 import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing/harness'
 import type { Workers } from '../../stream-workers/src/workers'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
-import { runRebuild, type RebuildHooks } from '../../stream-workers/src/rebuild/rebuild'
+import { runRebuild, type RebuildDeps } from '../../stream-workers/src/rebuild/rebuild'
 import { RebuildTakenOver } from '../../stream-workers/src/rebuild/fence'
 import { startRebuildJobs } from '../../stream-workers/src/rebuild/jobs'
 import { createShadow } from '../../stream-workers/src/rebuild/shadow'
@@ -209,6 +209,59 @@ async function sendBomb(h: ApiHarness): Promise<{ id: string; seq: number }> {
   return { id: r.json.results[0].id, seq: r.json.results[0].seq }
 }
 
+/** The start of most tests here: a harness on two partitions, a worker, and `n` events sent (500 a request) and applied. */
+async function withApplied(n: number, overrides: Record<string, string> = {}): Promise<{ hh: ApiHarness; sent: Sent[] }> {
+  h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500', ...overrides })
+  const hh = h
+  await startWorker(hh)
+  const sent: Sent[] = []
+  for (let i = 0; i < n; i += 500) sent.push(...(await sendBatch(hh, Math.min(500, n - i))))
+  await caughtUp(hh)
+  return { hh, sent }
+}
+
+/**
+ * What runRebuild needs, on a Postgres client of its own (at `databaseUrl`, by default the
+ * harness's; closed after the test), like a worker of its own: the leaderboards projection, a
+ * silent logger and no progress report unless `deps` says otherwise.
+ */
+async function rebuildDeps(hh: ApiHarness, deps: Partial<RebuildDeps> & { databaseUrl?: string } = {}): Promise<RebuildDeps> {
+  const { databaseUrl, ...rest } = deps
+  const db = await connectBunSql(databaseUrl ?? hh.env.vars.DATABASE_URL, { max: 2 })
+  closers.push(() => db.close())
+  return {
+    config: hh.env.config,
+    db: db.db,
+    js: jetstream(hh.nc),
+    logger: createLogger('silent'),
+    projection: leaderboardsProjection,
+    progress: async () => {},
+    signal: new AbortController().signal,
+    ...rest,
+  }
+}
+
+/** A logger that keeps its JSON lines, and how many of them carry message `msg`. */
+function keptLog() {
+  const lines: string[] = []
+  const logger = createLogger('info', {}, { output: { write: (l: string) => void lines.push(l) }, format: 'json' })
+  const logged = (msg: string) => lines.filter((l) => (JSON.parse(l) as { msg: string }).msg === msg).length
+  return { lines, logger, logged }
+}
+
+/** After a rebuild: live goes on from the switched checkpoints, the model is exact, each channel re-synced once. */
+async function expectOneSwitch(hh: ApiHarness, sent: Sent[]) {
+  sent.push(...(await sendBatch(hh, 10)))
+  await caughtUp(hh)
+  expectModels(await readModels(hh), oracle(sent, {}))
+  // One restart run per rebuilt channel, published by the outbox sweeper.
+  expect(await restartRuns(hh)).toEqual(Object.keys(boards).map((b) => `leaderboard:${b}`).sort())
+}
+
+/** The rebuilds' shadow and retired schemas in the database, sorted. */
+const schemas = async (hh: ApiHarness) =>
+  [...((await hh.database.db.execute(sql`select nspname from pg_namespace where nspname like 'rebuild\\_%' or nspname like 'retired\\_%' order by 1`)) as unknown as { nspname: string }[])].map((r) => r.nspname)
+
 describe('POST /admin/projections/:name/rebuild', () => {
   test('a rebuild while events keep flowing ends equal to the model computed from the events, with new epochs', async () => {
     h = await createHarness({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '1500', FANFARE_BATCH_SIZE: '100' })
@@ -318,12 +371,8 @@ describe('POST /admin/projections/:name/rebuild', () => {
   })
 
   test('after NATS lost the event stream, a rebuild is history_incomplete unless forced; a forced one switches in the new stream alone and clears that', async () => {
-    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
-    const hh = h
-    await startWorker(hh)
+    const { hh } = await withApplied(10)
     const path = '/admin/projections/leaderboards/rebuild'
-    await sendBatch(hh, 10)
-    await caughtUp(hh)
     const lostStream = await streamIdentity(hh.jsm, hh.env.config.FANFARE_STREAM)
     await hh.jsm.streams.delete(hh.env.config.FANFARE_STREAM)
     await ensureStreams(hh.nc, hh.env.config)
@@ -393,22 +442,11 @@ describe('POST /admin/projections/:name/rebuild', () => {
   }, 40_000)
 
   test('an event stream recreated during a rebuild (NATS lost its data) stops it before the switch; the live model keeps every event', async () => {
-    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
-    const hh = h
-    await startWorker(hh)
-    const sent = await sendBatch(hh, 20)
-    await caughtUp(hh)
+    const { hh, sent } = await withApplied(20)
     const config = hh.env.config
-    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => db.close())
     let recreated = false
     const rebuilding = runRebuild(
-      {
-        config,
-        db: db.db,
-        js: jetstream(hh.nc),
-        logger: createLogger('silent'),
-        projection: leaderboardsProjection,
+      await rebuildDeps(hh, {
         // After the shadow's catch-up: NATS loses its data, new events arrive and the live
         // runners apply them from the new stream's start.
         progress: async () => {
@@ -419,8 +457,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
           sent.push(...(await sendBatch(hh, 5)))
           await caughtUp(hh)
         },
-        signal: new AbortController().signal,
-      },
+      }),
       { id: 'recreated', attempt: 1 },
     )
     await expect(rebuilding).rejects.toThrow(/event stream was recreated during the rebuild/)
@@ -438,15 +475,9 @@ describe('POST /admin/projections/:name/rebuild', () => {
   // A cancel (statement_timeout) or a lost connection in the switch's transaction failed the job:
   // nothing switched, and the admin had to request it again.
   test('a switch that meets statement_timeout and a lost connection is rolled back and tried again: it switches once, each channel told to re-sync once', async () => {
-    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
-    const hh = h
-    await startWorker(hh)
-    const sent = await sendBatch(hh, 30)
-    await caughtUp(hh)
+    const { hh, sent } = await withApplied(30)
     // The rebuild's own sessions are canceled after 1 s (the others opened before this).
     await setDatabaseDefault(hh.env.vars.DATABASE_URL, 'statement_timeout', '1000', { endSessions: false })
-    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => db.close())
     const pg = postgres(hh.env.vars.DATABASE_URL, { max: 2, onnotice: () => {} })
     closers.push(() => pg.end({ timeout: 5 }))
     // The switch's first statement on the live model waits behind a reader's lock, which is held
@@ -455,14 +486,10 @@ describe('POST /admin/projections/:name/rebuild', () => {
       (await pg<{ pid: number }[]>`select l.pid from pg_locks l join pg_class c on c.oid = l.relation
                                    where c.relname = 'leaderboard_entries' and l.mode = 'AccessExclusiveLock' and not l.granted`)[0]?.pid
     let reader: Promise<unknown> | undefined
-    const lines: string[] = []
+    const { lines, logger } = keptLog()
     const { switchedAtSeq } = await runRebuild(
-      {
-        config: hh.env.config,
-        db: db.db,
-        js: jetstream(hh.nc),
-        logger: createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' }),
-        projection: leaderboardsProjection,
+      await rebuildDeps(hh, {
+        logger,
         progress: async (p) => {
           if (p.state !== 'switching' || reader) return
           let locked!: () => void
@@ -480,8 +507,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
           })
           await held
         },
-        signal: new AbortController().signal,
-      },
+      }),
       { id: 'switchretry', attempt: 1 },
     )
     await reader
@@ -490,27 +516,17 @@ describe('POST /admin/projections/:name/rebuild', () => {
     expect(retried.some((l) => l.err?.code === '57014')).toBe(true)
     expect(retried.length).toBeGreaterThanOrEqual(2)
     expect(switchedAtSeq).toBeGreaterThanOrEqual(Math.max(...sent.filter((e) => e.type === 'score.submitted').map((e) => e.seq)))
-    sent.push(...(await sendBatch(hh, 10)))
-    await caughtUp(hh)
-    expectModels(await readModels(hh), oracle(sent, {}))
-    // One restart run per rebuilt channel, published by the outbox sweeper.
-    expect(await restartRuns(hh)).toEqual(Object.keys(boards).map((b) => `leaderboard:${b}`).sort())
+    await expectOneSwitch(hh, sent)
   }, 60_000)
 
   // Retried blindly, a switch that did commit would catch up again into what are now the live
   // tables (every event applied twice) or fail; it must be found and never done twice.
   test('a switch whose COMMIT answer is lost is found committed: done once, not again, each channel told to re-sync once', async () => {
-    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
-    const hh = h
-    await startWorker(hh)
-    const sent = await sendBatch(hh, 30)
-    await caughtUp(hh)
+    const { hh, sent } = await withApplied(30)
     // The rebuild reaches Postgres through a proxy that keeps back the answer to its COMMIT, then
     // cuts the connection.
     const { proxy, url } = proxyDatabase(hh.env.vars.DATABASE_URL)
     closers.push(async () => proxy.close())
-    const db = await connectBunSql(url, { max: 2 })
-    closers.push(() => db.close())
     const lines: string[] = []
     const output = {
       write: (l: string) => {
@@ -524,25 +540,11 @@ describe('POST /admin/projections/:name/rebuild', () => {
         }, 500)
       },
     }
-    const { switchedAtSeq } = await runRebuild(
-      {
-        config: hh.env.config,
-        db: db.db,
-        js: jetstream(hh.nc),
-        logger: createLogger('info', {}, { output, format: 'json' }),
-        projection: leaderboardsProjection,
-        progress: async () => {},
-        signal: new AbortController().signal,
-      },
-      { id: 'lostcommit', attempt: 1 },
-    )
+    const { switchedAtSeq } = await runRebuild(await rebuildDeps(hh, { databaseUrl: url, logger: createLogger('info', {}, { output, format: 'json' }) }), { id: 'lostcommit', attempt: 1 })
     const logged = lines.map((l) => JSON.parse(l) as { msg: string; switchedAt?: number })
     expect(logged.filter((l) => l.msg === 'rebuilt model switched in').length).toBe(1)
     expect(logged.find((l) => l.msg === 'the switch committed though its answer was lost')?.switchedAt).toBe(switchedAtSeq)
-    sent.push(...(await sendBatch(hh, 10)))
-    await caughtUp(hh)
-    expectModels(await readModels(hh), oracle(sent, {}))
-    expect(await restartRuns(hh)).toEqual(Object.keys(boards).map((b) => `leaderboard:${b}`).sort())
+    await expectOneSwitch(hh, sent)
   }, 60_000)
 
   test('an event Postgres refuses for its data is a dead letter of the rebuild, as live; the others apply and the rebuild switches in', async () => {
@@ -554,12 +556,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
     sent.push(...(await sendBatch(hh, 10)))
     await caughtUp(hh)
     // The live runners applied the bomb (today's code takes it); the rebuild runs `refusing`.
-    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => db.close())
-    const { switchedAtSeq } = await runRebuild(
-      { config: hh.env.config, db: db.db, js: jetstream(hh.nc), logger: createLogger('silent'), projection: refusing, progress: async () => {}, signal: new AbortController().signal },
-      { id: 'refused', attempt: 1 },
-    )
+    const { switchedAtSeq } = await runRebuild(await rebuildDeps(hh, { projection: refusing }), { id: 'refused', attempt: 1 })
     expect(switchedAtSeq).toBeGreaterThanOrEqual(bomb.seq)
     // Every other event is in the switched-in model; the bomb is not, and is a dead letter with
     // Postgres' reason, like one the live path refuses.
@@ -592,12 +589,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const strays = () => hh.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
     await until('the strays to be dead letters', async () => (await strays()).length === 2)
     expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
-    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => db.close())
-    await runRebuild(
-      { config: hh.env.config, db: db.db, js, logger: createLogger('silent'), projection: leaderboardsProjection, progress: async () => {}, signal: new AbortController().signal },
-      { id: 'strays', attempt: 1 },
-    )
+    await runRebuild(await rebuildDeps(hh), { id: 'strays', attempt: 1 })
     // The rebuilt model is the live one (it took `01` for partition 1 before), and the switch,
     // which replaces the leaderboards' dead letters, leaves the catch's.
     expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
@@ -608,20 +600,10 @@ describe('POST /admin/projections/:name/rebuild', () => {
   }, 40_000)
 
   test('the same when the refused event comes in the switch, applied in its transaction: the rebuild switches in, the event a dead letter', async () => {
-    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
-    const hh = h
-    await startWorker(hh)
-    const sent = await sendBatch(hh, 20)
-    await caughtUp(hh)
-    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => db.close())
+    const { hh, sent } = await withApplied(20)
     let bomb: { id: string; seq: number } | undefined
     const { switchedAtSeq } = await runRebuild(
-      {
-        config: hh.env.config,
-        db: db.db,
-        js: jetstream(hh.nc),
-        logger: createLogger('silent'),
+      await rebuildDeps(hh, {
         projection: refusing,
         // Just before the switch: the live runners apply the bomb and more, so the switch's
         // transaction must apply them to the shadow to reach the live checkpoints.
@@ -631,8 +613,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
           sent.push(...(await sendBatch(hh, 5)))
           await caughtUp(hh)
         },
-        signal: new AbortController().signal,
-      },
+      }),
       { id: 'refusedtail', attempt: 1 },
     )
     expect(bomb).toBeDefined()
@@ -683,15 +664,9 @@ describe('a dead-letter replay during a rebuild', () => {
 
     // The shadow reads the bug's event while it is still broken (a dead letter of the shadow);
     // then the bug is fixed and an admin replays the live dead letter, before the switch.
-    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => db.close())
     let during: { status: number; code?: string } | undefined
     await runRebuild(
-      {
-        config: hh.env.config,
-        db: db.db,
-        js: jetstream(hh.nc),
-        logger: createLogger('silent'),
+      await rebuildDeps(hh, {
         projection: buggy,
         progress: async (p) => {
           if (during || p.appliedSeq < bug.seq) return
@@ -699,8 +674,7 @@ describe('a dead-letter replay during a rebuild', () => {
           const replay = await hh.call('POST', `/admin/dead-letters/${live.id}/replay`, admin)
           during = { status: replay.status, code: replay.json.error?.code }
         },
-        signal: new AbortController().signal,
-      },
+      }),
       { id: 'replayduring', attempt: 1 },
     )
     const entryOfBug = async () => (await hh.database.db.select().from(leaderboardEntries)).find((e) => e.player === 'bug')?.score
@@ -738,11 +712,10 @@ describe('a dead-letter replay during a rebuild', () => {
     // A switched rebuild whose retired tables were never dropped, and an earlier attempt of the running one.
     await db.execute(sql.raw('CREATE SCHEMA retired_cccc00000003_1'))
     await db.execute(sql.raw('CREATE SCHEMA rebuild_bbbb00000002_0'))
-    const schemas = async () => [...((await db.execute(sql`select nspname from pg_namespace where nspname like 'rebuild\\_%' or nspname like 'retired\\_%' order by 1`)) as unknown as { nspname: string }[])].map((r) => r.nspname)
 
     await startWorker(hh)
-    await until('the leftovers to be dropped', async () => (await schemas()).length === 1, 10_000)
-    expect(await schemas()).toEqual(['rebuild_bbbb00000002_1'])
+    await until('the leftovers to be dropped', async () => (await schemas(hh)).length === 1, 10_000)
+    expect(await schemas(hh)).toEqual(['rebuild_bbbb00000002_1'])
     // A dead letter of matches (a start of no match) is replayed: it still fails, but is no longer refused for a rebuild.
     expect((await hh.call('POST', '/v1/events', { token: hh.ingestToken, body: { type: 'match.start', data: { match: 'nope' } } })).status).toBe(202)
     await caughtUp(hh)
@@ -756,7 +729,7 @@ describe('a dead-letter replay during a rebuild', () => {
     expect(await replay()).toBe('rebuild_in_progress')
     expect((await hh.call('POST', '/admin/projections/leaderboards/rebuild', { token: hh.adminToken })).status).toBe(202)
     await waitJob(hh, 'leaderboards', 'done')
-    expect(await schemas()).toEqual(['rebuild_bbbb00000002_1'])
+    expect(await schemas(hh)).toEqual(['rebuild_bbbb00000002_1'])
     expect(await replay()).toBe('still_failing')
   }, 40_000)
 })
@@ -789,48 +762,18 @@ describe('a slow rebuild builder whose job is taken over', () => {
    * Attempt `attempt` of rebuild `id` of the leaderboards, with its own connections like a worker
    * of its own. Its outcome is kept (never an unhandled rejection), and how many switches it logged.
    */
-  async function builder(hh: ApiHarness, id: string, attempt: number, opts: { hooks?: RebuildHooks; progress?: () => Promise<void> } = {}) {
-    const db = await connectBunSql(hh.env.vars.DATABASE_URL, { max: 2 })
-    closers.push(() => db.close())
-    const lines: string[] = []
-    const run = runRebuild(
-      {
-        config: hh.env.config,
-        db: db.db,
-        js: jetstream(hh.nc),
-        logger: createLogger('info', {}, { output: { write: (l: string) => void lines.push(l) }, format: 'json' }),
-        projection: leaderboardsProjection,
-        progress: opts.progress ?? (async () => {}),
-        signal: new AbortController().signal,
-        hooks: opts.hooks,
-      },
-      { id, attempt },
-    )
+  async function builder(hh: ApiHarness, id: string, attempt: number, deps: Pick<Partial<RebuildDeps>, 'hooks' | 'progress'> = {}) {
+    const { logger, logged } = keptLog()
+    const run = runRebuild(await rebuildDeps(hh, { logger, ...deps }), { id, attempt })
     const outcome = run.then(
       (r) => ({ switchedAtSeq: r.switchedAtSeq, err: undefined }),
       (err: unknown) => ({ switchedAtSeq: undefined, err }),
     )
-    const switches = () => lines.filter((l) => (JSON.parse(l) as { msg: string }).msg === 'rebuilt model switched in').length
-    return { outcome, switches }
-  }
-
-  const schemas = async (hh: ApiHarness) =>
-    [...((await hh.database.db.execute(sql`select nspname from pg_namespace where nspname like 'rebuild\\_%' or nspname like 'retired\\_%' order by 1`)) as unknown as { nspname: string }[])].map((r) => r.nspname)
-
-  /** After the rebuild: live goes on from the switched checkpoints, the model is exact, each channel re-synced once. */
-  async function expectOneSwitch(hh: ApiHarness, sent: Sent[]) {
-    sent.push(...(await sendBatch(hh, 10)))
-    await caughtUp(hh)
-    expectModels(await readModels(hh), oracle(sent, {}))
-    expect(await restartRuns(hh)).toEqual(Object.keys(boards).map((b) => `leaderboard:${b}`).sort())
+    return { outcome, switches: () => logged('rebuilt model switched in') }
   }
 
   test('slow inside its switch (locks held): the takeover waits for it, finds its switch committed and does not switch again', async () => {
-    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
-    const hh = h
-    await startWorker(hh)
-    const sent = await sendBatch(hh, 30)
-    await caughtUp(hh)
+    const { hh, sent } = await withApplied(30)
     const slow = pausePoint()
     const a = await builder(hh, 'slowcommit', 1, { hooks: { beforeSwitchCommit: slow.hold } })
     await slow.reached
@@ -851,11 +794,7 @@ describe('a slow rebuild builder whose job is taken over', () => {
   }, 60_000)
 
   test('slow before its switch: its switch rolls back (taken over) after the takeover switched in; one switch', async () => {
-    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
-    const hh = h
-    await startWorker(hh)
-    const sent = await sendBatch(hh, 30)
-    await caughtUp(hh)
+    const { hh, sent } = await withApplied(30)
     const slow = pausePoint()
     const a = await builder(hh, 'slowswitch', 1, { hooks: { beforeSwitch: slow.hold } })
     await slow.reached
@@ -874,13 +813,8 @@ describe('a slow rebuild builder whose job is taken over', () => {
   }, 60_000)
 
   test("slow in its catch-up: its next fetch writes nothing, not in the new owner's shadow nor anywhere else; one switch", async () => {
-    h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500', FANFARE_BATCH_SIZE: '100' })
-    const hh = h
-    await startWorker(hh)
     // More than one catch-up fetch (1,000 events) of scores, and more than a live batch after it.
-    const sent: Sent[] = []
-    for (let i = 0; i < 3; i++) sent.push(...(await sendBatch(hh, 500)))
-    await caughtUp(hh)
+    const { hh, sent } = await withApplied(1500, { FANFARE_BATCH_SIZE: '100' })
     const slow = pausePoint()
     // Paused after its first fetch committed to its shadow, with more to read.
     const a = await builder(hh, 'slowcatchup', 1, { progress: slow.hold })
@@ -905,9 +839,7 @@ describe('a slow rebuild builder whose job is taken over', () => {
     h = await createHarness({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500' })
     const hh = h
     const slow = pausePoint()
-    const lines: string[] = []
-    const logger = createLogger('info', {}, { output: { write: (l: string) => void lines.push(l) }, format: 'json' })
-    const logged = (msg: string) => lines.filter((l) => (JSON.parse(l) as { msg: string }).msg === msg).length
+    const { logger, logged } = keptLog()
     const worker = await startTestWorker(hh.env, { logger, rebuildHooks: { beforeSwitch: slow.hold } })
     closers.push(() => worker.stop())
     const sent = await sendBatch(hh, 30)
