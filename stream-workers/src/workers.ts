@@ -18,7 +18,7 @@ import { startRebuildJobs } from './rebuild/jobs'
 import type { RebuildHooks } from './rebuild/rebuild'
 import { openLeaseBucket, startLeases } from './runtime/leases'
 import { startOutboxCleaner, startOutboxSweeper } from './runtime/outbox'
-import { startRunner, type Runner, type RunnerHooks } from './runtime/runner'
+import { startRunner, type PartitionDeps, type Runner, type RunnerHooks } from './runtime/runner'
 import { createBatchCommitter } from './runtime/committer'
 import { startTopologyKeeper } from './runtime/topology-keeper'
 import { answerReplays } from './runtime/replay'
@@ -128,6 +128,20 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
       return [p.name, createBatchCommitter({ db, logger: logger.child({ component: 'committer', projection: p.name }), onGroup, onTimeout })]
     }),
   )
+  // What every partition's runners and the catch of unclaimed messages are given alike.
+  const partitionDeps: PartitionDeps = {
+    db,
+    jsm,
+    logger,
+    stream: t.eventStream,
+    prefix: t.prefix,
+    partitions: t.partitions,
+    batchSize: config.FANFARE_BATCH_SIZE,
+    now: deps.now,
+    hooks: deps.hooks,
+    onFatal,
+    metrics,
+  }
   const leases = startLeases({
     kv,
     workerId,
@@ -141,45 +155,21 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     },
     onAcquired: (partition) => {
       if (partition === 0) {
-        unclaimed = startUnclaimedPoller({
-          db,
-          jsm,
-          logger,
-          stream: t.eventStream,
-          prefix: t.prefix,
-          partitions: t.partitions,
-          batchSize: config.FANFARE_BATCH_SIZE,
-          intervalMs: config.FANFARE_UNCLAIMED_POLL_MS,
-          now: deps.now,
-          hooks: deps.hooks,
-          onFenced: () => leases.drop(0),
-          onFatal,
-          metrics,
-        })
+        unclaimed = startUnclaimedPoller({ ...partitionDeps, intervalMs: config.FANFARE_UNCLAIMED_POLL_MS, onFenced: () => leases.drop(0) })
       }
       runners.set(
         partition,
         projections.map((projection) =>
           startRunner({
-            db,
+            ...partitionDeps,
             nc,
             js,
             publisher,
-            jsm,
-            logger,
-            stream: t.eventStream,
-            prefix: t.prefix,
-            partitions: t.partitions,
-            batchSize: config.FANFARE_BATCH_SIZE,
             projection,
             partition,
             cleaner,
             committer: committers.get(projection.name),
-            now: deps.now,
-            hooks: deps.hooks,
             onFenced: () => leases.drop(partition),
-            onFatal,
-            metrics,
             retentionMs: config.FANFARE_EVENT_RETENTION_MS,
           }),
         ),

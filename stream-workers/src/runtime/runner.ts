@@ -37,19 +37,35 @@ export type RunnerHooks = {
   onUnclaimedCommit?: (info: { seqs: number[] }) => void | Promise<void>
 }
 
-export type RunnerDeps = {
+/**
+ * What a process gives the work of each partition it holds, the same for all of it: the runners of
+ * its projections and, on partition 0, the catch of unclaimed messages (see startUnclaimedPoller).
+ * One list, so that the process builds it once.
+ */
+export type PartitionDeps = {
   db: Db
+  jsm: JetStreamManager
+  logger: Logger
+  /** The event stream's name (FANFARE_STREAM). */
+  stream: string
+  prefix: string
+  partitions: number
+  /** Most messages in one batch, and most dead letters written in one statement (FANFARE_BATCH_SIZE). */
+  batchSize: number
+  now?: () => Date
+  hooks?: RunnerHooks
+  /** A bug: the runner (or poller) has stopped; the process should exit non-zero. */
+  onFatal: (err: unknown) => void
+  /** The process's metrics (batches, lag, dead letters). */
+  metrics: Metrics
+}
+
+export type RunnerDeps = PartitionDeps & {
   /** The connection `js` uses (the no_wait pulls, see pullNow). */
   nc: NatsConnection
   js: JetStreamClient
   /** Publishes the change runs of committed batches (one per process). */
   publisher: AckedPublisher
-  jsm: JetStreamManager
-  logger: Logger
-  stream: string
-  prefix: string
-  partitions: number
-  batchSize: number
   projection: Projection
   partition: number
   /** Deletes the outbox rows of the runs this runner published (one per process). */
@@ -59,14 +75,8 @@ export type RunnerDeps = {
    * projection (see createBatchCommitter). Absent: each batch is applied alone (applyBatch).
    */
   committer?: BatchCommitter
-  now?: () => Date
-  hooks?: RunnerHooks
   /** A newer owner wrote the checkpoint: this runner has stopped; the lease is not ours. */
   onFenced: () => void
-  /** A bug: the runner has stopped; the process should exit non-zero. */
-  onFatal: (err: unknown) => void
-  /** The process's metrics (batches, lag, dead letters). */
-  metrics: Metrics
   /**
    * FANFARE_EVENT_RETENTION_MS: when above 0, each batch is first checked for events of the
    * partition that retention deleted before they were applied (see takeExpiredRange). 0: never.

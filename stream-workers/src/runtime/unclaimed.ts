@@ -1,9 +1,6 @@
 import type { JetStreamManager } from '@nats-io/jetstream'
-import type { Db } from '../../../core/db/client'
 import type { ReplayReply, ReplayRequest } from '../../../core/dead-letters'
 import { subjects } from '../../../core/events'
-import type { Logger } from '../../../core/logger'
-import type { Metrics } from '../../../core/metrics'
 import { identityOf, nextBySubject } from '../../../core/nats'
 import { claimOf, projectionAreas, UNCLAIMED } from '../../../core/projections'
 import { backoffMs, sleep } from '../../../core/backoff'
@@ -12,7 +9,7 @@ import { applyBatch, claimFence, type BatchMessage, type BatchOwner } from './ba
 import { CheckpointMovedError, errorMessageOf, FencedError, isDbError, isProgrammingError, isTransientDbError } from './errors'
 import { openCheckpoint } from './open-checkpoint'
 import { replayDeadLetter } from './replay'
-import type { RunnerHooks } from './runner'
+import type { PartitionDeps } from './runner'
 import { StreamChanged } from './stream-check'
 
 /**
@@ -32,25 +29,11 @@ export function unclaimedReason(subject: string, partitions: number): string | u
   return `no projection consumes subject ${JSON.stringify(subject)}: events are taken on <prefix>.ev.<partition>.<area>.<type> with a partition 0-${partitions - 1} and an area of ${areas}`
 }
 
-export type UnclaimedPollerDeps = {
-  db: Db
-  jsm: JetStreamManager
-  logger: Logger
-  /** The event stream's name (FANFARE_STREAM). */
-  stream: string
-  prefix: string
-  partitions: number
-  /** Most dead letters written in one statement (FANFARE_BATCH_SIZE). */
-  batchSize: number
+export type UnclaimedPollerDeps = PartitionDeps & {
   /** How long between two looks at the stream (FANFARE_UNCLAIMED_POLL_MS). */
   intervalMs: number
-  now?: () => Date
-  hooks?: RunnerHooks
   /** A newer owner wrote the checkpoint: the poller has stopped; partition 0's lease is not ours. */
   onFenced: () => void
-  /** A bug: the poller has stopped; the process should exit non-zero. */
-  onFatal: (err: unknown) => void
-  metrics: Metrics
 }
 
 export type UnclaimedPoller = {
