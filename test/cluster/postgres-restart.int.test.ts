@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
-import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { until, type Proc } from '../e2e/harness'
 import { privatePostgresUnavailable } from './private-postgres'
-import { configureBoard, configuredVersion, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from './support'
+import { configureBoard, configuredVersion, postEvents, privatePostgresDeployment, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from './support'
 
 const PLAYERS = 40
 const unavailable = privatePostgresUnavailable()
@@ -22,9 +22,8 @@ describe.skipIf(Boolean(unavailable))('Postgres restart during projection', () =
   test('the worker survives; every event applied exactly once', async () => {
     // Unique streams on the machine's NATS; the database is the private cluster's.
     d = await privatePostgresDeployment({ FANFARE_PARTITIONS: '4', FANFARE_LEASE_TTL_MS: '2000', FANFARE_BATCH_SIZE: '50' })
-    const { pg, databaseUrl, vars, api } = d
-    procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
-    await waitReady(api.baseUrl, procs)
+    const { pg, databaseUrl, api } = d
+    await startNodes(d, procs)
     const run = Math.random().toString(36).slice(2, 8)
     const board = `sum_${run}`
     await configureBoard(api, board, 'sum')

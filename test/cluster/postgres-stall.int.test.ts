@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { proxyDatabase, type TcpProxy } from '../../core/testing/tcp-proxy'
-import { freePort, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { apiAt, configureBoard, configuredVersion, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from './support'
+import { freePort, until, type Proc } from '../e2e/harness'
+import { configureBoard, configuredVersion, nodeVars, postEvents, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from './support'
 
 /** What the bound allows: the watch pings every second and waits FANFARE_DATABASE_TIMEOUT_MS (5 s), on a loaded 2-core machine. */
 const NOTICED_WITHIN_MS = 15_000
@@ -32,14 +32,11 @@ describe('worker and API node whose Postgres stops answering', () => {
     env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
     const proxied = proxyDatabase(env.vars.DATABASE_URL)
     proxy = proxied.proxy
-    const apiPort = freePort()
     const metricsPort = freePort()
     // Both nodes reach Postgres through the proxy (ingest needs only NATS, so events go on being stored).
-    const base = { ...env.vars, HOST: '127.0.0.1', DATABASE_URL: proxied.url }
-    const worker = spawnProc('worker', 'stream-workers/src/main.ts', { ...base, LOG_LEVEL: 'info', FANFARE_METRICS_PORT: String(metricsPort) })
-    procs.push(spawnProc('api', 'api/src/main.ts', { ...base, PORT: String(apiPort) }), worker)
-    const api = apiAt(apiPort, base)
-    await waitReady(api.baseUrl, procs)
+    const node = nodeVars(env.vars, { DATABASE_URL: proxied.url })
+    const { api } = node
+    const { workerProc: worker } = await startNodes(node, procs, { worker: { LOG_LEVEL: 'info', FANFARE_METRICS_PORT: String(metricsPort) } })
     const board = `stall_${Math.random().toString(36).slice(2, 8)}`
     await configureBoard(api, board, 'sum')
 

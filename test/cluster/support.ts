@@ -77,11 +77,16 @@ export type PrivateNatsDeployment = {
 
 /**
  * An API node and a worker of a deployment, added to `procs` (for the test's teardown), once the
- * API node is ready.
+ * API node is ready. `only` changes vars of one of them (the API node's path to Postgres through a
+ * proxy, the worker's log level, ...).
  */
-export async function startNodes(d: Pick<PrivateNatsDeployment, 'vars' | 'api'>, procs: Proc[]): Promise<{ apiProc: Proc; workerProc: Proc }> {
-  const apiProc = spawnProc('api', 'api/src/main.ts', d.vars)
-  const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', d.vars)
+export async function startNodes(
+  d: Pick<PrivateNatsDeployment, 'vars' | 'api'>,
+  procs: Proc[],
+  only: { api?: Record<string, string>; worker?: Record<string, string> } = {},
+): Promise<{ apiProc: Proc; workerProc: Proc }> {
+  const apiProc = spawnProc('api', 'api/src/main.ts', { ...d.vars, ...only.api })
+  const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', { ...d.vars, ...only.worker })
   procs.push(apiProc, workerProc)
   await waitReady(d.api.baseUrl, procs)
   return { apiProc, workerProc }

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
 import type { TestEnv } from '../../core/testing/env'
-import { runUntilExit, spawnProc, until, waitReady, type Proc } from '../e2e/harness'
-import { configureBoard, configuredVersion, nodeVars, postEvents, privateNatsDeployment, readModel, scoreEvent, stopCleanly, type PrivateNatsDeployment } from '../cluster/support'
+import { runUntilExit, until, type Proc } from '../e2e/harness'
+import { configureBoard, configuredVersion, nodeVars, postEvents, privateNatsDeployment, readModel, scoreEvent, startNodes, stopCleanly, type PrivateNatsDeployment } from '../cluster/support'
 import type { PrivateNats } from '../cluster/private-nats'
 
 /**
@@ -26,9 +26,9 @@ afterAll(async () => {
 
 describe('a NATS server that requires a login', () => {
   test('credentials in NATS_URL: both kinds of node start and an event is applied', async () => {
-    const { vars, api } = nodeVars(env.vars, { NATS_URL: withLogin(nats.url, `fanfare:${encodeURIComponent('pa$$ word')}`) })
-    procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
-    await waitReady(api.baseUrl, procs)
+    const node = nodeVars(env.vars, { NATS_URL: withLogin(nats.url, `fanfare:${encodeURIComponent('pa$$ word')}`) })
+    const { api } = node
+    await startNodes(node, procs)
     await configureBoard(api, 'auth', 'sum')
     expect((await postEvents(api, [scoreEvent('auth-1', 'auth', 'p1', 5)])).status).toBe(202)
     const rm = readModel(env.vars.DATABASE_URL)

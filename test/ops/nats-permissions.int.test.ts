@@ -6,7 +6,7 @@ import type { TestEnv } from '../../core/testing/env'
 import { until } from '../../core/testing/wait'
 import { createClient, FanfareError } from '../../client/src'
 import { freePort, runUntilExit, spawnProc, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { nodeVars, postEvents, privateNatsDeployment, scoreEvent, stopCleanly, type PrivateNatsDeployment } from '../cluster/support'
+import { nodeVars, postEvents, privateNatsDeployment, scoreEvent, startNodes, stopCleanly, type PrivateNatsDeployment } from '../cluster/support'
 import type { PrivateNats } from '../cluster/private-nats'
 
 /**
@@ -126,9 +126,9 @@ describe('a NATS user lacking publish or subscribe permissions', () => {
   }, 30_000)
 
   test('a user with every permission starts both; the check stored nothing', async () => {
-    const { vars, api } = nodeVars(env.vars, { NATS_URL: login('all') })
-    procs.push(spawnProc('api', 'api/src/main.ts', vars), spawnProc('worker', 'stream-workers/src/main.ts', vars))
-    await waitReady(api.baseUrl, procs)
+    const node = nodeVars(env.vars, { NATS_URL: login('all') })
+    const { api } = node
+    await startNodes(node, procs)
     const nc = await connect({ servers: nats.url, user: 'all', pass: 'pw' })
     try {
       const jsm = await jetstreamManager(nc)

@@ -1,9 +1,9 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import postgres from 'postgres'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { freePort, runUntilExit, spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { freePort, runUntilExit, type Proc } from '../e2e/harness'
 import { createFanfareDatabase, createPrivatePostgres, privatePostgresUnavailable, type PrivatePostgres } from '../cluster/private-postgres'
-import { configureBoard, configuredVersion, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from '../cluster/support'
+import { configureBoard, configuredVersion, nodeVars, postEvents, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres max_connections test skipped: ${unavailable}`)
@@ -68,10 +68,9 @@ describe.skipIf(Boolean(unavailable))('Postgres max_connections reached', () => 
   }, 60_000)
 
   test('while running: writes 503, the worker waits, every acknowledged event applied once after', async () => {
-    const { vars, api } = nodeVars(env!.vars, { DATABASE_URL: databaseUrl })
-    const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
-    procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
-    await waitReady(api.baseUrl, procs)
+    const node = nodeVars(env!.vars, { DATABASE_URL: databaseUrl })
+    const { api } = node
+    const { workerProc: worker } = await startNodes(node, procs)
     const board = 'mc'
     await configureBoard(api, board, 'sum')
     const acked: ScoreEvent[] = []

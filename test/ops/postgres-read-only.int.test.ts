@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { setDatabaseDefault } from '../../core/testing/database'
-import { spawnProc, waitReady, type Proc } from '../e2e/harness'
+import { type Proc } from '../e2e/harness'
 import { privatePostgresUnavailable } from '../cluster/private-postgres'
-import { configureBoard, configuredVersion, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
+import { configureBoard, configuredVersion, postEvents, privatePostgresDeployment, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
@@ -26,13 +26,11 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
 
   test('the worker waits out read-only mode and then applies every event once', async () => {
     d = await privatePostgresDeployment({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const { databaseUrl, vars, api } = d
+    const { databaseUrl, api } = d
     /** Sets the database's default for new sessions, and ends the sessions open (the nodes reconnect). */
     const readOnly = (on: boolean) => setDatabaseDefault(databaseUrl, 'default_transaction_read_only', on ? 'on' : 'off')
 
-    const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
-    procs.push(spawnProc('api', 'api/src/main.ts', vars), worker)
-    await waitReady(api.baseUrl, procs)
+    const { workerProc: worker } = await startNodes(d, procs)
     const board = 'ro'
     await configureBoard(api, board, 'sum')
     const rm = readModel(databaseUrl)

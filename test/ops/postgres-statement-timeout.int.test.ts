@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { setDatabaseDefault } from '../../core/testing/database'
-import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
+import { until, type Proc } from '../e2e/harness'
 import { privatePostgresUnavailable } from '../cluster/private-postgres'
-import { configureBoard, configuredVersion, postEvents, privatePostgresDeployment, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
+import { configureBoard, configuredVersion, postEvents, privatePostgresDeployment, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres statement timeout test skipped: ${unavailable}`)
@@ -25,13 +25,11 @@ describe.skipIf(Boolean(unavailable))('Postgres statement_timeout too low', () =
 
   test('the API stays up and answers 503; everything applies once the timeout is fixed', async () => {
     d = await privatePostgresDeployment({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '2000' })
-    const { databaseUrl, vars, api } = d
+    const { databaseUrl, api } = d
     /** Sets the database's statement_timeout for new sessions, and ends the open ones (the nodes reconnect). */
     const statementTimeout = (value: string) => setDatabaseDefault(databaseUrl, 'statement_timeout', value === 'default' ? undefined : value)
 
-    const apiProc = spawnProc('api', 'api/src/main.ts', vars)
-    procs.push(apiProc, spawnProc('worker', 'stream-workers/src/main.ts', vars))
-    await waitReady(api.baseUrl, procs)
+    const { apiProc } = await startNodes(d, procs)
     const board = 'st'
     await configureBoard(api, board, 'sum')
     const acked: ScoreEvent[] = []
