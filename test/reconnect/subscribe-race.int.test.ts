@@ -4,12 +4,10 @@ import { connect, type NatsConnection } from '@nats-io/transport-node'
 import postgres from 'postgres'
 import { topology } from '../../core/nats'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
-import { tcpProxy, type TcpProxy } from '../../core/testing/tcp-proxy'
-import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { apiAt, BoardView, configureBoard, configuredVersion, postEvents, readModel, scoreEvent, sumsOf, type Api, type ReadModel, type ScoreEvent } from '../cluster/support'
+import { proxyDatabase, type TcpProxy } from '../../core/testing/tcp-proxy'
+import { until, WsClient, type Proc } from '../e2e/harness'
+import { BoardView, configureBoard, configuredVersion, nodeVars, postEvents, readModel, scoreEvent, startNodes, sumsOf, type Api, type ReadModel, type ScoreEvent } from '../cluster/support'
 
-const API_PORT = freePort()
-const PROXY_PORT = freePort()
 const LIVE_EVENTS = 30
 
 /**
@@ -52,26 +50,28 @@ describe('subscribing while the channel changes', () => {
   })
 
   let api: Api
-  const wsUrl = `ws://127.0.0.1:${API_PORT}/v1/ws`
+  let wsUrl = ''
   beforeAll(async () => {
     env = await createTestEnv()
-    proxy = tcpProxy({ port: PROXY_PORT, target: { host: '127.0.0.1', port: Number(new URL(env.vars.DATABASE_URL).port || 5432) } })
-    const proxied = new URL(env.vars.DATABASE_URL)
-    proxied.port = String(PROXY_PORT)
+    // Only the API node reaches Postgres through the proxy.
+    const proxied = proxyDatabase(env.vars.DATABASE_URL)
+    proxy = proxied.proxy
     // The readiness watch must not give up on the held connection while the test holds it.
-    const vars = { ...env.vars, HOST: '127.0.0.1', FANFARE_DATABASE_TIMEOUT_MS: '60000' }
-    procs.push(spawnProc('api', 'api/src/main.ts', { ...vars, PORT: String(API_PORT), DATABASE_URL: proxied.toString() }))
-    procs.push(spawnProc('worker', 'stream-workers/src/main.ts', vars))
-    api = apiAt(API_PORT, vars)
-    await waitReady(api.baseUrl, procs)
+    const node = nodeVars(env.vars, { FANFARE_DATABASE_TIMEOUT_MS: '60000' })
+    await startNodes(node, procs, { api: { DATABASE_URL: proxied.url } })
+    api = node.api
+    wsUrl = `ws://127.0.0.1:${node.port}/v1/ws`
     rm = readModel(env.vars.DATABASE_URL)
     sql = postgres(env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
     nc = await connect({ servers: TEST_NATS_URL })
   })
 
-  /** A sum board with 5 scores applied, and a watcher on its channel: what the watcher saw, and its view. */
-  async function liveBoard() {
-    const board = `race_${Math.random().toString(36).slice(2, 8)}`
+  /**
+   * A new sum board (`<name>_<random>`) with 5 scores applied: its channel's version then, and
+   * `post`, which sends scores to it and keeps them in `sent`.
+   */
+  async function scoredBoard(name: string) {
+    const board = `${name}_${Math.random().toString(36).slice(2, 8)}`
     const channel = `leaderboard:${board}`
     await configureBoard(api, board, 'sum')
     const sent: ScoreEvent[] = []
@@ -83,6 +83,12 @@ describe('subscribing while the channel changes', () => {
     await post(Array.from({ length: 5 }, (_, i) => scoreEvent(`${board}-before-${i}`, board, `p${i}`, 10 + i)))
     const settled = configuredVersion(5)
     await until('the first scores applied', async () => (await rm!.version(channel)) === settled, 30_000, 100)
+    return { board, channel, sent, post, settled }
+  }
+
+  /** A scoredBoard and a watcher on its channel: what the watcher saw, and its view. */
+  async function liveBoard() {
+    const { board, channel, sent, post, settled } = await scoredBoard('race')
     const watcher = await WsClient.open(wsUrl)
     clients.push(watcher)
     watcher.send({ op: 'subscribe', channel })
@@ -175,18 +181,7 @@ describe('subscribing while the channel changes', () => {
   }, 120_000)
 
   test('a channel nobody on the node watched: changes pushed while its first snapshot is read follow it, each once and in order', async () => {
-    const board = `cold_${Math.random().toString(36).slice(2, 8)}`
-    const channel = `leaderboard:${board}`
-    await configureBoard(api, board, 'sum')
-    const sent: ScoreEvent[] = []
-    const post = async (events: ScoreEvent[]) => {
-      const res = await postEvents(api, events)
-      if (res.status !== 202) throw new Error(`POST /v1/events: ${res.status} ${JSON.stringify(res.body)}`)
-      sent.push(...events)
-    }
-    await post(Array.from({ length: 5 }, (_, i) => scoreEvent(`${board}-before-${i}`, board, `p${i}`, 10 + i)))
-    const settled = configuredVersion(5)
-    await until('the first scores applied', async () => (await rm!.version(channel)) === settled, 30_000, 100)
+    const { board, channel, sent, post, settled } = await scoredBoard('cold')
     // Setting the rules started a new history of the channel: the run that says so is published by
     // the workers' outbox sweeper seconds later. Arriving during the joiner's read, it makes the hub
     // read again (its read may predate the restart): correct, but not the case under test.
