@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { until, WsClient, type Proc } from '../e2e/harness'
-import { BoardView, configureBoard, diff, postEvents, privateNatsDeployment, readModel, scoreEvent, startNodes, stopCleanly, type PrivateNatsDeployment } from './support'
+import { BoardView, configureBoard, diff, postEvents, privateNatsDeployment, readModel, scoreEvent, startNodes, stopCleanly, untilVersionSettles, type PrivateNatsDeployment } from './support'
 
 const CLIENTS = 5
 const PLAYERS = 20
@@ -61,13 +61,7 @@ describe('NATS restart with subscribers', () => {
     try {
       // The read model settles (the worker applies what was stored), then every subscriber must
       // hold exactly it: same version, same board.
-      let version = -1
-      await until('the read model to settle', async () => {
-        const v = await rm.version(channel)
-        const settled = v === version && v > 0
-        version = v
-        return settled
-      }, 30_000, 1000)
+      const version = await untilVersionSettles(rm, channel, 30_000)
       const truth = await rm.scores(board)
       await until(
         `every subscriber at version ${version}`,

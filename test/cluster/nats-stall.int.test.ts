@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
-import { apiAt, BoardView, configureBoard, postEvents, readModel, scoreEvent, stopCleanly, startProxiedNats, type ProxiedNats } from './support'
+import { apiAt, BoardView, configureBoard, postEvents, readModel, scoreEvent, startProxiedNats, stopCleanly, untilVersionSettles, type ProxiedNats } from './support'
 
 /**
  * The network between one API node and NATS silently stops carrying packets (no reset, no close:
@@ -66,13 +66,7 @@ describe('API node partitioned from NATS', () => {
 
     const rm = readModel(env.vars.DATABASE_URL)
     try {
-      let version = -1
-      await until('the read model to settle', async () => {
-        const v = await rm.version(channel)
-        const settled = v === version
-        version = v
-        return settled
-      }, 20_000, 1000)
+      const version = await untilVersionSettles(rm, channel, 20_000)
       await until(`the subscriber at version ${version}`, () => view.catchUp(channel).version === version, 20_000)
       expect(Object.fromEntries(view.board)).toEqual(Object.fromEntries(await rm.scores(board)))
       expect(await rm.deadLetters()).toBe(0)

@@ -1,3 +1,4 @@
+import { expect } from 'bun:test'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -226,6 +227,59 @@ export async function untilBoardEquals(rm: ReadModel, board: string, oracle: Map
   } catch (err) {
     throw new Error(`${(err as Error).message}; first differences: ${last.join('; ')}`)
   }
+}
+
+/**
+ * Every acknowledged score of a sum board applied exactly once: the board equals the total of
+ * `acked` (waiting up to `timeoutMs` for the workers; a timeout's error carries the tail of
+ * `worker`'s log when given), its channel's version is one change per event after the restart
+ * configuring the board made (configuredVersion), and nothing was dead-lettered.
+ */
+export async function expectAppliedOnce(rm: ReadModel, board: string, acked: ScoreEvent[], timeoutMs: number, worker?: Proc) {
+  await untilBoardEquals(rm, board, sumsOf(acked), timeoutMs).catch((err) => {
+    if (!worker) throw err
+    throw new Error(`${(err as Error).message}\n${worker.name} exit ${worker.proc.exitCode}, log tail:\n${worker.output().slice(-4000)}`)
+  })
+  expect(await rm.version(`leaderboard:${board}`)).toBe(configuredVersion(acked.length))
+  expect(await rm.deadLetters()).toBe(0)
+}
+
+/**
+ * Waits until a channel's version reads the same twice, a second apart, and above 0: the workers
+ * applied what was stored. Returns it.
+ */
+export async function untilVersionSettles(rm: ReadModel, channel: string, timeoutMs: number): Promise<number> {
+  let version = -1
+  await until(
+    'the read model to settle',
+    async () => {
+      const v = await rm.version(channel)
+      const settled = v === version && v > 0
+      version = v
+      return settled
+    },
+    timeoutMs,
+    1000,
+  )
+  return version
+}
+
+/**
+ * Configures sum board `board` and returns `post`, which sends one batch of 10 scores (players
+ * p0-p9, each 1 + n % `cycle` for the batch's running count n), expects it acknowledged (ingest
+ * needs only NATS) and keeps it in `acked`.
+ */
+export async function sumBoardPoster(api: Api, board: string, cycle: number): Promise<{ acked: ScoreEvent[]; post: () => Promise<void> }> {
+  await configureBoard(api, board, 'sum')
+  const acked: ScoreEvent[] = []
+  let n = 0
+  const post = async () => {
+    const batch = Array.from({ length: 10 }, (_, p) => scoreEvent(`${board}-${n++}`, board, `p${p}`, 1 + (n % cycle)))
+    const res = await postEvents(api, batch)
+    expect(res.status).toBe(202)
+    acked.push(...batch)
+  }
+  return { acked, post }
 }
 
 /** Stops each process with SIGTERM, one after another; a non-zero exit fails with its log tail. */

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { setDatabaseDefault } from '../../core/testing/database'
 import { type Proc } from '../e2e/harness'
 import { privatePostgresUnavailable } from '../cluster/private-postgres'
-import { configureBoard, configuredVersion, postEvents, privatePostgresDeployment, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type PrivatePostgresDeployment, type ScoreEvent } from '../cluster/support'
+import { expectAppliedOnce, privatePostgresDeployment, readModel, startNodes, stopCleanly, sumBoardPoster, sumsOf, untilBoardEquals, type PrivatePostgresDeployment } from '../cluster/support'
 
 const unavailable = privatePostgresUnavailable()
 if (unavailable) console.warn(`postgres read-only test skipped: ${unavailable}`)
@@ -32,20 +32,11 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
 
     const { workerProc: worker } = await startNodes(d, procs)
     const board = 'ro'
-    await configureBoard(api, board, 'sum')
+    const { acked, post } = await sumBoardPoster(api, board, 4)
     const rm = readModel(databaseUrl)
-    const acked: ScoreEvent[] = []
-    let n = 0
-    const post = async () => {
-      const batch = Array.from({ length: 10 }, (_, p) => scoreEvent(`ro-${n++}`, board, `p${p}`, 1 + (n % 4)))
-      const res = await postEvents(api, batch)
-      expect(res.status).toBe(202) // ingest needs only NATS
-      acked.push(...batch)
-    }
-    const oracle = () => sumsOf(acked)
     try {
       for (let i = 0; i < 3; i++) await post()
-      await untilBoardEquals(rm, board, oracle(), 15_000)
+      await untilBoardEquals(rm, board, sumsOf(acked), 15_000)
       const before = await rm.version(`leaderboard:${board}`)
 
       await readOnly(true)
@@ -68,11 +59,7 @@ describe.skipIf(Boolean(unavailable))('Postgres read-only under a worker', () =>
       expect(await rm.version(`leaderboard:${board}`)).toBe(before) // nothing applied, so nothing acknowledged
 
       await readOnly(false)
-      await untilBoardEquals(rm, board, oracle(), 30_000).catch((err) => {
-        throw new Error(`${(err as Error).message}\nworker exit ${worker.proc.exitCode}, log tail:\n${worker.output().slice(-3000)}`)
-      })
-      expect(await rm.version(`leaderboard:${board}`)).toBe(configuredVersion(acked.length))
-      expect(await rm.deadLetters()).toBe(0)
+      await expectAppliedOnce(rm, board, acked, 30_000, worker)
     } finally {
       await rm.close()
     }
