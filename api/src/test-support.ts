@@ -4,7 +4,9 @@ import { connectPostgres, type Database } from '../../core/db/client'
 import { createLogger, type Logger } from '../../core/logger'
 import type { Metrics } from '../../core/metrics'
 import { ensureStreams, topology } from '../../core/nats'
+import type { RebuildJob } from '../../core/rebuild-jobs'
 import { createTestEnv, TEST_NATS_URL, type TestEnv } from '../../core/testing/env'
+import { until } from '../../core/testing/wait'
 import { createApp, type App } from './app'
 import type { ApiDeps } from './deps'
 import { startSecurity } from './auth/security'
@@ -74,6 +76,23 @@ export async function createHarness(overrides: Record<string, string> = {}, extr
     },
   }
 }
+
+/**
+ * Polls GET /admin/projections/:name/rebuild (every 100 ms, up to `timeoutMs`) until the job is in
+ * `state`, and returns it; a job that failed meanwhile throws with its error (unless `state` is
+ * 'failed').
+ */
+export const waitRebuild = (h: Pick<ApiHarness, 'call' | 'adminToken'>, name: string, state: RebuildJob['state'] = 'done', timeoutMs = 40_000) =>
+  until(
+    `rebuild of ${name} to be ${state}`,
+    async () => {
+      const r = await h.call('GET', `/admin/projections/${name}/rebuild`, { token: h.adminToken })
+      if (r.json?.state === 'failed' && state !== 'failed') throw new Error(`rebuild failed: ${r.json.error}`)
+      return r.json?.state === state ? (r.json as RebuildJob) : undefined
+    },
+    timeoutMs,
+    100,
+  )
 
 /** A JetStream manager on a fresh connection, for reading what the API published. */
 export async function freshJsm(): Promise<{ nc: NatsConnection; jsm: JetStreamManager }> {

@@ -2,10 +2,9 @@ import { afterEach, describe, expect, test } from 'bun:test'
 import { jetstream } from '@nats-io/jetstream'
 import { asc, eq } from 'drizzle-orm'
 import { mintUserToken } from '../../api/src/auth/mint'
-import { createHarness, type ApiHarness } from '../../api/src/test-support'
+import { createHarness, waitRebuild, type ApiHarness } from '../../api/src/test-support'
 import type { MatchChange, UserChange } from '../../core/channels'
 import { deadLetters, eventOutbox, leaderboardEntries, matches } from '../../core/db/schema'
-import type { RebuildJob } from '../../core/rebuild-jobs'
 import { until } from '../../core/testing/wait'
 import type { RunnerHooks } from '../../stream-workers/src/runtime/runner'
 import { byChannel, publishEvent, readNotices, startTestWorker, storedEvent, untilCaughtUp, type World } from '../../stream-workers/src/testing/harness'
@@ -217,16 +216,7 @@ describe('matches through the API and the projection', () => {
     // Rebuild the matches: the same rows; no score is derived again.
     const live = await hh.database.db.select().from(matches).orderBy(asc(matches.match))
     expect((await hh.call('POST', '/admin/projections/matches/rebuild', { token: hh.adminToken })).status).toBe(202)
-    await until(
-      'rebuild of matches',
-      async () => {
-        const r = await hh.call('GET', '/admin/projections/matches/rebuild', { token: hh.adminToken })
-        if (r.json?.state === 'failed') throw new Error(`rebuild failed: ${r.json.error}`)
-        return (r.json as RebuildJob)?.state === 'done'
-      },
-      40_000,
-      100,
-    )
+    await waitRebuild(hh, 'matches')
     expect(await hh.database.db.select().from(matches).orderBy(asc(matches.match))).toEqual(live)
     await Bun.sleep(2500)
     await caughtUp()
@@ -258,11 +248,7 @@ describe('matches through the API and the projection', () => {
     // Rebuilds decide the same: the match's row, and the board rebuilt from the stream.
     const rebuild = async (name: string) => {
       expect((await hh.call('POST', `/admin/projections/${name}/rebuild`, { token: hh.adminToken })).status).toBe(202)
-      await until(`rebuild of ${name}`, async () => {
-        const r = await hh.call('GET', `/admin/projections/${name}/rebuild`, { token: hh.adminToken })
-        if (r.json?.state === 'failed') throw new Error(`rebuild failed: ${r.json.error}`)
-        return (r.json as RebuildJob)?.state === 'done'
-      }, 40_000, 100)
+      await waitRebuild(hh, name)
     }
     const live = await hh.database.db.select().from(matches).orderBy(asc(matches.match))
     await rebuild('matches')

@@ -3,11 +3,9 @@ import { asc } from 'drizzle-orm'
 import { mintUserToken } from '../../api/src/auth/mint'
 import { rootKey } from '../../api/src/auth/principal'
 import { createIngest } from '../../api/src/modules/events/service'
-import { createHarness, type ApiHarness } from '../../api/src/test-support'
+import { createHarness, waitRebuild, type ApiHarness } from '../../api/src/test-support'
 import { channelVersions, polls, pollVotes, streams, streamViewers } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
-import type { RebuildJob } from '../../core/rebuild-jobs'
-import { until } from '../../core/testing/wait'
 import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing/harness'
 
 let h: ApiHarness | undefined
@@ -28,18 +26,6 @@ async function models(h: ApiHarness) {
     votes: await db.select().from(pollVotes).orderBy(asc(pollVotes.poll), asc(pollVotes.voter)),
   }
 }
-
-const waitJob = (h: ApiHarness, name: string, state: RebuildJob['state']) =>
-  until(
-    `rebuild of ${name} to be ${state}`,
-    async () => {
-      const r = await h.call('GET', `/admin/projections/${name}/rebuild`, { token: h.adminToken })
-      if (r.json?.state === 'failed') throw new Error(`rebuild failed: ${r.json.error}`)
-      return r.json?.state === state ? (r.json as RebuildJob) : undefined
-    },
-    40_000,
-    100,
-  )
 
 describe('rebuilding the streams and polls projections', () => {
   test('a rebuild of each equals the live model, and the live runners go on from it', async () => {
@@ -82,7 +68,7 @@ describe('rebuilding the streams and polls projections', () => {
     for (const name of ['streams', 'polls']) {
       const r = await hh.call('POST', `/admin/projections/${name}/rebuild`, { token: hh.adminToken })
       expect(r.status).toBe(202)
-      await waitJob(hh, name, 'done')
+      await waitRebuild(hh, name)
     }
     expect(await models(hh)).toEqual(live)
     // Every stream and poll channel starts a new history: subscribers re-sync.

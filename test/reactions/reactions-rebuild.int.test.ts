@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { asc, like, sql } from 'drizzle-orm'
-import { createHarness, type ApiHarness } from '../../api/src/test-support'
+import { createHarness, waitRebuild, type ApiHarness } from '../../api/src/test-support'
 import { channelVersions, reactionTotals } from '../../core/db/schema'
 import { until } from '../../core/testing/wait'
 import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing/harness'
@@ -62,16 +62,7 @@ describe('rebuilding the reactions projection', () => {
     })
     const job = await hh.call('POST', '/admin/projections/reactions/rebuild', { token: hh.adminToken })
     expect(job.status).toBe(202)
-    await until(
-      'the rebuild to be done',
-      async () => {
-        const r = await hh.call('GET', '/admin/projections/reactions/rebuild', { token: hh.adminToken })
-        if (r.json?.state === 'failed') throw new Error(`rebuild failed: ${r.json.error}`)
-        return r.json?.state === 'done'
-      },
-      40_000,
-      100,
-    )
+    await waitRebuild(hh, 'reactions')
     flowing = false
     await traffic
     sent.push(...(await react(hh, 100)))

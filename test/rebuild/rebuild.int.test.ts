@@ -6,7 +6,7 @@ import { setDatabaseDefault } from '../../core/testing/database'
 import { proxyDatabase } from '../../core/testing/tcp-proxy'
 import { Kvm } from '@nats-io/kv'
 import { asc, sql } from 'drizzle-orm'
-import { createHarness, type ApiHarness } from '../../api/src/test-support'
+import { createHarness, waitRebuild, type ApiHarness } from '../../api/src/test-support'
 import { connectBunSql, rowsOf } from '../../core/db/client'
 import { channelVersions, chatMessages, deadLetters, leaderboardEntries, leaderboards, projectionCheckpoints } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
@@ -155,18 +155,6 @@ async function deleteMessage(h: ApiHarness, room: string, id: string): Promise<S
   return { id: r.json.results[0].id, type: 'chat.message.deleted', data: { room, messageId: id }, seq: r.json.results[0].seq }
 }
 
-const waitJob = (h: ApiHarness, name: string, state: RebuildJob['state'], timeoutMs = 40_000) =>
-  until(
-    `rebuild of ${name} to be ${state}`,
-    async () => {
-      const r = await h.call('GET', `/admin/projections/${name}/rebuild`, { token: h.adminToken })
-      if (r.json?.state === 'failed' && state !== 'failed') throw new Error(`rebuild failed: ${r.json.error}`)
-      return r.json?.state === state ? (r.json as RebuildJob) : undefined
-    },
-    timeoutMs,
-    100,
-  )
-
 /**
  * The channels of the leaderboards' restart runs a rebuild's switch wrote ('read model rebuilt'),
  * as the outbox sweeper published them, sorted: once every board's is out and a little more (a
@@ -306,8 +294,8 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const chat = await hh.call('POST', '/admin/projections/chat/rebuild', { token: hh.adminToken })
     expect(chat.status).toBe(202)
 
-    const lbDone = await waitJob(hh, 'leaderboards', 'done')
-    const chatDone = await waitJob(hh, 'chat', 'done')
+    const lbDone = await waitRebuild(hh, 'leaderboards', 'done')
+    const chatDone = await waitRebuild(hh, 'chat', 'done')
     expect(lbDone).toMatchObject({ id: lb.json.id })
     expect(lbDone.switchedAtSeq).toBeGreaterThan(0)
     expect(chatDone.switchedAtSeq).toBeGreaterThan(0)
@@ -395,13 +383,13 @@ describe('POST /admin/projections/:name/rebuild', () => {
 
     const forced = await hh.call('POST', `${path}?force=true`, { token: hh.adminToken })
     expect(forced.status).toBe(202)
-    await waitJob(hh, 'leaderboards', 'done')
+    await waitRebuild(hh, 'leaderboards', 'done')
     // What is left is the new stream's events: the model is theirs alone now.
     const expected = oracle(fresh, {})
     expect((await readModels(hh)).entries).toEqual(expected.entries)
     const again = await hh.call('POST', path, { token: hh.adminToken })
     expect(again.status).toBe(202)
-    await waitJob(hh, 'leaderboards', 'done')
+    await waitRebuild(hh, 'leaderboards', 'done')
   }, 40_000)
 
   test("a job whose worker died is taken over and restarted; a finished job can be requested again", async () => {
@@ -426,7 +414,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
     // ...and left its shadow schema behind.
     await hh.database.db.execute(sql.raw('CREATE SCHEMA rebuild_deadbeef0001_1'))
     await startWorker(hh)
-    const done = await waitJob(hh, 'leaderboards', 'done')
+    const done = await waitRebuild(hh, 'leaderboards', 'done')
     expect(done).toMatchObject({ id: orphan.id, attempts: 2 })
     expect(done.owner).not.toBe('gone-worker')
     await caughtUp(hh)
@@ -437,7 +425,7 @@ describe('POST /admin/projections/:name/rebuild', () => {
     const again = await hh.call('POST', '/admin/projections/leaderboards/rebuild', { token: hh.adminToken })
     expect(again.status).toBe(202)
     expect(again.json.id).not.toBe(orphan.id)
-    await waitJob(hh, 'leaderboards', 'done')
+    await waitRebuild(hh, 'leaderboards', 'done')
     expect((await readModels(hh)).entries).toEqual(oracle(sent, {}).entries)
   }, 40_000)
 
@@ -728,7 +716,7 @@ describe('a dead-letter replay during a rebuild', () => {
     await createShadow(db, 'rebuild_aaaa00000001_2', 'matches')
     expect(await replay()).toBe('rebuild_in_progress')
     expect((await hh.call('POST', '/admin/projections/leaderboards/rebuild', { token: hh.adminToken })).status).toBe(202)
-    await waitJob(hh, 'leaderboards', 'done')
+    await waitRebuild(hh, 'leaderboards', 'done')
     expect(await schemas(hh)).toEqual(['rebuild_bbbb00000002_1'])
     expect(await replay()).toBe('still_failing')
   }, 40_000)
@@ -864,7 +852,7 @@ describe('a slow rebuild builder whose job is taken over', () => {
       now: () => new Date(Date.now() + 60_000),
     })
     closers.unshift(() => taker.stop())
-    const done = await waitJob(hh, 'leaderboards', 'done')
+    const done = await waitRebuild(hh, 'leaderboards', 'done')
     expect(done).toMatchObject({ attempts: 2, owner: 'taker' })
     slow.release()
     // Stopping waits for its rebuild to end (and would hand a job it still owned back).
