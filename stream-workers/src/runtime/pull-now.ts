@@ -57,10 +57,19 @@ function deliveryOf(m: Msg, info: DeliveryInfo): Delivery {
  * pull does not expect, or no answer within `timeoutMs`) with what it delivered before. Rejects
  * when the connection is closed (nothing was asked: the runner recreates its consumer, as after a
  * failed fetch).
+ *
+ * `expiresMs`: the server ends the request itself (a 408) if it has delivered nothing by then.
+ * For a pull that finds nothing while the consumer's `num_pending` says more is there: nats-server
+ * 2.9.10 keeps counting a message removed from the stream (retention, a delete) before its
+ * delivery, and parks such a pull, silent, until the next event is stored. Ended by the server, not
+ * by `timeoutMs`, the request is gone when the pull resolves: no later delivery can go to an inbox
+ * nobody reads. Without it a no_wait pull that finds nothing ends at once (a 404) only when the
+ * server's count is 0. A pull past `expiresMs` that was still being delivered is cut short by the
+ * server, silently, between two deliveries (it delivers nothing more for it): `timeoutMs` ends it.
  */
 export function pullNow(
   nc: NatsConnection,
-  o: { apiPrefix: string; stream: string; consumer: string; max: number; timeoutMs: number },
+  o: { apiPrefix: string; stream: string; consumer: string; max: number; timeoutMs: number; expiresMs?: number },
 ): Promise<{ msgs: Delivery[]; err?: Error }> {
   const inbox = createInbox()
   const msgs: Delivery[] = []
@@ -89,7 +98,8 @@ export function pullNow(
     // no timer is left to end a subscription that never was); its callback runs in a later turn.
     const timer = setTimeout(() => end(new Error(`no_wait pull: no end within ${o.timeoutMs} ms (${msgs.length} of at most ${o.max} delivered)`)), o.timeoutMs)
     try {
-      nc.publish(`${o.apiPrefix}.CONSUMER.MSG.NEXT.${o.stream}.${o.consumer}`, JSON.stringify({ batch: o.max, no_wait: true }), { reply: inbox })
+      const request = o.expiresMs ? { batch: o.max, no_wait: true, expires: o.expiresMs * 1_000_000 } : { batch: o.max, no_wait: true }
+      nc.publish(`${o.apiPrefix}.CONSUMER.MSG.NEXT.${o.stream}.${o.consumer}`, JSON.stringify(request), { reply: inbox })
     } catch (err) {
       end(err instanceof Error ? err : new Error(String(err)))
     }

@@ -122,6 +122,15 @@ const IDLE_PULL_MS = 5_000
  * hundred (with 2 s, pulls expired part-way, over and over, after a NATS restart in CI).
  */
 const REST_PULL_MS = 10_000
+/**
+ * How long the server holds the pull of the rest of a batch that finds nothing although the first
+ * delivery said more was there (see pullBatch): the one wait a removed, still counted message
+ * costs. A healthy server delivers what is there within milliseconds and then ends the pull; one
+ * slower than this ends it early, and what it did not deliver comes with the next batch.
+ */
+const REST_EXPIRES_MS = 500
+/** The client's own bound on such a pull: the server's 408 at REST_EXPIRES_MS, with room for a slow answer. */
+const REST_EXPIRES_BOUND_MS = REST_EXPIRES_MS + 2_000
 
 /**
  * Runs one projection on one owned partition: creates this ownership's consumer from the
@@ -194,13 +203,26 @@ export function startRunner(deps: RunnerDeps): Runner {
     // batches began that way, and they were the p99 (bench/findings.md, 2026-11-29 evening). A
     // no_wait pull ends as soon as what is there was delivered, so it never waits for more.
     const more = deps.batchSize - 1
-    const rest = await pullNow(deps.nc, { apiPrefix: deps.js.apiPrefix, stream: deps.stream, consumer: name!, max: more, timeoutMs: REST_PULL_MS })
+    // nats-server 2.9.10 still counts, in the consumer's num_pending, a message removed from the
+    // stream (retention, a delete) before its delivery, and while that count is above zero it
+    // answers a no_wait pull that finds nothing with nothing at all: the pull waits for the next
+    // event stored. The first delivery's `pending` is that count: when it is above zero the pull
+    // carries an expiry, and the server ends it (a 408) after REST_EXPIRES_MS if it found nothing.
+    // When it is 0 the count is exact, and a pull that finds nothing ends at once (a 404): the
+    // usual case of a quiet partition pays no expiry.
+    const counted = first.msgs[0].info.pending > 0
+    const rest = await pullNow(deps.nc, {
+      apiPrefix: deps.js.apiPrefix,
+      stream: deps.stream,
+      consumer: name!,
+      max: more,
+      ...(counted ? { expiresMs: REST_EXPIRES_MS, timeoutMs: REST_EXPIRES_BOUND_MS } : { timeoutMs: REST_PULL_MS }),
+    })
     if (rest.err) log.debug({ err: rest.err, wanted: more, got: rest.msgs.length }, 'pull ended early; applying what it delivered')
-    // A no_wait pull that got no answer at all: nats-server 2.9.10 still counts, in the consumer's
-    // num_pending, messages removed from the stream (retention, a delete) before their delivery, and
-    // answers a no_wait pull with no 404 while that count is above zero; every batch of a quiet
-    // partition would then wait out REST_PULL_MS. A consumer info makes the server count again.
-    if (rest.err && rest.msgs.length === 0) await consumer.info().catch((err) => log.debug({ err }, 'consumer info after a silent pull failed'))
+    // Counted and not there (or no answer at all): a consumer info makes the server count again, so
+    // the next batches do not wait for the same removed message (and their `pending`, the lag
+    // gauge, is right again).
+    if (rest.msgs.length === 0 && (counted || rest.err)) await consumer.info().catch((err) => log.debug({ err }, 'consumer info after a pull that found nothing failed'))
     return [...first.msgs, ...rest.msgs]
   }
 
