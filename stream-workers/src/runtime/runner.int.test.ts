@@ -11,6 +11,7 @@ import { upgradeNats } from '../../../core/upgrade'
 import { parseConsumerName, projectionNames } from '../../../core/projections'
 import { until } from '../../../core/testing/wait'
 import { boardScores, caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
+import { pullNow } from './pull-now'
 
 let world: World | undefined
 afterEach(async () => {
@@ -319,5 +320,47 @@ describe('runner on a stream that lost messages it had not delivered', () => {
       await until(`event ${score} applied`, async () => (await boardScores(w, 'tot'))[`p${score}`] === score || undefined, 20_000)
       expect(performance.now() - started).toBeLessThan(3_000)
     }
+  })
+})
+
+describe('runner after a delivery it never received', () => {
+  // A pull that gave up (its bound fired) while the server still delivered to it: the delivery went
+  // to an inbox nobody reads. Forced here by another pull on the runner's consumer, which takes the
+  // event the runner's next pull would have got. The runner's next delivery shows the gap, and it
+  // starts over from its checkpoint with a fresh consumer: nothing lost, nothing applied twice.
+  test('the event is applied once, in order, after a consumer reset, within a second', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    let held = false
+    let release!: () => void
+    const released = new Promise<void>((ok) => (release = ok))
+    await w.startWorker({
+      hooks: {
+        // The first leaderboards batch waits here, committed, with no pull of the runner's out.
+        onBeforeAck: async ({ projection }) => {
+          if (projection !== 'leaderboards' || held) return
+          held = true
+          await released
+        },
+      },
+    })
+    const name = await leaderboardsConsumer(w)
+    const send = (score: number) => publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: `p${score}`, score }))
+    await send(1)
+    await until('the first batch held', () => held || undefined)
+    await send(2)
+    const lost = await pullNow(w.nc, { apiPrefix: '$JS.API', stream: w.config.FANFARE_STREAM, consumer: name, max: 10, timeoutMs: 5_000 })
+    expect(lost.msgs.map((m) => m.info.deliverySequence)).toEqual([2])
+    for (const score of [3, 4]) await send(score)
+    const started = performance.now()
+    release()
+    await until('every event applied', async () => (await boardScores(w, 'tot')).p4 === 4 || undefined)
+    expect(performance.now() - started).toBeLessThan(1_000)
+    await caughtUp(w)
+    expect(await boardScores(w, 'tot')).toEqual({ p1: 1, p2: 2, p3: 3, p4: 4 })
+    // A fresh consumer from the checkpoint (after event 1) delivered events 2-4 as its 1-3; the
+    // first one had delivered 1-3 (event 3 to the runner, which saw the gap) before it.
+    const jsm = await jetstreamManager(w.nc)
+    expect((await jsm.consumers.info(w.config.FANFARE_STREAM, name)).delivered.consumer_seq).toBe(3)
   })
 })
