@@ -97,6 +97,10 @@ export function startLeases(deps: LeaseDeps): Leases {
     if (Math.min(deps.ttlMs, bucketTtl) === ttl) return
     ttl = Math.min(deps.ttlMs, bucketTtl)
     logger.info({ ttlMs: ttl, configured: deps.ttlMs }, 'lease TTL follows the bucket')
+    // The renewal loop sleeps for the period of the TTL it last knew: a lowered one would let the
+    // keys this scan takes expire before it wakes (one more loss of every partition). It starts
+    // its next round now, and sleeps the new period after it.
+    wakeRenewal()
   }
   const period = () => Math.max(100, Math.floor(ttl / 3))
   /**
@@ -241,8 +245,11 @@ export function startLeases(deps: LeaseDeps): Leases {
     else shortSince = undefined
   }
 
-  /** Runs `round` every `interval()` until stopped; a failed round is logged and the next one comes. */
-  const every = (name: string, round: () => unknown, interval = period) =>
+  /**
+   * Runs `round` every `interval()` until stopped; a failed round is logged and the next one comes.
+   * `wake` (if given) is set to a function that ends the current wait at once.
+   */
+  const every = (name: string, round: () => unknown, interval = period, wake?: (end: () => void) => void) =>
     (async () => {
       while (!abort.signal.aborted) {
         const started = now()
@@ -251,12 +258,19 @@ export function startLeases(deps: LeaseDeps): Leases {
         } catch (err) {
           logger.warn({ err }, `lease ${name} failed`)
         }
-        await sleep(Math.max(0, interval() - (now() - started)), abort.signal)
+        const waiting = new AbortController()
+        const stopWaiting = () => waiting.abort()
+        abort.signal.addEventListener('abort', stopWaiting, { once: true })
+        wake?.(stopWaiting)
+        await sleep(Math.max(0, interval() - (now() - started)), waiting.signal)
+        abort.signal.removeEventListener('abort', stopWaiting)
       }
     })()
 
+  /** Ends the renewal loop's current wait (see followBucketTtl). */
+  let wakeRenewal = () => {}
   const scanInterval = () => (shortSince !== undefined && now() - shortSince < ttl ? shortPeriod() : period())
-  const loops = [every('renewal', renewAll), every('scan', scan, scanInterval)]
+  const loops = [every('renewal', renewAll, period, (end) => (wakeRenewal = end)), every('scan', scan, scanInterval)]
 
   return {
     held: () => [...held.keys()].sort((a, b) => a - b),
