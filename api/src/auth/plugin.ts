@@ -109,13 +109,22 @@ export function authPlugin(deps: {
     auth: (need: Need) => ({
       detail: need === 'viewer' ? {} : { security: [{ bearer: [] }] },
       transform: async ({ request, body, server }) => {
-        const p = demand(await identify(request, server), need)
+        const caller = await identify(request, server)
+        if (!deps.limits) return void demand(caller, need)
         // Charged once known, before the body is validated: a bad request costs its caller too (429
         // with Retry-After). Anonymous callers are known by their address only.
-        if (deps.limits) {
-          const address = p.kind === 'anonymous' ? addressOf(request, server, deps.limits) : undefined
-          charged.set(request, { p, cost: chargeRequest(deps.limits.rates, p, body, address), address })
+        const address = caller.kind === 'anonymous' ? addressOf(request, server, deps.limits) : undefined
+        let p: Principal
+        try {
+          p = demand(caller, need)
+        } catch (err) {
+          // Not what the route needs (401 without a token, 403): its body was read all the same, so
+          // it costs one, as any refused request (else a flood of them would be free); past the
+          // budget 429.
+          charged.set(request, { p: caller, cost: chargeRequest(deps.limits.rates, caller, undefined, address), address })
+          throw err
         }
+        charged.set(request, { p, cost: chargeRequest(deps.limits.rates, p, body, address), address })
       },
       // A batch refused as a whole (422, 403) stored nothing: it costs one, not one per event.
       // Settled as soon as the answer is made (afterResponse; a local error hook never runs: the

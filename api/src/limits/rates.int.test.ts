@@ -203,6 +203,17 @@ describe('rate limits', () => {
     expect(await node.streamCount()).toBe(before)
   })
 
+  test('a request refused for what the route needs (a user on an admin route: 403) costs one: past the budget 429, and the caller\'s good requests wait too', async () => {
+    // The user's budget: burst 8, 1 a second.
+    const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-forbidden' })
+    const revoke = () =>
+      fetch(`${node.base}/admin/users/someone/revoke`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ note: 'x'.repeat(10_000) }) })
+    const statuses: number[] = []
+    for (let i = 0; i < 9; i++) statuses.push((await revoke()).status)
+    expect(statuses).toEqual([403, 403, 403, 403, 403, 403, 403, 403, 429])
+    expect((await post(token, { events: [chat('rf-1')] })).status).toBe(429)
+  })
+
   test('sustained abuse closes the socket with 4029 and the delay; accepted events are acknowledged and stored first', async () => {
     const c = await userSocket('r3')
     const before = await node.streamCount()
@@ -345,5 +356,17 @@ describe('rate limits of anonymous callers', () => {
     expect((await read('203.0.113.20')).status).toBe(429)
     expect((await send('203.0.113.21')).status).toBe(400)
     expect((await read('203.0.113.21')).status).toBe(200)
+  })
+
+  test('a readable body sent without the token the route needs costs its address one too: 401 until the budget is spent, then 429', async () => {
+    // Read and parsed before the credential is checked: were a 401 free, a flood of valid bodies would be.
+    const body = JSON.stringify({ events: [{ type: 'chat.message.posted', data: { room: 'rates', text: 'x'.repeat(10_000) } }] })
+    const send = (address: string) => fetch(`${node.base}/v1/events`, { method: 'POST', headers: { 'x-forwarded-for': address, 'content-type': 'application/json' }, body })
+    const statuses: number[] = []
+    for (let i = 0; i < 7; i++) statuses.push((await send('203.0.113.30')).status)
+    expect(statuses).toEqual([401, 401, 401, 401, 401, 401, 429])
+    expect((await read('203.0.113.30')).status).toBe(429)
+    expect((await send('203.0.113.31')).status).toBe(401)
+    expect((await read('203.0.113.31')).status).toBe(200)
   })
 })
