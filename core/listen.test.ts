@@ -60,3 +60,11 @@ test('the metrics port is checked on FANFARE_METRICS_HOST when set: one that is 
   const onHost = takenPort()
   await checkPorts({ HOST: '127.0.0.1', PORT: 0, FANFARE_METRICS_PORT: onHost, FANFARE_METRICS_HOST: '127.0.0.2' })
 })
+
+test('an IPv6 host is named in brackets, as in a URL (::1:port would read as another address)', async () => {
+  const server = Bun.serve({ port: 0, hostname: '::1', reusePort: false, fetch: () => new Response('not fanfare') })
+  taken.push(server)
+  await expect(checkPorts({ HOST: '127.0.0.1', PORT: 0, FANFARE_METRICS_PORT: server.port!, FANFARE_METRICS_HOST: '::1' })).rejects.toThrow(
+    `cannot listen on [::1]:${server.port}: the port is in use by another process (another Fanfare?): stop it, or set FANFARE_METRICS_PORT to a free port`,
+  )
+})

@@ -17,14 +17,16 @@ export class ListenFailed extends StartFailure {
     const code = (cause as { code?: string } | undefined)?.code
     // The metrics listener's address is FANFARE_METRICS_HOST (HOST when unset).
     const hostSetting = setting === 'PORT' ? 'HOST' : 'FANFARE_METRICS_HOST'
+    // An IPv6 address in brackets, as in a URL: `::1:9464` reads as another address.
+    const at = `${host.includes(':') ? `[${host}]` : host}:${port}`
     super(
       code === SAME_PORT
-        ? `cannot listen on ${host}:${port} twice: FANFARE_METRICS_PORT is the same port as PORT; set FANFARE_METRICS_PORT to another port`
+        ? `cannot listen on ${at} twice: FANFARE_METRICS_PORT is the same port as PORT; set FANFARE_METRICS_PORT to another port`
         : code === 'EADDRINUSE'
-        ? `cannot listen on ${host}:${port}: the port is in use by another process (another Fanfare?): stop it, or set ${setting} to a free port`
+        ? `cannot listen on ${at}: the port is in use by another process (another Fanfare?): stop it, or set ${setting} to a free port`
         : code === 'EADDRNOTAVAIL'
-          ? `cannot listen on ${host}:${port}: ${host} is not an address of this machine: set ${hostSetting} to one of its addresses (0.0.0.0 for all)`
-          : `cannot listen on ${host}:${port} (${hostSetting}, ${setting}): ${(cause as Error)?.message ?? String(cause)}`,
+          ? `cannot listen on ${at}: ${host} is not an address of this machine: set ${hostSetting} to one of its addresses (0.0.0.0 for all)`
+          : `cannot listen on ${at} (${hostSetting}, ${setting}): ${(cause as Error)?.message ?? String(cause)}`,
       { cause },
     )
     this.name = 'ListenFailed'
