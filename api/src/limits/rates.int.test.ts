@@ -203,6 +203,27 @@ describe('rate limits', () => {
     expect(await node.streamCount()).toBe(before)
   })
 
+  test('a body without Content-Length that passes FANFARE_MAX_BODY_BYTES while it is read keeps its 413 but costs one: past the budget 429', async () => {
+    const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-streamed' })
+    // Streamed (chunked: no Content-Length), 64 KiB past the 1 MiB default.
+    const chunk = new Uint8Array(64 * 1024).fill(0x20)
+    const send = () =>
+      fetch(`${node.base}/v1/events`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: new ReadableStream({
+          start(c) {
+            for (let i = 0; i < 17; i++) c.enqueue(chunk)
+            c.close()
+          },
+        }),
+        duplex: 'half',
+      } as RequestInit)
+    const statuses: number[] = []
+    for (let i = 0; i < 9; i++) statuses.push((await send()).status)
+    expect(statuses).toEqual([413, 413, 413, 413, 413, 413, 413, 413, 429])
+  })
+
   test('a request refused for what the route needs (a user on an admin route: 403) costs one: past the budget 429, and the caller\'s good requests wait too', async () => {
     // The user's budget: burst 8, 1 a second.
     const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-forbidden' })
