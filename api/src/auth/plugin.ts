@@ -88,7 +88,9 @@ export function authPlugin(deps: {
   const charged = new WeakMap<Request, { p: Principal; cost: number; address?: string }>()
   /**
    * Charges a request whose body could not be read (400 `bad_json`/`too_deep`, 413 past the limit
-   * while reading): it failed before `transform`, which charges every other request. It costs its
+   * while reading), or whose URL could not (400 `bad_request`, a malformed percent-escape: the
+   * route-contracts plugin's `transform` refuses it before ours, its body already parsed): it failed
+   * before this `transform`, which charges every other request. It costs its
    * caller one, as any request refused as a whole, so a flood of them is bounded by the same budget
    * (README "Limits"). The caller is who the credential says (an anonymous caller: its address),
    * whatever the route needs: the body's error is the answer, as before, unless a budget refuses
@@ -135,9 +137,9 @@ export function authPlugin(deps: {
         charged.delete(request)
         if (c && deps.limits && refusedAsAWhole(error)) settleRefused(deps.limits.rates, c.p, c.cost, c.address)
       },
-      // Runs after the error plugin's answer too: there, a body that could not be read is charged.
+      // Runs after the error plugin's answer too: there, a body or a URL that could not be read is charged.
       mapResponse: ({ request, server, code }: { request: Request; server: Server; code?: unknown }) =>
-        code === 'PARSE' && deps.limits && !charged.has(request) ? chargeUnreadable(request, server, deps.limits) : undefined,
+        (code === 'PARSE' || code === 'bad_request') && deps.limits && !charged.has(request) ? chargeUnreadable(request, server, deps.limits) : undefined,
       resolve: async ({ request, server }) => ({ principal: demand(await identify(request, server), need) }),
     }),
   })

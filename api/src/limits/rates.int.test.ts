@@ -224,6 +224,20 @@ describe('rate limits', () => {
     expect(statuses).toEqual([413, 413, 413, 413, 413, 413, 413, 413, 429])
   })
 
+  test('a URL with a malformed percent-escape (400 bad_request, refused before the credential is looked at) costs one: past the budget 429', async () => {
+    const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-escape' })
+    // The body is read and parsed before the URL is refused: were the 400 free, so would be a flood of bodies.
+    const revoke = () =>
+      fetch(`${node.base}/admin/users/a%ZZ/revoke`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ note: 'x'.repeat(10_000) }) })
+    const answers: [number, string][] = []
+    for (let i = 0; i < 9; i++) {
+      const r = await revoke()
+      answers.push([r.status, ((await r.json()) as any).error.code])
+    }
+    expect(answers).toEqual([...Array(8).fill([400, 'bad_request']), [429, 'rate_limited']])
+    expect((await fetch(`${node.base}/v1/leaderboards/a%ZZ`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(429)
+  })
+
   test('a request refused for what the route needs (a user on an admin route: 403) costs one: past the budget 429, and the caller\'s good requests wait too', async () => {
     // The user's budget: burst 8, 1 a second.
     const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-forbidden' })
