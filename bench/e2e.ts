@@ -105,11 +105,13 @@ export const counted = (send: Send): Send => (n) => send(n).catch(() => 0)
  * The frames of one call leave in one write per socket (see FrameSocket), and one timer covers the
  * call: the load client's own cost per event (a syscall per frame, a 30 s timer per event) once
  * made this process, which also timestamps the subscriber's updates, the limit of the WS figures.
+ * `onAck` is told when each event's ack arrived (bench/e2e-probe.ts).
  */
-export async function wsSender(port: number, token: string, sockets = 4): Promise<{ send: Send; close: () => void }> {
+export async function wsSender(port: number, token: string, sockets = 4, onAck?: (ref: string, at: number) => void): Promise<{ send: Send; close: () => void }> {
   const waiting = new Map<string, (ok: boolean) => void>()
   const onText = (text: string) => {
     const f = JSON.parse(text)
+    if (onAck && f.op === 'ack') onAck(f.ref, nowMs())
     waiting.get(f.ref)?.(f.op === 'ack')
     waiting.delete(f.ref)
   }
