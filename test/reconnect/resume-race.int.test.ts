@@ -6,8 +6,8 @@ import type { Workers } from '../../stream-workers/src/workers'
 import { until, WsClient } from '../e2e/harness'
 import { apiAt, BoardView, postEvents, readModel, scoreEvent, type ReadModel } from '../cluster/support'
 
-/** How long the resume's history read is held, before it reads and again after. */
-const HOLD_MS = 750
+/** How many versions the watcher must get while the resume's history read is held, before it reads and again after. */
+const HOLD_VERSIONS = 5
 /** The channel changes once every this many ms, all through the test. */
 const EVERY_MS = 20
 
@@ -16,7 +16,8 @@ const EVERY_MS = 20
  * a history read are merged without duplicates"). A node reads history and receives live notices
  * on its one NATS connection, so a proxy cannot hold the one and let the other through: the node's
  * history reader is wrapped (startTestNode's `wrapHistory`) so that the resume's read waits
- * HOLD_MS, reads, and waits HOLD_MS again, while a worker commits a change every EVERY_MS. The
+ * until HOLD_VERSIONS live updates were delivered, reads, and waits for as many newer ones,
+ * while a worker commits a change every EVERY_MS. The
  * first wait puts live updates into both the history read and the resume's buffer (they must not
  * repeat); the second delivers updates newer than the history read (they must follow it, not come
  * live before it nor go missing).
@@ -50,12 +51,14 @@ describe('resuming while the channel changes', () => {
     const reads: { atStart: number; atRead: number; newest: number; atEnd: number }[] = []
     const wrapHistory = (read: HistoryReader): HistoryReader => async (ch, after) => {
       if (!slow || ch !== channel) return read(ch, after)
+      // Held until live updates did arrive meanwhile (not for a fixed time: a worker stalled by a
+      // loaded machine would deliver none within it).
       const atStart = delivered()
-      await Bun.sleep(HOLD_MS)
+      await until('live updates while the read waits to start', () => delivered() >= atStart + HOLD_VERSIONS, 15_000)
       const atRead = delivered()
       const notices = await read(ch, after)
       const newest = Math.max(...notices.map((n) => n.version))
-      await Bun.sleep(HOLD_MS)
+      await until('live updates newer than the read', () => delivered() >= newest + HOLD_VERSIONS, 15_000)
       reads.push({ atStart, atRead, newest, atEnd: delivered() })
       return notices
     }
@@ -90,7 +93,7 @@ describe('resuming while the channel changes', () => {
     slow = true
     resumer.send({ op: 'subscribe', ref: 'r', channel, since, epoch })
     // The channel goes on changing until the resume read its history and was answered, and a little after.
-    await until('the resume answered', () => reads.length > 0 && resumer.frames.some((f) => f.channel === channel), 15_000)
+    await until('the resume answered', () => reads.length > 0 && resumer.frames.some((f) => f.channel === channel), 40_000)
     await Bun.sleep(500)
     sending = false
     await sender
@@ -111,5 +114,5 @@ describe('resuming while the channel changes', () => {
     expect(own.slice(1).map((f) => `${f.op}:${f.version}`)).toEqual(Array.from({ length: final - since }, (_, i) => `update:${since + 1 + i}`))
     expect(own.slice(1)).toEqual(watcher.of(channel).filter((f) => f.op === 'update' && f.version > since))
     expect(watching.board).toEqual(await rm!.scores(board))
-  }, 60_000)
+  }, 90_000)
 })
