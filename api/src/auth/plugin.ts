@@ -74,7 +74,8 @@ export function authPlugin(deps: {
     const header = request.headers.get('authorization')
     let p: Principal
     if (!header) {
-      if (deps.config.FANFARE_ANONYMOUS === 'off') throw new Unauthorized('this server needs a token (Authorization: Bearer <token>)')
+      // Refused by `admit` where anonymous callers are off: known by their address till then, so
+      // that a request without a token costs that address one there too (see transform).
       p = ANONYMOUS
     } else if (deps.limits) {
       p = await checkCredential(deps.limits.authFailures, addressOf(request, server, deps.limits), () => verify(header))
@@ -83,6 +84,11 @@ export function authPlugin(deps: {
     }
     resolved.set(request, p)
     return p
+  }
+  /** `demand`, and no anonymous caller at all where FANFARE_ANONYMOUS is off. */
+  const admit = (p: Principal, need: Need): Principal => {
+    if (p.kind === 'anonymous' && deps.config.FANFARE_ANONYMOUS === 'off') throw new Unauthorized('this server needs a token (Authorization: Bearer <token>)')
+    return demand(p, need)
   }
   /** What each request was charged, to settle it if it is refused as a whole. */
   const charged = new WeakMap<Request, { p: Principal; cost: number; address?: string }>()
@@ -112,15 +118,16 @@ export function authPlugin(deps: {
       detail: need === 'viewer' ? {} : { security: [{ bearer: [] }] },
       transform: async ({ request, body, server }) => {
         const caller = await identify(request, server)
-        if (!deps.limits) return void demand(caller, need)
+        if (!deps.limits) return void admit(caller, need)
         // Charged once known, before the body is validated: a bad request costs its caller too (429
         // with Retry-After). Anonymous callers are known by their address only.
         const address = caller.kind === 'anonymous' ? addressOf(request, server, deps.limits) : undefined
         let p: Principal
         try {
-          p = demand(caller, need)
+          p = admit(caller, need)
         } catch (err) {
-          // Not what the route needs (401 without a token, 403): its body was read all the same, so
+          // Not what the route needs (401 without a token, or any request without one where
+          // anonymous callers are off; 403): its body was read all the same, so
           // it costs one, as any refused request (else a flood of them would be free); past the
           // budget 429.
           charged.set(request, { p: caller, cost: chargeRequest(deps.limits.rates, caller, undefined, address), address })
@@ -140,7 +147,7 @@ export function authPlugin(deps: {
       // Runs after the error plugin's answer too: there, a body or a URL that could not be read is charged.
       mapResponse: ({ request, server, code }: { request: Request; server: Server; code?: unknown }) =>
         (code === 'PARSE' || code === 'bad_request') && deps.limits && !charged.has(request) ? chargeUnreadable(request, server, deps.limits) : undefined,
-      resolve: async ({ request, server }) => ({ principal: demand(await identify(request, server), need) }),
+      resolve: async ({ request, server }) => ({ principal: admit(await identify(request, server), need) }),
     }),
   })
 }

@@ -405,3 +405,42 @@ describe('rate limits of anonymous callers', () => {
     expect((await read('203.0.113.31')).status).toBe(200)
   })
 })
+
+describe('rate limits where anonymous callers are off', () => {
+  let node: TestNode
+  beforeAll(async () => {
+    node = await startTestNode({
+      FANFARE_ANONYMOUS: 'off',
+      FANFARE_ANONYMOUS_OPS_PER_SECOND: '1',
+      FANFARE_ANONYMOUS_OPS_BURST: '6',
+      FANFARE_TRUSTED_PROXIES: '127.0.0.1',
+    })
+  })
+  afterAll(async () => {
+    await node?.close()
+  })
+
+  test('a request without a token is 401 and costs its address one: past the budget 429; other addresses and users are not charged', async () => {
+    // Its body is read and parsed before the credential is looked at: were these 401s free, so would
+    // a flood of bodies be, on a server that admits no anonymous caller at all.
+    const body = JSON.stringify({ events: [{ type: 'chat.message.posted', data: { room: 'rates', text: 'x'.repeat(10_000) } }] })
+    const send = (address: string, token?: string) =>
+      fetch(`${node.base}/v1/events`, {
+        method: 'POST',
+        headers: { 'x-forwarded-for': address, 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+        body,
+      })
+    const read = (address: string, token?: string) =>
+      fetch(`${node.base}/v1/leaderboards/anon-off`, { headers: { 'x-forwarded-for': address, ...(token ? { authorization: `Bearer ${token}` } : {}) } })
+    const statuses: number[] = []
+    for (let i = 0; i < 4; i++) statuses.push((await send('203.0.113.40')).status)
+    for (let i = 0; i < 3; i++) statuses.push((await read('203.0.113.40')).status)
+    expect(statuses).toEqual([401, 401, 401, 401, 401, 401, 429])
+    const first = (await (await send('203.0.113.41')).json()) as any
+    expect(first.error).toMatchObject({ code: 'unauthorized', message: 'this server needs a token (Authorization: Bearer <token>)' })
+    expect((await read('203.0.113.41')).status).toBe(401)
+    // A user behind the spent address has a budget of their own.
+    const user = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'anon-off' })
+    expect((await read('203.0.113.40', user)).status).toBe(200)
+  })
+})
