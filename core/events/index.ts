@@ -158,6 +158,20 @@ export type StoredEvent = {
  */
 export const dedupIdOf = (event: Pick<StoredEvent, 'by' | 'id'>): string => `${event.by}/${event.id}`
 
+/**
+ * The `Nats-Msg-Id` an API node stores a client's event with, at the hub (`edgeDomain` undefined)
+ * or at an edge site. An edge's events are sourced into the hub's event stream with their msg id,
+ * and on nats-server 2.9 one that the hub's window takes for a duplicate stalls that edge's whole
+ * source for the window (docs/design.md, Edge sites): so no edge msg id may equal one the hub
+ * stores itself. At an edge: `<by>/<id>@<domain>`. At the hub: `<by>/<id>`, and `<by>/<id>@` when
+ * the id holds an '@' (an id may: `m1@<domain>` sent to the hub would otherwise be the same
+ * caller's `m1` sent to that edge, and one caller could stall every event of the site). After the
+ * last '/' a hub msg id either holds no '@' or ends with one; an edge's holds one and ends with its
+ * domain, which holds none.
+ */
+export const siteMsgIdOf = (event: Pick<StoredEvent, 'by' | 'id'>, edgeDomain: string | undefined): string =>
+  edgeDomain !== undefined ? `${dedupIdOf(event)}@${edgeDomain}` : event.id.includes('@') ? `${dedupIdOf(event)}@` : dedupIdOf(event)
+
 const checkers = Object.fromEntries(
   eventTypes.map((t) => [t, TypeCompiler.Compile(contracts[t].schema)]),
 ) as unknown as Record<EventType, ReturnType<typeof TypeCompiler.Compile>>

@@ -6,12 +6,12 @@ import type { Config } from '../../../../core/config'
 import {
   admitData,
   contracts,
-  dedupIdOf,
   EventInput,
   isEventType,
   keyOf,
   partitionOf,
   PrincipalId,
+  siteMsgIdOf,
   subjects,
   type EventType,
   type StoredEvent,
@@ -94,8 +94,10 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   // At an edge the de-duplication id names the site: the hub's event stream sources every edge's
   // stream, and on nats-server 2.9 a sourced message the hub takes for a duplicate stalls that
   // source for the whole de-duplication window and is then stored anyway (nats-server#4459). Ids
-  // of one site never meet another's there; a resend to the same site is de-duplicated by it.
-  const msgIdOf = site.kind === 'edge' ? (e: Pick<StoredEvent, 'by' | 'id'>) => `${dedupIdOf(e)}@${site.domain}` : dedupIdOf
+  // of one site never meet another's there (see siteMsgIdOf); a resend to the same site is
+  // de-duplicated by it.
+  const edgeDomain = site.kind === 'edge' ? site.domain : undefined
+  const msgIdOf = (e: Pick<StoredEvent, 'by' | 'id'>) => siteMsgIdOf(e, edgeDomain)
   const log = logger.child({ component: 'ingest' })
   // Every event of this node goes out through one publisher (one acknowledgement subscription).
   const publisher = createAckedPublisher(nc, { timeoutMs: publishTimeoutMs })
