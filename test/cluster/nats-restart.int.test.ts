@@ -7,7 +7,8 @@ const PLAYERS = 40
 /**
  * A NATS restart while events flow: requests during the outage get 503 `unavailable` (never a
  * 202, never a hang), and every event acknowledged with 202 (after the restart, resends of the
- * refused batches with the same ids) is applied exactly once.
+ * refused batches with the same ids) is applied exactly once; batches acknowledged before it and
+ * resent after it are duplicates.
  */
 describe('NATS restart during ingest', () => {
   let d: PrivateNatsDeployment | undefined
@@ -32,7 +33,7 @@ describe('NATS restart during ingest', () => {
     const board = `sum_${run}`
     await configureBoard(api, board, 'sum')
 
-    type Outcome = { batch: ScoreEvent[]; status: number; code?: string; startedAt: number; endedAt: number }
+    type Outcome = { batch: ScoreEvent[]; status: number; code?: string; results?: { id: string; seq: number; duplicate: boolean }[]; startedAt: number; endedAt: number }
     const outcomes: Outcome[] = []
     let n = 0
     let sending = true
@@ -46,7 +47,7 @@ describe('NATS restart during ingest', () => {
       const startedAt = Date.now()
       // The API gives up on JetStream after 5 s (publishTimeoutMs); 10 s without an answer is a hang.
       const res = await postEvents(api, batch, 10_000)
-      outcomes.push({ batch, status: res.status, code: res.body?.error?.code, startedAt, endedAt: Date.now() })
+      outcomes.push({ batch, status: res.status, code: res.body?.error?.code, results: res.status === 202 ? res.body.results : undefined, startedAt, endedAt: Date.now() })
       return res.status
     }
     const lane = async () => {
@@ -98,6 +99,16 @@ describe('NATS restart during ingest', () => {
       }, 20_000, 200)
       expect(res.body.results).toHaveLength(o.batch.length)
       storedDespite503 += res.body.results.filter((r: { duplicate: boolean }) => r.duplicate).length
+    }
+
+    // Batches acknowledged before the outage, resent after it (well within the window): the
+    // restarted server still knows their ids, so each is reported duplicate with its first sequence.
+    const ackedBefore = outcomes.filter((o) => o.status === 202 && o.endedAt < downAt).slice(-3)
+    expect(ackedBefore.length).toBeGreaterThan(0)
+    for (const o of ackedBefore) {
+      const res = await postEvents(api, o.batch, 10_000)
+      expect(res.status).toBe(202)
+      expect(res.body.results).toEqual(o.results!.map((r) => ({ ...r, duplicate: true })))
     }
 
     const acked = outcomes.flatMap((o) => o.batch)
