@@ -221,3 +221,51 @@ describe('hostile event ids', () => {
     }
   })
 })
+
+/**
+ * A dead letter's id reused past the de-duplication window (a 1 s window here): README "Events"
+ * makes it another event, and "Dead letters" says what replaying the first copy then does.
+ */
+describe("a dead letter's id resent past the window", () => {
+  let node: TestNode
+  let workers: Workers
+  beforeAll(async () => {
+    node = await startTestNode({ FANFARE_PARTITIONS: '1', FANFARE_DEDUP_WINDOW_MS: '1000' })
+    workers = await startTestWorker(node.env)
+  })
+  afterAll(async () => {
+    await workers?.stop()
+    await node?.close()
+  })
+
+  test('is a new event that applies; replaying the dead letter then applies the first copy too', async () => {
+    const call = async (method: string, path: string, token: string, body?: unknown) => {
+      const res = await fetch(`${node.base}${path}`, { method, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) })
+      return { status: res.status, json: (await res.json()) as any }
+    }
+    const adminToken = node.env.vars.FANFARE_ADMIN_TOKEN
+    const ingest = node.env.vars.FANFARE_INGEST_TOKEN
+    const score = (id: string, s: number) => ({ id, type: 'score.submitted', data: { board: 'late', player: 'p', score: s } })
+    const total = async () => {
+      await untilCaughtUp({ config: node.env.config, db: node.database.db, nc: node.nc })
+      return (await call('GET', '/v1/leaderboards/late', ingest)).json.entries[0]?.score
+    }
+    expect((await call('PUT', '/admin/leaderboards/late', adminToken, { operator: 'sum' })).status).toBe(200)
+    expect((await call('POST', '/v1/events', ingest, { events: Array.from({ length: 9 }, (_, i) => score(`l-${i}`, 1e15)) })).status).toBe(202)
+    const big = await call('POST', '/v1/events', ingest, score('l-big', 1e15))
+    expect(big.status).toBe(202)
+    expect(await total()).toBe(9e15)
+    const letters = (await call('GET', '/admin/dead-letters', adminToken)).json.deadLetters.filter((d: { eventId: string }) => d.eventId === 'l-big')
+    expect(letters).toHaveLength(1)
+    expect((await call('POST', '/v1/events', ingest, { events: [score('l-down-1', -1e15), score('l-down-2', -1e15)] })).status).toBe(202)
+    expect(await total()).toBe(7e15)
+
+    await Bun.sleep(1500)
+    const late = await call('POST', '/v1/events', ingest, score('l-big', 1e15))
+    expect(late.json.results).toEqual([{ id: 'l-big', seq: expect.any(Number), duplicate: false }])
+    expect(late.json.results[0].seq).not.toBe(big.json.results[0].seq)
+    expect(await total()).toBe(8e15)
+    expect((await call('POST', `/admin/dead-letters/${letters[0].id}/replay`, adminToken)).status).toBe(200)
+    expect(await total()).toBe(9e15)
+  }, 30_000)
+})
