@@ -7,6 +7,7 @@ import { startApi } from '../../api/src/server'
 import { startTestNode, type TestNode } from '../../api/src/test-support'
 import { startTestWorker, untilCaughtUp } from '../../stream-workers/src/testing/harness'
 import type { Workers } from '../../stream-workers/src/workers'
+import { mintUserToken } from '../../api/src/auth/mint'
 import { WsClient } from '../e2e/harness'
 
 /**
@@ -130,6 +131,28 @@ describe('hostile event ids', () => {
     // The ingest token is another publisher again.
     expect((await post(ingest, score('final', 'keys', 'p', 1000))).json.results[0].duplicate).toBe(false)
     expect(await entries('keys')).toEqual([{ rank: 1, player: 'p', score: 1111 }])
+  })
+
+  test('users whose subs differ only by Unicode form are two publishers; a resend by a principal holding non-ASCII characters (in the Nats-Msg-Id) is a duplicate', async () => {
+    const player = async (sub: string) => WsClient.open(`${node.wsUrl}?token=${await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub })}`)
+    const subs = ['jos\u00e9', 'jose\u0301', '\u{1F3AE}gamer']
+    const seqs: number[] = []
+    for (const sub of subs) {
+      const socket = await player(sub)
+      const event = { id: 'hello', type: 'chat.message.posted', data: { room: `uni-${subs.indexOf(sub)}`, text: 'hi' } }
+      socket.send({ op: 'publish', ref: 'a', event })
+      const first = await socket.reply('a')
+      expect([sub, first.op, first.duplicate]).toEqual([sub, 'ack', false])
+      socket.send({ op: 'publish', ref: 'b', event })
+      expect(await socket.reply('b')).toMatchObject({ op: 'ack', seq: first.seq, duplicate: true })
+      socket.close()
+      seqs.push(first.seq)
+    }
+    expect(new Set(seqs).size).toBe(subs.length)
+    await untilCaughtUp({ config: node.env.config, db: node.database.db, nc: node.nc })
+    for (const [i, sub] of subs.entries()) {
+      expect(((await (await fetch(`${node.base}/v1/rooms/uni-${i}/messages`)).json()) as any).messages).toMatchObject([{ id: 'hello', user: sub, text: 'hi' }])
+    }
   })
 
   test('the same id sent at once by several REST requests and a WebSocket frame is stored and applied once; every sender gets its sequence', async () => {
