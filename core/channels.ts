@@ -17,8 +17,18 @@ export type ChannelKind = (typeof channelKinds)[number]
 const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat|stream|poll|reactions|match):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
 /** `presence:<channel>`: who is in a tracked channel (a room, a stream, a match). */
 const PRESENCE_PATTERN = '^presence:(?:chat|stream|match):[A-Za-z0-9_-]{1,64}$'
-/** A channel a client may subscribe to: one of the read models' channels, or a presence channel. */
-export const Channel = Type.String({ pattern: `${CHANNEL_PATTERN}|${PRESENCE_PATTERN}`, maxLength: 261 })
+/**
+ * A channel a client may subscribe to: one of the read models' channels, or a presence channel.
+ * `error` (the option Elysia's schemas use for their message, read by the WebSocket frame check
+ * too) says which channels exist: the pattern alone, quoted back, told a person nothing.
+ */
+export const Channel = Type.String({
+  pattern: `${CHANNEL_PATTERN}|${PRESENCE_PATTERN}`,
+  maxLength: 261,
+  error:
+    'channel must be leaderboard:<board>, chat:<room>, stream:<stream>, poll:<poll>, reactions:<stream> or match:<match> ' +
+    '(a name of 1-64 letters, digits, _ or -), user:<user id>, or presence: followed by a chat:, stream: or match: channel',
+})
 export type Channel = Static<typeof Channel>
 
 export const channelOf = {

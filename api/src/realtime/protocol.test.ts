@@ -54,3 +54,21 @@ test('errorBody: a database error a retry may cure is database_unavailable, as R
   expect(errorBody(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })).code).toBe('database_unavailable')
   expect(errorBody(new TypeError('x is undefined'))).toEqual({ code: 'internal', message: 'internal error' })
 })
+
+test('a channel that is none of the kinds is invalid_frame saying which channels there are, not quoting the pattern', () => {
+  // The first thing a new client gets wrong (`leaderboards:`, `room:`, presence of a board): the
+  // pattern quoted back ("Expected string to match '^(?:(?:leaderboard|chat|...") told them nothing.
+  for (const op of ['subscribe', 'unsubscribe'] as const) {
+    for (const channel of ['leaderboards:arena', 'room:lobby', 'presence:leaderboard:arena', 'chat:a b']) {
+      const parsed = parseFrame({ op, ref: 's1', channel })
+      expect(parsed).toMatchObject({ ok: false, ref: 's1', error: { code: 'invalid_frame', details: [{ path: '/channel' }] } })
+      const { message } = (parsed as { error: { message: string } }).error
+      expect(message).toStartWith('channel must be leaderboard:<board>, chat:<room>, stream:<stream>, poll:<poll>, reactions:<stream> or match:<match>')
+      expect(message).toContain('presence:')
+      expect(message).not.toContain('^')
+    }
+  }
+  // Other problems keep their message.
+  expect(parseFrame({ op: 'subscribe', channel: 'chat:r', since: -1 })).toMatchObject({ ok: false, error: { code: 'invalid_frame', message: 'malformed subscribe frame' } })
+  expect(parseFrame({ op: 'subscribe', channel: 'chat:r', sinse: 1 })).toMatchObject({ ok: false, error: { message: 'unknown field /sinse in the subscribe frame' } })
+})

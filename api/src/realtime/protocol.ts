@@ -101,9 +101,12 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
   }
   const check = frameChecks[op as keyof typeof frameChecks]
   if (!check.Check(v)) {
-    const details = takeFirst(check.Errors(v), MAX_PROBLEMS).map((e) => ({ path: e.path, message: problemMessage(e) }))
+    const errors = takeFirst(check.Errors(v), MAX_PROBLEMS)
+    const details = errors.map((e) => ({ path: e.path, message: problemMessage(e) }))
     const unknown = firstUnknownField(details)
-    const message = unknown === undefined ? `malformed ${op} frame` : `unknown field ${unknown} in the ${op} frame`
+    // A schema's own `error` (as REST answers it: see Channel) says more than "malformed".
+    const custom = errors.map((e) => (e.schema as { error?: unknown }).error).find((m): m is string => typeof m === 'string')
+    const message = unknown !== undefined ? `unknown field ${unknown} in the ${op} frame` : (custom ?? `malformed ${op} frame`)
     return { ok: false, ref, error: { code: 'invalid_frame', message, details } }
   }
   return { ok: true, frame: v as ClientFrame }
