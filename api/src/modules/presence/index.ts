@@ -8,7 +8,14 @@ import { Forbidden, Invalid } from '../../errors'
 import type { Presence } from '../../presence'
 import { isTracked } from '../../presence/feed'
 
-export const PresenceParams = t.Object({ channel: t.String({ pattern: '^(chat|stream|match):[A-Za-z0-9_-]{1,64}$', description: 'a tracked channel: chat:<room>, stream:<id> or match:<id>' }) })
+export const PresenceParams = t.Object({
+  channel: t.String({
+    pattern: '^(chat|stream|match):[A-Za-z0-9_-]{1,64}$',
+    description: 'a tracked channel: chat:<room>, stream:<id> or match:<id>',
+    // Else "invalid params" and the pattern quoted back (`/v1/presence/leaderboard:arena`).
+    error: 'channel must be chat:<room>, stream:<stream> or match:<match> (a name of 1-64 letters, digits, _ or -): presence is kept for these',
+  }),
+})
 
 export const PresenceSnapshot = t.Object({
   channel: t.String(),
