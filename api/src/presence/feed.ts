@@ -139,6 +139,9 @@ export function createPresenceFeed(deps: {
         w.dirty = true
         return
       }
+      // The frame carries the counts as they are now: a count change waiting for the interval
+      // (the view moves the connections before a join or leave) is told by it, not again.
+      w.dirty = false
       if (change.kind === 'join') frame(w, change.channel, { kind: 'join', user: change.user, ...(change.name !== undefined ? { name: change.name } : {}), ...c })
       else if (change.kind === 'update') frame(w, change.channel, { kind: 'update', user: change.user, name: change.name, ...c })
       else frame(w, change.channel, { kind: 'leave', user: change.user, reason: change.reason, ...c })
