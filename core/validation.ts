@@ -34,13 +34,50 @@ export type Problem = { path: string; message: string }
 /** The message of a problem that is a property the schema does not declare; its path names it. */
 export const UNKNOWN_FIELD = 'unknown field'
 
+/** Schema key marking its `error` as a rule (see rule). */
+export const RULE = 'x-rule'
+
+/**
+ * Schema options for a field type many fields share (a board, a room, a user id, an event id):
+ * `error` says in words what a valid value is, worded to follow the field's name ("must be 1-64
+ * characters, ..."), and RULE marks it so. A problem (REST and WebSocket details, dead-letter
+ * reasons) carries it after its path; a one-line message puts the field's name first (see
+ * schemaSentence). TypeBox's own message quotes the pattern, which tells a person nothing.
+ */
+export const rule = (text: string) => ({ error: text, [RULE]: true })
+
+type SchemaWords = { error?: unknown; [RULE]?: unknown }
+
 /**
  * What a TypeBox error says to a client. TypeBox words a property the schema does not declare as
  * "Unexpected property"; we say `unknown field`, one phrase everywhere (REST, WebSocket, events),
- * so a client can tell a typo or an unsupported option from a wrong value.
+ * so a client can tell a typo or an unsupported option from a wrong value. A schema's own `error`
+ * (the option Elysia's schemas use for their message) says what a valid value is: it replaces
+ * TypeBox's words (for a pattern, the regex quoted back), except for a missing property, which
+ * TypeBox names plainly.
  */
 export function problemMessage(e: ValueError): string {
-  return e.type === ValueErrorType.ObjectAdditionalProperties ? UNKNOWN_FIELD : e.message
+  if (e.type === ValueErrorType.ObjectAdditionalProperties) return UNKNOWN_FIELD
+  const error = (e.schema as SchemaWords | undefined)?.error
+  return typeof error === 'string' && e.type !== ValueErrorType.ObjectRequiredProperty ? error : e.message
+}
+
+/**
+ * A schema's own message for an error as one sentence, or undefined when it has none: its `error`
+ * as it is, or a rule after the field's name (the last key of the error's path, else `subject`):
+ * `board must be 1-64 characters, ...`.
+ */
+export function schemaSentence(e: ValueError | undefined, subject = 'value'): string | undefined {
+  const words = e?.schema as SchemaWords | undefined
+  if (!e || typeof words?.error !== 'string') return undefined
+  if (words[RULE] !== true) return words.error
+  const field = pointerKey(e.path) || subject
+  return e.type === ValueErrorType.ObjectRequiredProperty ? `${field} is required and ${words.error}` : `${field} ${words.error}`
+}
+
+/** The last key of a JSON pointer, unescaped (`/a~1b` is the key `a/b`). */
+export function pointerKey(pointer: string): string {
+  return (pointer.split('/').at(-1) ?? '').replace(/~1/g, '/').replace(/~0/g, '~')
 }
 
 /** The path of the first unknown field among `problems`, if there is one. */

@@ -26,9 +26,10 @@ export function integerParam(name: string, opts: { minimum: number; maximum: num
   // check on the decoded number) with a strict text: the OpenAPI document still shows an integer
   // with its bounds, and a number out of range is the same 'property' error the error plugin names.
   const integer = Type.Integer(props)
+  // The text's own `error` too: a problem's message is its schema's, else TypeBox's regex quoted back.
   const check = TypeCompiler.Compile(integer)
   return t
-    .Transform(t.Union([t.String({ pattern: DECIMAL }), integer], props))
+    .Transform(t.Union([t.String({ pattern: DECIMAL, error: props.error }), integer], props))
     .Decode((value) => {
       const n = typeof value === 'number' ? value : Number(value)
       if (!check.Check(n)) throw new ValidationError('property', integer, n)

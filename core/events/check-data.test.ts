@@ -75,3 +75,19 @@ test('poll.opened closesAt must name a real instant Postgres can store: no Feb 3
   const stored = JSON.stringify({ id: 'e1', by: 'ingest', type: 'poll.opened', v: 1, data: data('0000-01-01T00:00:00Z'), at: '2026-01-01T00:00:00Z' })
   expect(decodeEvent(stored)).toEqual({ ok: false, reason: expect.stringContaining('/data/closesAt') })
 })
+
+test('every string of every event contract that has a pattern says its rule in words: problems and dead-letter reasons never quote a regex', () => {
+  const quoting: string[] = []
+  for (const [type, c] of Object.entries(contracts)) {
+    for (const { path, schema } of stringSchemas(c.schema)) {
+      if ('pattern' in schema && typeof (schema as { error?: unknown }).error !== 'string') quoting.push(`${type} ${path}`)
+    }
+  }
+  expect(quoting).toEqual([])
+  const rule = 'must be 1-64 characters, each a letter (A-Z, a-z), a digit, _ or -'
+  expect(checkData('score.submitted', { board: 'bad.name', player: 'p', score: 1 })).toEqual([{ path: '/data/board', message: rule }])
+  const stored = JSON.stringify({ id: 'e1', by: 'ingest', type: 'score.submitted', v: 1, data: { board: 'bad.name', player: 'p', score: 1 }, at: '2026-01-01T00:00:00Z' })
+  expect(decodeEvent(stored)).toEqual({ ok: false, reason: `invalid data: /data/board ${rule}` })
+  // What is accepted is unchanged.
+  expect(checkData('score.submitted', { board: 'Ok_name-1', player: 'p@x.y', score: 1 })).toEqual([])
+})

@@ -1,4 +1,5 @@
 import { Type } from '@sinclair/typebox'
+import { rule } from '../validation'
 
 /**
  * Field types shared by event contracts. Every string is bounded; names that end up in NATS
@@ -6,27 +7,44 @@ import { Type } from '@sinclair/typebox'
  * must be storable: no NUL character (Postgres text cannot hold one) and no lone UTF-16 surrogate
  * (not valid Unicode; Postgres refuses it in JSON). Such an event could never apply.
  */
-export const Name = Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: 'letters, digits, _ or -, 1-64 chars' })
+export const Name = Type.String({
+  pattern: '^[A-Za-z0-9_-]{1,64}$',
+  description: 'letters, digits, _ or -, 1-64 chars',
+  ...rule('must be 1-64 characters, each a letter (A-Z, a-z), a digit, _ or -'),
+})
 export const ActorId = Type.String({
   minLength: 1,
   maxLength: 128,
   pattern: '^(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
   description: '1-128 chars, no spaces, NUL or lone surrogates',
+  ...rule('must be 1-128 characters with no spaces or other whitespace (nor NUL or an unpaired surrogate)'),
 })
-export const EventId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_.:@-]+$', description: '1-128 chars of A-Z a-z 0-9 _ . : @ -' })
+export const EventId = Type.String({
+  minLength: 1,
+  maxLength: 128,
+  pattern: '^[A-Za-z0-9_.:@-]+$',
+  description: '1-128 chars of A-Z a-z 0-9 _ . : @ -',
+  ...rule('must be 1-128 characters, each a letter (A-Z, a-z), a digit, _, ., :, @ or -'),
+})
 /**
  * Who published an event, as recorded with it (`by`): `u:<user id>`, `k:<key id>`, `ingest`,
  * `admin` (see the API's principalId). No whitespace or NUL (it goes into a NATS header). Event ids
  * are de-duplicated on `<by>/<event id>` (see dedupIdOf): an event id has no '/', so the last '/'
  * always splits the two, whatever `by` holds.
  */
-export const PrincipalId = Type.String({ minLength: 1, maxLength: 140, pattern: '^(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$' })
+export const PrincipalId = Type.String({
+  minLength: 1,
+  maxLength: 140,
+  pattern: '^(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
+  ...rule('must be 1-140 characters with no spaces or other whitespace (nor NUL or an unpaired surrogate)'),
+})
 /** A display name: 1-64 characters, no control characters. */
 export const DisplayName = Type.String({
   minLength: 1,
   maxLength: 64,
   pattern: '^(?:[^\\u0000-\\u001f\\u007f\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
   description: '1-64 chars, no control characters or lone surrogates',
+  ...rule('must be 1-64 characters with no control characters (nor an unpaired surrogate)'),
 })
 /**
  * Text Postgres can store: any characters but NUL, and surrogates only in pairs. (Zero or more of
@@ -39,5 +57,6 @@ export const ChatText = Type.String({
   maxLength: 2000,
   pattern: STORABLE_TEXT,
   description: '1-2000 chars, no NUL or lone surrogates',
+  ...rule('must be 1-2000 characters with no NUL (nor an unpaired surrogate)'),
 })
 export const FiniteNumber = Type.Number({ minimum: -1e15, maximum: 1e15, description: 'finite, |x| <= 1e15' })

@@ -1,4 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
+import { rule } from '../validation'
 import { ActorId, EventId, Name, PrincipalId } from './fields'
 
 /** Free text shown to viewers: a stream title, a poll question or option. No control characters or lone surrogates. */
@@ -8,6 +9,7 @@ const text = (max: number, description: string) =>
     maxLength: max,
     pattern: '^(?:[^\\u0000-\\u001f\\u007f\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
     description,
+    ...rule(`must be 1-${max} characters with no control characters (nor an unpaired surrogate)`),
   })
 export const StreamTitle = text(140, '1-140 chars, no control characters')
 export const StreamCategory = text(64, '1-64 chars, no control characters')
@@ -84,7 +86,7 @@ export const PollOpened = Type.Object(
      * the workers (which never load Elysia) would refuse every such event.
      */
     closesAt: Type.Optional(
-      Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(?:\\.\\d{1,9})?(?:Z|[+-]\\d{2}:\\d{2})$', maxLength: 40, description: 'ISO 8601 date-time with a time zone, e.g. 2030-01-02T03:04:05Z' }),
+      Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(?:\\.\\d{1,9})?(?:Z|[+-]\\d{2}:\\d{2})$', maxLength: 40, description: 'ISO 8601 date-time with a time zone, e.g. 2030-01-02T03:04:05Z', ...rule('must be an ISO 8601 date-time with a time zone, e.g. 2030-01-02T03:04:05Z') }),
     ),
   },
   { additionalProperties: false, $id: 'poll.opened@1' },

@@ -5,6 +5,7 @@ import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, errors, j
 import type { Config } from '../../../core/config'
 import type { Logger } from '../../../core/logger'
 import { ActorId, DisplayName, STORABLE_TEXT } from '../../../core/events'
+import { problemMessage, rule } from '../../../core/validation'
 import { TokenExpired, Unauthorized, Unavailable } from '../errors'
 import type { UserPrincipal } from './principal'
 
@@ -20,7 +21,13 @@ export const MAX_EXP = 253_402_300_799
  * stores as it is. A NUL cannot be stored (the revocation failed), and a lone surrogate is stored
  * as U+FFFD: after a reload the revocation no longer refused its token, and refused another's.
  */
-export const Jti = Type.String({ minLength: 1, maxLength: 128, pattern: STORABLE_TEXT, description: '1-128 chars, no NUL or lone surrogates' })
+export const Jti = Type.String({
+  minLength: 1,
+  maxLength: 128,
+  pattern: STORABLE_TEXT,
+  description: '1-128 chars, no NUL or lone surrogates',
+  ...rule('must be 1-128 characters with no NUL (nor an unpaired surrogate)'),
+})
 
 /** The claims Fanfare reads from a user token; others are ignored. */
 export const UserClaims = Type.Object({
@@ -116,7 +123,7 @@ export function createJwtVerifier(
 function principalOf(payload: unknown, now?: () => number): UserPrincipal {
   if (!claimsCheck.Check(payload)) {
     const first = claimsCheck.Errors(payload).First()
-    throw new Unauthorized(`invalid token claims: ${first?.path ?? ''} ${first?.message ?? ''}`.trim(), 'invalid_token')
+    throw new Unauthorized(`invalid token claims: ${first?.path ?? ''} ${first ? problemMessage(first) : ''}`.trim(), 'invalid_token')
   }
   const c = payload as UserClaims
   // Neither library checks iat unless given a maximum age. A token "issued" in the future would outlive every

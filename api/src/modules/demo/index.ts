@@ -1,6 +1,7 @@
 import { Elysia, t } from 'elysia'
 import { resolve } from 'node:path'
 import type { Config } from '../../../../core/config'
+import { Name } from '../../../../core/events'
 import type { Db } from '../../../../core/db/client'
 import { mintUserToken } from '../../auth/mint'
 import type { KeyPrincipal } from '../../auth/principal'
@@ -101,7 +102,7 @@ export function demoModule(deps: DemoDeps) {
         return { match: params.match, results }
       },
       {
-        params: t.Object({ match: t.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }) }),
+        params: t.Object({ match: Name }),
         response: { 202: t.Object({ match: t.String(), results: t.Array(t.Object({ player: t.String(), score: t.Number() })) }), 404: ErrorResponse, 409: ErrorResponse },
         detail: { summary: 'Demo game server: plays a round of an arcade match with made-up scores (FANFARE_DEMO=on only)', tags: ['demo'] },
       },

@@ -1,5 +1,5 @@
 import { t } from 'elysia'
-import { DisplayName } from '../../../../core/events'
+import { DisplayName, Name } from '../../../../core/events'
 import { publishers } from '../../auth/permissions'
 import type { Scope } from '../../auth/principal'
 
@@ -48,4 +48,4 @@ export const KeyInfo = t.Object({
   lastUsedAt: t.Union([t.String(), t.Null()], { description: 'last use, written at most once a minute per node' }),
 })
 export const KeyList = t.Object({ keys: t.Array(KeyInfo, { description: 'newest first, revoked ones included' }) })
-export const KeyParams = t.Object({ id: t.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: 'key_<16 hex>' }) })
+export const KeyParams = t.Object({ id: t.String({ ...Name, description: 'key_<16 hex>' }) })
