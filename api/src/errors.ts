@@ -2,7 +2,7 @@ import { Elysia, ValidationError } from 'elysia'
 import type { ValueError } from '@sinclair/typebox/errors'
 import { dbErrorSummary, isTransientDbError, sqlStateOf } from '../../core/db/errors'
 import type { Logger } from '../../core/logger'
-import { firstUnknownField, MAX_PROBLEMS, problemMessage, takeFirst, type Problem } from '../../core/validation'
+import { firstUnknownField, MAX_PROBLEMS, pointerKey, problemMessage, RULE, schemaSentence, takeFirst, type Problem } from '../../core/validation'
 import { PARAM_NAME } from './params'
 
 /** The one error body every 4xx/5xx of the API carries. */
@@ -117,13 +117,18 @@ export type ValidationProblem = Problem
  * say what is actually wrong.
  */
 export function validationProblems(errors: Iterable<ValueError>, limit = MAX_PROBLEMS): ValidationProblem[] {
-  const out: ValidationProblem[] = []
+  return problemsWithErrors(errors, limit).map(({ problem }) => problem)
+}
+
+/** validationProblems, each with the TypeBox error it reports (a union's: the closest variant's). */
+function problemsWithErrors(errors: Iterable<ValueError>, limit: number): { problem: ValidationProblem; error: ValueError }[] {
+  const out: { problem: ValidationProblem; error: ValueError }[] = []
   if (limit <= 0) return out
   for (const e of errors) {
     // A value none of a union's literals: name them all, not the first one's "Expected 'none'".
     const literals = literalsOf(e.schema)
     if (literals) {
-      out.push({ path: e.path || '/', message: `must be one of ${literals.map((l) => JSON.stringify(l)).join(', ')}` })
+      out.push({ problem: { path: e.path || '/', message: `must be one of ${literals.map((l) => JSON.stringify(l)).join(', ')}` }, error: e })
       if (out.length >= limit) break
       continue
     }
@@ -131,12 +136,12 @@ export function validationProblems(errors: Iterable<ValueError>, limit = MAX_PRO
     if (variants && variants.length > 0) {
       const best = variants.map((it) => takeFirst(it, limit - out.length)).sort((a, b) => a.length - b.length)[0]
       if (best.length > 0) {
-        out.push(...validationProblems(best, limit - out.length))
+        out.push(...problemsWithErrors(best, limit - out.length))
         if (out.length >= limit) break
         continue
       }
     }
-    out.push({ path: e.path || '/', message: problemMessage(e) })
+    out.push({ problem: { path: e.path || '/', message: problemMessage(e) }, error: e })
     if (out.length >= limit) break
   }
   return out
@@ -169,8 +174,8 @@ export function errorHandler(logger: Logger) {
           logger.error({ err: error, method: request.method, path, problems: validationProblems(safeAll(v)) }, 'response does not match its schema')
           return errorResponse(500, 'internal', 'internal error')
         }
-        const { where, problems } = describeValidation(v, request)
-        return errorResponse(422, 'invalid_request', validationMessage(v, where, problems), problems)
+        const { where, problems, first } = describeValidation(v, request)
+        return errorResponse(422, 'invalid_request', validationMessage(v, where, problems, first), problems)
       }
       case 'PARSE':
         return errorResponse(400, 'bad_json', 'request body is not valid JSON')
@@ -199,17 +204,16 @@ export function errorHandler(logger: Logger) {
 /**
  * The one-line message of a 422. An unknown field is named first: it is the likeliest cause (a
  * typo, an option this version lacks) and the one a generic message would hide, since the request
- * otherwise looks fine. Otherwise the schema's own message, else where the problem is.
+ * otherwise looks fine. Then a shared field type's rule, after the field's name (`board must be
+ * 1-64 characters, ...`), for the first problem (`first`, inside a union's closest variant: the
+ * body of POST /v1/events is one), else the schema's own message, else where the problem is.
  */
-function validationMessage(v: ValidationError, where: string, problems: ValidationProblem[]): string {
+function validationMessage(v: ValidationError, where: string, problems: ValidationProblem[], first: ValueError | undefined): string {
   const unknown = firstUnknownField(problems)
   if (unknown !== undefined) return v.type === 'query' ? `unknown query parameter ${pointerKey(unknown)}` : `unknown field ${unknown} in the ${where}`
+  const own = first && (first.schema as Record<string, unknown>)[RULE] === true ? schemaSentence(first, where) : schemaSentence(v.valueError as ValueError | undefined, where)
+  if (own !== undefined) return own
   return typeof v.customError === 'string' ? v.customError : `invalid ${where}`
-}
-
-/** The last key of a JSON pointer, unescaped (`/a~1b` is the key `a/b`). */
-function pointerKey(pointer: string): string {
-  return (pointer.split('/').at(-1) ?? '').replace(/~1/g, '/').replace(/~0/g, '~')
 }
 
 /**
@@ -217,9 +221,11 @@ function pointerKey(pointer: string): string {
  * property at a time ('property' errors) without naming it: the schema names it (integerParam),
  * else we find it by its raw value.
  */
-function describeValidation(v: ValidationError, request: Request): { where: string; problems: (ValidationProblem & { in: string })[] } {
-  const problems = validationProblems(safeAll(v))
-  if (v.type !== 'property') return { where: v.type, problems: problems.map((p) => ({ ...p, in: v.type })) }
+function describeValidation(v: ValidationError, request: Request): { where: string; problems: (ValidationProblem & { in: string })[]; first?: ValueError } {
+  const reported = problemsWithErrors(safeAll(v), MAX_PROBLEMS)
+  const problems = reported.map(({ problem }) => problem)
+  const first = reported[0]?.error
+  if (v.type !== 'property') return { where: v.type, problems: problems.map((p) => ({ ...p, in: v.type })), first }
   const query = new URL(request.url).searchParams
   const named = (v.validator as Record<string, unknown> | undefined)?.[PARAM_NAME]
   const found = String(v.value)

@@ -2,7 +2,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Channel } from '../../../core/channels'
 import { EventInput } from '../../../core/events'
-import { firstUnknownField, MAX_JSON_DEPTH, MAX_PROBLEMS, nestedDeeperThan, problemMessage, takeFirst } from '../../../core/validation'
+import { firstUnknownField, MAX_JSON_DEPTH, MAX_PROBLEMS, nestedDeeperThan, problemMessage, schemaSentence, takeFirst } from '../../../core/validation'
 import { AppError, databaseUnavailable } from '../errors'
 import type { ChatChange, LeaderboardChange, MatchChange, MatchView, PollChange, PollView, ReactionsChange, StreamChange, UserChange } from '../../../core/channels'
 import type { BoardSnapshot } from '../modules/leaderboards/model'
@@ -105,7 +105,7 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
     const details = errors.map((e) => ({ path: e.path, message: problemMessage(e) }))
     const unknown = firstUnknownField(details)
     // A schema's own `error` (as REST answers it: see Channel) says more than "malformed".
-    const custom = errors.map((e) => (e.schema as { error?: unknown }).error).find((m): m is string => typeof m === 'string')
+    const custom = errors.map((e) => schemaSentence(e)).find((m) => m !== undefined)
     const message = unknown !== undefined ? `unknown field ${unknown} in the ${op} frame` : (custom ?? `malformed ${op} frame`)
     return { ok: false, ref, error: { code: 'invalid_frame', message, details } }
   }

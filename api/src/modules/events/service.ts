@@ -359,10 +359,16 @@ export function createIngest({ config, nc, logger, publishTimeoutMs = 5000, now 
   return { publish, stop }
 }
 
-/** The message of an invalid_event: the first unknown field when there is one (see validationMessage), else `generic`. */
+/**
+ * The message of an invalid_event: the first unknown field when there is one (see
+ * validationMessage), else `generic` and the first problem (`/data/board must be 1-64 characters,
+ * ...`): a client reading only the message learns what to fix.
+ */
 function eventMessage(generic: string, problems: (Problem & { index: number })[]): string {
   const unknown = problems.find((p) => p.message === UNKNOWN_FIELD)
-  return unknown ? `unknown field ${unknown.path} in event ${unknown.index}` : generic
+  if (unknown) return `unknown field ${unknown.path} in event ${unknown.index}`
+  const first = problems[0]
+  return first ? `${generic} (event ${first.index}: ${first.path} ${first.message})` : generic
 }
 
 /** Checks a whole request; throws on the first kind of problem found, listing every instance. */

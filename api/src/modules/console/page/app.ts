@@ -70,7 +70,7 @@ async function api(method: string, path: string, body?: unknown): Promise<Json> 
     throw new ApiError(0, 'unreachable', `no answer from ${location.host}: the node may be down or restarting (the console tries again every ${POLL_MS / 1000} s)`)
   }
   const json = await res.json().catch(() => null)
-  if (!res.ok) throw new ApiError(res.status, json?.error?.code ?? 'error', `${json?.error?.message ?? res.statusText}${problems(json?.error?.details)}`)
+  if (!res.ok) throw new ApiError(res.status, json?.error?.code ?? 'error', `${json?.error?.message ?? res.statusText}${problems(json?.error?.details, json?.error?.message)}`)
   return json
 }
 
@@ -78,13 +78,15 @@ async function api(method: string, path: string, body?: unknown): Promise<Json> 
 let refreshFailed = false
 
 /**
- * A validation error's message is only "invalid body" or "invalid params": its details name the
- * field and what is wrong with it (the first of each field, the first three fields).
+ * A validation error's message may be only "invalid body" or "invalid params": its details name the
+ * field and what is wrong with it (the first of each field, the first three fields), unless the
+ * message says it already (`board must be 1-64 characters, ...`).
  */
-function problems(details: unknown): string {
+function problems(details: unknown, message: unknown): string {
   if (!Array.isArray(details)) return ''
+  const said = typeof message === 'string' ? message : ''
   const first = new Map<string, string>()
-  for (const d of details) if (typeof d?.path === 'string' && typeof d?.message === 'string' && !first.has(d.path)) first.set(d.path, d.message)
+  for (const d of details) if (typeof d?.path === 'string' && typeof d?.message === 'string' && !first.has(d.path) && !said.includes(d.message)) first.set(d.path, d.message)
   const named = [...first].slice(0, 3).map(([path, message]) => `${path.replace(/^\//, '') || 'request'}: ${message}`)
   return named.length > 0 ? ` (${named.join('; ')})` : ''
 }
