@@ -34,6 +34,18 @@ export type Problem = { path: string; message: string }
 /** The message of a problem that is a property the schema does not declare; its path names it. */
 export const UNKNOWN_FIELD = 'unknown field'
 
+/**
+ * `problems` without repeats (the same path and message): a field's rule replaces TypeBox's words
+ * for every check it fails (an empty id fails its length and its pattern), and is said once.
+ */
+export function distinctProblems<P extends Problem>(problems: P[]): P[] {
+  const seen = new Set<string>()
+  return problems.filter((p) => {
+    const key = `${p.path}\u0000${p.message}`
+    return !seen.has(key) && (seen.add(key), true)
+  })
+}
+
 /** Schema key marking its `error` as a rule (see rule). */
 export const RULE = 'x-rule'
 

@@ -141,7 +141,10 @@ function problemsWithErrors(errors: Iterable<ValueError>, limit: number): { prob
         continue
       }
     }
-    out.push({ problem: { path: e.path || '/', message: problemMessage(e) }, error: e })
+    const problem = { path: e.path || '/', message: problemMessage(e) }
+    // Said once (see distinctProblems): a rule replaces the words of every check its value fails.
+    if (out.some((o) => o.problem.path === problem.path && o.problem.message === problem.message)) continue
+    out.push({ problem, error: e })
     if (out.length >= limit) break
   }
   return out

@@ -110,6 +110,11 @@ describe('name-like fields say what they allow, in words', () => {
     // The envelope is the route's body (one event, or a batch: a union): its id's rule, not "body must be one event ...".
     const id = await call('POST', '/v1/events', { id: 'a b', type: 'score.submitted', data: { board: 'b', player: 'p', score: 1 } })
     expect([id.status, id.json.error]).toEqual([422, { code: 'invalid_request', message: `id ${EVENT_ID_RULE}`, details: [{ path: '/id', message: EVENT_ID_RULE, in: 'body' }] }])
+    // An empty id fails its length and its pattern: one rule, said once; likewise an empty board.
+    const empty = await call('POST', '/v1/events', { id: '', type: 'score.submitted', data: { board: '', player: 'p', score: 1 } })
+    expect(empty.json.error.details).toEqual([{ path: '/id', message: EVENT_ID_RULE, in: 'body' }])
+    const emptyBoard = await call('POST', '/v1/events', { type: 'score.submitted', data: { board: '', player: 'p', score: 1 } })
+    expect(emptyBoard.json.error.details).toEqual([{ index: 0, path: '/data/board', message: NAME_RULE }])
     expect(await node.streamCount()).toBe(0)
   })
 
@@ -118,6 +123,8 @@ describe('name-like fields say what they allow, in words', () => {
     try {
       ws.send({ op: 'publish', ref: 'id', event: { id: 'a b', type: 'match.join', data: { match: 'm1' } } })
       expect((await ws.reply('id')).error).toEqual({ code: 'invalid_frame', message: `id ${EVENT_ID_RULE}`, details: [{ path: '/event/id', message: EVENT_ID_RULE }] })
+      ws.send({ op: 'publish', ref: 'empty', event: { id: '', type: 'match.join', data: { match: 'm1' } } })
+      expect((await ws.reply('empty')).error.details).toEqual([{ path: '/event/id', message: EVENT_ID_RULE }])
 
       ws.send({ op: 'publish', ref: 'match', event: { type: 'match.join', data: { match: 'bad.name' } } })
       expect((await ws.reply('match')).error).toEqual({

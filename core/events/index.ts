@@ -5,7 +5,7 @@ import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
 import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart, reservedPropertyOf } from './games'
 import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, repeatedOptionOf, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled, visibleText } from './live'
-import { MAX_PROBLEMS, parseDateTime, problemMessage, takeFirst } from '../validation'
+import { distinctProblems, MAX_PROBLEMS, parseDateTime, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
 
 export { ChatMessageDeleted, ChatMessagePosted } from './chat'
@@ -184,7 +184,7 @@ export type DataProblem = { path: string; message: string }
 /** Checks an event's data against its type's schema; returns the first problems (empty when valid). */
 export function checkData(type: EventType, data: unknown): DataProblem[] {
   const checker = checkers[type]
-  if (!checker.Check(data)) return takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: problemMessage(e) }))
+  if (!checker.Check(data)) return distinctProblems(takeFirst(checker.Errors(data), MAX_PROBLEMS).map((e) => ({ path: `/data${e.path}`, message: problemMessage(e) })))
   const problem = (contracts[type] as { check?: (d: unknown) => DataProblem | undefined }).check?.(data)
   return problem ? [problem] : []
 }

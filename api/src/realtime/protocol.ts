@@ -2,7 +2,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Channel } from '../../../core/channels'
 import { EventInput } from '../../../core/events'
-import { firstUnknownField, MAX_JSON_DEPTH, MAX_PROBLEMS, nestedDeeperThan, problemMessage, schemaSentence, takeFirst } from '../../../core/validation'
+import { distinctProblems, firstUnknownField, MAX_JSON_DEPTH, MAX_PROBLEMS, nestedDeeperThan, problemMessage, schemaSentence, takeFirst } from '../../../core/validation'
 import { AppError, databaseUnavailable } from '../errors'
 import type { ChatChange, LeaderboardChange, MatchChange, MatchView, PollChange, PollView, ReactionsChange, StreamChange, UserChange } from '../../../core/channels'
 import type { BoardSnapshot } from '../modules/leaderboards/model'
@@ -102,7 +102,7 @@ export function parseFrame(raw: unknown): { ok: true; frame: ClientFrame } | { o
   const check = frameChecks[op as keyof typeof frameChecks]
   if (!check.Check(v)) {
     const errors = takeFirst(check.Errors(v), MAX_PROBLEMS)
-    const details = errors.map((e) => ({ path: e.path, message: problemMessage(e) }))
+    const details = distinctProblems(errors.map((e) => ({ path: e.path, message: problemMessage(e) })))
     const unknown = firstUnknownField(details)
     // A schema's own `error` (as REST answers it: see Channel) says more than "malformed".
     const custom = errors.map((e) => schemaSentence(e)).find((m) => m !== undefined)
