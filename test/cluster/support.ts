@@ -86,6 +86,8 @@ export async function startNodes(
   procs: Proc[],
   only: { api?: Record<string, string>; worker?: Record<string, string> } = {},
 ): Promise<{ apiProc: Proc; workerProc: Proc }> {
+  // Readiness is asked of d.api: a node listening elsewhere would be reported ready by another.
+  for (const v of ['PORT', 'HOST'] as const) if (only.api?.[v] !== undefined) throw new Error(`startNodes: the API node's ${v} is the deployment's (nodeVars), not an override`)
   const apiProc = spawnProc('api', 'api/src/main.ts', { ...d.vars, ...only.api })
   const workerProc = spawnProc('worker', 'stream-workers/src/main.ts', { ...d.vars, ...only.worker })
   procs.push(apiProc, workerProc)
