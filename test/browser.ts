@@ -4,10 +4,14 @@ import { chromium, type Browser, type Locator } from 'playwright-core'
 /** Debian's chromium (installed by .ci/run), or CHROMIUM_PATH. */
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 
-/** Starts the headless Chromium every browser test drives; says how to get one when it is missing. */
-export function launchChromium(): Promise<Browser> {
+/**
+ * Starts the headless Chromium every browser test drives; says how to get one when it is missing.
+ * `hosts` names that resolve to 127.0.0.1 in it, for pages that behave differently on a local host.
+ */
+export function launchChromium(opts: { hosts?: string[] } = {}): Promise<Browser> {
   if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM} (bash .ci/run installs Debian's chromium; or set CHROMIUM_PATH)`)
-  return chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
+  const rules = (opts.hosts ?? []).map((host) => `MAP ${host} 127.0.0.1`)
+  return chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', ...(rules.length > 0 ? [`--host-resolver-rules=${rules.join(',')}`] : [])] })
 }
 
 /**
