@@ -12,6 +12,10 @@ import { launchChromium, readsForward } from '../browser'
 import { startDeployment, type Deployment } from '../sdk/deployment'
 
 const SHOTS = process.env.FANFARE_SCREENSHOTS ? resolve(import.meta.dir, '../../docs/console') : undefined
+/** A name for the node as a server is reached (the browser resolves it to 127.0.0.1): not a local host. */
+const NODE_HOST = 'fanfare-node.lan'
+/** What Scalar's viewer offers of its hosted services: its AI chat, MCP server, developer tools (Share, Deploy), API client, its site. */
+const HOSTED = ['Ask AI', 'Generate MCP', 'Connect MCP', 'VS Code', 'Cursor', 'Developer Tools', 'Configure', 'Share', 'Deploy', 'Open API Client', 'Powered by Scalar']
 
 /**
  * The admin console (/admin/console) and the API reference (/docs) in a real browser, against real
@@ -58,7 +62,7 @@ describe('the admin console in Chromium', () => {
   beforeAll(async () => {
     d = await startDeployment({ apis: 1, workers: 1 })
     database = await connectPostgres(d.env.vars.DATABASE_URL, { max: 2 })
-    browser = await launchChromium()
+    browser = await launchChromium({ hosts: [NODE_HOST] })
     page = await browser.newPage({ viewport: { width: 1280, height: 860 } })
     page.on('pageerror', (err) => void problems.push(String(err)))
     // Failed loads are judged by their answers below (401, 404 and 409 are expected ones here).
@@ -278,23 +282,40 @@ describe('the admin console in Chromium', () => {
     await byTest('notice').waitFor({ state: 'hidden', timeout: 15_000 })
   }, 30_000)
 
-  test('/docs renders the API reference from the node alone', async () => {
-    const docs = await browser.newPage({ viewport: { width: 1280, height: 860 } })
-    const outside: string[] = []
-    docs.on('request', (r) => void (!r.url().startsWith(d.urls[0]) && !r.url().startsWith('data:') && outside.push(r.url())))
-    // Its console too, which also shows what the browser asks for on its own (the page's icon).
-    const errors: string[] = []
-    docs.on('console', (m) => void (m.type() === 'error' && errors.push(m.text())))
-    docs.on('pageerror', (err) => void errors.push(String(err)))
-    await docs.goto(`${d.urls[0]}/docs`)
-    await docs.getByText('Readiness: Postgres and NATS/JetStream', { exact: false }).first().waitFor({ timeout: 30_000 })
-    await docs.getByRole('button', { name: /Open Group - admin/ }).first().click()
-    await docs.getByText('Replay a dead letter through its projection', { exact: false }).first().waitFor({ timeout: 15_000 })
-    if (SHOTS) await docs.screenshot({ path: `${SHOTS}/docs.png` })
-    await docs.close()
-    expect(outside).toEqual([])
-    expect(errors).toEqual([])
-  }, 45_000)
+  test('/docs renders the API reference from the node alone, with none of Scalar\'s hosted services; "Test Request" asks the node', async () => {
+    // The viewer picks its extras by the page's host: on a local one (127.0.0.1) its developer tools
+    // (Share, Deploy), "Ask AI" and "Generate MCP"; on any other "Open API Client". Both, then.
+    for (const origin of [d.urls[0], d.urls[0].replace('127.0.0.1', NODE_HOST)]) {
+      const docs = await browser.newPage({ viewport: { width: 1280, height: 860 } })
+      const outside: string[] = []
+      docs.on('request', (r) => void (!r.url().startsWith(origin) && !r.url().startsWith('data:') && outside.push(r.url())))
+      // Its console too, which also shows what the browser asks for on its own (the page's icon).
+      const errors: string[] = []
+      docs.on('console', (m) => void (m.type() === 'error' && errors.push(m.text())))
+      docs.on('pageerror', (err) => void errors.push(String(err)))
+      await docs.goto(`${origin}/docs`)
+      await docs.getByText('Readiness: Postgres and NATS/JetStream', { exact: false }).first().waitFor({ timeout: 30_000 })
+      await docs.getByRole('button', { name: /Open Group - admin/ }).first().click()
+      await docs.getByText('Replay a dead letter through its projection', { exact: false }).first().waitFor({ timeout: 15_000 })
+      // Nothing shown leads off the node ("Open API Client", "Powered by Scalar" are links to scalar.com) ...
+      const links = await docs.locator('a[href]:visible').evaluateAll((as) => as.map((a) => (a as HTMLAnchorElement).href))
+      expect(links.filter((href) => /^https?:/.test(href) && new URL(href).origin !== origin)).toEqual([])
+      // ... nor sends the document there (buttons, some not even links).
+      const shown: string[] = []
+      for (const label of HOSTED) if ((await docs.getByText(label, { exact: true }).filter({ visible: true }).count()) > 0) shown.push(label)
+      expect(shown).toEqual([])
+      if (SHOTS && origin === d.urls[0]) await docs.screenshot({ path: `${SHOTS}/docs.png` })
+      // "Test Request" works offline: straight to this node, no proxy.
+      await docs.locator('button', { hasText: 'get /healthz' }).first().click()
+      const answered = docs.waitForResponse((r) => r.url() === `${origin}/healthz`, { timeout: 15_000 })
+      await docs.getByRole('button', { name: 'Send get request to /healthz' }).click()
+      expect((await answered).status()).toBe(200)
+      await docs.getByText('200 OK').first().waitFor({ timeout: 15_000 })
+      await docs.close()
+      expect(outside).toEqual([])
+      expect(errors).toEqual([])
+    }
+  }, 60_000)
 
   test('overview: with no worker the projection lag is unknown, not 0, while events wait', async () => {
     await tab('overview')
