@@ -318,9 +318,15 @@ describe('client SDK: network faults', () => {
       await until('live', () => sub.status === 'live' && stay.status === 'live', 15_000)
       const present = async () => (await d.call('GET', `/v1/presence/chat:${room}`)).json?.users
       await until('present', async () => (await present()) === 1, 15_000)
+      // Seen through its status events, not by polling its state: after a cut the client is back
+      // within its 50-200 ms backoff, and a poll held up longer than that on a loaded machine
+      // never saw it offline (CI).
+      let offline = false
+      const off = c.on('status', (s) => void (s.state !== 'connected' && (offline = true)))
       if (fault === 'cut') p.cut(), p.restore()
       else p.stall()
-      await until('offline', () => c.status.state !== 'connected', 10_000, 5)
+      await until('offline', () => offline, 10_000, 5)
+      off()
       sub.unsubscribe()
       if (fault === 'stall') p.restore()
       await until('back', () => c.status.state === 'connected' && stay.status === 'live', 10_000)
