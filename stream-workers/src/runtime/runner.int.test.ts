@@ -31,26 +31,36 @@ const leaderboardsConsumer = async (w: World) => {
   })
 }
 
+/**
+ * A world with one partition and a sum board `tot` (an event applied twice would show), whose
+ * worker holds its first leaderboards batch at `hook` until `release()`: `held()` once it does.
+ * `before` runs between the board and the worker's start (events stored before it).
+ */
+async function holdingFirstBatch(hook: 'onBeforeAck' | 'onFirstDelivery', before?: (w: World) => Promise<unknown>) {
+  const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+  await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
+  await before?.(w)
+  let held = false
+  let release!: () => void
+  const released = new Promise<void>((ok) => (release = ok))
+  await w.startWorker({
+    hooks: {
+      [hook]: async ({ projection }: { projection: string }) => {
+        if (projection !== 'leaderboards' || held) return
+        held = true
+        await released
+      },
+    },
+  })
+  return { w, held: () => held || undefined, release }
+}
+
 describe('runner deliveries', () => {
   // A runner that holds deliveries beyond its batch (a pull kept open across batches was tried:
   // bench/findings.md, 2026-11-29) must not apply them twice when the server sends them again.
   test('deliveries sent again after a batch outlasts the ack wait are applied once', async () => {
-    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
-    // Sums: an event applied twice would show.
-    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
-    let held = false
-    let release!: () => void
-    const released = new Promise<void>((ok) => (release = ok))
-    await w.startWorker({
-      hooks: {
-        // The first leaderboards batch waits here, committed and not acked, past the ack wait.
-        onBeforeAck: async ({ projection }) => {
-          if (projection !== 'leaderboards' || held) return
-          held = true
-          await released
-        },
-      },
-    })
+    // The first leaderboards batch waits, committed and not acked, past the ack wait.
+    const { w, held, release } = await holdingFirstBatch('onBeforeAck')
     const name = await leaderboardsConsumer(w)
     // A short ack wait (the runner's is 30 s): what is not acked is delivered again soon.
     const jsm = await jetstreamManager(w.nc)
@@ -62,7 +72,7 @@ describe('runner deliveries', () => {
       await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player, score }))
     }
     await send('a', 1)
-    await until('the first batch held', async () => held || undefined)
+    await until('the first batch held', held)
     // Stored while the batch is held: delivered (with a runner that holds deliveries), then again after the ack wait.
     for (let i = 0; i < 5; i++) await send(`p${i % 2}`, 10 + i)
     await Bun.sleep(1_500)
@@ -285,23 +295,11 @@ describe('runner on a stream that lost messages it had not delivered', () => {
   // does not end with a 404 but waits for the next event stored (without an expiry: pullNow's
   // bound, 10 s, during which the partition applied nothing).
   test('events on a quiet partition are applied at once after an undelivered message was removed', async () => {
-    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
-    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
-    const acks = []
-    for (const score of [1, 2, 3]) acks.push(await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: `p${score}`, score })))
-    let held = false
-    let release!: () => void
-    const released = new Promise<void>((ok) => (release = ok))
-    await w.startWorker({
-      hooks: {
-        onFirstDelivery: async ({ projection }) => {
-          if (projection !== 'leaderboards' || held) return
-          held = true
-          await released
-        },
-      },
+    const acks: Awaited<ReturnType<typeof publishEvent>>[] = []
+    const { w, held, release } = await holdingFirstBatch('onFirstDelivery', async (w) => {
+      for (const score of [1, 2, 3]) acks.push(await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: `p${score}`, score })))
     })
-    await until('the first delivery', () => held || undefined)
+    await until('the first delivery', held)
     const jsm = await jetstreamManager(w.nc)
     // Every runner's consumer made: listing consumers (as a runner does before it makes its own)
     // also makes the server count again, which would hide the fault at a time of its choosing.
@@ -329,25 +327,12 @@ describe('runner after a delivery it never received', () => {
   // event the runner's next pull would have got. The runner's next delivery shows the gap, and it
   // starts over from its checkpoint with a fresh consumer: nothing lost, nothing applied twice.
   test('the event is applied once, in order, after a consumer reset, within a second', async () => {
-    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
-    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
-    let held = false
-    let release!: () => void
-    const released = new Promise<void>((ok) => (release = ok))
-    await w.startWorker({
-      hooks: {
-        // The first leaderboards batch waits here, committed, with no pull of the runner's out.
-        onBeforeAck: async ({ projection }) => {
-          if (projection !== 'leaderboards' || held) return
-          held = true
-          await released
-        },
-      },
-    })
+    // The first leaderboards batch waits, committed, with no pull of the runner's out.
+    const { w, held, release } = await holdingFirstBatch('onBeforeAck')
     const name = await leaderboardsConsumer(w)
     const send = (score: number) => publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: `p${score}`, score }))
     await send(1)
-    await until('the first batch held', () => held || undefined)
+    await until('the first batch held', held)
     await send(2)
     const lost = await pullNow(w.nc, { apiPrefix: '$JS.API', stream: w.config.FANFARE_STREAM, consumer: name, max: 10, timeoutMs: 5_000 })
     expect(lost.msgs.map((m) => m.info.deliverySequence)).toEqual([2])
