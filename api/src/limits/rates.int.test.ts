@@ -329,15 +329,15 @@ describe('rate limits', () => {
  * costs the node a Postgres or history read, and without it one address could open sockets up to
  * the connection limit and make each read at its own socket's rate.
  */
+/** An address's budget of 6, refilled slowly; the tests speak for several clients through one trusted proxy (themselves). */
+const ANONYMOUS_BUDGET = { FANFARE_ANONYMOUS_OPS_PER_SECOND: '1', FANFARE_ANONYMOUS_OPS_BURST: '6', FANFARE_TRUSTED_PROXIES: '127.0.0.1' }
+/** A readable batch, read and parsed before the credential is checked. */
+const READABLE_BODY = JSON.stringify({ events: [{ type: 'chat.message.posted', data: { room: 'rates', text: 'x'.repeat(10_000) } }] })
+
 describe('rate limits of anonymous callers', () => {
   let node: TestNode
   beforeAll(async () => {
-    node = await startTestNode({
-      FANFARE_ANONYMOUS_OPS_PER_SECOND: '1',
-      FANFARE_ANONYMOUS_OPS_BURST: '6',
-      // The test speaks for several clients through one trusted proxy (itself).
-      FANFARE_TRUSTED_PROXIES: '127.0.0.1',
-    })
+    node = await startTestNode(ANONYMOUS_BUDGET)
   })
   afterAll(async () => {
     await node?.close()
@@ -394,9 +394,9 @@ describe('rate limits of anonymous callers', () => {
   })
 
   test('a readable body sent without the token the route needs costs its address one too: 401 until the budget is spent, then 429', async () => {
-    // Read and parsed before the credential is checked: were a 401 free, a flood of valid bodies would be.
-    const body = JSON.stringify({ events: [{ type: 'chat.message.posted', data: { room: 'rates', text: 'x'.repeat(10_000) } }] })
-    const send = (address: string) => fetch(`${node.base}/v1/events`, { method: 'POST', headers: { 'x-forwarded-for': address, 'content-type': 'application/json' }, body })
+    // Were a 401 free, a flood of valid bodies would be.
+    const send = (address: string) =>
+      fetch(`${node.base}/v1/events`, { method: 'POST', headers: { 'x-forwarded-for': address, 'content-type': 'application/json' }, body: READABLE_BODY })
     const statuses: number[] = []
     for (let i = 0; i < 7; i++) statuses.push((await send('203.0.113.30')).status)
     expect(statuses).toEqual([401, 401, 401, 401, 401, 401, 429])
@@ -409,26 +409,19 @@ describe('rate limits of anonymous callers', () => {
 describe('rate limits where anonymous callers are off', () => {
   let node: TestNode
   beforeAll(async () => {
-    node = await startTestNode({
-      FANFARE_ANONYMOUS: 'off',
-      FANFARE_ANONYMOUS_OPS_PER_SECOND: '1',
-      FANFARE_ANONYMOUS_OPS_BURST: '6',
-      FANFARE_TRUSTED_PROXIES: '127.0.0.1',
-    })
+    node = await startTestNode({ ...ANONYMOUS_BUDGET, FANFARE_ANONYMOUS: 'off' })
   })
   afterAll(async () => {
     await node?.close()
   })
 
   test('a request without a token is 401 and costs its address one: past the budget 429; other addresses and users are not charged', async () => {
-    // Its body is read and parsed before the credential is looked at: were these 401s free, so would
-    // a flood of bodies be, on a server that admits no anonymous caller at all.
-    const body = JSON.stringify({ events: [{ type: 'chat.message.posted', data: { room: 'rates', text: 'x'.repeat(10_000) } }] })
+    // Were these 401s free, so would a flood of bodies be, on a server that admits no anonymous caller at all.
     const send = (address: string, token?: string) =>
       fetch(`${node.base}/v1/events`, {
         method: 'POST',
         headers: { 'x-forwarded-for': address, 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-        body,
+        body: READABLE_BODY,
       })
     const read = (address: string, token?: string) =>
       fetch(`${node.base}/v1/leaderboards/anon-off`, { headers: { 'x-forwarded-for': address, ...(token ? { authorization: `Bearer ${token}` } : {}) } })
