@@ -12,13 +12,14 @@ export const Name = Type.String({
   description: 'letters, digits, _ or -, 1-64 chars',
   ...rule('must be 1-64 characters, each a letter (A-Z, a-z), a digit, _ or -'),
 })
-export const ActorId = Type.String({
+/** 1-`max` characters, no whitespace, NUL or lone surrogate: ids that go into NATS headers and keys. */
+const spacelessId = (max: number) => ({
   minLength: 1,
-  maxLength: 128,
+  maxLength: max,
   pattern: '^(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
-  description: '1-128 chars, no spaces, NUL or lone surrogates',
-  ...rule('must be 1-128 characters with no spaces or other whitespace (nor NUL or an unpaired surrogate)'),
+  ...rule(`must be 1-${max} characters with no spaces or other whitespace (nor NUL or an unpaired surrogate)`),
 })
+export const ActorId = Type.String({ ...spacelessId(128), description: '1-128 chars, no spaces, NUL or lone surrogates' })
 export const EventId = Type.String({
   minLength: 1,
   maxLength: 128,
@@ -32,12 +33,7 @@ export const EventId = Type.String({
  * are de-duplicated on `<by>/<event id>` (see dedupIdOf): an event id has no '/', so the last '/'
  * always splits the two, whatever `by` holds.
  */
-export const PrincipalId = Type.String({
-  minLength: 1,
-  maxLength: 140,
-  pattern: '^(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])+$',
-  ...rule('must be 1-140 characters with no spaces or other whitespace (nor NUL or an unpaired surrogate)'),
-})
+export const PrincipalId = Type.String(spacelessId(140))
 /** A display name: 1-64 characters, no control characters. */
 export const DisplayName = Type.String({
   minLength: 1,
@@ -52,11 +48,13 @@ export const DisplayName = Type.String({
  */
 export const STORABLE_TEXT = '^(?:[^\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF])*$'
 
-export const ChatText = Type.String({
+/** 1-`max` characters Postgres can store (see STORABLE_TEXT). */
+export const storableText = (max: number) => ({
   minLength: 1,
-  maxLength: 2000,
+  maxLength: max,
   pattern: STORABLE_TEXT,
-  description: '1-2000 chars, no NUL or lone surrogates',
-  ...rule('must be 1-2000 characters with no NUL (nor an unpaired surrogate)'),
+  description: `1-${max} chars, no NUL or lone surrogates`,
+  ...rule(`must be 1-${max} characters with no NUL (nor an unpaired surrogate)`),
 })
+export const ChatText = Type.String(storableText(2000))
 export const FiniteNumber = Type.Number({ minimum: -1e15, maximum: 1e15, description: 'finite, |x| <= 1e15' })

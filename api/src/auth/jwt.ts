@@ -4,8 +4,8 @@ import { createVerifier, TokenError } from 'fast-jwt'
 import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, errors, jwksCache, jwtVerify, type JWKSCacheInput, type JWTVerifyGetKey } from 'jose'
 import type { Config } from '../../../core/config'
 import type { Logger } from '../../../core/logger'
-import { ActorId, DisplayName, STORABLE_TEXT } from '../../../core/events'
-import { problemMessage, rule } from '../../../core/validation'
+import { ActorId, DisplayName, storableText } from '../../../core/events'
+import { problemMessage } from '../../../core/validation'
 import { TokenExpired, Unauthorized, Unavailable } from '../errors'
 import type { UserPrincipal } from './principal'
 
@@ -21,13 +21,7 @@ export const MAX_EXP = 253_402_300_799
  * stores as it is. A NUL cannot be stored (the revocation failed), and a lone surrogate is stored
  * as U+FFFD: after a reload the revocation no longer refused its token, and refused another's.
  */
-export const Jti = Type.String({
-  minLength: 1,
-  maxLength: 128,
-  pattern: STORABLE_TEXT,
-  description: '1-128 chars, no NUL or lone surrogates',
-  ...rule('must be 1-128 characters with no NUL (nor an unpaired surrogate)'),
-})
+export const Jti = Type.String(storableText(128))
 
 /** The claims Fanfare reads from a user token; others are ignored. */
 export const UserClaims = Type.Object({
