@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Name } from './events/fields'
+import { Name, NAME_CHARS, NAME_IN_WORDS } from './events/fields'
 
 /**
  * Live channels. A channel's version rises by exactly one for every committed change, and every
@@ -14,9 +14,9 @@ export type ChannelKind = (typeof channelKinds)[number]
  * (names of letters, digits, `_` and `-`), or `user:<user id>` (a user's private channel: the id is
  * a token's `sub`, 1-128 characters without spaces).
  */
-const CHANNEL_PATTERN = '^(?:(?:leaderboard|chat|stream|poll|reactions|match):[A-Za-z0-9_-]{1,64}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$'
+const CHANNEL_PATTERN = `^(?:(?:leaderboard|chat|stream|poll|reactions|match):${NAME_CHARS}|user:(?:[^\\s\\u0000\\uD800-\\uDFFF]|[\\uD800-\\uDBFF][\\uDC00-\\uDFFF]){1,128})$`
 /** `presence:<channel>`: who is in a tracked channel (a room, a stream, a match). */
-const PRESENCE_PATTERN = '^presence:(?:chat|stream|match):[A-Za-z0-9_-]{1,64}$'
+const PRESENCE_PATTERN = `^presence:(?:chat|stream|match):${NAME_CHARS}$`
 /**
  * A channel a client may subscribe to: one of the read models' channels, or a presence channel.
  * `error` (the option Elysia's schemas use for their message, read by the WebSocket frame check
@@ -27,7 +27,7 @@ export const Channel = Type.String({
   maxLength: 261,
   error:
     'channel must be leaderboard:<board>, chat:<room>, stream:<stream>, poll:<poll>, reactions:<stream> or match:<match> ' +
-    '(a name of 1-64 letters, digits, _ or -), user:<user id>, or presence: followed by a chat:, stream: or match: channel',
+    `(${NAME_IN_WORDS}), user:<user id>, or presence: followed by a chat:, stream: or match: channel`,
 })
 export type Channel = Static<typeof Channel>
 

@@ -7,8 +7,15 @@ import { rule } from '../validation'
  * must be storable: no NUL character (Postgres text cannot hold one) and no lone UTF-16 surrogate
  * (not valid Unicode; Postgres refuses it in JSON). Such an event could never apply.
  */
+/**
+ * A name (board, room, stream, poll, match, property): 1-64 letters, digits, _ or -, safe in a NATS
+ * subject and a channel. `NAME_CHARS` is the pattern without anchors, for patterns that hold a name
+ * (channels); `NAME_IN_WORDS` the rule as their messages say it.
+ */
+export const NAME_CHARS = '[A-Za-z0-9_-]{1,64}'
+export const NAME_IN_WORDS = 'a name of 1-64 letters, digits, _ or -'
 export const Name = Type.String({
-  pattern: '^[A-Za-z0-9_-]{1,64}$',
+  pattern: `^${NAME_CHARS}$`,
   description: 'letters, digits, _ or -, 1-64 chars',
   ...rule('must be 1-64 characters, each a letter (A-Z, a-z), a digit, _ or -'),
 })

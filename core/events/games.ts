@@ -1,10 +1,10 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { rule } from '../validation'
-import { ActorId, FiniteNumber, Name, STORABLE_TEXT } from './fields'
+import { ActorId, FiniteNumber, Name, NAME_CHARS, STORABLE_TEXT } from './fields'
 
 /** Free-form match settings a game attaches: up to 20 names with short scalar values (text Postgres can store). */
 export const MatchProperties = Type.Record(
-  Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }),
+  Type.String({ pattern: `^${NAME_CHARS}$` }),
   Type.Union([Type.String({ maxLength: 200, pattern: STORABLE_TEXT, ...rule('must be at most 200 characters with no NUL (nor an unpaired surrogate)') }), Type.Number({ minimum: -1e15, maximum: 1e15 }), Type.Boolean()]),
   { maxProperties: 20 },
 )

@@ -1,5 +1,6 @@
 import { Elysia, t } from 'elysia'
 import { parseChannel } from '../../../../core/channels'
+import { NAME_CHARS, NAME_IN_WORDS } from '../../../../core/events'
 import { maySubscribe } from '../../auth/permissions'
 import type { AuthPlugin } from '../../auth/plugin'
 import type { RoomAccess } from '../../auth/rooms'
@@ -10,10 +11,10 @@ import { isTracked } from '../../presence/feed'
 
 export const PresenceParams = t.Object({
   channel: t.String({
-    pattern: '^(chat|stream|match):[A-Za-z0-9_-]{1,64}$',
+    pattern: `^(chat|stream|match):${NAME_CHARS}$`,
     description: 'a tracked channel: chat:<room>, stream:<id> or match:<id>',
     // Else "invalid params" and the pattern quoted back (`/v1/presence/leaderboard:arena`).
-    error: 'channel must be chat:<room>, stream:<stream> or match:<match> (a name of 1-64 letters, digits, _ or -): presence is kept for these',
+    error: `channel must be chat:<room>, stream:<stream> or match:<match> (${NAME_IN_WORDS}): presence is kept for these`,
   }),
 })
 

@@ -2,7 +2,7 @@ import { and, asc, desc, eq, gt, lt, or } from 'drizzle-orm'
 import { channelOf, streamStateOf as stateOf, unknownStreamState, type PollView, type StreamState } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { streams } from '../../../../core/db/schema'
-import { MAX_VIEWERS } from '../../../../core/events'
+import { MAX_VIEWERS, NAME_CHARS } from '../../../../core/events'
 import { decodePageCursor, encodePageCursor } from '../page-cursor'
 import { readChannelSnapshot, type ChannelSnapshot } from '../channel-snapshot'
 import { openPollsOf } from '../polls/service'
@@ -37,10 +37,12 @@ export function streamSnapshot(db: Db, stream: string): Promise<ChannelSnapshot<
 /** `next`/`after` of the live list: the last entry's sort key [viewers, stream] (see page-cursor.ts). */
 const encodeCursor = (viewers: number, stream: string) => encodePageCursor([viewers, stream])
 
+const streamIdRe = new RegExp(`^${NAME_CHARS}$`)
+
 // At most what a viewer count can be (stream.viewers.sampled): past it the integer column refuses the comparison.
 const decodeCursor = (cursor: string): { viewers: number; stream: string } =>
   decodePageCursor(cursor, 2, 'after must be the `next` cursor of a previous page of live streams', ([viewers, stream]) =>
-    Number.isSafeInteger(viewers) && (viewers as number) >= 0 && (viewers as number) <= MAX_VIEWERS && typeof stream === 'string' && /^[A-Za-z0-9_-]{1,64}$/.test(stream)
+    Number.isSafeInteger(viewers) && (viewers as number) >= 0 && (viewers as number) <= MAX_VIEWERS && typeof stream === 'string' && streamIdRe.test(stream)
       ? { viewers: viewers as number, stream }
       : undefined,
   )
