@@ -305,10 +305,15 @@ describe('the admin console in Chromium', () => {
       for (const label of HOSTED) if ((await docs.getByText(label, { exact: true }).filter({ visible: true }).count()) > 0) shown.push(label)
       expect(shown).toEqual([])
       if (SHOTS && origin === d.urls[0]) await docs.screenshot({ path: `${SHOTS}/docs.png` })
+      // Its examples name the node, as the page reached it: a copied `curl /healthz` went nowhere.
+      const curls = await docs.locator('pre, code').evaluateAll((els) => els.map((e) => e.textContent ?? '').filter((t) => t.startsWith('curl ')))
+      expect(curls).toContain(`curl ${origin}/healthz\n`)
+      expect(curls.filter((c) => !c.startsWith(`curl ${origin}/`))).toEqual([])
       // "Test Request" works offline: straight to this node, no proxy.
       await docs.locator('button', { hasText: 'get /healthz' }).first().click()
       const answered = docs.waitForResponse((r) => r.url() === `${origin}/healthz`, { timeout: 15_000 })
-      await docs.getByRole('button', { name: 'Send get request to /healthz' }).click()
+      // Its label joins the server ('/', resolved) and the path with two slashes; the request has one (`answered`).
+      await docs.getByRole('button', { name: /^Send get request to .*\/healthz$/ }).first().click()
       expect((await answered).status()).toBe(200)
       await docs.getByText('200 OK').first().waitFor({ timeout: 15_000 })
       await docs.close()

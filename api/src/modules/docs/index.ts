@@ -48,6 +48,9 @@ export function docsModule() {
         scalar: VIEWER_OPTIONS,
         documentation: {
           info: { title: 'Fanfare API', version: '0.1.0', description: 'Events in, leaderboards and chat out.' },
+          // Relative: the node that served the document. The viewer resolves it against the page's
+          // address, so its examples name the node as the reader reached it (without it: `curl /healthz`).
+          servers: [{ url: '/' }],
           components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
         },
       }),
