@@ -56,7 +56,7 @@ describe('principals over a real API node', () => {
   test('a token in a first auth frame: authed with the principal and expiry, then the user may publish chat', async () => {
     const c = await WsClient.open(ws)
     c.send({ op: 'publish', ref: 'early', event: { type: 'chat.message.posted', data: { room: 'lobby', text: 'hi' } } })
-    expect((await c.reply('early')).error.code).toBe('forbidden') // anonymous until it authenticates
+    expect((await c.reply('early')).error.code).toBe('unauthorized') // anonymous until it authenticates
     c.send({ op: 'auth', ref: 'a', token: await token('ann', { ttlSeconds: 600 }) })
     const authed = await c.reply('a')
     expect(authed).toMatchObject({ op: 'authed', principal: 'u:ann', dedupWindowMs: env.config.FANFARE_DEDUP_WINDOW_MS })

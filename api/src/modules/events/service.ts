@@ -25,7 +25,7 @@ import { channelOf } from '../../../../core/channels'
 import { mayPublish, maySubscribe, type Visibility } from '../../auth/permissions'
 import type { RoomAccess } from '../../auth/rooms'
 import { principalId, type Principal } from '../../auth/principal'
-import { databaseUnavailable, Forbidden, Invalid, Unavailable, validationProblems } from '../../errors'
+import { databaseUnavailable, Forbidden, Invalid, Unauthorized, Unavailable, validationProblems } from '../../errors'
 import { MAX_BATCH, type PublishOutcome, type PublishResult } from './model'
 import { createReactionBatcher, type AcceptedReaction } from './reaction-batches'
 
@@ -388,7 +388,9 @@ function validate(inputs: unknown[], principal: Principal, by: string, joinGrace
   if (unknown.length > 0) {
     throw new Invalid('unknown_event_type', `unknown event type ${JSON.stringify(unknown[0].type)}`, unknown)
   }
-  if (principal.kind === 'anonymous') throw new Forbidden('anonymous clients may not publish: connect with a token')
+  // No credential, as POST /v1/events answers a caller without one (401 there): unauthorized, not
+  // forbidden, which is for a credential that may not publish the type.
+  if (principal.kind === 'anonymous') throw new Unauthorized('anonymous clients may not publish: send { "op": "auth", "token" } or connect with a token')
   const denied = typed.flatMap((e, index) => (mayPublish(principal, e.type as EventType) ? [] : [{ index, type: e.type }]))
   if (denied.length > 0) throw new Forbidden(`this ${principal.kind} may not publish ${denied[0].type}`, denied)
   if (principal.kind === 'user') {
