@@ -45,6 +45,28 @@ export function demand(p: Principal, need: Need): Principal {
   }
 }
 
+/**
+ * The security the OpenAPI document declares for a route of `need`, as the node enforces it: a
+ * viewer route takes a credential or none (`{}`: the answer may depend on it, a private room), and
+ * needs one where anonymous callers are off; admin routes name the scope they need (OpenAPI 3.1
+ * lets a bearer scheme's requirement list roles; `admin:write` includes `admin:read`).
+ */
+export function declaredSecurity(need: Need, anonymous: Config['FANFARE_ANONYMOUS']): Record<string, string[]>[] {
+  switch (need) {
+    case 'viewer':
+      return anonymous === 'off' ? [{ bearer: [] }] : [{}, { bearer: [] }]
+    case 'principal':
+      return [{ bearer: [] }]
+    case 'admin:read':
+    case 'admin:write':
+      return [{ bearer: [need] }]
+    default: {
+      const never: never = need
+      throw new Error(`unknown need ${never}`)
+    }
+  }
+}
+
 let plugins = 0
 
 /**
@@ -115,7 +137,7 @@ export function authPlugin(deps: {
   }
   return new Elysia({ name: 'auth', seed: ++plugins }).macro({
     auth: (need: Need) => ({
-      detail: need === 'viewer' ? {} : { security: [{ bearer: [] }] },
+      detail: { security: declaredSecurity(need, deps.config.FANFARE_ANONYMOUS) },
       transform: async ({ request, body, server }) => {
         const caller = await identify(request, server)
         if (!deps.limits) return void admit(caller, need)

@@ -638,7 +638,9 @@ export function realtimeRoutes(deps: RealtimeDeps) {
       // 426 without Upgrade, 403 origin_not_allowed, 429 address limits, 401 the credential (503 if
       // a key cannot be looked up), 422 a token given twice, 429 the user's sockets, 400 a failed upgrade.
       response: { 400: ErrorResponse, 401: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse, 426: ErrorResponse, 429: ErrorResponse, 503: ErrorResponse },
-      detail: { summary: 'WebSocket: publish events and subscribe to channels', tags: ['realtime'] },
+      // A credential or none, as ?token= or Authorization: Bearer (or later in an `auth` frame): an
+      // upgrade without one opens, also where anonymous viewers are off (it must then authenticate).
+      detail: { summary: 'WebSocket: publish events and subscribe to channels', tags: ['realtime'], security: [{}, { bearer: [] }] },
     },
   )
 }
