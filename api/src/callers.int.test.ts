@@ -383,6 +383,20 @@ describe('three kinds of callers, never confused: every route, every caller', ()
     expect(await fingerprint()).toEqual(before)
   })
 
+  test('a private room over REST, per caller: its messages and presence for its members and admin readers; 403 forbidden for anyone else, anonymous viewers too; a refused credential 401', async () => {
+    const member = (c: Caller) => adminReader(c) || (c.is.kind === 'user' && (c.is.channels ?? []).includes(`chat:${PRIVATE_ROOM}`))
+    const wrong: string[] = []
+    for (const path of [`/v1/rooms/${PRIVATE_ROOM}/messages`, `/v1/presence/chat:${PRIVATE_ROOM}`]) {
+      for (const c of callers) {
+        const r = await call(node.base, 'GET', path, c)
+        const want = c.is.kind === 'bad' ? `401 ${c.is.code}` : member(c) ? '200' : '403 forbidden'
+        const got = r.status === 200 ? '200' : `${r.status} ${r.json?.error?.code}`
+        if (got !== want) wrong.push(`${path} as ${c.name}: ${got}, wants ${want}`)
+      }
+    }
+    expect(wrong).toEqual([])
+  })
+
   const upgrade = (base: string, opts: { query?: string; authorization?: string }) =>
     fetch(`${base}/v1/ws${opts.query === undefined ? '' : `?token=${encodeURIComponent(opts.query)}`}`, {
       headers: { ...UPGRADE_HEADERS, ...(opts.authorization === undefined ? {} : { authorization: opts.authorization }) },
@@ -462,6 +476,8 @@ describe('three kinds of callers, never confused: every route, every caller', ()
     const member = (c: Caller) => adminReader(c) || (c.is.kind === 'user' && (c.is.channels ?? []).includes(`chat:${PRIVATE_ROOM}`))
     const wrong: string[] = []
     const before = await node.streamCount()
+    // No worker runs: nothing a socket does may write a table, refused or not (publishes go to the stream).
+    const tables = (await fingerprint()).filter((p) => !p.startsWith('stream:'))
     let acks = 0
     const sockets: WsClient[] = []
     const subscribers = callers.filter((c) => c.is.kind !== 'bad')
@@ -498,6 +514,7 @@ describe('three kinds of callers, never confused: every route, every caller', ()
     expect(wrong).toEqual([])
     // Refused publishes stored nothing; refused subscribes made nobody present.
     expect(await node.streamCount()).toBe(before + acks)
+    expect((await fingerprint()).filter((p) => !p.startsWith('stream:'))).toEqual(tables)
     const present = async (channel: string) => ((await asAdmin('GET', `/v1/presence/${channel}`)).json.members ?? []).map((m: { user: string }) => m.user).sort()
     const users = (cs: Caller[]) => [...new Set(cs.flatMap((c) => (c.is.kind === 'user' ? [c.is.sub] : [])))].sort()
     const everyone = users(subscribers)
@@ -523,5 +540,31 @@ describe('three kinds of callers, never confused: every route, every caller', ()
     await until('served after auth', () => socket.of('leaderboard:mx-board').length === 1)
     socket.close()
     expect(await node.streamCount()).toBe(before)
+  })
+
+  test('revocations never cross kinds: a user whose sub is a key id or a bootstrap name, revoked, leaves the key and the bootstrap token working; a revoked key leaves the user named like it working', async () => {
+    const byName = (name: string) => callers.find((c) => c.name === name)!
+    const reader = byName('key admin:read')
+    const readerId = (await asAdmin('GET', '/admin/keys')).json.keys.find((k: { name: string }) => k.name === 'mx admin:read').id as string
+    const revokedKeyId = (await asAdmin('GET', '/admin/keys')).json.keys.find((k: { revokedAt: string | null }) => k.revokedAt !== null).id as string
+    const secret = node.env.vars.FANFARE_JWT_SECRET
+    const namedLikeReader = await mintUserToken(secret, { sub: readerId, issuedAt: now() - 5 })
+    const namedLikeRevoked = await mintUserToken(secret, { sub: revokedKeyId })
+    const namedLikeIngest = await mintUserToken(secret, { sub: 'ingest', issuedAt: now() - 5 })
+    for (const user of [readerId, 'admin', 'ingest']) expect((await asAdmin('POST', `/admin/users/${user}/revoke`)).status).toBe(200)
+    const status = async (token: string, path = '/v1/leaderboards/mx-board') => (await call(node.base, 'GET', path, { name: 'x', authorization: `Bearer ${token}`, is: { kind: 'anonymous' } })).status
+    // The users are revoked ...
+    expect([await status(namedLikeReader), await status(byName('user named admin').token!), await status(namedLikeIngest)]).toEqual([401, 401, 401])
+    // ... the keys and bootstrap tokens with those names are not, on REST and on a socket.
+    expect([await status(reader.token!, '/admin/keys'), await status(admin, '/admin/keys'), await status(node.env.vars.FANFARE_INGEST_TOKEN)]).toEqual([200, 200, 200])
+    for (const token of [reader.token!, admin, node.env.vars.FANFARE_INGEST_TOKEN]) {
+      const socket = await WsClient.open(`${wsOf(node.base)}?token=${encodeURIComponent(token)}`)
+      socket.send({ op: 'ping', ref: 'p' })
+      await socket.reply('p')
+      expect(socket.closed).toBeUndefined()
+      socket.close()
+    }
+    // A revoked key's id is no revoked user.
+    expect(await status(namedLikeRevoked)).toBe(200)
   })
 })
