@@ -74,6 +74,29 @@ function readmeNeeds(): Map<string, Need> {
   return needs
 }
 
+/** Who may publish a type, as the README's "Who may publish" column says. */
+type Publishers = { users: 'all' | 'moderators' | 'none'; scopes: string[] }
+
+/** The README's publish table (Events): per event type, who may publish it. */
+function readmePublishers(): Map<string, Publishers> {
+  const readme = readFileSync(resolve(ROOT, 'README.md'), 'utf8')
+  const table = readme.slice(readme.indexOf('| Type | Data | Key | Who may publish |'))
+  const rows = new Map<string, Publishers>()
+  for (const line of table.split('\n').slice(2)) {
+    if (!line.startsWith('|')) break
+    const cells = line.split(/(?<!\\)\|/).map((c) => c.trim())
+    const who = cells[cells.length - 2]
+    const users = /users with the `moderator` role/.test(who) ? 'moderators' : /(^|, )users\b/.test(who) ? 'all' : 'none'
+    const keys = /keys with (.*)/.exec(who)?.[1] ?? ''
+    const scopes = [...keys.matchAll(/`((?:publish|admin):[\w.*]+)`/g)].map((m) => m[1])
+    for (const [, type] of cells[1].matchAll(/`([\w.]+)`/g)) {
+      // "match.start, match.abort": each its own scope.
+      rows.set(type, { users, scopes: scopes.filter((sc) => !sc.startsWith('publish:') || sc === 'publish:*' || sc === `publish:${type}` || !scopes.includes(`publish:${type}`)) })
+    }
+  }
+  return rows
+}
+
 /** The security the OpenAPI document should declare for a need (OpenAPI 3.1: role names for a bearer scheme). */
 function declaredFor(need: Need, anonymous: 'subscribe' | 'off'): unknown {
   switch (need) {
@@ -392,6 +415,65 @@ describe('three kinds of callers, never confused: every route, every caller', ()
         const want = c.is.kind === 'bad' ? `401 ${c.is.code}` : member(c) ? '200' : '403 forbidden'
         const got = r.status === 200 ? '200' : `${r.status} ${r.json?.error?.code}`
         if (got !== want) wrong.push(`${path} as ${c.name}: ${got}, wants ${want}`)
+      }
+    }
+    expect(wrong).toEqual([])
+  })
+
+  test('every event type, every caller: POST /v1/events is allowed or 403 forbidden (naming the type) as the README\'s publish table says; a key is its scopes, never more', async () => {
+    const table = readmePublishers()
+    // A valid event of each type: an allowed caller gets 202 (or the type's own refusal, a seat of a match that does not exist).
+    const data: Record<string, Record<string, unknown>> = {
+      'score.submitted': { board: 'mx-ev', player: 'p1', score: 1 },
+      'chat.message.posted': { room: 'mx-ev', text: 'hi' },
+      'chat.message.deleted': { room: 'mx-ev', messageId: 'm1' },
+      'stream.started': { stream: 'mx-ev', title: 'live' },
+      'stream.updated': { stream: 'mx-ev', title: 'still live' },
+      'stream.ended': { stream: 'mx-ev' },
+      'stream.viewers.sampled': { stream: 'mx-ev', viewers: 1, users: [] },
+      'reaction.sent': { stream: 'mx-ev', emoji: '👍' },
+      'reaction.batched': { stream: 'mx-ev', dedupWindowMs: 1000, reactions: [{ id: 'r1', by: 'u:ann', emoji: '👍' }] },
+      'poll.opened': { stream: 'mx-ev', poll: 'mx-ev', question: 'which?', options: ['a', 'b'] },
+      'poll.voted': { poll: 'mx-ev', option: 0 },
+      'poll.closed': { poll: 'mx-ev' },
+      'match.created': { match: 'mx-ev', mode: 'mx', maxPlayers: 2 },
+      'match.join': { match: 'mx-ev' },
+      'match.ready': { match: 'mx-ev' },
+      'match.leave': { match: 'mx-ev' },
+      'match.start': { match: 'mx-ev' },
+      'match.finish': { match: 'mx-ev', results: [{ player: 'p1', score: 1 }] },
+      'match.abort': { match: 'mx-ev' },
+      'match.player.connection': { match: 'mx-ev', player: 'p1', connected: true },
+    }
+    const publishScopes = [...new Set([...table.values()].flatMap((p) => p.scopes))].filter((sc) => sc.startsWith('publish:') && sc !== 'publish:*')
+    const keyCallers: Caller[] = []
+    for (const scope of publishScopes) {
+      const r = await asAdmin('POST', '/admin/keys', { name: `mx ${scope}`, scopes: [scope] })
+      expect([scope, r.status]).toEqual([scope, 201])
+      keyCallers.push({ name: `key ${scope}`, authorization: `Bearer ${r.json.key}`, is: { kind: 'key', scopes: [scope] } })
+    }
+    // The API nodes' own scope is no scope an admin can give.
+    const system = await asAdmin('POST', '/admin/keys', { name: 'mx system', scopes: ['system:presence'] })
+    expect([system.status, system.json.error?.code]).toEqual([422, 'invalid_request'])
+    const who = [...callers.filter((c) => c.is.kind !== 'bad'), ...keyCallers]
+    const wrong: string[] = []
+    for (const type of Object.keys(data)) {
+      const rule = table.get(type)
+      if (!rule) {
+        wrong.push(`${type}: not in the README's publish table`)
+        continue
+      }
+      for (const c of who) {
+        const allowed =
+          c.is.kind === 'user'
+            ? rule.users === 'all' || (rule.users === 'moderators' && c.is.moderator === true)
+            : c.is.kind === 'key' && rule.scopes.some((sc) => has(c, sc) || (sc.startsWith('publish:') && has(c, 'publish:*')))
+        const withUser = type === 'chat.message.posted' && c.is.kind === 'key' ? { user: 'bot' } : {}
+        const r = await call(node.base, 'POST', '/v1/events', c, { type, data: { ...data[type], ...withUser } })
+        const typeDenied = r.status === 403 && JSON.stringify(r.json.error?.details ?? []).includes(`"type":"${type}"`)
+        const want = c.is.kind === 'anonymous' ? '401 unauthorized' : allowed ? 'allowed' : '403 forbidden'
+        const got = r.status === 401 || typeDenied ? `${r.status} ${r.json.error?.code}` : r.status >= 500 ? `${r.status}` : 'allowed'
+        if (got !== want) wrong.push(`${type} as ${c.name}: ${r.status} ${JSON.stringify(r.json.error ?? r.json).slice(0, 140)}, wants ${want}`)
       }
     }
     expect(wrong).toEqual([])
