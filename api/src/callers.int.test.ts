@@ -513,6 +513,13 @@ describe('three kinds of callers, never confused: every route, every caller', ()
         }
       }
     }
+    // An empty ?token= is a credential left out by mistake (a client's unset variable), as `Bearer `
+    // with nothing after it: refused, on either node, never an anonymous socket.
+    for (const base of [node.base, closedBase]) {
+      const res = await upgrade(base, { query: '' })
+      const code = ((await res.json().catch(() => ({}))) as any).error?.code
+      if (res.status !== 401 || code !== 'unauthorized') wrong.push(`${base === closedBase ? 'anonymous off' : 'anonymous on'}: an empty ?token= is ${res.status} ${code}, wants 401 unauthorized`)
+    }
     expect(wrong).toEqual([])
   })
 

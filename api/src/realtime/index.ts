@@ -611,12 +611,15 @@ export function realtimeRoutes(deps: RealtimeDeps) {
         const verify = () => {
           const header = bearerOf(authorization)
           if (header !== undefined && query.token !== undefined) throw new Invalid('invalid_request', 'give the token once: as ?token= or as Authorization: Bearer, not both')
+          // A credential left out by mistake (a client's unset variable), as `Bearer ` with nothing
+          // after it on REST: told so, never taken for an anonymous viewer who asked for nothing.
+          if (query.token === '') throw new Unauthorized('empty ?token= (leave it out to connect without a credential)')
           const token = header ?? query.token
           return token ? deps.authenticator.authenticate(token) : ANONYMOUS
         }
         // Without a credential there is nothing to guess: the address's failures do not matter.
         // An HS256 token is verified at once: the upgrade then waits on nothing, as an anonymous one.
-        const checked = authorization || query.token ? checkCredential(deps.limits.authFailures, address, verify) : ANONYMOUS
+        const checked = authorization || query.token !== undefined ? checkCredential(deps.limits.authFailures, address, verify) : ANONYMOUS
         principal = checked instanceof Promise ? await checked : checked
       } catch (err) {
         if (err instanceof RateLimited) return refuseUpgrade(set, { code: err.code, message: err.message, retryAfterMs: err.retryAfterMs })
