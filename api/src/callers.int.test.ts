@@ -224,24 +224,24 @@ describe('three kinds of callers, never confused: every route, every caller', ()
 
     const bearer = (token: string) => `Bearer ${token}`
     const signed = (claims: Record<string, unknown>) => signWith(secret, claims)
-    const good = async (name: string, token: string, is: Caller['is']): Promise<Caller> => ({ name, token, authorization: bearer(token), is })
+    const good = (name: string, token: string, is: Caller['is']): Caller => ({ name, token, authorization: bearer(token), is })
     const bad = (name: string, token: string, code: Extract<Caller['is'], { kind: 'bad' }>['code']): Caller => ({ name, token, authorization: bearer(token), is: { kind: 'bad', code } })
     callers = [
       { name: 'anonymous', is: { kind: 'anonymous' } },
-      await good('player ann', await user('ann'), { kind: 'user', sub: 'ann' }),
-      await good('player bob', await user('bob'), { kind: 'user', sub: 'bob' }),
-      await good('moderator', await user('mo', { roles: ['moderator'] }), { kind: 'user', sub: 'mo', moderator: true }),
-      await good('vip member', await user('vic', { channels: [`chat:${PRIVATE_ROOM}`] }), { kind: 'user', sub: 'vic', channels: [`chat:${PRIVATE_ROOM}`] }),
+      good('player ann', await user('ann'), { kind: 'user', sub: 'ann' }),
+      good('player bob', await user('bob'), { kind: 'user', sub: 'bob' }),
+      good('moderator', await user('mo', { roles: ['moderator'] }), { kind: 'user', sub: 'mo', moderator: true }),
+      good('vip member', await user('vic', { channels: [`chat:${PRIVATE_ROOM}`] }), { kind: 'user', sub: 'vic', channels: [`chat:${PRIVATE_ROOM}`] }),
       // A user whose sub is a bootstrap key's id, or whose claims name scopes or roles it is not: a user all the same.
-      await good('user named admin', await user('admin', { roles: ['admin'] }), { kind: 'user', sub: 'admin' }),
-      await good('user claiming scopes', await signed({ sub: 'sly', scopes: ['admin:write'], scope: 'admin:write', kind: 'key', iat: now(), exp: now() + 3600 }), { kind: 'user', sub: 'sly' }),
-      await good('key publish:*', (await key(['publish:*'])).key, { kind: 'key', scopes: ['publish:*'] }),
-      await good('key publish:score.submitted', (await key(['publish:score.submitted'])).key, { kind: 'key', scopes: ['publish:score.submitted'] }),
-      await good('key publish:chat.message.posted', (await key(['publish:chat.message.posted'])).key, { kind: 'key', scopes: ['publish:chat.message.posted'] }),
-      await good('key admin:read', (await key(['admin:read'])).key, { kind: 'key', scopes: ['admin:read'] }),
-      await good('key admin:write', (await key(['admin:write'])).key, { kind: 'key', scopes: ['admin:write'] }),
-      await good('ingest token', node.env.vars.FANFARE_INGEST_TOKEN, { kind: 'key', scopes: ['publish:*'] }),
-      await good('admin token', admin, { kind: 'key', scopes: ['publish:*', 'admin:read', 'admin:write'] }),
+      good('user named admin', await user('admin', { roles: ['admin'] }), { kind: 'user', sub: 'admin' }),
+      good('user claiming scopes', await signed({ sub: 'sly', scopes: ['admin:write'], scope: 'admin:write', kind: 'key', iat: now(), exp: now() + 3600 }), { kind: 'user', sub: 'sly' }),
+      good('key publish:*', (await key(['publish:*'])).key, { kind: 'key', scopes: ['publish:*'] }),
+      good('key publish:score.submitted', (await key(['publish:score.submitted'])).key, { kind: 'key', scopes: ['publish:score.submitted'] }),
+      good('key publish:chat.message.posted', (await key(['publish:chat.message.posted'])).key, { kind: 'key', scopes: ['publish:chat.message.posted'] }),
+      good('key admin:read', (await key(['admin:read'])).key, { kind: 'key', scopes: ['admin:read'] }),
+      good('key admin:write', (await key(['admin:write'])).key, { kind: 'key', scopes: ['admin:write'] }),
+      good('ingest token', node.env.vars.FANFARE_INGEST_TOKEN, { kind: 'key', scopes: ['publish:*'] }),
+      good('admin token', admin, { kind: 'key', scopes: ['publish:*', 'admin:read', 'admin:write'] }),
       bad('expired key', expired.key, 'key_expired'),
       bad('revoked key', revokedKey.key, 'revoked'),
       bad('revoked jti', revokedJti, 'revoked'),
