@@ -370,10 +370,14 @@ describe('three kinds of callers, never confused: every route, every caller', ()
           checked++
           if (r.status === 401 || r.status === 403 || r.status >= 500) wrong.push(`${route} ${req.event ?? ''} as ${c.name}: ${r.status} ${JSON.stringify(r.json?.error ?? r.json).slice(0, 160)}, wants it allowed`)
         }
-        // ?token= is for the WebSocket: on REST it is never a credential.
-        const viaQuery = await call(node.base, method.toUpperCase(), `${requestFor(method.toUpperCase(), path, callers[0])[0].path}?token=${encodeURIComponent(admin)}`, undefined, requestFor(method.toUpperCase(), path, callers[0])[0].body)
-        checked++
+        // ?token= is for the WebSocket: on REST it is never a credential, and never ignored beside one.
+        const plain = requestFor(method.toUpperCase(), path, callers[0])[0]
+        const viaQuery = await call(node.base, method.toUpperCase(), `${plain.path}?token=${encodeURIComponent(admin)}`, undefined, plain.body)
         if (viaQuery.status < 300 || viaQuery.status >= 500 || (need !== 'viewer' && need !== 'probe' && viaQuery.status !== 401)) wrong.push(`${route} with ?token=<admin token> and no header: ${viaQuery.status} ${JSON.stringify(viaQuery.json?.error)}`)
+        const adminCaller = callers.find((c) => c.name === 'admin token')!
+        const both = await call(node.base, method.toUpperCase(), `${requestFor(method.toUpperCase(), path, adminCaller)[0].path}?token=garbage`, adminCaller, requestFor(method.toUpperCase(), path, adminCaller)[0].body)
+        if (both.status !== 422 || both.json?.error?.code !== 'invalid_request') wrong.push(`${route} with the admin token and ?token=garbage: ${both.status} ${JSON.stringify(both.json?.error)}`)
+        checked += 2
       }
     }
     expect(wrong).toEqual([])
