@@ -98,7 +98,7 @@ describe('app', () => {
     expect(docs.status).toBe(200)
   })
 
-  test('/docs/json declares what every route may answer besides its own: 400 (a malformed percent-escape), 422 (an unknown query parameter), 401 and 429 where a credential is taken and charged, 503 where Postgres is read (a key is looked up there too), 400 and 413 where it takes a body', async () => {
+  test('/docs/json declares what every route may answer besides its own: 400 (a malformed percent-escape), 403 (an origin not allowed), 422 (an unknown query parameter), 401 and 429 where a credential is taken and charged, 503 where Postgres is read (a key is looked up there too), 400 and 413 where it takes a body', async () => {
     const doc = (await h.call('GET', '/docs/json')).json
     const audited = [
       'put /admin/leaderboards/{board}',
@@ -121,6 +121,8 @@ describe('app', () => {
         const route = `${method} ${path}`
         const wanted = [
           '400',
+          // origin_not_allowed, before anything else (FANFARE_ALLOWED_ORIGINS)
+          '403',
           '422',
           ...(path === '/healthz' || path === '/readyz' ? [] : ['401', '429']),
           ...(audited.includes(route) || path !== '/healthz' ? ['503'] : []),

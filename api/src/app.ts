@@ -86,9 +86,11 @@ export function createApp(deps: ApiDeps) {
     .use(jsonBody(config.FANFARE_MAX_BODY_BYTES))
     .use(docsModule())
     // What any route may answer besides its own statuses, in the OpenAPI document too: 400 for a
-    // malformed percent-escape in the URL and 422 for an unknown query parameter (routeContracts); 429 wherever a token or key is charged (the auth plugin);
+    // malformed percent-escape in the URL and 422 for an unknown query parameter (routeContracts);
+    // 403 `origin_not_allowed` for a browser's request from an origin FANFARE_ALLOWED_ORIGINS does
+    // not list (originsPlugin, before anything else); 429 wherever a token or key is charged (the auth plugin);
     // 503 `database_unavailable` wherever Postgres is read, which includes looking up a key.
-    .guard({ schema: 'standalone', response: { 400: ErrorResponse, 422: ErrorResponse } }, (all) =>
+    .guard({ schema: 'standalone', response: { 400: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse } }, (all) =>
       all
         .use(healthModule({ db, readDb: deps.readDb, nc, eventStream, feeds: deps.realtime?.feeds, deniedSubscriptions: deps.subscriptions?.denied }))
         .guard({ schema: 'standalone', response: { 429: ErrorResponse, 503: ErrorResponse } }, (charged) =>
@@ -111,7 +113,7 @@ export function createApp(deps: ApiDeps) {
     .use(consoleModule())
   if (!deps.realtime) return app
   return app
-    .guard({ schema: 'standalone', response: { 400: ErrorResponse, 422: ErrorResponse, 429: ErrorResponse, 503: ErrorResponse } }, (charged) =>
+    .guard({ schema: 'standalone', response: { 400: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse, 429: ErrorResponse, 503: ErrorResponse } }, (charged) =>
       charged.use(presenceModule({ auth, presence: deps.realtime!.presence, rooms: deps.security.rooms })),
     )
     .use(deps.realtime.routes({ ingest, limits }))
