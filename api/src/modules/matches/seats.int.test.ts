@@ -144,6 +144,44 @@ describe('seat watcher on a real node', () => {
     expect(connections.map((d) => `${d.match}:${d.player}:${d.connected}`).sort()).toEqual(['early:ann:false', 'early:ann:true', 'late:bob:false', 'late:bob:true'])
   }, 60_000)
 
+  test('a seat shown connected whose player no node holds (the only node stopped and started again) is disconnected and, after the grace, given up; a player who came back keeps theirs', async () => {
+    const n = (node = await startTestNode({ FANFARE_PRESENCE_GRACE_MS: '100', FANFARE_MATCH_GRACE_MS: '1000' }))
+    const worker = await startTestWorker(n.env)
+    closers.push(() => worker.stop())
+    const token = (sub: string) => mintUserToken(n.env.vars.FANFARE_JWT_SECRET, { sub })
+    let base = n.base
+    const post = async (events: unknown[], as: string = n.env.vars.FANFARE_INGEST_TOKEN) => {
+      const r = await fetch(`${base}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${as}`, 'content-type': 'application/json' }, body: JSON.stringify({ events }) })
+      expect(r.status).toBe(202)
+    }
+    const seated = async () => ((await (await fetch(`${base}/v1/matches/lobby`)).json()) as any).players.map((p: any) => `${p.player}:${p.connected}`).join()
+    const open = async (port: number, sub: string) => {
+      const c = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws?token=${await token(sub)}`)
+      closers.push(async () => c.close())
+      c.send({ op: 'subscribe', channel: 'match:lobby' })
+      await until(`${sub} subscribed`, () => c.frames.some((f) => f.channel === 'match:lobby' && f.op === 'snapshot'))
+      return c
+    }
+    // The seat watcher acts after its 3 s warm-up.
+    await Bun.sleep(3_500)
+    await post([{ type: 'match.created', data: { match: 'lobby', mode: 'duel', maxPlayers: 2 } }])
+    for (const sub of ['ann', 'bob']) {
+      await open(n.api.port, sub)
+      await post([{ type: 'match.join', data: { match: 'lobby' } }], await token(sub))
+    }
+    await until('both connected', async () => (await seated()) === 'ann:true,bob:true', 20_000)
+    // The only node goes (its sockets with it) and another starts: no node saw ann's or bob's
+    // connection close, so presence never reports them leaving.
+    await n.api.stop()
+    const api: RunningApi = await startApi({ config: n.env.config, db: n.database.db, nc: n.nc, logger: createLogger('silent') })
+    closers.push(() => api.stop())
+    base = `http://127.0.0.1:${api.port}`
+    await open(api.port, 'bob')
+    await until('ann, gone, loses the seat after the grace; bob, back, keeps his', async () => (await seated()) === 'bob:true', 40_000)
+    expect((await (await fetch(`${base}/v1/matches/lobby`)).json()).status).toBe('open')
+    const connections = (await n.streamEvents()).filter((e) => e.type === 'match.player.connection').map((e) => (e as unknown as { data: { player: string; connected: boolean } }).data)
+    expect(connections.filter((d) => !d.connected).map((d) => d.player)).toEqual(['ann'])
+  }, 60_000)
   test('match ids with no match publish nothing: subscribing to them in a loop appends no events; a player present before the match existed is still connected once seated, and disconnected after', async () => {
     // Each subscribe and unsubscribe of a match:<random id> appended a connection event (as the
     // system) to the event stream, forever: two events per subscribe a user pays for.

@@ -23,6 +23,10 @@ const SWEEP_PAGE = 500
 const LOOKUP_PAGE = 500
 /** How long the sweep trusts an event this node published to be on its way to the projection. */
 const RECENT_MS = 10_000
+/** How long a seated player shown connected must be absent from the match's channel, on every node, before the sweep publishes their disconnect. */
+const ABSENT_MS = 10_000
+/** How long the sweep remembers a seat it saw absent but has not seen again (its match left the live set, or a round of pages takes longer). */
+const ABSENT_KEPT_MS = 600_000
 /** How long a revocation the seat watcher acted on is remembered, so that hearing it again does nothing. */
 const HEARD_MS = 60_000
 
@@ -73,6 +77,16 @@ const revocationKey = (r: Revocation): string =>
  *   reconnect during a warm-up or a handover, a join notice lost in a feed resync): the sweep also
  *   reads the seats of up to 500 matches a round whose channel has someone present (presence's
  *   channels, in turn), so present players keep their seats however many graces run.
+ * - A seat shown connected whose player no node holds present: nobody saw that player's last
+ *   connection close, because no node that held it lived on (the only API node, or every one, was
+ *   killed and started again; a presence leave lost before any node was designated). Presence
+ *   then never reports a leave, and the seat would stay connected for good, keeping the lobby from
+ *   filling. The same sweep reads a page (500) a round of the live matches (open, full, started)
+ *   with a connected seat, in turn, and publishes `match.player.connection { connected: false,
+ *   graceMs }` for each such player absent from the match's channel on every round that saw them
+ *   for `absentMs` (10 s: longer than a leave published from presence takes to be applied, so
+ *   that one is not repeated). The grace then runs as after any disconnect: a player who comes
+ *   back within it keeps the seat (a wrong disconnect is mended like a missed connect, above).
  * - A revocation naming a user (`POST /admin/users/revoke`, or a token revoked by jti with its
  *   `user`), broadcast to every node: the same node reads the matches whose grace runs and
  *   publishes `match.leave { player, reason: "revoked" }` for each seat of that user that waits
@@ -101,6 +115,8 @@ export function startSeatWatcher(deps: {
   revocations?: Pick<Revocations, 'onChange'>
   sweepMs?: number
   warmupMs?: number
+  /** How long a connected seat's player must be absent before the sweep disconnects them (ABSENT_MS). */
+  absentMs?: number
 }): SeatWatcher {
   const log = deps.logger.child({ component: 'seat-watcher' })
   const startedAt = Date.now()
@@ -299,6 +315,39 @@ export function startSeatWatcher(deps: {
       }
     }
   }
+  /**
+   * Connected seats whose player the sweep saw absent (`match\0player` -> first and last round
+   * seen so), and where the walk of live matches with a connected seat goes on next round.
+   */
+  const absent = new Map<string, { since: number; seen: number }>()
+  let liveAfter: { seq: number; match: string } | undefined
+  const absentMs = deps.absentMs ?? ABSENT_MS
+  const considerConnected = (rows: { match: string; players: Seat[] }[], now: number, events: EventInput[]) => {
+    for (const r of rows) {
+      const present = deps.presence.totals(channelOf.match(r.match)).users
+      for (const p of r.players) {
+        const key = seatKey(r.match, p.player)
+        if (!p.connected || present.includes(p.player)) {
+          absent.delete(key)
+          continue
+        }
+        const was = absent.get(key)
+        if (!was) {
+          absent.set(key, { since: now, seen: now })
+          continue
+        }
+        if (now - was.since < absentMs) {
+          was.seen = now
+          continue
+        }
+        // Seen absent again on the next visit: published once; if it is not applied (or the publish
+        // failed), the seat is still connected on a later visit and counts from there again.
+        absent.delete(key)
+        events.push({ id: id(), type: 'match.player.connection', data: { match: r.match, player: p.player, connected: false, graceMs: deps.graceMs } })
+      }
+    }
+    for (const [k, a] of absent) if (now - a.seen > ABSENT_KEPT_MS) absent.delete(k)
+  }
   async function sweep() {
     if (!designated()) return
     const now = Date.now()
@@ -337,6 +386,23 @@ export function startSeatWatcher(deps: {
         .where(and(inArray(matches.match, present), gt(matches.graceUntil, new Date(now))))
       consider(running, now, events)
     }
+    // Live matches with a connected seat, a page a round by (created_seq, match) (the status index):
+    // seats whose player is present on no node (see startSeatWatcher).
+    const live = await deps.db
+      .select({ match: matches.match, players: matches.players, createdSeq: matches.createdSeq })
+      .from(matches)
+      .where(
+        and(
+          inArray(matches.status, ['open', 'full', 'started']),
+          sql`${matches.players} @> '[{"connected":true}]'::jsonb`,
+          liveAfter && or(gt(matches.createdSeq, liveAfter.seq), and(eq(matches.createdSeq, liveAfter.seq), gt(matches.match, liveAfter.match))),
+        ),
+      )
+      .orderBy(asc(matches.createdSeq), asc(matches.match))
+      .limit(SWEEP_PAGE)
+    const lastLive = live.at(-1)
+    liveAfter = live.length === SWEEP_PAGE && lastLive ? { seq: lastLive.createdSeq, match: lastLive.match } : undefined
+    considerConnected(live, now, events)
     for (let i = 0; i < events.length; i += 100) await deps.ingest.publish(events.slice(i, i + 100), system)
   }
 
