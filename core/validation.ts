@@ -70,8 +70,18 @@ type SchemaWords = { error?: unknown; [RULE]?: unknown }
  */
 export function problemMessage(e: ValueError): string {
   if (e.type === ValueErrorType.ObjectAdditionalProperties) return UNKNOWN_FIELD
+  // A value none of a union's literals: name them all, not TypeBox's "Expected union value".
+  const literals = literalsOf(e.schema)
+  if (literals) return `must be one of ${literals.map((l) => JSON.stringify(l)).join(', ')}`
   const error = (e.schema as SchemaWords | undefined)?.error
   return typeof error === 'string' && e.type !== ValueErrorType.ObjectRequiredProperty ? error : e.message
+}
+
+/** The values of a union of literals (`t.Union([t.Literal('a'), ...])`), else undefined. */
+export function literalsOf(schema: unknown): unknown[] | undefined {
+  const anyOf = (schema as { anyOf?: { const?: unknown }[] } | undefined)?.anyOf
+  if (!Array.isArray(anyOf) || anyOf.length === 0 || !anyOf.every((s) => s && 'const' in s)) return undefined
+  return anyOf.map((s) => s.const)
 }
 
 /**

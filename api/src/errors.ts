@@ -2,7 +2,7 @@ import { Elysia, ValidationError } from 'elysia'
 import type { ValueError } from '@sinclair/typebox/errors'
 import { dbErrorSummary, isTransientDbError, sqlStateOf } from '../../core/db/errors'
 import type { Logger } from '../../core/logger'
-import { firstUnknownField, MAX_PROBLEMS, pointerKey, problemMessage, RULE, schemaSentence, takeFirst, type Problem } from '../../core/validation'
+import { firstUnknownField, literalsOf, MAX_PROBLEMS, pointerKey, problemMessage, RULE, schemaSentence, takeFirst, type Problem } from '../../core/validation'
 import { PARAM_NAME } from './params'
 
 /** The one error body every 4xx/5xx of the API carries. */
@@ -125,10 +125,9 @@ function problemsWithErrors(errors: Iterable<ValueError>, limit: number): { prob
   const out: { problem: ValidationProblem; error: ValueError }[] = []
   if (limit <= 0) return out
   for (const e of errors) {
-    // A value none of a union's literals: name them all, not the first one's "Expected 'none'".
-    const literals = literalsOf(e.schema)
-    if (literals) {
-      out.push({ problem: { path: e.path || '/', message: `must be one of ${literals.map((l) => JSON.stringify(l)).join(', ')}` }, error: e })
+    // A value none of a union's literals: problemMessage names them all (not the closest variant's "Expected 'none'").
+    if (literalsOf(e.schema)) {
+      out.push({ problem: { path: e.path || '/', message: problemMessage(e) }, error: e })
       if (out.length >= limit) break
       continue
     }
@@ -148,13 +147,6 @@ function problemsWithErrors(errors: Iterable<ValueError>, limit: number): { prob
     if (out.length >= limit) break
   }
   return out
-}
-
-/** The values of a union of literals (`t.Union([t.Literal('a'), ...])`), else undefined. */
-function literalsOf(schema: unknown): unknown[] | undefined {
-  const anyOf = (schema as { anyOf?: { const?: unknown }[] } | undefined)?.anyOf
-  if (!Array.isArray(anyOf) || anyOf.length === 0 || !anyOf.every((s) => s && 'const' in s)) return undefined
-  return anyOf.map((s) => s.const)
 }
 
 /**

@@ -2,7 +2,7 @@ import { expect, test } from 'bun:test'
 import { countErrorPulls, unknownKeys } from '../testing/error-pulls'
 import type { TSchema } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { checkData, contracts, decodeEvent } from '.'
+import { admitData, checkData, contracts, decodeEvent } from '.'
 
 test('checkData reports at most 10 problems and pulls no more errors than that (100k unknown keys)', async () => {
   const data = { board: 'main', player: 'p', score: 1, ...unknownKeys(100_000) }
@@ -90,4 +90,35 @@ test('every string of every event contract that has a pattern says its rule in w
   expect(decodeEvent(stored)).toEqual({ ok: false, reason: `invalid data: /data/board ${rule}` })
   // What is accepted is unchanged.
   expect(checkData('score.submitted', { board: 'Ok_name-1', player: 'p@x.y', score: 1 })).toEqual([])
+})
+
+test('match property names outside the rule (empty, a dot, a space, past 64 characters) are refused where the API admits an event, with the rule in words and the name in the path; values under them are never let through unchecked', () => {
+  const data = (properties: Record<string, unknown>) => ({ match: 'm1', mode: 'duel', maxPlayers: 2, properties })
+  const rule = 'property names must be 1-64 characters, each a letter (A-Z, a-z), a digit, _ or -'
+  // The schema's key pattern checks only the values of keys that match it: these passed with any value.
+  for (const [name, path] of [['', '/data/properties/'], ['a.b', '/data/properties/a.b'], ['with space', '/data/properties/with space'], ['k'.repeat(65), `/data/properties/${'k'.repeat(65)}`], ['a/b~', '/data/properties/a~1b~0']]) {
+    expect([name, admitData('match.created', data({ map: 'dust', [name]: { nested: ['anything'] } }))]).toEqual([name, [{ path, message: rule }]])
+  }
+  expect(admitData('match.created', data({ map: 'dust', ['k'.repeat(64)]: 1, 'A_b-9': true }))).toEqual([])
+})
+
+test('a match property value of no allowed kind says what is allowed (not "Expected union value"), as does a value outside a union of literals', () => {
+  const message = 'must be text of at most 200 characters (no NUL, nor an unpaired surrogate), a number within ±1e15, or true or false'
+  for (const value of [{ b: 1 }, null, 1e300, 'x'.repeat(201), ['a']]) {
+    expect(checkData('match.created', { match: 'm1', mode: 'duel', maxPlayers: 2, properties: { map: value } })).toEqual([{ path: '/data/properties/map', message }])
+  }
+  expect(checkData('match.leave', { match: 'm1', reason: 'bogus' })).toEqual([{ path: '/data/reason', message: 'must be one of "left", "disconnected", "revoked"' }])
+  // Every union in an event contract says its rule itself, or is one of literals.
+  const unions = (schema: TSchema, path: string): string[] => {
+    const s = schema as TSchema & { properties?: Record<string, TSchema>; patternProperties?: Record<string, TSchema>; items?: TSchema; anyOf?: TSchema[]; error?: unknown }
+    const here = s.anyOf && typeof s.error !== 'string' && !s.anyOf.every((v) => 'const' in v) ? [path] : []
+    return [
+      ...here,
+      ...Object.entries(s.properties ?? {}).flatMap(([k, v]) => unions(v, `${path}/${k}`)),
+      ...Object.values(s.patternProperties ?? {}).flatMap((v) => unions(v, `${path}/*`)),
+      ...(s.items ? unions(s.items, `${path}/0`) : []),
+      ...(s.anyOf ?? []).flatMap((v) => unions(v, path)),
+    ]
+  }
+  expect(Object.entries(contracts).flatMap(([type, c]) => unions(c.schema, type))).toEqual([])
 })

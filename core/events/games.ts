@@ -1,11 +1,23 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { rule } from '../validation'
-import { ActorId, FiniteNumber, Name, NAME_CHARS, STORABLE_TEXT } from './fields'
+import { ActorId, FiniteNumber, Name, STORABLE_TEXT } from './fields'
 
-/** Free-form match settings a game attaches: up to 20 names with short scalar values (text Postgres can store). */
+/** What a match property's name is: the rule of a Name. */
+const PROPERTY_NAME = new RegExp(Name.pattern as string)
+
+/**
+ * Free-form match settings a game attaches: up to 20 names with short scalar values (text Postgres
+ * can store). The key pattern checks only the values of keys that match it: JSON Schema's
+ * `patternProperties` lets any other key through with any value (`{ "a.b": { ... } }`), so names are
+ * checked by badPropertyOf, where the API admits an event.
+ */
 export const MatchProperties = Type.Record(
-  Type.String({ pattern: `^${NAME_CHARS}$` }),
-  Type.Union([Type.String({ maxLength: 200, pattern: STORABLE_TEXT, ...rule('must be at most 200 characters with no NUL (nor an unpaired surrogate)') }), Type.Number({ minimum: -1e15, maximum: 1e15 }), Type.Boolean()]),
+  Type.String({ pattern: PROPERTY_NAME.source }),
+  Type.Union(
+    [Type.String({ maxLength: 200, pattern: STORABLE_TEXT, ...rule('must be at most 200 characters with no NUL (nor an unpaired surrogate)') }), Type.Number({ minimum: -1e15, maximum: 1e15 }), Type.Boolean()],
+    // A union's own error says only "Expected union value".
+    rule('must be text of at most 200 characters (no NUL, nor an unpaired surrogate), a number within ±1e15, or true or false'),
+  ),
   { maxProperties: 20 },
 )
 
@@ -17,9 +29,16 @@ export const MatchProperties = Type.Record(
  */
 export const RESERVED_PROPERTY_NAMES: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype'])
 
-/** The first reserved property name (RESERVED_PROPERTY_NAMES) of a match's properties, if any. */
-export const reservedPropertyOf = (properties: Record<string, unknown> | undefined): string | undefined =>
-  properties ? Object.keys(properties).find((k) => RESERVED_PROPERTY_NAMES.has(k)) : undefined
+/** Whether a match may hold a property of this name: a Name, and not a JavaScript object internal. */
+export const isPropertyName = (name: string): boolean => PROPERTY_NAME.test(name) && !RESERVED_PROPERTY_NAMES.has(name)
+
+/** The first property of a match's properties whose name it may not hold (isPropertyName), with why; undefined if none. */
+export function badPropertyOf(properties: Record<string, unknown> | undefined): { name: string; message: string } | undefined {
+  const name = properties ? Object.keys(properties).find((k) => !isPropertyName(k)) : undefined
+  if (name === undefined) return undefined
+  if (RESERVED_PROPERTY_NAMES.has(name)) return { name, message: `${name} is a JavaScript object internal: not a property name` }
+  return { name, message: `property names must be 1-64 characters, each a letter (A-Z, a-z), a digit, _ or -` }
+}
 
 /** A match (or lobby) opens for players. Key: match. Game servers (keys with the scope). */
 export const MatchCreated = Type.Object(

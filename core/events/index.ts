@@ -3,7 +3,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { ChatMessageDeleted, ChatMessagePosted } from './chat'
 import { EventId } from './fields'
 import { ScoreSubmitted } from './scores'
-import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart, reservedPropertyOf } from './games'
+import { MatchAbort, MatchCreated, MatchFinish, MatchJoin, MatchLeave, MatchPlayerConnection, MatchReady, MatchStart, badPropertyOf } from './games'
 import { isEmojiToAdmit, isOneEmoji, PollClosed, PollOpened, PollVoted, ReactionsBatched, repeatedOptionOf, ReactionSent, StreamEnded, StreamStarted, StreamUpdated, StreamViewersSampled, visibleText } from './live'
 import { distinctProblems, MAX_PROBLEMS, parseDateTime, problemMessage, takeFirst } from '../validation'
 import { parseChannel, subjectName } from '../channels'
@@ -100,9 +100,10 @@ export const contracts = {
     version: 1,
     schema: MatchCreated,
     key: (d) => d.match,
+    // Names refused here are left out of events stored before (the matches projection), not dead-lettered.
     admit: (d) => {
-      const name = reservedPropertyOf(d.properties)
-      return name === undefined ? undefined : { path: `/data/properties/${name}`, message: `${name} is a JavaScript object internal: not a property name` }
+      const bad = badPropertyOf(d.properties)
+      return bad === undefined ? undefined : { path: `/data/properties/${bad.name.replace(/~/g, '~0').replace(/\//g, '~1')}`, message: bad.message }
     },
   }),
   'match.join': contract({ version: 1, schema: MatchJoin, key: (d) => d.match }),

@@ -156,7 +156,7 @@ describe('matches through the API and the projection', () => {
     expect((await hh.call('GET', '/v1/matches/k1', { token: ann })).json.players.map((p: { player: string }) => p.player)).toEqual(['ann'])
   })
 
-  test('match property names that are JavaScript object internals (__proto__, constructor, prototype) are 422 invalid_event and store nothing', async () => {
+  test('match property names that are JavaScript object internals (__proto__, constructor, prototype), or outside the name rule, are 422 invalid_event and store nothing; stored before, the match applies without them', async () => {
     const { hh, post, caughtUp, notices, world } = await setup()
     for (const name of ['__proto__', 'constructor', 'prototype']) {
       // Raw JSON: a JS literal { __proto__: ... } would set the prototype, not a key.
@@ -164,13 +164,18 @@ describe('matches through the API and the projection', () => {
       const r = await hh.call('POST', '/v1/events', { token: hh.ingestToken, body })
       expect([r.status, r.json.error.code, r.json.error.details?.[0]?.path]).toEqual([422, 'invalid_event', `/data/properties/${name}`])
     }
+    // Names outside the rule (whose values the schema never checked: any JSON passed).
+    for (const name of ['a.b', 'with space', '', 'k'.repeat(65)]) {
+      const r = await hh.call('POST', '/v1/events', { token: hh.ingestToken, body: { events: [{ type: 'match.created', data: { match: 'p1', mode: 'duel', maxPlayers: 2, properties: { [name]: { deep: ['x'] } } } }] } })
+      expect([r.status, r.json.error.code, r.json.error.details?.[0]?.path, r.json.error.message]).toEqual([422, 'invalid_event', `/data/properties/${name}`, expect.stringContaining('property names must be 1-64 characters')])
+    }
     expect(await hh.streamCount()).toBe(0)
     // Names merely close to them are fine, and come back as sent.
     await post([{ type: 'match.created', data: { match: 'p1', mode: 'duel', maxPlayers: 2, properties: { proto: 1, Constructor: true, _prototype_: 'y' } } }])
     await caughtUp()
     expect((await hh.call('GET', '/v1/matches/p1', { token: hh.ingestToken })).json.properties).toEqual({ proto: 1, Constructor: true, _prototype_: 'y' })
     // One stored before the rule still applies, without the name: REST and the channel agree.
-    await publishEvent(world, storedEvent('match.created', JSON.parse('{"match":"old","mode":"duel","maxPlayers":2,"properties":{"__proto__":"x","map":"dust"}}')))
+    await publishEvent(world, storedEvent('match.created', JSON.parse('{"match":"old","mode":"duel","maxPlayers":2,"properties":{"__proto__":"x","map":"dust","a.b":{"deep":["x"]}}}')))
     await caughtUp()
     expect((await hh.call('GET', '/v1/matches/old', { token: hh.ingestToken })).json.properties).toEqual({ map: 'dust' })
     const created = (await notices()).get('match:old')![0].data as Extract<MatchChange, { kind: 'created' }>

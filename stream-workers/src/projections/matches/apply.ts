@@ -3,7 +3,7 @@ import { channelOf } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { recordset, fromExcluded } from '../../../../core/db/recordset'
 import { matches, matchModes } from '../../../../core/db/schema'
-import { RESERVED_PROPERTY_NAMES, type StoredEvent } from '../../../../core/events'
+import { isPropertyName, type StoredEvent } from '../../../../core/events'
 import { DEFAULT_MATCH_GRACE_MS, evolveMatch, MATCH_RESULTS_BY, matchStateOfRow, nextGraceEnd, resultEventId, type MatchEvent, type MatchState } from '../../../../core/matches'
 import type { Applied, Change, Projection, SequencedEvent } from '../types'
 import { projectionAreas } from '../../../../core/projections'
@@ -27,9 +27,10 @@ function toMatchEvent({ event, seq, storedAt }: SequencedEvent): MatchEvent | { 
   const needPlayer = { refused: `${e.type} by ${JSON.stringify(e.by)}: only users have seats` }
   switch (e.type) {
     case 'match.created': {
-      // Names the API refuses now (RESERVED_PROPERTY_NAMES) are left out of events stored before,
-      // so every reader (REST, channels, the SDK's state) sees the same properties.
-      const properties = e.data.properties && Object.fromEntries(Object.entries(e.data.properties).filter(([k]) => !RESERVED_PROPERTY_NAMES.has(k)))
+      // Names the API refuses now (isPropertyName) are left out of events stored before, so every
+      // reader (REST, channels, the SDK's state) sees the same properties, all short scalars (the
+      // schema checks only the values of well-named keys).
+      const properties = e.data.properties && Object.fromEntries(Object.entries(e.data.properties).filter(([k]) => isPropertyName(k)))
       return { type: e.type, match: e.data.match, mode: e.data.mode, maxPlayers: e.data.maxPlayers, properties, at, seq }
     }
     case 'match.join':
