@@ -71,13 +71,17 @@ describe('match state machine', () => {
     expect(run([created(), join('a'), abort(), start()]).refused[0]).toContain('aborted')
   })
 
-  test('abort from open, full or started; repeats change nothing; finish after abort changes nothing', () => {
+  test('abort from open, full or started; a second abort changes nothing; a finish after the abort is refused (its results scored nowhere, so shown as a dead letter), as is an abort after the finish', () => {
     for (const before of [[created()], [created(), join('a'), join('b')], [created(), join('a'), start()]]) {
       const r = run([...before, abort(5), abort(6), finish(7)])
       expect(r.state!.status).toBe('aborted')
       expect(r.finished).toEqual([])
       expect(r.outputs.filter((o) => o.channel === 'match' && o.data.kind === 'aborted')).toHaveLength(1)
+      expect(r.refused).toEqual(['match "m" is aborted: only a started match finishes'])
     }
+    const r = run([created(), join('a'), start(), finish(5), abort(6)])
+    expect([r.state!.status, r.refused]).toEqual(['finished', ['match "m" is finished: it cannot be aborted']])
+    expect(run([created(), join('a'), start(), finish(5), finish(6)]).refused).toEqual([])
   })
 
   test('ready: a seated player once; not for others nor after start', () => {

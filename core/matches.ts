@@ -218,7 +218,8 @@ const reject = (outputs: MatchOutput[], state: MatchState | undefined, match: st
  *   players seated at the start, leavers included); the finish's others are ignored and named in
  *   `ignored` (the finish itself applies: one bad entry does not cost the real players their results).
  *   abort: any match not yet over. Repeats (start of a started match, a second finish or abort) change nothing; transitions that
- *   cannot happen (finish of a match not started, anything on an unknown match) are refused.
+ *   cannot happen (finish of a match not started or aborted, abort of a finished one, start of one
+ *   over, anything on an unknown match) are refused, so a game server's bug shows as a dead letter.
  */
 export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evolved {
   const outputs: MatchOutput[] = []
@@ -303,7 +304,8 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
     }
     case 'match.finish': {
       if (!state) return { ...same(), refused: `no match ${JSON.stringify(e.match)}` }
-      if (state.status === 'finished' || state.status === 'aborted') return same()
+      if (state.status === 'finished') return same()
+      // An aborted match too: its results would otherwise be dropped without a trace.
       if (state.status !== 'started') return { ...same(), refused: `match ${JSON.stringify(e.match)} is ${state.status}: only a started match finishes` }
       // A row started before lineups were recorded has its lineup from the migration (its seats then).
       const lineup = new Set(state.lineup ?? state.players.map((p) => p.player))
@@ -315,7 +317,8 @@ export function evolveMatch(current: MatchState | undefined, e: MatchEvent): Evo
     }
     case 'match.abort': {
       if (!state) return { ...same(), refused: `no match ${JSON.stringify(e.match)}` }
-      if (!live(state.status)) return same()
+      if (state.status === 'aborted') return same()
+      if (state.status === 'finished') return { ...same(), refused: `match ${JSON.stringify(e.match)} is finished: it cannot be aborted` }
       const next: MatchState = { ...state, status: 'aborted', endedAt: e.at, players: state.players.map((p) => ({ ...p, graceUntil: null })) }
       outputs.push({ channel: 'match', data: { kind: 'aborted', status: 'aborted', at: iso(e.at) } })
       return same(next)

@@ -57,6 +57,8 @@ describe('matches through the API and the projection', () => {
     await post([{ type: 'match.join', data: { match: 'm1' } }], users.bob) // finished
     await post([{ type: 'match.created', data: { match: 'm2', mode: 'duel', maxPlayers: 3 } }, { type: 'match.abort', data: { match: 'm2' } }])
     await post([{ type: 'match.join', data: { match: 'm2' } }], users.dan) // aborted
+    await post([{ type: 'match.finish', data: { match: 'm2', results: [{ player: 'dan', score: 1 }] } }]) // aborted: refused, never dropped unseen
+    await post([{ type: 'match.abort', data: { match: 'm1' } }]) // finished: refused
     await post([{ type: 'match.start', data: { match: 'nope' } }]) // unknown: refused
     await caughtUp()
 
@@ -128,6 +130,8 @@ describe('matches through the API and the projection', () => {
     const dead = await hh.database.db.select().from(deadLetters).orderBy(asc(deadLetters.streamSeq))
     expect(dead.map((d) => [d.projection, d.reason])).toEqual([
       ['matches', 'match "m1" is full: only a started match finishes'],
+      ['matches', 'match "m2" is aborted: only a started match finishes'],
+      ['matches', 'match "m1" is finished: it cannot be aborted'],
       ['matches', 'no match "nope"'],
     ])
     // Users cannot create or finish matches; keys without the scope neither.
