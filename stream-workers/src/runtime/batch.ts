@@ -1,5 +1,4 @@
 import type { JsMsg } from '@nats-io/jetstream'
-import { millis } from '@nats-io/transport-node'
 import { and, eq, sql, type SQL } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
@@ -17,8 +16,18 @@ import { eventOutboxWrite, insertedEvents, insertedEventsOf, insertedRuns, inser
 /** What the batch needs of a stream message. */
 export type BatchMessage = { subject: string; seq: number; body: Uint8Array; storedAt: Date }
 
-/** A delivered JetStream message as the batch needs it. */
-export const batchMessageOf = (m: Pick<JsMsg, 'subject' | 'seq' | 'data' | 'info'>): BatchMessage => ({ subject: m.subject, seq: m.seq, body: m.data, storedAt: new Date(millis(m.info.timestampNanos)) })
+/**
+ * A delivered JetStream message as the batch needs it. Its stored time is read from the exact
+ * nanoseconds (a bigint), floored to the millisecond: `info.timestampNanos` is a float rounded to
+ * 256 ns, and a score stored in the last ~128 ns of a day read as the next day's first instant,
+ * so it counted in the next day's (week's, month's) period.
+ */
+export const batchMessageOf = (m: Pick<JsMsg, 'subject' | 'seq' | 'data' | 'timestampNanos'>): BatchMessage => ({
+  subject: m.subject,
+  seq: m.seq,
+  body: m.data,
+  storedAt: new Date(Number(m.timestampNanos / 1_000_000n)),
+})
 
 /** Who applies the batch: one projection (or the catch of unclaimed messages) of one partition, under one lease token. */
 export type BatchOwner = {

@@ -2,7 +2,7 @@ import type { DeliveryInfo, JsMsg } from '@nats-io/jetstream'
 import { createInbox, type Msg, type NatsConnection } from '@nats-io/transport-node'
 
 /** What a runner uses of a delivery: a JsMsg from nats.js' fetch, or one that pullNow made. */
-export type Delivery = Pick<JsMsg, 'seq' | 'subject' | 'data' | 'headers' | 'info' | 'ack' | 'working'>
+export type Delivery = Pick<JsMsg, 'seq' | 'subject' | 'data' | 'headers' | 'info' | 'timestampNanos' | 'ack' | 'working'>
 
 /**
  * A delivery's place from its reply subject, as nats.js reads it (`parseInfo`, which it does not
@@ -34,7 +34,19 @@ export function deliveryInfoOf(reply: string | undefined): DeliveryInfo | undefi
 const ACK = new TextEncoder().encode('+ACK')
 const WORKING = new TextEncoder().encode('+WPI')
 
-function deliveryOf(m: Msg, info: DeliveryInfo): Delivery {
+/**
+ * When JetStream stored a delivery, exactly, as JsMsg's `timestampNanos` reads it: the reply's time
+ * token as a bigint. `info.timestampNanos` is that 19-digit number as a float, rounded to 256 ns
+ * (a message stored in the last ~128 ns before midnight reads as midnight).
+ */
+function storedNanosOf(reply: string, info: DeliveryInfo): bigint {
+  const t = reply.split('.')
+  const token = t[t.length === 9 ? 7 : 9]
+  return token !== undefined && /^\d+$/.test(token) ? BigInt(token) : BigInt(Math.round(info.timestampNanos))
+}
+
+/** A delivery of a pull's message `m` whose reply subject gave `info` (deliveryInfoOf). */
+export function deliveryOf(m: Msg, info: DeliveryInfo): Delivery {
   let acked = false
   return {
     seq: info.streamSequence,
@@ -42,6 +54,7 @@ function deliveryOf(m: Msg, info: DeliveryInfo): Delivery {
     data: m.data,
     headers: m.headers,
     info,
+    timestampNanos: storedNanosOf(m.reply ?? '', info),
     // As JsMsg's: once; "working" as often as needed.
     ack: () => void (!acked && ((acked = true), m.respond(ACK))),
     working: () => void (!acked && m.respond(WORKING)),
