@@ -30,7 +30,10 @@ afterEach(async () => {
  * A seat watcher on `db` alone: presence and the match change feed are the test's hands (`change`,
  * `feed`), and what it would publish is kept in `published`. Designated at once (no warm-up).
  */
-function standAloneWatcher(db: Db, { presence = {}, sweepMs = 3_600_000 }: { presence?: Partial<Parameters<typeof startSeatWatcher>[0]['presence']>; sweepMs?: number } = {}) {
+function standAloneWatcher(
+  db: Db,
+  { presence = {}, sweepMs = 3_600_000, absentMs }: { presence?: Partial<Parameters<typeof startSeatWatcher>[0]['presence']>; sweepMs?: number; absentMs?: number } = {},
+) {
   let listener: ((c: PresenceChange) => void) | undefined
   let feed: NoticeListener | undefined
   let revocation: ((r?: Revocation) => void) | undefined
@@ -45,6 +48,7 @@ function standAloneWatcher(db: Db, { presence = {}, sweepMs = 3_600_000 }: { pre
     logger: createLogger('silent'),
     sweepMs,
     warmupMs: 0,
+    absentMs,
   })
   const change = (kind: 'join' | 'leave', match: string, user: string) =>
     listener!(kind === 'join' ? { kind, channel: `match:${match}`, user } : { kind, channel: `match:${match}`, user, reason: 'disconnected' })
@@ -368,6 +372,35 @@ describe('seat watcher on a real node', () => {
     expect(published.filter((e) => e.type === 'match.player.connection').map((e) => e.data)).toEqual([{ match: 'late', player: 'here', connected: true }])
     // Each due grace once (no round repeats one while the projection catches up).
     expect(published.filter((e) => e.type === 'match.leave').length).toBe(1200)
+  }, 30_000)
+  test('the walk for connected seats nobody holds reads a page of one status a round: past 1,200 empty open lobbies, the ghost seats of open, full and started matches are disconnected, present or waiting players and ended matches never', async () => {
+    const database = await ownDatabase()
+    const now = Date.now()
+    const seat = (player: string, connected: boolean) => ({ player, ready: false, connected, disconnectedAt: null, graceUntil: connected ? null : now + 60_000 })
+    const row = (match: string, status: 'open' | 'full' | 'started' | 'finished', players: ReturnType<typeof seat>[], seq: number) =>
+      ({ match, mode: 'duel', maxPlayers: 2, status, players, playerCount: players.length, createdAt: new Date(now), createdSeq: seq })
+    const empty = Array.from({ length: 1200 }, (_, i) => row(`empty-${i}`, 'open', [], i + 1))
+    for (let i = 0; i < empty.length; i += 400) await database.db.insert(matches).values(empty.slice(i, i + 400))
+    await database.db.insert(matches).values([
+      row('lobby', 'open', [seat('ghost', true), seat('here', true), seat('waiting', false)], 5000),
+      row('duel', 'full', [seat('gone', true), seat('there', true)], 5001),
+      row('game', 'started', [seat('left-behind', true)], 5002),
+      row('over', 'finished', [seat('done', true)], 5003),
+    ])
+    const present: Record<string, string[]> = { 'match:lobby': ['here'], 'match:duel': ['there'] }
+    const { watcher: w, published } = standAloneWatcher(database.db, {
+      presence: { totals: (ch) => ({ connections: 1, users: present[ch] ?? [] }), channels: () => Object.keys(present) },
+      sweepMs: 20,
+      absentMs: 100,
+    })
+    const disconnects = () => published.filter((e) => e.type === 'match.player.connection').map((e) => e.data as { match: string; player: string; connected: boolean; graceMs: number })
+    try {
+      await until('the three ghost seats disconnected', () => disconnects().length >= 3, 10_000)
+    } finally {
+      await w.stop()
+    }
+    // Nothing here applies them, so later walks publish them again (as a lost publish would be): only ever these three.
+    expect([...new Set(disconnects().map((d) => `${d.match}:${d.player}:${d.connected}:${d.graceMs}`))].sort()).toEqual(['duel:gone:false:1000', 'game:left-behind:false:1000', 'lobby:ghost:false:1000'])
   }, 30_000)
   test("a connect this node published is not published again by the sweep while the projection has not applied it yet", async () => {
     // CI saw `early:ann:true` twice: the presence join published ann's connect, and a sweep round

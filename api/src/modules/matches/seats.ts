@@ -81,8 +81,8 @@ const revocationKey = (r: Revocation): string =>
  *   connection close, because no node that held it lived on (the only API node, or every one, was
  *   killed and started again; a presence leave lost before any node was designated). Presence
  *   then never reports a leave, and the seat would stay connected for good, keeping the lobby from
- *   filling. The same sweep reads a page (500) a round of the live matches (open, full, started)
- *   with a connected seat, in turn, and publishes `match.player.connection { connected: false,
+ *   filling. The same sweep reads a page (500) a round of the live matches (open, then full, then
+ *   started ones, in turn), and publishes `match.player.connection { connected: false,
  *   graceMs }` for each such player absent from the match's channel on every round that saw them
  *   for `absentMs` (10 s: longer than a leave published from presence takes to be applied, so
  *   that one is not repeated). The grace then runs as after any disconnect: a player who comes
@@ -315,12 +315,16 @@ export function startSeatWatcher(deps: {
       }
     }
   }
-  /**
-   * Connected seats whose player the sweep saw absent (`match\0player` -> first and last round
-   * seen so), and where the walk of live matches with a connected seat goes on next round.
-   */
+  /** Connected seats whose player the sweep saw absent (`match\0player` -> first and last round seen so). */
   const absent = new Map<string, { since: number; seen: number }>()
-  let liveAfter: { seq: number; match: string } | undefined
+  /**
+   * Where the walk of live matches goes on: a status and the (created_seq, match) of the last row
+   * read in it. One page of one status a round, in index order (matches_by_status_seq), whatever
+   * its seats: a bounded read however many lobbies are open (100,000 empty ones a buggy game server
+   * left are a page a round, not a scan of all of them every second).
+   */
+  const LIVE = ['open', 'full', 'started'] as const
+  let liveAt: { status: (typeof LIVE)[number]; after?: { seq: number; match: string } } = { status: 'open' }
   const absentMs = deps.absentMs ?? ABSENT_MS
   const considerConnected = (rows: { match: string; players: Seat[] }[], now: number, events: EventInput[]) => {
     for (const r of rows) {
@@ -386,22 +390,25 @@ export function startSeatWatcher(deps: {
         .where(and(inArray(matches.match, present), gt(matches.graceUntil, new Date(now))))
       consider(running, now, events)
     }
-    // Live matches with a connected seat, a page a round by (created_seq, match) (the status index):
-    // seats whose player is present on no node (see startSeatWatcher).
+    // Live matches, a page a round (see liveAt): seats shown connected whose player is present on no node.
+    const { status, after } = liveAt
     const live = await deps.db
       .select({ match: matches.match, players: matches.players, createdSeq: matches.createdSeq })
       .from(matches)
+      // The gte bounds the index range (the OR alone is a filter over every row of the status before it).
       .where(
         and(
-          inArray(matches.status, ['open', 'full', 'started']),
-          sql`${matches.players} @> '[{"connected":true}]'::jsonb`,
-          liveAfter && or(gt(matches.createdSeq, liveAfter.seq), and(eq(matches.createdSeq, liveAfter.seq), gt(matches.match, liveAfter.match))),
+          eq(matches.status, status),
+          after && and(gte(matches.createdSeq, after.seq), or(gt(matches.createdSeq, after.seq), and(eq(matches.createdSeq, after.seq), gt(matches.match, after.match)))),
         ),
       )
       .orderBy(asc(matches.createdSeq), asc(matches.match))
       .limit(SWEEP_PAGE)
     const lastLive = live.at(-1)
-    liveAfter = live.length === SWEEP_PAGE && lastLive ? { seq: lastLive.createdSeq, match: lastLive.match } : undefined
+    liveAt =
+      live.length === SWEEP_PAGE && lastLive
+        ? { status, after: { seq: lastLive.createdSeq, match: lastLive.match } }
+        : { status: LIVE[(LIVE.indexOf(status) + 1) % LIVE.length] }
     considerConnected(live, now, events)
     for (let i = 0; i < events.length; i += 100) await deps.ingest.publish(events.slice(i, i + 100), system)
   }
