@@ -135,7 +135,9 @@ describe('matches through the API and the projection', () => {
       ['matches', 'no match "nope"'],
     ])
     // Users cannot create or finish matches; keys without the scope neither.
-    expect((await hh.call('POST', '/v1/events', { token: users.ann, body: { events: [{ type: 'match.finish', data: { match: 'm1', results: [{ player: 'ann', score: 99 }] } }] } })).status).toBe(403)
+    const byPlayer = await hh.call('POST', '/v1/events', { token: users.ann, body: { events: [{ type: 'match.finish', data: { match: 'm1', results: [{ player: 'ann', score: 99 }] } }] } })
+    // The refusal says who may: a game server's key with the scope.
+    expect([byPlayer.status, byPlayer.json.error.code, byPlayer.json.error.message]).toEqual([403, 'forbidden', 'this user may not publish match.finish: only keys with the scope publish:match.finish (or publish:*) may'])
   }, 60_000)
 
   test("a player leaves as themselves: a user's leave naming another player (or the API nodes' reason) is 403 and changes nothing, never applied as the sender's own leave", async () => {

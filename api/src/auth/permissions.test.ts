@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test'
 import { eventTypes } from '../../../core/events'
-import { matches, mayPublish, maySubscribe, publishers } from './permissions'
+import { matches, mayPublish, maySubscribe, publishers, publishersOf } from './permissions'
 import { ANONYMOUS, principalId, rootKey, type KeyPrincipal, type UserPrincipal } from './principal'
 
 const user = (over: Partial<UserPrincipal> = {}): UserPrincipal => ({ kind: 'user', id: 'ann', roles: [], channels: [], expiresAt: Date.now() + 60_000, ...over })
@@ -72,4 +72,14 @@ test('principal ids: users and keys never share one, the bootstrap tokens keep t
   expect(principalId(rootKey('ingest'))).toBe('ingest')
   expect(principalId(rootKey('admin'))).toBe('admin')
   expect(principalId(ANONYMOUS)).toBe('anonymous')
+})
+
+test('a refused publish says who may publish the type: the scope a key lacks, the role a user lacks, or that only users or only the API nodes ever do', () => {
+  expect(publishersOf('match.start')).toBe('keys with the scope publish:match.start (or publish:*)')
+  expect(publishersOf('match.join')).toBe('users')
+  expect(publishersOf('match.leave')).toBe('users and the API nodes')
+  expect(publishersOf('match.player.connection')).toBe('the API nodes')
+  expect(publishersOf('reaction.batched')).toBe('the API nodes')
+  expect(publishersOf('poll.opened')).toBe('users with the moderator role and keys with the scope publish:poll.opened (or publish:*)')
+  expect(publishersOf('chat.message.deleted')).toBe('users with the moderator role and keys with the scope admin:write')
 })

@@ -40,6 +40,22 @@ export const publishers: Record<EventType, { users: boolean | { role: string }; 
   'match.player.connection': { users: false, keys: ['system:presence'] },
 }
 
+/**
+ * Who may publish `type`, in words, for a refusal to say what is missing (a scope, a role, or that
+ * no key or no user ever may): `keys with the scope publish:match.start (or publish:*)`, `users`,
+ * `users with the moderator role and keys with the scope admin:write`, `the API nodes`.
+ */
+export function publishersOf(type: EventType): string {
+  const rule = publishers[type]
+  const who: string[] = []
+  if (rule.users === true) who.push('users')
+  else if (typeof rule.users === 'object') who.push(`users with the ${rule.users.role} role`)
+  const scopes = rule.keys.filter((s) => s !== 'system:presence')
+  if (scopes.length > 0) who.push(`keys with the scope ${scopes.map((s) => (s.startsWith('publish:') ? `${s} (or publish:*)` : s)).join(' or ')}`)
+  if (rule.keys.includes('system:presence') || who.length === 0) who.push('the API nodes')
+  return who.join(' and ')
+}
+
 /** Whether `p` may publish events of `type`. */
 export function mayPublish(p: Principal, type: EventType): boolean {
   const rule = publishers[type]

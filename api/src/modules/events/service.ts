@@ -22,7 +22,7 @@ import { createMetrics, type Metrics } from '../../../../core/metrics'
 import { natsHeadersOf, tracer } from '../../../../core/tracing'
 import { UNKNOWN_FIELD, type Problem } from '../../../../core/validation'
 import { channelOf } from '../../../../core/channels'
-import { mayPublish, maySubscribe, type Visibility } from '../../auth/permissions'
+import { mayPublish, maySubscribe, publishersOf, type Visibility } from '../../auth/permissions'
 import type { RoomAccess } from '../../auth/rooms'
 import { principalId, type Principal } from '../../auth/principal'
 import { databaseUnavailable, Forbidden, Invalid, Unauthorized, Unavailable, validationProblems } from '../../errors'
@@ -392,7 +392,7 @@ function validate(inputs: unknown[], principal: Principal, by: string, joinGrace
   // forbidden, which is for a credential that may not publish the type.
   if (principal.kind === 'anonymous') throw new Unauthorized('anonymous clients may not publish: send { "op": "auth", "token" } or connect with a token')
   const denied = typed.flatMap((e, index) => (mayPublish(principal, e.type as EventType) ? [] : [{ index, type: e.type }]))
-  if (denied.length > 0) throw new Forbidden(`this ${principal.kind} may not publish ${denied[0].type}`, denied)
+  if (denied.length > 0) throw new Forbidden(`this ${principal.kind} may not publish ${denied[0].type}: only ${publishersOf(denied[0].type as EventType)} may`, denied)
   if (principal.kind === 'user') {
     // Users post as themselves: `user` is their sub and `name` their token's (filled in when left
     // out; anything else is refused, never silently replaced).
