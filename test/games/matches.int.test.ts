@@ -151,6 +151,12 @@ describe('matches through the API and the projection', () => {
     for (const data of [{ match: 'k1', player: 'ann' }, { match: 'k1', player: 'ann', reason: 'disconnected' }, { match: 'k1', reason: 'disconnected' }, { match: 'k1', reason: 'revoked' }]) {
       const r = await hh.call('POST', '/v1/events', { token: bob, body: { type: 'match.leave', data } })
       expect([r.status, r.json.error?.code]).toEqual([403, 'forbidden'])
+      // Said of what was sent: another player's seat, or a reason that is the API nodes' (not someone else's seat).
+      expect(r.json.error.message).toBe(
+        'player' in data
+          ? "a player leaves a match as themselves (bob): another player's seat is given up only by the API nodes, after its grace"
+          : `a player leaves a match as themselves (bob), with no reason or "left": "${data.reason}" is the API nodes' to give`,
+      )
     }
     expect(await hh.streamCount()).toBe(stored)
     await caughtUp()

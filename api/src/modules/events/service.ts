@@ -417,7 +417,13 @@ function validate(inputs: unknown[], principal: Principal, by: string, joinGrace
       else if (reason !== undefined && reason !== 'left') leaving.push({ index, reason })
     }
     if (leaving.length > 0) {
-      throw new Forbidden(`a player leaves a match as themselves (${principal.id}): another player's seat is given up only by the API nodes, after its grace`, leaving)
+      const first = leaving[0]
+      throw new Forbidden(
+        'player' in first
+          ? `a player leaves a match as themselves (${principal.id}): another player's seat is given up only by the API nodes, after its grace`
+          : `a player leaves a match as themselves (${principal.id}), with no reason or "left": ${JSON.stringify(first.reason)} is the API nodes' to give`,
+        leaving,
+      )
     }
     // A join carries the node's join grace (how long the seat waits for the player's first
     // connection); a player choosing their own would squat seats again.
