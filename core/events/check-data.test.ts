@@ -122,3 +122,13 @@ test('a match property value of no allowed kind says what is allowed (not "Expec
   }
   expect(Object.entries(contracts).flatMap(([type, c]) => unions(c.schema, type))).toEqual([])
 })
+
+test('anything but one emoji in a reaction is refused as "must be one emoji", whatever rule it breaks (empty, too long, not a string), as the README says', () => {
+  // An empty or over-long emoji was worded by TypeBox ("Expected string length greater or equal
+  // to 1"), unlike every other refused emoji.
+  for (const emoji of ['', '👏'.repeat(20), 5, '👏👏']) {
+    expect([emoji, admitData('reaction.sent', { stream: 'main', emoji })]).toEqual([emoji, [{ path: '/data/emoji', message: 'must be one emoji' }]])
+  }
+  const batched = (emoji: unknown) => ({ stream: 'main', dedupWindowMs: 1000, reactions: [{ id: 'r1', by: 'u:ann', emoji }] })
+  expect(checkData('reaction.batched', batched(''))).toEqual([{ path: '/data/reactions/0/emoji', message: 'must be one emoji' }])
+})

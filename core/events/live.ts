@@ -49,7 +49,7 @@ export const StreamViewersSampled = Type.Object(
 export type StreamViewersSampled = Static<typeof StreamViewersSampled>
 
 /** One emoji grapheme (a flag, a keycap, a skin-toned or ZWJ sequence count as one). */
-export const Emoji = Type.String({ minLength: 1, maxLength: 32, description: 'one emoji grapheme' })
+export const Emoji = Type.String({ minLength: 1, maxLength: 32, description: 'one emoji grapheme', ...rule('must be one emoji') })
 
 /** A viewer's reaction. Key: stream. */
 export const ReactionSent = Type.Object({ stream: Name, emoji: Emoji }, { additionalProperties: false, $id: 'reaction.sent@1' })
