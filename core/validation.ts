@@ -34,15 +34,30 @@ export type Problem = { path: string; message: string }
 /** The message of a problem that is a property the schema does not declare; its path names it. */
 export const UNKNOWN_FIELD = 'unknown field'
 
+/** The message of a problem that is a property the schema requires and the value lacks (see missingMessage). */
+export const MISSING_FIELD = 'is required'
+
+/** What a missing field's problem says: that it is required, and what it must be when its schema says so. */
+export const missingMessage = (mustBe?: string) => (mustBe === undefined ? MISSING_FIELD : `${MISSING_FIELD} and ${mustBe}`)
+
+/** Whether a problem says its field is missing (see missingMessage). */
+export const isMissing = (p: Problem) => p.message === MISSING_FIELD || p.message.startsWith(`${MISSING_FIELD} and `)
+
 /**
  * `problems` without repeats (the same path and message): a field's rule replaces TypeBox's words
- * for every check it fails (an empty id fails its length and its pattern), and is said once.
+ * for every check it fails (an empty id fails its length and its pattern), and is said once. A
+ * missing field is said once too: TypeBox then checks the `undefined` it lacks against the field's
+ * type (`Expected string`), which tells the client nothing more.
  */
 export function distinctProblems<P extends Problem>(problems: P[]): P[] {
   const seen = new Set<string>()
+  const missing = new Set<string>()
   return problems.filter((p) => {
     const key = `${p.path}\u0000${p.message}`
-    return !seen.has(key) && (seen.add(key), true)
+    if (seen.has(key) || missing.has(p.path)) return false
+    seen.add(key)
+    if (isMissing(p)) missing.add(p.path)
+    return true
   })
 }
 
@@ -65,16 +80,19 @@ type SchemaWords = { error?: unknown; [RULE]?: unknown }
  * "Unexpected property"; we say `unknown field`, one phrase everywhere (REST, WebSocket, events),
  * so a client can tell a typo or an unsupported option from a wrong value. A schema's own `error`
  * (the option Elysia's schemas use for their message) says what a valid value is: it replaces
- * TypeBox's words (for a pattern, the regex quoted back), except for a missing property, which
- * TypeBox names plainly.
+ * TypeBox's words (for a pattern, the regex quoted back). A missing property `is required` (and
+ * must be what its `error` says).
  */
 export function problemMessage(e: ValueError): string {
   if (e.type === ValueErrorType.ObjectAdditionalProperties) return UNKNOWN_FIELD
   // A value none of a union's literals: name them all, not TypeBox's "Expected union value".
   const literals = literalsOf(e.schema)
-  if (literals) return `must be one of ${literals.map((l) => JSON.stringify(l)).join(', ')}`
+  const oneOf = literals && `must be one of ${literals.map((l) => JSON.stringify(l)).join(', ')}`
   const error = (e.schema as SchemaWords | undefined)?.error
-  return typeof error === 'string' && e.type !== ValueErrorType.ObjectRequiredProperty ? error : e.message
+  // A rule is worded to follow the field's name; a sentence of the schema's own is said by the message.
+  if (e.type === ValueErrorType.ObjectRequiredProperty) return missingMessage(oneOf || (typeof error === 'string' && (e.schema as SchemaWords)[RULE] === true ? error : undefined))
+  if (oneOf) return oneOf
+  return typeof error === 'string' ? error : e.message
 }
 
 /** The values of a union of literals (`t.Union([t.Literal('a'), ...])`), else undefined. */

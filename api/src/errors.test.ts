@@ -24,6 +24,15 @@ describe('errors', () => {
     const problems = validationProblems(Value.Errors(schema, { type: 'x', data: 5 }))
     expect(problems).toEqual([{ path: '/data', message: expect.any(String) }])
   })
+
+  test('a missing field is one problem saying it is required (and what it must be), not a second about the value it lacks', () => {
+    // `PUT /admin/rooms/x {}` listed `must be one of "public", "private"` twice for /visibility.
+    const schema = Type.Object({ visibility: Type.Union([Type.Literal('public'), Type.Literal('private')]), name: Type.String() })
+    expect(validationProblems(Value.Errors(schema, {}))).toEqual([
+      { path: '/visibility', message: 'is required and must be one of "public", "private"' },
+      { path: '/name', message: 'is required' },
+    ])
+  })
 })
 
 test('validationProblems takes at most `limit` errors, from the union variants too (100k unknown keys)', async () => {

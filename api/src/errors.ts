@@ -2,7 +2,7 @@ import { Elysia, ValidationError } from 'elysia'
 import type { ValueError } from '@sinclair/typebox/errors'
 import { dbErrorSummary, isTransientDbError, sqlStateOf } from '../../core/db/errors'
 import type { Logger } from '../../core/logger'
-import { firstUnknownField, literalsOf, MAX_PROBLEMS, pointerKey, problemMessage, RULE, schemaSentence, takeFirst, type Problem } from '../../core/validation'
+import { firstUnknownField, isMissing, literalsOf, MAX_PROBLEMS, pointerKey, problemMessage, RULE, schemaSentence, takeFirst, type Problem } from '../../core/validation'
 import { PARAM_NAME } from './params'
 
 /** The one error body every 4xx/5xx of the API carries. */
@@ -125,6 +125,8 @@ function problemsWithErrors(errors: Iterable<ValueError>, limit: number): { prob
   const out: { problem: ValidationProblem; error: ValueError }[] = []
   if (limit <= 0) return out
   for (const e of errors) {
+    // A missing field is said once (see distinctProblems): not again for the `undefined` it lacks.
+    if (out.some((o) => o.problem.path === (e.path || '/') && isMissing(o.problem))) continue
     // A value none of a union's literals: problemMessage names them all (not the closest variant's "Expected 'none'").
     if (literalsOf(e.schema)) {
       out.push({ problem: { path: e.path || '/', message: problemMessage(e) }, error: e })

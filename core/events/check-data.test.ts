@@ -132,3 +132,16 @@ test('anything but one emoji in a reaction is refused as "must be one emoji", wh
   const batched = (emoji: unknown) => ({ stream: 'main', dedupWindowMs: 1000, reactions: [{ id: 'r1', by: 'u:ann', emoji }] })
   expect(checkData('reaction.batched', batched(''))).toEqual([{ path: '/data/reactions/0/emoji', message: 'must be one emoji' }])
 })
+
+test('a missing field of an event is one problem saying it is required (and what it must be), not a second one about the value it lacks', () => {
+  // TypeBox reports a missing property, then checks `undefined` against the property's type: the
+  // client got `Expected required property` and `must be 1-64 characters, ...` (or `Expected
+  // string`) for the one field it left out.
+  expect(checkData('chat.message.posted', { user: 'ann', text: 'x' })).toEqual([{ path: '/data/room', message: 'is required and must be 1-64 characters, each a letter (A-Z, a-z), a digit, _ or -' }])
+  expect(checkData('poll.voted', { poll: 'p' })).toEqual([{ path: '/data/option', message: 'is required' }])
+  expect(admitData('reaction.sent', { stream: 's' })).toEqual([{ path: '/data/emoji', message: 'is required and must be one emoji' }])
+  expect(checkData('poll.opened', { stream: 's', poll: 'p' })).toEqual([
+    { path: '/data/question', message: 'is required and must be 1-280 characters with no control characters (nor an unpaired surrogate)' },
+    { path: '/data/options', message: 'is required' },
+  ])
+})

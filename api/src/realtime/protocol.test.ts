@@ -72,3 +72,10 @@ test('a channel that is none of the kinds is invalid_frame saying which channels
   expect(parseFrame({ op: 'subscribe', channel: 'chat:r', since: -1 })).toMatchObject({ ok: false, error: { code: 'invalid_frame', message: 'malformed subscribe frame' } })
   expect(parseFrame({ op: 'subscribe', channel: 'chat:r', sinse: 1 })).toMatchObject({ ok: false, error: { message: 'unknown field /sinse in the subscribe frame' } })
 })
+
+test('a frame missing a field gets one problem for it, saying it is required, not a second about the value it lacks', () => {
+  expect(parseFrame({ op: 'auth', ref: 'a1' })).toMatchObject({ ok: false, error: { code: 'invalid_frame', details: [{ path: '/token', message: 'is required' }] } })
+  expect(parseFrame({ op: 'publish', ref: 'p1' })).toMatchObject({ ok: false, error: { code: 'invalid_frame', details: [{ path: '/event', message: 'is required' }] } })
+  const sub = parseFrame({ op: 'subscribe', ref: 's1' }) as { ok: false; error: { details: { path: string; message: string }[] } }
+  expect(sub.error.details).toEqual([{ path: '/channel', message: 'is required' }])
+})
