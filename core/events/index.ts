@@ -32,6 +32,16 @@ type Contract<T extends TSchema> = {
 const contract = <T extends TSchema>(c: Contract<T>) => c
 
 /**
+ * The first of `fields` (those given) whose text a viewer cannot read (only spaces or characters
+ * that show as nothing, see visibleText), as a problem: such text is refused at the door, like a
+ * blank poll question.
+ */
+function blankAt<D extends object>(data: D, fields: (keyof D & string)[]): DataProblem | undefined {
+  const field = fields.find((f) => typeof data[f] === 'string' && visibleText(data[f] as string) === '')
+  return field === undefined ? undefined : { path: `/data/${field}`, message: 'is blank' }
+}
+
+/**
  * Every event type Fanfare accepts. The part of the type before the first dot names the
  * projection area that consumes it (`score.*` → leaderboards, `chat.*` → chat). Who may publish
  * each is the API's table (api/src/auth/permissions.ts).
@@ -46,18 +56,21 @@ export const contracts = {
     version: 1,
     schema: ChatMessagePosted,
     key: (d) => d.room,
+    // A message that shows as nothing is an empty line for the whole room; stored ones still apply.
+    admit: (d) => blankAt(d, ['text']),
   }),
   'chat.message.deleted': contract({
     version: 1,
     schema: ChatMessageDeleted,
     key: (d) => d.room,
   }),
-  'stream.started': contract({ version: 1, schema: StreamStarted, key: (d) => d.stream }),
+  'stream.started': contract({ version: 1, schema: StreamStarted, key: (d) => d.stream, admit: (d) => blankAt(d, ['title', 'category']) }),
   'stream.updated': contract({
     version: 1,
     schema: StreamUpdated,
     key: (d) => d.stream,
     check: (d) => (d.title === undefined && d.category === undefined ? { path: '/data', message: 'give a title or a category' } : undefined),
+    admit: (d) => blankAt(d, ['title', 'category']),
   }),
   'stream.ended': contract({ version: 1, schema: StreamEnded, key: (d) => d.stream }),
   'stream.viewers.sampled': contract({ version: 1, schema: StreamViewersSampled, key: (d) => d.stream }),

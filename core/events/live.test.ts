@@ -56,3 +56,21 @@ describe('poll.opened: text a viewer cannot read is blank', () => {
     expect(admitData('poll.opened', poll('Which?', ['👩\u200d👩\u200d👧', 'b']))).toEqual([])
   })
 })
+
+describe('chat messages and stream titles: text a viewer cannot read is blank', () => {
+  test('a chat message, stream title or category of only spaces or zero-width characters is refused at the door; stored ones still apply', () => {
+    // A message of one zero-width space was accepted and shown to the whole room as an empty line,
+    // where a poll with such a question was refused.
+    for (const blank of [' ', '\u200b', '\u200b\u200d', '\u3164', '\u00ad ', '\u202e']) {
+      const message = { room: 'lobby', user: 'ann', text: blank }
+      expect([blank, admitData('chat.message.posted', message)]).toEqual([blank, [{ path: '/data/text', message: 'is blank' }]])
+      expect(checkData('chat.message.posted', message)).toEqual([])
+      expect([blank, admitData('stream.started', { stream: 'tv', title: blank })]).toEqual([blank, [{ path: '/data/title', message: 'is blank' }]])
+      expect([blank, admitData('stream.started', { stream: 'tv', title: 'Finals', category: blank })]).toEqual([blank, [{ path: '/data/category', message: 'is blank' }]])
+      expect([blank, admitData('stream.updated', { stream: 'tv', title: blank })]).toEqual([blank, [{ path: '/data/title', message: 'is blank' }]])
+      expect([blank, admitData('stream.updated', { stream: 'tv', category: blank })]).toEqual([blank, [{ path: '/data/category', message: 'is blank' }]])
+      expect(checkData('stream.started', { stream: 'tv', title: blank })).toEqual([])
+    }
+    for (const text of ['gg', ' gg ', '👩\u200d👩\u200d👧', '\u202eevil']) expect(admitData('chat.message.posted', { room: 'lobby', user: 'ann', text })).toEqual([])
+  })
+})
