@@ -18,6 +18,8 @@ const isOpen = (p: PollView, now: number) => p.status === 'open' && (p.closesAt 
 /**
  * Live streams: `state` changes replace the stream's fields; `poll` changes open, update or close
  * one of its polls. The open polls are listed until they close, by event or by their `closesAt`.
+ * Their tallies are those the channel gave (at the snapshot, or when the poll opened): the channel
+ * announces a poll opening and closing, not its votes; follow `poll:<id>` for live tallies.
  */
 export const stream: StateHelper<StreamState, ChannelUpdates['stream']> = {
   apply(state, u) {
