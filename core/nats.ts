@@ -55,6 +55,50 @@ export async function connectNats(url: string, name: string): Promise<NatsConnec
   }
 }
 
+/** How long a process waits at start for JetStream to answer its requests (see untilJetStreamAnswers). */
+export const JETSTREAM_START_WAIT_MS = 60_000
+
+/**
+ * Thrown at start when JetStream left the process's requests unanswered for the whole wait: a
+ * NATS cluster short of a majority of its servers, or JetStream overloaded. Names NATS_URL's
+ * servers (never the login) and what to look at.
+ */
+export class JetStreamNotAnswering extends StartFailure {
+  constructor(url: string, waitMs: number, cause: unknown) {
+    super(
+      `JetStream at NATS_URL (${parseNatsServers(url).servers.join(', ')}) did not answer for ${Math.round(waitMs / 1000)} s: ` +
+        `on a cluster, check that a majority of its servers is up and routed to each other (a stream without a majority has no leader)`,
+      { cause },
+    )
+    this.name = 'JetStreamNotAnswering'
+  }
+}
+
+/**
+ * Runs a process's JetStream steps at start (ensuring the streams, reading their settings, opening
+ * the buckets) again while JetStream leaves a request unanswered. On a cluster a stream, or the
+ * meta group, whose leader's server just died answers nothing until its followers elect another
+ * (4-9 s in nats-server 2.9, more on a loaded machine), and nothing at all while a majority of its
+ * servers is down: an API node, a worker or `npm run migrate` started then used to exit at once
+ * with a bare "TimeoutError: timeout" (the upgrade command with a stack trace). The steps must be
+ * safe to run again (they create what is missing and read). Each retry is logged with `warn`;
+ * after `waitMs` JetStreamNotAnswering is thrown. Other errors are thrown at once.
+ */
+export async function untilJetStreamAnswers<T>(steps: () => Promise<T>, opts: { url: string; warn: (message: string) => void; waitMs?: number }): Promise<T> {
+  const waitMs = opts.waitMs ?? JETSTREAM_START_WAIT_MS
+  const deadline = Date.now() + waitMs
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await steps()
+    } catch (err) {
+      if ((err as Error)?.name !== 'TimeoutError') throw err
+      if (Date.now() >= deadline) throw new JetStreamNotAnswering(opts.url, waitMs, err)
+      opts.warn(`JetStream did not answer in time (a NATS cluster electing a stream's leader, or short of a majority of its servers?): trying again (attempt ${attempt + 1})`)
+      await new Promise((r) => setTimeout(r, 1000))
+    }
+  }
+}
+
 /** Names of the streams and buckets one Fanfare deployment uses, derived from its config. */
 export type Topology = {
   /** Events, subjects `<prefix>.ev.<partition>.<type>`. */

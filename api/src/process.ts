@@ -3,7 +3,7 @@ import { checkMigrated, checkReachable, connectPostgres } from '../../core/db/cl
 import { watchDatabase } from '../../core/db/watch'
 import { createLogger } from '../../core/logger'
 import { startObservability } from '../../core/observability'
-import { checkPublishPermissions, checkSubscribePermissions, connectNats, ensureStreams, topology } from '../../core/nats'
+import { checkPublishPermissions, checkSubscribePermissions, connectNats, ensureStreams, topology, untilJetStreamAnswers } from '../../core/nats'
 import type { StopSignals } from '../../core/stop-signals'
 import { readStreamSettings } from '../../core/stream-settings'
 import { checkPorts } from '../../core/listen'
@@ -60,9 +60,11 @@ export async function runApi(signals: StopSignals) {
   const nc = await connectNats(config.NATS_URL!, 'fanfare-api')
   // First: a user denied its inbox would otherwise fail in ensureStreams' first JetStream request.
   await checkSubscribePermissions(nc, topology(config), 'api')
-  const jsm = await ensureStreams(nc, config)
   // What the node tells clients (the de-dup window) is what the streams have, not its own env.
-  const settled = await readStreamSettings(jsm, config, logger)
+  const settled = await untilJetStreamAnswers(async () => readStreamSettings(await ensureStreams(nc, config), config, logger), {
+    url: config.NATS_URL!,
+    warn: (message) => logger.warn(message),
+  })
   await checkPublishPermissions(nc, topology(config), 'api')
   const api = await startApi({ config: settled, db: database.db, readDb: readDatabase?.db, nc, logger, metrics: observability.metrics })
 

@@ -1,5 +1,6 @@
 import { ConfigError, loadConfig } from '../config'
-import { connectNats, NatsUnreachable } from '../nats'
+import { connectNats, NatsUnreachable, untilJetStreamAnswers } from '../nats'
+import { StartFailure, startFailure } from '../start-failure'
 import { upgradeNats } from '../upgrade'
 import { connectPostgres, migrate } from './client'
 import { dbErrorSummary } from './errors'
@@ -52,9 +53,14 @@ if (config.NATS_URL) {
     process.exit(1)
   }
   try {
-    const done = await upgradeNats(nc, config, database?.db)
+    const done = await untilJetStreamAnswers(() => upgradeNats(nc, config, database?.db), { url: config.NATS_URL, warn: (message) => console.error(message) })
     for (const line of done) console.log(`nats: ${line}`)
     console.log(`nats streams and buckets match the config (${config.FANFARE_REPLICAS} replica${config.FANFARE_REPLICAS === 1 ? '' : 's'})`)
+  } catch (err) {
+    // Said in one line, as a node says why it cannot start; anything else is a bug, with its stack.
+    if (!(err instanceof StartFailure)) throw err
+    console.error(`cannot upgrade NATS: ${startFailure(err)}`)
+    process.exitCode = 1
   } finally {
     await nc.close()
   }

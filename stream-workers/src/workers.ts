@@ -7,7 +7,7 @@ import type { Db } from '../../core/db/client'
 import type { DatabaseWatch } from '../../core/db/watch'
 import type { Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
-import { ensureStreams, topology } from '../../core/nats'
+import { ensureStreams, topology, untilJetStreamAnswers } from '../../core/nats'
 import { readStreamSettings } from '../../core/stream-settings'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createAckedPublisher } from '../../core/acked-publish'
@@ -89,12 +89,17 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const workerId = `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`
   const logger = deps.logger.child({ workerId })
   await checkCheckpointStream(db, t.eventStream)
-  const jsm = await ensureStreams(nc, deps.config)
-  // The retention the runners and the retention watch check against is the event stream's, not this process's env.
-  const config = await readStreamSettings(jsm, deps.config, logger)
+  const { jsm, config, kv } = await untilJetStreamAnswers(
+    async () => {
+      const jsm = await ensureStreams(nc, deps.config)
+      // The retention the runners and the retention watch check against is the event stream's, not this process's env.
+      const config = await readStreamSettings(jsm, deps.config, logger)
+      return { jsm, config, kv: await openLeaseBucket(nc, config) }
+    },
+    { url: deps.config.NATS_URL ?? '', warn: (message) => logger.warn(message) },
+  )
   const js = jetstream(nc)
   const publisher = createAckedPublisher(nc)
-  const kv = await openLeaseBucket(nc, config)
   const projections = deps.projections ?? allProjections
   const metrics = deps.metrics ?? createMetrics()
   let fatalReported = false

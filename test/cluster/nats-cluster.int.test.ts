@@ -405,3 +405,55 @@ describe('NATS cluster: the upgrade command', () => {
     for (const name of deploymentStreams(topology(config))) expect((await jsm.streams.info(name)).config.num_replicas).toBe(3)
   }, 90_000)
 })
+
+/**
+ * A process started while JetStream cannot answer (a stream electing its leader after a server's
+ * death, or, made lasting here, a cluster short of a majority) waits for it and starts once it
+ * answers, as the README's "listing all of them lets a process start while one is down" promises:
+ * the upgrade command, an API node and a worker each used to exit at once with a bare
+ * "TimeoutError: timeout" (the upgrade command with a stack trace).
+ */
+describe('NATS cluster: processes started while JetStream cannot answer', () => {
+  const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-nats-noquorum-'))
+  let cluster: PrivateNatsCluster | undefined
+  let env: TestEnv | undefined
+  const procs: Proc[] = []
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await cluster?.stop()
+    await env?.cleanup()
+    rmSync(storeDir, { recursive: true, force: true })
+  })
+
+  test('the upgrade command, an API node and a worker wait for a majority, then start', async () => {
+    cluster = privateNatsCluster({ size: 3, storeDir })
+    await cluster.start()
+    env = await createTestEnv({ FANFARE_REPLICAS: '3', LOG_LEVEL: 'warn' })
+    const vars: Record<string, string> = { ...env.vars, NATS_URL: cluster.url }
+    const first = spawnProc('migrate', 'core/db/migrate-cli.ts', vars)
+    procs.push(first)
+    expect(await first.proc.exited, first.output()).toBe(0)
+
+    // Two of three servers gone: no stream has a leader, JetStream leaves every request unanswered.
+    const [, b, c] = cluster.nodes
+    await Promise.all([b.kill(), c.kill()])
+    const port = freePort()
+    const migrate = spawnProc('migrate-2', 'core/db/migrate-cli.ts', vars)
+    const api = spawnProc('api', 'api/src/main.ts', { ...vars, PORT: String(port), HOST: '127.0.0.1' })
+    const worker = spawnProc('worker', 'stream-workers/src/main.ts', vars)
+    procs.push(migrate, api, worker)
+    for (const p of [migrate, api, worker]) {
+      await until(`${p.name} to say it waits for JetStream`, () => {
+        if (p.proc.exitCode !== null) throw new Error(`${p.name} exited ${p.proc.exitCode} instead of waiting:\n${p.output().slice(-2000)}`)
+        return p.output().includes('JetStream did not answer in time')
+      }, 40_000, 100)
+    }
+
+    await Promise.all([b.start(), c.start()])
+    expect(await migrate.proc.exited, migrate.output()).toBe(0)
+    await waitReady(`http://127.0.0.1:${port}`, [api, worker], 60_000)
+    const res = await postStored(apiAt(port, vars), [scoreEvent(`q-${Date.now()}`, 'quorum', 'p1', 1)], { resendForMs: 30_000 })
+    expect(res.status).toBe(202)
+    expect(worker.proc.exitCode).toBeNull()
+  }, 180_000)
+})
