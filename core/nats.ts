@@ -382,6 +382,20 @@ export class MaxPayloadTooSmall extends StartFailure {
 }
 
 /**
+ * Thrown at start when FANFARE_REPLICAS is above 1 but the NATS server is not part of a cluster: an
+ * operator's mistake, said in one line (it used to come with a stack trace, as a bug does).
+ */
+export class ReplicasWithoutCluster extends StartFailure {
+  constructor(replicas: number, server: string) {
+    super(
+      `FANFARE_REPLICAS is ${replicas} but the NATS server ${server} is not part of a cluster: ` +
+        `set FANFARE_REPLICAS=1, or point NATS_URL at a cluster of at least ${replicas} servers (README "Running on a NATS cluster")`,
+    )
+    this.name = 'ReplicasWithoutCluster'
+  }
+}
+
+/**
  * Creates the event and change streams that are missing, with the config's settings (retention,
  * dedup window, history, FANFARE_REPLICAS, the hub's sources). Existing streams are checked (the
  * partition count, the subject prefix) but their settings are left as they are, unless `apply`:
@@ -399,12 +413,7 @@ export class MaxPayloadTooSmall extends StartFailure {
 export async function ensureStreams(nc: NatsConnection, config: Config, opts: { apply?: boolean } = {}): Promise<JetStreamManager> {
   // nats-server refuses a new stream of several replicas on a server outside a cluster, but takes
   // the update of an existing one (its info then says 3 replicas while one copy exists): refuse both.
-  if (config.FANFARE_REPLICAS > 1 && !nc.info?.cluster) {
-    throw new Error(
-      `FANFARE_REPLICAS is ${config.FANFARE_REPLICAS} but the NATS server ${nc.info?.server_name ?? ''} is not part of a cluster: ` +
-        `set FANFARE_REPLICAS=1, or point NATS_URL at a cluster of at least ${config.FANFARE_REPLICAS} servers (README "Running on a NATS cluster")`,
-    )
-  }
+  if (config.FANFARE_REPLICAS > 1 && !nc.info?.cluster) throw new ReplicasWithoutCluster(config.FANFARE_REPLICAS, nc.info?.server_name ?? '')
   const maxPayload = nc.info?.max_payload
   if (maxPayload !== undefined && maxPayload < MIN_MAX_PAYLOAD) throw new MaxPayloadTooSmall(nc.info?.server_name ?? '', maxPayload)
   const jsm = await jetstreamManager(nc)
