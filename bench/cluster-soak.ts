@@ -107,6 +107,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 
 async function main() {
   const opts = parseOptions(process.argv.slice(2))
+  if (!(opts.seconds >= 40)) throw new Error(`--seconds must be at least 40 (the second kill comes at 35 s), got ${opts.seconds}`)
   const base = mkdtempSync(join(tmpdir(), 'fanfare-cluster-soak-'))
   const checkout = await cloneCheckout(opts.repo, join(base, 'repo'))
   console.log(`cluster soak of ${opts.repo} at ${checkout.commit} (clone in ${checkout.dir})`)
