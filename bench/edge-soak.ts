@@ -1,5 +1,5 @@
 /**
- * `bun bench/edge-soak.ts [--repo=<path>] [--seconds=30] [--keep]`: the outside check of the
+ * `bun bench/edge-soak.ts [--repo=<path>] [--seconds=30] [--leaf-restart] [--keep]`: the outside check of the
  * README's "Running at the edge". A hub nats-server and an edge leaf server with the README's
  * configs (plus this machine's ports), a TCP proxy on the leaf link (core/testing/tcp-proxy.ts),
  * and Fanfare from a fresh `git clone` run as the README says: `FANFARE_EDGE_DOMAINS=edge-eu npm run
@@ -13,7 +13,9 @@
  * again (still cut off); at 12 s a subscriber joins at the edge; at 20 s the link is restored. The
  * run exits non-zero if an acknowledged event is lost or applied twice, a key's scores go
  * backwards, a subscriber saw a silent gap or ends unequal to the REST board, or the edge refused
- * an event while cut off other than while its node was down.
+ * an event while cut off other than while its node was down. `--leaf-restart` instead SIGKILLs the
+ * edge's leaf server at 5 s and starts it again (same store) at 10 s: the edge answers 503 while
+ * it is down, then everything as after a cut.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -35,32 +37,41 @@ const RESTORE_AT_MS = 20_000
 
 function parseOptions(argv: string[]) {
   const value = (name: string) => argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3)
-  return { repo: resolve(value('repo') ?? resolve(import.meta.dir, '..')), seconds: Number(value('seconds') ?? 30), keep: argv.includes('--keep') }
+  return { repo: resolve(value('repo') ?? resolve(import.meta.dir, '..')), seconds: Number(value('seconds') ?? 30), keep: argv.includes('--keep'), leafRestart: argv.includes('--leaf-restart') }
 }
 
-type Server = { url: string; stop: () => Promise<void>; log: () => string }
+type Server = { url: string; start: () => Promise<void>; kill: () => Promise<void>; stop: () => Promise<void>; log: () => string }
 
-/** A nats-server run with `conf` (written into `dir`), once it accepts connections. */
-async function natsServer(dir: string, port: number, conf: string): Promise<Server> {
+/** A nats-server run with `conf` (written into `dir`); started again on the same config and store. */
+function natsServer(dir: string, port: number, conf: string): Server {
   const binary = findNatsServer()
   if (!binary) throw new Error('nats-server is not installed')
   mkdirSync(dir, { recursive: true })
   writeFileSync(join(dir, 'nats-server.conf'), conf)
-  const proc: Subprocess = Bun.spawn([binary, '-c', join(dir, 'nats-server.conf')], { stdout: 'ignore', stderr: 'pipe' })
+  let proc: Subprocess | undefined
   let log = ''
-  void (async () => {
-    const decoder = new TextDecoder()
-    for await (const chunk of proc.stderr as ReadableStream<Uint8Array>) log = (log + decoder.decode(chunk)).slice(-50_000)
-  })()
   const url = `nats://127.0.0.1:${port}`
-  await waitUntilReady(url, proc, 15_000)
+  const end = async (signal: 'SIGTERM' | 'SIGKILL') => {
+    const p = proc
+    proc = undefined
+    if (!p || p.exitCode !== null) return
+    p.kill(signal)
+    await p.exited
+  }
   return {
     url,
     log: () => log,
-    stop: async () => {
-      proc.kill('SIGTERM')
-      await proc.exited
+    start: async () => {
+      const started = Bun.spawn([binary, '-c', join(dir, 'nats-server.conf')], { stdout: 'ignore', stderr: 'pipe' })
+      proc = started
+      void (async () => {
+        const decoder = new TextDecoder()
+        for await (const chunk of started.stderr as ReadableStream<Uint8Array>) log = (log + decoder.decode(chunk)).slice(-50_000)
+      })()
+      await waitUntilReady(url, started, 15_000)
     },
+    kill: () => end('SIGKILL'),
+    stop: () => end('SIGTERM'),
   }
 }
 
@@ -109,20 +120,21 @@ async function main() {
     // The README's configs; `advertise` keeps the proxy the leaf's one way to the hub (it would
     // otherwise learn the hub's own leafnode port and reconnect around the cut).
     servers.push(
-      await natsServer(
+      natsServer(
         join(base, 'hub'),
         hubPort,
         `host: 127.0.0.1\nport: ${hubPort}\njetstream { store_dir: ${JSON.stringify(join(base, 'hub'))}, domain: hub }\nleafnodes { host: 127.0.0.1, port: ${leafPort}, advertise: "127.0.0.1:${proxyPort}" }\n`,
       ),
     )
     servers.push(
-      await natsServer(
+      natsServer(
         join(base, 'edge'),
         edgePort,
         `host: 127.0.0.1\nport: ${edgePort}\njetstream { store_dir: ${JSON.stringify(join(base, 'edge'))}, domain: edge-eu }\n` +
           `leafnodes {\n  remotes: [ { url: "nats-leaf://127.0.0.1:${proxyPort}",\n               deny_imports: ["fanfare.ev.>"], deny_exports: ["fanfare.ev.>"] } ]\n}\n`,
       ),
     )
+    for (const server of servers) await server.start()
     const common: Record<string, string> = {
       DATABASE_URL: dbUrl,
       HOST: '127.0.0.1',
@@ -158,6 +170,16 @@ async function main() {
     const versions = () => subs.map((s) => `${s.name} ${s.version}`).join(', ')
     let edgeDown: [number, number] = [0, 0]
     const faults = (async () => {
+      if (opts.leafRestart) {
+        // The leaf server dies and comes back with its store (README/design: "as after a cut").
+        await at(CUT_AT_MS)
+        await servers[1].kill()
+        note(`edge nats-server SIGKILLed; ${versions()}`)
+        await at(CUT_AT_MS + 5_000)
+        await servers[1].start()
+        note(`edge nats-server started again; ${versions()}`)
+        return
+      }
       await at(CUT_AT_MS)
       proxy.cut()
       note(`leaf link cut; ${versions()}`)
@@ -183,7 +205,8 @@ async function main() {
     const lane = (api: Api, n: number) => ingestLane(api, id, n, startedAt, endAt, ledger)
     await Promise.all([faults, ...Array.from({ length: EDGE_LANES }, (_, n) => lane(edge, n)), lane(hub, EDGE_LANES)])
     const verdict = await judge(hub, dbUrl, ledger, subs, Date.now() - startedAt)
-    const refused = Object.entries(ledger.answers).filter(([k]) => k !== '202' && !k.startsWith('0 connection'))
+    // While its leaf server is down, the edge answers 503: expected then.
+    const refused = Object.entries(ledger.answers).filter(([k]) => k !== '202' && !k.startsWith('0 connection') && !(opts.leafRestart && k.startsWith('503')))
     if (refused.length > 0) verdict.broken.push(`refusals other than a connection to the restarting edge node: ${refused.map(([k, v]) => `${k} x${v}`).join(', ')}`)
     const exited = procs.filter((p) => p !== migrate && p.name !== 'api-edge' && p.proc.exitCode !== null)
     if (exited.length > 0) verdict.broken.push(`processes exited: ${exited.map((p) => `${p.name} (${p.proc.exitCode})`).join(', ')}`)
