@@ -4,7 +4,7 @@ import type { Config } from './config'
 import { openLeaseBucket } from './leases'
 import { sql } from 'drizzle-orm'
 import { rowsOf, type Db } from './db/client'
-import { ensureStreams, incarnationOf, isNotFound, legacyChangeStream, streamExists, topology, withIncarnation } from './nats'
+import { ensureStreams, incarnationOf, isNotFound, legacyChangeStream, siteOf, streamExists, topology, withIncarnation } from './nats'
 import { openJobBucket } from './rebuild-jobs'
 
 /**
@@ -89,7 +89,8 @@ const steps: UpgradeStep[] = [
 /**
  * The NATS part of `npm run migrate`: runs the pending upgrade steps, then creates or updates every
  * stream and bucket to match the config, the buckets' replica count included (a node opening an
- * existing bucket does not change it). Returns what it did, one line each.
+ * existing bucket does not change it). Returns what it did, one line each. Run with an edge
+ * site's config (FANFARE_EDGE_DOMAIN, NATS_URL its leaf server) it sets that site's streams.
  */
 export async function upgradeNats(nc: NatsConnection, config: Config, db?: Db): Promise<string[]> {
   const done: string[] = []
@@ -100,6 +101,9 @@ export async function upgradeNats(nc: NatsConnection, config: Config, db?: Db): 
   }
   // The one writer of the streams' settings (nodes only create missing streams).
   await ensureStreams(nc, config, { apply: true })
+  // An edge site's upgrade (its own event stream and mirrors): leases and rebuild jobs are the
+  // hub's, an edge has no buckets (it used to get both, unused, in its domain).
+  if (siteOf(config).kind === 'edge') return done
   await openLeaseBucket(nc, config)
   await openJobBucket(nc, config)
   const t = topology(config)

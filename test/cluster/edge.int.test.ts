@@ -6,7 +6,8 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import postgres from 'postgres'
 import { connect } from '@nats-io/transport-node'
 import { loadConfig } from '../../core/config'
-import { ensureStreams } from '../../core/nats'
+import { connectNats, deploymentStreams, ensureStreams, topology } from '../../core/nats'
+import { upgradeNats } from '../../core/upgrade'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
 import { privateNats, type PrivateNats } from './private-nats'
@@ -221,4 +222,50 @@ describe('edge site (NATS leaf node)', () => {
     for (const v of views) v.client.close()
     await stopCleanly(apiProc, hubApiProc, worker)
   }, 120_000)
+})
+
+/**
+ * `npm run migrate` at an edge (the leaf server's NATS_URL, FANFARE_EDGE_DOMAIN): the one writer of
+ * the edge's stream settings, as at the hub (README "Running at the edge"), say a longer
+ * FANFARE_EVENT_RETENTION_MS. It sets the edge's event stream and mirrors, and creates no KV
+ * bucket there: leases and rebuild jobs are the hub's (it used to create both in the edge's domain).
+ */
+describe('the upgrade command at an edge site', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fanfare-edge-upgrade-'))
+  let hub: PrivateNats | undefined
+  let edge: PrivateNats | undefined
+  afterAll(async () => {
+    await edge?.stop()
+    await hub?.stop()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  test("sets the edge's streams and leaves the buckets to the hub", async () => {
+    const id = Math.random().toString(36).slice(2, 8)
+    const base = { FANFARE_STREAM: `EU_${id}`, FANFARE_SUBJECT_PREFIX: `eu_${id}` }
+    const leafPort = freePort()
+    hub = privateNats({ port: freePort(), storeDir: join(dir, 'hub'), domain: 'hub', leafPort })
+    edge = privateNats({ port: freePort(), storeDir: join(dir, 'edge'), domain: EDGE, remote: { url: `nats-leaf://127.0.0.1:${leafPort}`, deny: [`eu_${id}.ev.>`] } })
+    await hub.start()
+    await edge.start()
+    const hubNc = await connectNats(hub.url, 'edge-upgrade-hub')
+    const edgeNc = await connectNats(edge.url, 'edge-upgrade-edge')
+    try {
+      await upgradeNats(hubNc, loadConfig({ ...base, FANFARE_EDGE_DOMAINS: EDGE }))
+      const edgeConfig = loadConfig({ ...base, FANFARE_EDGE_DOMAIN: EDGE, FANFARE_HUB_DOMAIN: 'hub' })
+      // The edge's first node created its streams with the default retention (forever).
+      await ensureStreams(edgeNc, edgeConfig)
+      const week = 7 * 24 * 3600 * 1000
+      await upgradeNats(edgeNc, { ...edgeConfig, FANFARE_EVENT_RETENTION_MS: week })
+      const edgeJsm = await jetstreamManager(edgeNc)
+      expect((await edgeJsm.streams.info(base.FANFARE_STREAM)).config.max_age).toBe(week * 1_000_000)
+      const names: string[] = []
+      for await (const name of edgeJsm.streams.names()) names.push(name)
+      expect(names.filter((n) => n.startsWith('KV_'))).toEqual([])
+      expect(names.sort()).toEqual(deploymentStreams(topology(edgeConfig)).filter((n) => !n.startsWith('KV_')).sort())
+    } finally {
+      await edgeNc.close()
+      await hubNc.close()
+    }
+  }, 60_000)
 })
