@@ -1,5 +1,5 @@
 /**
- * `bun bench/cluster-soak.ts [--repo=<path>] [--seconds=50] [--majority] [--keep]`: the outside check of the
+ * `bun bench/cluster-soak.ts [--repo=<path>] [--seconds=50] [--majority | --rolling] [--keep]`: the outside check of the
  * README's "Running on a NATS cluster". Three nats-servers started with the README's command line
  * (its flags, plus each server's own client, monitoring and route ports: one machine), Fanfare from
  * a fresh `git clone` run as the README says (`npm run migrate` with `FANFARE_REPLICAS=3` and a
@@ -15,7 +15,8 @@
  * scores go backwards, a subscriber saw a silent gap or ends unequal to the REST board, or ingest
  * stood still longer than MAX_SILENCE_MS (nats-server 2.9 elects after 4-9 s). `--majority`: at 5 s
  * the leader and another server are SIGKILLed (no stream has a leader), at 15 s both are started
- * again; the same checks but the silence bound.
+ * again; the same checks but the silence bound. `--rolling`: from 5 s each server in turn is
+ * stopped (SIGTERM) and started again, the next once every stream's replicas are current.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -33,7 +34,7 @@ const SUBSCRIBERS_PER_NODE = 2
 /** The longest ingest may stand still around a kill: the election (4-9 s) plus a publish timeout (5 s) and a loaded machine's slack. */
 const MAX_SILENCE_MS = 20_000
 
-type Options = { repo: string; seconds: number; keep: boolean; majority: boolean }
+type Options = { repo: string; seconds: number; keep: boolean; majority: boolean; rolling: boolean }
 
 function parseOptions(argv: string[]): Options {
   const value = (name: string) => argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3)
@@ -42,11 +43,12 @@ function parseOptions(argv: string[]): Options {
     seconds: Number(value('seconds') ?? 50),
     keep: argv.includes('--keep'),
     majority: argv.includes('--majority'),
+    rolling: argv.includes('--rolling'),
   }
 }
 
 /** One nats-server of the cluster, started with the README's flags; killed and started again on the same ports and store. */
-type NatsNode = { name: string; url: string; monitor: string; start: () => Promise<void>; kill: () => Promise<void>; running: () => boolean; log: () => string }
+type NatsNode = { name: string; url: string; monitor: string; start: () => Promise<void>; kill: (signal?: 'SIGKILL' | 'SIGTERM') => Promise<void>; running: () => boolean; log: () => string }
 
 function natsNodes(base: string): NatsNode[] {
   const binary = findNatsServer()
@@ -77,12 +79,12 @@ function natsNodes(base: string): NatsNode[] {
         })()
         await waitUntilReady(url, started, 15_000)
       },
-      kill: async () => {
+      kill: (signal = 'SIGKILL') => {
         const p = proc
         proc = undefined
-        if (!p || p.exitCode !== null) return
-        p.kill('SIGKILL')
-        await p.exited
+        if (!p || p.exitCode !== null) return Promise.resolve()
+        p.kill(signal)
+        return p.exited.then(() => {})
       },
     }
   })
@@ -98,6 +100,28 @@ async function leaderOf(nodes: NatsNode[], stream: string): Promise<string | und
     if (detail?.cluster?.leader) return detail.cluster.leader
   }
   return undefined
+}
+
+/**
+ * Whether every stream has a leader whose replicas are all current: each stream as its leader's
+ * monitoring endpoint reports it (another server's view of a follower is not kept up to date).
+ */
+async function allCurrent(nodes: NatsNode[]): Promise<boolean> {
+  type Detail = { name: string; cluster?: { leader?: string; replicas?: { current: boolean }[] } }
+  const names = new Set<string>()
+  const good = new Set<string>()
+  for (const n of nodes.filter((n) => n.running())) {
+    const jsz = (await fetch(`${n.monitor}/jsz?streams=1`, { signal: AbortSignal.timeout(2000) })
+      .then((r) => r.json())
+      .catch(() => undefined)) as { account_details?: { stream_detail?: Detail[] }[] } | undefined
+    if (!jsz) return false
+    for (const d of jsz.account_details?.flatMap((a) => a.stream_detail ?? []) ?? []) {
+      names.add(d.name)
+      const replicas = d.cluster?.replicas ?? []
+      if (d.cluster?.leader === n.name && replicas.length === SERVERS - 1 && replicas.every((r) => r.current)) good.add(d.name)
+    }
+  }
+  return names.size > 0 && [...names].every((name) => good.has(name))
 }
 
 const teardowns = new Set<() => Promise<void>>()
@@ -181,6 +205,18 @@ async function main() {
     }
     const faults = (async () => {
       await at(5000)
+      if (opts.rolling) {
+        // An upgrade's rolling restart: each server stopped (SIGTERM) and started again, the next
+        // one once every stream reports its replicas current again.
+        for (const n of nodes) {
+          note(startedAt, `SIGTERM ${n.name} (event stream leader: ${await leaderOf(nodes, 'FANFARE')})`)
+          await n.kill('SIGTERM')
+          await n.start()
+          await until(`every stream current after ${n.name}'s restart`, () => allCurrent(nodes), 60_000, 500)
+          note(startedAt, `${n.name} back, every stream current`)
+        }
+        return
+      }
       const first = await killLeader()
       if (opts.majority) {
         // Two of three down: no stream has a leader until one returns.
