@@ -75,14 +75,24 @@ export class JetStreamNotAnswering extends StartFailure {
 }
 
 /**
+ * A JetStream request left unanswered (a timeout), or answered "JetStream system temporarily
+ * unavailable" (10008, while a cluster's meta group has no leader, e.g. as servers come back).
+ */
+function jetStreamElecting(err: unknown): boolean {
+  const e = err as { name?: string; code?: number }
+  return e?.name === 'TimeoutError' || (e?.name === 'JetStreamApiError' && e.code === 10008)
+}
+
+/**
  * Runs a process's JetStream steps at start (ensuring the streams, reading their settings, opening
  * the buckets) again while JetStream leaves a request unanswered. On a cluster a stream, or the
  * meta group, whose leader's server just died answers nothing until its followers elect another
  * (4-9 s in nats-server 2.9, more on a loaded machine), and nothing at all while a majority of its
- * servers is down: an API node, a worker or `npm run migrate` started then used to exit at once
- * with a bare "TimeoutError: timeout" (the upgrade command with a stack trace). The steps must be
- * safe to run again (they create what is missing and read). Each retry is logged with `warn`;
- * after `waitMs` JetStreamNotAnswering is thrown. Other errors are thrown at once.
+ * servers is down, then "temporarily unavailable" while the servers come back: an API node, a
+ * worker or `npm run migrate` started then used to exit at once with a bare "TimeoutError:
+ * timeout" (the upgrade command with a stack trace). The steps must be safe to run again (they
+ * create what is missing and read). Each retry is logged with `warn`; after `waitMs`
+ * JetStreamNotAnswering is thrown. Other errors are thrown at once.
  */
 export async function untilJetStreamAnswers<T>(steps: () => Promise<T>, opts: { url: string; warn: (message: string) => void; waitMs?: number }): Promise<T> {
   const waitMs = opts.waitMs ?? JETSTREAM_START_WAIT_MS
@@ -91,9 +101,9 @@ export async function untilJetStreamAnswers<T>(steps: () => Promise<T>, opts: { 
     try {
       return await steps()
     } catch (err) {
-      if ((err as Error)?.name !== 'TimeoutError') throw err
+      if (!jetStreamElecting(err)) throw err
       if (Date.now() >= deadline) throw new JetStreamNotAnswering(opts.url, waitMs, err)
-      opts.warn(`JetStream did not answer in time (a NATS cluster electing a stream's leader, or short of a majority of its servers?): trying again (attempt ${attempt + 1})`)
+      opts.warn(`JetStream did not answer in time (${(err as Error).message}: a NATS cluster electing a leader, or short of a majority of its servers?): trying again (attempt ${attempt + 1})`)
       await new Promise((r) => setTimeout(r, 1000))
     }
   }
