@@ -578,7 +578,7 @@ async function upsertStream(
     // which a NATS restart may have moved since the workers read it.
     const incarnation = incarnationOf(existing.config.description)
     const description = incarnation ? withIncarnation(cfg.description, incarnation) : cfg.description
-    if (apply) return void (await jsm.streams.update(cfg.name, { ...cfg, description }))
+    if (apply) return void (await jsm.streams.update(cfg.name, { ...cfg, description }).catch((err) => Promise.reject(tooFewServers(cfg, err))))
     // Not a setting but what the stream is: an event stream that records no partition count yet
     // takes the count of the first process that starts on it (see checkEventStream). Only the
     // description changes; the settings stay as the stream has them.
@@ -608,10 +608,30 @@ async function upsertStream(
         await new Promise((r) => setTimeout(r, 500))
         return upsertStream(jsm, apply, cfg, check, attempt + 1)
       }
-      throw addErr
+      throw tooFewServers(cfg, addErr)
     }
   }
 }
+
+/**
+ * Thrown at start (and by `npm run migrate`) when JetStream cannot place a stream's replicas:
+ * FANFARE_REPLICAS above the number of servers with JetStream. Said in one line naming the
+ * variable; it used to be JetStream's bare "no suitable peers for placement" with a stack trace.
+ */
+export class ReplicasExceedServers extends StartFailure {
+  constructor(stream: string, replicas: number, cause: unknown) {
+    super(
+      `FANFARE_REPLICAS is ${replicas} but JetStream cannot place stream ${stream} on ${replicas} servers (no suitable peers for placement): ` +
+        `set FANFARE_REPLICAS to at most the number of nats-servers with JetStream in the cluster (README "Running on a NATS cluster")`,
+      { cause },
+    )
+    this.name = 'ReplicasExceedServers'
+  }
+}
+
+/** `err` as ReplicasExceedServers when it is JetStream's refusal to place `cfg`'s replicas. */
+const tooFewServers = (cfg: Partial<StreamConfig> & { name: string }, err: unknown) =>
+  String(err).includes('no suitable peers') ? new ReplicasExceedServers(cfg.name, cfg.num_replicas ?? 1, err) : err
 
 export function isNotFound(err: unknown): boolean {
   return /not found/i.test(String((err as Error)?.message ?? err))

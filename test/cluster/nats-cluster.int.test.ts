@@ -5,7 +5,8 @@ import { join } from 'node:path'
 import { jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { loadConfig } from '../../core/config'
-import { connectNats, deploymentStreams, topology } from '../../core/nats'
+import { connectNats, deploymentStreams, ensureStreams, topology } from '../../core/nats'
+import { StartFailure } from '../../core/start-failure'
 import { upgradeNats } from '../../core/upgrade'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { SNAPSHOT_SIZE } from '../../api/src/modules/leaderboards/service'
@@ -382,6 +383,25 @@ describe('NATS cluster: the upgrade command', () => {
       await until(`${name} on three servers`, async () => (await jsm.streams.info(name)).cluster?.replicas?.length === 2, 15_000, 200)
     }
     expect(await upgradeNats(nc, { ...one, FANFARE_REPLICAS: 3 })).toEqual([])
+  }, 60_000)
+
+  // An operator's mistake said in one line naming the variable, on a new stream (after the wait
+  // for servers still joining) as on an existing one; it was JetStream's bare "no suitable peers
+  // for placement" with a stack trace.
+  test('FANFARE_REPLICAS above the number of servers: refused naming the variable', async () => {
+    const cluster = newCluster('toomany')
+    await cluster.start()
+    const nc = await connect(cluster.url, 'toomany-test')
+    const id = Math.random().toString(36).slice(2, 8)
+    const three = loadConfig({ FANFARE_STREAM: `T_${id}`, FANFARE_SUBJECT_PREFIX: `t_${id}`, FANFARE_REPLICAS: '3' })
+    await upgradeNats(nc, three)
+    const existing = await upgradeNats(nc, { ...three, FANFARE_REPLICAS: 5 }).then(() => undefined, (err: Error) => err)
+    const fresh = await ensureStreams(nc, { ...three, FANFARE_STREAM: `U_${id}`, FANFARE_SUBJECT_PREFIX: `u_${id}`, FANFARE_REPLICAS: 5 }).then(() => undefined, (err: Error) => err)
+    for (const err of [existing, fresh]) {
+      expect(err).toBeInstanceOf(StartFailure)
+      expect(err?.name).toBe('ReplicasExceedServers')
+      expect(err?.message).toContain('FANFARE_REPLICAS is 5')
+    }
   }, 60_000)
 
   test('3-replica streams wait for a forming cluster\'s third server instead of failing with "no suitable peers"', async () => {
