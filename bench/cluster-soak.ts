@@ -235,7 +235,29 @@ async function main() {
       await second.start()
       note(startedAt, `${second.name} started again; event stream leader ${await leaderOf(nodes, 'FANFARE')}`)
     })()
-    await Promise.all([faults, ...Array.from({ length: LANES }, (_, lane) => ingestLane(apis[lane % apis.length], id, lane, startedAt, endAt, ledger))])
+    // What an orchestrator's readiness probe sees: each node's /readyz every 250 ms, its not-ready spells noted.
+    const readiness = apis.map((api, i) => {
+      const spells: string[] = []
+      let since: number | undefined
+      let why = ''
+      const poll = (async () => {
+        while (Date.now() < endAt) {
+          const res = await fetch(`${api.baseUrl}/readyz`, { signal: AbortSignal.timeout(2000) }).catch(() => undefined)
+          const ready = res?.status === 200
+          const body = ready ? '' : res ? await res.text() : 'no answer'
+          if (!ready && since === undefined) (since = Date.now()), (why = body.slice(0, 160))
+          if (ready && since !== undefined) {
+            spells.push(`${((since - startedAt) / 1000).toFixed(1)} s for ${((Date.now() - since) / 1000).toFixed(1)} s (${why})`)
+            since = undefined
+          }
+          await Bun.sleep(250)
+        }
+        if (since !== undefined) spells.push(`${((since - startedAt) / 1000).toFixed(1)} s until the end (${why})`)
+      })()
+      return { name: `api-${i + 1}`, spells, poll }
+    })
+    await Promise.all([faults, ...readiness.map((r) => r.poll), ...Array.from({ length: LANES }, (_, lane) => ingestLane(apis[lane % apis.length], id, lane, startedAt, endAt, ledger))])
+    for (const r of readiness) note(startedAt, `${r.name} /readyz not 200: ${r.spells.join('; ') || 'never'}`)
     const verdict = await judge(apis[0], dbUrl, ledger, subs, Date.now() - startedAt)
     if (!opts.majority && ledger.longestSilence.ms > MAX_SILENCE_MS) verdict.broken.push(`ingest stood still ${(ledger.longestSilence.ms / 1000).toFixed(1)} s (more than ${MAX_SILENCE_MS / 1000} s)`)
     const exited = procs.filter((p) => p.name !== 'migrate' && p.proc.exitCode !== null)
