@@ -242,10 +242,10 @@ async function main() {
       let why = ''
       const poll = (async () => {
         while (Date.now() < endAt) {
-          const res = await fetch(`${api.baseUrl}/readyz`, { signal: AbortSignal.timeout(2000) }).catch(() => undefined)
+          const res = await fetch(`${api.baseUrl}/readyz`, { signal: AbortSignal.timeout(5000) }).catch(() => undefined)
           const ready = res?.status === 200
           const body = ready ? '' : res ? await res.text() : 'no answer'
-          if (!ready && since === undefined) (since = Date.now()), (why = body.slice(0, 160))
+          if (!ready && since === undefined) (since = Date.now()), (why = body.replace(/.*"details":/, '').slice(0, 200))
           if (ready && since !== undefined) {
             spells.push(`${((since - startedAt) / 1000).toFixed(1)} s for ${((Date.now() - since) / 1000).toFixed(1)} s (${why})`)
             since = undefined
