@@ -66,7 +66,7 @@ export const JETSTREAM_START_WAIT_MS = 60_000
 export class JetStreamNotAnswering extends StartFailure {
   constructor(url: string, waitMs: number, cause: unknown) {
     super(
-      `JetStream at NATS_URL (${parseNatsServers(url).servers.join(', ')}) did not answer for ${Math.round(waitMs / 1000)} s: ` +
+      `JetStream at NATS_URL${url ? ` (${parseNatsServers(url).servers.join(', ')})` : ''} did not answer for ${Math.round(waitMs / 1000)} s: ` +
         `on a cluster, check that a majority of its servers is up and routed to each other (a stream without a majority has no leader)`,
       { cause },
     )
