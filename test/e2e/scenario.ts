@@ -101,7 +101,7 @@ export async function runScenario(t: Target) {
   // (as themselves), never scores; anonymous viewers publish nothing.
   const anon = await WsClient.open(t.wsUrl)
   anon.send({ op: 'publish', ref: 'a1', event: events[30] })
-  expect((await anon.reply('a1')).error.code).toBe('forbidden')
+  expect((await anon.reply('a1')).error.code).toBe('unauthorized')
   const ann = await WsClient.open(`${t.wsUrl}?token=${await mintUserToken(t.jwtSecret, { sub: 'ann', name: 'Ann' })}`)
   ann.send({ op: 'publish', ref: 'a2', event: events[30] })
   expect((await ann.reply('a2')).error.code).toBe('forbidden')
