@@ -16,12 +16,10 @@ export async function createOwnershipConsumer(
   opts: { stream: string; projection: string; partition: number; token: number; filter: string; checkpoint: number; batchSize: number },
 ): Promise<string> {
   const name = consumerName(opts.projection, opts.partition, opts.token)
-  for await (const info of jsm.consumers.list(opts.stream)) {
-    // nats-server lists a consumer deleted during the listing (another owner's cleanup) as null.
-    if (!info) continue
-    const other = parseConsumerName(info.name)
+  for (const existing of await consumerNames(jsm, opts.stream)) {
+    const other = parseConsumerName(existing)
     if (other && other.projection === opts.projection && other.partition === opts.partition && other.token <= opts.token) {
-      await jsm.consumers.delete(opts.stream, info.name).catch((err) => {
+      await jsm.consumers.delete(opts.stream, existing).catch((err) => {
         if (!/not found/i.test(String(err))) throw err
       })
     }
@@ -41,4 +39,30 @@ export async function createOwnershipConsumer(
     inactive_threshold: nanos(3600_000),
   })
   return name
+}
+
+/** What a page of `$JS.API.CONSUMER.NAMES` answers. */
+type NamesPage = { total: number; offset: number; limit: number; consumers: string[] | null }
+
+/**
+ * The names of a stream's consumers, page after page of `$JS.API.CONSUMER.NAMES` (nats.js offers
+ * only `consumers.list`, which answers every consumer's info). An info makes nats-server count the
+ * consumer's pending messages, a walk of the stream's blocks for its filter; names cost nothing.
+ * Every runner looks for its predecessors when it opens a consumer, so a worker starting its 48
+ * runners on a stream with a backlog asked for 48 x 48 infos at once: nats-server 2.9 answers a
+ * connection's JetStream requests in that connection's read loop, which spent seconds on them
+ * (`Readloop processing time: 4.7s`), every request of the worker behind them timed out (its
+ * partition leases' renewals too), and the runners reset and listed again: on a loaded machine the
+ * worker applied nothing for tens of seconds after a restart (bench/fault-soak.ts, workers fault).
+ */
+export async function consumerNames(jsm: JetStreamManager, stream: string): Promise<string[]> {
+  // The manager's own request path (its API prefix, domain and timeout), for a request it has no method for.
+  const api = jsm.consumers as unknown as { prefix: string; _request: (subject: string, data: unknown) => Promise<unknown> }
+  const names: string[] = []
+  for (;;) {
+    const page = (await api._request(`${api.prefix}.CONSUMER.NAMES.${stream}`, { offset: names.length })) as NamesPage
+    const consumers = page.consumers ?? []
+    names.push(...consumers)
+    if (consumers.length === 0 || names.length >= page.total) return names
+  }
 }
