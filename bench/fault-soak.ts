@@ -1,26 +1,28 @@
 /**
  * `npm run soak:faults -- [--fault=none|nats|nats-workers|workers|postgres|api] [--all] [--repo=<path>]
- * [--seconds=14] [--keep]`: the outside fault check. Fanfare runs from a fresh `git clone` of a
- * repository (default: this one; its checked-out commit, so commit what you want checked) as an
+ * [--areas=leaderboard,chat,polls,reactions,matches,streams] [--seconds=14] [--keep]`: the outside
+ * fault check. Fanfare runs from a fresh `git clone` of a repository (default: this one; its checked-out commit, so commit what you want checked) as an
  * operator runs it: `bun core/db/migrate-cli.ts`, then the workers and an API node as separate
  * processes, on a database of their own and a private nats-server (and, for the postgres fault, a
  * private Postgres). The machine's own Postgres and NATS are never stopped.
  *
- * Three raw WebSocket subscribers follow `leaderboard:soak` (reconnecting and resuming with their
- * last version and epoch when cut); four lanes send batches of 100 score events over REST for
- * `--seconds`, each player's scores rising so every event is a change, resending a refused or
- * unanswered batch with the same ids as a client would. At 5 s a fault is injected, at 7 s
- * repaired. After a drain the run compares what was acknowledged with the read model, the REST
- * board and each subscriber, and exits non-zero if a promise is broken: an acknowledged event
- * lost, an event applied twice or out of its key's order, a subscriber with a silent gap or a view
- * unequal to the REST board. `--all` runs every fault in turn; FAULT=<fault> works as --fault.
+ * Every read model is driven at once, each by one module of the same shape under bench/soak/
+ * (leaderboard, chat, polls, reactions, matches, streams; see bench/soak/area.ts): its clients send
+ * their events over REST for `--seconds`, resending a refused or unanswered batch with the same ids
+ * as a client would, and keep what was acknowledged as the area's oracle; raw WebSocket subscribers
+ * follow its channels (reconnecting and resuming with their last version and epoch when cut). At
+ * 5 s a fault is injected, at 7 s repaired. After a drain each area compares what was acknowledged
+ * with its read model, its REST read and each subscriber, and the run exits non-zero if a promise
+ * is broken: an acknowledged event lost, an event applied twice or out of its key's order, a
+ * subscriber with a silent gap or a view unequal to the REST read, a dead letter. `--all` runs
+ * every fault in turn; FAULT=<fault> works as --fault; `--areas=chat,polls` runs only those areas.
  * `nats-workers`: NATS killed and started again, the workers killed and started again, then both
  * once more (routine restarts and deploys): every runner opens its consumer anew and reads the
  * event stream's identity, which nats-server 2.9 reports moved after a restart that followed a
  * stream update (the workers of earlier versions applied every event again; `nats` alone never
  * made them read it).
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import postgres from 'postgres'
@@ -28,17 +30,34 @@ import { TEST_PG_URL } from '../core/testing/env'
 import { freePort, spawnProc, waitReady, type Proc } from '../test/e2e/harness'
 import { privateNats, type PrivateNats } from '../test/cluster/private-nats'
 import { createPrivatePostgres, type PrivatePostgres } from '../test/cluster/private-postgres'
-import { apiAt, configureBoard, type Api } from '../test/cluster/support'
-import { BOARD, LANES, Subscriber, cloneCheckout, ingestLane, judge, newLedger, type Checkout, type Ledger, type Verdict } from './lib/soak'
+import { apiAt, type Api } from '../test/cluster/support'
+import { mintUserToken } from '../api/src/auth/mint'
+import type { SoakArea, SoakContext } from './soak/area'
+import { ChatArea } from './soak/chat'
+import { LeaderboardArea } from './soak/leaderboard'
+import { MatchesArea } from './soak/matches'
+import { PollsArea } from './soak/polls'
+import { ReactionsArea } from './soak/reactions'
+import { StreamsArea } from './soak/streams'
+import { Subscriber } from './soak/subscriber'
 
 const FAULTS = ['none', 'nats', 'nats-workers', 'workers', 'postgres', 'api'] as const
 type Fault = (typeof FAULTS)[number]
 
-const SUBSCRIBERS = 3
 const FAULT_AT_MS = 5000
 const REPAIR_AT_MS = 7000
 
-type Options = { faults: Fault[]; repo: string; seconds: number; keep: boolean }
+/** The read models a run drives, in the order they are checked (see bench/soak/area.ts). */
+const AREAS: Record<string, () => SoakArea> = {
+  leaderboard: () => new LeaderboardArea(),
+  chat: () => new ChatArea(),
+  polls: () => new PollsArea(),
+  reactions: () => new ReactionsArea(),
+  matches: () => new MatchesArea(),
+  streams: () => new StreamsArea(),
+}
+
+type Options = { faults: Fault[]; areas: string[]; repo: string; seconds: number; keep: boolean }
 
 function parseOptions(argv: string[]): Options {
   const value = (name: string) => {
@@ -48,8 +67,12 @@ function parseOptions(argv: string[]): Options {
   }
   const fault = value('fault') ?? process.env.FAULT ?? 'none'
   if (!FAULTS.includes(fault as Fault)) throw new Error(`--fault must be one of ${FAULTS.join(', ')} (got ${fault})`)
+  const areas = (value('areas') ?? Object.keys(AREAS).join(',')).split(',')
+  const unknown = areas.filter((a) => !(a in AREAS))
+  if (unknown.length > 0) throw new Error(`--areas takes a comma-separated list of ${Object.keys(AREAS).join(', ')} (got ${unknown.join(', ')})`)
   return {
     faults: argv.includes('--all') ? [...FAULTS] : [fault as Fault],
+    areas,
     repo: resolve(value('repo') ?? resolve(import.meta.dir, '..')),
     seconds: Number(value('seconds') ?? 14),
     keep: argv.includes('--keep'),
@@ -57,7 +80,22 @@ function parseOptions(argv: string[]): Options {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The servers Fanfare runs on
+// The checkout and the servers Fanfare runs on
+
+type Checkout = { dir: string; commit: string }
+
+/** A fresh clone of `repo`'s checked-out commit, its node_modules a link to the repo's. */
+async function cloneCheckout(repo: string, into: string): Promise<Checkout> {
+  const git = async (...args: string[]) => {
+    const p = Bun.spawn(['git', ...args], { stdout: 'pipe', stderr: 'pipe' })
+    const [code, out, err] = await Promise.all([p.exited, new Response(p.stdout).text(), new Response(p.stderr).text()])
+    if (code !== 0) throw new Error(`git ${args.join(' ')}: ${err}`)
+    return out.trim()
+  }
+  await git('clone', '--quiet', repo, into)
+  symlinkSync(realpathSync(join(repo, 'node_modules')), join(into, 'node_modules'))
+  return { dir: into, commit: await git('-C', into, 'log', '-1', '--format=%h %s') }
+}
 
 type Database = { url: string; pg?: PrivatePostgres; drop: () => Promise<void> }
 
@@ -114,6 +152,9 @@ async function deploy(checkout: Checkout, db: Database, nats: PrivateNats, id: s
     HOST: '127.0.0.1',
     FANFARE_INGEST_TOKEN: `soak-ingest-${id}`,
     FANFARE_ADMIN_TOKEN: `soak-admin-${id}`,
+    FANFARE_JWT_SECRET: jwtSecret(id),
+    // The soak's players never connect to their matches: a join grace past the run keeps their seats.
+    FANFARE_MATCH_JOIN_GRACE_MS: String(3_600_000),
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
   }
   const migrate = spawnProc('migrate', 'core/db/migrate-cli.ts', vars, checkout.dir)
@@ -166,7 +207,6 @@ const FAULT_ACTIONS: Record<Fault, { inject: (d: Deployment) => Promise<unknown>
   api: { inject: (d) => d.apiProc.stop('SIGKILL'), repair: async (d) => d.startApi() },
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // The run and its verdict
 
@@ -187,14 +227,26 @@ async function runFault(fault: Fault, d: Deployment, startedAt: number): Promise
   return t
 }
 
-type Outcome = Verdict & { fault: Fault }
+type Outcome = { fault: Fault; ok: boolean; broken: string[]; notes: string[]; summary: string[] }
 
-async function checkOutcome(fault: Fault, d: Deployment, ledger: Ledger, subs: Subscriber[], times: FaultTimes, ingestMs: number): Promise<Outcome> {
-  const verdict = await judge(d.api, d.db.url, ledger, subs, ingestMs)
-  verdict.summary.unshift(
+/** After the ingest: each area drains and checks what was acknowledged against its read model, REST read and subscribers. */
+async function checkOutcome(fault: Fault, ctx: SoakContext, areas: SoakArea[], subs: Map<SoakArea, Subscriber[]>, times: FaultTimes, ingestMs: number): Promise<Outcome> {
+  const broken: string[] = []
+  const notes: string[] = []
+  const summary = [
     `fault ${fault}${times.injectedAt !== undefined ? `: injected at ${(times.injectedAt / 1000).toFixed(1)} s (took ${times.injectTookMs} ms), repaired at ${(times.repairedAt! / 1000).toFixed(1)} s (took ${times.repairTookMs} ms)` : ''}`,
-  )
-  return { fault, ...verdict }
+    `ingest ${(ingestMs / 1000).toFixed(1)} s`,
+  ]
+  // One after another: the first (the leaderboard, the busiest) drains the stream for the others.
+  for (const area of areas) {
+    const v = await area.check(ctx, subs.get(area)!)
+    broken.push(...v.broken)
+    notes.push(...v.notes)
+    summary.push(...v.summary)
+  }
+  const dead = Number((await ctx.sql`SELECT count(*)::int AS n FROM dead_letters`)[0].n)
+  if (dead > 0) broken.push(`${dead} dead letters`)
+  return { fault, ok: broken.length === 0, broken, notes, summary }
 }
 
 const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')
@@ -211,20 +263,28 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   })
 }
 
-async function soak(fault: Fault, checkout: Checkout, base: string, seconds: number): Promise<Outcome> {
+/** The deployment's JWT secret: the soak mints its users' tokens with it. */
+const jwtSecret = (id: string) => `soak-jwt-secret-${id}-0123456789abcdef`
+
+async function soak(fault: Fault, areaNames: string[], checkout: Checkout, base: string, seconds: number): Promise<Outcome> {
   const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`
   const nats = privateNats({ port: freePort(), storeDir: join(base, `nats-${fault}`) })
+  const areas = areaNames.map((name) => AREAS[name]())
   let db: Database | undefined
   let d: Deployment | undefined
-  const subs: Subscriber[] = []
+  let sql: postgres.Sql | undefined
+  const subs = new Map<SoakArea, Subscriber[]>()
   const teardown = async () => {
     teardowns.delete(teardown)
-    for (const s of subs) s.stop()
+    for (const s of [...subs.values()].flat()) s.stop()
+    await sql?.end({ timeout: 5 })
     if (d) {
       await Promise.all(d.procs.map((p) => p.stop('SIGKILL')))
       const logs = join(base, `logs-${fault}`)
       mkdirSync(logs, { recursive: true })
       for (const p of d.procs) writeFileSync(join(logs, `${p.name}.log`), p.output())
+      // Its last 20 kB: a slow consumer it cut, a JetStream API that stopped answering.
+      writeFileSync(join(logs, 'nats-server.log'), nats.log())
     }
     await nats.stop()
     await db?.drop()
@@ -236,20 +296,32 @@ async function soak(fault: Fault, checkout: Checkout, base: string, seconds: num
     d = await deploy(checkout, db, nats, id)
     const dep = d
     await waitReady(dep.api.baseUrl, [dep.apiProc, dep.workersProc], 60_000)
-    await configureBoard(dep.api, BOARD, 'latest')
-    for (let i = 1; i <= SUBSCRIBERS; i++) subs.push(new Subscriber(`subscriber ${i}`, () => `${dep.api.baseUrl.replace('http', 'ws')}/v1/ws`))
-    await Promise.all(subs.map((s) => s.start()))
+    sql = postgres(db.url, { max: 2, onnotice: () => {} })
+    const ctx: SoakContext = {
+      api: dep.api,
+      run: id,
+      userToken: (sub, roles) => mintUserToken(jwtSecret(id), { sub, roles, ttlSeconds: 3600 }),
+      sql,
+      startedAt: 0,
+    }
+    const wsUrl = () => `${dep.api.baseUrl.replace('http', 'ws')}/v1/ws`
+    for (const area of areas) {
+      await area.prepare(ctx)
+      const followers: Subscriber[] = []
+      for (const c of area.channels) {
+        const url = c.as ? `${wsUrl()}?token=${await ctx.userToken(c.as)}` : wsUrl()
+        for (let i = 1; i <= c.subscribers; i++) followers.push(new Subscriber(`${c.channel} subscriber ${i}`, c.channel, c.view(), () => url))
+      }
+      subs.set(area, followers)
+    }
+    await Promise.all([...subs.values()].flat().map((s) => s.start()))
 
     const loadBefore = loadAverage()
-    const ledger = newLedger()
-    const startedAt = Date.now()
-    const endAt = startedAt + seconds * 1000
-    const [times] = await Promise.all([
-      runFault(fault, dep, startedAt),
-      ...Array.from({ length: LANES }, (_, lane) => ingestLane(dep.api, id, lane, startedAt, endAt, ledger)),
-    ])
-    const ingestMs = Date.now() - startedAt
-    const outcome = await checkOutcome(fault, dep, ledger, subs, times, ingestMs)
+    ctx.startedAt = Date.now()
+    const endAt = ctx.startedAt + seconds * 1000
+    const [times] = await Promise.all([runFault(fault, dep, ctx.startedAt), ...areas.map((area) => area.ingest(ctx, endAt))])
+    const ingestMs = Date.now() - ctx.startedAt
+    const outcome = await checkOutcome(fault, ctx, areas, subs, times, ingestMs)
     outcome.summary.unshift(`load average ${loadBefore} before, ${loadAverage()} after`)
     return outcome
   } finally {
@@ -268,7 +340,7 @@ async function main() {
   if (passed.length > 0) console.log(`from the environment: ${passed.map((k) => `${k}=${process.env[k]}`).join(' ')}`)
   const outcomes: Outcome[] = []
   for (const fault of opts.faults) {
-    const o = await soak(fault, checkout, base, opts.seconds).catch((err): Outcome => ({ fault, ok: false, broken: [`the run failed: ${(err as Error).stack ?? err}`], notes: [], summary: [] }))
+    const o = await soak(fault, opts.areas, checkout, base, opts.seconds).catch((err): Outcome => ({ fault, ok: false, broken: [`the run failed: ${(err as Error).stack ?? err}`], notes: [], summary: [] }))
     outcomes.push(o)
     console.log(`\n=== ${fault}: ${o.ok ? 'OK' : 'BROKEN'}`)
     for (const line of [...o.summary, ...o.notes.map((n) => `note: ${n}`), ...o.broken.map((b) => `BROKEN: ${b}`)]) console.log(`  ${line}`)
