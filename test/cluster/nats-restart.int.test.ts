@@ -1,3 +1,6 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, describe, expect, test } from 'bun:test'
 import { until, type Proc } from '../e2e/harness'
 import { configureBoard, expectAppliedOnce, postEvents, privateNatsDeployment, readModel, scoreEvent, startNodes, stopCleanly, type PrivateNatsDeployment, type ScoreEvent } from './support'
@@ -28,7 +31,9 @@ describe('NATS restart during ingest', () => {
       FANFARE_KEY_OPS_BURST: '10000000',
     })
     const { nats, env, api } = d
-    const { workerProc } = await startNodes(d, procs)
+    // Debug: a runner's pulls that end early are logged at debug, the evidence of the stall this
+    // test found (bench/findings.md, 2026-11-30, "A worker crawling after a NATS restart").
+    const { workerProc } = await startNodes(d, procs, { worker: { LOG_LEVEL: 'debug' } })
     const run = Math.random().toString(36).slice(2, 8)
     const board = `sum_${run}`
     await configureBoard(api, board, 'sum')
@@ -115,7 +120,13 @@ describe('NATS restart during ingest', () => {
     const total = acked.length
     const rm = readModel(env.vars.DATABASE_URL)
     try {
-      await expectAppliedOnce(rm, board, acked, 45_000, workerProc)
+      await expectAppliedOnce(rm, board, acked, 45_000, workerProc).catch((err) => {
+        // The whole logs, the private nats-server's too (a readloop stall, a slow consumer), kept for a look.
+        const logs = mkdtempSync(join(tmpdir(), 'fanfare-nats-restart-logs-'))
+        for (const p of procs) writeFileSync(join(logs, `${p.name}.log`), p.output())
+        writeFileSync(join(logs, 'nats-server.log'), nats.log())
+        throw new Error(`${(err as Error).message}\nlogs: ${logs}`)
+      })
     } finally {
       await rm.close()
     }

@@ -67,7 +67,8 @@ export function deliveryOf(m: Msg, info: DeliveryInfo): Delivery {
  * one (a 408 status) or when there is none (404), so no request is left waiting at the server
  * (part-used, or for events not stored yet). nats.js 3's `fetch` has no `no_wait`.
  * Resolves with the deliveries in order; `err` when the request ended another way (a status the
- * pull does not expect, or no answer within `timeoutMs`) with what it delivered before. Rejects
+ * pull does not expect, or nothing within `timeoutMs` of the request or of the last delivery: a
+ * slow server still delivering is not given up on) with what it delivered before. Rejects
  * when the connection is closed (nothing was asked: the runner recreates its consumer, as after a
  * failed fetch).
  *
@@ -87,6 +88,11 @@ export function pullNow(
   const inbox = createInbox()
   const msgs: Delivery[] = []
   return new Promise((resolve) => {
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const arm = () => {
+      clearTimeout(timer)
+      timer = setTimeout(() => end(new Error(`no_wait pull: no end within ${o.timeoutMs} ms of the request or the last delivery (${msgs.length} of at most ${o.max} delivered)`)), o.timeoutMs)
+    }
     const end = (err?: Error) => {
       clearTimeout(timer)
       sub.unsubscribe()
@@ -105,11 +111,12 @@ export function pullNow(
         }
         msgs.push(deliveryOf(m, info))
         if (msgs.length >= o.max) end()
+        else arm()
       },
     })
     // Armed once the subscription is (a closed connection's subscribe throws: the pull rejects, and
     // no timer is left to end a subscription that never was); its callback runs in a later turn.
-    const timer = setTimeout(() => end(new Error(`no_wait pull: no end within ${o.timeoutMs} ms (${msgs.length} of at most ${o.max} delivered)`)), o.timeoutMs)
+    arm()
     try {
       const request = o.expiresMs ? { batch: o.max, no_wait: true, expires: o.expiresMs * 1_000_000 } : { batch: o.max, no_wait: true }
       nc.publish(`${o.apiPrefix}.CONSUMER.MSG.NEXT.${o.stream}.${o.consumer}`, JSON.stringify(request), { reply: inbox })

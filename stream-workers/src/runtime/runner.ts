@@ -117,9 +117,12 @@ const WORKING_EVERY_MS = Math.floor(ACK_WAIT_MS / 3)
 /** How long an idle pull waits at the server for a first message. */
 const IDLE_PULL_MS = 5_000
 /**
- * How long the server may take to deliver the rest of a batch it reported pending. Generous: the
- * pull ends as soon as they have all arrived, and a loaded server can take seconds for a few
- * hundred (with 2 s, pulls expired part-way, over and over, after a NATS restart in CI).
+ * How long the pull of the rest of a batch may go without a delivery (from the request, then from
+ * each delivery) before the runner gives up on it. Generous, and counted from the last delivery:
+ * the pull ends as soon as the batch has arrived, and a loaded server catching up after a restart
+ * delivered 499 in 5-10 s (with a 2 s bound, pulls expired part-way, over and over, after a NATS
+ * restart in CI; with a 10 s bound from the request, they were cut while still delivering, and the
+ * delivery after the cut, gone to an inbox nobody read, reset the consumer).
  */
 const REST_PULL_MS = 10_000
 /**
@@ -129,7 +132,10 @@ const REST_PULL_MS = 10_000
  * slower than this ends it early, and what it did not deliver comes with the next batch.
  */
 const REST_EXPIRES_MS = 500
-/** The client's own bound on such a pull: the server's 408 at REST_EXPIRES_MS, with room for a slow answer. */
+/**
+ * The client's own bound on such a pull (without a delivery, see REST_PULL_MS): the server's 408
+ * at REST_EXPIRES_MS, with room for a slow answer.
+ */
 const REST_EXPIRES_BOUND_MS = REST_EXPIRES_MS + 2_000
 
 /**
@@ -210,7 +216,17 @@ export function startRunner(deps: RunnerDeps): Runner {
     // carries an expiry, and the server ends it (a 408) after REST_EXPIRES_MS if it found nothing.
     // When it is 0 the count is exact, and a pull that finds nothing ends at once (a 404): the
     // usual case of a quiet partition pays no expiry.
-    const counted = first.msgs[0].info.pending > 0
+    // A count of a batch or more is a backlog (a runner behind, e.g. after a NATS restart): there
+    // the expiry is what hurts. nats-server 2.9.10 drops a pull whose expiry passes while it is
+    // still delivering, silently (no 408), so a server slower than REST_EXPIRES_MS for a batch (one
+    // catching up from its store under ingest took 5-10 s for 499) had every batch cut at 0.5 s and
+    // each pull wait out its bound: the partition crawled at a few dozen events a second while the
+    // API stored thousands (bench/findings.md, 2026-11-30, the NATS-restart stall). Without an
+    // expiry the server ends the pull at the batch, or with a 408 once what is there was delivered
+    // (a no_wait pull that delivered something never waits); only a backlog made of nothing but
+    // removed, still counted messages would leave it waiting (pullNow's bound, once: the info below).
+    const pending = first.msgs[0].info.pending
+    const counted = pending > 0 && pending < more
     const rest = await pullNow(deps.nc, {
       apiPrefix: deps.js.apiPrefix,
       stream: deps.stream,
