@@ -364,8 +364,10 @@ export function startRunner(deps: RunnerDeps): Runner {
     // us (a pull cut off mid-way) and applying past it would reorder the stream.
     let expectedDelivery = 1
     while (!abort.signal.aborted) {
+      const pullStarted = performance.now()
       const batch = await pullBatch(consumer)
       if (batch.length === 0) continue
+      const pulledMs = Math.round(performance.now() - pullStarted)
       for (const m of batch) {
         if (m.info.deliverySequence !== expectedDelivery) {
           throw new ResetConsumer(`delivery ${expectedDelivery} missing (got ${m.info.deliverySequence} for seq ${m.seq})`)
@@ -404,13 +406,17 @@ export function startRunner(deps: RunnerDeps): Runner {
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
       // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
       // commit order, and a slow NATS slows the runner down instead of piling up).
+      const waitStarted = performance.now()
       if (publishing) await publishing
+      const publishWaitMs = Math.round(performance.now() - waitStarted)
       // From here to the next pull request nothing awaits: the runs, the ack and the pull are
       // issued in one turn, which nats.js flushes together.
       if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, headers)
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
-      log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length }, 'batch applied')
+      // Where a slow partition's time goes: the pull, the apply, the wait for the last batch's runs.
+      const timing = { pulledMs, appliedMs: Math.round(waitStarted - started), publishWaitMs }
+      log.debug({ size: batch.length, firstSeq: batch[0].seq, lastSeq: batch[batch.length - 1].seq, ...result, runs: result.runs.length, events: result.events.length, ...timing }, 'batch applied')
     }
   }
 
