@@ -27,7 +27,7 @@ import { TEST_PG_URL } from '../core/testing/env'
 import { findNatsServer, waitUntilReady } from '../scripts/embedded-nats'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../test/e2e/harness'
 import { apiAt, configureBoard, type Api } from '../test/cluster/support'
-import { LANES, Subscriber, cloneCheckout, ingestLane, judge, newLedger } from './lib/soak'
+import { LANES, boardSubscriber, cloneCheckout, type BoardSubscriber, ingestLane, judge, newLedger } from './lib/soak'
 
 const SERVERS = 3
 const SUBSCRIBERS_PER_NODE = 2
@@ -146,7 +146,7 @@ async function main() {
 
   const nodes = natsNodes(base)
   const procs: Proc[] = []
-  const subs: Subscriber[] = []
+  const subs: BoardSubscriber[] = []
   const events: string[] = []
   const note = (startedAt: number, what: string) => events.push(`${((Date.now() - startedAt) / 1000).toFixed(1)} s: ${what}`)
   const teardown = async () => {
@@ -188,7 +188,7 @@ async function main() {
     for (const api of apis) await waitReady(api.baseUrl, procs.filter((p) => p.name !== 'migrate'), 60_000)
     await configureBoard(apis[0], 'soak', 'latest')
     apis.forEach((api, n) => {
-      for (let i = 1; i <= SUBSCRIBERS_PER_NODE; i++) subs.push(new Subscriber(`subscriber ${n + 1}.${i}`, () => `${api.baseUrl.replace('http', 'ws')}/v1/ws`))
+      for (let i = 1; i <= SUBSCRIBERS_PER_NODE; i++) subs.push(boardSubscriber(`subscriber ${n + 1}.${i}`, () => `${api.baseUrl.replace('http', 'ws')}/v1/ws`))
     })
     await Promise.all(subs.map((s) => s.start()))
 

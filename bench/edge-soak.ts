@@ -27,7 +27,7 @@ import { tcpProxy } from '../core/testing/tcp-proxy'
 import { findNatsServer, waitUntilReady } from '../scripts/embedded-nats'
 import { freePort, spawnProc, waitReady, type Proc } from '../test/e2e/harness'
 import { apiAt, configureBoard, type Api } from '../test/cluster/support'
-import { Subscriber, cloneCheckout, ingestLane, judge, newLedger } from './lib/soak'
+import { boardSubscriber, cloneCheckout, type BoardSubscriber, ingestLane, judge, newLedger } from './lib/soak'
 
 const EDGE_LANES = 3
 const CUT_AT_MS = 5_000
@@ -98,7 +98,7 @@ async function main() {
   const [hubPort, leafPort, proxyPort, edgePort] = [freePort(), freePort(), freePort(), freePort()]
   const servers: Server[] = []
   const procs: Proc[] = []
-  const subs: Subscriber[] = []
+  const subs: BoardSubscriber[] = []
   const proxy = tcpProxy({ port: proxyPort, target: { host: '127.0.0.1', port: leafPort } })
   const events: string[] = []
   let ok = false
@@ -159,7 +159,7 @@ async function main() {
     for (const api of [hub, edge]) await waitReady(api.baseUrl, procs.filter((p) => p !== migrate), 60_000)
     await configureBoard(hub, 'soak', 'latest')
     const ws = (api: Api) => () => `${api.baseUrl.replace('http', 'ws')}/v1/ws`
-    subs.push(new Subscriber('edge subscriber 1', ws(edge)), new Subscriber('edge subscriber 2', ws(edge)), new Subscriber('hub subscriber', ws(hub)))
+    subs.push(boardSubscriber('edge subscriber 1', ws(edge)), boardSubscriber('edge subscriber 2', ws(edge)), boardSubscriber('hub subscriber', ws(hub)))
     await Promise.all(subs.map((s) => s.start()))
 
     const ledger = newLedger()
@@ -192,7 +192,7 @@ async function main() {
       edgeDown[1] = Date.now()
       note(`edge API node SIGKILLed and started again (ready after ${edgeDown[1] - edgeDown[0]} ms, still cut off)`)
       await at(LATE_SUBSCRIBER_AT_MS)
-      const late = new Subscriber('late edge subscriber', ws(edge))
+      const late = boardSubscriber('late edge subscriber', ws(edge))
       subs.push(late)
       await late.start()
       note(`a subscriber joined at the edge (version ${late.version})`)

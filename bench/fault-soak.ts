@@ -22,7 +22,7 @@
  * stream update (the workers of earlier versions applied every event again; `nats` alone never
  * made them read it).
  */
-import { mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import postgres from 'postgres'
@@ -40,6 +40,7 @@ import { PollsArea } from './soak/polls'
 import { ReactionsArea } from './soak/reactions'
 import { StreamsArea } from './soak/streams'
 import { Subscriber } from './soak/subscriber'
+import { cloneCheckout, type Checkout } from './lib/soak'
 
 const FAULTS = ['none', 'nats', 'nats-workers', 'workers', 'postgres', 'api'] as const
 type Fault = (typeof FAULTS)[number]
@@ -81,21 +82,6 @@ function parseOptions(argv: string[]): Options {
 
 // ---------------------------------------------------------------------------------------------
 // The checkout and the servers Fanfare runs on
-
-type Checkout = { dir: string; commit: string }
-
-/** A fresh clone of `repo`'s checked-out commit, its node_modules a link to the repo's. */
-async function cloneCheckout(repo: string, into: string): Promise<Checkout> {
-  const git = async (...args: string[]) => {
-    const p = Bun.spawn(['git', ...args], { stdout: 'pipe', stderr: 'pipe' })
-    const [code, out, err] = await Promise.all([p.exited, new Response(p.stdout).text(), new Response(p.stderr).text()])
-    if (code !== 0) throw new Error(`git ${args.join(' ')}: ${err}`)
-    return out.trim()
-  }
-  await git('clone', '--quiet', repo, into)
-  symlinkSync(realpathSync(join(repo, 'node_modules')), join(into, 'node_modules'))
-  return { dir: into, commit: await git('-C', into, 'log', '-1', '--format=%h %s') }
-}
 
 type Database = { url: string; pg?: PrivatePostgres; drop: () => Promise<void> }
 

@@ -1,12 +1,14 @@
 /**
- * What the outside soaks share (bench/fault-soak.ts, bench/cluster-soak.ts): a fresh clone to run
- * Fanfare from, raw WebSocket subscribers that follow one board and resume with their version,
+ * What the outside soaks share (bench/fault-soak.ts, bench/cluster-soak.ts, bench/edge-soak.ts): a
+ * fresh clone to run Fanfare from; for the cluster and edge soaks, the fault soak's raw WebSocket
+ * subscriber (bench/soak/subscriber.ts) following one board and resuming with its version,
  * lanes of REST clients that resend refused batches with the same ids, and the verdict that
  * compares what was acknowledged with the read model, the REST board and every subscriber.
  */
 import { realpathSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
-import { until } from '../../core/testing/wait'
+import { BoardView } from '../soak/leaderboard'
+import { Subscriber, untilAt } from '../soak/subscriber'
 import { configuredVersion, diff, postEvents, readModel, scoreEvent, type Api, type ScoreEvent } from '../../test/cluster/support'
 
 export const BOARD = 'soak'
@@ -37,102 +39,12 @@ export async function cloneCheckout(repo: string, into: string): Promise<Checkou
 }
 
 // ---------------------------------------------------------------------------------------------
-// A subscriber speaking the wire protocol (README, WebSocket protocol)
+// A subscriber speaking the wire protocol: the fault soak's (bench/soak/subscriber.ts), on the board
 
-/**
- * One raw WebSocket following CHANNEL: applies snapshots and updates to its own view of the board,
- * keeps the version and epoch of the last frame it applied, and when its socket closes reconnects
- * and resumes with them. Counts what the protocol promises never happens silently: an update that
- * is not the next version (a gap, or a repeat), a player's score going down (an event applied out
- * of its key's order: every player's scores are sent rising).
- */
-export class Subscriber {
-  view = new Map<string, number>()
-  version = -1
-  epoch = ''
-  updates = 0
-  snapshots = 0
-  resyncs = 0
-  recovered = 0
-  reconnects = 0
-  gaps = 0
-  repeats = 0
-  decreases = 0
-  /** Resync snapshots older than an update already applied in their epoch (the README says never). */
-  staleSnapshots = 0
-  /** `subscribed` answers to a resume at another version or epoch than asked for. */
-  badResumes = 0
-  /** Close codes of the sockets cut under it, with their counts (a refused reconnect is a 1006). */
-  closeCodes: Record<number, number> = {}
-  errors: string[] = []
-  private ws: WebSocket | undefined
-  private stopped = false
+export type BoardSubscriber = Subscriber<BoardView>
 
-  constructor(
-    readonly name: string,
-    private readonly url: () => string,
-  ) {}
-
-  async start() {
-    this.connect()
-    await until(`${this.name}'s snapshot`, () => this.version >= 0, 30_000, 100)
-  }
-
-  stop() {
-    this.stopped = true
-    this.ws?.close()
-  }
-
-  private connect() {
-    const ws = new WebSocket(this.url())
-    this.ws = ws
-    ws.onopen = () => {
-      const resume = this.version >= 0 ? { since: this.version, epoch: this.epoch } : {}
-      ws.send(JSON.stringify({ op: 'subscribe', ref: 's', channel: CHANNEL, ...resume }))
-    }
-    ws.onmessage = (e) => this.onFrame(JSON.parse(String(e.data)))
-    ws.onclose = (e) => {
-      if (this.ws !== ws) return
-      this.ws = undefined
-      if (this.stopped) return
-      this.closeCodes[e.code] = (this.closeCodes[e.code] ?? 0) + 1
-      this.reconnects++
-      setTimeout(() => !this.stopped && this.connect(), 250)
-    }
-  }
-
-  private onFrame(f: any) {
-    if (f.op === 'error') {
-      this.errors.push(f.error?.code)
-      // A refused subscribe (rate_limited): reconnecting subscribes again.
-      if (f.ref === 's') this.ws?.close()
-      return
-    }
-    if (f.channel !== CHANNEL) return
-    if (f.op === 'snapshot') {
-      this.snapshots++
-      if (f.resync) this.resyncs++
-      if (f.epoch === this.epoch && f.version < this.version) this.staleSnapshots++
-      this.view = new Map(f.data.entries.map((e: { player: string; score: number }) => [e.player, e.score]))
-      this.version = f.version
-      this.epoch = f.epoch
-    } else if (f.op === 'subscribed') {
-      this.recovered++
-      if (f.version !== this.version || f.epoch !== this.epoch) this.badResumes++
-    } else if (f.op === 'update') {
-      this.updates++
-      const from = f.from ?? f.version
-      if (f.epoch !== this.epoch && this.version > 0) this.gaps++
-      else if (f.version <= this.version) this.repeats++
-      else if (from !== this.version + 1) this.gaps++
-      const before = this.view.get(f.data.player)
-      if (before !== undefined && f.data.score < before) this.decreases++
-      this.view.set(f.data.player, f.data.score)
-      this.version = Math.max(this.version, f.version)
-      this.epoch = f.epoch
-    }
-  }
-}
+/** One raw WebSocket following CHANNEL with its own view of the board (see bench/soak/subscriber.ts). */
+export const boardSubscriber = (name: string, url: () => string): BoardSubscriber => new Subscriber(name, CHANNEL, new BoardView(), url)
 
 // ---------------------------------------------------------------------------------------------
 // Ingest: four lanes of batches, resent with the same ids until acknowledged
@@ -247,13 +159,13 @@ export type Verdict = { ok: boolean; broken: string[]; notes: string[]; summary:
  * Drains (waits for the workers), then compares what was acknowledged (`ledger`) with the read
  * model in `databaseUrl`, the REST board read through `api`, and each subscriber.
  */
-export async function judge(api: Api, databaseUrl: string, ledger: Ledger, subs: Subscriber[], ingestMs: number): Promise<Verdict> {
+export async function judge(api: Api, databaseUrl: string, ledger: Ledger, subs: BoardSubscriber[], ingestMs: number): Promise<Verdict> {
   const broken: string[] = []
   const notes: string[] = []
   const rm = readModel(databaseUrl)
   try {
     const drained = await drain(rm, ledger)
-    await until('every subscriber at the read model\'s version', () => subs.every((s) => s.version >= drained.version), 30_000, 100).catch(() => {})
+    await untilAt(subs, drained.version)
     const [entries, rest, dead] = [await rm.scores(BOARD), await restBoard(api), await rm.deadLetters()]
 
     // The read model against what was acknowledged.
@@ -270,15 +182,11 @@ export async function judge(api: Api, databaseUrl: string, ledger: Ledger, subs:
 
     // Each subscriber against the read model's version and the REST board.
     for (const s of subs) {
-      if (s.gaps > 0) broken.push(`${s.name}: ${s.gaps} silent gaps`)
-      if (s.repeats > 0) broken.push(`${s.name}: ${s.repeats} repeated versions`)
-      if (s.decreases > 0) broken.push(`${s.name}: ${s.decreases} scores went down (applied out of order)`)
-      if (s.staleSnapshots > 0) broken.push(`${s.name}: ${s.staleSnapshots} resync snapshots older than what it held`)
-      if (s.badResumes > 0) broken.push(`${s.name}: ${s.badResumes} resumes answered at another version or epoch`)
-      if (s.version !== drained.version) broken.push(`${s.name}: at version ${s.version}, read model at ${drained.version}`)
-      const viewDiff = diff(s.view, rest)
+      const found = s.findings(drained.version)
+      broken.push(...found.broken)
+      notes.push(...found.notes)
+      const viewDiff = diff(s.view.board, rest)
       if (viewDiff.length > 0) broken.push(`${s.name}: view != REST board: ${viewDiff.join('; ')}`)
-      if (s.errors.length > 0) notes.push(`${s.name}: error frames ${s.errors.join(', ')}`)
     }
     const unexpected = Object.keys(ledger.answers).filter((a) => !/^(202|429 rate_limited|503 \w+|0 connection|0 timeout)$/.test(a))
     if (unexpected.length > 0) notes.push(`unexpected answers: ${unexpected.map((a) => `${a} x${ledger.answers[a]}`).join(', ')}`)
@@ -289,10 +197,7 @@ export async function judge(api: Api, databaseUrl: string, ledger: Ledger, subs:
       `longest time without a 202: ${(ledger.longestSilence.ms / 1000).toFixed(1)} s (ended at ${(ledger.longestSilence.endedAt / 1000).toFixed(1)} s)`,
       `answers: ${Object.entries(ledger.answers).map(([k, v]) => `${k} x${v}`).join(', ')}`,
       `read model: version ${drained.version} (drained in ${(drained.tookMs / 1000).toFixed(1)} s), ${entries.size} entries, dead letters ${dead}; REST board ${rest.size} entries`,
-      ...subs.map(
-        (s) =>
-          `${s.name}: version ${s.version}, ${s.updates} updates, ${s.snapshots} snapshots (${s.resyncs} resync), ${s.recovered} resumed, ${s.reconnects} reconnects (closes ${Object.entries(s.closeCodes).map(([c, n]) => `${c} x${n}`).join(', ') || '-'}), gaps ${s.gaps}, repeats ${s.repeats}, out of order ${s.decreases}`,
-      ),
+      ...subs.map((s) => s.line()),
     ]
     return { ok: broken.length === 0, broken, notes, summary }
   } finally {

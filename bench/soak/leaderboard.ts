@@ -14,7 +14,7 @@ const DRAIN_TIMEOUT_MS = 90_000
 const STALL_MS = 20_000
 
 /** A subscriber's board; a player's score going down is an event applied out of its key's order (scores are sent rising). */
-class BoardView implements ChannelView {
+export class BoardView implements ChannelView {
   board = new Map<string, number>()
   snapshot(data: any) {
     this.board = new Map(data.entries.map((e: { player: string; score: number }) => [e.player, e.score]))
