@@ -22,12 +22,10 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import type { Subprocess } from 'bun'
-import postgres from 'postgres'
-import { TEST_PG_URL } from '../core/testing/env'
 import { findNatsServer, waitUntilReady } from '../scripts/embedded-nats'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../test/e2e/harness'
 import { apiAt, configureBoard, type Api } from '../test/cluster/support'
-import { LANES, boardSubscriber, cloneCheckout, type BoardSubscriber, ingestLane, judge, newLedger } from './lib/soak'
+import { LANES, boardSubscriber, cloneCheckout, interruptTeardowns, scratchDatabase, type BoardSubscriber, ingestLane, judge, newLedger } from './lib/soak'
 
 const SERVERS = 3
 const SUBSCRIBERS_PER_NODE = 2
@@ -124,13 +122,7 @@ async function allCurrent(nodes: NatsNode[]): Promise<boolean> {
   return names.size > 0 && [...names].every((name) => good.has(name))
 }
 
-const teardowns = new Set<() => Promise<void>>()
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, async () => {
-    await Promise.all([...teardowns].map((t) => t().catch(() => {})))
-    process.exit(130)
-  })
-}
+const teardowns = interruptTeardowns()
 
 async function main() {
   const opts = parseOptions(process.argv.slice(2))
@@ -139,10 +131,8 @@ async function main() {
   const checkout = await cloneCheckout(opts.repo, join(base, 'repo'))
   console.log(`cluster soak of ${opts.repo} at ${checkout.commit} (clone in ${checkout.dir})`)
   const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`
-  const dbName = `fanfare_cluster_soak_${id}`
-  const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} })
-  await admin.unsafe(`CREATE DATABASE ${dbName}`)
-  const dbUrl = Object.assign(new URL(TEST_PG_URL), { pathname: `/${dbName}` }).toString()
+  const db = await scratchDatabase(`fanfare_cluster_soak_${id}`)
+  const dbUrl = db.url
 
   const nodes = natsNodes(base)
   const procs: Proc[] = []
@@ -158,8 +148,7 @@ async function main() {
     mkdirSync(logs, { recursive: true })
     for (const p of procs) writeFileSync(join(logs, `${p.name}.log`), p.output())
     for (const n of nodes) writeFileSync(join(logs, `${n.name}.log`), n.log())
-    await admin.unsafe(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => {})
-    await admin.end()
+    await db.drop().catch(() => {})
   }
   teardowns.add(teardown)
   let ok = false

@@ -21,13 +21,11 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import type { Subprocess } from 'bun'
-import postgres from 'postgres'
-import { TEST_PG_URL } from '../core/testing/env'
 import { tcpProxy } from '../core/testing/tcp-proxy'
 import { findNatsServer, waitUntilReady } from '../scripts/embedded-nats'
 import { freePort, spawnProc, waitReady, type Proc } from '../test/e2e/harness'
 import { apiAt, configureBoard, type Api } from '../test/cluster/support'
-import { boardSubscriber, cloneCheckout, type BoardSubscriber, ingestLane, judge, newLedger } from './lib/soak'
+import { boardSubscriber, cloneCheckout, interruptTeardowns, scratchDatabase, type BoardSubscriber, ingestLane, judge, newLedger } from './lib/soak'
 
 const EDGE_LANES = 3
 const CUT_AT_MS = 5_000
@@ -75,13 +73,7 @@ function natsServer(dir: string, port: number, conf: string): Server {
   }
 }
 
-const teardowns = new Set<() => Promise<void>>()
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, async () => {
-    await Promise.all([...teardowns].map((t) => t().catch(() => {})))
-    process.exit(130)
-  })
-}
+const teardowns = interruptTeardowns()
 
 async function main() {
   const opts = parseOptions(process.argv.slice(2))
@@ -90,10 +82,8 @@ async function main() {
   const checkout = await cloneCheckout(opts.repo, join(base, 'repo'))
   console.log(`edge soak of ${opts.repo} at ${checkout.commit} (clone in ${checkout.dir})`)
   const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`
-  const dbName = `fanfare_edge_soak_${id}`
-  const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} })
-  await admin.unsafe(`CREATE DATABASE ${dbName}`)
-  const dbUrl = Object.assign(new URL(TEST_PG_URL), { pathname: `/${dbName}` }).toString()
+  const db = await scratchDatabase(`fanfare_edge_soak_${id}`)
+  const dbUrl = db.url
 
   const [hubPort, leafPort, proxyPort, edgePort] = [freePort(), freePort(), freePort(), freePort()]
   const servers: Server[] = []
@@ -112,8 +102,7 @@ async function main() {
     for (const p of procs) writeFileSync(join(logs, `${p.name}.log`), p.output())
     servers.forEach((s, i) => writeFileSync(join(logs, `${i === 0 ? 'hub' : 'edge'}-nats.log`), s.log()))
     await Promise.all(servers.map((s) => s.stop()))
-    await admin.unsafe(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => {})
-    await admin.end()
+    await db.drop().catch(() => {})
   }
   teardowns.add(teardown)
   try {

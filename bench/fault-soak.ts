@@ -26,7 +26,6 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import postgres from 'postgres'
-import { TEST_PG_URL } from '../core/testing/env'
 import { freePort, spawnProc, waitReady, type Proc } from '../test/e2e/harness'
 import { privateNats, type PrivateNats } from '../test/cluster/private-nats'
 import { createPrivatePostgres, type PrivatePostgres } from '../test/cluster/private-postgres'
@@ -40,7 +39,7 @@ import { PollsArea } from './soak/polls'
 import { ReactionsArea } from './soak/reactions'
 import { StreamsArea } from './soak/streams'
 import { Subscriber } from './soak/subscriber'
-import { cloneCheckout, type Checkout } from './lib/soak'
+import { cloneCheckout, interruptTeardowns, scratchDatabase, type Checkout } from './lib/soak'
 
 const FAULTS = ['none', 'nats', 'nats-workers', 'workers', 'postgres', 'api'] as const
 type Fault = (typeof FAULTS)[number]
@@ -90,28 +89,12 @@ type Database = { url: string; pg?: PrivatePostgres; drop: () => Promise<void> }
  * started), else a fresh database on the machine's Postgres.
  */
 async function createDatabase(fault: Fault, id: string): Promise<Database> {
-  const create = async (serverUrl: string, name: string) => {
-    const admin = postgres(serverUrl, { max: 1, onnotice: () => {} })
-    await admin.unsafe(`CREATE DATABASE ${name}`)
-    await admin.end()
-    const url = new URL(serverUrl)
-    url.pathname = `/${name}`
-    return url.toString()
-  }
   if (fault === 'postgres') {
     const pg = await createPrivatePostgres(freePort())
     await pg.start()
-    return { url: await create(pg.url, 'fanfare'), pg, drop: () => pg.destroy() }
+    return { url: (await scratchDatabase('fanfare', pg.url)).url, pg, drop: () => pg.destroy() }
   }
-  const name = `fanfare_soak_${id}`
-  return {
-    url: await create(TEST_PG_URL, name),
-    drop: async () => {
-      const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} })
-      await admin.unsafe(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-      await admin.end()
-    },
-  }
+  return scratchDatabase(`fanfare_soak_${id}`)
 }
 
 /**
@@ -238,16 +221,11 @@ async function checkOutcome(fault: Fault, ctx: SoakContext, areas: SoakArea[], s
 const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')
 
 /** What to undo when the soak is interrupted (Ctrl-C): its processes and servers must not outlive it. */
-const teardowns = new Set<() => Promise<void>>()
 /** The soak's scratch directory (clone, stores, logs), removed on an interrupt unless --keep. */
 let scratch: string | undefined
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, async () => {
-    await Promise.all([...teardowns].map((t) => t().catch(() => {})))
-    if (scratch) rmSync(scratch, { recursive: true, force: true })
-    process.exit(130)
-  })
-}
+const teardowns = interruptTeardowns(() => {
+  if (scratch) rmSync(scratch, { recursive: true, force: true })
+})
 
 /** The deployment's JWT secret: the soak mints its users' tokens with it. */
 const jwtSecret = (id: string) => `soak-jwt-secret-${id}-0123456789abcdef`

@@ -7,9 +7,12 @@
  */
 import { realpathSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
+import postgres from 'postgres'
+import { TEST_PG_URL } from '../../core/testing/env'
 import { BoardView } from '../soak/leaderboard'
 import { Subscriber, untilAt } from '../soak/subscriber'
-import { configuredVersion, diff, postEvents, readModel, scoreEvent, type Api, type ScoreEvent } from '../../test/cluster/support'
+import { GIVE_UP_MS, sendUntilAcked, Tally } from '../soak/send'
+import { configuredVersion, diff, readModel, scoreEvent, type Api } from '../../test/cluster/support'
 
 export const BOARD = 'soak'
 export const CHANNEL = `leaderboard:${BOARD}`
@@ -17,8 +20,6 @@ export const LANES = 4
 export const BATCH = 100
 /** Players per lane: 4 x 25 = 100, the most a leaderboard snapshot holds, so a view is the whole board. */
 export const PLAYERS_PER_LANE = 25
-/** A batch still refused after this long is given up (its events counted sent, not acknowledged). */
-export const GIVE_UP_MS = 60_000
 export const DRAIN_TIMEOUT_MS = 90_000
 /** The read model's version standing still this long short of the acknowledged count ends the drain. */
 export const STALL_MS = 20_000
@@ -38,6 +39,39 @@ export async function cloneCheckout(repo: string, into: string): Promise<Checkou
   return { dir: into, commit: await git('-C', into, 'log', '-1', '--format=%h %s') }
 }
 
+/**
+ * What to undo when a soak is interrupted (Ctrl-C, SIGTERM): its processes and servers must not
+ * outlive it. Each run adds its teardown and deletes it when it ran; `after` runs last (the soak's
+ * scratch directory, say), then the process exits 130.
+ */
+export function interruptTeardowns(after?: () => void): Set<() => Promise<void>> {
+  const teardowns = new Set<() => Promise<void>>()
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(signal, async () => {
+      await Promise.all([...teardowns].map((t) => t().catch(() => {})))
+      after?.()
+      process.exit(130)
+    })
+  }
+  return teardowns
+}
+
+export type ScratchDatabase = { url: string; drop: () => Promise<void> }
+
+/** A fresh database `name` on the Postgres at `serverUrl` (the machine's by default); `drop` removes it, whoever is still connected. */
+export async function scratchDatabase(name: string, serverUrl = TEST_PG_URL): Promise<ScratchDatabase> {
+  const run = async (statement: string) => {
+    const admin = postgres(serverUrl, { max: 1, onnotice: () => {} })
+    try {
+      await admin.unsafe(statement)
+    } finally {
+      await admin.end()
+    }
+  }
+  await run(`CREATE DATABASE ${name}`)
+  return { url: Object.assign(new URL(serverUrl), { pathname: `/${name}` }).toString(), drop: () => run(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A subscriber speaking the wire protocol: the fault soak's (bench/soak/subscriber.ts), on the board
 
@@ -49,43 +83,16 @@ export const boardSubscriber = (name: string, url: () => string): BoardSubscribe
 // ---------------------------------------------------------------------------------------------
 // Ingest: four lanes of batches, resent with the same ids until acknowledged
 
-/** What the clients sent and what was acknowledged: the oracle everything is compared with. */
-export type Ledger = {
-  sent: number
-  acked: number
-  /** Events of batches given up after GIVE_UP_MS: stored or not, nobody knows. */
-  givenUp: number
-  /** Batches answered 202 on their first attempt yet with an event reported duplicate: an id mix-up. */
-  freshDuplicates: number
-  /** Events of resent batches that JetStream had stored already (de-duplicated). */
-  resentDuplicates: number
-  /** Each player's last acknowledged score (scores rise, so also its best). */
-  latest: Map<string, number>
-  /** Answers by status (`202`, `503 unavailable`, `429 rate_limited`, `0 connection`, ...). */
-  answers: Record<string, number>
-  /** Events acknowledged in each second of the run (how the fault and the recovery look to clients). */
-  perSecond: number[]
-  /** When the last 202 came (Date.now()), and the longest time between two 202s of any lane: how long ingest stood still. */
-  lastAckAt: number
-  longestSilence: { ms: number; endedAt: number }
+/**
+ * What the clients sent and what was acknowledged (bench/soak/send.ts's Tally: answers, per second,
+ * the longest time without a 202), and each player's last acknowledged score (scores rise, so also
+ * its best): the oracle everything is compared with.
+ */
+export class Ledger extends Tally {
+  latest = new Map<string, number>()
 }
 
-export function newLedger(): Ledger {
-  return { sent: 0, acked: 0, givenUp: 0, freshDuplicates: 0, resentDuplicates: 0, latest: new Map(), answers: {}, perSecond: [], lastAckAt: Date.now(), longestSilence: { ms: 0, endedAt: 0 } }
-}
-
-/** Posts a batch until it is acknowledged (202), waiting as told on 429 and briefly on anything else. */
-export async function sendUntilAcked(api: Api, batch: ScoreEvent[], ledger: Ledger): Promise<{ results: { duplicate: boolean }[]; attempts: number } | undefined> {
-  const giveUpAt = Date.now() + GIVE_UP_MS
-  for (let attempts = 1; ; attempts++) {
-    const res = await postEvents(api, batch, 15_000)
-    const label = res.status === 202 ? '202' : `${res.status} ${res.body?.error?.code ?? ''}`.trim()
-    ledger.answers[label] = (ledger.answers[label] ?? 0) + 1
-    if (res.status === 202) return { results: res.body.results, attempts }
-    if (Date.now() > giveUpAt) return undefined
-    await Bun.sleep(res.status === 429 ? Number(res.body?.error?.details?.retryAfterMs ?? 100) : 250)
-  }
-}
+export const newLedger = () => new Ledger()
 
 export async function ingestLane(api: Api, run: string, lane: number, startedAt: number, endAt: number, ledger: Ledger) {
   for (let b = 0; Date.now() < endAt; b++) {
@@ -93,21 +100,7 @@ export async function ingestLane(api: Api, run: string, lane: number, startedAt:
       const i = b * BATCH + k
       return scoreEvent(`${run}-${lane}-${i}`, BOARD, `p${lane}-${i % PLAYERS_PER_LANE}`, i + 1)
     })
-    ledger.sent += batch.length
-    const answer = await sendUntilAcked(api, batch, ledger)
-    if (!answer) {
-      ledger.givenUp += batch.length
-      continue
-    }
-    const duplicates = answer.results.filter((r) => r.duplicate).length
-    if (answer.attempts === 1 && duplicates > 0) ledger.freshDuplicates++
-    ledger.resentDuplicates += answer.attempts > 1 ? duplicates : 0
-    ledger.acked += batch.length
-    const now = Date.now()
-    if (now - ledger.lastAckAt > ledger.longestSilence.ms) ledger.longestSilence = { ms: now - ledger.lastAckAt, endedAt: now - startedAt }
-    ledger.lastAckAt = now
-    const second = Math.floor((Date.now() - startedAt) / 1000)
-    ledger.perSecond[second] = (ledger.perSecond[second] ?? 0) + batch.length
+    if (!(await sendUntilAcked(api.baseUrl, api.ingestToken, batch, ledger, startedAt))) continue
     for (const e of batch) ledger.latest.set(e.data.player, e.data.score)
   }
 }
@@ -188,8 +181,8 @@ export async function judge(api: Api, databaseUrl: string, ledger: Ledger, subs:
       const viewDiff = diff(s.view.board, rest)
       if (viewDiff.length > 0) broken.push(`${s.name}: view != REST board: ${viewDiff.join('; ')}`)
     }
-    const unexpected = Object.keys(ledger.answers).filter((a) => !/^(202|429 rate_limited|503 \w+|0 connection|0 timeout)$/.test(a))
-    if (unexpected.length > 0) notes.push(`unexpected answers: ${unexpected.map((a) => `${a} x${ledger.answers[a]}`).join(', ')}`)
+    const unexpected = ledger.unexpected()
+    if (unexpected.length > 0) notes.push(`unexpected answers: ${unexpected.join(', ')}`)
 
     const summary = [
       `ingest ${(ingestMs / 1000).toFixed(1)} s: ${ledger.sent} events sent, ${ledger.acked} acknowledged (${Math.round(ledger.acked / (ingestMs / 1000))}/s), ${ledger.givenUp} given up, ${ledger.resentDuplicates} de-duplicated on resend`,

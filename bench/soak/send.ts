@@ -17,6 +17,9 @@ export class Tally {
   answers: Record<string, number> = {}
   /** Events acknowledged in each second of the run. */
   perSecond: number[] = []
+  /** When the last 202 came (Date.now()), and the longest time between two 202s (or from the tally's making to the first): how long ingest stood still. */
+  lastAckAt = Date.now()
+  longestSilence = { ms: 0, endedAt: 0 }
 
   /** One line: sent, acknowledged, given up, reported duplicate, answers. */
   line(): string {
@@ -69,7 +72,10 @@ export async function sendUntilAcked(baseUrl: string, token: string, events: Soa
       if (attempts === 1 && duplicates > 0) tally.freshDuplicates++
       if (attempts > 1) tally.resentDuplicates += duplicates
       tally.acked += events.length
-      const second = Math.floor((Date.now() - startedAt) / 1000)
+      const now = Date.now()
+      if (now - tally.lastAckAt > tally.longestSilence.ms) tally.longestSilence = { ms: now - tally.lastAckAt, endedAt: now - startedAt }
+      tally.lastAckAt = now
+      const second = Math.floor((now - startedAt) / 1000)
       tally.perSecond[second] = (tally.perSecond[second] ?? 0) + events.length
       return true
     }
