@@ -153,10 +153,32 @@ export type PollView = {
 }
 
 /**
- * What changed on `stream:<id>`: its state (every change carries the whole state: replace yours),
- * or one of its polls opened or closed (`poll.status` says which).
+ * A poll as `stream:<id>` carries it: what defines it, never its live tallies. The channel changes
+ * when a poll opens or closes, not with each vote, so tallies in it would be those of whenever they
+ * were read, and two clients at the same version could hold different ones. An open poll is its
+ * definition only (follow `poll:<id>` for its tallies); a closed one, in the `closed` update, also
+ * has its options' final votes, which no longer change. `ignoredVotes` is never here: it goes on
+ * counting votes that come after the close.
  */
-export type StreamChange = { kind: 'state'; state: StreamState } | { kind: 'poll'; poll: PollView }
+export type StreamPoll = Omit<PollView, 'status' | 'options' | 'ignoredVotes'> &
+  ({ status: 'open'; options: { text: string }[] } | { status: 'closed'; options: { text: string; votes: number }[] })
+
+/**
+ * What `stream:<id>` carries of a poll (see StreamPoll): the API's snapshots and the workers'
+ * changes share this one mapping, so a snapshot at version v equals the state after update v.
+ */
+export function streamPollOf(p: PollView): StreamPoll {
+  const { status, options, ignoredVotes: _, ...definition } = p
+  return status === 'open'
+    ? { ...definition, status, options: options.map(({ text }) => ({ text })) }
+    : { ...definition, status, options: options.map(({ text, votes }) => ({ text, votes })) }
+}
+
+/**
+ * What changed on `stream:<id>`: its state (every change carries the whole state: replace yours),
+ * or one of its polls opened or closed (`poll.status` says which; see StreamPoll for what it holds).
+ */
+export type StreamChange = { kind: 'state'; state: StreamState } | { kind: 'poll'; poll: StreamPoll }
 
 /** What changed on `poll:<id>`: the whole poll after the batch (tallies coalesced, one per batch). */
 export type PollChange = { kind: 'poll'; poll: PollView }

@@ -6,8 +6,7 @@ export const RESYNC: unique symbol = Symbol('resync')
  * contract, checked by state.property.test.ts: after any sequence of updates (and snapshots), the
  * state equals what the server would snapshot at that moment, or `apply` said RESYNC. (A
  * leaderboard's hidden `reserve` may hold fewer entries than a fresh snapshot's: those it holds are
- * exact; see leaderboard.ts. A stream's open polls carry the tallies the channel gave them: the
- * `stream:` channel does not follow votes, `poll:<id>` does; see stream.ts.)
+ * exact; see leaderboard.ts.)
  *
  * Helpers never mutate: every change gives a new state object (a UI can compare references).
  */

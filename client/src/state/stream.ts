@@ -16,10 +16,10 @@ function withPolls(state: Omit<StreamState, 'poll' | 'polls'>, polls: PollView[]
 const isOpen = (p: PollView, now: number) => p.status === 'open' && (p.closesAt === undefined || Date.parse(p.closesAt) > now)
 
 /**
- * Live streams: `state` changes replace the stream's fields; `poll` changes open, update or close
- * one of its polls. The open polls are listed until they close, by event or by their `closesAt`.
- * Their tallies are those the channel gave (at the snapshot, or when the poll opened): the channel
- * announces a poll opening and closing, not its votes; follow `poll:<id>` for live tallies.
+ * Live streams: `state` changes replace the stream's fields; `poll` changes open or close one of its
+ * polls. The open polls are listed until they close, by event or by their `closesAt`. They carry no
+ * tallies (the channel announces a poll opening and closing, not its votes): follow `poll:<id>` for
+ * them. So two clients at the same version hold the same state, whenever they subscribed.
  */
 export const stream: StateHelper<StreamState, ChannelUpdates['stream']> = {
   apply(state, u) {

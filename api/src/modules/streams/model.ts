@@ -21,7 +21,14 @@ export const StreamState = t.Object({
 /** `GET /v1/streams/:stream`: the state and the open poll, if any. */
 export const StreamAnswer = t.Composite([
   StreamState,
-  t.Object({ poll: t.Optional(PollView) }, { description: "the stream's open poll (the latest opened, when several are)" }),
+  t.Object({
+    poll: t.Optional(
+      t.Composite([PollView], {
+        description:
+          "the stream's open poll (the latest opened, when several are), with its tallies now (the `stream:<id>` channel carries polls without tallies: follow `poll:<id>` for them live)",
+      }),
+    ),
+  }),
 ])
 export type StreamAnswer = typeof StreamAnswer.static
 

@@ -1,5 +1,5 @@
 import { and, asc, desc, eq, gt, lt, or } from 'drizzle-orm'
-import { channelOf, streamStateOf as stateOf, unknownStreamState, type PollView, type StreamState } from '../../../../core/channels'
+import { channelOf, streamPollOf, streamStateOf as stateOf, unknownStreamState, type StreamPoll, type StreamState } from '../../../../core/channels'
 import type { Db } from '../../../../core/db/client'
 import { streams } from '../../../../core/db/schema'
 import { MAX_VIEWERS, NAME_CHARS } from '../../../../core/events'
@@ -10,7 +10,11 @@ import type { LivePage, StreamAnswer } from './model'
 import type { LiveStream } from './sampler'
 
 
-/** A stream with its open poll (the latest opened), as `GET /v1/streams/:stream` answers; undefined when unknown. */
+/**
+ * A stream with its open poll (the latest opened), as `GET /v1/streams/:stream` answers; undefined
+ * when unknown. A REST answer is a read of now, so its poll has the tallies of now (unlike the
+ * channel's, see StreamSnapshot).
+ */
 export async function readStream(db: Db, stream: string): Promise<StreamAnswer | undefined> {
   const [[row], open] = await Promise.all([db.select().from(streams).where(eq(streams.stream, stream)), openPollsOf(db, stream)])
   if (!row) return undefined
@@ -22,14 +26,18 @@ export async function readStream(db: Db, stream: string): Promise<StreamAnswer |
  * its open poll as `poll`, and every open poll as `polls` (normally one; a poll opened while
  * another is open adds one). Updates then carry the whole state (`kind: "state"`) or one poll
  * opening or closing (`kind: "poll"`): keep `polls` by id and show the latest opened.
+ *
+ * The polls are their definitions without tallies (StreamPoll): the channel does not change with
+ * votes, so a snapshot at version v must not hold the votes of whenever it was read. Tallies are
+ * on `poll:<id>`.
  */
-export type StreamSnapshot = StreamState & { poll?: PollView; polls: PollView[] }
+export type StreamSnapshot = StreamState & { poll?: StreamPoll; polls: StreamPoll[] }
 
 /** The channel `stream:<id>` with its version and epoch (see readChannelSnapshot). */
 export function streamSnapshot(db: Db, stream: string): Promise<ChannelSnapshot<StreamSnapshot>> {
   return readChannelSnapshot(db, channelOf.stream(stream), async (q) => {
     const [row] = await q.select().from(streams).where(eq(streams.stream, stream))
-    const open = await openPollsOf(q, stream)
+    const open = (await openPollsOf(q, stream)).map(streamPollOf).filter((p) => p.status === 'open')
     return { ...(row ? stateOf(row) : unknownStreamState(stream)), ...(open[0] ? { poll: open[0] } : {}), polls: open }
   })
 }

@@ -45,11 +45,12 @@ describe('live streams and polls over REST and WebSocket', () => {
     await until(`${channel} snapshot`, () => c.of(channel).length > 0)
     return c
   }
-  /** What a subscriber of `stream:<id>` holds: its snapshot with every update applied in version order. */
-  function heldStream(c: WsClient, channel: string) {
+  /** What a subscriber of `stream:<id>` holds: its snapshot with every update applied in version order (up to `upTo`). */
+  function heldStream(c: WsClient, channel: string, upTo = Infinity) {
     let state: any
     let version = -1
     for (const f of c.of(channel)) {
+      if (f.version > upTo) break
       if (f.op === 'snapshot') {
         state = structuredClone(f.data)
         version = f.version
@@ -98,7 +99,9 @@ describe('live streams and polls over REST and WebSocket', () => {
     const withPoll = (await get('/v1/streams/tv')).json
     expect(withPoll.poll).toMatchObject({ poll: 'p1', stream: 'tv', question: 'Best level?', status: 'open', options: [{ text: 'one', votes: 0 }, { text: 'two', votes: 0 }], ignoredVotes: 0 })
     await until("the poll on ann's socket", () => heldStream(ann, 'stream:tv').poll?.poll === 'p1', 5000)
-    expect(heldStream(ann, 'stream:tv').poll).toEqual(withPoll.poll)
+    // The channel carries the poll without its tallies (they are on poll:p1); REST, a read of now, has them.
+    const { ignoredVotes: _i, options, ...definition } = withPoll.poll
+    expect(heldStream(ann, 'stream:tv').poll).toEqual({ ...definition, options: options.map((o: any) => ({ text: o.text })) })
 
     // bob leaves: 3 viewers, peak and unique stay.
     bob1.close()
@@ -123,6 +126,39 @@ describe('live streams and polls over REST and WebSocket', () => {
     const frames = ann.of('stream:tv').length
     await Bun.sleep(2500)
     expect(ann.of('stream:tv').length).toBe(frames)
+  }, 60_000)
+
+  test('stream:<id> at one version is one state: votes between two subscriptions change neither; the close brings final votes', async () => {
+    const channel = 'stream:eq'
+    await publish([{ type: 'stream.started', data: { stream: 'eq', title: 'Equal' } }])
+    const first = await subscribe(channel)
+    await publish([{ type: 'poll.opened', data: { stream: 'eq', poll: 'q1', question: 'Left or right?', options: ['left', 'right'] } }])
+    await until('the poll opens on the first socket', () => heldStream(first, channel).poll?.poll === 'q1', 15_000)
+    // Votes land (applied, on poll:q1 and REST) after the first subscribed, before the second does.
+    const voters = await Promise.all(['e0', 'e1', 'e2'].map((sub) => user(sub)))
+    await Promise.all(voters.map((token, i) => publish([{ type: 'poll.voted', data: { poll: 'q1', option: i % 2 } }], token)))
+    await caughtUp()
+    expect((await get('/v1/polls/q1')).json.options).toEqual([{ text: 'left', votes: 2 }, { text: 'right', votes: 1 }])
+    const second = await subscribe(channel)
+    const snapshot = second.of(channel)[0]
+    // The first built its state from updates; at the second's snapshot version it holds exactly that snapshot.
+    await until('the first reaches the snapshot version', () => (first.of(channel).at(-1)?.version ?? -1) >= snapshot.version, 15_000)
+    expect(heldStream(first, channel, snapshot.version)).toEqual(snapshot.data)
+    expect(snapshot.data.poll).toEqual({ poll: 'q1', stream: 'eq', question: 'Left or right?', status: 'open', options: [{ text: 'left' }, { text: 'right' }], openedAt: expect.any(String) })
+
+    // More votes, then the close: its update has the final votes (they no longer change), and both hold one state.
+    await publish([{ type: 'poll.voted', data: { poll: 'q1', option: 1 } }], await user('e3'))
+    await publish([{ type: 'poll.closed', data: { poll: 'q1' } }])
+    await caughtUp()
+    const closed = (f: any) => f.op === 'update' && f.data.kind === 'poll' && f.data.poll.status === 'closed'
+    await until('both see the close', () => first.of(channel).some(closed) && second.of(channel).some(closed), 15_000)
+    const final = first.of(channel).find(closed)
+    expect(final.data.poll).toMatchObject({ poll: 'q1', status: 'closed', options: [{ text: 'left', votes: 2 }, { text: 'right', votes: 2 }] })
+    expect(final.data.poll.ignoredVotes).toBeUndefined()
+    expect(second.of(channel).find(closed)).toEqual(final)
+    const last = Math.min(first.of(channel).at(-1).version, second.of(channel).at(-1).version)
+    expect(heldStream(second, channel, last)).toEqual(heldStream(first, channel, last))
+    expect(heldStream(first, channel, last).polls).toEqual([])
   }, 60_000)
 
   test("a poll: votes over REST and WebSocket, one per voter; the channel's updates are coalesced and end equal to the REST answer", async () => {

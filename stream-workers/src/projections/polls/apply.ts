@@ -1,5 +1,5 @@
 import { inArray, sql, type SQL, type SQLWrapper } from 'drizzle-orm'
-import { channelOf } from '../../../../core/channels'
+import { channelOf, streamPollOf } from '../../../../core/channels'
 import { rowsOf, type Db } from '../../../../core/db/client'
 import { lookupByKey, recordset, fromExcluded } from '../../../../core/db/recordset'
 import { polls, pollVotes } from '../../../../core/db/schema'
@@ -19,7 +19,7 @@ const voteKey = (poll: string, voter: string) => `${poll}\u0000${voter}`
  * changed polls; the votes that counted) for the batch's one statement. The guard makes the pair
  * exact: a redelivered or re-run batch writes nothing twice. Changes are coalesced: one per poll per
  * batch on `poll:<id>`, with the tallies after the batch, and one on the poll's `stream:<id>` each
- * time it opens or closes.
+ * time it opens or closes (without tallies while open: see StreamPoll).
  */
 export async function applyPolls(db: Db, events: SequencedEvent[]): Promise<Applied> {
   const list: { seq: number; ev: PollEvent }[] = []
@@ -70,9 +70,10 @@ export async function applyPolls(db: Db, events: SequencedEvent[]): Promise<Appl
       voted.add(voteKey(poll, r.vote.voter))
       counted.push({ poll, voter: r.vote.voter, option: r.vote.option, seq })
     }
-    // Opening and closing show on the stream's channel, in event order.
+    // Opening and closing show on the stream's channel, in event order: the poll's definition, and
+    // its final votes once closed, never the tallies of the moment (the channel does not follow votes).
     const view = viewOf(r.next)
-    if (view && r.next.status !== (before?.status ?? 'pending')) changes.push({ channel: channelOf.stream(view.stream), data: { kind: 'poll', poll: view } })
+    if (view && r.next.status !== (before?.status ?? 'pending')) changes.push({ channel: channelOf.stream(view.stream), data: { kind: 'poll', poll: streamPollOf(view) } })
   }
   // One change per poll per batch: its state after the batch.
   for (const p of dirty.values()) {

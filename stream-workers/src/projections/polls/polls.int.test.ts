@@ -78,6 +78,10 @@ describe('polls projection', () => {
       ['poll', 'p1', 'open'],
       ['poll', 'p1', 'closed'],
     ])
+    // Without live tallies: the opening is the poll's definition; the close has the final votes
+    // (ignoredVotes goes on counting late votes, so it is never on the stream's channel).
+    expect(onStream[0].poll).toEqual({ poll: 'p1', stream: 'tv', question: 'Best level?', status: 'open', options: [{ text: 'one' }, { text: 'two' }, { text: 'three' }], openedAt: new Date(t0 + 1000).toISOString(), closesAt: new Date(t0 + 100_000).toISOString() })
+    expect(onStream[1].poll).toEqual({ ...onStream[0].poll, status: 'closed', options: oracle.map((votes, i) => ({ text: ['one', 'two', 'three'][i], votes })), closedAt: new Date(t0 + 100_000).toISOString() })
     await workers.stop()
   })
 })
