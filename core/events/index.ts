@@ -103,8 +103,15 @@ export const contracts = {
       if (visibleText(d.question) === '') return { path: '/data/question', message: 'is blank' }
       const blank = d.options.findIndex((o) => visibleText(o) === '')
       if (blank >= 0) return { path: `/data/options/${blank}`, message: 'is blank' }
-      const i = repeatedOptionOf(d.options)
-      return i < 0 ? undefined : { path: `/data/options/${i}`, message: 'repeats an earlier option' }
+      const repeat = repeatedOptionOf(d.options)
+      if (!repeat) return undefined
+      // Name both options: a repeat in another case or form (Ａ for A) is not plain to see.
+      const earlier = `option ${repeat.earlier} (${JSON.stringify(d.options[repeat.earlier])})`
+      const same = visibleText(d.options[repeat.index]) === visibleText(d.options[repeat.earlier])
+      return {
+        path: `/data/options/${repeat.index}`,
+        message: same ? `repeats ${earlier}` : `repeats ${earlier}: options are compared in any case and character form (full-width, ligatures, superscripts)`,
+      }
     },
   }),
   'poll.voted': contract({ version: 1, schema: PollVoted, key: (d) => d.poll }),

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'bun:test'
 import { admitData, checkData } from '.'
-import { isEmojiToAdmit, isOneEmoji, repeatedOptionOf } from './live'
+import { isEmojiToAdmit, isOneEmoji, optionKey, repeatedOptionOf } from './live'
 
 const one = ['👏', '❤', '❤️', '🇫🇷', '1️⃣', '#️⃣', '👍🏽', '👩‍👩‍👧', '🏳️‍🌈']
 const notOne = ['👏👏', 'hi', 'a', '🇫🇷a', 'a👏', '1', '', ' 👏', '🇫']
@@ -30,18 +30,40 @@ describe('isEmojiToAdmit', () => {
 })
 
 describe('repeatedOptionOf', () => {
+  const repeat = (options: string[]) => repeatedOptionOf(options)?.index ?? -1
   test('the same text once trimmed, in NFC, in any case: letters whose other case is longer or contextual too', () => {
-    expect(repeatedOptionOf(['yes', 'no', ' Yes'])).toBe(2)
-    expect(repeatedOptionOf(['Cafe\u0301', 'café'])).toBe(1)
+    expect(repeatedOptionOf(['yes', 'no', ' Yes'])).toEqual({ index: 2, earlier: 0 })
+    expect(repeat(['Cafe\u0301', 'café'])).toBe(1)
     // ß upper-cases to SS, final ς and σ are one letter: toLowerCase alone keeps them apart.
-    expect(repeatedOptionOf(['Straße', 'STRASSE'])).toBe(1)
-    expect(repeatedOptionOf(['ΟΔΟΣ', 'οδοσ'])).toBe(1)
-    expect(repeatedOptionOf(['yes', 'no', 'yes!'])).toBe(-1)
+    expect(repeat(['Straße', 'STRASSE'])).toBe(1)
+    expect(repeat(['ΟΔΟΣ', 'οδοσ'])).toBe(1)
+    expect(repeatedOptionOf(['yes', 'no', 'yes!'])).toBeUndefined()
   })
 
   test('characters that show as nothing (zero-width, soft hyphen, bidi marks) do not make another option', () => {
-    for (const twin of ['Yes\u200b', 'Y\u00ades', '\u200eYes', 'Y\u2060es', '\ufeffYes\u3164']) expect([twin, repeatedOptionOf(['Yes', 'No', twin])]).toEqual([twin, 2])
-    expect(repeatedOptionOf(['Yes', 'No', 'Yes?'])).toBe(-1)
+    for (const twin of ['Yes\u200b', 'Y\u00ades', '\u200eYes', 'Y\u2060es', '\ufeffYes\u3164']) expect([twin, repeat(['Yes', 'No', twin])]).toEqual([twin, 2])
+    expect(repeat(['Yes', 'No', 'Yes?'])).toBe(-1)
+  })
+
+  test('compatibility forms are the letters they show: full-width, half-width, ligatures, superscripts, circled, in any case', () => {
+    for (const [a, b] of [
+      ['A', '\uff21'], // full-width Ａ
+      ['a', '\uff21'], // and in another case
+      ['Yes', '\uff39\uff45\uff53'], // Ｙｅｓ
+      ['file', '\ufb01le'], // ﬁ ligature
+      ['x2', 'x\u00b2'], // superscript two
+      ['1', '\u2460'], // circled digit one
+      ['カ', '\uff76'], // half-width katakana
+      ['ǰ', 'J\u030c'], // a letter whose upper case decomposes
+      ['Yes', '\u00a0Yes\u2003'], // no-break and em spaces trim
+    ])
+      expect([a, b, repeatedOptionOf([a, 'other', b])]).toEqual([a, b, { index: 2, earlier: 0 }])
+    // Different letters stay different.
+    expect(repeatedOptionOf(['A', 'Ä', 'Å', '\uff22'])).toBeUndefined()
+  })
+
+  test('optionKey is only for comparing: stable under itself', () => {
+    for (const s of ['\uff21', 'Straße', '\ufb01le', 'ǰ', 'Cafe\u0301']) expect(optionKey(optionKey(s))).toBe(optionKey(s))
   })
 })
 

@@ -101,19 +101,33 @@ export type PollOpened = Static<typeof PollOpened>
 export const visibleText = (s: string): string => s.normalize('NFC').replace(/\p{Default_Ignorable_Code_Point}/gu, '').trim()
 
 /**
- * The index of the first option that repeats an earlier one, as viewers would read them (the same
- * visible text, see visibleText, in any case), or -1. Two options a viewer cannot tell apart split
- * the votes of one answer; the API refuses such polls (stored ones still apply).
+ * An option's identity: what tells it from the others, for voters. Its visible text (see
+ * visibleText) in NFKC, so that compatibility forms count as the letters they show (full-width `Ａ`
+ * and `A`, the ligature `ﬁ` and `fi`, `²` and `2`), and in any case. Only for comparing: the text is
+ * stored and shown as given.
  */
-export function repeatedOptionOf(options: string[]): number {
-  const seen = new Set<string>()
-  return options.findIndex((o) => {
-    // Upper then lower case: a case fold that also equates ß with SS and ς with σ (toLowerCase alone does not).
-    const k = visibleText(o).toUpperCase().toLowerCase()
-    if (seen.has(k)) return true
-    seen.add(k)
-    return false
-  })
+export function optionKey(option: string): string {
+  const text = option.normalize('NFKC').replace(/\p{Default_Ignorable_Code_Point}/gu, '').trim()
+  // Upper then lower case: a case fold that also equates ß with SS and ς with σ (toLowerCase alone
+  // does not); NFKC again, as a case mapping may leave a letter decomposed (ǰ upper-cases to J + ◌̌).
+  return text.toUpperCase().toLowerCase().normalize('NFKC')
+}
+
+/**
+ * The first option that repeats an earlier one, as voters would read them (the same optionKey: the
+ * same visible text in any case and compatibility form), with the earlier one's index; undefined
+ * when all differ. Two options a voter cannot tell apart split the votes of one answer; the API
+ * refuses such polls (stored ones still apply).
+ */
+export function repeatedOptionOf(options: string[]): { index: number; earlier: number } | undefined {
+  const seen = new Map<string, number>()
+  for (const [index, o] of options.entries()) {
+    const k = optionKey(o)
+    const earlier = seen.get(k)
+    if (earlier !== undefined) return { index, earlier }
+    seen.set(k, index)
+  }
+  return undefined
 }
 
 /** A user's vote: the 0-based option index. The voter is the event's principal (`by`). Key: poll. */

@@ -146,17 +146,29 @@ describe('POST /v1/events', () => {
     expect(await h.streamCount()).toBe(before)
   })
 
-  test('a poll whose options repeat (the same text once trimmed, in any case) is 422 invalid_event naming the repeat; distinct options are fine', async () => {
+  test('a poll whose options repeat (the same text once trimmed, in any case and compatibility form) is 422 invalid_event naming both; distinct options are fine', async () => {
     const before = await h.streamCount()
     const poll = (options: string[]) => ({ type: 'poll.opened', data: { stream: 'tv', poll: 'dup', question: 'Which?', options } })
-    for (const [options, index] of [[['yes', 'no', 'yes'], 2], [['Yes', 'yes '], 1], [['a', 'b', 'c', 'B'], 3]] as const) {
+    const form = ': options are compared in any case and character form (full-width, ligatures, superscripts)'
+    for (const [options, index, message] of [
+      // Full-width Ａ is A to a voter (NFKC), as are a ligature and its letters.
+      [['A', 'B', '\uff21'], 2, `repeats option 0 ("A")${form}`],
+      [['\uff41', 'b', 'A'], 2, `repeats option 0 ("\uff41")${form}`],
+      [['file', '\ufb01le'], 1, `repeats option 0 ("file")${form}`],
+      [['yes', 'no', 'yes'], 2, 'repeats option 0 ("yes")'],
+      [['yes', 'no', ' yes '], 2, 'repeats option 0 ("yes")'],
+      [['Yes', 'yes '], 1, `repeats option 0 ("Yes")${form}`],
+      [['a', 'b', 'c', 'B'], 3, `repeats option 1 ("b")${form}`],
+    ] as const) {
       const r = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [poll([...options])] } })
-      expect(r.status).toBe(422)
+      expect({ options, status: r.status, details: r.json.error?.details }).toEqual({ options, status: 422, details: [{ index: 0, path: `/data/options/${index}`, message }] })
       expectErrorShape(r.json, 'invalid_event')
-      expect(r.json.error.details).toEqual([{ index: 0, path: `/data/options/${index}`, message: 'repeats an earlier option' }])
+      expect(r.json.error.message).toContain(message)
     }
     expect(await h.streamCount()).toBe(before)
-    expect((await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [poll(['yes', 'no', 'yes!'])] } })).status).toBe(202)
+    const fine = await h.call('POST', '/v1/events', { token: h.ingestToken, body: { events: [poll(['yes', 'no', 'yes!'])] } })
+    expect(fine.status).toBe(202)
+    expect(await h.streamCount()).toBe(before + 1)
   })
 
   test('a poll whose question or an option is only spaces is 422 invalid_event naming it', async () => {
