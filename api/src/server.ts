@@ -9,7 +9,7 @@ import { startRealtime } from './realtime/start'
 import type { HistoryReader } from './realtime/history'
 import { snapshotReader } from './realtime/snapshots'
 import { startSecurity } from './auth/security'
-import { createLimits } from './limits'
+import { createLimits, type Limits } from './limits'
 import { createIngest } from './modules/events/service'
 import { startViewerSampler } from './modules/streams/sampler'
 import { liveStreamsToSample } from './modules/streams/service'
@@ -23,6 +23,8 @@ const DRAIN_MS = 6_000
 export type RunningApi = {
   /** The bound port (useful when config.PORT is 0). */
   port: number
+  /** The node's limits (tests read their shared counts). */
+  limits: Limits
   /**
    * Stops accepting connections, answers the requests and WebSocket publishes in flight (at most
    * DRAIN_MS), closes the rest (WebSockets with "going away"), stops the feed. Safe to call twice.
@@ -50,7 +52,8 @@ export async function startApi(
   const publishDenials = watchPublishDenials({ nc: deps.nc, prefix: deps.config.FANFARE_SUBJECT_PREFIX, logger: deps.logger, count: metrics.nats.publishDenied })
   const security = await startSecurity({ ...deps, subscriptions })
   const realtime = await startRealtime({ ...deps, metrics, security, subscriptions, snapshot: snapshotReader(deps.readDb ?? deps.db) })
-  const limits = createLimits({ config: deps.config, metrics })
+  // Limits per user, key and address hold across the nodes: counts are shared over NATS.
+  const limits = createLimits({ config: deps.config, metrics, share: { nc: deps.nc, logger: deps.logger, subscriptions } })
   // One ingest service for REST, WebSocket and the viewer sampler: one in-flight budget per node.
   const ownIngest = deps.ingest ? undefined : createIngest({ config: deps.config, nc: deps.nc, logger: deps.logger, metrics, rooms: security.rooms })
   const ingest = deps.ingest ?? ownIngest!
@@ -82,6 +85,7 @@ export async function startApi(
   let stopping: Promise<void> | undefined
   return {
     port,
+    limits,
     stop: () =>
       (stopping ??= (async () => {
         await sampler.stop()

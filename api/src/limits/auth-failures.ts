@@ -1,12 +1,13 @@
 import type { Config } from '../../../core/config'
 import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
-import type { RateRefusal } from './rates'
+import type { RateRefusal, SharedCharges } from './rates'
 
 /**
  * Failed credential checks per client address (a guessed key, a bad token, a malformed
  * Authorization header). An address past its budget has no credential checked until it refills:
  * it gets 429 `rate_limited` at once, before any key lookup, so a flood of guesses costs no
- * database queries. Successful checks cost nothing. Counts are per node, like every limit.
+ * database queries. Successful checks cost nothing. When the node shares its counts (see
+ * LimitsCluster), each address is also charged the failures the other nodes saw from it.
  */
 export type AuthFailures = {
   /** Before checking a credential from `ip`: a refusal while its failures are over budget. Charges nothing. */
@@ -20,6 +21,8 @@ export type AuthFailures = {
   prune(): void
   /** How many addresses are held (for tests). */
   size(): number
+  /** What the node shares with the others, by address (see LimitsCluster). */
+  shared: SharedCharges
   stop(): void
 }
 
@@ -28,10 +31,19 @@ export function createAuthFailures(deps: {
   now?: () => number
   /** Told of every refusal (fanfare_rate_limited_total{what="auth"}). */
   onRefused?: (what: 'auth', caller: 'address') => void
+  /** Whether the counts are shared with other nodes (then failures are kept until read). */
+  share?: boolean
 }): AuthFailures {
   const perMinute = deps.config.FANFARE_AUTH_FAILURES_PER_MINUTE
   const now = deps.now ?? (() => performance.now())
   const buckets = new Map<string, TokenBucket>()
+  /** Failures per address since the cluster last read them. */
+  const unsent = new Map<string, number>()
+  const bucketOf = (ip: string) => {
+    let bucket = buckets.get(ip)
+    if (!bucket) buckets.set(ip, (bucket = tokenBucket({ capacity: perMinute, perSecond: perMinute / 60, now })))
+    return bucket
+  }
   const message = `at most ${perMinute} failed credential checks per minute per address: wait before trying a credential again`
   const pruning = setInterval(() => limits.prune(), 60_000)
   pruning.unref?.()
@@ -43,14 +55,23 @@ export function createAuthFailures(deps: {
       return { code: 'rate_limited', message, retryAfterMs: wait, perSecond: perMinute / 60 }
     },
     failed(ip) {
-      let bucket = buckets.get(ip)
-      if (!bucket) buckets.set(ip, (bucket = tokenBucket({ capacity: perMinute, perSecond: perMinute / 60, now })))
-      bucket.spend()
+      bucketOf(ip).spend()
+      if (deps.share) unsent.set(ip, (unsent.get(ip) ?? 0) + 1)
     },
     prune() {
       for (const [ip, b] of buckets) if (b.full()) buckets.delete(ip)
     },
     size: () => buckets.size,
+    shared: {
+      drain() {
+        const out = [...unsent]
+        unsent.clear()
+        return out
+      },
+      debit(ip, n) {
+        if (n > 0) bucketOf(ip).spend(n)
+      },
+    },
     stop: () => clearInterval(pruning),
   }
   return limits

@@ -23,8 +23,9 @@ export type ConnectionConfig = Pick<
 >
 
 /**
- * WebSocket connection limits of one node (counts are per node: a client may hold as many on each
- * node). An upgrade is checked twice: its address before the credential is verified (so a flood
+ * WebSocket connection limits of one node. Open sockets are counted here and, when the node shares
+ * its counts (see LimitsCluster), what the other nodes last reported is added: a user or an
+ * address is limited across the nodes, checked locally (no round trip). An upgrade is checked twice: its address before the credential is verified (so a flood
  * of connects costs no token checks), its user after; a socket is counted when it opens, and one
  * that passes a limit then (upgrades racing past the first check) is refused there.
  */
@@ -39,9 +40,26 @@ export type ConnectionLimits = {
   holdOff(ip: string, p: Principal, ms: number): void
   /** Forgets connect buckets that are full again and hold-offs that ended. Runs every minute. */
   prune(): void
-  /** Open sockets of an address or a principal id (for tests). */
+  /** Open sockets of an address or a principal id on this node (for tests). */
   count(key: string): number
+  /** What the node shares with the others (see LimitsCluster). */
+  shared: SharedConnections
   stop(): void
+}
+
+/**
+ * Open-socket counts as nodes share them: keys are `ip:<address>` and user principal ids (`u:<sub>`),
+ * each with this node's count.
+ */
+export type SharedConnections = {
+  /** The keys whose count changed since the last call, with their count now (0: none open). Only while sharing is on. */
+  changed(): [string, number][]
+  /** Every key with sockets open on this node. */
+  state(): [string, number][]
+  /** Another node's count of `key` changed by `n`: admissions count it from now. */
+  addRemote(key: string, n: number): void
+  /** Open sockets of `key` on the other nodes, as last reported (for tests). */
+  remote(key: string): number
 }
 
 /** What a client over a concurrency limit is told to wait: sockets close at no predictable time. */
@@ -52,6 +70,8 @@ export function createConnectionLimits(deps: {
   now?: () => number
   /** Every refusal (rate, count or hold-off), so an operator sees clients meeting the limits. */
   onRefused?: (what: 'ws_connections', caller: 'address' | Principal['kind']) => void
+  /** Whether the counts are shared with other nodes (then changed keys are kept until read). */
+  share?: boolean
 }): ConnectionLimits {
   const c = deps.config
   /** `r`, counted as refused by the limits of `caller` (an address's, or a principal's). */
@@ -62,6 +82,10 @@ export function createConnectionLimits(deps: {
   const now = deps.now ?? (() => performance.now())
   const connects = new Map<string, TokenBucket>()
   const open = new Map<string, number>()
+  /** Sockets open on the other nodes, as they last reported them (see LimitsCluster). */
+  const remote = new Map<string, number>()
+  /** Keys whose count changed since the cluster last read them. */
+  const dirty = new Set<string>()
   const heldUntil = new Map<string, number>()
 
   const ipKey = (ip: string) => `ip:${ip}`
@@ -73,8 +97,8 @@ export function createConnectionLimits(deps: {
     return { code: 'rate_limited', message: `closed for abusing the rate limits: reconnect after ${left} ms`, retryAfterMs: left }
   }
   const tooMany = (key: string, max: number, who: string): ConnectionRefusal | undefined =>
-    (open.get(key) ?? 0) >= max
-      ? { code: 'too_many_connections', message: `at most ${max} WebSockets per ${who} on this node`, retryAfterMs: BUSY_RETRY_MS }
+    (open.get(key) ?? 0) + (remote.get(key) ?? 0) >= max
+      ? { code: 'too_many_connections', message: `at most ${max} WebSockets per ${who}`, retryAfterMs: BUSY_RETRY_MS }
       : undefined
   // Keys are made once per check (each is a new string, hashed again by every Map lookup).
   const userLimit = (key: string | undefined) => (key === undefined ? undefined : tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_USER, 'user'))
@@ -82,6 +106,7 @@ export function createConnectionLimits(deps: {
     const v = (open.get(key) ?? 0) + n
     if (v <= 0) open.delete(key)
     else open.set(key, v)
+    if (deps.share) dirty.add(key)
   }
 
   const pruning = setInterval(() => limits.prune(), 60_000)
@@ -151,6 +176,21 @@ export function createConnectionLimits(deps: {
       for (const [k, until] of heldUntil) if (until <= now()) heldUntil.delete(k)
     },
     count: (key) => open.get(key) ?? 0,
+    shared: {
+      changed() {
+        const out: [string, number][] = []
+        for (const key of dirty) out.push([key, open.get(key) ?? 0])
+        dirty.clear()
+        return out
+      },
+      state: () => [...open],
+      addRemote(key, n) {
+        const v = (remote.get(key) ?? 0) + n
+        if (v <= 0) remote.delete(key)
+        else remote.set(key, v)
+      },
+      remote: (key) => remote.get(key) ?? 0,
+    },
     stop: () => clearInterval(pruning),
   }
   return limits

@@ -1,10 +1,15 @@
+import { hostname } from 'node:os'
+import type { NatsConnection } from '@nats-io/transport-node'
 import { ValidationError } from 'elysia'
 import type { Config } from '../../../core/config'
+import type { Logger } from '../../../core/logger'
 import type { Metrics } from '../../../core/metrics'
+import type { SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { Principal } from '../auth/principal'
 import { Forbidden, Invalid, KeyExpired, RateLimited, retryAfterSeconds, TokenExpired, Unauthorized } from '../errors'
 import { createAuthFailures, type AuthFailures } from './auth-failures'
 import { clientAddress, type ClientAddress } from './client-ip'
+import { startLimitsCluster, type LimitsCluster } from './cluster'
 import { createConnectionLimits, type ConnectionLimits } from './connections'
 import { originPolicy, type OriginPolicy } from './origins'
 import { createRateLimits, type RateLimits } from './rates'
@@ -12,6 +17,7 @@ import { createRateLimits, type RateLimits } from './rates'
 export type { ConnectionLimits, Slot, ConnectionRefusal } from './connections'
 export type { RateLimits, ConnectionRates, RateRefusal } from './rates'
 export type { AuthFailures } from './auth-failures'
+export type { LimitsCluster } from './cluster'
 
 /** Every limit of one API node, built from its config (see README "Limits"). */
 export type Limits = {
@@ -24,17 +30,54 @@ export type Limits = {
   origins: OriginPolicy
   /** Most channels one WebSocket may watch (also the burst of its subscribes). */
   maxSubscriptions: number
+  /** How the node shares its counts with the others; absent when it does not (an app without NATS, tests). */
+  cluster?: LimitsCluster
   stop(): void
 }
+
+/**
+ * Limit counters started in this process: part of each one's node id, so that nodes started in one
+ * process (tests) are told apart, while a process restarted in place (same host name and pid, as
+ * in a container) is the same node again, as a new run.
+ */
+let started = 0
 
 /** Most channels one WebSocket may watch. */
 export const MAX_SUBSCRIPTIONS = 100
 
-export function createLimits(deps: { config: Config; now?: () => number; maxSubscriptions?: number; metrics?: Metrics }): Limits {
+/**
+ * The limits of an API node. With `share` (a connection to NATS), the per-user, per-key and
+ * per-address counts are shared with the deployment's other nodes (see startLimitsCluster).
+ */
+export function createLimits(deps: {
+  config: Config
+  now?: () => number
+  maxSubscriptions?: number
+  metrics?: Metrics
+  share?: { nc: NatsConnection; logger: Logger; subscriptions?: SubscriptionWatch; flushMs?: number; heartbeatMs?: number }
+}): Limits {
   const maxSubscriptions = deps.maxSubscriptions ?? MAX_SUBSCRIPTIONS
-  const rates = createRateLimits({ config: deps.config, maxSubscriptions, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
-  const connections = createConnectionLimits({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
-  const authFailures = createAuthFailures({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited })
+  const share = deps.share !== undefined
+  const rates = createRateLimits({ config: deps.config, maxSubscriptions, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited, share })
+  const connections = createConnectionLimits({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited, share })
+  const authFailures = createAuthFailures({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited, share })
+  const cluster =
+    deps.share &&
+    startLimitsCluster({
+      nc: deps.share.nc,
+      prefix: deps.config.FANFARE_SUBJECT_PREFIX,
+      node: `${hostname()}-${process.pid}-${++started}`,
+      inc: crypto.randomUUID().slice(0, 8),
+      connections: connections.shared,
+      rates: rates.shared,
+      authFailures: authFailures.shared,
+      // A node is lost after the same silence as in presence.
+      ttlMs: deps.config.FANFARE_PRESENCE_TTL_MS,
+      heartbeatMs: deps.share.heartbeatMs,
+      flushMs: deps.share.flushMs,
+      logger: deps.share.logger,
+      subscriptions: deps.share.subscriptions,
+    })
   return {
     rates,
     connections,
@@ -42,7 +85,9 @@ export function createLimits(deps: { config: Config; now?: () => number; maxSubs
     clientAddress: clientAddress(deps.config.FANFARE_TRUSTED_PROXIES),
     origins: originPolicy(deps.config.FANFARE_ALLOWED_ORIGINS),
     maxSubscriptions,
+    ...(cluster ? { cluster } : {}),
     stop() {
+      cluster?.stop()
       rates.stop()
       connections.stop()
       authFailures.stop()

@@ -28,9 +28,11 @@ export type RateConfig = Pick<
 >
 
 /**
- * The rate limits of one node. Every user and every key has one budget on the node, shared by all
- * its WebSockets and REST calls (a user with 5 sockets gets one budget, not 5); anonymous callers
- * have one per client address, shared the same way (they have no other name). Each WebSocket also
+ * The rate limits of one node. Every user and every key has one budget, shared by all its
+ * WebSockets and REST calls (a user with 5 sockets gets one budget, not 5); anonymous callers
+ * have one per client address, shared the same way (they have no other name). When the node shares
+ * its charges (see LimitsCluster), each budget is also debited with what the other nodes charged
+ * it, so it holds across the nodes. Each WebSocket also
  * has its own publish (users) and subscribe buckets. A command is charged to every budget it falls
  * under or to none (see takeAll): a refusal by one costs nothing elsewhere.
  */
@@ -56,7 +58,20 @@ export type RateLimits = {
   prune(): void
   /** How many budgets are held (for tests and metrics). */
   size(): number
+  /** What the node shares with the others (see LimitsCluster). */
+  shared: SharedCharges
   stop(): void
+}
+
+/**
+ * Charges as nodes share them, per budget id (a principal id, or `address:<ip>` for anonymous
+ * callers). Also the failed credentials per address (AuthFailures), by address.
+ */
+export type SharedCharges = {
+  /** What this node charged per budget since the last call (net of refunds; cleared). Only while sharing is on. */
+  drain(): [string, number][]
+  /** Another node charged `n` to budget `id` (negative: it gave back): this node's budget pays it too. */
+  debit(id: string, n: number): void
 }
 
 /** One WebSocket's limits. */
@@ -69,7 +84,12 @@ export type ConnectionRates = {
   abusive(r: RateRefusal): boolean
 }
 
-type Limited = { bucket: TokenBucket; message: string }
+/**
+ * A bucket and what its refusal says. A budget that nodes share has its `id`, and what this node
+ * charged it since the cluster last read it (`unsent`, `queued` while it is in the list to send):
+ * a counter per budget per interval, no allocation per charge.
+ */
+type Limited = { bucket: TokenBucket; message: string; id?: string; unsent: number; queued: boolean }
 
 export function createRateLimits(deps: {
   config: RateConfig
@@ -77,6 +97,8 @@ export function createRateLimits(deps: {
   now?: () => number
   /** Told of every refusal (fanfare_rate_limited_total). */
   onRefused?: (what: 'rest' | 'ws_publish' | 'ws_subscribe', caller: Principal['kind']) => void
+  /** Whether the budgets are shared with other nodes (then what is charged is kept until read). */
+  share?: boolean
 }): RateLimits {
   const counted = (what: 'rest' | 'ws_publish' | 'ws_subscribe', p: Principal, r: RateRefusal | undefined) => {
     if (r) deps.onRefused?.(what, p.kind)
@@ -85,56 +107,81 @@ export function createRateLimits(deps: {
   const { config: c } = deps
   const now = deps.now ?? (() => performance.now())
   const budgets = new Map<string, Limited>()
+  /** Shared budgets charged since the cluster last read them. */
+  let queue: Limited[] = []
+  const note = deps.share
+    ? (l: Limited, n: number) => {
+        l.unsent += n
+        if (!l.queued) {
+          l.queued = true
+          queue.push(l)
+        }
+      }
+    : undefined
 
-  const rateOf = (p: Principal): [perSecond: number, capacity: number, who: string] =>
-    p.kind === 'user'
+  const rateOf = (kind: Principal['kind']): [perSecond: number, capacity: number, who: string] =>
+    kind === 'user'
       ? [c.FANFARE_USER_OPS_PER_SECOND, c.FANFARE_USER_OPS_BURST, 'user']
-      : p.kind === 'anonymous'
+      : kind === 'anonymous'
         ? [c.FANFARE_ANONYMOUS_OPS_PER_SECOND, c.FANFARE_ANONYMOUS_OPS_BURST, 'address of anonymous callers']
         : [c.FANFARE_KEY_OPS_PER_SECOND, c.FANFARE_KEY_OPS_BURST, 'API key']
 
-  const budgetOf = (p: Principal, address: string | undefined): Limited | undefined => {
-    if (p.kind === 'anonymous' && address === undefined) return undefined
-    // An address cannot be a principal id: those are `user:`, `key:` and `root:` names.
-    const id = p.kind === 'anonymous' ? `address:${address}` : principalId(p)
+  const budgetById = (id: string, kind: Principal['kind']): Limited => {
     let b = budgets.get(id)
     if (!b) {
-      const [perSecond, capacity, who] = rateOf(p)
-      b = { bucket: tokenBucket({ capacity, perSecond, now }), message: `at most ${perSecond} commands per second per ${who} on this node (burst ${capacity})` }
+      const [perSecond, capacity, who] = rateOf(kind)
+      b = { bucket: tokenBucket({ capacity, perSecond, now }), message: `at most ${perSecond} commands per second per ${who} (burst ${capacity})`, id, unsent: 0, queued: false }
       budgets.set(id, b)
     }
     return b
   }
+  const budgetOf = (p: Principal, address: string | undefined): Limited | undefined => {
+    if (p.kind === 'anonymous' && address === undefined) return undefined
+    // An address cannot be a principal id: those are `u:`, `k:` and root names (principalId).
+    return budgetById(p.kind === 'anonymous' ? `address:${address}` : principalId(p), p.kind)
+  }
+  /** The kind of principal a shared budget id names (its rate): `u:` users, `address:` anonymous callers, else keys. */
+  const kindOfId = (id: string): Principal['kind'] => (id.startsWith('u:') ? 'user' : id.startsWith('address:') ? 'anonymous' : 'key')
+  const charge = (limits: (Limited | undefined)[], cost: number) => chargeAll(limits, cost, note)
 
   const pruning = setInterval(() => limits.prune(), 60_000)
   pruning.unref?.()
 
   const limits: RateLimits = {
-    charge: (p, cost = 1, address) => counted('rest', p, chargeAll([budgetOf(p, address)], cost)),
-    refund: (p, n, address) => budgetOf(p, address)?.bucket.give(n),
+    charge: (p, cost = 1, address) => counted('rest', p, charge([budgetOf(p, address)], cost)),
+    refund(p, n, address) {
+      const b = budgetOf(p, address)
+      if (!b) return
+      b.bucket.give(n)
+      note?.(b, -n)
+    },
     signIn(p, channels) {
       const budget = budgetOf(p, undefined)
       if (!budget || channels === 0) return undefined
-      return counted('ws_subscribe', p, chargeAll([budget], Math.min(channels, budget.bucket.capacity)))
+      return counted('ws_subscribe', p, charge([budget], Math.min(channels, budget.bucket.capacity)))
     },
-    capacityOf: (p) => rateOf(p)[1],
+    capacityOf: (p) => rateOf(p.kind)[1],
     connection(address) {
       const publishes: Limited = {
         bucket: tokenBucket({ capacity: c.FANFARE_WS_PUBLISH_BURST, perSecond: c.FANFARE_WS_PUBLISHES_PER_SECOND, now }),
         message: `at most ${c.FANFARE_WS_PUBLISHES_PER_SECOND} events per second per connection (burst ${c.FANFARE_WS_PUBLISH_BURST})`,
+        unsent: 0,
+        queued: false,
       }
       // The burst is as many subscribes as a connection may hold: a reconnecting client
       // resubscribes to everything at once.
       const subscribes: Limited = {
         bucket: tokenBucket({ capacity: deps.maxSubscriptions, perSecond: c.FANFARE_WS_SUBSCRIBES_PER_SECOND, now }),
         message: `at most ${c.FANFARE_WS_SUBSCRIBES_PER_SECOND} subscribes per second per connection (burst ${deps.maxSubscriptions})`,
+        unsent: 0,
+        queued: false,
       }
       const meter: AbuseMeter = abuseMeter({ windowMs: c.FANFARE_WS_ABUSE_WINDOW_MS, factor: c.FANFARE_WS_ABUSE_FACTOR, now })
       return {
         // A key's sockets share the key's budget only: a game server may spread its events over
         // any number of sockets, and what it may send in all is the key's to say.
-        publish: (p) => counted('ws_publish', p, chargeAll([p.kind === 'user' ? publishes : undefined, budgetOf(p, address)], 1)),
-        subscribe: (p) => counted('ws_subscribe', p, chargeAll([subscribes, budgetOf(p, address)], 1)),
+        publish: (p) => counted('ws_publish', p, charge([p.kind === 'user' ? publishes : undefined, budgetOf(p, address)], 1)),
+        subscribe: (p) => counted('ws_subscribe', p, charge([subscribes, budgetOf(p, address)], 1)),
         abusive: (r) => meter.refused(r.perSecond),
       }
     },
@@ -142,13 +189,34 @@ export function createRateLimits(deps: {
       for (const [id, b] of budgets) if (b.bucket.full()) budgets.delete(id)
     },
     size: () => budgets.size,
+    shared: {
+      drain() {
+        const out: [string, number][] = []
+        for (const l of queue) {
+          if (l.unsent !== 0) out.push([l.id!, l.unsent])
+          l.unsent = 0
+          l.queued = false
+        }
+        queue = []
+        return out
+      },
+      debit(id, n) {
+        const b = budgetById(id, kindOfId(id))
+        // Spent even past the budget: the debt is this node's share of what the other one let through.
+        if (n > 0) b.bucket.spend(n)
+        else b.bucket.give(-n)
+      },
+    },
     stop: () => clearInterval(pruning),
   }
   return limits
 }
 
-/** takeAll, reporting which budget refused (the one with the longest wait). */
-function chargeAll(limits: (Limited | undefined)[], cost: number): RateRefusal | undefined {
+/**
+ * takeAll, reporting which budget refused (the one with the longest wait); what a shared budget was
+ * charged is told to `note`.
+ */
+function chargeAll(limits: (Limited | undefined)[], cost: number, note?: (l: Limited, n: number) => void): RateRefusal | undefined {
   let worst: { l: Limited; wait: number } | undefined
   for (const l of limits) {
     if (!l) continue
@@ -156,6 +224,10 @@ function chargeAll(limits: (Limited | undefined)[], cost: number): RateRefusal |
     if (wait > 0 && (!worst || wait > worst.wait)) worst = { l, wait }
   }
   if (worst) return { code: 'rate_limited', message: worst.l.message, retryAfterMs: worst.wait, perSecond: worst.l.bucket.perSecond }
-  for (const l of limits) l?.bucket.take(cost)
+  for (const l of limits) {
+    if (!l) continue
+    l.bucket.take(cost)
+    if (note && l.id !== undefined) note(l, cost)
+  }
   return undefined
 }

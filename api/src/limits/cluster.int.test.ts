@@ -1,0 +1,183 @@
+import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { connect, type NatsConnection } from '@nats-io/transport-node'
+import { connectPostgres, type Database } from '../../../core/db/client'
+import { createLogger } from '../../../core/logger'
+import { TEST_NATS_URL } from '../../../core/testing/env'
+import { WsClient, until } from '../../../test/e2e/harness'
+import { mintUserToken } from '../auth/mint'
+import type { Limits } from '.'
+import { startApi, type RunningApi } from '../server'
+import { startTestNode, UPGRADE_HEADERS, type TestNode } from '../test-support'
+
+/**
+ * Limits per principal across two API nodes of one deployment (one prefix, one NATS): each node
+ * checks locally and they share their counts (see LimitsCluster). Every test poses as its own
+ * clients (X-Forwarded-For behind the trusted 127.0.0.1), so their counts never mix.
+ */
+describe('limits across two API nodes', () => {
+  let a: TestNode
+  let b: RunningApi
+  let bNc: NatsConnection
+  let bDb: Database
+  const sockets: WsClient[] = []
+
+  beforeAll(async () => {
+    a = await startTestNode({
+      FANFARE_TRUSTED_PROXIES: '127.0.0.1/32',
+      FANFARE_MAX_CONNECTIONS_PER_USER: '4',
+      FANFARE_MAX_CONNECTIONS_PER_IP: '100',
+      // Slow refills, so that the counts below do not depend on how fast the machine is.
+      FANFARE_USER_OPS_PER_SECOND: '1',
+      FANFARE_USER_OPS_BURST: '20',
+      FANFARE_AUTH_FAILURES_PER_MINUTE: '6',
+      // A node silent for 1 s is lost (the least allowed), so the last test is short.
+      FANFARE_PRESENCE_TTL_MS: '1000',
+    })
+    // A second node of the same deployment, on its own NATS connection (cut off in the last test).
+    bNc = await connect({ servers: TEST_NATS_URL })
+    bDb = await connectPostgres(a.env.vars.DATABASE_URL, { max: 2 })
+    b = await startApi({ config: { ...a.env.config, PORT: 0 }, db: bDb.db, nc: bNc, logger: createLogger('silent') })
+  })
+  afterAll(async () => {
+    sockets.forEach((s) => s.close())
+    // b's NATS connection was closed under it (the last test): its stop may wait on NATS for good.
+    await Promise.race([b?.stop(), Bun.sleep(3000)])
+    await bNc?.close().catch(() => {})
+    await bDb?.close()
+    await a?.close()
+  })
+
+  const bBase = () => `http://127.0.0.1:${b.port}`
+  const base = (n: 'a' | 'b') => (n === 'a' ? a.base : bBase())
+  const limitsOf = (n: 'a' | 'b'): Limits | undefined => (n === 'a' ? a.api.limits : b.limits)
+  const other = (n: 'a' | 'b') => (n === 'a' ? 'b' : 'a')
+  /**
+   * Waits until node `to` has heard everything node `from` counted so far (its deltas are sent at
+   * once instead of at the next interval). Nothing to wait for where nodes share nothing.
+   */
+  const synced = async (from: 'a' | 'b') => {
+    const c = limitsOf(from)?.cluster
+    const to = limitsOf(other(from))?.cluster
+    if (!c || !to) return
+    const seq = c.flush()
+    await until(`node ${other(from)} to hear node ${from}'s delta ${seq}`, () => to.heard(c.node) >= seq || undefined, 5000, 10)
+  }
+  const from = (ip: string) => ({ 'x-forwarded-for': ip })
+  const open = async (n: 'a' | 'b', ip: string, token: string) => {
+    const ws = await WsClient.open(`${base(n).replace('http', 'ws')}/v1/ws?token=${token}`, from(ip))
+    sockets.push(ws)
+    return ws
+  }
+  /**
+   * Opens a socket (kept open, to count), or says why the upgrade is refused: a refused upgrade is
+   * a plain HTTP answer, which the same upgrade by fetch shows.
+   */
+  const tryOpen = async (n: 'a' | 'b', ip: string, token: string): Promise<{ status: number; code?: string }> => {
+    try {
+      await open(n, ip, token)
+      return { status: 101 }
+    } catch {
+      const res = await fetch(`${base(n)}/v1/ws?token=${token}`, { headers: { ...UPGRADE_HEADERS, ...from(ip) } })
+      return { status: res.status, code: ((await res.json()) as any).error?.code }
+    }
+  }
+  const closeAll = async (clients: WsClient[]) => {
+    for (const c of clients) c.close()
+    await until('closed', () => clients.every((c) => c.closed))
+  }
+
+  test("a user's sockets opened alternately on two nodes are refused at the cluster-wide limit, and admitted again after closing some", async () => {
+    const token = await mintUserToken(a.env.vars.FANFARE_JWT_SECRET, { sub: 'c-ann' })
+    const held: WsClient[] = []
+    for (const n of ['a', 'b', 'a', 'b'] as const) {
+      held.push(await open(n, '203.0.113.10', token))
+      await synced(n)
+    }
+    // 2 open on each node, 4 in all: the limit. Both nodes refuse a fifth.
+    for (const n of ['a', 'b'] as const) {
+      const r = await tryOpen(n, '203.0.113.10', token)
+      expect(r).toEqual({ status: 429, code: 'too_many_connections' })
+    }
+    // A socket signing in as the user by an `auth` frame is refused too.
+    const late = await WsClient.open(`${bBase().replace('http', 'ws')}/v1/ws`, from('203.0.113.11'))
+    sockets.push(late)
+    late.send({ op: 'auth', ref: 'a', token })
+    expect((await late.reply('a')).error).toMatchObject({ code: 'too_many_connections' })
+    await until('the close', () => late.closed)
+    expect(late.closed!.code).toBe(4029)
+
+    // One closed on a: b admits one more (and then neither admits another).
+    await closeAll([held[0]])
+    await synced('a')
+    expect(await tryOpen('b', '203.0.113.10', token)).toEqual({ status: 101 })
+    await synced('b')
+    expect(await tryOpen('a', '203.0.113.10', token)).toEqual({ status: 429, code: 'too_many_connections' })
+    await closeAll(sockets.filter((s) => !s.closed))
+  })
+
+  test("one user's REST publishes spread over two nodes are refused (429 rate_limited) once the one shared budget is spent", async () => {
+    const token = await mintUserToken(a.env.vars.FANFARE_JWT_SECRET, { sub: 'r-bea' })
+    const post = (n: 'a' | 'b', id: string) =>
+      fetch(`${base(n)}/v1/events`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...from('203.0.113.20') },
+        body: JSON.stringify({ id, type: 'chat.message.posted', data: { room: 'shared', text: id } }),
+      })
+    const accepted = { a: 0, b: 0 }
+    const refused: any[] = []
+    // 40 publishes, 5 at a time on each node in turn: twice the budget of one node (burst 20).
+    for (let round = 0; round < 8; round++) {
+      const n = round % 2 === 0 ? 'a' : 'b'
+      for (let i = 0; i < 5; i++) {
+        const res = await post(n, `r-bea-${round}-${i}`)
+        if (res.status === 202 || res.status === 200) accepted[n]++
+        else {
+          expect(res.status).toBe(429)
+          refused.push(((await res.json()) as any).error)
+        }
+      }
+      await synced(n)
+    }
+    // One budget of 20 between them (plus what refilled at 1/s meanwhile), not 20 on each.
+    expect(accepted.a + accepted.b).toBeGreaterThanOrEqual(18)
+    expect(accepted.a + accepted.b).toBeLessThanOrEqual(28)
+    expect(accepted.a).toBeGreaterThan(0)
+    expect(accepted.b).toBeGreaterThan(0)
+    expect(refused.length).toBe(40 - accepted.a - accepted.b)
+    expect(refused[0]).toMatchObject({ code: 'rate_limited' })
+    expect(refused[0].details.retryAfterMs).toBeGreaterThan(0)
+  })
+
+  test('failed credentials from one address count on both nodes', async () => {
+    const guess = () => `ffk_${crypto.randomUUID().replaceAll('-', '')}`
+    const attempt = async (n: 'a' | 'b') => (await fetch(`${base(n)}/admin/keys`, { headers: { authorization: `Bearer ${guess()}`, ...from('203.0.113.30') } })).status
+    const statuses: number[] = []
+    // 12 guesses, 3 on each node in turn: twice the budget of one node (6 a minute).
+    for (let round = 0; round < 4; round++) {
+      const n = round % 2 === 0 ? 'a' : 'b'
+      for (let i = 0; i < 3; i++) statuses.push(await attempt(n))
+      await synced(n)
+    }
+    expect(statuses.filter((s) => s === 401).length).toBe(6)
+    expect(statuses.filter((s) => s === 429).length).toBe(6)
+  })
+
+  test("a node cut off: its sockets are forgotten once its heartbeats stop, and the user may open up to the limit on the other", async () => {
+    const token = await mintUserToken(a.env.vars.FANFARE_JWT_SECRET, { sub: 'c-cid' })
+    // 3 on b, 1 on a: the limit (4) reached.
+    for (const n of ['b', 'b', 'b', 'a'] as const) {
+      await open(n, '203.0.113.40', token)
+      await synced(n)
+    }
+    expect(await tryOpen('a', '203.0.113.40', token)).toEqual({ status: 429, code: 'too_many_connections' })
+    // b is cut off from NATS (no goodbye): its sockets stay open there, but a stops counting them
+    // once b has been silent for the TTL (1 s), and the user may open 3 more on a.
+    await bNc.close()
+    const admitted = await until('a to forget b\'s sockets', async () => ((await tryOpen('a', '203.0.113.40', token)).status === 101 ? true : undefined), 10_000, 200)
+    expect(admitted).toBe(true)
+    expect(await tryOpen('a', '203.0.113.40', token)).toEqual({ status: 101 })
+    expect(await tryOpen('a', '203.0.113.40', token)).toEqual({ status: 101 })
+    expect(await tryOpen('a', '203.0.113.40', token)).toEqual({ status: 429, code: 'too_many_connections' })
+    expect(a.api.limits?.cluster?.peers()).toEqual([])
+  })
+})
