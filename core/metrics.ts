@@ -102,7 +102,7 @@ export function createMetrics() {
 
   new Gauge({
     name: 'fanfare_nats_subscriptions_denied',
-    help: 'Core NATS subscriptions this process needs and NATS refuses its user now (permissions narrowed by a config reload), by what they are for: revocations, rooms, presence, presence_want, node_stats, consumer_deleted, replays',
+    help: 'Core NATS subscriptions this process needs and NATS refuses its user now (permissions narrowed by a config reload), by what they are for: revocations, rooms, presence, presence_want, limits, limits_want, node_stats, consumer_deleted, replays',
     labelNames: ['subscription'],
     registers,
     collect() {

@@ -1,11 +1,22 @@
-import { afterAll, beforeAll, describe, expect, test } from 'bun:test'
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'bun:test'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
+import { loadConfig } from '../../../core/config'
 import { connectPostgres, type Database } from '../../../core/db/client'
 import { createLogger } from '../../../core/logger'
+import { freePort } from '../../../core/process'
 import { TEST_NATS_URL } from '../../../core/testing/env'
+import { privateNats } from '../../../test/cluster/private-nats'
 import { WsClient, until } from '../../../test/e2e/harness'
+import type { Principal } from '../auth/principal'
 import { mintUserToken } from '../auth/mint'
-import type { Limits } from '.'
+import { createLimits, type Limits } from '.'
+import { createAuthFailures } from './auth-failures'
+import { startLimitsCluster } from './cluster'
+import { createConnectionLimits, type ConnectionLimits } from './connections'
+import { createRateLimits } from './rates'
 import { startApi, type RunningApi } from '../server'
 import { startTestNode, UPGRADE_HEADERS, type TestNode } from '../test-support'
 
@@ -180,4 +191,99 @@ describe('limits across two API nodes', () => {
     expect(await tryOpen('a', '203.0.113.40', token)).toEqual({ status: 429, code: 'too_many_connections' })
     expect(a.api.limits?.cluster?.peers()).toEqual([])
   })
+})
+
+/**
+ * The limits of two nodes (createLimits with sharing) over a real NATS, without the API around
+ * them: restarts, goodbyes and NATS going away.
+ */
+describe('limits cluster: node runs, goodbyes and NATS away', () => {
+  const logger = createLogger('silent')
+  const ann: Principal = { kind: 'user', id: 'ann', roles: [], channels: [], expiresAt: Date.now() + 3_600_000 }
+  const started: { limits: Limits; nc: NatsConnection }[] = []
+  afterEach(async () => {
+    for (const s of started.splice(0)) {
+      s.limits.stop()
+      await s.nc.close().catch(() => {})
+    }
+  })
+  const prefix = () => `t_lc_${crypto.randomUUID().slice(0, 8)}`
+  /** A node's limits: at most 4 sockets per user; lost after 60 s of silence unless `ttlMs`. */
+  const node = async (url: string, p: string, ttlMs = 60_000) => {
+    const nc = await connect({ servers: url, reconnectTimeWait: 100, maxReconnectAttempts: -1 })
+    const config = loadConfig({ FANFARE_SUBJECT_PREFIX: p, FANFARE_MAX_CONNECTIONS_PER_USER: '4', FANFARE_PRESENCE_TTL_MS: String(ttlMs) })
+    const limits = createLimits({ config, share: { nc, logger, flushMs: 50, heartbeatMs: 100 } })
+    started.push({ limits, nc })
+    return { limits, nc }
+  }
+  const openAnn = (l: ConnectionLimits, n: number) => {
+    for (let i = 0; i < n; i++) {
+      const r = l.open('203.0.113.1', ann)
+      if ('refusal' in r) throw new Error(r.refusal.message)
+    }
+  }
+  const seen = (l: Limits, n: number, what: string) => until(what, () => l.connections.shared.remote('u:ann') === n || undefined, 10_000, 20)
+
+  test('a node that comes back under the same id (a new run) replaces its last run at once; a node that stops says goodbye and is forgotten at once', async () => {
+    const p = prefix()
+    const x = await node(TEST_NATS_URL, p)
+    const y = await node(TEST_NATS_URL, p)
+    openAnn(x.limits.connections, 3)
+    await seen(y.limits, 3, 'y to count x\'s 3 sockets')
+    expect(y.limits.connections.admitPrincipal(ann)).toBeUndefined()
+    openAnn(y.limits.connections, 1)
+    expect(y.limits.connections.admitPrincipal(ann)).toMatchObject({ code: 'too_many_connections' })
+
+    // x dies (no goodbye) and a new run of it starts under the same id (built by hand: createLimits
+    // makes a new id in each call): y forgets the dead run's sockets when it hears the new run, not
+    // after the TTL (60 s here).
+    const xNode = x.limits.cluster!.node
+    await x.nc.close()
+    const again = await connect({ servers: TEST_NATS_URL })
+    const config = loadConfig({ FANFARE_MAX_CONNECTIONS_PER_USER: '4' })
+    const connections = createConnectionLimits({ config, share: true })
+    const rates = createRateLimits({ config, maxSubscriptions: 100, share: true })
+    const failures = createAuthFailures({ config, share: true })
+    const newRun = startLimitsCluster({ nc: again, prefix: p, node: xNode, inc: 'new-run', connections: connections.shared, rates: rates.shared, authFailures: failures.shared, ttlMs: 60_000, heartbeatMs: 100, flushMs: 50, logger })
+    await seen(y.limits, 0, 'y to forget the dead run\'s sockets')
+    expect(y.limits.connections.admitPrincipal(ann)).toBeUndefined()
+
+    // The new run opens 2 and stops cleanly: y forgets them at once.
+    openAnn(connections, 2)
+    await seen(y.limits, 2, 'y to count the new run\'s 2 sockets')
+    newRun.stop()
+    await seen(y.limits, 0, 'y to forget the stopped node\'s sockets')
+    connections.stop()
+    rates.stop()
+    failures.stop()
+    await again.close()
+  })
+
+  test('NATS away: each node counts its own sockets only (nobody is refused for it); back, they count each other again', async () => {
+    // LIMITS_TEST_NATS_PORT: a port of one's own on a shared machine; else any free one.
+    const storeDir = mkdtempSync(join(tmpdir(), 'fanfare-limits-'))
+    const nats = privateNats({ port: Number(process.env.LIMITS_TEST_NATS_PORT ?? 0) || freePort(), storeDir })
+    await nats.start()
+    try {
+      const p = prefix()
+      const x = await node(nats.url, p)
+      const y = await node(nats.url, p)
+      openAnn(x.limits.connections, 4)
+      await seen(y.limits, 4, 'y to count x\'s 4 sockets')
+      expect(y.limits.connections.admitPrincipal(ann)).toMatchObject({ code: 'too_many_connections' })
+      await nats.stop()
+      await seen(y.limits, 0, 'y to count its own sockets only')
+      expect(y.limits.connections.admitPrincipal(ann)).toBeUndefined()
+      await nats.start()
+      await seen(y.limits, 4, 'y to count x\'s sockets again')
+      expect(y.limits.connections.admitPrincipal(ann)).toMatchObject({ code: 'too_many_connections' })
+    } finally {
+      for (const s of started.splice(0)) {
+        s.limits.stop()
+        await s.nc.close().catch(() => {})
+      }
+      await nats.stop()
+      rmSync(storeDir, { recursive: true, force: true })
+    }
+  }, 60_000)
 })
