@@ -73,3 +73,21 @@ measure('socket open + release (address and user)', CHARGES / 5, (i) => {
   if ('slot' in r) r.slot.release()
 }, changed)
 conns.stop()
+
+if (SHARE) {
+  // One interval's message both ways: the sender drains and encodes what it charged `PRINCIPALS`
+  // principals, a receiver decodes it and debits each budget.
+  const sender = createRateLimits({ config, maxSubscriptions: 100, share: true } as Parameters<typeof createRateLimits>[0])
+  const receiver = createRateLimits({ config, maxSubscriptions: 100, share: true } as Parameters<typeof createRateLimits>[0])
+  let text = ''
+  measure(`interval out: ${PRINCIPALS} charged, drain + encode`, 200, () => {
+    for (const u of users) sender.charge(u, 1)
+    text = JSON.stringify({ type: 'delta', node: 'n', inc: 'i', seq: 1, spent: sender.shared.drain() })
+  })
+  measure(`interval in: decode + debit ${PRINCIPALS}`, 200, () => {
+    for (const [id, n] of (JSON.parse(text) as { spent: [string, number][] }).spent) receiver.shared.debit(id, n)
+  })
+  console.log(`message: ${text.length} bytes for ${PRINCIPALS} principals`)
+  sender.stop()
+  receiver.stop()
+}
