@@ -308,7 +308,8 @@ describe('permissions narrowed by a config reload while nodes run', () => {
     await setPermissions('muted', '{ publish: { deny: ["*.presence.>", "*.control.>"] } }')
     // Heartbeats go out every second.
     await until('presence denials to be counted', async () => ((await metric(api.baseUrl, api.adminToken, 'fanfare_nats_publishes_denied_total{area="presence"}')) ?? 0) > 0, 5_000, 100)
-    expect(proc.output()).toContain(`NATS denies this process publish on ${prefix}.presence.node`)
+    // The limits' messages (`presence.limits`) may be the first denied: the heartbeats follow.
+    await until('the denied heartbeat to be logged', () => proc.output().includes(`NATS denies this process publish on ${prefix}.presence.node`), 3_000, 100)
     // Stored in Postgres (other nodes reload it within 30 s), its broadcast dropped: said so.
     const res = await fetch(`${api.baseUrl}/admin/users/u-muted/revoke`, { method: 'POST', headers: { authorization: `Bearer ${api.adminToken}` } })
     expect(res.status).toBe(200)
