@@ -147,8 +147,8 @@ export const Env = Type.Object({
   FANFARE_WS_PUBLISHES_PER_SECOND: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
   FANFARE_WS_PUBLISH_BURST: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 50 }),
   /**
-   * One budget per user on a node, over all their WebSockets and REST calls: each event published,
-   * each subscribe and each other REST request costs one.
+   * One budget per user over all their WebSockets and REST calls, on every API node (shared over
+   * NATS): each event published, each subscribe and each other REST request costs one.
    */
   FANFARE_USER_OPS_PER_SECOND: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 50 }),
   FANFARE_USER_OPS_BURST: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 200 }),
@@ -168,7 +168,7 @@ export const Env = Type.Object({
    */
   FANFARE_WS_ABUSE_FACTOR: Type.Number({ minimum: 1, maximum: 1000, default: 3 }),
   FANFARE_WS_ABUSE_WINDOW_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 5000 }),
-  /** WebSockets open at once on one node, per client address and per user. */
+  /** WebSockets open at once over all API nodes (shared over NATS), per client address and per user. */
   FANFARE_MAX_CONNECTIONS_PER_IP: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 500 }),
   FANFARE_MAX_CONNECTIONS_PER_USER: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10 }),
   /** WebSocket upgrades one client address may attempt per second on one node, after a burst. */
@@ -176,7 +176,7 @@ export const Env = Type.Object({
   FANFARE_IP_CONNECT_BURST: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 100 }),
   /**
    * Failed credential checks (401 `invalid_token` / `revoked` / malformed Authorization) one client
-   * address may make per minute on one node, after a burst of as many; past it the address gets 429
+   * address may make per minute over all API nodes, after a burst of as many; past it the address gets 429
    * for any credential until it refills, with no key looked up.
    */
   FANFARE_AUTH_FAILURES_PER_MINUTE: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
@@ -194,7 +194,7 @@ export const Env = Type.Object({
   FANFARE_PRESENCE_MAX_MEMBERS: Type.Integer({ minimum: 0, maximum: 10_000, default: 100 }),
   /** Presence: at most one count update per this many ms for a channel's presence subscribers. */
   FANFARE_PRESENCE_INTERVAL_MS: Type.Integer({ minimum: 100, maximum: 60_000, default: 1000 }),
-  /** Presence: an API node not heard from for this long is lost; its users leave (`node_lost`). */
+  /** Presence: an API node not heard from for this long is lost; its users leave (`node_lost`), its sockets no longer count against the limits. */
   FANFARE_PRESENCE_TTL_MS: Type.Integer({ minimum: 1000, maximum: 600_000, default: 10_000 }),
   /** Presence: how long a user whose last connection closed stays present (a page reload is no leave). */
   FANFARE_PRESENCE_GRACE_MS: Type.Integer({ minimum: 0, maximum: 600_000, default: 5000 }),
