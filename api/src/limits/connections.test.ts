@@ -96,3 +96,22 @@ test('prune forgets connect buckets that refilled', () => {
   for (let i = 0; i < 4; i++) expect(limits.admitAddress('1.1.1.1')).toBeUndefined()
   limits.stop()
 })
+
+test('shared: sockets other nodes report count against the limits; changed keys are read with their count now', () => {
+  const limits = createConnectionLimits({ config, share: true })
+  limits.shared.addRemote('u:ann', 1)
+  const a = limits.open('1.1.1.1', user('ann'))
+  if (!('slot' in a)) throw new Error('refused')
+  // 1 here + 1 elsewhere = the limit (2).
+  expect(limits.admitPrincipal(user('ann'))).toMatchObject({ code: 'too_many_connections' })
+  expect(limits.shared.changed().sort()).toEqual([['ip:1.1.1.1', 1], ['u:ann', 1]])
+  limits.shared.addRemote('ip:1.1.1.1', 2)
+  expect(limits.admitAddress('1.1.1.1')).toMatchObject({ code: 'too_many_connections' })
+  limits.shared.addRemote('u:ann', -1)
+  limits.shared.addRemote('ip:1.1.1.1', -2)
+  expect(limits.admitPrincipal(user('ann'))).toBeUndefined()
+  a.slot.release()
+  expect(limits.shared.changed().sort()).toEqual([['ip:1.1.1.1', 0], ['u:ann', 0]])
+  expect(limits.shared.state()).toEqual([])
+  limits.stop()
+})

@@ -101,3 +101,38 @@ test('prune forgets budgets that refilled, and only those', () => {
   expect(rates.size()).toBe(1)
   rates.stop()
 })
+
+test('shared: what a node charged each budget is read once per interval (net of refunds); what another node charged is spent here, into debt', () => {
+  let t = 0
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => t, share: true })
+  const ann = user('ann')
+  const socket = rates.connection('5.5.5.5')
+  expect(socket.publish(ann)).toBeUndefined()
+  expect(rates.charge(ann, 2)).toBeUndefined()
+  expect(socket.subscribe(ANONYMOUS)).toBeUndefined()
+  rates.refund(ann, 1)
+  // One entry per budget (per-socket buckets are not shared); refused charges cost nothing.
+  expect(rates.charge(ann, 5)?.code).toBe('rate_limited')
+  expect(rates.shared.drain().sort()).toEqual([['address:5.5.5.5', 1], ['u:ann', 2]])
+  expect(rates.shared.drain()).toEqual([])
+  // Another node charged bob 7 (his budget is 5): this node's bucket of bob is in debt, so bob
+  // waits for 3 tokens here (750 ms at 4/s), not just 1.
+  rates.shared.debit('u:bob', 7)
+  expect(rates.charge(user('bob'))).toMatchObject({ code: 'rate_limited', retryAfterMs: 750 })
+  // A key's and an anonymous address's budgets are known by their ids.
+  rates.shared.debit(rootKey('ingest').root!, 200)
+  expect(rates.charge(rootKey('ingest'))?.code).toBe('rate_limited')
+  rates.shared.debit('address:6.6.6.6', 12)
+  expect(rates.charge(ANONYMOUS, 1, '6.6.6.6')?.code).toBe('rate_limited')
+  // Another node's refund gives back.
+  rates.shared.debit('u:bob', -3)
+  expect(rates.charge(user('bob'))).toBeUndefined()
+  rates.stop()
+})
+
+test('not shared: nothing is kept for other nodes', () => {
+  const rates = createRateLimits({ config, maxSubscriptions: 10 })
+  expect(rates.charge(user('ann'))).toBeUndefined()
+  expect(rates.shared.drain()).toEqual([])
+  rates.stop()
+})
