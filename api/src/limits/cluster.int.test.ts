@@ -208,10 +208,10 @@ describe('limits cluster: node runs, goodbyes and NATS away', () => {
     }
   })
   const prefix = () => `t_lc_${crypto.randomUUID().slice(0, 8)}`
-  /** A node's limits: at most 4 sockets per user; lost after 60 s of silence unless `ttlMs`. */
+  /** A node's limits: at most 4 sockets per user (per address: no limit that matters); lost after 60 s of silence unless `ttlMs`. */
   const node = async (url: string, p: string, ttlMs = 60_000) => {
     const nc = await connect({ servers: url, reconnectTimeWait: 100, maxReconnectAttempts: -1 })
-    const config = loadConfig({ FANFARE_SUBJECT_PREFIX: p, FANFARE_MAX_CONNECTIONS_PER_USER: '4', FANFARE_PRESENCE_TTL_MS: String(ttlMs) })
+    const config = loadConfig({ FANFARE_SUBJECT_PREFIX: p, FANFARE_MAX_CONNECTIONS_PER_USER: '4', FANFARE_MAX_CONNECTIONS_PER_IP: '100000', FANFARE_PRESENCE_TTL_MS: String(ttlMs) })
     const limits = createLimits({ config, share: { nc, logger, flushMs: 50, heartbeatMs: 100 } })
     started.push({ limits, nc })
     return { limits, nc }
@@ -257,6 +257,19 @@ describe('limits cluster: node runs, goodbyes and NATS away', () => {
     rates.stop()
     failures.stop()
     await again.close()
+  })
+
+  test('more keys than one message holds: the deltas and a full state are split, and all arrive', async () => {
+    const p = prefix()
+    const x = await node(TEST_NATS_URL, p)
+    const y = await node(TEST_NATS_URL, p)
+    const users = Array.from({ length: 2500 }, (_, i) => ({ ...ann, kind: 'user' as const, id: `many-${i}` }))
+    for (const u of users) if ('refusal' in x.limits.connections.open('203.0.113.2', u)) throw new Error('refused')
+    const all = (l: Limits) => users.every((u) => l.connections.shared.remote(`u:${u.id}`) === 1) && l.connections.shared.remote('ip:203.0.113.2') === 2500
+    await until('y to count every socket of x (deltas)', () => all(y.limits) || undefined, 10_000, 50)
+    // A node that joins later gets x's full state, in parts.
+    const z = await node(TEST_NATS_URL, p)
+    await until('z to count every socket of x (a full state)', () => all(z.limits) || undefined, 10_000, 50)
   })
 
   test('NATS away: each node counts its own sockets only (nobody is refused for it); back, they count each other again', async () => {

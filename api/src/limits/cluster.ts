@@ -23,8 +23,11 @@ type Message =
 /** What this node knows of another: its open sockets as it last reported them. */
 type Replica = { inc: string; seq: number; heardSeq: number; lastHeard: number; ready: boolean; asked: number; open: Map<string, number>; full?: { seq: number; parts: Entry[][] } }
 
-/** Most entries in one message: keeps every message far below NATS' 1 MB payload limit. */
-const MAX_ENTRIES = 5000
+/**
+ * Most entries in one message: keeps every message below NATS' 1 MB payload limit even when every
+ * key is a user id of 128 characters each escaped in JSON (~800 bytes); typical entries are ~30.
+ */
+const MAX_ENTRIES = 1000
 
 /**
  * Shares the per-principal limits between API nodes over core NATS, the way presence is shared
@@ -98,7 +101,7 @@ export function startLimitsCluster(deps: {
     for (const node of [...replicas.keys()]) drop(node)
   }
 
-  /** Sends `entries` in messages of at most MAX_ENTRIES (chunks of one list at a time). */
+  /** `entries` split into lists of at most MAX_ENTRIES, one message each. */
   const chunks = (entries: Entry[]): Entry[][] => {
     const out: Entry[][] = []
     for (let i = 0; i < entries.length; i += MAX_ENTRIES) out.push(entries.slice(i, i + MAX_ENTRIES))
