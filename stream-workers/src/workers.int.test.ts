@@ -10,6 +10,7 @@ import { ensureStreams, streamIdentity } from '../../core/nats'
 import { leaderboardsProjection } from './projections/leaderboards/apply'
 import type { Projection } from './projections'
 import { applyBatch, claimFence } from './runtime/batch'
+import { slowCatchUpOf } from '../../core/nats-server-version'
 
 let world: World | undefined
 afterEach(async () => {
@@ -411,6 +412,18 @@ describe('stream workers', () => {
     await caughtUp(w)
     expect(await boardScores(w, 'tot')).toEqual({ amy: 6 })
     expect(await versions(w)).toEqual({ 'leaderboard:tot': 2 })
+    await workers.stop()
+  })
+
+  test("a worker on a nats-server release that catches up slowly says so at start, naming the release", async () => {
+    const w = (world = await createWorld())
+    const lines: string[] = []
+    const workers = await w.startWorker({ logger: createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' }) })
+    const version = w.nc.info?.version
+    const said = lines.map((l) => JSON.parse(l)).filter((l) => l.natsServer !== undefined)
+    // The machine's nats-server decides which: Debian 12's 2.9.10 has the slow count, 2.9.15+ not.
+    const expected = slowCatchUpOf(version)
+    expect(said.map((l) => [l.level, l.natsServer, l.msg])).toEqual(expected ? [[40, version, expected]] : [])
     await workers.stop()
   })
 })

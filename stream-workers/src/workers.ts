@@ -11,6 +11,7 @@ import { ensureStreams, topology, untilJetStreamAnswers } from '../../core/nats'
 import { readStreamSettings } from '../../core/stream-settings'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createAckedPublisher } from '../../core/acked-publish'
+import { slowCatchUpOf } from '../../core/nats-server-version'
 import { projections as allProjections, type Projection } from './projections'
 import { startUnclaimedPoller, type UnclaimedPoller } from './runtime/unclaimed'
 import { UNCLAIMED } from '../../core/projections'
@@ -88,6 +89,10 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const t = topology(deps.config)
   const workerId = `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`
   const logger = deps.logger.child({ workerId })
+  // Said at start, where an operator looks: otherwise a partition crawling after a restart looks
+  // like a stuck worker (see slowCatchUpOf).
+  const slowCatchUp = slowCatchUpOf(nc.info?.version)
+  if (slowCatchUp) logger.warn({ natsServer: nc.info?.version }, slowCatchUp)
   await checkCheckpointStream(db, t.eventStream)
   const { jsm, config, kv } = await untilJetStreamAnswers(
     async () => {
