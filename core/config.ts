@@ -221,6 +221,14 @@ export const Env = Type.Object({
    */
   FANFARE_WS_IDLE_TIMEOUT_S: Type.Integer({ minimum: 8, maximum: 960, default: 30 }),
   /**
+   * API nodes: seconds a JetStream outage (the event stream's info or a change feed not answering,
+   * as while a NATS cluster elects a stream leader: 7-15 s measured) leaves /readyz 200 `degraded`
+   * before it answers 503 `not_ready`. Every node sees such an outage alike: failing at once would
+   * take every node out of a balancer together. 0: not ready at once. This node's own faults
+   * (Postgres, its NATS connection down past 3 s, denied subscriptions) are not ready at once.
+   */
+  FANFARE_READY_GRACE_S: Type.Integer({ minimum: 0, maximum: 3600, default: 30 }),
+  /**
    * Edge site (on an API node at the edge): the JetStream domain of the leaf nats-server NATS_URL
    * points at. The node stores events in that domain (202 = stored at the edge) and reads change
    * runs from mirrors there of the hub's change streams. See README "Running at the edge".

@@ -20,7 +20,7 @@ describe('app', () => {
   test('healthz and readyz', async () => {
     expect(await h.call('GET', '/healthz')).toEqual({ status: 200, json: { status: 'ok' } })
     const ready = await h.call('GET', '/readyz')
-    expect(ready).toEqual({ status: 200, json: { status: 'ready', postgres: true, nats: true } })
+    expect(ready).toEqual({ status: 200, json: { status: 'ready', postgres: true, nats: true, jetstream: true } })
   })
 
   test('readyz is 503 not_ready when the NATS connection is closed', async () => {
@@ -30,7 +30,7 @@ describe('app', () => {
     const res = await app.handle(new Request('http://localhost/readyz'))
     expect(res.status).toBe(503)
     expect(await res.json()).toEqual({
-      error: { code: 'not_ready', message: expect.any(String), details: { postgres: true, nats: false } },
+      error: { code: 'not_ready', message: expect.any(String), details: { postgres: true, nats: false, jetstream: false } },
     })
   })
 
@@ -39,10 +39,10 @@ describe('app', () => {
     try {
       const res = await createApp({ ...h.deps, readDb: gone.db }).handle(new Request('http://localhost/readyz'))
       expect(res.status).toBe(503)
-      expect(await res.json()).toEqual({ error: { code: 'not_ready', message: expect.any(String), details: { postgres: true, nats: true, postgresRead: false } } })
+      expect(await res.json()).toEqual({ error: { code: 'not_ready', message: expect.any(String), details: { postgres: true, nats: true, jetstream: true, postgresRead: false } } })
       // A replica that answers is reported so.
       const ok = await createApp({ ...h.deps, readDb: h.deps.db }).handle(new Request('http://localhost/readyz'))
-      expect(await ok.json()).toEqual({ status: 'ready', postgres: true, nats: true, postgresRead: true })
+      expect(await ok.json()).toEqual({ status: 'ready', postgres: true, nats: true, jetstream: true, postgresRead: true })
     } finally {
       await gone.close()
     }

@@ -92,7 +92,7 @@ export function createApp(deps: ApiDeps) {
     // 503 `database_unavailable` wherever Postgres is read, which includes looking up a key.
     .guard({ schema: 'standalone', response: { 400: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse } }, (all) =>
       all
-        .use(healthModule({ db, readDb: deps.readDb, nc, eventStream, feeds: deps.realtime?.feeds, deniedSubscriptions: deps.subscriptions?.denied }))
+        .use(healthModule({ db, readDb: deps.readDb, nc, eventStream, feeds: deps.realtime?.feeds, deniedSubscriptions: deps.subscriptions?.denied, graceMs: config.FANFARE_READY_GRACE_S * 1000 }))
         .guard({ schema: 'standalone', response: { 429: ErrorResponse, 503: ErrorResponse } }, (charged) =>
           charged
             .use(metricsModule({ auth, metrics }))

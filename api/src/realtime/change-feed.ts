@@ -15,6 +15,8 @@ export type FeedStatus = {
   following: boolean
   /** Why it is not following (absent while it is). */
   reason?: string
+  /** Since when it has not been following (ISO time; absent while it is). */
+  since?: string
   /** Stream sequence of the last change run delivered. */
   lastSeq: number
 }
@@ -94,11 +96,14 @@ export async function startChangeFeed(deps: {
   let lastSeq = 0
   let following = false
   let reason: string | undefined = 'starting'
+  // When it stopped following (readiness tells a pause from an outage by it).
+  let notFollowingSince: number | undefined = Date.now()
 
   const setFollowing = () => {
     if (!following && reason !== 'starting') log.info({ lastSeq }, 'change feed following again')
     following = true
     reason = undefined
+    notFollowingSince = undefined
   }
   /** Stops the current consumer; the loop follows again from `lastSeq`. */
   let interrupted = 0
@@ -108,6 +113,7 @@ export async function startChangeFeed(deps: {
     if (following) log.warn({ reason: why, lastSeq }, 'change feed interrupted; following again from its last sequence')
     following = false
     reason = why
+    notFollowingSince ??= Date.now()
     messages?.stop()
   }
 
@@ -268,6 +274,7 @@ export async function startChangeFeed(deps: {
         if (following || attempt === 0) log.warn({ err, lastSeq }, 'change feed cannot follow its stream; retrying')
         following = false
         reason = `cannot follow: ${(err as Error)?.message ?? String(err)}`
+        notFollowingSince ??= Date.now()
         started()
       }
       if (stopped()) break
@@ -282,11 +289,18 @@ export async function startChangeFeed(deps: {
       stopping.abort()
       following = false
       reason = 'stopped'
+      notFollowingSince ??= Date.now()
       await messages?.close()
       await done
       await watchdog
     },
-    status: () => ({ stream: deps.stream, following, lastSeq, ...(reason ? { reason } : {}) }),
+    status: () => ({
+      stream: deps.stream,
+      following,
+      lastSeq,
+      ...(reason ? { reason } : {}),
+      ...(!following && notFollowingSince !== undefined ? { since: new Date(notFollowingSince).toISOString() } : {}),
+    }),
   }
 }
 
