@@ -512,7 +512,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     // Events deleted while no runner held the partition (workers down, or the partition stalled):
     // the consumer below starts at the first stored one and would skip them without a word.
     if (deps.retentionMs) await reportExpired((await deps.jsm.streams.info(deps.stream)).state.first_seq)
-    await createOwnershipConsumer(deps.jsm, {
+    await createOwnershipConsumer(deps.nc, deps.jsm, {
       stream: deps.stream,
       projection: deps.projection.name,
       partition: deps.partition,
