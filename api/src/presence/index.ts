@@ -26,6 +26,12 @@ export type Presence = {
   snapshot(channel: string): PresenceSnapshot
   /** Cluster-wide totals of a channel (for the stream viewer sampler and metrics). */
   totals(channel: string): { connections: number; users: string[] }
+  /**
+   * Whether `user` is present in `channel` on some node (cluster-wide), in O(1): `totals` copies
+   * every present user, which a question about one user (a seat) must not pay on a channel with
+   * thousands of spectators.
+   */
+  isPresent(channel: string, user: string): boolean
   /** Channels with anyone present, cluster-wide. */
   channels(): string[]
   /**
@@ -104,6 +110,7 @@ export function startPresence(deps: {
       const t = view.of(channel)
       return { connections: t.connections, users: [...t.users.keys()] }
     },
+    isPresent: (channel, user) => view.of(channel).users.has(user),
     channels: () => view.channels(),
     onChange(listener) {
       listeners.add(listener)

@@ -40,7 +40,7 @@ function standAloneWatcher(
   const published: EventInput[] = []
   const watcher = startSeatWatcher({
     revocations: { onChange: (l) => void (revocation = l) },
-    presence: { node: 'n', peers: () => [], onChange: (l) => ((listener = l), () => {}), totals: () => ({ connections: 0, users: [] }), channels: () => [], ...presence },
+    presence: { node: 'n', peers: () => [], onChange: (l) => ((listener = l), () => {}), isPresent: () => false, channels: () => [], ...presence },
     notices: (l) => ((feed = l), () => {}),
     ingest: { publish: async (events) => (published.push(...events), []) as never },
     db,
@@ -336,7 +336,7 @@ describe('seat watcher on a real node', () => {
       row('m2', [seat('gone', now - 1_000)], now - 1_000),
     ])
     const { watcher: w, published } = standAloneWatcher(database.db, {
-      presence: { totals: (ch) => ({ connections: 0, users: ch === 'match:m1' ? ['here', 'on'] : ['gone'] }), channels: () => ['match:m1', 'match:m2'] },
+      presence: { isPresent: (ch, user) => (ch === 'match:m1' ? ['here', 'on'] : ['gone']).includes(user), channels: () => ['match:m1', 'match:m2'] },
       sweepMs: 50,
     })
     await until('sweep published', () => published.length >= 2)
@@ -359,7 +359,7 @@ describe('seat watcher on a real node', () => {
     for (let i = 0; i < due.length; i += 400) await database.db.insert(matches).values(due.slice(i, i + 400))
     await database.db.insert(matches).values(row('late', [seat('here', now + 60_000)], now + 60_000, 5000))
     const { watcher: w, published } = standAloneWatcher(database.db, {
-      presence: { totals: (ch) => ({ connections: 1, users: ch === 'match:late' ? ['here'] : [] }), channels: () => ['match:late', 'chat:x'] },
+      presence: { isPresent: (ch, user) => ch === 'match:late' && user === 'here', channels: () => ['match:late', 'chat:x'] },
       sweepMs: 50,
     })
     const leaves = () => new Set(published.filter((e) => e.type === 'match.leave').map((e) => (e.data as { match: string }).match))
@@ -389,7 +389,7 @@ describe('seat watcher on a real node', () => {
     ])
     const present: Record<string, string[]> = { 'match:lobby': ['here'], 'match:duel': ['there'] }
     const { watcher: w, published } = standAloneWatcher(database.db, {
-      presence: { totals: (ch) => ({ connections: 1, users: present[ch] ?? [] }), channels: () => Object.keys(present) },
+      presence: { isPresent: (ch, user) => (present[ch] ?? []).includes(user), channels: () => Object.keys(present) },
       sweepMs: 20,
       absentMs: 100,
     })
@@ -412,7 +412,7 @@ describe('seat watcher on a real node', () => {
     await database.db.insert(channelVersions).values({ channel: 'match:m', version: 2, epoch: 'e1' })
     let present: string[] = []
     const { watcher: w, published, change } = standAloneWatcher(database.db, {
-      presence: { totals: (ch) => ({ connections: present.length, users: ch === 'match:m' ? present : [] }), channels: () => (present.length > 0 ? ['match:m'] : []) },
+      presence: { isPresent: (ch, user) => ch === 'match:m' && present.includes(user), channels: () => (present.length > 0 ? ['match:m'] : []) },
       sweepMs: 50,
     })
     try {

@@ -13,7 +13,7 @@ function watcher(peers: string[], present: Record<string, string[]> = {}, { swee
   let feed: NoticeListener | undefined
   const published: { events: EventInput[]; by: string }[] = []
   const w = startSeatWatcher({
-    presence: { node: 'node-b', peers: () => peers, onChange: (l) => ((listener = l), () => (listener = undefined)), totals: (ch) => ({ connections: 0, users: present[ch] ?? [] }), channels: () => Object.keys(present) },
+    presence: { node: 'node-b', peers: () => peers, onChange: (l) => ((listener = l), () => (listener = undefined)), isPresent: (ch, user) => (present[ch] ?? []).includes(user), channels: () => Object.keys(present) },
     notices: (l) => ((feed = l), () => (feed = undefined)),
     ingest: { publish: async (events, p) => (published.push({ events, by: p.kind === 'key' ? (p.root ?? p.id) : p.kind }), []) as never },
     db: undefined as unknown as Db,

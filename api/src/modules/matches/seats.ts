@@ -99,7 +99,7 @@ const revocationKey = (r: Revocation): string =>
  * the API nodes' own principal (`system`).
  */
 export function startSeatWatcher(deps: {
-  presence: Pick<Presence, 'node' | 'peers' | 'onChange' | 'totals' | 'channels'>
+  presence: Pick<Presence, 'node' | 'peers' | 'onChange' | 'isPresent' | 'channels'>
   /** Follows the match change feed (Realtime.onNotices('match', ...)). */
   notices: (listener: NoticeListener) => () => void
   ingest: Pick<Ingest, 'publish'>
@@ -160,7 +160,7 @@ export function startSeatWatcher(deps: {
    */
   const joined = (n: ChangeNotice) => {
     const c = n.data as MatchChange
-    if (stopped || c.kind !== 'joined' || !designated() || !deps.presence.totals(n.channel).users.includes(c.player)) return
+    if (stopped || c.kind !== 'joined' || !designated() || !deps.presence.isPresent(n.channel, c.player)) return
     const parsed = parseChannel(n.channel)
     if (parsed?.kind !== 'match') return
     publish([{ id: id(), type: 'match.player.connection', data: { match: parsed.name, player: c.player, connected: true } }])
@@ -256,7 +256,7 @@ export function startSeatWatcher(deps: {
     for (const [k, m] of missed) {
       missed.delete(k)
       if (now - m.at > missedMs) continue
-      if (deps.presence.totals(channelOf.match(m.change.match)).users.includes(m.change.user)) continue
+      if (deps.presence.isPresent(channelOf.match(m.change.match), m.change.user)) continue
       route(m.change)
     }
   }
@@ -305,7 +305,7 @@ export function startSeatWatcher(deps: {
         if (p.graceUntil <= now) {
           ended.set(key, now)
           events.push({ id: id(), type: 'match.leave', data: { match: r.match, player: p.player, reason: 'disconnected' } })
-        } else if (!connectOnItsWay(r.match, p.player, now) && deps.presence.totals(channelOf.match(r.match)).users.includes(p.player)) {
+        } else if (!connectOnItsWay(r.match, p.player, now) && deps.presence.isPresent(channelOf.match(r.match), p.player)) {
           // Present, yet the seat waits for a connect: one this node never published (made while
           // no node was designated, or a join notice a feed resync dropped; one published from
           // presence a moment ago is on its way). Published now, within the grace.
@@ -328,10 +328,12 @@ export function startSeatWatcher(deps: {
   const absentMs = deps.absentMs ?? ABSENT_MS
   const considerConnected = (rows: { match: string; players: Seat[] }[], now: number, events: EventInput[]) => {
     for (const r of rows) {
-      const present = deps.presence.totals(channelOf.match(r.match)).users
+      const channel = channelOf.match(r.match)
       for (const p of r.players) {
         const key = seatKey(r.match, p.player)
-        if (!p.connected || present.includes(p.player)) {
+        // One lookup per seat, whatever the spectators (the channel's whole user list was copied
+        // and scanned per seat: O(spectators x seats) a match a round).
+        if (!p.connected || deps.presence.isPresent(channel, p.player)) {
           absent.delete(key)
           continue
         }
