@@ -73,8 +73,7 @@ describe('readiness while JetStream has no leader', () => {
     const { degraded: what, ...checks } = degraded.body
     expect(checks).toMatchObject({ postgres: true, nats: true })
     expect(what.notAnswering.length).toBeGreaterThan(0)
-    const notReadyAt = Date.parse(what.notReadyAt)
-    expect(notReadyAt - Date.parse(what.since)).toBe(GRACE_S * 1000)
+    expect(Date.parse(what.notReadyAt) - Date.parse(what.since)).toBe(GRACE_S * 1000)
 
     const notReady = await until(
       'the node not ready once the grace is over',
@@ -86,17 +85,30 @@ describe('readiness while JetStream has no leader', () => {
       GRACE_S * 1000 + 30_000,
       250,
     )
-    // Never 503 before the grace was over; degraded (200) all along until then.
-    expect(notReady.at).toBeGreaterThanOrEqual(notReadyAt)
-    expect(samples.filter((s) => s.at < notReadyAt).every((s) => s.status === 200)).toBe(true)
-    expect(notReady.body.error).toMatchObject({ code: 'not_ready', details: { nats: true, degradedSince: what.since } })
+    // The statuses seen, run-length: `degraded x12, 503` (a check that finds everything answering
+    // ends an outage: the survivor may answer the stream's info from its own copy for a while).
+    const seen = samples.map((s) => (s.status === 503 ? '503' : s.body.status)).reduce<[string, number][]>((runs, st) => {
+      const last = runs[runs.length - 1]
+      if (last?.[0] === st) last[1]++
+      else runs.push([st, 1])
+      return runs
+    }, [])
+    const trace = seen.map(([st, n]) => (n > 1 ? `${st} x${n}` : st)).join(', ')
+    console.log(`readiness after two of three servers were killed: degraded at ${degraded.at - killedAt} ms (${what.notAnswering.join('; ')}), 503 at ${notReady.at - killedAt} ms; seen: ${trace}`)
+    // Never 503 before the grace of the outage it ends was over; 200 all along until then.
+    expect(notReady.body.error).toMatchObject({ code: 'not_ready', details: { nats: true } })
     expect(notReady.body.error.message).toContain('FANFARE_READY_GRACE_S')
-
+    const since = Date.parse(notReady.body.error.details.degradedSince)
+    expect(since).toBeGreaterThanOrEqual(Date.parse(what.since))
+    expect(notReady.at - since).toBeGreaterThanOrEqual(GRACE_S * 1000)
+    expect(samples.filter((s) => s.at < since + GRACE_S * 1000).every((s) => s.status === 200)).toBe(true)
     await Promise.all([cluster.nodes[1].start(), cluster.nodes[2].start()])
+    const restartedAt = Date.now()
     const back = await until('the node ready again', async () => {
       const s = await readyz()
       return s.body.status === 'ready' ? s : undefined
     }, 60_000, 250)
     expect(back.body).toEqual({ status: 'ready', postgres: true, nats: true, jetstream: true, changeFeeds: true })
+    console.log(`ready again ${back.at - restartedAt} ms after the servers were started again`)
   }, 150_000)
 })

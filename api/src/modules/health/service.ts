@@ -33,8 +33,9 @@ async function within(ms: number, p: () => Promise<unknown>): Promise<string | u
 
 /**
  * One check: Postgres (and its read replica, when it has one) answers `select 1`, this node's NATS
- * connection answers a round trip, and JetStream answers the event stream's info, each within
- * `timeoutMs`. The stream's info is asked only over a connection that answered.
+ * connection answers a round trip, and JetStream answers the event stream's info naming a leader
+ * (on a cluster), each within `timeoutMs`. The stream's info is asked only over a connection that
+ * answered.
  */
 export async function checkReadiness(db: Db, nc: NatsConnection, eventStream: string, timeoutMs = 2000, readDb?: Db): Promise<Checked> {
   const [postgres, natsAndStream, postgresRead] = await Promise.all([
@@ -46,7 +47,10 @@ export async function checkReadiness(db: Db, nc: NatsConnection, eventStream: st
       if (rtt !== undefined) return { nats: nc.isClosed() ? 'closed' : /disconnected/i.test(rtt) ? 'disconnected' : 'silent' }
       const jetstreamError = await within(timeoutMs, async () => {
         const jsm = await jetstreamManager(nc, { timeout: timeoutMs })
-        await jsm.streams.info(eventStream)
+        const info = await jsm.streams.info(eventStream)
+        // A replica whose group lost its leader answers from its own copy after a while (nats-server
+        // 2.9 does so to help an operator), which is no sign that the stream takes writes.
+        if (info.cluster && !info.cluster.leader) throw new Error('the event stream has no leader')
       })
       return { nats: 'ok', ...(jetstreamError !== undefined ? { jetstreamError } : {}) }
     })(),
