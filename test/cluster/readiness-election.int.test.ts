@@ -2,23 +2,39 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { jetstreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { startApi, type RunningApi } from '../../api/src/server'
 import { connectPostgres, type Database } from '../../core/db/client'
 import { createLogger } from '../../core/logger'
-import { ensureStreams } from '../../core/nats'
+import { ensureStreams, topology } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { until } from '../../core/testing/wait'
 import { privateNatsCluster, type PrivateNatsCluster } from './private-nats'
 
-const GRACE_S = 8
+const GRACE_S = 20
+
+type Sample = { at: number; status: number; body: any }
+/** The statuses seen, run-length: `degraded x12, 503`. */
+const runs = (samples: Sample[]) =>
+  samples
+    .map((s) => (s.status === 503 ? '503' : s.body.status))
+    .reduce<[string, number][]>((acc, st) => {
+      const last = acc[acc.length - 1]
+      if (last?.[0] === st) last[1]++
+      else acc.push([st, 1])
+      return acc
+    }, [])
+    .map(([st, n]) => (n > 1 ? `${st} x${n}` : st))
+    .join(', ')
 
 /**
- * A JetStream outage every API node sees alike (a NATS cluster's streams without a leader: here
- * two of three servers killed, so the survivor the node is connected to has no quorum) must not
- * take every node out of a balancer at once: /readyz answers 200 `degraded` for
- * FANFARE_READY_GRACE_S, then 503 `not_ready` (an outage that lasts is one), and `ready` again once
- * the cluster answers. Before, it answered 503 at the first check.
+ * A JetStream outage every API node sees alike (a NATS cluster's streams without a leader) must
+ * not take every node out of a balancer at once. An election (the event stream's leader killed):
+ * /readyz stays 200 (`degraded`, then `ready`). No quorum (two of three servers killed, the node
+ * connected to the third): 200 `degraded` for FANFARE_READY_GRACE_S, then 503 `not_ready` (an
+ * outage that lasts is one, and a node cut off on a minority server must leave), and `ready` again
+ * once the cluster answers. Before, both answered 503 from the first check (about 2 s in).
  */
 describe('readiness while JetStream has no leader', () => {
   let cluster: PrivateNatsCluster | undefined
@@ -36,25 +52,45 @@ describe('readiness while JetStream has no leader', () => {
     rmSync(storeDir, { recursive: true, force: true })
   })
 
-  test(`200 degraded within FANFARE_READY_GRACE_S (${GRACE_S} s), 503 after it, ready when the cluster answers again`, async () => {
+  test(`an election: 200 all along; no quorum: 200 degraded within FANFARE_READY_GRACE_S (${GRACE_S} s), 503 after it, ready when the cluster answers again`, async () => {
     cluster = privateNatsCluster({ size: 3, storeDir })
     await cluster.start()
     env = await createTestEnv({ NATS_URL: cluster.url, FANFARE_REPLICAS: '3', FANFARE_READY_GRACE_S: String(GRACE_S), PORT: '0', HOST: '127.0.0.1' })
     database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
-    // Connected to the server that survives: the node's own connection stays up throughout.
-    const survivor = cluster.nodes[0]
-    nc = await connect({ servers: survivor.url, maxReconnectAttempts: -1, reconnectTimeWait: 250 })
+    nc = await connect({ servers: cluster.nodes.map((n) => n.url), maxReconnectAttempts: -1, reconnectTimeWait: 250 })
     await ensureStreams(nc, env.config)
     api = await startApi({ config: env.config, db: database.db, nc, logger: createLogger('silent') })
     const base = `http://127.0.0.1:${api.port}`
-    type Sample = { at: number; status: number; body: any }
     const readyz = async (): Promise<Sample> => {
       const res = await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(10_000) })
       return { at: Date.now(), status: res.status, body: await res.json() }
     }
     await until('the node ready', async () => (await readyz()).body.status === 'ready', 30_000, 200)
 
-    await Promise.all([cluster.nodes[1].kill(), cluster.nodes[2].kill()])
+    // An election: the event stream's leader dies and the other two elect another. Every node sees
+    // it alike; none may leave the balancer for it.
+    const jsm = await jetstreamManager(nc)
+    const leader = (await jsm.streams.info(topology(env.config).eventStream)).cluster?.leader
+    const victim = cluster.nodes.findIndex((_, i) => `n${i + 1}` === leader)
+    expect(victim).toBeGreaterThanOrEqual(0)
+    await cluster.nodes[victim].kill()
+    const electionAt = Date.now()
+    const during: Sample[] = []
+    await until('ready again after the election', async () => {
+      const s = await readyz()
+      during.push(s)
+      return s.body.status === 'ready' && during.some((d) => d.body.status !== 'ready')
+    }, 60_000, 250)
+    console.log(`election (n${victim + 1}, the event stream's leader, killed): ready again after ${during[during.length - 1].at - electionAt} ms; seen: ${runs(during)}`)
+    expect(during.filter((s) => s.status !== 200)).toEqual([])
+    await cluster.nodes[victim].start()
+    await until('the node ready with the cluster whole', async () => (await readyz()).body.status === 'ready', 30_000, 200)
+
+    // No quorum: the two servers the node is not connected to are killed.
+    const here = nc.getServer()
+    const others = cluster.nodes.filter((n) => !n.url.endsWith(`//${here}`))
+    expect(others.length).toBe(2)
+    await Promise.all(others.map((n) => n.kill()))
     const killedAt = Date.now()
     const samples: Sample[] = []
     const degraded = await until(
@@ -87,14 +123,7 @@ describe('readiness while JetStream has no leader', () => {
     )
     // The statuses seen, run-length: `degraded x12, 503` (a check that finds everything answering
     // ends an outage: the survivor may answer the stream's info from its own copy for a while).
-    const seen = samples.map((s) => (s.status === 503 ? '503' : s.body.status)).reduce<[string, number][]>((runs, st) => {
-      const last = runs[runs.length - 1]
-      if (last?.[0] === st) last[1]++
-      else runs.push([st, 1])
-      return runs
-    }, [])
-    const trace = seen.map(([st, n]) => (n > 1 ? `${st} x${n}` : st)).join(', ')
-    console.log(`readiness after two of three servers were killed: degraded at ${degraded.at - killedAt} ms (${what.notAnswering.join('; ')}), 503 at ${notReady.at - killedAt} ms; seen: ${trace}`)
+    console.log(`two of three servers killed: degraded at ${degraded.at - killedAt} ms (${what.notAnswering.join('; ')}), 503 at ${notReady.at - killedAt} ms; seen: ${runs(samples)}`)
     // Never 503 before the grace of the outage it ends was over; 200 all along until then.
     expect(notReady.body.error).toMatchObject({ code: 'not_ready', details: { nats: true } })
     expect(notReady.body.error.message).toContain('FANFARE_READY_GRACE_S')
@@ -102,7 +131,7 @@ describe('readiness while JetStream has no leader', () => {
     expect(since).toBeGreaterThanOrEqual(Date.parse(what.since))
     expect(notReady.at - since).toBeGreaterThanOrEqual(GRACE_S * 1000)
     expect(samples.filter((s) => s.at < since + GRACE_S * 1000).every((s) => s.status === 200)).toBe(true)
-    await Promise.all([cluster.nodes[1].start(), cluster.nodes[2].start()])
+    await Promise.all(others.map((n) => n.start()))
     const restartedAt = Date.now()
     const back = await until('the node ready again', async () => {
       const s = await readyz()
