@@ -1,5 +1,5 @@
 import { expect, test } from 'bun:test'
-import { loadConfig, metricsHost, misspeltVariables } from './config'
+import { Env, loadConfig, metricsHost, misspeltVariables } from './config'
 
 test('a whole-number variable written as anything but decimal digits is refused, naming it', () => {
   // Value.Convert alone read these with parseInt: "864e5" (a day, meant) became 864 ms of retention.
@@ -112,4 +112,16 @@ test('FANFARE_METRICS_HOST: an address or host name to listen on, HOST when unse
   for (const host of ['127.0.0.1:9464', 'http://127.0.0.1', '[::1]', 'metrics host', '999.1.1.1', '-metrics']) {
     expect(() => loadConfig({ FANFARE_METRICS_HOST: host })).toThrow(`FANFARE_METRICS_HOST: ${JSON.stringify(host)} is not an address or host name to listen on`)
   }
+})
+
+test('the README documents every variable, and documents none that the config does not read', async () => {
+  const readme = await Bun.file(new URL('../README.md', import.meta.url)).text()
+  const keys = Object.keys(Env.properties)
+  // Each is named in backquotes: a row of a variables table, or the paragraph that explains it.
+  expect(keys.filter((k) => !readme.includes(`\`${k}\``))).toEqual([])
+  // A table row naming a variable that the config does not know would send operators after a setting that does nothing.
+  const rows = [...readme.matchAll(/^\| ((?:`[A-Z][A-Z0-9_]+`(?:, )?)+) \|/gm)].flatMap((m) => [...m[1].matchAll(/`([A-Z0-9_]+)`/g)].map((x) => x[1]))
+  const settings = rows.filter((r) => /^(FANFARE_|DATABASE_|NATS_|OTEL_|PORT$|HOST$|LOG_)/.test(r))
+  expect(settings.length).toBeGreaterThan(50)
+  expect(settings.filter((r) => !keys.includes(r))).toEqual([])
 })
