@@ -87,7 +87,7 @@ export function createLimits(deps: {
     maxSubscriptions,
     ...(cluster ? { cluster } : {}),
     stop() {
-      cluster?.stop()
+      void cluster?.stop()
       rates.stop()
       connections.stop()
       authFailures.stop()
