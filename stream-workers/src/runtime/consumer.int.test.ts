@@ -37,7 +37,7 @@ test("opening an ownership's consumer deletes the older ownerships' of its parti
     for await (const _ of lists) listed++
   })()
 
-  const name = await createOwnershipConsumer(nc, jsm, { stream, projection: 'chat', partition: 0, token: 3, filter: `${stream}.x`, checkpoint: 0, batchSize: 100 })
+  const { name } = await createOwnershipConsumer(nc, jsm, { stream, projection: 'chat', partition: 0, token: 3, filter: `${stream}.x`, checkpoint: 0, batchSize: 100 })
   await nc.flush()
   lists.unsubscribe()
   expect(name).toBe(consumerName('chat', 0, 3))

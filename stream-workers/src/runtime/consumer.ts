@@ -1,6 +1,7 @@
-import { AckPolicy, DeliverPolicy, JetStreamApiError, JetStreamError, type ApiError, type JetStreamManager } from '@nats-io/jetstream'
-import { nanos, RequestError, type NatsConnection } from '@nats-io/transport-node'
+import { AckPolicy, DeliverPolicy, type JetStreamManager } from '@nats-io/jetstream'
+import { nanos, type NatsConnection } from '@nats-io/transport-node'
 import { consumerName, parseConsumerName } from '../../../core/projections'
+import { consumerNames } from '../../../core/consumer-names'
 
 /** How long the server waits for an ack before redelivering; runners extend it while retrying. */
 export const ACK_WAIT_MS = 30_000
@@ -10,12 +11,14 @@ export const ACK_WAIT_MS = 30_000
  * deleting the consumers of older ownerships of the same projection and partition (and an earlier
  * one of this ownership, so the new one starts clean at delivery sequence 1). A stale owner can
  * therefore never pull from the new consumer, and a newer owner's consumer is never touched.
+ * Returns its name and `pending`, the events on its filter after the checkpoint, which the server
+ * counted to create it (no request of its own: see the runner's lag).
  */
 export async function createOwnershipConsumer(
   nc: NatsConnection,
   jsm: JetStreamManager,
   opts: { stream: string; projection: string; partition: number; token: number; filter: string; checkpoint: number; batchSize: number },
-): Promise<string> {
+): Promise<{ name: string; pending: number }> {
   const name = consumerName(opts.projection, opts.partition, opts.token)
   for (const existing of await consumerNames(nc, jsm, opts.stream)) {
     const other = parseConsumerName(existing)
@@ -25,7 +28,7 @@ export async function createOwnershipConsumer(
       })
     }
   }
-  await jsm.consumers.add(opts.stream, {
+  const created = await jsm.consumers.add(opts.stream, {
     durable_name: name,
     filter_subject: opts.filter,
     ...(opts.checkpoint > 0
@@ -39,50 +42,8 @@ export async function createOwnershipConsumer(
     // A consumer whose owner vanished without a successor is removed eventually.
     inactive_threshold: nanos(3600_000),
   })
-  return name
+  return { name, pending: created.num_pending }
 }
 
-/** What a page of `<api prefix>.CONSUMER.NAMES` answers. */
-type NamesPage = { total: number; offset: number; limit: number; consumers: string[] | null; error?: ApiError }
-
-/**
- * The names of a stream's consumers, page after page of `<api prefix>.CONSUMER.NAMES.<stream>`
- * (nats.js offers only `consumers.list`, which answers every consumer's info). An info makes
- * nats-server count the consumer's pending messages, a walk of the stream's blocks for its filter;
- * names cost nothing. Every runner looks for its predecessors when it opens a consumer, so a worker
- * starting its 48 runners on a stream with a backlog asked for 48 x 48 infos at once: nats-server
- * 2.9 answers a connection's JetStream requests in that connection's read loop, which spent seconds
- * on them (`Readloop processing time: 4.7s`), every request of the worker behind them timed out
- * (its partition leases' renewals too), and the runners reset and listed again: on a loaded machine
- * the worker applied nothing for tens of seconds after a restart (bench/fault-soak.ts, workers
- * fault).
- *
- * A plain request on `nc`, with `jsm`'s API prefix (its JetStream domain's, `$JS.<domain>.API`, when
- * it was made with one) and timeout. Errors as the manager's own requests: JetStream's answer
- * `error` is a `JetStreamApiError` (its `code`, e.g. 10059 stream not found, 10008 temporarily
- * unavailable), no answer in time the request's `TimeoutError`, no responder at all (no JetStream
- * there) a `JetStreamError` "jetstream is not enabled".
- */
-export async function consumerNames(nc: NatsConnection, jsm: JetStreamManager, stream: string): Promise<string[]> {
-  const { apiPrefix, timeout } = jsm.getOptions()
-  const subject = `${apiPrefix}.CONSUMER.NAMES.${stream}`
-  const names: string[] = []
-  for (;;) {
-    const page = await request(nc, subject, { offset: names.length }, timeout ?? 5000)
-    const consumers = page.consumers ?? []
-    names.push(...consumers)
-    if (consumers.length === 0 || names.length >= page.total) return names
-  }
-}
-
-async function request(nc: NatsConnection, subject: string, body: unknown, timeout: number): Promise<NamesPage> {
-  let page: NamesPage
-  try {
-    page = (await nc.request(subject, JSON.stringify(body), { timeout })).json<NamesPage>()
-  } catch (err) {
-    if (err instanceof RequestError && err.isNoResponders()) throw new JetStreamError('jetstream is not enabled', { cause: err })
-    throw err
-  }
-  if (page.error) throw new JetStreamApiError(page.error)
-  return page
-}
+// Moved to core (the API lists consumer names too, see projectionStatus); kept importable from here.
+export { consumerNames } from '../../../core/consumer-names'
