@@ -160,7 +160,7 @@ export function createMetrics() {
   const commitToPush = countingHistogram(registry, { name: 'fanfare_commit_to_push_seconds', help: 'Time from a change committing in Postgres to its frame being sent to subscribers, by channel kind', label: 'kind', buckets: LATENCY })
   const eventToPush = countingHistogram(registry, { name: 'fanfare_event_to_push_seconds', help: 'Time from an event being stored in JetStream to the frame showing its change being sent (the oldest event of the batch that made the change), by channel kind', label: 'kind', buckets: LATENCY })
 
-  const lag = new Gauge({ name: 'fanfare_projection_lag_events', help: 'Events stored and not yet applied, per projection and partition this worker holds (as of its last batch, or of its last failed try while a batch is retried or its consumer reopened)', labelNames: ['projection', 'partition'], registers })
+  const lag = new Gauge({ name: 'fanfare_projection_lag_events', help: 'Events stored and not yet applied, per projection and partition this worker holds, as of its last delivery (each carries what is stored behind it; events stored since are counted once delivered); while a batch is retried, plus those stored since its first failed try; while its consumer reopens, the value before. Never asked of the consumer (a consumer info slows nats-server before 2.9.15)', labelNames: ['projection', 'partition'], registers })
   const oldestUnapplied = new Gauge({
     name: 'fanfare_projection_oldest_unapplied_age_seconds',
     help: 'Age of the oldest stored event not yet applied, per projection and partition (0: none), sampled while FANFARE_EVENT_RETENTION_MS is set: alert well before it reaches the retention, past which JetStream deletes events unapplied',

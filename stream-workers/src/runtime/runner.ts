@@ -1,4 +1,4 @@
-import type { Consumer, ConsumerInfo, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
+import type { Consumer, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { ReplayReply, ReplayRequest } from '../../../core/dead-letters'
 import type { Db } from '../../../core/db/client'
@@ -11,6 +11,7 @@ import { openCheckpoint } from './open-checkpoint'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { applyBatch, batchMessageOf, claimFence, type BatchOwner, type BatchResult } from './batch'
 import { consumerName } from '../../../core/projections'
+import type { RunnerLag } from '../../../core/projection-lag'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { addResult, applyOrOneByOne } from './one-by-one'
 import { pullNow, type Delivery } from './pull-now'
@@ -97,6 +98,12 @@ export type Runner = {
    * or if this runner no longer owns the partition.
    */
   replay: (request: ReplayRequest) => Promise<ReplayReply>
+  /**
+   * This runner's lag as of its last delivery (see RunnerLag), what GET /admin/projections shows:
+   * taken from what the runner already knows, never from a consumer info (on nats-server before
+   * 2.9.15 an info makes a consumer with a backlog crawl: core/projection-lag.ts).
+   */
+  lag: () => RunnerLag
 }
 
 /** Why the consume loop needs a new consumer. */
@@ -154,16 +161,50 @@ export function startRunner(deps: RunnerDeps): Runner {
   const abort = new AbortController()
   let pulling: ConsumerMessages | undefined
   const lag = deps.metrics.worker.lag(deps.projection.name, deps.partition)
-  // Asks for the count of a stalled partition's waiting events (see applyWithRetry, showWaiting).
+  // The partition's lag as of the last delivery (see Runner.lag), and when it was set. Never asked
+  // of the consumer: on nats-server before 2.9.15 a consumer info makes a consumer with a backlog
+  // crawl (bench/findings.md, 2026-11-30, the filtered-pending count), and the runner already has
+  // the server's count in every delivery (its `pending`) and in its consumer's creation.
+  let lagNow: number | null = null
+  let lagAt: Date | null = null
+  // Counts of a stalled batch's waiting events still on their way (see stalledLag): a value set
+  // since (setLag) is newer than their answer.
   let lagAsks = 0
+  const setLag = (events: number) => {
+    lagAsks++
+    lagNow = events
+    lagAt = new Date()
+    lag.set(events)
+  }
+  const filter = subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area)
   /**
-   * Sets the lag gauge to `count` of a consumer's info once it comes, unless a newer ask, a value
-   * of the gauge set since (`lagAsks++`) or the runner's stop came first: an answer is slower than
-   * what it would overwrite.
+   * Events stored on this runner's subjects: the stream's per-subject counts (a stream info, which
+   * no consumer's position is involved in), never a consumer info.
    */
-  const lagFrom = (info: Promise<ConsumerInfo>, count: (info: ConsumerInfo) => number) => {
-    const asked = ++lagAsks
-    void info.then((i) => asked === lagAsks && !abort.signal.aborted && lag.set(count(i)), () => {})
+  const storedOnSubjects = async () => {
+    const info = await deps.jsm.streams.info(deps.stream, { subjects_filter: filter })
+    return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0)
+  }
+  /** The count of storedOnSubjects when a stall began; asked again at the next failure if it failed. */
+  type StallStart = { stored?: Promise<number> }
+  const storedAt = (start: StallStart) =>
+    (start.stored ??= storedOnSubjects().catch((err) => {
+      start.stored = undefined
+      throw err
+    }))
+  /**
+   * The lag of a partition stalled at one of its tries (a batch Postgres does not take, see
+   * applyWithRetry; a consumer that cannot be reopened, see run): `waiting` (what waited as of the
+   * last delivery), plus the events stored on the runner's subjects since the stall's first failed
+   * try, once counted. Events stored between the last delivery and that try are not counted.
+   */
+  const stalledLag = (waiting: number, start: StallStart) => {
+    setLag(Math.max(waiting, lagNow ?? 0))
+    const asked = lagAsks
+    void Promise.all([storedAt(start), storedOnSubjects()]).then(([before, now]) => {
+      if (asked !== lagAsks || abort.signal.aborted) return
+      setLag(waiting + Math.max(0, now - before))
+    }, () => {})
   }
   // The part size statement timeouts taught this runner, kept from batch to batch (see PartSize).
   const sizes = createPartSize(() => deps.metrics.worker.timedOut(deps.projection.name))
@@ -200,6 +241,8 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (first.err && !abort.signal.aborted) throw first.err
       return first.msgs
     }
+    // Held now: this delivery, and what it said is stored behind it.
+    setLag(1 + first.msgs[0].info.pending)
     await deps.hooks?.onFirstDelivery?.({ projection: deps.projection.name, partition: deps.partition, seq: first.msgs[0].seq })
     if (abort.signal.aborted || deps.batchSize <= 1) return first.msgs
     // The rest is what is stored NOW, not what the first delivery said was pending: a waiting pull
@@ -238,8 +281,12 @@ export function startRunner(deps: RunnerDeps): Runner {
     // Counted and not there (or no answer at all): a consumer info makes the server count again, so
     // the next batches do not wait for the same removed message (and their `pending`, the lag
     // gauge, is right again).
+    // (The one consumer info a runner asks: rare, and needed; it re-arms nats-server 2.9.10's slow
+    // count only for a consumer that is behind, see core/projection-lag.ts.)
     if (rest.msgs.length === 0 && (counted || rest.err)) await consumer.info().catch((err) => log.debug({ err }, 'consumer info after a pull that found nothing failed'))
-    return [...first.msgs, ...rest.msgs]
+    const all = [...first.msgs, ...rest.msgs]
+    setLag(all.length + all[all.length - 1].info.pending)
+    return all
   }
 
   // Batches and dead-letter replays take turns: a replay's reads and writes must not interleave
@@ -282,7 +329,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  const applyWithRetry = async (batch: Delivery[], consumer: Consumer): Promise<BatchResult | undefined> => {
+  const applyWithRetry = async (batch: Delivery[]): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
     const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
@@ -296,6 +343,8 @@ export function startRunner(deps: RunnerDeps): Runner {
     // A batch too big for statement_timeout is applied in parts (see PartSize), each its own
     // statement in stream order: `rest` is what is not applied yet, `total` what the parts applied so far.
     let rest = messages
+    // When the batch first failed (see stalledLag).
+    const stall: StallStart = {}
     const total: BatchResult = { applied: 0, skipped: 0, deadLettered: 0, runs: [], events: [], checkpoint }
     try {
       for (let attempt = 0; ; attempt++) {
@@ -323,14 +372,13 @@ export function startRunner(deps: RunnerDeps): Runner {
           const last = part[part.length - 1]
           const where = { size: part.length, batchSize: batch.length, subject: first.subject, seq: first.seq, lastSubject: last.subject, lastSeq: last.seq }
           const line = { err, attempt, ...where, deliveryCount: batch[0].info.deliveryCount, lastDeliveryCount: batch[batch.length - 1].info.deliveryCount }
-          // Stalled until Postgres takes the batch: the lag gauge says what waits (the rest of this
-          // batch and what the consumer holds behind it), not the last applied batch's, which
-          // showed a stalled partition as caught up. What it held when the batch was delivered
-          // first, then what it holds now: events stored during the stall wait too (NATS answers
-          // while Postgres is away; if it does not either, the delivery-time count stays).
-          lag.set(rest.length + batch[batch.length - 1].info.pending)
-          const waiting = rest.length
-          lagFrom(consumer.info(), (info) => waiting + info.num_pending)
+          // Stalled until Postgres takes the batch: the lag says what waits (the rest of this batch,
+          // what the consumer held behind it at the batch's last delivery, and what was stored
+          // since: NATS answers while Postgres is away), not the last applied batch's, which showed
+          // a stalled partition as caught up. Counted from the stream, never by asking the
+          // consumer: an info (as this did) makes nats-server before 2.9.15 read the backlog 20-50x
+          // slower once Postgres is back (see Runner.lag).
+          stalledLag(rest.length + batch[batch.length - 1].info.pending, stall)
           const timeout = sizes.failed(err, part.length)
           if (timeout === 'split') {
             log.warn({ ...line, nextSize: sizes.next(part.length) }, 'the batch outlasts statement_timeout; retrying it in smaller parts')
@@ -354,8 +402,6 @@ export function startRunner(deps: RunnerDeps): Runner {
       }
     } finally {
       clearInterval(keepAlive)
-      // An answer still on its way is older than the gauge's next value.
-      lagAsks++
     }
   }
 
@@ -380,7 +426,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       if (deps.retentionMs && Date.now() - lastStoredAt > deps.retentionMs / 2) await reportExpired(batch[0].seq)
       const started = performance.now()
       const { result, headers } = await tracedBatch(batch, () =>
-        applyWithRetry(batch, consumer).catch((err) => {
+        applyWithRetry(batch).catch((err) => {
           const m = batch[0]
           if (isRefusedBatch(err)) throw err
           throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
@@ -399,8 +445,9 @@ export function startRunner(deps: RunnerDeps): Runner {
           'messages of the batch were written to dead letters; the partition goes on (GET /admin/dead-letters)',
         )
       }
-      // What the consumer still holds after this batch's last message: the partition's lag.
-      lag.set(batch[batch.length - 1].info.pending)
+      // What the consumer still holds after this batch's last message: the partition's lag (an
+      // answer to a stalled try still on its way is older).
+      setLag(batch[batch.length - 1].info.pending)
       checkpoint = result.checkpoint
       lastStoredAt = millis(batch[batch.length - 1].info.timestampNanos)
       await deps.hooks?.onBeforeAck?.({ projection: deps.projection.name, partition: deps.partition, seqs: batch.map((m) => m.seq) })
@@ -512,7 +559,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     // Events deleted while no runner held the partition (workers down, or the partition stalled):
     // the consumer below starts at the first stored one and would skip them without a word.
     if (deps.retentionMs) await reportExpired((await deps.jsm.streams.info(deps.stream)).state.first_seq)
-    await createOwnershipConsumer(deps.nc, deps.jsm, {
+    const created = await createOwnershipConsumer(deps.nc, deps.jsm, {
       stream: deps.stream,
       projection: deps.projection.name,
       partition: deps.partition,
@@ -521,24 +568,16 @@ export function startRunner(deps: RunnerDeps): Runner {
       checkpoint,
       batchSize: deps.batchSize,
     })
-    return deps.js.consumers.get(deps.stream, name!)
-  }
-
-  /**
-   * Stuck reopening the consumer (Postgres or NATS away while it reads the checkpoint or recreates
-   * the consumer): the lag gauge says what waits, as while a batch is retried, not the last
-   * applied batch's value, which showed the partition as caught up. What the consumer of this
-   * ownership holds: not yet delivered, and delivered but not acked (the reset dropped those; they
-   * come again). A consumer that is gone (deleted, NATS lost it) or a NATS that does not answer
-   * leaves the gauge as it was. A batch applied but not acked before the reset is counted too
-   * (its redelivery is skipped by the checkpoint): an over-count of one batch at most.
-   */
-  const showWaiting = () => {
-    if (!name) return
-    lagFrom(deps.jsm.consumers.info(deps.stream, name), (info) => info.num_pending + info.num_ack_pending)
+    const consumer = await deps.js.consumers.get(deps.stream, name!)
+    // The server counted what waits to create it: the lag until the first delivery. Nothing is
+    // held across a reset (what was delivered and not acked comes again from this consumer).
+    setLag(created.pending)
+    return consumer
   }
 
   const run = async () => {
+    // While the consumer cannot be reopened: the lag before the first failed try, and when it began.
+    let reset: (StallStart & { lag: number }) | undefined
     for (let attempt = 0; !abort.signal.aborted; ) {
       try {
         if (!name) {
@@ -548,6 +587,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         }
         const consumer = await openConsumer()
         attempt = 0
+        reset = undefined
         await consumeFrom(consumer)
       } catch (err) {
         if (abort.signal.aborted) break
@@ -568,7 +608,12 @@ export function startRunner(deps: RunnerDeps): Runner {
         // moved by someone else, or Postgres down while reading the checkpoint: start over from the
         // checkpoint with a fresh consumer.
         log.warn({ err: err instanceof ResetConsumer ? err.message : err, attempt }, 'consumer reset')
-        showWaiting()
+        // Until the consumer is created again (whose creation counts what waits), the lag says what
+        // waits, as while a batch is retried, and not the last applied batch's value, which showed
+        // the partition as caught up: the value at the reset (what was held and not acked comes
+        // again, so it still counts) plus what is stored since. Never a consumer info (see Runner.lag).
+        reset ??= { lag: lagNow ?? 0 }
+        stalledLag(reset.lag, reset)
         await sleep(backoffMs(attempt++), abort.signal)
       }
     }
@@ -577,6 +622,7 @@ export function startRunner(deps: RunnerDeps): Runner {
   const done = run()
   return {
     replay,
+    lag: () => ({ projection: deps.projection.name, partition: deps.partition, consumer: name ?? null, lag: lagNow, at: lagAt?.toISOString() ?? null }),
     stop: async (opts = {}) => {
       abort.abort()
       pulling?.stop()

@@ -1,0 +1,70 @@
+import type { NatsConnection } from '@nats-io/transport-node'
+
+/**
+ * The lag of the partitions' projections, as the workers that run them know it: GET
+ * /admin/projections asks the workers over core NATS request/reply instead of asking nats-server
+ * for consumer infos. On nats-server before 2.9.15 a consumer info (one per consumer in a listing)
+ * made the server count a filtered consumer's pending messages again, and a count made while a
+ * consumer with a backlog stood in the first half of what its subject had left in the stream's
+ * last block made every later delivery scan that block up to the consumer: a partition then read
+ * its backlog 20-50x slower (bench/findings.md, 2026-11-30, the filtered-pending count). The admin
+ * console polls every 2 s, so watching a backlog drain made it crawl. A worker knows its lag from
+ * its deliveries (each carries the consumer's pending count, which the server keeps anyway).
+ */
+
+/** `<prefix>.admin.lag`: every worker process answers (one subscription each) with the lag of each runner it has. */
+export const lagSubject = (prefix: string) => `${prefix}.admin.lag`
+
+/** One runner's lag, as its worker knows it. */
+export type RunnerLag = {
+  projection: string
+  partition: number
+  /** The consumer of the runner's ownership; null before it claimed its fence. */
+  consumer: string | null
+  /**
+   * Events on the runner's subjects stored and not yet applied and acked, as of the runner's last
+   * delivery: the events it holds (delivered, not yet acked) plus those its last delivery said were
+   * stored behind it (or, before its first, those its consumer's creation counted). Events stored
+   * since that delivery are not counted until delivered (at once for a runner waiting for events;
+   * after the batch it applies otherwise); while a batch is retried (Postgres refusing it) or its
+   * consumer reopens, it stays what it was at the last delivery. Null before the consumer exists.
+   */
+  lag: number | null
+  /** When `lag` was last set (the runner's last delivery, consumer creation or ack), ISO; null with lag null. */
+  at: string | null
+}
+
+/** A worker's answer on lagSubject. */
+export type LagReply = { worker: string; runners: RunnerLag[] }
+
+/** How long GET /admin/projections waits for the workers holding partitions to answer. */
+export const LAG_WAIT_MS = 1_000
+
+/**
+ * Asks every worker for its runners' lag (one request on lagSubject) and gathers the answers of
+ * `workers` (the ids holding partitions, from the lease bucket): done when each has answered, or
+ * after `timeoutMs`. A worker that does not answer in time (stopping, stuck, an older version) is
+ * absent from the result. Never throws: a NATS fault is no answers.
+ */
+export async function askLags(nc: NatsConnection, prefix: string, workers: ReadonlySet<string>, timeoutMs = LAG_WAIT_MS): Promise<Map<string, LagReply>> {
+  const replies = new Map<string, LagReply>()
+  if (workers.size === 0) return replies
+  try {
+    // Every worker answers, holders or not; counting all answers would end early on others'.
+    const answers = await nc.requestMany(lagSubject(prefix), '', { strategy: 'timer', maxWait: timeoutMs })
+    for await (const m of answers) {
+      let reply: LagReply
+      try {
+        reply = m.json<LagReply>()
+      } catch {
+        continue
+      }
+      if (typeof reply?.worker !== 'string' || !Array.isArray(reply.runners) || !workers.has(reply.worker)) continue
+      replies.set(reply.worker, reply)
+      if (replies.size === workers.size) break
+    }
+  } catch {
+    // No responders (no worker running) or a lost connection: what came so far.
+  }
+  return replies
+}
