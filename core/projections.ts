@@ -5,6 +5,9 @@ import type { Db } from './db/client'
 import { count, eq } from 'drizzle-orm'
 import { deadLetters, projectionCheckpoints } from './db/schema'
 import { topology } from './nats'
+import { consumerNames } from './consumer-names'
+import { listPartitionOwners, openLeaseBucketIfExists } from './leases'
+import { askLags } from './projection-lag'
 
 /** Names of the read models the workers maintain; also the checkpoint's `projection` column. */
 export const projectionNames = ['leaderboards', 'chat', 'streams', 'polls', 'reactions', 'matches'] as const
@@ -58,7 +61,11 @@ export type PartitionStatus = {
   updatedAt: string | null
   /** Consumer of the current ownership, null when no worker holds the partition. */
   consumer: string | null
-  /** Events of this projection and partition not yet applied and acked; null without a consumer. */
+  /**
+   * Events of this projection and partition not yet applied and acked, as the worker holding the
+   * partition knows it (see RunnerLag: as of its last delivery); null when no worker holds the
+   * partition or its holder did not answer within LAG_WAIT_MS.
+   */
   lag: number | null
   /**
    * When the oldest event seen stored and not yet applied was stored (see startRetentionWatch;
@@ -101,29 +108,38 @@ export type ProjectionsStatus = {
     projection: ProjectionName
     /** Highest applied stream sequence over the partitions. */
     appliedSeq: number
-    /** Sum of the partitions' lag; null when some partition has no worker (lag unknown). */
+    /** Sum of the partitions' lag; null when some partition's lag is unknown (no worker, or no answer). */
     lag: number | null
     partitions: PartitionStatus[]
   }[]
 }
 
 /**
- * Where each projection is, per partition. Lag is exact and per projection: the consumer of the
- * current ownership counts the events on its subjects that are not delivered yet (num_pending)
- * plus those delivered and not yet acked (num_ack_pending, i.e. being applied). A partition that no
- * worker holds has no consumer, so its lag is null.
+ * Where each projection is, per partition. The lag of a partition is its holder's (the worker with
+ * its lease, see core/leases.ts), asked over core NATS (askLags): as of that worker's last delivery,
+ * not a count made now. nats-server is asked for no consumer info: on releases before 2.9.15 each
+ * one (a listing answers one per consumer) made a consumer with a backlog read it 20-50x slower
+ * (core/projection-lag.ts). The consumer of each ownership comes from the stream's consumer names
+ * (no count); a partition that no worker holds, or whose holder does not answer, has lag null.
  */
 export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsConnection }): Promise<ProjectionsStatus> {
   const t = topology(deps.config)
   const jsm = await jetstreamManager(deps.nc)
   const info = await jsm.streams.info(t.eventStream)
-  const newest = new Map<string, { name: string; token: number; lag: number }>()
-  for await (const c of jsm.consumers.list(t.eventStream)) {
-    // nats-server lists a consumer deleted during the listing as null.
-    const parsed = c && parseConsumerName(c.name)
+  const newest = new Map<string, { name: string; token: number }>()
+  for (const name of await consumerNames(deps.nc, jsm, t.eventStream)) {
+    const parsed = parseConsumerName(name)
     if (!parsed) continue
     const key = `${parsed.projection}/${parsed.partition}`
-    if ((newest.get(key)?.token ?? -1) < parsed.token) newest.set(key, { name: c.name, token: parsed.token, lag: c.num_pending + c.num_ack_pending })
+    if ((newest.get(key)?.token ?? -1) < parsed.token) newest.set(key, { name, token: parsed.token })
+  }
+  // No lease bucket: no worker ever started, so no partition has a holder.
+  const kv = await openLeaseBucketIfExists(deps.nc, deps.config)
+  const owners = kv ? await listPartitionOwners(kv) : new Map<number, string>()
+  const replies = await askLags(deps.nc, t.prefix, new Set(owners.values()))
+  const lags = new Map<string, number | null>()
+  for (const [partition, worker] of owners) {
+    for (const r of replies.get(worker)?.runners ?? []) if (r.partition === partition) lags.set(`${r.projection}/${partition}`, typeof r.lag === 'number' ? r.lag : null)
   }
   const rows = await deps.db.select().from(projectionCheckpoints)
   const checkpoints = new Map(rows.map((r) => [`${r.projection}/${r.partition}`, r]))
@@ -150,7 +166,7 @@ export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsC
           fence: Number(cp?.fence ?? 0),
           updatedAt: cp?.updatedAt.toISOString() ?? null,
           consumer: c?.name ?? null,
-          lag: c ? c.lag : null,
+          lag: lags.get(`${projection}/${n}`) ?? null,
           oldestUnappliedAt: cp?.unappliedSeq != null && cp.unappliedSeq > Number(cp.seq) && cp.unappliedAt ? cp.unappliedAt.toISOString() : null,
           expired:
             cp?.expiredFrom != null && cp.expiredTo != null && cp.expiredAt
@@ -158,11 +174,11 @@ export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsC
               : null,
         })
       }
-      const lags = partitions.map((x) => x.lag)
+      const each = partitions.map((x) => x.lag)
       return {
         projection,
         appliedSeq: Math.max(0, ...partitions.map((x) => x.seq)),
-        lag: lags.every((l) => l !== null) ? lags.reduce((a, b) => a! + b!, 0) : null,
+        lag: each.every((l) => l !== null) ? each.reduce((a, b) => a! + b!, 0) : null,
         partitions,
       }
     }),

@@ -33,7 +33,8 @@ export type ApiHarness = {
 export async function createHarness(overrides: Record<string, string> = {}, extra: Partial<ApiDeps> = {}): Promise<ApiHarness> {
   const env = await createTestEnv(overrides)
   const database = await connectPostgres(env.vars.DATABASE_URL, { max: 4 })
-  const nc = await connect({ servers: TEST_NATS_URL })
+  // The machine's NATS unless `overrides` name another (a test's private nats-server).
+  const nc = await connect({ servers: env.vars.NATS_URL })
   const jsm = await ensureStreams(nc, env.config)
   const logger = createLogger('silent')
   const security = extra.security ?? (await startSecurity({ config: env.config, db: database.db, nc, logger }))

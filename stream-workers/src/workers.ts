@@ -23,6 +23,7 @@ import { startRunner, type PartitionDeps, type Runner, type RunnerHooks } from '
 import { createBatchCommitter } from './runtime/committer'
 import { startTopologyKeeper } from './runtime/topology-keeper'
 import { answerReplays } from './runtime/replay'
+import { answerLagQueries } from './runtime/lag'
 import { checkCheckpointStream } from './runtime/stream-check'
 import { startRetentionWatch } from '../../core/retention-watch'
 
@@ -198,6 +199,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     prefix: t.prefix,
     runnerOf: (name, partition) => (name === UNCLAIMED ? (partition === 0 ? unclaimed : undefined) : runners.get(partition)?.[projections.findIndex((p) => p.name === name)]),
   })
+  // GET /admin/projections asks the workers for their partitions' lag (see core/projection-lag.ts).
+  const lags = answerLagQueries({ subscriptions, prefix: t.prefix, workerId, runners: () => [...runners.values()].flatMap((rs) => rs.map((r) => r.lag())) })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
@@ -213,6 +216,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     stop: () =>
       (stopping ??= (async () => {
         replays.stop()
+        lags.stop()
         subscriptions.stop()
         publishDenials.stop()
         await retention.stop()

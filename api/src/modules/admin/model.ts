@@ -30,8 +30,11 @@ export const PartitionStatus = t.Object({
   seq: t.Integer({ description: 'last applied stream sequence (0: nothing yet)' }),
   fence: t.Integer({ description: 'fencing token of the ownership that last claimed the partition' }),
   updatedAt: t.Union([t.String(), t.Null()]),
-  consumer: t.Union([t.String(), t.Null()], { description: 'durable consumer of the current owner; null: no worker holds it' }),
-  lag: t.Union([t.Integer(), t.Null()], { description: "events of this projection and partition not yet applied; null: no owner" }),
+  consumer: t.Union([t.String(), t.Null()], { description: 'durable consumer of the newest ownership (from the stream\'s consumer names); null: none' }),
+  lag: t.Union([t.Integer(), t.Null()], {
+    description:
+      'events of this projection and partition not yet applied, as the worker holding the partition knows it: as of its last delivery (an event stored a moment ago may not be counted yet); while a batch is retried, plus those stored since its first failed try. null: no worker holds the partition, or it did not answer within 1 s',
+  }),
   oldestUnappliedAt: t.Union([t.String(), t.Null()], {
     description: 'when the oldest event seen stored and not yet applied was stored (sampled while FANFARE_EVENT_RETENTION_MS is set); null: none known',
   }),
@@ -65,7 +68,7 @@ export const ProjectionsReport = t.Object({
     t.Object({
       projection: t.String(),
       appliedSeq: t.Integer({ description: 'highest stream sequence applied in any partition' }),
-      lag: t.Union([Lag], { description: "events of this projection not yet applied (sum over partitions); null while a partition has no owner" }),
+      lag: t.Union([Lag], { description: "events of this projection not yet applied (sum over partitions, each as its worker knows it); null while a partition's lag is unknown" }),
       partitions: t.Array(PartitionStatus),
     }),
   ),

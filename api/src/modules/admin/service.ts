@@ -137,7 +137,10 @@ export async function discardDeadLetter(db: Db | Tx, id: number): Promise<DeadLe
   return toDeadLetter(row)
 }
 
-/** Projection progress with exact lag (see core/projections.ts); NATS trouble is 503, Postgres down 503 `database_unavailable`. */
+/**
+ * Projection progress, with each partition's lag from the worker holding it (see
+ * core/projections.ts; never consumer infos); NATS trouble is 503, Postgres down 503 `database_unavailable`.
+ */
 export async function readProjections(deps: { config: Config; db: Db; nc: NatsConnection }): Promise<ProjectionsReport> {
   try {
     return await projectionStatus(deps)

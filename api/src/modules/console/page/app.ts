@@ -191,7 +191,7 @@ async function sampleStream() {
   const rates = ratesOf()
   const rate = rates.length > 0 ? rates[rates.length - 1] : 0
   $('eps').textContent = rate < 10 ? rate.toFixed(1) : String(Math.round(rate))
-  // A projection's lag is null while a partition has no worker (its events wait, uncounted): the
+  // A projection's lag is null while a partition has no worker, or its worker did not answer (its events wait, uncounted): the
   // total is unknown then, as the Projections tab says, never 0 (no worker at all read as caught up).
   const lags: (number | null)[] = latestProjections.projections.map((p: Json) => p.lag)
   $('lag').textContent = lags.includes(null) ? '?' : String(lags.reduce((n: number, l) => n + l!, 0))
@@ -293,7 +293,8 @@ async function loadProjections() {
               {},
               td(String(x.partition)),
               td(String(x.seq)),
-              td(x.lag === null ? 'no owner' : String(x.lag)),
+              // Null: no worker holds the partition, or its worker did not answer.
+              td(x.lag === null ? (x.consumer === null ? 'no owner' : 'unknown') : String(x.lag)),
               td(ago(x.oldestUnappliedAt)),
               td(expired(x)),
               td(x.consumer ?? '—'),
