@@ -13,8 +13,11 @@
  *   --info     a consumer info of each consumer (what GET /admin/projections and a runner's lag ask)
  *   --restart  a restart of nats-server before the AFTER events (it counts every consumer as it loads)
  * With neither it counted only when the consumers were created, before anything was stored.
+ *   --poll MS  while the backlog is read, a listing of the consumers' infos every MS ms (what
+ *              GET /admin/projections asked, and the console polls every 2 s, before it took the
+ *              lag from the workers: core/projection-lag.ts)
  *
- *   flock /tmp/bench.lock bun bench/filtered-pending-probe.ts [--restart] [--info] [--before 2000] [--after 12000]
+ *   flock /tmp/bench.lock bun bench/filtered-pending-probe.ts [--restart] [--info] [--poll 2000] [--before 2000] [--after 12000]
  *
  * nats-server 2.9.10, 2,000 + 12,000 events of ~560 B (one 8 MB block): neither 16-81 ms per batch;
  * --info or --restart 1.0-1.7 s per batch until the consumers pass the middle of the block's rest
@@ -34,6 +37,7 @@ const arg = (name: string, def: number) => {
 }
 const restart = process.argv.includes('--restart')
 const info = process.argv.includes('--info')
+const pollMs = arg('poll', 0)
 const BEFORE = arg('before', 2000)
 const AFTER = arg('after', 12000)
 const port = Number(process.env.PROBE_NATS_PORT ?? 4260)
@@ -109,8 +113,20 @@ await publish(nc, BEFORE, AFTER)
 console.log(`stored ${AFTER} in ${Math.round(performance.now() - t0)} ms`)
 if (info) for (let p = 0; p < 4; p++) await jsm.consumers.info('S', `c${p}`)
 const t1 = performance.now()
+let listings = 0
+let draining = true
+const polling = (async () => {
+  while (pollMs > 0 && draining) {
+    for await (const _ of jsm.consumers.list('S')) void _
+    listings++
+    await Bun.sleep(pollMs)
+  }
+})()
 await Promise.all([0, 1, 2, 3].map((p) => drain(nc, `c${p}`, AFTER / 4, p === 1)))
-console.log(`${restart ? 'restart' : 'no restart'}, ${info ? 'info' : 'no info'}: the backlog read in ${Math.round(performance.now() - t1)} ms`)
+draining = false
+await polling
+const polled = pollMs > 0 ? `, ${listings} consumer listings (every ${pollMs} ms)` : ''
+console.log(`${restart ? 'restart' : 'no restart'}, ${info ? 'info' : 'no info'}${polled}: the backlog read in ${Math.round(performance.now() - t1)} ms`)
 await nc.close()
 await stopServer()
 rmSync(store, { recursive: true, force: true })
