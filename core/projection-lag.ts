@@ -26,8 +26,9 @@ export type RunnerLag = {
    * delivery: the events it holds (delivered, not yet acked) plus those its last delivery said were
    * stored behind it (or, before its first, those its consumer's creation counted). Events stored
    * since that delivery are not counted until delivered (at once for a runner waiting for events;
-   * after the batch it applies otherwise); while a batch is retried (Postgres refusing it) or its
-   * consumer reopens, it stays what it was at the last delivery. Null before the consumer exists.
+   * after the batch it applies otherwise). While a batch is stalled (Postgres not taking it) or its
+   * consumer cannot be reopened: that value plus the events stored on its subjects since the stall
+   * began (the stream's per-subject counts, no consumer info). Null before the consumer exists.
    */
   lag: number | null
   /** When `lag` was last set (the runner's last delivery, consumer creation or ack), ISO; null with lag null. */

@@ -119,6 +119,12 @@ class FatalBatchError extends Error {
   }
 }
 
+/**
+ * How long a batch may take before the runner counts its subjects' events (a stream info), the
+ * start from which a stall's lag counts what is stored (see stalledLag). Batches take 5-250 ms.
+ */
+const STALL_COUNT_AFTER_MS = 1_000
+
 /** Extends the ack wait of a batch under work well before it runs out. */
 const WORKING_EVERY_MS = Math.floor(ACK_WAIT_MS / 3)
 /** How long an idle pull waits at the server for a first message. */
@@ -195,8 +201,8 @@ export function startRunner(deps: RunnerDeps): Runner {
   /**
    * The lag of a partition stalled at one of its tries (a batch Postgres does not take, see
    * applyWithRetry; a consumer that cannot be reopened, see run): `waiting` (what waited as of the
-   * last delivery), plus the events stored on the runner's subjects since the stall's first failed
-   * try, once counted. Events stored between the last delivery and that try are not counted.
+   * last delivery), plus the events stored on the runner's subjects since the stall began (`start`),
+   * once counted. Events stored between the last delivery and that start are not counted.
    */
   const stalledLag = (waiting: number, start: StallStart) => {
     setLag(Math.max(waiting, lagNow ?? 0))
@@ -343,8 +349,12 @@ export function startRunner(deps: RunnerDeps): Runner {
     // A batch too big for statement_timeout is applied in parts (see PartSize), each its own
     // statement in stream order: `rest` is what is not applied yet, `total` what the parts applied so far.
     let rest = messages
-    // When the batch first failed (see stalledLag).
+    // Where the batch's stall began (see stalledLag): the count of its subjects is taken once the
+    // batch has taken STALL_COUNT_AFTER_MS, or at its first failed try. A statement left hanging (a
+    // Postgres path that stopped answering) fails only after FANFARE_DATABASE_TIMEOUT_MS: counted
+    // from its failure, the events stored meanwhile would be missed, and they are what waits.
     const stall: StallStart = {}
+    const stallCount = setTimeout(() => void storedAt(stall).catch(() => {}), STALL_COUNT_AFTER_MS)
     const total: BatchResult = { applied: 0, skipped: 0, deadLettered: 0, runs: [], events: [], checkpoint }
     try {
       for (let attempt = 0; ; attempt++) {
@@ -402,6 +412,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       }
     } finally {
       clearInterval(keepAlive)
+      clearTimeout(stallCount)
     }
   }
 

@@ -33,7 +33,7 @@ export const PartitionStatus = t.Object({
   consumer: t.Union([t.String(), t.Null()], { description: 'durable consumer of the newest ownership (from the stream\'s consumer names); null: none' }),
   lag: t.Union([t.Integer(), t.Null()], {
     description:
-      'events of this projection and partition not yet applied, as the worker holding the partition knows it: as of its last delivery (an event stored a moment ago may not be counted yet); while a batch is retried, plus those stored since its first failed try. null: no worker holds the partition, or it did not answer within 1 s',
+      'events of this projection and partition not yet applied, as the worker holding the partition knows it: as of its last delivery (an event stored a moment ago may not be counted yet); while a batch is retried, plus those stored since the stall began (the batch had taken a second, or first failed). null: no worker holds the partition, or it did not answer within 1 s',
   }),
   oldestUnappliedAt: t.Union([t.String(), t.Null()], {
     description: 'when the oldest event seen stored and not yet applied was stored (sampled while FANFARE_EVENT_RETENTION_MS is set); null: none known',
