@@ -315,7 +315,8 @@ export const CONSUMER_DELETED = '$JS.EVENT.ADVISORY.CONSUMER.DELETED'
  * `<prefix>.presence.node` and `<prefix>.presence.want`, `<prefix>.admin.nodes` (node stats
  * queries), and each change stream's consumer-deleted advisory (`$JS.EVENT.ADVISORY.CONSUMER.
  * DELETED.<stream>.<consumer>`, probed with a consumer name no consumer has). A worker:
- * `<prefix>.admin.replay.*.*` (dead-letter replays).
+ * `<prefix>.admin.replay.*.*` (dead-letter replays). Not probed: a worker's `<prefix>.admin.lag`
+ * (GET /admin/projections' lag queries), which it may serve without (its lag is shown as unknown).
  */
 function subscribeSubjects(t: Topology, role: 'api' | 'worker'): { probes: string[]; patterns: string[] } {
   const inbox = `${createInbox()}.>`
