@@ -68,7 +68,7 @@ describe('limits are said, to the client and to the operator', () => {
       headers: { upgrade: 'websocket', connection: 'Upgrade', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==', 'sec-websocket-version': '13' },
     })
     expect(res.status).toBe(429)
-    expect(((await res.json()) as any).error).toMatchObject({ code: 'too_many_connections', message: 'at most 2 WebSockets per user on this node' })
+    expect(((await res.json()) as any).error).toMatchObject({ code: 'too_many_connections', message: 'at most 2 WebSockets per user' })
     expect(await metric('ws_connections', 'user')).toBe(1)
     for (const c of held) c.close()
   })
