@@ -227,7 +227,9 @@ describe('partition leases against NATS KV', () => {
       'both partitions held, and no loss for longer than the old period',
       () => {
         if (lost.length !== losses) (losses = lost.length), (quietSince = Date.now())
-        return l.held().length === 2 && Date.now() - quietSince > ttlMs / 3 + 500
+        // And renewals seen since (three: two gaps to check below). A stall of this process (CI's
+        // load) once let the wall-clock wait pass with none made, so the pace check had no data.
+        return l.held().length === 2 && Date.now() - quietSince > ttlMs / 3 + 500 && renewals.filter((t) => t >= quietSince).length >= 3
       },
       15_000,
     )
