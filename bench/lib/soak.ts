@@ -9,12 +9,12 @@ import { realpathSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import postgres from 'postgres'
 import { TEST_PG_URL } from '../../core/testing/env'
-import { BoardView } from '../soak/leaderboard'
+import { BOARD, BoardView, restBoard } from '../soak/leaderboard'
 import { Subscriber, untilAt } from '../soak/subscriber'
 import { GIVE_UP_MS, sendUntilAcked, Tally } from '../soak/send'
 import { configuredVersion, diff, readModel, scoreEvent, type Api } from '../../test/cluster/support'
 
-export const BOARD = 'soak'
+export { BOARD }
 export const CHANNEL = `leaderboard:${BOARD}`
 export const LANES = 4
 export const BATCH = 100
@@ -105,21 +105,6 @@ export async function ingestLane(api: Api, run: string, lane: number, startedAt:
   }
 }
 
-/** The whole board through REST, page after page. */
-export async function restBoard(api: Api): Promise<Map<string, number>> {
-  const board = new Map<string, number>()
-  let after: string | null = null
-  do {
-    const query: string = `limit=100${after ? `&after=${encodeURIComponent(after)}` : ''}`
-    const res = await fetch(`${api.baseUrl}/v1/leaderboards/${BOARD}?${query}`)
-    if (res.status !== 200) throw new Error(`GET /v1/leaderboards/${BOARD}: ${res.status} ${await res.text()}`)
-    const page = (await res.json()) as { entries: { player: string; score: number }[]; next: string | null }
-    for (const e of page.entries) board.set(e.player, e.score)
-    after = page.next
-  } while (after)
-  return board
-}
-
 /**
  * Waits for the workers to apply at least every acknowledged event, then for the version to stay
  * put for 3 s (an event applied twice would show up late). Gives up when the version stops moving
@@ -159,7 +144,7 @@ export async function judge(api: Api, databaseUrl: string, ledger: Ledger, subs:
   try {
     const drained = await drain(rm, ledger)
     await untilAt(subs, drained.version)
-    const [entries, rest, dead] = [await rm.scores(BOARD), await restBoard(api), await rm.deadLetters()]
+    const [entries, rest, dead] = [await rm.scores(BOARD), await restBoard(api.baseUrl), await rm.deadLetters()]
 
     // The read model against what was acknowledged.
     // The board was configured before its first score: its version counts that restart too.

@@ -3,7 +3,7 @@ import { channelVersion, type SoakArea, type SoakContext, type Verdict } from '.
 import { sendUntilAcked, Tally, tallyFindings } from './send'
 import { untilAt, type ChannelView, type Subscriber } from './subscriber'
 
-const BOARD = 'soak'
+export const BOARD = 'soak'
 const CHANNEL = `leaderboard:${BOARD}`
 const LANES = 4
 const BATCH = 100
@@ -119,7 +119,7 @@ export class LeaderboardArea implements SoakArea {
 }
 
 /** The whole board through REST, page after page. */
-async function restBoard(baseUrl: string): Promise<Map<string, number>> {
+export async function restBoard(baseUrl: string): Promise<Map<string, number>> {
   const board = new Map<string, number>()
   let after: string | null = null
   do {

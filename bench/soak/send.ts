@@ -1,3 +1,5 @@
+import { postAs } from '../../test/cluster/support'
+
 /** A batch still refused after this long is given up (its events counted sent, not acknowledged). */
 export const GIVE_UP_MS = 60_000
 
@@ -38,22 +40,6 @@ export class Tally {
 
 export type SoakEvent = { id: string; type: string; data: Record<string, unknown> }
 
-/** POSTs a batch as `token`; a request unanswered in `timeoutMs` is status 0 (`timeout`), a cut one status 0 (`connection`). */
-export async function post(baseUrl: string, token: string, events: SoakEvent[], timeoutMs = 15_000): Promise<{ status: number; body: any }> {
-  try {
-    const res = await fetch(`${baseUrl}/v1/events`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-      body: JSON.stringify({ events }),
-      signal: AbortSignal.timeout(timeoutMs),
-    })
-    return { status: res.status, body: await res.json().catch(() => null) }
-  } catch (err) {
-    const name = (err as Error)?.name
-    return { status: 0, body: { error: { code: name === 'TimeoutError' ? 'timeout' : 'connection', message: String(err) } } }
-  }
-}
-
 /**
  * Posts a batch until it is acknowledged (202), as a client does: waiting as told on 429 and
  * briefly on anything else, resending the same ids (JetStream de-duplicates what was stored).
@@ -63,7 +49,7 @@ export async function sendUntilAcked(baseUrl: string, token: string, events: Soa
   tally.sent += events.length
   const giveUpAt = Date.now() + GIVE_UP_MS
   for (let attempts = 1; ; attempts++) {
-    const res = await post(baseUrl, token, events)
+    const res = await postAs(baseUrl, token, events)
     const label = res.status === 202 ? '202' : `${res.status} ${res.body?.error?.code ?? ''}`.trim()
     tally.answers[label] = (tally.answers[label] ?? 0) + 1
     if (res.status === 202) {
