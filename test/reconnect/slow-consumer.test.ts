@@ -69,7 +69,6 @@ describe('slow consumers', () => {
     const js = jetstream(nc)
     const text = 'x'.repeat(60_000)
     const total = 300 // about 18 MB: far past the kernel's socket buffers and the 256 KiB limit
-    const rssBefore = process.memoryUsage().rss
     for (let v = 1; v <= total; v++) {
       const n: ChangeNotice = {
         channel,
@@ -83,12 +82,13 @@ describe('slow consumers', () => {
     await until('normal client got every update', () => normal.of(channel).length === total + 1, 30_000)
     const versions = normal.of(channel).map((f) => f.version)
     expect(versions).toEqual(Array.from({ length: total + 1 }, (_, i) => i))
-    // The server bounded what it keeps for the stalled client instead of queueing 18 MB.
-    expect(process.memoryUsage().rss - rssBefore).toBeLessThan(200 * 1024 * 1024)
     slow.resume()
     await until('stalled client disconnected', () => slow.ended(), 10_000)
     const got = slow.received().length
-    expect(got).toBeLessThan(total * text.length) // it never got the whole flood
+    // It never got the whole flood: the server cut it instead of queueing 18 MB for it. (What the
+    // server may queue is checked where it can fail: slow-consumers.test.ts, closed before 1.5x the
+    // limit. A process RSS bound here could not: this process publishes the flood itself.)
+    expect(got).toBeLessThan(total * text.length)
     // It is told why: a close frame with 4008 after what was queued for it.
     expect(closeCodeIn(slow.received())).toBe(4008)
     console.log(`stalled client: ${got} bytes before the cut, then close 4008`)
