@@ -25,6 +25,7 @@ import type { Subprocess } from 'bun'
 import { findNatsServer, waitUntilReady } from '../scripts/embedded-nats'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../test/e2e/harness'
 import { apiAt, configureBoard, type Api } from '../test/cluster/support'
+import { stallDiagnosis } from './lib/stall-diagnosis'
 import { LANES, boardSubscriber, cloneCheckout, interruptTeardowns, scratchDatabase, type BoardSubscriber, ingestLane, judge, newLedger } from './lib/soak'
 
 const SERVERS = 3
@@ -224,6 +225,17 @@ async function main() {
       await second.start()
       note(startedAt, `${second.name} started again; event stream leader ${await leaderOf(nodes, 'FANFARE')}`)
     })()
+    // Who leads the event stream, as the servers tell it every 500 ms: when ingest stands still,
+    // this tells an election that took long (no leader) from a leader the API nodes did not reach.
+    const leadership = (async () => {
+      let last: string | undefined = 'unknown'
+      while (Date.now() < endAt) {
+        const leader = await leaderOf(nodes, 'FANFARE').catch(() => undefined)
+        if (leader !== last) note(startedAt, `event stream leader: ${leader ?? 'none'}`)
+        last = leader
+        await Bun.sleep(500)
+      }
+    })()
     // What an orchestrator's readiness probe sees: each node's /readyz every 250 ms, its not-ready spells noted.
     const readiness = apis.map((api, i) => {
       const spells: string[] = []
@@ -245,9 +257,11 @@ async function main() {
       })()
       return { name: `api-${i + 1}`, spells, poll }
     })
-    await Promise.all([faults, ...readiness.map((r) => r.poll), ...Array.from({ length: LANES }, (_, lane) => ingestLane(apis[lane % apis.length], id, lane, startedAt, endAt, ledger))])
+    await Promise.all([faults, leadership, ...readiness.map((r) => r.poll), ...Array.from({ length: LANES }, (_, lane) => ingestLane(apis[lane % apis.length], id, lane, startedAt, endAt, ledger))])
     for (const r of readiness) note(startedAt, `${r.name} /readyz not 200: ${r.spells.join('; ') || 'never'}`)
-    const verdict = await judge(apis[0], dbUrl, ledger, subs, Date.now() - startedAt)
+    const verdict = await judge(apis[0], dbUrl, ledger, subs, Date.now() - startedAt, {
+      whenShort: (_, version) => stallDiagnosis({ natsUrls: nodes.filter((n) => n.running()).map((n) => n.url), databaseUrl: dbUrl, stream: 'FANFARE', version }),
+    })
     if (!opts.majority && ledger.longestSilence.ms > MAX_SILENCE_MS) verdict.broken.push(`ingest stood still ${(ledger.longestSilence.ms / 1000).toFixed(1)} s (more than ${MAX_SILENCE_MS / 1000} s)`)
     const exited = procs.filter((p) => p.name !== 'migrate' && p.proc.exitCode !== null)
     if (exited.length > 0) verdict.broken.push(`processes exited: ${exited.map((p) => `${p.name} (${p.proc.exitCode})`).join(', ')}`)

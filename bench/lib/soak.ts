@@ -130,6 +130,9 @@ export async function drain(rm: ReturnType<typeof readModel>, ledger: Ledger): P
   return { version, tookMs: Date.now() - start }
 }
 
+/** `whenShort`: called when the drain gives up short of the acknowledged count, with the version it stood at and a reader of the current one; its lines become notes. */
+export type JudgeOptions = { whenShort?: (version: number, readVersion: () => Promise<number>) => Promise<string[]> }
+
 /** What a soak found: `broken` lists every promise broken (empty: ok). */
 export type Verdict = { ok: boolean; broken: string[]; notes: string[]; summary: string[] }
 
@@ -137,12 +140,20 @@ export type Verdict = { ok: boolean; broken: string[]; notes: string[]; summary:
  * Drains (waits for the workers), then compares what was acknowledged (`ledger`) with the read
  * model in `databaseUrl`, the REST board read through `api`, and each subscriber.
  */
-export async function judge(api: Api, databaseUrl: string, ledger: Ledger, subs: BoardSubscriber[], ingestMs: number): Promise<Verdict> {
+export async function judge(api: Api, databaseUrl: string, ledger: Ledger, subs: BoardSubscriber[], ingestMs: number, opts: JudgeOptions = {}): Promise<Verdict> {
   const broken: string[] = []
   const notes: string[] = []
   const rm = readModel(databaseUrl)
   try {
-    const drained = await drain(rm, ledger)
+    let drained = await drain(rm, ledger)
+    if (drained.version < configuredVersion(ledger.acked) && opts.whenShort) {
+      // Stalled short: say where the events are (the soak's own diagnosis), then wait once more, so
+      // that a slow catch-up (events still stored, applied late) is told apart from a loss.
+      const stalledAt = drained.version
+      notes.push(...(await opts.whenShort(stalledAt, () => rm.version(CHANNEL))))
+      drained = await drain(rm, ledger)
+      broken.push(`the read model stood still ${STALL_MS / 1000} s at version ${stalledAt}, short of ${configuredVersion(ledger.acked)}; after the diagnosis it reached ${drained.version}`)
+    }
     await untilAt(subs, drained.version)
     const [entries, rest, dead] = [await rm.scores(BOARD), await restBoard(api.baseUrl), await rm.deadLetters()]
 
