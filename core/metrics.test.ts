@@ -14,6 +14,7 @@ describe('metrics', () => {
       error: { op: 'error', error: {} },
       pong: { op: 'pong' },
       token_expiring: { op: 'token_expiring', expiresAt: 'x' },
+      warning: { op: 'warning', warning: {} },
     }
     for (const [op, frame] of Object.entries(frames)) expect(opOf(JSON.stringify(frame))).toBe(op as never)
     expect(opOf('{"channel":"c"}')).toBe('other')

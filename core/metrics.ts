@@ -14,7 +14,7 @@ export type Metrics = ReturnType<typeof createMetrics>
 const LATENCY = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 /** Frame ops the WebSocket layer sends (see ServerFrame); anything else counts as `other`. */
-export const FRAME_OPS = ['update', 'snapshot', 'subscribed', 'unsubscribed', 'ack', 'authed', 'error', 'pong', 'token_expiring', 'other'] as const
+export const FRAME_OPS = ['update', 'snapshot', 'subscribed', 'unsubscribed', 'ack', 'authed', 'error', 'pong', 'token_expiring', 'warning', 'other'] as const
 export type FrameOp = (typeof FRAME_OPS)[number]
 
 /** What a limit refused (fanfare_rate_limited_total's `what`). */
@@ -46,6 +46,8 @@ export function opOf(text: string): FrameOp {
       return 'pong'
     case 116 /* t */:
       return 'token_expiring'
+    case 119 /* w */:
+      return 'warning'
     default:
       return 'other'
   }

@@ -13,6 +13,8 @@ export type TokenBucket = {
   wait: (n?: number) => number
   /** Whether the bucket is full: then it is no different from a new one (and may be forgotten). */
   full: () => boolean
+  /** The tokens there now (negative: a debt, see `spend`). */
+  available: () => number
   readonly capacity: number
   readonly perSecond: number
 }
@@ -50,6 +52,10 @@ export function tokenBucket(opts: { capacity: number; perSecond: number; now?: (
     full() {
       refill()
       return tokens >= opts.capacity
+    },
+    available() {
+      refill()
+      return tokens
     },
   }
 }

@@ -110,6 +110,30 @@ describe('client against scripted servers', () => {
     expect(connected[0]).not.toBe(connected[1])
   })
 
+  test("a warning frame reaches the warning listeners, as the server sent it; a listener's throw is reported, the others still hear it", async () => {
+    const warning = { code: 'rate_limit_near', message: '1 left: at most 1 commands per second per user (burst 8)', remaining: 1, burst: 8, perSecond: 1 }
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'auth') {
+          authed(ws, f.ref)
+          ws.send(JSON.stringify({ op: 'warning', warning }))
+        }
+      },
+    })
+    const c = createClient({ urls: [s.url], token: 't' })
+    track(c)
+    const heard: unknown[] = []
+    const errors: string[] = []
+    c.on('warning', () => {
+      throw new Error('boom')
+    })
+    c.on('warning', (w) => void heard.push(w))
+    c.on('error', (e) => void errors.push(e.code))
+    await until('warning heard', () => heard.length === 1, 3000)
+    expect(heard).toEqual([warning])
+    expect(errors).toEqual(['listener_error'])
+  })
+
   test('4029 waits as long as the close reason says', async () => {
     let connections = 0
     const s = scripted({

@@ -77,7 +77,10 @@ export type ClientOptions = {
 /** A call of the token function under way. */
 type TokenCall = { promise: Promise<string | undefined>; timer: ReturnType<typeof setTimeout>; abandon: (err: FanfareError) => void }
 
-type Listeners = { status: Set<(s: Status) => void>; error: Set<(e: FanfareError) => void> }
+/** A `warning` frame's body: nothing was refused, but the server says a limit is near (see README "Limits"). */
+export type Warning = Extract<ServerFrame, { op: 'warning' }>['warning']
+
+type Listeners = { status: Set<(s: Status) => void>; error: Set<(e: FanfareError) => void>; warning: Set<(w: Warning) => void> }
 
 /** A connection that lived this long counts as healthy: the next reconnect starts the backoff over. */
 const HEALTHY_MS = 10_000
@@ -115,7 +118,7 @@ export function createClient(options: ClientOptions) {
   const tokenTimeoutMs = timingOption('tokenTimeoutMs', options.tokenTimeoutMs, 10_000)
   const requestTimeoutMs = timingOption('requestTimeoutMs', options.requestTimeoutMs, 10_000)
   const maxServerWaitMs = timingOption('maxServerWaitMs', options.maxServerWaitMs, DEFAULT_MAX_SERVER_WAIT_MS)
-  const listeners: Listeners = { status: new Set(), error: new Set() }
+  const listeners: Listeners = { status: new Set(), error: new Set(), warning: new Set() }
   const nextId = eventIds()
 
   let status: Status = { state: 'connecting', url: urls[0], attempt: 0 }
@@ -394,6 +397,15 @@ export function createClient(options: ClientOptions) {
       }
       case 'pong':
         return
+      case 'warning':
+        for (const fn of [...listeners.warning]) {
+          try {
+            fn(frame.warning)
+          } catch (err) {
+            report(new FanfareError('listener_error', `a warning listener threw: ${(err as Error)?.message ?? err}`))
+          }
+        }
+        return
       case 'ack':
         if (!outbox.answer(frame)) report(new FanfareError('unexpected_frame', `an ack for ${frame.ref ?? 'no ref'} that nothing waits for`))
         return
@@ -525,7 +537,10 @@ export function createClient(options: ClientOptions) {
       return outbox.size
     },
 
-    /** Status changes, and problems that are no single call's (a gap repaired, a channel's transient fault, a listener that threw). */
+    /**
+     * Status changes; problems that are no single call's (a gap repaired, a channel's transient
+     * fault, a listener that threw); warnings (a rate budget nearly spent: slow down before refusals).
+     */
     on<E extends keyof Listeners>(event: E, fn: Listeners[E] extends Set<infer F> ? F : never): () => void {
       const set = listeners[event] as Set<unknown>
       set.add(fn)

@@ -7,7 +7,7 @@
  * await client.publish({ type: 'chat.message.posted', data: { room: 'lobby', user: 'ann', text: 'gg' } })
  * ```
  */
-export { createClient, type Client, type ClientOptions, type CloseReason, type Status, type TokenSource } from './client'
+export { createClient, type Client, type ClientOptions, type CloseReason, type Status, type TokenSource, type Warning } from './client'
 export type { StateOf, Subscription, SubscribeOptions, SubscriptionStatus, UpdateOf } from './channels'
 export type { Ack } from './outbox'
 export { FanfareError } from './errors'

@@ -1,7 +1,7 @@
 import { Elysia } from 'elysia'
 import type { Config } from '../../../core/config'
 import { Forbidden, RateLimited, retryLater, Unauthorized } from '../errors'
-import { chargeRequest, checkCredential, refusedAsAWhole, settleRefused, type Limits } from '../limits'
+import { chargeRequest, checkCredential, rateLimitFields, refusedAsAWhole, settleRefused, type Limits } from '../limits'
 import type { Authenticator } from './authenticate'
 import { ANONYMOUS, isAdminReader, hasScope, type Principal } from './principal'
 
@@ -138,7 +138,7 @@ export function authPlugin(deps: {
   return new Elysia({ name: 'auth', seed: ++plugins }).macro({
     auth: (need: Need) => ({
       detail: { security: declaredSecurity(need, deps.config.FANFARE_ANONYMOUS) },
-      transform: async ({ request, body, server }) => {
+      transform: async ({ request, body, server, set }) => {
         const caller = await identify(request, server)
         if (!deps.limits) return void admit(caller, need)
         // Charged once known, before the body is validated: a bad request costs its caller too (429
@@ -156,6 +156,7 @@ export function authPlugin(deps: {
           throw err
         }
         charged.set(request, { p, cost: chargeRequest(deps.limits.rates, p, body, address), address })
+        Object.assign(set.headers, rateLimitFields(deps.limits.rates.standing(p, address)))
       },
       // A batch refused as a whole (422, 403) stored nothing: it costs one, not one per event.
       // Settled as soon as the answer is made (afterResponse; a local error hook never runs: the

@@ -12,7 +12,7 @@ import { clientAddress, type ClientAddress } from './client-ip'
 import { startLimitsCluster, type LimitsCluster } from './cluster'
 import { createConnectionLimits, type ConnectionLimits } from './connections'
 import { originPolicy, type OriginPolicy } from './origins'
-import { createRateLimits, type RateLimits } from './rates'
+import { createRateLimits, type RateLimits, type Standing } from './rates'
 
 export type { ConnectionLimits, Slot, ConnectionRefusal } from './connections'
 export type { RateLimits, ConnectionRates, RateRefusal } from './rates'
@@ -122,6 +122,17 @@ export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, ad
   const refused = rates.charge(p, cost, address)
   if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
   return cost
+}
+
+/**
+ * The RateLimit-Policy and RateLimit fields of draft-ietf-httpapi-ratelimit-headers (structured
+ * fields: quota `q`, window `w` in seconds; remaining `r`, seconds `t` until the budget is full) for
+ * a caller's budget as it stands after its request was charged: a client sees its budget run down
+ * before the first 429. Nothing for a request without a budget.
+ */
+export function rateLimitFields(s: Standing | undefined): Record<string, string> {
+  if (!s) return {}
+  return { 'ratelimit-policy': `"${s.name}";q=${s.burst};w=${s.windowS}`, ratelimit: `"${s.name}";r=${s.remaining};t=${s.fullInS}` }
 }
 
 /**

@@ -49,7 +49,7 @@ export function originsPlugin(policy: OriginPolicy) {
         origin: policy.allowed === undefined ? true : (request: Request) => policy.allows(request.headers.get('origin'), request.headers.get('host')),
         methods: ['GET', 'POST', 'PUT', 'DELETE'],
         allowedHeaders: ['authorization', 'content-type'],
-        exposeHeaders: ['retry-after'],
+        exposeHeaders: ['retry-after', 'ratelimit', 'ratelimit-policy'],
         credentials: false,
         maxAge: 600,
       }),

@@ -143,6 +143,44 @@ describe('rate limits', () => {
     expect(statuses.at(-1)).toBe(429)
   })
 
+  test('the ladder over a socket: a warning frame once the budget is nearly spent, before the first refusal, then rate_limited', async () => {
+    // The user's budget: 8, refilled at 1/s; the socket's own: 5 at 5/s. Publishes 250 ms apart keep
+    // the socket's bucket full enough, so the user's budget is what runs out: 8, 7.25, ... below a fifth (1.6) after about 9.
+    const c = await userSocket('r-ladder')
+    const seen: string[] = []
+    for (let i = 1; i <= 14 && !seen.includes('error'); i++) {
+      c.send({ op: 'publish', ref: `l${i}`, event: chat(`ladder-${i}`) })
+      seen.push((await c.reply(`l${i}`)).op)
+      if (c.frames.some((f) => f.op === 'warning') && !seen.includes('warning')) seen.push('warning')
+      await Bun.sleep(250)
+    }
+    const warning = c.frames.find((f) => f.op === 'warning')
+    expect(warning).toMatchObject({ op: 'warning', warning: { code: 'rate_limit_near', burst: 8, perSecond: 1 } })
+    expect(warning.warning.remaining).toBeLessThan(2)
+    expect(warning.warning.message).toContain('per user')
+    // Acks, then the warning, then more acks, then the refusal: warned before refused.
+    expect(seen.indexOf('warning')).toBeGreaterThan(0)
+    expect(seen.indexOf('warning')).toBeLessThan(seen.indexOf('error'))
+    expect(c.frames.filter((f) => f.op === 'warning')).toHaveLength(1)
+    c.close()
+  })
+
+  test("REST: every charged answer says where the caller's budget stands (RateLimit-Policy, RateLimit), running down to the 429", async () => {
+    const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-fields' })
+    const read = () => fetch(`${node.base}/v1/leaderboards/rates`, { headers: { authorization: `Bearer ${token}` } })
+    const answers: { status: number; policy: string | null; now: string | null }[] = []
+    for (let i = 0; i < 12 && answers.at(-1)?.status !== 429; i++) {
+      const res = await read()
+      answers.push({ status: res.status, policy: res.headers.get('ratelimit-policy'), now: res.headers.get('ratelimit') })
+    }
+    expect(answers[0]).toEqual({ status: 200, policy: '"user";q=8;w=8', now: expect.stringMatching(/^"user";r=7;t=1$/) })
+    const remaining = answers.filter((a) => a.status === 200).map((a) => Number(/r=(\d+)/.exec(a.now!)![1]))
+    // Down by one per request (a slow machine may refill one meanwhile), to 0, then the 429.
+    expect(remaining.at(-1)).toBe(0)
+    for (let i = 1; i < remaining.length; i++) expect(remaining[i]).toBeLessThanOrEqual(remaining[i - 1])
+    expect(answers.at(-1)!.status).toBe(429)
+  })
+
   test('a batch refused as a whole (422, 403: nothing stored) costs one, as any refused request, not one per event; refused requests still draw on the budget', async () => {
     // The user's budget: burst 8, 1 a second.
     const token = await mintUserToken(node.env.vars.FANFARE_JWT_SECRET, { sub: 'r-refused' })

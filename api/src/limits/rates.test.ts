@@ -136,3 +136,57 @@ test('not shared: nothing is kept for other nodes', () => {
   expect(rates.shared.drain()).toEqual([])
   rates.stop()
 })
+
+test('the ladder: a warning once a budget is below a fifth of its burst, before any refusal; again only after it came back to half', () => {
+  let t = 0
+  const rates = createRateLimits({ config: loadConfig({ FANFARE_KEY_OPS_PER_SECOND: '10', FANFARE_KEY_OPS_BURST: '10' }), maxSubscriptions: 10, now: () => t })
+  const key = rootKey('ingest')
+  const conn = rates.connection()
+  const steps: string[] = []
+  for (let i = 0; i < 11; i++) {
+    const refused = conn.publish(key)
+    const warning = refused ? undefined : conn.warning(key)
+    steps.push(refused ? 'refused' : warning ? `warned ${warning.remaining}` : 'ok')
+  }
+  // 10 tokens: after the 9th publish 1 is left (a tenth), the first step under a fifth.
+  expect(steps).toEqual(['ok', 'ok', 'ok', 'ok', 'ok', 'ok', 'ok', 'ok', 'warned 1', 'ok', 'refused'])
+  expect(conn.warning(key)).toBeUndefined() // said once
+  t += 300 // 3 back: still under half, not said again
+  conn.publish(key)
+  expect(conn.warning(key)).toBeUndefined()
+  t += 700 // 7 more (9): back over half, checked at the next command that passes (8 left)
+  expect(conn.publish(key)).toBeUndefined()
+  expect(conn.warning(key)).toBeUndefined()
+  for (let i = 0; i < 6; i++) conn.publish(key) // 2 left: a fifth, not below it
+  expect(conn.warning(key)).toBeUndefined()
+  conn.publish(key)
+  expect(conn.warning(key)).toMatchObject({ code: 'rate_limit_near', remaining: 1, burst: 10, perSecond: 10, message: expect.stringContaining('per API key') })
+  rates.stop()
+})
+
+test("a user's socket is warned for whichever of its budgets is nearer to refusing: its own publishes or the user's", () => {
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => 0 })
+  const ann = user('ann')
+  const conn = rates.connection()
+  // The socket's burst is 3, the user's 5: after 3 publishes the socket's bucket is empty (0 of 3), the user's at 2 of 5.
+  conn.publish(ann)
+  conn.publish(ann)
+  expect(conn.warning(ann)).toBeUndefined() // 1 of 3 (a third), 3 of 5
+  conn.publish(ann)
+  expect(conn.warning(ann)).toMatchObject({ remaining: 0, burst: 3, message: expect.stringContaining('per connection') })
+  rates.stop()
+})
+
+test("standing: a caller's budget for REST's RateLimit fields, whole tokens, never below 0", () => {
+  let t = 0
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => t })
+  const ann = user('ann')
+  expect(rates.standing(ann)).toEqual({ name: 'user', burst: 5, windowS: 2, remaining: 5, fullInS: 0 })
+  rates.charge(ann, 4)
+  expect(rates.standing(ann)).toEqual({ name: 'user', burst: 5, windowS: 2, remaining: 1, fullInS: 1 })
+  rates.shared.debit('u:ann', 10) // other nodes spent it: in debt
+  expect(rates.standing(ann)).toMatchObject({ remaining: 0, fullInS: 4 })
+  expect(rates.standing(ANONYMOUS, '10.0.0.1')).toMatchObject({ name: 'address', burst: 12 })
+  expect(rates.standing(ANONYMOUS)).toBeUndefined()
+  rates.stop()
+})

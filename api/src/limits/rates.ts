@@ -12,6 +12,32 @@ export type RateRefusal = {
   perSecond: number
 }
 
+/**
+ * The first rung of the ladder (warning, then refusal, then 4029): a budget a socket's commands are
+ * charged to is nearly spent. Sent once, then not again on that socket until the budget has come
+ * back to half (see ConnectionRates.warning); nothing was refused.
+ */
+export type RateWarning = {
+  code: 'rate_limit_near'
+  message: string
+  /** Commands left in the budget now (0 when it is in debt: other nodes spent it). */
+  remaining: number
+  burst: number
+  perSecond: number
+}
+
+/** A budget below this share of its burst is nearly spent: a socket charged to it is warned. */
+export const WARN_BELOW = 0.2
+/** Warned, a socket is warned again only after the budget came back to this share. */
+export const WARN_AGAIN_FROM = 0.5
+
+/**
+ * Where a caller's budget stands, for REST's RateLimit-Policy and RateLimit fields
+ * (draft-ietf-httpapi-ratelimit-headers): `name` the policy, `burst` the quota, `windowS` the
+ * seconds an empty budget takes to fill, `remaining` what is left, `fullInS` the seconds until full.
+ */
+export type Standing = { name: 'user' | 'key' | 'address'; burst: number; windowS: number; remaining: number; fullInS: number }
+
 export type RateConfig = Pick<
   Config,
   | 'FANFARE_WS_PUBLISHES_PER_SECOND'
@@ -52,6 +78,8 @@ export type RateLimits = {
   signIn(p: Principal, channels: number): RateRefusal | undefined
   /** How much a budget of `p`'s kind can ever hold: a cost above it can never pass. */
   capacityOf(p: Principal): number
+  /** Where `p`'s budget stands now (undefined: none, a request from inside the process). */
+  standing(p: Principal, address?: string): Standing | undefined
   /** The buckets and abuse meter of a new WebSocket from `address` (its anonymous budget). */
   connection(address?: string): ConnectionRates
   /** Forgets budgets that are full again (they are no different from new ones). Runs every minute. */
@@ -82,6 +110,12 @@ export type ConnectionRates = {
   subscribe(p: Principal): RateRefusal | undefined
   /** Records a refusal; true once this socket is abusive (see AbuseMeter). */
   abusive(r: RateRefusal): boolean
+  /**
+   * After a command of `p` passed: a warning when a budget it was charged to (the principal's, a
+   * user socket's publishes) is below WARN_BELOW of its burst, once, until that budget is back at
+   * WARN_AGAIN_FROM (asked after a command that passed above it). Undefined otherwise.
+   */
+  warning(p: Principal): RateWarning | undefined
 }
 
 /**
@@ -161,6 +195,19 @@ export function createRateLimits(deps: {
       return counted('ws_subscribe', p, charge([budget], Math.min(channels, budget.bucket.capacity)))
     },
     capacityOf: (p) => rateOf(p.kind)[1],
+    standing(p, address) {
+      const b = budgetOf(p, address)
+      if (!b) return undefined
+      const { capacity, perSecond } = b.bucket
+      const tokens = b.bucket.available()
+      return {
+        name: p.kind === 'anonymous' ? 'address' : p.kind === 'user' ? 'user' : 'key',
+        burst: capacity,
+        windowS: Math.ceil(capacity / perSecond),
+        remaining: Math.max(0, Math.floor(tokens)),
+        fullInS: Math.ceil((capacity - tokens) / perSecond),
+      }
+    },
     connection(address) {
       const publishes: Limited = {
         bucket: tokenBucket({ capacity: c.FANFARE_WS_PUBLISH_BURST, perSecond: c.FANFARE_WS_PUBLISHES_PER_SECOND, now }),
@@ -177,12 +224,33 @@ export function createRateLimits(deps: {
         queued: false,
       }
       const meter: AbuseMeter = abuseMeter({ windowMs: c.FANFARE_WS_ABUSE_WINDOW_MS, factor: c.FANFARE_WS_ABUSE_FACTOR, now })
+      let warned = false
       return {
         // A key's sockets share the key's budget only: a game server may spread its events over
         // any number of sockets, and what it may send in all is the key's to say.
         publish: (p) => counted('ws_publish', p, charge([p.kind === 'user' ? publishes : undefined, budgetOf(p, address)], 1)),
         subscribe: (p) => counted('ws_subscribe', p, charge([subscribes, budgetOf(p, address)], 1)),
         abusive: (r) => meter.refused(r.perSecond),
+        warning(p) {
+          // The budget nearest to refusing (the subscribes' bucket is a reconnect's burst, not a
+          // rate a client keeps up: never a warning).
+          let tight: { l: Limited; share: number } | undefined
+          for (const l of [p.kind === 'user' ? publishes : undefined, budgetOf(p, address)]) {
+            if (!l) continue
+            const share = l.bucket.available() / l.bucket.capacity
+            if (!tight || share < tight.share) tight = { l, share }
+          }
+          if (!tight) return undefined
+          if (warned) {
+            if (tight.share >= WARN_AGAIN_FROM) warned = false
+            return undefined
+          }
+          if (tight.share >= WARN_BELOW) return undefined
+          warned = true
+          const { capacity, perSecond } = tight.l.bucket
+          const remaining = Math.max(0, Math.floor(tight.share * capacity))
+          return { code: 'rate_limit_near', message: `${remaining} left: ${tight.l.message}; past it, commands are refused (rate_limited)`, remaining, burst: capacity, perSecond }
+        },
       }
     },
     prune() {

@@ -181,6 +181,11 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     conn.closing = { code: CLOSE.RATE_LIMITED, reason: closeReasonOf({ code: 'rate_limited', retryAfterMs: delay }) }
     closeWhenAcked(conn)
   }
+  /** The ladder's first rung (see RateWarning): after a command that passed, a nearly spent budget is said once. */
+  const warnIfNear = (conn: Connection) => {
+    const warning = conn.rates.warning(conn.principal)
+    if (warning) send(conn, { op: 'warning', warning })
+  }
   const closeWhenAcked = (conn: Connection) => {
     // After the acks queued for the end of this turn (ackLater), which were queued first.
     if (conn.closing && conn.inFlight === 0) setImmediate(() => close(conn, conn.closing!.code, conn.closing!.reason))
@@ -520,6 +525,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             return void rateLimited(conn, frame.ref, refused)
           }
           conn.hold = undefined
+          warnIfNear(conn)
           conn.inFlight++
           try {
             const [result] = await deps.publish([frame.event], conn.principal, { via: 'ws', trace: contextOfTraceparent(frame.traceparent) })
@@ -540,6 +546,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           // Charged first: every subscribe command counts, refused or not.
           const refused = conn.rates.subscribe(conn.principal)
           if (refused) return void rateLimited(conn, frame.ref, refused)
+          warnIfNear(conn)
           if (conn.channels.has(frame.channel)) {
             return void reply({ op: 'error', ref: frame.ref, error: { code: 'already_subscribed', message: `already subscribed to ${frame.channel}` } })
           }

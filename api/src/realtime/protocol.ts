@@ -143,6 +143,12 @@ export type ServerFrame =
   | { op: 'unsubscribed'; ref?: string; channel: string; wasSubscribed?: false; reason?: 'forbidden' }
   /** The user token expires soon: send a fresh one in an `auth` frame. */
   | { op: 'token_expiring'; expiresAt: string }
+  /**
+   * Nothing was refused, but a budget this socket's commands are charged to is nearly spent: slow
+   * down, or the next commands are refused `rate_limited` (then, kept up, the socket is closed 4029).
+   * Once, until the budget is back at half.
+   */
+  | { op: 'warning'; warning: { code: 'rate_limit_near'; message: string; remaining: number; burst: number; perSecond: number } }
   | { op: 'pong'; ref?: string }
 
 /** What a snapshot's `data` holds, per channel kind. */
