@@ -10,6 +10,8 @@
  * With --js-publish, a side `js.publish` takes turns too: this checkout on a deployment of its own,
  * its stand-in publishing each run with `js.publish` (as the workers did before
  * core/acked-publish.ts) instead of the workers' AckedPublisher.
+ * With --batches, a side `batches` takes turns too: a deployment with FANFARE_LIVE_BATCHES=true,
+ * its stand-in publishing each flush's runs as one live batch message (core/live-batches.ts).
  */
 import { readFileSync } from 'node:fs'
 import { freePort } from '../core/process'
@@ -87,6 +89,14 @@ try {
     await waitReady(`http://127.0.0.1:${port}`, [proc])
     sides.push({ name: `compare`, url: `ws://127.0.0.1:${port}/v1/ws`, pid: proc.proc.pid, publisher: await fanfarePublisher(d2) })
     deployments.push({ close: () => proc.stop() } as unknown as Deployment)
+  }
+  if (process.argv.includes('--batches')) {
+    // FANFARE_LIVE_BATCHES: a deployment with the flag on, its stand-in publishing each flush's
+    // runs as one live batch message (as the workers then do).
+    const d4 = await deploy({ FANFARE_LIVE_BATCHES: 'true' })
+    deployments.push(d4)
+    const api4 = await d4.startApi()
+    sides.push({ name: 'batches', url: `ws://127.0.0.1:${api4.port}/v1/ws`, pid: api4.proc.proc.pid, publisher: await fanfarePublisher(d4, changes) })
   }
   if (process.argv.includes('--js-publish')) {
     const d3 = await deploy()

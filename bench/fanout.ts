@@ -10,6 +10,7 @@
 import { io } from 'socket.io-client'
 import { subjects } from '../core/events'
 import { createAckedPublisher, type PublishOutcome } from '../core/acked-publish'
+import { liveBatchMessages } from '../core/live-batches'
 import type { ChangeRun } from '../core/channels'
 import { freePort } from '../core/process'
 import { cpuOf, startChild } from './lib/child'
@@ -39,6 +40,7 @@ const frameOf = (channel: string, version: number) =>
  */
 export async function fanfarePublisher(d: Deployment, changesPerRun = 1): Promise<Publisher> {
   const prefix = d.env.config.FANFARE_SUBJECT_PREFIX
+  const batches = d.env.config.FANFARE_LIVE_BATCHES === 'true'
   const publisher = createAckedPublisher(d.nc)
   let pending: Promise<PublishOutcome>[] = []
   // Per channel, the changes not yet published, the version of the first and when it was made.
@@ -50,10 +52,12 @@ export async function fanfarePublisher(d: Deployment, changesPerRun = 1): Promis
     const at = new Date().toISOString()
     const runs = [...held].map(([channel, h]) => {
       const run: ChangeRun = { channel, version: h.version, epoch: 'bench', changes: h.changes, at, stored: h.stored }
-      return { subject: subjects.change(prefix, channel), body: JSON.stringify(run) }
+      return { channel, subject: subjects.change(prefix, channel), body: JSON.stringify(run) }
     })
     held.clear()
-    pending.push(publisher.publish(runs))
+    // FANFARE_LIVE_BATCHES: as a worker publishes a batch then (publishBatch), the runs of one
+    // flush (one batch of one partition) as one message.
+    pending.push(publisher.publish(batches ? liveBatchMessages(prefix, 0, runs) : runs))
   }
   return {
     round: (channels, version) => {

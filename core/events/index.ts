@@ -250,6 +250,11 @@ export const subjects = {
     if (!parsed) throw new Error(`not a channel: ${channel}`)
     return `${prefix}.changes.${parsed.kind}.${subjectName(parsed.kind, parsed.name)}`
   },
+  /**
+   * `<prefix>.changes.<kind>._batch.<partition>`: the runs of one batch of a partition for channels
+   * of one kind, as one message (FANFARE_LIVE_BATCHES). Five tokens: never a channel's subject.
+   */
+  changeBatch: (prefix: string, kind: string, partition: number) => `${prefix}.changes.${kind}._batch.${partition}`,
   /** Every channel of one kind, e.g. `fanfare.changes.chat.>` */
   changesOfKind: (prefix: string, kind: string) => `${prefix}.changes.${kind}.>`,
   /** Stream sequence → partition parse helper for admin views. */

@@ -38,6 +38,8 @@ export async function createTestEnv(overrides: Record<string, string> = {}, opts
     FANFARE_ADMIN_TOKEN: `admin-token-${id}`,
     FANFARE_JWT_SECRET: `jwt-secret-${id}-0123456789abcdef`,
     LOG_LEVEL: 'warn',
+    // Runs a test file (or a benchmark) with live batches on: FANFARE_TEST_LIVE_BATCHES=true bun test <file>.
+    ...(process.env.FANFARE_TEST_LIVE_BATCHES === 'true' ? { FANFARE_LIVE_BATCHES: 'true' } : {}),
     ...overrides,
   }
   const config = loadConfig(vars)

@@ -2,6 +2,7 @@ import { AckPolicy, DeliverPolicy, jetstreamManager, type JetStreamManager } fro
 import { createInbox, nanos, type Msg, type NatsConnection } from '@nats-io/transport-node'
 import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Logger } from '../../../core/logger'
+import { runsOfMessage, type LiveBatch } from '../../../core/live-batches'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { CONSUMER_DELETED, identityOf } from '../../../core/nats'
 import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
@@ -131,20 +132,22 @@ export async function startChangeFeed(deps: {
     }
     expect = seq + 1
     lastSeq = Math.max(lastSeq, seq)
-    let run: ChangeRun
-    let notices: ChangeNotice[]
+    // One run, or a live batch of several channels' runs (FANFARE_LIVE_BATCHES): the stream
+    // sequence checked above covers all of them, so a lost batch is seen as a lost run is.
+    let runs: { run: ChangeRun; notices: ChangeNotice[] }[]
     try {
-      run = m.json<ChangeRun>()
-      notices = noticesOf(run)
+      runs = runsOfMessage(m.json<ChangeRun | LiveBatch>()).map((run) => ({ run, notices: noticesOf(run) }))
     } catch (err) {
       log.error({ err, subject: m.subject, seq }, 'unreadable change run')
       return
     }
-    if (run.restart !== undefined) return deps.onRestart(run)
     // A run whose batch was traced carries its context: its push is a span of that trace.
     const traced = m.headers ? contextOfNats(m.headers) : undefined
-    if (traced && notices.length > 0) push(traced, notices)
-    else for (const n of notices) deps.onNotice(n)
+    for (const { run, notices } of runs) {
+      if (run.restart !== undefined) deps.onRestart(run)
+      else if (traced && notices.length > 0) push(traced, notices)
+      else for (const n of notices) deps.onNotice(n)
+    }
   }
 
   const follow = (from: { startTime: Date } | { afterSeq: number }) =>

@@ -1,0 +1,56 @@
+import { parseChannel, type ChangeRun, type ChannelKind } from './channels'
+import { subjects } from './events'
+
+/**
+ * A live batch (FANFARE_LIVE_BATCHES): the change runs of one worker batch for channels of one
+ * kind, published as ONE message on the partition's subject (subjects.changeBatch) instead of one
+ * message per run. JetStream's cost is per message, not per byte (bench/findings.md, "What storing
+ * a change run costs"), so a batch touching 100 channels costs one stored message instead of 100.
+ * API nodes' change feeds take both shapes: a message is a live batch if it has `runs`.
+ */
+export type LiveBatch = { runs: ChangeRun[] }
+
+/**
+ * Most UTF-16 units of run bodies in one live batch message: a unit is at most 3 bytes of UTF-8,
+ * so a message stays under NATS' default 1 MB max_payload. A run is itself at most this long
+ * (outbox.ts MAX_RUN_CHARS), so every run fits in some message.
+ */
+export const MAX_BATCH_CHARS = 256 * 1024 + 1024
+
+/**
+ * The messages of one batch's runs: one per channel kind (each kind has its stream), split where
+ * one would pass MAX_BATCH_CHARS. Runs keep their order within a kind (version order per channel),
+ * and the messages of a kind follow each other in that order. `body` of each run is its JSON.
+ */
+export function liveBatchMessages(prefix: string, partition: number, runs: { channel: string; body: string }[]): { subject: string; body: string; runs: number }[] {
+  const byKind = new Map<ChannelKind, string[]>()
+  for (const r of runs) {
+    const parsed = parseChannel(r.channel)
+    if (!parsed) throw new Error(`not a channel: ${r.channel}`)
+    const list = byKind.get(parsed.kind) ?? byKind.set(parsed.kind, []).get(parsed.kind)!
+    list.push(r.body)
+  }
+  const out: { subject: string; body: string; runs: number }[] = []
+  for (const [kind, bodies] of byKind) {
+    const subject = subjects.changeBatch(prefix, kind, partition)
+    let items: string[] = []
+    let chars = 0
+    const close = () => {
+      out.push({ subject, body: `{"runs":[${items.join(',')}]}`, runs: items.length })
+      items = []
+      chars = 0
+    }
+    for (const b of bodies) {
+      if (items.length > 0 && chars + b.length > MAX_BATCH_CHARS) close()
+      items.push(b)
+      chars += b.length + 1
+    }
+    if (items.length > 0) close()
+  }
+  return out
+}
+
+/** The runs of a change stream message: the runs of a live batch, or the message's one run. */
+export function runsOfMessage(parsed: ChangeRun | LiveBatch): ChangeRun[] {
+  return 'runs' in parsed && Array.isArray(parsed.runs) ? parsed.runs : [parsed as ChangeRun]
+}
