@@ -57,7 +57,7 @@ export async function fanfarePublisher(d: Deployment, changesPerRun = 1): Promis
     held.clear()
     // FANFARE_LIVE_BATCHES: as a worker publishes a batch then (publishBatch), the runs of one
     // flush (one batch of one partition) as one message.
-    pending.push(publisher.publish(batches ? liveBatchMessages(prefix, 0, runs) : runs))
+    pending.push(publisher.publish(batches ? liveBatchMessages(prefix, 0, runs).map(({ subject, body }) => ({ subject, body })) : runs))
   }
   return {
     round: (channels, version) => {

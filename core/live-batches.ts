@@ -22,28 +22,28 @@ export const MAX_BATCH_CHARS = 256 * 1024 + 1024
  * one would pass MAX_BATCH_CHARS. Runs keep their order within a kind (version order per channel),
  * and the messages of a kind follow each other in that order. `body` of each run is its JSON.
  */
-export function liveBatchMessages(prefix: string, partition: number, runs: { channel: string; body: string }[]): { subject: string; body: string; runs: number }[] {
-  const byKind = new Map<ChannelKind, string[]>()
+export function liveBatchMessages<R extends { channel: string; body: string }>(prefix: string, partition: number, runs: R[]): { subject: string; body: string; items: R[] }[] {
+  const byKind = new Map<ChannelKind, R[]>()
   for (const r of runs) {
     const parsed = parseChannel(r.channel)
     if (!parsed) throw new Error(`not a channel: ${r.channel}`)
     const list = byKind.get(parsed.kind) ?? byKind.set(parsed.kind, []).get(parsed.kind)!
-    list.push(r.body)
+    list.push(r)
   }
-  const out: { subject: string; body: string; runs: number }[] = []
-  for (const [kind, bodies] of byKind) {
+  const out: { subject: string; body: string; items: R[] }[] = []
+  for (const [kind, list] of byKind) {
     const subject = subjects.changeBatch(prefix, kind, partition)
-    let items: string[] = []
+    let items: R[] = []
     let chars = 0
     const close = () => {
-      out.push({ subject, body: `{"runs":[${items.join(',')}]}`, runs: items.length })
+      out.push({ subject, body: `{"runs":[${items.map((r) => r.body).join(',')}]}`, items })
       items = []
       chars = 0
     }
-    for (const b of bodies) {
-      if (items.length > 0 && chars + b.length > MAX_BATCH_CHARS) close()
-      items.push(b)
-      chars += b.length + 1
+    for (const r of list) {
+      if (items.length > 0 && chars + r.body.length > MAX_BATCH_CHARS) close()
+      items.push(r)
+      chars += r.body.length + 1
     }
     if (items.length > 0) close()
   }

@@ -19,6 +19,7 @@ import { startRebuildJobs } from './rebuild/jobs'
 import type { RebuildHooks } from './rebuild/rebuild'
 import { openLeaseBucket, startLeases } from './runtime/leases'
 import { startOutboxCleaner, startOutboxSweeper } from './runtime/outbox'
+import { startHistoryPruner } from './runtime/history-pruner'
 import { startRunner, type PartitionDeps, type Runner, type RunnerHooks } from './runtime/runner'
 import { createBatchCommitter } from './runtime/committer'
 import { startTopologyKeeper } from './runtime/topology-keeper'
@@ -152,6 +153,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     hooks: deps.hooks,
     onFatal,
     metrics,
+    liveBatches: config.FANFARE_LIVE_BATCHES === 'true',
   }
   const leases = startLeases({
     kv,
@@ -202,6 +204,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   // GET /admin/projections asks the workers for their partitions' lag (see core/projection-lag.ts).
   const lags = answerLagQueries({ subscriptions, prefix: t.prefix, workerId, runners: () => [...runners.values()].flatMap((rs) => rs.map((r) => r.lag())) })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
+  // FANFARE_LIVE_BATCHES: channel history lives in change_history, kept to the configured size.
+  const pruner = config.FANFARE_LIVE_BATCHES === 'true' ? startHistoryPruner({ db, config, logger: logger.child({ component: 'history' }), now: deps.now }) : undefined
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
   const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now, metrics, hooks: deps.rebuildHooks })
@@ -224,6 +228,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))
         await sweeper.stop()
+        await pruner?.stop()
         // After the runners, which wait for their batches' publishes.
         publisher.close()
         await cleaner.stop()

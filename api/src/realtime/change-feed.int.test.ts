@@ -11,6 +11,7 @@ import { freePort } from '../../../core/process'
 import { TEST_NATS_URL } from '../../../core/testing/env'
 import { until } from '../../../core/testing/wait'
 import { privateNats, type PrivateNats } from '../../../test/cluster/private-nats'
+import { liveBatchMessages } from '../../../core/live-batches'
 import { startChangeFeed, type ChangeFeed } from './change-feed'
 
 const logger = createLogger('silent')
@@ -159,6 +160,68 @@ describe('change feed', () => {
     expect(f.versions()).toEqual(Array.from({ length: total }, (_, i) => i + 1))
     expect(f.resyncs()).toBe(0)
   }, 60_000)
+
+  describe('live batches (FANFARE_LIVE_BATCHES)', () => {
+    /** One worker batch's runs for `channels`, one change each at `version`, as the workers publish them. */
+    const batchOf = (prefix: string, channels: string[], version: number) =>
+      liveBatchMessages(
+        prefix,
+        3,
+        channels.map((channel) => ({ channel, body: JSON.stringify({ channel, version, epoch: 'e1', changes: [{ player: 'p', score: version, previous: null }], at: '' } satisfies ChangeRun) })),
+      )
+    const channels = ['leaderboard:b', 'leaderboard:c', 'leaderboard:d']
+    const byChannel = (notices: ChangeNotice[]) => Object.fromEntries(channels.map((c) => [c, notices.filter((n) => n.channel === c).map((n) => n.version)]))
+
+    test('one message carries several channels: every run handed on, in order; a restart run in it goes to onRestart', async () => {
+      const f = await setup(TEST_NATS_URL)
+      track(f.feed, f.nc, f.jsm, f.stream)
+      await until('following', () => f.feed.status().following)
+      const prefix = f.subject.split('.')[0]
+      for (let v = 1; v <= 3; v++) {
+        const messages = batchOf(prefix, channels, v)
+        expect(messages.map((m) => m.subject)).toEqual([`${prefix}.changes.leaderboard._batch.3`])
+        for (const m of messages) await f.js.publish(m.subject, m.body)
+      }
+      const restart: ChangeRun = { channel: 'leaderboard:c', version: 3, epoch: 'e2', changes: [], at: '', restart: 'board rules changed' }
+      await f.js.publish(`${prefix}.changes.leaderboard._batch.3`, JSON.stringify({ runs: [restart, { channel: 'leaderboard:b', version: 4, epoch: 'e1', changes: [{ player: 'p', score: 4, previous: null }], at: '' }] }))
+      await until('10 notices and the restart', () => f.notices.length >= 10 && f.restarts.length === 1)
+      expect(byChannel(f.notices)).toEqual({ 'leaderboard:b': [1, 2, 3, 4], 'leaderboard:c': [1, 2, 3], 'leaderboard:d': [1, 2, 3] })
+      expect(f.restarts).toEqual([restart])
+      expect(f.resyncs()).toBe(0)
+    })
+
+    test('a lost batch message is seen by its stream sequence and filled from the stream: every channel in it, no resync', async () => {
+      const dropped = new Set<number>()
+      const f = await setup(TEST_NATS_URL, { lose: (seq) => seq === 2 && !dropped.has(seq) && dropped.add(seq) !== undefined })
+      track(f.feed, f.nc, f.jsm, f.stream)
+      await until('following', () => f.feed.status().following)
+      const prefix = f.subject.split('.')[0]
+      for (let v = 1; v <= 3; v++) for (const m of batchOf(prefix, channels, v)) await f.js.publish(m.subject, m.body)
+      await until('9 notices', () => f.notices.length >= 9)
+      await Bun.sleep(300)
+      expect([...dropped]).toEqual([2])
+      expect(byChannel(f.notices)).toEqual({ 'leaderboard:b': [1, 2, 3], 'leaderboard:c': [1, 2, 3], 'leaderboard:d': [1, 2, 3] })
+      expect(f.resyncs()).toBe(0)
+    })
+
+    test('lost batch messages the stream no longer holds: re-synced, never silent', async () => {
+      let cut = false
+      // One message kept per subject: batches 2 and 3 are on the same partition subject, 2 is pushed out.
+      const f = await setup(TEST_NATS_URL, { heartbeatMs: 300, perSubject: 1, lose: () => cut })
+      track(f.feed, f.nc, f.jsm, f.stream)
+      await until('following', () => f.feed.status().following)
+      const prefix = f.subject.split('.')[0]
+      for (const m of batchOf(prefix, channels, 1)) await f.js.publish(m.subject, m.body)
+      await until('3 notices', () => f.notices.length >= 3)
+      cut = true
+      for (let v = 2; v <= 3; v++) for (const m of batchOf(prefix, channels, v)) await f.js.publish(m.subject, m.body)
+      cut = false
+      await until('a resync', () => f.resyncs() > 0, 5_000)
+      await until('the batch the stream still holds', () => f.notices.length >= 6, 5_000)
+      expect(byChannel(f.notices)).toEqual({ 'leaderboard:b': [1, 3], 'leaderboard:c': [1, 3], 'leaderboard:d': [1, 3] })
+      expect(f.resyncs()).toBe(1)
+    })
+  })
 
   test('stops at once, also right after it started', async () => {
     const f = await setup(TEST_NATS_URL)

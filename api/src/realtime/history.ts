@@ -2,6 +2,10 @@ import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { noticesOf, parseChannel, type ChangeNotice, type ChangeRun, type ChannelKind } from '../../../core/channels'
 import { subjects } from '../../../core/events'
+import { and, asc, eq, gte, lte, max, sql } from 'drizzle-orm'
+import { alias } from 'drizzle-orm/pg-core'
+import type { Db } from '../../../core/db/client'
+import { changeHistory } from '../../../core/db/schema'
 
 /** Reads the change notices of one channel still kept in the change stream, newer than `after`. */
 export type HistoryReader = (channel: string, after: number) => Promise<ChangeNotice[]>
@@ -118,6 +122,37 @@ export function historyReader(deps: {
     const out: ChangeNotice[] = []
     for (const r of runs) for (const n of r.notices) if (n.version > after) out.push(n)
     keep(channel, { seq, runs, notices: runs.reduce((n, r) => n + r.notices.length, 0), bytes: runs.reduce((n, r) => n + r.bytes, 0) })
+    return out
+  }
+}
+
+/**
+ * FANFARE_LIVE_BATCHES: reads a channel's history from Postgres (change_history, the runs the
+ * workers' batches committed, kept FANFARE_HISTORY_SIZE versions per channel): per epoch, the run
+ * holding version `after + 1` and every later one, an indexed range of the primary key. Like the
+ * stream's history, every epoch kept is read (the hub takes the notices of its own). Rows are
+ * committed before their runs are published, so this may hold versions this node's feed has not
+ * delivered yet (as a read of the change stream may): the hub replays the contiguous part and takes
+ * the rest live. A run pruned away leaves the range starting past `after + 1`, which the hub
+ * answers with a snapshot.
+ *
+ * Returns notices in version order per epoch.
+ */
+export function postgresHistoryReader(db: Db): HistoryReader {
+  return async (channel, after) => {
+    const inner = alias(changeHistory, 'i')
+    // Per epoch, the first version of the run holding `after + 1` (runs hold consecutive versions).
+    const from = db
+      .select({ v: max(inner.version) })
+      .from(inner)
+      .where(and(eq(inner.channel, changeHistory.channel), eq(inner.epoch, changeHistory.epoch), lte(inner.version, after + 1)))
+    const rows = await db
+      .select({ payload: changeHistory.payload })
+      .from(changeHistory)
+      .where(and(eq(changeHistory.channel, channel), gte(changeHistory.version, sql`coalesce((${from}), 0)`)))
+      .orderBy(asc(changeHistory.epoch), asc(changeHistory.version))
+    const out: ChangeNotice[] = []
+    for (const r of rows) for (const n of noticesOf(JSON.parse(r.payload) as ChangeRun)) if (n.version > after) out.push(n)
     return out
   }
 }

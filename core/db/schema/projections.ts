@@ -103,6 +103,26 @@ export const changeOutbox = pgTable(
 )
 
 /**
+ * With FANFARE_LIVE_BATCHES: every channel's recent change runs, written with the outbox rows in
+ * the batch's statement and kept after they are published (the outbox rows are deleted then), so
+ * a resume reads a channel's history here (an indexed range of one channel) instead of from a
+ * per-channel subject of its change stream. Keyed like the outbox; the workers prune it to the last
+ * FANFARE_HISTORY_SIZE versions per channel (and FANFARE_HISTORY_TTL_MS), per kind.
+ */
+export const changeHistory = pgTable(
+  'change_history',
+  {
+    channel: text('channel').notNull(),
+    epoch: text('epoch').notNull(),
+    /** Version of the run's first change. */
+    version: bigint('version', { mode: 'number' }).notNull(),
+    payload: text('payload').notNull(),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.channel, t.epoch, t.version] }), index('change_history_created').on(t.createdAt)],
+)
+
+/**
  * Per rebuild job, the attempt that may still write its shadow and switch it in: raised by each
  * attempt when it starts (KV claims count attempts up), and by the clean-up before it drops an
  * older attempt's shadow. Every transaction of a rebuild locks its job's row and checks it still

@@ -39,6 +39,8 @@ export type BatchOwner = {
   partitions: number
   /** Identity of the event stream the messages come from (see streamIdentity). */
   stream: string
+  /** FANFARE_LIVE_BATCHES: the batch's runs also go to change_history (see outboxWriteOf). */
+  history?: boolean
 }
 
 export type BatchResult = {
@@ -284,7 +286,7 @@ function batchStatement(owner: BatchOwner, expected: number, checkpoint: number,
   else if (letters.length > 0) members.push(sql`letters as (${deadLetterWrite(letters, when)})`)
   const eventsOut = eventOutboxWrite(derived, now, when)
   if (eventsOut) members.push(eventsOut)
-  const outbox = outboxWrite(changes, now, when, oldestStored(fresh))
+  const outbox = outboxWrite(changes, now, when, oldestStored(fresh), owner.history)
   if (outbox) members.push(outbox)
   // The select list runs the members in this order: guard (and its recheck), the read-model writes,
   // then the outbox, whose version upsert locks the channel version rows that every partition
@@ -347,6 +349,7 @@ function groupStatement(ps: PreparedBatch[]): SQL {
     ps.map((p) => ({ changes: p.applied.changes, at: runAt(p.now, oldestStored(p.fresh)) })),
     ps[0].now,
     when,
+    ps[0].owner.history,
   )
   if (outbox) members.push(outbox)
   // The same order as batchStatement's: guard, read-model writes, derived events, then the outbox.

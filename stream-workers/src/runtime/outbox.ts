@@ -3,12 +3,13 @@ import type { MsgHdrs } from '@nats-io/transport-node'
 import { asc, lt, sql, type SQL } from 'drizzle-orm'
 import type { Db, Tx } from '../../../core/db/client'
 import { recordset } from '../../../core/db/recordset'
-import { changeOutbox, channelVersions, eventOutbox } from '../../../core/db/schema'
+import { changeHistory, changeOutbox, channelVersions, eventOutbox } from '../../../core/db/schema'
 import { dedupIdOf, keyOf, partitionOf, subjects, type StoredEvent } from '../../../core/events'
 import type { Logger } from '../../../core/logger'
 import type { Change } from '../projections/types'
 import { every } from '../../../core/backoff'
 import type { AckedPublisher } from '../../../core/acked-publish'
+import { liveBatchMessages } from '../../../core/live-batches'
 
 /** A change run waiting in the outbox; `body` is the JSON that is published. */
 export type OutboxRun = { channel: string; epoch: string; version: number; body: string }
@@ -84,17 +85,18 @@ export const runAt = (now: Date, storedAt?: Date): string => JSON.stringify(now.
  * channel (one board spans partitions) get disjoint, consecutive versions; channels are locked in
  * sorted order to avoid deadlocks between such batches. Undefined when there are no changes.
  */
-export function outboxWrite(changes: Change[], now: Date, when: SQL, storedAt?: Date): SQL | undefined {
-  return outboxWriteOf([{ changes, at: runAt(now, storedAt) }], now, when)
+export function outboxWrite(changes: Change[], now: Date, when: SQL, storedAt?: Date, history = false): SQL | undefined {
+  return outboxWriteOf([{ changes, at: runAt(now, storedAt) }], now, when, history)
 }
 
 /**
  * outboxWrite for several batches in one statement (see BatchCommitter): one version upsert for
  * all their changes, a channel's versions consecutive across them in the order given (the first
  * batch's changes first), and each run of one batch only, tagged with its index as `part` in
- * `numbered` (see insertedRunsByPart).
+ * `numbered` (see insertedRunsByPart). `history` (FANFARE_LIVE_BATCHES): the runs also go to
+ * change_history (member `history`), where they stay after the outbox rows are deleted.
  */
-export function outboxWriteOf(sources: OutboxSource[], now: Date, when: SQL): SQL | undefined {
+export function outboxWriteOf(sources: OutboxSource[], now: Date, when: SQL, history = false): SQL | undefined {
   const byChannel = new Map<string, Change['data'][][]>()
   sources.forEach(({ changes }, part) => {
     for (const c of changes) {
@@ -147,7 +149,15 @@ export function outboxWriteOf(sources: OutboxSource[], now: Date, when: SQL): SQ
         ${now.toISOString()}::timestamptz
       from numbered order by channel, "offset"
       returning channel, epoch, version, payload
+    )${
+      history
+        ? sql`, history as (
+      insert into ${changeHistory} (channel, epoch, version, payload, created_at)
+      select channel, epoch, version, payload, ${now.toISOString()}::timestamptz from outbox
+      returning 1
     )`
+        : sql``
+    }`
 }
 
 /**
@@ -202,6 +212,27 @@ export async function publishRuns(deps: { publisher: AckedPublisher; prefix: str
     headers ? { headers } : undefined,
   )
   const done = runs.filter((_, i) => stored[i]).map(({ channel, epoch, version }) => ({ channel, epoch, version }))
+  deps.cleaner.published(done)
+  if (error) throw error
+  return done.length
+}
+
+/**
+ * publishRuns for FANFARE_LIVE_BATCHES: the batch's runs as live batches (core/live-batches.ts:
+ * one message per channel kind on `partition`'s subject, split only past the payload limit), so a
+ * batch touching many channels stores one message, not one per channel. API nodes check the
+ * stream sequence of each message as of a run, so a lost batch is filled or re-synced as a lost
+ * run is. The runs of a message are published (and their outbox rows deleted) together, or not at
+ * all (the sweeper then publishes each left-over run alone on its channel's subject, which change
+ * feeds take too). Returns how many runs were published.
+ */
+export async function publishBatch(deps: { publisher: AckedPublisher; prefix: string; partition: number; cleaner: OutboxCleaner }, runs: OutboxRun[], headers?: MsgHdrs): Promise<number> {
+  const messages = liveBatchMessages(deps.prefix, deps.partition, runs)
+  const { stored, error } = await deps.publisher.publish(
+    messages.map(({ subject, body }) => ({ subject, body })),
+    headers ? { headers } : undefined,
+  )
+  const done = messages.filter((_, i) => stored[i]).flatMap((m) => m.items.map(({ channel, epoch, version }) => ({ channel, epoch, version })))
   deps.cleaner.published(done)
   if (error) throw error
   return done.length

@@ -18,7 +18,7 @@ import { pullNow, type Delivery } from './pull-now'
 import { CheckpointMovedError, dbErrorSummary, errorMessageOf, FencedError, isDbError, isProgrammingError, isRefusedBatch, isTransientDbError, StaleReadError } from './errors'
 import { createPartSize } from './part-size'
 import type { AckedPublisher } from '../../../core/acked-publish'
-import { publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
+import { publishBatch, publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
 import type { BatchCommitter } from './committer'
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api'
@@ -59,6 +59,12 @@ export type PartitionDeps = {
   onFatal: (err: unknown) => void
   /** The process's metrics (batches, lag, dead letters). */
   metrics: Metrics
+  /**
+   * FANFARE_LIVE_BATCHES: a batch's runs are kept in change_history and published as live batches
+   * (one message per channel kind on the partition's subject, see publishBatch) instead of one
+   * message per run.
+   */
+  liveBatches?: boolean
 }
 
 export type RunnerDeps = PartitionDeps & {
@@ -310,7 +316,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     // Before the consumer opened, `checkpoint` is not known yet; once stopped, the lease is not ours.
     if (!stream || abort.signal.aborted) return { outcome: 'unavailable', message: 'the runner is starting or stopping' }
     try {
-      const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
+      const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history: deps.liveBatches }
       const { reply, runs, events } = await exclusive(async () => {
         try {
           return await replayDeadLetter(deps.db, owner, checkpoint, request, now())
@@ -336,7 +342,7 @@ export function startRunner(deps: RunnerDeps): Runner {
   }
 
   const applyWithRetry = async (batch: Delivery[]): Promise<BatchResult | undefined> => {
-    const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream }
+    const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history: deps.liveBatches }
     const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
     // The checkpoint moves inside the turn: a replay waiting for it must see the new one.
@@ -541,7 +547,11 @@ export function startRunner(deps: RunnerDeps): Runner {
   let publishing: Promise<void> | undefined
   const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[], headers?: MsgHdrs): Promise<void> =>
     Promise.all([
-      runs.length > 0 ? publishRuns({ publisher: deps.publisher, prefix: deps.prefix, cleaner: deps.cleaner }, runs, headers) : 0,
+      runs.length === 0
+        ? 0
+        : deps.liveBatches
+          ? publishBatch({ publisher: deps.publisher, prefix: deps.prefix, partition: deps.partition, cleaner: deps.cleaner }, runs, headers)
+          : publishRuns({ publisher: deps.publisher, prefix: deps.prefix, cleaner: deps.cleaner }, runs, headers),
       events.length > 0 ? publishEvents({ js: deps.js, prefix: deps.prefix, partitions: deps.partitions, cleaner: deps.cleaner }, events) : 0,
     ]).then(
       () => void (publishing = undefined),

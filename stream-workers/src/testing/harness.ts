@@ -5,6 +5,7 @@ import type { Config } from '../../../core/config'
 import { connectBunSql, type Database, type Db } from '../../../core/db/client'
 import { contracts, dedupIdOf, keyOf, partitionOf, subjects, type EventData, type EventType, type StoredEvent } from '../../../core/events'
 import { createLogger } from '../../../core/logger'
+import { runsOfMessage, type LiveBatch } from '../../../core/live-batches'
 import { connectNats, ensureStreams, topology } from '../../../core/nats'
 import { createTestEnv, type TestEnv } from '../../../core/testing/env'
 import { eq } from 'drizzle-orm'
@@ -96,7 +97,11 @@ export function publishEvent(w: World, event: StoredEvent): Promise<PubAck> {
 }
 
 
-/** Every change run on the change streams as published (with its size in bytes), in stream order within each channel kind. */
+/**
+ * Every change run on the change streams as published (with the size in bytes of the message that
+ * carried it), in stream order within each channel kind; the runs of a live batch
+ * (FANFARE_LIVE_BATCHES) each in their message's place, in the message's order.
+ */
 export async function readRuns(w: World): Promise<(ChangeRun & { bytes: number })[]> {
   const jsm = await jetstreamManager(w.nc)
   const out: (ChangeRun & { bytes: number })[] = []
@@ -104,7 +109,7 @@ export async function readRuns(w: World): Promise<(ChangeRun & { bytes: number }
     const n = (await jsm.streams.info(stream)).state.messages
     if (n === 0) continue
     const consumer = await w.js.consumers.get(stream)
-    for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) out.push({ ...m.json<ChangeRun>(), bytes: m.data.length })
+    for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) for (const run of runsOfMessage(m.json<ChangeRun | LiveBatch>())) out.push({ ...run, bytes: m.data.length })
   }
   return out
 }
