@@ -1,0 +1,112 @@
+import { afterEach, describe, expect, test } from 'bun:test'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { asc } from 'drizzle-orm'
+import type { ChangeRun } from '../../../core/channels'
+import { changeHistory, changeOutbox, channelVersions } from '../../../core/db/schema'
+import { runsOfMessage, type LiveBatch } from '../../../core/live-batches'
+import { topology } from '../../../core/nats'
+import { until } from '../../../core/testing/wait'
+import { caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
+import { pruneHistory } from './history-pruner'
+
+let world: World | undefined
+afterEach(async () => {
+  await world?.close()
+  world = undefined
+})
+
+/** Every message of the chat change stream: its subject and the runs it carries. */
+async function chatMessages(w: World): Promise<{ subject: string; runs: ChangeRun[] }[]> {
+  const stream = topology(w.config).changeStreams.chat
+  const jsm = await jetstreamManager(w.nc)
+  const n = (await jsm.streams.info(stream)).state.messages
+  if (n === 0) return []
+  const out: { subject: string; runs: ChangeRun[] }[] = []
+  const consumer = await w.js.consumers.get(stream)
+  for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) out.push({ subject: m.subject, runs: runsOfMessage(m.json<ChangeRun | LiveBatch>()) })
+  return out
+}
+
+describe('live batches (FANFARE_LIVE_BATCHES=true)', () => {
+  test('a batch touching several channels is ONE message on its partition subject, and its runs stay in change_history after the outbox is emptied', async () => {
+    const w = (world = await createWorld({ FANFARE_LIVE_BATCHES: 'true', FANFARE_PARTITIONS: '1' }))
+    // Stored before the worker starts: its first batch holds all of them.
+    const rooms = ['r1', 'r2', 'r3', 'r4', 'r5']
+    for (const room of rooms) for (let i = 0; i < 3; i++) await publishEvent(w, storedEvent('chat.message.posted', { room, user: 'ann', text: `${room}-${i}` }, `${room}-${i}`))
+    await w.startWorker()
+    await caughtUp(w)
+    const messages = await until('every change published', async () => {
+      const m = await chatMessages(w)
+      return m.flatMap((x) => x.runs).reduce((n, r) => n + r.changes.length, 0) === 15 ? m : undefined
+    })
+    const prefix = w.config.FANFARE_SUBJECT_PREFIX
+    expect(new Set(messages.map((m) => m.subject))).toEqual(new Set([`${prefix}.changes.chat._batch.0`]))
+    // Fewer messages than channels: at least one carries several channels' runs.
+    expect(messages.length).toBeLessThan(rooms.length)
+    expect(Math.max(...messages.map((m) => new Set(m.runs.map((r) => r.channel)).size))).toBeGreaterThan(1)
+    // Every channel's versions, gap-free, in message order.
+    for (const room of rooms) {
+      const versions = messages.flatMap((m) => m.runs.filter((r) => r.channel === `chat:${room}`).flatMap((r) => r.changes.map((_, i) => r.version + i)))
+      expect(versions).toEqual([1, 2, 3])
+    }
+    // The outbox is emptied once published; the history keeps the runs, as published.
+    await until('the outbox emptied', async () => (await w.database.db.select().from(changeOutbox)).length === 0)
+    const history = await w.database.db.select().from(changeHistory).orderBy(asc(changeHistory.channel), asc(changeHistory.version))
+    expect(history.map((h) => JSON.parse(h.payload) as ChangeRun)).toEqual(
+      messages.flatMap((m) => m.runs).sort((a, b) => (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : a.version - b.version)),
+    )
+  })
+
+  test('flag off: one message per run on the channel subject, nothing kept in change_history', async () => {
+    const w = (world = await createWorld({ FANFARE_LIVE_BATCHES: 'false', FANFARE_PARTITIONS: '1' }))
+    for (const room of ['r1', 'r2', 'r3']) await publishEvent(w, storedEvent('chat.message.posted', { room, user: 'ann', text: room }, room))
+    await w.startWorker()
+    await caughtUp(w)
+    const messages = await until('3 runs', async () => {
+      const m = await chatMessages(w)
+      return m.length === 3 ? m : undefined
+    })
+    expect(messages.map((m) => m.subject).sort()).toEqual(['r1', 'r2', 'r3'].map((r) => `${w.config.FANFARE_SUBJECT_PREFIX}.changes.chat.${r}`))
+    expect(await w.database.db.select().from(changeHistory)).toEqual([])
+  })
+})
+
+describe('pruneHistory', () => {
+  const run = (channel: string, epoch: string, version: number, changes: number, createdAt = new Date()) => ({
+    channel,
+    epoch,
+    version,
+    createdAt,
+    payload: JSON.stringify({ channel, epoch, version, at: '', changes: Array.from({ length: changes }, (_, i) => ({ kind: 'deleted', messageId: `m${version + i}` })) } satisfies ChangeRun),
+  })
+  const kept = async (w: World) => (await w.database.db.select().from(changeHistory).orderBy(asc(changeHistory.channel), asc(changeHistory.epoch), asc(changeHistory.version))).map((r) => `${r.channel}/${r.epoch}@${r.version}`)
+
+  test('keeps every run holding one of the last FANFARE_HISTORY_SIZE versions (per kind), drops older runs, earlier epochs and runs past the TTL', async () => {
+    const w = (world = await createWorld({ FANFARE_HISTORY_SIZE_CHAT: '5', FANFARE_HISTORY_SIZE_LEADERBOARD: '2', FANFARE_HISTORY_TTL_MS_STREAM: '60000' }))
+    const db = w.database.db
+    const now = new Date()
+    await db.insert(channelVersions).values([
+      { channel: 'chat:a', version: 12, epoch: 'e2' },
+      { channel: 'leaderboard:b', version: 6, epoch: 'e1' },
+      { channel: 'stream:c', version: 2, epoch: 'e1' },
+    ])
+    await db.insert(changeHistory).values([
+      // chat:a at 12 keeps versions 8..12: run 7 (7-9) holds 8 and 9, so it stays; 1-3 and 4-6 go.
+      run('chat:a', 'e1', 1, 5), // an earlier epoch
+      run('chat:a', 'e2', 1, 3),
+      run('chat:a', 'e2', 4, 3),
+      run('chat:a', 'e2', 7, 3),
+      run('chat:a', 'e2', 10, 3),
+      // leaderboard:b at 6 keeps 5..6: run 5 starts exactly there, so run 3 (3-4) goes.
+      run('leaderboard:b', 'e1', 1, 2),
+      run('leaderboard:b', 'e1', 3, 2),
+      run('leaderboard:b', 'e1', 5, 2),
+      // stream:c: its kind keeps one minute; the first run is two minutes old.
+      run('stream:c', 'e1', 1, 1, new Date(now.getTime() - 120_000)),
+      run('stream:c', 'e1', 2, 1, now),
+    ])
+    expect(await pruneHistory(db, w.config, now)).toBe(6)
+    expect(await kept(w)).toEqual(['chat:a/e2@7', 'chat:a/e2@10', 'leaderboard:b/e1@5', 'stream:c/e1@2'])
+    expect(await pruneHistory(db, w.config, now)).toBe(0)
+  })
+})
