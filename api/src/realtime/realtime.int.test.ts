@@ -5,7 +5,9 @@ import { channelOf, runOf, type ChangeNotice } from '../../../core/channels'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Database } from '../../../core/db/client'
 import { jetstreamManager } from '@nats-io/jetstream'
-import { channelVersions } from '../../../core/db/schema'
+import { changeHistory, channelVersions } from '../../../core/db/schema'
+import { liveBatchMessages } from '../../../core/live-batches'
+import { pruneHistory } from '../../../stream-workers/src/runtime/history-pruner'
 import { ensureStreams, topology } from '../../../core/nats'
 import { subjects } from '../../../core/events'
 import type { TestEnv } from '../../../core/testing/env'
@@ -36,7 +38,14 @@ describe('realtime over a real server', () => {
     at: new Date().toISOString(),
   })
   async function publishNotice(n: ChangeNotice) {
-    await jetstream(nc).publish(subjects.change(env.config.FANFARE_SUBJECT_PREFIX, n.channel), JSON.stringify(runOf(n)))
+    const body = JSON.stringify(runOf(n))
+    if (env.config.FANFARE_LIVE_BATCHES === 'true') {
+      // As the workers then do (FANFARE_TEST_LIVE_BATCHES=true): the run kept in change_history, published as a live batch.
+      await database.db.insert(changeHistory).values({ channel: n.channel, epoch: n.epoch, version: n.version, payload: body }).onConflictDoNothing()
+      for (const m of liveBatchMessages(env.config.FANFARE_SUBJECT_PREFIX, 0, [{ channel: n.channel, body }])) await jetstream(nc).publish(m.subject, m.body)
+      return
+    }
+    await jetstream(nc).publish(subjects.change(env.config.FANFARE_SUBJECT_PREFIX, n.channel), body)
   }
 
   test('subscribe gets a snapshot, then change notices from NATS in version order', async () => {
@@ -91,6 +100,8 @@ describe('realtime over a real server', () => {
     const watcher = await watchFourVersions(channel)
     // The read model is at version 4 of epoch e1 (as the workers would have left it).
     await database.db.insert(channelVersions).values({ channel, version: 4, epoch: 'e1' })
+    // With live batches the history is Postgres', kept to the same size by the workers' pruner.
+    if (env.config.FANFARE_LIVE_BATCHES === 'true') await pruneHistory(database.db, env.config, new Date())
     const c = await WsClient.open(url)
     c.send({ op: 'subscribe', ref: 'r', channel, since: 1, epoch: 'e1' }) // needs 2..4; only 3 and 4 are kept
     await until('answer', () => c.of(channel).length === 1)
