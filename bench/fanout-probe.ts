@@ -11,7 +11,8 @@
  * its stand-in publishing each run with `js.publish` (as the workers did before
  * core/acked-publish.ts) instead of the workers' AckedPublisher.
  * With --batches, a side `batches` takes turns too: a deployment with FANFARE_LIVE_BATCHES=true,
- * its stand-in publishing each flush's runs as one live batch message (core/live-batches.ts).
+ * its stand-in publishing each flush's runs as one live batch message (core/live-batches.ts), or
+ * one per partition with --batch-partitions=N (channels spread by hash, as N workers' batches).
  */
 import { readFileSync } from 'node:fs'
 import { freePort } from '../core/process'
@@ -32,6 +33,8 @@ const layout = Number(args[1] ?? 100)
 const rounds = Number(args[2] ?? 3)
 /** Changes per run of the `fanfare` side's stand-in (see fanfarePublisher); the bench's is 1. */
 const changes = Number(process.argv.find((a) => a.startsWith('--changes='))?.slice(10) ?? 1)
+/** With --batches: the partitions each flush's runs are spread over, one live batch each (see fanfarePublisher). */
+const batchPartitions = Number(process.argv.find((a) => a.startsWith('--batch-partitions='))?.slice(19) ?? 1)
 const ctx: BenchContext = { mode: 'full', log: (m) => console.error(m), notes: [] }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
@@ -96,7 +99,7 @@ try {
     const d4 = await deploy({ FANFARE_LIVE_BATCHES: 'true' })
     deployments.push(d4)
     const api4 = await d4.startApi()
-    sides.push({ name: 'batches', url: `ws://127.0.0.1:${api4.port}/v1/ws`, pid: api4.proc.proc.pid, publisher: await fanfarePublisher(d4, changes) })
+    sides.push({ name: 'batches', url: `ws://127.0.0.1:${api4.port}/v1/ws`, pid: api4.proc.proc.pid, publisher: await fanfarePublisher(d4, changes, batchPartitions) })
   }
   if (process.argv.includes('--js-publish')) {
     const d3 = await deploy()

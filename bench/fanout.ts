@@ -8,7 +8,7 @@
  * receive time minus that stamp.
  */
 import { io } from 'socket.io-client'
-import { subjects } from '../core/events'
+import { hashKey, subjects } from '../core/events'
 import { createAckedPublisher, type PublishOutcome } from '../core/acked-publish'
 import { liveBatchMessages } from '../core/live-batches'
 import type { ChangeRun } from '../core/channels'
@@ -38,7 +38,7 @@ const frameOf = (channel: string, version: number) =>
  * rounds are held until a run is full (or the next flush), as a worker's batch holds what arrived
  * while it applied the previous one.
  */
-export async function fanfarePublisher(d: Deployment, changesPerRun = 1): Promise<Publisher> {
+export async function fanfarePublisher(d: Deployment, changesPerRun = 1, batchPartitions = 1): Promise<Publisher> {
   const prefix = d.env.config.FANFARE_SUBJECT_PREFIX
   const batches = d.env.config.FANFARE_LIVE_BATCHES === 'true'
   const publisher = createAckedPublisher(d.nc)
@@ -55,9 +55,10 @@ export async function fanfarePublisher(d: Deployment, changesPerRun = 1): Promis
       return { channel, subject: subjects.change(prefix, channel), body: JSON.stringify(run) }
     })
     held.clear()
-    // FANFARE_LIVE_BATCHES: as a worker publishes a batch then (publishBatch), the runs of one
-    // flush (one batch of one partition) as one message.
-    pending.push(publisher.publish(batches ? liveBatchMessages(prefix, 0, runs).map(({ subject, body }) => ({ subject, body })) : runs))
+    // FANFARE_LIVE_BATCHES: as workers publish batches then (publishBatch), the runs of one flush
+    // as one message per partition (`batchPartitions`, channels spread by hash; 1 by default: one
+    // worker batch holding every channel's run, the best case).
+    pending.push(publisher.publish(batches ? liveBatchesOf(prefix, runs, batchPartitions) : runs))
   }
   return {
     round: (channels, version) => {
@@ -78,6 +79,17 @@ export async function fanfarePublisher(d: Deployment, changesPerRun = 1): Promis
     },
     close: () => publisher.close(),
   }
+}
+
+/** A flush's runs as live batch messages, the channels spread over `partitions` by hash (see fanfarePublisher). */
+function liveBatchesOf(prefix: string, runs: { channel: string; body: string }[], partitions: number) {
+  const byPartition = new Map<number, { channel: string; body: string }[]>()
+  for (const r of runs) {
+    const p = hashKey(r.channel) % partitions
+    const list = byPartition.get(p) ?? byPartition.set(p, []).get(p)!
+    list.push(r)
+  }
+  return [...byPartition].flatMap(([p, list]) => liveBatchMessages(prefix, p, list).map(({ subject, body }) => ({ subject, body })))
 }
 
 async function bunPublisher(port: number): Promise<Publisher> {
