@@ -360,6 +360,12 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAINS) {
     problems.push('FANFARE_EDGE_DOMAIN and FANFARE_EDGE_DOMAINS: a node is either at an edge site or at the hub, not both')
   }
+  if ((lists.FANFARE_EDGE_DOMAIN || lists.FANFARE_EDGE_DOMAINS) && lists.FANFARE_LIVE_BATCHES === 'true') {
+    // An edge resumes its clients from history it holds itself (the mirrored change streams); with
+    // live batches history is in Postgres, which a cut-off edge cannot reach, and a channel's runs
+    // cannot be read cheaply out of per-partition batch messages (bench/findings.md, live batches).
+    problems.push('FANFARE_LIVE_BATCHES: not supported with edge sites yet (FANFARE_EDGE_DOMAIN / FANFARE_EDGE_DOMAINS): an edge keeps its history in its mirrored change streams, which live batches do not fill per channel')
+  }
   if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAIN === lists.FANFARE_HUB_DOMAIN) {
     problems.push(`FANFARE_EDGE_DOMAIN: the edge needs a JetStream domain of its own, not the hub's (${lists.FANFARE_HUB_DOMAIN})`)
   }
