@@ -17,6 +17,8 @@
  * the leader and another server are SIGKILLed (no stream has a leader), at 15 s both are started
  * again; the same checks but the silence bound. `--rolling`: from 5 s each server in turn is
  * stopped (SIGTERM) and started again, the next once every stream's replicas are current.
+ * Fanfare's variables in the soak's environment reach its processes and are printed first, as in
+ * the fault soak: `FANFARE_LIVE_BATCHES=true bun bench/cluster-soak.ts` soaks live batches.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -26,7 +28,7 @@ import { findNatsServer, waitUntilReady } from '../scripts/embedded-nats'
 import { freePort, spawnProc, until, waitReady, type Proc } from '../test/e2e/harness'
 import { apiAt, configureBoard, type Api } from '../test/cluster/support'
 import { stallDiagnosis } from './lib/stall-diagnosis'
-import { LANES, boardSubscriber, cloneCheckout, interruptTeardowns, scratchDatabase, type BoardSubscriber, ingestLane, judge, newLedger } from './lib/soak'
+import { LANES, boardSubscriber, cloneCheckout, interruptTeardowns, passedEnvironmentLine, scratchDatabase, type BoardSubscriber, ingestLane, judge, newLedger } from './lib/soak'
 
 const SERVERS = 3
 const SUBSCRIBERS_PER_NODE = 2
@@ -131,6 +133,10 @@ async function main() {
   const base = mkdtempSync(join(tmpdir(), 'fanfare-cluster-soak-'))
   const checkout = await cloneCheckout(opts.repo, join(base, 'repo'))
   console.log(`cluster soak of ${opts.repo} at ${checkout.commit} (clone in ${checkout.dir})`)
+  // Fanfare's variables in this environment reach its processes, as in the fault soak (say,
+  // FANFARE_LIVE_BATCHES=true); the soak's own (FANFARE_REPLICAS, tokens, ...) win over them.
+  const passed = passedEnvironmentLine()
+  if (passed) console.log(passed)
   const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`
   const db = await scratchDatabase(`fanfare_cluster_soak_${id}`)
   const dbUrl = db.url

@@ -39,7 +39,7 @@ import { PollsArea } from './soak/polls'
 import { ReactionsArea } from './soak/reactions'
 import { StreamsArea } from './soak/streams'
 import { Subscriber } from './soak/subscriber'
-import { cloneCheckout, interruptTeardowns, scratchDatabase, type Checkout } from './lib/soak'
+import { cloneCheckout, interruptTeardowns, passedEnvironmentLine, scratchDatabase, type Checkout } from './lib/soak'
 
 const FAULTS = ['none', 'nats', 'nats-workers', 'workers', 'postgres', 'api'] as const
 type Fault = (typeof FAULTS)[number]
@@ -300,8 +300,8 @@ async function main() {
   const checkout = await cloneCheckout(opts.repo, join(base, 'repo'))
   console.log(`fault soak of ${opts.repo} at ${checkout.commit} (clone in ${checkout.dir})`)
   // Fanfare's variables in this environment reach its processes (say, a key's rate limit lifted).
-  const passed = Object.keys(process.env).filter((k) => (k.startsWith('FANFARE_') || k === 'LOG_LEVEL') && !/TOKEN|SECRET/.test(k))
-  if (passed.length > 0) console.log(`from the environment: ${passed.map((k) => `${k}=${process.env[k]}`).join(' ')}`)
+  const passed = passedEnvironmentLine()
+  if (passed) console.log(passed)
   const outcomes: Outcome[] = []
   for (const fault of opts.faults) {
     const o = await soak(fault, opts.areas, checkout, base, opts.seconds).catch((err): Outcome => ({ fault, ok: false, broken: [`the run failed: ${(err as Error).stack ?? err}`], notes: [], summary: [] }))

@@ -40,6 +40,17 @@ export async function cloneCheckout(repo: string, into: string): Promise<Checkou
 }
 
 /**
+ * The line a soak prints naming the Fanfare variables of its own environment that reach the
+ * processes it starts (test/e2e/harness.ts spawnProc starts them with this environment under the
+ * soak's own variables): say FANFARE_LIVE_BATCHES=true, or a key's rate limit lifted. Secrets are
+ * not printed. Undefined when there are none.
+ */
+export function passedEnvironmentLine(env: Record<string, string | undefined> = process.env): string | undefined {
+  const passed = Object.keys(env).filter((k) => (k.startsWith('FANFARE_') || k === 'LOG_LEVEL') && !/TOKEN|SECRET/.test(k))
+  return passed.length > 0 ? `from the environment: ${passed.map((k) => `${k}=${env[k]}`).join(' ')}` : undefined
+}
+
+/**
  * What to undo when a soak is interrupted (Ctrl-C, SIGTERM): its processes and servers must not
  * outlive it. Each run adds its teardown and deletes it when it ran; `after` runs last (the soak's
  * scratch directory, say), then the process exits 130.
