@@ -122,6 +122,8 @@ try {
     close: () => ws.close(),
   }
   sides.push({ name: 'bun', url: `ws://127.0.0.1:${bunPort}/`, pid: bun.proc.pid, publisher: bunPub })
+  // Which server process is which side's (a CPU profile's file name has its pid; see FANFARE_BENCH_PROFILE).
+  console.log(`server pids: ${sides.map((s) => `${s.name} ${s.pid}`).join(', ')}`)
   const rates = new Map<string, number[]>(sides.map((s) => [s.name, []]))
   let s = 0
   // As bench/fanout.ts sizes them (full mode): a paced phase, then the burst.
