@@ -227,6 +227,8 @@ export function createChannelHub(deps: HubDeps) {
       deps.publish(channel, text)
       deps.onPushed?.(notice)
     }
+    // Most notices find nobody catching up: no iterator for an empty set (this runs per notice).
+    if (st.joiners.size === 0) return
     for (const j of st.joiners) {
       if (j.buffer) j.buffer.push(notice)
       else if (notice.version === j.version + 1 && sendTo(j, text)) j.version = notice.version
@@ -629,7 +631,9 @@ export function createChannelHub(deps: HubDeps) {
     /** Feeds one change notice from NATS. Notices for channels nobody here watches are ignored. */
     onNotice(notice: ChangeNotice) {
       const st = channels.get(notice.channel)
-      if (!st || st.retired.has(notice.epoch)) return // a late notice of a history this node left
+      // A late notice of a history this node left. Few channels ever retire an epoch: the size check
+      // spares the usual notice a hash of its epoch.
+      if (!st || (st.retired.size > 0 && st.retired.has(notice.epoch))) return
       if (st.last !== undefined && st.epoch !== '' && notice.epoch !== st.epoch) {
         void resync(notice.channel)
         return

@@ -134,7 +134,8 @@ export async function startRealtime(deps: {
         logger,
         onNotice: (n) => {
           hub.onNotice(n)
-          for (const l of tapped) l.notice(n)
+          // Per notice: no iterator when nothing listens (the usual case).
+          if (tapped.size > 0) for (const l of tapped) l.notice(n)
         },
         onRestart: (run) => {
           hub.onRestart(run.channel, run.version, run.epoch)
