@@ -67,6 +67,11 @@ describe('metrics', () => {
       commit.labels(kind).observe(lag / 1000)
       if (stored !== undefined) event.labels(kind).observe((lag * 2) / 1000)
     }
+    // Runs of one value (a batch's changes pushed in one millisecond), another, then the first again.
+    for (const lag of [49, 49, 49, 1, 1, 10_000, 10_000, 49, 12_345]) {
+      m.push.pushed('chat', 10_000 - lag, undefined, 10_000)
+      commit.labels('chat').observe(lag / 1000)
+    }
     m.ws.sent('{"op":"update","channel":"c"}', 10)
     m.ws.sentOp('update', 5)
     m.ws.sent('{"op":"snapshot","channel":"c"}')

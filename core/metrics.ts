@@ -283,7 +283,7 @@ export function serveMetrics(deps: { metrics: Metrics; port: number; hostname: s
 
 
 /** One series of a countingHistogram: observations per bucket (not cumulative; the last is +Inf only), their sum and count. */
-type Series = { counts: Float64Array; sum: number; count: number }
+type Series = { counts: Float64Array; sum: number; count: number; lastValue: number; lastBucket: number }
 
 /**
  * A histogram with one label, registered in `registry` and exposed as prom-client's own are, for a
@@ -319,9 +319,16 @@ function countingHistogram(registry: Registry, o: { name: string; help: string; 
     observe: (label: string, value: number) => {
       if (!Number.isFinite(value)) return
       let s = series.get(label)
-      if (!s) series.set(label, (s = { counts: new Float64Array(o.buckets.length + 1), sum: 0, count: 0 }))
-      let i = 0
-      while (i < o.buckets.length && value > o.buckets[i]) i++
+      if (!s) series.set(label, (s = { counts: new Float64Array(o.buckets.length + 1), sum: 0, count: 0, lastValue: Number.NaN, lastBucket: 0 }))
+      // The changes of one batch reach a node together and carry one commit time: consecutive
+      // observations are often the very same value (same millisecond), whose bucket is known.
+      let i = s.lastBucket
+      if (value !== s.lastValue) {
+        i = 0
+        while (i < o.buckets.length && value > o.buckets[i]) i++
+        s.lastValue = value
+        s.lastBucket = i
+      }
       s.counts[i]++
       s.sum += value
       s.count++
