@@ -13,6 +13,8 @@
  * With --batches, a side `batches` takes turns too: a deployment with FANFARE_LIVE_BATCHES=true,
  * its stand-in publishing each flush's runs as one live batch message (core/live-batches.ts), or
  * one per partition with --batch-partitions=N (channels spread by hash, as N workers' batches).
+ * With both --compare and --batches, the other checkout's deployment has the flag on too (and its
+ * stand-in publishes live batches): `compare` / bun beside `batches` / bun is a before/after.
  */
 import { readFileSync } from 'node:fs'
 import { freePort } from '../core/process'
@@ -35,6 +37,7 @@ const rounds = Number(args[2] ?? 3)
 const changes = Number(process.argv.find((a) => a.startsWith('--changes='))?.slice(10) ?? 1)
 /** With --batches: the partitions each flush's runs are spread over, one live batch each (see fanfarePublisher). */
 const batchPartitions = Number(process.argv.find((a) => a.startsWith('--batch-partitions='))?.slice(19) ?? 1)
+const batches = process.argv.includes('--batches')
 const ctx: BenchContext = { mode: 'full', log: (m) => console.error(m), notes: [] }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
@@ -85,15 +88,17 @@ try {
   const api = await d.startApi()
   sides.push({ name: 'fanfare', url: `ws://127.0.0.1:${api.port}/v1/ws`, pid: api.proc.proc.pid, publisher: await fanfarePublisher(d, changes) })
   if (compare) {
-    const d2 = await deploy()
+    // With --batches too, the other checkout runs with live batches as well: it is compared with
+    // the `batches` side (this checkout's live batches path), not with the old path.
+    const d2 = await deploy(batches ? { FANFARE_LIVE_BATCHES: 'true' } : {})
     deployments.push(d2)
     const port = freePort()
     const proc = spawnProc('api-compare', `${compare}/api/src/main.ts`, { ...d2.env.vars, PORT: String(port), HOST: '127.0.0.1' })
     await waitReady(`http://127.0.0.1:${port}`, [proc])
-    sides.push({ name: `compare`, url: `ws://127.0.0.1:${port}/v1/ws`, pid: proc.proc.pid, publisher: await fanfarePublisher(d2) })
+    sides.push({ name: `compare`, url: `ws://127.0.0.1:${port}/v1/ws`, pid: proc.proc.pid, publisher: batches ? await fanfarePublisher(d2, changes, batchPartitions) : await fanfarePublisher(d2) })
     deployments.push({ close: () => proc.stop() } as unknown as Deployment)
   }
-  if (process.argv.includes('--batches')) {
+  if (batches) {
     // FANFARE_LIVE_BATCHES: a deployment with the flag on, its stand-in publishing each flush's
     // runs as one live batch message (as the workers then do).
     const d4 = await deploy({ FANFARE_LIVE_BATCHES: 'true' })
