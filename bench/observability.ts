@@ -33,10 +33,10 @@ import { Subscriber } from './lib/subscriber'
 import { counted, phase, restSender } from './e2e'
 import { scenario } from './fanout'
 
-type Side = 'off' | 'on'
+export type Side = 'off' | 'on'
 
 /** A local OTLP/HTTP sink: accepts and counts what is exported, as a collector would. */
-function startSink() {
+export function startSink() {
   let requests = 0
   let bytes = 0
   const server = Bun.serve({
@@ -52,7 +52,7 @@ function startSink() {
 }
 
 /** Scrapes metrics ports (`urls`, and those `later` adds) every `everyMs` until stopped; counts the scrapes. */
-function startScraper(urls: string[], later: () => string[], everyMs = 1000) {
+export function startScraper(urls: string[], later: () => string[], everyMs = 1000) {
   let scrapes = 0
   let stopped = false
   const loop = (async () => {
@@ -71,7 +71,7 @@ function startScraper(urls: string[], later: () => string[], everyMs = 1000) {
 }
 
 /** The environment of a side: tracing and a metrics port on, or nothing. */
-function sideEnv(side: Side, sinkUrl: string, metricsPort: number): Record<string, string> {
+export function sideEnv(side: Side, sinkUrl: string, metricsPort: number): Record<string, string> {
   if (side === 'off') return {}
   return {
     OTEL_EXPORTER_OTLP_ENDPOINT: sinkUrl,
