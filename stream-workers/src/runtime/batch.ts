@@ -3,7 +3,7 @@ import { and, eq, sql, type SQL } from 'drizzle-orm'
 import { rowsOf, type Db } from '../../../core/db/client'
 import { projectionCheckpoints } from '../../../core/db/schema'
 import { decodeEvent, keyOf, partitionOf } from '../../../core/events'
-import { SpanKind, SpanStatusCode, type Link } from '@opentelemetry/api'
+import { context, SpanKind, SpanStatusCode, type Context, type Link } from '@opentelemetry/api'
 import { tracer } from '../../../core/tracing'
 import type { Applied, Applier, SequencedEvent } from '../projections/types'
 import { deadLetterWrite, guessEventId, replayOutcomeWrite, type DeadLetter } from './dead-letters'
@@ -71,6 +71,11 @@ export type ApplyOptions = {
    * dead letter with `reason` instead of being applied, like a message that does not decode.
    */
   refusedByPostgres?: { seq: number; reason: string }
+  /**
+   * The batch span's context, parent of the statement's span (default: the active context). Given
+   * explicitly so that a batch runs without entering an AsyncLocalStorage store (see tracedBatch).
+   */
+  trace?: Context
 }
 
 /**
@@ -167,10 +172,10 @@ function prepared(owner: BatchOwner, expected: number, fresh: BatchMessage[], sk
 }
 
 /** The second half of applyBatch: the batch's one statement, alone (see applyBatch for the errors it throws). */
-export async function commitBatch(db: Db, p: PreparedBatch): Promise<BatchResult> {
+export async function commitBatch(db: Db, p: PreparedBatch, parent: Context | undefined = p.opts.trace): Promise<BatchResult> {
   const { owner, expected, checkpoint, skipped, stillFailing } = p
   const statement = batchStatement(owner, expected, checkpoint, p.fresh, p.letters, p.applied, p.now, p.opts)
-  const [row] = await traced(owner.projection.name, p.events.length, 1, () => rowsOf<{ ok: number; rechecked: boolean; runs: string; events: string }>(db, statement))
+  const [row] = await traced(owner.projection.name, p.events.length, 1, () => rowsOf<{ ok: number; rechecked: boolean; runs: string; events: string }>(db, statement), parent)
   if (Number(row.ok) !== 1) throw await whyNotWritten(db, owner, expected, row.rechecked)
   if (stillFailing !== undefined) return { applied: 0, skipped, deadLettered: 0, runs: [], events: [], checkpoint, stillFailing }
   return { applied: p.events.length - p.refused, skipped, deadLettered: p.letters.length, runs: parseInsertedRuns(row.runs), events: JSON.parse(row.events) as OutboxEvent[], checkpoint }
@@ -190,9 +195,9 @@ export const groupable = (p: PreparedBatch): boolean => !p.opts.replay && !p.app
  * undefined; the caller runs each alone, which writes those that still may and throws the right
  * error for the others. Returns each batch's result, in the order given.
  */
-export async function commitGroup(db: Db, ps: PreparedBatch[], links?: Link[]): Promise<BatchResult[] | undefined> {
+export async function commitGroup(db: Db, ps: PreparedBatch[], links?: Link[], parent: Context | undefined = ps[0].opts.trace): Promise<BatchResult[] | undefined> {
   const events = ps.reduce((n, p) => n + p.events.length, 0)
-  const [row] = await traced(ps[0].owner.projection.name, events, ps.length, () => rowsOf<Record<string, string | number>>(db, groupStatement(ps)), links)
+  const [row] = await traced(ps[0].owner.projection.name, events, ps.length, () => rowsOf<Record<string, string | number>>(db, groupStatement(ps)), parent, links)
   if (Number(row.ok) !== ps.length) return undefined
   const runs = parseInsertedRunsByPart(String(row.runs), ps.length)
   return ps.map((p, i) => ({
@@ -205,23 +210,27 @@ export async function commitGroup(db: Db, ps: PreparedBatch[], links?: Link[]): 
   }))
 }
 
-/** A batch statement inside its CLIENT span (`batches` > 1: a group statement). */
-function traced<T>(projection: string, events: number, batches: number, run: () => Promise<T>, links?: Link[]): Promise<T> {
-  return tracer.startActiveSpan(
+/**
+ * A batch statement inside its CLIENT span (`batches` > 1: a group statement), child of `parent`
+ * (default: the active context). The span is not made active: nothing inside it makes spans or
+ * logs, and the statement runs outside any AsyncLocalStorage store.
+ */
+function traced<T>(projection: string, events: number, batches: number, run: () => Promise<T>, parent?: Context, links?: Link[]): Promise<T> {
+  const span = tracer.startSpan(
     'postgres batch statement',
     {
       kind: SpanKind.CLIENT,
       links,
       attributes: { 'db.system.name': 'postgresql', 'db.operation.name': 'WITH', 'fanfare.projection': projection, 'fanfare.events': events, ...(batches > 1 ? { 'fanfare.batches': batches } : {}) },
     },
-    (span) =>
-      run()
-        .catch((err) => {
-          span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessageOf(err) })
-          throw err
-        })
-        .finally(() => span.end()),
+    parent ?? context.active(),
   )
+  return run()
+    .catch((err) => {
+      span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessageOf(err) })
+      throw err
+    })
+    .finally(() => span.end())
 }
 
 /** The batch's messages as events to apply, and dead letters for those that do not belong (see checkMessage). */

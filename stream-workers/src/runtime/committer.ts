@@ -1,7 +1,7 @@
 import { context, trace, type Context, type Link } from '@opentelemetry/api'
 import type { Db } from '../../../core/db/client'
 import type { Logger } from '../../../core/logger'
-import { commitBatch, commitGroup, groupable, prepareBatch, type BatchMessage, type BatchOwner, type BatchResult, type PreparedBatch } from './batch'
+import { commitBatch, commitGroup, groupable, prepareBatch, type ApplyOptions, type BatchMessage, type BatchOwner, type BatchResult, type PreparedBatch } from './batch'
 import { createPartSize } from './part-size'
 
 /**
@@ -9,7 +9,7 @@ import { createPartSize } from './part-size'
  * `apply` has applyBatch's semantics and errors, batch by batch.
  */
 export type BatchCommitter = {
-  apply: (owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date) => Promise<BatchResult>
+  apply: (owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date, opts?: Pick<ApplyOptions, 'trace'>) => Promise<BatchResult>
 }
 
 type Waiting = { p: PreparedBatch; ctx: Context; resolve: (r: BatchResult) => void; reject: (err: unknown) => void }
@@ -54,7 +54,7 @@ export function createBatchCommitter(deps: {
   const eventsOf = (ws: Waiting[]) => ws.reduce((n, w) => n + w.p.fresh.length, 0)
   /** Resolves whether the batch committed (its result or error goes to its runner). */
   const alone = (w: Waiting) =>
-    context.with(w.ctx, () => commitBatch(deps.db, w.p)).then(
+    commitBatch(deps.db, w.p, w.ctx).then(
       (r) => (w.resolve(r), true),
       (err) => (w.reject(err), false),
     )
@@ -65,13 +65,11 @@ export function createBatchCommitter(deps: {
       return span ? [{ context: span }] : []
     })
     const events = eventsOf(ws)
-    const results = await context
-      .with(ws[0].ctx, () => commitGroup(deps.db, ws.map((w) => w.p), links))
-      .catch((err) => {
-        const line = { err, batches: ws.length, size: events }
-        if (sizes.failed(err, events) === undefined) deps.logger?.warn(line, 'group statement failed; applying its batches alone')
-        else deps.logger?.warn({ ...line, nextSize: sizes.next(events) }, 'a group statement outlasts statement_timeout; applying its batches alone, and grouping fewer events from now on')
-      })
+    const results = await commitGroup(deps.db, ws.map((w) => w.p), links, ws[0].ctx).catch((err) => {
+      const line = { err, batches: ws.length, size: events }
+      if (sizes.failed(err, events) === undefined) deps.logger?.warn(line, 'group statement failed; applying its batches alone')
+      else deps.logger?.warn({ ...line, nextSize: sizes.next(events) }, 'a group statement outlasts statement_timeout; applying its batches alone, and grouping fewer events from now on')
+    })
     if (results) {
       sizes.committed(events, available)
       deps.onGroup?.(ws.map((w) => w.p.owner.partition))
@@ -124,13 +122,15 @@ export function createBatchCommitter(deps: {
     }
   }
   return {
-    apply: async (owner, expected, messages, now) => {
-      const prepared = await prepareBatch(deps.db, owner, expected, messages, now)
+    apply: async (owner, expected, messages, now, opts = {}) => {
+      // The batch's trace context: given (see tracedBatch), or the active one.
+      const ctx = opts.trace ?? context.active()
+      const prepared = await prepareBatch(deps.db, owner, expected, messages, now, opts)
       if ('done' in prepared) return prepared.done
       // One a group cannot take runs alone at once, beside whatever is in flight.
-      if (!groupable(prepared)) return commitBatch(deps.db, prepared)
+      if (!groupable(prepared)) return commitBatch(deps.db, prepared, ctx)
       return new Promise<BatchResult>((resolve, reject) => {
-        waiting.push({ p: prepared, ctx: context.active(), resolve, reject })
+        waiting.push({ p: prepared, ctx, resolve, reject })
         next()
       })
     },

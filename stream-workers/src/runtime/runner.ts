@@ -21,7 +21,7 @@ import type { AckedPublisher } from '../../../core/acked-publish'
 import { publishBatch, publishEvents, publishRuns, type OutboxCleaner, type OutboxEvent, type OutboxRun } from './outbox'
 import { replayDeadLetter } from './replay'
 import type { BatchCommitter } from './committer'
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span } from '@opentelemetry/api'
+import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link } from '@opentelemetry/api'
 import { millis, type MsgHdrs } from '@nats-io/transport-node'
 import type { Metrics } from '../../../core/metrics'
 import { isTracing, linkOfNats, natsHeadersOf, tracer } from '../../../core/tracing'
@@ -341,7 +341,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  const applyWithRetry = async (batch: Delivery[]): Promise<BatchResult | undefined> => {
+  const applyWithRetry = async (batch: Delivery[], trace?: Context): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history: deps.liveBatches }
     const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
@@ -373,7 +373,8 @@ export function startRunner(deps: RunnerDeps): Runner {
           // retried after a transient fault, the whole batch is tried again from the checkpoint.
           result = await applyOrOneByOne(deps.db, owner, checkpoint, part, now, {
             turn,
-            whole: () => (deps.committer ? deps.committer.apply(owner, checkpoint, part, now()) : applyBatch(deps.db, owner, checkpoint, part, now())),
+            opts: { trace },
+            whole: () => (deps.committer ? deps.committer.apply(owner, checkpoint, part, now(), { trace }) : applyBatch(deps.db, owner, checkpoint, part, now(), { trace })),
             onFallback: (err) => log.warn({ err: dbErrorSummary(err), size: part.length, seq: part[0].seq }, 'Postgres refused the batch for its data; applying its messages one by one'),
             onRefused: (m, _reason, err) => log.error({ err, subject: m.subject, seq: m.seq }, 'an event Postgres refuses for its data: dead-lettered'),
           })
@@ -442,8 +443,8 @@ export function startRunner(deps: RunnerDeps): Runner {
       // keeps up never pays for the check.
       if (deps.retentionMs && Date.now() - lastStoredAt > deps.retentionMs / 2) await reportExpired(batch[0].seq)
       const started = performance.now()
-      const { result, headers } = await tracedBatch(batch, () =>
-        applyWithRetry(batch).catch((err) => {
+      const { result, headers } = await tracedBatch(batch, (trace) =>
+        applyWithRetry(batch, trace).catch((err) => {
           const m = batch[0]
           if (isRefusedBatch(err)) throw err
           throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
@@ -508,8 +509,14 @@ export function startRunner(deps: RunnerDeps): Runner {
    * worker to the push (and is sampled as that event was); a batch of untraced events is a root.
    * Returns the result with the headers that carry the span on to the batch's change runs (none
    * when the span is not sampled). With tracing off no header is looked at.
+   *
+   * `apply` gets the span's context to hand down (the statement's span is its child, sampled or
+   * not, as the parent-based sampler decides). Only a sampled span is also made active, for the
+   * `trace_id` of log lines written meanwhile: an AsyncLocalStorage store entered for every batch
+   * cost the worker ~2 ms of CPU per 1,000 events with nothing sampled (bench/findings.md,
+   * Observability end to end, 2026-11-30), and an unsampled trace's id leads nowhere.
    */
-  const tracedBatch = <T>(batch: Delivery[], apply: () => Promise<T>): Promise<{ result: T; headers?: MsgHdrs }> => {
+  const tracedBatch = <T>(batch: Delivery[], apply: (trace?: Context) => Promise<T>): Promise<{ result: T; headers?: MsgHdrs }> => {
     if (!isTracing()) return apply().then((result) => ({ result }))
     const links: Link[] = []
     let parent: Context = ROOT_CONTEXT
@@ -527,17 +534,22 @@ export function startRunner(deps: RunnerDeps): Runner {
       'fanfare.projection': deps.projection.name,
       'fanfare.partition': deps.partition,
     }
-    return tracer.startActiveSpan(`fanfare.batch ${deps.projection.name}`, { kind: SpanKind.CONSUMER, links, attributes }, parent, async (span: Span) => {
-      try {
-        const result = await apply()
-        return { result, headers: natsHeadersOf(span) }
-      } catch (err) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessageOf(err) })
-        throw err
-      } finally {
+    const span = tracer.startSpan(`fanfare.batch ${deps.projection.name}`, { kind: SpanKind.CONSUMER, links, attributes }, parent)
+    const ctx = trace.setSpan(parent, span)
+    const applied = span.isRecording() ? context.with(ctx, () => apply(ctx)) : apply(ctx)
+    return applied.then(
+      (result) => {
+        // Before end: an ended span is no longer recording, and would carry no header.
+        const headers = natsHeadersOf(span)
         span.end()
-      }
-    })
+        return { result, headers }
+      },
+      (err) => {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessageOf(err) })
+        span.end()
+        throw err
+      },
+    )
   }
 
   /**
