@@ -8,6 +8,10 @@ import { leaderboardsProjection } from '../projections/leaderboards/apply'
 import { boardScores, byChannel, caughtUp, createWorld, publishEvent, readNotices, storedEvent, holdVersionRow, type World } from '../testing/harness'
 import { applyBatch, claimFence, commitGroup, prepareBatch, type BatchMessage, type BatchOwner, type PreparedBatch } from './batch'
 import { createBatchCommitter } from './committer'
+import { ROOT_CONTEXT, trace, TraceFlags, type ProxyTracerProvider } from '@opentelemetry/api'
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace'
+import { loadConfig } from '../../../core/config'
+import { startTracing } from '../../../core/tracing'
 import { CheckpointMovedError, FencedError, sqlStateOf } from './errors'
 
 let world: World | undefined
@@ -311,5 +315,30 @@ describe('group commit (BatchCommitter)', () => {
       byVersion.set(n.version, data)
     }
     expect((await w.database.db.select().from(leaderboardEntries)).length).toBe(16)
+  })
+})
+
+describe('the trace context of a batch (tracedBatch hands it down instead of making it active)', () => {
+  test("a batch's statement span is a child of the context it is given: recorded under a sampled one, not at all under an unsampled one", async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: String(PARTITIONS) }))
+    await scoredArena(w)
+    // Roots always sampled: a statement span that lost its unsampled parent would be recorded.
+    const exporter = new InMemorySpanExporter()
+    const tracing = startTracing(loadConfig({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '1' }), 'committer-test', exporter)!
+    try {
+      const { committer, failed } = await committerOf(w)
+      const o0 = await ownerOf(w, 0)
+      const batchContext = (traceId: string, spanId: string, traceFlags: number) => trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId, traceFlags, isRemote: false })
+      const unsampled = batchContext('a'.repeat(32), 'b'.repeat(16), TraceFlags.NONE)
+      const sampled = batchContext('c'.repeat(32), 'd'.repeat(16), TraceFlags.SAMPLED)
+      await committer.apply(o0, 0, scores(w, 0, 1, [[playerIn('arena', 0, 'u'), 1]]), new Date(), { trace: unsampled })
+      await committer.apply(o0, 1, scores(w, 0, 2, [[playerIn('arena', 0, 's'), 2]]), new Date(), { trace: sampled })
+      expect(failed).toEqual([])
+      await ((trace.getTracerProvider() as ProxyTracerProvider).getDelegate() as unknown as { forceFlush: () => Promise<void> }).forceFlush()
+      const statements = exporter.getFinishedSpans().filter((s) => s.name === 'postgres batch statement')
+      expect(statements.map((s) => [s.spanContext().traceId, s.parentSpanContext?.spanId])).toEqual([['c'.repeat(32), 'd'.repeat(16)]])
+    } finally {
+      await tracing.stop()
+    }
   })
 })
