@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from 'bun:test'
-import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
+import { AckPolicy, jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -292,6 +292,30 @@ describe('change feed', () => {
       await until('the new stream followed', () => f.notices.filter((n) => n.epoch === 'e2').length === 2, 15_000)
       expect(f.resyncs()).toBe(1)
       expect(f.feed.status().following).toBe(true)
+    }, 60_000)
+
+    test('a recreated stream the feed cannot follow at its first try (CI, under load) still re-syncs once it does', async () => {
+      const port = freePort()
+      nats = privateNats({ port, storeDir: storeDir() })
+      await nats.start()
+      const f = await setup(nats.url)
+      track(f.feed, f.nc)
+      await until('following', () => f.feed.status().following)
+      for (let v = 1; v <= 3; v++) await f.publish(v)
+      await until('3 notices', () => f.notices.length === 3)
+      await nats.stop()
+      nats = privateNats({ port, storeDir: storeDir() })
+      await nats.start()
+      await Bun.sleep(1500)
+      // The new stream takes one consumer, and one is there: the feed reads the new identity, then
+      // fails to make its consumer, and tries again until the test lets it.
+      await f.jsm.streams.add({ name: f.stream, subjects: [`${f.subject.split('.')[0]}.changes.>`], max_consumers: 1 })
+      await f.jsm.consumers.add(f.stream, { durable_name: 'blocker', ack_policy: AckPolicy.None })
+      await until('a refused try', () => f.feed.status().reason?.includes('maximum consumers') === true, 15_000)
+      await f.jsm.consumers.delete(f.stream, 'blocker')
+      for (let v = 1; v <= 2; v++) await f.publish(v, 'e2')
+      await until('the new stream followed', () => f.notices.filter((n) => n.epoch === 'e2').length === 2, 15_000)
+      expect(f.resyncs()).toBe(1)
     }, 60_000)
   })
 })

@@ -94,6 +94,10 @@ export async function startChangeFeed(deps: {
   // look-back has been delivered, the stream's last sequence when the feed started: what a
   // restart must resume after, and what the watchdog must not take for a stall).
   let identity: string | undefined
+  // The stream was found recreated and the subscribers have not been told yet: kept until a
+  // consumer of the new stream follows, however many tries that takes (a try that fails, or is
+  // interrupted, after the new identity was taken must not lose the resync).
+  let resyncDue = false
   let lastSeq = 0
   let following = false
   let reason: string | undefined = 'starting'
@@ -239,17 +243,16 @@ export async function startChangeFeed(deps: {
         const interruptions = interrupted
         const info = await jsm.streams.info(deps.stream)
         const now = identityOf(info)
-        let lost = false
         if (identity !== undefined && now !== identity) {
           log.error({ was: identity, now }, 'the change stream was recreated (NATS lost its data?): following the new one, re-syncing subscribers')
           lastSeq = 0
-          lost = true
+          resyncDue = true
         }
         identity = now
         if (first) lastSeq = info.state.last_seq
         // After a restart on the same stream the next run must be lastSeq + 1 (none of its
         // sequences are filtered out); anything else was removed meanwhile.
-        expect = first || lost ? undefined : lastSeq + 1
+        expect = first || resyncDue ? undefined : lastSeq + 1
         const current = first
           ? await follow({ startTime: new Date(Date.now() - (deps.lookBackMs ?? 10_000)) })
           : await follow({ afterSeq: lastSeq })
@@ -269,7 +272,10 @@ export async function startChangeFeed(deps: {
         attempt = 0
         setFollowing()
         started()
-        if (lost) deps.onResync()
+        if (resyncDue) {
+          resyncDue = false
+          deps.onResync()
+        }
         await current.ended
         if (!stopped() && following) interrupt('consumer ended')
       } catch (err) {
