@@ -1,4 +1,4 @@
-import { context, propagation, ROOT_CONTEXT, trace, type Context, type Link, type Span, type TextMapGetter, type Tracer } from '@opentelemetry/api'
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span, type TextMapGetter, type Tracer } from '@opentelemetry/api'
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import { OTLPTraceExporter as JsonExporter } from '@opentelemetry/exporter-trace-otlp-http'
@@ -104,8 +104,110 @@ const fetchHeadersGetter: TextMapGetter<Headers> = {
   get: (h, key) => h.get(key) ?? undefined,
 }
 
-/** The trace context an HTTP request carries (`traceparent`), or the root context. */
-export const contextOfRequest = (headers: Headers): Context => propagation.extract(ROOT_CONTEXT, headers, fetchHeadersGetter)
+/** Each request's context under its SERVER span (see serveTraced), for work the handler starts. */
+const requestContexts = new WeakMap<Request, Context>()
+
+/**
+ * The trace context work done for `request` belongs under: its SERVER span's (serveTraced), else
+ * what the request carries (`traceparent`), else the root context.
+ */
+export const contextOfRequest = (request: Request): Context =>
+  requestContexts.get(request) ?? propagation.extract(ROOT_CONTEXT, request.headers, fetchHeadersGetter)
+
+/**
+ * Handles `request` inside a SERVER span (HTTP semantic conventions; child of the request's
+ * `traceparent`), named by its method until `nameRequestSpan` gives it the route. A sampled span
+ * is made active, so the Postgres statements the handler runs become its children (see
+ * statementSpan); an unsampled one is not (the context manager costs CPU per request), but is
+ * still the parent of what the handler starts through contextOfRequest, so every span of a
+ * request shares its sampling decision. With tracing off: `handle(request)`, nothing else.
+ */
+export function serveTraced<R extends Response | undefined>(request: Request, handle: (request: Request) => R | Promise<R>): R | Promise<R> {
+  if (!started) return handle(request)
+  const span = tracer.startSpan(request.method, { kind: SpanKind.SERVER, attributes: { 'http.request.method': request.method } }, propagation.extract(ROOT_CONTEXT, request.headers, fetchHeadersGetter))
+  if (span.isRecording()) {
+    const url = new URL(request.url)
+    span.setAttributes({ 'url.path': url.pathname, 'url.scheme': url.protocol.slice(0, -1) })
+  }
+  const ctx = trace.setSpan(ROOT_CONTEXT, span)
+  requestContexts.set(request, ctx)
+  const done = (response: R) => {
+    if (response) {
+      span.setAttribute('http.response.status_code', response.status)
+      if (response.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR })
+    }
+    span.end()
+    return response
+  }
+  const failed = (err: unknown) => {
+    span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+    span.end()
+    throw err
+  }
+  try {
+    const out = span.isRecording() ? context.with(ctx, () => handle(request)) : handle(request)
+    return out instanceof Promise ? out.then(done, failed) : done(out)
+  } catch (err) {
+    return failed(err)
+  }
+}
+
+/** Names `request`'s SERVER span by its route template (`GET /v1/leaderboards/:board`), once routed. */
+export function nameRequestSpan(request: Request, route: string): void {
+  const ctx = requestContexts.get(request)
+  const span = ctx && trace.getSpan(ctx)
+  if (!span?.isRecording()) return
+  span.updateName(`${request.method} ${route}`)
+  span.setAttribute('http.route', route)
+}
+
+/**
+ * Wraps a driver's pending statement (postgres.js and Bun SQL: a lazy thenable the caller awaits)
+ * in a CLIENT span when a sampled span is active: a REST read shows its Postgres time under its
+ * request (the observability notes: no instrumentation exists for these drivers; wrap
+ * statements). `text` is the parameterized SQL (values are never recorded). Otherwise the
+ * statement is returned as it is: with tracing off, or outside a sampled span, no cost but a check.
+ */
+export function statementSpan<Q extends PromiseLike<unknown>>(statement: Q, text: unknown): Q {
+  if (!started || typeof text !== 'string') return statement
+  const parent = context.active()
+  if (!trace.getSpan(parent)?.isRecording()) return statement
+  const operation = /^\s*(\w+)/.exec(text)?.[1]?.toUpperCase() ?? 'QUERY'
+  const table = /\b(?:from|into|update|join)\s+"?(\w+)"?/i.exec(text)?.[1]
+  const span = tracer.startSpan(
+    table ? `${operation} ${table}` : operation,
+    {
+      kind: SpanKind.CLIENT,
+      attributes: { 'db.system.name': 'postgresql', 'db.operation.name': operation, ...(table ? { 'db.collection.name': table } : {}), 'db.query.text': text.slice(0, 2048) },
+    },
+    parent,
+  )
+  let ended = false
+  const end = (err?: unknown) => {
+    if (ended) return
+    ended = true
+    if (err !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+    span.end()
+  }
+  // The statement runs when awaited: its `then` (the driver's, which starts it) is wrapped on this
+  // one object, so modifiers the caller applies first (`.values()` returns the same object) hold.
+  const then = statement.then
+  ;(statement as { then: unknown }).then = function (this: Q, ok?: (v: unknown) => unknown, fail?: (e: unknown) => unknown) {
+    return then.call(
+      this,
+      (v) => {
+        end()
+        return ok ? ok(v) : v
+      },
+      (e) => {
+        end(e)
+        if (fail) return fail(e)
+        throw e
+      },
+    )
+  }
+  return statement
+}
 
 /** The trace context of a bare `traceparent` value (a WebSocket publish frame's), or the root context. */
 export function contextOfTraceparent(traceparent: string | undefined): Context {

@@ -28,6 +28,7 @@ import { docsModule } from './modules/docs'
 import { consoleModule } from './modules/console'
 import { createLimits } from './limits'
 import { originsPlugin } from './limits/origins'
+import { nameRequestSpan, serveTraced } from '../../core/tracing'
 
 /**
  * Builds the API: every route, error mapping, body limit and OpenAPI document (/docs, JSON at
@@ -78,6 +79,9 @@ export function createApp(deps: ApiDeps) {
       maxRequestBodySize: Number.MAX_SAFE_INTEGER,
     },
   })
+    // Each request in a SERVER span when tracing is on (named by its route once routed).
+    .wrap((handle) => (request: Request) => serveTraced(request, handle as unknown as (r: Request) => Response))
+    .onTransform({ as: 'global' }, ({ request, route }) => nameRequestSpan(request, route))
     .use(errorHandler(logger.child({ component: 'http' })))
     // First: a request from an origin that is not allowed gets 403 before anything runs.
     .use(originsPlugin(limits.origins))

@@ -6,6 +6,7 @@ import { acquireDirLock } from './dir-lock'
 import { dbErrorSummary } from './errors'
 import * as schema from './schema'
 import { StartFailure } from '../start-failure'
+import { statementSpan } from '../tracing'
 
 /** The drizzle database, whichever driver is behind it (postgres.js or embedded PGlite). */
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>
@@ -78,7 +79,8 @@ function droppable<C extends Pool>(deps: {
   let client = first
   let probe: C | undefined
   const current = {
-    unsafe: (...args: never[]) => client.unsafe(...args),
+    // Statements run in a sampled trace (a REST request's) get a span each (see statementSpan).
+    unsafe: (...args: never[]) => statementSpan(client.unsafe(...args), args[0]),
     begin: (...args: never[]) => client.begin(...args),
     options: (first as { options?: unknown }).options,
   } as unknown as C

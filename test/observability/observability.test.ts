@@ -101,14 +101,22 @@ describe('observability across real processes', () => {
     await until('the traced update', () => ws.of(channel).some((f) => f.op === 'update' && f.data.player === 'ann'))
 
     // The processes export every second.
-    const names = ['fanfare.ingest', 'fanfare.batch leaderboards', 'postgres batch statement', 'fanfare.push']
+    const names = ['POST /v1/events', 'fanfare.ingest', 'fanfare.batch leaderboards', 'postgres batch statement', 'fanfare.push']
     await until('spans of the trace', () => names.every((n) => collector.spans.some((s) => s.traceId === traceId && s.name === n)), 20_000)
     const of = (name: string) => collector.spans.find((s) => s.traceId === traceId && s.name === name)!
+    const request = of('POST /v1/events')
     const ingest = of('fanfare.ingest')
     const batch = of('fanfare.batch leaderboards')
     const statement = of('postgres batch statement')
     const push = of('fanfare.push')
-    expect(ingest).toMatchObject({ service: 'fanfare-api', parentSpanId: callerSpan, attributes: { 'fanfare.via': 'http' } })
+    // The request's SERVER span (kind 2), the caller's child; the ingest under it.
+    expect(request).toMatchObject({
+      service: 'fanfare-api',
+      kind: 2,
+      parentSpanId: callerSpan,
+      attributes: { 'http.request.method': 'POST', 'http.route': '/v1/events', 'http.response.status_code': 202 },
+    })
+    expect(ingest).toMatchObject({ service: 'fanfare-api', parentSpanId: request.spanId, attributes: { 'fanfare.via': 'http' } })
     expect(batch.service).toBe('fanfare-workers')
     expect(batch.parentSpanId).toBe(ingest.spanId)
     expect(batch.links.map((l) => l.traceId)).toContain(traceId)
@@ -125,8 +133,32 @@ describe('observability across real processes', () => {
     await until('the frame\'s trace reaches the push', () => collector.spans.some((s) => s.traceId === wsTrace && s.name === 'fanfare.push'), 20_000)
     expect(collector.spans.find((s) => s.traceId === wsTrace && s.name === 'fanfare.ingest')).toMatchObject({ parentSpanId: frameSpan, attributes: { 'fanfare.via': 'ws' } })
 
-    // The untraced event made no trace of its own.
-    expect(new Set(collector.spans.map((s) => s.traceId))).toEqual(new Set([traceId, wsTrace]))
+    // A traced REST read: its SERVER span named by the route, its Postgres statements as CLIENT
+    // spans (kind 3) under it, with the parameterized SQL and never the values.
+    const readTrace = crypto.randomUUID().replaceAll('-', '')
+    const readCaller = crypto.randomUUID().replaceAll('-', '').slice(0, 16)
+    const read = await fetch(`${base}/v1/leaderboards/arena?limit=5`, { headers: { traceparent: `00-${readTrace}-${readCaller}-01` } })
+    expect(read.status).toBe(200)
+    await until('the read\'s spans', () => collector.spans.some((s) => s.traceId === readTrace && s.kind === 3), 20_000)
+    const readSpans = collector.spans.filter((s) => s.traceId === readTrace)
+    const server = readSpans.find((s) => s.kind === 2)!
+    expect(server).toMatchObject({
+      service: 'fanfare-api',
+      name: 'GET /v1/leaderboards/:board',
+      parentSpanId: readCaller,
+      attributes: { 'http.route': '/v1/leaderboards/:board', 'http.response.status_code': 200, 'url.path': '/v1/leaderboards/arena' },
+    })
+    const statements = readSpans.filter((s) => s.kind === 3)
+    expect(statements.length).toBeGreaterThanOrEqual(1)
+    for (const st of statements) {
+      expect(st).toMatchObject({ parentSpanId: server.spanId, attributes: { 'db.system.name': 'postgresql', 'db.operation.name': 'SELECT' } })
+      expect(String(st.attributes['db.query.text'])).not.toContain('arena')
+    }
+    expect(statements.some((st) => st.name === 'SELECT leaderboard_entries' || st.name === 'SELECT leaderboards')).toBe(true)
+
+    // The untraced event made no trace of its own, nor did the untraced requests (the WebSocket
+    // upgrades, the duplicate) or the node's own statements outside a request.
+    expect(new Set(collector.spans.map((s) => s.traceId))).toEqual(new Set([traceId, wsTrace, readTrace]))
     expect(collector.requests.every((r) => r.startsWith('POST /v1/traces application/json'))).toBe(true)
 
     // Metrics: the API node's on its own port (no credential) and behind admin:read on its API port.

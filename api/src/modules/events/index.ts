@@ -14,7 +14,7 @@ export function eventsModule(auth: AuthPlugin, ingest: Ingest) {
       async ({ body, principal, status, request }) => {
         const inputs = 'events' in body ? body.events : [body]
         // A `traceparent` header makes the events part of the caller's trace (README, Tracing).
-        return status(202, { results: await ingest.publish(inputs, principal, { via: 'http', trace: contextOfRequest(request.headers) }) })
+        return status(202, { results: await ingest.publish(inputs, principal, { via: 'http', trace: contextOfRequest(request) }) })
       },
       {
         auth: 'principal',
