@@ -85,22 +85,34 @@ export const channelVersions = pgTable('channel_versions', {
 })
 
 /**
- * Change runs (see ChangeRun) committed with the changes and published to NATS after commit
- * (transactional outbox): a crash between commit and publish delays a run, never loses it. A row
- * is keyed by channel, epoch and first version; `payload` is the run's JSON, published as is.
+ * The columns of a table of change runs, keyed by channel, epoch and first version. The outbox and
+ * the history hold the same rows (the history outlives the publish), so they share one definition.
  */
-export const changeOutbox = pgTable(
-  'change_outbox',
-  {
+function runColumns() {
+  return {
     channel: text('channel').notNull(),
     epoch: text('epoch').notNull(),
     /** Version of the run's first change. */
     version: bigint('version', { mode: 'number' }).notNull(),
     payload: text('payload').notNull(),
     createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
-  },
-  (t) => [primaryKey({ columns: [t.channel, t.epoch, t.version] }), index('change_outbox_created').on(t.createdAt)],
-)
+  }
+}
+
+/** A table of change runs: {@link runColumns}, its key, and an index `<name>_created` on `created_at`. */
+function changeRunTable<N extends string>(name: N) {
+  return pgTable(name, runColumns(), (t) => [
+    primaryKey({ columns: [t.channel, t.epoch, t.version] }),
+    index(`${name}_created`).on(t.createdAt),
+  ])
+}
+
+/**
+ * Change runs (see ChangeRun) committed with the changes and published to NATS after commit
+ * (transactional outbox): a crash between commit and publish delays a run, never loses it. A row
+ * is keyed by channel, epoch and first version; `payload` is the run's JSON, published as is.
+ */
+export const changeOutbox = changeRunTable('change_outbox')
 
 /**
  * With FANFARE_LIVE_BATCHES: every channel's recent change runs, written with the outbox rows in
@@ -109,18 +121,7 @@ export const changeOutbox = pgTable(
  * per-channel subject of its change stream. Keyed like the outbox; the workers prune it to the last
  * FANFARE_HISTORY_SIZE versions per channel (and FANFARE_HISTORY_TTL_MS), per kind.
  */
-export const changeHistory = pgTable(
-  'change_history',
-  {
-    channel: text('channel').notNull(),
-    epoch: text('epoch').notNull(),
-    /** Version of the run's first change. */
-    version: bigint('version', { mode: 'number' }).notNull(),
-    payload: text('payload').notNull(),
-    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
-  },
-  (t) => [primaryKey({ columns: [t.channel, t.epoch, t.version] }), index('change_history_created').on(t.createdAt)],
-)
+export const changeHistory = changeRunTable('change_history')
 
 /**
  * Per rebuild job, the attempt that may still write its shadow and switch it in: raised by each
