@@ -246,6 +246,25 @@ describe('change feed', () => {
       return d
     }
 
+    /**
+     * A feed on a private nats-server that has delivered 3 notices, then that server restarted on
+     * its port with an empty store: the feed's stream and its messages are gone.
+     */
+    const feedOnLostStream = async () => {
+      const port = freePort()
+      nats = privateNats({ port, storeDir: storeDir() })
+      await nats.start()
+      const f = await setup(nats.url)
+      track(f.feed, f.nc)
+      await until('following', () => f.feed.status().following)
+      for (let v = 1; v <= 3; v++) await f.publish(v)
+      await until('3 notices', () => f.notices.length === 3)
+      await nats.stop()
+      nats = privateNats({ port, storeDir: storeDir() })
+      await nats.start()
+      return f
+    }
+
     test('NATS restarts: not following while it is down, then follows again from its last sequence', async () => {
       nats = privateNats({ port: freePort(), storeDir: storeDir() })
       await nats.start()
@@ -272,17 +291,7 @@ describe('change feed', () => {
     }, 60_000)
 
     test('NATS comes back without its data and the stream is recreated later: resync, then the new stream from its start', async () => {
-      const port = freePort()
-      nats = privateNats({ port, storeDir: storeDir() })
-      await nats.start()
-      const f = await setup(nats.url)
-      track(f.feed, f.nc)
-      await until('following', () => f.feed.status().following)
-      for (let v = 1; v <= 3; v++) await f.publish(v)
-      await until('3 notices', () => f.notices.length === 3)
-      await nats.stop()
-      nats = privateNats({ port, storeDir: storeDir() })
-      await nats.start()
+      const f = await feedOnLostStream()
       // While the stream does not exist the feed cannot know which stream it would read: it must
       // not take the unknown for "the same" and must say it is not following.
       await Bun.sleep(1500)
@@ -295,17 +304,7 @@ describe('change feed', () => {
     }, 60_000)
 
     test('a recreated stream the feed cannot follow at its first try (CI, under load) still re-syncs once it does', async () => {
-      const port = freePort()
-      nats = privateNats({ port, storeDir: storeDir() })
-      await nats.start()
-      const f = await setup(nats.url)
-      track(f.feed, f.nc)
-      await until('following', () => f.feed.status().following)
-      for (let v = 1; v <= 3; v++) await f.publish(v)
-      await until('3 notices', () => f.notices.length === 3)
-      await nats.stop()
-      nats = privateNats({ port, storeDir: storeDir() })
-      await nats.start()
+      const f = await feedOnLostStream()
       await Bun.sleep(1500)
       // The new stream takes one consumer, and one is there: the feed reads the new identity, then
       // fails to make its consumer, and tries again until the test lets it.
