@@ -64,6 +64,20 @@ const drain = SHARE ? drainOf(rates) : undefined
 measure('REST charge (user budget)', CHARGES, (i) => void rates.charge(users[i % PRINCIPALS], 1), drain)
 const sockets = users.map(() => rates.connection('203.0.113.1'))
 measure('WS publish (socket bucket + user budget)', CHARGES, (i) => void sockets[i % PRINCIPALS].publish(users[i % PRINCIPALS]), drain)
+// What a publish costs the socket's handler: the charge, then the warning asked after it passed.
+measure('WS publish + warning', CHARGES, (i) => {
+  const s = sockets[i % PRINCIPALS]
+  if (!s.publish(users[i % PRINCIPALS])) s.warning?.(users[i % PRINCIPALS])
+}, drain)
+// What a REST request costs the auth plugin: the charge and the standing for its RateLimit fields
+// (one call where the limits have chargeStanding, else charge then standing).
+type Both = { chargeStanding?: (p: Principal, cost: number) => unknown; standing?: (p: Principal) => unknown }
+const both = rates as unknown as Both
+measure('REST charge + standing', CHARGES, (i) => {
+  const u = users[i % PRINCIPALS]
+  if (both.chargeStanding) both.chargeStanding(u, 1)
+  else if (!rates.charge(u, 1)) both.standing?.(u)
+}, drain)
 rates.stop()
 
 const conns = createConnectionLimits({ config, share: SHARE } as Parameters<typeof createConnectionLimits>[0])

@@ -128,7 +128,7 @@ export function authPlugin(deps: {
     try {
       const p = await identify(request, server)
       const address = p.kind === 'anonymous' ? addressOf(request, server, limits) : undefined
-      charged.set(request, { p, cost: chargeRequest(limits.rates, p, undefined, address), address })
+      charged.set(request, { p, cost: chargeRequest(limits.rates, p, undefined, address).cost, address })
       return undefined
     } catch (err) {
       // A credential that is not valid (401) or could not be checked (database away): nobody to charge.
@@ -152,11 +152,12 @@ export function authPlugin(deps: {
           // anonymous callers are off; 403): its body was read all the same, so
           // it costs one, as any refused request (else a flood of them would be free); past the
           // budget 429.
-          charged.set(request, { p: caller, cost: chargeRequest(deps.limits.rates, caller, undefined, address), address })
+          charged.set(request, { p: caller, cost: chargeRequest(deps.limits.rates, caller, undefined, address).cost, address })
           throw err
         }
-        charged.set(request, { p, cost: chargeRequest(deps.limits.rates, p, body, address), address })
-        Object.assign(set.headers, rateLimitFields(deps.limits.rates.standing(p, address)))
+        const { cost, standing } = chargeRequest(deps.limits.rates, p, body, address)
+        charged.set(request, { p, cost, address })
+        Object.assign(set.headers, rateLimitFields(standing))
       },
       // A batch refused as a whole (422, 403) stored nothing: it costs one, not one per event.
       // Settled as soon as the answer is made (afterResponse; a local error hook never runs: the

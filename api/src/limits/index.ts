@@ -106,11 +106,12 @@ export function requestCost(body: unknown): number {
 
 /**
  * Charges a REST request to its caller (a user, a key, or anonymous callers at `address`) and
- * returns what it charged. Throws RateLimited (429 with Retry-After; nothing was done), or Invalid
- * 422 `too_many_events` when the request carries more events than the caller's budget can ever hold
- * (charged one, as any request refused as a whole).
+ * returns what it charged, and where the caller's budget stands after it (for rateLimitFields;
+ * undefined without a budget). Throws RateLimited (429 with Retry-After; nothing was done), or
+ * Invalid 422 `too_many_events` when the request carries more events than the caller's budget can
+ * ever hold (charged one, as any request refused as a whole).
  */
-export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, address?: string): number {
+export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, address?: string): { cost: number; standing: Standing | undefined } {
   const cost = requestCost(body)
   const capacity = rates.capacityOf(p)
   if (cost > capacity) {
@@ -119,9 +120,9 @@ export function chargeRequest(rates: RateLimits, p: Principal, body: unknown, ad
     if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
     throw new Invalid('too_many_events', `this caller may publish at most ${capacity} events per request (its burst)`, { max: capacity, got: cost })
   }
-  const refused = rates.charge(p, cost, address)
-  if (refused) throw new RateLimited(refused.retryAfterMs, refused.message)
-  return cost
+  const charged = rates.chargeStanding(p, cost, address)
+  if (charged.refused) throw new RateLimited(charged.refused.retryAfterMs, charged.refused.message)
+  return { cost, standing: charged.standing }
 }
 
 /**

@@ -190,3 +190,28 @@ test("standing: a caller's budget for REST's RateLimit fields, whole tokens, nev
   expect(rates.standing(ANONYMOUS)).toBeUndefined()
   rates.stop()
 })
+
+test('chargeStanding: what charge then standing say, from one charge (a refusal counted as REST, charging nothing)', () => {
+  let t = 0
+  const refusals: string[] = []
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => t, onRefused: (what, kind) => refusals.push(`${what} ${kind}`) })
+  const ann = user('ann')
+  expect(rates.chargeStanding(ann, 4)).toEqual({ standing: { name: 'user', burst: 5, windowS: 2, remaining: 1, fullInS: 1 } })
+  expect(rates.standing(ann)).toEqual({ name: 'user', burst: 5, windowS: 2, remaining: 1, fullInS: 1 })
+  expect(rates.chargeStanding(ann, 2)).toEqual({ refused: { code: 'rate_limited', message: expect.stringContaining('per user'), retryAfterMs: 250, perSecond: 4 } })
+  expect(refusals).toEqual(['rest user'])
+  expect(rates.standing(ann)?.remaining).toBe(1)
+  expect(rates.chargeStanding(ANONYMOUS, 1)).toEqual({ standing: undefined }) // no address: no budget
+  expect(rates.chargeStanding(ANONYMOUS, 1, '10.0.0.1')).toMatchObject({ standing: { name: 'address', remaining: 11 } })
+  rates.stop()
+})
+
+test("a warning asked for another principal than the command just charged (the socket's principal changed) reads that principal's budget", () => {
+  const rates = createRateLimits({ config, maxSubscriptions: 10, now: () => 0 })
+  const conn = rates.connection()
+  const bob = user('bob')
+  rates.charge(bob, 5) // bob's budget: empty
+  expect(conn.subscribe(rootKey('ingest'))).toBeUndefined() // the key's budget: 199 of 200
+  expect(conn.warning(bob)).toMatchObject({ code: 'rate_limit_near', remaining: 0, burst: 5, message: expect.stringContaining('per user') })
+  rates.stop()
+})

@@ -80,6 +80,11 @@ export type RateLimits = {
   capacityOf(p: Principal): number
   /** Where `p`'s budget stands now (undefined: none, a request from inside the process). */
   standing(p: Principal, address?: string): Standing | undefined
+  /**
+   * `charge`, then `standing` of the budget it charged, with one lookup of that budget (a REST
+   * request's hot path): the refusal, or where the budget stands after the charge.
+   */
+  chargeStanding(p: Principal, cost: number, address?: string): { refused: RateRefusal } | { refused?: undefined; standing: Standing | undefined }
   /** The buckets and abuse meter of a new WebSocket from `address` (its anonymous budget). */
   connection(address?: string): ConnectionRates
   /** Forgets budgets that are full again (they are no different from new ones). Runs every minute. */
@@ -114,6 +119,8 @@ export type ConnectionRates = {
    * After a command of `p` passed: a warning when a budget it was charged to (the principal's, a
    * user socket's publishes) is below WARN_BELOW of its burst, once, until that budget is back at
    * WARN_AGAIN_FROM (asked after a command that passed above it). Undefined otherwise.
+   * Asked right after `publish` or `subscribe` passed for the same `p`, it reads the budget that
+   * command was charged to, without looking it up again.
    */
   warning(p: Principal): RateWarning | undefined
 }
@@ -177,6 +184,17 @@ export function createRateLimits(deps: {
   /** The kind of principal a shared budget id names (its rate): `u:` users, `address:` anonymous callers, else keys. */
   const kindOfId = (id: string): Principal['kind'] => (id.startsWith('u:') ? 'user' : id.startsWith('address:') ? 'anonymous' : 'key')
   const charge = (limits: (Limited | undefined)[], cost: number) => chargeAll(limits, cost, note)
+  const standingOf = (kind: Principal['kind'], b: Limited): Standing => {
+    const { capacity, perSecond } = b.bucket
+    const tokens = b.bucket.available()
+    return {
+      name: kind === 'anonymous' ? 'address' : kind === 'user' ? 'user' : 'key',
+      burst: capacity,
+      windowS: Math.ceil(capacity / perSecond),
+      remaining: Math.max(0, Math.floor(tokens)),
+      fullInS: Math.ceil((capacity - tokens) / perSecond),
+    }
+  }
 
   const pruning = setInterval(() => limits.prune(), 60_000)
   pruning.unref?.()
@@ -197,16 +215,12 @@ export function createRateLimits(deps: {
     capacityOf: (p) => rateOf(p.kind)[1],
     standing(p, address) {
       const b = budgetOf(p, address)
-      if (!b) return undefined
-      const { capacity, perSecond } = b.bucket
-      const tokens = b.bucket.available()
-      return {
-        name: p.kind === 'anonymous' ? 'address' : p.kind === 'user' ? 'user' : 'key',
-        burst: capacity,
-        windowS: Math.ceil(capacity / perSecond),
-        remaining: Math.max(0, Math.floor(tokens)),
-        fullInS: Math.ceil((capacity - tokens) / perSecond),
-      }
+      return b && standingOf(p.kind, b)
+    },
+    chargeStanding(p, cost, address) {
+      const b = budgetOf(p, address)
+      const refused = counted('rest', p, charge([b], cost))
+      return refused ? { refused } : { standing: b && standingOf(p.kind, b) }
     },
     connection(address) {
       const publishes: Limited = {
@@ -225,31 +239,43 @@ export function createRateLimits(deps: {
       }
       const meter: AbuseMeter = abuseMeter({ windowMs: c.FANFARE_WS_ABUSE_WINDOW_MS, factor: c.FANFARE_WS_ABUSE_FACTOR, now })
       let warned = false
+      // The principal's budget the last command that passed was charged to, and for whom: the
+      // warning asked right after it reads it instead of looking it up again (the hot path of a
+      // publish). Read once: a warning asked later looks the budget up.
+      let chargedFor: Principal | undefined
+      let charged: Limited | undefined
+      const chargeTo = (what: 'ws_publish' | 'ws_subscribe', p: Principal, own: Limited | undefined) => {
+        const budget = budgetOf(p, address)
+        const refused = counted(what, p, charge([own, budget], 1))
+        chargedFor = refused ? undefined : p
+        charged = refused ? undefined : budget
+        return refused
+      }
       return {
         // A key's sockets share the key's budget only: a game server may spread its events over
         // any number of sockets, and what it may send in all is the key's to say.
-        publish: (p) => counted('ws_publish', p, charge([p.kind === 'user' ? publishes : undefined, budgetOf(p, address)], 1)),
-        subscribe: (p) => counted('ws_subscribe', p, charge([subscribes, budgetOf(p, address)], 1)),
+        publish: (p) => chargeTo('ws_publish', p, p.kind === 'user' ? publishes : undefined),
+        subscribe: (p) => chargeTo('ws_subscribe', p, subscribes),
         abusive: (r) => meter.refused(r.perSecond),
         warning(p) {
+          const budget = chargedFor === p ? charged : budgetOf(p, address)
+          chargedFor = charged = undefined
           // The budget nearest to refusing (the subscribes' bucket is a reconnect's burst, not a
           // rate a client keeps up: never a warning).
-          let tight: { l: Limited; share: number } | undefined
-          for (const l of [p.kind === 'user' ? publishes : undefined, budgetOf(p, address)]) {
-            if (!l) continue
-            const share = l.bucket.available() / l.bucket.capacity
-            if (!tight || share < tight.share) tight = { l, share }
-          }
+          const own = p.kind === 'user' ? publishes : undefined
+          const ownShare = own ? own.bucket.available() / own.bucket.capacity : Infinity
+          const budgetShare = budget ? budget.bucket.available() / budget.bucket.capacity : Infinity
+          const [tight, share] = budgetShare < ownShare ? [budget!, budgetShare] : [own, ownShare]
           if (!tight) return undefined
           if (warned) {
-            if (tight.share >= WARN_AGAIN_FROM) warned = false
+            if (share >= WARN_AGAIN_FROM) warned = false
             return undefined
           }
-          if (tight.share >= WARN_BELOW) return undefined
+          if (share >= WARN_BELOW) return undefined
           warned = true
-          const { capacity, perSecond } = tight.l.bucket
-          const remaining = Math.max(0, Math.floor(tight.share * capacity))
-          return { code: 'rate_limit_near', message: `${remaining} left: ${tight.l.message}; past it, commands are refused (rate_limited)`, remaining, burst: capacity, perSecond }
+          const { capacity, perSecond } = tight.bucket
+          const remaining = Math.max(0, Math.floor(share * capacity))
+          return { code: 'rate_limit_near', message: `${remaining} left: ${tight.message}; past it, commands are refused (rate_limited)`, remaining, burst: capacity, perSecond }
         },
       }
     },
