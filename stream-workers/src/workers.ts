@@ -19,7 +19,7 @@ import { startRebuildJobs } from './rebuild/jobs'
 import type { RebuildHooks } from './rebuild/rebuild'
 import { openLeaseBucket, startLeases } from './runtime/leases'
 import { startOutboxCleaner, startOutboxSweeper } from './runtime/outbox'
-import { startHistoryPruner } from './runtime/history-pruner'
+import { historyTouches, startHistoryPruner } from './runtime/history-pruner'
 import { startRunner, type PartitionDeps, type Runner, type RunnerHooks } from './runtime/runner'
 import { createBatchCommitter } from './runtime/committer'
 import { startTopologyKeeper } from './runtime/topology-keeper'
@@ -46,6 +46,8 @@ export type WorkersDeps = {
   /** Projections to run; default all. */
   projections?: readonly Projection[]
   now?: () => Date
+  /** Test seam: how often the history pruner runs (FANFARE_LIVE_BATCHES); default 10 s. */
+  historyPruneMs?: number
   /** The process's metrics; a registry of its own when absent (tests). */
   metrics?: Metrics
   /**
@@ -140,6 +142,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
       return [p.name, createBatchCommitter({ db, logger: logger.child({ component: 'committer', projection: p.name }), onGroup, onTimeout })]
     }),
   )
+  // FANFARE_LIVE_BATCHES: the channels the runners wrote history for, pruned at the pruner's next round.
+  const touched = historyTouches()
   // What every partition's runners and the catch of unclaimed messages are given alike.
   const partitionDeps: PartitionDeps = {
     db,
@@ -154,6 +158,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     onFatal,
     metrics,
     liveBatches: config.FANFARE_LIVE_BATCHES === 'true',
+    onHistory: (runs) => touched.add(runs),
   }
   const leases = startLeases({
     kv,
@@ -205,7 +210,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const lags = answerLagQueries({ subscriptions, prefix: t.prefix, workerId, runners: () => [...runners.values()].flatMap((rs) => rs.map((r) => r.lag())) })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
   // FANFARE_LIVE_BATCHES: channel history lives in change_history, kept to the configured size.
-  const pruner = config.FANFARE_LIVE_BATCHES === 'true' ? startHistoryPruner({ db, config, logger: logger.child({ component: 'history' }), now: deps.now }) : undefined
+  const pruner = config.FANFARE_LIVE_BATCHES === 'true' ? startHistoryPruner({ db, config, logger: logger.child({ component: 'history' }), touched, intervalMs: deps.historyPruneMs, now: deps.now }) : undefined
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
   const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now, metrics, hooks: deps.rebuildHooks })

@@ -1,13 +1,15 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { jetstreamManager } from '@nats-io/jetstream'
-import { asc } from 'drizzle-orm'
+import { asc, eq } from 'drizzle-orm'
 import type { ChangeRun } from '../../../core/channels'
 import { changeHistory, changeOutbox, channelVersions } from '../../../core/db/schema'
 import { runsOfMessage, type LiveBatch } from '../../../core/live-batches'
 import { topology } from '../../../core/nats'
 import { until } from '../../../core/testing/wait'
 import { caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
-import { pruneHistory } from './history-pruner'
+import postgres from 'postgres'
+import { historyTouches, LATE_MS, pruneHistory, startHistoryPruner } from './history-pruner'
+import { createLogger } from '../../../core/logger'
 
 let world: World | undefined
 afterEach(async () => {
@@ -108,5 +110,94 @@ describe('pruneHistory', () => {
     expect(await pruneHistory(db, w.config, now)).toBe(6)
     expect(await kept(w)).toEqual(['chat:a/e2@7', 'chat:a/e2@10', 'leaderboard:b/e1@5', 'stream:c/e1@2'])
     expect(await pruneHistory(db, w.config, now)).toBe(0)
+  })
+
+  test('a scoped round prunes only the channels written since the last round and the rows that crossed their TTL since; a full round prunes the rest', async () => {
+    const w = (world = await createWorld({ FANFARE_HISTORY_SIZE_CHAT: '2', FANFARE_HISTORY_TTL_MS_STREAM: '60000' }))
+    const db = w.database.db
+    const now = new Date()
+    const ago = (ms: number) => new Date(now.getTime() - ms)
+    await db.insert(channelVersions).values([
+      { channel: 'chat:a', version: 6, epoch: 'e2' },
+      { channel: 'chat:b', version: 6, epoch: 'e1' },
+      { channel: 'stream:c', version: 3, epoch: 'e1' },
+    ])
+    await db.insert(changeHistory).values([
+      // Written since the last round: keeps 5..6, and no other epoch (one named before its epoch, one after).
+      run('chat:a', 'e0', 1, 2),
+      run('chat:a', 'e2', 1, 2),
+      run('chat:a', 'e2', 3, 2),
+      run('chat:a', 'e2', 5, 2),
+      run('chat:a', 'e9', 1, 2),
+      // Not written since: its runs 1 and 3 hold none of 5..6, but only a write makes that so (here
+      // the rows were put there by hand), so a scoped round does not look at them.
+      run('chat:b', 'e1', 1, 2),
+      run('chat:b', 'e1', 3, 2),
+      run('chat:b', 'e1', 5, 2),
+      // Its kind keeps a minute: run 1 crossed it before the last round (10 s ago) by more than
+      // LATE_MS (an earlier round deleted such a row), run 2 since it; run 3 is new.
+      run('stream:c', 'e1', 1, 1, ago(60_000 + 10_000 + LATE_MS + 5_000)),
+      run('stream:c', 'e1', 2, 1, ago(65_000)),
+      run('stream:c', 'e1', 3, 1, now),
+    ])
+    expect(await pruneHistory(db, w.config, now, { channels: ['chat:a'], since: ago(10_000) })).toBe(5)
+    expect(await kept(w)).toEqual(['chat:a/e2@5', 'chat:b/e1@1', 'chat:b/e1@3', 'chat:b/e1@5', 'stream:c/e1@1', 'stream:c/e1@3'])
+    expect(await pruneHistory(db, w.config, now)).toBe(3)
+    expect(await kept(w)).toEqual(['chat:a/e2@5', 'chat:b/e1@5', 'stream:c/e1@3'])
+  })
+
+  test('the pruner: every row at its first round, then the channels it is told were written; told again when another process held the lock', async () => {
+    const w = (world = await createWorld({ FANFARE_HISTORY_SIZE_CHAT: '2' }))
+    const db = w.database.db
+    await db.insert(channelVersions).values([{ channel: 'chat:b', version: 4, epoch: 'e1' }])
+    await db.insert(changeHistory).values([run('chat:b', 'e1', 1, 2), run('chat:b', 'e1', 3, 2)])
+    const touched = historyTouches()
+    const pruner = startHistoryPruner({ db, config: w.config, logger: createLogger('silent'), touched, intervalMs: 50 })
+    try {
+      await until('the first round, a full one', async () => (await kept(w)).join() === 'chat:b/e1@3')
+      // A write the pruner is not told of: left alone.
+      await db.insert(changeHistory).values([run('chat:b', 'e1', 5, 2)])
+      await db.update(channelVersions).set({ version: 6 })
+      await Bun.sleep(300)
+      expect(await kept(w)).toEqual(['chat:b/e1@3', 'chat:b/e1@5'])
+      // Told while another process holds the lock: the rounds skip, and keep the channel for later.
+      const other = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+      let release = () => {}
+      const released = new Promise<void>((r) => (release = r))
+      let locked = () => {}
+      const isLocked = new Promise<void>((r) => (locked = r))
+      const holding = other.begin(async (tx) => {
+        await tx`select pg_advisory_xact_lock(hashtext('fanfare.change_history.prune'))`
+        locked()
+        await released
+      })
+      try {
+        await isLocked
+        touched.add([{ channel: 'chat:b' }])
+        await Bun.sleep(300)
+        expect(await kept(w)).toEqual(['chat:b/e1@3', 'chat:b/e1@5'])
+      } finally {
+        release()
+        await holding
+        await other.end()
+      }
+      await until('pruned once the lock is free', async () => (await kept(w)).join() === 'chat:b/e1@5')
+    } finally {
+      await pruner.stop()
+    }
+  })
+
+  test('a worker tells its pruner which channels its batches wrote', async () => {
+    const w = (world = await createWorld({ FANFARE_LIVE_BATCHES: 'true', FANFARE_PARTITIONS: '1', FANFARE_HISTORY_SIZE_CHAT: '2' }))
+    await w.startWorker({ historyPruneMs: 50 })
+    // Past the pruner's first round (a full one): from now on it looks only at what it is told of.
+    await Bun.sleep(500)
+    for (let i = 1; i <= 3; i++) {
+      await publishEvent(w, storedEvent('chat.message.posted', { room: 'r1', user: 'ann', text: `m${i}` }, `m${i}`))
+      await caughtUp(w)
+    }
+    // Three batches, one run each (versions 1, 2, 3): keeping 2..3, run 1 goes.
+    const [{ epoch }] = await w.database.db.select().from(channelVersions).where(eq(channelVersions.channel, 'chat:r1'))
+    await until('run 1 pruned', async () => (await kept(w)).join() === `chat:r1/${epoch}@2,chat:r1/${epoch}@3`)
   })
 })

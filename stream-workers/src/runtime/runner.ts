@@ -65,6 +65,11 @@ export type PartitionDeps = {
    * message per run.
    */
   liveBatches?: boolean
+  /**
+   * FANFARE_LIVE_BATCHES: told of the runs each committed batch (or replay) kept in change_history,
+   * before they are published: the history pruner prunes those channels (see HistoryTouches).
+   */
+  onHistory?: (runs: readonly OutboxRun[]) => void
 }
 
 export type RunnerDeps = PartitionDeps & {
@@ -557,8 +562,9 @@ export function startRunner(deps: RunnerDeps): Runner {
    * is set while they are in flight. A failure leaves the runs to the outbox sweeper.
    */
   let publishing: Promise<void> | undefined
-  const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[], headers?: MsgHdrs): Promise<void> =>
-    Promise.all([
+  const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[], headers?: MsgHdrs): Promise<void> => {
+    if (deps.liveBatches && runs.length > 0) deps.onHistory?.(runs)
+    return Promise.all([
       runs.length === 0
         ? 0
         : deps.liveBatches
@@ -572,6 +578,7 @@ export function startRunner(deps: RunnerDeps): Runner {
         log.warn({ err, runs: runs.length }, 'publishing change runs failed; the outbox sweeper will retry')
       },
     )
+  }
 
   // The event stream the current consumer reads, as `<name>@<created>` (see streamIdentity), and
   // the checkpoint as this runner last saw it: read when the consumer opened, then what its own
