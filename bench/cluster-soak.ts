@@ -18,7 +18,7 @@
  * again; the same checks but the silence bound. `--rolling`: from 5 s each server in turn is
  * stopped (SIGTERM) and started again, the next once every stream's replicas are current.
  * Fanfare's variables in the soak's environment reach its processes and are printed first, as in
- * the fault soak: `FANFARE_LIVE_BATCHES=true bun bench/cluster-soak.ts` soaks live batches.
+ * the fault soak: `FANFARE_BATCH_SIZE=50 bun bench/cluster-soak.ts`, say.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -134,7 +134,7 @@ async function main() {
   const checkout = await cloneCheckout(opts.repo, join(base, 'repo'))
   console.log(`cluster soak of ${opts.repo} at ${checkout.commit} (clone in ${checkout.dir})`)
   // Fanfare's variables in this environment reach its processes, as in the fault soak (say,
-  // FANFARE_LIVE_BATCHES=true); the soak's own (FANFARE_REPLICAS, tokens, ...) win over them.
+  // a rate limit lifted); the soak's own (FANFARE_REPLICAS, tokens, ...) win over them.
   const passed = passedEnvironmentLine()
   if (passed) console.log(passed)
   const id = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`

@@ -10,7 +10,8 @@
  * With --js-publish, a side `js.publish` takes turns too: this checkout on a deployment of its own,
  * its stand-in publishing each run with `js.publish` (as the workers did before
  * core/acked-publish.ts) instead of the workers' AckedPublisher.
- * With --batches, a side `batches` takes turns too: a deployment with FANFARE_LIVE_BATCHES=true,
+ * The `fanfare` side is a deployment from before live batches (one message per change run).
+ * With --batches, a side `batches` takes turns too: a deployment with live batches (a new one),
  * its stand-in publishing each flush's runs as one live batch message (core/live-batches.ts), or
  * one per partition with --batch-partitions=N (channels spread by hash, as N workers' batches).
  * With both --compare and --batches, the other checkout's deployment has the flag on too (and its
@@ -83,14 +84,15 @@ const deployments: Deployment[] = []
 const bun = startChild([BUN, 'bench/servers/bare-bun.ts'], { port: freePort() })
 try {
   const sides: Side[] = []
-  const d = await deploy()
+  // The `fanfare` side: a deployment from before live batches (one message per change run).
+  const d = await deploy({}, { liveBatches: false })
   deployments.push(d)
   const api = await d.startApi()
   sides.push({ name: 'fanfare', url: `ws://127.0.0.1:${api.port}/v1/ws`, pid: api.proc.proc.pid, publisher: await fanfarePublisher(d, changes) })
   if (compare) {
     // With --batches too, the other checkout runs with live batches as well: it is compared with
     // the `batches` side (this checkout's live batches path), not with the old path.
-    const d2 = await deploy(batches ? { FANFARE_LIVE_BATCHES: 'true' } : {})
+    const d2 = batches ? await deploy() : await deploy({}, { liveBatches: false })
     deployments.push(d2)
     const port = freePort()
     const proc = spawnProc('api-compare', `${compare}/api/src/main.ts`, { ...d2.env.vars, PORT: String(port), HOST: '127.0.0.1' })
@@ -99,15 +101,15 @@ try {
     deployments.push({ close: () => proc.stop() } as unknown as Deployment)
   }
   if (batches) {
-    // FANFARE_LIVE_BATCHES: a deployment with the flag on, its stand-in publishing each flush's
-    // runs as one live batch message (as the workers then do).
-    const d4 = await deploy({ FANFARE_LIVE_BATCHES: 'true' })
+    // A deployment with live batches (a new one), its stand-in publishing each flush's runs as
+    // one live batch message (as the workers then do).
+    const d4 = await deploy()
     deployments.push(d4)
     const api4 = await d4.startApi()
     sides.push({ name: 'batches', url: `ws://127.0.0.1:${api4.port}/v1/ws`, pid: api4.proc.proc.pid, publisher: await fanfarePublisher(d4, changes, batchPartitions) })
   }
   if (process.argv.includes('--js-publish')) {
-    const d3 = await deploy()
+    const d3 = await deploy({}, { liveBatches: false })
     deployments.push(d3)
     const api3 = await d3.startApi()
     sides.push({ name: 'js.publish', url: `ws://127.0.0.1:${api3.port}/v1/ws`, pid: api3.proc.proc.pid, publisher: jsPublisher(d3) })

@@ -40,7 +40,7 @@ const frameOf = (channel: string, version: number) =>
  */
 export async function fanfarePublisher(d: Deployment, changesPerRun = 1, batchPartitions = 1): Promise<Publisher> {
   const prefix = d.env.config.FANFARE_SUBJECT_PREFIX
-  const batches = d.env.config.FANFARE_LIVE_BATCHES === 'true'
+  const batches = d.liveBatches
   const publisher = createAckedPublisher(d.nc)
   let pending: Promise<PublishOutcome>[] = []
   // Per channel, the changes not yet published, the version of the first and when it was made.
@@ -55,7 +55,7 @@ export async function fanfarePublisher(d: Deployment, changesPerRun = 1, batchPa
       return { channel, subject: subjects.change(prefix, channel), body: JSON.stringify(run) }
     })
     held.clear()
-    // FANFARE_LIVE_BATCHES: as workers publish batches then (publishBatch), the runs of one flush
+    // Live batches: as workers publish batches (publishBatch), the runs of one flush
     // as one message per partition (`batchPartitions`, channels spread by hash; 1 by default: one
     // worker batch holding every channel's run, the best case).
     pending.push(publisher.publish(batches ? liveBatchesOf(prefix, runs, batchPartitions) : runs))

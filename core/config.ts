@@ -98,15 +98,6 @@ export const Env = Type.Object({
   FANFARE_DEDUP_WINDOW_MS: Type.Integer({ minimum: 1000, maximum: 7 * 24 * 3600_000, default: 120_000 }),
   /** How long the event stream keeps events (0 = forever). Bounds what a rebuild can replay. */
   FANFARE_EVENT_RETENTION_MS: Type.Integer({ minimum: 0, maximum: MAX_AGE_MS, default: 0 }),
-  /**
-   * `true`: workers publish each batch's change runs (every channel it touched) as ONE message per
-   * channel kind on the partition's subject (`<prefix>.changes.<kind>._batch.<partition>`, split
-   * only past the payload limit) instead of one message per channel, and keep each channel's last
-   * runs in Postgres (`change_history`), from which API nodes serve resumes. Every worker and API
-   * node of a deployment must agree. Default `false`: one message per run on the channel's subject,
-   * history read from the change streams.
-   */
-  FANFARE_LIVE_BATCHES: Type.Union([Type.Literal('true'), Type.Literal('false')], { default: 'false' }),
   /** Change notices kept per channel, and for how long (defaults for every channel kind). */
   FANFARE_HISTORY_SIZE: Type.Integer({ minimum: 1, maximum: 100_000, default: 1000 }),
   FANFARE_HISTORY_TTL_MS: Type.Integer({ minimum: 1000, maximum: MAX_AGE_MS, default: 24 * 3600_000 }),
@@ -359,12 +350,6 @@ export function loadConfig(source: Record<string, string | undefined> = process.
   }
   if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAINS) {
     problems.push('FANFARE_EDGE_DOMAIN and FANFARE_EDGE_DOMAINS: a node is either at an edge site or at the hub, not both')
-  }
-  if ((lists.FANFARE_EDGE_DOMAIN || lists.FANFARE_EDGE_DOMAINS) && lists.FANFARE_LIVE_BATCHES === 'true') {
-    // An edge resumes its clients from history it holds itself (the mirrored change streams); with
-    // live batches history is in Postgres, which a cut-off edge cannot reach, and a channel's runs
-    // cannot be read cheaply out of per-partition batch messages (bench/findings.md, live batches).
-    problems.push('FANFARE_LIVE_BATCHES: not supported with edge sites yet (FANFARE_EDGE_DOMAIN / FANFARE_EDGE_DOMAINS): an edge keeps its history in its mirrored change streams, which live batches do not fill per channel')
   }
   if (lists.FANFARE_EDGE_DOMAIN && lists.FANFARE_EDGE_DOMAIN === lists.FANFARE_HUB_DOMAIN) {
     problems.push(`FANFARE_EDGE_DOMAIN: the edge needs a JetStream domain of its own, not the hub's (${lists.FANFARE_HUB_DOMAIN})`)

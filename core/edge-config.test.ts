@@ -14,9 +14,6 @@ test('edge settings that cannot work are refused, naming the variable', () => {
   expect(() => loadConfig({ FANFARE_EDGE_DOMAINS: 'edge-eu,edge eu' })).toThrow(/FANFARE_EDGE_DOMAINS: "edge eu" is not a JetStream domain/)
   expect(() => loadConfig({ FANFARE_EDGE_DOMAINS: 'a,a' })).toThrow(/listed twice/)
   expect(() => loadConfig({ FANFARE_EDGE_DOMAIN: 'a', FANFARE_EDGE_DOMAINS: 'b' })).toThrow(/either at an edge site or at the hub/)
-  // Live batches keep history in Postgres, which a cut-off edge cannot reach: refused at the edge and at its hub.
-  expect(() => loadConfig({ FANFARE_EDGE_DOMAIN: 'a', FANFARE_LIVE_BATCHES: 'true' })).toThrow(/FANFARE_LIVE_BATCHES: not supported with edge sites/)
-  expect(() => loadConfig({ FANFARE_EDGE_DOMAINS: 'a', FANFARE_LIVE_BATCHES: 'true' })).toThrow(/FANFARE_LIVE_BATCHES: not supported with edge sites/)
   expect(() => loadConfig({ FANFARE_EDGE_DOMAIN: 'hub' })).toThrow(/a JetStream domain of its own/)
   expect(() => loadConfig({ DATABASE_READ_URL: 'mysql://x' })).toThrow(/DATABASE_READ_URL/)
 })

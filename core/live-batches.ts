@@ -2,7 +2,7 @@ import { parseChannel, type ChangeRun, type ChannelKind } from './channels'
 import { subjects } from './events'
 
 /**
- * A live batch (FANFARE_LIVE_BATCHES): the change runs of one worker batch for channels of one
+ * A live batch (core/nats.ts recordsLiveBatches): the change runs of one worker batch for channels of one
  * kind, published as ONE message on the partition's subject (subjects.changeBatch) instead of one
  * message per run. JetStream's cost is per message, not per byte (bench/findings.md, "What storing
  * a change run costs"), so a batch touching 100 channels costs one stored message instead of 100.

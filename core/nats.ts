@@ -210,6 +210,89 @@ export const withIncarnation = (description: string | undefined, incarnation: st
   `${description ? `${description}; ` : ''}incarnation=${incarnation}`
 
 /**
+ * How a deployment's workers publish change runs is recorded on each change stream, in its
+ * description (`changes=batches`; nats-server 2.9 has no stream metadata): live batches (one
+ * message per worker batch and kind, core/live-batches.ts; channel history in Postgres) or, when
+ * unrecorded, one message per channel run on the channel's subject (what every Fanfare before live
+ * batches did). Change streams are created recording batches; a deployment of an older version
+ * switches with `npm run migrate -- --live-batches` once no API node of that version follows its
+ * change streams (an older node cannot read a batch: its subscribers would miss updates silently).
+ * Workers publish as the streams say, and notice a switch while running (see watchLiveBatches);
+ * API nodes take both shapes and read history from both places.
+ */
+const LIVE_BATCHES = 'changes=batches'
+export const recordsLiveBatches = (description: string | undefined): boolean => new RegExp(`(?:^|; )${LIVE_BATCHES}(?:;|$)`).test(description ?? '')
+const withLiveBatches = (description: string | undefined): string => (recordsLiveBatches(description) ? description! : `${description ? `${description}; ` : ''}${LIVE_BATCHES}`)
+
+/** Whether every change stream of the deployment records live batches (see recordsLiveBatches). */
+export async function liveBatchesRecorded(jsm: JetStreamManager, config: Config): Promise<boolean> {
+  const t = topology(config)
+  const infos = await Promise.all(channelKinds.map((kind) => jsm.streams.info(t.changeStreams[kind])))
+  return infos.every((i) => recordsLiveBatches(i.config.description))
+}
+
+/** The description an API node's change feed gives its consumers: it reads live batches (see recordLiveBatches). */
+export const FEED_CONSUMER_DESCRIPTION = 'fanfare change feed; takes live batches'
+
+/**
+ * Thrown by recordLiveBatches when a change stream has a consumer that is not a change feed of a
+ * version that reads live batches: most likely an API node of an older Fanfare still running.
+ */
+export class OlderNodesFollowing extends StartFailure {
+  constructor(readonly consumers: string[]) {
+    super(
+      `not switched to live batches: ${consumers.length} consumer${consumers.length === 1 ? '' : 's'} of the change streams ${consumers.length === 1 ? 'is' : 'are'} not a change feed that reads them (${consumers.slice(0, 5).join(', ')}${consumers.length > 5 ? ', ...' : ''}): ` +
+        'API nodes of an older Fanfare would miss every update. Upgrade every API node first, then run it again',
+    )
+    this.name = 'OlderNodesFollowing'
+  }
+}
+
+/**
+ * The switch to live batches (`npm run migrate -- --live-batches`, with the hub's config): records
+ * it on every change stream that does not yet, once no consumer of them, or of an edge site's
+ * mirrors of them (FANFARE_EDGE_DOMAINS, asked across the leaf link), is other than a change feed
+ * that reads batches: OlderNodesFollowing otherwise, or the error of an edge that does not answer
+ * (its nodes cannot be known). Short-lived consumers (a history read's) are waited out for
+ * `settleMs`. Returns the streams switched. Workers follow within their watch interval.
+ */
+export async function recordLiveBatches(nc: NatsConnection, config: Config, opts: { settleMs?: number; alone?: boolean } = {}): Promise<string[]> {
+  const site = siteOf(config)
+  if (site.kind === 'edge') throw new StartFailure('the switch to live batches is made at the hub: run it with the hub\'s config (FANFARE_EDGE_DOMAINS, not FANFARE_EDGE_DOMAIN)')
+  const t = topology(config)
+  const names = channelKinds.map((kind) => t.changeStreams[kind])
+  const managers = [
+    { where: '', jsm: await jetstreamManager(nc) },
+    ...(await Promise.all((site.edges ?? []).map(async (domain) => ({ where: `${domain}:`, jsm: await jetstreamManager(nc, { domain }) })))),
+  ]
+  const strangers = async () => {
+    const out: string[] = []
+    for (const { where, jsm } of managers) {
+      for (const stream of names) for await (const c of jsm.consumers.list(stream)) if (c.config.description !== FEED_CONSUMER_DESCRIPTION) out.push(`${where}${stream}/${c.name}`)
+    }
+    return out
+  }
+  const deadline = Date.now() + (opts.settleMs ?? 5_000)
+  // `alone`: the caller is the whole deployment (npm start), so nothing else follows the streams
+  // (a consumer left by its previous run is not a node).
+  let left = opts.alone ? [] : await strangers()
+  while (left.length > 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250))
+    left = await strangers()
+  }
+  if (left.length > 0) throw new OlderNodesFollowing(left)
+  const jsm = managers[0].jsm
+  const switched: string[] = []
+  for (const stream of names) {
+    const info = await jsm.streams.info(stream)
+    if (recordsLiveBatches(info.config.description)) continue
+    await jsm.streams.update(stream, { ...info.config, description: withLiveBatches(info.config.description) })
+    switched.push(stream)
+  }
+  return switched
+}
+
+/**
  * A STREAM.MSG.GET request for the first stored message at or after `seq` on `filter` (wildcards
  * allowed). nats-server 2.9 takes `next_by_subj`; the client's type only lists it for direct gets
  * (which need `allow_direct` on the stream), but passes the request through as is and answers null
@@ -421,7 +504,7 @@ export class ReplicasWithoutCluster extends StartFailure {
  * stream on the same subjects (what the edge's API nodes store into, the hub's event stream sources
  * it), and mirrors of the hub's change streams (what the edge's change feeds and history read).
  */
-export async function ensureStreams(nc: NatsConnection, config: Config, opts: { apply?: boolean } = {}): Promise<JetStreamManager> {
+export async function ensureStreams(nc: NatsConnection, config: Config, opts: { apply?: boolean; liveBatches?: false } = {}): Promise<JetStreamManager> {
   // nats-server refuses a new stream of several replicas on a server outside a cluster, but takes
   // the update of an existing one (its info then says 3 replicas while one copy exists): refuse both.
   if (config.FANFARE_REPLICAS > 1 && !nc.info?.cluster) throw new ReplicasWithoutCluster(config.FANFARE_REPLICAS, nc.info?.server_name ?? '')
@@ -461,14 +544,22 @@ export async function ensureStreams(nc: NatsConnection, config: Config, opts: { 
       await upsertStream(jsm, apply, { name: t.changeStreams[kind], mirror: inDomain(t.changeStreams[kind], site.hubDomain), max_msgs_per_subject: size, max_age: nanos(ttlMs), num_replicas })
       continue
     }
-    await upsertStream(jsm, apply, {
-      name: t.changeStreams[kind],
-      subjects: [subjects.changesOfKind(t.prefix, kind)],
-      max_msgs_per_subject: size,
-      max_age: nanos(ttlMs),
-      duplicate_window: nanos(Math.min(120_000, ttlMs)),
-      num_replicas,
-    }).catch(async (err) => {
+    await upsertStream(
+      jsm,
+      apply,
+      {
+        name: t.changeStreams[kind],
+        subjects: [subjects.changesOfKind(t.prefix, kind)],
+        max_msgs_per_subject: size,
+        max_age: nanos(ttlMs),
+        duplicate_window: nanos(Math.min(120_000, ttlMs)),
+        num_replicas,
+      },
+      undefined,
+      // A new deployment's change streams hold live batches (see recordsLiveBatches) unless told
+      // otherwise (tests of a deployment from before them).
+      opts.liveBatches === false ? undefined : LIVE_BATCHES,
+    ).catch(async (err) => {
       // Only on failure: the common start pays no extra request for the check.
       if (await streamExists(jsm, legacyChangeStream(config))) {
         throw new UpgradeRequired(`NATS still has ${legacyChangeStream(config)}, the change stream of an older Fanfare, whose subjects overlap ${t.changeStreams[kind]}`)
@@ -569,6 +660,8 @@ async function upsertStream(
   apply: boolean,
   cfg: Partial<StreamConfig> & { name: string },
   check?: (existing: StreamConfig) => void,
+  /** Recorded in the description of a stream created here (never added to an existing one). */
+  created?: string,
   attempt = 0,
 ): Promise<void> {
   try {
@@ -576,9 +669,11 @@ async function upsertStream(
     check?.(existing.config)
     // Kept as recorded. A stream of an older version records none: `npm run migrate` records one
     // (core/upgrade.ts), from the checkpoints; a node here would take the `created` reported now,
-    // which a NATS restart may have moved since the workers read it.
+    // which a NATS restart may have moved since the workers read it. Live batches, likewise, are
+    // recorded only by the switch (recordLiveBatches) or at creation.
     const incarnation = incarnationOf(existing.config.description)
-    const description = incarnation ? withIncarnation(cfg.description, incarnation) : cfg.description
+    const kept = incarnation ? withIncarnation(cfg.description, incarnation) : cfg.description
+    const description = recordsLiveBatches(existing.config.description) ? withLiveBatches(kept) : kept
     if (apply) return void (await jsm.streams.update(cfg.name, { ...cfg, description }).catch((err) => Promise.reject(tooFewServers(cfg, err))))
     // Not a setting but what the stream is: an event stream that records no partition count yet
     // takes the count of the first process that starts on it (see checkEventStream). Only the
@@ -587,7 +682,8 @@ async function upsertStream(
   } catch (err) {
     if (!isNotFound(err)) throw err
     try {
-      await jsm.streams.add({ storage: 'file' as StreamConfig['storage'], ...cfg, description: withIncarnation(cfg.description, new Date().toISOString()) })
+      const description = withIncarnation(cfg.description, new Date().toISOString())
+      await jsm.streams.add({ storage: 'file' as StreamConfig['storage'], ...cfg, description: created ? `${description}; ${created}` : description })
     } catch (addErr) {
       // Another process (every node ensures the streams at start) created it between our info and
       // add: nats-server says "already in use", or, while that create is still being applied,
@@ -596,18 +692,18 @@ async function upsertStream(
       const message = String(addErr)
       if (message.includes('already in use')) {
         if (!check || attempt >= 5) return
-        return upsertStream(jsm, apply, cfg, check, attempt + 1)
+        return upsertStream(jsm, apply, cfg, check, created, attempt + 1)
       }
       if (message.includes('subjects overlap') && attempt < 5) {
         await new Promise((r) => setTimeout(r, 100 * (attempt + 1)))
-        return upsertStream(jsm, apply, cfg, check, attempt + 1)
+        return upsertStream(jsm, apply, cfg, check, created, attempt + 1)
       }
       // A cluster that has just started elects its meta leader before every server has joined it:
       // until then a stream of more replicas than the servers known has "no suitable peers". Wait
       // for them (up to ~15 s), then say so.
       if (message.includes('no suitable peers') && attempt < 30) {
         await new Promise((r) => setTimeout(r, 500))
-        return upsertStream(jsm, apply, cfg, check, attempt + 1)
+        return upsertStream(jsm, apply, cfg, check, created, attempt + 1)
       }
       throw tooFewServers(cfg, addErr)
     }

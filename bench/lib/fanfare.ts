@@ -1,7 +1,7 @@
 import { jetstream, type JetStreamClient, type PubAck } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { openLeaseBucketIfExists, workersView } from '../../core/leases'
-import { ensureStreams, connectNats } from '../../core/nats'
+import { ensureStreams, connectNats, liveBatchesRecorded } from '../../core/nats'
 import { until } from '../../core/testing/wait'
 import { freePort } from '../../core/process'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
@@ -12,6 +12,8 @@ export type Deployment = {
   env: TestEnv
   nc: NatsConnection
   js: JetStreamClient
+  /** Whether the deployment's change streams hold live batches (core/nats.ts recordsLiveBatches), as a new one's do. */
+  liveBatches: boolean
   api?: { proc: Proc; url: string; port: number }
   workers: Proc[]
   startApi: (extraEnv?: Record<string, string>) => Promise<{ proc: Proc; url: string; port: number }>
@@ -47,15 +49,17 @@ export const BENCH_LIMITS: Record<string, string> = {
 }
 
 /** Creates the env (fresh db + stream names), the streams, and a NATS connection for the bench. */
-export async function deploy(overrides: Record<string, string> = {}): Promise<Deployment> {
+export async function deploy(overrides: Record<string, string> = {}, opts: { liveBatches?: false } = {}): Promise<Deployment> {
   const env = await createTestEnv({ LOG_LEVEL: 'warn', ...BENCH_LIMITS, ...overrides })
   const nc = await connectNats(env.vars.NATS_URL, 'fanfare-bench')
-  await ensureStreams(nc, env.config)
+  // `liveBatches: false`: a deployment from before live batches (one message per change run).
+  const jsm = await ensureStreams(nc, env.config, opts)
   const procs: Proc[] = []
   const d: Deployment = {
     env,
     nc,
     js: jetstream(nc),
+    liveBatches: await liveBatchesRecorded(jsm, env.config),
     workers: [],
     startApi: async (extraEnv = {}) => {
       const port = freePort()

@@ -42,7 +42,7 @@ export async function cloneCheckout(repo: string, into: string): Promise<Checkou
 /**
  * The line a soak prints naming the Fanfare variables of its own environment that reach the
  * processes it starts (test/e2e/harness.ts spawnProc starts them with this environment under the
- * soak's own variables): say FANFARE_LIVE_BATCHES=true, or a key's rate limit lifted. Secrets are
+ * soak's own variables): say a key's rate limit lifted. Secrets are
  * not printed. Undefined when there are none.
  */
 export function passedEnvironmentLine(env: Record<string, string | undefined> = process.env): string | undefined {

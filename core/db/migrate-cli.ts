@@ -1,5 +1,6 @@
 import { ConfigError, loadConfig } from '../config'
-import { connectNats, NatsUnreachable, untilJetStreamAnswers } from '../nats'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connectNats, liveBatchesRecorded, NatsUnreachable, recordLiveBatches, siteOf, untilJetStreamAnswers } from '../nats'
 import { StartFailure, startFailure } from '../start-failure'
 import { upgradeNats } from '../upgrade'
 import { connectPostgres, migrate } from './client'
@@ -10,6 +11,8 @@ import { dbErrorSummary } from './errors'
  * the NATS upgrade steps and the stream and bucket config (replicas included) to NATS_URL. Run it
  * once per upgrade, before starting nodes of the new version: nodes never take these steps
  * themselves (see core/upgrade.ts). Either part is skipped when its URL is unset.
+ * `-- --live-batches`: also switches a deployment from before live batches to them (see
+ * core/nats.ts recordLiveBatches): run it again once every API node runs this version.
  */
 let config
 try {
@@ -56,6 +59,16 @@ if (config.NATS_URL) {
     const done = await untilJetStreamAnswers(() => upgradeNats(nc, config, database?.db), { url: config.NATS_URL, warn: (message) => console.error(message) })
     for (const line of done) console.log(`nats: ${line}`)
     console.log(`nats streams and buckets match the config (${config.FANFARE_REPLICAS} replica${config.FANFARE_REPLICAS === 1 ? '' : 's'})`)
+    if (siteOf(config).kind === 'hub') {
+      if (process.argv.includes('--live-batches')) {
+        const switched = await recordLiveBatches(nc, config)
+        console.log(switched.length > 0 ? `nats: live batches recorded on ${switched.join(', ')}: workers switch within seconds` : 'nats: the change streams already record live batches')
+      } else if (!(await liveBatchesRecorded(await jetstreamManager(nc), config))) {
+        console.log(
+          'nats: the change streams hold one message per channel run (a deployment from before live batches): once every API node runs this version, `npm run migrate -- --live-batches` switches them',
+        )
+      }
+    }
   } catch (err) {
     // Said in one line, as a node says why it cannot start; anything else is a bug, with its stack.
     if (!(err instanceof StartFailure)) throw err

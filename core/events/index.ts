@@ -252,7 +252,7 @@ export const subjects = {
   },
   /**
    * `<prefix>.changes.<kind>._batch.<partition>`: the runs of one batch of a partition for channels
-   * of one kind, as one message (FANFARE_LIVE_BATCHES). Five tokens: never a channel's subject.
+   * of one kind, as one message (live batches). Five tokens: never a channel's subject.
    */
   changeBatch: (prefix: string, kind: string, partition: number) => `${prefix}.changes.${kind}._batch.${partition}`,
   /** Every channel of one kind, e.g. `fanfare.changes.chat.>` */

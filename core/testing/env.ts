@@ -3,11 +3,19 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { loadConfig, type Config } from '../config'
 import { connectPostgres, migrate } from '../db/client'
-import { deploymentStreams, topology } from '../nats'
+import { deploymentStreams, ensureStreams, topology } from '../nats'
 
 /** Real services the tests use; CI starts them when they are not running. */
 export const TEST_PG_URL = process.env.FANFARE_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 export const TEST_NATS_URL = process.env.FANFARE_TEST_NATS_URL ?? 'nats://127.0.0.1:4222'
+
+/**
+ * Whether tests' deployments hold live batches (core/nats.ts recordsLiveBatches), as every new
+ * deployment does. `FANFARE_TEST_LIVE_BATCHES=false bun test <file>` runs a file on a deployment
+ * from before them instead: createTestEnv creates its change streams without the record (on the
+ * shared NATS), and tests that publish change runs by hand publish them one per run.
+ */
+export const testLiveBatches = process.env.FANFARE_TEST_LIVE_BATCHES !== 'false'
 
 export type TestEnv = {
   config: Config
@@ -38,11 +46,14 @@ export async function createTestEnv(overrides: Record<string, string> = {}, opts
     FANFARE_ADMIN_TOKEN: `admin-token-${id}`,
     FANFARE_JWT_SECRET: `jwt-secret-${id}-0123456789abcdef`,
     LOG_LEVEL: 'warn',
-    // Runs a test file (or a benchmark) with live batches on: FANFARE_TEST_LIVE_BATCHES=true bun test <file>.
-    ...(process.env.FANFARE_TEST_LIVE_BATCHES === 'true' ? { FANFARE_LIVE_BATCHES: 'true' } : {}),
     ...overrides,
   }
   const config = loadConfig(vars)
+  if (!testLiveBatches) {
+    const nc = await connect({ servers: TEST_NATS_URL })
+    await ensureStreams(nc, config, { liveBatches: false })
+    await nc.close()
+  }
   if (opts.migrated !== false) {
     const database = await connectPostgres(vars.DATABASE_URL, { max: 1 })
     await migrate(database)

@@ -8,6 +8,7 @@ import type { DatabaseWatch } from '../../core/db/watch'
 import type { Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology, untilJetStreamAnswers } from '../../core/nats'
+import { watchLiveBatches } from './runtime/live-batches-watch'
 import { readStreamSettings } from '../../core/stream-settings'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createAckedPublisher } from '../../core/acked-publish'
@@ -46,7 +47,7 @@ export type WorkersDeps = {
   /** Projections to run; default all. */
   projections?: readonly Projection[]
   now?: () => Date
-  /** Test seam: how often the history pruner runs (FANFARE_LIVE_BATCHES); default 10 s. */
+  /** Test seam: how often the history pruner runs (live batches); default 10 s. */
   historyPruneMs?: number
   /** The process's metrics; a registry of its own when absent (tests). */
   metrics?: Metrics
@@ -56,6 +57,8 @@ export type WorkersDeps = {
    * STAND_DOWN_TIMEOUTS x FANFARE_DATABASE_TIMEOUT_MS more: see standDownAfterMs.
    */
   database?: Pick<DatabaseWatch, 'answering' | 'unansweredFor'>
+  /** How often the change streams are read for a switch to live batches (see watchLiveBatches); default 5 s. */
+  liveBatchesWatchMs?: number
 }
 
 /**
@@ -109,6 +112,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   )
   const js = jetstream(nc)
   const publisher = createAckedPublisher(nc)
+  const liveBatches = await watchLiveBatches({ jsm, config, logger: logger.child({ component: 'live-batches' }), intervalMs: deps.liveBatchesWatchMs })
   const projections = deps.projections ?? allProjections
   const metrics = deps.metrics ?? createMetrics()
   let fatalReported = false
@@ -142,7 +146,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
       return [p.name, createBatchCommitter({ db, logger: logger.child({ component: 'committer', projection: p.name }), onGroup, onTimeout })]
     }),
   )
-  // FANFARE_LIVE_BATCHES: the channels the runners wrote history for, pruned at the pruner's next round.
+  // Live batches: the channels the runners wrote history for, pruned at the pruner's next round.
   const touched = historyTouches()
   // What every partition's runners and the catch of unclaimed messages are given alike.
   const partitionDeps: PartitionDeps = {
@@ -157,7 +161,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     hooks: deps.hooks,
     onFatal,
     metrics,
-    liveBatches: config.FANFARE_LIVE_BATCHES === 'true',
+    liveBatches: liveBatches.on,
     onHistory: (runs) => touched.add(runs),
   }
   const leases = startLeases({
@@ -209,8 +213,9 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   // GET /admin/projections asks the workers for their partitions' lag (see core/projection-lag.ts).
   const lags = answerLagQueries({ subscriptions, prefix: t.prefix, workerId, runners: () => [...runners.values()].flatMap((rs) => rs.map((r) => r.lag())) })
   const sweeper = startOutboxSweeper({ db, js, prefix: t.prefix, partitions: t.partitions, logger: logger.child({ component: 'outbox' }) })
-  // FANFARE_LIVE_BATCHES: channel history lives in change_history, kept to the configured size.
-  const pruner = config.FANFARE_LIVE_BATCHES === 'true' ? startHistoryPruner({ db, config, logger: logger.child({ component: 'history' }), touched, intervalMs: deps.historyPruneMs, now: deps.now }) : undefined
+  // With live batches channel history lives in change_history, kept to the configured size (a
+  // deployment from before them has none: a prune finds nothing).
+  const pruner = startHistoryPruner({ db, config, logger: logger.child({ component: 'history' }), touched, intervalMs: deps.historyPruneMs, now: deps.now })
   const keeper = startTopologyKeeper({ nc, config, logger: logger.child({ component: 'topology' }) })
   // Any worker may run a requested rebuild (POST /admin/projections/:name/rebuild).
   const rebuilds = startRebuildJobs({ config, db, nc, js, logger, workerId, projections, now: deps.now, metrics, hooks: deps.rebuildHooks })
@@ -233,7 +238,8 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         await leases.stop()
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))
         await sweeper.stop()
-        await pruner?.stop()
+        await pruner.stop()
+        await liveBatches.stop()
         // After the runners, which wait for their batches' publishes.
         publisher.close()
         await cleaner.stop()

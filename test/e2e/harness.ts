@@ -61,11 +61,12 @@ function spawnCommand(name: string, cmd: string[], env: Record<string, string | 
 }
 
 /**
- * Runs a Fanfare process that is expected to refuse to start (PORT and HOST of its own) until it
- * exits, killed after `timeoutMs` (exit 137: it was still running); its exit code and output.
+ * Runs a Fanfare process that is expected to refuse to start (PORT and HOST of its own), or a
+ * command (`args` after the entry), until it exits, killed after `timeoutMs` (exit 137: it was
+ * still running); its exit code and output.
  */
-export async function runUntilExit(entry: string, env: Record<string, string | undefined>, timeoutMs = 15_000): Promise<{ code: number; output: string }> {
-  const proc = Bun.spawn([process.execPath, entry], {
+export async function runUntilExit(entry: string, env: Record<string, string | undefined>, timeoutMs = 15_000, args: string[] = []): Promise<{ code: number; output: string }> {
+  const proc = Bun.spawn([process.execPath, entry, ...args], {
     cwd: ROOT,
     env: { PATH: process.env.PATH, PORT: String(freePort()), HOST: '127.0.0.1', ...env },
     stdout: 'pipe',

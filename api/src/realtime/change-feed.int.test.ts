@@ -161,7 +161,7 @@ describe('change feed', () => {
     expect(f.resyncs()).toBe(0)
   }, 60_000)
 
-  describe('live batches (FANFARE_LIVE_BATCHES)', () => {
+  describe('live batches', () => {
     /** One worker batch's runs for `channels`, one change each at `version`, as the workers publish them. */
     const batchOf = (prefix: string, channels: string[], version: number) =>
       liveBatchMessages(

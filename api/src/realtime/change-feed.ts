@@ -4,7 +4,7 @@ import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/chan
 import type { Logger } from '../../../core/logger'
 import { runsOfMessage, type LiveBatch } from '../../../core/live-batches'
 import { backoffMs, sleep } from '../../../core/backoff'
-import { CONSUMER_DELETED, identityOf } from '../../../core/nats'
+import { CONSUMER_DELETED, FEED_CONSUMER_DESCRIPTION, identityOf } from '../../../core/nats'
 import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
 import { SpanKind, type Context } from '@opentelemetry/api'
 import { contextOfNats, tracer } from '../../../core/tracing'
@@ -136,7 +136,7 @@ export async function startChangeFeed(deps: {
     }
     expect = seq + 1
     lastSeq = Math.max(lastSeq, seq)
-    // One run, or a live batch of several channels' runs (FANFARE_LIVE_BATCHES): the stream
+    // One run, or a live batch of several channels' runs (live batches): the stream
     // sequence checked above covers all of them, so a lost batch is seen as a lost run is.
     let runs: { run: ChangeRun; notices: ChangeNotice[] }[]
     try {
@@ -408,6 +408,8 @@ async function followPush(o: {
   let name: string | undefined
   try {
     const info = await o.jsm.consumers.add(o.stream, {
+      // What `npm run migrate -- --live-batches` looks for: a follower that reads live batches.
+      description: FEED_CONSUMER_DESCRIPTION,
       deliver_subject: inbox,
       ack_policy: AckPolicy.All,
       max_ack_pending: WINDOW,

@@ -5,6 +5,8 @@ import { subjects } from '../../../core/events'
 import { and, asc, eq, gte, lte, max, sql } from 'drizzle-orm'
 import { alias } from 'drizzle-orm/pg-core'
 import type { Db } from '../../../core/db/client'
+import type { Config } from '../../../core/config'
+import { historyRetention } from '../../../core/nats'
 import { changeHistory } from '../../../core/db/schema'
 
 /** Reads the change notices of one channel still kept in the change stream, newer than `after`. */
@@ -34,7 +36,16 @@ type Kept = { seq: number; runs: { notices: ChangeNotice[]; bytes: number }[]; n
  * Returns notices in stream order (not necessarily version order: two workers may publish one
  * channel's versions in either order); the caller sorts and checks contiguity.
  */
-export function historyReader(deps: {
+export function historyReader(deps: Parameters<typeof streamHistory>[0]): HistoryReader {
+  const read = streamHistory(deps)
+  return async (channel, after) => (await read(channel, after)).notices
+}
+
+/** What one place holds of a channel newer than `after`, and whether it holds the channel at all. */
+type Found = { notices: ChangeNotice[]; known: boolean }
+
+/** historyReader's read, saying also whether the stream holds any run of the channel. */
+function streamHistory(deps: {
   nc: NatsConnection
   streams: Record<ChannelKind, string>
   prefix: string
@@ -43,7 +54,7 @@ export function historyReader(deps: {
   keepNotices?: number
   /** Bytes of runs kept over all channels. Default 16 MiB. */
   maxBytes?: number
-}): HistoryReader {
+}): (channel: string, after: number) => Promise<Found> {
   const js = jetstream(deps.nc)
   const jsm = jetstreamManager(deps.nc, { checkAPI: false })
   const timeoutMs = deps.timeoutMs ?? 5_000
@@ -85,7 +96,7 @@ export function historyReader(deps: {
     const last = await (await jsm).streams.getMessage(stream, { last_by_subj: subject })
     if (!last) {
       forget(channel)
-      return []
+      return { notices: [], known: false }
     }
     let from = kept.get(channel)
     // Sequences went back: the stream was recreated. What it kept then may be no guide to it now.
@@ -122,12 +133,12 @@ export function historyReader(deps: {
     const out: ChangeNotice[] = []
     for (const r of runs) for (const n of r.notices) if (n.version > after) out.push(n)
     keep(channel, { seq, runs, notices: runs.reduce((n, r) => n + r.notices.length, 0), bytes: runs.reduce((n, r) => n + r.bytes, 0) })
-    return out
+    return { notices: out, known: true }
   }
 }
 
 /**
- * FANFARE_LIVE_BATCHES: reads a channel's history from Postgres (change_history, the runs the
+ * Reads a channel's history from Postgres (change_history: with live batches, the runs the
  * workers' batches committed, kept FANFARE_HISTORY_SIZE versions per channel): per epoch, the run
  * holding version `after + 1` and every later one, an indexed range of the primary key. Like the
  * stream's history, every epoch kept is read (the hub takes the notices of its own). Rows are
@@ -136,10 +147,23 @@ export function historyReader(deps: {
  * the rest live. A run pruned away leaves the range starting past `after + 1`, which the hub
  * answers with a snapshot.
  *
+ * What the kind keeps (historyRetention: the last `size` runs of a channel, for `ttlMs`) holds at
+ * read time, as the change stream's limits do: a run the workers' pruner has not removed yet (it
+ * runs every 10 s) is not served past them, so "the channel keeps 5" means 5 here too.
+ *
  * Returns notices in version order per epoch.
  */
-export function postgresHistoryReader(db: Db): HistoryReader {
+export function postgresHistoryReader(db: Db, config: Config, now: () => number = Date.now): HistoryReader {
+  const read = postgresHistory(db, config, now)
+  return async (channel, after) => (await read(channel, after)).notices
+}
+
+/** postgresHistoryReader's read, saying also whether change_history holds the channel (from the run holding `after` on). */
+function postgresHistory(db: Db, config: Config, now: () => number): (channel: string, after: number) => Promise<Found> {
   return async (channel, after) => {
+    const parsed = parseChannel(channel)
+    if (!parsed) throw new Error(`not a channel: ${channel}`)
+    const { size, ttlMs } = historyRetention(config, parsed.kind)
     const inner = alias(changeHistory, 'i')
     // Per epoch, the first version of the run holding `after + 1` (runs hold consecutive versions).
     const from = db
@@ -147,12 +171,42 @@ export function postgresHistoryReader(db: Db): HistoryReader {
       .from(inner)
       .where(and(eq(inner.channel, changeHistory.channel), eq(inner.epoch, changeHistory.epoch), lte(inner.version, after + 1)))
     const rows = await db
-      .select({ payload: changeHistory.payload })
+      .select({ epoch: changeHistory.epoch, payload: changeHistory.payload, createdAt: changeHistory.createdAt })
       .from(changeHistory)
       .where(and(eq(changeHistory.channel, channel), gte(changeHistory.version, sql`coalesce((${from}), 0)`)))
       .orderBy(asc(changeHistory.epoch), asc(changeHistory.version))
+    // Rows are every run from the one holding `after + 1` on, per epoch: past the newest `size` of
+    // an epoch, or older than the TTL, they are not kept (the pruner's lag), and not served.
+    const perEpoch = new Map<string, number>()
+    for (const r of rows) perEpoch.set(r.epoch, (perEpoch.get(r.epoch) ?? 0) + 1)
+    const oldest = now() - ttlMs
     const out: ChangeNotice[] = []
-    for (const r of rows) for (const n of noticesOf(JSON.parse(r.payload) as ChangeRun)) if (n.version > after) out.push(n)
-    return out
+    for (const r of rows) {
+      const left = perEpoch.get(r.epoch)!
+      perEpoch.set(r.epoch, left - 1)
+      if (left > size || new Date(r.createdAt).getTime() < oldest) continue
+      for (const n of noticesOf(JSON.parse(r.payload) as ChangeRun)) if (n.version > after) out.push(n)
+    }
+    return { notices: out, known: rows.length > 0 }
+  }
+}
+
+/**
+ * A channel's history wherever the deployment keeps it: in Postgres (live batches, see
+ * core/nats.ts recordsLiveBatches) or in its change stream (one message per run: a deployment from
+ * before them; the outbox sweeper's late runs). The first place that holds the channel answers,
+ * the other is asked only when it does not: across a switch of a running deployment a resume may
+ * find the older runs in one place and the newer in the other, a hole the hub answers with a
+ * snapshot, never a gap. Hubs ask Postgres first; an edge asks its mirrored change streams first
+ * (they answer while it is cut off from the hub, Postgres may not). Without a database: the stream.
+ */
+export function deploymentHistoryReader(deps: { db?: Db; config: Config; stream: Parameters<typeof streamHistory>[0]; edge: boolean }): HistoryReader {
+  const stream = streamHistory(deps.stream)
+  if (!deps.db) return async (channel, after) => (await stream(channel, after)).notices
+  const postgres = postgresHistory(deps.db, deps.config, Date.now)
+  const places = deps.edge ? [stream, postgres] : [postgres, stream]
+  return async (channel, after) => {
+    const first = await places[0](channel, after)
+    return first.known ? first.notices : (await places[1](channel, after)).notices
   }
 }

@@ -9,7 +9,7 @@ import { startTestNode, type TestNode } from '../test-support'
 import { postgresHistoryReader } from './history'
 
 /**
- * FANFARE_LIVE_BATCHES on a real API node: the live path takes live batches (several channels per
+ * Live batches on a real API node: the live path takes live batches (several channels per
  * message, on a partition subject), and resumes are served from Postgres (change_history), since
  * the change streams no longer hold a channel's runs on its own subject. The test stands in for the
  * workers: each commit writes the run and the channel's version as a batch statement does, then
@@ -18,7 +18,7 @@ import { postgresHistoryReader } from './history'
 describe('live batches: history from Postgres', () => {
   let node: TestNode
   beforeAll(async () => {
-    node = await startTestNode({ FANFARE_LIVE_BATCHES: 'true' })
+    node = await startTestNode()
   })
   afterAll(() => node?.close())
 
@@ -93,7 +93,7 @@ describe('live batches: history from Postgres', () => {
     await put('e1', 1, 2)
     await put('e1', 3, 3)
     await put('e1', 6, 1)
-    const read = postgresHistoryReader(db)
+    const read = postgresHistoryReader(db, node.env.config)
     const seen = async (after: number) => (await read(ch, after)).map((n) => `${n.epoch}@${n.version}`)
     expect(await seen(3)).toEqual(['e1@4', 'e1@5', 'e1@6'])
     expect(await seen(0)).toEqual(['e0@1', 'e0@2', 'e0@3', 'e1@1', 'e1@2', 'e1@3', 'e1@4', 'e1@5', 'e1@6'])

@@ -4,12 +4,12 @@ import { channelKinds, type ChangeNotice, type ChannelKind } from '../../../core
 import type { Config } from '../../../core/config'
 import type { Logger } from '../../../core/logger'
 import { createMetrics, type Metrics } from '../../../core/metrics'
-import { topology } from '../../../core/nats'
+import { siteOf, topology } from '../../../core/nats'
 import type { SubscriptionWatch } from '../../../core/nats-subscriptions'
 import type { Ingest } from '../modules/events/service'
 import { startChangeFeed, type FeedStatus } from './change-feed'
 import { createChannelHub, type Snapshot } from './channel-hub'
-import { historyReader, postgresHistoryReader, type HistoryReader } from './history'
+import { deploymentHistoryReader, type HistoryReader } from './history'
 import type { Db } from '../../../core/db/client'
 import { windowsOf } from './windows'
 import type { Security } from '../auth/security'
@@ -58,7 +58,7 @@ export async function startRealtime(deps: {
   metrics?: Metrics
   /** The node's watched subscriptions (presence, the feeds' advisories); each part makes its own when absent. */
   subscriptions?: SubscriptionWatch
-  /** Postgres (the primary): with FANFARE_LIVE_BATCHES, resumes read channel history from it (change_history). */
+  /** Postgres (the primary): resumes read channel history from it (change_history, live batches) and from the change streams (see deploymentHistoryReader). */
   db?: Db
   /** Tests only: wraps the history reader resumes use (a test makes a read slow while live updates arrive). */
   wrapHistory?: (read: HistoryReader) => HistoryReader
@@ -81,7 +81,9 @@ export async function startRealtime(deps: {
   const windowOf = windowsOf(deps.config)
   const hub = createChannelHub({
     snapshot: deps.snapshot,
-    history: (deps.wrapHistory ?? ((read) => read))(liveBatchHistory(deps) ?? historyReader({ nc: deps.nc, streams: t.changeStreams, prefix: t.prefix })),
+    history: (deps.wrapHistory ?? ((read) => read))(
+      deploymentHistoryReader({ db: deps.db, config: deps.config, stream: { nc: deps.nc, streams: t.changeStreams, prefix: t.prefix }, edge: siteOf(deps.config).kind === 'edge' }),
+    ),
     publish: (topic, text) => {
       if (!server) return
       if (windowOf(topic)) {
@@ -219,15 +221,4 @@ function lastParsed(): (iso: string) => number {
     }
     return ms
   }
-}
-
-/**
- * With FANFARE_LIVE_BATCHES the change streams hold live batches on per-partition subjects, not a
- * channel's runs on its subject: history is read from Postgres. A node started without `db` while
- * the flag is on is a wiring mistake (resumes would silently find no history): refused.
- */
-function liveBatchHistory(deps: { config: Config; db?: Db }): HistoryReader | undefined {
-  if (deps.config.FANFARE_LIVE_BATCHES !== 'true') return undefined
-  if (!deps.db) throw new Error('FANFARE_LIVE_BATCHES=true needs the database for channel history')
-  return postgresHistoryReader(deps.db)
 }

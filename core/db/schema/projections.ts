@@ -115,7 +115,7 @@ function changeRunTable<N extends string>(name: N) {
 export const changeOutbox = changeRunTable('change_outbox')
 
 /**
- * With FANFARE_LIVE_BATCHES: every channel's recent change runs, written with the outbox rows in
+ * With live batches: every channel's recent change runs, written with the outbox rows in
  * the batch's statement and kept after they are published (the outbox rows are deleted then), so
  * a resume reads a channel's history here (an indexed range of one channel) instead of from a
  * per-channel subject of its change stream. Keyed like the outbox; the workers prune it to the last

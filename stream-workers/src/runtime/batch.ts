@@ -39,7 +39,7 @@ export type BatchOwner = {
   partitions: number
   /** Identity of the event stream the messages come from (see streamIdentity). */
   stream: string
-  /** FANFARE_LIVE_BATCHES: the batch's runs also go to change_history (see outboxWriteOf). */
+  /** Live batches: the batch's runs also go to change_history (see outboxWriteOf). */
   history?: boolean
 }
 

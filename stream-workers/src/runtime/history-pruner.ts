@@ -23,7 +23,7 @@ export type PruneScope = { channels: readonly string[]; since: Date }
 export const LATE_MS = 60_000
 
 /**
- * One prune of change_history (FANFARE_LIVE_BATCHES): deletes the runs of a channel's earlier
+ * One prune of change_history (live batches): deletes the runs of a channel's earlier
  * epochs, the runs older than its kind's FANFARE_HISTORY_TTL_MS, and the runs that hold none of its
  * last FANFARE_HISTORY_SIZE versions (per kind, see historyRetention): a run goes once a later run
  * of its channel starts at or before the first version to keep, so the run holding that version is

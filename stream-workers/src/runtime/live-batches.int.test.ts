@@ -29,9 +29,9 @@ async function chatMessages(w: World): Promise<{ subject: string; runs: ChangeRu
   return out
 }
 
-describe('live batches (FANFARE_LIVE_BATCHES=true)', () => {
+describe('live batches (a new deployment; one from before them where said)', () => {
   test('a batch touching several channels is ONE message on its partition subject, and its runs stay in change_history after the outbox is emptied', async () => {
-    const w = (world = await createWorld({ FANFARE_LIVE_BATCHES: 'true', FANFARE_PARTITIONS: '1' }))
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
     // Stored before the worker starts: its first batch holds all of them.
     const rooms = ['r1', 'r2', 'r3', 'r4', 'r5']
     for (const room of rooms) for (let i = 0; i < 3; i++) await publishEvent(w, storedEvent('chat.message.posted', { room, user: 'ann', text: `${room}-${i}` }, `${room}-${i}`))
@@ -59,8 +59,8 @@ describe('live batches (FANFARE_LIVE_BATCHES=true)', () => {
     )
   })
 
-  test('flag off: one message per run on the channel subject, nothing kept in change_history', async () => {
-    const w = (world = await createWorld({ FANFARE_LIVE_BATCHES: 'false', FANFARE_PARTITIONS: '1' }))
+  test('a deployment from before live batches: one message per run on the channel subject, nothing kept in change_history', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }, { liveBatches: false }))
     for (const room of ['r1', 'r2', 'r3']) await publishEvent(w, storedEvent('chat.message.posted', { room, user: 'ann', text: room }, room))
     await w.startWorker()
     await caughtUp(w)
@@ -188,7 +188,7 @@ describe('pruneHistory', () => {
   })
 
   test('a worker tells its pruner which channels its batches wrote', async () => {
-    const w = (world = await createWorld({ FANFARE_LIVE_BATCHES: 'true', FANFARE_PARTITIONS: '1', FANFARE_HISTORY_SIZE_CHAT: '2' }))
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1', FANFARE_HISTORY_SIZE_CHAT: '2' }))
     await w.startWorker({ historyPruneMs: 50 })
     // Past the pruner's first round (a full one): from now on it looks only at what it is told of.
     await Bun.sleep(500)

@@ -93,7 +93,7 @@ export function outboxWrite(changes: Change[], now: Date, when: SQL, storedAt?: 
  * outboxWrite for several batches in one statement (see BatchCommitter): one version upsert for
  * all their changes, a channel's versions consecutive across them in the order given (the first
  * batch's changes first), and each run of one batch only, tagged with its index as `part` in
- * `numbered` (see insertedRunsByPart). `history` (FANFARE_LIVE_BATCHES): the runs also go to
+ * `numbered` (see insertedRunsByPart). `history` (live batches): the runs also go to
  * change_history (member `history`), where they stay after the outbox rows are deleted.
  */
 export function outboxWriteOf(sources: OutboxSource[], now: Date, when: SQL, history = false): SQL | undefined {
@@ -218,7 +218,7 @@ export async function publishRuns(deps: { publisher: AckedPublisher; prefix: str
 }
 
 /**
- * publishRuns for FANFARE_LIVE_BATCHES: the batch's runs as live batches (core/live-batches.ts:
+ * publishRuns for live batches: the batch's runs as live batches (core/live-batches.ts:
  * one message per channel kind on `partition`'s subject, split only past the payload limit), so a
  * batch touching many channels stores one message, not one per channel. API nodes check the
  * stream sequence of each message as of a run, so a lost batch is filled or re-synced as a lost

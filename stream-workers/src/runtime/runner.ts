@@ -60,13 +60,14 @@ export type PartitionDeps = {
   /** The process's metrics (batches, lag, dead letters). */
   metrics: Metrics
   /**
-   * FANFARE_LIVE_BATCHES: a batch's runs are kept in change_history and published as live batches
-   * (one message per channel kind on the partition's subject, see publishBatch) instead of one
-   * message per run.
+   * Whether the deployment's change streams record live batches (core/nats.ts recordsLiveBatches),
+   * asked once per batch (it is committed and published the same way): then a batch's runs are
+   * kept in change_history and published as live batches (one message per channel kind on the
+   * partition's subject, see publishBatch) instead of one message per run.
    */
-  liveBatches?: boolean
+  liveBatches?: () => boolean
   /**
-   * FANFARE_LIVE_BATCHES: told of the runs each committed batch (or replay) kept in change_history,
+   * With live batches: told of the runs each committed batch (or replay) kept in change_history,
    * before they are published: the history pruner prunes those channels (see HistoryTouches).
    */
   onHistory?: (runs: readonly OutboxRun[]) => void
@@ -321,7 +322,8 @@ export function startRunner(deps: RunnerDeps): Runner {
     // Before the consumer opened, `checkpoint` is not known yet; once stopped, the lease is not ours.
     if (!stream || abort.signal.aborted) return { outcome: 'unavailable', message: 'the runner is starting or stopping' }
     try {
-      const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history: deps.liveBatches }
+      const history = deps.liveBatches?.() ?? false
+      const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history }
       const { reply, runs, events } = await exclusive(async () => {
         try {
           return await replayDeadLetter(deps.db, owner, checkpoint, request, now())
@@ -337,7 +339,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       log.info({ deadLetter: id, outcome: reply.outcome }, 'dead letter replayed')
       if (runs.length > 0 || events.length > 0) {
         if (publishing) await publishing
-        publishing = publishInBackground(runs, events)
+        publishing = publishInBackground(runs, events, history)
       }
       return reply
     } catch (err) {
@@ -346,8 +348,8 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  const applyWithRetry = async (batch: Delivery[], trace?: Context): Promise<BatchResult | undefined> => {
-    const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history: deps.liveBatches }
+  const applyWithRetry = async (batch: Delivery[], history: boolean, trace?: Context): Promise<BatchResult | undefined> => {
+    const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history }
     const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
     // The checkpoint moves inside the turn: a replay waiting for it must see the new one.
@@ -448,8 +450,10 @@ export function startRunner(deps: RunnerDeps): Runner {
       // keeps up never pays for the check.
       if (deps.retentionMs && Date.now() - lastStoredAt > deps.retentionMs / 2) await reportExpired(batch[0].seq)
       const started = performance.now()
+      // Asked once per batch: its runs are published as they were committed (see PartitionDeps.liveBatches).
+      const history = deps.liveBatches?.() ?? false
       const { result, headers } = await tracedBatch(batch, (trace) =>
-        applyWithRetry(batch, trace).catch((err) => {
+        applyWithRetry(batch, history, trace).catch((err) => {
           const m = batch[0]
           if (isRefusedBatch(err)) throw err
           throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
@@ -481,7 +485,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       const publishWaitMs = Math.round(performance.now() - waitStarted)
       // From here to the next pull request nothing awaits: the runs, the ack and the pull are
       // issued in one turn, which nats.js flushes together.
-      if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, headers)
+      if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, history, headers)
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
       // Where a slow partition's time goes: the pull, the apply, the wait for the last batch's runs.
@@ -562,12 +566,12 @@ export function startRunner(deps: RunnerDeps): Runner {
    * is set while they are in flight. A failure leaves the runs to the outbox sweeper.
    */
   let publishing: Promise<void> | undefined
-  const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[], headers?: MsgHdrs): Promise<void> => {
-    if (deps.liveBatches && runs.length > 0) deps.onHistory?.(runs)
+  const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[], batches: boolean, headers?: MsgHdrs): Promise<void> => {
+    if (batches && runs.length > 0) deps.onHistory?.(runs)
     return Promise.all([
       runs.length === 0
         ? 0
-        : deps.liveBatches
+        : batches
           ? publishBatch({ publisher: deps.publisher, prefix: deps.prefix, partition: deps.partition, cleaner: deps.cleaner }, runs, headers)
           : publishRuns({ publisher: deps.publisher, prefix: deps.prefix, cleaner: deps.cleaner }, runs, headers),
       events.length > 0 ? publishEvents({ js: deps.js, prefix: deps.prefix, partitions: deps.partitions, cleaner: deps.cleaner }, events) : 0,

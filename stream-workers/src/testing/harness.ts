@@ -27,11 +27,12 @@ export type World = {
   close: () => Promise<void>
 }
 
-export async function createWorld(overrides: Record<string, string> = {}): Promise<World> {
+/** `liveBatches: false`: a deployment from before live batches (its change streams do not record them). */
+export async function createWorld(overrides: Record<string, string> = {}, opts: { liveBatches?: false } = {}): Promise<World> {
   const env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500', ...overrides })
   const config = env.config
   const nc = await connectNats(env.vars.NATS_URL, 'sw-test')
-  await ensureStreams(nc, config)
+  await ensureStreams(nc, config, opts)
   const database = await connectBunSql(env.vars.DATABASE_URL, { max: 2 })
   const opened: (() => Promise<void>)[] = []
   return {
@@ -100,7 +101,7 @@ export function publishEvent(w: World, event: StoredEvent): Promise<PubAck> {
 /**
  * Every change run on the change streams as published (with the size in bytes of the message that
  * carried it), in stream order within each channel kind; the runs of a live batch
- * (FANFARE_LIVE_BATCHES) each in their message's place, in the message's order.
+ * (live batches) each in their message's place, in the message's order.
  */
 export async function readRuns(w: World): Promise<(ChangeRun & { bytes: number })[]> {
   const jsm = await jetstreamManager(w.nc)

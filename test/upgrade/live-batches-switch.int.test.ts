@@ -1,0 +1,143 @@
+import { afterAll, describe, expect, test } from 'bun:test'
+import { AckPolicy, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
+import { createInbox, type NatsConnection } from '@nats-io/transport-node'
+import { channelOf } from '../../core/channels'
+import { connectNats, ensureStreams, liveBatchesRecorded, topology } from '../../core/nats'
+import { createTestEnv, type TestEnv } from '../../core/testing/env'
+import { freePort, runUntilExit, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
+
+/**
+ * A deployment from before live batches switching to them while it runs (`npm run migrate --
+ * --live-batches`): refused while a consumer that is not a change feed of this version follows the
+ * change streams (an older API node would miss every update silently); then the running workers
+ * publish batches within their watch interval, with no restart, and a subscriber sees every
+ * version in order, without a resync. A resume from before the switch gets the missed updates or
+ * a resync snapshot, never a gap; one from after it is served from Postgres history.
+ */
+describe('the switch to live batches on a running deployment', () => {
+  let env: TestEnv | undefined
+  let nc: NatsConnection | undefined
+  const procs: Proc[] = []
+  const clients: WsClient[] = []
+  afterAll(async () => {
+    for (const c of clients) c.close()
+    await Promise.all(procs.map((p) => p.stop()))
+    await nc?.close()
+    await env?.cleanup()
+  })
+
+  test('refused while an older follower is there; then workers switch, subscribers miss nothing', async () => {
+    env = await createTestEnv({ FANFARE_PARTITIONS: '2' })
+    nc = await connectNats(env.vars.NATS_URL, 'switch-test')
+    const jsm: JetStreamManager = await jetstreamManager(nc)
+    const t = topology(env.config)
+    const prefix = env.config.FANFARE_SUBJECT_PREFIX
+    // What a Fanfare from before live batches left: change streams that do not record them.
+    await ensureStreams(nc, env.config, { liveBatches: false })
+    expect(await liveBatchesRecorded(jsm, env.config)).toBe(false)
+
+    const port = freePort()
+    procs.push(spawnProc('worker', 'stream-workers/src/main.ts', env.vars))
+    procs.push(spawnProc('api', 'api/src/main.ts', { ...env.vars, PORT: String(port), HOST: '127.0.0.1' }))
+    const base = `http://127.0.0.1:${port}`
+    await waitReady(base, procs)
+    // A sum board: every score is a change (a new version).
+    const made = await fetch(`${base}/admin/leaderboards/switch`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${env.vars.FANFARE_ADMIN_TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ operator: 'sum' }),
+    })
+    expect(made.status).toBe(200)
+    const channel = channelOf.leaderboard('switch')
+    const watcher = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
+    clients.push(watcher)
+    watcher.send({ op: 'subscribe', ref: 's', channel })
+    await until('snapshot', () => watcher.of(channel).length === 1)
+    let sent = 0
+    const post = async (n: number) => {
+      const events = Array.from({ length: n }, () => ({ type: 'score.submitted', data: { board: 'switch', player: `p${sent++ % 7}`, score: 1 } }))
+      const res = await fetch(`${base}/v1/events`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${env!.vars.FANFARE_INGEST_TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ events }),
+      })
+      expect(res.status).toBe(202)
+    }
+    const updates = () => watcher.of(channel).filter((f) => f.op === 'update')
+    const subjectsOf = async () => Object.keys((await jsm.streams.info(t.changeStreams.leaderboard, { subjects_filter: '>' })).state.subjects ?? {})
+    for (let i = 0; i < 5; i++) await post(4)
+    await until('20 updates before the switch', () => updates().length === 20)
+    // One message per run, on the channel's own subject.
+    expect((await subjectsOf()).some((s) => s.includes('._batch.'))).toBe(false)
+    const beforeSwitch = updates()[updates().length - 1]
+
+    // The upgrade command without the flag says the deployment is not switched, and switches nothing.
+    const plain = await runUntilExit('core/db/migrate-cli.ts', env.vars, 60_000)
+    expect(plain.code, plain.output).toBe(0)
+    expect(plain.output).toContain('one message per channel run')
+    expect(await liveBatchesRecorded(jsm, env.config)).toBe(false)
+
+    // An API node of the older version follows the change streams (a consumer without the feed's
+    // description): the switch is refused, naming it, and nothing changes.
+    const inbox = createInbox()
+    const follower = nc.subscribe(inbox)
+    const older = await jsm.consumers.add(t.changeStreams.leaderboard, { deliver_subject: inbox, ack_policy: AckPolicy.None })
+    const refused = await runUntilExit('core/db/migrate-cli.ts', env.vars, 60_000, ['--live-batches'])
+    expect(refused.code, refused.output).toBe(1)
+    expect(refused.output).toContain('not switched to live batches')
+    expect(refused.output).toContain(older.name)
+    expect(await liveBatchesRecorded(jsm, env.config)).toBe(false)
+
+    // Replaced (upgraded): the switch goes through.
+    follower.unsubscribe()
+    await jsm.consumers.delete(t.changeStreams.leaderboard, older.name)
+    const switched = await runUntilExit('core/db/migrate-cli.ts', env.vars, 60_000, ['--live-batches'])
+    expect(switched.code, switched.output).toBe(0)
+    expect(switched.output).toContain('live batches recorded on')
+    expect(await liveBatchesRecorded(jsm, env.config)).toBe(true)
+
+    // The running worker takes it up (it reads the streams every 5 s): events keep coming meanwhile.
+    await until(
+      'a live batch in the change stream',
+      async () => {
+        await post(2)
+        return (await subjectsOf()).some((s) => s.startsWith(`${prefix}.changes.leaderboard._batch.`))
+      },
+      30_000,
+      500,
+    )
+    for (let i = 0; i < 5; i++) await post(4)
+    await until('every update', () => updates().length === sent)
+    // Every version once, in order, and no resync: nothing was lost across the switch.
+    const first = watcher.of(channel)[0].version
+    const last = first + sent
+    expect(updates().map((f) => f.version)).toEqual(Array.from({ length: sent }, (_, i) => first + 1 + i))
+    expect(watcher.frames.filter((f) => f.resync)).toEqual([])
+    const board = await (await fetch(`${base}/v1/leaderboards/switch?limit=100`)).json()
+    expect(board.entries.reduce((n: number, e: { score: number }) => n + e.score, 0)).toBe(sent)
+
+    // A resume from before the switch: the missed updates, contiguous, or a resync snapshot.
+    const early = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
+    clients.push(early)
+    early.send({ op: 'subscribe', ref: 'e', channel, since: beforeSwitch.version - 1, epoch: beforeSwitch.epoch })
+        await until('the early resume caught up', () => early.of(channel).some((f) => f.version === last))
+    const got = early.of(channel)
+    if (got[0].op === 'snapshot') expect(got[0].resync).toBe(true)
+    else expect(got.map((f) => f.version)).toEqual(Array.from({ length: last - beforeSwitch.version + 1 }, (_, i) => beforeSwitch.version + i))
+    console.log(`switch: resume from before it got ${got[0].op === 'snapshot' ? 'a resync snapshot' : `${got.length} missed updates`}`)
+
+    // A resume from after it: served from Postgres history (change_history), no snapshot.
+    const late = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
+    clients.push(late)
+    late.send({ op: 'subscribe', ref: 'l', channel, since: last - 3, epoch: beforeSwitch.epoch })
+    await until('the late resume caught up', () => late.of(channel).some((f) => f.version === last))
+    expect(late.frames.find((f) => f.op === 'subscribed' && f.channel === channel)).toMatchObject({ version: last - 3, recovered: true })
+    expect(late.of(channel).map((f) => `${f.op}:${f.version}`)).toEqual([`update:${last - 2}`, `update:${last - 1}`, `update:${last}`])
+
+    // A later upgrade (which rewrites every stream's settings) keeps the record.
+    const again = await runUntilExit('core/db/migrate-cli.ts', env.vars, 60_000)
+    expect(again.code, again.output).toBe(0)
+    expect(again.output).not.toContain('one message per channel run')
+    expect(await liveBatchesRecorded(jsm, env.config)).toBe(true)
+  }, 120_000)
+})
