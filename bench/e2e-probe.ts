@@ -12,6 +12,7 @@
  * events of one send reached nats-server, and over all rounds pooled each side's p50 to p99.9, with
  * (Fanfare) the events that reached nats-server more than 0.5 ms after their send's first apart.
  */
+import { runsOfMessage, type LiveBatch } from '../core/live-batches'
 import { subjects } from '../core/events'
 import type { ChangeRun } from '../core/channels'
 import { BOARDS, scoreEvent } from './lib/events'
@@ -44,10 +45,12 @@ try {
   fan.nc.subscribe(subjects.changesOfKind(prefix, 'leaderboard'), {
     callback: (_e, m) => {
       const t = nowMs()
-      const run = m.json<ChangeRun>()
-      const at = Date.parse(run.at)
-      const stored = run.stored ? Date.parse(run.stored) : Number.NaN
-      run.changes.forEach((_c, i) => runs.set(`${run.channel}/${run.version + i}`, { at, stored, published: t }))
+      // One run per message, or a live batch of several.
+      for (const run of runsOfMessage(m.json<ChangeRun | LiveBatch>())) {
+        const at = Date.parse(run.at)
+        const stored = run.stored ? Date.parse(run.stored) : Number.NaN
+        run.changes.forEach((_c, i) => runs.set(`${run.channel}/${run.version + i}`, { at, stored, published: t }))
+      }
     },
   })
   const ws = new WebSocket(`ws://127.0.0.1:${api.port}/v1/ws`)

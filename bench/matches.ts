@@ -7,6 +7,7 @@
  * Baseline: the plain projection path for the same number of events: score.submitted events (one
  * new player each) from publish to their leaderboard change runs, in the same deployment.
  */
+import { runsOfMessage, type LiveBatch } from '../core/live-batches'
 import type { Subscription } from '@nats-io/transport-node'
 import type { ChangeRun, UserChange } from '../core/channels'
 import { dedupIdOf, partitionOf, subjects } from '../core/events'
@@ -36,7 +37,7 @@ async function storm(d: Deployment, events: { key: string; message: Stored }[], 
   const reading = (async () => {
     for await (const m of sub) {
       const now = nowMs()
-      for (const key of keysOf(m.json<ChangeRun>())) {
+      for (const key of runsOfMessage(m.json<ChangeRun | LiveBatch>()).flatMap(keysOf)) {
         const t = sentAt.get(key)
         if (t === undefined) continue
         sentAt.delete(key)
@@ -78,7 +79,8 @@ export async function matches(ctx: BenchContext): Promise<Figure[]> {
     await publishAll(d.js, names.map((match) => stored(d, match, { id: `c-${match}`, by: 'ingest', type: 'match.created', data: { match, mode: 'bench', maxPlayers: SEATS } })))
     const created = d.nc.subscribe(subjects.changesOfKind(prefix, 'match'))
     let seen = 0
-    for await (const m of created) if ((seen += m.json<ChangeRun>().changes.length) >= MATCHES) break
+    // One run per message, or a live batch of several.
+    for await (const m of created) if ((seen += runsOfMessage(m.json<ChangeRun | LiveBatch>()).reduce((n, r) => n + r.changes.length, 0)) >= MATCHES) break
 
     // Two different matches per user, spread so that every match is raced for.
     const joins = Array.from({ length: USERS }, (_, u) => [0, 1].map((k) => {
