@@ -263,12 +263,26 @@ export async function recordLiveBatches(nc: NatsConnection, config: Config, opts
   const names = channelKinds.map((kind) => t.changeStreams[kind])
   const managers = [
     { where: '', jsm: await jetstreamManager(nc) },
-    ...(await Promise.all((site.edges ?? []).map(async (domain) => ({ where: `${domain}:`, jsm: await jetstreamManager(nc, { domain }) })))),
+    ...(await Promise.all(
+      (site.edges ?? []).map(async (domain) => ({
+        where: `${domain}:`,
+        jsm: await jetstreamManager(nc, { domain }).catch((err) => {
+          throw new StartFailure(`not switched to live batches: edge site ${domain} does not answer (${(err as Error).message}), so its API nodes cannot be checked: run it again once its link is up`)
+        }),
+      })),
+    )),
   ]
   const strangers = async () => {
     const out: string[] = []
     for (const { where, jsm } of managers) {
-      for (const stream of names) for await (const c of jsm.consumers.list(stream)) if (c.config.description !== FEED_CONSUMER_DESCRIPTION) out.push(`${where}${stream}/${c.name}`)
+      for (const stream of names) {
+        try {
+          for await (const c of jsm.consumers.list(stream)) if (c.config.description !== FEED_CONSUMER_DESCRIPTION) out.push(`${where}${stream}/${c.name}`)
+        } catch (err) {
+          // An edge that never started has no mirror: nobody follows it.
+          if (!isNotFound(err)) throw err
+        }
+      }
     }
     return out
   }

@@ -2,11 +2,11 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { jetstreamManager } from '@nats-io/jetstream'
+import { AckPolicy, jetstreamManager } from '@nats-io/jetstream'
 import postgres from 'postgres'
-import { connect } from '@nats-io/transport-node'
+import { connect, createInbox } from '@nats-io/transport-node'
 import { loadConfig } from '../../core/config'
-import { connectNats, deploymentStreams, ensureStreams, topology } from '../../core/nats'
+import { connectNats, deploymentStreams, ensureStreams, recordLiveBatches, topology } from '../../core/nats'
 import { upgradeNats } from '../../core/upgrade'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
@@ -123,6 +123,25 @@ describe('edge site (NATS leaf node)', () => {
     const readers = await pg`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'fanfare-edge-reads'`
     await pg.end()
     expect(readers[0].n).toBeGreaterThan(0)
+
+    // The switch to live batches (`npm run migrate -- --live-batches` at the hub) asks the edge too:
+    // the edge node's change feed (this version) is no older node; a stranger following the edge's
+    // mirror is named, with its domain. (Nothing to switch here: new streams record live batches.)
+    const hubConfig = loadConfig(hubVars)
+    const hubAdmin = await connect({ servers: hub.url })
+    const edgeAdmin = await connect({ servers: edge.url })
+    try {
+      expect(await recordLiveBatches(hubAdmin, hubConfig, { settleMs: 0 })).toEqual([])
+      const inbox = createInbox()
+      const follower = edgeAdmin.subscribe(inbox)
+      const mirror = topology(hubConfig).changeStreams.leaderboard
+      const stranger = await (await jetstreamManager(edgeAdmin)).consumers.add(mirror, { deliver_subject: inbox, ack_policy: AckPolicy.None })
+      expect(await recordLiveBatches(hubAdmin, hubConfig, { settleMs: 0 }).then(() => 'switched', (err: Error) => err.message)).toContain(`${EDGE}:${mirror}/${stranger.name}`)
+      follower.unsubscribe()
+    } finally {
+      await hubAdmin.close()
+      await edgeAdmin.close()
+    }
 
     // Every player's score rises with each batch: `latest` makes every event a change (the
     // channel's version counts applications) and a lower score after a higher one is disorder.
