@@ -184,6 +184,12 @@ export function createMetrics() {
     registers,
   })
   const deadLetters = new Counter({ name: 'fanfare_dead_letters_total', help: 'Stream messages written to dead letters, by projection', labelNames: ['projection'], registers })
+  const consumerSkips = new Counter({
+    name: 'fanfare_consumer_skips_total',
+    help: "Batches whose consumer had skipped stored events (its state past events it never delivered), by projection and partition: the consumer is made again from the checkpoint and nothing is lost; any count is NATS misbehaving",
+    labelNames: ['projection', 'partition'],
+    registers,
+  })
 
   return {
     registry,
@@ -244,6 +250,8 @@ export function createMetrics() {
       },
       /** Postgres canceled a batch statement of `projection` for statement_timeout. */
       timedOut: (projection: string) => batchTimeouts.labels(projection).inc(),
+      /** A runner's consumer skipped stored events (see the runner's consumeFrom): made again from the checkpoint. */
+      skipped: (projection: string, partition: number) => consumerSkips.labels(projection, String(partition)).inc(),
       /** A runner found events of `projection` that retention deleted before they were applied. */
       expiredUnapplied: (projection: string) => expiredUnapplied.labels(projection).inc(),
       /** Age in seconds of the oldest stored unapplied event of a projection's partition (0: none). */

@@ -3,6 +3,7 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import type { ReplayReply, ReplayRequest } from '../../../core/dead-letters'
 import type { Db } from '../../../core/db/client'
 import { subjects } from '../../../core/events'
+import { nextBySubject } from '../../../core/nats'
 import type { Logger } from '../../../core/logger'
 import { StreamChanged } from './stream-check'
 import { takeExpiredRange } from '../../../core/retention-watch'
@@ -36,6 +37,11 @@ export type RunnerHooks = {
   onGroupCommit?: (info: { projection: string; partitions: number[] }) => void
   /** Called after dead letters of unclaimed messages committed (see startUnclaimedPoller); a throw simulates a crash there. */
   onUnclaimedCommit?: (info: { seqs: number[] }) => void | Promise<void>
+  /**
+   * The position a new consumer starts after, instead of the checkpoint: a number past it
+   * simulates a consumer whose state went past events it never delivered (see consumeFrom).
+   */
+  consumerAfter?: (info: { projection: string; partition: number; checkpoint: number }) => number | undefined
 }
 
 /**
@@ -445,6 +451,20 @@ export function startRunner(deps: RunnerDeps): Runner {
         }
         expectedDelivery++
       }
+      // Delivery numbers only say that nothing the consumer sent was lost on the way. A consumer
+      // whose replicated state went past events it never delivered (a cluster soak under rolling
+      // NATS restarts once ended 148 acknowledged events short, every consumer caught up, after
+      // RAFT catch-up errors in the consumers' groups) numbers its deliveries on without a gap,
+      // and acking the batch (ack all) would pass the missing events for good. So the first event
+      // stored on this runner's subjects after the checkpoint must be the batch's first: one get
+      // per batch that does not start right after it (other partitions' events in between).
+      if (batch[0].seq > checkpoint + 1) {
+        const first = await deps.jsm.streams.getMessage(deps.stream, nextBySubject(filter, checkpoint + 1))
+        if (first && first.seq < batch[0].seq) {
+          deps.metrics.worker.skipped(deps.projection.name, deps.partition)
+          throw new ResetConsumer(`the consumer skipped stored events: the first after the checkpoint (${checkpoint}) is ${first.seq}, the batch starts at ${batch[0].seq}`)
+        }
+      }
       // Nothing stored after the last applied event can have expired while that event is younger
       // than the retention (half of it: the worker's clock is not the server's), so a runner that
       // keeps up never pays for the check.
@@ -609,7 +629,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       partition: deps.partition,
       token,
       filter: subjects.projectionFilter(deps.prefix, deps.partition, deps.projection.area),
-      checkpoint,
+      checkpoint: deps.hooks?.consumerAfter?.({ projection: deps.projection.name, partition: deps.partition, checkpoint }) ?? checkpoint,
       batchSize: deps.batchSize,
     })
     const consumer = await deps.js.consumers.get(deps.stream, name!)
