@@ -45,9 +45,9 @@ describe('edge site (NATS leaf node)', () => {
 
   test('a cut link loses, repeats and reorders nothing; edge subscribers see every change', async () => {
     // Two change messages kept per subject: with live batches a kind's runs share its partitions'
-    // subjects (`_batch.<p>`), so of the ten batches a board gets at the hub while the edge is cut
-    // off most are gone when the link returns (its subscribers at the edge must get a resync).
-    // With ten kept (this test's figure before live batches), CI once saw every one of them kept.
+    // subjects (`_batch.<p>`), so of the batches a board gets at the hub while the edge is cut off
+    // most are gone when the link returns (its subscribers at the edge must get a resync). With ten
+    // kept and ten batches (this test's figures before live batches), CI saw every one of them kept.
     env = await createTestEnv({ FANFARE_PARTITIONS: '4', LOG_LEVEL: 'info', FANFARE_HISTORY_SIZE_LEADERBOARD: '2' })
     const prefix = env.config.FANFARE_SUBJECT_PREFIX
     const leafPort = freePort()
@@ -181,14 +181,23 @@ describe('edge site (NATS leaf node)', () => {
     await Bun.sleep(3000)
     catchUpAll()
     const versionEndOfCut = views[0].version
-    // Meanwhile at the hub: 30 changes to its board (3 per batch), more than its history keeps.
+    // Meanwhile at the hub: 60 changes to its board (3 per batch), more than its history keeps.
+    // Each batch applied before the next is sent, so each is a worker batch of its own: 20 messages
+    // on its partition's batch subject (20 runs on the channel's subject on a deployment from
+    // before live batches), where the stream keeps 2: the mirror misses some when the link returns.
     const hubSent: ScoreEvent[][] = []
-    for (let n = 0; n < 10; n++) {
-      const batch = Array.from({ length: 3 }, (_, p) => scoreEvent(`${run}-h${n}-${p}`, hubBoard, `p${p}`, n * 100 + p))
-      const res = await postEvents(hubApi, batch)
-      if (res.status !== 202) throw new Error(`hub ingest: ${res.status} ${JSON.stringify(res.body)}`)
-      hubSent.push(batch)
-      await Bun.sleep(20)
+    const hubRm = readModel(env.vars.DATABASE_URL)
+    try {
+      for (let n = 0; n < 20; n++) {
+        const batch = Array.from({ length: 3 }, (_, p) => scoreEvent(`${run}-h${n}-${p}`, hubBoard, `p${p}`, n * 100 + p))
+        const res = await postEvents(hubApi, batch)
+        if (res.status !== 202) throw new Error(`hub ingest: ${res.status} ${JSON.stringify(res.body)}`)
+        hubSent.push(batch)
+        const applied = configuredVersion(2 + hubSent.length * 3)
+        await until(`the hub board at version ${applied}`, async () => (await hubRm.version(hubChannel)) === applied, 10_000, 20)
+      }
+    } finally {
+      await hubRm.close()
     }
     // A client resending a stored batch (its answer was lost) to the cut-off edge: de-duplicated there.
     const resent = await postEvents(api, sent[cutAt + 1])
@@ -289,4 +298,189 @@ describe('the upgrade command at an edge site', () => {
       await hubNc.close()
     }
   }, 60_000)
+})
+
+/**
+ * Live batches at an edge: the mirrors hold live batches (one message per partition), not
+ * a channel's runs, so the edge's resumes read change_history through DATABASE_URL, the hub's
+ * primary, which a cut of the site's link may take away too (here a second proxy, on the edge
+ * node's DATABASE_URL; its DATABASE_READ_URL, the site's replica, stays). Clients that left the
+ * board resume at the edge during the cut: with the leaf link cut and Postgres reachable, from
+ * history (`subscribed`, every missed update); with Postgres stalled, once it answers again;
+ * with Postgres cut too, with a `resync` snapshot (from the replica). After the link returns, every client reaches the read model's board, every
+ * update after its snapshot or resume point in order: never a silent gap.
+ */
+describe('resumes at an edge site with live batches', () => {
+  let env: TestEnv | undefined
+  let hub: PrivateNats | undefined
+  let edge: PrivateNats | undefined
+  const proxies: TcpProxy[] = []
+  const procs: Proc[] = []
+  const clients: WsClient[] = []
+  const dir = mkdtempSync(join(tmpdir(), 'fanfare-edge-live-'))
+  afterAll(async () => {
+    for (const c of clients) c.close()
+    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
+    await edge?.stop()
+    await hub?.stop()
+    for (const p of proxies) p.close()
+    await env?.cleanup()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  /** One client's frames of `channel`, checked: the version and board it holds, and how each subscribe was answered. */
+  const follow = (client: WsClient, channel: string) => {
+    let version = -1
+    const board = new Map<string, number>()
+    const answers: string[] = []
+    for (const f of client.frames.filter((f) => f.channel === channel)) {
+      if (f.op === 'snapshot') {
+        answers.push(f.resync ? 'resync' : 'snapshot')
+        board.clear()
+        for (const e of f.data.entries) board.set(e.player, e.score)
+        version = f.version
+      } else if (f.op === 'subscribed') {
+        answers.push(f.recovered ? 'recovered' : 'subscribed')
+        version = f.version
+      } else if (f.op === 'update') {
+        if (f.version !== version + 1) throw new Error(`update ${f.version} after ${version}: a gap or a repeat`)
+        board.set(f.data.player, f.data.score)
+        version = f.version
+      }
+    }
+    return { version, board, answers }
+  }
+
+  test('a resume during a cut is served from Postgres history, or answered with a resync when Postgres is cut too', async () => {
+    env = await createTestEnv({ FANFARE_PARTITIONS: '4', LOG_LEVEL: 'info' })
+    const prefix = env.config.FANFARE_SUBJECT_PREFIX
+    const leafPort = freePort()
+    const leafLink = tcpProxy({ port: freePort(), target: { host: '127.0.0.1', port: leafPort } })
+    const pgUrl = new URL(env.vars.DATABASE_URL)
+    const pgLink = tcpProxy({ port: freePort(), target: { host: pgUrl.hostname, port: Number(pgUrl.port || 5432) } })
+    proxies.push(leafLink, pgLink)
+    hub = privateNats({ port: freePort(), storeDir: join(dir, 'hub'), domain: 'hub', leafPort, leafAdvertise: `127.0.0.1:${leafLink.port}` })
+    edge = privateNats({ port: freePort(), storeDir: join(dir, 'edge'), domain: EDGE, remote: { url: `nats-leaf://127.0.0.1:${leafLink.port}`, deny: [`${prefix}.ev.>`] } })
+    await hub.start()
+    await edge.start()
+
+    const hubVars: Record<string, string> = { ...env.vars, NATS_URL: hub.url, FANFARE_EDGE_DOMAINS: EDGE }
+    const worker = spawnProc('worker', 'stream-workers/src/main.ts', hubVars)
+    procs.push(worker)
+    const hubNc = await connect({ servers: hub.url })
+    const hubJsm = await jetstreamManager(hubNc)
+    await until('the hub streams', async () => {
+      if (worker.proc.exitCode !== null) throw new Error(`worker exited:\n${worker.output().slice(-3000)}`)
+      return (await hubJsm.streams.info(env!.config.FANFARE_STREAM).catch(() => undefined))?.config.sources?.length === 1
+    }, 20_000, 200)
+    await hubNc.close()
+
+    const primary = new URL(env.vars.DATABASE_URL)
+    primary.port = String(pgLink.port)
+    const port = freePort()
+    const edgeVars: Record<string, string> = {
+      ...env.vars,
+      NATS_URL: edge.url,
+      DATABASE_URL: primary.toString(),
+      DATABASE_READ_URL: env.vars.DATABASE_URL,
+      FANFARE_EDGE_DOMAIN: EDGE,
+      FANFARE_HUB_DOMAIN: 'hub',
+      PORT: String(port),
+      HOST: '127.0.0.1',
+    }
+    const apiProc = spawnProc('edge-api', 'api/src/main.ts', edgeVars)
+    procs.push(apiProc)
+    const api = apiAt(port, edgeVars)
+    await waitReady(api.baseUrl, procs)
+    const board = `live_${Math.random().toString(36).slice(2, 8)}`
+    const channel = `leaderboard:${board}`
+    await configureBoard(api, board, 'latest')
+
+    const ws = `ws://127.0.0.1:${port}/v1/ws`
+    const open = async () => {
+      const c = await WsClient.open(ws)
+      clients.push(c)
+      return c
+    }
+    const follower = await open()
+    const leavers = [await open(), await open()]
+    for (const c of [follower, ...leavers]) c.send({ op: 'subscribe', ref: 's', channel })
+    let batches = 0
+    const oracle = new Map<string, number>()
+    // One batch of 10 changes at the edge, then waits until `clients` hold it (applied at the hub, back through the mirror).
+    const send = async (clients: WsClient[]) => {
+      const n = batches++
+      const batch = Array.from({ length: 10 }, (_, p) => scoreEvent(`${board}-${n}-${p}`, board, `p${p}`, n * 100 + p))
+      const res = await postEvents(api, batch)
+      if (res.status !== 202) throw new Error(`edge ingest: ${res.status} ${JSON.stringify(res.body)}`)
+      for (const e of batch) oracle.set(e.data.player, e.data.score)
+      const version = configuredVersion(batches * 10)
+      await until(`batch ${n} at version ${version}`, () => clients.every((c) => follow(c, channel).version === version), 20_000)
+    }
+    for (let i = 0; i < 5; i++) await send([follower, ...leavers])
+    const left = follow(leavers[0], channel).version
+    const epoch = leavers[0].of(channel)[0].epoch
+    for (const c of leavers) c.close()
+    // Missed by the leavers: 50 changes in 5 batches, each a live batch on the mirrors, not runs on the channel's subject.
+    for (let i = 0; i < 5; i++) await send([follower])
+    const before = follow(follower, channel).version
+
+    leafLink.cut()
+    await Bun.sleep(500)
+    // Leaf link cut, Postgres reachable: served from change_history.
+    const fromHistory = await open()
+    fromHistory.send({ op: 'subscribe', ref: 'r', channel, since: left, epoch })
+    await until('the first resume answered', () => follow(fromHistory, channel).version === before, 10_000).catch((err) => {
+      throw new Error(`${(err as Error).message}: ${JSON.stringify(fromHistory.frames.slice(0, 3))}\nedge api:\n${apiProc.output().slice(-3000)}`)
+    })
+    expect(follow(fromHistory, channel).answers).toEqual(['recovered'])
+
+    // Postgres stalled (packets silently dropped): a resume waits for its history read, and is
+    // served from it when the path returns.
+    pgLink.stall()
+    const stalled = await open()
+    stalled.send({ op: 'subscribe', ref: 'r', channel, since: left, epoch })
+    await Bun.sleep(2000)
+    expect(follow(stalled, channel).answers).toEqual([])
+    pgLink.restore()
+    await until('the stalled resume answered', () => follow(stalled, channel).version === before, 20_000)
+    expect(follow(stalled, channel).answers).toEqual(['recovered'])
+
+    // Postgres (the primary, the history's source) cut too: a resume cannot read history.
+    pgLink.cut()
+    const withoutHistory = await open()
+    withoutHistory.send({ op: 'subscribe', ref: 'r', channel, since: left, epoch })
+    await until('the second resume answered', () => follow(withoutHistory, channel).version >= left, 20_000).catch((err) => {
+      throw new Error(`${(err as Error).message}: ${JSON.stringify(withoutHistory.frames.slice(0, 3))}\nedge api:\n${apiProc.output().slice(-3000)}`)
+    })
+    expect(follow(withoutHistory, channel)).toMatchObject({ answers: ['resync'], version: before })
+
+    // Events sent at the edge while cut off wait there for the link.
+    for (let i = 0; i < 3; i++) {
+      const n = batches++
+      const batch = Array.from({ length: 10 }, (_, p) => scoreEvent(`${board}-${n}-${p}`, board, `p${p}`, n * 100 + p))
+      const res = await postEvents(api, batch)
+      if (res.status !== 202) throw new Error(`edge ingest while cut: ${res.status} ${JSON.stringify(res.body)}`)
+      for (const e of batch) oracle.set(e.data.player, e.data.score)
+    }
+    await Bun.sleep(1000)
+    expect(follow(follower, channel).version).toBe(before)
+    pgLink.restore()
+    leafLink.restore()
+
+    const final = configuredVersion(batches * 10)
+    const rm = readModel(env.vars.DATABASE_URL)
+    try {
+      await until(`the read model at version ${final}`, async () => (await rm.version(channel)) === final, 40_000, 200)
+      expect(diff(await rm.scores(board), oracle)).toEqual([])
+    } finally {
+      await rm.close()
+    }
+    const holders = [follower, fromHistory, stalled, withoutHistory]
+    await until(`every client at version ${final}`, () => holders.every((c) => follow(c, channel).version === final), 30_000).catch((err) => {
+      throw new Error(`${(err as Error).message}: at ${holders.map((c) => follow(c, channel).version).join(', ')}\nedge api:\n${apiProc.output().slice(-3000)}`)
+    })
+    for (const c of holders) expect(diff(follow(c, channel).board, oracle)).toEqual([])
+    await stopCleanly(apiProc, worker)
+  }, 120_000)
 })
