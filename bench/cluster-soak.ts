@@ -146,7 +146,8 @@ async function main() {
   const subs: BoardSubscriber[] = []
   const events: string[] = []
   const note = (startedAt: number, what: string) => events.push(`${((Date.now() - startedAt) / 1000).toFixed(1)} s: ${what}`)
-  const teardown = async () => {
+  /** `keepDb`: a failed run leaves its database for a look at what the workers wrote (the NATS stores stay under `base`). */
+  const teardown = async (keepDb = false) => {
     teardowns.delete(teardown)
     for (const s of subs) s.stop()
     await Promise.all(procs.map((p) => p.stop('SIGKILL')))
@@ -155,7 +156,8 @@ async function main() {
     mkdirSync(logs, { recursive: true })
     for (const p of procs) writeFileSync(join(logs, `${p.name}.log`), p.output())
     for (const n of nodes) writeFileSync(join(logs, `${n.name}.log`), n.log())
-    await db.drop().catch(() => {})
+    if (keepDb) console.log(`\ndatabase kept: ${dbUrl} (drop it with: psql -h 127.0.0.1 -U postgres -c 'DROP DATABASE ${new URL(dbUrl).pathname.slice(1)}')`)
+    else await db.drop().catch(() => {})
   }
   teardowns.add(teardown)
   let ok = false
@@ -275,7 +277,7 @@ async function main() {
     console.log(`\n=== ${ok ? 'OK' : 'BROKEN'}`)
     for (const line of [`load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`, ...events, ...verdict.summary, ...verdict.notes.map((n) => `note: ${n}`), ...verdict.broken.map((b) => `BROKEN: ${b}`)]) console.log(`  ${line}`)
   } finally {
-    await teardown()
+    await teardown(!ok)
     if (ok && !opts.keep) rmSync(base, { recursive: true, force: true })
     else console.log(`\nlogs kept in ${base}/logs/`)
   }
