@@ -161,6 +161,8 @@ async function main() {
   }
   teardowns.add(teardown)
   let ok = false
+  /** The verdict was reached: a run that broke a promise keeps its database; one that failed to start does not. */
+  let judged = false
   try {
     await Promise.all(nodes.map((n) => n.start()))
     const vars: Record<string, string> = {
@@ -274,10 +276,11 @@ async function main() {
     const exited = procs.filter((p) => p.name !== 'migrate' && p.proc.exitCode !== null)
     if (exited.length > 0) verdict.broken.push(`processes exited: ${exited.map((p) => `${p.name} (${p.proc.exitCode})`).join(', ')}`)
     ok = verdict.broken.length === 0
+    judged = true
     console.log(`\n=== ${ok ? 'OK' : 'BROKEN'}`)
     for (const line of [`load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`, ...events, ...verdict.summary, ...verdict.notes.map((n) => `note: ${n}`), ...verdict.broken.map((b) => `BROKEN: ${b}`)]) console.log(`  ${line}`)
   } finally {
-    await teardown(!ok)
+    await teardown(judged && !ok)
     if (ok && !opts.keep) rmSync(base, { recursive: true, force: true })
     else console.log(`\nlogs kept in ${base}/logs/`)
   }
