@@ -87,7 +87,8 @@ describe('client SDK', () => {
     const client = open(createClient({ urls: d.urls, token: await d.token('bo') }))
     let resyncs = 0
     let applied = 0
-    const sub = client.subscribe(`leaderboard:${board}`, { onResync: () => resyncs++, onUpdate: () => void applied++ })
+    // Versions applied update by update (one onUpdate may carry several when frames arrive together).
+    const sub = client.subscribe(`leaderboard:${board}`, { onResync: () => resyncs++, onUpdate: (_, i) => void (applied += i.version - i.from + 1) })
     await until('subscribed', () => sub.status === 'live')
     for (let n = 0; n < 40; n++) await post(Array.from({ length: 50 }, () => ({ player: `p${rnd(250)}`, score: rnd(10_000) })), n % 2)
     await until(
