@@ -251,33 +251,33 @@ describe('change feed', () => {
      * its port with an empty store: the feed's stream and its messages are gone.
      */
     const feedOnLostStream = async () => {
-      const port = freePort()
-      nats = privateNats({ port, storeDir: storeDir() })
-      await nats.start()
-      const f = await setup(nats.url)
-      track(f.feed, f.nc)
-      await until('following', () => f.feed.status().following)
-      for (let v = 1; v <= 3; v++) await f.publish(v)
-      await until('3 notices', () => f.notices.length === 3)
-      await nats.stop()
+      const { f, port, server } = await followingThree()
+      await server.stop()
       nats = privateNats({ port, storeDir: storeDir() })
       await nats.start()
       return f
     }
 
-    test('NATS restarts: not following while it is down, then follows again from its last sequence', async () => {
-      nats = privateNats({ port: freePort(), storeDir: storeDir() })
-      await nats.start()
-      const f = await setup(nats.url)
+    /** A feed on a private nats-server (`nats`, on `port`) that has delivered 3 notices. */
+    const followingThree = async () => {
+      const port = freePort()
+      const server = (nats = privateNats({ port, storeDir: storeDir() }))
+      await server.start()
+      const f = await setup(server.url)
       track(f.feed, f.nc)
       await until('following', () => f.feed.status().following)
       for (let v = 1; v <= 3; v++) await f.publish(v)
       await until('3 notices', () => f.notices.length === 3)
-      await nats.stop()
+      return { f, port, server }
+    }
+
+    test('NATS restarts: not following while it is down, then follows again from its last sequence', async () => {
+      const { f, server } = await followingThree()
+      await server.stop()
       await until('not following while NATS is down', () => !f.feed.status().following, 10_000)
-      await nats.start()
+      await server.start()
       // A publisher that was waiting for NATS (a worker's outbox sweeper) stores the next runs.
-      const other = await connect({ servers: nats.url })
+      const other = await connect({ servers: server.url })
       const js = jetstream(other)
       for (let v = 4; v <= 8; v++) await js.publish(`${f.stream.replace('FEEDTEST_', 'feedtest_')}.changes.leaderboard.b`, JSON.stringify({ channel: 'leaderboard:b', version: v, epoch: 'e1', changes: [{ player: 'p', score: v, previous: null }], at: '' }))
       await other.close()
