@@ -3,16 +3,10 @@ import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jet
 import type { NatsConnection } from '@nats-io/transport-node'
 import { connectNats, deploymentStreams, ensureStreams, legacyChangeStream, streamExists, topology, UpgradeRequired } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
-import { spawnProc } from '../e2e/harness'
+import { runUntilExit, spawnProc } from '../e2e/harness'
 
-/** Runs `npm run migrate`'s entry point with the test's environment; its exit code and output. */
-async function runMigrate(vars: Record<string, string | undefined>): Promise<{ code: number; output: string }> {
-  const p = spawnProc('migrate', 'core/db/migrate-cli.ts', vars)
-  const code = await p.proc.exited
-  // Let the output readers finish what the process wrote before it exited.
-  await Bun.sleep(50)
-  return { code, output: p.output() }
-}
+/** Runs `npm run migrate`'s entry point with `vars` (and nothing else of this environment): its exit code and output. */
+const runMigrate = (vars: Record<string, string | undefined>) => runUntilExit('core/db/migrate-cli.ts', vars, 60_000)
 
 /**
  * A rolling upgrade from a version with one shared change stream: nodes of the new version must
