@@ -18,6 +18,46 @@ const CLIENTS = 3
 const PLAYERS = 20
 const EDGE = 'edge-t'
 
+/** What a test started, for its teardown: processes, nats-servers (stopped last first), proxies. */
+type Started = { procs: Proc[]; servers: PrivateNats[]; proxies: TcpProxy[] }
+
+async function stopAll(started: Started) {
+  await Promise.all(started.procs.map((p) => p.stop('SIGKILL')))
+  for (const s of [...started.servers].reverse()) await s.stop()
+  for (const p of started.proxies) p.close()
+}
+
+/**
+ * A hub and an edge site: the hub's nats-server (JetStream domain `hub`) and a worker; the edge's
+ * leaf nats-server (domain EDGE) linked to the hub through `leafLink`, a TCP proxy the test cuts.
+ * Resolves once the worker made the hub's streams, which the edge's change-stream mirrors read
+ * from. Each part goes into `started` as it starts, for the test's teardown.
+ */
+async function startSite(env: TestEnv, dir: string, started: Started) {
+  const leafPort = freePort()
+  const leafLink = tcpProxy({ port: freePort(), target: { host: '127.0.0.1', port: leafPort } })
+  started.proxies.push(leafLink)
+  const hub = privateNats({ port: freePort(), storeDir: join(dir, 'hub'), domain: 'hub', leafPort, leafAdvertise: `127.0.0.1:${leafLink.port}` })
+  // The link must not carry event subjects either way: each side's event stream would store the
+  // other's events too (README "Running at the edge").
+  const edge = privateNats({ port: freePort(), storeDir: join(dir, 'edge'), domain: EDGE, remote: { url: `nats-leaf://127.0.0.1:${leafLink.port}`, deny: [`${env.config.FANFARE_SUBJECT_PREFIX}.ev.>`] } })
+  started.servers.push(hub, edge)
+  await hub.start()
+  await edge.start()
+
+  const hubVars: Record<string, string> = { ...env.vars, NATS_URL: hub.url, FANFARE_EDGE_DOMAINS: EDGE }
+  const worker = spawnProc('worker', 'stream-workers/src/main.ts', hubVars)
+  started.procs.push(worker)
+  const hubNc = await connect({ servers: hub.url })
+  const hubJsm = await jetstreamManager(hubNc)
+  await until('the hub streams', async () => {
+    if (worker.proc.exitCode !== null) throw new Error(`worker exited:\n${worker.output().slice(-3000)}`)
+    return (await hubJsm.streams.info(env.config.FANFARE_STREAM).catch(() => undefined))?.config.sources?.length === 1
+  }, 20_000, 200)
+  await hubNc.close()
+  return { hub, edge, leafLink, hubVars, worker }
+}
+
 /**
  * An edge site cut off from its hub under load. The hub: a nats-server (JetStream domain `hub`)
  * and a worker. The edge: a leaf nats-server (domain `edge-t`) linked to the hub through a TCP
@@ -29,16 +69,10 @@ const EDGE = 'edge-t'
  */
 describe('edge site (NATS leaf node)', () => {
   let env: TestEnv | undefined
-  let hub: PrivateNats | undefined
-  let edge: PrivateNats | undefined
-  let proxy: TcpProxy | undefined
-  const procs: Proc[] = []
+  const started: Started = { procs: [], servers: [], proxies: [] }
   const dir = mkdtempSync(join(tmpdir(), 'fanfare-edge-'))
   afterAll(async () => {
-    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await edge?.stop()
-    await hub?.stop()
-    proxy?.close()
+    await stopAll(started)
     await env?.cleanup()
     rmSync(dir, { recursive: true, force: true })
   })
@@ -49,31 +83,11 @@ describe('edge site (NATS leaf node)', () => {
     // most are gone when the link returns (its subscribers at the edge must get a resync). With ten
     // kept and ten batches (this test's figures before live batches), CI saw every one of them kept.
     env = await createTestEnv({ FANFARE_PARTITIONS: '4', LOG_LEVEL: 'info', FANFARE_HISTORY_SIZE_LEADERBOARD: '2' })
-    const prefix = env.config.FANFARE_SUBJECT_PREFIX
-    const leafPort = freePort()
-    const proxyPort = freePort()
-    proxy = tcpProxy({ port: proxyPort, target: { host: '127.0.0.1', port: leafPort } })
-    hub = privateNats({ port: freePort(), storeDir: join(dir, 'hub'), domain: 'hub', leafPort, leafAdvertise: `127.0.0.1:${proxyPort}` })
-    // The link must not carry event subjects either way: each side's event stream would store the
-    // other's events too (README "Running at the edge").
-    edge = privateNats({ port: freePort(), storeDir: join(dir, 'edge'), domain: EDGE, remote: { url: `nats-leaf://127.0.0.1:${proxyPort}`, deny: [`${prefix}.ev.>`] } })
-    await hub.start()
-    await edge.start()
-
-    const hubVars: Record<string, string> = { ...env.vars, NATS_URL: hub.url, FANFARE_EDGE_DOMAINS: EDGE }
-    const worker = spawnProc('worker', 'stream-workers/src/main.ts', hubVars)
+    const { hub, edge, leafLink: proxy, hubVars, worker } = await startSite(env, dir, started)
     const hubPort = freePort()
     const hubApiProc = spawnProc('hub-api', 'api/src/main.ts', { ...hubVars, PORT: String(hubPort), HOST: '127.0.0.1' })
-    procs.push(worker, hubApiProc)
+    started.procs.push(hubApiProc)
     const hubApi = apiAt(hubPort, hubVars)
-    // The edge's change-stream mirrors read from the hub's streams: the worker creates them.
-    const hubNc = await connect({ servers: hub.url })
-    const hubJsm = await jetstreamManager(hubNc)
-    await until('the hub streams', async () => {
-      if (worker.proc.exitCode !== null) throw new Error(`worker exited:\n${worker.output().slice(-3000)}`)
-      return (await hubJsm.streams.info(env!.config.FANFARE_STREAM).catch(() => undefined))?.config.sources?.length === 1
-    }, 20_000, 200)
-    await hubNc.close()
 
     const port = freePort()
     // Snapshots and REST reads through DATABASE_READ_URL: the same database here, under another name.
@@ -89,10 +103,10 @@ describe('edge site (NATS leaf node)', () => {
       HOST: '127.0.0.1',
     }
     const apiProc = spawnProc('edge-api', 'api/src/main.ts', edgeVars)
-    procs.push(apiProc)
+    started.procs.push(apiProc)
     const api = apiAt(port, edgeVars)
-    await waitReady(api.baseUrl, procs)
-    await waitReady(hubApi.baseUrl, procs)
+    await waitReady(api.baseUrl, started.procs)
+    await waitReady(hubApi.baseUrl, started.procs)
     // What another edge node starting (or this one restarting) does: the mirrors as they are.
     const edgeNc = await connect({ servers: edge.url })
     await ensureStreams(edgeNc, loadConfig(edgeVars))
@@ -224,7 +238,7 @@ describe('edge site (NATS leaf node)', () => {
       // Exactly once: one version per acknowledged event (each one a change), no more, no fewer,
       // after the restart that configuring the board made.
       await until(`the read model at version ${versionOf}`, async () => (await rm.version(channel)) >= versionOf, 40_000, 500).catch(async (err) => {
-        throw new Error(`${(err as Error).message}: at ${await rm.version(channel)}\nworker:\n${worker.output().slice(-2000)}\nhub:\n${hub!.log().slice(-2000)}`)
+        throw new Error(`${(err as Error).message}: at ${await rm.version(channel)}\nworker:\n${worker.output().slice(-2000)}\nhub:\n${hub.log().slice(-2000)}`)
       })
       await Bun.sleep(1000)
       expect(await rm.version(channel)).toBe(versionOf)
@@ -312,18 +326,12 @@ describe('the upgrade command at an edge site', () => {
  */
 describe('resumes at an edge site with live batches', () => {
   let env: TestEnv | undefined
-  let hub: PrivateNats | undefined
-  let edge: PrivateNats | undefined
-  const proxies: TcpProxy[] = []
-  const procs: Proc[] = []
+  const started: Started = { procs: [], servers: [], proxies: [] }
   const clients: WsClient[] = []
   const dir = mkdtempSync(join(tmpdir(), 'fanfare-edge-live-'))
   afterAll(async () => {
     for (const c of clients) c.close()
-    await Promise.all(procs.map((p) => p.stop('SIGKILL')))
-    await edge?.stop()
-    await hub?.stop()
-    for (const p of proxies) p.close()
+    await stopAll(started)
     await env?.cleanup()
     rmSync(dir, { recursive: true, force: true })
   })
@@ -353,27 +361,10 @@ describe('resumes at an edge site with live batches', () => {
 
   test('a resume during a cut is served from Postgres history, or answered with a resync when Postgres is cut too', async () => {
     env = await createTestEnv({ FANFARE_PARTITIONS: '4', LOG_LEVEL: 'info' })
-    const prefix = env.config.FANFARE_SUBJECT_PREFIX
-    const leafPort = freePort()
-    const leafLink = tcpProxy({ port: freePort(), target: { host: '127.0.0.1', port: leafPort } })
+    const { edge, leafLink, worker } = await startSite(env, dir, started)
     const pgUrl = new URL(env.vars.DATABASE_URL)
     const pgLink = tcpProxy({ port: freePort(), target: { host: pgUrl.hostname, port: Number(pgUrl.port || 5432) } })
-    proxies.push(leafLink, pgLink)
-    hub = privateNats({ port: freePort(), storeDir: join(dir, 'hub'), domain: 'hub', leafPort, leafAdvertise: `127.0.0.1:${leafLink.port}` })
-    edge = privateNats({ port: freePort(), storeDir: join(dir, 'edge'), domain: EDGE, remote: { url: `nats-leaf://127.0.0.1:${leafLink.port}`, deny: [`${prefix}.ev.>`] } })
-    await hub.start()
-    await edge.start()
-
-    const hubVars: Record<string, string> = { ...env.vars, NATS_URL: hub.url, FANFARE_EDGE_DOMAINS: EDGE }
-    const worker = spawnProc('worker', 'stream-workers/src/main.ts', hubVars)
-    procs.push(worker)
-    const hubNc = await connect({ servers: hub.url })
-    const hubJsm = await jetstreamManager(hubNc)
-    await until('the hub streams', async () => {
-      if (worker.proc.exitCode !== null) throw new Error(`worker exited:\n${worker.output().slice(-3000)}`)
-      return (await hubJsm.streams.info(env!.config.FANFARE_STREAM).catch(() => undefined))?.config.sources?.length === 1
-    }, 20_000, 200)
-    await hubNc.close()
+    started.proxies.push(pgLink)
 
     const primary = new URL(env.vars.DATABASE_URL)
     primary.port = String(pgLink.port)
@@ -389,9 +380,9 @@ describe('resumes at an edge site with live batches', () => {
       HOST: '127.0.0.1',
     }
     const apiProc = spawnProc('edge-api', 'api/src/main.ts', edgeVars)
-    procs.push(apiProc)
+    started.procs.push(apiProc)
     const api = apiAt(port, edgeVars)
-    await waitReady(api.baseUrl, procs)
+    await waitReady(api.baseUrl, started.procs)
     const board = `live_${Math.random().toString(36).slice(2, 8)}`
     const channel = `leaderboard:${board}`
     await configureBoard(api, board, 'latest')
