@@ -81,18 +81,23 @@ describe('pruneHistory', () => {
     createdAt,
     payload: JSON.stringify({ channel, epoch, version, at: '', changes: Array.from({ length: changes }, (_, i) => ({ kind: 'deleted', messageId: `m${version + i}` })) } satisfies ChangeRun),
   })
+  /** A world with `overrides`, its channels at `versions` and `runs` in change_history. */
+  const seed = async (overrides: Record<string, string>, versions: (typeof channelVersions.$inferInsert)[], runs: ReturnType<typeof run>[]) => {
+    const w = (world = await createWorld(overrides))
+    await w.database.db.insert(channelVersions).values(versions)
+    await w.database.db.insert(changeHistory).values(runs)
+    return w
+  }
   const kept = async (w: World) => (await w.database.db.select().from(changeHistory).orderBy(asc(changeHistory.channel), asc(changeHistory.epoch), asc(changeHistory.version))).map((r) => `${r.channel}/${r.epoch}@${r.version}`)
 
   test('keeps every run holding one of the last FANFARE_HISTORY_SIZE versions (per kind), drops older runs, earlier epochs and runs past the TTL', async () => {
-    const w = (world = await createWorld({ FANFARE_HISTORY_SIZE_CHAT: '5', FANFARE_HISTORY_SIZE_LEADERBOARD: '2', FANFARE_HISTORY_TTL_MS_STREAM: '60000' }))
-    const db = w.database.db
     const now = new Date()
-    await db.insert(channelVersions).values([
+    const versions = [
       { channel: 'chat:a', version: 12, epoch: 'e2' },
       { channel: 'leaderboard:b', version: 6, epoch: 'e1' },
       { channel: 'stream:c', version: 2, epoch: 'e1' },
-    ])
-    await db.insert(changeHistory).values([
+    ]
+    const w = await seed({ FANFARE_HISTORY_SIZE_CHAT: '5', FANFARE_HISTORY_SIZE_LEADERBOARD: '2', FANFARE_HISTORY_TTL_MS_STREAM: '60000' }, versions, [
       // chat:a at 12 keeps versions 8..12: run 7 (7-9) holds 8 and 9, so it stays; 1-3 and 4-6 go.
       run('chat:a', 'e1', 1, 5), // an earlier epoch
       run('chat:a', 'e2', 1, 3),
@@ -107,22 +112,21 @@ describe('pruneHistory', () => {
       run('stream:c', 'e1', 1, 1, new Date(now.getTime() - 120_000)),
       run('stream:c', 'e1', 2, 1, now),
     ])
+    const db = w.database.db
     expect(await pruneHistory(db, w.config, now)).toBe(6)
     expect(await kept(w)).toEqual(['chat:a/e2@7', 'chat:a/e2@10', 'leaderboard:b/e1@5', 'stream:c/e1@2'])
     expect(await pruneHistory(db, w.config, now)).toBe(0)
   })
 
   test('a scoped round prunes only the channels written since the last round and the rows that crossed their TTL since; a full round prunes the rest', async () => {
-    const w = (world = await createWorld({ FANFARE_HISTORY_SIZE_CHAT: '2', FANFARE_HISTORY_TTL_MS_STREAM: '60000' }))
-    const db = w.database.db
     const now = new Date()
     const ago = (ms: number) => new Date(now.getTime() - ms)
-    await db.insert(channelVersions).values([
+    const versions = [
       { channel: 'chat:a', version: 6, epoch: 'e2' },
       { channel: 'chat:b', version: 6, epoch: 'e1' },
       { channel: 'stream:c', version: 3, epoch: 'e1' },
-    ])
-    await db.insert(changeHistory).values([
+    ]
+    const w = await seed({ FANFARE_HISTORY_SIZE_CHAT: '2', FANFARE_HISTORY_TTL_MS_STREAM: '60000' }, versions, [
       // Written since the last round: keeps 5..6, and no other epoch (one named before its epoch, one after).
       run('chat:a', 'e0', 1, 2),
       run('chat:a', 'e2', 1, 2),
@@ -140,6 +144,7 @@ describe('pruneHistory', () => {
       run('stream:c', 'e1', 2, 1, ago(65_000)),
       run('stream:c', 'e1', 3, 1, now),
     ])
+    const db = w.database.db
     expect(await pruneHistory(db, w.config, now, { channels: ['chat:a'], since: ago(10_000) })).toBe(5)
     expect(await kept(w)).toEqual(['chat:a/e2@5', 'chat:b/e1@1', 'chat:b/e1@3', 'chat:b/e1@5', 'stream:c/e1@1', 'stream:c/e1@3'])
     expect(await pruneHistory(db, w.config, now)).toBe(3)
@@ -147,10 +152,8 @@ describe('pruneHistory', () => {
   })
 
   test('the pruner: every row at its first round, then the channels it is told were written; told again when another process held the lock', async () => {
-    const w = (world = await createWorld({ FANFARE_HISTORY_SIZE_CHAT: '2' }))
+    const w = await seed({ FANFARE_HISTORY_SIZE_CHAT: '2' }, [{ channel: 'chat:b', version: 4, epoch: 'e1' }], [run('chat:b', 'e1', 1, 2), run('chat:b', 'e1', 3, 2)])
     const db = w.database.db
-    await db.insert(channelVersions).values([{ channel: 'chat:b', version: 4, epoch: 'e1' }])
-    await db.insert(changeHistory).values([run('chat:b', 'e1', 1, 2), run('chat:b', 'e1', 3, 2)])
     const touched = historyTouches()
     const pruner = startHistoryPruner({ db, config: w.config, logger: createLogger('silent'), touched, intervalMs: 50 })
     try {
