@@ -3,7 +3,7 @@ import { millis } from '@nats-io/transport-node'
 import { channelKinds } from './channels'
 import type { Config } from './config'
 import type { Logger } from './logger'
-import { historyRetention, historyVariables, siteOf, topology } from './nats'
+import { historyRetention, historyVariables, recordsLiveBatches, siteOf, topology } from './nats'
 
 /**
  * A setting of the shared streams on which this process's config differs from the stream: the
@@ -23,8 +23,12 @@ const sourcesOf = (cfg: StreamConfig): string => (cfg.sources ?? []).map((s) => 
  * FANFARE_EDGE_DOMAINS, each kind's history size and age) is logged as one warning, naming the
  * variable and both values: `npm run migrate` applies the config's. Read at start: after
  * `npm run migrate` changes a setting, restart the nodes (README "Upgrading").
+ *
+ * Also says whether every change stream records live batches (core/nats.ts liveBatchesRecorded,
+ * from the same stream infos): a worker's first answer (see watchLiveBatches), without reading
+ * them again.
  */
-export async function readStreamSettings(jsm: JetStreamManager, config: Config, logger: Logger): Promise<Config> {
+export async function readStreamSettings(jsm: JetStreamManager, config: Config, logger: Logger): Promise<{ config: Config; liveBatches: boolean }> {
   const t = topology(config)
   const site = siteOf(config)
   const events = (await jsm.streams.info(t.eventStream)).config
@@ -53,5 +57,8 @@ export async function readStreamSettings(jsm: JetStreamManager, config: Config, 
       `${d.variable} is ${d.configured} here but stream ${d.stream} has ${d.actual}: this process uses the stream's ${d.actual}; \`npm run migrate\` (with this config) applies ${d.configured} to the streams`,
     )
   }
-  return { ...config, FANFARE_DEDUP_WINDOW_MS: dedupWindowMs, FANFARE_EVENT_RETENTION_MS: retentionMs }
+  return {
+    config: { ...config, FANFARE_DEDUP_WINDOW_MS: dedupWindowMs, FANFARE_EVENT_RETENTION_MS: retentionMs },
+    liveBatches: changeStreams.every(([, changes]) => recordsLiveBatches(changes.description)),
+  }
 }

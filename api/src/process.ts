@@ -61,7 +61,7 @@ export async function runApi(signals: StopSignals) {
   // First: a user denied its inbox would otherwise fail in ensureStreams' first JetStream request.
   await checkSubscribePermissions(nc, topology(config), 'api')
   // What the node tells clients (the de-dup window) is what the streams have, not its own env.
-  const settled = await untilJetStreamAnswers(async () => readStreamSettings(await ensureStreams(nc, config), config, logger), {
+  const { config: settled } = await untilJetStreamAnswers(async () => readStreamSettings(await ensureStreams(nc, config), config, logger), {
     url: config.NATS_URL!,
     warn: (message) => logger.warn(message),
   })

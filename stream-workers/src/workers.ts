@@ -101,18 +101,18 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   const slowCatchUp = slowCatchUpOf(nc.info?.version)
   if (slowCatchUp) logger.warn({ natsServer: nc.info?.version }, slowCatchUp)
   await checkCheckpointStream(db, t.eventStream)
-  const { jsm, config, kv } = await untilJetStreamAnswers(
+  const { jsm, config, recorded, kv } = await untilJetStreamAnswers(
     async () => {
       const jsm = await ensureStreams(nc, deps.config)
       // The retention the runners and the retention watch check against is the event stream's, not this process's env.
-      const config = await readStreamSettings(jsm, deps.config, logger)
-      return { jsm, config, kv: await openLeaseBucket(nc, config) }
+      const { config, liveBatches: recorded } = await readStreamSettings(jsm, deps.config, logger)
+      return { jsm, config, recorded, kv: await openLeaseBucket(nc, config) }
     },
     { url: deps.config.NATS_URL ?? '', warn: (message) => logger.warn(message) },
   )
   const js = jetstream(nc)
   const publisher = createAckedPublisher(nc)
-  const liveBatches = await watchLiveBatches({ jsm, config, logger: logger.child({ component: 'live-batches' }), intervalMs: deps.liveBatchesWatchMs })
+  const liveBatches = watchLiveBatches({ jsm, config, recorded, logger: logger.child({ component: 'live-batches' }), intervalMs: deps.liveBatchesWatchMs })
   const projections = deps.projections ?? allProjections
   const metrics = deps.metrics ?? createMetrics()
   let fatalReported = false

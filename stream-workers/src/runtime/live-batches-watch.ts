@@ -12,12 +12,13 @@ export type LiveBatchesWatch = {
 
 /**
  * Follows how the deployment's change streams say runs are published (core/nats.ts
- * recordsLiveBatches): read at start, then every `intervalMs` (seven stream infos), so running
- * workers take up `npm run migrate -- --live-batches` within an interval, without a restart. A
- * failed read keeps the last answer (NATS away: nothing is published then anyway).
+ * recordsLiveBatches): `recorded` as read at start (readStreamSettings), then every `intervalMs`
+ * (seven stream infos), so running workers take up `npm run migrate -- --live-batches` within an
+ * interval, without a restart. A failed read keeps the last answer (NATS away: nothing is
+ * published then anyway).
  */
-export async function watchLiveBatches(deps: { jsm: JetStreamManager; config: Config; logger: Logger; intervalMs?: number }): Promise<LiveBatchesWatch> {
-  let on = await liveBatchesRecorded(deps.jsm, deps.config)
+export function watchLiveBatches(deps: { jsm: JetStreamManager; config: Config; recorded: boolean; logger: Logger; intervalMs?: number }): LiveBatchesWatch {
+  let on = deps.recorded
   if (!on) {
     deps.logger.warn(
       "this deployment's change streams hold one message per channel run (a deployment from before live batches): once every API node runs this version, `npm run migrate -- --live-batches` switches them (cheaper fan-out)",
