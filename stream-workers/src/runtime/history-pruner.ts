@@ -63,7 +63,7 @@ async function pruneRound(db: Db, config: Config, now: Date, scope?: PruneScope)
   return db.transaction(async (tx) => {
     const [lock] = await rowsOf<{ ok: boolean }>(tx, sql`select pg_try_advisory_xact_lock(hashtext('fanfare.change_history.prune')) as ok`)
     if (!lock?.ok) return undefined
-    if (!scope) return prune(tx, sql`true`)
+    if (!scope) return (await prune(tx, sql`true`)) + (await pruneOrphans(tx))
     let n = 0
     if (scope.channels.length > 0) {
       // One bound JSON text, not a parameter per channel. `= any(array(...))` on both tables is a
@@ -87,6 +87,25 @@ async function pruneRound(db: Db, config: Config, now: Date, scope?: PruneScope)
     n += await prune(tx, sql`(${crossed})`)
     return n
   })
+}
+
+/**
+ * Deletes the runs of channels that have no channel_versions row: a rebuild's switch drops the row
+ * of a channel its rebuilt model never changed (shadow.ts swapIn), leaving the channel's runs of
+ * the replaced epoch, which no API node serves (it reads a channel's epochs against its snapshot's:
+ * version 0, no epoch) and which `prune` never reaches (it joins the row). A batch writes a
+ * channel's runs and its row in one statement, so a run without a row is never a new one.
+ */
+async function pruneOrphans(tx: Tx): Promise<number> {
+  const deleted = await rowsOf<{ n: number }>(
+    tx,
+    sql`with gone as (
+      delete from ${changeHistory} h
+      where not exists (select 1 from ${channelVersions} v where v.channel = h.channel)
+      returning 1
+    ) select count(*)::int as n from gone`,
+  )
+  return Number(deleted[0]?.n ?? 0)
 }
 
 /** A per-kind value as SQL, chosen by a channel's kind (the text before its first `:`). */
@@ -132,8 +151,9 @@ export function historyTouches(): HistoryTouches {
  * A full round (every row) at a pruner's first round, and then this often. Between them a round
  * looks only at the channels written and the rows past their TTL (see PruneScope). What only a
  * full round deletes: the earlier epoch's runs of a channel a rebuild switched and nothing wrote
- * since (API nodes read only a channel's current epoch from them), and rows a worker that stopped
- * without pruning had written (its touched channels are lost with it).
+ * since (API nodes read only a channel's current epoch from them), the runs of a channel whose row
+ * such a switch dropped (see pruneOrphans), and rows a worker that stopped without pruning had
+ * written (its touched channels are lost with it).
  */
 export const FULL_EVERY_MS = 3600_000
 

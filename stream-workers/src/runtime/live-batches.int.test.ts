@@ -90,7 +90,7 @@ describe('pruneHistory', () => {
   }
   const kept = async (w: World) => (await w.database.db.select().from(changeHistory).orderBy(asc(changeHistory.channel), asc(changeHistory.epoch), asc(changeHistory.version))).map((r) => `${r.channel}/${r.epoch}@${r.version}`)
 
-  test('keeps every run holding one of the last FANFARE_HISTORY_SIZE versions (per kind), drops older runs, earlier epochs and runs past the TTL', async () => {
+  test('keeps every run holding one of the last FANFARE_HISTORY_SIZE versions (per kind), drops older runs, earlier epochs, runs past the TTL and runs of channels without a version row', async () => {
     const now = new Date()
     const versions = [
       { channel: 'chat:a', version: 12, epoch: 'e2' },
@@ -111,9 +111,13 @@ describe('pruneHistory', () => {
       // stream:c: its kind keeps one minute; the first run is two minutes old.
       run('stream:c', 'e1', 1, 1, new Date(now.getTime() - 120_000)),
       run('stream:c', 'e1', 2, 1, now),
+      // chat:gone has no channel_versions row (a rebuild's switch dropped it: its rebuilt model
+      // never changed the channel): its runs of the replaced epoch go, however recent.
+      run('chat:gone', 'e1', 1, 2),
+      run('chat:gone', 'e1', 3, 2),
     ])
     const db = w.database.db
-    expect(await pruneHistory(db, w.config, now)).toBe(6)
+    expect(await pruneHistory(db, w.config, now)).toBe(8)
     expect(await kept(w)).toEqual(['chat:a/e2@7', 'chat:a/e2@10', 'leaderboard:b/e1@5', 'stream:c/e1@2'])
     expect(await pruneHistory(db, w.config, now)).toBe(0)
   })
