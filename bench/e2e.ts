@@ -176,20 +176,18 @@ export async function e2e(ctx: BenchContext): Promise<Figure[]> {
     const row = (name: string, unit: string, value: number, baseline: number, target?: Figure['target']): Figure => ({
       group: 'end-to-end', name, unit, value, baselineName: 'bare pipeline', baseline, ...(target ? { target } : {}),
     })
+    const senders = { bare: { send: raw, sub: bareSub, rows: bareRows, before: bareBefore }, REST: { send: rest, sub: fanSub, rows: fanRows, before: fanBefore }, WS: { send: counted(ws.send), sub: fanSub, rows: fanRows, before: fanBefore } }
+    type Path = keyof typeof senders
+    const paths = Object.keys(senders) as Path[]
     // Unrecorded first phase on every path: JIT, connection pools and consumers warm up before the
     // first measured phase, which otherwise paid for them alone (REST ran first: p99 3x WS's).
     ctx.log(`end-to-end: warm-up, ${rates[0]} events/s for 1 s on each path (not recorded)`)
-    await phase(raw, bareSub, bareRows, { rate: rates[0], seconds: 1 }, bareBefore)
-    await phase(rest, fanSub, fanRows, { rate: rates[0], seconds: 1 }, fanBefore)
-    await phase(counted(ws.send), fanSub, fanRows, { rate: rates[0], seconds: 1 }, fanBefore)
+    for (const { send, sub, rows, before } of Object.values(senders)) await phase(send, sub, rows, { rate: rates[0], seconds: 1 }, before)
     // At each rate the three paths take turns, `runs` phases each, the order reversed every other
     // time (bare REST WS, WS REST bare, ...); latencies are pooled over a path's phases (a p99 of
     // 3 x 5 s). One 5 s phase each moved the bare pipeline's p99 at 1,000/s from 6.9 to 39 ms
     // between runs (bench/findings.md): a single phase measured the machine more than the paths.
     const runs = pick(ctx, 1, 3)
-    const senders = { bare: { send: raw, sub: bareSub, rows: bareRows, before: bareBefore }, REST: { send: rest, sub: fanSub, rows: fanRows, before: fanBefore }, WS: { send: counted(ws.send), sub: fanSub, rows: fanRows, before: fanBefore } }
-    type Path = keyof typeof senders
-    const paths = Object.keys(senders) as Path[]
     for (const rate of rates) {
       ctx.log(`end-to-end: ${rate} events/s offered for ${seconds} s, ${runs} phases per path`)
       const got: Record<Path, PhaseResult[]> = { bare: [], REST: [], WS: [] }
