@@ -220,13 +220,17 @@ export function createChannels(deps: {
    * says when its budget holds one more subscribe: channels refused together (a reconnect of many
    * channels past the user's or address's budget) would all come back at that moment, all but one
    * be refused again, and soon weigh as abuse (a 4029 close, after which every channel subscribes
-   * at once again, and so on for good). Spaced by that wait, they come back at the rate the budget
-   * refills.
+   * at once again, and so on for good). So the line starts at that wait and goes on one refill
+   * apart (`1000 / perSecond` ms, the budget's rate the server gives with its refusal): the rate
+   * the budget refills at. Not the wait itself: a budget part-way to its next token says "in 1 ms",
+   * and 1 ms apart nearly every channel was refused again. A server that does not give the rate:
+   * the wait, the most that one token takes.
    */
-  const paced = (wait: number) => {
+  const paced = (wait: number, perSecond: unknown) => {
     const now = deps.now()
     const at = Math.max(now + wait, nextRetryAt)
-    nextRetryAt = at + wait
+    const refill = typeof perSecond === 'number' && perSecond > 0 && Number.isFinite(perSecond) ? 1000 / perSecond : wait
+    nextRetryAt = at + Math.min(refill, deps.maxServerWaitMs)
     // Paced or not, no channel waits longer than the longest wait the server may ask for.
     return Math.min(deps.maxServerWaitMs, at - now)
   }
@@ -402,7 +406,7 @@ export function createChannels(deps: {
           // since the channel stops following until it is subscribed again.
           if (frame.ref === undefined) deps.report(new FanfareError(code, `${f.channel}: ${message}; subscribing again`, details))
           const wait = retryAfter(frame.error, deps.maxServerWaitMs) ?? deps.backoff(++f.retries)
-          retryLater(f, code === 'rate_limited' ? paced(wait) : wait, frame.ref === undefined)
+          retryLater(f, code === 'rate_limited' ? paced(wait, (details as { perSecond?: unknown } | undefined)?.perSecond) : wait, frame.ref === undefined)
           return true
         }
         default:

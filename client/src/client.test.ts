@@ -364,6 +364,40 @@ describe('client against scripted servers', () => {
     expect(new Set(ids).size).toBe(1)
   })
 
+  test('subscribes refused together by a budget part-way to its next token come back at the rate it refills, not its first wait', async () => {
+    // The server's budget (20/s) holds 0.98 of a subscribe: each refusal says "one more in 1 ms",
+    // the time to its next token, not one refill apart. Spaced by that wait, 30 channels came back
+    // ten times faster than the budget refills, were refused again and again (enough to be closed
+    // 4029 as abusive by the real server: test/sdk/faults.int.test.ts, 90 channels past the address budget).
+    const perSecond = 20
+    let tokens = 0.98
+    let at = performance.now()
+    const take = () => {
+      const t = performance.now()
+      tokens = Math.min(5, tokens + ((t - at) * perSecond) / 1000)
+      at = t
+      if (tokens >= 1) return (tokens -= 1), 0
+      return Math.ceil(((1 - tokens) * 1000) / perSecond)
+    }
+    let refused = 0
+    const s = scripted({
+      frame: (ws, f) => {
+        if (f.op === 'auth') return authed(ws, f.ref)
+        if (f.op !== 'subscribe') return
+        const wait = take()
+        if (wait === 0) return void ws.send(JSON.stringify({ op: 'snapshot', ref: f.ref, channel: f.channel, version: 1, epoch: 'e1', data: { stream: 's', totals: {} } }))
+        refused++
+        ws.send(JSON.stringify({ op: 'error', ref: f.ref, channel: f.channel, error: { code: 'rate_limited', message: 'slow down', retryAfterMs: wait, details: { retryAfterMs: wait, perSecond } } }))
+      },
+    })
+    const c = createClient({ urls: [s.url], token: 't' })
+    track(c)
+    const subs = Array.from({ length: 30 }, (_, i) => c.subscribe(`reactions:s${i}`))
+    await until('all live', () => subs.every((x) => x.status === 'live'), 10_000)
+    // 30 refused at first (but the one that filled meanwhile); each retry one refill (50 ms) apart finds its token.
+    expect(refused).toBeLessThanOrEqual(30 + 3)
+  })
+
   test('outbox_full once max events wait; rate_limited refusals are resent in order after the wait', async () => {
     let seenE2 = false
     let refuseUntil = 0

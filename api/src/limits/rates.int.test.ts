@@ -40,7 +40,7 @@ describe('rate limits', () => {
     const refused = replies[5]
     // Read before toMatchObject: Bun 1.4.5's toMatchObject writes its asymmetric matchers into the received object.
     const wait = refused.error.retryAfterMs
-    expect(refused).toMatchObject({ op: 'error', ref: 'p6', error: { code: 'rate_limited', retryAfterMs: wait, details: { retryAfterMs: wait } } })
+    expect(refused).toMatchObject({ op: 'error', ref: 'p6', error: { code: 'rate_limited', retryAfterMs: wait, details: { retryAfterMs: wait, perSecond: 5 } } })
     expect(refused.error.message).toContain('per connection')
     expect(wait).toBeGreaterThan(0)
     expect(wait).toBeLessThanOrEqual(200) // one token at 5/s

@@ -174,7 +174,9 @@ export function realtimeRoutes(deps: RealtimeDeps) {
    * (or, anonymous, its address) is held off for the delay the close reason gives.
    */
   const rateLimited = (conn: Connection, ref: string | undefined, r: RateRefusal) => {
-    send(conn, { op: 'error', ref, error: { code: r.code, message: r.message, retryAfterMs: r.retryAfterMs, details: { retryAfterMs: r.retryAfterMs } } })
+    // The budget's rate too: commands refused together go again one refill (1000 / perSecond ms)
+    // apart, where the wait alone (the time to its next token) may be a millisecond.
+    send(conn, { op: 'error', ref, error: { code: r.code, message: r.message, retryAfterMs: r.retryAfterMs, details: { retryAfterMs: r.retryAfterMs, perSecond: r.perSecond } } })
     if (!conn.rates.abusive(r)) return
     const delay = Math.max(deps.config.FANFARE_WS_ABUSE_WINDOW_MS, r.retryAfterMs)
     deps.limits.connections.holdOff(conn.address, conn.principal, delay)
