@@ -1,4 +1,4 @@
-import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Link, type Span, type TextMapGetter, type Tracer } from '@opentelemetry/api'
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Link, type Span, type TextMapGetter, type Tracer } from '@opentelemetry/api'
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
 import { W3CTraceContextPropagator } from '@opentelemetry/core'
 import { OTLPTraceExporter as JsonExporter } from '@opentelemetry/exporter-trace-otlp-http'
@@ -149,6 +149,33 @@ export function serveTraced<R extends Response | undefined>(request: Request, ha
     return out instanceof Promise ? out.then(done, failed) : done(out)
   } catch (err) {
     return failed(err)
+  }
+}
+
+/**
+ * Runs a WebSocket command (a subscribe) inside a SERVER span `name`: the child of the frame's
+ * `traceparent` when it carries one (browsers cannot set headers on frames), else a root the
+ * sampler decides on, as a REST request is. A sampled span is made active, so the Postgres
+ * statements the command awaits (a snapshot read, a history read) become its children (see
+ * statementSpan). A read that several subscribers share shows under the one that started it.
+ * `work` may add attributes to the span it is given (undefined when not recorded). With tracing
+ * off: `work()`, nothing else.
+ */
+export async function commandSpan<T>(name: string, traceparent: string | undefined, attributes: Attributes, work: (span: Span | undefined) => Promise<T>): Promise<T> {
+  if (!started) return work(undefined)
+  const parent = contextOfTraceparent(traceparent)
+  const span = tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent)
+  if (!span.isRecording()) {
+    span.end()
+    return work(undefined)
+  }
+  try {
+    return await context.with(trace.setSpan(parent, span), () => work(span))
+  } catch (err) {
+    span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error)?.message })
+    throw err
+  } finally {
+    span.end()
   }
 }
 

@@ -64,6 +64,20 @@ const seconds = (ms: number | undefined) => (ms === undefined ? undefined : Math
 type Pool = { unsafe: (...args: never[]) => PromiseLike<unknown>; begin: (...args: never[]) => unknown }
 
 /**
+ * `begin`'s arguments (`(fn)` or `(options, fn)`) with `fn` given a transaction whose statements
+ * are spanned as the pool's are: drizzle's sessions call `unsafe` (and `savepoint`, for a nested
+ * transaction) on the transaction postgres.js hands them.
+ */
+function spannedTransaction(args: unknown[]): unknown[] {
+  const at = args.findIndex((a) => typeof a === 'function')
+  if (at < 0) return args
+  const fn = args[at] as (tx: unknown) => unknown
+  const wrapped = (tx: { unsafe: (...a: never[]) => PromiseLike<unknown>; savepoint: (...a: never[]) => unknown; options?: unknown }) =>
+    fn({ unsafe: (...a: never[]) => statementSpan(tx.unsafe(...a), a[0]), savepoint: (...a: never[]) => tx.savepoint(...a), options: tx.options })
+  return args.map((a, i) => (i === at ? wrapped : a))
+}
+
+/**
  * The pool behind a DroppableDatabase. `current` is what drizzle is given: its sessions call only
  * `unsafe` and `begin` on it (and postgres.js' reads `options`), forwarded to the pool `open` made
  * last, which `dropConnections` replaces.
@@ -79,9 +93,10 @@ function droppable<C extends Pool>(deps: {
   let client = first
   let probe: C | undefined
   const current = {
-    // Statements run in a sampled trace (a REST request's) get a span each (see statementSpan).
+    // Statements run in a sampled trace (a REST request's) get a span each (see statementSpan),
+    // those of a transaction too (a channel's snapshot: its version and data in one).
     unsafe: (...args: never[]) => statementSpan(client.unsafe(...args), args[0]),
-    begin: (...args: never[]) => client.begin(...args),
+    begin: (...args: never[]) => client.begin(...(spannedTransaction(args) as never[])),
     options: (first as { options?: unknown }).options,
   } as unknown as C
   return {

@@ -156,9 +156,30 @@ describe('observability across real processes', () => {
     }
     expect(statements.some((st) => st.name === 'SELECT leaderboard_entries' || st.name === 'SELECT leaderboards')).toBe(true)
 
+    // A traced subscribe (the frame carries its traceparent): a SERVER span of its own, its snapshot
+    // read as CLIENT spans under it.
+    const subTrace = crypto.randomUUID().replaceAll('-', '')
+    const subCaller = crypto.randomUUID().replaceAll('-', '').slice(0, 16)
+    const viewer = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
+    viewer.send({ op: 'subscribe', ref: 't', channel: 'leaderboard:traced', traceparent: `00-${subTrace}-${subCaller}-01` })
+    await until('the traced snapshot', () => viewer.of('leaderboard:traced').length === 1)
+    await until('the subscribe\'s spans', () => collector.spans.some((s) => s.traceId === subTrace && s.kind === 2) && collector.spans.some((s) => s.traceId === subTrace && s.kind === 3), 20_000)
+    const subSpans = collector.spans.filter((s) => s.traceId === subTrace)
+    const subscribe = subSpans.find((s) => s.kind === 2)!
+    expect(subscribe).toMatchObject({
+      service: 'fanfare-api',
+      name: 'fanfare.subscribe',
+      parentSpanId: subCaller,
+      attributes: { 'fanfare.channel': 'leaderboard:traced', 'fanfare.channel.kind': 'leaderboard', 'fanfare.resume': false },
+    })
+    const reads = subSpans.filter((s) => s.kind === 3)
+    // The snapshot's statements run in one transaction (its version and data together): spanned too.
+    for (const st of reads) expect(st).toMatchObject({ parentSpanId: subscribe.spanId, attributes: { 'db.system.name': 'postgresql' } })
+    expect(reads.some((st) => st.name === 'SELECT leaderboard_entries' || st.name === 'SELECT leaderboards')).toBe(true)
+
     // The untraced event made no trace of its own, nor did the untraced requests (the WebSocket
-    // upgrades, the duplicate) or the node's own statements outside a request.
-    expect(new Set(collector.spans.map((s) => s.traceId))).toEqual(new Set([traceId, wsTrace, readTrace]))
+    // upgrades, the duplicate), the untraced subscribe, or the node's own statements outside a request.
+    expect(new Set(collector.spans.map((s) => s.traceId))).toEqual(new Set([traceId, wsTrace, readTrace, subTrace]))
     expect(collector.requests.every((r) => r.startsWith('POST /v1/traces application/json'))).toBe(true)
 
     // Metrics: the API node's on its own port (no credential) and behind admin:read on its API port.
@@ -166,10 +187,10 @@ describe('observability across real processes', () => {
     expect(api.get('fanfare_events_ingested_total{type="score.submitted",via="http"}')).toBe(2)
     expect(api.get('fanfare_events_ingested_total{type="score.submitted",via="ws"}')).toBe(1)
     expect(api.get('fanfare_ingest_duration_seconds_count')).toBe(4)
-    expect(api.get('fanfare_ws_connections')).toBe(1)
-    expect(api.get('fanfare_ws_subscriptions')).toBe(1)
-    expect(api.get('fanfare_channels')).toBe(1)
-    expect(api.get('fanfare_ws_messages_sent_total{op="snapshot"}')).toBe(1)
+    expect(api.get('fanfare_ws_connections')).toBe(2)
+    expect(api.get('fanfare_ws_subscriptions')).toBe(2)
+    expect(api.get('fanfare_channels')).toBe(2)
+    expect(api.get('fanfare_ws_messages_sent_total{op="snapshot"}')).toBe(2)
     expect(api.get('fanfare_ws_messages_sent_total{op="update"}')).toBe(3)
     expect(api.get('fanfare_ws_messages_sent_total{op="ack"}')).toBe(1)
     expect(api.get('fanfare_commit_to_push_seconds_count{kind="leaderboard"}')).toBe(3)
@@ -191,7 +212,8 @@ describe('observability across real processes', () => {
     expect(lags.every(([, v]) => v === 0)).toBe(true)
 
     ws.close()
-    await until('the disconnects counted', async () => (await scrape(`http://127.0.0.1:${apiMetrics}/metrics`)).get('fanfare_ws_disconnects_total{code="1005"}') === 2)
+    viewer.close()
+    await until('the disconnects counted', async () => (await scrape(`http://127.0.0.1:${apiMetrics}/metrics`)).get('fanfare_ws_disconnects_total{code="1005"}') === 3)
     for (const p of procs) expect(await p.stop()).toBe(0)
   }, 120_000)
 })

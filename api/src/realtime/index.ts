@@ -6,7 +6,7 @@ import type { EventInput } from '../../../core/events'
 import { dbErrorSummary } from '../../../core/db/errors'
 import type { Logger } from '../../../core/logger'
 import type { Metrics } from '../../../core/metrics'
-import { contextOfTraceparent } from '../../../core/tracing'
+import { commandSpan, contextOfTraceparent } from '../../../core/tracing'
 import type { PublishOptions } from '../modules/events/service'
 import type { Authenticator } from '../auth/authenticate'
 import { ErrorResponse } from '../error-model'
@@ -436,6 +436,29 @@ export function realtimeRoutes(deps: RealtimeDeps) {
     }
   }
 
+  /** A subscribe that passed the limits, its channel counted on the socket: access, then its first frames. */
+  const subscribe = async (conn: Connection, frame: { channel: string; since?: number; epoch?: string }) => {
+    const target = presenceTarget(frame.channel)
+    if (target !== undefined) {
+      // Whoever may see the channel may see who is in it. Presence is state, not history:
+      // a resume always gets a fresh snapshot.
+      await checkAccess(conn.principal, target)
+      if (!conn.channels.has(frame.channel)) return // unsubscribed meanwhile
+      return void deps.presence.subscribe(conn, target, frame.since !== undefined)
+    }
+    await checkAccess(conn.principal, frame.channel)
+    // Unsubscribed or closed while a room's visibility was read: the client was told it holds
+    // nothing (or is gone), so the hub must not take it on (it would get updates it cannot
+    // stop, uncounted by the channel limit, or keep a closed socket as a member for good).
+    if (!conn.channels.has(frame.channel)) return
+    const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
+    await deps.hub.subscribe(conn, frame.channel, from)
+    // Present once its first frames are out (and if it did not leave or close meanwhile).
+    if (isTracked(frame.channel) && conn.channels.has(frame.channel) && connections.get(conn.id) === conn) {
+      deps.presence.track(frame.channel, conn.id, conn.principal)
+    }
+  }
+
   const onMessage = async (conn: Connection, message: string | Buffer) => {
     if (connections.get(conn.id) !== conn || conn.closing) return
     const reply = (frame: ServerFrame) => send(conn, frame)
@@ -557,26 +580,10 @@ export function realtimeRoutes(deps: RealtimeDeps) {
             return void reply({ op: 'error', ref: frame.ref, error: { code: 'too_many_subscriptions', message: `at most ${maxSubscriptions} channels per connection` } })
           }
           conn.channels.add(frame.channel)
-          const target = presenceTarget(frame.channel)
-          if (target !== undefined) {
-            // Whoever may see the channel may see who is in it. Presence is state, not history:
-            // a resume always gets a fresh snapshot.
-            await checkAccess(conn.principal, target)
-            if (!conn.channels.has(frame.channel)) return // unsubscribed meanwhile
-            return void deps.presence.subscribe(conn, target, frame.since !== undefined)
-          }
-          await checkAccess(conn.principal, frame.channel)
-          // Unsubscribed or closed while a room's visibility was read: the client was told it holds
-          // nothing (or is gone), so the hub must not take it on (it would get updates it cannot
-          // stop, uncounted by the channel limit, or keep a closed socket as a member for good).
-          if (!conn.channels.has(frame.channel)) return
-          const from = frame.since === undefined ? undefined : { since: frame.since, epoch: frame.epoch ?? '' }
-          await deps.hub.subscribe(conn, frame.channel, from)
-          // Present once its first frames are out (and if it did not leave or close meanwhile).
-          if (isTracked(frame.channel) && conn.channels.has(frame.channel) && connections.get(conn.id) === conn) {
-            deps.presence.track(frame.channel, conn.id, conn.principal)
-          }
-          return
+          // Its access check and first frames (a snapshot or a resume: the reads behind them) in a
+          // span of its own when tracing is on.
+          const attributes = { 'fanfare.channel': frame.channel, 'fanfare.channel.kind': parseChannel(frame.channel)?.kind ?? '', 'fanfare.resume': frame.since !== undefined }
+          return await commandSpan('fanfare.subscribe', frame.traceparent, attributes, () => subscribe(conn, frame))
         }
         case 'ping':
           return void reply({ op: 'pong', ...(frame.ref === undefined ? {} : { ref: frame.ref }) })

@@ -38,6 +38,8 @@ export const SubscribeFrame = Type.Object(
     since: Type.Optional(Type.Integer({ minimum: 0 })),
     /** The epoch of `since`, from the frame that carried it. */
     epoch: Type.Optional(Type.String({ maxLength: 64 })),
+    /** W3C trace context: the subscribe (its access check, its snapshot or history reads) joins the client's trace. */
+    traceparent: Type.Optional(Type.String({ maxLength: 128 })),
   },
   strict,
 )
