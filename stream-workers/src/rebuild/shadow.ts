@@ -2,6 +2,7 @@ import { getTableName, sql, type SQL } from 'drizzle-orm'
 import { rowsOf, type Db, type Tx } from '../../../core/db/client'
 import { changeOutbox, channelVersions, chatMessages, deadLetters, derivedScores, eventOutbox, leaderboardEntries, matches, polls, pollVotes, projectionCheckpoints, reactionDedup, reactionTotals, streams, streamViewers } from '../../../core/db/schema'
 import { restartRunPayload } from '../../../core/restart-runs'
+import { historyDeleteLock } from '../runtime/history-pruner'
 import type { ProjectionName } from '../projections'
 
 /**
@@ -135,6 +136,15 @@ export async function useShadow(tx: Tx, schema: string): Promise<void> {
  * missing row is created with a new epoch), which only costs its subscribers a resync. That other projection's runners are not
  * stopped by the switch and lock version rows in channel order (see outboxWrite): the rows are
  * locked here in the same order first, so neither can hold one the other waits for (a deadlock).
+ *
+ * Live batches keep each channel's runs in change_history for resumes. Every run there of the
+ * projection's channels is of an epoch the switch ends: a channel it drops has no history any more
+ * (its snapshot is version 0, no epoch), one it keeps continues under a new epoch. API nodes serve
+ * a resume only in the channel's current epoch (a client resuming with the old one gets a
+ * snapshot), so those runs are never served again, and the pruner would keep a dropped channel's
+ * for good (its rounds join the version row) and an unwritten channel's until its next full
+ * round. The switch deletes them with the version rows it replaces, by the primary key's leading
+ * column (channel).
  */
 export async function swapIn(tx: Tx, opts: { shadow: string; retired: string; projection: ProjectionName }): Promise<void> {
   const { tables, channelPrefixes } = rebuildTargets[opts.projection]
@@ -157,8 +167,15 @@ export async function swapIn(tx: Tx, opts: { shadow: string; retired: string; pr
   const shadowVersions = sql.raw(`${ident(opts.shadow)}.channel_versions`)
   const at = new Date()
   const restart = (channel: SQL, epoch: SQL, version: SQL) => restartRunPayload({ channel, epoch, version }, 'read model rebuilt', at)
+  // Held by every delete of change_history (a prune round skips meanwhile): a round deleting rows
+  // of these channels in another order could deadlock with this one. Taken before this switch
+  // deletes any such row, so a round under way never waits for the switch.
+  await tx.execute(sql`select pg_advisory_xact_lock(${historyDeleteLock})`)
+  // `= any(array(...))`: an index condition on the key's leading column whatever the planner
+  // thinks of `gone`'s size (a join could hash a scan of the whole table).
   await tx.execute(
-    sql`with gone as (delete from public.channel_versions where ${mine} returning channel)
+    sql`with gone as (delete from public.channel_versions where ${mine} returning channel),
+        history as (delete from public.change_history where channel = any(array(select channel from gone)))
         insert into public.change_outbox (channel, epoch, version, payload)
         select channel, '', 0, ${restart(sql`channel`, sql`''`, sql`0`)}
         from gone where not exists (select 1 from ${shadowVersions} s where s.channel = gone.channel)

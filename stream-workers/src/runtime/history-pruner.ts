@@ -23,6 +23,14 @@ export type PruneScope = { channels: readonly string[]; since: Date }
 export const LATE_MS = 60_000
 
 /**
+ * The transaction-scoped advisory lock every delete of change_history rows holds first: a prune
+ * round (which skips when it is held) and a rebuild's switch (which waits for it, see swapIn). Two
+ * deletes over the same rows in different orders could deadlock. The key is the one pruners have
+ * always taken, so processes of an earlier version still exclude these.
+ */
+export const historyDeleteLock = sql`hashtext('fanfare.change_history.prune')`
+
+/**
  * One prune of change_history (live batches): deletes the runs of a channel's earlier
  * epochs, the runs older than its kind's FANFARE_HISTORY_TTL_MS, and the runs that hold none of its
  * last FANFARE_HISTORY_SIZE versions (per kind, see historyRetention): a run goes once a later run
@@ -61,7 +69,7 @@ async function pruneRound(db: Db, config: Config, now: Date, scope?: PruneScope)
     return Number(deleted[0]?.n ?? 0)
   }
   return db.transaction(async (tx) => {
-    const [lock] = await rowsOf<{ ok: boolean }>(tx, sql`select pg_try_advisory_xact_lock(hashtext('fanfare.change_history.prune')) as ok`)
+    const [lock] = await rowsOf<{ ok: boolean }>(tx, sql`select pg_try_advisory_xact_lock(${historyDeleteLock}) as ok`)
     if (!lock?.ok) return undefined
     if (!scope) return (await prune(tx, sql`true`)) + (await pruneOrphans(tx))
     let n = 0
@@ -90,10 +98,11 @@ async function pruneRound(db: Db, config: Config, now: Date, scope?: PruneScope)
 }
 
 /**
- * Deletes the runs of channels that have no channel_versions row: a rebuild's switch drops the row
- * of a channel its rebuilt model never changed (shadow.ts swapIn), leaving the channel's runs of
- * the replaced epoch, which no API node serves (it reads a channel's epochs against its snapshot's:
- * version 0, no epoch) and which `prune` never reaches (it joins the row). A batch writes a
+ * Deletes the runs of channels that have no channel_versions row, which `prune` never reaches (it
+ * joins the row) and no API node serves (it reads a channel's epochs against its snapshot's:
+ * version 0, no epoch). A backstop: a rebuild's switch, which drops the row of a channel its
+ * rebuilt model never changed, deletes that channel's runs itself (shadow.ts swapIn); what is left
+ * for this is such runs from a switch of an earlier version, which did not. A batch writes a
  * channel's runs and its row in one statement, so a run without a row is never a new one.
  */
 async function pruneOrphans(tx: Tx): Promise<number> {
@@ -150,10 +159,11 @@ export function historyTouches(): HistoryTouches {
 /**
  * A full round (every row) at a pruner's first round, and then this often. Between them a round
  * looks only at the channels written and the rows past their TTL (see PruneScope). What only a
- * full round deletes: the earlier epoch's runs of a channel a rebuild switched and nothing wrote
- * since (API nodes read only a channel's current epoch from them), the runs of a channel whose row
- * such a switch dropped (see pruneOrphans), and rows a worker that stopped without pruning had
- * written (its touched channels are lost with it).
+ * full round deletes: rows a worker that stopped without pruning had written (its touched channels
+ * are lost with it), and, as a backstop, what a rebuild's switch of an earlier version left: the
+ * earlier epoch's runs of a channel it switched and nothing wrote since (API nodes read only a
+ * channel's current epoch from them), and the runs of a channel whose row it dropped (see
+ * pruneOrphans). A switch now deletes both itself (shadow.ts swapIn).
  */
 export const FULL_EVERY_MS = 3600_000
 
