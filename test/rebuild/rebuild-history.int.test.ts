@@ -1,10 +1,13 @@
 import { afterEach, describe, expect, test } from 'bun:test'
-import { asc } from 'drizzle-orm'
+import { asc, sql } from 'drizzle-orm'
+import postgres from 'postgres'
+import { rowsOf } from '../../core/db/client'
 import { changeHistory, channelVersions } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
 import { leaderboardsProjection } from '../../stream-workers/src/projections/leaderboards/apply'
 import type { Projection } from '../../stream-workers/src/projections/types'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
+import { until } from '../../core/testing/wait'
 import { caughtUp, createWorld, publishEvent, storedEvent, type World } from '../../stream-workers/src/testing/harness'
 
 let world: World | undefined
@@ -30,9 +33,13 @@ const fixed: Projection = {
  * pruner's rounds (here: none) never reached a dropped channel's runs but in its hourly full round.
  */
 describe('change_history across a rebuild', () => {
-  test("the switch deletes its projection's channels' runs, a dropped channel's and a kept one's old epoch, and leaves other projections' channels alone", async () => {
+  /**
+   * Boards b and z and room lobby changed by a worker that never prunes during the test (its
+   * first round comes after the interval), every channel with runs in change_history; and the
+   * rebuild of leaderboards by the fixed code, not started.
+   */
+  async function seeded() {
     const w = (world = await createWorld({ FANFARE_PARTITIONS: '2' }))
-    // No pruner round during the test (its first comes after the interval).
     await w.startWorker({ historyPruneMs: 3_600_000 })
     for (const [board, player, score] of [['b', 'ann', 5], ['b', 'cy', 4], ['z', 'zed', 9], ['z', 'zoe', 3]] as const) {
       await publishEvent(w, storedEvent('score.submitted', { board, player, score }))
@@ -43,15 +50,21 @@ describe('change_history across a rebuild', () => {
     const history = async () =>
       (await db.select().from(changeHistory).orderBy(asc(changeHistory.channel), asc(changeHistory.epoch), asc(changeHistory.version))).map((r) => `${r.channel}/${r.epoch}@${r.version}`)
     const epochs = async () => Object.fromEntries((await db.select().from(channelVersions)).map((v) => [v.channel, v.epoch]))
-    const before = await epochs()
     const kept = await history()
     const of = (rows: string[], channel: string) => rows.filter((r) => r.startsWith(`${channel}/`))
     for (const channel of ['leaderboard:b', 'leaderboard:z', 'chat:lobby']) expect(of(kept, channel).length).toBeGreaterThan(0)
+    const rebuild = () =>
+      runRebuild(
+        { config: w.config, db, js: w.js, logger: createLogger('silent'), projection: fixed, progress: async () => {}, signal: new AbortController().signal },
+        { id: 'history', attempt: 1 },
+      )
+    return { w, db, history, epochs, kept, of, rebuild }
+  }
 
-    await runRebuild(
-      { config: w.config, db, js: w.js, logger: createLogger('silent'), projection: fixed, progress: async () => {}, signal: new AbortController().signal },
-      { id: 'history', attempt: 1 },
-    )
+  test("the switch deletes its projection's channels' runs, a dropped channel's and a kept one's old epoch, and leaves other projections' channels alone", async () => {
+    const { w, history, epochs, kept, of, rebuild } = await seeded()
+    const before = await epochs()
+    await rebuild()
 
     // z dropped (no scores left), b kept under a new epoch, chat untouched.
     const after = await epochs()
@@ -65,5 +78,37 @@ describe('change_history across a rebuild', () => {
     await publishEvent(w, storedEvent('score.submitted', { board: 'b', player: 'dan', score: 7 }))
     await caughtUp(w)
     expect((await history()).filter((r) => !r.startsWith('chat:'))).toEqual([`leaderboard:b/${after['leaderboard:b']}@3`])
+  }, 60_000)
+
+  test('the switch waits for a prune round under way (their deletes hold one advisory lock), then deletes', async () => {
+    const { w, db, history, kept, of, rebuild } = await seeded()
+    // Another session holds the lock as a prune round does.
+    const other = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
+    let release = () => {}
+    const released = new Promise<void>((r) => (release = r))
+    let locked = () => {}
+    const isLocked = new Promise<void>((r) => (locked = r))
+    const holding = other.begin(async (tx) => {
+      await tx`select pg_advisory_xact_lock(hashtext('fanfare.change_history.prune'))`
+      locked()
+      await released
+    })
+    try {
+      await isLocked
+      let switched = false
+      const rebuilding = rebuild().then(() => (switched = true))
+      const waiting = async () => (await rowsOf<{ n: number }>(db, sql`select count(*)::int as n from pg_locks l join pg_database d on d.oid = l.database
+                                                 where d.datname = current_database() and l.locktype = 'advisory' and not l.granted`))[0].n === 1
+      await until('the switch waiting for the lock', waiting, 20_000, 20)
+      expect(switched).toBe(false)
+      expect(await history()).toEqual(kept)
+      release()
+      await rebuilding
+    } finally {
+      release()
+      await holding
+      await other.end()
+    }
+    expect(await history()).toEqual(of(kept, 'chat:lobby'))
   }, 60_000)
 })
