@@ -1,6 +1,5 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { asc, sql } from 'drizzle-orm'
-import postgres from 'postgres'
 import { rowsOf } from '../../core/db/client'
 import { changeHistory, channelVersions } from '../../core/db/schema'
 import { createLogger } from '../../core/logger'
@@ -8,7 +7,7 @@ import { leaderboardsProjection } from '../../stream-workers/src/projections/lea
 import type { Projection } from '../../stream-workers/src/projections/types'
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
 import { until } from '../../core/testing/wait'
-import { caughtUp, createWorld, publishEvent, storedEvent, type World } from '../../stream-workers/src/testing/harness'
+import { caughtUp, createWorld, holdHistoryLock, publishEvent, storedEvent, type World } from '../../stream-workers/src/testing/harness'
 
 let world: World | undefined
 afterEach(async () => {
@@ -83,18 +82,8 @@ describe('change_history across a rebuild', () => {
   test('the switch waits for a prune round under way (their deletes hold one advisory lock), then deletes', async () => {
     const { w, db, history, kept, of, rebuild } = await seeded()
     // Another session holds the lock as a prune round does.
-    const other = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-    let release = () => {}
-    const released = new Promise<void>((r) => (release = r))
-    let locked = () => {}
-    const isLocked = new Promise<void>((r) => (locked = r))
-    const holding = other.begin(async (tx) => {
-      await tx`select pg_advisory_xact_lock(hashtext('fanfare.change_history.prune'))`
-      locked()
-      await released
-    })
+    const lock = await holdHistoryLock(w)
     try {
-      await isLocked
       let switched = false
       const rebuilding = rebuild().then(() => (switched = true))
       const waiting = async () => (await rowsOf<{ n: number }>(db, sql`select count(*)::int as n from pg_locks l join pg_database d on d.oid = l.database
@@ -102,12 +91,10 @@ describe('change_history across a rebuild', () => {
       await until('the switch waiting for the lock', waiting, 20_000, 20)
       expect(switched).toBe(false)
       expect(await history()).toEqual(kept)
-      release()
+      await lock.release()
       await rebuilding
     } finally {
-      release()
-      await holding
-      await other.end()
+      await lock.release()
     }
     expect(await history()).toEqual(of(kept, 'chat:lobby'))
   }, 60_000)

@@ -28,7 +28,8 @@ export const LATE_MS = 60_000
  * deletes over the same rows in different orders could deadlock. The key is the one pruners have
  * always taken, so processes of an earlier version still exclude these.
  */
-export const historyDeleteLock = sql`hashtext('fanfare.change_history.prune')`
+export const HISTORY_DELETE_LOCK_KEY = 'fanfare.change_history.prune'
+export const historyDeleteLock = sql`hashtext(${HISTORY_DELETE_LOCK_KEY})`
 
 /**
  * One prune of change_history (live batches): deletes the runs of a channel's earlier

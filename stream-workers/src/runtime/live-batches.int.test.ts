@@ -6,8 +6,7 @@ import { changeHistory, changeOutbox, channelVersions } from '../../../core/db/s
 import { runsOfMessage, type LiveBatch } from '../../../core/live-batches'
 import { topology } from '../../../core/nats'
 import { until } from '../../../core/testing/wait'
-import { caughtUp, createWorld, publishEvent, storedEvent, type World } from '../testing/harness'
-import postgres from 'postgres'
+import { caughtUp, createWorld, holdHistoryLock, publishEvent, storedEvent, type World } from '../testing/harness'
 import { historyTouches, LATE_MS, pruneHistory, startHistoryPruner } from './history-pruner'
 import { createLogger } from '../../../core/logger'
 
@@ -168,25 +167,13 @@ describe('pruneHistory', () => {
       await Bun.sleep(300)
       expect(await kept(w)).toEqual(['chat:b/e1@3', 'chat:b/e1@5'])
       // Told while another process holds the lock: the rounds skip, and keep the channel for later.
-      const other = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-      let release = () => {}
-      const released = new Promise<void>((r) => (release = r))
-      let locked = () => {}
-      const isLocked = new Promise<void>((r) => (locked = r))
-      const holding = other.begin(async (tx) => {
-        await tx`select pg_advisory_xact_lock(hashtext('fanfare.change_history.prune'))`
-        locked()
-        await released
-      })
+      const lock = await holdHistoryLock(w)
       try {
-        await isLocked
         touched.add([{ channel: 'chat:b' }])
         await Bun.sleep(300)
         expect(await kept(w)).toEqual(['chat:b/e1@3', 'chat:b/e1@5'])
       } finally {
-        release()
-        await holding
-        await other.end()
+        await lock.release()
       }
       await until('pruned once the lock is free', async () => (await kept(w)).join() === 'chat:b/e1@5')
     } finally {

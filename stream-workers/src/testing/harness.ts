@@ -14,6 +14,7 @@ import { leaderboardEntries } from '../../../core/db/schema'
 import { until } from '../../../core/testing/wait'
 import { parseConsumerName, projectionNames } from '../../../core/projections'
 import { startWorkers, type Workers, type WorkersDeps } from '../workers'
+import { HISTORY_DELETE_LOCK_KEY } from '../runtime/history-pruner'
 
 /** One integration test's world: a fresh database and streams, and what it opened, to close. */
 export type World = {
@@ -166,23 +167,46 @@ export const boardScores = async (w: World, board: string) =>
   )
 
 /**
- * Holds `channel`'s version row from another session until `release`: a batch statement touching
- * the channel waits for it (`waiting` resolves once one does). `prober` is a third session, for
- * looking at the database meanwhile.
+ * Runs `take` (a statement that locks something) in a transaction of a session of its own and
+ * keeps that transaction open until `release` (safe to call twice), which then closes the session.
  */
-export async function holdVersionRow(w: World, channel: string) {
+async function holdInTransaction(w: World, take: (tx: postgres.TransactionSql) => Promise<unknown>) {
   const holder = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
-  const prober = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
   let release!: () => void
   const released = new Promise<void>((resolve) => (release = resolve))
   let locked!: () => void
   const isLocked = new Promise<void>((resolve) => (locked = resolve))
   const holding = holder.begin(async (tx) => {
-    await tx`select version from channel_versions where channel = ${channel} for update`
+    await take(tx)
     locked()
     await released
   })
-  await isLocked
+  await Promise.race([isLocked, holding])
+  let ended: Promise<void> | undefined
+  return {
+    release: () =>
+      (ended ??= (async () => {
+        release()
+        await holding
+        await holder.end()
+      })()),
+  }
+}
+
+/**
+ * Holds the lock every delete of change_history takes first (historyDeleteLock) from another
+ * session until `release`, as a prune round under way does: rounds skip, a rebuild's switch waits.
+ */
+export const holdHistoryLock = (w: World) => holdInTransaction(w, (tx) => tx`select pg_advisory_xact_lock(hashtext(${HISTORY_DELETE_LOCK_KEY}))`)
+
+/**
+ * Holds `channel`'s version row from another session until `release`: a batch statement touching
+ * the channel waits for it (`waiting` resolves once one does). `prober` is a third session, for
+ * looking at the database meanwhile.
+ */
+export async function holdVersionRow(w: World, channel: string) {
+  const held = await holdInTransaction(w, (tx) => tx`select version from channel_versions where channel = ${channel} for update`)
+  const prober = postgres(w.env.vars.DATABASE_URL, { max: 1, onnotice: () => {} })
   let ended: Promise<void> | undefined
   return {
     prober,
@@ -194,9 +218,7 @@ export async function holdVersionRow(w: World, channel: string) {
     /** Lets the row go and closes both sessions (safe to call twice). */
     release: () =>
       (ended ??= (async () => {
-        release()
-        await holding
-        await holder.end()
+        await held.release()
         await prober.end()
       })()),
   }
