@@ -10,7 +10,7 @@ import { freePort } from '../../../core/process'
 import { TEST_NATS_URL } from '../../../core/testing/env'
 import { privateNats } from '../../../test/cluster/private-nats'
 import { WsClient, until } from '../../../test/e2e/harness'
-import type { Principal } from '../auth/principal'
+import { ANONYMOUS, type Principal } from '../auth/principal'
 import { mintUserToken } from '../auth/mint'
 import { createLimits, type Limits } from '.'
 import { createAuthFailures } from './auth-failures'
@@ -173,6 +173,24 @@ describe('limits across two API nodes', () => {
     expect(statuses.filter((s) => s === 429).length).toBe(6)
   })
 
+  test('a socket closed 4029 for abuse on one node: its user reconnecting to the other at once is refused there (429 rate_limited, for no longer than the close said)', async () => {
+    const token = await mintUserToken(a.env.vars.FANFARE_JWT_SECRET, { sub: 'h-dee' })
+    const ws = await open('a', '203.0.113.50', token)
+    // The user's budget is 20 (1 a second): past it, 16 refusals within 5 s are abuse.
+    for (let i = 0; i < 60; i++) ws.send({ op: 'publish', ref: `p${i}`, event: { id: `h-dee-${i}`, type: 'chat.message.posted', data: { room: 'held', text: `${i}` } } })
+    await until('the 4029 close', () => ws.closed, 10_000, 2)
+    expect(ws.closed!.code).toBe(4029)
+    const given = Number(/reconnect after (\d+) ms/.exec(ws.closed!.reason)?.[1])
+    expect(given).toBeGreaterThan(0)
+    // At once, from another address (no wait for the next interval, no flush by the test).
+    const res = await fetch(`${bBase()}/v1/ws?token=${token}`, { headers: { ...UPGRADE_HEADERS, ...from('203.0.113.51') } })
+    expect(res.status).toBe(429)
+    const error = ((await res.json()) as any).error
+    expect(error.code).toBe('rate_limited')
+    expect(error.details.retryAfterMs).toBeGreaterThan(0)
+    expect(error.details.retryAfterMs).toBeLessThanOrEqual(given)
+  })
+
   test("a node cut off: its sockets are forgotten once its heartbeats stop, and the user may open up to the limit on the other", async () => {
     const token = await mintUserToken(a.env.vars.FANFARE_JWT_SECRET, { sub: 'c-cid' })
     // 3 on b, 1 on a: the limit (4) reached.
@@ -208,11 +226,15 @@ describe('limits cluster: node runs, goodbyes and NATS away', () => {
     }
   })
   const prefix = () => `t_lc_${crypto.randomUUID().slice(0, 8)}`
-  /** A node's limits: at most 4 sockets per user (per address: no limit that matters); lost after 60 s of silence unless `ttlMs`. */
-  const node = async (url: string, p: string, ttlMs = 60_000) => {
+  /**
+   * A node's limits: at most 4 sockets per user (per address: no limit that matters); lost after 60 s
+   * of silence unless `ttlMs`; sends what changed every 50 ms unless `flushMs` (a heartbeat, which
+   * sends it too, every 100 ms or `flushMs`).
+   */
+  const node = async (url: string, p: string, ttlMs = 60_000, flushMs = 50) => {
     const nc = await connect({ servers: url, reconnectTimeWait: 100, maxReconnectAttempts: -1 })
     const config = loadConfig({ FANFARE_SUBJECT_PREFIX: p, FANFARE_MAX_CONNECTIONS_PER_USER: '4', FANFARE_MAX_CONNECTIONS_PER_IP: '100000', FANFARE_PRESENCE_TTL_MS: String(ttlMs) })
-    const limits = createLimits({ config, share: { nc, logger, flushMs: 50, heartbeatMs: 100 } })
+    const limits = createLimits({ config, share: { nc, logger, flushMs, heartbeatMs: Math.max(100, flushMs) } })
     started.push({ limits, nc })
     return { limits, nc }
   }
@@ -259,17 +281,75 @@ describe('limits cluster: node runs, goodbyes and NATS away', () => {
     await again.close()
   })
 
+  /** Until `a` and `b` hear each other (each has the other's full state): what one sets from then on reaches the other. */
+  const meshed = (a: Limits, b: Limits) =>
+    until('the nodes to hear each other', () => (a.cluster!.peers().includes(b.cluster!.node) && b.cluster!.peers().includes(a.cluster!.node)) || undefined, 10_000, 10)
+
+  test('a hold-off set on one node refuses the same user and the same anonymous address on the other within a flush interval, for no longer; a node that joins learns it; after it both admit', async () => {
+    const p = prefix()
+    const x = await node(TEST_NATS_URL, p)
+    const y = await node(TEST_NATS_URL, p)
+    await meshed(x.limits, y.limits)
+    const HOLD = 2000
+    // x closed ann's socket and an anonymous one of 203.0.113.60 for abuse.
+    x.limits.connections.holdOff('203.0.113.61', ann, HOLD)
+    x.limits.connections.holdOff('203.0.113.60', ANONYMOUS, HOLD)
+    const set = performance.now()
+    const refused = await until('y to hold ann off', () => y.limits.connections.admitPrincipal(ann), 5000, 5)
+    // Within a flush interval (50 ms; 1 s allowed for a loaded machine), not at the hold-off's end.
+    expect(performance.now() - set).toBeLessThan(1000)
+    expect(refused).toMatchObject({ code: 'rate_limited' })
+    expect(refused.retryAfterMs).toBeGreaterThan(0)
+    expect(refused.retryAfterMs).toBeLessThanOrEqual(HOLD)
+    const address = y.limits.connections.admitAddress('203.0.113.60')
+    expect(address).toMatchObject({ code: 'rate_limited' })
+    expect(address!.retryAfterMs).toBeLessThanOrEqual(HOLD)
+    // The user's other address, and other users, are not held off.
+    expect(y.limits.connections.admitAddress('203.0.113.61')).toBeUndefined()
+    expect(y.limits.connections.admitPrincipal({ ...ann, id: 'bea' })).toBeUndefined()
+
+    // A node that joins now learns both from the full states it is sent.
+    const z = await node(TEST_NATS_URL, p)
+    const late = await until('z to hold ann off', () => z.limits.connections.admitPrincipal(ann), 5000, 10)
+    expect(late.retryAfterMs).toBeLessThanOrEqual(HOLD)
+    expect(z.limits.connections.admitAddress('203.0.113.60')).toMatchObject({ code: 'rate_limited' })
+
+    // After it ends, every node admits both.
+    await Bun.sleep(Math.max(0, set + HOLD - performance.now()) + 50)
+    for (const l of [x.limits, y.limits, z.limits]) {
+      expect(l.connections.admitPrincipal(ann)).toBeUndefined()
+      expect(l.connections.admitAddress('203.0.113.60')).toBeUndefined()
+    }
+  })
+
+  test('a hold-off is sent at once, not at the next interval: the client closed for abuse reconnects to another node at once', async () => {
+    const p = prefix()
+    // Intervals (and heartbeats) of 10 s: only a hold-off sent at once arrives within the test.
+    const x = await node(TEST_NATS_URL, p, 60_000, 10_000)
+    const y = await node(TEST_NATS_URL, p, 60_000, 10_000)
+    await meshed(x.limits, y.limits)
+    x.limits.connections.holdOff('203.0.113.62', ann, 30_000)
+    const refused = await until('y to hold ann off', () => y.limits.connections.admitPrincipal(ann), 2000, 5)
+    expect(refused).toMatchObject({ code: 'rate_limited' })
+  })
+
   test('more keys than one message holds: the deltas and a full state are split, and all arrive', async () => {
     const p = prefix()
     const x = await node(TEST_NATS_URL, p)
     const y = await node(TEST_NATS_URL, p)
     const users = Array.from({ length: 2500 }, (_, i) => ({ ...ann, kind: 'user' as const, id: `many-${i}` }))
     for (const u of users) if ('refusal' in x.limits.connections.open('203.0.113.2', u)) throw new Error('refused')
-    const all = (l: Limits) => users.every((u) => l.connections.shared.remote(`u:${u.id}`) === 1) && l.connections.shared.remote('ip:203.0.113.2') === 2500
-    await until('y to count every socket of x (deltas)', () => all(y.limits) || undefined, 10_000, 50)
-    // A node that joins later gets x's full state, in parts.
+    // And 1,500 of them held off at once (in one turn: one delta, split).
+    const held = users.slice(0, 1500)
+    for (const u of held) x.limits.connections.holdOff('203.0.113.2', u, 60_000)
+    const all = (l: Limits) =>
+      users.every((u) => l.connections.shared.remote(`u:${u.id}`) === 1) &&
+      l.connections.shared.remote('ip:203.0.113.2') === 2500 &&
+      held.every((u) => l.connections.admitPrincipal(u)?.code === 'rate_limited')
+    await until('y to count every socket of x and hold off its users (deltas)', () => all(y.limits) || undefined, 10_000, 50)
+    // A node that joins later gets x's (and y's) full state, in parts.
     const z = await node(TEST_NATS_URL, p)
-    await until('z to count every socket of x (a full state)', () => all(z.limits) || undefined, 10_000, 50)
+    await until('z to count every socket of x and hold off its users (a full state)', () => all(z.limits) || undefined, 10_000, 50)
   })
 
   test('NATS away: each node counts its own sockets only (nobody is refused for it); back, they count each other again', async () => {

@@ -5,17 +5,24 @@ import { pack, startNodeMesh } from '../cluster/node-mesh'
 import type { SharedConnections } from './connections'
 import type { SharedCharges } from './rates'
 
-/** [key, n]: a count, or what was charged. */
+/** [key, n]: a count, what was charged, or the ms a hold-off has left. */
 type Entry = [string, number]
 
 /**
  * What a node's limits messages on `<prefix>.presence.limits` carry beside the mesh's fields (see
  * MeshMessage). `open` carries this node's count of open sockets per key (absolute: a later one
  * replaces an earlier one); `spent` and `failed` what it charged per budget and the credential
- * failures per address since its last delta (added up by the receivers).
+ * failures per address since its last delta (added up by the receivers); `held` the hold-offs it
+ * set since then, with the ms each has left (the time left, not an end: clocks differ; a receiver
+ * keeps the later end).
  */
-type Delta = { open?: Entry[]; spent?: Entry[]; failed?: Entry[] }
-type Full = { open: Entry[] }
+type Delta = { open?: Entry[]; spent?: Entry[]; failed?: Entry[]; held?: Entry[] }
+/**
+ * A full state: the open sockets, and every hold-off in force on the node (a node that joins
+ * learns them). `open` is never absent, even in a part of hold-offs only: a node of the last
+ * version reads it in every part.
+ */
+type Full = { open: Entry[]; held?: Entry[] }
 
 /**
  * Most entries in one message: keeps every message below NATS' 1 MB payload limit even when every
@@ -29,16 +36,19 @@ const MAX_ENTRIES = 1000
  * node gone silent), on `<prefix>.presence.limits` so that it needs no NATS
  * permission beyond presence's. Every check stays local: each node counts what it admits, and
  * every `flushMs` tells the others what changed in one message: its open sockets per user and per
- * address (absolute counts), what it charged each user, key and anonymous address budget, and the
- * credential failures per address. A receiver adds the sockets to what it admits against and
- * debits its own budgets by the charges (creating them if absent), so each budget holds across
- * the nodes up to one interval's charges per node.
+ * address (absolute counts), what it charged each user, key and anonymous address budget, the
+ * credential failures per address, and the hold-offs it set after abuse closes (sent at once, not
+ * at the next interval: see `holdOffSoon`). A receiver adds the sockets to what
+ * it admits against, debits its own budgets by the charges (creating them if absent), so each
+ * budget holds across the nodes up to one interval's charges per node, and holds the principal
+ * (or address) off as long as the node that closed it does.
  *
  * A node not heard from for `ttlMs` is dropped: its sockets count no more (so users are not locked
- * out by a dead node). A node that stops says goodbye (dropped at once); one that comes back under
- * the same id as a new run replaces its last run. While this node's own NATS connection is down,
- * or its subscription denied, it forgets every other node's counts and enforces its own share
- * only: NATS being away never makes a node refuse anyone.
+ * out by a dead node); its hold-offs stay until they end. A node that stops says goodbye (dropped
+ * at once); one that comes back under the same id as a new run replaces its last run. While this
+ * node's own NATS connection is down, or its subscription denied, it forgets every other node's
+ * counts and enforces its own share only, and its own hold-offs with those heard before: NATS
+ * being away never makes a node refuse anyone it would not refuse alone.
  */
 export function startLimitsCluster(deps: {
   nc: NatsConnection
@@ -71,6 +81,14 @@ export function startLimitsCluster(deps: {
     deps.connections.addRemote(key, count - was)
   }
   const chunks = (entries: Entry[]) => pack(entries, () => 1, MAX_ENTRIES)
+  /** `fields` in one message when their entries fit, else each field's entries split over messages of their own. */
+  const packFields = <T extends object>(fields: [keyof T & string, Entry[]][]): T[] => {
+    const some = fields.filter(([, entries]) => entries.length > 0)
+    const total = some.reduce((n, [, entries]) => n + entries.length, 0)
+    if (total === 0) return []
+    if (total <= MAX_ENTRIES) return [Object.fromEntries(some) as T]
+    return some.flatMap(([name, entries]) => chunks(entries).map((part) => ({ [name]: part }) as T))
+  }
 
   const mesh = startNodeMesh<Delta, Full>({
     nc: deps.nc, node: deps.node, inc: deps.inc, ttlMs: deps.ttlMs, heartbeatMs: deps.heartbeatMs, subscriptions: deps.subscriptions, now: deps.now,
@@ -86,33 +104,37 @@ export function startLimitsCluster(deps: {
     // it sent while cut off may be lost).
     cutOff: 'drop',
     fullWithHello: true,
-    deltas: () => {
-      const open = deps.connections.changed()
-      const spent = deps.rates.drain()
-      const failed = deps.authFailures.drain()
-      if (open.length + spent.length + failed.length === 0) return []
-      if (open.length + spent.length + failed.length <= MAX_ENTRIES) return [{ ...(open.length ? { open } : {}), ...(spent.length ? { spent } : {}), ...(failed.length ? { failed } : {}) }]
-      return [...chunks(open).map((open) => ({ open })), ...chunks(spent).map((spent) => ({ spent })), ...chunks(failed).map((failed) => ({ failed }))]
-    },
+    deltas: () =>
+      packFields<Delta>([
+        ['open', deps.connections.changed()],
+        ['spent', deps.rates.drain()],
+        ['failed', deps.authFailures.drain()],
+        ['held', deps.connections.heldOff()],
+      ]),
     full: () => {
-      const parts = chunks(deps.connections.state()).map((open) => ({ open }))
+      // Parts of hold-offs carry an empty `open` (see Full).
+      const parts = packFields<Full>([['open', deps.connections.state()], ['held', deps.connections.holds()]]).map((part) => ({ ...part, open: part.open ?? [] }))
       return parts.length > 0 ? parts : [{ open: [] }]
     },
-    // Charges add up whatever was missed before them; counts are absolute, and a gap in the
-    // numbers means some were missed: the node's full state repairs them.
+    // Charges add up whatever was missed before them, and a hold-off keeps the later end, so both
+    // apply whatever the order; counts are absolute, and a gap in the numbers means some were
+    // missed: the node's full state repairs them.
     delta: (node, m) => {
       for (const [id, n] of m.spent ?? []) deps.rates.debit(id, n)
       for (const [ip, n] of m.failed ?? []) deps.authFailures.debit(ip, n)
+      for (const [key, ms] of m.held ?? []) deps.connections.holdOff(key, ms)
       for (const [key, n] of m.open ?? []) setOpen(node, key, n)
     },
     replace: (node, parts) => {
       const state = new Map<string, number>()
       for (const part of parts) for (const [key, n] of part.open) state.set(key, n)
+      for (const part of parts) for (const [key, ms] of part.held ?? []) deps.connections.holdOff(key, ms)
       for (const key of [...(open.get(node)?.keys() ?? [])]) if (!state.has(key)) setOpen(node, key, 0)
       for (const [key, n] of state) setOpen(node, key, n)
     },
     // Whatever the reason (a goodbye: its sockets are closed; silence; a new run; this node cut
-    // off), its sockets count no more.
+    // off), its sockets count no more. Its hold-offs stay, as its charges do: they were for what a
+    // client did, and they end by themselves.
     drop: ({ node }) => {
       for (const [key, n] of open.get(node) ?? []) deps.connections.addRemote(key, -n)
       open.delete(node)
@@ -120,9 +142,24 @@ export function startLimitsCluster(deps: {
     logger: deps.logger.child({ component: 'limits-cluster' }),
   })
 
+  let stopped = false
+  let soon = false
   return {
     /** This node's id. */
     node: deps.node,
+    /**
+     * Sends a hold-off just set at the end of this turn, before the 4029 close that follows it (the
+     * close waits at least a turn): a client closed for abuse reconnects to another node at once,
+     * well within the interval. Hold-offs set in one turn go in one message.
+     */
+    holdOffSoon: () => {
+      if (soon || stopped) return
+      soon = true
+      setImmediate(() => {
+        soon = false
+        if (!stopped) mesh.flush()
+      })
+    },
     /** Nodes this one hears from (itself not included), for tests. */
     peers: mesh.peers,
     /** Sends what changed now instead of at the next interval, and returns the number of the last delta sent (for tests). */
@@ -130,7 +167,10 @@ export function startLimitsCluster(deps: {
     /** The number of the latest delta heard from `node` (0: none), for tests. */
     heard: mesh.heard,
     /** Sends what is pending, says goodbye (the others forget this node's sockets) and stops. */
-    stop: mesh.stop,
+    stop: () => {
+      stopped = true
+      return mesh.stop()
+    },
   }
 }
 

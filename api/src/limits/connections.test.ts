@@ -115,3 +115,38 @@ test('shared: sockets other nodes report count against the limits; changed keys 
   expect(limits.shared.state()).toEqual([])
   limits.stop()
 })
+
+test('shared hold-offs: those set here are read once with the time they have left; one heard holds the key off here, and the later end wins', () => {
+  let t = 0
+  const told: number[] = []
+  const limits = createConnectionLimits({ config, now: () => t, share: true, onHoldOff: () => told.push(t) })
+  limits.holdOff('1.1.1.1', user('ann'), 5000)
+  limits.holdOff('3.3.3.3', ANONYMOUS, 4000)
+  expect(told).toEqual([0, 0]) // the cluster is told at once, to send them before the close
+  t += 1000
+  expect(limits.shared.heldOff().sort()).toEqual([['ip:3.3.3.3', 3000], ['u:ann', 4000]])
+  expect(limits.shared.heldOff()).toEqual([]) // read once
+  // Another node held bob off: refused here for as long as it has left, never more.
+  limits.shared.holdOff('u:bob', 2000)
+  expect(limits.admitPrincipal(user('bob'))).toMatchObject({ code: 'rate_limited', retryAfterMs: 2000 })
+  // A shorter one heard later (a full state) shortens nothing; a longer one extends it.
+  limits.shared.holdOff('u:ann', 1000)
+  expect(limits.admitPrincipal(user('ann'))?.retryAfterMs).toBe(4000)
+  limits.shared.holdOff('ip:3.3.3.3', 6000)
+  expect(limits.admitAddress('3.3.3.3')?.retryAfterMs).toBe(6000)
+  // A hold-off heard is not sent on as one set here; a full state has every one in force.
+  expect(limits.shared.heldOff()).toEqual([])
+  expect(limits.shared.holds().sort()).toEqual([['ip:3.3.3.3', 6000], ['u:ann', 4000], ['u:bob', 2000]])
+  t += 2000
+  expect(limits.admitPrincipal(user('bob'))).toBeUndefined()
+  expect(limits.shared.holds().sort()).toEqual([['ip:3.3.3.3', 4000], ['u:ann', 2000]])
+  limits.stop()
+})
+
+test('not shared: nothing is kept to send', () => {
+  const limits = createConnectionLimits({ config, onHoldOff: () => { throw new Error('told') } })
+  limits.holdOff('1.1.1.1', user('ann'), 5000)
+  limits.admitAddress('1.1.1.1')
+  expect(limits.shared.heldOff()).toEqual([])
+  limits.stop()
+})

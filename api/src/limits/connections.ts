@@ -36,7 +36,10 @@ export type ConnectionLimits = {
   admitPrincipal(p: Principal): ConnectionRefusal | undefined
   /** A socket opened: counts it, or refuses it (nothing counted) if that passes a limit. */
   open(ip: string, p: Principal): { slot: Slot } | { refusal: ConnectionRefusal }
-  /** Refuses upgrades of this principal (users and keys; else of this address) for `ms` (after an abuse close). */
+  /**
+   * Refuses upgrades of this principal (users and keys; else of this address) for `ms` (after an
+   * abuse close), on every node when the node shares its limits (see LimitsCluster).
+   */
   holdOff(ip: string, p: Principal, ms: number): void
   /** Forgets connect buckets that are full again and hold-offs that ended. Runs every minute. */
   prune(): void
@@ -48,8 +51,8 @@ export type ConnectionLimits = {
 }
 
 /**
- * Open-socket counts as nodes share them: keys are `ip:<address>` and user principal ids (`u:<sub>`),
- * each with this node's count.
+ * Open-socket counts and hold-offs as nodes share them: keys are `ip:<address>` and
+ * principal ids (`u:<sub>`, `k:<id>`), each with this node's count.
  */
 export type SharedConnections = {
   /** The keys whose count changed since the last call, with their count now (0: none open). Only while sharing is on. */
@@ -60,6 +63,23 @@ export type SharedConnections = {
   addRemote(key: string, n: number): void
   /** Open sockets of `key` on the other nodes, as last reported (for tests). */
   remote(key: string): number
+  /**
+   * The hold-offs this node set since the last call, as [key, ms left now] (cleared). The time
+   * left, not the end: the nodes' clocks differ, and a client closed for abuse here must not be
+   * admitted by the node behind the load balancer it reconnects to. Only while sharing is on.
+   */
+  heldOff(): [string, number][]
+  /**
+   * Every hold-off in force here, set here or heard from another node, as [key, ms left]: a node
+   * that joins (or repairs a gap) learns them from any node, even from one that was not there when
+   * the hold-off was set.
+   */
+  holds(): [string, number][]
+  /**
+   * Another node held `key` off for `ms` from now: refused here until then too. A later end wins
+   * and none is shortened, so hearing one twice (a delta, then a full state) changes nothing.
+   */
+  holdOff(key: string, ms: number): void
 }
 
 /** What a client over a concurrency limit is told to wait: sockets close at no predictable time. */
@@ -72,6 +92,11 @@ export function createConnectionLimits(deps: {
   onRefused?: (what: 'ws_connections', caller: 'address' | Principal['kind']) => void
   /** Whether the counts are shared with other nodes (then changed keys are kept until read). */
   share?: boolean
+  /**
+   * Told when this node holds a key off, while sharing: the cluster sends it at once rather than
+   * at its next interval, as the client closed for abuse may reconnect to another node within it.
+   */
+  onHoldOff?: () => void
 }): ConnectionLimits {
   const c = deps.config
   /** `r`, counted as refused by the limits of `caller` (an address's, or a principal's). */
@@ -87,6 +112,17 @@ export function createConnectionLimits(deps: {
   /** Keys whose count changed since the cluster last read them. */
   const dirty = new Set<string>()
   const heldUntil = new Map<string, number>()
+  /** Keys this node held off since the cluster last read them. */
+  const newHolds = new Set<string>()
+  /** [key, ms left] of `key`'s hold-off, rounded up (a receiver holds it off no less); none once it ended. */
+  const leftOf = (key: string): [string, number] | undefined => {
+    const left = Math.ceil((heldUntil.get(key) ?? 0) - now())
+    return left > 0 ? [key, left] : undefined
+  }
+  /** Held off until `until`, or later if a hold-off already ends later (one heard from another node). */
+  const holdUntil = (key: string, until: number) => {
+    if (until > (heldUntil.get(key) ?? -Infinity)) heldUntil.set(key, until)
+  }
 
   const ipKey = (ip: string) => `ip:${ip}`
   const held = (key: string): ConnectionRefusal | undefined => {
@@ -169,7 +205,11 @@ export function createConnectionLimits(deps: {
       }
     },
     holdOff(ip, p, ms) {
-      heldUntil.set(p.kind === 'anonymous' ? ipKey(ip) : principalId(p), now() + ms)
+      const key = p.kind === 'anonymous' ? ipKey(ip) : principalId(p)
+      holdUntil(key, now() + ms)
+      if (!deps.share) return
+      newHolds.add(key)
+      deps.onHoldOff?.()
     },
     prune() {
       for (const [k, b] of connects) if (b.full()) connects.delete(k)
@@ -190,6 +230,24 @@ export function createConnectionLimits(deps: {
         else remote.set(key, v)
       },
       remote: (key) => remote.get(key) ?? 0,
+      heldOff() {
+        const out: [string, number][] = []
+        for (const key of newHolds) {
+          const left = leftOf(key)
+          if (left) out.push(left)
+        }
+        newHolds.clear()
+        return out
+      },
+      holds() {
+        const out: [string, number][] = []
+        for (const key of heldUntil.keys()) {
+          const left = leftOf(key)
+          if (left) out.push(left)
+        }
+        return out
+      },
+      holdOff: (key, ms) => holdUntil(key, now() + ms),
     },
     stop: () => clearInterval(pruning),
   }

@@ -59,25 +59,26 @@ export function createLimits(deps: {
   const maxSubscriptions = deps.maxSubscriptions ?? MAX_SUBSCRIPTIONS
   const share = deps.share !== undefined
   const rates = createRateLimits({ config: deps.config, maxSubscriptions, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited, share })
-  const connections = createConnectionLimits({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited, share })
+  // `cluster` is read when a hold-off is set, after it started below.
+  const connections = createConnectionLimits({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited, share, onHoldOff: () => cluster?.holdOffSoon() })
   const authFailures = createAuthFailures({ config: deps.config, now: deps.now, onRefused: deps.metrics?.ingest.rateLimited, share })
-  const cluster =
-    deps.share &&
-    startLimitsCluster({
-      nc: deps.share.nc,
-      prefix: deps.config.FANFARE_SUBJECT_PREFIX,
-      node: `${hostname()}-${process.pid}-${++started}`,
-      inc: crypto.randomUUID().slice(0, 8),
-      connections: connections.shared,
-      rates: rates.shared,
-      authFailures: authFailures.shared,
-      // A node is lost after the same silence as in presence.
-      ttlMs: deps.config.FANFARE_PRESENCE_TTL_MS,
-      heartbeatMs: deps.share.heartbeatMs,
-      flushMs: deps.share.flushMs,
-      logger: deps.share.logger,
-      subscriptions: deps.share.subscriptions,
-    })
+  const cluster: LimitsCluster | undefined = deps.share
+    ? startLimitsCluster({
+        nc: deps.share.nc,
+        prefix: deps.config.FANFARE_SUBJECT_PREFIX,
+        node: `${hostname()}-${process.pid}-${++started}`,
+        inc: crypto.randomUUID().slice(0, 8),
+        connections: connections.shared,
+        rates: rates.shared,
+        authFailures: authFailures.shared,
+        // A node is lost after the same silence as in presence.
+        ttlMs: deps.config.FANFARE_PRESENCE_TTL_MS,
+        heartbeatMs: deps.share.heartbeatMs,
+        flushMs: deps.share.flushMs,
+        logger: deps.share.logger,
+        subscriptions: deps.share.subscriptions,
+      })
+    : undefined
   return {
     rates,
     connections,
