@@ -231,9 +231,9 @@ describe('limits cluster: node runs, goodbyes and NATS away', () => {
    * of silence unless `ttlMs`; sends what changed every 50 ms unless `flushMs` (a heartbeat, which
    * sends it too, every 100 ms or `flushMs`).
    */
-  const node = async (url: string, p: string, ttlMs = 60_000, flushMs = 50) => {
+  const node = async (url: string, p: string, ttlMs = 60_000, flushMs = 50, more: Record<string, string> = {}) => {
     const nc = await connect({ servers: url, reconnectTimeWait: 100, maxReconnectAttempts: -1 })
-    const config = loadConfig({ FANFARE_SUBJECT_PREFIX: p, FANFARE_MAX_CONNECTIONS_PER_USER: '4', FANFARE_MAX_CONNECTIONS_PER_IP: '100000', FANFARE_PRESENCE_TTL_MS: String(ttlMs) })
+    const config = loadConfig({ FANFARE_SUBJECT_PREFIX: p, FANFARE_MAX_CONNECTIONS_PER_USER: '4', FANFARE_MAX_CONNECTIONS_PER_IP: '100000', FANFARE_PRESENCE_TTL_MS: String(ttlMs), ...more })
     const limits = createLimits({ config, share: { nc, logger, flushMs, heartbeatMs: Math.max(100, flushMs) } })
     started.push({ limits, nc })
     return { limits, nc }
@@ -331,6 +331,22 @@ describe('limits cluster: node runs, goodbyes and NATS away', () => {
     x.limits.connections.holdOff('203.0.113.62', ann, 30_000)
     const refused = await until('y to hold ann off', () => y.limits.connections.admitPrincipal(ann), 2000, 5)
     expect(refused).toMatchObject({ code: 'rate_limited' })
+  })
+
+  test("an address's connects on two nodes draw on one budget", async () => {
+    const p = prefix()
+    const rate = { FANFARE_IP_CONNECTS_PER_SECOND: '1', FANFARE_IP_CONNECT_BURST: '10' }
+    const x = await node(TEST_NATS_URL, p, 60_000, 50, rate)
+    const y = await node(TEST_NATS_URL, p, 60_000, 50, rate)
+    await meshed(x.limits, y.limits)
+    // 8 connects on x, then y: 2 more (plus what refilled meanwhile, 1 a second), not 10.
+    for (let i = 0; i < 8; i++) expect(x.limits.connections.admitAddress('203.0.113.63')).toBeUndefined()
+    const seq = x.limits.cluster!.flush()
+    await until("y to hear x's connects", () => y.limits.cluster!.heard(x.limits.cluster!.node) >= seq || undefined, 5000, 10)
+    let admitted = 0
+    while (admitted < 10 && y.limits.connections.admitAddress('203.0.113.63') === undefined) admitted++
+    expect(admitted).toBeGreaterThanOrEqual(2)
+    expect(admitted).toBeLessThanOrEqual(4)
   })
 
   test('more keys than one message holds: the deltas and a full state are split, and all arrive', async () => {

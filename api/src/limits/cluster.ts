@@ -11,12 +11,12 @@ type Entry = [string, number]
 /**
  * What a node's limits messages on `<prefix>.presence.limits` carry beside the mesh's fields (see
  * MeshMessage). `open` carries this node's count of open sockets per key (absolute: a later one
- * replaces an earlier one); `spent` and `failed` what it charged per budget and the credential
- * failures per address since its last delta (added up by the receivers); `held` the hold-offs it
- * set since then, with the ms each has left (the time left, not an end: clocks differ; a receiver
- * keeps the later end).
+ * replaces an earlier one); `spent`, `failed` and `connects` what it charged per budget, the
+ * credential failures and the connects per address since its last delta (added up by the
+ * receivers); `held` the hold-offs it set since then, with the ms each has left (the time left,
+ * not an end: clocks differ; a receiver keeps the later end).
  */
-type Delta = { open?: Entry[]; spent?: Entry[]; failed?: Entry[]; held?: Entry[] }
+type Delta = { open?: Entry[]; spent?: Entry[]; failed?: Entry[]; connects?: Entry[]; held?: Entry[] }
 /**
  * A full state: the open sockets, and every hold-off in force on the node (a node that joins
  * learns them). `open` is never absent, even in a part of hold-offs only: a node of the last
@@ -37,8 +37,8 @@ const MAX_ENTRIES = 1000
  * permission beyond presence's. Every check stays local: each node counts what it admits, and
  * every `flushMs` tells the others what changed in one message: its open sockets per user and per
  * address (absolute counts), what it charged each user, key and anonymous address budget, the
- * credential failures per address, and the hold-offs it set after abuse closes (sent at once, not
- * at the next interval: see `holdOffSoon`). A receiver adds the sockets to what
+ * credential failures and the connects per address, and the hold-offs it set after abuse closes
+ * (sent at once, not at the next interval: see `holdOffSoon`). A receiver adds the sockets to what
  * it admits against, debits its own budgets by the charges (creating them if absent), so each
  * budget holds across the nodes up to one interval's charges per node, and holds the principal
  * (or address) off as long as the node that closed it does.
@@ -109,6 +109,7 @@ export function startLimitsCluster(deps: {
         ['open', deps.connections.changed()],
         ['spent', deps.rates.drain()],
         ['failed', deps.authFailures.drain()],
+        ['connects', deps.connections.connects.drain()],
         ['held', deps.connections.heldOff()],
       ]),
     full: () => {
@@ -122,6 +123,7 @@ export function startLimitsCluster(deps: {
     delta: (node, m) => {
       for (const [id, n] of m.spent ?? []) deps.rates.debit(id, n)
       for (const [ip, n] of m.failed ?? []) deps.authFailures.debit(ip, n)
+      for (const [key, n] of m.connects ?? []) deps.connections.connects.debit(key, n)
       for (const [key, ms] of m.held ?? []) deps.connections.holdOff(key, ms)
       for (const [key, n] of m.open ?? []) setOpen(node, key, n)
     },

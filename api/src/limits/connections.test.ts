@@ -143,10 +143,27 @@ test('shared hold-offs: those set here are read once with the time they have lef
   limits.stop()
 })
 
+test('shared connects: what this node let in per address is read once; what other nodes let in is spent here, into debt', () => {
+  let t = 0
+  const limits = createConnectionLimits({ config, now: () => t, share: true })
+  expect(limits.admitAddress('1.1.1.1')).toBeUndefined()
+  expect(limits.admitAddress('1.1.1.1')).toBeUndefined()
+  expect(limits.shared.connects.drain()).toEqual([['ip:1.1.1.1', 2]])
+  expect(limits.shared.connects.drain()).toEqual([])
+  // Another node let 4.4.4.4 in 6 times: past the burst (4), so the next wait is 2 connects' refill (1 s) more.
+  limits.shared.connects.debit('ip:4.4.4.4', 6)
+  expect(limits.admitAddress('4.4.4.4')).toMatchObject({ code: 'rate_limited', retryAfterMs: 1500 })
+  expect(limits.shared.connects.drain()).toEqual([]) // a refused connect took nothing
+  t += 1500
+  expect(limits.admitAddress('4.4.4.4')).toBeUndefined()
+  limits.stop()
+})
+
 test('not shared: nothing is kept to send', () => {
   const limits = createConnectionLimits({ config, onHoldOff: () => { throw new Error('told') } })
   limits.holdOff('1.1.1.1', user('ann'), 5000)
   limits.admitAddress('1.1.1.1')
   expect(limits.shared.heldOff()).toEqual([])
+  expect(limits.shared.connects.drain()).toEqual([])
   limits.stop()
 })

@@ -1,6 +1,7 @@
 import type { Config } from '../../../core/config'
 import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
 import { principalId, type Principal } from '../auth/principal'
+import type { SharedCharges } from './rates'
 
 /** A WebSocket refused or closed by a connection limit; retrying after `retryAfterMs` may succeed. */
 export type ConnectionRefusal = {
@@ -51,7 +52,7 @@ export type ConnectionLimits = {
 }
 
 /**
- * Open-socket counts and hold-offs as nodes share them: keys are `ip:<address>` and
+ * Open-socket counts, hold-offs and connects as nodes share them: keys are `ip:<address>` and
  * principal ids (`u:<sub>`, `k:<id>`), each with this node's count.
  */
 export type SharedConnections = {
@@ -80,6 +81,11 @@ export type SharedConnections = {
    * and none is shortened, so hearing one twice (a delta, then a full state) changes nothing.
    */
   holdOff(key: string, ms: number): void
+  /**
+   * The connects charged to each address (`ip:<address>`) since the last call, and the others'
+   * debited here, as budgets are (SharedCharges): an address's connect rate holds across nodes.
+   */
+  connects: SharedCharges
 }
 
 /** What a client over a concurrency limit is told to wait: sockets close at no predictable time. */
@@ -114,6 +120,13 @@ export function createConnectionLimits(deps: {
   const heldUntil = new Map<string, number>()
   /** Keys this node held off since the cluster last read them. */
   const newHolds = new Set<string>()
+  /** Connects charged per address key since the cluster last read them. */
+  const unsentConnects = new Map<string, number>()
+  const connectBucket = (key: string) => {
+    let bucket = connects.get(key)
+    if (!bucket) connects.set(key, (bucket = tokenBucket({ capacity: c.FANFARE_IP_CONNECT_BURST, perSecond: c.FANFARE_IP_CONNECTS_PER_SECOND, now })))
+    return bucket
+  }
   /** [key, ms left] of `key`'s hold-off, rounded up (a receiver holds it off no less); none once it ended. */
   const leftOf = (key: string): [string, number] | undefined => {
     const left = Math.ceil((heldUntil.get(key) ?? 0) - now())
@@ -151,13 +164,12 @@ export function createConnectionLimits(deps: {
   const limits: ConnectionLimits = {
     admitAddress(ip) {
       const key = ipKey(ip)
-      let bucket = connects.get(key)
-      if (!bucket) connects.set(key, (bucket = tokenBucket({ capacity: c.FANFARE_IP_CONNECT_BURST, perSecond: c.FANFARE_IP_CONNECTS_PER_SECOND, now })))
       // Charged first: every attempt counts, whatever becomes of it.
-      const wait = bucket.take()
+      const wait = connectBucket(key).take()
       if (wait > 0) {
         return counted('address', { code: 'rate_limited', message: `at most ${c.FANFARE_IP_CONNECTS_PER_SECOND} connects per second per address (burst ${c.FANFARE_IP_CONNECT_BURST})`, retryAfterMs: wait })
       }
+      if (deps.share) unsentConnects.set(key, (unsentConnects.get(key) ?? 0) + 1)
       return counted('address', held(key) ?? tooMany(key, c.FANFARE_MAX_CONNECTIONS_PER_IP, 'address'))
     },
     admitPrincipal(p) {
@@ -248,6 +260,17 @@ export function createConnectionLimits(deps: {
         return out
       },
       holdOff: (key, ms) => holdUntil(key, now() + ms),
+      connects: {
+        drain() {
+          const out = [...unsentConnects]
+          unsentConnects.clear()
+          return out
+        },
+        // Spent even past the burst, as a budget's debit: the debt is what the other node let through.
+        debit(key, n) {
+          if (n > 0) connectBucket(key).spend(n)
+        },
+      },
     },
     stop: () => clearInterval(pruning),
   }
