@@ -26,7 +26,9 @@ export type ConnectionConfig = Pick<
 /**
  * WebSocket connection limits of one node. Open sockets are counted here and, when the node shares
  * its counts (see LimitsCluster), what the other nodes last reported is added: a user or an
- * address is limited across the nodes, checked locally (no round trip). An upgrade is checked twice: its address before the credential is verified (so a flood
+ * address is limited across the nodes, checked locally (no round trip). So are an address's
+ * connects (the others' are spent from its bucket here) and hold-offs (one set on any node holds
+ * here too). An upgrade is checked twice: its address before the credential is verified (so a flood
  * of connects costs no token checks), its user after; a socket is counted when it opens, and one
  * that passes a limit then (upgrades racing past the first check) is refused there.
  */
