@@ -47,8 +47,8 @@ const MAX_ENTRIES = 1000
  * out by a dead node); its hold-offs stay until they end. A node that stops says goodbye (dropped
  * at once); one that comes back under the same id as a new run replaces its last run. While this
  * node's own NATS connection is down, or its subscription denied, it forgets every other node's
- * counts and enforces its own share only, and its own hold-offs with those heard before: NATS
- * being away never makes a node refuse anyone it would not refuse alone.
+ * counts and enforces its own share only, and its own hold-offs with those heard before (they end
+ * by themselves): NATS being away never makes a node refuse anyone.
  */
 export function startLimitsCluster(deps: {
   nc: NatsConnection
