@@ -293,9 +293,12 @@ describe('runner reopening its consumer', () => {
     let armed = false
     const metrics = createMetrics()
     const gauge = async () => Number((await metrics.text()).match(/fanfare_projection_lag_events\{projection="leaderboards",partition="0"\} (\d+)/)?.[1])
+    // The runner's log: its tries to reopen the consumer ("consumer reset", with their attempt).
+    const lines: string[] = []
     try {
       await w.startWorker({
         metrics,
+        logger: createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' }),
         hooks: {
           // After a committed batch: the checkpoint row is taken by another session, and the
           // runner's consumer is reset (an error before the ack starts it over from the checkpoint).
@@ -322,6 +325,10 @@ describe('runner reopening its consumer', () => {
       await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'a', score: 2 }))
       expected.a += 2
       await until('the consumer reset', async () => (!armed && holding !== undefined) || undefined)
+      // Once a try to reopen it failed: the count of what was stored when the stall began was asked
+      // at the reset, before these (stored before that count is answered, they would be in it, and
+      // not counted: a race the test lost on a loaded machine).
+      await until('a failed try to reopen the consumer', async () => lines.some((l) => l.includes('consumer reset') && l.includes('"attempt":1')) || undefined, 20_000)
       // Stored while the runner cannot reopen its consumer: they wait, and the gauge must say so.
       for (let i = 0; i < 5; i++) {
         await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: `p${i}`, score: 10 + i }))
