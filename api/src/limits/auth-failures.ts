@@ -1,6 +1,6 @@
 import type { Config } from '../../../core/config'
 import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
-import type { RateRefusal, SharedCharges } from './rates'
+import { bucketCharges, type RateRefusal, type SharedCharges } from './rates'
 
 /**
  * Failed credential checks per client address (a guessed key, a bad token, a malformed
@@ -62,16 +62,7 @@ export function createAuthFailures(deps: {
       for (const [ip, b] of buckets) if (b.full()) buckets.delete(ip)
     },
     size: () => buckets.size,
-    shared: {
-      drain() {
-        const out = [...unsent]
-        unsent.clear()
-        return out
-      },
-      debit(ip, n) {
-        if (n > 0) bucketOf(ip).spend(n)
-      },
-    },
+    shared: bucketCharges(unsent, bucketOf),
     stop: () => clearInterval(pruning),
   }
   return limits

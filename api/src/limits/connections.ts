@@ -1,7 +1,7 @@
 import type { Config } from '../../../core/config'
 import { tokenBucket, type TokenBucket } from '../../../core/token-bucket'
 import { principalId, type Principal } from '../auth/principal'
-import type { SharedCharges } from './rates'
+import { bucketCharges, type SharedCharges } from './rates'
 
 /** A WebSocket refused or closed by a connection limit; retrying after `retryAfterMs` may succeed. */
 export type ConnectionRefusal = {
@@ -262,17 +262,7 @@ export function createConnectionLimits(deps: {
         return out
       },
       holdOff: (key, ms) => holdUntil(key, now() + ms),
-      connects: {
-        drain() {
-          const out = [...unsentConnects]
-          unsentConnects.clear()
-          return out
-        },
-        // Spent even past the burst, as a budget's debit: the debt is what the other node let through.
-        debit(key, n) {
-          if (n > 0) connectBucket(key).spend(n)
-        },
-      },
+      connects: bucketCharges(unsentConnects, connectBucket),
     },
     stop: () => clearInterval(pruning),
   }

@@ -107,6 +107,24 @@ export type SharedCharges = {
   debit(id: string, n: number): void
 }
 
+/**
+ * The SharedCharges of buckets keyed by address (failed credentials, connects): `unsent` holds what
+ * this node charged since the last drain; another node's charges are spent from the bucket here,
+ * past its burst if need be (the debt is what that node let through).
+ */
+export function bucketCharges(unsent: Map<string, number>, bucketOf: (key: string) => TokenBucket): SharedCharges {
+  return {
+    drain() {
+      const out = [...unsent]
+      unsent.clear()
+      return out
+    },
+    debit(key, n) {
+      if (n > 0) bucketOf(key).spend(n)
+    },
+  }
+}
+
 /** One WebSocket's limits. */
 export type ConnectionRates = {
   /** Charges one published event to this socket (users only) and to the principal's budget. */
