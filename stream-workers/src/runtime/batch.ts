@@ -76,6 +76,12 @@ export type ApplyOptions = {
    * explicitly so that a batch runs without entering an AsyncLocalStorage store (see tracedBatch).
    */
   trace?: Context
+  /**
+   * Nothing is written before this settles, and nothing at all if it rejects (this throws its
+   * error): the live runner's check that its consumer skipped no stored event (see consumeFrom),
+   * made beside the batch's reads instead of before them.
+   */
+  ready?: Promise<unknown>
 }
 
 /**
@@ -119,6 +125,7 @@ export async function claimFence(db: Db, projection: string, partition: number):
  */
 export async function applyBatch(db: Db, owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date, opts: ApplyOptions = {}): Promise<BatchResult> {
   const prepared = await prepareBatch(db, owner, expected, messages, now, opts)
+  await opts.ready
   return 'done' in prepared ? prepared.done : commitBatch(db, prepared)
 }
 

@@ -125,6 +125,36 @@ describe('group commit (BatchCommitter)', () => {
     expect(await arenaVersion(w)).toBe(5)
   })
 
+  test("a batch's statement waits for `ready` (the runner's skip check), made beside its reads: if it rejects after them, nothing is written, alone or through the committer", async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: String(PARTITIONS) }))
+    await scoredArena(w)
+    const { projection, reads } = counting()
+    const o0 = await ownerOf(w, 0, projection)
+    const { committer, groups, failed } = await committerOf(w)
+    const a = playerIn('arena', 0, 'a')
+    const refused = new Error('the consumer skipped stored events')
+    for (const [n, apply] of [
+      [1, (ready: Promise<unknown>) => applyBatch(w.database.db, o0, 0, scores(w, 0, 1, [[a, 10]]), new Date(), { ready })],
+      [2, (ready: Promise<unknown>) => committer.apply(o0, 0, scores(w, 0, 1, [[a, 10]]), new Date(), { ready })],
+    ] as const) {
+      const check = Promise.withResolvers<void>()
+      const applied = apply(check.promise)
+      // The batch was read and evolved; its statement waits for the check.
+      await until('the batch to be read', () => reads() === n)
+      await Bun.sleep(50)
+      check.reject(refused)
+      await expect(applied).rejects.toBe(refused)
+      expect(await boardScores(w, 'arena')).toEqual({})
+      expect(await arenaVersion(w)).toBe(1)
+      expect((await checkpoints(w))[0].seq).toBe(0)
+    }
+    // A check that passes lets the same batch apply.
+    expect(await committer.apply(o0, 0, scores(w, 0, 1, [[a, 10]]), new Date(), { ready: Promise.resolve() })).toMatchObject({ applied: 1, checkpoint: 1 })
+    expect(await boardScores(w, 'arena')).toEqual({ [a]: 10 })
+    expect(failed).toEqual([])
+    expect(groups).toEqual([])
+  })
+
   test('a fenced partition in a group: the group writes nothing, then the other applies alone and the fenced one gets its error', async () => {
     const w = (world = await createWorld({ FANFARE_PARTITIONS: String(PARTITIONS) }))
     await scoredArena(w)

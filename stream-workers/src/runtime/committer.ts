@@ -9,7 +9,7 @@ import { createPartSize } from './part-size'
  * `apply` has applyBatch's semantics and errors, batch by batch.
  */
 export type BatchCommitter = {
-  apply: (owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date, opts?: Pick<ApplyOptions, 'trace'>) => Promise<BatchResult>
+  apply: (owner: BatchOwner, expected: number, messages: BatchMessage[], now: Date, opts?: Pick<ApplyOptions, 'trace' | 'ready'>) => Promise<BatchResult>
 }
 
 type Waiting = { p: PreparedBatch; ctx: Context; resolve: (r: BatchResult) => void; reject: (err: unknown) => void }
@@ -126,6 +126,7 @@ export function createBatchCommitter(deps: {
       // The batch's trace context: given (see tracedBatch), or the active one.
       const ctx = opts.trace ?? context.active()
       const prepared = await prepareBatch(deps.db, owner, expected, messages, now, opts)
+      await opts.ready
       if ('done' in prepared) return prepared.done
       // One a group cannot take runs alone at once, beside whatever is in flight.
       if (!groupable(prepared)) return commitBatch(deps.db, prepared, ctx)

@@ -354,7 +354,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
-  const applyWithRetry = async (batch: Delivery[], history: boolean, trace?: Context): Promise<BatchResult | undefined> => {
+  const applyWithRetry = async (batch: Delivery[], history: boolean, trace?: Context, ready?: Promise<void>): Promise<BatchResult | undefined> => {
     const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history }
     const messages = batch.map(batchMessageOf)
     const keepAlive = setInterval(() => batch.forEach((m) => m.working()), WORKING_EVERY_MS)
@@ -386,12 +386,14 @@ export function startRunner(deps: RunnerDeps): Runner {
           // retried after a transient fault, the whole batch is tried again from the checkpoint.
           result = await applyOrOneByOne(deps.db, owner, checkpoint, part, now, {
             turn,
-            opts: { trace },
-            whole: () => (deps.committer ? deps.committer.apply(owner, checkpoint, part, now(), { trace }) : applyBatch(deps.db, owner, checkpoint, part, now(), { trace })),
+            opts: { trace, ready },
+            whole: () => (deps.committer ? deps.committer.apply(owner, checkpoint, part, now(), { trace, ready }) : applyBatch(deps.db, owner, checkpoint, part, now(), { trace, ready })),
             onFallback: (err) => log.warn({ err: dbErrorSummary(err), size: part.length, seq: part[0].seq }, 'Postgres refused the batch for its data; applying its messages one by one'),
             onRefused: (m, _reason, err) => log.error({ err, subject: m.subject, seq: m.seq }, 'an event Postgres refuses for its data: dead-lettered'),
           })
         } catch (err) {
+          // The skip check found a hole, or could not ask (see noSkipBefore): a new consumer.
+          if (err instanceof ResetConsumer) throw err
           if (err instanceof StaleReadError) {
             // A board's rules changed between the batch's reads and its write: read again.
             log.info({ seq: part[0].seq, size: part.length }, 'rows the batch read changed before its write; applying it again')
@@ -436,6 +438,36 @@ export function startRunner(deps: RunnerDeps): Runner {
     }
   }
 
+  /**
+   * Resolves if the first event stored on this runner's subjects after the checkpoint is `first`
+   * (a batch's first delivery); rejects with ResetConsumer if it is an earlier one, or if NATS did
+   * not answer. Delivery numbers only say that nothing the consumer sent was lost on the way: a
+   * consumer whose replicated state went past events it never delivered (a cluster soak under
+   * rolling NATS restarts once ended 148 acknowledged events short, every consumer caught up, after
+   * RAFT catch-up errors in the consumers' groups) numbers its deliveries on without a gap, and
+   * acking the batch (ack all) would pass the missing events for good. One get per batch that does
+   * not start right after the checkpoint (nearly all with several partitions), so it is asked
+   * beside the batch's reads, and the batch's statement waits for it (ApplyOptions.ready): asked
+   * before them, its round trip was on every batch's path (p50 ~0.7 ms of a ~5 ms batch at 1,000
+   * events/s, bench/findings.md).
+   */
+  const noSkipBefore = (first: number): Promise<void> => {
+    const after = checkpoint
+    const checked = deps.jsm.streams.getMessage(deps.stream, nextBySubject(filter, after + 1)).then(
+      (stored) => {
+        if (!stored || stored.seq >= first) return
+        deps.metrics.worker.skipped(deps.projection.name, deps.partition)
+        throw new ResetConsumer(`the consumer skipped stored events: the first after the checkpoint (${after}) is ${stored.seq}, the batch starts at ${first}`)
+      },
+      (err) => {
+        throw new ResetConsumer(`could not check for skipped events: ${errorMessageOf(err)}`)
+      },
+    )
+    // Awaited by the batch's statement; a batch that fails before it leaves it unawaited.
+    checked.catch(() => {})
+    return checked
+  }
+
   const consumeFrom = async (consumer: Consumer) => {
     // A fresh consumer numbers its deliveries 1, 2, 3...; a jump means a delivery never reached
     // us (a pull cut off mid-way) and applying past it would reorder the stream.
@@ -451,20 +483,9 @@ export function startRunner(deps: RunnerDeps): Runner {
         }
         expectedDelivery++
       }
-      // Delivery numbers only say that nothing the consumer sent was lost on the way. A consumer
-      // whose replicated state went past events it never delivered (a cluster soak under rolling
-      // NATS restarts once ended 148 acknowledged events short, every consumer caught up, after
-      // RAFT catch-up errors in the consumers' groups) numbers its deliveries on without a gap,
-      // and acking the batch (ack all) would pass the missing events for good. So the first event
-      // stored on this runner's subjects after the checkpoint must be the batch's first: one get
-      // per batch that does not start right after it (other partitions' events in between).
-      if (batch[0].seq > checkpoint + 1) {
-        const first = await deps.jsm.streams.getMessage(deps.stream, nextBySubject(filter, checkpoint + 1))
-        if (first && first.seq < batch[0].seq) {
-          deps.metrics.worker.skipped(deps.projection.name, deps.partition)
-          throw new ResetConsumer(`the consumer skipped stored events: the first after the checkpoint (${checkpoint}) is ${first.seq}, the batch starts at ${batch[0].seq}`)
-        }
-      }
+      // Delivery numbers only say that nothing the consumer sent was lost on the way (see
+      // noSkipBefore): the batch's statement also waits for that check, asked beside its reads.
+      const ready = batch[0].seq > checkpoint + 1 ? noSkipBefore(batch[0].seq) : undefined
       // Nothing stored after the last applied event can have expired while that event is younger
       // than the retention (half of it: the worker's clock is not the server's), so a runner that
       // keeps up never pays for the check.
@@ -473,9 +494,9 @@ export function startRunner(deps: RunnerDeps): Runner {
       // Asked once per batch: its runs are published as they were committed (see PartitionDeps.liveBatches).
       const history = deps.liveBatches?.() ?? false
       const { result, headers } = await tracedBatch(batch, (trace) =>
-        applyWithRetry(batch, history, trace).catch((err) => {
+        applyWithRetry(batch, history, trace, ready).catch((err) => {
           const m = batch[0]
-          if (isRefusedBatch(err)) throw err
+          if (isRefusedBatch(err) || err instanceof ResetConsumer) throw err
           throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
         }),
       )
