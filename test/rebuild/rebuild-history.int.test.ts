@@ -79,7 +79,7 @@ describe('change_history across a rebuild', () => {
     expect((await history()).filter((r) => !r.startsWith('chat:'))).toEqual([`leaderboard:b/${after['leaderboard:b']}@3`])
   }, 60_000)
 
-  test('the switch waits for a prune round under way (their deletes hold one advisory lock), then deletes', async () => {
+  test('the switch waits for a prune round under way (their deletes hold one advisory lock) before it locks the live tables, then deletes', async () => {
     const { w, db, history, kept, of, rebuild } = await seeded()
     // Another session holds the lock as a prune round does.
     const lock = await holdHistoryLock(w)
@@ -91,6 +91,12 @@ describe('change_history across a rebuild', () => {
       await until('the switch waiting for the lock', waiting, 20_000, 20)
       expect(switched).toBe(false)
       expect(await history()).toEqual(kept)
+      // Waiting, the switch holds no lock of the live tables yet: reads of the model go on.
+      const [read] = await db.transaction(async (tx) => {
+        await tx.execute(sql`set local lock_timeout = '2s'`)
+        return rowsOf<{ n: number }>(tx, sql`select count(*)::int as n from public.leaderboard_entries`)
+      })
+      expect(read.n).toBe(4)
       await lock.release()
       await rebuilding
     } finally {

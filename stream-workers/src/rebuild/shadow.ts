@@ -119,6 +119,17 @@ export async function lockLiveTables(tx: Tx, projection: ProjectionName): Promis
   for (const table of rebuildTargets[projection].tables) await tx.execute(sql.raw(`LOCK TABLE public.${ident(table)} IN ACCESS EXCLUSIVE MODE`))
 }
 
+/**
+ * Inside the switch transaction, before it locks the live tables: waits for a prune round under way
+ * and keeps the next ones out (they skip while it is held) until the switch ends, so that swapIn
+ * may delete the projection's channels' change_history rows (see there). Taken before the live
+ * tables: waiting for it after them kept every snapshot and REST read of the projection waiting
+ * on their ACCESS EXCLUSIVE locks for up to a prune round.
+ */
+export async function lockHistoryDeletes(tx: Tx): Promise<void> {
+  await tx.execute(sql`select pg_advisory_xact_lock(${historyDeleteLock})`)
+}
+
 /** Inside a transaction: the projection code reads and writes the shadow schema from now on. */
 export async function useShadow(tx: Tx, schema: string): Promise<void> {
   await tx.execute(sql.raw(`SET LOCAL search_path TO ${ident(schema)}, public`))
@@ -167,10 +178,8 @@ export async function swapIn(tx: Tx, opts: { shadow: string; retired: string; pr
   const shadowVersions = sql.raw(`${ident(opts.shadow)}.channel_versions`)
   const at = new Date()
   const restart = (channel: SQL, epoch: SQL, version: SQL) => restartRunPayload({ channel, epoch, version }, 'read model rebuilt', at)
-  // Held by every delete of change_history (a prune round skips meanwhile): a round deleting rows
-  // of these channels in another order could deadlock with this one. Taken before this switch
-  // deletes any such row, so a round under way never waits for the switch.
-  await tx.execute(sql`select pg_advisory_xact_lock(${historyDeleteLock})`)
+  // The caller holds the lock of every delete of change_history (lockHistoryDeletes): a prune
+  // round deleting rows of these channels in another order could deadlock with this one.
   // `= any(array(...))`: an index condition on the key's leading column whatever the planner
   // thinks of `gone`'s size (a join could hash a scan of the whole table).
   await tx.execute(

@@ -5,7 +5,7 @@ import type { Logger } from '../../../core/logger'
 import { streamIdentity } from '../../../core/nats'
 import type { ProjectionName } from '../projections'
 import { errorMessageOf, isTransientDbError, StaleReadError } from '../runtime/errors'
-import { committedSwitch, lockDeadLetters, lockLiveTables, recordSwitch, replaceDeadLetters, swapIn } from './shadow'
+import { committedSwitch, lockDeadLetters, lockHistoryDeletes, lockLiveTables, recordSwitch, replaceDeadLetters, swapIn } from './shadow'
 import type { ShadowBuild } from './shadow-build'
 
 /** The switch waits at most this long for the shadow to reach the live checkpoints (locks held). */
@@ -81,6 +81,7 @@ export async function switchOnce(deps: SwitchDeps): Promise<number> {
     // that comes later waits for the switch to end, then finds it committed (see fence.ts). Every
     // name below is schema-qualified: the search_path points at the shadow from here on.
     await build.enter(tx)
+    await lockHistoryDeletes(tx)
     await lockDeadLetters(tx, name)
     await lockLiveTables(tx, name)
     // Rows for every partition, so a partition no runner has written yet is also moved past
