@@ -159,12 +159,12 @@ export function serveTraced<R extends Response | undefined>(request: Request, ha
  * statements the command awaits (a snapshot read, a history read) become its children (see
  * statementSpan). A read that several subscribers share shows under the one that started it.
  * `work` may add attributes to the span it is given (undefined when not recorded). With tracing
- * off: `work()`, nothing else.
+ * off: `work()`, nothing else (`attributes` is not called: a subscribe builds none).
  */
-export async function commandSpan<T>(name: string, traceparent: string | undefined, attributes: Attributes, work: (span: Span | undefined) => Promise<T>): Promise<T> {
+export async function commandSpan<T>(name: string, traceparent: string | undefined, attributes: () => Attributes, work: (span: Span | undefined) => Promise<T>): Promise<T> {
   if (!started) return work(undefined)
   const parent = contextOfTraceparent(traceparent)
-  const span = tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent)
+  const span = tracer.startSpan(name, { kind: SpanKind.SERVER, attributes: attributes() }, parent)
   if (!span.isRecording()) {
     span.end()
     return work(undefined)

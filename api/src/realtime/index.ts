@@ -582,7 +582,7 @@ export function realtimeRoutes(deps: RealtimeDeps) {
           conn.channels.add(frame.channel)
           // Its access check and first frames (a snapshot or a resume: the reads behind them) in a
           // span of its own when tracing is on.
-          const attributes = { 'fanfare.channel': frame.channel, 'fanfare.channel.kind': parseChannel(frame.channel)?.kind ?? '', 'fanfare.resume': frame.since !== undefined }
+          const attributes = () => ({ 'fanfare.channel': frame.channel, 'fanfare.channel.kind': parseChannel(frame.channel)?.kind ?? '', 'fanfare.resume': frame.since !== undefined })
           return await commandSpan('fanfare.subscribe', frame.traceparent, attributes, () => subscribe(conn, frame))
         }
         case 'ping':
