@@ -176,7 +176,16 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
         const before = await slowConsumerCloses(home)
         s.pause()
         stalledAt = Date.now()
-        await until(`${home.baseUrl} to cut the stalled subscriber`, async () => (await slowConsumerCloses(home)) > before, 120_000, 200)
+        await until(`${home.baseUrl} to cut the stalled subscriber`, async () => (await slowConsumerCloses(home)) > before, 120_000, 200).catch(async (err) => {
+          // Slow (the load's updates did not fill the queue) or stuck (the home node's change feed
+          // stopped after the NATS restart)? Where the busy boards are: the read model, the home
+          // node's other subscribers, and the stalled one (which read nothing since it paused).
+          const residents = subscribers.filter(({ name }) => name.startsWith(`api-${apis.indexOf(home) + 1} `))
+          const boards = await Promise.all(
+            busyChannels.map(async (c) => ({ channel: c, readModel: await db.version(c), home: Math.max(...residents.map(({ s }) => s.subscriptions.get(c)?.version ?? 0)), stalled: s.subscriptions.get(c)?.version })),
+          )
+          throw new Error(`${(err as Error).message}; ${Date.now() - stalledAt} ms since it paused; busy boards: ${JSON.stringify(boards)}`)
+        })
         cutAt = Date.now()
         const release = s.holdReconnects()
         s.resume()
