@@ -159,6 +159,10 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
       return Number(/^fanfare_ws_disconnects_total\{code="4008"\} (\d+)/m.exec(await res.text())?.[1] ?? 0)
     }
 
+    /** The highest version of `channel` among the subscribers that stay on `api`: what its change feed pushed. */
+    const residentVersion = (api: Api, channel: string) =>
+      Math.max(...subscribers.filter(({ name }) => name.startsWith(`api-${apis.indexOf(api) + 1} `)).map(({ s }) => s.subscriptions.get(channel)?.version ?? 0))
+
     /**
      * The stalled subscriber stops reading until its node cuts it (the load fills its queue in
      * seconds). Then it reads again with its reconnects held (as a client whose network is down):
@@ -180,10 +184,7 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
           // Slow (the load's updates did not fill the queue) or stuck (the home node's change feed
           // stopped after the NATS restart)? Where the busy boards are: the read model, the home
           // node's other subscribers, and the stalled one (which read nothing since it paused).
-          const residents = subscribers.filter(({ name }) => name.startsWith(`api-${apis.indexOf(home) + 1} `))
-          const boards = await Promise.all(
-            busyChannels.map(async (c) => ({ channel: c, readModel: await db.version(c), home: Math.max(...residents.map(({ s }) => s.subscriptions.get(c)?.version ?? 0)), stalled: s.subscriptions.get(c)?.version })),
-          )
+          const boards = await Promise.all(busyChannels.map(async (c) => ({ channel: c, readModel: await db.version(c), home: residentVersion(home, c), stalled: s.subscriptions.get(c)?.version })))
           throw new Error(`${(err as Error).message}; ${Date.now() - stalledAt} ms since it paused; busy boards: ${JSON.stringify(boards)}`)
         })
         cutAt = Date.now()
@@ -204,10 +205,9 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
         // subscribers got): a node whose change feed still lagged would rightly replay from its
         // own last version and send the rest live (seen in CI: 'subscribed' for a busy board).
         const next = apis.find((a) => a !== home)!
-        const residents = subscribers.filter(({ name }) => name.startsWith(`api-${apis.indexOf(next) + 1} `))
         await until('the busy boards further on than a resume replays', async () => {
           const now = await Promise.all(busyChannels.map((c) => db.version(c)))
-          const there = busyChannels.map((c) => Math.max(...residents.map(({ s }) => s.subscriptions.get(c)!.version)))
+          const there = busyChannels.map((c) => residentVersion(next, c))
           return busyChannels.every((_, i) => now[i] > held[i] + 2 * MAX_REPLAY && there[i] > held[i] + 2 * MAX_REPLAY)
         }, 60_000, 100)
         const connections = s.connections.length
