@@ -138,10 +138,14 @@ describe('group commit (BatchCommitter)', () => {
       [2, (ready: Promise<unknown>) => committer.apply(o0, 0, scores(w, 0, 1, [[a, 10]]), new Date(), { ready })],
     ] as const) {
       const check = Promise.withResolvers<void>()
-      const applied = apply(check.promise)
+      // A thenable, not the promise itself: `await` calls its `then` (a native promise's it would
+      // not), which says the batch has reached the wait.
+      const waiting = Promise.withResolvers<void>()
+      const ready = { then: (ok: () => void, ko: (err: unknown) => void) => (waiting.resolve(), check.promise.then(ok, ko)) } as unknown as Promise<void>
+      const applied = apply(ready)
       // The batch was read and evolved; its statement waits for the check.
       await until('the batch to be read', () => reads() === n)
-      await Bun.sleep(50)
+      await waiting.promise
       check.reject(refused)
       await expect(applied).rejects.toBe(refused)
       expect(await boardScores(w, 'arena')).toEqual({})
