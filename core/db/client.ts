@@ -66,14 +66,15 @@ type Pool = { unsafe: (...args: never[]) => PromiseLike<unknown>; begin: (...arg
 /**
  * `begin`'s arguments (`(fn)` or `(options, fn)`) with `fn` given a transaction whose statements
  * are spanned as the pool's are: drizzle's sessions call `unsafe` (and `savepoint`, for a nested
- * transaction) on the transaction postgres.js hands them.
+ * transaction) on the transaction the driver hands them. A savepoint's `(fn)` or `(name, fn)` is
+ * wrapped the same way, so its statements (a batch's one-by-one fallback) are spanned too.
  */
 function spannedTransaction(args: unknown[]): unknown[] {
   const at = args.findIndex((a) => typeof a === 'function')
   if (at < 0) return args
   const fn = args[at] as (tx: unknown) => unknown
   const wrapped = (tx: { unsafe: (...a: never[]) => PromiseLike<unknown>; savepoint: (...a: never[]) => unknown; options?: unknown }) =>
-    fn({ unsafe: (...a: never[]) => statementSpan(tx.unsafe(...a), a[0]), savepoint: (...a: never[]) => tx.savepoint(...a), options: tx.options })
+    fn({ unsafe: (...a: never[]) => statementSpan(tx.unsafe(...a), a[0]), savepoint: (...a: never[]) => tx.savepoint(...(spannedTransaction(a) as never[])), options: tx.options })
   return args.map((a, i) => (i === at ? wrapped : a))
 }
 
