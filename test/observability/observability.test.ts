@@ -25,8 +25,21 @@ function startCollector() {
       return Response.json({})
     },
   })
-  return { url: `http://127.0.0.1:${server.port}`, spans, requests, stop: () => server.stop(true) }
+  /**
+   * A traced request's spans once its SERVER span (kind 2) and a Postgres statement's CLIENT span
+   * (kind 3) have arrived: the first, and the trace's statements.
+   */
+  const serverAndStatements = async (traceId: string, what: string) => {
+    const of = () => spans.filter((s) => s.traceId === traceId)
+    await until(what, () => of().some((s) => s.kind === 2) && of().some((s) => s.kind === 3), 20_000)
+    return { server: of().find((s) => s.kind === 2)!, statements: of().filter((s) => s.kind === 3) }
+  }
+  return { url: `http://127.0.0.1:${server.port}`, spans, requests, serverAndStatements, stop: () => server.stop(true) }
 }
+
+/** A new W3C trace id (32 hex digits) and span id (16). */
+const traceIdHex = () => crypto.randomUUID().replaceAll('-', '')
+const spanIdHex = () => traceIdHex().slice(0, 16)
 
 /** A Prometheus text exposition as `name{labels}` -> value. */
 async function scrape(url: string, init?: RequestInit): Promise<Map<string, number>> {
@@ -94,8 +107,8 @@ describe('observability across real processes', () => {
     // Sent again: stored once, counted once (below).
     expect((await (await post(untraced)).json()).results[0].duplicate).toBe(true)
 
-    const traceId = crypto.randomUUID().replaceAll('-', '')
-    const callerSpan = crypto.randomUUID().replaceAll('-', '').slice(0, 16)
+    const traceId = traceIdHex()
+    const callerSpan = spanIdHex()
     const res = await post({ type: 'score.submitted', data: { board: 'arena', player: 'ann', score: 42 } }, { traceparent: `00-${traceId}-${callerSpan}-01` })
     expect(res.status).toBe(202)
     await until('the traced update', () => ws.of(channel).some((f) => f.op === 'update' && f.data.player === 'ann'))
@@ -124,8 +137,8 @@ describe('observability across real processes', () => {
     expect(push).toMatchObject({ service: 'fanfare-api', parentSpanId: batch.spanId, attributes: { 'fanfare.recipients': 1 } })
 
     // A WebSocket publish frame carries its own traceparent (browsers cannot set headers on frames).
-    const wsTrace = crypto.randomUUID().replaceAll('-', '')
-    const frameSpan = crypto.randomUUID().replaceAll('-', '').slice(0, 16)
+    const wsTrace = traceIdHex()
+    const frameSpan = spanIdHex()
     const publisher = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws?token=${env.vars.FANFARE_INGEST_TOKEN}`)
     publisher.send({ op: 'publish', ref: 'p1', event: { type: 'score.submitted', data: { board: 'arena', player: 'bo', score: 7 } }, traceparent: `00-${wsTrace}-${frameSpan}-01` })
     expect(await publisher.reply('p1')).toMatchObject({ op: 'ack' })
@@ -135,21 +148,17 @@ describe('observability across real processes', () => {
 
     // A traced REST read: its SERVER span named by the route, its Postgres statements as CLIENT
     // spans (kind 3) under it, with the parameterized SQL and never the values.
-    const readTrace = crypto.randomUUID().replaceAll('-', '')
-    const readCaller = crypto.randomUUID().replaceAll('-', '').slice(0, 16)
+    const readTrace = traceIdHex()
+    const readCaller = spanIdHex()
     const read = await fetch(`${base}/v1/leaderboards/arena?limit=5`, { headers: { traceparent: `00-${readTrace}-${readCaller}-01` } })
     expect(read.status).toBe(200)
-    await until('the read\'s spans', () => collector.spans.some((s) => s.traceId === readTrace && s.kind === 3), 20_000)
-    const readSpans = collector.spans.filter((s) => s.traceId === readTrace)
-    const server = readSpans.find((s) => s.kind === 2)!
+    const { server, statements } = await collector.serverAndStatements(readTrace, 'the read\'s spans')
     expect(server).toMatchObject({
       service: 'fanfare-api',
       name: 'GET /v1/leaderboards/:board',
       parentSpanId: readCaller,
       attributes: { 'http.route': '/v1/leaderboards/:board', 'http.response.status_code': 200, 'url.path': '/v1/leaderboards/arena' },
     })
-    const statements = readSpans.filter((s) => s.kind === 3)
-    expect(statements.length).toBeGreaterThanOrEqual(1)
     for (const st of statements) {
       expect(st).toMatchObject({ parentSpanId: server.spanId, attributes: { 'db.system.name': 'postgresql', 'db.operation.name': 'SELECT' } })
       expect(String(st.attributes['db.query.text'])).not.toContain('arena')
@@ -158,21 +167,18 @@ describe('observability across real processes', () => {
 
     // A traced subscribe (the frame carries its traceparent): a SERVER span of its own, its snapshot
     // read as CLIENT spans under it.
-    const subTrace = crypto.randomUUID().replaceAll('-', '')
-    const subCaller = crypto.randomUUID().replaceAll('-', '').slice(0, 16)
+    const subTrace = traceIdHex()
+    const subCaller = spanIdHex()
     const viewer = await WsClient.open(`ws://127.0.0.1:${port}/v1/ws`)
     viewer.send({ op: 'subscribe', ref: 't', channel: 'leaderboard:traced', traceparent: `00-${subTrace}-${subCaller}-01` })
     await until('the traced snapshot', () => viewer.of('leaderboard:traced').length === 1)
-    await until('the subscribe\'s spans', () => collector.spans.some((s) => s.traceId === subTrace && s.kind === 2) && collector.spans.some((s) => s.traceId === subTrace && s.kind === 3), 20_000)
-    const subSpans = collector.spans.filter((s) => s.traceId === subTrace)
-    const subscribe = subSpans.find((s) => s.kind === 2)!
+    const { server: subscribe, statements: reads } = await collector.serverAndStatements(subTrace, 'the subscribe\'s spans')
     expect(subscribe).toMatchObject({
       service: 'fanfare-api',
       name: 'fanfare.subscribe',
       parentSpanId: subCaller,
       attributes: { 'fanfare.channel': 'leaderboard:traced', 'fanfare.channel.kind': 'leaderboard', 'fanfare.resume': false },
     })
-    const reads = subSpans.filter((s) => s.kind === 3)
     // The snapshot's statements run in one transaction (its version and data together): spanned too.
     for (const st of reads) expect(st).toMatchObject({ parentSpanId: subscribe.spanId, attributes: { 'db.system.name': 'postgresql' } })
     expect(reads.some((st) => st.name === 'SELECT leaderboard_entries' || st.name === 'SELECT leaderboards')).toBe(true)
