@@ -93,8 +93,8 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
     cluster = privateNatsCluster({ size: 3, storeDir })
     await cluster.start()
     // A quarter of the default queue before a slow consumer is cut: the stalled subscriber's cut waits
-    // for the kernel's buffers and this queue to fill from the load's updates (13-20 s on a quiet
-    // machine; past 90 s in two loaded CI runs of 2026-11-30, not seen before).
+    // for the kernel's buffers and this queue to fill from the load's updates. (The kernel's are
+    // what take long: see the stalled subscriber below.)
     env = await createTestEnv({ FANFARE_PARTITIONS: '4', FANFARE_REPLICAS: '3', FANFARE_LEASE_TTL_MS: '5000', LOG_LEVEL: 'warn', FANFARE_WS_BACKPRESSURE_BYTES: String(256 * 1024) })
     const vars: Record<string, string> = { ...env.vars, NATS_URL: cluster.url }
 
@@ -233,14 +233,11 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
         if (r !== 0) return
         // The boards are configured now: subscribe on both nodes, then start the fault script and
         // the stall after it, which run beside the load. The resident subscribers stay on their
-        // node (they resume there if the load cuts them); the stalled one may start on either and
-        // moves on.
+        // node (they resume there if the load cuts them); the stalled one (subscribed after the
+        // faults) may start on either and moves on.
         for (const [i, api] of apis.entries()) {
           for (let j = 0; j < SUBSCRIBERS_PER_NODE; j++) subscribers.push({ name: `api-${i + 1} #${j + 1}`, s: subscriber([api.baseUrl], channels) })
         }
-        // Its stall must end in the node's cut, not in its own ping timeout.
-        stalled = subscriber(apis.map((a) => a.baseUrl), channels, { pingIntervalMs: 120_000, backoff: { maxMs: 500 } })
-        subscribers.push({ name: 'stalled', s: stalled })
         await until('every subscriber has its snapshots', () => subscribers.every(({ s }) => [...s.subscriptions.values()].every((sub) => sub.status === 'live')), 30_000)
         faults = (async () => {
           await Bun.sleep(WARM_MS)
@@ -253,7 +250,18 @@ describe('NATS cluster: a server SIGKILLed under load', () => {
         // The stall once the cluster is whole again: during the outage a history read may time
         // out, and then a resume is rightly answered with a resync (a resident subscriber cut
         // then may get either); now the quiet board's missed changes must be replayed.
-        stall = faults.then(() => stallUntilCut(stalled!))
+        // The stalled subscriber connects only then: Linux grows a connection's receive buffer
+        // while its reader keeps up (up to tcp_rmem's max, 32 MB on these machines), so one that
+        // had read the load for the 33 s of the faults absorbed 30 MB or more once it stopped
+        // reading, more than the load sent in the 120 s the cut is waited for (seen in CI,
+        // 2026-12-01: its node had every update, the subscriber was not cut). Fresh, it takes a
+        // few MB. Its stall must end in the node's cut, not in its own ping timeout.
+        stall = faults.then(async () => {
+          stalled = subscriber(apis.map((a) => a.baseUrl), channels, { pingIntervalMs: 120_000, backoff: { maxMs: 500 } })
+          subscribers.push({ name: 'stalled', s: stalled })
+          await until('the stalled subscriber has its snapshots', () => [...stalled!.subscriptions.values()].every((sub) => sub.status === 'live'), 30_000)
+          return stallUntilCut(stalled)
+        })
         // The load goes on until both are over (the stall needs it to fill the queue).
         Promise.all([faults.then(() => Bun.sleep(AFTER_RESTART_MS)), stall]).then(
           () => (done = true),
