@@ -141,6 +141,18 @@ export function cpuOf(pid: number): number {
   }
 }
 
+/** The machine's CPU time so far in seconds, busy and in all (the first line of /proc/stat; NaN when unreadable). */
+export function machineCpu(): { busy: number; total: number } {
+  try {
+    // user nice system idle iowait irq softirq steal (guest time is inside user already)
+    const ticks = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number)
+    const total = ticks.reduce((a, b) => a + b, 0)
+    return { busy: (total - ticks[3] - ticks[4]) / 100, total: total / 100 }
+  } catch {
+    return { busy: Number.NaN, total: Number.NaN }
+  }
+}
+
 /** CPU seconds of a process's threads, grouped: the JS thread, JSC's compiler threads, the rest (zeros once it is gone). */
 export function threadSecondsOf(pid: number): { js: number; jit: number; other: number } {
   const out = { js: 0, jit: 0, other: 0 }
