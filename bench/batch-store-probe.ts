@@ -16,8 +16,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { AckPolicy, DeliverPolicy, jetstreamManager, type StreamConfig } from '@nats-io/jetstream'
-import { connect, createInbox } from '@nats-io/transport-node'
+import { connect, createInbox, nanos } from '@nats-io/transport-node'
 import { freePort } from '../core/process'
+import { cpuOf } from './lib/child'
 import { createAckedPublisher } from '../core/acked-publish'
 
 const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1]
@@ -26,7 +27,6 @@ const RUNS = Number(arg('runs') ?? 100)
 const ROUNDS = Number(arg('rounds') ?? 3)
 const ONLY = arg('only')?.split(',')
 const PROF = arg('prof')
-const nanos = (ms: number) => ms * 1_000_000
 
 type Variant = { name: string; cfg: Partial<StreamConfig>; consumer: boolean; msgId?: boolean; ack?: 'none' | 'every-50' }
 // What ensureStreams makes for a change stream (file storage, 1,000 per subject, 24 h, a 2-minute
@@ -45,12 +45,6 @@ const variants = (
     { name: 'ack-every-50', cfg: current, consumer: true, ack: 'every-50' },
   ] satisfies Variant[]
 ).filter((v) => !ONLY || ONLY.includes(v.name)) as Variant[]
-
-/** CPU seconds (user + system) of a process so far. */
-function cpuOf(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(f[11]) + Number(f[12])) / 100
-}
 
 const runOf = (channel: number, version: number) =>
   JSON.stringify({ channel: `leaderboard:c${channel}`, version, epoch: 'bench', at: new Date().toISOString(), stored: new Date().toISOString(), changes: [{ player: 'p', score: Date.now() + Math.random(), previous: null }] })

@@ -11,8 +11,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { jetstream, jetstreamManager, type JetStreamClient, type StreamConfig } from '@nats-io/jetstream'
-import { connect } from '@nats-io/transport-node'
+import { connect, nanos } from '@nats-io/transport-node'
 import { freePort } from '../core/process'
+import { cpuOf } from './lib/child'
 import { createAckedPublisher } from '../core/acked-publish'
 
 const arg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1]
@@ -20,7 +21,6 @@ const RUNS = Number(arg('runs') ?? 30_000)
 const ROUNDS = Number(arg('rounds') ?? 3)
 const ONLY = arg('only')?.split(',')
 const CHANNELS = 100
-const nanos = (ms: number) => ms * 1_000_000
 
 type Publish = 'pipelined' | 'awaited' | 'msgid' | 'noack' | 'request' | 'inbox'
 type Variant = { name: string; cfg: Partial<StreamConfig>; publish: Publish; changes?: number }
@@ -43,12 +43,6 @@ const variants = ([
   { name: '10-changes-per-run', cfg: current, publish: 'pipelined', changes: 10 },
   { name: '3-changes-per-run', cfg: current, publish: 'pipelined', changes: 3 },
 ] as Variant[]).filter((v) => !ONLY || ONLY.includes(v.name))
-
-/** CPU seconds (user + system) of a process so far. */
-function cpuOf(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
-  return (Number(f[11]) + Number(f[12])) / 100
-}
 
 const change = () => ({ player: 'player-0123', score: Math.round(Math.random() * 1e6), previous: 1234 })
 const runBody = (channel: string, version: number, changes: number) =>
