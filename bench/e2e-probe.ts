@@ -12,7 +12,7 @@
  * events of one send reached nats-server, and over all rounds pooled each side's p50 to p99.9, with
  * (Fanfare) the events that reached nats-server more than 0.5 ms after their send's first apart.
  */
-import { runsOfMessage, type LiveBatch } from '../core/live-batches'
+import { runsOfData } from '../core/live-batches'
 import { subjects } from '../core/events'
 import type { ChangeRun } from '../core/channels'
 import { BOARDS, scoreEvent } from './lib/events'
@@ -46,7 +46,7 @@ try {
     callback: (_e, m) => {
       const t = nowMs()
       // One run per message, or a live batch of several.
-      for (const run of runsOfMessage(m.json<ChangeRun | LiveBatch>())) {
+      for (const run of runsOfData(m.data)) {
         const at = Date.parse(run.at)
         const stored = run.stored ? Date.parse(run.stored) : Number.NaN
         run.changes.forEach((_c, i) => runs.set(`${run.channel}/${run.version + i}`, { at, stored, published: t }))

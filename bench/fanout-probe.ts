@@ -85,14 +85,14 @@ const bun = startChild([BUN, 'bench/servers/bare-bun.ts'], { port: freePort() })
 try {
   const sides: Side[] = []
   // The `fanfare` side: a deployment from before live batches (one message per change run).
-  const d = await deploy({}, { liveBatches: false })
+  const d = await deploy({}, { changes: 'runs' })
   deployments.push(d)
   const api = await d.startApi()
   sides.push({ name: 'fanfare', url: `ws://127.0.0.1:${api.port}/v1/ws`, pid: api.proc.proc.pid, publisher: await fanfarePublisher(d, changes) })
   if (compare) {
     // With --batches too, the other checkout runs with live batches as well: it is compared with
     // the `batches` side (this checkout's live batches path), not with the old path.
-    const d2 = batches ? await deploy() : await deploy({}, { liveBatches: false })
+    const d2 = batches ? await deploy() : await deploy({}, { changes: 'runs' })
     deployments.push(d2)
     const port = freePort()
     const proc = spawnProc('api-compare', `${compare}/api/src/main.ts`, { ...d2.env.vars, PORT: String(port), HOST: '127.0.0.1' })
@@ -109,7 +109,7 @@ try {
     sides.push({ name: 'batches', url: `ws://127.0.0.1:${api4.port}/v1/ws`, pid: api4.proc.proc.pid, publisher: await fanfarePublisher(d4, changes, batchPartitions) })
   }
   if (process.argv.includes('--js-publish')) {
-    const d3 = await deploy({}, { liveBatches: false })
+    const d3 = await deploy({}, { changes: 'runs' })
     deployments.push(d3)
     const api3 = await d3.startApi()
     sides.push({ name: 'js.publish', url: `ws://127.0.0.1:${api3.port}/v1/ws`, pid: api3.proc.proc.pid, publisher: jsPublisher(d3) })

@@ -11,7 +11,7 @@
 import { io } from 'socket.io-client'
 import { hashKey, subjects } from '../core/events'
 import { createAckedPublisher, type PublishOutcome } from '../core/acked-publish'
-import { liveBatchMessages } from '../core/live-batches'
+import { encodeLiveBatch, liveBatchMessages } from '../core/live-batches'
 import type { ChangeRun } from '../core/channels'
 import { freePort } from '../core/process'
 import { cpuOf, startChild } from './lib/child'
@@ -41,7 +41,7 @@ const frameOf = (channel: string, version: number) =>
  */
 export async function fanfarePublisher(d: Deployment, changesPerRun = 1, batchPartitions = 1): Promise<Publisher> {
   const prefix = d.env.config.FANFARE_SUBJECT_PREFIX
-  const batches = d.liveBatches
+  const format = d.changes
   const publisher = createAckedPublisher(d.nc)
   let pending: Promise<PublishOutcome>[] = []
   // Per channel, the changes not yet published, the version of the first and when it was made.
@@ -58,8 +58,8 @@ export async function fanfarePublisher(d: Deployment, changesPerRun = 1, batchPa
     held.clear()
     // Live batches: as workers publish batches (publishBatch), the runs of one flush
     // as one message per partition (`batchPartitions`, channels spread by hash; 1 by default: one
-    // worker batch holding every channel's run, the best case).
-    pending.push(publisher.publish(batches ? liveBatchesOf(prefix, runs, batchPartitions) : runs))
+    // worker batch holding every channel's run, the best case), compressed as recorded.
+    pending.push(publisher.publish(format === 'runs' ? runs : liveBatchesOf(prefix, runs, batchPartitions, format === 'compressed')))
   }
   return {
     round: (channels, version) => {
@@ -83,14 +83,14 @@ export async function fanfarePublisher(d: Deployment, changesPerRun = 1, batchPa
 }
 
 /** A flush's runs as live batch messages, the channels spread over `partitions` by hash (see fanfarePublisher). */
-function liveBatchesOf(prefix: string, runs: { channel: string; body: string }[], partitions: number) {
+function liveBatchesOf(prefix: string, runs: { channel: string; body: string }[], partitions: number, compress: boolean) {
   const byPartition = new Map<number, { channel: string; body: string }[]>()
   for (const r of runs) {
     const p = hashKey(r.channel) % partitions
     const list = byPartition.get(p) ?? byPartition.set(p, []).get(p)!
     list.push(r)
   }
-  return [...byPartition].flatMap(([p, list]) => liveBatchMessages(prefix, p, list).map(({ subject, body }) => ({ subject, body })))
+  return [...byPartition].flatMap(([p, list]) => liveBatchMessages(prefix, p, list).map(({ subject, body }) => ({ subject, body: encodeLiveBatch(body, compress) })))
 }
 
 async function bunPublisher(port: number): Promise<Publisher> {

@@ -7,7 +7,7 @@
  * Baseline: the plain projection path for the same number of events: score.submitted events (one
  * new player each) from publish to their leaderboard change runs, in the same deployment.
  */
-import { runsOfMessage, type LiveBatch } from '../core/live-batches'
+import { runsOfData } from '../core/live-batches'
 import type { Subscription } from '@nats-io/transport-node'
 import type { ChangeRun, UserChange } from '../core/channels'
 import { dedupIdOf, partitionOf, subjects } from '../core/events'
@@ -37,7 +37,7 @@ async function storm(d: Deployment, events: { key: string; message: Stored }[], 
   const reading = (async () => {
     for await (const m of sub) {
       const now = nowMs()
-      for (const key of runsOfMessage(m.json<ChangeRun | LiveBatch>()).flatMap(keysOf)) {
+      for (const key of runsOfData(m.data).flatMap(keysOf)) {
         const t = sentAt.get(key)
         if (t === undefined) continue
         sentAt.delete(key)
@@ -80,7 +80,7 @@ export async function matches(ctx: BenchContext): Promise<Figure[]> {
     const created = d.nc.subscribe(subjects.changesOfKind(prefix, 'match'))
     let seen = 0
     // One run per message, or a live batch of several.
-    for await (const m of created) if ((seen += runsOfMessage(m.json<ChangeRun | LiveBatch>()).reduce((n, r) => n + r.changes.length, 0)) >= MATCHES) break
+    for await (const m of created) if ((seen += runsOfData(m.data).reduce((n, r) => n + r.changes.length, 0)) >= MATCHES) break
 
     // Two different matches per user, spread so that every match is raced for.
     const joins = Array.from({ length: USERS }, (_, u) => [0, 1].map((k) => {

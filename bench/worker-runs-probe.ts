@@ -9,7 +9,7 @@
  *
  *   flock /tmp/bench.lock node_modules/.bin/bun bench/worker-runs-probe.ts [--events=60000] [--boards=100] [--rate=0] [--workers=1]
  */
-import { runsOfMessage, type LiveBatch } from '../core/live-batches'
+import { runsOfData } from '../core/live-batches'
 import { readFileSync } from 'node:fs'
 import { dedupIdOf, keyOf, partitionOf, subjects } from '../core/events'
 import type { ChangeRun } from '../core/channels'
@@ -35,7 +35,7 @@ try {
     // One entry per run: one per message, or several in a live batch.
     callback: (_e, m) => {
       const t = nowMs()
-      for (const run of runsOfMessage(m.json<ChangeRun | LiveBatch>())) runs.push({ t, changes: run.changes.length })
+      for (const run of runsOfData(m.data)) runs.push({ t, changes: run.changes.length })
     },
   })
   // Warm the worker (its first batches compile and open connections), then measure.

@@ -1,6 +1,6 @@
 import { expect, test } from 'bun:test'
 import type { ChangeRun } from './channels'
-import { liveBatchMessages, MAX_BATCH_CHARS, runsOfMessage } from './live-batches'
+import { encodeLiveBatch, liveBatchMessages, MAX_BATCH_CHARS, MIN_COMPRESSED_CHARS, runsOfData, runsOfMessage } from './live-batches'
 
 const run = (channel: string, version: number, filler = ''): { channel: string; body: string } => ({
   channel,
@@ -30,4 +30,32 @@ test('split only past the size bound, every message under it, no run lost or reo
 test('a message of one run (the old shape, and the sweeper\'s) reads as that run', () => {
   const one: ChangeRun = { channel: 'chat:r', version: 3, epoch: 'e', changes: [], at: '' }
   expect(runsOfMessage(one)).toEqual([one])
+})
+
+test('compressed batches: long ones go out as zstd frames and read back as the same runs; short ones and single runs as JSON', () => {
+  const runs = Array.from({ length: 100 }, (_, i) => run(`leaderboard:b${i}`, i + 1))
+  const [batch] = liveBatchMessages('pre', 0, runs)
+  expect(batch.body.length).toBeGreaterThan(MIN_COMPRESSED_CHARS)
+  const sent = encodeLiveBatch(batch.body, true)
+  expect(sent).toBeInstanceOf(Uint8Array)
+  const bytes = sent as Uint8Array
+  expect([...bytes.subarray(0, 4)]).toEqual([0x28, 0xb5, 0x2f, 0xfd])
+  expect(bytes.length).toBeLessThan(batch.body.length / 4)
+  expect(runsOfData(bytes)).toEqual(JSON.parse(batch.body).runs)
+  // Not recorded (an API node of the last version may follow): as it is.
+  expect(encodeLiveBatch(batch.body, false)).toBe(batch.body)
+  // Too short to gain: as it is, and read as JSON.
+  const [short] = liveBatchMessages('pre', 0, runs.slice(0, 2))
+  expect(short.body.length).toBeLessThan(MIN_COMPRESSED_CHARS)
+  expect(encodeLiveBatch(short.body, true)).toBe(short.body)
+  expect(runsOfData(new TextEncoder().encode(short.body)).map((r) => r.version)).toEqual([1, 2])
+  // One run on its channel's subject (the sweeper's, a restart run, a deployment from before live batches).
+  const one: ChangeRun = { channel: 'chat:r', version: 3, epoch: 'e', changes: [], at: '' }
+  expect(runsOfData(new TextEncoder().encode(JSON.stringify(one)))).toEqual([one])
+})
+
+test('a message that is neither JSON nor a zstd frame of JSON throws (the feed logs it as unreadable)', () => {
+  expect(() => runsOfData(new TextEncoder().encode('not json'))).toThrow()
+  expect(() => runsOfData(new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3]))).toThrow()
+  expect(() => runsOfData(Bun.zstdCompressSync('not json'))).toThrow()
 })

@@ -2,7 +2,7 @@ import { parseChannel, type ChangeRun, type ChannelKind } from './channels'
 import { subjects } from './events'
 
 /**
- * A live batch (core/nats.ts recordsLiveBatches): the change runs of one worker batch for channels of one
+ * A live batch (core/nats.ts ChangeFormat): the change runs of one worker batch for channels of one
  * kind, published as ONE message on the partition's subject (subjects.changeBatch) instead of one
  * message per run. JetStream's cost is per message, not per byte (bench/findings.md, "What storing
  * a change run costs"), so a batch touching 100 channels costs one stored message instead of 100.
@@ -53,4 +53,37 @@ export function liveBatchMessages<R extends { channel: string; body: string }>(p
 /** The runs of a change stream message: the runs of a live batch, or the message's one run. */
 export function runsOfMessage(parsed: ChangeRun | LiveBatch): ChangeRun[] {
   return 'runs' in parsed && Array.isArray(parsed.runs) ? parsed.runs : [parsed as ChangeRun]
+}
+
+/**
+ * Shorter live batches are published as they are: nats-server's cost of a message is mostly its
+ * bytes (copied into its store's cache, written, read again to deliver and to remove), and below
+ * this the fixed part dominates while compressing still costs both sides a call.
+ */
+export const MIN_COMPRESSED_CHARS = 1024
+
+/** The first bytes of a zstd frame (RFC 8878): a compressed live batch starts with them, JSON never does. */
+const ZSTD_MAGIC = [0x28, 0xb5, 0x2f, 0xfd]
+const utf8 = new TextDecoder()
+
+/**
+ * A live batch's body as it is published: compressed with zstd when `compress` (the change streams
+ * record compressed batches, core/nats.ts recordsCompressedBatches) and it is long enough to gain.
+ * A batch's runs are JSON with the same keys over and over: zstd's fastest level takes a 20 KB batch
+ * of 100 leaderboard runs to ~1-3 KB in ~15 µs, where nats-server spends ~5 µs a KB on it
+ * (bench/findings.md, "Compressed live batches").
+ */
+export function encodeLiveBatch(body: string, compress: boolean): string | Uint8Array {
+  return compress && body.length >= MIN_COMPRESSED_CHARS ? Bun.zstdCompressSync(body, { level: 1 }) : body
+}
+
+/**
+ * The runs of a change stream message's data: a live batch, compressed (see encodeLiveBatch) or
+ * not, or one run (a deployment from before live batches, the sweeper's, a restart run). Throws if
+ * it is neither JSON nor a zstd frame of JSON.
+ */
+export function runsOfData(data: Uint8Array): ChangeRun[] {
+  const compressed = data.length >= ZSTD_MAGIC.length && ZSTD_MAGIC.every((b, i) => data[i] === b)
+  const text = compressed ? Bun.zstdDecompressSync(data).toString() : utf8.decode(data)
+  return runsOfMessage(JSON.parse(text) as ChangeRun | LiveBatch)
 }

@@ -210,38 +210,60 @@ export const withIncarnation = (description: string | undefined, incarnation: st
   `${description ? `${description}; ` : ''}incarnation=${incarnation}`
 
 /**
- * How a deployment's workers publish change runs is recorded on each change stream, in its
- * description (`changes=batches`; nats-server 2.9 has no stream metadata): live batches (one
- * message per worker batch and kind, core/live-batches.ts; channel history in Postgres) or, when
- * unrecorded, one message per channel run on the channel's subject (what every Fanfare before live
- * batches did). Change streams are created recording batches; a deployment of an older version
- * switches with `npm run migrate -- --live-batches` once no API node of that version follows its
- * change streams (an older node cannot read a batch: its subscribers would miss updates silently).
- * Workers publish as the streams say, and notice a switch while running (see watchLiveBatches);
- * API nodes take both shapes and read history from both places.
+ * How a deployment's workers publish change runs (its change format), as each change stream
+ * records it in its description (nats-server 2.9 has no stream metadata):
+ * - `runs`, nothing recorded: one message per channel run on the channel's subject (what every
+ *   Fanfare before live batches did);
+ * - `batches` (`changes=batches`): live batches, one message per worker batch and kind
+ *   (core/live-batches.ts), channel history in Postgres;
+ * - `compressed` (also `batches=zstd`): live batches, those long enough compressed with zstd
+ *   (encodeLiveBatch).
+ * Change streams are created with the latest format; a deployment of an older version switches
+ * with `npm run migrate -- --live-batches` once no API node of that version follows its change
+ * streams (an older node cannot read a newer format: its subscribers would miss updates silently).
+ * Workers publish as the streams say, and notice a switch while running (see watchChangeFormat);
+ * API nodes read every format (runsOfData) and history from both places.
  */
-const LIVE_BATCHES = 'changes=batches'
-export const recordsLiveBatches = (description: string | undefined): boolean => new RegExp(`(?:^|; )${LIVE_BATCHES}(?:;|$)`).test(description ?? '')
-const withLiveBatches = (description: string | undefined): string => (recordsLiveBatches(description) ? description! : `${description ? `${description}; ` : ''}${LIVE_BATCHES}`)
-
-/** Whether every change stream of the deployment records live batches (see recordsLiveBatches). */
-export async function liveBatchesRecorded(jsm: JetStreamManager, config: Config): Promise<boolean> {
-  const t = topology(config)
-  const infos = await Promise.all(channelKinds.map((kind) => jsm.streams.info(t.changeStreams[kind])))
-  return infos.every((i) => recordsLiveBatches(i.config.description))
+export type ChangeFormat = 'runs' | 'batches' | 'compressed'
+/** The format this version's workers publish once recorded, and new change streams record. */
+export const LATEST_CHANGE_FORMAT: ChangeFormat = 'compressed'
+const FORMATS: ChangeFormat[] = ['runs', 'batches', 'compressed']
+const FORMAT_TOKENS: Record<ChangeFormat, string[]> = { runs: [], batches: ['changes=batches'], compressed: ['changes=batches', 'batches=zstd'] }
+const tokensOf = (description: string | undefined) => (description ?? '').split('; ')
+/** The change format a change stream's description records. */
+export const changeFormatOf = (description: string | undefined): ChangeFormat => {
+  const tokens = tokensOf(description)
+  return [...FORMATS].reverse().find((f) => FORMAT_TOKENS[f].every((t) => tokens.includes(t))) ?? 'runs'
+}
+/** `description` recording `format` instead of the one it records. */
+const withChangeFormat = (description: string | undefined, format: ChangeFormat): string => {
+  const all = new Set(Object.values(FORMAT_TOKENS).flat())
+  return [...tokensOf(description).filter((t) => t !== '' && !all.has(t)), ...FORMAT_TOKENS[format]].join('; ')
 }
 
-/** The description an API node's change feed gives its consumers: it reads live batches (see recordLiveBatches). */
-export const FEED_CONSUMER_DESCRIPTION = 'fanfare change feed; takes live batches'
+/**
+ * The change format of the deployment: the least any of its change streams records (a switch cut
+ * short records some streams only; workers publish what every API node reads).
+ */
+export async function changeFormatRecorded(jsm: JetStreamManager, config: Config): Promise<ChangeFormat> {
+  const t = topology(config)
+  const infos = await Promise.all(channelKinds.map((kind) => jsm.streams.info(t.changeStreams[kind])))
+  return leastFormat(infos.map((i) => changeFormatOf(i.config.description)))
+}
+/** The least of `formats` (see changeFormatRecorded). */
+export const leastFormat = (formats: ChangeFormat[]): ChangeFormat => FORMATS[Math.min(...formats.map((f) => FORMATS.indexOf(f)))]
+
+/** The description an API node's change feed gives its consumers: the formats it reads (see recordChangeFormat). */
+export const FEED_CONSUMER_DESCRIPTION = 'fanfare change feed; takes live batches; takes compressed batches'
 
 /**
- * Thrown by recordLiveBatches when a change stream has a consumer that is not a change feed of a
- * version that reads live batches: most likely an API node of an older Fanfare still running.
+ * Thrown by recordChangeFormat when a change stream has a consumer that is not a change feed of a
+ * version that reads the latest format: most likely an API node of an older Fanfare still running.
  */
 export class OlderNodesFollowing extends StartFailure {
   constructor(readonly consumers: string[]) {
     super(
-      `not switched to live batches: ${consumers.length} consumer${consumers.length === 1 ? '' : 's'} of the change streams ${consumers.length === 1 ? 'is' : 'are'} not a change feed that reads them (${consumers.slice(0, 5).join(', ')}${consumers.length > 5 ? ', ...' : ''}): ` +
+      `not switched to compressed live batches: ${consumers.length} consumer${consumers.length === 1 ? '' : 's'} of the change streams ${consumers.length === 1 ? 'is' : 'are'} not a change feed that reads them (${consumers.slice(0, 5).join(', ')}${consumers.length > 5 ? ', ...' : ''}): ` +
         'API nodes of an older Fanfare would miss every update. Upgrade every API node first, then run it again',
     )
     this.name = 'OlderNodesFollowing'
@@ -249,14 +271,15 @@ export class OlderNodesFollowing extends StartFailure {
 }
 
 /**
- * The switch to live batches (`npm run migrate -- --live-batches`, with the hub's config): records
- * it on every change stream that does not yet, once no consumer of them, or of an edge site's
- * mirrors of them (FANFARE_EDGE_DOMAINS, asked across the leaf link), is other than a change feed
- * that reads batches: OlderNodesFollowing otherwise, or the error of an edge that does not answer
- * (its nodes cannot be known). Short-lived consumers (a history read's) are waited out for
- * `settleMs`. Returns the streams switched. Workers follow within their watch interval.
+ * The switch to the latest change format (`npm run migrate -- --live-batches`, with the hub's
+ * config): records it on every change stream that does not yet, once no consumer of them, or of an
+ * edge site's mirrors of them (FANFARE_EDGE_DOMAINS, asked across the leaf link), is other than a
+ * change feed of this version (FEED_CONSUMER_DESCRIPTION): OlderNodesFollowing otherwise, or the
+ * error of an edge that does not answer (its nodes cannot be known). Short-lived consumers (a
+ * history read's) are waited out for `settleMs`. Returns the streams switched. Workers follow
+ * within their watch interval.
  */
-export async function recordLiveBatches(nc: NatsConnection, config: Config, opts: { settleMs?: number; alone?: boolean } = {}): Promise<string[]> {
+export async function recordChangeFormat(nc: NatsConnection, config: Config, opts: { settleMs?: number; alone?: boolean } = {}): Promise<string[]> {
   const site = siteOf(config)
   if (site.kind === 'edge') throw new StartFailure('the switch to live batches is made at the hub: run it with the hub\'s config (FANFARE_EDGE_DOMAINS, not FANFARE_EDGE_DOMAIN)')
   const t = topology(config)
@@ -299,8 +322,8 @@ export async function recordLiveBatches(nc: NatsConnection, config: Config, opts
   const switched: string[] = []
   for (const stream of names) {
     const info = await jsm.streams.info(stream)
-    if (recordsLiveBatches(info.config.description)) continue
-    await jsm.streams.update(stream, { ...info.config, description: withLiveBatches(info.config.description) })
+    if (changeFormatOf(info.config.description) === LATEST_CHANGE_FORMAT) continue
+    await jsm.streams.update(stream, { ...info.config, description: withChangeFormat(info.config.description, LATEST_CHANGE_FORMAT) })
     switched.push(stream)
   }
   return switched
@@ -518,7 +541,7 @@ export class ReplicasWithoutCluster extends StartFailure {
  * stream on the same subjects (what the edge's API nodes store into, the hub's event stream sources
  * it), and mirrors of the hub's change streams (what the edge's change feeds and history read).
  */
-export async function ensureStreams(nc: NatsConnection, config: Config, opts: { apply?: boolean; liveBatches?: false } = {}): Promise<JetStreamManager> {
+export async function ensureStreams(nc: NatsConnection, config: Config, opts: { apply?: boolean; changes?: ChangeFormat } = {}): Promise<JetStreamManager> {
   // nats-server refuses a new stream of several replicas on a server outside a cluster, but takes
   // the update of an existing one (its info then says 3 replicas while one copy exists): refuse both.
   if (config.FANFARE_REPLICAS > 1 && !nc.info?.cluster) throw new ReplicasWithoutCluster(config.FANFARE_REPLICAS, nc.info?.server_name ?? '')
@@ -570,9 +593,9 @@ export async function ensureStreams(nc: NatsConnection, config: Config, opts: { 
         num_replicas,
       },
       undefined,
-      // A new deployment's change streams hold live batches (see recordsLiveBatches) unless told
-      // otherwise (tests of a deployment from before them).
-      opts.liveBatches === false ? undefined : LIVE_BATCHES,
+      // A new deployment's change streams record the latest format (see ChangeFormat) unless told
+      // otherwise (tests of a deployment of an older version).
+      withChangeFormat(undefined, opts.changes ?? LATEST_CHANGE_FORMAT) || undefined,
     ).catch(async (err) => {
       // Only on failure: the common start pays no extra request for the check.
       if (await streamExists(jsm, legacyChangeStream(config))) {
@@ -683,11 +706,12 @@ async function upsertStream(
     check?.(existing.config)
     // Kept as recorded. A stream of an older version records none: `npm run migrate` records one
     // (core/upgrade.ts), from the checkpoints; a node here would take the `created` reported now,
-    // which a NATS restart may have moved since the workers read it. Live batches, likewise, are
-    // recorded only by the switch (recordLiveBatches) or at creation.
+    // which a NATS restart may have moved since the workers read it. The change format, likewise,
+    // is recorded only by the switch (recordChangeFormat) or at creation.
     const incarnation = incarnationOf(existing.config.description)
     const kept = incarnation ? withIncarnation(cfg.description, incarnation) : cfg.description
-    const description = recordsLiveBatches(existing.config.description) ? withLiveBatches(kept) : kept
+    const format = changeFormatOf(existing.config.description)
+    const description = format === 'runs' ? kept : withChangeFormat(kept, format)
     if (apply) return void (await jsm.streams.update(cfg.name, { ...cfg, description }).catch((err) => Promise.reject(tooFewServers(cfg, err))))
     // Not a setting but what the stream is: an event stream that records no partition count yet
     // takes the count of the first process that starts on it (see checkEventStream). Only the

@@ -3,7 +3,7 @@ import { millis } from '@nats-io/transport-node'
 import { channelKinds } from './channels'
 import type { Config } from './config'
 import type { Logger } from './logger'
-import { historyRetention, historyVariables, recordsLiveBatches, siteOf, topology } from './nats'
+import { changeFormatOf, historyRetention, historyVariables, leastFormat, siteOf, topology, type ChangeFormat } from './nats'
 
 /**
  * A setting of the shared streams on which this process's config differs from the stream: the
@@ -24,11 +24,10 @@ const sourcesOf = (cfg: StreamConfig): string => (cfg.sources ?? []).map((s) => 
  * variable and both values: `npm run migrate` applies the config's. Read at start: after
  * `npm run migrate` changes a setting, restart the nodes (README "Upgrading").
  *
- * Also says whether every change stream records live batches (core/nats.ts liveBatchesRecorded,
- * from the same stream infos): a worker's first answer (see watchLiveBatches), without reading
- * them again.
+ * Also says the deployment's change format (core/nats.ts changeFormatRecorded, from the same
+ * stream infos): a worker's first answer (see watchChangeFormat), without reading them again.
  */
-export async function readStreamSettings(jsm: JetStreamManager, config: Config, logger: Logger): Promise<{ config: Config; liveBatches: boolean }> {
+export async function readStreamSettings(jsm: JetStreamManager, config: Config, logger: Logger): Promise<{ config: Config; changes: ChangeFormat }> {
   const t = topology(config)
   const site = siteOf(config)
   const events = (await jsm.streams.info(t.eventStream)).config
@@ -59,6 +58,6 @@ export async function readStreamSettings(jsm: JetStreamManager, config: Config, 
   }
   return {
     config: { ...config, FANFARE_DEDUP_WINDOW_MS: dedupWindowMs, FANFARE_EVENT_RETENTION_MS: retentionMs },
-    liveBatches: changeStreams.every(([, changes]) => recordsLiveBatches(changes.description)),
+    changes: leastFormat(changeStreams.map(([, changes]) => changeFormatOf(changes.description))),
   }
 }

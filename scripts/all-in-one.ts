@@ -6,7 +6,7 @@ import { loadConfig, warnMisspeltVariables, type Config } from '../core/config'
 import { checkReachable, connectPostgres, migrate, openEmbedded, type Database } from '../core/db/client'
 import { watchDatabase } from '../core/db/watch'
 import { createLogger, type Logger } from '../core/logger'
-import { connectNats, recordLiveBatches } from '../core/nats'
+import { connectNats, recordChangeFormat } from '../core/nats'
 import { upgradeNats } from '../core/upgrade'
 import { startObservability } from '../core/observability'
 import { startApi } from '../api/src/server'
@@ -131,9 +131,9 @@ export async function startAllInOne(
     // takes the upgrade steps itself, as it applies the database migrations (`npm run migrate`
     // does both for separate nodes).
     for (const line of await upgradeNats(nc, runConfig, database.db)) log.info({ step: line }, 'nats upgraded')
-    // Its change streams too: from before live batches, switched (no older node reads them).
-    const switched = await recordLiveBatches(nc, runConfig, { alone: true })
-    if (switched.length > 0) log.info({ streams: switched }, 'nats upgraded: live batches recorded')
+    // Its change streams too: an older version's change format, switched (no older node reads them).
+    const switched = await recordChangeFormat(nc, runConfig, { alone: true })
+    if (switched.length > 0) log.info({ streams: switched }, 'nats upgraded: compressed live batches recorded')
 
     const onFatal =
       options.onFatal ??

@@ -1,7 +1,7 @@
 import { jetstream, type JetStreamClient, type PubAck } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { openLeaseBucketIfExists, workersView } from '../../core/leases'
-import { ensureStreams, connectNats, liveBatchesRecorded } from '../../core/nats'
+import { ensureStreams, connectNats, changeFormatRecorded, type ChangeFormat } from '../../core/nats'
 import { until } from '../../core/testing/wait'
 import { freePort } from '../../core/process'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
@@ -12,8 +12,8 @@ export type Deployment = {
   env: TestEnv
   nc: NatsConnection
   js: JetStreamClient
-  /** Whether the deployment's change streams hold live batches (core/nats.ts recordsLiveBatches), as a new one's do. */
-  liveBatches: boolean
+  /** The change format the deployment's change streams record (core/nats.ts ChangeFormat): the latest, as a new one's. */
+  changes: ChangeFormat
   api?: { proc: Proc; url: string; port: number }
   workers: Proc[]
   startApi: (extraEnv?: Record<string, string>) => Promise<{ proc: Proc; url: string; port: number }>
@@ -49,17 +49,17 @@ export const BENCH_LIMITS: Record<string, string> = {
 }
 
 /** Creates the env (fresh db + stream names), the streams, and a NATS connection for the bench. */
-export async function deploy(overrides: Record<string, string> = {}, opts: { liveBatches?: false } = {}): Promise<Deployment> {
+export async function deploy(overrides: Record<string, string> = {}, opts: { changes?: ChangeFormat } = {}): Promise<Deployment> {
   const env = await createTestEnv({ LOG_LEVEL: 'warn', ...BENCH_LIMITS, ...overrides })
   const nc = await connectNats(env.vars.NATS_URL, 'fanfare-bench')
-  // `liveBatches: false`: a deployment from before live batches (one message per change run).
+  // `changes`: a deployment of an older version (`runs`: one message per change run).
   const jsm = await ensureStreams(nc, env.config, opts)
   const procs: Proc[] = []
   const d: Deployment = {
     env,
     nc,
     js: jetstream(nc),
-    liveBatches: await liveBatchesRecorded(jsm, env.config),
+    changes: await changeFormatRecorded(jsm, env.config),
     workers: [],
     startApi: async (extraEnv = {}) => {
       const port = freePort()

@@ -1,6 +1,6 @@
 import { ConfigError, loadConfig } from '../config'
 import { jetstreamManager } from '@nats-io/jetstream'
-import { connectNats, liveBatchesRecorded, NatsUnreachable, recordLiveBatches, siteOf, untilJetStreamAnswers } from '../nats'
+import { changeFormatRecorded, connectNats, LATEST_CHANGE_FORMAT, NatsUnreachable, recordChangeFormat, siteOf, untilJetStreamAnswers } from '../nats'
 import { StartFailure, startFailure } from '../start-failure'
 import { upgradeNats } from '../upgrade'
 import { connectPostgres, migrate } from './client'
@@ -11,8 +11,9 @@ import { dbErrorSummary } from './errors'
  * the NATS upgrade steps and the stream and bucket config (replicas included) to NATS_URL. Run it
  * once per upgrade, before starting nodes of the new version: nodes never take these steps
  * themselves (see core/upgrade.ts). Either part is skipped when its URL is unset.
- * `-- --live-batches`: also switches a deployment from before live batches to them (see
- * core/nats.ts recordLiveBatches): run it again once every API node runs this version.
+ * `-- --live-batches`: also switches a deployment of an older version to compressed live batches
+ * (see core/nats.ts ChangeFormat, recordChangeFormat): run it again once every API node runs this
+ * version.
  */
 let config
 try {
@@ -61,12 +62,14 @@ if (config.NATS_URL) {
     console.log(`nats streams and buckets match the config (${config.FANFARE_REPLICAS} replica${config.FANFARE_REPLICAS === 1 ? '' : 's'})`)
     if (siteOf(config).kind === 'hub') {
       if (process.argv.includes('--live-batches')) {
-        const switched = await recordLiveBatches(nc, config)
-        console.log(switched.length > 0 ? `nats: live batches recorded on ${switched.join(', ')}: workers switch within seconds` : 'nats: the change streams already record live batches')
-      } else if (!(await liveBatchesRecorded(await jetstreamManager(nc), config))) {
-        console.log(
-          'nats: the change streams hold one message per channel run (a deployment from before live batches): once every API node runs this version, `npm run migrate -- --live-batches` switches them',
-        )
+        const switched = await recordChangeFormat(nc, config)
+        console.log(switched.length > 0 ? `nats: compressed live batches recorded on ${switched.join(', ')}: workers switch within seconds` : 'nats: the change streams already record compressed live batches')
+      } else {
+        const format = await changeFormatRecorded(await jetstreamManager(nc), config)
+        if (format !== LATEST_CHANGE_FORMAT) {
+          const held = format === 'runs' ? 'one message per channel run (a deployment from before live batches)' : 'live batches, not compressed (a deployment of the last version)'
+          console.log(`nats: the change streams hold ${held}: once every API node runs this version, \`npm run migrate -- --live-batches\` switches them to compressed live batches`)
+        }
       }
     }
   } catch (err) {

@@ -3,19 +3,24 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import { loadConfig, type Config } from '../config'
 import { connectPostgres, migrate } from '../db/client'
-import { deploymentStreams, ensureStreams, topology } from '../nats'
+import { deploymentStreams, ensureStreams, LATEST_CHANGE_FORMAT, topology, type ChangeFormat } from '../nats'
 
 /** Real services the tests use; CI starts them when they are not running. */
 export const TEST_PG_URL = process.env.FANFARE_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 export const TEST_NATS_URL = process.env.FANFARE_TEST_NATS_URL ?? 'nats://127.0.0.1:4222'
 
 /**
- * Whether tests' deployments hold live batches (core/nats.ts recordsLiveBatches), as every new
- * deployment does. `FANFARE_TEST_LIVE_BATCHES=false bun test <file>` runs a file on a deployment
- * from before them instead: createTestEnv creates its change streams without the record (on the
- * shared NATS), and tests that publish change runs by hand publish them one per run.
+ * The change format of tests' deployments (core/nats.ts ChangeFormat): the latest, as every new
+ * deployment's. `FANFARE_TEST_CHANGES=runs bun test <file>` (or `batches`) runs a file on a
+ * deployment of an older version instead: createTestEnv creates its change streams recording that
+ * format (on the shared NATS), and tests that publish change runs by hand publish them one per run
+ * (`runs`).
  */
-export const testLiveBatches = process.env.FANFARE_TEST_LIVE_BATCHES !== 'false'
+export const testChangeFormat: ChangeFormat = (() => {
+  const v = process.env.FANFARE_TEST_CHANGES ?? LATEST_CHANGE_FORMAT
+  if (v !== 'runs' && v !== 'batches' && v !== 'compressed') throw new Error(`FANFARE_TEST_CHANGES is runs, batches or compressed, not ${v}`)
+  return v
+})()
 
 export type TestEnv = {
   config: Config
@@ -49,9 +54,9 @@ export async function createTestEnv(overrides: Record<string, string> = {}, opts
     ...overrides,
   }
   const config = loadConfig(vars)
-  if (!testLiveBatches) {
+  if (testChangeFormat !== LATEST_CHANGE_FORMAT) {
     const nc = await connect({ servers: TEST_NATS_URL })
-    await ensureStreams(nc, config, { liveBatches: false })
+    await ensureStreams(nc, config, { changes: testChangeFormat })
     await nc.close()
   }
   if (opts.migrated !== false) {

@@ -8,7 +8,7 @@ import type { DatabaseWatch } from '../../core/db/watch'
 import type { Logger } from '../../core/logger'
 import { createMetrics, type Metrics } from '../../core/metrics'
 import { ensureStreams, topology, untilJetStreamAnswers } from '../../core/nats'
-import { watchLiveBatches } from './runtime/live-batches-watch'
+import { watchChangeFormat } from './runtime/change-format-watch'
 import { readStreamSettings } from '../../core/stream-settings'
 import { createSubscriptionWatch, watchPublishDenials } from '../../core/nats-subscriptions'
 import { createAckedPublisher } from '../../core/acked-publish'
@@ -57,8 +57,8 @@ export type WorkersDeps = {
    * STAND_DOWN_TIMEOUTS x FANFARE_DATABASE_TIMEOUT_MS more: see standDownAfterMs.
    */
   database?: Pick<DatabaseWatch, 'answering' | 'unansweredFor'>
-  /** How often the change streams are read for a switch to live batches (see watchLiveBatches); default 5 s. */
-  liveBatchesWatchMs?: number
+  /** How often the change streams are read for a switch of their change format (see watchChangeFormat); default 5 s. */
+  changeFormatWatchMs?: number
 }
 
 /**
@@ -105,14 +105,14 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     async () => {
       const jsm = await ensureStreams(nc, deps.config)
       // The retention the runners and the retention watch check against is the event stream's, not this process's env.
-      const { config, liveBatches: recorded } = await readStreamSettings(jsm, deps.config, logger)
+      const { config, changes: recorded } = await readStreamSettings(jsm, deps.config, logger)
       return { jsm, config, recorded, kv: await openLeaseBucket(nc, config) }
     },
     { url: deps.config.NATS_URL ?? '', warn: (message) => logger.warn(message) },
   )
   const js = jetstream(nc)
   const publisher = createAckedPublisher(nc)
-  const liveBatches = watchLiveBatches({ jsm, config, recorded, logger: logger.child({ component: 'live-batches' }), intervalMs: deps.liveBatchesWatchMs })
+  const changeFormat = watchChangeFormat({ jsm, config, recorded, logger: logger.child({ component: 'change-format' }), intervalMs: deps.changeFormatWatchMs })
   const projections = deps.projections ?? allProjections
   const metrics = deps.metrics ?? createMetrics()
   let fatalReported = false
@@ -161,7 +161,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
     hooks: deps.hooks,
     onFatal,
     metrics,
-    liveBatches: liveBatches.on,
+    changeFormat: changeFormat.format,
     onHistory: (runs) => touched.add(runs),
   }
   const leases = startLeases({
@@ -239,7 +239,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
         await Promise.all([...runners.keys()].map((p) => stopRunners(p, true)))
         await sweeper.stop()
         await pruner.stop()
-        await liveBatches.stop()
+        await changeFormat.stop()
         // After the runners, which wait for their batches' publishes.
         publisher.close()
         await cleaner.stop()

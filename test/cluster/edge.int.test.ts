@@ -6,7 +6,7 @@ import { AckPolicy, jetstreamManager } from '@nats-io/jetstream'
 import postgres from 'postgres'
 import { connect, createInbox } from '@nats-io/transport-node'
 import { loadConfig } from '../../core/config'
-import { connectNats, deploymentStreams, ensureStreams, recordLiveBatches, topology } from '../../core/nats'
+import { connectNats, deploymentStreams, ensureStreams, recordChangeFormat, topology } from '../../core/nats'
 import { upgradeNats } from '../../core/upgrade'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
@@ -147,12 +147,12 @@ describe('edge site (NATS leaf node)', () => {
     const hubAdmin = await connect({ servers: hub.url })
     const edgeAdmin = await connect({ servers: edge.url })
     try {
-      expect(await recordLiveBatches(hubAdmin, hubConfig, { settleMs: 0 })).toEqual([])
+      expect(await recordChangeFormat(hubAdmin, hubConfig, { settleMs: 0 })).toEqual([])
       const inbox = createInbox()
       const follower = edgeAdmin.subscribe(inbox)
       const mirror = topology(hubConfig).changeStreams.leaderboard
       const stranger = await (await jetstreamManager(edgeAdmin)).consumers.add(mirror, { deliver_subject: inbox, ack_policy: AckPolicy.None })
-      expect(await recordLiveBatches(hubAdmin, hubConfig, { settleMs: 0 }).then(() => 'switched', (err: Error) => err.message)).toContain(`${EDGE}:${mirror}/${stranger.name}`)
+      expect(await recordChangeFormat(hubAdmin, hubConfig, { settleMs: 0 }).then(() => 'switched', (err: Error) => err.message)).toContain(`${EDGE}:${mirror}/${stranger.name}`)
       follower.unsubscribe()
     } finally {
       await hubAdmin.close()

@@ -10,6 +10,7 @@ import { leaderboardsProjection } from '../../stream-workers/src/projections/lea
 import { runRebuild } from '../../stream-workers/src/rebuild/rebuild'
 import { until, type Proc } from '../e2e/harness'
 import { configureBoard, postEvents, privateNatsDeployment, readModel, scoreEvent, startNodes, stopCleanly, sumsOf, untilBoardEquals, type PrivateNatsDeployment, type ScoreEvent } from './support'
+import { runsOfData } from '../../core/live-batches'
 
 /**
  * A rebuild reads the event stream with a consumer that lives in nats-server's memory: a NATS
@@ -158,7 +159,7 @@ describe('a rebuild across a NATS restart', () => {
     const restarts = async () => {
       const c = await jetstream(nc).consumers.get(topology(env.config).changeStreams.leaderboard, { filter_subjects: subjects.change(env.config.FANFARE_SUBJECT_PREFIX, channel), deliver_policy: DeliverPolicy.All })
       const runs: ChangeRun[] = []
-      for await (const m of await c.fetch({ max_messages: 1000, expires: 1000 })) runs.push(m.json<ChangeRun>())
+      for await (const m of await c.fetch({ max_messages: 1000, expires: 1000 })) runs.push(...runsOfData(m.data))
       return runs.filter((r) => r.restart === 'read model rebuilt').length
     }
     await until('the restart run published', async () => (await restarts()) > 0, 20_000, 200)

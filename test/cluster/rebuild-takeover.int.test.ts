@@ -1,11 +1,12 @@
 import { afterAll, describe, expect, test } from 'bun:test'
 import { DeliverPolicy, jetstream } from '@nats-io/jetstream'
 import postgres from 'postgres'
-import { channelOf, type ChangeRun } from '../../core/channels'
+import { channelOf } from '../../core/channels'
 import { connectNats, topology } from '../../core/nats'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { spawnProc, until, waitReady, type Proc } from '../e2e/harness'
 import { configureBoard, nodeVars, postEvents, readModel, scoreEvent, stopCleanly, sumsOf, untilBoardEquals, type ScoreEvent } from './support'
+import { runsOfData } from '../../core/live-batches'
 
 /**
  * A rebuild's worker that died after its switch committed, before the job was saved `done`: the
@@ -77,8 +78,7 @@ describe('a rebuild whose worker dies right after the switch committed', () => {
       const c = await jetstream(nc).consumers.get(topology(env!.config).changeStreams.leaderboard, { deliver_policy: DeliverPolicy.All })
       const runs: string[] = []
       for await (const m of await c.fetch({ max_messages: 10_000, expires: 1000 })) {
-        const r = m.json<ChangeRun>()
-        if (r.restart === 'read model rebuilt') runs.push(r.channel)
+        for (const r of runsOfData(m.data)) if (r.restart === 'read model rebuilt') runs.push(r.channel)
       }
       return runs.sort()
     }

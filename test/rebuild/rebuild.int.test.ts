@@ -1,7 +1,6 @@
 import { afterEach, describe, expect, test } from 'bun:test'
 import { DeliverPolicy, jetstream } from '@nats-io/jetstream'
 import postgres from 'postgres'
-import type { ChangeRun } from '../../core/channels'
 import { setDatabaseDefault } from '../../core/testing/database'
 import { proxyDatabase } from '../../core/testing/tcp-proxy'
 import { Kvm } from '@nats-io/kv'
@@ -24,6 +23,7 @@ import { createShadow } from '../../stream-workers/src/rebuild/shadow'
 import type { Projection } from '../../stream-workers/src/projections/types'
 import { projections } from '../../stream-workers/src/projections'
 import { keyOf, partitionOf } from '../../core/events'
+import { runsOfData } from '../../core/live-batches'
 
 let h: ApiHarness | undefined
 let closers: (() => Promise<void>)[] = []
@@ -165,8 +165,7 @@ async function restartRuns(h: ApiHarness): Promise<string[]> {
     const c = await jetstream(h.nc).consumers.get(topology(h.env.config).changeStreams.leaderboard, { deliver_policy: DeliverPolicy.All })
     const out: string[] = []
     for await (const m of await c.fetch({ max_messages: 10_000, expires: 1000 })) {
-      const run = m.json<ChangeRun>()
-      if (run.restart === 'read model rebuilt') out.push(run.channel)
+      for (const run of runsOfData(m.data)) if (run.restart === 'read model rebuilt') out.push(run.channel)
     }
     return out.sort()
   }

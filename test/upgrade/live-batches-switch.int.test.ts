@@ -2,18 +2,22 @@ import { afterAll, describe, expect, test } from 'bun:test'
 import { AckPolicy, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream'
 import { createInbox, type NatsConnection } from '@nats-io/transport-node'
 import { channelOf } from '../../core/channels'
-import { connectNats, ensureStreams, liveBatchesRecorded, topology } from '../../core/nats'
+import { changeFormatRecorded, connectNats, ensureStreams, FEED_CONSUMER_DESCRIPTION, OlderNodesFollowing, recordChangeFormat, topology } from '../../core/nats'
+import { runsOfData } from '../../core/live-batches'
 import { createTestEnv, type TestEnv } from '../../core/testing/env'
 import { freePort, runUntilExit, spawnProc, until, waitReady, WsClient, type Proc } from '../e2e/harness'
 
 /**
- * A deployment from before live batches switching to them while it runs (`npm run migrate --
- * --live-batches`): refused while a consumer that is not a change feed of this version follows the
- * change streams (an older API node would miss every update silently); then the running workers
- * publish batches within their watch interval, with no restart, and a subscriber sees every
- * version in order, without a resync. A resume from before the switch gets the missed updates or
- * a resync snapshot, never a gap; one from after it is served from Postgres history.
+ * A deployment from before live batches switching to compressed live batches while it runs (`npm
+ * run migrate -- --live-batches`): refused while a consumer that is not a change feed of this
+ * version follows the change streams (an older API node would miss every update silently); then
+ * the running workers publish compressed batches within their watch interval, with no restart, and
+ * a subscriber sees every version in order, without a resync. A resume from before the switch gets
+ * the missed updates or a resync snapshot, never a gap; one from after it is served from Postgres
+ * history. And one of the last version (batches, not compressed): refused while one of its API
+ * nodes follows.
  */
+const ZSTD_MAGIC = [0x28, 0xb5, 0x2f, 0xfd]
 describe('the switch to live batches on a running deployment', () => {
   let env: TestEnv | undefined
   let nc: NatsConnection | undefined
@@ -33,8 +37,8 @@ describe('the switch to live batches on a running deployment', () => {
     const t = topology(env.config)
     const prefix = env.config.FANFARE_SUBJECT_PREFIX
     // What a Fanfare from before live batches left: change streams that do not record them.
-    await ensureStreams(nc, env.config, { liveBatches: false })
-    expect(await liveBatchesRecorded(jsm, env.config)).toBe(false)
+    await ensureStreams(nc, env.config, { changes: 'runs' })
+    expect(await changeFormatRecorded(jsm, env.config)).toBe('runs')
 
     const port = freePort()
     procs.push(spawnProc('worker', 'stream-workers/src/main.ts', env.vars))
@@ -75,7 +79,7 @@ describe('the switch to live batches on a running deployment', () => {
     const plain = await runUntilExit('core/db/migrate-cli.ts', env.vars, 60_000)
     expect(plain.code, plain.output).toBe(0)
     expect(plain.output).toContain('one message per channel run')
-    expect(await liveBatchesRecorded(jsm, env.config)).toBe(false)
+    expect(await changeFormatRecorded(jsm, env.config)).toBe('runs')
 
     // An API node of the older version follows the change streams (a consumer without the feed's
     // description): the switch is refused, naming it, and nothing changes.
@@ -84,17 +88,17 @@ describe('the switch to live batches on a running deployment', () => {
     const older = await jsm.consumers.add(t.changeStreams.leaderboard, { deliver_subject: inbox, ack_policy: AckPolicy.None })
     const refused = await runUntilExit('core/db/migrate-cli.ts', env.vars, 60_000, ['--live-batches'])
     expect(refused.code, refused.output).toBe(1)
-    expect(refused.output).toContain('not switched to live batches')
+    expect(refused.output).toContain('not switched to compressed live batches')
     expect(refused.output).toContain(older.name)
-    expect(await liveBatchesRecorded(jsm, env.config)).toBe(false)
+    expect(await changeFormatRecorded(jsm, env.config)).toBe('runs')
 
     // Replaced (upgraded): the switch goes through.
     follower.unsubscribe()
     await jsm.consumers.delete(t.changeStreams.leaderboard, older.name)
     const switched = await runUntilExit('core/db/migrate-cli.ts', env.vars, 60_000, ['--live-batches'])
     expect(switched.code, switched.output).toBe(0)
-    expect(switched.output).toContain('live batches recorded on')
-    expect(await liveBatchesRecorded(jsm, env.config)).toBe(true)
+    expect(switched.output).toContain('compressed live batches recorded on')
+    expect(await changeFormatRecorded(jsm, env.config)).toBe('compressed')
 
     // The running worker takes it up (it reads the streams every 5 s): events keep coming meanwhile.
     await until(
@@ -107,7 +111,14 @@ describe('the switch to live batches on a running deployment', () => {
       500,
     )
     for (let i = 0; i < 5; i++) await post(4)
+    // A batch long enough goes out compressed (one post of 60: a run of up to 60 changes per partition).
+    await post(60)
     await until('every update', () => updates().length === sent)
+    const batchData = await Promise.all(
+      (await subjectsOf()).filter((s) => s.includes('._batch.')).map(async (s) => (await jsm.streams.getMessage(t.changeStreams.leaderboard, { last_by_subj: s }))!.data),
+    )
+    expect(batchData.some((d) => ZSTD_MAGIC.every((b, i) => d[i] === b))).toBe(true)
+    for (const d of batchData) expect(runsOfData(d).every((r) => r.channel === channel)).toBe(true)
     // Every version once, in order, and no resync: nothing was lost across the switch.
     const first = watcher.of(channel)[0].version
     const last = first + sent
@@ -138,6 +149,37 @@ describe('the switch to live batches on a running deployment', () => {
     const again = await runUntilExit('core/db/migrate-cli.ts', env.vars, 60_000)
     expect(again.code, again.output).toBe(0)
     expect(again.output).not.toContain('one message per channel run')
-    expect(await liveBatchesRecorded(jsm, env.config)).toBe(true)
+    expect(again.output).not.toContain('not compressed')
+    expect(await changeFormatRecorded(jsm, env.config)).toBe('compressed')
   }, 120_000)
+
+  test('from the last version (live batches, not compressed): refused while one of its API nodes follows, then recorded, other records kept', async () => {
+    const env2 = await createTestEnv({ FANFARE_PARTITIONS: '2' })
+    const nc2 = await connectNats(env2.vars.NATS_URL, 'switch-test-2')
+    try {
+      const jsm = await jetstreamManager(nc2)
+      const stream = topology(env2.config).changeStreams.chat
+      await ensureStreams(nc2, env2.config, { changes: 'batches' })
+      expect(await changeFormatRecorded(jsm, env2.config)).toBe('batches')
+      const before = (await jsm.streams.info(stream)).config.description
+      // The last version's change feed: it reads live batches, not compressed ones.
+      const last = await jsm.consumers.add(stream, { deliver_subject: createInbox(), ack_policy: AckPolicy.None, description: 'fanfare change feed; takes live batches' })
+      const current = await jsm.consumers.add(stream, { deliver_subject: createInbox(), ack_policy: AckPolicy.None, description: FEED_CONSUMER_DESCRIPTION })
+      const refused = await recordChangeFormat(nc2, env2.config, { settleMs: 0 }).catch((err: unknown) => err)
+      expect(refused).toBeInstanceOf(OlderNodesFollowing)
+      expect((refused as OlderNodesFollowing).consumers).toEqual([`${stream}/${last.name}`])
+      expect(await changeFormatRecorded(jsm, env2.config)).toBe('batches')
+      await jsm.consumers.delete(stream, last.name)
+      expect((await recordChangeFormat(nc2, env2.config, { settleMs: 0 })).length).toBeGreaterThan(0)
+      expect(await changeFormatRecorded(jsm, env2.config)).toBe('compressed')
+      // The stream's other records (its incarnation, the partition count) are as they were, the format added once.
+      const after = (await jsm.streams.info(stream)).config.description!
+      expect(after).toBe(`${before}; batches=zstd`)
+      expect(await recordChangeFormat(nc2, env2.config, { settleMs: 0 })).toEqual([])
+      await jsm.consumers.delete(stream, current.name)
+    } finally {
+      await nc2.close()
+      await env2.cleanup()
+    }
+  })
 })

@@ -11,7 +11,7 @@ import { freePort } from '../../../core/process'
 import { TEST_NATS_URL } from '../../../core/testing/env'
 import { until } from '../../../core/testing/wait'
 import { privateNats, type PrivateNats } from '../../../test/cluster/private-nats'
-import { liveBatchMessages } from '../../../core/live-batches'
+import { encodeLiveBatch, liveBatchMessages } from '../../../core/live-batches'
 import { startChangeFeed, type ChangeFeed } from './change-feed'
 
 const logger = createLogger('silent')
@@ -201,6 +201,27 @@ describe('change feed', () => {
       await Bun.sleep(300)
       expect([...dropped]).toEqual([2])
       expect(byChannel(f.notices)).toEqual({ 'leaderboard:b': [1, 2, 3], 'leaderboard:c': [1, 2, 3], 'leaderboard:d': [1, 2, 3] })
+      expect(f.resyncs()).toBe(0)
+    })
+
+    test('compressed batch messages (the latest format) read as their runs, a lost one filled from the stream too', async () => {
+      const dropped = new Set<number>()
+      const f = await setup(TEST_NATS_URL, { lose: (seq) => seq === 2 && !dropped.has(seq) && dropped.add(seq) !== undefined })
+      track(f.feed, f.nc, f.jsm, f.stream)
+      await until('following', () => f.feed.status().following)
+      const prefix = f.subject.split('.')[0]
+      const many = Array.from({ length: 30 }, (_, i) => `leaderboard:z${i}`)
+      for (let v = 1; v <= 3; v++) {
+        for (const m of batchOf(prefix, many, v)) {
+          const body = encodeLiveBatch(m.body, true)
+          expect(body).toBeInstanceOf(Uint8Array)
+          await f.js.publish(m.subject, body)
+        }
+      }
+      await until('90 notices', () => f.notices.length >= 90)
+      await Bun.sleep(300)
+      expect([...dropped]).toEqual([2])
+      for (const c of many) expect(f.notices.filter((n) => n.channel === c).map((n) => n.version)).toEqual([1, 2, 3])
       expect(f.resyncs()).toBe(0)
     })
 

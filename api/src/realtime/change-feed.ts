@@ -2,7 +2,7 @@ import { AckPolicy, DeliverPolicy, jetstreamManager, type JetStreamManager } fro
 import { createInbox, nanos, type Msg, type NatsConnection } from '@nats-io/transport-node'
 import { noticesOf, type ChangeNotice, type ChangeRun } from '../../../core/channels'
 import type { Logger } from '../../../core/logger'
-import { runsOfMessage, type LiveBatch } from '../../../core/live-batches'
+import { runsOfData } from '../../../core/live-batches'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { CONSUMER_DELETED, FEED_CONSUMER_DESCRIPTION, identityOf } from '../../../core/nats'
 import { createSubscriptionWatch, type SubscriptionWatch } from '../../../core/nats-subscriptions'
@@ -136,11 +136,11 @@ export async function startChangeFeed(deps: {
     }
     expect = seq + 1
     lastSeq = Math.max(lastSeq, seq)
-    // One run, or a live batch of several channels' runs (live batches): the stream
+    // One run, or a live batch of several channels' runs (compressed or not: runsOfData): the stream
     // sequence checked above covers all of them, so a lost batch is seen as a lost run is.
     let runs: { run: ChangeRun; notices: ChangeNotice[] }[]
     try {
-      runs = runsOfMessage(m.json<ChangeRun | LiveBatch>()).map((run) => ({ run, notices: noticesOf(run) }))
+      runs = runsOfData(m.data).map((run) => ({ run, notices: noticesOf(run) }))
     } catch (err) {
       log.error({ err, subject: m.subject, seq }, 'unreadable change run')
       return

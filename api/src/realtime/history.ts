@@ -8,6 +8,7 @@ import type { Db } from '../../../core/db/client'
 import type { Config } from '../../../core/config'
 import { historyRetention } from '../../../core/nats'
 import { changeHistory } from '../../../core/db/schema'
+import { runsOfData } from '../../../core/live-batches'
 
 /** Reads the change notices of one channel still kept in the change stream, newer than `after`. */
 export type HistoryReader = (channel: string, after: number) => Promise<ChangeNotice[]>
@@ -117,7 +118,7 @@ function streamHistory(deps: {
           let reached = false
           const batch = await consumer.fetch({ max_messages: 1000, expires: Math.max(1_000, deadline - Date.now()) })
           for await (const m of batch) {
-            runs.push({ notices: noticesOf(m.json<ChangeRun>()), bytes: m.data.length })
+            runs.push({ notices: runsOfData(m.data).flatMap(noticesOf), bytes: m.data.length })
             seq = m.seq
             if (m.seq >= last.seq) {
               reached = true
@@ -193,7 +194,7 @@ function postgresHistory(db: Db, config: Config, now: () => number): (channel: s
 
 /**
  * A channel's history wherever the deployment keeps it: in Postgres (live batches, see
- * core/nats.ts recordsLiveBatches) or in its change stream (one message per run: a deployment from
+ * core/nats.ts ChangeFormat) or in its change stream (one message per run: a deployment from
  * before them; the outbox sweeper's late runs). The first place that holds the channel answers,
  * the other is asked only when it does not: across a switch of a running deployment a resume may
  * find the older runs in one place and the newer in the other, a hole the hub answers with a

@@ -10,7 +10,7 @@ import { liveBatchMessages } from '../../../core/live-batches'
 import { pruneHistory } from '../../../stream-workers/src/runtime/history-pruner'
 import { ensureStreams, topology } from '../../../core/nats'
 import { subjects } from '../../../core/events'
-import { testLiveBatches, type TestEnv } from '../../../core/testing/env'
+import { testChangeFormat, type TestEnv } from '../../../core/testing/env'
 import { until, WsClient } from '../../../test/e2e/harness'
 import { startTestNode, UPGRADE_HEADERS, type TestNode } from '../test-support'
 import { mintUserToken } from '../auth/mint'
@@ -39,7 +39,7 @@ describe('realtime over a real server', () => {
   })
   async function publishNotice(n: ChangeNotice) {
     const body = JSON.stringify(runOf(n))
-    if (testLiveBatches) {
+    if (testChangeFormat !== 'runs') {
       // As the workers do with live batches: the run kept in change_history, published as a live batch.
       await database.db.insert(changeHistory).values({ channel: n.channel, epoch: n.epoch, version: n.version, payload: body }).onConflictDoNothing()
       for (const m of liveBatchMessages(env.config.FANFARE_SUBJECT_PREFIX, 0, [{ channel: n.channel, body }])) await jetstream(nc).publish(m.subject, m.body)
@@ -101,7 +101,7 @@ describe('realtime over a real server', () => {
     // The read model is at version 4 of epoch e1 (as the workers would have left it).
     await database.db.insert(channelVersions).values({ channel, version: 4, epoch: 'e1' })
     // With live batches the history is Postgres', kept to the same size by the workers' pruner.
-    if (testLiveBatches) await pruneHistory(database.db, env.config, new Date())
+    if (testChangeFormat !== 'runs') await pruneHistory(database.db, env.config, new Date())
     const c = await WsClient.open(url)
     c.send({ op: 'subscribe', ref: 'r', channel, since: 1, epoch: 'e1' }) // needs 2..4; only 3 and 4 are kept
     await until('answer', () => c.of(channel).length === 1)

@@ -3,7 +3,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { asc, eq } from 'drizzle-orm'
 import type { ChangeRun } from '../../../core/channels'
 import { changeHistory, changeOutbox, channelVersions } from '../../../core/db/schema'
-import { runsOfMessage, type LiveBatch } from '../../../core/live-batches'
+import { MIN_COMPRESSED_CHARS, runsOfData } from '../../../core/live-batches'
 import { topology } from '../../../core/nats'
 import { until } from '../../../core/testing/wait'
 import { caughtUp, createWorld, holdHistoryLock, publishEvent, storedEvent, type World } from '../testing/harness'
@@ -16,17 +16,32 @@ afterEach(async () => {
   world = undefined
 })
 
-/** Every message of the chat change stream: its subject and the runs it carries. */
-async function chatMessages(w: World): Promise<{ subject: string; runs: ChangeRun[] }[]> {
+/** Every message of the chat change stream: its subject, its data as stored and the runs it carries. */
+async function chatMessages(w: World): Promise<{ subject: string; data: Uint8Array; runs: ChangeRun[] }[]> {
   const stream = topology(w.config).changeStreams.chat
   const jsm = await jetstreamManager(w.nc)
   const n = (await jsm.streams.info(stream)).state.messages
   if (n === 0) return []
-  const out: { subject: string; runs: ChangeRun[] }[] = []
+  const out: { subject: string; data: Uint8Array; runs: ChangeRun[] }[] = []
   const consumer = await w.js.consumers.get(stream)
-  for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) out.push({ subject: m.subject, runs: runsOfMessage(m.json<ChangeRun | LiveBatch>()) })
+  for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) out.push({ subject: m.subject, data: m.data, runs: runsOfData(m.data) })
   return out
 }
+
+/** Posts `perRoom` messages in each of `rooms` rooms before the worker starts (its first batch holds them), and waits for every change to be published. */
+async function batchOfRooms(w: World, rooms: number, perRoom: number) {
+  for (let r = 0; r < rooms; r++) {
+    for (let i = 0; i < perRoom; i++) await publishEvent(w, storedEvent('chat.message.posted', { room: `r${r}`, user: `user-${r}`, text: `message ${i} in room ${r}: ${'words '.repeat(8)}` }, `r${r}-${i}`))
+  }
+  await w.startWorker()
+  await caughtUp(w)
+  return until('every change published', async () => {
+    const m = await chatMessages(w)
+    return m.flatMap((x) => x.runs).reduce((n, r) => n + r.changes.length, 0) === rooms * perRoom ? m : undefined
+  })
+}
+const ZSTD_MAGIC = [0x28, 0xb5, 0x2f, 0xfd]
+const startsWithZstd = (data: Uint8Array) => ZSTD_MAGIC.every((b, i) => data[i] === b)
 
 describe('live batches (a new deployment; one from before them where said)', () => {
   test('a batch touching several channels is ONE message on its partition subject, and its runs stay in change_history after the outbox is emptied', async () => {
@@ -58,8 +73,29 @@ describe('live batches (a new deployment; one from before them where said)', () 
     )
   })
 
+  test('compressed (the latest format): a batch message of MIN_COMPRESSED_CHARS or more is a zstd frame of its runs; a deployment of the last version (batches, not compressed) gets JSON', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    const messages = await batchOfRooms(w, 20, 2)
+    expect(messages.some((m) => startsWithZstd(m.data))).toBe(true)
+    for (const m of messages) {
+      const json = JSON.stringify({ runs: m.runs })
+      // Compressed exactly when long enough to gain, and then far shorter than its JSON.
+      expect(startsWithZstd(m.data)).toBe(json.length >= MIN_COMPRESSED_CHARS)
+      if (startsWithZstd(m.data)) expect(m.data.length).toBeLessThan(json.length / 2)
+    }
+    for (let r = 0; r < 20; r++) {
+      const versions = messages.flatMap((m) => m.runs.filter((x) => x.channel === `chat:r${r}`).flatMap((x) => x.changes.map((_, i) => x.version + i)))
+      expect(versions).toEqual([1, 2])
+    }
+    await world.close()
+    const old = (world = await createWorld({ FANFARE_PARTITIONS: '1' }, { changes: 'batches' }))
+    const plain = await batchOfRooms(old, 20, 2)
+    expect(plain.some((m) => JSON.stringify({ runs: m.runs }).length >= MIN_COMPRESSED_CHARS)).toBe(true)
+    for (const m of plain) expect(m.data[0]).toBe('{'.charCodeAt(0))
+  })
+
   test('a deployment from before live batches: one message per run on the channel subject, nothing kept in change_history', async () => {
-    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }, { liveBatches: false }))
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }, { changes: 'runs' }))
     for (const room of ['r1', 'r2', 'r3']) await publishEvent(w, storedEvent('chat.message.posted', { room, user: 'ann', text: room }, room))
     await w.startWorker()
     await caughtUp(w)

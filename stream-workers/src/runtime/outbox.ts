@@ -9,7 +9,7 @@ import type { Logger } from '../../../core/logger'
 import type { Change } from '../projections/types'
 import { every } from '../../../core/backoff'
 import type { AckedPublisher } from '../../../core/acked-publish'
-import { liveBatchMessages } from '../../../core/live-batches'
+import { encodeLiveBatch, liveBatchMessages } from '../../../core/live-batches'
 
 /** A change run waiting in the outbox; `body` is the JSON that is published. */
 export type OutboxRun = { channel: string; epoch: string; version: number; body: string }
@@ -224,12 +224,13 @@ export async function publishRuns(deps: { publisher: AckedPublisher; prefix: str
  * stream sequence of each message as of a run, so a lost batch is filled or re-synced as a lost
  * run is. The runs of a message are published (and their outbox rows deleted) together, or not at
  * all (the sweeper then publishes each left-over run alone on its channel's subject, which change
- * feeds take too). Returns how many runs were published.
+ * feeds take too). With `compress` (the change streams record compressed batches) a message long
+ * enough is compressed (encodeLiveBatch). Returns how many runs were published.
  */
-export async function publishBatch(deps: { publisher: AckedPublisher; prefix: string; partition: number; cleaner: OutboxCleaner }, runs: OutboxRun[], headers?: MsgHdrs): Promise<number> {
+export async function publishBatch(deps: { publisher: AckedPublisher; prefix: string; partition: number; cleaner: OutboxCleaner; compress: boolean }, runs: OutboxRun[], headers?: MsgHdrs): Promise<number> {
   const messages = liveBatchMessages(deps.prefix, deps.partition, runs)
   const { stored, error } = await deps.publisher.publish(
-    messages.map(({ subject, body }) => ({ subject, body })),
+    messages.map(({ subject, body }) => ({ subject, body: encodeLiveBatch(body, deps.compress) })),
     headers ? { headers } : undefined,
   )
   const done = messages.filter((_, i) => stored[i]).flatMap((m) => m.items.map(({ channel, epoch, version }) => ({ channel, epoch, version })))

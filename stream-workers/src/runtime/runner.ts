@@ -3,7 +3,7 @@ import type { NatsConnection } from '@nats-io/transport-node'
 import type { ReplayReply, ReplayRequest } from '../../../core/dead-letters'
 import type { Db } from '../../../core/db/client'
 import { subjects } from '../../../core/events'
-import { nextBySubject } from '../../../core/nats'
+import { nextBySubject, type ChangeFormat } from '../../../core/nats'
 import type { Logger } from '../../../core/logger'
 import { StreamChanged } from './stream-check'
 import { takeExpiredRange } from '../../../core/retention-watch'
@@ -66,12 +66,13 @@ export type PartitionDeps = {
   /** The process's metrics (batches, lag, dead letters). */
   metrics: Metrics
   /**
-   * Whether the deployment's change streams record live batches (core/nats.ts recordsLiveBatches),
-   * asked once per batch (it is committed and published the same way): then a batch's runs are
-   * kept in change_history and published as live batches (one message per channel kind on the
-   * partition's subject, see publishBatch) instead of one message per run.
+   * The change format the deployment's change streams record (core/nats.ts ChangeFormat), asked
+   * once per batch (it is committed and published the same way; `runs` when absent): with live
+   * batches a batch's runs are kept in change_history and published as live batches (one message
+   * per channel kind on the partition's subject, see publishBatch), compressed when recorded,
+   * instead of one message per run.
    */
-  liveBatches?: () => boolean
+  changeFormat?: () => ChangeFormat
   /**
    * With live batches: told of the runs each committed batch (or replay) kept in change_history,
    * before they are published: the history pruner prunes those channels (see HistoryTouches).
@@ -328,8 +329,8 @@ export function startRunner(deps: RunnerDeps): Runner {
     // Before the consumer opened, `checkpoint` is not known yet; once stopped, the lease is not ours.
     if (!stream || abort.signal.aborted) return { outcome: 'unavailable', message: 'the runner is starting or stopping' }
     try {
-      const history = deps.liveBatches?.() ?? false
-      const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history }
+      const format = deps.changeFormat?.() ?? 'runs'
+      const owner = { projection: deps.projection, partition: deps.partition, token, partitions: deps.partitions, stream, history: format !== 'runs' }
       const { reply, runs, events } = await exclusive(async () => {
         try {
           return await replayDeadLetter(deps.db, owner, checkpoint, request, now())
@@ -345,7 +346,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       log.info({ deadLetter: id, outcome: reply.outcome }, 'dead letter replayed')
       if (runs.length > 0 || events.length > 0) {
         if (publishing) await publishing
-        publishing = publishInBackground(runs, events, history)
+        publishing = publishInBackground(runs, events, format)
       }
       return reply
     } catch (err) {
@@ -491,10 +492,10 @@ export function startRunner(deps: RunnerDeps): Runner {
       // keeps up never pays for the check.
       if (deps.retentionMs && Date.now() - lastStoredAt > deps.retentionMs / 2) await reportExpired(batch[0].seq)
       const started = performance.now()
-      // Asked once per batch: its runs are published as they were committed (see PartitionDeps.liveBatches).
-      const history = deps.liveBatches?.() ?? false
+      // Asked once per batch: its runs are published as they were committed (see PartitionDeps.changeFormat).
+      const format = deps.changeFormat?.() ?? 'runs'
       const { result, headers } = await tracedBatch(batch, (trace) =>
-        applyWithRetry(batch, history, trace, ready).catch((err) => {
+        applyWithRetry(batch, format !== 'runs', trace, ready).catch((err) => {
           const m = batch[0]
           if (isRefusedBatch(err) || err instanceof ResetConsumer) throw err
           throw new FatalBatchError(err, { subject: m.subject, seq: m.seq, deliveryCount: m.info.deliveryCount })
@@ -526,7 +527,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       const publishWaitMs = Math.round(performance.now() - waitStarted)
       // From here to the next pull request nothing awaits: the runs, the ack and the pull are
       // issued in one turn, which nats.js flushes together.
-      if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, history, headers)
+      if (result.runs.length > 0 || result.events.length > 0) publishing = publishInBackground(result.runs, result.events, format, headers)
       // The consumer acks all: acking the batch's last message acks every earlier delivery.
       batch[batch.length - 1].ack()
       // Where a slow partition's time goes: the pull, the apply, the wait for the last batch's runs.
@@ -607,13 +608,14 @@ export function startRunner(deps: RunnerDeps): Runner {
    * is set while they are in flight. A failure leaves the runs to the outbox sweeper.
    */
   let publishing: Promise<void> | undefined
-  const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[], batches: boolean, headers?: MsgHdrs): Promise<void> => {
+  const publishInBackground = (runs: OutboxRun[], events: OutboxEvent[], format: ChangeFormat, headers?: MsgHdrs): Promise<void> => {
+    const batches = format !== 'runs'
     if (batches && runs.length > 0) deps.onHistory?.(runs)
     return Promise.all([
       runs.length === 0
         ? 0
         : batches
-          ? publishBatch({ publisher: deps.publisher, prefix: deps.prefix, partition: deps.partition, cleaner: deps.cleaner }, runs, headers)
+          ? publishBatch({ publisher: deps.publisher, prefix: deps.prefix, partition: deps.partition, cleaner: deps.cleaner, compress: format === 'compressed' }, runs, headers)
           : publishRuns({ publisher: deps.publisher, prefix: deps.prefix, cleaner: deps.cleaner }, runs, headers),
       events.length > 0 ? publishEvents({ js: deps.js, prefix: deps.prefix, partitions: deps.partitions, cleaner: deps.cleaner }, events) : 0,
     ]).then(

@@ -5,8 +5,8 @@ import type { Config } from '../../../core/config'
 import { connectBunSql, type Database, type Db } from '../../../core/db/client'
 import { contracts, dedupIdOf, keyOf, partitionOf, subjects, type EventData, type EventType, type StoredEvent } from '../../../core/events'
 import { createLogger } from '../../../core/logger'
-import { runsOfMessage, type LiveBatch } from '../../../core/live-batches'
-import { connectNats, ensureStreams, topology } from '../../../core/nats'
+import { runsOfData } from '../../../core/live-batches'
+import { connectNats, ensureStreams, topology, type ChangeFormat } from '../../../core/nats'
 import { createTestEnv, type TestEnv } from '../../../core/testing/env'
 import { eq } from 'drizzle-orm'
 import postgres from 'postgres'
@@ -28,8 +28,8 @@ export type World = {
   close: () => Promise<void>
 }
 
-/** `liveBatches: false`: a deployment from before live batches (its change streams do not record them). */
-export async function createWorld(overrides: Record<string, string> = {}, opts: { liveBatches?: false } = {}): Promise<World> {
+/** `changes`: a deployment of an older version, its change streams recording that format (core/nats.ts ChangeFormat). */
+export async function createWorld(overrides: Record<string, string> = {}, opts: { changes?: ChangeFormat } = {}): Promise<World> {
   const env = await createTestEnv({ FANFARE_PARTITIONS: '2', FANFARE_LEASE_TTL_MS: '1500', ...overrides })
   const config = env.config
   const nc = await connectNats(env.vars.NATS_URL, 'sw-test')
@@ -111,7 +111,7 @@ export async function readRuns(w: World): Promise<(ChangeRun & { bytes: number }
     const n = (await jsm.streams.info(stream)).state.messages
     if (n === 0) continue
     const consumer = await w.js.consumers.get(stream)
-    for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) for (const run of runsOfMessage(m.json<ChangeRun | LiveBatch>())) out.push({ ...run, bytes: m.data.length })
+    for await (const m of await consumer.fetch({ max_messages: n, expires: 5_000 })) for (const run of runsOfData(m.data)) out.push({ ...run, bytes: m.data.length })
   }
   return out
 }
