@@ -7,7 +7,9 @@
  * deployment, and its rounds alternate with this one's: before and after measured in one run.
  * Each run also reads the API node's CPU time (all its threads, and its main thread alone, from
  * /proc/<pid>/task/<tid>/schedstat) from before its clients start until its sockets are closed, so
- * the cost of a connect is seen in µs of CPU, less at the mercy of a busy machine than a rate.
+ * the cost of a connect is seen in µs of CPU, less at the mercy of a busy machine than a rate, and
+ * prints what its other threads spent per connection by name (JSC's JIT and GC helpers,
+ * mimalloc's scavenger): a JWT connect's extra cost is about half off the main thread.
  * With FANFARE_BENCH_PROFILE=<dir> the API nodes write CPU profiles there when they stop (read them
  * with bench/profile-summary.ts).
  */
@@ -28,17 +30,21 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 function cpuNs(pid: number) {
   let all = 0
   let main = 0
+  const byName = new Map<string, number>()
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     let ns = 0
+    let name = ''
     try {
       ns = Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])
+      name = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim()
     } catch {
       continue // a thread that ended meanwhile
     }
     all += ns
     if (Number(tid) === pid) main = ns
+    else byName.set(name, (byName.get(name) ?? 0) + ns)
   }
-  return { all, main }
+  return { all, main, byName }
 }
 const d = await deploy()
 const extra: { stop: () => Promise<unknown> }[] = []
@@ -65,6 +71,10 @@ try {
     const after = cpuNs(node.pid)
     const side = cpu.get(node.name)![jwt ? 'jwt' : 'anon']
     if (record) side.all.push((after.all - before.all) / 1000 / n), side.main.push((after.main - before.main) / 1000 / n)
+    if (record) {
+      const parts = [...after.byName].map(([k, v]) => [k, (v - (before.byName.get(k) ?? 0)) / 1000 / n] as const).filter(([, v]) => v > 0.5)
+      console.log(`  ${jwt ? 'jwt' : 'anon'} other threads µs/conn: ${parts.map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}`)
+    }
     return rate
   }
   // Warm-up of both sides on every node (the first run of a path compiles it), not recorded.
