@@ -225,6 +225,24 @@ describe('change feed', () => {
       expect(f.resyncs()).toBe(0)
     })
 
+    test('an unreadable message (damaged, or a format this node does not read): re-synced, never skipped silently; the runs after it handed on', async () => {
+      const f = await setup(TEST_NATS_URL)
+      track(f.feed, f.nc, f.jsm, f.stream)
+      await until('following', () => f.feed.status().following)
+      const prefix = f.subject.split('.')[0]
+      for (const m of batchOf(prefix, channels, 1)) await f.js.publish(m.subject, m.body)
+      await until('3 notices', () => f.notices.length >= 3)
+      expect(f.resyncs()).toBe(0)
+      // A zstd frame whose content is no JSON, then one that is no frame at all.
+      await f.js.publish(`${prefix}.changes.leaderboard._batch.3`, Bun.zstdCompressSync('{"runs":[{"channel":'))
+      await until('a resync', () => f.resyncs() === 1)
+      await f.js.publish(`${prefix}.changes.leaderboard._batch.3`, new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 0, 1, 2]))
+      await until('a second resync', () => f.resyncs() === 2)
+      for (const m of batchOf(prefix, channels, 2)) await f.js.publish(m.subject, m.body)
+      await until('6 notices', () => f.notices.length >= 6)
+      expect(byChannel(f.notices)).toEqual({ 'leaderboard:b': [1, 2], 'leaderboard:c': [1, 2], 'leaderboard:d': [1, 2] })
+    })
+
     test('lost batch messages the stream no longer holds: re-synced, never silent', async () => {
       let cut = false
       // One message kept per subject: batches 2 and 3 are on the same partition subject, 2 is pushed out.

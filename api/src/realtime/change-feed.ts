@@ -142,7 +142,11 @@ export async function startChangeFeed(deps: {
     try {
       runs = runsOfData(m.data).map((run) => ({ run, notices: noticesOf(run) }))
     } catch (err) {
-      log.error({ err, subject: m.subject, seq }, 'unreadable change run')
+      // Which channels it held cannot be known (a message damaged on the way, or a change format
+      // newer than this node reads, should one start after `npm run migrate -- --live-batches`):
+      // every subscriber of the kind is told to re-sync, never left with a silent gap.
+      log.error({ err, subject: m.subject, seq }, 'unreadable change run; re-syncing subscribers')
+      deps.onResync()
       return
     }
     // A run whose batch was traced carries its context: its push is a span of that trace.
