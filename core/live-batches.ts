@@ -4,8 +4,10 @@ import { subjects } from './events'
 /**
  * A live batch (core/nats.ts ChangeFormat): the change runs of one worker batch for channels of one
  * kind, published as ONE message on the partition's subject (subjects.changeBatch) instead of one
- * message per run. JetStream's cost is per message, not per byte (bench/findings.md, "What storing
- * a change run costs"), so a batch touching 100 channels costs one stored message instead of 100.
+ * message per run. JetStream's cost of a small message is per message, not per byte
+ * (bench/findings.md, "What storing a change run costs"), so a batch touching 100 channels costs
+ * one stored message instead of 100; a batch's own bytes are then most of its cost, hence
+ * encodeLiveBatch.
  * API nodes' change feeds take both shapes: a message is a live batch if it has `runs`.
  */
 export type LiveBatch = { runs: ChangeRun[] }
@@ -68,7 +70,7 @@ const utf8 = new TextDecoder()
 
 /**
  * A live batch's body as it is published: compressed with zstd when `compress` (the change streams
- * record compressed batches, core/nats.ts recordsCompressedBatches) and it is long enough to gain.
+ * record the `compressed` change format, core/nats.ts ChangeFormat) and it is long enough to gain.
  * A batch's runs are JSON with the same keys over and over: zstd's fastest level takes a 20 KB batch
  * of 100 leaderboard runs to ~1-3 KB in ~15 µs, where nats-server spends ~5 µs a KB on it
  * (bench/findings.md, "Compressed live batches").
