@@ -17,6 +17,7 @@ import { channelOf } from '../core/channels'
 import { changeFormatRecorded, connectNats, LATEST_CHANGE_FORMAT, topology } from '../core/nats'
 import { createTestEnv } from '../core/testing/env'
 import { freePort, runUntilExit, spawnProc, until, waitReady, WsClient, type Proc } from '../test/e2e/harness'
+import { apiAt, configureBoard, postEvents, scoreEvent } from '../test/cluster/support'
 
 const from = process.argv.find((a) => a.startsWith('--from='))?.slice(7)
 if (!from) throw new Error('usage: bun bench/upgrade-soak.ts --from=<older checkout>')
@@ -25,9 +26,7 @@ const procs: Proc[] = []
 const problems: string[] = []
 const check = (ok: boolean, what: string) => (ok ? log(`ok: ${what}`) : (problems.push(what), log(`BROKEN: ${what}`)))
 const log = (m: string) => console.log(`${new Date().toISOString().slice(11, 23)} ${m}`)
-const admin = { authorization: `Bearer ${env.vars.FANFARE_ADMIN_TOKEN}`, 'content-type': 'application/json' }
-const ingest = { authorization: `Bearer ${env.vars.FANFARE_INGEST_TOKEN}`, 'content-type': 'application/json' }
-const apiAt = (port: number, cwd?: string) => {
+const startApi = (port: number, cwd?: string) => {
   const p = spawnProc(cwd ? 'old-api' : 'api', 'api/src/main.ts', { ...env.vars, PORT: String(port), HOST: '127.0.0.1' }, cwd)
   procs.push(p)
   return p
@@ -52,10 +51,9 @@ try {
   const oldWorker = spawnProc('old-worker', 'stream-workers/src/main.ts', env.vars, from)
   procs.push(oldWorker)
   const oldPort = freePort()
-  const oldApi = apiAt(oldPort, from)
+  const oldApi = startApi(oldPort, from)
   await waitReady(`http://127.0.0.1:${oldPort}`, [oldApi])
-  const made = await fetch(`http://127.0.0.1:${oldPort}/admin/leaderboards/up`, { method: 'PUT', headers: admin, body: JSON.stringify({ operator: 'sum' }) })
-  if (made.status !== 200) throw new Error(`the board: ${made.status}`)
+  await configureBoard(apiAt(oldPort, env.vars), 'up', 'sum')
   const channel = channelOf.leaderboard('up')
   const onOld = await subscriber(oldPort, channel)
   // Batches of 40 scores of 1, ids never reused; a refused or unanswered batch is resent as it is.
@@ -64,15 +62,14 @@ try {
   let stopping = false
   const load = (async () => {
     while (!stopping) {
-      const events = Array.from({ length: 40 }, (_, i) => ({ id: `s${acknowledged + i}`, type: 'score.submitted', data: { board: 'up', player: `player-${(acknowledged + i) % 97}`, score: 1 } }))
-      const res = await fetch(`http://127.0.0.1:${target}/v1/events`, { method: 'POST', headers: ingest, body: JSON.stringify({ events }) }).catch(() => undefined)
-      if (res?.status === 202) acknowledged += 40
+      const events = Array.from({ length: 40 }, (_, i) => scoreEvent(`s${acknowledged + i}`, 'up', `player-${(acknowledged + i) % 97}`, 1))
+      if ((await postEvents(apiAt(target, env.vars), events)).status === 202) acknowledged += 40
       await Bun.sleep(20)
     }
   })()
   await Bun.sleep(3000)
   const newPort = freePort()
-  const newApi = apiAt(newPort)
+  const newApi = startApi(newPort)
   await waitReady(`http://127.0.0.1:${newPort}`, [newApi])
   const onNew = await subscriber(newPort, channel)
   const refused = await runUntilExit('core/db/migrate-cli.ts', env.vars, 60_000, ['--live-batches'])
