@@ -257,6 +257,42 @@ export const leastFormat = (formats: ChangeFormat[]): ChangeFormat => FORMATS[Ma
 export const FEED_CONSUMER_DESCRIPTION = 'fanfare change feed; takes live batches; takes compressed batches'
 
 /**
+ * The change format a consumer of a change stream reads, by its description: a change feed of
+ * this version or an earlier one says what it takes (FEED_CONSUMER_DESCRIPTION of its version:
+ * live batches since c16ef94, compressed ones since 6d26f8e). Undefined for any other consumer (a
+ * history read's, or an API node's from before live batches, whose feeds said nothing: the
+ * switch to live batches refuses while one is there, see recordChangeFormat).
+ */
+export const formatReadBy = (description: string | undefined): ChangeFormat | undefined => {
+  const tokens = tokensOf(description)
+  if (tokens[0] !== 'fanfare change feed') return undefined
+  return tokens.includes('takes compressed batches') ? 'compressed' : tokens.includes('takes live batches') ? 'batches' : 'runs'
+}
+
+/**
+ * The least change format the change feeds following the deployment's change streams on `jsm`
+ * read (see formatReadBy); undefined when no change feed follows them there. A stream not found
+ * (an edge that never started) has none.
+ */
+export async function formatFollowed(jsm: JetStreamManager, config: Config): Promise<ChangeFormat | undefined> {
+  const t = topology(config)
+  const formats: ChangeFormat[] = []
+  await Promise.all(
+    channelKinds.map(async (kind) => {
+      try {
+        for await (const c of jsm.consumers.list(t.changeStreams[kind])) {
+          const format = formatReadBy(c.config.description)
+          if (format) formats.push(format)
+        }
+      } catch (err) {
+        if (!isNotFound(err)) throw err
+      }
+    }),
+  )
+  return formats.length > 0 ? leastFormat(formats) : undefined
+}
+
+/**
  * Thrown by recordChangeFormat when a change stream has a consumer that is not a change feed of a
  * version that reads the latest format: most likely an API node of an older Fanfare still running.
  */

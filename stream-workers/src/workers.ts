@@ -112,7 +112,7 @@ export async function startWorkers(deps: WorkersDeps): Promise<Workers> {
   )
   const js = jetstream(nc)
   const publisher = createAckedPublisher(nc)
-  const changeFormat = watchChangeFormat({ jsm, config, recorded, logger: logger.child({ component: 'change-format' }), intervalMs: deps.changeFormatWatchMs })
+  const changeFormat = await watchChangeFormat({ nc, jsm, config, recorded, logger: logger.child({ component: 'change-format' }), intervalMs: deps.changeFormatWatchMs })
   const projections = deps.projections ?? allProjections
   const metrics = deps.metrics ?? createMetrics()
   let fatalReported = false

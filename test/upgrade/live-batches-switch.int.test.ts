@@ -182,4 +182,72 @@ describe('the switch to live batches on a running deployment', () => {
       await env2.cleanup()
     }
   })
+
+  test('a rollback after the switch: while an API node of the last version follows, workers publish what it reads, and compress again once it left', async () => {
+    const env3 = await createTestEnv({ FANFARE_PARTITIONS: '2' })
+    const nc3 = await connectNats(env3.vars.NATS_URL, 'switch-test-3')
+    const own: Proc[] = []
+    try {
+      const jsm = await jetstreamManager(nc3)
+      const t = topology(env3.config)
+      const stream = t.changeStreams.leaderboard
+      const prefix = env3.config.FANFARE_SUBJECT_PREFIX
+      await ensureStreams(nc3, env3.config)
+      expect(await changeFormatRecorded(jsm, env3.config)).toBe('compressed')
+      // An API node of the last version (live batches, not compressed) follows the change streams
+      // from the start, e.g. rolled back to after the switch: everything delivered to it must be
+      // something it reads (JSON), from the worker's first batch on.
+      const inbox = createInbox()
+      const delivered: Uint8Array[] = []
+      const sub = nc3.subscribe(inbox, { callback: (_err, m) => void (m.data.length > 0 && delivered.push(m.data)) })
+      const older = await jsm.consumers.add(stream, { deliver_subject: inbox, ack_policy: AckPolicy.None, description: 'fanfare change feed; takes live batches' })
+      const port = freePort()
+      own.push(spawnProc('worker', 'stream-workers/src/main.ts', env3.vars))
+      own.push(spawnProc('api', 'api/src/main.ts', { ...env3.vars, PORT: String(port), HOST: '127.0.0.1' }))
+      const base = `http://127.0.0.1:${port}`
+      await waitReady(base, own)
+      const admin = { authorization: `Bearer ${env3.vars.FANFARE_ADMIN_TOKEN}`, 'content-type': 'application/json' }
+      expect((await fetch(`${base}/admin/leaderboards/rollback`, { method: 'PUT', headers: admin, body: JSON.stringify({ operator: 'sum' }) })).status).toBe(200)
+      let sent = 0
+      // 60 scores in one post: runs of up to 60 changes per partition, long enough to be compressed.
+      const post60 = async () => {
+        const events = Array.from({ length: 60 }, () => ({ type: 'score.submitted', data: { board: 'rollback', player: `p${sent++ % 50}`, score: 1 } }))
+        const res = await fetch(`${base}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${env3.vars.FANFARE_INGEST_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ events }) })
+        expect(res.status).toBe(202)
+      }
+      const compressed = (d: Uint8Array) => ZSTD_MAGIC.every((b, i) => d[i] === b)
+      const changesIn = (data: Uint8Array[]) => data.flatMap((d) => runsOfData(d)).reduce((n, r) => n + r.changes.length, 0)
+      for (let i = 0; i < 3; i++) await post60()
+      await until('every change delivered to the older node', () => changesIn(delivered) === sent, 30_000)
+      expect(delivered.filter(compressed)).toEqual([])
+      // Big enough that this version would have compressed them.
+      expect(delivered.some((d) => d.length >= 1024)).toBe(true)
+      for (const d of delivered) JSON.parse(new TextDecoder().decode(d))
+
+      // It leaves (replaced by a node of this version): within the watch interval, batches are compressed again.
+      sub.unsubscribe()
+      await jsm.consumers.delete(stream, older.name)
+      const lastCompressed = async () =>
+        Promise.all(
+          Object.keys((await jsm.streams.info(stream, { subjects_filter: `${prefix}.changes.leaderboard._batch.>` })).state.subjects ?? {}).map(
+            async (s) => compressed((await jsm.streams.getMessage(stream, { last_by_subj: s }))!.data),
+          ),
+        )
+      await until(
+        'a compressed batch once the older node left',
+        async () => {
+          await post60()
+          return (await lastCompressed()).some(Boolean)
+        },
+        30_000,
+        500,
+      )
+      const board = await (await fetch(`${base}/v1/leaderboards/rollback?limit=100`)).json()
+      expect(board.entries.reduce((n: number, e: { score: number }) => n + e.score, 0)).toBe(sent)
+    } finally {
+      await Promise.all(own.map((p) => p.stop()))
+      await nc3.close()
+      await env3.cleanup()
+    }
+  }, 120_000)
 })
