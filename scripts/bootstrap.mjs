@@ -20,6 +20,8 @@ const isWindows = process.platform === 'win32'
 const bunPath = join(root, 'node_modules', '.bin', isWindows ? 'bun.exe' : 'bun')
 
 const DEFAULT_TEST_TIMEOUT_MS = 60_000
+/** Each test file's last duration (bun test --timings), relative to the root, where bun test runs. */
+const TIMINGS = join('test', 'timings.json')
 /** Signals closer together than this are one Ctrl-C (see run). */
 const REPEAT_MS = 500
 
@@ -37,12 +39,17 @@ if (mode === 'start') {
   // bun test's own default is 5 s per test, too short for the integration tests under load, and
   // bunfig.toml cannot change it (bun reads a timeout only from --timeout or setDefaultTimeout).
   const timeout = rest.some((arg) => arg.startsWith('--timeout')) ? [] : [`--timeout=${DEFAULT_TEST_TIMEOUT_MS}`]
-  // Files in parallel, one worker process per core (at most 4): each test has its own database and
-  // stream prefix, and most of a test's time is waiting for processes it started. On 2 cores this
-  // took the suite from ~1,050 s to ~655 s. FANFARE_TEST_WORKERS=1 runs the files one after another.
-  const workers = Number(process.env.FANFARE_TEST_WORKERS ?? Math.min(4, availableParallelism()))
+  // Files in parallel, one worker process per core and one more (at most 4): each test has its own
+  // database and stream prefix, and most of a test's time is waiting for processes it started (or
+  // for pg_sleep, timeouts, backoffs). On 2 cores, 2 workers took the suite from ~1,050 s to ~655 s
+  // when it was smaller; at 1,043 tests 2 workers took 982 s with the machine's cores 2/3 idle at
+  // times, 3 workers 741 s (74% busy). FANFARE_TEST_WORKERS=1 runs the files one after another.
+  const workers = Number(process.env.FANFARE_TEST_WORKERS ?? Math.min(4, availableParallelism() + 1))
   const parallel = rest.some((arg) => arg.startsWith('--parallel')) || !(workers > 1) ? [] : [`--parallel=${workers}`]
-  run(['test', ...timeout, ...parallel, ...rest], { summarize: true })
+  // The slowest files start first (bun reads their last durations from test/timings.json), so no
+  // 100 s file starts last and runs alone: `npm run test:timings` measures them again.
+  const timings = rest.some((arg) => arg.startsWith('--timings')) || !existsSync(join(root, TIMINGS)) ? [] : [`--timings=${TIMINGS}`]
+  run(['test', ...timeout, ...parallel, ...timings, ...rest], { summarize: true })
 }
 
 /** The bun version if node_modules/.bin/bun runs, else null. */
