@@ -17,6 +17,8 @@ import { backlogOf } from './lib/backlog'
 import { deploy, publishAll, waitForBatches, waitForWorkers } from './lib/fanfare'
 import type { Figure } from './lib/report'
 
+const POLL_MS = 50
+
 async function workersRate(ctx: BenchContext, workers: number, events: number, withNaive: boolean): Promise<{ rate: number; naive?: number }> {
   // Leases scanned every second (ttl / 3) instead of every 3.3 s: a second worker gets its share
   // within ~2 s of starting instead of ~4-7 s, by when one worker had applied most of the backlog
@@ -64,7 +66,10 @@ async function workersRate(ctx: BenchContext, workers: number, events: number, w
     const cpuAtStart = machineCpu()
     while ((p = await progress()).applied < events && Date.now() < deadline) {
       if (!busy && p.partitionsDone > 0) busy = { n: p.applied, at: performance.now(), cpu: machineCpu() }
-      await Bun.sleep(10)
+      // Every 50 ms: polled every 10 ms, this loop and its query took 12-20% of the machine's 2
+      // cores (bench/findings.md, "2 workers vs 1 on this machine"), CPU the measured processes
+      // share; 50 ms is under 1% of a window of several seconds.
+      await Bun.sleep(POLL_MS)
     }
     const end = performance.now()
     busy ??= { n: p.applied, at: end, cpu: machineCpu() }
