@@ -33,7 +33,21 @@ export type RunnerLag = {
   lag: number | null
   /** When `lag` was last set (the runner's last delivery, consumer creation or ack), ISO; null with lag null. */
   at: string | null
+  /** What the runner is waiting for now, and since when (see RunnerStep); null once it stopped. */
+  waiting: RunnerWaiting | null
 }
+
+/**
+ * What a runner waits for: `consumer` its consumer to be (re)opened (the checkpoint read, the
+ * consumer created); `pull` a first message (an idle partition is here, pull after pull, each at
+ * most a few seconds); `rest` the rest of a batch after its first message; `apply` Postgres to apply
+ * the batch (retries of a stalled batch included); `publish` the previous batch's change runs to be
+ * acknowledged by JetStream; `backoff` the pause before it opens its consumer again after a reset.
+ */
+export type RunnerStep = 'consumer' | 'pull' | 'rest' | 'apply' | 'publish' | 'backoff'
+
+/** A runner's current step and when it entered it (ISO). */
+export type RunnerWaiting = { for: RunnerStep; since: string }
 
 /** A worker's answer on lagSubject. */
 export type LagReply = { worker: string; runners: RunnerLag[] }

@@ -7,7 +7,7 @@ import { deadLetters, projectionCheckpoints } from './db/schema'
 import { topology } from './nats'
 import { consumerNames } from './consumer-names'
 import { listPartitionOwners, openLeaseBucketIfExists } from './leases'
-import { askLags } from './projection-lag'
+import { askLags, type RunnerWaiting } from './projection-lag'
 
 /** Names of the read models the workers maintain; also the checkpoint's `projection` column. */
 export const projectionNames = ['leaderboards', 'chat', 'streams', 'polls', 'reactions', 'matches'] as const
@@ -67,6 +67,11 @@ export type PartitionStatus = {
    * partition or its holder did not answer within LAG_WAIT_MS.
    */
   lag: number | null
+  /**
+   * What the runner of the worker holding the partition is waiting for, and since when (see
+   * RunnerStep): a partition standing still says here which step it stands on. Null as `lag` is.
+   */
+  waiting: RunnerWaiting | null
   /**
    * When the oldest event seen stored and not yet applied was stored (see startRetentionWatch;
    * sampled only while FANFARE_EVENT_RETENTION_MS is set), null when none is known.
@@ -137,9 +142,11 @@ export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsC
   const kv = await openLeaseBucketIfExists(deps.nc, deps.config)
   const owners = kv ? await listPartitionOwners(kv) : new Map<number, string>()
   const replies = await askLags(deps.nc, t.prefix, new Set(owners.values()))
-  const lags = new Map<string, number | null>()
+  const lags = new Map<string, { lag: number | null; waiting: RunnerWaiting | null }>()
   for (const [partition, worker] of owners) {
-    for (const r of replies.get(worker)?.runners ?? []) if (r.partition === partition) lags.set(`${r.projection}/${partition}`, typeof r.lag === 'number' ? r.lag : null)
+    for (const r of replies.get(worker)?.runners ?? []) {
+      if (r.partition === partition) lags.set(`${r.projection}/${partition}`, { lag: typeof r.lag === 'number' ? r.lag : null, waiting: r.waiting ?? null })
+    }
   }
   const rows = await deps.db.select().from(projectionCheckpoints)
   const checkpoints = new Map(rows.map((r) => [`${r.projection}/${r.partition}`, r]))
@@ -166,7 +173,8 @@ export async function projectionStatus(deps: { config: Config; db: Db; nc: NatsC
           fence: Number(cp?.fence ?? 0),
           updatedAt: cp?.updatedAt.toISOString() ?? null,
           consumer: c?.name ?? null,
-          lag: lags.get(`${projection}/${n}`) ?? null,
+          lag: lags.get(`${projection}/${n}`)?.lag ?? null,
+          waiting: lags.get(`${projection}/${n}`)?.waiting ?? null,
           oldestUnappliedAt: cp?.unappliedSeq != null && cp.unappliedSeq > Number(cp.seq) && cp.unappliedAt ? cp.unappliedAt.toISOString() : null,
           expired:
             cp?.expiredFrom != null && cp.expiredTo != null && cp.expiredAt

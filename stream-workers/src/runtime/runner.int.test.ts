@@ -411,3 +411,29 @@ describe('runner after a delivery it never received', () => {
     expect((await jsm.consumers.info(w.config.FANFARE_STREAM, name)).delivered.consumer_seq).toBe(3)
   })
 })
+
+describe('runner whose pull nothing ends', () => {
+  // A cluster soak once left three runners of one worker waiting, after a NATS node was killed,
+  // with no pull at the server and nothing in their logs (bench/findings.md). The runner bounds a
+  // pull for a first message itself: past the bound it stops the pull and starts over from its
+  // checkpoint. A bound below the pull's expiry makes every pull of a quiet partition outlive it.
+  test('a pull past its bound is stopped and the consumer reset: events stored after it are applied once, in order', async () => {
+    const w = (world = await createWorld({ FANFARE_PARTITIONS: '1' }))
+    await w.database.db.insert(leaderboards).values({ board: 'tot', sortOrder: 'desc', operator: 'sum', hasScores: true })
+    const lines: string[] = []
+    await w.startWorker({
+      logger: createLogger('info', {}, { output: { write: (l: string) => lines.push(l) }, format: 'json' }),
+      hooks: { pullBoundMs: 1_000 },
+    })
+    await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'a', score: 1 }))
+    await until('the first event applied', async () => (await boardScores(w, 'tot')).a === 1 || undefined)
+    const stopped = (l: string) => l.includes('a pull was not ended') && l.includes('"projection":"leaderboards"')
+    const reset = (l: string) => l.includes('consumer reset') && l.includes('"projection":"leaderboards"') && l.includes('still open')
+    // Quiet: its pull (5 s expiry) outlives the 1 s bound, is stopped, and the consumer is reset.
+    await until('an idle pull stopped and the consumer reset', async () => (lines.some(stopped) && lines.some(reset)) || undefined, 15_000)
+    for (const score of [2, 3]) await publishEvent(w, storedEvent('score.submitted', { board: 'tot', player: 'a', score }))
+    await until('both applied', async () => (await boardScores(w, 'tot')).a === 6 || undefined, 20_000)
+    await caughtUp(w)
+    expect(await boardScores(w, 'tot')).toEqual({ a: 6 })
+  }, 60_000)
+})

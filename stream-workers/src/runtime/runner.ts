@@ -12,7 +12,7 @@ import { openCheckpoint } from './open-checkpoint'
 import { backoffMs, sleep } from '../../../core/backoff'
 import { applyBatch, batchMessageOf, claimFence, type BatchOwner, type BatchResult } from './batch'
 import { consumerName } from '../../../core/projections'
-import type { RunnerLag } from '../../../core/projection-lag'
+import type { RunnerLag, RunnerStep } from '../../../core/projection-lag'
 import { ACK_WAIT_MS, createOwnershipConsumer } from './consumer'
 import { addResult, applyOrOneByOne } from './one-by-one'
 import { pullNow, type Delivery } from './pull-now'
@@ -42,6 +42,11 @@ export type RunnerHooks = {
    * simulates a consumer whose state went past events it never delivered (see consumeFrom).
    */
   consumerAfter?: (info: { projection: string; partition: number; checkpoint: number }) => number | undefined
+  /**
+   * The bound on a pull for a first message, instead of PULL_BOUND_MS: one below IDLE_PULL_MS makes
+   * every pull of a quiet partition outlive it, as a pull nothing ends would.
+   */
+  pullBoundMs?: number
 }
 
 /**
@@ -169,6 +174,22 @@ const REST_EXPIRES_MS = 500
  * at REST_EXPIRES_MS, with room for a slow answer.
  */
 const REST_EXPIRES_BOUND_MS = REST_EXPIRES_MS + 2_000
+/**
+ * The runner's own bound on a pull for a first message (see fetchSome): nats.js ends it at its
+ * expiry (IDLE_PULL_MS) or, when the server stops answering, after two missed heartbeats (half the
+ * expiry each), re-pulling after a reconnect. A pull still open this long after its request is
+ * stopped, and the consumer reset: nothing else would end it (a cluster soak once left three
+ * runners of one worker waiting with no pull at the server after a NATS node was killed,
+ * bench/findings.md).
+ */
+const PULL_BOUND_MS = IDLE_PULL_MS + 10_000
+/** How often the runner looks at how long it has been on one step (see watchSteps). */
+const WATCH_EVERY_MS = 5_000
+/**
+ * A step taking this long is said in a warning (again each time as long again): what the runner
+ * waits for, so that a partition standing still says why (GET /admin/projections shows it too).
+ */
+const LONG_STEP_MS = 30_000
 
 /**
  * Runs one projection on one owned partition: creates this ownership's consumer from the
@@ -185,6 +206,16 @@ export function startRunner(deps: RunnerDeps): Runner {
   const now = deps.now ?? (() => new Date())
   const abort = new AbortController()
   let pulling: ConsumerMessages | undefined
+  // What the runner waits for now (see RunnerStep), since when (ms since the epoch), and how many
+  // warnings said so.
+  let step: RunnerStep = 'consumer'
+  let stepSince = Date.now()
+  let stepSaid = 0
+  const enter = (next: RunnerStep) => {
+    step = next
+    stepSince = Date.now()
+    stepSaid = 0
+  }
   const lag = deps.metrics.worker.lag(deps.projection.name, deps.partition)
   // The partition's lag as of the last delivery (see Runner.lag), and when it was set. Never asked
   // of the consumer: on nats-server before 2.9.15 a consumer info makes a consumer with a backlog
@@ -261,6 +292,7 @@ export function startRunner(deps: RunnerDeps): Runner {
    * whether the consumer is healthy (a delivery it cut off shows up as a gap there).
    */
   const pullBatch = async (consumer: Consumer): Promise<Delivery[]> => {
+    enter('pull')
     const first = await fetchSome(consumer, 1, IDLE_PULL_MS)
     if (first.msgs.length === 0) {
       if (first.err && !abort.signal.aborted) throw first.err
@@ -295,6 +327,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     // removed, still counted messages would leave it waiting (pullNow's bound, once: the info below).
     const pending = first.msgs[0].info.pending
     const counted = pending > 0 && pending < more
+    enter('rest')
     const rest = await pullNow(deps.nc, {
       apiPrefix: deps.js.apiPrefix,
       stream: deps.stream,
@@ -494,6 +527,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       const started = performance.now()
       // Asked once per batch: its runs are published as they were committed (see PartitionDeps.changeFormat).
       const format = deps.changeFormat?.() ?? 'runs'
+      enter('apply')
       const { result, headers } = await tracedBatch(batch, (trace) =>
         applyWithRetry(batch, format !== 'runs', trace, ready).catch((err) => {
           const m = batch[0]
@@ -523,6 +557,7 @@ export function startRunner(deps: RunnerDeps): Runner {
       // At most one batch's runs in flight: wait for the previous batch's (a channel's runs leave in
       // commit order, and a slow NATS slows the runner down instead of piling up).
       const waitStarted = performance.now()
+      enter('publish')
       if (publishing) await publishing
       const publishWaitMs = Math.round(performance.now() - waitStarted)
       // From here to the next pull request nothing awaits: the runs, the ack and the pull are
@@ -667,6 +702,7 @@ export function startRunner(deps: RunnerDeps): Runner {
     let reset: (StallStart & { lag: number }) | undefined
     for (let attempt = 0; !abort.signal.aborted; ) {
       try {
+        enter('consumer')
         if (!name) {
           token = await claimFence(deps.db, deps.projection.name, deps.partition)
           name = consumerName(deps.projection.name, deps.partition, token)
@@ -701,17 +737,46 @@ export function startRunner(deps: RunnerDeps): Runner {
         // again, so it still counts) plus what is stored since. Never a consumer info (see Runner.lag).
         reset ??= { lag: lagNow ?? 0 }
         stalledLag(reset.lag, reset)
+        enter('backoff')
         await sleep(backoffMs(attempt++), abort.signal)
       }
     }
   }
 
-  const done = run()
+  /**
+   * Every WATCH_EVERY_MS: stops a pull past PULL_BOUND_MS (the consumer is then reset), and says
+   * in a warning what the runner has waited LONG_STEP_MS for. Steps that wait on Postgres or a
+   * reset's backoff say their own retries too; this one line is what says it for every step.
+   */
+  const pullBoundMs = deps.hooks?.pullBoundMs ?? PULL_BOUND_MS
+  const watchSteps = setInterval(() => {
+    if (abort.signal.aborted) return
+    const waitedMs = Date.now() - stepSince
+    if (step === 'pull' && pulling && waitedMs > pullBoundMs) {
+      log.warn({ waitedMs, boundMs: pullBoundMs }, 'a pull was not ended by its expiry nor by missed heartbeats; stopping it and resetting the consumer')
+      pulling.stop(new Error(`the pull was still open ${waitedMs} ms after its request (expiry ${IDLE_PULL_MS} ms)`))
+      return
+    }
+    if (waitedMs < (stepSaid + 1) * LONG_STEP_MS) return
+    stepSaid++
+    log.warn({ waitingFor: step, waitedMs, lag: lagNow }, 'the runner has waited long on one step')
+  }, Math.min(WATCH_EVERY_MS, pullBoundMs / 2))
+  watchSteps.unref?.()
+
+  const done = run().finally(() => clearInterval(watchSteps))
   return {
     replay,
-    lag: () => ({ projection: deps.projection.name, partition: deps.partition, consumer: name ?? null, lag: lagNow, at: lagAt?.toISOString() ?? null }),
+    lag: () => ({
+      projection: deps.projection.name,
+      partition: deps.partition,
+      consumer: name ?? null,
+      lag: lagNow,
+      at: lagAt?.toISOString() ?? null,
+      waiting: abort.signal.aborted ? null : { for: step, since: new Date(stepSince).toISOString() },
+    }),
     stop: async (opts = {}) => {
       abort.abort()
+      clearInterval(watchSteps)
       pulling?.stop()
       await done
       await publishing

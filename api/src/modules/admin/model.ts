@@ -35,6 +35,19 @@ export const PartitionStatus = t.Object({
     description:
       'events of this projection and partition not yet applied, as the worker holding the partition knows it: as of its last delivery (an event stored a moment ago may not be counted yet); while a batch is retried, plus those stored since the stall began (the batch had taken a second, or first failed). null: no worker holds the partition, or it did not answer within 1 s',
   }),
+  waiting: t.Union(
+    [
+      t.Object({
+        for: t.Union([t.Literal('consumer'), t.Literal('pull'), t.Literal('rest'), t.Literal('apply'), t.Literal('publish'), t.Literal('backoff')], {
+          description:
+            "consumer: its consumer being (re)opened; pull: a first message (an idle partition, pull after pull); rest: the rest of a batch; apply: Postgres applying the batch (retries included); publish: JetStream acknowledging the last batch's change runs; backoff: the pause after a consumer reset",
+        }),
+        since: t.String({ description: 'when the runner entered this step' }),
+      }),
+      t.Null(),
+    ],
+    { description: 'what the runner holding the partition is waiting for, and since when: a partition that stands still says here where; null as lag is' },
+  ),
   oldestUnappliedAt: t.Union([t.String(), t.Null()], {
     description: 'when the oldest event seen stored and not yet applied was stored (sampled while FANFARE_EVENT_RETENTION_MS is set); null: none known',
   }),

@@ -56,7 +56,7 @@ describe('GET /admin/projections: the lag from the workers, no consumer info', (
     const status = async () => {
       const r = await h!.call('GET', '/admin/projections', { token: h!.adminToken })
       expect(r.status).toBe(200)
-      return r.json as { stream: { lastSeq: number }; projections: { projection: string; lag: number | null; partitions: { partition: number; seq: number; lag: number | null; consumer: string | null }[] }[] }
+      return r.json as { stream: { lastSeq: number }; projections: { projection: string; lag: number | null; partitions: { partition: number; seq: number; lag: number | null; consumer: string | null; waiting: { for: string; since: string } | null }[] }[] }
     }
     const leaderboards = async () => (await status()).projections.find((p) => p.projection === 'leaderboards')!.partitions[0]
 
@@ -129,6 +129,10 @@ describe('GET /admin/projections: the lag from the workers, no consumer info', (
     // Stalled, it counts what waits: the batch it holds, and what was stored since it first failed.
     await until('the stalled lag to count the backlog', async () => ((await leaderboards()).lag === BACKLOG + 1 ? true : undefined), 20_000, 100)
     expect(seen.every((lag) => lag !== null && lag >= 1)).toBe(true)
+    // And says where it stands: on Postgres, since the batch began (before the first failure).
+    const stalled = (await leaderboards()).waiting
+    expect(stalled?.for).toBe('apply')
+    expect(Date.now() - Date.parse(stalled!.since)).toBeGreaterThan(500)
     const last = (await h.jsm.streams.info(t.eventStream)).state.last_seq
     expect(last).toBe(BACKLOG + 2)
     release()
@@ -152,8 +156,10 @@ describe('GET /admin/projections: the lag from the workers, no consumer info', (
     console.log(`projections-lag: the backlog's rest drained in ${Math.round(performance.now() - drainStarted)} ms under ${seen.length} polls; ${counted.length} consumer info or listing requests`)
 
     expect(seen.length).toBeGreaterThan(5)
-    // Drained and idle, it stays 0.
-    expect(await leaderboards()).toMatchObject({ seq: last, lag: 0 })
+    // Drained and idle, it stays 0, waiting for a first message, pull after pull (each at most 5 s).
+    const idle = await leaderboards()
+    expect(idle).toMatchObject({ seq: last, lag: 0, waiting: { for: 'pull' } })
+    expect(Date.now() - Date.parse(idle.waiting!.since)).toBeLessThan(10_000)
     await spy.flush()
     expect(counted).toEqual([])
   }, 120_000)
