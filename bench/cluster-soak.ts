@@ -270,7 +270,7 @@ async function main() {
     await Promise.all([faults, leadership, ...readiness.map((r) => r.poll), ...Array.from({ length: LANES }, (_, lane) => ingestLane(apis[lane % apis.length], id, lane, startedAt, endAt, ledger))])
     for (const r of readiness) note(startedAt, `${r.name} /readyz not 200: ${r.spells.join('; ') || 'never'}`)
     const verdict = await judge(apis[0], dbUrl, ledger, subs, Date.now() - startedAt, {
-      whenShort: (_, version) => stallDiagnosis({ natsUrls: nodes.filter((n) => n.running()).map((n) => n.url), databaseUrl: dbUrl, stream: 'FANFARE', version }),
+      whenShort: (_, version) => stallDiagnosis({ natsUrls: nodes.filter((n) => n.running()).map((n) => n.url), databaseUrl: dbUrl, stream: 'FANFARE', version, admin: apis[0] }),
     })
     if (!opts.majority && ledger.longestSilence.ms > MAX_SILENCE_MS) verdict.broken.push(`ingest stood still ${(ledger.longestSilence.ms / 1000).toFixed(1)} s (more than ${MAX_SILENCE_MS / 1000} s)`)
     const exited = procs.filter((p) => p.name !== 'migrate' && p.proc.exitCode !== null)

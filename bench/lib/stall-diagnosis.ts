@@ -11,7 +11,15 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { connect } from '@nats-io/transport-node'
 import postgres from 'postgres'
 
-export async function stallDiagnosis(o: { natsUrls: string[]; databaseUrl: string; stream: string; version: () => Promise<number>; watchMs?: number }): Promise<string[]> {
+export async function stallDiagnosis(o: {
+  natsUrls: string[]
+  databaseUrl: string
+  stream: string
+  version: () => Promise<number>
+  watchMs?: number
+  /** An API node: GET /admin/projections says what each partition's runner waits for (see RunnerStep). */
+  admin?: { baseUrl: string; adminToken: string }
+}): Promise<string[]> {
   const lines: string[] = []
   const started = Date.now()
   const sql = postgres(o.databaseUrl, { max: 1, onnotice: () => {} })
@@ -32,6 +40,22 @@ export async function stallDiagnosis(o: { natsUrls: string[]; databaseUrl: strin
         }
       } catch (e) {
         lines.push(`  NATS: ${e}`)
+      }
+    }
+    if (o.admin) {
+      try {
+        const r = await fetch(`${o.admin.baseUrl}/admin/projections`, { headers: { authorization: `Bearer ${o.admin.adminToken}` }, signal: AbortSignal.timeout(5000) })
+        const status = (await r.json()) as { projections: { projection: string; partitions: { partition: number; lag: number | null; waiting: { for: string; since: string } | null }[] }[] }
+        for (const p of status.projections) {
+          for (const x of p.partitions) {
+            // A runner pulling for under 15 s is an idle (or caught-up) one: said only otherwise.
+            const waitedS = x.waiting ? (Date.now() - Date.parse(x.waiting.since)) / 1000 : undefined
+            if (x.waiting?.for === 'pull' && waitedS! < 15) continue
+            lines.push(`  runner ${p.projection} p${x.partition}: lag ${x.lag ?? '-'}, ${x.waiting ? `waiting for ${x.waiting.for} for ${waitedS!.toFixed(1)} s` : 'no holder answered'}`)
+          }
+        }
+      } catch (e) {
+        lines.push(`  GET /admin/projections: ${e}`)
       }
     }
     const rows = await sql`select projection, partition, seq, fence, stream, updated_at from projection_checkpoints order by projection, partition`.catch((e) => [{ error: String(e) }])
