@@ -188,6 +188,8 @@ describe('the admin console in Chromium', () => {
     await byTest('rebuild-leaderboards').filter({ hasText: 'never rebuilt' }).waitFor()
     await byTest('expired-leaderboards-0').filter({ hasText: 'seq 41–97 deleted unapplied' }).waitFor({ timeout: 15_000 })
     expect(await page.locator('[data-testid^="expired-"]').count()).toBe(1)
+    // An idle runner waits for a first message, pull after pull.
+    await byTest('waiting-leaderboards-0').filter({ hasText: /^pull · since \d+s ago$/ }).waitFor({ timeout: 15_000 })
     // The catch of unclaimed subjects: shown with its checkpoint once partition 0's worker started it, never offered a rebuild.
     await byTest('unclaimed').filter({ hasText: 'checkpoint seq' }).waitFor({ timeout: 15_000 })
     expect(await byTest('unclaimed').locator('button').count()).toBe(0)

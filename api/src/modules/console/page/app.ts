@@ -282,7 +282,7 @@ async function loadProjections() {
         el(
           'thead',
           {},
-          el('tr', {}, el('th', {}, 'partition'), el('th', {}, 'applied seq'), el('th', {}, 'lag'), el('th', {}, 'oldest unapplied'), el('th', {}, 'lost to retention'), el('th', {}, 'consumer'), el('th', {}, 'updated')),
+          el('tr', {}, el('th', {}, 'partition'), el('th', {}, 'applied seq'), el('th', {}, 'lag'), el('th', {}, 'waiting for'), el('th', {}, 'oldest unapplied'), el('th', {}, 'lost to retention'), el('th', {}, 'consumer'), el('th', {}, 'updated')),
         ),
         el(
           'tbody',
@@ -295,6 +295,8 @@ async function loadProjections() {
               td(String(x.seq)),
               // Null: no worker holds the partition, or its worker did not answer.
               td(x.lag === null ? (x.consumer === null ? 'no owner' : 'unknown') : String(x.lag)),
+              // What its runner waits for, since when: a partition standing still says where (README, GET /admin/projections).
+              el('td', { 'data-testid': `waiting-${p.projection}-${x.partition}` }, x.waiting ? `${x.waiting.for} · since ${ago(x.waiting.since)}` : '—'),
               td(ago(x.oldestUnappliedAt)),
               td(expired(x)),
               td(x.consumer ?? '—'),
