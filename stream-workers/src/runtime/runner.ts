@@ -753,7 +753,11 @@ export function startRunner(deps: RunnerDeps): Runner {
     if (abort.signal.aborted) return
     const waitedMs = Date.now() - stepSince
     if (step === 'pull' && pulling && waitedMs > pullBoundMs) {
-      log.warn({ waitedMs, boundMs: pullBoundMs }, 'a pull was not ended by its expiry nor by missed heartbeats; stopping it and resetting the consumer')
+      // When nats.js last heard from the pull (a heartbeat or status; its monitor's own field, read
+      // only here): recent means the server kept it alive with heartbeats, never ending it.
+      const heard = (pulling as unknown as { monitor?: { last?: unknown } }).monitor?.last
+      const heardMsAgo = typeof heard === 'number' ? Date.now() - heard : undefined
+      log.warn({ waitedMs, boundMs: pullBoundMs, heardMsAgo }, 'a pull was not ended by its expiry nor by missed heartbeats; stopping it and resetting the consumer')
       pulling.stop(new Error(`the pull was still open ${waitedMs} ms after its request (expiry ${IDLE_PULL_MS} ms)`))
       return
     }
